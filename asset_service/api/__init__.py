@@ -1,0 +1,1 @@
+"""The gRPC boundary: decode requests, call the domain, encode responses."""

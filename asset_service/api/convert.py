@@ -1,0 +1,118 @@
+"""Conversion between protobuf messages and domain objects, in one place."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from google.protobuf import json_format, struct_pb2
+
+from asset_service._proto.asset.v1 import asset_service_pb2 as pb
+from asset_service.domain.errors import InvalidArgument
+from asset_service.domain.manager import UploadHeader, WatchEvent
+from asset_service.domain.models import Asset, AssetFilter, AssetType, Status, Value, ValueKind
+
+_STATUS_TO_PB = {
+    Status.PENDING: pb.ASSET_STATUS_PENDING,
+    Status.AVAILABLE: pb.ASSET_STATUS_AVAILABLE,
+    Status.FAILED: pb.ASSET_STATUS_FAILED,
+}
+_STATUS_FROM_PB = {v: k for k, v in _STATUS_TO_PB.items()}
+_TYPE_TO_PB = {AssetType.FILE: pb.ASSET_TYPE_FILE, AssetType.VALUE: pb.ASSET_TYPE_VALUE}
+_TYPE_FROM_PB = {v: k for k, v in _TYPE_TO_PB.items()}
+_EVENT_TO_PB = {
+    "SNAPSHOT": pb.WATCH_EVENT_TYPE_SNAPSHOT,
+    "CHANGED": pb.WATCH_EVENT_TYPE_CHANGED,
+    "DELETED": pb.WATCH_EVENT_TYPE_DELETED,
+}
+
+
+def value_to_pb(value: Value) -> pb.Value:
+    if value.kind is ValueKind.TEXT:
+        return pb.Value(text=value.data.decode("utf-8"))
+    if value.kind is ValueKind.JSON:
+        return pb.Value(json=value.data.decode("utf-8"))
+    return pb.Value(data=value.data)
+
+
+def value_from_pb(msg: pb.Value, required: bool = True) -> Value:
+    kind = msg.WhichOneof("kind")
+    if kind == "text":
+        return Value(ValueKind.TEXT, msg.text.encode("utf-8"))
+    if kind == "json":
+        return Value(ValueKind.JSON, msg.json.encode("utf-8"))
+    if kind == "data":
+        return Value(ValueKind.BYTES, msg.data)
+    raise InvalidArgument(
+        "value is required: set exactly one of value.text, value.json, value.data"
+    )
+
+
+def asset_to_pb(asset: Asset) -> pb.Asset:
+    msg = pb.Asset(
+        id=asset.id,
+        label=asset.label,
+        status=_STATUS_TO_PB[asset.status],
+        type=_TYPE_TO_PB[asset.type],
+        media_type=asset.media_type,
+        storage_path=asset.storage_path,
+        created_by_task=asset.created_by_task,
+        tags=list(asset.tags),
+        size_bytes=asset.size_bytes,
+        sha256=asset.sha256,
+        failure_reason=asset.failure_reason,
+        revision=asset.revision,
+    )
+    if asset.value is not None:
+        msg.value.CopyFrom(value_to_pb(asset.value))
+    msg.create_time.FromDatetime(asset.created_at)
+    msg.update_time.FromDatetime(asset.updated_at)
+    return msg
+
+
+def status_from_pb(value: int) -> Status | None:
+    if value == pb.ASSET_STATUS_UNSPECIFIED:
+        return None
+    if value not in _STATUS_FROM_PB:
+        raise InvalidArgument(f"status {value} is not a known AssetStatus")
+    return _STATUS_FROM_PB[value]  # type: ignore[index]
+
+
+def type_from_pb(value: int, default: AssetType | None = None) -> AssetType | None:
+    if value == pb.ASSET_TYPE_UNSPECIFIED:
+        return default
+    if value not in _TYPE_FROM_PB:
+        raise InvalidArgument(f"type {value} is not a known AssetType")
+    return _TYPE_FROM_PB[value]  # type: ignore[index]
+
+
+def filter_from_pb(req: pb.ListAssetsRequest) -> AssetFilter:
+    return AssetFilter(
+        status=status_from_pb(req.status),
+        type=type_from_pb(req.type),
+        tags=tuple(req.tags),
+        created_by_task=req.created_by_task,
+        label=req.label,
+    )
+
+
+def upload_header_from_pb(msg: pb.UploadHeader) -> UploadHeader:
+    return UploadHeader(
+        label=msg.label,
+        media_type=msg.media_type,
+        tags=tuple(msg.tags),
+        expected_size_bytes=msg.expected_size_bytes
+        if msg.HasField("expected_size_bytes")
+        else None,
+        expected_sha256=msg.expected_sha256,
+        pending_asset_id=msg.pending_asset_id,
+    )
+
+
+def struct_to_dict(msg: struct_pb2.Struct) -> dict[str, Any]:
+    return json_format.MessageToDict(msg)
+
+
+def event_to_pb(event: WatchEvent) -> pb.WatchAssetResponse:
+    return pb.WatchAssetResponse(
+        type=_EVENT_TO_PB[event.kind], asset=asset_to_pb(event.asset), revision=event.revision
+    )

@@ -1,0 +1,218 @@
+"""AssetService servicer: decode the request, call the AssetManager, encode the answer."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+from grpc_status import rpc_status
+
+from asset_service._proto.asset.v1 import asset_service_pb2 as pb
+from asset_service._proto.asset.v1 import asset_service_pb2_grpc as pb_grpc
+from asset_service.api import convert
+from asset_service.api.errors import rich_status, status_code
+from asset_service.domain.errors import AssetError, InvalidArgument
+from asset_service.domain.manager import AssetManager
+from asset_service.domain.models import AssetType
+
+log = logging.getLogger(__name__)
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+Ctx = grpc.aio.ServicerContext[Any, Any]
+
+
+async def _abort(context: Ctx, exc: BaseException, method: str) -> None:
+    if isinstance(exc, AssetError):
+        rich = rich_status(exc)
+        if rich is not None:
+            await context.abort_with_status(rpc_status.to_status(rich))  # type: ignore[attr-defined]
+        await context.abort(status_code(exc), exc.message)
+    ref = uuid.uuid4().hex[:12]
+    log.error("%s failed unexpectedly (ref %s)", method, ref, exc_info=exc)
+    await context.abort(
+        grpc.StatusCode.INTERNAL, f"internal error in {method}; server log ref {ref}"
+    )
+
+
+def unary(
+    fn: Callable[[Any, Req, Ctx], Awaitable[Resp]],
+) -> Callable[[Any, Req, Ctx], Awaitable[Resp]]:
+    @functools.wraps(fn)
+    async def wrapper(self: Any, request: Req, context: Ctx) -> Resp:
+        try:
+            return await fn(self, request, context)
+        except (AssetError, Exception) as exc:
+            if isinstance(exc, grpc.aio.AbortError):
+                raise
+            await _abort(context, exc, fn.__name__)
+            raise AssertionError("abort returned") from exc  # pragma: no cover
+
+    return wrapper
+
+
+def streaming(
+    fn: Callable[[Any, Req, Ctx], AsyncIterator[Resp]],
+) -> Callable[[Any, Req, Ctx], AsyncIterator[Resp]]:
+    @functools.wraps(fn)
+    async def wrapper(self: Any, request: Req, context: Ctx) -> AsyncIterator[Resp]:
+        try:
+            async for item in fn(self, request, context):
+                yield item
+        except (AssetError, Exception) as exc:
+            if isinstance(exc, grpc.aio.AbortError):
+                raise
+            await _abort(context, exc, fn.__name__)
+
+    return wrapper
+
+
+class AssetServicer(pb_grpc.AssetServiceServicer):
+    def __init__(self, manager: AssetManager) -> None:
+        self.manager = manager
+
+    @unary
+    async def UploadAsset(
+        self, request_iterator: AsyncIterator[pb.UploadAssetRequest], context: Ctx
+    ) -> pb.UploadAssetResponse:
+        messages = aiter(request_iterator)
+        first = await anext(messages, None)
+        if first is None:
+            raise InvalidArgument("empty upload: send an UploadHeader as the first message")
+        if first.WhichOneof("payload") != "header":
+            raise InvalidArgument(
+                "the first message of an upload must be the header; a chunk came first"
+            )
+        header = convert.upload_header_from_pb(first.header)
+
+        async def chunks() -> AsyncIterator[bytes]:
+            async for msg in messages:
+                if msg.WhichOneof("payload") == "header":
+                    raise InvalidArgument(
+                        "a second header arrived mid-upload; send the header once, first"
+                    )
+                yield msg.chunk
+
+        asset = await self.manager.upload(header, chunks())
+        return pb.UploadAssetResponse(asset=convert.asset_to_pb(asset))
+
+    @unary
+    async def RegisterFile(
+        self, request: pb.RegisterFileRequest, context: Ctx
+    ) -> pb.RegisterFileResponse:
+        asset = await self.manager.register_file(
+            request.path, request.label, request.media_type, list(request.tags), request.move
+        )
+        return pb.RegisterFileResponse(asset=convert.asset_to_pb(asset))
+
+    @unary
+    async def CreateValueAsset(
+        self, request: pb.CreateValueAssetRequest, context: Ctx
+    ) -> pb.CreateValueAssetResponse:
+        asset = await self.manager.create_value(
+            request.label,
+            request.media_type,
+            convert.value_from_pb(request.value),
+            list(request.tags),
+        )
+        return pb.CreateValueAssetResponse(asset=convert.asset_to_pb(asset))
+
+    @unary
+    async def CreatePendingAsset(
+        self, request: pb.CreatePendingAssetRequest, context: Ctx
+    ) -> pb.CreatePendingAssetResponse:
+        type_ = convert.type_from_pb(request.type, AssetType.FILE)
+        assert type_ is not None
+        asset = await self.manager.create_pending(
+            request.task_id, request.label, request.media_type, type_, list(request.tags)
+        )
+        return pb.CreatePendingAssetResponse(asset=convert.asset_to_pb(asset))
+
+    @unary
+    async def FulfillAsset(
+        self, request: pb.FulfillAssetRequest, context: Ctx
+    ) -> pb.FulfillAssetResponse:
+        content = request.WhichOneof("content")
+        if content == "source_path":
+            asset = await self.manager.fulfil_from_path(
+                request.asset_id, request.source_path, request.expected_sha256
+            )
+        elif content == "value":
+            asset = await self.manager.fulfil_with_value(
+                request.asset_id, convert.value_from_pb(request.value), request.expected_sha256
+            )
+        else:
+            raise InvalidArgument(
+                "set source_path (a file on the server) or value (a VALUE asset's content); "
+                "to fulfil with bytes from the client, use UploadAsset with pending_asset_id"
+            )
+        return pb.FulfillAssetResponse(asset=convert.asset_to_pb(asset))
+
+    @unary
+    async def FailAsset(self, request: pb.FailAssetRequest, context: Ctx) -> pb.FailAssetResponse:
+        asset = await self.manager.fail(request.asset_id, request.reason)
+        return pb.FailAssetResponse(asset=convert.asset_to_pb(asset))
+
+    @unary
+    async def GetAsset(self, request: pb.GetAssetRequest, context: Ctx) -> pb.GetAssetResponse:
+        asset = await self.manager.get(request.asset_id)
+        return pb.GetAssetResponse(asset=convert.asset_to_pb(asset))
+
+    @unary
+    async def BatchGetAssets(
+        self, request: pb.BatchGetAssetsRequest, context: Ctx
+    ) -> pb.BatchGetAssetsResponse:
+        assets = await self.manager.batch_get(list(request.asset_ids))
+        return pb.BatchGetAssetsResponse(assets=[convert.asset_to_pb(a) for a in assets])
+
+    @unary
+    async def ListAssets(
+        self, request: pb.ListAssetsRequest, context: Ctx
+    ) -> pb.ListAssetsResponse:
+        page = await self.manager.list_assets(
+            convert.filter_from_pb(request), request.page_size, request.page_token
+        )
+        return pb.ListAssetsResponse(
+            assets=[convert.asset_to_pb(a) for a in page.assets],
+            next_page_token=page.next_token,
+        )
+
+    @streaming
+    async def WatchAsset(
+        self, request: pb.WatchAssetRequest, context: Ctx
+    ) -> AsyncIterator[pb.WatchAssetResponse]:
+        events = await self.manager.watch(
+            list(request.asset_ids), request.after_revision, request.follow
+        )
+        async for event in events:
+            yield convert.event_to_pb(event)
+
+    @streaming
+    async def ReadAsset(
+        self, request: pb.ReadAssetRequest, context: Ctx
+    ) -> AsyncIterator[pb.ReadAssetResponse]:
+        chunks = await self.manager.read(request.asset_id, request.offset, request.limit)
+        offset = request.offset
+        async for chunk in chunks:
+            yield pb.ReadAssetResponse(chunk=chunk, offset=offset)
+            offset += len(chunk)
+
+    @unary
+    async def GetManifest(
+        self, request: pb.GetManifestRequest, context: Ctx
+    ) -> pb.GetManifestResponse:
+        manifest = await self.manager.manifest(
+            dict(request.asset_mappings), convert.struct_to_dict(request.config_params)
+        )
+        return pb.GetManifestResponse(manifest_path=str(manifest.path), entries=manifest.entries)
+
+    @unary
+    async def DeleteAsset(
+        self, request: pb.DeleteAssetRequest, context: Ctx
+    ) -> pb.DeleteAssetResponse:
+        asset = await self.manager.delete(request.asset_id)
+        return pb.DeleteAssetResponse(asset=convert.asset_to_pb(asset))

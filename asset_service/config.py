@@ -1,0 +1,146 @@
+"""One frozen settings object, from command-line flags and ASSET_SERVICE_* variables."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+ENV_PREFIX = "ASSET_SERVICE_"
+DEFAULT_LISTEN = "127.0.0.1:50051"
+DEFAULT_STORAGE_ROOT = "./data"
+DEFAULT_MAX_UPLOAD = "10GiB"
+
+_SIZE = re.compile(r"(?i)\s*(\d+)\s*(b|k|kb|kib|m|mb|mib|g|gb|gib|t|tb|tib)?\s*")
+_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+
+
+def parse_size(text: str) -> int:
+    """'1048576', '512MiB', '10G' -> bytes (binary units)."""
+    match = _SIZE.fullmatch(text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size like 1048576, 512MiB or 10G")
+    unit = (match.group(2) or "").lower()[:1]
+    return int(match.group(1)) * _UNITS[unit]
+
+
+@dataclass(frozen=True)
+class Settings:
+    listen: str
+    storage_root: Path
+    database_url: str
+    import_roots: tuple[Path, ...]
+    max_upload_bytes: int
+    log_level: str
+    shutdown_grace_seconds: float
+    health_interval_seconds: float
+    orphan_grace_seconds: float
+
+
+def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
+    def default(name: str, fallback: str) -> str:
+        return env.get(ENV_PREFIX + name, fallback)
+
+    parser = argparse.ArgumentParser(
+        prog="asset-service",
+        description=(
+            "Serve the Asset Service (gRPC package asset.v1): FILE assets on disk, VALUE "
+            "assets inline, a PENDING -> AVAILABLE | FAILED state machine, WatchAsset "
+            "streams, chunked uploads and input manifests. Health (grpc.health.v1) and "
+            "server reflection are always on, so grpcurl works without .proto files."
+        ),
+        epilog=(
+            "Every option can also be set by an environment variable, named in brackets; "
+            "a flag wins over the variable. Storage layout under --storage-root: "
+            "uploads/YYYY-MM-DD/<id>/<name>, generated/<task-id>/<id>/<name>, tmp/ "
+            "(staging and manifests; keep it on the same filesystem)."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "--listen",
+        default=default("LISTEN", DEFAULT_LISTEN),
+        help="host:port to serve on; port 0 picks a free port (logged at start-up) "
+        "[ASSET_SERVICE_LISTEN]",
+    )
+    parser.add_argument(
+        "--storage-root",
+        default=default("STORAGE_ROOT", DEFAULT_STORAGE_ROOT),
+        help="folder holding every stored file (created if missing) [ASSET_SERVICE_STORAGE_ROOT]",
+    )
+    parser.add_argument(
+        "--database-url",
+        default=env.get(ENV_PREFIX + "DATABASE_URL"),
+        help="metadata store: sqlite:///abs/path.db (embedded) or mongodb://host/db?replicaSet=rs "
+        "(default: sqlite:///<storage-root>/assets.db) [ASSET_SERVICE_DATABASE_URL]",
+    )
+    parser.add_argument(
+        "--import-root",
+        action="append",
+        dest="import_roots",
+        metavar="DIR",
+        help="folder whose files RegisterFile and FulfillAsset(source_path) may adopt; "
+        "repeat for several; none means server-side paths are refused "
+        f"[ASSET_SERVICE_IMPORT_ROOTS, separated by '{os.pathsep}']",
+    )
+    parser.add_argument(
+        "--max-upload-bytes",
+        type=parse_size,
+        default=parse_size(default("MAX_UPLOAD_BYTES", DEFAULT_MAX_UPLOAD)),
+        help="largest accepted upload, e.g. 512MiB or 10G [ASSET_SERVICE_MAX_UPLOAD_BYTES]",
+    )
+    parser.add_argument(
+        "--log-level",
+        default=default("LOG_LEVEL", "INFO"),
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        type=str.upper,
+        help="logging threshold [ASSET_SERVICE_LOG_LEVEL]",
+    )
+    parser.add_argument(
+        "--shutdown-grace",
+        type=float,
+        default=float(default("SHUTDOWN_GRACE", "10")),
+        help="seconds in-flight RPCs get to finish on SIGTERM/SIGINT "
+        "[ASSET_SERVICE_SHUTDOWN_GRACE]",
+    )
+    parser.add_argument(
+        "--health-interval",
+        type=float,
+        default=float(default("HEALTH_INTERVAL", "2")),
+        help="seconds between database reachability checks behind grpc.health.v1 "
+        "[ASSET_SERVICE_HEALTH_INTERVAL]",
+    )
+    parser.add_argument(
+        "--orphan-grace",
+        type=float,
+        default=float(default("ORPHAN_GRACE", "600")),
+        help="at start-up, stored files no record points at are removed once older than this "
+        "many seconds (younger ones may be another server's commit in flight) "
+        "[ASSET_SERVICE_ORPHAN_GRACE]",
+    )
+    return parser
+
+
+def load_settings(
+    argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
+) -> Settings:
+    env = os.environ if env is None else env
+    args = build_parser(env).parse_args(argv)
+    root = Path(args.storage_root).expanduser().resolve()
+    roots_raw = args.import_roots
+    if roots_raw is None:
+        roots_raw = [p for p in env.get(ENV_PREFIX + "IMPORT_ROOTS", "").split(os.pathsep) if p]
+    return Settings(
+        listen=args.listen,
+        storage_root=root,
+        database_url=args.database_url or f"sqlite:///{root / 'assets.db'}",
+        import_roots=tuple(Path(p).expanduser().resolve() for p in roots_raw),
+        max_upload_bytes=args.max_upload_bytes,
+        log_level=args.log_level,
+        shutdown_grace_seconds=args.shutdown_grace,
+        health_interval_seconds=args.health_interval,
+        orphan_grace_seconds=args.orphan_grace,
+    )

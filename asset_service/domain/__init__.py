@@ -1,0 +1,1 @@
+"""The domain: asset records, the state machine, manifests; no protobuf, no database driver."""

@@ -1,0 +1,132 @@
+"""The grpc.aio server: AssetService, health, reflection, graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
+from grpc_reflection.v1alpha import reflection
+
+from asset_service._proto.asset.v1 import asset_service_pb2 as pb
+from asset_service._proto.asset.v1 import asset_service_pb2_grpc as pb_grpc
+from asset_service.api.servicer import AssetServicer
+from asset_service.config import Settings
+from asset_service.domain.errors import AssetError
+from asset_service.domain.manager import AssetManager, Limits
+from asset_service.storage.local import LocalStorage
+from asset_service.store import open_store
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["AssetService"].full_name
+# Uploads and downloads move 1 MiB chunks; 8 MiB leaves room for a 4 MiB VALUE plus
+# its envelope and refuses anything bigger before it is buffered.
+MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+SERVER_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    # Long WatchAsset streams cross proxies and NATs: ping idle connections.
+    ("grpc.keepalive_time_ms", 60_000),
+    ("grpc.keepalive_timeout_ms", 20_000),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+]
+
+
+@dataclass
+class RunningServer:
+    server: grpc.aio.Server
+    manager: AssetManager
+    health: health_aio.HealthServicer
+    port: int
+    monitor: asyncio.Task[None]
+
+    async def stop(self, grace: float) -> None:
+        await self.health.enter_graceful_shutdown()
+        self.monitor.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.monitor
+        await self.server.stop(grace)
+        await self.manager.stop()
+
+
+async def _monitor_health(
+    manager: AssetManager, servicer: health_aio.HealthServicer, interval: float
+) -> None:
+    serving: bool | None = None
+    while True:
+        try:
+            await asyncio.wait_for(manager.store.ping(), timeout=max(interval, 1.0))
+            ok = True
+        except (AssetError, TimeoutError, OSError) as exc:
+            ok = False
+            if serving is not False:
+                log.warning("metadata store unreachable: %s", exc)
+        if ok != serving:
+            status = (
+                health_pb2.HealthCheckResponse.SERVING
+                if ok
+                else health_pb2.HealthCheckResponse.NOT_SERVING
+            )
+            for name in ("", SERVICE_NAME):
+                await servicer.set(name, status)
+            if serving is False and ok:
+                log.info("metadata store reachable again")
+            serving = ok
+        await asyncio.sleep(interval)
+
+
+async def start(settings: Settings) -> RunningServer:
+    store = open_store(settings.database_url)
+    storage = LocalStorage(settings.storage_root)
+    limits = Limits(
+        max_upload_bytes=settings.max_upload_bytes,
+        import_roots=settings.import_roots,
+        orphan_grace_seconds=settings.orphan_grace_seconds,
+    )
+    manager = AssetManager(store, storage, limits)
+    await manager.start()
+
+    server = grpc.aio.server(options=SERVER_OPTIONS)
+    pb_grpc.add_AssetServiceServicer_to_server(AssetServicer(manager), server)
+    health_servicer = health_aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    try:
+        port = server.add_insecure_port(settings.listen)
+    except RuntimeError as exc:
+        await manager.stop()
+        raise AssetError(f"cannot listen on {settings.listen}: {exc}") from exc
+    await server.start()
+    monitor = asyncio.create_task(
+        _monitor_health(manager, health_servicer, settings.health_interval_seconds)
+    )
+    return RunningServer(server, manager, health_servicer, port, monitor)
+
+
+async def serve(settings: Settings) -> None:
+    running = await start(settings)
+    host = settings.listen.rsplit(":", 1)[0]
+    log.info(
+        "asset-service listening on %s:%d (storage %s, database %s)",
+        host,
+        running.port,
+        settings.storage_root,
+        settings.database_url.split("@")[-1],
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down (grace %.1fs)", settings.shutdown_grace_seconds)
+    await running.stop(settings.shutdown_grace_seconds)
+    log.info("stopped")

@@ -1,0 +1,30 @@
+"""Metadata stores behind one interface, chosen by database URL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from asset_service.domain.errors import InvalidArgument
+from asset_service.domain.ports import MetadataStore
+
+
+def open_store(database_url: str) -> MetadataStore:
+    """sqlite:///path/to/file.db (embedded default) or mongodb://... (production)."""
+    if database_url.startswith("sqlite://"):
+        from asset_service.store.sqlite import SqliteStore
+
+        raw = database_url.removeprefix("sqlite://")
+        if not raw.startswith("/"):
+            raise InvalidArgument(
+                f"database URL {database_url!r}: use sqlite:///absolute/path.db "
+                "(three slashes, then an absolute path)"
+            )
+        return SqliteStore(Path(raw))
+    if database_url.startswith(("mongodb://", "mongodb+srv://")):
+        from asset_service.store.mongo import MongoStore  # type: ignore[import-not-found]
+
+        store: MetadataStore = MongoStore(database_url)
+        return store
+    raise InvalidArgument(
+        f"database URL {database_url!r} is not supported: use sqlite:///path.db or mongodb://..."
+    )

@@ -1,0 +1,356 @@
+"""SqliteStore: the embedded metadata store (one process owns the database file)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import logging
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from asset_service.domain.errors import Conflict, InvalidArgument, NotFound, Unavailable
+from asset_service.domain.models import (
+    Asset,
+    AssetFilter,
+    AssetType,
+    Change,
+    ChangeKind,
+    Failure,
+    Fulfilment,
+    Page,
+    Status,
+    Value,
+    ValueKind,
+)
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS assets (
+    seq             INTEGER PRIMARY KEY AUTOINCREMENT,
+    id              TEXT NOT NULL UNIQUE,
+    label           TEXT NOT NULL,
+    status          TEXT NOT NULL,
+    type            TEXT NOT NULL,
+    media_type      TEXT NOT NULL,
+    storage_path    TEXT NOT NULL DEFAULT '',
+    value_kind      TEXT,
+    value_data      BLOB,
+    created_by_task TEXT NOT NULL DEFAULT '',
+    tags            TEXT NOT NULL DEFAULT '[]',
+    size_bytes      INTEGER NOT NULL DEFAULT 0,
+    sha256          TEXT NOT NULL DEFAULT '',
+    created_at      TEXT NOT NULL,
+    updated_at      TEXT NOT NULL,
+    failure_reason  TEXT NOT NULL DEFAULT '',
+    fulfilled_from  TEXT NOT NULL DEFAULT '',
+    revision        INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS assets_status ON assets (status, seq);
+CREATE INDEX IF NOT EXISTS assets_task ON assets (created_by_task, seq);
+CREATE INDEX IF NOT EXISTS assets_label ON assets (label, seq);
+CREATE TABLE IF NOT EXISTS asset_tags (
+    tag      TEXT NOT NULL,
+    asset_id TEXT NOT NULL,
+    PRIMARY KEY (tag, asset_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+INSERT OR IGNORE INTO counters (name, value) VALUES ('revision', 0);
+"""
+
+COLUMNS = (
+    "id, label, status, type, media_type, storage_path, value_kind, value_data, "
+    "created_by_task, tags, size_bytes, sha256, created_at, updated_at, failure_reason, "
+    "fulfilled_from, revision"
+)
+
+
+def _row_to_asset(row: sqlite3.Row) -> Asset:
+    value = None
+    if row["value_kind"] is not None:
+        value = Value(ValueKind(row["value_kind"]), bytes(row["value_data"]))
+    return Asset(
+        id=row["id"],
+        label=row["label"],
+        status=Status(row["status"]),
+        type=AssetType(row["type"]),
+        media_type=row["media_type"],
+        storage_path=row["storage_path"],
+        value=value,
+        created_by_task=row["created_by_task"],
+        tags=tuple(json.loads(row["tags"])),
+        size_bytes=row["size_bytes"],
+        sha256=row["sha256"],
+        created_at=datetime.fromisoformat(row["created_at"]),
+        updated_at=datetime.fromisoformat(row["updated_at"]),
+        failure_reason=row["failure_reason"],
+        fulfilled_from=row["fulfilled_from"],
+        revision=row["revision"],
+    )
+
+
+def encode_token(seq: int) -> str:
+    return base64.urlsafe_b64encode(f"sqlite:{seq}".encode()).decode().rstrip("=")
+
+
+def decode_token(token: str) -> int:
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+        prefix, _, seq = raw.partition(":")
+        if prefix != "sqlite":
+            raise ValueError(prefix)
+        return int(seq)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise InvalidArgument(
+            f"page_token {token!r} was not issued by ListAssets; pass next_page_token as is"
+        ) from None
+
+
+class SqliteStore:
+    """All statements run on one thread, so writes are serialized and ordered."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
+        self._conn: sqlite3.Connection | None = None
+        self._changes: asyncio.Queue[Change] = asyncio.Queue()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # --- plumbing -------------------------------------------------------------------
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self._conn is None:
+            raise Unavailable("the metadata store is not open")
+        conn = self._conn
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, fn, conn)
+        except sqlite3.OperationalError as exc:
+            raise Unavailable(f"sqlite database {self.path}: {exc}") from exc
+
+    def _publish(self, change: Change) -> None:
+        assert self._loop is not None
+        # FIFO from the single writer thread keeps changes in commit order.
+        self._loop.call_soon_threadsafe(self._changes.put_nowait, change)
+
+    @staticmethod
+    def _next_revision(conn: sqlite3.Connection) -> int:
+        row = conn.execute(
+            "UPDATE counters SET value = value + 1 WHERE name = 'revision' RETURNING value"
+        ).fetchone()
+        return int(row[0])
+
+    # --- lifecycle ------------------------------------------------------------------
+
+    async def open(self) -> None:
+        self._loop = asyncio.get_running_loop()
+
+        def connect() -> sqlite3.Connection:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode=WAL")
+            # FULL: a committed transition survives power loss, matching the fsynced bytes.
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA busy_timeout=5000")
+            conn.executescript(SCHEMA)
+            return conn
+
+        try:
+            self._conn = await asyncio.get_running_loop().run_in_executor(self._executor, connect)
+        except sqlite3.Error as exc:
+            raise Unavailable(f"cannot open sqlite database {self.path}: {exc}") from exc
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            await asyncio.get_running_loop().run_in_executor(self._executor, conn.close)
+        self._executor.shutdown(wait=True)
+
+    async def ping(self) -> None:
+        await self._run(lambda c: c.execute("SELECT 1").fetchone())
+
+    # --- reads ----------------------------------------------------------------------
+
+    async def get(self, asset_id: str) -> Asset | None:
+        def q(c: sqlite3.Connection) -> Asset | None:
+            row = c.execute(f"SELECT {COLUMNS} FROM assets WHERE id = ?", (asset_id,)).fetchone()
+            return _row_to_asset(row) if row else None
+
+        return await self._run(q)
+
+    async def get_many(self, asset_ids: Sequence[str]) -> dict[str, Asset]:
+        ids = list(asset_ids)
+
+        def q(c: sqlite3.Connection) -> dict[str, Asset]:
+            found: dict[str, Asset] = {}
+            for start in range(0, len(ids), 500):
+                part = ids[start : start + 500]
+                marks = ",".join("?" * len(part))
+                for row in c.execute(f"SELECT {COLUMNS} FROM assets WHERE id IN ({marks})", part):
+                    found[row["id"]] = _row_to_asset(row)
+            return found
+
+        return await self._run(q) if ids else {}
+
+    async def query(self, flt: AssetFilter, limit: int, page_token: str) -> Page:
+        after = decode_token(page_token) if page_token else 0
+        where: list[str] = ["seq > ?"]
+        args: list[object] = [after]
+        if flt.status is not None:
+            where.append("status = ?")
+            args.append(flt.status.value)
+        if flt.type is not None:
+            where.append("type = ?")
+            args.append(flt.type.value)
+        if flt.created_by_task:
+            where.append("created_by_task = ?")
+            args.append(flt.created_by_task)
+        if flt.label:
+            where.append("label = ?")
+            args.append(flt.label)
+        for tag in flt.tags:
+            where.append("id IN (SELECT asset_id FROM asset_tags WHERE tag = ?)")
+            args.append(tag)
+        sql = f"SELECT seq, {COLUMNS} FROM assets WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?"
+
+        def q(c: sqlite3.Connection) -> Page:
+            rows = c.execute(sql, (*args, limit + 1)).fetchall()
+            more = len(rows) > limit
+            rows = rows[:limit]
+            token = encode_token(rows[-1]["seq"]) if more else ""
+            return Page([_row_to_asset(r) for r in rows], token)
+
+        return await self._run(q)
+
+    # --- writes -----------------------------------------------------------------------
+
+    async def insert(self, asset: Asset) -> Asset:
+        def w(c: sqlite3.Connection) -> Asset:
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                rev = self._next_revision(c)
+                v = asset.value
+                c.execute(
+                    f"INSERT INTO assets ({COLUMNS}) VALUES "
+                    "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        asset.id,
+                        asset.label,
+                        asset.status.value,
+                        asset.type.value,
+                        asset.media_type,
+                        asset.storage_path,
+                        v.kind.value if v else None,
+                        v.data if v else None,
+                        asset.created_by_task,
+                        json.dumps(list(asset.tags)),
+                        asset.size_bytes,
+                        asset.sha256,
+                        asset.created_at.isoformat(),
+                        asset.updated_at.isoformat(),
+                        asset.failure_reason,
+                        asset.fulfilled_from,
+                        rev,
+                    ),
+                )
+                c.executemany(
+                    "INSERT INTO asset_tags (tag, asset_id) VALUES (?, ?)",
+                    [(t, asset.id) for t in asset.tags],
+                )
+                c.execute("COMMIT")
+            except sqlite3.IntegrityError:
+                c.execute("ROLLBACK")
+                raise Conflict(f"asset {asset.id} already exists") from None
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+            stored = Asset(**{**asset.__dict__, "revision": rev})
+            self._publish(Change(ChangeKind.PUT, stored))
+            return stored
+
+        return await self._run(w)
+
+    async def transition(
+        self, asset_id: str, expected: Status, change: Fulfilment | Failure, now: datetime
+    ) -> Asset:
+        sets: dict[str, Any]
+        if isinstance(change, Fulfilment):
+            v = change.value
+            sets = {
+                "status": Status.AVAILABLE.value,
+                "storage_path": change.storage_path,
+                "value_kind": v.kind.value if v else None,
+                "value_data": v.data if v else None,
+                "size_bytes": change.size_bytes,
+                "sha256": change.sha256,
+                "fulfilled_from": change.fulfilled_from,
+            }
+            if change.media_type:
+                sets["media_type"] = change.media_type
+        else:
+            sets = {"status": Status.FAILED.value, "failure_reason": change.reason}
+        sets["updated_at"] = now.isoformat()
+
+        def w(c: sqlite3.Connection) -> Asset:
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                rev = self._next_revision(c)
+                assignments = ", ".join(f"{k} = ?" for k in sets)
+                row = c.execute(
+                    f"UPDATE assets SET {assignments}, revision = ? "
+                    f"WHERE id = ? AND status = ? RETURNING {COLUMNS}",
+                    (*sets.values(), rev, asset_id, expected.value),
+                ).fetchone()
+                if row is None:
+                    c.execute("ROLLBACK")
+                    cur = c.execute("SELECT status FROM assets WHERE id = ?", (asset_id,))
+                    current = cur.fetchone()
+                    if current is None:
+                        raise NotFound(f"asset {asset_id} not found")
+                    raise Conflict(
+                        f"asset {asset_id} is {current['status']}, expected {expected.value}"
+                    )
+                c.execute("COMMIT")
+            except sqlite3.Error:
+                c.execute("ROLLBACK")
+                raise
+            updated = _row_to_asset(row)
+            self._publish(Change(ChangeKind.PUT, updated))
+            return updated
+
+        return await self._run(w)
+
+    async def delete(self, asset_id: str) -> Asset | None:
+        def w(c: sqlite3.Connection) -> Asset | None:
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                row = c.execute(
+                    f"DELETE FROM assets WHERE id = ? RETURNING {COLUMNS}", (asset_id,)
+                ).fetchone()
+                if row is None:
+                    c.execute("ROLLBACK")
+                    return None
+                rev = self._next_revision(c)
+                c.execute("DELETE FROM asset_tags WHERE asset_id = ?", (asset_id,))
+                c.execute("COMMIT")
+            except sqlite3.Error:
+                c.execute("ROLLBACK")
+                raise
+            gone = Asset(**{**_row_to_asset(row).__dict__, "revision": rev})
+            self._publish(Change(ChangeKind.DELETE, gone))
+            return gone
+
+        return await self._run(w)
+
+    async def changes(self) -> AsyncIterator[Change]:
+        while True:
+            yield await self._changes.get()

@@ -1,0 +1,47 @@
+"""Shared fixtures: a real server process on port 0 and async stubs talking to it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from asset_service._proto.asset.v1 import asset_service_pb2_grpc as pb_grpc
+from tests.serverproc import ServerProcess, test_database_url
+
+
+@pytest.fixture
+def import_root(tmp_path: Path) -> Path:
+    root = tmp_path / "worker"
+    root.mkdir()
+    return root
+
+
+@pytest.fixture
+def server(tmp_path: Path, import_root: Path) -> Iterator[ServerProcess]:
+    proc = ServerProcess(
+        tmp_path / "data", test_database_url(tmp_path), import_roots=[import_root]
+    ).start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+@pytest.fixture
+async def channel(server: ServerProcess) -> AsyncIterator[grpc.aio.Channel]:
+    async with grpc.aio.insecure_channel(
+        server.address,
+        options=[
+            ("grpc.max_receive_message_length", 8 * 1024 * 1024),
+            ("grpc.max_send_message_length", 8 * 1024 * 1024),
+        ],
+    ) as ch:
+        yield ch
+
+
+@pytest.fixture
+def stub(channel: grpc.aio.Channel) -> pb_grpc.AssetServiceStub:
+    return pb_grpc.AssetServiceStub(channel)
