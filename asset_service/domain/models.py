@@ -121,6 +121,16 @@ class Change:
 
 
 @dataclass(frozen=True)
+class Resync:
+    """The change source lost history (e.g. its resume point fell off the oplog).
+
+    Every subscriber must re-read the current state of what it watches.
+    """
+
+    reason: str
+
+
+@dataclass(frozen=True)
 class Page:
     assets: list[Asset] = field(default_factory=list)
     next_token: str = ""

@@ -14,6 +14,7 @@ from asset_service.domain.models import (
     Failure,
     Fulfilment,
     Page,
+    Resync,
     Status,
 )
 
@@ -59,8 +60,12 @@ class MetadataStore(Protocol):
     async def delete(self, asset_id: str) -> Asset | None:
         """Remove the record; return its last state (with a new revision) or None."""
 
-    def changes(self) -> AsyncIterator[Change]:
-        """Every committed change in commit order. Consumed by ONE task per process."""
+    def changes(self) -> AsyncIterator[Change | Resync]:
+        """Every committed change in commit order; consumed by ONE task per process.
+
+        Yield Resync when changes may have been missed (then subscribers re-read state).
+        The iterator runs for the life of the process and recovers from transient errors.
+        """
 
 
 class StagedBlob(Protocol):

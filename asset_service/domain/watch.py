@@ -7,7 +7,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable
 
-from asset_service.domain.models import Change
+from asset_service.domain.models import Change, Resync
 
 log = logging.getLogger(__name__)
 
@@ -97,13 +97,17 @@ class ChangeHub:
                 sub.lagged = True
                 sub._wake.set()
 
-    def start(self, source: AsyncIterator[Change]) -> None:
+    def start(self, source: AsyncIterator[Change | Resync]) -> None:
         self._task = asyncio.create_task(self._pump(source), name="change-hub")
 
-    async def _pump(self, source: AsyncIterator[Change]) -> None:
+    async def _pump(self, source: AsyncIterator[Change | Resync]) -> None:
         try:
             async for change in source:
-                self.publish(change)
+                if isinstance(change, Resync):
+                    log.warning("change history lost (%s); watchers re-read state", change.reason)
+                    self.mark_all_lagged()
+                else:
+                    self.publish(change)
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # the source is dead: nobody may wait forever

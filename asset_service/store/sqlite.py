@@ -24,6 +24,7 @@ from asset_service.domain.models import (
     Failure,
     Fulfilment,
     Page,
+    Resync,
     Status,
     Value,
     ValueKind,
@@ -351,6 +352,6 @@ class SqliteStore:
 
         return await self._run(w)
 
-    async def changes(self) -> AsyncIterator[Change]:
+    async def changes(self) -> AsyncIterator[Change | Resync]:
         while True:
             yield await self._changes.get()
