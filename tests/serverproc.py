@@ -15,7 +15,7 @@ from pathlib import Path
 READY = re.compile(r"asset-service listening on (\S+):(\d+)")
 
 
-def test_database_url(tmp_path: Path) -> str:
+def database_url_for(tmp_path: Path) -> str:
     """sqlite in tmp_path, or a fresh database on MONGODB_URI's replica set when given."""
     mongo = os.environ.get("MONGODB_URI")
     if mongo:

@@ -1,0 +1,439 @@
+"""End to end: uploads, promises, fulfilment, failure, values, manifests, races, through real stubs."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import grpc
+from google.protobuf import struct_pb2
+from grpc_status import rpc_status
+
+from asset_service._proto.asset.v1 import asset_service_pb2 as pb
+from asset_service._proto.asset.v1 import asset_service_pb2_grpc as pb_grpc
+from tests.e2e.helpers import (
+    MiB,
+    all_assets,
+    digest_of,
+    expect_error,
+    pattern_chunks,
+    read_all,
+    stored_files,
+    upload,
+)
+from tests.serverproc import ServerProcess
+
+PENDING, AVAILABLE, FAILED = (
+    pb.ASSET_STATUS_PENDING,
+    pb.ASSET_STATUS_AVAILABLE,
+    pb.ASSET_STATUS_FAILED,
+)
+
+
+async def test_upload_64mib_in_chunks(
+    stub: pb_grpc.AssetServiceStub, server: ServerProcess
+) -> None:
+    size = 64 * MiB
+    sha, _ = digest_of(pattern_chunks(size))
+    asset = await upload(
+        stub,
+        pattern_chunks(size),
+        label="Input_Video.mp4",
+        media_type="video/mp4",
+        tags=["raw-upload", "user-id-5"],
+        expected_size_bytes=size,
+        expected_sha256=sha,
+    )
+    assert asset.status == AVAILABLE
+    assert asset.type == pb.ASSET_TYPE_FILE
+    assert (asset.size_bytes, asset.sha256) == (size, sha)
+    today = datetime.now(UTC).strftime("%Y-%m-%d")
+    path = Path(asset.storage_path)
+    assert path.is_relative_to(server.root / "uploads" / today)
+    assert path.stat().st_size == size
+    assert digest_of([path.read_bytes()])[0] == sha
+    assert hashlib.sha256(await read_all(stub, asset.id)).hexdigest() == sha
+    got = (await stub.GetAsset(pb.GetAssetRequest(asset_id=asset.id))).asset
+    assert list(got.tags) == ["raw-upload", "user-id-5"] and got.media_type == "video/mp4"
+
+
+async def test_upload_memory_stays_flat(
+    stub: pb_grpc.AssetServiceStub, server: ServerProcess
+) -> None:
+    size = 256 * MiB
+    await upload(stub, pattern_chunks(MiB), label="warmup.bin")  # let allocators settle
+    baseline = server.rss_bytes()
+    peak = baseline
+    stop = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not stop.is_set():
+            peak = max(peak, server.rss_bytes())
+            time.sleep(0.02)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        asset = await upload(stub, pattern_chunks(size), label="big.bin", timeout=300)
+    finally:
+        stop.set()
+        sampler.join()
+    assert asset.size_bytes == size
+    growth = peak - baseline
+    # The file is 256 MiB; a server that buffered it would grow by at least that much.
+    assert growth < 48 * MiB, f"server RSS grew by {growth / MiB:.1f} MiB during a 256 MiB upload"
+
+
+async def _watch_events(
+    stub: pb_grpc.AssetServiceStub, ids: list[str], started: asyncio.Event, **kw: object
+) -> list[pb.WatchAssetResponse]:
+    events = []
+    call = stub.WatchAsset(pb.WatchAssetRequest(asset_ids=ids, **kw), timeout=30)  # type: ignore[arg-type]
+    async for event in call:
+        events.append(event)
+        started.set()
+    return events
+
+
+async def test_watcher_sees_pending_then_available_and_file_is_moved(
+    stub: pb_grpc.AssetServiceStub, server: ServerProcess, import_root: Path
+) -> None:
+    pending = (
+        await stub.CreatePendingAsset(
+            pb.CreatePendingAssetRequest(
+                task_id="task-42", label="frames.tar", media_type="application/x-tar"
+            )
+        )
+    ).asset
+    assert pending.status == PENDING and pending.storage_path == ""
+    started = asyncio.Event()
+    watcher = asyncio.create_task(_watch_events(stub, [pending.id], started))
+    await asyncio.wait_for(started.wait(), 10)  # the snapshot arrived: the watch is live
+
+    source = import_root / "out" / "frames.tar"
+    source.parent.mkdir()
+    source.write_bytes(b"frame data" * 1000)
+    done = await stub.FulfillAsset(
+        pb.FulfillAssetRequest(asset_id=pending.id, source_path=str(source))
+    )
+    events = await asyncio.wait_for(watcher, 10)
+
+    assert [(e.type, e.asset.status) for e in events] == [
+        (pb.WATCH_EVENT_TYPE_SNAPSHOT, PENDING),
+        (pb.WATCH_EVENT_TYPE_CHANGED, AVAILABLE),
+    ]
+    assert events[0].revision < events[1].revision == done.asset.revision
+    target = Path(done.asset.storage_path)
+    assert target.is_relative_to(server.root / "generated" / "task-42")
+    assert target.read_bytes() == b"frame data" * 1000
+    assert not source.exists(), "the worker's file should have been moved"
+    assert done.asset.sha256 == hashlib.sha256(b"frame data" * 1000).hexdigest()
+
+
+async def test_watch_many_ids_orders_snapshot_and_changes(stub: pb_grpc.AssetServiceStub) -> None:
+    a = (
+        await stub.CreatePendingAsset(
+            pb.CreatePendingAssetRequest(task_id="t", label="a", type=pb.ASSET_TYPE_VALUE)
+        )
+    ).asset
+    b = (
+        await stub.CreatePendingAsset(
+            pb.CreatePendingAssetRequest(task_id="t", label="b", type=pb.ASSET_TYPE_VALUE)
+        )
+    ).asset
+    started = asyncio.Event()
+    watcher = asyncio.create_task(_watch_events(stub, [b.id, a.id], started))
+    await asyncio.wait_for(started.wait(), 10)
+    await stub.FulfillAsset(pb.FulfillAssetRequest(asset_id=b.id, value=pb.Value(text="B")))
+    await stub.FailAsset(pb.FailAssetRequest(asset_id=a.id, reason="crashed"))
+    events = await asyncio.wait_for(watcher, 10)
+    revisions = [e.revision for e in events]
+    assert revisions == sorted(revisions) and len(set(revisions)) == len(revisions)
+    assert [(e.asset.id, e.asset.status) for e in events][-2:] == [
+        (b.id, AVAILABLE),
+        (a.id, FAILED),
+    ]
+    assert {e.asset.id for e in events if e.type == pb.WATCH_EVENT_TYPE_SNAPSHOT} == {a.id, b.id}
+
+
+async def test_fail_is_seen_by_watchers_and_blocks_manifests(
+    stub: pb_grpc.AssetServiceStub,
+) -> None:
+    failing = (
+        await stub.CreatePendingAsset(pb.CreatePendingAssetRequest(task_id="t1", label="x.mp4"))
+    ).asset
+    waiting = (
+        await stub.CreatePendingAsset(pb.CreatePendingAssetRequest(task_id="t1", label="y.mp4"))
+    ).asset
+    ready = (
+        await stub.CreateValueAsset(pb.CreateValueAssetRequest(label="n", value=pb.Value(text="1")))
+    ).asset
+    watchers = []
+    for _ in range(3):
+        started = asyncio.Event()
+        watchers.append(asyncio.create_task(_watch_events(stub, [failing.id], started)))
+        await asyncio.wait_for(started.wait(), 10)
+    failed = await stub.FailAsset(
+        pb.FailAssetRequest(asset_id=failing.id, reason="ffmpeg exited 1")
+    )
+    assert failed.asset.status == FAILED and failed.asset.failure_reason == "ffmpeg exited 1"
+    for events in await asyncio.gather(*watchers):
+        assert [e.asset.status for e in events] == [PENDING, FAILED]
+        assert events[-1].asset.failure_reason == "ffmpeg exited 1"
+
+    err = await expect_error(
+        stub.GetManifest(
+            pb.GetManifestRequest(
+                asset_mappings={"video": failing.id, "audio": waiting.id, "n": ready.id}
+            )
+        ),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        f"video={failing.id} is FAILED (ffmpeg exited 1)",
+        f"audio={waiting.id} is PENDING",
+    )
+    assert ready.id not in (err.details() or "")
+    status = rpc_status.from_call(err)
+    assert status is not None
+    from google.rpc import error_details_pb2
+
+    detail = error_details_pb2.PreconditionFailure()
+    assert status.details[0].Unpack(detail)
+    assert {(v.subject, v.type) for v in detail.violations} == {
+        (f"assets/{failing.id}", "FAILED"),
+        (f"assets/{waiting.id}", "PENDING"),
+    }
+
+
+async def test_manifest_bridges_values_to_files(
+    stub: pb_grpc.AssetServiceStub, server: ServerProcess
+) -> None:
+    text = (
+        await stub.CreateValueAsset(
+            pb.CreateValueAssetRequest(label="prompt", value=pb.Value(text="héllo"))
+        )
+    ).asset
+    doc = (
+        await stub.CreateValueAsset(
+            pb.CreateValueAssetRequest(label="cfg", value=pb.Value(json='{"fps": 24}'))
+        )
+    ).asset
+    raw = (
+        await stub.CreateValueAsset(
+            pb.CreateValueAssetRequest(label="blob", value=pb.Value(data=b"\x00\x01\xff"))
+        )
+    ).asset
+    video = await upload(stub, [b"v" * 1000], label="clip.mp4")
+    assert (text.media_type, doc.media_type, raw.media_type) == (
+        "text/plain",
+        "application/json",
+        "application/octet-stream",
+    )
+    config = struct_pb2.Struct()
+    config.update({"threshold": 0.5, "mode": "fast", "nested": {"k": [1, 2]}})
+    response = await stub.GetManifest(
+        pb.GetManifestRequest(
+            asset_mappings={"prompt": text.id, "cfg": doc.id, "blob": raw.id, "video": video.id},
+            config_params=config,
+        )
+    )
+    manifest_path = Path(response.manifest_path)
+    assert manifest_path.is_absolute() and manifest_path.name == "input_data.json"
+    assert manifest_path.is_relative_to(server.root / "tmp")
+    body = json.loads(manifest_path.read_text())
+    assert body["config_params"] == {"threshold": 0.5, "mode": "fast", "nested": {"k": [1, 2]}}
+    inputs = body["inputs"]
+    assert inputs == dict(response.entries)
+    expected = {
+        "prompt": "héllo".encode(),
+        "cfg": b'{"fps": 24}',
+        "blob": b"\x00\x01\xff",
+        "video": b"v" * 1000,
+    }
+    for key, content in expected.items():
+        path = Path(inputs[key])
+        assert path.is_absolute() and path.exists(), key
+        assert path.read_bytes() == content, key
+    assert Path(inputs["prompt"]).suffix == ".txt"
+    assert Path(inputs["cfg"]).suffix == ".json"
+    assert Path(inputs["video"]) == Path(video.storage_path)
+
+
+async def test_twenty_racing_transitions_have_one_winner(
+    stub: pb_grpc.AssetServiceStub, server: ServerProcess, import_root: Path
+) -> None:
+    asset = (
+        await stub.CreatePendingAsset(pb.CreatePendingAssetRequest(task_id="race", label="out.bin"))
+    ).asset
+    sources = []
+    calls = []
+    for i in range(20):
+        if i % 2 == 0:
+            src = import_root / f"candidate-{i}.bin"
+            src.write_bytes(f"candidate {i}".encode())
+            sources.append(src)
+            calls.append(
+                stub.FulfillAsset(pb.FulfillAssetRequest(asset_id=asset.id, source_path=str(src)))
+            )
+        else:
+            calls.append(
+                stub.FailAsset(pb.FailAssetRequest(asset_id=asset.id, reason=f"worker {i} gave up"))
+            )
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    winners = [r for r in results if not isinstance(r, BaseException)]
+    losers = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
+    assert len(winners) == 1, results
+    assert len(losers) == 19
+    for err in losers:
+        assert err.code() in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.ABORTED)
+        assert asset.id in (err.details() or "")
+    final = (await stub.GetAsset(pb.GetAssetRequest(asset_id=asset.id))).asset
+    assert final.status == winners[0].asset.status
+    assert final.revision == winners[0].asset.revision == asset.revision + 1
+    generated = [p for p in stored_files(server.root) if "generated" in p.parts]
+    if final.status == AVAILABLE:
+        assert generated == [Path(final.storage_path)]
+        assert sum(not s.exists() for s in sources) == 1  # only the winner's file moved
+    else:
+        assert generated == [] and all(s.exists() for s in sources)
+
+
+async def test_value_race_and_idempotent_retries(
+    stub: pb_grpc.AssetServiceStub, import_root: Path, server: ServerProcess
+) -> None:
+    asset = (
+        await stub.CreatePendingAsset(
+            pb.CreatePendingAssetRequest(task_id="t", label="v", type=pb.ASSET_TYPE_VALUE)
+        )
+    ).asset
+    results = await asyncio.gather(
+        *(
+            stub.FulfillAsset(
+                pb.FulfillAssetRequest(asset_id=asset.id, value=pb.Value(text=f"answer {i}"))
+            )
+            for i in range(20)
+        ),
+        return_exceptions=True,
+    )
+    winners = [r for r in results if not isinstance(r, BaseException)]
+    assert len(winners) == 1
+    won = winners[0].asset
+    again = await stub.FulfillAsset(pb.FulfillAssetRequest(asset_id=asset.id, value=won.value))
+    assert again.asset == won  # same result, same revision: nothing written
+
+    # A retried path fulfil (the file was already moved) returns the same record.
+    file_asset = (
+        await stub.CreatePendingAsset(pb.CreatePendingAssetRequest(task_id="t", label="f.txt"))
+    ).asset
+    src = import_root / "f.txt"
+    src.write_text("content")
+    first = await stub.FulfillAsset(
+        pb.FulfillAssetRequest(asset_id=file_asset.id, source_path=str(src))
+    )
+    retry = await stub.FulfillAsset(
+        pb.FulfillAssetRequest(asset_id=file_asset.id, source_path=str(src))
+    )
+    assert retry.asset == first.asset
+    # The same content uploaded again as the fulfilment: same record, no second file.
+    replay = await upload(stub, [b"content"], pending_asset_id=file_asset.id)
+    assert replay == first.asset
+    generated = [p for p in stored_files(server.root) if "generated" in p.parts]
+    assert generated == [Path(first.asset.storage_path)]
+    # Failing with the same reason twice is idempotent too.
+    other = (
+        await stub.CreatePendingAsset(pb.CreatePendingAssetRequest(task_id="t", label="g"))
+    ).asset
+    f1 = await stub.FailAsset(pb.FailAssetRequest(asset_id=other.id, reason="boom"))
+    f2 = await stub.FailAsset(pb.FailAssetRequest(asset_id=other.id, reason="boom"))
+    assert f1.asset == f2.asset
+
+
+async def test_upload_fulfils_pending_and_register_file(
+    stub: pb_grpc.AssetServiceStub, server: ServerProcess, import_root: Path
+) -> None:
+    pending = (
+        await stub.CreatePendingAsset(
+            pb.CreatePendingAssetRequest(task_id="enc", label="out.mp4", media_type="video/mp4")
+        )
+    ).asset
+    done = await upload(stub, [b"a" * 10, b"b" * 10], pending_asset_id=pending.id)
+    assert done.id == pending.id and done.status == AVAILABLE and done.size_bytes == 20
+    assert Path(done.storage_path).is_relative_to(server.root / "generated" / "enc")
+    assert await read_all(stub, done.id) == b"a" * 10 + b"b" * 10
+
+    src = import_root / "seed.csv"
+    src.write_text("a,b\n1,2\n")
+    reg = (
+        await stub.RegisterFile(pb.RegisterFileRequest(path=str(src), media_type="text/csv"))
+    ).asset
+    assert reg.label == "seed.csv" and reg.status == AVAILABLE and src.exists()  # copied
+    assert Path(reg.storage_path).read_text() == "a,b\n1,2\n"
+    moved = (
+        await stub.RegisterFile(pb.RegisterFileRequest(path=str(src), label="moved.csv", move=True))
+    ).asset
+    assert not src.exists() and Path(moved.storage_path).read_text() == "a,b\n1,2\n"
+
+
+async def test_list_filters_and_pages(stub: pb_grpc.AssetServiceStub) -> None:
+    ids = []
+    for i in range(7):
+        tags = ["batch"] + (["even"] if i % 2 == 0 else [])
+        a = (
+            await stub.CreatePendingAsset(
+                pb.CreatePendingAssetRequest(task_id=f"t{i % 2}", label=f"a{i}", tags=tags)
+            )
+        ).asset
+        ids.append(a.id)
+    await stub.FailAsset(pb.FailAssetRequest(asset_id=ids[0], reason="x"))
+    seen, token = [], ""
+    while True:
+        page = await stub.ListAssets(
+            pb.ListAssetsRequest(tags=["batch"], page_size=3, page_token=token)
+        )
+        assert len(page.assets) <= 3
+        seen += [a.id for a in page.assets]
+        token = page.next_page_token
+        if not token:
+            break
+    assert seen == ids
+    evens = await stub.ListAssets(pb.ListAssetsRequest(tags=["batch", "even"]))
+    assert [a.id for a in evens.assets] == ids[0::2]
+    pend_t0 = await stub.ListAssets(pb.ListAssetsRequest(created_by_task="t0", status=PENDING))
+    assert [a.id for a in pend_t0.assets] == ids[2::2]
+    by_label = await stub.ListAssets(pb.ListAssetsRequest(label="a3"))
+    assert [a.id for a in by_label.assets] == [ids[3]]
+    await expect_error(
+        stub.ListAssets(pb.ListAssetsRequest(page_token="garbage")),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "page_token",
+    )
+    batch = await stub.BatchGetAssets(pb.BatchGetAssetsRequest(asset_ids=[ids[3], ids[1]]))
+    assert [a.id for a in batch.assets] == [ids[3], ids[1]]
+
+
+async def test_delete_removes_record_and_bytes_and_tells_watchers(
+    stub: pb_grpc.AssetServiceStub, server: ServerProcess
+) -> None:
+    asset = await upload(stub, [b"bytes"], label="gone.bin")
+    pending = (
+        await stub.CreatePendingAsset(pb.CreatePendingAssetRequest(task_id="t", label="p"))
+    ).asset
+    started = asyncio.Event()
+    watcher = asyncio.create_task(_watch_events(stub, [pending.id], started))
+    await asyncio.wait_for(started.wait(), 10)
+    await stub.DeleteAsset(pb.DeleteAssetRequest(asset_id=pending.id))
+    events = await asyncio.wait_for(watcher, 10)
+    assert events[-1].type == pb.WATCH_EVENT_TYPE_DELETED and events[-1].asset.id == pending.id
+    deleted = await stub.DeleteAsset(pb.DeleteAssetRequest(asset_id=asset.id))
+    assert deleted.asset.id == asset.id
+    assert not Path(asset.storage_path).exists()
+    assert stored_files(server.root) == []
+    assert await all_assets(stub) == []
+    await expect_error(
+        stub.GetAsset(pb.GetAssetRequest(asset_id=asset.id)), grpc.StatusCode.NOT_FOUND, asset.id
+    )

@@ -1,0 +1,133 @@
+"""End to end: SIGKILL mid-upload and after fulfils; a restart loses nothing and leaves no orphans."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+
+from asset_service._proto.asset.v1 import asset_service_pb2 as pb
+from asset_service._proto.asset.v1 import asset_service_pb2_grpc as pb_grpc
+from tests.e2e.helpers import MiB, pattern_chunks, read_all, stored_files, upload
+from tests.serverproc import ServerProcess, database_url_for
+
+
+async def test_sigkill_and_restart(tmp_path: Path, import_root: Path) -> None:
+    server = ServerProcess(
+        tmp_path / "data", database_url_for(tmp_path), import_roots=[import_root]
+    )
+    server.start()
+    try:
+        async with grpc.aio.insecure_channel(server.address) as channel:
+            stub = pb_grpc.AssetServiceStub(channel)
+            uploaded = await upload(stub, pattern_chunks(3 * MiB), label="kept.bin")
+            value = (
+                await stub.CreateValueAsset(
+                    pb.CreateValueAssetRequest(label="v", value=pb.Value(json="[1]"))
+                )
+            ).asset
+            fulfilled = (
+                await stub.CreatePendingAsset(
+                    pb.CreatePendingAssetRequest(task_id="t", label="done.txt")
+                )
+            ).asset
+            src = import_root / "done.txt"
+            src.write_text("produced")
+            fulfilled = (
+                await stub.FulfillAsset(
+                    pb.FulfillAssetRequest(asset_id=fulfilled.id, source_path=str(src))
+                )
+            ).asset
+            waiting = [
+                (
+                    await stub.CreatePendingAsset(
+                        pb.CreatePendingAssetRequest(
+                            task_id="t", label=f"w{i}", type=pb.ASSET_TYPE_VALUE
+                        )
+                    )
+                ).asset
+                for i in range(2)
+            ]
+            # A watcher follows the two promises, then loses its server.
+            seen: list[pb.WatchAssetResponse] = []
+            watch = stub.WatchAsset(
+                pb.WatchAssetRequest(asset_ids=[w.id for w in waiting], follow=True)
+            )
+            async for event in watch:
+                seen.append(event)
+                if len(seen) == 2:
+                    break
+            last_revision = max(e.revision for e in seen)
+
+            # An upload is streaming when the server dies.
+            streaming = asyncio.Event()
+
+            async def endless() -> AsyncIterator[pb.UploadAssetRequest]:
+                yield pb.UploadAssetRequest(header=pb.UploadHeader(label="interrupted.bin"))
+                for chunk in pattern_chunks(6 * MiB):
+                    yield pb.UploadAssetRequest(chunk=chunk)
+                streaming.set()
+                await asyncio.sleep(3600)
+
+            interrupted = asyncio.ensure_future(stub.UploadAsset(endless()))
+            await asyncio.wait_for(streaming.wait(), 30)
+            assert any("staging" in p.parts for p in stored_files(server.root))
+            server.kill()
+            try:
+                await asyncio.wait_for(interrupted, 10)
+                raise AssertionError("the upload cannot have succeeded")
+            except grpc.aio.AioRpcError as err:
+                assert err.code() == grpc.StatusCode.UNAVAILABLE
+            watch.cancel()
+
+        server.start()  # same storage root and database, new process
+        async with grpc.aio.insecure_channel(server.address) as channel:
+            stub = pb_grpc.AssetServiceStub(channel)
+            # No staging left: the dead process's folder was swept at start-up.
+            assert [p for p in stored_files(server.root) if "staging" in p.parts] == []
+            files = stored_files(server.root)
+            assert sorted(files) == sorted(
+                [Path(uploaded.storage_path), Path(fulfilled.storage_path)]
+            )
+            # Every AVAILABLE asset reads back byte-identical.
+            assert hashlib.sha256(await read_all(stub, uploaded.id)).hexdigest() == uploaded.sha256
+            assert await read_all(stub, fulfilled.id) == b"produced"
+            assert await read_all(stub, value.id) == b"[1]"
+            for w in waiting:
+                got = (await stub.GetAsset(pb.GetAssetRequest(asset_id=w.id))).asset
+                assert got.status == pb.ASSET_STATUS_PENDING and got == w
+            listed = await stub.ListAssets(pb.ListAssetsRequest(label="interrupted.bin"))
+            assert list(listed.assets) == []
+
+            # While the watcher was away, one promise was kept...
+            first = await stub.FulfillAsset(
+                pb.FulfillAssetRequest(asset_id=waiting[0].id, value=pb.Value(text="A"))
+            )
+            # ...and it resumes from the last revision it saw.
+            resumed: list[pb.WatchAssetResponse] = []
+            started = asyncio.Event()
+
+            async def follow() -> None:
+                req = pb.WatchAssetRequest(
+                    asset_ids=[w.id for w in waiting], after_revision=last_revision
+                )
+                async for event in stub.WatchAsset(req, timeout=20):
+                    resumed.append(event)
+                    started.set()
+
+            task = asyncio.create_task(follow())
+            await asyncio.wait_for(started.wait(), 10)
+            second = await stub.FailAsset(
+                pb.FailAssetRequest(asset_id=waiting[1].id, reason="gave up")
+            )
+            await asyncio.wait_for(task, 10)
+            assert [(e.asset.id, e.asset.status, e.revision) for e in resumed] == [
+                (waiting[0].id, pb.ASSET_STATUS_AVAILABLE, first.asset.revision),
+                (waiting[1].id, pb.ASSET_STATUS_FAILED, second.asset.revision),
+            ]
+            assert all(e.revision > last_revision for e in resumed)
+    finally:
+        server.stop()
