@@ -1,4 +1,4 @@
-"""End to end: uploads, promises, fulfilment, failure, values, manifests, races, through real stubs."""
+"""End to end: uploads, promises, fulfilment, failures, values, manifests and races."""
 
 from __future__ import annotations
 
