@@ -21,9 +21,11 @@ $(TOOLS): tools/package.json tools/package-lock.json
 
 install: $(STAMP) $(TOOLS)
 
-## run: serve on 127.0.0.1:50051 with data under ./data (pass more flags with ARGS="...")
+## run: serve on 127.0.0.1:50051 with data under ./data, server-side paths allowed
+## under ./incoming (pass more flags with ARGS="...")
 run: $(STAMP)
-	$(VENV)/bin/asset-service $(ARGS)
+	mkdir -p incoming
+	$(VENV)/bin/asset-service --import-root "$(CURDIR)/incoming" $(ARGS)
 
 ## test: every test (unit, contract, end to end, grpcurl, buf lint, stubs up to date, lint)
 test: install

@@ -1,4 +1,4 @@
-"""Regenerate the Python stubs in asset_service/_proto from protos/ (run by `make generate`)."""
+"""Regenerate asset_service/_proto from protos/ (`make generate`); `--check` finds stale stubs."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def _fix_imports(text: str) -> str:
     return re.sub(r"^from asset\.v1 import", f"from {PACKAGE}.asset.v1 import", text, flags=re.M)
 
 
-def main() -> int:
+def generate(out: Path) -> None:
     protos = sorted(PROTO_ROOT.rglob("*.proto"))
     well_known = Path(protoc.__file__).parent / "_proto"
     # The mypy-protobuf plugins live beside this interpreter (the project venv).
@@ -42,22 +42,44 @@ def main() -> int:
             *(str(p) for p in protos),
         ]
         if protoc.main(args) != 0:
-            print("protoc failed", file=sys.stderr)
-            return 1
-        if OUT.exists():
-            shutil.rmtree(OUT)
+            raise SystemExit("protoc failed")
+        if out.exists():
+            shutil.rmtree(out)
         for src in sorted(Path(tmp).rglob("*")):
             if src.is_dir():
                 continue
-            dest = OUT / src.relative_to(tmp)
+            dest = out / src.relative_to(tmp)
             dest.parent.mkdir(parents=True, exist_ok=True)
             dest.write_text(HEADER + _fix_imports(src.read_text()))
-    for folder in [OUT, *(p for p in OUT.rglob("*") if p.is_dir())]:
+    for folder in [out, *(p for p in out.rglob("*") if p.is_dir())]:
         (folder / "__init__.py").write_text(HEADER)
-    (OUT / "py.typed").write_text("")
+    (out / "py.typed").write_text("")
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(folder)): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and "__pycache__" not in p.parts
+    }
+
+
+def main(argv: list[str]) -> int:
+    if argv == ["--check"]:
+        with tempfile.TemporaryDirectory() as tmp:
+            fresh = Path(tmp) / "_proto"
+            generate(fresh)
+            want, have = _snapshot(fresh), _snapshot(OUT)
+        stale = sorted(k for k in want.keys() | have.keys() if want.get(k) != have.get(k))
+        if stale:
+            print("stale generated stubs (run `make generate`):", *stale, sep="\n  ")
+            return 1
+        print(f"{len(want)} generated files up to date")
+        return 0
+    generate(OUT)
     print(f"generated {sum(1 for _ in OUT.rglob('*.py*'))} files in {OUT.relative_to(ROOT)}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

@@ -366,7 +366,10 @@ class AssetManager:
             label=label,
             status=Status.PENDING,
             type=type_,
-            media_type=validate_media_type(media_type, "application/octet-stream"),
+            # A VALUE promise without a media type gets its value kind's on fulfilment.
+            media_type=validate_media_type(
+                media_type, "application/octet-stream" if type_ is AssetType.FILE else ""
+            ),
             created_at=now,
             updated_at=now,
             created_by_task=task_id,
@@ -415,7 +418,12 @@ class AssetManager:
             if current.status is Status.AVAILABLE and current.value == value:
                 return current
             self._check_fulfillable(current, AssetType.VALUE, allow_done=False)
-            change = Fulfilment(size_bytes=len(value.data), sha256=digest, value=value)
+            change = Fulfilment(
+                size_bytes=len(value.data),
+                sha256=digest,
+                value=value,
+                media_type="" if current.media_type else value.kind.default_media_type,
+            )
             return await self._transition(current, change)
 
     async def fail(self, asset_id: str, reason: str) -> Asset:

@@ -21,7 +21,7 @@ def open_store(database_url: str) -> MetadataStore:
             )
         return SqliteStore(Path(raw))
     if database_url.startswith(("mongodb://", "mongodb+srv://")):
-        from asset_service.store.mongo import MongoStore  # type: ignore[import-not-found]
+        from asset_service.store.mongo import MongoStore
 
         store: MetadataStore = MongoStore(database_url)
         return store

@@ -155,6 +155,7 @@ async def test_watch_many_ids_orders_snapshot_and_changes(stub: pb_grpc.AssetSer
     events = await asyncio.wait_for(watcher, 10)
     revisions = [e.revision for e in events]
     assert revisions == sorted(revisions) and len(set(revisions)) == len(revisions)
+    assert a.media_type == "" and events[-2].asset.media_type == "text/plain"
     assert [(e.asset.id, e.asset.status) for e in events][-2:] == [
         (b.id, AVAILABLE),
         (a.id, FAILED),
