@@ -64,11 +64,15 @@ class _Staged:
             return
         self._done = True
         if self._origin is not None:
-            with contextlib.suppress(OSError):
+            try:
                 os.replace(self.path, self._origin)
+            except OSError as exc:
+                # Never destroy a worker's output: leave it for reconciliation to report.
+                log.warning("could not give %s back to %s: %s", self.path, self._origin, exc)
                 return
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
         self._storage._prune_empty(self.path.parent)
 
     async def finish(self) -> None:

@@ -1,0 +1,82 @@
+"""Settings from flags and environment; label, task id and file-name validation."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from asset_service.config import load_settings, parse_size
+from asset_service.domain.errors import InvalidArgument
+from asset_service.domain.models import (
+    parse_asset_id,
+    safe_file_name,
+    validate_label,
+    validate_media_type,
+    validate_task_id,
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("1048576", 1048576), ("512MiB", 512 * 1024**2), ("10G", 10 * 1024**3), ("1 kb", 1024)],
+)
+def test_parse_size(text: str, expected: int) -> None:
+    assert parse_size(text) == expected
+
+
+def test_parse_size_rejects_garbage() -> None:
+    with pytest.raises(argparse.ArgumentTypeError, match="not a size"):
+        parse_size("ten gigs")
+
+
+def test_settings_from_env_and_flags(tmp_path: Path) -> None:
+    env = {
+        "ASSET_SERVICE_LISTEN": "0.0.0.0:9000",
+        "ASSET_SERVICE_STORAGE_ROOT": str(tmp_path / "store"),
+        "ASSET_SERVICE_IMPORT_ROOTS": f"{tmp_path / 'a'}:{tmp_path / 'b'}",
+        "ASSET_SERVICE_MAX_UPLOAD_BYTES": "2MiB",
+        "ASSET_SERVICE_LOG_LEVEL": "debug",
+    }
+    s = load_settings([], env)
+    assert s.listen == "0.0.0.0:9000"
+    assert s.storage_root == (tmp_path / "store").resolve()
+    assert s.database_url == f"sqlite:///{(tmp_path / 'store').resolve()}/assets.db"
+    assert s.import_roots == ((tmp_path / "a").resolve(), (tmp_path / "b").resolve())
+    assert s.max_upload_bytes == 2 * 1024**2
+    assert s.log_level == "DEBUG"
+    flags = load_settings(["--listen", "127.0.0.1:0", "--import-root", str(tmp_path)], env)
+    assert flags.listen == "127.0.0.1:0"  # a flag wins over the variable
+    assert flags.import_roots == (tmp_path.resolve(),)
+
+
+@pytest.mark.parametrize("label", ["", " ", "a/b", "..", ".", "x\\y", "tab\there", "x" * 256])
+def test_bad_labels(label: str) -> None:
+    with pytest.raises(InvalidArgument, match="label"):
+        validate_label(label)
+
+
+def test_good_labels_and_safe_names() -> None:
+    assert validate_label("Input Video (final).mp4") == "Input Video (final).mp4"
+    assert safe_file_name("Input Video (final).mp4") == "Input_Video_final_.mp4"
+    assert safe_file_name("...") == "content"
+    assert safe_file_name("ünïcode.txt") == "n_code.txt"
+    assert "/" not in safe_file_name("a" * 300) and len(safe_file_name("a" * 300)) <= 120
+
+
+@pytest.mark.parametrize("task", ["", "../x", "a/b", "-x", "x" * 129, "a b"])
+def test_bad_task_ids(task: str) -> None:
+    with pytest.raises(InvalidArgument, match="task_id"):
+        validate_task_id(task)
+
+
+def test_ids_and_media_types() -> None:
+    raw = "5B0E4F0E-0000-4000-8000-000000000000"
+    assert parse_asset_id(raw) == raw.lower()
+    with pytest.raises(InvalidArgument, match="not a UUID"):
+        parse_asset_id("5b0e4f0e")
+    assert validate_media_type("", "text/plain") == "text/plain"
+    assert validate_media_type("text/plain; charset=utf-8", "") == "text/plain; charset=utf-8"
+    with pytest.raises(InvalidArgument, match="MIME"):
+        validate_media_type("text", "")

@@ -1,0 +1,83 @@
+"""Local storage: staging sweep of dead processes, rollback of moved files, safe keys."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from asset_service.domain.errors import InvalidArgument
+from asset_service.storage.local import LocalStorage
+
+ID = "5b0e4f0e-0000-4000-8000-000000000000"
+
+
+async def test_sweeps_staging_of_dead_processes_only(tmp_path: Path) -> None:
+    dead = tmp_path / "tmp" / "staging" / "123-dead"
+    dead.mkdir(parents=True)
+    (dead / ".lock").touch()
+    (dead / "half-written").write_bytes(b"x" * 100)
+    live = LocalStorage(tmp_path)
+    await live.open()
+    assert not dead.exists()
+    # A second process on the same root must leave the live one's staging alone.
+    writer = live.new_writer()
+    await writer.write(b"in flight")
+    code = (
+        "import asyncio, sys; from pathlib import Path; "
+        "from asset_service.storage.local import LocalStorage; "
+        "s = LocalStorage(Path(sys.argv[1])); asyncio.run(s.open()); asyncio.run(s.close())"
+    )
+    subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True, timeout=60)
+    assert writer.path.exists()
+    await writer.rollback()
+    assert not writer.path.exists()
+    await live.close()
+
+
+async def test_commit_then_rollback_gives_moved_source_back(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path / "root")
+    await storage.open()
+    source = tmp_path / "root" / "incoming.txt"  # same filesystem: moved, not copied
+    source.write_text("worker output")
+    staged = await storage.ingest(source, move=True)
+    assert not source.exists() and staged.size_bytes == len("worker output")
+    final = await staged.commit(storage.generated_key("task", ID, "out.txt"))
+    assert Path(final).read_text() == "worker output"
+    await staged.rollback()
+    assert source.read_text() == "worker output" and not Path(final).exists()
+    assert not Path(final).parent.exists()  # the empty per-asset folder went too
+    await storage.close()
+
+
+async def test_keys_are_derived_never_raw(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path)
+    now = datetime(2026, 1, 2, tzinfo=UTC)
+    assert storage.upload_key(ID, "../../etc/passwd", now) == f"uploads/2026-01-02/{ID}/etc_passwd"
+    with pytest.raises(InvalidArgument):
+        storage.generated_key("../x", ID, "a")
+    with pytest.raises(InvalidArgument):
+        storage.path_for("../outside")
+    with pytest.raises(InvalidArgument):
+        storage.upload_key("../" + ID, "a", now)
+
+
+async def test_writer_hashes_and_fsyncs(tmp_path: Path) -> None:
+    import hashlib
+
+    storage = LocalStorage(tmp_path)
+    await storage.open()
+    writer = storage.new_writer()
+    for part in (b"a" * 100, b"b" * 200_000):
+        await writer.write(part)
+    await writer.seal()
+    assert writer.sha256 == hashlib.sha256(b"a" * 100 + b"b" * 200_000).hexdigest()
+    path = await writer.commit(storage.upload_key(ID, "x.bin", datetime.now(UTC)))
+    await writer.finish()
+    await writer.rollback()  # after finish, a rollback must not remove committed bytes
+    assert os.path.getsize(path) == 200_100
+    await storage.close()
