@@ -100,6 +100,9 @@ async def start(settings: Settings) -> RunningServer:
     reflection.enable_server_reflection(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
+    # The store just opened, so the first health answer is SERVING, never NOT_FOUND.
+    for name in ("", SERVICE_NAME):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     try:
         port = server.add_insecure_port(settings.listen)
     except RuntimeError as exc:

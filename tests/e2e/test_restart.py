@@ -131,3 +131,26 @@ async def test_sigkill_and_restart(tmp_path: Path, import_root: Path) -> None:
             assert all(e.revision > last_revision for e in resumed)
     finally:
         server.stop()
+
+
+async def test_sigterm_stops_gracefully_and_deadlines_are_honoured(tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path / "data", database_url_for(tmp_path)).start()
+    try:
+        async with grpc.aio.insecure_channel(server.address) as channel:
+            stub = pb_grpc.AssetServiceStub(channel)
+            pending = (
+                await stub.CreatePendingAsset(pb.CreatePendingAssetRequest(task_id="t", label="x"))
+            ).asset
+            watch = stub.WatchAsset(pb.WatchAssetRequest(asset_ids=[pending.id]), timeout=0.5)
+            events = []
+            try:
+                async for event in watch:
+                    events.append(event)
+                raise AssertionError("the watch cannot end: the asset is still PENDING")
+            except grpc.aio.AioRpcError as err:
+                assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            assert [e.type for e in events] == [pb.WATCH_EVENT_TYPE_SNAPSHOT]
+    finally:
+        code = server.stop()
+    assert code == 0, "".join(server.log)
+    assert any("stopped" in line for line in server.log)

@@ -1,0 +1,330 @@
+"""One MetadataStore contract, run against every backend (see conftest.py for which ran)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from asset_service.domain.errors import Conflict, InvalidArgument, NotFound
+from asset_service.domain.models import (
+    Asset,
+    AssetFilter,
+    AssetType,
+    Change,
+    ChangeKind,
+    Failure,
+    Fulfilment,
+    Resync,
+    Status,
+    Value,
+    ValueKind,
+    new_asset_id,
+)
+from tests.contract.conftest import Backend
+
+T0 = datetime(2026, 1, 2, 3, 4, 5, 123000, tzinfo=UTC)
+
+
+def pending(label: str = "out.txt", task: str = "task-1", tags: tuple[str, ...] = ()) -> Asset:
+    return Asset(
+        id=new_asset_id(),
+        label=label,
+        status=Status.PENDING,
+        type=AssetType.FILE,
+        media_type="text/plain",
+        created_at=T0,
+        updated_at=T0,
+        created_by_task=task,
+        tags=tags,
+    )
+
+
+def value_asset(label: str = "v.json", tags: tuple[str, ...] = ()) -> Asset:
+    return Asset(
+        id=new_asset_id(),
+        label=label,
+        status=Status.AVAILABLE,
+        type=AssetType.VALUE,
+        media_type="application/json",
+        created_at=T0,
+        updated_at=T0,
+        value=Value(ValueKind.JSON, b'{"k": [1, 2]}'),
+        size_bytes=13,
+        sha256="ab" * 32,
+        tags=tags,
+    )
+
+
+FULFIL = Fulfilment(
+    size_bytes=5,
+    sha256="cd" * 32,
+    storage_path="/data/generated/task-1/x",
+    fulfilled_from="/worker/x",
+    media_type="text/csv",
+)
+
+
+# --- records ---------------------------------------------------------------------------
+
+
+async def test_insert_then_get_and_get_many(backend: Backend) -> None:
+    store = backend.store
+    a = await store.insert(pending(tags=("raw-upload", "user-id-5")))
+    b = await store.insert(value_asset())
+    assert a.revision > 0 and b.revision > a.revision
+    got = await store.get(a.id)
+    assert got == a
+    assert got.tags == ("raw-upload", "user-id-5")
+    assert got.created_at == T0 and got.created_at.tzinfo is not None
+    got_b = await store.get(b.id)
+    assert got_b == b
+    assert got_b.value == Value(ValueKind.JSON, b'{"k": [1, 2]}')
+    assert await store.get(new_asset_id()) is None
+    many = await store.get_many([a.id, b.id, new_asset_id()])
+    assert many == {a.id: a, b.id: b}
+    assert await store.get_many([]) == {}
+
+
+async def test_insert_existing_id_is_a_conflict(backend: Backend) -> None:
+    a = await backend.store.insert(pending())
+    with pytest.raises(Conflict):
+        await backend.store.insert(a)
+
+
+async def test_revision_grows_with_every_change_across_assets(backend: Backend) -> None:
+    store = backend.store
+    seen = []
+    a = await store.insert(pending())
+    seen.append(a.revision)
+    b = await store.insert(pending())
+    seen.append(b.revision)
+    seen.append((await store.transition(b.id, Status.PENDING, FULFIL, T0)).revision)
+    seen.append((await store.transition(a.id, Status.PENDING, Failure("x"), T0)).revision)
+    seen.append((await store.insert(value_asset())).revision)
+    gone = await store.delete(b.id)
+    assert gone is not None
+    seen.append(gone.revision)
+    assert seen == sorted(seen) and len(set(seen)) == len(seen)
+
+
+async def test_fulfil_pending_to_available(backend: Backend) -> None:
+    store = backend.store
+    a = await store.insert(pending())
+    later = T0 + timedelta(seconds=3)
+    done = await store.transition(a.id, Status.PENDING, FULFIL, later)
+    assert done.status is Status.AVAILABLE
+    assert done.revision > a.revision
+    assert (done.storage_path, done.size_bytes, done.sha256) == (FULFIL.storage_path, 5, "cd" * 32)
+    assert done.fulfilled_from == "/worker/x" and done.media_type == "text/csv"
+    assert done.updated_at == later and done.created_at == T0
+    assert (done.label, done.created_by_task) == (a.label, a.created_by_task)
+    assert await store.get(a.id) == done
+
+
+async def test_fulfil_with_a_value(backend: Backend) -> None:
+    store = backend.store
+    a = await store.insert(pending())
+    v = Value(ValueKind.BYTES, b"\x00\xffbinary")
+    done = await store.transition(
+        a.id, Status.PENDING, Fulfilment(size_bytes=8, sha256="ee" * 32, value=v), T0
+    )
+    assert done.value == v and done.media_type == "text/plain"
+    assert await store.get(a.id) == done
+
+
+async def test_fail_pending_to_failed(backend: Backend) -> None:
+    store = backend.store
+    a = await store.insert(pending())
+    failed = await store.transition(a.id, Status.PENDING, Failure("worker crashed"), T0)
+    assert failed.status is Status.FAILED and failed.failure_reason == "worker crashed"
+    assert failed.revision > a.revision
+    assert await store.get(a.id) == failed
+
+
+@pytest.mark.parametrize("first", [FULFIL, Failure("first")], ids=["fulfilled", "failed"])
+async def test_transition_of_a_terminal_asset_is_a_conflict(
+    backend: Backend, first: Fulfilment | Failure
+) -> None:
+    store = backend.store
+    a = await store.insert(pending())
+    winner = await store.transition(a.id, Status.PENDING, first, T0)
+    for change in (FULFIL, Failure("late")):
+        with pytest.raises(Conflict) as err:
+            await store.transition(a.id, Status.PENDING, change, T0)
+        assert winner.status.value in err.value.message
+    assert await store.get(a.id) == winner  # never silently overwritten
+
+
+async def test_transition_of_an_unknown_asset_is_not_found(backend: Backend) -> None:
+    with pytest.raises(NotFound):
+        await backend.store.transition(new_asset_id(), Status.PENDING, Failure("x"), T0)
+
+
+async def test_racing_transitions_have_exactly_one_winner(backend: Backend) -> None:
+    store = backend.store
+    a = await store.insert(pending())
+    changes: list[Fulfilment | Failure] = [
+        FULFIL if i % 2 else Failure(f"loser {i}") for i in range(20)
+    ]
+    results = await asyncio.gather(
+        *(store.transition(a.id, Status.PENDING, c, T0) for c in changes),
+        return_exceptions=True,
+    )
+    winners = [r for r in results if isinstance(r, Asset)]
+    others = [r for r in results if not isinstance(r, Asset)]
+    assert len(winners) == 1, results
+    assert all(isinstance(r, Conflict) for r in others), others
+    assert await store.get(a.id) == winners[0]
+
+
+async def test_delete_returns_last_state_with_a_new_revision(backend: Backend) -> None:
+    store = backend.store
+    a = await store.insert(pending(tags=("t",)))
+    done = await store.transition(a.id, Status.PENDING, FULFIL, T0)
+    gone = await store.delete(a.id)
+    assert gone is not None
+    assert gone.revision > done.revision
+    assert {**gone.__dict__, "revision": 0} == {**done.__dict__, "revision": 0}
+    assert await store.get(a.id) is None
+    assert await store.delete(a.id) is None
+    assert (await store.query(AssetFilter(tags=("t",)), 10, "")).assets == []
+    later = await store.insert(pending())
+    assert later.revision > gone.revision
+
+
+# --- listing ---------------------------------------------------------------------------
+
+
+async def list_all(backend: Backend, flt: AssetFilter, page_size: int) -> list[Asset]:
+    out: list[Asset] = []
+    token = ""
+    for _ in range(1000):
+        page = await backend.store.query(flt, page_size, token)
+        assert len(page.assets) <= page_size
+        out.extend(page.assets)
+        token = page.next_token
+        if not token:
+            return out
+    raise AssertionError("pagination did not end")
+
+
+async def test_list_filters(backend: Backend) -> None:
+    store = backend.store
+    p1 = await store.insert(pending("a.txt", "task-a", ("raw", "user-1")))
+    p2 = await store.insert(pending("b.txt", "task-a", ("raw",)))
+    p3 = await store.insert(pending("a.txt", "task-b", ("user-1",)))
+    v1 = await store.insert(value_asset("a.txt", ("raw", "user-1", "extra")))
+    p2 = await store.transition(p2.id, Status.PENDING, FULFIL, T0)
+    p3 = await store.transition(p3.id, Status.PENDING, Failure("no"), T0)
+
+    async def ids(**kw: object) -> list[str]:
+        return [a.id for a in await list_all(backend, AssetFilter(**kw), 100)]  # type: ignore[arg-type]
+
+    assert await ids() == [p1.id, p2.id, p3.id, v1.id]  # oldest first
+    assert await ids(status=Status.PENDING) == [p1.id]
+    assert await ids(status=Status.AVAILABLE) == [p2.id, v1.id]
+    assert await ids(status=Status.FAILED) == [p3.id]
+    assert await ids(type=AssetType.VALUE) == [v1.id]
+    assert await ids(type=AssetType.FILE, status=Status.AVAILABLE) == [p2.id]
+    assert await ids(tags=("raw",)) == [p1.id, p2.id, v1.id]
+    assert await ids(tags=("raw", "user-1")) == [p1.id, v1.id]  # all of them
+    assert await ids(tags=("raw", "nope")) == []
+    assert await ids(created_by_task="task-a") == [p1.id, p2.id]
+    assert await ids(label="a.txt") == [p1.id, p3.id, v1.id]
+    assert await ids(label="a.txt", tags=("user-1",), created_by_task="task-b") == [p3.id]
+
+
+@pytest.mark.parametrize("page_size", [1, 4, 7, 50])
+async def test_pagination_has_no_duplicates_or_gaps(backend: Backend, page_size: int) -> None:
+    store = backend.store
+    made = [
+        (await store.insert(pending(f"f{i}.txt", tags=("even",) if i % 2 == 0 else ()))).id
+        for i in range(23)
+    ]
+    listed = await list_all(backend, AssetFilter(), page_size)
+    assert [a.id for a in listed] == made
+    evens = await list_all(backend, AssetFilter(tags=("even",)), page_size)
+    assert [a.id for a in evens] == made[::2]
+    first = await store.query(AssetFilter(), 5, "")
+    assert len(first.assets) == 5 and first.next_token
+    exact = await store.query(AssetFilter(), 23, "")
+    assert len(exact.assets) == 23 and exact.next_token == ""
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        "not a token",
+        "!!!",
+        base64.urlsafe_b64encode(b"other-store:5").decode(),
+        base64.urlsafe_b64encode(b"\xff\xfe").decode(),
+    ],
+)
+async def test_invalid_page_token(backend: Backend, token: str) -> None:
+    await backend.store.insert(pending())
+    with pytest.raises(InvalidArgument):
+        await backend.store.query(AssetFilter(), 10, token)
+
+
+# --- change feed -----------------------------------------------------------------------
+
+
+async def take(feed: AsyncIterator[Change | Resync], n: int) -> list[Change | Resync]:
+    out: list[Change | Resync] = []
+    async with asyncio.timeout(20):
+        while len(out) < n:
+            out.append(await anext(feed))
+    return out
+
+
+async def test_change_feed_yields_every_change_in_commit_order(backend: Backend) -> None:
+    backend.require_replica_set("change streams")
+    store = backend.store
+    feed = store.changes()
+    a = await store.insert(pending(tags=("x",)))
+    b = await store.insert(value_asset())
+    a2 = await store.transition(a.id, Status.PENDING, FULFIL, T0)
+    c = await store.insert(pending())
+    c2 = await store.transition(c.id, Status.PENDING, Failure("boom"), T0)
+    gone_b = await store.delete(b.id)
+    gone_a = await store.delete(a.id)
+    assert gone_a is not None and gone_b is not None
+    expected = [
+        (ChangeKind.PUT, a),
+        (ChangeKind.PUT, b),
+        (ChangeKind.PUT, a2),
+        (ChangeKind.PUT, c),
+        (ChangeKind.PUT, c2),
+        (ChangeKind.DELETE, gone_b),
+        (ChangeKind.DELETE, gone_a),
+    ]
+    got = await take(feed, len(expected))
+    assert all(isinstance(g, Change) for g in got), got
+    changes = [g for g in got if isinstance(g, Change)]
+    assert [(c.kind, c.asset.id, c.revision) for c in changes] == [
+        (k, x.id, x.revision) for k, x in expected
+    ]
+    for change, (_, asset) in zip(changes, expected, strict=True):
+        if change.kind is ChangeKind.PUT:
+            assert change.asset == asset
+    revisions = [c.revision for c in changes]
+    assert revisions == sorted(revisions)
+
+
+async def test_change_feed_orders_concurrent_writers_by_revision(backend: Backend) -> None:
+    backend.require_replica_set("change streams, transactions")
+    store = backend.store
+    feed = store.changes()
+    assets = await asyncio.gather(*(store.insert(pending(f"c{i}")) for i in range(15)))
+    moved = await asyncio.gather(
+        *(store.transition(a.id, Status.PENDING, Failure("x"), T0) for a in assets)
+    )
+    got = await take(feed, 30)
+    revisions = [g.revision for g in got if isinstance(g, Change)]
+    assert len(revisions) == 30
+    assert revisions == sorted(revisions)  # commit order == revision order
+    assert sorted(revisions) == sorted(a.revision for a in [*assets, *moved])
