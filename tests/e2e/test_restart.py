@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -154,3 +156,30 @@ async def test_sigterm_stops_gracefully_and_deadlines_are_honoured(tmp_path: Pat
         code = server.stop()
     assert code == 0, "".join(server.log)
     assert any("stopped" in line for line in server.log)
+
+
+async def test_startup_sweeps_orphan_files_but_keeps_referenced_ones(tmp_path: Path) -> None:
+    url = database_url_for(tmp_path)
+    server = ServerProcess(tmp_path / "data", url, extra_args=["--orphan-grace", "60"]).start()
+    try:
+        async with grpc.aio.insecure_channel(server.address) as channel:
+            stub = pb_grpc.AssetServiceStub(channel)
+            kept = await upload(stub, [b"kept"], label="kept.bin")
+        server.stop()
+        # What a crash between rename and record leaves: a file no record points at.
+        old = server.root / "uploads" / "2026-01-01" / "5b0e4f0e-0000-4000-8000-00000000dead"
+        old.mkdir(parents=True)
+        (old / "lost.bin").write_bytes(b"orphan")
+        young = server.root / "generated" / "t" / "5b0e4f0e-0000-4000-8000-00000000beef"
+        young.mkdir(parents=True)
+        (young / "in-flight.bin").write_bytes(b"maybe another server's commit")
+        an_hour_ago = time.time() - 3600
+        os.utime(old / "lost.bin", (an_hour_ago, an_hour_ago))
+        os.utime(kept.storage_path, (an_hour_ago, an_hour_ago))
+        server.start()
+        assert not old.exists(), "an old orphan must be swept"
+        assert (young / "in-flight.bin").exists(), "a young file may be a commit in flight"
+        assert Path(kept.storage_path).read_bytes() == b"kept"
+        assert any("orphan" in line for line in server.log)
+    finally:
+        server.stop()
