@@ -46,9 +46,9 @@ def unary(
     async def wrapper(self: Any, request: Req, context: Ctx) -> Resp:
         try:
             return await fn(self, request, context)
-        except (AssetError, Exception) as exc:
-            if isinstance(exc, grpc.aio.AbortError):
-                raise
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:  # AssetError and anything unexpected
             await _abort(context, exc, fn.__name__)
             raise AssertionError("abort returned") from exc  # pragma: no cover
 
@@ -63,9 +63,9 @@ def streaming(
         try:
             async for item in fn(self, request, context):
                 yield item
-        except (AssetError, Exception) as exc:
-            if isinstance(exc, grpc.aio.AbortError):
-                raise
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:  # AssetError and anything unexpected
             await _abort(context, exc, fn.__name__)
 
     return wrapper

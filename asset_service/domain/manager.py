@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import os
+import shutil
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -136,8 +138,6 @@ def parse_value(kind: ValueKind, data: bytes) -> Value:
 
 
 def _value_sha256(value: Value) -> str:
-    import hashlib
-
     return hashlib.sha256(value.data).hexdigest()
 
 
@@ -278,28 +278,14 @@ class AssetManager:
             if pending is not None:
                 async with self._locks.hold(pending.id):
                     return await self._fulfil_with_blob(pending.id, writer, media_type, "")
-            asset_id = new_asset_id()
-            now = _now()
-            path = await writer.commit(self.storage.upload_key(asset_id, header.label, now))
-            asset = Asset(
-                id=asset_id,
-                label=header.label,
-                status=Status.AVAILABLE,
-                type=AssetType.FILE,
-                media_type=media_type or "application/octet-stream",
-                created_at=now,
-                updated_at=now,
-                storage_path=path,
-                tags=tags,
-                size_bytes=writer.size_bytes,
-                sha256=writer.sha256,
+            stored = await self._insert_file(
+                writer, header.label, media_type or "application/octet-stream", tags
             )
-            stored = await self.store.insert(asset)
-            await writer.finish()
-            return stored
         except BaseException:
             await writer.rollback()
             raise
+        await writer.finish()
+        return stored
 
     async def register_file(
         self, path: str, label: str, media_type: str, tags: Sequence[str], move: bool
@@ -310,28 +296,33 @@ class AssetManager:
         tag_tuple = validate_tags(tags)
         staged = await self.storage.ingest(source, move=move)
         try:
-            asset_id = new_asset_id()
-            now = _now()
-            stored_path = await staged.commit(self.storage.upload_key(asset_id, label, now))
-            asset = Asset(
-                id=asset_id,
-                label=label,
-                status=Status.AVAILABLE,
-                type=AssetType.FILE,
-                media_type=media_type,
-                created_at=now,
-                updated_at=now,
-                storage_path=stored_path,
-                tags=tag_tuple,
-                size_bytes=staged.size_bytes,
-                sha256=staged.sha256,
-            )
-            stored = await self.store.insert(asset)
+            stored = await self._insert_file(staged, label, media_type, tag_tuple)
         except BaseException:
             await staged.rollback()
             raise
         await staged.finish()
         return stored
+
+    async def _insert_file(
+        self, blob: StagedBlob, label: str, media_type: str, tags: tuple[str, ...]
+    ) -> Asset:
+        """Bytes into uploads/, then the AVAILABLE record (the caller rolls back on error)."""
+        asset_id, now = new_asset_id(), _now()
+        path = await blob.commit(self.storage.upload_key(asset_id, label, now))
+        asset = Asset(
+            id=asset_id,
+            label=label,
+            status=Status.AVAILABLE,
+            type=AssetType.FILE,
+            media_type=media_type,
+            created_at=now,
+            updated_at=now,
+            storage_path=path,
+            tags=tags,
+            size_bytes=blob.size_bytes,
+            sha256=blob.sha256,
+        )
+        return await self.store.insert(asset)
 
     async def create_value(
         self, label: str, media_type: str, value: Value, tags: Sequence[str]
@@ -703,6 +694,4 @@ def _write_manifest(
 
 
 def _remove_tree(folder: Path) -> None:
-    import shutil
-
     shutil.rmtree(folder, ignore_errors=True)
