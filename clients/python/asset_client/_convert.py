@@ -1,0 +1,138 @@
+"""Conversion between protobuf messages and the client's dataclasses, in one place."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from datetime import UTC
+from pathlib import Path
+from typing import Any
+
+from google.protobuf import struct_pb2
+
+from asset_client.models import (
+    Asset,
+    AssetStatus,
+    AssetType,
+    Manifest,
+    Value,
+    ValueKind,
+    WatchEvent,
+    WatchEventType,
+)
+
+try:
+    from asset_service._proto.asset.v1 import asset_service_pb2 as pb
+    from asset_service._proto.asset.v1 import asset_service_pb2_grpc as pb_grpc
+except ImportError as exc:  # pragma: no cover - an installation problem, not a code path
+    raise ImportError(
+        "asset_client needs the generated stubs of the `asset-service` package "
+        "(asset_service._proto); install it first, e.g. `pip install -e .` at the repository root"
+    ) from exc
+
+__all__ = ["pb", "pb_grpc"]
+
+_STATUS_FROM_PB = {
+    pb.ASSET_STATUS_PENDING: AssetStatus.PENDING,
+    pb.ASSET_STATUS_AVAILABLE: AssetStatus.AVAILABLE,
+    pb.ASSET_STATUS_FAILED: AssetStatus.FAILED,
+}
+_STATUS_TO_PB = {v: k for k, v in _STATUS_FROM_PB.items()}
+_TYPE_FROM_PB = {pb.ASSET_TYPE_FILE: AssetType.FILE, pb.ASSET_TYPE_VALUE: AssetType.VALUE}
+_TYPE_TO_PB = {v: k for k, v in _TYPE_FROM_PB.items()}
+_EVENT_FROM_PB = {
+    pb.WATCH_EVENT_TYPE_SNAPSHOT: WatchEventType.SNAPSHOT,
+    pb.WATCH_EVENT_TYPE_CHANGED: WatchEventType.CHANGED,
+    pb.WATCH_EVENT_TYPE_DELETED: WatchEventType.DELETED,
+}
+
+
+def value_from_pb(msg: pb.Value) -> Value | None:
+    kind = msg.WhichOneof("kind")
+    if kind == "text":
+        return Value(ValueKind.TEXT, msg.text)
+    if kind == "json":
+        return Value(ValueKind.JSON, msg.json)
+    if kind == "data":
+        return Value(ValueKind.DATA, msg.data)
+    return None
+
+
+def value_to_pb(value: Value | str | bytes) -> pb.Value:
+    """A Value as is; a str as text; bytes as data (use Value.of_json for JSON)."""
+    if isinstance(value, str):
+        return pb.Value(text=value)
+    if isinstance(value, bytes | bytearray | memoryview):
+        return pb.Value(data=bytes(value))
+    if value.kind is ValueKind.TEXT:
+        return pb.Value(text=str(value.content))
+    if value.kind is ValueKind.JSON:
+        return pb.Value(json=str(value.content))
+    return pb.Value(data=value.as_bytes())
+
+
+def value_from_kwargs(text: str | None, json: Any, data: bytes | None, json_given: bool) -> Value:
+    """Exactly one of text=, json=, data= (json= is any JSON-serialisable object)."""
+    given = [text is not None, json_given, data is not None]
+    if sum(given) != 1:
+        raise ValueError("pass exactly one of text=, json=, data=")
+    if text is not None:
+        return Value.of_text(text)
+    if data is not None:
+        return Value.of_bytes(data)
+    return Value.of_json(json)
+
+
+def asset_from_pb(msg: pb.Asset) -> Asset:
+    return Asset(
+        id=msg.id,
+        label=msg.label,
+        status=_STATUS_FROM_PB[msg.status],
+        type=_TYPE_FROM_PB[msg.type],
+        media_type=msg.media_type,
+        storage_path=msg.storage_path,
+        value=value_from_pb(msg.value) if msg.HasField("value") else None,
+        created_by_task=msg.created_by_task,
+        tags=tuple(msg.tags),
+        size_bytes=msg.size_bytes,
+        sha256=msg.sha256,
+        create_time=msg.create_time.ToDatetime(tzinfo=UTC),
+        update_time=msg.update_time.ToDatetime(tzinfo=UTC),
+        failure_reason=msg.failure_reason,
+        revision=msg.revision,
+    )
+
+
+def event_from_pb(msg: pb.WatchAssetResponse) -> WatchEvent:
+    return WatchEvent(_EVENT_FROM_PB[msg.type], asset_from_pb(msg.asset), msg.revision)
+
+
+def manifest_from_pb(msg: pb.GetManifestResponse) -> Manifest:
+    return Manifest(Path(msg.manifest_path), {k: Path(v) for k, v in msg.entries.items()})
+
+
+def status_to_pb(status: AssetStatus | None) -> pb.AssetStatus.ValueType:
+    return pb.ASSET_STATUS_UNSPECIFIED if status is None else _STATUS_TO_PB[status]
+
+
+def type_to_pb(type_: AssetType | None) -> pb.AssetType.ValueType:
+    return pb.ASSET_TYPE_UNSPECIFIED if type_ is None else _TYPE_TO_PB[type_]
+
+
+def struct_from_dict(params: Mapping[str, Any] | None) -> struct_pb2.Struct | None:
+    if params is None:
+        return None
+    struct = struct_pb2.Struct()
+    struct.update(dict(params))
+    return struct
+
+
+def server_path(path: str | os.PathLike[str]) -> str:
+    """An absolute path for the server to open (it checks it against its import roots)."""
+    return os.path.abspath(os.fspath(path))
+
+
+def tags_list(tags: Iterable[str]) -> list[str]:
+    if isinstance(tags, str):
+        raise TypeError("tags must be an iterable of strings, not one string")
+    return list(tags)

@@ -1,0 +1,425 @@
+"""I/O-free logic shared by the sync and asyncio clients: requests, files, watch, waiting."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import tempfile
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any
+
+import grpc
+
+from asset_client import _convert
+from asset_client._convert import pb
+from asset_client._progress import Progress
+from asset_client.errors import (
+    AssetDeletedError,
+    AssetFailedError,
+    AssetServiceError,
+    DataLossError,
+    UnavailableError,
+    WaitTimeoutError,
+    from_rpc_error,
+)
+from asset_client.models import (
+    Asset,
+    AssetStatus,
+    AssetType,
+    Value,
+    WatchEvent,
+    WatchEventType,
+)
+
+CHUNK_SIZE = 1024 * 1024
+MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+)
+
+
+class Deadline:
+    """An absolute deadline from a relative timeout (None: no deadline)."""
+
+    def __init__(self, timeout: float | None) -> None:
+        self.timeout = timeout
+        self.at = None if timeout is None else time.monotonic() + timeout
+
+    def remaining(self) -> float | None:
+        return None if self.at is None else max(self.at - time.monotonic(), 0.0)
+
+
+def sha256_file(fh: IO[bytes]) -> tuple[str, int]:
+    """Hex SHA-256 and size of a file object, read in chunks from its start."""
+    fh.seek(0)
+    digest = hashlib.sha256()
+    size = 0
+    while chunk := fh.read(CHUNK_SIZE):
+        digest.update(chunk)
+        size += len(chunk)
+    fh.seek(0)
+    return digest.hexdigest(), size
+
+
+class Upload:
+    """One file upload: header first, then 1 MiB chunks, hashed while read.
+
+    With `checksum` (the default) the file is hashed in a first pass, so the header carries
+    `expected_sha256` and `expected_size_bytes` and the server refuses (DATA_LOSS) content
+    that does not match, e.g. a file changed while being sent. Without it only the size is
+    declared. Either way the digest of the bytes actually sent is compared with the one the
+    server reports.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        label: str | None,
+        media_type: str | None,
+        tags: Iterable[str],
+        pending_asset_id: str | None,
+        progress: bool,
+        checksum: bool,
+    ) -> None:
+        self.path = Path(path)
+        self.checksum = checksum
+        self.header = pb.UploadHeader(
+            label=label if label is not None else ("" if pending_asset_id else self.path.name),
+            media_type=media_type or "",
+            tags=_convert.tags_list(tags),
+            pending_asset_id=pending_asset_id or "",
+        )
+        self.progress_enabled = progress
+        self.hasher = hashlib.sha256()
+        self.error: BaseException | None = None
+        self.fh: IO[bytes] | None = None
+        self.bar: Progress | None = None
+
+    def open(self) -> None:
+        """Open the file and fill in the header (blocking: may hash the whole file)."""
+        self.fh = self.path.open("rb")
+        try:
+            if self.checksum:
+                digest, size = sha256_file(self.fh)
+                self.header.expected_sha256 = digest
+            else:
+                size = os.fstat(self.fh.fileno()).st_size
+            self.header.expected_size_bytes = size
+        except BaseException:
+            self.close()
+            raise
+        self.bar = Progress(size, f"upload {self.path.name}", self.progress_enabled)
+
+    def header_request(self) -> pb.UploadAssetRequest:
+        return pb.UploadAssetRequest(header=self.header)
+
+    def next_request(self) -> pb.UploadAssetRequest | None:
+        """The next chunk message, or None at end of file; remembers a read error."""
+        assert self.fh is not None and self.bar is not None
+        try:
+            data = self.fh.read(CHUNK_SIZE)
+        except BaseException as exc:
+            self.error = exc
+            raise
+        if not data:
+            return None
+        self.hasher.update(data)
+        self.bar.update(len(data))
+        return pb.UploadAssetRequest(chunk=data)
+
+    def requests(self) -> Iterator[pb.UploadAssetRequest]:
+        yield self.header_request()
+        while (request := self.next_request()) is not None:
+            yield request
+
+    def failure(self, exc: grpc.RpcError) -> BaseException:
+        """What to raise for a failed call: our own read error first, else the typed error."""
+        return self.error if self.error is not None else from_rpc_error(exc)
+
+    def finish(self, response: pb.UploadAssetResponse) -> Asset:
+        asset = _convert.asset_from_pb(response.asset)
+        sent = self.hasher.hexdigest()
+        if asset.sha256 and asset.sha256 != sent:
+            raise DataLossError(
+                f"asset {asset.id}: the server stored sha256 {asset.sha256}, "
+                f"but the bytes sent hash to {sent}"
+            )
+        return asset
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.fh is not None:
+            self.fh.close()
+
+
+class Download:
+    """Writes a download to a temporary file beside `dest`; fsync + rename on success only."""
+
+    def __init__(self, dest: str | os.PathLike[str], asset: Asset, progress: bool) -> None:
+        self.dest = Path(dest)
+        self.asset = asset
+        self.hasher = hashlib.sha256()
+        self.written = 0
+        self.fh: IO[bytes] | None = None
+        self.tmp: Path | None = None
+        self.bar = Progress(asset.size_bytes or None, f"download {asset.label}", progress)
+
+    def open(self) -> Download:
+        fd, name = tempfile.mkstemp(
+            dir=self.dest.parent, prefix=f".{self.dest.name}.", suffix=".part"
+        )
+        self.tmp = Path(name)
+        self.fh = os.fdopen(fd, "wb")
+        return self
+
+    def request(self) -> pb.ReadAssetRequest:
+        return pb.ReadAssetRequest(asset_id=self.asset.id)
+
+    def write(self, msg: pb.ReadAssetResponse) -> None:
+        assert self.fh is not None
+        if msg.offset != self.written:
+            raise DataLossError(
+                f"asset {self.asset.id}: chunk at offset {msg.offset}, expected {self.written}"
+            )
+        self.fh.write(msg.chunk)
+        self.hasher.update(msg.chunk)
+        self.written += len(msg.chunk)
+        self.bar.update(len(msg.chunk))
+
+    def commit(self) -> Path:
+        """Verify size and digest, fsync, rename into place (blocking)."""
+        assert self.fh is not None and self.tmp is not None
+        self.fh.flush()
+        os.fsync(self.fh.fileno())
+        self.fh.close()
+        digest = self.hasher.hexdigest()
+        if self.asset.type is AssetType.FILE and self.written != self.asset.size_bytes:
+            raise DataLossError(
+                f"asset {self.asset.id}: received {self.written} bytes, "
+                f"expected {self.asset.size_bytes}"
+            )
+        if self.asset.type is AssetType.FILE and self.asset.sha256 and digest != self.asset.sha256:
+            raise DataLossError(
+                f"asset {self.asset.id}: received bytes hash to {digest}, "
+                f"expected {self.asset.sha256}"
+            )
+        os.replace(self.tmp, self.dest)
+        self.tmp = None
+        _fsync_dir(self.dest.parent)
+        self.bar.close()
+        return self.dest
+
+    def abort(self) -> None:
+        self.bar.close()
+        if self.fh is not None:
+            self.fh.close()
+        if self.tmp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self.tmp.unlink()
+            self.tmp = None
+
+    def __enter__(self) -> Download:
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.abort()
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # e.g. platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+class WatchCursor:
+    """Builds (re)connection requests for a watch and decides when to resume after errors.
+
+    The cursor is the greatest revision delivered so far; after UNAVAILABLE the watch is
+    re-opened with `after_revision` set to it, so nothing is lost and nothing repeated.
+    """
+
+    def __init__(
+        self,
+        asset_ids: Iterable[str],
+        after_revision: int,
+        follow: bool,
+        timeout: float | None,
+        max_retries: int,
+    ) -> None:
+        self.asset_ids = _convert.tags_list(asset_ids)
+        if not self.asset_ids:
+            raise ValueError("watch needs at least one asset id")
+        self.revision = after_revision
+        self.follow = follow
+        self.deadline = Deadline(timeout)
+        self.max_retries = max_retries
+        self.failures = 0
+
+    def request(self) -> pb.WatchAssetRequest:
+        return pb.WatchAssetRequest(
+            asset_ids=self.asset_ids, after_revision=self.revision, follow=self.follow
+        )
+
+    def observe(self, msg: pb.WatchAssetResponse) -> WatchEvent:
+        event = _convert.event_from_pb(msg)
+        self.revision = max(self.revision, event.revision)
+        self.failures = 0
+        return event
+
+    def retry_delay(self, err: AssetServiceError) -> float | None:
+        """Seconds to wait before resuming, or None to give up and raise `err`."""
+        if not isinstance(err, UnavailableError):
+            return None
+        self.failures += 1
+        if self.failures > self.max_retries:
+            return None
+        delay = min(0.1 * 2.0 ** (self.failures - 1), 5.0)
+        remaining = self.deadline.remaining()
+        if remaining is not None and remaining <= delay:
+            return None
+        return delay
+
+
+class Waiter:
+    """Follows watch events until every asset is AVAILABLE; raises if one cannot become so."""
+
+    def __init__(self, asset_ids: Iterable[str], timeout: float | None) -> None:
+        self.asset_ids = tuple(dict.fromkeys(_convert.tags_list(asset_ids)))
+        self.timeout = timeout
+        self.assets: dict[str, Asset] = {}
+
+    def observe(self, event: WatchEvent) -> tuple[Asset, ...] | None:
+        """All assets, in the order asked for, once every one is AVAILABLE; else None."""
+        asset = event.asset
+        if event.type is WatchEventType.DELETED:
+            raise AssetDeletedError(f"asset {asset.id} ({asset.label!r}) was deleted", asset)
+        if asset.status is AssetStatus.FAILED:
+            reason = asset.failure_reason or "no reason given"
+            raise AssetFailedError(f"asset {asset.id} ({asset.label!r}) FAILED: {reason}", asset)
+        self.assets[asset.id] = asset
+        if all(
+            a in self.assets and self.assets[a].status is AssetStatus.AVAILABLE
+            for a in self.asset_ids
+        ):
+            return tuple(self.assets[a] for a in self.asset_ids)
+        return None
+
+    def pending(self) -> tuple[str, ...]:
+        return tuple(
+            a
+            for a in self.asset_ids
+            if a not in self.assets or self.assets[a].status is not AssetStatus.AVAILABLE
+        )
+
+    def timed_out(self) -> WaitTimeoutError:
+        pending = self.pending()
+        return WaitTimeoutError(
+            f"timed out after {self.timeout}s waiting for {len(pending)} asset(s) to become "
+            f"AVAILABLE: {', '.join(pending)}",
+            pending,
+        )
+
+    def ended(self) -> AssetServiceError:
+        return AssetServiceError(
+            "the watch ended before every asset was AVAILABLE; still waiting for "
+            + ", ".join(self.pending())
+        )
+
+
+def list_request(
+    status: AssetStatus | None,
+    type_: AssetType | None,
+    tags: Iterable[str],
+    created_by_task: str | None,
+    label: str | None,
+    page_size: int,
+) -> pb.ListAssetsRequest:
+    return pb.ListAssetsRequest(
+        status=_convert.status_to_pb(status),
+        type=_convert.type_to_pb(type_),
+        tags=_convert.tags_list(tags),
+        created_by_task=created_by_task or "",
+        label=label or "",
+        page_size=page_size,
+    )
+
+
+def create_pending_request(
+    task_id: str, label: str, media_type: str, type_: AssetType, tags: Iterable[str]
+) -> pb.CreatePendingAssetRequest:
+    return pb.CreatePendingAssetRequest(
+        task_id=task_id,
+        label=label,
+        media_type=media_type,
+        type=_convert.type_to_pb(type_),
+        tags=_convert.tags_list(tags),
+    )
+
+
+def fulfill_request(
+    asset_id: str,
+    source_path: str | os.PathLike[str] | None,
+    value: Value | str | bytes | None,
+    expected_sha256: str,
+) -> pb.FulfillAssetRequest:
+    if (source_path is None) == (value is None):
+        raise ValueError("pass exactly one of source_path= (a file on the server) or value=")
+    request = pb.FulfillAssetRequest(asset_id=asset_id, expected_sha256=expected_sha256)
+    if source_path is not None:
+        request.source_path = _convert.server_path(source_path)
+    else:
+        assert value is not None
+        request.value.CopyFrom(_convert.value_to_pb(value))
+    return request
+
+
+def create_value_request(
+    label: str, value: Value, media_type: str | None, tags: Iterable[str]
+) -> pb.CreateValueAssetRequest:
+    return pb.CreateValueAssetRequest(
+        label=label,
+        media_type=media_type or "",
+        value=_convert.value_to_pb(value),
+        tags=_convert.tags_list(tags),
+    )
+
+
+def register_request(
+    path: str | os.PathLike[str],
+    label: str | None,
+    media_type: str | None,
+    tags: Iterable[str],
+    move: bool,
+) -> pb.RegisterFileRequest:
+    return pb.RegisterFileRequest(
+        path=_convert.server_path(path),
+        label=label or "",
+        media_type=media_type or "",
+        tags=_convert.tags_list(tags),
+        move=move,
+    )
+
+
+def manifest_request(
+    mappings: Mapping[str, str], config_params: Mapping[str, Any] | None
+) -> pb.GetManifestRequest:
+    request = pb.GetManifestRequest(asset_mappings=dict(mappings))
+    struct = _convert.struct_from_dict(config_params)
+    if struct is not None:
+        request.config_params.CopyFrom(struct)
+    return request

@@ -1,0 +1,278 @@
+"""AssetClient: the blocking client over the generated gRPC stubs."""
+
+from __future__ import annotations
+
+import builtins
+import os
+import time
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar, cast
+
+import grpc
+
+from asset_client import _convert, _core
+from asset_client._convert import pb, pb_grpc
+from asset_client.errors import DeadlineExceededError, from_rpc_error
+from asset_client.models import Asset, AssetStatus, AssetType, Manifest, Value, WatchEvent
+
+Resp = TypeVar("Resp")
+
+_UNSET: Any = object()
+
+
+class AssetClient:
+    """Blocking client of the Asset Service.
+
+    `timeout` (seconds) is the default deadline of unary calls; each method takes its own
+    `timeout` too (None there means the client default for unary calls, no deadline for
+    streams: upload, download, watch). Use as a context manager to close the channel.
+    """
+
+    def __init__(
+        self,
+        target: str = "127.0.0.1:50051",
+        *,
+        timeout: float | None = 30.0,
+        credentials: grpc.ChannelCredentials | None = None,
+        channel: grpc.Channel | None = None,
+        options: Sequence[tuple[str, Any]] = (),
+        watch_retries: int = 8,
+    ) -> None:
+        self.target = target
+        self.timeout = timeout
+        self.watch_retries = watch_retries
+        self._owns_channel = channel is None
+        if channel is None:
+            opts = [*_core.CHANNEL_OPTIONS, *options]
+            if credentials is None:
+                channel = grpc.insecure_channel(target, options=opts)
+            else:
+                channel = grpc.secure_channel(target, credentials, options=opts)
+        self._channel = channel
+        self._stub = pb_grpc.AssetServiceStub(channel)
+
+    def close(self) -> None:
+        if self._owns_channel:
+            self._channel.close()
+
+    def __enter__(self) -> AssetClient:
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def _call(self, method: Callable[..., Resp], request: Any, timeout: float | None) -> Resp:
+        try:
+            return method(request, timeout=self.timeout if timeout is None else timeout)
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from exc
+
+    # -- creating assets -----------------------------------------------------------------
+
+    def upload(
+        self,
+        path: str | os.PathLike[str],
+        label: str | None = None,
+        media_type: str | None = None,
+        tags: Iterable[str] = (),
+        pending_asset_id: str | None = None,
+        progress: bool = True,
+        *,
+        checksum: bool = True,
+        timeout: float | None = None,
+    ) -> Asset:
+        """Stream a local file in 1 MiB chunks; with pending_asset_id, fulfil that asset."""
+        upload = _core.Upload(path, label, media_type, tags, pending_asset_id, progress, checksum)
+        upload.open()
+        try:
+            response = self._stub.UploadAsset(upload.requests(), timeout=timeout)
+        except grpc.RpcError as exc:
+            raise upload.failure(exc) from exc
+        finally:
+            upload.close()
+        return upload.finish(response)
+
+    def register_file(
+        self,
+        path: str | os.PathLike[str],
+        label: str | None = None,
+        media_type: str | None = None,
+        tags: Iterable[str] = (),
+        move: bool = False,
+        *,
+        timeout: float | None = None,
+    ) -> Asset:
+        """Adopt a file already on the server's filesystem (under an import root)."""
+        request = _core.register_request(path, label, media_type, tags, move)
+        return _convert.asset_from_pb(self._call(self._stub.RegisterFile, request, timeout).asset)
+
+    def create_value(
+        self,
+        label: str,
+        *,
+        text: str | None = None,
+        json: Any = _UNSET,
+        data: bytes | None = None,
+        media_type: str | None = None,
+        tags: Iterable[str] = (),
+        timeout: float | None = None,
+    ) -> Asset:
+        """An AVAILABLE VALUE asset from exactly one of text=, json= (any object), data=."""
+        value = _convert.value_from_kwargs(text, json, data, json is not _UNSET)
+        request = _core.create_value_request(label, value, media_type, tags)
+        response = self._call(self._stub.CreateValueAsset, request, timeout)
+        return _convert.asset_from_pb(response.asset)
+
+    def create_pending(
+        self,
+        task_id: str,
+        label: str,
+        media_type: str = "",
+        type: AssetType = AssetType.FILE,
+        tags: Iterable[str] = (),
+        *,
+        timeout: float | None = None,
+    ) -> Asset:
+        """Promise an asset that task `task_id` will produce."""
+        request = _core.create_pending_request(task_id, label, media_type, type, tags)
+        response = self._call(self._stub.CreatePendingAsset, request, timeout)
+        return _convert.asset_from_pb(response.asset)
+
+    def fulfill(
+        self,
+        asset_id: str,
+        source_path: str | os.PathLike[str] | None = None,
+        value: Value | str | bytes | None = None,
+        *,
+        expected_sha256: str = "",
+        timeout: float | None = None,
+    ) -> Asset:
+        """PENDING -> AVAILABLE from a file on the server's filesystem (moved) or a value."""
+        request = _core.fulfill_request(asset_id, source_path, value, expected_sha256)
+        return _convert.asset_from_pb(self._call(self._stub.FulfillAsset, request, timeout).asset)
+
+    def fail(self, asset_id: str, reason: str, *, timeout: float | None = None) -> Asset:
+        """PENDING -> FAILED with a reason every watcher sees."""
+        request = pb.FailAssetRequest(asset_id=asset_id, reason=reason)
+        return _convert.asset_from_pb(self._call(self._stub.FailAsset, request, timeout).asset)
+
+    # -- reading -------------------------------------------------------------------------
+
+    def get(self, asset_id: str, *, timeout: float | None = None) -> Asset:
+        request = pb.GetAssetRequest(asset_id=asset_id)
+        return _convert.asset_from_pb(self._call(self._stub.GetAsset, request, timeout).asset)
+
+    def batch_get(
+        self, asset_ids: Iterable[str], *, timeout: float | None = None
+    ) -> builtins.list[Asset]:
+        request = pb.BatchGetAssetsRequest(asset_ids=_convert.tags_list(asset_ids))
+        response = self._call(self._stub.BatchGetAssets, request, timeout)
+        return [_convert.asset_from_pb(a) for a in response.assets]
+
+    def list(
+        self,
+        *,
+        status: AssetStatus | None = None,
+        type: AssetType | None = None,
+        tags: Iterable[str] = (),
+        created_by_task: str | None = None,
+        label: str | None = None,
+        page_size: int = 0,
+        timeout: float | None = None,
+    ) -> Iterator[Asset]:
+        """Every matching asset, oldest first, fetching page after page (timeout per page)."""
+        request = _core.list_request(status, type, tags, created_by_task, label, page_size)
+        while True:
+            response = self._call(self._stub.ListAssets, request, timeout)
+            for msg in response.assets:
+                yield _convert.asset_from_pb(msg)
+            if not response.next_page_token:
+                return
+            request.page_token = response.next_page_token
+
+    def download(
+        self,
+        asset_id: str,
+        path: str | os.PathLike[str],
+        *,
+        progress: bool = True,
+        timeout: float | None = None,
+    ) -> Path:
+        """Write an asset's bytes to `path` atomically (temp file, fsync, rename)."""
+        asset = self.get(asset_id, timeout=timeout)
+        with _core.Download(path, asset, progress).open() as target:
+            call = self._stub.ReadAsset(target.request(), timeout=timeout)
+            try:
+                for msg in call:
+                    target.write(msg)
+            except grpc.RpcError as exc:
+                raise from_rpc_error(exc) from exc
+            finally:
+                cast(Any, call).cancel()  # grpc-stubs leaves Call.cancel untyped
+            return target.commit()
+
+    def manifest(
+        self,
+        mappings: Mapping[str, str],
+        config_params: Mapping[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> Manifest:
+        """Have the server write input_data.json for these input keys -> asset ids."""
+        request = _core.manifest_request(mappings, config_params)
+        return _convert.manifest_from_pb(self._call(self._stub.GetManifest, request, timeout))
+
+    def delete(self, asset_id: str, *, timeout: float | None = None) -> Asset:
+        """Remove an asset's record and bytes; returns its last state."""
+        request = pb.DeleteAssetRequest(asset_id=asset_id)
+        return _convert.asset_from_pb(self._call(self._stub.DeleteAsset, request, timeout).asset)
+
+    # -- watching ------------------------------------------------------------------------
+
+    def watch(
+        self,
+        asset_ids: Iterable[str],
+        after_revision: int = 0,
+        follow: bool = False,
+        *,
+        timeout: float | None = None,
+    ) -> Generator[WatchEvent, None, None]:
+        """Snapshot then every change, in order; resumes by itself after UNAVAILABLE."""
+        cursor = _core.WatchCursor(asset_ids, after_revision, follow, timeout, self.watch_retries)
+        while True:
+            call = self._stub.WatchAsset(cursor.request(), timeout=cursor.deadline.remaining())
+            try:
+                for msg in call:
+                    yield cursor.observe(msg)
+                return
+            except grpc.RpcError as exc:
+                err = from_rpc_error(exc)
+                delay = cursor.retry_delay(err)
+                if delay is None:
+                    raise err from exc
+            finally:
+                cast(Any, call).cancel()  # grpc-stubs leaves Call.cancel untyped
+            time.sleep(delay)
+
+    def wait_until_available(
+        self, asset_ids: Iterable[str], timeout: float | None = None
+    ) -> tuple[Asset, ...]:
+        """The assets once all are AVAILABLE; AssetFailedError/AssetDeletedError/TimeoutError."""
+        waiter = _core.Waiter(asset_ids, timeout)
+        if not waiter.asset_ids:
+            return ()
+        events = self.watch(waiter.asset_ids, timeout=timeout)
+        try:
+            for event in events:
+                done = waiter.observe(event)
+                if done is not None:
+                    return done
+        except DeadlineExceededError as exc:
+            raise waiter.timed_out() from exc
+        finally:
+            events.close()
+        raise waiter.ended()

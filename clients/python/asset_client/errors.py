@@ -1,0 +1,207 @@
+"""Typed exceptions, and the one table that maps gRPC status codes to them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from google.rpc import error_details_pb2, status_pb2
+
+from asset_client.models import Asset
+
+_STATUS_DETAILS_KEY = "grpc-status-details-bin"
+
+
+@dataclass(frozen=True, slots=True)
+class Violation:
+    """One machine-readable precondition failure (e.g. a manifest input not AVAILABLE)."""
+
+    type: str
+    subject: str
+    description: str
+
+
+class AssetServiceError(Exception):
+    """Base of every error the client raises; `.code` is the gRPC status code."""
+
+    code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
+
+    def __init__(
+        self,
+        details: str,
+        code: grpc.StatusCode | None = None,
+        violations: tuple[Violation, ...] = (),
+    ) -> None:
+        super().__init__(details)
+        if code is not None:
+            self.code = code
+        self.details = details
+        self.violations = violations
+
+    def __str__(self) -> str:
+        return f"{self.code.name}: {self.details}"
+
+
+class InvalidArgumentError(AssetServiceError):
+    """The request is malformed (bad id, empty label, unsafe path...)."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class NotFoundError(AssetServiceError):
+    """No asset (or file) with that name exists."""
+
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class AlreadyExistsError(AssetServiceError):
+    """The thing to create exists already."""
+
+    code = grpc.StatusCode.ALREADY_EXISTS
+
+
+class FailedPreconditionError(AssetServiceError):
+    """The asset is not in the state the operation needs; `.violations` may say which."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class ConflictError(AssetServiceError):
+    """ABORTED: a concurrent writer changed the asset first; re-read and retry if relevant."""
+
+    code = grpc.StatusCode.ABORTED
+
+
+AbortedError = ConflictError
+
+
+class PermissionDeniedError(AssetServiceError):
+    """A server-side path lies outside the server's import roots."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class UnauthenticatedError(AssetServiceError):
+    """The call carried no valid credentials."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class ResourceExhaustedError(AssetServiceError):
+    """A limit was hit (upload too large, message too big...)."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class DataLossError(AssetServiceError):
+    """Content does not match its declared size or digest, or stored bytes are gone."""
+
+    code = grpc.StatusCode.DATA_LOSS
+
+
+class UnavailableError(AssetServiceError):
+    """The server (or its database) cannot be reached right now; retry later."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class DeadlineExceededError(AssetServiceError, TimeoutError):
+    """The call's deadline (`timeout`) passed."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class CancelledError(AssetServiceError):
+    """The call was cancelled."""
+
+    code = grpc.StatusCode.CANCELLED
+
+
+class UnimplementedError(AssetServiceError):
+    """The server does not implement this method."""
+
+    code = grpc.StatusCode.UNIMPLEMENTED
+
+
+class InternalError(AssetServiceError):
+    """The server failed unexpectedly; its log has the reference in `.details`."""
+
+    code = grpc.StatusCode.INTERNAL
+
+
+class AssetStateError(FailedPreconditionError):
+    """An awaited asset reached a state it cannot leave for AVAILABLE; `.asset` is it."""
+
+    def __init__(self, details: str, asset: Asset) -> None:
+        super().__init__(details)
+        self.asset = asset
+
+
+class AssetFailedError(AssetStateError):
+    """An awaited asset FAILED; `.asset.failure_reason` says why."""
+
+
+class AssetDeletedError(AssetStateError):
+    """An awaited asset was deleted; `.asset` is its last state."""
+
+
+class WaitTimeoutError(DeadlineExceededError):
+    """wait_until_available timed out; `.pending` lists the assets not AVAILABLE yet."""
+
+    def __init__(self, details: str, pending: tuple[str, ...]) -> None:
+        super().__init__(details)
+        self.pending = pending
+
+
+ERRORS_BY_CODE: dict[grpc.StatusCode, type[AssetServiceError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgumentError,
+    grpc.StatusCode.NOT_FOUND: NotFoundError,
+    grpc.StatusCode.ALREADY_EXISTS: AlreadyExistsError,
+    grpc.StatusCode.FAILED_PRECONDITION: FailedPreconditionError,
+    grpc.StatusCode.ABORTED: ConflictError,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDeniedError,
+    grpc.StatusCode.UNAUTHENTICATED: UnauthenticatedError,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhaustedError,
+    grpc.StatusCode.DATA_LOSS: DataLossError,
+    grpc.StatusCode.UNAVAILABLE: UnavailableError,
+    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceededError,
+    grpc.StatusCode.CANCELLED: CancelledError,
+    grpc.StatusCode.UNIMPLEMENTED: UnimplementedError,
+    grpc.StatusCode.INTERNAL: InternalError,
+}
+
+
+def _violations(trailing: Iterable[Any] | None) -> tuple[Violation, ...]:
+    for key, value in trailing or ():
+        if key != _STATUS_DETAILS_KEY or not isinstance(value, bytes):
+            continue
+        try:
+            status = status_pb2.Status.FromString(value)
+        except Exception:  # malformed details must not hide the real error
+            return ()
+        found: list[Violation] = []
+        for detail in status.details:
+            failure = error_details_pb2.PreconditionFailure()
+            if detail.Unpack(failure):
+                found.extend(
+                    Violation(v.type, v.subject, v.description) for v in failure.violations
+                )
+        return tuple(found)
+    return ()
+
+
+def from_rpc_error(exc: grpc.RpcError) -> AssetServiceError:
+    """The typed error for a failed call (sync `grpc.RpcError` or `grpc.aio.AioRpcError`)."""
+    code_fn = getattr(exc, "code", None)
+    code = code_fn() if callable(code_fn) else grpc.StatusCode.UNKNOWN
+    details_fn = getattr(exc, "details", None)
+    details = (details_fn() if callable(details_fn) else None) or str(exc)
+    trailing_fn = getattr(exc, "trailing_metadata", None)
+    try:
+        trailing = trailing_fn() if callable(trailing_fn) else None
+    except Exception:  # some call objects raise when no trailers arrived
+        trailing = None
+    cls = ERRORS_BY_CODE.get(code, AssetServiceError)
+    return cls(details, code, _violations(trailing))

@@ -1,0 +1,112 @@
+"""Small frozen dataclasses that the clients return instead of protobuf messages."""
+
+from __future__ import annotations
+
+import enum
+import json as _json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+
+class AssetStatus(enum.Enum):
+    """State of an asset: PENDING, then AVAILABLE or FAILED (both terminal)."""
+
+    PENDING = "PENDING"
+    AVAILABLE = "AVAILABLE"
+    FAILED = "FAILED"
+
+
+class AssetType(enum.Enum):
+    """Where an asset's content lives: a FILE on the server, or an inline VALUE."""
+
+    FILE = "FILE"
+    VALUE = "VALUE"
+
+
+class ValueKind(enum.Enum):
+    """The kind of a VALUE asset's content."""
+
+    TEXT = "text"
+    JSON = "json"
+    DATA = "data"
+
+
+@dataclass(frozen=True, slots=True)
+class Value:
+    """Inline content of a VALUE asset: text, a JSON document (as text) or raw bytes."""
+
+    kind: ValueKind
+    content: str | bytes
+
+    @classmethod
+    def of_text(cls, text: str) -> Value:
+        return cls(ValueKind.TEXT, text)
+
+    @classmethod
+    def of_json(cls, obj: Any) -> Value:
+        """Encode any JSON-serialisable Python object as a JSON value."""
+        return cls(ValueKind.JSON, _json.dumps(obj))
+
+    @classmethod
+    def of_bytes(cls, data: bytes) -> Value:
+        return cls(ValueKind.DATA, bytes(data))
+
+    def as_bytes(self) -> bytes:
+        return self.content if isinstance(self.content, bytes) else self.content.encode("utf-8")
+
+    def as_json(self) -> Any:
+        """Decode a JSON value (or parse text/bytes as JSON)."""
+        return _json.loads(self.content)
+
+
+@dataclass(frozen=True, slots=True)
+class Asset:
+    """The record of one asset."""
+
+    id: str
+    label: str
+    status: AssetStatus
+    type: AssetType
+    media_type: str
+    storage_path: str
+    value: Value | None
+    created_by_task: str
+    tags: tuple[str, ...]
+    size_bytes: int
+    sha256: str
+    create_time: datetime
+    update_time: datetime
+    failure_reason: str
+    revision: int
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status is not AssetStatus.PENDING
+
+
+class WatchEventType(enum.Enum):
+    """What a watch event reports."""
+
+    SNAPSHOT = "SNAPSHOT"
+    CHANGED = "CHANGED"
+    DELETED = "DELETED"
+
+
+@dataclass(frozen=True, slots=True)
+class WatchEvent:
+    """One event of a watch; `revision` resumes a watch right after it."""
+
+    type: WatchEventType
+    asset: Asset
+    revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    """Where the server wrote input_data.json, and each input key's file path."""
+
+    path: Path
+    entries: Mapping[str, Path] = field(default_factory=dict)

@@ -1,0 +1,580 @@
+"""End to end: the asset_client package (sync and asyncio) and its worker example, real server."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from asset_client import (
+    AssetClient,
+    AssetDeletedError,
+    AssetFailedError,
+    AssetServiceError,
+    AssetStatus,
+    AssetType,
+    AsyncAssetClient,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+    PermissionDeniedError,
+    Value,
+    ValueKind,
+    WaitTimeoutError,
+    WatchEventType,
+)
+from asset_client._convert import pb
+
+from tests.serverproc import ServerProcess
+
+REPO = Path(__file__).resolve().parents[2]
+WORKER = REPO / "clients" / "python" / "examples" / "worker.py"
+
+
+@pytest.fixture
+def client(server: ServerProcess) -> Iterator[AssetClient]:
+    with AssetClient(server.address, timeout=15) as c:
+        yield c
+
+
+def _random_file(path: Path, size: int) -> bytes:
+    data = os.urandom(size)
+    path.write_bytes(data)
+    return data
+
+
+class _Later:
+    """Run fn(*args) after a delay in a thread; join() re-raises what it raised."""
+
+    def __init__(self, delay: float, fn: Any, *args: Any) -> None:
+        self.error: BaseException | None = None
+
+        def run() -> None:
+            time.sleep(delay)
+            try:
+                fn(*args)
+            except BaseException as exc:
+                self.error = exc
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+
+    def join(self) -> None:
+        self.thread.join(15)
+        assert not self.thread.is_alive()
+        if self.error is not None:
+            raise self.error
+
+
+# -- upload / download ---------------------------------------------------------------------
+
+
+def test_upload_streams_file_and_download_returns_same_bytes(
+    client: AssetClient, tmp_path: Path
+) -> None:
+    src = tmp_path / "clip.bin"
+    data = _random_file(src, 2 * 1024 * 1024 + 123)  # three chunks, the last one partial
+
+    asset = client.upload(src, media_type="video/mp4", tags=["raw-upload", "user-5"])
+
+    assert asset.status is AssetStatus.AVAILABLE
+    assert asset.type is AssetType.FILE
+    assert asset.label == "clip.bin"
+    assert asset.media_type == "video/mp4"
+    assert asset.tags == ("raw-upload", "user-5")
+    assert asset.size_bytes == len(data)
+    assert asset.sha256 == hashlib.sha256(data).hexdigest()
+    assert asset.create_time.tzinfo is not None
+
+    dest_dir = tmp_path / "out"
+    dest_dir.mkdir()
+    written = client.download(asset.id, dest_dir / "copy.bin")
+    assert written == dest_dir / "copy.bin"
+    assert written.read_bytes() == data
+    assert sorted(p.name for p in dest_dir.iterdir()) == ["copy.bin"]  # no temp file left
+
+
+def test_upload_of_empty_file_and_explicit_label(client: AssetClient, tmp_path: Path) -> None:
+    src = tmp_path / "empty"
+    src.write_bytes(b"")
+    asset = client.upload(src, label="Nothing.txt", progress=False)
+    assert asset.label == "Nothing.txt"
+    assert asset.size_bytes == 0
+    assert asset.sha256 == hashlib.sha256(b"").hexdigest()
+
+
+def test_upload_without_checksum_still_matches(client: AssetClient, tmp_path: Path) -> None:
+    src = tmp_path / "x.bin"
+    data = _random_file(src, 5000)
+    asset = client.upload(src, checksum=False, progress=False)
+    assert asset.sha256 == hashlib.sha256(data).hexdigest()
+
+
+def test_upload_missing_local_file_raises_before_any_call(
+    client: AssetClient, tmp_path: Path
+) -> None:
+    with pytest.raises(FileNotFoundError):
+        client.upload(tmp_path / "nope.bin")
+    assert list(client.list()) == []
+
+
+def test_download_failure_leaves_nothing_behind(client: AssetClient, tmp_path: Path) -> None:
+    pending = client.create_pending("task-dl", "later.bin")
+    dest_dir = tmp_path / "out"
+    dest_dir.mkdir()
+
+    with pytest.raises(NotFoundError):
+        client.download(str(uuid.uuid4()), dest_dir / "a.bin")
+    with pytest.raises(AssetServiceError) as info:
+        client.download(pending.id, dest_dir / "b.bin")
+    assert info.value.code in (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.NOT_FOUND,
+    )
+    assert list(dest_dir.iterdir()) == []
+
+
+def test_upload_fulfils_pending_asset(client: AssetClient, tmp_path: Path) -> None:
+    pending = client.create_pending("task-up", "result.csv", media_type="text/csv")
+    src = tmp_path / "whatever-name"
+    src.write_text("a,b\n1,2\n")
+
+    asset = client.upload(src, pending_asset_id=pending.id, progress=False)
+
+    assert asset.id == pending.id
+    assert asset.status is AssetStatus.AVAILABLE
+    assert asset.label == "result.csv"
+    assert asset.created_by_task == "task-up"
+    assert client.get(pending.id).sha256 == hashlib.sha256(b"a,b\n1,2\n").hexdigest()
+
+
+# -- values --------------------------------------------------------------------------------
+
+
+def test_create_value_text_json_and_bytes(client: AssetClient, tmp_path: Path) -> None:
+    text = client.create_value("greeting", text="héllo")
+    doc = client.create_value("params", json={"threshold": 0.5, "names": ["a"]})
+    blob = client.create_value("blob", data=b"\x00\x01\xff")
+
+    assert text.type is AssetType.VALUE
+    assert text.value == Value(ValueKind.TEXT, "héllo")
+    assert doc.value is not None and doc.value.as_json() == {"threshold": 0.5, "names": ["a"]}
+    assert doc.media_type == "application/json"
+    assert blob.value == Value(ValueKind.DATA, b"\x00\x01\xff")
+    assert client.get(blob.id).value == blob.value
+    with pytest.raises(ValueError):
+        client.create_value("two", text="a", data=b"b")
+
+
+# -- typed errors --------------------------------------------------------------------------
+
+
+def test_errors_are_typed(client: AssetClient, tmp_path: Path) -> None:
+    with pytest.raises(InvalidArgumentError) as bad:
+        client.get("not-a-uuid")
+    assert bad.value.code is grpc.StatusCode.INVALID_ARGUMENT
+    assert "not-a-uuid" in bad.value.details
+
+    missing = str(uuid.uuid4())
+    with pytest.raises(NotFoundError) as unknown:
+        client.get(missing)
+    assert unknown.value.code is grpc.StatusCode.NOT_FOUND
+    assert missing in unknown.value.details
+
+    pending = client.create_pending("task-err", "x.bin")
+    client.fail(pending.id, "first")
+    with pytest.raises(FailedPreconditionError):
+        client.fail(pending.id, "second")
+    with pytest.raises(FailedPreconditionError):
+        client.fulfill(pending.id, value="late")
+
+    outside = tmp_path / "outside.bin"  # tmp_path itself is not an import root
+    outside.write_bytes(b"secret")
+    other = client.create_pending("task-err", "y.bin")
+    with pytest.raises(PermissionDeniedError):
+        client.fulfill(other.id, source_path=outside)
+    with pytest.raises(ValueError):
+        client.fulfill(other.id)  # neither a path nor a value
+
+    src = tmp_path / "big.bin"
+    _random_file(src, 3 * 1024 * 1024)
+    with pytest.raises(NotFoundError):
+        client.upload(src, pending_asset_id=str(uuid.uuid4()), progress=False)
+    with pytest.raises(FailedPreconditionError):
+        client.upload(src, pending_asset_id=pending.id, progress=False)  # it FAILED already
+    assert client.get(pending.id).failure_reason == "first"
+
+
+def test_deadline_maps_to_timeout_error(client: AssetClient) -> None:
+    pending = client.create_pending("task-deadline", "x.bin")
+    start = time.monotonic()
+    with pytest.raises(TimeoutError) as info:
+        list(client.watch([pending.id], timeout=0.3))
+    assert isinstance(info.value, AssetServiceError)
+    assert info.value.code is grpc.StatusCode.DEADLINE_EXCEEDED
+    assert time.monotonic() - start < 5
+
+
+# -- pending, watch, fulfil ----------------------------------------------------------------
+
+
+def test_create_pending_watch_then_fulfill_from_path(
+    client: AssetClient, import_root: Path
+) -> None:
+    pending = client.create_pending("task-7", "frames.zip", media_type="application/zip")
+    assert pending.status is AssetStatus.PENDING
+    assert pending.created_by_task == "task-7"
+    assert pending.storage_path == ""
+
+    events = client.watch([pending.id])
+    first = next(events)
+    assert first.type is WatchEventType.SNAPSHOT
+    assert first.asset.status is AssetStatus.PENDING
+
+    produced = import_root / "frames.zip"
+    produced.write_bytes(b"zip bytes")
+    fulfilled = client.fulfill(pending.id, source_path=produced)
+    assert fulfilled.status is AssetStatus.AVAILABLE
+    assert not produced.exists()  # moved into the store
+
+    rest = list(events)  # ends by itself: the asset is terminal
+    assert [e.type for e in rest] == [WatchEventType.CHANGED]
+    assert rest[0].asset.status is AssetStatus.AVAILABLE
+    assert rest[0].revision > first.revision
+    assert rest[0].asset.sha256 == hashlib.sha256(b"zip bytes").hexdigest()
+
+
+def test_watch_many_assets_delivers_every_transition_in_order(client: AssetClient) -> None:
+    a = client.create_pending("task-w", "a.txt", type=AssetType.VALUE)
+    b = client.create_pending("task-w", "b.txt", type=AssetType.VALUE)
+    later = _Later(0.3, lambda: (client.fulfill(a.id, value="A"), client.fail(b.id, "no b")))
+
+    events = list(client.watch([a.id, b.id], timeout=10))
+    later.join()
+
+    snapshots = [e for e in events if e.type is WatchEventType.SNAPSHOT]
+    changes = [e for e in events if e.type is WatchEventType.CHANGED]
+    assert {e.asset.id for e in snapshots} == {a.id, b.id}
+    assert [(e.asset.id, e.asset.status) for e in changes] == [
+        (a.id, AssetStatus.AVAILABLE),
+        (b.id, AssetStatus.FAILED),
+    ]
+    assert changes[1].asset.failure_reason == "no b"
+    revisions = [e.revision for e in changes]
+    assert revisions == sorted(revisions) and len(set(revisions)) == 2
+
+
+def test_watch_resumes_after_unavailable_from_last_revision(client: AssetClient) -> None:
+    """A stream cut by UNAVAILABLE after one event is re-opened from that event's revision."""
+    pending = client.create_pending("task-r", "r.txt", type=AssetType.VALUE)
+    real = client._stub
+    requests: list[pb.WatchAssetRequest] = []
+
+    class Unavailable(grpc.RpcError):
+        def code(self) -> grpc.StatusCode:
+            return grpc.StatusCode.UNAVAILABLE
+
+        def details(self) -> str:
+            return "injected disconnect"
+
+    class CutOnce:
+        def __init__(self, call: Any) -> None:
+            self.call = call
+
+        def __iter__(self) -> Iterator[Any]:
+            yield next(iter(self.call))
+            client.fulfill(pending.id, value="done")  # happens while "disconnected"
+            raise Unavailable()
+
+        def cancel(self) -> None:
+            self.call.cancel()
+
+    class Stub:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(real, name)
+
+        def WatchAsset(self, request: pb.WatchAssetRequest, timeout: float | None) -> Any:
+            requests.append(request)
+            call = real.WatchAsset(request, timeout=timeout)
+            return CutOnce(call) if len(requests) == 1 else call
+
+    client._stub = Stub()  # type: ignore[assignment]
+    events = list(client.watch([pending.id], timeout=10))
+
+    assert len(requests) == 2
+    assert requests[0].after_revision == 0
+    assert requests[1].after_revision == events[0].revision == pending.revision
+    assert events[0].asset.status is AssetStatus.PENDING
+    assert events[-1].asset.status is AssetStatus.AVAILABLE
+    assert events[-1].revision > events[0].revision
+    assert all(e.revision > events[0].revision for e in events[1:])
+
+
+# -- waiting -------------------------------------------------------------------------------
+
+
+def test_wait_until_available_returns_assets_in_order(client: AssetClient) -> None:
+    ready = client.create_value("ready", text="r")
+    pending = client.create_pending("task-wait", "p.txt", type=AssetType.VALUE)
+    later = _Later(0.3, client.fulfill, pending.id, None, "value!")
+
+    assets = client.wait_until_available([pending.id, ready.id], timeout=10)
+    later.join()
+
+    assert [a.id for a in assets] == [pending.id, ready.id]
+    assert all(a.status is AssetStatus.AVAILABLE for a in assets)
+    assert assets[0].value == Value(ValueKind.TEXT, "value!")
+
+
+def test_wait_until_available_raises_naming_the_failed_asset(client: AssetClient) -> None:
+    ok = client.create_pending("task-f", "ok.txt", type=AssetType.VALUE)
+    bad = client.create_pending("task-f", "bad.txt", type=AssetType.VALUE)
+    later = _Later(0.3, client.fail, bad.id, "decoder crashed")
+
+    with pytest.raises(AssetFailedError) as info:
+        client.wait_until_available([ok.id, bad.id], timeout=10)
+    later.join()
+
+    assert info.value.asset.id == bad.id
+    assert info.value.asset.failure_reason == "decoder crashed"
+    assert bad.id in str(info.value) and "decoder crashed" in str(info.value)
+
+
+def test_wait_until_available_raises_when_deleted(client: AssetClient) -> None:
+    doomed = client.create_pending("task-d", "d.txt", type=AssetType.VALUE)
+    later = _Later(0.3, client.delete, doomed.id)
+    with pytest.raises(AssetDeletedError) as info:
+        client.wait_until_available([doomed.id], timeout=10)
+    later.join()
+    assert info.value.asset.id == doomed.id
+
+
+def test_wait_until_available_times_out(client: AssetClient) -> None:
+    ready = client.create_value("ready", text="r")
+    never = client.create_pending("task-t", "never.txt")
+    start = time.monotonic()
+
+    with pytest.raises(TimeoutError) as info:
+        client.wait_until_available([ready.id, never.id], timeout=0.5)
+
+    assert isinstance(info.value, WaitTimeoutError)
+    assert info.value.pending == (never.id,)
+    assert never.id in str(info.value)
+    assert 0.4 < time.monotonic() - start < 5
+
+
+# -- list, manifest, delete ----------------------------------------------------------------
+
+
+def test_list_iterates_every_page(client: AssetClient) -> None:
+    created = [client.create_value(f"v{i}", text=str(i), tags=["batch-1"]) for i in range(7)]
+    client.create_value("other", text="x", tags=["batch-2"])
+
+    # The server really pages at 3 (so the client had to follow tokens).
+    first_page = client._stub.ListAssets(pb.ListAssetsRequest(tags=["batch-1"], page_size=3))
+    assert len(first_page.assets) == 3 and first_page.next_page_token
+
+    listed = list(client.list(tags=["batch-1"], page_size=3))
+    assert [a.id for a in listed] == [a.id for a in created]
+    assert len(list(client.list(page_size=2))) == 8
+    assert [a.label for a in client.list(label="other")] == ["other"]
+    assert list(client.list(status=AssetStatus.PENDING)) == []
+
+
+def test_manifest_maps_inputs_to_files(client: AssetClient, tmp_path: Path) -> None:
+    src = tmp_path / "in.txt"
+    src.write_text("file input")
+    file_asset = client.upload(src, progress=False)
+    text_asset = client.create_value("note", text="a note")
+    json_asset = client.create_value("cfg", json={"k": 1})
+
+    manifest = client.manifest(
+        {"video": file_asset.id, "note": text_asset.id, "cfg": json_asset.id},
+        config_params={"threshold": 0.25, "mode": "fast"},
+    )
+
+    assert manifest.path.is_absolute() and manifest.path.name == "input_data.json"
+    assert set(manifest.entries) == {"video", "note", "cfg"}
+    assert manifest.entries["video"].read_text() == "file input"
+    assert manifest.entries["note"].read_text() == "a note"
+    assert json.loads(manifest.entries["cfg"].read_text()) == {"k": 1}
+    written = json.loads(manifest.path.read_text())
+    assert written["config_params"] == {"threshold": 0.25, "mode": "fast"}
+    assert str(manifest.entries["video"]) in json.dumps(written)
+
+
+def test_manifest_with_unavailable_input_names_it(client: AssetClient) -> None:
+    ready = client.create_value("ready", text="r")
+    pending = client.create_pending("task-m", "m.bin")
+
+    with pytest.raises(FailedPreconditionError) as info:
+        client.manifest({"a": ready.id, "b": pending.id})
+
+    assert pending.id in info.value.details
+    assert [v.subject for v in info.value.violations] == [f"assets/{pending.id}"]
+    assert info.value.violations[0].type == "PENDING"
+
+
+def test_delete_removes_asset(client: AssetClient, tmp_path: Path) -> None:
+    src = tmp_path / "gone.bin"
+    src.write_bytes(b"bye")
+    asset = client.upload(src, progress=False)
+    stored = Path(asset.storage_path)
+    assert stored.read_bytes() == b"bye"
+
+    last = client.delete(asset.id)
+
+    assert last.id == asset.id
+    with pytest.raises(NotFoundError):
+        client.get(asset.id)
+    assert not stored.exists()
+
+
+# -- asyncio client ------------------------------------------------------------------------
+
+
+async def test_async_client_round_trip(server: ServerProcess, tmp_path: Path) -> None:
+    src = tmp_path / "a.bin"
+    data = _random_file(src, 1024 * 1024 + 7)
+    async with AsyncAssetClient(server.address, timeout=15) as client:
+        asset = await client.upload(src, tags=["async"])
+        assert asset.sha256 == hashlib.sha256(data).hexdigest()
+        out = await client.download(asset.id, tmp_path / "b.bin")
+        assert out.read_bytes() == data
+
+        pending = await client.create_pending("task-async", "o.txt", type=AssetType.VALUE)
+        events = client.watch([pending.id])
+        first = await anext(events)
+        assert first.asset.status is AssetStatus.PENDING
+        await client.fulfill(pending.id, value=Value.of_json([1, 2]))
+        rest = [e async for e in events]
+        assert [e.asset.status for e in rest] == [AssetStatus.AVAILABLE]
+
+        waited = await client.wait_until_available([pending.id, asset.id], timeout=5)
+        assert [a.id for a in waited] == [pending.id, asset.id]
+        assert [a.id async for a in client.list(tags=["async"], page_size=1)] == [asset.id]
+
+        never = await client.create_pending("task-async", "never.bin")
+        with pytest.raises(WaitTimeoutError):
+            await client.wait_until_available([never.id], timeout=0.3)
+        with pytest.raises(NotFoundError):
+            await client.get(str(uuid.uuid4()))
+
+
+# -- the worker example --------------------------------------------------------------------
+
+UPPERCASE_MODULE = """
+import json, sys
+manifest = json.load(open(sys.argv[1]))
+text = open(manifest["inputs"]["doc"]).read()
+suffix = manifest["config_params"]["suffix"]
+open(sys.argv[2], "w").write(text.upper() + suffix)
+"""
+
+
+def _worker(server: ServerProcess, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(WORKER), "--server", server.address, "--no-progress", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_worker_help_runs() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(WORKER), "--help"], capture_output=True, text=True, timeout=30
+    )
+    assert proc.returncode == 0
+    assert "--command" in proc.stdout and "{manifest}" in proc.stdout
+
+
+def test_worker_fulfils_its_output(
+    server: ServerProcess, client: AssetClient, tmp_path: Path
+) -> None:
+    module = tmp_path / "my_module.py"
+    module.write_text(UPPERCASE_MODULE)
+    doc = client.create_pending("task-src", "doc.txt", type=AssetType.VALUE)
+    output = client.create_pending("task-upper", "upper.txt", media_type="text/plain")
+    later = _Later(0.5, client.fulfill, doc.id, None, "hello worker")  # the worker waits for it
+
+    proc = _worker(
+        server,
+        "--input",
+        f"doc={doc.id}",
+        "--output",
+        output.id,
+        "--config",
+        '{"suffix": "!"}',
+        "--wait-timeout",
+        "30",
+        "--command",
+        f"{sys.executable} {module} {{manifest}} {{output}}",
+    )
+
+    later.join()
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["asset_id"] == output.id
+    done = client.get(output.id)
+    assert done.status is AssetStatus.AVAILABLE
+    assert done.label == "upper.txt"
+    client.download(output.id, tmp_path / "result.txt", progress=False)
+    assert (tmp_path / "result.txt").read_text() == "HELLO WORKER!"
+
+
+def test_worker_fails_its_output_with_the_command_error(
+    server: ServerProcess, client: AssetClient
+) -> None:
+    doc = client.create_value("doc", text="x")
+    output = client.create_pending("task-crash", "out.bin")
+    crash = "import sys; sys.stderr.write('Traceback: ValueError: bad frame 42\\n'); sys.exit(3)"
+
+    proc = _worker(
+        server,
+        "--input",
+        f"doc={doc.id}",
+        "--output",
+        output.id,
+        "--command",
+        f'{sys.executable} -c "{crash}" {{manifest}}',
+    )
+
+    assert proc.returncode == 1
+    failed = client.get(output.id)
+    assert failed.status is AssetStatus.FAILED
+    assert "status 3" in failed.failure_reason
+    assert "ValueError: bad frame 42" in failed.failure_reason
+
+
+def test_worker_fails_its_output_when_an_input_failed(
+    server: ServerProcess, client: AssetClient
+) -> None:
+    upstream = client.create_pending("task-up", "in.bin")
+    client.fail(upstream.id, "upstream exploded")
+    output = client.create_pending("task-down", "out.bin")
+
+    proc = _worker(
+        server,
+        "--input",
+        f"video={upstream.id}",
+        "--output",
+        output.id,
+        "--command",
+        "true {manifest}",
+    )
+
+    assert proc.returncode == 1
+    failed = client.get(output.id)
+    assert failed.status is AssetStatus.FAILED
+    assert upstream.id in failed.failure_reason
+    assert "upstream exploded" in failed.failure_reason
