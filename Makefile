@@ -6,13 +6,15 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TOOLS := tools/node_modules/.installed
 ARGS ?=
+PY_SOURCES := asset_service tests scripts bench clients/python
 
-.PHONY: install run test generate lint format bench clean
+.PHONY: install run test ferretdb generate lint format bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e clients/python
 	touch $@
 
 $(TOOLS): tools/package.json tools/package-lock.json
@@ -28,23 +30,28 @@ run: $(STAMP)
 	$(VENV)/bin/asset-service --import-root "$(CURDIR)/incoming" $(ARGS)
 
 ## test: every test (unit, contract, end to end, grpcurl, buf lint, stubs up to date, lint)
-test: install
+test: install ferretdb
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+## ferretdb: build FerretDB into .tools/ (MongoDB wire protocol; CRUD contract cases)
+ferretdb:
+	bash scripts/install_ferretdb.sh
 
 ## generate: regenerate every client's stubs from protos/
 generate: install
 	$(PY) scripts/gen_protos.py
+	bash scripts/gen_clients.sh
 
 ## lint: ruff, mypy --strict, buf lint
 lint: install
-	$(VENV)/bin/ruff check asset_service tests scripts
-	$(VENV)/bin/ruff format --check asset_service tests scripts
-	$(VENV)/bin/mypy asset_service
+	$(VENV)/bin/ruff check $(PY_SOURCES)
+	$(VENV)/bin/ruff format --check $(PY_SOURCES)
+	$(VENV)/bin/mypy asset_service clients/python/asset_client
 	tools/node_modules/.bin/buf lint
 
 format: install
-	$(VENV)/bin/ruff format asset_service tests scripts
-	$(VENV)/bin/ruff check --fix asset_service tests scripts
+	$(VENV)/bin/ruff format $(PY_SOURCES)
+	$(VENV)/bin/ruff check --fix $(PY_SOURCES)
 
 bench: install
 	$(PY) -m bench

@@ -28,7 +28,7 @@ def test_buf_lint_is_clean() -> None:
 
 
 def test_ruff_is_clean() -> None:
-    paths = ["asset_service", "tests", "scripts"]
+    paths = ["asset_service", "tests", "scripts", "bench", "clients/python"]
     check = run(str(BIN / "ruff"), "check", *paths)
     assert check.returncode == 0, check.stdout
     fmt = run(str(BIN / "ruff"), "format", "--check", *paths)
@@ -36,5 +36,5 @@ def test_ruff_is_clean() -> None:
 
 
 def test_mypy_strict_is_clean() -> None:
-    result = run(str(BIN / "mypy"), "asset_service")
+    result = run(str(BIN / "mypy"), "asset_service", "clients/python/asset_client")
     assert result.returncode == 0, result.stdout

@@ -109,7 +109,22 @@ def upload_header_from_pb(msg: pb.UploadHeader) -> UploadHeader:
 
 
 def struct_to_dict(msg: struct_pb2.Struct) -> dict[str, Any]:
-    return json_format.MessageToDict(msg)
+    """A Struct as plain JSON data; whole numbers come back as ints.
+
+    Struct stores every number as a double, so {"n": 3} would reach input_data.json as
+    3.0, which breaks modules doing range(n) or list indexing.
+    """
+    return _ints(json_format.MessageToDict(msg))  # type: ignore[no-any-return]
+
+
+def _ints(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _ints(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_ints(v) for v in value]
+    return value
 
 
 def event_to_pb(event: WatchEvent) -> pb.WatchAssetResponse:

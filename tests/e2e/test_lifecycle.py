@@ -246,8 +246,10 @@ async def test_manifest_bridges_values_to_files(
     manifest_path = Path(response.manifest_path)
     assert manifest_path.is_absolute() and manifest_path.name == "input_data.json"
     assert manifest_path.is_relative_to(server.root / "tmp")
-    body = json.loads(manifest_path.read_text())
+    raw_text = manifest_path.read_text()
+    body = json.loads(raw_text)
     assert body["config_params"] == {"threshold": 0.5, "mode": "fast", "nested": {"k": [1, 2]}}
+    assert '"k": [\n        1,\n        2\n      ]' in raw_text  # ints stay ints, not 1.0
     inputs = body["inputs"]
     assert inputs == dict(response.entries)
     expected = {
