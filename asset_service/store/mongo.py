@@ -196,7 +196,9 @@ class ChangeFeed:
       delete event's `fullDocumentBeforeChange` is the full last state at that revision;
     - without them, the stamping update's `updatedFields.revision` gives the revision,
       and the rest comes from the last state this feed saw of the asset (a bounded
-      cache), or is left empty (id + revision only: what watchers need);
+      cache), or is left empty (id + revision only: what watchers need). The same cache
+      (or the pre-image) rebuilds an update whose `updateLookup` came back empty because
+      the record was deleted before the event was read;
     - a delete with neither (someone removed a record by hand) yields Resync.
     """
 
@@ -242,19 +244,21 @@ class ChangeFeed:
             doc = event.get("fullDocument")
             if doc is None:
                 # updateLookup found nothing: the record was deleted since. Rebuild the
-                # post-image from the pre-image when there is one.
-                pre = event.get("fullDocumentBeforeChange")
+                # post-image from the pre-image, or from the last state seen.
+                asset_id = str(key.get("_id", ""))
                 desc = event.get("updateDescription") or {}
                 fields = desc.get("updatedFields") or {}
-                if pre is not None:
-                    doc = {**pre, **fields}
-                    for name in desc.get("removedFields") or ():
-                        doc.pop(name, None)
-                elif "revision" in fields and "_id" in key:
-                    self._delete_revision[str(key["_id"])] = int(fields["revision"])
+                base = event.get("fullDocumentBeforeChange")
+                last = self._last_seen.get(asset_id)
+                if base is None and last is not None:
+                    base = asset_to_doc(last, last.revision)
+                if base is None:
+                    if "revision" in fields:
+                        self._delete_revision[asset_id] = int(fields["revision"])
                     return None
-                else:
-                    return None
+                doc = {**base, **fields}
+                for name in desc.get("removedFields") or ():
+                    doc.pop(name, None)
             if doc.get("deleted"):
                 # The stamp MongoStore.delete writes just before removing the record.
                 self._delete_revision[str(doc["_id"])] = int(doc["revision"])
@@ -327,6 +331,8 @@ class ChangeFeed:
                         yield item
             except OperationFailure as exc:
                 if exc.code in HISTORY_LOST_CODES:
+                    if resync is not None:  # even a stream from now failed: do not spin
+                        delay = await self._sleep(delay)
                     resync = f"change stream history lost ({exc.code}): {exc}"
                     log.warning("%s; reopening from now", resync)
                 else:
@@ -335,6 +341,10 @@ class ChangeFeed:
             except PyMongoError as exc:
                 log.warning("change stream interrupted (%s); retrying in %.1fs", exc, delay)
                 delay = await self._sleep(delay)
+            except Exception as exc:  # e.g. undecodable BSON: start over from now
+                log.exception("change stream broke; reopening from now in %.1fs", delay)
+                resync = f"change stream broke: {exc!r}"
+                delay = await self._sleep(delay)
             await self.close()
 
 
@@ -342,7 +352,7 @@ class ChangeFeed:
 
 
 class MongoStore:
-    """Asset records in one MongoDB collection; see the module docs/mongodb.md.
+    """Asset records in one MongoDB collection (docs/mongodb.md).
 
     Revisions. One counter document (`counters/_id: "revision"`) is `$inc`-ed inside the
     SAME multi-document transaction as the asset write it numbers. Two transactions that
@@ -378,7 +388,7 @@ class MongoStore:
                 url, tz_aware=True, connect=False, **options
             )
             self._db = self._client.get_default_database(DEFAULT_DATABASE)
-        except PyMongoError as exc:
+        except (PyMongoError, ValueError) as exc:
             raise InvalidArgument(f"database URL {self._redacted()}: {exc}") from exc
         wc = WriteConcern("majority")
         self._assets: AsyncCollection[Doc] = self._db.get_collection("assets", write_concern=wc)
@@ -464,9 +474,10 @@ class MongoStore:
             raise _unavailable(exc) from exc
 
     def _redacted(self) -> str:
+        """The URL without credentials or options, for messages."""
         parts = urlsplit(self.url)
-        host = parts.hostname or ""
-        return f"{parts.scheme}://{host}{':' + str(parts.port) if parts.port else ''}"
+        netloc = parts.netloc.rpartition("@")[2]
+        return f"{parts.scheme}://{netloc}"
 
     # --- plumbing ---------------------------------------------------------------------
 

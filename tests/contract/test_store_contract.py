@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from asset_service.domain.errors import Conflict, InvalidArgument, NotFound
+from asset_service.domain.errors import Conflict, InvalidArgument, NotFound, Unavailable
 from asset_service.domain.models import (
     Asset,
     AssetFilter,
@@ -24,6 +24,7 @@ from asset_service.domain.models import (
     ValueKind,
     new_asset_id,
 )
+from asset_service.store.mongo import MongoStore
 from tests.contract.conftest import Backend
 
 T0 = datetime(2026, 1, 2, 3, 4, 5, 123000, tzinfo=UTC)
@@ -164,6 +165,7 @@ async def test_transition_of_an_unknown_asset_is_not_found(backend: Backend) -> 
         await backend.store.transition(new_asset_id(), Status.PENDING, Failure("x"), T0)
 
 
+@pytest.mark.needs("atomic_find_and_modify")
 async def test_racing_transitions_have_exactly_one_winner(backend: Backend) -> None:
     store = backend.store
     a = await store.insert(pending())
@@ -281,8 +283,8 @@ async def take(feed: AsyncIterator[Change | Resync], n: int) -> list[Change | Re
     return out
 
 
+@pytest.mark.needs("change_streams")
 async def test_change_feed_yields_every_change_in_commit_order(backend: Backend) -> None:
-    backend.require_replica_set("change streams")
     store = backend.store
     feed = store.changes()
     a = await store.insert(pending(tags=("x",)))
@@ -315,8 +317,8 @@ async def test_change_feed_yields_every_change_in_commit_order(backend: Backend)
     assert revisions == sorted(revisions)
 
 
+@pytest.mark.needs("change_streams", "transactions")
 async def test_change_feed_orders_concurrent_writers_by_revision(backend: Backend) -> None:
-    backend.require_replica_set("change streams, transactions")
     store = backend.store
     feed = store.changes()
     assets = await asyncio.gather(*(store.insert(pending(f"c{i}")) for i in range(15)))
@@ -328,3 +330,15 @@ async def test_change_feed_orders_concurrent_writers_by_revision(backend: Backen
     assert len(revisions) == 30
     assert revisions == sorted(revisions)  # commit order == revision order
     assert sorted(revisions) == sorted(a.revision for a in [*assets, *moved])
+
+
+# --- wire-level checks that need a server but no replica set ------------------------------
+
+
+async def test_mongo_store_refuses_a_server_without_replica_set(ferretdb_url: str) -> None:
+    """A standalone server (here FerretDB: its `hello` has no setName) fails with a fix-it."""
+    store = MongoStore(ferretdb_url + "refused")
+    with pytest.raises(Unavailable) as err:
+        await store.open()
+    assert "standalone" in err.value.message and "rs.initiate" in err.value.message
+    await store.close()

@@ -1,0 +1,328 @@
+"""MongoStore's change feed against realistic change events at the driver boundary."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from bson import Timestamp
+from pymongo.errors import (
+    AutoReconnect,
+    NetworkTimeout,
+    OperationFailure,
+    ServerSelectionTimeoutError,
+)
+
+from asset_service.domain.models import Change, ChangeKind, Resync, Status
+from asset_service.store.mongo import ChangeFeed
+
+T0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+A = "7d8f7c1e-0000-4000-8000-00000000000a"
+B = "7d8f7c1e-0000-4000-8000-00000000000b"
+_clock = itertools.count(1)
+
+
+def token(n: int) -> dict[str, str]:
+    return {"_data": f"8264{n:012d}2B0229296E04"}
+
+
+def record(asset_id: str, revision: int, status: str = "PENDING", **more: Any) -> dict[str, Any]:
+    """An `assets` document as MongoStore writes it."""
+    return {
+        "_id": asset_id,
+        "seq": revision,
+        "label": "in.txt",
+        "status": status,
+        "type": "FILE",
+        "media_type": "text/plain",
+        "storage_path": "",
+        "value_kind": None,
+        "value_content": None,
+        "created_by_task": "task-1",
+        "tags": ["raw"],
+        "size_bytes": 0,
+        "sha256": "",
+        "created_at": T0,
+        "updated_at": T0,
+        "failure_reason": "",
+        "fulfilled_from": "",
+        "revision": revision,
+        **more,
+    }
+
+
+def event(n: int, op: str, asset_id: str, **fields: Any) -> dict[str, Any]:
+    """A change event shaped like the server's (resume token `_id`, ns, documentKey...)."""
+    return {
+        "_id": token(n),
+        "operationType": op,
+        "clusterTime": Timestamp(1_760_000_000, next(_clock)),
+        "wallTime": T0,
+        "ns": {"db": "asset_service", "coll": "assets"},
+        "documentKey": {"_id": asset_id},
+        **fields,
+    }
+
+
+def insert(n: int, doc: dict[str, Any]) -> dict[str, Any]:
+    return event(n, "insert", doc["_id"], fullDocument=doc)
+
+
+def update(n: int, doc: dict[str, Any], changed: dict[str, Any]) -> dict[str, Any]:
+    desc = {"updatedFields": changed, "removedFields": [], "truncatedArrays": []}
+    return event(n, "update", doc["_id"], fullDocument=doc, updateDescription=desc)
+
+
+def delete_stamp(n: int, asset_id: str, revision: int) -> dict[str, Any]:
+    """MongoStore.delete's stamp; updateLookup finds nothing (deleted in the same commit)."""
+    desc = {"updatedFields": {"revision": revision, "deleted": True}, "removedFields": []}
+    return event(n, "update", asset_id, fullDocument=None, updateDescription=desc)
+
+
+def delete(n: int, asset_id: str, pre: dict[str, Any] | None = None) -> dict[str, Any]:
+    extra = {"fullDocumentBeforeChange": pre} if pre is not None else {}
+    return event(n, "delete", asset_id, **extra)
+
+
+def invalidate(n: int) -> dict[str, Any]:
+    return {"_id": token(n), "operationType": "invalidate", "clusterTime": Timestamp(1, n)}
+
+
+class FakeStream:
+    """Stands in for pymongo's AsyncChangeStream: scripted events and errors, then waits."""
+
+    def __init__(self, script: list[Mapping[str, Any] | Exception], initial: int = 0) -> None:
+        self.script = list(script)
+        self._resume_token = token(initial)
+        self.closed = False
+
+    @property
+    def resume_token(self) -> Mapping[str, Any] | None:
+        return self._resume_token
+
+    async def next(self) -> Mapping[str, Any]:
+        if not self.script:
+            await asyncio.Event().wait()  # like a tailable cursor with nothing new
+        item = self.script.pop(0)
+        if isinstance(item, Exception):
+            raise item
+        self._resume_token = item["_id"]
+        return item
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+class FakeWatch:
+    """Stands in for `collection.watch(...)`: records resume_after, returns scripted streams."""
+
+    def __init__(self, *outcomes: FakeStream | Exception) -> None:
+        self.outcomes = list(outcomes)
+        self.calls: list[Mapping[str, Any] | None] = []
+
+    async def __call__(self, resume_after: Mapping[str, Any] | None) -> FakeStream:
+        self.calls.append(resume_after)
+        outcome = self.outcomes.pop(0)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+
+def feed_of(watch: FakeWatch, first: FakeStream | None = None) -> ChangeFeed:
+    return ChangeFeed(watch, backoff_initial=0.001, backoff_max=0.004, first_stream=first)
+
+
+async def take(items: AsyncIterator[Change | Resync], n: int) -> list[Change | Resync]:
+    out: list[Change | Resync] = []
+    async with asyncio.timeout(5):
+        while len(out) < n:
+            out.append(await anext(items))
+    return out
+
+
+def summary(items: list[Change | Resync]) -> list[tuple[str, str, int] | str]:
+    return [
+        (i.kind.value, i.asset.id, i.revision) if isinstance(i, Change) else "RESYNC" for i in items
+    ]
+
+
+async def test_events_become_changes_in_order_with_numbered_deletes() -> None:
+    a1, b2 = record(A, 1), record(B, 2)
+    a3 = record(A, 3, "AVAILABLE", storage_path="/d/a", size_bytes=5)
+    stream = FakeStream(
+        [
+            insert(1, a1),
+            insert(2, b2),
+            update(3, a3, {"status": "AVAILABLE", "revision": 3, "storage_path": "/d/a"}),
+            delete_stamp(4, A, 4),
+            delete(5, A),
+            delete_stamp(6, B, 5),
+            delete(7, B),
+        ]
+    )
+    feed = feed_of(FakeWatch(), first=stream)
+    got = await take(feed.run(), 5)
+    assert summary(got) == [
+        ("PUT", A, 1),
+        ("PUT", B, 2),
+        ("PUT", A, 3),
+        ("DELETE", A, 4),
+        ("DELETE", B, 5),
+    ]
+    put_a3, del_a = got[2], got[3]
+    assert isinstance(put_a3, Change) and put_a3.asset.status is Status.AVAILABLE
+    assert put_a3.asset.storage_path == "/d/a" and put_a3.asset.tags == ("raw",)
+    # Without pre-images the delete carries the last state the feed saw, at the new revision.
+    assert isinstance(del_a, Change) and del_a.asset.storage_path == "/d/a"
+    assert feed.token == token(7)
+
+
+async def test_delete_with_pre_image_carries_the_full_last_state() -> None:
+    pre = record(A, 9, "FAILED", failure_reason="boom", deleted=True)
+    stream = FakeStream([delete_stamp(1, A, 9), delete(2, A, pre=pre)])
+    got = await take(feed_of(FakeWatch(), first=stream).run(), 1)
+    change = got[0]
+    assert isinstance(change, Change) and change.kind is ChangeKind.DELETE
+    assert (change.revision, change.asset.status, change.asset.failure_reason) == (
+        9,
+        Status.FAILED,
+        "boom",
+    )
+
+
+async def test_delete_of_an_unseen_asset_has_its_id_and_revision() -> None:
+    stream = FakeStream([delete_stamp(1, B, 12), delete(2, B)])
+    got = await take(feed_of(FakeWatch(), first=stream).run(), 1)
+    assert summary(got) == [("DELETE", B, 12)]
+
+
+async def test_delete_without_a_revision_stamp_resyncs() -> None:
+    stream = FakeStream([delete(1, A), insert(2, record(B, 3))])
+    got = await take(feed_of(FakeWatch(), first=stream).run(), 2)
+    assert summary(got) == ["RESYNC", ("PUT", B, 3)]
+
+
+async def test_transient_errors_resume_after_the_last_token() -> None:
+    first = FakeStream([insert(1, record(A, 1)), insert(2, record(B, 2)), AutoReconnect("gone")])
+    watch = FakeWatch(
+        ServerSelectionTimeoutError("no primary"),  # election in progress
+        NetworkTimeout("timed out"),
+        FakeStream([insert(3, record(A, 3, "FAILED")), NetworkTimeout("again")]),
+        FakeStream([insert(4, record(B, 4, "FAILED"))]),
+    )
+    got = await take(feed_of(watch, first=first).run(), 4)
+    assert summary(got) == [("PUT", A, 1), ("PUT", B, 2), ("PUT", A, 3), ("PUT", B, 4)]
+    assert watch.calls == [token(2), token(2), token(2), token(3)]
+    assert first.closed
+
+
+async def test_resume_before_any_event_uses_the_streams_initial_token() -> None:
+    first = FakeStream([AutoReconnect("primary stepped down")], initial=41)
+    watch = FakeWatch(FakeStream([insert(42, record(A, 7))]))
+    got = await take(feed_of(watch, first=first).run(), 1)
+    assert summary(got) == [("PUT", A, 7)]
+    assert watch.calls == [token(41)]
+
+
+async def test_lazily_opened_feed_starts_from_now_then_resumes() -> None:
+    watch = FakeWatch(
+        FakeStream([insert(1, record(A, 1)), AutoReconnect("x")], initial=0),
+        FakeStream([insert(2, record(B, 2))]),
+    )
+    got = await take(feed_of(watch).run(), 2)
+    assert summary(got) == [("PUT", A, 1), ("PUT", B, 2)]
+    assert watch.calls == [None, token(1)]
+
+
+@pytest.mark.parametrize("during", ["next", "resume"])
+async def test_history_lost_resyncs_from_now_then_continues(during: str) -> None:
+    lost = OperationFailure(
+        "Resume of change stream was not possible, as the resume point may no longer be "
+        "in the oplog.",
+        code=286,
+        details={"code": 286, "codeName": "ChangeStreamHistoryLost", "ok": 0},
+    )
+    if during == "next":
+        first = FakeStream([insert(1, record(A, 1)), lost])
+        fresh = FakeStream([insert(50, record(B, 50))], initial=49)
+        watch = FakeWatch(fresh)
+        expected_calls: list[Mapping[str, Any] | None] = [None]
+    else:
+        first = FakeStream([insert(1, record(A, 1)), AutoReconnect("restart")])
+        fresh = FakeStream([insert(50, record(B, 50))], initial=49)
+        watch = FakeWatch(lost, fresh)
+        expected_calls = [token(1), None]
+    feed = feed_of(watch, first=first)
+    items = feed.run()
+    got = await take(items, 2)
+    assert summary(got) == [("PUT", A, 1), "RESYNC"]
+    # The new stream is open before watchers are told to re-read: nothing can slip by.
+    assert watch.calls == expected_calls
+    assert isinstance(got[1], Resync) and "286" in got[1].reason
+    assert summary(await take(items, 1)) == [("PUT", B, 50)]
+    assert feed.token == token(50)
+
+
+async def test_invalidate_resyncs_from_now() -> None:
+    first = FakeStream([insert(1, record(A, 1)), invalidate(2), insert(3, record(A, 99))])
+    watch = FakeWatch(FakeStream([insert(10, record(B, 5))], initial=9))
+    got = await take(feed_of(watch, first=first).run(), 3)
+    assert summary(got) == [("PUT", A, 1), "RESYNC", ("PUT", B, 5)]
+    assert watch.calls == [None]  # an invalidated stream cannot be resumed
+    assert first.closed
+
+
+async def test_keeps_retrying_while_the_server_is_away() -> None:
+    outages: list[FakeStream | Exception] = [AutoReconnect(f"down {i}") for i in range(8)]
+    watch = FakeWatch(*outages, FakeStream([insert(2, record(B, 2))]))
+    first = FakeStream([insert(1, record(A, 1)), AutoReconnect("down")])
+    got = await take(feed_of(watch, first=first).run(), 2)
+    assert summary(got) == [("PUT", A, 1), ("PUT", B, 2)]
+    assert watch.calls == [token(1)] * 9
+
+
+async def test_other_server_errors_back_off_and_resume() -> None:
+    first = FakeStream([insert(1, record(A, 1)), OperationFailure("interrupted", code=11601)])
+    watch = FakeWatch(FakeStream([insert(2, record(B, 2))]))
+    got = await take(feed_of(watch, first=first).run(), 2)
+    assert summary(got) == [("PUT", A, 1), ("PUT", B, 2)]
+    assert watch.calls == [token(1)]
+
+
+async def test_an_undecodable_event_resyncs_and_the_feed_goes_on() -> None:
+    bad = insert(2, {**record(B, 2), "status": "NOT_A_STATUS"})
+    first = FakeStream([insert(1, record(A, 1)), bad, insert(3, record(A, 3, "FAILED"))])
+    got = await take(feed_of(FakeWatch(), first=first).run(), 3)
+    assert summary(got) == [("PUT", A, 1), "RESYNC", ("PUT", A, 3)]
+
+
+async def test_other_event_types_are_ignored() -> None:
+    noise = event(2, "createIndexes", A)
+    first = FakeStream([noise, insert(3, record(A, 3))])
+    got = await take(feed_of(FakeWatch(), first=first).run(), 1)
+    assert summary(got) == [("PUT", A, 3)]
+
+
+async def test_update_of_a_since_deleted_record_is_rebuilt_from_what_was_seen() -> None:
+    """updateLookup runs when the event is read: a record deleted by then comes back None."""
+    desc = {"updatedFields": {"status": "AVAILABLE", "revision": 2, "size_bytes": 5}}
+    gone_before_read = event(2, "update", A, fullDocument=None, updateDescription=desc)
+    first = FakeStream(
+        [insert(1, record(A, 1)), gone_before_read, delete_stamp(3, A, 3), delete(4, A)]
+    )
+    got = await take(feed_of(FakeWatch(), first=first).run(), 3)
+    assert summary(got) == [("PUT", A, 1), ("PUT", A, 2), ("DELETE", A, 3)]
+    assert isinstance(got[1], Change) and got[1].asset.status is Status.AVAILABLE
+    assert isinstance(got[2], Change) and got[2].asset.size_bytes == 5
+
+
+async def test_an_unexpected_error_reopens_from_now_with_a_resync() -> None:
+    first = FakeStream([insert(1, record(A, 1)), ValueError("invalid BSON")])
+    watch = FakeWatch(FakeStream([insert(5, record(B, 5))], initial=4))
+    got = await take(feed_of(watch, first=first).run(), 3)
+    assert summary(got) == [("PUT", A, 1), "RESYNC", ("PUT", B, 5)]
+    assert watch.calls == [None]
