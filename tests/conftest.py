@@ -9,7 +9,7 @@ import grpc
 import pytest
 
 from asset_service._proto.asset.v1 import asset_service_pb2_grpc as pb_grpc
-from tests.serverproc import ServerProcess, database_url_for
+from tests.serverproc import ServerProcess, database_url_for, drop_database_of
 
 
 @pytest.fixture
@@ -21,13 +21,13 @@ def import_root(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def server(tmp_path: Path, import_root: Path) -> Iterator[ServerProcess]:
-    proc = ServerProcess(
-        tmp_path / "data", database_url_for(tmp_path), import_roots=[import_root]
-    ).start()
+    url = database_url_for(tmp_path)
+    proc = ServerProcess(tmp_path / "data", url, import_roots=[import_root]).start()
     try:
         yield proc
     finally:
         proc.stop()
+        drop_database_of(url)
 
 
 @pytest.fixture

@@ -26,6 +26,24 @@ def database_url_for(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'assets.db'}"
 
 
+def drop_database_of(database_url: str) -> None:
+    """Remove a per-test MongoDB database made by database_url_for (no-op for sqlite)."""
+    if not database_url.startswith("mongodb"):
+        return
+    from urllib.parse import urlsplit
+
+    from pymongo import MongoClient
+
+    name = urlsplit(database_url).path.lstrip("/")
+    client: MongoClient[dict[str, object]] = MongoClient(
+        database_url, serverSelectionTimeoutMS=5000
+    )
+    try:
+        client.drop_database(name)
+    finally:
+        client.close()
+
+
 class ServerProcess:
     """One asset-service process; restartable on the same storage root and database."""
 
