@@ -9,17 +9,19 @@ from asset_service.domain.ports import MetadataStore
 
 
 def open_store(database_url: str) -> MetadataStore:
-    """sqlite:///path/to/file.db (embedded default) or mongodb://... (production)."""
+    """sqlite:////abs/path.db (embedded default) or mongodb://... (production)."""
     if database_url.startswith("sqlite://"):
         from asset_service.store.sqlite import SqliteStore
 
-        raw = database_url.removeprefix("sqlite://")
-        if not raw.startswith("/"):
+        # sqlite:////abs/path.db (SQLAlchemy's absolute form) and sqlite:///abs/path.db both
+        # name /abs/path.db; a relative path would depend on the working directory.
+        rest = database_url.removeprefix("sqlite://")
+        if not rest.startswith("/"):
             raise InvalidArgument(
-                f"database URL {database_url!r}: use sqlite:///absolute/path.db "
-                "(three slashes, then an absolute path)"
+                f"database URL {database_url!r}: use sqlite:////absolute/path.db "
+                "(an absolute path after sqlite:///)"
             )
-        return SqliteStore(Path(raw))
+        return SqliteStore(Path("/" + rest.lstrip("/")))
     if database_url.startswith(("mongodb://", "mongodb+srv://")):
         from asset_service.store.mongo import MongoStore
 

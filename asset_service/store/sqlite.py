@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import fcntl
 import json
 import logging
+import os
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -124,6 +126,7 @@ class SqliteStore:
         self._conn: sqlite3.Connection | None = None
         self._changes: asyncio.Queue[Change] = asyncio.Queue()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._lock_fd: int | None = None
 
     # --- plumbing -------------------------------------------------------------------
 
@@ -151,8 +154,24 @@ class SqliteStore:
 
     # --- lifecycle ------------------------------------------------------------------
 
+    def _claim(self) -> None:
+        """One server process per database file: its change feed is in-process only."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path.with_name(self.path.name + ".lock"), os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise Unavailable(
+                f"another asset-service process is using {self.path}; the embedded SQLite "
+                "store serves one process (watchers would miss the other's changes). Stop "
+                "it, give this one its own --storage-root, or use MongoDB to run several."
+            ) from None
+        self._lock_fd = fd
+
     async def open(self) -> None:
         self._loop = asyncio.get_running_loop()
+        self._claim()
 
         def connect() -> sqlite3.Connection:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -175,6 +194,9 @@ class SqliteStore:
             conn, self._conn = self._conn, None
             await asyncio.get_running_loop().run_in_executor(self._executor, conn.close)
         self._executor.shutdown(wait=True)
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     async def ping(self) -> None:
         await self._run(lambda c: c.execute("SELECT 1").fetchone())

@@ -183,3 +183,22 @@ async def test_startup_sweeps_orphan_files_but_keeps_referenced_ones(tmp_path: P
         assert any("orphan" in line for line in server.log)
     finally:
         server.stop()
+
+
+def test_a_second_server_on_the_same_sqlite_database_is_refused(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'shared.db'}"  # always SQLite: this is its single-process guard
+    first = ServerProcess(tmp_path / "one", url).start()
+    second = ServerProcess(tmp_path / "two", url)
+    try:
+        try:
+            second.start(timeout=15)
+            raise AssertionError("a second server on the same SQLite file must not start")
+        except RuntimeError:
+            pass
+        assert second.proc is not None and second.proc.returncode == 2
+        assert any("another asset-service process is using" in line for line in second.log)
+    finally:
+        second.stop()
+        first.stop()
+    third = ServerProcess(tmp_path / "three", url).start()  # free again once the first stops
+    third.stop()

@@ -80,3 +80,16 @@ def test_ids_and_media_types() -> None:
     assert validate_media_type("text/plain; charset=utf-8", "") == "text/plain; charset=utf-8"
     with pytest.raises(InvalidArgument, match="MIME"):
         validate_media_type("text", "")
+
+
+def test_database_urls() -> None:
+    from asset_service.store import open_store
+    from asset_service.store.sqlite import SqliteStore
+
+    for url in ("sqlite:////data/assets.db", "sqlite:///data/assets.db"):
+        store = open_store(url)
+        assert isinstance(store, SqliteStore) and store.path == Path("/data/assets.db")
+    with pytest.raises(InvalidArgument, match="absolute path"):
+        open_store("sqlite://relative.db")
+    with pytest.raises(InvalidArgument, match="not supported"):
+        open_store("postgres://x")
