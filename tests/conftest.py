@@ -9,7 +9,12 @@ import grpc
 import pytest
 
 from asset_service._proto.asset.v1 import asset_service_pb2_grpc as pb_grpc
+from tests.backends import report_lines
 from tests.serverproc import ServerProcess, database_url_for, drop_database_of
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    return report_lines()
 
 
 @pytest.fixture

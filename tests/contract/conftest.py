@@ -19,21 +19,7 @@ from pymongo import AsyncMongoClient
 from asset_service.domain.ports import MetadataStore
 from asset_service.store.mongo import MongoStore
 from asset_service.store.sqlite import SqliteStore
-
-REPO = Path(__file__).resolve().parents[2]
-FERRETDB_VERSION = "v1.24.0"
-FERRETDB_BIN = REPO / ".tools" / f"ferretdb-{FERRETDB_VERSION}" / "ferretdb"
-
-
-# What FerretDB 1.x (no replica set) cannot do; those cases run only on a real replica set.
-FERRETDB_LACKS = {
-    "change_streams": "no change streams (FerretDB 1.x has no replica set)",
-    "transactions": "no multi-document transactions (FerretDB 1.x)",
-    "atomic_find_and_modify": (
-        "FerretDB 1.24 (SQLite) runs findAndModify as read-then-write: here several of 20 "
-        "racing conditional updates all 'won', so the race contract needs real MongoDB"
-    ),
-}
+from tests.backends import LACKS, ferretdb_binary, missing_backends
 
 
 @dataclass
@@ -41,33 +27,6 @@ class Backend:
     name: str
     store: MetadataStore
     lacks: dict[str, str] = field(default_factory=dict)
-
-
-def _ferretdb_binary() -> Path:
-    return Path(os.environ.get("FERRETDB_BIN", FERRETDB_BIN))
-
-
-def missing_backends() -> dict[str, str]:
-    """Backends that will not run here, with the reason (shown in pytest's header)."""
-    missing = {}
-    if not os.environ.get("MONGODB_URI"):
-        missing["mongo"] = "MONGODB_URI not set (a replica set URL; see docs/mongodb.md)"
-    if not _ferretdb_binary().is_file():
-        missing["ferretdb"] = f"{_ferretdb_binary()} missing (`make ferretdb` builds it)"
-    return missing
-
-
-LACKS = {"sqlite": {}, "mongo": {}, "ferretdb": FERRETDB_LACKS}
-
-
-def pytest_report_header(config: pytest.Config) -> list[str]:
-    missing = missing_backends()
-    ran = [name for name in LACKS if name not in missing]
-    lines = [f"store contract backends: {', '.join(ran)}"]
-    lines += [f"  NOT run against {name}: {why}" for name, why in missing.items()]
-    if "ferretdb" in ran:
-        lines += [f"  ferretdb leaves out cases needing {cap}" for cap in FERRETDB_LACKS]
-    return lines
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -114,7 +73,7 @@ def _free_port() -> int:
 @pytest.fixture(scope="session")
 def ferretdb_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A FerretDB (SQLite backend) process for the session; built by `make ferretdb`."""
-    binary = _ferretdb_binary()
+    binary = ferretdb_binary()
     state = tmp_path_factory.mktemp("ferretdb")
     (state / "data").mkdir()
     port = _free_port()
