@@ -38,6 +38,7 @@ class Settings:
     shutdown_grace_seconds: float
     health_interval_seconds: float
     orphan_grace_seconds: float
+    manifest_ttl_seconds: float
 
 
 def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
@@ -121,6 +122,13 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "many seconds (younger ones may be another server's commit in flight) "
         "[ASSET_SERVICE_ORPHAN_GRACE]",
     )
+    parser.add_argument(
+        "--manifest-ttl",
+        type=float,
+        default=float(default("MANIFEST_TTL", str(7 * 24 * 3600))),
+        help="seconds a GetManifest folder (input_data.json and VALUE files under tmp/manifests) "
+        "is kept; swept at start-up and hourly; 0 keeps them forever [ASSET_SERVICE_MANIFEST_TTL]",
+    )
     return parser
 
 
@@ -143,4 +151,5 @@ def load_settings(
         shutdown_grace_seconds=args.shutdown_grace,
         health_interval_seconds=args.health_interval,
         orphan_grace_seconds=args.orphan_grace,
+        manifest_ttl_seconds=args.manifest_ttl,
     )

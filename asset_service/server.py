@@ -45,15 +45,29 @@ class RunningServer:
     manager: AssetManager
     health: health_aio.HealthServicer
     port: int
-    monitor: asyncio.Task[None]
+    background: list[asyncio.Task[None]]
 
     async def stop(self, grace: float) -> None:
         await self.health.enter_graceful_shutdown()
-        self.monitor.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self.monitor
+        for task in self.background:
+            task.cancel()
+        for task in self.background:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await self.server.stop(grace)
         await self.manager.stop()
+
+
+HOUSEKEEPING_INTERVAL = 3600.0
+
+
+async def _housekeeping(manager: AssetManager) -> None:
+    while True:
+        try:
+            await manager.sweep_manifests()
+        except (AssetError, OSError) as exc:
+            log.warning("manifest sweep failed: %s", exc)
+        await asyncio.sleep(HOUSEKEEPING_INTERVAL)
 
 
 async def _monitor_health(
@@ -89,6 +103,7 @@ async def start(settings: Settings) -> RunningServer:
         max_upload_bytes=settings.max_upload_bytes,
         import_roots=settings.import_roots,
         orphan_grace_seconds=settings.orphan_grace_seconds,
+        manifest_ttl_seconds=settings.manifest_ttl_seconds,
     )
     manager = AssetManager(store, storage, limits)
     await manager.start()
@@ -109,10 +124,13 @@ async def start(settings: Settings) -> RunningServer:
         await manager.stop()
         raise AssetError(f"cannot listen on {settings.listen}: {exc}") from exc
     await server.start()
-    monitor = asyncio.create_task(
-        _monitor_health(manager, health_servicer, settings.health_interval_seconds)
-    )
-    return RunningServer(server, manager, health_servicer, port, monitor)
+    background = [
+        asyncio.create_task(
+            _monitor_health(manager, health_servicer, settings.health_interval_seconds)
+        ),
+        asyncio.create_task(_housekeeping(manager)),
+    ]
+    return RunningServer(server, manager, health_servicer, port, background)
 
 
 async def serve(settings: Settings) -> None:

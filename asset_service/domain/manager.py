@@ -66,6 +66,8 @@ class Limits:
     # Files in final locations with no record are removed at start-up once older than
     # this; a younger one may belong to another server still committing it.
     orphan_grace_seconds: float = 600.0
+    # Manifest folders (input_data.json and VALUE files) live this long; 0 keeps them.
+    manifest_ttl_seconds: float = 7 * 24 * 3600.0
 
 
 @dataclass(frozen=True)
@@ -163,6 +165,15 @@ class AssetManager:
         await self.hub.close()
         await self.store.close()
         await self.storage.close()
+
+    async def sweep_manifests(self) -> int:
+        """Remove manifest folders older than the TTL (tasks read them when they start)."""
+        if self.limits.manifest_ttl_seconds <= 0:
+            return 0
+        removed = await self.storage.sweep_scratch("manifests", self.limits.manifest_ttl_seconds)
+        if removed:
+            log.info("removed %d manifest folder(s) past their TTL", removed)
+        return removed
 
     async def reconcile(self) -> int:
         """Remove stored files that no record points at (left by a crash mid-commit)."""

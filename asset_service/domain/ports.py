@@ -121,3 +121,6 @@ class BlobStorage(Protocol):
 
     def scratch_dir(self, purpose: str) -> Path:
         """A new private directory under tmp/ (manifests, value files)."""
+
+    async def sweep_scratch(self, purpose: str, older_than_seconds: float) -> int:
+        """Remove scratch directories of `purpose` older than that; return how many."""

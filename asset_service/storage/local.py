@@ -285,6 +285,22 @@ class LocalStorage:
         folder.mkdir(parents=True)
         return folder
 
+    async def sweep_scratch(self, purpose: str, older_than_seconds: float) -> int:
+        return await asyncio.to_thread(self._sweep_scratch_sync, purpose, older_than_seconds)
+
+    def _sweep_scratch_sync(self, purpose: str, older_than_seconds: float) -> int:
+        cutoff = time.time() - older_than_seconds
+        removed = 0
+        area = self.tmp / purpose
+        for folder in area.iterdir() if area.is_dir() else ():
+            try:
+                if folder.is_dir() and folder.stat().st_mtime < cutoff:
+                    shutil.rmtree(folder)
+                    removed += 1
+            except OSError as exc:
+                log.warning("could not remove %s: %s", folder, exc)
+        return removed
+
 
 def _files_under(area: Path) -> list[Path]:
     return [p for p in area.glob("*/*/*") if p.is_file()]

@@ -46,6 +46,7 @@ def test_settings_from_env_and_flags(tmp_path: Path) -> None:
     assert s.import_roots == ((tmp_path / "a").resolve(), (tmp_path / "b").resolve())
     assert s.max_upload_bytes == 2 * 1024**2
     assert s.log_level == "DEBUG"
+    assert s.manifest_ttl_seconds == 7 * 24 * 3600
     flags = load_settings(["--listen", "127.0.0.1:0", "--import-root", str(tmp_path)], env)
     assert flags.listen == "127.0.0.1:0"  # a flag wins over the variable
     assert flags.import_roots == (tmp_path.resolve(),)

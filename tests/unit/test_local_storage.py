@@ -81,3 +81,18 @@ async def test_writer_hashes_and_fsyncs(tmp_path: Path) -> None:
     await writer.rollback()  # after finish, a rollback must not remove committed bytes
     assert os.path.getsize(path) == 200_100
     await storage.close()
+
+
+async def test_sweep_scratch_removes_only_old_folders(tmp_path: Path) -> None:
+    import time
+
+    storage = LocalStorage(tmp_path)
+    await storage.open()
+    old, fresh = storage.scratch_dir("manifests"), storage.scratch_dir("manifests")
+    (old / "input_data.json").write_text("{}")
+    day_ago = time.time() - 86400
+    os.utime(old, (day_ago, day_ago))
+    assert await storage.sweep_scratch("manifests", 3600) == 1
+    assert not old.exists() and fresh.exists()
+    assert await storage.sweep_scratch("nothing-here", 0) == 0
+    await storage.close()
