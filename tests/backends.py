@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -45,3 +48,55 @@ def report_lines() -> list[str]:
     if "mongo" in missing:
         lines.append("  end-to-end tests run on sqlite (MONGODB_URI runs them on MongoDB)")
     return lines
+
+
+class FerretDB:
+    """A FerretDB process (SQLite backend) on a fixed port; restartable on the same data."""
+
+    def __init__(self, state: Path) -> None:
+        self.state = state
+        (state / "data").mkdir(parents=True, exist_ok=True)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = int(s.getsockname()[1])
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mongodb://127.0.0.1:{self.port}/"
+
+    def start(self, timeout: float = 20) -> FerretDB:
+        self.proc = subprocess.Popen(
+            [
+                str(ferretdb_binary()),
+                "--handler=sqlite",
+                f"--sqlite-url=file:{self.state / 'data'}/",
+                f"--state-dir={self.state}",
+                f"--listen-addr=127.0.0.1:{self.port}",
+                "--debug-addr=-",
+                "--telemetry=disable",
+                "--log-level=ERROR",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                return self
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"FerretDB did not start (exit {self.proc.poll()})"
+                    ) from None
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)

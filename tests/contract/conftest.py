@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -19,7 +16,7 @@ from pymongo import AsyncMongoClient
 from asset_service.domain.ports import MetadataStore
 from asset_service.store.mongo import MongoStore
 from asset_service.store.sqlite import SqliteStore
-from tests.backends import LACKS, ferretdb_binary, missing_backends
+from tests.backends import LACKS, FerretDB, missing_backends
 
 
 @dataclass
@@ -42,7 +39,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if "ferretdb" not in missing_backends():
         return
-    wants_ferret = [i for i in items if "ferretdb_url" in getattr(i, "fixturenames", ())]
+    ferret_fixtures = {"ferretdb_url", "ferretdb_process"}
+    wants_ferret = [i for i in items if ferret_fixtures & set(getattr(i, "fixturenames", ()))]
     if wants_ferret:
         config.hook.pytest_deselected(items=wants_ferret)
         items[:] = [i for i in items if i not in wants_ferret]
@@ -64,51 +62,15 @@ async def _drop(url: str, name: str) -> None:
         await client.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="session")
 def ferretdb_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A FerretDB (SQLite backend) process for the session; built by `make ferretdb`."""
-    binary = ferretdb_binary()
     state = tmp_path_factory.mktemp("ferretdb")
-    (state / "data").mkdir()
-    port = _free_port()
-    proc = subprocess.Popen(
-        [
-            str(binary),
-            "--handler=sqlite",
-            f"--sqlite-url=file:{state / 'data'}/",
-            f"--state-dir={state}",
-            f"--listen-addr=127.0.0.1:{port}",
-            "--debug-addr=-",
-            "--telemetry=disable",
-            "--log-level=ERROR",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    ferret = FerretDB(state).start()
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"FerretDB did not start (exit code {proc.poll()})")
-                time.sleep(0.05)
-        yield f"mongodb://127.0.0.1:{port}/"
+        yield ferret.url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        ferret.stop()
         shutil.rmtree(state, ignore_errors=True)
 
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 from grpc_health.v1 import health_pb2
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 
 from asset_service.domain.errors import Unavailable
 from asset_service.server import SERVICE_NAME, _monitor_health
+from tests.health import health_status
 
 
 class FlakyStore:
@@ -26,23 +26,6 @@ class FakeManager:
         self.store = FlakyStore()
 
 
-async def status_of(servicer: Any, name: str) -> int:
-    request = health_pb2.HealthCheckRequest(service=name)
-
-    class NotSet(Exception):
-        pass
-
-    class Ctx:
-        async def abort(self, *args: object) -> None:
-            raise NotSet(args)
-
-    try:
-        response = await servicer.Check(request, Ctx())
-    except NotSet:
-        return -1
-    return int(response.status)
-
-
 async def test_health_tracks_store_reachability() -> None:
     manager = FakeManager()
     servicer = health_aio.HealthServicer()
@@ -54,7 +37,7 @@ async def test_health_tracks_store_reachability() -> None:
 
     async def wait_for(status: int) -> None:
         for _ in range(100):
-            if all([await status_of(servicer, n) == status for n in ("", SERVICE_NAME)]):
+            if all([await health_status(servicer, n) == status for n in ("", SERVICE_NAME)]):
                 return
             await asyncio.sleep(0.02)
         raise AssertionError(f"health never became {status}")
