@@ -98,7 +98,7 @@ async def _monitor_health(
 
 async def start(settings: Settings) -> RunningServer:
     store = open_store(settings.database_url)
-    storage = LocalStorage(settings.storage_root)
+    storage = LocalStorage(settings.storage_root, settings.orphan_grace_seconds)
     limits = Limits(
         max_upload_bytes=settings.max_upload_bytes,
         import_roots=settings.import_roots,

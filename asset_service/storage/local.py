@@ -17,7 +17,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO
 
-from asset_service.domain.errors import InvalidArgument, NotFound, Unavailable
+from asset_service.domain.errors import Conflict, InvalidArgument, NotFound, Unavailable
 from asset_service.domain.models import parse_asset_id, safe_file_name, validate_task_id
 
 log = logging.getLogger(__name__)
@@ -52,9 +52,22 @@ class _Staged:
 
     def _commit_sync(self, final: Path) -> None:
         final.parent.mkdir(parents=True, exist_ok=True)
-        # Same filesystem as the staging area, so this rename is atomic; the bytes were
-        # fsynced before, the directory entry is fsynced after.
-        os.replace(self.path, final)
+        # link + unlink is an atomic rename that never clobbers: two servers committing
+        # the same asset cannot overwrite each other's bytes (the loser gets Conflict).
+        # Same filesystem as staging; bytes fsynced before, directory entry after.
+        try:
+            os.link(self.path, final)
+        except FileExistsError:
+            age = time.time() - final.stat().st_mtime
+            if age < self._storage.orphan_grace_seconds:
+                raise Conflict(
+                    f"{final} is being committed by another request; retry shortly"
+                ) from None
+            # Older than the grace: left by a crash between commit and record.
+            log.warning("replacing %s, left %.0fs ago by an interrupted commit", final, age)
+            os.replace(self.path, final)
+        else:
+            os.unlink(self.path)
         self.path = final
         _fsync_dir(final.parent)
 
@@ -118,8 +131,10 @@ class _Writer(_Staged):
 class LocalStorage:
     """uploads/YYYY-MM-DD/<asset-id>/<name>, generated/<task>/<asset-id>/<name>, tmp/."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, orphan_grace_seconds: float = 600.0) -> None:
         self.root = root.resolve()
+        # A file in a final location younger than this may be another server's commit.
+        self.orphan_grace_seconds = orphan_grace_seconds
         self.uploads = self.root / "uploads"
         self.generated = self.root / "generated"
         self.tmp = self.root / "tmp"

@@ -96,3 +96,32 @@ async def test_sweep_scratch_removes_only_old_folders(tmp_path: Path) -> None:
     assert not old.exists() and fresh.exists()
     assert await storage.sweep_scratch("nothing-here", 0) == 0
     await storage.close()
+
+
+async def test_commits_never_clobber_each_other(tmp_path: Path) -> None:
+    import time
+
+    from asset_service.domain.errors import Conflict
+
+    storage = LocalStorage(tmp_path, orphan_grace_seconds=60)
+    await storage.open()
+    key = storage.generated_key("task", ID, "out.bin")
+    first, second = storage.new_writer(), storage.new_writer()
+    for writer, data in ((first, b"first"), (second, b"second")):
+        await writer.write(data)
+        await writer.seal()
+    path = await first.commit(key)
+    with pytest.raises(Conflict, match="another request"):
+        await second.commit(key)  # a racing server's commit of the same asset
+    await second.rollback()
+    assert Path(path).read_bytes() == b"first", "the first commit's bytes must survive"
+    # A file left by a crash long ago is replaced, not a reason to refuse forever.
+    long_ago = time.time() - 3600
+    os.utime(path, (long_ago, long_ago))
+    third = storage.new_writer()
+    await third.write(b"third")
+    await third.seal()
+    assert await third.commit(key) == path
+    assert Path(path).read_bytes() == b"third"
+    assert [p for p in storage.staging.iterdir() if p.name != ".lock"] == []
+    await storage.close()
