@@ -102,7 +102,6 @@ async def start(settings: Settings) -> RunningServer:
     limits = Limits(
         max_upload_bytes=settings.max_upload_bytes,
         import_roots=settings.import_roots,
-        orphan_grace_seconds=settings.orphan_grace_seconds,
         manifest_ttl_seconds=settings.manifest_ttl_seconds,
     )
     manager = AssetManager(store, storage, limits)

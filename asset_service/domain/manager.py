@@ -63,9 +63,6 @@ READ_CHUNK_BYTES = 1024 * 1024
 class Limits:
     max_upload_bytes: int = 10 * 1024**3
     import_roots: tuple[Path, ...] = ()
-    # Files in final locations with no record are removed at start-up once older than
-    # this; a younger one may belong to another server still committing it.
-    orphan_grace_seconds: float = 600.0
     # Manifest folders (input_data.json and VALUE files) live this long; 0 keeps them.
     manifest_ttl_seconds: float = 7 * 24 * 3600.0
 
@@ -192,9 +189,7 @@ class AssetManager:
             batch.clear()
             return count
 
-        async for asset_id, path, age in self.storage.orphans():
-            if age < self.limits.orphan_grace_seconds:
-                continue
+        async for asset_id, path in self.storage.orphans():
             batch.append((asset_id, path))
             if len(batch) >= 500:
                 removed += await flush()
@@ -288,7 +283,9 @@ class AssetManager:
             _verify(writer, expected_size, expected_sha)
             if pending is not None:
                 async with self._locks.hold(pending.id):
-                    return await self._fulfil_with_blob(pending.id, writer, media_type, "")
+                    # Re-read: the state may have moved while the bytes streamed in.
+                    current = await self.get(pending.id)
+                    return await self._fulfil_with_blob(current, writer, media_type, "")
             stored = await self._insert_file(
                 writer, header.label, media_type or "application/octet-stream", tags
             )
@@ -403,7 +400,7 @@ class AssetManager:
                     raise IntegrityError(
                         f"{source} has sha256 {staged.sha256}, expected {expected_sha}"
                     )
-                return await self._fulfil_with_blob(asset_id, staged, "", origin=str(source))
+                return await self._fulfil_with_blob(current, staged, "", origin=str(source))
             except BaseException:
                 await staged.rollback()
                 raise
@@ -470,13 +467,13 @@ class AssetManager:
             raise FailedPrecondition(_not_pending(asset, "fulfilled"))
 
     async def _fulfil_with_blob(
-        self, asset_id: str, blob: StagedBlob, media_type: str, origin: str
+        self, current: Asset, blob: StagedBlob, media_type: str, origin: str
     ) -> Asset:
-        """Commit staged bytes as the content of a PENDING FILE asset.
+        """Commit staged bytes as the content of `current`, a FILE asset read under its lock.
 
-        The caller holds the asset's lock and rolls the blob back if this raises.
+        The caller rolls the blob back if this raises; the conditional write still guards
+        against another process having moved the asset since `current` was read.
         """
-        current = await self.get(asset_id)
         if current.status is Status.AVAILABLE and current.sha256 == blob.sha256:
             await blob.rollback()  # an identical retry: keep the first copy only
             return current
@@ -563,41 +560,43 @@ class AssetManager:
         after_revision: int,
         follow: bool,
     ) -> AsyncIterator[WatchEvent]:
-        known = dict(snapshot)  # last state seen of each asset; None once deleted
-        sent: dict[str, int] = dict.fromkeys(
-            ids, after_revision
-        )  # highest revision covered per asset
+        # The last state seen of each asset (None once deleted). A change is new iff its
+        # revision is above that state's: the snapshot was read after subscribing, so
+        # anything buffered but older is already in it, and anything newer is above
+        # every revision the client could have seen (after_revision included).
+        known: dict[str, Asset | None] = dict(snapshot)
 
         def finished() -> bool:
             return all(a is None or a.status.terminal for a in known.values())
 
+        def is_new(change: Change) -> bool:
+            last = known[change.asset.id]
+            return last is not None and change.revision > last.revision
+
         try:
             for asset in sorted(snapshot.values(), key=lambda a: a.revision):
                 if asset.revision > after_revision:
-                    sent[asset.id] = asset.revision
                     yield WatchEvent("SNAPSHOT", asset)
             while follow or not finished():
                 change = await sub.next()
                 if change is not None:
-                    events = [] if change.revision <= sent[change.asset.id] else [change]
+                    events = [change] if is_new(change) else []
                 elif sub.closed:
                     raise asyncio.CancelledError("the server is shutting down")
                 else:
                     events = await self._catch_up(sub, ids, known)
                 for event in events:
-                    asset_id = event.asset.id
-                    sent[asset_id] = event.revision
                     if event.kind is ChangeKind.DELETE:
-                        known[asset_id] = None  # type: ignore[assignment]
+                        known[event.asset.id] = None
                         yield WatchEvent("DELETED", event.asset)
                     else:
-                        known[asset_id] = event.asset
+                        known[event.asset.id] = event.asset
                         yield WatchEvent("CHANGED", event.asset)
         finally:
             sub.close()
 
     async def _catch_up(
-        self, sub: Subscription, ids: list[str], known: dict[str, Asset]
+        self, sub: Subscription, ids: list[str], known: dict[str, Asset | None]
     ) -> list[Change]:
         """After a lag or a lost change history: re-read current state, report what moved."""
         sub.reset_lag()

@@ -116,8 +116,12 @@ class BlobStorage(Protocol):
 
     async def remove(self, storage_path: str) -> None: ...
 
-    def orphans(self) -> AsyncIterator[tuple[str, str, float]]:
-        """(asset_id, storage_path, age in seconds) of every stored file, for reconciliation."""
+    def orphans(self) -> AsyncIterator[tuple[str, str]]:
+        """(asset_id, storage_path) of every stored file old enough to be an orphan.
+
+        Younger files may be another server's commit in flight; the storage's own grace
+        period decides (the same one that lets a commit replace a crash leftover).
+        """
 
     def scratch_dir(self, purpose: str) -> Path:
         """A new private directory under tmp/ (manifests, value files)."""

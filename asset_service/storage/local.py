@@ -282,18 +282,19 @@ class LocalStorage:
             await asyncio.to_thread(path.unlink)
         self._prune_empty(path.parent)
 
-    async def orphans(self) -> AsyncIterator[tuple[str, str, float]]:
-        """Every file in a final location as (asset id, path, age in seconds)."""
-        now = time.time()
+    async def orphans(self) -> AsyncIterator[tuple[str, str]]:
+        """Files in final locations older than the grace, as (asset id, path)."""
+        cutoff = time.time() - self.orphan_grace_seconds
         for area in (self.uploads, self.generated):
             # <area>/<day-or-task>/<asset-id>/<name>
             for path in await asyncio.to_thread(_files_under, area):
                 try:
                     asset_id = parse_asset_id(path.parent.name)
-                    age = now - path.stat().st_mtime
+                    if path.stat().st_mtime >= cutoff:
+                        continue  # may be another server's commit in flight
                 except (InvalidArgument, OSError):
                     continue
-                yield asset_id, str(path), age
+                yield asset_id, str(path)
 
     def scratch_dir(self, purpose: str) -> Path:
         folder = self.tmp / purpose / uuid.uuid4().hex
