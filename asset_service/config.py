@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +16,31 @@ DEFAULT_MAX_UPLOAD = "10GiB"
 
 _SIZE = re.compile(r"(?i)\s*(\d+)\s*(b|k|kb|kib|m|mb|mib|g|gb|gib|t|tb|tib)?\s*")
 _UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+
+
+def parse_bool(text: str) -> bool:
+    """'1', 'true', 'yes', 'on' (any case) -> True; '0', 'false', 'no', 'off', '' -> False."""
+    lowered = text.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off", ""}:
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r} is not a boolean like 1/0, true/false, yes/no")
+
+
+def positive(kind: type[int] | type[float]) -> Callable[[str], int | float]:
+    """An argparse type: a number of `kind` greater than zero."""
+
+    def parse(text: str) -> int | float:
+        try:
+            number = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if number <= 0:
+            raise argparse.ArgumentTypeError(f"{text!r} must be greater than 0")
+        return number
+
+    return parse
 
 
 def parse_size(text: str) -> int:
@@ -39,6 +64,12 @@ class Settings:
     health_interval_seconds: float
     orphan_grace_seconds: float
     manifest_ttl_seconds: float
+    max_concurrent_uploads: int = 64
+    max_streams_per_connection: int = 100
+    upload_idle_timeout_seconds: float = 60.0
+    watch_buffer_bytes: int = 4 * 1024**2
+    watch_stall_timeout_seconds: float = 300.0
+    allow_hardlinked_imports: bool = False
 
 
 def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
@@ -129,6 +160,54 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         help="seconds a GetManifest folder (input_data.json and VALUE files under tmp/manifests) "
         "is kept; swept at start-up and hourly; 0 keeps them forever [ASSET_SERVICE_MANIFEST_TTL]",
     )
+    limits = parser.add_argument_group(
+        "limits", "what one client may hold; over a limit a call gets RESOURCE_EXHAUSTED "
+        "(or DEADLINE_EXCEEDED / UNAVAILABLE for a silent peer) naming the setting"
+    )
+    limits.add_argument(
+        "--max-concurrent-uploads",
+        type=positive(int),
+        default=int(default("MAX_CONCURRENT_UPLOADS", "64")),
+        help="UploadAsset streams in progress at once, over all clients; one more is refused "
+        "[ASSET_SERVICE_MAX_CONCURRENT_UPLOADS]",
+    )
+    limits.add_argument(
+        "--max-streams-per-connection",
+        type=positive(int),
+        default=int(default("MAX_STREAMS_PER_CONNECTION", "100")),
+        help="concurrent calls on one HTTP/2 connection (SETTINGS_MAX_CONCURRENT_STREAMS); "
+        "further calls wait for a free stream [ASSET_SERVICE_MAX_STREAMS_PER_CONNECTION]",
+    )
+    limits.add_argument(
+        "--upload-idle-timeout",
+        type=positive(float),
+        default=float(default("UPLOAD_IDLE_TIMEOUT", "60")),
+        help="seconds an upload may wait for its next message before it is cancelled and its "
+        "staging file removed [ASSET_SERVICE_UPLOAD_IDLE_TIMEOUT]",
+    )
+    limits.add_argument(
+        "--watch-buffer-bytes",
+        type=parse_size,
+        default=parse_size(default("WATCH_BUFFER_BYTES", "4MiB")),
+        help="changes buffered for one slow WatchAsset stream; past it the buffer is dropped "
+        "and the stream catches up from the store [ASSET_SERVICE_WATCH_BUFFER_BYTES]",
+    )
+    limits.add_argument(
+        "--watch-stall-timeout",
+        type=positive(float),
+        default=float(default("WATCH_STALL_TIMEOUT", "300")),
+        help="seconds a WatchAsset client may leave an event unread before the stream ends "
+        "with UNAVAILABLE (clients resume from their last revision) "
+        "[ASSET_SERVICE_WATCH_STALL_TIMEOUT]",
+    )
+    parser.add_argument(
+        "--allow-hardlinked-imports",
+        action=argparse.BooleanOptionalAction,
+        default=parse_bool(default("ALLOW_HARDLINKED_IMPORTS", "0")),
+        help="let RegisterFile/FulfillAsset adopt files with more than one hard link (a link "
+        "to a file outside the import roots would otherwise be a way out) "
+        "[ASSET_SERVICE_ALLOW_HARDLINKED_IMPORTS]",
+    )
     return parser
 
 
@@ -152,4 +231,10 @@ def load_settings(
         health_interval_seconds=args.health_interval,
         orphan_grace_seconds=args.orphan_grace,
         manifest_ttl_seconds=args.manifest_ttl,
+        max_concurrent_uploads=args.max_concurrent_uploads,
+        max_streams_per_connection=args.max_streams_per_connection,
+        upload_idle_timeout_seconds=args.upload_idle_timeout,
+        watch_buffer_bytes=args.watch_buffer_bytes,
+        watch_stall_timeout_seconds=args.watch_stall_timeout,
+        allow_hardlinked_imports=args.allow_hardlinked_imports,
     )

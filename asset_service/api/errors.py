@@ -14,7 +14,8 @@ STATUS_CODES: dict[type[errors.AssetError], grpc.StatusCode] = {
     errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
     errors.Conflict: grpc.StatusCode.ABORTED,
     errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
-    errors.TooLarge: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.Timeout: grpc.StatusCode.DEADLINE_EXCEEDED,
     errors.IntegrityError: grpc.StatusCode.DATA_LOSS,
     errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
 }

@@ -30,11 +30,27 @@ class Conflict(AssetError):
 
 
 class PermissionDenied(AssetError):
-    """A server-side path lies outside the configured import roots."""
+    """A server-side path lies outside the configured import roots (or crosses a symlink)."""
 
 
-class TooLarge(AssetError):
+class ResourceExhausted(AssetError):
+    """A limit of the server was reached: size, space, concurrency, buffers."""
+
+
+class TooLarge(ResourceExhausted):
     """An upload exceeds the configured maximum size."""
+
+
+class StorageFull(ResourceExhausted):
+    """The disk (or object store) holding bytes or metadata has no space left."""
+
+
+class LimitExceeded(ResourceExhausted):
+    """A configured concurrency limit was reached; the message names the setting."""
+
+
+class Timeout(AssetError):
+    """The client stayed silent (or did not read) for longer than a configured limit."""
 
 
 class IntegrityError(AssetError):
@@ -43,6 +59,10 @@ class IntegrityError(AssetError):
 
 class Unavailable(AssetError):
     """The metadata store (or storage) cannot be reached right now; retry later."""
+
+
+class OutcomeUnknown(Unavailable):
+    """A write was sent but its outcome could not be learnt; re-read before retrying."""
 
 
 @dataclass(frozen=True)
