@@ -161,8 +161,9 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "is kept; swept at start-up and hourly; 0 keeps them forever [ASSET_SERVICE_MANIFEST_TTL]",
     )
     limits = parser.add_argument_group(
-        "limits", "what one client may hold; over a limit a call gets RESOURCE_EXHAUSTED "
-        "(or DEADLINE_EXCEEDED / UNAVAILABLE for a silent peer) naming the setting"
+        "limits",
+        "what one client may hold; over a limit a call gets RESOURCE_EXHAUSTED "
+        "(or DEADLINE_EXCEEDED / UNAVAILABLE for a silent peer) naming the setting",
     )
     limits.add_argument(
         "--max-concurrent-uploads",
