@@ -11,14 +11,16 @@ from dataclasses import dataclass
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
-from grpc_reflection.v1alpha import reflection
 
 from asset_service._proto.asset.v1 import asset_service_pb2 as pb
 from asset_service._proto.asset.v1 import asset_service_pb2_grpc as pb_grpc
+from asset_service.api import reflection
 from asset_service.api.servicer import AssetServicer
 from asset_service.config import Settings
 from asset_service.domain.errors import AssetError
 from asset_service.domain.manager import AssetManager, Limits
+from asset_service.domain.ports import MetadataStore
+from asset_service.storage.imports import ImportRoots
 from asset_service.storage.local import LocalStorage
 from asset_service.store import open_store
 
@@ -36,6 +38,9 @@ SERVER_OPTIONS = [
     ("grpc.keepalive_timeout_ms", 20_000),
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),
+    # grpc sets SO_REUSEPORT by default, so a second server on a busy port would start and
+    # silently take half the connections; without it, binding fails and start-up says so.
+    ("grpc.so_reuseport", 0),
 ]
 
 
@@ -70,6 +75,20 @@ async def _housekeeping(manager: AssetManager) -> None:
         await asyncio.sleep(HOUSEKEEPING_INTERVAL)
 
 
+SETTLE_INTERVAL = 5.0
+
+
+async def _settle_unknown_outcomes(manager: AssetManager) -> None:
+    """Record writes whose outcome was unknown: keep or drop their bytes once it is known."""
+    while True:
+        await asyncio.sleep(SETTLE_INTERVAL)
+        try:
+            if await manager.settle_unsettled():
+                log.info("settled record writes whose outcome had been unknown")
+        except (AssetError, OSError) as exc:
+            log.warning("settling unknown outcomes failed: %s", exc)
+
+
 async def _monitor_health(
     manager: AssetManager, servicer: health_aio.HealthServicer, interval: float
 ) -> None:
@@ -96,12 +115,13 @@ async def _monitor_health(
         await asyncio.sleep(interval)
 
 
-async def start(settings: Settings) -> RunningServer:
-    store = open_store(settings.database_url)
-    storage = LocalStorage(settings.storage_root, settings.orphan_grace_seconds)
+async def start(settings: Settings, store: MetadataStore | None = None) -> RunningServer:
+    """Open storage and store, recover, and serve; `store` overrides the database URL."""
+    store = store if store is not None else open_store(settings.database_url)
+    imports = ImportRoots(settings.import_roots, settings.allow_hardlinked_imports)
+    storage = LocalStorage(settings.storage_root, settings.orphan_grace_seconds, imports)
     limits = Limits(
         max_upload_bytes=settings.max_upload_bytes,
-        import_roots=settings.import_roots,
         manifest_ttl_seconds=settings.manifest_ttl_seconds,
     )
     manager = AssetManager(store, storage, limits)
@@ -128,6 +148,7 @@ async def start(settings: Settings) -> RunningServer:
             _monitor_health(manager, health_servicer, settings.health_interval_seconds)
         ),
         asyncio.create_task(_housekeeping(manager)),
+        asyncio.create_task(_settle_unknown_outcomes(manager)),
     ]
     return RunningServer(server, manager, health_servicer, port, background)
 

@@ -9,13 +9,14 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from asset_service.domain.errors import (
+    AssetError,
     BlockingAsset,
     Conflict,
     FailedPrecondition,
@@ -23,31 +24,40 @@ from asset_service.domain.errors import (
     InvalidArgument,
     ManifestBlocked,
     NotFound,
-    PermissionDenied,
+    OutcomeUnknown,
     TooLarge,
+    shown,
 )
 from asset_service.domain.models import (
     Asset,
     AssetFilter,
     AssetType,
-    Change,
-    ChangeKind,
     Failure,
     Fulfilment,
     Page,
     Status,
     Value,
     ValueKind,
+    check_json,
     new_asset_id,
     parse_asset_id,
     validate_label,
     validate_media_type,
+    validate_server_path,
     validate_sha256,
     validate_tags,
     validate_task_id,
 )
 from asset_service.domain.ports import BlobStorage, MetadataStore, StagedBlob
-from asset_service.domain.watch import ChangeHub, Subscription
+from asset_service.domain.watch import (
+    DEFAULT_BUFFER_BYTES,
+    DEFAULT_CATCH_UP_BATCH,
+    ChangeHub,
+    WatchStream,
+)
+from asset_service.domain.watch import (
+    WatchEvent as WatchEvent,  # re-exported: the API layer converts it
+)
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +72,12 @@ READ_CHUNK_BYTES = 1024 * 1024
 @dataclass(frozen=True)
 class Limits:
     max_upload_bytes: int = 10 * 1024**3
-    import_roots: tuple[Path, ...] = ()
     # Manifest folders (input_data.json and VALUE files) live this long; 0 keeps them.
     manifest_ttl_seconds: float = 7 * 24 * 3600.0
+    # Changes buffered per WatchAsset stream (estimated bytes); past it, it re-reads state.
+    watch_buffer_bytes: int = DEFAULT_BUFFER_BYTES
+    # Records a lagging watcher reads from the store per call while it catches up.
+    watch_catch_up_batch: int = DEFAULT_CATCH_UP_BATCH
 
 
 @dataclass(frozen=True)
@@ -75,16 +88,6 @@ class UploadHeader:
     expected_size_bytes: int | None = None
     expected_sha256: str = ""
     pending_asset_id: str = ""
-
-
-@dataclass(frozen=True)
-class WatchEvent:
-    kind: str  # "SNAPSHOT" | "CHANGED" | "DELETED"
-    asset: Asset
-
-    @property
-    def revision(self) -> int:
-        return self.asset.revision
 
 
 @dataclass(frozen=True)
@@ -129,10 +132,7 @@ def parse_value(kind: ValueKind, data: bytes) -> Value:
         except UnicodeDecodeError:
             raise InvalidArgument(f"{kind.value.lower()} value is not valid UTF-8") from None
         if kind is ValueKind.JSON:
-            try:
-                json.loads(text)
-            except ValueError as exc:
-                raise InvalidArgument(f"json value does not parse: {exc}") from None
+            check_json(text, "json value")
     return Value(kind, data)
 
 
@@ -147,21 +147,67 @@ class AssetManager:
         self.store = store
         self.storage = storage
         self.limits = limits
-        self.hub = ChangeHub()
+        self.hub = ChangeHub(limits.watch_buffer_bytes)
         self._locks = _KeyedLocks()
+        # Record writes in flight: they run to the end even if their RPC is cancelled.
+        self._publishing: set[asyncio.Task[Asset]] = set()
+        # Bytes whose record write had an unknown outcome: settled once the store answers.
+        self._unsettled: list[_Unsettled] = []
 
     # --- lifecycle ------------------------------------------------------------------
 
     async def start(self) -> None:
         await self.storage.open()
         await self.store.open()
+        await self.recover()
         await self.reconcile()
         self.hub.start(self.store.changes())
 
     async def stop(self) -> None:
+        if self._publishing:
+            await asyncio.wait(set(self._publishing), timeout=30)
+        await self.settle_unsettled()
+        for item in self._unsettled:
+            item.blob.abandon()  # the next start-up settles them from the journal
         await self.hub.close()
         await self.store.close()
         await self.storage.close()
+
+    async def recover(self) -> int:
+        """Settle moves that a crashed process journaled, then drop its staging.
+
+        A move's source is removed only if its record committed; otherwise the bytes that
+        were linked or copied into place go, and the worker's file stays where it was.
+        """
+        leftovers = await self.storage.leftovers()
+        for leftover in leftovers:
+            record = await self.store.get(leftover.asset_id)
+            committed = (
+                record is not None
+                and record.status is Status.AVAILABLE
+                and record.storage_path == leftover.storage_path
+            )
+            await self.storage.settle(leftover, committed)
+        await self.storage.sweep_dead_staging()
+        if leftovers:
+            log.info("recovery settled %d interrupted move(s)", len(leftovers))
+        return len(leftovers)
+
+    async def settle_unsettled(self) -> int:
+        """Retry what an ambiguous record write left: keep or drop the bytes by the record."""
+        settled = 0
+        for item in list(self._unsettled):
+            try:
+                found = await self.store.get(item.asset_id)
+            except AssetError:
+                continue
+            if found is not None and found.storage_path == item.storage_path:
+                await item.blob.finish()
+            else:
+                await item.blob.rollback()
+            self._unsettled.remove(item)
+            settled += 1
+        return settled
 
     async def sweep_manifests(self) -> int:
         """Remove manifest folders older than the TTL (tasks read them when they start)."""
@@ -242,11 +288,13 @@ class AssetManager:
             assert asset.value is not None
             end = asset.size_bytes if limit == 0 else min(asset.size_bytes, offset + limit)
             return _chunks_of(asset.value.data[offset:end])
-        if not await self.storage.exists(asset.storage_path):
-            raise IntegrityError(
-                f"asset {asset.id} is AVAILABLE but its bytes at {asset.storage_path} are missing"
+        try:
+            chunks = await self.storage.read(
+                asset.storage_path, asset.size_bytes, offset, limit, READ_CHUNK_BYTES
             )
-        return await self.storage.read(asset.storage_path, offset, limit, READ_CHUNK_BYTES)
+        except IntegrityError as exc:
+            raise IntegrityError(f"asset {asset.id} is AVAILABLE but {exc.message}") from None
+        return _naming(asset.id, chunks)
 
     # --- creation ---------------------------------------------------------------------
 
@@ -272,7 +320,7 @@ class AssetManager:
             validate_label(header.label)
 
         writer = self.storage.new_writer()
-        try:
+        with _Handover(writer) as handover:
             async for chunk in chunks:
                 if writer.size_bytes + len(chunk) > limit:
                     raise TooLarge(
@@ -285,52 +333,106 @@ class AssetManager:
                 async with self._locks.hold(pending.id):
                     # Re-read: the state may have moved while the bytes streamed in.
                     current = await self.get(pending.id)
-                    return await self._fulfil_with_blob(current, writer, media_type, "")
-            stored = await self._insert_file(
-                writer, header.label, media_type or "application/octet-stream", tags
+                    return await self._fulfil_with_blob(current, handover, media_type, "")
+            return await self._insert_file(
+                handover, header.label, media_type or "application/octet-stream", tags
             )
-        except BaseException:
-            await writer.rollback()
-            raise
-        await writer.finish()
-        return stored
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def register_file(
         self, path: str, label: str, media_type: str, tags: Sequence[str], move: bool
     ) -> Asset:
-        source = self._resolve_import(path)
-        label = validate_label(label or source.name)
+        path = validate_server_path(path)
+        label = validate_label(label or path.rsplit("/", 1)[-1])
         media_type = validate_media_type(media_type, "application/octet-stream")
         tag_tuple = validate_tags(tags)
-        staged = await self.storage.ingest(source, move=move)
-        try:
-            stored = await self._insert_file(staged, label, media_type, tag_tuple)
-        except BaseException:
-            await staged.rollback()
-            raise
-        await staged.finish()
-        return stored
+        staged = await self.storage.adopt(path, move=move)
+        with _Handover(staged) as handover:
+            return await self._insert_file(handover, label, media_type, tag_tuple)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def _insert_file(
-        self, blob: StagedBlob, label: str, media_type: str, tags: tuple[str, ...]
+        self, handover: _Handover, label: str, media_type: str, tags: tuple[str, ...]
     ) -> Asset:
-        """Bytes into uploads/, then the AVAILABLE record (the caller rolls back on error)."""
+        """Bytes into uploads/, then the AVAILABLE record."""
+        blob = handover.blob
         asset_id, now = new_asset_id(), _now()
-        path = await blob.commit(self.storage.upload_key(asset_id, label, now))
-        asset = Asset(
-            id=asset_id,
-            label=label,
-            status=Status.AVAILABLE,
-            type=AssetType.FILE,
-            media_type=media_type,
-            created_at=now,
-            updated_at=now,
-            storage_path=path,
-            tags=tags,
-            size_bytes=blob.size_bytes,
-            sha256=blob.sha256,
+        key = self.storage.upload_key(asset_id, label, now)
+
+        def record(path: str) -> Asset:
+            return Asset(
+                id=asset_id,
+                label=label,
+                status=Status.AVAILABLE,
+                type=AssetType.FILE,
+                media_type=media_type,
+                created_at=now,
+                updated_at=now,
+                storage_path=path,
+                tags=tags,
+                size_bytes=blob.size_bytes,
+                sha256=blob.sha256,
+            )
+
+        return await self._publish(
+            handover, asset_id, key, lambda path: self.store.insert(record(path))
         )
-        return await self.store.insert(asset)
+
+    async def _publish(
+        self,
+        handover: _Handover,
+        asset_id: str,
+        key: str,
+        write: Callable[[str], Awaitable[Asset]],
+    ) -> Asset:
+        """Commit the bytes to `key`, write the record that points at them, settle the blob.
+
+        Runs as its own task: once the record write may have been sent, the RPC's
+        cancellation (or deadline) can no longer stop it halfway. A write whose outcome is
+        unknown (an error after it may have applied) is settled by re-reading the record;
+        bytes are removed only once the record is known not to point at them.
+        """
+        blob = handover.take()
+
+        async def run() -> Asset:
+            try:
+                path = await blob.commit(key)
+            except BaseException:
+                await blob.rollback()
+                raise
+            try:
+                stored = await write(path)
+            except (Conflict, NotFound, InvalidArgument, FailedPrecondition):
+                await blob.rollback()  # a definite "no": nothing was written
+                raise
+            except BaseException as exc:
+                stored = await self._confirm(asset_id, path, blob, exc)
+            await blob.finish()
+            return stored
+
+        task = asyncio.create_task(run())
+        self._publishing.add(task)
+        task.add_done_callback(self._publishing.discard)
+        return await asyncio.shield(task)
+
+    async def _confirm(
+        self, asset_id: str, path: str, blob: StagedBlob, cause: BaseException
+    ) -> Asset:
+        """After a failed record write: the record if it applied after all, else roll back."""
+        try:
+            found = await self.store.get(asset_id)
+        except BaseException:
+            self._unsettled.append(_Unsettled(asset_id, path, blob))
+            log.warning("record write of asset %s has an unknown outcome: %s", asset_id, cause)
+            raise OutcomeUnknown(
+                f"the record of asset {asset_id} may or may not have been written ({cause}); "
+                "its bytes are kept: re-read it with GetAsset before retrying"
+            ) from cause
+        if found is not None and found.storage_path == path and found.status is Status.AVAILABLE:
+            log.warning("record write of asset %s reported %r but had applied", asset_id, cause)
+            return found
+        await blob.rollback()
+        raise cause
 
     async def create_value(
         self, label: str, media_type: str, value: Value, tags: Sequence[str]
@@ -381,29 +483,24 @@ class AssetManager:
     async def fulfil_from_path(self, asset_id: str, source_path: str, expected_sha: str) -> Asset:
         asset_id = parse_asset_id(asset_id)
         expected_sha = validate_sha256(expected_sha)
-        source = self._resolve_import(source_path, must_exist=False)
+        source = validate_server_path(source_path, "source_path")
         async with self._locks.hold(asset_id):
             current = await self.get(asset_id)
-            if (
-                current.status is Status.AVAILABLE
-                and current.fulfilled_from == str(source)
-                and not source.exists()
-            ):
-                # A retry of the fulfil that moved this very file: same answer, no second file.
-                return current
             self._check_fulfillable(current, AssetType.FILE, allow_done=True)
-            if not source.is_file():
-                raise NotFound(f"source file {source} does not exist on the server")
-            staged = await self.storage.ingest(source, move=True)
             try:
+                staged = await self.storage.adopt(source, move=True)
+            except NotFound:
+                if current.status is Status.AVAILABLE and current.fulfilled_from == source:
+                    # A retry of the fulfil that moved this very file: same answer.
+                    return current
+                raise
+            with _Handover(staged) as handover:
                 if expected_sha and staged.sha256 != expected_sha:
                     raise IntegrityError(
-                        f"{source} has sha256 {staged.sha256}, expected {expected_sha}"
+                        f"{shown(source)} has sha256 {staged.sha256}, expected {expected_sha}"
                     )
-                return await self._fulfil_with_blob(current, staged, "", origin=str(source))
-            except BaseException:
-                await staged.rollback()
-                raise
+                return await self._fulfil_with_blob(current, handover, "", origin=source)
+            raise AssertionError("unreachable")  # pragma: no cover
 
     async def fulfil_with_value(self, asset_id: str, value: Value, expected_sha: str) -> Asset:
         asset_id = parse_asset_id(asset_id)
@@ -467,30 +564,31 @@ class AssetManager:
             raise FailedPrecondition(_not_pending(asset, "fulfilled"))
 
     async def _fulfil_with_blob(
-        self, current: Asset, blob: StagedBlob, media_type: str, origin: str
+        self, current: Asset, handover: _Handover, media_type: str, origin: str
     ) -> Asset:
         """Commit staged bytes as the content of `current`, a FILE asset read under its lock.
 
-        The caller rolls the blob back if this raises; the conditional write still guards
-        against another process having moved the asset since `current` was read.
+        The conditional write still guards against another process having moved the asset
+        since `current` was read.
         """
+        blob = handover.blob
         if current.status is Status.AVAILABLE and current.sha256 == blob.sha256:
-            await blob.rollback()  # an identical retry: keep the first copy only
-            return current
+            return current  # an identical retry: keep the first copy only (handover rolls back)
         self._check_fulfillable(current, AssetType.FILE, allow_done=False)
-        path = await blob.commit(
-            self.storage.generated_key(current.created_by_task, current.id, current.label)
+        key = self.storage.generated_key(current.created_by_task, current.id, current.label)
+
+        def change(path: str) -> Fulfilment:
+            return Fulfilment(
+                size_bytes=blob.size_bytes,
+                sha256=blob.sha256,
+                storage_path=path,
+                fulfilled_from=origin,
+                media_type=media_type,
+            )
+
+        return await self._publish(
+            handover, current.id, key, lambda path: self._transition(current, change(path))
         )
-        change = Fulfilment(
-            size_bytes=blob.size_bytes,
-            sha256=blob.sha256,
-            storage_path=path,
-            fulfilled_from=origin,
-            media_type=media_type,
-        )
-        updated = await self._transition(current, change)
-        await blob.finish()
-        return updated
 
     async def _transition(self, current: Asset, change: Fulfilment | Failure) -> Asset:
         try:
@@ -500,29 +598,6 @@ class AssetManager:
                 f"asset {current.id} changed while this request ran ({exc.message}); "
                 "re-read it before retrying"
             ) from None
-
-    def _resolve_import(self, raw: str, must_exist: bool = True) -> Path:
-        if not raw:
-            raise InvalidArgument("path is required: an absolute path on the server")
-        if "\x00" in raw:
-            raise InvalidArgument("path contains a NUL character")
-        given = Path(raw)
-        if not given.is_absolute():
-            raise InvalidArgument(f"path {raw!r} must be absolute")
-        roots = self.limits.import_roots
-        if not roots:
-            raise PermissionDenied(
-                "the server has no import roots; start it with --import-root DIR "
-                "(or ASSET_SERVICE_IMPORT_ROOTS) to allow server-side paths"
-            )
-        resolved = given.resolve(strict=False)  # follows every symlink that exists
-        if not any(resolved.is_relative_to(root) for root in roots):
-            shown = ", ".join(str(r) for r in roots)
-            via = f" (it resolves to {resolved})" if resolved != given else ""
-            raise PermissionDenied(f"{raw} is outside the import roots [{shown}]{via}")
-        if must_exist and not resolved.is_file():
-            raise NotFound(f"file {raw} does not exist on the server (or is not a regular file)")
-        return resolved
 
     # --- watch ------------------------------------------------------------------------
 
@@ -550,65 +625,15 @@ class AssetManager:
         except BaseException:
             sub.close()
             raise
-        return self._watch_stream(sub, ids, snapshot, after_revision, follow)
-
-    async def _watch_stream(
-        self,
-        sub: Subscription,
-        ids: list[str],
-        snapshot: dict[str, Asset],
-        after_revision: int,
-        follow: bool,
-    ) -> AsyncIterator[WatchEvent]:
-        # The last state seen of each asset (None once deleted). A change is new iff its
-        # revision is above that state's: the snapshot was read after subscribing, so
-        # anything buffered but older is already in it, and anything newer is above
-        # every revision the client could have seen (after_revision included).
-        known: dict[str, Asset | None] = dict(snapshot)
-
-        def finished() -> bool:
-            return all(a is None or a.status.terminal for a in known.values())
-
-        def is_new(change: Change) -> bool:
-            last = known[change.asset.id]
-            return last is not None and change.revision > last.revision
-
-        try:
-            for asset in sorted(snapshot.values(), key=lambda a: a.revision):
-                if asset.revision > after_revision:
-                    yield WatchEvent("SNAPSHOT", asset)
-            while follow or not finished():
-                change = await sub.next()
-                if change is not None:
-                    events = [change] if is_new(change) else []
-                elif sub.closed:
-                    raise asyncio.CancelledError("the server is shutting down")
-                else:
-                    events = await self._catch_up(sub, ids, known)
-                for event in events:
-                    if event.kind is ChangeKind.DELETE:
-                        known[event.asset.id] = None
-                        yield WatchEvent("DELETED", event.asset)
-                    else:
-                        known[event.asset.id] = event.asset
-                        yield WatchEvent("CHANGED", event.asset)
-        finally:
-            sub.close()
-
-    async def _catch_up(
-        self, sub: Subscription, ids: list[str], known: dict[str, Asset | None]
-    ) -> list[Change]:
-        """After a lag or a lost change history: re-read current state, report what moved."""
-        sub.reset_lag()
-        current = await self.store.get_many(ids)
-        changes = []
-        for asset_id in ids:
-            before, now = known.get(asset_id), current.get(asset_id)
-            if now is None and before is not None:
-                changes.append(Change(ChangeKind.DELETE, before))
-            elif now is not None and (before is None or now.revision > before.revision):
-                changes.append(Change(ChangeKind.PUT, now))
-        return sorted(changes, key=lambda c: c.revision)
+        stream = WatchStream(
+            sub,
+            self.store.get_many,
+            snapshot,
+            after_revision,
+            follow,
+            self.limits.watch_catch_up_batch,
+        )
+        return stream.events()
 
     # --- manifest ---------------------------------------------------------------------
 
@@ -635,11 +660,13 @@ class AssetManager:
         if blocking:
             raise ManifestBlocked(blocking)
         for asset in assets.values():
-            if asset.type is AssetType.FILE and not await self.storage.exists(asset.storage_path):
-                raise IntegrityError(
-                    f"asset {asset.id} is AVAILABLE but its bytes at {asset.storage_path} "
-                    "are missing"
-                )
+            if asset.type is AssetType.FILE:
+                try:
+                    await self.storage.check(asset.storage_path, asset.size_bytes)
+                except IntegrityError as exc:
+                    raise IntegrityError(
+                        f"asset {asset.id} is AVAILABLE but {exc.message}"
+                    ) from None
         folder = self.storage.scratch_dir("manifests")
         try:
             return await asyncio.to_thread(
@@ -648,6 +675,46 @@ class AssetManager:
         except BaseException:
             await asyncio.to_thread(_remove_tree, folder)
             raise
+
+
+@dataclass
+class _Unsettled:
+    asset_id: str
+    storage_path: str
+    blob: StagedBlob
+
+
+class _Handover:
+    """Owns a staged blob until _publish takes it; rolls it back if the request fails first.
+
+    After the handover the publishing task alone decides between finish and rollback, so a
+    cancelled RPC can never remove bytes that a record may already point at.
+    """
+
+    def __init__(self, blob: StagedBlob) -> None:
+        self.blob = blob
+        self._taken = False
+
+    def take(self) -> StagedBlob:
+        self._taken = True
+        return self.blob
+
+    def __enter__(self) -> _Handover:
+        return self
+
+    def __exit__(self, kind: object, exc: object, tb: object) -> None:
+        if not self._taken:
+            # Plain (synchronous) cleanup: this may run while a cancelled RPC unwinds.
+            self.blob.discard()
+
+
+async def _naming(asset_id: str, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """Re-raise a mid-stream integrity error with the asset's id in front."""
+    try:
+        async for chunk in chunks:
+            yield chunk
+    except IntegrityError as exc:
+        raise IntegrityError(f"asset {asset_id} is AVAILABLE but {exc.message}") from None
 
 
 def _verify(blob: StagedBlob, expected_size: int | None, expected_sha: str) -> None:

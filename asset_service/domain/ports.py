@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from asset_service.domain.models import (
     Asset,
@@ -69,19 +69,30 @@ class MetadataStore(Protocol):
 
 
 class StagedBlob(Protocol):
-    """Bytes in the storage's staging area, hashed, not yet visible."""
+    """Bytes on their way into storage, hashed, not yet visible.
+
+    commit() places them under a key; then exactly one of finish() (a record now points
+    at them), rollback()/discard() (none does) or abandon() (unknown: keep everything for
+    start-up recovery) ends the blob's life.
+    """
 
     size_bytes: int
     sha256: str
 
     async def commit(self, key: str) -> str:
-        """Durably move the bytes to `key`; return the absolute storage path."""
-
-    async def rollback(self) -> None:
-        """Undo everything: remove the bytes, or give a moved source file back."""
+        """Durably place the bytes at `key` (never overwriting); return the storage path."""
 
     async def finish(self) -> None:
-        """After the record is written: drop what is left (e.g. a copied source file)."""
+        """After the record is written: complete a move (remove the source), release."""
+
+    async def rollback(self) -> None:
+        """Undo everything: remove placed bytes; a source file stays where it was."""
+
+    def discard(self) -> None:
+        """rollback() without awaiting, for cleanup while a cancelled request unwinds."""
+
+    def abandon(self) -> None:
+        """Keep bytes, source and journal as they are; recovery settles them later."""
 
 
 class StagingWriter(StagedBlob, Protocol):
@@ -91,13 +102,32 @@ class StagingWriter(StagedBlob, Protocol):
         """Flush and fsync; no more writes."""
 
 
+class Leftover(Protocol):
+    """A move a dead process journaled but did not settle."""
+
+    @property
+    def asset_id(self) -> str: ...
+
+    @property
+    def storage_path(self) -> str: ...
+
+
 class BlobStorage(Protocol):
     """Where FILE bytes live: storage/local.py today, an object store later."""
 
     async def open(self) -> None:
-        """Create the layout and remove staging left behind by dead processes."""
+        """Create the layout and this process's staging area."""
 
     async def close(self) -> None: ...
+
+    async def leftovers(self) -> Sequence[Leftover]:
+        """Moves journaled by processes that died, for recovery to settle."""
+
+    async def settle(self, leftover: Any, committed: bool) -> None:
+        """Finish a move whose record committed (remove its source) or undo one that did not."""
+
+    async def sweep_dead_staging(self) -> int:
+        """Remove staging left by dead processes (after their moves were settled)."""
 
     def upload_key(self, asset_id: str, label: str, now: datetime) -> str: ...
 
@@ -105,14 +135,19 @@ class BlobStorage(Protocol):
 
     def new_writer(self) -> StagingWriter: ...
 
-    async def ingest(self, source: Path, move: bool) -> StagedBlob:
-        """Stage a server-side file (already checked against the import roots)."""
+    async def adopt(self, path: str, move: bool) -> StagedBlob:
+        """Stage a server-side file under an import root, opened without following symlinks.
+
+        With `move`, the source is removed only by finish(), after the record commits.
+        """
 
     async def read(
-        self, storage_path: str, offset: int, limit: int, chunk_size: int
-    ) -> AsyncIterator[bytes]: ...
+        self, storage_path: str, size_bytes: int, offset: int, limit: int, chunk_size: int
+    ) -> AsyncIterator[bytes]:
+        """The stored bytes; IntegrityError if they are missing or not `size_bytes` long."""
 
-    async def exists(self, storage_path: str) -> bool: ...
+    async def check(self, storage_path: str, size_bytes: int) -> None:
+        """IntegrityError unless the bytes are there with that size."""
 
     async def remove(self, storage_path: str) -> None: ...
 

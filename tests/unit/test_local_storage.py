@@ -1,19 +1,35 @@
-"""Local storage: staging sweep of dead processes, rollback of moved files, safe keys."""
+"""Local storage: staging of dead processes, moves that keep the source until finish, keys."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from asset_service.domain.errors import InvalidArgument
+from asset_service.domain.errors import (
+    Conflict,
+    IntegrityError,
+    InvalidArgument,
+    PermissionDenied,
+)
+from asset_service.storage.imports import ImportRoots
 from asset_service.storage.local import LocalStorage
 
 ID = "5b0e4f0e-0000-4000-8000-000000000000"
+
+
+def storage_with_imports(tmp_path: Path, **kwargs: object) -> tuple[LocalStorage, Path]:
+    incoming = tmp_path / "root" / "incoming"  # same filesystem as the storage: linked
+    incoming.mkdir(parents=True)
+    storage = LocalStorage(tmp_path / "root", imports=ImportRoots([incoming]), **kwargs)  # type: ignore[arg-type]
+    return storage, incoming
 
 
 async def test_sweeps_staging_of_dead_processes_only(tmp_path: Path) -> None:
@@ -23,14 +39,19 @@ async def test_sweeps_staging_of_dead_processes_only(tmp_path: Path) -> None:
     (dead / "half-written").write_bytes(b"x" * 100)
     live = LocalStorage(tmp_path)
     await live.open()
+    assert await live.leftovers() == []
+    assert await live.sweep_dead_staging() == 1
     assert not dead.exists()
     # A second process on the same root must leave the live one's staging alone.
     writer = live.new_writer()
     await writer.write(b"in flight")
     code = (
         "import asyncio, sys; from pathlib import Path; "
-        "from asset_service.storage.local import LocalStorage; "
-        "s = LocalStorage(Path(sys.argv[1])); asyncio.run(s.open()); asyncio.run(s.close())"
+        "from asset_service.storage.local import LocalStorage\n"
+        "async def main():\n"
+        "    s = LocalStorage(Path(sys.argv[1])); await s.open()\n"
+        "    await s.sweep_dead_staging(); await s.close()\n"
+        "asyncio.run(main())"
     )
     subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True, timeout=60)
     assert writer.path.exists()
@@ -39,18 +60,139 @@ async def test_sweeps_staging_of_dead_processes_only(tmp_path: Path) -> None:
     await live.close()
 
 
-async def test_commit_then_rollback_gives_moved_source_back(tmp_path: Path) -> None:
-    storage = LocalStorage(tmp_path / "root")
+async def test_a_move_keeps_the_source_until_finish(tmp_path: Path) -> None:
+    storage, incoming = storage_with_imports(tmp_path)
     await storage.open()
-    source = tmp_path / "root" / "incoming.txt"  # same filesystem: moved, not copied
+    source = incoming / "out.txt"
     source.write_text("worker output")
-    staged = await storage.ingest(source, move=True)
-    assert not source.exists() and staged.size_bytes == len("worker output")
-    final = await staged.commit(storage.generated_key("task", ID, "out.txt"))
-    assert Path(final).read_text() == "worker output"
+    staged = await storage.adopt(str(source), move=True)
+    assert staged.sha256 == hashlib.sha256(b"worker output").hexdigest()
+    final = Path(await staged.commit(storage.generated_key("task", ID, "out.txt")))
+    # Linked, not renamed: a crash now cannot lose the worker's file.
+    assert source.read_text() == "worker output" and final.read_text() == "worker output"
+    assert source.stat().st_ino == final.stat().st_ino
+    assert len(list(storage.intents.iterdir())) == 1, "the move is journaled"
+    await staged.finish()
+    assert not source.exists() and final.read_text() == "worker output"
+    assert list(storage.intents.iterdir()) == []
+    await storage.close()
+
+
+async def test_rollback_after_commit_keeps_the_source(tmp_path: Path) -> None:
+    storage, incoming = storage_with_imports(tmp_path)
+    await storage.open()
+    source = incoming / "out.txt"
+    source.write_text("worker output")
+    staged = await storage.adopt(str(source), move=True)
+    final = Path(await staged.commit(storage.generated_key("task", ID, "out.txt")))
     await staged.rollback()
-    assert source.read_text() == "worker output" and not Path(final).exists()
-    assert not Path(final).parent.exists()  # the empty per-asset folder went too
+    assert source.read_text() == "worker output" and not final.exists()
+    assert not final.parent.exists()  # the empty per-asset folder went too
+    assert source.stat().st_nlink == 1
+    await storage.close()
+
+
+async def test_a_second_adoption_of_a_file_being_moved_is_refused(tmp_path: Path) -> None:
+    storage, incoming = storage_with_imports(tmp_path)
+    await storage.open()
+    source = incoming / "out.txt"
+    source.write_text("x")
+    first = await storage.adopt(str(source), move=True)
+    with pytest.raises(Conflict, match="being adopted by another request"):
+        await storage.adopt(str(source), move=True)
+    with pytest.raises(Conflict, match="being adopted by another request"):
+        await storage.adopt(str(source), move=False)
+    await first.rollback()
+    again = await storage.adopt(str(source), move=False)  # free once the first let go
+    await again.rollback()
+    await storage.close()
+
+
+async def test_recovery_settles_journaled_moves_by_their_record(tmp_path: Path) -> None:
+    """A process died after linking two sources: one record committed, one did not."""
+    storage, incoming = storage_with_imports(tmp_path)
+    await storage.open()
+    ids = ["5b0e4f0e-0000-4000-8000-00000000000a", "5b0e4f0e-0000-4000-8000-00000000000b"]
+    finals = []
+    for asset_id in ids:
+        (incoming / asset_id).write_text(asset_id)
+        staged = await storage.adopt(str(incoming / asset_id), move=True)
+        finals.append(Path(await staged.commit(storage.generated_key("t", asset_id, "f"))))
+        staged.abandon()  # as if the process died here: no finish, no rollback
+    await storage.close()  # leaves its staging (it holds journals) for the next process
+
+    after = LocalStorage(tmp_path / "root", imports=ImportRoots([incoming]))
+    await after.open()
+    leftovers = {lo.asset_id: lo for lo in await after.leftovers()}
+    assert set(leftovers) == set(ids)
+    await after.settle(leftovers[ids[0]], committed=True)
+    await after.settle(leftovers[ids[1]], committed=False)
+    assert not (incoming / ids[0]).exists() and finals[0].read_text() == ids[0]
+    assert (incoming / ids[1]).read_text() == ids[1] and not finals[1].exists()
+    assert await after.sweep_dead_staging() == 1
+    assert [p.name for p in (tmp_path / "root" / "tmp" / "staging").iterdir()] == [
+        after.staging.name
+    ]
+    await after.close()
+
+
+async def test_recovery_never_removes_a_source_whose_final_is_not_its_own(tmp_path: Path) -> None:
+    storage, incoming = storage_with_imports(tmp_path)
+    await storage.open()
+    (incoming / "s").write_text("source")
+    staged = await storage.adopt(str(incoming / "s"), move=True)
+    final = Path(await staged.commit(storage.generated_key("t", ID, "f")))
+    staged.abandon()
+    await storage.close()
+    final.unlink()
+    final.write_text("someone else's bytes")  # a different file now stands there
+    after = LocalStorage(tmp_path / "root", imports=ImportRoots([incoming]))
+    await after.open()
+    [leftover] = await after.leftovers()
+    await after.settle(leftover, committed=True)
+    assert (incoming / "s").read_text() == "source", "never neither: the source stays"
+    await after.close()
+
+
+async def test_hardlinked_and_symlinked_sources_are_refused(tmp_path: Path) -> None:
+    storage, incoming = storage_with_imports(tmp_path)
+    await storage.open()
+    secret = tmp_path / "secret"
+    secret.write_text("secret")
+    os.link(secret, incoming / "linked")
+    with pytest.raises(PermissionDenied, match="--allow-hardlinked-imports"):
+        await storage.adopt(str(incoming / "linked"), move=False)
+    (incoming / "d").symlink_to(tmp_path)
+    with pytest.raises(PermissionDenied, match="symbolic link") as info:
+        await storage.adopt(str(incoming / "d" / "secret"), move=False)
+    assert str(tmp_path) + "'" not in info.value.message.replace(str(incoming), "")
+    await storage.close()
+    allowed = LocalStorage(tmp_path / "root", imports=ImportRoots([incoming], allow_hardlinks=True))
+    await allowed.open()
+    staged = await allowed.adopt(str(incoming / "linked"), move=True)  # copied, not linked
+    final = Path(await staged.commit(allowed.generated_key("t", ID, "f")))
+    await staged.finish()
+    assert final.stat().st_ino != secret.stat().st_ino and secret.read_text() == "secret"
+    await allowed.close()
+
+
+async def test_reads_check_size_and_never_follow_symlinks(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path)
+    await storage.open()
+    writer = storage.new_writer()
+    await writer.write(b"0123456789")
+    await writer.seal()
+    path = Path(await writer.commit(storage.upload_key(ID, "x", datetime.now(UTC))))
+    await writer.finish()
+    chunks = await storage.read(str(path), 10, 0, 0, 4)
+    assert b"".join([c async for c in chunks]) == b"0123456789"
+    with pytest.raises(IntegrityError, match="record says 11"):
+        await storage.read(str(path), 11, 0, 0, 4)
+    path.unlink()
+    (tmp_path / "elsewhere").write_bytes(b"0123456789")
+    path.symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(IntegrityError, match="not a regular file"):
+        await storage.check(str(path), 10)
     await storage.close()
 
 
@@ -61,14 +203,14 @@ async def test_keys_are_derived_never_raw(tmp_path: Path) -> None:
     with pytest.raises(InvalidArgument):
         storage.generated_key("../x", ID, "a")
     with pytest.raises(InvalidArgument):
-        storage.path_for("../outside")
+        storage.key_parts("uploads/../../outside")
+    with pytest.raises(InvalidArgument):
+        storage.key_parts("tmp/x")
     with pytest.raises(InvalidArgument):
         storage.upload_key("../" + ID, "a", now)
 
 
 async def test_writer_hashes_and_fsyncs(tmp_path: Path) -> None:
-    import hashlib
-
     storage = LocalStorage(tmp_path)
     await storage.open()
     writer = storage.new_writer()
@@ -84,8 +226,6 @@ async def test_writer_hashes_and_fsyncs(tmp_path: Path) -> None:
 
 
 async def test_sweep_scratch_removes_only_old_folders(tmp_path: Path) -> None:
-    import time
-
     storage = LocalStorage(tmp_path)
     await storage.open()
     old, fresh = storage.scratch_dir("manifests"), storage.scratch_dir("manifests")
@@ -99,10 +239,6 @@ async def test_sweep_scratch_removes_only_old_folders(tmp_path: Path) -> None:
 
 
 async def test_commits_never_clobber_each_other(tmp_path: Path) -> None:
-    import time
-
-    from asset_service.domain.errors import Conflict
-
     storage = LocalStorage(tmp_path, orphan_grace_seconds=60)
     await storage.open()
     key = storage.generated_key("task", ID, "out.bin")
@@ -123,5 +259,13 @@ async def test_commits_never_clobber_each_other(tmp_path: Path) -> None:
     await third.seal()
     assert await third.commit(key) == path
     assert Path(path).read_bytes() == b"third"
-    assert [p for p in storage.staging.iterdir() if p.name != ".lock"] == []
+    assert [p for p in storage.staging.iterdir() if p.name not in (".lock", "intents")] == []
     await storage.close()
+
+
+def test_journal_is_plain_json(tmp_path: Path) -> None:
+    """Operators may read a journal entry: it names the source and the final key."""
+    storage = LocalStorage(tmp_path)
+    storage.intents.mkdir(parents=True)
+    journal = storage.write_intent({"source": "/in/x", "final": "generated/t/i/x"})
+    assert json.loads(journal.read_text())["source"] == "/in/x"
