@@ -7,6 +7,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from asset_service import logs
 from asset_service.config import load_settings
 from asset_service.domain.errors import AssetError
 
@@ -18,6 +19,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    logs.install()
     from asset_service.server import serve  # after logging: importing grpc may log
 
     try:

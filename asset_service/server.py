@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import signal
+import socket
 from dataclasses import dataclass
 
 import grpc
@@ -115,6 +117,24 @@ async def _monitor_health(
         await asyncio.sleep(interval)
 
 
+def _listen_error(listen: str, exc: RuntimeError) -> str:
+    """Why grpc could not bind `listen` (it only says "Failed to bind"), and what to do."""
+    host, _, port = listen.rpartition(":")
+    try:
+        with socket.create_server((host.strip("[]") or "0.0.0.0", int(port))):
+            pass
+    except OSError as probe:
+        if probe.errno == errno.EADDRINUSE:
+            return (
+                f"address {listen} is in use: is another asset-service running? "
+                "choose another --listen (or ASSET_SERVICE_LISTEN)"
+            )
+        return f"cannot listen on {listen}: {probe.strerror}; choose another --listen"
+    except ValueError:
+        return f"cannot listen on {listen}: expected HOST:PORT, e.g. 127.0.0.1:50051"
+    return f"cannot listen on {listen}: {exc}"
+
+
 async def start(settings: Settings, store: MetadataStore | None = None) -> RunningServer:
     """Open storage and store, recover, and serve; `store` overrides the database URL."""
     store = store if store is not None else open_store(settings.database_url)
@@ -123,12 +143,25 @@ async def start(settings: Settings, store: MetadataStore | None = None) -> Runni
     limits = Limits(
         max_upload_bytes=settings.max_upload_bytes,
         manifest_ttl_seconds=settings.manifest_ttl_seconds,
+        watch_buffer_bytes=settings.watch_buffer_bytes,
     )
     manager = AssetManager(store, storage, limits)
     await manager.start()
 
-    server = grpc.aio.server(options=SERVER_OPTIONS)
-    pb_grpc.add_AssetServiceServicer_to_server(AssetServicer(manager), server)
+    # Over the limit, HTTP/2 makes a client's further calls on that connection wait for a
+    # free stream: one connection cannot open calls without bound.
+    options = [
+        *SERVER_OPTIONS,
+        ("grpc.max_concurrent_streams", settings.max_streams_per_connection),
+    ]
+    server = grpc.aio.server(options=options)
+    servicer = AssetServicer(
+        manager,
+        max_concurrent_uploads=settings.max_concurrent_uploads,
+        upload_idle_timeout_seconds=settings.upload_idle_timeout_seconds,
+        watch_stall_timeout_seconds=settings.watch_stall_timeout_seconds,
+    )
+    pb_grpc.add_AssetServiceServicer_to_server(servicer, server)
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -141,7 +174,7 @@ async def start(settings: Settings, store: MetadataStore | None = None) -> Runni
         port = server.add_insecure_port(settings.listen)
     except RuntimeError as exc:
         await manager.stop()
-        raise AssetError(f"cannot listen on {settings.listen}: {exc}") from exc
+        raise AssetError(_listen_error(settings.listen, exc)) from exc
     await server.start()
     background = [
         asyncio.create_task(

@@ -4,12 +4,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from google.protobuf import json_format, struct_pb2
+from google.protobuf import struct_pb2
 
 from asset_service._proto.asset.v1 import asset_service_pb2 as pb
 from asset_service.domain.errors import InvalidArgument
 from asset_service.domain.manager import UploadHeader, WatchEvent
-from asset_service.domain.models import Asset, AssetFilter, AssetType, Status, Value, ValueKind
+from asset_service.domain.models import (
+    MAX_JSON_DEPTH,
+    Asset,
+    AssetFilter,
+    AssetType,
+    Status,
+    Value,
+    ValueKind,
+    check_json_data,
+)
 
 _STATUS_TO_PB = {
     Status.PENDING: pb.ASSET_STATUS_PENDING,
@@ -108,23 +117,39 @@ def upload_header_from_pb(msg: pb.UploadHeader) -> UploadHeader:
     )
 
 
-def struct_to_dict(msg: struct_pb2.Struct) -> dict[str, Any]:
+def struct_to_dict(msg: struct_pb2.Struct, what: str = "config_params") -> dict[str, Any]:
     """A Struct as plain JSON data; whole numbers come back as ints.
 
     Struct stores every number as a double, so {"n": 3} would reach input_data.json as
-    3.0, which breaks modules doing range(n) or list indexing.
+    3.0, which breaks modules doing range(n) or list indexing. NaN and Infinity (a Struct
+    can carry them, JSON cannot) and nesting past MAX_JSON_DEPTH are the caller's error,
+    named by key, so that input_data.json is always valid JSON.
     """
-    return _ints(json_format.MessageToDict(msg))  # type: ignore[no-any-return]
+    data = {key: _plain(value) for key, value in msg.fields.items()}
+    check_json_data(data, what)
+    return data
 
 
-def _ints(value: Any) -> Any:
-    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
-        return int(value)
-    if isinstance(value, dict):
-        return {k: _ints(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_ints(v) for v in value]
-    return value
+def _plain(msg: struct_pb2.Value, depth: int = 1) -> Any:
+    # protobuf's own parser caps message nesting (~100), so this recursion is bounded;
+    # the depth guard keeps it so should that cap ever be raised.
+    if depth > MAX_JSON_DEPTH + 1:
+        return [[]]  # deeper than the limit: check_json_data reports where
+    kind = msg.WhichOneof("kind")
+    if kind == "number_value":
+        number = msg.number_value
+        if number.is_integer() and abs(number) < 2**53:
+            return int(number)
+        return number
+    if kind == "string_value":
+        return msg.string_value
+    if kind == "bool_value":
+        return msg.bool_value
+    if kind == "struct_value":
+        return {k: _plain(v, depth + 1) for k, v in msg.struct_value.fields.items()}
+    if kind == "list_value":
+        return [_plain(v, depth + 1) for v in msg.list_value.values]
+    return None  # null_value, or a Value with no kind set (json_format reads it as null)
 
 
 def event_to_pb(event: WatchEvent) -> pb.WatchAssetResponse:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import logging
 import uuid
@@ -9,13 +11,22 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_status import rpc_status
 
+from asset_service import logs
 from asset_service._proto.asset.v1 import asset_service_pb2 as pb
 from asset_service._proto.asset.v1 import asset_service_pb2_grpc as pb_grpc
 from asset_service.api import convert
-from asset_service.api.errors import rich_status, status_code
-from asset_service.domain.errors import AssetError, InvalidArgument
+from asset_service.api.errors import capped, rich_status, status_code, status_message
+from asset_service.config import Settings
+from asset_service.domain.errors import (
+    AssetError,
+    InvalidArgument,
+    LimitExceeded,
+    Timeout,
+    Unavailable,
+)
 from asset_service.domain.manager import AssetManager
 from asset_service.domain.models import AssetType
 
@@ -27,13 +38,32 @@ Ctx = grpc.aio.ServicerContext[Any, Any]
 
 
 async def _abort(context: Ctx, exc: BaseException, method: str) -> None:
+    """End the call with the status `exc` maps to; its message is capped (api/errors.py)."""
     if isinstance(exc, AssetError):
         rich = rich_status(exc)
         if rich is not None:
             await context.abort_with_status(rpc_status.to_status(rich))  # type: ignore[attr-defined]
-        await context.abort(status_code(exc), exc.message)
+        await context.abort(status_code(exc), status_message(exc))
+    if isinstance(exc, DecodeError):
+        # A client-streaming request is parsed as the handler reads it, so bytes that are
+        # not the message surface here: the client's error, logged in one rate-limited line.
+        log.warning(
+            "malformed message in %s: %s", method, exc, extra={logs.RATE_KEY: logs.MALFORMED}
+        )
+        await context.abort(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            capped(f"a message of the {method} stream does not parse: {exc}"),
+        )
     ref = uuid.uuid4().hex[:12]
-    log.error("%s failed unexpectedly (ref %s)", method, ref, exc_info=exc)
+    # Tracebacks are kept (a bug to fix) but rate-limited: a client repeating the request
+    # that triggers one must not flood the log.
+    log.error(
+        "%s failed unexpectedly (ref %s)",
+        method,
+        ref,
+        exc_info=exc,
+        extra={logs.RATE_KEY: f"unexpected:{method}:{type(exc).__name__}"},
+    )
     await context.abort(
         grpc.StatusCode.INTERNAL, f"internal error in {method}; server log ref {ref}"
     )
@@ -72,15 +102,56 @@ def streaming(
 
 
 class AssetServicer(pb_grpc.AssetServiceServicer):
-    def __init__(self, manager: AssetManager) -> None:
+    def __init__(
+        self,
+        manager: AssetManager,
+        *,
+        max_concurrent_uploads: int = Settings.max_concurrent_uploads,
+        upload_idle_timeout_seconds: float = Settings.upload_idle_timeout_seconds,
+        watch_stall_timeout_seconds: float = Settings.watch_stall_timeout_seconds,
+    ) -> None:
         self.manager = manager
+        self.max_concurrent_uploads = max_concurrent_uploads
+        self.upload_idle_timeout = upload_idle_timeout_seconds
+        self.watch_stall_timeout = watch_stall_timeout_seconds
+        self.uploads_in_progress = 0
 
     @unary
     async def UploadAsset(
         self, request_iterator: AsyncIterator[pb.UploadAssetRequest], context: Ctx
     ) -> pb.UploadAssetResponse:
-        messages = aiter(request_iterator)
-        first = await anext(messages, None)
+        # Each upload holds a staging file and a task until it ends: refuse one more at
+        # once rather than queue it (the client can retry; a queue would hide the cause).
+        if self.uploads_in_progress >= self.max_concurrent_uploads:
+            raise LimitExceeded(
+                f"{self.uploads_in_progress} uploads are in progress, the server's limit "
+                f"(--max-concurrent-uploads {self.max_concurrent_uploads}); retry once one "
+                "has finished, or ask the operator to raise the limit"
+            )
+        self.uploads_in_progress += 1
+        try:
+            return await self._upload(aiter(request_iterator))
+        finally:
+            self.uploads_in_progress -= 1
+
+    async def _upload(
+        self, messages: AsyncIterator[pb.UploadAssetRequest]
+    ) -> pb.UploadAssetResponse:
+        idle = self.upload_idle_timeout
+
+        async def next_message() -> pb.UploadAssetRequest | None:
+            # A silent client would hold its slot and staging file forever; the manager
+            # removes the staging file when this raises out of the chunk stream.
+            try:
+                async with asyncio.timeout(idle):
+                    return await anext(messages, None)
+            except TimeoutError:
+                raise Timeout(
+                    f"the upload sent no message for {idle:g}s (--upload-idle-timeout); "
+                    "nothing was stored: send the header and chunks without such pauses"
+                ) from None
+
+        first = await next_message()
         if first is None:
             raise InvalidArgument("empty upload: send an UploadHeader as the first message")
         if first.WhichOneof("payload") != "header":
@@ -90,7 +161,7 @@ class AssetServicer(pb_grpc.AssetServiceServicer):
         header = convert.upload_header_from_pb(first.header)
 
         async def chunks() -> AsyncIterator[bytes]:
-            async for msg in messages:
+            while (msg := await next_message()) is not None:
                 if msg.WhichOneof("payload") == "header":
                     raise InvalidArgument(
                         "a second header arrived mid-upload; send the header once, first"
@@ -188,8 +259,34 @@ class AssetServicer(pb_grpc.AssetServiceServicer):
         events = await self.manager.watch(
             list(request.asset_ids), request.after_revision, request.follow
         )
-        async for event in events:
-            yield convert.event_to_pb(event)
+        stall = self.watch_stall_timeout
+        sent = request.after_revision
+        async with contextlib.aclosing(events):
+            async for event in events:
+                # context.write waits while the client's HTTP/2 window is full, i.e. while
+                # it does not read; bounding that wait frees a stalled stream (its buffer
+                # is bounded by --watch-buffer-bytes) instead of holding it forever.
+                try:
+                    await asyncio.wait_for(context.write(convert.event_to_pb(event)), stall)
+                except TimeoutError:
+                    log.info(
+                        "WatchAsset client did not read for %gs; ending its stream with "
+                        "UNAVAILABLE (it may resume after revision %d)",
+                        stall,
+                        sent,
+                    )
+                    raise Unavailable(
+                        f"the watch stalled: the client did not read for {stall:g}s "
+                        f"(--watch-stall-timeout); resume with after_revision={sent}"
+                    ) from None
+                except grpc.aio.InternalError:
+                    # The client went away while an event was on its way (a cancelled or
+                    # closed channel): nothing to report, and no one to report it to.
+                    log.debug("WatchAsset client left after revision %d", sent)
+                    return
+                sent = max(sent, event.revision)
+        return
+        yield  # an async generator for @streaming; every message goes out via context.write
 
     @streaming
     async def ReadAsset(

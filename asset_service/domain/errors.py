@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 
@@ -65,6 +66,40 @@ class OutcomeUnknown(Unavailable):
     """A write was sent but its outcome could not be learnt; re-read before retrying."""
 
 
+# --- echoing client input in messages ------------------------------------------------
+# Status messages travel in HTTP/2 headers, and a default gRPC client refuses a response
+# whose metadata passes 16 KiB (8 KiB soft): echoing a 100 KB label would turn a clear
+# INVALID_ARGUMENT into "RESOURCE_EXHAUSTED: Stream removed". So input is shown, not pasted.
+
+SHOWN_CHARS = 60
+SHOWN_ITEMS = 10
+
+
+def shown(value: str, limit: int = SHOWN_CHARS) -> str:
+    """A client-supplied string for a message: repr-quoted, cut to `limit` characters.
+
+    >>> shown("x" * 100, 5)
+    "'xxxxx…' (100 characters)"
+    """
+    if len(value) <= limit:
+        return repr(value)
+    return f"{value[:limit] + '…'!r} ({len(value)} characters)"
+
+
+def brief(value: str, limit: int = 40) -> str:
+    """`value` as is when short and printable (reads naturally), else `shown(value, limit)`."""
+    if len(value) <= limit and value.isprintable():
+        return value
+    return shown(value, limit)
+
+
+def shown_list(items: Sequence[str], limit: int = SHOWN_ITEMS) -> str:
+    """The first `limit` items joined by ', ', then '…and M more' for the rest."""
+    head = ", ".join(items[:limit])
+    rest = len(items) - limit
+    return f"{head}, …and {rest} more" if rest > 0 else head
+
+
 @dataclass(frozen=True)
 class BlockingAsset:
     """One asset that keeps a manifest from being built."""
@@ -75,13 +110,31 @@ class BlockingAsset:
     reason: str = ""
 
 
+MAX_BLOCKERS_SHOWN = 20
+# The blockers' part of a ManifestBlocked message stays under this many characters, so
+# the whole message fits the API's cap (api/errors.py) with its "…and M more" tail intact.
+MAX_BLOCKERS_CHARS = 1800
+
+
 class ManifestBlocked(FailedPrecondition):
-    """Some assets of a manifest are not AVAILABLE; `blocking` names every one."""
+    """Some assets of a manifest are not AVAILABLE; `blocking` names every one.
+
+    The message names the first MAX_BLOCKERS_SHOWN (fewer if keys and reasons are long)
+    and counts the rest; `shown_blocking` is that same prefix, for the rich details.
+    """
 
     def __init__(self, blocking: list[BlockingAsset]) -> None:
-        parts = []
-        for b in blocking:
-            detail = f" ({b.reason})" if b.reason else ""
-            parts.append(f"{b.key}={b.asset_id} is {b.state}{detail}")
-        super().__init__(f"{len(blocking)} input(s) not AVAILABLE: " + "; ".join(parts))
+        parts: list[str] = []
+        used = 0
+        for b in blocking[:MAX_BLOCKERS_SHOWN]:
+            detail = f" ({brief(b.reason)})" if b.reason else ""
+            part = f"{brief(b.key)}={b.asset_id} is {b.state}{detail}"
+            if parts and used + len(part) > MAX_BLOCKERS_CHARS:
+                break
+            parts.append(part)
+            used += len(part) + 2
+        rest = len(blocking) - len(parts)
+        more = f"; …and {rest} more" if rest else ""
+        super().__init__(f"{len(blocking)} input(s) not AVAILABLE: " + "; ".join(parts) + more)
         self.blocking = blocking
+        self.shown_blocking = blocking[: len(parts)]

@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hashlib
 import json
 import logging
 import os
 import shutil
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,8 +33,11 @@ from asset_service.domain.errors import (
     ManifestBlocked,
     NotFound,
     OutcomeUnknown,
+    StorageFull,
     TooLarge,
+    brief,
     shown,
+    shown_list,
 )
 from asset_service.domain.models import (
     Asset,
@@ -263,7 +274,7 @@ class AssetManager:
         found = await self.store.get_many(sorted(set(ids)))
         missing = [i for i in dict.fromkeys(ids) if i not in found]
         if missing:
-            raise NotFound(f"{len(missing)} asset(s) not found: {', '.join(missing)}")
+            raise NotFound(f"{len(missing)} asset(s) not found: {shown_list(missing)}")
         return [found[i] for i in ids]
 
     async def list_assets(self, flt: AssetFilter, page_size: int, page_token: str) -> Page:
@@ -603,7 +614,7 @@ class AssetManager:
 
     async def watch(
         self, asset_ids: Sequence[str], after_revision: int, follow: bool
-    ) -> AsyncIterator[WatchEvent]:
+    ) -> AsyncGenerator[WatchEvent, None]:
         """Validate, subscribe, read the snapshot; return the event stream.
 
         Subscribing before reading means no change can fall between the snapshot and
@@ -621,7 +632,7 @@ class AssetManager:
             snapshot = await self.store.get_many(ids)
             missing = [i for i in ids if i not in snapshot]
             if missing:
-                raise NotFound(f"{len(missing)} asset(s) not found: {', '.join(missing)}")
+                raise NotFound(f"{len(missing)} asset(s) not found: {shown_list(missing)}")
         except BaseException:
             sub.close()
             raise
@@ -645,8 +656,10 @@ class AssetManager:
         ids: dict[str, str] = {}
         for key, raw in sorted(mappings.items()):
             if not key or any(ord(c) < 32 for c in key):
-                raise InvalidArgument(f"manifest key {key!r} is empty or has control characters")
-            ids[key] = parse_asset_id(raw, f"asset id of key {key!r}")
+                raise InvalidArgument(
+                    f"manifest key {shown(key)} is empty or has control characters"
+                )
+            ids[key] = parse_asset_id(raw, f"asset id of key {shown(key)}")
         assets = await self.store.get_many(sorted(set(ids.values())))
         blocking = []
         for key, asset_id in ids.items():
@@ -672,8 +685,13 @@ class AssetManager:
             return await asyncio.to_thread(
                 _write_manifest, folder, ids, assets, dict(config_params)
             )
-        except BaseException:
+        except BaseException as exc:
             await asyncio.to_thread(_remove_tree, folder)
+            if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise StorageFull(
+                    "storage is full (writing a manifest); free space, e.g. delete assets "
+                    "with DeleteAsset, or give the server a bigger volume"
+                ) from None
             raise
 
 
@@ -729,7 +747,7 @@ def _verify(blob: StagedBlob, expected_size: int | None, expected_sha: str) -> N
 
 
 def _not_pending(asset: Asset, verb: str) -> str:
-    detail = f" ({asset.failure_reason})" if asset.failure_reason else ""
+    detail = f" ({brief(asset.failure_reason, 200)})" if asset.failure_reason else ""
     return f"asset {asset.id} is {asset.status.value}{detail}; only a PENDING asset can be {verb}"
 
 

@@ -1,0 +1,124 @@
+"""Log hygiene: malformed requests in one line each, and floods of alike lines rate-limited."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from google.protobuf.message import DecodeError
+
+# grpc.aio logs a request that does not parse as "Unexpected [DecodeError] raised by
+# servicer method [/pkg.Service/Method]" with a full traceback, at ERROR, for every call:
+# a client (or a port scanner) sending garbage could fill the disk with tracebacks.
+_GRPC_LOGGER = "grpc._cython.cygrpc"
+_GRPC_UNEXPECTED = re.compile(r"Unexpected \[(\w+)\] raised by servicer method \[([^\]]*)\]")
+MALFORMED = "malformed-request"
+# Records logged with extra={RATE_KEY: "..."} are rate-limited per distinct key.
+RATE_KEY = "rate_limit_key"
+
+WINDOW_SECONDS = 10.0
+LINES_PER_WINDOW = 5
+_MAX_KEYS = 1000
+_DECIDED = "_asset_service_rate_decision"
+
+
+@dataclass
+class _Window:
+    start: float
+    passed: int = 0
+    suppressed: int = 0
+
+
+class RateLimitFilter(logging.Filter):
+    """Rewrites grpc's malformed-request records; lets N alike records per window through.
+
+    Installed on handlers, so it sees records from every logger. A record belongs to a
+    kind when it is grpc's deserialization failure or carries a `rate_limit_key`; other
+    records pass untouched. Past the limit a kind is dropped until its window ends; the
+    next line of that kind then says how many were suppressed.
+    """
+
+    def __init__(
+        self,
+        lines_per_window: int = LINES_PER_WINDOW,
+        window_seconds: float = WINDOW_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__()
+        self.lines_per_window = lines_per_window
+        self.window_seconds = window_seconds
+        self._clock = clock
+        self._windows: dict[str, _Window] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        # One decision per record, however many handlers share this filter.
+        decided = getattr(record, _DECIDED, None)
+        if isinstance(decided, bool):
+            return decided
+        kind = _rewrite_malformed(record) or getattr(record, RATE_KEY, None)
+        if not isinstance(kind, str):
+            return True
+        passed = self._admit(kind, record)
+        setattr(record, _DECIDED, passed)
+        return passed
+
+    def _admit(self, kind: str, record: logging.LogRecord) -> bool:
+        now = self._clock()
+        window = self._windows.get(kind)
+        if window is None or now - window.start >= self.window_seconds:
+            if window is None and len(self._windows) >= _MAX_KEYS:
+                self._windows.clear()  # many distinct kinds: forget counts, never grow
+            if window is not None and window.suppressed:
+                _append(
+                    record,
+                    f"[{window.suppressed} similar message(s) suppressed in the "
+                    f"{now - window.start:.0f}s before this one]",
+                )
+            window = self._windows[kind] = _Window(now)
+        if window.passed >= self.lines_per_window:
+            window.suppressed += 1
+            return False
+        window.passed += 1
+        if window.passed == self.lines_per_window:
+            _append(
+                record,
+                f"[more like this are suppressed for {self.window_seconds:.0f}s, then counted]",
+            )
+        return True
+
+
+def _append(record: logging.LogRecord, note: str) -> None:
+    # Merge the arguments in first: with no args left, logging does no further %-formatting.
+    record.msg = record.getMessage() + " " + note
+    record.args = ()
+
+
+def _rewrite_malformed(record: logging.LogRecord) -> str | None:
+    """grpc's traceback for an unparseable request, as one WARNING line without it."""
+    if record.name != _GRPC_LOGGER or not record.exc_info:
+        return None
+    exc = record.exc_info[1]
+    if not isinstance(exc, DecodeError):
+        return None
+    found = _GRPC_UNEXPECTED.search(record.getMessage())
+    method = found.group(2) if found else "?"
+    # grpc answers such a call UNKNOWN; the client sent bytes that are not the message.
+    record.msg = "malformed request to %s from a client: %s"
+    record.args = (method, str(exc)[:200])
+    record.exc_info = None
+    record.exc_text = None
+    record.levelno = logging.WARNING
+    record.levelname = logging.getLevelName(logging.WARNING)
+    return MALFORMED
+
+
+def install(root: logging.Logger | None = None) -> RateLimitFilter:
+    """Add the filter to every handler of the root logger (call after basicConfig)."""
+    target = root or logging.getLogger()
+    flt = RateLimitFilter()
+    for handler in target.handlers:
+        handler.addFilter(flt)
+    return flt
