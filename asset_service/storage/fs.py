@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from asset_service.domain.errors import (
+    Conflict,
     InvalidArgument,
     NotFound,
     PermissionDenied,
@@ -96,6 +97,9 @@ def _error_for(exc: OSError, shown: str, component: str, parent_fd: int) -> Exce
                 f"{shown} crosses a symbolic link at {component!r}; server-side paths are "
                 "opened without following symbolic links"
             )
+        if exc.errno == errno.ELOOP or stat.S_ISDIR(st.st_mode):
+            # The open met a symlink (or a non-folder) that is no longer there: swapped.
+            return Conflict(f"{shown} changed while it was being opened; retry")
         return InvalidArgument(f"{shown}: {component!r} is {kind_of(st.st_mode)}, not a folder")
     if exc.errno == errno.ENOENT:
         return NotFound(f"{shown} does not exist on the server")

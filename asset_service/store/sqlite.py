@@ -5,18 +5,25 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import fcntl
 import json
 import logging
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from asset_service.domain.errors import Conflict, InvalidArgument, NotFound, Unavailable
+from asset_service.domain.errors import (
+    Conflict,
+    InvalidArgument,
+    NotFound,
+    StorageFull,
+    Unavailable,
+)
 from asset_service.domain.models import (
     Asset,
     AssetFilter,
@@ -31,10 +38,24 @@ from asset_service.domain.models import (
     Value,
     ValueKind,
 )
+from asset_service.store._reserve import DiskReserve
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+# The "emergency ballast" (CockroachDB's term): a preallocated file beside the database,
+# given back to the filesystem when a DELETE hits a full disk, so that deleting assets (the
+# way to free space) still works. Such a delete (freed pages not zeroed, whatever the
+# record's size) appends about ten WAL frames, a page plus a 24-byte header each (~40 KiB;
+# tests/unit/test_sqlite_full.py measures it), and the checkpoint that follows may grow the
+# database file by the WAL's new pages (~1000 at most between automatic checkpoints): a
+# few MiB covers both with margin.
+DEFAULT_RESERVE_BYTES = 4 * 1024 * 1024
+# When a checkpoint lets the WAL restart, truncate it to this size: about what the WAL
+# grows to between automatic checkpoints (1000 pages), so the steady state keeps its file
+# but the space a burst of big transactions (4 MiB VALUEs) took is given back, not pinned.
+JOURNAL_SIZE_LIMIT = 4 * 1024 * 1024
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS assets (
@@ -100,6 +121,14 @@ def _row_to_asset(row: sqlite3.Row) -> Asset:
     )
 
 
+def _is_full(exc: sqlite3.Error) -> bool:
+    """SQLITE_FULL (extended codes keep the primary one in the low byte)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return bool(code & 0xFF == sqlite3.SQLITE_FULL)
+    return "database or disk is full" in str(exc)
+
+
 def encode_token(seq: int) -> str:
     return base64.urlsafe_b64encode(f"sqlite:{seq}".encode()).decode().rstrip("=")
 
@@ -120,8 +149,9 @@ def decode_token(token: str) -> int:
 class SqliteStore:
     """All statements run on one thread, so writes are serialized and ordered."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, reserve_bytes: int = DEFAULT_RESERVE_BYTES) -> None:
         self.path = path
+        self.reserve = DiskReserve(path.with_name(path.name + ".reserve"), reserve_bytes)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
         self._conn: sqlite3.Connection | None = None
         self._changes: asyncio.Queue[Change] = asyncio.Queue()
@@ -138,7 +168,33 @@ class SqliteStore:
         try:
             return await loop.run_in_executor(self._executor, fn, conn)
         except sqlite3.OperationalError as exc:
-            raise Unavailable(f"sqlite database {self.path}: {exc}") from exc
+            raise self._translate(exc) from exc
+
+    def _translate(self, exc: sqlite3.Error) -> StorageFull | Unavailable:
+        if _is_full(exc):
+            return StorageFull(
+                f"the metadata database's disk is full ({self.path}): free space, e.g. "
+                "delete assets with DeleteAsset"
+            )
+        return Unavailable(f"sqlite database {self.path}: {exc}")
+
+    @staticmethod
+    @contextlib.contextmanager
+    def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+        """BEGIN IMMEDIATE ... COMMIT; roll back on any error, if there is anything to undo."""
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            conn.execute("COMMIT")
+        except BaseException:
+            # SQLite has already rolled back by itself after SQLITE_FULL, IOERR, NOMEM...:
+            # a second ROLLBACK would fail ("no transaction is active") and hide the cause.
+            if conn.in_transaction:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error as exc:
+                    log.warning("rollback failed after an error: %s", exc)
+            raise
 
     def _publish(self, change: Change) -> None:
         assert self._loop is not None
@@ -181,12 +237,19 @@ class SqliteStore:
             # FULL: a committed transition survives power loss, matching the fsynced bytes.
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA busy_timeout=5000")
+            conn.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}")
             conn.executescript(SCHEMA)
+            # On the sqlite thread, like every later use of the reserve.
+            self.reserve.open(str(self.path))
             return conn
 
         try:
             self._conn = await asyncio.get_running_loop().run_in_executor(self._executor, connect)
         except sqlite3.Error as exc:
+            if _is_full(exc):
+                raise StorageFull(
+                    f"cannot open sqlite database {self.path}: its disk is full; free space"
+                ) from exc
             raise Unavailable(f"cannot open sqlite database {self.path}: {exc}") from exc
 
     async def close(self) -> None:
@@ -199,7 +262,11 @@ class SqliteStore:
             self._lock_fd = None
 
     async def ping(self) -> None:
-        await self._run(lambda c: c.execute("SELECT 1").fetchone())
+        def q(c: sqlite3.Connection) -> None:
+            c.execute("SELECT 1").fetchone()
+            self.reserve.restore()
+
+        await self._run(q)
 
     # --- reads ----------------------------------------------------------------------
 
@@ -258,46 +325,42 @@ class SqliteStore:
 
     async def insert(self, asset: Asset) -> Asset:
         def w(c: sqlite3.Connection) -> Asset:
-            c.execute("BEGIN IMMEDIATE")
             try:
-                rev = self._next_revision(c)
-                v = asset.value
-                c.execute(
-                    f"INSERT INTO assets ({COLUMNS}) VALUES "
-                    "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        asset.id,
-                        asset.label,
-                        asset.status.value,
-                        asset.type.value,
-                        asset.media_type,
-                        asset.storage_path,
-                        v.kind.value if v else None,
-                        v.data if v else None,
-                        asset.created_by_task,
-                        json.dumps(list(asset.tags)),
-                        asset.size_bytes,
-                        asset.sha256,
-                        asset.created_at.isoformat(),
-                        asset.updated_at.isoformat(),
-                        asset.failure_reason,
-                        asset.fulfilled_from,
-                        rev,
-                    ),
-                )
-                c.executemany(
-                    "INSERT INTO asset_tags (tag, asset_id) VALUES (?, ?)",
-                    [(t, asset.id) for t in asset.tags],
-                )
-                c.execute("COMMIT")
+                with self._transaction(c):
+                    rev = self._next_revision(c)
+                    v = asset.value
+                    c.execute(
+                        f"INSERT INTO assets ({COLUMNS}) VALUES "
+                        "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (
+                            asset.id,
+                            asset.label,
+                            asset.status.value,
+                            asset.type.value,
+                            asset.media_type,
+                            asset.storage_path,
+                            v.kind.value if v else None,
+                            v.data if v else None,
+                            asset.created_by_task,
+                            json.dumps(list(asset.tags)),
+                            asset.size_bytes,
+                            asset.sha256,
+                            asset.created_at.isoformat(),
+                            asset.updated_at.isoformat(),
+                            asset.failure_reason,
+                            asset.fulfilled_from,
+                            rev,
+                        ),
+                    )
+                    c.executemany(
+                        "INSERT INTO asset_tags (tag, asset_id) VALUES (?, ?)",
+                        [(t, asset.id) for t in asset.tags],
+                    )
             except sqlite3.IntegrityError:
-                c.execute("ROLLBACK")
                 raise Conflict(f"asset {asset.id} already exists") from None
-            except BaseException:
-                c.execute("ROLLBACK")
-                raise
             stored = Asset(**{**asset.__dict__, "revision": rev})
             self._publish(Change(ChangeKind.PUT, stored))
+            self.reserve.restore()
             return stored
 
         return await self._run(w)
@@ -324,8 +387,7 @@ class SqliteStore:
         sets["updated_at"] = now.isoformat()
 
         def w(c: sqlite3.Connection) -> Asset:
-            c.execute("BEGIN IMMEDIATE")
-            try:
+            with self._transaction(c):
                 rev = self._next_revision(c)
                 assignments = ", ".join(f"{k} = ?" for k in sets)
                 row = c.execute(
@@ -334,7 +396,7 @@ class SqliteStore:
                     (*sets.values(), rev, asset_id, expected.value),
                 ).fetchone()
                 if row is None:
-                    c.execute("ROLLBACK")
+                    # Raising rolls the revision bump back too.
                     cur = c.execute("SELECT status FROM assets WHERE id = ?", (asset_id,))
                     current = cur.fetchone()
                     if current is None:
@@ -342,34 +404,62 @@ class SqliteStore:
                     raise Conflict(
                         f"asset {asset_id} is {current['status']}, expected {expected.value}"
                     )
-                c.execute("COMMIT")
-            except sqlite3.Error:
-                c.execute("ROLLBACK")
-                raise
             updated = _row_to_asset(row)
             self._publish(Change(ChangeKind.PUT, updated))
+            self.reserve.restore()
             return updated
 
         return await self._run(w)
 
+    def _delete_once(self, c: sqlite3.Connection, asset_id: str) -> Asset | None:
+        with self._transaction(c):
+            row = c.execute(
+                f"DELETE FROM assets WHERE id = ? RETURNING {COLUMNS}", (asset_id,)
+            ).fetchone()
+            if row is None:
+                return None  # nothing changed: the empty commit writes nothing
+            rev = self._next_revision(c)
+            c.execute("DELETE FROM asset_tags WHERE asset_id = ?", (asset_id,))
+        return Asset(**{**_row_to_asset(row).__dict__, "revision": rev})
+
+    def _delete_frugally(self, c: sqlite3.Connection, asset_id: str) -> Asset | None:
+        """The delete without zeroing the pages it frees, to fit in the reserve.
+
+        Builds with SQLITE_SECURE_DELETE (Debian's, Ubuntu's) overwrite every freed page, so
+        deleting a 4 MiB VALUE writes 4 MiB of WAL; FAST writes only the pages it must.
+        """
+        mode = int(c.execute("PRAGMA secure_delete").fetchone()[0])
+        c.execute("PRAGMA secure_delete = FAST")
+        try:
+            return self._delete_once(c, asset_id)
+        finally:
+            c.execute(f"PRAGMA secure_delete = {mode}")
+
     async def delete(self, asset_id: str) -> Asset | None:
         def w(c: sqlite3.Connection) -> Asset | None:
-            c.execute("BEGIN IMMEDIATE")
             try:
-                row = c.execute(
-                    f"DELETE FROM assets WHERE id = ? RETURNING {COLUMNS}", (asset_id,)
-                ).fetchone()
-                if row is None:
-                    c.execute("ROLLBACK")
-                    return None
-                rev = self._next_revision(c)
-                c.execute("DELETE FROM asset_tags WHERE asset_id = ?", (asset_id,))
-                c.execute("COMMIT")
-            except sqlite3.Error:
-                c.execute("ROLLBACK")
-                raise
-            gone = Asset(**{**_row_to_asset(row).__dict__, "revision": rev})
+                gone = self._delete_once(c, asset_id)
+            except sqlite3.OperationalError as exc:
+                # Deleting is how space gets freed, so it must work on a full disk too.
+                if not _is_full(exc):
+                    raise
+                if not self.reserve.release(f"the disk holding {self.path} is full"):
+                    raise StorageFull(
+                        f"the metadata database's disk is full ({self.path}) and its reserve "
+                        f"({self.reserve.path}) is used up, so even deleting asset {asset_id} "
+                        "cannot be written: free space on that disk by other means, then retry"
+                    ) from exc
+                gone = self._delete_frugally(c, asset_id)
+                # Copy the WAL into the database now, so the next writes restart the WAL
+                # from its beginning (reusing its space) instead of appending to it.
+                try:
+                    c.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                except sqlite3.Error as cexc:
+                    log.warning("checkpoint after a disk-full delete failed: %s", cexc)
+            if gone is None:
+                return None
             self._publish(Change(ChangeKind.DELETE, gone))
+            self.reserve.restore()
             return gone
 
         return await self._run(w)
