@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import logging
 import random
 from collections import OrderedDict
@@ -42,6 +40,7 @@ from asset_service.domain.models import (
     Value,
     ValueKind,
 )
+from asset_service.store import _tokens
 
 log = logging.getLogger(__name__)
 
@@ -139,20 +138,11 @@ def doc_to_asset(doc: Mapping[str, Any]) -> Asset:
 
 
 def encode_token(seq: int) -> str:
-    return base64.urlsafe_b64encode(f"mongo:{seq}".encode()).decode().rstrip("=")
+    return _tokens.encode_token("mongo", seq)
 
 
 def decode_token(token: str) -> int:
-    try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
-        prefix, _, seq = raw.partition(":")
-        if prefix != "mongo":
-            raise ValueError(prefix)
-        return int(seq)
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise InvalidArgument(
-            f"page_token {token!r} was not issued by ListAssets; pass next_page_token as is"
-        ) from None
+    return _tokens.decode_token("mongo", token)
 
 
 def _unavailable(exc: PyMongoError) -> Unavailable:

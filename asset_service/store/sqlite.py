@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
 import fcntl
 import json
@@ -19,7 +17,6 @@ from typing import Any, TypeVar
 
 from asset_service.domain.errors import (
     Conflict,
-    InvalidArgument,
     NotFound,
     StorageFull,
     Unavailable,
@@ -38,6 +35,7 @@ from asset_service.domain.models import (
     Value,
     ValueKind,
 )
+from asset_service.store import _tokens
 from asset_service.store._reserve import DiskReserve
 
 log = logging.getLogger(__name__)
@@ -130,20 +128,11 @@ def _is_full(exc: sqlite3.Error) -> bool:
 
 
 def encode_token(seq: int) -> str:
-    return base64.urlsafe_b64encode(f"sqlite:{seq}".encode()).decode().rstrip("=")
+    return _tokens.encode_token("sqlite", seq)
 
 
 def decode_token(token: str) -> int:
-    try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
-        prefix, _, seq = raw.partition(":")
-        if prefix != "sqlite":
-            raise ValueError(prefix)
-        return int(seq)
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise InvalidArgument(
-            f"page_token {token!r} was not issued by ListAssets; pass next_page_token as is"
-        ) from None
+    return _tokens.decode_token("sqlite", token)
 
 
 class SqliteStore:
