@@ -12,7 +12,15 @@ import pytest
 
 from asset_service._proto.asset.v1 import asset_service_pb2 as pb
 from asset_service._proto.asset.v1 import asset_service_pb2_grpc as pb_grpc
-from tests.e2e.helpers import MiB, all_assets, expect_error, pattern_chunks, stored_files, upload
+from tests.e2e.helpers import (
+    MiB,
+    all_assets,
+    expect_error,
+    pattern_chunks,
+    stored_files,
+    upload,
+    upload_sync,
+)
 from tests.serverproc import ServerProcess, database_url_for
 
 BAD = grpc.StatusCode.INVALID_ARGUMENT
@@ -291,8 +299,9 @@ async def test_upload_over_the_size_limit(small_limit_server: ServerProcess) -> 
     async with grpc.aio.insecure_channel(small_limit_server.address) as channel:
         stub = pb_grpc.AssetServiceStub(channel)
         too_big = grpc.StatusCode.RESOURCE_EXHAUSTED
+        big = pattern_chunks(2 * MiB, chunk=256 * 1024)
         await expect_error(
-            upload(stub, pattern_chunks(2 * MiB, chunk=256 * 1024), label="big"),
+            asyncio.to_thread(upload_sync, small_limit_server.address, big, label="big"),
             too_big,
             "1048576 bytes",
         )

@@ -6,7 +6,7 @@ import asyncio
 import hashlib
 import os
 import subprocess
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import grpc
@@ -23,6 +23,7 @@ from tests.e2e.helpers import (
     read_all,
     stored_files,
     upload,
+    upload_sync,
 )
 from tests.serverproc import ServerProcess
 
@@ -67,24 +68,6 @@ def full_server(disk: Path, import_root: Path) -> Iterator[ServerProcess]:
 async def full_stub(full_server: ServerProcess) -> AsyncIterator[pb_grpc.AssetServiceStub]:
     async with grpc.aio.insecure_channel(full_server.address) as channel:
         yield pb_grpc.AssetServiceStub(channel)
-
-
-def upload_blocking(address: str, chunks: Iterable[bytes], label: str) -> pb.Asset:
-    """UploadAsset through the sync client, which reports the server's status as sent.
-
-    The asyncio client does not when the server ends the stream early (storage full) while
-    a chunk is on its way: the failed write turns the server's RESOURCE_EXHAUSTED into
-    "INTERNAL: Internal error from Core" (grpc/grpc#36066).
-    """
-
-    def requests() -> Iterator[pb.UploadAssetRequest]:
-        yield pb.UploadAssetRequest(header=pb.UploadHeader(label=label))
-        for chunk in chunks:
-            yield pb.UploadAssetRequest(chunk=chunk)
-
-    with grpc.insecure_channel(address) as channel:
-        stub = pb_grpc.AssetServiceStub(channel)
-        return stub.UploadAsset(requests(), timeout=60).asset
 
 
 def free_bytes(path: Path) -> int:
@@ -174,7 +157,7 @@ async def test_uploads_until_full_then_delete_frees_space(
             seed = f"upload {i}".encode()
             chunks = pattern_chunks(4 * MiB, seed=seed)
             try:
-                asset = await asyncio.to_thread(upload_blocking, address, chunks, f"{i}.bin")
+                asset = await asyncio.to_thread(upload_sync, address, chunks, label=f"{i}.bin")
             except grpc.RpcError as exc:
                 refused = exc
                 break
@@ -196,7 +179,7 @@ async def test_uploads_until_full_then_delete_frees_space(
         for i in range(200):
             chunks = pattern_chunks(256 * 1024, seed=b"s%d" % i)
             try:
-                small.append(await asyncio.to_thread(upload_blocking, address, chunks, "s"))
+                small.append(await asyncio.to_thread(upload_sync, address, chunks, label="s"))
             except grpc.RpcError as exc:
                 assert exc.code() == FULL, f"{exc.code()}: {exc.details()}"
                 break

@@ -102,13 +102,23 @@ class AsyncAssetClient:
         upload = _core.Upload(path, label, media_type, tags, pending_asset_id, progress, checksum)
         await asyncio.to_thread(upload.open)
 
-        async def requests() -> AsyncIterator[pb.UploadAssetRequest]:
-            yield upload.header_request()
-            while (request := await asyncio.to_thread(upload.next_request)) is not None:
-                yield request
-
+        # No request iterator: writes are explicit, so they can stop at an early answer.
+        call = self._stub.UploadAsset(timeout=timeout)  # type: ignore[call-arg]
         try:
-            response = await self._stub.UploadAsset(requests(), timeout=timeout)
+            await call.write(upload.header_request())
+            while (request := await asyncio.to_thread(upload.next_request)) is not None:
+                # A server that refuses the upload (a limit, a full disk) answers before the
+                # last chunk; writing on would make grpc's asyncio client replace its status
+                # with "INTERNAL: Internal error from Core" (grpc/grpc#36066), so stop.
+                if call.done():
+                    break
+                try:
+                    await call.write(request)
+                except asyncio.InvalidStateError:
+                    break
+            else:
+                await call.done_writing()
+            response = await call
         except grpc.RpcError as exc:
             raise upload.failure(exc) from exc
         finally:
