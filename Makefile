@@ -8,7 +8,7 @@ TOOLS := tools/node_modules/.installed
 ARGS ?=
 PY_SOURCES := asset_service tests scripts bench clients/python
 
-.PHONY: install run test ferretdb generate lint format bench clean
+.PHONY: install run test soak ferretdb generate lint format bench clean
 
 $(STAMP): pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,12 @@ run: $(STAMP)
 ## test: every test (unit, contract, end to end, grpcurl, buf lint, stubs up to date, lint)
 test: install ferretdb
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+## soak: a long crash loop (300 SIGKILLs under mixed load, each followed by an audit), then
+## load with stalled clients while RSS is watched; exits 1 on any violation
+## (ARGS="--kills 50 --seed 7 --minutes 10 --cross-fs"; scripts/soak --help)
+soak: $(STAMP)
+	$(PY) scripts/soak $(ARGS)
 
 ## ferretdb: build FerretDB into .tools/ (MongoDB wire protocol; CRUD contract cases)
 ferretdb:

@@ -197,8 +197,9 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "--watch-stall-timeout",
         type=positive(float),
         default=float(default("WATCH_STALL_TIMEOUT", "300")),
-        help="seconds a WatchAsset client may leave an event unread before the stream ends "
-        "with UNAVAILABLE (clients resume from their last revision) "
+        help="seconds a WatchAsset stream may stay blocked on a client that does not read "
+        "(its flow-control window full, a few MiB of events in flight) before the stream ends "
+        "with UNAVAILABLE; clients resume from their last revision "
         "[ASSET_SERVICE_WATCH_STALL_TIMEOUT]",
     )
     parser.add_argument(
