@@ -65,6 +65,7 @@ from asset_service.domain.watch import (
     DEFAULT_CATCH_UP_BATCH,
     ChangeHub,
     WatchStream,
+    read_slim,
 )
 from asset_service.domain.watch import (
     WatchEvent as WatchEvent,  # re-exported: the API layer converts it
@@ -629,7 +630,7 @@ class AssetManager:
         ids = list(dict.fromkeys(parse_asset_id(i, "asset_ids entry") for i in asset_ids))
         sub = self.hub.subscribe(ids)
         try:
-            snapshot = await self.store.get_many(ids)
+            snapshot = await read_slim(self.store.get_many, ids, self.limits.watch_catch_up_batch)
             missing = [i for i in ids if i not in snapshot]
             if missing:
                 raise NotFound(f"{len(missing)} asset(s) not found: {shown_list(missing)}")

@@ -13,12 +13,11 @@ from collections.abc import (
     Awaitable,
     Callable,
     Iterable,
-    Iterator,
     Sequence,
 )
 from dataclasses import dataclass
 
-from asset_service.domain.models import Asset, Change, ChangeKind, Resync
+from asset_service.domain.models import Asset, AssetType, Change, ChangeKind, Resync, Status
 
 log = logging.getLogger(__name__)
 
@@ -249,9 +248,33 @@ class WatchEvent:
         return self.asset.revision
 
 
+def _revision(asset: Asset) -> int:
+    return asset.revision
+
+
 def _slim(asset: Asset) -> Asset:
     """What a stream remembers of a sent state: everything but the (large) inline value."""
     return asset if asset.value is None else dataclasses.replace(asset, value=None)
+
+
+def _slimmed(asset: Asset) -> bool:
+    """A state whose inline value was dropped: only AVAILABLE VALUE assets carry one."""
+    return (
+        asset.value is None and asset.type is AssetType.VALUE and asset.status is Status.AVAILABLE
+    )
+
+
+async def read_slim(get_many: GetMany, ids: Sequence[str], batch: int) -> dict[str, Asset]:
+    """Current states of `ids` without their values, read a batch at a time.
+
+    A watch of 1000 VALUE assets of 4 MiB each must not load 4 GB to take its snapshot;
+    values are fetched again, a batch at a time, as the snapshot is sent.
+    """
+    found: dict[str, Asset] = {}
+    for start in range(0, len(ids), max(1, batch)):
+        for asset_id, asset in (await get_many(ids[start : start + batch])).items():
+            found[asset_id] = _slim(asset)
+    return found
 
 
 class WatchStream:
@@ -304,7 +327,7 @@ class WatchStream:
     async def events(self) -> AsyncGenerator[WatchEvent, None]:
         sub = self._sub
         try:
-            for event in self._snapshot_events():
+            async for event in self._snapshot_events():
                 yield event
             while self._follow or not self._finished():
                 change = await sub.next()
@@ -319,11 +342,28 @@ class WatchStream:
         finally:
             sub.close()
 
-    def _snapshot_events(self) -> Iterator[WatchEvent]:
-        # Handed out one by one and then forgotten: a long-lived stream keeps no values.
+    async def _snapshot_events(self) -> AsyncIterator[WatchEvent]:
+        """The snapshot in revision order, values fetched back a batch at a time.
+
+        An AVAILABLE VALUE asset is terminal: the only way its state can differ on the
+        second read is that it was deleted since.
+        """
         snapshot, self._snapshot = self._snapshot or {}, None
-        for asset in sorted(snapshot.values(), key=lambda a: a.revision):
-            if asset.revision > self._after:
+        due = sorted((a for a in snapshot.values() if a.revision > self._after), key=_revision)
+        for start in range(0, len(due), self._batch):
+            part = due[start : start + self._batch]
+            wanted = [a.id for a in part if _slimmed(a)]
+            full = await self._get_many(wanted) if wanted else {}
+            for asset in part:
+                if _slimmed(asset):
+                    record = full.pop(asset.id, None)
+                    if record is None:
+                        # Deleted since the first read. Like a catch-up, the deletion goes
+                        # out with the last revision read, so it never moves the cursor.
+                        self._known[asset.id] = None
+                        yield WatchEvent("DELETED", asset)
+                        continue
+                    asset = record
                 yield WatchEvent("SNAPSHOT", asset)
 
     async def _catch_up(self) -> AsyncIterator[Change]:

@@ -27,6 +27,7 @@ from asset_service.domain.watch import (
     WatchEvent,
     WatchStream,
     change_cost,
+    read_slim,
 )
 
 KiB = 1024
@@ -364,3 +365,40 @@ async def test_catch_up_starts_over_when_the_watcher_lags_again_midway() -> None
     assert [(e.asset.id, e.revision) for e in got] == [("a", 6), ("b", 7), ("d", 8)]
     assert stream.catch_ups == 2
     await events.aclose()
+
+
+async def test_snapshot_of_many_big_values_holds_at_most_one_batch() -> None:
+    """The first read keeps no values; they come back a batch at a time as they are sent."""
+    hub = ChangeHub(buffer_bytes=64 * KiB)
+    store = FakeStore(hub)
+    ids = [f"id-{n:03d}" for n in range(100)]
+    for i in ids:
+        store.commit(i, Status.AVAILABLE, size=256 * KiB)
+    sub = hub.subscribe(ids)
+    snapshot = await read_slim(store.get_many, ids, 8)
+    assert all(a.value is None for a in snapshot.values())
+    assert len(store.copies) == 0, "the first read keeps no record with its value"
+    stream = WatchStream(sub, store.get_many, snapshot, 0, False, 8)
+    alive, events = [], []
+    async for event in stream.events():
+        assert event.asset.value == store.records[event.asset.id].value
+        alive.append(len(store.copies))
+        events.append((event.kind, event.asset.id))
+        del event
+    assert events == [("SNAPSHOT", i) for i in ids]
+    assert max(store.reads) <= 8 and max(alive) <= 8
+
+
+async def test_a_value_deleted_between_the_snapshot_reads_is_reported_deleted() -> None:
+    hub = ChangeHub(buffer_bytes=MiB)
+    store = FakeStore(hub)
+    store.commit("a", Status.AVAILABLE, size=10)
+    store.commit("b", Status.AVAILABLE, size=10)
+    sub = hub.subscribe(["a", "b"])
+    snapshot = await read_slim(store.get_many, ["a", "b"], 8)
+    store.delete("a")  # after the first read, before the values are fetched back
+    stream = WatchStream(sub, store.get_many, snapshot, 0, False, 8)
+    events = [e async for e in stream.events()]
+    assert [(e.kind, e.asset.id) for e in events] == [("DELETED", "a"), ("SNAPSHOT", "b")]
+    check_order(events)  # the deletion carries the revision first read, so stays in order
+    assert hub.subscriber_count == 0
