@@ -120,20 +120,39 @@ def _closing_on_error(fd: int) -> Iterator[None]:
 
 
 def open_dir(root: Path | int, parts: Sequence[str], shown: str, create: bool = False) -> int:
-    """An fd on root/parts[0]/.../parts[-1], a folder; no component may be a symlink."""
+    """An fd on root/parts[0]/.../parts[-1], a folder; no component may be a symlink.
+
+    With `create`, missing folders are made; a walk that loses a race with a concurrent
+    prune of an empty folder (ENOENT under a folder just removed) starts over.
+    """
+    for attempt in range(5):
+        try:
+            return _walk(root, parts, shown, create)
+        except FileNotFoundError:
+            if not create or attempt == 4:
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _walk(root: Path | int, parts: Sequence[str], shown: str, create: bool) -> int:
     fd = os.open(root, DIR_FLAGS) if isinstance(root, Path) else os.dup(root)
     for part in parts:
         with _closing_on_error(fd):
             if create:
-                with contextlib.suppress(FileExistsError):
-                    try:
-                        os.mkdir(part, 0o755, dir_fd=fd)
-                    except OSError as exc:
-                        if exc.errno in NO_SPACE:
-                            raise no_space(exc, shown) from None
-                        raise
+                try:
+                    os.mkdir(part, 0o755, dir_fd=fd)
+                except FileExistsError:
+                    pass
+                except OSError as exc:
+                    if exc.errno in NO_SPACE:
+                        raise no_space(exc, shown) from None
+                    raise  # ENOENT: this folder was just pruned; open_dir starts over
             try:
                 child = os.open(part, DIR_FLAGS, dir_fd=fd)
+            except FileNotFoundError:
+                if create:
+                    raise
+                raise NotFound(f"{shown} does not exist on the server") from None
             except OSError as exc:
                 raise _error_for(exc, shown, part, fd) from None
         os.close(fd)

@@ -446,7 +446,10 @@ class LocalStorage:
                     parts = self.key_parts(intent["final"])
                     asset_id = parse_asset_id(parts[-2])
                 except (OSError, ValueError, KeyError, IndexError, AssetError) as exc:
-                    log.error("unreadable move journal %s (%s); left in place", journal, exc)
+                    # Journals are fsynced whole before anything is linked, so one that does
+                    # not parse (a disk error, a hand edit) was never acted on: drop it.
+                    log.error("dropping unreadable move journal %s (%s)", journal, exc)
+                    journal.unlink(missing_ok=True)
                     continue
                 found.append(Leftover(asset_id, str(self.root.joinpath(*parts)), journal, intent))
         return found
@@ -560,21 +563,28 @@ class LocalStorage:
             folder = folder.parent
 
     def write_intent(self, intent: dict[str, Any]) -> Path:
-        """Durably journal a move before its final name appears (removed once settled)."""
-        journal = self.intents / f"{uuid.uuid4().hex}.json"
+        """Durably journal a move before its final name appears (removed once settled).
+
+        Written whole under a temporary name, fsynced, then renamed: a journal entry that
+        exists is complete, and one that does not parse cannot have been acted on.
+        """
+        name = uuid.uuid4().hex
+        part, journal = self.intents / f"{name}.part", self.intents / f"{name}.json"
         try:
-            fd = os.open(journal, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
             try:
                 os.write(fd, json.dumps(intent).encode())
                 os.fsync(fd)
             finally:
                 os.close(fd)
+            os.rename(part, journal)
             dir_fd = os.open(self.intents, fs.DIR_FLAGS)
             try:
                 fs.fsync_dir(dir_fd)
             finally:
                 os.close(dir_fd)
         except OSError as exc:
+            part.unlink(missing_ok=True)
             journal.unlink(missing_ok=True)
             raise _oserror(exc, "journaling a move") from None
         return journal
