@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import hashlib
 import json
@@ -33,6 +34,7 @@ from asset_service.domain.errors import (
     ManifestBlocked,
     NotFound,
     OutcomeUnknown,
+    ResourceExhausted,
     StorageFull,
     TooLarge,
     brief,
@@ -49,6 +51,7 @@ from asset_service.domain.models import (
     Status,
     Value,
     ValueKind,
+    approx_bytes,
     check_json,
     new_asset_id,
     parse_asset_id,
@@ -79,6 +82,11 @@ DEFAULT_PAGE_SIZE = 100
 MAX_VALUE_BYTES = 4 * 1024 * 1024
 MAX_REASON_CHARS = 4096
 READ_CHUNK_BYTES = 1024 * 1024
+# Records read per store call where many large VALUEs may come back at once.
+READ_BATCH = 16
+# What one response may carry in records: under a default grpc client's 4 MiB receive
+# limit, with room for the envelope (a page always holds at least one record).
+MAX_RESPONSE_BYTES = 3 * 1024 * 1024 + 512 * 1024
 
 
 @dataclass(frozen=True)
@@ -272,7 +280,19 @@ class AssetManager:
         if len(asset_ids) > MAX_BATCH:
             raise InvalidArgument(f"{len(asset_ids)} ids given; the limit is {MAX_BATCH}")
         ids = [parse_asset_id(i, "asset_ids entry") for i in asset_ids]
-        found = await self.store.get_many(sorted(set(ids)))
+        found: dict[str, Asset] = {}
+        used = 0
+        unique = sorted(set(ids))
+        for start in range(0, len(unique), READ_BATCH):
+            part = await self.store.get_many(unique[start : start + READ_BATCH])
+            used += sum(approx_bytes(a) for a in part.values())
+            if used > MAX_RESPONSE_BYTES:
+                raise ResourceExhausted(
+                    f"the {len(unique)} assets asked for weigh more than the "
+                    f"{MAX_RESPONSE_BYTES / 1024**2:g} MiB a response may carry (their VALUEs); "
+                    "ask for fewer ids, or page with ListAssets"
+                )
+            found.update(part)
         missing = [i for i in dict.fromkeys(ids) if i not in found]
         if missing:
             raise NotFound(f"{len(missing)} asset(s) not found: {shown_list(missing)}")
@@ -283,7 +303,8 @@ class AssetManager:
             raise InvalidArgument(f"page_size must not be negative (got {page_size})")
         size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
         validate_tags(flt.tags)
-        return await self.store.query(flt, size, page_token)
+        # A page of large VALUEs ends early (next_page_token set) to fit one response.
+        return await self.store.query(flt, size, page_token, MAX_RESPONSE_BYTES)
 
     async def read(self, asset_id: str, offset: int, limit: int) -> AsyncIterator[bytes]:
         """Check first (so errors come before any chunk), then return the chunk stream."""
@@ -661,7 +682,13 @@ class AssetManager:
                     f"manifest key {shown(key)} is empty or has control characters"
                 )
             ids[key] = parse_asset_id(raw, f"asset id of key {shown(key)}")
-        assets = await self.store.get_many(sorted(set(ids.values())))
+        # Read a batch at a time, keeping no values: 1000 inputs of 4 MiB VALUEs must not
+        # load 4 GB. Values are fetched back a batch at a time as their files are written.
+        unique = sorted(set(ids.values()))
+        assets: dict[str, Asset] = {}
+        for start in range(0, len(unique), READ_BATCH):
+            part = await self.store.get_many(unique[start : start + READ_BATCH])
+            assets.update((i, dataclasses.replace(a, value=None)) for i, a in part.items())
         blocking = []
         for key, asset_id in ids.items():
             asset = assets.get(asset_id)
@@ -683,9 +710,22 @@ class AssetManager:
                     ) from None
         folder = self.storage.scratch_dir("manifests")
         try:
-            return await asyncio.to_thread(
-                _write_manifest, folder, ids, assets, dict(config_params)
-            )
+            paths = {a.id: a.storage_path for a in assets.values() if a.type is AssetType.FILE}
+            values = [a.id for a in assets.values() if a.type is AssetType.VALUE]
+            for start in range(0, len(values), READ_BATCH):
+                wanted = values[start : start + READ_BATCH]
+                part = await self.store.get_many(wanted)
+                gone = [
+                    BlockingAsset(k, i, "NOT_FOUND")
+                    for k, i in ids.items()
+                    if i in wanted and i not in part
+                ]
+                if gone:
+                    raise ManifestBlocked(gone)  # deleted while the manifest was written
+                paths.update(await asyncio.to_thread(_write_values, folder, list(part.values())))
+            entries = {key: paths[asset_id] for key, asset_id in ids.items()}
+            path = await asyncio.to_thread(_write_index, folder, entries, dict(config_params))
+            return Manifest(path, entries)
         except BaseException as exc:
             await asyncio.to_thread(_remove_tree, folder)
             if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -766,27 +806,25 @@ def _write_atomic(path: Path, data: bytes) -> None:
     tmp.replace(path)
 
 
-def _write_manifest(
-    folder: Path, ids: dict[str, str], assets: dict[str, Asset], config: dict[str, Any]
-) -> Manifest:
-    entries: dict[str, str] = {}
+def _write_values(folder: Path, assets: list[Asset]) -> dict[str, str]:
+    """Each VALUE asset's content as values/<asset-id>.<suffix>; {asset id: path}."""
     values_dir = folder / "values"
-    for key, asset_id in ids.items():
-        asset = assets[asset_id]
-        if asset.type is AssetType.FILE:
-            entries[key] = asset.storage_path
-            continue
+    values_dir.mkdir(exist_ok=True)
+    written = {}
+    for asset in assets:
         assert asset.value is not None
-        values_dir.mkdir(exist_ok=True)
         # Named by asset id, never by the (untrusted) key or label.
         target = values_dir / f"{asset.id}{asset.value.kind.suffix}"
-        if not target.exists():
-            _write_atomic(target, asset.value.data)
-        entries[key] = str(target)
+        _write_atomic(target, asset.value.data)
+        written[asset.id] = str(target)
+    return written
+
+
+def _write_index(folder: Path, entries: dict[str, str], config: dict[str, Any]) -> Path:
     manifest_path = folder / "input_data.json"
     body = {"inputs": entries, "config_params": config}
     _write_atomic(manifest_path, json.dumps(body, indent=2, sort_keys=True).encode() + b"\n")
-    return Manifest(manifest_path, entries)
+    return manifest_path
 
 
 def _remove_tree(folder: Path) -> None:

@@ -41,8 +41,12 @@ class MetadataStore(Protocol):
 
     async def get_many(self, asset_ids: Sequence[str]) -> dict[str, Asset]: ...
 
-    async def query(self, flt: AssetFilter, limit: int, page_token: str) -> Page:
-        """Oldest first; raise InvalidArgument for a token this store did not issue."""
+    async def query(
+        self, flt: AssetFilter, limit: int, page_token: str, max_bytes: int | None = None
+    ) -> Page:
+        """Oldest first, at most `limit` records; raise InvalidArgument for a token this
+        store did not issue. With `max_bytes`, the page also ends before the records'
+        approx_bytes() would pass it (it always holds at least one record)."""
 
     async def transition(
         self,

@@ -17,7 +17,16 @@ from collections.abc import (
 )
 from dataclasses import dataclass
 
-from asset_service.domain.models import Asset, AssetType, Change, ChangeKind, Resync, Status
+from asset_service.domain.models import (
+    RECORD_OVERHEAD_BYTES,
+    Asset,
+    AssetType,
+    Change,
+    ChangeKind,
+    Resync,
+    Status,
+    approx_bytes,
+)
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +34,7 @@ DEFAULT_BUFFER_BYTES = 4 * 1024 * 1024
 # What one buffered change costs besides its variable fields: the record's fixed fields
 # (id, sha256, task id, datetimes) and the Python objects around them. tracemalloc puts a
 # change with short strings at ~0.95 KiB.
-EVENT_OVERHEAD_BYTES = 1024
+EVENT_OVERHEAD_BYTES = RECORD_OVERHEAD_BYTES
 # Records a catch-up reads per store call; each may carry a VALUE of up to 4 MiB.
 DEFAULT_CATCH_UP_BATCH = 16
 # How long a catch-up waits for the change feed to deliver what the store already shows.
@@ -37,13 +46,7 @@ GetMany = Callable[[Sequence[str]], Awaitable[dict[str, Asset]]]
 
 def change_cost(change: Change) -> int:
     """An estimate of the memory a buffered change holds: its variable fields + overhead."""
-    asset = change.asset
-    size = EVENT_OVERHEAD_BYTES + len(asset.label) + len(asset.failure_reason)
-    size += len(asset.media_type) + len(asset.storage_path) + len(asset.fulfilled_from)
-    size += sum(len(tag) for tag in asset.tags)
-    if asset.value is not None:
-        size += len(asset.value.data)
-    return size
+    return approx_bytes(change.asset)
 
 
 class Subscription:

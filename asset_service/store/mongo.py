@@ -40,7 +40,7 @@ from asset_service.domain.models import (
     Value,
     ValueKind,
 )
-from asset_service.store import _tokens
+from asset_service.store import _paging
 
 log = logging.getLogger(__name__)
 
@@ -138,11 +138,16 @@ def doc_to_asset(doc: Mapping[str, Any]) -> Asset:
 
 
 def encode_token(seq: int) -> str:
-    return _tokens.encode_token("mongo", seq)
+    return _paging.encode_token("mongo", seq)
 
 
 def decode_token(token: str) -> int:
-    return _tokens.decode_token("mongo", token)
+    return _paging.decode_token("mongo", token)
+
+
+def _doc_bytes(doc: Mapping[str, Any]) -> int:
+    value = doc.get("value_content")
+    return len(value) if isinstance(value, bytes | str) else 0
 
 
 def _unavailable(exc: PyMongoError) -> Unavailable:
@@ -520,7 +525,9 @@ class MongoStore:
             raise _unavailable(exc) from exc
         return found
 
-    async def query(self, flt: AssetFilter, limit: int, page_token: str) -> Page:
+    async def query(
+        self, flt: AssetFilter, limit: int, page_token: str, max_bytes: int | None = None
+    ) -> Page:
         after = decode_token(page_token) if page_token else 0
         where: Doc = {"seq": {"$gt": after}}
         if flt.status is not None:
@@ -533,15 +540,26 @@ class MongoStore:
             where["label"] = flt.label
         if flt.tags:
             where["tags"] = {"$all": list(flt.tags)}
+        cursor = self._assets.find(where).sort("seq", ASCENDING).limit(limit + 1)
+        docs: list[Doc] = []
+        used, full = 0, False
         try:
-            cursor = self._assets.find(where).sort("seq", ASCENDING).limit(limit + 1)
-            docs = [doc async for doc in cursor]
+            # Read only what the page can hold, plus one document past it (so that
+            # fill_page knows more follow): the rest stays on the server.
+            async for doc in cursor:
+                docs.append(doc)
+                if len(docs) > limit or full:
+                    break
+                used += _doc_bytes(doc)
+                full = max_bytes is not None and used > max_bytes
         except PyMongoError as exc:
             raise _unavailable(exc) from exc
-        more = len(docs) > limit
-        docs = docs[:limit]
-        token = encode_token(int(docs[-1]["seq"])) if more and docs else ""
-        return Page([doc_to_asset(d) for d in docs], token)
+        finally:
+            await cursor.close()
+        assets, last = _paging.fill_page(
+            docs, limit, max_bytes, doc_to_asset, lambda d: int(d["seq"])
+        )
+        return Page(assets, encode_token(last) if last is not None else "")
 
     # --- writes -----------------------------------------------------------------------
 

@@ -35,7 +35,7 @@ from asset_service.domain.models import (
     Value,
     ValueKind,
 )
-from asset_service.store import _tokens
+from asset_service.store import _paging
 from asset_service.store._reserve import DiskReserve
 
 log = logging.getLogger(__name__)
@@ -128,11 +128,11 @@ def _is_full(exc: sqlite3.Error) -> bool:
 
 
 def encode_token(seq: int) -> str:
-    return _tokens.encode_token("sqlite", seq)
+    return _paging.encode_token("sqlite", seq)
 
 
 def decode_token(token: str) -> int:
-    return _tokens.decode_token("sqlite", token)
+    return _paging.decode_token("sqlite", token)
 
 
 class SqliteStore:
@@ -280,7 +280,9 @@ class SqliteStore:
 
         return await self._run(q) if ids else {}
 
-    async def query(self, flt: AssetFilter, limit: int, page_token: str) -> Page:
+    async def query(
+        self, flt: AssetFilter, limit: int, page_token: str, max_bytes: int | None = None
+    ) -> Page:
         after = decode_token(page_token) if page_token else 0
         where: list[str] = ["seq > ?"]
         args: list[object] = [after]
@@ -302,11 +304,15 @@ class SqliteStore:
         sql = f"SELECT seq, {COLUMNS} FROM assets WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?"
 
         def q(c: sqlite3.Connection) -> Page:
-            rows = c.execute(sql, (*args, limit + 1)).fetchall()
-            more = len(rows) > limit
-            rows = rows[:limit]
-            token = encode_token(rows[-1]["seq"]) if more else ""
-            return Page([_row_to_asset(r) for r in rows], token)
+            # Rows are read one at a time, so a page that stops at max_bytes reads no more.
+            rows = c.execute(sql, (*args, limit + 1))
+            try:
+                assets, last = _paging.fill_page(
+                    rows, limit, max_bytes, _row_to_asset, lambda r: int(r["seq"])
+                )
+            finally:
+                rows.close()
+            return Page(assets, encode_token(last) if last is not None else "")
 
         return await self._run(q)
 

@@ -257,6 +257,32 @@ async def test_pagination_has_no_duplicates_or_gaps(backend: Backend, page_size:
     assert len(exact.assets) == 23 and exact.next_token == ""
 
 
+async def test_pages_end_early_at_max_bytes_and_lose_nothing(backend: Backend) -> None:
+    """Big VALUEs: a page stops before passing max_bytes, always holds one, and the pages
+    together list every record exactly once, in order."""
+    store = backend.store
+    big = 256 * 1024
+    made = []
+    for i in range(7):
+        asset = value_asset(f"big{i}")
+        data = bytes([i]) * (big * 3 if i == 3 else big)  # one record alone over the budget
+        asset = Asset(**{**asset.__dict__, "value": Value(ValueKind.BYTES, data)})
+        made.append((await store.insert(asset)).id)
+    pages, token = [], ""
+    while True:
+        page = await store.query(AssetFilter(), 100, token, max_bytes=2 * big + 4096)
+        assert page.assets, "a page always holds at least one record"
+        pages.append([a.id for a in page.assets])
+        token = page.next_token
+        if not token:
+            break
+    assert [i for page in pages for i in page] == made
+    assert max(len(page) for page in pages) == 2
+    assert [made[3]] in pages, "a record over the budget comes alone"
+    unbounded = await store.query(AssetFilter(), 100, "")
+    assert [a.id for a in unbounded.assets] == made and unbounded.next_token == ""
+
+
 @pytest.mark.parametrize(
     "token",
     [
