@@ -440,7 +440,12 @@ class AssetManager:
                 raise
             except BaseException as exc:
                 stored = await self._confirm(asset_id, path, blob, exc)
-            await blob.finish()
+            try:
+                await blob.finish()
+            except Exception:
+                # The record is committed, so the call succeeded; what is left (a source
+                # not yet removed) stays journaled and the next start-up completes it.
+                log.exception("asset %s committed, but completing its move failed", asset_id)
             return stored
 
         task = asyncio.create_task(run())
