@@ -48,11 +48,12 @@ generate: install
 	$(PY) scripts/gen_protos.py
 	bash scripts/gen_clients.sh
 
-## lint: ruff, mypy --strict, buf lint
+## lint: ruff, mypy --strict, import-linter (layering), buf lint
 lint: install
 	$(VENV)/bin/ruff check $(PY_SOURCES)
 	$(VENV)/bin/ruff format --check $(PY_SOURCES)
 	$(VENV)/bin/mypy asset_service clients/python/asset_client
+	$(VENV)/bin/lint-imports
 	tools/node_modules/.bin/buf lint
 
 format: install

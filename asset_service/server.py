@@ -24,6 +24,7 @@ from asset_service.domain.manager import AssetManager, Limits
 from asset_service.domain.ports import MetadataStore
 from asset_service.storage.imports import ImportRoots
 from asset_service.storage.local import LocalStorage
+from asset_service.storage.manifests import LocalManifests
 from asset_service.store import open_store
 
 log = logging.getLogger(__name__)
@@ -145,7 +146,7 @@ async def start(settings: Settings, store: MetadataStore | None = None) -> Runni
         manifest_ttl_seconds=settings.manifest_ttl_seconds,
         watch_buffer_bytes=settings.watch_buffer_bytes,
     )
-    manager = AssetManager(store, storage, limits)
+    manager = AssetManager(store, storage, limits, LocalManifests(settings.storage_root))
     await manager.start()
 
     # Over the limit, HTTP/2 makes a client's further calls on that connection wait for a

@@ -38,3 +38,10 @@ def test_ruff_is_clean() -> None:
 def test_mypy_strict_is_clean() -> None:
     result = run(str(BIN / "mypy"), "asset_service", "clients/python/asset_client")
     assert result.returncode == 0, result.stdout
+
+
+def test_layering_contract_is_kept() -> None:
+    """import-linter: the domain imports no adapter, protobuf, driver or file-system module."""
+    result = run(str(BIN / "lint-imports"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 broken" in result.stdout

@@ -8,13 +8,14 @@ from google.protobuf import struct_pb2
 
 from asset_service._proto.asset.v1 import asset_service_pb2 as pb
 from asset_service.domain.errors import InvalidArgument
-from asset_service.domain.manager import UploadHeader, WatchEvent
+from asset_service.domain.manager import WatchEvent
 from asset_service.domain.models import (
     MAX_JSON_DEPTH,
     Asset,
     AssetFilter,
     AssetType,
     Status,
+    UploadHeader,
     Value,
     ValueKind,
     check_json_data,

@@ -1,46 +1,34 @@
-"""The AssetManager: the state machine, uploads, fulfilment, watch and manifests."""
+"""The AssetManager: every use case of the service, over its ports."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
-import errno
-import hashlib
-import json
 import logging
-import os
-import shutil
 from collections.abc import (
     AsyncGenerator,
     AsyncIterator,
-    Awaitable,
-    Callable,
     Mapping,
     Sequence,
 )
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
+from asset_service.domain.commits import Committer, Handover
 from asset_service.domain.errors import (
-    AssetError,
-    BlockingAsset,
     Conflict,
     FailedPrecondition,
     IntegrityError,
     InvalidArgument,
-    ManifestBlocked,
     NotFound,
-    OutcomeUnknown,
     ResourceExhausted,
-    StorageFull,
     TooLarge,
     brief,
     shown,
     shown_list,
 )
+from asset_service.domain.manifests import Manifest, build_manifest
 from asset_service.domain.models import (
     Asset,
     AssetFilter,
@@ -49,10 +37,9 @@ from asset_service.domain.models import (
     Fulfilment,
     Page,
     Status,
+    UploadHeader,
     Value,
-    ValueKind,
     approx_bytes,
-    check_json,
     new_asset_id,
     parse_asset_id,
     validate_label,
@@ -62,7 +49,8 @@ from asset_service.domain.models import (
     validate_tags,
     validate_task_id,
 )
-from asset_service.domain.ports import BlobStorage, MetadataStore, StagedBlob
+from asset_service.domain.ports import BlobStorage, ManifestStore, MetadataStore, StagedBlob
+from asset_service.domain.values import parse_value, value_sha256
 from asset_service.domain.watch import (
     DEFAULT_BUFFER_BYTES,
     DEFAULT_CATCH_UP_BATCH,
@@ -79,7 +67,6 @@ log = logging.getLogger(__name__)
 MAX_BATCH = 1000
 MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 100
-MAX_VALUE_BYTES = 4 * 1024 * 1024
 MAX_REASON_CHARS = 4096
 READ_CHUNK_BYTES = 1024 * 1024
 # Records read per store call where many large VALUEs may come back at once.
@@ -98,22 +85,6 @@ class Limits:
     watch_buffer_bytes: int = DEFAULT_BUFFER_BYTES
     # Records a lagging watcher reads from the store per call while it catches up.
     watch_catch_up_batch: int = DEFAULT_CATCH_UP_BATCH
-
-
-@dataclass(frozen=True)
-class UploadHeader:
-    label: str = ""
-    media_type: str = ""
-    tags: tuple[str, ...] = ()
-    expected_size_bytes: int | None = None
-    expected_sha256: str = ""
-    pending_asset_id: str = ""
-
-
-@dataclass(frozen=True)
-class Manifest:
-    path: Path
-    entries: dict[str, str] = field(default_factory=dict)
 
 
 def _now() -> datetime:
@@ -141,54 +112,37 @@ class _KeyedLocks:
                 self._locks[key] = (lock, users - 1)
 
 
-def parse_value(kind: ValueKind, data: bytes) -> Value:
-    if len(data) > MAX_VALUE_BYTES:
-        raise InvalidArgument(
-            f"value is {len(data)} bytes; the limit is {MAX_VALUE_BYTES} (upload a FILE instead)"
-        )
-    if kind is not ValueKind.BYTES:
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError:
-            raise InvalidArgument(f"{kind.value.lower()} value is not valid UTF-8") from None
-        if kind is ValueKind.JSON:
-            check_json(text, "json value")
-    return Value(kind, data)
-
-
-def _value_sha256(value: Value) -> str:
-    return hashlib.sha256(value.data).hexdigest()
-
-
 class AssetManager:
     """Every use case of the service, over a MetadataStore and a BlobStorage."""
 
-    def __init__(self, store: MetadataStore, storage: BlobStorage, limits: Limits) -> None:
+    def __init__(
+        self,
+        store: MetadataStore,
+        storage: BlobStorage,
+        limits: Limits,
+        manifests: ManifestStore | None = None,
+    ) -> None:
         self.store = store
         self.storage = storage
         self.limits = limits
+        self.manifests = manifests
         self.hub = ChangeHub(limits.watch_buffer_bytes)
+        self.commits = Committer(store)
         self._locks = _KeyedLocks()
-        # Record writes in flight: they run to the end even if their RPC is cancelled.
-        self._publishing: set[asyncio.Task[Asset]] = set()
-        # Bytes whose record write had an unknown outcome: settled once the store answers.
-        self._unsettled: list[_Unsettled] = []
 
     # --- lifecycle ------------------------------------------------------------------
 
     async def start(self) -> None:
         await self.storage.open()
+        if self.manifests is not None:
+            await self.manifests.open()
         await self.store.open()
         await self.recover()
         await self.reconcile()
         self.hub.start(self.store.changes())
 
     async def stop(self) -> None:
-        if self._publishing:
-            await asyncio.wait(set(self._publishing), timeout=30)
-        await self.settle_unsettled()
-        for item in self._unsettled:
-            item.blob.abandon()  # the next start-up settles them from the journal
+        await self.commits.stop()
         await self.hub.close()
         await self.store.close()
         await self.storage.close()
@@ -214,26 +168,14 @@ class AssetManager:
         return len(leftovers)
 
     async def settle_unsettled(self) -> int:
-        """Retry what an ambiguous record write left: keep or drop the bytes by the record."""
-        settled = 0
-        for item in list(self._unsettled):
-            try:
-                found = await self.store.get(item.asset_id)
-            except AssetError:
-                continue
-            if found is not None and found.storage_path == item.storage_path:
-                await item.blob.finish()
-            else:
-                await item.blob.rollback()
-            self._unsettled.remove(item)
-            settled += 1
-        return settled
+        """Settle record writes whose outcome was unknown (the server calls this often)."""
+        return await self.commits.settle()
 
     async def sweep_manifests(self) -> int:
         """Remove manifest folders older than the TTL (tasks read them when they start)."""
-        if self.limits.manifest_ttl_seconds <= 0:
+        if self.limits.manifest_ttl_seconds <= 0 or self.manifests is None:
             return 0
-        removed = await self.storage.sweep_scratch("manifests", self.limits.manifest_ttl_seconds)
+        removed = await self.manifests.sweep(self.limits.manifest_ttl_seconds)
         if removed:
             log.info("removed %d manifest folder(s) past their TTL", removed)
         return removed
@@ -353,7 +295,7 @@ class AssetManager:
             validate_label(header.label)
 
         writer = self.storage.new_writer()
-        with _Handover(writer) as handover:
+        with Handover(writer) as handover:
             async for chunk in chunks:
                 if writer.size_bytes + len(chunk) > limit:
                     raise TooLarge(
@@ -380,12 +322,12 @@ class AssetManager:
         media_type = validate_media_type(media_type, "application/octet-stream")
         tag_tuple = validate_tags(tags)
         staged = await self.storage.adopt(path, move=move)
-        with _Handover(staged) as handover:
+        with Handover(staged) as handover:
             return await self._insert_file(handover, label, media_type, tag_tuple)
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _insert_file(
-        self, handover: _Handover, label: str, media_type: str, tags: tuple[str, ...]
+        self, handover: Handover, label: str, media_type: str, tags: tuple[str, ...]
     ) -> Asset:
         """Bytes into uploads/, then the AVAILABLE record."""
         blob = handover.blob
@@ -407,70 +349,9 @@ class AssetManager:
                 sha256=blob.sha256,
             )
 
-        return await self._publish(
+        return await self.commits.publish(
             handover, asset_id, key, lambda path: self.store.insert(record(path))
         )
-
-    async def _publish(
-        self,
-        handover: _Handover,
-        asset_id: str,
-        key: str,
-        write: Callable[[str], Awaitable[Asset]],
-    ) -> Asset:
-        """Commit the bytes to `key`, write the record that points at them, settle the blob.
-
-        Runs as its own task: once the record write may have been sent, the RPC's
-        cancellation (or deadline) can no longer stop it halfway. A write whose outcome is
-        unknown (an error after it may have applied) is settled by re-reading the record;
-        bytes are removed only once the record is known not to point at them.
-        """
-        blob = handover.take()
-
-        async def run() -> Asset:
-            try:
-                path = await blob.commit(key)
-            except BaseException:
-                await blob.rollback()
-                raise
-            try:
-                stored = await write(path)
-            except (Conflict, NotFound, InvalidArgument, FailedPrecondition):
-                await blob.rollback()  # a definite "no": nothing was written
-                raise
-            except BaseException as exc:
-                stored = await self._confirm(asset_id, path, blob, exc)
-            try:
-                await blob.finish()
-            except Exception:
-                # The record is committed, so the call succeeded; what is left (a source
-                # not yet removed) stays journaled and the next start-up completes it.
-                log.exception("asset %s committed, but completing its move failed", asset_id)
-            return stored
-
-        task = asyncio.create_task(run())
-        self._publishing.add(task)
-        task.add_done_callback(self._publishing.discard)
-        return await asyncio.shield(task)
-
-    async def _confirm(
-        self, asset_id: str, path: str, blob: StagedBlob, cause: BaseException
-    ) -> Asset:
-        """After a failed record write: the record if it applied after all, else roll back."""
-        try:
-            found = await self.store.get(asset_id)
-        except BaseException:
-            self._unsettled.append(_Unsettled(asset_id, path, blob))
-            log.warning("record write of asset %s has an unknown outcome: %s", asset_id, cause)
-            raise OutcomeUnknown(
-                f"the record of asset {asset_id} may or may not have been written ({cause}); "
-                "its bytes are kept: re-read it with GetAsset before retrying"
-            ) from cause
-        if found is not None and found.storage_path == path and found.status is Status.AVAILABLE:
-            log.warning("record write of asset %s reported %r but had applied", asset_id, cause)
-            return found
-        await blob.rollback()
-        raise cause
 
     async def create_value(
         self, label: str, media_type: str, value: Value, tags: Sequence[str]
@@ -490,7 +371,7 @@ class AssetManager:
             value=value,
             tags=validate_tags(tags),
             size_bytes=len(value.data),
-            sha256=_value_sha256(value),
+            sha256=value_sha256(value),
         )
         return await self.store.insert(asset)
 
@@ -532,7 +413,7 @@ class AssetManager:
                     # A retry of the fulfil that moved this very file: same answer.
                     return current
                 raise
-            with _Handover(staged) as handover:
+            with Handover(staged) as handover:
                 if expected_sha and staged.sha256 != expected_sha:
                     raise IntegrityError(
                         f"{shown(source)} has sha256 {staged.sha256}, expected {expected_sha}"
@@ -544,7 +425,7 @@ class AssetManager:
         asset_id = parse_asset_id(asset_id)
         expected_sha = validate_sha256(expected_sha)
         value = parse_value(value.kind, value.data)
-        digest = _value_sha256(value)
+        digest = value_sha256(value)
         if expected_sha and digest != expected_sha:
             raise IntegrityError(f"value has sha256 {digest}, expected {expected_sha}")
         async with self._locks.hold(asset_id):
@@ -602,7 +483,7 @@ class AssetManager:
             raise FailedPrecondition(_not_pending(asset, "fulfilled"))
 
     async def _fulfil_with_blob(
-        self, current: Asset, handover: _Handover, media_type: str, origin: str
+        self, current: Asset, handover: Handover, media_type: str, origin: str
     ) -> Asset:
         """Commit staged bytes as the content of `current`, a FILE asset read under its lock.
 
@@ -624,7 +505,7 @@ class AssetManager:
                 media_type=media_type,
             )
 
-        return await self._publish(
+        return await self.commits.publish(
             handover, current.id, key, lambda path: self._transition(current, change(path))
         )
 
@@ -678,98 +559,11 @@ class AssetManager:
     async def manifest(
         self, mappings: Mapping[str, str], config_params: Mapping[str, Any]
     ) -> Manifest:
-        if len(mappings) > MAX_BATCH:
-            raise InvalidArgument(f"{len(mappings)} mappings given; the limit is {MAX_BATCH}")
-        ids: dict[str, str] = {}
-        for key, raw in sorted(mappings.items()):
-            if not key or any(ord(c) < 32 for c in key):
-                raise InvalidArgument(
-                    f"manifest key {shown(key)} is empty or has control characters"
-                )
-            ids[key] = parse_asset_id(raw, f"asset id of key {shown(key)}")
-        # Read a batch at a time, keeping no values: 1000 inputs of 4 MiB VALUEs must not
-        # load 4 GB. Values are fetched back a batch at a time as their files are written.
-        unique = sorted(set(ids.values()))
-        assets: dict[str, Asset] = {}
-        for start in range(0, len(unique), READ_BATCH):
-            part = await self.store.get_many(unique[start : start + READ_BATCH])
-            assets.update((i, dataclasses.replace(a, value=None)) for i, a in part.items())
-        blocking = []
-        for key, asset_id in ids.items():
-            asset = assets.get(asset_id)
-            if asset is None:
-                blocking.append(BlockingAsset(key, asset_id, "NOT_FOUND"))
-            elif asset.status is not Status.AVAILABLE:
-                blocking.append(
-                    BlockingAsset(key, asset_id, asset.status.value, asset.failure_reason)
-                )
-        if blocking:
-            raise ManifestBlocked(blocking)
-        for asset in assets.values():
-            if asset.type is AssetType.FILE:
-                try:
-                    await self.storage.check(asset.storage_path, asset.size_bytes)
-                except IntegrityError as exc:
-                    raise IntegrityError(
-                        f"asset {asset.id} is AVAILABLE but {exc.message}"
-                    ) from None
-        folder = self.storage.scratch_dir("manifests")
-        try:
-            paths = {a.id: a.storage_path for a in assets.values() if a.type is AssetType.FILE}
-            values = [a.id for a in assets.values() if a.type is AssetType.VALUE]
-            for start in range(0, len(values), READ_BATCH):
-                wanted = values[start : start + READ_BATCH]
-                part = await self.store.get_many(wanted)
-                gone = [
-                    BlockingAsset(k, i, "NOT_FOUND")
-                    for k, i in ids.items()
-                    if i in wanted and i not in part
-                ]
-                if gone:
-                    raise ManifestBlocked(gone)  # deleted while the manifest was written
-                paths.update(await asyncio.to_thread(_write_values, folder, list(part.values())))
-            entries = {key: paths[asset_id] for key, asset_id in ids.items()}
-            path = await asyncio.to_thread(_write_index, folder, entries, dict(config_params))
-            return Manifest(path, entries)
-        except BaseException as exc:
-            await asyncio.to_thread(_remove_tree, folder)
-            if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise StorageFull(
-                    "storage is full (writing a manifest); free space, e.g. delete assets "
-                    "with DeleteAsset, or give the server a bigger volume"
-                ) from None
-            raise
-
-
-@dataclass
-class _Unsettled:
-    asset_id: str
-    storage_path: str
-    blob: StagedBlob
-
-
-class _Handover:
-    """Owns a staged blob until _publish takes it; rolls it back if the request fails first.
-
-    After the handover the publishing task alone decides between finish and rollback, so a
-    cancelled RPC can never remove bytes that a record may already point at.
-    """
-
-    def __init__(self, blob: StagedBlob) -> None:
-        self.blob = blob
-        self._taken = False
-
-    def take(self) -> StagedBlob:
-        self._taken = True
-        return self.blob
-
-    def __enter__(self) -> _Handover:
-        return self
-
-    def __exit__(self, kind: object, exc: object, tb: object) -> None:
-        if not self._taken:
-            # Plain (synchronous) cleanup: this may run while a cancelled RPC unwinds.
-            self.blob.discard()
+        if self.manifests is None:
+            raise FailedPrecondition("this server has no manifest store; GetManifest is off")
+        return await build_manifest(
+            self.store, self.storage, self.manifests, mappings, config_params
+        )
 
 
 async def _naming(asset_id: str, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
@@ -800,37 +594,3 @@ def _not_pending(asset: Asset, verb: str) -> str:
 async def _chunks_of(data: bytes) -> AsyncIterator[bytes]:
     for start in range(0, len(data), READ_CHUNK_BYTES):
         yield data[start : start + READ_CHUNK_BYTES]
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".part")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    tmp.replace(path)
-
-
-def _write_values(folder: Path, assets: list[Asset]) -> dict[str, str]:
-    """Each VALUE asset's content as values/<asset-id>.<suffix>; {asset id: path}."""
-    values_dir = folder / "values"
-    values_dir.mkdir(exist_ok=True)
-    written = {}
-    for asset in assets:
-        assert asset.value is not None
-        # Named by asset id, never by the (untrusted) key or label.
-        target = values_dir / f"{asset.id}{asset.value.kind.suffix}"
-        _write_atomic(target, asset.value.data)
-        written[asset.id] = str(target)
-    return written
-
-
-def _write_index(folder: Path, entries: dict[str, str], config: dict[str, Any]) -> Path:
-    manifest_path = folder / "input_data.json"
-    body = {"inputs": entries, "config_params": config}
-    _write_atomic(manifest_path, json.dumps(body, indent=2, sort_keys=True).encode() + b"\n")
-    return manifest_path
-
-
-def _remove_tree(folder: Path) -> None:
-    shutil.rmtree(folder, ignore_errors=True)

@@ -11,7 +11,6 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import PurePosixPath
 from typing import Any
 
 from asset_service.domain.errors import InvalidArgument, shown
@@ -132,6 +131,18 @@ class Resync:
     """
 
     reason: str
+
+
+@dataclass(frozen=True)
+class UploadHeader:
+    """What an upload declares before its bytes."""
+
+    label: str = ""
+    media_type: str = ""
+    tags: tuple[str, ...] = ()
+    expected_size_bytes: int | None = None
+    expected_sha256: str = ""
+    pending_asset_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -359,5 +370,4 @@ def safe_file_name(label: str, fallback: str = "content") -> str:
     """A file name derived from a label that is safe on any filesystem."""
     cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", label).strip("._")
     cleaned = cleaned[:120]
-    name = PurePosixPath(cleaned).name if cleaned else ""
-    return name or fallback
+    return cleaned or fallback  # no '/' survives the substitution: a name, never a path

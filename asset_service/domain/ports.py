@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import datetime
-from pathlib import Path
 from typing import Any, Protocol
 
 from asset_service.domain.models import (
@@ -22,7 +21,7 @@ from asset_service.domain.models import (
 class MetadataStore(Protocol):
     """Asset records. Every write assigns the next revision of one store-wide counter.
 
-    Implementations: store/sqlite.py (embedded default), store/mongo.py (production).
+    Implementations: store/sqlite.py (embedded default), store/mongo/ (production).
     The contract suite in tests/contract runs against every one of them.
     """
 
@@ -162,8 +161,28 @@ class BlobStorage(Protocol):
         period decides (the same one that lets a commit replace a crash leftover).
         """
 
-    def scratch_dir(self, purpose: str) -> Path:
-        """A new private directory under tmp/ (manifests, value files)."""
 
-    async def sweep_scratch(self, purpose: str, older_than_seconds: float) -> int:
-        """Remove scratch directories of `purpose` older than that; return how many."""
+class ManifestDraft(Protocol):
+    """One manifest being written; nothing is visible until finish()."""
+
+    async def add_file(self, asset: Asset) -> str:
+        """A local absolute path holding a FILE input's bytes (materialized if need be)."""
+
+    async def add_values(self, assets: Sequence[Asset]) -> dict[str, str]:
+        """Write each VALUE's content to a local file; {asset id: absolute path}."""
+
+    async def finish(self, entries: Mapping[str, str], config: Mapping[str, Any]) -> str:
+        """Write input_data.json ({"inputs": entries, "config_params": config}); its path."""
+
+    async def discard(self) -> None: ...
+
+
+class ManifestStore(Protocol):
+    """Where manifests (input_data.json and VALUE files) are written for command-line tasks."""
+
+    async def open(self) -> None: ...
+
+    async def create(self) -> ManifestDraft: ...
+
+    async def sweep(self, older_than_seconds: float) -> int:
+        """Remove manifests older than that; return how many."""

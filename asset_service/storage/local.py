@@ -402,7 +402,6 @@ class LocalStorage:
         try:
             for folder in (self.uploads, self.generated, self._staging_parent):
                 folder.mkdir(parents=True, exist_ok=True)
-            (self.tmp / "manifests").mkdir(exist_ok=True)
             self.staging.mkdir()
             self.intents.mkdir()
             # Held for the life of the process; start-up sweeps of other processes
@@ -669,30 +668,6 @@ class LocalStorage:
                 if _age(st) < self.orphan_grace_seconds:
                     continue  # may be another server's commit in flight
                 yield asset_id, str(path)
-
-    def scratch_dir(self, purpose: str) -> Path:
-        folder = self.tmp / purpose / uuid.uuid4().hex
-        try:
-            folder.mkdir(parents=True)
-        except OSError as exc:
-            raise _oserror(exc, f"creating a {purpose} folder") from None
-        return folder
-
-    async def sweep_scratch(self, purpose: str, older_than_seconds: float) -> int:
-        return await asyncio.to_thread(self._sweep_scratch_sync, purpose, older_than_seconds)
-
-    def _sweep_scratch_sync(self, purpose: str, older_than_seconds: float) -> int:
-        cutoff = time.time() - older_than_seconds
-        removed = 0
-        area = self.tmp / purpose
-        for folder in area.iterdir() if area.is_dir() else ():
-            try:
-                if folder.is_dir() and folder.stat().st_mtime < cutoff:
-                    shutil.rmtree(folder)
-                    removed += 1
-            except OSError as exc:
-                log.warning("could not remove %s: %s", folder, exc)
-        return removed
 
 
 def _entries_under(area: Path) -> list[tuple[Path, os.stat_result]]:

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from asset_service.domain.errors import (
     Conflict,
@@ -36,6 +36,7 @@ from asset_service.domain.models import (
     ValueKind,
 )
 from asset_service.store import _paging
+from asset_service.store._fields import transition_fields
 from asset_service.store._reserve import DiskReserve
 
 log = logging.getLogger(__name__)
@@ -363,23 +364,9 @@ class SqliteStore:
     async def transition(
         self, asset_id: str, expected: Status, change: Fulfilment | Failure, now: datetime
     ) -> Asset:
-        sets: dict[str, Any]
-        if isinstance(change, Fulfilment):
-            v = change.value
-            sets = {
-                "status": Status.AVAILABLE.value,
-                "storage_path": change.storage_path,
-                "value_kind": v.kind.value if v else None,
-                "value_data": v.data if v else None,
-                "size_bytes": change.size_bytes,
-                "sha256": change.sha256,
-                "fulfilled_from": change.fulfilled_from,
-            }
-            if change.media_type:
-                sets["media_type"] = change.media_type
-        else:
-            sets = {"status": Status.FAILED.value, "failure_reason": change.reason}
-        sets["updated_at"] = now.isoformat()
+        sets = transition_fields(
+            change, now, value_column="value_data", timestamp=datetime.isoformat
+        )
 
         def w(c: sqlite3.Connection) -> Asset:
             with self._transaction(c):

@@ -83,10 +83,10 @@ class Rig:
 
     async def settle(self) -> None:
         """Wait for record writes that outlived their RPC, then settle unknown outcomes."""
-        manager = self.running.manager
-        while manager._publishing:
-            await asyncio.wait(set(manager._publishing))
-        await manager.settle_unsettled()
+        commits = self.running.manager.commits
+        while commits.publishing:
+            await asyncio.wait(set(commits.publishing))
+        await commits.settle()
 
 
 @pytest.fixture

@@ -225,19 +225,6 @@ async def test_writer_hashes_and_fsyncs(tmp_path: Path) -> None:
     await storage.close()
 
 
-async def test_sweep_scratch_removes_only_old_folders(tmp_path: Path) -> None:
-    storage = LocalStorage(tmp_path)
-    await storage.open()
-    old, fresh = storage.scratch_dir("manifests"), storage.scratch_dir("manifests")
-    (old / "input_data.json").write_text("{}")
-    day_ago = time.time() - 86400
-    os.utime(old, (day_ago, day_ago))
-    assert await storage.sweep_scratch("manifests", 3600) == 1
-    assert not old.exists() and fresh.exists()
-    assert await storage.sweep_scratch("nothing-here", 0) == 0
-    await storage.close()
-
-
 async def test_commits_never_clobber_each_other(tmp_path: Path) -> None:
     storage = LocalStorage(tmp_path, orphan_grace_seconds=60)
     await storage.open()

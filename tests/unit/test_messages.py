@@ -32,7 +32,6 @@ from asset_service.domain.errors import (
     shown,
     shown_list,
 )
-from asset_service.domain.manager import parse_value
 from asset_service.domain.models import (
     MAX_JSON_DEPTH,
     ValueKind,
@@ -45,6 +44,7 @@ from asset_service.domain.models import (
     validate_tags,
     validate_task_id,
 )
+from asset_service.domain.values import parse_value
 
 UUID = "5b0e4f0e-0000-4000-8000-000000000000"
 HUGE = "x" * 100_000

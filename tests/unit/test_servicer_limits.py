@@ -10,7 +10,7 @@ import pytest
 
 from asset_service._proto.asset.v1 import asset_service_pb2 as pb
 from asset_service.api.servicer import AssetServicer
-from asset_service.domain.manager import UploadHeader
+from asset_service.domain.models import UploadHeader
 
 
 class FakeManager:

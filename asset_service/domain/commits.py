@@ -1,0 +1,148 @@
+"""Making bytes visible: place them, write the record, settle — never losing either side."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from asset_service.domain.errors import (
+    AssetError,
+    Conflict,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    OutcomeUnknown,
+)
+from asset_service.domain.models import Asset, Status
+from asset_service.domain.ports import MetadataStore, StagedBlob
+
+log = logging.getLogger(__name__)
+
+
+class Handover:
+    """Owns a staged blob until publish() takes it; rolls it back if the request fails first.
+
+    After the handover the publishing task alone decides between finish and rollback, so a
+    cancelled RPC can never remove bytes that a record may already point at.
+    """
+
+    def __init__(self, blob: StagedBlob) -> None:
+        self.blob = blob
+        self._taken = False
+
+    def take(self) -> StagedBlob:
+        self._taken = True
+        return self.blob
+
+    def __enter__(self) -> Handover:
+        return self
+
+    def __exit__(self, kind: object, exc: object, tb: object) -> None:
+        if not self._taken:
+            # Plain (synchronous) cleanup: this may run while a cancelled RPC unwinds.
+            self.blob.discard()
+
+
+@dataclass
+class _Unsettled:
+    asset_id: str
+    storage_path: str
+    blob: StagedBlob
+
+
+class Committer:
+    """Runs each commit as its own task and settles writes whose outcome was unknown."""
+
+    def __init__(self, store: MetadataStore) -> None:
+        self.store = store
+        # Record writes in flight: they run to the end even if their RPC is cancelled.
+        self.publishing: set[asyncio.Task[Asset]] = set()
+        # Bytes whose record write had an unknown outcome: settled once the store answers.
+        self.unsettled: list[_Unsettled] = []
+
+    async def publish(
+        self,
+        handover: Handover,
+        asset_id: str,
+        key: str,
+        write: Callable[[str], Awaitable[Asset]],
+    ) -> Asset:
+        """Commit the bytes to `key`, write the record that points at them, settle the blob.
+
+        Runs as its own task: once the record write may have been sent, the RPC's
+        cancellation (or deadline) can no longer stop it halfway. A write whose outcome is
+        unknown (an error after it may have applied) is settled by re-reading the record;
+        bytes are removed only once the record is known not to point at them.
+        """
+        blob = handover.take()
+
+        async def run() -> Asset:
+            try:
+                path = await blob.commit(key)
+            except BaseException:
+                await blob.rollback()
+                raise
+            try:
+                stored = await write(path)
+            except (Conflict, NotFound, InvalidArgument, FailedPrecondition):
+                await blob.rollback()  # a definite "no": nothing was written
+                raise
+            except BaseException as exc:
+                stored = await self._confirm(asset_id, path, blob, exc)
+            try:
+                await blob.finish()
+            except Exception:
+                # The record is committed, so the call succeeded; what is left (a source
+                # not yet removed) stays journaled and the next start-up completes it.
+                log.exception("asset %s committed, but completing its move failed", asset_id)
+            return stored
+
+        task = asyncio.create_task(run())
+        self.publishing.add(task)
+        task.add_done_callback(self.publishing.discard)
+        return await asyncio.shield(task)
+
+    async def _confirm(
+        self, asset_id: str, path: str, blob: StagedBlob, cause: BaseException
+    ) -> Asset:
+        """After a failed record write: the record if it applied after all, else roll back."""
+        try:
+            found = await self.store.get(asset_id)
+        except BaseException:
+            self.unsettled.append(_Unsettled(asset_id, path, blob))
+            log.warning("record write of asset %s has an unknown outcome: %s", asset_id, cause)
+            raise OutcomeUnknown(
+                f"the record of asset {asset_id} may or may not have been written ({cause}); "
+                "its bytes are kept: re-read it with GetAsset before retrying"
+            ) from cause
+        if found is not None and found.storage_path == path and found.status is Status.AVAILABLE:
+            log.warning("record write of asset %s reported %r but had applied", asset_id, cause)
+            return found
+        await blob.rollback()
+        raise cause
+
+    async def settle(self) -> int:
+        """Retry what an ambiguous record write left: keep or drop the bytes by the record."""
+        settled = 0
+        for item in list(self.unsettled):
+            try:
+                found = await self.store.get(item.asset_id)
+            except AssetError:
+                continue
+            if found is not None and found.storage_path == item.storage_path:
+                await item.blob.finish()
+            else:
+                await item.blob.rollback()
+            self.unsettled.remove(item)
+            settled += 1
+        return settled
+
+    async def stop(self) -> None:
+        """Let commits in flight end, settle what can be; keep the rest for recovery."""
+        if self.publishing:
+            await asyncio.wait(set(self.publishing), timeout=30)
+        await self.settle()
+        for item in self.unsettled:
+            item.blob.abandon()  # the next start-up settles them from the journal

@@ -1,0 +1,101 @@
+"""Asset records <-> MongoDB documents, page tokens, and driver errors as domain errors."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from pymongo.errors import ConnectionFailure, ExecutionTimeout, PyMongoError, WTimeoutError
+
+from asset_service.domain.errors import Unavailable
+from asset_service.domain.models import Asset, AssetType, Status, Value, ValueKind
+from asset_service.store import _paging
+
+Doc = dict[str, Any]
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _ms(ts: datetime) -> datetime:
+    """BSON dates hold milliseconds: truncate so a returned Asset equals what a read gives."""
+    if ts.tzinfo is None:
+        ts = ts.replace(tzinfo=UTC)
+    return ts.replace(microsecond=ts.microsecond // 1000 * 1000)
+
+
+def _value_fields(value: Value | None) -> Doc:
+    if value is None:
+        return {"value_kind": None, "value_content": None}
+    return {"value_kind": value.kind.value, "value_content": value.data}
+
+
+def asset_to_doc(asset: Asset, revision: int) -> Doc:
+    return {
+        "_id": asset.id,
+        "seq": revision,  # insertion order, never changes: the keyset of ListAssets
+        "label": asset.label,
+        "status": asset.status.value,
+        "type": asset.type.value,
+        "media_type": asset.media_type,
+        "storage_path": asset.storage_path,
+        **_value_fields(asset.value),
+        "created_by_task": asset.created_by_task,
+        "tags": list(asset.tags),
+        "size_bytes": asset.size_bytes,
+        "sha256": asset.sha256,
+        "created_at": _ms(asset.created_at),
+        "updated_at": _ms(asset.updated_at),
+        "failure_reason": asset.failure_reason,
+        "fulfilled_from": asset.fulfilled_from,
+        "revision": revision,
+    }
+
+
+def _aware(ts: Any) -> datetime:
+    if not isinstance(ts, datetime):
+        return EPOCH
+    return ts.astimezone(UTC) if ts.tzinfo is not None else ts.replace(tzinfo=UTC)
+
+
+def doc_to_asset(doc: Mapping[str, Any]) -> Asset:
+    value = None
+    if doc.get("value_kind"):
+        value = Value(ValueKind(doc["value_kind"]), bytes(doc.get("value_content") or b""))
+    return Asset(
+        id=str(doc["_id"]),
+        label=doc.get("label", ""),
+        status=Status(doc.get("status", Status.PENDING.value)),
+        type=AssetType(doc.get("type", AssetType.FILE.value)),
+        media_type=doc.get("media_type", ""),
+        storage_path=doc.get("storage_path", ""),
+        value=value,
+        created_by_task=doc.get("created_by_task", ""),
+        tags=tuple(doc.get("tags") or ()),
+        size_bytes=int(doc.get("size_bytes", 0)),
+        sha256=doc.get("sha256", ""),
+        created_at=_aware(doc.get("created_at")),
+        updated_at=_aware(doc.get("updated_at")),
+        failure_reason=doc.get("failure_reason", ""),
+        fulfilled_from=doc.get("fulfilled_from", ""),
+        revision=int(doc.get("revision", 0)),
+    )
+
+
+def encode_token(seq: int) -> str:
+    return _paging.encode_token("mongo", seq)
+
+
+def decode_token(token: str) -> int:
+    return _paging.decode_token("mongo", token)
+
+
+def _doc_bytes(doc: Mapping[str, Any]) -> int:
+    value = doc.get("value_content")
+    return len(value) if isinstance(value, bytes | str) else 0
+
+
+def _unavailable(exc: PyMongoError) -> Unavailable:
+    if isinstance(exc, ConnectionFailure | ExecutionTimeout | WTimeoutError):
+        return Unavailable(f"MongoDB is unreachable: {exc}")
+    return Unavailable(f"MongoDB error: {exc}")

@@ -1,0 +1,43 @@
+"""The fields a transition writes, shared by SqliteStore and MongoStore."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from asset_service.domain.models import Failure, Fulfilment, Value, ValueKind
+from asset_service.store._fields import transition_fields
+
+NOW = datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
+
+
+def test_a_fulfilment_with_a_value_writes_it_to_the_store_s_column() -> None:
+    change = Fulfilment(
+        size_bytes=3, sha256="ab" * 32, value=Value(ValueKind.TEXT, b"abc"), media_type="text/x"
+    )
+    sets = transition_fields(change, NOW, value_column="value_data", timestamp=datetime.isoformat)
+    assert sets == {
+        "status": "AVAILABLE",
+        "storage_path": "",
+        "value_kind": "TEXT",
+        "value_data": b"abc",
+        "size_bytes": 3,
+        "sha256": "ab" * 32,
+        "fulfilled_from": "",
+        "media_type": "text/x",
+        "updated_at": NOW.isoformat(),
+    }
+
+
+def test_a_file_fulfilment_clears_the_value_and_keeps_the_promised_media_type() -> None:
+    change = Fulfilment(size_bytes=5, sha256="cd" * 32, storage_path="k/x", fulfilled_from="/w/x")
+    sets = transition_fields(change, NOW, value_column="value_content", timestamp=lambda t: "T")
+    # No media_type key: an empty one must not overwrite what the promise was created with.
+    assert "media_type" not in sets
+    assert (sets["value_kind"], sets["value_content"]) == (None, None)
+    assert (sets["storage_path"], sets["fulfilled_from"]) == ("k/x", "/w/x")
+    assert sets["updated_at"] == "T"
+
+
+def test_a_failure_writes_status_reason_and_time_only() -> None:
+    sets = transition_fields(Failure("worker crashed"), NOW, value_column="v", timestamp=str)
+    assert sets == {"status": "FAILED", "failure_reason": "worker crashed", "updated_at": str(NOW)}
