@@ -106,7 +106,8 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     parser.add_argument(
         "--database-url",
         default=env.get(ENV_PREFIX + "DATABASE_URL"),
-        help="metadata store: sqlite:///abs/path.db (embedded) or mongodb://host/db?replicaSet=rs "
+        help="metadata store: sqlite:///abs/path.db (embedded), mongodb://host/db?replicaSet=rs "
+        "(production) or memory:// (in this process only, lost on exit: tests and demos) "
         "(default: sqlite:///<storage-root>/assets.db) [ASSET_SERVICE_DATABASE_URL]",
     )
     parser.add_argument(

@@ -6,11 +6,14 @@ import os
 import socket
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 FERRETDB_VERSION = "v1.24.0"
 FERRETDB_BIN = REPO / ".tools" / f"ferretdb-{FERRETDB_VERSION}" / "ferretdb"
+MINIO_VERSION = "v0.0.0-20260212201848-7aac2a2c5b7c"  # as pinned in scripts/install_minio.sh
+MINIO_BIN = REPO / ".tools" / f"minio-{MINIO_VERSION}" / "minio"
 
 # What FerretDB 1.x (no replica set) cannot do; those cases run only on a real replica set.
 FERRETDB_LACKS = {
@@ -21,11 +24,28 @@ FERRETDB_LACKS = {
         "racing conditional updates all 'won', so the race contract needs real MongoDB"
     ),
 }
-LACKS: dict[str, dict[str, str]] = {"sqlite": {}, "mongo": {}, "ferretdb": FERRETDB_LACKS}
+# memory: everything (it runs in-process, so it is always present).
+LACKS: dict[str, dict[str, str]] = {
+    "memory": {},
+    "sqlite": {},
+    "mongo": {},
+    "ferretdb": FERRETDB_LACKS,
+}
 
 
 def ferretdb_binary() -> Path:
     return Path(os.environ.get("FERRETDB_BIN", FERRETDB_BIN))
+
+
+def minio_binary() -> Path:
+    return Path(os.environ.get("MINIO_BIN", MINIO_BIN))
+
+
+def minio_missing() -> str | None:
+    """Why the S3 blob backend cannot run here, or None."""
+    if not minio_binary().is_file():
+        return f"{minio_binary()} missing (`make minio` builds it)"
+    return None
 
 
 def missing_backends() -> dict[str, str]:
@@ -91,6 +111,86 @@ class FerretDB:
                         f"FerretDB did not start (exit {self.proc.poll()})"
                     ) from None
                 time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class MinIO:
+    """A MinIO server on a free loopback port, with its own data folder and credentials."""
+
+    access_key = "asset-test"
+    secret_key = "asset-test-secret"
+    region = "us-east-1"
+
+    def __init__(self, state: Path) -> None:
+        self.data = state / "data"
+        self.data.mkdir(parents=True, exist_ok=True)
+        self.port = _free_port()
+        self.console_port = _free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def aws_env(self) -> dict[str, str]:
+        """The standard AWS variables that point a client (or the server) at this MinIO."""
+        return {
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_REGION": self.region,
+            "AWS_ACCESS_KEY_ID": self.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.secret_key,
+        }
+
+    def start(self, timeout: float = 30) -> MinIO:
+        env = {
+            **os.environ,
+            "MINIO_ROOT_USER": self.access_key,
+            "MINIO_ROOT_PASSWORD": self.secret_key,
+            "MINIO_BROWSER": "off",
+            "MINIO_UPDATE": "off",
+        }
+        self.proc = subprocess.Popen(
+            [
+                str(minio_binary()),
+                "server",
+                str(self.data),
+                "--address",
+                f"127.0.0.1:{self.port}",
+                "--console-address",
+                f"127.0.0.1:{self.console_port}",
+                "--quiet",
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + timeout
+        ready = f"{self.endpoint}/minio/health/ready"
+        while True:
+            try:
+                with urllib.request.urlopen(ready, timeout=1) as answer:
+                    if answer.status == 200:
+                        return self
+            except OSError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"MinIO did not become ready (exit {self.proc.poll()})")
+            time.sleep(0.1)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

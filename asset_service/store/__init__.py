@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from asset_service.domain.errors import InvalidArgument
 from asset_service.domain.ports import MetadataStore
 
+log = logging.getLogger(__name__)
+
 
 def open_store(database_url: str) -> MetadataStore:
-    """sqlite:////abs/path.db (embedded default) or mongodb://... (production)."""
+    """sqlite:////abs/path.db (embedded default), mongodb://... (production) or memory://.
+
+    memory:// keeps records in the server process only (lost when it stops): for demos
+    and tests, never for data anyone needs.
+    """
+    if database_url == "memory://":
+        from asset_service.store.memory import MemoryStore
+
+        log.warning("metadata kept in memory only (memory://): every record is lost on exit")
+        return MemoryStore()
     if database_url.startswith("sqlite://"):
         from asset_service.store.sqlite import SqliteStore
 
@@ -28,5 +40,6 @@ def open_store(database_url: str) -> MetadataStore:
         store: MetadataStore = MongoStore(database_url)
         return store
     raise InvalidArgument(
-        f"database URL {database_url!r} is not supported: use sqlite:///path.db or mongodb://..."
+        f"database URL {database_url!r} is not supported: use sqlite:///path.db, "
+        "mongodb://... or memory:// (records kept in memory only, for tests and demos)"
     )

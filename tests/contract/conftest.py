@@ -1,4 +1,4 @@
-"""Backends for the MetadataStore contract: sqlite always, MongoDB and FerretDB when present."""
+"""MetadataStore contract backends: memory and sqlite always, MongoDB/FerretDB when present."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import pytest
 from pymongo import AsyncMongoClient
 
 from asset_service.domain.ports import MetadataStore
+from asset_service.store.memory import MemoryStore
 from asset_service.store.mongo import MongoStore
 from asset_service.store.sqlite import SqliteStore
 from tests.backends import LACKS, FerretDB, missing_backends
@@ -78,6 +79,14 @@ def ferretdb_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
     """Every MetadataStore implementation, opened on empty storage, closed (and dropped) after."""
     kind: str = request.param
+    if kind == "memory":
+        memory = MemoryStore()
+        await memory.open()
+        try:
+            yield Backend("memory", memory)
+        finally:
+            await memory.close()
+        return
     if kind == "sqlite":
         sqlite = SqliteStore(tmp_path / "contract.db")
         await sqlite.open()

@@ -1,0 +1,60 @@
+"""What outlives one MemoryStorage instance: stored bytes, staging areas, journaled moves."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+PREFIX = "memory://"
+
+
+@dataclass(eq=False)
+class StoredBytes:
+    """Stored bytes; compared by identity, like a file by (device, inode)."""
+
+    data: bytes
+    placed_at: float
+
+
+@dataclass(frozen=True, eq=False)
+class MoveIntent:
+    """A journaled move: which source goes once the record commits, and what was placed."""
+
+    final: str
+    placed: StoredBytes
+    source: str | None = None
+    source_data: bytes | None = None
+
+
+@dataclass(eq=False)
+class StagingArea:
+    """One instance's staging (a process's tmp/staging/<id>): in-flight bytes and journals."""
+
+    live: bool = True
+    staging: dict[str, bytearray] = field(default_factory=dict)
+    journals: dict[str, MoveIntent] = field(default_factory=dict)
+
+
+@dataclass
+class MemoryState:
+    """What outlives one MemoryStorage; a second instance given it plays the next process.
+
+    An instance counts as a live process from open() until close(); a closed instance whose
+    area still holds unsettled moves is what a dead process leaves for recovery.
+    """
+
+    objects: dict[str, StoredBytes] = field(default_factory=dict)
+    areas: dict[str, StagingArea] = field(default_factory=dict)
+    # Server-side path -> -1 while a move holds it, else the number of copies reading it
+    # (local.py's exclusive and shared flocks).
+    adopting: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Leftover:
+    """A move a dead instance journaled but did not settle."""
+
+    asset_id: str
+    storage_path: str
+    area: str
+    journal: str
+    intent: MoveIntent

@@ -1,0 +1,246 @@
+"""MemoryStorage: a BlobStorage held in memory, with local.py's semantics, for fast tests."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime
+
+from asset_service.domain.errors import (
+    AssetError,
+    Conflict,
+    IntegrityError,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unavailable,
+    shown,
+)
+from asset_service.domain.models import (
+    parse_asset_id,
+    safe_file_name,
+    validate_server_path,
+    validate_task_id,
+)
+from asset_service.storage import fs
+from asset_service.storage.memory._blobs import MemoryAdopted, MemoryWriter
+from asset_service.storage.memory._state import PREFIX, Leftover, MemoryState, StagingArea
+
+log = logging.getLogger(__name__)
+
+
+class MemoryStorage:
+    """Keys as local.py lays them out (uploads/..., generated/...); paths memory://<key>.
+
+    `files` stands for the server's files under its import roots (path -> bytes): adopt()
+    reads them and a finished move deletes from it; None means no import roots.
+    `clock` gives the time in seconds, so tests age bytes without sleeping.
+    """
+
+    def __init__(
+        self,
+        state: MemoryState | None = None,
+        files: dict[str, bytes] | None = None,
+        orphan_grace_seconds: float = 600.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.state = state if state is not None else MemoryState()
+        self.files = files
+        self.orphan_grace_seconds = orphan_grace_seconds
+        self.clock = clock
+        self.instance = uuid.uuid4().hex[:12]
+        self._area: StagingArea | None = None
+
+    # --- lifecycle ------------------------------------------------------------------
+
+    async def open(self) -> None:
+        self._area = self.state.areas[self.instance] = StagingArea()
+
+    async def close(self) -> None:
+        area, self._area = self._area, None
+        if area is None:
+            return
+        area.live = False
+        if area.journals:
+            log.warning("leaving memory staging %s for recovery: unsettled moves", self.instance)
+            return
+        self.state.areas.pop(self.instance, None)
+
+    @property
+    def area(self) -> StagingArea:
+        if self._area is None:
+            raise Unavailable("the memory storage is not open; call open() first")
+        return self._area
+
+    def _dead_areas(self) -> list[tuple[str, StagingArea]]:
+        return [(name, a) for name, a in self.state.areas.items() if not a.live]
+
+    async def leftovers(self) -> list[Leftover]:
+        found = []
+        for name, area in self._dead_areas():
+            for journal, intent in list(area.journals.items()):
+                try:
+                    asset_id = parse_asset_id(self.key_parts(intent.final)[-2])
+                except (AssetError, IndexError) as exc:
+                    log.error("dropping unreadable move journal %s/%s (%s)", name, journal, exc)
+                    del area.journals[journal]
+                    continue
+                found.append(Leftover(asset_id, PREFIX + intent.final, name, journal, intent))
+        return found
+
+    async def settle(self, leftover: Leftover, committed: bool) -> None:
+        intent = leftover.intent
+        ours = self.state.objects.get(intent.final) is intent.placed
+        if committed and ours:
+            source, data = intent.source, intent.source_data
+            if source is not None and data is not None and self.remove_source(source, data):
+                log.warning("finished an interrupted move of %r", source)
+        elif committed:
+            log.error(
+                "asset %s is AVAILABLE but its bytes at %s are not the ones journaled; "
+                "leaving the source %r in place",
+                leftover.asset_id,
+                leftover.storage_path,
+                intent.source,
+            )
+        elif ours:
+            del self.state.objects[intent.final]
+            log.warning("undid an interrupted move of %r", intent.source)
+        area = self.state.areas.get(leftover.area)
+        if area is not None:
+            area.journals.pop(leftover.journal, None)
+
+    async def sweep_dead_staging(self) -> int:
+        removed = 0
+        for name, area in self._dead_areas():
+            if area.journals:
+                log.error("memory staging %s keeps unsettled move journals; not removed", name)
+                continue
+            log.warning("removing staging left by a dead instance: %s", name)
+            del self.state.areas[name]
+            removed += 1
+        return removed
+
+    # --- keys and paths ---------------------------------------------------------------
+
+    def upload_key(self, asset_id: str, label: str, now: datetime) -> str:
+        asset_id = parse_asset_id(asset_id)
+        return f"uploads/{now.strftime('%Y-%m-%d')}/{asset_id}/{safe_file_name(label)}"
+
+    def generated_key(self, task_id: str, asset_id: str, label: str) -> str:
+        task_id = validate_task_id(task_id)
+        asset_id = parse_asset_id(asset_id)
+        return f"generated/{task_id}/{asset_id}/{safe_file_name(label)}"
+
+    def key_parts(self, key: str) -> tuple[str, ...]:
+        parts = fs.relative_parts(key, f"storage key {key!r}")
+        if parts[0] not in ("uploads", "generated") or len(parts) < 2:
+            raise InvalidArgument(f"storage key {key!r} is outside uploads/ and generated/")
+        return parts
+
+    def _key_of(self, storage_path: str) -> str:
+        if not storage_path.startswith(PREFIX):
+            raise NotFound(f"{storage_path} is not a path in this storage")
+        key = storage_path.removeprefix(PREFIX)
+        self.key_parts(key)
+        return key
+
+    def claim(self, key: str) -> None:
+        """Refuse a key in use, unless what holds it is a crash leftover past the grace."""
+        existing = self.state.objects.get(key)
+        if existing is None:
+            return
+        age = self.clock() - existing.placed_at
+        if age < self.orphan_grace_seconds:
+            raise Conflict(
+                "the asset's bytes are being committed by another request; retry shortly"
+            )
+        log.warning("replacing bytes left %.0fs ago by an interrupted commit", age)
+
+    # --- writing ----------------------------------------------------------------------
+
+    def new_writer(self) -> MemoryWriter:
+        return MemoryWriter(self)
+
+    async def adopt(self, path: str, move: bool) -> MemoryAdopted:
+        validate_server_path(path)
+        if self.files is None:
+            raise PermissionDenied(
+                "the server has no import roots; start it with --import-root DIR "
+                "(or ASSET_SERVICE_IMPORT_ROOTS) to allow server-side paths"
+            )
+        data = self.files.get(path)
+        if data is None:
+            raise NotFound(f"{shown(path)} does not exist on the server")
+        held = self.state.adopting.get(path, 0)
+        if held < 0 or (move and held > 0):
+            raise Conflict(
+                f"{shown(path)} is being adopted by another request; one of them wins, "
+                "re-read the asset before retrying"
+            )
+        self.state.adopting[path] = -1 if move else held + 1
+        return MemoryAdopted(self, path, data, move)
+
+    def unhold(self, path: str, move: bool) -> None:
+        left = 0 if move else self.state.adopting.get(path, 1) - 1
+        if left > 0:
+            self.state.adopting[path] = left
+        else:
+            self.state.adopting.pop(path, None)
+
+    def remove_source(self, path: str, data: bytes) -> bool:
+        """Delete a moved server-side file if it still is the one adopted; True if removed."""
+        if self.files is None or self.files.get(path) is not data:
+            return False
+        del self.files[path]
+        return True
+
+    # --- reading and housekeeping -----------------------------------------------------
+
+    def _stored(self, storage_path: str, size_bytes: int) -> bytes:
+        obj = self.state.objects.get(self._key_of(storage_path))
+        if obj is None:
+            raise IntegrityError(f"its bytes at {storage_path} are missing")
+        if len(obj.data) != size_bytes:
+            raise IntegrityError(
+                f"its bytes at {storage_path} are {len(obj.data)} bytes long; the record "
+                f"says {size_bytes} (truncated or replaced in storage)"
+            )
+        return obj.data
+
+    async def read(
+        self, storage_path: str, size_bytes: int, offset: int, limit: int, chunk_size: int
+    ) -> AsyncIterator[bytes]:
+        data = self._stored(storage_path, size_bytes)
+        end = size_bytes if limit <= 0 else min(size_bytes, offset + limit)
+        return _chunks(data, offset, end, chunk_size)
+
+    async def check(self, storage_path: str, size_bytes: int) -> None:
+        self._stored(storage_path, size_bytes)
+
+    async def remove(self, storage_path: str) -> None:
+        self.state.objects.pop(self._key_of(storage_path), None)
+
+    async def orphans(self) -> AsyncIterator[tuple[str, str]]:
+        """Stored bytes older than the grace, as (asset id, path); younger ones may be in flight."""
+        now = self.clock()
+        for key, obj in list(self.state.objects.items()):
+            parts = key.split("/")
+            if len(parts) != 4:  # <area>/<day-or-task>/<asset-id>/<name>
+                continue
+            try:
+                asset_id = parse_asset_id(parts[2])
+            except InvalidArgument:
+                continue
+            if now - obj.placed_at >= self.orphan_grace_seconds:
+                yield asset_id, PREFIX + key
+
+
+async def _chunks(data: bytes, offset: int, end: int, chunk_size: int) -> AsyncIterator[bytes]:
+    view = memoryview(data)
+    while offset < end:
+        step = min(chunk_size, end - offset)
+        yield bytes(view[offset : offset + step])
+        offset += step

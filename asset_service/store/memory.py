@@ -1,0 +1,183 @@
+"""MemoryStore: a MetadataStore in one process's memory, for in-process tests and demos."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import AsyncIterator, Iterator, Sequence
+from datetime import datetime
+
+from asset_service.domain.errors import Conflict, NotFound, Unavailable
+from asset_service.domain.models import (
+    Asset,
+    AssetFilter,
+    Change,
+    ChangeKind,
+    Failure,
+    Fulfilment,
+    Page,
+    Resync,
+    Status,
+    Value,
+    ValueKind,
+)
+from asset_service.store import _paging
+from asset_service.store._fields import transition_fields
+
+
+def encode_token(seq: int) -> str:
+    return _paging.encode_token("memory", seq)
+
+
+def decode_token(token: str) -> int:
+    return _paging.decode_token("memory", token)
+
+
+def _matches(asset: Asset, flt: AssetFilter) -> bool:
+    return (
+        (flt.status is None or asset.status is flt.status)
+        and (flt.type is None or asset.type is flt.type)
+        and (not flt.created_by_task or asset.created_by_task == flt.created_by_task)
+        and (not flt.label or asset.label == flt.label)
+        and all(tag in asset.tags for tag in flt.tags)
+    )
+
+
+def _applied(asset: Asset, change: Fulfilment | Failure, now: datetime) -> Asset:
+    """`asset` after `change`: the same fields, by the same rules, as the other stores."""
+    fields = transition_fields(change, now, value_column="value", timestamp=lambda t: t)
+    fields["status"] = Status(fields["status"])
+    if "value_kind" in fields:
+        kind = fields.pop("value_kind")
+        fields["value"] = Value(ValueKind(kind), fields["value"]) if kind else None
+    # replace() refuses a name that is not a field of Asset: a new column added there
+    # fails here loudly instead of being dropped.
+    return dataclasses.replace(asset, **fields)
+
+
+class MemoryStore:
+    """Records in a dict; the same semantics as SqliteStore, proven by the same contract.
+
+    Every read-check-write runs without an await in between, so on one event loop each
+    write is atomic and conditional transitions have exactly one winner. Each call first
+    yields to the loop once, as a real store's round trip would, so that concurrent
+    callers interleave the way they do against SQLite or MongoDB. The records live as
+    long as the object: close() and open() keep them, like a database between restarts.
+    """
+
+    def __init__(self) -> None:
+        # Insertion order is `seq` order: transitions replace values in place, so
+        # iterating the dict lists records oldest first, as query() must.
+        self._rows: dict[str, tuple[int, Asset]] = {}
+        self._seq = 0
+        self._revision = 0
+        self._open = False
+        # One queue per changes() feed: several managers sharing this store behave like
+        # several servers sharing one database, each with its own change stream.
+        self._feeds: list[asyncio.Queue[Change]] = []
+
+    async def _enter(self) -> None:
+        await asyncio.sleep(0)
+        if not self._open:
+            raise Unavailable("the in-memory metadata store is not open")
+
+    def _publish(self, kind: ChangeKind, asset: Asset) -> None:
+        # Queued by the writing call itself, before it returns: each queue's order is
+        # commit order, and a change is queued before its writer hears of success.
+        for feed in self._feeds:
+            feed.put_nowait(Change(kind, asset))
+
+    def _next_revision(self) -> int:
+        self._revision += 1
+        return self._revision
+
+    # --- lifecycle ------------------------------------------------------------------
+
+    async def open(self) -> None:
+        self._open = True
+
+    async def close(self) -> None:
+        self._open = False
+
+    async def ping(self) -> None:
+        await self._enter()
+
+    # --- reads ----------------------------------------------------------------------
+
+    async def get(self, asset_id: str) -> Asset | None:
+        await self._enter()
+        row = self._rows.get(asset_id)
+        return row[1] if row else None
+
+    async def get_many(self, asset_ids: Sequence[str]) -> dict[str, Asset]:
+        await self._enter()
+        return {i: self._rows[i][1] for i in asset_ids if i in self._rows}
+
+    async def query(
+        self, flt: AssetFilter, limit: int, page_token: str, max_bytes: int | None = None
+    ) -> Page:
+        after = decode_token(page_token) if page_token else 0
+        await self._enter()
+
+        def rows() -> Iterator[tuple[int, Asset]]:
+            for seq, asset in self._rows.values():
+                if seq > after and _matches(asset, flt):
+                    yield seq, asset
+
+        # fill_page never awaits, so no write can land in the middle of a page.
+        assets, last = _paging.fill_page(
+            rows(), limit, max_bytes, lambda row: row[1], lambda row: row[0]
+        )
+        return Page(assets, encode_token(last) if last is not None else "")
+
+    # --- writes -----------------------------------------------------------------------
+
+    async def insert(self, asset: Asset) -> Asset:
+        await self._enter()
+        if asset.id in self._rows:
+            raise Conflict(f"asset {asset.id} already exists")
+        stored = dataclasses.replace(asset, tags=tuple(asset.tags), revision=self._next_revision())
+        self._seq += 1
+        self._rows[asset.id] = (self._seq, stored)
+        self._publish(ChangeKind.PUT, stored)
+        return stored
+
+    async def transition(
+        self, asset_id: str, expected: Status, change: Fulfilment | Failure, now: datetime
+    ) -> Asset:
+        await self._enter()
+        row = self._rows.get(asset_id)
+        if row is None:
+            raise NotFound(f"asset {asset_id} not found")
+        seq, current = row
+        if current.status is not expected:
+            raise Conflict(f"asset {asset_id} is {current.status.value}, expected {expected.value}")
+        updated = dataclasses.replace(
+            _applied(current, change, now), revision=self._next_revision()
+        )
+        self._rows[asset_id] = (seq, updated)
+        self._publish(ChangeKind.PUT, updated)
+        return updated
+
+    async def delete(self, asset_id: str) -> Asset | None:
+        await self._enter()
+        row = self._rows.pop(asset_id, None)
+        if row is None:
+            return None
+        gone = dataclasses.replace(row[1], revision=self._next_revision())
+        self._publish(ChangeKind.DELETE, gone)
+        return gone
+
+    def changes(self) -> AsyncIterator[Change | Resync]:
+        """Every change committed from this call on (not from the first read: the feed
+        must not miss what is written between subscribing and reading)."""
+        feed: asyncio.Queue[Change] = asyncio.Queue()
+        self._feeds.append(feed)
+        return self._drain(feed)
+
+    async def _drain(self, feed: asyncio.Queue[Change]) -> AsyncIterator[Change | Resync]:
+        try:
+            while True:
+                yield await feed.get()
+        finally:
+            self._feeds.remove(feed)

@@ -1,0 +1,135 @@
+"""Backends for the BlobStorage contract: local disk and memory; one more entry adds another."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from asset_service.domain.ports import BlobStorage
+from asset_service.storage.imports import ImportRoots
+from asset_service.storage.local import LocalStorage
+from asset_service.storage.memory import PREFIX, MemoryState, MemoryStorage
+
+# Short enough to say "younger than the grace", long enough that no test run crosses it.
+GRACE_SECONDS = 60.0
+
+
+@dataclass
+class BlobBackend:
+    """One BlobStorage implementation and what a test must do around it.
+
+    `make(imports)` builds a new instance over the same stored state: a second server, or the
+    next process after one was closed. The callables reach past the port, as an operator
+    would, to set up server-side files and to observe what the port does not show.
+    """
+
+    name: str
+    make: Callable[[bool], BlobStorage]
+    source_path: Callable[[str], str]  # the path a server-side file `name` has (or would have)
+    put_source: Callable[[str, bytes], str]  # create that file; its path
+    source: Callable[[str], bytes | None]  # a server-side file's bytes, None once gone
+    backdate: Callable[[str, float], Awaitable[None]]  # stored bytes at a path, made older
+    staged: Callable[[], Awaitable[int]]  # how many staged (uncommitted) blobs exist, any instance
+    opened: list[BlobStorage] = field(default_factory=list)
+
+    async def start(self, imports: bool = True) -> BlobStorage:
+        storage = self.make(imports)
+        await storage.open()
+        self.opened.append(storage)
+        return storage
+
+
+def _local(tmp: Path, request: pytest.FixtureRequest) -> BlobBackend:
+    root, incoming = tmp / "storage", tmp / "incoming"
+    incoming.mkdir()  # on the storage's file system: moves are hard links, the subtle case
+
+    def make(imports: bool) -> BlobStorage:
+        roots = ImportRoots([incoming]) if imports else None
+        return LocalStorage(root, orphan_grace_seconds=GRACE_SECONDS, imports=roots)
+
+    def put_source(name: str, data: bytes) -> str:
+        (incoming / name).write_bytes(data)
+        return str(incoming / name)
+
+    def source(path: str) -> bytes | None:
+        try:
+            return Path(path).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    async def backdate(storage_path: str, seconds: float) -> None:
+        st = os.stat(storage_path)
+        os.utime(storage_path, (st.st_atime - seconds, st.st_mtime - seconds))
+
+    async def staged() -> int:
+        # tmp/staging/<instance>/<blob>, beside each instance's .lock and intents/.
+        area = root / "tmp" / "staging"
+        return sum(1 for p in area.glob("*/*") if p.is_file() and p.name != ".lock")
+
+    return BlobBackend(
+        "local", make, lambda n: str(incoming / n), put_source, source, backdate, staged
+    )
+
+
+def _memory(tmp: Path, request: pytest.FixtureRequest) -> BlobBackend:
+    state, files = MemoryState(), dict[str, bytes]()
+    now = 1_000_000.0  # a clock that stands still: ages change only by backdate()
+
+    def make(imports: bool) -> BlobStorage:
+        return MemoryStorage(state, files if imports else None, GRACE_SECONDS, clock=lambda: now)
+
+    def put_source(name: str, data: bytes) -> str:
+        files[f"/incoming/{name}"] = data
+        return f"/incoming/{name}"
+
+    async def backdate(storage_path: str, seconds: float) -> None:
+        state.objects[storage_path.removeprefix(PREFIX)].placed_at -= seconds
+
+    async def staged() -> int:
+        return sum(len(area.staging) for area in state.areas.values())
+
+    return BlobBackend(
+        "memory", make, lambda n: f"/incoming/{n}", put_source, files.get, backdate, staged
+    )
+
+
+# name -> builder. A backend that needs a service (an object store) takes it from a session
+# fixture through `request`, and says in `missing_blob_backends` why it cannot run here.
+BUILDERS: dict[str, Callable[[Path, pytest.FixtureRequest], BlobBackend]] = {
+    "local": _local,
+    "memory": _memory,
+}
+
+
+def missing_blob_backends() -> dict[str, str]:
+    """Blob backends that will not run here, with the reason."""
+    return {}
+
+
+def blob_report_lines() -> list[str]:
+    missing = missing_blob_backends()
+    ran = [name for name in BUILDERS if name not in missing]
+    lines = [f"blob storage backends under test: {', '.join(ran)}"]
+    return lines + [f"  NOT run against {name}: {why}" for name, why in missing.items()]
+
+
+def present_blob_backends() -> list[str]:
+    return [name for name in BUILDERS if name not in missing_blob_backends()]
+
+
+@contextlib.asynccontextmanager
+async def blob_backend(
+    name: str, tmp: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[BlobBackend]:
+    """A backend on empty state; every instance it started is closed on exit."""
+    backend = BUILDERS[name](tmp, request)
+    try:
+        yield backend
+    finally:
+        for storage in backend.opened:
+            await storage.close()

@@ -1,0 +1,339 @@
+"""The BlobStorage contract, run over every backend in tests/contract/blob_backends.py."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from asset_service.domain.errors import (
+    Conflict,
+    IntegrityError,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+)
+from asset_service.domain.ports import BlobStorage
+from tests.contract.blob_backends import (
+    GRACE_SECONDS,
+    BlobBackend,
+    blob_backend,
+    present_blob_backends,
+)
+
+ID = "5b0e4f0e-0000-4000-8000-000000000000"
+OTHER = "5b0e4f0e-0000-4000-8000-0000000000ff"
+DAY = datetime(2026, 1, 2, tzinfo=UTC)
+OLD = GRACE_SECONDS * 10
+
+
+@pytest.fixture(params=present_blob_backends())
+async def blob(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[BlobBackend]:
+    async with blob_backend(request.param, tmp_path, request) as backend:
+        yield backend
+
+
+async def written(storage: BlobStorage, data: bytes, key: str, finish: bool = True) -> str:
+    """Stream `data` in uneven chunks, commit it at `key`; the storage path."""
+    writer = storage.new_writer()
+    for start in range(0, len(data), 7000):
+        await writer.write(data[start : start + 7000])
+    await writer.seal()
+    path = await writer.commit(key)
+    if finish:
+        await writer.finish()
+    return path
+
+
+async def content(
+    storage: BlobStorage, path: str, size: int, offset: int = 0, limit: int = 0
+) -> bytes:
+    chunks = await storage.read(path, size, offset, limit, 4096)
+    parts = [c async for c in chunks]
+    assert all(len(c) <= 4096 for c in parts), "chunks must respect chunk_size"
+    return b"".join(parts)
+
+
+async def test_written_bytes_read_back_whole_and_in_ranges(blob: BlobBackend) -> None:
+    storage = await blob.start()
+    data = bytes(range(256)) * 100  # 25,600 bytes: several chunks each way
+    writer = storage.new_writer()
+    for start in range(0, len(data), 7000):
+        await writer.write(data[start : start + 7000])
+    await writer.seal()
+    assert (writer.size_bytes, writer.sha256) == (len(data), hashlib.sha256(data).hexdigest())
+    path = await writer.commit(storage.upload_key(ID, "a.bin", DAY))
+    await writer.finish()
+    await writer.rollback()  # settled: a late rollback must not remove committed bytes
+    writer.discard()
+    await storage.check(path, len(data))
+    assert await content(storage, path, len(data)) == data
+    assert await content(storage, path, len(data), 5, 10) == data[5:15]
+    assert await content(storage, path, len(data), 25_000) == data[25_000:]
+    assert await content(storage, path, len(data), 25_590, 100) == data[25_590:]
+    assert await content(storage, path, len(data), 4096, 4096) == data[4096:8192]
+
+
+async def test_an_empty_blob_is_stored_and_read(blob: BlobBackend) -> None:
+    storage = await blob.start()
+    path = await written(storage, b"", storage.upload_key(ID, "empty", DAY))
+    await storage.check(path, 0)
+    assert await content(storage, path, 0) == b""
+    with pytest.raises(IntegrityError):
+        await storage.check(path, 1)
+
+
+async def test_a_commit_never_overwrites_and_the_first_bytes_survive(blob: BlobBackend) -> None:
+    storage = await blob.start()
+    key = storage.generated_key("task", ID, "out.bin")
+    first, second = storage.new_writer(), storage.new_writer()
+    for writer, data in ((first, b"first"), (second, b"second!")):
+        await writer.write(data)
+        await writer.seal()
+    path = await first.commit(key)
+    with pytest.raises(Conflict, match="another request"):
+        await second.commit(key)  # a racing server's commit of the same asset
+    await second.rollback()  # the loser's rollback must not take the winner's bytes
+    await first.finish()
+    assert await content(storage, path, 5) == b"first"
+    # Bytes left by a crash long ago are replaced, not a reason to refuse forever.
+    await blob.backdate(path, OLD)
+    assert await written(storage, b"third", key) == path
+    assert await content(storage, path, 5) == b"third"
+    assert await blob.staged() == 0, "no staging left behind by any of the three"
+
+
+async def test_a_late_rollback_never_removes_bytes_that_replaced_its_own(blob: BlobBackend) -> None:
+    storage = await blob.start()
+    key = storage.upload_key(ID, "x", DAY)
+    stale = storage.new_writer()  # its record write hung: settled only much later
+    await stale.write(b"stale")
+    await stale.seal()
+    path = await stale.commit(key)
+    await blob.backdate(path, OLD)
+    assert await written(storage, b"newer", key) == path
+    await stale.rollback()
+    assert await content(storage, path, 5) == b"newer"
+
+
+async def test_rollback_after_commit_removes_the_bytes(blob: BlobBackend) -> None:
+    storage = await blob.start()
+    key = storage.upload_key(ID, "x", DAY)
+    writer = storage.new_writer()
+    await writer.write(b"doomed")
+    await writer.seal()
+    path = await writer.commit(key)
+    await storage.check(path, 6)
+    await writer.rollback()
+    with pytest.raises(IntegrityError):
+        await storage.check(path, 6)
+    with pytest.raises(IntegrityError):
+        await storage.read(path, 6, 0, 0, 4096)
+    assert await written(storage, b"again", key) == path, "the key is free at once"
+    # discard() is the same undo without awaiting (a cancelled request unwinding).
+    other = storage.new_writer()
+    await other.write(b"cancelled")
+    await other.seal()
+    other_path = await other.commit(storage.upload_key(OTHER, "x", DAY))
+    other.discard()
+    with pytest.raises(IntegrityError):
+        await storage.check(other_path, 9)
+    assert await content(storage, path, 5) == b"again"
+
+
+async def test_discard_before_commit_leaves_nothing(blob: BlobBackend) -> None:
+    storage = await blob.start()
+    writer = storage.new_writer()
+    await writer.write(b"half an upload")
+    assert await blob.staged() == 1
+    writer.discard()
+    assert await blob.staged() == 0
+    path = await written(storage, b"whole", storage.upload_key(ID, "x", DAY))
+    await blob.backdate(path, OLD)
+    assert [p async for _, p in storage.orphans()] == [path], "nothing but the one commit"
+
+
+async def test_reads_and_checks_refuse_a_size_the_bytes_do_not_have(blob: BlobBackend) -> None:
+    storage = await blob.start()
+    path = await written(storage, b"0123456789", storage.upload_key(ID, "x", DAY))
+    with pytest.raises(IntegrityError, match="12345"):
+        await storage.read(path, 12345, 0, 0, 4096)
+    with pytest.raises(IntegrityError, match="says 9"):
+        await storage.check(path, 9)
+    await storage.check(path, 10)
+
+
+async def test_removed_bytes_fail_their_check(blob: BlobBackend) -> None:
+    storage = await blob.start()
+    path = await written(storage, b"bytes", storage.upload_key(ID, "x", DAY))
+    await storage.remove(path)
+    with pytest.raises(IntegrityError, match="missing"):
+        await storage.check(path, 5)
+    with pytest.raises(IntegrityError, match="missing"):
+        await storage.read(path, 5, 0, 0, 4096)
+    await storage.remove(path)  # gone already: not an error (DeleteAsset may be retried)
+    with pytest.raises(NotFound, match="not a path in this storage"):
+        await storage.check("/not/in/this/storage", 5)
+
+
+async def test_orphans_are_only_files_past_the_grace(blob: BlobBackend) -> None:
+    storage = await blob.start()
+    old_upload = await written(storage, b"a", storage.upload_key(ID, "a", DAY))
+    old_output = await written(storage, b"b", storage.generated_key("t", OTHER, "b"))
+    fresh_id = "5b0e4f0e-0000-4000-8000-0000000000aa"
+    await written(storage, b"c", storage.upload_key(fresh_id, "c", DAY))  # maybe in flight
+    in_flight = storage.new_writer()
+    await in_flight.write(b"d")
+    for path in (old_upload, old_output):
+        await blob.backdate(path, OLD)
+    found = sorted([pair async for pair in storage.orphans()])
+    assert found == sorted([(ID, old_upload), (OTHER, old_output)])
+    in_flight.discard()
+
+
+async def test_a_move_keeps_the_source_until_finish(blob: BlobBackend) -> None:
+    storage = await blob.start()
+    source = blob.put_source("out.txt", b"worker output")
+    staged = await storage.adopt(source, move=True)
+    assert (staged.size_bytes, staged.sha256) == (13, hashlib.sha256(b"worker output").hexdigest())
+    path = await staged.commit(storage.generated_key("task", ID, "out.txt"))
+    # Until the record commits, a crash must not lose the worker's file.
+    assert blob.source(source) == b"worker output"
+    assert await content(storage, path, 13) == b"worker output"
+    await staged.finish()
+    assert blob.source(source) is None
+    assert await content(storage, path, 13) == b"worker output"
+    await storage.close()
+    after = await blob.start()
+    assert await after.leftovers() == [], "a finished move leaves nothing to recover"
+
+
+async def test_a_rolled_back_move_keeps_the_source(blob: BlobBackend) -> None:
+    storage = await blob.start()
+    source = blob.put_source("out.txt", b"worker output")
+    staged = await storage.adopt(source, move=True)
+    path = await staged.commit(storage.generated_key("task", ID, "out.txt"))
+    await staged.rollback()
+    assert blob.source(source) == b"worker output"
+    with pytest.raises(IntegrityError):
+        await storage.check(path, 13)
+    again = await storage.adopt(source, move=True)  # released: it can be adopted again
+    await again.rollback()
+    assert blob.source(source) == b"worker output"
+
+
+async def test_a_copy_leaves_the_source(blob: BlobBackend) -> None:
+    storage = await blob.start()
+    source = blob.put_source("in.txt", b"shared input")
+    staged = await storage.adopt(source, move=False)
+    path = await staged.commit(storage.upload_key(ID, "in.txt", DAY))
+    await staged.finish()
+    assert blob.source(source) == b"shared input"
+    assert await content(storage, path, 12) == b"shared input"
+
+
+async def test_adopt_refuses_what_it_may_not_or_cannot_take(blob: BlobBackend) -> None:
+    storage = await blob.start()
+    with pytest.raises(NotFound, match="does not exist"):
+        await storage.adopt(blob.source_path("never-written"), move=False)
+    with pytest.raises(InvalidArgument, match="absolute"):
+        await storage.adopt("relative/path", move=False)
+    source = blob.put_source("contested", b"x")
+    first = await storage.adopt(source, move=True)
+    with pytest.raises(Conflict, match="being adopted by another request"):
+        await storage.adopt(source, move=True)
+    with pytest.raises(Conflict, match="being adopted by another request"):
+        await storage.adopt(source, move=False)
+    await first.rollback()
+    reading = await storage.adopt(source, move=False)  # copies may share a source...
+    also = await storage.adopt(source, move=False)
+    with pytest.raises(Conflict, match="being adopted by another request"):
+        await storage.adopt(source, move=True)  # ...but a move waits for them to let go
+    await reading.rollback()
+    await also.finish()
+    await (await storage.adopt(source, move=True)).rollback()
+    closed = await blob.start(imports=False)
+    with pytest.raises(PermissionDenied, match="--import-root"):
+        await closed.adopt(source, move=False)
+
+
+async def test_recovery_settles_abandoned_moves_by_their_record(blob: BlobBackend) -> None:
+    """An instance dies after committing two moves: one record committed, one did not."""
+    dead = await blob.start()
+    ids = ["5b0e4f0e-0000-4000-8000-00000000000a", "5b0e4f0e-0000-4000-8000-00000000000b"]
+    paths = {}
+    for asset_id in ids:
+        staged = await dead.adopt(blob.put_source(asset_id, asset_id.encode()), move=True)
+        paths[asset_id] = await staged.commit(dead.generated_key("t", asset_id, "f"))
+        staged.abandon()  # the record write's outcome is unknown: keep everything
+    half = dead.new_writer()
+    await half.write(b"an upload cut short")
+    await dead.close()  # its unsettled moves keep its staging for the next process
+
+    after = await blob.start()
+    assert await after.sweep_dead_staging() == 0, "unsettled moves keep the staging"
+    leftovers = {lo.asset_id: lo for lo in await after.leftovers()}
+    assert {a: lo.storage_path for a, lo in leftovers.items()} == paths
+    committed, undone = ids
+    await after.settle(leftovers[committed], committed=True)
+    await after.settle(leftovers[undone], committed=False)
+    assert blob.source(blob.source_path(committed)) is None
+    assert await content(after, paths[committed], 36) == committed.encode()
+    assert blob.source(blob.source_path(undone)) == undone.encode()
+    with pytest.raises(IntegrityError):
+        await after.check(paths[undone], 36)
+    assert await after.leftovers() == []
+
+    alive = await blob.start()  # another live server: its staging is not swept
+    in_flight = alive.new_writer()
+    await in_flight.write(b"still coming")
+    assert await after.sweep_dead_staging() >= 1
+    assert await after.sweep_dead_staging() == 0
+    assert await blob.staged() == 1, "the dead upload went, the live one stayed"
+    await in_flight.seal()
+    path = await in_flight.commit(alive.upload_key(ID, "late", DAY))
+    await in_flight.finish()
+    assert await content(alive, path, 12) == b"still coming"
+
+
+async def test_a_move_committed_over_a_replaced_final_keeps_its_source(blob: BlobBackend) -> None:
+    """Recovery removes a source only if the journaled bytes are the ones standing there."""
+    dead = await blob.start()
+    source = blob.put_source("s", b"source")
+    staged = await dead.adopt(source, move=True)
+    path = await staged.commit(dead.generated_key("t", ID, "f"))
+    staged.abandon()
+    await dead.close()
+    after = await blob.start()
+    await after.remove(path)
+    [leftover] = await after.leftovers()
+    await after.settle(leftover, committed=True)
+    assert blob.source(source) == b"source", "never neither: the source stays"
+
+
+async def test_keys_are_derived_never_raw(blob: BlobBackend) -> None:
+    storage = await blob.start()
+    key = storage.upload_key(ID, "../../etc/passwd", DAY)
+    assert ".." not in key.split("/") and ID in key and key.startswith("uploads/")
+    assert storage.generated_key("t1", ID, "a") != storage.generated_key("t2", ID, "a")
+    for bad_task in ("../x", "", "a/b", "-starts-with-dash"):
+        with pytest.raises(InvalidArgument, match="task_id"):
+            storage.generated_key(bad_task, ID, "a")
+    for bad_id in ("../" + ID, "", "not-a-uuid"):
+        with pytest.raises(InvalidArgument, match="asset_id"):
+            storage.upload_key(bad_id, "a", DAY)
+        with pytest.raises(InvalidArgument, match="asset_id"):
+            storage.generated_key("t", bad_id, "a")
+    path = await written(storage, b"safe", key)
+    assert await content(storage, path, 4) == b"safe"
+    for raw in ("uploads/../../outside", "tmp/x", "/uploads/x", "uploads"):
+        writer = storage.new_writer()
+        await writer.write(b"x")
+        await writer.seal()
+        with pytest.raises(InvalidArgument):
+            await writer.commit(raw)
+        await writer.rollback()
+    assert await blob.staged() == 0
