@@ -8,7 +8,7 @@ TOOLS := tools/node_modules/.installed
 ARGS ?=
 PY_SOURCES := asset_service tests scripts bench clients/python
 
-.PHONY: install run test soak ferretdb generate lint format bench clean
+.PHONY: install run test soak ferretdb minio generate lint format bench clean
 
 $(STAMP): pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,7 +30,7 @@ run: $(STAMP)
 	$(VENV)/bin/asset-service --import-root "$(CURDIR)/incoming" $(ARGS)
 
 ## test: every test (unit, contract, end to end, grpcurl, buf lint, stubs up to date, lint)
-test: install ferretdb
+test: install ferretdb minio
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 ## soak: a long crash loop (300 SIGKILLs under mixed load, each followed by an audit), then
@@ -43,9 +43,14 @@ soak: $(STAMP)
 ferretdb:
 	bash scripts/install_ferretdb.sh
 
+## minio: build MinIO into .tools/ (an S3-compatible store; the S3 blob-storage contract)
+minio:
+	bash scripts/install_minio.sh
+
 ## generate: regenerate every client's stubs from protos/
 generate: install
 	$(PY) scripts/gen_protos.py
+	$(PY) scripts/gen_sync_client.py
 	bash scripts/gen_clients.sh
 
 ## lint: ruff, mypy --strict, import-linter (layering), buf lint

@@ -70,6 +70,10 @@ class Settings:
     watch_buffer_bytes: int = 4 * 1024**2
     watch_stall_timeout_seconds: float = 300.0
     allow_hardlinked_imports: bool = False
+    storage_url: str = ""
+    s3_endpoint_url: str = ""
+    s3_region: str = ""
+    manifest_cache_bytes: int = 10 * 1024**3
 
 
 def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
@@ -204,6 +208,33 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "[ASSET_SERVICE_WATCH_STALL_TIMEOUT]",
     )
     parser.add_argument(
+        "--storage-url",
+        default=default("STORAGE_URL", ""),
+        help="where FILE bytes live: empty for the local disk under --storage-root, or "
+        "s3://bucket/prefix for an S3-compatible object store (credentials from the standard "
+        "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY variables; --storage-root then keeps only "
+        "local state: move journals, manifests and their input cache) "
+        "[ASSET_SERVICE_STORAGE_URL]",
+    )
+    parser.add_argument(
+        "--s3-endpoint-url",
+        default=default("S3_ENDPOINT_URL", ""),
+        help="object store endpoint, e.g. http://127.0.0.1:9000 for MinIO (default: "
+        "AWS_ENDPOINT_URL, else AWS S3) [ASSET_SERVICE_S3_ENDPOINT_URL]",
+    )
+    parser.add_argument(
+        "--s3-region",
+        default=default("S3_REGION", ""),
+        help="object store region (default: AWS_REGION, else us-east-1) [ASSET_SERVICE_S3_REGION]",
+    )
+    parser.add_argument(
+        "--manifest-cache-bytes",
+        type=parse_size,
+        default=parse_size(default("MANIFEST_CACHE_BYTES", "10GiB")),
+        help="with an object store: local copies of manifest inputs kept (least recently "
+        "used go first) [ASSET_SERVICE_MANIFEST_CACHE_BYTES]",
+    )
+    parser.add_argument(
         "--allow-hardlinked-imports",
         action=argparse.BooleanOptionalAction,
         default=parse_bool(default("ALLOW_HARDLINKED_IMPORTS", "0")),
@@ -240,4 +271,8 @@ def load_settings(
         watch_buffer_bytes=args.watch_buffer_bytes,
         watch_stall_timeout_seconds=args.watch_stall_timeout,
         allow_hardlinked_imports=args.allow_hardlinked_imports,
+        storage_url=args.storage_url,
+        s3_endpoint_url=args.s3_endpoint_url,
+        s3_region=args.s3_region,
+        manifest_cache_bytes=args.manifest_cache_bytes,
     )

@@ -19,12 +19,12 @@ from asset_service._proto.asset.v1 import asset_service_pb2_grpc as pb_grpc
 from asset_service.api import reflection
 from asset_service.api.servicer import AssetServicer
 from asset_service.config import Settings
-from asset_service.domain.errors import AssetError
+from asset_service.domain.errors import AssetError, InvalidArgument
 from asset_service.domain.manager import AssetManager, Limits
-from asset_service.domain.ports import MetadataStore
+from asset_service.domain.ports import BlobStorage, MetadataStore
 from asset_service.storage.imports import ImportRoots
 from asset_service.storage.local import LocalStorage
-from asset_service.storage.manifests import LocalManifests
+from asset_service.storage.manifests import FileCache, LocalManifests
 from asset_service.store import open_store
 
 log = logging.getLogger(__name__)
@@ -136,17 +136,44 @@ def _listen_error(listen: str, exc: RuntimeError) -> str:
     return f"cannot listen on {listen}: {exc}"
 
 
+def open_storage(settings: Settings) -> tuple[BlobStorage, LocalManifests]:
+    """The blob storage --storage-url names (local disk by default) and its manifests."""
+    imports = ImportRoots(settings.import_roots, settings.allow_hardlinked_imports)
+    root = settings.storage_root
+    if not settings.storage_url:
+        return (
+            LocalStorage(root, settings.orphan_grace_seconds, imports),
+            LocalManifests(root),
+        )
+    if not settings.storage_url.startswith("s3://"):
+        raise InvalidArgument(
+            f"--storage-url {settings.storage_url!r} is not supported: leave it empty for the "
+            "local disk, or give s3://bucket/prefix"
+        )
+    from asset_service.storage.s3 import S3Storage  # the object-store client loads only here
+
+    storage = S3Storage(
+        settings.storage_url,
+        root / "tmp" / "s3-state",
+        settings.orphan_grace_seconds,
+        imports,
+        endpoint_url=settings.s3_endpoint_url or None,
+        region=settings.s3_region or None,
+    )
+    cache = FileCache(root / "tmp" / "cache", storage, settings.manifest_cache_bytes)
+    return storage, LocalManifests(root, cache)
+
+
 async def start(settings: Settings, store: MetadataStore | None = None) -> RunningServer:
     """Open storage and store, recover, and serve; `store` overrides the database URL."""
     store = store if store is not None else open_store(settings.database_url)
-    imports = ImportRoots(settings.import_roots, settings.allow_hardlinked_imports)
-    storage = LocalStorage(settings.storage_root, settings.orphan_grace_seconds, imports)
+    storage, manifests = open_storage(settings)
     limits = Limits(
         max_upload_bytes=settings.max_upload_bytes,
         manifest_ttl_seconds=settings.manifest_ttl_seconds,
         watch_buffer_bytes=settings.watch_buffer_bytes,
     )
-    manager = AssetManager(store, storage, limits, LocalManifests(settings.storage_root))
+    manager = AssetManager(store, storage, limits, manifests)
     await manager.start()
 
     # Over the limit, HTTP/2 makes a client's further calls on that connection wait for a

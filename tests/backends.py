@@ -67,7 +67,10 @@ def report_lines() -> list[str]:
         lines += [f"  ferretdb leaves out cases needing {cap}" for cap in FERRETDB_LACKS]
     if "mongo" in missing:
         lines.append("  end-to-end tests run on sqlite (MONGODB_URI runs them on MongoDB)")
-    return lines
+    # Imported here: the blob backends import the storages, and they import this module.
+    from tests.contract.blob_backends import blob_report_lines
+
+    return lines + blob_report_lines()
 
 
 class FerretDB:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,9 @@ from asset_service.domain.ports import BlobStorage
 from asset_service.storage.imports import ImportRoots
 from asset_service.storage.local import LocalStorage
 from asset_service.storage.memory import PREFIX, MemoryState, MemoryStorage
+from asset_service.storage.s3 import S3Storage
+from tests.backends import MinIO, minio_missing
+from tests.contract import s3_helpers
 
 # Short enough to say "younger than the grace", long enough that no test run crosses it.
 GRACE_SECONDS = 60.0
@@ -98,17 +102,57 @@ def _memory(tmp: Path, request: pytest.FixtureRequest) -> BlobBackend:
     )
 
 
+def _s3(tmp: Path, request: pytest.FixtureRequest) -> BlobBackend:
+    """S3Storage on the session's MinIO, under a fresh prefix per test."""
+    minio: MinIO = request.getfixturevalue("minio")
+    state, incoming = tmp / "s3-state", tmp / "incoming"
+    incoming.mkdir()
+    prefix = f"{uuid.uuid4().hex}/"
+    opened: list[S3Storage] = []
+
+    def make(imports: bool) -> BlobStorage:
+        roots = ImportRoots([incoming]) if imports else None
+        url = f"s3://{s3_helpers.BUCKET}/{prefix}"
+        storage = S3Storage(url, state, GRACE_SECONDS, roots, **s3_helpers.credentials(minio))
+        opened.append(storage)
+        return storage
+
+    def put_source(name: str, data: bytes) -> str:
+        (incoming / name).write_bytes(data)
+        return str(incoming / name)
+
+    def source(path: str) -> bytes | None:
+        try:
+            return Path(path).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    async def backdate(storage_path: str, seconds: float) -> None:
+        await s3_helpers.backdate(minio, storage_path, seconds)
+
+    async def staged() -> int:
+        for storage in opened:
+            await storage.drain()  # discard() cleans up in the background
+        return await s3_helpers.staged(minio, prefix)
+
+    return BlobBackend(
+        "s3", make, lambda n: str(incoming / n), put_source, source, backdate, staged
+    )
+
+
 # name -> builder. A backend that needs a service (an object store) takes it from a session
 # fixture through `request`, and says in `missing_blob_backends` why it cannot run here.
 BUILDERS: dict[str, Callable[[Path, pytest.FixtureRequest], BlobBackend]] = {
     "local": _local,
     "memory": _memory,
+    "s3": _s3,
 }
 
 
 def missing_blob_backends() -> dict[str, str]:
     """Blob backends that will not run here, with the reason."""
-    return {}
+    why = minio_missing()
+    return {"s3": f"S3Storage on MinIO: {why}"} if why else {}
 
 
 def blob_report_lines() -> list[str]:

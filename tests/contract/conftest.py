@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -17,7 +19,8 @@ from asset_service.domain.ports import MetadataStore
 from asset_service.store.memory import MemoryStore
 from asset_service.store.mongo import MongoStore
 from asset_service.store.sqlite import SqliteStore
-from tests.backends import LACKS, FerretDB, missing_backends
+from tests.backends import LACKS, FerretDB, MinIO, minio_missing, missing_backends
+from tests.contract import s3_helpers
 
 
 @dataclass
@@ -38,6 +41,11 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if minio_missing():
+        # Left out, not skipped: pytest's header says the S3 backend did not run, and why.
+        wants_minio = [i for i in items if "minio" in getattr(i, "fixturenames", ())]
+        config.hook.pytest_deselected(items=wants_minio)
+        items[:] = [i for i in items if i not in wants_minio]
     if "ferretdb" not in missing_backends():
         return
     ferret_fixtures = {"ferretdb_url", "ferretdb_process"}
@@ -72,6 +80,21 @@ def ferretdb_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield ferret.url
     finally:
         ferret.stop()
+        shutil.rmtree(state, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def minio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MinIO]:
+    """A MinIO server for the session, with the contract's bucket; built by `make minio`."""
+    state = tmp_path_factory.mktemp("minio")
+    server = MinIO(state).start()
+    try:
+        # Its own thread and loop: the fixture is first asked for inside a running loop.
+        with ThreadPoolExecutor(1) as pool:
+            pool.submit(asyncio.run, s3_helpers.create_bucket(server)).result()
+        yield server
+    finally:
+        server.stop()
         shutil.rmtree(state, ignore_errors=True)
 
 

@@ -1,0 +1,256 @@
+"""Bytes on their way into the bucket: a multipart upload while hashing, a no-clobber commit."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from asset_service.domain.errors import Conflict
+from asset_service.storage import fs
+from asset_service.storage.s3._config import PART_SIZE, translate
+
+if TYPE_CHECKING:
+    from types_aiobotocore_s3.type_defs import CompletedPartTypeDef
+
+    from asset_service.storage.s3._storage import S3Storage
+
+log = logging.getLogger(__name__)
+
+
+class S3Writer:
+    """Streams chunks into a multipart upload of a staging object, hashing as it goes.
+
+    Memory holds at most one part. An upload smaller than one part never touches the
+    bucket until commit(), which then writes it with one conditional PUT. A bigger one is
+    completed as a staging object at seal(), and commit() copies it server-side to its key
+    with a conditional CompleteMultipartUpload (If-None-Match: *): the key is only ever
+    written whole, and never over another object.
+    """
+
+    def __init__(self, storage: S3Storage) -> None:
+        self._storage = storage
+        self.size_bytes = 0
+        self.sha256 = hashlib.sha256().hexdigest()
+        self.blob_id = uuid.uuid4().hex  # stamped on the final object: "is it ours?"
+        self._hash = hashlib.sha256()
+        self._buffer = bytearray()
+        self._staging_key = storage.staging_key(self.blob_id)
+        self._upload_id: str | None = None
+        self._parts: list[CompletedPartTypeDef] = []
+        self._staged = False  # the staging object exists
+        self._final_key: str | None = None
+        self._done = False
+
+    # --- writing ------------------------------------------------------------------------
+
+    async def write(self, chunk: bytes) -> None:
+        if self._upload_id is None:
+            # Opened at once, even for bytes that will fit one part: the upload in flight is
+            # visible in the bucket, so a sweep can tell a live server's from a dead one's.
+            await self._create_upload()
+        if len(chunk) < 64 * 1024:  # a thread hop costs more than hashing a small chunk
+            self._hash.update(chunk)
+        else:
+            await asyncio.to_thread(self._hash.update, chunk)
+        self._buffer += chunk
+        self.size_bytes += len(chunk)
+        while len(self._buffer) >= PART_SIZE:
+            part = bytes(self._buffer[:PART_SIZE])
+            del self._buffer[:PART_SIZE]
+            await self._upload_part(part)
+
+    async def _create_upload(self) -> None:
+        try:
+            created = await self._storage.client.create_multipart_upload(
+                Bucket=self._storage.location.bucket, Key=self._staging_key
+            )
+        except Exception as exc:
+            raise translate(exc, "starting an upload", self._staging_key) from exc
+        self._upload_id = created["UploadId"]
+
+    async def _upload_part(self, data: bytes) -> None:
+        assert self._upload_id is not None
+        number = len(self._parts) + 1
+        try:
+            answer = await self._storage.client.upload_part(
+                Bucket=self._storage.location.bucket,
+                Key=self._staging_key,
+                UploadId=self._upload_id,
+                PartNumber=number,
+                Body=data,
+            )
+        except Exception as exc:
+            raise translate(exc, "uploading a part", self._staging_key) from exc
+        self._parts.append({"PartNumber": number, "ETag": answer["ETag"]})
+
+    async def seal(self) -> None:
+        """No more writes: complete the staging object if the bytes outgrew one part."""
+        self.sha256 = self._hash.hexdigest()
+        if not self._parts:
+            return  # at most one part, held in memory: commit() PUTs it
+        assert self._upload_id is not None
+        if self._buffer:
+            await self._upload_part(bytes(self._buffer))
+            self._buffer = bytearray()
+        try:
+            await self._storage.client.complete_multipart_upload(
+                Bucket=self._storage.location.bucket,
+                Key=self._staging_key,
+                UploadId=self._upload_id,
+                MultipartUpload={"Parts": self._parts},
+            )
+        except Exception as exc:
+            raise translate(exc, "completing an upload", self._staging_key) from exc
+        self._upload_id, self._staged = None, True
+
+    # --- placing and settling -----------------------------------------------------------
+
+    async def commit(self, key: str) -> str:
+        object_key = self._storage.object_key(key)
+        if self._staged:
+            await self._storage.place_copy(object_key, self._staging_key, self.blob_id)
+            self._final_key = object_key
+            await self._drop_staging()
+        else:
+            body = bytes(self._buffer)
+            await self._storage.place_bytes(object_key, body, self.blob_id)
+            self._final_key = object_key
+            self._buffer = bytearray()
+            await self._abort_upload()
+        return self._storage.location.path_of(object_key)
+
+    async def finish(self) -> None:
+        self._done = True
+
+    async def rollback(self) -> None:
+        """Abort the multipart upload, remove the staging object and the placed one (if ours)."""
+        if self._done:
+            return
+        self._done = True
+        self._buffer = bytearray()
+        await self._abort_upload()
+        await self._drop_staging()
+        if self._final_key is not None:
+            await self._storage.delete_if_ours(self._final_key, self.blob_id)
+
+    def discard(self) -> None:
+        """rollback() from synchronous cleanup: run as a task the storage awaits on close."""
+        if not self._done:
+            self._storage.in_background(self.rollback())
+
+    def abandon(self) -> None:
+        """Outcome unknown: keep everything; the orphan and upload sweeps settle it later."""
+        self._done = True
+
+    async def _abort_upload(self) -> None:
+        if self._upload_id is not None:
+            upload_id, self._upload_id = self._upload_id, None
+            await self._storage.abort_upload(self._staging_key, upload_id)
+
+    async def _drop_staging(self) -> None:
+        if self._staged:
+            await self._storage.delete_quietly(self._staging_key)
+            self._staged = False
+
+
+class S3Adopted:
+    """A server-side file under an import root, copied into the bucket while hashed.
+
+    The file stays open (and flocked) from hash to finish. With `move`, a journal entry
+    written before the object is placed lets start-up recovery remove the source (record
+    committed) or the object (record not committed) after a crash.
+    """
+
+    def __init__(self, storage: S3Storage, raw: str, opened: fs.Opened, move: bool) -> None:
+        self._storage = storage
+        self.raw = raw
+        self.opened = opened
+        self.move = move
+        self._writer = S3Writer(storage)
+        self.size_bytes: int = 0
+        self.sha256: str = hashlib.sha256().hexdigest()
+        self._journal: Path | None = None
+        self._done = False
+
+    async def stage(self) -> None:
+        offset = 0
+        while chunk := await asyncio.to_thread(os.pread, self.opened.fd, PART_SIZE, offset):
+            offset += len(chunk)
+            await self._writer.write(chunk)
+        await self._writer.seal()
+        self.size_bytes, self.sha256 = self._writer.size_bytes, self._writer.sha256
+        self._check_unchanged()
+
+    def _check_unchanged(self) -> None:
+        now, then = os.fstat(self.opened.fd), self.opened.st
+        if (now.st_size, now.st_mtime_ns) != (then.st_size, then.st_mtime_ns) or (
+            now.st_size != self.size_bytes
+        ):
+            raise Conflict(
+                "the server-side file changed while it was being read; retry once the worker "
+                "has finished writing it"
+            )
+
+    async def commit(self, key: str) -> str:
+        if self.move:
+            st = self.opened.st
+            intent = {
+                "source": self.raw,
+                "dev": st.st_dev,
+                "ino": st.st_ino,
+                "final": key,
+                "blob_id": self._writer.blob_id,
+            }
+            self._journal = await asyncio.to_thread(self._storage.journal.write, intent)
+        try:
+            self._check_unchanged()
+            path = await self._writer.commit(key)
+        except BaseException:
+            await self._writer.rollback()
+            self._storage.journal.forget(self._journal)
+            self._journal = None
+            raise
+        return path
+
+    async def finish(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        try:
+            await self._writer.finish()
+            if self.move:
+                st = self.opened.st
+                if not fs.unlink_if_same(
+                    self.opened.parent_fd, self.opened.name, (st.st_dev, st.st_ino)
+                ):
+                    log.warning("the moved source %r was already gone or replaced", self.raw)
+            self._storage.journal.forget(self._journal)
+        finally:
+            self.opened.close()
+
+    async def rollback(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        try:
+            await self._writer.rollback()
+            self._storage.journal.forget(self._journal)
+        finally:
+            self.opened.close()
+
+    def discard(self) -> None:
+        if not self._done:
+            self._storage.in_background(self.rollback())
+
+    def abandon(self) -> None:
+        """Keep object, source and journal: the next start-up settles them."""
+        if self._done:
+            return
+        self._done = True
+        self._writer.abandon()
+        self.opened.close()

@@ -1,0 +1,407 @@
+"""S3Storage: the BlobStorage port over an S3-compatible bucket (keys, reads, sweeps, recovery)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import uuid
+from collections.abc import AsyncIterator, Coroutine
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from asset_service.domain.errors import (
+    AssetError,
+    Conflict,
+    IntegrityError,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+)
+from asset_service.domain.models import parse_asset_id, safe_file_name, validate_task_id
+from asset_service.storage import fs
+from asset_service.storage.imports import ImportRoots
+from asset_service.storage.s3 import _recovery
+from asset_service.storage.s3._blob import S3Adopted, S3Writer
+from asset_service.storage.s3._config import (
+    COPY_PART_SIZE,
+    Credentials,
+    S3Location,
+    create_client,
+    is_missing,
+    is_precondition,
+    translate,
+)
+from asset_service.storage.s3._journal import Journal, Leftover
+
+if TYPE_CHECKING:
+    from types_aiobotocore_s3 import S3Client
+    from types_aiobotocore_s3.type_defs import CompletedPartTypeDef
+
+log = logging.getLogger(__name__)
+
+_AREAS = ("uploads", "generated")
+
+
+class S3Storage:
+    """<prefix>uploads/YYYY-MM-DD/<id>/<name>, <prefix>generated/<task>/<id>/<name>, tmp/.
+
+    storage_path values are `s3://bucket/<object key>`. Moves of server-side files are
+    journaled in `state_dir` on this host (their sources are on this host).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        state_dir: Path,
+        orphan_grace_seconds: float = 600.0,
+        imports: ImportRoots | None = None,
+        *,
+        endpoint_url: str | None = None,
+        region: str | None = None,
+        access_key_id: str | None = None,
+        secret_access_key: str | None = None,
+        max_connections: int = 64,
+    ) -> None:
+        self.location = S3Location.parse(url)
+        self.url = url
+        # An object younger than this may be another server's commit in flight.
+        self.orphan_grace_seconds = orphan_grace_seconds
+        self.imports = imports or ImportRoots(())
+        self._creds = Credentials(endpoint_url, region, access_key_id, secret_access_key)
+        self._max_connections = max_connections
+        self.instance = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.journal = Journal(state_dir, self.instance)
+        self._stack = contextlib.AsyncExitStack()
+        self._client: S3Client | None = None
+        self._background: set[asyncio.Task[None]] = set()
+
+    @property
+    def client(self) -> S3Client:
+        if self._client is None:
+            raise Unavailable(f"object storage {self.url} is not open")
+        return self._client
+
+    # --- lifecycle ------------------------------------------------------------------
+
+    async def open(self) -> None:
+        creds = self._creds.resolved()
+        client: S3Client = await self._stack.enter_async_context(
+            create_client(creds, self._max_connections)
+        )
+        self._client = client
+        try:
+            await client.head_bucket(Bucket=self.location.bucket)
+        except Exception as exc:
+            await self._stack.aclose()
+            self._client = None
+            raise Unavailable(
+                f"bucket {self.location.bucket!r} at {creds.endpoint_url or 'AWS S3'} is not "
+                f"usable ({exc}); create it, or check AWS_ENDPOINT_URL and the credentials"
+            ) from exc
+        await asyncio.to_thread(self.journal.open)
+
+    async def close(self) -> None:
+        await self.drain()
+        if self._client is not None and not await asyncio.to_thread(self.journal.unsettled):
+            # Like a local staging folder removed on close; kept while moves are unsettled.
+            with contextlib.suppress(AssetError):
+                await _recovery.clear_instance(self, self.instance)
+        await self._stack.aclose()
+        self._client = None
+        await asyncio.to_thread(self.journal.close)
+
+    async def drain(self) -> None:
+        """Wait for cleanup started by discard(): later calls on this instance see it done."""
+        if self._background:
+            await asyncio.wait(set(self._background), timeout=30)
+
+    def in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run cleanup that a synchronous caller cannot await; close() waits for it."""
+
+        async def logged() -> None:
+            try:
+                await work
+            except Exception:
+                # Whatever it left (an upload, an object) the start-up sweeps remove.
+                log.exception("cleaning up a discarded upload failed")
+
+        task = asyncio.get_running_loop().create_task(logged())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # --- keys and paths ---------------------------------------------------------------
+
+    def upload_key(self, asset_id: str, label: str, now: datetime) -> str:
+        asset_id = parse_asset_id(asset_id)
+        return f"uploads/{now.strftime('%Y-%m-%d')}/{asset_id}/{safe_file_name(label)}"
+
+    def generated_key(self, task_id: str, asset_id: str, label: str) -> str:
+        task_id = validate_task_id(task_id)
+        asset_id = parse_asset_id(asset_id)
+        return f"generated/{task_id}/{asset_id}/{safe_file_name(label)}"
+
+    def object_key(self, key: str) -> str:
+        parts = fs.relative_parts(key, f"storage key {key!r}")
+        if parts[0] not in _AREAS or len(parts) < 2:
+            raise InvalidArgument(f"storage key {key!r} is outside uploads/ and generated/")
+        return self.location.prefix + "/".join(parts)
+
+    def staging_key(self, blob_id: str) -> str:
+        return f"{self.location.prefix}tmp/staging/{self.instance}/{blob_id}"
+
+    def _key_of(self, storage_path: str) -> str:
+        head = self.location.path_of(self.location.prefix)
+        if not storage_path.startswith(head):
+            raise NotFound(f"{storage_path} is not a path in this storage ({self.url})")
+        return self.object_key(storage_path[len(head) :])
+
+    # --- placing, for the blobs -----------------------------------------------------------
+
+    async def _placed(self, object_key: str, write: Any) -> None:
+        """Run a conditional write; replace a crash leftover older than the grace, once."""
+        for attempt in (1, 2):
+            try:
+                await write()
+                return
+            except Exception as exc:
+                if not is_precondition(exc):
+                    raise translate(exc, "committing bytes", object_key) from exc
+            age = await self._age(object_key)
+            if attempt == 2 or age is None or age < self.orphan_grace_seconds:
+                raise Conflict(
+                    "the asset's bytes are being committed by another request; retry shortly"
+                )
+            log.warning("replacing an object left %.0fs ago by an interrupted commit", age)
+            await self.delete_quietly(object_key)
+
+    async def place_bytes(self, object_key: str, body: bytes, blob_id: str) -> None:
+        async def write() -> None:
+            await self.client.put_object(
+                Bucket=self.location.bucket,
+                Key=object_key,
+                Body=body,
+                IfNoneMatch="*",
+                Metadata={"blob-id": blob_id},
+            )
+
+        await self._placed(object_key, write)
+
+    async def place_copy(self, object_key: str, source_key: str, blob_id: str) -> None:
+        """Server-side multipart copy, completed only if the key is still free."""
+        bucket = self.location.bucket
+        size = await self._size(source_key)
+
+        async def write() -> None:
+            created = await self.client.create_multipart_upload(
+                Bucket=bucket, Key=object_key, Metadata={"blob-id": blob_id}
+            )
+            upload_id = created["UploadId"]
+            try:
+                parts: list[CompletedPartTypeDef] = []
+                for number, start in enumerate(range(0, max(size, 1), COPY_PART_SIZE), 1):
+                    end = min(size, start + COPY_PART_SIZE) - 1
+                    copied = await self.client.upload_part_copy(
+                        Bucket=bucket,
+                        Key=object_key,
+                        UploadId=upload_id,
+                        PartNumber=number,
+                        CopySource={"Bucket": bucket, "Key": source_key},
+                        CopySourceRange=f"bytes={start}-{end}",
+                    )
+                    parts.append({"PartNumber": number, "ETag": copied["CopyPartResult"]["ETag"]})
+                await self.client.complete_multipart_upload(
+                    Bucket=bucket,
+                    Key=object_key,
+                    UploadId=upload_id,
+                    MultipartUpload={"Parts": parts},
+                    IfNoneMatch="*",
+                )
+            except BaseException:
+                await self.abort_upload(object_key, upload_id)
+                raise
+
+        await self._placed(object_key, write)
+
+    async def abort_upload(self, object_key: str, upload_id: str) -> None:
+        try:
+            await self.client.abort_multipart_upload(
+                Bucket=self.location.bucket, Key=object_key, UploadId=upload_id
+            )
+        except Exception as exc:
+            if not is_missing(exc):
+                log.warning("could not abort the upload of %s (%s); a sweep will", object_key, exc)
+
+    async def delete_quietly(self, object_key: str) -> None:
+        try:
+            await self.client.delete_object(Bucket=self.location.bucket, Key=object_key)
+        except Exception as exc:
+            log.warning("could not delete %s (%s); a sweep will", object_key, exc)
+
+    async def delete_if_ours(self, object_key: str, blob_id: str) -> bool:
+        """Delete an object this blob placed; never one another writer put there since."""
+        head = await self.head(object_key)
+        if head is None or head.get("Metadata", {}).get("blob-id") != blob_id:
+            return False
+        try:
+            await self.client.delete_object(
+                Bucket=self.location.bucket, Key=object_key, IfMatch=head["ETag"]
+            )
+        except Exception as exc:
+            if not (is_missing(exc) or is_precondition(exc)):
+                raise translate(exc, "removing bytes", object_key) from exc
+            return False
+        return True
+
+    async def head(self, object_key: str) -> dict[str, Any] | None:
+        try:
+            head = await self.client.head_object(Bucket=self.location.bucket, Key=object_key)
+        except Exception as exc:
+            if is_missing(exc):
+                return None
+            raise translate(exc, "checking bytes", object_key) from exc
+        return dict(head)
+
+    async def _age(self, object_key: str) -> float | None:
+        head = await self.head(object_key)
+        if head is None:
+            return None
+        modified: datetime = head["LastModified"]
+        return (datetime.now(UTC) - modified).total_seconds()
+
+    async def _size(self, object_key: str) -> int:
+        head = await self.head(object_key)
+        if head is None:
+            raise IntegrityError(f"the staged upload {object_key} vanished before its commit")
+        return int(head["ContentLength"])
+
+    # --- writing ----------------------------------------------------------------------
+
+    def new_writer(self) -> S3Writer:
+        return S3Writer(self)
+
+    async def adopt(self, path: str, move: bool) -> S3Adopted:
+        """Copy a server-side file under an import root into the bucket while hashing it."""
+        opened = await asyncio.to_thread(self.imports.open, path, move)
+        blob = S3Adopted(self, path, opened, move)
+        try:
+            await blob.stage()
+        except BaseException:
+            await blob.rollback()
+            raise
+        return blob
+
+    # --- reading ----------------------------------------------------------------------
+
+    async def _checked(self, storage_path: str, size_bytes: int) -> tuple[str, str]:
+        await self.drain()
+        object_key = self._key_of(storage_path)
+        head = await self.head(object_key)
+        if head is None:
+            raise IntegrityError(f"its bytes at {storage_path} are missing")
+        if int(head["ContentLength"]) != size_bytes:
+            raise IntegrityError(
+                f"its bytes at {storage_path} are {head['ContentLength']} bytes long; the "
+                f"record says {size_bytes} (truncated or replaced in the bucket)"
+            )
+        return object_key, str(head["ETag"])
+
+    async def check(self, storage_path: str, size_bytes: int) -> None:
+        await self._checked(storage_path, size_bytes)
+
+    async def read(
+        self, storage_path: str, size_bytes: int, offset: int, limit: int, chunk_size: int
+    ) -> AsyncIterator[bytes]:
+        object_key, etag = await self._checked(storage_path, size_bytes)
+        end = size_bytes if limit <= 0 else min(size_bytes, offset + limit)
+        return self._ranged(object_key, storage_path, etag, offset, end, chunk_size)
+
+    async def _ranged(
+        self, object_key: str, shown: str, etag: str, offset: int, end: int, chunk_size: int
+    ) -> AsyncIterator[bytes]:
+        """One ranged GET, pinned to the ETag checked above, streamed chunk by chunk."""
+        if offset >= end:
+            return
+        try:
+            answer = await self.client.get_object(
+                Bucket=self.location.bucket,
+                Key=object_key,
+                Range=f"bytes={offset}-{end - 1}",
+                IfMatch=etag,
+            )
+        except Exception as exc:
+            if is_precondition(exc):
+                raise IntegrityError(f"its bytes at {shown} were replaced while read") from exc
+            raise translate(exc, "reading bytes", shown) from exc
+        async with answer["Body"] as body:
+            while offset < end:
+                chunk = await body.read(min(chunk_size, end - offset))
+                if not chunk:
+                    raise IntegrityError(
+                        f"its bytes at {shown} ended at {offset} of {end} bytes while read"
+                    )
+                offset += len(chunk)
+                yield chunk
+
+    # --- housekeeping -----------------------------------------------------------------
+
+    async def remove(self, storage_path: str) -> None:
+        object_key = self._key_of(storage_path)
+        try:
+            await self.client.delete_object(Bucket=self.location.bucket, Key=object_key)
+        except Exception as exc:
+            if not is_missing(exc):
+                raise translate(exc, "removing bytes", storage_path) from exc
+
+    async def uploads(self, prefix: str) -> AsyncIterator[dict[str, Any]]:
+        """Multipart uploads in progress under `prefix`.
+
+        Listed bucket-wide and filtered here: MinIO lists uploads for an empty prefix or
+        one exact key only, not for a folder-like prefix (checked against the pinned build).
+        """
+        paginator = self.client.get_paginator("list_multipart_uploads")
+        async for page in paginator.paginate(Bucket=self.location.bucket):
+            for upload in page.get("Uploads", ()):
+                if upload["Key"].startswith(prefix):
+                    yield dict(upload)
+
+    async def listed(self, prefix: str) -> AsyncIterator[dict[str, Any]]:
+        paginator = self.client.get_paginator("list_objects_v2")
+        async for page in paginator.paginate(Bucket=self.location.bucket, Prefix=prefix):
+            for item in page.get("Contents", ()):
+                yield dict(item)
+
+    async def orphans(self) -> AsyncIterator[tuple[str, str]]:
+        """Objects in uploads/ and generated/ older than the grace, as (asset id, path)."""
+        await self.drain()
+        now = datetime.now(UTC)
+        for area in _AREAS:
+            async for item in self.listed(f"{self.location.prefix}{area}/"):
+                parts = item["Key"][len(self.location.prefix) :].split("/")
+                if len(parts) != 4:
+                    continue
+                try:
+                    asset_id = parse_asset_id(parts[2])
+                except InvalidArgument:
+                    continue
+                if (now - item["LastModified"]).total_seconds() < self.orphan_grace_seconds:
+                    continue  # may be another server's commit in flight
+                yield asset_id, self.location.path_of(item["Key"])
+
+    async def sweep_dead_staging(self) -> int:
+        """Abort uploads and delete staging that dead processes left; return how many."""
+        await self.drain()
+        return await _recovery.sweep_staging(self)
+
+    # --- recovery of moves ------------------------------------------------------------
+
+    async def leftovers(self) -> list[Leftover]:
+        """Moves journaled (on this host) by processes that died, for recovery to settle."""
+        await self.drain()
+        return await _recovery.leftovers(self)
+
+    async def settle(self, leftover: Leftover, committed: bool) -> None:
+        """Finish a journaled move whose record committed, or undo one whose record did not."""
+        await _recovery.settle(self, leftover, committed)

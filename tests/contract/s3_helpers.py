@@ -1,0 +1,66 @@
+"""Reaching past S3Storage into the MinIO bucket, as an operator would (contract helpers)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from asset_service.storage.s3._config import Credentials, create_client
+from tests.backends import MinIO
+
+if TYPE_CHECKING:
+    from types_aiobotocore_s3 import S3Client
+
+BUCKET = "asset-contract"
+
+
+def credentials(minio: MinIO) -> dict[str, str]:
+    """S3Storage keyword arguments for this MinIO."""
+    return {
+        "endpoint_url": minio.endpoint,
+        "region": minio.region,
+        "access_key_id": minio.access_key,
+        "secret_access_key": minio.secret_key,
+    }
+
+
+@asynccontextmanager
+async def client(minio: MinIO) -> AsyncIterator[S3Client]:
+    creds = Credentials(minio.endpoint, minio.region, minio.access_key, minio.secret_key)
+    async with create_client(creds, 4) as s3:
+        yield s3
+
+
+async def create_bucket(minio: MinIO) -> None:
+    async with client(minio) as s3:
+        await s3.create_bucket(Bucket=BUCKET)
+
+
+async def backdate(minio: MinIO, storage_path: str, seconds: float) -> None:
+    """Rewrite the object with an older modification time (MinIO's replication header)."""
+    key = storage_path.removeprefix(f"s3://{BUCKET}/")
+    async with client(minio) as s3:
+        head = await s3.head_object(Bucket=BUCKET, Key=key)
+        older = (head["LastModified"] - timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+        def stamp(request: Any, **_: Any) -> None:
+            request.headers["X-Minio-Source-Mtime"] = older
+
+        s3.meta.events.register("before-sign.s3.PutObject", stamp)
+        answer = await s3.get_object(Bucket=BUCKET, Key=key)
+        async with answer["Body"] as body:
+            data = await body.read()
+        await s3.put_object(Bucket=BUCKET, Key=key, Body=data, Metadata=head["Metadata"])
+
+
+async def staged(minio: MinIO, prefix: str) -> int:
+    """Uploads in progress and staging objects under `prefix`, whichever instance made them."""
+    area = f"{prefix}tmp/staging/"
+    async with client(minio) as s3:
+        # MinIO lists uploads for no prefix or an exact key only: filter here.
+        uploads = await s3.list_multipart_uploads(Bucket=BUCKET)
+        objects = await s3.list_objects_v2(Bucket=BUCKET, Prefix=area)
+    in_area = [u for u in uploads.get("Uploads", ()) if u["Key"].startswith(area)]
+    return len(in_area) + len(objects.get("Contents", ()))
