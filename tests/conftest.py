@@ -2,19 +2,38 @@
 
 from __future__ import annotations
 
+import asyncio
+import shutil
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
 import pytest
 
 from asset_service._proto.asset.v1 import asset_service_pb2_grpc as pb_grpc
-from tests.backends import report_lines
+from tests.backends import MinIO, report_lines
+from tests.contract import s3_helpers
 from tests.serverproc import ServerProcess, database_url_for, drop_database_of
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
     return report_lines()
+
+
+@pytest.fixture(scope="session")
+def minio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MinIO]:
+    """A MinIO server for the session, with the contract's bucket; built by `make minio`."""
+    state = tmp_path_factory.mktemp("minio")
+    server = MinIO(state).start()
+    try:
+        # Its own thread and loop: the fixture is first asked for inside a running loop.
+        with ThreadPoolExecutor(1) as pool:
+            pool.submit(asyncio.run, s3_helpers.create_bucket(server)).result()
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(state, ignore_errors=True)
 
 
 @pytest.fixture

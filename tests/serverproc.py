@@ -53,11 +53,13 @@ class ServerProcess:
         database_url: str,
         import_roots: list[Path] | None = None,
         extra_args: list[str] | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.root = root
         self.database_url = database_url
         self.import_roots = import_roots or []
         self.extra_args = extra_args or []
+        self.env = env or {}
         self.proc: subprocess.Popen[str] | None = None
         self.port = 0
         self.log: list[str] = []
@@ -90,6 +92,7 @@ class ServerProcess:
             *self.extra_args,
         ]
         env = {k: v for k, v in os.environ.items() if not k.startswith("ASSET_SERVICE_")}
+        env.update(self.env)
         self.proc = subprocess.Popen(
             args, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env
         )

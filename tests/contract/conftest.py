@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -19,8 +17,7 @@ from asset_service.domain.ports import MetadataStore
 from asset_service.store.memory import MemoryStore
 from asset_service.store.mongo import MongoStore
 from asset_service.store.sqlite import SqliteStore
-from tests.backends import LACKS, FerretDB, MinIO, minio_missing, missing_backends
-from tests.contract import s3_helpers
+from tests.backends import LACKS, FerretDB, minio_missing, missing_backends
 
 
 @dataclass
@@ -80,21 +77,6 @@ def ferretdb_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield ferret.url
     finally:
         ferret.stop()
-        shutil.rmtree(state, ignore_errors=True)
-
-
-@pytest.fixture(scope="session")
-def minio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MinIO]:
-    """A MinIO server for the session, with the contract's bucket; built by `make minio`."""
-    state = tmp_path_factory.mktemp("minio")
-    server = MinIO(state).start()
-    try:
-        # Its own thread and loop: the fixture is first asked for inside a running loop.
-        with ThreadPoolExecutor(1) as pool:
-            pool.submit(asyncio.run, s3_helpers.create_bucket(server)).result()
-        yield server
-    finally:
-        server.stop()
         shutil.rmtree(state, ignore_errors=True)
 
 
