@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from asset_service._proto.asset.v1 import asset_service_pb2 as pb
@@ -15,18 +16,29 @@ from tests.crashloop._storage import list_all, read_back, storage_violations
 class Audit:
     """One audit of the restarted server; problems go to the ledger, named precisely."""
 
-    def __init__(self, load: Load, root: Path, pid: int) -> None:
+    def __init__(
+        self,
+        load: Load,
+        root: Path,
+        pid: int,
+        storage_check: Callable[[list[pb.Asset]], Awaitable[list[str]]] | None = None,
+    ) -> None:
         self.load = load
         self.ledger = load.ledger
         self.root = root
         self.pid = pid
+        self.storage_check = storage_check
         self.bad = self.ledger.problems.append
 
     async def run(self, stub: pb_grpc.AssetServiceStub) -> None:
         ledger = self.ledger
         # Storage first, before any request of ours can create or remove a file.
         records = await list_all(stub)
-        for problem in storage_violations(self.root, records, self.pid):
+        if self.storage_check is None:
+            problems = storage_violations(self.root, records, self.pid)
+        else:
+            problems = await self.storage_check(records)
+        for problem in problems:
             self.bad(problem)
         by_id = {a.id: a for a in records}
         by_label: dict[str, list[pb.Asset]] = defaultdict(list)

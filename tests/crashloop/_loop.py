@@ -43,6 +43,7 @@ class CrashLoop:
             config.database_url,
             import_roots=[config.import_root],
             extra_args=["--orphan-grace", "0", *config.extra_args],
+            env=config.env,
         )
         self.report = Report(seed=config.seed)
         self.ledger = Ledger(self.report)
@@ -97,7 +98,8 @@ class CrashLoop:
         except RuntimeError as exc:
             raise Violation(f"{where}: the server did not restart after the kill: {exc}") from exc
         async with connect(self.server.address) as stub:
-            await Audit(load, self.server.root, self.server.pid).run(stub)
+            audit = Audit(load, self.server.root, self.server.pid, self.cfg.storage_check)
+            await audit.run(stub)
         if not ledger.problems:
             return
         self.report.violations += [f"{where}: {p}" for p in ledger.problems]

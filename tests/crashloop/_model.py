@@ -7,7 +7,7 @@ import hashlib
 import json
 import random
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -65,6 +65,10 @@ class CrashLoopConfig:
     keep_going: bool = False  # count violations and carry on (the soak) instead of raising
     extra_args: list[str] = field(default_factory=list)
     progress: Callable[[str], None] | None = None
+    env: dict[str, str] = field(default_factory=dict)  # for the server, e.g. AWS_* for S3
+    # Checks the bytes' side when they are not on the local disk (an object store):
+    # (every FILE record) -> problems. None: the local disk under `root` is checked.
+    storage_check: Callable[[list[pb.Asset]], Awaitable[list[str]]] | None = None
 
 
 @dataclass

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import os
 import subprocess
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from asset_service._proto.asset.v1 import asset_service_pb2 as pb
+from tests.backends import MinIO
+from tests.contract import s3_helpers
 from tests.crashloop import WEIGHTS, CrashLoop, CrashLoopConfig, Report
 from tests.serverproc import database_url_for, drop_database_of
 
@@ -16,7 +21,7 @@ from tests.serverproc import database_url_for, drop_database_of
 SEED = int(os.environ.get("CRASH_LOOP_SEED", "8008"))
 
 
-async def _crash_loop(tmp_path: Path, import_root: Path, kills: int) -> Report:
+async def _crash_loop(tmp_path: Path, import_root: Path, kills: int, **options: Any) -> Report:
     print(f"crash loop seed {SEED} (set CRASH_LOOP_SEED to change it), {kills} kills")
     url = database_url_for(tmp_path)
     loop = CrashLoop(
@@ -27,6 +32,7 @@ async def _crash_loop(tmp_path: Path, import_root: Path, kills: int) -> Report:
             seed=SEED,
             kills=kills,
             progress=print,
+            **options,
         )
     )
     try:
@@ -78,3 +84,38 @@ async def test_crash_loop_copy_path(tmp_path: Path, tmpfs_import_root: Path) -> 
     """Import root on a tmpfs: no link or rename into storage; every move is a copy."""
     assert tmpfs_import_root.stat().st_dev != tmp_path.stat().st_dev
     await _crash_loop(tmp_path, tmpfs_import_root, kills=12)
+
+
+@pytest.mark.slow
+async def test_crash_loop_on_minio(tmp_path: Path, import_root: Path, minio: MinIO) -> None:
+    """FILE bytes in a real object store: the same guarantees, checked in the bucket."""
+    prefix = f"crash-{uuid.uuid4().hex[:8]}/"
+
+    async def bucket_check(records: list[pb.Asset]) -> list[str]:
+        problems = []
+        async with s3_helpers.client(minio) as s3:
+            stored = set()
+            for area in ("uploads/", "generated/"):
+                pages = s3.get_paginator("list_objects_v2").paginate(
+                    Bucket=s3_helpers.BUCKET, Prefix=prefix + area
+                )
+                async for page in pages:
+                    stored |= {
+                        f"s3://{s3_helpers.BUCKET}/{o['Key']}" for o in page.get("Contents", [])
+                    }
+            referenced = {a.storage_path for a in records if a.storage_path}
+            problems += [f"orphan object (--orphan-grace 0): {p}" for p in stored - referenced]
+            problems += [f"a record points at a missing object: {p}" for p in referenced - stored]
+            staged = await s3_helpers.staged(minio, prefix)
+            if staged:
+                problems.append(f"{staged} staging objects or multipart uploads left in the bucket")
+        return problems
+
+    await _crash_loop(
+        tmp_path,
+        import_root,
+        kills=10,
+        extra_args=["--storage-url", f"s3://{s3_helpers.BUCKET}/{prefix}"],
+        env=minio.aws_env(),
+        storage_check=bucket_check,
+    )
