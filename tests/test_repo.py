@@ -20,6 +20,13 @@ def test_python_stubs_are_up_to_date() -> None:
     assert "up to date" in result.stdout
 
 
+def test_python_sync_client_is_up_to_date() -> None:
+    """clients/python/asset_client/client.py is what unasync makes of aio.py today."""
+    result = run(sys.executable, "scripts/gen_sync_client.py", "--check")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "client.py up to date" in result.stdout
+
+
 def test_buf_lint_is_clean() -> None:
     buf = ROOT / "tools" / "node_modules" / ".bin" / "buf"
     assert buf.exists(), "buf is missing: `make install` runs npm ci in tools/"

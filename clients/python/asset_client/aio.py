@@ -1,5 +1,7 @@
 """AsyncAssetClient: the asyncio client over the generated gRPC stubs."""
 
+# The blocking AssetClient (client.py) is generated from this file by
+# scripts/gen_sync_client.py (`make generate`): edit here, then regenerate.
 # `timeout` is the gRPC deadline of each call, as in the sync client, not an asyncio timeout.
 # ruff: noqa: ASYNC109
 
@@ -35,10 +37,13 @@ _UNSET: Any = object()
 
 
 class AsyncAssetClient:
-    """asyncio client of the Asset Service; same methods and semantics as AssetClient.
+    """asyncio client of the Asset Service; AssetClient has the same API, blocking.
 
-    Blocking file work (hashing, fsync) runs in a worker thread. Use `async with` to close
-    the channel.
+    `timeout` (seconds) is the default deadline of unary calls; each method takes its own
+    `timeout` too (None there means the client default for unary calls, no deadline for
+    streams: upload, download, watch).
+    Blocking file work (hashing, fsync) runs in a worker thread.
+    Use `async with` to close the channel.
     """
 
     def __init__(
@@ -98,32 +103,39 @@ class AsyncAssetClient:
         checksum: bool = True,
         timeout: float | None = None,
     ) -> Asset:
-        """Stream a local file in 1 MiB chunks; with pending_asset_id, fulfil that asset."""
+        """Stream a local file in 1 MiB chunks; with pending_asset_id, fulfill that asset."""
         upload = _core.Upload(path, label, media_type, tags, pending_asset_id, progress, checksum)
         await asyncio.to_thread(upload.open)
-
-        # No request iterator: writes are explicit, so they can stop at an early answer.
-        call = self._stub.UploadAsset(timeout=timeout)  # type: ignore[call-arg]
         try:
-            await call.write(upload.header_request())
-            while (request := await asyncio.to_thread(upload.next_request)) is not None:
-                # A server that refuses the upload (a limit, a full disk) answers before the
-                # last chunk; writing on would make grpc's asyncio client replace its status
-                # with "INTERNAL: Internal error from Core" (grpc/grpc#36066), so stop.
-                if call.done():
-                    break
-                try:
-                    await call.write(request)
-                except asyncio.InvalidStateError:
-                    break
-            else:
-                await call.done_writing()
-            response = await call
+            response = await self._send_upload(upload, timeout)
         except grpc.RpcError as exc:
             raise upload.failure(exc) from exc
         finally:
             upload.close()
         return upload.finish(response)
+
+    async def _send_upload(
+        self, upload: _core.Upload, timeout: float | None
+    ) -> pb.UploadAssetResponse:
+        """The header, then every chunk; stops writing once the server has answered."""
+        # No request iterator: writes are explicit, so they can stop at an early answer.
+        # (scripts/gen_sync_client.py gives the blocking client a request iterator instead.)
+        call = self._stub.UploadAsset(timeout=timeout)  # type: ignore[call-arg]
+        await call.write(upload.header_request())
+        while (request := await asyncio.to_thread(upload.next_request)) is not None:
+            # A server that refuses the upload (an unknown asset, a limit, a full disk)
+            # answers before the last chunk. Stop writing then; a write that fails
+            # because the stream just ended reports "INTERNAL: Internal error from Core"
+            # (grpc/grpc#36066), while awaiting the call yields the server's own status.
+            if call.done():
+                break
+            try:
+                await call.write(request)
+            except (asyncio.InvalidStateError, grpc.RpcError):
+                break
+        else:
+            await call.done_writing()
+        return await call
 
     async def register_file(
         self,

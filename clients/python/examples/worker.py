@@ -1,4 +1,4 @@
-"""Example worker: wait for inputs, build the manifest, run a command, fulfil or fail its output.
+"""Example worker: wait for inputs, build the manifest, run a command, fulfill or fail its output.
 
     python worker.py --server 127.0.0.1:50051 \
         --input video=3f0c...  --input params=9a1e... \
@@ -7,7 +7,7 @@
 
 `{manifest}` becomes the path of input_data.json written by the server, `{output}` the file
 the command must write (default: a fresh file in a temporary folder, or --output-file). On
-success that file is uploaded as the fulfilment of the PENDING asset; if an input FAILED,
+success that file is uploaded as the fulfillment of the PENDING asset; if an input FAILED,
 the wait times out, or the command fails, the PENDING asset is failed with the reason (the
 tail of the command's stderr), so that every task waiting on it learns why.
 Exit status: 0 fulfilled, 1 output failed, 2 bad usage, 3 the output could not be updated.
@@ -32,7 +32,7 @@ STDERR_TAIL_CHARS = 2000
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Run one task: wait for its input assets, run a command on their manifest, "
-        "and fulfil (or fail) the task's PENDING output asset.",
+        "and fulfill (or fail) the task's PENDING output asset.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="example:\n  worker.py --input video=ID --output PENDING_ID "
         "--command 'python my_module.py {manifest} {output}'",
