@@ -44,7 +44,7 @@ def value_to_pb(value: Value) -> pb.Value:
     return pb.Value(data=value.data)
 
 
-def value_from_pb(msg: pb.Value, required: bool = True) -> Value:
+def value_from_pb(msg: pb.Value) -> Value:
     kind = msg.WhichOneof("kind")
     if kind == "text":
         return Value(ValueKind.TEXT, msg.text.encode("utf-8"))

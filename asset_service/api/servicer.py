@@ -209,17 +209,17 @@ class AssetServicer(pb_grpc.AssetServiceServicer):
     ) -> pb.FulfillAssetResponse:
         content = request.WhichOneof("content")
         if content == "source_path":
-            asset = await self.manager.fulfil_from_path(
+            asset = await self.manager.fulfill_from_path(
                 request.asset_id, request.source_path, request.expected_sha256
             )
         elif content == "value":
-            asset = await self.manager.fulfil_with_value(
+            asset = await self.manager.fulfill_with_value(
                 request.asset_id, convert.value_from_pb(request.value), request.expected_sha256
             )
         else:
             raise InvalidArgument(
                 "set source_path (a file on the server) or value (a VALUE asset's content); "
-                "to fulfil with bytes from the client, use UploadAsset with pending_asset_id"
+                "to fulfill with bytes from the client, use UploadAsset with pending_asset_id"
             )
         return pb.FulfillAssetResponse(asset=convert.asset_to_pb(asset))
 

@@ -34,7 +34,7 @@ from asset_service.domain.models import (
     AssetFilter,
     AssetType,
     Failure,
-    Fulfilment,
+    Fulfillment,
     Page,
     Status,
     UploadHeader,
@@ -308,7 +308,7 @@ class AssetManager:
                 async with self._locks.hold(pending.id):
                     # Re-read: the state may have moved while the bytes streamed in.
                     current = await self.get(pending.id)
-                    return await self._fulfil_with_blob(current, handover, media_type, "")
+                    return await self._fulfill_with_blob(current, handover, media_type, "")
             return await self._insert_file(
                 handover, header.label, media_type or "application/octet-stream", tags
             )
@@ -386,7 +386,7 @@ class AssetManager:
             label=label,
             status=Status.PENDING,
             type=type_,
-            # A VALUE promise without a media type gets its value kind's on fulfilment.
+            # A VALUE promise without a media type gets its value kind's on fulfillment.
             media_type=validate_media_type(
                 media_type, "application/octet-stream" if type_ is AssetType.FILE else ""
             ),
@@ -399,7 +399,7 @@ class AssetManager:
 
     # --- transitions ------------------------------------------------------------------
 
-    async def fulfil_from_path(self, asset_id: str, source_path: str, expected_sha: str) -> Asset:
+    async def fulfill_from_path(self, asset_id: str, source_path: str, expected_sha: str) -> Asset:
         asset_id = parse_asset_id(asset_id)
         expected_sha = validate_sha256(expected_sha)
         source = validate_server_path(source_path, "source_path")
@@ -410,7 +410,7 @@ class AssetManager:
                 staged = await self.storage.adopt(source, move=True)
             except NotFound:
                 if current.status is Status.AVAILABLE and current.fulfilled_from == source:
-                    # A retry of the fulfil that moved this very file: same answer.
+                    # A retry of the fulfill that moved this very file: same answer.
                     return current
                 raise
             with Handover(staged) as handover:
@@ -418,10 +418,10 @@ class AssetManager:
                     raise IntegrityError(
                         f"{shown(source)} has sha256 {staged.sha256}, expected {expected_sha}"
                     )
-                return await self._fulfil_with_blob(current, handover, "", origin=source)
+                return await self._fulfill_with_blob(current, handover, "", origin=source)
             raise AssertionError("unreachable")  # pragma: no cover
 
-    async def fulfil_with_value(self, asset_id: str, value: Value, expected_sha: str) -> Asset:
+    async def fulfill_with_value(self, asset_id: str, value: Value, expected_sha: str) -> Asset:
         asset_id = parse_asset_id(asset_id)
         expected_sha = validate_sha256(expected_sha)
         value = parse_value(value.kind, value.data)
@@ -433,7 +433,7 @@ class AssetManager:
             if current.status is Status.AVAILABLE and current.value == value:
                 return current
             self._check_fulfillable(current, AssetType.VALUE, allow_done=False)
-            change = Fulfilment(
+            change = Fulfillment(
                 size_bytes=len(value.data),
                 sha256=digest,
                 value=value,
@@ -475,14 +475,14 @@ class AssetManager:
                 else "with a value"
             )
             raise FailedPrecondition(
-                f"asset {asset.id} is a {asset.type.value} asset; fulfil it {how}"
+                f"asset {asset.id} is a {asset.type.value} asset; fulfill it {how}"
             )
         if asset.status is not Status.PENDING and not (
             allow_done and asset.status is Status.AVAILABLE
         ):
             raise FailedPrecondition(_not_pending(asset, "fulfilled"))
 
-    async def _fulfil_with_blob(
+    async def _fulfill_with_blob(
         self, current: Asset, handover: Handover, media_type: str, origin: str
     ) -> Asset:
         """Commit staged bytes as the content of `current`, a FILE asset read under its lock.
@@ -496,8 +496,8 @@ class AssetManager:
         self._check_fulfillable(current, AssetType.FILE, allow_done=False)
         key = self.storage.generated_key(current.created_by_task, current.id, current.label)
 
-        def change(path: str) -> Fulfilment:
-            return Fulfilment(
+        def change(path: str) -> Fulfillment:
+            return Fulfillment(
                 size_bytes=blob.size_bytes,
                 sha256=blob.sha256,
                 storage_path=path,
@@ -509,7 +509,7 @@ class AssetManager:
             handover, current.id, key, lambda path: self._transition(current, change(path))
         )
 
-    async def _transition(self, current: Asset, change: Fulfilment | Failure) -> Asset:
+    async def _transition(self, current: Asset, change: Fulfillment | Failure) -> Asset:
         try:
             return await self.store.transition(current.id, Status.PENDING, change, _now())
         except Conflict as exc:

@@ -73,13 +73,13 @@ class Asset:
     size_bytes: int = 0
     sha256: str = ""
     failure_reason: str = ""
-    # The server-side path a FILE fulfilment came from; makes a retried fulfil idempotent.
+    # The server-side path a FILE fulfillment came from; makes a retried fulfill idempotent.
     fulfilled_from: str = ""
     revision: int = 0
 
 
 @dataclass(frozen=True)
-class Fulfilment:
+class Fulfillment:
     """What a PENDING -> AVAILABLE transition writes."""
 
     size_bytes: int

@@ -11,7 +11,7 @@ from asset_service.domain.models import (
     AssetFilter,
     Change,
     Failure,
-    Fulfilment,
+    Fulfillment,
     Page,
     Resync,
     Status,
@@ -51,7 +51,7 @@ class MetadataStore(Protocol):
         self,
         asset_id: str,
         expected: Status,
-        change: Fulfilment | Failure,
+        change: Fulfillment | Failure,
         now: datetime,
     ) -> Asset:
         """One conditional write: apply `change` only if the status is `expected`.

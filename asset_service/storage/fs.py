@@ -81,9 +81,6 @@ class Opened:
             with contextlib.suppress(OSError):
                 os.close(fd)
 
-    def same_file(self, other: os.stat_result) -> bool:
-        return (other.st_dev, other.st_ino) == (self.st.st_dev, self.st.st_ino)
-
 
 def _error_for(exc: OSError, shown: str, component: str, parent_fd: int) -> Exception:
     if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.EMLINK):

@@ -1,4 +1,4 @@
-"""The fields a Fulfilment or Failure writes, computed once for every metadata store."""
+"""The fields a Fulfillment or Failure writes, computed once for every metadata store."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from asset_service.domain.models import Failure, Fulfilment, Status
+from asset_service.domain.models import Failure, Fulfillment, Status
 
 
 def transition_fields(
-    change: Fulfilment | Failure,
+    change: Fulfillment | Failure,
     now: datetime,
     *,
     value_column: str,
@@ -22,7 +22,7 @@ def transition_fields(
     stored (`timestamp`), so a new field or rule reaches both stores from here.
     """
     sets: dict[str, Any]
-    if isinstance(change, Fulfilment):
+    if isinstance(change, Fulfillment):
         value = change.value
         sets = {
             "status": Status.AVAILABLE.value,

@@ -14,7 +14,7 @@ from asset_service.domain.models import (
     Change,
     ChangeKind,
     Failure,
-    Fulfilment,
+    Fulfillment,
     Page,
     Resync,
     Status,
@@ -43,7 +43,7 @@ def _matches(asset: Asset, flt: AssetFilter) -> bool:
     )
 
 
-def _applied(asset: Asset, change: Fulfilment | Failure, now: datetime) -> Asset:
+def _applied(asset: Asset, change: Fulfillment | Failure, now: datetime) -> Asset:
     """`asset` after `change`: the same fields, by the same rules, as the other stores."""
     fields = transition_fields(change, now, value_column="value", timestamp=lambda t: t)
     fields["status"] = Status(fields["status"])
@@ -143,7 +143,7 @@ class MemoryStore:
         return stored
 
     async def transition(
-        self, asset_id: str, expected: Status, change: Fulfilment | Failure, now: datetime
+        self, asset_id: str, expected: Status, change: Fulfillment | Failure, now: datetime
     ) -> Asset:
         await self._enter()
         row = self._rows.get(asset_id)

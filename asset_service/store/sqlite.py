@@ -28,7 +28,7 @@ from asset_service.domain.models import (
     Change,
     ChangeKind,
     Failure,
-    Fulfilment,
+    Fulfillment,
     Page,
     Resync,
     Status,
@@ -362,7 +362,7 @@ class SqliteStore:
         return await self._run(w)
 
     async def transition(
-        self, asset_id: str, expected: Status, change: Fulfilment | Failure, now: datetime
+        self, asset_id: str, expected: Status, change: Fulfillment | Failure, now: datetime
     ) -> Asset:
         sets = transition_fields(
             change, now, value_column="value_data", timestamp=datetime.isoformat

@@ -17,7 +17,7 @@ from asset_service.domain.models import (
     Change,
     ChangeKind,
     Failure,
-    Fulfilment,
+    Fulfillment,
     Resync,
     Status,
     Value,
@@ -60,7 +60,7 @@ def value_asset(label: str = "v.json", tags: tuple[str, ...] = ()) -> Asset:
     )
 
 
-FULFIL = Fulfilment(
+FULFILL = Fulfillment(
     size_bytes=5,
     sha256="cd" * 32,
     storage_path="/data/generated/task-1/x",
@@ -103,7 +103,7 @@ async def test_revision_grows_with_every_change_across_assets(backend: Backend) 
     seen.append(a.revision)
     b = await store.insert(pending())
     seen.append(b.revision)
-    seen.append((await store.transition(b.id, Status.PENDING, FULFIL, T0)).revision)
+    seen.append((await store.transition(b.id, Status.PENDING, FULFILL, T0)).revision)
     seen.append((await store.transition(a.id, Status.PENDING, Failure("x"), T0)).revision)
     seen.append((await store.insert(value_asset())).revision)
     gone = await store.delete(b.id)
@@ -112,26 +112,26 @@ async def test_revision_grows_with_every_change_across_assets(backend: Backend) 
     assert seen == sorted(seen) and len(set(seen)) == len(seen)
 
 
-async def test_fulfil_pending_to_available(backend: Backend) -> None:
+async def test_fulfill_pending_to_available(backend: Backend) -> None:
     store = backend.store
     a = await store.insert(pending())
     later = T0 + timedelta(seconds=3)
-    done = await store.transition(a.id, Status.PENDING, FULFIL, later)
+    done = await store.transition(a.id, Status.PENDING, FULFILL, later)
     assert done.status is Status.AVAILABLE
     assert done.revision > a.revision
-    assert (done.storage_path, done.size_bytes, done.sha256) == (FULFIL.storage_path, 5, "cd" * 32)
+    assert (done.storage_path, done.size_bytes, done.sha256) == (FULFILL.storage_path, 5, "cd" * 32)
     assert done.fulfilled_from == "/worker/x" and done.media_type == "text/csv"
     assert done.updated_at == later and done.created_at == T0
     assert (done.label, done.created_by_task) == (a.label, a.created_by_task)
     assert await store.get(a.id) == done
 
 
-async def test_fulfil_with_a_value(backend: Backend) -> None:
+async def test_fulfill_with_a_value(backend: Backend) -> None:
     store = backend.store
     a = await store.insert(pending())
     v = Value(ValueKind.BYTES, b"\x00\xffbinary")
     done = await store.transition(
-        a.id, Status.PENDING, Fulfilment(size_bytes=8, sha256="ee" * 32, value=v), T0
+        a.id, Status.PENDING, Fulfillment(size_bytes=8, sha256="ee" * 32, value=v), T0
     )
     assert done.value == v and done.media_type == "text/plain"
     assert await store.get(a.id) == done
@@ -146,14 +146,14 @@ async def test_fail_pending_to_failed(backend: Backend) -> None:
     assert await store.get(a.id) == failed
 
 
-@pytest.mark.parametrize("first", [FULFIL, Failure("first")], ids=["fulfilled", "failed"])
+@pytest.mark.parametrize("first", [FULFILL, Failure("first")], ids=["fulfilled", "failed"])
 async def test_transition_of_a_terminal_asset_is_a_conflict(
-    backend: Backend, first: Fulfilment | Failure
+    backend: Backend, first: Fulfillment | Failure
 ) -> None:
     store = backend.store
     a = await store.insert(pending())
     winner = await store.transition(a.id, Status.PENDING, first, T0)
-    for change in (FULFIL, Failure("late")):
+    for change in (FULFILL, Failure("late")):
         with pytest.raises(Conflict) as err:
             await store.transition(a.id, Status.PENDING, change, T0)
         assert winner.status.value in err.value.message
@@ -169,8 +169,8 @@ async def test_transition_of_an_unknown_asset_is_not_found(backend: Backend) -> 
 async def test_racing_transitions_have_exactly_one_winner(backend: Backend) -> None:
     store = backend.store
     a = await store.insert(pending())
-    changes: list[Fulfilment | Failure] = [
-        FULFIL if i % 2 else Failure(f"loser {i}") for i in range(20)
+    changes: list[Fulfillment | Failure] = [
+        FULFILL if i % 2 else Failure(f"loser {i}") for i in range(20)
     ]
     results = await asyncio.gather(
         *(store.transition(a.id, Status.PENDING, c, T0) for c in changes),
@@ -186,7 +186,7 @@ async def test_racing_transitions_have_exactly_one_winner(backend: Backend) -> N
 async def test_delete_returns_last_state_with_a_new_revision(backend: Backend) -> None:
     store = backend.store
     a = await store.insert(pending(tags=("t",)))
-    done = await store.transition(a.id, Status.PENDING, FULFIL, T0)
+    done = await store.transition(a.id, Status.PENDING, FULFILL, T0)
     gone = await store.delete(a.id)
     assert gone is not None
     assert gone.revision > done.revision
@@ -220,7 +220,7 @@ async def test_list_filters(backend: Backend) -> None:
     p2 = await store.insert(pending("b.txt", "task-a", ("raw",)))
     p3 = await store.insert(pending("a.txt", "task-b", ("user-1",)))
     v1 = await store.insert(value_asset("a.txt", ("raw", "user-1", "extra")))
-    p2 = await store.transition(p2.id, Status.PENDING, FULFIL, T0)
+    p2 = await store.transition(p2.id, Status.PENDING, FULFILL, T0)
     p3 = await store.transition(p3.id, Status.PENDING, Failure("no"), T0)
 
     async def ids(**kw: object) -> list[str]:
@@ -315,7 +315,7 @@ async def test_change_feed_yields_every_change_in_commit_order(backend: Backend)
     feed = store.changes()
     a = await store.insert(pending(tags=("x",)))
     b = await store.insert(value_asset())
-    a2 = await store.transition(a.id, Status.PENDING, FULFIL, T0)
+    a2 = await store.transition(a.id, Status.PENDING, FULFILL, T0)
     c = await store.insert(pending())
     c2 = await store.transition(c.id, Status.PENDING, Failure("boom"), T0)
     gone_b = await store.delete(b.id)

@@ -29,9 +29,9 @@ from tests.crashloop._model import (
 )
 
 TARGETS: dict[str, Callable[[Known], bool]] = {
-    "upload_fulfil": lambda k: k.status == PENDING and k.type == pb.ASSET_TYPE_FILE,
-    "path_fulfil": lambda k: k.status == PENDING and k.type == pb.ASSET_TYPE_FILE,
-    "value_fulfil": lambda k: k.status == PENDING and k.type == pb.ASSET_TYPE_VALUE,
+    "upload_fulfill": lambda k: k.status == PENDING and k.type == pb.ASSET_TYPE_FILE,
+    "path_fulfill": lambda k: k.status == PENDING and k.type == pb.ASSET_TYPE_FILE,
+    "value_fulfill": lambda k: k.status == PENDING and k.type == pb.ASSET_TYPE_VALUE,
     "fail": lambda k: k.status == PENDING,
     "delete": lambda k: True,
 }
@@ -76,7 +76,7 @@ class Load:
             op.target = self.ledger.claim(rng, TARGETS[kind])
             if not op.target:
                 return self.create_pending(rng)
-        if kind in ("upload", "upload_fulfil"):
+        if kind in ("upload", "upload_fulfill"):
             size = pick_size(rng, 0, self.cfg.max_upload_bytes)
             op.data = await asyncio.to_thread(content, rng.getrandbits(64), size)
             op.sha256 = hashlib.sha256(op.data).hexdigest()
@@ -92,8 +92,8 @@ class Load:
             op.source = Source(path, hashlib.sha256(data).hexdigest(), size)
             op.sha256 = op.source.sha256
             op.with_sha = rng.random() < 0.5
-            op.label = "" if kind == "path_fulfil" else f"registered-{seq}.bin"
-        elif kind in ("create_value", "value_fulfil"):
+            op.label = "" if kind == "path_fulfill" else f"registered-{seq}.bin"
+        elif kind in ("create_value", "value_fulfill"):
             op.value = random_value(rng, seq)
             op.sha256 = hashlib.sha256(value_bytes(op.value)).hexdigest()
             op.label = f"value-{seq}" if kind == "create_value" else ""
@@ -130,7 +130,7 @@ class Load:
 async def call(stub: pb_grpc.AssetServiceStub, op: Op) -> pb.Asset:
     """Send `op`; return the record its OK answer carries."""
     t = CALL_TIMEOUT
-    if op.kind in ("upload", "upload_fulfil"):
+    if op.kind in ("upload", "upload_fulfill"):
         header = pb.UploadHeader(label=op.label, tags=["crash-loop"], pending_asset_id=op.target)
         if op.with_sha:
             header.expected_sha256 = op.sha256
@@ -142,7 +142,7 @@ async def call(stub: pb_grpc.AssetServiceStub, op: Op) -> pb.Asset:
                 yield pb.UploadAssetRequest(chunk=op.data[start : start + MiB])
 
         return (await stub.UploadAsset(requests(), timeout=t)).asset
-    if op.kind == "path_fulfil":
+    if op.kind == "path_fulfill":
         assert op.source is not None
         req = pb.FulfillAssetRequest(
             asset_id=op.target,
@@ -162,7 +162,7 @@ async def call(stub: pb_grpc.AssetServiceStub, op: Op) -> pb.Asset:
     if op.kind == "create_value":
         cv = pb.CreateValueAssetRequest(label=op.label, value=op.value, tags=["crash-loop"])
         return (await stub.CreateValueAsset(cv, timeout=t)).asset
-    if op.kind == "value_fulfil":
+    if op.kind == "value_fulfill":
         fv = pb.FulfillAssetRequest(asset_id=op.target, value=op.value)
         return (await stub.FulfillAsset(fv, timeout=t)).asset
     if op.kind == "fail":

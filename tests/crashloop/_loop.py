@@ -27,7 +27,7 @@ from tests.serverproc import ServerProcess
 # The audit reads every byte back after each kill: keep the store about this small.
 KEEP_ASSETS = 40
 KEEP_BYTES = 32 * MiB
-# Promises kept in stock so that fulfils and fails always have a target.
+# Promises kept in stock so that fulfills and fails always have a target.
 STOCK = ((pb.ASSET_TYPE_FILE, 6), (pb.ASSET_TYPE_VALUE, 3))
 
 

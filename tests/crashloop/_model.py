@@ -22,22 +22,22 @@ CHANNEL_OPTIONS = [
 # The only files a live process may keep in its staging folder while no request runs
 # (empty folders, such as its intent journal's, are fine).
 STAGING_KEEP = frozenset({".lock"})
-# How often each operation is picked; path fulfils and moves are what a crash can destroy.
+# How often each operation is picked; path fulfills and moves are what a crash can destroy.
 WEIGHTS = {
     "upload": 3,
-    "upload_fulfil": 2,
-    "path_fulfil": 6,
+    "upload_fulfill": 2,
+    "path_fulfill": 6,
     "register_move": 4,
     "register_copy": 2,
     "create_value": 2,
-    "value_fulfil": 2,
+    "value_fulfill": 2,
     "fail": 1,
     "delete": 2,
     "create_pending": 3,
 }
-FILE_KINDS = {"upload", "upload_fulfil", "path_fulfil", "register_move", "register_copy"}
-HAS_SOURCE = {"path_fulfil", "register_move", "register_copy"}
-MOVES = {"path_fulfil", "register_move"}
+FILE_KINDS = {"upload", "upload_fulfill", "path_fulfill", "register_move", "register_copy"}
+HAS_SOURCE = {"path_fulfill", "register_move", "register_copy"}
+MOVES = {"path_fulfill", "register_move"}
 STATUS = pb.AssetStatus.Name
 AVAILABLE, PENDING, FAILED = (
     pb.ASSET_STATUS_AVAILABLE,
@@ -208,7 +208,7 @@ class Op:
                 and a.sha256 == self.sha256
                 and a.size_bytes == size
             )
-        if self.kind in ("create_value", "value_fulfil"):
+        if self.kind in ("create_value", "value_fulfill"):
             return a.status == AVAILABLE and a.HasField("value") and a.value == self.value
         if self.kind == "fail":
             return a.status == FAILED and a.failure_reason == self.reason

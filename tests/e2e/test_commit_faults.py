@@ -2,7 +2,7 @@
 
 A real grpc.aio server runs in this process over a store wrapper that can hold the write,
 raise after the write applied, raise instead of writing, or fail the re-read; clients talk
-to it through real stubs. Each case runs for uploads, path fulfils and RegisterFile(move).
+to it through real stubs. Each case runs for uploads, path fulfills and RegisterFile(move).
 """
 
 from __future__ import annotations
@@ -150,12 +150,12 @@ async def make_op(kind: str, rig: Rig) -> Op:
     pending = (
         await stub.CreatePendingAsset(pb.CreatePendingAssetRequest(task_id="t", label=label))
     ).asset
-    fulfil = pb.FulfillAssetRequest(asset_id=pending.id, source_path=str(source))
+    fulfill = pb.FulfillAssetRequest(asset_id=pending.id, source_path=str(source))
 
     async def current() -> pb.Asset | None:
         return (await stub.GetAsset(pb.GetAssetRequest(asset_id=pending.id))).asset
 
-    return Op(content, source, lambda t: stub.FulfillAsset(fulfil, timeout=t), current)
+    return Op(content, source, lambda t: stub.FulfillAsset(fulfill, timeout=t), current)
 
 
 async def assert_committed(rig: Rig, op: Op) -> None:
@@ -184,7 +184,7 @@ def assert_clean(rig: Rig, expected: set[str]) -> None:
     assert list(rig.running.manager.storage.intents.iterdir()) == []  # type: ignore[attr-defined]
 
 
-KINDS = ["upload", "fulfil", "register"]
+KINDS = ["upload", "fulfill", "register"]
 
 
 @pytest.mark.parametrize("kind", KINDS)

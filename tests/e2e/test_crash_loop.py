@@ -43,10 +43,10 @@ async def _crash_loop(tmp_path: Path, import_root: Path, kills: int, **options: 
     assert report.kills == kills
     assert report.violations == []
     # The load must really have run: every kind acknowledged, and kills that caught
-    # path fulfils and moves mid-flight (the operations a crash can destroy).
+    # path fulfills and moves mid-flight (the operations a crash can destroy).
     for kind in WEIGHTS:
         assert report.count(kind, "acked") > 0, f"no {kind} was acknowledged"
-    caught = sum(report.count(k, "in doubt") for k in ("path_fulfil", "register_move"))
+    caught = sum(report.count(k, "in doubt") for k in ("path_fulfill", "register_move"))
     assert caught >= kills // 4, f"only {caught} moves were in flight at a kill"
     return report
 

@@ -1,4 +1,4 @@
-"""End to end: uploads, promises, fulfilment, failures, values, manifests and races."""
+"""End to end: uploads, promises, fulfillment, failures, values, manifests and races."""
 
 from __future__ import annotations
 
@@ -329,7 +329,7 @@ async def test_value_race_and_idempotent_retries(
     again = await stub.FulfillAsset(pb.FulfillAssetRequest(asset_id=asset.id, value=won.value))
     assert again.asset == won  # same result, same revision: nothing written
 
-    # A retried path fulfil (the file was already moved) returns the same record.
+    # A retried path fulfill (the file was already moved) returns the same record.
     file_asset = (
         await stub.CreatePendingAsset(pb.CreatePendingAssetRequest(task_id="t", label="f.txt"))
     ).asset
@@ -342,7 +342,7 @@ async def test_value_race_and_idempotent_retries(
         pb.FulfillAssetRequest(asset_id=file_asset.id, source_path=str(src))
     )
     assert retry.asset == first.asset
-    # The same content uploaded again as the fulfilment: same record, no second file.
+    # The same content uploaded again as the fulfillment: same record, no second file.
     replay = await upload(stub, [b"content"], pending_asset_id=file_asset.id)
     assert replay == first.asset
     generated = [p for p in stored_files(server.root) if "generated" in p.parts]
@@ -356,7 +356,7 @@ async def test_value_race_and_idempotent_retries(
     assert f1.asset == f2.asset
 
 
-async def test_upload_fulfils_pending_and_register_file(
+async def test_upload_fulfills_pending_and_register_file(
     stub: pb_grpc.AssetServiceStub, server: ServerProcess, import_root: Path
 ) -> None:
     pending = (

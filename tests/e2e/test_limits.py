@@ -86,7 +86,7 @@ def value_of(i: int, size: int = 256 * KiB) -> bytes:
     return bytes([i % 251]) * size
 
 
-async def fulfil_all(stub: pb_grpc.AssetServiceStub, ids: list[str]) -> None:
+async def fulfill_all(stub: pb_grpc.AssetServiceStub, ids: list[str]) -> None:
     for i, asset_id in enumerate(ids):
         request = pb.FulfillAssetRequest(asset_id=asset_id, value=pb.Value(data=value_of(i)))
         await stub.FulfillAsset(request)
@@ -225,7 +225,7 @@ async def test_stalled_watcher_is_bounded_then_ended_and_resumes_without_loss(
         first = await call.read()  # one event, then the watcher stops reading
         assert isinstance(first, pb.WatchAssetResponse)
         before = memory_kib(server, "VmRSS")
-        await fulfil_all(stub, ids)
+        await fulfill_all(stub, ids)
         await until(
             lambda: any("did not read for 2s" in line for line in server.log),
             timeout=20,
@@ -283,7 +283,7 @@ async def test_slow_reader_is_not_ended_and_sees_every_final_state_in_order(
         started = time.monotonic()
         reader = asyncio.create_task(read_slowly())
         await until(lambda: len(revisions) == count, timeout=10, what="the snapshot")
-        await fulfil_all(stub, ids)
+        await fulfill_all(stub, ids)
         await asyncio.wait_for(reader, 60)  # ends with OK once all are terminal
         elapsed = time.monotonic() - started
     assert elapsed > 2, "the reader should have been slower than the stall timeout"
@@ -302,7 +302,7 @@ async def test_python_client_resumes_a_stalled_watch_by_itself(
         async with AsyncAssetClient(server.address, timeout=30) as client:
             events = client.watch(ids, timeout=60)
             first = await anext(events)  # then the caller stops iterating for a while
-            await fulfil_all(stub, ids)
+            await fulfill_all(stub, ids)
             await until(
                 lambda: any("did not read for 1s" in line for line in server.log),
                 timeout=20,

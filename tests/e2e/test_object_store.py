@@ -43,7 +43,7 @@ async def objects(minio: MinIO, storage_path: str) -> int:
         return int(found.get("KeyCount", 0))
 
 
-async def test_upload_read_fulfil_manifest_delete_on_minio(
+async def test_upload_read_fulfill_manifest_delete_on_minio(
     s3_server: ServerProcess, import_root: Path, minio: MinIO
 ) -> None:
     async with grpc.aio.insecure_channel(s3_server.address) as channel:

@@ -62,13 +62,13 @@ def adopters(stub: pb_grpc.AssetServiceStub) -> dict[str, Call]:
     async def move(path: str) -> object:
         return await stub.RegisterFile(pb.RegisterFileRequest(path=path, move=True), timeout=10)
 
-    async def fulfil(path: str) -> object:
+    async def fulfill(path: str) -> object:
         asset_id = await pending(stub)
         return await stub.FulfillAsset(
             pb.FulfillAssetRequest(asset_id=asset_id, source_path=path), timeout=10
         )
 
-    return {"RegisterFile(copy)": copy, "RegisterFile(move)": move, "FulfillAsset": fulfil}
+    return {"RegisterFile(copy)": copy, "RegisterFile(move)": move, "FulfillAsset": fulfill}
 
 
 async def file_assets(stub: pb_grpc.AssetServiceStub) -> list[pb.Asset]:

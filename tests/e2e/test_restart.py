@@ -1,4 +1,4 @@
-"""End to end: SIGKILL mid-upload and after fulfils; a restart loses nothing, leaves no orphans."""
+"""End to end: SIGKILL mid-upload and after fulfills; a restart loses nothing, leaves no orphans."""
 
 from __future__ import annotations
 

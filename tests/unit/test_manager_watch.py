@@ -44,9 +44,9 @@ async def test_overflowing_watcher_re_reads_and_misses_no_final_state(
     snapshot = [await anext(stream) for _ in ids]
     assert [e.kind for e in snapshot] == ["SNAPSHOT"] * 4
     # A burst while the watcher is not reading: far more than its buffer of one.
-    await manager.fulfil_with_value(ids[0], Value(ValueKind.TEXT, b"x"), "")
+    await manager.fulfill_with_value(ids[0], Value(ValueKind.TEXT, b"x"), "")
     await manager.fail(ids[1], "boom")
-    await manager.fulfil_with_value(ids[2], Value(ValueKind.JSON, b"[1]"), "")
+    await manager.fulfill_with_value(ids[2], Value(ValueKind.JSON, b"[1]"), "")
     deleted = await manager.delete(ids[3])
     rest: list[WatchEvent] = [e async for e in stream]  # ends: all terminal or deleted
     by_id = {e.asset.id: e for e in rest}
@@ -65,7 +65,7 @@ async def test_resume_sends_only_what_changed_after_the_cursor(manager: AssetMan
     a = await manager.create_pending("t", "a", "", AssetType.VALUE, ())
     b = await manager.create_pending("t", "b", "", AssetType.VALUE, ())
     cursor = b.revision
-    done = await manager.fulfil_with_value(a.id, Value(ValueKind.TEXT, b"x"), "")
+    done = await manager.fulfill_with_value(a.id, Value(ValueKind.TEXT, b"x"), "")
     stream = await manager.watch([a.id, b.id], cursor, follow=False)
     first = await anext(stream)
     assert (first.kind, first.asset.id, first.revision) == ("SNAPSHOT", a.id, done.revision)

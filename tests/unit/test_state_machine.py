@@ -96,7 +96,7 @@ async def test_a_value_promise_is_fulfilled_once(world: World) -> None:
     assert (p.status, p.type, p.created_by_task) == (Status.PENDING, AssetType.VALUE, "task-1")
     assert p.revision > 0
     value = Value(ValueKind.JSON, b'{"score": 0.93}')
-    done = await world.manager.fulfil_with_value(
+    done = await world.manager.fulfill_with_value(
         p.id, value, hashlib.sha256(value.data).hexdigest()
     )
     assert done.status is Status.AVAILABLE and done.value == value
@@ -105,10 +105,10 @@ async def test_a_value_promise_is_fulfilled_once(world: World) -> None:
     assert done.revision > p.revision and done.created_at == p.created_at
     assert await world.manager.get(p.id) == done
     # An identical retry answers with the same record and writes nothing.
-    assert await world.manager.fulfil_with_value(p.id, value, "") == done
+    assert await world.manager.fulfill_with_value(p.id, value, "") == done
     # Different content is refused, and the first content stays.
     with pytest.raises(FailedPrecondition, match="AVAILABLE; only a PENDING"):
-        await world.manager.fulfil_with_value(p.id, text("other"), "")
+        await world.manager.fulfill_with_value(p.id, text("other"), "")
     with pytest.raises(FailedPrecondition):
         await world.manager.fail(p.id, "too late")
     assert await world.manager.get(p.id) == done
@@ -122,7 +122,7 @@ async def test_a_failed_promise_stays_failed(world: World) -> None:
     with pytest.raises(FailedPrecondition, match="FAILED \\(worker crashed\\)"):
         await world.manager.fail(p.id, "another reason")
     with pytest.raises(FailedPrecondition, match="worker crashed"):
-        await world.manager.fulfil_with_value(p.id, text("late"), "")
+        await world.manager.fulfill_with_value(p.id, text("late"), "")
     with pytest.raises(InvalidArgument, match="reason is required"):
         await world.manager.fail((await promise(world)).id, "   ")
     assert await world.manager.get(p.id) == failed
@@ -139,7 +139,7 @@ async def test_a_file_promise_fulfilled_by_upload_keeps_one_copy(world: World) -
     with pytest.raises(FailedPrecondition):
         await world.manager.upload(header, chunks(b"something else"))
     with pytest.raises(FailedPrecondition, match="is a FILE asset"):
-        await world.manager.fulfil_with_value(p.id, text("x"), "")
+        await world.manager.fulfill_with_value(p.id, text("x"), "")
     assert world.stored_files() == [Path(done.storage_path)], "no second file, no leftovers"
 
 
@@ -148,10 +148,10 @@ def outcome(results: list[Asset | BaseException]) -> tuple[list[Asset], list[typ
     return winners, sorted({type(r) for r in results if not isinstance(r, Asset)}, key=str)
 
 
-async def test_racing_fulfils_have_one_winner(world: World) -> None:
+async def test_racing_fulfills_have_one_winner(world: World) -> None:
     p = await promise(world)
     results = await asyncio.gather(
-        *(world.manager.fulfil_with_value(p.id, text(f"v{i}"), "") for i in range(20)),
+        *(world.manager.fulfill_with_value(p.id, text(f"v{i}"), "") for i in range(20)),
         return_exceptions=True,
     )
     winners, losers = outcome(results)
@@ -160,12 +160,12 @@ async def test_racing_fulfils_have_one_winner(world: World) -> None:
     assert await world.manager.get(p.id) == winners[0]
 
 
-async def test_fulfil_racing_fail_has_one_winner(world: World) -> None:
+async def test_fulfill_racing_fail_has_one_winner(world: World) -> None:
     p = await promise(world)
     m = world.manager
     results = await asyncio.gather(
         *(
-            m.fulfil_with_value(p.id, text(f"v{i}"), "") if i % 2 else m.fail(p.id, f"r{i}")
+            m.fulfill_with_value(p.id, text(f"v{i}"), "") if i % 2 else m.fail(p.id, f"r{i}")
             for i in range(20)
         ),
         return_exceptions=True,
@@ -182,7 +182,7 @@ async def test_two_servers_racing_are_decided_by_the_conditional_write(world: Wo
     servers = [world.manager, world.second_server()]
     results = await asyncio.gather(
         *(
-            servers[i % 2].fulfil_with_value(p.id, text(f"v{i}"), "")
+            servers[i % 2].fulfill_with_value(p.id, text(f"v{i}"), "")
             if i % 4 < 2
             else servers[i % 2].fail(p.id, f"r{i}")
             for i in range(20)
@@ -216,7 +216,7 @@ async def test_delete_then_get_is_not_found(world: World) -> None:
 async def test_watch_sends_the_snapshot_then_every_change_in_revision_order(world: World) -> None:
     m = world.manager
     a, b, c = await promise(world), await promise(world), await promise(world)
-    early = await m.fulfil_with_value(a.id, text("early"), "")
+    early = await m.fulfill_with_value(a.id, text("early"), "")
     stream = await m.watch([a.id, b.id, c.id], 0, follow=False)
     snapshot = [await anext(stream) for _ in range(3)]
     # The snapshot comes in revision order too: a changed last, so it comes last.
@@ -320,7 +320,7 @@ async def storage_full(w: World) -> None:
 
 async def integrity_error(w: World) -> None:
     p = await promise(w)
-    await expect(w, IntegrityError, w.manager.fulfil_with_value(p.id, text("x"), "0" * 64))
+    await expect(w, IntegrityError, w.manager.fulfill_with_value(p.id, text("x"), "0" * 64))
     assert (await w.manager.get(p.id)).status is Status.PENDING
 
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from asset_service.domain.models import Failure, Fulfilment, Value, ValueKind
+from asset_service.domain.models import Failure, Fulfillment, Value, ValueKind
 from asset_service.store._fields import transition_fields
 
 NOW = datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
 
 
-def test_a_fulfilment_with_a_value_writes_it_to_the_store_s_column() -> None:
-    change = Fulfilment(
+def test_a_fulfillment_with_a_value_writes_it_to_the_store_s_column() -> None:
+    change = Fulfillment(
         size_bytes=3, sha256="ab" * 32, value=Value(ValueKind.TEXT, b"abc"), media_type="text/x"
     )
     sets = transition_fields(change, NOW, value_column="value_data", timestamp=datetime.isoformat)
@@ -28,8 +28,8 @@ def test_a_fulfilment_with_a_value_writes_it_to_the_store_s_column() -> None:
     }
 
 
-def test_a_file_fulfilment_clears_the_value_and_keeps_the_promised_media_type() -> None:
-    change = Fulfilment(size_bytes=5, sha256="cd" * 32, storage_path="k/x", fulfilled_from="/w/x")
+def test_a_file_fulfillment_clears_the_value_and_keeps_the_promised_media_type() -> None:
+    change = Fulfillment(size_bytes=5, sha256="cd" * 32, storage_path="k/x", fulfilled_from="/w/x")
     sets = transition_fields(change, NOW, value_column="value_content", timestamp=lambda t: "T")
     # No media_type key: an empty one must not overwrite what the promise was created with.
     assert "media_type" not in sets

@@ -21,7 +21,7 @@ from asset_service.domain.models import (
     AssetFilter,
     Change,
     Failure,
-    Fulfilment,
+    Fulfillment,
     Page,
     Resync,
     Status,
@@ -288,7 +288,7 @@ class MongoStore:
         return await self._write(w)
 
     async def transition(
-        self, asset_id: str, expected: Status, change: Fulfilment | Failure, now: datetime
+        self, asset_id: str, expected: Status, change: Fulfillment | Failure, now: datetime
     ) -> Asset:
         sets = transition_fields(change, now, value_column="value_content", timestamp=_ms)
 

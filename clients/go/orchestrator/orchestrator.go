@@ -102,7 +102,7 @@ type Result struct {
 }
 
 // RunExample plays one hand-off: it promises the outputs of cfg.TaskID, watches
-// them, fulfils them itself (standing in for the worker) once the watch has
+// them, fulfills them itself (standing in for the worker) once the watch has
 // reported them PENDING, waits until they are AVAILABLE, then writes the input
 // manifest of cfg.NextTaskID and returns everything it saw.
 func RunExample(ctx context.Context, c assetv1.AssetServiceClient, cfg Config) (*Result, error) {
@@ -143,7 +143,7 @@ func RunExample(ctx context.Context, c assetv1.AssetServiceClient, cfg Config) (
 			if snapshots++; snapshots == len(ids) {
 				// Every promise is on the stream: now the "worker" may deliver.
 				go func() {
-					err := fulfil(ctx, c, cfg, promised)
+					err := fulfill(ctx, c, cfg, promised)
 					if err != nil {
 						cancel()
 					}
@@ -192,8 +192,8 @@ func RunExample(ctx context.Context, c assetv1.AssetServiceClient, cfg Config) (
 	return res, nil
 }
 
-// fulfil delivers every promised output, as the producing task's worker would.
-func fulfil(ctx context.Context, c assetv1.AssetServiceClient, cfg Config, promised map[string]*assetv1.Asset) error {
+// fulfill delivers every promised output, as the producing task's worker would.
+func fulfill(ctx context.Context, c assetv1.AssetServiceClient, cfg Config, promised map[string]*assetv1.Asset) error {
 	for key, a := range promised {
 		req := &assetv1.FulfillAssetRequest{AssetId: a.GetId()}
 		switch key {
@@ -209,7 +209,7 @@ func fulfil(ctx context.Context, c assetv1.AssetServiceClient, cfg Config, promi
 			req.Content = &assetv1.FulfillAssetRequest_SourcePath{SourcePath: path}
 		}
 		if _, err := c.FulfillAsset(ctx, req); err != nil {
-			return fmt.Errorf("fulfil %q: %w", key, err)
+			return fmt.Errorf("fulfill %q: %w", key, err)
 		}
 	}
 	return nil

@@ -281,7 +281,7 @@ func TestFailedOutputEndsWatchAndBlocksManifest(t *testing.T) {
 		Content: &assetv1.FulfillAssetRequest_Value{Value: &assetv1.Value{Kind: &assetv1.Value_Text{Text: "late"}}},
 	})
 	if status.Code(err) != codes.FailedPrecondition {
-		t.Errorf("fulfil after FAILED: %v, want FailedPrecondition", err)
+		t.Errorf("fulfill after FAILED: %v, want FailedPrecondition", err)
 	}
 }
 

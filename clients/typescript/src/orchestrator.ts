@@ -71,7 +71,7 @@ export interface Result {
 }
 
 /**
- * One hand-off: promise the outputs of `cfg.taskId`, watch them, fulfil them
+ * One hand-off: promise the outputs of `cfg.taskId`, watch them, fulfill them
  * (standing in for the worker) once the watch reported them PENDING, wait until
  * they are AVAILABLE, then write the manifest of `cfg.nextTaskId`.
  */
@@ -111,7 +111,7 @@ export async function runExample(svc: AssetService, cfg: Config): Promise<Result
         if (ev.type === WatchEventType.WATCH_EVENT_TYPE_SNAPSHOT && ++snapshots === ids.length) {
           // Every promise is on the stream: now the "worker" may deliver; if it
           // fails, the watch is cancelled rather than left waiting.
-          worker = fulfil(svc, cfg, promised).catch((err: unknown) => {
+          worker = fulfill(svc, cfg, promised).catch((err: unknown) => {
             workerError = err;
             abort.abort();
           });
@@ -145,7 +145,7 @@ export async function runExample(svc: AssetService, cfg: Config): Promise<Result
 }
 
 /** Delivers every promised output, as the producing task's worker would. */
-async function fulfil(svc: AssetService, cfg: Config, promised: Map<string, Asset>): Promise<void> {
+async function fulfill(svc: AssetService, cfg: Config, promised: Map<string, Asset>): Promise<void> {
   for (const [key, a] of promised) {
     let content: FulfillAssetRequest["content"];
     if (key === "summary") {

@@ -239,7 +239,7 @@ class UploadHeader(_message.Message):
     expected_sha256: _builtins.str
     """If set (hex), the upload fails unless the content has this SHA-256."""
     pending_asset_id: _builtins.str
-    """If set, the upload fulfils this PENDING FILE asset."""
+    """If set, the upload fulfills this PENDING FILE asset."""
     @_builtins.property
     def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
@@ -498,7 +498,7 @@ class FulfillAssetRequest(_message.Message):
     source_path: _builtins.str
     """Absolute path of the produced file, under an import root. It is moved."""
     expected_sha256: _builtins.str
-    """If set (hex), the fulfilment fails unless the content has this SHA-256."""
+    """If set (hex), the fulfillment fails unless the content has this SHA-256."""
     @_builtins.property
     def value(self) -> Global___Value:
         """The content of a VALUE asset."""

@@ -111,7 +111,7 @@ class AssetServiceServicer:
         """UploadAsset streams a file in: the first message carries the header,
         every following one a chunk of bytes. The asset exists only once all
         bytes are safely on disk; a failed or cancelled upload leaves nothing.
-        With header.pending_asset_id set, the upload fulfils that PENDING asset.
+        With header.pending_asset_id set, the upload fulfills that PENDING asset.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -51,7 +51,7 @@ class AssetServiceStub:
     """UploadAsset streams a file in: the first message carries the header,
     every following one a chunk of bytes. The asset exists only once all
     bytes are safely on disk; a failed or cancelled upload leaves nothing.
-    With header.pending_asset_id set, the upload fulfils that PENDING asset.
+    With header.pending_asset_id set, the upload fulfills that PENDING asset.
     """
     RegisterFile: _grpc.UnaryUnaryMultiCallable[_asset_service_pb2.RegisterFileRequest, _asset_service_pb2.RegisterFileResponse]
     """RegisterFile adopts a file already on the server (under an import root)."""
@@ -92,7 +92,7 @@ class AssetServiceAsyncStub(AssetServiceStub):
     """UploadAsset streams a file in: the first message carries the header,
     every following one a chunk of bytes. The asset exists only once all
     bytes are safely on disk; a failed or cancelled upload leaves nothing.
-    With header.pending_asset_id set, the upload fulfils that PENDING asset.
+    With header.pending_asset_id set, the upload fulfills that PENDING asset.
     """
     RegisterFile: _aio.UnaryUnaryMultiCallable[_asset_service_pb2.RegisterFileRequest, _asset_service_pb2.RegisterFileResponse]  # type: ignore[assignment]
     """RegisterFile adopts a file already on the server (under an import root)."""
@@ -136,7 +136,7 @@ class AssetServiceServicer(metaclass=_abc_1.ABCMeta):
         """UploadAsset streams a file in: the first message carries the header,
         every following one a chunk of bytes. The asset exists only once all
         bytes are safely on disk; a failed or cancelled upload leaves nothing.
-        With header.pending_asset_id set, the upload fulfils that PENDING asset.
+        With header.pending_asset_id set, the upload fulfills that PENDING asset.
         """
 
     @_abc_1.abstractmethod

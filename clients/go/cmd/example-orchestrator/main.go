@@ -1,5 +1,5 @@
 // Command example-orchestrator runs one task hand-off against an Asset Service:
-// it promises a task's outputs, watches them, fulfils them, and prints the
+// it promises a task's outputs, watches them, fulfills them, and prints the
 // input manifest path of the next task.
 //
 //	go run ./cmd/example-orchestrator -addr 127.0.0.1:50051

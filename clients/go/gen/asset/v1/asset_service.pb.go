@@ -481,7 +481,7 @@ type UploadHeader struct {
 	ExpectedSizeBytes *int64 `protobuf:"varint,4,opt,name=expected_size_bytes,json=expectedSizeBytes,proto3,oneof" json:"expected_size_bytes,omitempty"`
 	// If set (hex), the upload fails unless the content has this SHA-256.
 	ExpectedSha256 string `protobuf:"bytes,5,opt,name=expected_sha256,json=expectedSha256,proto3" json:"expected_sha256,omitempty"`
-	// If set, the upload fulfils this PENDING FILE asset.
+	// If set, the upload fulfills this PENDING FILE asset.
 	PendingAssetId string `protobuf:"bytes,6,opt,name=pending_asset_id,json=pendingAssetId,proto3" json:"pending_asset_id,omitempty"`
 	unknownFields  protoimpl.UnknownFields
 	sizeCache      protoimpl.SizeCache
@@ -1061,7 +1061,7 @@ type FulfillAssetRequest struct {
 	//	*FulfillAssetRequest_SourcePath
 	//	*FulfillAssetRequest_Value
 	Content isFulfillAssetRequest_Content `protobuf_oneof:"content"`
-	// If set (hex), the fulfilment fails unless the content has this SHA-256.
+	// If set (hex), the fulfillment fails unless the content has this SHA-256.
 	ExpectedSha256 string `protobuf:"bytes,4,opt,name=expected_sha256,json=expectedSha256,proto3" json:"expected_sha256,omitempty"`
 	unknownFields  protoimpl.UnknownFields
 	sizeCache      protoimpl.SizeCache

@@ -57,7 +57,7 @@ type AssetServiceClient interface {
 	// UploadAsset streams a file in: the first message carries the header,
 	// every following one a chunk of bytes. The asset exists only once all
 	// bytes are safely on disk; a failed or cancelled upload leaves nothing.
-	// With header.pending_asset_id set, the upload fulfils that PENDING asset.
+	// With header.pending_asset_id set, the upload fulfills that PENDING asset.
 	UploadAsset(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[UploadAssetRequest, UploadAssetResponse], error)
 	// RegisterFile adopts a file already on the server (under an import root).
 	RegisterFile(ctx context.Context, in *RegisterFileRequest, opts ...grpc.CallOption) (*RegisterFileResponse, error)
@@ -256,7 +256,7 @@ type AssetServiceServer interface {
 	// UploadAsset streams a file in: the first message carries the header,
 	// every following one a chunk of bytes. The asset exists only once all
 	// bytes are safely on disk; a failed or cancelled upload leaves nothing.
-	// With header.pending_asset_id set, the upload fulfils that PENDING asset.
+	// With header.pending_asset_id set, the upload fulfills that PENDING asset.
 	UploadAsset(grpc.ClientStreamingServer[UploadAssetRequest, UploadAssetResponse]) error
 	// RegisterFile adopts a file already on the server (under an import root).
 	RegisterFile(context.Context, *RegisterFileRequest) (*RegisterFileResponse, error)

@@ -245,7 +245,7 @@ export interface UploadHeader {
     | undefined;
   /** If set (hex), the upload fails unless the content has this SHA-256. */
   expectedSha256: string;
-  /** If set, the upload fulfils this PENDING FILE asset. */
+  /** If set, the upload fulfills this PENDING FILE asset. */
   pendingAssetId: string;
 }
 
@@ -319,7 +319,7 @@ export interface FulfillAssetRequest {
     /** The content of a VALUE asset. */
     { $case: "value"; value: Value }
     | undefined;
-  /** If set (hex), the fulfilment fails unless the content has this SHA-256. */
+  /** If set (hex), the fulfillment fails unless the content has this SHA-256. */
   expectedSha256: string;
 }
 
@@ -3736,7 +3736,7 @@ export const AssetServiceService = {
    * UploadAsset streams a file in: the first message carries the header,
    * every following one a chunk of bytes. The asset exists only once all
    * bytes are safely on disk; a failed or cancelled upload leaves nothing.
-   * With header.pending_asset_id set, the upload fulfils that PENDING asset.
+   * With header.pending_asset_id set, the upload fulfills that PENDING asset.
    */
   uploadAsset: {
     path: "/asset.v1.AssetService/UploadAsset" as const,
@@ -3889,7 +3889,7 @@ export interface AssetServiceServer extends UntypedServiceImplementation {
    * UploadAsset streams a file in: the first message carries the header,
    * every following one a chunk of bytes. The asset exists only once all
    * bytes are safely on disk; a failed or cancelled upload leaves nothing.
-   * With header.pending_asset_id set, the upload fulfils that PENDING asset.
+   * With header.pending_asset_id set, the upload fulfills that PENDING asset.
    */
   uploadAsset: handleClientStreamingCall<UploadAssetRequest, UploadAssetResponse>;
   /** RegisterFile adopts a file already on the server (under an import root). */
@@ -3930,7 +3930,7 @@ export interface AssetServiceClient extends Client {
    * UploadAsset streams a file in: the first message carries the header,
    * every following one a chunk of bytes. The asset exists only once all
    * bytes are safely on disk; a failed or cancelled upload leaves nothing.
-   * With header.pending_asset_id set, the upload fulfils that PENDING asset.
+   * With header.pending_asset_id set, the upload fulfills that PENDING asset.
    */
   uploadAsset(
     callback: (error: ServiceError | null, response: UploadAssetResponse) => void,
