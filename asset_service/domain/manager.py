@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import (
     AsyncGenerator,
@@ -15,6 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from asset_service.domain import recovery
 from asset_service.domain.commits import Committer, Handover
 from asset_service.domain.errors import (
     Conflict,
@@ -28,6 +27,7 @@ from asset_service.domain.errors import (
     shown,
     shown_list,
 )
+from asset_service.domain.locks import KeyedLocks
 from asset_service.domain.manifests import Manifest, build_manifest
 from asset_service.domain.models import (
     Asset,
@@ -91,27 +91,6 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-class _KeyedLocks:
-    """One asyncio.Lock per asset id while anyone holds or waits for it."""
-
-    def __init__(self) -> None:
-        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
-
-    @contextlib.asynccontextmanager
-    async def hold(self, key: str) -> AsyncIterator[None]:
-        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
-        self._locks[key] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._locks[key]
-            if users == 1:
-                del self._locks[key]
-            else:
-                self._locks[key] = (lock, users - 1)
-
-
 class AssetManager:
     """Every use case of the service, over a MetadataStore and a BlobStorage."""
 
@@ -128,7 +107,7 @@ class AssetManager:
         self.manifests = manifests
         self.hub = ChangeHub(limits.watch_buffer_bytes)
         self.commits = Committer(store)
-        self._locks = _KeyedLocks()
+        self._locks = KeyedLocks()
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -148,24 +127,8 @@ class AssetManager:
         await self.storage.close()
 
     async def recover(self) -> int:
-        """Settle moves that a crashed process journaled, then drop its staging.
-
-        A move's source is removed only if its record committed; otherwise the bytes that
-        were linked or copied into place go, and the worker's file stays where it was.
-        """
-        leftovers = await self.storage.leftovers()
-        for leftover in leftovers:
-            record = await self.store.get(leftover.asset_id)
-            committed = (
-                record is not None
-                and record.status is Status.AVAILABLE
-                and record.storage_path == leftover.storage_path
-            )
-            await self.storage.settle(leftover, committed)
-        await self.storage.sweep_dead_staging()
-        if leftovers:
-            log.info("recovery settled %d interrupted move(s)", len(leftovers))
-        return len(leftovers)
+        """Settle moves that crashed processes left half-done (see recovery.recover)."""
+        return await recovery.recover(self.store, self.storage)
 
     async def settle_unsettled(self) -> int:
         """Settle record writes whose outcome was unknown (the server calls this often)."""
@@ -181,31 +144,8 @@ class AssetManager:
         return removed
 
     async def reconcile(self) -> int:
-        """Remove stored files that no record points at (left by a crash mid-commit)."""
-        removed = 0
-        batch: list[tuple[str, str]] = []
-
-        async def flush() -> int:
-            records = await self.store.get_many(sorted({a for a, _ in batch}))
-            count = 0
-            for asset_id, path in batch:
-                rec = records.get(asset_id)
-                if rec is None or rec.storage_path != path:
-                    log.warning("removing orphan file %s (no record points at it)", path)
-                    await self.storage.remove(path)
-                    count += 1
-            batch.clear()
-            return count
-
-        async for asset_id, path in self.storage.orphans():
-            batch.append((asset_id, path))
-            if len(batch) >= 500:
-                removed += await flush()
-        if batch:
-            removed += await flush()
-        if removed:
-            log.info("reconcile removed %d orphan file(s)", removed)
-        return removed
+        """Remove stored bytes no record points at (see recovery.reconcile)."""
+        return await recovery.reconcile(self.store, self.storage)
 
     # --- reads ----------------------------------------------------------------------
 

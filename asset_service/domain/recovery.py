@@ -1,0 +1,61 @@
+"""After a crash: settle journaled moves by their records, and sweep orphan bytes."""
+
+from __future__ import annotations
+
+import logging
+
+from asset_service.domain.models import Status
+from asset_service.domain.ports import BlobStorage, MetadataStore
+
+log = logging.getLogger(__name__)
+
+ORPHAN_BATCH = 500
+
+
+async def recover(store: MetadataStore, storage: BlobStorage) -> int:
+    """Settle moves that crashed processes journaled, then drop their staging.
+
+    A move's source is removed only if its record committed; otherwise the bytes that
+    were linked or copied into place go, and the worker's file stays where it was.
+    """
+    leftovers = await storage.leftovers()
+    for leftover in leftovers:
+        record = await store.get(leftover.asset_id)
+        committed = (
+            record is not None
+            and record.status is Status.AVAILABLE
+            and record.storage_path == leftover.storage_path
+        )
+        await storage.settle(leftover, committed)
+    await storage.sweep_dead_staging()
+    if leftovers:
+        log.info("recovery settled %d interrupted move(s)", len(leftovers))
+    return len(leftovers)
+
+
+async def reconcile(store: MetadataStore, storage: BlobStorage) -> int:
+    """Remove stored bytes that no record points at (left by a crash mid-commit)."""
+    removed = 0
+    batch: list[tuple[str, str]] = []
+
+    async def flush() -> int:
+        records = await store.get_many(sorted({a for a, _ in batch}))
+        count = 0
+        for asset_id, path in batch:
+            rec = records.get(asset_id)
+            if rec is None or rec.storage_path != path:
+                log.warning("removing orphan file %s (no record points at it)", path)
+                await storage.remove(path)
+                count += 1
+        batch.clear()
+        return count
+
+    async for asset_id, path in storage.orphans():
+        batch.append((asset_id, path))
+        if len(batch) >= ORPHAN_BATCH:
+            removed += await flush()
+    if batch:
+        removed += await flush()
+    if removed:
+        log.info("reconcile removed %d orphan file(s)", removed)
+    return removed
