@@ -28,8 +28,8 @@ from asset_service.domain.errors import (
     NotFound,
     Unavailable,
 )
-from asset_service.domain.models import parse_asset_id, safe_file_name, validate_task_id
-from asset_service.storage import fs
+from asset_service.domain.models import parse_asset_id
+from asset_service.storage import fs, keys
 from asset_service.storage.imports import ImportRoots
 
 log = logging.getLogger(__name__)
@@ -523,19 +523,13 @@ class LocalStorage:
     # --- keys and paths ---------------------------------------------------------------
 
     def upload_key(self, asset_id: str, label: str, now: datetime) -> str:
-        asset_id = parse_asset_id(asset_id)
-        return f"uploads/{now.strftime('%Y-%m-%d')}/{asset_id}/{safe_file_name(label)}"
+        return keys.upload_key(asset_id, label, now)
 
     def generated_key(self, task_id: str, asset_id: str, label: str) -> str:
-        task_id = validate_task_id(task_id)
-        asset_id = parse_asset_id(asset_id)
-        return f"generated/{task_id}/{asset_id}/{safe_file_name(label)}"
+        return keys.generated_key(task_id, asset_id, label)
 
     def key_parts(self, key: str) -> tuple[str, ...]:
-        parts = fs.relative_parts(key, f"storage key {key!r}")
-        if parts[0] not in ("uploads", "generated") or len(parts) < 2:
-            raise InvalidArgument(f"storage key {key!r} is outside uploads/ and generated/")
-        return parts
+        return keys.key_parts(key)
 
     def _parts_of(self, storage_path: str) -> tuple[str, ...]:
         path = Path(storage_path)
@@ -567,26 +561,10 @@ class LocalStorage:
         Written whole under a temporary name, fsynced, then renamed: a journal entry that
         exists is complete, and one that does not parse cannot have been acted on.
         """
-        name = uuid.uuid4().hex
-        part, journal = self.intents / f"{name}.part", self.intents / f"{name}.json"
         try:
-            fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-            try:
-                os.write(fd, json.dumps(intent).encode())
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.rename(part, journal)
-            dir_fd = os.open(self.intents, fs.DIR_FLAGS)
-            try:
-                fs.fsync_dir(dir_fd)
-            finally:
-                os.close(dir_fd)
+            return fs.write_journal(self.intents, intent)
         except OSError as exc:
-            part.unlink(missing_ok=True)
-            journal.unlink(missing_ok=True)
             raise _oserror(exc, "journaling a move") from None
-        return journal
 
     # --- writing ----------------------------------------------------------------------
 

@@ -20,11 +20,9 @@ from asset_service.domain.errors import (
 )
 from asset_service.domain.models import (
     parse_asset_id,
-    safe_file_name,
     validate_server_path,
-    validate_task_id,
 )
-from asset_service.storage import fs
+from asset_service.storage import keys
 from asset_service.storage.memory._blobs import MemoryAdopted, MemoryWriter
 from asset_service.storage.memory._state import PREFIX, Leftover, MemoryState, StagingArea
 
@@ -126,19 +124,13 @@ class MemoryStorage:
     # --- keys and paths ---------------------------------------------------------------
 
     def upload_key(self, asset_id: str, label: str, now: datetime) -> str:
-        asset_id = parse_asset_id(asset_id)
-        return f"uploads/{now.strftime('%Y-%m-%d')}/{asset_id}/{safe_file_name(label)}"
+        return keys.upload_key(asset_id, label, now)
 
     def generated_key(self, task_id: str, asset_id: str, label: str) -> str:
-        task_id = validate_task_id(task_id)
-        asset_id = parse_asset_id(asset_id)
-        return f"generated/{task_id}/{asset_id}/{safe_file_name(label)}"
+        return keys.generated_key(task_id, asset_id, label)
 
     def key_parts(self, key: str) -> tuple[str, ...]:
-        parts = fs.relative_parts(key, f"storage key {key!r}")
-        if parts[0] not in ("uploads", "generated") or len(parts) < 2:
-            raise InvalidArgument(f"storage key {key!r} is outside uploads/ and generated/")
-        return parts
+        return keys.key_parts(key)
 
     def _key_of(self, storage_path: str) -> str:
         if not storage_path.startswith(PREFIX):

@@ -8,12 +8,12 @@ import json
 import logging
 import os
 import shutil
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from asset_service.domain.errors import Unavailable
+from asset_service.storage import fs
 
 log = logging.getLogger(__name__)
 
@@ -118,26 +118,10 @@ class Journal:
 
     def write(self, intent: dict[str, Any]) -> Path:
         """Durably journal a move before its object appears: temp file, fsync, rename."""
-        name = uuid.uuid4().hex
-        part, journal = self.intents / f"{name}.part", self.intents / f"{name}.json"
         try:
-            fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-            try:
-                os.write(fd, json.dumps(intent).encode())
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.rename(part, journal)
-            dir_fd = os.open(self.intents, _DIR_FLAGS)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            return fs.write_journal(self.intents, intent)
         except OSError as exc:
-            part.unlink(missing_ok=True)
-            journal.unlink(missing_ok=True)
             raise Unavailable(f"could not journal a move in {self.intents}: {exc}") from exc
-        return journal
 
     @staticmethod
     def forget(journal: Path | None) -> None:

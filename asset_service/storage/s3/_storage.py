@@ -20,8 +20,8 @@ from asset_service.domain.errors import (
     NotFound,
     Unavailable,
 )
-from asset_service.domain.models import parse_asset_id, safe_file_name, validate_task_id
-from asset_service.storage import fs
+from asset_service.domain.models import parse_asset_id
+from asset_service.storage import keys
 from asset_service.storage.imports import ImportRoots
 from asset_service.storage.s3 import _recovery
 from asset_service.storage.s3._blob import S3Adopted, S3Writer
@@ -135,19 +135,13 @@ class S3Storage:
     # --- keys and paths ---------------------------------------------------------------
 
     def upload_key(self, asset_id: str, label: str, now: datetime) -> str:
-        asset_id = parse_asset_id(asset_id)
-        return f"uploads/{now.strftime('%Y-%m-%d')}/{asset_id}/{safe_file_name(label)}"
+        return keys.upload_key(asset_id, label, now)
 
     def generated_key(self, task_id: str, asset_id: str, label: str) -> str:
-        task_id = validate_task_id(task_id)
-        asset_id = parse_asset_id(asset_id)
-        return f"generated/{task_id}/{asset_id}/{safe_file_name(label)}"
+        return keys.generated_key(task_id, asset_id, label)
 
     def object_key(self, key: str) -> str:
-        parts = fs.relative_parts(key, f"storage key {key!r}")
-        if parts[0] not in _AREAS or len(parts) < 2:
-            raise InvalidArgument(f"storage key {key!r} is outside uploads/ and generated/")
-        return self.location.prefix + "/".join(parts)
+        return self.location.prefix + "/".join(keys.key_parts(key))
 
     def staging_key(self, blob_id: str) -> str:
         return f"{self.location.prefix}tmp/staging/{self.instance}/{blob_id}"
