@@ -65,7 +65,7 @@ format: install
 	$(VENV)/bin/ruff format $(PY_SOURCES)
 	$(VENV)/bin/ruff check --fix $(PY_SOURCES)
 
-bench: install
+bench: install minio
 	$(PY) -m bench
 
 clean:

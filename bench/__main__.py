@@ -17,6 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from asset_service._proto.asset.v1 import asset_service_pb2 as pb
 from asset_service._proto.asset.v1 import asset_service_pb2_grpc as pb_grpc
+from bench._object_store import object_store_rows
 from tests.serverproc import ServerProcess
 
 MiB = 1024 * 1024
@@ -38,7 +39,7 @@ def raw_write(folder: Path, size: int) -> float:
     return elapsed
 
 
-async def upload_once(stub: pb_grpc.AssetServiceStub, size: int) -> float:
+async def upload_once(stub: pb_grpc.AssetServiceAsyncStub, size: int) -> float:
     chunk = os.urandom(MiB)
 
     async def requests() -> AsyncIterator[pb.UploadAssetRequest]:
@@ -62,7 +63,7 @@ async def unary_latency(call: object, n: int) -> float:
     return statistics.median(times)
 
 
-async def watch_fanout(stub: pb_grpc.AssetServiceStub, watchers: int) -> float:
+async def watch_fanout(stub: pb_grpc.AssetServiceAsyncStub, watchers: int) -> float:
     """Seconds from sending FulfillAsset until every watcher has seen AVAILABLE."""
     asset = (
         await stub.CreatePendingAsset(
@@ -89,10 +90,16 @@ async def watch_fanout(stub: pb_grpc.AssetServiceStub, watchers: int) -> float:
     return max(seen_at) - sent
 
 
-async def main(size_mib: int, rounds: int) -> None:
+async def main(size_mib: int, rounds: int, s3_size_mib: int, s3_rounds: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        server = ServerProcess(root / "data", f"sqlite:///{root / 'assets.db'}").start()
+        # 200 watchers share the bench's one connection: above the default 100 streams per
+        # connection the rest would wait for a free stream forever (the first 100 never end).
+        server = ServerProcess(
+            root / "data",
+            f"sqlite:///{root / 'assets.db'}",
+            extra_args=["--max-streams-per-connection", "512"],
+        ).start()
         try:
             async with grpc.aio.insecure_channel(server.address) as channel:
                 stub = pb_grpc.AssetServiceStub(channel)
@@ -128,11 +135,19 @@ async def main(size_mib: int, rounds: int) -> None:
                 )
         finally:
             server.stop()
+    if s3_size_mib > 0:
+        print(*await object_store_rows(s3_size_mib, s3_rounds), sep="\n")
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--size-mib", type=int, default=128, help="upload size")
     parser.add_argument("--rounds", type=int, default=3, help="repetitions (median is shown)")
+    parser.add_argument(
+        "--s3-size-mib", type=int, default=64, help="object-store upload/read size (0 skips)"
+    )
+    parser.add_argument(
+        "--s3-rounds", type=int, default=5, help="object-store rounds, alternating with raw calls"
+    )
     args = parser.parse_args()
-    asyncio.run(main(args.size_mib, args.rounds))
+    asyncio.run(main(args.size_mib, args.rounds, args.s3_size_mib, args.s3_rounds))

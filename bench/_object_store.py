@@ -1,0 +1,183 @@
+"""The object-store rows: UploadAsset and ReadAsset into MinIO against raw aiobotocore calls."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import grpc
+
+from asset_service._proto.asset.v1 import asset_service_pb2 as pb
+from asset_service._proto.asset.v1 import asset_service_pb2_grpc as pb_grpc
+from asset_service.storage.s3._config import PART_SIZE, Credentials, create_client
+from tests.backends import MinIO, minio_missing
+from tests.serverproc import ServerProcess
+
+if TYPE_CHECKING:
+    from types_aiobotocore_s3 import S3Client
+    from types_aiobotocore_s3.type_defs import CompletedPartTypeDef
+
+MiB = 1024 * 1024
+BUCKET = "asset-bench"
+# The server streams ReadAsset in 1 MiB chunks (READ_CHUNK_BYTES); the raw read matches it.
+READ_CHUNK = MiB
+
+
+async def server_upload(stub: pb_grpc.AssetServiceAsyncStub, data: bytes) -> tuple[float, str]:
+    """Seconds for UploadAsset of `data` in 1 MiB chunks, and the new asset's id."""
+    view = memoryview(data)
+
+    async def requests() -> AsyncIterator[pb.UploadAssetRequest]:
+        yield pb.UploadAssetRequest(header=pb.UploadHeader(label="bench.bin"))
+        for start in range(0, len(data), MiB):
+            yield pb.UploadAssetRequest(chunk=bytes(view[start : start + MiB]))
+
+    start = time.perf_counter()
+    response = await stub.UploadAsset(requests())
+    return time.perf_counter() - start, response.asset.id
+
+
+async def server_read(stub: pb_grpc.AssetServiceAsyncStub, asset_id: str, size: int) -> float:
+    start = time.perf_counter()
+    got = 0
+    async for response in stub.ReadAsset(pb.ReadAssetRequest(asset_id=asset_id)):
+        got += len(response.chunk)
+    elapsed = time.perf_counter() - start
+    assert got == size, f"ReadAsset returned {got} of {size} bytes"
+    return elapsed
+
+
+async def raw_upload(s3: S3Client, key: str, data: bytes) -> float:
+    """Baseline: the same bytes as one multipart upload of PART_SIZE parts, parts in order
+    (as the server sends them), with no hashing and no copy to a final key."""
+    view = memoryview(data)
+    start = time.perf_counter()
+    created = await s3.create_multipart_upload(Bucket=BUCKET, Key=key)
+    upload_id = created["UploadId"]
+    parts: list[CompletedPartTypeDef] = []
+    for number, offset in enumerate(range(0, len(data), PART_SIZE), start=1):
+        answer = await s3.upload_part(
+            Bucket=BUCKET,
+            Key=key,
+            UploadId=upload_id,
+            PartNumber=number,
+            Body=bytes(view[offset : offset + PART_SIZE]),
+        )
+        parts.append({"PartNumber": number, "ETag": answer["ETag"]})
+    await s3.complete_multipart_upload(
+        Bucket=BUCKET, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
+    )
+    return time.perf_counter() - start
+
+
+async def raw_read(s3: S3Client, key: str, size: int) -> float:
+    """Baseline: one streamed GetObject, read in the server's chunk size."""
+    start = time.perf_counter()
+    got = 0
+    answer = await s3.get_object(Bucket=BUCKET, Key=key)
+    async with answer["Body"] as body:
+        while chunk := await body.read(READ_CHUNK):
+            got += len(chunk)
+    elapsed = time.perf_counter() - start
+    assert got == size, f"GetObject returned {got} of {size} bytes"
+    return elapsed
+
+
+async def alternate(
+    first: Callable[[], Awaitable[float]], second: Callable[[], Awaitable[float]], turn: int
+) -> tuple[float, float]:
+    """Both timings, the order flipped every turn so neither always runs on a warmer cache."""
+    if turn % 2:
+        b = await second()
+        return await first(), b
+    a = await first()
+    return a, await second()
+
+
+def row(name: str, size_mib: int, ours: list[float], raw: list[float], what: str) -> str:
+    ratios = [o / r for o, r in zip(ours, raw, strict=True)]
+    r_med = statistics.median(raw)
+    return (
+        f"{name} {size_mib} MiB: {statistics.median(ratios):.2f}x the time of {what} "
+        f"(min-max {min(ratios):.2f}-{max(ratios):.2f}x, {len(ratios)} alternating rounds); "
+        f"server {size_mib / statistics.median(ours):.0f} MiB/s, "
+        f"raw {size_mib / r_med:.0f} MiB/s ({r_med:.2f} s, {min(raw):.2f}-{max(raw):.2f} s)"
+    )
+
+
+async def one_round(
+    stub: pb_grpc.AssetServiceAsyncStub, s3: S3Client, data: bytes, turn: int
+) -> tuple[float, float, float, float]:
+    """Upload then read through the server and raw, alternating which goes first."""
+    key = f"raw/{turn}"
+    asset_id = ""
+
+    async def ours_up() -> float:
+        nonlocal asset_id
+        elapsed, asset_id = await server_upload(stub, data)
+        return elapsed
+
+    up_ours, up_raw = await alternate(ours_up, lambda: raw_upload(s3, key, data), turn)
+    down_ours, down_raw = await alternate(
+        lambda: server_read(stub, asset_id, len(data)), lambda: raw_read(s3, key, len(data)), turn
+    )
+    await stub.DeleteAsset(pb.DeleteAssetRequest(asset_id=asset_id))
+    await s3.delete_object(Bucket=BUCKET, Key=key)
+    return up_ours, up_raw, down_ours, down_raw
+
+
+async def rounds_against(
+    stub: pb_grpc.AssetServiceAsyncStub, s3: S3Client, size_mib: int, rounds: int
+) -> list[str]:
+    size = size_mib * MiB
+    data = os.urandom(size)
+    # Warm up both paths (connections, imports, MinIO's first write) outside the timings.
+    _, warm = await server_upload(stub, data[: 2 * PART_SIZE])
+    await stub.DeleteAsset(pb.DeleteAssetRequest(asset_id=warm))
+    await raw_upload(s3, "raw/warm", data[: 2 * PART_SIZE])
+    timings = [await one_round(stub, s3, data, turn) for turn in range(rounds)]
+    up_ours, up_raw, down_ours, down_raw = (list(t) for t in zip(*timings, strict=True))
+    return [
+        row("object store upload", size_mib, up_ours, up_raw, "a raw aiobotocore multipart upload"),
+        row("object store read", size_mib, down_ours, down_raw, "a raw streamed GetObject"),
+    ]
+
+
+async def object_store_rows(size_mib: int, rounds: int) -> list[str]:
+    """The server on `--storage-url s3://...` against a MinIO, both timed in the same run."""
+    if rounds < 1:
+        raise ValueError(f"--s3-rounds {rounds}: give at least 1")
+    missing = minio_missing()
+    if missing:
+        return [f"object store: not measured: {missing}"]
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        minio = MinIO(root / "minio").start()
+        try:
+            creds = Credentials(minio.endpoint, minio.region, minio.access_key, minio.secret_key)
+            async with create_client(creds, 4) as s3:
+                await s3.create_bucket(Bucket=BUCKET)
+                server = ServerProcess(
+                    root / "data",
+                    f"sqlite:///{root / 'assets.db'}",
+                    extra_args=["--storage-url", f"s3://{BUCKET}/assets"],
+                    env=minio.aws_env(),
+                ).start()
+                try:
+                    async with grpc.aio.insecure_channel(server.address) as channel:
+                        stub = pb_grpc.AssetServiceStub(channel)
+                        return await rounds_against(stub, s3, size_mib, rounds)
+                finally:
+                    server.stop()
+        finally:
+            minio.stop()
+
+
+if __name__ == "__main__":  # `python -m bench._object_store`: this part alone
+    print(*asyncio.run(object_store_rows(64, 5)), sep="\n")
