@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from pymongo import AsyncMongoClient
 
 from asset_service.domain.errors import Conflict, InvalidArgument, NotFound, Unavailable
 from asset_service.domain.models import (
@@ -25,7 +26,8 @@ from asset_service.domain.models import (
     new_asset_id,
 )
 from asset_service.store.mongo import MongoStore
-from tests.contract.conftest import Backend
+from asset_service.store.mongo._store import ASSET_INDEXES
+from tests.contract.conftest import Backend, _drop, _fresh_database
 
 T0 = datetime(2026, 1, 2, 3, 4, 5, 123000, tzinfo=UTC)
 
@@ -368,3 +370,65 @@ async def test_mongo_store_refuses_a_server_without_replica_set(ferretdb_url: st
         await store.open()
     assert "standalone" in err.value.message and "rs.initiate" in err.value.message
     await store.close()
+
+
+async def test_reopening_never_reuses_a_revision_after_the_counter_was_lost(
+    ferretdb_url: str,
+) -> None:
+    """Counter dropped, then restored from an older backup: each open lifts it above every
+    stored revision (the highest one here belongs to an updated record, not the last insert)."""
+    url, name = _fresh_database(ferretdb_url)
+    store = MongoStore(url, allow_standalone=True)
+    await store.open()
+    client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(
+        ferretdb_url, serverSelectionTimeoutMS=3000
+    )
+    try:
+        assets = [await store.insert(pending()) for _ in range(3)]
+        moved = await store.transition(assets[0].id, Status.PENDING, FULFILL, T0)
+        used = {a.revision for a in assets} | {moved.revision}
+        for lose in ("drop", "older backup"):
+            if lose == "drop":
+                await client[name].drop_collection("counters")
+            else:
+                await client[name]["counters"].update_one(
+                    {"_id": "revision"}, {"$set": {"value": 1}}
+                )
+            await store.close()
+            store = MongoStore(url, allow_standalone=True)
+            await store.open()
+            fresh = await store.insert(pending())
+            assert fresh.revision == max(used) + 1, lose
+            used.add(fresh.revision)
+    finally:
+        await client.close()
+        await store.close()
+        await _drop(ferretdb_url, name)
+
+
+async def test_a_restart_finds_every_index_and_creates_none(
+    ferretdb_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """FerretDB's listIndexes shows every wanted index after the first start; the second
+    start compares and sends no createIndexes (an index build locks the collection)."""
+    url, name = _fresh_database(ferretdb_url)
+    first = MongoStore(url, allow_standalone=True)
+    await first.open()
+    await first.close()
+    again = MongoStore(url, allow_standalone=True)
+    created: list[object] = []
+
+    async def spy(*args: object, **kwargs: object) -> list[str]:
+        created.append(args)
+        return []
+
+    monkeypatch.setattr(again._assets, "create_indexes", spy)
+    monkeypatch.setattr(again._assets, "create_index", spy)
+    try:
+        await again.open()
+        assert created == []
+        names = {ix["name"] async for ix in await again._assets.list_indexes()}
+        assert {m.document["name"] for m in ASSET_INDEXES} <= names
+    finally:
+        await again.close()
+        await _drop(ferretdb_url, name)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -92,26 +93,61 @@ def invalidate(n: int) -> dict[str, Any]:
     return {"_id": token(n), "operationType": "invalidate", "clusterTime": Timestamp(1, n)}
 
 
-class FakeStream:
-    """Stands in for pymongo's AsyncChangeStream: scripted events and errors, then waits."""
+@dataclass(frozen=True)
+class Idle:
+    """An empty getMore batch: pymongo moves `resume_token` to its postBatchResumeToken."""
 
-    def __init__(self, script: list[Mapping[str, Any] | Exception], initial: int = 0) -> None:
-        self.script = list(script)
-        self._resume_token = token(initial)
+    n: int | None
+
+
+Script = Iterable[Mapping[str, Any] | Exception | Idle]
+
+
+class FakeStream:
+    """Stands in for pymongo's AsyncChangeStream: scripted batches and errors, then waits.
+
+    Like pymongo's: `try_next` runs one getMore; an event moves `resume_token` to its `_id`,
+    an empty batch to the postBatchResumeToken, and an error leaves it where it was.
+    """
+
+    def __init__(self, script: Script, initial: int | None = -1) -> None:
+        self.script = iter(script)
+        # -1: like pymongo, the token it was opened with (FakeWatch sets it), else token(0).
+        self.opened_at_request = initial == -1
+        self._resume_token = None if initial is None else token(max(initial, 0))
         self.closed = False
+
+    def opened_with(self, resume_after: Mapping[str, Any] | None) -> None:
+        if self.opened_at_request and resume_after is not None:
+            self._resume_token = resume_after
 
     @property
     def resume_token(self) -> Mapping[str, Any] | None:
         return self._resume_token
 
-    async def next(self) -> Mapping[str, Any]:
-        if not self.script:
+    @property
+    def alive(self) -> bool:
+        return not self.closed
+
+    async def try_next(self) -> Mapping[str, Any] | None:
+        item = next(self.script, None)
+        if item is None:
             await asyncio.Event().wait()  # like a tailable cursor with nothing new
-        item = self.script.pop(0)
+            raise AssertionError("unreachable")
         if isinstance(item, Exception):
             raise item
+        if isinstance(item, Idle):
+            self._resume_token = None if item.n is None else token(item.n)
+            return None
         self._resume_token = item["_id"]
         return item
+
+    async def next(self) -> Mapping[str, Any]:
+        """pymongo's `next`: `try_next` until an event (empty batches move the token)."""
+        while True:
+            item = await self.try_next()
+            if item is not None:
+                return item
 
     async def close(self) -> None:
         self.closed = True
@@ -129,6 +165,7 @@ class FakeWatch:
         outcome = self.outcomes.pop(0)
         if isinstance(outcome, Exception):
             raise outcome
+        outcome.opened_with(resume_after)
         return outcome
 
 
@@ -326,3 +363,270 @@ async def test_an_unexpected_error_reopens_from_now_with_a_resync() -> None:
     got = await take(feed_of(watch, first=first).run(), 3)
     assert summary(got) == [("PUT", A, 1), "RESYNC", ("PUT", B, 5)]
     assert watch.calls == [None]
+
+
+# --- item 6: memory, poison events, health; item 7: post-batch resume tokens ------------
+
+MiB = 1024 * 1024
+TOO_LARGE = 10334  # BSONObjectTooLarge: an event over 16 MB, raised on every resume
+UNAUTHORIZED = 13
+
+
+def failure(code: int, message: str, *labels: str) -> OperationFailure:
+    """An OperationFailure as pymongo raises it from a getMore/aggregate reply."""
+    details: dict[str, Any] = {"ok": 0, "code": code, "errmsg": message}
+    if labels:
+        details["errorLabels"] = list(labels)
+    return OperationFailure(message, code=code, details=details)
+
+
+def value_events(count: int, size: int) -> Iterator[dict[str, Any]]:
+    """Fulfilled VALUE assets, each with its own `size` bytes, made one at a time."""
+    for n in range(1, count + 1):
+        asset_id = f"7d8f7c1e-0000-4000-8000-{n:012d}"
+        doc = record(
+            asset_id,
+            n,
+            "AVAILABLE",
+            type="VALUE",
+            value_kind="BYTES",
+            value_content=bytes([n % 251]) * size,
+            size_bytes=size,
+        )
+        yield insert(n, doc)
+
+
+async def test_cache_keeps_no_value_bytes_but_puts_carry_them() -> None:
+    import gc
+    import tracemalloc
+
+    count = 24
+    feed = feed_of(FakeWatch(), first=FakeStream(value_events(count, MiB)))
+    items = feed.run()
+    tracemalloc.start()
+    try:
+        async with asyncio.timeout(5):
+            for _ in range(count):
+                change = await anext(items)
+                assert isinstance(change, Change) and change.asset.value is not None
+                assert len(change.asset.value.data) == MiB  # watchers get the value
+            del change
+        gc.collect()
+        held, _peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # Before: the cache kept every value (24 MiB here; 39 GiB at 10,000 x 4 MiB).
+    assert held < 3 * MiB, f"the feed holds {held / MiB:.1f} MiB after {count} x 1 MiB values"
+    await items.aclose()
+
+
+async def test_delete_changes_hold_no_value_bytes() -> None:
+    pre = record(A, 9, "AVAILABLE", type="VALUE", value_kind="TEXT", deleted=True)
+    pre["value_content"] = b"x" * 1000
+    first = FakeStream([delete_stamp(1, A, 9), delete(2, A, pre=pre)])
+    got = await take(feed_of(FakeWatch(), first=first).run(), 1)
+    assert isinstance(got[0], Change) and got[0].kind is ChangeKind.DELETE
+    assert (got[0].revision, got[0].asset.status, got[0].asset.value) == (
+        9,
+        Status.AVAILABLE,
+        None,
+    )
+
+
+async def test_a_poison_event_is_retried_a_bounded_number_of_times_then_resyncs() -> None:
+    """An event over 16 MB fails every resume from the same token: skip it with a Resync."""
+    too_large = failure(TOO_LARGE, "BSONObj size: 17000000 (0x1036640) is invalid")
+    first = FakeStream([insert(1, record(A, 1)), too_large])
+    watch = FakeWatch(
+        FakeStream([too_large]),
+        FakeStream([too_large]),
+        FakeStream([insert(50, record(B, 50))], initial=49),
+    )
+    feed = feed_of(watch, first=first)
+    items = feed.run()
+    got = await take(items, 2)
+    assert summary(got) == [("PUT", A, 1), "RESYNC"]
+    assert watch.calls == [token(1), token(1), None]  # then from now, never again token(1)
+    assert isinstance(got[1], Resync) and "10334" in got[1].reason
+    # Reported while it lasted (MongoStore.ping fails: health NOT_SERVING)...
+    assert feed.failure is not None and "3 times" in feed.failure
+    assert summary(await take(items, 1)) == [("PUT", B, 50)]
+    assert feed.failure is None  # ...and cleared once the stream reads again
+    assert feed.token == token(50)
+
+
+async def test_unauthorized_is_reported_and_retried_without_a_resync_storm() -> None:
+    denied = failure(UNAUTHORIZED, "not authorized on asset_service to execute command")
+    first = FakeStream([insert(1, record(A, 1)), denied])
+    watch = FakeWatch(
+        denied, denied, denied, denied, denied, FakeStream([insert(7, record(B, 7))], initial=6)
+    )
+    feed = feed_of(watch, first=first)
+    items = feed.run()
+    got = await take(items, 2)
+    assert summary(got) == [("PUT", A, 1), "RESYNC"]  # one Resync, however long it lasts
+    assert watch.calls == [token(1), token(1), None, None, None, None]
+    assert feed.failure is not None and "not authorized" in feed.failure
+    assert summary(await take(items, 1)) == [("PUT", B, 7)]
+    assert feed.failure is None
+
+
+async def test_election_errors_are_never_taken_for_poison() -> None:
+    not_primary = failure(10107, "not primary", "ResumableChangeStreamError")
+    watch = FakeWatch(*[not_primary] * 6, FakeStream([insert(2, record(B, 2))]))
+    first = FakeStream([insert(1, record(A, 1)), not_primary])
+    feed = feed_of(watch, first=first)
+    got = await take(feed.run(), 2)
+    assert summary(got) == [("PUT", A, 1), ("PUT", B, 2)]  # no Resync: the token still works
+    assert watch.calls == [token(1)] * 7
+    assert feed.failure is None
+
+
+async def test_a_transient_error_that_lasts_is_reported_while_resuming_from_the_token() -> None:
+    watch = FakeWatch(*[AutoReconnect(f"down {i}") for i in range(5)], FakeStream([]))
+    first = FakeStream([insert(1, record(A, 1)), AutoReconnect("down")])
+    feed = ChangeFeed(
+        watch,
+        backoff_initial=0.001,
+        backoff_max=0.004,
+        first_stream=first,
+        report_transient_after=0.0,
+    )
+    items = feed.run()
+    assert summary(await take(items, 1)) == [("PUT", A, 1)]
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.3):
+            await anext(items)  # the last stream waits for events
+    assert watch.calls == [token(1)] * 6
+    assert feed.failure is not None and "down" in feed.failure
+    await items.aclose()
+
+
+async def test_reopens_from_the_post_batch_resume_token_not_the_last_event() -> None:
+    """After an idle weekend the last event's id may be off the oplog; the PBRT is not."""
+    first = FakeStream([insert(1, record(A, 1)), Idle(7), Idle(9), AutoReconnect("failover")])
+    watch = FakeWatch(FakeStream([insert(10, record(B, 10))], initial=9))
+    feed = feed_of(watch, first=first)
+    got = await take(feed.run(), 2)
+    assert summary(got) == [("PUT", A, 1), ("PUT", B, 10)]
+    assert watch.calls == [token(9)]
+
+
+async def test_token_moves_with_empty_batches() -> None:
+    first = FakeStream([Idle(3), Idle(5)], initial=1)
+    feed = feed_of(FakeWatch(), first=first)
+    items = feed.run()
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.05):
+            await anext(items)
+    assert feed.token == token(5)
+    await items.aclose()
+
+
+async def test_a_missing_resume_token_reopens_from_now_with_a_resync() -> None:
+    """No token (no PBRT from an old server): reopening "from now" could skip changes."""
+    first = FakeStream([AutoReconnect("failover")], initial=None)
+    watch = FakeWatch(FakeStream([insert(3, record(B, 3))], initial=2))
+    got = await take(feed_of(watch, first=first).run(), 2)
+    assert summary(got) == ["RESYNC", ("PUT", B, 3)]
+    assert watch.calls == [None]
+
+
+class _Admin:
+    async def command(self, name: str) -> dict[str, Any]:
+        assert name == "ping"
+        return {"ok": 1.0}
+
+
+class _ReachableClient:
+    """The server answers ping: only the change feed is in trouble."""
+
+    admin = _Admin()
+
+
+class _Collection:
+    def __init__(self) -> None:
+        self.watched: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
+
+    async def watch(self, *args: Any, **kwargs: Any) -> FakeStream:
+        self.watched.append((args, kwargs))
+        return FakeStream([])
+
+
+async def test_a_failing_feed_makes_ping_and_health_fail_until_it_reads_again() -> None:
+    from types import SimpleNamespace
+
+    from grpc_health.v1 import health_pb2
+    from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
+
+    from asset_service.domain.errors import Unavailable
+    from asset_service.server import SERVICE_NAME, _monitor_health
+    from asset_service.store.mongo import MongoStore
+    from tests.health import health_status
+
+    denied = failure(UNAUTHORIZED, "not authorized on asset_service to execute command")
+    watch = FakeWatch(denied, denied, FakeStream([insert(7, record(B, 7))], initial=6))
+    feed = feed_of(watch, first=FakeStream([insert(1, record(A, 1)), denied]))
+    store = MongoStore("mongodb://127.0.0.1:1/db")
+    store._client = _ReachableClient()  # type: ignore[assignment]
+    store._feed = feed
+    items = feed.run()
+    await store.ping()  # healthy feed, reachable server
+    assert summary(await take(items, 2)) == [("PUT", A, 1), "RESYNC"]
+    with pytest.raises(Unavailable, match=r"change feed is failing.*not authorized"):
+        await store.ping()
+    servicer = health_aio.HealthServicer()
+    monitor = asyncio.create_task(
+        _monitor_health(SimpleNamespace(store=store), servicer, 0.01)  # type: ignore[arg-type]
+    )
+    try:
+        await asyncio.sleep(0.1)
+        assert (
+            await health_status(servicer, SERVICE_NAME)
+            == health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        assert summary(await take(items, 1)) == [("PUT", B, 7)]
+        await asyncio.sleep(0.1)
+        assert await health_status(servicer, SERVICE_NAME) == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        monitor.cancel()
+        await items.aclose()
+
+
+async def test_streams_are_opened_with_the_pipeline_that_drops_duplicate_values() -> None:
+    from asset_service.store.mongo import MongoStore
+    from asset_service.store.mongo._feed import CHANGE_STREAM_PIPELINE
+
+    store = MongoStore("mongodb://127.0.0.1:1/db")
+    assets = _Collection()
+    store._assets = assets  # type: ignore[assignment]
+    await store._open_stream(token(3))
+    ((args, kwargs),) = assets.watched
+    pipeline = args[0] if args else kwargs.get("pipeline")
+    assert pipeline == CHANGE_STREAM_PIPELINE
+    assert kwargs["resume_after"] == token(3) and kwargs["full_document"] == "updateLookup"
+    stages = str(pipeline)
+    assert "updateDescription.updatedFields.value_content" in stages
+    assert "fullDocumentBeforeChange.value_content" in stages
+    assert "_id" not in stages  # changing an event's _id breaks resuming (error 280)
+    await store.close()
+
+
+async def test_cursor_not_found_and_server_timeouts_are_not_poison() -> None:
+    from pymongo.errors import CursorNotFound, ExecutionTimeout
+
+    lost_cursor = CursorNotFound("cursor id 7 not found", code=43)
+    slow = ExecutionTimeout("operation exceeded time limit", code=50)
+    watch = FakeWatch(
+        FakeStream([lost_cursor]),
+        FakeStream([lost_cursor]),
+        FakeStream([slow]),
+        FakeStream([slow]),
+        FakeStream([slow]),
+        FakeStream([insert(2, record(B, 2))]),
+    )
+    first = FakeStream([insert(1, record(A, 1)), lost_cursor])
+    feed = feed_of(watch, first=first)
+    got = await take(feed.run(), 2)
+    assert summary(got) == [("PUT", A, 1), ("PUT", B, 2)]  # resumed, no Resync
+    assert watch.calls == [token(1)] * 6

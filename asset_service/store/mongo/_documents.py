@@ -6,9 +6,23 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from pymongo.errors import ConnectionFailure, ExecutionTimeout, PyMongoError, WTimeoutError
+from pymongo.errors import (
+    ConnectionFailure,
+    ExecutionTimeout,
+    OperationFailure,
+    PyMongoError,
+    ServerSelectionTimeoutError,
+    WTimeoutError,
+)
 
-from asset_service.domain.errors import Unavailable
+from asset_service.domain.errors import (
+    AssetError,
+    Conflict,
+    FailedPrecondition,
+    InvalidArgument,
+    OutcomeUnknown,
+    Unavailable,
+)
 from asset_service.domain.models import Asset, AssetType, Status, Value, ValueKind
 from asset_service.store import _paging
 
@@ -95,7 +109,68 @@ def _doc_bytes(doc: Mapping[str, Any]) -> int:
     return len(value) if isinstance(value, bytes | str) else 0
 
 
-def _unavailable(exc: PyMongoError) -> Unavailable:
+# Server error codes that no retry fixes (error_codes.yml of the MongoDB server).
+UNAUTHORIZED = 13
+AUTHENTICATION_FAILED = 18
+BAD_VALUE = 2
+DOCUMENT_VALIDATION_FAILURE = 121
+WRITE_CONFLICT = 112
+
+
+def _unavailable(exc: PyMongoError) -> AssetError:
+    """A driver error as the domain error that tells the truth about it.
+
+    Only transient failures are Unavailable (retry later). The store's own credentials
+    being refused, or a document the database's validator rejects, will fail the same
+    way on every retry until an operator acts: FailedPrecondition (the service is not in
+    a state to do this), not PermissionDenied, which would blame the caller. A write
+    conflict still standing once the driver's retries ran out is Conflict (ABORTED:
+    re-read and retry).
+    """
+    code = exc.code if isinstance(exc, OperationFailure) else None
+    if code in (UNAUTHORIZED, AUTHENTICATION_FAILED):
+        return FailedPrecondition(
+            f"MongoDB refused the asset service's own database user (code {code}): "
+            f"{exc}; an operator must fix the credentials or roles in the database URL"
+        )
+    if code == DOCUMENT_VALIDATION_FAILURE:
+        return FailedPrecondition(
+            f"MongoDB's validation rules for the assets collection rejected the record: {exc}"
+        )
+    if code == BAD_VALUE:
+        return InvalidArgument(f"MongoDB rejected a value of the request: {exc}")
+    # with_transaction ends its retries with a timeout error raised from the last one.
+    cause = exc.__cause__
+    if code == WRITE_CONFLICT or (
+        isinstance(cause, OperationFailure) and cause.code == WRITE_CONFLICT
+    ):
+        return Conflict(
+            f"concurrent writes kept conflicting until the retries ran out: {exc}; "
+            "re-read the asset and retry"
+        )
     if isinstance(exc, ConnectionFailure | ExecutionTimeout | WTimeoutError):
         return Unavailable(f"MongoDB is unreachable: {exc}")
     return Unavailable(f"MongoDB error: {exc}")
+
+
+def _write_error(exc: PyMongoError, *, transaction: bool) -> AssetError:
+    """A failed write as a domain error: OutcomeUnknown where it may have applied.
+
+    In a transaction, pymongo labels exactly the ambiguous commits
+    UnknownTransactionCommitResult (network error, timeout or write-concern timeout
+    during commitTransaction; it keeps the labels on the timeout error that ends
+    with_transaction's retries); every other failure aborted the transaction. A write
+    outside a transaction (allow_standalone) is ambiguous on any error after it may
+    have been sent, i.e. all but a failed server selection.
+    """
+    if transaction:
+        ambiguous = exc.has_error_label("UnknownTransactionCommitResult")
+    else:
+        ambiguous = isinstance(
+            exc, ConnectionFailure | ExecutionTimeout | WTimeoutError
+        ) and not isinstance(exc, ServerSelectionTimeoutError)
+    if ambiguous:
+        return OutcomeUnknown(
+            f"MongoDB did not confirm the write, which may or may not have applied: {exc}"
+        )
+    return _unavailable(exc)

@@ -2,20 +2,29 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
-from pymongo import ASCENDING, AsyncMongoClient, ReturnDocument
+import pymongo
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel, ReturnDocument
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError, PyMongoError
 from pymongo.read_concern import ReadConcern
+from pymongo.read_preferences import ReadPreference
 from pymongo.write_concern import WriteConcern
 
-from asset_service.domain.errors import Conflict, InvalidArgument, NotFound, Unavailable
+from asset_service.domain.errors import (
+    Conflict,
+    InvalidArgument,
+    NotFound,
+    OutcomeUnknown,
+    Unavailable,
+)
 from asset_service.domain.models import (
     Asset,
     AssetFilter,
@@ -33,12 +42,17 @@ from asset_service.store.mongo._documents import (
     _doc_bytes,
     _ms,
     _unavailable,
+    _write_error,
     asset_to_doc,
     decode_token,
     doc_to_asset,
     encode_token,
 )
-from asset_service.store.mongo._feed import ChangeFeed, ChangeStreamLike
+from asset_service.store.mongo._feed import (
+    CHANGE_STREAM_PIPELINE,
+    ChangeFeed,
+    ChangeStreamLike,
+)
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +66,45 @@ DEFAULT_CLIENT_OPTIONS: dict[str, Any] = {
     "connectTimeoutMS": 2500,
     "socketTimeoutMS": 20000,
 }
+
+# Server-side limit of one read (maxTimeMS): below socketTimeoutMS, so the server gives
+# up (and frees its resources) before the client does. A client-side operation timeout
+# (pymongo.timeout), when one is active, replaces it with the time that is left.
+QUERY_MAX_TIME_MS = 15000
+
+# ListAssets reads `seq > token` in `seq` order plus equality on any of these fields:
+# each one leads an (field, seq) index, so whatever the filter the planner walks one
+# index range in page order (no collection scan, no in-memory sort) and checks the
+# other filter fields on the documents it fetches. `revision` serves open()'s floor.
+ASSET_INDEXES = (
+    IndexModel([("seq", ASCENDING)], name="seq", unique=True),
+    IndexModel([("status", ASCENDING), ("seq", ASCENDING)], name="status_seq"),
+    IndexModel([("type", ASCENDING), ("seq", ASCENDING)], name="type_seq"),
+    IndexModel([("created_by_task", ASCENDING), ("seq", ASCENDING)], name="task_seq"),
+    IndexModel([("label", ASCENDING), ("seq", ASCENDING)], name="label_seq"),
+    IndexModel([("tags", ASCENDING), ("seq", ASCENDING)], name="tags_seq"),
+    IndexModel([("revision", DESCENDING)], name="revision"),
+)
+
+
+def _key_list(key: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    return [(k, v if isinstance(v, str) else int(v)) for k, v in key.items()]
+
+
+def _same_index(wanted: Mapping[str, Any], have: Mapping[str, Any]) -> bool:
+    """Same keys in the same order and directions, and unique exactly when wanted."""
+    return _key_list(wanted["key"]) == _key_list(have.get("key", {})) and bool(
+        wanted.get("unique")
+    ) == bool(have.get("unique"))
+
+
+# Every write ends within this many seconds (pymongo's client-side operation timeout):
+# longer than an election (10-12 s), which a write rides through by with_transaction's
+# retries, far shorter than those retries' own 120 s limit. Reads are not run under it:
+# with a client-side timeout, server selection waits for all of it instead of
+# serverSelectionTimeoutMS, and a read should fail in seconds (it is bounded by
+# serverSelectionTimeoutMS plus socketTimeoutMS and is not retried for long).
+DEFAULT_OPERATION_TIMEOUT = 15.0
 
 REPLICA_SET_HELP = (
     "change streams and transactions need a replica set; a single-node one is fine: start "
@@ -88,18 +141,35 @@ class MongoStore:
     and growing, but not in commit order under concurrency) and there is no change feed.
     """
 
-    def __init__(self, url: str, *, allow_standalone: bool = False) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        allow_standalone: bool = False,
+        operation_timeout: float = DEFAULT_OPERATION_TIMEOUT,
+    ) -> None:
         self.url = url
         self.allow_standalone = allow_standalone
+        self.operation_timeout = operation_timeout
         given = {k.lower() for k, _ in parse_qsl(urlsplit(url).query)}
         options = {k: v for k, v in DEFAULT_CLIENT_OPTIONS.items() if k.lower() not in given}
         try:
             self._client: AsyncMongoClient[Doc] = AsyncMongoClient(
                 url, tz_aware=True, connect=False, **options
             )
-            self._db = self._client.get_default_database(DEFAULT_DATABASE)
+            # Reads go to the primary whatever the URL says: a secondary lags, so a
+            # GetAsset right after a fulfil (or a transition's re-read) would see the past.
+            self._db = self._client.get_default_database(
+                DEFAULT_DATABASE, read_preference=ReadPreference.PRIMARY
+            )
         except (PyMongoError, ValueError) as exc:
             raise InvalidArgument(f"database URL {self._redacted()}: {exc}") from exc
+        if self._client.read_preference != ReadPreference.PRIMARY:
+            log.warning(
+                "the database URL asks for read preference %s; the asset store reads from "
+                "the primary regardless (a secondary would return stale assets)",
+                self._client.read_preference.document,
+            )
         wc = WriteConcern("majority")
         self._assets: AsyncCollection[Doc] = self._db.get_collection("assets", write_concern=wc)
         self._counters: AsyncCollection[Doc] = self._db.get_collection("counters", write_concern=wc)
@@ -131,17 +201,8 @@ class MongoStore:
             log.warning("MongoDB is not a replica set: no transactions, no change feed")
             self._transactions = False
         try:
-            await self._assets.create_index([("seq", ASCENDING)], name="seq", unique=True)
-            for name, keys in (
-                ("status_seq", [("status", ASCENDING), ("seq", ASCENDING)]),
-                ("task_seq", [("created_by_task", ASCENDING), ("seq", ASCENDING)]),
-                ("tags_seq", [("tags", ASCENDING), ("seq", ASCENDING)]),
-                ("label_seq", [("label", ASCENDING), ("seq", ASCENDING)]),
-            ):
-                await self._assets.create_index(keys, name=name)
-            await self._counters.update_one(
-                {"_id": "revision"}, {"$setOnInsert": {"value": 0}}, upsert=True
-            )
+            await self._ensure_indexes()
+            await self._raise_revision_floor()
         except PyMongoError as exc:
             raise Unavailable(f"cannot prepare MongoDB database {self._db.name}: {exc}") from exc
         if self._transactions:
@@ -152,8 +213,67 @@ class MongoStore:
                 raise Unavailable(f"cannot open a MongoDB change stream: {exc}") from exc
             self._feed = ChangeFeed(self._open_stream, first_stream=first)
 
+    async def _ensure_indexes(self) -> None:
+        """Create the ASSET_INDEXES that are missing; nothing at all when every one exists.
+
+        An index build locks the collection exclusively at its start and end, and even a
+        createIndexes that finds everything in place is a write command on the primary:
+        so compare with listIndexes (a read) first. An index that holds a wanted NAME with
+        other keys or options is not replaced (dropping an index under live traffic is an
+        operator's decision): start-up fails and says which one to drop.
+        """
+        have: list[Mapping[str, Any]] = []
+        async with await self._assets.list_indexes() as cursor:
+            async for index in cursor:
+                have.append(index)
+        missing = []
+        for model in ASSET_INDEXES:
+            wanted = model.document
+            if any(_same_index(wanted, index) for index in have):
+                continue
+            clash = next((i for i in have if i.get("name") == wanted["name"]), None)
+            if clash is not None:
+                raise Unavailable(
+                    f"index {wanted['name']!r} of {self._db.name}.assets is "
+                    f"{dict(clash['key'])} (unique={bool(clash.get('unique'))}), expected "
+                    f"{dict(wanted['key'])} (unique={bool(wanted.get('unique'))}); drop it "
+                    f"(db.assets.dropIndex({wanted['name']!r})) and start again"
+                )
+            missing.append(model)
+        if missing:
+            log.info(
+                "creating indexes %s on %s.assets",
+                ", ".join(m.document["name"] for m in missing),
+                self._db.name,
+            )
+            await self._assets.create_indexes(missing)
+
+    async def _raise_revision_floor(self) -> None:
+        """Never hand out a revision at or below one already stored (issue 10, item 9).
+
+        The counter document may have been restored from an older backup, or dropped:
+        `$max` lifts it (creating it if need be) to the highest revision a record holds,
+        and leaves a counter that is already ahead alone (so a concurrent `$inc` by
+        another process is never undone). Served by the `revision` index: one key read.
+        Not covered: the revision of a DELETE is stored on no record, so one delete that
+        was the very last write before the counter was lost can have its number reused.
+        """
+        top = await self._assets.find_one(
+            {}, {"revision": 1}, sort=[("revision", DESCENDING)], max_time_ms=QUERY_MAX_TIME_MS
+        )
+        floor = int(top.get("revision", 0)) if top is not None else 0
+        await self._counters.update_one(
+            {"_id": "revision"}, {"$max": {"value": floor}}, upsert=True
+        )
+
     async def _enable_pre_images(self) -> None:
         try:
+            # collMod locks the collection exclusively: only when not enabled already.
+            infos = await (await self._db.list_collections(filter={"name": "assets"})).to_list()
+            options = infos[0].get("options", {}) if infos else {}
+            if options.get("changeStreamPreAndPostImages", {}).get("enabled") is True:
+                self._pre_images = True
+                return
             await self._db.command(
                 "collMod", "assets", changeStreamPreAndPostImages={"enabled": True}
             )
@@ -168,7 +288,7 @@ class MongoStore:
         if self._pre_images:
             extra["full_document_before_change"] = "whenAvailable"
         stream = await self._assets.watch(
-            full_document="updateLookup", resume_after=resume_after, **extra
+            CHANGE_STREAM_PIPELINE, full_document="updateLookup", resume_after=resume_after, **extra
         )
         return stream
 
@@ -178,6 +298,9 @@ class MongoStore:
         await self._client.close()
 
     async def ping(self) -> None:
+        if self._feed is not None and self._feed.failure is not None:
+            # Health says NOT_SERVING while watchers cannot follow the database.
+            raise Unavailable(f"the MongoDB change feed is failing: {self._feed.failure}")
         try:
             await self._client.admin.command("ping")
         except PyMongoError as exc:
@@ -192,20 +315,44 @@ class MongoStore:
     # --- plumbing ---------------------------------------------------------------------
 
     async def _write(self, fn: Callable[[AsyncClientSession | None], Awaitable[T]]) -> T:
-        """Run `fn` in one transaction (retried on transient errors); map driver errors."""
+        """Run `fn` in one transaction (retried on transient errors); map driver errors.
+
+        The whole call, retries included, ends within `operation_timeout`. A write that
+        may have applied without the store learning it raises OutcomeUnknown, so that
+        the caller re-reads the record instead of undoing what it may point at.
+        """
+        committing = False
+
+        async def attempt(session: AsyncClientSession) -> T:
+            nonlocal committing
+            committing = False
+            result = await fn(session)
+            committing = True  # with_transaction sends commitTransaction next
+            return result
+
         try:
-            if not self._transactions:
-                return await fn(None)
-            async with self._client.start_session() as session:
-                return await session.with_transaction(
-                    fn,
-                    read_concern=ReadConcern("snapshot"),
-                    write_concern=WriteConcern("majority"),
-                )
+            with pymongo.timeout(self.operation_timeout):
+                if not self._transactions:
+                    return await fn(None)
+                async with self._client.start_session() as session:
+                    return await session.with_transaction(
+                        attempt,
+                        read_concern=ReadConcern("snapshot"),
+                        write_concern=WriteConcern("majority"),
+                        read_preference=ReadPreference.PRIMARY,
+                    )
         except DuplicateKeyError as exc:
             raise Conflict(f"asset already exists: {exc}") from exc
         except PyMongoError as exc:
-            raise _unavailable(exc) from exc
+            raise _write_error(exc, transaction=self._transactions) from exc
+        except asyncio.CancelledError as exc:
+            if not committing:
+                raise  # the transaction was aborted: nothing applied
+            # Cancelled with commitTransaction in flight: the server may commit it anyway.
+            raise OutcomeUnknown(
+                "the write was cancelled while MongoDB was committing it; it may or may "
+                "not have applied"
+            ) from exc
 
     async def _next_revision(self, session: AsyncClientSession | None) -> int:
         doc = await self._counters.find_one_and_update(
@@ -255,7 +402,12 @@ class MongoStore:
             where["label"] = flt.label
         if flt.tags:
             where["tags"] = {"$all": list(flt.tags)}
-        cursor = self._assets.find(where).sort("seq", ASCENDING).limit(limit + 1)
+        cursor = (
+            self._assets.find(where)
+            .sort("seq", ASCENDING)
+            .limit(limit + 1)
+            .max_time_ms(QUERY_MAX_TIME_MS)
+        )
         docs: list[Doc] = []
         used, full = 0, False
         try:
