@@ -26,7 +26,7 @@ from asset_service.domain.models import (
     new_asset_id,
 )
 from asset_service.store.mongo import MongoStore
-from asset_service.store.mongo._store import ASSET_INDEXES
+from asset_service.store.mongo._schema import ASSET_INDEXES
 from tests.contract.conftest import Backend, _drop, _fresh_database
 
 T0 = datetime(2026, 1, 2, 3, 4, 5, 123000, tzinfo=UTC)
