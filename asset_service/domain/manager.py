@@ -50,13 +50,13 @@ from asset_service.domain.models import (
     validate_task_id,
 )
 from asset_service.domain.ports import BlobStorage, ManifestStore, MetadataStore, StagedBlob
+from asset_service.domain.reads import READ_BATCH, read_slim
 from asset_service.domain.values import parse_value, value_sha256
 from asset_service.domain.watch import (
     DEFAULT_BUFFER_BYTES,
     DEFAULT_CATCH_UP_BATCH,
     ChangeHub,
     WatchStream,
-    read_slim,
 )
 from asset_service.domain.watch import (
     WatchEvent as WatchEvent,  # re-exported: the API layer converts it
@@ -69,8 +69,6 @@ MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 100
 MAX_REASON_CHARS = 4096
 READ_CHUNK_BYTES = 1024 * 1024
-# Records read per store call where many large VALUEs may come back at once.
-READ_BATCH = 16
 # What one response may carry in records: under a default grpc client's 4 MiB receive
 # limit, with room for the envelope (a page always holds at least one record).
 MAX_RESPONSE_BYTES = 3 * 1024 * 1024 + 512 * 1024

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,12 +13,11 @@ from asset_service.domain.errors import (
     ManifestBlocked,
     shown,
 )
-from asset_service.domain.models import Asset, AssetType, Status, parse_asset_id
+from asset_service.domain.models import AssetType, Status, parse_asset_id
 from asset_service.domain.ports import BlobStorage, ManifestStore, MetadataStore
+from asset_service.domain.reads import READ_BATCH, read_slim
 
 MAX_INPUTS = 1000
-# Records read per store call: 1000 inputs of 4 MiB VALUEs must never be loaded at once.
-READ_BATCH = 16
 
 
 @dataclass(frozen=True)
@@ -51,11 +49,7 @@ async def build_manifest(
     ids = _parse_mappings(mappings)
     # Read a batch at a time keeping no values; they are fetched back, a batch at a time,
     # as their files are written.
-    unique = sorted(set(ids.values()))
-    assets: dict[str, Asset] = {}
-    for start in range(0, len(unique), READ_BATCH):
-        part = await store.get_many(unique[start : start + READ_BATCH])
-        assets.update((i, dataclasses.replace(a, value=None)) for i, a in part.items())
+    assets = await read_slim(store.get_many, sorted(set(ids.values())))
     blocking = []
     for key, asset_id in ids.items():
         asset = assets.get(asset_id)

@@ -5,15 +5,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import dataclasses
 import logging
 from collections.abc import (
     AsyncGenerator,
     AsyncIterator,
-    Awaitable,
     Callable,
     Iterable,
-    Sequence,
 )
 from dataclasses import dataclass
 
@@ -27,6 +24,7 @@ from asset_service.domain.models import (
     Status,
     approx_bytes,
 )
+from asset_service.domain.reads import GetMany, slim
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +38,6 @@ DEFAULT_CATCH_UP_BATCH = 16
 # How long a catch-up waits for the change feed to deliver what the store already shows.
 # Normally milliseconds; past it the catch-up goes on rather than hold the watcher.
 FEED_WAIT_SECONDS = 5.0
-
-GetMany = Callable[[Sequence[str]], Awaitable[dict[str, Asset]]]
 
 
 def change_cost(change: Change) -> int:
@@ -255,29 +251,11 @@ def _revision(asset: Asset) -> int:
     return asset.revision
 
 
-def _slim(asset: Asset) -> Asset:
-    """What a stream remembers of a sent state: everything but the (large) inline value."""
-    return asset if asset.value is None else dataclasses.replace(asset, value=None)
-
-
 def _slimmed(asset: Asset) -> bool:
     """A state whose inline value was dropped: only AVAILABLE VALUE assets carry one."""
     return (
         asset.value is None and asset.type is AssetType.VALUE and asset.status is Status.AVAILABLE
     )
-
-
-async def read_slim(get_many: GetMany, ids: Sequence[str], batch: int) -> dict[str, Asset]:
-    """Current states of `ids` without their values, read a batch at a time.
-
-    A watch of 1000 VALUE assets of 4 MiB each must not load 4 GB to take its snapshot;
-    values are fetched again, a batch at a time, as the snapshot is sent.
-    """
-    found: dict[str, Asset] = {}
-    for start in range(0, len(ids), max(1, batch)):
-        for asset_id, asset in (await get_many(ids[start : start + batch])).items():
-            found[asset_id] = _slim(asset)
-    return found
 
 
 class WatchStream:
@@ -310,7 +288,7 @@ class WatchStream:
         # The last state of each asset the client has (or is entitled to skip); None once
         # deleted. A change is new iff its revision is above that state's: the snapshot was
         # read after subscribing, so anything buffered but older is already in it.
-        self._known: dict[str, Asset | None] = {i: _slim(a) for i, a in snapshot.items()}
+        self._known: dict[str, Asset | None] = {i: slim(a) for i, a in snapshot.items()}
         self.catch_ups = 0
 
     def _finished(self) -> bool:
@@ -324,7 +302,7 @@ class WatchStream:
         if change.kind is ChangeKind.DELETE:
             self._known[change.asset.id] = None
             return WatchEvent("DELETED", change.asset)
-        self._known[change.asset.id] = _slim(change.asset)
+        self._known[change.asset.id] = slim(change.asset)
         return WatchEvent("CHANGED", change.asset)
 
     async def events(self) -> AsyncGenerator[WatchEvent, None]:

@@ -48,6 +48,23 @@ class BlobBackend:
         return storage
 
 
+def _writer(incoming: Path) -> Callable[[str, bytes], str]:
+    """put_source for backends whose server-side files are real files under `incoming`."""
+
+    def put_source(name: str, data: bytes) -> str:
+        (incoming / name).write_bytes(data)
+        return str(incoming / name)
+
+    return put_source
+
+
+def _file(path: str) -> bytes | None:
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError:
+        return None
+
+
 def _local(tmp: Path, request: pytest.FixtureRequest) -> BlobBackend:
     root, incoming = tmp / "storage", tmp / "incoming"
     incoming.mkdir()  # on the storage's file system: moves are hard links, the subtle case
@@ -55,16 +72,6 @@ def _local(tmp: Path, request: pytest.FixtureRequest) -> BlobBackend:
     def make(imports: bool) -> BlobStorage:
         roots = ImportRoots([incoming]) if imports else None
         return LocalStorage(root, orphan_grace_seconds=GRACE_SECONDS, imports=roots)
-
-    def put_source(name: str, data: bytes) -> str:
-        (incoming / name).write_bytes(data)
-        return str(incoming / name)
-
-    def source(path: str) -> bytes | None:
-        try:
-            return Path(path).read_bytes()
-        except FileNotFoundError:
-            return None
 
     async def backdate(storage_path: str, seconds: float) -> None:
         st = os.stat(storage_path)
@@ -76,7 +83,7 @@ def _local(tmp: Path, request: pytest.FixtureRequest) -> BlobBackend:
         return sum(1 for p in area.glob("*/*") if p.is_file() and p.name != ".lock")
 
     return BlobBackend(
-        "local", make, lambda n: str(incoming / n), put_source, source, backdate, staged
+        "local", make, lambda n: str(incoming / n), _writer(incoming), _file, backdate, staged
     )
 
 
@@ -117,16 +124,6 @@ def _s3(tmp: Path, request: pytest.FixtureRequest) -> BlobBackend:
         opened.append(storage)
         return storage
 
-    def put_source(name: str, data: bytes) -> str:
-        (incoming / name).write_bytes(data)
-        return str(incoming / name)
-
-    def source(path: str) -> bytes | None:
-        try:
-            return Path(path).read_bytes()
-        except FileNotFoundError:
-            return None
-
     async def backdate(storage_path: str, seconds: float) -> None:
         await s3_helpers.backdate(minio, storage_path, seconds)
 
@@ -136,7 +133,7 @@ def _s3(tmp: Path, request: pytest.FixtureRequest) -> BlobBackend:
         return await s3_helpers.staged(minio, prefix)
 
     return BlobBackend(
-        "s3", make, lambda n: str(incoming / n), put_source, source, backdate, staged
+        "s3", make, lambda n: str(incoming / n), _writer(incoming), _file, backdate, staged
     )
 
 

@@ -20,6 +20,7 @@ from asset_service.domain.models import (
     Value,
     ValueKind,
 )
+from asset_service.domain.reads import read_slim
 from asset_service.domain.watch import (
     EVENT_OVERHEAD_BYTES,
     ChangeHub,
@@ -27,7 +28,6 @@ from asset_service.domain.watch import (
     WatchEvent,
     WatchStream,
     change_cost,
-    read_slim,
 )
 
 KiB = 1024
