@@ -19,6 +19,7 @@ MINIO_BIN = REPO / ".tools" / f"minio-{MINIO_VERSION}" / "minio"
 FERRETDB_LACKS = {
     "change_streams": "no change streams (FerretDB 1.x has no replica set)",
     "transactions": "no multi-document transactions (FerretDB 1.x)",
+    "snapshot_reads": "no snapshot sessions (FerretDB 1.x has no replica set)",
     "atomic_find_and_modify": (
         "FerretDB 1.24 (SQLite) runs findAndModify as read-then-write: here several of 20 "
         "racing conditional updates all 'won', so the race contract needs real MongoDB"

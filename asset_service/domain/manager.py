@@ -50,7 +50,7 @@ from asset_service.domain.models import (
     validate_task_id,
 )
 from asset_service.domain.ports import BlobStorage, ManifestStore, MetadataStore, StagedBlob
-from asset_service.domain.reads import READ_BATCH, read_slim
+from asset_service.domain.reads import READ_BATCH
 from asset_service.domain.values import parse_value, value_sha256
 from asset_service.domain.watch import (
     DEFAULT_BUFFER_BYTES,
@@ -475,7 +475,9 @@ class AssetManager:
         ids = list(dict.fromkeys(parse_asset_id(i, "asset_ids entry") for i in asset_ids))
         sub = self.hub.subscribe(ids)
         try:
-            snapshot = await read_slim(self.store.get_many, ids, self.limits.watch_catch_up_batch)
+            # One consistent cut (read after subscribing): every change it does not hold
+            # has a higher revision than all it holds, and reaches the subscription.
+            snapshot = await self.store.snapshot(ids)
             missing = [i for i in ids if i not in snapshot]
             if missing:
                 raise NotFound(f"{len(missing)} asset(s) not found: {shown_list(missing)}")
@@ -485,6 +487,7 @@ class AssetManager:
         stream = WatchStream(
             sub,
             self.store.get_many,
+            self.store.snapshot,
             snapshot,
             after_revision,
             follow,

@@ -15,7 +15,7 @@ from asset_service.domain.errors import (
 )
 from asset_service.domain.models import AssetType, Status, parse_asset_id
 from asset_service.domain.ports import BlobStorage, ManifestStore, MetadataStore
-from asset_service.domain.reads import READ_BATCH, read_slim
+from asset_service.domain.reads import READ_BATCH
 
 MAX_INPUTS = 1000
 
@@ -47,9 +47,9 @@ async def build_manifest(
     """input_data.json mapping each key to a local file; ManifestBlocked names every input
     that is not AVAILABLE, IntegrityError one whose bytes are gone."""
     ids = _parse_mappings(mappings)
-    # Read a batch at a time keeping no values; they are fetched back, a batch at a time,
-    # as their files are written.
-    assets = await read_slim(store.get_many, sorted(set(ids.values())))
+    # One consistent cut without values; they are fetched back, a batch at a time, as
+    # their files are written.
+    assets = await store.snapshot(sorted(set(ids.values())))
     blocking = []
     for key, asset_id in ids.items():
         asset = assets.get(asset_id)

@@ -40,6 +40,16 @@ class MetadataStore(Protocol):
 
     async def get_many(self, asset_ids: Sequence[str]) -> dict[str, Asset]: ...
 
+    async def snapshot(self, asset_ids: Sequence[str]) -> dict[str, Asset]:
+        """The states of `asset_ids` as of ONE point in time, WITHOUT inline values.
+
+        Watch snapshots, watch catch-ups and manifests compare revisions across assets,
+        so these states must be one consistent cut of committed writes (on MongoDB:
+        majority-committed, one cluster time; a write a failover may roll back is never
+        in it). Values are left out so that up to 1000 records sit in memory at once;
+        whoever needs a value fetches it with get_many.
+        """
+
     async def query(
         self, flt: AssetFilter, limit: int, page_token: str, max_bytes: int | None = None
     ) -> Page:

@@ -17,16 +17,3 @@ GetMany = Callable[[Sequence[str]], Awaitable[dict[str, Asset]]]
 def slim(asset: Asset) -> Asset:
     """The record without its (possibly large) inline value."""
     return asset if asset.value is None else dataclasses.replace(asset, value=None)
-
-
-async def read_slim(
-    get_many: GetMany, ids: Sequence[str], batch: int = READ_BATCH
-) -> dict[str, Asset]:
-    """Current states of `ids` without their values, read a batch at a time; values are
-    fetched again, a batch at a time, by whoever needs them."""
-    found: dict[str, Asset] = {}
-    step = max(1, batch)
-    for start in range(0, len(ids), step):
-        for asset_id, asset in (await get_many(ids[start : start + step])).items():
-            found[asset_id] = slim(asset)
-    return found

@@ -262,8 +262,9 @@ class WatchStream:
     """One watcher's events: the snapshot, then every change in revision order.
 
     Changes come from the subscription's buffer. When the buffer overflowed (or history
-    was lost) the stream catches up from the store in two bounded passes: first, in
-    batches, note only (revision, id) of what moved; then, in revision order, fetch those
+    was lost) the stream catches up from the store in two bounded passes: first, from
+    one consistent cut without values, note only (revision, id) of what moved; then, in
+    revision order, fetch those
     records a batch at a time and send them, each preceded by any buffered change with a
     lower revision. A record that moved on again since the first pass is skipped: its
     newer change is in the buffer, which stays live throughout.
@@ -273,6 +274,7 @@ class WatchStream:
         self,
         sub: Subscription,
         get_many: GetMany,
+        states: GetMany,
         snapshot: dict[str, Asset],
         after_revision: int,
         follow: bool,
@@ -280,6 +282,7 @@ class WatchStream:
     ) -> None:
         self._sub = sub
         self._get_many = get_many
+        self._states = states  # the store's snapshot(): one consistent cut, no values
         self._ids = sorted(snapshot)
         self._snapshot: dict[str, Asset] | None = snapshot
         self._after = after_revision
@@ -387,21 +390,21 @@ class WatchStream:
     async def _moved(self) -> list[tuple[int, str, bool]]:
         """(revision, id, deleted) of every asset that moved past its known state, sorted.
 
-        Reads a batch at a time and keeps no record, so a catch-up over many large VALUE
-        assets holds at most one batch of them.
+        One consistent cut of the store, without values: every change it misses has a
+        higher revision than all it shows, and is in the (live) buffer. Reading in
+        separate batches instead could show asset B's revision 7 without asset A's
+        earlier 6, and send 7 before 6.
         """
         plan: list[tuple[int, str, bool]] = []
-        for start in range(0, len(self._ids), self._batch):
-            some_ids = self._ids[start : start + self._batch]
-            current = await self._get_many(some_ids)
-            for asset_id in some_ids:
-                before, now = self._known.get(asset_id), current.get(asset_id)
-                if before is None:
-                    continue  # its deletion was sent already
-                if now is None:
-                    # The store keeps no tombstone: the deletion goes out with the last
-                    # revision the client saw, so it never moves the client's cursor.
-                    plan.append((before.revision, asset_id, True))
-                elif now.revision > before.revision:
-                    plan.append((now.revision, asset_id, False))
+        wanted = [i for i in self._ids if self._known.get(i) is not None]
+        current = await self._states(wanted) if wanted else {}
+        for asset_id in wanted:
+            before, now = self._known[asset_id], current.get(asset_id)
+            assert before is not None
+            if now is None:
+                # The store keeps no tombstone: the deletion goes out with the last
+                # revision the client saw, so it never moves the client's cursor.
+                plan.append((before.revision, asset_id, True))
+            elif now.revision > before.revision:
+                plan.append((now.revision, asset_id, False))
         return sorted(plan)

@@ -21,6 +21,7 @@ from asset_service.domain.models import (
     Value,
     ValueKind,
 )
+from asset_service.domain.reads import slim
 from asset_service.store import _paging
 from asset_service.store._fields import transition_fields
 
@@ -112,6 +113,11 @@ class MemoryStore:
     async def get_many(self, asset_ids: Sequence[str]) -> dict[str, Asset]:
         await self._enter()
         return {i: self._rows[i][1] for i in asset_ids if i in self._rows}
+
+    async def snapshot(self, asset_ids: Sequence[str]) -> dict[str, Asset]:
+        await self._enter()
+        # No await below: no write can land between two of these reads.
+        return {i: slim(self._rows[i][1]) for i in asset_ids if i in self._rows}
 
     async def query(
         self, flt: AssetFilter, limit: int, page_token: str, max_bytes: int | None = None

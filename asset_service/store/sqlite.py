@@ -94,6 +94,9 @@ COLUMNS = (
     "created_by_task, tags, size_bytes, sha256, created_at, updated_at, failure_reason, "
     "fulfilled_from, revision"
 )
+# The same record without its inline value (value_kind NULL reads as "no value").
+SLIM_COLUMNS = COLUMNS.replace("value_kind, value_data", "NULL AS value_kind, NULL AS value_data")
+assert SLIM_COLUMNS != COLUMNS
 
 
 def _row_to_asset(row: sqlite3.Row) -> Asset:
@@ -268,15 +271,32 @@ class SqliteStore:
         return await self._run(q)
 
     async def get_many(self, asset_ids: Sequence[str]) -> dict[str, Asset]:
+        return await self._select_many(COLUMNS, asset_ids)
+
+    async def snapshot(self, asset_ids: Sequence[str]) -> dict[str, Asset]:
+        # One call on the store's only thread, which also runs every write: one cut.
+        return await self._select_many(SLIM_COLUMNS, asset_ids)
+
+    async def _select_many(self, columns: str, asset_ids: Sequence[str]) -> dict[str, Asset]:
         ids = list(asset_ids)
 
         def q(c: sqlite3.Connection) -> dict[str, Asset]:
             found: dict[str, Asset] = {}
-            for start in range(0, len(ids), 500):
-                part = ids[start : start + 500]
-                marks = ",".join("?" * len(part))
-                for row in c.execute(f"SELECT {COLUMNS} FROM assets WHERE id IN ({marks})", part):
-                    found[row["id"]] = _row_to_asset(row)
+            # Several statements read one snapshot only inside one read transaction
+            # (this thread runs every write too, but a second connection could not).
+            several = len(ids) > 500
+            if several:
+                c.execute("BEGIN")
+            try:
+                for start in range(0, len(ids), 500):
+                    part = ids[start : start + 500]
+                    marks = ",".join("?" * len(part))
+                    sql = f"SELECT {columns} FROM assets WHERE id IN ({marks})"
+                    for row in c.execute(sql, part):
+                        found[row["id"]] = _row_to_asset(row)
+            finally:
+                if several:
+                    c.execute("COMMIT")
             return found
 
         return await self._run(q) if ids else {}

@@ -200,6 +200,55 @@ async def test_delete_returns_last_state_with_a_new_revision(backend: Backend) -
     assert later.revision > gone.revision
 
 
+# --- snapshot: one consistent cut without values ---------------------------------------
+
+
+async def test_snapshot_is_get_many_without_values(backend: Backend) -> None:
+    store = backend.store
+    v, f = await store.insert(value_asset()), await store.insert(pending())
+    cut = await store.snapshot([v.id, f.id, new_asset_id(), v.id])
+    full = await store.get_many([v.id, f.id])
+    assert set(cut) == {v.id, f.id}
+    assert cut[v.id].value is None and full[v.id].value is not None
+    assert {**cut[v.id].__dict__, "value": None} == {**full[v.id].__dict__, "value": None}
+    assert cut[f.id] == full[f.id]
+    assert await store.snapshot([]) == {}
+
+
+@pytest.mark.needs("snapshot_reads")
+async def test_snapshot_is_one_point_in_time_while_writes_land(backend: Backend) -> None:
+    """Assets are failed one after another, in order, while snapshots are read: each cut
+    must show a prefix of them failed (never asset k failed while an earlier one is
+    still pending). 300 records take more than one batch on MongoDB (a find returns 101
+    at first), so a cut that is not one point in time shows up here."""
+    store = backend.store
+    assets = [await store.insert(pending()) for _ in range(300)]
+    ids = [a.id for a in assets]
+    writing = True
+
+    async def fail_in_order() -> None:
+        for a in assets:
+            await store.transition(a.id, Status.PENDING, Failure("in order"), T0)
+        nonlocal writing
+        writing = False
+
+    writer = asyncio.create_task(fail_in_order())
+    cuts = 0
+    while writing or cuts < 2:
+        cut = await store.snapshot(ids)
+        cuts += 1
+        statuses = [cut[i].status for i in ids]
+        done = statuses.count(Status.FAILED)
+        assert statuses == [Status.FAILED] * done + [Status.PENDING] * (300 - done), (
+            f"cut {cuts}: not a prefix"
+        )
+        failed = [cut[i].revision for i in ids[:done]]
+        assert failed == sorted(failed)
+        await asyncio.sleep(0)
+    await writer
+    assert cuts >= 2
+
+
 # --- listing ---------------------------------------------------------------------------
 
 

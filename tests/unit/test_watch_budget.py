@@ -20,7 +20,7 @@ from asset_service.domain.models import (
     Value,
     ValueKind,
 )
-from asset_service.domain.reads import read_slim
+from asset_service.domain.reads import slim
 from asset_service.domain.watch import (
     EVENT_OVERHEAD_BYTES,
     ChangeHub,
@@ -54,7 +54,9 @@ class FakeStore:
         self.hub = hub
         self.records: dict[str, Asset] = {}
         self.revision = 0
-        self.reads: list[int] = []
+        self.reads: list[int] = []  # get_many calls: records each asked for
+        self.cuts: list[int] = []  # snapshot calls
+        self.calls = 0
         self.delay_publish = False
         self.held: list[Change] = []
         self.on_read: Callable[[int], None] | None = None
@@ -72,6 +74,20 @@ class FakeStore:
         gone = dataclasses.replace(self.records.pop(asset_id), revision=self.revision)
         self._publish(Change(ChangeKind.DELETE, gone))
 
+    async def _called(self) -> None:
+        """Before each read: let others run, then the test's hook (with the call's number,
+        snapshot and get_many counted together)."""
+        self.calls += 1
+        await asyncio.sleep(0)
+        if self.on_read is not None:
+            self.on_read(self.calls)
+
+    async def snapshot(self, ids: Sequence[str]) -> dict[str, Asset]:
+        """One cut, no values (the port's contract): nothing commits while it reads."""
+        self.cuts.append(len(ids))
+        await self._called()
+        return {i: slim(self.records[i]) for i in ids if i in self.records}
+
     def _publish(self, change: Change) -> None:
         if self.delay_publish:
             self.held.append(change)
@@ -85,9 +101,7 @@ class FakeStore:
 
     async def get_many(self, ids: Sequence[str]) -> dict[str, Asset]:
         self.reads.append(len(ids))
-        await asyncio.sleep(0)
-        if self.on_read is not None:
-            self.on_read(len(self.reads))
+        await self._called()
         found = {}
         for i in ids:
             if i in self.records:
@@ -102,7 +116,7 @@ def watch(
 ) -> tuple[WatchStream, Subscription]:
     sub = store.hub.subscribe(ids)
     snapshot = {i: store.records[i] for i in ids}  # read after subscribing, like watch()
-    return WatchStream(sub, store.get_many, snapshot, 0, follow, batch), sub
+    return WatchStream(sub, store.get_many, store.snapshot, snapshot, 0, follow, batch), sub
 
 
 def check_order(events: list[WatchEvent]) -> None:
@@ -226,8 +240,9 @@ async def test_catch_up_reads_in_batches_and_holds_at_most_one_batch() -> None:
         del event
     assert stream.catch_ups == 1
     assert max(store.reads) <= 8, f"a read of {max(store.reads)} records; the batch is 8"
-    # 13 reads to find what moved, 13 to fetch it: never all 100 at once.
-    assert len(store.reads) == 2 * 13
+    # One cut without values to find what moved, 13 reads to fetch it: never all 100
+    # values at once.
+    assert store.cuts[-1] == 100 and len(store.reads) == 13
     assert max(alive) <= 8, f"{max(alive)} records of 256 KiB held at once; the batch is 8"
 
 
@@ -245,7 +260,7 @@ async def test_catch_up_keeps_order_when_an_asset_changes_during_its_first_pass(
     assert sub.lagged
 
     def change_a_after_reading_it(read: int) -> None:
-        if read == 2:  # "a" was read in the first batch; now it moves, then "b" does
+        if read == 2:  # the cut (call 1) saw "a"; now it moves, then "b" does
             store.commit("a", Status.FAILED)
             store.commit("b", Status.AVAILABLE)
 
@@ -274,9 +289,9 @@ async def test_catch_up_waits_for_the_feed_to_deliver_what_the_store_shows() -> 
     assert sub.lagged
 
     def commit_behind_the_feed(read: int) -> None:
-        if read == 2:
-            # "a" was read already; its change reaches the hub only later, after the
-            # store shows "b"'s newer one.
+        if read == 1:
+            # Just before the cut: both changes are in the store, and reach the hub
+            # only later.
             store.delay_publish = True
             store.commit("a", Status.FAILED)
             store.commit("b", Status.AVAILABLE)
@@ -322,7 +337,7 @@ async def test_catch_up_skips_a_record_that_moved_on_since_its_first_pass() -> N
     assert sub.lagged
 
     def move_a_again(read: int) -> None:
-        if read == 3:  # the first pass (reads 1 and 2) saw a@3; now it is fetched
+        if read == 2:  # the cut (call 1) saw a@3; now it is fetched
             store.commit("a", Status.FAILED)  # revision 5, buffered
 
     store.on_read = move_a_again
@@ -347,7 +362,7 @@ async def test_catch_up_starts_over_when_the_watcher_lags_again_midway() -> None
     assert sub.lagged
 
     def commit_behind_the_feed(read: int) -> None:
-        if read == 2:  # "a" was read already; its change is still on its way
+        if read == 2:  # after the cut, while c@5 is fetched; these are on their way
             store.delay_publish = True
             store.commit("a", Status.FAILED)  # revision 6
             store.commit("b", Status.FAILED)  # revision 7
@@ -375,10 +390,10 @@ async def test_snapshot_of_many_big_values_holds_at_most_one_batch() -> None:
     for i in ids:
         store.commit(i, Status.AVAILABLE, size=256 * KiB)
     sub = hub.subscribe(ids)
-    snapshot = await read_slim(store.get_many, ids, 8)
+    snapshot = await store.snapshot(ids)
     assert all(a.value is None for a in snapshot.values())
     assert len(store.copies) == 0, "the first read keeps no record with its value"
-    stream = WatchStream(sub, store.get_many, snapshot, 0, False, 8)
+    stream = WatchStream(sub, store.get_many, store.snapshot, snapshot, 0, False, 8)
     alive, events = [], []
     async for event in stream.events():
         assert event.asset.value == store.records[event.asset.id].value
@@ -395,9 +410,9 @@ async def test_a_value_deleted_between_the_snapshot_reads_is_reported_deleted() 
     store.commit("a", Status.AVAILABLE, size=10)
     store.commit("b", Status.AVAILABLE, size=10)
     sub = hub.subscribe(["a", "b"])
-    snapshot = await read_slim(store.get_many, ["a", "b"], 8)
+    snapshot = await store.snapshot(["a", "b"])
     store.delete("a")  # after the first read, before the values are fetched back
-    stream = WatchStream(sub, store.get_many, snapshot, 0, False, 8)
+    stream = WatchStream(sub, store.get_many, store.snapshot, snapshot, 0, False, 8)
     events = [e async for e in stream.events()]
     assert [(e.kind, e.asset.id) for e in events] == [("DELETED", "a"), ("SNAPSHOT", "b")]
     check_order(events)  # the deletion carries the revision first read, so stays in order

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
@@ -76,6 +77,10 @@ DEFAULT_CLIENT_OPTIONS: dict[str, Any] = {
 # serverSelectionTimeoutMS, and a read should fail in seconds (it is bounded by
 # serverSelectionTimeoutMS plus socketTimeoutMS and is not retried for long).
 DEFAULT_OPERATION_TIMEOUT = 15.0
+# A record without its inline value: what snapshot() reads.
+SLIM_PROJECTION: dict[str, Any] = {"value_content": 0, "value_kind": 0}
+# Snapshot reads outside transactions (watch snapshots) came with MongoDB 5.0.
+MIN_WIRE_VERSION = 13
 
 REPLICA_SET_HELP = (
     "change streams and transactions need a replica set; a single-node one is fine: start "
@@ -171,6 +176,13 @@ class MongoStore:
                 )
             log.warning("MongoDB is not a replica set: no transactions, no change feed")
             self._transactions = False
+        elif int(hello.get("maxWireVersion", 0)) < MIN_WIRE_VERSION:
+            await self._client.close()
+            raise Unavailable(
+                f"MongoDB at {self._redacted()} is older than 5.0 (wire version "
+                f"{hello.get('maxWireVersion')}); the asset service needs 5.0 or newer for "
+                "point-in-time watch snapshots (snapshot reads)"
+            )
         try:
             await self._ensure_indexes()
             await self._raise_revision_floor()
@@ -293,6 +305,41 @@ class MongoStore:
                 async for doc in self._assets.find({"_id": {"$in": part}}):
                     asset = doc_to_asset(doc)
                     found[asset.id] = asset
+        except PyMongoError as exc:
+            raise _unavailable(exc) from exc
+        return found
+
+    async def snapshot(self, asset_ids: Sequence[str]) -> dict[str, Asset]:
+        """One consistent cut without values: a snapshot session (MongoDB 5.0+).
+
+        Every find in a `snapshot=True` session reads at the cluster time of the first
+        one (readConcern "snapshot" with atClusterTime), which holds majority-committed
+        writes only: what a failover may roll back is never shown, and a change missing
+        from the cut has a higher revision than every one in it (revision order is
+        commit order). The session must finish within the server's
+        minSnapshotHistoryWindowInSeconds (5 min); an older snapshot fails with
+        SnapshotTooOld (239), which is UNAVAILABLE: the watcher retries with a new one.
+        Without transactions (allow_standalone: FerretDB) these are plain reads.
+        """
+        ids = list(dict.fromkeys(asset_ids))
+        found: dict[str, Asset] = {}
+        if not ids:
+            return found
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                session = None
+                if self._transactions:
+                    session = await stack.enter_async_context(
+                        self._client.start_session(snapshot=True, causal_consistency=False)
+                    )
+                for start in range(0, len(ids), 1000):
+                    part = ids[start : start + 1000]
+                    cursor = self._assets.find(
+                        {"_id": {"$in": part}}, SLIM_PROJECTION, session=session
+                    ).max_time_ms(_schema.QUERY_MAX_TIME_MS)
+                    async for doc in cursor:
+                        asset = doc_to_asset(doc)
+                        found[asset.id] = asset
         except PyMongoError as exc:
             raise _unavailable(exc) from exc
         return found
