@@ -28,7 +28,11 @@ class Backend:
 
 
 # Needs MongoDB itself (FerretDB lacks $cond): left out, not skipped, without MONGODB_URI.
-collect_ignore = [] if os.environ.get("MONGODB_URI") else ["test_mongo_change_pipeline.py"]
+collect_ignore = (
+    []
+    if os.environ.get("MONGODB_URI")
+    else ["test_mongo_change_pipeline.py", "test_mongo_replica_set.py"]
+)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

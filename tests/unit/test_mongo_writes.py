@@ -247,19 +247,33 @@ async def test_cancelled_while_committing_is_outcome_unknown(
     await store.close()
 
 
-async def test_cancelled_before_the_commit_stays_a_cancellation() -> None:
-    started = asyncio.Event()
+async def test_cancelled_while_queued_stays_a_cancellation_and_is_never_sent() -> None:
+    """The group writer runs one transaction at a time: a write queued behind it and
+    cancelled is removed, never sent; one whose transaction is under way cannot be
+    called back, so its caller hears OutcomeUnknown (and re-reads)."""
+    started, release = asyncio.Event(), asyncio.Event()
 
     async def step(_: AsyncClientSession | None) -> Any:
         started.set()
-        await asyncio.sleep(30)
+        await release.wait()
+        return counter(None)
 
-    store, _ = fake_store(step, timeout=5)
-    task = asyncio.create_task(store.insert(ASSET))
+    store, fake = fake_store(step, timeout=5)
+    first = asyncio.create_task(store.insert(ASSET))
     await asyncio.wait_for(started.wait(), 2)
-    task.cancel()
+    calls_so_far = fake.calls
+    queued = asyncio.create_task(store.insert(ASSET))
+    await asyncio.sleep(0.05)
+    queued.cancel()
     with pytest.raises(asyncio.CancelledError):
-        await task
+        await queued
+    first.cancel()
+    with pytest.raises(OutcomeUnknown):
+        await first
+    release.set()
+    await asyncio.sleep(0.1)
+    # The first transaction went on (claim + insert); the cancelled one sent nothing.
+    assert fake.calls == calls_so_far + 1
     await store.close()
 
 

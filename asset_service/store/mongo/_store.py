@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
@@ -23,7 +23,6 @@ from asset_service.domain.errors import (
     Conflict,
     InvalidArgument,
     NotFound,
-    OutcomeUnknown,
     Unavailable,
 )
 from asset_service.domain.models import (
@@ -35,6 +34,7 @@ from asset_service.domain.models import (
     Page,
     Resync,
     Status,
+    approx_bytes,
 )
 from asset_service.store import _paging
 from asset_service.store._fields import transition_fields
@@ -55,6 +55,8 @@ from asset_service.store.mongo._feed import (
     ChangeFeed,
     ChangeStreamLike,
 )
+from asset_service.store.mongo._leases import WriterLeases
+from asset_service.store.mongo._writer import DuplicateKey, GroupWriter
 
 log = logging.getLogger(__name__)
 
@@ -94,20 +96,17 @@ class MongoStore:
     """Asset records in one MongoDB collection (docs/mongodb.md).
 
     Revisions. One counter document (`counters/_id: "revision"`) is `$inc`-ed inside the
-    SAME multi-document transaction as the asset write it numbers. Two transactions that
-    both increment it write-conflict, and the loser is retried (pymongo's
-    `with_transaction`) only after the winner committed; so revisions are handed out in
-    commit order, the oplog (hence the change stream) lists writes in revision order,
-    and a WatchAsset cursor `after_revision=N` means "every commit after the N-th", the
-    same for every asset. An aborted write (e.g. a lost race) does not consume a revision.
-    Limits: all writes of a deployment serialize on that one document (a few thousand
-    writes per second; heavy write contention shows up as retried transactions, given up
-    after pymongo's 120 s); on a sharded cluster the counter lives on one shard, so every
-    write is a cross-shard transaction. A plain `$inc` outside the transaction would
-    scale better but could commit revision 6 before 5: a watcher resuming after 6 would
-    then never see 5.
+    SAME multi-document transaction as the writes it numbers, so revisions are handed
+    out in commit order, the oplog (hence the change stream) lists writes in revision
+    order, and a WatchAsset cursor `after_revision=N` means "every commit after the
+    N-th", the same for every asset. Writes do not each run a transaction: a process's
+    RPCs queue them and ONE group writer (_writer.py) runs up to 64 per transaction
+    with one `$inc`, so only processes compete for the counter; a process that dies
+    with its transaction open is ended by its peers' lease checks within seconds
+    (_leases.py). Revisions are unique and increasing, not dense. Why this design and
+    what else was weighed: docs/mongodb.md, "Revisions".
 
-    Transitions. Inside that transaction the record changes through ONE conditional
+    Transitions. Inside its batch's transaction the record changes through ONE conditional
     `find_one_and_update` whose filter holds `status: expected`: racing writers get
     exactly one winner; a non-match reads the record (same snapshot) to tell NotFound
     from Conflict. There is no read-modify-write.
@@ -152,6 +151,11 @@ class MongoStore:
         self._transactions = True
         self._pre_images = False
         self._feed: ChangeFeed | None = None
+        # Every record write goes through the group writer (_writer.py), on one session
+        # whose lsid is leased in `writers` (_leases.py).
+        self._writer = GroupWriter(self._transact, self._claim)
+        self._session: AsyncClientSession | None = None
+        self._leases: WriterLeases | None = None
 
     @property
     def database_name(self) -> str:
@@ -176,6 +180,7 @@ class MongoStore:
                 )
             log.warning("MongoDB is not a replica set: no transactions, no change feed")
             self._transactions = False
+            self._writer.max_writes = 1  # no transaction: a batch could half-apply
         elif int(hello.get("maxWireVersion", 0)) < MIN_WIRE_VERSION:
             await self._client.close()
             raise Unavailable(
@@ -195,6 +200,15 @@ class MongoStore:
             except PyMongoError as exc:
                 raise Unavailable(f"cannot open a MongoDB change stream: {exc}") from exc
             self._feed = ChangeFeed(self._open_stream, first_stream=first)
+            self._leases = WriterLeases(
+                self._db.get_collection("writers", write_concern=WriteConcern("majority")),
+                self._kill_sessions,
+                uuid.uuid4().hex,
+            )
+            self._leases.start()
+
+    async def _kill_sessions(self, lsids: list[Mapping[str, Any]]) -> None:
+        await self._client.admin.command("killSessions", lsids)
 
     async def _ensure_indexes(self) -> None:
         await _schema.ensure_indexes(self._assets, self._db.name)
@@ -215,6 +229,12 @@ class MongoStore:
         return stream
 
     async def close(self) -> None:
+        await self._writer.close()
+        if self._leases is not None:
+            await self._leases.close()
+        if self._session is not None:
+            with contextlib.suppress(PyMongoError):
+                await self._session.end_session()
         if self._feed is not None:
             await self._feed.close()
         await self._client.close()
@@ -236,56 +256,58 @@ class MongoStore:
 
     # --- plumbing ---------------------------------------------------------------------
 
-    async def _write(self, fn: Callable[[AsyncClientSession | None], Awaitable[T]]) -> T:
+    async def _writer_session(self) -> AsyncClientSession:
+        """The group writer's session; a new one is leased before it is first used."""
+        if self._session is None:
+            session = self._client.start_session()
+            if self._leases is not None:
+                await self._leases.register(session.session_id)
+            self._session = session
+        return self._session
+
+    async def _drop_session(self) -> None:
+        """After a failed transaction: its session may have been killed by a peer."""
+        session, self._session = self._session, None
+        if session is not None:
+            with contextlib.suppress(PyMongoError):
+                await session.end_session()
+
+    async def _transact(self, fn: Callable[[AsyncClientSession | None], Awaitable[T]]) -> T:
         """Run `fn` in one transaction (retried on transient errors); map driver errors.
 
-        The whole call, retries included, ends within `operation_timeout`. A write that
+        The whole call, retries included, ends within `operation_timeout`. A commit that
         may have applied without the store learning it raises OutcomeUnknown, so that
-        the caller re-reads the record instead of undoing what it may point at.
+        callers re-read their records instead of undoing what they may point at.
         """
-        committing = False
-
-        async def attempt(session: AsyncClientSession) -> T:
-            nonlocal committing
-            committing = False
-            result = await fn(session)
-            committing = True  # with_transaction sends commitTransaction next
-            return result
-
         try:
             with pymongo.timeout(self.operation_timeout):
                 if not self._transactions:
                     return await fn(None)
-                async with self._client.start_session() as session:
-                    return await session.with_transaction(
-                        attempt,
-                        read_concern=ReadConcern("snapshot"),
-                        write_concern=WriteConcern("majority"),
-                        read_preference=ReadPreference.PRIMARY,
-                    )
+                session = await self._writer_session()
+                return await session.with_transaction(
+                    fn,
+                    read_concern=ReadConcern("snapshot"),
+                    write_concern=WriteConcern("majority"),
+                    read_preference=ReadPreference.PRIMARY,
+                )
         except DuplicateKeyError as exc:
-            raise Conflict(f"asset already exists: {exc}") from exc
+            raise DuplicateKey(f"asset already exists: {exc}") from exc
         except PyMongoError as exc:
+            await self._drop_session()
             raise _write_error(exc, transaction=self._transactions) from exc
-        except asyncio.CancelledError as exc:
-            if not committing:
-                raise  # the transaction was aborted: nothing applied
-            # Cancelled with commitTransaction in flight: the server may commit it anyway.
-            raise OutcomeUnknown(
-                "the write was cancelled while MongoDB was committing it; it may or may "
-                "not have applied"
-            ) from exc
 
-    async def _next_revision(self, session: AsyncClientSession | None) -> int:
+    async def _claim(self, session: AsyncClientSession | None, count: int) -> int:
+        """The first of `count` fresh revisions: ONE $inc of the counter, in the batch's
+        transaction (so they are handed out in commit order)."""
         doc = await self._counters.find_one_and_update(
             {"_id": "revision"},
-            {"$inc": {"value": 1}},
+            {"$inc": {"value": count}},
             upsert=True,
             return_document=ReturnDocument.AFTER,
             session=session,
         )
         assert doc is not None
-        return int(doc["value"])
+        return int(doc["value"]) - count + 1
 
     # --- reads ----------------------------------------------------------------------
 
@@ -388,21 +410,20 @@ class MongoStore:
     # --- writes -----------------------------------------------------------------------
 
     async def insert(self, asset: Asset) -> Asset:
-        async def w(session: AsyncClientSession | None) -> Asset:
-            rev = await self._next_revision(session)
+        async def apply(session: AsyncClientSession | None, rev: int) -> Asset:
             doc = asset_to_doc(asset, rev)
             await self._assets.insert_one(doc, session=session)
             return doc_to_asset(doc)
 
-        return await self._write(w)
+        result: Asset = await self._writer.submit(apply, approx_bytes(asset))
+        return result
 
     async def transition(
         self, asset_id: str, expected: Status, change: Fulfillment | Failure, now: datetime
     ) -> Asset:
         sets = transition_fields(change, now, value_column="value_content", timestamp=_ms)
 
-        async def w(session: AsyncClientSession | None) -> Asset:
-            rev = await self._next_revision(session)
+        async def apply(session: AsyncClientSession | None, rev: int) -> Asset:
             doc = await self._assets.find_one_and_update(
                 {"_id": asset_id, "status": expected.value},
                 {"$set": {**sets, "revision": rev}},
@@ -418,11 +439,12 @@ class MongoStore:
                 raise Conflict(f"asset {asset_id} is {current['status']}, expected {expected}")
             return doc_to_asset(doc)
 
-        return await self._write(w)
+        cost = len(change.value.data) if isinstance(change, Fulfillment) and change.value else 0
+        result: Asset = await self._writer.submit(apply, cost)
+        return result
 
     async def delete(self, asset_id: str) -> Asset | None:
-        async def w(session: AsyncClientSession | None) -> Asset | None:
-            rev = await self._next_revision(session)
+        async def apply(session: AsyncClientSession | None, rev: int) -> Asset:
             # Stamp the new revision first so the change feed can number the delete.
             doc = await self._assets.find_one_and_update(
                 {"_id": asset_id},
@@ -431,14 +453,15 @@ class MongoStore:
                 session=session,
             )
             if doc is None:
-                raise _NothingToDelete
+                raise _NothingToDelete(asset_id)
             await self._assets.delete_one({"_id": asset_id}, session=session)
             return doc_to_asset(doc)
 
         try:
-            return await self._write(w)
+            result: Asset = await self._writer.submit(apply)
         except _NothingToDelete:
             return None
+        return result
 
     def changes(self) -> AsyncIterator[Change | Resync]:
         if self._feed is None:
@@ -448,5 +471,5 @@ class MongoStore:
         return self._feed.run()
 
 
-class _NothingToDelete(Exception):
-    """Aborts the delete transaction (and gives its revision back) when there is no record."""
+class _NothingToDelete(NotFound):
+    """No record to delete: the write's outcome (nothing written, no revision used)."""
