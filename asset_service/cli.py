@@ -1,7 +1,8 @@
-"""The `asset-service` command: parse settings, configure logging, serve."""
+"""The `asset-service` command: serve (the default), or `token new` to make a bearer token."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import logging
 import sys
@@ -13,7 +14,10 @@ from asset_service.domain.errors import AssetError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    settings = load_settings(argv)
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["token"]:
+        return token_command(args[1:])
+    settings = load_settings(args)
     logging.basicConfig(
         level=settings.log_level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -27,4 +31,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AssetError as exc:
         logging.getLogger("asset_service").error("cannot start: %s", exc.message)
         return 2
+    return 0
+
+
+def token_command(argv: Sequence[str]) -> int:
+    """`asset-service token new`: print a new token once, and the tokens-file entry for it."""
+    from asset_service.security.principal import Role
+    from asset_service.security.tokens import new_token
+
+    parser = argparse.ArgumentParser(
+        prog="asset-service token",
+        description="Bearer tokens for --tokens-file (docs/security.md).",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    new = commands.add_parser(
+        "new",
+        help="make a random token",
+        description="Print a new random token (shown only now: the server keeps its sha256) "
+        "and the [[tokens]] entry to append to the tokens file; then send the server SIGHUP.",
+    )
+    new.add_argument("--principal", required=True, help="who holds it (written to audit lines)")
+    new.add_argument(
+        "--role",
+        action="append",
+        required=True,
+        choices=[r.label for r in Role],
+        help="a role to grant; repeat for several",
+    )
+    args = parser.parse_args(argv)
+    try:
+        token, entry = new_token(args.principal, args.role)
+    except AssetError as exc:
+        parser.error(exc.message)
+    print(f"token (shown once; give it to {args.principal}):\n{token}\n")
+    print("append to the tokens file, then send the server SIGHUP:\n")
+    print(entry, end="")
     return 0

@@ -74,6 +74,13 @@ class Settings:
     s3_endpoint_url: str = ""
     s3_region: str = ""
     manifest_cache_bytes: int = 10 * 1024**3
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    tokens_file: Path | None = None
+    token_secret_file: Path | None = None
+    reflection: str = "authenticated"
+    insecure: bool = False
 
 
 def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
@@ -85,8 +92,9 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         description=(
             "Serve the Asset Service (gRPC package asset.v1): FILE assets on disk, VALUE "
             "assets inline, a PENDING -> AVAILABLE | FAILED state machine, WatchAsset "
-            "streams, chunked uploads and input manifests. Health (grpc.health.v1) and "
-            "server reflection are always on, so grpcurl works without .proto files."
+            "streams, chunked uploads and input manifests. Health (grpc.health.v1) is always "
+            "open; server reflection lets grpcurl work without .proto files. "
+            "`asset-service token new --help` makes a bearer token."
         ),
         epilog=(
             "Every option can also be set by an environment variable, named in brackets; "
@@ -242,7 +250,67 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "to a file outside the import roots would otherwise be a way out) "
         "[ASSET_SERVICE_ALLOW_HARDLINKED_IMPORTS]",
     )
+    security = parser.add_argument_group(
+        "security",
+        "TLS, mTLS and bearer tokens with roles (docs/security.md); files are re-read on "
+        "SIGHUP, certificates also when they change. Without any, the server is "
+        "unauthenticated and refuses to listen beyond loopback unless --insecure is given",
+    )
+    security.add_argument(
+        "--tls-cert",
+        default=default("TLS_CERT", ""),
+        metavar="FILE",
+        help="PEM certificate chain of the server; with --tls-key serves TLS only "
+        "[ASSET_SERVICE_TLS_CERT]",
+    )
+    security.add_argument(
+        "--tls-key",
+        default=default("TLS_KEY", ""),
+        metavar="FILE",
+        help="PEM private key (unencrypted) of --tls-cert [ASSET_SERVICE_TLS_KEY]",
+    )
+    security.add_argument(
+        "--tls-client-ca",
+        default=default("TLS_CLIENT_CA", ""),
+        metavar="FILE",
+        help="PEM CA certificate(s): clients must present a certificate it signed (mTLS); "
+        "certificate CNs map to roles in --tokens-file [ASSET_SERVICE_TLS_CLIENT_CA]",
+    )
+    security.add_argument(
+        "--tokens-file",
+        default=default("TOKENS_FILE", ""),
+        metavar="FILE",
+        help="TOML file of [[tokens]] (principal, roles, sha256 of the token) and "
+        "[[certificates]] (common_name, principal, roles); makes credentials required "
+        "(`asset-service token new` makes an entry) [ASSET_SERVICE_TOKENS_FILE]",
+    )
+    security.add_argument(
+        "--token-secret-file",
+        default=default("TOKEN_SECRET_FILE", ""),
+        metavar="FILE",
+        help="secret(s) signing task-scoped tokens (MintTaskToken), one per line, at least "
+        "32 bytes each; the first signs, all verify [ASSET_SERVICE_TOKEN_SECRET_FILE]",
+    )
+    security.add_argument(
+        "--reflection",
+        default=default("REFLECTION", "authenticated"),
+        choices=["authenticated", "open", "off"],
+        help="server reflection (grpcurl without .proto files): 'authenticated' needs the "
+        "reader role once credentials are required, 'open' needs nothing, 'off' removes it "
+        "[ASSET_SERVICE_REFLECTION]",
+    )
+    security.add_argument(
+        "--insecure",
+        action=argparse.BooleanOptionalAction,
+        default=parse_bool(default("INSECURE", "0")),
+        help="allow listening on a non-loopback address without TLS and authentication "
+        "(e.g. behind a TLS-terminating proxy on a private network) [ASSET_SERVICE_INSECURE]",
+    )
     return parser
+
+
+def _path(raw: str) -> Path | None:
+    return Path(raw).expanduser().resolve() if raw else None
 
 
 def load_settings(
@@ -275,4 +343,11 @@ def load_settings(
         s3_endpoint_url=args.s3_endpoint_url,
         s3_region=args.s3_region,
         manifest_cache_bytes=args.manifest_cache_bytes,
+        tls_cert=_path(args.tls_cert),
+        tls_key=_path(args.tls_key),
+        tls_client_ca=_path(args.tls_client_ca),
+        tokens_file=_path(args.tokens_file),
+        token_secret_file=_path(args.token_secret_file),
+        reflection=args.reflection,
+        insecure=args.insecure,
     )

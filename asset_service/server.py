@@ -22,6 +22,7 @@ from asset_service.config import Settings
 from asset_service.domain.errors import AssetError, InvalidArgument
 from asset_service.domain.manager import AssetManager, Limits
 from asset_service.domain.ports import BlobStorage, MetadataStore
+from asset_service.security.setup import Security
 from asset_service.storage.imports import ImportRoots
 from asset_service.storage.local import LocalStorage
 from asset_service.storage.manifests import FileCache, LocalManifests
@@ -54,6 +55,7 @@ class RunningServer:
     health: health_aio.HealthServicer
     port: int
     background: list[asyncio.Task[None]]
+    security: Security
 
     async def stop(self, grace: float) -> None:
         await self.health.enter_graceful_shutdown()
@@ -166,6 +168,9 @@ def open_storage(settings: Settings) -> tuple[BlobStorage, LocalManifests]:
 
 async def start(settings: Settings, store: MetadataStore | None = None) -> RunningServer:
     """Open storage and store, recover, and serve; `store` overrides the database URL."""
+    # Security files first: a mistake there stops start-up before anything is opened.
+    security = Security(settings)
+    security.check_listen()
     store = store if store is not None else open_store(settings.database_url)
     storage, manifests = open_storage(settings)
     limits = Limits(
@@ -182,24 +187,26 @@ async def start(settings: Settings, store: MetadataStore | None = None) -> Runni
         *SERVER_OPTIONS,
         ("grpc.max_concurrent_streams", settings.max_streams_per_connection),
     ]
-    server = grpc.aio.server(options=options)
+    server = grpc.aio.server(options=options, interceptors=[security.interceptor(manager)])
     servicer = AssetServicer(
         manager,
         max_concurrent_uploads=settings.max_concurrent_uploads,
         upload_idle_timeout_seconds=settings.upload_idle_timeout_seconds,
         watch_stall_timeout_seconds=settings.watch_stall_timeout_seconds,
+        task_tokens=security.task_tokens,
     )
     pb_grpc.add_AssetServiceServicer_to_server(servicer, server)
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
+    if settings.reflection != "off":
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
     # The store just opened, so the first health answer is SERVING, never NOT_FOUND.
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     try:
-        port = server.add_insecure_port(settings.listen)
+        port = security.add_port(server)
     except RuntimeError as exc:
         await manager.stop()
         raise AssetError(_listen_error(settings.listen, exc)) from exc
@@ -211,11 +218,12 @@ async def start(settings: Settings, store: MetadataStore | None = None) -> Runni
         asyncio.create_task(_housekeeping(manager)),
         asyncio.create_task(_settle_unknown_outcomes(manager)),
     ]
-    return RunningServer(server, manager, health_servicer, port, background)
+    return RunningServer(server, manager, health_servicer, port, background, security)
 
 
 async def serve(settings: Settings) -> None:
     running = await start(settings)
+    running.security.describe()
     host = settings.listen.rsplit(":", 1)[0]
     log.info(
         "asset-service listening on %s:%d (storage %s, database %s)",
@@ -228,6 +236,7 @@ async def serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, running.security.reload)
     await stop.wait()
     log.info("shutting down (grace %.1fs)", settings.shutdown_grace_seconds)
     await running.stop(settings.shutdown_grace_seconds)

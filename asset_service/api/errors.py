@@ -8,6 +8,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from asset_service.domain import errors
 from asset_service.domain.errors import brief, shown
+from asset_service.security.errors import Unauthenticated
 
 STATUS_CODES: dict[type[errors.AssetError], grpc.StatusCode] = {
     errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
@@ -19,6 +20,7 @@ STATUS_CODES: dict[type[errors.AssetError], grpc.StatusCode] = {
     errors.Timeout: grpc.StatusCode.DEADLINE_EXCEEDED,
     errors.IntegrityError: grpc.StatusCode.DATA_LOSS,
     errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
 }
 
 # An error travels in HTTP/2 trailers: grpc-message (percent-encoded) and, with details,

@@ -29,6 +29,8 @@ from asset_service.domain.errors import (
 )
 from asset_service.domain.manager import AssetManager
 from asset_service.domain.models import AssetType
+from asset_service.security.principal import current_principal
+from asset_service.security.task_tokens import TaskTokens
 
 log = logging.getLogger(__name__)
 
@@ -109,8 +111,10 @@ class AssetServicer(pb_grpc.AssetServiceServicer):
         max_concurrent_uploads: int = Settings.max_concurrent_uploads,
         upload_idle_timeout_seconds: float = Settings.upload_idle_timeout_seconds,
         watch_stall_timeout_seconds: float = Settings.watch_stall_timeout_seconds,
+        task_tokens: TaskTokens | None = None,
     ) -> None:
         self.manager = manager
+        self.task_tokens = task_tokens or TaskTokens()
         self.max_concurrent_uploads = max_concurrent_uploads
         self.upload_idle_timeout = upload_idle_timeout_seconds
         self.watch_stall_timeout = watch_stall_timeout_seconds
@@ -315,3 +319,18 @@ class AssetServicer(pb_grpc.AssetServiceServicer):
     ) -> pb.DeleteAssetResponse:
         asset = await self.manager.delete(request.asset_id)
         return pb.DeleteAssetResponse(asset=convert.asset_to_pb(asset))
+
+    @unary
+    async def MintTaskToken(
+        self, request: pb.MintTaskTokenRequest, context: Ctx
+    ) -> pb.MintTaskTokenResponse:
+        principal = current_principal()
+        minted = self.task_tokens.mint(
+            principal.name if principal else "anonymous",
+            request.task_id,
+            list(request.input_asset_ids),
+            request.ttl_seconds,
+        )
+        response = pb.MintTaskTokenResponse(token=minted.token)
+        response.expires_at.FromDatetime(minted.expires_at)
+        return response

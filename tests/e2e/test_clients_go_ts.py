@@ -1,4 +1,10 @@
-"""The Go and TypeScript clients: their own test suites against a live server, stubs up to date."""
+"""The Go and TypeScript clients: their own test suites against live servers, stubs up to date.
+
+Each suite runs against three servers: one without security flags, one on loopback
+plaintext with a tokens file and a task-token secret, and one with TLS, client
+certificates (mTLS) and the same tokens. The suites learn how to connect from
+ASSET_SERVICE_* variables (clients/go/README.md, clients/typescript/README.md).
+"""
 
 from __future__ import annotations
 
@@ -9,17 +15,32 @@ import re
 import shutil
 import subprocess
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.serverproc import ServerProcess
+from tests.e2e.security_helpers import SecureFiles, token_for
+from tests.pki import CA
+from tests.serverproc import ServerProcess, database_url_for, drop_database_of
 
 ROOT = Path(__file__).resolve().parents[2]
 GO_DIR = ROOT / "clients" / "go"
 TS_DIR = ROOT / "clients" / "typescript"
 # Checked-in generated trees, relative to the repository root.
 GENERATED = [Path("clients/go/gen"), Path("clients/typescript/src/gen")]
+# The client certificate's CN, mapped to the reader role (the suites check that role).
+CLIENT_CN = "client-suites.test"
+GO_TESTS = (
+    "TestExampleFlow",
+    "TestFailedOutputEndsWatchAndBlocksManifest",
+    "TestErrorCodes",
+    "TestBearerTokenIsChecked",
+    "TestTaskTokenRoundTrip",
+    "TestPlaintextTokenOnlyToLoopback",
+)
+# Skipped, by both suites, against a server that takes no tokens.
+TOKEN_TESTS = 2
 
 
 def tool(name: str) -> str:
@@ -42,15 +63,70 @@ def run(
     )
 
 
-def client_env(server: ServerProcess, import_root: Path) -> dict[str, str]:
-    return {
-        **os.environ,
-        "ASSET_SERVICE_ADDR": server.address,
-        "ASSET_SERVICE_IMPORT_ROOT": str(import_root),
-    }
+@dataclass
+class Live:
+    """A running server and the environment that tells a client suite how to reach it."""
+
+    mode: str  # "open", "token" (loopback plaintext) or "mtls"
+    server: ServerProcess
+    env: dict[str, str]
+    import_root: Path
+
+    def audit(self) -> str:
+        return "".join(line for line in self.server.log if "asset_service.audit" in line)
 
 
-@pytest.fixture
+@pytest.fixture(params=["open", "token", "mtls"])
+def live(request: pytest.FixtureRequest, tmp_path: Path, import_root: Path) -> Iterator[Live]:
+    mode: str = request.param
+    args: list[str] = []
+    # Only our own ASSET_SERVICE_* variables reach the suites (none of the caller's).
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ASSET_SERVICE_")}
+    env["ASSET_SERVICE_IMPORT_ROOT"] = str(import_root)
+    if mode != "open":
+        certificates = {CLIENT_CN: ("client-suites", "reader")} if mode == "mtls" else None
+        files = SecureFiles(tmp_path).with_tokens(certificates).with_secret()
+        args += files.args
+        env["ASSET_SERVICE_TOKEN"] = token_for("orchestrator")
+    if mode == "mtls":
+        ca = CA("client suites CA")
+        pki = tmp_path / "pki"
+        cert, key = ca.server().write(pki, "server")
+        client_cert, client_key = ca.client(CLIENT_CN).write(pki, "client")
+        ca_file = ca.write(pki / "ca.crt")
+        args += ["--tls-cert", str(cert), "--tls-key", str(key), "--tls-client-ca", str(ca_file)]
+        env["ASSET_SERVICE_CA_FILE"] = str(ca_file)
+        env["ASSET_SERVICE_CLIENT_CERT"] = str(client_cert)
+        env["ASSET_SERVICE_CLIENT_KEY"] = str(client_key)
+    url = database_url_for(tmp_path)
+    proc = ServerProcess(tmp_path / "data", url, import_roots=[import_root], extra_args=args)
+    proc.start()
+    try:
+        env["ASSET_SERVICE_ADDR"] = proc.address
+        yield Live(mode, proc, env, import_root)
+    finally:
+        proc.stop()
+        drop_database_of(url)
+
+
+def check_audit(live: Live) -> None:
+    """The server saw the suites' credentials: token principal, task tokens, certificate."""
+    if live.mode == "open":
+        assert not live.audit(), "a server without authentication writes no audit lines"
+        return
+    audit = live.audit()
+    assert "principal=orchestrator-1 via=token rpc=CreatePendingAsset" in audit, audit
+    assert re.search(r"via=task-token rpc=FulfillAsset subjects=\S+ outcome=OK", audit), audit
+    assert re.search(
+        r"via=task-token rpc=FulfillAsset subjects=\S+ outcome=PERMISSION_DENIED", audit
+    )
+    assert "via=- rpc=CreatePendingAsset subjects=- outcome=UNAUTHENTICATED" in audit, audit
+    if live.mode == "mtls":
+        line = "principal=client-suites via=certificate rpc=CreatePendingAsset"
+        assert line in audit, audit
+
+
+@pytest.fixture(scope="module")
 def ts_installed() -> Iterator[Path]:
     """clients/typescript/node_modules from package-lock.json (npm ci when missing or stale)."""
     tool("npm")
@@ -69,38 +145,46 @@ def ts_installed() -> Iterator[Path]:
     yield TS_DIR
 
 
-@pytest.mark.slow
-def test_go_client_suite_against_live_server(server: ServerProcess, import_root: Path) -> None:
-    done = run(
-        [tool("go"), "test", "-count=1", "-v", "./..."], GO_DIR, client_env(server, import_root)
-    )
-    out = done.stdout
-    assert done.returncode == 0, out
-    for name in ("TestExampleFlow", "TestFailedOutputEndsWatchAndBlocksManifest", "TestErrorCodes"):
-        assert f"--- PASS: {name}" in out, out
-    assert "--- FAIL" not in out and "--- SKIP" not in out, out
-    # The flow ran against *this* server: it fulfilled a FILE output from our import root.
-    assert "promised report" in out, out
-    assert not list(import_root.iterdir()), "the server should have moved the worker's file in"
-
-
-@pytest.mark.slow
-def test_typescript_client_suite_against_live_server(
-    server: ServerProcess, import_root: Path, ts_installed: Path
-) -> None:
+@pytest.fixture(scope="module")
+def ts_built(ts_installed: Path) -> Path:
+    """dist/ compiled once for every server the suite runs against."""
     built = run([str(ts_installed / "node_modules" / ".bin" / "tsc"), "-p", "."], ts_installed)
     assert built.returncode == 0, built.stdout
+    return ts_installed
+
+
+@pytest.mark.slow
+def test_go_client_suite_against_live_server(live: Live) -> None:
+    done = run([tool("go"), "test", "-count=1", "-v", "./..."], GO_DIR, live.env)
+    out = done.stdout
+    assert done.returncode == 0, out
+    skipped = (
+        {"TestBearerTokenIsChecked", "TestTaskTokenRoundTrip"} if live.mode == "open" else set()
+    )
+    for name in GO_TESTS:
+        assert f"--- {'SKIP' if name in skipped else 'PASS'}: {name}" in out, out
+    assert "--- FAIL" not in out and out.count("--- SKIP") == len(skipped), out
+    # The flow ran against *this* server: it fulfilled a FILE output from our import root.
+    assert "promised report" in out, out
+    assert not list(live.import_root.iterdir()), "the server should have moved the worker's file in"
+    check_audit(live)
+
+
+@pytest.mark.slow
+def test_typescript_client_suite_against_live_server(live: Live, ts_built: Path) -> None:
     done = run(
         [tool("node"), "--test", "--test-reporter=tap", "dist/test/orchestrator.test.js"],
-        ts_installed,
-        client_env(server, import_root),
+        ts_built,
+        live.env,
     )
     out = done.stdout
     assert done.returncode == 0, out
     counts = {k: int(v) for k, v in re.findall(r"^# (tests|pass|fail|skipped) (\d+)$", out, re.M)}
-    assert counts.get("tests", 0) >= 3 and counts["pass"] == counts["tests"], out
-    assert counts["fail"] == 0 and counts["skipped"] == 0, out
-    assert not list(import_root.iterdir()), "the server should have moved the worker's file in"
+    skipped = TOKEN_TESTS if live.mode == "open" else 0
+    assert counts.get("tests", 0) >= 6 and counts["pass"] == counts["tests"] - skipped, out
+    assert counts["fail"] == 0 and counts["skipped"] == skipped, out
+    assert not list(live.import_root.iterdir()), "the server should have moved the worker's file in"
+    check_audit(live)
 
 
 @pytest.mark.slow

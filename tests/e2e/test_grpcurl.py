@@ -64,6 +64,7 @@ def test_list_describe_and_health(server: ServerProcess) -> None:
         "ReadAsset",
         "GetManifest",
         "DeleteAsset",
+        "MintTaskToken",
     }
     message = grpcurl(server, "describe", "asset.v1.Asset")
     assert "string storage_path = 6;" in message.stdout

@@ -37,9 +37,12 @@ from asset_service.domain.models import (
     ValueKind,
     new_asset_id,
 )
+from asset_service.security.errors import Unauthenticated
 from asset_service.storage.local import LocalStorage
 from asset_service.storage.manifests import LocalManifests
 from asset_service.store.memory import MemoryStore
+from asset_service.store.mongo._store import _NothingToDelete as NothingToDelete
+from asset_service.store.mongo._writer import DuplicateKey
 
 MAX_UPLOAD = 1024
 
@@ -364,6 +367,9 @@ ERROR_CASES: dict[type[AssetError], Callable[[World], Awaitable[None]]] = {
 RAISED_OUTSIDE_THE_DOMAIN = {
     LimitExceeded: "--max-concurrent-uploads is counted by the servicer",
     Timeout: "--upload-idle-timeout is enforced by the servicer",
+    Unauthenticated: "credentials are checked by the security interceptor",
+    DuplicateKey: "MongoStore's group writer: a Conflict (tests/unit/test_mongo_group_writes.py)",
+    NothingToDelete: "MongoStore's group writer: delete() returns None for it",
 }
 
 

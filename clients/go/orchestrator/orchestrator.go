@@ -13,17 +13,10 @@ import (
 	"sort"
 	"strings"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/types/known/structpb"
 
 	assetv1 "github.com/asset-service/asset-service/clients/go/gen/asset/v1"
 )
-
-// Dial opens a plaintext connection to an Asset Service at addr ("host:port").
-func Dial(addr string) (*grpc.ClientConn, error) {
-	return grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-}
 
 // Output is one asset a task promises to produce.
 type Output struct {

@@ -3,16 +3,25 @@ package orchestrator_test
 import (
 	"bufio"
 	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
+
+	"google.golang.org/grpc"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -22,19 +31,33 @@ import (
 )
 
 // The server under test: ASSET_SERVICE_ADDR (with ASSET_SERVICE_IMPORT_ROOT, if the
-// server has one), or else one that TestMain starts on port 0.
+// server has one), or else one that TestMain starts on port 0 (plaintext on
+// loopback, with a tokens file and a task-token secret).
+//
+// How to reach ASSET_SERVICE_ADDR: ASSET_SERVICE_CA_FILE (PEM root CA: TLS),
+// ASSET_SERVICE_CLIENT_CERT and ASSET_SERVICE_CLIENT_KEY (mTLS; the server must map
+// the certificate to the reader role), ASSET_SERVICE_TOKEN (a bearer token with
+// the orchestrator role; the server must also have --token-secret-file).
 var (
 	serverAddr string
 	importRoot string
+	token      string
+	caFile     string
+	clientCert string
+	clientKey  string
 )
 
 func TestMain(m *testing.M) {
 	serverAddr = os.Getenv("ASSET_SERVICE_ADDR")
 	importRoot = os.Getenv("ASSET_SERVICE_IMPORT_ROOT")
+	token = os.Getenv("ASSET_SERVICE_TOKEN")
+	caFile = os.Getenv("ASSET_SERVICE_CA_FILE")
+	clientCert = os.Getenv("ASSET_SERVICE_CLIENT_CERT")
+	clientKey = os.Getenv("ASSET_SERVICE_CLIENT_KEY")
 	stop := func() {}
 	if serverAddr == "" {
 		var err error
-		serverAddr, importRoot, stop, err = startServer()
+		serverAddr, importRoot, token, stop, err = startServer()
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "cannot start asset-service:", err)
 			os.Exit(1)
@@ -48,12 +71,12 @@ func TestMain(m *testing.M) {
 var listening = regexp.MustCompile(`asset-service listening on (\S+:\d+)`)
 
 // startServer runs `python -m asset_service` on port 0 in a temporary folder
-// (python: $ASSET_SERVICE_PYTHON, else the repository's .venv) and waits for
-// the line that names its port.
-func startServer() (addr, importRoot string, stop func(), err error) {
+// (python: $ASSET_SERVICE_PYTHON, else the repository's .venv) with a fresh
+// orchestrator token in its tokens file, and waits for the line that names its port.
+func startServer() (addr, importRoot, token string, stop func(), err error) {
 	goMod, err := exec.Command("go", "env", "GOMOD").Output()
 	if err != nil {
-		return "", "", nil, err
+		return "", "", "", nil, err
 	}
 	repo := filepath.Join(filepath.Dir(strings.TrimSpace(string(goMod))), "..", "..")
 	python := os.Getenv("ASSET_SERVICE_PYTHON")
@@ -62,11 +85,15 @@ func startServer() (addr, importRoot string, stop func(), err error) {
 	}
 	dir, err := os.MkdirTemp("", "asset-service-go-test-")
 	if err != nil {
-		return "", "", nil, err
+		return "", "", "", nil, err
 	}
 	importRoot = filepath.Join(dir, "worker")
 	if err := os.Mkdir(importRoot, 0o755); err != nil {
-		return "", "", nil, err
+		return "", "", "", nil, err
+	}
+	token, tokensFile, secretFile, err := writeSecurityFiles(dir)
+	if err != nil {
+		return "", "", "", nil, err
 	}
 	data := filepath.Join(dir, "data")
 	cmd := exec.Command(python, "-m", "asset_service",
@@ -74,6 +101,8 @@ func startServer() (addr, importRoot string, stop func(), err error) {
 		"--storage-root", data,
 		"--database-url", "sqlite:///"+filepath.Join(dir, "assets.db"),
 		"--import-root", importRoot,
+		"--tokens-file", tokensFile,
+		"--token-secret-file", secretFile,
 		"--shutdown-grace", "2")
 	cmd.Dir = repo
 	for _, kv := range os.Environ() { // the server reads ASSET_SERVICE_* as settings
@@ -83,10 +112,10 @@ func startServer() (addr, importRoot string, stop func(), err error) {
 	}
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
-		return "", "", nil, err
+		return "", "", "", nil, err
 	}
 	if err := cmd.Start(); err != nil {
-		return "", "", nil, err
+		return "", "", "", nil, err
 	}
 	found := make(chan string, 1)
 	var log strings.Builder
@@ -121,25 +150,86 @@ func startServer() (addr, importRoot string, stop func(), err error) {
 				for range found {
 				}
 			}()
-			return a, importRoot, stop, nil
+			return a, importRoot, token, stop, nil
 		}
 		stop()
 		<-logDone
-		return "", "", nil, fmt.Errorf("server exited:\n%s", log.String())
+		return "", "", "", nil, fmt.Errorf("server exited:\n%s", log.String())
 	case <-time.After(30 * time.Second):
 		stop()
-		return "", "", nil, fmt.Errorf("no %q line within 30s", listening)
+		return "", "", "", nil, fmt.Errorf("no %q line within 30s", listening)
 	}
 }
 
-func client(t *testing.T) assetv1.AssetServiceClient {
+// writeSecurityFiles writes a tokens file granting a fresh random token the
+// orchestrator role (the file holds only its SHA-256) and a task-token secret.
+func writeSecurityFiles(dir string) (token, tokensFile, secretFile string, err error) {
+	raw := make([]byte, 32)
+	if _, err := rand.Read(raw); err != nil {
+		return "", "", "", err
+	}
+	token = base64.RawURLEncoding.EncodeToString(raw) // the shape of secrets.token_urlsafe(32)
+	sum := sha256.Sum256([]byte(token))
+	tokensFile = filepath.Join(dir, "tokens.toml")
+	entry := fmt.Sprintf("[[tokens]]\nprincipal = \"go-test\"\nroles = [\"orchestrator\"]\nsha256 = %q\n", hex.EncodeToString(sum[:]))
+	if err := os.WriteFile(tokensFile, []byte(entry), 0o600); err != nil {
+		return "", "", "", err
+	}
+	secret := make([]byte, 48)
+	if _, err := rand.Read(secret); err != nil {
+		return "", "", "", err
+	}
+	secretFile = filepath.Join(dir, "task-secret")
+	if err := os.WriteFile(secretFile, []byte(hex.EncodeToString(secret)+"\n"), 0o600); err != nil {
+		return "", "", "", err
+	}
+	return token, tokensFile, secretFile, nil
+}
+
+// transport is how the environment says to reach the server: TLS, and a client
+// certificate, when given.
+func transport() []orchestrator.Option {
+	var opts []orchestrator.Option
+	if caFile != "" {
+		opts = append(opts, orchestrator.WithRootCAFile(caFile))
+	}
+	if clientCert != "" {
+		opts = append(opts, orchestrator.WithClientCertificate(clientCert, clientKey))
+	}
+	return opts
+}
+
+// dial connects with the environment's transport plus extra options.
+func dial(t *testing.T, extra ...orchestrator.Option) assetv1.AssetServiceClient {
 	t.Helper()
-	conn, err := orchestrator.Dial(serverAddr)
+	conn, err := orchestrator.Dial(serverAddr, append(transport(), extra...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
 	return assetv1.NewAssetServiceClient(conn)
+}
+
+// client is a connection with the orchestrator token, when there is one.
+func client(t *testing.T) assetv1.AssetServiceClient {
+	t.Helper()
+	if token == "" {
+		return dial(t)
+	}
+	return dial(t, orchestrator.WithToken(token))
+}
+
+func needToken(t *testing.T) {
+	t.Helper()
+	if token == "" {
+		t.Skip("the server takes no bearer tokens: set ASSET_SERVICE_TOKEN (and give the server a tokens file)")
+	}
+}
+
+const unknownID = "00000000-0000-4000-8000-000000000000"
+
+func textValue(text string) *assetv1.FulfillAssetRequest_Value {
+	return &assetv1.FulfillAssetRequest_Value{Value: &assetv1.Value{Kind: &assetv1.Value_Text{Text: text}}}
 }
 
 func testContext(t *testing.T) context.Context {
@@ -292,7 +382,7 @@ func TestErrorCodes(t *testing.T) {
 	if status.Code(err) != codes.InvalidArgument {
 		t.Errorf("GetAsset(malformed id): %v, want InvalidArgument", err)
 	}
-	_, err = c.GetAsset(ctx, &assetv1.GetAssetRequest{AssetId: "00000000-0000-4000-8000-000000000000"})
+	_, err = c.GetAsset(ctx, &assetv1.GetAssetRequest{AssetId: unknownID})
 	if status.Code(err) != codes.NotFound {
 		t.Errorf("GetAsset(unknown id): %v, want NotFound", err)
 	}
@@ -304,5 +394,178 @@ func TestErrorCodes(t *testing.T) {
 	_, err = orchestrator.Watch(ctx, c, []string{"00000000-0000-4000-8000-000000000000"}, nil)
 	if status.Code(err) != codes.NotFound {
 		t.Errorf("WatchAsset(unknown id): %v, want NotFound", err)
+	}
+}
+
+func TestBearerTokenIsChecked(t *testing.T) {
+	needToken(t)
+	ctx := testContext(t)
+
+	// The token source is asked before every call.
+	var asked atomic.Int32
+	counted := dial(t, orchestrator.WithTokenSource(func(context.Context) (string, error) {
+		asked.Add(1)
+		return token, nil
+	}))
+	for range 3 {
+		if _, err := counted.GetAsset(ctx, &assetv1.GetAssetRequest{AssetId: unknownID}); status.Code(err) != codes.NotFound {
+			t.Fatalf("GetAsset(unknown id) with the token: %v, want NotFound", err)
+		}
+	}
+	if n := asked.Load(); n != 3 {
+		t.Errorf("token source asked %d times for 3 calls", n)
+	}
+
+	wrong := dial(t, orchestrator.WithToken("not-a-token-the-server-knows-0123456789abc"))
+	if _, err := wrong.GetAsset(ctx, &assetv1.GetAssetRequest{AssetId: unknownID}); status.Code(err) != codes.Unauthenticated {
+		t.Errorf("GetAsset with a wrong token: %v, want Unauthenticated", err)
+	}
+	if _, err := wrong.CreatePendingAsset(ctx, &assetv1.CreatePendingAssetRequest{TaskId: taskID(t), Label: "x"}); status.Code(err) != codes.Unauthenticated {
+		t.Errorf("CreatePendingAsset with a wrong token: %v, want Unauthenticated", err)
+	}
+
+	// A failing token source fails the call without sending it.
+	broken := dial(t, orchestrator.WithTokenSource(func(context.Context) (string, error) { return "", errors.New("vault sealed") }))
+	if _, err := broken.GetAsset(ctx, &assetv1.GetAssetRequest{AssetId: unknownID}); err == nil || !strings.Contains(err.Error(), "vault sealed") {
+		t.Errorf("GetAsset with a failing token source: %v", err)
+	}
+
+	anonymous := dial(t)
+	_, getErr := anonymous.GetAsset(ctx, &assetv1.GetAssetRequest{AssetId: unknownID})
+	_, createErr := anonymous.CreatePendingAsset(ctx, &assetv1.CreatePendingAssetRequest{TaskId: taskID(t), Label: "x"})
+	if clientCert == "" {
+		if status.Code(getErr) != codes.Unauthenticated || status.Code(createErr) != codes.Unauthenticated {
+			t.Errorf("without a token: %v / %v, want Unauthenticated", getErr, createErr)
+		}
+		return
+	}
+	// mTLS: the certificate alone authenticates, as a reader.
+	if status.Code(getErr) != codes.NotFound {
+		t.Errorf("GetAsset with the client certificate only: %v, want NotFound (reader role)", getErr)
+	}
+	if status.Code(createErr) != codes.PermissionDenied {
+		t.Errorf("CreatePendingAsset with the client certificate only: %v, want PermissionDenied", createErr)
+	}
+	// Without the certificate, the handshake fails.
+	conn, err := orchestrator.Dial(serverAddr, orchestrator.WithRootCAFile(caFile), orchestrator.WithToken(token))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_, err = assetv1.NewAssetServiceClient(conn).GetAsset(ctx, &assetv1.GetAssetRequest{AssetId: unknownID})
+	if status.Code(err) != codes.Unavailable {
+		t.Errorf("GetAsset without the client certificate: %v, want Unavailable", err)
+	}
+}
+
+// countingMinter counts MintTaskToken calls.
+type countingMinter struct {
+	assetv1.AssetServiceClient
+	mints atomic.Int32
+}
+
+func (m *countingMinter) MintTaskToken(ctx context.Context, in *assetv1.MintTaskTokenRequest, opts ...grpc.CallOption) (*assetv1.MintTaskTokenResponse, error) {
+	m.mints.Add(1)
+	return m.AssetServiceClient.MintTaskToken(ctx, in, opts...)
+}
+
+func TestTaskTokenRoundTrip(t *testing.T) {
+	needToken(t)
+	ctx := testContext(t)
+	c := client(t)
+	task, other := taskID(t), taskID(t)+"-other"
+	promised, err := orchestrator.Promise(ctx, c, task, []orchestrator.Output{
+		{Key: "out", Label: "out.txt", MediaType: "text/plain", Type: assetv1.AssetType_ASSET_TYPE_VALUE},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	foreign, err := orchestrator.Promise(ctx, c, other, []orchestrator.Output{
+		{Key: "out", Label: "out.txt", Type: assetv1.AssetType_ASSET_TYPE_VALUE},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, foreignID := promised["out"].GetId(), foreign["out"].GetId()
+
+	minted, err := orchestrator.MintTaskToken(ctx, c, task, nil, 2*time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Count(minted.Token, ".") != 2 {
+		t.Errorf("task token %q is not a JWT", minted.Token)
+	}
+	if left := time.Until(minted.ExpiresAt); left <= time.Minute || left > 2*time.Minute+5*time.Second {
+		t.Errorf("task token expires in %v, want about 2m", left)
+	}
+
+	// The worker's connection mints its own token once and reuses it.
+	minter := &countingMinter{AssetServiceClient: c}
+	worker := dial(t, orchestrator.WithTokenSource(orchestrator.TaskTokenSource(minter, task, nil, 2*time.Minute)))
+	if _, err := worker.FulfillAsset(ctx, &assetv1.FulfillAssetRequest{AssetId: id, Content: textValue("done by the worker")}); err != nil {
+		t.Fatalf("FulfillAsset with the task token: %v", err)
+	}
+	got, err := worker.GetAsset(ctx, &assetv1.GetAssetRequest{AssetId: id})
+	if err != nil {
+		t.Fatalf("GetAsset with the task token: %v", err)
+	}
+	if got.GetAsset().GetStatus() != assetv1.AssetStatus_ASSET_STATUS_AVAILABLE {
+		t.Errorf("status %v, want AVAILABLE", got.GetAsset().GetStatus())
+	}
+	stream, err := worker.ReadAsset(ctx, &assetv1.ReadAssetRequest{AssetId: id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var content []byte
+	for {
+		chunk, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			t.Fatalf("ReadAsset with the task token: %v", err)
+		}
+		content = append(content, chunk.GetChunk()...)
+	}
+	if string(content) != "done by the worker" {
+		t.Errorf("content %q", content)
+	}
+
+	// Outside its task the token may do nothing.
+	_, err = worker.FulfillAsset(ctx, &assetv1.FulfillAssetRequest{AssetId: foreignID, Content: textValue("not mine")})
+	if status.Code(err) != codes.PermissionDenied {
+		t.Errorf("FulfillAsset of another task's output: %v, want PermissionDenied", err)
+	}
+	_, err = worker.CreatePendingAsset(ctx, &assetv1.CreatePendingAssetRequest{TaskId: task, Label: "more"})
+	if status.Code(err) != codes.PermissionDenied {
+		t.Errorf("CreatePendingAsset with a task token: %v, want PermissionDenied", err)
+	}
+	if n := minter.mints.Load(); n != 1 {
+		t.Errorf("TaskTokenSource minted %d times for 5 calls, want 1", n)
+	}
+}
+
+func TestPlaintextTokenOnlyToLoopback(t *testing.T) {
+	// 192.0.2.0/24 is reserved for documentation; grpc.NewClient connects lazily, so
+	// nothing is sent anywhere.
+	if _, err := orchestrator.Dial("192.0.2.7:50051", orchestrator.WithToken("t")); err == nil || !strings.Contains(err.Error(), "plaintext") {
+		t.Errorf("token over plaintext to a remote address: %v, want a refusal", err)
+	}
+	for _, addr := range []string{"127.0.0.1:50051", "localhost:50051", "[::1]:50051", "dns:///localhost:50051", "unix:/tmp/asset.sock"} {
+		conn, err := orchestrator.Dial(addr, orchestrator.WithToken("t"))
+		if err != nil {
+			t.Errorf("token over plaintext to %s: %v", addr, err)
+			continue
+		}
+		conn.Close()
+	}
+	conn, err := orchestrator.Dial("192.0.2.7:50051", orchestrator.WithTLS(), orchestrator.WithToken("t"))
+	if err != nil {
+		t.Errorf("token over TLS to a remote address: %v", err)
+	} else {
+		conn.Close()
+	}
+	if _, err := orchestrator.Dial("127.0.0.1:1", orchestrator.WithRootCAFile(filepath.Join(t.TempDir(), "missing.pem"))); err == nil {
+		t.Error("a missing root CA file was accepted")
 	}
 }

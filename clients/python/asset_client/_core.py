@@ -7,7 +7,7 @@ import hashlib
 import os
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
@@ -41,6 +41,61 @@ CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
 )
+
+
+TokenSource = Callable[[], str]
+
+
+class _TokenPlugin(grpc.AuthMetadataPlugin):
+    """Asks `source` for a token before each call (a token that gets refreshed)."""
+
+    def __init__(self, source: TokenSource) -> None:
+        self._source = source
+
+    def __call__(
+        self, context: grpc.AuthMetadataContext, callback: grpc.AuthMetadataPluginCallback
+    ) -> None:
+        try:
+            token = self._source()
+        except Exception as exc:  # reported as the call's error
+            callback((), exc)
+            return
+        callback((("authorization", f"Bearer {token}"),), None)
+
+
+def channel_credentials(
+    credentials: grpc.ChannelCredentials | None,
+    *,
+    tls: bool,
+    root_certificates: bytes | None,
+    certificate_chain: bytes | None,
+    private_key: bytes | None,
+    token: str | TokenSource | None,
+) -> grpc.ChannelCredentials | None:
+    """The channel's credentials: TLS (and a client certificate), plus a bearer token.
+
+    None means a plaintext channel. A token without TLS goes only to a loopback address
+    (grpc's local credentials), never in clear over a network.
+    """
+    if (certificate_chain is None) != (private_key is None):
+        raise ValueError("certificate_chain and private_key go together: give both or neither")
+    wants_tls = tls or root_certificates is not None or certificate_chain is not None
+    if credentials is not None and wants_tls:
+        raise ValueError("give either credentials or the TLS arguments, not both")
+    if credentials is None and wants_tls:
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates, private_key, certificate_chain
+        )
+    if token is None:
+        return credentials
+    if credentials is None:
+        credentials = grpc.local_channel_credentials(grpc.LocalConnectionType.LOCAL_TCP)
+    call = (
+        grpc.access_token_call_credentials(token)
+        if isinstance(token, str)
+        else grpc.metadata_call_credentials(_TokenPlugin(token))
+    )
+    return grpc.composite_channel_credentials(credentials, call)
 
 
 class Deadline:

@@ -19,6 +19,7 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
+from datetime import UTC
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -29,7 +30,15 @@ import grpc.aio
 from asset_client import _convert, _core
 from asset_client._convert import pb, pb_grpc
 from asset_client.errors import DeadlineExceededError, from_rpc_error
-from asset_client.models import Asset, AssetStatus, AssetType, Manifest, Value, WatchEvent
+from asset_client.models import (
+    Asset,
+    AssetStatus,
+    AssetType,
+    Manifest,
+    TaskToken,
+    Value,
+    WatchEvent,
+)
 
 Resp = TypeVar("Resp")
 
@@ -38,6 +47,11 @@ _UNSET: Any = object()
 
 class AsyncAssetClient:
     """asyncio client of the Asset Service; AssetClient has the same API, blocking.
+
+    Security (docs/security.md): `tls=True` (system roots) or `root_certificates` (PEM)
+    for TLS; `certificate_chain` + `private_key` (PEM) for a client certificate (mTLS);
+    `token`, a bearer token or a callable returning one before each call (refreshing
+    task tokens). A token without TLS is sent only to a loopback address.
 
     `timeout` (seconds) is the default deadline of unary calls; each method takes its own
     `timeout` too (None there means the client default for unary calls, no deadline for
@@ -55,11 +69,24 @@ class AsyncAssetClient:
         channel: grpc.aio.Channel | None = None,
         options: Sequence[tuple[str, Any]] = (),
         watch_retries: int = 8,
+        tls: bool = False,
+        root_certificates: bytes | None = None,
+        certificate_chain: bytes | None = None,
+        private_key: bytes | None = None,
+        token: str | Callable[[], str] | None = None,
     ) -> None:
         self.target = target
         self.timeout = timeout
         self.watch_retries = watch_retries
         self._owns_channel = channel is None
+        credentials = _core.channel_credentials(
+            credentials,
+            tls=tls,
+            root_certificates=root_certificates,
+            certificate_chain=certificate_chain,
+            private_key=private_key,
+            token=token,
+        )
         if channel is None:
             opts = [*_core.CHANNEL_OPTIONS, *options]
             if credentials is None:
@@ -203,6 +230,22 @@ class AsyncAssetClient:
         request = pb.FailAssetRequest(asset_id=asset_id, reason=reason)
         response = await self._call(self._stub.FailAsset, request, timeout)
         return _convert.asset_from_pb(response.asset)
+
+    async def mint_task_token(
+        self,
+        task_id: str,
+        input_asset_ids: Iterable[str] = (),
+        ttl_seconds: int = 0,
+        *,
+        timeout: float | None = None,
+    ) -> TaskToken:
+        """A token for task `task_id`'s worker: it may fulfill or fail that task's promises
+        and read `input_asset_ids` and the task's outputs (orchestrator role; 0 = 1 hour)."""
+        request = pb.MintTaskTokenRequest(
+            task_id=task_id, input_asset_ids=list(input_asset_ids), ttl_seconds=ttl_seconds
+        )
+        response = await self._call(self._stub.MintTaskToken, request, timeout)
+        return TaskToken(response.token, response.expires_at.ToDatetime(tzinfo=UTC))
 
     # -- reading -------------------------------------------------------------------------
 

@@ -110,3 +110,11 @@ class Manifest:
 
     path: Path
     entries: Mapping[str, Path] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class TaskToken:
+    """A task-scoped bearer token (MintTaskToken): give it to the task's worker."""
+
+    token: str = field(repr=False)
+    expires_at: datetime

@@ -15,9 +15,13 @@ import {
   GetAssetResponse,
   GetManifestRequest,
   GetManifestResponse,
+  MintTaskTokenRequest,
+  MintTaskTokenResponse,
+  ReadAssetRequest,
   WatchAssetRequest,
   WatchAssetResponse,
 } from "./gen/asset/v1/asset_service";
+import { type Security, type TokenSource, connection } from "./security";
 
 type Callback<T> = (err: grpc.ServiceError | null, res: T) => void;
 
@@ -27,13 +31,29 @@ function unary<T>(invoke: (cb: Callback<T>) => unknown): Promise<T> {
   });
 }
 
+/** A bearer token scoped to one task, as MintTaskToken returns it. */
+export interface TaskToken {
+  token: string;
+  expiresAt: Date;
+}
+
 /** AssetService wraps the generated AssetServiceClient with promises and async iterators. */
 export class AssetService {
   /** The generated client, for every RPC this facade does not wrap. */
   readonly raw: AssetServiceClient;
 
-  constructor(address: string, credentials: grpc.ChannelCredentials = grpc.credentials.createInsecure()) {
-    this.raw = new AssetServiceClient(address, credentials);
+  /**
+   * Connects to `address` ("host:port"): plaintext with no credentials by default; with
+   * `security`, over TLS and/or with a bearer token (see `connection`); or with ready-made
+   * grpc-js channel credentials.
+   */
+  constructor(address: string, security: Security | grpc.ChannelCredentials = {}) {
+    if (security instanceof grpc.ChannelCredentials) {
+      this.raw = new AssetServiceClient(address, security);
+    } else {
+      const { credentials, options } = connection(address, security);
+      this.raw = new AssetServiceClient(address, credentials, options);
+    }
   }
 
   close(): void {
@@ -60,6 +80,26 @@ export class AssetService {
     return required(res.asset);
   }
 
+  /** The whole content of an AVAILABLE asset (streamed by ReadAsset, collected here). */
+  async readAsset(assetId: string): Promise<Buffer> {
+    const chunks: Buffer[] = [];
+    for await (const res of this.raw.readAsset(ReadAssetRequest.fromPartial({ assetId }))) {
+      chunks.push(Buffer.from((res as { chunk: Uint8Array }).chunk));
+    }
+    return Buffer.concat(chunks);
+  }
+
+  /**
+   * A token that may complete `taskId`'s promised outputs and read them and `inputAssetIds`
+   * (needs the orchestrator role). `ttlSeconds` 0 means the server's default, an hour.
+   */
+  async mintTaskToken(taskId: string, inputAssetIds: string[] = [], ttlSeconds = 0): Promise<TaskToken> {
+    const req = MintTaskTokenRequest.fromPartial({ taskId, inputAssetIds, ttlSeconds });
+    const res = await unary<MintTaskTokenResponse>((cb) => this.raw.mintTaskToken(req, cb));
+    if (!res.expiresAt) throw new Error("MintTaskToken response carries no expiry");
+    return { token: res.token, expiresAt: res.expiresAt };
+  }
+
   getManifest(assetMappings: Record<string, string>, configParams?: Record<string, unknown>): Promise<GetManifestResponse> {
     const req = GetManifestRequest.fromPartial({ assetMappings, configParams });
     return unary<GetManifestResponse>((cb) => this.raw.getManifest(req, cb));
@@ -83,6 +123,38 @@ export class AssetService {
       call.cancel();
     }
   }
+}
+
+/**
+ * A token source for a worker of `taskId`: it mints a task token through `minter` (a client
+ * with the orchestrator role) on first use, and again once less than a fifth of the token's
+ * lifetime is left. Concurrent calls share one mint.
+ */
+export function taskTokenSource(
+  minter: Pick<AssetService, "mintTaskToken">,
+  taskId: string,
+  inputAssetIds: string[] = [],
+  ttlSeconds = 0,
+): TokenSource {
+  let current: Promise<TaskToken> | undefined;
+  let renewAt = 0;
+  return async () => {
+    if (current === undefined || Date.now() >= renewAt) {
+      const minting = minter.mintTaskToken(taskId, inputAssetIds, ttlSeconds);
+      current = minting;
+      renewAt = Infinity; // until this mint settles
+      minting.then(
+        (t) => {
+          const now = Date.now();
+          renewAt = t.expiresAt.getTime() - (t.expiresAt.getTime() - now) / 5;
+        },
+        () => {
+          if (current === minting) current = undefined; // the next call tries again
+        },
+      );
+    }
+    return (await current).token;
+  };
 }
 
 function required(asset: Asset | undefined): Asset {

@@ -1,11 +1,26 @@
 // Runs one task hand-off against an Asset Service and prints the next task's
 // manifest path:  node dist/src/example-orchestrator.js [host:port] [import-root]
+// TLS and credentials come from the environment: ASSET_SERVICE_CA_FILE (PEM root CA),
+// ASSET_SERVICE_CLIENT_CERT + ASSET_SERVICE_CLIENT_KEY (mTLS), ASSET_SERVICE_TOKEN.
+import { readFileSync } from "node:fs";
+
 import { AssetService } from "./client";
 import { runExample } from "./orchestrator";
+import type { Security } from "./security";
+
+function securityFromEnv(env: NodeJS.ProcessEnv): Security {
+  const file = (name: string): Buffer | undefined => (env[name] ? readFileSync(env[name]) : undefined);
+  return {
+    rootCerts: file("ASSET_SERVICE_CA_FILE"),
+    certChain: file("ASSET_SERVICE_CLIENT_CERT"),
+    privateKey: file("ASSET_SERVICE_CLIENT_KEY"),
+    token: env.ASSET_SERVICE_TOKEN || undefined,
+  };
+}
 
 async function main(): Promise<void> {
   const address = process.argv[2] ?? process.env.ASSET_SERVICE_ADDR ?? "127.0.0.1:50051";
-  const svc = new AssetService(address);
+  const svc = new AssetService(address, securityFromEnv(process.env));
   try {
     const res = await runExample(svc, {
       taskId: `transcribe-${Date.now()}`,

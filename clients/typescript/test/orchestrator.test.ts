@@ -5,14 +5,16 @@ import { after, before, describe, test } from "node:test";
 
 import { status, type ServiceError } from "@grpc/grpc-js";
 
-import { AssetService } from "../src/client";
+import { AssetService, taskTokenSource } from "../src/client";
 import { AssetStatus, AssetType, WatchEventType } from "../src/gen/asset/v1/asset_service";
 import { promise, runExample, watch } from "../src/orchestrator";
+import { type TokenSource, connection, isLoopbackTarget } from "../src/security";
 import { type TestServer, testServer } from "./server";
 
 const PENDING = AssetStatus.ASSET_STATUS_PENDING;
 const AVAILABLE = AssetStatus.ASSET_STATUS_AVAILABLE;
 const FAILED = AssetStatus.ASSET_STATUS_FAILED;
+const UNKNOWN_ID = "00000000-0000-4000-8000-000000000000";
 
 function taskId(name: string): string {
   return `ts-${name}-${Date.now()}-${Math.floor(Math.random() * 1e6)}`;
@@ -32,13 +34,21 @@ describe("asset service from TypeScript", () => {
 
   before(async () => {
     server = await testServer();
-    svc = new AssetService(server.address);
+    svc = open(server.token);
   });
 
   after(async () => {
-    svc?.close();
+    for (const c of opened) c.close();
     await server?.stop();
   });
+
+  const opened: AssetService[] = [];
+  /** A client with the server's transport (TLS, client certificate) and this token. */
+  function open(token?: string | TokenSource, transport = server.transport): AssetService {
+    const c = new AssetService(server.address, { ...transport, token });
+    opened.push(c);
+    return c;
+  }
 
   test("example flow: PENDING then AVAILABLE, then a manifest of existing files", async () => {
     const lines: string[] = [];
@@ -104,8 +114,91 @@ describe("asset service from TypeScript", () => {
 
   test("errors carry gRPC status codes", async () => {
     await rejectsWith(svc.getAsset("not-a-uuid"), status.INVALID_ARGUMENT);
-    await rejectsWith(svc.getAsset("00000000-0000-4000-8000-000000000000"), status.NOT_FOUND);
+    await rejectsWith(svc.getAsset(UNKNOWN_ID), status.NOT_FOUND);
     await rejectsWith(svc.createPendingAsset({ taskId: "../escape", label: "x" }), status.INVALID_ARGUMENT);
-    await rejectsWith(watch(svc, ["00000000-0000-4000-8000-000000000000"]), status.NOT_FOUND);
+    await rejectsWith(watch(svc, [UNKNOWN_ID]), status.NOT_FOUND);
+  });
+
+  test("bearer tokens are checked", async (t) => {
+    const token = server.token;
+    if (!token) return t.skip("the server takes no tokens: set ASSET_SERVICE_TOKEN");
+
+    let asked = 0;
+    const counted = open(() => {
+      asked += 1;
+      return token;
+    });
+    for (let i = 0; i < 3; i++) await rejectsWith(counted.getAsset(UNKNOWN_ID), status.NOT_FOUND);
+    assert.equal(asked, 3, "the token source is asked before every call");
+
+    const wrong = open("not-a-token-the-server-knows-0123456789abc");
+    await rejectsWith(wrong.getAsset(UNKNOWN_ID), status.UNAUTHENTICATED);
+    await rejectsWith(wrong.createPendingAsset({ taskId: taskId("wrong"), label: "x" }), status.UNAUTHENTICATED);
+
+    const broken = open(async () => {
+      throw new Error("vault sealed");
+    });
+    await rejectsWith(broken.getAsset(UNKNOWN_ID), status.UNAVAILABLE, "vault sealed");
+
+    const anonymous = open(undefined);
+    if (!server.clientCertificate) {
+      await rejectsWith(anonymous.getAsset(UNKNOWN_ID), status.UNAUTHENTICATED);
+      await rejectsWith(anonymous.createPendingAsset({ taskId: taskId("anon"), label: "x" }), status.UNAUTHENTICATED);
+      return;
+    }
+    // mTLS: the certificate alone authenticates, as a reader; without it the handshake fails.
+    await rejectsWith(anonymous.getAsset(UNKNOWN_ID), status.NOT_FOUND);
+    await rejectsWith(anonymous.createPendingAsset({ taskId: taskId("cert"), label: "x" }), status.PERMISSION_DENIED);
+    const noCertificate = open(token, { rootCerts: server.transport.rootCerts });
+    await rejectsWith(noCertificate.getAsset(UNKNOWN_ID), status.UNAVAILABLE);
+  });
+
+  test("a task token fulfils and reads its own task's outputs, nothing else", async (t) => {
+    if (!server.token) return t.skip("the server takes no tokens: set ASSET_SERVICE_TOKEN");
+    const task = taskId("task");
+    const out = [{ key: "out", label: "out.txt", mediaType: "text/plain", type: AssetType.ASSET_TYPE_VALUE }];
+    const id = (await promise(svc, task, out)).get("out")!.id;
+    const foreignId = (await promise(svc, `${task}-other`, out)).get("out")!.id;
+
+    const minted = await svc.mintTaskToken(task, [], 120);
+    assert.equal(minted.token.split(".").length, 3, `${minted.token} is a JWT`);
+    const left = minted.expiresAt.getTime() - Date.now();
+    assert.ok(left > 60_000 && left <= 125_000, `expires in ${left} ms, want about 2 min`);
+
+    let mints = 0;
+    const minter = {
+      mintTaskToken: (...args: Parameters<AssetService["mintTaskToken"]>) => {
+        mints += 1;
+        return svc.mintTaskToken(...args);
+      },
+    };
+    const worker = open(taskTokenSource(minter, task, [], 120));
+    await worker.fulfillAsset({ assetId: id, content: { $case: "value", value: { kind: { $case: "text", value: "done by the worker" } } } });
+    assert.equal((await worker.getAsset(id)).status, AVAILABLE);
+    assert.equal((await worker.readAsset(id)).toString("utf8"), "done by the worker");
+
+    await rejectsWith(
+      worker.fulfillAsset({ assetId: foreignId, content: { $case: "value", value: { kind: { $case: "text", value: "x" } } } }),
+      status.PERMISSION_DENIED,
+    );
+    await rejectsWith(worker.createPendingAsset({ taskId: task, label: "more" }), status.PERMISSION_DENIED);
+    assert.equal(mints, 1, "the worker's token source mints once and reuses the token");
+  });
+});
+
+describe("credentials without a server", () => {
+  test("a token goes over plaintext only to a loopback address", () => {
+    assert.throws(() => connection("192.0.2.7:50051", { token: "t" }), /plaintext/);
+    assert.throws(() => connection("example.com:50051", { token: "t" }), /plaintext/);
+    for (const target of ["127.0.0.1:50051", "localhost:50051", "[::1]:50051", "dns:///localhost:50051", "unix:/tmp/a.sock", "ipv4:127.0.0.1:1,127.0.0.2:2"]) {
+      assert.ok(isLoopbackTarget(target), target);
+      assert.ok(connection(target, { token: "t" }).options.interceptors?.length === 1, target);
+    }
+    for (const target of ["192.0.2.7:50051", "[2001:db8::1]:1", "ipv4:127.0.0.1:1,192.0.2.7:2", "127.example.com:1"]) {
+      assert.ok(!isLoopbackTarget(target), target);
+    }
+    // Over TLS a token may go anywhere; a client certificate needs its key.
+    assert.ok(connection("192.0.2.7:50051", { tls: true, token: "t" }).credentials._isSecure());
+    assert.throws(() => connection("192.0.2.7:50051", { certChain: Buffer.from("x") }), /privateKey/);
   });
 });

@@ -1,14 +1,54 @@
 // The server under test: $ASSET_SERVICE_ADDR (plus $ASSET_SERVICE_IMPORT_ROOT if it has
-// one), or else `python -m asset_service` started here on port 0.
+// one), or else `python -m asset_service` started here on port 0 (plaintext on loopback,
+// with a tokens file and a task-token secret).
+//
+// How to reach $ASSET_SERVICE_ADDR: $ASSET_SERVICE_CA_FILE (PEM root CA: TLS),
+// $ASSET_SERVICE_CLIENT_CERT and $ASSET_SERVICE_CLIENT_KEY (mTLS; the server must map the
+// certificate to the reader role), $ASSET_SERVICE_TOKEN (a bearer token with the
+// orchestrator role; the server must also have --token-secret-file).
 import { type ChildProcess, spawn } from "node:child_process";
-import { existsSync, mkdtempSync, mkdirSync, rmSync } from "node:fs";
+import { createHash, randomBytes } from "node:crypto";
+import { existsSync, mkdtempSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import * as path from "node:path";
+
+import type { Security } from "../src/security";
 
 export interface TestServer {
   address: string;
   importRoot?: string;
+  /** TLS settings (and the client certificate), without a token. */
+  transport: Security;
+  /** A token with the orchestrator role, if the server takes tokens. */
+  token?: string;
+  /** Whether `transport` presents a client certificate (mapped to the reader role). */
+  clientCertificate: boolean;
   stop(): Promise<void>;
+}
+
+function transportFromEnv(): Security {
+  const file = (name: string): Buffer | undefined => {
+    const p = process.env[name];
+    return p ? readFileSync(p) : undefined;
+  };
+  return {
+    rootCerts: file("ASSET_SERVICE_CA_FILE"),
+    certChain: file("ASSET_SERVICE_CLIENT_CERT"),
+    privateKey: file("ASSET_SERVICE_CLIENT_KEY"),
+  };
+}
+
+/** A tokens file granting a fresh token the orchestrator role, and a task-token secret. */
+function writeSecurityFiles(dir: string): { token: string; tokensFile: string; secretFile: string } {
+  const token = randomBytes(32).toString("base64url"); // the shape of secrets.token_urlsafe(32)
+  const sha256 = createHash("sha256").update(token, "utf8").digest("hex");
+  const tokensFile = path.join(dir, "tokens.toml");
+  writeFileSync(tokensFile, `[[tokens]]\nprincipal = "ts-test"\nroles = ["orchestrator"]\nsha256 = "${sha256}"\n`, {
+    mode: 0o600,
+  });
+  const secretFile = path.join(dir, "task-secret");
+  writeFileSync(secretFile, `${randomBytes(48).toString("hex")}\n`, { mode: 0o600 });
+  return { token, tokensFile, secretFile };
 }
 
 const LISTENING = /asset-service listening on (\S+:\d+)/;
@@ -26,13 +66,22 @@ function repoRoot(): string {
 export async function testServer(): Promise<TestServer> {
   const address = process.env.ASSET_SERVICE_ADDR;
   if (address) {
-    return { address, importRoot: process.env.ASSET_SERVICE_IMPORT_ROOT || undefined, stop: async () => {} };
+    const transport = transportFromEnv();
+    return {
+      address,
+      importRoot: process.env.ASSET_SERVICE_IMPORT_ROOT || undefined,
+      transport,
+      token: process.env.ASSET_SERVICE_TOKEN || undefined,
+      clientCertificate: transport.certChain !== undefined,
+      stop: async () => {},
+    };
   }
   const repo = repoRoot();
   const python = process.env.ASSET_SERVICE_PYTHON || path.join(repo, ".venv", "bin", "python");
   const dir = mkdtempSync(path.join(tmpdir(), "asset-service-ts-test-"));
   const importRoot = path.join(dir, "worker");
   mkdirSync(importRoot);
+  const { token, tokensFile, secretFile } = writeSecurityFiles(dir);
   // The server reads ASSET_SERVICE_* variables as settings: pass none.
   const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("ASSET_SERVICE_")));
   const child = spawn(
@@ -43,6 +92,8 @@ export async function testServer(): Promise<TestServer> {
       "--storage-root", path.join(dir, "data"),
       "--database-url", `sqlite:///${path.join(dir, "assets.db")}`,
       "--import-root", importRoot,
+      "--tokens-file", tokensFile,
+      "--token-secret-file", secretFile,
       "--shutdown-grace", "2",
     ],
     { cwd: repo, env, stdio: ["ignore", "ignore", "pipe"] },
@@ -52,7 +103,7 @@ export async function testServer(): Promise<TestServer> {
     rmSync(dir, { recursive: true, force: true });
   };
   try {
-    return { address: await listeningAddress(child), importRoot, stop };
+    return { address: await listeningAddress(child), importRoot, transport: {}, token, clientCertificate: false, stop };
   } catch (err) {
     await stop();
     throw err;

@@ -1003,3 +1003,63 @@ class DeleteAssetResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeleteAssetResponse: _TypeAlias = DeleteAssetResponse  # noqa: Y015
+
+@_typing.final
+class MintTaskTokenRequest(_message.Message):
+    """MintTaskTokenRequest describes the task a worker will run."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASK_ID_FIELD_NUMBER: _builtins.int
+    INPUT_ASSET_IDS_FIELD_NUMBER: _builtins.int
+    TTL_SECONDS_FIELD_NUMBER: _builtins.int
+    task_id: _builtins.str
+    """The task whose promises (created_by_task) the token may fulfill or fail."""
+    ttl_seconds: _builtins.int
+    """Lifetime; 0 means 3600 (one hour); at most 86400 (24 hours)."""
+    @_builtins.property
+    def input_asset_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Assets the task reads (at most 64), besides its own outputs."""
+
+    def __init__(
+        self,
+        *,
+        task_id: _builtins.str = ...,
+        input_asset_ids: _abc.Iterable[_builtins.str] | None = ...,
+        ttl_seconds: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["input_asset_ids", b"input_asset_ids", "task_id", b"task_id", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MintTaskTokenRequest: _TypeAlias = MintTaskTokenRequest  # noqa: Y015
+
+@_typing.final
+class MintTaskTokenResponse(_message.Message):
+    """MintTaskTokenResponse carries the token, shown once."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKEN_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    token: _builtins.str
+    """Send as `authorization: Bearer <token>` metadata."""
+    @_builtins.property
+    def expires_at(self) -> _timestamp_pb2.Timestamp:
+        """After this instant the token is refused (UNAUTHENTICATED "token expired")."""
+
+    def __init__(
+        self,
+        *,
+        token: _builtins.str = ...,
+        expires_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "token", b"token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MintTaskTokenResponse: _TypeAlias = MintTaskTokenResponse  # noqa: Y015

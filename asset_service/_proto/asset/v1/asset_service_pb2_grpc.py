@@ -101,6 +101,11 @@ class AssetServiceStub:
                 request_serializer=asset_dot_v1_dot_asset__service__pb2.DeleteAssetRequest.SerializeToString,
                 response_deserializer=asset_dot_v1_dot_asset__service__pb2.DeleteAssetResponse.FromString,
                 _registered_method=True)
+        self.MintTaskToken = channel.unary_unary(
+                '/asset.v1.AssetService/MintTaskToken',
+                request_serializer=asset_dot_v1_dot_asset__service__pb2.MintTaskTokenRequest.SerializeToString,
+                response_deserializer=asset_dot_v1_dot_asset__service__pb2.MintTaskTokenResponse.FromString,
+                _registered_method=True)
 
 
 class AssetServiceServicer:
@@ -204,6 +209,15 @@ class AssetServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def MintTaskToken(self, request, context):
+        """MintTaskToken issues a short-lived bearer token scoped to one task: it may
+        fulfill, fail or upload only that task's promises and read only the named
+        inputs and the task's own outputs (docs/security.md). Orchestrator role.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AssetServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -271,6 +285,11 @@ def add_AssetServiceServicer_to_server(servicer, server):
                     servicer.DeleteAsset,
                     request_deserializer=asset_dot_v1_dot_asset__service__pb2.DeleteAssetRequest.FromString,
                     response_serializer=asset_dot_v1_dot_asset__service__pb2.DeleteAssetResponse.SerializeToString,
+            ),
+            'MintTaskToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.MintTaskToken,
+                    request_deserializer=asset_dot_v1_dot_asset__service__pb2.MintTaskTokenRequest.FromString,
+                    response_serializer=asset_dot_v1_dot_asset__service__pb2.MintTaskTokenResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -625,6 +644,33 @@ class AssetService:
             '/asset.v1.AssetService/DeleteAsset',
             asset_dot_v1_dot_asset__service__pb2.DeleteAssetRequest.SerializeToString,
             asset_dot_v1_dot_asset__service__pb2.DeleteAssetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MintTaskToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/asset.v1.AssetService/MintTaskToken',
+            asset_dot_v1_dot_asset__service__pb2.MintTaskTokenRequest.SerializeToString,
+            asset_dot_v1_dot_asset__service__pb2.MintTaskTokenResponse.FromString,
             options,
             channel_credentials,
             insecure,

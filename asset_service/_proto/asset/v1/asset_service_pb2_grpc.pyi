@@ -82,6 +82,11 @@ class AssetServiceStub:
     """GetManifest writes input_data.json for a task and returns its path."""
     DeleteAsset: _grpc.UnaryUnaryMultiCallable[_asset_service_pb2.DeleteAssetRequest, _asset_service_pb2.DeleteAssetResponse]
     """DeleteAsset removes an asset's record and its bytes."""
+    MintTaskToken: _grpc.UnaryUnaryMultiCallable[_asset_service_pb2.MintTaskTokenRequest, _asset_service_pb2.MintTaskTokenResponse]
+    """MintTaskToken issues a short-lived bearer token scoped to one task: it may
+    fulfill, fail or upload only that task's promises and read only the named
+    inputs and the task's own outputs (docs/security.md). Orchestrator role.
+    """
 
 @_typing.type_check_only
 class AssetServiceAsyncStub(AssetServiceStub):
@@ -123,6 +128,11 @@ class AssetServiceAsyncStub(AssetServiceStub):
     """GetManifest writes input_data.json for a task and returns its path."""
     DeleteAsset: _aio.UnaryUnaryMultiCallable[_asset_service_pb2.DeleteAssetRequest, _asset_service_pb2.DeleteAssetResponse]  # type: ignore[assignment]
     """DeleteAsset removes an asset's record and its bytes."""
+    MintTaskToken: _aio.UnaryUnaryMultiCallable[_asset_service_pb2.MintTaskTokenRequest, _asset_service_pb2.MintTaskTokenResponse]  # type: ignore[assignment]
+    """MintTaskToken issues a short-lived bearer token scoped to one task: it may
+    fulfill, fail or upload only that task's promises and read only the named
+    inputs and the task's own outputs (docs/security.md). Orchestrator role.
+    """
 
 class AssetServiceServicer(metaclass=_abc_1.ABCMeta):
     """AssetService stores, tracks and serves the assets of a task pipeline."""
@@ -239,5 +249,16 @@ class AssetServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_asset_service_pb2.DeleteAssetResponse, _abc.Awaitable[_asset_service_pb2.DeleteAssetResponse]]:
         """DeleteAsset removes an asset's record and its bytes."""
+
+    @_abc_1.abstractmethod
+    def MintTaskToken(
+        self,
+        request: _asset_service_pb2.MintTaskTokenRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_asset_service_pb2.MintTaskTokenResponse, _abc.Awaitable[_asset_service_pb2.MintTaskTokenResponse]]:
+        """MintTaskToken issues a short-lived bearer token scoped to one task: it may
+        fulfill, fail or upload only that task's promises and read only the named
+        inputs and the task's own outputs (docs/security.md). Orchestrator role.
+        """
 
 def add_AssetServiceServicer_to_server(servicer: AssetServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -3,6 +3,10 @@
 // input manifest path of the next task.
 //
 //	go run ./cmd/example-orchestrator -addr 127.0.0.1:50051
+//	ASSET_SERVICE_TOKEN=... go run ./cmd/example-orchestrator -addr host:50051 -ca ca.pem [-cert client.pem -key client.key]
+//
+// The bearer token is read from $ASSET_SERVICE_TOKEN, never from a flag (a
+// command line is visible to every user of the machine).
 package main
 
 import (
@@ -23,11 +27,29 @@ func main() {
 	task := flag.String("task", fmt.Sprintf("transcribe-%d", time.Now().Unix()), "id of the producing task")
 	next := flag.String("next-task", "summarise", "id of the consuming task")
 	importRoot := flag.String("import-root", "", "a server --import-root; if set, a FILE output is produced there too")
+	ca := flag.String("ca", "", "PEM root CA file: connect with TLS, trusting it")
+	cert := flag.String("cert", "", "PEM client certificate (mTLS; with -key)")
+	key := flag.String("key", "", "PEM client key (mTLS; with -cert)")
+	useTLS := flag.Bool("tls", false, "connect with TLS, trusting the system roots (implied by -ca and -cert)")
 	flag.Parse()
+
+	var opts []orchestrator.Option
+	if *useTLS {
+		opts = append(opts, orchestrator.WithTLS())
+	}
+	if *ca != "" {
+		opts = append(opts, orchestrator.WithRootCAFile(*ca))
+	}
+	if *cert != "" || *key != "" {
+		opts = append(opts, orchestrator.WithClientCertificate(*cert, *key))
+	}
+	if token := os.Getenv("ASSET_SERVICE_TOKEN"); token != "" {
+		opts = append(opts, orchestrator.WithToken(token))
+	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
-	conn, err := orchestrator.Dial(*addr)
+	conn, err := orchestrator.Dial(*addr, opts...)
 	if err != nil {
 		log.Fatal(err)
 	}

@@ -2072,6 +2072,125 @@ func (x *DeleteAssetResponse) GetAsset() *Asset {
 	return nil
 }
 
+// MintTaskTokenRequest describes the task a worker will run.
+type MintTaskTokenRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The task whose promises (created_by_task) the token may fulfill or fail.
+	TaskId string `protobuf:"bytes,1,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
+	// Assets the task reads (at most 64), besides its own outputs.
+	InputAssetIds []string `protobuf:"bytes,2,rep,name=input_asset_ids,json=inputAssetIds,proto3" json:"input_asset_ids,omitempty"`
+	// Lifetime; 0 means 3600 (one hour); at most 86400 (24 hours).
+	TtlSeconds    int64 `protobuf:"varint,3,opt,name=ttl_seconds,json=ttlSeconds,proto3" json:"ttl_seconds,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MintTaskTokenRequest) Reset() {
+	*x = MintTaskTokenRequest{}
+	mi := &file_asset_v1_asset_service_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MintTaskTokenRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MintTaskTokenRequest) ProtoMessage() {}
+
+func (x *MintTaskTokenRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_asset_v1_asset_service_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MintTaskTokenRequest.ProtoReflect.Descriptor instead.
+func (*MintTaskTokenRequest) Descriptor() ([]byte, []int) {
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *MintTaskTokenRequest) GetTaskId() string {
+	if x != nil {
+		return x.TaskId
+	}
+	return ""
+}
+
+func (x *MintTaskTokenRequest) GetInputAssetIds() []string {
+	if x != nil {
+		return x.InputAssetIds
+	}
+	return nil
+}
+
+func (x *MintTaskTokenRequest) GetTtlSeconds() int64 {
+	if x != nil {
+		return x.TtlSeconds
+	}
+	return 0
+}
+
+// MintTaskTokenResponse carries the token, shown once.
+type MintTaskTokenResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Send as `authorization: Bearer <token>` metadata.
+	Token string `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	// After this instant the token is refused (UNAUTHENTICATED "token expired").
+	ExpiresAt     *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MintTaskTokenResponse) Reset() {
+	*x = MintTaskTokenResponse{}
+	mi := &file_asset_v1_asset_service_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MintTaskTokenResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MintTaskTokenResponse) ProtoMessage() {}
+
+func (x *MintTaskTokenResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_asset_v1_asset_service_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MintTaskTokenResponse.ProtoReflect.Descriptor instead.
+func (*MintTaskTokenResponse) Descriptor() ([]byte, []int) {
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *MintTaskTokenResponse) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
+func (x *MintTaskTokenResponse) GetExpiresAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExpiresAt
+	}
+	return nil
+}
+
 var File_asset_v1_asset_service_proto protoreflect.FileDescriptor
 
 const file_asset_v1_asset_service_proto_rawDesc = "" +
@@ -2208,7 +2327,16 @@ const file_asset_v1_asset_service_proto_rawDesc = "" +
 	"\x12DeleteAssetRequest\x12\x19\n" +
 	"\basset_id\x18\x01 \x01(\tR\aassetId\"<\n" +
 	"\x13DeleteAssetResponse\x12%\n" +
-	"\x05asset\x18\x01 \x01(\v2\x0f.asset.v1.AssetR\x05asset*z\n" +
+	"\x05asset\x18\x01 \x01(\v2\x0f.asset.v1.AssetR\x05asset\"x\n" +
+	"\x14MintTaskTokenRequest\x12\x17\n" +
+	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12&\n" +
+	"\x0finput_asset_ids\x18\x02 \x03(\tR\rinputAssetIds\x12\x1f\n" +
+	"\vttl_seconds\x18\x03 \x01(\x03R\n" +
+	"ttlSeconds\"h\n" +
+	"\x15MintTaskTokenResponse\x12\x14\n" +
+	"\x05token\x18\x01 \x01(\tR\x05token\x129\n" +
+	"\n" +
+	"expires_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt*z\n" +
 	"\vAssetStatus\x12\x1c\n" +
 	"\x18ASSET_STATUS_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14ASSET_STATUS_PENDING\x10\x01\x12\x1a\n" +
@@ -2222,7 +2350,7 @@ const file_asset_v1_asset_service_proto_rawDesc = "" +
 	"\x1cWATCH_EVENT_TYPE_UNSPECIFIED\x10\x00\x12\x1d\n" +
 	"\x19WATCH_EVENT_TYPE_SNAPSHOT\x10\x01\x12\x1c\n" +
 	"\x18WATCH_EVENT_TYPE_CHANGED\x10\x02\x12\x1c\n" +
-	"\x18WATCH_EVENT_TYPE_DELETED\x10\x032\x88\b\n" +
+	"\x18WATCH_EVENT_TYPE_DELETED\x10\x032\xda\b\n" +
 	"\fAssetService\x12L\n" +
 	"\vUploadAsset\x12\x1c.asset.v1.UploadAssetRequest\x1a\x1d.asset.v1.UploadAssetResponse(\x01\x12M\n" +
 	"\fRegisterFile\x12\x1d.asset.v1.RegisterFileRequest\x1a\x1e.asset.v1.RegisterFileResponse\x12Y\n" +
@@ -2238,7 +2366,8 @@ const file_asset_v1_asset_service_proto_rawDesc = "" +
 	"WatchAsset\x12\x1b.asset.v1.WatchAssetRequest\x1a\x1c.asset.v1.WatchAssetResponse0\x01\x12F\n" +
 	"\tReadAsset\x12\x1a.asset.v1.ReadAssetRequest\x1a\x1b.asset.v1.ReadAssetResponse0\x01\x12J\n" +
 	"\vGetManifest\x12\x1c.asset.v1.GetManifestRequest\x1a\x1d.asset.v1.GetManifestResponse\x12J\n" +
-	"\vDeleteAsset\x12\x1c.asset.v1.DeleteAssetRequest\x1a\x1d.asset.v1.DeleteAssetResponseBHZFgithub.com/asset-service/asset-service/clients/go/gen/asset/v1;assetv1b\x06proto3"
+	"\vDeleteAsset\x12\x1c.asset.v1.DeleteAssetRequest\x1a\x1d.asset.v1.DeleteAssetResponse\x12P\n" +
+	"\rMintTaskToken\x12\x1e.asset.v1.MintTaskTokenRequest\x1a\x1f.asset.v1.MintTaskTokenResponseBHZFgithub.com/asset-service/asset-service/clients/go/gen/asset/v1;assetv1b\x06proto3"
 
 var (
 	file_asset_v1_asset_service_proto_rawDescOnce sync.Once
@@ -2253,7 +2382,7 @@ func file_asset_v1_asset_service_proto_rawDescGZIP() []byte {
 }
 
 var file_asset_v1_asset_service_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_asset_v1_asset_service_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
+var file_asset_v1_asset_service_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
 var file_asset_v1_asset_service_proto_goTypes = []any{
 	(AssetStatus)(0),                   // 0: asset.v1.AssetStatus
 	(AssetType)(0),                     // 1: asset.v1.AssetType
@@ -2287,17 +2416,19 @@ var file_asset_v1_asset_service_proto_goTypes = []any{
 	(*GetManifestResponse)(nil),        // 29: asset.v1.GetManifestResponse
 	(*DeleteAssetRequest)(nil),         // 30: asset.v1.DeleteAssetRequest
 	(*DeleteAssetResponse)(nil),        // 31: asset.v1.DeleteAssetResponse
-	nil,                                // 32: asset.v1.GetManifestRequest.AssetMappingsEntry
-	nil,                                // 33: asset.v1.GetManifestResponse.EntriesEntry
-	(*timestamppb.Timestamp)(nil),      // 34: google.protobuf.Timestamp
-	(*structpb.Struct)(nil),            // 35: google.protobuf.Struct
+	(*MintTaskTokenRequest)(nil),       // 32: asset.v1.MintTaskTokenRequest
+	(*MintTaskTokenResponse)(nil),      // 33: asset.v1.MintTaskTokenResponse
+	nil,                                // 34: asset.v1.GetManifestRequest.AssetMappingsEntry
+	nil,                                // 35: asset.v1.GetManifestResponse.EntriesEntry
+	(*timestamppb.Timestamp)(nil),      // 36: google.protobuf.Timestamp
+	(*structpb.Struct)(nil),            // 37: google.protobuf.Struct
 }
 var file_asset_v1_asset_service_proto_depIdxs = []int32{
 	0,  // 0: asset.v1.Asset.status:type_name -> asset.v1.AssetStatus
 	1,  // 1: asset.v1.Asset.type:type_name -> asset.v1.AssetType
 	3,  // 2: asset.v1.Asset.value:type_name -> asset.v1.Value
-	34, // 3: asset.v1.Asset.create_time:type_name -> google.protobuf.Timestamp
-	34, // 4: asset.v1.Asset.update_time:type_name -> google.protobuf.Timestamp
+	36, // 3: asset.v1.Asset.create_time:type_name -> google.protobuf.Timestamp
+	36, // 4: asset.v1.Asset.update_time:type_name -> google.protobuf.Timestamp
 	5,  // 5: asset.v1.UploadAssetRequest.header:type_name -> asset.v1.UploadHeader
 	4,  // 6: asset.v1.UploadAssetResponse.asset:type_name -> asset.v1.Asset
 	4,  // 7: asset.v1.RegisterFileResponse.asset:type_name -> asset.v1.Asset
@@ -2315,41 +2446,44 @@ var file_asset_v1_asset_service_proto_depIdxs = []int32{
 	4,  // 19: asset.v1.ListAssetsResponse.assets:type_name -> asset.v1.Asset
 	2,  // 20: asset.v1.WatchAssetResponse.type:type_name -> asset.v1.WatchEventType
 	4,  // 21: asset.v1.WatchAssetResponse.asset:type_name -> asset.v1.Asset
-	32, // 22: asset.v1.GetManifestRequest.asset_mappings:type_name -> asset.v1.GetManifestRequest.AssetMappingsEntry
-	35, // 23: asset.v1.GetManifestRequest.config_params:type_name -> google.protobuf.Struct
-	33, // 24: asset.v1.GetManifestResponse.entries:type_name -> asset.v1.GetManifestResponse.EntriesEntry
+	34, // 22: asset.v1.GetManifestRequest.asset_mappings:type_name -> asset.v1.GetManifestRequest.AssetMappingsEntry
+	37, // 23: asset.v1.GetManifestRequest.config_params:type_name -> google.protobuf.Struct
+	35, // 24: asset.v1.GetManifestResponse.entries:type_name -> asset.v1.GetManifestResponse.EntriesEntry
 	4,  // 25: asset.v1.DeleteAssetResponse.asset:type_name -> asset.v1.Asset
-	6,  // 26: asset.v1.AssetService.UploadAsset:input_type -> asset.v1.UploadAssetRequest
-	8,  // 27: asset.v1.AssetService.RegisterFile:input_type -> asset.v1.RegisterFileRequest
-	10, // 28: asset.v1.AssetService.CreateValueAsset:input_type -> asset.v1.CreateValueAssetRequest
-	12, // 29: asset.v1.AssetService.CreatePendingAsset:input_type -> asset.v1.CreatePendingAssetRequest
-	14, // 30: asset.v1.AssetService.FulfillAsset:input_type -> asset.v1.FulfillAssetRequest
-	16, // 31: asset.v1.AssetService.FailAsset:input_type -> asset.v1.FailAssetRequest
-	18, // 32: asset.v1.AssetService.GetAsset:input_type -> asset.v1.GetAssetRequest
-	20, // 33: asset.v1.AssetService.BatchGetAssets:input_type -> asset.v1.BatchGetAssetsRequest
-	22, // 34: asset.v1.AssetService.ListAssets:input_type -> asset.v1.ListAssetsRequest
-	24, // 35: asset.v1.AssetService.WatchAsset:input_type -> asset.v1.WatchAssetRequest
-	26, // 36: asset.v1.AssetService.ReadAsset:input_type -> asset.v1.ReadAssetRequest
-	28, // 37: asset.v1.AssetService.GetManifest:input_type -> asset.v1.GetManifestRequest
-	30, // 38: asset.v1.AssetService.DeleteAsset:input_type -> asset.v1.DeleteAssetRequest
-	7,  // 39: asset.v1.AssetService.UploadAsset:output_type -> asset.v1.UploadAssetResponse
-	9,  // 40: asset.v1.AssetService.RegisterFile:output_type -> asset.v1.RegisterFileResponse
-	11, // 41: asset.v1.AssetService.CreateValueAsset:output_type -> asset.v1.CreateValueAssetResponse
-	13, // 42: asset.v1.AssetService.CreatePendingAsset:output_type -> asset.v1.CreatePendingAssetResponse
-	15, // 43: asset.v1.AssetService.FulfillAsset:output_type -> asset.v1.FulfillAssetResponse
-	17, // 44: asset.v1.AssetService.FailAsset:output_type -> asset.v1.FailAssetResponse
-	19, // 45: asset.v1.AssetService.GetAsset:output_type -> asset.v1.GetAssetResponse
-	21, // 46: asset.v1.AssetService.BatchGetAssets:output_type -> asset.v1.BatchGetAssetsResponse
-	23, // 47: asset.v1.AssetService.ListAssets:output_type -> asset.v1.ListAssetsResponse
-	25, // 48: asset.v1.AssetService.WatchAsset:output_type -> asset.v1.WatchAssetResponse
-	27, // 49: asset.v1.AssetService.ReadAsset:output_type -> asset.v1.ReadAssetResponse
-	29, // 50: asset.v1.AssetService.GetManifest:output_type -> asset.v1.GetManifestResponse
-	31, // 51: asset.v1.AssetService.DeleteAsset:output_type -> asset.v1.DeleteAssetResponse
-	39, // [39:52] is the sub-list for method output_type
-	26, // [26:39] is the sub-list for method input_type
-	26, // [26:26] is the sub-list for extension type_name
-	26, // [26:26] is the sub-list for extension extendee
-	0,  // [0:26] is the sub-list for field type_name
+	36, // 26: asset.v1.MintTaskTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
+	6,  // 27: asset.v1.AssetService.UploadAsset:input_type -> asset.v1.UploadAssetRequest
+	8,  // 28: asset.v1.AssetService.RegisterFile:input_type -> asset.v1.RegisterFileRequest
+	10, // 29: asset.v1.AssetService.CreateValueAsset:input_type -> asset.v1.CreateValueAssetRequest
+	12, // 30: asset.v1.AssetService.CreatePendingAsset:input_type -> asset.v1.CreatePendingAssetRequest
+	14, // 31: asset.v1.AssetService.FulfillAsset:input_type -> asset.v1.FulfillAssetRequest
+	16, // 32: asset.v1.AssetService.FailAsset:input_type -> asset.v1.FailAssetRequest
+	18, // 33: asset.v1.AssetService.GetAsset:input_type -> asset.v1.GetAssetRequest
+	20, // 34: asset.v1.AssetService.BatchGetAssets:input_type -> asset.v1.BatchGetAssetsRequest
+	22, // 35: asset.v1.AssetService.ListAssets:input_type -> asset.v1.ListAssetsRequest
+	24, // 36: asset.v1.AssetService.WatchAsset:input_type -> asset.v1.WatchAssetRequest
+	26, // 37: asset.v1.AssetService.ReadAsset:input_type -> asset.v1.ReadAssetRequest
+	28, // 38: asset.v1.AssetService.GetManifest:input_type -> asset.v1.GetManifestRequest
+	30, // 39: asset.v1.AssetService.DeleteAsset:input_type -> asset.v1.DeleteAssetRequest
+	32, // 40: asset.v1.AssetService.MintTaskToken:input_type -> asset.v1.MintTaskTokenRequest
+	7,  // 41: asset.v1.AssetService.UploadAsset:output_type -> asset.v1.UploadAssetResponse
+	9,  // 42: asset.v1.AssetService.RegisterFile:output_type -> asset.v1.RegisterFileResponse
+	11, // 43: asset.v1.AssetService.CreateValueAsset:output_type -> asset.v1.CreateValueAssetResponse
+	13, // 44: asset.v1.AssetService.CreatePendingAsset:output_type -> asset.v1.CreatePendingAssetResponse
+	15, // 45: asset.v1.AssetService.FulfillAsset:output_type -> asset.v1.FulfillAssetResponse
+	17, // 46: asset.v1.AssetService.FailAsset:output_type -> asset.v1.FailAssetResponse
+	19, // 47: asset.v1.AssetService.GetAsset:output_type -> asset.v1.GetAssetResponse
+	21, // 48: asset.v1.AssetService.BatchGetAssets:output_type -> asset.v1.BatchGetAssetsResponse
+	23, // 49: asset.v1.AssetService.ListAssets:output_type -> asset.v1.ListAssetsResponse
+	25, // 50: asset.v1.AssetService.WatchAsset:output_type -> asset.v1.WatchAssetResponse
+	27, // 51: asset.v1.AssetService.ReadAsset:output_type -> asset.v1.ReadAssetResponse
+	29, // 52: asset.v1.AssetService.GetManifest:output_type -> asset.v1.GetManifestResponse
+	31, // 53: asset.v1.AssetService.DeleteAsset:output_type -> asset.v1.DeleteAssetResponse
+	33, // 54: asset.v1.AssetService.MintTaskToken:output_type -> asset.v1.MintTaskTokenResponse
+	41, // [41:55] is the sub-list for method output_type
+	27, // [27:41] is the sub-list for method input_type
+	27, // [27:27] is the sub-list for extension type_name
+	27, // [27:27] is the sub-list for extension extendee
+	0,  // [0:27] is the sub-list for field type_name
 }
 
 func init() { file_asset_v1_asset_service_proto_init() }
@@ -2377,7 +2511,7 @@ func file_asset_v1_asset_service_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_asset_v1_asset_service_proto_rawDesc), len(file_asset_v1_asset_service_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   31,
+			NumMessages:   33,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

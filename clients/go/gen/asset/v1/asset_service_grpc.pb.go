@@ -46,6 +46,7 @@ const (
 	AssetService_ReadAsset_FullMethodName          = "/asset.v1.AssetService/ReadAsset"
 	AssetService_GetManifest_FullMethodName        = "/asset.v1.AssetService/GetManifest"
 	AssetService_DeleteAsset_FullMethodName        = "/asset.v1.AssetService/DeleteAsset"
+	AssetService_MintTaskToken_FullMethodName      = "/asset.v1.AssetService/MintTaskToken"
 )
 
 // AssetServiceClient is the client API for AssetService service.
@@ -86,6 +87,10 @@ type AssetServiceClient interface {
 	GetManifest(ctx context.Context, in *GetManifestRequest, opts ...grpc.CallOption) (*GetManifestResponse, error)
 	// DeleteAsset removes an asset's record and its bytes.
 	DeleteAsset(ctx context.Context, in *DeleteAssetRequest, opts ...grpc.CallOption) (*DeleteAssetResponse, error)
+	// MintTaskToken issues a short-lived bearer token scoped to one task: it may
+	// fulfill, fail or upload only that task's promises and read only the named
+	// inputs and the task's own outputs (docs/security.md). Orchestrator role.
+	MintTaskToken(ctx context.Context, in *MintTaskTokenRequest, opts ...grpc.CallOption) (*MintTaskTokenResponse, error)
 }
 
 type assetServiceClient struct {
@@ -247,6 +252,16 @@ func (c *assetServiceClient) DeleteAsset(ctx context.Context, in *DeleteAssetReq
 	return out, nil
 }
 
+func (c *assetServiceClient) MintTaskToken(ctx context.Context, in *MintTaskTokenRequest, opts ...grpc.CallOption) (*MintTaskTokenResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(MintTaskTokenResponse)
+	err := c.cc.Invoke(ctx, AssetService_MintTaskToken_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AssetServiceServer is the server API for AssetService service.
 // All implementations must embed UnimplementedAssetServiceServer
 // for forward compatibility.
@@ -285,6 +300,10 @@ type AssetServiceServer interface {
 	GetManifest(context.Context, *GetManifestRequest) (*GetManifestResponse, error)
 	// DeleteAsset removes an asset's record and its bytes.
 	DeleteAsset(context.Context, *DeleteAssetRequest) (*DeleteAssetResponse, error)
+	// MintTaskToken issues a short-lived bearer token scoped to one task: it may
+	// fulfill, fail or upload only that task's promises and read only the named
+	// inputs and the task's own outputs (docs/security.md). Orchestrator role.
+	MintTaskToken(context.Context, *MintTaskTokenRequest) (*MintTaskTokenResponse, error)
 	mustEmbedUnimplementedAssetServiceServer()
 }
 
@@ -333,6 +352,9 @@ func (UnimplementedAssetServiceServer) GetManifest(context.Context, *GetManifest
 }
 func (UnimplementedAssetServiceServer) DeleteAsset(context.Context, *DeleteAssetRequest) (*DeleteAssetResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method DeleteAsset not implemented")
+}
+func (UnimplementedAssetServiceServer) MintTaskToken(context.Context, *MintTaskTokenRequest) (*MintTaskTokenResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method MintTaskToken not implemented")
 }
 func (UnimplementedAssetServiceServer) mustEmbedUnimplementedAssetServiceServer() {}
 func (UnimplementedAssetServiceServer) testEmbeddedByValue()                      {}
@@ -564,6 +586,24 @@ func _AssetService_DeleteAsset_Handler(srv interface{}, ctx context.Context, dec
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AssetService_MintTaskToken_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(MintTaskTokenRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AssetServiceServer).MintTaskToken(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AssetService_MintTaskToken_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AssetServiceServer).MintTaskToken(ctx, req.(*MintTaskTokenRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AssetService_ServiceDesc is the grpc.ServiceDesc for AssetService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -610,6 +650,10 @@ var AssetService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "DeleteAsset",
 			Handler:    _AssetService_DeleteAsset_Handler,
+		},
+		{
+			MethodName: "MintTaskToken",
+			Handler:    _AssetService_MintTaskToken_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

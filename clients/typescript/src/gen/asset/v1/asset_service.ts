@@ -454,6 +454,24 @@ export interface DeleteAssetResponse {
   asset?: Asset | undefined;
 }
 
+/** MintTaskTokenRequest describes the task a worker will run. */
+export interface MintTaskTokenRequest {
+  /** The task whose promises (created_by_task) the token may fulfill or fail. */
+  taskId: string;
+  /** Assets the task reads (at most 64), besides its own outputs. */
+  inputAssetIds: string[];
+  /** Lifetime; 0 means 3600 (one hour); at most 86400 (24 hours). */
+  ttlSeconds: number;
+}
+
+/** MintTaskTokenResponse carries the token, shown once. */
+export interface MintTaskTokenResponse {
+  /** Send as `authorization: Bearer <token>` metadata. */
+  token: string;
+  /** After this instant the token is refused (UNAUTHENTICATED "token expired"). */
+  expiresAt?: Date | undefined;
+}
+
 function createBaseValue(): Value {
   return { kind: undefined };
 }
@@ -3729,6 +3747,208 @@ export const DeleteAssetResponse: MessageFns<DeleteAssetResponse> = {
   },
 };
 
+function createBaseMintTaskTokenRequest(): MintTaskTokenRequest {
+  return { taskId: "", inputAssetIds: [], ttlSeconds: 0 };
+}
+
+export const MintTaskTokenRequest: MessageFns<MintTaskTokenRequest> = {
+  encode(message: MintTaskTokenRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.taskId !== "") {
+      writer.uint32(10).string(message.taskId);
+    }
+    for (const v of message.inputAssetIds) {
+      writer.uint32(18).string(v!);
+    }
+    if (message.ttlSeconds !== 0) {
+      writer.uint32(24).int64(message.ttlSeconds);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): MintTaskTokenRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseMintTaskTokenRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.taskId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.inputAssetIds.push(reader.string());
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.ttlSeconds = longToNumber(reader.int64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): MintTaskTokenRequest {
+    return {
+      taskId: isSet(object.taskId)
+        ? globalThis.String(object.taskId)
+        : isSet(object.task_id)
+        ? globalThis.String(object.task_id)
+        : "",
+      inputAssetIds: globalThis.Array.isArray(object?.inputAssetIds)
+        ? object.inputAssetIds.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.input_asset_ids)
+        ? object.input_asset_ids.map((e: any) => globalThis.String(e))
+        : [],
+      ttlSeconds: isSet(object.ttlSeconds)
+        ? globalThis.Number(object.ttlSeconds)
+        : isSet(object.ttl_seconds)
+        ? globalThis.Number(object.ttl_seconds)
+        : 0,
+    };
+  },
+
+  toJSON(message: MintTaskTokenRequest): unknown {
+    const obj: any = {};
+    if (message.taskId !== "") {
+      obj.taskId = message.taskId;
+    }
+    if (message.inputAssetIds?.length) {
+      obj.inputAssetIds = message.inputAssetIds;
+    }
+    if (message.ttlSeconds !== 0) {
+      obj.ttlSeconds = Math.round(message.ttlSeconds);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<MintTaskTokenRequest>, I>>(base?: I): MintTaskTokenRequest {
+    return MintTaskTokenRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<MintTaskTokenRequest>, I>>(object: I): MintTaskTokenRequest {
+    const message = createBaseMintTaskTokenRequest();
+    message.taskId = object.taskId ?? "";
+    message.inputAssetIds = object.inputAssetIds?.map((e) => e) || [];
+    message.ttlSeconds = object.ttlSeconds ?? 0;
+    return message;
+  },
+};
+
+function createBaseMintTaskTokenResponse(): MintTaskTokenResponse {
+  return { token: "", expiresAt: undefined };
+}
+
+export const MintTaskTokenResponse: MessageFns<MintTaskTokenResponse> = {
+  encode(message: MintTaskTokenResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.token !== "") {
+      writer.uint32(10).string(message.token);
+    }
+    if (message.expiresAt !== undefined) {
+      Timestamp.encode(toTimestamp(message.expiresAt), writer.uint32(18).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): MintTaskTokenResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseMintTaskTokenResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.token = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.expiresAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): MintTaskTokenResponse {
+    return {
+      token: isSet(object.token) ? globalThis.String(object.token) : "",
+      expiresAt: isSet(object.expiresAt)
+        ? fromJsonTimestamp(object.expiresAt)
+        : isSet(object.expires_at)
+        ? fromJsonTimestamp(object.expires_at)
+        : undefined,
+    };
+  },
+
+  toJSON(message: MintTaskTokenResponse): unknown {
+    const obj: any = {};
+    if (message.token !== "") {
+      obj.token = message.token;
+    }
+    if (message.expiresAt !== undefined) {
+      obj.expiresAt = message.expiresAt.toISOString();
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<MintTaskTokenResponse>, I>>(base?: I): MintTaskTokenResponse {
+    return MintTaskTokenResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<MintTaskTokenResponse>, I>>(object: I): MintTaskTokenResponse {
+    const message = createBaseMintTaskTokenResponse();
+    message.token = object.token ?? "";
+    message.expiresAt = object.expiresAt ?? undefined;
+    return message;
+  },
+};
+
 /** AssetService stores, tracks and serves the assets of a task pipeline. */
 export type AssetServiceService = typeof AssetServiceService;
 export const AssetServiceService = {
@@ -3882,6 +4102,21 @@ export const AssetServiceService = {
     responseSerialize: (value: DeleteAssetResponse): Buffer => Buffer.from(DeleteAssetResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): DeleteAssetResponse => DeleteAssetResponse.decode(value),
   },
+  /**
+   * MintTaskToken issues a short-lived bearer token scoped to one task: it may
+   * fulfill, fail or upload only that task's promises and read only the named
+   * inputs and the task's own outputs (docs/security.md). Orchestrator role.
+   */
+  mintTaskToken: {
+    path: "/asset.v1.AssetService/MintTaskToken" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: MintTaskTokenRequest): Buffer => Buffer.from(MintTaskTokenRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): MintTaskTokenRequest => MintTaskTokenRequest.decode(value),
+    responseSerialize: (value: MintTaskTokenResponse): Buffer =>
+      Buffer.from(MintTaskTokenResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): MintTaskTokenResponse => MintTaskTokenResponse.decode(value),
+  },
 } as const;
 
 export interface AssetServiceServer extends UntypedServiceImplementation {
@@ -3923,6 +4158,12 @@ export interface AssetServiceServer extends UntypedServiceImplementation {
   getManifest: handleUnaryCall<GetManifestRequest, GetManifestResponse>;
   /** DeleteAsset removes an asset's record and its bytes. */
   deleteAsset: handleUnaryCall<DeleteAssetRequest, DeleteAssetResponse>;
+  /**
+   * MintTaskToken issues a short-lived bearer token scoped to one task: it may
+   * fulfill, fail or upload only that task's promises and read only the named
+   * inputs and the task's own outputs (docs/security.md). Orchestrator role.
+   */
+  mintTaskToken: handleUnaryCall<MintTaskTokenRequest, MintTaskTokenResponse>;
 }
 
 export interface AssetServiceClient extends Client {
@@ -4128,6 +4369,26 @@ export interface AssetServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: DeleteAssetResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * MintTaskToken issues a short-lived bearer token scoped to one task: it may
+   * fulfill, fail or upload only that task's promises and read only the named
+   * inputs and the task's own outputs (docs/security.md). Orchestrator role.
+   */
+  mintTaskToken(
+    request: MintTaskTokenRequest,
+    callback: (error: ServiceError | null, response: MintTaskTokenResponse) => void,
+  ): ClientUnaryCall;
+  mintTaskToken(
+    request: MintTaskTokenRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: MintTaskTokenResponse) => void,
+  ): ClientUnaryCall;
+  mintTaskToken(
+    request: MintTaskTokenRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: MintTaskTokenResponse) => void,
   ): ClientUnaryCall;
 }
 

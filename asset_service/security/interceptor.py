@@ -1,0 +1,185 @@
+"""The server interceptor: every call but health is admitted by a Guard before its handler."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, NoReturn
+
+import grpc
+
+from asset_service.api.errors import status_code, status_message
+from asset_service.security import audit
+from asset_service.security.authn import Authenticator
+from asset_service.security.errors import Unauthenticated
+from asset_service.security.guard import (
+    AssetLookup,
+    Ctx,
+    Guard,
+    Refused,
+    audit_code,
+    audit_subjects,
+)
+from asset_service.security.principal import Principal, reset_principal, set_principal
+from asset_service.security.roles import REFLECTION_METHOD, rule_for
+
+
+class SecurityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    """Every call but health passes here before its handler runs (docs/security.md)."""
+
+    def __init__(
+        self,
+        authenticator: Authenticator,
+        assets: AssetLookup,
+        *,
+        reflection_open: bool,
+        first_message_timeout: float = 60.0,
+    ) -> None:
+        self.authenticator = authenticator
+        self.assets = assets
+        self.reflection_open = reflection_open
+        self.first_message_timeout = first_message_timeout
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Any:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method = handler_call_details.method
+        rule = rule_for(method)
+        if rule is not None and rule.role is None:
+            return handler
+        if method == REFLECTION_METHOD and self.reflection_open:
+            return handler
+        guard = Guard(method, rule, self.authenticator, self.assets, self.first_message_timeout)
+        return _guarded(handler, guard)
+
+
+async def _abort(context: Ctx, guard: Guard, refused: Refused, request: Any) -> NoReturn:
+    code = status_code(refused.error)
+    if guard.rule is not None and guard.rule.audited:
+        audit.record(refused.principal, guard.rpc, audit_subjects(request, None), code)
+    await context.abort(code, status_message(refused.error))
+
+
+def _guarded(handler: Any, guard: Guard) -> Any:
+    """The same handler (grpc.RpcMethodHandler), behind the guard: one wrapper per call shape.
+
+    Behaviours are typed Any: grpc-stubs types them as the blocking server's.
+    """
+    audited = guard.rule is not None and guard.rule.audited
+
+    async def admitted(context: Ctx, request: Any) -> Principal:
+        try:
+            principal = guard.admit(context)
+            if request is not None:
+                await guard.check_scope(principal, request)
+            return principal
+        except Unauthenticated as exc:
+            refused = Refused(None, exc)
+        except Refused as exc:
+            refused = exc
+        await _abort(context, guard, refused, request)
+
+    async def run(
+        principal: Principal, call: Awaitable[Any], context: Ctx, request: Callable[[], Any]
+    ) -> Any:
+        """Await the handler as `principal`; audit the outcome of a mutating call."""
+        token = set_principal(principal)
+        response, failure = None, None
+        try:
+            response = await call
+            return response
+        except BaseException as exc:
+            failure = exc
+            raise
+        finally:
+            reset_principal(token)
+            if audited:
+                subjects = audit_subjects(request(), response)
+                audit.record(principal, guard.rpc, subjects, audit_code(context, failure))
+
+    async def stream(principal: Principal, result: Any) -> AsyncIterator[Any]:
+        """Iterate a streaming handler as `principal` (an async generator, or a coroutine
+        writing with context.write)."""
+        token = set_principal(principal)
+        try:
+            if inspect.isasyncgen(result):
+                async for item in result:
+                    yield item
+            else:
+                await result
+        finally:
+            reset_principal(token)
+
+    if handler.unary_unary is not None:
+        unary_unary = handler.unary_unary
+
+        async def unary_unary_call(request: Any, context: Ctx) -> Any:
+            principal = await admitted(context, request)
+            return await run(principal, unary_unary(request, context), context, lambda: request)
+
+        return grpc.unary_unary_rpc_method_handler(
+            unary_unary_call, handler.request_deserializer, handler.response_serializer
+        )
+
+    if handler.unary_stream is not None:
+        unary_stream = handler.unary_stream
+
+        async def unary_stream_call(request: Any, context: Ctx) -> AsyncIterator[Any]:
+            principal = await admitted(context, request)
+            async for item in stream(principal, unary_stream(request, context)):
+                yield item
+
+        return grpc.unary_stream_rpc_method_handler(
+            unary_stream_call, handler.request_deserializer, handler.response_serializer
+        )
+
+    if handler.stream_unary is not None:
+        stream_unary = handler.stream_unary
+
+        async def stream_unary_call(requests: AsyncIterator[Any], context: Ctx) -> Any:
+            principal = await admitted(context, None)
+            messages = aiter(requests)
+            seen: list[Any] = []  # the first message once read: scope check, audit line
+            if principal.task is not None:
+                try:
+                    seen.append(await guard.first_message(messages))
+                    await guard.check_scope(principal, seen[0])
+                except Refused as refused:
+                    await _abort(context, guard, refused, seen[0] if seen else None)
+            call = stream_unary(_tapped(seen, messages), context)
+            return await run(principal, call, context, lambda: seen[0] if seen else None)
+
+        return grpc.stream_unary_rpc_method_handler(
+            stream_unary_call, handler.request_deserializer, handler.response_serializer
+        )
+
+    stream_stream = handler.stream_stream
+
+    async def stream_stream_call(requests: AsyncIterator[Any], context: Ctx) -> AsyncIterator[Any]:
+        principal = await admitted(context, None)
+        async for item in stream(principal, stream_stream(requests, context)):
+            yield item
+
+    return grpc.stream_stream_rpc_method_handler(
+        stream_stream_call, handler.request_deserializer, handler.response_serializer
+    )
+
+
+async def _tapped(seen: list[Any], messages: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    """The first message (already read into `seen`, or read now and kept there), the rest."""
+    if seen:
+        if seen[0] is not None:
+            yield seen[0]
+    else:
+        first = await anext(messages, None)
+        if first is None:
+            return
+        seen.append(first)
+        yield first
+    async for item in messages:
+        yield item

@@ -1,0 +1,83 @@
+"""The one table that says which role each RPC needs, and what a task-scoped token may do."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from asset_service.security.principal import Role
+
+
+class TaskAccess(enum.Enum):
+    """How a task-scoped token is checked on an RPC (NONE: it may not call it)."""
+
+    NONE = "none"
+    # Every asset the request names is an input of the token or an output of its task.
+    READ = "read"
+    # The one asset the request names is a promise of the token's task.
+    WRITE = "write"
+    # The request's created_by_task filter is the token's task.
+    LIST = "list"
+
+
+@dataclass(frozen=True)
+class Rule:
+    # None: open to every caller, with or without credentials (health probes).
+    role: Role | None
+    task: TaskAccess = TaskAccess.NONE
+    # The request field naming the asset(s) a task token is checked against ("a.b" nests).
+    asset_field: str = ""
+    # Other fields a task token may set; any field not listed refuses the call, so a field
+    # added to the contract later is closed to task tokens until it is listed here.
+    task_fields: tuple[str, ...] = ()
+    # Mutating calls get an audit line.
+    audited: bool = False
+
+
+_S = "/asset.v1.AssetService/"
+_HEADER = ("label", "media_type", "tags", "expected_size_bytes", "expected_sha256")
+_LIST = ("status", "type", "tags", "created_by_task", "label", "page_size", "page_token")
+REFLECTION_METHOD = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
+HEALTH_SERVICE = "grpc.health.v1.Health"
+
+RULES: dict[str, Rule] = {
+    _S + "GetAsset": Rule(Role.READER, TaskAccess.READ, "asset_id"),
+    _S + "BatchGetAssets": Rule(Role.READER, TaskAccess.READ, "asset_ids"),
+    _S + "ListAssets": Rule(Role.READER, TaskAccess.LIST, "", _LIST),
+    _S + "WatchAsset": Rule(
+        Role.READER, TaskAccess.READ, "asset_ids", ("after_revision", "follow")
+    ),
+    _S + "ReadAsset": Rule(Role.READER, TaskAccess.READ, "asset_id", ("offset", "limit")),
+    _S + "GetManifest": Rule(Role.READER, TaskAccess.READ, "asset_mappings", ("config_params",)),
+    _S + "UploadAsset": Rule(
+        Role.WORKER, TaskAccess.WRITE, "header.pending_asset_id", _HEADER, audited=True
+    ),
+    _S + "FulfillAsset": Rule(
+        Role.WORKER,
+        TaskAccess.WRITE,
+        "asset_id",
+        ("source_path", "value", "expected_sha256"),
+        audited=True,
+    ),
+    _S + "FailAsset": Rule(Role.WORKER, TaskAccess.WRITE, "asset_id", ("reason",), audited=True),
+    _S + "CreatePendingAsset": Rule(Role.ORCHESTRATOR, audited=True),
+    _S + "CreateValueAsset": Rule(Role.ORCHESTRATOR, audited=True),
+    _S + "RegisterFile": Rule(Role.ORCHESTRATOR, audited=True),
+    _S + "MintTaskToken": Rule(Role.ORCHESTRATOR, audited=True),
+    _S + "DeleteAsset": Rule(Role.ADMIN, audited=True),
+    # With --reflection open the interceptor lets it through without credentials.
+    REFLECTION_METHOD: Rule(Role.READER),
+    HEALTH_SERVICE: Rule(None),
+}
+
+
+def rule_for(method: str) -> Rule | None:
+    """The rule of a full method name ("/pkg.Service/Method"), or of its whole service."""
+    rule = RULES.get(method)
+    if rule is None:
+        rule = RULES.get(method.split("/")[1] if method.count("/") == 2 else "")
+    return rule
+
+
+def rpc_name(method: str) -> str:
+    return method.rsplit("/", 1)[-1]
