@@ -71,6 +71,8 @@ def asset_to_pb(asset: Asset) -> pb.Asset:
         sha256=asset.sha256,
         failure_reason=asset.failure_reason,
         revision=asset.revision,
+        created_by=asset.created_by,
+        updated_by=asset.updated_by,
     )
     if asset.value is not None:
         msg.value.CopyFrom(value_to_pb(asset.value))

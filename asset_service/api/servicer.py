@@ -29,7 +29,7 @@ from asset_service.domain.errors import (
 )
 from asset_service.domain.manager import AssetManager
 from asset_service.domain.models import AssetType
-from asset_service.security.principal import current_principal
+from asset_service.security.principal import ANONYMOUS, current_principal
 from asset_service.security.task_tokens import TaskTokens
 
 log = logging.getLogger(__name__)
@@ -172,7 +172,7 @@ class AssetServicer(pb_grpc.AssetServiceServicer):
                     )
                 yield msg.chunk
 
-        asset = await self.manager.upload(header, chunks())
+        asset = await self.manager.upload(header, chunks(), by=_caller())
         return pb.UploadAssetResponse(asset=convert.asset_to_pb(asset))
 
     @unary
@@ -180,7 +180,12 @@ class AssetServicer(pb_grpc.AssetServiceServicer):
         self, request: pb.RegisterFileRequest, context: Ctx
     ) -> pb.RegisterFileResponse:
         asset = await self.manager.register_file(
-            request.path, request.label, request.media_type, list(request.tags), request.move
+            request.path,
+            request.label,
+            request.media_type,
+            list(request.tags),
+            request.move,
+            by=_caller(),
         )
         return pb.RegisterFileResponse(asset=convert.asset_to_pb(asset))
 
@@ -193,6 +198,7 @@ class AssetServicer(pb_grpc.AssetServiceServicer):
             request.media_type,
             convert.value_from_pb(request.value),
             list(request.tags),
+            by=_caller(),
         )
         return pb.CreateValueAssetResponse(asset=convert.asset_to_pb(asset))
 
@@ -203,7 +209,12 @@ class AssetServicer(pb_grpc.AssetServiceServicer):
         type_ = convert.type_from_pb(request.type, AssetType.FILE)
         assert type_ is not None
         asset = await self.manager.create_pending(
-            request.task_id, request.label, request.media_type, type_, list(request.tags)
+            request.task_id,
+            request.label,
+            request.media_type,
+            type_,
+            list(request.tags),
+            by=_caller(),
         )
         return pb.CreatePendingAssetResponse(asset=convert.asset_to_pb(asset))
 
@@ -214,11 +225,14 @@ class AssetServicer(pb_grpc.AssetServiceServicer):
         content = request.WhichOneof("content")
         if content == "source_path":
             asset = await self.manager.fulfill_from_path(
-                request.asset_id, request.source_path, request.expected_sha256
+                request.asset_id, request.source_path, request.expected_sha256, by=_caller()
             )
         elif content == "value":
             asset = await self.manager.fulfill_with_value(
-                request.asset_id, convert.value_from_pb(request.value), request.expected_sha256
+                request.asset_id,
+                convert.value_from_pb(request.value),
+                request.expected_sha256,
+                by=_caller(),
             )
         else:
             raise InvalidArgument(
@@ -229,7 +243,7 @@ class AssetServicer(pb_grpc.AssetServiceServicer):
 
     @unary
     async def FailAsset(self, request: pb.FailAssetRequest, context: Ctx) -> pb.FailAssetResponse:
-        asset = await self.manager.fail(request.asset_id, request.reason)
+        asset = await self.manager.fail(request.asset_id, request.reason, by=_caller())
         return pb.FailAssetResponse(asset=convert.asset_to_pb(asset))
 
     @unary
@@ -317,16 +331,15 @@ class AssetServicer(pb_grpc.AssetServiceServicer):
     async def DeleteAsset(
         self, request: pb.DeleteAssetRequest, context: Ctx
     ) -> pb.DeleteAssetResponse:
-        asset = await self.manager.delete(request.asset_id)
+        asset = await self.manager.delete(request.asset_id, by=_caller())
         return pb.DeleteAssetResponse(asset=convert.asset_to_pb(asset))
 
     @unary
     async def MintTaskToken(
         self, request: pb.MintTaskTokenRequest, context: Ctx
     ) -> pb.MintTaskTokenResponse:
-        principal = current_principal()
         minted = self.task_tokens.mint(
-            principal.name if principal else "anonymous",
+            _caller(),
             request.task_id,
             list(request.input_asset_ids),
             request.ttl_seconds,
@@ -334,3 +347,9 @@ class AssetServicer(pb_grpc.AssetServiceServicer):
         response = pb.MintTaskTokenResponse(token=minted.token)
         response.expires_at.FromDatetime(minted.expires_at)
         return response
+
+
+def _caller() -> str:
+    """The authenticated principal's name, kept in the records it writes."""
+    principal = current_principal()
+    return principal.name if principal is not None else ANONYMOUS.name

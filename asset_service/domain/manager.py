@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import (
     AsyncGenerator,
@@ -154,6 +155,16 @@ class AssetManager:
             raise NotFound(f"asset {asset_id} not found")
         return asset
 
+    async def promised_by(self, asset_ids: Sequence[str]) -> dict[str, str]:
+        """{asset id: the task that promised it ("" if none)} for the ids that name an
+        asset; malformed and unknown ids are left out. One read, without inline values."""
+        ids = []
+        for raw in asset_ids:
+            with contextlib.suppress(InvalidArgument):
+                ids.append(parse_asset_id(raw))
+        found = await self.store.snapshot(ids) if ids else {}
+        return {asset_id: asset.created_by_task for asset_id, asset in found.items()}
+
     async def batch_get(self, asset_ids: Sequence[str]) -> list[Asset]:
         if not asset_ids:
             raise InvalidArgument("asset_ids is empty; name at least one asset")
@@ -211,7 +222,9 @@ class AssetManager:
 
     # --- creation ---------------------------------------------------------------------
 
-    async def upload(self, header: UploadHeader, chunks: AsyncIterator[bytes]) -> Asset:
+    async def upload(
+        self, header: UploadHeader, chunks: AsyncIterator[bytes], *, by: str = ""
+    ) -> Asset:
         media_type = validate_media_type(header.media_type, "")
         tags = validate_tags(header.tags)
         expected_sha = validate_sha256(header.expected_sha256)
@@ -246,14 +259,21 @@ class AssetManager:
                 async with self._locks.hold(pending.id):
                     # Re-read: the state may have moved while the bytes streamed in.
                     current = await self.get(pending.id)
-                    return await self._fulfill_with_blob(current, handover, media_type, "")
+                    return await self._fulfill_with_blob(current, handover, media_type, "", by)
             return await self._insert_file(
-                handover, header.label, media_type or "application/octet-stream", tags
+                handover, header.label, media_type or "application/octet-stream", tags, by
             )
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def register_file(
-        self, path: str, label: str, media_type: str, tags: Sequence[str], move: bool
+        self,
+        path: str,
+        label: str,
+        media_type: str,
+        tags: Sequence[str],
+        move: bool,
+        *,
+        by: str = "",
     ) -> Asset:
         path = validate_server_path(path)
         label = validate_label(label or path.rsplit("/", 1)[-1])
@@ -261,11 +281,11 @@ class AssetManager:
         tag_tuple = validate_tags(tags)
         staged = await self.storage.adopt(path, move=move)
         with Handover(staged) as handover:
-            return await self._insert_file(handover, label, media_type, tag_tuple)
+            return await self._insert_file(handover, label, media_type, tag_tuple, by)
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _insert_file(
-        self, handover: Handover, label: str, media_type: str, tags: tuple[str, ...]
+        self, handover: Handover, label: str, media_type: str, tags: tuple[str, ...], by: str
     ) -> Asset:
         """Bytes into uploads/, then the AVAILABLE record."""
         blob = handover.blob
@@ -285,6 +305,8 @@ class AssetManager:
                 tags=tags,
                 size_bytes=blob.size_bytes,
                 sha256=blob.sha256,
+                created_by=by,
+                updated_by=by,
             )
 
         return await self.commits.publish(
@@ -292,7 +314,7 @@ class AssetManager:
         )
 
     async def create_value(
-        self, label: str, media_type: str, value: Value, tags: Sequence[str]
+        self, label: str, media_type: str, value: Value, tags: Sequence[str], *, by: str = ""
     ) -> Asset:
         label = validate_label(label)
         value = parse_value(value.kind, value.data)
@@ -310,11 +332,20 @@ class AssetManager:
             tags=validate_tags(tags),
             size_bytes=len(value.data),
             sha256=value_sha256(value),
+            created_by=by,
+            updated_by=by,
         )
         return await self.store.insert(asset)
 
     async def create_pending(
-        self, task_id: str, label: str, media_type: str, type_: AssetType, tags: Sequence[str]
+        self,
+        task_id: str,
+        label: str,
+        media_type: str,
+        type_: AssetType,
+        tags: Sequence[str],
+        *,
+        by: str = "",
     ) -> Asset:
         task_id = validate_task_id(task_id)
         label = validate_label(label)
@@ -332,12 +363,16 @@ class AssetManager:
             updated_at=now,
             created_by_task=task_id,
             tags=validate_tags(tags),
+            created_by=by,
+            updated_by=by,
         )
         return await self.store.insert(asset)
 
     # --- transitions ------------------------------------------------------------------
 
-    async def fulfill_from_path(self, asset_id: str, source_path: str, expected_sha: str) -> Asset:
+    async def fulfill_from_path(
+        self, asset_id: str, source_path: str, expected_sha: str, *, by: str = ""
+    ) -> Asset:
         asset_id = parse_asset_id(asset_id)
         expected_sha = validate_sha256(expected_sha)
         source = validate_server_path(source_path, "source_path")
@@ -356,10 +391,12 @@ class AssetManager:
                     raise IntegrityError(
                         f"{shown(source)} has sha256 {staged.sha256}, expected {expected_sha}"
                     )
-                return await self._fulfill_with_blob(current, handover, "", origin=source)
+                return await self._fulfill_with_blob(current, handover, "", source, by)
             raise AssertionError("unreachable")  # pragma: no cover
 
-    async def fulfill_with_value(self, asset_id: str, value: Value, expected_sha: str) -> Asset:
+    async def fulfill_with_value(
+        self, asset_id: str, value: Value, expected_sha: str, *, by: str = ""
+    ) -> Asset:
         asset_id = parse_asset_id(asset_id)
         expected_sha = validate_sha256(expected_sha)
         value = parse_value(value.kind, value.data)
@@ -376,10 +413,11 @@ class AssetManager:
                 sha256=digest,
                 value=value,
                 media_type="" if current.media_type else value.kind.default_media_type,
+                by=by,
             )
             return await self._transition(current, change)
 
-    async def fail(self, asset_id: str, reason: str) -> Asset:
+    async def fail(self, asset_id: str, reason: str, *, by: str = "") -> Asset:
         asset_id = parse_asset_id(asset_id)
         reason = reason.strip()
         if not reason:
@@ -391,12 +429,12 @@ class AssetManager:
                 return current
             if current.status is not Status.PENDING:
                 raise FailedPrecondition(_not_pending(current, "failed"))
-            return await self._transition(current, Failure(reason))
+            return await self._transition(current, Failure(reason, by=by))
 
-    async def delete(self, asset_id: str) -> Asset:
+    async def delete(self, asset_id: str, *, by: str = "") -> Asset:
         asset_id = parse_asset_id(asset_id)
         async with self._locks.hold(asset_id):
-            removed = await self.store.delete(asset_id)
+            removed = await self.store.delete(asset_id, by)
             if removed is None:
                 raise NotFound(f"asset {asset_id} not found")
             # Record first, bytes second: a crash in between leaves an orphan file that
@@ -421,7 +459,7 @@ class AssetManager:
             raise FailedPrecondition(_not_pending(asset, "fulfilled"))
 
     async def _fulfill_with_blob(
-        self, current: Asset, handover: Handover, media_type: str, origin: str
+        self, current: Asset, handover: Handover, media_type: str, origin: str, by: str
     ) -> Asset:
         """Commit staged bytes as the content of `current`, a FILE asset read under its lock.
 
@@ -441,6 +479,7 @@ class AssetManager:
                 storage_path=path,
                 fulfilled_from=origin,
                 media_type=media_type,
+                by=by,
             )
 
         return await self.commits.publish(

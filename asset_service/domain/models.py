@@ -76,6 +76,11 @@ class Asset:
     # The server-side path a FILE fulfillment came from; makes a retried fulfill idempotent.
     fulfilled_from: str = ""
     revision: int = 0
+    # Who created the record, and who made its latest change (fulfilled, failed or
+    # deleted it): authenticated principal names, "anonymous" without security, "" for
+    # records written before these were kept.
+    created_by: str = ""
+    updated_by: str = ""
 
 
 @dataclass(frozen=True)
@@ -88,6 +93,8 @@ class Fulfillment:
     value: Value | None = None
     fulfilled_from: str = ""
     media_type: str = ""
+    # The principal fulfilling it (kept as the record's updated_by).
+    by: str = ""
 
 
 @dataclass(frozen=True)
@@ -95,6 +102,8 @@ class Failure:
     """What a PENDING -> FAILED transition writes."""
 
     reason: str
+    # The principal failing it (kept as the record's updated_by).
+    by: str = ""
 
 
 @dataclass(frozen=True)
@@ -159,6 +168,7 @@ RECORD_OVERHEAD_BYTES = 1024
 def approx_bytes(asset: Asset) -> int:
     """An estimate of what a record weighs in memory or in a response: fields + overhead."""
     size = RECORD_OVERHEAD_BYTES + len(asset.label) + len(asset.failure_reason)
+    size += len(asset.created_by) + len(asset.updated_by)
     size += len(asset.media_type) + len(asset.storage_path) + len(asset.fulfilled_from)
     size += sum(len(tag) for tag in asset.tags)
     if asset.value is not None:

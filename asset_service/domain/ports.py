@@ -70,8 +70,11 @@ class MetadataStore(Protocol):
         another writer got there first.
         """
 
-    async def delete(self, asset_id: str) -> Asset | None:
-        """Remove the record; return its last state (with a new revision) or None."""
+    async def delete(self, asset_id: str, by: str = "") -> Asset | None:
+        """Remove the record; return its last state (with a new revision) or None.
+
+        The last state names `by` as its updated_by: a DELETE change says who deleted.
+        """
 
     def changes(self) -> AsyncIterator[Change | Resync]:
         """Every committed change in commit order; consumed by ONE task per process.

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, Protocol
 
 import grpc
 from google.protobuf.message import Message
 
-from asset_service.domain.errors import AssetError, InvalidArgument, NotFound, PermissionDenied
-from asset_service.domain.models import Asset, parse_asset_id
+from asset_service.domain.errors import AssetError, InvalidArgument, PermissionDenied
+from asset_service.domain.models import parse_asset_id
 from asset_service.security.authn import Authenticator
 from asset_service.security.principal import Principal, TaskScope
 from asset_service.security.roles import Rule, TaskAccess, rpc_name
@@ -20,7 +20,8 @@ _CODES = {c.value[0]: c for c in grpc.StatusCode}
 
 
 class AssetLookup(Protocol):
-    async def get(self, asset_id: str) -> Asset: ...
+    async def promised_by(self, asset_ids: Sequence[str]) -> dict[str, str]:
+        """{asset id: the task that promised it} for the ids that name an asset."""
 
 
 def _denied(principal: Principal, rpc: str, rule: Rule | None) -> str | None:
@@ -131,28 +132,22 @@ class Guard:
                     f"this token is scoped to task {task}; name one of its promises "
                     f"({field}) to {self.rpc}"
                 )
-            if not await self._produced_by(ids[0], task):
+            if (await self.assets.promised_by(ids[:1])).get(_normal(ids[0])) != task:
                 raise PermissionDenied(
                     f"this token is scoped to task {task}; it may fulfill or fail only that "
                     f"task's promises, and asset {_short(ids[0])} is not one of them"
                 )
             return
-        for asset_id in dict.fromkeys(ids):
-            if _normal(asset_id) in scope.inputs:
-                continue
-            if not await self._produced_by(asset_id, task):
+        outside = [i for i in dict.fromkeys(ids) if _normal(i) not in scope.inputs]
+        # One read for all of them; missing and foreign look alike, so nothing about other
+        # tasks' data leaks.
+        promised = await self.assets.promised_by(outside) if outside else {}
+        for asset_id in outside:
+            if promised.get(_normal(asset_id)) != task:
                 raise PermissionDenied(
                     f"this token is scoped to task {task}; asset {_short(asset_id)} is "
                     "neither an input nor an output of it"
                 )
-
-    async def _produced_by(self, asset_id: str, task: str) -> bool:
-        try:
-            asset = await self.assets.get(asset_id)
-        except (NotFound, InvalidArgument):
-            # Missing and foreign look alike: nothing about other tasks' data leaks.
-            return False
-        return asset.created_by_task == task
 
     async def first_message(self, messages: AsyncIterator[Message]) -> Message | None:
         try:

@@ -39,4 +39,5 @@ def transition_fields(
     else:
         sets = {"status": Status.FAILED.value, "failure_reason": change.reason}
     sets["updated_at"] = timestamp(now)
+    sets["updated_by"] = change.by
     return sets

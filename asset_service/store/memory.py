@@ -165,12 +165,12 @@ class MemoryStore:
         self._publish(ChangeKind.PUT, updated)
         return updated
 
-    async def delete(self, asset_id: str) -> Asset | None:
+    async def delete(self, asset_id: str, by: str = "") -> Asset | None:
         await self._enter()
         row = self._rows.pop(asset_id, None)
         if row is None:
             return None
-        gone = dataclasses.replace(row[1], revision=self._next_revision())
+        gone = dataclasses.replace(row[1], revision=self._next_revision(), updated_by=by)
         self._publish(ChangeKind.DELETE, gone)
         return gone
 

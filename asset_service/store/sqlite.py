@@ -75,7 +75,9 @@ CREATE TABLE IF NOT EXISTS assets (
     updated_at      TEXT NOT NULL,
     failure_reason  TEXT NOT NULL DEFAULT '',
     fulfilled_from  TEXT NOT NULL DEFAULT '',
-    revision        INTEGER NOT NULL
+    revision        INTEGER NOT NULL,
+    created_by      TEXT NOT NULL DEFAULT '',
+    updated_by      TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS assets_status ON assets (status, seq);
 CREATE INDEX IF NOT EXISTS assets_task ON assets (created_by_task, seq);
@@ -89,10 +91,21 @@ CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NU
 INSERT OR IGNORE INTO counters (name, value) VALUES ('revision', 0);
 """
 
+# PRAGMA user_version of a database SCHEMA creates. A database from an older release is
+# brought up to it by MIGRATIONS[v] for each later version v, one transaction each.
+SCHEMA_VERSION = 1
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: (
+        "ALTER TABLE assets ADD COLUMN created_by TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE assets ADD COLUMN updated_by TEXT NOT NULL DEFAULT ''",
+    ),
+}
+assert sorted(MIGRATIONS) == list(range(1, SCHEMA_VERSION + 1))
+
 COLUMNS = (
     "id, label, status, type, media_type, storage_path, value_kind, value_data, "
     "created_by_task, tags, size_bytes, sha256, created_at, updated_at, failure_reason, "
-    "fulfilled_from, revision"
+    "fulfilled_from, revision, created_by, updated_by"
 )
 # The same record without its inline value (value_kind NULL reads as "no value").
 SLIM_COLUMNS = COLUMNS.replace("value_kind, value_data", "NULL AS value_kind, NULL AS value_data")
@@ -120,6 +133,8 @@ def _row_to_asset(row: sqlite3.Row) -> Asset:
         failure_reason=row["failure_reason"],
         fulfilled_from=row["fulfilled_from"],
         revision=row["revision"],
+        created_by=row["created_by"],
+        updated_by=row["updated_by"],
     )
 
 
@@ -203,6 +218,25 @@ class SqliteStore:
 
     # --- lifecycle ------------------------------------------------------------------
 
+    def _migrate(self, conn: sqlite3.Connection, fresh: bool) -> None:
+        """Bring a database written by an older release up to SCHEMA_VERSION."""
+        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        if fresh:
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            return
+        if version > SCHEMA_VERSION:
+            raise Unavailable(
+                f"sqlite database {self.path} has schema version {version}, written by a newer "
+                f"asset-service; this one knows versions up to {SCHEMA_VERSION}: run the newer "
+                "release (or restore a backup taken before the upgrade)"
+            )
+        for target in range(version + 1, SCHEMA_VERSION + 1):
+            with self._transaction(conn):
+                for statement in MIGRATIONS[target]:
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {target}")
+            log.info("sqlite database %s migrated to schema version %d", self.path, target)
+
     def _claim(self) -> None:
         """One server process per database file: its change feed is in-process only."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -231,7 +265,15 @@ class SqliteStore:
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA busy_timeout=5000")
             conn.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}")
-            conn.executescript(SCHEMA)
+            try:
+                fresh = not conn.execute(
+                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'assets'"
+                ).fetchone()
+                conn.executescript(SCHEMA)
+                self._migrate(conn, fresh)
+            except BaseException:
+                conn.close()
+                raise
             # On the sqlite thread, like every later use of the reserve.
             self.reserve.open(str(self.path))
             return conn
@@ -347,7 +389,7 @@ class SqliteStore:
                     v = asset.value
                     c.execute(
                         f"INSERT INTO assets ({COLUMNS}) VALUES "
-                        "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         (
                             asset.id,
                             asset.label,
@@ -366,6 +408,8 @@ class SqliteStore:
                             asset.failure_reason,
                             asset.fulfilled_from,
                             rev,
+                            asset.created_by,
+                            asset.updated_by,
                         ),
                     )
                     c.executemany(
@@ -413,7 +457,7 @@ class SqliteStore:
 
         return await self._run(w)
 
-    def _delete_once(self, c: sqlite3.Connection, asset_id: str) -> Asset | None:
+    def _delete_once(self, c: sqlite3.Connection, asset_id: str, by: str) -> Asset | None:
         with self._transaction(c):
             row = c.execute(
                 f"DELETE FROM assets WHERE id = ? RETURNING {COLUMNS}", (asset_id,)
@@ -422,9 +466,9 @@ class SqliteStore:
                 return None  # nothing changed: the empty commit writes nothing
             rev = self._next_revision(c)
             c.execute("DELETE FROM asset_tags WHERE asset_id = ?", (asset_id,))
-        return Asset(**{**_row_to_asset(row).__dict__, "revision": rev})
+        return Asset(**{**_row_to_asset(row).__dict__, "revision": rev, "updated_by": by})
 
-    def _delete_frugally(self, c: sqlite3.Connection, asset_id: str) -> Asset | None:
+    def _delete_frugally(self, c: sqlite3.Connection, asset_id: str, by: str) -> Asset | None:
         """The delete without zeroing the pages it frees, to fit in the reserve.
 
         Builds with SQLITE_SECURE_DELETE (Debian's, Ubuntu's) overwrite every freed page, so
@@ -433,14 +477,14 @@ class SqliteStore:
         mode = int(c.execute("PRAGMA secure_delete").fetchone()[0])
         c.execute("PRAGMA secure_delete = FAST")
         try:
-            return self._delete_once(c, asset_id)
+            return self._delete_once(c, asset_id, by)
         finally:
             c.execute(f"PRAGMA secure_delete = {mode}")
 
-    async def delete(self, asset_id: str) -> Asset | None:
+    async def delete(self, asset_id: str, by: str = "") -> Asset | None:
         def w(c: sqlite3.Connection) -> Asset | None:
             try:
-                gone = self._delete_once(c, asset_id)
+                gone = self._delete_once(c, asset_id, by)
             except sqlite3.OperationalError as exc:
                 # Deleting is how space gets freed, so it must work on a full disk too.
                 if not _is_full(exc):
@@ -451,7 +495,7 @@ class SqliteStore:
                         f"({self.reserve.path}) is used up, so even deleting asset {asset_id} "
                         "cannot be written: free space on that disk by other means, then retry"
                     ) from exc
-                gone = self._delete_frugally(c, asset_id)
+                gone = self._delete_frugally(c, asset_id, by)
                 # Copy the WAL into the database now, so the next writes restart the WAL
                 # from its beginning (reusing its space) instead of appending to it.
                 try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
@@ -392,6 +393,39 @@ async def test_change_feed_yields_every_change_in_commit_order(backend: Backend)
             assert change.asset == asset
     revisions = [c.revision for c in changes]
     assert revisions == sorted(revisions)
+
+
+async def test_every_change_names_the_principal_that_made_it(backend: Backend) -> None:
+    store = backend.store
+    feed = store.changes() if "change_streams" not in backend.lacks else None
+    made = dataclasses.replace(pending(), created_by="orchestrator", updated_by="orchestrator")
+    a = await store.insert(made)
+    assert (a.created_by, a.updated_by) == ("orchestrator", "orchestrator")
+    a2 = await store.transition(
+        a.id, Status.PENDING, dataclasses.replace(FULFILL, by="task:task-1"), T0
+    )
+    assert (a2.created_by, a2.updated_by) == ("orchestrator", "task:task-1")
+    got = await store.get(a.id)
+    assert got is not None and (got.created_by, got.updated_by) == (
+        "orchestrator",
+        "task:task-1",
+    )
+    b = await store.insert(dataclasses.replace(pending(), created_by="orchestrator"))
+    b2 = await store.transition(b.id, Status.PENDING, Failure("no disk", by="cn:worker-7"), T0)
+    assert (b2.created_by, b2.updated_by) == ("orchestrator", "cn:worker-7")
+    gone = await store.delete(a.id, "admin")
+    assert gone is not None and (gone.created_by, gone.updated_by) == ("orchestrator", "admin")
+    if feed is None:
+        return  # FerretDB: no change streams to check
+    changes = [c for c in await take(feed, 5) if isinstance(c, Change)]
+    assert [(c.kind, c.asset.updated_by) for c in changes] == [
+        (ChangeKind.PUT, "orchestrator"),
+        (ChangeKind.PUT, "task:task-1"),
+        (ChangeKind.PUT, ""),
+        (ChangeKind.PUT, "cn:worker-7"),
+        (ChangeKind.DELETE, "admin"),
+    ]
+    assert changes[-1].revision == gone.revision
 
 
 @pytest.mark.needs("change_streams", "transactions")

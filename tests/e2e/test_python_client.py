@@ -340,6 +340,8 @@ def test_create_pending_watch_then_fulfill_from_path(
     assert pending.status is AssetStatus.PENDING
     assert pending.created_by_task == "task-7"
     assert pending.storage_path == ""
+    # Without security every caller is the anonymous principal, and records say so.
+    assert (pending.created_by, pending.updated_by) == ("anonymous", "anonymous")
 
     events = client.watch([pending.id])
     first = next(events)
@@ -357,6 +359,7 @@ def test_create_pending_watch_then_fulfill_from_path(
     assert rest[0].asset.status is AssetStatus.AVAILABLE
     assert rest[0].revision > first.revision
     assert rest[0].asset.sha256 == hashlib.sha256(b"zip bytes").hexdigest()
+    assert rest[0].asset.updated_by == "anonymous"
 
 
 def test_watch_many_assets_delivers_every_transition_in_order(client: AssetClient) -> None:

@@ -274,6 +274,54 @@ async def test_task_token_completes_its_own_task_and_nothing_else(
     assert theirs_now.asset.status == pb.ASSET_STATUS_PENDING
 
 
+async def test_records_and_watch_events_name_who_created_and_changed_them(
+    stub: pb_grpc.AssetServiceStub,
+) -> None:
+    async def pending(task: str) -> pb.Asset:
+        request = pb.CreatePendingAssetRequest(task_id=task, label="o", type=pb.ASSET_TYPE_VALUE)
+        return (await stub.CreatePendingAsset(request, metadata=ORCH)).asset
+
+    by_task, by_worker, by_admin = await pending("p-1"), await pending("p-2"), await pending("p-3")
+    assert (by_task.created_by, by_task.updated_by) == ("orchestrator-1", "orchestrator-1")
+    watched = stub.WatchAsset(
+        pb.WatchAssetRequest(asset_ids=[by_task.id, by_worker.id, by_admin.id]),
+        metadata=ADMIN,
+        timeout=10,
+    )
+    events = aiter(watched)
+    snapshots = [await anext(events) for _ in range(3)]
+    assert {(e.type, e.asset.updated_by) for e in snapshots} == {
+        (pb.WATCH_EVENT_TYPE_SNAPSHOT, "orchestrator-1")
+    }
+
+    minted = await stub.MintTaskToken(pb.MintTaskTokenRequest(task_id="p-1"), metadata=ORCH)
+    done = await stub.FulfillAsset(
+        pb.FulfillAssetRequest(asset_id=by_task.id, value=pb.Value(text="r")),
+        metadata=bearer(minted.token),
+    )
+    assert (done.asset.created_by, done.asset.updated_by) == ("orchestrator-1", "task:p-1")
+    failed = await stub.FailAsset(
+        pb.FailAssetRequest(asset_id=by_worker.id, reason="oom"),
+        metadata=bearer(token_for("worker")),
+    )
+    assert (failed.asset.created_by, failed.asset.updated_by) == ("orchestrator-1", "worker-1")
+    gone = await stub.DeleteAsset(pb.DeleteAssetRequest(asset_id=by_admin.id), metadata=ADMIN)
+    assert (gone.asset.created_by, gone.asset.updated_by) == ("orchestrator-1", "admin-1")
+
+    changes = [await anext(events) for _ in range(3)]
+    assert [(e.type, e.asset.id, e.asset.updated_by) for e in changes] == [
+        (pb.WATCH_EVENT_TYPE_CHANGED, by_task.id, "task:p-1"),
+        (pb.WATCH_EVENT_TYPE_CHANGED, by_worker.id, "worker-1"),
+        (pb.WATCH_EVENT_TYPE_DELETED, by_admin.id, "admin-1"),
+    ]
+    watched.cancel()
+    # GetAsset keeps both names.
+    read = await stub.GetAsset(pb.GetAssetRequest(asset_id=by_task.id), metadata=ADMIN)
+    assert (read.asset.created_by, read.asset.updated_by) == ("orchestrator-1", "task:p-1")
+    made = await _upload(stub, bearer(token_for("worker")), pb.UploadHeader(label="w.bin"))
+    assert (made.asset.created_by, made.asset.updated_by) == ("worker-1", "worker-1")
+
+
 async def _drain_watch(
     stub: pb_grpc.AssetServiceStub, ids: list[str], metadata: tuple[tuple[str, str], ...]
 ) -> list[pb.WatchAssetResponse]:

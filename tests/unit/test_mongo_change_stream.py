@@ -78,9 +78,10 @@ def update(n: int, doc: dict[str, Any], changed: dict[str, Any]) -> dict[str, An
     return event(n, "update", doc["_id"], fullDocument=doc, updateDescription=desc)
 
 
-def delete_stamp(n: int, asset_id: str, revision: int) -> dict[str, Any]:
+def delete_stamp(n: int, asset_id: str, revision: int, by: str = "admin") -> dict[str, Any]:
     """MongoStore.delete's stamp; updateLookup finds nothing (deleted in the same commit)."""
-    desc = {"updatedFields": {"revision": revision, "deleted": True}, "removedFields": []}
+    stamp = {"revision": revision, "deleted": True, "updated_by": by}
+    desc = {"updatedFields": stamp, "removedFields": []}
     return event(n, "update", asset_id, fullDocument=None, updateDescription=desc)
 
 
@@ -215,26 +216,30 @@ async def test_events_become_changes_in_order_with_numbered_deletes() -> None:
     assert put_a3.asset.storage_path == "/d/a" and put_a3.asset.tags == ("raw",)
     # Without pre-images the delete carries the last state the feed saw, at the new revision.
     assert isinstance(del_a, Change) and del_a.asset.storage_path == "/d/a"
+    # ... and names who deleted it, from the stamp.
+    assert del_a.asset.updated_by == "admin"
     assert feed.token == token(7)
 
 
 async def test_delete_with_pre_image_carries_the_full_last_state() -> None:
-    pre = record(A, 9, "FAILED", failure_reason="boom", deleted=True)
+    pre = record(A, 9, "FAILED", failure_reason="boom", deleted=True, updated_by="ops")
     stream = FakeStream([delete_stamp(1, A, 9), delete(2, A, pre=pre)])
     got = await take(feed_of(FakeWatch(), first=stream).run(), 1)
     change = got[0]
     assert isinstance(change, Change) and change.kind is ChangeKind.DELETE
-    assert (change.revision, change.asset.status, change.asset.failure_reason) == (
-        9,
-        Status.FAILED,
-        "boom",
-    )
+    assert (
+        change.revision,
+        change.asset.status,
+        change.asset.failure_reason,
+        change.asset.updated_by,
+    ) == (9, Status.FAILED, "boom", "ops")
 
 
 async def test_delete_of_an_unseen_asset_has_its_id_and_revision() -> None:
-    stream = FakeStream([delete_stamp(1, B, 12), delete(2, B)])
+    stream = FakeStream([delete_stamp(1, B, 12, by="cn:janitor"), delete(2, B)])
     got = await take(feed_of(FakeWatch(), first=stream).run(), 1)
     assert summary(got) == [("DELETE", B, 12)]
+    assert isinstance(got[0], Change) and got[0].asset.updated_by == "cn:janitor"
 
 
 async def test_delete_without_a_revision_stamp_resyncs() -> None:

@@ -20,7 +20,9 @@ class FakeManager:
         self.started = asyncio.Event()
         self.chunks: list[bytes] = []
 
-    async def upload(self, header: UploadHeader, chunks: AsyncIterator[bytes]) -> Any:
+    async def upload(
+        self, header: UploadHeader, chunks: AsyncIterator[bytes], *, by: str = ""
+    ) -> Any:
         self.started.set()
         async for chunk in chunks:
             self.chunks.append(chunk)

@@ -12,7 +12,11 @@ NOW = datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
 
 def test_a_fulfillment_with_a_value_writes_it_to_the_store_s_column() -> None:
     change = Fulfillment(
-        size_bytes=3, sha256="ab" * 32, value=Value(ValueKind.TEXT, b"abc"), media_type="text/x"
+        size_bytes=3,
+        sha256="ab" * 32,
+        value=Value(ValueKind.TEXT, b"abc"),
+        media_type="text/x",
+        by="worker-1",
     )
     sets = transition_fields(change, NOW, value_column="value_data", timestamp=datetime.isoformat)
     assert sets == {
@@ -25,6 +29,7 @@ def test_a_fulfillment_with_a_value_writes_it_to_the_store_s_column() -> None:
         "fulfilled_from": "",
         "media_type": "text/x",
         "updated_at": NOW.isoformat(),
+        "updated_by": "worker-1",
     }
 
 
@@ -38,6 +43,13 @@ def test_a_file_fulfillment_clears_the_value_and_keeps_the_promised_media_type()
     assert sets["updated_at"] == "T"
 
 
-def test_a_failure_writes_status_reason_and_time_only() -> None:
-    sets = transition_fields(Failure("worker crashed"), NOW, value_column="v", timestamp=str)
-    assert sets == {"status": "FAILED", "failure_reason": "worker crashed", "updated_at": str(NOW)}
+def test_a_failure_writes_status_reason_time_and_who_only() -> None:
+    sets = transition_fields(
+        Failure("worker crashed", by="task:t-1"), NOW, value_column="v", timestamp=str
+    )
+    assert sets == {
+        "status": "FAILED",
+        "failure_reason": "worker crashed",
+        "updated_at": str(NOW),
+        "updated_by": "task:t-1",
+    }

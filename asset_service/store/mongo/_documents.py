@@ -63,6 +63,8 @@ def asset_to_doc(asset: Asset, revision: int) -> Doc:
         "failure_reason": asset.failure_reason,
         "fulfilled_from": asset.fulfilled_from,
         "revision": revision,
+        "created_by": asset.created_by,
+        "updated_by": asset.updated_by,
     }
 
 
@@ -93,6 +95,8 @@ def doc_to_asset(doc: Mapping[str, Any]) -> Asset:
         failure_reason=doc.get("failure_reason", ""),
         fulfilled_from=doc.get("fulfilled_from", ""),
         revision=int(doc.get("revision", 0)),
+        created_by=doc.get("created_by", ""),
+        updated_by=doc.get("updated_by", ""),
     )
 
 

@@ -129,7 +129,8 @@ class ChangeFeed:
         self.failure: str | None = None
         self._streak: tuple[tuple[str, object], int, float] | None = None  # key, count, since
         self._last_seen: OrderedDict[str, Asset] = OrderedDict()
-        self._delete_revision: dict[str, int] = {}
+        # The revision and deleter of each delete stamp seen, until its delete event.
+        self._delete_stamp: dict[str, tuple[int, str]] = {}
 
     async def close(self) -> None:
         stream, self._stream = self._stream, None
@@ -163,14 +164,16 @@ class ChangeFeed:
                     base = asset_to_doc(last, last.revision)
                 if base is None:
                     if "revision" in fields:
-                        self._delete_revision[asset_id] = int(fields["revision"])
+                        stamp = (int(fields["revision"]), str(fields.get("updated_by", "")))
+                        self._delete_stamp[asset_id] = stamp
                     return None
                 doc = {**base, **fields}
                 for name in desc.get("removedFields") or ():
                     doc.pop(name, None)
             if doc.get("deleted"):
                 # The stamp MongoStore.delete writes just before removing the record.
-                self._delete_revision[str(doc["_id"])] = int(doc["revision"])
+                stamp = (int(doc["revision"]), str(doc.get("updated_by", "")))
+                self._delete_stamp[str(doc["_id"])] = stamp
                 return None
             asset = doc_to_asset(doc)
             self._remember(asset)
@@ -178,14 +181,15 @@ class ChangeFeed:
         if op == "delete":
             asset_id = str(key.get("_id", ""))
             pre = event.get("fullDocumentBeforeChange")
-            rev = self._delete_revision.pop(asset_id, None)
+            stamped = self._delete_stamp.pop(asset_id, None)
             last = self._last_seen.pop(asset_id, None)
             if pre is not None and pre.get("deleted"):
                 return Change(ChangeKind.DELETE, _slim(doc_to_asset(pre)))
-            if rev is None:
+            if stamped is None:
                 return Resync(f"asset {asset_id} was deleted without a revision stamp")
+            rev, by = stamped
             if last is not None:
-                gone = dataclasses.replace(last, revision=rev)
+                gone = dataclasses.replace(last, revision=rev, updated_by=by)
             else:
                 gone = Asset(
                     id=asset_id,
@@ -196,6 +200,7 @@ class ChangeFeed:
                     created_at=EPOCH,
                     updated_at=EPOCH,
                     revision=rev,
+                    updated_by=by,
                 )
             return Change(ChangeKind.DELETE, gone)
         return None  # e.g. createIndexes / modify with showExpandedEvents

@@ -443,12 +443,13 @@ class MongoStore:
         result: Asset = await self._writer.submit(apply, cost)
         return result
 
-    async def delete(self, asset_id: str) -> Asset | None:
+    async def delete(self, asset_id: str, by: str = "") -> Asset | None:
         async def apply(session: AsyncClientSession | None, rev: int) -> Asset:
-            # Stamp the new revision first so the change feed can number the delete.
+            # Stamp the new revision (and the deleter) first so the change feed can number
+            # the delete and say who made it.
             doc = await self._assets.find_one_and_update(
                 {"_id": asset_id},
-                {"$set": {"revision": rev, "deleted": True}},
+                {"$set": {"revision": rev, "deleted": True, "updated_by": by}},
                 return_document=ReturnDocument.AFTER,
                 session=session,
             )

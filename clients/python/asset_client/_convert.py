@@ -100,6 +100,8 @@ def asset_from_pb(msg: pb.Asset) -> Asset:
         update_time=msg.update_time.ToDatetime(tzinfo=UTC),
         failure_reason=msg.failure_reason,
         revision=msg.revision,
+        created_by=msg.created_by,
+        updated_by=msg.updated_by,
     )
 
 

@@ -81,6 +81,9 @@ class Asset:
     update_time: datetime
     failure_reason: str
     revision: int
+    # Who created it, and who made its latest change (see the proto's Asset).
+    created_by: str = ""
+    updated_by: str = ""
 
     @property
     def is_terminal(self) -> bool:

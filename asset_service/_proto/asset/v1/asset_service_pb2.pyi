@@ -162,6 +162,8 @@ class Asset(_message.Message):
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     FAILURE_REASON_FIELD_NUMBER: _builtins.int
     REVISION_FIELD_NUMBER: _builtins.int
+    CREATED_BY_FIELD_NUMBER: _builtins.int
+    UPDATED_BY_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """UUID, assigned by the service."""
     label: _builtins.str
@@ -181,6 +183,15 @@ class Asset(_message.Message):
     """Why the asset FAILED."""
     revision: _builtins.int
     """Grows with every change; one counter across all assets."""
+    created_by: _builtins.str
+    """The principal that created the asset (a token's principal name, "cn:<name>" for a
+    client certificate, "task:<task id>" for a task token, "anonymous" without security).
+    Empty for assets written before the service kept it.
+    """
+    updated_by: _builtins.str
+    """The principal of the latest change: who fulfilled, failed or (in a DELETED watch
+    event) deleted the asset; the creator until then.
+    """
     @_builtins.property
     def value(self) -> Global___Value:
         """Content of an AVAILABLE VALUE asset."""
@@ -209,10 +220,12 @@ class Asset(_message.Message):
         update_time: _timestamp_pb2.Timestamp | None = ...,
         failure_reason: _builtins.str = ...,
         revision: _builtins.int = ...,
+        created_by: _builtins.str = ...,
+        updated_by: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "update_time", b"update_time", "value", b"value"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "created_by_task", b"created_by_task", "failure_reason", b"failure_reason", "id", b"id", "label", b"label", "media_type", b"media_type", "revision", b"revision", "sha256", b"sha256", "size_bytes", b"size_bytes", "status", b"status", "storage_path", b"storage_path", "tags", b"tags", "type", b"type", "update_time", b"update_time", "value", b"value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "created_by", b"created_by", "created_by_task", b"created_by_task", "failure_reason", b"failure_reason", "id", b"id", "label", b"label", "media_type", b"media_type", "revision", b"revision", "sha256", b"sha256", "size_bytes", b"size_bytes", "status", b"status", "storage_path", b"storage_path", "tags", b"tags", "type", b"type", "update_time", b"update_time", "updated_by", b"updated_by", "value", b"value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

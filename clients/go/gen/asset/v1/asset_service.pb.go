@@ -329,7 +329,14 @@ type Asset struct {
 	// Why the asset FAILED.
 	FailureReason string `protobuf:"bytes,14,opt,name=failure_reason,json=failureReason,proto3" json:"failure_reason,omitempty"`
 	// Grows with every change; one counter across all assets.
-	Revision      int64 `protobuf:"varint,15,opt,name=revision,proto3" json:"revision,omitempty"`
+	Revision int64 `protobuf:"varint,15,opt,name=revision,proto3" json:"revision,omitempty"`
+	// The principal that created the asset (a token's principal name, "cn:<name>" for a
+	// client certificate, "task:<task id>" for a task token, "anonymous" without security).
+	// Empty for assets written before the service kept it.
+	CreatedBy string `protobuf:"bytes,16,opt,name=created_by,json=createdBy,proto3" json:"created_by,omitempty"`
+	// The principal of the latest change: who fulfilled, failed or (in a DELETED watch
+	// event) deleted the asset; the creator until then.
+	UpdatedBy     string `protobuf:"bytes,17,opt,name=updated_by,json=updatedBy,proto3" json:"updated_by,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -467,6 +474,20 @@ func (x *Asset) GetRevision() int64 {
 		return x.Revision
 	}
 	return 0
+}
+
+func (x *Asset) GetCreatedBy() string {
+	if x != nil {
+		return x.CreatedBy
+	}
+	return ""
+}
+
+func (x *Asset) GetUpdatedBy() string {
+	if x != nil {
+		return x.UpdatedBy
+	}
+	return ""
 }
 
 // UploadHeader describes the file that an UploadAsset stream carries.
@@ -2200,7 +2221,7 @@ const file_asset_v1_asset_service_proto_rawDesc = "" +
 	"\x04text\x18\x01 \x01(\tH\x00R\x04text\x12\x14\n" +
 	"\x04json\x18\x02 \x01(\tH\x00R\x04json\x12\x14\n" +
 	"\x04data\x18\x03 \x01(\fH\x00R\x04dataB\x06\n" +
-	"\x04kind\"\x9e\x04\n" +
+	"\x04kind\"\xdc\x04\n" +
 	"\x05Asset\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
 	"\x05label\x18\x02 \x01(\tR\x05label\x12-\n" +
@@ -2221,7 +2242,11 @@ const file_asset_v1_asset_service_proto_rawDesc = "" +
 	"\vupdate_time\x18\r \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"updateTime\x12%\n" +
 	"\x0efailure_reason\x18\x0e \x01(\tR\rfailureReason\x12\x1a\n" +
-	"\brevision\x18\x0f \x01(\x03R\brevision\"\xf7\x01\n" +
+	"\brevision\x18\x0f \x01(\x03R\brevision\x12\x1d\n" +
+	"\n" +
+	"created_by\x18\x10 \x01(\tR\tcreatedBy\x12\x1d\n" +
+	"\n" +
+	"updated_by\x18\x11 \x01(\tR\tupdatedBy\"\xf7\x01\n" +
 	"\fUploadHeader\x12\x14\n" +
 	"\x05label\x18\x01 \x01(\tR\x05label\x12\x1d\n" +
 	"\n" +

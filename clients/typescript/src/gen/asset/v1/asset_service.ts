@@ -230,6 +230,17 @@ export interface Asset {
   failureReason: string;
   /** Grows with every change; one counter across all assets. */
   revision: number;
+  /**
+   * The principal that created the asset (a token's principal name, "cn:<name>" for a
+   * client certificate, "task:<task id>" for a task token, "anonymous" without security).
+   * Empty for assets written before the service kept it.
+   */
+  createdBy: string;
+  /**
+   * The principal of the latest change: who fulfilled, failed or (in a DELETED watch
+   * event) deleted the asset; the creator until then.
+   */
+  updatedBy: string;
 }
 
 /** UploadHeader describes the file that an UploadAsset stream carries. */
@@ -611,6 +622,8 @@ function createBaseAsset(): Asset {
     updateTime: undefined,
     failureReason: "",
     revision: 0,
+    createdBy: "",
+    updatedBy: "",
   };
 }
 
@@ -660,6 +673,12 @@ export const Asset: MessageFns<Asset> = {
     }
     if (message.revision !== 0) {
       writer.uint32(120).int64(message.revision);
+    }
+    if (message.createdBy !== "") {
+      writer.uint32(130).string(message.createdBy);
+    }
+    if (message.updatedBy !== "") {
+      writer.uint32(138).string(message.updatedBy);
     }
     return writer;
   },
@@ -797,6 +816,22 @@ export const Asset: MessageFns<Asset> = {
             message.revision = longToNumber(reader.int64());
             continue;
           }
+          case 16: {
+            if (tag !== 130) {
+              break;
+            }
+
+            message.createdBy = reader.string();
+            continue;
+          }
+          case 17: {
+            if (tag !== 138) {
+              break;
+            }
+
+            message.updatedBy = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -856,6 +891,16 @@ export const Asset: MessageFns<Asset> = {
         ? globalThis.String(object.failure_reason)
         : "",
       revision: isSet(object.revision) ? globalThis.Number(object.revision) : 0,
+      createdBy: isSet(object.createdBy)
+        ? globalThis.String(object.createdBy)
+        : isSet(object.created_by)
+        ? globalThis.String(object.created_by)
+        : "",
+      updatedBy: isSet(object.updatedBy)
+        ? globalThis.String(object.updatedBy)
+        : isSet(object.updated_by)
+        ? globalThis.String(object.updated_by)
+        : "",
     };
   },
 
@@ -906,6 +951,12 @@ export const Asset: MessageFns<Asset> = {
     if (message.revision !== 0) {
       obj.revision = Math.round(message.revision);
     }
+    if (message.createdBy !== "") {
+      obj.createdBy = message.createdBy;
+    }
+    if (message.updatedBy !== "") {
+      obj.updatedBy = message.updatedBy;
+    }
     return obj;
   },
 
@@ -929,6 +980,8 @@ export const Asset: MessageFns<Asset> = {
     message.updateTime = object.updateTime ?? undefined;
     message.failureReason = object.failureReason ?? "";
     message.revision = object.revision ?? 0;
+    message.createdBy = object.createdBy ?? "";
+    message.updatedBy = object.updatedBy ?? "";
     return message;
   },
 };

@@ -1,0 +1,127 @@
+"""A database written by an older release opens, is upgraded once, and loses nothing."""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from asset_service.domain.errors import Unavailable
+from asset_service.domain.models import Failure, Status, new_asset_id
+from asset_service.store.sqlite import SCHEMA_VERSION, SqliteStore
+
+# The schema as the first release wrote it (PRAGMA user_version 0): frozen history, so it
+# is spelled out here rather than derived from today's SCHEMA.
+RELEASE_1 = """
+CREATE TABLE assets (
+    seq             INTEGER PRIMARY KEY AUTOINCREMENT,
+    id              TEXT NOT NULL UNIQUE,
+    label           TEXT NOT NULL,
+    status          TEXT NOT NULL,
+    type            TEXT NOT NULL,
+    media_type      TEXT NOT NULL,
+    storage_path    TEXT NOT NULL DEFAULT '',
+    value_kind      TEXT,
+    value_data      BLOB,
+    created_by_task TEXT NOT NULL DEFAULT '',
+    tags            TEXT NOT NULL DEFAULT '[]',
+    size_bytes      INTEGER NOT NULL DEFAULT 0,
+    sha256          TEXT NOT NULL DEFAULT '',
+    created_at      TEXT NOT NULL,
+    updated_at      TEXT NOT NULL,
+    failure_reason  TEXT NOT NULL DEFAULT '',
+    fulfilled_from  TEXT NOT NULL DEFAULT '',
+    revision        INTEGER NOT NULL
+);
+CREATE INDEX assets_status ON assets (status, seq);
+CREATE INDEX assets_task ON assets (created_by_task, seq);
+CREATE INDEX assets_label ON assets (label, seq);
+CREATE TABLE asset_tags (
+    tag      TEXT NOT NULL,
+    asset_id TEXT NOT NULL,
+    PRIMARY KEY (tag, asset_id)
+) WITHOUT ROWID;
+CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+INSERT INTO counters (name, value) VALUES ('revision', 7);
+"""
+
+T0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC).isoformat()
+
+
+def release_1_database(path: Path) -> str:
+    """A release-1 database holding one PENDING asset at revision 7; its id."""
+    asset_id = new_asset_id()
+    conn = sqlite3.connect(path)
+    conn.executescript(RELEASE_1)
+    conn.execute(
+        "INSERT INTO assets (id, label, status, type, media_type, created_by_task, "
+        "created_at, updated_at, revision) VALUES (?, 'out.csv', 'PENDING', 'FILE', "
+        "'text/csv', 'task-1', ?, ?, 7)",
+        (asset_id, T0, T0),
+    )
+    conn.commit()
+    conn.close()
+    return asset_id
+
+
+def user_version(path: Path) -> int:
+    conn = sqlite3.connect(path)
+    try:
+        return int(conn.execute("PRAGMA user_version").fetchone()[0])
+    finally:
+        conn.close()
+
+
+async def test_a_release_1_database_is_upgraded_and_keeps_its_records(tmp_path: Path) -> None:
+    db = tmp_path / "assets.db"
+    asset_id = release_1_database(db)
+    assert user_version(db) == 0
+    store = SqliteStore(db)
+    await store.open()
+    try:
+        old = await store.get(asset_id)
+        assert old is not None
+        assert (old.label, old.status, old.revision) == ("out.csv", Status.PENDING, 7)
+        assert (old.created_by, old.updated_by) == ("", "")
+        failed = await store.transition(
+            asset_id, Status.PENDING, Failure("disk", by="task:task-1"), datetime.now(UTC)
+        )
+        assert (failed.created_by, failed.updated_by, failed.revision) == ("", "task:task-1", 8)
+    finally:
+        await store.close()
+    assert user_version(db) == SCHEMA_VERSION
+
+    # A second start finds the upgraded database and changes nothing.
+    again = SqliteStore(db)
+    await again.open()
+    try:
+        kept = await again.get(asset_id)
+        assert kept is not None and kept.updated_by == "task:task-1"
+    finally:
+        await again.close()
+    assert user_version(db) == SCHEMA_VERSION
+
+
+async def test_a_new_database_starts_at_the_current_version(tmp_path: Path) -> None:
+    db = tmp_path / "assets.db"
+    store = SqliteStore(db)
+    await store.open()
+    await store.close()
+    assert user_version(db) == SCHEMA_VERSION
+
+
+async def test_a_database_from_a_newer_release_is_refused_untouched(tmp_path: Path) -> None:
+    db = tmp_path / "assets.db"
+    release_1_database(db)
+    conn = sqlite3.connect(db)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    store = SqliteStore(db)
+    with pytest.raises(Unavailable, match=r"newer asset-service.*run the newer release"):
+        await store.open()
+    await store.close()
+    columns = {row[1] for row in sqlite3.connect(db).execute("PRAGMA table_info(assets)")}
+    assert "created_by" not in columns
+    assert user_version(db) == SCHEMA_VERSION + 1
