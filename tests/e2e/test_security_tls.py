@@ -181,11 +181,12 @@ async def test_mtls_maps_a_certificate_to_its_roles(
             grpc.StatusCode.PERMISSION_DENIED,
             "cn:unknown.example (roles: none)",
         )
-        # ...but may carry a token, whose roles then apply.
-        await stub.CreateValueAsset(
+        # ...but may carry a token, whose roles (and name, in the record) then apply.
+        made = await stub.CreateValueAsset(
             pb.CreateValueAssetRequest(label="v", value=pb.Value(text="x")),
             metadata=bearer(token_for("orchestrator")),
         )
+        assert made.asset.created_by == "orchestrator-1"
 
 
 async def test_rotated_certificate_serves_new_connections_and_keeps_open_ones(
