@@ -66,7 +66,7 @@ format: install
 	$(VENV)/bin/ruff check --fix $(PY_SOURCES)
 
 bench: install minio
-	$(PY) -m bench
+	$(PY) -m bench $(ARGS)
 
 clean:
 	rm -rf $(VENV) tools/node_modules .pytest_cache .mypy_cache .ruff_cache

@@ -4,150 +4,131 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
-import os
-import statistics
 import tempfile
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-from asset_service._proto.asset.v1 import asset_service_pb2 as pb
-from asset_service._proto.asset.v1 import asset_service_pb2_grpc as pb_grpc
 from bench._object_store import object_store_rows
-from tests.serverproc import ServerProcess
+from bench._report import Row, environment, summary, write_json
+from bench._rows import Sizes, fanout_rows, guarded, server, store_rows, transfer_rows, unary_rows
 
-MiB = 1024 * 1024
-
-
-def raw_write(folder: Path, size: int) -> float:
-    """Baseline: what the disk and hashlib alone do with the same bytes (write, hash, fsync)."""
-    chunk = os.urandom(MiB)
-    start = time.perf_counter()
-    digest = hashlib.sha256()
-    with open(folder / "baseline.bin", "wb") as fh:
-        for _ in range(size // MiB):
-            fh.write(chunk)
-            digest.update(chunk)
-        fh.flush()
-        os.fsync(fh.fileno())
-    elapsed = time.perf_counter() - start
-    (folder / "baseline.bin").unlink()
-    return elapsed
+GROUPS = ("transfer", "fanout", "unary", "store")
 
 
-async def upload_once(stub: pb_grpc.AssetServiceAsyncStub, size: int) -> float:
-    chunk = os.urandom(MiB)
-
-    async def requests() -> AsyncIterator[pb.UploadAssetRequest]:
-        yield pb.UploadAssetRequest(header=pb.UploadHeader(label="bench.bin"))
-        for _ in range(size // MiB):
-            yield pb.UploadAssetRequest(chunk=chunk)
-
-    start = time.perf_counter()
-    response = await stub.UploadAsset(requests())
-    elapsed = time.perf_counter() - start
-    await stub.DeleteAsset(pb.DeleteAssetRequest(asset_id=response.asset.id))
-    return elapsed
-
-
-async def unary_latency(call: object, n: int) -> float:
-    times = []
-    for _ in range(n):
-        start = time.perf_counter()
-        await call()  # type: ignore[operator]
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-async def watch_fanout(stub: pb_grpc.AssetServiceAsyncStub, watchers: int) -> float:
-    """Seconds from sending FulfillAsset until every watcher has seen AVAILABLE."""
-    asset = (
-        await stub.CreatePendingAsset(
-            pb.CreatePendingAssetRequest(task_id="bench", label="v", type=pb.ASSET_TYPE_VALUE)
-        )
-    ).asset
-    ready = asyncio.Semaphore(0)
-    seen_at: list[float] = []
-
-    async def watch() -> None:
-        async for event in stub.WatchAsset(pb.WatchAssetRequest(asset_ids=[asset.id])):
-            if event.type == pb.WATCH_EVENT_TYPE_SNAPSHOT:
-                ready.release()
-            else:
-                seen_at.append(time.perf_counter())
-
-    tasks = [asyncio.create_task(watch()) for _ in range(watchers)]
-    for _ in range(watchers):
-        await ready.acquire()
-    sent = time.perf_counter()
-    await stub.FulfillAsset(pb.FulfillAssetRequest(asset_id=asset.id, value=pb.Value(text="x")))
-    await asyncio.gather(*tasks)
-    assert len(seen_at) == watchers, "a watcher missed the change"
-    return max(seen_at) - sent
-
-
-async def main(size_mib: int, rounds: int, s3_size_mib: int, s3_rounds: int) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        # 200 watchers share the bench's one connection: above the default 100 streams per
-        # connection the rest would wait for a free stream forever (the first 100 never end).
-        server = ServerProcess(
-            root / "data",
-            f"sqlite:///{root / 'assets.db'}",
-            extra_args=["--max-streams-per-connection", "512"],
-        ).start()
-        try:
-            async with grpc.aio.insecure_channel(server.address) as channel:
-                stub = pb_grpc.AssetServiceStub(channel)
-                health = health_pb2_grpc.HealthStub(channel)
-                size = size_mib * MiB
-                await upload_once(stub, MiB)  # warm up
-                base = statistics.median(raw_write(root, size) for _ in range(rounds))
-                upl = statistics.median([await upload_once(stub, size) for _ in range(rounds)])
-                print(
-                    f"upload {size_mib} MiB: {size / upl / MiB:.0f} MiB/s; "
-                    f"{upl / base:.2f}x the time of a local write+sha256+fsync"
-                )
-
-                asset = (
-                    await stub.CreateValueAsset(
-                        pb.CreateValueAssetRequest(label="b", value=pb.Value(text="x"))
-                    )
-                ).asset
-                hc = await unary_latency(lambda: health.Check(health_pb2.HealthCheckRequest()), 300)
-                get = await unary_latency(
-                    lambda: stub.GetAsset(pb.GetAssetRequest(asset_id=asset.id)), 300
-                )
-                print(
-                    f"GetAsset median {get * 1e6:.0f} us; {get / hc:.2f}x a health check "
-                    "(the same gRPC stack without the store)"
-                )
-
-                one = statistics.median([await watch_fanout(stub, 1) for _ in range(rounds)])
-                many = statistics.median([await watch_fanout(stub, 200) for _ in range(rounds)])
-                print(
-                    f"watch fan-out: 200 watchers see a change in {many * 1e3:.1f} ms; "
-                    f"{many / one:.1f}x the time for 1 watcher"
-                )
-        finally:
-            server.stop()
-    if s3_size_mib > 0:
-        print(*await object_store_rows(s3_size_mib, s3_rounds), sep="\n")
-
-
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--size-mib", type=int, default=128, help="upload size")
-    parser.add_argument("--rounds", type=int, default=3, help="repetitions (median is shown)")
+def parse() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Every row: the service against a bare grpc.aio ceiling in the same run.",
+    )
     parser.add_argument(
-        "--s3-size-mib", type=int, default=64, help="object-store upload/read size (0 skips)"
+        "--quick",
+        action="store_true",
+        help="under a minute: 32 MiB, 200 watchers, 1k vs 10k assets, 2 rounds, no S3 rows",
+    )
+    parser.add_argument("--rounds", type=int, help="alternating rounds per row (default 5)")
+    parser.add_argument("--size-mib", type=int, help="upload/read size (default 256)")
+    parser.add_argument("--watchers", type=int, help="fan-out watchers (default 1000)")
+    parser.add_argument("--calls", type=int, help="calls per closed-loop run (default 3000)")
+    parser.add_argument("--big-store", type=int, help="assets in the big store (default 100000)")
+    parser.add_argument(
+        "--only", action="append", choices=GROUPS, help="run only these groups (repeatable)"
+    )
+    parser.add_argument(
+        "--json",
+        type=Path,
+        default=Path("bench-results.json"),
+        help="where every raw measurement goes (default ./bench-results.json)",
+    )
+    parser.add_argument(
+        "--s3-size-mib", type=int, help="object-store upload/read size, 0 skips (default 64)"
     )
     parser.add_argument(
         "--s3-rounds", type=int, default=5, help="object-store rounds, alternating with raw calls"
     )
     args = parser.parse_args()
-    asyncio.run(main(args.size_mib, args.rounds, args.s3_size_mib, args.s3_rounds))
+    quick = args.quick
+
+    def pick(given: int | None, full: int, fast: int) -> int:
+        return given if given is not None else (fast if quick else full)
+
+    args.sizes = Sizes(
+        transfer_mib=pick(args.size_mib, 256, 32),
+        watchers=pick(args.watchers, 1000, 200),
+        calls=pick(args.calls, 3000, 1000),
+        small_store=1000,
+        big_store=pick(args.big_store, 100_000, 10_000),
+        latency_calls=200 if quick else 300,
+        rounds=pick(args.rounds, 5, 2),
+        # 1000 watchers share the bench's one connection: keep room above them.
+        max_streams=2048,
+    )
+    args.s3_size_mib = pick(args.s3_size_mib, 64, 0)
+    if args.sizes.rounds < 1:
+        parser.error("--rounds must be at least 1")
+    return args
+
+
+async def run(args: argparse.Namespace) -> list[Row]:
+    sizes: Sizes = args.sizes
+    groups = args.only or GROUPS
+    rows: list[Row] = []
+
+    def show(new: list[Row]) -> None:
+        for row in new:
+            print(row.line(), flush=True)
+        rows.extend(new)
+
+    with tempfile.TemporaryDirectory(prefix="asset-bench-") as tmp:
+        root = Path(tmp)
+        if {"transfer", "fanout", "unary"} & set(groups):
+            svc = server(root / "main", sizes).start()
+            try:
+                mib = sizes.transfer_mib
+                if "transfer" in groups:
+                    names = [
+                        f"upload {mib} MiB (quiet)",
+                        f"upload {mib} MiB (busy)",
+                        f"server RSS growth, {mib} MiB upload",
+                        f"ReadAsset {mib} MiB",
+                    ]
+                    show(await guarded(names, transfer_rows(svc, sizes)))
+                if "fanout" in groups:
+                    names = [f"fan-out to {sizes.watchers} watchers"]
+                    show(await guarded(names, fanout_rows(svc, sizes)))
+                if "unary" in groups:
+                    names = [f"GetAsset at {n} in flight" for n in (1, 16, 64)]
+                    names.append("CreatePendingAsset at 64 in flight")
+                    show(await guarded(names, unary_rows(svc, sizes)))
+            finally:
+                svc.stop()
+        if "store" in groups:
+            names = ["GetManifest 1000 inputs", "GetAsset latency", "ListAssets(100) latency"]
+            show(await guarded(names, store_rows(root / "store", sizes)))
+    if args.s3_size_mib > 0:
+        names = [f"object store {op} {args.s3_size_mib} MiB" for op in ("upload", "read")]
+        show(await guarded(names, object_store_rows(args.s3_size_mib, args.s3_rounds)))
+    return rows
+
+
+def main() -> None:
+    args = parse()
+    env = environment()
+    sizes: Sizes = args.sizes
+    started = time.monotonic()
+    print(
+        f"commit {env['commit'][:12]}{' (dirty)' if env['dirty'] else ''}, "
+        f"{env['cpu_count']} CPUs, load {env['loadavg'][0]:.1f}, "
+        f"{sizes.rounds} rounds{', quick' if args.quick else ''}; "
+        "ratio = service / bare ceiling (throughput), or as the row says",
+        flush=True,
+    )
+    rows = asyncio.run(run(args))
+    print(f"{summary(rows)} ({time.monotonic() - started:.0f} s)")
+    params = {k: v for k, v in vars(args).items() if k not in ("sizes", "json")}
+    params["sizes"] = vars(sizes)
+    write_json(args.json, env, params, rows)
+    print(f"raw measurements: {args.json}")
+
+
+if __name__ == "__main__":
+    main()

@@ -16,6 +16,7 @@ import grpc
 from asset_service._proto.asset.v1 import asset_service_pb2 as pb
 from asset_service._proto.asset.v1 import asset_service_pb2_grpc as pb_grpc
 from asset_service.storage.s3._config import PART_SIZE, Credentials, create_client
+from bench._report import Row, load1
 from tests.backends import MinIO, minio_missing
 from tests.serverproc import ServerProcess
 
@@ -100,14 +101,16 @@ async def alternate(
     return a, await second()
 
 
-def row(name: str, size_mib: int, ours: list[float], raw: list[float], what: str) -> str:
-    ratios = [o / r for o, r in zip(ours, raw, strict=True)]
-    r_med = statistics.median(raw)
-    return (
-        f"{name} {size_mib} MiB: {statistics.median(ratios):.2f}x the time of {what} "
-        f"(min-max {min(ratios):.2f}-{max(ratios):.2f}x, {len(ratios)} alternating rounds); "
-        f"server {size_mib / statistics.median(ours):.0f} MiB/s, "
-        f"raw {size_mib / r_med:.0f} MiB/s ({r_med:.2f} s, {min(raw):.2f}-{max(raw):.2f} s)"
+def row(name: str, size_mib: int, ours: list[float], raw: list[float], what: str) -> Row:
+    """A time ratio (no bar: the issue sets none for the object store)."""
+    return Row(
+        f"{name} {size_mib} MiB",
+        "",
+        [o / r for o, r in zip(ours, raw, strict=True)],
+        load1(),
+        f"time ratio to {what}; server {size_mib / statistics.median(ours):.0f} MiB/s, "
+        f"raw {size_mib / statistics.median(raw):.0f} MiB/s",
+        {"service_s": ours, "raw_s": raw},
     )
 
 
@@ -134,7 +137,7 @@ async def one_round(
 
 async def rounds_against(
     stub: pb_grpc.AssetServiceAsyncStub, s3: S3Client, size_mib: int, rounds: int
-) -> list[str]:
+) -> list[Row]:
     size = size_mib * MiB
     data = os.urandom(size)
     # Warm up both paths (connections, imports, MinIO's first write) outside the timings.
@@ -149,13 +152,13 @@ async def rounds_against(
     ]
 
 
-async def object_store_rows(size_mib: int, rounds: int) -> list[str]:
+async def object_store_rows(size_mib: int, rounds: int) -> list[Row]:
     """The server on `--storage-url s3://...` against a MinIO, both timed in the same run."""
     if rounds < 1:
         raise ValueError(f"--s3-rounds {rounds}: give at least 1")
     missing = minio_missing()
     if missing:
-        return [f"object store: not measured: {missing}"]
+        return [Row("object store", "", error=f"not measured: {missing}")]
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         minio = MinIO(root / "minio").start()
@@ -180,4 +183,4 @@ async def object_store_rows(size_mib: int, rounds: int) -> list[str]:
 
 
 if __name__ == "__main__":  # `python -m bench._object_store`: this part alone
-    print(*asyncio.run(object_store_rows(64, 5)), sep="\n")
+    print(*(r.line() for r in asyncio.run(object_store_rows(64, 5))), sep="\n")

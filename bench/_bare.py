@@ -1,0 +1,144 @@
+"""Bare grpc.aio ceilings: `python -m bench._bare KIND` serves one path and prints its port."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from asset_service._proto.asset.v1 import asset_service_pb2 as pb
+from asset_service.server import SERVER_OPTIONS
+
+SERVICE = "asset.v1.AssetService"
+MiB = 1024 * 1024
+KINDS = ("upload", "read", "fanout", "unary")
+
+
+def _handlers(kind: str, replies: dict[str, bytes]) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
+    """The handlers of one ceiling; requests and responses stay raw bytes (no (de)coding)."""
+    if kind == "upload":
+        # Decodes each message as the service must (the contract's UploadAssetRequest: one
+        # copy of the chunk out of the wire buffer), then only counts the chunk's bytes.
+        async def upload(requests: AsyncIterator[pb.UploadAssetRequest], _: Any) -> bytes:
+            received = 0
+            async for message in requests:
+                received += len(message.chunk)
+            return b""
+
+        return {
+            "UploadAsset": grpc.stream_unary_rpc_method_handler(
+                upload, request_deserializer=pb.UploadAssetRequest.FromString
+            )
+        }
+
+    if kind == "read":
+        # One serialized 1 MiB chunk, sent as many times as the request's limit asks.
+        chunk = pb.ReadAssetResponse(chunk=bytes(MiB)).SerializeToString()
+
+        async def read(request: bytes, _: Any) -> AsyncIterator[bytes]:
+            limit = pb.ReadAssetRequest.FromString(request).limit
+            for _ in range(-(-limit // MiB)):
+                yield chunk
+
+        return {"ReadAsset": grpc.unary_stream_rpc_method_handler(read)}
+
+    if kind == "fanout":
+        # Every stream yields a snapshot, then waits for the round's trigger and yields one
+        # message serialized once for all of them.
+        asset_id = str(uuid.uuid4())
+        created = pb.CreatePendingAssetResponse(
+            asset=pb.Asset(id=asset_id, status=pb.ASSET_STATUS_PENDING)
+        ).SerializeToString()
+        snapshot = pb.WatchAssetResponse(
+            type=pb.WATCH_EVENT_TYPE_SNAPSHOT,
+            asset=pb.Asset(id=asset_id, status=pb.ASSET_STATUS_PENDING),
+        ).SerializeToString()
+        changed = pb.WatchAssetResponse(
+            type=pb.WATCH_EVENT_TYPE_CHANGED,
+            asset=pb.Asset(id=asset_id, status=pb.ASSET_STATUS_AVAILABLE),
+        ).SerializeToString()
+        trigger = [asyncio.Event()]
+
+        async def create(request: bytes, _: Any) -> bytes:
+            trigger[0] = asyncio.Event()
+            return created
+
+        async def watch(request: bytes, _: Any) -> AsyncIterator[bytes]:
+            event = trigger[0]
+            yield snapshot
+            await event.wait()
+            yield changed
+
+        async def fire(request: bytes, _: Any) -> bytes:
+            trigger[0].set()
+            return b""
+
+        return {
+            "CreatePendingAsset": grpc.unary_unary_rpc_method_handler(create),
+            "WatchAsset": grpc.unary_stream_rpc_method_handler(watch),
+            "FulfillAsset": grpc.unary_unary_rpc_method_handler(fire),
+        }
+
+    if kind == "unary":
+        # Answers each method with fixed bytes (the service's own answer, captured by the
+        # bench), so both servers send the same response size.
+        def answer(reply: bytes) -> Callable[[bytes, Any], Awaitable[bytes]]:
+            async def handler(request: bytes, _: Any) -> bytes:
+                return reply
+
+            return handler
+
+        return {
+            method: grpc.unary_unary_rpc_method_handler(answer(reply))
+            for method, reply in replies.items()
+        }
+
+    raise ValueError(f"unknown ceiling {kind!r}; one of {', '.join(KINDS)}")
+
+
+async def serve(kind: str, max_streams: int, replies: dict[str, bytes]) -> None:
+    server = grpc.aio.server(
+        options=[*SERVER_OPTIONS, ("grpc.max_concurrent_streams", max_streams)]
+    )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(SERVICE, _handlers(kind, replies)),)
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    print(f"port {port}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    # The parent closing our stdin also ends us, so no ceiling outlives a crashed bench.
+    loop.add_reader(sys.stdin.fileno(), lambda: stop.set() if not sys.stdin.read(1) else None)
+    await stop.wait()
+    await server.stop(0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("kind", choices=KINDS)
+    parser.add_argument("--max-streams", type=int, default=100)
+    parser.add_argument(
+        "--reply",
+        action="append",
+        default=[],
+        metavar="METHOD=HEX",
+        help="unary: the serialized answer for METHOD (e.g. GetAsset=0a24...)",
+    )
+    args = parser.parse_args()
+    replies = dict(item.split("=", 1) for item in args.reply)
+    asyncio.run(
+        serve(args.kind, args.max_streams, {m: bytes.fromhex(h) for m, h in replies.items()})
+    )
+
+
+if __name__ == "__main__":
+    main()

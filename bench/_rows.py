@@ -1,0 +1,368 @@
+"""Each group of rows: the service and its bare ceiling measured alternately, round by round."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import sqlite3
+import statistics
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from asset_service._proto.asset.v1 import asset_service_pb2 as pb
+from asset_service._proto.asset.v1 import asset_service_pb2_grpc as pb_grpc
+from bench import _client as client
+from bench._procs import Burner, Ceiling, RssSampler, minor_faults, wait_quiet
+from bench._report import Row, load1
+from bench._seed import multiply, seed_inputs
+from tests.serverproc import ServerProcess
+
+MiB = client.MiB
+
+
+@dataclass(frozen=True)
+class Sizes:
+    transfer_mib: int
+    watchers: int
+    calls: int
+    small_store: int
+    big_store: int
+    latency_calls: int
+    rounds: int
+    max_streams: int
+
+    @property
+    def transfer(self) -> int:
+        return self.transfer_mib * MiB
+
+
+async def alternate(
+    turn: int, service: Callable[[], Awaitable[float]], bare: Callable[[], Awaitable[float]]
+) -> tuple[float, float]:
+    """Both measurements, the order flipped every round so neither always runs second."""
+    if turn % 2:
+        b = await bare()
+        return await service(), b
+    s = await service()
+    return s, await bare()
+
+
+def server(root: Path, sizes: Sizes) -> ServerProcess:
+    return ServerProcess(
+        root / "data",
+        f"sqlite:///{root / 'assets.db'}",
+        extra_args=["--max-streams-per-connection", str(sizes.max_streams)],
+    )
+
+
+def _mib_s(size: int, seconds: list[float]) -> float:
+    return size / MiB / statistics.median(seconds)
+
+
+async def transfer_rows(svc: ServerProcess, sizes: Sizes) -> list[Row]:
+    """Upload quiet and busy, RSS growth during the upload, and ReadAsset."""
+    size, mib = sizes.transfer, sizes.transfer_mib
+    payload = client.Payload.make(size)
+    warm = client.Payload.make(MiB)
+    rows = []
+    with (
+        Ceiling("upload", sizes.max_streams) as up_bare,
+        Ceiling("read", sizes.max_streams) as read_bare,
+    ):
+        async with client.channel(svc.address) as s_ch, client.channel(up_bare.address) as b_ch:
+            s_stub, b_stub = pb_grpc.AssetServiceStub(s_ch), pb_grpc.AssetServiceStub(b_ch)
+            _, warm_id = await client.upload(s_stub, warm)
+            await s_stub.DeleteAsset(pb.DeleteAssetRequest(asset_id=warm_id))
+            await client.upload(b_stub, warm)
+            rss: dict[str, list[float]] = {"service": [], "bare": []}
+            quiet_rss = rss
+
+            async def svc_upload() -> float:
+                with RssSampler(svc.pid) as sampler:
+                    elapsed, asset_id = await client.upload(s_stub, payload)
+                rss["service"].append(sampler.growth / MiB)
+                await s_stub.DeleteAsset(pb.DeleteAssetRequest(asset_id=asset_id))
+                wait_quiet()
+                return elapsed
+
+            async def bare_upload() -> float:
+                with RssSampler(up_bare.pid) as sampler:
+                    elapsed, _ = await client.upload(b_stub, payload)
+                rss["bare"].append(sampler.growth / MiB)
+                wait_quiet()
+                return elapsed
+
+            for mode in ("quiet", "busy"):
+                times: list[tuple[float, float]] = []
+                for turn in range(sizes.rounds):
+                    if mode == "busy":
+                        with Burner():
+                            wait_quiet(0.3)
+                            times.append(await alternate(turn, svc_upload, bare_upload))
+                    else:
+                        times.append(await alternate(turn, svc_upload, bare_upload))
+                s_t, b_t = [t[0] for t in times], [t[1] for t in times]
+                rows.append(
+                    Row(
+                        f"upload {mib} MiB ({mode})",
+                        "≥0.85" if mode == "quiet" else "≥0.65",
+                        [b / s for s, b in times],
+                        load1(),
+                        f"service {_mib_s(size, s_t):.0f} MiB/s, "
+                        f"bare {_mib_s(size, b_t):.0f} MiB/s",
+                        {"service_s": s_t, "bare_s": b_t},
+                    )
+                )
+                if mode == "quiet":
+                    # Growth of the quiet runs only: a burner does not change what is buffered.
+                    quiet_rss = {k: list(v) for k, v in rss.items()}
+            rows.append(
+                Row(
+                    f"server RSS growth, {mib} MiB upload",
+                    "<32",
+                    quiet_rss["service"],
+                    load1(),
+                    f"MiB; bare server {statistics.median(quiet_rss['bare']):.1f} MiB",
+                    {"service_mib": quiet_rss["service"], "bare_mib": quiet_rss["bare"]},
+                )
+            )
+
+        async with client.channel(svc.address) as s_ch, client.channel(read_bare.address) as b_ch:
+            s_stub, b_stub = pb_grpc.AssetServiceStub(s_ch), pb_grpc.AssetServiceStub(b_ch)
+            _, asset_id = await client.upload(s_stub, payload)
+            await client.read(s_stub, asset_id, MiB)
+            await client.read(b_stub, asset_id, MiB)
+            faults: dict[str, list[float]] = {"service": [], "bare": []}
+
+            def reader(
+                stub: pb_grpc.AssetServiceAsyncStub, pid: int, key: str
+            ) -> Callable[[], Awaitable[float]]:
+                async def run() -> float:
+                    before = minor_faults(pid)
+                    elapsed = await client.read(stub, asset_id, size)
+                    faults[key].append(minor_faults(pid) - before)
+                    wait_quiet()
+                    return elapsed
+
+                return run
+
+            times = [
+                await alternate(
+                    turn,
+                    reader(s_stub, svc.pid, "service"),
+                    reader(b_stub, read_bare.pid, "bare"),
+                )
+                for turn in range(sizes.rounds)
+            ]
+            await s_stub.DeleteAsset(pb.DeleteAssetRequest(asset_id=asset_id))
+        s_t, b_t = [t[0] for t in times], [t[1] for t in times]
+        rows.append(
+            Row(
+                f"ReadAsset {mib} MiB",
+                "≥0.8",
+                [b / s for s, b in times],
+                load1(),
+                f"service {_mib_s(size, s_t):.0f} MiB/s, bare {_mib_s(size, b_t):.0f} MiB/s; "
+                f"minor faults service {statistics.median(faults['service']):.0f}, "
+                f"bare {statistics.median(faults['bare']):.0f}",
+                {"service_s": s_t, "bare_s": b_t, "minflt": faults},
+            )
+        )
+    return rows
+
+
+async def fanout_rows(svc: ServerProcess, sizes: Sizes) -> list[Row]:
+    with Ceiling("fanout", sizes.max_streams) as bare:
+        async with client.channel(svc.address) as s_ch, client.channel(bare.address) as b_ch:
+            s_stub, b_stub = pb_grpc.AssetServiceStub(s_ch), pb_grpc.AssetServiceStub(b_ch)
+            await client.fanout(s_stub, 10)
+            await client.fanout(b_stub, 10)
+            times = [
+                await alternate(
+                    turn,
+                    lambda: client.fanout(s_stub, sizes.watchers),
+                    lambda: client.fanout(b_stub, sizes.watchers),
+                )
+                for turn in range(sizes.rounds)
+            ]
+    s_t, b_t = [t[0] for t in times], [t[1] for t in times]
+    return [
+        Row(
+            f"fan-out to {sizes.watchers} watchers",
+            "≤1.2",
+            [s / b for s, b in times],
+            load1(),
+            f"service {statistics.median(s_t) * 1e3:.1f} ms, "
+            f"bare {statistics.median(b_t) * 1e3:.1f} ms (time ratio)",
+            {"service_s": s_t, "bare_s": b_t},
+        )
+    ]
+
+
+async def unary_rows(svc: ServerProcess, sizes: Sizes) -> list[Row]:
+    """GetAsset at 1/16/64 in flight and CreatePendingAsset at 64 against a bare server that
+    answers with the service's own serialized answers."""
+    async with client.channel(svc.address) as s_ch:
+        s_stub = pb_grpc.AssetServiceStub(s_ch)
+        created = await s_stub.CreateValueAsset(
+            pb.CreateValueAssetRequest(label="bench", value=pb.Value(json='{"k": 1}'))
+        )
+        get = pb.GetAssetRequest(asset_id=created.asset.id)
+        pending = pb.CreatePendingAssetRequest(
+            task_id="bench", label="out.json", type=pb.ASSET_TYPE_VALUE
+        )
+        replies = {
+            "GetAsset": (await s_stub.GetAsset(get)).SerializeToString(),
+            "CreatePendingAsset": (await s_stub.CreatePendingAsset(pending)).SerializeToString(),
+        }
+        rows = []
+        with Ceiling("unary", sizes.max_streams, replies) as bare:
+            async with client.channel(bare.address) as b_ch:
+                b_stub = pb_grpc.AssetServiceStub(b_ch)
+                cases = [("GetAsset", "≥0.7", n) for n in (1, 16, 64)]
+                cases.append(("CreatePendingAsset", "≥0.5", 64))
+                for method, bar, in_flight in cases:
+                    request = get if method == "GetAsset" else pending
+
+                    def caller(
+                        stub: pb_grpc.AssetServiceAsyncStub,
+                        method: str = method,
+                        request: object = request,
+                        in_flight: int = in_flight,
+                    ) -> Callable[[], Awaitable[float]]:
+                        call = getattr(stub, method)
+                        return lambda: client.closed_loop(
+                            lambda: call(request), in_flight, sizes.calls
+                        )
+
+                    await caller(s_stub)()  # warm up both at this concurrency
+                    await caller(b_stub)()
+                    rates = [
+                        await alternate(turn, caller(s_stub), caller(b_stub))
+                        for turn in range(sizes.rounds)
+                    ]
+                    s_r, b_r = [r[0] for r in rates], [r[1] for r in rates]
+                    rows.append(
+                        Row(
+                            f"{method} at {in_flight} in flight",
+                            bar,
+                            [s / b for s, b in rates],
+                            load1(),
+                            f"service {statistics.median(s_r):.0f}/s, "
+                            f"bare {statistics.median(b_r):.0f}/s",
+                            {"service_per_s": s_r, "bare_per_s": b_r},
+                        )
+                    )
+    return rows
+
+
+async def store_rows(tmp: Path, sizes: Sizes) -> list[Row]:
+    """GetManifest over 1000 inputs against ListAssets(1000), then GetAsset/ListAssets latency
+    on the same store multiplied from `small_store` to `big_store` assets."""
+    small_root, big_root = tmp / "small", tmp / "big"
+    small = server(small_root, sizes).start()
+    try:
+        async with client.channel(small.address) as ch:
+            stub = pb_grpc.AssetServiceStub(ch)
+            files = min(500, sizes.small_store // 2)
+            ids = await seed_inputs(stub, files, files)
+            extra = sizes.small_store - len(ids)
+            if extra > 0:
+                ids += await seed_inputs(stub, 0, extra)
+            manifest = pb.GetManifestRequest(
+                asset_mappings={f"in{i:04d}": asset_id for i, asset_id in enumerate(ids[:1000])}
+            )
+            listing = pb.ListAssetsRequest(page_size=1000)
+            await stub.GetManifest(manifest)
+            await stub.ListAssets(listing)
+            times = [
+                await alternate(
+                    turn,
+                    lambda: client.timed(lambda: stub.GetManifest(manifest)),
+                    lambda: client.timed(lambda: stub.ListAssets(listing)),
+                )
+                for turn in range(sizes.rounds)
+            ]
+    finally:
+        small.stop()
+    m_t, l_t = [t[0] for t in times], [t[1] for t in times]
+    rows = [
+        Row(
+            f"GetManifest {len(manifest.asset_mappings)} inputs",
+            "≤3",
+            [m / li for m, li in times],
+            load1(),
+            f"GetManifest {statistics.median(m_t) * 1e3:.1f} ms, "
+            f"ListAssets(1000) {statistics.median(l_t) * 1e3:.1f} ms (time ratio)",
+            {"manifest_s": m_t, "list_s": l_t},
+        )
+    ]
+
+    shutil.copytree(small_root, big_root)
+    total = multiply(big_root / "assets.db", sizes.big_store)
+    conn = sqlite3.connect(big_root / "assets.db")
+    try:
+        sample = [i for (i,) in conn.execute("SELECT id FROM assets ORDER BY random() LIMIT 500")]
+    finally:
+        conn.close()
+    small = server(small_root, sizes).start()
+    big = server(big_root, sizes).start()
+    try:
+        async with client.channel(small.address) as s_ch, client.channel(big.address) as b_ch:
+            stubs = pb_grpc.AssetServiceStub(s_ch), pb_grpc.AssetServiceStub(b_ch)
+            id_sets = ids, sample
+            n = sizes.latency_calls
+
+            def gets(which: int) -> Callable[[], Awaitable[float]]:
+                stub, pool = stubs[which], id_sets[which]
+                requests = [pb.GetAssetRequest(asset_id=pool[i % len(pool)]) for i in range(n)]
+
+                def get(request: pb.GetAssetRequest) -> Callable[[], Awaitable[object]]:
+                    return lambda: stub.GetAsset(request)
+
+                return lambda: client.median_latency([get(r) for r in requests])
+
+            def lists(which: int) -> Callable[[], Awaitable[float]]:
+                stub = stubs[which]
+                request = pb.ListAssetsRequest(page_size=100)
+                return lambda: client.median_latency(
+                    [lambda: stub.ListAssets(request) for _ in range(max(10, n // 4))]
+                )
+
+            for name, make in (("GetAsset", gets), ("ListAssets(100)", lists)):
+                await make(0)()
+                await make(1)()
+                # `alternate` puts its first argument first on even rounds: the big store.
+                lat = [await alternate(turn, make(1), make(0)) for turn in range(sizes.rounds)]
+                b_l, s_l = [t[0] for t in lat], [t[1] for t in lat]
+                rows.append(
+                    Row(
+                        f"{name} latency {_k(total)} / {_k(sizes.small_store)}",
+                        "≤1.5",
+                        [b / s for b, s in lat],
+                        load1(),
+                        f"{_k(sizes.small_store)} {statistics.median(s_l) * 1e3:.2f} ms, "
+                        f"{_k(total)} {statistics.median(b_l) * 1e3:.2f} ms",
+                        {"big_s": b_l, "small_s": s_l, "big_store": total},
+                    )
+                )
+    finally:
+        big.stop()
+        small.stop()
+    return rows
+
+
+def _k(n: int) -> str:
+    return f"{n // 1000}k" if n >= 1000 else str(n)
+
+
+async def guarded(names: list[str], group: Awaitable[list[Row]]) -> list[Row]:
+    """A group that fails (the service is being changed under us) leaves ERROR rows and lets
+    the other groups run."""
+    try:
+        return await group
+    except Exception as exc:  # reported in the table; the run goes on
+        message = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+        await asyncio.sleep(0)
+        return [Row(name, "≥0", error=message) for name in names]
