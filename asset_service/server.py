@@ -9,11 +9,14 @@ import logging
 import signal
 import socket
 from dataclasses import dataclass
+from typing import Any, cast
 
 import grpc
+from google.protobuf.message import Message
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 
+from asset_service import allocator
 from asset_service._proto.asset.v1 import asset_service_pb2 as pb
 from asset_service._proto.asset.v1 import asset_service_pb2_grpc as pb_grpc
 from asset_service.api import reflection
@@ -22,6 +25,7 @@ from asset_service.config import Settings
 from asset_service.domain.errors import AssetError, InvalidArgument
 from asset_service.domain.manager import AssetManager, Limits
 from asset_service.domain.ports import BlobStorage, MetadataStore
+from asset_service.security.interceptor import SecurityInterceptor
 from asset_service.security.setup import Security
 from asset_service.storage.imports import ImportRoots
 from asset_service.storage.local import LocalStorage
@@ -166,6 +170,57 @@ def open_storage(settings: Settings) -> tuple[BlobStorage, LocalManifests]:
     return storage, LocalManifests(root, cache)
 
 
+def _wire_bytes(message: Message | bytes) -> bytes:
+    """A response already serialized (a shared watch event) goes out as it is."""
+    return message if isinstance(message, bytes) else message.SerializeToString()
+
+
+class _Collected:
+    """Stands in for the server to collect the generated stubs' method handlers."""
+
+    def __init__(self) -> None:
+        self.handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        pass
+
+    def add_registered_method_handlers(
+        self, service: str, handlers: dict[str, grpc.RpcMethodHandler[Any, Any]]
+    ) -> None:
+        self.handlers = dict(handlers)
+
+
+def add_asset_service(
+    servicer: AssetServicer,
+    server: grpc.aio.Server,
+    anonymous: SecurityInterceptor | None = None,
+) -> None:
+    """The generated registration, but WatchAsset sends pre-serialized bytes.
+
+    One change fanned out to many watchers is serialized once (api/convert.SharedEvents);
+    every other method keeps the generated handler. Interceptors see the same handler
+    shapes, and reflection reads descriptors, not handlers. With `anonymous` (a server
+    without security) each handler is wrapped here, once, as that interceptor would wrap
+    it on every call.
+    """
+    collected = _Collected()
+    pb_grpc.add_AssetServiceServicer_to_server(servicer, cast(Any, collected))
+    handlers = collected.handlers
+    handlers["WatchAsset"] = grpc.unary_stream_rpc_method_handler(
+        servicer.WatchAsset,
+        request_deserializer=pb.WatchAssetRequest.FromString,
+        response_serializer=_wire_bytes,
+    )
+    if anonymous is not None:
+        handlers = {
+            name: anonymous.anonymous_handler(f"/{SERVICE_NAME}/{name}", handler)
+            for name, handler in handlers.items()
+        }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    # As the generated code does (grpc-stubs does not know this method yet).
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)  # type: ignore[attr-defined]
+
+
 async def start(settings: Settings, store: MetadataStore | None = None) -> RunningServer:
     """Open storage and store, recover, and serve; `store` overrides the database URL."""
     # Security files first: a mistake there stops start-up before anything is opened.
@@ -187,7 +242,14 @@ async def start(settings: Settings, store: MetadataStore | None = None) -> Runni
         *SERVER_OPTIONS,
         ("grpc.max_concurrent_streams", settings.max_streams_per_connection),
     ]
-    server = grpc.aio.server(options=options, interceptors=[security.interceptor(manager)])
+    interceptor = security.interceptor(manager)
+    # Without security the interceptor does the same for every call of a method: that is
+    # done once at registration instead, and calls skip grpc's interceptor chain (health
+    # and reflection, open on such a server, never needed it).
+    anonymous = interceptor if interceptor.anonymous else None
+    server = grpc.aio.server(
+        options=options, interceptors=[] if anonymous is not None else [interceptor]
+    )
     servicer = AssetServicer(
         manager,
         max_concurrent_uploads=settings.max_concurrent_uploads,
@@ -195,7 +257,7 @@ async def start(settings: Settings, store: MetadataStore | None = None) -> Runni
         watch_stall_timeout_seconds=settings.watch_stall_timeout_seconds,
         task_tokens=security.task_tokens,
     )
-    pb_grpc.add_AssetServiceServicer_to_server(servicer, server)
+    add_asset_service(servicer, server, anonymous)
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if settings.reflection != "off":
@@ -222,6 +284,7 @@ async def start(settings: Settings, store: MetadataStore | None = None) -> Runni
 
 
 async def serve(settings: Settings) -> None:
+    allocator.keep_chunk_buffers()  # ReadAsset/UploadAsset: no page faults per chunk
     running = await start(settings)
     running.security.describe()
     host = settings.listen.rsplit(":", 1)[0]

@@ -19,6 +19,7 @@ from asset_service._proto.asset.v1 import asset_service_pb2 as pb
 from asset_service._proto.asset.v1 import asset_service_pb2_grpc as pb_grpc
 from asset_service.api import convert
 from asset_service.api.errors import capped, rich_status, status_code, status_message
+from asset_service.api.stalls import StallGuard
 from asset_service.config import Settings
 from asset_service.domain.errors import (
     AssetError,
@@ -119,6 +120,9 @@ class AssetServicer(pb_grpc.AssetServiceServicer):
         self.upload_idle_timeout = upload_idle_timeout_seconds
         self.watch_stall_timeout = watch_stall_timeout_seconds
         self.uploads_in_progress = 0
+        # WatchAsset's wire bytes of recent events, shared by every stream sending them.
+        self.watch_events = convert.SharedEvents()
+        self.watch_stalls = StallGuard(watch_stall_timeout_seconds)
 
     @unary
     async def UploadAsset(
@@ -279,32 +283,48 @@ class AssetServicer(pb_grpc.AssetServiceServicer):
         )
         stall = self.watch_stall_timeout
         sent = request.after_revision
-        async with contextlib.aclosing(events):
-            async for event in events:
-                # context.write returns once the HTTP/2 window has room for the message
-                # (measured: a client that stops reading blocks it after ~6 MiB in flight).
-                # Bounding that wait ends a stalled stream; its buffer is already bounded
-                # by --watch-buffer-bytes. The server sees reading only as window space, so
-                # a slow reader with many small events ahead of a big one waits longer.
-                try:
-                    await asyncio.wait_for(context.write(convert.event_to_pb(event)), stall)
-                except TimeoutError:
-                    log.info(
-                        "WatchAsset client did not read for %gs; ending its stream with "
-                        "UNAVAILABLE (it may resume after revision %d)",
-                        stall,
-                        sent,
-                    )
-                    raise Unavailable(
-                        f"the watch stalled: the client did not read for {stall:g}s "
-                        f"(--watch-stall-timeout); resume with after_revision={sent}"
-                    ) from None
-                except grpc.aio.InternalError:
-                    # The client went away while an event was on its way (a cancelled or
-                    # closed channel): nothing to report, and no one to report it to.
-                    log.debug("WatchAsset client left after revision %d", sent)
-                    return
-                sent = max(sent, event.revision)
+        clock = asyncio.get_running_loop().time
+        writer = self.watch_stalls.register()
+        try:
+            async with contextlib.aclosing(events):
+                async for event in events:
+                    # The bytes are serialized once per event for every stream (server.py
+                    # registers WatchAsset with a serializer that passes bytes through).
+                    data = self.watch_events.encode(event)
+                    # context.write returns once the HTTP/2 window has room for the message
+                    # (measured: a client that stops reading blocks it after ~6 MiB in
+                    # flight). Bounding that wait (api/stalls.py) ends a stalled stream; its
+                    # buffer is already bounded by --watch-buffer-bytes. The server sees
+                    # reading only as window space, so a slow reader with many small events
+                    # ahead of a big one waits longer.
+                    writer.since = clock()
+                    try:
+                        await context.write(data)
+                    except grpc.aio.InternalError:
+                        # The client went away while an event was on its way (a cancelled
+                        # or closed channel): nothing to report, and no one to report it to.
+                        log.debug("WatchAsset client left after revision %d", sent)
+                        return
+                    writer.since = None
+                    sent = max(sent, event.revision)
+        except asyncio.CancelledError:
+            if not writer.stalled:
+                raise  # the client cancelled, or the server is stopping
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            log.info(
+                "WatchAsset client did not read for %gs; ending its stream with "
+                "UNAVAILABLE (it may resume after revision %d)",
+                stall,
+                sent,
+            )
+            raise Unavailable(
+                f"the watch stalled: the client did not read for {stall:g}s "
+                f"(--watch-stall-timeout); resume with after_revision={sent}"
+            ) from None
+        finally:
+            self.watch_stalls.unregister(writer)
         return
         yield  # an async generator for @streaming; every message goes out via context.write
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,11 +13,16 @@ from asset_service.domain.errors import (
     ManifestBlocked,
     shown,
 )
-from asset_service.domain.models import AssetType, Status, parse_asset_id
-from asset_service.domain.ports import BlobStorage, ManifestStore, MetadataStore
+from asset_service.domain.models import Asset, AssetType, Status, parse_asset_id
+from asset_service.domain.ports import BlobStorage, ManifestDraft, ManifestStore, MetadataStore
 from asset_service.domain.reads import READ_BATCH
 
 MAX_INPUTS = 1000
+# VALUE inputs are read back (with their values) and written a batch at a time: a store
+# call and a file-writing thread hop per batch, memory bounded by this many value bytes
+# (beyond the first READ_BATCH values, which may be up to 4 MiB each as before).
+VALUE_BATCH_BYTES = 16 * 1024 * 1024
+VALUE_OVERHEAD_BYTES = 1024
 
 
 @dataclass(frozen=True)
@@ -35,6 +40,55 @@ def _parse_mappings(mappings: Mapping[str, str]) -> dict[str, str]:
             raise InvalidArgument(f"manifest key {shown(key)} is empty or has control characters")
         ids[key] = parse_asset_id(raw, f"asset id of key {shown(key)}")
     return ids
+
+
+def _batches(values: Sequence[Asset]) -> Iterator[list[str]]:
+    """Ids of VALUE inputs a batch at a time, each batch's values within VALUE_BATCH_BYTES
+    (their sizes are in the records read without values), at least READ_BATCH of them."""
+    batch: list[str] = []
+    held = 0
+    for asset in values:
+        size = asset.size_bytes + VALUE_OVERHEAD_BYTES
+        if batch and len(batch) >= READ_BATCH and held + size > VALUE_BATCH_BYTES:
+            yield batch
+            batch, held = [], 0
+        batch.append(asset.id)
+        held += size
+    if batch:
+        yield batch
+
+
+async def _check_files(storage: BlobStorage, files: Sequence[Asset]) -> None:
+    """IntegrityError for the first FILE input whose bytes are gone; all checked at once
+    (one thread hop on local disk, not one per input)."""
+    if not files:
+        return
+    found = await storage.check_many([(a.storage_path, a.size_bytes) for a in files])
+    for asset, problem in zip(files, found, strict=True):
+        if problem is not None:
+            raise IntegrityError(f"asset {asset.id} is AVAILABLE but {problem.message}")
+
+
+async def _write_values(
+    store: MetadataStore,
+    draft: ManifestDraft,
+    values: Sequence[Asset],
+    keys: Mapping[str, Sequence[str]],
+) -> dict[str, str]:
+    """Each VALUE input read back with its value and written: {asset id: path}."""
+    paths: dict[str, str] = {}
+    for wanted in _batches(values):
+        part = await store.get_many(wanted)
+        gone = [
+            BlockingAsset(key, asset_id, "NOT_FOUND")
+            for asset_id in wanted
+            if asset_id not in part
+            for key in keys[asset_id]
+        ]
+        if gone:
+            raise ManifestBlocked(gone)  # deleted while the manifest was written
+        paths.update(await draft.add_values(list(part.values())))
+    return paths
 
 
 async def build_manifest(
@@ -60,26 +114,17 @@ async def build_manifest(
     if blocking:
         raise ManifestBlocked(blocking)
     files = [a for a in assets.values() if a.type is AssetType.FILE]
-    for asset in files:
-        try:
-            await storage.check(asset.storage_path, asset.size_bytes)
-        except IntegrityError as exc:
-            raise IntegrityError(f"asset {asset.id} is AVAILABLE but {exc.message}") from None
+    values = [a for a in assets.values() if a.type is AssetType.VALUE]
+    keys: dict[str, list[str]] = {}
+    for key, asset_id in ids.items():
+        keys.setdefault(asset_id, []).append(key)
+    # One after the other: run at once, the two threads' many short system calls made
+    # them wait for each other's GIL (measured: a 1000-input manifest took 15% longer).
+    await _check_files(storage, files)
     draft = await manifests.create()
     try:
         paths = {asset.id: await draft.add_file(asset) for asset in files}
-        values = [a.id for a in assets.values() if a.type is AssetType.VALUE]
-        for start in range(0, len(values), READ_BATCH):
-            wanted = values[start : start + READ_BATCH]
-            part = await store.get_many(wanted)
-            gone = [
-                BlockingAsset(key, asset_id, "NOT_FOUND")
-                for key, asset_id in ids.items()
-                if asset_id in wanted and asset_id not in part
-            ]
-            if gone:
-                raise ManifestBlocked(gone)  # deleted while the manifest was written
-            paths.update(await draft.add_values(list(part.values())))
+        paths.update(await _write_values(store, draft, values, keys))
         entries = {key: paths[asset_id] for key, asset_id in ids.items()}
         return Manifest(await draft.finish(entries, config_params), entries)
     except BaseException:

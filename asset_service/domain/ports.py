@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
+from asset_service.domain.errors import IntegrityError
 from asset_service.domain.models import (
     Asset,
     AssetFilter,
@@ -164,6 +165,10 @@ class BlobStorage(Protocol):
 
     async def check(self, storage_path: str, size_bytes: int) -> None:
         """IntegrityError unless the bytes are there with that size."""
+
+    async def check_many(self, items: Sequence[tuple[str, int]]) -> Sequence[IntegrityError | None]:
+        """check() of every (storage_path, size_bytes) at once (GetManifest's inputs):
+        each one's IntegrityError, or None, in order."""
 
     async def remove(self, storage_path: str) -> None: ...
 

@@ -75,10 +75,9 @@ class Subscription:
     def buffered_events(self) -> int:
         return len(self._queue)
 
-    def _offer(self, change: Change) -> None:
+    def _offer(self, change: Change, cost: int) -> None:
         if self.lagged or self.closed:
             return
-        cost = change_cost(change)
         if self._bytes + cost > self.budget_bytes:
             # A slow reader must not hold everyone back, nor grow the server without bound.
             self._lag()
@@ -141,6 +140,7 @@ class ChangeHub:
         self._run: tuple[int, int] | None = None  # (first, last) revision delivered in a row
         self._advanced = asyncio.Event()
         self._closed = False
+        self._slim: tuple[Asset, Asset] | None = None  # the last record slimmed, and its slim
         self.feed_wait_seconds = FEED_WAIT_SECONDS
         self.on_source_error: Callable[[BaseException], None] | None = None
 
@@ -165,9 +165,24 @@ class ChangeHub:
     def publish(self, change: Change) -> None:
         rev = change.revision
         self._run = (rev, rev) if self._run is None else (self._run[0], max(self._run[1], rev))
-        for sub in tuple(self._by_id.get(change.asset.id, ())):
-            sub._offer(change)
+        subs = self._by_id.get(change.asset.id)
+        if subs:
+            cost = change_cost(change)  # the same for every subscriber: estimated once
+            for sub in tuple(subs):
+                sub._offer(change, cost)
         self._signal()
+
+    def slim(self, asset: Asset) -> Asset:
+        """slim(asset), once for every subscriber of a change: they all hold the same record.
+
+        Only the last one is kept, so this holds at most one value beyond the buffers.
+        """
+        last = self._slim
+        if last is not None and last[0] is asset:
+            return last[1]
+        slimmed = slim(asset)
+        self._slim = (asset, slimmed) if slimmed is not asset else None
+        return slimmed
 
     def _signal(self) -> None:
         self._advanced.set()
@@ -305,7 +320,7 @@ class WatchStream:
         if change.kind is ChangeKind.DELETE:
             self._known[change.asset.id] = None
             return WatchEvent("DELETED", change.asset)
-        self._known[change.asset.id] = slim(change.asset)
+        self._known[change.asset.id] = self._sub.hub.slim(change.asset)
         return WatchEvent("CHANGED", change.asset)
 
     async def events(self) -> AsyncGenerator[WatchEvent, None]:

@@ -20,7 +20,12 @@ from asset_service.security.guard import (
     audit_code,
     audit_subjects,
 )
-from asset_service.security.principal import Principal, reset_principal, set_principal
+from asset_service.security.principal import (
+    ANONYMOUS,
+    Principal,
+    reset_principal,
+    set_principal,
+)
 from asset_service.security.roles import REFLECTION_METHOD, rule_for
 
 
@@ -34,11 +39,18 @@ class SecurityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         *,
         reflection_open: bool,
         first_message_timeout: float = 60.0,
+        anonymous: bool = False,
     ) -> None:
         self.authenticator = authenticator
         self.assets = assets
         self.reflection_open = reflection_open
         self.first_message_timeout = first_message_timeout
+        # No tokens file, client CA or task-token secret, now or after a reload: every call
+        # without credentials is ANONYMOUS, allowed everything, audited nowhere. Such calls
+        # take a cheaper path (no Guard, no auth context, one handler per method reused);
+        # a call that sends credentials anyway is refused by the guard as before.
+        self.anonymous = anonymous
+        self._anonymous_handlers: dict[str, tuple[Any, Any]] = {}
 
     async def intercept_service(
         self,
@@ -54,8 +66,121 @@ class SecurityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             return handler
         if method == REFLECTION_METHOD and self.reflection_open:
             return handler
-        guard = Guard(method, rule, self.authenticator, self.assets, self.first_message_timeout)
-        return _guarded(handler, guard)
+        if self.anonymous and rule is not None:  # a method without a rule is refused
+            return self.anonymous_handler(method, handler)
+        return _guarded(handler, self._guard(method))
+
+    def _guard(self, method: str) -> Guard:
+        return Guard(
+            method, rule_for(method), self.authenticator, self.assets, self.first_message_timeout
+        )
+
+    def anonymous_handler(self, method: str, handler: Any) -> Any:
+        """`handler` as this interceptor serves it when nothing can authenticate a caller.
+
+        The same for every call of `method`, so server.py applies it once at registration
+        and serves AssetService without grpc's per-call interceptor chain. Here too the
+        generic handler hands out the same handler object for a method every time.
+        """
+        assert self.anonymous and rule_for(method) is not None, method
+        cached = self._anonymous_handlers.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = _as_anonymous(handler, lambda: _guarded(handler, self._guard(method)))
+        self._anonymous_handlers[method] = (handler, wrapped)
+        return wrapped
+
+
+def _sends_credentials(context: Ctx) -> bool:
+    return any(key == "authorization" for key, _ in context.invocation_metadata() or ())
+
+
+def _as_anonymous(handler: Any, guarded: Callable[[], Any]) -> Any:
+    """The handler run as ANONYMOUS, or behind the full guard for a call with credentials
+    (which an open server refuses, as before). Behaviours are typed Any, as in _guarded."""
+    if handler.unary_unary is not None:
+        unary_unary = handler.unary_unary
+
+        async def unary_unary_call(request: Any, context: Ctx) -> Any:
+            if _sends_credentials(context):
+                return await guarded().unary_unary(request, context)
+            token = set_principal(ANONYMOUS)
+            try:
+                return await unary_unary(request, context)
+            finally:
+                reset_principal(token)
+
+        return grpc.unary_unary_rpc_method_handler(
+            unary_unary_call, handler.request_deserializer, handler.response_serializer
+        )
+
+    if handler.unary_stream is not None:
+        unary_stream = handler.unary_stream
+
+        async def unary_stream_call(request: Any, context: Ctx) -> AsyncIterator[Any]:
+            if _sends_credentials(context):
+                async for item in guarded().unary_stream(request, context):
+                    yield item
+                return
+            # _as_principal inlined: one async generator less for every message.
+            token = set_principal(ANONYMOUS)
+            try:
+                result = unary_stream(request, context)
+                if inspect.isasyncgen(result):
+                    async for item in result:
+                        yield item
+                else:
+                    await result
+            finally:
+                reset_principal(token)
+
+        return grpc.unary_stream_rpc_method_handler(
+            unary_stream_call, handler.request_deserializer, handler.response_serializer
+        )
+
+    if handler.stream_unary is not None:
+        stream_unary = handler.stream_unary
+
+        async def stream_unary_call(requests: AsyncIterator[Any], context: Ctx) -> Any:
+            if _sends_credentials(context):
+                return await guarded().stream_unary(requests, context)
+            token = set_principal(ANONYMOUS)
+            try:
+                return await stream_unary(requests, context)
+            finally:
+                reset_principal(token)
+
+        return grpc.stream_unary_rpc_method_handler(
+            stream_unary_call, handler.request_deserializer, handler.response_serializer
+        )
+
+    stream_stream = handler.stream_stream
+
+    async def stream_stream_call(requests: AsyncIterator[Any], context: Ctx) -> AsyncIterator[Any]:
+        if _sends_credentials(context):
+            call = guarded().stream_stream(requests, context)
+        else:
+            call = _as_principal(ANONYMOUS, stream_stream(requests, context))
+        async for item in call:
+            yield item
+
+    return grpc.stream_stream_rpc_method_handler(
+        stream_stream_call, handler.request_deserializer, handler.response_serializer
+    )
+
+
+async def _as_principal(principal: Principal, result: Any) -> AsyncIterator[Any]:
+    """Iterate a streaming handler as `principal` (an async generator, or a coroutine
+    writing with context.write)."""
+    token = set_principal(principal)
+    try:
+        if inspect.isasyncgen(result):
+            async for item in result:
+                yield item
+        else:
+            await result
+    finally:
+        reset_principal(token)
 
 
 async def _abort(context: Ctx, guard: Guard, refused: Refused, request: Any) -> NoReturn:
@@ -102,19 +227,6 @@ def _guarded(handler: Any, guard: Guard) -> Any:
                 subjects = audit_subjects(request(), response)
                 audit.record(principal, guard.rpc, subjects, audit_code(context, failure))
 
-    async def stream(principal: Principal, result: Any) -> AsyncIterator[Any]:
-        """Iterate a streaming handler as `principal` (an async generator, or a coroutine
-        writing with context.write)."""
-        token = set_principal(principal)
-        try:
-            if inspect.isasyncgen(result):
-                async for item in result:
-                    yield item
-            else:
-                await result
-        finally:
-            reset_principal(token)
-
     if handler.unary_unary is not None:
         unary_unary = handler.unary_unary
 
@@ -131,7 +243,7 @@ def _guarded(handler: Any, guard: Guard) -> Any:
 
         async def unary_stream_call(request: Any, context: Ctx) -> AsyncIterator[Any]:
             principal = await admitted(context, request)
-            async for item in stream(principal, unary_stream(request, context)):
+            async for item in _as_principal(principal, unary_stream(request, context)):
                 yield item
 
         return grpc.unary_stream_rpc_method_handler(
@@ -162,7 +274,7 @@ def _guarded(handler: Any, guard: Guard) -> Any:
 
     async def stream_stream_call(requests: AsyncIterator[Any], context: Ctx) -> AsyncIterator[Any]:
         principal = await admitted(context, None)
-        async for item in stream(principal, stream_stream(requests, context)):
+        async for item in _as_principal(principal, stream_stream(requests, context)):
             yield item
 
     return grpc.stream_stream_rpc_method_handler(

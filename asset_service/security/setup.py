@@ -97,7 +97,14 @@ class Security:
             assets,
             reflection_open=self.settings.reflection == "open" or not self.authenticated,
             first_message_timeout=self.settings.upload_idle_timeout_seconds,
+            anonymous=self.anonymous,
         )
+
+    @property
+    def anonymous(self) -> bool:
+        """Nothing configured that could authenticate a caller, now or after a reload."""
+        s = self.settings
+        return s.tokens_file is None and s.tls_client_ca is None and s.token_secret_file is None
 
     def add_port(self, server: grpc.aio.Server) -> int:
         if self.certificates is None:

@@ -14,7 +14,7 @@ import shutil
 import stat
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -31,10 +31,13 @@ from asset_service.domain.errors import (
 from asset_service.domain.models import parse_asset_id
 from asset_service.storage import fs, keys
 from asset_service.storage.imports import ImportRoots
+from asset_service.storage.sink import FileSink
 
 log = logging.getLogger(__name__)
 
 COPY_CHUNK = 1024 * 1024
+# What one thread hop of a download reads (in chunk_size pieces): memory per reader.
+READ_BATCH_BYTES = 4 * 1024 * 1024
 
 
 def _age(st: os.stat_result) -> float:
@@ -184,51 +187,37 @@ class _Blob:
 
 
 class _Writer(_Blob):
-    """Streams chunks into a staging file, hashing as it goes; memory stays flat."""
+    """Streams chunks into a staging file through a FileSink (hashed and written on its own
+    thread, behind a bounded queue); memory stays flat."""
 
     def __init__(self, storage: LocalStorage, path: Path) -> None:
         super().__init__(storage)
         self.path = path
-        self._hash = hashlib.sha256()
         try:
-            self._fh = open(path, "xb")  # noqa: SIM115 - closed by seal() or rollback()
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
         except OSError as exc:
             raise _oserror(exc, "staging an upload") from None
-
-    def _write_sync(self, chunk: bytes) -> None:
-        try:
-            self._fh.write(chunk)
-        except OSError as exc:
-            raise _oserror(exc, "writing an upload") from None
-        self._hash.update(chunk)
+        self._sink = FileSink(fd, name=path.name[:8])
 
     async def write(self, chunk: bytes) -> None:
-        if len(chunk) < 64 * 1024:  # a thread hop costs more than a small write
-            self._write_sync(chunk)
-        else:
-            await asyncio.to_thread(self._write_sync, chunk)
-        self.size_bytes += len(chunk)
-
-    def _seal_sync(self) -> None:
         try:
-            self._fh.flush()
-            os.fsync(self._fh.fileno())
+            await self._sink.write(chunk)
         except OSError as exc:
             raise _oserror(exc, "writing an upload") from None
-        finally:
-            with contextlib.suppress(OSError):
-                self._fh.close()
+        self.size_bytes += len(chunk)
 
     async def seal(self) -> None:
-        await asyncio.to_thread(self._seal_sync)
-        self.sha256 = self._hash.hexdigest()
+        try:
+            self.sha256 = await self._sink.seal()
+        except OSError as exc:
+            raise _oserror(exc, "writing an upload") from None
 
     def _commit_sync(self, parts: tuple[str, ...]) -> None:
         self._place(self.path, parts, None)
 
     def _rollback_sync(self) -> None:
-        with contextlib.suppress(OSError):
-            self._fh.close()  # an OSError here (ENOSPC on flush) must not stop the cleanup
+        # The sink's thread closes the file itself once it sees the abort; the name goes now.
+        self._sink.abort()
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
         super()._rollback_sync()
@@ -618,6 +607,20 @@ class LocalStorage:
         opened = await asyncio.to_thread(self._open_stored, storage_path, size_bytes)
         opened.close()
 
+    async def check_many(self, items: Sequence[tuple[str, int]]) -> Sequence[IntegrityError | None]:
+        """check() of each, all in one thread hop (a manifest may name 1000 inputs)."""
+        return await asyncio.to_thread(self._check_many_sync, items)
+
+    def _check_many_sync(self, items: Sequence[tuple[str, int]]) -> list[IntegrityError | None]:
+        found: list[IntegrityError | None] = []
+        for storage_path, size_bytes in items:
+            try:
+                self._open_stored(storage_path, size_bytes).close()
+                found.append(None)
+            except IntegrityError as exc:
+                found.append(exc)
+        return found
+
     async def remove(self, storage_path: str) -> None:
         parts = self._parts_of(storage_path)
         await asyncio.to_thread(self._remove_sync, parts)
@@ -658,20 +661,33 @@ def _entries_under(area: Path) -> list[tuple[Path, os.stat_result]]:
     return found
 
 
+def _pread_batch(fd: int, offset: int, end: int, chunk_size: int) -> list[bytes]:
+    """Chunks from `offset` up to READ_BATCH_BYTES (at least one chunk); stops early at EOF."""
+    stop = min(end, offset + max(chunk_size, READ_BATCH_BYTES))
+    chunks = []
+    while offset < stop:
+        chunk = os.pread(fd, min(chunk_size, stop - offset), offset)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        offset += len(chunk)
+    return chunks
+
+
 async def _read_chunks(
     opened: fs.Opened, storage_path: str, offset: int, end: int, chunk_size: int
 ) -> AsyncIterator[bytes]:
     try:
         while offset < end:
-            chunk = await asyncio.to_thread(
-                os.pread, opened.fd, min(chunk_size, end - offset), offset
-            )
-            if not chunk:
+            # Several chunks per thread hop: one hop per chunk cost as much as the copy.
+            batch = await asyncio.to_thread(_pread_batch, opened.fd, offset, end, chunk_size)
+            if not batch:
                 raise IntegrityError(
                     f"its bytes at {storage_path} ended at {offset} of {end} bytes (truncated "
                     "on disk while being read)"
                 )
-            offset += len(chunk)
-            yield chunk
+            for chunk in batch:
+                offset += len(chunk)
+                yield chunk
     finally:
         opened.close()

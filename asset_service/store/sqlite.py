@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import sqlite3
+import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -38,6 +39,7 @@ from asset_service.domain.models import (
 from asset_service.store import _paging
 from asset_service.store._fields import transition_fields
 from asset_service.store._reserve import DiskReserve
+from asset_service.store._sqlite_writer import GroupWriter
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,9 @@ DEFAULT_RESERVE_BYTES = 4 * 1024 * 1024
 # grows to between automatic checkpoints (1000 pages), so the steady state keeps its file
 # but the space a burst of big transactions (4 MiB VALUEs) took is given back, not pinned.
 JOURNAL_SIZE_LIMIT = 4 * 1024 * 1024
+# Reads run on this many threads, each with its own read-only connection: WAL lets them
+# read the last committed state while the writer thread is in a transaction.
+READ_THREADS = 4
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS assets (
@@ -155,28 +160,57 @@ def decode_token(token: str) -> int:
 
 
 class SqliteStore:
-    """All statements run on one thread, so writes are serialized and ordered."""
+    """Writes go through one writer thread in group transactions (_sqlite_writer.py), so
+    they are serialized and ordered; reads run on reader threads with their own connections.
+    """
 
     def __init__(self, path: Path, reserve_bytes: int = DEFAULT_RESERVE_BYTES) -> None:
         self.path = path
         self.reserve = DiskReserve(path.with_name(path.name + ".reserve"), reserve_bytes)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
-        self._conn: sqlite3.Connection | None = None
+        self._readers = ThreadPoolExecutor(
+            max_workers=READ_THREADS, thread_name_prefix="sqlite-read"
+        )
+        self._local = threading.local()
+        self._read_conns: list[sqlite3.Connection] = []
+        self._read_conns_lock = threading.Lock()
+        self._writer: GroupWriter | None = None
         self._changes: asyncio.Queue[Change] = asyncio.Queue()
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._lock_fd: int | None = None
+
+    @property
+    def transactions(self) -> int:
+        """Write transactions begun so far (group or single): for tests and benchmarks."""
+        return self._writer.transactions if self._writer is not None else 0
 
     # --- plumbing -------------------------------------------------------------------
 
-    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        if self._conn is None:
+    def _open_writer(self) -> GroupWriter:
+        if self._writer is None:
             raise Unavailable("the metadata store is not open")
-        conn = self._conn
-        loop = asyncio.get_running_loop()
+        return self._writer
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        self._open_writer()
+
+        def run() -> T:
+            conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+            if conn is None:
+                conn = self._local.conn = self._connect_reader()
+            return fn(conn)
+
         try:
-            return await loop.run_in_executor(self._executor, fn, conn)
+            return await asyncio.get_running_loop().run_in_executor(self._readers, run)
         except sqlite3.OperationalError as exc:
             raise self._translate(exc) from exc
+
+    def _connect_reader(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA query_only=1")
+        conn.execute("PRAGMA busy_timeout=5000")
+        with self._read_conns_lock:
+            self._read_conns.append(conn)
+        return conn
 
     def _translate(self, exc: sqlite3.Error) -> StorageFull | Unavailable:
         if _is_full(exc):
@@ -204,10 +238,10 @@ class SqliteStore:
                     log.warning("rollback failed after an error: %s", exc)
             raise
 
-    def _publish(self, change: Change) -> None:
-        assert self._loop is not None
-        # FIFO from the single writer thread keeps changes in commit order.
-        self._loop.call_soon_threadsafe(self._changes.put_nowait, change)
+    def _publish(self, changes: list[Change]) -> None:
+        # On the loop, from the one writer thread's batches in order: commit order.
+        for change in changes:
+            self._changes.put_nowait(change)
 
     @staticmethod
     def _next_revision(conn: sqlite3.Connection) -> int:
@@ -253,7 +287,6 @@ class SqliteStore:
         self._lock_fd = fd
 
     async def open(self) -> None:
-        self._loop = asyncio.get_running_loop()
         self._claim()
 
         def connect() -> sqlite3.Connection:
@@ -274,34 +307,49 @@ class SqliteStore:
             except BaseException:
                 conn.close()
                 raise
-            # On the sqlite thread, like every later use of the reserve.
+            # Before the writer thread starts, which makes every later use of the reserve.
             self.reserve.open(str(self.path))
             return conn
 
+        loop = asyncio.get_running_loop()
         try:
-            self._conn = await asyncio.get_running_loop().run_in_executor(self._executor, connect)
+            conn = await loop.run_in_executor(self._readers, connect)
         except sqlite3.Error as exc:
             if _is_full(exc):
                 raise StorageFull(
                     f"cannot open sqlite database {self.path}: its disk is full; free space"
                 ) from exc
             raise Unavailable(f"cannot open sqlite database {self.path}: {exc}") from exc
+        self._writer = GroupWriter(
+            conn,
+            loop,
+            translate=self._translate,
+            publish=self._publish,
+            after_commit=self.reserve.restore,
+        )
 
     async def close(self) -> None:
-        if self._conn is not None:
-            conn, self._conn = self._conn, None
-            await asyncio.get_running_loop().run_in_executor(self._executor, conn.close)
-        self._executor.shutdown(wait=True)
+        writer, self._writer = self._writer, None  # refuses new reads and writes
+        self._readers.shutdown(wait=True)
+        with self._read_conns_lock:
+            for conn in self._read_conns:
+                conn.close()
+            self._read_conns.clear()
+        if writer is not None:
+            # Queued writes still commit; the writer's connection closes last, on its own
+            # thread, so that it checkpoints and removes the WAL.
+            await writer.close(then=writer.conn.close)
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
 
     async def ping(self) -> None:
-        def q(c: sqlite3.Connection) -> None:
+        def q(c: sqlite3.Connection) -> tuple[None, None]:
             c.execute("SELECT 1").fetchone()
             self.reserve.restore()
+            return None, None
 
-        await self._run(q)
+        await self._open_writer().solo(q)
 
     # --- reads ----------------------------------------------------------------------
 
@@ -310,13 +358,13 @@ class SqliteStore:
             row = c.execute(f"SELECT {COLUMNS} FROM assets WHERE id = ?", (asset_id,)).fetchone()
             return _row_to_asset(row) if row else None
 
-        return await self._run(q)
+        return await self._read(q)
 
     async def get_many(self, asset_ids: Sequence[str]) -> dict[str, Asset]:
         return await self._select_many(COLUMNS, asset_ids)
 
     async def snapshot(self, asset_ids: Sequence[str]) -> dict[str, Asset]:
-        # One call on the store's only thread, which also runs every write: one cut.
+        # One statement, or one read transaction past 500 ids: one cut either way.
         return await self._select_many(SLIM_COLUMNS, asset_ids)
 
     async def _select_many(self, columns: str, asset_ids: Sequence[str]) -> dict[str, Asset]:
@@ -324,8 +372,7 @@ class SqliteStore:
 
         def q(c: sqlite3.Connection) -> dict[str, Asset]:
             found: dict[str, Asset] = {}
-            # Several statements read one snapshot only inside one read transaction
-            # (this thread runs every write too, but a second connection could not).
+            # Several statements read one snapshot only inside one read transaction.
             several = len(ids) > 500
             if several:
                 c.execute("BEGIN")
@@ -341,7 +388,7 @@ class SqliteStore:
                     c.execute("COMMIT")
             return found
 
-        return await self._run(q) if ids else {}
+        return await self._read(q) if ids else {}
 
     async def query(
         self, flt: AssetFilter, limit: int, page_token: str, max_bytes: int | None = None
@@ -377,53 +424,53 @@ class SqliteStore:
                 rows.close()
             return Page(assets, encode_token(last) if last is not None else "")
 
-        return await self._run(q)
+        return await self._read(q)
 
     # --- writes -----------------------------------------------------------------------
 
     async def insert(self, asset: Asset) -> Asset:
-        def w(c: sqlite3.Connection) -> Asset:
+        # Runs in a group transaction, in its own savepoint (_sqlite_writer.py).
+        def w(c: sqlite3.Connection) -> tuple[Asset, Change]:
             try:
-                with self._transaction(c):
-                    rev = self._next_revision(c)
-                    v = asset.value
-                    c.execute(
-                        f"INSERT INTO assets ({COLUMNS}) VALUES "
-                        "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        (
-                            asset.id,
-                            asset.label,
-                            asset.status.value,
-                            asset.type.value,
-                            asset.media_type,
-                            asset.storage_path,
-                            v.kind.value if v else None,
-                            v.data if v else None,
-                            asset.created_by_task,
-                            json.dumps(list(asset.tags)),
-                            asset.size_bytes,
-                            asset.sha256,
-                            asset.created_at.isoformat(),
-                            asset.updated_at.isoformat(),
-                            asset.failure_reason,
-                            asset.fulfilled_from,
-                            rev,
-                            asset.created_by,
-                            asset.updated_by,
-                        ),
-                    )
-                    c.executemany(
-                        "INSERT INTO asset_tags (tag, asset_id) VALUES (?, ?)",
-                        [(t, asset.id) for t in asset.tags],
-                    )
+                rev = self._next_revision(c)
+                v = asset.value
+                c.execute(
+                    f"INSERT INTO assets ({COLUMNS}) VALUES "
+                    "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        asset.id,
+                        asset.label,
+                        asset.status.value,
+                        asset.type.value,
+                        asset.media_type,
+                        asset.storage_path,
+                        v.kind.value if v else None,
+                        v.data if v else None,
+                        asset.created_by_task,
+                        json.dumps(list(asset.tags)),
+                        asset.size_bytes,
+                        asset.sha256,
+                        asset.created_at.isoformat(),
+                        asset.updated_at.isoformat(),
+                        asset.failure_reason,
+                        asset.fulfilled_from,
+                        rev,
+                        asset.created_by,
+                        asset.updated_by,
+                    ),
+                )
+                c.executemany(
+                    "INSERT INTO asset_tags (tag, asset_id) VALUES (?, ?)",
+                    [(t, asset.id) for t in asset.tags],
+                )
             except sqlite3.IntegrityError:
                 raise Conflict(f"asset {asset.id} already exists") from None
             stored = Asset(**{**asset.__dict__, "revision": rev})
-            self._publish(Change(ChangeKind.PUT, stored))
-            self.reserve.restore()
-            return stored
+            return stored, Change(ChangeKind.PUT, stored)
 
-        return await self._run(w)
+        cost = len(asset.value.data) if asset.value else 0
+        result: Asset = await self._open_writer().submit(w, cost)
+        return result
 
     async def transition(
         self, asset_id: str, expected: Status, change: Fulfillment | Failure, now: datetime
@@ -432,30 +479,30 @@ class SqliteStore:
             change, now, value_column="value_data", timestamp=datetime.isoformat
         )
 
-        def w(c: sqlite3.Connection) -> Asset:
-            with self._transaction(c):
-                rev = self._next_revision(c)
-                assignments = ", ".join(f"{k} = ?" for k in sets)
-                row = c.execute(
-                    f"UPDATE assets SET {assignments}, revision = ? "
-                    f"WHERE id = ? AND status = ? RETURNING {COLUMNS}",
-                    (*sets.values(), rev, asset_id, expected.value),
-                ).fetchone()
-                if row is None:
-                    # Raising rolls the revision bump back too.
-                    cur = c.execute("SELECT status FROM assets WHERE id = ?", (asset_id,))
-                    current = cur.fetchone()
-                    if current is None:
-                        raise NotFound(f"asset {asset_id} not found")
-                    raise Conflict(
-                        f"asset {asset_id} is {current['status']}, expected {expected.value}"
-                    )
+        # Runs in a group transaction, in its own savepoint: raising rolls it back alone,
+        # revision bump included.
+        def w(c: sqlite3.Connection) -> tuple[Asset, Change]:
+            rev = self._next_revision(c)
+            assignments = ", ".join(f"{k} = ?" for k in sets)
+            row = c.execute(
+                f"UPDATE assets SET {assignments}, revision = ? "
+                f"WHERE id = ? AND status = ? RETURNING {COLUMNS}",
+                (*sets.values(), rev, asset_id, expected.value),
+            ).fetchone()
+            if row is None:
+                cur = c.execute("SELECT status FROM assets WHERE id = ?", (asset_id,))
+                current = cur.fetchone()
+                if current is None:
+                    raise NotFound(f"asset {asset_id} not found")
+                raise Conflict(
+                    f"asset {asset_id} is {current['status']}, expected {expected.value}"
+                )
             updated = _row_to_asset(row)
-            self._publish(Change(ChangeKind.PUT, updated))
-            self.reserve.restore()
-            return updated
+            return updated, Change(ChangeKind.PUT, updated)
 
-        return await self._run(w)
+        value = getattr(change, "value", None)
+        result: Asset = await self._open_writer().submit(w, len(value.data) if value else 0)
+        return result
 
     def _delete_once(self, c: sqlite3.Connection, asset_id: str, by: str) -> Asset | None:
         with self._transaction(c):
@@ -482,7 +529,8 @@ class SqliteStore:
             c.execute(f"PRAGMA secure_delete = {mode}")
 
     async def delete(self, asset_id: str, by: str = "") -> Asset | None:
-        def w(c: sqlite3.Connection) -> Asset | None:
+        # Alone in its transaction: on a full disk it is retried with the reserve released.
+        def w(c: sqlite3.Connection) -> tuple[Asset | None, Change | None]:
             try:
                 gone = self._delete_once(c, asset_id, by)
             except sqlite3.OperationalError as exc:
@@ -503,12 +551,12 @@ class SqliteStore:
                 except sqlite3.Error as cexc:
                     log.warning("checkpoint after a disk-full delete failed: %s", cexc)
             if gone is None:
-                return None
-            self._publish(Change(ChangeKind.DELETE, gone))
+                return None, None
             self.reserve.restore()
-            return gone
+            return gone, Change(ChangeKind.DELETE, gone)
 
-        return await self._run(w)
+        result: Asset | None = await self._open_writer().solo(w)
+        return result
 
     async def changes(self) -> AsyncIterator[Change | Resync]:
         while True:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime
 
 from asset_service.domain.errors import (
@@ -211,6 +211,16 @@ class MemoryStorage:
 
     async def check(self, storage_path: str, size_bytes: int) -> None:
         self._stored(storage_path, size_bytes)
+
+    async def check_many(self, items: Sequence[tuple[str, int]]) -> Sequence[IntegrityError | None]:
+        found: list[IntegrityError | None] = []
+        for storage_path, size_bytes in items:
+            try:
+                self._stored(storage_path, size_bytes)
+                found.append(None)
+            except IntegrityError as exc:
+                found.append(exc)
+        return found
 
     async def remove(self, storage_path: str) -> None:
         self.state.objects.pop(self._key_of(storage_path), None)

@@ -7,7 +7,7 @@ import contextlib
 import logging
 import os
 import uuid
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,6 +43,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _AREAS = ("uploads", "generated")
+# HEAD requests in flight at once when a manifest checks its inputs.
+CHECK_CONCURRENCY = 16
 
 
 class S3Storage:
@@ -304,6 +306,20 @@ class S3Storage:
 
     async def check(self, storage_path: str, size_bytes: int) -> None:
         await self._checked(storage_path, size_bytes)
+
+    async def check_many(self, items: Sequence[tuple[str, int]]) -> Sequence[IntegrityError | None]:
+        """HEAD requests a few at a time: each one's IntegrityError, or None."""
+        gate = asyncio.Semaphore(CHECK_CONCURRENCY)
+
+        async def one(storage_path: str, size_bytes: int) -> IntegrityError | None:
+            async with gate:
+                try:
+                    await self._checked(storage_path, size_bytes)
+                except IntegrityError as exc:
+                    return exc
+                return None
+
+        return await asyncio.gather(*(one(path, size) for path, size in items))
 
     async def read(
         self, storage_path: str, size_bytes: int, offset: int, limit: int, chunk_size: int

@@ -1,0 +1,305 @@
+"""The upload pipeline: one writer thread per upload behind a bounded queue (storage/sink.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import hashlib
+import os
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from asset_service.domain.errors import StorageFull
+from asset_service.domain.manager import AssetManager, Limits
+from asset_service.domain.models import AssetFilter, UploadHeader
+from asset_service.storage import sink
+from asset_service.storage.local import LocalStorage
+from asset_service.storage.sink import FileSink
+from asset_service.store.memory import MemoryStore
+
+KiB = 1024
+
+
+class SlowDisk:
+    """Replaces the sink's write: each write blocks until the test lets it through."""
+
+    def __init__(self, fail_at: int | None = None, exc: OSError | None = None) -> None:
+        self.gate = threading.Semaphore(0)
+        self.started = threading.Semaphore(0)
+        self.writes = 0
+        self.fail_at = fail_at
+        self.exc = exc
+        self.real = sink._write_all
+
+    def __call__(self, fd: int, chunk: bytes) -> None:
+        self.writes += 1
+        self.started.release()
+        self.gate.acquire()
+        if self.writes == self.fail_at:
+            assert self.exc is not None
+            raise self.exc
+        self.real(fd, chunk)
+
+    def allow(self, n: int = 1) -> None:
+        for _ in range(n):
+            self.gate.release()
+
+    async def wait_started(self, n: int) -> None:
+        for _ in range(n):
+            assert await asyncio.to_thread(self.started.acquire, True, 10), "no write started"
+
+
+@pytest.fixture
+def slow_disk(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., SlowDisk]]:
+    made: list[SlowDisk] = []
+
+    def make(**kwargs: object) -> SlowDisk:
+        disk = SlowDisk(**kwargs)  # type: ignore[arg-type]
+        monkeypatch.setattr(sink, "_write_all", disk)
+        made.append(disk)
+        return disk
+
+    yield make
+    for disk in made:
+        disk.allow(1000)  # never leave a thread blocked behind a failed test
+
+
+def sink_threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name.startswith("sink-")}
+
+
+@pytest.fixture
+def threads_before() -> set[threading.Thread]:
+    """Sink threads of other tests (a writer a test never ended idles until exit)."""
+    return sink_threads()
+
+
+async def sink_threads_left(before: set[threading.Thread]) -> set[threading.Thread]:
+    """This test's sink threads still alive after giving ended uploads a moment to unwind."""
+
+    def join() -> None:
+        for thread in sink_threads() - before:
+            thread.join(10)
+
+    await asyncio.to_thread(join)
+    return sink_threads() - before
+
+
+def staged(storage: LocalStorage) -> list[str]:
+    return sorted(p.name for p in storage.staging.iterdir() if p.name not in (".lock", "intents"))
+
+
+async def test_the_event_loop_keeps_receiving_up_to_the_bound_and_no_further(
+    tmp_path: Path, slow_disk: Callable[..., SlowDisk]
+) -> None:
+    disk = slow_disk()
+    target = tmp_path / "out"
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+    out = FileSink(fd, queue_bytes=4 * KiB)
+    chunk = b"x" * KiB
+    await out.write(chunk)
+    await disk.wait_started(1)  # the thread holds chunk 1 in a write that does not return
+    for _ in range(3):  # chunks 2-4 fit in the 4 KiB queue (chunk 1 still counts)
+        await asyncio.wait_for(out.write(chunk), 10)
+    assert out.queued_bytes == 4 * KiB
+    fifth = asyncio.create_task(out.write(chunk))
+    done, _ = await asyncio.wait({fifth}, timeout=0.2)
+    assert not done, "a full queue must make the caller wait (back-pressure)"
+    assert out.queued_bytes == 4 * KiB, "nothing past the bound is accepted"
+    disk.allow(1)  # chunk 1 written: room for exactly one more
+    await asyncio.wait_for(fifth, 10)
+    assert out.queued_bytes <= 4 * KiB
+    disk.allow(4)
+    digest = await asyncio.wait_for(out.seal(), 10)
+    assert digest == hashlib.sha256(chunk * 5).hexdigest()
+    assert target.read_bytes() == chunk * 5
+    assert not out.alive
+
+
+async def test_the_writer_does_not_wait_for_each_write(
+    tmp_path: Path, slow_disk: Callable[..., SlowDisk]
+) -> None:
+    """A handler pulling messages keeps going while the disk is busy with an earlier chunk."""
+    disk = slow_disk()
+    storage = LocalStorage(tmp_path)
+    await storage.open()
+    writer = storage.new_writer()
+    pulled = 0
+    chunk = b"y" * (256 * KiB)
+
+    async def upload() -> None:
+        nonlocal pulled
+        for _ in range(64):
+            pulled += 1
+            await writer.write(chunk)
+
+    task = asyncio.create_task(upload())
+    await disk.wait_started(1)
+    await asyncio.wait({task}, timeout=0.2)
+    bound = sink.QUEUE_BYTES // len(chunk)
+    # The chunk in the write and the queued ones (QUEUE_BYTES in all), and one waiting.
+    assert pulled == bound + 1, f"pulled {pulled} chunks while one write was in progress"
+    disk.allow(1000)
+    await asyncio.wait_for(task, 10)
+    await writer.seal()
+    assert writer.size_bytes == 64 * len(chunk)
+    assert writer.sha256 == hashlib.sha256(chunk * 64).hexdigest()
+    writer.discard()
+    await storage.close()
+
+
+@pytest.fixture
+async def manager(tmp_path: Path) -> AsyncIterator[AssetManager]:
+    manager = AssetManager(MemoryStore(), LocalStorage(tmp_path / "blobs"), Limits())
+    await manager.start()
+    try:
+        yield manager
+    finally:
+        await manager.stop()
+
+
+async def parts(n: int, size: int, pulled: list[int] | None = None) -> AsyncIterator[bytes]:
+    for i in range(n):
+        if pulled is not None:
+            pulled.append(i)
+        yield bytes([i % 256]) * size
+
+
+@pytest.mark.parametrize(
+    ("exc", "expected"),
+    [
+        (OSError(errno.ENOSPC, "No space left on device"), StorageFull),
+        (OSError(errno.EDQUOT, "Disk quota exceeded"), StorageFull),
+        (OSError(errno.EIO, "Input/output error"), OSError),
+    ],
+)
+async def test_a_failed_write_surfaces_as_the_domain_error_and_leaves_nothing(
+    manager: AssetManager,
+    slow_disk: Callable[..., SlowDisk],
+    exc: OSError,
+    expected: type[Exception],
+    threads_before: set[threading.Thread],
+) -> None:
+    storage = manager.storage
+    assert isinstance(storage, LocalStorage)
+    disk = slow_disk(fail_at=3, exc=exc)
+    disk.allow(1000)
+    with pytest.raises(expected) as raised:
+        await manager.upload(UploadHeader(label="big.bin"), parts(40, 64 * KiB))
+    if expected is StorageFull:
+        assert "storage is full (writing an upload" in str(raised.value)
+    else:
+        assert raised.value.errno == errno.EIO  # type: ignore[attr-defined]
+    assert staged(storage) == [], "the staging file of a failed upload must be removed"
+    assert await sink_threads_left(threads_before) == set()
+    assert [a async for a in _all(manager)] == []
+
+
+async def test_a_failed_fsync_fails_the_seal(
+    manager: AssetManager,
+    monkeypatch: pytest.MonkeyPatch,
+    threads_before: set[threading.Thread],
+) -> None:
+    def broken_fsync(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", broken_fsync)
+    storage = manager.storage
+    assert isinstance(storage, LocalStorage)
+    with pytest.raises(StorageFull):
+        await manager.upload(UploadHeader(label="x.bin"), parts(3, KiB))
+    assert staged(storage) == []
+    assert await sink_threads_left(threads_before) == set()
+
+
+async def test_one_failing_upload_does_not_fail_its_neighbours(
+    manager: AssetManager,
+    monkeypatch: pytest.MonkeyPatch,
+    threads_before: set[threading.Thread],
+) -> None:
+    real = sink._write_all
+    doomed: set[int] = set()
+
+    def write(fd: int, chunk: bytes) -> None:
+        if chunk[:1] == b"\xff":  # only the doomed upload sends 0xff bytes
+            doomed.add(fd)
+        if fd in doomed:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(fd, chunk)
+
+    monkeypatch.setattr(sink, "_write_all", write)
+
+    async def bad() -> AsyncIterator[bytes]:
+        for _ in range(20):
+            yield b"\xff" * (64 * KiB)
+
+    good_data = b"".join([p async for p in parts(20, 64 * KiB)])
+    results = await asyncio.gather(
+        manager.upload(
+            UploadHeader(label="good.bin", expected_sha256=hashlib.sha256(good_data).hexdigest()),
+            parts(20, 64 * KiB),
+        ),
+        manager.upload(UploadHeader(label="bad.bin"), bad()),
+        return_exceptions=True,
+    )
+    good, failed = results
+    assert isinstance(failed, StorageFull)
+    assert not isinstance(good, BaseException)
+    assert good.size_bytes == len(good_data)
+    chunks = await manager.read(good.id, 0, 0)
+    assert b"".join([c async for c in chunks]) == good_data
+    assert await sink_threads_left(threads_before) == set()
+
+
+async def test_a_cancelled_upload_leaves_no_thread_and_no_file(
+    manager: AssetManager,
+    slow_disk: Callable[..., SlowDisk],
+    threads_before: set[threading.Thread],
+) -> None:
+    storage = manager.storage
+    assert isinstance(storage, LocalStorage)
+    disk = slow_disk()
+    pulled: list[int] = []
+    task = asyncio.create_task(
+        manager.upload(UploadHeader(label="c.bin"), parts(1000, 256 * KiB, pulled))
+    )
+    await disk.wait_started(1)
+    await asyncio.wait({task}, timeout=0.2)
+    assert len(sink_threads() - threads_before) == 1
+    assert staged(storage) != []
+    assert len(pulled) <= sink.QUEUE_BYTES // (256 * KiB) + 1, "back-pressure reached the source"
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert staged(storage) == [], "the staging file goes with the cancelled upload"
+    disk.allow(1000)  # the write in progress returns; the thread must then end
+    assert await sink_threads_left(threads_before) == set()
+    assert [a async for a in _all(manager)] == []
+
+
+async def test_a_big_upload_is_hashed_and_committed_whole(
+    manager: AssetManager, threads_before: set[threading.Thread]
+) -> None:
+    data = b"".join([p async for p in parts(12, 1024 * KiB)])
+    asset = await manager.upload(
+        UploadHeader(
+            label="whole.bin",
+            expected_size_bytes=len(data),
+            expected_sha256=hashlib.sha256(data).hexdigest(),
+        ),
+        parts(12, 1024 * KiB),
+    )
+    assert Path(asset.storage_path).read_bytes() == data
+    storage = manager.storage
+    assert isinstance(storage, LocalStorage)
+    assert staged(storage) == []
+    assert await sink_threads_left(threads_before) == set()
+
+
+async def _all(manager: AssetManager) -> AsyncIterator[str]:
+    page = await manager.list_assets(AssetFilter(), 100, "")
+    for asset in page.assets:
+        yield asset.id
