@@ -9,6 +9,7 @@ import statistics
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 
@@ -42,6 +43,25 @@ class Payload:
         for _ in range(size // MiB):
             digest.update(chunk)
         return cls(size, chunk, digest.hexdigest())
+
+
+def durable_write(folder: Path, payload: Payload) -> float:
+    """Seconds to write, sha256 and fsync the payload into `folder` (then removed): what the
+    disk alone allows an upload, with no network and no server."""
+    target = folder / "bench-durable-write.bin"
+    start = time.perf_counter()
+    digest = hashlib.sha256()
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        for _ in range(payload.size // MiB):
+            digest.update(payload.chunk)
+            os.write(fd, payload.chunk)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    elapsed = time.perf_counter() - start
+    target.unlink()
+    return elapsed
 
 
 async def upload(

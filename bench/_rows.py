@@ -93,6 +93,7 @@ async def transfer_rows(svc: ServerProcess, sizes: Sizes) -> list[Row]:
                 wait_quiet()
                 return elapsed
 
+            disk_times: list[float] = []
             for mode in ("quiet", "busy"):
                 times: list[tuple[float, float]] = []
                 for turn in range(sizes.rounds):
@@ -102,6 +103,10 @@ async def transfer_rows(svc: ServerProcess, sizes: Sizes) -> list[Row]:
                             times.append(await alternate(turn, svc_upload, bare_upload))
                     else:
                         times.append(await alternate(turn, svc_upload, bare_upload))
+                        disk_times.append(
+                            await asyncio.to_thread(client.durable_write, svc.root, payload)
+                        )
+                        wait_quiet()
                 s_t, b_t = [t[0] for t in times], [t[1] for t in times]
                 rows.append(
                     Row(
@@ -117,6 +122,20 @@ async def transfer_rows(svc: ServerProcess, sizes: Sizes) -> list[Row]:
                 if mode == "quiet":
                     # Growth of the quiet runs only: a burner does not change what is buffered.
                     quiet_rss = {k: list(v) for k, v in rss.items()}
+            # What limits the upload: the same bytes written, hashed and fsynced by one
+            # local thread on the server's file system, with no network at all.
+            svc_times = rows[0].raw["service_s"]
+            rows.append(
+                Row(
+                    f"upload {mib} MiB vs local durable write",
+                    "",
+                    [d / s for s, d in zip(svc_times, disk_times, strict=True)],
+                    load1(),
+                    f"write+sha256+fsync of the bytes alone: "
+                    f"{_mib_s(size, disk_times):.0f} MiB/s (info: the disk's ceiling)",
+                    {"service_s": svc_times, "disk_s": disk_times},
+                )
+            )
             rows.append(
                 Row(
                     f"server RSS growth, {mib} MiB upload",

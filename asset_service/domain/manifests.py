@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +19,7 @@ from asset_service.domain.ports import BlobStorage, ManifestDraft, ManifestStore
 from asset_service.domain.reads import READ_BATCH
 
 MAX_INPUTS = 1000
+_CONTROL = re.compile(r"[\x00-\x1f]")
 # VALUE inputs are read back (with their values) and written a batch at a time: a store
 # call and a file-writing thread hop per batch, memory bounded by this many value bytes
 # (beyond the first READ_BATCH values, which may be up to 4 MiB each as before).
@@ -36,7 +38,7 @@ def _parse_mappings(mappings: Mapping[str, str]) -> dict[str, str]:
         raise InvalidArgument(f"{len(mappings)} mappings given; the limit is {MAX_INPUTS}")
     ids: dict[str, str] = {}
     for key, raw in sorted(mappings.items()):
-        if not key or any(ord(c) < 32 for c in key):
+        if not key or _CONTROL.search(key):
             raise InvalidArgument(f"manifest key {shown(key)} is empty or has control characters")
         ids[key] = parse_asset_id(raw, f"asset id of key {shown(key)}")
     return ids

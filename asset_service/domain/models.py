@@ -208,7 +208,13 @@ def _unprintable(text: str) -> bool:
     )
 
 
+# The form every id is stored and sent in: taken as it is, without building a UUID.
+_CANONICAL_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
 def parse_asset_id(raw: str, what: str = "asset_id") -> str:
+    if _CANONICAL_ID.fullmatch(raw):
+        return raw
     if not raw:
         raise InvalidArgument(f"{what} is required")
     try:

@@ -584,15 +584,10 @@ class LocalStorage:
         except NotFound:
             raise IntegrityError(f"its bytes at {storage_path} are missing") from None
         except AssetError:  # a symlink or a non-regular file where the bytes should be
-            raise IntegrityError(
-                f"its bytes at {storage_path} are not a regular file; they are not followed"
-            ) from None
+            raise _not_regular(storage_path) from None
         if opened.st.st_size != size_bytes:
             opened.close()
-            raise IntegrityError(
-                f"its bytes at {storage_path} are {opened.st.st_size} bytes long; the record "
-                f"says {size_bytes} (truncated or replaced on disk)"
-            )
+            raise _wrong_size(storage_path, opened.st.st_size, size_bytes)
         return opened
 
     async def read(
@@ -612,13 +607,41 @@ class LocalStorage:
         return await asyncio.to_thread(self._check_many_sync, items)
 
     def _check_many_sync(self, items: Sequence[tuple[str, int]]) -> list[IntegrityError | None]:
+        """Like check() of each, but the folders their paths share (uploads/<date>/...) are
+        opened once: each is walked from its parent's fd without following symlinks, and
+        each file is lstat-ed in its folder (a symlink there is not a regular file)."""
         found: list[IntegrityError | None] = []
-        for storage_path, size_bytes in items:
-            try:
-                self._open_stored(storage_path, size_bytes).close()
-                found.append(None)
-            except IntegrityError as exc:
-                found.append(exc)
+        folders: dict[tuple[str, ...], int] = {}
+
+        def folder(parts: tuple[str, ...]) -> int:
+            fd = folders.get(parts)
+            if fd is None:
+                if len(folders) >= _CHECK_FOLDER_FDS:  # never near the fd limit
+                    _close_all(folders)
+                parent = os.open(self.root, fs.DIR_FLAGS) if not parts else folder(parts[:-1])
+                fd = parent if not parts else fs.open_dir(parent, parts[-1:], "/".join(parts))
+                folders[parts] = fd
+            return fd
+
+        try:
+            for storage_path, size_bytes in items:
+                parts = self._parts_of(storage_path)
+                try:
+                    st = os.stat(parts[-1], dir_fd=folder(parts[:-1]), follow_symlinks=False)
+                except (FileNotFoundError, NotFound):
+                    found.append(IntegrityError(f"its bytes at {storage_path} are missing"))
+                    continue
+                except (AssetError, OSError):  # a symlink, or no folder, on the way
+                    found.append(_not_regular(storage_path))
+                    continue
+                if not stat.S_ISREG(st.st_mode):
+                    found.append(_not_regular(storage_path))
+                elif st.st_size != size_bytes:
+                    found.append(_wrong_size(storage_path, st.st_size, size_bytes))
+                else:
+                    found.append(None)
+        finally:
+            _close_all(folders)
         return found
 
     async def remove(self, storage_path: str) -> None:
@@ -691,3 +714,27 @@ async def _read_chunks(
                 yield chunk
     finally:
         opened.close()
+
+
+# check_many keeps at most this many folder fds open at once.
+_CHECK_FOLDER_FDS = 64
+
+
+def _close_all(fds: dict[tuple[str, ...], int]) -> None:
+    for fd in fds.values():
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    fds.clear()
+
+
+def _not_regular(storage_path: str) -> IntegrityError:
+    return IntegrityError(
+        f"its bytes at {storage_path} are not a regular file; they are not followed"
+    )
+
+
+def _wrong_size(storage_path: str, actual: int, recorded: int) -> IntegrityError:
+    return IntegrityError(
+        f"its bytes at {storage_path} are {actual} bytes long; the record says {recorded} "
+        "(truncated or replaced on disk)"
+    )

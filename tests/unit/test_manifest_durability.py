@@ -223,3 +223,47 @@ async def test_check_many_answers_each_input_in_order_on_every_backend(
     assert found[0] is None and found[2] is None
     assert isinstance(found[1], IntegrityError) and "the record says" in found[1].message
     assert list(await storage.check_many([])) == []
+
+
+async def test_local_check_many_says_what_check_says_for_each_path(tmp_path: Path) -> None:
+    """The batch check opens shared folders once (at most 64 fds at a time) but must judge
+    every path as check() does: missing, wrong size, a symlink, a symlinked folder, fine."""
+    storage = LocalStorage(tmp_path / "root")
+    await storage.open()
+    stored = []
+    for i in range(150):  # more folders than the batch keeps open at once
+        writer = storage.new_writer()
+        await writer.write(b"y" * (i + 1))
+        await writer.seal()
+        day = datetime(2026, 1, 1 + i % 20, tzinfo=UTC)
+        key = storage.upload_key(f"5b0e4f0e-0000-4000-8000-{i:012d}", "in.bin", day)
+        stored.append((await writer.commit(key), i + 1))
+        await writer.finish()
+    items = list(stored)
+    Path(items[3][0]).unlink()  # missing
+    items[5] = (items[5][0], items[5][1] + 1)  # the record says another size
+    Path(items[8][0]).unlink()
+    Path(items[8][0]).symlink_to(items[9][0])  # a symlink where the bytes should be
+    folder = Path(items[11][0]).parent
+    moved = folder.with_name(folder.name + "-real")
+    folder.rename(moved)
+    folder.symlink_to(moved)  # a symlinked folder on the way
+    items.append((str(tmp_path / "root" / "uploads" / "nowhere" / "x.bin"), 1))
+
+    async def one(path: str, size: int) -> str | None:
+        try:
+            await storage.check(path, size)
+        except IntegrityError as exc:
+            return exc.message
+        return None
+
+    expected = [await one(path, size) for path, size in items]
+    got = [None if e is None else e.message for e in await storage.check_many(items)]
+    assert got == expected
+    assert [i for i, e in enumerate(got) if e is not None] == [3, 5, 8, 11, 150]
+    assert "missing" in (got[3] or "") and "the record says" in (got[5] or "")
+    assert "not a regular file" in (got[8] or "") and "not a regular file" in (got[11] or "")
+    # No fd left open by the batch.
+    before = len(os.listdir("/proc/self/fd"))
+    await storage.check_many(items)
+    assert len(os.listdir("/proc/self/fd")) == before
