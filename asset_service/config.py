@@ -212,8 +212,8 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         default=float(default("WATCH_STALL_TIMEOUT", "300")),
         help="seconds a WatchAsset stream may stay blocked on a client that does not read "
         "(its flow-control window full, a few MiB of events in flight) before the stream ends "
-        "with UNAVAILABLE; clients resume from their last revision "
-        "[ASSET_SERVICE_WATCH_STALL_TIMEOUT]",
+        "with UNAVAILABLE (checked every quarter of it, at most every 5 s); clients resume "
+        "from their last revision [ASSET_SERVICE_WATCH_STALL_TIMEOUT]",
     )
     parser.add_argument(
         "--storage-url",
