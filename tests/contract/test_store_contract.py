@@ -29,22 +29,13 @@ from asset_service.domain.models import (
 from asset_service.store.mongo import MongoStore
 from asset_service.store.mongo._schema import ASSET_INDEXES
 from tests.contract.conftest import Backend, _drop, _fresh_database
+from tests.records import pending_record
 
 T0 = datetime(2026, 1, 2, 3, 4, 5, 123000, tzinfo=UTC)
 
 
 def pending(label: str = "out.txt", task: str = "task-1", tags: tuple[str, ...] = ()) -> Asset:
-    return Asset(
-        id=new_asset_id(),
-        label=label,
-        status=Status.PENDING,
-        type=AssetType.FILE,
-        media_type="text/plain",
-        created_at=T0,
-        updated_at=T0,
-        created_by_task=task,
-        tags=tags,
-    )
+    return pending_record(label=label, task=task, tags=tags, at=T0)
 
 
 def value_asset(label: str = "v.json", tags: tuple[str, ...] = ()) -> Asset:

@@ -24,6 +24,7 @@ from asset_service.domain.models import (
     new_asset_id,
 )
 from asset_service.store.sqlite import DEFAULT_RESERVE_BYTES, JOURNAL_SIZE_LIMIT, SqliteStore
+from tests.records import pending_record
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -66,17 +67,7 @@ def value_asset(size: int, tags: tuple[str, ...] = ("t1", "t2")) -> Asset:
 
 
 def pending_asset() -> Asset:
-    now = datetime.now(UTC)
-    return Asset(
-        id=new_asset_id(),
-        label="out.txt",
-        status=Status.PENDING,
-        type=AssetType.FILE,
-        media_type="text/plain",
-        created_at=now,
-        updated_at=now,
-        created_by_task="task-1",
-    )
+    return pending_record()
 
 
 def free_bytes(path: Path) -> int:

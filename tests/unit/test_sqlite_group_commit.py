@@ -16,15 +16,14 @@ from asset_service.domain.errors import Conflict, NotFound, Unavailable
 from asset_service.domain.models import (
     Asset,
     AssetFilter,
-    AssetType,
     Change,
     ChangeKind,
     Failure,
     Status,
-    new_asset_id,
 )
 from asset_service.store._sqlite_writer import GroupWriter
 from asset_service.store.sqlite import SqliteStore
+from tests.records import pending_record
 
 
 @pytest.fixture
@@ -38,18 +37,7 @@ async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
 
 
 def pending(asset_id: str | None = None) -> Asset:
-    now = datetime.now(UTC)
-    return Asset(
-        id=asset_id or new_asset_id(),
-        label="out.txt",
-        status=Status.PENDING,
-        type=AssetType.FILE,
-        media_type="text/plain",
-        created_at=now,
-        updated_at=now,
-        created_by_task="task-1",
-        tags=("t",),
-    )
+    return pending_record(asset_id, tags=("t",))
 
 
 def writer(store: SqliteStore) -> GroupWriter:
