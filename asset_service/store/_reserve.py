@@ -13,7 +13,7 @@ log = logging.getLogger(__name__)
 class DiskReserve:
     """CockroachDB's "emergency ballast": `size` bytes really allocated at `path`.
 
-    Not thread-safe: its owner calls it from one thread (the SQLite store's).
+    Not thread-safe: its owner calls it from one thread (the SQLite store's writer).
     """
 
     def __init__(self, path: Path, size: int) -> None:
