@@ -10,10 +10,9 @@ import json
 import logging
 import os
 import shutil
-import sys
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -33,20 +32,8 @@ COPY_CHUNK = 1024 * 1024
 DRAFT_GRACE_SECONDS = 86400.0
 
 
-def _load_syncfs() -> Callable[[int], int] | None:
-    """syncfs(2) from the C library (Linux; not in the os module), or None."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        function = ctypes.CDLL(None, use_errno=True).syncfs
-    except (OSError, AttributeError):
-        return None
-    function.argtypes = [ctypes.c_int]
-    function.restype = ctypes.c_int
-    return function
-
-
-_SYNCFS = _load_syncfs()
+# syncfs(2): not in the os module.
+_SYNCFS = fs.libc_function("syncfs", ctypes.c_int)
 
 
 def syncfs(fd: int) -> bool:
@@ -105,11 +92,6 @@ def _fsync_file(path: Path) -> None:
 
 # Its threads start on first use only.
 _FSYNC_POOL = ThreadPoolExecutor(8, thread_name_prefix="manifest-fsync")
-
-
-def _write_new(path: Path, data: bytes) -> None:
-    with open(path, "xb") as fh:
-        fh.write(data)
 
 
 class FileCache:
@@ -263,28 +245,26 @@ class _Draft:
         per small file costs a journal commit each. The price: it also waits for other
         dirty data on that file system (an upload in progress), so past
         SYNCFS_MAX_DIRTY_BYTES of dirty memory, and without syncfs (not Linux), each file
-        is fsynced instead. The last
-        fsync, of the folder, makes the rename durable: the manifest is acknowledged only
-        then.
+        is fsynced instead. The last fsync, of the folder, makes the rename durable: the
+        manifest is acknowledged only then.
         """
-        index = self.folder / INDEX_NAME
-        part = index.with_name(INDEX_NAME + ".part")
+        part = INDEX_NAME + ".part"
         try:
-            _write_new(part, data)
             fd = os.open(self.folder, fs.DIR_FLAGS)
             try:
+                _write_new_at(fd, part, data)
                 dirty = dirty_bytes()
                 cheap = dirty is not None and dirty <= SYNCFS_MAX_DIRTY_BYTES
                 if not (cheap and syncfs(fd)):
-                    self._fsync_each([*self._unsynced, part])
-                os.rename(part, index)
+                    self._fsync_each([*self._unsynced, self.folder / part])
+                os.rename(part, INDEX_NAME, src_dir_fd=fd, dst_dir_fd=fd)
                 fs.fsync_dir(fd)
             finally:
                 os.close(fd)
         except OSError as exc:
             raise self._failed(exc) from None
         self._unsynced.clear()
-        return str(index)
+        return str(self.folder / INDEX_NAME)
 
     def _fsync_each(self, files: Sequence[Path]) -> None:
         # Several at once: the file system commits concurrent fsyncs together (measured on

@@ -8,9 +8,9 @@ import contextlib
 import ctypes
 import hashlib
 import os
-import sys
 import threading
-from typing import Any
+
+from asset_service.storage import fs
 
 # Bytes accepted but not yet written, per upload, before write() makes the caller wait (the
 # RPC then stops reading its stream, and HTTP/2 flow control stops the client). A few 1 MiB
@@ -21,22 +21,9 @@ QUEUE_BYTES = 4 * 1024 * 1024
 # finds most of a big upload on disk already instead of writing all of it at the end.
 WRITEBACK_BYTES = 8 * 1024 * 1024
 _SYNC_FILE_RANGE_WRITE = 2
-
-
-def _load_sync_file_range() -> Any:
-    """sync_file_range(2) from the C library (Linux), or None."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        function = ctypes.CDLL(None, use_errno=True).sync_file_range
-    except (OSError, AttributeError):
-        return None
-    function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    function.restype = ctypes.c_int
-    return function
-
-
-_SYNC_FILE_RANGE = _load_sync_file_range()
+_SYNC_FILE_RANGE = fs.libc_function(
+    "sync_file_range", ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint
+)
 
 
 class FileSink:

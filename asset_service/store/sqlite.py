@@ -500,7 +500,7 @@ class SqliteStore:
             updated = _row_to_asset(row)
             return updated, Change(ChangeKind.PUT, updated)
 
-        value = getattr(change, "value", None)
+        value = change.value if isinstance(change, Fulfillment) else None
         result: Asset = await self._open_writer().submit(w, len(value.data) if value else 0)
         return result
 
