@@ -163,6 +163,23 @@ async def test_reflection_needs_a_reader_once_credentials_are_required(
     assert "asset.v1.AssetService" in await _list_services(address, bearer(token_for("reader")))
 
 
+async def test_reflection_off_is_not_served_and_health_still_is(tmp_path: Path) -> None:
+    imports = tmp_path / "imports"
+    imports.mkdir()
+    server = start_server(tmp_path, imports, ["--reflection", "off"])
+    try:
+        async with grpc.aio.insecure_channel(server.address) as channel:
+            # With reflection served this would wait for a request until the deadline.
+            call = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(timeout=5)
+            assert await call.code() == grpc.StatusCode.UNIMPLEMENTED
+            answer = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service="asset.v1.AssetService")
+            )
+            assert answer.status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        server.stop()
+
+
 async def test_task_token_completes_its_own_task_and_nothing_else(
     stub: pb_grpc.AssetServiceStub, env: Env
 ) -> None:
