@@ -170,8 +170,9 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "--manifest-ttl",
         type=float,
         default=float(default("MANIFEST_TTL", str(7 * 24 * 3600))),
-        help="seconds a GetManifest folder (input_data.json and VALUE files under tmp/manifests) "
-        "is kept; swept at start-up and hourly; 0 keeps them forever [ASSET_SERVICE_MANIFEST_TTL]",
+        help="seconds a GetManifest folder (input_data.json under tmp/manifests) is kept, and a "
+        "VALUE input's shared file (tmp/values) once no manifest uses it; swept at start-up "
+        "and hourly; 0 keeps them forever [ASSET_SERVICE_MANIFEST_TTL]",
     )
     limits = parser.add_argument_group(
         "limits",

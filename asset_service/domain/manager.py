@@ -78,7 +78,8 @@ MAX_RESPONSE_BYTES = 3 * 1024 * 1024 + 512 * 1024
 @dataclass(frozen=True)
 class Limits:
     max_upload_bytes: int = 10 * 1024**3
-    # Manifest folders (input_data.json and VALUE files) live this long; 0 keeps them.
+    # Manifest folders (input_data.json) live this long, and shared VALUE files this long
+    # after their last use; 0 keeps them.
     manifest_ttl_seconds: float = 7 * 24 * 3600.0
     # Changes buffered per WatchAsset stream (estimated bytes); past it, it re-reads state.
     watch_buffer_bytes: int = DEFAULT_BUFFER_BYTES

@@ -187,7 +187,8 @@ class ManifestDraft(Protocol):
         """A local absolute path holding a FILE input's bytes (materialized if need be)."""
 
     async def add_values(self, assets: Sequence[Asset]) -> dict[str, str]:
-        """Write each VALUE's content to a local file; {asset id: absolute path}."""
+        """A local file holding each VALUE's content (may be shared by several manifests,
+        like a FILE input's stored file); {asset id: absolute path}."""
 
     async def finish(self, entries: Mapping[str, str], config: Mapping[str, Any]) -> str:
         """Write input_data.json ({"inputs": entries, "config_params": config}); its path."""

@@ -5,14 +5,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import shutil
+import stat
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -68,9 +70,9 @@ def dirty_bytes() -> int | None:
     return None
 
 
-def _write_new_at(folder: int, name: str, data: bytes) -> None:
+def _write_new_at(folder: int, name: str, data: bytes, mode: int = 0o644) -> None:
     """A new file `name` in the folder `folder` (an fd) holding `data`; never overwrites."""
-    fd = os.open(name, _NEW_FILE_FLAGS, 0o644, dir_fd=folder)
+    fd = os.open(name, _NEW_FILE_FLAGS, mode, dir_fd=folder)
     try:
         view = memoryview(data)
         while view:
@@ -86,6 +88,108 @@ def _fsync_file(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# A shared VALUE file a manifest uses again gets its mtime (the sweep's clock) set to now
+# at most this often: a write per use would cost what writing the file again costs.
+VALUE_TOUCH_SECONDS = 60.0
+
+
+class ValueFiles:
+    """<root>/tmp/values/<sha256 of the content><suffix>: each distinct VALUE content once,
+    shared by every manifest that names it, as FILE inputs are their stored files.
+
+    Creating 500 small files per manifest cost 15-90 ms (ext4 metadata, slower while the
+    disk writes back other data); using them again costs a read each. A file is created
+    read-only under a temporary name and renamed into place, so its name always holds
+    complete content; each use compares it byte for byte with the value and rewrites it
+    when it differs (a task that wrote to its input, a crash that left it short). Files
+    unused for the manifest TTL are swept. An flock on .lock (shared while manifests use
+    files, exclusive while the sweep removes them) keeps a sweep from removing a file a
+    manifest has just checked, across processes sharing the root too.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self._lock = folder / ".lock"
+
+    def open_sync(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(self._lock, os.O_CREAT | os.O_RDONLY | os.O_CLOEXEC, 0o600))
+
+    @contextlib.contextmanager
+    def _locked(self, how: int) -> Iterator[int]:
+        """The folder's fd, under an flock of `how` on .lock."""
+        lock = os.open(self._lock, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            fcntl.flock(lock, how)
+            folder = os.open(self.folder, fs.DIR_FLAGS)
+            try:
+                yield folder
+            finally:
+                os.close(folder)
+        finally:
+            os.close(lock)
+
+    def place(self, assets: Sequence[Asset]) -> tuple[dict[str, str], list[Path]]:
+        """({asset id: path of its content}, the files written now, not yet synced)."""
+        paths: dict[str, str] = {}
+        written: list[Path] = []
+        now = time.time()
+        with self._locked(fcntl.LOCK_SH) as folder:
+            for asset in assets:
+                assert asset.value is not None, f"asset {asset.id} has no value"
+                data = asset.value.data
+                # Named by a digest of the content computed here, never by the
+                # (untrusted) key or label.
+                name = hashlib.sha256(data).hexdigest() + asset.value.kind.suffix
+                if not _holds(folder, name, data, now):
+                    part = f"{name}.{uuid.uuid4().hex}.part"
+                    _write_new_at(folder, part, data, mode=0o444)
+                    os.rename(part, name, src_dir_fd=folder, dst_dir_fd=folder)
+                    written.append(self.folder / name)
+                paths[asset.id] = str(self.folder / name)
+        return paths, written
+
+    def sweep_sync(self, older_than_seconds: float) -> int:
+        """Remove files unused for that long (and parts a crash left); how many."""
+        now = time.time()
+        cutoff = now - older_than_seconds - VALUE_TOUCH_SECONDS
+        part_cutoff = now - DRAFT_GRACE_SECONDS
+        removed = 0
+        with contextlib.suppress(FileNotFoundError), self._locked(fcntl.LOCK_EX) as folder:
+            for entry in os.scandir(folder):
+                if entry.name.startswith("."):
+                    continue
+                try:
+                    mtime = entry.stat(follow_symlinks=False).st_mtime
+                    if mtime < (part_cutoff if entry.name.endswith(".part") else cutoff):
+                        os.unlink(entry.name, dir_fd=folder)
+                        removed += 1
+                except FileNotFoundError:
+                    continue
+                except OSError as exc:
+                    log.warning("could not remove %s: %s", self.folder / entry.name, exc)
+        return removed
+
+
+def _holds(folder: int, name: str, data: bytes, now: float) -> bool:
+    """Whether folder/name is a regular file holding exactly `data` (touched if need be)."""
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=folder)
+    except OSError:
+        return False  # missing, a symlink, or unreadable: written again
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size != len(data):
+            return False
+        if os.read(fd, len(data) + 1) != data:
+            return False
+        if st.st_mtime < now - VALUE_TOUCH_SECONDS:
+            os.utime(fd)
+        return True
     finally:
         os.close(fd)
 
@@ -174,11 +278,12 @@ class FileCache:
 class _Draft:
     """One manifest folder being written; only `finish` makes input_data.json appear."""
 
-    def __init__(self, folder: Path, cache: FileCache | None) -> None:
+    def __init__(self, folder: Path, cache: FileCache | None, values: ValueFiles) -> None:
         self.folder = folder
-        self._values = folder / "values"
         self._cache = cache
-        # Written without an fsync each; finish() makes them durable at once.
+        self._values = values
+        # The VALUE files this manifest names: finish() makes them durable at once (those
+        # found already written too: their writer may have failed before its own sync).
         self._unsynced: list[Path] = []
 
     async def add_file(self, asset: Asset) -> str:
@@ -201,32 +306,16 @@ class _Draft:
         return str(target)
 
     async def add_values(self, assets: Sequence[Asset]) -> dict[str, str]:
-        """Each VALUE's content as values/<asset id><suffix>; {asset id: path}."""
+        """Each VALUE's content as a shared file (ValueFiles); {asset id: path}."""
         return await asyncio.to_thread(self._add_values_sync, assets)
 
     def _add_values_sync(self, assets: Sequence[Asset]) -> dict[str, str]:
-        written = {}
         try:
-            self._values.mkdir(exist_ok=True)
-            # Created relative to the folder's fd: the kernel resolves one name per file,
-            # not the whole path again.
-            folder = os.open(self._values, fs.DIR_FLAGS)
-            try:
-                for asset in assets:
-                    assert asset.value is not None, f"asset {asset.id} has no value"
-                    # Named by asset id, never by the (untrusted) key or label.
-                    name = f"{asset.id}{asset.value.kind.suffix}"
-                    # Straight to its name, no fsync: nothing reads this folder before
-                    # input_data.json appears, and finish() syncs everything first.
-                    _write_new_at(folder, name, asset.value.data)
-                    target = self._values / name
-                    self._unsynced.append(target)
-                    written[asset.id] = str(target)
-            finally:
-                os.close(folder)
+            paths, _ = self._values.place(assets)
         except OSError as exc:
             raise self._failed(exc) from None
-        return written
+        self._unsynced.extend(Path(p) for p in paths.values())
+        return paths
 
     async def finish(self, entries: Mapping[str, str], config: Mapping[str, Any]) -> str:
         """Write input_data.json = {"inputs": entries, "config_params": config}; its path."""
@@ -240,7 +329,7 @@ class _Draft:
         A crash at any point leaves either no input_data.json or one whose every file is
         complete. The files were written without an fsync each (one per VALUE made a
         1000-input manifest take seconds): one syncfs(2) of the folder's file system now
-        writes back their data and every directory entry (values/, files/ links, the
+        writes back their data and every directory entry (tmp/values/, files/ links, the
         folder's own entry, input_data.json.part) with one journal commit; on ext4 an fsync
         per small file costs a journal commit each. The price: it also waits for other
         dirty data on that file system (an upload in progress), so past
@@ -270,7 +359,7 @@ class _Draft:
         # Several at once: the file system commits concurrent fsyncs together (measured on
         # ext4: 500 small files in half the time of one after the other).
         list(_FSYNC_POOL.map(_fsync_file, files))
-        for folder in (self._values, self.folder / "files", self.folder.parent):
+        for folder in (self._values.folder, self.folder / "files", self.folder.parent):
             with contextlib.suppress(FileNotFoundError):
                 fd = os.open(folder, fs.DIR_FLAGS)
                 try:
@@ -290,16 +379,19 @@ class _Draft:
 class LocalManifests:
     """<root>/tmp/manifests/<random>/: one folder per GetManifest, swept after a TTL.
 
+    VALUE inputs are files in <root>/tmp/values/ shared between manifests (ValueFiles).
     With a FileCache, FILE inputs (kept elsewhere, e.g. in an object store) are copied
     into a local cache first; without one they are the stored files themselves.
     """
 
     def __init__(self, root: Path, cache: FileCache | None = None) -> None:
         self.area = root.resolve() / "tmp" / "manifests"
+        self.values = ValueFiles(root.resolve() / "tmp" / "values")
         self.cache = cache
 
     async def open(self) -> None:
         await asyncio.to_thread(self.area.mkdir, parents=True, exist_ok=True)
+        await asyncio.to_thread(self.values.open_sync)
         if self.cache is not None:
             await self.cache.open()
 
@@ -311,12 +403,17 @@ class LocalManifests:
             if exc.errno in fs.NO_SPACE:
                 raise fs.no_space(exc, "creating a manifest folder") from None
             raise
-        return _Draft(folder, self.cache)
+        return _Draft(folder, self.cache, self.values)
 
     async def sweep(self, older_than_seconds: float) -> int:
         """Remove manifest folders older than that, and drafts (folders without
-        input_data.json, left by a crash) past DRAFT_GRACE_SECONDS; return how many."""
-        return await asyncio.to_thread(self._sweep_sync, older_than_seconds)
+        input_data.json, left by a crash) past DRAFT_GRACE_SECONDS; return how many.
+        VALUE files no manifest used for that long go too."""
+        removed = await asyncio.to_thread(self._sweep_sync, older_than_seconds)
+        values = await asyncio.to_thread(self.values.sweep_sync, older_than_seconds)
+        if values:
+            log.info("removed %d shared VALUE file(s) unused for %gs", values, older_than_seconds)
+        return removed
 
     def _sweep_sync(self, older_than_seconds: float) -> int:
         now = time.time()

@@ -35,7 +35,8 @@ async def test_a_manifest_appears_only_when_finished(tmp_path: Path) -> None:
     paths = await draft.add_values(
         [value(ids[0], ValueKind.JSON, b'{"k": 1}'), value(ids[1], ValueKind.TEXT, b"hi")]
     )
-    assert Path(paths[ids[0]]).name == f"{ids[0]}.json"
+    digest = hashlib.sha256(b'{"k": 1}').hexdigest()
+    assert Path(paths[ids[0]]) == manifests.values.folder / f"{digest}.json"
     assert Path(paths[ids[1]]).read_bytes() == b"hi"
     assert not list(tmp_path.rglob("input_data.json")), "nothing to read before finish"
     index = await draft.finish({"a": paths[ids[0]]}, {"threshold": 0.5})
