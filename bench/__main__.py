@@ -102,7 +102,12 @@ async def run(args: argparse.Namespace) -> list[Row]:
             finally:
                 svc.stop()
         if "store" in groups:
-            names = ["GetManifest 1000 inputs", "GetAsset latency", "ListAssets(100) latency"]
+            names = [
+                "GetManifest 1000 inputs",
+                "GetManifest 1000 inputs, VALUEs new",
+                "GetAsset latency",
+                "ListAssets(100) latency",
+            ]
             show(await guarded(names, store_rows(root / "store", sizes)))
     if args.s3_size_mib > 0:
         names = [f"object store {op} {args.s3_size_mib} MiB" for op in ("upload", "read")]

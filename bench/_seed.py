@@ -12,9 +12,11 @@ from asset_service._proto.asset.v1 import asset_service_pb2 as pb
 from asset_service._proto.asset.v1 import asset_service_pb2_grpc as pb_grpc
 
 
-async def seed_inputs(stub: pb_grpc.AssetServiceAsyncStub, files: int, values: int) -> list[str]:
+async def seed_inputs(
+    stub: pb_grpc.AssetServiceAsyncStub, files: int, values: int, salt: str = ""
+) -> list[str]:
     """`files` small FILE uploads and `values` VALUE assets (tagged), in flight 16 at a time;
-    their ids, FILEs first."""
+    their ids, FILEs first. A `salt` makes the values' contents differ from other calls'."""
     gate = asyncio.Semaphore(16)
     content = b"x" * 1024
 
@@ -33,7 +35,9 @@ async def seed_inputs(stub: pb_grpc.AssetServiceAsyncStub, files: int, values: i
     async def one_value(i: int) -> str:
         async with gate:
             request = pb.CreateValueAssetRequest(
-                label=f"v-{i}", value=pb.Value(json=f'{{"i": {i}}}'), tags=["bench", f"g{i % 10}"]
+                label=f"v-{i}",
+                value=pb.Value(json=f'{{"i": {i}, "salt": "{salt}"}}'),
+                tags=["bench", f"g{i % 10}"],
             )
             return (await stub.CreateValueAsset(request)).asset.id
 

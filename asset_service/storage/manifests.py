@@ -102,10 +102,10 @@ class ValueFiles:
     shared by every manifest that names it, as FILE inputs are their stored files.
 
     Creating 500 small files per manifest cost 15-90 ms (ext4 metadata, slower while the
-    disk writes back other data); using them again costs a read each. A file is created
-    read-only under a temporary name and renamed into place, so its name always holds
-    complete content; each use compares it byte for byte with the value and rewrites it
-    when it differs (a task that wrote to its input, a crash that left it short). Files
+    disk writes back other data); using them again costs a read each. Files are created
+    read-only (_write_at); each use compares the file byte for byte with the value and
+    writes it again when it differs (a task that wrote to its input, a crash or a manifest
+    still writing it that left it short), so a finished manifest names complete files. Files
     unused for the manifest TTL are swept. An flock on .lock (shared while manifests use
     files, exclusive while the sweep removes them) keeps a sweep from removing a file a
     manifest has just checked, across processes sharing the root too.
@@ -146,9 +146,7 @@ class ValueFiles:
                 # (untrusted) key or label.
                 name = hashlib.sha256(data).hexdigest() + asset.value.kind.suffix
                 if not _holds(folder, name, data, now):
-                    part = f"{name}.{uuid.uuid4().hex}.part"
-                    _write_new_at(folder, part, data, mode=0o444)
-                    os.rename(part, name, src_dir_fd=folder, dst_dir_fd=folder)
+                    _write_at(folder, name, data)
                     written.append(self.folder / name)
                 paths[asset.id] = str(self.folder / name)
         return paths, written
@@ -173,6 +171,26 @@ class ValueFiles:
                 except OSError as exc:
                     log.warning("could not remove %s: %s", self.folder / entry.name, exc)
         return removed
+
+
+def _write_at(folder: int, name: str, data: bytes) -> None:
+    """folder/name holding `data`, read-only. A missing name is created in place (a rename
+    more doubled the cost of a new file): a manifest using it meanwhile, or after a crash,
+    finds it short and writes it again. A name that exists with other content is replaced
+    by a rename, never written in place: tasks of earlier manifests may be reading it."""
+    try:
+        _write_new_at(folder, name, data, mode=0o444)
+        return
+    except FileExistsError:
+        pass
+    part = f"{name}.{uuid.uuid4().hex}.part"
+    _write_new_at(folder, part, data, mode=0o444)
+    try:
+        os.rename(part, name, src_dir_fd=folder, dst_dir_fd=folder)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(part, dir_fd=folder)
+        raise
 
 
 def _holds(folder: int, name: str, data: bytes, now: float) -> bool:
