@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import resource
 import subprocess
 import sys
 import threading
@@ -80,6 +82,20 @@ def minor_faults(pid: int) -> int:
     with open(f"/proc/{pid}/stat") as fh:
         after_name = fh.read().rsplit(")", 1)[1].split()
     return int(after_name[7])
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process so far (utime, stime: fields 14, 15 of /proc/<pid>/stat),
+    all its threads, ended ones included."""
+    with open(f"/proc/{pid}/stat") as fh:
+        after_name = fh.read().rsplit(")", 1)[1].split()
+    return (int(after_name[11]) + int(after_name[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_seconds() -> float:
+    """User + system CPU of this (the client's) process so far."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 class RssSampler:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import sqlite3
 import statistics
@@ -13,7 +14,15 @@ from pathlib import Path
 from asset_service._proto.asset.v1 import asset_service_pb2 as pb
 from asset_service._proto.asset.v1 import asset_service_pb2_grpc as pb_grpc
 from bench import _client as client
-from bench._procs import Burner, Ceiling, RssSampler, minor_faults, wait_quiet
+from bench._procs import (
+    Burner,
+    Ceiling,
+    RssSampler,
+    cpu_seconds,
+    minor_faults,
+    own_cpu_seconds,
+    wait_quiet,
+)
 from bench._report import Row, load1
 from bench._seed import multiply, seed_inputs
 from tests.serverproc import ServerProcess
@@ -56,6 +65,39 @@ def server(root: Path, sizes: Sizes) -> ServerProcess:
     )
 
 
+def _cpu_per_mib(pid: int, before: tuple[float, float], mib: int) -> tuple[float, float]:
+    server, own = cpu_seconds(pid) - before[0], own_cpu_seconds() - before[1]
+    return server * 1e3 / mib, own * 1e3 / mib
+
+
+def _cpu_bound_row(
+    mib: int, cpu: dict[str, list[tuple[float, float]]], bare_s: list[float], size: int
+) -> Row:
+    """What the machine's cores allow the upload: each quiet run's CPU per MiB (server and
+    client processes; the kernel's writeback threads are not counted, so the bound is
+    generous) turned into the throughput the cores could give at best, against the bare
+    ceiling's throughput in the same round."""
+    cores = os.cpu_count() or 1
+    bounds = [
+        cores / ((server + client_ms) / 1e3) / (size / MiB / bare)
+        for (server, client_ms), bare in zip(cpu["service"], bare_s, strict=True)
+    ]
+
+    def med(key: str, i: int) -> float:
+        return statistics.median(run[i] for run in cpu[key])
+
+    return Row(
+        f"upload {mib} MiB: what {cores} cores allow",
+        "",
+        bounds,
+        load1(),
+        f"info: CPU ms per MiB: service {med('service', 0):.2f} + its client "
+        f"{med('service', 1):.2f}; bare {med('bare', 0):.2f} + its client {med('bare', 1):.2f}; "
+        f"ratio = {cores} cores / the service's CPU per MiB, against the bare throughput",
+        {"cpu_ms_per_mib": cpu},
+    )
+
+
 def _mib_s(size: int, seconds: list[float]) -> float:
     return size / MiB / statistics.median(seconds)
 
@@ -77,18 +119,24 @@ async def transfer_rows(svc: ServerProcess, sizes: Sizes) -> list[Row]:
             await client.upload(b_stub, warm)
             rss: dict[str, list[float]] = {"service": [], "bare": []}
             quiet_rss = rss
+            # CPU milliseconds per MiB uploaded: (server process, client process) per run.
+            cpu: dict[str, list[tuple[float, float]]] = {"service": [], "bare": []}
 
             async def svc_upload() -> float:
+                before = cpu_seconds(svc.pid), own_cpu_seconds()
                 with RssSampler(svc.pid) as sampler:
                     elapsed, asset_id = await client.upload(s_stub, payload)
+                cpu["service"].append(_cpu_per_mib(svc.pid, before, mib))
                 rss["service"].append(sampler.growth / MiB)
                 await s_stub.DeleteAsset(pb.DeleteAssetRequest(asset_id=asset_id))
                 wait_quiet()
                 return elapsed
 
             async def bare_upload() -> float:
+                before = cpu_seconds(up_bare.pid), own_cpu_seconds()
                 with RssSampler(up_bare.pid) as sampler:
                     elapsed, _ = await client.upload(b_stub, payload)
+                cpu["bare"].append(_cpu_per_mib(up_bare.pid, before, mib))
                 rss["bare"].append(sampler.growth / MiB)
                 wait_quiet()
                 return elapsed
@@ -122,6 +170,7 @@ async def transfer_rows(svc: ServerProcess, sizes: Sizes) -> list[Row]:
                 if mode == "quiet":
                     # Growth of the quiet runs only: a burner does not change what is buffered.
                     quiet_rss = {k: list(v) for k, v in rss.items()}
+                    rows.append(_cpu_bound_row(mib, cpu, b_t, size))
             # What limits the upload: the same bytes written, hashed and fsynced by one
             # local thread on the server's file system, with no network at all.
             svc_times = rows[0].raw["service_s"]
