@@ -70,6 +70,7 @@ class Settings:
     watch_buffer_bytes: int = 4 * 1024**2
     watch_stall_timeout_seconds: float = 300.0
     allow_hardlinked_imports: bool = False
+    direct_io: bool = True
     storage_url: str = ""
     s3_endpoint_url: str = ""
     s3_region: str = ""
@@ -217,6 +218,15 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "from their last revision [ASSET_SERVICE_WATCH_STALL_TIMEOUT]",
     )
     parser.add_argument(
+        "--direct-io",
+        action=argparse.BooleanOptionalAction,
+        default=parse_bool(default("DIRECT_IO", "1")),
+        help="write uploads to the local disk with O_DIRECT where the file system allows it "
+        "(less CPU per byte, no page-cache churn; a file read right after its upload comes "
+        "from the disk once); --no-direct-io writes through the page cache "
+        "[ASSET_SERVICE_DIRECT_IO]",
+    )
+    parser.add_argument(
         "--storage-url",
         default=default("STORAGE_URL", ""),
         help="where FILE bytes live: empty for the local disk under --storage-root, or "
@@ -340,6 +350,7 @@ def load_settings(
         watch_buffer_bytes=args.watch_buffer_bytes,
         watch_stall_timeout_seconds=args.watch_stall_timeout,
         allow_hardlinked_imports=args.allow_hardlinked_imports,
+        direct_io=args.direct_io,
         storage_url=args.storage_url,
         s3_endpoint_url=args.s3_endpoint_url,
         s3_region=args.s3_region,

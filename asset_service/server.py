@@ -12,14 +12,13 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import grpc
-from google.protobuf.message import Message
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 
 from asset_service import allocator
 from asset_service._proto.asset.v1 import asset_service_pb2 as pb
 from asset_service._proto.asset.v1 import asset_service_pb2_grpc as pb_grpc
-from asset_service.api import reflection
+from asset_service.api import reflection, wire
 from asset_service.api.servicer import AssetServicer
 from asset_service.config import Settings
 from asset_service.domain.errors import AssetError, InvalidArgument
@@ -148,7 +147,7 @@ def open_storage(settings: Settings) -> tuple[BlobStorage, LocalManifests]:
     root = settings.storage_root
     if not settings.storage_url:
         return (
-            LocalStorage(root, settings.orphan_grace_seconds, imports),
+            LocalStorage(root, settings.orphan_grace_seconds, imports, settings.direct_io),
             LocalManifests(root),
         )
     if not settings.storage_url.startswith("s3://"):
@@ -168,11 +167,6 @@ def open_storage(settings: Settings) -> tuple[BlobStorage, LocalManifests]:
     )
     cache = FileCache(root / "tmp" / "cache", storage, settings.manifest_cache_bytes)
     return storage, LocalManifests(root, cache)
-
-
-def _wire_bytes(message: Message | bytes) -> bytes:
-    """A response already serialized (a shared watch event) goes out as it is."""
-    return message if isinstance(message, bytes) else message.SerializeToString()
 
 
 class _Collected:
@@ -195,7 +189,8 @@ def add_asset_service(
     server: grpc.aio.Server,
     anonymous: SecurityInterceptor | None = None,
 ) -> None:
-    """The generated registration, but WatchAsset sends pre-serialized bytes.
+    """The generated registration, but WatchAsset sends pre-serialized bytes and
+    UploadAsset takes its chunks as views of the received messages (api/wire).
 
     One change fanned out to many watchers is serialized once (api/convert.SharedEvents);
     every other method keeps the generated handler. Interceptors see the same handler
@@ -209,7 +204,12 @@ def add_asset_service(
     handlers["WatchAsset"] = grpc.unary_stream_rpc_method_handler(
         servicer.WatchAsset,
         request_deserializer=pb.WatchAssetRequest.FromString,
-        response_serializer=_wire_bytes,
+        response_serializer=wire.response_bytes,
+    )
+    handlers["UploadAsset"] = grpc.stream_unary_rpc_method_handler(
+        servicer.UploadAsset,
+        request_deserializer=wire.upload_request,
+        response_serializer=pb.UploadAssetResponse.SerializeToString,
     )
     if anonymous is not None:
         handlers = {

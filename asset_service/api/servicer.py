@@ -20,6 +20,7 @@ from asset_service._proto.asset.v1 import asset_service_pb2_grpc as pb_grpc
 from asset_service.api import convert
 from asset_service.api.errors import capped, rich_status, status_code, status_message
 from asset_service.api.stalls import StallGuard
+from asset_service.api.wire import UploadMessage
 from asset_service.config import Settings
 from asset_service.domain.errors import (
     AssetError,
@@ -30,6 +31,7 @@ from asset_service.domain.errors import (
 )
 from asset_service.domain.manager import AssetManager
 from asset_service.domain.models import AssetType
+from asset_service.domain.ports import Chunk
 from asset_service.security.principal import ANONYMOUS, current_principal
 from asset_service.security.task_tokens import TaskTokens
 
@@ -126,7 +128,7 @@ class AssetServicer(pb_grpc.AssetServiceServicer):
 
     @unary
     async def UploadAsset(
-        self, request_iterator: AsyncIterator[pb.UploadAssetRequest], context: Ctx
+        self, request_iterator: AsyncIterator[UploadMessage], context: Ctx
     ) -> pb.UploadAssetResponse:
         # Each upload holds a staging file and a task until it ends: refuse one more at
         # once rather than queue it (the client can retry; a queue would hide the cause).
@@ -142,12 +144,10 @@ class AssetServicer(pb_grpc.AssetServiceServicer):
         finally:
             self.uploads_in_progress -= 1
 
-    async def _upload(
-        self, messages: AsyncIterator[pb.UploadAssetRequest]
-    ) -> pb.UploadAssetResponse:
+    async def _upload(self, messages: AsyncIterator[UploadMessage]) -> pb.UploadAssetResponse:
         idle = self.upload_idle_timeout
 
-        async def next_message() -> pb.UploadAssetRequest | None:
+        async def next_message() -> UploadMessage | None:
             # A silent client would hold its slot and staging file forever; the manager
             # removes the staging file when this raises out of the chunk stream.
             try:
@@ -162,19 +162,22 @@ class AssetServicer(pb_grpc.AssetServiceServicer):
         first = await next_message()
         if first is None:
             raise InvalidArgument("empty upload: send an UploadHeader as the first message")
-        if first.WhichOneof("payload") != "header":
+        if isinstance(first, memoryview) or first.WhichOneof("payload") != "header":
             raise InvalidArgument(
                 "the first message of an upload must be the header; a chunk came first"
             )
         header = convert.upload_header_from_pb(first.header)
 
-        async def chunks() -> AsyncIterator[bytes]:
+        async def chunks() -> AsyncIterator[Chunk]:
             while (msg := await next_message()) is not None:
-                if msg.WhichOneof("payload") == "header":
+                if isinstance(msg, memoryview):  # a chunk, not copied out (api/wire)
+                    yield msg
+                elif msg.WhichOneof("payload") == "header":
                     raise InvalidArgument(
                         "a second header arrived mid-upload; send the header once, first"
                     )
-                yield msg.chunk
+                else:
+                    yield msg.chunk
 
         asset = await self.manager.upload(header, chunks(), by=_caller())
         return pb.UploadAssetResponse(asset=convert.asset_to_pb(asset))

@@ -50,7 +50,13 @@ from asset_service.domain.models import (
     validate_tags,
     validate_task_id,
 )
-from asset_service.domain.ports import BlobStorage, ManifestStore, MetadataStore, StagedBlob
+from asset_service.domain.ports import (
+    BlobStorage,
+    Chunk,
+    ManifestStore,
+    MetadataStore,
+    StagedBlob,
+)
 from asset_service.domain.reads import READ_BATCH
 from asset_service.domain.values import parse_value, value_sha256
 from asset_service.domain.watch import (
@@ -224,7 +230,7 @@ class AssetManager:
     # --- creation ---------------------------------------------------------------------
 
     async def upload(
-        self, header: UploadHeader, chunks: AsyncIterator[bytes], *, by: str = ""
+        self, header: UploadHeader, chunks: AsyncIterator[Chunk], *, by: str = ""
     ) -> Asset:
         media_type = validate_media_type(header.media_type, "")
         tags = validate_tags(header.tags)

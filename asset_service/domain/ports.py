@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeAlias
 
 from asset_service.domain.errors import IntegrityError
 from asset_service.domain.models import (
@@ -112,8 +112,12 @@ class StagedBlob(Protocol):
         """Keep bytes, source and journal as they are; recovery settles them later."""
 
 
+# An upload's chunk: the server passes views of the messages it received, not copies.
+Chunk: TypeAlias = bytes | memoryview
+
+
 class StagingWriter(StagedBlob, Protocol):
-    async def write(self, chunk: bytes) -> None: ...
+    async def write(self, chunk: Chunk) -> None: ...
 
     async def seal(self) -> None:
         """Flush and fsync; no more writes."""

@@ -29,6 +29,7 @@ from asset_service.domain.errors import (
     Unavailable,
 )
 from asset_service.domain.models import parse_asset_id
+from asset_service.domain.ports import Chunk
 from asset_service.storage import fs, keys
 from asset_service.storage.imports import ImportRoots
 from asset_service.storage.sink import FileSink
@@ -197,9 +198,9 @@ class _Writer(_Blob):
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
         except OSError as exc:
             raise _oserror(exc, "staging an upload") from None
-        self._sink = FileSink(fd, name=path.name[:8])
+        self._sink = FileSink(fd, name=path.name[:8], direct=storage.direct_io)
 
-    async def write(self, chunk: bytes) -> None:
+    async def write(self, chunk: Chunk) -> None:
         try:
             await self._sink.write(chunk)
         except OSError as exc:
@@ -367,8 +368,11 @@ class LocalStorage:
         root: Path,
         orphan_grace_seconds: float = 600.0,
         imports: ImportRoots | None = None,
+        direct_io: bool = True,
     ) -> None:
         self.root = root.resolve()
+        # Uploads written with O_DIRECT where the file system allows it (storage/sink.py).
+        self.direct_io = direct_io
         # A file in a final location younger than this may be another server's commit.
         self.orphan_grace_seconds = orphan_grace_seconds
         self.imports = imports or ImportRoots(())

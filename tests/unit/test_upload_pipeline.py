@@ -1,9 +1,11 @@
-"""The upload pipeline: one writer thread per upload behind a bounded queue (storage/sink.py)."""
+"""The upload pipeline: one thread per upload behind a bounded queue, writing through the page
+cache or with direct I/O and a second thread (storage/sink.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import errno
+import fcntl
 import hashlib
 import os
 import threading
@@ -33,16 +35,16 @@ class SlowDisk:
         self.writes = 0
         self.fail_at = fail_at
         self.exc = exc
-        self.real = sink._write_all
+        self.real = sink._pwrite_all
 
-    def __call__(self, fd: int, chunk: bytes) -> None:
+    def __call__(self, fd: int, data: memoryview, offset: int) -> None:
         self.writes += 1
         self.started.release()
         self.gate.acquire()
         if self.writes == self.fail_at:
             assert self.exc is not None
             raise self.exc
-        self.real(fd, chunk)
+        self.real(fd, data, offset)
 
     def allow(self, n: int = 1) -> None:
         for _ in range(n):
@@ -59,7 +61,7 @@ def slow_disk(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., SlowDis
 
     def make(**kwargs: object) -> SlowDisk:
         disk = SlowDisk(**kwargs)  # type: ignore[arg-type]
-        monkeypatch.setattr(sink, "_write_all", disk)
+        monkeypatch.setattr(sink, "_pwrite_all", disk)
         made.append(disk)
         return disk
 
@@ -99,7 +101,7 @@ async def test_the_event_loop_keeps_receiving_up_to_the_bound_and_no_further(
     disk = slow_disk()
     target = tmp_path / "out"
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
-    out = FileSink(fd, queue_bytes=4 * KiB)
+    out = FileSink(fd, queue_bytes=4 * KiB, direct=False)
     chunk = b"x" * KiB
     await out.write(chunk)
     await disk.wait_started(1)  # the thread holds chunk 1 in a write that does not return
@@ -125,7 +127,7 @@ async def test_the_writer_does_not_wait_for_each_write(
 ) -> None:
     """A handler pulling messages keeps going while the disk is busy with an earlier chunk."""
     disk = slow_disk()
-    storage = LocalStorage(tmp_path)
+    storage = LocalStorage(tmp_path, direct_io=False)
     await storage.open()
     writer = storage.new_writer()
     pulled = 0
@@ -152,9 +154,10 @@ async def test_the_writer_does_not_wait_for_each_write(
     await storage.close()
 
 
-@pytest.fixture
-async def manager(tmp_path: Path) -> AsyncIterator[AssetManager]:
-    manager = AssetManager(MemoryStore(), LocalStorage(tmp_path / "blobs"), Limits())
+@pytest.fixture(params=[True, False], ids=["direct", "buffered"])
+async def manager(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[AssetManager]:
+    storage = LocalStorage(tmp_path / "blobs", direct_io=request.param)
+    manager = AssetManager(MemoryStore(), storage, Limits())
     await manager.start()
     try:
         yield manager
@@ -221,17 +224,17 @@ async def test_one_failing_upload_does_not_fail_its_neighbours(
     monkeypatch: pytest.MonkeyPatch,
     threads_before: set[threading.Thread],
 ) -> None:
-    real = sink._write_all
+    real = sink._pwrite_all
     doomed: set[int] = set()
 
-    def write(fd: int, chunk: bytes) -> None:
-        if chunk[:1] == b"\xff":  # only the doomed upload sends 0xff bytes
+    def write(fd: int, data: memoryview, offset: int) -> None:
+        if data[:1] == b"\xff":  # only the doomed upload sends 0xff bytes
             doomed.add(fd)
         if fd in doomed:
             raise OSError(errno.ENOSPC, "No space left on device")
-        real(fd, chunk)
+        real(fd, data, offset)
 
-    monkeypatch.setattr(sink, "_write_all", write)
+    monkeypatch.setattr(sink, "_pwrite_all", write)
 
     async def bad() -> AsyncIterator[bytes]:
         for _ in range(20):
@@ -269,9 +272,12 @@ async def test_a_cancelled_upload_leaves_no_thread_and_no_file(
     )
     await disk.wait_started(1)
     await asyncio.wait({task}, timeout=0.2)
-    assert len(sink_threads() - threads_before) == 1
+    # The sink's thread, and with direct I/O its writer thread.
+    assert len(sink_threads() - threads_before) == (2 if storage.direct_io else 1)
     assert staged(storage) != []
-    assert len(pulled) <= sink.QUEUE_BYTES // (256 * KiB) + 1, "back-pressure reached the source"
+    held = sink.DIRECT_BUFFERS * sink.DIRECT_BLOCK if storage.direct_io else 0
+    bound = (sink.QUEUE_BYTES + held) // (256 * KiB) + 1
+    assert len(pulled) <= bound, "back-pressure reached the source"
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -321,7 +327,7 @@ async def test_writeback_is_started_every_few_mib_and_the_bytes_stay_whole(
     monkeypatch.setattr(sink, "_SYNC_FILE_RANGE", recording)
     monkeypatch.setattr(sink, "WRITEBACK_BYTES", 2 * MiB)
     path = tmp_path / "big.bin"
-    out = FileSink(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+    out = FileSink(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600), direct=False)
     data = os.urandom(MiB)
     for _ in range(7):
         await out.write(data)
@@ -329,3 +335,165 @@ async def test_writeback_is_started_every_few_mib_and_the_bytes_stay_whole(
     assert ranges == [(0, 2 * MiB, 2), (2 * MiB, 2 * MiB, 2), (4 * MiB, 2 * MiB, 2)]
     assert path.read_bytes() == data * 7
     assert digest == hashlib.sha256(data * 7).hexdigest()
+
+
+# --- direct I/O ---------------------------------------------------------------------------
+
+
+def direct_io_allowed(folder: Path) -> bool:
+    """Whether the file system of `folder` takes O_DIRECT (ext4, xfs... yes; some tmpfs no)."""
+    fd = os.open(folder / "probe", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        return sink.use_direct_io(fd)
+    finally:
+        os.close(fd)
+        (folder / "probe").unlink()
+
+
+class RecordingWrites:
+    """Wraps the sink's write: records (offset, length, whether the fd had O_DIRECT)."""
+
+    def __init__(self, fail_direct_with: int | None = None) -> None:
+        self.real = sink._pwrite_all
+        self.calls: list[tuple[int, int, bool]] = []
+        self.fail_direct_with = fail_direct_with
+
+    def __call__(self, fd: int, data: memoryview, offset: int) -> None:
+        direct = bool(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT)
+        self.calls.append((offset, len(data), direct))
+        if direct and self.fail_direct_with is not None:
+            raise OSError(self.fail_direct_with, os.strerror(self.fail_direct_with))
+        self.real(fd, data, offset)
+
+
+async def sink_bytes(path: Path, data: bytes, chunk: int, **kwargs: object) -> FileSink:
+    out = FileSink(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), **kwargs)  # type: ignore[arg-type]
+    view = memoryview(data)
+    for start in range(0, len(data), chunk):
+        await out.write(view[start : start + chunk])
+    assert await asyncio.wait_for(out.seal(), 30) == hashlib.sha256(data).hexdigest()
+    return out
+
+
+@pytest.mark.parametrize(
+    ("size", "chunk"),
+    [
+        (0, KiB),
+        (1, KiB),
+        (4095, KiB),
+        (4096, 4096),
+        (4097, 3000),
+        (MiB - 1, 64 * KiB),
+        (MiB, MiB),
+        (MiB + 1, MiB),
+        (3 * MiB + 123, 7 * KiB + 3),  # chunks straddling every buffer boundary
+        (5 * MiB + 4096, 3 * MiB // 2),  # chunks bigger than a buffer
+    ],
+)
+async def test_direct_io_writes_every_size_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, size: int, chunk: int
+) -> None:
+    writes = RecordingWrites()
+    monkeypatch.setattr(sink, "_pwrite_all", writes)
+    data = os.urandom(size)
+    path = tmp_path / "out.bin"
+    out = await sink_bytes(path, data, chunk)
+    assert path.read_bytes() == data
+    assert out.direct == direct_io_allowed(tmp_path)
+    if out.direct:
+        # Whole buffers, then the aligned part of the rest, go directly; only the last
+        # partial block goes through the page cache.
+        head = size - size % sink.DIRECT_ALIGN
+        assert [c for c in writes.calls if c[2]] == [
+            (o, min(sink.DIRECT_BLOCK, head - o), True) for o in range(0, head, sink.DIRECT_BLOCK)
+        ]
+        assert [c for c in writes.calls if not c[2]] == (
+            [(head, size - head, False)] if size > head else []
+        )
+    assert not out.alive
+
+
+async def test_a_refused_direct_write_goes_on_through_the_page_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file system that wants other alignment answers EINVAL: the same bytes are written
+    through the page cache and the upload completes whole."""
+    allowed = direct_io_allowed(tmp_path)
+    if not allowed:
+        # Without O_DIRECT here, the sink is made to believe it is on.
+        monkeypatch.setattr(sink, "use_direct_io", lambda fd: True)
+    writes = RecordingWrites(fail_direct_with=errno.EINVAL)
+    monkeypatch.setattr(sink, "_pwrite_all", writes)
+    data = os.urandom(3 * MiB + 5)
+    path = tmp_path / "out.bin"
+    await sink_bytes(path, data, 256 * KiB)
+    assert path.read_bytes() == data
+    assert [c[2] for c in writes.calls].count(True) == int(allowed), "no O_DIRECT after a refusal"
+    assert sum(length for _, length, direct in writes.calls if not direct) == len(data)
+
+
+async def test_direct_io_holds_two_buffers_then_pushes_back(
+    tmp_path: Path, slow_disk: Callable[..., SlowDisk]
+) -> None:
+    """While the disk is stuck, the sink fills its two buffers and the queue, then write()
+    waits: memory per upload stays at queue + 2 buffers."""
+    if not direct_io_allowed(tmp_path):
+        pytest.fail("this test needs a file system with O_DIRECT (the project's machines have it)")
+    disk = slow_disk()
+    out = FileSink(
+        os.open(tmp_path / "out.bin", os.O_WRONLY | os.O_CREAT, 0o600), queue_bytes=4 * KiB
+    )
+    chunk = os.urandom(256 * KiB)
+    accepted = 0
+
+    async def feed(n: int) -> None:
+        nonlocal accepted
+        for _ in range(n):
+            await out.write(chunk)
+            accepted += 1
+
+    task = asyncio.create_task(feed(16))
+    await disk.wait_started(1)  # buffer 1 is being written and does not return
+    await asyncio.wait({task}, timeout=0.3)
+    per_buffer = sink.DIRECT_BLOCK // len(chunk)
+    # Buffer 1 (in the write), buffer 2 (full, its last chunk still counted as queued).
+    assert accepted == sink.DIRECT_BUFFERS * per_buffer, accepted
+    assert not task.done()
+    disk.allow(1000)
+    await asyncio.wait_for(task, 10)
+    await asyncio.wait_for(out.seal(), 10)
+    assert (tmp_path / "out.bin").read_bytes() == chunk * 16
+
+
+async def test_a_failed_direct_write_on_the_writer_thread_fails_the_upload(
+    tmp_path: Path,
+    slow_disk: Callable[..., SlowDisk],
+    threads_before: set[threading.Thread],
+) -> None:
+    storage = LocalStorage(tmp_path / "blobs")
+    manager = AssetManager(MemoryStore(), storage, Limits())
+    await manager.start()
+    try:
+        disk = slow_disk(fail_at=1, exc=OSError(errno.ENOSPC, "No space left on device"))
+        disk.allow(1000)
+        with pytest.raises(StorageFull):
+            await manager.upload(UploadHeader(label="full.bin"), parts(64, 256 * KiB))
+        assert staged(storage) == []
+        assert await sink_threads_left(threads_before) == set()
+    finally:
+        await manager.stop()
+
+
+async def test_buffers_go_back_to_the_pool_whatever_the_ending(tmp_path: Path) -> None:
+    sink._POOL.give(sink._POOL.take())  # at least one buffer pooled
+    for i in range(3):
+        await sink_bytes(tmp_path / f"{i}.bin", os.urandom(2 * MiB + 7), 256 * KiB)
+    before = len(sink._POOL._free)
+    assert 1 <= before <= sink.POOL_KEEP
+    out = FileSink(os.open(tmp_path / "aborted.bin", os.O_WRONLY | os.O_CREAT, 0o600))
+    await out.write(os.urandom(3 * MiB))
+    out.abort()
+    await asyncio.to_thread(out._thread.join, 10)
+    assert not out.alive
+    # It took two (from the pool, or new ones) and gave both back.
+    assert len(sink._POOL._free) == min(max(before, sink.DIRECT_BUFFERS), sink.POOL_KEEP)

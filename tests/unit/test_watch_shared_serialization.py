@@ -13,12 +13,12 @@ import pytest
 
 from asset_service._proto.asset.v1 import asset_service_pb2 as pb
 from asset_service._proto.asset.v1 import asset_service_pb2_grpc as pb_grpc
-from asset_service.api import convert
+from asset_service.api import convert, wire
 from asset_service.api.stalls import StallGuard
 from asset_service.config import load_settings
 from asset_service.domain.models import Asset, AssetType, Status, Value, ValueKind
 from asset_service.domain.watch import WatchEvent
-from asset_service.server import RunningServer, _wire_bytes, start
+from asset_service.server import RunningServer, start
 from asset_service.store.memory import MemoryStore
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -161,8 +161,8 @@ def test_the_cache_stays_within_its_budget() -> None:
 def test_the_wire_serializer_passes_bytes_and_serializes_messages() -> None:
     message = pb.WatchAssetResponse(revision=5)
     data = message.SerializeToString()
-    assert _wire_bytes(data) is data
-    assert _wire_bytes(message) == data
+    assert wire.response_bytes(data) is data
+    assert wire.response_bytes(message) == data
 
 
 async def test_one_guard_ends_only_a_write_that_waits_past_the_limit() -> None:

@@ -7,6 +7,7 @@ import logging
 import uuid
 from typing import TYPE_CHECKING
 
+from asset_service.domain.ports import Chunk
 from asset_service.storage.memory._state import PREFIX, MoveIntent, StagingArea, StoredBytes
 
 if TYPE_CHECKING:
@@ -108,7 +109,7 @@ class MemoryWriter(MemoryBlob):
         self._hash = hashlib.sha256()
         self._sealed = False
 
-    async def write(self, chunk: bytes) -> None:
+    async def write(self, chunk: Chunk) -> None:
         if self._sealed or self._done:
             raise RuntimeError("write() after seal() or after the blob was settled")
         self._buffer += chunk

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from asset_service.domain.errors import Conflict
+from asset_service.domain.ports import Chunk
 from asset_service.storage import fs
 from asset_service.storage.s3._config import PART_SIZE, translate
 
@@ -48,7 +49,7 @@ class S3Writer:
 
     # --- writing ------------------------------------------------------------------------
 
-    async def write(self, chunk: bytes) -> None:
+    async def write(self, chunk: Chunk) -> None:
         if self._upload_id is None:
             # Opened at once, even for bytes that will fit one part: the upload in flight is
             # visible in the bucket, so a sweep can tell a live server's from a dead one's.
