@@ -12,6 +12,7 @@ from typing import Any
 
 import grpc
 
+from asset_service import allocator
 from asset_service._proto.asset.v1 import asset_service_pb2 as pb
 from asset_service.server import SERVER_OPTIONS
 
@@ -23,19 +24,16 @@ KINDS = ("upload", "read", "fanout", "unary")
 def _handlers(kind: str, replies: dict[str, bytes]) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
     """The handlers of one ceiling; requests and responses stay raw bytes (no (de)coding)."""
     if kind == "upload":
-        # Decodes each message as the service must (the contract's UploadAssetRequest: one
-        # copy of the chunk out of the wire buffer), then only counts the chunk's bytes.
-        async def upload(requests: AsyncIterator[pb.UploadAssetRequest], _: Any) -> bytes:
+        # Only counts the bytes of each message received (the issue's count-only server).
+        # The service does not parse a chunk message either: it takes a view of the chunk
+        # inside the received bytes (asset_service/api/wire.py).
+        async def upload(requests: AsyncIterator[bytes], _: Any) -> bytes:
             received = 0
             async for message in requests:
-                received += len(message.chunk)
+                received += len(message)
             return b""
 
-        return {
-            "UploadAsset": grpc.stream_unary_rpc_method_handler(
-                upload, request_deserializer=pb.UploadAssetRequest.FromString
-            )
-        }
+        return {"UploadAsset": grpc.stream_unary_rpc_method_handler(upload)}
 
     if kind == "read":
         # One serialized 1 MiB chunk, sent as many times as the request's limit asks.
@@ -133,7 +131,15 @@ def main() -> None:
         metavar="METHOD=HEX",
         help="unary: the serialized answer for METHOD (e.g. GetAsset=0a24...)",
     )
+    parser.add_argument(
+        "--service-malloc",
+        action="store_true",
+        help="apply the service's malloc thresholds (asset_service/allocator.py) first: "
+        "a bare server otherwise maps and faults in its 1 MiB buffers again per message",
+    )
     args = parser.parse_args()
+    if args.service_malloc:
+        allocator.keep_chunk_buffers()
     replies = dict(item.split("=", 1) for item in args.reply)
     asyncio.run(
         serve(args.kind, args.max_streams, {m: bytes.fromhex(h) for m, h in replies.items()})

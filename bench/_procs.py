@@ -14,8 +14,16 @@ from types import TracebackType
 class Ceiling:
     """One bare server from bench._bare in its own process."""
 
-    def __init__(self, kind: str, max_streams: int, replies: dict[str, bytes] | None = None):
+    def __init__(
+        self,
+        kind: str,
+        max_streams: int,
+        replies: dict[str, bytes] | None = None,
+        service_malloc: bool = False,
+    ):
         args = [sys.executable, "-m", "bench._bare", kind, "--max-streams", str(max_streams)]
+        if service_malloc:
+            args.append("--service-malloc")
         for method, reply in (replies or {}).items():
             args += ["--reply", f"{method}={reply.hex()}"]
         self.kind = kind
