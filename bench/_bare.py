@@ -18,7 +18,7 @@ from asset_service.server import SERVER_OPTIONS
 
 SERVICE = "asset.v1.AssetService"
 MiB = 1024 * 1024
-KINDS = ("upload", "read", "fanout", "unary")
+KINDS = ("upload", "upload-parse", "read", "fanout", "unary")
 
 
 def _handlers(kind: str, replies: dict[str, bytes]) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
@@ -34,6 +34,21 @@ def _handlers(kind: str, replies: dict[str, bytes]) -> dict[str, grpc.RpcMethodH
             return b""
 
         return {"UploadAsset": grpc.stream_unary_rpc_method_handler(upload)}
+
+    if kind == "upload-parse":
+        # Parses each message with the generated code, then counts the chunk's bytes: what
+        # a server of this contract written the usual way does before anything else.
+        async def parse(requests: AsyncIterator[pb.UploadAssetRequest], _: Any) -> bytes:
+            received = 0
+            async for message in requests:
+                received += len(message.chunk)
+            return b""
+
+        return {
+            "UploadAsset": grpc.stream_unary_rpc_method_handler(
+                parse, request_deserializer=pb.UploadAssetRequest.FromString
+            )
+        }
 
     if kind == "read":
         # One serialized 1 MiB chunk, sent as many times as the request's limit asks.

@@ -15,6 +15,7 @@ import grpc
 
 from asset_service._proto.asset.v1 import asset_service_pb2 as pb
 from asset_service._proto.asset.v1 import asset_service_pb2_grpc as pb_grpc
+from asset_service.storage.sink import FileSink
 
 MiB = 1024 * 1024
 # As the project's own clients: room for a 4 MiB VALUE and its envelope.
@@ -45,22 +46,23 @@ class Payload:
         return cls(size, chunk, digest.hexdigest())
 
 
-def durable_write(folder: Path, payload: Payload) -> float:
-    """Seconds to write, sha256 and fsync the payload into `folder` (then removed): what the
-    disk alone allows an upload, with no network and no server."""
-    target = folder / "bench-durable-write.bin"
+async def local_sink(folder: Path, payload: Payload) -> float:
+    """Seconds for the service's own upload sink (storage/sink.FileSink: hash, write with
+    direct I/O where allowed, fsync) to take the payload into `folder` (then removed), in
+    this process: the upload with no network and no server."""
+    target = folder / "bench-local-sink.bin"
     start = time.perf_counter()
-    digest = hashlib.sha256()
-    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    out = FileSink(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
     try:
         for _ in range(payload.size // MiB):
-            digest.update(payload.chunk)
-            os.write(fd, payload.chunk)
-        os.fsync(fd)
+            await out.write(payload.chunk)
+        digest = await out.seal()
     finally:
-        os.close(fd)
+        out.abort()
     elapsed = time.perf_counter() - start
     target.unlink()
+    if digest != payload.sha256:
+        raise RuntimeError(f"the local sink hashed {digest}, expected {payload.sha256}")
     return elapsed
 
 
