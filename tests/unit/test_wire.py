@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-import grpc
 import pytest
 from google.protobuf.message import DecodeError
 from hypothesis import given, settings
@@ -16,7 +14,7 @@ from asset_service.api import wire
 from asset_service.api.servicer import AssetServicer
 from asset_service.config import load_settings
 from asset_service.security.setup import Security
-from asset_service.server import add_asset_service
+from asset_service.server import _Collected, add_asset_service
 
 
 def _same_as_parser(raw: bytes) -> None:
@@ -114,23 +112,11 @@ def test_the_server_registers_the_view_decoder_for_uploads(
     wrapping of a server without security) decodes with wire.upload_request: the generated
     one would copy every chunk twice."""
 
-    class Server:
-        def __init__(self) -> None:
-            self.handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
-
-        def add_generic_rpc_handlers(self, handlers: object) -> None:
-            pass
-
-        def add_registered_method_handlers(
-            self, service: str, handlers: dict[str, grpc.RpcMethodHandler[Any, Any]]
-        ) -> None:
-            self.handlers = handlers
-
     anonymous = None
     if open_server:
         security = Security(load_settings(["--storage-root", str(tmp_path)], {}))
         anonymous = security.interceptor(None)  # type: ignore[arg-type]
-    server = Server()
+    server = _Collected()
     add_asset_service(AssetServicer(manager=None), server, anonymous)  # type: ignore[arg-type]
     upload = server.handlers["UploadAsset"]
     assert upload.request_deserializer is wire.upload_request
