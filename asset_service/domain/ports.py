@@ -22,7 +22,7 @@ from asset_service.domain.models import (
 class MetadataStore(Protocol):
     """Asset records. Every write assigns the next revision of one store-wide counter.
 
-    Implementations: store/sqlite.py (embedded default), store/mongo/ (production).
+    Implementations: store/sqlite/ (embedded default), store/mongo/ (production).
     The contract suite in tests/contract runs against every one of them.
     """
 
@@ -134,7 +134,7 @@ class Leftover(Protocol):
 
 
 class BlobStorage(Protocol):
-    """Where FILE bytes live: storage/local.py today, an object store later."""
+    """Where FILE bytes live: storage/local/ (the local disk) or storage/s3/ (an object store)."""
 
     async def open(self) -> None:
         """Create the layout and this process's staging area."""

@@ -29,7 +29,7 @@ from tests.serverproc import ServerProcess
 
 FULL = grpc.StatusCode.RESOURCE_EXHAUSTED
 DISK_MIB = 24
-# SqliteStore's reserve (asset_service/store/sqlite.py DEFAULT_RESERVE_BYTES) sits on the
+# SqliteStore's reserve (asset_service/store/sqlite/_store.py DEFAULT_RESERVE_BYTES) sits on the
 # same disk; it is released for a delete and re-created when space allows.
 RESERVE_NAME = "assets.db.reserve"
 

@@ -12,8 +12,7 @@ import pytest
 from asset_service import allocator
 from asset_service._proto.asset.v1 import asset_service_pb2 as pb
 from asset_service.domain.errors import IntegrityError
-from asset_service.storage import local
-from asset_service.storage.local import LocalStorage
+from asset_service.storage.local import LocalStorage, _reads
 
 ID = "0b1c2d3e-4f50-4a61-8b72-93a4b5c6d7e8"
 CHUNK = 16
@@ -23,7 +22,7 @@ DATA = bytes(range(256)) + bytes(range(45))  # 301 bytes: batches and chunks do 
 
 @pytest.fixture
 async def stored(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[LocalStorage, str]:
-    monkeypatch.setattr(local, "READ_BATCH_BYTES", BATCH)
+    monkeypatch.setattr(_reads, "READ_BATCH_BYTES", BATCH)
     storage = LocalStorage(tmp_path)
     await storage.open()
     writer = storage.new_writer()

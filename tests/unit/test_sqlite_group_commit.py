@@ -20,8 +20,8 @@ from asset_service.domain.models import (
     Failure,
     Status,
 )
-from asset_service.store._sqlite_writer import GroupWriter
 from asset_service.store.sqlite import SqliteStore
+from asset_service.store.sqlite._writer import GroupWriter
 from tests.records import pending_record
 
 

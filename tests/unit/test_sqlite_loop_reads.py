@@ -49,7 +49,7 @@ class ReadersBlocked:
             started.wait(10)
             assert self.release.wait(10)
 
-        self.jobs = [self.store._readers.submit(hold) for _ in range(store_threads(self.store))]
+        self.jobs = [self.store._readers.executor.submit(hold) for _ in range(store_threads(self.store))]
         started.wait(10)
         return self
 
@@ -60,7 +60,7 @@ class ReadersBlocked:
 
 
 def store_threads(store: SqliteStore) -> int:
-    return store._readers._max_workers
+    return store._readers.executor._max_workers
 
 
 async def test_small_records_and_missing_ids_are_read_without_a_reader_thread(
@@ -103,15 +103,15 @@ class BusyConnection:
 
 async def test_busy_on_the_loop_falls_back_to_a_reader_thread(store: SqliteStore) -> None:
     record = await store.insert(value_record(100))
-    assert store._loop_conn is not None
-    busy = BusyConnection(store._loop_conn)
-    store._loop_conn = busy  # type: ignore[assignment]
+    assert store._readers.loop_conn is not None
+    busy = BusyConnection(store._readers.loop_conn)
+    store._readers.loop_conn = busy  # type: ignore[assignment]
     try:
         assert await store.get(record.id) == record
         assert await store.get("no-such-id") is None
         assert busy.calls == 2
     finally:
-        store._loop_conn = busy.real
+        store._readers.loop_conn = busy.real
 
 
 async def test_the_loop_read_sees_each_write_once_it_is_acknowledged(store: SqliteStore) -> None:
@@ -131,8 +131,8 @@ async def test_the_loop_leaves_no_read_transaction_open(store: SqliteStore) -> N
     record = await store.insert(value_record(10))
     await store.get(record.id)
     await store.get("no-such-id")
-    assert store._loop_conn is not None
-    assert not store._loop_conn.in_transaction
+    assert store._readers.loop_conn is not None
+    assert not store._readers.loop_conn.in_transaction
 
     def checkpoint(c: sqlite3.Connection) -> tuple[tuple[int, int, int], None]:
         row = c.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()

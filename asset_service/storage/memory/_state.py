@@ -45,7 +45,7 @@ class MemoryState:
     objects: dict[str, StoredBytes] = field(default_factory=dict)
     areas: dict[str, StagingArea] = field(default_factory=dict)
     # Server-side path -> -1 while a move holds it, else the number of copies reading it
-    # (local.py's exclusive and shared flocks).
+    # (LocalStorage's exclusive and shared flocks).
     adopting: dict[str, int] = field(default_factory=dict)
 
 

@@ -1,4 +1,4 @@
-"""MemoryStorage: a BlobStorage held in memory, with local.py's semantics, for fast tests."""
+"""MemoryStorage: a BlobStorage held in memory, with LocalStorage's semantics, for fast tests."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 
 class MemoryStorage:
-    """Keys as local.py lays them out (uploads/..., generated/...); paths memory://<key>.
+    """Keys as LocalStorage lays them out (uploads/..., generated/...); paths memory://<key>.
 
     `files` stands for the server's files under its import roots (path -> bytes): adopt()
     reads them and a finished move deletes from it; None means no import roots.

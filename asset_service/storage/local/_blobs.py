@@ -1,0 +1,336 @@
+"""Bytes on their way into local storage: uploads streamed to staging, adopted server-side files."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import hashlib
+import logging
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from asset_service.domain.errors import Conflict
+from asset_service.domain.ports import Chunk
+from asset_service.storage import fs
+from asset_service.storage.sink import FileSink
+
+if TYPE_CHECKING:
+    from asset_service.storage.local._storage import LocalStorage
+
+log = logging.getLogger(__name__)
+
+COPY_CHUNK = 1024 * 1024
+
+
+def age_of(st: os.stat_result) -> float:
+    """Seconds since the file appeared where it stands, as far as can be told.
+
+    A source hard-linked into place keeps its old mtime; until the move finishes it has a
+    second link, and its ctime (moved by link) says when it arrived.
+    """
+    since = max(st.st_mtime, st.st_ctime) if st.st_nlink > 1 else st.st_mtime
+    return time.time() - since
+
+
+def oserror(exc: OSError, where: str) -> Exception:
+    if exc.errno in fs.NO_SPACE:
+        return fs.no_space(exc, where)
+    return exc
+
+
+class _Blob:
+    """Bytes on their way to a key: commit() places them, then finish() or rollback().
+
+    Between commit() and finish() the caller writes the record. If it cannot learn whether
+    that write applied, abandon() keeps everything (bytes and any source) for recovery.
+    """
+
+    def __init__(self, storage: LocalStorage) -> None:
+        self._storage = storage
+        self.size_bytes = 0
+        self.sha256 = hashlib.sha256().hexdigest()
+        self._final: tuple[int, str] | None = None  # (folder fd, name) once committed
+        self._final_id: tuple[int, int] | None = None  # (dev, ino) of the committed file
+        self._journal: Path | None = None
+        self._done = False
+
+    async def commit(self, key: str) -> str:
+        parts = self._storage.key_parts(key)
+        await asyncio.to_thread(self._commit_sync, parts)
+        return str(self._storage.root.joinpath(*parts))
+
+    def _commit_sync(self, parts: tuple[str, ...]) -> None:
+        raise NotImplementedError
+
+    def _place(
+        self, staging: Path, parts: tuple[str, ...], move_source: dict[str, Any] | None
+    ) -> None:
+        """Link a fsynced staging file to its final name (never clobbering), then drop staging."""
+        folder = self._storage.open_folder(parts[:-1], create=True)
+        name = parts[-1]
+        try:
+            st = os.stat(staging)
+            if move_source is not None:
+                self._journal = self._storage.write_intent(
+                    {**move_source, "final": "/".join(parts), "final_ino": st.st_ino}
+                )
+            self._link_new(str(staging), name, None, folder)
+            os.unlink(staging)
+            fs.fsync_dir(folder)
+        except BaseException:
+            os.close(folder)
+            raise
+        self._final, self._final_id = (folder, name), (st.st_dev, st.st_ino)
+
+    def _link_new(self, src: str, name: str, src_dir: int | None, folder: int) -> None:
+        """link(2) that never overwrites; a crash leftover older than the grace is replaced."""
+        for attempt in (1, 2):
+            try:
+                os.link(src, name, src_dir_fd=src_dir, dst_dir_fd=folder, follow_symlinks=False)
+                return
+            except FileExistsError:
+                st = os.stat(name, dir_fd=folder, follow_symlinks=False)
+                age = age_of(st)
+                if attempt == 2 or age < self._storage.orphan_grace_seconds:
+                    raise Conflict(
+                        "the asset's bytes are being committed by another request; retry shortly"
+                    ) from None
+                log.warning("replacing a file left %.0fs ago by an interrupted commit", age)
+                os.unlink(name, dir_fd=folder)
+            except OSError as exc:
+                raise oserror(exc, "committing bytes") from None
+
+    def _drop_final(self) -> None:
+        if self._final is not None and self._final_id is not None:
+            folder, name = self._final
+            fs.unlink_if_same(folder, name, self._final_id)
+
+    def _close(self) -> None:
+        if self._final is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._final[0])
+            self._final = None
+
+    def _forget_journal(self) -> None:
+        if self._journal is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self._journal.unlink()
+            self._journal = None
+
+    async def finish(self) -> None:
+        """The record now points at the bytes: complete the move (if any), release fds."""
+        if self._done:
+            return
+        self._done = True
+        try:
+            await asyncio.to_thread(self._finish_sync)
+        finally:
+            self._close()
+
+    def _finish_sync(self) -> None:
+        self._forget_journal()
+
+    async def rollback(self) -> None:
+        """No record points at the bytes: remove them; a source file stays where it was."""
+        self.discard()
+
+    def discard(self) -> None:
+        """rollback() without awaiting: plain syscalls, safe while a cancelled RPC unwinds."""
+        if self._done:
+            return
+        self._done = True
+        try:
+            self._rollback_sync()
+        finally:
+            self._close()
+
+    def _rollback_sync(self) -> None:
+        self._drop_final()
+        self._forget_journal()
+        if self._final is not None:
+            self._storage.prune_empty(self._final[0])
+
+    def abandon(self) -> None:
+        """Outcome unknown: keep bytes, source and journal; recovery settles them later."""
+        if self._done:
+            return
+        self._done = True
+        self._close()
+
+
+class Writer(_Blob):
+    """Streams chunks into a staging file through a FileSink (hashed and written on its own
+    thread, behind a bounded queue); memory stays flat."""
+
+    def __init__(self, storage: LocalStorage, path: Path) -> None:
+        super().__init__(storage)
+        self.path = path
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+        except OSError as exc:
+            raise oserror(exc, "staging an upload") from None
+        self._sink = FileSink(fd, name=path.name[:8], direct=storage.direct_io)
+
+    async def write(self, chunk: Chunk) -> None:
+        try:
+            await self._sink.write(chunk)
+        except OSError as exc:
+            raise oserror(exc, "writing an upload") from None
+        self.size_bytes += len(chunk)
+
+    async def seal(self) -> None:
+        try:
+            self.sha256 = await self._sink.seal()
+        except OSError as exc:
+            raise oserror(exc, "writing an upload") from None
+
+    def _commit_sync(self, parts: tuple[str, ...]) -> None:
+        self._place(self.path, parts, None)
+
+    def _rollback_sync(self) -> None:
+        # The sink's thread closes the file itself once it sees the abort; the name goes now.
+        self._sink.abort()
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+        super()._rollback_sync()
+
+
+class Adopted(_Blob):
+    """A server-side file under an import root, held open (and flocked) from hash to finish.
+
+    A move on the storage's file system is a hard link into place, then (after the record)
+    the unlink of the source: the worker's file stays at its path until the record commits.
+    Otherwise the bytes are copied into staging first. Either way a journal entry written
+    before the final name appears lets start-up recovery finish or undo a move.
+    """
+
+    def __init__(self, storage: LocalStorage, raw: str, opened: fs.Opened, move: bool) -> None:
+        super().__init__(storage)
+        self.raw = raw
+        self.opened = opened
+        self.move = move
+        self._staging: Path | None = None  # a copy, when linking is not possible
+
+    def stage(self) -> None:
+        st = self.opened.st
+        same_fs = st.st_dev == self._storage.device
+        if self.move and same_fs and st.st_nlink == 1:
+            self.sha256, self.size_bytes = self._hash_source()
+        else:
+            self._staging = self._storage.staging / uuid.uuid4().hex
+            self.sha256, self.size_bytes = self._copy_source(self._staging)
+        self._check_unchanged()
+
+    def _hash_source(self) -> tuple[str, int]:
+        digest, size = hashlib.sha256(), 0
+        for chunk in _pread_chunks(self.opened.fd):
+            digest.update(chunk)
+            size += len(chunk)
+        return digest.hexdigest(), size
+
+    def _copy_source(self, target: Path) -> tuple[str, int]:
+        digest, size = hashlib.sha256(), 0
+        try:
+            with open(target, "xb") as out:
+                for chunk in _pread_chunks(self.opened.fd):
+                    digest.update(chunk)
+                    out.write(chunk)
+                    size += len(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+        except OSError as exc:
+            with contextlib.suppress(FileNotFoundError):
+                target.unlink()
+            raise oserror(exc, "copying a server-side file") from None
+        return digest.hexdigest(), size
+
+    def _check_unchanged(self) -> None:
+        now, then = os.fstat(self.opened.fd), self.opened.st
+        if (now.st_size, now.st_mtime_ns) != (then.st_size, then.st_mtime_ns) or (
+            now.st_size != self.size_bytes
+        ):
+            raise Conflict(
+                "the server-side file changed while it was being read; retry once the worker "
+                "has finished writing it"
+            )
+
+    def _source_intent(self) -> dict[str, Any] | None:
+        if not self.move:
+            return None
+        st = self.opened.st
+        return {"source": self.raw, "dev": st.st_dev, "ino": st.st_ino}
+
+    def _commit_sync(self, parts: tuple[str, ...]) -> None:
+        if self._staging is not None:
+            self._place(self._staging, parts, self._source_intent())
+            self._staging = None
+            return
+        folder = self._storage.open_folder(parts[:-1], create=True)
+        name = parts[-1]
+        st = self.opened.st
+        try:
+            self._journal = self._storage.write_intent(
+                {**(self._source_intent() or {}), "final": "/".join(parts), "final_ino": st.st_ino}
+            )
+            try:
+                self._link_new(self.opened.name, name, self.opened.parent_fd, folder)
+            except OSError as exc:
+                if exc.errno != errno.EXDEV:
+                    raise
+                self._forget_journal()
+                os.close(folder)
+                folder = -1
+                # Same device number, other mount (a bind mount): copy after all.
+                self._staging = self._storage.staging / uuid.uuid4().hex
+                digest, _ = self._copy_source(self._staging)
+                if digest != self.sha256:
+                    raise Conflict(
+                        "the server-side file changed while it was being adopted"
+                    ) from None
+                self._commit_sync(parts)
+                return
+            self._final, self._final_id = (folder, name), (st.st_dev, st.st_ino)
+            linked = os.stat(name, dir_fd=folder, follow_symlinks=False)
+            if (linked.st_dev, linked.st_ino) != (st.st_dev, st.st_ino):
+                # The name was swapped between open and link: never adopt what we did not hash.
+                raise Conflict("the server-side file was replaced while being adopted; retry")
+            self._check_unchanged()
+            fs.fsync_dir(folder)
+        except BaseException:
+            if self._final is not None:
+                self._rollback_sync()
+            elif folder >= 0:
+                os.close(folder)
+            self._forget_journal()
+            raise
+
+    def _finish_sync(self) -> None:
+        if self.move:
+            st = self.opened.st
+            if not fs.unlink_if_same(
+                self.opened.parent_fd, self.opened.name, (st.st_dev, st.st_ino)
+            ):
+                log.warning("the moved source %r was already gone or replaced", self.raw)
+        super()._finish_sync()
+
+    def _rollback_sync(self) -> None:
+        if self._staging is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self._staging.unlink()
+        super()._rollback_sync()
+
+    def _close(self) -> None:
+        super()._close()
+        self.opened.close()
+
+
+def _pread_chunks(fd: int) -> Iterator[bytes]:
+    offset = 0
+    while chunk := os.pread(fd, COPY_CHUNK, offset):
+        offset += len(chunk)
+        yield chunk

@@ -1,0 +1,377 @@
+"""LocalStorage: the layout under its root, staging, recovery sweeps, reads and checks."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import shutil
+import stat
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from asset_service.domain.errors import (
+    AssetError,
+    IntegrityError,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+)
+from asset_service.domain.models import parse_asset_id
+from asset_service.storage import fs, keys
+from asset_service.storage.imports import ImportRoots
+from asset_service.storage.local._blobs import Adopted, Writer, age_of, oserror
+from asset_service.storage.local._reads import (
+    CHECK_FOLDER_FDS,
+    close_all,
+    not_regular,
+    read_chunks,
+    wrong_size,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Leftover:
+    """A move that a dead process left half-done; the record decides which side keeps it."""
+
+    asset_id: str
+    storage_path: str
+    journal: Path
+    intent: dict[str, Any]
+
+
+class LocalStorage:
+    """uploads/YYYY-MM-DD/<asset-id>/<name>, generated/<task>/<asset-id>/<name>, tmp/."""
+
+    def __init__(
+        self,
+        root: Path,
+        orphan_grace_seconds: float = 600.0,
+        imports: ImportRoots | None = None,
+        direct_io: bool = True,
+    ) -> None:
+        self.root = root.resolve()
+        # Uploads written with O_DIRECT where the file system allows it (storage/sink.py).
+        self.direct_io = direct_io
+        # A file in a final location younger than this may be another server's commit.
+        self.orphan_grace_seconds = orphan_grace_seconds
+        self.imports = imports or ImportRoots(())
+        self.uploads = self.root / "uploads"
+        self.generated = self.root / "generated"
+        self.tmp = self.root / "tmp"
+        self._staging_parent = self.tmp / "staging"
+        self._instance = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.staging = self._staging_parent / self._instance
+        self.intents = self.staging / "intents"
+        self.device = -1
+        self._lock_fd: int | None = None
+
+    # --- lifecycle ------------------------------------------------------------------
+
+    async def open(self) -> None:
+        await asyncio.to_thread(self._open_sync)
+
+    def _open_sync(self) -> None:
+        try:
+            for folder in (self.uploads, self.generated, self._staging_parent):
+                folder.mkdir(parents=True, exist_ok=True)
+            self.staging.mkdir()
+            self.intents.mkdir()
+            # Held for the life of the process; start-up sweeps of other processes
+            # know this staging folder is live because they cannot take the lock.
+            self._lock_fd = os.open(self.staging / ".lock", os.O_CREAT | os.O_RDWR, 0o600)
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self.device = os.stat(self.root).st_dev
+        except OSError as exc:
+            raise Unavailable(f"storage root {self.root} is not usable: {exc}") from exc
+
+    def _dead_staging(self) -> list[Path]:
+        dead = []
+        for folder in self._staging_parent.iterdir():
+            if folder == self.staging or not folder.is_dir() or folder.is_symlink():
+                continue
+            try:
+                fd = os.open(folder / ".lock", os.O_RDWR | os.O_NOFOLLOW)
+            except OSError:
+                fd = None
+            if fd is not None:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # a live process owns it
+                finally:
+                    os.close(fd)
+            dead.append(folder)
+        return dead
+
+    async def leftovers(self) -> list[Leftover]:
+        """Moves journaled by dead processes, to settle before their staging is removed."""
+        return await asyncio.to_thread(self._leftovers_sync)
+
+    def _leftovers_sync(self) -> list[Leftover]:
+        found = []
+        for folder in self._dead_staging():
+            intents = folder / "intents"
+            for journal in sorted(intents.glob("*.json")) if intents.is_dir() else ():
+                try:
+                    intent = json.loads(journal.read_text())
+                    parts = self.key_parts(intent["final"])
+                    asset_id = parse_asset_id(parts[-2])
+                except (OSError, ValueError, KeyError, IndexError, AssetError) as exc:
+                    # Journals are fsynced whole before anything is linked, so one that does
+                    # not parse (a disk error, a hand edit) was never acted on: drop it.
+                    log.error("dropping unreadable move journal %s (%s)", journal, exc)
+                    journal.unlink(missing_ok=True)
+                    continue
+                found.append(Leftover(asset_id, str(self.root.joinpath(*parts)), journal, intent))
+        return found
+
+    async def settle(self, leftover: Leftover, committed: bool) -> None:
+        """Finish a journaled move whose record committed, or undo one whose record did not."""
+        await asyncio.to_thread(self._settle_sync, leftover, committed)
+
+    def _settle_sync(self, leftover: Leftover, committed: bool) -> None:
+        intent = leftover.intent
+        parts = self.key_parts(intent["final"])
+        try:
+            folder = self.open_folder(parts[:-1])
+        except (OSError, AssetError):
+            folder = -1
+        try:
+            final = None
+            if folder >= 0:
+                with contextlib.suppress(FileNotFoundError):
+                    final = os.stat(parts[-1], dir_fd=folder, follow_symlinks=False)
+            ours = final is not None and (final.st_dev, final.st_ino) == (
+                self.device,
+                intent["final_ino"],
+            )
+            if committed and ours:
+                if "source" in intent:
+                    source = (intent["dev"], intent["ino"])
+                    if self.imports.remove_if_same(intent["source"], source):
+                        log.warning("finished an interrupted move of %r", intent["source"])
+            elif committed:
+                log.error(
+                    "asset %s is AVAILABLE but its bytes at %s are not the ones journaled; "
+                    "leaving the source %r in place",
+                    leftover.asset_id,
+                    leftover.storage_path,
+                    intent.get("source"),
+                )
+            elif ours and final is not None:
+                fs.unlink_if_same(folder, parts[-1], (final.st_dev, final.st_ino))
+                log.warning("undid an interrupted move of %r", intent.get("source"))
+        finally:
+            if folder >= 0:
+                os.close(folder)
+        leftover.journal.unlink(missing_ok=True)
+
+    async def sweep_dead_staging(self) -> int:
+        """Remove staging folders of dead processes (their moves already settled)."""
+        return await asyncio.to_thread(self._sweep_dead_staging_sync)
+
+    def _sweep_dead_staging_sync(self) -> int:
+        removed = 0
+        for folder in self._dead_staging():
+            intents = folder / "intents"
+            if intents.is_dir() and any(intents.glob("*.json")):
+                log.error("staging %s keeps unsettled move journals; not removed", folder)
+                continue
+            log.warning("removing staging left by a dead process: %s", folder)
+            shutil.rmtree(folder, ignore_errors=True)
+            removed += 1
+        return removed
+
+    async def close(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+        if any(self.intents.glob("*.json")):
+            # Moves whose outcome is unknown: the next start-up settles them.
+            log.warning("leaving %s for recovery: it holds unsettled moves", self.staging)
+            return
+        await asyncio.to_thread(shutil.rmtree, self.staging, True)
+
+    # --- keys and paths ---------------------------------------------------------------
+
+    def upload_key(self, asset_id: str, label: str, now: datetime) -> str:
+        return keys.upload_key(asset_id, label, now)
+
+    def generated_key(self, task_id: str, asset_id: str, label: str) -> str:
+        return keys.generated_key(task_id, asset_id, label)
+
+    def key_parts(self, key: str) -> tuple[str, ...]:
+        return keys.key_parts(key)
+
+    def _parts_of(self, storage_path: str) -> tuple[str, ...]:
+        path = Path(storage_path)
+        if not path.is_absolute() or not path.is_relative_to(self.root):
+            raise NotFound(f"{storage_path} is not a path in this storage")
+        return self.key_parts(str(path.relative_to(self.root)))
+
+    def open_folder(self, parts: tuple[str, ...], create: bool = False) -> int:
+        return fs.open_dir(self.root, parts, "/".join(parts), create=create)
+
+    def prune_empty(self, folder_fd: int) -> None:
+        """Remove the now-empty per-asset folder of a rolled-back commit (best effort)."""
+        with contextlib.suppress(OSError):
+            path = os.readlink(f"/proc/self/fd/{folder_fd}")
+            self._prune_empty(Path(path))
+
+    def _prune_empty(self, folder: Path) -> None:
+        stops = {self.root, self.uploads, self.generated, self.tmp, self._staging_parent}
+        while folder not in stops and folder.is_relative_to(self.root):
+            try:
+                folder.rmdir()
+            except OSError:
+                return
+            folder = folder.parent
+
+    def write_intent(self, intent: dict[str, Any]) -> Path:
+        """Durably journal a move before its final name appears (removed once settled).
+
+        Written whole under a temporary name, fsynced, then renamed: a journal entry that
+        exists is complete, and one that does not parse cannot have been acted on.
+        """
+        try:
+            return fs.write_journal(self.intents, intent)
+        except OSError as exc:
+            raise oserror(exc, "journaling a move") from None
+
+    # --- writing ----------------------------------------------------------------------
+
+    def new_writer(self) -> Writer:
+        return Writer(self, self.staging / uuid.uuid4().hex)
+
+    async def adopt(self, path: str, move: bool) -> Adopted:
+        """Hash (and, unless it can be linked, copy) a server-side file under an import root."""
+        return await asyncio.to_thread(self._adopt_sync, path, move)
+
+    def _adopt_sync(self, path: str, move: bool) -> Adopted:
+        opened = self.imports.open(path, exclusive=move)
+        blob = Adopted(self, path, opened, move)
+        try:
+            blob.stage()
+        except BaseException:
+            blob._rollback_sync()
+            blob._close()
+            raise
+        return blob
+
+    # --- reading and housekeeping -----------------------------------------------------
+
+    def _open_stored(self, storage_path: str, size_bytes: int) -> fs.Opened:
+        parts = self._parts_of(storage_path)
+        try:
+            opened = fs.open_file(self.root, parts, storage_path)
+        except NotFound:
+            raise IntegrityError(f"its bytes at {storage_path} are missing") from None
+        except AssetError:  # a symlink or a non-regular file where the bytes should be
+            raise not_regular(storage_path) from None
+        if opened.st.st_size != size_bytes:
+            opened.close()
+            raise wrong_size(storage_path, opened.st.st_size, size_bytes)
+        return opened
+
+    async def read(
+        self, storage_path: str, size_bytes: int, offset: int, limit: int, chunk_size: int
+    ) -> AsyncIterator[bytes]:
+        opened = await asyncio.to_thread(self._open_stored, storage_path, size_bytes)
+        end = size_bytes if limit <= 0 else min(size_bytes, offset + limit)
+        return read_chunks(opened, storage_path, offset, end, chunk_size)
+
+    async def check(self, storage_path: str, size_bytes: int) -> None:
+        """Raise IntegrityError unless the bytes are there, a regular file of that size."""
+        opened = await asyncio.to_thread(self._open_stored, storage_path, size_bytes)
+        opened.close()
+
+    async def check_many(self, items: Sequence[tuple[str, int]]) -> Sequence[IntegrityError | None]:
+        """check() of each, all in one thread hop (a manifest may name 1000 inputs)."""
+        return await asyncio.to_thread(self._check_many_sync, items)
+
+    def _check_many_sync(self, items: Sequence[tuple[str, int]]) -> list[IntegrityError | None]:
+        """Like check() of each, but the folders their paths share (uploads/<date>/...) are
+        opened once: each is walked from its parent's fd without following symlinks, and
+        each file is lstat-ed in its folder (a symlink there is not a regular file)."""
+        found: list[IntegrityError | None] = []
+        folders: dict[tuple[str, ...], int] = {}
+
+        def folder(parts: tuple[str, ...]) -> int:
+            fd = folders.get(parts)
+            if fd is None:
+                if len(folders) >= CHECK_FOLDER_FDS:  # never near the fd limit
+                    close_all(folders)
+                parent = os.open(self.root, fs.DIR_FLAGS) if not parts else folder(parts[:-1])
+                fd = parent if not parts else fs.open_dir(parent, parts[-1:], "/".join(parts))
+                folders[parts] = fd
+            return fd
+
+        try:
+            for storage_path, size_bytes in items:
+                parts = self._parts_of(storage_path)
+                try:
+                    st = os.stat(parts[-1], dir_fd=folder(parts[:-1]), follow_symlinks=False)
+                except (FileNotFoundError, NotFound):
+                    found.append(IntegrityError(f"its bytes at {storage_path} are missing"))
+                    continue
+                except (AssetError, OSError):  # a symlink, or no folder, on the way
+                    found.append(not_regular(storage_path))
+                    continue
+                if not stat.S_ISREG(st.st_mode):
+                    found.append(not_regular(storage_path))
+                elif st.st_size != size_bytes:
+                    found.append(wrong_size(storage_path, st.st_size, size_bytes))
+                else:
+                    found.append(None)
+        finally:
+            close_all(folders)
+        return found
+
+    async def remove(self, storage_path: str) -> None:
+        parts = self._parts_of(storage_path)
+        await asyncio.to_thread(self._remove_sync, parts)
+
+    def _remove_sync(self, parts: tuple[str, ...]) -> None:
+        try:
+            folder = self.open_folder(parts[:-1])
+        except (OSError, AssetError):
+            return  # gone already, or behind a symlink that is not ours to follow
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(parts[-1], dir_fd=folder)
+        finally:
+            os.close(folder)
+        self._prune_empty(self.root.joinpath(*parts[:-1]))
+
+    async def orphans(self) -> AsyncIterator[tuple[str, str]]:
+        """Files in final locations older than the grace, as (asset id, path)."""
+        for area in (self.uploads, self.generated):
+            # <area>/<day-or-task>/<asset-id>/<name>
+            for path, st in await asyncio.to_thread(_entries_under, area):
+                try:
+                    asset_id = parse_asset_id(path.parent.name)
+                except InvalidArgument:
+                    continue
+                if age_of(st) < self.orphan_grace_seconds:
+                    continue  # may be another server's commit in flight
+                yield asset_id, str(path)
+
+
+def _entries_under(area: Path) -> list[tuple[Path, os.stat_result]]:
+    found = []
+    for path in area.glob("*/*/*"):
+        with contextlib.suppress(OSError):
+            st = path.lstat()
+            if stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode):
+                found.append((path, st))
+    return found
