@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import shutil
 import sqlite3
 import statistics
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,8 +72,24 @@ def _cpu_per_mib(pid: int, before: tuple[float, float], mib: int) -> tuple[float
     return server * 1e3 / mib, own * 1e3 / mib
 
 
+def _sha256_ms_per_mib(chunk: bytes, mib: int = 64) -> float:
+    """CPU milliseconds one core spends on sha256 per MiB (the best of three runs)."""
+    best = float("inf")
+    for _ in range(3):
+        start = time.process_time()
+        digest = hashlib.sha256()
+        for _ in range(mib * MiB // len(chunk)):
+            digest.update(chunk)
+        best = min(best, time.process_time() - start)
+    return best * 1e3 / mib
+
+
 def _cpu_bound_row(
-    mib: int, cpu: dict[str, list[tuple[float, float]]], bare_s: list[float], size: int
+    mib: int,
+    cpu: dict[str, list[tuple[float, float]]],
+    bare_s: list[float],
+    size: int,
+    sha256_ms: float,
 ) -> Row:
     """What the machine's cores allow the upload: each quiet run's CPU per MiB (server and
     client processes; the kernel's writeback threads are not counted, so the bound is
@@ -93,8 +111,9 @@ def _cpu_bound_row(
         load1(),
         f"info: CPU ms per MiB: service {med('service', 0):.2f} + its client "
         f"{med('service', 1):.2f}; bare {med('bare', 0):.2f} + its client {med('bare', 1):.2f}; "
-        f"ratio = {cores} cores / the service's CPU per MiB, against the bare throughput",
-        {"cpu_ms_per_mib": cpu},
+        f"sha256 alone {sha256_ms:.2f}; ratio = {cores} cores / the service's CPU per MiB, "
+        "against the bare throughput",
+        {"cpu_ms_per_mib": cpu, "sha256_ms_per_mib": sha256_ms},
     )
 
 
@@ -218,7 +237,8 @@ async def transfer_rows(svc: ServerProcess, sizes: Sizes) -> list[Row]:
                 if mode == "quiet":
                     # Growth of the quiet runs only: a burner does not change what is buffered.
                     quiet_rss = {k: list(v) for k, v in rss.items()}
-                    rows.append(_cpu_bound_row(mib, cpu, b_t, size))
+                    sha256_ms = _sha256_ms_per_mib(payload.chunk)
+                    rows.append(_cpu_bound_row(mib, cpu, b_t, size, sha256_ms))
             rows += _upload_info_rows(mib, size, rows[0].raw["service_s"], extra_times)
             rows.append(
                 Row(

@@ -49,7 +49,9 @@ class ReadersBlocked:
             started.wait(10)
             assert self.release.wait(10)
 
-        self.jobs = [self.store._readers.executor.submit(hold) for _ in range(store_threads(self.store))]
+        self.jobs = [
+            self.store._readers.executor.submit(hold) for _ in range(store_threads(self.store))
+        ]
         started.wait(10)
         return self
 
