@@ -16,6 +16,8 @@ from asset_service.domain.models import (
     validate_media_type,
     validate_task_id,
 )
+from asset_service.server import open_storage
+from asset_service.storage.local import LocalStorage
 
 
 @pytest.mark.parametrize(
@@ -50,6 +52,24 @@ def test_settings_from_env_and_flags(tmp_path: Path) -> None:
     flags = load_settings(["--listen", "127.0.0.1:0", "--import-root", str(tmp_path)], env)
     assert flags.listen == "127.0.0.1:0"  # a flag wins over the variable
     assert flags.import_roots == (tmp_path.resolve(),)
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "direct"),
+    [
+        ([], {}, True),
+        (["--no-direct-io"], {}, False),
+        ([], {"ASSET_SERVICE_DIRECT_IO": "0"}, False),
+        (["--direct-io"], {"ASSET_SERVICE_DIRECT_IO": "off"}, True),  # the flag wins
+    ],
+)
+def test_direct_io_setting_reaches_the_local_storage(
+    tmp_path: Path, argv: list[str], env: dict[str, str], direct: bool
+) -> None:
+    settings = load_settings(["--storage-root", str(tmp_path), *argv], env)
+    assert settings.direct_io is direct
+    storage, _ = open_storage(settings)
+    assert isinstance(storage, LocalStorage) and storage.direct_io is direct
 
 
 @pytest.mark.parametrize("label", ["", " ", "a/b", "..", ".", "x\\y", "tab\there", "x" * 256])
