@@ -209,6 +209,26 @@ async def test_calls_over_the_stream_limit_wait_on_that_connection_only(
     assert_no_errors_logged(server)
 
 
+async def test_short_calls_over_the_stream_limit_queue_and_none_is_refused(
+    start_server: StartServer,
+) -> None:
+    """Many more quick calls in flight than --max-streams-per-connection: the client queues
+    the extra ones and every call succeeds. (grpc's server-side "overload protection" counts
+    ended streams it has not freed yet and refuses new ones with REFUSED_STREAM, which a
+    client sees as UNAVAILABLE; the server turns it off.)"""
+    server = start_server("--max-streams-per-connection", "4")
+    async with connect(server) as stub:
+        [asset_id] = await pending_values(stub, 1)
+        get = pb.GetAssetRequest(asset_id=asset_id)
+        for _ in range(5):
+            answers = await asyncio.gather(
+                *(stub.GetAsset(get, timeout=30) for _ in range(64)), return_exceptions=True
+            )
+            refused = [a for a in answers if isinstance(a, BaseException)]
+            assert refused == [], f"{len(refused)} of 64 calls failed: {refused[0]!r}"
+    assert_no_errors_logged(server)
+
+
 # -- watch buffers -----------------------------------------------------------------------------
 
 
