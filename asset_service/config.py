@@ -71,6 +71,8 @@ class Settings:
     watch_stall_timeout_seconds: float = 300.0
     allow_hardlinked_imports: bool = False
     direct_io: bool = True
+    max_lease_seconds: int = 86400
+    lease_check_interval_seconds: float = 1.0
     storage_url: str = ""
     s3_endpoint_url: str = ""
     s3_region: str = ""
@@ -174,6 +176,22 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         help="seconds a GetManifest folder (input_data.json under tmp/manifests) is kept, and a "
         "VALUE input's shared file (tmp/values) once no manifest uses it; swept at start-up "
         "and hourly; 0 keeps them forever [ASSET_SERVICE_MANIFEST_TTL]",
+    )
+    parser.add_argument(
+        "--max-lease-seconds",
+        type=positive(int),
+        default=int(default("MAX_LEASE_SECONDS", "86400")),
+        help="longest lease a promise may be created or renewed with (CreatePendingAsset / "
+        "RenewLease lease_seconds); a task that runs longer renews a shorter lease "
+        "[ASSET_SERVICE_MAX_LEASE_SECONDS]",
+    )
+    parser.add_argument(
+        "--lease-check-interval",
+        type=positive(float),
+        default=float(default("LEASE_CHECK_INTERVAL", "1")),
+        help="seconds between sweeps that fail PENDING assets whose lease ran out: such an "
+        "asset becomes FAILED at most this long after its lease_expire_time "
+        "[ASSET_SERVICE_LEASE_CHECK_INTERVAL]",
     )
     limits = parser.add_argument_group(
         "limits",
@@ -351,6 +369,8 @@ def load_settings(
         watch_stall_timeout_seconds=args.watch_stall_timeout,
         allow_hardlinked_imports=args.allow_hardlinked_imports,
         direct_io=args.direct_io,
+        max_lease_seconds=args.max_lease_seconds,
+        lease_check_interval_seconds=args.lease_check_interval,
         storage_url=args.storage_url,
         s3_endpoint_url=args.s3_endpoint_url,
         s3_region=args.s3_region,

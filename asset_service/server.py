@@ -91,6 +91,17 @@ async def _housekeeping(manager: AssetManager) -> None:
 SETTLE_INTERVAL = 5.0
 
 
+async def _expire_leases(manager: AssetManager, interval: float) -> None:
+    """Fail PENDING assets whose lease ran out (every server process sweeps; each asset's
+    conditional transition has one winner)."""
+    while True:
+        try:
+            await manager.expire_leases()
+        except (AssetError, OSError) as exc:
+            log.warning("lease sweep failed: %s", exc)
+        await asyncio.sleep(interval)
+
+
 async def _settle_unknown_outcomes(manager: AssetManager) -> None:
     """Record writes whose outcome was unknown: keep or drop their bytes once it is known."""
     while True:
@@ -237,6 +248,7 @@ async def start(settings: Settings, store: MetadataStore | None = None) -> Runni
         max_upload_bytes=settings.max_upload_bytes,
         manifest_ttl_seconds=settings.manifest_ttl_seconds,
         watch_buffer_bytes=settings.watch_buffer_bytes,
+        max_lease_seconds=settings.max_lease_seconds,
     )
     manager = AssetManager(store, storage, limits, manifests)
     await manager.start()
@@ -284,6 +296,7 @@ async def start(settings: Settings, store: MetadataStore | None = None) -> Runni
         ),
         asyncio.create_task(_housekeeping(manager)),
         asyncio.create_task(_settle_unknown_outcomes(manager)),
+        asyncio.create_task(_expire_leases(manager, settings.lease_check_interval_seconds)),
     ]
     return RunningServer(server, manager, health_servicer, port, background, security)
 

@@ -75,11 +75,14 @@ def asset_to_pb(asset: Asset) -> pb.Asset:
         revision=asset.revision,
         created_by=asset.created_by,
         updated_by=asset.updated_by,
+        lease_seconds=asset.lease_seconds,
     )
     if asset.value is not None:
         msg.value.CopyFrom(value_to_pb(asset.value))
     _set_time(msg.create_time, asset.created_at)
     _set_time(msg.update_time, asset.updated_at)
+    if asset.lease_expires_at is not None:
+        _set_time(msg.lease_expire_time, asset.lease_expires_at)
     return msg
 
 

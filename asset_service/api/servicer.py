@@ -221,6 +221,7 @@ class AssetServicer(pb_grpc.AssetServiceServicer):
             request.media_type,
             type_,
             list(request.tags),
+            lease_seconds=request.lease_seconds,
             by=_caller(),
         )
         return pb.CreatePendingAssetResponse(asset=convert.asset_to_pb(asset))
@@ -252,6 +253,15 @@ class AssetServicer(pb_grpc.AssetServiceServicer):
     async def FailAsset(self, request: pb.FailAssetRequest, context: Ctx) -> pb.FailAssetResponse:
         asset = await self.manager.fail(request.asset_id, request.reason, by=_caller())
         return pb.FailAssetResponse(asset=convert.asset_to_pb(asset))
+
+    @unary
+    async def RenewLease(
+        self, request: pb.RenewLeaseRequest, context: Ctx
+    ) -> pb.RenewLeaseResponse:
+        asset = await self.manager.renew_lease(
+            request.asset_id, request.lease_seconds, by=_caller()
+        )
+        return pb.RenewLeaseResponse(asset=convert.asset_to_pb(asset))
 
     @unary
     async def GetAsset(self, request: pb.GetAssetRequest, context: Ctx) -> pb.GetAssetResponse:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from asset_service.domain import recovery
+from asset_service.domain import leases, recovery
 from asset_service.domain.commits import Committer, Handover
 from asset_service.domain.errors import (
     Conflict,
@@ -37,6 +37,7 @@ from asset_service.domain.models import (
     Failure,
     Fulfillment,
     Page,
+    Renewal,
     Status,
     UploadHeader,
     Value,
@@ -91,6 +92,8 @@ class Limits:
     watch_buffer_bytes: int = DEFAULT_BUFFER_BYTES
     # Records a lagging watcher reads from the store per call while it catches up.
     watch_catch_up_batch: int = DEFAULT_CATCH_UP_BATCH
+    # The longest lease a promise may be created or renewed with.
+    max_lease_seconds: int = 86400
 
 
 def _now() -> datetime:
@@ -352,10 +355,12 @@ class AssetManager:
         type_: AssetType,
         tags: Sequence[str],
         *,
+        lease_seconds: int = 0,
         by: str = "",
     ) -> Asset:
         task_id = validate_task_id(task_id)
         label = validate_label(label)
+        lease_seconds = leases.check_seconds(lease_seconds, self.limits.max_lease_seconds)
         now = _now()
         asset = Asset(
             id=new_asset_id(),
@@ -372,6 +377,8 @@ class AssetManager:
             tags=validate_tags(tags),
             created_by=by,
             updated_by=by,
+            lease_seconds=lease_seconds,
+            lease_expires_at=leases.deadline(now, lease_seconds) if lease_seconds else None,
         )
         return await self.store.insert(asset)
 
@@ -437,6 +444,28 @@ class AssetManager:
             if current.status is not Status.PENDING:
                 raise FailedPrecondition(_not_pending(current, "failed"))
             return await self._transition(current, Failure(reason, by=by))
+
+    async def renew_lease(self, asset_id: str, lease_seconds: int = 0, *, by: str = "") -> Asset:
+        """Extend a PENDING asset's lease to now + lease_seconds (0: its own lease)."""
+        asset_id = parse_asset_id(asset_id)
+        async with self._locks.hold(asset_id):
+            current = await self.get(asset_id)
+            now = _now()
+            seconds = leases.renewal_seconds(
+                current, lease_seconds, self.limits.max_lease_seconds, now
+            )
+            renewal = Renewal(leases.deadline(now, seconds), by=by)
+            try:
+                return await self.store.transition(asset_id, Status.PENDING, renewal, now)
+            except Conflict:
+                # Fulfilled, failed or run out meanwhile: say which.
+                latest = await self.get(asset_id)
+                leases.renewal_seconds(latest, lease_seconds, self.limits.max_lease_seconds, now)
+                raise FailedPrecondition(leases.ran_out(latest)) from None
+
+    async def expire_leases(self) -> int:
+        """Fail every PENDING asset whose lease has run out; how many this call failed."""
+        return await leases.expire_due(self.store, _now())
 
     async def delete(self, asset_id: str, *, by: str = "") -> Asset:
         asset_id = parse_asset_id(asset_id)

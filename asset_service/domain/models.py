@@ -81,6 +81,10 @@ class Asset:
     # records written before these were kept.
     created_by: str = ""
     updated_by: str = ""
+    # A PENDING asset's lease (0: none) and when it runs out (UTC, whole milliseconds, as
+    # every store keeps it); past it the asset is failed (domain/leases.py).
+    lease_seconds: int = 0
+    lease_expires_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -104,6 +108,24 @@ class Failure:
     reason: str
     # The principal failing it (kept as the record's updated_by).
     by: str = ""
+    # Only if the asset's lease has run out by the transition's `now` (a renewal that
+    # landed first wins): how a lease expiry fails an asset.
+    lease_ran_out: bool = False
+
+
+@dataclass(frozen=True)
+class Renewal:
+    """What a lease renewal writes: a PENDING asset stays PENDING with a later expiry.
+
+    Applied only if the lease has not run out by the transition's `now`.
+    """
+
+    expires_at: datetime
+    by: str = ""
+
+
+# A conditional change of a PENDING asset (MetadataStore.transition).
+Transition = Fulfillment | Failure | Renewal
 
 
 @dataclass(frozen=True)

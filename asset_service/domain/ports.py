@@ -11,11 +11,10 @@ from asset_service.domain.models import (
     Asset,
     AssetFilter,
     Change,
-    Failure,
-    Fulfillment,
     Page,
     Resync,
     Status,
+    Transition,
 )
 
 
@@ -62,14 +61,20 @@ class MetadataStore(Protocol):
         self,
         asset_id: str,
         expected: Status,
-        change: Fulfillment | Failure,
+        change: Transition,
         now: datetime,
     ) -> Asset:
         """One conditional write: apply `change` only if the status is `expected`.
 
-        Raise NotFound if the asset is gone, Conflict (naming the current status) if
-        another writer got there first.
+        A Renewal applies only while the lease has not run out by `now`
+        (lease_expires_at > now), a Failure with lease_ran_out only once it has
+        (lease_expires_at <= now). Raise NotFound if the asset is gone, Conflict (naming
+        the current status, or the lease) if another writer got there first.
         """
+
+    async def leases_run_out(self, now: datetime, limit: int) -> list[Asset]:
+        """Up to `limit` PENDING assets whose lease ran out by `now`, earliest first,
+        without inline values (a PENDING asset has none)."""
 
     async def delete(self, asset_id: str, by: str = "") -> Asset | None:
         """Remove the record; return its last state (with a new revision) or None.

@@ -60,6 +60,8 @@ RULES: dict[str, Rule] = {
         audited=True,
     ),
     _S + "FailAsset": Rule(Role.WORKER, TaskAccess.WRITE, "asset_id", ("reason",), audited=True),
+    # A heartbeat every few seconds per task: kept on the record (updated_by), not audited.
+    _S + "RenewLease": Rule(Role.WORKER, TaskAccess.WRITE, "asset_id", ("lease_seconds",)),
     _S + "CreatePendingAsset": Rule(Role.ORCHESTRATOR, audited=True),
     _S + "CreateValueAsset": Rule(Role.ORCHESTRATOR, audited=True),
     _S + "RegisterFile": Rule(Role.ORCHESTRATOR, audited=True),

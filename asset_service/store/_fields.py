@@ -1,25 +1,27 @@
-"""The fields a Fulfillment or Failure writes, computed once for every metadata store."""
+"""What a transition writes and on what lease condition, computed once for every store."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
-from asset_service.domain.models import Failure, Fulfillment, Status
+from asset_service.domain.models import Failure, Fulfillment, Renewal, Status, Transition
 
 
 def transition_fields(
-    change: Fulfillment | Failure,
+    change: Transition,
     now: datetime,
     *,
     value_column: str,
     timestamp: Callable[[datetime], Any],
+    lease_column: str = "lease_expires_at",
 ) -> dict[str, Any]:
     """Field name -> new value for the record a transition changes (revision excepted).
 
-    The stores differ only in where a VALUE's bytes live (`value_column`) and how a time is
-    stored (`timestamp`), so a new field or rule reaches both stores from here.
+    The stores differ only in where a VALUE's bytes live (`value_column`), how a time is
+    stored (`timestamp`) and where a lease's end is kept (`lease_column`), so a new field or
+    rule reaches every store from here.
     """
     sets: dict[str, Any]
     if isinstance(change, Fulfillment):
@@ -36,8 +38,31 @@ def transition_fields(
         # An empty media type keeps the one the promise was created with.
         if change.media_type:
             sets["media_type"] = change.media_type
-    else:
+    elif isinstance(change, Failure):
         sets = {"status": Status.FAILED.value, "failure_reason": change.reason}
+    else:
+        sets = {lease_column: timestamp(change.expires_at)}
     sets["updated_at"] = timestamp(now)
     sets["updated_by"] = change.by
     return sets
+
+
+# How the record's lease end must compare with the transition's `now` for it to apply.
+LeaseTest = Literal["not run out", "run out"]
+
+
+def lease_condition(change: Transition) -> LeaseTest | None:
+    """'not run out' (lease_expires_at > now) for a renewal, 'run out' (<= now) for a
+    lease expiry, None when the lease does not matter."""
+    if isinstance(change, Renewal):
+        return "not run out"
+    if isinstance(change, Failure) and change.lease_ran_out:
+        return "run out"
+    return None
+
+
+def lease_conflict(asset_id: str, test: LeaseTest, lease_end: datetime | None) -> str:
+    """The Conflict message when the status matched but the lease condition did not."""
+    if test == "not run out":
+        return f"asset {asset_id}'s lease ran out at {lease_end}"
+    return f"asset {asset_id}'s lease has not run out (it ends at {lease_end})"

@@ -13,17 +13,16 @@ from asset_service.domain.models import (
     AssetFilter,
     Change,
     ChangeKind,
-    Failure,
-    Fulfillment,
     Page,
     Resync,
     Status,
+    Transition,
     Value,
     ValueKind,
 )
 from asset_service.domain.reads import slim
 from asset_service.store import _paging
-from asset_service.store._fields import transition_fields
+from asset_service.store._fields import lease_condition, lease_conflict, transition_fields
 
 
 def encode_token(seq: int) -> str:
@@ -44,10 +43,11 @@ def _matches(asset: Asset, flt: AssetFilter) -> bool:
     )
 
 
-def _applied(asset: Asset, change: Fulfillment | Failure, now: datetime) -> Asset:
+def _applied(asset: Asset, change: Transition, now: datetime) -> Asset:
     """`asset` after `change`: the same fields, by the same rules, as the other stores."""
     fields = transition_fields(change, now, value_column="value", timestamp=lambda t: t)
-    fields["status"] = Status(fields["status"])
+    if "status" in fields:
+        fields["status"] = Status(fields["status"])
     if "value_kind" in fields:
         kind = fields.pop("value_kind")
         fields["value"] = Value(ValueKind(kind), fields["value"]) if kind else None
@@ -149,7 +149,7 @@ class MemoryStore:
         return stored
 
     async def transition(
-        self, asset_id: str, expected: Status, change: Fulfillment | Failure, now: datetime
+        self, asset_id: str, expected: Status, change: Transition, now: datetime
     ) -> Asset:
         await self._enter()
         row = self._rows.get(asset_id)
@@ -158,12 +158,29 @@ class MemoryStore:
         seq, current = row
         if current.status is not expected:
             raise Conflict(f"asset {asset_id} is {current.status.value}, expected {expected.value}")
+        test, end = lease_condition(change), current.lease_expires_at
+        if test is not None and (
+            end is None or (end <= now if test == "not run out" else end > now)
+        ):
+            raise Conflict(lease_conflict(asset_id, test, end))
         updated = dataclasses.replace(
             _applied(current, change, now), revision=self._next_revision()
         )
         self._rows[asset_id] = (seq, updated)
         self._publish(ChangeKind.PUT, updated)
         return updated
+
+    async def leases_run_out(self, now: datetime, limit: int) -> list[Asset]:
+        await self._enter()
+        due = [
+            asset
+            for _, asset in self._rows.values()
+            if asset.status is Status.PENDING
+            and asset.lease_expires_at is not None
+            and asset.lease_expires_at <= now
+        ]
+        due.sort(key=lambda a: a.lease_expires_at or now)
+        return [slim(a) for a in due[:limit]]
 
     async def delete(self, asset_id: str, by: str = "") -> Asset | None:
         await self._enter()

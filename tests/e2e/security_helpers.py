@@ -130,6 +130,16 @@ async def _pending(env: Env, type_: int = pb.ASSET_TYPE_VALUE) -> None:
     env.target_id = made.asset.id
 
 
+async def _leased(env: Env) -> None:
+    made = await env.admin.CreatePendingAsset(
+        pb.CreatePendingAssetRequest(
+            task_id="table-task", label="out", type=pb.ASSET_TYPE_VALUE, lease_seconds=600
+        ),
+        metadata=bearer(token_for("admin")),
+    )
+    env.target_id = made.asset.id
+
+
 async def _value(env: Env) -> None:
     made = await env.admin.CreateValueAsset(
         pb.CreateValueAssetRequest(label="doomed", value=pb.Value(text="bye")),
@@ -205,6 +215,10 @@ CALLS: dict[str, tuple[Prepare, Call]] = {
             pb.FailAssetRequest(asset_id=e.target_id, reason="no"), metadata=md
         ),
     ),
+    "RenewLease": (
+        _leased,
+        lambda s, md, e: s.RenewLease(pb.RenewLeaseRequest(asset_id=e.target_id), metadata=md),
+    ),
     "CreatePendingAsset": (
         _nothing,
         lambda s, md, e: s.CreatePendingAsset(
@@ -235,7 +249,7 @@ CALLS: dict[str, tuple[Prepare, Call]] = {
 
 # The table, written out independently of the server's RULES.
 READER_RPCS = {"GetAsset", "BatchGetAssets", "ListAssets", "WatchAsset", "ReadAsset", "GetManifest"}
-WORKER_RPCS = READER_RPCS | {"UploadAsset", "FulfillAsset", "FailAsset"}
+WORKER_RPCS = READER_RPCS | {"UploadAsset", "FulfillAsset", "FailAsset", "RenewLease"}
 ORCHESTRATOR_RPCS = WORKER_RPCS | {
     "CreatePendingAsset",
     "CreateValueAsset",

@@ -57,6 +57,7 @@ def test_list_describe_and_health(server: ServerProcess) -> None:
         "CreatePendingAsset",
         "FulfillAsset",
         "FailAsset",
+        "RenewLease",
         "GetAsset",
         "BatchGetAssets",
         "ListAssets",
@@ -115,6 +116,13 @@ def test_every_rpc_and_errors(server: ServerProcess, import_root: Path) -> None:
     failing = call(server, "CreatePendingAsset", {"task_id": "t2", "label": "x"})["asset"]
     failed = call(server, "FailAsset", {"asset_id": failing["id"], "reason": "boom"})["asset"]  # type: ignore[index]
     assert failed["failure_reason"] == "boom"  # type: ignore[index]
+    leased = call(
+        server, "CreatePendingAsset", {"task_id": "t3", "label": "y", "lease_seconds": 60}
+    )["asset"]
+    assert leased["lease_seconds"] == 60  # type: ignore[index]
+    renewed = call(server, "RenewLease", {"asset_id": leased["id"], "lease_seconds": 120})  # type: ignore[index]
+    # A minute later: these RFC 3339 texts differ before any fraction, so they compare as times.
+    assert renewed["asset"]["lease_expire_time"] > leased["lease_expire_time"]  # type: ignore[index,operator]
     got = call(server, "GetAsset", {"asset_id": pid})["asset"]
     assert got["status"] == "ASSET_STATUS_AVAILABLE"  # type: ignore[index]
     batch = call(server, "BatchGetAssets", {"asset_ids": [pid, value["id"]]})  # type: ignore[index]

@@ -183,8 +183,10 @@ async def test_reflection_off_is_not_served_and_health_still_is(tmp_path: Path) 
 async def test_task_token_completes_its_own_task_and_nothing_else(
     stub: pb_grpc.AssetServiceStub, env: Env
 ) -> None:
-    async def pending(task: str, type_: int = pb.ASSET_TYPE_VALUE) -> str:
-        request = pb.CreatePendingAssetRequest(task_id=task, label="out", type=type_)
+    async def pending(task: str, type_: int = pb.ASSET_TYPE_VALUE, lease: int = 600) -> str:
+        request = pb.CreatePendingAssetRequest(
+            task_id=task, label="out", type=type_, lease_seconds=lease
+        )
         return (await stub.CreatePendingAsset(request, metadata=ORCH)).asset.id
 
     mine, mine_file, theirs = (
@@ -220,6 +222,7 @@ async def test_task_token_completes_its_own_task_and_nothing_else(
             f"asset {theirs} is not one of them",
         ),
         denied(stub.FailAsset(pb.FailAssetRequest(asset_id=theirs, reason="x"), metadata=task)),
+        denied(stub.RenewLease(pb.RenewLeaseRequest(asset_id=theirs), metadata=task)),
         denied(stub.GetAsset(pb.GetAssetRequest(asset_id=theirs), metadata=task)),
         denied(
             stub.GetAsset(pb.GetAssetRequest(asset_id=other), metadata=task),
@@ -267,6 +270,12 @@ async def test_task_token_completes_its_own_task_and_nothing_else(
     assert await snapshot(stub, data) == before
 
     # Its own inputs and outputs: allowed.
+    leased = (await stub.GetAsset(pb.GetAssetRequest(asset_id=mine), metadata=task)).asset
+    renewed = await stub.RenewLease(
+        pb.RenewLeaseRequest(asset_id=mine, lease_seconds=900), metadata=task
+    )
+    assert renewed.asset.lease_expire_time.seconds > leased.lease_expire_time.seconds
+    assert renewed.asset.updated_by == "task:task-a"
     got = await stub.GetAsset(pb.GetAssetRequest(asset_id=env.value_id), metadata=task)
     assert got.asset.value.text == "readable"
     await stub.GetManifest(

@@ -31,7 +31,7 @@ Doc = dict[str, Any]
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def _ms(ts: datetime) -> datetime:
+def ms(ts: datetime) -> datetime:
     """BSON dates hold milliseconds: truncate so a returned Asset equals what a read gives."""
     if ts.tzinfo is None:
         ts = ts.replace(tzinfo=UTC)
@@ -58,13 +58,15 @@ def asset_to_doc(asset: Asset, revision: int) -> Doc:
         "tags": list(asset.tags),
         "size_bytes": asset.size_bytes,
         "sha256": asset.sha256,
-        "created_at": _ms(asset.created_at),
-        "updated_at": _ms(asset.updated_at),
+        "created_at": ms(asset.created_at),
+        "updated_at": ms(asset.updated_at),
         "failure_reason": asset.failure_reason,
         "fulfilled_from": asset.fulfilled_from,
         "revision": revision,
         "created_by": asset.created_by,
         "updated_by": asset.updated_by,
+        "lease_seconds": asset.lease_seconds,
+        "lease_expires_at": ms(asset.lease_expires_at) if asset.lease_expires_at else None,
     }
 
 
@@ -97,6 +99,8 @@ def doc_to_asset(doc: Mapping[str, Any]) -> Asset:
         revision=int(doc.get("revision", 0)),
         created_by=doc.get("created_by", ""),
         updated_by=doc.get("updated_by", ""),
+        lease_seconds=int(doc.get("lease_seconds") or 0),
+        lease_expires_at=(_aware(doc["lease_expires_at"]) if doc.get("lease_expires_at") else None),
     )
 
 

@@ -33,6 +33,8 @@ ASSET_INDEXES = (
     IndexModel([("label", ASCENDING), ("seq", ASCENDING)], name="label_seq"),
     IndexModel([("tags", ASCENDING), ("seq", ASCENDING)], name="tags_seq"),
     IndexModel([("revision", DESCENDING)], name="revision"),
+    # The lease sweep: PENDING assets whose lease ran out, earliest first.
+    IndexModel([("status", ASCENDING), ("lease_expires_at", ASCENDING)], name="status_lease"),
 )
 
 

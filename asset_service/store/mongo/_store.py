@@ -29,26 +29,26 @@ from asset_service.domain.models import (
     Asset,
     AssetFilter,
     Change,
-    Failure,
     Fulfillment,
     Page,
     Resync,
     Status,
+    Transition,
     approx_bytes,
 )
 from asset_service.store import _paging
-from asset_service.store._fields import transition_fields
+from asset_service.store._fields import lease_condition, lease_conflict, transition_fields
 from asset_service.store.mongo import _schema
 from asset_service.store.mongo._documents import (
     Doc,
     _doc_bytes,
-    _ms,
     _unavailable,
     _write_error,
     asset_to_doc,
     decode_token,
     doc_to_asset,
     encode_token,
+    ms,
 )
 from asset_service.store.mongo._feed import (
     CHANGE_STREAM_PIPELINE,
@@ -407,6 +407,21 @@ class MongoStore:
         )
         return Page(assets, encode_token(last) if last is not None else "")
 
+    async def leases_run_out(self, now: datetime, limit: int) -> list[Asset]:
+        where = {"status": Status.PENDING.value, "lease_expires_at": {"$lte": ms(now)}}
+        cursor = (
+            self._assets.find(where, {"value_content": 0})
+            .sort("lease_expires_at", ASCENDING)
+            .limit(limit)
+            .max_time_ms(_schema.QUERY_MAX_TIME_MS)
+        )
+        try:
+            return [doc_to_asset(doc) async for doc in cursor]
+        except PyMongoError as exc:
+            raise _unavailable(exc) from exc
+        finally:
+            await cursor.close()
+
     # --- writes -----------------------------------------------------------------------
 
     async def insert(self, asset: Asset) -> Asset:
@@ -419,24 +434,32 @@ class MongoStore:
         return result
 
     async def transition(
-        self, asset_id: str, expected: Status, change: Fulfillment | Failure, now: datetime
+        self, asset_id: str, expected: Status, change: Transition, now: datetime
     ) -> Asset:
-        sets = transition_fields(change, now, value_column="value_content", timestamp=_ms)
+        sets = transition_fields(change, now, value_column="value_content", timestamp=ms)
+        where: Doc = {"_id": asset_id, "status": expected.value}
+        test = lease_condition(change)
+        if test is not None:
+            # BSON dates hold milliseconds: `now` floored, as every store compares it.
+            where["lease_expires_at"] = {"$gt" if test == "not run out" else "$lte": ms(now)}
 
         async def apply(session: AsyncClientSession | None, rev: int) -> Asset:
             doc = await self._assets.find_one_and_update(
-                {"_id": asset_id, "status": expected.value},
+                where,
                 {"$set": {**sets, "revision": rev}},
                 return_document=ReturnDocument.AFTER,
                 session=session,
             )
             if doc is None:
                 current = await self._assets.find_one(
-                    {"_id": asset_id}, {"status": 1}, session=session
+                    {"_id": asset_id}, {"status": 1, "lease_expires_at": 1}, session=session
                 )
                 if current is None:
                     raise NotFound(f"asset {asset_id} not found")
-                raise Conflict(f"asset {asset_id} is {current['status']}, expected {expected}")
+                if current["status"] != expected.value or test is None:
+                    raise Conflict(f"asset {asset_id} is {current['status']}, expected {expected}")
+                end = current.get("lease_expires_at")
+                raise Conflict(lease_conflict(asset_id, test, end))
             return doc_to_asset(doc)
 
         cost = len(change.value.data) if isinstance(change, Fulfillment) and change.value else 0

@@ -7,7 +7,7 @@ import json
 import logging
 import sqlite3
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from asset_service.domain.errors import Unavailable
@@ -46,11 +46,15 @@ CREATE TABLE IF NOT EXISTS assets (
     fulfilled_from  TEXT NOT NULL DEFAULT '',
     revision        INTEGER NOT NULL,
     created_by      TEXT NOT NULL DEFAULT '',
-    updated_by      TEXT NOT NULL DEFAULT ''
+    updated_by      TEXT NOT NULL DEFAULT '',
+    lease_seconds   INTEGER NOT NULL DEFAULT 0,
+    lease_expires_ms INTEGER
 );
 CREATE INDEX IF NOT EXISTS assets_status ON assets (status, seq);
 CREATE INDEX IF NOT EXISTS assets_task ON assets (created_by_task, seq);
 CREATE INDEX IF NOT EXISTS assets_label ON assets (label, seq);
+CREATE INDEX IF NOT EXISTS assets_lease ON assets (lease_expires_ms)
+    WHERE status = 'PENDING' AND lease_expires_ms IS NOT NULL;
 CREATE TABLE IF NOT EXISTS asset_tags (
     tag      TEXT NOT NULL,
     asset_id TEXT NOT NULL,
@@ -62,11 +66,17 @@ INSERT OR IGNORE INTO counters (name, value) VALUES ('revision', 0);
 
 # PRAGMA user_version of a database SCHEMA creates. A database from an older release is
 # brought up to it by MIGRATIONS[v] for each later version v, one transaction each.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: (
         "ALTER TABLE assets ADD COLUMN created_by TEXT NOT NULL DEFAULT ''",
         "ALTER TABLE assets ADD COLUMN updated_by TEXT NOT NULL DEFAULT ''",
+    ),
+    2: (
+        "ALTER TABLE assets ADD COLUMN lease_seconds INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE assets ADD COLUMN lease_expires_ms INTEGER",
+        "CREATE INDEX IF NOT EXISTS assets_lease ON assets (lease_expires_ms) "
+        "WHERE status = 'PENDING' AND lease_expires_ms IS NOT NULL",
     ),
 }
 assert sorted(MIGRATIONS) == list(range(1, SCHEMA_VERSION + 1))
@@ -74,8 +84,9 @@ assert sorted(MIGRATIONS) == list(range(1, SCHEMA_VERSION + 1))
 COLUMNS = (
     "id, label, status, type, media_type, storage_path, value_kind, value_data, "
     "created_by_task, tags, size_bytes, sha256, created_at, updated_at, failure_reason, "
-    "fulfilled_from, revision, created_by, updated_by"
+    "fulfilled_from, revision, created_by, updated_by, lease_seconds, lease_expires_ms"
 )
+COLUMN_COUNT = len(COLUMNS.split(","))
 # The same record without its inline value (value_kind NULL reads as "no value").
 SLIM_COLUMNS = COLUMNS.replace("value_kind, value_data", "NULL AS value_kind, NULL AS value_data")
 assert SLIM_COLUMNS != COLUMNS
@@ -115,7 +126,22 @@ def row_to_asset(row: sqlite3.Row) -> Asset:
         revision=row["revision"],
         created_by=row["created_by"],
         updated_by=row["updated_by"],
+        lease_seconds=row["lease_seconds"],
+        lease_expires_at=from_ms(row["lease_expires_ms"]),
     )
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
+
+
+def to_ms(moment: datetime) -> int:
+    """A time as whole milliseconds since the epoch, floored (as MongoDB keeps times)."""
+    return (moment - _EPOCH) // _MS
+
+
+def from_ms(ms: int | None) -> datetime | None:
+    return None if ms is None else _EPOCH + ms * _MS
 
 
 def encode_token(seq: int) -> str:

@@ -24,24 +24,28 @@ from asset_service.domain.models import (
     AssetFilter,
     Change,
     ChangeKind,
-    Failure,
     Fulfillment,
     Page,
+    Renewal,
     Resync,
     Status,
+    Transition,
 )
 from asset_service.store import _paging
-from asset_service.store._fields import transition_fields
+from asset_service.store._fields import lease_condition, lease_conflict, transition_fields
 from asset_service.store.sqlite._readers import Later, Readers
 from asset_service.store.sqlite._reserve import DiskReserve
 from asset_service.store.sqlite._schema import (
+    COLUMN_COUNT,
     COLUMNS,
     SCHEMA,
     SLIM_COLUMNS,
     decode_token,
     encode_token,
+    from_ms,
     migrate,
     row_to_asset,
+    to_ms,
     transaction,
 )
 from asset_service.store.sqlite._writer import GroupWriter
@@ -158,8 +162,12 @@ class SqliteStore:
                 fresh = not conn.execute(
                     "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'assets'"
                 ).fetchone()
+                # An older database is migrated first: SCHEMA's indexes name new columns.
+                if not fresh:
+                    migrate(conn, self.path, fresh)
                 conn.executescript(SCHEMA)
-                migrate(conn, self.path, fresh)
+                if fresh:
+                    migrate(conn, self.path, fresh)
             except BaseException:
                 conn.close()
                 raise
@@ -284,6 +292,18 @@ class SqliteStore:
 
         return await self._read(q)
 
+    async def leases_run_out(self, now: datetime, limit: int) -> list[Asset]:
+        sql = (
+            f"SELECT {SLIM_COLUMNS} FROM assets WHERE status = 'PENDING' "
+            "AND lease_expires_ms IS NOT NULL AND lease_expires_ms <= ? "
+            "ORDER BY lease_expires_ms LIMIT ?"
+        )
+
+        def q(c: sqlite3.Connection) -> list[Asset]:
+            return [row_to_asset(row) for row in c.execute(sql, (to_ms(now), limit))]
+
+        return await self._read(q)
+
     # --- writes -----------------------------------------------------------------------
 
     async def insert(self, asset: Asset) -> Asset:
@@ -293,8 +313,7 @@ class SqliteStore:
                 rev = self._next_revision(c)
                 v = asset.value
                 c.execute(
-                    f"INSERT INTO assets ({COLUMNS}) VALUES "
-                    "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    f"INSERT INTO assets ({COLUMNS}) VALUES ({', '.join('?' * COLUMN_COUNT)})",
                     (
                         asset.id,
                         asset.label,
@@ -315,6 +334,8 @@ class SqliteStore:
                         rev,
                         asset.created_by,
                         asset.updated_by,
+                        asset.lease_seconds,
+                        to_ms(asset.lease_expires_at) if asset.lease_expires_at else None,
                     ),
                 )
                 c.executemany(
@@ -331,11 +352,19 @@ class SqliteStore:
         return result
 
     async def transition(
-        self, asset_id: str, expected: Status, change: Fulfillment | Failure, now: datetime
+        self, asset_id: str, expected: Status, change: Transition, now: datetime
     ) -> Asset:
         sets = transition_fields(
             change, now, value_column="value_data", timestamp=datetime.isoformat
         )
+        if isinstance(change, Renewal):
+            del sets["lease_expires_at"]
+            sets["lease_expires_ms"] = to_ms(change.expires_at)
+        test = lease_condition(change)
+        lease_sql = {None: "", "not run out": " AND lease_expires_ms > ?"}.get(
+            test, " AND lease_expires_ms <= ?"
+        )
+        lease_args = () if test is None else (to_ms(now),)
 
         # Runs in a group transaction, in its own savepoint: raising rolls it back alone,
         # revision bump included.
@@ -344,17 +373,21 @@ class SqliteStore:
             assignments = ", ".join(f"{k} = ?" for k in sets)
             row = c.execute(
                 f"UPDATE assets SET {assignments}, revision = ? "
-                f"WHERE id = ? AND status = ? RETURNING {COLUMNS}",
-                (*sets.values(), rev, asset_id, expected.value),
+                f"WHERE id = ? AND status = ?{lease_sql} RETURNING {COLUMNS}",
+                (*sets.values(), rev, asset_id, expected.value, *lease_args),
             ).fetchone()
             if row is None:
-                cur = c.execute("SELECT status FROM assets WHERE id = ?", (asset_id,))
+                cur = c.execute(
+                    "SELECT status, lease_expires_ms FROM assets WHERE id = ?", (asset_id,)
+                )
                 current = cur.fetchone()
                 if current is None:
                     raise NotFound(f"asset {asset_id} not found")
-                raise Conflict(
-                    f"asset {asset_id} is {current['status']}, expected {expected.value}"
-                )
+                if current["status"] != expected.value or test is None:
+                    raise Conflict(
+                        f"asset {asset_id} is {current['status']}, expected {expected.value}"
+                    )
+                raise Conflict(lease_conflict(asset_id, test, from_ms(current["lease_expires_ms"])))
             updated = row_to_asset(row)
             return updated, Change(ChangeKind.PUT, updated)
 

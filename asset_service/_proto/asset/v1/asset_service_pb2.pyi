@@ -9,7 +9,7 @@ the metadata store). Every asset follows one state machine:
 
   CreatePendingAsset -> PENDING --FulfillAsset/UploadAsset--> AVAILABLE (terminal)
                            |
-                           +------------FailAsset----------> FAILED    (terminal)
+                           +--FailAsset, or its lease ran out--> FAILED (terminal)
   UploadAsset / RegisterFile / CreateValueAsset -> AVAILABLE
 
 Every change gives the asset a new `revision`, taken from one counter that
@@ -164,6 +164,8 @@ class Asset(_message.Message):
     REVISION_FIELD_NUMBER: _builtins.int
     CREATED_BY_FIELD_NUMBER: _builtins.int
     UPDATED_BY_FIELD_NUMBER: _builtins.int
+    LEASE_SECONDS_FIELD_NUMBER: _builtins.int
+    LEASE_EXPIRE_TIME_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """UUID, assigned by the service."""
     label: _builtins.str
@@ -190,7 +192,11 @@ class Asset(_message.Message):
     """
     updated_by: _builtins.str
     """The principal of the latest change: who fulfilled, failed or (in a DELETED watch
-    event) deleted the asset; the creator until then.
+    event) deleted the asset; the creator until then. "lease" when its lease ran out.
+    """
+    lease_seconds: _builtins.int
+    """The lease a PENDING asset was created with (0: none), and when it runs out
+    (unset without a lease). Kept once the asset is AVAILABLE or FAILED.
     """
     @_builtins.property
     def value(self) -> Global___Value:
@@ -202,6 +208,8 @@ class Asset(_message.Message):
     def create_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def update_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def lease_expire_time(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
         self,
         *,
@@ -222,10 +230,12 @@ class Asset(_message.Message):
         revision: _builtins.int = ...,
         created_by: _builtins.str = ...,
         updated_by: _builtins.str = ...,
+        lease_seconds: _builtins.int = ...,
+        lease_expire_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "update_time", b"update_time", "value", b"value"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "lease_expire_time", b"lease_expire_time", "update_time", b"update_time", "value", b"value"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "created_by", b"created_by", "created_by_task", b"created_by_task", "failure_reason", b"failure_reason", "id", b"id", "label", b"label", "media_type", b"media_type", "revision", b"revision", "sha256", b"sha256", "size_bytes", b"size_bytes", "status", b"status", "storage_path", b"storage_path", "tags", b"tags", "type", b"type", "update_time", b"update_time", "updated_by", b"updated_by", "value", b"value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "created_by", b"created_by", "created_by_task", b"created_by_task", "failure_reason", b"failure_reason", "id", b"id", "label", b"label", "lease_expire_time", b"lease_expire_time", "lease_seconds", b"lease_seconds", "media_type", b"media_type", "revision", b"revision", "sha256", b"sha256", "size_bytes", b"size_bytes", "status", b"status", "storage_path", b"storage_path", "tags", b"tags", "type", b"type", "update_time", b"update_time", "updated_by", b"updated_by", "value", b"value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -450,12 +460,19 @@ class CreatePendingAssetRequest(_message.Message):
     MEDIA_TYPE_FIELD_NUMBER: _builtins.int
     TYPE_FIELD_NUMBER: _builtins.int
     TAGS_FIELD_NUMBER: _builtins.int
+    LEASE_SECONDS_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     """Letters, digits, '.', '_' and '-'; names the generated/{task_id}/ folder."""
     label: _builtins.str
     media_type: _builtins.str
     type: Global___AssetType.ValueType
     """FILE (the default) or VALUE."""
+    lease_seconds: _builtins.int
+    """If set, the promise holds for this many seconds unless the producing task
+    renews it (RenewLease); then the asset becomes FAILED ("lease expired ..."),
+    so a task that died cannot leave its dependants waiting forever. 0 (the
+    default): no lease. At most the server's --max-lease-seconds.
+    """
     @_builtins.property
     def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
@@ -466,10 +483,11 @@ class CreatePendingAssetRequest(_message.Message):
         media_type: _builtins.str = ...,
         type: Global___AssetType.ValueType = ...,
         tags: _abc.Iterable[_builtins.str] | None = ...,
+        lease_seconds: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["label", b"label", "media_type", b"media_type", "tags", b"tags", "task_id", b"task_id", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["label", b"label", "lease_seconds", b"lease_seconds", "media_type", b"media_type", "tags", b"tags", "task_id", b"task_id", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -602,6 +620,55 @@ class FailAssetResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___FailAssetResponse: _TypeAlias = FailAssetResponse  # noqa: Y015
+
+@_typing.final
+class RenewLeaseRequest(_message.Message):
+    """RenewLeaseRequest extends a PENDING asset's lease from now."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ASSET_ID_FIELD_NUMBER: _builtins.int
+    LEASE_SECONDS_FIELD_NUMBER: _builtins.int
+    asset_id: _builtins.str
+    lease_seconds: _builtins.int
+    """The new lease, in seconds from now; 0 renews it for the lease_seconds the
+    asset was created with. At most the server's --max-lease-seconds.
+    """
+    def __init__(
+        self,
+        *,
+        asset_id: _builtins.str = ...,
+        lease_seconds: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["asset_id", b"asset_id", "lease_seconds", b"lease_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RenewLeaseRequest: _TypeAlias = RenewLeaseRequest  # noqa: Y015
+
+@_typing.final
+class RenewLeaseResponse(_message.Message):
+    """RenewLeaseResponse carries the asset with its new lease_expire_time."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ASSET_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def asset(self) -> Global___Asset: ...
+    def __init__(
+        self,
+        *,
+        asset: Global___Asset | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["asset", b"asset"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["asset", b"asset"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RenewLeaseResponse: _TypeAlias = RenewLeaseResponse  # noqa: Y015
 
 @_typing.final
 class GetAssetRequest(_message.Message):

@@ -66,6 +66,11 @@ class AssetServiceStub:
                 request_serializer=asset_dot_v1_dot_asset__service__pb2.FailAssetRequest.SerializeToString,
                 response_deserializer=asset_dot_v1_dot_asset__service__pb2.FailAssetResponse.FromString,
                 _registered_method=True)
+        self.RenewLease = channel.unary_unary(
+                '/asset.v1.AssetService/RenewLease',
+                request_serializer=asset_dot_v1_dot_asset__service__pb2.RenewLeaseRequest.SerializeToString,
+                response_deserializer=asset_dot_v1_dot_asset__service__pb2.RenewLeaseResponse.FromString,
+                _registered_method=True)
         self.GetAsset = channel.unary_unary(
                 '/asset.v1.AssetService/GetAsset',
                 request_serializer=asset_dot_v1_dot_asset__service__pb2.GetAssetRequest.SerializeToString,
@@ -153,6 +158,15 @@ class AssetServiceServicer:
 
     def FailAsset(self, request, context):
         """FailAsset turns a PENDING asset FAILED, with a reason.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RenewLease(self, request, context):
+        """RenewLease extends the lease of a PENDING asset created with one: the
+        producing task calls it while it works. A lease that has run out cannot be
+        renewed: the asset is (or is about to be) FAILED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -250,6 +264,11 @@ def add_AssetServiceServicer_to_server(servicer, server):
                     servicer.FailAsset,
                     request_deserializer=asset_dot_v1_dot_asset__service__pb2.FailAssetRequest.FromString,
                     response_serializer=asset_dot_v1_dot_asset__service__pb2.FailAssetResponse.SerializeToString,
+            ),
+            'RenewLease': grpc.unary_unary_rpc_method_handler(
+                    servicer.RenewLease,
+                    request_deserializer=asset_dot_v1_dot_asset__service__pb2.RenewLeaseRequest.FromString,
+                    response_serializer=asset_dot_v1_dot_asset__service__pb2.RenewLeaseResponse.SerializeToString,
             ),
             'GetAsset': grpc.unary_unary_rpc_method_handler(
                     servicer.GetAsset,
@@ -455,6 +474,33 @@ class AssetService:
             '/asset.v1.AssetService/FailAsset',
             asset_dot_v1_dot_asset__service__pb2.FailAssetRequest.SerializeToString,
             asset_dot_v1_dot_asset__service__pb2.FailAssetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RenewLease(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/asset.v1.AssetService/RenewLease',
+            asset_dot_v1_dot_asset__service__pb2.RenewLeaseRequest.SerializeToString,
+            asset_dot_v1_dot_asset__service__pb2.RenewLeaseResponse.FromString,
             options,
             channel_credentials,
             insecure,

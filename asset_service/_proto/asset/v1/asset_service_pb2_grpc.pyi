@@ -9,7 +9,7 @@ the metadata store). Every asset follows one state machine:
 
   CreatePendingAsset -> PENDING --FulfillAsset/UploadAsset--> AVAILABLE (terminal)
                            |
-                           +------------FailAsset----------> FAILED    (terminal)
+                           +--FailAsset, or its lease ran out--> FAILED (terminal)
   UploadAsset / RegisterFile / CreateValueAsset -> AVAILABLE
 
 Every change gives the asset a new `revision`, taken from one counter that
@@ -65,6 +65,11 @@ class AssetServiceStub:
     """
     FailAsset: _grpc.UnaryUnaryMultiCallable[_asset_service_pb2.FailAssetRequest, _asset_service_pb2.FailAssetResponse]
     """FailAsset turns a PENDING asset FAILED, with a reason."""
+    RenewLease: _grpc.UnaryUnaryMultiCallable[_asset_service_pb2.RenewLeaseRequest, _asset_service_pb2.RenewLeaseResponse]
+    """RenewLease extends the lease of a PENDING asset created with one: the
+    producing task calls it while it works. A lease that has run out cannot be
+    renewed: the asset is (or is about to be) FAILED.
+    """
     GetAsset: _grpc.UnaryUnaryMultiCallable[_asset_service_pb2.GetAssetRequest, _asset_service_pb2.GetAssetResponse]
     """GetAsset returns one asset."""
     BatchGetAssets: _grpc.UnaryUnaryMultiCallable[_asset_service_pb2.BatchGetAssetsRequest, _asset_service_pb2.BatchGetAssetsResponse]
@@ -111,6 +116,11 @@ class AssetServiceAsyncStub(AssetServiceStub):
     """
     FailAsset: _aio.UnaryUnaryMultiCallable[_asset_service_pb2.FailAssetRequest, _asset_service_pb2.FailAssetResponse]  # type: ignore[assignment]
     """FailAsset turns a PENDING asset FAILED, with a reason."""
+    RenewLease: _aio.UnaryUnaryMultiCallable[_asset_service_pb2.RenewLeaseRequest, _asset_service_pb2.RenewLeaseResponse]  # type: ignore[assignment]
+    """RenewLease extends the lease of a PENDING asset created with one: the
+    producing task calls it while it works. A lease that has run out cannot be
+    renewed: the asset is (or is about to be) FAILED.
+    """
     GetAsset: _aio.UnaryUnaryMultiCallable[_asset_service_pb2.GetAssetRequest, _asset_service_pb2.GetAssetResponse]  # type: ignore[assignment]
     """GetAsset returns one asset."""
     BatchGetAssets: _aio.UnaryUnaryMultiCallable[_asset_service_pb2.BatchGetAssetsRequest, _asset_service_pb2.BatchGetAssetsResponse]  # type: ignore[assignment]
@@ -190,6 +200,17 @@ class AssetServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_asset_service_pb2.FailAssetResponse, _abc.Awaitable[_asset_service_pb2.FailAssetResponse]]:
         """FailAsset turns a PENDING asset FAILED, with a reason."""
+
+    @_abc_1.abstractmethod
+    def RenewLease(
+        self,
+        request: _asset_service_pb2.RenewLeaseRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_asset_service_pb2.RenewLeaseResponse, _abc.Awaitable[_asset_service_pb2.RenewLeaseResponse]]:
+        """RenewLease extends the lease of a PENDING asset created with one: the
+        producing task calls it while it works. A lease that has run out cannot be
+        renewed: the asset is (or is about to be) FAILED.
+        """
 
     @_abc_1.abstractmethod
     def GetAsset(

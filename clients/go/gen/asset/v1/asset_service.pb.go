@@ -5,7 +5,7 @@
 //
 //   CreatePendingAsset -> PENDING --FulfillAsset/UploadAsset--> AVAILABLE (terminal)
 //                            |
-//                            +------------FailAsset----------> FAILED    (terminal)
+//                            +--FailAsset, or its lease ran out--> FAILED (terminal)
 //   UploadAsset / RegisterFile / CreateValueAsset -> AVAILABLE
 //
 // Every change gives the asset a new `revision`, taken from one counter that
@@ -335,10 +335,14 @@ type Asset struct {
 	// Empty for assets written before the service kept it.
 	CreatedBy string `protobuf:"bytes,16,opt,name=created_by,json=createdBy,proto3" json:"created_by,omitempty"`
 	// The principal of the latest change: who fulfilled, failed or (in a DELETED watch
-	// event) deleted the asset; the creator until then.
-	UpdatedBy     string `protobuf:"bytes,17,opt,name=updated_by,json=updatedBy,proto3" json:"updated_by,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// event) deleted the asset; the creator until then. "lease" when its lease ran out.
+	UpdatedBy string `protobuf:"bytes,17,opt,name=updated_by,json=updatedBy,proto3" json:"updated_by,omitempty"`
+	// The lease a PENDING asset was created with (0: none), and when it runs out
+	// (unset without a lease). Kept once the asset is AVAILABLE or FAILED.
+	LeaseSeconds    uint32                 `protobuf:"varint,18,opt,name=lease_seconds,json=leaseSeconds,proto3" json:"lease_seconds,omitempty"`
+	LeaseExpireTime *timestamppb.Timestamp `protobuf:"bytes,19,opt,name=lease_expire_time,json=leaseExpireTime,proto3" json:"lease_expire_time,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *Asset) Reset() {
@@ -488,6 +492,20 @@ func (x *Asset) GetUpdatedBy() string {
 		return x.UpdatedBy
 	}
 	return ""
+}
+
+func (x *Asset) GetLeaseSeconds() uint32 {
+	if x != nil {
+		return x.LeaseSeconds
+	}
+	return 0
+}
+
+func (x *Asset) GetLeaseExpireTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LeaseExpireTime
+	}
+	return nil
 }
 
 // UploadHeader describes the file that an UploadAsset stream carries.
@@ -957,8 +975,13 @@ type CreatePendingAssetRequest struct {
 	Label     string `protobuf:"bytes,2,opt,name=label,proto3" json:"label,omitempty"`
 	MediaType string `protobuf:"bytes,3,opt,name=media_type,json=mediaType,proto3" json:"media_type,omitempty"`
 	// FILE (the default) or VALUE.
-	Type          AssetType `protobuf:"varint,4,opt,name=type,proto3,enum=asset.v1.AssetType" json:"type,omitempty"`
-	Tags          []string  `protobuf:"bytes,5,rep,name=tags,proto3" json:"tags,omitempty"`
+	Type AssetType `protobuf:"varint,4,opt,name=type,proto3,enum=asset.v1.AssetType" json:"type,omitempty"`
+	Tags []string  `protobuf:"bytes,5,rep,name=tags,proto3" json:"tags,omitempty"`
+	// If set, the promise holds for this many seconds unless the producing task
+	// renews it (RenewLease); then the asset becomes FAILED ("lease expired ..."),
+	// so a task that died cannot leave its dependants waiting forever. 0 (the
+	// default): no lease. At most the server's --max-lease-seconds.
+	LeaseSeconds  uint32 `protobuf:"varint,6,opt,name=lease_seconds,json=leaseSeconds,proto3" json:"lease_seconds,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1026,6 +1049,13 @@ func (x *CreatePendingAssetRequest) GetTags() []string {
 		return x.Tags
 	}
 	return nil
+}
+
+func (x *CreatePendingAssetRequest) GetLeaseSeconds() uint32 {
+	if x != nil {
+		return x.LeaseSeconds
+	}
+	return 0
 }
 
 // CreatePendingAssetResponse carries the PENDING asset.
@@ -1319,6 +1349,106 @@ func (x *FailAssetResponse) GetAsset() *Asset {
 	return nil
 }
 
+// RenewLeaseRequest extends a PENDING asset's lease from now.
+type RenewLeaseRequest struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	AssetId string                 `protobuf:"bytes,1,opt,name=asset_id,json=assetId,proto3" json:"asset_id,omitempty"`
+	// The new lease, in seconds from now; 0 renews it for the lease_seconds the
+	// asset was created with. At most the server's --max-lease-seconds.
+	LeaseSeconds  uint32 `protobuf:"varint,2,opt,name=lease_seconds,json=leaseSeconds,proto3" json:"lease_seconds,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RenewLeaseRequest) Reset() {
+	*x = RenewLeaseRequest{}
+	mi := &file_asset_v1_asset_service_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RenewLeaseRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RenewLeaseRequest) ProtoMessage() {}
+
+func (x *RenewLeaseRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_asset_v1_asset_service_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RenewLeaseRequest.ProtoReflect.Descriptor instead.
+func (*RenewLeaseRequest) Descriptor() ([]byte, []int) {
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *RenewLeaseRequest) GetAssetId() string {
+	if x != nil {
+		return x.AssetId
+	}
+	return ""
+}
+
+func (x *RenewLeaseRequest) GetLeaseSeconds() uint32 {
+	if x != nil {
+		return x.LeaseSeconds
+	}
+	return 0
+}
+
+// RenewLeaseResponse carries the asset with its new lease_expire_time.
+type RenewLeaseResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Asset         *Asset                 `protobuf:"bytes,1,opt,name=asset,proto3" json:"asset,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RenewLeaseResponse) Reset() {
+	*x = RenewLeaseResponse{}
+	mi := &file_asset_v1_asset_service_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RenewLeaseResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RenewLeaseResponse) ProtoMessage() {}
+
+func (x *RenewLeaseResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_asset_v1_asset_service_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RenewLeaseResponse.ProtoReflect.Descriptor instead.
+func (*RenewLeaseResponse) Descriptor() ([]byte, []int) {
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *RenewLeaseResponse) GetAsset() *Asset {
+	if x != nil {
+		return x.Asset
+	}
+	return nil
+}
+
 // GetAssetRequest names one asset.
 type GetAssetRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1329,7 +1459,7 @@ type GetAssetRequest struct {
 
 func (x *GetAssetRequest) Reset() {
 	*x = GetAssetRequest{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[15]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1341,7 +1471,7 @@ func (x *GetAssetRequest) String() string {
 func (*GetAssetRequest) ProtoMessage() {}
 
 func (x *GetAssetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[15]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1354,7 +1484,7 @@ func (x *GetAssetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetAssetRequest.ProtoReflect.Descriptor instead.
 func (*GetAssetRequest) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{15}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *GetAssetRequest) GetAssetId() string {
@@ -1374,7 +1504,7 @@ type GetAssetResponse struct {
 
 func (x *GetAssetResponse) Reset() {
 	*x = GetAssetResponse{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[16]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1386,7 +1516,7 @@ func (x *GetAssetResponse) String() string {
 func (*GetAssetResponse) ProtoMessage() {}
 
 func (x *GetAssetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[16]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1399,7 +1529,7 @@ func (x *GetAssetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetAssetResponse.ProtoReflect.Descriptor instead.
 func (*GetAssetResponse) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{16}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *GetAssetResponse) GetAsset() *Asset {
@@ -1419,7 +1549,7 @@ type BatchGetAssetsRequest struct {
 
 func (x *BatchGetAssetsRequest) Reset() {
 	*x = BatchGetAssetsRequest{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[17]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1431,7 +1561,7 @@ func (x *BatchGetAssetsRequest) String() string {
 func (*BatchGetAssetsRequest) ProtoMessage() {}
 
 func (x *BatchGetAssetsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[17]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1444,7 +1574,7 @@ func (x *BatchGetAssetsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchGetAssetsRequest.ProtoReflect.Descriptor instead.
 func (*BatchGetAssetsRequest) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{17}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *BatchGetAssetsRequest) GetAssetIds() []string {
@@ -1464,7 +1594,7 @@ type BatchGetAssetsResponse struct {
 
 func (x *BatchGetAssetsResponse) Reset() {
 	*x = BatchGetAssetsResponse{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[18]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1476,7 +1606,7 @@ func (x *BatchGetAssetsResponse) String() string {
 func (*BatchGetAssetsResponse) ProtoMessage() {}
 
 func (x *BatchGetAssetsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[18]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1489,7 +1619,7 @@ func (x *BatchGetAssetsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchGetAssetsResponse.ProtoReflect.Descriptor instead.
 func (*BatchGetAssetsResponse) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{18}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *BatchGetAssetsResponse) GetAssets() []*Asset {
@@ -1519,7 +1649,7 @@ type ListAssetsRequest struct {
 
 func (x *ListAssetsRequest) Reset() {
 	*x = ListAssetsRequest{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[19]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1531,7 +1661,7 @@ func (x *ListAssetsRequest) String() string {
 func (*ListAssetsRequest) ProtoMessage() {}
 
 func (x *ListAssetsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[19]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1544,7 +1674,7 @@ func (x *ListAssetsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAssetsRequest.ProtoReflect.Descriptor instead.
 func (*ListAssetsRequest) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{19}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ListAssetsRequest) GetStatus() AssetStatus {
@@ -1608,7 +1738,7 @@ type ListAssetsResponse struct {
 
 func (x *ListAssetsResponse) Reset() {
 	*x = ListAssetsResponse{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[20]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1620,7 +1750,7 @@ func (x *ListAssetsResponse) String() string {
 func (*ListAssetsResponse) ProtoMessage() {}
 
 func (x *ListAssetsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[20]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1633,7 +1763,7 @@ func (x *ListAssetsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAssetsResponse.ProtoReflect.Descriptor instead.
 func (*ListAssetsResponse) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{20}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ListAssetsResponse) GetAssets() []*Asset {
@@ -1665,7 +1795,7 @@ type WatchAssetRequest struct {
 
 func (x *WatchAssetRequest) Reset() {
 	*x = WatchAssetRequest{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[21]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1677,7 +1807,7 @@ func (x *WatchAssetRequest) String() string {
 func (*WatchAssetRequest) ProtoMessage() {}
 
 func (x *WatchAssetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[21]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1690,7 +1820,7 @@ func (x *WatchAssetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchAssetRequest.ProtoReflect.Descriptor instead.
 func (*WatchAssetRequest) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{21}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *WatchAssetRequest) GetAssetIds() []string {
@@ -1727,7 +1857,7 @@ type WatchAssetResponse struct {
 
 func (x *WatchAssetResponse) Reset() {
 	*x = WatchAssetResponse{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[22]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1739,7 +1869,7 @@ func (x *WatchAssetResponse) String() string {
 func (*WatchAssetResponse) ProtoMessage() {}
 
 func (x *WatchAssetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[22]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1752,7 +1882,7 @@ func (x *WatchAssetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchAssetResponse.ProtoReflect.Descriptor instead.
 func (*WatchAssetResponse) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{22}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *WatchAssetResponse) GetType() WatchEventType {
@@ -1790,7 +1920,7 @@ type ReadAssetRequest struct {
 
 func (x *ReadAssetRequest) Reset() {
 	*x = ReadAssetRequest{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[23]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1802,7 +1932,7 @@ func (x *ReadAssetRequest) String() string {
 func (*ReadAssetRequest) ProtoMessage() {}
 
 func (x *ReadAssetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[23]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1815,7 +1945,7 @@ func (x *ReadAssetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadAssetRequest.ProtoReflect.Descriptor instead.
 func (*ReadAssetRequest) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{23}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ReadAssetRequest) GetAssetId() string {
@@ -1851,7 +1981,7 @@ type ReadAssetResponse struct {
 
 func (x *ReadAssetResponse) Reset() {
 	*x = ReadAssetResponse{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[24]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1863,7 +1993,7 @@ func (x *ReadAssetResponse) String() string {
 func (*ReadAssetResponse) ProtoMessage() {}
 
 func (x *ReadAssetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[24]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1876,7 +2006,7 @@ func (x *ReadAssetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadAssetResponse.ProtoReflect.Descriptor instead.
 func (*ReadAssetResponse) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{24}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ReadAssetResponse) GetChunk() []byte {
@@ -1906,7 +2036,7 @@ type GetManifestRequest struct {
 
 func (x *GetManifestRequest) Reset() {
 	*x = GetManifestRequest{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[25]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1918,7 +2048,7 @@ func (x *GetManifestRequest) String() string {
 func (*GetManifestRequest) ProtoMessage() {}
 
 func (x *GetManifestRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[25]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1931,7 +2061,7 @@ func (x *GetManifestRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetManifestRequest.ProtoReflect.Descriptor instead.
 func (*GetManifestRequest) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{25}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *GetManifestRequest) GetAssetMappings() map[string]string {
@@ -1961,7 +2091,7 @@ type GetManifestResponse struct {
 
 func (x *GetManifestResponse) Reset() {
 	*x = GetManifestResponse{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[26]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1973,7 +2103,7 @@ func (x *GetManifestResponse) String() string {
 func (*GetManifestResponse) ProtoMessage() {}
 
 func (x *GetManifestResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[26]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1986,7 +2116,7 @@ func (x *GetManifestResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetManifestResponse.ProtoReflect.Descriptor instead.
 func (*GetManifestResponse) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{26}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *GetManifestResponse) GetManifestPath() string {
@@ -2013,7 +2143,7 @@ type DeleteAssetRequest struct {
 
 func (x *DeleteAssetRequest) Reset() {
 	*x = DeleteAssetRequest{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[27]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2025,7 +2155,7 @@ func (x *DeleteAssetRequest) String() string {
 func (*DeleteAssetRequest) ProtoMessage() {}
 
 func (x *DeleteAssetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[27]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2038,7 +2168,7 @@ func (x *DeleteAssetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteAssetRequest.ProtoReflect.Descriptor instead.
 func (*DeleteAssetRequest) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{27}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *DeleteAssetRequest) GetAssetId() string {
@@ -2058,7 +2188,7 @@ type DeleteAssetResponse struct {
 
 func (x *DeleteAssetResponse) Reset() {
 	*x = DeleteAssetResponse{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[28]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2070,7 +2200,7 @@ func (x *DeleteAssetResponse) String() string {
 func (*DeleteAssetResponse) ProtoMessage() {}
 
 func (x *DeleteAssetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[28]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2083,7 +2213,7 @@ func (x *DeleteAssetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteAssetResponse.ProtoReflect.Descriptor instead.
 func (*DeleteAssetResponse) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{28}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *DeleteAssetResponse) GetAsset() *Asset {
@@ -2108,7 +2238,7 @@ type MintTaskTokenRequest struct {
 
 func (x *MintTaskTokenRequest) Reset() {
 	*x = MintTaskTokenRequest{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[29]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2120,7 +2250,7 @@ func (x *MintTaskTokenRequest) String() string {
 func (*MintTaskTokenRequest) ProtoMessage() {}
 
 func (x *MintTaskTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[29]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2133,7 +2263,7 @@ func (x *MintTaskTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MintTaskTokenRequest.ProtoReflect.Descriptor instead.
 func (*MintTaskTokenRequest) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{29}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *MintTaskTokenRequest) GetTaskId() string {
@@ -2170,7 +2300,7 @@ type MintTaskTokenResponse struct {
 
 func (x *MintTaskTokenResponse) Reset() {
 	*x = MintTaskTokenResponse{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[30]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2182,7 +2312,7 @@ func (x *MintTaskTokenResponse) String() string {
 func (*MintTaskTokenResponse) ProtoMessage() {}
 
 func (x *MintTaskTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[30]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2195,7 +2325,7 @@ func (x *MintTaskTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MintTaskTokenResponse.ProtoReflect.Descriptor instead.
 func (*MintTaskTokenResponse) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{30}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *MintTaskTokenResponse) GetToken() string {
@@ -2221,7 +2351,7 @@ const file_asset_v1_asset_service_proto_rawDesc = "" +
 	"\x04text\x18\x01 \x01(\tH\x00R\x04text\x12\x14\n" +
 	"\x04json\x18\x02 \x01(\tH\x00R\x04json\x12\x14\n" +
 	"\x04data\x18\x03 \x01(\fH\x00R\x04dataB\x06\n" +
-	"\x04kind\"\xdc\x04\n" +
+	"\x04kind\"\xc9\x05\n" +
 	"\x05Asset\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
 	"\x05label\x18\x02 \x01(\tR\x05label\x12-\n" +
@@ -2246,7 +2376,9 @@ const file_asset_v1_asset_service_proto_rawDesc = "" +
 	"\n" +
 	"created_by\x18\x10 \x01(\tR\tcreatedBy\x12\x1d\n" +
 	"\n" +
-	"updated_by\x18\x11 \x01(\tR\tupdatedBy\"\xf7\x01\n" +
+	"updated_by\x18\x11 \x01(\tR\tupdatedBy\x12#\n" +
+	"\rlease_seconds\x18\x12 \x01(\rR\fleaseSeconds\x12F\n" +
+	"\x11lease_expire_time\x18\x13 \x01(\v2\x1a.google.protobuf.TimestampR\x0fleaseExpireTime\"\xf7\x01\n" +
 	"\fUploadHeader\x12\x14\n" +
 	"\x05label\x18\x01 \x01(\tR\x05label\x12\x1d\n" +
 	"\n" +
@@ -2278,14 +2410,15 @@ const file_asset_v1_asset_service_proto_rawDesc = "" +
 	"\x05value\x18\x03 \x01(\v2\x0f.asset.v1.ValueR\x05value\x12\x12\n" +
 	"\x04tags\x18\x04 \x03(\tR\x04tags\"A\n" +
 	"\x18CreateValueAssetResponse\x12%\n" +
-	"\x05asset\x18\x01 \x01(\v2\x0f.asset.v1.AssetR\x05asset\"\xa6\x01\n" +
+	"\x05asset\x18\x01 \x01(\v2\x0f.asset.v1.AssetR\x05asset\"\xcb\x01\n" +
 	"\x19CreatePendingAssetRequest\x12\x17\n" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12\x14\n" +
 	"\x05label\x18\x02 \x01(\tR\x05label\x12\x1d\n" +
 	"\n" +
 	"media_type\x18\x03 \x01(\tR\tmediaType\x12'\n" +
 	"\x04type\x18\x04 \x01(\x0e2\x13.asset.v1.AssetTypeR\x04type\x12\x12\n" +
-	"\x04tags\x18\x05 \x03(\tR\x04tags\"C\n" +
+	"\x04tags\x18\x05 \x03(\tR\x04tags\x12#\n" +
+	"\rlease_seconds\x18\x06 \x01(\rR\fleaseSeconds\"C\n" +
 	"\x1aCreatePendingAssetResponse\x12%\n" +
 	"\x05asset\x18\x01 \x01(\v2\x0f.asset.v1.AssetR\x05asset\"\xb0\x01\n" +
 	"\x13FulfillAssetRequest\x12\x19\n" +
@@ -2301,6 +2434,11 @@ const file_asset_v1_asset_service_proto_rawDesc = "" +
 	"\basset_id\x18\x01 \x01(\tR\aassetId\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\":\n" +
 	"\x11FailAssetResponse\x12%\n" +
+	"\x05asset\x18\x01 \x01(\v2\x0f.asset.v1.AssetR\x05asset\"S\n" +
+	"\x11RenewLeaseRequest\x12\x19\n" +
+	"\basset_id\x18\x01 \x01(\tR\aassetId\x12#\n" +
+	"\rlease_seconds\x18\x02 \x01(\rR\fleaseSeconds\";\n" +
+	"\x12RenewLeaseResponse\x12%\n" +
 	"\x05asset\x18\x01 \x01(\v2\x0f.asset.v1.AssetR\x05asset\",\n" +
 	"\x0fGetAssetRequest\x12\x19\n" +
 	"\basset_id\x18\x01 \x01(\tR\aassetId\"9\n" +
@@ -2375,14 +2513,16 @@ const file_asset_v1_asset_service_proto_rawDesc = "" +
 	"\x1cWATCH_EVENT_TYPE_UNSPECIFIED\x10\x00\x12\x1d\n" +
 	"\x19WATCH_EVENT_TYPE_SNAPSHOT\x10\x01\x12\x1c\n" +
 	"\x18WATCH_EVENT_TYPE_CHANGED\x10\x02\x12\x1c\n" +
-	"\x18WATCH_EVENT_TYPE_DELETED\x10\x032\xda\b\n" +
+	"\x18WATCH_EVENT_TYPE_DELETED\x10\x032\xa3\t\n" +
 	"\fAssetService\x12L\n" +
 	"\vUploadAsset\x12\x1c.asset.v1.UploadAssetRequest\x1a\x1d.asset.v1.UploadAssetResponse(\x01\x12M\n" +
 	"\fRegisterFile\x12\x1d.asset.v1.RegisterFileRequest\x1a\x1e.asset.v1.RegisterFileResponse\x12Y\n" +
 	"\x10CreateValueAsset\x12!.asset.v1.CreateValueAssetRequest\x1a\".asset.v1.CreateValueAssetResponse\x12_\n" +
 	"\x12CreatePendingAsset\x12#.asset.v1.CreatePendingAssetRequest\x1a$.asset.v1.CreatePendingAssetResponse\x12M\n" +
 	"\fFulfillAsset\x12\x1d.asset.v1.FulfillAssetRequest\x1a\x1e.asset.v1.FulfillAssetResponse\x12D\n" +
-	"\tFailAsset\x12\x1a.asset.v1.FailAssetRequest\x1a\x1b.asset.v1.FailAssetResponse\x12A\n" +
+	"\tFailAsset\x12\x1a.asset.v1.FailAssetRequest\x1a\x1b.asset.v1.FailAssetResponse\x12G\n" +
+	"\n" +
+	"RenewLease\x12\x1b.asset.v1.RenewLeaseRequest\x1a\x1c.asset.v1.RenewLeaseResponse\x12A\n" +
 	"\bGetAsset\x12\x19.asset.v1.GetAssetRequest\x1a\x1a.asset.v1.GetAssetResponse\x12S\n" +
 	"\x0eBatchGetAssets\x12\x1f.asset.v1.BatchGetAssetsRequest\x1a .asset.v1.BatchGetAssetsResponse\x12G\n" +
 	"\n" +
@@ -2407,7 +2547,7 @@ func file_asset_v1_asset_service_proto_rawDescGZIP() []byte {
 }
 
 var file_asset_v1_asset_service_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_asset_v1_asset_service_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
+var file_asset_v1_asset_service_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
 var file_asset_v1_asset_service_proto_goTypes = []any{
 	(AssetStatus)(0),                   // 0: asset.v1.AssetStatus
 	(AssetType)(0),                     // 1: asset.v1.AssetType
@@ -2427,88 +2567,94 @@ var file_asset_v1_asset_service_proto_goTypes = []any{
 	(*FulfillAssetResponse)(nil),       // 15: asset.v1.FulfillAssetResponse
 	(*FailAssetRequest)(nil),           // 16: asset.v1.FailAssetRequest
 	(*FailAssetResponse)(nil),          // 17: asset.v1.FailAssetResponse
-	(*GetAssetRequest)(nil),            // 18: asset.v1.GetAssetRequest
-	(*GetAssetResponse)(nil),           // 19: asset.v1.GetAssetResponse
-	(*BatchGetAssetsRequest)(nil),      // 20: asset.v1.BatchGetAssetsRequest
-	(*BatchGetAssetsResponse)(nil),     // 21: asset.v1.BatchGetAssetsResponse
-	(*ListAssetsRequest)(nil),          // 22: asset.v1.ListAssetsRequest
-	(*ListAssetsResponse)(nil),         // 23: asset.v1.ListAssetsResponse
-	(*WatchAssetRequest)(nil),          // 24: asset.v1.WatchAssetRequest
-	(*WatchAssetResponse)(nil),         // 25: asset.v1.WatchAssetResponse
-	(*ReadAssetRequest)(nil),           // 26: asset.v1.ReadAssetRequest
-	(*ReadAssetResponse)(nil),          // 27: asset.v1.ReadAssetResponse
-	(*GetManifestRequest)(nil),         // 28: asset.v1.GetManifestRequest
-	(*GetManifestResponse)(nil),        // 29: asset.v1.GetManifestResponse
-	(*DeleteAssetRequest)(nil),         // 30: asset.v1.DeleteAssetRequest
-	(*DeleteAssetResponse)(nil),        // 31: asset.v1.DeleteAssetResponse
-	(*MintTaskTokenRequest)(nil),       // 32: asset.v1.MintTaskTokenRequest
-	(*MintTaskTokenResponse)(nil),      // 33: asset.v1.MintTaskTokenResponse
-	nil,                                // 34: asset.v1.GetManifestRequest.AssetMappingsEntry
-	nil,                                // 35: asset.v1.GetManifestResponse.EntriesEntry
-	(*timestamppb.Timestamp)(nil),      // 36: google.protobuf.Timestamp
-	(*structpb.Struct)(nil),            // 37: google.protobuf.Struct
+	(*RenewLeaseRequest)(nil),          // 18: asset.v1.RenewLeaseRequest
+	(*RenewLeaseResponse)(nil),         // 19: asset.v1.RenewLeaseResponse
+	(*GetAssetRequest)(nil),            // 20: asset.v1.GetAssetRequest
+	(*GetAssetResponse)(nil),           // 21: asset.v1.GetAssetResponse
+	(*BatchGetAssetsRequest)(nil),      // 22: asset.v1.BatchGetAssetsRequest
+	(*BatchGetAssetsResponse)(nil),     // 23: asset.v1.BatchGetAssetsResponse
+	(*ListAssetsRequest)(nil),          // 24: asset.v1.ListAssetsRequest
+	(*ListAssetsResponse)(nil),         // 25: asset.v1.ListAssetsResponse
+	(*WatchAssetRequest)(nil),          // 26: asset.v1.WatchAssetRequest
+	(*WatchAssetResponse)(nil),         // 27: asset.v1.WatchAssetResponse
+	(*ReadAssetRequest)(nil),           // 28: asset.v1.ReadAssetRequest
+	(*ReadAssetResponse)(nil),          // 29: asset.v1.ReadAssetResponse
+	(*GetManifestRequest)(nil),         // 30: asset.v1.GetManifestRequest
+	(*GetManifestResponse)(nil),        // 31: asset.v1.GetManifestResponse
+	(*DeleteAssetRequest)(nil),         // 32: asset.v1.DeleteAssetRequest
+	(*DeleteAssetResponse)(nil),        // 33: asset.v1.DeleteAssetResponse
+	(*MintTaskTokenRequest)(nil),       // 34: asset.v1.MintTaskTokenRequest
+	(*MintTaskTokenResponse)(nil),      // 35: asset.v1.MintTaskTokenResponse
+	nil,                                // 36: asset.v1.GetManifestRequest.AssetMappingsEntry
+	nil,                                // 37: asset.v1.GetManifestResponse.EntriesEntry
+	(*timestamppb.Timestamp)(nil),      // 38: google.protobuf.Timestamp
+	(*structpb.Struct)(nil),            // 39: google.protobuf.Struct
 }
 var file_asset_v1_asset_service_proto_depIdxs = []int32{
 	0,  // 0: asset.v1.Asset.status:type_name -> asset.v1.AssetStatus
 	1,  // 1: asset.v1.Asset.type:type_name -> asset.v1.AssetType
 	3,  // 2: asset.v1.Asset.value:type_name -> asset.v1.Value
-	36, // 3: asset.v1.Asset.create_time:type_name -> google.protobuf.Timestamp
-	36, // 4: asset.v1.Asset.update_time:type_name -> google.protobuf.Timestamp
-	5,  // 5: asset.v1.UploadAssetRequest.header:type_name -> asset.v1.UploadHeader
-	4,  // 6: asset.v1.UploadAssetResponse.asset:type_name -> asset.v1.Asset
-	4,  // 7: asset.v1.RegisterFileResponse.asset:type_name -> asset.v1.Asset
-	3,  // 8: asset.v1.CreateValueAssetRequest.value:type_name -> asset.v1.Value
-	4,  // 9: asset.v1.CreateValueAssetResponse.asset:type_name -> asset.v1.Asset
-	1,  // 10: asset.v1.CreatePendingAssetRequest.type:type_name -> asset.v1.AssetType
-	4,  // 11: asset.v1.CreatePendingAssetResponse.asset:type_name -> asset.v1.Asset
-	3,  // 12: asset.v1.FulfillAssetRequest.value:type_name -> asset.v1.Value
-	4,  // 13: asset.v1.FulfillAssetResponse.asset:type_name -> asset.v1.Asset
-	4,  // 14: asset.v1.FailAssetResponse.asset:type_name -> asset.v1.Asset
-	4,  // 15: asset.v1.GetAssetResponse.asset:type_name -> asset.v1.Asset
-	4,  // 16: asset.v1.BatchGetAssetsResponse.assets:type_name -> asset.v1.Asset
-	0,  // 17: asset.v1.ListAssetsRequest.status:type_name -> asset.v1.AssetStatus
-	1,  // 18: asset.v1.ListAssetsRequest.type:type_name -> asset.v1.AssetType
-	4,  // 19: asset.v1.ListAssetsResponse.assets:type_name -> asset.v1.Asset
-	2,  // 20: asset.v1.WatchAssetResponse.type:type_name -> asset.v1.WatchEventType
-	4,  // 21: asset.v1.WatchAssetResponse.asset:type_name -> asset.v1.Asset
-	34, // 22: asset.v1.GetManifestRequest.asset_mappings:type_name -> asset.v1.GetManifestRequest.AssetMappingsEntry
-	37, // 23: asset.v1.GetManifestRequest.config_params:type_name -> google.protobuf.Struct
-	35, // 24: asset.v1.GetManifestResponse.entries:type_name -> asset.v1.GetManifestResponse.EntriesEntry
-	4,  // 25: asset.v1.DeleteAssetResponse.asset:type_name -> asset.v1.Asset
-	36, // 26: asset.v1.MintTaskTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
-	6,  // 27: asset.v1.AssetService.UploadAsset:input_type -> asset.v1.UploadAssetRequest
-	8,  // 28: asset.v1.AssetService.RegisterFile:input_type -> asset.v1.RegisterFileRequest
-	10, // 29: asset.v1.AssetService.CreateValueAsset:input_type -> asset.v1.CreateValueAssetRequest
-	12, // 30: asset.v1.AssetService.CreatePendingAsset:input_type -> asset.v1.CreatePendingAssetRequest
-	14, // 31: asset.v1.AssetService.FulfillAsset:input_type -> asset.v1.FulfillAssetRequest
-	16, // 32: asset.v1.AssetService.FailAsset:input_type -> asset.v1.FailAssetRequest
-	18, // 33: asset.v1.AssetService.GetAsset:input_type -> asset.v1.GetAssetRequest
-	20, // 34: asset.v1.AssetService.BatchGetAssets:input_type -> asset.v1.BatchGetAssetsRequest
-	22, // 35: asset.v1.AssetService.ListAssets:input_type -> asset.v1.ListAssetsRequest
-	24, // 36: asset.v1.AssetService.WatchAsset:input_type -> asset.v1.WatchAssetRequest
-	26, // 37: asset.v1.AssetService.ReadAsset:input_type -> asset.v1.ReadAssetRequest
-	28, // 38: asset.v1.AssetService.GetManifest:input_type -> asset.v1.GetManifestRequest
-	30, // 39: asset.v1.AssetService.DeleteAsset:input_type -> asset.v1.DeleteAssetRequest
-	32, // 40: asset.v1.AssetService.MintTaskToken:input_type -> asset.v1.MintTaskTokenRequest
-	7,  // 41: asset.v1.AssetService.UploadAsset:output_type -> asset.v1.UploadAssetResponse
-	9,  // 42: asset.v1.AssetService.RegisterFile:output_type -> asset.v1.RegisterFileResponse
-	11, // 43: asset.v1.AssetService.CreateValueAsset:output_type -> asset.v1.CreateValueAssetResponse
-	13, // 44: asset.v1.AssetService.CreatePendingAsset:output_type -> asset.v1.CreatePendingAssetResponse
-	15, // 45: asset.v1.AssetService.FulfillAsset:output_type -> asset.v1.FulfillAssetResponse
-	17, // 46: asset.v1.AssetService.FailAsset:output_type -> asset.v1.FailAssetResponse
-	19, // 47: asset.v1.AssetService.GetAsset:output_type -> asset.v1.GetAssetResponse
-	21, // 48: asset.v1.AssetService.BatchGetAssets:output_type -> asset.v1.BatchGetAssetsResponse
-	23, // 49: asset.v1.AssetService.ListAssets:output_type -> asset.v1.ListAssetsResponse
-	25, // 50: asset.v1.AssetService.WatchAsset:output_type -> asset.v1.WatchAssetResponse
-	27, // 51: asset.v1.AssetService.ReadAsset:output_type -> asset.v1.ReadAssetResponse
-	29, // 52: asset.v1.AssetService.GetManifest:output_type -> asset.v1.GetManifestResponse
-	31, // 53: asset.v1.AssetService.DeleteAsset:output_type -> asset.v1.DeleteAssetResponse
-	33, // 54: asset.v1.AssetService.MintTaskToken:output_type -> asset.v1.MintTaskTokenResponse
-	41, // [41:55] is the sub-list for method output_type
-	27, // [27:41] is the sub-list for method input_type
-	27, // [27:27] is the sub-list for extension type_name
-	27, // [27:27] is the sub-list for extension extendee
-	0,  // [0:27] is the sub-list for field type_name
+	38, // 3: asset.v1.Asset.create_time:type_name -> google.protobuf.Timestamp
+	38, // 4: asset.v1.Asset.update_time:type_name -> google.protobuf.Timestamp
+	38, // 5: asset.v1.Asset.lease_expire_time:type_name -> google.protobuf.Timestamp
+	5,  // 6: asset.v1.UploadAssetRequest.header:type_name -> asset.v1.UploadHeader
+	4,  // 7: asset.v1.UploadAssetResponse.asset:type_name -> asset.v1.Asset
+	4,  // 8: asset.v1.RegisterFileResponse.asset:type_name -> asset.v1.Asset
+	3,  // 9: asset.v1.CreateValueAssetRequest.value:type_name -> asset.v1.Value
+	4,  // 10: asset.v1.CreateValueAssetResponse.asset:type_name -> asset.v1.Asset
+	1,  // 11: asset.v1.CreatePendingAssetRequest.type:type_name -> asset.v1.AssetType
+	4,  // 12: asset.v1.CreatePendingAssetResponse.asset:type_name -> asset.v1.Asset
+	3,  // 13: asset.v1.FulfillAssetRequest.value:type_name -> asset.v1.Value
+	4,  // 14: asset.v1.FulfillAssetResponse.asset:type_name -> asset.v1.Asset
+	4,  // 15: asset.v1.FailAssetResponse.asset:type_name -> asset.v1.Asset
+	4,  // 16: asset.v1.RenewLeaseResponse.asset:type_name -> asset.v1.Asset
+	4,  // 17: asset.v1.GetAssetResponse.asset:type_name -> asset.v1.Asset
+	4,  // 18: asset.v1.BatchGetAssetsResponse.assets:type_name -> asset.v1.Asset
+	0,  // 19: asset.v1.ListAssetsRequest.status:type_name -> asset.v1.AssetStatus
+	1,  // 20: asset.v1.ListAssetsRequest.type:type_name -> asset.v1.AssetType
+	4,  // 21: asset.v1.ListAssetsResponse.assets:type_name -> asset.v1.Asset
+	2,  // 22: asset.v1.WatchAssetResponse.type:type_name -> asset.v1.WatchEventType
+	4,  // 23: asset.v1.WatchAssetResponse.asset:type_name -> asset.v1.Asset
+	36, // 24: asset.v1.GetManifestRequest.asset_mappings:type_name -> asset.v1.GetManifestRequest.AssetMappingsEntry
+	39, // 25: asset.v1.GetManifestRequest.config_params:type_name -> google.protobuf.Struct
+	37, // 26: asset.v1.GetManifestResponse.entries:type_name -> asset.v1.GetManifestResponse.EntriesEntry
+	4,  // 27: asset.v1.DeleteAssetResponse.asset:type_name -> asset.v1.Asset
+	38, // 28: asset.v1.MintTaskTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
+	6,  // 29: asset.v1.AssetService.UploadAsset:input_type -> asset.v1.UploadAssetRequest
+	8,  // 30: asset.v1.AssetService.RegisterFile:input_type -> asset.v1.RegisterFileRequest
+	10, // 31: asset.v1.AssetService.CreateValueAsset:input_type -> asset.v1.CreateValueAssetRequest
+	12, // 32: asset.v1.AssetService.CreatePendingAsset:input_type -> asset.v1.CreatePendingAssetRequest
+	14, // 33: asset.v1.AssetService.FulfillAsset:input_type -> asset.v1.FulfillAssetRequest
+	16, // 34: asset.v1.AssetService.FailAsset:input_type -> asset.v1.FailAssetRequest
+	18, // 35: asset.v1.AssetService.RenewLease:input_type -> asset.v1.RenewLeaseRequest
+	20, // 36: asset.v1.AssetService.GetAsset:input_type -> asset.v1.GetAssetRequest
+	22, // 37: asset.v1.AssetService.BatchGetAssets:input_type -> asset.v1.BatchGetAssetsRequest
+	24, // 38: asset.v1.AssetService.ListAssets:input_type -> asset.v1.ListAssetsRequest
+	26, // 39: asset.v1.AssetService.WatchAsset:input_type -> asset.v1.WatchAssetRequest
+	28, // 40: asset.v1.AssetService.ReadAsset:input_type -> asset.v1.ReadAssetRequest
+	30, // 41: asset.v1.AssetService.GetManifest:input_type -> asset.v1.GetManifestRequest
+	32, // 42: asset.v1.AssetService.DeleteAsset:input_type -> asset.v1.DeleteAssetRequest
+	34, // 43: asset.v1.AssetService.MintTaskToken:input_type -> asset.v1.MintTaskTokenRequest
+	7,  // 44: asset.v1.AssetService.UploadAsset:output_type -> asset.v1.UploadAssetResponse
+	9,  // 45: asset.v1.AssetService.RegisterFile:output_type -> asset.v1.RegisterFileResponse
+	11, // 46: asset.v1.AssetService.CreateValueAsset:output_type -> asset.v1.CreateValueAssetResponse
+	13, // 47: asset.v1.AssetService.CreatePendingAsset:output_type -> asset.v1.CreatePendingAssetResponse
+	15, // 48: asset.v1.AssetService.FulfillAsset:output_type -> asset.v1.FulfillAssetResponse
+	17, // 49: asset.v1.AssetService.FailAsset:output_type -> asset.v1.FailAssetResponse
+	19, // 50: asset.v1.AssetService.RenewLease:output_type -> asset.v1.RenewLeaseResponse
+	21, // 51: asset.v1.AssetService.GetAsset:output_type -> asset.v1.GetAssetResponse
+	23, // 52: asset.v1.AssetService.BatchGetAssets:output_type -> asset.v1.BatchGetAssetsResponse
+	25, // 53: asset.v1.AssetService.ListAssets:output_type -> asset.v1.ListAssetsResponse
+	27, // 54: asset.v1.AssetService.WatchAsset:output_type -> asset.v1.WatchAssetResponse
+	29, // 55: asset.v1.AssetService.ReadAsset:output_type -> asset.v1.ReadAssetResponse
+	31, // 56: asset.v1.AssetService.GetManifest:output_type -> asset.v1.GetManifestResponse
+	33, // 57: asset.v1.AssetService.DeleteAsset:output_type -> asset.v1.DeleteAssetResponse
+	35, // 58: asset.v1.AssetService.MintTaskToken:output_type -> asset.v1.MintTaskTokenResponse
+	44, // [44:59] is the sub-list for method output_type
+	29, // [29:44] is the sub-list for method input_type
+	29, // [29:29] is the sub-list for extension type_name
+	29, // [29:29] is the sub-list for extension extendee
+	0,  // [0:29] is the sub-list for field type_name
 }
 
 func init() { file_asset_v1_asset_service_proto_init() }
@@ -2536,7 +2682,7 @@ func file_asset_v1_asset_service_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_asset_v1_asset_service_proto_rawDesc), len(file_asset_v1_asset_service_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   33,
+			NumMessages:   35,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -5,7 +5,7 @@
 //
 //   CreatePendingAsset -> PENDING --FulfillAsset/UploadAsset--> AVAILABLE (terminal)
 //                            |
-//                            +------------FailAsset----------> FAILED    (terminal)
+//                            +--FailAsset, or its lease ran out--> FAILED (terminal)
 //   UploadAsset / RegisterFile / CreateValueAsset -> AVAILABLE
 //
 // Every change gives the asset a new `revision`, taken from one counter that
@@ -39,6 +39,7 @@ const (
 	AssetService_CreatePendingAsset_FullMethodName = "/asset.v1.AssetService/CreatePendingAsset"
 	AssetService_FulfillAsset_FullMethodName       = "/asset.v1.AssetService/FulfillAsset"
 	AssetService_FailAsset_FullMethodName          = "/asset.v1.AssetService/FailAsset"
+	AssetService_RenewLease_FullMethodName         = "/asset.v1.AssetService/RenewLease"
 	AssetService_GetAsset_FullMethodName           = "/asset.v1.AssetService/GetAsset"
 	AssetService_BatchGetAssets_FullMethodName     = "/asset.v1.AssetService/BatchGetAssets"
 	AssetService_ListAssets_FullMethodName         = "/asset.v1.AssetService/ListAssets"
@@ -71,6 +72,10 @@ type AssetServiceClient interface {
 	FulfillAsset(ctx context.Context, in *FulfillAssetRequest, opts ...grpc.CallOption) (*FulfillAssetResponse, error)
 	// FailAsset turns a PENDING asset FAILED, with a reason.
 	FailAsset(ctx context.Context, in *FailAssetRequest, opts ...grpc.CallOption) (*FailAssetResponse, error)
+	// RenewLease extends the lease of a PENDING asset created with one: the
+	// producing task calls it while it works. A lease that has run out cannot be
+	// renewed: the asset is (or is about to be) FAILED.
+	RenewLease(ctx context.Context, in *RenewLeaseRequest, opts ...grpc.CallOption) (*RenewLeaseResponse, error)
 	// GetAsset returns one asset.
 	GetAsset(ctx context.Context, in *GetAssetRequest, opts ...grpc.CallOption) (*GetAssetResponse, error)
 	// BatchGetAssets returns several assets, in the order asked for.
@@ -158,6 +163,16 @@ func (c *assetServiceClient) FailAsset(ctx context.Context, in *FailAssetRequest
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(FailAssetResponse)
 	err := c.cc.Invoke(ctx, AssetService_FailAsset_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *assetServiceClient) RenewLease(ctx context.Context, in *RenewLeaseRequest, opts ...grpc.CallOption) (*RenewLeaseResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RenewLeaseResponse)
+	err := c.cc.Invoke(ctx, AssetService_RenewLease_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -284,6 +299,10 @@ type AssetServiceServer interface {
 	FulfillAsset(context.Context, *FulfillAssetRequest) (*FulfillAssetResponse, error)
 	// FailAsset turns a PENDING asset FAILED, with a reason.
 	FailAsset(context.Context, *FailAssetRequest) (*FailAssetResponse, error)
+	// RenewLease extends the lease of a PENDING asset created with one: the
+	// producing task calls it while it works. A lease that has run out cannot be
+	// renewed: the asset is (or is about to be) FAILED.
+	RenewLease(context.Context, *RenewLeaseRequest) (*RenewLeaseResponse, error)
 	// GetAsset returns one asset.
 	GetAsset(context.Context, *GetAssetRequest) (*GetAssetResponse, error)
 	// BatchGetAssets returns several assets, in the order asked for.
@@ -331,6 +350,9 @@ func (UnimplementedAssetServiceServer) FulfillAsset(context.Context, *FulfillAss
 }
 func (UnimplementedAssetServiceServer) FailAsset(context.Context, *FailAssetRequest) (*FailAssetResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method FailAsset not implemented")
+}
+func (UnimplementedAssetServiceServer) RenewLease(context.Context, *RenewLeaseRequest) (*RenewLeaseResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RenewLease not implemented")
 }
 func (UnimplementedAssetServiceServer) GetAsset(context.Context, *GetAssetRequest) (*GetAssetResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetAsset not implemented")
@@ -470,6 +492,24 @@ func _AssetService_FailAsset_Handler(srv interface{}, ctx context.Context, dec f
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(AssetServiceServer).FailAsset(ctx, req.(*FailAssetRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AssetService_RenewLease_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RenewLeaseRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AssetServiceServer).RenewLease(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AssetService_RenewLease_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AssetServiceServer).RenewLease(ctx, req.(*RenewLeaseRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -630,6 +670,10 @@ var AssetService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "FailAsset",
 			Handler:    _AssetService_FailAsset_Handler,
+		},
+		{
+			MethodName: "RenewLease",
+			Handler:    _AssetService_RenewLease_Handler,
 		},
 		{
 			MethodName: "GetAsset",

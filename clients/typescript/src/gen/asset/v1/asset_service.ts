@@ -37,7 +37,7 @@ export const protobufFileName = "asset/v1/asset_service.proto";
  *
  *   CreatePendingAsset -> PENDING --FulfillAsset/UploadAsset--> AVAILABLE (terminal)
  *                            |
- *                            +------------FailAsset----------> FAILED    (terminal)
+ *                            +--FailAsset, or its lease ran out--> FAILED (terminal)
  *   UploadAsset / RegisterFile / CreateValueAsset -> AVAILABLE
  *
  * Every change gives the asset a new `revision`, taken from one counter that
@@ -238,9 +238,15 @@ export interface Asset {
   createdBy: string;
   /**
    * The principal of the latest change: who fulfilled, failed or (in a DELETED watch
-   * event) deleted the asset; the creator until then.
+   * event) deleted the asset; the creator until then. "lease" when its lease ran out.
    */
   updatedBy: string;
+  /**
+   * The lease a PENDING asset was created with (0: none), and when it runs out
+   * (unset without a lease). Kept once the asset is AVAILABLE or FAILED.
+   */
+  leaseSeconds: number;
+  leaseExpireTime?: Date | undefined;
 }
 
 /** UploadHeader describes the file that an UploadAsset stream carries. */
@@ -312,6 +318,13 @@ export interface CreatePendingAssetRequest {
   /** FILE (the default) or VALUE. */
   type: AssetType;
   tags: string[];
+  /**
+   * If set, the promise holds for this many seconds unless the producing task
+   * renews it (RenewLease); then the asset becomes FAILED ("lease expired ..."),
+   * so a task that died cannot leave its dependants waiting forever. 0 (the
+   * default): no lease. At most the server's --max-lease-seconds.
+   */
+  leaseSeconds: number;
 }
 
 /** CreatePendingAssetResponse carries the PENDING asset. */
@@ -348,6 +361,21 @@ export interface FailAssetRequest {
 
 /** FailAssetResponse carries the FAILED asset. */
 export interface FailAssetResponse {
+  asset?: Asset | undefined;
+}
+
+/** RenewLeaseRequest extends a PENDING asset's lease from now. */
+export interface RenewLeaseRequest {
+  assetId: string;
+  /**
+   * The new lease, in seconds from now; 0 renews it for the lease_seconds the
+   * asset was created with. At most the server's --max-lease-seconds.
+   */
+  leaseSeconds: number;
+}
+
+/** RenewLeaseResponse carries the asset with its new lease_expire_time. */
+export interface RenewLeaseResponse {
   asset?: Asset | undefined;
 }
 
@@ -624,6 +652,8 @@ function createBaseAsset(): Asset {
     revision: 0,
     createdBy: "",
     updatedBy: "",
+    leaseSeconds: 0,
+    leaseExpireTime: undefined,
   };
 }
 
@@ -679,6 +709,12 @@ export const Asset: MessageFns<Asset> = {
     }
     if (message.updatedBy !== "") {
       writer.uint32(138).string(message.updatedBy);
+    }
+    if (message.leaseSeconds !== 0) {
+      writer.uint32(144).uint32(message.leaseSeconds);
+    }
+    if (message.leaseExpireTime !== undefined) {
+      Timestamp.encode(toTimestamp(message.leaseExpireTime), writer.uint32(154).fork()).join();
     }
     return writer;
   },
@@ -832,6 +868,22 @@ export const Asset: MessageFns<Asset> = {
             message.updatedBy = reader.string();
             continue;
           }
+          case 18: {
+            if (tag !== 144) {
+              break;
+            }
+
+            message.leaseSeconds = reader.uint32();
+            continue;
+          }
+          case 19: {
+            if (tag !== 154) {
+              break;
+            }
+
+            message.leaseExpireTime = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -901,6 +953,16 @@ export const Asset: MessageFns<Asset> = {
         : isSet(object.updated_by)
         ? globalThis.String(object.updated_by)
         : "",
+      leaseSeconds: isSet(object.leaseSeconds)
+        ? globalThis.Number(object.leaseSeconds)
+        : isSet(object.lease_seconds)
+        ? globalThis.Number(object.lease_seconds)
+        : 0,
+      leaseExpireTime: isSet(object.leaseExpireTime)
+        ? fromJsonTimestamp(object.leaseExpireTime)
+        : isSet(object.lease_expire_time)
+        ? fromJsonTimestamp(object.lease_expire_time)
+        : undefined,
     };
   },
 
@@ -957,6 +1019,12 @@ export const Asset: MessageFns<Asset> = {
     if (message.updatedBy !== "") {
       obj.updatedBy = message.updatedBy;
     }
+    if (message.leaseSeconds !== 0) {
+      obj.leaseSeconds = Math.round(message.leaseSeconds);
+    }
+    if (message.leaseExpireTime !== undefined) {
+      obj.leaseExpireTime = message.leaseExpireTime.toISOString();
+    }
     return obj;
   },
 
@@ -982,6 +1050,8 @@ export const Asset: MessageFns<Asset> = {
     message.revision = object.revision ?? 0;
     message.createdBy = object.createdBy ?? "";
     message.updatedBy = object.updatedBy ?? "";
+    message.leaseSeconds = object.leaseSeconds ?? 0;
+    message.leaseExpireTime = object.leaseExpireTime ?? undefined;
     return message;
   },
 };
@@ -1712,7 +1782,7 @@ export const CreateValueAssetResponse: MessageFns<CreateValueAssetResponse> = {
 };
 
 function createBaseCreatePendingAssetRequest(): CreatePendingAssetRequest {
-  return { taskId: "", label: "", mediaType: "", type: 0, tags: [] };
+  return { taskId: "", label: "", mediaType: "", type: 0, tags: [], leaseSeconds: 0 };
 }
 
 export const CreatePendingAssetRequest: MessageFns<CreatePendingAssetRequest> = {
@@ -1731,6 +1801,9 @@ export const CreatePendingAssetRequest: MessageFns<CreatePendingAssetRequest> = 
     }
     for (const v of message.tags) {
       writer.uint32(42).string(v!);
+    }
+    if (message.leaseSeconds !== 0) {
+      writer.uint32(48).uint32(message.leaseSeconds);
     }
     return writer;
   },
@@ -1788,6 +1861,14 @@ export const CreatePendingAssetRequest: MessageFns<CreatePendingAssetRequest> = 
             message.tags.push(reader.string());
             continue;
           }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.leaseSeconds = reader.uint32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1815,6 +1896,11 @@ export const CreatePendingAssetRequest: MessageFns<CreatePendingAssetRequest> = 
         : "",
       type: isSet(object.type) ? assetTypeFromJSON(object.type) : 0,
       tags: globalThis.Array.isArray(object?.tags) ? object.tags.map((e: any) => globalThis.String(e)) : [],
+      leaseSeconds: isSet(object.leaseSeconds)
+        ? globalThis.Number(object.leaseSeconds)
+        : isSet(object.lease_seconds)
+        ? globalThis.Number(object.lease_seconds)
+        : 0,
     };
   },
 
@@ -1835,6 +1921,9 @@ export const CreatePendingAssetRequest: MessageFns<CreatePendingAssetRequest> = 
     if (message.tags?.length) {
       obj.tags = message.tags;
     }
+    if (message.leaseSeconds !== 0) {
+      obj.leaseSeconds = Math.round(message.leaseSeconds);
+    }
     return obj;
   },
 
@@ -1848,6 +1937,7 @@ export const CreatePendingAssetRequest: MessageFns<CreatePendingAssetRequest> = 
     message.mediaType = object.mediaType ?? "";
     message.type = object.type ?? 0;
     message.tags = object.tags?.map((e) => e) || [];
+    message.leaseSeconds = object.leaseSeconds ?? 0;
     return message;
   },
 };
@@ -2280,6 +2370,166 @@ export const FailAssetResponse: MessageFns<FailAssetResponse> = {
   },
   fromPartial<I extends Exact<DeepPartial<FailAssetResponse>, I>>(object: I): FailAssetResponse {
     const message = createBaseFailAssetResponse();
+    message.asset = (object.asset !== undefined && object.asset !== null) ? Asset.fromPartial(object.asset) : undefined;
+    return message;
+  },
+};
+
+function createBaseRenewLeaseRequest(): RenewLeaseRequest {
+  return { assetId: "", leaseSeconds: 0 };
+}
+
+export const RenewLeaseRequest: MessageFns<RenewLeaseRequest> = {
+  encode(message: RenewLeaseRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.assetId !== "") {
+      writer.uint32(10).string(message.assetId);
+    }
+    if (message.leaseSeconds !== 0) {
+      writer.uint32(16).uint32(message.leaseSeconds);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RenewLeaseRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRenewLeaseRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.assetId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.leaseSeconds = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RenewLeaseRequest {
+    return {
+      assetId: isSet(object.assetId)
+        ? globalThis.String(object.assetId)
+        : isSet(object.asset_id)
+        ? globalThis.String(object.asset_id)
+        : "",
+      leaseSeconds: isSet(object.leaseSeconds)
+        ? globalThis.Number(object.leaseSeconds)
+        : isSet(object.lease_seconds)
+        ? globalThis.Number(object.lease_seconds)
+        : 0,
+    };
+  },
+
+  toJSON(message: RenewLeaseRequest): unknown {
+    const obj: any = {};
+    if (message.assetId !== "") {
+      obj.assetId = message.assetId;
+    }
+    if (message.leaseSeconds !== 0) {
+      obj.leaseSeconds = Math.round(message.leaseSeconds);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<RenewLeaseRequest>, I>>(base?: I): RenewLeaseRequest {
+    return RenewLeaseRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<RenewLeaseRequest>, I>>(object: I): RenewLeaseRequest {
+    const message = createBaseRenewLeaseRequest();
+    message.assetId = object.assetId ?? "";
+    message.leaseSeconds = object.leaseSeconds ?? 0;
+    return message;
+  },
+};
+
+function createBaseRenewLeaseResponse(): RenewLeaseResponse {
+  return { asset: undefined };
+}
+
+export const RenewLeaseResponse: MessageFns<RenewLeaseResponse> = {
+  encode(message: RenewLeaseResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.asset !== undefined) {
+      Asset.encode(message.asset, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RenewLeaseResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRenewLeaseResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.asset = Asset.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RenewLeaseResponse {
+    return { asset: isSet(object.asset) ? Asset.fromJSON(object.asset) : undefined };
+  },
+
+  toJSON(message: RenewLeaseResponse): unknown {
+    const obj: any = {};
+    if (message.asset !== undefined) {
+      obj.asset = Asset.toJSON(message.asset);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<RenewLeaseResponse>, I>>(base?: I): RenewLeaseResponse {
+    return RenewLeaseResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<RenewLeaseResponse>, I>>(object: I): RenewLeaseResponse {
+    const message = createBaseRenewLeaseResponse();
     message.asset = (object.asset !== undefined && object.asset !== null) ? Asset.fromPartial(object.asset) : undefined;
     return message;
   },
@@ -4079,6 +4329,20 @@ export const AssetServiceService = {
     responseSerialize: (value: FailAssetResponse): Buffer => Buffer.from(FailAssetResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): FailAssetResponse => FailAssetResponse.decode(value),
   },
+  /**
+   * RenewLease extends the lease of a PENDING asset created with one: the
+   * producing task calls it while it works. A lease that has run out cannot be
+   * renewed: the asset is (or is about to be) FAILED.
+   */
+  renewLease: {
+    path: "/asset.v1.AssetService/RenewLease" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: RenewLeaseRequest): Buffer => Buffer.from(RenewLeaseRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): RenewLeaseRequest => RenewLeaseRequest.decode(value),
+    responseSerialize: (value: RenewLeaseResponse): Buffer => Buffer.from(RenewLeaseResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): RenewLeaseResponse => RenewLeaseResponse.decode(value),
+  },
   /** GetAsset returns one asset. */
   getAsset: {
     path: "/asset.v1.AssetService/GetAsset" as const,
@@ -4193,6 +4457,12 @@ export interface AssetServiceServer extends UntypedServiceImplementation {
   fulfillAsset: handleUnaryCall<FulfillAssetRequest, FulfillAssetResponse>;
   /** FailAsset turns a PENDING asset FAILED, with a reason. */
   failAsset: handleUnaryCall<FailAssetRequest, FailAssetResponse>;
+  /**
+   * RenewLease extends the lease of a PENDING asset created with one: the
+   * producing task calls it while it works. A lease that has run out cannot be
+   * renewed: the asset is (or is about to be) FAILED.
+   */
+  renewLease: handleUnaryCall<RenewLeaseRequest, RenewLeaseResponse>;
   /** GetAsset returns one asset. */
   getAsset: handleUnaryCall<GetAssetRequest, GetAssetResponse>;
   /** BatchGetAssets returns several assets, in the order asked for. */
@@ -4324,6 +4594,26 @@ export interface AssetServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: FailAssetResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * RenewLease extends the lease of a PENDING asset created with one: the
+   * producing task calls it while it works. A lease that has run out cannot be
+   * renewed: the asset is (or is about to be) FAILED.
+   */
+  renewLease(
+    request: RenewLeaseRequest,
+    callback: (error: ServiceError | null, response: RenewLeaseResponse) => void,
+  ): ClientUnaryCall;
+  renewLease(
+    request: RenewLeaseRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: RenewLeaseResponse) => void,
+  ): ClientUnaryCall;
+  renewLease(
+    request: RenewLeaseRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: RenewLeaseResponse) => void,
   ): ClientUnaryCall;
   /** GetAsset returns one asset. */
   getAsset(
