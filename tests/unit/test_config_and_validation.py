@@ -114,3 +114,25 @@ def test_database_urls() -> None:
         open_store("sqlite://relative.db")
     with pytest.raises(InvalidArgument, match="not supported"):
         open_store("postgres://x")
+
+
+def test_every_flag_is_in_the_readme_table_with_its_variable() -> None:
+    """The README's flag table is written by hand: it must name every option of --help,
+    with the environment variable that sets it."""
+    from asset_service.config import ENV_PREFIX, build_parser
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    rows = [line for line in readme.splitlines() if line.startswith("| `--")]
+    parser = build_parser({})
+    flags = {
+        option
+        for action in parser._actions
+        for option in action.option_strings
+        if option.startswith("--") and not option.startswith("--no-") and option != "--help"
+    }
+    for flag in sorted(flags):
+        row = next((r for r in rows if f"`{flag}`" in r or f"`{flag} " in r), None)
+        assert row is not None, f"{flag} is missing from README.md's flag table"
+        name = ENV_PREFIX + flag[2:].upper().replace("-", "_")
+        short = "…_" + name.removeprefix(ENV_PREFIX)
+        assert name in row or short in row, f"{flag}'s row does not name {name}"
