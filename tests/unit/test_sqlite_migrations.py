@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
@@ -102,6 +103,40 @@ async def test_a_release_1_database_is_upgraded_and_keeps_its_records(tmp_path: 
     finally:
         await again.close()
     assert user_version(db) == SCHEMA_VERSION
+
+
+async def test_a_release_2_database_gets_leases_and_its_promises_keep_none(
+    tmp_path: Path,
+) -> None:
+    """Schema version 1 (release 2: who created and changed a record) gains the lease
+    columns and their index; its promises have no lease, and new ones can."""
+    db = tmp_path / "assets.db"
+    asset_id = release_1_database(db)
+    conn = sqlite3.connect(db)
+    conn.execute("ALTER TABLE assets ADD COLUMN created_by TEXT NOT NULL DEFAULT ''")
+    conn.execute("ALTER TABLE assets ADD COLUMN updated_by TEXT NOT NULL DEFAULT ''")
+    conn.execute("PRAGMA user_version = 1")
+    conn.commit()
+    conn.close()
+    store = SqliteStore(db)
+    await store.open()
+    try:
+        old = await store.get(asset_id)
+        assert old is not None and (old.lease_seconds, old.lease_expires_at) == (0, None)
+        now = datetime.now(UTC)
+        assert await store.leases_run_out(now, 10) == []
+        end = now.replace(microsecond=now.microsecond // 1000 * 1000)
+        leased = await store.insert(
+            dataclasses.replace(old, id=new_asset_id(), lease_seconds=5, lease_expires_at=end)
+        )
+        assert [a.id for a in await store.leases_run_out(end, 10)] == [leased.id]
+    finally:
+        await store.close()
+    assert user_version(db) == SCHEMA_VERSION
+    conn = sqlite3.connect(db)
+    indexes = {row[1] for row in conn.execute("PRAGMA index_list(assets)")}
+    conn.close()
+    assert "assets_lease" in indexes
 
 
 async def test_a_new_database_starts_at_the_current_version(tmp_path: Path) -> None:

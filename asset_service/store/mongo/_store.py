@@ -410,7 +410,7 @@ class MongoStore:
     async def leases_run_out(self, now: datetime, limit: int) -> list[Asset]:
         where = {"status": Status.PENDING.value, "lease_expires_at": {"$lte": ms(now)}}
         cursor = (
-            self._assets.find(where, {"value_content": 0})
+            self._assets.find(where, SLIM_PROJECTION)
             .sort("lease_expires_at", ASCENDING)
             .limit(limit)
             .max_time_ms(_schema.QUERY_MAX_TIME_MS)

@@ -53,8 +53,7 @@ CREATE TABLE IF NOT EXISTS assets (
 CREATE INDEX IF NOT EXISTS assets_status ON assets (status, seq);
 CREATE INDEX IF NOT EXISTS assets_task ON assets (created_by_task, seq);
 CREATE INDEX IF NOT EXISTS assets_label ON assets (label, seq);
-CREATE INDEX IF NOT EXISTS assets_lease ON assets (lease_expires_ms)
-    WHERE status = 'PENDING' AND lease_expires_ms IS NOT NULL;
+CREATE INDEX IF NOT EXISTS assets_lease ON assets (status, lease_expires_ms);
 CREATE TABLE IF NOT EXISTS asset_tags (
     tag      TEXT NOT NULL,
     asset_id TEXT NOT NULL,
@@ -75,8 +74,7 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     2: (
         "ALTER TABLE assets ADD COLUMN lease_seconds INTEGER NOT NULL DEFAULT 0",
         "ALTER TABLE assets ADD COLUMN lease_expires_ms INTEGER",
-        "CREATE INDEX IF NOT EXISTS assets_lease ON assets (lease_expires_ms) "
-        "WHERE status = 'PENDING' AND lease_expires_ms IS NOT NULL",
+        "CREATE INDEX IF NOT EXISTS assets_lease ON assets (status, lease_expires_ms)",
     ),
 }
 assert sorted(MIGRATIONS) == list(range(1, SCHEMA_VERSION + 1))
