@@ -116,25 +116,44 @@ MAX_BLOCKERS_SHOWN = 20
 MAX_BLOCKERS_CHARS = 1800
 
 
+def _blockers(blocking: list[BlockingAsset]) -> tuple[str, list[BlockingAsset]]:
+    """'N input(s) not AVAILABLE: key=id is STATE (reason); …' naming the first
+    MAX_BLOCKERS_SHOWN (fewer if keys and reasons are long), and those shown."""
+    parts: list[str] = []
+    used = 0
+    for b in blocking[:MAX_BLOCKERS_SHOWN]:
+        detail = f" ({brief(b.reason)})" if b.reason else ""
+        part = f"{brief(b.key)}={b.asset_id} is {b.state}{detail}"
+        if parts and used + len(part) > MAX_BLOCKERS_CHARS:
+            break
+        parts.append(part)
+        used += len(part) + 2
+    rest = len(blocking) - len(parts)
+    more = f"; …and {rest} more" if rest else ""
+    text = f"{len(blocking)} input(s) not AVAILABLE: " + "; ".join(parts) + more
+    return text, blocking[: len(parts)]
+
+
 class ManifestBlocked(FailedPrecondition):
     """Some assets of a manifest are not AVAILABLE; `blocking` names every one.
 
-    The message names the first MAX_BLOCKERS_SHOWN (fewer if keys and reasons are long)
-    and counts the rest; `shown_blocking` is that same prefix, for the rich details.
+    The message names the first few and counts the rest; `shown_blocking` is that same
+    prefix, for the rich details.
     """
 
     def __init__(self, blocking: list[BlockingAsset]) -> None:
-        parts: list[str] = []
-        used = 0
-        for b in blocking[:MAX_BLOCKERS_SHOWN]:
-            detail = f" ({brief(b.reason)})" if b.reason else ""
-            part = f"{brief(b.key)}={b.asset_id} is {b.state}{detail}"
-            if parts and used + len(part) > MAX_BLOCKERS_CHARS:
-                break
-            parts.append(part)
-            used += len(part) + 2
-        rest = len(blocking) - len(parts)
-        more = f"; …and {rest} more" if rest else ""
-        super().__init__(f"{len(blocking)} input(s) not AVAILABLE: " + "; ".join(parts) + more)
+        text, self.shown_blocking = _blockers(blocking)
+        super().__init__(text)
         self.blocking = blocking
-        self.shown_blocking = blocking[: len(parts)]
+
+
+class ManifestWaitTimeout(Timeout):
+    """GetManifest waited for its inputs until the call's deadline; some are still PENDING."""
+
+    def __init__(self, seconds: float, blocking: list[BlockingAsset]) -> None:
+        text, _ = _blockers(blocking)
+        super().__init__(
+            f"waited {seconds:.3g}s (the call's deadline) for the manifest's inputs; {text}; "
+            "call again with a later deadline, or without wait to get the blockers at once"
+        )
+        self.blocking = blocking

@@ -29,7 +29,7 @@ from asset_service.domain.errors import (
     shown_list,
 )
 from asset_service.domain.locks import KeyedLocks
-from asset_service.domain.manifests import Manifest, build_manifest
+from asset_service.domain.manifests import Manifest, build_manifest, wait_for_inputs
 from asset_service.domain.models import (
     Asset,
     AssetFilter,
@@ -573,10 +573,21 @@ class AssetManager:
     # --- manifest ---------------------------------------------------------------------
 
     async def manifest(
-        self, mappings: Mapping[str, str], config_params: Mapping[str, Any]
+        self,
+        mappings: Mapping[str, str],
+        config_params: Mapping[str, Any],
+        *,
+        wait: bool = False,
+        wait_seconds: float | None = None,
     ) -> Manifest:
+        """input_data.json for these inputs. With `wait`, first wait (up to `wait_seconds`;
+        None: no limit) until none of them is PENDING."""
         if self.manifests is None:
             raise FailedPrecondition("this server has no manifest store; GetManifest is off")
+        if wait:
+            await wait_for_inputs(
+                lambda ids: self.watch(ids, 0, follow=False), mappings, wait_seconds
+            )
         return await build_manifest(
             self.store, self.storage, self.manifests, mappings, config_params
         )

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,11 +13,17 @@ from asset_service.domain.errors import (
     IntegrityError,
     InvalidArgument,
     ManifestBlocked,
+    ManifestWaitTimeout,
+    NotFound,
     shown,
 )
 from asset_service.domain.models import Asset, AssetType, Status, parse_asset_id
 from asset_service.domain.ports import BlobStorage, ManifestDraft, ManifestStore, MetadataStore
 from asset_service.domain.reads import READ_BATCH
+from asset_service.domain.watch import WatchEvent
+
+# Opens a watch of these ids that ends once all are terminal (AssetManager.watch).
+Watch = Callable[[list[str]], Awaitable[AsyncGenerator[WatchEvent, None]]]
 
 MAX_INPUTS = 1000
 _CONTROL = re.compile(r"[\x00-\x1f]")
@@ -91,6 +98,39 @@ async def _write_values(
             raise ManifestBlocked(gone)  # deleted while the manifest was written
         paths.update(await draft.add_values(list(part.values())))
     return paths
+
+
+async def wait_for_inputs(watch: Watch, mappings: Mapping[str, str], seconds: float | None) -> None:
+    """Return once no input of the manifest is PENDING (or one is FAILED or gone: building
+    it then names them); ManifestWaitTimeout after `seconds` (None: no limit).
+
+    It watches the inputs (a snapshot, then every change: nothing missed in between) and
+    needs no polling; build_manifest reads them again afterwards.
+    """
+    ids = _parse_mappings(mappings)
+    unique = sorted(set(ids.values()))
+    try:
+        events = await watch(unique)
+    except NotFound:
+        return  # build_manifest names the missing inputs
+    latest: dict[str, Status] = {}
+    try:
+        async with asyncio.timeout(seconds):
+            async for event in events:
+                if event.kind == "DELETED" or event.asset.status is Status.FAILED:
+                    return
+                latest[event.asset.id] = event.asset.status
+                if len(latest) == len(unique) and Status.PENDING not in latest.values():
+                    return
+    except TimeoutError:
+        pending = [
+            BlockingAsset(key, asset_id, Status.PENDING.value)
+            for key, asset_id in ids.items()
+            if latest.get(asset_id, Status.PENDING) is Status.PENDING
+        ]
+        raise ManifestWaitTimeout(seconds or 0.0, pending) from None
+    finally:
+        await events.aclose()
 
 
 async def build_manifest(
