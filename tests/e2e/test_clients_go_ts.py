@@ -38,7 +38,14 @@ GO_TESTS = (
     "TestBearerTokenIsChecked",
     "TestTaskTokenRoundTrip",
     "TestPlaintextTokenOnlyToLoopback",
+    "TestKeepLeaseHoldsThePromiseUntilFulfilled",
+    "TestLeaseNobodyRenewsFailsThePromise",
+    "TestRenewLeaseErrors",
+    "TestKeepLeaseRetriesTransientErrorsAndStopsForGood",
 )
+# The TypeScript suite's tests: the flow, failure, errors, the two token tests, four of
+# leases, and one without a server.
+TS_TESTS = 10
 # Skipped, by both suites, against a server that takes no tokens.
 TOKEN_TESTS = 2
 
@@ -79,7 +86,8 @@ class Live:
 @pytest.fixture(params=["open", "token", "mtls"])
 def live(request: pytest.FixtureRequest, tmp_path: Path, import_root: Path) -> Iterator[Live]:
     mode: str = request.param
-    args: list[str] = []
+    # The suites wait for 1-second leases to run out: the sweep looks every 0.2 s.
+    args: list[str] = ["--lease-check-interval", "0.2"]
     # Only our own ASSET_SERVICE_* variables reach the suites (none of the caller's).
     env = {k: v for k, v in os.environ.items() if not k.startswith("ASSET_SERVICE_")}
     env["ASSET_SERVICE_IMPORT_ROOT"] = str(import_root)
@@ -126,6 +134,12 @@ def check_audit(live: Live) -> None:
         assert line in audit, audit
 
 
+def check_lease_expired(live: Live) -> None:
+    """The suite's unrenewed 1-second promises were failed by *this* server's sweep."""
+    log = "".join(live.server.log)
+    assert re.search(r"asset \S+ failed: its lease ran out", log), log
+
+
 @pytest.fixture(scope="module")
 def ts_installed() -> Iterator[Path]:
     """clients/typescript/node_modules from package-lock.json (npm ci when missing or stale)."""
@@ -168,6 +182,7 @@ def test_go_client_suite_against_live_server(live: Live) -> None:
     assert "promised report" in out, out
     assert not list(live.import_root.iterdir()), "the server should have moved the worker's file in"
     check_audit(live)
+    check_lease_expired(live)
 
 
 @pytest.mark.slow
@@ -181,10 +196,11 @@ def test_typescript_client_suite_against_live_server(live: Live, ts_built: Path)
     assert done.returncode == 0, out
     counts = {k: int(v) for k, v in re.findall(r"^# (tests|pass|fail|skipped) (\d+)$", out, re.M)}
     skipped = TOKEN_TESTS if live.mode == "open" else 0
-    assert counts.get("tests", 0) >= 6 and counts["pass"] == counts["tests"] - skipped, out
+    assert counts.get("tests", 0) >= TS_TESTS and counts["pass"] == counts["tests"] - skipped, out
     assert counts["fail"] == 0 and counts["skipped"] == skipped, out
     assert not list(live.import_root.iterdir()), "the server should have moved the worker's file in"
     check_audit(live)
+    check_lease_expired(live)
 
 
 @pytest.mark.slow

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"time"
 
 	"google.golang.org/protobuf/types/known/structpb"
 
@@ -25,17 +26,27 @@ type Output struct {
 	Label     string
 	MediaType string
 	Type      assetv1.AssetType
+	// Lease, when not 0, promises the asset with a lease (rounded up to whole
+	// seconds): unless the producing task renews it (RenewLease, KeepLease)
+	// before it runs out, the server fails the asset ("lease expired ...").
+	Lease time.Duration
 }
 
-// Promise creates one PENDING asset per output of taskID and returns them by key.
+// Promise creates one PENDING asset per output of taskID (with a lease for an
+// output that has one) and returns them by key.
 func Promise(ctx context.Context, c assetv1.AssetServiceClient, taskID string, outputs []Output) (map[string]*assetv1.Asset, error) {
 	assets := make(map[string]*assetv1.Asset, len(outputs))
 	for _, o := range outputs {
+		lease, err := leaseSeconds(o.Lease)
+		if err != nil {
+			return nil, fmt.Errorf("promise %q: %w", o.Key, err)
+		}
 		resp, err := c.CreatePendingAsset(ctx, &assetv1.CreatePendingAssetRequest{
-			TaskId:    taskID,
-			Label:     o.Label,
-			MediaType: o.MediaType,
-			Type:      o.Type,
+			TaskId:       taskID,
+			Label:        o.Label,
+			MediaType:    o.MediaType,
+			Type:         o.Type,
+			LeaseSeconds: lease,
 		})
 		if err != nil {
 			return nil, fmt.Errorf("promise %q: %w", o.Key, err)

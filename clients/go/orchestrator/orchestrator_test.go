@@ -103,7 +103,8 @@ func startServer() (addr, importRoot, token string, stop func(), err error) {
 		"--import-root", importRoot,
 		"--tokens-file", tokensFile,
 		"--token-secret-file", secretFile,
-		"--shutdown-grace", "2")
+		"--shutdown-grace", "2",
+		"--lease-check-interval", "0.2") // a lease's expiry is seen within 0.2 s
 	cmd.Dir = repo
 	for _, kv := range os.Environ() { // the server reads ASSET_SERVICE_* as settings
 		if !strings.HasPrefix(kv, "ASSET_SERVICE_") {
@@ -540,8 +541,32 @@ func TestTaskTokenRoundTrip(t *testing.T) {
 	if status.Code(err) != codes.PermissionDenied {
 		t.Errorf("CreatePendingAsset with a task token: %v, want PermissionDenied", err)
 	}
+	// It renews the leases of its own task's promises, and only those.
+	leased, err := orchestrator.Promise(ctx, c, task, []orchestrator.Output{
+		{Key: "leased", Label: "leased.txt", Type: assetv1.AssetType_ASSET_TYPE_VALUE, Lease: time.Minute},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	foreignLeased, err := orchestrator.Promise(ctx, c, other, []orchestrator.Output{
+		{Key: "leased", Label: "leased.txt", Type: assetv1.AssetType_ASSET_TYPE_VALUE, Lease: time.Minute},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	renewed, err := orchestrator.RenewLease(ctx, worker, leased["leased"].GetId(), 2*time.Minute)
+	if err != nil {
+		t.Fatalf("RenewLease with the task token: %v", err)
+	}
+	if left := time.Until(renewed.GetLeaseExpireTime().AsTime()); left <= time.Minute || left > 2*time.Minute+5*time.Second {
+		t.Errorf("renewed lease runs out in %v, want about 2m", left)
+	}
+	_, err = orchestrator.RenewLease(ctx, worker, foreignLeased["leased"].GetId(), 0)
+	if status.Code(err) != codes.PermissionDenied {
+		t.Errorf("RenewLease of another task's promise: %v, want PermissionDenied", err)
+	}
 	if n := minter.mints.Load(); n != 1 {
-		t.Errorf("TaskTokenSource minted %d times for 5 calls, want 1", n)
+		t.Errorf("TaskTokenSource minted %d times for 7 calls, want 1", n)
 	}
 }
 

@@ -18,6 +18,8 @@ import {
   MintTaskTokenRequest,
   MintTaskTokenResponse,
   ReadAssetRequest,
+  RenewLeaseRequest,
+  RenewLeaseResponse,
   WatchAssetRequest,
   WatchAssetResponse,
 } from "./gen/asset/v1/asset_service";
@@ -25,10 +27,31 @@ import { type Security, type TokenSource, connection } from "./security";
 
 type Callback<T> = (err: grpc.ServiceError | null, res: T) => void;
 
-function unary<T>(invoke: (cb: Callback<T>) => unknown): Promise<T> {
+function unary<T>(invoke: (cb: Callback<T>) => grpc.ClientUnaryCall, signal?: AbortSignal): Promise<T> {
   return new Promise((resolve, reject) => {
-    invoke((err, res) => (err ? reject(err) : resolve(res)));
+    const cancel = (): void => call.cancel(); // the call then fails with CANCELLED
+    const call = invoke((err, res) => {
+      signal?.removeEventListener("abort", cancel);
+      if (err) reject(err);
+      else resolve(res);
+    });
+    if (signal?.aborted) call.cancel();
+    else signal?.addEventListener("abort", cancel, { once: true });
   });
+}
+
+/** How one call may be bounded: `signal` cancels it, `deadline` fails it with DEADLINE_EXCEEDED. */
+export interface CallOptions {
+  signal?: AbortSignal;
+  deadline?: Date;
+}
+
+/** `seconds` for a uint32 lease field; a RangeError for anything else (nothing is sent). */
+function checkLeaseSeconds(seconds: number): number {
+  if (!Number.isInteger(seconds) || seconds < 0 || seconds > 0xffffffff) {
+    throw new RangeError(`lease ${seconds} is not a whole number of seconds from 0 to 2^32-1`);
+  }
+  return seconds;
 }
 
 /** A bearer token scoped to one task, as MintTaskToken returns it. */
@@ -60,7 +83,9 @@ export class AssetService {
     this.raw.close();
   }
 
+  /** A PENDING asset; with `leaseSeconds` (not 0) it must be renewed (`renewLease`) or it fails. */
   async createPendingAsset(req: DeepPartial<CreatePendingAssetRequest>): Promise<Asset> {
+    if (req.leaseSeconds !== undefined) checkLeaseSeconds(req.leaseSeconds);
     const res = await unary<CreatePendingAssetResponse>((cb) => this.raw.createPendingAsset(CreatePendingAssetRequest.fromPartial(req), cb));
     return required(res.asset);
   }
@@ -72,6 +97,22 @@ export class AssetService {
 
   async failAsset(assetId: string, reason: string): Promise<Asset> {
     const res = await unary<FailAssetResponse>((cb) => this.raw.failAsset(FailAssetRequest.fromPartial({ assetId, reason }), cb));
+    return required(res.asset);
+  }
+
+  /**
+   * Extends a PENDING asset's lease to now + `leaseSeconds` (0: the lease it was promised
+   * with). Rejects with FAILED_PRECONDITION when the asset is not PENDING, was promised
+   * without a lease or its lease already ran out, INVALID_ARGUMENT past the server's
+   * --max-lease-seconds. Needs the worker role, or a task token of the asset's task.
+   */
+  async renewLease(assetId: string, leaseSeconds = 0, options: CallOptions = {}): Promise<Asset> {
+    const req = RenewLeaseRequest.fromPartial({ assetId, leaseSeconds: checkLeaseSeconds(leaseSeconds) });
+    const callOptions: Partial<grpc.CallOptions> = options.deadline ? { deadline: options.deadline } : {};
+    const res = await unary<RenewLeaseResponse>(
+      (cb) => this.raw.renewLease(req, new grpc.Metadata(), callOptions, cb),
+      options.signal,
+    );
     return required(res.asset);
   }
 

@@ -23,13 +23,19 @@ export interface Output {
   label: string;
   mediaType: string;
   type: AssetType;
+  /**
+   * A lease in whole seconds (0 or absent: none): unless the producing task renews it
+   * (`renewLease`, `keepLease`) before it runs out, the server fails the asset.
+   */
+  leaseSeconds?: number;
 }
 
-/** Creates one PENDING asset per output of `taskId`, by key. */
+/** Creates one PENDING asset per output of `taskId` (leased if it has `leaseSeconds`), by key. */
 export async function promise(svc: AssetService, taskId: string, outputs: Output[]): Promise<Map<string, Asset>> {
   const promised = new Map<string, Asset>();
   for (const o of outputs) {
-    promised.set(o.key, await svc.createPendingAsset({ taskId, label: o.label, mediaType: o.mediaType, type: o.type }));
+    const { label, mediaType, type, leaseSeconds = 0 } = o;
+    promised.set(o.key, await svc.createPendingAsset({ taskId, label, mediaType, type, leaseSeconds }));
   }
   return promised;
 }

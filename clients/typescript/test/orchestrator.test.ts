@@ -6,7 +6,8 @@ import { after, before, describe, test } from "node:test";
 import { status, type ServiceError } from "@grpc/grpc-js";
 
 import { AssetService, taskTokenSource } from "../src/client";
-import { AssetStatus, AssetType, WatchEventType } from "../src/gen/asset/v1/asset_service";
+import { type Asset, AssetStatus, AssetType, WatchEventType } from "../src/gen/asset/v1/asset_service";
+import { keepLease } from "../src/lease";
 import { promise, runExample, watch } from "../src/orchestrator";
 import { type TokenSource, connection, isLoopbackTarget } from "../src/security";
 import { type TestServer, testServer } from "./server";
@@ -15,6 +16,23 @@ const PENDING = AssetStatus.ASSET_STATUS_PENDING;
 const AVAILABLE = AssetStatus.ASSET_STATUS_AVAILABLE;
 const FAILED = AssetStatus.ASSET_STATUS_FAILED;
 const UNKNOWN_ID = "00000000-0000-4000-8000-000000000000";
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/** `p`, or a rejection once `ms` have passed (the timer is cleared either way). */
+async function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what} after ${ms} ms`)), ms);
+  });
+  try {
+    return await Promise.race([p, late]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
 
 function taskId(name: string): string {
   return `ts-${name}-${Date.now()}-${Math.floor(Math.random() * 1e6)}`;
@@ -182,7 +200,121 @@ describe("asset service from TypeScript", () => {
       status.PERMISSION_DENIED,
     );
     await rejectsWith(worker.createPendingAsset({ taskId: task, label: "more" }), status.PERMISSION_DENIED);
+
+    // It renews the leases of its own task's promises, and only those.
+    const leasedOut = out.map((o) => ({ ...o, leaseSeconds: 60 }));
+    const leasedId = (await promise(svc, task, leasedOut)).get("out")!.id;
+    const foreignLeasedId = (await promise(svc, `${task}-other`, leasedOut)).get("out")!.id;
+    const renewed = await worker.renewLease(leasedId, 120);
+    const runsOut = renewed.leaseExpireTime!.getTime() - Date.now();
+    assert.ok(runsOut > 60_000 && runsOut <= 125_000, `renewed lease runs out in ${runsOut} ms, want about 2 min`);
+    await rejectsWith(worker.renewLease(foreignLeasedId), status.PERMISSION_DENIED);
     assert.equal(mints, 1, "the worker's token source mints once and reuses the token");
+  });
+
+  /** A PENDING VALUE asset of a fresh task, with this lease. */
+  async function promiseOne(leaseSeconds: number): Promise<Asset> {
+    const out = [{ key: "out", label: "out.txt", mediaType: "text/plain", type: AssetType.ASSET_TYPE_VALUE, leaseSeconds }];
+    return (await promise(svc, taskId("lease"), out)).get("out")!;
+  }
+
+  test("keepLease holds a 1 s lease past its end until the promise is fulfilled", async () => {
+    const p = await promiseOne(1);
+    assert.equal(p.leaseSeconds, 1);
+    const first = p.leaseExpireTime!.getTime();
+    const left = first - Date.now();
+    assert.ok(left > 0 && left <= 1100, `a 1 s lease runs out in ${left} ms`);
+
+    // Well past the first lease's end (the server looks every 0.2 s).
+    const keeper = keepLease(svc, p.id, 300);
+    let ended = false;
+    void keeper.done.then(() => (ended = true));
+    await sleep(2500);
+    assert.equal(ended, false, "the keeper ended while the promise was PENDING");
+    const a = await svc.getAsset(p.id);
+    assert.equal(a.status, PENDING, `after 2.5 s of renewals: ${a.failureReason}`);
+    const movedBy = a.leaseExpireTime!.getTime() - first;
+    assert.ok(movedBy >= 1500, `the lease was moved by ${movedBy} ms in 2.5 s`);
+    await keeper.stop();
+    assert.equal(ended, true, "stop() resolved before the keeper had ended");
+    assert.equal(await keeper.done, undefined);
+
+    const fulfilled = await svc.fulfillAsset({ assetId: p.id, content: { $case: "value", value: { kind: { $case: "text", value: "kept" } } } });
+    assert.equal(fulfilled.status, AVAILABLE);
+  });
+
+  test("a lease nobody renews fails the promise, and a keeper started too late ends", async () => {
+    const started = Date.now();
+    const p = await promiseOne(1);
+    const statuses: AssetStatus[] = [];
+    const final = await watch(svc, [p.id], (ev) => {
+      statuses.push(ev.asset!.status);
+    });
+    const took = Date.now() - started;
+    assert.deepEqual(statuses, [PENDING, FAILED]);
+    const a = final.get(p.id)!;
+    assert.ok(a.failureReason.startsWith("lease expired"), a.failureReason);
+    assert.equal(a.updatedBy, "lease");
+    assert.ok(took >= 900, `FAILED after ${took} ms, before its 1 s lease ran out`);
+
+    await rejectsWith(svc.renewLease(p.id), status.FAILED_PRECONDITION, p.id);
+    const keeper = keepLease(svc, p.id, 50);
+    const err = (await within(keeper.done, 5000, "the keeper still runs")) as ServiceError;
+    assert.equal(err.code, status.FAILED_PRECONDITION, `keeper ended with ${String(err)}`);
+    await rejectsWith(keeper.stop(), status.FAILED_PRECONDITION, p.id);
+  });
+
+  test("renewLease errors: no lease, unknown asset, too long, not whole seconds, cancelled", async () => {
+    const p = await promiseOne(0);
+    assert.equal(p.leaseSeconds, 0);
+    assert.equal(p.leaseExpireTime, undefined);
+    await rejectsWith(svc.renewLease(p.id, 10), status.FAILED_PRECONDITION, p.id);
+    await rejectsWith(svc.renewLease(UNKNOWN_ID), status.NOT_FOUND);
+    const leased = await promiseOne(60);
+    await rejectsWith(svc.renewLease(leased.id, 2 * 86400), status.INVALID_ARGUMENT);
+    await assert.rejects(svc.renewLease(leased.id, -1), RangeError);
+    await assert.rejects(svc.renewLease(leased.id, 0.5), RangeError);
+    await assert.rejects(promiseOne(1.5), RangeError);
+    // A call can be cancelled, or bounded by a deadline.
+    await rejectsWith(svc.renewLease(leased.id, 0, { signal: AbortSignal.abort() }), status.CANCELLED);
+    await rejectsWith(svc.renewLease(leased.id, 0, { deadline: new Date(Date.now() - 1) }), status.DEADLINE_EXCEEDED);
+
+    // The keeper of a promise without a lease ends on the first refusal.
+    const keeper = keepLease(svc, p.id, 50);
+    const err = (await within(keeper.done, 5000, "the keeper still runs")) as ServiceError;
+    assert.equal(err.code, status.FAILED_PRECONDITION, `keeper ended with ${String(err)}`);
+    await assert.rejects(keepLease(svc, p.id, 0).stop(), RangeError);
+  });
+
+  test("keepLease retries transient errors, and nothing renews after stop() or the signal", async () => {
+    const p = await promiseOne(5);
+    let calls = 0;
+    const flaky: Pick<AssetService, "renewLease"> = {
+      renewLease: (...args) => {
+        calls += 1;
+        if (calls <= 2) {
+          return Promise.reject(Object.assign(new Error("connection reset (injected)"), { code: status.UNAVAILABLE }));
+        }
+        return svc.renewLease(...args);
+      },
+    };
+    const keeper = keepLease(flaky, p.id, 100);
+    let ended = false;
+    void keeper.done.then(() => (ended = true));
+    for (const until = Date.now() + 5000; calls < 4 && Date.now() < until && !ended; ) await sleep(20);
+    await keeper.stop(); // rejects if the UNAVAILABLE renewals had ended it
+    assert.ok(calls >= 4, `${calls} renewals in 5 s at 100 ms`);
+    const a = await svc.getAsset(p.id);
+    assert.ok(a.leaseExpireTime! > p.leaseExpireTime!, "the renewals after the transient errors did not move the lease");
+    const after = calls;
+    await sleep(300);
+    assert.equal(calls, after, "renewals after stop()");
+
+    const abort = new AbortController();
+    const aborted = keepLease(svc, p.id, 100, abort.signal);
+    abort.abort();
+    assert.equal(await within(aborted.done, 5000, "the aborted keeper still runs"), undefined);
+    await aborted.stop();
   });
 });
 

@@ -95,6 +95,7 @@ export async function testServer(): Promise<TestServer> {
       "--tokens-file", tokensFile,
       "--token-secret-file", secretFile,
       "--shutdown-grace", "2",
+      "--lease-check-interval", "0.2", // a lease's expiry is seen within 0.2 s
     ],
     { cwd: repo, env, stdio: ["ignore", "ignore", "pipe"] },
   );
