@@ -32,8 +32,13 @@ HEADER = (
 )
 
 # Names unasync would get wrong or does not know (it would make AsyncAssetClient
-# "SyncAssetClient").
-NAMES = {"AsyncAssetClient": "AssetClient", "aclose": "close"}
+# "SyncAssetClient"). Each must be a name in aio.py. An asyncio task cannot be unasync'ed
+# into a thread, so asset_client/_leases.py holds both lease keepers and this picks one.
+NAMES = {
+    "AsyncAssetClient": "AssetClient",
+    "aclose": "close",
+    "AsyncLeaseKeeper": "LeaseKeeper",
+}
 
 # Whole methods of AsyncAssetClient replaced by a blocking version. grpc's asyncio client
 # needs explicit writes that stop at an early answer (grpc/grpc#36066); the blocking client
@@ -75,6 +80,10 @@ TEXT = [
     ("await self._channel.close(None)", "self._channel.close()"),
     ("asyncio.sleep(", "time.sleep("),
     ("AsyncGenerator[WatchEvent, None]", "Generator[WatchEvent, None, None]"),
+    (
+        "`async with client.keep_lease(asset_id) as lease:`",
+        "`with client.keep_lease(asset_id) as lease:`",
+    ),
     ("from typing import Any, TypeVar\n", "from typing import Any, TypeVar, cast\n"),
 ]
 
@@ -164,7 +173,11 @@ def _ruff(source: str, *args: str) -> str:
 
 def render() -> str:
     """The text of client.py, generated from aio.py."""
-    source = _replace_methods(SOURCE.read_text())
+    original = SOURCE.read_text()
+    used = {t.src for t in tokenize_rt.src_to_tokens(original) if t.name == "NAME"}
+    if missing := sorted(set(NAMES) - used):
+        raise SystemExit(f"{SOURCE.name} no longer uses {', '.join(missing)}; update NAMES")
+    source = _replace_methods(original)
     for old, new in TEXT:
         if source.count(old) != 1:
             raise SystemExit(

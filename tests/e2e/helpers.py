@@ -1,13 +1,19 @@
-"""Helpers shared by the end-to-end tests: uploads, storage inspection, error checks."""
+"""Helpers shared by the end-to-end tests: uploads, storage inspection, errors, client drivers."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
-from collections.abc import AsyncIterator, Iterable, Iterator
+import inspect
+import threading
+from collections.abc import AsyncIterator, Coroutine, Iterable, Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 
 import grpc
 import pytest
+from asset_client import AsyncAssetClient
 
 from asset_service._proto.asset.v1 import asset_service_pb2 as pb
 from asset_service._proto.asset.v1 import asset_service_pb2_grpc as pb_grpc
@@ -104,3 +110,95 @@ async def expect_error(
     for fragment in fragments:
         assert fragment in (err.details() or ""), f"{fragment!r} not in {err.details()!r}"
     return err
+
+
+T = TypeVar("T")
+
+
+class AsyncDriver:
+    """Drives an AsyncAssetClient from blocking test code, so one test body covers both clients.
+
+    The client lives on an event loop in a thread of its own; the coroutines and async
+    iterators its methods return run there and come back as plain values and iterators.
+    """
+
+    def __init__(self, address: str) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+
+        async def connect() -> AsyncAssetClient:
+            return AsyncAssetClient(address, timeout=15)  # its channel binds to this loop
+
+        self.inner = self._run(connect())
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    @property
+    def _stub(self) -> Any:
+        return self.inner._stub
+
+    @_stub.setter
+    def _stub(self, stub: Any) -> None:
+        self.inner._stub = stub
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self.inner, name)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            result = method(*args, **kwargs)
+            if inspect.isasyncgen(result):
+                return self._iterate(result)
+            if inspect.iscoroutine(result):
+                return self._run(result)
+            if hasattr(result, "__aenter__"):  # keep_lease
+                return self._enter(result)
+            return result
+
+        return call
+
+    @contextlib.contextmanager
+    def _enter(self, manager: Any) -> Iterator[Any]:
+        """`async with` on the client's loop, as a `with` block in the caller's thread."""
+        value = self._run(manager.__aenter__())
+        try:
+            yield value
+        except BaseException as exc:
+            if not self._run(manager.__aexit__(type(exc), exc, exc.__traceback__)):
+                raise
+        else:
+            self._run(manager.__aexit__(None, None, None))
+
+    def task_names(self) -> set[str]:
+        """The names of the tasks not done on the client's loop."""
+
+        async def names() -> set[str]:
+            return {t.get_name() for t in asyncio.all_tasks()}
+
+        return self._run(names())
+
+    def _iterate(self, events: Any) -> Iterator[Any]:
+        async def step() -> tuple[bool, Any]:
+            try:
+                return False, await anext(events)
+            except StopAsyncIteration:
+                return True, None
+
+        try:
+            while True:
+                done, item = self._run(step())
+                if done:
+                    return
+                yield item
+        finally:
+            self._run(events.aclose())
+
+    def close(self) -> None:
+        try:
+            self._run(self.inner.close())
+            self._run(self._loop.shutdown_default_executor())
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+            self._loop.close()

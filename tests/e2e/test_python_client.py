@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-import inspect
 import json
 import os
 import subprocess
@@ -12,9 +10,9 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Coroutine, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
 import grpc
 import pytest
@@ -38,80 +36,11 @@ from asset_client import (
 )
 from asset_client._convert import pb
 
+from tests.e2e.helpers import AsyncDriver
 from tests.serverproc import ServerProcess
 
 REPO = Path(__file__).resolve().parents[2]
 WORKER = REPO / "clients" / "python" / "examples" / "worker.py"
-
-
-T = TypeVar("T")
-
-
-class _AsyncDriver:
-    """Drives an AsyncAssetClient from blocking test code, so one test body covers both clients.
-
-    The client lives on an event loop in a thread of its own; the coroutines and async
-    iterators its methods return run there and come back as plain values and iterators.
-    """
-
-    def __init__(self, address: str) -> None:
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._thread.start()
-
-        async def connect() -> AsyncAssetClient:
-            return AsyncAssetClient(address, timeout=15)  # its channel binds to this loop
-
-        self.inner = self._run(connect())
-
-    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
-
-    @property
-    def _stub(self) -> Any:
-        return self.inner._stub
-
-    @_stub.setter
-    def _stub(self, stub: Any) -> None:
-        self.inner._stub = stub
-
-    def __getattr__(self, name: str) -> Any:
-        method = getattr(self.inner, name)
-
-        def call(*args: Any, **kwargs: Any) -> Any:
-            result = method(*args, **kwargs)
-            if inspect.isasyncgen(result):
-                return self._iterate(result)
-            if inspect.iscoroutine(result):
-                return self._run(result)
-            return result
-
-        return call
-
-    def _iterate(self, events: Any) -> Iterator[Any]:
-        async def step() -> tuple[bool, Any]:
-            try:
-                return False, await anext(events)
-            except StopAsyncIteration:
-                return True, None
-
-        try:
-            while True:
-                done, item = self._run(step())
-                if done:
-                    return
-                yield item
-        finally:
-            self._run(events.aclose())
-
-    def close(self) -> None:
-        try:
-            self._run(self.inner.close())
-            self._run(self._loop.shutdown_default_executor())
-        finally:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(10)
-            self._loop.close()
 
 
 @pytest.fixture(params=["sync", "asyncio"])
@@ -121,7 +50,7 @@ def client(request: pytest.FixtureRequest, server: ServerProcess) -> Iterator[As
         with AssetClient(server.address, timeout=15) as c:
             yield c
         return
-    driver = _AsyncDriver(server.address)
+    driver = AsyncDriver(server.address)
     try:
         yield cast(AssetClient, driver)
     finally:
@@ -306,7 +235,7 @@ def test_upload_refused_early_raises_the_servers_error(client: AssetClient, tmp_
     # grpc's asyncio client can still replace the server's status with "INTERNAL: Internal
     # error from Core" when the answer lands while a chunk is in flight (grpc/grpc#36066);
     # AsyncAssetClient narrows that window, it cannot close it. The sync client is exact.
-    lost = (InternalError,) if isinstance(client, _AsyncDriver) else ()
+    lost = (InternalError,) if isinstance(client, AsyncDriver) else ()
 
     with pytest.raises((NotFoundError, *lost)) as unknown:
         client.upload(src, pending_asset_id=str(uuid.uuid4()), progress=False)

@@ -11,7 +11,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-from asset_client import AssetClient, AsyncAssetClient, aio, client
+from asset_client import AssetClient, AsyncAssetClient, AsyncLeaseKeeper, LeaseKeeper, aio, client
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -46,15 +46,25 @@ def _shape(sig: inspect.Signature, unset: Any) -> list[tuple[str, Any, Any]]:
 def test_both_clients_have_the_same_methods_and_parameters() -> None:
     sync, asyncio_ = _public(AssetClient), _public(AsyncAssetClient)
     assert sorted(sync) == sorted(asyncio_)
-    assert {"upload", "download", "watch", "wait_until_available", "list"} <= set(sync)
+    streams_and_waits = {"upload", "download", "watch", "wait_until_available", "list"}
+    assert {*streams_and_waits, "renew_lease", "keep_lease"} <= set(sync)
     for name in sync:
         assert _shape(sync[name], client._UNSET) == _shape(asyncio_[name], aio._UNSET), name
         assert inspect.iscoroutinefunction(getattr(AsyncAssetClient, name)) or name in (
             "__init__",
             "list",
             "watch",
+            "keep_lease",  # returns an async context manager
         ), name
         assert not inspect.iscoroutinefunction(getattr(AssetClient, name)), name
+
+
+def test_each_client_gets_its_own_lease_keeper() -> None:
+    # An asyncio task for the asyncio client, a thread for the blocking one (NAMES picks it).
+    assert inspect.signature(AssetClient.keep_lease).return_annotation == "LeaseKeeper"
+    assert inspect.signature(AsyncAssetClient.keep_lease).return_annotation == "AsyncLeaseKeeper"
+    assert hasattr(LeaseKeeper, "__enter__") and not hasattr(LeaseKeeper, "__aenter__")
+    assert hasattr(AsyncLeaseKeeper, "__aenter__") and not hasattr(AsyncLeaseKeeper, "__enter__")
 
 
 def test_generated_file_says_it_is_generated() -> None:
@@ -76,6 +86,10 @@ def test_a_rule_that_no_longer_matches_stops_generation(
 
     source.write_text(text.replace("import grpc.aio\n", ""))
     with pytest.raises(SystemExit, match=r"import grpc\.aio"):
+        gen.render()
+
+    source.write_text(text.replace("AsyncLeaseKeeper", "AsyncKeeper"))
+    with pytest.raises(SystemExit, match=r"no longer uses AsyncLeaseKeeper; update NAMES"):
         gen.render()
 
 

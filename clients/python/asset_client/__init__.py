@@ -1,5 +1,6 @@
 """Typed Python client (sync and asyncio) for the Asset Service."""
 
+from asset_client._leases import AsyncLeaseKeeper, LeaseKeeper
 from asset_client.aio import AsyncAssetClient
 from asset_client.client import AssetClient
 from asset_client.errors import (
@@ -49,6 +50,7 @@ __all__ = [
     "AssetStatus",
     "AssetType",
     "AsyncAssetClient",
+    "AsyncLeaseKeeper",
     "CancelledError",
     "ConflictError",
     "DataLossError",
@@ -56,6 +58,7 @@ __all__ = [
     "FailedPreconditionError",
     "InternalError",
     "InvalidArgumentError",
+    "LeaseKeeper",
     "Manifest",
     "NotFoundError",
     "PermissionDeniedError",

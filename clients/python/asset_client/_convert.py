@@ -102,6 +102,12 @@ def asset_from_pb(msg: pb.Asset) -> Asset:
         revision=msg.revision,
         created_by=msg.created_by,
         updated_by=msg.updated_by,
+        lease_seconds=msg.lease_seconds,
+        lease_expires_at=(
+            msg.lease_expire_time.ToDatetime(tzinfo=UTC)
+            if msg.HasField("lease_expire_time")
+            else None
+        ),
     )
 
 

@@ -415,7 +415,12 @@ def list_request(
 
 
 def create_pending_request(
-    task_id: str, label: str, media_type: str, type_: AssetType, tags: Iterable[str]
+    task_id: str,
+    label: str,
+    media_type: str,
+    type_: AssetType,
+    tags: Iterable[str],
+    lease_seconds: int,
 ) -> pb.CreatePendingAssetRequest:
     return pb.CreatePendingAssetRequest(
         task_id=task_id,
@@ -423,6 +428,7 @@ def create_pending_request(
         media_type=media_type,
         type=_convert.type_to_pb(type_),
         tags=_convert.tags_list(tags),
+        lease_seconds=lease_seconds,
     )
 
 

@@ -29,6 +29,7 @@ import grpc.aio
 
 from asset_client import _convert, _core
 from asset_client._convert import pb, pb_grpc
+from asset_client._leases import AsyncLeaseKeeper
 from asset_client.errors import DeadlineExceededError, from_rpc_error
 from asset_client.models import (
     Asset,
@@ -204,10 +205,17 @@ class AsyncAssetClient:
         type: AssetType = AssetType.FILE,
         tags: Iterable[str] = (),
         *,
+        lease_seconds: int = 0,
         timeout: float | None = None,
     ) -> Asset:
-        """Promise an asset that task `task_id` will produce."""
-        request = _core.create_pending_request(task_id, label, media_type, type, tags)
+        """Promise an asset that task `task_id` will produce.
+
+        With `lease_seconds` (0: none) the promise fails by itself ("lease expired at ...")
+        unless renewed within that many seconds, again and again (renew_lease, keep_lease).
+        """
+        request = _core.create_pending_request(
+            task_id, label, media_type, type, tags, lease_seconds
+        )
         response = await self._call(self._stub.CreatePendingAsset, request, timeout)
         return _convert.asset_from_pb(response.asset)
 
@@ -246,6 +254,36 @@ class AsyncAssetClient:
         )
         response = await self._call(self._stub.MintTaskToken, request, timeout)
         return TaskToken(response.token, response.expires_at.ToDatetime(tzinfo=UTC))
+
+    # -- leases --------------------------------------------------------------------------
+
+    async def renew_lease(
+        self, asset_id: str, lease_seconds: int = 0, *, timeout: float | None = None
+    ) -> Asset:
+        """Extend a PENDING asset's lease to now + lease_seconds (0: its promised lease).
+
+        FailedPreconditionError once the asset is not PENDING, was promised without a lease
+        or its lease ran out; InvalidArgumentError past the server's --max-lease-seconds.
+        """
+        request = pb.RenewLeaseRequest(asset_id=asset_id, lease_seconds=lease_seconds)
+        response = await self._call(self._stub.RenewLease, request, timeout)
+        return _convert.asset_from_pb(response.asset)
+
+    def keep_lease(self, asset_id: str, *, every: float | None = None) -> AsyncLeaseKeeper:
+        """Renew a promise's lease in the background while a block runs.
+
+        `async with client.keep_lease(asset_id) as lease:` renews every `every` seconds
+        (default: a third of the asset's lease_seconds, read with one GetAsset on entry;
+        at least 0.05), first one interval after entry, each renewal with a deadline of
+        one interval (at most the client's timeout). UNAVAILABLE and DEADLINE_EXCEEDED
+        are retried at the next tick. Any other refusal (the asset was failed or deleted,
+        its lease ran out) stops the renewals, is logged as a warning and kept as
+        `lease.lost`, and the block goes on: check `lease.lost` before delivering. A
+        refusal because the asset became AVAILABLE (fulfilled in the block) stops them
+        quietly; a promise without a lease has nothing to renew. Leaving the block stops
+        the renewer and waits for it, however the block ends.
+        """
+        return AsyncLeaseKeeper(self, asset_id, every)
 
     # -- reading -------------------------------------------------------------------------
 

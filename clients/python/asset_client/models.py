@@ -84,6 +84,10 @@ class Asset:
     # Who created it, and who made its latest change (see the proto's Asset).
     created_by: str = ""
     updated_by: str = ""
+    # A promise's lease (create_pending's lease_seconds; 0: none) and when it runs out
+    # (aware UTC; None without a lease). Kept once the asset is AVAILABLE or FAILED.
+    lease_seconds: int = 0
+    lease_expires_at: datetime | None = None
 
     @property
     def is_terminal(self) -> bool:
