@@ -106,6 +106,16 @@ def streaming(
     return wrapper
 
 
+def _answer_within(context: Ctx) -> float | None:
+    """Seconds a waiting call may wait so that its answer still beats the client's
+    deadline (a tenth of what is left, at most half a second, goes to writing the
+    manifest and sending the answer); None without a deadline."""
+    remaining = context.time_remaining()
+    if remaining is None:
+        return None
+    return max(0.0, remaining - min(0.5, remaining / 10))
+
+
 class AssetServicer(pb_grpc.AssetServiceServicer):
     def __init__(
         self,
@@ -356,7 +366,10 @@ class AssetServicer(pb_grpc.AssetServiceServicer):
         self, request: pb.GetManifestRequest, context: Ctx
     ) -> pb.GetManifestResponse:
         manifest = await self.manager.manifest(
-            dict(request.asset_mappings), convert.struct_to_dict(request.config_params)
+            dict(request.asset_mappings),
+            convert.struct_to_dict(request.config_params),
+            wait=request.wait,
+            wait_seconds=_answer_within(context),
         )
         return pb.GetManifestResponse(manifest_path=str(manifest.path), entries=manifest.entries)
 

@@ -48,7 +48,9 @@ RULES: dict[str, Rule] = {
         Role.READER, TaskAccess.READ, "asset_ids", ("after_revision", "follow")
     ),
     _S + "ReadAsset": Rule(Role.READER, TaskAccess.READ, "asset_id", ("offset", "limit")),
-    _S + "GetManifest": Rule(Role.READER, TaskAccess.READ, "asset_mappings", ("config_params",)),
+    _S + "GetManifest": Rule(
+        Role.READER, TaskAccess.READ, "asset_mappings", ("config_params", "wait")
+    ),
     _S + "UploadAsset": Rule(
         Role.WORKER, TaskAccess.WRITE, "header.pending_asset_id", _HEADER, audited=True
     ),

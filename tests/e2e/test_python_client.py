@@ -578,6 +578,23 @@ def test_worker_fulfills_its_output(
     assert (tmp_path / "result.txt").read_text() == "HELLO WORKER!"
 
 
+def test_worker_keeps_a_leased_output_alive_while_its_command_runs(
+    server: ServerProcess, helper: AssetClient, tmp_path: Path
+) -> None:
+    """A 1-second lease and a 3-second command: without keep_lease the server (sweeping
+    every second) would fail the output long before the upload."""
+    slow = tmp_path / "slow.py"
+    slow.write_text("import sys, time\ntime.sleep(3)\nopen(sys.argv[1], 'w').write('late')\n")
+    output = helper.create_pending("task-slow", "slow.txt", lease_seconds=1)
+    proc = _worker(
+        server, "--output", output.id, "--command", f"{sys.executable} {slow} {{output}}"
+    )
+    assert proc.returncode == 0, proc.stderr
+    done = helper.get(output.id)
+    assert done.status is AssetStatus.AVAILABLE and done.size_bytes == 4
+    assert done.lease_expires_at is not None and done.lease_expires_at > output.lease_expires_at  # type: ignore[operator]
+
+
 def test_worker_fails_its_output_with_the_command_error(
     server: ServerProcess, helper: AssetClient
 ) -> None:

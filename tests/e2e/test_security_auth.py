@@ -278,8 +278,8 @@ async def test_task_token_completes_its_own_task_and_nothing_else(
     assert renewed.asset.updated_by == "task:task-a"
     got = await stub.GetAsset(pb.GetAssetRequest(asset_id=env.value_id), metadata=task)
     assert got.asset.value.text == "readable"
-    await stub.GetManifest(
-        pb.GetManifestRequest(asset_mappings={"note": env.value_id}), metadata=task
+    await stub.GetManifest(  # `wait` is open to task tokens too
+        pb.GetManifestRequest(asset_mappings={"note": env.value_id}, wait=True), metadata=task
     )
     done = await stub.FulfillAsset(
         pb.FulfillAssetRequest(asset_id=mine, value=pb.Value(text="result")), metadata=task

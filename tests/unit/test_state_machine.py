@@ -18,6 +18,7 @@ from asset_service.domain.errors import (
     InvalidArgument,
     LimitExceeded,
     ManifestBlocked,
+    ManifestWaitTimeout,
     NotFound,
     OutcomeUnknown,
     PermissionDenied,
@@ -284,6 +285,14 @@ async def manifest_blocked(w: World) -> None:
     assert [(b.key, b.state) for b in err.blocking] == [("in", "PENDING")]
 
 
+async def manifest_wait_timeout(w: World) -> None:
+    p = await promise(w)
+    wait = w.manager.manifest({"in": p.id}, {}, wait=True, wait_seconds=0.05)
+    err = await expect(w, ManifestWaitTimeout, wait)
+    assert isinstance(err, ManifestWaitTimeout)
+    assert [(b.key, b.state) for b in err.blocking] == [("in", "PENDING")]
+
+
 async def conflict(w: World) -> None:
     p = await promise(w)
     results = await asyncio.gather(
@@ -354,6 +363,7 @@ ERROR_CASES: dict[type[AssetError], Callable[[World], Awaitable[None]]] = {
     NotFound: not_found,
     FailedPrecondition: failed_precondition,
     ManifestBlocked: manifest_blocked,
+    ManifestWaitTimeout: manifest_wait_timeout,
     Conflict: conflict,
     PermissionDenied: permission_denied,
     ResourceExhausted: resource_exhausted,

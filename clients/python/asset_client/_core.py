@@ -477,9 +477,9 @@ def register_request(
 
 
 def manifest_request(
-    mappings: Mapping[str, str], config_params: Mapping[str, Any] | None
+    mappings: Mapping[str, str], config_params: Mapping[str, Any] | None, wait: bool = False
 ) -> pb.GetManifestRequest:
-    request = pb.GetManifestRequest(asset_mappings=dict(mappings))
+    request = pb.GetManifestRequest(asset_mappings=dict(mappings), wait=wait)
     struct = _convert.struct_from_dict(config_params)
     if struct is not None:
         request.config_params.CopyFrom(struct)

@@ -319,10 +319,15 @@ class AssetClient:
         mappings: Mapping[str, str],
         config_params: Mapping[str, Any] | None = None,
         *,
+        wait: bool = False,
         timeout: float | None = None,
     ) -> Manifest:
-        """Have the server write input_data.json for these input keys -> asset ids."""
-        request = _core.manifest_request(mappings, config_params)
+        """Have the server write input_data.json for these input keys -> asset ids.
+
+        With `wait`, inputs still PENDING are waited for (up to `timeout`, the call's
+        deadline) instead of refused at once; a FAILED input still ends it with an error.
+        """
+        request = _core.manifest_request(mappings, config_params, wait)
         response = self._call(self._stub.GetManifest, request, timeout)
         return _convert.manifest_from_pb(response)
 

@@ -9,7 +9,8 @@
 the command must write (default: a fresh file in a temporary folder, or --output-file). On
 success that file is uploaded as the fulfillment of the PENDING asset; if an input FAILED,
 the wait times out, or the command fails, the PENDING asset is failed with the reason (the
-tail of the command's stderr), so that every task waiting on it learns why.
+tail of the command's stderr), so that every task waiting on it learns why. An output
+promised with a lease is renewed the whole time (keep_lease).
 Exit status: 0 fulfilled, 1 output failed, 2 bad usage, 3 the output could not be updated.
 """
 
@@ -141,7 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     with AssetClient(args.server) as client, tempfile.TemporaryDirectory() as tmp:
         try:
-            return run(args, client, Path(tmp))
+            # A leased output stays PENDING while this task works (nothing to do without one).
+            with client.keep_lease(args.output):
+                return run(args, client, Path(tmp))
         except AssetServiceError as exc:
             print(f"worker: {exc}", file=sys.stderr)
             return 3

@@ -971,6 +971,15 @@ class GetManifestRequest(_message.Message):
 
     ASSET_MAPPINGS_FIELD_NUMBER: _builtins.int
     CONFIG_PARAMS_FIELD_NUMBER: _builtins.int
+    WAIT_FIELD_NUMBER: _builtins.int
+    wait: _builtins.bool
+    """If set and an input is still PENDING, wait until every input is AVAILABLE
+    instead of answering FAILED_PRECONDITION at once. An input that becomes
+    FAILED (or is deleted) ends the wait with FAILED_PRECONDITION naming it; the
+    call's deadline ends it with DEADLINE_EXCEEDED naming what is still
+    PENDING (the answer comes a little before the deadline, so the client gets
+    it). Without a deadline it waits as long as it takes.
+    """
     @_builtins.property
     def asset_mappings(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Input key (e.g. "video") to asset id."""
@@ -984,10 +993,11 @@ class GetManifestRequest(_message.Message):
         *,
         asset_mappings: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         config_params: _struct_pb2.Struct | None = ...,
+        wait: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["config_params", b"config_params"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["asset_mappings", b"asset_mappings", "config_params", b"config_params"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["asset_mappings", b"asset_mappings", "config_params", b"config_params", "wait", b"wait"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

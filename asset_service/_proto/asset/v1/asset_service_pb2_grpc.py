@@ -210,7 +210,9 @@ class AssetServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetManifest(self, request, context):
-        """GetManifest writes input_data.json for a task and returns its path.
+        """GetManifest writes input_data.json for a task and returns its path. With
+        `wait`, it first waits (within the call's deadline) until no input is
+        PENDING.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

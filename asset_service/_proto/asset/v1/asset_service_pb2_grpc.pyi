@@ -84,7 +84,10 @@ class AssetServiceStub:
     ReadAsset: _grpc.UnaryStreamMultiCallable[_asset_service_pb2.ReadAssetRequest, _asset_service_pb2.ReadAssetResponse]
     """ReadAsset streams the bytes of an AVAILABLE asset in chunks."""
     GetManifest: _grpc.UnaryUnaryMultiCallable[_asset_service_pb2.GetManifestRequest, _asset_service_pb2.GetManifestResponse]
-    """GetManifest writes input_data.json for a task and returns its path."""
+    """GetManifest writes input_data.json for a task and returns its path. With
+    `wait`, it first waits (within the call's deadline) until no input is
+    PENDING.
+    """
     DeleteAsset: _grpc.UnaryUnaryMultiCallable[_asset_service_pb2.DeleteAssetRequest, _asset_service_pb2.DeleteAssetResponse]
     """DeleteAsset removes an asset's record and its bytes."""
     MintTaskToken: _grpc.UnaryUnaryMultiCallable[_asset_service_pb2.MintTaskTokenRequest, _asset_service_pb2.MintTaskTokenResponse]
@@ -135,7 +138,10 @@ class AssetServiceAsyncStub(AssetServiceStub):
     ReadAsset: _aio.UnaryStreamMultiCallable[_asset_service_pb2.ReadAssetRequest, _asset_service_pb2.ReadAssetResponse]  # type: ignore[assignment]
     """ReadAsset streams the bytes of an AVAILABLE asset in chunks."""
     GetManifest: _aio.UnaryUnaryMultiCallable[_asset_service_pb2.GetManifestRequest, _asset_service_pb2.GetManifestResponse]  # type: ignore[assignment]
-    """GetManifest writes input_data.json for a task and returns its path."""
+    """GetManifest writes input_data.json for a task and returns its path. With
+    `wait`, it first waits (within the call's deadline) until no input is
+    PENDING.
+    """
     DeleteAsset: _aio.UnaryUnaryMultiCallable[_asset_service_pb2.DeleteAssetRequest, _asset_service_pb2.DeleteAssetResponse]  # type: ignore[assignment]
     """DeleteAsset removes an asset's record and its bytes."""
     MintTaskToken: _aio.UnaryUnaryMultiCallable[_asset_service_pb2.MintTaskTokenRequest, _asset_service_pb2.MintTaskTokenResponse]  # type: ignore[assignment]
@@ -261,7 +267,10 @@ class AssetServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _asset_service_pb2.GetManifestRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_asset_service_pb2.GetManifestResponse, _abc.Awaitable[_asset_service_pb2.GetManifestResponse]]:
-        """GetManifest writes input_data.json for a task and returns its path."""
+        """GetManifest writes input_data.json for a task and returns its path. With
+        `wait`, it first waits (within the call's deadline) until no input is
+        PENDING.
+        """
 
     @_abc_1.abstractmethod
     def DeleteAsset(

@@ -2029,7 +2029,14 @@ type GetManifestRequest struct {
 	// Input key (e.g. "video") to asset id.
 	AssetMappings map[string]string `protobuf:"bytes,1,rep,name=asset_mappings,json=assetMappings,proto3" json:"asset_mappings,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// Copied as is into input_data.json under "config_params".
-	ConfigParams  *structpb.Struct `protobuf:"bytes,2,opt,name=config_params,json=configParams,proto3" json:"config_params,omitempty"`
+	ConfigParams *structpb.Struct `protobuf:"bytes,2,opt,name=config_params,json=configParams,proto3" json:"config_params,omitempty"`
+	// If set and an input is still PENDING, wait until every input is AVAILABLE
+	// instead of answering FAILED_PRECONDITION at once. An input that becomes
+	// FAILED (or is deleted) ends the wait with FAILED_PRECONDITION naming it; the
+	// call's deadline ends it with DEADLINE_EXCEEDED naming what is still
+	// PENDING (the answer comes a little before the deadline, so the client gets
+	// it). Without a deadline it waits as long as it takes.
+	Wait          bool `protobuf:"varint,3,opt,name=wait,proto3" json:"wait,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2076,6 +2083,13 @@ func (x *GetManifestRequest) GetConfigParams() *structpb.Struct {
 		return x.ConfigParams
 	}
 	return nil
+}
+
+func (x *GetManifestRequest) GetWait() bool {
+	if x != nil {
+		return x.Wait
+	}
+	return false
 }
 
 // GetManifestResponse tells where input_data.json was written.
@@ -2474,10 +2488,11 @@ const file_asset_v1_asset_service_proto_rawDesc = "" +
 	"\x05limit\x18\x03 \x01(\x03R\x05limit\"A\n" +
 	"\x11ReadAssetResponse\x12\x14\n" +
 	"\x05chunk\x18\x01 \x01(\fR\x05chunk\x12\x16\n" +
-	"\x06offset\x18\x02 \x01(\x03R\x06offset\"\xec\x01\n" +
+	"\x06offset\x18\x02 \x01(\x03R\x06offset\"\x80\x02\n" +
 	"\x12GetManifestRequest\x12V\n" +
 	"\x0easset_mappings\x18\x01 \x03(\v2/.asset.v1.GetManifestRequest.AssetMappingsEntryR\rassetMappings\x12<\n" +
-	"\rconfig_params\x18\x02 \x01(\v2\x17.google.protobuf.StructR\fconfigParams\x1a@\n" +
+	"\rconfig_params\x18\x02 \x01(\v2\x17.google.protobuf.StructR\fconfigParams\x12\x12\n" +
+	"\x04wait\x18\x03 \x01(\bR\x04wait\x1a@\n" +
 	"\x12AssetMappingsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xbc\x01\n" +

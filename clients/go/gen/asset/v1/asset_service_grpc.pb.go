@@ -88,7 +88,9 @@ type AssetServiceClient interface {
 	WatchAsset(ctx context.Context, in *WatchAssetRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchAssetResponse], error)
 	// ReadAsset streams the bytes of an AVAILABLE asset in chunks.
 	ReadAsset(ctx context.Context, in *ReadAssetRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ReadAssetResponse], error)
-	// GetManifest writes input_data.json for a task and returns its path.
+	// GetManifest writes input_data.json for a task and returns its path. With
+	// `wait`, it first waits (within the call's deadline) until no input is
+	// PENDING.
 	GetManifest(ctx context.Context, in *GetManifestRequest, opts ...grpc.CallOption) (*GetManifestResponse, error)
 	// DeleteAsset removes an asset's record and its bytes.
 	DeleteAsset(ctx context.Context, in *DeleteAssetRequest, opts ...grpc.CallOption) (*DeleteAssetResponse, error)
@@ -315,7 +317,9 @@ type AssetServiceServer interface {
 	WatchAsset(*WatchAssetRequest, grpc.ServerStreamingServer[WatchAssetResponse]) error
 	// ReadAsset streams the bytes of an AVAILABLE asset in chunks.
 	ReadAsset(*ReadAssetRequest, grpc.ServerStreamingServer[ReadAssetResponse]) error
-	// GetManifest writes input_data.json for a task and returns its path.
+	// GetManifest writes input_data.json for a task and returns its path. With
+	// `wait`, it first waits (within the call's deadline) until no input is
+	// PENDING.
 	GetManifest(context.Context, *GetManifestRequest) (*GetManifestResponse, error)
 	// DeleteAsset removes an asset's record and its bytes.
 	DeleteAsset(context.Context, *DeleteAssetRequest) (*DeleteAssetResponse, error)

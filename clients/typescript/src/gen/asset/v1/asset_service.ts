@@ -462,7 +462,18 @@ export interface GetManifestRequest {
   /** Input key (e.g. "video") to asset id. */
   assetMappings: { [key: string]: string };
   /** Copied as is into input_data.json under "config_params". */
-  configParams?: { [key: string]: any } | undefined;
+  configParams?:
+    | { [key: string]: any }
+    | undefined;
+  /**
+   * If set and an input is still PENDING, wait until every input is AVAILABLE
+   * instead of answering FAILED_PRECONDITION at once. An input that becomes
+   * FAILED (or is deleted) ends the wait with FAILED_PRECONDITION naming it; the
+   * call's deadline ends it with DEADLINE_EXCEEDED naming what is still
+   * PENDING (the answer comes a little before the deadline, so the client gets
+   * it). Without a deadline it waits as long as it takes.
+   */
+  wait: boolean;
 }
 
 export interface GetManifestRequest_AssetMappingsEntry {
@@ -3482,7 +3493,7 @@ export const ReadAssetResponse: MessageFns<ReadAssetResponse> = {
 };
 
 function createBaseGetManifestRequest(): GetManifestRequest {
-  return { assetMappings: {}, configParams: undefined };
+  return { assetMappings: {}, configParams: undefined, wait: false };
 }
 
 export const GetManifestRequest: MessageFns<GetManifestRequest> = {
@@ -3492,6 +3503,9 @@ export const GetManifestRequest: MessageFns<GetManifestRequest> = {
     });
     if (message.configParams !== undefined) {
       Struct.encode(Struct.wrap(message.configParams), writer.uint32(18).fork()).join();
+    }
+    if (message.wait !== false) {
+      writer.uint32(24).bool(message.wait);
     }
     return writer;
   },
@@ -3526,6 +3540,14 @@ export const GetManifestRequest: MessageFns<GetManifestRequest> = {
             }
 
             message.configParams = Struct.unwrap(Struct.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.wait = reader.bool();
             continue;
           }
         }
@@ -3574,6 +3596,7 @@ export const GetManifestRequest: MessageFns<GetManifestRequest> = {
         : isObject(object.config_params)
         ? object.config_params
         : undefined,
+      wait: isSet(object.wait) ? globalThis.Boolean(object.wait) : false,
     };
   },
 
@@ -3590,6 +3613,9 @@ export const GetManifestRequest: MessageFns<GetManifestRequest> = {
     }
     if (message.configParams !== undefined) {
       obj.configParams = message.configParams;
+    }
+    if (message.wait !== false) {
+      obj.wait = message.wait;
     }
     return obj;
   },
@@ -3609,6 +3635,7 @@ export const GetManifestRequest: MessageFns<GetManifestRequest> = {
       {},
     );
     message.configParams = object.configParams ?? undefined;
+    message.wait = object.wait ?? false;
     return message;
   },
 };
@@ -4399,7 +4426,11 @@ export const AssetServiceService = {
     responseSerialize: (value: ReadAssetResponse): Buffer => Buffer.from(ReadAssetResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): ReadAssetResponse => ReadAssetResponse.decode(value),
   },
-  /** GetManifest writes input_data.json for a task and returns its path. */
+  /**
+   * GetManifest writes input_data.json for a task and returns its path. With
+   * `wait`, it first waits (within the call's deadline) until no input is
+   * PENDING.
+   */
   getManifest: {
     path: "/asset.v1.AssetService/GetManifest" as const,
     requestStream: false as const,
@@ -4477,7 +4508,11 @@ export interface AssetServiceServer extends UntypedServiceImplementation {
   watchAsset: handleServerStreamingCall<WatchAssetRequest, WatchAssetResponse>;
   /** ReadAsset streams the bytes of an AVAILABLE asset in chunks. */
   readAsset: handleServerStreamingCall<ReadAssetRequest, ReadAssetResponse>;
-  /** GetManifest writes input_data.json for a task and returns its path. */
+  /**
+   * GetManifest writes input_data.json for a task and returns its path. With
+   * `wait`, it first waits (within the call's deadline) until no input is
+   * PENDING.
+   */
   getManifest: handleUnaryCall<GetManifestRequest, GetManifestResponse>;
   /** DeleteAsset removes an asset's record and its bytes. */
   deleteAsset: handleUnaryCall<DeleteAssetRequest, DeleteAssetResponse>;
@@ -4681,7 +4716,11 @@ export interface AssetServiceClient extends Client {
     metadata?: Metadata,
     options?: Partial<CallOptions>,
   ): ClientReadableStream<ReadAssetResponse>;
-  /** GetManifest writes input_data.json for a task and returns its path. */
+  /**
+   * GetManifest writes input_data.json for a task and returns its path. With
+   * `wait`, it first waits (within the call's deadline) until no input is
+   * PENDING.
+   */
   getManifest(
     request: GetManifestRequest,
     callback: (error: ServiceError | null, response: GetManifestResponse) => void,
