@@ -295,6 +295,7 @@ class AssetServicer(pb_grpc.AssetServiceServicer):
         return pb.ListAssetsResponse(
             assets=[convert.asset_to_pb(a) for a in page.assets],
             next_page_token=page.next_token,
+            revision=page.revision,
         )
 
     @streaming

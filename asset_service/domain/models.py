@@ -180,6 +180,9 @@ class UploadHeader:
 class Page:
     assets: list[Asset] = field(default_factory=list)
     next_token: str = ""
+    # The store's revision the page was read at (one consistent cut with it): every change
+    # the page does not show has a higher revision. 0 where a store cannot tell.
+    revision: int = 0
 
 
 # What a record costs beyond its variable fields, in memory or on the wire (measured with

@@ -55,7 +55,14 @@ class MetadataStore(Protocol):
     ) -> Page:
         """Oldest first, at most `limit` records; raise InvalidArgument for a token this
         store did not issue. With `max_bytes`, the page also ends before the records'
-        approx_bytes() would pass it (it always holds at least one record)."""
+        approx_bytes() would pass it (it always holds at least one record).
+
+        The page and its `revision` (the highest revision committed) are one consistent
+        cut: a change the page does not show has a higher revision than `revision`.
+        """
+
+    async def current_revision(self) -> int:
+        """The highest revision committed so far (0 for an empty store)."""
 
     async def transition(
         self,

@@ -134,7 +134,11 @@ class MemoryStore:
         assets, last = _paging.fill_page(
             rows(), limit, max_bytes, lambda row: row[1], lambda row: row[0]
         )
-        return Page(assets, encode_token(last) if last is not None else "")
+        return Page(assets, encode_token(last) if last is not None else "", self._revision)
+
+    async def current_revision(self) -> int:
+        await self._enter()
+        return self._revision
 
     # --- writes -----------------------------------------------------------------------
 

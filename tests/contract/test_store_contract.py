@@ -371,6 +371,52 @@ async def list_all(backend: Backend, flt: AssetFilter, page_size: int) -> list[A
     raise AssertionError("pagination did not end")
 
 
+async def test_a_page_says_the_revision_it_was_read_at(backend: Backend) -> None:
+    store = backend.store
+    assert await store.current_revision() == 0
+    a = await store.insert(pending())
+    b = await store.transition(a.id, Status.PENDING, FULFILL, T0)
+    c = await store.insert(value_asset())
+    assert await store.current_revision() == c.revision
+    page = await store.query(AssetFilter(), 10, "")
+    assert page.revision == c.revision
+    assert [x.revision for x in page.assets] == [b.revision, c.revision]
+    gone = await store.delete(c.id)
+    assert gone is not None
+    later = await store.query(AssetFilter(), 10, "")
+    assert later.revision == gone.revision == await store.current_revision()
+    assert [x.id for x in later.assets] == [a.id]
+
+
+@pytest.mark.needs("snapshot_reads")
+async def test_a_page_and_its_revision_are_one_cut_while_writes_land(backend: Backend) -> None:
+    """Every record a page shows is at or below its revision, and every record whose
+    state has not changed since that revision is in the page as it is now: listing, then
+    watching from the page's revision, misses nothing and doubles nothing."""
+    store = backend.store
+    promises = [await store.insert(pending(label=f"p{i}.txt")) for i in range(40)]
+    pages = []
+
+    async def write(part: list[Asset]) -> None:
+        for i, p in enumerate(part):
+            await store.transition(p.id, Status.PENDING, FULFILL if i % 2 else Failure("x"), T0)
+            await store.insert(value_asset(label=f"v{i}.json"))
+
+    async def read() -> None:
+        for _ in range(40):
+            pages.append(await store.query(AssetFilter(), 1000, ""))
+
+    # Four writers at once: a page is read while several commits land.
+    await asyncio.gather(*(write(promises[i::4]) for i in range(4)), read(), read())
+    final = {x.id: x for x in (await store.query(AssetFilter(), 1000, "")).assets}
+    for page in pages:
+        shown = {x.id: x for x in page.assets}
+        assert all(x.revision <= page.revision for x in page.assets)
+        for asset_id, now in final.items():
+            if now.revision <= page.revision:
+                assert shown.get(asset_id) == now, (asset_id, page.revision)
+
+
 async def test_list_filters(backend: Backend) -> None:
     store = backend.store
     p1 = await store.insert(pending("a.txt", "task-a", ("raw", "user-1")))

@@ -419,6 +419,47 @@ async def test_list_filters_and_pages(stub: pb_grpc.AssetServiceStub) -> None:
     assert [a.id for a in batch.assets] == [ids[3], ids[1]]
 
 
+async def test_list_then_watch_from_the_list_revision_misses_and_doubles_nothing(
+    stub: pb_grpc.AssetServiceStub,
+) -> None:
+    """The informer pattern over ids: what changed after the listing (even before the
+    watch began) arrives once; what did not change does not arrive again."""
+    ids = [
+        (
+            await stub.CreatePendingAsset(
+                pb.CreatePendingAssetRequest(
+                    task_id="inf", label=f"o{i}", type=pb.ASSET_TYPE_VALUE, tags=["informer"]
+                )
+            )
+        ).asset.id
+        for i in range(3)
+    ]
+    listed = await stub.ListAssets(pb.ListAssetsRequest(tags=["informer"]))
+    assert [a.id for a in listed.assets] == ids
+    assert listed.revision == max(a.revision for a in listed.assets)
+    await stub.FulfillAsset(pb.FulfillAssetRequest(asset_id=ids[0], value=pb.Value(text="x")))
+    watch = stub.WatchAsset(
+        pb.WatchAssetRequest(asset_ids=ids, after_revision=listed.revision, follow=True)
+    )
+    try:
+        first = await watch.read()
+        assert (first.type, first.asset.id, first.asset.status) == (  # type: ignore[union-attr]
+            pb.WATCH_EVENT_TYPE_SNAPSHOT,
+            ids[0],
+            pb.ASSET_STATUS_AVAILABLE,
+        )
+        await stub.FailAsset(pb.FailAssetRequest(asset_id=ids[1], reason="no"))
+        second = await watch.read()
+        assert (second.type, second.asset.id, second.asset.status) == (  # type: ignore[union-attr]
+            pb.WATCH_EVENT_TYPE_CHANGED,
+            ids[1],
+            pb.ASSET_STATUS_FAILED,
+        )
+        assert second.revision > first.revision > listed.revision  # type: ignore[union-attr]
+    finally:
+        watch.cancel()
+
+
 async def test_delete_removes_record_and_bytes_and_tells_watchers(
     stub: pb_grpc.AssetServiceStub, server: ServerProcess
 ) -> None:

@@ -182,6 +182,7 @@ def faked(
     store._db = db or FakeDatabase()  # type: ignore[assignment]
     store._assets = assets  # type: ignore[assignment]
     store._counters = counters  # type: ignore[assignment]
+    store._transactions = False  # what open() finds on a standalone server
     return store
 
 

@@ -157,3 +157,63 @@ async def test_a_server_older_than_5_0_is_refused_at_open_with_why() -> None:
     with pytest.raises(Unavailable, match=r"older than 5\.0.*snapshot reads"):
         await store.open()
     assert old.closed
+
+
+class FakePageCursor(FakeCursor):
+    def sort(self, key: str, direction: int) -> FakePageCursor:
+        return self
+
+    def limit(self, n: int) -> FakePageCursor:
+        return self
+
+    async def close(self) -> None:
+        return None
+
+
+class FakePageAssets:
+    """The assets collection as ListAssets uses it: find(where, session=...)."""
+
+    def __init__(self) -> None:
+        self.sessions: list[AsyncClientSession | None] = []
+
+    def find(
+        self, where: dict[str, Any], session: AsyncClientSession | None = None
+    ) -> FakePageCursor:
+        self.sessions.append(session)
+        return FakePageCursor([{**asset_to_doc(ASSET, 5), "seq": 1}], None)
+
+
+class FakeCounters:
+    def __init__(self) -> None:
+        self.sessions: list[AsyncClientSession | None] = []
+
+    async def find_one(
+        self, where: dict[str, Any], session: AsyncClientSession | None = None
+    ) -> dict[str, Any]:
+        self.sessions.append(session)
+        return {"_id": "revision", "value": 42}
+
+
+@pytest.mark.parametrize("transactions", [True, False])
+async def test_a_page_and_the_counter_are_read_in_one_snapshot_session(
+    transactions: bool,
+) -> None:
+    """ListAssets' revision: the counter and the page at one cluster time (plain reads
+    without transactions, as on FerretDB)."""
+    from asset_service.domain.models import AssetFilter
+
+    assets, counters = FakePageAssets(), FakeCounters()
+    store = store_with(assets, transactions=transactions)  # type: ignore[arg-type]
+    store._counters = counters  # type: ignore[assignment]
+    try:
+        page = await store.query(AssetFilter(), 10, "")
+    finally:
+        await store.close()
+    assert page.revision == 42 and len(page.assets) == 1
+    session = counters.sessions[0]
+    assert assets.sessions == [session]
+    if transactions:
+        assert session is not None and session.options.snapshot is True
+        assert session.has_ended
+    else:
+        assert session is None

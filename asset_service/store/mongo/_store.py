@@ -381,31 +381,51 @@ class MongoStore:
             where["label"] = flt.label
         if flt.tags:
             where["tags"] = {"$all": list(flt.tags)}
-        cursor = (
-            self._assets.find(where)
-            .sort("seq", ASCENDING)
-            .limit(limit + 1)
-            .max_time_ms(_schema.QUERY_MAX_TIME_MS)
-        )
         docs: list[Doc] = []
         used, full = 0, False
         try:
-            # Read only what the page can hold, plus one document past it (so that
-            # fill_page knows more follow): the rest stays on the server.
-            async for doc in cursor:
-                docs.append(doc)
-                if len(docs) > limit or full:
-                    break
-                used += _doc_bytes(doc)
-                full = max_bytes is not None and used > max_bytes
+            async with contextlib.AsyncExitStack() as stack:
+                # The counter and the page in one snapshot session (one cluster time), as
+                # snapshot() reads; plain reads without transactions (FerretDB).
+                session = None
+                if self._transactions:
+                    session = await stack.enter_async_context(
+                        self._client.start_session(snapshot=True, causal_consistency=False)
+                    )
+                revision = await self._revision_in(session)
+                cursor = (
+                    self._assets.find(where, session=session)
+                    .sort("seq", ASCENDING)
+                    .limit(limit + 1)
+                    .max_time_ms(_schema.QUERY_MAX_TIME_MS)
+                )
+                try:
+                    # Read only what the page can hold, plus one document past it (so
+                    # that fill_page knows more follow): the rest stays on the server.
+                    async for doc in cursor:
+                        docs.append(doc)
+                        if len(docs) > limit or full:
+                            break
+                        used += _doc_bytes(doc)
+                        full = max_bytes is not None and used > max_bytes
+                finally:
+                    await cursor.close()
         except PyMongoError as exc:
             raise _unavailable(exc) from exc
-        finally:
-            await cursor.close()
         assets, last = _paging.fill_page(
             docs, limit, max_bytes, doc_to_asset, lambda d: int(d["seq"])
         )
-        return Page(assets, encode_token(last) if last is not None else "")
+        return Page(assets, encode_token(last) if last is not None else "", revision)
+
+    async def _revision_in(self, session: AsyncClientSession | None) -> int:
+        doc = await self._counters.find_one({"_id": "revision"}, session=session)
+        return int(doc["value"]) if doc else 0
+
+    async def current_revision(self) -> int:
+        try:
+            return await self._revision_in(None)
+        except PyMongoError as exc:
+            raise _unavailable(exc) from exc
 
     async def leases_run_out(self, now: datetime, limit: int) -> list[Asset]:
         where = {"status": Status.PENDING.value, "lease_expires_at": {"$lte": ms(now)}}

@@ -77,6 +77,11 @@ def _is_full(exc: sqlite3.Error) -> bool:
     return "database or disk is full" in str(exc)
 
 
+def _counter(c: sqlite3.Connection) -> int:
+    row = c.execute("SELECT value FROM counters WHERE name = 'revision'").fetchone()
+    return int(row[0]) if row else 0
+
+
 class SqliteStore:
     """Writes go through one writer thread in group transactions (_writer.py), so
     they are serialized and ordered; reads run on reader threads with their own connections.
@@ -280,17 +285,26 @@ class SqliteStore:
         sql = f"SELECT seq, {COLUMNS} FROM assets WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?"
 
         def q(c: sqlite3.Connection) -> Page:
-            # Rows are read one at a time, so a page that stops at max_bytes reads no more.
-            rows = c.execute(sql, (*args, limit + 1))
+            # One read transaction: the counter and the rows are one cut (WAL snapshot).
+            c.execute("BEGIN")
             try:
-                assets, last = _paging.fill_page(
-                    rows, limit, max_bytes, row_to_asset, lambda r: int(r["seq"])
-                )
+                revision = _counter(c)
+                # Rows are read one at a time: a page that stops at max_bytes reads no more.
+                rows = c.execute(sql, (*args, limit + 1))
+                try:
+                    assets, last = _paging.fill_page(
+                        rows, limit, max_bytes, row_to_asset, lambda r: int(r["seq"])
+                    )
+                finally:
+                    rows.close()
             finally:
-                rows.close()
-            return Page(assets, encode_token(last) if last is not None else "")
+                c.execute("COMMIT")
+            return Page(assets, encode_token(last) if last is not None else "", revision)
 
         return await self._read(q)
+
+    async def current_revision(self) -> int:
+        return await self._read(_counter)
 
     async def leases_run_out(self, now: datetime, limit: int) -> list[Asset]:
         sql = (

@@ -810,8 +810,15 @@ class ListAssetsResponse(_message.Message):
 
     ASSETS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
     """Empty on the last page."""
+    revision: _builtins.int
+    """The revision this page was read at, in one consistent cut with it: every
+    change the page does not show has a higher revision. To follow what was
+    listed, watch from it (WatchAsset after_revision): nothing is missed or sent
+    twice. Each page of a listing has its own.
+    """
     @_builtins.property
     def assets(self) -> _containers.RepeatedCompositeFieldContainer[Global___Asset]: ...
     def __init__(
@@ -819,10 +826,11 @@ class ListAssetsResponse(_message.Message):
         *,
         assets: _abc.Iterable[Global___Asset] | None = ...,
         next_page_token: _builtins.str = ...,
+        revision: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assets", b"assets", "next_page_token", b"next_page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assets", b"assets", "next_page_token", b"next_page_token", "revision", b"revision"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

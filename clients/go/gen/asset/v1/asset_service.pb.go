@@ -1732,6 +1732,11 @@ type ListAssetsResponse struct {
 	Assets []*Asset               `protobuf:"bytes,1,rep,name=assets,proto3" json:"assets,omitempty"`
 	// Empty on the last page.
 	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	// The revision this page was read at, in one consistent cut with it: every
+	// change the page does not show has a higher revision. To follow what was
+	// listed, watch from it (WatchAsset after_revision): nothing is missed or sent
+	// twice. Each page of a listing has its own.
+	Revision      int64 `protobuf:"varint,3,opt,name=revision,proto3" json:"revision,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1778,6 +1783,13 @@ func (x *ListAssetsResponse) GetNextPageToken() string {
 		return x.NextPageToken
 	}
 	return ""
+}
+
+func (x *ListAssetsResponse) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
 }
 
 // WatchAssetRequest names the assets to watch.
@@ -2470,10 +2482,11 @@ const file_asset_v1_asset_service_proto_rawDesc = "" +
 	"\x05label\x18\x05 \x01(\tR\x05label\x12\x1b\n" +
 	"\tpage_size\x18\x06 \x01(\x05R\bpageSize\x12\x1d\n" +
 	"\n" +
-	"page_token\x18\a \x01(\tR\tpageToken\"e\n" +
+	"page_token\x18\a \x01(\tR\tpageToken\"\x81\x01\n" +
 	"\x12ListAssetsResponse\x12'\n" +
 	"\x06assets\x18\x01 \x03(\v2\x0f.asset.v1.AssetR\x06assets\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"o\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\x12\x1a\n" +
+	"\brevision\x18\x03 \x01(\x03R\brevision\"o\n" +
 	"\x11WatchAssetRequest\x12\x1b\n" +
 	"\tasset_ids\x18\x01 \x03(\tR\bassetIds\x12%\n" +
 	"\x0eafter_revision\x18\x02 \x01(\x03R\rafterRevision\x12\x16\n" +

@@ -419,6 +419,13 @@ export interface ListAssetsResponse {
   assets: Asset[];
   /** Empty on the last page. */
   nextPageToken: string;
+  /**
+   * The revision this page was read at, in one consistent cut with it: every
+   * change the page does not show has a higher revision. To follow what was
+   * listed, watch from it (WatchAsset after_revision): nothing is missed or sent
+   * twice. Each page of a listing has its own.
+   */
+  revision: number;
 }
 
 /** WatchAssetRequest names the assets to watch. */
@@ -3004,7 +3011,7 @@ export const ListAssetsRequest: MessageFns<ListAssetsRequest> = {
 };
 
 function createBaseListAssetsResponse(): ListAssetsResponse {
-  return { assets: [], nextPageToken: "" };
+  return { assets: [], nextPageToken: "", revision: 0 };
 }
 
 export const ListAssetsResponse: MessageFns<ListAssetsResponse> = {
@@ -3014,6 +3021,9 @@ export const ListAssetsResponse: MessageFns<ListAssetsResponse> = {
     }
     if (message.nextPageToken !== "") {
       writer.uint32(18).string(message.nextPageToken);
+    }
+    if (message.revision !== 0) {
+      writer.uint32(24).int64(message.revision);
     }
     return writer;
   },
@@ -3047,6 +3057,14 @@ export const ListAssetsResponse: MessageFns<ListAssetsResponse> = {
             message.nextPageToken = reader.string();
             continue;
           }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.revision = longToNumber(reader.int64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3067,6 +3085,7 @@ export const ListAssetsResponse: MessageFns<ListAssetsResponse> = {
         : isSet(object.next_page_token)
         ? globalThis.String(object.next_page_token)
         : "",
+      revision: isSet(object.revision) ? globalThis.Number(object.revision) : 0,
     };
   },
 
@@ -3078,6 +3097,9 @@ export const ListAssetsResponse: MessageFns<ListAssetsResponse> = {
     if (message.nextPageToken !== "") {
       obj.nextPageToken = message.nextPageToken;
     }
+    if (message.revision !== 0) {
+      obj.revision = Math.round(message.revision);
+    }
     return obj;
   },
 
@@ -3088,6 +3110,7 @@ export const ListAssetsResponse: MessageFns<ListAssetsResponse> = {
     const message = createBaseListAssetsResponse();
     message.assets = object.assets?.map((e) => Asset.fromPartial(e)) || [];
     message.nextPageToken = object.nextPageToken ?? "";
+    message.revision = object.revision ?? 0;
     return message;
   },
 };
