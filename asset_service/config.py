@@ -68,6 +68,7 @@ class Settings:
     max_streams_per_connection: int = 100
     upload_idle_timeout_seconds: float = 60.0
     watch_buffer_bytes: int = 4 * 1024**2
+    watch_history_bytes: int = 32 * 1024**2
     watch_stall_timeout_seconds: float = 300.0
     allow_hardlinked_imports: bool = False
     direct_io: bool = True
@@ -227,6 +228,14 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "and the stream catches up from the store [ASSET_SERVICE_WATCH_BUFFER_BYTES]",
     )
     limits.add_argument(
+        "--watch-history-bytes",
+        type=parse_size,
+        default=parse_size(default("WATCH_HISTORY_BYTES", "32MiB")),
+        help="latest changes kept (records without values, ~1 KiB each) so that selector "
+        "watches can resume from a revision; an older one is refused with OUT_OF_RANGE and "
+        "the client lists again [ASSET_SERVICE_WATCH_HISTORY_BYTES]",
+    )
+    limits.add_argument(
         "--watch-stall-timeout",
         type=positive(float),
         default=float(default("WATCH_STALL_TIMEOUT", "300")),
@@ -366,6 +375,7 @@ def load_settings(
         max_streams_per_connection=args.max_streams_per_connection,
         upload_idle_timeout_seconds=args.upload_idle_timeout,
         watch_buffer_bytes=args.watch_buffer_bytes,
+        watch_history_bytes=args.watch_history_bytes,
         watch_stall_timeout_seconds=args.watch_stall_timeout,
         allow_hardlinked_imports=args.allow_hardlinked_imports,
         direct_io=args.direct_io,

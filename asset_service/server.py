@@ -248,6 +248,7 @@ async def start(settings: Settings, store: MetadataStore | None = None) -> Runni
         max_upload_bytes=settings.max_upload_bytes,
         manifest_ttl_seconds=settings.manifest_ttl_seconds,
         watch_buffer_bytes=settings.watch_buffer_bytes,
+        watch_history_bytes=settings.watch_history_bytes,
         max_lease_seconds=settings.max_lease_seconds,
     )
     manager = AssetManager(store, storage, limits, manifests)

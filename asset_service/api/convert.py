@@ -22,6 +22,7 @@ from asset_service.domain.models import (
     ValueKind,
     check_json_data,
 )
+from asset_service.domain.selectors import Selector
 
 _STATUS_TO_PB = {
     Status.PENDING: pb.ASSET_STATUS_PENDING,
@@ -121,6 +122,16 @@ def filter_from_pb(req: pb.ListAssetsRequest) -> AssetFilter:
         tags=tuple(req.tags),
         created_by_task=req.created_by_task,
         label=req.label,
+    )
+
+
+def selector_from_pb(msg: pb.AssetSelector) -> Selector:
+    return Selector(
+        task_id=msg.task_id,
+        tags=tuple(msg.tags),
+        status=status_from_pb(msg.status),
+        type=type_from_pb(msg.type),
+        label=msg.label,
     )
 
 

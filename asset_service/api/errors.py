@@ -18,6 +18,7 @@ STATUS_CODES: dict[type[errors.AssetError], grpc.StatusCode] = {
     errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
     errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.Timeout: grpc.StatusCode.DEADLINE_EXCEEDED,
+    errors.HistoryGone: grpc.StatusCode.OUT_OF_RANGE,
     errors.IntegrityError: grpc.StatusCode.DATA_LOSS,
     errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
     Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,

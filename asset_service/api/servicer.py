@@ -302,9 +302,19 @@ class AssetServicer(pb_grpc.AssetServiceServicer):
     async def WatchAsset(
         self, request: pb.WatchAssetRequest, context: Ctx
     ) -> AsyncIterator[pb.WatchAssetResponse]:
-        events = await self.manager.watch(
-            list(request.asset_ids), request.after_revision, request.follow
-        )
+        if request.HasField("selector"):
+            if request.asset_ids:
+                raise InvalidArgument(
+                    "give asset_ids or a selector, not both (a selector already picks its "
+                    "assets; watch the ids in a stream of their own)"
+                )
+            events = await self.manager.watch_selector(
+                convert.selector_from_pb(request.selector), request.after_revision
+            )
+        else:
+            events = await self.manager.watch(
+                list(request.asset_ids), request.after_revision, request.follow
+            )
         stall = self.watch_stall_timeout
         sent = request.after_revision
         clock = asyncio.get_running_loop().time

@@ -54,6 +54,24 @@ class Timeout(AssetError):
     """The client stayed silent (or did not read) for longer than a configured limit."""
 
 
+class HistoryGone(AssetError):
+    """A selector watch asked for changes older than this server's change history."""
+
+    def __init__(self, after: int, floor: int | None) -> None:
+        held = (
+            f"it holds the changes after revision {floor}"
+            if floor is not None
+            else "it is starting anew after its change source lost its place"
+        )
+        super().__init__(
+            f"revision {after} is older than this server's change history ({held}; it keeps "
+            "the latest --watch-history-bytes of changes and begins at each start): list "
+            "again (ListAssets gives the revision of its page) and watch from that revision"
+        )
+        self.after = after
+        self.floor = floor
+
+
 class IntegrityError(AssetError):
     """Content does not match the size or digest the caller declared, or stored bytes are gone."""
 

@@ -51,6 +51,9 @@ from asset_service.domain.models import (
     validate_tags,
     validate_task_id,
 )
+from asset_service.domain.models import (
+    WatchEvent as WatchEvent,  # re-exported: the API layer converts it
+)
 from asset_service.domain.ports import (
     BlobStorage,
     Chunk,
@@ -59,15 +62,13 @@ from asset_service.domain.ports import (
     StagedBlob,
 )
 from asset_service.domain.reads import READ_BATCH
+from asset_service.domain.selectors import DEFAULT_HISTORY_BYTES, Selector, SelectorStream
 from asset_service.domain.values import parse_value, value_sha256
 from asset_service.domain.watch import (
     DEFAULT_BUFFER_BYTES,
     DEFAULT_CATCH_UP_BATCH,
     ChangeHub,
     WatchStream,
-)
-from asset_service.domain.watch import (
-    WatchEvent as WatchEvent,  # re-exported: the API layer converts it
 )
 
 log = logging.getLogger(__name__)
@@ -94,6 +95,8 @@ class Limits:
     watch_catch_up_batch: int = DEFAULT_CATCH_UP_BATCH
     # The longest lease a promise may be created or renewed with.
     max_lease_seconds: int = 86400
+    # The latest changes kept for selector watches (slim records, estimated bytes).
+    watch_history_bytes: int = DEFAULT_HISTORY_BYTES
 
 
 def _now() -> datetime:
@@ -114,7 +117,7 @@ class AssetManager:
         self.storage = storage
         self.limits = limits
         self.manifests = manifests
-        self.hub = ChangeHub(limits.watch_buffer_bytes)
+        self.hub = ChangeHub(limits.watch_buffer_bytes, limits.watch_history_bytes)
         self.commits = Committer(store)
         self._locks = KeyedLocks()
 
@@ -127,7 +130,7 @@ class AssetManager:
         await self.store.open()
         await self.recover()
         await self.reconcile()
-        self.hub.start(self.store.changes())
+        self.hub.start(self.store.changes(), self.store.current_revision)
 
     async def stop(self) -> None:
         await self.commits.stop()
@@ -569,6 +572,26 @@ class AssetManager:
             self.limits.watch_catch_up_batch,
         )
         return stream.events()
+
+    async def watch_selector(
+        self, selector: Selector, after_revision: int
+    ) -> AsyncGenerator[WatchEvent, None]:
+        """Every change to the assets `selector` matches after `after_revision` (0: from
+        now), CHANGED or DELETED with slim records, in revision order, until cancelled.
+
+        HistoryGone if this process cannot replay from that revision: list again.
+        """
+        if after_revision < 0:
+            raise InvalidArgument(f"after_revision must not be negative ({after_revision})")
+        if selector.task_id:
+            validate_task_id(selector.task_id)
+        validate_tags(selector.tags)
+        history = self.hub.history
+        await history.ready()
+        if after_revision == 0:
+            after_revision = await self.store.current_revision()
+        history.check(after_revision)
+        return SelectorStream(history, selector, after_revision).events()
 
     # --- manifest ---------------------------------------------------------------------
 

@@ -17,10 +17,9 @@ from asset_service.domain.errors import (
     NotFound,
     shown,
 )
-from asset_service.domain.models import Asset, AssetType, Status, parse_asset_id
+from asset_service.domain.models import Asset, AssetType, Status, WatchEvent, parse_asset_id
 from asset_service.domain.ports import BlobStorage, ManifestDraft, ManifestStore, MetadataStore
 from asset_service.domain.reads import READ_BATCH
-from asset_service.domain.watch import WatchEvent
 
 # Opens a watch of these ids that ends once all are terminal (AssetManager.watch).
 Watch = Callable[[list[str]], Awaitable[AsyncGenerator[WatchEvent, None]]]

@@ -155,6 +155,18 @@ class Change:
 
 
 @dataclass(frozen=True)
+class WatchEvent:
+    """What a watcher is sent: the asset's state with its kind of event."""
+
+    kind: str  # "SNAPSHOT" | "CHANGED" | "DELETED"
+    asset: Asset
+
+    @property
+    def revision(self) -> int:
+        return self.asset.revision
+
+
+@dataclass(frozen=True)
 class Resync:
     """The change source lost history (e.g. its resume point fell off the oplog).
 

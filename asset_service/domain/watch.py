@@ -9,10 +9,10 @@ import logging
 from collections.abc import (
     AsyncGenerator,
     AsyncIterator,
+    Awaitable,
     Callable,
     Iterable,
 )
-from dataclasses import dataclass
 
 from asset_service.domain.models import (
     RECORD_OVERHEAD_BYTES,
@@ -22,9 +22,11 @@ from asset_service.domain.models import (
     ChangeKind,
     Resync,
     Status,
+    WatchEvent,
     approx_bytes,
 )
 from asset_service.domain.reads import GetMany, slim
+from asset_service.domain.selectors import DEFAULT_HISTORY_BYTES, History
 
 log = logging.getLogger(__name__)
 
@@ -133,8 +135,14 @@ class ChangeHub:
     in its buffer and can be sent first, keeping the stream in revision order.
     """
 
-    def __init__(self, buffer_bytes: int = DEFAULT_BUFFER_BYTES) -> None:
+    def __init__(
+        self, buffer_bytes: int = DEFAULT_BUFFER_BYTES, history_bytes: int = DEFAULT_HISTORY_BYTES
+    ) -> None:
         self._by_id: dict[str, set[Subscription]] = {}
+        # The latest changes, for selector watches (domain/selectors.py).
+        self.history = History(history_bytes)
+        self._current_revision: Callable[[], Awaitable[int]] | None = None
+        self._floor_pending = False
         self._buffer_bytes = buffer_bytes
         self._task: asyncio.Task[None] | None = None
         self._run: tuple[int, int] | None = None  # (first, last) revision delivered in a row
@@ -170,6 +178,7 @@ class ChangeHub:
             cost = change_cost(change)  # the same for every subscriber: estimated once
             for sub in tuple(subs):
                 sub._offer(change, cost)
+        self.history.append(change, self.slim(change.asset))
         self._signal()
 
     def slim(self, asset: Asset) -> Asset:
@@ -213,23 +222,51 @@ class ChangeHub:
             )
 
     def mark_all_lagged(self) -> None:
-        """The source lost history: every subscriber must re-read current state."""
+        """The source lost history: every subscriber must re-read current state, and the
+        selector watches' history starts anew once its floor is read again."""
         self._run = None
+        self.history.lost()
+        self._floor_pending = self._current_revision is not None
         for subs in tuple(self._by_id.values()):
             for sub in tuple(subs):
                 sub._lag()
         self._signal()
 
-    def start(self, source: AsyncIterator[Change | Resync]) -> None:
+    def start(
+        self,
+        source: AsyncIterator[Change | Resync],
+        current_revision: Callable[[], Awaitable[int]] | None = None,
+    ) -> None:
+        """Pump `source` (already complete from now on). With `current_revision` (the
+        store's), the history for selector watches begins at the revision it reads."""
+        self._current_revision = current_revision
+        self._floor_pending = current_revision is not None
         self._task = asyncio.create_task(self._pump(source), name="change-hub")
+
+    async def _read_floor(self) -> None:
+        """Begin the history at the store's current revision: the source was complete
+        from before it was read. Tried again before each change until it succeeds."""
+        assert self._current_revision is not None
+        try:
+            floor = await self._current_revision()
+        except Exception as exc:  # the store is unreachable: selector watches wait
+            log.warning("cannot begin the change history (selector watches wait): %s", exc)
+            return
+        self._floor_pending = False
+        self.history.start(floor)
 
     async def _pump(self, source: AsyncIterator[Change | Resync]) -> None:
         try:
+            if self._floor_pending:
+                await self._read_floor()
             async for change in source:
                 if isinstance(change, Resync):
                     log.warning("change history lost (%s); watchers re-read state", change.reason)
                     self.mark_all_lagged()
+                    await self._read_floor()
                 else:
+                    if self._floor_pending:
+                        await self._read_floor()
                     self.publish(change)
         except asyncio.CancelledError:
             raise
@@ -246,20 +283,11 @@ class ChangeHub:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
         self._closed = True
+        self.history.close()
         for subs in tuple(self._by_id.values()):
             for sub in tuple(subs):
                 sub._end()
         self._signal()
-
-
-@dataclass(frozen=True)
-class WatchEvent:
-    kind: str  # "SNAPSHOT" | "CHANGED" | "DELETED"
-    asset: Asset
-
-    @property
-    def revision(self) -> int:
-        return self.asset.revision
 
 
 def _revision(asset: Asset) -> int:

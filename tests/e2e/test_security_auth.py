@@ -261,6 +261,13 @@ async def test_task_token_completes_its_own_task_and_nothing_else(
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await _drain_watch(stub, [env.value_id, other], task)
     assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    # A selector would show other tasks' assets: closed to task tokens, even their own task.
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        selector = pb.AssetSelector(task_id="task-a")
+        async for _ in stub.WatchAsset(pb.WatchAssetRequest(selector=selector), metadata=task):
+            pass
+    assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "may not set selector" in (info.value.details() or "")
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await _upload(stub, task, pb.UploadHeader(pending_asset_id=theirs))
     assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED

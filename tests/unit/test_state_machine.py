@@ -14,6 +14,7 @@ from asset_service.domain.errors import (
     AssetError,
     Conflict,
     FailedPrecondition,
+    HistoryGone,
     IntegrityError,
     InvalidArgument,
     LimitExceeded,
@@ -38,6 +39,7 @@ from asset_service.domain.models import (
     ValueKind,
     new_asset_id,
 )
+from asset_service.domain.selectors import Selector
 from asset_service.security.errors import Unauthenticated
 from asset_service.storage.local import LocalStorage
 from asset_service.storage.manifests import LocalManifests
@@ -293,6 +295,19 @@ async def manifest_wait_timeout(w: World) -> None:
     assert [(b.key, b.state) for b in err.blocking] == [("in", "PENDING")]
 
 
+async def history_gone(w: World) -> None:
+    w.manager.hub.history.max_bytes = 1  # keeps only the latest change
+    first = await promise(w)
+    for _ in range(3):
+        await promise(w)
+    await asyncio.sleep(0)  # the hub publishes them
+    for _ in range(100):
+        if len(w.manager.hub.history) and w.manager.hub.history.floor != 0:
+            break
+        await asyncio.sleep(0.01)
+    await expect(w, HistoryGone, w.manager.watch_selector(Selector(), first.revision))
+
+
 async def conflict(w: World) -> None:
     p = await promise(w)
     results = await asyncio.gather(
@@ -364,6 +379,7 @@ ERROR_CASES: dict[type[AssetError], Callable[[World], Awaitable[None]]] = {
     FailedPrecondition: failed_precondition,
     ManifestBlocked: manifest_blocked,
     ManifestWaitTimeout: manifest_wait_timeout,
+    HistoryGone: history_gone,
     Conflict: conflict,
     PermissionDenied: permission_denied,
     ResourceExhausted: resource_exhausted,

@@ -16,8 +16,7 @@ from asset_service._proto.asset.v1 import asset_service_pb2_grpc as pb_grpc
 from asset_service.api import convert, wire
 from asset_service.api.stalls import StallGuard
 from asset_service.config import load_settings
-from asset_service.domain.models import Asset, AssetType, Status, Value, ValueKind
-from asset_service.domain.watch import WatchEvent
+from asset_service.domain.models import Asset, AssetType, Status, Value, ValueKind, WatchEvent
 from asset_service.server import RunningServer, start
 from asset_service.store.memory import MemoryStore
 

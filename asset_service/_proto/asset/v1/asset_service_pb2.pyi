@@ -845,6 +845,7 @@ class WatchAssetRequest(_message.Message):
     ASSET_IDS_FIELD_NUMBER: _builtins.int
     AFTER_REVISION_FIELD_NUMBER: _builtins.int
     FOLLOW_FIELD_NUMBER: _builtins.int
+    SELECTOR_FIELD_NUMBER: _builtins.int
     after_revision: _builtins.int
     """Resume: send only changes with a greater revision (the last revision seen)."""
     follow: _builtins.bool
@@ -853,20 +854,76 @@ class WatchAssetRequest(_message.Message):
     def asset_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """One or more asset ids."""
 
+    @_builtins.property
+    def selector(self) -> Global___AssetSelector:
+        """Instead of asset_ids: every change, after after_revision, of the assets this
+        selector picks, including assets created later; CHANGED and DELETED events
+        only (no snapshot: ListAssets with the same filter gives the current state
+        and the revision to watch from), records without their inline VALUE
+        content (GetAsset has it), and the stream follows until cancelled.
+        after_revision 0 means from now. A revision older than this server's change
+        history (it keeps the latest --watch-history-bytes of changes and begins
+        at each start) is refused with OUT_OF_RANGE: list again and watch from
+        the page's revision.
+        """
+
     def __init__(
         self,
         *,
         asset_ids: _abc.Iterable[_builtins.str] | None = ...,
         after_revision: _builtins.int = ...,
         follow: _builtins.bool = ...,
+        selector: Global___AssetSelector | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["selector", b"selector"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_revision", b"after_revision", "asset_ids", b"asset_ids", "follow", b"follow"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_revision", b"after_revision", "asset_ids", b"asset_ids", "follow", b"follow", "selector", b"selector"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WatchAssetRequest: _TypeAlias = WatchAssetRequest  # noqa: Y015
+
+@_typing.final
+class AssetSelector(_message.Message):
+    """AssetSelector picks assets; an empty selector picks every asset. Every
+    field must match.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASK_ID_FIELD_NUMBER: _builtins.int
+    TAGS_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    LABEL_FIELD_NUMBER: _builtins.int
+    task_id: _builtins.str
+    """The task that promised the asset (created_by_task)."""
+    status: Global___AssetStatus.ValueType
+    """The asset's status after the change. With PENDING, a promise's fulfilment
+    or failure is sent too: that event says it left the selection.
+    """
+    type: Global___AssetType.ValueType
+    label: _builtins.str
+    @_builtins.property
+    def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Every one of these tags."""
+
+    def __init__(
+        self,
+        *,
+        task_id: _builtins.str = ...,
+        tags: _abc.Iterable[_builtins.str] | None = ...,
+        status: Global___AssetStatus.ValueType = ...,
+        type: Global___AssetType.ValueType = ...,
+        label: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["label", b"label", "status", b"status", "tags", b"tags", "task_id", b"task_id", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AssetSelector: _TypeAlias = AssetSelector  # noqa: Y015
 
 @_typing.final
 class WatchAssetResponse(_message.Message):

@@ -196,7 +196,8 @@ class AssetServiceServicer:
     def WatchAsset(self, request, context):
         """WatchAsset streams the current state of each asset, then every change,
         in revision order. It ends with OK once every watched asset is terminal
-        (AVAILABLE, FAILED or deleted) unless `follow` is set.
+        (AVAILABLE, FAILED or deleted) unless `follow` is set. With a selector
+        instead of ids it follows every asset the selector picks (see selector).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -79,7 +79,8 @@ class AssetServiceStub:
     WatchAsset: _grpc.UnaryStreamMultiCallable[_asset_service_pb2.WatchAssetRequest, _asset_service_pb2.WatchAssetResponse]
     """WatchAsset streams the current state of each asset, then every change,
     in revision order. It ends with OK once every watched asset is terminal
-    (AVAILABLE, FAILED or deleted) unless `follow` is set.
+    (AVAILABLE, FAILED or deleted) unless `follow` is set. With a selector
+    instead of ids it follows every asset the selector picks (see selector).
     """
     ReadAsset: _grpc.UnaryStreamMultiCallable[_asset_service_pb2.ReadAssetRequest, _asset_service_pb2.ReadAssetResponse]
     """ReadAsset streams the bytes of an AVAILABLE asset in chunks."""
@@ -133,7 +134,8 @@ class AssetServiceAsyncStub(AssetServiceStub):
     WatchAsset: _aio.UnaryStreamMultiCallable[_asset_service_pb2.WatchAssetRequest, _asset_service_pb2.WatchAssetResponse]  # type: ignore[assignment]
     """WatchAsset streams the current state of each asset, then every change,
     in revision order. It ends with OK once every watched asset is terminal
-    (AVAILABLE, FAILED or deleted) unless `follow` is set.
+    (AVAILABLE, FAILED or deleted) unless `follow` is set. With a selector
+    instead of ids it follows every asset the selector picks (see selector).
     """
     ReadAsset: _aio.UnaryStreamMultiCallable[_asset_service_pb2.ReadAssetRequest, _asset_service_pb2.ReadAssetResponse]  # type: ignore[assignment]
     """ReadAsset streams the bytes of an AVAILABLE asset in chunks."""
@@ -250,7 +252,8 @@ class AssetServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_asset_service_pb2.WatchAssetResponse], _abc.AsyncIterator[_asset_service_pb2.WatchAssetResponse]]:
         """WatchAsset streams the current state of each asset, then every change,
         in revision order. It ends with OK once every watched asset is terminal
-        (AVAILABLE, FAILED or deleted) unless `follow` is set.
+        (AVAILABLE, FAILED or deleted) unless `follow` is set. With a selector
+        instead of ids it follows every asset the selector picks (see selector).
         """
 
     @_abc_1.abstractmethod

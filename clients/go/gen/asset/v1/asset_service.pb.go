@@ -1800,7 +1800,17 @@ type WatchAssetRequest struct {
 	// Resume: send only changes with a greater revision (the last revision seen).
 	AfterRevision int64 `protobuf:"varint,2,opt,name=after_revision,json=afterRevision,proto3" json:"after_revision,omitempty"`
 	// Keep the stream open after every asset is terminal.
-	Follow        bool `protobuf:"varint,3,opt,name=follow,proto3" json:"follow,omitempty"`
+	Follow bool `protobuf:"varint,3,opt,name=follow,proto3" json:"follow,omitempty"`
+	// Instead of asset_ids: every change, after after_revision, of the assets this
+	// selector picks, including assets created later; CHANGED and DELETED events
+	// only (no snapshot: ListAssets with the same filter gives the current state
+	// and the revision to watch from), records without their inline VALUE
+	// content (GetAsset has it), and the stream follows until cancelled.
+	// after_revision 0 means from now. A revision older than this server's change
+	// history (it keeps the latest --watch-history-bytes of changes and begins
+	// at each start) is refused with OUT_OF_RANGE: list again and watch from
+	// the page's revision.
+	Selector      *AssetSelector `protobuf:"bytes,4,opt,name=selector,proto3" json:"selector,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1856,6 +1866,95 @@ func (x *WatchAssetRequest) GetFollow() bool {
 	return false
 }
 
+func (x *WatchAssetRequest) GetSelector() *AssetSelector {
+	if x != nil {
+		return x.Selector
+	}
+	return nil
+}
+
+// AssetSelector picks assets; an empty selector picks every asset. Every
+// field must match.
+type AssetSelector struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The task that promised the asset (created_by_task).
+	TaskId string `protobuf:"bytes,1,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
+	// Every one of these tags.
+	Tags []string `protobuf:"bytes,2,rep,name=tags,proto3" json:"tags,omitempty"`
+	// The asset's status after the change. With PENDING, a promise's fulfilment
+	// or failure is sent too: that event says it left the selection.
+	Status        AssetStatus `protobuf:"varint,3,opt,name=status,proto3,enum=asset.v1.AssetStatus" json:"status,omitempty"`
+	Type          AssetType   `protobuf:"varint,4,opt,name=type,proto3,enum=asset.v1.AssetType" json:"type,omitempty"`
+	Label         string      `protobuf:"bytes,5,opt,name=label,proto3" json:"label,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AssetSelector) Reset() {
+	*x = AssetSelector{}
+	mi := &file_asset_v1_asset_service_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AssetSelector) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AssetSelector) ProtoMessage() {}
+
+func (x *AssetSelector) ProtoReflect() protoreflect.Message {
+	mi := &file_asset_v1_asset_service_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AssetSelector.ProtoReflect.Descriptor instead.
+func (*AssetSelector) Descriptor() ([]byte, []int) {
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *AssetSelector) GetTaskId() string {
+	if x != nil {
+		return x.TaskId
+	}
+	return ""
+}
+
+func (x *AssetSelector) GetTags() []string {
+	if x != nil {
+		return x.Tags
+	}
+	return nil
+}
+
+func (x *AssetSelector) GetStatus() AssetStatus {
+	if x != nil {
+		return x.Status
+	}
+	return AssetStatus_ASSET_STATUS_UNSPECIFIED
+}
+
+func (x *AssetSelector) GetType() AssetType {
+	if x != nil {
+		return x.Type
+	}
+	return AssetType_ASSET_TYPE_UNSPECIFIED
+}
+
+func (x *AssetSelector) GetLabel() string {
+	if x != nil {
+		return x.Label
+	}
+	return ""
+}
+
 // WatchAssetResponse is one event of a watch.
 type WatchAssetResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1869,7 +1968,7 @@ type WatchAssetResponse struct {
 
 func (x *WatchAssetResponse) Reset() {
 	*x = WatchAssetResponse{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[24]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1881,7 +1980,7 @@ func (x *WatchAssetResponse) String() string {
 func (*WatchAssetResponse) ProtoMessage() {}
 
 func (x *WatchAssetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[24]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1894,7 +1993,7 @@ func (x *WatchAssetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchAssetResponse.ProtoReflect.Descriptor instead.
 func (*WatchAssetResponse) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{24}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *WatchAssetResponse) GetType() WatchEventType {
@@ -1932,7 +2031,7 @@ type ReadAssetRequest struct {
 
 func (x *ReadAssetRequest) Reset() {
 	*x = ReadAssetRequest{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[25]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1944,7 +2043,7 @@ func (x *ReadAssetRequest) String() string {
 func (*ReadAssetRequest) ProtoMessage() {}
 
 func (x *ReadAssetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[25]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1957,7 +2056,7 @@ func (x *ReadAssetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadAssetRequest.ProtoReflect.Descriptor instead.
 func (*ReadAssetRequest) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{25}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ReadAssetRequest) GetAssetId() string {
@@ -1993,7 +2092,7 @@ type ReadAssetResponse struct {
 
 func (x *ReadAssetResponse) Reset() {
 	*x = ReadAssetResponse{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[26]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2005,7 +2104,7 @@ func (x *ReadAssetResponse) String() string {
 func (*ReadAssetResponse) ProtoMessage() {}
 
 func (x *ReadAssetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[26]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2018,7 +2117,7 @@ func (x *ReadAssetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadAssetResponse.ProtoReflect.Descriptor instead.
 func (*ReadAssetResponse) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{26}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ReadAssetResponse) GetChunk() []byte {
@@ -2055,7 +2154,7 @@ type GetManifestRequest struct {
 
 func (x *GetManifestRequest) Reset() {
 	*x = GetManifestRequest{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[27]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2067,7 +2166,7 @@ func (x *GetManifestRequest) String() string {
 func (*GetManifestRequest) ProtoMessage() {}
 
 func (x *GetManifestRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[27]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2080,7 +2179,7 @@ func (x *GetManifestRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetManifestRequest.ProtoReflect.Descriptor instead.
 func (*GetManifestRequest) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{27}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *GetManifestRequest) GetAssetMappings() map[string]string {
@@ -2117,7 +2216,7 @@ type GetManifestResponse struct {
 
 func (x *GetManifestResponse) Reset() {
 	*x = GetManifestResponse{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[28]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2129,7 +2228,7 @@ func (x *GetManifestResponse) String() string {
 func (*GetManifestResponse) ProtoMessage() {}
 
 func (x *GetManifestResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[28]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2142,7 +2241,7 @@ func (x *GetManifestResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetManifestResponse.ProtoReflect.Descriptor instead.
 func (*GetManifestResponse) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{28}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *GetManifestResponse) GetManifestPath() string {
@@ -2169,7 +2268,7 @@ type DeleteAssetRequest struct {
 
 func (x *DeleteAssetRequest) Reset() {
 	*x = DeleteAssetRequest{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[29]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2181,7 +2280,7 @@ func (x *DeleteAssetRequest) String() string {
 func (*DeleteAssetRequest) ProtoMessage() {}
 
 func (x *DeleteAssetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[29]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2194,7 +2293,7 @@ func (x *DeleteAssetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteAssetRequest.ProtoReflect.Descriptor instead.
 func (*DeleteAssetRequest) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{29}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *DeleteAssetRequest) GetAssetId() string {
@@ -2214,7 +2313,7 @@ type DeleteAssetResponse struct {
 
 func (x *DeleteAssetResponse) Reset() {
 	*x = DeleteAssetResponse{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[30]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2226,7 +2325,7 @@ func (x *DeleteAssetResponse) String() string {
 func (*DeleteAssetResponse) ProtoMessage() {}
 
 func (x *DeleteAssetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[30]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2239,7 +2338,7 @@ func (x *DeleteAssetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteAssetResponse.ProtoReflect.Descriptor instead.
 func (*DeleteAssetResponse) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{30}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *DeleteAssetResponse) GetAsset() *Asset {
@@ -2264,7 +2363,7 @@ type MintTaskTokenRequest struct {
 
 func (x *MintTaskTokenRequest) Reset() {
 	*x = MintTaskTokenRequest{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[31]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2276,7 +2375,7 @@ func (x *MintTaskTokenRequest) String() string {
 func (*MintTaskTokenRequest) ProtoMessage() {}
 
 func (x *MintTaskTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[31]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2289,7 +2388,7 @@ func (x *MintTaskTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MintTaskTokenRequest.ProtoReflect.Descriptor instead.
 func (*MintTaskTokenRequest) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{31}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *MintTaskTokenRequest) GetTaskId() string {
@@ -2326,7 +2425,7 @@ type MintTaskTokenResponse struct {
 
 func (x *MintTaskTokenResponse) Reset() {
 	*x = MintTaskTokenResponse{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[32]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2338,7 +2437,7 @@ func (x *MintTaskTokenResponse) String() string {
 func (*MintTaskTokenResponse) ProtoMessage() {}
 
 func (x *MintTaskTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[32]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2351,7 +2450,7 @@ func (x *MintTaskTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MintTaskTokenResponse.ProtoReflect.Descriptor instead.
 func (*MintTaskTokenResponse) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{32}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *MintTaskTokenResponse) GetToken() string {
@@ -2486,11 +2585,18 @@ const file_asset_v1_asset_service_proto_rawDesc = "" +
 	"\x12ListAssetsResponse\x12'\n" +
 	"\x06assets\x18\x01 \x03(\v2\x0f.asset.v1.AssetR\x06assets\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\x12\x1a\n" +
-	"\brevision\x18\x03 \x01(\x03R\brevision\"o\n" +
+	"\brevision\x18\x03 \x01(\x03R\brevision\"\xa4\x01\n" +
 	"\x11WatchAssetRequest\x12\x1b\n" +
 	"\tasset_ids\x18\x01 \x03(\tR\bassetIds\x12%\n" +
 	"\x0eafter_revision\x18\x02 \x01(\x03R\rafterRevision\x12\x16\n" +
-	"\x06follow\x18\x03 \x01(\bR\x06follow\"\x85\x01\n" +
+	"\x06follow\x18\x03 \x01(\bR\x06follow\x123\n" +
+	"\bselector\x18\x04 \x01(\v2\x17.asset.v1.AssetSelectorR\bselector\"\xaa\x01\n" +
+	"\rAssetSelector\x12\x17\n" +
+	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12\x12\n" +
+	"\x04tags\x18\x02 \x03(\tR\x04tags\x12-\n" +
+	"\x06status\x18\x03 \x01(\x0e2\x15.asset.v1.AssetStatusR\x06status\x12'\n" +
+	"\x04type\x18\x04 \x01(\x0e2\x13.asset.v1.AssetTypeR\x04type\x12\x14\n" +
+	"\x05label\x18\x05 \x01(\tR\x05label\"\x85\x01\n" +
 	"\x12WatchAssetResponse\x12,\n" +
 	"\x04type\x18\x01 \x01(\x0e2\x18.asset.v1.WatchEventTypeR\x04type\x12%\n" +
 	"\x05asset\x18\x02 \x01(\v2\x0f.asset.v1.AssetR\x05asset\x12\x1a\n" +
@@ -2575,7 +2681,7 @@ func file_asset_v1_asset_service_proto_rawDescGZIP() []byte {
 }
 
 var file_asset_v1_asset_service_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_asset_v1_asset_service_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
+var file_asset_v1_asset_service_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
 var file_asset_v1_asset_service_proto_goTypes = []any{
 	(AssetStatus)(0),                   // 0: asset.v1.AssetStatus
 	(AssetType)(0),                     // 1: asset.v1.AssetType
@@ -2604,27 +2710,28 @@ var file_asset_v1_asset_service_proto_goTypes = []any{
 	(*ListAssetsRequest)(nil),          // 24: asset.v1.ListAssetsRequest
 	(*ListAssetsResponse)(nil),         // 25: asset.v1.ListAssetsResponse
 	(*WatchAssetRequest)(nil),          // 26: asset.v1.WatchAssetRequest
-	(*WatchAssetResponse)(nil),         // 27: asset.v1.WatchAssetResponse
-	(*ReadAssetRequest)(nil),           // 28: asset.v1.ReadAssetRequest
-	(*ReadAssetResponse)(nil),          // 29: asset.v1.ReadAssetResponse
-	(*GetManifestRequest)(nil),         // 30: asset.v1.GetManifestRequest
-	(*GetManifestResponse)(nil),        // 31: asset.v1.GetManifestResponse
-	(*DeleteAssetRequest)(nil),         // 32: asset.v1.DeleteAssetRequest
-	(*DeleteAssetResponse)(nil),        // 33: asset.v1.DeleteAssetResponse
-	(*MintTaskTokenRequest)(nil),       // 34: asset.v1.MintTaskTokenRequest
-	(*MintTaskTokenResponse)(nil),      // 35: asset.v1.MintTaskTokenResponse
-	nil,                                // 36: asset.v1.GetManifestRequest.AssetMappingsEntry
-	nil,                                // 37: asset.v1.GetManifestResponse.EntriesEntry
-	(*timestamppb.Timestamp)(nil),      // 38: google.protobuf.Timestamp
-	(*structpb.Struct)(nil),            // 39: google.protobuf.Struct
+	(*AssetSelector)(nil),              // 27: asset.v1.AssetSelector
+	(*WatchAssetResponse)(nil),         // 28: asset.v1.WatchAssetResponse
+	(*ReadAssetRequest)(nil),           // 29: asset.v1.ReadAssetRequest
+	(*ReadAssetResponse)(nil),          // 30: asset.v1.ReadAssetResponse
+	(*GetManifestRequest)(nil),         // 31: asset.v1.GetManifestRequest
+	(*GetManifestResponse)(nil),        // 32: asset.v1.GetManifestResponse
+	(*DeleteAssetRequest)(nil),         // 33: asset.v1.DeleteAssetRequest
+	(*DeleteAssetResponse)(nil),        // 34: asset.v1.DeleteAssetResponse
+	(*MintTaskTokenRequest)(nil),       // 35: asset.v1.MintTaskTokenRequest
+	(*MintTaskTokenResponse)(nil),      // 36: asset.v1.MintTaskTokenResponse
+	nil,                                // 37: asset.v1.GetManifestRequest.AssetMappingsEntry
+	nil,                                // 38: asset.v1.GetManifestResponse.EntriesEntry
+	(*timestamppb.Timestamp)(nil),      // 39: google.protobuf.Timestamp
+	(*structpb.Struct)(nil),            // 40: google.protobuf.Struct
 }
 var file_asset_v1_asset_service_proto_depIdxs = []int32{
 	0,  // 0: asset.v1.Asset.status:type_name -> asset.v1.AssetStatus
 	1,  // 1: asset.v1.Asset.type:type_name -> asset.v1.AssetType
 	3,  // 2: asset.v1.Asset.value:type_name -> asset.v1.Value
-	38, // 3: asset.v1.Asset.create_time:type_name -> google.protobuf.Timestamp
-	38, // 4: asset.v1.Asset.update_time:type_name -> google.protobuf.Timestamp
-	38, // 5: asset.v1.Asset.lease_expire_time:type_name -> google.protobuf.Timestamp
+	39, // 3: asset.v1.Asset.create_time:type_name -> google.protobuf.Timestamp
+	39, // 4: asset.v1.Asset.update_time:type_name -> google.protobuf.Timestamp
+	39, // 5: asset.v1.Asset.lease_expire_time:type_name -> google.protobuf.Timestamp
 	5,  // 6: asset.v1.UploadAssetRequest.header:type_name -> asset.v1.UploadHeader
 	4,  // 7: asset.v1.UploadAssetResponse.asset:type_name -> asset.v1.Asset
 	4,  // 8: asset.v1.RegisterFileResponse.asset:type_name -> asset.v1.Asset
@@ -2641,48 +2748,51 @@ var file_asset_v1_asset_service_proto_depIdxs = []int32{
 	0,  // 19: asset.v1.ListAssetsRequest.status:type_name -> asset.v1.AssetStatus
 	1,  // 20: asset.v1.ListAssetsRequest.type:type_name -> asset.v1.AssetType
 	4,  // 21: asset.v1.ListAssetsResponse.assets:type_name -> asset.v1.Asset
-	2,  // 22: asset.v1.WatchAssetResponse.type:type_name -> asset.v1.WatchEventType
-	4,  // 23: asset.v1.WatchAssetResponse.asset:type_name -> asset.v1.Asset
-	36, // 24: asset.v1.GetManifestRequest.asset_mappings:type_name -> asset.v1.GetManifestRequest.AssetMappingsEntry
-	39, // 25: asset.v1.GetManifestRequest.config_params:type_name -> google.protobuf.Struct
-	37, // 26: asset.v1.GetManifestResponse.entries:type_name -> asset.v1.GetManifestResponse.EntriesEntry
-	4,  // 27: asset.v1.DeleteAssetResponse.asset:type_name -> asset.v1.Asset
-	38, // 28: asset.v1.MintTaskTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
-	6,  // 29: asset.v1.AssetService.UploadAsset:input_type -> asset.v1.UploadAssetRequest
-	8,  // 30: asset.v1.AssetService.RegisterFile:input_type -> asset.v1.RegisterFileRequest
-	10, // 31: asset.v1.AssetService.CreateValueAsset:input_type -> asset.v1.CreateValueAssetRequest
-	12, // 32: asset.v1.AssetService.CreatePendingAsset:input_type -> asset.v1.CreatePendingAssetRequest
-	14, // 33: asset.v1.AssetService.FulfillAsset:input_type -> asset.v1.FulfillAssetRequest
-	16, // 34: asset.v1.AssetService.FailAsset:input_type -> asset.v1.FailAssetRequest
-	18, // 35: asset.v1.AssetService.RenewLease:input_type -> asset.v1.RenewLeaseRequest
-	20, // 36: asset.v1.AssetService.GetAsset:input_type -> asset.v1.GetAssetRequest
-	22, // 37: asset.v1.AssetService.BatchGetAssets:input_type -> asset.v1.BatchGetAssetsRequest
-	24, // 38: asset.v1.AssetService.ListAssets:input_type -> asset.v1.ListAssetsRequest
-	26, // 39: asset.v1.AssetService.WatchAsset:input_type -> asset.v1.WatchAssetRequest
-	28, // 40: asset.v1.AssetService.ReadAsset:input_type -> asset.v1.ReadAssetRequest
-	30, // 41: asset.v1.AssetService.GetManifest:input_type -> asset.v1.GetManifestRequest
-	32, // 42: asset.v1.AssetService.DeleteAsset:input_type -> asset.v1.DeleteAssetRequest
-	34, // 43: asset.v1.AssetService.MintTaskToken:input_type -> asset.v1.MintTaskTokenRequest
-	7,  // 44: asset.v1.AssetService.UploadAsset:output_type -> asset.v1.UploadAssetResponse
-	9,  // 45: asset.v1.AssetService.RegisterFile:output_type -> asset.v1.RegisterFileResponse
-	11, // 46: asset.v1.AssetService.CreateValueAsset:output_type -> asset.v1.CreateValueAssetResponse
-	13, // 47: asset.v1.AssetService.CreatePendingAsset:output_type -> asset.v1.CreatePendingAssetResponse
-	15, // 48: asset.v1.AssetService.FulfillAsset:output_type -> asset.v1.FulfillAssetResponse
-	17, // 49: asset.v1.AssetService.FailAsset:output_type -> asset.v1.FailAssetResponse
-	19, // 50: asset.v1.AssetService.RenewLease:output_type -> asset.v1.RenewLeaseResponse
-	21, // 51: asset.v1.AssetService.GetAsset:output_type -> asset.v1.GetAssetResponse
-	23, // 52: asset.v1.AssetService.BatchGetAssets:output_type -> asset.v1.BatchGetAssetsResponse
-	25, // 53: asset.v1.AssetService.ListAssets:output_type -> asset.v1.ListAssetsResponse
-	27, // 54: asset.v1.AssetService.WatchAsset:output_type -> asset.v1.WatchAssetResponse
-	29, // 55: asset.v1.AssetService.ReadAsset:output_type -> asset.v1.ReadAssetResponse
-	31, // 56: asset.v1.AssetService.GetManifest:output_type -> asset.v1.GetManifestResponse
-	33, // 57: asset.v1.AssetService.DeleteAsset:output_type -> asset.v1.DeleteAssetResponse
-	35, // 58: asset.v1.AssetService.MintTaskToken:output_type -> asset.v1.MintTaskTokenResponse
-	44, // [44:59] is the sub-list for method output_type
-	29, // [29:44] is the sub-list for method input_type
-	29, // [29:29] is the sub-list for extension type_name
-	29, // [29:29] is the sub-list for extension extendee
-	0,  // [0:29] is the sub-list for field type_name
+	27, // 22: asset.v1.WatchAssetRequest.selector:type_name -> asset.v1.AssetSelector
+	0,  // 23: asset.v1.AssetSelector.status:type_name -> asset.v1.AssetStatus
+	1,  // 24: asset.v1.AssetSelector.type:type_name -> asset.v1.AssetType
+	2,  // 25: asset.v1.WatchAssetResponse.type:type_name -> asset.v1.WatchEventType
+	4,  // 26: asset.v1.WatchAssetResponse.asset:type_name -> asset.v1.Asset
+	37, // 27: asset.v1.GetManifestRequest.asset_mappings:type_name -> asset.v1.GetManifestRequest.AssetMappingsEntry
+	40, // 28: asset.v1.GetManifestRequest.config_params:type_name -> google.protobuf.Struct
+	38, // 29: asset.v1.GetManifestResponse.entries:type_name -> asset.v1.GetManifestResponse.EntriesEntry
+	4,  // 30: asset.v1.DeleteAssetResponse.asset:type_name -> asset.v1.Asset
+	39, // 31: asset.v1.MintTaskTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
+	6,  // 32: asset.v1.AssetService.UploadAsset:input_type -> asset.v1.UploadAssetRequest
+	8,  // 33: asset.v1.AssetService.RegisterFile:input_type -> asset.v1.RegisterFileRequest
+	10, // 34: asset.v1.AssetService.CreateValueAsset:input_type -> asset.v1.CreateValueAssetRequest
+	12, // 35: asset.v1.AssetService.CreatePendingAsset:input_type -> asset.v1.CreatePendingAssetRequest
+	14, // 36: asset.v1.AssetService.FulfillAsset:input_type -> asset.v1.FulfillAssetRequest
+	16, // 37: asset.v1.AssetService.FailAsset:input_type -> asset.v1.FailAssetRequest
+	18, // 38: asset.v1.AssetService.RenewLease:input_type -> asset.v1.RenewLeaseRequest
+	20, // 39: asset.v1.AssetService.GetAsset:input_type -> asset.v1.GetAssetRequest
+	22, // 40: asset.v1.AssetService.BatchGetAssets:input_type -> asset.v1.BatchGetAssetsRequest
+	24, // 41: asset.v1.AssetService.ListAssets:input_type -> asset.v1.ListAssetsRequest
+	26, // 42: asset.v1.AssetService.WatchAsset:input_type -> asset.v1.WatchAssetRequest
+	29, // 43: asset.v1.AssetService.ReadAsset:input_type -> asset.v1.ReadAssetRequest
+	31, // 44: asset.v1.AssetService.GetManifest:input_type -> asset.v1.GetManifestRequest
+	33, // 45: asset.v1.AssetService.DeleteAsset:input_type -> asset.v1.DeleteAssetRequest
+	35, // 46: asset.v1.AssetService.MintTaskToken:input_type -> asset.v1.MintTaskTokenRequest
+	7,  // 47: asset.v1.AssetService.UploadAsset:output_type -> asset.v1.UploadAssetResponse
+	9,  // 48: asset.v1.AssetService.RegisterFile:output_type -> asset.v1.RegisterFileResponse
+	11, // 49: asset.v1.AssetService.CreateValueAsset:output_type -> asset.v1.CreateValueAssetResponse
+	13, // 50: asset.v1.AssetService.CreatePendingAsset:output_type -> asset.v1.CreatePendingAssetResponse
+	15, // 51: asset.v1.AssetService.FulfillAsset:output_type -> asset.v1.FulfillAssetResponse
+	17, // 52: asset.v1.AssetService.FailAsset:output_type -> asset.v1.FailAssetResponse
+	19, // 53: asset.v1.AssetService.RenewLease:output_type -> asset.v1.RenewLeaseResponse
+	21, // 54: asset.v1.AssetService.GetAsset:output_type -> asset.v1.GetAssetResponse
+	23, // 55: asset.v1.AssetService.BatchGetAssets:output_type -> asset.v1.BatchGetAssetsResponse
+	25, // 56: asset.v1.AssetService.ListAssets:output_type -> asset.v1.ListAssetsResponse
+	28, // 57: asset.v1.AssetService.WatchAsset:output_type -> asset.v1.WatchAssetResponse
+	30, // 58: asset.v1.AssetService.ReadAsset:output_type -> asset.v1.ReadAssetResponse
+	32, // 59: asset.v1.AssetService.GetManifest:output_type -> asset.v1.GetManifestResponse
+	34, // 60: asset.v1.AssetService.DeleteAsset:output_type -> asset.v1.DeleteAssetResponse
+	36, // 61: asset.v1.AssetService.MintTaskToken:output_type -> asset.v1.MintTaskTokenResponse
+	47, // [47:62] is the sub-list for method output_type
+	32, // [32:47] is the sub-list for method input_type
+	32, // [32:32] is the sub-list for extension type_name
+	32, // [32:32] is the sub-list for extension extendee
+	0,  // [0:32] is the sub-list for field type_name
 }
 
 func init() { file_asset_v1_asset_service_proto_init() }
@@ -2710,7 +2820,7 @@ func file_asset_v1_asset_service_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_asset_v1_asset_service_proto_rawDesc), len(file_asset_v1_asset_service_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   35,
+			NumMessages:   36,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -84,7 +84,8 @@ type AssetServiceClient interface {
 	ListAssets(ctx context.Context, in *ListAssetsRequest, opts ...grpc.CallOption) (*ListAssetsResponse, error)
 	// WatchAsset streams the current state of each asset, then every change,
 	// in revision order. It ends with OK once every watched asset is terminal
-	// (AVAILABLE, FAILED or deleted) unless `follow` is set.
+	// (AVAILABLE, FAILED or deleted) unless `follow` is set. With a selector
+	// instead of ids it follows every asset the selector picks (see selector).
 	WatchAsset(ctx context.Context, in *WatchAssetRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchAssetResponse], error)
 	// ReadAsset streams the bytes of an AVAILABLE asset in chunks.
 	ReadAsset(ctx context.Context, in *ReadAssetRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ReadAssetResponse], error)
@@ -313,7 +314,8 @@ type AssetServiceServer interface {
 	ListAssets(context.Context, *ListAssetsRequest) (*ListAssetsResponse, error)
 	// WatchAsset streams the current state of each asset, then every change,
 	// in revision order. It ends with OK once every watched asset is terminal
-	// (AVAILABLE, FAILED or deleted) unless `follow` is set.
+	// (AVAILABLE, FAILED or deleted) unless `follow` is set. With a selector
+	// instead of ids it follows every asset the selector picks (see selector).
 	WatchAsset(*WatchAssetRequest, grpc.ServerStreamingServer[WatchAssetResponse]) error
 	// ReadAsset streams the bytes of an AVAILABLE asset in chunks.
 	ReadAsset(*ReadAssetRequest, grpc.ServerStreamingServer[ReadAssetResponse]) error

@@ -436,6 +436,36 @@ export interface WatchAssetRequest {
   afterRevision: number;
   /** Keep the stream open after every asset is terminal. */
   follow: boolean;
+  /**
+   * Instead of asset_ids: every change, after after_revision, of the assets this
+   * selector picks, including assets created later; CHANGED and DELETED events
+   * only (no snapshot: ListAssets with the same filter gives the current state
+   * and the revision to watch from), records without their inline VALUE
+   * content (GetAsset has it), and the stream follows until cancelled.
+   * after_revision 0 means from now. A revision older than this server's change
+   * history (it keeps the latest --watch-history-bytes of changes and begins
+   * at each start) is refused with OUT_OF_RANGE: list again and watch from
+   * the page's revision.
+   */
+  selector?: AssetSelector | undefined;
+}
+
+/**
+ * AssetSelector picks assets; an empty selector picks every asset. Every
+ * field must match.
+ */
+export interface AssetSelector {
+  /** The task that promised the asset (created_by_task). */
+  taskId: string;
+  /** Every one of these tags. */
+  tags: string[];
+  /**
+   * The asset's status after the change. With PENDING, a promise's fulfilment
+   * or failure is sent too: that event says it left the selection.
+   */
+  status: AssetStatus;
+  type: AssetType;
+  label: string;
 }
 
 /** WatchAssetResponse is one event of a watch. */
@@ -3116,7 +3146,7 @@ export const ListAssetsResponse: MessageFns<ListAssetsResponse> = {
 };
 
 function createBaseWatchAssetRequest(): WatchAssetRequest {
-  return { assetIds: [], afterRevision: 0, follow: false };
+  return { assetIds: [], afterRevision: 0, follow: false, selector: undefined };
 }
 
 export const WatchAssetRequest: MessageFns<WatchAssetRequest> = {
@@ -3129,6 +3159,9 @@ export const WatchAssetRequest: MessageFns<WatchAssetRequest> = {
     }
     if (message.follow !== false) {
       writer.uint32(24).bool(message.follow);
+    }
+    if (message.selector !== undefined) {
+      AssetSelector.encode(message.selector, writer.uint32(34).fork()).join();
     }
     return writer;
   },
@@ -3170,6 +3203,14 @@ export const WatchAssetRequest: MessageFns<WatchAssetRequest> = {
             message.follow = reader.bool();
             continue;
           }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.selector = AssetSelector.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3195,6 +3236,7 @@ export const WatchAssetRequest: MessageFns<WatchAssetRequest> = {
         ? globalThis.Number(object.after_revision)
         : 0,
       follow: isSet(object.follow) ? globalThis.Boolean(object.follow) : false,
+      selector: isSet(object.selector) ? AssetSelector.fromJSON(object.selector) : undefined,
     };
   },
 
@@ -3209,6 +3251,9 @@ export const WatchAssetRequest: MessageFns<WatchAssetRequest> = {
     if (message.follow !== false) {
       obj.follow = message.follow;
     }
+    if (message.selector !== undefined) {
+      obj.selector = AssetSelector.toJSON(message.selector);
+    }
     return obj;
   },
 
@@ -3220,6 +3265,146 @@ export const WatchAssetRequest: MessageFns<WatchAssetRequest> = {
     message.assetIds = object.assetIds?.map((e) => e) || [];
     message.afterRevision = object.afterRevision ?? 0;
     message.follow = object.follow ?? false;
+    message.selector = (object.selector !== undefined && object.selector !== null)
+      ? AssetSelector.fromPartial(object.selector)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseAssetSelector(): AssetSelector {
+  return { taskId: "", tags: [], status: 0, type: 0, label: "" };
+}
+
+export const AssetSelector: MessageFns<AssetSelector> = {
+  encode(message: AssetSelector, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.taskId !== "") {
+      writer.uint32(10).string(message.taskId);
+    }
+    for (const v of message.tags) {
+      writer.uint32(18).string(v!);
+    }
+    if (message.status !== 0) {
+      writer.uint32(24).int32(message.status);
+    }
+    if (message.type !== 0) {
+      writer.uint32(32).int32(message.type);
+    }
+    if (message.label !== "") {
+      writer.uint32(42).string(message.label);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AssetSelector {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAssetSelector();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.taskId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.tags.push(reader.string());
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.status = reader.int32() as any;
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.type = reader.int32() as any;
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.label = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): AssetSelector {
+    return {
+      taskId: isSet(object.taskId)
+        ? globalThis.String(object.taskId)
+        : isSet(object.task_id)
+        ? globalThis.String(object.task_id)
+        : "",
+      tags: globalThis.Array.isArray(object?.tags) ? object.tags.map((e: any) => globalThis.String(e)) : [],
+      status: isSet(object.status) ? assetStatusFromJSON(object.status) : 0,
+      type: isSet(object.type) ? assetTypeFromJSON(object.type) : 0,
+      label: isSet(object.label) ? globalThis.String(object.label) : "",
+    };
+  },
+
+  toJSON(message: AssetSelector): unknown {
+    const obj: any = {};
+    if (message.taskId !== "") {
+      obj.taskId = message.taskId;
+    }
+    if (message.tags?.length) {
+      obj.tags = message.tags;
+    }
+    if (message.status !== 0) {
+      obj.status = assetStatusToJSON(message.status);
+    }
+    if (message.type !== 0) {
+      obj.type = assetTypeToJSON(message.type);
+    }
+    if (message.label !== "") {
+      obj.label = message.label;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<AssetSelector>, I>>(base?: I): AssetSelector {
+    return AssetSelector.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<AssetSelector>, I>>(object: I): AssetSelector {
+    const message = createBaseAssetSelector();
+    message.taskId = object.taskId ?? "";
+    message.tags = object.tags?.map((e) => e) || [];
+    message.status = object.status ?? 0;
+    message.type = object.type ?? 0;
+    message.label = object.label ?? "";
     return message;
   },
 };
@@ -4428,7 +4613,8 @@ export const AssetServiceService = {
   /**
    * WatchAsset streams the current state of each asset, then every change,
    * in revision order. It ends with OK once every watched asset is terminal
-   * (AVAILABLE, FAILED or deleted) unless `follow` is set.
+   * (AVAILABLE, FAILED or deleted) unless `follow` is set. With a selector
+   * instead of ids it follows every asset the selector picks (see selector).
    */
   watchAsset: {
     path: "/asset.v1.AssetService/WatchAsset" as const,
@@ -4526,7 +4712,8 @@ export interface AssetServiceServer extends UntypedServiceImplementation {
   /**
    * WatchAsset streams the current state of each asset, then every change,
    * in revision order. It ends with OK once every watched asset is terminal
-   * (AVAILABLE, FAILED or deleted) unless `follow` is set.
+   * (AVAILABLE, FAILED or deleted) unless `follow` is set. With a selector
+   * instead of ids it follows every asset the selector picks (see selector).
    */
   watchAsset: handleServerStreamingCall<WatchAssetRequest, WatchAssetResponse>;
   /** ReadAsset streams the bytes of an AVAILABLE asset in chunks. */
@@ -4724,7 +4911,8 @@ export interface AssetServiceClient extends Client {
   /**
    * WatchAsset streams the current state of each asset, then every change,
    * in revision order. It ends with OK once every watched asset is terminal
-   * (AVAILABLE, FAILED or deleted) unless `follow` is set.
+   * (AVAILABLE, FAILED or deleted) unless `follow` is set. With a selector
+   * instead of ids it follows every asset the selector picks (see selector).
    */
   watchAsset(request: WatchAssetRequest, options?: Partial<CallOptions>): ClientReadableStream<WatchAssetResponse>;
   watchAsset(

@@ -1,0 +1,122 @@
+"""End to end: an orchestrator lists, then follows a selector from the page's revision."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from asset_service._proto.asset.v1 import asset_service_pb2 as pb
+from asset_service._proto.asset.v1 import asset_service_pb2_grpc as pb_grpc
+from tests.e2e.helpers import expect_error
+from tests.serverproc import ServerProcess, database_url_for, drop_database_of
+
+
+async def promise(stub: pb_grpc.AssetServiceStub, task: str, label: str) -> pb.Asset:
+    request = pb.CreatePendingAssetRequest(
+        task_id=task, label=label, type=pb.ASSET_TYPE_VALUE, tags=["job-7"]
+    )
+    return (await stub.CreatePendingAsset(request)).asset
+
+
+async def test_list_then_follow_a_selector_sees_every_change_once(
+    stub: pb_grpc.AssetServiceStub,
+) -> None:
+    a = await promise(stub, "render", "a.png")
+    await promise(stub, "encode", "b.mp4")
+    page = await stub.ListAssets(pb.ListAssetsRequest(created_by_task="render"))
+    assert [x.id for x in page.assets] == [a.id] and page.revision >= a.revision
+    # A change between the listing and the watch is replayed, not lost.
+    await stub.FulfillAsset(pb.FulfillAssetRequest(asset_id=a.id, value=pb.Value(text="A")))
+    watch = stub.WatchAsset(
+        pb.WatchAssetRequest(
+            selector=pb.AssetSelector(task_id="render"), after_revision=page.revision
+        )
+    )
+    try:
+        first = await asyncio.wait_for(watch.read(), 10)
+        assert (first.type, first.asset.id, first.asset.status) == (  # type: ignore[union-attr]
+            pb.WATCH_EVENT_TYPE_CHANGED,
+            a.id,
+            pb.ASSET_STATUS_AVAILABLE,
+        )
+        assert not first.asset.HasField("value"), "selector events carry no inline value"  # type: ignore[union-attr]
+        await promise(stub, "encode", "c.mp4")  # another task: not sent
+        c = await promise(stub, "render", "c.png")
+        second = await asyncio.wait_for(watch.read(), 10)
+        assert (second.asset.id, second.asset.status) == (c.id, pb.ASSET_STATUS_PENDING)  # type: ignore[union-attr]
+        await stub.DeleteAsset(pb.DeleteAssetRequest(asset_id=c.id))
+        third = await asyncio.wait_for(watch.read(), 10)
+        assert (third.type, third.asset.id) == (pb.WATCH_EVENT_TYPE_DELETED, c.id)  # type: ignore[union-attr]
+        assert page.revision < first.revision < second.revision < third.revision  # type: ignore[union-attr]
+    finally:
+        watch.cancel()
+
+
+async def test_selector_requests_that_cannot_be_served_are_refused_clearly(
+    stub: pb_grpc.AssetServiceStub,
+) -> None:
+    a = await promise(stub, "t", "x")
+    await expect_error(
+        _first(stub, pb.WatchAssetRequest(asset_ids=[a.id], selector=pb.AssetSelector())),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "asset_ids or a selector, not both",
+    )
+    await expect_error(
+        _first(stub, pb.WatchAssetRequest(selector=pb.AssetSelector(task_id="../x"))),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+
+
+async def _first(stub: pb_grpc.AssetServiceStub, request: pb.WatchAssetRequest) -> object:
+    call = stub.WatchAsset(request, timeout=10)
+    try:
+        return await call.read()
+    finally:
+        call.cancel()
+
+
+@pytest.fixture
+def small_history_server(tmp_path: Path) -> Iterator[ServerProcess]:
+    url = database_url_for(tmp_path)
+    proc = ServerProcess(
+        tmp_path / "data", url, extra_args=["--watch-history-bytes", "16KiB"]
+    ).start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+        drop_database_of(url)
+
+
+async def test_a_revision_older_than_the_history_is_out_of_range(
+    small_history_server: ServerProcess,
+) -> None:
+    async with grpc.aio.insecure_channel(small_history_server.address) as channel:
+        stub = pb_grpc.AssetServiceStub(channel)
+        first = await promise(stub, "t", "first")
+        for i in range(60):  # ~60 KiB of records: the history keeps ~16 KiB
+            await promise(stub, "t", f"p{i}")
+        await asyncio.sleep(0.2)
+        await expect_error(
+            _first(
+                stub,
+                pb.WatchAssetRequest(selector=pb.AssetSelector(), after_revision=first.revision),
+            ),
+            grpc.StatusCode.OUT_OF_RANGE,
+            f"revision {first.revision} is older than this server's change history",
+            "list again",
+        )
+        page = await stub.ListAssets(pb.ListAssetsRequest(page_size=1))
+        watch = stub.WatchAsset(
+            pb.WatchAssetRequest(selector=pb.AssetSelector(), after_revision=page.revision)
+        )
+        try:
+            late = await promise(stub, "t", "late")
+            got = await asyncio.wait_for(watch.read(), 10)
+            assert got.asset.id == late.id  # type: ignore[union-attr]
+        finally:
+            watch.cancel()
