@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import hashlib
 import inspect
+import re
 import threading
 from collections.abc import AsyncIterator, Coroutine, Iterable, Iterator
 from pathlib import Path
@@ -17,6 +18,7 @@ from asset_client import AsyncAssetClient
 
 from asset_service._proto.asset.v1 import asset_service_pb2 as pb
 from asset_service._proto.asset.v1 import asset_service_pb2_grpc as pb_grpc
+from tests.serverproc import ServerProcess
 
 MiB = 1024 * 1024
 
@@ -202,3 +204,16 @@ class AsyncDriver:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(10)
             self._loop.close()
+
+
+def server_trace(server: ServerProcess, details: str | None) -> str:
+    """For an INTERNAL answer ("server log ref X"): the server's log from that ref on, so a
+    failing test shows the traceback of the bug, not just its reference."""
+    match = re.search(r"server log ref (\w+)", details or "")
+    if match is None:
+        return ""
+    lines = server.log
+    start = next((i for i, line in enumerate(lines) if match.group(1) in line), None)
+    if start is None:
+        return f"(ref {match.group(1)} not found in the server log)"
+    return "server log:\n" + "".join(lines[start : start + 60])

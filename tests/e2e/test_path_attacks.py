@@ -19,7 +19,7 @@ import pytest
 
 from asset_service._proto.asset.v1 import asset_service_pb2 as pb
 from asset_service._proto.asset.v1 import asset_service_pb2_grpc as pb_grpc
-from tests.e2e.helpers import all_assets, expect_error, read_all, stored_files
+from tests.e2e.helpers import all_assets, expect_error, read_all, server_trace, stored_files
 from tests.serverproc import ServerProcess, database_url_for, drop_database_of
 
 DENIED = grpc.StatusCode.PERMISSION_DENIED
@@ -368,7 +368,9 @@ async def test_swapping_a_folder_for_a_symlink_mid_request_never_escapes(
         except grpc.aio.AioRpcError as exc:
             outcomes[name][exc.code().name] += 1
             samples.setdefault(exc.code().name, exc.details() or "")
-            assert exc.code().name in allowed, f"{name}: {exc.code()} {exc.details()}"
+            assert exc.code().name in allowed, (
+                f"{name}: {exc.code()} {exc.details()}\n{server_trace(server, exc.details())}"
+            )
             assert str(outside) not in (exc.details() or ""), exc.details()
         else:
             outcomes[name]["OK"] += 1

@@ -108,6 +108,32 @@ async def test_a_second_adoption_of_a_file_being_moved_is_refused(tmp_path: Path
     await storage.close()
 
 
+@pytest.mark.parametrize("then", ["removed", "moved away"])
+async def test_a_source_that_vanishes_before_its_link_is_a_conflict(
+    tmp_path: Path, then: str
+) -> None:
+    """Another request moved the file (or the worker removed it) after this one opened
+    it: linking its name then fails with ENOENT, which must be a clear ABORTED-class
+    Conflict that leaves nothing behind, never an unexpected OSError (INTERNAL)."""
+    storage, incoming = storage_with_imports(tmp_path)
+    await storage.open()
+    source = incoming / "out.txt"
+    source.write_text("worker output")
+    staged = await storage.adopt(str(source), move=True)
+    if then == "removed":
+        source.unlink()
+    else:
+        source.rename(incoming / "elsewhere.txt")
+    with pytest.raises(Conflict, match="moved or removed while it was being adopted"):
+        await staged.commit(storage.generated_key("task", ID, "out.txt"))
+    await staged.rollback()
+    assert list(storage.intents.iterdir()) == [], "no journal entry is left"
+    assert not (storage.generated / "task").exists() or not any(
+        p.is_file() for p in (storage.generated / "task").rglob("*")
+    )
+    await storage.close()
+
+
 async def test_recovery_settles_journaled_moves_by_their_record(tmp_path: Path) -> None:
     """A process died after linking two sources: one record committed, one did not."""
     storage, incoming = storage_with_imports(tmp_path)

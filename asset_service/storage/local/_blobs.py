@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from asset_service.domain.errors import Conflict
+from asset_service.domain.errors import Conflict, shown
 from asset_service.domain.ports import Chunk
 from asset_service.storage import fs
 from asset_service.storage.sink import FileSink
@@ -279,6 +279,13 @@ class Adopted(_Blob):
             )
             try:
                 self._link_new(self.opened.name, name, self.opened.parent_fd, folder)
+            except FileNotFoundError:
+                # The name went after it was opened (another request moved the file, or
+                # the worker removed it): what was hashed is not at that name any more.
+                raise Conflict(
+                    f"{shown(self.raw)} was moved or removed while it was being adopted; "
+                    "re-read the asset before retrying"
+                ) from None
             except OSError as exc:
                 if exc.errno != errno.EXDEV:
                     raise
