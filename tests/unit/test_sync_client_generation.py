@@ -47,13 +47,16 @@ def test_both_clients_have_the_same_methods_and_parameters() -> None:
     sync, asyncio_ = _public(AssetClient), _public(AsyncAssetClient)
     assert sorted(sync) == sorted(asyncio_)
     streams_and_waits = {"upload", "download", "watch", "wait_until_available", "list"}
-    assert {*streams_and_waits, "renew_lease", "keep_lease"} <= set(sync)
+    selectors = {"list_page", "watch_selector", "follow"}
+    assert {*streams_and_waits, *selectors, "renew_lease", "keep_lease"} <= set(sync)
     for name in sync:
         assert _shape(sync[name], client._UNSET) == _shape(asyncio_[name], aio._UNSET), name
         assert inspect.iscoroutinefunction(getattr(AsyncAssetClient, name)) or name in (
             "__init__",
             "list",
-            "watch",
+            "follow",
+            "watch",  # watch and watch_selector return an async generator
+            "watch_selector",
             "keep_lease",  # returns an async context manager
         ), name
         assert not inspect.iscoroutinefunction(getattr(AssetClient, name)), name

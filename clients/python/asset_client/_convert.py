@@ -12,6 +12,7 @@ from google.protobuf import struct_pb2
 
 from asset_client.models import (
     Asset,
+    AssetPage,
     AssetStatus,
     AssetType,
     Manifest,
@@ -113,6 +114,10 @@ def asset_from_pb(msg: pb.Asset) -> Asset:
 
 def event_from_pb(msg: pb.WatchAssetResponse) -> WatchEvent:
     return WatchEvent(_EVENT_FROM_PB[msg.type], asset_from_pb(msg.asset), msg.revision)
+
+
+def page_from_pb(msg: pb.ListAssetsResponse) -> AssetPage:
+    return AssetPage(tuple(asset_from_pb(a) for a in msg.assets), msg.next_page_token, msg.revision)
 
 
 def manifest_from_pb(msg: pb.GetManifestResponse) -> Manifest:

@@ -108,6 +108,11 @@ class Deadline:
     def remaining(self) -> float | None:
         return None if self.at is None else max(self.at - time.monotonic(), 0.0)
 
+    def capped(self, timeout: float | None) -> float | None:
+        """`timeout`, or what is left of this deadline if that is sooner."""
+        left = self.remaining()
+        return timeout if left is None or (timeout is not None and timeout < left) else left
+
 
 def sha256_file(fh: IO[bytes]) -> tuple[str, int]:
     """Hex SHA-256 and size of a file object, read in chunks from its start."""
@@ -301,34 +306,28 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-class WatchCursor:
-    """Builds (re)connection requests for a watch and decides when to resume after errors.
+class Cursor:
+    """Where a watch resumes, and whether it does; shared by id and selector watches.
 
     The cursor is the greatest revision delivered so far; after UNAVAILABLE the watch is
     re-opened with `after_revision` set to it, so nothing is lost and nothing repeated.
     """
 
-    def __init__(
-        self,
-        asset_ids: Iterable[str],
-        after_revision: int,
-        follow: bool,
-        timeout: float | None,
-        max_retries: int,
-    ) -> None:
-        self.asset_ids = _convert.tags_list(asset_ids)
-        if not self.asset_ids:
-            raise ValueError("watch needs at least one asset id")
+    def __init__(self, after_revision: int, timeout: float | None, max_retries: int) -> None:
         self.revision = after_revision
-        self.follow = follow
         self.deadline = Deadline(timeout)
         self.max_retries = max_retries
         self.failures = 0
 
+    def pin_request(self) -> pb.ListAssetsRequest | None:
+        """A listing whose revision the watch must start after, or None (already known)."""
+        return None
+
+    def pin(self, revision: int) -> None:
+        self.revision = revision
+
     def request(self) -> pb.WatchAssetRequest:
-        return pb.WatchAssetRequest(
-            asset_ids=self.asset_ids, after_revision=self.revision, follow=self.follow
-        )
+        raise NotImplementedError
 
     def observe(self, msg: pb.WatchAssetResponse) -> WatchEvent:
         event = _convert.event_from_pb(msg)
@@ -348,6 +347,29 @@ class WatchCursor:
         if remaining is not None and remaining <= delay:
             return None
         return delay
+
+
+class WatchCursor(Cursor):
+    """A watch of explicit asset ids: a snapshot, then their changes."""
+
+    def __init__(
+        self,
+        asset_ids: Iterable[str],
+        after_revision: int,
+        follow: bool,
+        timeout: float | None,
+        max_retries: int,
+    ) -> None:
+        self.asset_ids = _convert.tags_list(asset_ids)
+        if not self.asset_ids:
+            raise ValueError("watch needs at least one asset id")
+        super().__init__(after_revision, timeout, max_retries)
+        self.follow = follow
+
+    def request(self) -> pb.WatchAssetRequest:
+        return pb.WatchAssetRequest(
+            asset_ids=self.asset_ids, after_revision=self.revision, follow=self.follow
+        )
 
 
 class Waiter:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import logging
 import os
 from collections.abc import (
     AsyncGenerator,
@@ -27,12 +28,18 @@ from typing import Any, TypeVar
 import grpc
 import grpc.aio
 
-from asset_client import _convert, _core
+from asset_client import _convert, _core, _selectors
 from asset_client._convert import pb, pb_grpc
 from asset_client._leases import AsyncLeaseKeeper
-from asset_client.errors import DeadlineExceededError, from_rpc_error
+from asset_client.errors import (
+    DeadlineExceededError,
+    HistoryGoneError,
+    NotFoundError,
+    from_rpc_error,
+)
 from asset_client.models import (
     Asset,
+    AssetPage,
     AssetStatus,
     AssetType,
     Manifest,
@@ -40,6 +47,8 @@ from asset_client.models import (
     Value,
     WatchEvent,
 )
+
+log = logging.getLogger(__name__)
 
 Resp = TypeVar("Resp")
 
@@ -56,7 +65,7 @@ class AsyncAssetClient:
 
     `timeout` (seconds) is the default deadline of unary calls; each method takes its own
     `timeout` too (None there means the client default for unary calls, no deadline for
-    streams: upload, download, watch).
+    streams: upload, download, watch, watch_selector, follow).
     Blocking file work (hashing, fsync) runs in a worker thread.
     Use `async with` to close the channel.
     """
@@ -320,6 +329,25 @@ class AsyncAssetClient:
                 return
             request.page_token = response.next_page_token
 
+    async def list_page(
+        self,
+        *,
+        status: AssetStatus | None = None,
+        type: AssetType | None = None,
+        tags: Iterable[str] = (),
+        created_by_task: str | None = None,
+        label: str | None = None,
+        page_size: int = 0,
+        page_token: str = "",
+        timeout: float | None = None,
+    ) -> AssetPage:
+        """One page of matching assets, its next_page_token ("" after the last page) and
+        the revision it was read at: watch_selector(after_revision=) from it misses nothing."""
+        request = _core.list_request(status, type, tags, created_by_task, label, page_size)
+        request.page_token = page_token
+        response = await self._call(self._stub.ListAssets, request, timeout)
+        return _convert.page_from_pb(response)
+
     async def download(
         self,
         asset_id: str,
@@ -366,7 +394,7 @@ class AsyncAssetClient:
 
     # -- watching ------------------------------------------------------------------------
 
-    async def watch(
+    def watch(
         self,
         asset_ids: Iterable[str],
         after_revision: int = 0,
@@ -376,20 +404,130 @@ class AsyncAssetClient:
     ) -> AsyncGenerator[WatchEvent, None]:
         """Snapshot then every change, in order; resumes by itself after UNAVAILABLE."""
         cursor = _core.WatchCursor(asset_ids, after_revision, follow, timeout, self.watch_retries)
+        return self._watch_events(cursor)
+
+    def watch_selector(
+        self,
+        *,
+        status: AssetStatus | None = None,
+        type: AssetType | None = None,
+        tags: Iterable[str] = (),
+        created_by_task: str | None = None,
+        label: str | None = None,
+        after_revision: int = 0,
+        timeout: float | None = None,
+    ) -> AsyncGenerator[WatchEvent, None]:
+        """Every change, after `after_revision`, of the assets these filters pick; forever.
+
+        CHANGED and DELETED events (no SNAPSHOT: list_page has the state and the revision
+        to start after), in revision order, including assets created later; records come
+        without their inline VALUE content (`get` has it). With status PENDING a promise's
+        fulfilment or failure comes too: it leaves the selection. after_revision 0 means
+        from now (pinned with a one-item listing first). Resumes by itself after
+        UNAVAILABLE from the last revision yielded. HistoryGoneError if the server no
+        longer holds the changes after that revision: list again and watch from the
+        page's revision (or use `follow`, which does).
+        """
+        cursor = _selectors.SelectorCursor(
+            status, type, tags, created_by_task, label, after_revision, timeout, self.watch_retries
+        )
+        return self._watch_events(cursor)
+
+    async def _watch_events(self, cursor: _core.Cursor) -> AsyncGenerator[WatchEvent, None]:
+        """A watch's events, re-opened after UNAVAILABLE after the last revision yielded."""
         while True:
-            call = self._stub.WatchAsset(cursor.request(), timeout=cursor.deadline.remaining())
             try:
-                async for msg in call:
-                    yield cursor.observe(msg)
+                if (pin := cursor.pin_request()) is not None:
+                    page = await self._stub.ListAssets(
+                        pin, timeout=cursor.deadline.capped(self.timeout)
+                    )
+                    cursor.pin(page.revision)
+                call = self._stub.WatchAsset(cursor.request(), timeout=cursor.deadline.remaining())
+                try:
+                    async for msg in call:
+                        yield cursor.observe(msg)
+                finally:
+                    call.cancel()
                 return
             except grpc.RpcError as exc:
                 err = from_rpc_error(exc)
                 delay = cursor.retry_delay(err)
                 if delay is None:
                     raise err from exc
-            finally:
-                call.cancel()
             await asyncio.sleep(delay)
+
+    async def follow(
+        self,
+        *,
+        status: AssetStatus | None = None,
+        type: AssetType | None = None,
+        tags: Iterable[str] = (),
+        created_by_task: str | None = None,
+        label: str | None = None,
+        page_size: int = 0,
+        timeout: float | None = None,
+    ) -> AsyncGenerator[WatchEvent, None]:
+        """The assets these filters pick, then every change to them (an informer); forever.
+
+        A SNAPSHOT event for each listed asset (page after page, with its VALUE), then
+        watch_selector's events from the first page's revision. Per asset, nothing goes
+        out that is not newer than what was yielded for it, so no change is missed or
+        repeated although later pages are read at later revisions. On HistoryGoneError it
+        lists again: SNAPSHOT for what is new or changed, DELETED (the last state yielded,
+        with its revision) for what is gone, CHANGED for what left a status selection.
+        `timeout` bounds the whole follow; each listing call has the client's default.
+        """
+        tags = _convert.tags_list(tags)  # used for every listing and watch
+        deadline = _core.Deadline(timeout)
+        informer = _selectors.Informer(status)
+        while True:
+            informer.start_listing()
+            token = ""
+            while True:
+                page = await self.list_page(
+                    status=status,
+                    type=type,
+                    tags=tags,
+                    created_by_task=created_by_task,
+                    label=label,
+                    page_size=page_size,
+                    page_token=token,
+                    timeout=deadline.capped(self.timeout),
+                )
+                informer.page_read(page.revision)
+                for asset in page.assets:
+                    if (snapshot := informer.listed(asset)) is not None:
+                        yield snapshot
+                token = page.next_page_token
+                if not token:
+                    break
+            for asset_id in informer.unlisted():
+                try:
+                    current: Asset | None = await self.get(
+                        asset_id, timeout=deadline.capped(self.timeout)
+                    )
+                except NotFoundError:
+                    current = None
+                if (moved := informer.recheck(asset_id, current)) is not None:
+                    yield moved
+            changes = self.watch_selector(
+                status=status,
+                type=type,
+                tags=tags,
+                created_by_task=created_by_task,
+                label=label,
+                after_revision=informer.revision,
+                timeout=deadline.remaining(),
+            )
+            try:
+                async for change in changes:
+                    if (fresh := informer.watched(change)) is not None:
+                        yield fresh
+                return
+            except HistoryGoneError as exc:
+                log.info("follow: listing again (%s)", exc.details)
+            finally:
+                await changes.aclose()
 
     async def wait_until_available(
         self, asset_ids: Iterable[str], timeout: float | None = None

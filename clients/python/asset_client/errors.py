@@ -101,6 +101,21 @@ class DataLossError(AssetServiceError):
     code = grpc.StatusCode.DATA_LOSS
 
 
+class HistoryGoneError(AssetServiceError):
+    """OUT_OF_RANGE: a selector watch asked for changes older than the server's history.
+
+    The server replays selector watches from the latest changes it keeps
+    (--watch-history-bytes), beginning anew at each start, so a revision that is too old,
+    or a watcher that fell that far behind, cannot be served. List again and watch from the
+    page's revision (`list_page(...).revision`); `follow` does that by itself.
+    """
+
+    code = grpc.StatusCode.OUT_OF_RANGE
+
+
+OutOfRangeError = HistoryGoneError
+
+
 class UnavailableError(AssetServiceError):
     """The server (or its database) cannot be reached right now; retry later."""
 
@@ -165,6 +180,7 @@ ERRORS_BY_CODE: dict[grpc.StatusCode, type[AssetServiceError]] = {
     grpc.StatusCode.UNAUTHENTICATED: UnauthenticatedError,
     grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhaustedError,
     grpc.StatusCode.DATA_LOSS: DataLossError,
+    grpc.StatusCode.OUT_OF_RANGE: HistoryGoneError,
     grpc.StatusCode.UNAVAILABLE: UnavailableError,
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceededError,
     grpc.StatusCode.CANCELLED: CancelledError,

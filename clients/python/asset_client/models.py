@@ -94,6 +94,19 @@ class Asset:
         return self.status is not AssetStatus.PENDING
 
 
+@dataclass(frozen=True, slots=True)
+class AssetPage:
+    """One page of a listing, and the revision it was read at (in one consistent cut).
+
+    Watching a selector from `revision` (watch_selector's after_revision) misses no change
+    made after this page was read, and repeats none it shows.
+    """
+
+    assets: tuple[Asset, ...]
+    next_page_token: str
+    revision: int
+
+
 class WatchEventType(enum.Enum):
     """What a watch event reports."""
 
