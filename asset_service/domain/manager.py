@@ -576,8 +576,8 @@ class AssetManager:
     async def watch_selector(
         self, selector: Selector, after_revision: int
     ) -> AsyncGenerator[WatchEvent, None]:
-        """Every change to the assets `selector` matches after `after_revision` (0: from
-        now), CHANGED or DELETED with slim records, in revision order, until cancelled.
+        """Every change to the assets `selector` matches after `after_revision`, CHANGED or
+        DELETED with slim records, in revision order, until cancelled.
 
         HistoryGone if this process cannot replay from that revision: list again.
         """
@@ -588,8 +588,8 @@ class AssetManager:
         validate_tags(selector.tags)
         history = self.hub.history
         await history.ready()
-        if after_revision == 0:
-            after_revision = await self.store.current_revision()
+        # 0 is revision 0 like any other (everything), not "now": a client that resumes
+        # with the revision it last saw must get what followed, even on an empty store.
         history.check(after_revision)
         return SelectorStream(history, selector, after_revision).events()
 

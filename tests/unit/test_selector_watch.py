@@ -215,8 +215,10 @@ async def test_a_watch_older_than_the_history_is_refused_and_a_lagging_one_ends(
         await collect(events, 40)
     with pytest.raises(HistoryGone):
         await manager.watch_selector(Selector(), start)
-    # From now, or from a revision still held: fine.
-    current = await manager.watch_selector(Selector(), 0)
+    # 0 is revision 0 (not "now"): gone too. From the current revision: fine.
+    with pytest.raises(HistoryGone):
+        await manager.watch_selector(Selector(), 0)
+    current = await manager.watch_selector(Selector(), await manager.store.current_revision())
     await current.aclose()
 
 
@@ -257,7 +259,7 @@ async def test_lost_history_ends_selector_watches_and_they_start_again_later() -
         with pytest.raises(HistoryGone):
             await collect(events, 1)
         await manager.hub.history.ready()  # read again from the store
-        again = await manager.watch_selector(Selector(), 0)
+        again = await manager.watch_selector(Selector(), await store.current_revision())
         second = await manager.create_pending("t", "b", "", AssetType.VALUE, ())
         assert [e.asset.id for e in await collect(again, 1)] == [second.id]
         await again.aclose()
@@ -275,3 +277,15 @@ async def test_selector_watches_end_when_the_server_stops() -> None:
     await manager.stop()
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(waiting, 5)
+
+
+async def test_revision_0_replays_from_the_start_not_from_now(manager: AssetManager) -> None:
+    """0 is a revision like any other: a client that listed an empty store (revision 0)
+    and watches from it gets what was created in between."""
+    page = await manager.list_assets(AssetFilter(), 10, "")
+    assert page.revision == 0 and page.assets == []
+    made = await manager.create_pending("t", "first", "", AssetType.VALUE, ())
+    events = await manager.watch_selector(Selector(), page.revision)
+    got = await collect(events, 1)
+    await events.aclose()
+    assert [e.asset.id for e in got] == [made.id]

@@ -19,9 +19,9 @@ from asset_client.models import (
 class SelectorCursor(Cursor):
     """A watch of every asset a selector picks: CHANGED and DELETED events, no snapshot.
 
-    The server reads after_revision 0 as "from now"; resuming with 0 would skip what
-    changed while disconnected, so 0 is first pinned to the revision of a one-item
-    listing with the same filter (ListAssets reads it in one cut with its page).
+    The server replays from the revision it is given, so this client's "0: from now" is
+    first pinned to the revision of a one-item listing with the same filter (ListAssets
+    reads it in one cut with its page); a resumption then continues from what was seen.
     """
 
     def __init__(

@@ -1806,10 +1806,11 @@ type WatchAssetRequest struct {
 	// only (no snapshot: ListAssets with the same filter gives the current state
 	// and the revision to watch from), records without their inline VALUE
 	// content (GetAsset has it), and the stream follows until cancelled.
-	// after_revision 0 means from now. A revision older than this server's change
-	// history (it keeps the latest --watch-history-bytes of changes and begins
-	// at each start) is refused with OUT_OF_RANGE: list again and watch from
-	// the page's revision.
+	// To start from now, pass the revision of a ListAssets page (0 is revision
+	// 0, replayable only while the history holds everything). A revision older
+	// than this server's change history (it keeps the latest
+	// --watch-history-bytes of changes and begins at each start) is refused with
+	// OUT_OF_RANGE: list again and watch from the page's revision.
 	Selector      *AssetSelector `protobuf:"bytes,4,opt,name=selector,proto3" json:"selector,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
