@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -50,6 +50,27 @@ def server(tmp_path: Path, import_root: Path) -> Iterator[ServerProcess]:
     try:
         yield proc
     finally:
+        proc.stop()
+        drop_database_of(url)
+
+
+StartServer = Callable[..., ServerProcess]
+
+
+@pytest.fixture
+def start_server(tmp_path: Path) -> Iterator[StartServer]:
+    """Starts servers with extra flags (`start(*flags)`, one database for all of them);
+    every one is stopped, and its database dropped, at the end."""
+    started: list[tuple[ServerProcess, str]] = []
+
+    def start(*extra_args: str) -> ServerProcess:
+        url = database_url_for(tmp_path)
+        proc = ServerProcess(tmp_path / "data", url, extra_args=list(extra_args)).start()
+        started.append((proc, url))
+        return proc
+
+    yield start
+    for proc, url in started:
         proc.stop()
         drop_database_of(url)
 

@@ -4,33 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 
 import grpc
 import pytest
 
 from asset_service._proto.asset.v1 import asset_service_pb2 as pb
 from asset_service._proto.asset.v1 import asset_service_pb2_grpc as pb_grpc
+from tests.conftest import StartServer
 from tests.e2e.helpers import expect_error
-from tests.serverproc import ServerProcess, database_url_for, drop_database_of
+from tests.serverproc import ServerProcess
 
 SWEEP = "0.2"  # --lease-check-interval: expiry is seen within this of the lease's end
 
 
 @pytest.fixture
-def leased_server(tmp_path: Path) -> Iterator[ServerProcess]:
-    url = database_url_for(tmp_path)
-    proc = ServerProcess(
-        tmp_path / "data",
-        url,
-        extra_args=["--lease-check-interval", SWEEP, "--max-lease-seconds", "600"],
-    ).start()
-    try:
-        yield proc
-    finally:
-        proc.stop()
-        drop_database_of(url)
+def leased_server(start_server: StartServer) -> ServerProcess:
+    return start_server("--lease-check-interval", SWEEP, "--max-lease-seconds", "600")
 
 
 @pytest.fixture

@@ -5,9 +5,8 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from pathlib import Path
 
 import grpc
 import pytest
@@ -15,27 +14,11 @@ from asset_client import AssetStatus, AsyncAssetClient
 
 from asset_service._proto.asset.v1 import asset_service_pb2 as pb
 from asset_service._proto.asset.v1 import asset_service_pb2_grpc as pb_grpc
+from tests.conftest import StartServer
 from tests.e2e.helpers import MiB, all_assets, expect_error, stored_files, upload
-from tests.serverproc import ServerProcess, database_url_for, drop_database_of
+from tests.serverproc import ServerProcess
 
 KiB = 1024
-StartServer = Callable[..., ServerProcess]
-
-
-@pytest.fixture
-def start_server(tmp_path: Path) -> Iterator[StartServer]:
-    started: list[tuple[ServerProcess, str]] = []
-
-    def start(*extra_args: str) -> ServerProcess:
-        url = database_url_for(tmp_path)
-        proc = ServerProcess(tmp_path / "data", url, extra_args=list(extra_args)).start()
-        started.append((proc, url))
-        return proc
-
-    yield start
-    for proc, url in started:
-        proc.stop()
-        drop_database_of(url)
 
 
 @asynccontextmanager

@@ -8,7 +8,6 @@ import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import cast
 
 import pytest
@@ -21,24 +20,17 @@ from asset_client import (
     FailedPreconditionError,
 )
 
+from tests.conftest import StartServer
 from tests.e2e.helpers import AsyncDriver
-from tests.serverproc import ServerProcess, database_url_for, drop_database_of
+from tests.serverproc import ServerProcess
 
 SWEEP = "0.2"  # --lease-check-interval: a lease that ran out fails within this
 KEEPER_LOG = "asset_client._leases"
 
 
 @pytest.fixture
-def leased_server(tmp_path: Path) -> Iterator[ServerProcess]:
-    url = database_url_for(tmp_path)
-    proc = ServerProcess(
-        tmp_path / "data", url, extra_args=["--lease-check-interval", SWEEP]
-    ).start()
-    try:
-        yield proc
-    finally:
-        proc.stop()
-        drop_database_of(url)
+def leased_server(start_server: StartServer) -> ServerProcess:
+    return start_server("--lease-check-interval", SWEEP)
 
 
 @pytest.fixture(params=["sync", "asyncio"])

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
 from typing import Any, cast
 
 import grpc
@@ -23,29 +22,12 @@ from asset_client import (
 )
 from asset_client._convert import pb
 
+from tests.conftest import StartServer
 from tests.e2e.helpers import AsyncDriver
-from tests.serverproc import ServerProcess, database_url_for, drop_database_of
+from tests.serverproc import ServerProcess
 
 CHANGED, DELETED, SNAPSHOT = WatchEventType.CHANGED, WatchEventType.DELETED, WatchEventType.SNAPSHOT
 PENDING, AVAILABLE, FAILED = AssetStatus.PENDING, AssetStatus.AVAILABLE, AssetStatus.FAILED
-StartServer = Callable[..., ServerProcess]
-
-
-@pytest.fixture
-def start_server(tmp_path: Path) -> Iterator[StartServer]:
-    """Starts a server with extra flags; stopped (and its database dropped) at the end."""
-    started: list[tuple[ServerProcess, str]] = []
-
-    def start(*extra_args: str) -> ServerProcess:
-        url = database_url_for(tmp_path)
-        proc = ServerProcess(tmp_path / "data", url, extra_args=list(extra_args)).start()
-        started.append((proc, url))
-        return proc
-
-    yield start
-    for proc, url in started:
-        proc.stop()
-        drop_database_of(url)
 
 
 @pytest.fixture(params=["sync", "asyncio"])

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from pathlib import Path
 
 import grpc
 import pytest
 
 from asset_service._proto.asset.v1 import asset_service_pb2 as pb
 from asset_service._proto.asset.v1 import asset_service_pb2_grpc as pb_grpc
+from tests.conftest import StartServer
 from tests.e2e.helpers import expect_error
-from tests.serverproc import ServerProcess, database_url_for, drop_database_of
+from tests.serverproc import ServerProcess
 
 
 async def promise(stub: pb_grpc.AssetServiceStub, task: str, label: str) -> pb.Asset:
@@ -80,16 +79,8 @@ async def _first(stub: pb_grpc.AssetServiceStub, request: pb.WatchAssetRequest) 
 
 
 @pytest.fixture
-def small_history_server(tmp_path: Path) -> Iterator[ServerProcess]:
-    url = database_url_for(tmp_path)
-    proc = ServerProcess(
-        tmp_path / "data", url, extra_args=["--watch-history-bytes", "16KiB"]
-    ).start()
-    try:
-        yield proc
-    finally:
-        proc.stop()
-        drop_database_of(url)
+def small_history_server(start_server: StartServer) -> ServerProcess:
+    return start_server("--watch-history-bytes", "16KiB")
 
 
 async def test_a_revision_older_than_the_history_is_out_of_range(
