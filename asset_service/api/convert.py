@@ -10,7 +10,6 @@ from google.protobuf import struct_pb2, timestamp_pb2
 
 from asset_service._proto.asset.v1 import asset_service_pb2 as pb
 from asset_service.domain.errors import InvalidArgument
-from asset_service.domain.manager import WatchEvent
 from asset_service.domain.models import (
     MAX_JSON_DEPTH,
     Asset,
@@ -20,6 +19,7 @@ from asset_service.domain.models import (
     UploadHeader,
     Value,
     ValueKind,
+    WatchEvent,
     check_json_data,
 )
 from asset_service.domain.selectors import Selector

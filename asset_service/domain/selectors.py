@@ -131,7 +131,9 @@ class History:
             self._bytes -= self._costs[self._head]
             self.floor = self._revisions[self._head]
             self._head += 1
-        if self._head > 1024 and self._head * 2 > len(self._changes):
+        # Evicted entries are dropped 1024 at a time: memory stays within max_bytes plus
+        # that many records, and a list prefix is cheap to delete.
+        if self._head >= 1024:
             del self._changes[: self._head], self._revisions[: self._head]
             del self._costs[: self._head]
             self._head = 0

@@ -8,10 +8,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from asset_service.domain import manager as manager_module
 from asset_service.domain.errors import FailedPrecondition, InvalidArgument
 from asset_service.domain.leases import LEASE_PRINCIPAL, deadline
 from asset_service.domain.manager import AssetManager, Limits
+from asset_service.domain.manager import _base as manager_base
 from asset_service.domain.models import Asset, AssetType, Status, Value, ValueKind
 from asset_service.storage.memory import MemoryStorage
 from asset_service.store.memory import MemoryStore
@@ -33,7 +33,7 @@ class Clock:
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     c = Clock()
-    monkeypatch.setattr(manager_module, "_now", c)
+    monkeypatch.setattr(manager_base, "now", c)
     return c
 
 

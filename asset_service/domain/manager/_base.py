@@ -1,0 +1,113 @@
+"""What every part of the AssetManager shares: limits, the clock, its ports and get()."""
+
+from __future__ import annotations
+
+from collections.abc import (
+    AsyncIterator,
+)
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from asset_service.domain.commits import Committer
+from asset_service.domain.errors import (
+    IntegrityError,
+    NotFound,
+    brief,
+)
+from asset_service.domain.locks import KeyedLocks
+from asset_service.domain.models import (
+    Asset,
+    parse_asset_id,
+)
+from asset_service.domain.ports import (
+    BlobStorage,
+    ManifestStore,
+    MetadataStore,
+    StagedBlob,
+)
+from asset_service.domain.selectors import DEFAULT_HISTORY_BYTES
+from asset_service.domain.watch import (
+    DEFAULT_BUFFER_BYTES,
+    DEFAULT_CATCH_UP_BATCH,
+    ChangeHub,
+)
+
+MAX_BATCH = 1000
+MAX_PAGE_SIZE = 1000
+DEFAULT_PAGE_SIZE = 100
+MAX_REASON_CHARS = 4096
+READ_CHUNK_BYTES = 1024 * 1024
+# What one response may carry in records: under a default grpc client's 4 MiB receive
+# limit, with room for the envelope (a page always holds at least one record).
+MAX_RESPONSE_BYTES = 3 * 1024 * 1024 + 512 * 1024
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_upload_bytes: int = 10 * 1024**3
+    # Manifest folders (input_data.json) live this long, and shared VALUE files this long
+    # after their last use; 0 keeps them.
+    manifest_ttl_seconds: float = 7 * 24 * 3600.0
+    # Changes buffered per WatchAsset stream (estimated bytes); past it, it re-reads state.
+    watch_buffer_bytes: int = DEFAULT_BUFFER_BYTES
+    # Records a lagging watcher reads from the store per call while it catches up.
+    watch_catch_up_batch: int = DEFAULT_CATCH_UP_BATCH
+    # The longest lease a promise may be created or renewed with.
+    max_lease_seconds: int = 86400
+    # The latest changes kept for selector watches (slim records, estimated bytes).
+    watch_history_bytes: int = DEFAULT_HISTORY_BYTES
+
+
+def now() -> datetime:
+    """The clock of every use case (tests move it by replacing this function)."""
+    return datetime.now(UTC)
+
+
+class Core:
+    """The AssetManager's state; each part of it (transitions, creation, the manager) adds
+    its use cases."""
+
+    store: MetadataStore
+    storage: BlobStorage
+    limits: Limits
+    manifests: ManifestStore | None
+    hub: ChangeHub
+    commits: Committer
+    _locks: KeyedLocks
+
+    async def get(self, asset_id: str) -> Asset:
+        asset_id = parse_asset_id(asset_id)
+        asset = await self.store.get(asset_id)
+        if asset is None:
+            raise NotFound(f"asset {asset_id} not found")
+        return asset
+
+
+async def naming(asset_id: str, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """Re-raise a mid-stream integrity error with the asset's id in front."""
+    try:
+        async for chunk in chunks:
+            yield chunk
+    except IntegrityError as exc:
+        raise IntegrityError(f"asset {asset_id} is AVAILABLE but {exc.message}") from None
+
+
+def verify(blob: StagedBlob, expected_size: int | None, expected_sha: str) -> None:
+    if expected_size is not None and blob.size_bytes != expected_size:
+        raise IntegrityError(
+            f"received {blob.size_bytes} bytes, but the header declared {expected_size}"
+        )
+    if expected_sha and blob.sha256 != expected_sha:
+        raise IntegrityError(
+            f"content has sha256 {blob.sha256}, but the header declared {expected_sha}"
+        )
+
+
+def not_pending(asset: Asset, verb: str) -> str:
+    detail = f" ({brief(asset.failure_reason, 200)})" if asset.failure_reason else ""
+    return f"asset {asset.id} is {asset.status.value}{detail}; only a PENDING asset can be {verb}"
+
+
+async def chunks_of(data: bytes) -> AsyncIterator[bytes]:
+    for start in range(0, len(data), READ_CHUNK_BYTES):
+        yield data[start : start + READ_CHUNK_BYTES]

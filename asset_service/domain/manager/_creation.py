@@ -1,0 +1,190 @@
+"""The AssetManager's ways to create assets: uploads, server-side files, values, promises."""
+
+from __future__ import annotations
+
+from collections.abc import (
+    AsyncIterator,
+    Sequence,
+)
+
+from asset_service.domain import leases
+from asset_service.domain.commits import Handover
+from asset_service.domain.errors import (
+    InvalidArgument,
+    TooLarge,
+)
+from asset_service.domain.manager import _base
+from asset_service.domain.manager._base import verify
+from asset_service.domain.manager._transitions import Transitions
+from asset_service.domain.models import (
+    Asset,
+    AssetType,
+    Status,
+    UploadHeader,
+    Value,
+    new_asset_id,
+    validate_label,
+    validate_media_type,
+    validate_server_path,
+    validate_sha256,
+    validate_tags,
+    validate_task_id,
+)
+from asset_service.domain.ports import (
+    Chunk,
+)
+from asset_service.domain.values import parse_value, value_sha256
+
+
+class Creation(Transitions):
+    """New assets: AVAILABLE at once, or PENDING promises."""
+
+    async def upload(
+        self, header: UploadHeader, chunks: AsyncIterator[Chunk], *, by: str = ""
+    ) -> Asset:
+        media_type = validate_media_type(header.media_type, "")
+        tags = validate_tags(header.tags)
+        expected_sha = validate_sha256(header.expected_sha256)
+        expected_size = header.expected_size_bytes
+        limit = self.limits.max_upload_bytes
+        if expected_size is not None:
+            if expected_size < 0:
+                raise InvalidArgument(f"expected_size_bytes is negative ({expected_size})")
+            if expected_size > limit:
+                raise TooLarge(
+                    f"expected_size_bytes {expected_size} exceeds the server's limit of "
+                    f"{limit} bytes (--max-upload-bytes)"
+                )
+        pending: Asset | None = None
+        if header.pending_asset_id:
+            pending = await self.get(header.pending_asset_id)
+            self._check_fulfillable(pending, AssetType.FILE, allow_done=True)
+        else:
+            validate_label(header.label)
+
+        writer = self.storage.new_writer()
+        with Handover(writer) as handover:
+            async for chunk in chunks:
+                if writer.size_bytes + len(chunk) > limit:
+                    raise TooLarge(
+                        f"upload exceeds the server's limit of {limit} bytes (--max-upload-bytes)"
+                    )
+                await writer.write(chunk)
+            await writer.seal()
+            verify(writer, expected_size, expected_sha)
+            if pending is not None:
+                async with self._locks.hold(pending.id):
+                    # Re-read: the state may have moved while the bytes streamed in.
+                    current = await self.get(pending.id)
+                    return await self._fulfill_with_blob(current, handover, media_type, "", by)
+            return await self._insert_file(
+                handover, header.label, media_type or "application/octet-stream", tags, by
+            )
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def register_file(
+        self,
+        path: str,
+        label: str,
+        media_type: str,
+        tags: Sequence[str],
+        move: bool,
+        *,
+        by: str = "",
+    ) -> Asset:
+        path = validate_server_path(path)
+        label = validate_label(label or path.rsplit("/", 1)[-1])
+        media_type = validate_media_type(media_type, "application/octet-stream")
+        tag_tuple = validate_tags(tags)
+        staged = await self.storage.adopt(path, move=move)
+        with Handover(staged) as handover:
+            return await self._insert_file(handover, label, media_type, tag_tuple, by)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _insert_file(
+        self, handover: Handover, label: str, media_type: str, tags: tuple[str, ...], by: str
+    ) -> Asset:
+        """Bytes into uploads/, then the AVAILABLE record."""
+        blob = handover.blob
+        asset_id, now = new_asset_id(), _base.now()
+        key = self.storage.upload_key(asset_id, label, now)
+
+        def record(path: str) -> Asset:
+            return Asset(
+                id=asset_id,
+                label=label,
+                status=Status.AVAILABLE,
+                type=AssetType.FILE,
+                media_type=media_type,
+                created_at=now,
+                updated_at=now,
+                storage_path=path,
+                tags=tags,
+                size_bytes=blob.size_bytes,
+                sha256=blob.sha256,
+                created_by=by,
+                updated_by=by,
+            )
+
+        return await self.commits.publish(
+            handover, asset_id, key, lambda path: self.store.insert(record(path))
+        )
+
+    async def create_value(
+        self, label: str, media_type: str, value: Value, tags: Sequence[str], *, by: str = ""
+    ) -> Asset:
+        label = validate_label(label)
+        value = parse_value(value.kind, value.data)
+        media_type = validate_media_type(media_type, value.kind.default_media_type)
+        now = _base.now()
+        asset = Asset(
+            id=new_asset_id(),
+            label=label,
+            status=Status.AVAILABLE,
+            type=AssetType.VALUE,
+            media_type=media_type,
+            created_at=now,
+            updated_at=now,
+            value=value,
+            tags=validate_tags(tags),
+            size_bytes=len(value.data),
+            sha256=value_sha256(value),
+            created_by=by,
+            updated_by=by,
+        )
+        return await self.store.insert(asset)
+
+    async def create_pending(
+        self,
+        task_id: str,
+        label: str,
+        media_type: str,
+        type_: AssetType,
+        tags: Sequence[str],
+        *,
+        lease_seconds: int = 0,
+        by: str = "",
+    ) -> Asset:
+        task_id = validate_task_id(task_id)
+        label = validate_label(label)
+        lease_seconds = leases.check_seconds(lease_seconds, self.limits.max_lease_seconds)
+        now = _base.now()
+        asset = Asset(
+            id=new_asset_id(),
+            label=label,
+            status=Status.PENDING,
+            type=type_,
+            # A VALUE promise without a media type gets its value kind's on fulfillment.
+            media_type=validate_media_type(
+                media_type, "application/octet-stream" if type_ is AssetType.FILE else ""
+            ),
+            created_at=now,
+            updated_at=now,
+            created_by_task=task_id,
+            tags=validate_tags(tags),
+            created_by=by,
+            updated_by=by,
+            lease_seconds=lease_seconds,
+            lease_expires_at=leases.deadline(now, lease_seconds) if lease_seconds else None,
+        )
+        return await self.store.insert(asset)

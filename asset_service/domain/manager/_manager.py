@@ -1,0 +1,265 @@
+"""The AssetManager: every use case of the service, over its ports."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Mapping,
+    Sequence,
+)
+from typing import Any
+
+from asset_service.domain import recovery
+from asset_service.domain.commits import Committer
+from asset_service.domain.errors import (
+    FailedPrecondition,
+    IntegrityError,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    shown_list,
+)
+from asset_service.domain.locks import KeyedLocks
+from asset_service.domain.manager._base import (
+    DEFAULT_PAGE_SIZE,
+    MAX_BATCH,
+    MAX_PAGE_SIZE,
+    MAX_RESPONSE_BYTES,
+    READ_CHUNK_BYTES,
+    Limits,
+    chunks_of,
+    naming,
+)
+from asset_service.domain.manager._creation import Creation
+from asset_service.domain.manifests import Manifest, build_manifest, wait_for_inputs
+from asset_service.domain.models import (
+    Asset,
+    AssetFilter,
+    AssetType,
+    Page,
+    Status,
+    WatchEvent,
+    approx_bytes,
+    parse_asset_id,
+    validate_tags,
+    validate_task_id,
+)
+from asset_service.domain.ports import (
+    BlobStorage,
+    ManifestStore,
+    MetadataStore,
+)
+from asset_service.domain.reads import READ_BATCH
+from asset_service.domain.selectors import Selector, SelectorStream
+from asset_service.domain.watch import (
+    ChangeHub,
+    WatchStream,
+)
+
+log = logging.getLogger(__name__)
+
+
+class AssetManager(Creation):
+    """Every use case of the service, over a MetadataStore and a BlobStorage."""
+
+    def __init__(
+        self,
+        store: MetadataStore,
+        storage: BlobStorage,
+        limits: Limits,
+        manifests: ManifestStore | None = None,
+    ) -> None:
+        self.store = store
+        self.storage = storage
+        self.limits = limits
+        self.manifests = manifests
+        self.hub = ChangeHub(limits.watch_buffer_bytes, limits.watch_history_bytes)
+        self.commits = Committer(store)
+        self._locks = KeyedLocks()
+
+    # --- lifecycle ------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.storage.open()
+        if self.manifests is not None:
+            await self.manifests.open()
+        await self.store.open()
+        await self.recover()
+        await self.reconcile()
+        self.hub.start(self.store.changes(), self.store.current_revision)
+
+    async def stop(self) -> None:
+        await self.commits.stop()
+        await self.hub.close()
+        await self.store.close()
+        await self.storage.close()
+
+    async def recover(self) -> int:
+        """Settle moves that crashed processes left half-done (see recovery.recover)."""
+        return await recovery.recover(self.store, self.storage)
+
+    async def settle_unsettled(self) -> int:
+        """Settle record writes whose outcome was unknown (the server calls this often)."""
+        return await self.commits.settle()
+
+    async def sweep_manifests(self) -> int:
+        """Remove manifest folders older than the TTL (tasks read them when they start)."""
+        if self.limits.manifest_ttl_seconds <= 0 or self.manifests is None:
+            return 0
+        removed = await self.manifests.sweep(self.limits.manifest_ttl_seconds)
+        if removed:
+            log.info("removed %d manifest folder(s) past their TTL", removed)
+        return removed
+
+    async def reconcile(self) -> int:
+        """Remove stored bytes no record points at (see recovery.reconcile)."""
+        return await recovery.reconcile(self.store, self.storage)
+
+    async def promised_by(self, asset_ids: Sequence[str]) -> dict[str, str]:
+        """{asset id: the task that promised it ("" if none)} for the ids that name an
+        asset; malformed and unknown ids are left out. One read, without inline values."""
+        ids = []
+        for raw in asset_ids:
+            with contextlib.suppress(InvalidArgument):
+                ids.append(parse_asset_id(raw))
+        found = await self.store.snapshot(ids) if ids else {}
+        return {asset_id: asset.created_by_task for asset_id, asset in found.items()}
+
+    async def batch_get(self, asset_ids: Sequence[str]) -> list[Asset]:
+        if not asset_ids:
+            raise InvalidArgument("asset_ids is empty; name at least one asset")
+        if len(asset_ids) > MAX_BATCH:
+            raise InvalidArgument(f"{len(asset_ids)} ids given; the limit is {MAX_BATCH}")
+        ids = [parse_asset_id(i, "asset_ids entry") for i in asset_ids]
+        found: dict[str, Asset] = {}
+        used = 0
+        unique = sorted(set(ids))
+        for start in range(0, len(unique), READ_BATCH):
+            part = await self.store.get_many(unique[start : start + READ_BATCH])
+            used += sum(approx_bytes(a) for a in part.values())
+            if used > MAX_RESPONSE_BYTES:
+                raise ResourceExhausted(
+                    f"the {len(unique)} assets asked for weigh more than the "
+                    f"{MAX_RESPONSE_BYTES / 1024**2:g} MiB a response may carry (their VALUEs); "
+                    "ask for fewer ids, or page with ListAssets"
+                )
+            found.update(part)
+        missing = [i for i in dict.fromkeys(ids) if i not in found]
+        if missing:
+            raise NotFound(f"{len(missing)} asset(s) not found: {shown_list(missing)}")
+        return [found[i] for i in ids]
+
+    async def list_assets(self, flt: AssetFilter, page_size: int, page_token: str) -> Page:
+        if page_size < 0:
+            raise InvalidArgument(f"page_size must not be negative (got {page_size})")
+        size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        validate_tags(flt.tags)
+        # A page of large VALUEs ends early (next_page_token set) to fit one response.
+        return await self.store.query(flt, size, page_token, MAX_RESPONSE_BYTES)
+
+    async def read(self, asset_id: str, offset: int, limit: int) -> AsyncIterator[bytes]:
+        """Check first (so errors come before any chunk), then return the chunk stream."""
+        asset = await self.get(asset_id)
+        if asset.status is not Status.AVAILABLE:
+            raise FailedPrecondition(
+                f"asset {asset.id} is {asset.status.value}; only AVAILABLE assets can be read"
+            )
+        if offset < 0 or limit < 0:
+            raise InvalidArgument("offset and limit must not be negative")
+        if offset > asset.size_bytes:
+            raise InvalidArgument(f"offset {offset} is past the end ({asset.size_bytes} bytes)")
+        if asset.type is AssetType.VALUE:
+            assert asset.value is not None
+            end = asset.size_bytes if limit == 0 else min(asset.size_bytes, offset + limit)
+            return chunks_of(asset.value.data[offset:end])
+        try:
+            chunks = await self.storage.read(
+                asset.storage_path, asset.size_bytes, offset, limit, READ_CHUNK_BYTES
+            )
+        except IntegrityError as exc:
+            raise IntegrityError(f"asset {asset.id} is AVAILABLE but {exc.message}") from None
+        return naming(asset.id, chunks)
+
+    # --- watch ------------------------------------------------------------------------
+
+    async def watch(
+        self, asset_ids: Sequence[str], after_revision: int, follow: bool
+    ) -> AsyncGenerator[WatchEvent, None]:
+        """Validate, subscribe, read the snapshot; return the event stream.
+
+        Subscribing before reading means no change can fall between the snapshot and
+        the stream; changes already covered by the snapshot are skipped by revision.
+        """
+        if not asset_ids:
+            raise InvalidArgument("asset_ids is empty; name at least one asset to watch")
+        if len(asset_ids) > MAX_BATCH:
+            raise InvalidArgument(f"{len(asset_ids)} ids given; the limit is {MAX_BATCH}")
+        if after_revision < 0:
+            raise InvalidArgument(f"after_revision must not be negative ({after_revision})")
+        ids = list(dict.fromkeys(parse_asset_id(i, "asset_ids entry") for i in asset_ids))
+        sub = self.hub.subscribe(ids)
+        try:
+            # One consistent cut (read after subscribing): every change it does not hold
+            # has a higher revision than all it holds, and reaches the subscription.
+            snapshot = await self.store.snapshot(ids)
+            missing = [i for i in ids if i not in snapshot]
+            if missing:
+                raise NotFound(f"{len(missing)} asset(s) not found: {shown_list(missing)}")
+        except BaseException:
+            sub.close()
+            raise
+        stream = WatchStream(
+            sub,
+            self.store.get_many,
+            self.store.snapshot,
+            snapshot,
+            after_revision,
+            follow,
+            self.limits.watch_catch_up_batch,
+        )
+        return stream.events()
+
+    async def watch_selector(
+        self, selector: Selector, after_revision: int
+    ) -> AsyncGenerator[WatchEvent, None]:
+        """Every change to the assets `selector` matches after `after_revision`, CHANGED or
+        DELETED with slim records, in revision order, until cancelled.
+
+        HistoryGone if this process cannot replay from that revision: list again.
+        """
+        if after_revision < 0:
+            raise InvalidArgument(f"after_revision must not be negative ({after_revision})")
+        if selector.task_id:
+            validate_task_id(selector.task_id)
+        validate_tags(selector.tags)
+        history = self.hub.history
+        await history.ready()
+        # 0 is revision 0 like any other (everything), not "now": a client that resumes
+        # with the revision it last saw must get what followed, even on an empty store.
+        history.check(after_revision)
+        return SelectorStream(history, selector, after_revision).events()
+
+    # --- manifest ---------------------------------------------------------------------
+
+    async def manifest(
+        self,
+        mappings: Mapping[str, str],
+        config_params: Mapping[str, Any],
+        *,
+        wait: bool = False,
+        wait_seconds: float | None = None,
+    ) -> Manifest:
+        """input_data.json for these inputs. With `wait`, first wait (up to `wait_seconds`;
+        None: no limit) until none of them is PENDING."""
+        if self.manifests is None:
+            raise FailedPrecondition("this server has no manifest store; GetManifest is off")
+        if wait:
+            await wait_for_inputs(
+                lambda ids: self.watch(ids, 0, follow=False), mappings, wait_seconds
+            )
+        return await build_manifest(
+            self.store, self.storage, self.manifests, mappings, config_params
+        )

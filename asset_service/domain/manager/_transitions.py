@@ -1,0 +1,180 @@
+"""The AssetManager's transitions: fulfil, fail, renew a lease, expire leases, delete."""
+
+from __future__ import annotations
+
+from asset_service.domain import leases
+from asset_service.domain.commits import Handover
+from asset_service.domain.errors import (
+    Conflict,
+    FailedPrecondition,
+    IntegrityError,
+    InvalidArgument,
+    NotFound,
+    shown,
+)
+from asset_service.domain.manager import _base
+from asset_service.domain.manager._base import MAX_REASON_CHARS, Core, not_pending
+from asset_service.domain.models import (
+    Asset,
+    AssetType,
+    Failure,
+    Fulfillment,
+    Renewal,
+    Status,
+    Value,
+    parse_asset_id,
+    validate_server_path,
+    validate_sha256,
+)
+from asset_service.domain.values import parse_value, value_sha256
+
+
+class Transitions(Core):
+    """PENDING -> AVAILABLE | FAILED, leases, and the end of an asset's life."""
+
+    async def fulfill_from_path(
+        self, asset_id: str, source_path: str, expected_sha: str, *, by: str = ""
+    ) -> Asset:
+        asset_id = parse_asset_id(asset_id)
+        expected_sha = validate_sha256(expected_sha)
+        source = validate_server_path(source_path, "source_path")
+        async with self._locks.hold(asset_id):
+            current = await self.get(asset_id)
+            self._check_fulfillable(current, AssetType.FILE, allow_done=True)
+            try:
+                staged = await self.storage.adopt(source, move=True)
+            except NotFound:
+                if current.status is Status.AVAILABLE and current.fulfilled_from == source:
+                    # A retry of the fulfill that moved this very file: same answer.
+                    return current
+                raise
+            with Handover(staged) as handover:
+                if expected_sha and staged.sha256 != expected_sha:
+                    raise IntegrityError(
+                        f"{shown(source)} has sha256 {staged.sha256}, expected {expected_sha}"
+                    )
+                return await self._fulfill_with_blob(current, handover, "", source, by)
+            raise AssertionError("unreachable")  # pragma: no cover
+
+    async def fulfill_with_value(
+        self, asset_id: str, value: Value, expected_sha: str, *, by: str = ""
+    ) -> Asset:
+        asset_id = parse_asset_id(asset_id)
+        expected_sha = validate_sha256(expected_sha)
+        value = parse_value(value.kind, value.data)
+        digest = value_sha256(value)
+        if expected_sha and digest != expected_sha:
+            raise IntegrityError(f"value has sha256 {digest}, expected {expected_sha}")
+        async with self._locks.hold(asset_id):
+            current = await self.get(asset_id)
+            if current.status is Status.AVAILABLE and current.value == value:
+                return current
+            self._check_fulfillable(current, AssetType.VALUE, allow_done=False)
+            change = Fulfillment(
+                size_bytes=len(value.data),
+                sha256=digest,
+                value=value,
+                media_type="" if current.media_type else value.kind.default_media_type,
+                by=by,
+            )
+            return await self._transition(current, change)
+
+    async def fail(self, asset_id: str, reason: str, *, by: str = "") -> Asset:
+        asset_id = parse_asset_id(asset_id)
+        reason = reason.strip()
+        if not reason:
+            raise InvalidArgument("reason is required: say why the asset could not be produced")
+        reason = reason[:MAX_REASON_CHARS]
+        async with self._locks.hold(asset_id):
+            current = await self.get(asset_id)
+            if current.status is Status.FAILED and current.failure_reason == reason:
+                return current
+            if current.status is not Status.PENDING:
+                raise FailedPrecondition(not_pending(current, "failed"))
+            return await self._transition(current, Failure(reason, by=by))
+
+    async def renew_lease(self, asset_id: str, lease_seconds: int = 0, *, by: str = "") -> Asset:
+        """Extend a PENDING asset's lease to now + lease_seconds (0: its own lease)."""
+        asset_id = parse_asset_id(asset_id)
+        async with self._locks.hold(asset_id):
+            current = await self.get(asset_id)
+            now = _base.now()
+            seconds = leases.renewal_seconds(
+                current, lease_seconds, self.limits.max_lease_seconds, now
+            )
+            renewal = Renewal(leases.deadline(now, seconds), by=by)
+            try:
+                return await self.store.transition(asset_id, Status.PENDING, renewal, now)
+            except Conflict:
+                # Fulfilled, failed or run out meanwhile: say which.
+                latest = await self.get(asset_id)
+                leases.renewal_seconds(latest, lease_seconds, self.limits.max_lease_seconds, now)
+                raise FailedPrecondition(leases.ran_out(latest)) from None
+
+    async def expire_leases(self) -> int:
+        """Fail every PENDING asset whose lease has run out; how many this call failed."""
+        return await leases.expire_due(self.store, _base.now())
+
+    async def delete(self, asset_id: str, *, by: str = "") -> Asset:
+        asset_id = parse_asset_id(asset_id)
+        async with self._locks.hold(asset_id):
+            removed = await self.store.delete(asset_id, by)
+            if removed is None:
+                raise NotFound(f"asset {asset_id} not found")
+            # Record first, bytes second: a crash in between leaves an orphan file that
+            # reconcile removes, never a record without its bytes.
+            if removed.storage_path:
+                await self.storage.remove(removed.storage_path)
+            return removed
+
+    def _check_fulfillable(self, asset: Asset, type_: AssetType, allow_done: bool) -> None:
+        if asset.type is not type_:
+            how = (
+                "with source_path or UploadAsset"
+                if asset.type is AssetType.FILE
+                else "with a value"
+            )
+            raise FailedPrecondition(
+                f"asset {asset.id} is a {asset.type.value} asset; fulfill it {how}"
+            )
+        if asset.status is not Status.PENDING and not (
+            allow_done and asset.status is Status.AVAILABLE
+        ):
+            raise FailedPrecondition(not_pending(asset, "fulfilled"))
+
+    async def _fulfill_with_blob(
+        self, current: Asset, handover: Handover, media_type: str, origin: str, by: str
+    ) -> Asset:
+        """Commit staged bytes as the content of `current`, a FILE asset read under its lock.
+
+        The conditional write still guards against another process having moved the asset
+        since `current` was read.
+        """
+        blob = handover.blob
+        if current.status is Status.AVAILABLE and current.sha256 == blob.sha256:
+            return current  # an identical retry: keep the first copy only (handover rolls back)
+        self._check_fulfillable(current, AssetType.FILE, allow_done=False)
+        key = self.storage.generated_key(current.created_by_task, current.id, current.label)
+
+        def change(path: str) -> Fulfillment:
+            return Fulfillment(
+                size_bytes=blob.size_bytes,
+                sha256=blob.sha256,
+                storage_path=path,
+                fulfilled_from=origin,
+                media_type=media_type,
+                by=by,
+            )
+
+        return await self.commits.publish(
+            handover, current.id, key, lambda path: self._transition(current, change(path))
+        )
+
+    async def _transition(self, current: Asset, change: Fulfillment | Failure) -> Asset:
+        try:
+            return await self.store.transition(current.id, Status.PENDING, change, _base.now())
+        except Conflict as exc:
+            raise Conflict(
+                f"asset {current.id} changed while this request ran ({exc.message}); "
+                "re-read it before retrying"
+            ) from None
