@@ -87,7 +87,11 @@ async def test_upload_memory_stays_flat(
     assert asset.size_bytes == size
     growth = peak - baseline
     # The file is 256 MiB; a server that buffered it would grow by at least that much.
-    assert growth < 48 * MiB, f"server RSS grew by {growth / MiB:.1f} MiB during a 256 MiB upload"
+    # What it may hold: the upload queue (4 MiB) and its direct-I/O buffers (2 MiB, 8 kept
+    # for reuse), gRPC's stream window (grown by its BDP probe to several MiB), and up to
+    # 16 MiB of freed heap glibc keeps (asset_service/allocator.py), plus fragmentation:
+    # 25-45 MiB measured, up to 59 MiB with the machine busy.
+    assert growth < 80 * MiB, f"server RSS grew by {growth / MiB:.1f} MiB during a 256 MiB upload"
 
 
 async def _watch_events(
