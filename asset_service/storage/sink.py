@@ -161,9 +161,14 @@ class _Direct:
             # an unaligned rest: the remaining bytes go through the page cache.
             if exc.errno != errno.EINVAL or not self._direct:
                 raise
+            self._go_buffered()
+            _pwrite_all(self._fd, data, offset)
+
+    def _go_buffered(self) -> None:
+        """Clear O_DIRECT: the rest of the file goes through the page cache."""
+        if self._direct:
             self._direct = False
             _buffered(self._fd)
-            _pwrite_all(self._fd, data, offset)
 
     def finish(self) -> None:
         """Write what is left: its aligned part directly, the rest through the page cache."""
@@ -174,9 +179,7 @@ class _Direct:
         if head:
             self._write(data[:head], self._offset)
         if head < self._filled:
-            if self._direct:
-                self._direct = False
-                _buffered(self._fd)
+            self._go_buffered()
             _pwrite_all(self._fd, data[head:], self._offset + head)
 
     def _stop_writer(self) -> None:

@@ -15,13 +15,14 @@ def transition_fields(
     *,
     value_column: str,
     timestamp: Callable[[datetime], Any],
-    lease_column: str = "lease_expires_at",
+    lease: Callable[[datetime], tuple[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Field name -> new value for the record a transition changes (revision excepted).
 
     The stores differ only in where a VALUE's bytes live (`value_column`), how a time is
-    stored (`timestamp`) and where a lease's end is kept (`lease_column`), so a new field or
-    rule reaches every store from here.
+    stored (`timestamp`) and where and how a lease's end is kept (`lease`: its column and
+    value; default lease_expires_at as a timestamp), so a new field or rule reaches every
+    store from here.
     """
     sets: dict[str, Any]
     if isinstance(change, Fulfillment):
@@ -41,7 +42,12 @@ def transition_fields(
     elif isinstance(change, Failure):
         sets = {"status": Status.FAILED.value, "failure_reason": change.reason}
     else:
-        sets = {lease_column: timestamp(change.expires_at)}
+        column, value = (
+            lease(change.expires_at)
+            if lease is not None
+            else ("lease_expires_at", timestamp(change.expires_at))
+        )
+        sets = {column: value}
     sets["updated_at"] = timestamp(now)
     sets["updated_by"] = change.by
     return sets

@@ -331,6 +331,16 @@ class MongoStore:
             raise _unavailable(exc) from exc
         return found
 
+    @contextlib.asynccontextmanager
+    async def _one_cut(self) -> AsyncIterator[AsyncClientSession | None]:
+        """A snapshot session: every read in it sees one majority-committed cluster time
+        (the first read's). None without transactions (FerretDB): plain reads."""
+        if not self._transactions:
+            yield None
+            return
+        async with self._client.start_session(snapshot=True, causal_consistency=False) as s:
+            yield s
+
     async def snapshot(self, asset_ids: Sequence[str]) -> dict[str, Asset]:
         """One consistent cut without values: a snapshot session (MongoDB 5.0+).
 
@@ -348,12 +358,7 @@ class MongoStore:
         if not ids:
             return found
         try:
-            async with contextlib.AsyncExitStack() as stack:
-                session = None
-                if self._transactions:
-                    session = await stack.enter_async_context(
-                        self._client.start_session(snapshot=True, causal_consistency=False)
-                    )
+            async with self._one_cut() as session:
                 for start in range(0, len(ids), 1000):
                     part = ids[start : start + 1000]
                     cursor = self._assets.find(
@@ -384,14 +389,7 @@ class MongoStore:
         docs: list[Doc] = []
         used, full = 0, False
         try:
-            async with contextlib.AsyncExitStack() as stack:
-                # The counter and the page in one snapshot session (one cluster time), as
-                # snapshot() reads; plain reads without transactions (FerretDB).
-                session = None
-                if self._transactions:
-                    session = await stack.enter_async_context(
-                        self._client.start_session(snapshot=True, causal_consistency=False)
-                    )
+            async with self._one_cut() as session:  # the counter and the page: one cut
                 revision = await self._revision_in(session)
                 cursor = (
                     self._assets.find(where, session=session)

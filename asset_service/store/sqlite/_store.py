@@ -26,7 +26,6 @@ from asset_service.domain.models import (
     ChangeKind,
     Fulfillment,
     Page,
-    Renewal,
     Resync,
     Status,
     Transition,
@@ -369,16 +368,18 @@ class SqliteStore:
         self, asset_id: str, expected: Status, change: Transition, now: datetime
     ) -> Asset:
         sets = transition_fields(
-            change, now, value_column="value_data", timestamp=datetime.isoformat
+            change,
+            now,
+            value_column="value_data",
+            timestamp=datetime.isoformat,
+            lease=lambda end: ("lease_expires_ms", to_ms(end)),
         )
-        if isinstance(change, Renewal):
-            del sets["lease_expires_at"]
-            sets["lease_expires_ms"] = to_ms(change.expires_at)
         test = lease_condition(change)
-        lease_sql = {None: "", "not run out": " AND lease_expires_ms > ?"}.get(
-            test, " AND lease_expires_ms <= ?"
-        )
-        lease_args = () if test is None else (to_ms(now),)
+        lease_sql = ""
+        lease_args: tuple[int, ...] = ()
+        if test is not None:
+            lease_sql = f" AND lease_expires_ms {'>' if test == 'not run out' else '<='} ?"
+            lease_args = (to_ms(now),)
 
         # Runs in a group transaction, in its own savepoint: raising rolls it back alone,
         # revision bump included.
