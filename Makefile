@@ -8,7 +8,7 @@ TOOLS := tools/node_modules/.installed
 ARGS ?=
 PY_SOURCES := asset_service tests scripts bench clients/python
 
-.PHONY: install run test soak ferretdb minio generate lint format bench clean
+.PHONY: install run test soak ferretdb minio lazyfs generate lint format bench clean
 
 $(STAMP): pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,7 +30,7 @@ run: $(STAMP)
 	$(VENV)/bin/asset-service --import-root "$(CURDIR)/incoming" $(ARGS)
 
 ## test: every test (unit, contract, end to end, grpcurl, buf lint, stubs up to date, lint)
-test: install ferretdb minio
+test: install ferretdb minio lazyfs
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 ## soak: a long crash loop (300 SIGKILLs under mixed load, each followed by an audit), then
@@ -46,6 +46,11 @@ ferretdb:
 ## minio: build MinIO into .tools/ (an S3-compatible store; the S3 blob-storage contract)
 minio:
 	bash scripts/install_minio.sh
+
+## lazyfs: build lazyfs into .tools/ (a FUSE file system that loses what was not fsynced at
+## a simulated power cut; the power-loss tests)
+lazyfs:
+	bash scripts/install_lazyfs.sh
 
 ## generate: regenerate every client's stubs from protos/
 generate: install
