@@ -82,10 +82,9 @@ class LocalStorage:
 
     def _open_sync(self) -> None:
         try:
-            for folder in (self.uploads, self.generated, self._staging_parent):
-                folder.mkdir(parents=True, exist_ok=True)
-            self.staging.mkdir()
-            self.intents.mkdir()
+            # Durably: the move journals under intents/ must outlive a power cut.
+            for folder in (self.uploads, self.generated, self.intents):
+                fs.make_dirs(folder)
             # Held for the life of the process; start-up sweeps of other processes
             # know this staging folder is live because they cannot take the lock.
             self._lock_fd = os.open(self.staging / ".lock", os.O_CREAT | os.O_RDWR, 0o600)
