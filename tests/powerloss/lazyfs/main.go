@@ -6,7 +6,8 @@
 // It prints "lazyfs: serving ..." once mounted. SIGUSR1 cuts the power: every request
 // fails from then on, the backing folder is rewritten to hold exactly what was durable,
 // the mount goes, and the program prints "lazyfs: power cut {json}" and exits 0.
-// SIGTERM or SIGINT is a clean shutdown: everything is kept, as after sync(1) and umount.
+// SIGTERM or SIGINT is a clean shutdown: everything is kept, as after sync(1) and umount;
+// so is the death of the process that started it.
 package main
 
 import (
@@ -43,6 +44,9 @@ func main() {
 	}
 	signals := make(chan os.Signal, 4)
 	signal.Notify(signals, syscall.SIGUSR1, syscall.SIGTERM, syscall.SIGINT)
+	// Output goes to a pipe whose reader may be dead: an EPIPE, not death, so the mount
+	// is still taken down.
+	signal.Ignore(syscall.SIGPIPE)
 
 	st, err := readState(*statePath)
 	check(err)
@@ -62,7 +66,14 @@ func main() {
 	check(server.WaitMount())
 	fmt.Printf("lazyfs: serving %s on %s (%d inodes)\n", backing, mountpoint, len(inodes))
 
-	cut := <-signals == syscall.SIGUSR1
+	cut := false
+	orphaned := parentGone()
+	select {
+	case sig := <-signals:
+		cut = sig == syscall.SIGUSR1
+	case <-orphaned:
+		fmt.Fprintln(os.Stderr, "lazyfs: the process that started it is gone; unmounting")
+	}
 	report := fs.stop(cut)
 	im, err := materialize(fs.inodes[rootIno], backing, *statePath, cut)
 	unmount(server, mountpoint)
@@ -102,6 +113,20 @@ func (fs *lazyFS) stop(cut bool) cutReport {
 		r.DurableEntries += len(n.durableEntries)
 	}
 	return r
+}
+
+// parentGone is closed once the parent process has died (this one is re-parented), so a
+// test runner killed outright leaves no mount behind.
+func parentGone() <-chan struct{} {
+	gone := make(chan struct{})
+	parent := os.Getppid()
+	go func() {
+		for os.Getppid() == parent {
+			time.Sleep(200 * time.Millisecond)
+		}
+		close(gone)
+	}()
+	return gone
 }
 
 func unmount(server *fuse.Server, mountpoint string) {
