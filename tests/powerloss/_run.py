@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
-from collections.abc import Callable
+import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from tests.crashloop import CrashLoop, CrashLoopConfig, Report
-from tests.powerloss._lazyfs import REPO, LazyFS
+from tests.powerloss._lazyfs import REPO, LazyFS, detach
 
 
 async def power_loss_loop(
@@ -39,7 +41,8 @@ async def power_loss_loop(
             report = disk.cut()
             if progress is not None:
                 progress(f"power cut: {report}")
-            disk.mount()
+            with other_device(work / "placeholder"):
+                disk.mount()
 
         loop = CrashLoop(
             CrashLoopConfig(
@@ -64,6 +67,24 @@ async def power_loss_loop(
             (work / "server.log").write_text("".join(loop.server.log))
         disk.unmount()
     return report, disk.cuts
+
+
+@contextlib.contextmanager
+def other_device(mountpoint: Path) -> Iterator[None]:
+    """Holds the device number the last mount freed, so that the remount gets another one,
+    as a reboot may renumber devices: nothing may trust a device number journaled before."""
+    mountpoint.mkdir(exist_ok=True)
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "placeholder", str(mountpoint)],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", str(mountpoint)], check=False, capture_output=True, timeout=30)
+        detach(mountpoint)
 
 
 def patched_server(work: Path, file: str, old: str, new: str) -> dict[str, str]:

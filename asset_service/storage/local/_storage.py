@@ -154,9 +154,13 @@ class LocalStorage:
                 self.device,
                 intent["final_ino"],
             )
-            if committed and ours:
+            if committed and ours and final is not None:
                 if "source" in intent:
                     source = (intent["dev"], intent["ino"])
+                    if intent["ino"] == intent["final_ino"]:
+                        # Moved by a hard link: the source is the stored file itself, as
+                        # it is now (a reboot may renumber the device the journal names).
+                        source = (final.st_dev, final.st_ino)
                     if self.imports.remove_if_same(intent["source"], source):
                         log.warning("finished an interrupted move of %r", intent["source"])
             elif committed:

@@ -1,4 +1,4 @@
-"""The folders the server creates survive a power cut, and so what it fsyncs inside them."""
+"""Local storage across power cuts: its new folders and journals survive, recovery finishes."""
 
 from __future__ import annotations
 
@@ -10,9 +10,13 @@ from pathlib import Path
 import pytest
 
 from asset_service.storage import fs
+from asset_service.storage.imports import ImportRoots
 from asset_service.storage.local import LocalStorage
 from asset_service.storage.s3._journal import Journal
 from tests.powerloss._lazyfs import LazyFS
+from tests.powerloss._run import other_device
+
+ASSET_ID = "5b0e4f0e-0000-4000-8000-00000000000a"
 
 
 @pytest.fixture
@@ -65,3 +69,39 @@ def test_an_s3_move_journal_survives(disk: tuple[LazyFS, Path]) -> None:
     journal.close()  # as at a SIGKILL: the unsettled journal stays
     power_cut(lazy)
     assert json.loads(entry.read_text()) == {"source": "/incoming/a"}
+
+
+async def test_a_committed_move_is_finished_after_a_cut_that_renumbers_devices(
+    disk: tuple[LazyFS, Path], tmp_path: Path
+) -> None:
+    """A reboot may give the disk another device number than the journal recorded."""
+    lazy, mnt = disk
+    incoming = mnt / "incoming"
+    fs.make_dirs(incoming)
+    source = incoming / "output.bin"
+    with open(source, "wb") as out:  # the worker's file, durable
+        out.write(b"worker output")
+        out.flush()
+        os.fsync(out.fileno())
+    folder = os.open(incoming, os.O_RDONLY)
+    os.fsync(folder)
+    os.close(folder)
+    storage = LocalStorage(mnt / "data", imports=ImportRoots([incoming]))
+    await storage.open()
+    staged = await storage.adopt(str(source), move=True)
+    final = Path(await staged.commit(storage.generated_key("t", ASSET_ID, "f")))
+    staged.abandon()  # killed after its record committed, before the source went
+    await storage.close()
+    device = os.stat(mnt).st_dev
+    lazy.cut()
+    with other_device(tmp_path / "placeholder"):
+        lazy.mount()
+    assert os.stat(mnt).st_dev != device
+
+    after = LocalStorage(mnt / "data", imports=ImportRoots([incoming]))
+    await after.open()
+    [leftover] = await after.leftovers()
+    await after.settle(leftover, committed=True)
+    assert final.read_bytes() == b"worker output"
+    assert not source.exists(), "a committed move must not leave its source"
+    await after.close()
