@@ -35,8 +35,9 @@ test: install ferretdb minio lazyfs
 
 ## soak: a long crash loop (300 SIGKILLs under mixed load, each followed by an audit), then
 ## load with stalled clients while RSS is watched; exits 1 on any violation
-## (ARGS="--kills 50 --seed 7 --minutes 10 --cross-fs"; scripts/soak --help)
-soak: $(STAMP)
+## (ARGS="--kills 50 --seed 7 --minutes 10 --cross-fs"; ARGS=--power-loss cuts the power
+## after each kill, on lazyfs; scripts/soak --help)
+soak: $(STAMP) lazyfs
 	$(PY) scripts/soak $(ARGS)
 
 ## ferretdb: build FerretDB into .tools/ (MongoDB wire protocol; CRUD contract cases)
