@@ -54,6 +54,7 @@ class LazyFS:
         self.mountpoint = mountpoint
         self.state = backing.with_name(backing.name + ".lazyfs-state")
         self.proc: subprocess.Popen[str] | None = None
+        self._reader: threading.Thread | None = None
         self.log: list[str] = []
         self.cuts: list[dict[str, Any]] = []
 
@@ -90,7 +91,8 @@ class LazyFS:
                 if line.startswith("lazyfs: serving"):
                     ready.set()
 
-        threading.Thread(target=drain, daemon=True).start()
+        self._reader = threading.Thread(target=drain, daemon=True)
+        self._reader.start()
         deadline = time.monotonic() + timeout
         while not ready.wait(0.05):
             if proc.poll() is not None or time.monotonic() > deadline:
@@ -128,7 +130,8 @@ class LazyFS:
                 f"lazyfs did not finish within {timeout:.0f}s of {sig.name}:\n"
                 + "".join(self.log[-20:])
             ) from None
-        time.sleep(0.05)  # let the reader thread take the last lines
+        if self._reader is not None:
+            self._reader.join(5)  # the last lines (the pipe closed when lazyfs exited)
         if code != 0 or is_mounted(self.mountpoint):
             self.close()
             raise LazyFSError(

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.crashloop import CrashLoop, CrashLoopConfig, Report
-from tests.powerloss._lazyfs import REPO, LazyFS, detach
+from tests.powerloss._lazyfs import REPO, LazyFS, LazyFSError, detach
 
 
 async def power_loss_loop(
@@ -74,12 +74,18 @@ def other_device(mountpoint: Path) -> Iterator[None]:
     """Holds the device number the last mount freed, so that the remount gets another one,
     as a reboot may renumber devices: nothing may trust a device number journaled before."""
     mountpoint.mkdir(exist_ok=True)
-    subprocess.run(
+    done = subprocess.run(
         ["mount", "-t", "tmpfs", "-o", "size=1m", "placeholder", str(mountpoint)],
-        check=True,
         capture_output=True,
+        text=True,
         timeout=30,
+        check=False,
     )
+    if done.returncode != 0:
+        raise LazyFSError(
+            f"could not mount a placeholder tmpfs at {mountpoint} (needs root): "
+            f"{done.stderr.strip()}"
+        )
     try:
         yield
     finally:
