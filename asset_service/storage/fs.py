@@ -163,6 +163,10 @@ def _walk(root: Path | int, parts: Sequence[str], shown: str, create: bool) -> i
                     if exc.errno in NO_SPACE:
                         raise no_space(exc, shown) from None
                     raise  # ENOENT: this folder was just pruned; open_dir starts over
+                else:
+                    # The new folder's name must survive power loss, or so does nothing
+                    # later fsynced inside it (seen under tests/powerloss).
+                    fsync_dir(fd)
             try:
                 child = os.open(part, DIR_FLAGS, dir_fd=fd)
             except FileNotFoundError:
@@ -200,6 +204,24 @@ def open_file(root: Path | int, parts: Sequence[str], shown: str) -> Opened:
 def fsync_dir(fd: int) -> None:
     with contextlib.suppress(OSError):  # some file systems refuse fsync on folders
         os.fsync(fd)
+
+
+def make_dirs(path: Path) -> None:
+    """mkdir -p whose new folders survive power loss: the parent of each is fsynced."""
+    missing = []
+    while not path.is_dir():
+        missing.append(path)
+        path = path.parent
+    for folder in reversed(missing):
+        try:
+            os.mkdir(folder)
+        except FileExistsError:
+            continue
+        parent = os.open(folder.parent, DIR_FLAGS)
+        try:
+            fsync_dir(parent)
+        finally:
+            os.close(parent)
 
 
 def unlink_if_same(parent_fd: int, name: str, dev_ino: tuple[int, int]) -> bool:

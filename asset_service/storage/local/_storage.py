@@ -82,10 +82,9 @@ class LocalStorage:
 
     def _open_sync(self) -> None:
         try:
-            for folder in (self.uploads, self.generated, self._staging_parent):
-                folder.mkdir(parents=True, exist_ok=True)
-            self.staging.mkdir()
-            self.intents.mkdir()
+            # Durably: the move journals under intents/ must outlive a power cut.
+            for folder in (self.uploads, self.generated, self.intents):
+                fs.make_dirs(folder)
             # Held for the life of the process; start-up sweeps of other processes
             # know this staging folder is live because they cannot take the lock.
             self._lock_fd = os.open(self.staging / ".lock", os.O_CREAT | os.O_RDWR, 0o600)
@@ -155,9 +154,13 @@ class LocalStorage:
                 self.device,
                 intent["final_ino"],
             )
-            if committed and ours:
+            if committed and ours and final is not None:
                 if "source" in intent:
                     source = (intent["dev"], intent["ino"])
+                    if intent["ino"] == intent["final_ino"]:
+                        # Moved by a hard link: the source is the stored file itself, as
+                        # it is now (a reboot may renumber the device the journal names).
+                        source = (final.st_dev, final.st_ino)
                     if self.imports.remove_if_same(intent["source"], source):
                         log.warning("finished an interrupted move of %r", intent["source"])
             elif committed:

@@ -45,7 +45,7 @@ class Journal:
 
     def open(self) -> None:
         try:
-            self.intents.mkdir(parents=True)
+            fs.make_dirs(self.intents)  # durably: the journals must outlive a power cut
             self._lock_fd = os.open(self.folder / ".lock", os.O_CREAT | os.O_RDWR, 0o600)
             # Held for the life of the process: others see this folder is live.
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
