@@ -45,6 +45,11 @@ class ImportRoots:
                 "(or ASSET_SERVICE_IMPORT_ROOTS) to allow server-side paths"
             )
         found = fs.split_under(raw, self.roots)
+        if found is None and Path(raw) in self.roots:
+            raise InvalidArgument(
+                f"{_shown(raw)} is a directory (an import root), not a regular file; name a "
+                "file in it"
+            )
         if found is None:
             shown = ", ".join(str(r) for r in self.roots)
             raise PermissionDenied(f"{_shown(raw)} is outside the import roots [{shown}]")
