@@ -257,6 +257,21 @@ def add_asset_service(
         request_deserializer=wire.upload_request,
         response_serializer=pb.UploadAssetResponse.SerializeToString,
     )
+    # Bytes that are not the request message: INVALID_ARGUMENT from the handler (servicer),
+    # not grpc's UNKNOWN. A streamed request fails as the handler reads it (servicer too).
+    methods = pb.DESCRIPTOR.services_by_name["AssetService"].methods_by_name
+    for name, handler in list(handlers.items()):
+        parse = wire.tolerant(
+            cast(Any, handler.request_deserializer), name, methods[name].input_type.full_name
+        )
+        if handler.unary_unary is not None:
+            handlers[name] = grpc.unary_unary_rpc_method_handler(
+                handler.unary_unary, parse, handler.response_serializer
+            )
+        elif handler.unary_stream is not None:
+            handlers[name] = grpc.unary_stream_rpc_method_handler(
+                handler.unary_stream, parse, handler.response_serializer
+            )
     if anonymous is not None:
         handlers = {
             name: anonymous.anonymous_handler(f"/{SERVICE_NAME}/{name}", handler)

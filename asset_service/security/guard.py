@@ -8,8 +8,9 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
 import grpc
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 
+from asset_service.api.wire import Malformed
 from asset_service.domain.errors import AssetError, InvalidArgument, PermissionDenied
 from asset_service.domain.models import parse_asset_id, validate_server_path, validate_task_id
 from asset_service.security.authn import Authenticator
@@ -95,8 +96,8 @@ class Guard:
         conditional write, so an identical retry of the task's fulfill stays idempotent.
         """
         scope, rule = principal.task, self.rule
-        if scope is None or rule is None:
-            return
+        if scope is None or rule is None or isinstance(request, Malformed):
+            return  # (the handler refuses a request that did not parse)
         try:
             await self._check_scope(scope, rule, request)
         except AssetError as exc:  # PermissionDenied, or the store could not answer
@@ -181,14 +182,21 @@ class Guard:
             f"folder of an import root ({allowed}), and {_short(raw)} does not"
         )
 
-    async def first_message(self, messages: AsyncIterator[Message]) -> Message | None:
+    async def first_message(
+        self, principal: Principal, messages: AsyncIterator[Message]
+    ) -> Message | None:
         try:
             async with asyncio.timeout(self.first_message_timeout):
                 return await anext(messages, None)
         except TimeoutError:
             raise Refused(
-                None,
+                principal,
                 InvalidArgument(f"{self.rpc} sent no first message within the time allowed"),
+            ) from None
+        except DecodeError as exc:
+            raise Refused(
+                principal,
+                InvalidArgument(f"a message of the {self.rpc} stream does not parse: {exc}"),
             ) from None
 
 

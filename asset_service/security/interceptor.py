@@ -268,7 +268,7 @@ def _guarded(handler: Any, guard: Guard) -> Any:
             seen: list[Any] = []  # the first message once read: scope check, audit line
             if principal.task is not None:
                 try:
-                    seen.append(await guard.first_message(messages))
+                    seen.append(await guard.first_message(principal, messages))
                     await guard.check_scope(principal, seen[0])
                 except Refused as refused:
                     await _abort(context, guard, refused, seen[0] if seen else None)
