@@ -25,12 +25,12 @@ from asset_service.store import _paging
 from asset_service.store._fields import lease_condition, lease_conflict, transition_fields
 
 
-def encode_token(seq: int) -> str:
-    return _paging.encode_token("memory", seq)
+def encode_token(seq: int, flt: AssetFilter) -> str:
+    return _paging.encode_token("memory", seq, flt)
 
 
-def decode_token(token: str) -> int:
-    return _paging.decode_token("memory", token)
+def decode_token(token: str, flt: AssetFilter) -> int:
+    return _paging.decode_token("memory", token, flt)
 
 
 def _matches(asset: Asset, flt: AssetFilter) -> bool:
@@ -122,7 +122,7 @@ class MemoryStore:
     async def query(
         self, flt: AssetFilter, limit: int, page_token: str, max_bytes: int | None = None
     ) -> Page:
-        after = decode_token(page_token) if page_token else 0
+        after = decode_token(page_token, flt) if page_token else 0
         await self._enter()
 
         def rows() -> Iterator[tuple[int, Asset]]:
@@ -134,7 +134,7 @@ class MemoryStore:
         assets, last = _paging.fill_page(
             rows(), limit, max_bytes, lambda row: row[1], lambda row: row[0]
         )
-        return Page(assets, encode_token(last) if last is not None else "", self._revision)
+        return Page(assets, encode_token(last, flt) if last is not None else "", self._revision)
 
     async def current_revision(self) -> int:
         await self._enter()

@@ -501,6 +501,32 @@ async def test_invalid_page_token(backend: Backend, token: str) -> None:
         await backend.store.query(AssetFilter(), 10, token)
 
 
+async def test_a_page_token_is_refused_with_other_filters(backend: Backend) -> None:
+    """Reused with other filters it would page through another list (an empty page that
+    looks like the end); the same filters continue, tags in any order, any page size."""
+    store = backend.store
+    for i in range(3):
+        await store.insert(pending(f"p{i}.txt", task="task-1", tags=("x", "y")))
+    flt = AssetFilter(created_by_task="task-1", tags=("x", "y"))
+    first = await store.query(flt, 1, "")
+    assert len(first.assets) == 1 and first.next_token
+    rest = await store.query(
+        AssetFilter(created_by_task="task-1", tags=("y", "x")), 5, first.next_token
+    )
+    assert [a.label for a in rest.assets] == ["p1.txt", "p2.txt"]
+    others = [
+        AssetFilter(),
+        dataclasses.replace(flt, created_by_task="task-2"),
+        dataclasses.replace(flt, tags=("x",)),
+        dataclasses.replace(flt, status=Status.PENDING),
+        dataclasses.replace(flt, type=AssetType.FILE),
+        dataclasses.replace(flt, label="p1.txt"),
+    ]
+    for other in others:
+        with pytest.raises(InvalidArgument, match="issued for a ListAssets with other filters"):
+            await store.query(other, 1, first.next_token)
+
+
 # --- change feed -----------------------------------------------------------------------
 
 

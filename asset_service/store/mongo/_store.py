@@ -374,7 +374,7 @@ class MongoStore:
     async def query(
         self, flt: AssetFilter, limit: int, page_token: str, max_bytes: int | None = None
     ) -> Page:
-        after = decode_token(page_token) if page_token else 0
+        after = decode_token(page_token, flt) if page_token else 0
         where: Doc = {"seq": {"$gt": after}}
         if flt.status is not None:
             where["status"] = flt.status.value
@@ -413,7 +413,7 @@ class MongoStore:
         assets, last = _paging.fill_page(
             docs, limit, max_bytes, doc_to_asset, lambda d: int(d["seq"])
         )
-        return Page(assets, encode_token(last) if last is not None else "", revision)
+        return Page(assets, encode_token(last, flt) if last is not None else "", revision)
 
     async def _revision_in(self, session: AsyncClientSession | None) -> int:
         doc = await self._counters.find_one({"_id": "revision"}, session=session)
