@@ -22,7 +22,12 @@ from asset_service.domain.models import (
 )
 from asset_service.domain.reads import slim
 from asset_service.store import _paging
-from asset_service.store._fields import lease_condition, lease_conflict, transition_fields
+from asset_service.store._fields import (
+    LeaseTest,
+    lease_condition,
+    lease_conflict,
+    transition_fields,
+)
 
 
 def encode_token(seq: int, flt: AssetFilter) -> str:
@@ -31,6 +36,15 @@ def encode_token(seq: int, flt: AssetFilter) -> str:
 
 def decode_token(token: str, flt: AssetFilter) -> int:
     return _paging.decode_token("memory", token, flt)
+
+
+def _lease_allows(test: LeaseTest, end: datetime | None, now: datetime) -> bool:
+    """What the other stores' conditional writes say about a lease ending at `end`."""
+    if test == "none or not run out":
+        return end is None or end > now
+    if test == "not run out":
+        return end is not None and end > now
+    return end is not None and end <= now
 
 
 def _matches(asset: Asset, flt: AssetFilter) -> bool:
@@ -163,9 +177,7 @@ class MemoryStore:
         if current.status is not expected:
             raise Conflict(f"asset {asset_id} is {current.status.value}, expected {expected.value}")
         test, end = lease_condition(change), current.lease_expires_at
-        if test is not None and (
-            end is None or (end <= now if test == "not run out" else end > now)
-        ):
+        if test is not None and not _lease_allows(test, end, now):
             raise Conflict(lease_conflict(asset_id, test, end))
         updated = dataclasses.replace(
             _applied(current, change, now), revision=self._next_revision()

@@ -457,8 +457,11 @@ class MongoStore:
         sets = transition_fields(change, now, value_column="value_content", timestamp=ms)
         where: Doc = {"_id": asset_id, "status": expected.value}
         test = lease_condition(change)
-        if test is not None:
-            # BSON dates hold milliseconds: `now` floored, as every store compares it.
+        # BSON dates hold milliseconds: `now` floored, as every store compares it.
+        if test == "none or not run out":
+            # null matches a missing field too (records from before leases).
+            where["$or"] = [{"lease_expires_at": None}, {"lease_expires_at": {"$gt": ms(now)}}]
+        elif test is not None:
             where["lease_expires_at"] = {"$gt" if test == "not run out" else "$lte": ms(now)}
 
         async def apply(session: AsyncClientSession | None, rev: int) -> Asset:

@@ -377,7 +377,10 @@ class SqliteStore:
         test = lease_condition(change)
         lease_sql = ""
         lease_args: tuple[int, ...] = ()
-        if test is not None:
+        if test == "none or not run out":
+            lease_sql = " AND (lease_expires_ms IS NULL OR lease_expires_ms > ?)"
+            lease_args = (to_ms(now),)
+        elif test is not None:
             lease_sql = f" AND lease_expires_ms {'>' if test == 'not run out' else '<='} ?"
             lease_args = (to_ms(now),)
 
