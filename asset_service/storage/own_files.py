@@ -67,7 +67,7 @@ class OwnFiles:
     """The storage root and the files the server keeps outside it (database, tokens, keys)."""
 
     storage_root: Path
-    # (what it is, its path): "the database", "the tokens file", ...
+    # (what it is, its path), e.g. ("database", /srv/data/assets.db): named in refusals.
     files: tuple[tuple[str, Path], ...] = ()
 
     def check_import_roots(self, roots: Sequence[Path]) -> None:
