@@ -132,7 +132,10 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         dest="import_roots",
         metavar="DIR",
         help="folder whose files RegisterFile and FulfillAsset(source_path) may adopt; "
-        "repeat for several; none means server-side paths are refused "
+        "repeat for several; none means server-side paths are refused. It may not be, "
+        "contain or lie inside the storage root, the database, the tokens, secret or TLS "
+        "files (start-up stops, exit 2); a task token's files must lie in "
+        "<import root>/<task id>/ "
         f"[ASSET_SERVICE_IMPORT_ROOTS, separated by '{os.pathsep}']",
     )
     parser.add_argument(

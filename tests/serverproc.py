@@ -54,12 +54,16 @@ class ServerProcess:
         import_roots: list[Path] | None = None,
         extra_args: list[str] | None = None,
         env: dict[str, str] | None = None,
+        launcher: list[str] | None = None,
     ) -> None:
         self.root = root
         self.database_url = database_url
         self.import_roots = import_roots or []
         self.extra_args = extra_args or []
         self.env = env or {}
+        # A command the server runs under, e.g. unshare for a mount namespace of its own;
+        # it must exec the server (the pid is the server's).
+        self.launcher = launcher or []
         self.proc: subprocess.Popen[str] | None = None
         self.port = 0
         self.log: list[str] = []
@@ -75,6 +79,7 @@ class ServerProcess:
 
     def start(self, timeout: float = 30.0) -> ServerProcess:
         args = [
+            *self.launcher,
             sys.executable,
             "-m",
             "asset_service",

@@ -11,6 +11,21 @@ from asset_service.domain.ports import MetadataStore
 log = logging.getLogger(__name__)
 
 
+def sqlite_path(database_url: str) -> Path | None:
+    """The database file a sqlite:/// URL names (None for other URLs)."""
+    if not database_url.startswith("sqlite://"):
+        return None
+    # sqlite:////abs/path.db (SQLAlchemy's absolute form) and sqlite:///abs/path.db both
+    # name /abs/path.db; a relative path would depend on the working directory.
+    rest = database_url.removeprefix("sqlite://")
+    if not rest.startswith("/"):
+        raise InvalidArgument(
+            f"database URL {database_url!r}: use sqlite:////absolute/path.db "
+            "(an absolute path after sqlite:///)"
+        )
+    return Path("/" + rest.lstrip("/"))
+
+
 def open_store(database_url: str) -> MetadataStore:
     """sqlite:////abs/path.db (embedded default), mongodb://... (production) or memory://.
 
@@ -22,18 +37,11 @@ def open_store(database_url: str) -> MetadataStore:
 
         log.warning("metadata kept in memory only (memory://): every record is lost on exit")
         return MemoryStore()
-    if database_url.startswith("sqlite://"):
+    path = sqlite_path(database_url)
+    if path is not None:
         from asset_service.store.sqlite import SqliteStore
 
-        # sqlite:////abs/path.db (SQLAlchemy's absolute form) and sqlite:///abs/path.db both
-        # name /abs/path.db; a relative path would depend on the working directory.
-        rest = database_url.removeprefix("sqlite://")
-        if not rest.startswith("/"):
-            raise InvalidArgument(
-                f"database URL {database_url!r}: use sqlite:////absolute/path.db "
-                "(an absolute path after sqlite:///)"
-            )
-        return SqliteStore(Path("/" + rest.lstrip("/")))
+        return SqliteStore(path)
     if database_url.startswith(("mongodb://", "mongodb+srv://")):
         from asset_service.store.mongo import MongoStore
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from asset_service.domain import leases
 from asset_service.domain.commits import Handover
 from asset_service.domain.errors import (
+    AssetError,
     Conflict,
     FailedPrecondition,
     IntegrityError,
@@ -141,6 +142,9 @@ class Transitions(Core):
             allow_done and asset.status is Status.AVAILABLE
         ):
             raise FailedPrecondition(not_pending(asset, "fulfilled"))
+        # Refused before any byte moves; the conditional write checks it again.
+        if leases.has_run_out(asset, _base.now()):
+            raise FailedPrecondition(leases.ran_out(asset, "fulfilled"))
 
     async def _fulfill_with_blob(
         self, current: Asset, handover: Handover, media_type: str, origin: str, by: str
@@ -171,9 +175,19 @@ class Transitions(Core):
         )
 
     async def _transition(self, current: Asset, change: Fulfillment | Failure) -> Asset:
+        now = _base.now()
         try:
-            return await self.store.transition(current.id, Status.PENDING, change, _base.now())
+            return await self.store.transition(current.id, Status.PENDING, change, now)
         except Conflict as exc:
+            if isinstance(change, Fulfillment):
+                # The write also refuses a lease that ran out (meanwhile): say so, as a
+                # renewal does, rather than "changed while this request ran".
+                try:
+                    latest = await self.store.get(current.id)
+                except AssetError:
+                    latest = None  # the Conflict below says enough
+                if latest is not None and leases.has_run_out(latest, now):
+                    raise FailedPrecondition(leases.ran_out(latest, "fulfilled")) from None
             raise Conflict(
                 f"asset {current.id} changed while this request ran ({exc.message}); "
                 "re-read it before retrying"

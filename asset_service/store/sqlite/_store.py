@@ -263,7 +263,7 @@ class SqliteStore:
     async def query(
         self, flt: AssetFilter, limit: int, page_token: str, max_bytes: int | None = None
     ) -> Page:
-        after = decode_token(page_token) if page_token else 0
+        after = decode_token(page_token, flt) if page_token else 0
         where: list[str] = ["seq > ?"]
         args: list[object] = [after]
         if flt.status is not None:
@@ -298,7 +298,7 @@ class SqliteStore:
                     rows.close()
             finally:
                 c.execute("COMMIT")
-            return Page(assets, encode_token(last) if last is not None else "", revision)
+            return Page(assets, encode_token(last, flt) if last is not None else "", revision)
 
         return await self._read(q)
 
@@ -377,7 +377,10 @@ class SqliteStore:
         test = lease_condition(change)
         lease_sql = ""
         lease_args: tuple[int, ...] = ()
-        if test is not None:
+        if test == "none or not run out":
+            lease_sql = " AND (lease_expires_ms IS NULL OR lease_expires_ms > ?)"
+            lease_args = (to_ms(now),)
+        elif test is not None:
             lease_sql = f" AND lease_expires_ms {'>' if test == 'not run out' else '<='} ?"
             lease_args = (to_ms(now),)
 
