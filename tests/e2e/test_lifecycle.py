@@ -99,7 +99,8 @@ async def test_upload_memory_stays_flat(tmp_path: Path) -> None:
     MiB of noise that says nothing about what the server holds.
     """
     url = database_url_for(tmp_path)
-    env = {"MALLOC_ARENA_MAX": "1", "GRPC_TRACE": "flowctl"}
+    # (The trace is written at INFO: whatever verbosity the environment asks for.)
+    env = {"MALLOC_ARENA_MAX": "1", "GRPC_TRACE": "flowctl", "GRPC_VERBOSITY": "INFO"}
     proc = ServerProcess(tmp_path / "data", url, env=env).start()
     try:
         async with grpc.aio.insecure_channel(proc.address) as channel:
