@@ -117,8 +117,8 @@ async def test_paths_outside_the_import_roots_are_refused(
 ) -> None:
     """One answer per path, the same for every way of handing it over: a path that is not
     normalized is malformed (INVALID_ARGUMENT, checked before the roots); a normalized one
-    outside every root is refused (PERMISSION_DENIED). (The import root itself is a
-    directory: test_bad_input.py.)"""
+    outside every root is refused (PERMISSION_DENIED); the import root itself is a directory
+    (INVALID_ARGUMENT), not a path outside it."""
     (import_root / "sub").mkdir()
     outside_roots = (DENIED, f"is outside the import roots [{import_root}]")
     cases = {
@@ -129,6 +129,7 @@ async def test_paths_outside_the_import_roots_are_refused(
         f"{import_root}//sub/secret.txt": (BAD, "must be normalized: no empty"),
         "/etc/passwd": outside_roots,
         str(import_root) + "-sibling/secret.txt": outside_roots,
+        str(import_root): (BAD, f"'{import_root}' is a directory"),
     }
     for call in adopters(stub).values():
         for path, (code, words) in cases.items():
