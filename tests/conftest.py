@@ -22,12 +22,13 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     return report_lines()
 
 
+@pytest.hookimpl(trylast=True)  # after -k and -m: count only the cases asked for
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     left_out.deselect(config, items)
 
 
-def pytest_report_collectionfinish(config: pytest.Config) -> list[str]:
-    return left_out.report(config)
+def pytest_report_collectionfinish(config: pytest.Config, items: list[pytest.Item]) -> list[str]:
+    return left_out.report(config, items)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import pytest
 
@@ -15,6 +15,7 @@ FIXTURE_BACKENDS = {"minio": "s3", "ferretdb_url": "ferretdb", "ferretdb_process
 PARAM_BACKENDS = ("backend", "blob")
 
 LEFT_OUT = pytest.StashKey[Counter[tuple[str, str]]]()
+WITHOUT_MONGO = pytest.StashKey[bool]()
 ON_SQLITE = pytest.StashKey[int]()
 
 
@@ -67,13 +68,15 @@ def deselect(config: pytest.Config, items: list[pytest.Item]) -> None:
         config.hook.pytest_deselected(items=dropped)
         items[:] = kept
     config.stash[LEFT_OUT] = counts
-    if "mongo" in absent:
-        config.stash[ON_SQLITE] = sum(1 for item in kept if "e2e" in item.path.parts)
+    config.stash[WITHOUT_MONGO] = "mongo" in absent
 
 
-def report(config: pytest.Config) -> list[str]:
-    """What the collection left out, by backend and reason, with the number of cases."""
+def report(config: pytest.Config, items: Sequence[pytest.Item] | None = None) -> list[str]:
+    """What the collection left out, by backend and reason, with the number of cases; given
+    the cases that will run, also how many end-to-end ones run without MongoDB."""
     counts = config.stash.get(LEFT_OUT, Counter())
+    if items is not None and config.stash.get(WITHOUT_MONGO, False):
+        config.stash[ON_SQLITE] = sum(1 for item in items if "e2e" in item.path.parts)
     on_sqlite = config.stash.get(ON_SQLITE, 0)
     if not counts and not on_sqlite:
         return []
@@ -83,8 +86,8 @@ def report(config: pytest.Config) -> list[str]:
     ]
     if on_sqlite:
         lines.append(
-            f"  end-to-end: {on_sqlite} {_cases(on_sqlite)} ran, none on MongoDB (their "
-            "servers use sqlite; MONGODB_URI runs them on MongoDB)"
+            f"  end-to-end: {on_sqlite} {_cases(on_sqlite)}, none on MongoDB (their servers "
+            "use sqlite; MONGODB_URI runs them on MongoDB)"
         )
     return lines
 
