@@ -295,6 +295,33 @@ async def test_writer_hashes_and_fsyncs(tmp_path: Path, monkeypatch: pytest.Monk
     await storage.close()
 
 
+@pytest.mark.parametrize("move", [True, False], ids=["linked", "copied"])
+async def test_adopted_bytes_are_fsynced_before_commit_returns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, move: bool
+) -> None:
+    """A worker's file becomes the stored file (moved: the same inode, linked; copied: a new
+    one): its bytes and its name in storage are fsynced before commit() returns, whether or
+    not the worker fsynced it, or a power cut after the record could lose them."""
+    storage, incoming = storage_with_imports(tmp_path)
+    await storage.open()
+    source = incoming / "out.bin"
+    source.write_bytes(b"worker output, not fsynced by the worker" * 1000)
+    syncs = record_syncs(monkeypatch)
+    staged = await storage.adopt(str(source), move=move)
+    path = Path(await staged.commit(storage.generated_key("task", ID, "out.bin")))
+    committed = list(syncs)
+    await staged.finish()
+    file, folder = os.stat(path), os.stat(path.parent)
+    assert any(s.inode == file.st_ino and not s.is_dir for s in committed), (
+        f"the stored file's bytes were not fsynced: {committed}"
+    )
+    assert any(s.inode == folder.st_ino and path.name in s.names for s in committed), (
+        f"the folder {path.parent} was not fsynced after {path.name} appeared in it"
+    )
+    assert source.exists() is not move
+    await storage.close()
+
+
 async def test_commits_never_clobber_each_other(tmp_path: Path) -> None:
     storage = LocalStorage(tmp_path, orphan_grace_seconds=60)
     await storage.open()
