@@ -139,8 +139,21 @@ class ServerProcess:
         return self.proc.returncode
 
     def rss_bytes(self) -> int:
+        return self._status_kib("VmRSS") * 1024
+
+    def peak_rss_bytes(self) -> int:
+        """The most resident memory since start or reset_peak_rss(): the kernel's own
+        high-water mark (VmHWM), so no short peak is missed between two samples."""
+        return self._status_kib("VmHWM") * 1024
+
+    def reset_peak_rss(self) -> None:
+        """Set the high-water mark back to the current RSS (proc(5): clear_refs, 5)."""
+        with open(f"/proc/{self.pid}/clear_refs", "w") as fh:
+            fh.write("5")
+
+    def _status_kib(self, field: str) -> int:
         with open(f"/proc/{self.pid}/status") as fh:
             for line in fh:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-        raise RuntimeError("no VmRSS")
+                if line.startswith(f"{field}:"):
+                    return int(line.split()[1])
+        raise RuntimeError(f"no {field} in /proc/{self.pid}/status")

@@ -221,6 +221,7 @@ class Adopted(_Blob):
         same_fs = st.st_dev == self._storage.device
         if self.move and same_fs and st.st_nlink == 1:
             self.sha256, self.size_bytes = self._hash_source()
+            self._sync_source()
         else:
             self._staging = self._storage.staging / uuid.uuid4().hex
             self.sha256, self.size_bytes = self._copy_source(self._staging)
@@ -232,6 +233,14 @@ class Adopted(_Blob):
             digest.update(chunk)
             size += len(chunk)
         return digest.hexdigest(), size
+
+    def _sync_source(self) -> None:
+        # The worker's file becomes the stored file (linked): its bytes must be on disk
+        # before the record says they are, whether or not the worker fsynced them.
+        try:
+            os.fsync(self.opened.fd)
+        except OSError as exc:
+            raise oserror(exc, "syncing a server-side file") from None
 
     def _copy_source(self, target: Path) -> tuple[str, int]:
         digest, size = hashlib.sha256(), 0
