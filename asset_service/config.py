@@ -52,6 +52,23 @@ def parse_size(text: str) -> int:
     return int(match.group(1)) * _UNITS[unit]
 
 
+# A delete on a full disk writes ~40 KiB of WAL, and giving the pages of a deleted VALUE
+# back to the disk a few hundred KiB more (store/sqlite/_room.py): a smaller disk-full
+# reserve would not see it through. 0 turns it off.
+MIN_DISK_RESERVE = 1024**2
+
+
+def parse_reserve(text: str) -> int:
+    """--disk-reserve-bytes: 0, or a size of at least MIN_DISK_RESERVE."""
+    size = parse_size(text)
+    if 0 < size < MIN_DISK_RESERVE:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is too small to hold what a delete on a full disk writes: give at least "
+            "1MiB, or 0 for no reserve"
+        )
+    return size
+
+
 @dataclass(frozen=True)
 class Settings:
     listen: str
@@ -78,6 +95,7 @@ class Settings:
     s3_endpoint_url: str = ""
     s3_region: str = ""
     manifest_cache_bytes: int = 10 * 1024**3
+    disk_reserve_bytes: int = 4 * 1024**2
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_client_ca: Path | None = None
@@ -281,6 +299,16 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "used go first) [ASSET_SERVICE_MANIFEST_CACHE_BYTES]",
     )
     parser.add_argument(
+        "--disk-reserve-bytes",
+        type=parse_reserve,
+        default=parse_reserve(default("DISK_RESERVE_BYTES", "4MiB")),
+        help="with SQLite: space kept in a file beside the database (<database>.reserve) and "
+        "given back when its disk is full, so that DeleteAsset still works; until it can be "
+        "re-created, every write but DeleteAsset is refused (RESOURCE_EXHAUSTED). At least "
+        "1MiB and at most half the disk (a smaller disk refuses to start); 0 turns it off "
+        "(DeleteAsset may then fail on a full disk) [ASSET_SERVICE_DISK_RESERVE_BYTES]",
+    )
+    parser.add_argument(
         "--allow-hardlinked-imports",
         action=argparse.BooleanOptionalAction,
         default=parse_bool(default("ALLOW_HARDLINKED_IMPORTS", "0")),
@@ -385,6 +413,7 @@ def load_settings(
         s3_endpoint_url=args.s3_endpoint_url,
         s3_region=args.s3_region,
         manifest_cache_bytes=args.manifest_cache_bytes,
+        disk_reserve_bytes=args.disk_reserve_bytes,
         tls_cert=_path(args.tls_cert),
         tls_key=_path(args.tls_key),
         tls_client_ca=_path(args.tls_client_ca),

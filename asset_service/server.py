@@ -242,7 +242,8 @@ async def start(settings: Settings, store: MetadataStore | None = None) -> Runni
     # Security files first: a mistake there stops start-up before anything is opened.
     security = Security(settings)
     security.check_listen()
-    store = store if store is not None else open_store(settings.database_url)
+    if store is None:
+        store = open_store(settings.database_url, settings.disk_reserve_bytes)
     storage, manifests = open_storage(settings)
     limits = Limits(
         max_upload_bytes=settings.max_upload_bytes,

@@ -11,11 +11,12 @@ from asset_service.domain.ports import MetadataStore
 log = logging.getLogger(__name__)
 
 
-def open_store(database_url: str) -> MetadataStore:
+def open_store(database_url: str, disk_reserve_bytes: int | None = None) -> MetadataStore:
     """sqlite:////abs/path.db (embedded default), mongodb://... (production) or memory://.
 
     memory:// keeps records in the server process only (lost when it stops): for demos
-    and tests, never for data anyone needs.
+    and tests, never for data anyone needs. `disk_reserve_bytes` sizes SQLite's disk-full
+    reserve (None: its default).
     """
     if database_url == "memory://":
         from asset_service.store.memory import MemoryStore
@@ -33,7 +34,10 @@ def open_store(database_url: str) -> MetadataStore:
                 f"database URL {database_url!r}: use sqlite:////absolute/path.db "
                 "(an absolute path after sqlite:///)"
             )
-        return SqliteStore(Path("/" + rest.lstrip("/")))
+        path = Path("/" + rest.lstrip("/"))
+        if disk_reserve_bytes is None:
+            return SqliteStore(path)
+        return SqliteStore(path, reserve_bytes=disk_reserve_bytes)
     if database_url.startswith(("mongodb://", "mongodb+srv://")):
         from asset_service.store.mongo import MongoStore
 
