@@ -24,6 +24,7 @@ from asset_service.config import Settings
 from asset_service.domain.errors import AssetError, InvalidArgument
 from asset_service.domain.manager import AssetManager, Limits
 from asset_service.domain.ports import BlobStorage, MetadataStore
+from asset_service.modes import Modes
 from asset_service.security.interceptor import SecurityInterceptor
 from asset_service.security.setup import Security
 from asset_service.storage.imports import ImportRoots
@@ -161,10 +162,11 @@ def open_storage(settings: Settings) -> tuple[BlobStorage, LocalManifests]:
     """The blob storage --storage-url names (local disk by default) and its manifests."""
     imports = ImportRoots(settings.import_roots, settings.allow_hardlinked_imports)
     root = settings.storage_root
+    modes = Modes(settings.share_group)
     if not settings.storage_url:
         return (
-            LocalStorage(root, settings.orphan_grace_seconds, imports, settings.direct_io),
-            LocalManifests(root),
+            LocalStorage(root, settings.orphan_grace_seconds, imports, settings.direct_io, modes),
+            LocalManifests(root, modes=modes),
         )
     if not settings.storage_url.startswith("s3://"):
         raise InvalidArgument(
@@ -180,9 +182,10 @@ def open_storage(settings: Settings) -> tuple[BlobStorage, LocalManifests]:
         imports,
         endpoint_url=settings.s3_endpoint_url or None,
         region=settings.s3_region or None,
+        modes=modes,
     )
-    cache = FileCache(root / "tmp" / "cache", storage, settings.manifest_cache_bytes)
-    return storage, LocalManifests(root, cache)
+    cache = FileCache(root / "tmp" / "cache", storage, settings.manifest_cache_bytes, modes)
+    return storage, LocalManifests(root, cache, modes)
 
 
 class _Collected:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import json
 import logging
 import os
@@ -32,6 +31,7 @@ from asset_service.domain.models import (
 )
 from asset_service.store import _paging
 from asset_service.store._fields import lease_condition, lease_conflict, transition_fields
+from asset_service.store.sqlite._files import claim, own_files
 from asset_service.store.sqlite._readers import Later, Readers
 from asset_service.store.sqlite._room import INCREMENTAL, Room, is_full
 from asset_service.store.sqlite._schema import (
@@ -125,25 +125,13 @@ class SqliteStore:
     # --- lifecycle ------------------------------------------------------------------
 
     def _claim(self) -> None:
-        """One server process per database file: its change feed is in-process only."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path.with_name(self.path.name + ".lock"), os.O_CREAT | os.O_RDWR, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise Unavailable(
-                f"another asset-service process is using {self.path}; the embedded SQLite "
-                "store serves one process (watchers would miss the other's changes). Stop "
-                "it, give this one its own --storage-root, or use MongoDB to run several."
-            ) from None
-        self._lock_fd = fd
+        self._lock_fd = claim(self.path)
 
     async def open(self) -> None:
         self._claim()
 
         def connect() -> sqlite3.Connection:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            own_files(self.path)
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             conn.row_factory = sqlite3.Row
             # Before anything writes the header: it takes effect on a new database only (an
