@@ -145,6 +145,7 @@ async def test_every_file_and_folder_the_server_makes_has_the_right_mode(
         checked = check_modes(root, shared)
     finally:
         server.stop()
+    assert not [line for line in server.log if "changed the modes" in line]  # all new
     # The workload reached every kind of file: database, stored bytes, manifest, values.
     names = {p.name for p, _ in everything_under(root)}
     assert {"assets.db", "assets.db.reserve", "assets.db.lock", "input_data.json"} <= names
@@ -177,6 +178,7 @@ async def test_an_object_store_server_keeps_its_state_and_cache_private(
         check_modes(root, shared=True)
     finally:
         server.stop()
+    assert not [line for line in server.log if "changed the modes" in line]
 
 
 async def test_start_up_tightens_the_folders_of_an_older_install(
