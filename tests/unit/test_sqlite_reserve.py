@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from asset_service.config import load_settings
 from asset_service.domain.errors import InvalidArgument, StorageFull
 from asset_service.domain.models import Asset, Failure, Status
 from asset_service.store.sqlite import SqliteStore
@@ -225,3 +226,18 @@ async def test_a_database_made_before_auto_vacuum_is_converted_once(
     assert auto_vacuum(db) == INCREMENTAL
     assert caplog.text.count("to incremental auto-vacuum, once") == 1
     assert integrity(db) == "ok"
+
+
+def test_disk_reserve_bytes_is_zero_or_at_least_a_mebibyte(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert load_settings([], {}).disk_reserve_bytes == 4 * MiB
+    assert load_settings(["--disk-reserve-bytes", "0"], {}).disk_reserve_bytes == 0
+    env = {"ASSET_SERVICE_DISK_RESERVE_BYTES": "16MiB"}
+    assert load_settings([], env).disk_reserve_bytes == 16 * MiB
+    with pytest.raises(SystemExit):
+        load_settings(["--disk-reserve-bytes", "512KiB"], {})
+    assert (
+        "'512KiB' is too small to hold what a delete on a full disk writes: give at least "
+        "1MiB, or 0 for no reserve" in capsys.readouterr().err
+    )
