@@ -217,7 +217,8 @@ class Adopted(_Blob):
         self.opened = opened
         self.move = move
         self._staging: Path | None = None  # a copy, when linking is not possible
-        self._was: tuple[int, int] | None = None  # the source's mode and group, once changed
+        # The source's mode, owner and group, once changed.
+        self._was: tuple[int, int, int] | None = None
 
     def stage(self) -> None:
         st = self.opened.st
@@ -330,14 +331,17 @@ class Adopted(_Blob):
             raise
 
     def _take_source(self) -> bool:
-        """Give the file about to be linked into place the mode of a stored file (the same
-        inode: the worker's 0644 must not stay); False if it is not ours to change."""
-        st, modes = self.opened.st, self._storage.modes
+        """Make the file about to be linked into place a stored file: the same inode, so
+        the worker's 0644 (and, for a server running as root, the worker's ownership) must
+        not stay; False if it is not ours to change."""
+        st, modes, fd = self.opened.st, self._storage.modes, self.opened.fd
         try:
-            modes.set_fd(self.opened.fd, modes.file(shared=True), shared=True)
+            if st.st_uid != os.geteuid():
+                os.fchown(fd, os.geteuid(), -1)  # only a privileged server may
+            self._was = (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid)
+            modes.set_fd(fd, modes.file(shared=True), shared=True)
         except PermissionError:
             return False
-        self._was = (stat.S_IMODE(st.st_mode), st.st_gid)
         return True
 
     def _finish_sync(self) -> None:
@@ -355,9 +359,10 @@ class Adopted(_Blob):
                 self._staging.unlink()
         if self._was is not None:
             # The worker's file stays where it was, as it was.
+            mode, uid, gid = self._was
             with contextlib.suppress(OSError):
-                os.fchown(self.opened.fd, -1, self._was[1])
-                os.fchmod(self.opened.fd, self._was[0])
+                os.fchown(self.opened.fd, uid, gid)
+                os.fchmod(self.opened.fd, mode)
         super()._rollback_sync()
 
     def _close(self) -> None:
