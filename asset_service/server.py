@@ -25,6 +25,7 @@ from asset_service.config import Settings
 from asset_service.domain.errors import AssetError, InvalidArgument
 from asset_service.domain.manager import AssetManager, Limits
 from asset_service.domain.ports import BlobStorage, MetadataStore
+from asset_service.modes import Modes
 from asset_service.security.interceptor import SecurityInterceptor
 from asset_service.security.setup import Security
 from asset_service.storage.imports import ImportRoots
@@ -191,10 +192,11 @@ def open_storage(settings: Settings) -> tuple[BlobStorage, LocalManifests]:
         settings.import_roots, settings.allow_hardlinked_imports, own_files(settings)
     )
     root = settings.storage_root
+    modes = Modes(settings.share_group)
     if not settings.storage_url:
         return (
-            LocalStorage(root, settings.orphan_grace_seconds, imports, settings.direct_io),
-            LocalManifests(root),
+            LocalStorage(root, settings.orphan_grace_seconds, imports, settings.direct_io, modes),
+            LocalManifests(root, modes=modes),
         )
     if not settings.storage_url.startswith("s3://"):
         raise InvalidArgument(
@@ -210,9 +212,10 @@ def open_storage(settings: Settings) -> tuple[BlobStorage, LocalManifests]:
         imports,
         endpoint_url=settings.s3_endpoint_url or None,
         region=settings.s3_region or None,
+        modes=modes,
     )
-    cache = FileCache(root / "tmp" / "cache", storage, settings.manifest_cache_bytes)
-    return storage, LocalManifests(root, cache)
+    cache = FileCache(root / "tmp" / "cache", storage, settings.manifest_cache_bytes, modes)
+    return storage, LocalManifests(root, cache, modes)
 
 
 class _Collected:
@@ -288,7 +291,8 @@ async def start(settings: Settings, store: MetadataStore | None = None) -> Runni
     security = Security(settings)
     security.check_listen()
     own_files(settings).check_import_roots(settings.import_roots)
-    store = store if store is not None else open_store(settings.database_url)
+    if store is None:
+        store = open_store(settings.database_url, settings.disk_reserve_bytes)
     storage, manifests = open_storage(settings)
     limits = Limits(
         max_upload_bytes=settings.max_upload_bytes,

@@ -26,11 +26,12 @@ def sqlite_path(database_url: str) -> Path | None:
     return Path("/" + rest.lstrip("/"))
 
 
-def open_store(database_url: str) -> MetadataStore:
+def open_store(database_url: str, disk_reserve_bytes: int | None = None) -> MetadataStore:
     """sqlite:////abs/path.db (embedded default), mongodb://... (production) or memory://.
 
     memory:// keeps records in the server process only (lost when it stops): for demos
-    and tests, never for data anyone needs.
+    and tests, never for data anyone needs. `disk_reserve_bytes` sizes SQLite's disk-full
+    reserve (None: its default).
     """
     if database_url == "memory://":
         from asset_service.store.memory import MemoryStore
@@ -41,7 +42,9 @@ def open_store(database_url: str) -> MetadataStore:
     if path is not None:
         from asset_service.store.sqlite import SqliteStore
 
-        return SqliteStore(path)
+        if disk_reserve_bytes is None:
+            return SqliteStore(path)
+        return SqliteStore(path, reserve_bytes=disk_reserve_bytes)
     if database_url.startswith(("mongodb://", "mongodb+srv://")):
         from asset_service.store.mongo import MongoStore
 

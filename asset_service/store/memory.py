@@ -117,6 +117,9 @@ class MemoryStore:
     async def ping(self) -> None:
         await self._enter()
 
+    async def check_room(self) -> None:
+        await self._enter()
+
     # --- reads ----------------------------------------------------------------------
 
     async def get(self, asset_id: str) -> Asset | None:

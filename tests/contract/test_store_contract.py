@@ -67,6 +67,13 @@ FULFILL = Fulfillment(
 # --- records ---------------------------------------------------------------------------
 
 
+async def test_a_store_with_room_holds_no_write_back(backend: Backend) -> None:
+    """check_room answers without error while writes fit (SQLite's full disk: test_sqlite_full)."""
+    await backend.store.check_room()
+    await backend.store.insert(value_asset())
+    await backend.store.check_room()
+
+
 async def test_insert_then_get_and_get_many(backend: Backend) -> None:
     store = backend.store
     a = await store.insert(pending(tags=("raw-upload", "user-id-5")))

@@ -77,7 +77,10 @@ async def test_a_committed_move_is_finished_after_a_cut_that_renumbers_devices(
     """A reboot may give the disk another device number than the journal recorded."""
     lazy, mnt = disk
     incoming = mnt / "incoming"
-    fs.make_dirs(incoming)
+    incoming.mkdir()
+    parent = os.open(mnt, os.O_RDONLY)
+    fs.fsync_dir(parent)
+    os.close(parent)
     source = incoming / "output.bin"
     with open(source, "wb") as out:  # the worker's file, durable
         out.write(b"worker output")

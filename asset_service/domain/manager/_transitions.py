@@ -42,6 +42,7 @@ class Transitions(Core):
         async with self._locks.hold(asset_id):
             current = await self.get(asset_id)
             self._check_fulfillable(current, AssetType.FILE, allow_done=True)
+            await self.store.check_room()  # before a copy takes the room
             try:
                 staged = await self.storage.adopt(source, move=True)
             except NotFound:
@@ -126,6 +127,7 @@ class Transitions(Core):
             # reconcile removes, never a record without its bytes.
             if removed.storage_path:
                 await self.storage.remove(removed.storage_path)
+                await self.space_freed()
             return removed
 
     def _check_fulfillable(self, asset: Asset, type_: AssetType, allow_done: bool) -> None:

@@ -239,6 +239,9 @@ class MongoStore:
             await self._feed.close()
         await self._client.close()
 
+    async def check_room(self) -> None:
+        """MongoDB manages its own disk: nothing is held back here."""
+
     async def ping(self) -> None:
         if self._feed is not None and self._feed.failure is not None:
             # Health says NOT_SERVING while watchers cannot follow the database.
