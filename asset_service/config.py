@@ -102,6 +102,8 @@ class Settings:
     watch_buffer_bytes: int = 4 * 1024**2
     watch_history_bytes: int = 32 * 1024**2
     watch_stall_timeout_seconds: float = 300.0
+    max_concurrent_reads: int = 128
+    read_stall_timeout_seconds: float = 120.0
     allow_hardlinked_imports: bool = False
     direct_io: bool = True
     max_lease_seconds: int = 86400
@@ -295,6 +297,23 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "with UNAVAILABLE (checked every quarter of it, at most every 5 s); clients resume "
         "from their last revision [ASSET_SERVICE_WATCH_STALL_TIMEOUT]",
     )
+    limits.add_argument(
+        "--max-concurrent-reads",
+        type=positive(int),
+        default=default("MAX_CONCURRENT_READS", "128"),
+        help="ReadAsset streams in progress at once, over all clients (each holds an open "
+        "file and up to a few MiB while its client is slow); one more is refused "
+        "[ASSET_SERVICE_MAX_CONCURRENT_READS]",
+    )
+    limits.add_argument(
+        "--read-stall-timeout",
+        type=positive(float),
+        default=default("READ_STALL_TIMEOUT", "120"),
+        help="seconds a ReadAsset stream may stay blocked on a client that does not read (its "
+        "flow-control window full) before the stream ends with UNAVAILABLE naming the offset "
+        "to resume from (checked every quarter of it, at most every 5 s) "
+        "[ASSET_SERVICE_READ_STALL_TIMEOUT]",
+    )
     parser.add_argument(
         "--direct-io",
         action=argparse.BooleanOptionalAction,
@@ -428,6 +447,8 @@ def load_settings(
         watch_buffer_bytes=args.watch_buffer_bytes,
         watch_history_bytes=args.watch_history_bytes,
         watch_stall_timeout_seconds=args.watch_stall_timeout,
+        max_concurrent_reads=args.max_concurrent_reads,
+        read_stall_timeout_seconds=args.read_stall_timeout,
         allow_hardlinked_imports=args.allow_hardlinked_imports,
         direct_io=args.direct_io,
         max_lease_seconds=args.max_lease_seconds,

@@ -205,8 +205,8 @@ def add_asset_service(
     server: grpc.aio.Server,
     anonymous: SecurityInterceptor | None = None,
 ) -> None:
-    """The generated registration, but WatchAsset sends pre-serialized bytes and
-    UploadAsset takes its chunks as views of the received messages (api/wire).
+    """The generated registration, but WatchAsset and ReadAsset send pre-serialized bytes
+    and UploadAsset takes its chunks as views of the received messages (api/wire).
 
     One change fanned out to many watchers is serialized once (api/convert.SharedEvents);
     every other method keeps the generated handler. Interceptors see the same handler
@@ -220,6 +220,11 @@ def add_asset_service(
     handlers["WatchAsset"] = grpc.unary_stream_rpc_method_handler(
         servicer.WatchAsset,
         request_deserializer=pb.WatchAssetRequest.FromString,
+        response_serializer=wire.response_bytes,
+    )
+    handlers["ReadAsset"] = grpc.unary_stream_rpc_method_handler(
+        servicer.ReadAsset,
+        request_deserializer=pb.ReadAssetRequest.FromString,
         response_serializer=wire.response_bytes,
     )
     handlers["UploadAsset"] = grpc.stream_unary_rpc_method_handler(
@@ -273,6 +278,8 @@ async def start(settings: Settings, store: MetadataStore | None = None) -> Runni
         max_concurrent_uploads=settings.max_concurrent_uploads,
         upload_idle_timeout_seconds=settings.upload_idle_timeout_seconds,
         watch_stall_timeout_seconds=settings.watch_stall_timeout_seconds,
+        max_concurrent_reads=settings.max_concurrent_reads,
+        read_stall_timeout_seconds=settings.read_stall_timeout_seconds,
         task_tokens=security.task_tokens,
     )
     add_asset_service(servicer, server, anonymous)

@@ -147,6 +147,7 @@ INTERVALS = [
     ("--max-lease-seconds", "MAX_LEASE_SECONDS"),
     ("--upload-idle-timeout", "UPLOAD_IDLE_TIMEOUT"),
     ("--watch-stall-timeout", "WATCH_STALL_TIMEOUT"),
+    ("--read-stall-timeout", "READ_STALL_TIMEOUT"),
 ]
 
 
