@@ -205,8 +205,10 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "--shutdown-grace",
         type=positive(float),
         default=default("SHUTDOWN_GRACE", "10"),
-        help="seconds in-flight RPCs get to finish on SIGTERM/SIGINT "
-        "[ASSET_SERVICE_SHUTDOWN_GRACE]",
+        help="on SIGTERM/SIGINT health answers NOT_SERVING at once, and calls in flight get "
+        "this many seconds to finish while the server still listens (new calls too, until "
+        "load balancers notice); then it closes, ending what is left. The process exits "
+        "within this plus a few seconds, whatever is stuck [ASSET_SERVICE_SHUTDOWN_GRACE]",
     )
     parser.add_argument(
         "--health-interval",

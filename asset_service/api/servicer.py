@@ -19,6 +19,7 @@ from asset_service._proto.asset.v1 import asset_service_pb2 as pb
 from asset_service._proto.asset.v1 import asset_service_pb2_grpc as pb_grpc
 from asset_service.api import convert, wire
 from asset_service.api.errors import capped, rich_status, status_code, status_message
+from asset_service.api.inflight import InFlight
 from asset_service.api.stalls import StallGuard
 from asset_service.api.wire import UploadMessage
 from asset_service.config import Settings
@@ -93,15 +94,16 @@ def unary(
     fn: Callable[[Any, Req, Ctx], Awaitable[Resp]],
 ) -> Callable[[Any, Req, Ctx], Awaitable[Resp]]:
     @functools.wraps(fn)
-    async def wrapper(self: Any, request: Req, context: Ctx) -> Resp:
-        try:
-            return await fn(self, request, context)
-        except grpc.aio.AbortError:
-            raise
-        except Exception as exc:  # AssetError and anything unexpected
-            await _abort(context, exc, fn.__name__)
-            # The call ended before its status could be sent; grpc ends it now.
-            return None  # type: ignore[return-value]
+    async def wrapper(self: AssetServicer, request: Req, context: Ctx) -> Resp:
+        with self.in_flight:
+            try:
+                return await fn(self, request, context)
+            except grpc.aio.AbortError:
+                raise
+            except Exception as exc:  # AssetError and anything unexpected
+                await _abort(context, exc, fn.__name__)
+                # The call ended before its status could be sent; grpc ends it now.
+                return None  # type: ignore[return-value]
 
     return wrapper
 
@@ -110,14 +112,15 @@ def streaming(
     fn: Callable[[Any, Req, Ctx], AsyncIterator[Resp]],
 ) -> Callable[[Any, Req, Ctx], AsyncIterator[Resp]]:
     @functools.wraps(fn)
-    async def wrapper(self: Any, request: Req, context: Ctx) -> AsyncIterator[Resp]:
-        try:
-            async for item in fn(self, request, context):
-                yield item
-        except grpc.aio.AbortError:
-            raise
-        except Exception as exc:  # AssetError and anything unexpected
-            await _abort(context, exc, fn.__name__)
+    async def wrapper(self: AssetServicer, request: Req, context: Ctx) -> AsyncIterator[Resp]:
+        with self.in_flight:
+            try:
+                async for item in fn(self, request, context):
+                    yield item
+            except grpc.aio.AbortError:
+                raise
+            except Exception as exc:  # AssetError and anything unexpected
+                await _abort(context, exc, fn.__name__)
 
     return wrapper
 
@@ -156,6 +159,9 @@ class AssetServicer(pb_grpc.AssetServiceServicer):
         self.watch_events = convert.SharedEvents()
         self.watch_stalls = StallGuard(watch_stall_timeout_seconds)
         self.read_stalls = StallGuard(read_stall_timeout_seconds)
+        # Every call between its start and its end (@unary, @streaming): a stop waits
+        # for them, bounded by its grace, while health already says NOT_SERVING.
+        self.in_flight = InFlight()
 
     @unary
     async def UploadAsset(
