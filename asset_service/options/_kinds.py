@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Generic, TypeVar
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 T = TypeVar("T")
 
@@ -157,7 +157,12 @@ def choice(*names: str) -> Kind[str]:
             raise ArgumentTypeError(f"{text!r} is not a choice") from None
 
     listed = ", ".join(names)
-    return Kind("choice", parse, f"one of {listed} (any case)", metavar="{" + ",".join(names) + "}")
+    return Kind(
+        f"choice of {listed}",
+        parse,
+        f"one of {listed} (any case)",
+        metavar="{" + ",".join(names) + "}",
+    )
 
 
 def url(*schemes: str, example: str) -> Kind[str]:
@@ -170,7 +175,7 @@ def url(*schemes: str, example: str) -> Kind[str]:
         return text
 
     forms = f"a URL starting {_either([s + '://' for s in schemes])} (e.g. {example}), or empty"
-    return Kind("url", parse, forms, mask_url, "URL")
+    return Kind(f"url ({_either(schemes)})", parse, forms, mask_url, "URL")
 
 
 def _either(words: Sequence[str]) -> str:
@@ -178,20 +183,28 @@ def _either(words: Sequence[str]) -> str:
 
 
 def mask_url(text: str) -> str:
-    """`text` with the password of its user part and credential-like query values masked."""
-    parts = urlsplit(text)
-    userinfo, _, host = parts.netloc.rpartition("@")
-    user, _, password = userinfo.partition(":")
-    if password:
-        parts = parts._replace(netloc=f"{user}:{MASK}@{host}")
-    pairs = parse_qsl(parts.query, keep_blank_values=True)
-    if any(_SECRET_WORDS.search(key) or _SECRET_WORDS.search(value) for key, value in pairs):
-        masked = [
-            (key, MASK if _SECRET_WORDS.search(key) or _SECRET_WORDS.search(value) else value)
-            for key, value in pairs
-        ]
-        parts = parts._replace(query=urlencode(masked, safe="*:"))
-    return urlunsplit(parts)
+    """`text` with the password of its user part and credential-like query values masked.
+    Cut by hand: urlunsplit would turn sqlite:////abs/path into sqlite://abs/path."""
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        return text
+    cut = min(
+        [i for i in (rest.find("/"), rest.find("?"), rest.find("#")) if i >= 0] or [len(rest)]
+    )
+    netloc, tail = rest[:cut], rest[cut:]
+    userinfo, at, host = netloc.rpartition("@")
+    if at and ":" in userinfo:
+        netloc = f"{userinfo.partition(':')[0]}:{MASK}@{host}"
+    path, question, query = tail.partition("?")
+    if question:
+        query, hash_, fragment = query.partition("#")
+        tail = f"{path}?{'&'.join(map(_mask_parameter, query.split('&')))}{hash_}{fragment}"
+    return f"{scheme}://{netloc}{tail}"
+
+
+def _mask_parameter(pair: str) -> str:
+    key, eq, _ = pair.partition("=")
+    return f"{key}={MASK}" if eq and _SECRET_WORDS.search(pair) else pair
 
 
 def _address(text: str) -> str:
@@ -206,12 +219,19 @@ def _address(text: str) -> str:
 
 def _directory(text: str) -> Path:
     if not text.strip():
-        raise ArgumentTypeError("an empty path is not a folder")
+        raise ArgumentTypeError(f"{text!r} is an empty path")
     return Path(text).expanduser().resolve()
 
 
 def _file(text: str) -> Path | None:
-    return Path(text).expanduser().resolve() if text else None
+    # Whether the file exists and what it holds is for start-up to say (and SIGHUP's
+    # reload); only a folder given for a file is plainly wrong here.
+    if not text:
+        return None
+    path = Path(text).expanduser().resolve()
+    if path.is_dir():
+        raise ArgumentTypeError(f"{text!r} is a folder, not a file")
+    return path
 
 
 def _region(text: str) -> str:
@@ -249,7 +269,9 @@ ADDRESS = Kind(
     "address", _address, "HOST:PORT (port 0 picks one), [::1]:PORT or unix:PATH", str, "HOST:PORT"
 )
 DIRECTORY = Kind("folder", _directory, "a folder path", metavar="DIR")
-FILE: Kind[Path | None] = Kind("file", _file, "a file path, or empty", _show_optional, "FILE")
+FILE: Kind[Path | None] = Kind(
+    "file", _file, "the path of a file (not a folder), or empty", _show_optional, "FILE"
+)
 GROUP: Kind[int | None] = Kind(
     "group", parse_group, "a group name or number on this host, or empty", _show_optional, "GROUP"
 )

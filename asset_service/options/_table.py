@@ -32,7 +32,7 @@ class Many(Kind[tuple[T, ...]]):
             return os.pathsep.join(item.show(v) for v in values)
 
         forms = f"{item.forms}; several separated by '{os.pathsep}' in the variable"
-        return cls(f"several {item.name}", parse, forms, show, item.metavar, item)
+        return cls(f"several {item.name}s", parse, forms, show, item.metavar, item)
 
 
 @dataclass(frozen=True)
@@ -132,13 +132,22 @@ class Table(Generic[S]):
         for s in self.settings:
             extra = f"[{s.env}; default: {s.shown_default}]"
             options: dict[str, Any] = {"dest": s.name, "default": None, "help": f"{s.help} {extra}"}
+            options["metavar"] = s.metavar
             if s.kind is BOOL:
-                options["action"] = argparse.BooleanOptionalAction
-            else:
-                options["metavar"] = s.metavar
-                if isinstance(s.kind, Many):
-                    options["action"] = "append"
+                # --x alone is true; --x=no is read like the variable, so a bad word gets
+                # the same one-line refusal.
+                options.update(nargs="?", const="true", metavar="BOOL")
+            elif isinstance(s.kind, Many):
+                options["action"] = "append"
             groups[s.group].add_argument(s.flag, **options)
+            if s.kind is BOOL:
+                groups[s.group].add_argument(
+                    _no(s.flag),
+                    dest=s.name,
+                    action="store_false",
+                    default=None,
+                    help=f"{s.flag}=false",
+                )
 
     def load(
         self,
@@ -179,7 +188,7 @@ def _from_flag(s: Setting[Any], given: Any) -> Any:
     if isinstance(s.kind, Many):
         assert s.kind.item is not None
         return tuple(s.kind.item.parse(text) for text in given)
-    return given if isinstance(given, bool) else s.kind.parse(given)
+    return given if given is False else s.kind.parse(given)
 
 
 def _refuse(parser: argparse.ArgumentParser, s: Setting[Any], flag: bool, problem: str) -> NoReturn:
