@@ -131,7 +131,8 @@ class Table(Generic[S]):
         }
         for s in self.settings:
             extra = f"[{s.env}; default: {s.shown_default}]"
-            options: dict[str, Any] = {"dest": s.name, "default": None, "help": f"{s.help} {extra}"}
+            text = f"{s.help} {extra}".replace("%", "%%")  # argparse %-formats help
+            options: dict[str, Any] = {"dest": s.name, "default": None, "help": text}
             options["metavar"] = s.metavar
             if s.kind is BOOL:
                 # --x alone is true; --x=no is read like the variable, so a bad word gets

@@ -236,7 +236,7 @@ class Demo:
     """A table of two settings, as a new one would be added: one field each."""
 
     password: str = setting(TEXT, "", "what opens it", group="g", secret=True)
-    retries: int = setting(COUNT.where(lambda n: n > 0, "above 0"), "3", "tries", group="g")
+    retries: int = setting(COUNT.where(lambda n: n > 0, "above 0"), "3", "tries (100 %)", group="g")
 
 
 def test_a_new_setting_is_one_field_and_a_secret_is_masked(
@@ -254,7 +254,8 @@ def test_a_new_setting_is_one_field_and_a_secret_is_masked(
         "environment",
         "DEMO_PASSWORD",
     ]
-    assert "| `--retries N` | `DEMO_RETRIES` | `3` | tries |" in markdown(table)
+    assert "| `--retries N` | `DEMO_RETRIES` | `3` | tries (100 %) |" in markdown(table)
+    assert "tries (100 %) [DEMO_RETRIES; default: 3]" in " ".join(parser.format_help().split())
     with pytest.raises(SystemExit):
         table.load(parser, [], {"DEMO_RETRIES": "0"})
     assert capsys.readouterr().err == (
