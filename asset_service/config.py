@@ -43,6 +43,17 @@ def positive(kind: type[int] | type[float]) -> Callable[[str], int | float]:
     return parse
 
 
+def not_negative(text: str) -> float:
+    """An argparse type: a number of 0 or more."""
+    try:
+        number = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not number >= 0 or number == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} must be 0 or more")
+    return number
+
+
 def parse_size(text: str) -> int:
     """'1048576', '512MiB', '10G' -> bytes (binary units)."""
     match = _SIZE.fullmatch(text)
@@ -85,6 +96,8 @@ class Settings:
     token_secret_file: Path | None = None
     reflection: str = "authenticated"
     insecure: bool = False
+    scrub_rate_mib: float = 8.0
+    scrub_interval_seconds: float = 86400.0
 
 
 def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
@@ -280,6 +293,28 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         help="with an object store: local copies of manifest inputs kept (least recently "
         "used go first) [ASSET_SERVICE_MANIFEST_CACHE_BYTES]",
     )
+    # 8 MiB/s: a store of ~650 GiB is scrubbed once a day, at a few percent of a disk's
+    # bandwidth (an HDD reads 150+ MiB/s) and of one core (crc32c runs at GB/s); an
+    # operator with more data or idle disks raises it, one sharing a bucket with other
+    # servers leaves it on in one of them only.
+    parser.add_argument(
+        "--scrub-rate",
+        type=not_negative,
+        default=not_negative(default("SCRUB_RATE", "8")),
+        metavar="MIB_PER_S",
+        help="the background scrub re-reads stored FILE bytes at most this many MiB per "
+        "second and checks each block's checksum; corrupt assets are logged, marked "
+        "(corrupt_reason) and refused with DATA_LOSS; 0 turns it off (the admin RPC "
+        "ScrubAssets still checks on demand) [ASSET_SERVICE_SCRUB_RATE]",
+    )
+    parser.add_argument(
+        "--scrub-interval",
+        type=positive(float),
+        default=float(default("SCRUB_INTERVAL", "86400")),
+        help="seconds from the start of one background scrub pass to the next (a pass "
+        "that takes longer is followed at once); the first starts this long after "
+        "start-up, at most 300 s [ASSET_SERVICE_SCRUB_INTERVAL]",
+    )
     parser.add_argument(
         "--allow-hardlinked-imports",
         action=argparse.BooleanOptionalAction,
@@ -392,4 +427,6 @@ def load_settings(
         token_secret_file=_path(args.token_secret_file),
         reflection=args.reflection,
         insecure=args.insecure,
+        scrub_rate_mib=args.scrub_rate,
+        scrub_interval_seconds=args.scrub_interval,
     )

@@ -11,6 +11,7 @@ from asset_service.domain.errors import Conflict, NotFound, Unavailable
 from asset_service.domain.models import (
     Asset,
     AssetFilter,
+    BlockSums,
     Change,
     ChangeKind,
     Page,
@@ -45,7 +46,9 @@ def _matches(asset: Asset, flt: AssetFilter) -> bool:
 
 def _applied(asset: Asset, change: Transition, now: datetime) -> Asset:
     """`asset` after `change`: the same fields, by the same rules, as the other stores."""
-    fields = transition_fields(change, now, value_column="value", timestamp=lambda t: t)
+    fields = transition_fields(
+        change, now, value_column="value", timestamp=lambda t: t, sums=lambda s: s
+    )
     if "status" in fields:
         fields["status"] = Status(fields["status"])
     if "value_kind" in fields:
@@ -173,6 +176,14 @@ class MemoryStore:
         self._rows[asset_id] = (seq, updated)
         self._publish(ChangeKind.PUT, updated)
         return updated
+
+    async def set_block_sums(self, asset_id: str, storage_path: str, sums: BlockSums) -> bool:
+        await self._enter()
+        row = self._rows.get(asset_id)
+        if row is None or row[1].storage_path != storage_path or not storage_path:
+            return False
+        self._rows[asset_id] = (row[0], dataclasses.replace(row[1], block_sums=sums))
+        return True
 
     async def leases_run_out(self, now: datetime, limit: int) -> list[Asset]:
         await self._enter()

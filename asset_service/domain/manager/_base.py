@@ -14,6 +14,7 @@ from asset_service.domain.errors import (
     NotFound,
     brief,
 )
+from asset_service.domain.integrity import Integrity
 from asset_service.domain.locks import KeyedLocks
 from asset_service.domain.models import (
     Asset,
@@ -73,6 +74,7 @@ class Core:
     manifests: ManifestStore | None
     hub: ChangeHub
     commits: Committer
+    integrity: Integrity
     _locks: KeyedLocks
 
     async def get(self, asset_id: str) -> Asset:
@@ -81,15 +83,6 @@ class Core:
         if asset is None:
             raise NotFound(f"asset {asset_id} not found")
         return asset
-
-
-async def naming(asset_id: str, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """Re-raise a mid-stream integrity error with the asset's id in front."""
-    try:
-        async for chunk in chunks:
-            yield chunk
-    except IntegrityError as exc:
-        raise IntegrityError(f"asset {asset_id} is AVAILABLE but {exc.message}") from None
 
 
 def verify(blob: StagedBlob, expected_size: int | None, expected_sha: str) -> None:

@@ -7,8 +7,9 @@ import contextlib
 import os
 from collections.abc import AsyncIterator
 
-from asset_service.domain.errors import IntegrityError
-from asset_service.storage import fs
+from asset_service.domain.errors import CorruptBytes, IntegrityError
+from asset_service.domain.models import BlockSums
+from asset_service.storage import blocks, fs
 
 # What one thread hop of a download reads (in chunk_size pieces): memory per reader.
 READ_BATCH_BYTES = 4 * 1024 * 1024
@@ -46,6 +47,63 @@ async def read_chunks(
         opened.close()
 
 
+def pread_checked(
+    fd: int, start: int, stop: int, sums: BlockSums, shown: str
+) -> tuple[list[bytes], IntegrityError | None]:
+    """Whole blocks from `start` (block-aligned) up to READ_BATCH_BYTES, each checked
+    against its sum in this thread (the crc releases the GIL): the good blocks, and the
+    error that ends the read at the first bad or missing one."""
+    block = sums.block_bytes
+    limit = min(stop, start + max(block, READ_BATCH_BYTES))
+    found: list[bytes] = []
+    while start < limit:
+        want = min(block, stop - start)
+        data = os.pread(fd, want, start)
+        while 0 < len(data) < want:  # pread may return less than asked; never at EOF
+            more = os.pread(fd, want - len(data), start + len(data))
+            if not more:
+                break
+            data += more
+        if len(data) < want:
+            return found, IntegrityError(
+                f"its bytes at {shown} ended at {start + len(data)} of {stop} bytes (truncated "
+                "on disk while being read)"
+            )
+        try:
+            blocks.check_block(sums, shown, start, data)
+        except CorruptBytes as exc:
+            return found, exc
+        found.append(data)
+        start += want
+    return found, None
+
+
+async def read_checked(
+    opened: fs.Opened,
+    storage_path: str,
+    offset: int,
+    end: int,
+    chunk_size: int,
+    sums: BlockSums,
+) -> AsyncIterator[bytes]:
+    """The bytes in [offset, end), read in whole blocks, each checked before any of it is
+    yielded; a bad block ends the stream with CorruptBytes naming its offset."""
+    try:
+        start, stop = blocks.aligned(sums, offset, end, opened.st.st_size)
+        while start < stop and offset < end:
+            batch, error = await asyncio.to_thread(
+                pread_checked, opened.fd, start, stop, sums, storage_path
+            )
+            for data in batch:
+                for piece in blocks.pieces(data, start, offset, end, chunk_size):
+                    yield piece
+                start += len(data)
+            if error is not None:
+                raise error
+    finally:
+        opened.close()
+
+
 # check_many keeps at most this many folder fds open at once.
 CHECK_FOLDER_FDS = 64
 
@@ -64,7 +122,7 @@ def not_regular(storage_path: str) -> IntegrityError:
 
 
 def wrong_size(storage_path: str, actual: int, recorded: int) -> IntegrityError:
-    return IntegrityError(
+    return CorruptBytes(
         f"its bytes at {storage_path} are {actual} bytes long; the record says {recorded} "
         "(truncated or replaced on disk)"
     )

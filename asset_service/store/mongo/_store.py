@@ -28,6 +28,7 @@ from asset_service.domain.errors import (
 from asset_service.domain.models import (
     Asset,
     AssetFilter,
+    BlockSums,
     Change,
     Fulfillment,
     Page,
@@ -80,7 +81,7 @@ DEFAULT_CLIENT_OPTIONS: dict[str, Any] = {
 # serverSelectionTimeoutMS plus socketTimeoutMS and is not retried for long).
 DEFAULT_OPERATION_TIMEOUT = 15.0
 # A record without its inline value: what snapshot() reads.
-SLIM_PROJECTION: dict[str, Any] = {"value_content": 0, "value_kind": 0}
+SLIM_PROJECTION: dict[str, Any] = {"value_content": 0, "value_kind": 0, "block_sums": 0}
 # Snapshot reads outside transactions (watch snapshots) came with MongoDB 5.0.
 MIN_WIRE_VERSION = 13
 
@@ -483,6 +484,19 @@ class MongoStore:
         cost = len(change.value.data) if isinstance(change, Fulfillment) and change.value else 0
         result: Asset = await self._writer.submit(apply, cost)
         return result
+
+    async def set_block_sums(self, asset_id: str, storage_path: str, sums: BlockSums) -> bool:
+        # Not through the group writer: no revision, and the change feed skips an update
+        # of block_sums alone (_feed.py); clients never see them.
+        try:
+            with pymongo.timeout(self.operation_timeout):
+                done = await self._assets.update_one(
+                    {"_id": asset_id, "storage_path": {"$eq": storage_path, "$ne": ""}},
+                    {"$set": {"block_sums": sums.encode()}},
+                )
+        except PyMongoError as exc:
+            raise _write_error(exc, transaction=False) from exc
+        return done.matched_count == 1
 
     async def delete(self, asset_id: str, by: str = "") -> Asset | None:
         async def apply(session: AsyncClientSession | None, rev: int) -> Asset:

@@ -22,6 +22,7 @@ from asset_service.domain.errors import (
 from asset_service.domain.models import (
     Asset,
     AssetFilter,
+    BlockSums,
     Change,
     ChangeKind,
     Fulfillment,
@@ -31,7 +32,12 @@ from asset_service.domain.models import (
     Transition,
 )
 from asset_service.store import _paging
-from asset_service.store._fields import lease_condition, lease_conflict, transition_fields
+from asset_service.store._fields import (
+    encoded_sums,
+    lease_condition,
+    lease_conflict,
+    transition_fields,
+)
 from asset_service.store.sqlite._readers import Later, Readers
 from asset_service.store.sqlite._reserve import DiskReserve
 from asset_service.store.sqlite._schema import (
@@ -349,6 +355,8 @@ class SqliteStore:
                         asset.updated_by,
                         asset.lease_seconds,
                         to_ms(asset.lease_expires_at) if asset.lease_expires_at else None,
+                        encoded_sums(asset.block_sums),
+                        asset.corrupt_reason,
                     ),
                 )
                 c.executemany(
@@ -408,6 +416,20 @@ class SqliteStore:
 
         value = change.value if isinstance(change, Fulfillment) else None
         result: Asset = await self._open_writer().submit(w, len(value.data) if value else 0)
+        return result
+
+    async def set_block_sums(self, asset_id: str, storage_path: str, sums: BlockSums) -> bool:
+        # In a group transaction like any write, but no revision and no change: clients
+        # never see block sums.
+        def w(c: sqlite3.Connection) -> tuple[bool, None]:
+            cur = c.execute(
+                "UPDATE assets SET block_sums = ? WHERE id = ? AND storage_path = ? "
+                "AND storage_path != ''",
+                (sums.encode(), asset_id, storage_path),
+            )
+            return cur.rowcount == 1, None
+
+        result: bool = await self._open_writer().submit(w, len(sums.crcs))
         return result
 
     def _delete_once(self, c: sqlite3.Connection, asset_id: str, by: str) -> Asset | None:
