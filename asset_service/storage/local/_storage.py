@@ -42,9 +42,10 @@ log = logging.getLogger(__name__)
 
 # A stored file whose ctime (which no user can set: writing, renaming or linking moves it
 # to now) is later than its record's time by more than this was changed after it was
-# stored: GetManifest has it read and checked in full before listing it. The grace covers
-# the moved source's unlink right after the record (a link count change moves the ctime).
-CHANGED_GRACE_SECONDS = 60.0
+# stored: GetManifest has it read and checked in full before listing it. A legitimate
+# late ctime (a moved source unlinked after its record, a move settled by recovery, a
+# chmod, clocks of a shared file system apart) costs one such read, never a refusal.
+CHANGED_GRACE_SECONDS = 1.0
 # Files verified in full despite a late ctime (chmod, recovery of a move), remembered by
 # (device, inode, ctime) so that each is read once, not by every manifest.
 VOUCHED_KEEP = 10_000

@@ -39,7 +39,7 @@ from asset_service.storage.memory._state import (
 log = logging.getLogger(__name__)
 
 # As LocalStorage's CHANGED_GRACE_SECONDS.
-CHANGED_GRACE = 60.0
+CHANGED_GRACE = 1.0
 
 
 class MemoryStorage:
