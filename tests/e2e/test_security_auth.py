@@ -79,6 +79,11 @@ def wait_for_log(server: ServerProcess, pattern: str, timeout: float = 10.0) -> 
     raise AssertionError(f"no log line matches {pattern!r}:\n" + "".join(server.log[-20:]))
 
 
+def test_the_role_table_cases_cover_every_rpc_of_the_service() -> None:
+    service = pb.DESCRIPTOR.services_by_name["AssetService"]
+    assert set(CALLS) == set(service.methods_by_name), "add a CALLS entry for each new RPC"
+
+
 @pytest.mark.parametrize("rpc", sorted(CALLS))
 @pytest.mark.parametrize(
     "credentials",
