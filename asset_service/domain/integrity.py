@@ -9,11 +9,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 
 from asset_service.domain.errors import (
+    AssetError,
     Conflict,
     CorruptBytes,
     IntegrityError,
     NotFound,
-    Unavailable,
     Unverified,
 )
 from asset_service.domain.locks import KeyedLocks
@@ -53,8 +53,6 @@ class Integrity:
         self.store = store
         self.storage = storage
         self._summing = KeyedLocks()
-        # Corrupt assets found since start-up (a count for logs and health detail).
-        self.found_corrupt = 0
 
     async def sums_for(self, asset: Asset, pace: Pace | None = None) -> BlockSums:
         """The asset's block sums; for one stored before they were kept, computed once
@@ -86,11 +84,10 @@ class Integrity:
             await asyncio.shield(
                 self.store.transition(asset.id, Status.AVAILABLE, change, datetime.now(UTC))
             )
-            self.found_corrupt += 1
         except (NotFound, Conflict):
             pass  # deleted meanwhile: nothing left to mark
-        except Unavailable as exc2:
-            log.warning("could not mark asset %s corrupt: %s", asset.id, exc2)
+        except AssetError as exc2:  # the store failing: the caller still gets its DATA_LOSS
+            log.warning("could not mark asset %s corrupt: %s", asset.id, exc2.message)
 
     async def clear_mark(self, asset: Asset) -> None:
         """Its bytes check out again (restored from a copy): serve them again."""

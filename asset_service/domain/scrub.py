@@ -9,7 +9,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
-from asset_service.domain.errors import CorruptBytes, IntegrityError, InvalidArgument, Unavailable
+from asset_service.domain.errors import AssetError, CorruptBytes, InvalidArgument
 from asset_service.domain.integrity import Integrity
 from asset_service.domain.models import Asset, AssetFilter, AssetType, Status, parse_asset_id
 from asset_service.domain.ports import MetadataStore
@@ -91,8 +91,9 @@ class Scrubber:
             await self.integrity.verify(asset, pace)
         except CorruptBytes as exc:
             return Checked(asset.id, Outcome.CORRUPT, exc.message, asset.size_bytes)
-        except (IntegrityError, Unavailable) as exc:
-            # Missing bytes may be a storage not mounted: reported, never marked.
+        except AssetError as exc:
+            # Missing bytes may be a storage not mounted (or a store failing): reported,
+            # never marked.
             log.warning("scrub could not read asset %s: %s", asset.id, exc.message)
             return Checked(asset.id, Outcome.UNREADABLE, exc.message, asset.size_bytes)
         if asset.corrupt_reason:
@@ -146,6 +147,8 @@ class Scrubber:
 # The first background pass waits this long after start-up (or the interval, if shorter),
 # so a server restarted often does not re-read everything each time it starts.
 FIRST_PASS_DELAY = 300.0
+# A pass that failed (the store unreachable) is tried again this soon, not an interval later.
+RETRY_SECONDS = 60.0
 
 
 async def scrub_forever(scrubber: Scrubber, rate_bytes: float, interval: float) -> None:
@@ -154,9 +157,11 @@ async def scrub_forever(scrubber: Scrubber, rate_bytes: float, interval: float) 
     await asyncio.sleep(min(interval, FIRST_PASS_DELAY))
     while True:
         started = time.monotonic()
+        wait = interval
         try:
             async for _ in scrubber.run((), rate_bytes):
                 pass
-        except (Unavailable, InvalidArgument) as exc:
-            log.warning("scrub pass stopped: %s; next one in %gs", exc.message, interval)
-        await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
+        except Exception:  # the store failing mid-pass, or a bug: never end the scrub
+            wait = min(interval, RETRY_SECONDS)
+            log.warning("scrub pass stopped; the next starts in %gs", wait, exc_info=True)
+        await asyncio.sleep(max(0.0, wait - (time.monotonic() - started)))

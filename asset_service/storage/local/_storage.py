@@ -23,15 +23,13 @@ from asset_service.domain.errors import (
     InvalidArgument,
     NotFound,
     Unavailable,
-    Unverified,
 )
 from asset_service.domain.models import BLOCK_BYTES, BlockSums, parse_asset_id
 from asset_service.storage import blocks, fs, keys
 from asset_service.storage.imports import ImportRoots
 from asset_service.storage.local._blobs import Adopted, Writer, age_of, oserror
 from asset_service.storage.local._reads import (
-    CHECK_FOLDER_FDS,
-    close_all,
+    check_many_sync,
     not_regular,
     read_checked,
     read_chunks,
@@ -40,12 +38,6 @@ from asset_service.storage.local._reads import (
 
 log = logging.getLogger(__name__)
 
-# A stored file whose ctime (which no user can set: writing, renaming or linking moves it
-# to now) is later than its record's time by more than this was changed after it was
-# stored: GetManifest has it read and checked in full before listing it. A legitimate
-# late ctime (a moved source unlinked after its record, a move settled by recovery, a
-# chmod, clocks of a shared file system apart) costs one such read, never a refusal.
-CHANGED_GRACE_SECONDS = 1.0
 # Files verified in full despite a late ctime (chmod, recovery of a move), remembered by
 # (device, inode, ctime) so that each is read once, not by every manifest.
 VOUCHED_KEEP = 10_000
@@ -340,57 +332,7 @@ class LocalStorage:
     def _check_many_sync(
         self, items: Sequence[tuple[str, int]], since: Sequence[datetime] | None = None
     ) -> list[IntegrityError | None]:
-        """Like check() of each, but the folders their paths share (uploads/<date>/...) are
-        opened once: each is walked from its parent's fd without following symlinks, and
-        each file is lstat-ed in its folder (a symlink there is not a regular file).
-
-        With `since` (each record's time), a file changed after it (its ctime, beyond
-        CHANGED_GRACE_SECONDS) and not verified since is Unverified."""
-        found: list[IntegrityError | None] = []
-        folders: dict[tuple[str, ...], int] = {}
-
-        def folder(parts: tuple[str, ...]) -> int:
-            fd = folders.get(parts)
-            if fd is None:
-                if len(folders) >= CHECK_FOLDER_FDS:  # never near the fd limit
-                    close_all(folders)
-                parent = os.open(self.root, fs.DIR_FLAGS) if not parts else folder(parts[:-1])
-                fd = parent if not parts else fs.open_dir(parent, parts[-1:], "/".join(parts))
-                folders[parts] = fd
-            return fd
-
-        try:
-            for index, (storage_path, size_bytes) in enumerate(items):
-                parts = self._parts_of(storage_path)
-                try:
-                    st = os.stat(parts[-1], dir_fd=folder(parts[:-1]), follow_symlinks=False)
-                except (FileNotFoundError, NotFound):
-                    found.append(IntegrityError(f"its bytes at {storage_path} are missing"))
-                    continue
-                except (AssetError, OSError):  # a symlink, or no folder, on the way
-                    found.append(not_regular(storage_path))
-                    continue
-                if not stat.S_ISREG(st.st_mode):
-                    found.append(not_regular(storage_path))
-                elif st.st_size != size_bytes:
-                    found.append(wrong_size(storage_path, st.st_size, size_bytes))
-                elif since is not None and self._changed(storage_path, st, since[index]):
-                    found.append(
-                        Unverified(
-                            f"its bytes at {storage_path} were changed (ctime) after the record "
-                            "pointed at them"
-                        )
-                    )
-                else:
-                    found.append(None)
-        finally:
-            close_all(folders)
-        return found
-
-    def _changed(self, storage_path: str, st: os.stat_result, since: datetime) -> bool:
-        if st.st_ctime <= since.timestamp() + CHANGED_GRACE_SECONDS:
-            return False
-        return self._vouched.get(storage_path) != (st.st_dev, st.st_ino, st.st_ctime_ns)
+        return check_many_sync(self.root, self._parts_of, items, since, self._vouched)
 
     async def remove(self, storage_path: str) -> None:
         parts = self._parts_of(storage_path)
