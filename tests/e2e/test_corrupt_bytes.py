@@ -17,6 +17,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from asset_client import AsyncAssetClient, DataLossError, ScrubOutcome
 
 from asset_service._proto.asset.v1 import asset_service_pb2 as pb
 from asset_service._proto.asset.v1 import asset_service_pb2_grpc as pb_grpc
@@ -348,3 +349,20 @@ async def legacy_reads(start_server: StartServer, database: Path, data: bytes) -
         flip_bit(Path(old.storage_path))
         ranged = stub.ReadAsset(pb.ReadAssetRequest(asset_id=old.id, offset=MiB, limit=1))
         await expect_error(ranged.read(), LOSS, old.id, f"offset {MiB} ")
+
+
+async def test_the_python_client_scrubs_and_sees_the_mark(
+    server: ServerProcess, stub: pb_grpc.AssetServiceStub, tmp_path: Path
+) -> None:
+    asset = await upload(stub, pattern_chunks(SIZE), label="py.bin")
+    async with AsyncAssetClient(server.address) as client:
+        started = time.monotonic()
+        [ok] = [r async for r in client.scrub([asset.id], rate_mib_per_second=16)]
+        assert (ok.asset_id, ok.outcome, ok.size_bytes) == (asset.id, ScrubOutcome.OK, SIZE)
+        assert time.monotonic() - started >= 0.9 * SIZE / (16 * MiB), "the rate is kept"
+        flip_bit(Path(asset.storage_path))
+        [bad] = [r async for r in client.scrub([asset.id])]
+        assert bad.outcome is ScrubOutcome.CORRUPT and f"offset {MiB} " in bad.detail
+        assert (await client.get(asset.id)).corrupt_reason
+        with pytest.raises(DataLossError, match=asset.id):
+            await client.download(asset.id, tmp_path / "out.bin", progress=False)
