@@ -364,15 +364,22 @@ class S3Storage:
         block = sums.block_bytes
         pending = bytearray()
         async for data in self._ranged(object_key, shown, etag, start, stop, block):
-            pending += data
-            while len(pending) >= block or (pending and start + len(pending) >= stop):
-                size = min(block, len(pending))
-                whole = bytes(pending[:size])
-                del pending[:size]
+            wanted = min(block, stop - start)
+            if not pending and len(data) == wanted:
+                ready = [data]  # a whole block in one read (the usual case): no copy
+            else:
+                pending += data
+                ready, at = [], start
+                while len(pending) >= block or (pending and at + len(pending) >= stop):
+                    size = min(block, len(pending))
+                    ready.append(bytes(pending[:size]))
+                    del pending[:size]
+                    at += size
+            for whole in ready:
                 blocks.check_block(sums, shown, start, whole)
                 for piece in blocks.pieces(whole, start, offset, end, chunk_size):
                     yield piece
-                start += size
+                start += len(whole)
 
     async def summed(
         self, storage_path: str, size_bytes: int, sha256: str, pace: blocks.Pace | None = None
