@@ -37,9 +37,12 @@ class MetadataStore(Protocol):
     async def insert(self, asset: Asset) -> Asset:
         """Store a new record; return it with revision (and timestamps) assigned."""
 
-    async def get(self, asset_id: str) -> Asset | None: ...
+    async def get(self, asset_id: str) -> Asset | None:
+        """The record, with its block sums (what ReadAsset checks bytes against)."""
 
-    async def get_many(self, asset_ids: Sequence[str]) -> dict[str, Asset]: ...
+    async def get_many(self, asset_ids: Sequence[str]) -> dict[str, Asset]:
+        """The records, without block sums (like query(): a batch of big files' sums is
+        kilobytes each, and no caller of these needs them)."""
 
     async def snapshot(self, asset_ids: Sequence[str]) -> dict[str, Asset]:
         """The states of `asset_ids` as of ONE point in time, WITHOUT inline values.

@@ -137,8 +137,9 @@ class Scrubber:
         token = ""
         while True:
             page = await self.store.query(flt, PAGE, token)
-            for asset in page.assets:
-                yield asset.id, asset
+            for listed in page.assets:
+                # Read again, with its block sums (a listing leaves them out).
+                yield listed.id, await self.store.get(listed.id)
             token = page.next_token
             if not token:
                 return

@@ -59,6 +59,11 @@ def _applied(asset: Asset, change: Transition, now: datetime) -> Asset:
     return dataclasses.replace(asset, **fields)
 
 
+def _listed(asset: Asset) -> Asset:
+    """A record as get_many and query return it: without block sums (get() has them)."""
+    return asset if asset.block_sums is None else dataclasses.replace(asset, block_sums=None)
+
+
 class MemoryStore:
     """Records in a dict; the same semantics as SqliteStore, proven by the same contract.
 
@@ -115,7 +120,7 @@ class MemoryStore:
 
     async def get_many(self, asset_ids: Sequence[str]) -> dict[str, Asset]:
         await self._enter()
-        return {i: self._rows[i][1] for i in asset_ids if i in self._rows}
+        return {i: _listed(self._rows[i][1]) for i in asset_ids if i in self._rows}
 
     async def snapshot(self, asset_ids: Sequence[str]) -> dict[str, Asset]:
         await self._enter()
@@ -135,7 +140,7 @@ class MemoryStore:
 
         # fill_page never awaits, so no write can land in the middle of a page.
         assets, last = _paging.fill_page(
-            rows(), limit, max_bytes, lambda row: row[1], lambda row: row[0]
+            rows(), limit, max_bytes, lambda row: _listed(row[1]), lambda row: row[0]
         )
         return Page(assets, encode_token(last) if last is not None else "", self._revision)
 

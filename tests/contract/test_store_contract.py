@@ -695,9 +695,10 @@ async def test_block_sums_are_kept_but_left_out_of_slim_reads(backend: Backend) 
     store = backend.store
     a = await store.insert(file_asset())
     assert (await store.get(a.id)) == a and a.block_sums == SUMS
-    assert (await store.get_many([a.id]))[a.id].block_sums == SUMS
+    listed = dataclasses.replace(a, block_sums=None)
+    assert (await store.get_many([a.id]))[a.id] == listed, "only get() reads block sums"
     page = await store.query(AssetFilter(type=AssetType.FILE), 10, "")
-    assert [x.block_sums for x in page.assets] == [SUMS], "a scrub pages through them"
+    assert page.assets == [listed]
     assert (await store.snapshot([a.id]))[a.id].block_sums is None, "snapshots are slim"
     fulfilled = await store.transition(
         (await store.insert(pending())).id,

@@ -177,7 +177,10 @@ class FakePageAssets:
         self.sessions: list[AsyncClientSession | None] = []
 
     def find(
-        self, where: dict[str, Any], session: AsyncClientSession | None = None
+        self,
+        where: dict[str, Any],
+        projection: dict[str, Any] | None = None,
+        session: AsyncClientSession | None = None,
     ) -> FakePageCursor:
         self.sessions.append(session)
         return FakePageCursor([{**asset_to_doc(ASSET, 5), "seq": 1}], None)

@@ -82,6 +82,8 @@ DEFAULT_CLIENT_OPTIONS: dict[str, Any] = {
 DEFAULT_OPERATION_TIMEOUT = 15.0
 # A record without its inline value: what snapshot() reads.
 SLIM_PROJECTION: dict[str, Any] = {"value_content": 0, "value_kind": 0, "block_sums": 0}
+# A record without its block sums (only get() reads them: ReadAsset checks with them).
+LISTED_PROJECTION: dict[str, Any] = {"block_sums": 0}
 # Snapshot reads outside transactions (watch snapshots) came with MongoDB 5.0.
 MIN_WIRE_VERSION = 13
 
@@ -325,7 +327,7 @@ class MongoStore:
         try:
             for start in range(0, len(ids), 1000):
                 part = ids[start : start + 1000]
-                async for doc in self._assets.find({"_id": {"$in": part}}):
+                async for doc in self._assets.find({"_id": {"$in": part}}, LISTED_PROJECTION):
                     asset = doc_to_asset(doc)
                     found[asset.id] = asset
         except PyMongoError as exc:
@@ -393,7 +395,7 @@ class MongoStore:
             async with self._one_cut() as session:  # the counter and the page: one cut
                 revision = await self._revision_in(session)
                 cursor = (
-                    self._assets.find(where, session=session)
+                    self._assets.find(where, LISTED_PROJECTION, session=session)
                     .sort("seq", ASCENDING)
                     .limit(limit + 1)
                     .max_time_ms(_schema.QUERY_MAX_TIME_MS)

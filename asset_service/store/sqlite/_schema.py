@@ -93,6 +93,9 @@ COLUMNS = (
     "block_sums, corrupt_reason"
 )
 COLUMN_COUNT = len(COLUMNS.split(","))
+# The record without its block sums (only get() reads them: ReadAsset checks with them).
+LISTED_COLUMNS = COLUMNS.replace("block_sums,", "NULL AS block_sums,")
+assert LISTED_COLUMNS != COLUMNS
 # The same record without its inline value (value_kind NULL reads as "no value") and
 # block sums.
 SLIM_COLUMNS = COLUMNS.replace(

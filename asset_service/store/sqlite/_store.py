@@ -43,6 +43,7 @@ from asset_service.store.sqlite._reserve import DiskReserve
 from asset_service.store.sqlite._schema import (
     COLUMN_COUNT,
     COLUMNS,
+    LISTED_COLUMNS,
     SCHEMA,
     SLIM_COLUMNS,
     decode_token,
@@ -237,7 +238,7 @@ class SqliteStore:
         return await self._read(q)
 
     async def get_many(self, asset_ids: Sequence[str]) -> dict[str, Asset]:
-        return await self._select_many(COLUMNS, asset_ids)
+        return await self._select_many(LISTED_COLUMNS, asset_ids)
 
     async def snapshot(self, asset_ids: Sequence[str]) -> dict[str, Asset]:
         # One statement, or one read transaction past 500 ids: one cut either way.
@@ -287,7 +288,10 @@ class SqliteStore:
         for tag in flt.tags:
             where.append("id IN (SELECT asset_id FROM asset_tags WHERE tag = ?)")
             args.append(tag)
-        sql = f"SELECT seq, {COLUMNS} FROM assets WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?"
+        sql = (
+            f"SELECT seq, {LISTED_COLUMNS} FROM assets WHERE {' AND '.join(where)} "
+            "ORDER BY seq LIMIT ?"
+        )
 
         def q(c: sqlite3.Connection) -> Page:
             # One read transaction: the counter and the rows are one cut (WAL snapshot).
