@@ -8,7 +8,7 @@ TOOLS := tools/node_modules/.installed
 ARGS ?=
 PY_SOURCES := asset_service tests scripts bench clients/python
 
-.PHONY: install run test soak ferretdb minio generate lint format bench clean
+.PHONY: install run test soak ferretdb minio lazyfs generate lint format bench clean
 
 $(STAMP): pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,13 +30,14 @@ run: $(STAMP)
 	$(VENV)/bin/asset-service --import-root "$(CURDIR)/incoming" $(ARGS)
 
 ## test: every test (unit, contract, end to end, grpcurl, buf lint, stubs up to date, lint)
-test: install ferretdb minio
+test: install ferretdb minio lazyfs
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 ## soak: a long crash loop (300 SIGKILLs under mixed load, each followed by an audit), then
 ## load with stalled clients while RSS is watched; exits 1 on any violation
-## (ARGS="--kills 50 --seed 7 --minutes 10 --cross-fs"; scripts/soak --help)
-soak: $(STAMP)
+## (ARGS="--kills 50 --seed 7 --minutes 10 --cross-fs"; ARGS=--power-loss cuts the power
+## after each kill, on lazyfs; scripts/soak --help)
+soak: $(STAMP) lazyfs
 	$(PY) scripts/soak $(ARGS)
 
 ## ferretdb: build FerretDB into .tools/ (MongoDB wire protocol; CRUD contract cases)
@@ -46,6 +47,11 @@ ferretdb:
 ## minio: build MinIO into .tools/ (an S3-compatible store; the S3 blob-storage contract)
 minio:
 	bash scripts/install_minio.sh
+
+## lazyfs: build lazyfs into .tools/ (a FUSE file system that loses what was not fsynced at
+## a simulated power cut; the power-loss tests)
+lazyfs:
+	bash scripts/install_lazyfs.sh
 
 ## generate: regenerate every client's stubs from protos/
 generate: install

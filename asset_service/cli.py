@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -24,6 +25,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     logs.install()
+    # Whatever a library creates (SQLite's journal files, temporary files) is owner-only
+    # too; what the server creates itself has its mode set explicitly (modes.py).
+    os.umask(0o077)
     from asset_service.server import serve  # after logging: importing grpc may log
 
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import grp
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -63,6 +64,37 @@ def parse_size(text: str) -> int:
     return int(match.group(1)) * _UNITS[unit]
 
 
+# A delete on a full disk writes ~40 KiB of WAL, and giving the pages of a deleted VALUE
+# back to the disk a few hundred KiB more (store/sqlite/_room.py): a smaller disk-full
+# reserve would not see it through. 0 turns it off.
+MIN_DISK_RESERVE = 1024**2
+
+
+def parse_group(text: str) -> int | None:
+    """--share-group: a group name or number (empty: none) -> its gid."""
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        return grp.getgrnam(text).gr_gid
+    except KeyError:
+        pass
+    if text.isdigit():
+        return int(text)
+    raise argparse.ArgumentTypeError(f"there is no group named {text!r} on this host")
+
+
+def parse_reserve(text: str) -> int:
+    """--disk-reserve-bytes: 0, or a size of at least MIN_DISK_RESERVE."""
+    size = parse_size(text)
+    if 0 < size < MIN_DISK_RESERVE:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is too small to hold what a delete on a full disk writes: give at least "
+            "1MiB, or 0 for no reserve"
+        )
+    return size
+
+
 @dataclass(frozen=True)
 class Settings:
     listen: str
@@ -89,6 +121,8 @@ class Settings:
     s3_endpoint_url: str = ""
     s3_region: str = ""
     manifest_cache_bytes: int = 10 * 1024**3
+    disk_reserve_bytes: int = 4 * 1024**2
+    share_group: int | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_client_ca: Path | None = None
@@ -145,7 +179,10 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         dest="import_roots",
         metavar="DIR",
         help="folder whose files RegisterFile and FulfillAsset(source_path) may adopt; "
-        "repeat for several; none means server-side paths are refused "
+        "repeat for several; none means server-side paths are refused. It may not be, "
+        "contain or lie inside the storage root, the database, the tokens, secret or TLS "
+        "files (start-up stops, exit 2); a task token's files must lie in "
+        "<import root>/<task id>/ "
         f"[ASSET_SERVICE_IMPORT_ROOTS, separated by '{os.pathsep}']",
     )
     parser.add_argument(
@@ -316,6 +353,27 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "start-up, at most 300 s [ASSET_SERVICE_SCRUB_INTERVAL]",
     )
     parser.add_argument(
+        "--disk-reserve-bytes",
+        type=parse_reserve,
+        default=parse_reserve(default("DISK_RESERVE_BYTES", "4MiB")),
+        help="with SQLite: space kept in a file beside the database (<database>.reserve) and "
+        "given back when its disk is full, so that DeleteAsset still works; until it can be "
+        "re-created, every write but DeleteAsset is refused (RESOURCE_EXHAUSTED). At least "
+        "1MiB and at most half the disk (a smaller disk refuses to start); 0 turns it off "
+        "(DeleteAsset may then fail on a full disk) [ASSET_SERVICE_DISK_RESERVE_BYTES]",
+    )
+    parser.add_argument(
+        "--share-group",
+        type=parse_group,
+        default=parse_group(default("SHARE_GROUP", "")),
+        metavar="GROUP",
+        help="let this group (name or number) read stored files, manifests and the VALUE "
+        "files they name by path (workers on this host): those become group-readable (files "
+        "0640, folders 0750) and owned by the group; the database, staging and journals stay "
+        "owner-only. Without it everything the server creates is owner-only (0600/0700) "
+        "[ASSET_SERVICE_SHARE_GROUP]",
+    )
+    parser.add_argument(
         "--allow-hardlinked-imports",
         action=argparse.BooleanOptionalAction,
         default=parse_bool(default("ALLOW_HARDLINKED_IMPORTS", "0")),
@@ -420,6 +478,8 @@ def load_settings(
         s3_endpoint_url=args.s3_endpoint_url,
         s3_region=args.s3_region,
         manifest_cache_bytes=args.manifest_cache_bytes,
+        disk_reserve_bytes=args.disk_reserve_bytes,
+        share_group=args.share_group,
         tls_cert=_path(args.tls_cert),
         tls_key=_path(args.tls_key),
         tls_client_ca=_path(args.tls_client_ca),

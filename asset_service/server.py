@@ -9,6 +9,7 @@ import logging
 import signal
 import socket
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, cast
 
 import grpc
@@ -25,12 +26,14 @@ from asset_service.domain.errors import AssetError, InvalidArgument
 from asset_service.domain.manager import AssetManager, Limits
 from asset_service.domain.ports import BlobStorage, MetadataStore
 from asset_service.domain.scrub import scrub_forever
+from asset_service.modes import Modes
 from asset_service.security.interceptor import SecurityInterceptor
 from asset_service.security.setup import Security
 from asset_service.storage.imports import ImportRoots
 from asset_service.storage.local import LocalStorage
 from asset_service.storage.manifests import FileCache, LocalManifests
-from asset_service.store import open_store
+from asset_service.storage.own_files import OwnFiles
+from asset_service.store import open_store, sqlite_path
 
 log = logging.getLogger(__name__)
 
@@ -158,14 +161,43 @@ def _listen_error(listen: str, exc: RuntimeError) -> str:
     return f"cannot listen on {listen}: {exc}"
 
 
+# The files SQLite keeps beside its database (journals, shared memory) and ours (the
+# single-server lock, the disk-full reserve).
+DATABASE_SIBLINGS = ("-wal", "-shm", "-journal", ".lock", ".reserve")
+
+
+def own_files(settings: Settings) -> OwnFiles:
+    """The server's own files, which no import root may hold and no server-side path reach."""
+    files: list[tuple[str, Path]] = []
+    database = sqlite_path(settings.database_url)
+    if database is not None:
+        database = database.expanduser().resolve()
+        files.append(("database", database))
+        files += [
+            ("database file", database.with_name(database.name + s)) for s in DATABASE_SIBLINGS
+        ]
+    named = (
+        ("tokens file", settings.tokens_file),
+        ("token secret file", settings.token_secret_file),
+        ("TLS certificate", settings.tls_cert),
+        ("TLS key", settings.tls_key),
+        ("TLS client CA", settings.tls_client_ca),
+    )
+    files += [(what, path) for what, path in named if path is not None]
+    return OwnFiles(settings.storage_root, tuple(files))
+
+
 def open_storage(settings: Settings) -> tuple[BlobStorage, LocalManifests]:
     """The blob storage --storage-url names (local disk by default) and its manifests."""
-    imports = ImportRoots(settings.import_roots, settings.allow_hardlinked_imports)
+    imports = ImportRoots(
+        settings.import_roots, settings.allow_hardlinked_imports, own_files(settings)
+    )
     root = settings.storage_root
+    modes = Modes(settings.share_group)
     if not settings.storage_url:
         return (
-            LocalStorage(root, settings.orphan_grace_seconds, imports, settings.direct_io),
-            LocalManifests(root),
+            LocalStorage(root, settings.orphan_grace_seconds, imports, settings.direct_io, modes),
+            LocalManifests(root, modes=modes),
         )
     if not settings.storage_url.startswith("s3://"):
         raise InvalidArgument(
@@ -181,9 +213,10 @@ def open_storage(settings: Settings) -> tuple[BlobStorage, LocalManifests]:
         imports,
         endpoint_url=settings.s3_endpoint_url or None,
         region=settings.s3_region or None,
+        modes=modes,
     )
-    cache = FileCache(root / "tmp" / "cache", storage, settings.manifest_cache_bytes)
-    return storage, LocalManifests(root, cache)
+    cache = FileCache(root / "tmp" / "cache", storage, settings.manifest_cache_bytes, modes)
+    return storage, LocalManifests(root, cache, modes)
 
 
 class _Collected:
@@ -228,6 +261,21 @@ def add_asset_service(
         request_deserializer=wire.upload_request,
         response_serializer=pb.UploadAssetResponse.SerializeToString,
     )
+    # Bytes that are not the request message: INVALID_ARGUMENT from the handler (servicer),
+    # not grpc's UNKNOWN. A streamed request fails as the handler reads it (servicer too).
+    methods = pb.DESCRIPTOR.services_by_name["AssetService"].methods_by_name
+    for name, handler in list(handlers.items()):
+        parse = wire.tolerant(
+            cast(Any, handler.request_deserializer), name, methods[name].input_type.full_name
+        )
+        if handler.unary_unary is not None:
+            handlers[name] = grpc.unary_unary_rpc_method_handler(
+                handler.unary_unary, parse, handler.response_serializer
+            )
+        elif handler.unary_stream is not None:
+            handlers[name] = grpc.unary_stream_rpc_method_handler(
+                handler.unary_stream, parse, handler.response_serializer
+            )
     if anonymous is not None:
         handlers = {
             name: anonymous.anonymous_handler(f"/{SERVICE_NAME}/{name}", handler)
@@ -243,7 +291,9 @@ async def start(settings: Settings, store: MetadataStore | None = None) -> Runni
     # Security files first: a mistake there stops start-up before anything is opened.
     security = Security(settings)
     security.check_listen()
-    store = store if store is not None else open_store(settings.database_url)
+    own_files(settings).check_import_roots(settings.import_roots)
+    if store is None:
+        store = open_store(settings.database_url, settings.disk_reserve_bytes)
     storage, manifests = open_storage(settings)
     limits = Limits(
         max_upload_bytes=settings.max_upload_bytes,

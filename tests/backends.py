@@ -64,10 +64,7 @@ def report_lines() -> list[str]:
     ran = [name for name in LACKS if name not in missing]
     lines = [f"metadata store backends under test: {', '.join(ran)}"]
     lines += [f"  NOT run against {name}: {why}" for name, why in missing.items()]
-    if "ferretdb" in ran:
-        lines += [f"  ferretdb leaves out cases needing {cap}" for cap in FERRETDB_LACKS]
-    if "mongo" in missing:
-        lines.append("  end-to-end tests run on sqlite (MONGODB_URI runs them on MongoDB)")
+    # How many cases each leaves out is said after collection (tests/left_out.py).
     # Imported here: the blob backends import the storages, and they import this module.
     from tests.contract.blob_backends import blob_report_lines
 

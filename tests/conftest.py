@@ -12,6 +12,7 @@ import grpc
 import pytest
 
 from asset_service._proto.asset.v1 import asset_service_pb2_grpc as pb_grpc
+from tests import left_out
 from tests.backends import MinIO, report_lines
 from tests.contract import s3_helpers
 from tests.serverproc import ServerProcess, database_url_for, drop_database_of
@@ -19,6 +20,23 @@ from tests.serverproc import ServerProcess, database_url_for, drop_database_of
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
     return report_lines()
+
+
+@pytest.hookimpl(trylast=True)  # after -k and -m: count only the cases asked for
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    left_out.deselect(config, items)
+
+
+def pytest_report_collectionfinish(config: pytest.Config, items: list[pytest.Item]) -> list[str]:
+    return left_out.report(config, items)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    lines = left_out.report(terminalreporter.config)
+    if lines:
+        terminalreporter.write_sep("-", "backends not run here")
+        for line in lines[1:]:
+            terminalreporter.write_line(line.strip())
 
 
 @pytest.fixture(scope="session")

@@ -54,12 +54,16 @@ class ServerProcess:
         import_roots: list[Path] | None = None,
         extra_args: list[str] | None = None,
         env: dict[str, str] | None = None,
+        launcher: list[str] | None = None,
     ) -> None:
         self.root = root
         self.database_url = database_url
         self.import_roots = import_roots or []
         self.extra_args = extra_args or []
         self.env = env or {}
+        # A command the server runs under, e.g. unshare for a mount namespace of its own;
+        # it must exec the server (the pid is the server's).
+        self.launcher = launcher or []
         self.proc: subprocess.Popen[str] | None = None
         self.port = 0
         self.log: list[str] = []
@@ -75,6 +79,7 @@ class ServerProcess:
 
     def start(self, timeout: float = 30.0) -> ServerProcess:
         args = [
+            *self.launcher,
             sys.executable,
             "-m",
             "asset_service",
@@ -134,8 +139,21 @@ class ServerProcess:
         return self.proc.returncode
 
     def rss_bytes(self) -> int:
+        return self._status_kib("VmRSS") * 1024
+
+    def peak_rss_bytes(self) -> int:
+        """The most resident memory since start or reset_peak_rss(): the kernel's own
+        high-water mark (VmHWM), so no short peak is missed between two samples."""
+        return self._status_kib("VmHWM") * 1024
+
+    def reset_peak_rss(self) -> None:
+        """Set the high-water mark back to the current RSS (proc(5): clear_refs, 5)."""
+        with open(f"/proc/{self.pid}/clear_refs", "w") as fh:
+            fh.write("5")
+
+    def _status_kib(self, field: str) -> int:
         with open(f"/proc/{self.pid}/status") as fh:
             for line in fh:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-        raise RuntimeError("no VmRSS")
+                if line.startswith(f"{field}:"):
+                    return int(line.split()[1])
+        raise RuntimeError(f"no {field} in /proc/{self.pid}/status")

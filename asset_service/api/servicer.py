@@ -21,7 +21,7 @@ from asset_service._proto.asset.v1 import asset_service_pb2_grpc as pb_grpc
 from asset_service.api import convert
 from asset_service.api.errors import capped, rich_status, status_code, status_message
 from asset_service.api.stalls import StallGuard
-from asset_service.api.wire import UploadMessage
+from asset_service.api.wire import Malformed, UploadMessage
 from asset_service.config import Settings
 from asset_service.domain.errors import (
     AssetError,
@@ -75,12 +75,26 @@ async def _abort(context: Ctx, exc: BaseException, method: str) -> None:
     )
 
 
+def _parsed(request: object, method: str) -> None:
+    """Refuse a request whose bytes did not parse (server.py registers api/wire.tolerant
+    deserializers): one rate-limited log line, INVALID_ARGUMENT naming the method."""
+    if isinstance(request, Malformed):
+        log.warning(
+            "malformed request to %s: %s",
+            method,
+            request.message,
+            extra={logs.RATE_KEY: logs.MALFORMED},
+        )
+        raise InvalidArgument(request.message)
+
+
 def unary(
     fn: Callable[[Any, Req, Ctx], Awaitable[Resp]],
 ) -> Callable[[Any, Req, Ctx], Awaitable[Resp]]:
     @functools.wraps(fn)
     async def wrapper(self: Any, request: Req, context: Ctx) -> Resp:
         try:
+            _parsed(request, fn.__name__)
             return await fn(self, request, context)
         except grpc.aio.AbortError:
             raise
@@ -97,6 +111,7 @@ def streaming(
     @functools.wraps(fn)
     async def wrapper(self: Any, request: Req, context: Ctx) -> AsyncIterator[Resp]:
         try:
+            _parsed(request, fn.__name__)
             async for item in fn(self, request, context):
                 yield item
         except grpc.aio.AbortError:

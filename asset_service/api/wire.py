@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import TypeAlias
+from collections.abc import Callable
+from typing import Any, TypeAlias
 
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 
 from asset_service._proto.asset.v1 import asset_service_pb2 as pb
 
@@ -44,3 +45,28 @@ def upload_request(raw: bytes) -> UploadMessage:
 def response_bytes(message: Message | bytes) -> bytes:
     """A response already serialized (a shared watch event) goes out as it is."""
     return message if isinstance(message, bytes) else message.SerializeToString()
+
+
+class Malformed:
+    """A request whose bytes did not parse: what the handler gets instead, to answer
+    INVALID_ARGUMENT (grpc itself would answer UNKNOWN "Unexpected DecodeError")."""
+
+    __slots__ = ("message",)
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+
+def tolerant(parse: Callable[[bytes], Any], method: str, type_name: str) -> Callable[[bytes], Any]:
+    """`parse` (a request deserializer), giving a Malformed for bytes that do not parse."""
+
+    def deserialize(raw: bytes) -> Any:
+        try:
+            return parse(raw)
+        except DecodeError as exc:
+            return Malformed(
+                f"the {method} request ({len(raw)} bytes) is not a valid {type_name} message "
+                f"({exc}); send the message as the .proto contract defines it"
+            )
+
+    return deserialize

@@ -58,13 +58,19 @@ def renewal_seconds(asset: Asset, requested: int, maximum: int, now: datetime) -
     return check_seconds(requested or asset.lease_seconds, maximum)
 
 
-def ran_out(asset: Asset) -> str:
-    """Why a renewal came too late."""
+def ran_out(asset: Asset, verb: str = "renewed") -> str:
+    """Why a renewal (or a fulfilment) came too late."""
     assert asset.lease_expires_at is not None
     return (
         f"asset {asset.id}'s lease ran out at {_iso(asset.lease_expires_at)}: it is FAILED "
-        "(or about to be) and cannot be renewed; promise the asset again"
+        f"(or about to be) and cannot be {verb}; promise the asset again"
     )
+
+
+def has_run_out(asset: Asset, now: datetime) -> bool:
+    """A PENDING asset whose lease ended by `now` (the sweep may not have failed it yet)."""
+    end = asset.lease_expires_at
+    return asset.status is Status.PENDING and end is not None and end <= now
 
 
 def expiry(asset: Asset) -> Failure:

@@ -34,6 +34,15 @@ class MetadataStore(Protocol):
     async def ping(self) -> None:
         """Raise Unavailable unless the store answers."""
 
+    async def check_room(self) -> None:
+        """Raise StorageFull if writes other than deletes are refused for lack of space.
+
+        A store that keeps a disk-full reserve (SQLite) first re-creates it if there is
+        room. The domain calls this after removing stored bytes (which may share the
+        store's disk) and before taking in new ones, so that bytes never take the room the
+        reserve is waiting for. Others have nothing to check.
+        """
+
     async def insert(self, asset: Asset) -> Asset:
         """Store a new record; return it with revision (and timestamps) assigned."""
 

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
 import grpc
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 
+from asset_service.api.wire import Malformed
 from asset_service.domain.errors import AssetError, InvalidArgument, PermissionDenied
-from asset_service.domain.models import parse_asset_id
+from asset_service.domain.models import parse_asset_id, validate_server_path, validate_task_id
 from asset_service.security.authn import Authenticator
 from asset_service.security.principal import Principal, TaskScope
 from asset_service.security.roles import Rule, TaskAccess, rpc_name
@@ -66,6 +68,7 @@ class Guard:
         authenticator: Authenticator,
         assets: AssetLookup,
         first_message_timeout: float,
+        import_roots: Sequence[Path] = (),
     ) -> None:
         self.method = method
         self.rpc = rpc_name(method)
@@ -73,6 +76,7 @@ class Guard:
         self.authenticator = authenticator
         self.assets = assets
         self.first_message_timeout = first_message_timeout
+        self.import_roots = tuple(import_roots)
 
     def admit(self, context: Ctx) -> Principal:
         principal = self.authenticator.authenticate(
@@ -92,8 +96,8 @@ class Guard:
         conditional write, so an identical retry of the task's fulfill stays idempotent.
         """
         scope, rule = principal.task, self.rule
-        if scope is None or rule is None:
-            return
+        if scope is None or rule is None or isinstance(request, Malformed):
+            return  # (the handler refuses a request that did not parse)
         try:
             await self._check_scope(scope, rule, request)
         except AssetError as exc:  # PermissionDenied, or the store could not answer
@@ -137,6 +141,9 @@ class Guard:
                     f"this token is scoped to task {task}; it may fulfill or fail only that "
                     f"task's promises, and asset {_short(ids[0])} is not one of them"
                 )
+            for name in rule.task_paths:
+                if raw := getattr(message, name):
+                    self._check_task_path(task, name, raw)
             return
         outside = [i for i in dict.fromkeys(ids) if _normal(i) not in scope.inputs]
         # One read for all of them; missing and foreign look alike, so nothing about other
@@ -149,14 +156,47 @@ class Guard:
                     "neither an input nor an output of it"
                 )
 
-    async def first_message(self, messages: AsyncIterator[Message]) -> Message | None:
+    def _check_task_path(self, task: str, name: str, raw: str) -> None:
+        """A task token's server-side file lies in <import root>/<task id>/: the files of
+        other tasks waiting under the same root are out of its reach.
+
+        Lexical, on a path already checked to have no '.' or '..' components: the file is
+        then opened beneath its root without following any symbolic link (storage/fs.py),
+        so it is where the path says.
+        """
+        try:
+            validate_task_id(task)
+        except InvalidArgument:
+            raise PermissionDenied(
+                f"this token's task {_short(task)} is not a safe folder name, so it cannot "
+                f"use {name}; upload the output with UploadAsset instead"
+            ) from None
+        validate_server_path(raw, name)
+        folders = [PurePosixPath(root, task) for root in self.import_roots]
+        path = PurePosixPath(raw)
+        if any(path.is_relative_to(folder) and path != folder for folder in folders):
+            return
+        allowed = " or ".join(f"{folder}/" for folder in folders) or "none: no import roots"
+        raise PermissionDenied(
+            f"this token is scoped to task {task}; its {name} must lie in the task's own "
+            f"folder of an import root ({allowed}), and {_short(raw)} does not"
+        )
+
+    async def first_message(
+        self, principal: Principal, messages: AsyncIterator[Message]
+    ) -> Message | None:
         try:
             async with asyncio.timeout(self.first_message_timeout):
                 return await anext(messages, None)
         except TimeoutError:
             raise Refused(
-                None,
+                principal,
                 InvalidArgument(f"{self.rpc} sent no first message within the time allowed"),
+            ) from None
+        except DecodeError as exc:
+            raise Refused(
+                principal,
+                InvalidArgument(f"a message of the {self.rpc} stream does not parse: {exc}"),
             ) from None
 
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import Any, NoReturn
 
 import grpc
@@ -40,11 +41,14 @@ class SecurityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         reflection_open: bool,
         first_message_timeout: float = 60.0,
         anonymous: bool = False,
+        import_roots: Sequence[Path] = (),
     ) -> None:
         self.authenticator = authenticator
         self.assets = assets
         self.reflection_open = reflection_open
         self.first_message_timeout = first_message_timeout
+        # Where task tokens' server-side files may lie: <root>/<task id>/ (guard.py).
+        self.import_roots = tuple(import_roots)
         # No tokens file, client CA or task-token secret, now or after a reload: every call
         # without credentials is ANONYMOUS, allowed everything, audited nowhere. Such calls
         # take a cheaper path (no Guard, no auth context, one handler per method reused);
@@ -72,7 +76,12 @@ class SecurityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
 
     def _guard(self, method: str) -> Guard:
         return Guard(
-            method, rule_for(method), self.authenticator, self.assets, self.first_message_timeout
+            method,
+            rule_for(method),
+            self.authenticator,
+            self.assets,
+            self.first_message_timeout,
+            self.import_roots,
         )
 
     def anonymous_handler(self, method: str, handler: Any) -> Any:
@@ -259,7 +268,7 @@ def _guarded(handler: Any, guard: Guard) -> Any:
             seen: list[Any] = []  # the first message once read: scope check, audit line
             if principal.task is not None:
                 try:
-                    seen.append(await guard.first_message(messages))
+                    seen.append(await guard.first_message(principal, messages))
                     await guard.check_scope(principal, seen[0])
                 except Refused as refused:
                     await _abort(context, guard, refused, seen[0] if seen else None)

@@ -30,6 +30,9 @@ class Rule:
     # Other fields a task token may set; any field not listed refuses the call, so a field
     # added to the contract later is closed to task tokens until it is listed here.
     task_fields: tuple[str, ...] = ()
+    # Of those, the fields naming a server-side file: a task token's must lie in its task's
+    # own folder of an import root, <import root>/<task id>/ (no other task's files).
+    task_paths: tuple[str, ...] = ()
     # Mutating calls get an audit line.
     audited: bool = False
 
@@ -59,6 +62,7 @@ RULES: dict[str, Rule] = {
         TaskAccess.WRITE,
         "asset_id",
         ("source_path", "value", "expected_sha256"),
+        task_paths=("source_path",),
         audited=True,
     ),
     _S + "FailAsset": Rule(Role.WORKER, TaskAccess.WRITE, "asset_id", ("reason",), audited=True),

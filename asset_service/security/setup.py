@@ -98,6 +98,7 @@ class Security:
             reflection_open=self.settings.reflection == "open" or not self.authenticated,
             first_message_timeout=self.settings.upload_idle_timeout_seconds,
             anonymous=self.anonymous,
+            import_roots=self.settings.import_roots,
         )
 
     @property

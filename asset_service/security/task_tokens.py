@@ -121,11 +121,12 @@ class TaskTokens:
 
 
 def _principal(claims: dict[str, object]) -> Principal:
-    task, inputs, by, exp = (
+    task, inputs, by, exp, iat = (
         claims.get("task"),
         claims.get("inputs", []),
         claims.get("by", ""),
         claims["exp"],
+        claims["iat"],
     )
     if (
         not isinstance(task, str)
@@ -133,7 +134,15 @@ def _principal(claims: dict[str, object]) -> Principal:
         or not all(isinstance(i, str) for i in inputs)
         or not isinstance(by, str)
         or not isinstance(exp, int)
+        or not isinstance(iat, int)
     ):
         raise Unauthenticated("the bearer token is not valid (unexpected claims)")
+    if exp - iat > MAX_TTL_SECONDS:
+        # Minting caps the lifetime; so does verifying, so that a token signed some other
+        # way (an old server, a leaked secret used by hand) cannot live longer.
+        raise Unauthenticated(
+            f"the task token lives {exp - iat}s (exp - iat), longer than this server's "
+            f"maximum of {MAX_TTL_SECONDS}s: ask the orchestrator for a new task token"
+        )
     scope = TaskScope(task, frozenset(inputs), datetime.fromtimestamp(exp, UTC), by)
     return Principal(f"task:{task}", frozenset(), "task-token", scope)

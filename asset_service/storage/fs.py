@@ -10,7 +10,7 @@ import os
 import stat
 import sys
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -135,34 +135,53 @@ def _closing_on_error(fd: int) -> Iterator[None]:
         raise
 
 
-def open_dir(root: Path | int, parts: Sequence[str], shown: str, create: bool = False) -> int:
+# Makes the folder `name` in the folder `dir_fd` (FileExistsError if it is there).
+MakeDir = Callable[[str, int], None]
+
+
+def _private_dir(name: str, dir_fd: int) -> None:
+    os.mkdir(name, 0o700, dir_fd=dir_fd)
+
+
+def open_dir(
+    root: Path | int,
+    parts: Sequence[str],
+    shown: str,
+    create: bool = False,
+    mkdir: MakeDir = _private_dir,
+) -> int:
     """An fd on root/parts[0]/.../parts[-1], a folder; no component may be a symlink.
 
-    With `create`, missing folders are made; a walk that loses a race with a concurrent
-    prune of an empty folder (ENOENT under a folder just removed) starts over.
+    With `create`, missing folders are made (by `mkdir`: owner-only unless told); a walk
+    that loses a race with a concurrent prune of an empty folder (ENOENT under a folder
+    just removed) starts over.
     """
     for attempt in range(5):
         try:
-            return _walk(root, parts, shown, create)
+            return _walk(root, parts, shown, create, mkdir)
         except FileNotFoundError:
             if not create or attempt == 4:
                 raise
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _walk(root: Path | int, parts: Sequence[str], shown: str, create: bool) -> int:
+def _walk(root: Path | int, parts: Sequence[str], shown: str, create: bool, mkdir: MakeDir) -> int:
     fd = os.open(root, DIR_FLAGS) if isinstance(root, Path) else os.dup(root)
     for part in parts:
         with _closing_on_error(fd):
             if create:
                 try:
-                    os.mkdir(part, 0o755, dir_fd=fd)
+                    mkdir(part, fd)
                 except FileExistsError:
                     pass
                 except OSError as exc:
                     if exc.errno in NO_SPACE:
                         raise no_space(exc, shown) from None
                     raise  # ENOENT: this folder was just pruned; open_dir starts over
+                else:
+                    # The new folder's name must survive power loss, or so does nothing
+                    # later fsynced inside it (seen under tests/powerloss).
+                    fsync_dir(fd)
             try:
                 child = os.open(part, DIR_FLAGS, dir_fd=fd)
             except FileNotFoundError:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from asset_service.domain.errors import AssetError, Conflict, InvalidArgument, PermissionDenied
 from asset_service.storage import fs
+from asset_service.storage.own_files import OwnFiles
 
 
 def _shown(raw: str) -> str:
@@ -20,12 +21,17 @@ class ImportRoots:
 
     A path is checked lexically against the roots, then opened one component at a time
     from a directory fd on its root with O_NOFOLLOW: a symlink anywhere (even one swapped in
-    mid-request) is refused, and every later step acts on the fds opened here.
+    mid-request) is refused, and every later step acts on the fds opened here. A file that
+    is one of the server's own, or lies in its storage root, is refused whatever the roots
+    (`own`): a root could be mounted or symlinked over them after start-up.
     """
 
-    def __init__(self, roots: Sequence[Path], allow_hardlinks: bool = False) -> None:
+    def __init__(
+        self, roots: Sequence[Path], allow_hardlinks: bool = False, own: OwnFiles | None = None
+    ) -> None:
         self.roots = tuple(roots)
         self.allow_hardlinks = allow_hardlinks
+        self.own = own
 
     def parts_of(self, raw: str) -> tuple[Path, tuple[str, ...]]:
         if not raw:
@@ -39,6 +45,11 @@ class ImportRoots:
                 "(or ASSET_SERVICE_IMPORT_ROOTS) to allow server-side paths"
             )
         found = fs.split_under(raw, self.roots)
+        if found is None and Path(raw) in self.roots:
+            raise InvalidArgument(
+                f"{_shown(raw)} is a directory (an import root), not a regular file; name a "
+                "file in it"
+            )
         if found is None:
             shown = ", ".join(str(r) for r in self.roots)
             raise PermissionDenied(f"{_shown(raw)} is outside the import roots [{shown}]")
@@ -49,6 +60,8 @@ class ImportRoots:
         root, parts = self.parts_of(raw)
         opened = fs.open_file(root, parts, _shown(raw))
         try:
+            if self.own is not None:
+                self.own.refuse(opened.fd, opened.st, _shown(raw))
             try:
                 fcntl.flock(
                     opened.fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB

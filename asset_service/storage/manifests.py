@@ -22,6 +22,7 @@ from typing import Any
 from asset_service.domain.errors import IntegrityError
 from asset_service.domain.models import Asset, safe_file_name
 from asset_service.domain.ports import BlobStorage
+from asset_service.modes import PRIVATE_FILE, Modes, report
 from asset_service.storage import fs
 
 log = logging.getLogger(__name__)
@@ -70,9 +71,12 @@ def dirty_bytes() -> int | None:
     return None
 
 
-def _write_new_at(folder: int, name: str, data: bytes, mode: int = 0o644) -> None:
-    """A new file `name` in the folder `folder` (an fd) holding `data`; never overwrites."""
-    fd = os.open(name, _NEW_FILE_FLAGS, mode, dir_fd=folder)
+def _write_new_at(
+    folder: int, name: str, data: bytes, modes: Modes, read_only: bool = False
+) -> None:
+    """A new file `name` in the folder `folder` (an fd) holding `data`; never overwrites.
+    Shared with --share-group's group: tasks read manifests and VALUE files by path."""
+    fd = modes.new_file(name, _NEW_FILE_FLAGS, shared=True, read_only=read_only, dir_fd=folder)
     try:
         view = memoryview(data)
         while view:
@@ -81,7 +85,7 @@ def _write_new_at(folder: int, name: str, data: bytes, mode: int = 0o644) -> Non
         os.close(fd)
 
 
-_NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_NEW_FILE_FLAGS = os.O_WRONLY | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def _fsync_file(path: Path) -> None:
@@ -111,13 +115,16 @@ class ValueFiles:
     manifest has just checked, across processes sharing the root too.
     """
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, modes: Modes | None = None) -> None:
         self.folder = folder
+        self.modes = modes or Modes()
         self._lock = folder / ".lock"
 
-    def open_sync(self) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        os.close(os.open(self._lock, os.O_CREAT | os.O_RDONLY | os.O_CLOEXEC, 0o600))
+    def open_sync(self) -> str | None:
+        """Make the folder and its lock; what start-up changed of an older install's modes."""
+        changed = self.modes.folder(self.folder, shared=True)
+        os.close(os.open(self._lock, os.O_CREAT | os.O_RDONLY | os.O_CLOEXEC, PRIVATE_FILE))
+        return changed
 
     @contextlib.contextmanager
     def _locked(self, how: int) -> Iterator[int]:
@@ -146,7 +153,7 @@ class ValueFiles:
                 # (untrusted) key or label.
                 name = hashlib.sha256(data).hexdigest() + asset.value.kind.suffix
                 if not _holds(folder, name, data, now):
-                    _write_at(folder, name, data)
+                    _write_at(folder, name, data, self.modes)
                     written.append(self.folder / name)
                 paths[asset.id] = str(self.folder / name)
         return paths, written
@@ -173,18 +180,18 @@ class ValueFiles:
         return removed
 
 
-def _write_at(folder: int, name: str, data: bytes) -> None:
+def _write_at(folder: int, name: str, data: bytes, modes: Modes) -> None:
     """folder/name holding `data`, read-only. A missing name is created in place (a rename
     more doubled the cost of a new file): a manifest using it meanwhile, or after a crash,
     finds it short and writes it again. A name that exists with other content is replaced
     by a rename, never written in place: tasks of earlier manifests may be reading it."""
     try:
-        _write_new_at(folder, name, data, mode=0o444)
+        _write_new_at(folder, name, data, modes, read_only=True)
         return
     except FileExistsError:
         pass
     part = f"{name}.{uuid.uuid4().hex}.part"
-    _write_new_at(folder, part, data, mode=0o444)
+    _write_new_at(folder, part, data, modes, read_only=True)
     try:
         os.rename(part, name, src_dir_fd=folder, dst_dir_fd=folder)
     except BaseException:
@@ -225,13 +232,18 @@ class FileCache:
     handed out (its folder lives until --manifest-ttl).
     """
 
-    def __init__(self, folder: Path, storage: BlobStorage, max_bytes: int) -> None:
+    def __init__(
+        self, folder: Path, storage: BlobStorage, max_bytes: int, modes: Modes | None = None
+    ) -> None:
         self.folder = folder
         self.storage = storage
         self.max_bytes = max_bytes
+        self.modes = modes or Modes()
 
-    async def open(self) -> None:
-        await asyncio.to_thread(self.folder.mkdir, parents=True, exist_ok=True)
+    async def open(self) -> str | None:
+        """Make the folder (owner-only: manifests reach its copies through their own
+        links); what start-up changed of an older install's modes."""
+        return await asyncio.to_thread(self.modes.folder, self.folder, False)
 
     async def local_copy(self, asset: Asset) -> Path:
         cached = self.folder / asset.sha256
@@ -240,7 +252,10 @@ class FileCache:
         part = self.folder / f"{asset.sha256}.{uuid.uuid4().hex}.part"
         digest = hashlib.sha256()
         try:
-            out = await asyncio.to_thread(open, part, "xb")
+            # Shared with --share-group's group: manifests link to this very file.
+            flags = os.O_WRONLY | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+            fd = await asyncio.to_thread(self.modes.new_file, part, flags, True)
+            out = await asyncio.to_thread(os.fdopen, fd, "wb")
             try:
                 chunks = await self.storage.read(
                     asset.storage_path, asset.size_bytes, 0, 0, COPY_CHUNK
@@ -296,8 +311,11 @@ class FileCache:
 class _Draft:
     """One manifest folder being written; only `finish` makes input_data.json appear."""
 
-    def __init__(self, folder: Path, cache: FileCache | None, values: ValueFiles) -> None:
+    def __init__(
+        self, folder: Path, cache: FileCache | None, values: ValueFiles, modes: Modes
+    ) -> None:
         self.folder = folder
+        self.modes = modes
         self._cache = cache
         self._values = values
         # The VALUE files this manifest names: finish() makes them durable at once (those
@@ -315,7 +333,8 @@ class _Draft:
     def _link(self, cached: Path, asset: Asset) -> str:
         files = self.folder / "files"
         try:
-            files.mkdir(exist_ok=True)
+            with contextlib.suppress(FileExistsError):
+                self.modes.mkdir(files, shared=True)
             target = files / f"{asset.id}-{safe_file_name(asset.label)}"
             with contextlib.suppress(FileExistsError):
                 os.link(cached, target)
@@ -359,7 +378,7 @@ class _Draft:
         try:
             fd = os.open(self.folder, fs.DIR_FLAGS)
             try:
-                _write_new_at(fd, part, data)
+                _write_new_at(fd, part, data, self.modes)
                 dirty = dirty_bytes()
                 cheap = dirty is not None and dirty <= SYNCFS_MAX_DIRTY_BYTES
                 if not (cheap and syncfs(fd)):
@@ -402,26 +421,33 @@ class LocalManifests:
     into a local cache first; without one they are the stored files themselves.
     """
 
-    def __init__(self, root: Path, cache: FileCache | None = None) -> None:
-        self.area = root.resolve() / "tmp" / "manifests"
-        self.values = ValueFiles(root.resolve() / "tmp" / "values")
+    def __init__(
+        self, root: Path, cache: FileCache | None = None, modes: Modes | None = None
+    ) -> None:
+        self.root = root.resolve()
+        self.area = self.root / "tmp" / "manifests"
+        # Manifests and VALUE files: owner-only, or shared with --share-group's group.
+        self.modes = modes or Modes()
+        self.values = ValueFiles(self.root / "tmp" / "values", self.modes)
         self.cache = cache
 
     async def open(self) -> None:
-        await asyncio.to_thread(self.area.mkdir, parents=True, exist_ok=True)
-        await asyncio.to_thread(self.values.open_sync)
+        await asyncio.to_thread(self.modes.root, self.root)
+        changed = [await asyncio.to_thread(self.modes.folder, self.area, True)]
+        changed.append(await asyncio.to_thread(self.values.open_sync))
         if self.cache is not None:
-            await self.cache.open()
+            changed.append(await self.cache.open())
+        report(changed, f"the manifests under {self.root / 'tmp'}")
 
     async def create(self) -> _Draft:
         folder = self.area / uuid.uuid4().hex
         try:
-            await asyncio.to_thread(folder.mkdir, parents=True)
+            await asyncio.to_thread(self.modes.mkdir, folder, True)
         except OSError as exc:
             if exc.errno in fs.NO_SPACE:
                 raise fs.no_space(exc, "creating a manifest folder") from None
             raise
-        return _Draft(folder, self.cache, self.values)
+        return _Draft(folder, self.cache, self.values, self.modes)
 
     async def sweep(self, older_than_seconds: float) -> int:
         """Remove manifest folders older than that, and drafts (folders without

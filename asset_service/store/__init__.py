@@ -11,29 +11,40 @@ from asset_service.domain.ports import MetadataStore
 log = logging.getLogger(__name__)
 
 
-def open_store(database_url: str) -> MetadataStore:
+def sqlite_path(database_url: str) -> Path | None:
+    """The database file a sqlite:/// URL names (None for other URLs)."""
+    if not database_url.startswith("sqlite://"):
+        return None
+    # sqlite:////abs/path.db (SQLAlchemy's absolute form) and sqlite:///abs/path.db both
+    # name /abs/path.db; a relative path would depend on the working directory.
+    rest = database_url.removeprefix("sqlite://")
+    if not rest.startswith("/"):
+        raise InvalidArgument(
+            f"database URL {database_url!r}: use sqlite:////absolute/path.db "
+            "(an absolute path after sqlite:///)"
+        )
+    return Path("/" + rest.lstrip("/"))
+
+
+def open_store(database_url: str, disk_reserve_bytes: int | None = None) -> MetadataStore:
     """sqlite:////abs/path.db (embedded default), mongodb://... (production) or memory://.
 
     memory:// keeps records in the server process only (lost when it stops): for demos
-    and tests, never for data anyone needs.
+    and tests, never for data anyone needs. `disk_reserve_bytes` sizes SQLite's disk-full
+    reserve (None: its default).
     """
     if database_url == "memory://":
         from asset_service.store.memory import MemoryStore
 
         log.warning("metadata kept in memory only (memory://): every record is lost on exit")
         return MemoryStore()
-    if database_url.startswith("sqlite://"):
+    path = sqlite_path(database_url)
+    if path is not None:
         from asset_service.store.sqlite import SqliteStore
 
-        # sqlite:////abs/path.db (SQLAlchemy's absolute form) and sqlite:///abs/path.db both
-        # name /abs/path.db; a relative path would depend on the working directory.
-        rest = database_url.removeprefix("sqlite://")
-        if not rest.startswith("/"):
-            raise InvalidArgument(
-                f"database URL {database_url!r}: use sqlite:////absolute/path.db "
-                "(an absolute path after sqlite:///)"
-            )
-        return SqliteStore(Path("/" + rest.lstrip("/")))
+        if disk_reserve_bytes is None:
+            return SqliteStore(path)
+        return SqliteStore(path, reserve_bytes=disk_reserve_bytes)
     if database_url.startswith(("mongodb://", "mongodb+srv://")):
         from asset_service.store.mongo import MongoStore
 

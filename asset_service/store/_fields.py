@@ -71,21 +71,26 @@ def transition_fields(
 
 
 # How the record's lease end must compare with the transition's `now` for it to apply.
-LeaseTest = Literal["not run out", "run out"]
+LeaseTest = Literal["not run out", "run out", "none or not run out"]
 
 
 def lease_condition(change: Transition) -> LeaseTest | None:
     """'not run out' (lease_expires_at > now) for a renewal, 'run out' (<= now) for a
-    lease expiry, None when the lease does not matter."""
+    lease expiry, 'none or not run out' (no lease, or > now) for a fulfilment, None when
+    the lease does not matter (a failure by the producer: a lease that ran out may be
+    failed by anyone)."""
     if isinstance(change, Renewal):
         return "not run out"
     if isinstance(change, Failure) and change.lease_ran_out:
         return "run out"
+    if isinstance(change, Fulfillment):
+        # Out is out for every caller, before the sweep has failed the promise too.
+        return "none or not run out"
     return None
 
 
 def lease_conflict(asset_id: str, test: LeaseTest, lease_end: datetime | None) -> str:
     """The Conflict message when the status matched but the lease condition did not."""
-    if test == "not run out":
-        return f"asset {asset_id}'s lease ran out at {lease_end}"
-    return f"asset {asset_id}'s lease has not run out (it ends at {lease_end})"
+    if test == "run out":
+        return f"asset {asset_id}'s lease has not run out (it ends at {lease_end})"
+    return f"asset {asset_id}'s lease ran out at {lease_end}"

@@ -4,34 +4,61 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import json
 from collections.abc import Callable, Iterable
 from typing import TypeVar
 
 from asset_service.domain.errors import InvalidArgument, shown
-from asset_service.domain.models import Asset, approx_bytes
+from asset_service.domain.models import Asset, AssetFilter, approx_bytes
 
 Row = TypeVar("Row")
 
 MAX_SEQ = 2**63 - 1  # both stores keep the sequence in a signed 64-bit integer
 
 
-def encode_token(store: str, seq: int) -> str:
-    return base64.urlsafe_b64encode(f"{store}:{seq}".encode()).decode().rstrip("=")
+def _fingerprint(flt: AssetFilter) -> str:
+    """The filters a token was issued for, in short (tags in any order mean the same)."""
+    canonical = json.dumps(
+        [
+            flt.status.value if flt.status is not None else None,
+            flt.type.value if flt.type is not None else None,
+            sorted(set(flt.tags)),
+            flt.created_by_task,
+            flt.label,
+        ]
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
-def decode_token(store: str, token: str) -> int:
-    """The sequence number in a token this store issued; InvalidArgument for anything else."""
+def encode_token(store: str, seq: int, flt: AssetFilter) -> str:
+    raw = f"{store}:{seq}:{_fingerprint(flt)}"
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_token(store: str, token: str, flt: AssetFilter) -> int:
+    """The sequence number in a token this store issued for these filters; InvalidArgument
+    for anything else (a token reused with other filters would page through the wrong
+    list: a short or empty page that looks like the end)."""
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
-        prefix, _, text = raw.partition(":")
+        prefix, text, *rest = raw.split(":")
         seq = int(text)
-        if prefix != store or not 0 <= seq <= MAX_SEQ:
+        if prefix != store or not 0 <= seq <= MAX_SEQ or len(rest) > 1:
             raise ValueError(prefix)
-        return seq
     except (ValueError, binascii.Error, UnicodeDecodeError):
         raise InvalidArgument(
             f"page_token {shown(token)} was not issued by ListAssets; pass next_page_token as is"
         ) from None
+    # A token without filters' fingerprint comes from a server before they were kept (a
+    # rolling upgrade): it is taken as it is.
+    if rest and rest[0] != _fingerprint(flt):
+        raise InvalidArgument(
+            "page_token was issued for a ListAssets with other filters; send it with the same "
+            "status, type, tags, created_by_task and label as the call that returned it "
+            "(page_size may change), or start again without a page_token"
+        )
+    return seq
 
 
 def fill_page(

@@ -23,15 +23,29 @@ from asset_service.domain.models import (
 )
 from asset_service.domain.reads import slim
 from asset_service.store import _paging
-from asset_service.store._fields import lease_condition, lease_conflict, transition_fields
+from asset_service.store._fields import (
+    LeaseTest,
+    lease_condition,
+    lease_conflict,
+    transition_fields,
+)
 
 
-def encode_token(seq: int) -> str:
-    return _paging.encode_token("memory", seq)
+def encode_token(seq: int, flt: AssetFilter) -> str:
+    return _paging.encode_token("memory", seq, flt)
 
 
-def decode_token(token: str) -> int:
-    return _paging.decode_token("memory", token)
+def decode_token(token: str, flt: AssetFilter) -> int:
+    return _paging.decode_token("memory", token, flt)
+
+
+def _lease_allows(test: LeaseTest, end: datetime | None, now: datetime) -> bool:
+    """What the other stores' conditional writes say about a lease ending at `end`."""
+    if test == "none or not run out":
+        return end is None or end > now
+    if test == "not run out":
+        return end is not None and end > now
+    return end is not None and end <= now
 
 
 def _matches(asset: Asset, flt: AssetFilter) -> bool:
@@ -111,6 +125,9 @@ class MemoryStore:
     async def ping(self) -> None:
         await self._enter()
 
+    async def check_room(self) -> None:
+        await self._enter()
+
     # --- reads ----------------------------------------------------------------------
 
     async def get(self, asset_id: str) -> Asset | None:
@@ -130,7 +147,7 @@ class MemoryStore:
     async def query(
         self, flt: AssetFilter, limit: int, page_token: str, max_bytes: int | None = None
     ) -> Page:
-        after = decode_token(page_token) if page_token else 0
+        after = decode_token(page_token, flt) if page_token else 0
         await self._enter()
 
         def rows() -> Iterator[tuple[int, Asset]]:
@@ -142,7 +159,7 @@ class MemoryStore:
         assets, last = _paging.fill_page(
             rows(), limit, max_bytes, lambda row: _listed(row[1]), lambda row: row[0]
         )
-        return Page(assets, encode_token(last) if last is not None else "", self._revision)
+        return Page(assets, encode_token(last, flt) if last is not None else "", self._revision)
 
     async def current_revision(self) -> int:
         await self._enter()
@@ -171,9 +188,7 @@ class MemoryStore:
         if current.status is not expected:
             raise Conflict(f"asset {asset_id} is {current.status.value}, expected {expected.value}")
         test, end = lease_condition(change), current.lease_expires_at
-        if test is not None and (
-            end is None or (end <= now if test == "not run out" else end > now)
-        ):
+        if test is not None and not _lease_allows(test, end, now):
             raise Conflict(lease_conflict(asset_id, test, end))
         updated = dataclasses.replace(
             _applied(current, change, now), revision=self._next_revision()

@@ -17,7 +17,7 @@ from asset_service.domain.ports import MetadataStore
 from asset_service.store.memory import MemoryStore
 from asset_service.store.mongo import MongoStore
 from asset_service.store.sqlite import SqliteStore
-from tests.backends import LACKS, FerretDB, minio_missing, missing_backends
+from tests.backends import LACKS, FerretDB
 
 
 @dataclass
@@ -27,37 +27,11 @@ class Backend:
     lacks: dict[str, str] = field(default_factory=dict)
 
 
-# Needs MongoDB itself (FerretDB lacks $cond): left out, not skipped, without MONGODB_URI.
-collect_ignore = (
-    []
-    if os.environ.get("MONGODB_URI")
-    else ["test_mongo_change_pipeline.py", "test_mongo_replica_set.py"]
-)
-
-
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """One case per present backend, leaving out what a backend cannot do (not skipped)."""
-    if "backend" not in metafunc.fixturenames:
-        return
-    needs = {cap for mark in metafunc.definition.iter_markers("needs") for cap in mark.args}
-    missing = missing_backends()
-    names = [n for n in LACKS if n not in missing and not needs & LACKS[n].keys()]
-    metafunc.parametrize("backend", names, indirect=True)
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if minio_missing():
-        # Left out, not skipped: pytest's header says the S3 backend did not run, and why.
-        wants_minio = [i for i in items if "minio" in getattr(i, "fixturenames", ())]
-        config.hook.pytest_deselected(items=wants_minio)
-        items[:] = [i for i in items if i not in wants_minio]
-    if "ferretdb" not in missing_backends():
-        return
-    ferret_fixtures = {"ferretdb_url", "ferretdb_process"}
-    wants_ferret = [i for i in items if ferret_fixtures & set(getattr(i, "fixturenames", ()))]
-    if wants_ferret:
-        config.hook.pytest_deselected(items=wants_ferret)
-        items[:] = [i for i in items if i not in wants_ferret]
+    """One case per backend; those a backend here cannot run are deselected and counted
+    (tests/left_out.py), never skipped."""
+    if "backend" in metafunc.fixturenames:
+        metafunc.parametrize("backend", list(LACKS), indirect=True)
 
 
 def _fresh_database(url: str) -> tuple[str, str]:

@@ -25,7 +25,7 @@ from tests.contract.blob_backends import (
     GRACE_SECONDS,
     BlobBackend,
     blob_backend,
-    present_blob_backends,
+    blob_backend_names,
 )
 
 ID = "5b0e4f0e-0000-4000-8000-000000000000"
@@ -34,7 +34,7 @@ DAY = datetime(2026, 1, 2, tzinfo=UTC)
 OLD = GRACE_SECONDS * 10
 
 
-@pytest.fixture(params=present_blob_backends())
+@pytest.fixture(params=blob_backend_names())
 async def blob(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[BlobBackend]:
     async with blob_backend(request.param, tmp_path, request) as backend:
         yield backend

@@ -1,7 +1,7 @@
 """The change stream's projection stages, evaluated by a real MongoDB (MONGODB_URI only).
 
-FerretDB does not implement `$cond` (nor change streams), so this file is collected only
-where MONGODB_URI points at MongoDB (tests/contract/conftest.py; pytest's header says so).
+FerretDB does not implement `$cond` (nor change streams), so this file runs only where
+MONGODB_URI points at MongoDB (elsewhere deselected and counted: tests/left_out.py).
 The stages after `$changeStream` are evaluated by `aggregate` over documents shaped like
 change events, as the server would run them.
 """
@@ -12,11 +12,14 @@ import os
 import uuid
 from typing import Any
 
+import pytest
 from pymongo import AsyncMongoClient
 
 from asset_service.store.mongo._feed import CHANGE_STREAM_PIPELINE
 
 VALUE = b"v" * 1024
+
+pytestmark = pytest.mark.requires("mongo")
 
 
 async def test_duplicate_value_bytes_are_projected_away() -> None:

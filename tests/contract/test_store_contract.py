@@ -69,6 +69,13 @@ FULFILL = Fulfillment(
 # --- records ---------------------------------------------------------------------------
 
 
+async def test_a_store_with_room_holds_no_write_back(backend: Backend) -> None:
+    """check_room answers without error while writes fit (SQLite's full disk: test_sqlite_full)."""
+    await backend.store.check_room()
+    await backend.store.insert(value_asset())
+    await backend.store.check_room()
+
+
 async def test_insert_then_get_and_get_many(backend: Backend) -> None:
     store = backend.store
     a = await store.insert(pending(tags=("raw-upload", "user-id-5")))
@@ -239,6 +246,34 @@ async def test_a_lease_failure_applies_only_once_the_lease_ran_out(backend: Back
     assert "FAILED" in err.value.message
 
 
+async def test_a_fulfilment_applies_only_before_the_lease_runs_out(backend: Backend) -> None:
+    """A lease that ran out is out for every caller, before the sweep fails the promise
+    too: the conditional write itself checks it, as for a renewal."""
+    store = backend.store
+    a = await store.insert(leased())
+    for now in (LEASE_END, LEASE_END + timedelta(seconds=1)):
+        with pytest.raises(Conflict) as err:
+            await store.transition(a.id, Status.PENDING, FULFILL, now)
+        assert "lease ran out" in err.value.message
+    assert await store.get(a.id) == a
+    done = await store.transition(
+        a.id, Status.PENDING, FULFILL, LEASE_END - timedelta(milliseconds=1)
+    )
+    assert done.status is Status.AVAILABLE
+    # Without a lease a fulfilment applies whenever it comes.
+    plain = await store.insert(pending())
+    late = LEASE_END + timedelta(days=365)
+    assert (await store.transition(plain.id, Status.PENDING, FULFILL, late)).status is (
+        Status.AVAILABLE
+    )
+    # The producer may still fail a promise whose lease ran out (the sweep has not yet).
+    gave_up = await store.insert(leased())
+    failed = await store.transition(
+        gave_up.id, Status.PENDING, Failure("crashed", by="worker"), LEASE_END
+    )
+    assert failed.status is Status.FAILED and failed.failure_reason == "crashed"
+
+
 async def test_without_a_lease_neither_renewal_nor_lease_failure_applies(
     backend: Backend,
 ) -> None:
@@ -257,7 +292,7 @@ async def test_leases_run_out_lists_due_pending_assets_earliest_first(backend: B
     future = await store.insert(leased(T0 + timedelta(hours=1)))
     await store.insert(pending())  # no lease
     settled = await store.insert(leased(T0))
-    await store.transition(settled.id, Status.PENDING, FULFILL, T0)
+    await store.transition(settled.id, Status.PENDING, FULFILL, T0 - timedelta(milliseconds=1))
     now = T0 + timedelta(seconds=5)  # the 5 s lease ends exactly now: it has run out
     got = await store.leases_run_out(now, 10)
     by_end = sorted(due, key=lambda a: a.lease_expires_at or now)
@@ -501,6 +536,32 @@ async def test_invalid_page_token(backend: Backend, token: str) -> None:
     await backend.store.insert(pending())
     with pytest.raises(InvalidArgument):
         await backend.store.query(AssetFilter(), 10, token)
+
+
+async def test_a_page_token_is_refused_with_other_filters(backend: Backend) -> None:
+    """Reused with other filters it would page through another list (an empty page that
+    looks like the end); the same filters continue, tags in any order, any page size."""
+    store = backend.store
+    for i in range(3):
+        await store.insert(pending(f"p{i}.txt", task="task-1", tags=("x", "y")))
+    flt = AssetFilter(created_by_task="task-1", tags=("x", "y"))
+    first = await store.query(flt, 1, "")
+    assert len(first.assets) == 1 and first.next_token
+    rest = await store.query(
+        AssetFilter(created_by_task="task-1", tags=("y", "x")), 5, first.next_token
+    )
+    assert [a.label for a in rest.assets] == ["p1.txt", "p2.txt"]
+    others = [
+        AssetFilter(),
+        dataclasses.replace(flt, created_by_task="task-2"),
+        dataclasses.replace(flt, tags=("x",)),
+        dataclasses.replace(flt, status=Status.PENDING),
+        dataclasses.replace(flt, type=AssetType.FILE),
+        dataclasses.replace(flt, label="p1.txt"),
+    ]
+    for other in others:
+        with pytest.raises(InvalidArgument, match="issued for a ListAssets with other filters"):
+            await store.query(other, 1, first.next_token)
 
 
 # --- change feed -----------------------------------------------------------------------

@@ -10,7 +10,12 @@ from asset_service._proto.asset.v1 import asset_service_pb2 as pb
 from asset_service._proto.asset.v1 import asset_service_pb2_grpc as pb_grpc
 from tests.crashloop._load import Load
 from tests.crashloop._model import AVAILABLE, MOVES, STATUS, Known, Op, show_asset
-from tests.crashloop._storage import list_all, read_back, storage_violations
+from tests.crashloop._storage import (
+    list_all,
+    read_back,
+    remove_worker_file,
+    storage_violations,
+)
 
 
 class Audit:
@@ -92,13 +97,14 @@ class Audit:
                 if wrong:
                     self.bad(f"AVAILABLE {show_asset(a)} without its bytes: {wrong}")
         # The worker cleans up its copies; nothing else may be left in its folder.
+        durable = self.load.cfg.durable_worker_files
         for op in ledger.ops:
             if op.source is not None:
-                op.source.path.unlink(missing_ok=True)
+                remove_worker_file(op.source.path, durable)
         for stray in sorted(self.load.cfg.import_root.rglob("*")):
             if stray.is_file():
                 self.bad(f"unexpected file in the import root: {stray}")
-                stray.unlink()
+                remove_worker_file(stray, durable)
 
     def _check_acked_source(self, op: Op) -> None:
         if op.source is None:

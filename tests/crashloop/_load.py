@@ -27,6 +27,7 @@ from tests.crashloop._model import (
     random_value,
     value_bytes,
 )
+from tests.crashloop._storage import remove_worker_file, write_worker_file
 
 TARGETS: dict[str, Callable[[Known], bool]] = {
     "upload_fulfill": lambda k: k.status == PENDING and k.type == pb.ASSET_TYPE_FILE,
@@ -52,7 +53,7 @@ class Load:
             if self.killed.is_set():
                 # Planned but never sent; the worker removes the file it wrote for it.
                 if op.source is not None:
-                    op.source.path.unlink(missing_ok=True)
+                    remove_worker_file(op.source.path, self.cfg.durable_worker_files)
                 return
             await self.execute(stub, op)
 
@@ -88,7 +89,8 @@ class Load:
             tag = f"op {seq} {kind}\n".encode()
             data = await asyncio.to_thread(content, rng.getrandbits(64), size, tag)
             path = self.cfg.import_root / f"src-{seq}.bin"
-            await asyncio.to_thread(path.write_bytes, data)
+            durable = self.cfg.durable_worker_files
+            await asyncio.to_thread(write_worker_file, path, data, durable)
             op.source = Source(path, hashlib.sha256(data).hexdigest(), size)
             op.sha256 = op.source.sha256
             op.with_sha = rng.random() < 0.5

@@ -87,6 +87,8 @@ class CrashLoop:
             self.server.kill()
             self.report.kills += 1
             await asyncio.wait_for(asyncio.gather(*clients), CALL_TIMEOUT)
+        if self.cfg.after_kill is not None:
+            await asyncio.to_thread(self.cfg.after_kill)
         in_doubt = sorted(op.kind for op in ledger.ops if op.acked is None)
         self._say(
             f"iteration {iteration}: killed {delay:.3f}s into the load, {len(ledger.ops)} ops, "

@@ -69,6 +69,12 @@ class CrashLoopConfig:
     # Checks the bytes' side when they are not on the local disk (an object store):
     # (every FILE record) -> problems. None: the local disk under `root` is checked.
     storage_check: Callable[[list[pb.Asset]], Awaitable[list[str]]] | None = None
+    # Runs after each SIGKILL, before the restart: a power cut (tests/powerloss) drops what
+    # was not fsynced and remounts.
+    after_kill: Callable[[], None] | None = None
+    # The worker fsyncs its files and its folder as it writes and removes them, so that a
+    # power cut loses none of its own (set whenever the import root is on a lazyfs).
+    durable_worker_files: bool = False
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""What the audit reads: every record, every byte, and the storage root's folders."""
+"""What the audit reads (records, bytes, the storage root's folders), and the worker's files."""
 
 from __future__ import annotations
 
@@ -104,5 +104,34 @@ def _is_locked(lock: Path) -> bool:
     else:
         fcntl.flock(fd, fcntl.LOCK_UN)
         return False
+    finally:
+        os.close(fd)
+
+
+def write_worker_file(path: Path, data: bytes, durable: bool) -> None:
+    """The worker's output; with `durable`, fsynced with its folder entry (power cuts)."""
+    with open(path, "wb") as out:
+        out.write(data)
+        if durable:
+            out.flush()
+            os.fsync(out.fileno())
+    if durable:
+        _fsync_folder(path.parent)
+
+
+def remove_worker_file(path: Path, durable: bool) -> None:
+    """The worker removes its file; with `durable` the removal survives a power cut."""
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return
+    if durable:
+        _fsync_folder(path.parent)
+
+
+def _fsync_folder(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
     finally:
         os.close(fd)

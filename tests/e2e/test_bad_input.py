@@ -165,6 +165,49 @@ async def test_register_file_outside_import_roots(
     await stub.DeleteAsset(pb.DeleteAssetRequest(asset_id=pending.id))
 
 
+async def test_register_file_on_a_directory_says_it_is_one(
+    stub: pb_grpc.AssetServiceStub, untouched: None, import_root: Path
+) -> None:
+    """The import root itself is a directory under it, not a path outside it."""
+    (import_root / "sub").mkdir()
+    for folder in (import_root, import_root / "sub"):
+        for move in (False, True):
+            request = pb.RegisterFileRequest(path=str(folder), move=move)
+            await expect_error(stub.RegisterFile(request), BAD, f"'{folder}' is a directory")
+    pending = (
+        await stub.CreatePendingAsset(pb.CreatePendingAssetRequest(task_id="t", label="o"))
+    ).asset
+    fulfill = pb.FulfillAssetRequest(asset_id=pending.id, source_path=str(import_root))
+    await expect_error(stub.FulfillAsset(fulfill), BAD, "is a directory")
+    assert import_root.is_dir() and (import_root / "sub").is_dir()
+    await stub.DeleteAsset(pb.DeleteAssetRequest(asset_id=pending.id))
+
+
+async def test_a_page_token_reused_with_other_filters_is_refused(
+    stub: pb_grpc.AssetServiceStub,
+) -> None:
+    for i in range(3):
+        await stub.CreateValueAsset(
+            pb.CreateValueAssetRequest(label=f"v{i}", value=pb.Value(text="x"), tags=["paged"])
+        )
+    first = await stub.ListAssets(pb.ListAssetsRequest(tags=["paged"], page_size=1))
+    assert len(first.assets) == 1 and first.next_page_token
+    for other in (
+        pb.ListAssetsRequest(),
+        pb.ListAssetsRequest(tags=["other"]),
+        pb.ListAssetsRequest(tags=["paged"], label="v1"),
+        pb.ListAssetsRequest(tags=["paged"], status=pb.ASSET_STATUS_AVAILABLE),
+    ):
+        other.page_token = first.next_page_token
+        await expect_error(
+            stub.ListAssets(other), BAD, "issued for a ListAssets with other filters"
+        )
+    rest = await stub.ListAssets(
+        pb.ListAssetsRequest(tags=["paged"], page_size=10, page_token=first.next_page_token)
+    )
+    assert [a.label for a in rest.assets] == ["v1", "v2"] and not rest.next_page_token
+
+
 async def test_upload_protocol_errors(stub: pb_grpc.AssetServiceStub, untouched: None) -> None:
     async def chunks_only() -> AsyncIterator[pb.UploadAssetRequest]:
         yield pb.UploadAssetRequest(chunk=b"data")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -133,3 +134,64 @@ async def test_a_lease_that_ran_out_while_the_server_was_down_fails_at_start(
             await asyncio.sleep(0.1)
         assert got.status == pb.ASSET_STATUS_FAILED
         assert got.failure_reason.startswith("lease expired at ")
+
+
+async def test_a_lease_that_ran_out_refuses_fulfilment_before_the_sweep_runs(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    """The sweep does not run for an hour here; a renewal and every kind of fulfilment are
+    refused alike once the lease is out, and the producer may still fail the promise."""
+    incoming = tmp_path / "incoming"
+    (incoming / "render-9").mkdir(parents=True)
+    source = incoming / "render-9" / "frame.png"
+    source.write_bytes(b"a late frame")
+    server = start_server("--lease-check-interval", "3600", "--import-root", str(incoming))
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        stub = pb_grpc.AssetServiceStub(channel)
+
+        async def file_promise() -> str:
+            request = pb.CreatePendingAssetRequest(task_id="render-9", label="f", lease_seconds=1)
+            return (await stub.CreatePendingAsset(request)).asset.id
+
+        value, failed = (await promise(stub, lease=1)).id, (await promise(stub, lease=1)).id
+        by_path, uploaded = await file_promise(), await file_promise()
+        await asyncio.sleep(1.5)
+
+        async def upload() -> object:
+            async def requests() -> AsyncIterator[pb.UploadAssetRequest]:
+                yield pb.UploadAssetRequest(header=pb.UploadHeader(pending_asset_id=uploaded))
+                yield pb.UploadAssetRequest(chunk=b"late bytes")
+
+            return await stub.UploadAsset(requests(), timeout=10)
+
+        late = [
+            (value, stub.RenewLease(pb.RenewLeaseRequest(asset_id=value)), "renewed"),
+            (
+                value,
+                stub.FulfillAsset(pb.FulfillAssetRequest(asset_id=value, value=pb.Value(text="x"))),
+                "fulfilled",
+            ),
+            (
+                by_path,
+                stub.FulfillAsset(
+                    pb.FulfillAssetRequest(asset_id=by_path, source_path=str(source))
+                ),
+                "fulfilled",
+            ),
+            (uploaded, upload(), "fulfilled"),
+        ]
+        for asset_id, call, verb in late:
+            await expect_error(
+                call,
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"asset {asset_id}'s lease ran out at ",
+                f"cannot be {verb}; promise the asset again",
+            )
+        assert source.read_bytes() == b"a late frame"  # the worker's file stays
+        states = await stub.BatchGetAssets(
+            pb.BatchGetAssetsRequest(asset_ids=[value, by_path, uploaded])
+        )
+        assert {a.status for a in states.assets} == {pb.ASSET_STATUS_PENDING}  # no sweep yet
+        gave_up = await stub.FailAsset(pb.FailAssetRequest(asset_id=failed, reason="crashed"))
+        assert gave_up.asset.status == pb.ASSET_STATUS_FAILED
+        assert gave_up.asset.failure_reason == "crashed"

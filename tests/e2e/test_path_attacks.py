@@ -24,11 +24,10 @@ from tests.serverproc import ServerProcess, database_url_for, drop_database_of
 
 DENIED = grpc.StatusCode.PERMISSION_DENIED
 BAD = grpc.StatusCode.INVALID_ARGUMENT
-CLEAR_LOSER = {
-    grpc.StatusCode.ABORTED,
-    grpc.StatusCode.NOT_FOUND,
-    grpc.StatusCode.FAILED_PRECONDITION,
-}
+# A request that loses a race for one file: which of the two depends only on timing. ABORTED
+# while the other holds the file's lock (or removed it after this one opened it); NOT_FOUND
+# once the other has moved it away before this one looked.
+CLEAR_LOSER = {grpc.StatusCode.ABORTED, grpc.StatusCode.NOT_FOUND}
 SECRET = b"SECRET: the server must never read or move this file " + os.urandom(32)
 SECRET_SHA = hashlib.sha256(SECRET).hexdigest()
 WORKER = b"a worker's output, fine to adopt\n"
@@ -116,21 +115,25 @@ async def test_a_symlink_at_any_component_is_refused_without_saying_where_it_poi
 async def test_paths_outside_the_import_roots_are_refused(
     stub: pb_grpc.AssetServiceStub, server: ServerProcess, import_root: Path, outside: Path
 ) -> None:
+    """One answer per path, the same for every way of handing it over: a path that is not
+    normalized is malformed (INVALID_ARGUMENT, checked before the roots); a normalized one
+    outside every root is refused (PERMISSION_DENIED); the import root itself is a directory
+    (INVALID_ARGUMENT), not a path outside it."""
     (import_root / "sub").mkdir()
-    paths = [
-        str(outside / "secret.txt"),
-        f"{import_root}/../outside/secret.txt",
-        f"{import_root}/sub/../../outside/secret.txt",
-        f"{import_root}/./sub/../../outside/f",
-        "/etc/passwd",
-        str(import_root),
-        str(import_root) + "-sibling/secret.txt",
-    ]
+    outside_roots = (DENIED, f"is outside the import roots [{import_root}]")
+    cases = {
+        str(outside / "secret.txt"): outside_roots,
+        f"{import_root}/../outside/secret.txt": (BAD, "has a '..' component"),
+        f"{import_root}/sub/../../outside/secret.txt": (BAD, "has a '..' component"),
+        f"{import_root}/./sub/../../outside/f": (BAD, "has a '.' component"),
+        f"{import_root}//sub/secret.txt": (BAD, "must be normalized: no empty"),
+        "/etc/passwd": outside_roots,
+        str(import_root) + "-sibling/secret.txt": outside_roots,
+        str(import_root): (BAD, f"'{import_root}' is a directory"),
+    }
     for call in adopters(stub).values():
-        for path in paths:
-            with pytest.raises(grpc.aio.AioRpcError) as info:
-                await call(path)
-            assert info.value.code() in {DENIED, BAD}, (path, info.value)
+        for path, (code, words) in cases.items():
+            await expect_error(call(path), code, words)
     assert_secret_untouched(outside)
     assert await file_assets(stub) == []
 
@@ -210,23 +213,52 @@ def hardlink_server(tmp_path: Path, import_root: Path) -> Iterator[ServerProcess
 async def test_allow_hardlinked_imports_copies_and_leaves_the_other_name_alone(
     hardlink_server: ServerProcess, import_root: Path, outside: Path
 ) -> None:
-    link = import_root / "x"
-    os.link(outside / "secret.txt", link)
-    inode = os.stat(outside / "secret.txt").st_ino
+    """With --allow-hardlinked-imports a linked file is copied, never linked into storage: a
+    copy leaves the name under the root, a move (RegisterFile(move), FulfillAsset) takes
+    only that name; the other link keeps its inode and bytes, and the stored file is an
+    inode of its own, so a later write through the other name does not reach it."""
+    secret = outside / "secret.txt"
+    inode = os.stat(secret).st_ino
     async with grpc.aio.insecure_channel(hardlink_server.address) as channel:
         stub = pb_grpc.AssetServiceStub(channel)
-        made = await stub.RegisterFile(pb.RegisterFileRequest(path=str(link)), timeout=10)
-        assert made.asset.sha256 == SECRET_SHA
-        assert await read_all(stub, made.asset.id) == SECRET
-        # A copy: the stored file is not the linked inode, so later changes do not leak in.
-        assert os.stat(made.asset.storage_path).st_ino != inode
-        # Asked to move a linked file, the server must still not take the outside name.
-        try:
-            await stub.RegisterFile(pb.RegisterFileRequest(path=str(link), move=True), timeout=10)
-        except grpc.aio.AioRpcError as exc:
-            assert exc.code() in {DENIED, BAD, *CLEAR_LOSER}, exc
+
+        async def fulfill(path: str) -> pb.Asset:
+            asset_id = await pending(stub)
+            request = pb.FulfillAssetRequest(asset_id=asset_id, source_path=path)
+            return (await stub.FulfillAsset(request, timeout=10)).asset
+
+        async def register(path: str, move: bool) -> pb.Asset:
+            request = pb.RegisterFileRequest(path=path, move=move)
+            return (await stub.RegisterFile(request, timeout=10)).asset
+
+        adopted: list[pb.Asset] = []
+        for way, moves in (("copy", False), ("move", True), ("fulfill", True)):
+            link = import_root / f"linked-{way}"
+            os.link(secret, link)
+            if way == "fulfill":
+                asset = await fulfill(str(link))
+            else:
+                asset = await register(str(link), move=moves)
+            assert asset.sha256 == SECRET_SHA and asset.size_bytes == len(SECRET), way
+            assert await read_all(stub, asset.id) == SECRET, way
+            stored = os.stat(asset.storage_path)
+            assert stored.st_ino != inode and stored.st_nlink == 1, f"{way}: stored as a link"
+            # The root's name: kept by a copy, taken by a move; nothing else changed.
+            assert link.exists() is not moves, way
+            assert os.stat(secret).st_ino == inode and secret.read_bytes() == SECRET, way
+            assert os.stat(secret).st_nlink == 1 + len(list(import_root.glob("linked-*")))
+            adopted.append(asset)
+
+        # A write through the other name reaches none of the stored copies.
+        secret.write_bytes(b"changed later through the outside name")
+        for asset in adopted:
+            assert await read_all(stub, asset.id) == SECRET
+        secret.write_bytes(SECRET)
     assert_secret_untouched(outside)
-    assert os.stat(outside / "secret.txt").st_ino == inode
+    assert os.stat(secret).st_ino == inode
+    assert sorted(stored_files(hardlink_server.root)) == sorted(
+        Path(a.storage_path) for a in adopted
+    )
 
 
 async def test_concurrent_adoptions_of_one_source_have_one_winner(

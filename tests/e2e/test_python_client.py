@@ -152,12 +152,11 @@ def test_download_failure_leaves_nothing_behind(client: AssetClient, tmp_path: P
 
     with pytest.raises(NotFoundError):
         client.download(str(uuid.uuid4()), dest_dir / "a.bin")
-    with pytest.raises(AssetServiceError) as info:
+    # It exists (so not NOT_FOUND) but is not readable yet: the server's one answer.
+    with pytest.raises(FailedPreconditionError) as info:
         client.download(pending.id, dest_dir / "b.bin")
-    assert info.value.code in (
-        grpc.StatusCode.FAILED_PRECONDITION,
-        grpc.StatusCode.NOT_FOUND,
-    )
+    assert info.value.code is grpc.StatusCode.FAILED_PRECONDITION
+    assert f"asset {pending.id} is PENDING; only AVAILABLE assets can be read" in str(info.value)
     assert list(dest_dir.iterdir()) == []
 
 

@@ -12,8 +12,8 @@ from asset_service.domain.errors import FailedPrecondition, InvalidArgument
 from asset_service.domain.leases import LEASE_PRINCIPAL, deadline
 from asset_service.domain.manager import AssetManager, Limits
 from asset_service.domain.manager import _base as manager_base
-from asset_service.domain.models import Asset, AssetType, Status, Value, ValueKind
-from asset_service.storage.memory import MemoryStorage
+from asset_service.domain.models import Asset, AssetType, Status, UploadHeader, Value, ValueKind
+from asset_service.storage.memory import MemoryState, MemoryStorage
 from asset_service.store.memory import MemoryStore
 
 T0 = datetime(2026, 12, 6, 12, 0, 0, 250_000, tzinfo=UTC)
@@ -55,6 +55,11 @@ async def manager(store: MemoryStore) -> AsyncIterator[AssetManager]:
         yield m
     finally:
         await m.stop()
+
+
+async def chunks(*parts: bytes) -> AsyncIterator[bytes]:
+    for part in parts:
+        yield part
 
 
 async def promise(manager: AssetManager, lease: int = 10, task: str = "task-7") -> Asset:
@@ -134,6 +139,59 @@ async def test_a_late_renewal_is_refused_even_before_the_sweep(
     assert "promise the asset again" in err.value.message
     assert (await manager.get(p.id)).status is Status.PENDING  # the sweep fails it
     assert await manager.expire_leases() == 1
+
+
+async def test_a_late_fulfilment_is_refused_like_a_late_renewal_before_the_sweep(
+    store: MemoryStore, clock: Clock
+) -> None:
+    """Out is out for every caller: a value, a server-side file or an upload into a promise
+    whose lease ran out is refused with what a renewal gets; its producer may still fail it."""
+    state = MemoryState()
+    files = {"/incoming/task-7/out.bin": b"produced"}
+    manager = AssetManager(store, MemoryStorage(state, files), Limits(max_lease_seconds=3600))
+    await manager.start()
+    try:
+        value, failed = await promise(manager, lease=10), await promise(manager, lease=10)
+        path, uploaded = [
+            await manager.create_pending("task-7", name, "", AssetType.FILE, (), lease_seconds=10)
+            for name in ("f", "u")
+        ]
+        clock.advance(10)  # the lease ends exactly now: it has run out
+        late = "lease ran out at 2026-12-06T12:00:10.250Z: it is FAILED (or about to be) and "
+        attempts = [
+            manager.fulfill_with_value(value.id, Value(ValueKind.TEXT, b"late"), ""),
+            manager.fulfill_from_path(path.id, "/incoming/task-7/out.bin", ""),
+            manager.upload(UploadHeader(pending_asset_id=uploaded.id), chunks(b"late bytes")),
+        ]
+        for attempt in attempts:
+            with pytest.raises(FailedPrecondition) as err:
+                await attempt
+            assert late + "cannot be fulfilled; promise the asset again" in err.value.message
+        assert files == {"/incoming/task-7/out.bin": b"produced"}  # the source stays
+        assert not state.objects  # no bytes kept
+        for p in (value, path, uploaded):
+            assert (await manager.get(p.id)).status is Status.PENDING
+        gave_up = await manager.fail(failed.id, "crashed")
+        assert gave_up.status is Status.FAILED and gave_up.failure_reason == "crashed"
+        assert await manager.expire_leases() == 3
+    finally:
+        await manager.stop()
+
+
+async def test_a_lease_running_out_while_an_upload_streams_refuses_its_commit(
+    manager: AssetManager, clock: Clock
+) -> None:
+    """The check before the bytes is not the one that counts: the conditional write is."""
+    p = await manager.create_pending("task-7", "u", "", AssetType.FILE, (), lease_seconds=10)
+
+    async def slow_chunks() -> AsyncIterator[bytes]:
+        yield b"first half, "
+        clock.advance(11)  # the lease runs out mid-upload
+        yield b"second half"
+
+    with pytest.raises(FailedPrecondition, match="cannot be fulfilled"):
+        await manager.upload(UploadHeader(pending_asset_id=p.id), slow_chunks())
+    assert (await manager.get(p.id)).status is Status.PENDING
 
 
 async def test_a_promise_without_a_lease_has_nothing_to_renew(

@@ -5,11 +5,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -236,18 +239,86 @@ async def test_keys_are_derived_never_raw(tmp_path: Path) -> None:
         storage.upload_key("../" + ID, "a", now)
 
 
-async def test_writer_hashes_and_fsyncs(tmp_path: Path) -> None:
+@dataclass(frozen=True)
+class Synced:
+    """One fsync(2)/fdatasync(2): what the fd was, and (a folder) the names in it then."""
+
+    call: str
+    inode: int
+    is_dir: bool
+    names: frozenset[str]
+
+
+def record_syncs(monkeypatch: pytest.MonkeyPatch) -> list[Synced]:
+    """Wrap os.fsync and os.fdatasync (every thread) to note each call, then make it."""
+    calls: list[Synced] = []
+    for name in ("fsync", "fdatasync"):
+        real = getattr(os, name)
+
+        def recorder(fd: int, real: Any = real, name: str = name) -> None:
+            st = os.fstat(fd)
+            is_dir = stat.S_ISDIR(st.st_mode)
+            names = frozenset(os.listdir(fd)) if is_dir else frozenset()
+            calls.append(Synced(name, st.st_ino, is_dir, names))
+            real(fd)
+
+        monkeypatch.setattr(os, name, recorder)
+    return calls
+
+
+async def test_writer_hashes_and_fsyncs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before commit() returns, the bytes and the name are on disk: the staging file is
+    fsynced before it is linked into place (by seal()), and the destination folder after
+    the link, so a power cut after the record cannot leave it without its file."""
     storage = LocalStorage(tmp_path)
     await storage.open()
+    syncs = record_syncs(monkeypatch)
     writer = storage.new_writer()
     for part in (b"a" * 100, b"b" * 200_000):
         await writer.write(part)
     await writer.seal()
+    sealed = list(syncs)
     assert writer.sha256 == hashlib.sha256(b"a" * 100 + b"b" * 200_000).hexdigest()
-    path = await writer.commit(storage.upload_key(ID, "x.bin", datetime.now(UTC)))
+    path = Path(await writer.commit(storage.upload_key(ID, "x.bin", datetime.now(UTC))))
+    committed = list(syncs)
     await writer.finish()
     await writer.rollback()  # after finish, a rollback must not remove committed bytes
     assert os.path.getsize(path) == 200_100
+    file, folder = os.stat(path), os.stat(path.parent)
+    # The staging file is the stored file's inode (linked, not copied).
+    assert any(s.inode == file.st_ino and not s.is_dir for s in sealed), (
+        f"the staging file was not fsynced by seal(): {sealed}"
+    )
+    assert any(s.inode == folder.st_ino and path.name in s.names for s in committed), (
+        f"the folder {path.parent} was not fsynced after {path.name} appeared in it: {committed}"
+    )
+    await storage.close()
+
+
+@pytest.mark.parametrize("move", [True, False], ids=["linked", "copied"])
+async def test_adopted_bytes_are_fsynced_before_commit_returns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, move: bool
+) -> None:
+    """A worker's file becomes the stored file (moved: the same inode, linked; copied: a new
+    one): its bytes and its name in storage are fsynced before commit() returns, whether or
+    not the worker fsynced it, or a power cut after the record could lose them."""
+    storage, incoming = storage_with_imports(tmp_path)
+    await storage.open()
+    source = incoming / "out.bin"
+    source.write_bytes(b"worker output, not fsynced by the worker" * 1000)
+    syncs = record_syncs(monkeypatch)
+    staged = await storage.adopt(str(source), move=move)
+    path = Path(await staged.commit(storage.generated_key("task", ID, "out.bin")))
+    committed = list(syncs)
+    await staged.finish()
+    file, folder = os.stat(path), os.stat(path.parent)
+    assert any(s.inode == file.st_ino and not s.is_dir for s in committed), (
+        f"the stored file's bytes were not fsynced: {committed}"
+    )
+    assert any(s.inode == folder.st_ino and path.name in s.names for s in committed), (
+        f"the folder {path.parent} was not fsynced after {path.name} appeared in it"
+    )
+    assert source.exists() is not move
     await storage.close()
 
 

@@ -22,7 +22,7 @@ from asset_service.storage import manifests as manifests_module
 from asset_service.storage.local import LocalStorage
 from asset_service.storage.manifests import INDEX_NAME, LocalManifests
 from asset_service.store.memory import MemoryStore
-from tests.contract.blob_backends import BlobBackend, blob_backend, present_blob_backends
+from tests.contract.blob_backends import BlobBackend, blob_backend, blob_backend_names
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -199,7 +199,7 @@ async def test_file_inputs_are_checked_in_one_thread_hop(
     assert world.indexes() == []
 
 
-@pytest.fixture(params=present_blob_backends())
+@pytest.fixture(params=blob_backend_names())
 async def blob(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[BlobBackend]:
     async with blob_backend(request.param, tmp_path, request) as backend:
         yield backend

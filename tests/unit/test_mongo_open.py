@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import itertools
 import os
+import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
-from pymongo import IndexModel
+from pymongo import AsyncMongoClient, IndexModel
 
 from asset_service.domain.errors import Unavailable
 from asset_service.domain.models import AssetFilter, AssetType, Status
-from asset_service.store.mongo import MongoStore
+from asset_service.store.mongo import MongoStore, asset_to_doc
 
 # The equality fields query() may put in a ListAssets filter, besides the `seq` keyset.
 FILTERS: dict[str, dict[str, Any]] = {
@@ -305,81 +307,77 @@ async def test_open_on_an_empty_database_starts_the_counter_at_zero() -> None:
 
 # --- on a real replica set (MONGODB_URI) --------------------------------------------------
 
-# Defined only with a replica set: the query planner's choice needs real MongoDB.
-if os.environ.get("MONGODB_URI"):
-    import uuid
-    from urllib.parse import urlsplit, urlunsplit
 
-    from pymongo import AsyncMongoClient
+def _stages(plan: Any) -> Iterator[Mapping[str, Any]]:
+    """Every stage of an explain plan (classic or SBE `queryPlan` nesting)."""
+    if isinstance(plan, Mapping):
+        if isinstance(plan.get("stage"), str):
+            yield plan
+        for value in plan.values():
+            yield from _stages(value)
+    elif isinstance(plan, list):
+        for item in plan:
+            yield from _stages(item)
 
-    from asset_service.store.mongo import asset_to_doc
 
-    def _stages(plan: Any) -> Iterator[Mapping[str, Any]]:
-        """Every stage of an explain plan (classic or SBE `queryPlan` nesting)."""
-        if isinstance(plan, Mapping):
-            if isinstance(plan.get("stage"), str):
-                yield plan
-            for value in plan.values():
-                yield from _stages(value)
-        elif isinstance(plan, list):
-            for item in plan:
-                yield from _stages(item)
+def _record(n: int, match: bool) -> dict[str, Any]:
+    """Mostly records no filter matches, a few that match every one of FILTERS."""
+    from datetime import UTC, datetime
 
-    def _record(n: int, match: bool) -> dict[str, Any]:
-        """Mostly records no filter matches, a few that match every one of FILTERS."""
-        from datetime import UTC, datetime
+    from asset_service.domain.models import Asset
 
-        from asset_service.domain.models import Asset
+    t = datetime(2026, 1, 1, tzinfo=UTC)
+    asset = Asset(
+        id=f"rec-{n}",
+        label="out.txt" if match else f"other-{n}",
+        status=Status.PENDING if match else Status.AVAILABLE,
+        type=AssetType.VALUE if match else AssetType.FILE,
+        media_type="text/plain",
+        created_at=t,
+        updated_at=t,
+        created_by_task="task-1" if match else f"task-{n + 2}",
+        tags=("a", "b") if match else ("c",),
+    )
+    return asset_to_doc(asset, n)
 
-        t = datetime(2026, 1, 1, tzinfo=UTC)
-        asset = Asset(
-            id=f"rec-{n}",
-            label="out.txt" if match else f"other-{n}",
-            status=Status.PENDING if match else Status.AVAILABLE,
-            type=AssetType.VALUE if match else AssetType.FILE,
-            media_type="text/plain",
-            created_at=t,
-            updated_at=t,
-            created_by_task="task-1" if match else f"task-{n + 2}",
-            tags=("a", "b") if match else ("c",),
-        )
-        return asset_to_doc(asset, n)
 
-    async def test_every_listing_filter_runs_on_an_index_without_sorting_on_mongodb() -> None:
-        base = os.environ["MONGODB_URI"]
-        name = f"asset_open_{uuid.uuid4().hex[:12]}"
-        url = urlunsplit(urlsplit(base)._replace(path=f"/{name}"))
-        store = MongoStore(url)
-        await store.open()
-        try:
-            real = store._assets
-            # Enough non-matching records that an index on `seq` alone loses the trial.
-            await real.insert_many([_record(n, match=n % 100 == 0) for n in range(1, 1001)])
-            wheres: list[dict[str, Any]] = []
+# The query planner's choice needs real MongoDB.
+@pytest.mark.requires("mongo")
+async def test_every_listing_filter_runs_on_an_index_without_sorting_on_mongodb() -> None:
+    base = os.environ["MONGODB_URI"]
+    name = f"asset_open_{uuid.uuid4().hex[:12]}"
+    url = urlunsplit(urlsplit(base)._replace(path=f"/{name}"))
+    store = MongoStore(url)
+    await store.open()
+    try:
+        real = store._assets
+        # Enough non-matching records that an index on `seq` alone loses the trial.
+        await real.insert_many([_record(n, match=n % 100 == 0) for n in range(1, 1001)])
+        wheres: list[dict[str, Any]] = []
 
-            def spy(where: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
-                wheres.append(where)
-                return real.find(where, *args, **kwargs)
+        def spy(where: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+            wheres.append(where)
+            return real.find(where, *args, **kwargs)
 
-            for combo in combinations():
-                flt = AssetFilter(**{k: v for f in combo for k, v in FILTERS[f].items()})
-                store._assets = type("Spy", (), {"find": staticmethod(spy)})()  # type: ignore[assignment]
-                try:
-                    await store.query(flt, 10, "")
-                finally:
-                    store._assets = real
-                plan = await real.find(wheres[-1]).sort("seq", 1).limit(11).explain()
-                stages = list(_stages(plan["queryPlanner"]["winningPlan"]))
-                kinds = {st["stage"] for st in stages}
-                assert "COLLSCAN" not in kinds and "SORT" not in kinds, (combo, kinds)
-                # The index walked is led by a filter field (by `seq` only without one).
-                leads = {next(iter(st["keyPattern"])) for st in stages if "keyPattern" in st}
-                assert leads & (set(combo) or {"seq"}), (combo, leads)
-            # A restart finds every index in place.
-            names = {ix["name"] async for ix in await real.list_indexes()}
-            assert {"seq", "type_seq", "revision"} <= names
-        finally:
-            await store.close()
-            client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(base)
-            await client.drop_database(name)
-            await client.close()
+        for combo in combinations():
+            flt = AssetFilter(**{k: v for f in combo for k, v in FILTERS[f].items()})
+            store._assets = type("Spy", (), {"find": staticmethod(spy)})()  # type: ignore[assignment]
+            try:
+                await store.query(flt, 10, "")
+            finally:
+                store._assets = real
+            plan = await real.find(wheres[-1]).sort("seq", 1).limit(11).explain()
+            stages = list(_stages(plan["queryPlanner"]["winningPlan"]))
+            kinds = {st["stage"] for st in stages}
+            assert "COLLSCAN" not in kinds and "SORT" not in kinds, (combo, kinds)
+            # The index walked is led by a filter field (by `seq` only without one).
+            leads = {next(iter(st["keyPattern"])) for st in stages if "keyPattern" in st}
+            assert leads & (set(combo) or {"seq"}), (combo, leads)
+        # A restart finds every index in place.
+        names = {ix["name"] async for ix in await real.list_indexes()}
+        assert {"seq", "type_seq", "revision"} <= names
+    finally:
+        await store.close()
+        client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(base)
+        await client.drop_database(name)
+        await client.close()

@@ -68,10 +68,11 @@ async def test_default_server_selection_timeout_is_short() -> None:
 
 
 def test_page_tokens_round_trip_and_reject_foreign_ones() -> None:
-    assert decode_token(encode_token(1234)) == 1234
-    for bad in ("", "x", encode_token(5).replace("b", "c"), "c3FsaXRlOjU"):  # sqlite:5
+    flt = AssetFilter()
+    assert decode_token(encode_token(1234, flt), flt) == 1234
+    for bad in ("", "x", encode_token(5, flt).replace("b", "c"), "c3FsaXRlOjU"):  # sqlite:5
         with pytest.raises(InvalidArgument):
-            decode_token(bad)
+            decode_token(bad, flt)
 
 
 def test_documents_round_trip() -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 import jwt
@@ -11,9 +13,12 @@ import pytest
 from asset_service._proto.asset.v1 import asset_service_pb2 as pb
 from asset_service.cli import main
 from asset_service.config import load_settings
-from asset_service.domain.errors import FailedPrecondition, InvalidArgument
+from asset_service.domain.errors import FailedPrecondition, InvalidArgument, PermissionDenied
 from asset_service.security import RULES, Role, TaskAccess, TaskTokens, rule_for
+from asset_service.security.authn import Authenticator
 from asset_service.security.errors import Unauthenticated
+from asset_service.security.guard import Guard, Refused
+from asset_service.security.principal import Principal, TaskScope
 from asset_service.security.setup import Security, is_loopback
 from asset_service.security.tokens import hash_token, load_tokens
 from tests.pki import CA
@@ -38,6 +43,7 @@ def test_every_rpc_of_the_contract_has_exactly_one_rule() -> None:
             fields = set(request.fields_by_name["header"].message_type.fields_by_name)
         names = {*rule.task_fields, rule.asset_field.removeprefix("header.")} - {""}
         assert names <= fields, method
+        assert set(rule.task_paths) <= set(rule.task_fields), method
 
 
 def test_roles_include_the_lower_ones() -> None:
@@ -173,3 +179,32 @@ def test_settings_from_environment(tmp_path: Path) -> None:
     assert settings.tokens_file is not None and settings.tokens_file.name == "t.toml"
     assert settings.reflection == "off" and settings.insecure
     assert load_settings([], env={}).tls_client_ca is None
+
+
+async def test_a_task_id_that_is_no_safe_folder_name_cannot_use_server_side_paths() -> None:
+    """Minting refuses such task ids; a token that carries one anyway (signed some other
+    way) is refused a source_path before the path is looked at."""
+    asset_id = "6f9619ff-8b86-4011-b42d-00c04fc964ff"
+
+    class Promised:
+        async def promised_by(self, asset_ids: Sequence[str]) -> dict[str, str]:
+            return {asset_id: "../task-b"}
+
+    method = "/asset.v1.AssetService/FulfillAsset"
+    guard = Guard(
+        method,
+        rule_for(method),
+        Authenticator(None, TaskTokens(), False),
+        Promised(),
+        1.0,
+        [Path("/imports")],
+    )
+    scope = TaskScope("../task-b", frozenset(), datetime.now(UTC), "orch-1")
+    principal = Principal("task:../task-b", frozenset(), "task-token", scope)
+    request = pb.FulfillAssetRequest(asset_id=asset_id, source_path="/imports/task-b/out.bin")
+    with pytest.raises(Refused) as refused:
+        await guard.check_scope(principal, request)
+    assert isinstance(refused.value.error, PermissionDenied)
+    assert "is not a safe folder name" in refused.value.error.message
+    # A value is no server-side path: that stays allowed.
+    await guard.check_scope(principal, pb.FulfillAssetRequest(asset_id=asset_id, value=pb.Value()))

@@ -2,109 +2,37 @@
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import os
 import sqlite3
-import subprocess
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from asset_service.domain.errors import ResourceExhausted, StorageFull
-from asset_service.domain.models import (
-    Asset,
-    AssetType,
-    Failure,
-    Status,
-    Value,
-    ValueKind,
-    new_asset_id,
-)
+from asset_service.domain.errors import StorageFull
+from asset_service.domain.models import Asset, Failure, Status
 from asset_service.store.sqlite import DEFAULT_RESERVE_BYTES, JOURNAL_SIZE_LIMIT, SqliteStore
-from tests.records import pending_record
-
-KiB = 1024
-MiB = 1024 * KiB
-RESERVE = 1 * MiB
-
-
-@contextlib.contextmanager
-def mounted(where: Path, size: str) -> Iterator[Path]:
-    """A tmpfs of our own (we run as root); failing to mount fails the test, never skips."""
-    where.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], check=True)
-    try:
-        yield where
-    finally:
-        subprocess.run(["umount", str(where)], check=True)
+from asset_service.store.sqlite._room import Room
+from tests.unit.sqlite_disk import (
+    RESERVE,
+    KiB,
+    MiB,
+    assert_truthful,
+    empty_wal,
+    fill,
+    free_bytes,
+    integrity,
+    mounted,
+    pending_asset,
+    releases,
+    value_asset,
+)
 
 
 @pytest.fixture
 def disk(tmp_path: Path) -> Iterator[Path]:
     with mounted(tmp_path / "small-disk", "4m") as mount:
         yield mount
-
-
-def value_asset(size: int, tags: tuple[str, ...] = ("t1", "t2")) -> Asset:
-    now = datetime.now(UTC)
-    data = os.urandom(size)
-    return Asset(
-        id=new_asset_id(),
-        label="v.bin",
-        status=Status.AVAILABLE,
-        type=AssetType.VALUE,
-        media_type="application/octet-stream",
-        created_at=now,
-        updated_at=now,
-        value=Value(ValueKind.BYTES, data),
-        tags=tags,
-        size_bytes=size,
-        sha256="0" * 64,
-    )
-
-
-def pending_asset() -> Asset:
-    return pending_record()
-
-
-def free_bytes(path: Path) -> int:
-    st = os.statvfs(path)
-    return st.f_bavail * st.f_frsize
-
-
-def fill(path: Path) -> None:
-    """Write a filler file until the filesystem refuses a single byte more."""
-    fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o600)
-    block = 64 * KiB
-    try:
-        while block:
-            try:
-                os.write(fd, b"\0" * block)
-            except OSError as exc:
-                assert exc.errno == errno.ENOSPC, exc
-                block //= 2
-    finally:
-        os.close(fd)
-    assert free_bytes(path.parent) == 0
-
-
-def integrity(db: Path) -> str:
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        return str(conn.execute("PRAGMA integrity_check").fetchone()[0])
-    finally:
-        conn.close()
-
-
-def assert_truthful(err: StorageFull, db: Path) -> None:
-    assert isinstance(err, ResourceExhausted)
-    assert err.message == (
-        f"the metadata database's disk is full ({db}): free space, e.g. delete assets "
-        "with DeleteAsset"
-    )
 
 
 async def test_reserve_is_created_at_open_and_kept_across_restarts(disk: Path) -> None:
@@ -156,19 +84,16 @@ async def test_inserts_fill_the_disk_and_fail_with_storage_full(disk: Path) -> N
     assert integrity(db) == "ok"
 
 
-async def test_delete_works_on_a_full_disk_and_frees_room_for_inserts(disk: Path) -> None:
+async def test_a_full_disk_delete_spends_the_reserve_and_takes_it_back(
+    disk: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     db = disk / "assets.db"
     store = SqliteStore(db, reserve_bytes=RESERVE)
     await store.open()
-    small = await store.insert(value_asset(100))
-    big = await store.insert(value_asset(256 * KiB))
-    promise = await store.insert(pending_asset())
-    # Closing checkpoints and removes the WAL, so after the fill every write needs new
-    # blocks: nothing is left over in an already-allocated WAL for a write to reuse.
-    await store.close()
-    store = SqliteStore(db, reserve_bytes=RESERVE)
-    await store.open()
     try:
+        small = await store.insert(value_asset(100))
+        promise = await store.insert(pending_asset())
+        await empty_wal(store)
         fill(disk / "filler")
         with pytest.raises(StorageFull) as info:
             await store.insert(value_asset(100))
@@ -176,35 +101,20 @@ async def test_delete_works_on_a_full_disk_and_frees_room_for_inserts(disk: Path
         with pytest.raises(StorageFull) as info:
             await store.transition(promise.id, Status.PENDING, Failure("x"), datetime.now(UTC))
         assert_truthful(info.value, db)
+        await store.check_room()  # the reserve is there: nothing is held back
         assert (await store.get(promise.id)).status is Status.PENDING  # type: ignore[union-attr]
 
-        gone = await store.delete(big.id)
-        assert gone is not None and gone.id == big.id
-        assert not store.reserve.path.exists()  # released to make the delete possible
-        assert await store.get(big.id) is None
-
-        # The released space lets writes go on; the reserve is not taken back while the
-        # disk is this tight (that would fill it again at once).
-        again = [await store.insert(value_asset(1 * KiB)) for _ in range(5)]
-        await store.transition(promise.id, Status.PENDING, Failure("x"), datetime.now(UTC))
-        await store.ping()
-        assert not store.reserve.path.exists()
-
-        # Once space is freed elsewhere, the next ping puts the reserve back.
-        (disk / "filler").unlink()
-        await store.ping()
+        gone = await store.delete(small.id)
+        assert gone is not None and gone.id == small.id
+        assert await store.get(small.id) is None
+        assert releases(caplog) == 1  # released to make the delete possible...
+        # ...and made again at once from what the delete's WAL gave back: the disk is full
+        # again, but the next delete will find it.
         assert store.reserve.path.stat().st_size == RESERVE
+        assert free_bytes(disk) < RESERVE
     finally:
         await store.close()
     assert integrity(db) == "ok"
-    store = SqliteStore(db, reserve_bytes=RESERVE)
-    await store.open()
-    try:
-        found = await store.get_many([small.id, big.id, promise.id, *(a.id for a in again)])
-        assert set(found) == {small.id, promise.id, *(a.id for a in again)}
-        assert found[promise.id].status is Status.FAILED
-    finally:
-        await store.close()
 
 
 async def test_without_a_reserve_a_full_disk_refuses_deletes_truthfully(disk: Path) -> None:
@@ -256,29 +166,47 @@ async def test_a_burst_of_big_transactions_does_not_pin_wal_space(tmp_path: Path
 
 
 async def test_the_default_reserve_dwarfs_what_a_full_disk_delete_writes(
-    tmp_path: Path,
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """How the reserve was sized: WAL bytes of deletes on a full disk, small to 4 MiB."""
+    """How the reserve was sized: WAL bytes of deletes on a full disk, small to 4 MiB, and
+    of each step that gives the deleted pages back to the disk afterwards."""
+    wal_sizes: dict[str, list[int]] = {"delete": [], "step": []}
+
+    def wal_size(db: Path) -> int:
+        wal = db.with_name(db.name + "-wal")
+        return wal.stat().st_size if wal.exists() else 0
+
+    real_make, real_checkpoint = Room.make, Room._checkpoint
+
+    def make(room: Room, conn: sqlite3.Connection, force: bool = False) -> bool:
+        if force and room.reserve.missing:
+            wal_sizes["delete"].append(wal_size(room.db))
+        return real_make(room, conn, force)
+
+    def checkpoint(conn: sqlite3.Connection) -> bool:
+        path = Path(conn.execute("PRAGMA database_list").fetchone()[2])
+        wal_sizes["step"].append(wal_size(path))
+        return real_checkpoint(conn)
+
+    monkeypatch.setattr(Room, "make", make)
+    monkeypatch.setattr(Room, "_checkpoint", staticmethod(checkpoint))
     with mounted(tmp_path / "disk", "16m") as disk:
         db = disk / "assets.db"
         store = SqliteStore(db, reserve_bytes=RESERVE)
         await store.open()
         sizes = [4 * MiB - 10, 300 * KiB, 5000, 100] + [200] * 300
         ids = [(await store.insert(value_asset(n, tags=("a", "b", "c")))).id for n in sizes]
+        for n, asset_id in enumerate(dict.fromkeys(ids[:4] + ids[::97])):
+            await empty_wal(store)
+            fill(disk / "filler")
+            assert await store.delete(asset_id) is not None
+            assert releases(caplog) == n + 1  # it took the reserve, every time
+            (disk / "filler").unlink()
         await store.close()
-        worst = 0
-        for asset_id in dict.fromkeys(ids[:4] + ids[::97]):
-            store = SqliteStore(db, reserve_bytes=RESERVE)
-            await store.open()  # the previous close checkpointed and removed the WAL
-            try:
-                fill(disk / "filler")
-                assert await store.delete(asset_id) is not None
-                assert not store.reserve.path.exists()  # it took the reserve, every time
-                worst = max(worst, db.with_name("assets.db-wal").stat().st_size)
-            finally:
-                await store.close()
-                (disk / "filler").unlink()
         assert integrity(db) == "ok"
     # Freed pages are not zeroed on this path, so even the 4 MiB record costs ~10 frames.
-    assert 0 < worst <= 64 * KiB, worst
+    worst = max(wal_sizes["delete"])
+    assert 0 < worst <= 64 * KiB, wal_sizes
     assert 32 * worst <= DEFAULT_RESERVE_BYTES
+    # Each step giving pages back (after a delete through the reserve) fits in it too.
+    assert 0 < max(wal_sizes["step"]) <= RESERVE // 2, wal_sizes

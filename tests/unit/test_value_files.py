@@ -64,7 +64,7 @@ async def test_one_read_only_file_per_distinct_content_shared_by_manifests(
     assert paths1[a] == paths1[b] == paths2[c] == str(same)
     assert Path(paths2[a]).read_bytes() == b'"same"' and paths2[a].endswith(".json")
     assert len(files_in(manifests.values)) == 2, "two distinct contents (kind included)"
-    assert stat.S_IMODE(same.stat().st_mode) == 0o444, "created read-only"
+    assert stat.S_IMODE(same.stat().st_mode) == 0o400, "created read-only, owner-only"
     assert not list(manifests.values.folder.glob("*.part"))
 
 

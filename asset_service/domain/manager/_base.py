@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import (
     AsyncIterator,
 )
@@ -10,6 +11,7 @@ from datetime import UTC, datetime
 
 from asset_service.domain.commits import Committer
 from asset_service.domain.errors import (
+    AssetError,
     IntegrityError,
     NotFound,
     brief,
@@ -83,6 +85,12 @@ class Core:
         if asset is None:
             raise NotFound(f"asset {asset_id} not found")
         return asset
+
+    async def space_freed(self) -> None:
+        """Bytes were removed: let the store take back its disk-full reserve at once,
+        before new bytes take the room (what it answers is for the next write to hear)."""
+        with contextlib.suppress(AssetError):
+            await self.store.check_room()
 
 
 def verify(blob: StagedBlob, expected_size: int | None, expected_sha: str) -> None:

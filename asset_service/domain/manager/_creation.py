@@ -62,6 +62,9 @@ class Creation(Transitions):
         else:
             validate_label(header.label)
 
+        # Refused before any byte arrives if its record would be (the store's disk-full
+        # reserve is missing): the bytes would take the room the reserve is waiting for.
+        await self.store.check_room()
         writer = self.storage.new_writer()
         with Handover(writer) as handover:
             async for chunk in chunks:
@@ -96,6 +99,7 @@ class Creation(Transitions):
         label = validate_label(label or path.rsplit("/", 1)[-1])
         media_type = validate_media_type(media_type, "application/octet-stream")
         tag_tuple = validate_tags(tags)
+        await self.store.check_room()  # before a copy takes the room
         staged = await self.storage.adopt(path, move=move)
         with Handover(staged) as handover:
             return await self._insert_file(handover, label, media_type, tag_tuple, by)

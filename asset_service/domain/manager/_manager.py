@@ -90,7 +90,8 @@ class AssetManager(Creation):
             await self.manifests.open()
         await self.store.open()
         await self.recover()
-        await self.reconcile()
+        if await self.reconcile():
+            await self.space_freed()
         self.hub.start(self.store.changes(), self.store.current_revision)
 
     async def stop(self) -> None:
@@ -114,6 +115,7 @@ class AssetManager(Creation):
         removed = await self.manifests.sweep(self.limits.manifest_ttl_seconds)
         if removed:
             log.info("removed %d manifest folder(s) past their TTL", removed)
+            await self.space_freed()
         return removed
 
     async def reconcile(self) -> int:
@@ -260,6 +262,7 @@ class AssetManager(Creation):
             await wait_for_inputs(
                 lambda ids: self.watch(ids, 0, follow=False), mappings, wait_seconds
             )
+        await self.store.check_room()  # its files would take the disk-full reserve's room
         return await build_manifest(
             self.store, self.integrity, self.manifests, mappings, config_params
         )

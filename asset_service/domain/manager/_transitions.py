@@ -5,6 +5,7 @@ from __future__ import annotations
 from asset_service.domain import leases
 from asset_service.domain.commits import Handover
 from asset_service.domain.errors import (
+    AssetError,
     Conflict,
     FailedPrecondition,
     IntegrityError,
@@ -41,6 +42,7 @@ class Transitions(Core):
         async with self._locks.hold(asset_id):
             current = await self.get(asset_id)
             self._check_fulfillable(current, AssetType.FILE, allow_done=True)
+            await self.store.check_room()  # before a copy takes the room
             try:
                 staged = await self.storage.adopt(source, move=True)
             except NotFound:
@@ -125,6 +127,7 @@ class Transitions(Core):
             # reconcile removes, never a record without its bytes.
             if removed.storage_path:
                 await self.storage.remove(removed.storage_path)
+                await self.space_freed()
             return removed
 
     def _check_fulfillable(self, asset: Asset, type_: AssetType, allow_done: bool) -> None:
@@ -141,6 +144,9 @@ class Transitions(Core):
             allow_done and asset.status is Status.AVAILABLE
         ):
             raise FailedPrecondition(not_pending(asset, "fulfilled"))
+        # Refused before any byte moves; the conditional write checks it again.
+        if leases.has_run_out(asset, _base.now()):
+            raise FailedPrecondition(leases.ran_out(asset, "fulfilled"))
 
     async def _fulfill_with_blob(
         self, current: Asset, handover: Handover, media_type: str, origin: str, by: str
@@ -172,9 +178,19 @@ class Transitions(Core):
         )
 
     async def _transition(self, current: Asset, change: Fulfillment | Failure) -> Asset:
+        now = _base.now()
         try:
-            return await self.store.transition(current.id, Status.PENDING, change, _base.now())
+            return await self.store.transition(current.id, Status.PENDING, change, now)
         except Conflict as exc:
+            if isinstance(change, Fulfillment):
+                # The write also refuses a lease that ran out (meanwhile): say so, as a
+                # renewal does, rather than "changed while this request ran".
+                try:
+                    latest = await self.store.get(current.id)
+                except AssetError:
+                    latest = None  # the Conflict below says enough
+                if latest is not None and leases.has_run_out(latest, now):
+                    raise FailedPrecondition(leases.ran_out(latest, "fulfilled")) from None
             raise Conflict(
                 f"asset {current.id} changed while this request ran ({exc.message}); "
                 "re-read it before retrying"

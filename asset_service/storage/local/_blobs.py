@@ -8,6 +8,7 @@ import errno
 import hashlib
 import logging
 import os
+import stat
 import time
 import uuid
 from collections.abc import Iterator
@@ -174,7 +175,8 @@ class Writer(_Blob):
         super().__init__(storage)
         self.path = path
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+            # Made with the mode it will have once linked into place (staging is 0700).
+            fd = storage.modes.new_file(path, os.O_WRONLY | os.O_EXCL | os.O_CLOEXEC, shared=True)
         except OSError as exc:
             raise oserror(exc, "staging an upload") from None
         self._sink = FileSink(fd, name=path.name[:8], direct=storage.direct_io)
@@ -219,6 +221,8 @@ class Adopted(_Blob):
         self.opened = opened
         self.move = move
         self._staging: Path | None = None  # a copy, when linking is not possible
+        # The source's mode, owner and group, once changed.
+        self._was: tuple[int, int, int] | None = None
 
     def stage(self) -> None:
         st = self.opened.st
@@ -226,6 +230,7 @@ class Adopted(_Blob):
         # The one pass that hashes the file also sums its blocks.
         if self.move and same_fs and st.st_nlink == 1:
             digests, self.size_bytes = self._hash_source()
+            self._sync_source()
         else:
             self._staging = self._storage.staging / uuid.uuid4().hex
             digests, self.size_bytes = self._copy_source(self._staging)
@@ -239,10 +244,20 @@ class Adopted(_Blob):
             size += len(chunk)
         return digests, size
 
+    def _sync_source(self) -> None:
+        # The worker's file becomes the stored file (linked): its bytes must be on disk
+        # before the record says they are, whether or not the worker fsynced them.
+        try:
+            os.fsync(self.opened.fd)
+        except OSError as exc:
+            raise oserror(exc, "syncing a server-side file") from None
+
     def _copy_source(self, target: Path) -> tuple[Digests, int]:
         digests, size = Digests(), 0
         try:
-            with open(target, "xb") as out:
+            flags = os.O_WRONLY | os.O_EXCL | os.O_CLOEXEC
+            fd = self._storage.modes.new_file(target, flags, shared=True)
+            with open(fd, "wb") as out:
                 for chunk in _pread_chunks(self.opened.fd):
                     digests.update(chunk)
                     out.write(chunk)
@@ -275,6 +290,14 @@ class Adopted(_Blob):
         if self._staging is not None:
             self._place(self._staging, parts, self._source_intent())
             self._staging = None
+            return
+        if not self._take_source():
+            # Another user's file, whose mode is not ours to set: store a copy of our own.
+            self._staging = self._storage.staging / uuid.uuid4().hex
+            digests, _ = self._copy_source(self._staging)
+            if digests.sha.hexdigest() != self.sha256:
+                raise Conflict("the server-side file changed while it was being adopted")
+            self._commit_sync(parts)
             return
         folder = self._storage.open_folder(parts[:-1], create=True)
         name = parts[-1]
@@ -322,6 +345,20 @@ class Adopted(_Blob):
             self._forget_journal()
             raise
 
+    def _take_source(self) -> bool:
+        """Make the file about to be linked into place a stored file: the same inode, so
+        the worker's 0644 (and, for a server running as root, the worker's ownership) must
+        not stay; False if it is not ours to change."""
+        st, modes, fd = self.opened.st, self._storage.modes, self.opened.fd
+        try:
+            if st.st_uid != os.geteuid():
+                os.fchown(fd, os.geteuid(), -1)  # only a privileged server may
+            self._was = (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid)
+            modes.set_fd(fd, modes.file(shared=True), shared=True)
+        except PermissionError:
+            return False
+        return True
+
     def _finish_sync(self) -> None:
         if self.move:
             st = self.opened.st
@@ -335,6 +372,12 @@ class Adopted(_Blob):
         if self._staging is not None:
             with contextlib.suppress(FileNotFoundError):
                 self._staging.unlink()
+        if self._was is not None:
+            # The worker's file stays where it was, as it was.
+            mode, uid, gid = self._was
+            with contextlib.suppress(OSError):
+                os.fchown(self.opened.fd, uid, gid)
+                os.fchmod(self.opened.fd, mode)
         super()._rollback_sync()
 
     def _close(self) -> None:

@@ -25,6 +25,7 @@ from asset_service.domain.errors import (
     Unavailable,
 )
 from asset_service.domain.models import BLOCK_BYTES, BlockSums, parse_asset_id
+from asset_service.modes import Modes, report
 from asset_service.storage import blocks, fs, keys
 from asset_service.storage.imports import ImportRoots
 from asset_service.storage.local._blobs import Adopted, Writer, age_of, oserror
@@ -62,8 +63,11 @@ class LocalStorage:
         orphan_grace_seconds: float = 600.0,
         imports: ImportRoots | None = None,
         direct_io: bool = True,
+        modes: Modes | None = None,
     ) -> None:
         self.root = root.resolve()
+        # Stored files and their folders: owner-only, or shared with --share-group's group.
+        self.modes = modes or Modes()
         # Uploads written with O_DIRECT where the file system allows it (storage/sink.py).
         self.direct_io = direct_io
         # A file in a final location younger than this may be another server's commit.
@@ -87,10 +91,12 @@ class LocalStorage:
 
     def _open_sync(self) -> None:
         try:
-            for folder in (self.uploads, self.generated, self._staging_parent):
-                folder.mkdir(parents=True, exist_ok=True)
-            self.staging.mkdir()
-            self.intents.mkdir()
+            self.modes.root(self.root)
+            changed = [self.modes.folder(f, shared=True) for f in (self.uploads, self.generated)]
+            changed.append(self.modes.folder(self._staging_parent, shared=False))
+            report(changed, f"the storage under {self.root}")
+            self.modes.mkdir(self.staging, shared=False)
+            self.modes.mkdir(self.intents, shared=False)
             # Held for the life of the process; start-up sweeps of other processes
             # know this staging folder is live because they cannot take the lock.
             self._lock_fd = os.open(self.staging / ".lock", os.O_CREAT | os.O_RDWR, 0o600)
@@ -160,9 +166,13 @@ class LocalStorage:
                 self.device,
                 intent["final_ino"],
             )
-            if committed and ours:
+            if committed and ours and final is not None:
                 if "source" in intent:
                     source = (intent["dev"], intent["ino"])
+                    if intent["ino"] == intent["final_ino"]:
+                        # Moved by a hard link: the source is the stored file itself, as
+                        # it is now (a reboot may renumber the device the journal names).
+                        source = (final.st_dev, final.st_ino)
                     if self.imports.remove_if_same(intent["source"], source):
                         log.warning("finished an interrupted move of %r", intent["source"])
             elif committed:
@@ -225,7 +235,10 @@ class LocalStorage:
         return self.key_parts(str(path.relative_to(self.root)))
 
     def open_folder(self, parts: tuple[str, ...], create: bool = False) -> int:
-        return fs.open_dir(self.root, parts, "/".join(parts), create=create)
+        return fs.open_dir(self.root, parts, "/".join(parts), create, self._shared_dir)
+
+    def _shared_dir(self, name: str, dir_fd: int) -> None:
+        self.modes.mkdir(name, shared=True, dir_fd=dir_fd)
 
     def prune_empty(self, folder_fd: int) -> None:
         """Remove the now-empty per-asset folder of a rolled-back commit (best effort)."""

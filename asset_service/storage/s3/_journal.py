@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from asset_service.domain.errors import Unavailable
+from asset_service.modes import PRIVATE_FILE, Modes, report
 from asset_service.storage import fs
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,8 @@ class Journal:
     not in the bucket: only this host can finish (or undo) the move.
     """
 
-    def __init__(self, state_dir: Path, instance: str) -> None:
+    def __init__(self, state_dir: Path, instance: str, modes: Modes | None = None) -> None:
+        self.modes = modes or Modes()
         self.parent = state_dir.resolve()
         self.folder = self.parent / instance
         self.intents = self.folder / "intents"
@@ -45,8 +47,10 @@ class Journal:
 
     def open(self) -> None:
         try:
-            self.intents.mkdir(parents=True)
-            self._lock_fd = os.open(self.folder / ".lock", os.O_CREAT | os.O_RDWR, 0o600)
+            report([self.modes.folder(self.parent, shared=False)], "the object store's state")
+            self.modes.mkdir(self.folder, shared=False)
+            self.modes.mkdir(self.intents, shared=False)
+            self._lock_fd = os.open(self.folder / ".lock", os.O_CREAT | os.O_RDWR, PRIVATE_FILE)
             # Held for the life of the process: others see this folder is live.
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:

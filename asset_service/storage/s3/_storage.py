@@ -21,6 +21,7 @@ from asset_service.domain.errors import (
     Unavailable,
 )
 from asset_service.domain.models import BLOCK_BYTES, BlockSums, parse_asset_id
+from asset_service.modes import Modes
 from asset_service.storage import blocks, keys
 from asset_service.storage.imports import ImportRoots
 from asset_service.storage.s3 import _recovery
@@ -66,6 +67,7 @@ class S3Storage:
         access_key_id: str | None = None,
         secret_access_key: str | None = None,
         max_connections: int = 64,
+        modes: Modes | None = None,
     ) -> None:
         self.location = S3Location.parse(url)
         self.url = url
@@ -75,7 +77,7 @@ class S3Storage:
         self._creds = Credentials(endpoint_url, region, access_key_id, secret_access_key)
         self._max_connections = max_connections
         self.instance = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        self.journal = Journal(state_dir, self.instance)
+        self.journal = Journal(state_dir, self.instance, modes)
         self._stack = contextlib.AsyncExitStack()
         self._client: S3Client | None = None
         self._background: set[asyncio.Task[None]] = set()

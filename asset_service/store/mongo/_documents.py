@@ -23,7 +23,15 @@ from asset_service.domain.errors import (
     OutcomeUnknown,
     Unavailable,
 )
-from asset_service.domain.models import Asset, AssetType, BlockSums, Status, Value, ValueKind
+from asset_service.domain.models import (
+    Asset,
+    AssetFilter,
+    AssetType,
+    BlockSums,
+    Status,
+    Value,
+    ValueKind,
+)
 from asset_service.store import _paging
 from asset_service.store._fields import encoded_sums
 
@@ -109,12 +117,12 @@ def doc_to_asset(doc: Mapping[str, Any]) -> Asset:
     )
 
 
-def encode_token(seq: int) -> str:
-    return _paging.encode_token("mongo", seq)
+def encode_token(seq: int, flt: AssetFilter) -> str:
+    return _paging.encode_token("mongo", seq, flt)
 
 
-def decode_token(token: str) -> int:
-    return _paging.decode_token("mongo", token)
+def decode_token(token: str, flt: AssetFilter) -> int:
+    return _paging.decode_token("mongo", token, flt)
 
 
 def _doc_bytes(doc: Mapping[str, Any]) -> int:

@@ -242,6 +242,9 @@ class MongoStore:
             await self._feed.close()
         await self._client.close()
 
+    async def check_room(self) -> None:
+        """MongoDB manages its own disk: nothing is held back here."""
+
     async def ping(self) -> None:
         if self._feed is not None and self._feed.failure is not None:
             # Health says NOT_SERVING while watchers cannot follow the database.
@@ -377,7 +380,7 @@ class MongoStore:
     async def query(
         self, flt: AssetFilter, limit: int, page_token: str, max_bytes: int | None = None
     ) -> Page:
-        after = decode_token(page_token) if page_token else 0
+        after = decode_token(page_token, flt) if page_token else 0
         where: Doc = {"seq": {"$gt": after}}
         if flt.status is not None:
             where["status"] = flt.status.value
@@ -416,7 +419,7 @@ class MongoStore:
         assets, last = _paging.fill_page(
             docs, limit, max_bytes, doc_to_asset, lambda d: int(d["seq"])
         )
-        return Page(assets, encode_token(last) if last is not None else "", revision)
+        return Page(assets, encode_token(last, flt) if last is not None else "", revision)
 
     async def _revision_in(self, session: AsyncClientSession | None) -> int:
         doc = await self._counters.find_one({"_id": "revision"}, session=session)
@@ -460,8 +463,11 @@ class MongoStore:
         sets = transition_fields(change, now, value_column="value_content", timestamp=ms)
         where: Doc = {"_id": asset_id, "status": expected.value}
         test = lease_condition(change)
-        if test is not None:
-            # BSON dates hold milliseconds: `now` floored, as every store compares it.
+        # BSON dates hold milliseconds: `now` floored, as every store compares it.
+        if test == "none or not run out":
+            # null matches a missing field too (records from before leases).
+            where["$or"] = [{"lease_expires_at": None}, {"lease_expires_at": {"$gt": ms(now)}}]
+        elif test is not None:
             where["lease_expires_at"] = {"$gt" if test == "not run out" else "$lte": ms(now)}
 
         async def apply(session: AsyncClientSession | None, rev: int) -> Asset:

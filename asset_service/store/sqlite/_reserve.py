@@ -7,11 +7,22 @@ import logging
 import os
 from pathlib import Path
 
+from asset_service.domain.errors import InvalidArgument
+
 log = logging.getLogger(__name__)
+
+
+def free_bytes(folder: Path) -> int:
+    st = os.statvfs(folder)
+    return st.f_bavail * st.f_frsize
 
 
 class DiskReserve:
     """CockroachDB's "emergency ballast": `size` bytes really allocated at `path`.
+
+    While it is `missing` (released for a delete, or never made for lack of space) the
+    store refuses every write but deletes: whatever space frees up goes to the reserve
+    first, so that the next full disk finds it there again.
 
     Not thread-safe: its owner calls it from one thread (the SQLite store's writer).
     """
@@ -22,33 +33,49 @@ class DiskReserve:
         self._partial = path.with_name(path.name + ".part")
         self.present = False
         # Set when creating it failed for a reason other than space: retrying on every
-        # write would only fill the log.
-        self.unsupported = size <= 0
+        # write would only fill the log, and refusing writes for it would stop the service.
+        self.unsupported = False
+
+    @property
+    def missing(self) -> bool:
+        """Wanted but not there: writes other than deletes wait for it."""
+        return not (self.present or self.unsupported or self.size <= 0)
 
     def open(self, what: str) -> None:
-        """Drop a half-written reserve of a dead process, then make ours if space allows."""
+        """Drop a half-written reserve of a dead process, then make ours if space allows.
+
+        Raise InvalidArgument if the disk could never hold it: a store that refuses writes
+        until its reserve exists would then refuse them forever. A disk with too little free
+        space now is another matter: the store says so once it has tried to make room.
+        """
+        if self.size <= 0:
+            log.warning(
+                "no disk-full reserve for %s (--disk-reserve-bytes 0): once its disk is full, "
+                "DeleteAsset fails too until space is freed by other means",
+                what,
+            )
+            return
+        st = os.statvfs(self.path.parent)
+        total = st.f_blocks * st.f_frsize
+        if self.size > total // 2:
+            raise InvalidArgument(
+                f"the disk holding {what} is {total} bytes, too small for the {self.size}-byte "
+                "disk-full reserve that keeps DeleteAsset working once that disk is full (it "
+                "may take at most half the disk): give --disk-reserve-bytes a smaller size, "
+                "at least 1MiB, or put the database on a bigger disk"
+            )
         self._partial.unlink(missing_ok=True)
         self.restore()
-        if not (self.present or self.unsupported):
-            log.warning(
-                "not enough free space beside %s for the %d-byte disk-full reserve %s; if "
-                "this disk fills up, DeleteAsset may fail too. Free some space.",
-                what,
-                self.size,
-                self.path,
-            )
 
-    def _free_bytes(self) -> int:
-        st = os.statvfs(self.path.parent)
-        return st.f_bavail * st.f_frsize
+    def restore(self, spoken_for: int = 0) -> None:
+        """Create the reserve if it is missing and the disk has room for it besides
+        `spoken_for` bytes (what the database's next checkpoint needs).
 
-    def restore(self) -> None:
-        """Create the reserve if it is missing and the disk can spare it twice over.
-
-        Twice: creating it must leave as much free as it holds, or restoring it the moment
-        a delete freed a little space would fill the disk again at once.
+        It takes precedence over every other write: room for it is used for it at once, even
+        if that leaves the disk full (the writes that follow then get StorageFull, and the
+        next delete has the reserve to spend).
         """
-        if self.present or self.unsupported:
+        if not self.missing:
             return
         try:
             if self.path.stat().st_size >= self.size:
@@ -57,7 +84,7 @@ class DiskReserve:
         except FileNotFoundError:
             pass
         try:
-            if self._free_bytes() < 2 * self.size:
+            if free_bytes(self.path.parent) < self.size + spoken_for:
                 return
             fd = os.open(self._partial, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
             try:
@@ -74,8 +101,8 @@ class DiskReserve:
             if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
                 self.unsupported = True
                 log.warning(
-                    "cannot create the disk-full reserve %s (%s); DeleteAsset may fail if "
-                    "this disk fills up",
+                    "cannot create the disk-full reserve %s (%s); running without it: "
+                    "DeleteAsset may fail if this disk fills up",
                     self.path,
                     exc,
                 )
@@ -96,8 +123,8 @@ class DiskReserve:
         except FileNotFoundError:
             return False
         log.warning(
-            "%s: released the %d-byte reserve %s; it is re-created once twice that much space "
-            "is free again",
+            "%s: released the %d-byte reserve %s; writes other than deletes are refused "
+            "until it is re-created, as soon as that much space is free again",
             why,
             self.size,
             self.path,

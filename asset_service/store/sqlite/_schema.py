@@ -11,7 +11,15 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from asset_service.domain.errors import Unavailable
-from asset_service.domain.models import Asset, AssetType, BlockSums, Status, Value, ValueKind
+from asset_service.domain.models import (
+    Asset,
+    AssetFilter,
+    AssetType,
+    BlockSums,
+    Status,
+    Value,
+    ValueKind,
+)
 from asset_service.store import _paging
 
 log = logging.getLogger(__name__)
@@ -158,12 +166,12 @@ def from_ms(ms: int | None) -> datetime | None:
     return None if ms is None else _EPOCH + ms * _MS
 
 
-def encode_token(seq: int) -> str:
-    return _paging.encode_token("sqlite", seq)
+def encode_token(seq: int, flt: AssetFilter) -> str:
+    return _paging.encode_token("sqlite", seq, flt)
 
 
-def decode_token(token: str) -> int:
-    return _paging.decode_token("sqlite", token)
+def decode_token(token: str, flt: AssetFilter) -> int:
+    return _paging.decode_token("sqlite", token, flt)
 
 
 @contextlib.contextmanager

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import json
 import logging
 import os
@@ -38,8 +37,9 @@ from asset_service.store._fields import (
     lease_conflict,
     transition_fields,
 )
+from asset_service.store.sqlite._files import claim, own_files
 from asset_service.store.sqlite._readers import Later, Readers
-from asset_service.store.sqlite._reserve import DiskReserve
+from asset_service.store.sqlite._room import INCREMENTAL, Room, is_full
 from asset_service.store.sqlite._schema import (
     COLUMN_COUNT,
     COLUMNS,
@@ -63,24 +63,15 @@ T = TypeVar("T")
 
 # The "emergency ballast" (CockroachDB's term): a preallocated file beside the database,
 # given back to the filesystem when a DELETE hits a full disk, so that deleting assets (the
-# way to free space) still works. Such a delete (freed pages not zeroed, whatever the
-# record's size) appends about ten WAL frames, a page plus a 24-byte header each (~40 KiB;
-# tests/unit/test_sqlite_full.py measures it), and the checkpoint that follows may grow the
-# database file by the WAL's new pages (~1000 at most between automatic checkpoints): a
-# few MiB covers both with margin.
+# way to free space) still works (_room.py). Such a delete (freed pages not zeroed, whatever
+# the record's size) appends about ten WAL frames, a page plus a 24-byte header each
+# (~40 KiB; tests/unit/test_sqlite_full.py measures it), and the checkpoint that follows
+# may grow the database file by the WAL's new pages, a quarter of the reserve at most.
 DEFAULT_RESERVE_BYTES = 4 * 1024 * 1024
 # When a checkpoint lets the WAL restart, truncate it to this size: about what the WAL
 # grows to between automatic checkpoints (1000 pages), so the steady state keeps its file
 # but the space a burst of big transactions (4 MiB VALUEs) took is given back, not pinned.
 JOURNAL_SIZE_LIMIT = 4 * 1024 * 1024
-
-
-def _is_full(exc: sqlite3.Error) -> bool:
-    """SQLITE_FULL (extended codes keep the primary one in the low byte)."""
-    code = getattr(exc, "sqlite_errorcode", None)
-    if code is not None:
-        return bool(code & 0xFF == sqlite3.SQLITE_FULL)
-    return "database or disk is full" in str(exc)
 
 
 def _counter(c: sqlite3.Connection) -> int:
@@ -95,7 +86,8 @@ class SqliteStore:
 
     def __init__(self, path: Path, reserve_bytes: int = DEFAULT_RESERVE_BYTES) -> None:
         self.path = path
-        self.reserve = DiskReserve(path.with_name(path.name + ".reserve"), reserve_bytes)
+        self.room = Room(path, reserve_bytes)
+        self.reserve = self.room.reserve
         self._readers = Readers(path)
         self._writer: GroupWriter | None = None
         self._changes: asyncio.Queue[Change] = asyncio.Queue()
@@ -121,11 +113,8 @@ class SqliteStore:
             raise self._translate(exc) from exc
 
     def _translate(self, exc: sqlite3.Error) -> StorageFull | Unavailable:
-        if _is_full(exc):
-            return StorageFull(
-                f"the metadata database's disk is full ({self.path}): free space, e.g. "
-                "delete assets with DeleteAsset"
-            )
+        if is_full(exc):
+            return self.room.full()
         return Unavailable(f"sqlite database {self.path}: {exc}")
 
     def _publish(self, changes: list[Change]) -> None:
@@ -143,27 +132,18 @@ class SqliteStore:
     # --- lifecycle ------------------------------------------------------------------
 
     def _claim(self) -> None:
-        """One server process per database file: its change feed is in-process only."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path.with_name(self.path.name + ".lock"), os.O_CREAT | os.O_RDWR, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise Unavailable(
-                f"another asset-service process is using {self.path}; the embedded SQLite "
-                "store serves one process (watchers would miss the other's changes). Stop "
-                "it, give this one its own --storage-root, or use MongoDB to run several."
-            ) from None
-        self._lock_fd = fd
+        self._lock_fd = claim(self.path)
 
     async def open(self) -> None:
         self._claim()
 
         def connect() -> sqlite3.Connection:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            own_files(self.path)
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             conn.row_factory = sqlite3.Row
+            # Before anything writes the header: it takes effect on a new database only (an
+            # older one is converted by Room.open).
+            conn.execute(f"PRAGMA auto_vacuum = {INCREMENTAL}")
             conn.execute("PRAGMA journal_mode=WAL")
             # FULL: a committed transition survives power loss, matching the fsynced bytes.
             conn.execute("PRAGMA synchronous=FULL")
@@ -179,18 +159,21 @@ class SqliteStore:
                 conn.executescript(SCHEMA)
                 if fresh:
                     migrate(conn, self.path, fresh)
+                # Before the writer thread starts, which makes every later use of the reserve.
+                self.room.open(conn)
             except BaseException:
                 conn.close()
                 raise
-            # Before the writer thread starts, which makes every later use of the reserve.
-            self.reserve.open(str(self.path))
             return conn
 
         loop = asyncio.get_running_loop()
         try:
             conn = await loop.run_in_executor(self._readers.executor, connect)
-        except sqlite3.Error as exc:
-            if _is_full(exc):
+        except BaseException as exc:
+            self._unclaim()  # a store that did not open holds nothing
+            if not isinstance(exc, sqlite3.Error):
+                raise
+            if is_full(exc):
                 raise StorageFull(
                     f"cannot open sqlite database {self.path}: its disk is full; free space"
                 ) from exc
@@ -201,7 +184,7 @@ class SqliteStore:
             loop,
             translate=self._translate,
             publish=self._publish,
-            after_commit=self.reserve.restore,
+            admit=self.room.admit,
         )
 
     async def close(self) -> None:
@@ -211,6 +194,9 @@ class SqliteStore:
             # Queued writes still commit; the writer's connection closes last, on its own
             # thread, so that it checkpoints and removes the WAL.
             await writer.close(then=writer.conn.close)
+        self._unclaim()
+
+    def _unclaim(self) -> None:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
@@ -218,7 +204,19 @@ class SqliteStore:
     async def ping(self) -> None:
         def q(c: sqlite3.Connection) -> tuple[None, None]:
             c.execute("SELECT 1").fetchone()
-            self.reserve.restore()
+            # Space freed by other means comes back to the reserve within a health interval.
+            self.room.make(c, force=True)
+            return None, None
+
+        await self._open_writer().solo(q)
+
+    async def check_room(self) -> None:
+        if not self.reserve.missing:
+            return  # the usual case, without a trip to the writer thread
+
+        def q(c: sqlite3.Connection) -> tuple[None, None]:
+            if not self.room.make(c):
+                raise self.room.refusal()
             return None, None
 
         await self._open_writer().solo(q)
@@ -270,7 +268,7 @@ class SqliteStore:
     async def query(
         self, flt: AssetFilter, limit: int, page_token: str, max_bytes: int | None = None
     ) -> Page:
-        after = decode_token(page_token) if page_token else 0
+        after = decode_token(page_token, flt) if page_token else 0
         where: list[str] = ["seq > ?"]
         args: list[object] = [after]
         if flt.status is not None:
@@ -308,7 +306,7 @@ class SqliteStore:
                     rows.close()
             finally:
                 c.execute("COMMIT")
-            return Page(assets, encode_token(last) if last is not None else "", revision)
+            return Page(assets, encode_token(last, flt) if last is not None else "", revision)
 
         return await self._read(q)
 
@@ -389,7 +387,10 @@ class SqliteStore:
         test = lease_condition(change)
         lease_sql = ""
         lease_args: tuple[int, ...] = ()
-        if test is not None:
+        if test == "none or not run out":
+            lease_sql = " AND (lease_expires_ms IS NULL OR lease_expires_ms > ?)"
+            lease_args = (to_ms(now),)
+        elif test is not None:
             lease_sql = f" AND lease_expires_ms {'>' if test == 'not run out' else '<='} ?"
             lease_args = (to_ms(now),)
 
@@ -447,44 +448,15 @@ class SqliteStore:
             c.execute("DELETE FROM asset_tags WHERE asset_id = ?", (asset_id,))
         return Asset(**{**row_to_asset(row).__dict__, "revision": rev, "updated_by": by})
 
-    def _delete_frugally(self, c: sqlite3.Connection, asset_id: str, by: str) -> Asset | None:
-        """The delete without zeroing the pages it frees, to fit in the reserve.
-
-        Builds with SQLITE_SECURE_DELETE (Debian's, Ubuntu's) overwrite every freed page, so
-        deleting a 4 MiB VALUE writes 4 MiB of WAL; FAST writes only the pages it must.
-        """
-        mode = int(c.execute("PRAGMA secure_delete").fetchone()[0])
-        c.execute("PRAGMA secure_delete = FAST")
-        try:
-            return self._delete_once(c, asset_id, by)
-        finally:
-            c.execute(f"PRAGMA secure_delete = {mode}")
-
     async def delete(self, asset_id: str, by: str = "") -> Asset | None:
         # Alone in its transaction: on a full disk it is retried with the reserve released.
         def w(c: sqlite3.Connection) -> tuple[Asset | None, Change | None]:
-            try:
-                gone = self._delete_once(c, asset_id, by)
-            except sqlite3.OperationalError as exc:
-                # Deleting is how space gets freed, so it must work on a full disk too.
-                if not _is_full(exc):
-                    raise
-                if not self.reserve.release(f"the disk holding {self.path} is full"):
-                    raise StorageFull(
-                        f"the metadata database's disk is full ({self.path}) and its reserve "
-                        f"({self.reserve.path}) is used up, so even deleting asset {asset_id} "
-                        "cannot be written: free space on that disk by other means, then retry"
-                    ) from exc
-                gone = self._delete_frugally(c, asset_id, by)
-                # Copy the WAL into the database now, so the next writes restart the WAL
-                # from its beginning (reusing its space) instead of appending to it.
-                try:
-                    c.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-                except sqlite3.Error as cexc:
-                    log.warning("checkpoint after a disk-full delete failed: %s", cexc)
+            gone = self.room.delete(c, lambda: self._delete_once(c, asset_id, by), asset_id)
             if gone is None:
                 return None, None
-            self.reserve.restore()
+            # The pages it freed may be what the reserve needs (a VALUE's, on a database
+            # with its own disk); the domain calls check_room again once the bytes are gone.
+            self.room.make(c, force=True)
             return gone, Change(ChangeKind.DELETE, gone)
 
         result: Asset | None = await self._open_writer().solo(w)

@@ -9,6 +9,9 @@ commits once. Every caller is answered after that COMMIT: durable on acknowledge
 While one batch commits, the next one queues, so the batch grows with the load.
 
 Solo jobs (deletes, which may need the disk-full reserve; pings) run alone, in queue order.
+Before each batch, `admit` may refuse it (then its writes are admitted one by one): while
+the disk-full reserve is missing and cannot be re-created, only deletes (solo jobs) get
+written, and a write is refused if it would leave no room to checkpoint (_room.py).
 A batch that fails as a whole (SQLITE_FULL, an I/O error, a failed COMMIT) is rolled back
 and its writes are run again one per transaction, so each gets its own outcome, as before.
 """
@@ -70,8 +73,8 @@ class GroupWriter:
 
     `translate(exc)` maps an sqlite3.OperationalError to the domain error callers get;
     `publish(changes)` runs on the event loop, before the callers of those changes are
-    answered, in commit order; `after_commit()` runs on the writer thread after every
-    transaction that committed something (the disk-full reserve is restored there).
+    answered, in commit order; `admit(conn, value_bytes, writes)` runs on the writer thread
+    before each batch of grouped writes and returns why it may not run now, if it may not.
     """
 
     def __init__(
@@ -81,7 +84,7 @@ class GroupWriter:
         *,
         translate: Callable[[sqlite3.OperationalError], AssetError],
         publish: Callable[[list[Change]], None],
-        after_commit: Callable[[], None],
+        admit: Callable[[sqlite3.Connection, int, int], AssetError | None],
         max_writes: int = MAX_BATCH_WRITES,
         max_bytes: int = MAX_BATCH_BYTES,
     ) -> None:
@@ -89,7 +92,7 @@ class GroupWriter:
         self._loop = loop
         self._translate = translate
         self._publish = publish
-        self._after_commit = after_commit
+        self._admit = admit
         self.max_writes = max_writes
         self.max_bytes = max_bytes
         self._queue: deque[_Job] = deque()
@@ -157,7 +160,7 @@ class GroupWriter:
                     jobs = self._take()
                 try:
                     solo = jobs[0].solo
-                    outcomes = [self._run_solo(jobs[0])] if solo else self._run_group(jobs)
+                    outcomes = [self._run_solo(jobs[0])] if solo else self._run_admitted(jobs)
                 except BaseException as exc:  # a bug: never leave a caller waiting
                     log.exception("sqlite writer failed")
                     if self.conn.in_transaction:  # or every later BEGIN would fail too
@@ -184,6 +187,15 @@ class GroupWriter:
         except Exception as exc:
             return _Outcome(error=exc)
         return _Outcome(result, change=change)
+
+    def _run_admitted(self, jobs: list[_Job]) -> list[_Outcome]:
+        refusal = self._admit(self.conn, sum(job.cost for job in jobs), len(jobs))
+        if refusal is None:
+            return self._run_group(jobs)
+        if len(jobs) == 1:
+            return [_Outcome(error=refusal)]
+        # Smaller writes may still fit where the whole batch does not.
+        return [self._run_admitted([job])[0] for job in jobs]
 
     def _run_group(self, jobs: list[_Job]) -> list[_Outcome]:
         c = self.conn
@@ -219,8 +231,6 @@ class GroupWriter:
             if isinstance(exc, sqlite3.OperationalError):
                 return [_Outcome(error=self._translated(exc))]
             return [_Outcome(error=exc)]
-        if any(o.error is None for o in outcomes):
-            self._after_commit()
         return outcomes
 
     def _translated(self, exc: sqlite3.OperationalError) -> AssetError:

@@ -221,8 +221,10 @@ class Asset(_message.Message):
     revision: _builtins.int
     """Grows with every change; one counter across all assets."""
     created_by: _builtins.str
-    """The principal that created the asset (a token's principal name, "cn:<name>" for a
-    client certificate, "task:<task id>" for a task token, "anonymous" without security).
+    """The principal that created the asset: the `principal` of the tokens file entry
+    that granted the call (a [[tokens]] entry for a bearer token, a [[certificates]]
+    entry for a client certificate; an unmapped certificate has no role and creates
+    nothing), "task:<task id>" for a task token, "anonymous" without security.
     Empty for assets written before the service kept it.
     """
     updated_by: _builtins.str
@@ -304,7 +306,9 @@ class UploadHeader(_message.Message):
     expected_sha256: _builtins.str
     """If set (hex), the upload fails unless the content has this SHA-256."""
     pending_asset_id: _builtins.str
-    """If set, the upload fulfills this PENDING FILE asset."""
+    """If set, the upload fulfills this PENDING FILE asset (refused once its
+    lease has run out, like FulfillAsset).
+    """
     @_builtins.property
     def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
@@ -389,7 +393,14 @@ class RegisterFileRequest(_message.Message):
     TAGS_FIELD_NUMBER: _builtins.int
     MOVE_FIELD_NUMBER: _builtins.int
     path: _builtins.str
-    """Absolute path; it must resolve (symlinks followed) under an import root."""
+    """Absolute path of a regular file under an import root, without '.' or '..'
+    components. It is opened one component at a time from the root without
+    following symbolic links: a symlink anywhere on the way is refused
+    (PERMISSION_DENIED), as are a file with several hard links (unless the
+    server allows them), a path outside the import roots and any of the
+    server's own files (its storage root, database, keys); a directory or
+    other non-regular file is INVALID_ARGUMENT.
+    """
     label: _builtins.str
     """Defaults to the file's name."""
     media_type: _builtins.str
@@ -569,7 +580,10 @@ class FulfillAssetRequest(_message.Message):
     EXPECTED_SHA256_FIELD_NUMBER: _builtins.int
     asset_id: _builtins.str
     source_path: _builtins.str
-    """Absolute path of the produced file, under an import root. It is moved."""
+    """Absolute path of the produced file, under an import root, checked and
+    opened like RegisterFileRequest.path. It is moved. With a task token it
+    must lie in that task's own folder, <import root>/<task id>/.
+    """
     expected_sha256: _builtins.str
     """If set (hex), the fulfillment fails unless the content has this SHA-256."""
     @_builtins.property
@@ -820,7 +834,9 @@ class ListAssetsRequest(_message.Message):
     page_size: _builtins.int
     """1 to 1000; 0 means 100."""
     page_token: _builtins.str
-    """From a previous response's next_page_token."""
+    """From a previous response's next_page_token, sent with the same filters
+    (page_size may change); with other filters it is INVALID_ARGUMENT.
+    """
     @_builtins.property
     def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Assets carrying every one of these tags."""

@@ -133,7 +133,8 @@ class AssetServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RegisterFile(self, request, context):
-        """RegisterFile adopts a file already on the server (under an import root).
+        """RegisterFile adopts a file already on the server (under an import root;
+        never one of the server's own files, e.g. in its storage root).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -155,7 +156,9 @@ class AssetServiceServicer:
 
     def FulfillAsset(self, request, context):
         """FulfillAsset turns a PENDING asset AVAILABLE, from a file on the server's
-        filesystem (moved into generated/{task_id}/) or from an inline value.
+        filesystem (moved into generated/{task_id}/) or from an inline value. A
+        promise whose lease has run out cannot be fulfilled (FAILED_PRECONDITION),
+        even before the server's sweep has marked it FAILED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -54,14 +54,18 @@ class AssetServiceStub:
     With header.pending_asset_id set, the upload fulfills that PENDING asset.
     """
     RegisterFile: _grpc.UnaryUnaryMultiCallable[_asset_service_pb2.RegisterFileRequest, _asset_service_pb2.RegisterFileResponse]
-    """RegisterFile adopts a file already on the server (under an import root)."""
+    """RegisterFile adopts a file already on the server (under an import root;
+    never one of the server's own files, e.g. in its storage root).
+    """
     CreateValueAsset: _grpc.UnaryUnaryMultiCallable[_asset_service_pb2.CreateValueAssetRequest, _asset_service_pb2.CreateValueAssetResponse]
     """CreateValueAsset stores an AVAILABLE VALUE asset (text, JSON or bytes)."""
     CreatePendingAsset: _grpc.UnaryUnaryMultiCallable[_asset_service_pb2.CreatePendingAssetRequest, _asset_service_pb2.CreatePendingAssetResponse]
     """CreatePendingAsset records the promise that a task will produce an asset."""
     FulfillAsset: _grpc.UnaryUnaryMultiCallable[_asset_service_pb2.FulfillAssetRequest, _asset_service_pb2.FulfillAssetResponse]
     """FulfillAsset turns a PENDING asset AVAILABLE, from a file on the server's
-    filesystem (moved into generated/{task_id}/) or from an inline value.
+    filesystem (moved into generated/{task_id}/) or from an inline value. A
+    promise whose lease has run out cannot be fulfilled (FAILED_PRECONDITION),
+    even before the server's sweep has marked it FAILED.
     """
     FailAsset: _grpc.UnaryUnaryMultiCallable[_asset_service_pb2.FailAssetRequest, _asset_service_pb2.FailAssetResponse]
     """FailAsset turns a PENDING asset FAILED, with a reason."""
@@ -121,14 +125,18 @@ class AssetServiceAsyncStub(AssetServiceStub):
     With header.pending_asset_id set, the upload fulfills that PENDING asset.
     """
     RegisterFile: _aio.UnaryUnaryMultiCallable[_asset_service_pb2.RegisterFileRequest, _asset_service_pb2.RegisterFileResponse]  # type: ignore[assignment]
-    """RegisterFile adopts a file already on the server (under an import root)."""
+    """RegisterFile adopts a file already on the server (under an import root;
+    never one of the server's own files, e.g. in its storage root).
+    """
     CreateValueAsset: _aio.UnaryUnaryMultiCallable[_asset_service_pb2.CreateValueAssetRequest, _asset_service_pb2.CreateValueAssetResponse]  # type: ignore[assignment]
     """CreateValueAsset stores an AVAILABLE VALUE asset (text, JSON or bytes)."""
     CreatePendingAsset: _aio.UnaryUnaryMultiCallable[_asset_service_pb2.CreatePendingAssetRequest, _asset_service_pb2.CreatePendingAssetResponse]  # type: ignore[assignment]
     """CreatePendingAsset records the promise that a task will produce an asset."""
     FulfillAsset: _aio.UnaryUnaryMultiCallable[_asset_service_pb2.FulfillAssetRequest, _asset_service_pb2.FulfillAssetResponse]  # type: ignore[assignment]
     """FulfillAsset turns a PENDING asset AVAILABLE, from a file on the server's
-    filesystem (moved into generated/{task_id}/) or from an inline value.
+    filesystem (moved into generated/{task_id}/) or from an inline value. A
+    promise whose lease has run out cannot be fulfilled (FAILED_PRECONDITION),
+    even before the server's sweep has marked it FAILED.
     """
     FailAsset: _aio.UnaryUnaryMultiCallable[_asset_service_pb2.FailAssetRequest, _asset_service_pb2.FailAssetResponse]  # type: ignore[assignment]
     """FailAsset turns a PENDING asset FAILED, with a reason."""
@@ -197,7 +205,9 @@ class AssetServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _asset_service_pb2.RegisterFileRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_asset_service_pb2.RegisterFileResponse, _abc.Awaitable[_asset_service_pb2.RegisterFileResponse]]:
-        """RegisterFile adopts a file already on the server (under an import root)."""
+        """RegisterFile adopts a file already on the server (under an import root;
+        never one of the server's own files, e.g. in its storage root).
+        """
 
     @_abc_1.abstractmethod
     def CreateValueAsset(
@@ -222,7 +232,9 @@ class AssetServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_asset_service_pb2.FulfillAssetResponse, _abc.Awaitable[_asset_service_pb2.FulfillAssetResponse]]:
         """FulfillAsset turns a PENDING asset AVAILABLE, from a file on the server's
-        filesystem (moved into generated/{task_id}/) or from an inline value.
+        filesystem (moved into generated/{task_id}/) or from an inline value. A
+        promise whose lease has run out cannot be fulfilled (FAILED_PRECONDITION),
+        even before the server's sweep has marked it FAILED.
         """
 
     @_abc_1.abstractmethod

@@ -394,8 +394,10 @@ type Asset struct {
 	FailureReason string `protobuf:"bytes,14,opt,name=failure_reason,json=failureReason,proto3" json:"failure_reason,omitempty"`
 	// Grows with every change; one counter across all assets.
 	Revision int64 `protobuf:"varint,15,opt,name=revision,proto3" json:"revision,omitempty"`
-	// The principal that created the asset (a token's principal name, "cn:<name>" for a
-	// client certificate, "task:<task id>" for a task token, "anonymous" without security).
+	// The principal that created the asset: the `principal` of the tokens file entry
+	// that granted the call (a [[tokens]] entry for a bearer token, a [[certificates]]
+	// entry for a client certificate; an unmapped certificate has no role and creates
+	// nothing), "task:<task id>" for a task token, "anonymous" without security.
 	// Empty for assets written before the service kept it.
 	CreatedBy string `protobuf:"bytes,16,opt,name=created_by,json=createdBy,proto3" json:"created_by,omitempty"`
 	// The principal of the latest change: who fulfilled, failed or (in a DELETED watch
@@ -596,7 +598,8 @@ type UploadHeader struct {
 	ExpectedSizeBytes *int64 `protobuf:"varint,4,opt,name=expected_size_bytes,json=expectedSizeBytes,proto3,oneof" json:"expected_size_bytes,omitempty"`
 	// If set (hex), the upload fails unless the content has this SHA-256.
 	ExpectedSha256 string `protobuf:"bytes,5,opt,name=expected_sha256,json=expectedSha256,proto3" json:"expected_sha256,omitempty"`
-	// If set, the upload fulfills this PENDING FILE asset.
+	// If set, the upload fulfills this PENDING FILE asset (refused once its
+	// lease has run out, like FulfillAsset).
 	PendingAssetId string `protobuf:"bytes,6,opt,name=pending_asset_id,json=pendingAssetId,proto3" json:"pending_asset_id,omitempty"`
 	unknownFields  protoimpl.UnknownFields
 	sizeCache      protoimpl.SizeCache
@@ -806,7 +809,13 @@ func (x *UploadAssetResponse) GetAsset() *Asset {
 // RegisterFileRequest names a file already on the server.
 type RegisterFileRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Absolute path; it must resolve (symlinks followed) under an import root.
+	// Absolute path of a regular file under an import root, without '.' or '..'
+	// components. It is opened one component at a time from the root without
+	// following symbolic links: a symlink anywhere on the way is refused
+	// (PERMISSION_DENIED), as are a file with several hard links (unless the
+	// server allows them), a path outside the import roots and any of the
+	// server's own files (its storage root, database, keys); a directory or
+	// other non-regular file is INVALID_ARGUMENT.
 	Path string `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
 	// Defaults to the file's name.
 	Label     string   `protobuf:"bytes,2,opt,name=label,proto3" json:"label,omitempty"`
@@ -1268,7 +1277,9 @@ type isFulfillAssetRequest_Content interface {
 }
 
 type FulfillAssetRequest_SourcePath struct {
-	// Absolute path of the produced file, under an import root. It is moved.
+	// Absolute path of the produced file, under an import root, checked and
+	// opened like RegisterFileRequest.path. It is moved. With a task token it
+	// must lie in that task's own folder, <import root>/<task id>/.
 	SourcePath string `protobuf:"bytes,2,opt,name=source_path,json=sourcePath,proto3,oneof"`
 }
 
@@ -1717,7 +1728,8 @@ type ListAssetsRequest struct {
 	Label string `protobuf:"bytes,5,opt,name=label,proto3" json:"label,omitempty"`
 	// 1 to 1000; 0 means 100.
 	PageSize int32 `protobuf:"varint,6,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
-	// From a previous response's next_page_token.
+	// From a previous response's next_page_token, sent with the same filters
+	// (page_size may change); with other filters it is INVALID_ARGUMENT.
 	PageToken     string `protobuf:"bytes,7,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

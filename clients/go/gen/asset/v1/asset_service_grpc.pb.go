@@ -62,14 +62,17 @@ type AssetServiceClient interface {
 	// bytes are safely on disk; a failed or cancelled upload leaves nothing.
 	// With header.pending_asset_id set, the upload fulfills that PENDING asset.
 	UploadAsset(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[UploadAssetRequest, UploadAssetResponse], error)
-	// RegisterFile adopts a file already on the server (under an import root).
+	// RegisterFile adopts a file already on the server (under an import root;
+	// never one of the server's own files, e.g. in its storage root).
 	RegisterFile(ctx context.Context, in *RegisterFileRequest, opts ...grpc.CallOption) (*RegisterFileResponse, error)
 	// CreateValueAsset stores an AVAILABLE VALUE asset (text, JSON or bytes).
 	CreateValueAsset(ctx context.Context, in *CreateValueAssetRequest, opts ...grpc.CallOption) (*CreateValueAssetResponse, error)
 	// CreatePendingAsset records the promise that a task will produce an asset.
 	CreatePendingAsset(ctx context.Context, in *CreatePendingAssetRequest, opts ...grpc.CallOption) (*CreatePendingAssetResponse, error)
 	// FulfillAsset turns a PENDING asset AVAILABLE, from a file on the server's
-	// filesystem (moved into generated/{task_id}/) or from an inline value.
+	// filesystem (moved into generated/{task_id}/) or from an inline value. A
+	// promise whose lease has run out cannot be fulfilled (FAILED_PRECONDITION),
+	// even before the server's sweep has marked it FAILED.
 	FulfillAsset(ctx context.Context, in *FulfillAssetRequest, opts ...grpc.CallOption) (*FulfillAssetResponse, error)
 	// FailAsset turns a PENDING asset FAILED, with a reason.
 	FailAsset(ctx context.Context, in *FailAssetRequest, opts ...grpc.CallOption) (*FailAssetResponse, error)
@@ -321,14 +324,17 @@ type AssetServiceServer interface {
 	// bytes are safely on disk; a failed or cancelled upload leaves nothing.
 	// With header.pending_asset_id set, the upload fulfills that PENDING asset.
 	UploadAsset(grpc.ClientStreamingServer[UploadAssetRequest, UploadAssetResponse]) error
-	// RegisterFile adopts a file already on the server (under an import root).
+	// RegisterFile adopts a file already on the server (under an import root;
+	// never one of the server's own files, e.g. in its storage root).
 	RegisterFile(context.Context, *RegisterFileRequest) (*RegisterFileResponse, error)
 	// CreateValueAsset stores an AVAILABLE VALUE asset (text, JSON or bytes).
 	CreateValueAsset(context.Context, *CreateValueAssetRequest) (*CreateValueAssetResponse, error)
 	// CreatePendingAsset records the promise that a task will produce an asset.
 	CreatePendingAsset(context.Context, *CreatePendingAssetRequest) (*CreatePendingAssetResponse, error)
 	// FulfillAsset turns a PENDING asset AVAILABLE, from a file on the server's
-	// filesystem (moved into generated/{task_id}/) or from an inline value.
+	// filesystem (moved into generated/{task_id}/) or from an inline value. A
+	// promise whose lease has run out cannot be fulfilled (FAILED_PRECONDITION),
+	// even before the server's sweep has marked it FAILED.
 	FulfillAsset(context.Context, *FulfillAssetRequest) (*FulfillAssetResponse, error)
 	// FailAsset turns a PENDING asset FAILED, with a reason.
 	FailAsset(context.Context, *FailAssetRequest) (*FailAssetResponse, error)

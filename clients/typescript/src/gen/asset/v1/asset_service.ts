@@ -294,8 +294,10 @@ export interface Asset {
   /** Grows with every change; one counter across all assets. */
   revision: number;
   /**
-   * The principal that created the asset (a token's principal name, "cn:<name>" for a
-   * client certificate, "task:<task id>" for a task token, "anonymous" without security).
+   * The principal that created the asset: the `principal` of the tokens file entry
+   * that granted the call (a [[tokens]] entry for a bearer token, a [[certificates]]
+   * entry for a client certificate; an unmapped certificate has no role and creates
+   * nothing), "task:<task id>" for a task token, "anonymous" without security.
    * Empty for assets written before the service kept it.
    */
   createdBy: string;
@@ -334,7 +336,10 @@ export interface UploadHeader {
     | undefined;
   /** If set (hex), the upload fails unless the content has this SHA-256. */
   expectedSha256: string;
-  /** If set, the upload fulfills this PENDING FILE asset. */
+  /**
+   * If set, the upload fulfills this PENDING FILE asset (refused once its
+   * lease has run out, like FulfillAsset).
+   */
   pendingAssetId: string;
 }
 
@@ -352,7 +357,15 @@ export interface UploadAssetResponse {
 
 /** RegisterFileRequest names a file already on the server. */
 export interface RegisterFileRequest {
-  /** Absolute path; it must resolve (symlinks followed) under an import root. */
+  /**
+   * Absolute path of a regular file under an import root, without '.' or '..'
+   * components. It is opened one component at a time from the root without
+   * following symbolic links: a symlink anywhere on the way is refused
+   * (PERMISSION_DENIED), as are a file with several hard links (unless the
+   * server allows them), a path outside the import roots and any of the
+   * server's own files (its storage root, database, keys); a directory or
+   * other non-regular file is INVALID_ARGUMENT.
+   */
   path: string;
   /** Defaults to the file's name. */
   label: string;
@@ -409,7 +422,11 @@ export interface FulfillAssetRequest {
   assetId: string;
   content?:
     | //
-    /** Absolute path of the produced file, under an import root. It is moved. */
+    /**
+     * Absolute path of the produced file, under an import root, checked and
+     * opened like RegisterFileRequest.path. It is moved. With a task token it
+     * must lie in that task's own folder, <import root>/<task id>/.
+     */
     { $case: "sourcePath"; value: string }
     | //
     /** The content of a VALUE asset. */
@@ -482,7 +499,10 @@ export interface ListAssetsRequest {
   label: string;
   /** 1 to 1000; 0 means 100. */
   pageSize: number;
-  /** From a previous response's next_page_token. */
+  /**
+   * From a previous response's next_page_token, sent with the same filters
+   * (page_size may change); with other filters it is INVALID_ARGUMENT.
+   */
   pageToken: string;
 }
 
@@ -4835,7 +4855,10 @@ export const AssetServiceService = {
     responseSerialize: (value: UploadAssetResponse): Buffer => Buffer.from(UploadAssetResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): UploadAssetResponse => UploadAssetResponse.decode(value),
   },
-  /** RegisterFile adopts a file already on the server (under an import root). */
+  /**
+   * RegisterFile adopts a file already on the server (under an import root;
+   * never one of the server's own files, e.g. in its storage root).
+   */
   registerFile: {
     path: "/asset.v1.AssetService/RegisterFile" as const,
     requestStream: false as const,
@@ -4872,7 +4895,9 @@ export const AssetServiceService = {
   },
   /**
    * FulfillAsset turns a PENDING asset AVAILABLE, from a file on the server's
-   * filesystem (moved into generated/{task_id}/) or from an inline value.
+   * filesystem (moved into generated/{task_id}/) or from an inline value. A
+   * promise whose lease has run out cannot be fulfilled (FAILED_PRECONDITION),
+   * even before the server's sweep has marked it FAILED.
    */
   fulfillAsset: {
     path: "/asset.v1.AssetService/FulfillAsset" as const,
@@ -5036,7 +5061,10 @@ export interface AssetServiceServer extends UntypedServiceImplementation {
    * With header.pending_asset_id set, the upload fulfills that PENDING asset.
    */
   uploadAsset: handleClientStreamingCall<UploadAssetRequest, UploadAssetResponse>;
-  /** RegisterFile adopts a file already on the server (under an import root). */
+  /**
+   * RegisterFile adopts a file already on the server (under an import root;
+   * never one of the server's own files, e.g. in its storage root).
+   */
   registerFile: handleUnaryCall<RegisterFileRequest, RegisterFileResponse>;
   /** CreateValueAsset stores an AVAILABLE VALUE asset (text, JSON or bytes). */
   createValueAsset: handleUnaryCall<CreateValueAssetRequest, CreateValueAssetResponse>;
@@ -5044,7 +5072,9 @@ export interface AssetServiceServer extends UntypedServiceImplementation {
   createPendingAsset: handleUnaryCall<CreatePendingAssetRequest, CreatePendingAssetResponse>;
   /**
    * FulfillAsset turns a PENDING asset AVAILABLE, from a file on the server's
-   * filesystem (moved into generated/{task_id}/) or from an inline value.
+   * filesystem (moved into generated/{task_id}/) or from an inline value. A
+   * promise whose lease has run out cannot be fulfilled (FAILED_PRECONDITION),
+   * even before the server's sweep has marked it FAILED.
    */
   fulfillAsset: handleUnaryCall<FulfillAssetRequest, FulfillAssetResponse>;
   /** FailAsset turns a PENDING asset FAILED, with a reason. */
@@ -5123,7 +5153,10 @@ export interface AssetServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: UploadAssetResponse) => void,
   ): ClientWritableStream<UploadAssetRequest>;
-  /** RegisterFile adopts a file already on the server (under an import root). */
+  /**
+   * RegisterFile adopts a file already on the server (under an import root;
+   * never one of the server's own files, e.g. in its storage root).
+   */
   registerFile(
     request: RegisterFileRequest,
     callback: (error: ServiceError | null, response: RegisterFileResponse) => void,
@@ -5173,7 +5206,9 @@ export interface AssetServiceClient extends Client {
   ): ClientUnaryCall;
   /**
    * FulfillAsset turns a PENDING asset AVAILABLE, from a file on the server's
-   * filesystem (moved into generated/{task_id}/) or from an inline value.
+   * filesystem (moved into generated/{task_id}/) or from an inline value. A
+   * promise whose lease has run out cannot be fulfilled (FAILED_PRECONDITION),
+   * even before the server's sweep has marked it FAILED.
    */
   fulfillAsset(
     request: FulfillAssetRequest,

@@ -1,0 +1,39 @@
+"""The SQLite database's files: one process per database, owner-only whatever the umask."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+
+from asset_service.domain.errors import Unavailable
+from asset_service.modes import PRIVATE_FILE, Modes, report
+
+
+def claim(db: Path) -> int:
+    """The fd of <db>.lock, flocked: one server process per database file (its change feed
+    is in-process only)."""
+    if not db.parent.is_dir():
+        Modes().folder(db.parent, shared=False)
+    lock = db.with_name(db.name + ".lock")
+    fd = os.open(lock, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, PRIVATE_FILE)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise Unavailable(
+            f"another asset-service process is using {db}; the embedded SQLite "
+            "store serves one process (watchers would miss the other's changes). Stop "
+            "it, give this one its own --storage-root, or use MongoDB to run several."
+        ) from None
+    return fd
+
+
+def own_files(db: Path) -> None:
+    """The database and its companions owner-only. SQLite makes -wal and -shm with the
+    database file's mode (and sets it on them), so that file is made 0600 before SQLite
+    opens it; an older install's files are set so at start-up, and said so."""
+    os.close(os.open(db, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, PRIVATE_FILE))
+    modes = Modes()
+    companions = [db.with_name(db.name + n) for n in ("", "-wal", "-shm", ".lock", ".reserve")]
+    report([modes.tighten(p, PRIVATE_FILE, False) for p in companions if p.exists()], f"{db}")
