@@ -252,8 +252,17 @@ def _guarded(handler: Any, guard: Guard) -> Any:
 
         async def unary_stream_call(request: Any, context: Ctx) -> AsyncIterator[Any]:
             principal = await admitted(context, request)
-            async for item in _as_principal(principal, unary_stream(request, context)):
-                yield item
+            failure: BaseException | None = None
+            try:
+                async for item in _as_principal(principal, unary_stream(request, context)):
+                    yield item
+            except BaseException as exc:
+                failure = exc
+                raise
+            finally:
+                if audited:  # ScrubAssets: it may mark assets corrupt
+                    subjects = audit_subjects(request, None)
+                    audit.record(principal, guard.rpc, subjects, audit_code(context, failure))
 
         return grpc.unary_stream_rpc_method_handler(
             unary_stream_call, handler.request_deserializer, handler.response_serializer
