@@ -17,7 +17,7 @@ from asset_service.domain.errors import (
     Unverified,
 )
 from asset_service.domain.locks import KeyedLocks
-from asset_service.domain.models import Asset, AssetType, BlockSums, Corruption, Status
+from asset_service.domain.models import Asset, BlockSums, Corruption, Status
 from asset_service.domain.ports import BlobStorage, MetadataStore
 
 log = logging.getLogger(__name__)
@@ -63,8 +63,9 @@ class Integrity:
         # One computation per asset at a time; a read that waited finds them kept.
         async with self._summing.hold(asset.id):
             latest = await self.store.get(asset.id)
-            if latest is not None and latest.block_sums is not None:
-                return latest.block_sums
+            known = latest.block_sums if latest is not None else None
+            if known is not None and known.covers(asset.size_bytes):
+                return known
             sums = await self.storage.summed(
                 asset.storage_path, asset.size_bytes, asset.sha256, pace
             )
@@ -179,7 +180,3 @@ class Integrity:
             raise named(asset, exc) from None
         except IntegrityError as exc:
             raise named(asset, exc) from None
-
-
-def is_file(asset: Asset) -> bool:
-    return asset.type is AssetType.FILE and asset.status is Status.AVAILABLE
