@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 
 from asset_service.domain.errors import (
@@ -44,6 +44,14 @@ def named(asset: Asset, exc: IntegrityError) -> IntegrityError:
     if isinstance(exc, CorruptBytes):
         return CorruptBytes(message, exc.offset)
     return IntegrityError(message)
+
+
+async def close(chunks: AsyncIterator[bytes]) -> None:
+    """Close a storage's chunk stream now (its open file or connection), not when it is
+    collected; the storages return async generators."""
+    aclose = getattr(chunks, "aclose", None)
+    if aclose is not None:
+        await aclose()
 
 
 class Integrity:
@@ -99,7 +107,7 @@ class Integrity:
 
     async def open_read(
         self, asset: Asset, offset: int, limit: int, chunk_size: int
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         """A FILE asset's bytes in [offset, offset+limit), each block checked before it is
         sent; errors found before the first chunk are raised here."""
         if asset.corrupt_reason:
@@ -116,9 +124,12 @@ class Integrity:
             raise named(asset, exc) from None
         return self.checked(asset, chunks)
 
-    async def checked(self, asset: Asset, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    async def checked(
+        self, asset: Asset, chunks: AsyncIterator[bytes]
+    ) -> AsyncGenerator[bytes, None]:
         """A read's chunks; an integrity error mid-stream names the asset, and bytes found
-        corrupt are marked so."""
+        corrupt are marked so. Closing this closes `chunks` at once (its open file or
+        connection), not when it is collected."""
         try:
             async for chunk in chunks:
                 yield chunk
@@ -127,6 +138,8 @@ class Integrity:
             raise named(asset, exc) from None
         except IntegrityError as exc:
             raise named(asset, exc) from None
+        finally:
+            await close(chunks)
 
     async def check_inputs(self, files: list[Asset]) -> None:
         """GetManifest's FILE inputs: IntegrityError for the first that is marked corrupt,
@@ -172,8 +185,11 @@ class Integrity:
                 asset.block_sums.block_bytes,
                 asset.block_sums,
             )
-            async for chunk in chunks:
-                await pace(len(chunk))
+            try:
+                async for chunk in chunks:
+                    await pace(len(chunk))
+            finally:
+                await close(chunks)
         except CorruptBytes as exc:
             if not asset.corrupt_reason:
                 await self.mark_corrupt(asset, exc)

@@ -6,7 +6,7 @@ import asyncio
 import enum
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
 
 from asset_service.domain.errors import AssetError, CorruptBytes, InvalidArgument
@@ -101,7 +101,9 @@ class Scrubber:
             return Checked(asset.id, Outcome.RESTORED, asset.corrupt_reason, asset.size_bytes)
         return Checked(asset.id, Outcome.OK, "", asset.size_bytes)
 
-    async def run(self, asset_ids: Sequence[str], rate_bytes: float) -> AsyncIterator[Checked]:
+    async def run(
+        self, asset_ids: Sequence[str], rate_bytes: float
+    ) -> AsyncGenerator[Checked, None]:
         """Check the named assets (or every AVAILABLE FILE asset), one result each."""
         if len(asset_ids) > MAX_IDS:
             raise InvalidArgument(f"{len(asset_ids)} ids given; the limit is {MAX_IDS}")

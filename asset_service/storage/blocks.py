@@ -117,10 +117,13 @@ async def summed_from(
     """Block sums of bytes stored before they were kept, vouched for by the sha256 their
     record holds: CorruptBytes if they no longer hash to it (never bless changed bytes)."""
     digests = Digests()
-    async for chunk in chunks:
-        await asyncio.to_thread(digests.update, chunk)
-        if pace is not None:
-            await pace(len(chunk))
+    try:
+        async for chunk in chunks:
+            await asyncio.to_thread(digests.update, chunk)
+            if pace is not None:
+                await pace(len(chunk))
+    finally:
+        await _close(chunks)
     actual = digests.sha.hexdigest()
     if actual != sha256:
         raise CorruptBytes(
@@ -132,5 +135,15 @@ async def summed_from(
 
 async def drain(chunks: AsyncIterator[bytes]) -> None:
     """Read a checked stream to its end (its checks raise)."""
-    async for _ in chunks:
-        pass
+    try:
+        async for _ in chunks:
+            pass
+    finally:
+        await _close(chunks)
+
+
+async def _close(chunks: AsyncIterator[bytes]) -> None:
+    """Close a chunk stream now (its open file or connection), not when it is collected."""
+    aclose = getattr(chunks, "aclose", None)
+    if aclose is not None:
+        await aclose()

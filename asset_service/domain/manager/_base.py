@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import (
-    AsyncIterator,
+    AsyncGenerator,
 )
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -109,6 +109,6 @@ def not_pending(asset: Asset, verb: str) -> str:
     return f"asset {asset.id} is {asset.status.value}{detail}; only a PENDING asset can be {verb}"
 
 
-async def chunks_of(data: bytes) -> AsyncIterator[bytes]:
+async def chunks_of(data: bytes) -> AsyncGenerator[bytes, None]:
     for start in range(0, len(data), READ_CHUNK_BYTES):
         yield data[start : start + READ_CHUNK_BYTES]
