@@ -15,6 +15,7 @@ from asset_service.domain.errors import (
     InvalidArgument,
     NotFound,
     PermissionDenied,
+    Unavailable,
 )
 from asset_service.domain.ports import BlobStorage
 from tests.contract.blob_backends import (
@@ -337,3 +338,12 @@ async def test_keys_are_derived_never_raw(blob: BlobBackend) -> None:
             await writer.commit(raw)
         await writer.rollback()
     assert await blob.staged() == 0
+
+
+async def test_ping_answers_while_open_and_is_unavailable_once_closed(blob: BlobBackend) -> None:
+    """The readiness probe's storage check (server.py's health monitor)."""
+    storage = await blob.start()
+    await storage.ping()
+    await storage.close()
+    with pytest.raises(Unavailable):
+        await storage.ping()
