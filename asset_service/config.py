@@ -242,7 +242,8 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "--shutdown-grace",
         type=positive(float),
         default=default("SHUTDOWN_GRACE", "10"),
-        help="on SIGTERM/SIGINT health answers NOT_SERVING at once, and calls in flight get "
+        help="on SIGTERM/SIGINT readiness (health of asset.v1.AssetService) answers "
+        'NOT_SERVING at once while liveness ("") stays SERVING, and calls in flight get '
         "this many seconds to finish while the server still listens (new calls too, until "
         "load balancers notice); then it closes, ending what is left. The process exits "
         "within this plus a few seconds, whatever is stuck [ASSET_SERVICE_SHUTDOWN_GRACE]",
@@ -251,7 +252,8 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "--health-interval",
         type=positive(float),
         default=default("HEALTH_INTERVAL", "2"),
-        help="seconds between database reachability checks behind grpc.health.v1 "
+        help="seconds between the database and storage checks behind readiness (health of "
+        "asset.v1.AssetService; each check gets this long, at least 1 s) "
         "[ASSET_SERVICE_HEALTH_INTERVAL]",
     )
     parser.add_argument(
