@@ -1,4 +1,4 @@
-"""The `asset-service` command: serve (the default), or `token new` to make a bearer token."""
+"""The `asset-service` command: serve (the default), `token new`, or `health` (a probe)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["token"]:
         return token_command(args[1:])
+    if args[:1] == ["health"]:
+        from asset_service import healthcheck
+
+        return healthcheck.main(args[1:], os.environ)
     settings = load_settings(args)
     logging.basicConfig(
         level=settings.log_level,

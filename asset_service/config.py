@@ -185,7 +185,8 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
             "assets inline, a PENDING -> AVAILABLE | FAILED state machine, WatchAsset "
             "streams, chunked uploads and input manifests. Health (grpc.health.v1) is always "
             "open; server reflection lets grpcurl work without .proto files. "
-            "`asset-service token new --help` makes a bearer token."
+            "`asset-service token new --help` makes a bearer token; `asset-service health "
+            "--help` asks a running server whether it is ready (container probes)."
         ),
         epilog=(
             "Every option can also be set by an environment variable, named in brackets; "

@@ -1,0 +1,121 @@
+"""`asset-service health` options: defaults from the server's variables, one-line refusals."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from asset_service import healthcheck
+from asset_service.healthcheck import PREFIX, build_parser, default_address, load_probe
+from tests.pki import CA
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+@pytest.mark.parametrize(
+    ("listen", "address"),
+    [
+        ("", "127.0.0.1:50051"),
+        ("0.0.0.0:7000", "127.0.0.1:7000"),
+        ("[::]:7000", "[::1]:7000"),
+        (":7000", "127.0.0.1:7000"),
+        ("10.1.2.3:7000", "10.1.2.3:7000"),
+    ],
+)
+def test_the_address_is_the_servers_listen_dialled_on_loopback(listen: str, address: str) -> None:
+    env = {"ASSET_SERVICE_LISTEN": listen} if listen else {}
+    assert default_address(env) == address
+    assert load_probe([], env).address == address
+
+
+def test_every_option_has_a_variable_and_a_row_in_the_readme() -> None:
+    table = README.read_text().split("| `asset-service health` flag |", 1)[1].split("\n\n", 1)[0]
+    rows = table.splitlines()
+    for action in build_parser({})._actions:
+        flag = action.option_strings[-1]
+        if flag == "--help":
+            continue
+        name = PREFIX + "HEALTH_" + flag[2:].upper().replace("-", "_")
+        assert f"[{name}]" in (action.help or ""), f"{flag}'s help does not name {name}"
+        row = next((r for r in rows if f"`{flag} " in r or f"`{flag}`" in r), None)
+        assert row is not None, f"{flag} is missing from the README's health table"
+        short = "…_" + name.removeprefix(PREFIX)
+        assert name in row or short in row, f"{flag}'s row does not name {name}"
+
+
+def test_variables_set_every_option_and_flags_win(tmp_path: Path) -> None:
+    ca = CA()
+    ca_file = ca.write(tmp_path / "ca.pem")
+    cert, key = ca.client("probe").write(tmp_path, "probe")
+    env = {
+        "ASSET_SERVICE_HEALTH_ADDRESS": "db-host:1234",
+        "ASSET_SERVICE_HEALTH_SERVICE": "",
+        "ASSET_SERVICE_HEALTH_TIMEOUT": "0.5",
+        "ASSET_SERVICE_HEALTH_TLS_CA": str(ca_file),
+        "ASSET_SERVICE_HEALTH_TLS_SERVER_NAME": "asset.internal",
+        "ASSET_SERVICE_HEALTH_TLS_CERT": str(cert),
+        "ASSET_SERVICE_HEALTH_TLS_KEY": str(key),
+    }
+    probe = load_probe([], env)
+    assert (probe.address, probe.service, probe.timeout) == ("db-host:1234", "", 0.5)
+    assert probe.root_certificates == ca.pem and probe.server_name == "asset.internal"
+    assert probe.client_cert == cert.read_bytes() and probe.client_key == key.read_bytes()
+    flagged = load_probe(["--address", "other:1", "--timeout", "2"], env)
+    assert (flagged.address, flagged.timeout) == ("other:1", 2.0)
+
+
+def test_the_servers_own_certificate_is_trusted_under_its_own_name(tmp_path: Path) -> None:
+    cert, _ = CA().server("x", dns_names=("asset.internal", "b.internal")).write(tmp_path, "s")
+    probe = load_probe([], {"ASSET_SERVICE_TLS_CERT": str(cert)})
+    assert probe.root_certificates == cert.read_bytes()
+    assert probe.server_name == "asset.internal"
+    assert load_probe([], {}).root_certificates is None  # no TLS configured: plaintext
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "message"),
+    [
+        (
+            [],
+            {"ASSET_SERVICE_HEALTH_TIMEOUT": "5s"},
+            "argument --timeout: '5s' (from ASSET_SERVICE_HEALTH_TIMEOUT) is not a number of "
+            "seconds greater than 0, e.g. 5 or 0.5",
+        ),
+        (
+            ["--timeout", "-1"],
+            {},
+            "argument --timeout: '-1' is not a number of seconds greater than 0, e.g. 5 or 0.5",
+        ),
+        (["--timeout", "nan"], {}, "argument --timeout: 'nan' is not a number of seconds"),
+        (
+            [],
+            {"ASSET_SERVICE_HEALTH_ADDRESS": "localhost"},
+            "--address 'localhost' is not HOST:PORT, e.g. 127.0.0.1:50051",
+        ),
+        (
+            ["--tls-ca", "/nonexistent/ca.pem"],
+            {},
+            "cannot read --tls-ca /nonexistent/ca.pem: No such file or directory",
+        ),
+        (
+            ["--tls-ca", "/dev/null", "--tls-cert", "/dev/null"],
+            {},
+            "--tls-cert and --tls-key go together: give both, or neither",
+        ),
+        (
+            ["--tls-server-name", "x"],
+            {},
+            "--tls-cert and --tls-server-name need TLS: give --tls-ca too",
+        ),
+    ],
+)
+def test_a_bad_value_is_one_line_and_exit_2(
+    argv: list[str], env: dict[str, str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        healthcheck.main(argv, env)
+    assert exited.value.code == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"asset-service health: error: {message}")
+    assert line.endswith("(see --help)")
