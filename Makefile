@@ -8,7 +8,7 @@ TOOLS := tools/node_modules/.installed
 ARGS ?=
 PY_SOURCES := asset_service tests scripts bench clients/python
 
-.PHONY: install run test soak ferretdb minio lazyfs generate lint format bench clean
+.PHONY: install run test soak ferretdb minio lazyfs grpcurl generate lint format bench clean
 
 $(STAMP): pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,7 +30,7 @@ run: $(STAMP)
 	$(VENV)/bin/asset-service --import-root "$(CURDIR)/incoming" $(ARGS)
 
 ## test: every test (unit, contract, end to end, grpcurl, buf lint, stubs up to date, lint)
-test: install ferretdb minio lazyfs
+test: install ferretdb minio lazyfs grpcurl
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 ## soak: a long crash loop (300 SIGKILLs under mixed load, each followed by an audit), then
@@ -52,6 +52,10 @@ minio:
 ## a simulated power cut; the power-loss tests)
 lazyfs:
 	bash scripts/install_lazyfs.sh
+
+## grpcurl: build the newest grpcurl into .tools/ (reflection v1; the PyPI one is 1.8.6, v1alpha)
+grpcurl:
+	bash scripts/install_grpcurl.sh
 
 ## generate: regenerate every client's stubs from protos/
 generate: install

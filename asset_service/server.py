@@ -357,9 +357,7 @@ async def start(settings: Settings, store: MetadataStore | None = None) -> Runni
     )
     health_pb2_grpc.add_HealthServicer_to_server(probes.servicer, server)
     if settings.reflection != "off":
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-        )
+        reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME), server)
     await probes.start()
     try:
         port = security.add_port(server)
