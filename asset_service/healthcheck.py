@@ -3,73 +3,103 @@
 from __future__ import annotations
 
 import argparse
-import math
+import dataclasses
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
+
+from asset_service.options import (
+    ADDRESS,
+    DURATION,
+    FILE,
+    TEXT,
+    Kind,
+    OneLineParser,
+    Table,
+    setting,
+)
 
 PROG = "asset-service health"
-PREFIX = "ASSET_SERVICE_"
+SERVER_PREFIX = "ASSET_SERVICE_"
 READINESS = "asset.v1.AssetService"  # probes.READINESS, without importing the stubs first
 DEFAULT_PORT = "50051"
 SERVING, NOT_SERVING = 0, 1
 # Listen addresses that mean "every interface": a probe on the same host dials loopback.
 WILDCARDS = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "[::]": "[::1]", "::": "[::1]"}
+# Empty: the server's own --listen (default_address).
+DIAL: Kind[str] = dataclasses.replace(
+    ADDRESS,
+    parse=lambda text: ADDRESS.parse(text) if text.strip() else "",
+    forms="HOST:PORT, [::1]:PORT or unix:PATH",
+)
 
 
-class _FromEnv(str):
-    """A default read from a variable: a complaint about it names the variable."""
+@dataclass(frozen=True)
+class ProbeSettings:
+    """The probe's options, declared once like the server's (config.py)."""
 
-    variable = ""
+    address: str = setting(
+        DIAL,
+        "",
+        "the server to ask",
+        group="probe",
+        default_doc="ASSET_SERVICE_LISTEN, an any-interface host dialled on loopback; else "
+        "127.0.0.1:50051",
+    )
+    service: str = setting(
+        TEXT,
+        READINESS,
+        "the name to ask about: asset.v1.AssetService for readiness, '' for liveness",
+        group="probe",
+    )
+    timeout: float = setting(
+        DURATION.where(lambda seconds: seconds > 0, "above 0"),
+        "5s",
+        "how long to wait for the answer, connecting included",
+        group="probe",
+    )
+    tls_ca: Path | None = setting(
+        FILE,
+        "",
+        "PEM certificate(s) to trust, and speak TLS (none: plaintext)",
+        group="probe",
+        default_doc="ASSET_SERVICE_TLS_CERT: the server's own certificate, trusted as it is",
+    )
+    tls_server_name: str = setting(
+        TEXT,
+        "",
+        "the name the server's certificate must hold",
+        group="probe",
+        default_doc="with the server's own certificate, its first DNS name; else the "
+        "address's host",
+    )
+    tls_cert: Path | None = setting(
+        FILE,
+        "",
+        "PEM client certificate, for a server that requires one (--tls-client-ca)",
+        group="probe",
+    )
+    tls_key: Path | None = setting(FILE, "", "PEM private key of --tls-cert", group="probe")
 
 
-def _seconds(text: str) -> float:
-    source = f" (from {text.variable})" if isinstance(text, _FromEnv) else ""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(
-            f"{text!r}{source} is not a number of seconds greater than 0, e.g. 5 or 0.5"
-        )
-    return value
+TABLE = Table(
+    ProbeSettings,
+    env_prefix=SERVER_PREFIX + "HEALTH_",
+    groups={"probe": "what to ask, and how to reach it"},
+)
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        """One line and exit 2, like the server's own options."""
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
-def default_address(env: Mapping[str, str]) -> str:
-    """The server's --listen (ASSET_SERVICE_LISTEN) as a probe on its host dials it."""
-    listen = env.get(PREFIX + "LISTEN", "")
-    if not listen:
-        return f"127.0.0.1:{DEFAULT_PORT}"
-    host, _, port = listen.rpartition(":")
-    return f"{WILDCARDS.get(host, host)}:{port or DEFAULT_PORT}"
-
-
-def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
-    def default(name: str, fallback: str) -> str:
-        raw = env.get(PREFIX + name)
-        if raw is None:
-            return fallback
-        value = _FromEnv(raw)
-        value.variable = PREFIX + name
-        return value
-
-    parser = _Parser(
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(
         prog=PROG,
         description=(
             "Ask a running asset-service for its health (grpc.health.v1 Check), as a container "
             "HEALTHCHECK or a Kubernetes exec probe does: exit 0 when it answers SERVING; 1 "
             "when it answers NOT_SERVING, does not know the service, or cannot be reached in "
-            "time, with one line on stderr saying which. Run beside the server, it needs no "
-            "flags: the defaults come from the server's own ASSET_SERVICE_* variables."
+            "time, with one line on stderr saying which; 2 for a bad option. Run beside the "
+            "server, it needs no flags: the defaults come from the server's own "
+            "ASSET_SERVICE_* variables."
         ),
         epilog=(
             "Every option can also be set by the environment variable in brackets; a flag "
@@ -78,58 +108,19 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
             "calls (README: Probes)."
         ),
     )
-    parser.add_argument(
-        "--address",
-        default=default("HEALTH_ADDRESS", default_address(env)),
-        metavar="HOST:PORT",
-        help="the server to ask (default: ASSET_SERVICE_LISTEN, an any-interface host "
-        "replaced by loopback, here %(default)s) [ASSET_SERVICE_HEALTH_ADDRESS]",
-    )
-    parser.add_argument(
-        "--service",
-        default=default("HEALTH_SERVICE", READINESS),
-        metavar="NAME",
-        help="the name to ask about: asset.v1.AssetService for readiness (the default), '' "
-        "for liveness [ASSET_SERVICE_HEALTH_SERVICE]",
-    )
-    parser.add_argument(
-        "--timeout",
-        type=_seconds,
-        default=default("HEALTH_TIMEOUT", "5"),
-        metavar="SECONDS",
-        help="how long to wait for the answer, connecting included (default: 5) "
-        "[ASSET_SERVICE_HEALTH_TIMEOUT]",
-    )
-    parser.add_argument(
-        "--tls-ca",
-        default=default("HEALTH_TLS_CA", env.get(PREFIX + "TLS_CERT", "")),
-        metavar="FILE",
-        help="PEM certificate(s) to trust, and speak TLS (default: the server's own "
-        "--tls-cert, ASSET_SERVICE_TLS_CERT, trusted as it is; none: plaintext) "
-        "[ASSET_SERVICE_HEALTH_TLS_CA]",
-    )
-    parser.add_argument(
-        "--tls-server-name",
-        default=default("HEALTH_TLS_SERVER_NAME", ""),
-        metavar="NAME",
-        help="the name the server's certificate must hold (default: the first DNS name of "
-        "the certificate when it is the server's own, else the address's host) "
-        "[ASSET_SERVICE_HEALTH_TLS_SERVER_NAME]",
-    )
-    parser.add_argument(
-        "--tls-cert",
-        default=default("HEALTH_TLS_CERT", ""),
-        metavar="FILE",
-        help="PEM client certificate, for a server that requires one (--tls-client-ca) "
-        "[ASSET_SERVICE_HEALTH_TLS_CERT]",
-    )
-    parser.add_argument(
-        "--tls-key",
-        default=default("HEALTH_TLS_KEY", ""),
-        metavar="FILE",
-        help="PEM private key of --tls-cert [ASSET_SERVICE_HEALTH_TLS_KEY]",
-    )
+    TABLE.add_arguments(parser)
     return parser
+
+
+def default_address(env: Mapping[str, str]) -> str:
+    """The server's --listen (ASSET_SERVICE_LISTEN) as a probe on its host dials it."""
+    listen = env.get(SERVER_PREFIX + "LISTEN", "").strip()
+    if not listen:
+        return f"127.0.0.1:{DEFAULT_PORT}"
+    if listen.startswith("unix"):
+        return listen
+    host, _, port = listen.rpartition(":")
+    return f"{WILDCARDS.get(host, host)}:{port or DEFAULT_PORT}"
 
 
 @dataclass(frozen=True)
@@ -143,9 +134,9 @@ class Probe:
     client_key: bytes | None = None
 
 
-def _read(parser: argparse.ArgumentParser, flag: str, path: str) -> bytes:
+def _read(parser: argparse.ArgumentParser, flag: str, path: Path) -> bytes:
     try:
-        return Path(path).read_bytes()
+        return path.read_bytes()
     except OSError as exc:
         parser.error(f"cannot read {flag} {path}: {exc.strerror}")
 
@@ -163,31 +154,31 @@ def _first_dns_name(pem: bytes) -> str:
 
 
 def load_probe(argv: Sequence[str], env: Mapping[str, str]) -> Probe:
-    parser = build_parser(env)
-    args = parser.parse_args(argv)
-    host, sep, port = args.address.rpartition(":")
-    if not sep or not host or not port.isdigit():
-        parser.error(f"--address {args.address!r} is not HOST:PORT, e.g. 127.0.0.1:50051")
-    if bool(args.tls_cert) != bool(args.tls_key):
+    parser = build_parser()
+    given = TABLE.load(parser, argv, env).settings
+    address = given.address or default_address(env)
+    if (given.tls_cert is None) != (given.tls_key is None):
         parser.error("--tls-cert and --tls-key go together: give both, or neither")
-    if (args.tls_cert or args.tls_server_name) and not args.tls_ca:
-        parser.error("--tls-cert and --tls-server-name need TLS: give --tls-ca too")
-    if not args.tls_ca:
-        return Probe(args.address, args.service, args.timeout)
-    roots = _read(parser, "--tls-ca", args.tls_ca)
-    server_name = args.tls_server_name
-    if not server_name and args.tls_ca == env.get(PREFIX + "TLS_CERT"):
+    server_cert = env.get(SERVER_PREFIX + "TLS_CERT", "")
+    ca = given.tls_ca or (Path(server_cert).expanduser().resolve() if server_cert else None)
+    if ca is None:
+        if given.tls_cert or given.tls_server_name:
+            parser.error("--tls-cert and --tls-server-name need TLS: give --tls-ca too")
+        return Probe(address, given.service, given.timeout)
+    roots = _read(parser, "--tls-ca", ca)
+    server_name = given.tls_server_name
+    if not server_name and given.tls_ca is None:
         # The server's own certificate, trusted as it is: the name it holds is the one
         # to expect, whatever address reaches it.
         server_name = _first_dns_name(roots)
     return Probe(
-        args.address,
-        args.service,
-        args.timeout,
+        address,
+        given.service,
+        given.timeout,
         roots,
         server_name,
-        _read(parser, "--tls-cert", args.tls_cert) if args.tls_cert else None,
-        _read(parser, "--tls-key", args.tls_key) if args.tls_key else None,
+        _read(parser, "--tls-cert", given.tls_cert) if given.tls_cert else None,
+        _read(parser, "--tls-key", given.tls_key) if given.tls_key else None,
     )
 
 

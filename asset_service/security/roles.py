@@ -77,6 +77,8 @@ RULES: dict[str, Rule] = {
     _S + "RegisterFile": Rule(Role.ORCHESTRATOR, audited=True),
     _S + "MintTaskToken": Rule(Role.ORCHESTRATOR, audited=True),
     _S + "DeleteAsset": Rule(Role.ADMIN, audited=True),
+    # Reads stored bytes at the caller's rate and may mark assets corrupt.
+    _S + "ScrubAssets": Rule(Role.ADMIN, audited=True),
     # With --reflection open the interceptor lets them through without credentials.
     **{method: Rule(Role.READER) for method in REFLECTION_METHODS},
     HEALTH_SERVICE: Rule(None),
