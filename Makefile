@@ -8,7 +8,7 @@ TOOLS := tools/node_modules/.installed
 ARGS ?=
 PY_SOURCES := asset_service tests scripts bench clients/python
 
-.PHONY: install run test soak ferretdb minio lazyfs grpcurl generate lint format bench clean
+.PHONY: install run test soak ferretdb minio lazyfs grpcurl generate contract-baseline lint format bench clean
 
 $(STAMP): pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -65,13 +65,20 @@ generate: install
 	bash scripts/gen_clients.sh
 	$(PY) scripts/gen_settings_doc.py
 
-## lint: ruff, mypy --strict, import-linter (layering), buf lint
+## contract-baseline: at a release of asset.v1 only, make the current contract the one that
+## `buf breaking` (make lint, make test) compares against; commit it with the release
+contract-baseline: $(TOOLS)
+	tools/node_modules/.bin/buf build --exclude-source-info -o protos/asset/v1/released.binpb
+
+## lint: ruff, mypy --strict, import-linter (layering), buf lint, buf breaking (against the
+## released contract)
 lint: install
 	$(VENV)/bin/ruff check $(PY_SOURCES)
 	$(VENV)/bin/ruff format --check $(PY_SOURCES)
 	$(VENV)/bin/mypy asset_service clients/python/asset_client
 	$(VENV)/bin/lint-imports
 	tools/node_modules/.bin/buf lint
+	tools/node_modules/.bin/buf breaking --against protos/asset/v1/released.binpb
 
 format: install
 	$(VENV)/bin/ruff format $(PY_SOURCES)
