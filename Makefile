@@ -8,7 +8,7 @@ TOOLS := tools/node_modules/.installed
 ARGS ?=
 PY_SOURCES := asset_service tests scripts bench clients/python
 
-.PHONY: install run test soak ferretdb minio lazyfs grpcurl generate contract-baseline lint format bench clean
+.PHONY: install run test soak ferretdb minio lazyfs grpcurl generate contract-baseline lock lint format bench clean
 
 $(STAMP): pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -70,8 +70,13 @@ generate: install
 contract-baseline: $(TOOLS)
 	tools/node_modules/.bin/buf build --exclude-source-info -o protos/asset/v1/released.binpb
 
+## lock: re-resolve requirements.lock (the server's dependencies, pinned with hashes, which
+## the Dockerfile installs) from pyproject.toml; review the diff like code
+lock: install
+	PY=$(PY) bash scripts/lock_requirements.sh
+
 ## lint: ruff, mypy --strict, import-linter (layering), buf lint, buf breaking (against the
-## released contract)
+## released contract), hadolint (the Dockerfile)
 lint: install
 	$(VENV)/bin/ruff check $(PY_SOURCES)
 	$(VENV)/bin/ruff format --check $(PY_SOURCES)
@@ -79,6 +84,7 @@ lint: install
 	$(VENV)/bin/lint-imports
 	tools/node_modules/.bin/buf lint
 	tools/node_modules/.bin/buf breaking --against protos/asset/v1/released.binpb
+	$(VENV)/bin/hadolint Dockerfile
 
 format: install
 	$(VENV)/bin/ruff format $(PY_SOURCES)
