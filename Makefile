@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+RUN_STAMP := $(VENV)/.runtime
 TOOLS := tools/node_modules/.installed
 ARGS ?=
 PY_SOURCES := asset_service tests scripts bench clients/python
@@ -15,6 +16,17 @@ $(STAMP): pyproject.toml clients/python/pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
 	$(PY) -m pip install --quiet -e clients/python
+	touch $@ $(RUN_STAMP)
+
+# What `make run` needs and nothing more: the server's dependencies exactly as locked (the
+# Dockerfile's versions and hashes), then the server itself, editable; no dev or test tool.
+# pip's own lines ("Collecting ...") show the progress.
+$(RUN_STAMP): pyproject.toml requirements.lock
+	@echo "make run: installing the server and its dependencies into $(VENV)" \
+	  "(the first time only: about a minute, README: Two commands)"
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --require-hashes -r requirements.lock
+	$(PY) -m pip install --no-deps -e .
 	touch $@
 
 $(TOOLS): tools/package.json tools/package-lock.json
@@ -25,8 +37,9 @@ install: $(STAMP) $(TOOLS)
 
 ## run: serve on 127.0.0.1:50051 with data under ./data, server-side paths allowed
 ## under ./incoming (pass more flags with ARGS="...")
-run: $(STAMP)
-	mkdir -p incoming
+run: $(RUN_STAMP)
+	@mkdir -p incoming
+	@echo "make run: starting asset-service (Ctrl-C stops it; more flags: make run ARGS=...)"
 	$(VENV)/bin/asset-service --import-root "$(CURDIR)/incoming" $(ARGS)
 
 ## test: every test (unit, contract, end to end, grpcurl, buf lint, stubs up to date, lint)
