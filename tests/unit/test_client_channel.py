@@ -21,8 +21,6 @@ from google.rpc import error_details_pb2, status_pb2
 from asset_service._proto.asset.v1 import asset_service_pb2 as server_pb
 from asset_service._proto.asset.v1 import asset_service_pb2_grpc as server_pb_grpc
 
-UNSET = object()
-
 
 def resolve(env: dict[str, str], **given: object) -> _channel.Settings:
     args: dict[str, object] = {
@@ -35,11 +33,10 @@ def resolve(env: dict[str, str], **given: object) -> _channel.Settings:
     }
     args.update(given)
     target = args.pop("target", None)
-    timeout = args.pop("timeout", UNSET)
+    timeout = args.pop("timeout", _channel.UNSET)
     return _channel.resolve(
         target,  # type: ignore[arg-type]
         timeout,
-        unset=UNSET,
         environ=env,
         **args,  # type: ignore[arg-type]
     )

@@ -25,6 +25,9 @@ ENV_CLIENT_CERT = "ASSET_SERVICE_CLIENT_CERT"
 ENV_CLIENT_KEY = "ASSET_SERVICE_CLIENT_KEY"
 ENV_TIMEOUT = "ASSET_SERVICE_TIMEOUT"
 
+# An argument not given (None is a value: timeout=None means no deadline).
+UNSET: Any = object()
+
 DEFAULT_TARGET = "127.0.0.1:50051"
 DEFAULT_TIMEOUT = 30.0
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
@@ -247,20 +250,19 @@ def resolve(
     certificate_chain: bytes | None,
     private_key: bytes | None,
     token: str | TokenSource | None,
-    unset: object,
     own_channel: bool = True,
     environ: Mapping[str, str] | None = None,
 ) -> Settings:
     """Each setting from its argument, or else from its ASSET_SERVICE_* variable.
 
-    `timeout` is `unset` when not given (None means no deadline). Given `credentials`,
+    `timeout` is UNSET when not given (None means no deadline). Given `credentials`,
     the TLS variables are not read (they would contradict them), but a token still is.
     Without `own_channel` (the caller brings a channel) no credentials are made.
     """
     env = os.environ if environ is None else environ
     target = target or _env(env, ENV_ADDR) or DEFAULT_TARGET
     chosen: float | None
-    if timeout is unset:
+    if timeout is UNSET:
         chosen = _env_timeout(env)
     else:
         assert timeout is None or isinstance(timeout, int | float)

@@ -260,7 +260,6 @@ class Cursor:
         self.revision = after_revision
         self.deadline = Deadline(timeout)
         self.delivered = 0  # events delivered by the stream open now
-        self.resumptions = 0
 
     def pin_request(self) -> pb.ListAssetsRequest | None:
         """A listing whose revision the watch must start after, or None (already known)."""
@@ -287,10 +286,7 @@ class Cursor:
         if not isinstance(err, UnavailableError) or not self.delivered:
             return False
         remaining = self.deadline.remaining()
-        if remaining is not None and remaining <= 0:
-            return False
-        self.resumptions += 1
-        return True
+        return remaining is None or remaining > 0
 
 
 class WatchCursor(Cursor):

@@ -52,7 +52,7 @@ log = logging.getLogger(__name__)
 
 Resp = TypeVar("Resp")
 
-_UNSET: Any = object()
+_UNSET: Any = _channel.UNSET
 
 
 class AsyncAssetClient:
@@ -101,7 +101,6 @@ class AsyncAssetClient:
             certificate_chain=certificate_chain,
             private_key=private_key,
             token=token,
-            unset=_UNSET,
             own_channel=channel is None,
         )
         self.target = settings.target

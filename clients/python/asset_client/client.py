@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 
 Resp = TypeVar("Resp")
 
-_UNSET: Any = object()
+_UNSET: Any = _channel.UNSET
 
 
 class AssetClient:
@@ -94,7 +94,6 @@ class AssetClient:
             certificate_chain=certificate_chain,
             private_key=private_key,
             token=token,
-            unset=_UNSET,
             own_channel=channel is None,
         )
         self.target = settings.target
