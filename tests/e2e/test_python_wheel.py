@@ -268,8 +268,9 @@ def test_orchestrator_and_worker_from_the_wheel_survive_a_server_restart(
     # nothing listened, is answered once the server is back, within its deadline.
     assert restart["without_retries"][0] == "UNAVAILABLE"
     assert restart["without_retries"][1] < 1.0
-    assert restart["get"].get("asset") == ids["video"], restart["get"]
-    assert 1.5 <= restart["get"]["seconds"] < 40, (restart["get"], downtime)
+    for client in ("get", "get_async"):  # AssetClient, AsyncAssetClient
+        assert restart[client].get("asset") == ids["video"], restart[client]
+        assert 1.5 <= restart[client]["seconds"] < 40, (restart[client], downtime)
     # The watch was cut, resumed by the client, and saw the fulfilment made after the restart.
     late = restart["late"]
     assert restart["watch_error"] is None and restart["watch_ended"]

@@ -10,6 +10,7 @@ server in the middle of a watch; its last line is "RESULT <json>" for the test t
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import importlib.util
 import json
@@ -24,6 +25,7 @@ from typing import Any
 from asset_client import (
     AssetClient,
     AssetType,
+    AsyncAssetClient,
     UnavailableError,
     Value,
     WatchEvent,
@@ -146,6 +148,7 @@ def restart_mid_watch(orchestrator: AssetClient, video_id: str) -> dict[str, Any
             without = ["UNAVAILABLE", time.monotonic() - started]
 
     got: dict[str, Any] = {}
+    got_async: dict[str, Any] = {}
 
     def get() -> None:
         started = time.monotonic()
@@ -155,16 +158,31 @@ def restart_mid_watch(orchestrator: AssetClient, video_id: str) -> dict[str, Any
             got["error"] = repr(exc)
         got["seconds"] = time.monotonic() - started
 
-    call = threading.Thread(target=get, daemon=True)
-    call.start()
+    async def get_async() -> None:  # the asyncio client's channel has the same retries
+        started = time.monotonic()
+        try:
+            async with AsyncAssetClient() as client:
+                got_async["asset"] = (await client.get(video_id)).id
+        except Exception as exc:
+            got_async["error"] = repr(exc)
+        got_async["seconds"] = time.monotonic() - started
+
+    calls = [
+        threading.Thread(target=get, daemon=True),
+        threading.Thread(target=asyncio.run, args=(get_async(),), daemon=True),
+    ]
+    for call in calls:
+        call.start()
     say("CALLED")
     expect("UP")
-    call.join(WAIT)
+    for call in calls:
+        call.join(WAIT)
     fulfilled = orchestrator.fulfill(late.id, value="late but here")
     watch.join(WAIT)
     return {
         "without_retries": without,
         "get": got,
+        "get_async": got_async,
         "fulfilled_revision": fulfilled.revision,
         "watch": watch.brief(),
         "watch_value": None if not watch.events else str(watch.events[-1].asset.value),
