@@ -29,6 +29,7 @@ from asset_service.options import (
     DURATION,
     FILE,
     GROUP,
+    NUMBER,
     REGION,
     SIZE,
     WHOLE_SECONDS,
@@ -174,6 +175,28 @@ class Settings:
         "10GiB",
         "with an object store: local copies of manifest inputs kept (least recently used go first)",
         group="storage",
+    )
+    # 8 MiB/s: a store of ~650 GiB is scrubbed once a day, at a few percent of a disk's
+    # bandwidth (an HDD reads 150+ MiB/s) and of one core (crc32c runs at GB/s); an
+    # operator with more data or idle disks raises it, one sharing a bucket with other
+    # servers leaves it on in one of them only.
+    scrub_rate_mib: float = setting(
+        NUMBER,
+        "8",
+        "MiB per second the background scrub re-reads stored FILE bytes at most, checking "
+        "each block's checksum; corrupt assets are logged, marked (corrupt_reason) and "
+        "refused with DATA_LOSS; 0 turns it off (the admin RPC ScrubAssets still checks on "
+        "demand)",
+        group="storage",
+        flag="--scrub-rate",
+    )
+    scrub_interval_seconds: float = setting(
+        INTERVAL,
+        "1d",
+        "time from the start of one background scrub pass to the next (a pass that takes "
+        "longer is followed at once); the first starts this long after start-up, at most 5m",
+        group="storage",
+        flag="--scrub-interval",
     )
     disk_reserve_bytes: int = setting(
         RESERVE,

@@ -132,6 +132,14 @@ def parse_count(text: str) -> int:
         raise ArgumentTypeError(f"{text!r} is not a whole number") from None
 
 
+def parse_number(text: str) -> float:
+    """'8', '2.5' -> a finite number of 0 or more."""
+    stripped = text.strip()
+    if not _NUMBER.fullmatch(stripped):
+        raise ArgumentTypeError(f"{text!r} is not a number of 0 or more")
+    return float(stripped)
+
+
 def parse_group(text: str) -> int | None:
     """A group name or number (empty: none) -> its gid."""
     text = text.strip()
@@ -265,6 +273,9 @@ SIZE = Kind(
     "SIZE",
 )
 COUNT = Kind("count", parse_count, "a whole number", metavar="N")
+NUMBER = Kind(
+    "number", parse_number, "a number of 0 or more like 8 or 2.5", lambda n: f"{n:g}", "N"
+)
 ADDRESS = Kind(
     "address", _address, "HOST:PORT (port 0 picks one), [::1]:PORT or unix:PATH", str, "HOST:PORT"
 )

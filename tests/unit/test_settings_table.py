@@ -48,6 +48,7 @@ SAMPLES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "file": ("server.pem", "/etc/asset/server.pem", ("/",)),
     "folder": ("/srv/assets", "relative/data", ("", "  ")),
     "group": ("0", "12345", ("no-such-group-anywhere",)),
+    "number": ("0", "2.5", ("-1", "nan", "inf", "fast", "1e3")),
     "region": ("eu-west-3", "us-east-1", ("us east 1", "a/b")),
     "several folders": ("/srv/in", "incoming", ()),  # an empty item is skipped
     "size": ("0", "1.5GiB", ("ten gigs", "-1", "1.3b", "5 parsecs")),
