@@ -51,6 +51,7 @@ RETRIED: Mapping[str, str] = {
     "FulfillAsset": "the server answers an identical fulfilment with the same asset",
     "FailAsset": "the server answers an identical failure (same reason) with the same asset",
     "MintTaskToken": "signs another token; the server stores nothing",
+    "ScrubAssets": "checks the same bytes again, until its first result",
 }
 # The calls gRPC never retries, and why.
 NOT_RETRIED: Mapping[str, str] = {
