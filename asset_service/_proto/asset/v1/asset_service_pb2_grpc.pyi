@@ -52,6 +52,9 @@ class AssetServiceStub:
     every following one a chunk of bytes. The asset exists only once all
     bytes are safely on disk; a failed or cancelled upload leaves nothing.
     With header.pending_asset_id set, the upload fulfills that PENDING asset.
+    With header.upload_id the upload is resumable: a stream that is cut keeps
+    what the server made durable, and a later stream with the same upload_id
+    continues from QueryUpload's committed_bytes (header.write_offset).
     """
     RegisterFile: _grpc.UnaryUnaryMultiCallable[_asset_service_pb2.RegisterFileRequest, _asset_service_pb2.RegisterFileResponse]
     """RegisterFile adopts a file already on the server (under an import root;
@@ -100,6 +103,11 @@ class AssetServiceStub:
     fulfill, fail or upload only that task's promises and read only the named
     inputs and the task's own outputs (docs/security.md). Orchestrator role.
     """
+    QueryUpload: _grpc.UnaryUnaryMultiCallable[_asset_service_pb2.QueryUploadRequest, _asset_service_pb2.QueryUploadResponse]
+    """QueryUpload says how much of a resumable upload the server holds durably,
+    to resume it after a cut. Same role as UploadAsset; a task token sees only
+    the uploads it started (any other upload_id is NOT_FOUND).
+    """
 
 @_typing.type_check_only
 class AssetServiceAsyncStub(AssetServiceStub):
@@ -111,6 +119,9 @@ class AssetServiceAsyncStub(AssetServiceStub):
     every following one a chunk of bytes. The asset exists only once all
     bytes are safely on disk; a failed or cancelled upload leaves nothing.
     With header.pending_asset_id set, the upload fulfills that PENDING asset.
+    With header.upload_id the upload is resumable: a stream that is cut keeps
+    what the server made durable, and a later stream with the same upload_id
+    continues from QueryUpload's committed_bytes (header.write_offset).
     """
     RegisterFile: _aio.UnaryUnaryMultiCallable[_asset_service_pb2.RegisterFileRequest, _asset_service_pb2.RegisterFileResponse]  # type: ignore[assignment]
     """RegisterFile adopts a file already on the server (under an import root;
@@ -159,6 +170,11 @@ class AssetServiceAsyncStub(AssetServiceStub):
     fulfill, fail or upload only that task's promises and read only the named
     inputs and the task's own outputs (docs/security.md). Orchestrator role.
     """
+    QueryUpload: _aio.UnaryUnaryMultiCallable[_asset_service_pb2.QueryUploadRequest, _asset_service_pb2.QueryUploadResponse]  # type: ignore[assignment]
+    """QueryUpload says how much of a resumable upload the server holds durably,
+    to resume it after a cut. Same role as UploadAsset; a task token sees only
+    the uploads it started (any other upload_id is NOT_FOUND).
+    """
 
 class AssetServiceServicer(metaclass=_abc_1.ABCMeta):
     """AssetService stores, tracks and serves the assets of a task pipeline."""
@@ -173,6 +189,9 @@ class AssetServiceServicer(metaclass=_abc_1.ABCMeta):
         every following one a chunk of bytes. The asset exists only once all
         bytes are safely on disk; a failed or cancelled upload leaves nothing.
         With header.pending_asset_id set, the upload fulfills that PENDING asset.
+        With header.upload_id the upload is resumable: a stream that is cut keeps
+        what the server made durable, and a later stream with the same upload_id
+        continues from QueryUpload's committed_bytes (header.write_offset).
         """
 
     @_abc_1.abstractmethod
@@ -304,6 +323,17 @@ class AssetServiceServicer(metaclass=_abc_1.ABCMeta):
         """MintTaskToken issues a short-lived bearer token scoped to one task: it may
         fulfill, fail or upload only that task's promises and read only the named
         inputs and the task's own outputs (docs/security.md). Orchestrator role.
+        """
+
+    @_abc_1.abstractmethod
+    def QueryUpload(
+        self,
+        request: _asset_service_pb2.QueryUploadRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_asset_service_pb2.QueryUploadResponse, _abc.Awaitable[_asset_service_pb2.QueryUploadResponse]]:
+        """QueryUpload says how much of a resumable upload the server holds durably,
+        to resume it after a cut. Same role as UploadAsset; a task token sees only
+        the uploads it started (any other upload_id is NOT_FOUND).
         """
 
 def add_AssetServiceServicer_to_server(servicer: AssetServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

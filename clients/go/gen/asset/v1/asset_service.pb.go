@@ -525,8 +525,27 @@ type UploadHeader struct {
 	// If set, the upload fulfills this PENDING FILE asset (refused once its
 	// lease has run out, like FulfillAsset).
 	PendingAssetId string `protobuf:"bytes,6,opt,name=pending_asset_id,json=pendingAssetId,proto3" json:"pending_asset_id,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// Makes the upload resumable: an id the client chooses for it (e.g. a UUID;
+	// 8 to 64 of [A-Za-z0-9_-]), the same on every stream of this upload. A
+	// stream that is cut (cancel, dropped connection, deadline, server stop)
+	// keeps what the server made durable, until the upload expires
+	// (--upload-session-ttl after its last stream ended). Without it an upload
+	// that is cut leaves nothing and starts again from zero.
+	// A new upload_id with write_offset 0 starts the upload and fixes fields 1-6;
+	// a later stream repeats them or leaves them empty (a different value is
+	// INVALID_ARGUMENT naming the field). Half-closing a stream completes the
+	// upload: size and sha256 are checked over the whole file (every stream).
+	// A second stream while one is open is ABORTED; an unknown or expired
+	// upload_id with write_offset > 0 is NOT_FOUND (start again from 0 with a
+	// new upload_id). A stream of an upload that already completed answers its
+	// asset again, storing nothing twice.
+	UploadId string `protobuf:"bytes,7,opt,name=upload_id,json=uploadId,proto3" json:"upload_id,omitempty"`
+	// Where this stream's first chunk starts in the file: 0 for the first
+	// stream, else QueryUpload's committed_bytes (any other offset is
+	// FAILED_PRECONDITION "resume at committed_bytes=N"). Only with upload_id.
+	WriteOffset   int64 `protobuf:"varint,8,opt,name=write_offset,json=writeOffset,proto3" json:"write_offset,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *UploadHeader) Reset() {
@@ -599,6 +618,20 @@ func (x *UploadHeader) GetPendingAssetId() string {
 		return x.PendingAssetId
 	}
 	return ""
+}
+
+func (x *UploadHeader) GetUploadId() string {
+	if x != nil {
+		return x.UploadId
+	}
+	return ""
+}
+
+func (x *UploadHeader) GetWriteOffset() int64 {
+	if x != nil {
+		return x.WriteOffset
+	}
+	return 0
 }
 
 // UploadAssetRequest is one message of an upload: the header first, then chunks.
@@ -2480,6 +2513,124 @@ func (x *MintTaskTokenResponse) GetExpiresAt() *timestamppb.Timestamp {
 	return nil
 }
 
+// QueryUploadRequest names a resumable upload.
+type QueryUploadRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The header.upload_id its streams carry.
+	UploadId      string `protobuf:"bytes,1,opt,name=upload_id,json=uploadId,proto3" json:"upload_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *QueryUploadRequest) Reset() {
+	*x = QueryUploadRequest{}
+	mi := &file_asset_v1_asset_service_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *QueryUploadRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*QueryUploadRequest) ProtoMessage() {}
+
+func (x *QueryUploadRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_asset_v1_asset_service_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use QueryUploadRequest.ProtoReflect.Descriptor instead.
+func (*QueryUploadRequest) Descriptor() ([]byte, []int) {
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *QueryUploadRequest) GetUploadId() string {
+	if x != nil {
+		return x.UploadId
+	}
+	return ""
+}
+
+// QueryUploadResponse says where a resumable upload stands.
+type QueryUploadResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Bytes of the upload the server holds durably: the next stream sends from
+	// here (header.write_offset). On a local disk, what was fsynced (at the end
+	// of every stream, however it ended, and every few MiB while streaming); on
+	// an object store, the sum of the completed multipart parts, so the tail of
+	// a cut stream that did not fill a part (5 MiB or more) is lost and sent
+	// again. After a server crash it may be lower than what the client sent.
+	CommittedBytes int64 `protobuf:"varint,1,opt,name=committed_bytes,json=committedBytes,proto3" json:"committed_bytes,omitempty"`
+	// Set once the upload completed: the asset it made. Resuming a completed
+	// upload (a stream with this upload_id) answers this asset again, storing
+	// nothing twice.
+	Asset *Asset `protobuf:"bytes,2,opt,name=asset,proto3" json:"asset,omitempty"`
+	// When an unfinished upload is removed with everything it staged, unless
+	// resumed before (--upload-session-ttl after its last stream ended).
+	ExpireTime    *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=expire_time,json=expireTime,proto3" json:"expire_time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *QueryUploadResponse) Reset() {
+	*x = QueryUploadResponse{}
+	mi := &file_asset_v1_asset_service_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *QueryUploadResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*QueryUploadResponse) ProtoMessage() {}
+
+func (x *QueryUploadResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_asset_v1_asset_service_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use QueryUploadResponse.ProtoReflect.Descriptor instead.
+func (*QueryUploadResponse) Descriptor() ([]byte, []int) {
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *QueryUploadResponse) GetCommittedBytes() int64 {
+	if x != nil {
+		return x.CommittedBytes
+	}
+	return 0
+}
+
+func (x *QueryUploadResponse) GetAsset() *Asset {
+	if x != nil {
+		return x.Asset
+	}
+	return nil
+}
+
+func (x *QueryUploadResponse) GetExpireTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExpireTime
+	}
+	return nil
+}
+
 var File_asset_v1_asset_service_proto protoreflect.FileDescriptor
 
 const file_asset_v1_asset_service_proto_rawDesc = "" +
@@ -2516,7 +2667,7 @@ const file_asset_v1_asset_service_proto_rawDesc = "" +
 	"\n" +
 	"updated_by\x18\x11 \x01(\tR\tupdatedBy\x12#\n" +
 	"\rlease_seconds\x18\x12 \x01(\rR\fleaseSeconds\x12F\n" +
-	"\x11lease_expire_time\x18\x13 \x01(\v2\x1a.google.protobuf.TimestampR\x0fleaseExpireTime\"\xf7\x01\n" +
+	"\x11lease_expire_time\x18\x13 \x01(\v2\x1a.google.protobuf.TimestampR\x0fleaseExpireTime\"\xb7\x02\n" +
 	"\fUploadHeader\x12\x14\n" +
 	"\x05label\x18\x01 \x01(\tR\x05label\x12\x1d\n" +
 	"\n" +
@@ -2524,7 +2675,9 @@ const file_asset_v1_asset_service_proto_rawDesc = "" +
 	"\x04tags\x18\x03 \x03(\tR\x04tags\x123\n" +
 	"\x13expected_size_bytes\x18\x04 \x01(\x03H\x00R\x11expectedSizeBytes\x88\x01\x01\x12'\n" +
 	"\x0fexpected_sha256\x18\x05 \x01(\tR\x0eexpectedSha256\x12(\n" +
-	"\x10pending_asset_id\x18\x06 \x01(\tR\x0ependingAssetIdB\x16\n" +
+	"\x10pending_asset_id\x18\x06 \x01(\tR\x0ependingAssetId\x12\x1b\n" +
+	"\tupload_id\x18\a \x01(\tR\buploadId\x12!\n" +
+	"\fwrite_offset\x18\b \x01(\x03R\vwriteOffsetB\x16\n" +
 	"\x14_expected_size_bytes\"i\n" +
 	"\x12UploadAssetRequest\x120\n" +
 	"\x06header\x18\x01 \x01(\v2\x16.asset.v1.UploadHeaderH\x00R\x06header\x12\x16\n" +
@@ -2646,7 +2799,14 @@ const file_asset_v1_asset_service_proto_rawDesc = "" +
 	"\x15MintTaskTokenResponse\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x129\n" +
 	"\n" +
-	"expires_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt*z\n" +
+	"expires_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\"1\n" +
+	"\x12QueryUploadRequest\x12\x1b\n" +
+	"\tupload_id\x18\x01 \x01(\tR\buploadId\"\xa2\x01\n" +
+	"\x13QueryUploadResponse\x12'\n" +
+	"\x0fcommitted_bytes\x18\x01 \x01(\x03R\x0ecommittedBytes\x12%\n" +
+	"\x05asset\x18\x02 \x01(\v2\x0f.asset.v1.AssetR\x05asset\x12;\n" +
+	"\vexpire_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"expireTime*z\n" +
 	"\vAssetStatus\x12\x1c\n" +
 	"\x18ASSET_STATUS_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14ASSET_STATUS_PENDING\x10\x01\x12\x1a\n" +
@@ -2660,7 +2820,7 @@ const file_asset_v1_asset_service_proto_rawDesc = "" +
 	"\x1cWATCH_EVENT_TYPE_UNSPECIFIED\x10\x00\x12\x1d\n" +
 	"\x19WATCH_EVENT_TYPE_SNAPSHOT\x10\x01\x12\x1c\n" +
 	"\x18WATCH_EVENT_TYPE_CHANGED\x10\x02\x12\x1c\n" +
-	"\x18WATCH_EVENT_TYPE_DELETED\x10\x032\xa3\t\n" +
+	"\x18WATCH_EVENT_TYPE_DELETED\x10\x032\xef\t\n" +
 	"\fAssetService\x12L\n" +
 	"\vUploadAsset\x12\x1c.asset.v1.UploadAssetRequest\x1a\x1d.asset.v1.UploadAssetResponse(\x01\x12M\n" +
 	"\fRegisterFile\x12\x1d.asset.v1.RegisterFileRequest\x1a\x1e.asset.v1.RegisterFileResponse\x12Y\n" +
@@ -2679,7 +2839,8 @@ const file_asset_v1_asset_service_proto_rawDesc = "" +
 	"\tReadAsset\x12\x1a.asset.v1.ReadAssetRequest\x1a\x1b.asset.v1.ReadAssetResponse0\x01\x12J\n" +
 	"\vGetManifest\x12\x1c.asset.v1.GetManifestRequest\x1a\x1d.asset.v1.GetManifestResponse\x12J\n" +
 	"\vDeleteAsset\x12\x1c.asset.v1.DeleteAssetRequest\x1a\x1d.asset.v1.DeleteAssetResponse\x12P\n" +
-	"\rMintTaskToken\x12\x1e.asset.v1.MintTaskTokenRequest\x1a\x1f.asset.v1.MintTaskTokenResponseBHZFgithub.com/asset-service/asset-service/clients/go/gen/asset/v1;assetv1b\x06proto3"
+	"\rMintTaskToken\x12\x1e.asset.v1.MintTaskTokenRequest\x1a\x1f.asset.v1.MintTaskTokenResponse\x12J\n" +
+	"\vQueryUpload\x12\x1c.asset.v1.QueryUploadRequest\x1a\x1d.asset.v1.QueryUploadResponseBHZFgithub.com/asset-service/asset-service/clients/go/gen/asset/v1;assetv1b\x06proto3"
 
 var (
 	file_asset_v1_asset_service_proto_rawDescOnce sync.Once
@@ -2694,7 +2855,7 @@ func file_asset_v1_asset_service_proto_rawDescGZIP() []byte {
 }
 
 var file_asset_v1_asset_service_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_asset_v1_asset_service_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
+var file_asset_v1_asset_service_proto_msgTypes = make([]protoimpl.MessageInfo, 38)
 var file_asset_v1_asset_service_proto_goTypes = []any{
 	(AssetStatus)(0),                   // 0: asset.v1.AssetStatus
 	(AssetType)(0),                     // 1: asset.v1.AssetType
@@ -2733,18 +2894,20 @@ var file_asset_v1_asset_service_proto_goTypes = []any{
 	(*DeleteAssetResponse)(nil),        // 34: asset.v1.DeleteAssetResponse
 	(*MintTaskTokenRequest)(nil),       // 35: asset.v1.MintTaskTokenRequest
 	(*MintTaskTokenResponse)(nil),      // 36: asset.v1.MintTaskTokenResponse
-	nil,                                // 37: asset.v1.GetManifestRequest.AssetMappingsEntry
-	nil,                                // 38: asset.v1.GetManifestResponse.EntriesEntry
-	(*timestamppb.Timestamp)(nil),      // 39: google.protobuf.Timestamp
-	(*structpb.Struct)(nil),            // 40: google.protobuf.Struct
+	(*QueryUploadRequest)(nil),         // 37: asset.v1.QueryUploadRequest
+	(*QueryUploadResponse)(nil),        // 38: asset.v1.QueryUploadResponse
+	nil,                                // 39: asset.v1.GetManifestRequest.AssetMappingsEntry
+	nil,                                // 40: asset.v1.GetManifestResponse.EntriesEntry
+	(*timestamppb.Timestamp)(nil),      // 41: google.protobuf.Timestamp
+	(*structpb.Struct)(nil),            // 42: google.protobuf.Struct
 }
 var file_asset_v1_asset_service_proto_depIdxs = []int32{
 	0,  // 0: asset.v1.Asset.status:type_name -> asset.v1.AssetStatus
 	1,  // 1: asset.v1.Asset.type:type_name -> asset.v1.AssetType
 	3,  // 2: asset.v1.Asset.value:type_name -> asset.v1.Value
-	39, // 3: asset.v1.Asset.create_time:type_name -> google.protobuf.Timestamp
-	39, // 4: asset.v1.Asset.update_time:type_name -> google.protobuf.Timestamp
-	39, // 5: asset.v1.Asset.lease_expire_time:type_name -> google.protobuf.Timestamp
+	41, // 3: asset.v1.Asset.create_time:type_name -> google.protobuf.Timestamp
+	41, // 4: asset.v1.Asset.update_time:type_name -> google.protobuf.Timestamp
+	41, // 5: asset.v1.Asset.lease_expire_time:type_name -> google.protobuf.Timestamp
 	5,  // 6: asset.v1.UploadAssetRequest.header:type_name -> asset.v1.UploadHeader
 	4,  // 7: asset.v1.UploadAssetResponse.asset:type_name -> asset.v1.Asset
 	4,  // 8: asset.v1.RegisterFileResponse.asset:type_name -> asset.v1.Asset
@@ -2766,46 +2929,50 @@ var file_asset_v1_asset_service_proto_depIdxs = []int32{
 	1,  // 24: asset.v1.AssetSelector.type:type_name -> asset.v1.AssetType
 	2,  // 25: asset.v1.WatchAssetResponse.type:type_name -> asset.v1.WatchEventType
 	4,  // 26: asset.v1.WatchAssetResponse.asset:type_name -> asset.v1.Asset
-	37, // 27: asset.v1.GetManifestRequest.asset_mappings:type_name -> asset.v1.GetManifestRequest.AssetMappingsEntry
-	40, // 28: asset.v1.GetManifestRequest.config_params:type_name -> google.protobuf.Struct
-	38, // 29: asset.v1.GetManifestResponse.entries:type_name -> asset.v1.GetManifestResponse.EntriesEntry
+	39, // 27: asset.v1.GetManifestRequest.asset_mappings:type_name -> asset.v1.GetManifestRequest.AssetMappingsEntry
+	42, // 28: asset.v1.GetManifestRequest.config_params:type_name -> google.protobuf.Struct
+	40, // 29: asset.v1.GetManifestResponse.entries:type_name -> asset.v1.GetManifestResponse.EntriesEntry
 	4,  // 30: asset.v1.DeleteAssetResponse.asset:type_name -> asset.v1.Asset
-	39, // 31: asset.v1.MintTaskTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
-	6,  // 32: asset.v1.AssetService.UploadAsset:input_type -> asset.v1.UploadAssetRequest
-	8,  // 33: asset.v1.AssetService.RegisterFile:input_type -> asset.v1.RegisterFileRequest
-	10, // 34: asset.v1.AssetService.CreateValueAsset:input_type -> asset.v1.CreateValueAssetRequest
-	12, // 35: asset.v1.AssetService.CreatePendingAsset:input_type -> asset.v1.CreatePendingAssetRequest
-	14, // 36: asset.v1.AssetService.FulfillAsset:input_type -> asset.v1.FulfillAssetRequest
-	16, // 37: asset.v1.AssetService.FailAsset:input_type -> asset.v1.FailAssetRequest
-	18, // 38: asset.v1.AssetService.RenewLease:input_type -> asset.v1.RenewLeaseRequest
-	20, // 39: asset.v1.AssetService.GetAsset:input_type -> asset.v1.GetAssetRequest
-	22, // 40: asset.v1.AssetService.BatchGetAssets:input_type -> asset.v1.BatchGetAssetsRequest
-	24, // 41: asset.v1.AssetService.ListAssets:input_type -> asset.v1.ListAssetsRequest
-	26, // 42: asset.v1.AssetService.WatchAsset:input_type -> asset.v1.WatchAssetRequest
-	29, // 43: asset.v1.AssetService.ReadAsset:input_type -> asset.v1.ReadAssetRequest
-	31, // 44: asset.v1.AssetService.GetManifest:input_type -> asset.v1.GetManifestRequest
-	33, // 45: asset.v1.AssetService.DeleteAsset:input_type -> asset.v1.DeleteAssetRequest
-	35, // 46: asset.v1.AssetService.MintTaskToken:input_type -> asset.v1.MintTaskTokenRequest
-	7,  // 47: asset.v1.AssetService.UploadAsset:output_type -> asset.v1.UploadAssetResponse
-	9,  // 48: asset.v1.AssetService.RegisterFile:output_type -> asset.v1.RegisterFileResponse
-	11, // 49: asset.v1.AssetService.CreateValueAsset:output_type -> asset.v1.CreateValueAssetResponse
-	13, // 50: asset.v1.AssetService.CreatePendingAsset:output_type -> asset.v1.CreatePendingAssetResponse
-	15, // 51: asset.v1.AssetService.FulfillAsset:output_type -> asset.v1.FulfillAssetResponse
-	17, // 52: asset.v1.AssetService.FailAsset:output_type -> asset.v1.FailAssetResponse
-	19, // 53: asset.v1.AssetService.RenewLease:output_type -> asset.v1.RenewLeaseResponse
-	21, // 54: asset.v1.AssetService.GetAsset:output_type -> asset.v1.GetAssetResponse
-	23, // 55: asset.v1.AssetService.BatchGetAssets:output_type -> asset.v1.BatchGetAssetsResponse
-	25, // 56: asset.v1.AssetService.ListAssets:output_type -> asset.v1.ListAssetsResponse
-	28, // 57: asset.v1.AssetService.WatchAsset:output_type -> asset.v1.WatchAssetResponse
-	30, // 58: asset.v1.AssetService.ReadAsset:output_type -> asset.v1.ReadAssetResponse
-	32, // 59: asset.v1.AssetService.GetManifest:output_type -> asset.v1.GetManifestResponse
-	34, // 60: asset.v1.AssetService.DeleteAsset:output_type -> asset.v1.DeleteAssetResponse
-	36, // 61: asset.v1.AssetService.MintTaskToken:output_type -> asset.v1.MintTaskTokenResponse
-	47, // [47:62] is the sub-list for method output_type
-	32, // [32:47] is the sub-list for method input_type
-	32, // [32:32] is the sub-list for extension type_name
-	32, // [32:32] is the sub-list for extension extendee
-	0,  // [0:32] is the sub-list for field type_name
+	41, // 31: asset.v1.MintTaskTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
+	4,  // 32: asset.v1.QueryUploadResponse.asset:type_name -> asset.v1.Asset
+	41, // 33: asset.v1.QueryUploadResponse.expire_time:type_name -> google.protobuf.Timestamp
+	6,  // 34: asset.v1.AssetService.UploadAsset:input_type -> asset.v1.UploadAssetRequest
+	8,  // 35: asset.v1.AssetService.RegisterFile:input_type -> asset.v1.RegisterFileRequest
+	10, // 36: asset.v1.AssetService.CreateValueAsset:input_type -> asset.v1.CreateValueAssetRequest
+	12, // 37: asset.v1.AssetService.CreatePendingAsset:input_type -> asset.v1.CreatePendingAssetRequest
+	14, // 38: asset.v1.AssetService.FulfillAsset:input_type -> asset.v1.FulfillAssetRequest
+	16, // 39: asset.v1.AssetService.FailAsset:input_type -> asset.v1.FailAssetRequest
+	18, // 40: asset.v1.AssetService.RenewLease:input_type -> asset.v1.RenewLeaseRequest
+	20, // 41: asset.v1.AssetService.GetAsset:input_type -> asset.v1.GetAssetRequest
+	22, // 42: asset.v1.AssetService.BatchGetAssets:input_type -> asset.v1.BatchGetAssetsRequest
+	24, // 43: asset.v1.AssetService.ListAssets:input_type -> asset.v1.ListAssetsRequest
+	26, // 44: asset.v1.AssetService.WatchAsset:input_type -> asset.v1.WatchAssetRequest
+	29, // 45: asset.v1.AssetService.ReadAsset:input_type -> asset.v1.ReadAssetRequest
+	31, // 46: asset.v1.AssetService.GetManifest:input_type -> asset.v1.GetManifestRequest
+	33, // 47: asset.v1.AssetService.DeleteAsset:input_type -> asset.v1.DeleteAssetRequest
+	35, // 48: asset.v1.AssetService.MintTaskToken:input_type -> asset.v1.MintTaskTokenRequest
+	37, // 49: asset.v1.AssetService.QueryUpload:input_type -> asset.v1.QueryUploadRequest
+	7,  // 50: asset.v1.AssetService.UploadAsset:output_type -> asset.v1.UploadAssetResponse
+	9,  // 51: asset.v1.AssetService.RegisterFile:output_type -> asset.v1.RegisterFileResponse
+	11, // 52: asset.v1.AssetService.CreateValueAsset:output_type -> asset.v1.CreateValueAssetResponse
+	13, // 53: asset.v1.AssetService.CreatePendingAsset:output_type -> asset.v1.CreatePendingAssetResponse
+	15, // 54: asset.v1.AssetService.FulfillAsset:output_type -> asset.v1.FulfillAssetResponse
+	17, // 55: asset.v1.AssetService.FailAsset:output_type -> asset.v1.FailAssetResponse
+	19, // 56: asset.v1.AssetService.RenewLease:output_type -> asset.v1.RenewLeaseResponse
+	21, // 57: asset.v1.AssetService.GetAsset:output_type -> asset.v1.GetAssetResponse
+	23, // 58: asset.v1.AssetService.BatchGetAssets:output_type -> asset.v1.BatchGetAssetsResponse
+	25, // 59: asset.v1.AssetService.ListAssets:output_type -> asset.v1.ListAssetsResponse
+	28, // 60: asset.v1.AssetService.WatchAsset:output_type -> asset.v1.WatchAssetResponse
+	30, // 61: asset.v1.AssetService.ReadAsset:output_type -> asset.v1.ReadAssetResponse
+	32, // 62: asset.v1.AssetService.GetManifest:output_type -> asset.v1.GetManifestResponse
+	34, // 63: asset.v1.AssetService.DeleteAsset:output_type -> asset.v1.DeleteAssetResponse
+	36, // 64: asset.v1.AssetService.MintTaskToken:output_type -> asset.v1.MintTaskTokenResponse
+	38, // 65: asset.v1.AssetService.QueryUpload:output_type -> asset.v1.QueryUploadResponse
+	50, // [50:66] is the sub-list for method output_type
+	34, // [34:50] is the sub-list for method input_type
+	34, // [34:34] is the sub-list for extension type_name
+	34, // [34:34] is the sub-list for extension extendee
+	0,  // [0:34] is the sub-list for field type_name
 }
 
 func init() { file_asset_v1_asset_service_proto_init() }
@@ -2833,7 +3000,7 @@ func file_asset_v1_asset_service_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_asset_v1_asset_service_proto_rawDesc), len(file_asset_v1_asset_service_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   36,
+			NumMessages:   38,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

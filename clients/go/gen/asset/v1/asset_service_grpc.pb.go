@@ -48,6 +48,7 @@ const (
 	AssetService_GetManifest_FullMethodName        = "/asset.v1.AssetService/GetManifest"
 	AssetService_DeleteAsset_FullMethodName        = "/asset.v1.AssetService/DeleteAsset"
 	AssetService_MintTaskToken_FullMethodName      = "/asset.v1.AssetService/MintTaskToken"
+	AssetService_QueryUpload_FullMethodName        = "/asset.v1.AssetService/QueryUpload"
 )
 
 // AssetServiceClient is the client API for AssetService service.
@@ -60,6 +61,9 @@ type AssetServiceClient interface {
 	// every following one a chunk of bytes. The asset exists only once all
 	// bytes are safely on disk; a failed or cancelled upload leaves nothing.
 	// With header.pending_asset_id set, the upload fulfills that PENDING asset.
+	// With header.upload_id the upload is resumable: a stream that is cut keeps
+	// what the server made durable, and a later stream with the same upload_id
+	// continues from QueryUpload's committed_bytes (header.write_offset).
 	UploadAsset(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[UploadAssetRequest, UploadAssetResponse], error)
 	// RegisterFile adopts a file already on the server (under an import root;
 	// never one of the server's own files, e.g. in its storage root).
@@ -102,6 +106,10 @@ type AssetServiceClient interface {
 	// fulfill, fail or upload only that task's promises and read only the named
 	// inputs and the task's own outputs (docs/security.md). Orchestrator role.
 	MintTaskToken(ctx context.Context, in *MintTaskTokenRequest, opts ...grpc.CallOption) (*MintTaskTokenResponse, error)
+	// QueryUpload says how much of a resumable upload the server holds durably,
+	// to resume it after a cut. Same role as UploadAsset; a task token sees only
+	// the uploads it started (any other upload_id is NOT_FOUND).
+	QueryUpload(ctx context.Context, in *QueryUploadRequest, opts ...grpc.CallOption) (*QueryUploadResponse, error)
 }
 
 type assetServiceClient struct {
@@ -283,6 +291,16 @@ func (c *assetServiceClient) MintTaskToken(ctx context.Context, in *MintTaskToke
 	return out, nil
 }
 
+func (c *assetServiceClient) QueryUpload(ctx context.Context, in *QueryUploadRequest, opts ...grpc.CallOption) (*QueryUploadResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(QueryUploadResponse)
+	err := c.cc.Invoke(ctx, AssetService_QueryUpload_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AssetServiceServer is the server API for AssetService service.
 // All implementations must embed UnimplementedAssetServiceServer
 // for forward compatibility.
@@ -293,6 +311,9 @@ type AssetServiceServer interface {
 	// every following one a chunk of bytes. The asset exists only once all
 	// bytes are safely on disk; a failed or cancelled upload leaves nothing.
 	// With header.pending_asset_id set, the upload fulfills that PENDING asset.
+	// With header.upload_id the upload is resumable: a stream that is cut keeps
+	// what the server made durable, and a later stream with the same upload_id
+	// continues from QueryUpload's committed_bytes (header.write_offset).
 	UploadAsset(grpc.ClientStreamingServer[UploadAssetRequest, UploadAssetResponse]) error
 	// RegisterFile adopts a file already on the server (under an import root;
 	// never one of the server's own files, e.g. in its storage root).
@@ -335,6 +356,10 @@ type AssetServiceServer interface {
 	// fulfill, fail or upload only that task's promises and read only the named
 	// inputs and the task's own outputs (docs/security.md). Orchestrator role.
 	MintTaskToken(context.Context, *MintTaskTokenRequest) (*MintTaskTokenResponse, error)
+	// QueryUpload says how much of a resumable upload the server holds durably,
+	// to resume it after a cut. Same role as UploadAsset; a task token sees only
+	// the uploads it started (any other upload_id is NOT_FOUND).
+	QueryUpload(context.Context, *QueryUploadRequest) (*QueryUploadResponse, error)
 	mustEmbedUnimplementedAssetServiceServer()
 }
 
@@ -389,6 +414,9 @@ func (UnimplementedAssetServiceServer) DeleteAsset(context.Context, *DeleteAsset
 }
 func (UnimplementedAssetServiceServer) MintTaskToken(context.Context, *MintTaskTokenRequest) (*MintTaskTokenResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method MintTaskToken not implemented")
+}
+func (UnimplementedAssetServiceServer) QueryUpload(context.Context, *QueryUploadRequest) (*QueryUploadResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method QueryUpload not implemented")
 }
 func (UnimplementedAssetServiceServer) mustEmbedUnimplementedAssetServiceServer() {}
 func (UnimplementedAssetServiceServer) testEmbeddedByValue()                      {}
@@ -656,6 +684,24 @@ func _AssetService_MintTaskToken_Handler(srv interface{}, ctx context.Context, d
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AssetService_QueryUpload_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(QueryUploadRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AssetServiceServer).QueryUpload(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AssetService_QueryUpload_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AssetServiceServer).QueryUpload(ctx, req.(*QueryUploadRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AssetService_ServiceDesc is the grpc.ServiceDesc for AssetService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -710,6 +756,10 @@ var AssetService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "MintTaskToken",
 			Handler:    _AssetService_MintTaskToken_Handler,
+		},
+		{
+			MethodName: "QueryUpload",
+			Handler:    _AssetService_QueryUpload_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
