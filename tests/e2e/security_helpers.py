@@ -249,7 +249,13 @@ CALLS: dict[str, tuple[Prepare, Call]] = {
 
 # The table, written out independently of the server's RULES.
 READER_RPCS = {"GetAsset", "BatchGetAssets", "ListAssets", "WatchAsset", "ReadAsset", "GetManifest"}
-WORKER_RPCS = READER_RPCS | {"UploadAsset", "FulfillAsset", "FailAsset", "RenewLease"}
+WORKER_RPCS = READER_RPCS | {
+    "UploadAsset",
+    "QueryUpload",
+    "FulfillAsset",
+    "FailAsset",
+    "RenewLease",
+}
 ORCHESTRATOR_RPCS = WORKER_RPCS | {
     "CreatePendingAsset",
     "CreateValueAsset",

@@ -33,7 +33,7 @@ from asset_service.domain.manager._base import (
     chunks_of,
     naming,
 )
-from asset_service.domain.manager._creation import Creation
+from asset_service.domain.manager._resumable import Resumable
 from asset_service.domain.manifests import Manifest, build_manifest, wait_for_inputs
 from asset_service.domain.models import (
     Asset,
@@ -62,7 +62,7 @@ from asset_service.domain.watch import (
 log = logging.getLogger(__name__)
 
 
-class AssetManager(Creation):
+class AssetManager(Resumable):
     """Every use case of the service, over a MetadataStore and a BlobStorage."""
 
     def __init__(
@@ -79,6 +79,7 @@ class AssetManager(Creation):
         self.hub = ChangeHub(limits.watch_buffer_bytes, limits.watch_history_bytes)
         self.commits = Committer(store)
         self._locks = KeyedLocks()
+        self._session_work = set()
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -90,9 +91,11 @@ class AssetManager(Creation):
         await self.recover()
         if await self.reconcile():
             await self.space_freed()
+        await self.sweep_upload_sessions()
         self.hub.start(self.store.changes(), self.store.current_revision)
 
     async def stop(self) -> None:
+        await self.settle_sessions()
         await self.commits.stop()
         await self.hub.close()
         await self.store.close()
