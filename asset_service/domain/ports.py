@@ -149,8 +149,9 @@ class _Held(Protocol):
     """A resumable upload's session, held by one stream: no other stream can take it until
     the hold ends (release, remove, or the writer's suspend)."""
 
-    # As recorded; committed_bytes may be more than the storage finds (never less).
-    session: UploadSession
+    @property
+    def session(self) -> UploadSession:
+        """As recorded; committed_bytes may be more than the storage finds (never less)."""
 
     async def save(self, session: UploadSession) -> None:
         """Record `session` durably (about to complete, completed)."""

@@ -12,9 +12,11 @@ from asset_service.domain.uploads import UploadSession
 FORMAT = 1
 
 
-def encode(session: UploadSession) -> bytes:
+def encode(session: UploadSession, extra: dict[str, Any] | None = None) -> bytes:
+    """The record, with `extra`: what one storage keeps beside it (an object store's
+    multipart upload and the stream holding the session)."""
     header = session.header
-    document = {
+    document: dict[str, Any] = {
         "format": FORMAT,
         "upload_id": session.upload_id,
         "owner": session.owner,
@@ -33,11 +35,17 @@ def encode(session: UploadSession) -> bytes:
         "sha256": session.sha256,
         "done": session.done,
     }
+    if extra:
+        document["extra"] = extra
     return json.dumps(document, sort_keys=True).encode()
 
 
 def decode(raw: bytes) -> UploadSession:
     """The record; ValueError if `raw` is not one (cut short, edited by hand)."""
+    return decode_with_extra(raw)[0]
+
+
+def decode_with_extra(raw: bytes) -> tuple[UploadSession, dict[str, Any]]:
     try:
         document: dict[str, Any] = json.loads(raw)
         if document.get("format") != FORMAT:
@@ -62,8 +70,11 @@ def decode(raw: bytes) -> UploadSession:
             sha256=str(document["sha256"]),
             done=bool(document["done"]),
         )
+        extra = document.get("extra") or {}
+        if not isinstance(extra, dict):
+            raise TypeError("extra is not an object")
     except (KeyError, TypeError, AttributeError, json.JSONDecodeError) as exc:
         raise ValueError(f"not an upload session record: {exc}") from None
     if session.committed_bytes < 0 or session.expires_at.tzinfo is None:
         raise ValueError("not an upload session record: bad offset or expiry")
-    return session
+    return session, extra
