@@ -131,6 +131,7 @@ class Settings:
     max_concurrent_uploads: int = 64
     max_streams_per_connection: int = 100
     upload_idle_timeout_seconds: float = 60.0
+    upload_session_ttl_seconds: float = 86400.0
     watch_buffer_bytes: int = 4 * 1024**2
     watch_history_bytes: int = 32 * 1024**2
     watch_stall_timeout_seconds: float = 300.0
@@ -311,6 +312,15 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         default=default("UPLOAD_IDLE_TIMEOUT", "60"),
         help="seconds an upload may wait for its next message before it is cancelled and its "
         "staging file removed [ASSET_SERVICE_UPLOAD_IDLE_TIMEOUT]",
+    )
+    limits.add_argument(
+        "--upload-session-ttl",
+        type=positive(float),
+        default=default("UPLOAD_SESSION_TTL", "86400"),
+        help="seconds an unfinished resumable upload (UploadHeader.upload_id) is kept after "
+        "its last stream ended; then every server removes it with everything it staged "
+        "(files, multipart uploads; also at start-up), and resuming or querying it answers "
+        "NOT_FOUND [ASSET_SERVICE_UPLOAD_SESSION_TTL]",
     )
     limits.add_argument(
         "--watch-buffer-bytes",
@@ -504,6 +514,7 @@ def load_settings(
         max_concurrent_uploads=args.max_concurrent_uploads,
         max_streams_per_connection=args.max_streams_per_connection,
         upload_idle_timeout_seconds=args.upload_idle_timeout,
+        upload_session_ttl_seconds=args.upload_session_ttl,
         watch_buffer_bytes=args.watch_buffer_bytes,
         watch_history_bytes=args.watch_history_bytes,
         watch_stall_timeout_seconds=args.watch_stall_timeout,
