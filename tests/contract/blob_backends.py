@@ -16,6 +16,7 @@ from asset_service.storage.imports import ImportRoots
 from asset_service.storage.local import LocalStorage
 from asset_service.storage.memory import PREFIX, MemoryState, MemoryStorage
 from asset_service.storage.s3 import S3Storage
+from asset_service.storage.s3._config import PART_SIZE
 from tests.backends import MinIO, minio_missing
 from tests.contract import s3_helpers
 
@@ -39,6 +40,10 @@ class BlobBackend:
     source: Callable[[str], bytes | None]  # a server-side file's bytes, None once gone
     backdate: Callable[[str, float], Awaitable[None]]  # stored bytes at a path, made older
     staged: Callable[[], Awaitable[int]]  # how many staged (uncommitted) blobs exist, any instance
+    # Files, objects and multipart uploads that resumable upload sessions keep, any instance.
+    session_leftovers: Callable[[], Awaitable[list[str]]]
+    # What a cut stream keeps: a multiple of this (an object store's part; 1: every byte).
+    durable_unit: int = 1
     opened: list[BlobStorage] = field(default_factory=list)
 
     async def start(self, imports: bool = True) -> BlobStorage:
@@ -82,8 +87,21 @@ def _local(tmp: Path, request: pytest.FixtureRequest) -> BlobBackend:
         area = root / "tmp" / "staging"
         return sum(1 for p in area.glob("*/*") if p.is_file() and p.name != ".lock")
 
+    async def sessions() -> list[str]:
+        # Files, and folders left empty.
+        area = root / "tmp" / "uploads"
+        found = [p for p in area.rglob("*") if p.is_file() or not any(p.iterdir())]
+        return sorted(str(p.relative_to(area)) for p in found)
+
     return BlobBackend(
-        "local", make, lambda n: str(incoming / n), _writer(incoming), _file, backdate, staged
+        "local",
+        make,
+        lambda n: str(incoming / n),
+        _writer(incoming),
+        _file,
+        backdate,
+        staged,
+        sessions,
     )
 
 
@@ -104,8 +122,18 @@ def _memory(tmp: Path, request: pytest.FixtureRequest) -> BlobBackend:
     async def staged() -> int:
         return sum(len(area.staging) for area in state.areas.values())
 
+    async def sessions() -> list[str]:
+        return sorted(state.sessions)
+
     return BlobBackend(
-        "memory", make, lambda n: f"/incoming/{n}", put_source, files.get, backdate, staged
+        "memory",
+        make,
+        lambda n: f"/incoming/{n}",
+        put_source,
+        files.get,
+        backdate,
+        staged,
+        sessions,
     )
 
 
@@ -132,8 +160,21 @@ def _s3(tmp: Path, request: pytest.FixtureRequest) -> BlobBackend:
             await storage.drain()  # discard() cleans up in the background
         return await s3_helpers.staged(minio, prefix)
 
+    async def sessions() -> list[str]:
+        for storage in opened:
+            await storage.drain()
+        return await s3_helpers.session_leftovers(minio, prefix)
+
     return BlobBackend(
-        "s3", make, lambda n: str(incoming / n), _writer(incoming), _file, backdate, staged
+        "s3",
+        make,
+        lambda n: str(incoming / n),
+        _writer(incoming),
+        _file,
+        backdate,
+        staged,
+        sessions,
+        durable_unit=PART_SIZE,
     )
 
 

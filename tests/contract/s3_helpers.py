@@ -64,3 +64,13 @@ async def staged(minio: MinIO, prefix: str) -> int:
         objects = await s3.list_objects_v2(Bucket=BUCKET, Prefix=area)
     in_area = [u for u in uploads.get("Uploads", ()) if u["Key"].startswith(area)]
     return len(in_area) + len(objects.get("Contents", ()))
+
+
+async def session_leftovers(minio: MinIO, prefix: str) -> list[str]:
+    """Objects and multipart uploads of resumable upload sessions under `prefix`."""
+    area = f"{prefix}tmp/uploads/"
+    async with client(minio) as s3:
+        uploads = await s3.list_multipart_uploads(Bucket=BUCKET)
+        objects = await s3.list_objects_v2(Bucket=BUCKET, Prefix=area)
+    found = [f"upload {u['Key']}" for u in uploads.get("Uploads", ()) if u["Key"].startswith(area)]
+    return sorted(found + [o["Key"] for o in objects.get("Contents", ())])

@@ -116,7 +116,7 @@ class S3SessionWriter:
             self._claim.session, committed_bytes=durable, expires_at=expires_at
         )
         try:
-            await self._claim.save(saved)
+            await self._claim.close(saved)
             if self._multipart is not None and not self._sealed:
                 sessions = self._claim.sessions
                 sessions.digests[self._claim.key] = (self._multipart, durable, self._hash.copy())

@@ -346,14 +346,25 @@ class Claim:
             except Exception as exc:  # the store unreachable: try again at the next turn
                 log.warning("upload session %s: renewing its hold failed: %s", self.key, exc)
 
+    async def close(self, session: UploadSession) -> None:
+        """End the hold by saving `session` without it (a stream that was cut)."""
+        self._stop()
+        async with self._lock:
+            fields = {k: v for k, v in self.extra.items() if k != "stream"}
+            self._etag = await self.sessions.put(self.key, session, fields, self._etag)
+            self.session, self.extra = session, fields
+
+    def _stop(self) -> bool:
+        if self._refresher is None:
+            return False
+        self._refresher.cancel()
+        self._refresher = None
+        return True
+
     def end(self, unclaim: bool = True) -> None:
         """Stop renewing; with `unclaim`, rewrite the record without the hold (in the
         background: callers may be synchronous cleanup)."""
-        if self._refresher is None:
-            return
-        self._refresher.cancel()
-        self._refresher = None
-        if unclaim and not self.lost:
+        if self._stop() and unclaim and not self.lost:
             fields = {k: v for k, v in self.extra.items() if k != "stream"}
             put = self.sessions.put(self.key, self.session, fields, self._etag)
             self.sessions.storage.in_background(_quietly(put))
