@@ -78,7 +78,6 @@ TEXT = [
     ("    Awaitable,\n", ""),
     ("Callable[..., Awaitable[Resp]]", "Callable[..., Resp]"),
     ("await self._channel.close(None)", "self._channel.close()"),
-    ("asyncio.sleep(", "time.sleep("),
     (
         "`async with client.keep_lease(asset_id) as lease:`",
         "`with client.keep_lease(asset_id) as lease:`",
@@ -89,6 +88,7 @@ TEXT = [
 # Patterns replaced wherever they occur (at least once each).
 EVERYWHERE = [
     ("grpc.aio.", "grpc."),
+    ("asyncio.sleep(", "time.sleep("),
     ("AsyncGenerator[WatchEvent, None]", "Generator[WatchEvent, None, None]"),
     # grpc-stubs types the asyncio call's cancel() but leaves the blocking one's untyped.
     ("call.cancel()", "cast(Any, call).cancel()"),

@@ -59,11 +59,30 @@ class Resumable(Creation):
         upload_id = validate_upload_id(header.upload_id)
         if header.write_offset < 0:
             raise InvalidArgument(f"header.write_offset is negative ({header.write_offset})")
-        found = await self._open_session(upload_id, header, by)
+        # Opening runs to its end even if the RPC is cancelled meanwhile (a client that
+        # gives up at once): what it took (a hold, a writer) is then let go, not leaked.
+        opening = asyncio.create_task(self._open_session(upload_id, header, by))
+        self._session_work.add(opening)
+        opening.add_done_callback(self._session_work.discard)
+        try:
+            found = await asyncio.shield(opening)
+        except asyncio.CancelledError:
+            opening.add_done_callback(self._let_go)
+            raise
         if isinstance(found, Asset):
             return found
         plan, writer = found
         return await self._stream_session(plan, writer, chunks, by)
+
+    def _let_go(self, opening: asyncio.Task[Asset | tuple[UploadPlan, SessionWriter]]) -> None:
+        """An opening whose RPC was cancelled: suspend the writer it got, untouched."""
+        if opening.cancelled() or opening.exception() is not None:
+            return
+        found = opening.result()
+        if isinstance(found, tuple):
+            task = asyncio.get_running_loop().create_task(found[1].suspend(self._expiry()))
+            self._session_work.add(task)
+            task.add_done_callback(self._session_work.discard)
 
     def _expiry(self) -> datetime:
         return _base.now() + timedelta(seconds=self.limits.upload_session_ttl_seconds)
@@ -145,7 +164,14 @@ class Resumable(Creation):
         except BaseException:
             # Cut (cancelled, silent, the server stopping) or a client error mid-stream:
             # what arrived is kept for a later stream.
-            await self._shielded(writer.suspend(self._expiry()))
+            received = writer.size_bytes
+            saved = await self._shielded(writer.suspend(self._expiry()))
+            log.info(
+                "upload %s was cut at %d bytes; %d held durably for a resume",
+                saved.upload_id,
+                received,
+                saved.committed_bytes,
+            )
             raise
         # From here on the RPC's cancellation cannot stop the completion halfway: the
         # session stays held until the commit settled one way or the other.

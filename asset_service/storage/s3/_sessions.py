@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import hashlib
 import logging
+import socket
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -75,6 +76,25 @@ class S3Sessions:
         # (multipart id, offset, sha256) of sessions this process suspended last: resuming
         # here needs no read-back while the upload is as it was left.
         self.digests: dict[str, tuple[str, int, Hash]] = {}
+        # Who holds a session: this host and state folder, then the instance. A holder
+        # named with this host and folder whose instance is not alive here (its lock in
+        # the state folder is free) died: its hold is void at once, without waiting.
+        self.here = f"{socket.gethostname()}:{storage.journal.parent}"
+
+    def holder(self) -> str:
+        return f"{self.here}|{self.storage.instance}|{uuid.uuid4().hex}"
+
+    async def held(self, record: _Record) -> bool:
+        """Whether a stream holds the session (on an unrefreshed record: until it is
+        CLAIM_SECONDS old, or its holder is known dead)."""
+        holder = str(record.extra.get("stream", ""))
+        if not holder or record.age >= CLAIM_SECONDS:
+            return False
+        here, _, rest = holder.partition("|")
+        if here != self.here:
+            return True
+        live, _ = await asyncio.to_thread(self.storage.journal.instances)
+        return rest.split("|", 1)[0] in live
 
     def record_key(self, key: str) -> str:
         return f"{self.area}{key}/session.json"
@@ -224,7 +244,7 @@ class S3Sessions:
     # --- the port -----------------------------------------------------------------------
 
     async def new_session(self, key: str, session: UploadSession) -> S3SessionWriter:
-        hold = uuid.uuid4().hex
+        hold = self.holder()
         etag = await self.put(key, session, {"stream": hold}, None)
         try:
             multipart = await self.create_upload(key)
@@ -240,9 +260,9 @@ class S3Sessions:
         record = await self.get(key)
         if record is None:
             return None
-        if record.extra.get("stream") and record.age < CLAIM_SECONDS:
+        if await self.held(record):
             raise Conflict("another stream of this upload is open")
-        extra = {**record.extra, "stream": uuid.uuid4().hex}
+        extra = {**record.extra, "stream": self.holder()}
         etag = await self.put(key, record.session, extra, record.etag)
         try:
             durable = await self.durable(key, str(extra.get("multipart", "")))
@@ -273,7 +293,7 @@ class S3Sessions:
             record = await self.get(key)
             if record is None:
                 continue
-            if record.extra.get("stream") and record.age < CLAIM_SECONDS:
+            if await self.held(record):
                 uploads[key] = str(record.extra.get("multipart", ""))
                 continue  # a stream holds it
             if record.session.expires_at > now:

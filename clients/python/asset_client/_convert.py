@@ -16,6 +16,7 @@ from asset_client.models import (
     AssetStatus,
     AssetType,
     Manifest,
+    UploadState,
     Value,
     ValueKind,
     WatchEvent,
@@ -109,6 +110,14 @@ def asset_from_pb(msg: pb.Asset) -> Asset:
             if msg.HasField("lease_expire_time")
             else None
         ),
+    )
+
+
+def upload_state_from_pb(msg: pb.QueryUploadResponse) -> UploadState:
+    return UploadState(
+        committed_bytes=msg.committed_bytes,
+        expire_time=msg.expire_time.ToDatetime(tzinfo=UTC) if msg.HasField("expire_time") else None,
+        asset=asset_from_pb(msg.asset) if msg.HasField("asset") else None,
     )
 
 

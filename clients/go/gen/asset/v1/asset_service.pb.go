@@ -2568,6 +2568,9 @@ type QueryUploadResponse struct {
 	// an object store, the sum of the completed multipart parts, so the tail of
 	// a cut stream that did not fill a part (5 MiB or more) is lost and sent
 	// again. After a server crash it may be lower than what the client sent.
+	// Right after a cut the server may still be making the cut stream's end durable:
+	// a stream sent then gets ABORTED (the upload is still held) or
+	// FAILED_PRECONDITION naming the new offset; ask again and resume from there.
 	CommittedBytes int64 `protobuf:"varint,1,opt,name=committed_bytes,json=committedBytes,proto3" json:"committed_bytes,omitempty"`
 	// Set once the upload completed: the asset it made. Resuming a completed
 	// upload (a stream with this upload_id) answers this asset again, storing

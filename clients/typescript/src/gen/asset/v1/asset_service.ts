@@ -618,6 +618,9 @@ export interface QueryUploadResponse {
    * an object store, the sum of the completed multipart parts, so the tail of
    * a cut stream that did not fill a part (5 MiB or more) is lost and sent
    * again. After a server crash it may be lower than what the client sent.
+   * Right after a cut the server may still be making the cut stream's end durable:
+   * a stream sent then gets ABORTED (the upload is still held) or
+   * FAILED_PRECONDITION naming the new offset; ask again and resume from there.
    */
   committedBytes: number;
   /**
