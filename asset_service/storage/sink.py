@@ -14,13 +14,11 @@ import os
 import queue
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
+from asset_service.domain.models import BlockSums
 from asset_service.domain.ports import Chunk
 from asset_service.storage import fs
-
-if TYPE_CHECKING:
-    from hashlib import _Hash as Hash
+from asset_service.storage.blocks import BlockSummer, Digests
 
 # Bytes accepted but not yet taken by the upload's thread before write() makes the caller
 # wait (the RPC then stops reading its stream, and HTTP/2 flow control stops the client). A
@@ -203,7 +201,8 @@ class _Direct:
 
 
 class FileSink:
-    """Hashes and writes chunks to `fd` on its own thread; the event loop never waits per chunk.
+    """Hashes (sha256 and block crc32c) and writes chunks to `fd` on its own thread; the
+    event loop never waits per chunk.
 
     write() only queues a chunk, and waits only while QUEUE_BYTES are queued; an OSError of
     the thread is raised by the next write() or by seal(). seal() fsyncs and joins; abort()
@@ -219,17 +218,19 @@ class FileSink:
         direct: bool = True,
         *,
         start: int = 0,
-        digest: Hash | None = None,
+        digests: Digests | None = None,
         checkpoint_bytes: int = 0,
         on_durable: Callable[[int], None] | None = None,
     ) -> None:
         self._fd = fd
         self._limit = queue_bytes
-        # A resumed upload continues at `start`, its hash over the bytes before it.
+        # A resumed upload continues at `start`, its digests over the bytes before it.
         self._start = start
-        self._hash = digest if digest is not None else hashlib.sha256()
+        self._hash = digests.sha if digests is not None else hashlib.sha256()
+        # The block checksums reads check, computed from the bytes as they arrive.
+        self._blocks = digests.blocks if digests is not None else BlockSummer()
         # Every checkpoint_bytes written, the thread fdatasyncs and calls on_durable(end
-        # offset): the file up to there survives a crash (uploads/local/_sessions.py).
+        # offset): the file up to there survives a crash (storage/local/_sessions.py).
         self._checkpoint = checkpoint_bytes if on_durable is not None else 0
         self._on_durable = on_durable
         self._lock = threading.Lock()
@@ -257,6 +258,11 @@ class FileSink:
         return self._thread.is_alive()
 
     @property
+    def block_sums(self) -> BlockSums:
+        """The block checksums of the bytes written (complete after seal())."""
+        return self._blocks.result()
+
+    @property
     def direct(self) -> bool:
         """Whether the bytes are written with direct I/O (the file system allowed it)."""
         return self._direct is not None
@@ -279,10 +285,10 @@ class FileSink:
                 self._room = (loop, room)
             await room
 
-    @property
-    def digest(self) -> Hash:
-        """The running sha256 (final once sealed): a copy continues it for a later stream."""
-        return self._hash
+    def digests(self) -> Digests:
+        """A copy of the running sha256 and block sums (final once sealed), to continue
+        them in a later stream."""
+        return Digests.of(self._hash.copy(), self._blocks.copy())
 
     async def seal(self) -> str:
         """Write what is queued, fsync, stop the thread; the sha256 of all the bytes."""
@@ -322,6 +328,7 @@ class FileSink:
             # Hashing releases the GIL on large buffers, as do the copy and the write: the
             # event loop keeps receiving meanwhile.
             self._hash.update(chunk)
+            self._blocks.update(chunk)
             if self._direct is not None:
                 self._direct.add(chunk)
             else:

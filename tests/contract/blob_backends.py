@@ -15,6 +15,7 @@ from asset_service.domain.ports import BlobStorage
 from asset_service.storage.imports import ImportRoots
 from asset_service.storage.local import LocalStorage
 from asset_service.storage.memory import PREFIX, MemoryState, MemoryStorage
+from asset_service.storage.memory._state import StoredBytes
 from asset_service.storage.s3 import S3Storage
 from asset_service.storage.s3._config import PART_SIZE
 from tests.backends import MinIO, minio_missing
@@ -40,6 +41,9 @@ class BlobBackend:
     source: Callable[[str], bytes | None]  # a server-side file's bytes, None once gone
     backdate: Callable[[str, float], Awaitable[None]]  # stored bytes at a path, made older
     staged: Callable[[], Awaitable[int]]  # how many staged (uncommitted) blobs exist, any instance
+    # Other bytes written over stored ones, behind the storage's back (a flipped bit, a
+    # same-size replacement): in place on disk, a new object in a bucket.
+    overwrite: Callable[[str, bytes], Awaitable[None]]
     # Files, objects and multipart uploads that resumable upload sessions keep, any instance.
     session_leftovers: Callable[[], Awaitable[list[str]]]
     # What a cut stream keeps: a multiple of this (an object store's part; 1: every byte).
@@ -87,6 +91,13 @@ def _local(tmp: Path, request: pytest.FixtureRequest) -> BlobBackend:
         area = root / "tmp" / "staging"
         return sum(1 for p in area.glob("*/*") if p.is_file() and p.name != ".lock")
 
+    async def overwrite(storage_path: str, data: bytes) -> None:
+        fd = os.open(storage_path, os.O_WRONLY)
+        try:
+            os.pwrite(fd, data, 0)
+        finally:
+            os.close(fd)
+
     async def sessions() -> list[str]:
         # Files, and folders left empty.
         area = root / "tmp" / "uploads"
@@ -101,6 +112,7 @@ def _local(tmp: Path, request: pytest.FixtureRequest) -> BlobBackend:
         _file,
         backdate,
         staged,
+        overwrite,
         sessions,
     )
 
@@ -122,6 +134,10 @@ def _memory(tmp: Path, request: pytest.FixtureRequest) -> BlobBackend:
     async def staged() -> int:
         return sum(len(area.staging) for area in state.areas.values())
 
+    async def overwrite(storage_path: str, data: bytes) -> None:
+        key = storage_path.removeprefix(PREFIX)
+        state.objects[key] = StoredBytes(data, state.objects[key].placed_at)
+
     async def sessions() -> list[str]:
         return sorted(state.sessions)
 
@@ -133,6 +149,7 @@ def _memory(tmp: Path, request: pytest.FixtureRequest) -> BlobBackend:
         files.get,
         backdate,
         staged,
+        overwrite,
         sessions,
     )
 
@@ -160,6 +177,9 @@ def _s3(tmp: Path, request: pytest.FixtureRequest) -> BlobBackend:
             await storage.drain()  # discard() cleans up in the background
         return await s3_helpers.staged(minio, prefix)
 
+    async def overwrite(storage_path: str, data: bytes) -> None:
+        await s3_helpers.overwrite(minio, storage_path, data)
+
     async def sessions() -> list[str]:
         for storage in opened:
             await storage.drain()
@@ -173,6 +193,7 @@ def _s3(tmp: Path, request: pytest.FixtureRequest) -> BlobBackend:
         _file,
         backdate,
         staged,
+        overwrite,
         sessions,
         durable_unit=PART_SIZE,
     )

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import dataclasses
 import fcntl
-import hashlib
 import logging
 import os
 import shutil
@@ -22,12 +21,11 @@ from asset_service.domain.ports import Chunk
 from asset_service.domain.uploads import UploadSession
 from asset_service.modes import PRIVATE_FILE
 from asset_service.storage import fs, sessions
+from asset_service.storage.blocks import Digests
 from asset_service.storage.local._blobs import COPY_CHUNK, _Blob, oserror
 from asset_service.storage.sink import FileSink
 
 if TYPE_CHECKING:
-    from hashlib import _Hash as Hash
-
     from asset_service.storage.local._storage import LocalStorage
 
 log = logging.getLogger(__name__)
@@ -54,7 +52,7 @@ class _Digest:
 
     offset: int
     file: tuple[int, int, int]  # (inode, size, mtime_ns)
-    digest: Hash
+    digests: Digests
 
 
 def _file_id(st: os.stat_result) -> tuple[int, int, int]:
@@ -164,11 +162,11 @@ class LocalSessions:
             durable = min(session.committed_bytes, st.st_size)
             cached = self._digests.pop(key, None)
             if cached is not None and (cached.offset, cached.file) == (durable, _file_id(st)):
-                digest = cached.digest
+                digests = cached.digests
             else:
                 # After a restart (or another process's stream) nothing else vouches for
-                # these bytes: hash them as they are on the disk now.
-                digest = _hash_prefix(data, durable)
+                # these bytes: hash them (sha256 and block sums) as they are on the disk.
+                digests = _hash_prefix(data, durable)
             if st.st_size != durable:
                 os.ftruncate(data, durable)  # what came after the last checkpoint goes
                 os.fsync(data)
@@ -177,14 +175,14 @@ class LocalSessions:
             if isinstance(exc, OSError):
                 raise oserror(exc, "resuming an upload") from None
             raise
-        return LocalSessionWriter(self, key, lock, session, data, durable, digest)
+        return LocalSessionWriter(self, key, lock, session, data, durable, digests)
 
-    def remember(self, key: str, offset: int, digest: Hash) -> None:
+    def remember(self, key: str, offset: int, digests: Digests) -> None:
         try:
             st = os.stat(self.folder / key / DATA)
         except OSError:
             return
-        self._digests[key] = _Digest(offset, _file_id(st), digest.copy())
+        self._digests[key] = _Digest(offset, _file_id(st), digests)
 
     def _remove_sync(self, key: str) -> None:
         self._digests.pop(key, None)
@@ -279,7 +277,7 @@ class LocalSessionWriter(_Blob, _Held):
         session: UploadSession,
         data: int,
         size: int,
-        digest: Hash | None,
+        digests: Digests | None,
     ) -> None:
         _Blob.__init__(self, sessions_.storage)
         _Held.__init__(self, sessions_, key, lock, session)
@@ -290,7 +288,7 @@ class LocalSessionWriter(_Blob, _Held):
             name=key[:8],
             direct=False,
             start=size,
-            digest=digest,
+            digests=digests,
             checkpoint_bytes=CHECKPOINT_BYTES,
             on_durable=self._durable,
         )
@@ -317,6 +315,7 @@ class LocalSessionWriter(_Blob, _Held):
     async def seal(self) -> None:
         try:
             self.sha256 = await self._sink.seal()
+            self.block_sums = self._sink.block_sums
         except OSError as exc:
             raise oserror(exc, "writing an upload") from None
 
@@ -331,7 +330,7 @@ class LocalSessionWriter(_Blob, _Held):
         try:
             await self.save(saved)
             if durable == self.size_bytes:
-                self._sessions.remember(self._key, durable, self._sink.digest)
+                self._sessions.remember(self._key, durable, self._sink.digests())
         finally:
             self.release()
         return saved
@@ -374,12 +373,12 @@ def _read_record(folder: Path) -> UploadSession | None:
     return sessions.decode(raw)
 
 
-def _hash_prefix(fd: int, size: int) -> Hash:
-    digest, offset = hashlib.sha256(), 0
+def _hash_prefix(fd: int, size: int) -> Digests:
+    digests, offset = Digests(), 0
     while offset < size:
         chunk = os.pread(fd, min(COPY_CHUNK, size - offset), offset)
         if not chunk:
             break  # cannot happen: size is at most the file's
-        digest.update(chunk)
+        digests.update(chunk)
         offset += len(chunk)
-    return digest
+    return digests

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -11,6 +10,7 @@ from asset_service.domain.errors import Conflict
 from asset_service.domain.ports import Chunk
 from asset_service.domain.uploads import UploadSession
 from asset_service.storage import sessions
+from asset_service.storage.blocks import Digests
 from asset_service.storage.memory._blobs import MemoryBlob
 from asset_service.storage.memory._state import MemorySession
 
@@ -99,7 +99,8 @@ class MemorySessionWriter(MemoryBlob, _Held):
     ) -> None:
         MemoryBlob.__init__(self, storage)
         _Held.__init__(self, storage, key, entry, session)
-        self._hash = hashlib.sha256(entry.data)
+        self._digests = Digests()
+        self._digests.update(bytes(entry.data))
         self.size_bytes = len(entry.data)
         self._sealed = False
 
@@ -107,12 +108,13 @@ class MemorySessionWriter(MemoryBlob, _Held):
         if self._sealed or self._done:
             raise RuntimeError("write() after seal() or after the blob was settled")
         self._entry.data += chunk
-        self._hash.update(chunk)
+        self._digests.update(chunk)
         self.size_bytes += len(chunk)
 
     async def seal(self) -> None:
         self._sealed = True
-        self.sha256 = self._hash.hexdigest()
+        self.sha256 = self._digests.sha.hexdigest()
+        self.block_sums = self._digests.blocks.result()
 
     def _content(self) -> bytes:
         if not self._sealed:

@@ -7,16 +7,17 @@ import dataclasses
 import logging
 import uuid
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from asset_service.domain.errors import Conflict
+from asset_service.domain.models import BlockSums
 from asset_service.domain.ports import Chunk
 from asset_service.domain.uploads import UploadSession
+from asset_service.storage.blocks import Digests
+from asset_service.storage.s3._blob import crc32c_base64
 from asset_service.storage.s3._config import PART_SIZE, translate
 
 if TYPE_CHECKING:
-    from hashlib import _Hash as Hash
-
     from types_aiobotocore_s3.type_defs import CompletedPartTypeDef
 
     from asset_service.storage.s3._sessions import Claim
@@ -39,16 +40,20 @@ class S3SessionWriter:
         multipart: str,
         parts: list[CompletedPartTypeDef],
         size: int,
-        digest: Hash,
+        digests: Digests,
     ) -> None:
         self._claim = claim
         self._storage = claim.sessions.storage
         self._data_key = claim.sessions.data_key(claim.key)
         self._multipart: str | None = multipart
         self._parts = list(parts)
-        self._hash = digest
+        # The sha256 and block sums of the uploaded parts (PART_SIZE is a multiple of the
+        # block size: a part boundary never splits a block).
+        self._digests = digests
+        self._checksummed = bool(claim.extra.get("crc32c"))
         self.size_bytes = size
-        self.sha256 = digest.hexdigest()
+        self.sha256 = digests.sha.hexdigest()
+        self.block_sums: BlockSums = digests.blocks.result()
         self.blob_id = uuid.uuid4().hex  # stamped on the final object: "is it ours?"
         self._buffer = bytearray()
         self._staged = False  # the upload was completed as the data object
@@ -75,6 +80,9 @@ class S3SessionWriter:
     async def _upload_part(self, data: bytes) -> None:
         assert self._multipart is not None
         number = len(self._parts) + 1
+        # Checked by the store on receipt (a part damaged on the way is refused).
+        checksum = await asyncio.to_thread(crc32c_base64, data) if self._checksummed else ""
+        extra: dict[str, Any] = {"ChecksumCRC32C": checksum} if checksum else {}
         try:
             answer = await self._storage.client.upload_part(
                 Bucket=self._storage.location.bucket,
@@ -82,11 +90,15 @@ class S3SessionWriter:
                 UploadId=self._multipart,
                 PartNumber=number,
                 Body=data,
+                **extra,
             )
         except Exception as exc:
             raise translate(exc, "uploading a part", self._data_key) from exc
-        self._parts.append({"PartNumber": number, "ETag": answer["ETag"]})
-        await asyncio.to_thread(self._hash.update, data)
+        part: CompletedPartTypeDef = {"PartNumber": number, "ETag": answer["ETag"]}
+        if checksum:
+            part["ChecksumCRC32C"] = checksum
+        self._parts.append(part)
+        await asyncio.to_thread(self._digests.update, data)
 
     @property
     def durable_bytes(self) -> int:
@@ -96,8 +108,8 @@ class S3SessionWriter:
         """No more writes: complete the data object (unless the file fits in memory)."""
         self._sealed = True
         if not self._parts:
-            self._hash.update(self._buffer)  # at most one part, held here: commit() PUTs it
-            self.sha256 = self._hash.hexdigest()
+            self._digests.update(bytes(self._buffer))  # held here: commit() PUTs it
+            self._final_digests()
             return
         if self._buffer:
             await self._upload_part(bytes(self._buffer))
@@ -105,7 +117,11 @@ class S3SessionWriter:
         assert self._multipart is not None
         await self._claim.sessions.complete(self._claim.key, self._multipart, self._parts)
         self._multipart, self._staged = None, True
-        self.sha256 = self._hash.hexdigest()
+        self._final_digests()
+
+    def _final_digests(self) -> None:
+        self.sha256 = self._digests.sha.hexdigest()
+        self.block_sums = self._digests.blocks.result()
 
     async def suspend(self, expires_at: datetime) -> UploadSession:
         # A part not filled is not durable: it goes, and the next stream sends it again.
@@ -119,7 +135,7 @@ class S3SessionWriter:
             await self._claim.close(saved)
             if self._multipart is not None and not self._sealed:
                 sessions = self._claim.sessions
-                sessions.digests[self._claim.key] = (self._multipart, durable, self._hash.copy())
+                sessions.digests[self._claim.key] = (self._multipart, durable, self._digests.copy())
         finally:
             self.release()
         return saved

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import hashlib
 import logging
 import socket
 import uuid
@@ -23,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from asset_service.domain.errors import Conflict, IntegrityError
 from asset_service.domain.uploads import UploadSession
 from asset_service.storage import sessions
+from asset_service.storage.blocks import Digests
 from asset_service.storage.s3._config import (
     COPY_PART_SIZE,
     PART_SIZE,
@@ -33,8 +33,6 @@ from asset_service.storage.s3._config import (
 from asset_service.storage.s3._session_blob import S3SessionWriter
 
 if TYPE_CHECKING:
-    from hashlib import _Hash as Hash
-
     from types_aiobotocore_s3.type_defs import CompletedPartTypeDef
 
     from asset_service.storage.s3._storage import S3Storage
@@ -75,7 +73,7 @@ class S3Sessions:
         self.area = f"{storage.location.prefix}tmp/uploads/"
         # (multipart id, offset, sha256) of sessions this process suspended last: resuming
         # here needs no read-back while the upload is as it was left.
-        self.digests: dict[str, tuple[str, int, Hash]] = {}
+        self.digests: dict[str, tuple[str, int, Digests]] = {}
         # Who holds a session: this host and state folder, then the instance. A holder
         # named with this host and folder whose instance is not alive here (its lock in
         # the state folder is free) died: its hold is void at once, without waiting.
@@ -174,13 +172,23 @@ class S3Sessions:
         for part in sorted(found, key=lambda p: p["PartNumber"]):
             if part["PartNumber"] != len(parts) + 1:
                 break  # a gap: later parts are overwritten by the next stream
-            parts.append(({"PartNumber": part["PartNumber"], "ETag": part["ETag"]}, part["Size"]))
+            completed: CompletedPartTypeDef = {
+                "PartNumber": part["PartNumber"],
+                "ETag": part["ETag"],
+            }
+            if "ChecksumCRC32C" in part:
+                completed["ChecksumCRC32C"] = part["ChecksumCRC32C"]
+            parts.append((completed, part["Size"]))
         return parts
 
-    async def create_upload(self, key: str) -> str:
+    async def create_upload(self, key: str, checksummed: bool) -> str:
+        """A multipart upload for the session's bytes. `checksummed`: the store checks each
+        part against its crc32c on receipt (as S3Writer's parts); the store then also wants
+        one for every part copied in, so an upload that starts with copies goes without."""
+        extra: dict[str, Any] = {"ChecksumAlgorithm": "CRC32C"} if checksummed else {}
         try:
             created = await self.storage.client.create_multipart_upload(
-                Bucket=self.storage.location.bucket, Key=self.data_key(key)
+                Bucket=self.storage.location.bucket, Key=self.data_key(key), **extra
             )
         except Exception as exc:
             raise translate(exc, "starting an upload", self.data_key(key)) from exc
@@ -197,9 +205,9 @@ class S3Sessions:
         except Exception as exc:
             raise translate(exc, "completing an upload", self.data_key(key)) from exc
 
-    async def read_back(self, key: str, size: int) -> Hash:
-        """The sha256 of the first `size` bytes of the data object (a completed upload)."""
-        digest = hashlib.sha256()
+    async def read_back(self, key: str, size: int) -> Digests:
+        """The sha256 and block sums of the first `size` bytes of the data object."""
+        digest = Digests()
         data = self.data_key(key)
         head = await self.storage.head(data)
         if head is None or int(head["ContentLength"]) < size:
@@ -247,14 +255,14 @@ class S3Sessions:
         hold = self.holder()
         etag = await self.put(key, session, {"stream": hold}, None)
         try:
-            multipart = await self.create_upload(key)
-            extra = {"stream": hold, "multipart": multipart}
+            multipart = await self.create_upload(key, checksummed=True)
+            extra = {"stream": hold, "multipart": multipart, "crc32c": True}
             etag = await self.put(key, session, extra, etag)
         except BaseException:
             await self.remove_all(key)
             raise
         claim = Claim(self, key, session, extra, etag)
-        return S3SessionWriter(claim, multipart, [], 0, hashlib.sha256())
+        return S3SessionWriter(claim, multipart, [], 0, Digests())
 
     async def take_session(self, key: str) -> S3Hold | None:
         record = await self.get(key)
@@ -348,7 +356,7 @@ class Claim:
         self.lost = False
         self._refresher: asyncio.Task[None] | None = asyncio.create_task(self._refresh())
 
-    async def save(self, session: UploadSession, **extra: str) -> None:
+    async def save(self, session: UploadSession, **extra: Any) -> None:
         async with self._lock:
             fields = {**self.extra, **extra}
             self._etag = await self.sessions.put(self.key, session, fields, self._etag)
@@ -416,11 +424,11 @@ class S3Hold:
         multipart = str(claim.extra.get("multipart", ""))
         durable = await sessions_.durable(key, multipart)
         cached = sessions_.digests.pop(key, None)
-        digest: Hash = hashlib.sha256()
+        digests = Digests()
         parts = durable.parts
         if durable.upload_alive and durable.committed:
             if cached is not None and cached[:2] == (multipart, durable.committed):
-                digest = cached[2]
+                digests = cached[2]
             else:
                 # After a restart, or on another server: parts cannot be read back while
                 # their upload is open, so complete it, hash the object, and go on in a new
@@ -429,12 +437,13 @@ class S3Hold:
                 durable = Durable([], durable.committed, False)
         if not durable.upload_alive:
             if durable.committed:
-                digest = await sessions_.read_back(key, durable.committed)
-            multipart = await sessions_.create_upload(key)
+                digests = await sessions_.read_back(key, durable.committed)
+            checksummed = not durable.committed  # (copied parts have no crc32c to give)
+            multipart = await sessions_.create_upload(key, checksummed)
             parts = await sessions_.copy_into(key, multipart, durable.committed)
             session = dataclasses.replace(claim.session, committed_bytes=durable.committed)
-            await claim.save(session, multipart=multipart)
-        return S3SessionWriter(claim, multipart, parts, durable.committed, digest)
+            await claim.save(session, multipart=multipart, crc32c=checksummed)
+        return S3SessionWriter(claim, multipart, parts, durable.committed, digests)
 
 
 async def _quietly(work: Any) -> None:
