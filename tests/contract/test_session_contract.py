@@ -15,6 +15,7 @@ from asset_service.domain.errors import Conflict
 from asset_service.domain.models import UploadHeader
 from asset_service.domain.ports import BlobStorage, SessionWriter
 from asset_service.domain.uploads import UploadSession
+from asset_service.storage.blocks import sums_of
 from tests.contract.blob_backends import BlobBackend, blob_backend, blob_backend_names
 from tests.contract.test_blob_contract import DAY, ID, content
 
@@ -24,6 +25,7 @@ KEY = "a" * 40
 # 2.5 object-store parts: a cut keeps two of them there, every byte elsewhere.
 DATA = os.urandom(20 * MiB + 12345)
 SHA = hashlib.sha256(DATA).hexdigest()
+SUMS = sums_of(DATA)
 
 
 @pytest.fixture(params=blob_backend_names())
@@ -90,6 +92,7 @@ async def test_a_resumed_upload_hashes_and_commits_the_whole_file(
     await fed(writer, DATA[offset:])
     await writer.seal()
     assert (writer.size_bytes, writer.sha256) == (len(DATA), SHA)
+    assert writer.block_sums == SUMS  # the block checksums of the whole file too
     path = await writer.commit(f"uploads/2026-01-02/{ID}/big.bin")
     await writer.finish()
     assert await content(storage, path, len(DATA)) == DATA
