@@ -211,10 +211,14 @@ class Resumable(Creation):
         task.add_done_callback(self._session_work.discard)
         return await asyncio.shield(task)
 
-    async def settle_sessions(self) -> None:
-        """Let suspends and completions in flight end (the server is stopping)."""
-        if self._session_work:
-            await asyncio.wait(set(self._session_work), timeout=30)
+    async def settle_sessions(self, within: float = 30.0) -> None:
+        """Let suspends and completions in flight end (the server is stopping), and what
+        they start as they end (an abandoned opening's suspend)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        while self._session_work and loop.time() < deadline:
+            await asyncio.wait(set(self._session_work), timeout=deadline - loop.time())
+            await asyncio.sleep(0)  # done callbacks run: they may add work
 
     async def query_upload(self, upload_id: str, *, by: str = "") -> UploadState:
         upload_id = validate_upload_id(upload_id)
