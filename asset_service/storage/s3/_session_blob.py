@@ -20,7 +20,7 @@ from asset_service.storage.s3._config import PART_SIZE, translate
 if TYPE_CHECKING:
     from types_aiobotocore_s3.type_defs import CompletedPartTypeDef
 
-    from asset_service.storage.s3._sessions import Claim
+    from asset_service.storage.s3._session_hold import Claim
 
 log = logging.getLogger(__name__)
 

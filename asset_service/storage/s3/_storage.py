@@ -38,7 +38,8 @@ from asset_service.storage.s3._config import (
 )
 from asset_service.storage.s3._journal import Journal, Leftover
 from asset_service.storage.s3._session_blob import S3SessionWriter
-from asset_service.storage.s3._sessions import S3Hold, S3Sessions
+from asset_service.storage.s3._session_hold import S3Hold
+from asset_service.storage.s3._sessions import S3Sessions
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
