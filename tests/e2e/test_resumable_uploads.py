@@ -463,6 +463,20 @@ async def test_the_python_client_resumes_by_itself_without_resending(
     assert seen == sorted(seen) and seen[-1] == len(DATA)
 
 
+async def test_the_python_client_starts_again_an_upload_the_server_never_saw(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    path = tmp_path / "big.bin"
+    path.write_bytes(DATA)
+    with proxy_to(server.port) as proxy:
+        proxy.cut_after(200)  # the connection drops before the upload's header arrives
+        async with AsyncAssetClient(proxy.address) as client:
+            asset = await client.upload(path, progress=False)
+        assert proxy.cuts == 1
+    assert (asset.size_bytes, asset.sha256) == (len(DATA), SHA)
+    assert not CUT_LOG.search("".join(server.log))  # no stream of it was ever cut
+
+
 async def test_the_sync_client_resumes_across_a_server_restart(
     server: ServerProcess, tmp_path: Path
 ) -> None:

@@ -197,6 +197,11 @@ class Upload:
             return None
         return self.retries.delay(exc)
 
+    def restart(self) -> None:
+        """The server does not know this upload: the next stream starts it again from 0,
+        under a new upload_id (the old one may name an expired session)."""
+        self.header.upload_id = _resume.new_upload_id()
+
     def query_request(self) -> pb.QueryUploadRequest:
         return pb.QueryUploadRequest(upload_id=self.header.upload_id)
 

@@ -160,21 +160,30 @@ class AssetClient:
                         raise upload.failure(exc) from exc
                     log.info("upload of %s cut (%s); resuming", upload.path, exc.code())
                 state = self._resume_point(upload, delay)
-                if state.HasField("asset"):
+                if state is None:
+                    # Unknown to the server (the cut came before the header, or it
+                    # expired): start again from 0 under a new upload_id.
+                    upload.restart()
+                    upload.resume_at(0)
+                elif state.HasField("asset"):
                     response = pb.UploadAssetResponse(asset=state.asset)
                     break
-                upload.resume_at(state.committed_bytes)
+                else:
+                    upload.resume_at(state.committed_bytes)
         finally:
             upload.close()
         return upload.finish(response)
 
-    def _resume_point(self, upload: _core.Upload, delay: float) -> pb.QueryUploadResponse:
-        """Where a cut upload resumes, asked once the server answers (within its attempts)."""
+    def _resume_point(self, upload: _core.Upload, delay: float) -> pb.QueryUploadResponse | None:
+        """Where a cut upload resumes, asked once the server answers (within its attempts);
+        None if the server does not know the upload."""
         while True:
             time.sleep(delay)
             try:
                 return self._stub.QueryUpload(upload.query_request(), timeout=self.timeout)
             except grpc.RpcError as exc:
+                if exc.code() == grpc.StatusCode.NOT_FOUND:
+                    return None
                 next_delay = upload.retry_delay(exc)
                 if next_delay is None:
                     raise upload.failure(exc) from exc
