@@ -18,6 +18,7 @@ from asset_service.domain.errors import (
     HistoryGone,
     IntegrityError,
     InvalidArgument,
+    LeaseRanOut,
     LimitExceeded,
     ManifestBlocked,
     ManifestWaitTimeout,
@@ -418,6 +419,7 @@ RAISED_OUTSIDE_THE_DOMAIN = {
     DuplicateKey: "MongoStore's group writer: a Conflict (tests/unit/test_mongo_group_writes.py)",
     NothingToDelete: "MongoStore's group writer: delete() returns None for it",
     Unverified: "a storage's check_many verdict, which the domain verifies (never raised)",
+    LeaseRanOut: "a store's verdict on a lease, which the manager turns into FailedPrecondition",
 }
 
 

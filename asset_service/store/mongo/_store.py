@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import uuid
@@ -22,6 +23,7 @@ from pymongo.write_concern import WriteConcern
 from asset_service.domain.errors import (
     Conflict,
     InvalidArgument,
+    LeaseRanOut,
     NotFound,
     Unavailable,
 )
@@ -38,7 +40,7 @@ from asset_service.domain.models import (
     approx_bytes,
 )
 from asset_service.store import _paging
-from asset_service.store._fields import lease_condition, lease_conflict, transition_fields
+from asset_service.store._fields import lease_condition, transition_fields
 from asset_service.store.mongo import _schema
 from asset_service.store.mongo._documents import (
     Doc,
@@ -57,6 +59,7 @@ from asset_service.store.mongo._feed import (
     ChangeStreamLike,
 )
 from asset_service.store.mongo._leases import WriterLeases
+from asset_service.store.mongo._promises import PromiseLeases, overlay
 from asset_service.store.mongo._writer import DuplicateKey, GroupWriter
 
 log = logging.getLogger(__name__)
@@ -151,6 +154,9 @@ class MongoStore:
         wc = WriteConcern("majority")
         self._assets: AsyncCollection[Doc] = self._db.get_collection("assets", write_concern=wc)
         self._counters: AsyncCollection[Doc] = self._db.get_collection("counters", write_concern=wc)
+        # Promise leases: records of their own, renewed without touching `assets`.
+        self._lease_docs: AsyncCollection[Doc] = self._db.get_collection("leases", write_concern=wc)
+        self._sweeps: AsyncCollection[Doc] = self._db.get_collection("sweeps", write_concern=wc)
         self._transactions = True
         self._pre_images = False
         self._feed: ChangeFeed | None = None
@@ -194,6 +200,9 @@ class MongoStore:
         try:
             await self._ensure_indexes()
             await self._raise_revision_floor()
+            await _schema.prepare_leases(
+                self._assets, self._lease_docs, self._sweeps, self._db.name
+            )
         except PyMongoError as exc:
             raise Unavailable(f"cannot prepare MongoDB database {self._db.name}: {exc}") from exc
         if self._transactions:
@@ -209,6 +218,12 @@ class MongoStore:
                 uuid.uuid4().hex,
             )
             self._leases.start()
+
+    @property
+    def _promises(self) -> PromiseLeases:
+        # The database's clock wherever it can judge ($expr, update pipelines: a replica
+        # set); FerretDB (allow_standalone, tests) has neither.
+        return PromiseLeases(self._lease_docs, self._sweeps, database_clock=self._transactions)
 
     async def _kill_sessions(self, lsids: list[Mapping[str, Any]]) -> None:
         await self._client.admin.command("killSessions", lsids)
@@ -320,9 +335,25 @@ class MongoStore:
     async def get(self, asset_id: str) -> Asset | None:
         try:
             doc = await self._assets.find_one({"_id": asset_id})
+            if doc is not None and overlay([doc]):
+                end = await self._promises.current_end(asset_id)
+                if end is None:
+                    # Its lease ended since the first read: the promise left PENDING, and
+                    # its record now holds the last end.
+                    doc = await self._assets.find_one({"_id": asset_id})
+                else:
+                    doc["lease_expires_at"] = end
         except PyMongoError as exc:
             raise _unavailable(exc) from exc
         return doc_to_asset(doc) if doc is not None else None
+
+    async def _with_leases(self, docs: list[Doc], session: AsyncClientSession | None) -> None:
+        """Show each PENDING promise's lease as its record in `leases` says (one query)."""
+        ends = await self._promises.ends(overlay(docs), session)
+        for doc in docs:
+            end = ends.get(str(doc["_id"]))
+            if end is not None:
+                doc["lease_expires_at"] = end
 
     async def get_many(self, asset_ids: Sequence[str]) -> dict[str, Asset]:
         ids = list(dict.fromkeys(asset_ids))
@@ -330,7 +361,11 @@ class MongoStore:
         try:
             for start in range(0, len(ids), 1000):
                 part = ids[start : start + 1000]
-                async for doc in self._assets.find({"_id": {"$in": part}}, LISTED_PROJECTION):
+                docs = [
+                    d async for d in self._assets.find({"_id": {"$in": part}}, LISTED_PROJECTION)
+                ]
+                await self._with_leases(docs, None)
+                for doc in docs:
                     asset = doc_to_asset(doc)
                     found[asset.id] = asset
         except PyMongoError as exc:
@@ -370,7 +405,9 @@ class MongoStore:
                     cursor = self._assets.find(
                         {"_id": {"$in": part}}, SLIM_PROJECTION, session=session
                     ).max_time_ms(_schema.QUERY_MAX_TIME_MS)
-                    async for doc in cursor:
+                    docs = [doc async for doc in cursor]
+                    await self._with_leases(docs, session)  # the same cut
+                    for doc in docs:
                         asset = doc_to_asset(doc)
                         found[asset.id] = asset
         except PyMongoError as exc:
@@ -414,6 +451,7 @@ class MongoStore:
                         full = max_bytes is not None and used > max_bytes
                 finally:
                     await cursor.close()
+                await self._with_leases(docs, session)  # the same cut
         except PyMongoError as exc:
             raise _unavailable(exc) from exc
         assets, last = _paging.fill_page(
@@ -432,26 +470,45 @@ class MongoStore:
             raise _unavailable(exc) from exc
 
     async def leases_run_out(self, now: datetime, limit: int) -> list[Asset]:
-        where = {"status": Status.PENDING.value, "lease_expires_at": {"$lte": ms(now)}}
-        cursor = (
-            self._assets.find(where, SLIM_PROJECTION)
-            .sort("lease_expires_at", ASCENDING)
-            .limit(limit)
-            .max_time_ms(_schema.QUERY_MAX_TIME_MS)
-        )
+        """By the database's clock ($$NOW) on a replica set: `now` is not used there."""
         try:
-            return [doc_to_asset(doc) async for doc in cursor]
+            due = await self._promises.due(now, limit, _schema.QUERY_MAX_TIME_MS)
+            ends = dict(due)
+            docs = await self._assets.find(
+                {"_id": {"$in": list(ends)}, "status": Status.PENDING.value}, SLIM_PROJECTION
+            ).to_list()
         except PyMongoError as exc:
             raise _unavailable(exc) from exc
-        finally:
-            await cursor.close()
+        for doc in docs:
+            doc["lease_expires_at"] = ends[str(doc["_id"])]
+        assets = sorted((doc_to_asset(d) for d in docs), key=lambda a: (a.lease_expires_at, a.id))
+        return assets
+
+    async def claim_sweep(self, holder: str, seconds: float, now: datetime) -> bool:
+        try:
+            return await self._promises.claim_sweep(holder, seconds, now)
+        except PyMongoError as exc:
+            raise _unavailable(exc) from exc
 
     # --- writes -----------------------------------------------------------------------
 
     async def insert(self, asset: Asset) -> Asset:
+        leased = asset.status is Status.PENDING and asset.lease_seconds > 0
+        promises = self._promises
+
         async def apply(session: AsyncClientSession | None, rev: int) -> Asset:
             doc = asset_to_doc(asset, rev)
+            if leased and promises.database_clock:
+                # The lease first: its end by the database's clock goes into the record.
+                # (A duplicate id then aborts the transaction, lease included.)
+                assert asset.lease_expires_at is not None
+                doc["lease_expires_at"] = await promises.create(
+                    asset.id, asset.lease_seconds, asset.lease_expires_at, session
+                )
             await self._assets.insert_one(doc, session=session)
+            if leased and not promises.database_clock:
+                assert asset.lease_expires_at is not None
+                await promises.create(asset.id, asset.lease_seconds, asset.lease_expires_at, None)
             return doc_to_asset(doc)
 
         result: Asset = await self._writer.submit(apply, approx_bytes(asset))
@@ -461,37 +518,84 @@ class MongoStore:
         self, asset_id: str, expected: Status, change: Transition, now: datetime
     ) -> Asset:
         sets = transition_fields(change, now, value_column="value_content", timestamp=ms)
-        where: Doc = {"_id": asset_id, "status": expected.value}
         test = lease_condition(change)
-        # BSON dates hold milliseconds: `now` floored, as every store compares it.
-        if test == "none or not run out":
-            # null matches a missing field too (records from before leases).
-            where["$or"] = [{"lease_expires_at": None}, {"lease_expires_at": {"$gt": ms(now)}}]
-        elif test is not None:
-            where["lease_expires_at"] = {"$gt" if test == "not run out" else "$lte": ms(now)}
+        leaves_pending = expected is Status.PENDING and sets.get("status", expected) != expected
+        promises = self._promises
+
+        async def refusal(
+            session: AsyncClientSession | None, current: Doc | None = None
+        ) -> Exception:
+            """Why the write did not apply (read in the same transaction)."""
+            if current is None:
+                current = await self._assets.find_one(
+                    {"_id": asset_id}, {"status": 1, "lease_seconds": 1}, session=session
+                )
+            if current is None:
+                return NotFound(f"asset {asset_id} not found")
+            if current["status"] != expected.value or test is None:
+                return Conflict(f"asset {asset_id} is {current['status']}, expected {expected}")
+            if test == "run out":
+                return Conflict(f"asset {asset_id} has no lease to run out")
+            return await promises.ran_out(asset_id, session)
+
+        async def update(where: Doc, fields: Doc, session: AsyncClientSession | None) -> Doc | None:
+            return await self._assets.find_one_and_update(
+                where, {"$set": fields}, return_document=ReturnDocument.AFTER, session=session
+            )
 
         async def apply(session: AsyncClientSession | None, rev: int) -> Asset:
-            doc = await self._assets.find_one_and_update(
-                where,
-                {"$set": {**sets, "revision": rev}},
-                return_document=ReturnDocument.AFTER,
-                session=session,
-            )
-            if doc is None:
+            where: Doc = {"_id": asset_id, "status": expected.value}
+            fields = {**sets, "revision": rev}
+            if leaves_pending and test != "run out":
+                # A promise without a lease moves on in one statement, as before leases
+                # had records of their own; the leases' collection is not touched.
+                doc = await update({**where, "lease_seconds": {"$in": [0, None]}}, fields, session)
+                if doc is not None:
+                    return doc_to_asset(doc)
                 current = await self._assets.find_one(
-                    {"_id": asset_id}, {"status": 1, "lease_expires_at": 1}, session=session
+                    {"_id": asset_id}, {"status": 1, "lease_seconds": 1}, session=session
                 )
-                if current is None:
-                    raise NotFound(f"asset {asset_id} not found")
-                if current["status"] != expected.value or test is None:
-                    raise Conflict(f"asset {asset_id} is {current['status']}, expected {expected}")
-                end = current.get("lease_expires_at")
-                raise Conflict(lease_conflict(asset_id, test, end))
+                if current is None or current["status"] != expected.value:
+                    raise await refusal(session, current)
+            if leaves_pending:
+                # The lease first (_promises.py): it exists only while the asset is PENDING
+                # with a lease, so once it is removed (if its condition held) the asset's
+                # own condition holds too, and the record keeps its last end.
+                last_end = await promises.end(asset_id, test, now, session)
+                if last_end is None:
+                    raise await refusal(session)
+                fields["lease_expires_at"] = last_end
+            doc = await update(where, fields, session)
+            if doc is None:
+                raise await refusal(session)
             return doc_to_asset(doc)
 
         cost = len(change.value.data) if isinstance(change, Fulfillment) and change.value else 0
         result: Asset = await self._writer.submit(apply, cost)
         return result
+
+    async def renew_lease(self, asset_id: str, seconds: int, now: datetime, by: str) -> Asset:
+        """One update of the lease's document (by $$NOW), beside one read of the asset:
+        no transaction, no revision, nothing on the change stream of `assets`."""
+        try:
+            with pymongo.timeout(self.operation_timeout):
+                end, doc = await asyncio.gather(
+                    self._promises.renew(asset_id, seconds, now, by),
+                    self._assets.find_one({"_id": asset_id}, LISTED_PROJECTION),
+                )
+                if end is None and doc is not None and overlay([doc]):
+                    end_now = await self._promises.current_end(asset_id)
+                    if end_now is not None:
+                        raise LeaseRanOut(asset_id, end_now)
+        except PyMongoError as exc:
+            raise _write_error(exc, transaction=False) from exc
+        if doc is None:
+            raise NotFound(f"asset {asset_id} not found")
+        if end is None:
+            raise Conflict(f"asset {asset_id} has no lease to renew")
+        if doc.get("status") == Status.PENDING.value:  # (it may have moved on since)
+            doc["lease_expires_at"] = end
+        return doc_to_asset(doc)
 
     async def set_block_sums(self, asset_id: str, storage_path: str, sums: BlockSums) -> bool:
         # Not through the group writer: no revision, and the change feed skips an update
@@ -507,6 +611,8 @@ class MongoStore:
         return done.matched_count == 1
 
     async def delete(self, asset_id: str, by: str = "") -> Asset | None:
+        promises = self._promises
+
         async def apply(session: AsyncClientSession | None, rev: int) -> Asset:
             # Stamp the new revision (and the deleter) first so the change feed can number
             # the delete and say who made it.
@@ -518,6 +624,17 @@ class MongoStore:
             )
             if doc is None:
                 raise _NothingToDelete(asset_id)
+            if overlay([doc]):
+                # A live promise: its lease goes too, its last end onto the stamp.
+                last_end = await promises.drop(asset_id, session)
+                if last_end is not None:
+                    doc = await self._assets.find_one_and_update(
+                        {"_id": asset_id},
+                        {"$set": {"lease_expires_at": last_end}},
+                        return_document=ReturnDocument.AFTER,
+                        session=session,
+                    )
+                    assert doc is not None
             await self._assets.delete_one({"_id": asset_id}, session=session)
             return doc_to_asset(doc)
 

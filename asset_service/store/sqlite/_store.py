@@ -14,6 +14,7 @@ from typing import TypeVar
 
 from asset_service.domain.errors import (
     Conflict,
+    LeaseRanOut,
     NotFound,
     StorageFull,
     Unavailable,
@@ -31,7 +32,9 @@ from asset_service.domain.models import (
     Transition,
 )
 from asset_service.store import _paging
+from asset_service.store._claims import LocalSweepClaim
 from asset_service.store._fields import (
+    LeaseTest,
     encoded_sums,
     lease_condition,
     lease_conflict,
@@ -44,6 +47,8 @@ from asset_service.store.sqlite._schema import (
     COLUMN_COUNT,
     COLUMNS,
     LISTED_COLUMNS,
+    READ_COLUMNS,
+    RECORDS,
     SCHEMA,
     SLIM_COLUMNS,
     decode_token,
@@ -74,6 +79,12 @@ DEFAULT_RESERVE_BYTES = 4 * 1024 * 1024
 JOURNAL_SIZE_LIMIT = 4 * 1024 * 1024
 
 
+def _lease_allows(test: LeaseTest, end_ms: int | None, now_ms: int) -> bool:
+    if test == "none or not run out":
+        return end_ms is None or end_ms > now_ms
+    return end_ms is not None and end_ms <= now_ms
+
+
 def _counter(c: sqlite3.Connection) -> int:
     row = c.execute("SELECT value FROM counters WHERE name = 'revision'").fetchone()
     return int(row[0]) if row else 0
@@ -94,6 +105,8 @@ class SqliteStore:
         self._lock_fd: int | None = None
         # (st_dev, st_ino) of the database file opened: ping() finds it moved or replaced.
         self._identity: tuple[int, int] | None = None
+        # One process owns the database file (claim()), so its sweep claim lives here.
+        self._sweep = LocalSweepClaim()
 
     @property
     def transactions(self) -> int:
@@ -255,7 +268,9 @@ class SqliteStore:
             return now
 
         def q(c: sqlite3.Connection) -> Asset | None:
-            row = c.execute(f"SELECT {COLUMNS} FROM assets WHERE id = ?", (asset_id,)).fetchone()
+            row = c.execute(
+                f"SELECT {READ_COLUMNS} FROM {RECORDS} WHERE id = ?", (asset_id,)
+            ).fetchone()
             return row_to_asset(row) if row else None
 
         return await self._read(q)
@@ -280,7 +295,7 @@ class SqliteStore:
                 for start in range(0, len(ids), 500):
                     part = ids[start : start + 500]
                     marks = ",".join("?" * len(part))
-                    sql = f"SELECT {columns} FROM assets WHERE id IN ({marks})"
+                    sql = f"SELECT {columns} FROM {RECORDS} WHERE id IN ({marks})"
                     for row in c.execute(sql, part):
                         found[row["id"]] = row_to_asset(row)
             finally:
@@ -312,7 +327,7 @@ class SqliteStore:
             where.append("id IN (SELECT asset_id FROM asset_tags WHERE tag = ?)")
             args.append(tag)
         sql = (
-            f"SELECT seq, {LISTED_COLUMNS} FROM assets WHERE {' AND '.join(where)} "
+            f"SELECT seq, {LISTED_COLUMNS} FROM {RECORDS} WHERE {' AND '.join(where)} "
             "ORDER BY seq LIMIT ?"
         )
 
@@ -340,15 +355,19 @@ class SqliteStore:
 
     async def leases_run_out(self, now: datetime, limit: int) -> list[Asset]:
         sql = (
-            # The (status, lease_expires_ms) index: one range, already in order.
-            f"SELECT {SLIM_COLUMNS} FROM assets WHERE status = 'PENDING' "
-            "AND lease_expires_ms <= ? ORDER BY lease_expires_ms LIMIT ?"
+            # The leases' expiry index: one range, already in order.
+            f"SELECT {SLIM_COLUMNS} FROM leases JOIN assets ON assets.id = leases.asset_id "
+            "WHERE leases.expires_ms <= ? ORDER BY leases.expires_ms LIMIT ?"
         )
 
         def q(c: sqlite3.Connection) -> list[Asset]:
             return [row_to_asset(row) for row in c.execute(sql, (to_ms(now), limit))]
 
         return await self._read(q)
+
+    async def claim_sweep(self, holder: str, seconds: float, now: datetime) -> bool:
+        self._open_writer()
+        return self._sweep.claim(holder, seconds, now)
 
     # --- writes -----------------------------------------------------------------------
 
@@ -390,6 +409,12 @@ class SqliteStore:
                     "INSERT INTO asset_tags (tag, asset_id) VALUES (?, ?)",
                     [(t, asset.id) for t in asset.tags],
                 )
+                if asset.status is Status.PENDING and asset.lease_seconds:
+                    assert asset.lease_expires_at is not None, "a leased promise needs its end"
+                    c.execute(
+                        "INSERT INTO leases (asset_id, expires_ms, seconds) VALUES (?, ?, ?)",
+                        (asset.id, to_ms(asset.lease_expires_at), asset.lease_seconds),
+                    )
             except sqlite3.IntegrityError:
                 raise Conflict(f"asset {asset.id} already exists") from None
             stored = Asset(**{**asset.__dict__, "revision": rev})
@@ -403,49 +428,72 @@ class SqliteStore:
         self, asset_id: str, expected: Status, change: Transition, now: datetime
     ) -> Asset:
         sets = transition_fields(
-            change,
-            now,
-            value_column="value_data",
-            timestamp=datetime.isoformat,
-            lease=lambda end: ("lease_expires_ms", to_ms(end)),
+            change, now, value_column="value_data", timestamp=datetime.isoformat
         )
         test = lease_condition(change)
-        lease_sql = ""
-        lease_args: tuple[int, ...] = ()
-        if test == "none or not run out":
-            lease_sql = " AND (lease_expires_ms IS NULL OR lease_expires_ms > ?)"
-            lease_args = (to_ms(now),)
-        elif test is not None:
-            lease_sql = f" AND lease_expires_ms {'>' if test == 'not run out' else '<='} ?"
-            lease_args = (to_ms(now),)
+        leaves_pending = expected is Status.PENDING and sets.get("status", expected) != expected
 
-        # Runs in a group transaction, in its own savepoint: raising rolls it back alone,
-        # revision bump included.
+        # Runs in a group transaction, in its own savepoint, on the one writer thread: the
+        # reads and writes below are one atomic step (raising rolls back its savepoint).
         def w(c: sqlite3.Connection) -> tuple[Asset, Change]:
-            rev = self._next_revision(c)
-            assignments = ", ".join(f"{k} = ?" for k in sets)
-            row = c.execute(
-                f"UPDATE assets SET {assignments}, revision = ? "
-                f"WHERE id = ? AND status = ?{lease_sql} RETURNING {COLUMNS}",
-                (*sets.values(), rev, asset_id, expected.value, *lease_args),
-            ).fetchone()
-            if row is None:
-                cur = c.execute(
-                    "SELECT status, lease_expires_ms FROM assets WHERE id = ?", (asset_id,)
+            current = c.execute("SELECT status FROM assets WHERE id = ?", (asset_id,)).fetchone()
+            if current is None:
+                raise NotFound(f"asset {asset_id} not found")
+            if current["status"] != expected.value:
+                raise Conflict(
+                    f"asset {asset_id} is {current['status']}, expected {expected.value}"
                 )
-                current = cur.fetchone()
-                if current is None:
-                    raise NotFound(f"asset {asset_id} not found")
-                if current["status"] != expected.value or test is None:
-                    raise Conflict(
-                        f"asset {asset_id} is {current['status']}, expected {expected.value}"
-                    )
-                raise Conflict(lease_conflict(asset_id, test, from_ms(current["lease_expires_ms"])))
+            lease = c.execute(
+                "SELECT expires_ms FROM leases WHERE asset_id = ?", (asset_id,)
+            ).fetchone()
+            end = lease["expires_ms"] if lease is not None else None
+            if test is not None and not _lease_allows(test, end, to_ms(now)):
+                raise lease_conflict(asset_id, test, from_ms(end))
+            fields = dict(sets)
+            if leaves_pending and lease is not None:
+                # The lease ends with the promise; the record keeps its last end.
+                fields["lease_expires_ms"] = end
+                c.execute("DELETE FROM leases WHERE asset_id = ?", (asset_id,))
+            rev = self._next_revision(c)
+            assignments = ", ".join(f"{k} = ?" for k in fields)
+            row = c.execute(
+                f"UPDATE assets SET {assignments}, revision = ? WHERE id = ? RETURNING {COLUMNS}",
+                (*fields.values(), rev, asset_id),
+            ).fetchone()
             updated = row_to_asset(row)
             return updated, Change(ChangeKind.PUT, updated)
 
         value = change.value if isinstance(change, Fulfillment) else None
         result: Asset = await self._open_writer().submit(w, len(value.data) if value else 0)
+        return result
+
+    async def renew_lease(self, asset_id: str, seconds: int, now: datetime, by: str) -> Asset:
+        at = to_ms(now)
+
+        # A write of the lease's record only: no revision, no change (_settle publishes
+        # none), in a group transaction like any write.
+        def w(c: sqlite3.Connection) -> tuple[Asset, None]:
+            renewed = c.execute(
+                "UPDATE leases SET expires_ms = ? + 1000 * (CASE WHEN ? > 0 THEN ? ELSE "
+                "seconds END), renewed_by = ?, renewed_ms = ? "
+                "WHERE asset_id = ? AND expires_ms > ? RETURNING expires_ms",
+                (at, seconds, seconds, by, at, asset_id, at),
+            ).fetchone()
+            if renewed is None:
+                lease = c.execute(
+                    "SELECT expires_ms FROM leases WHERE asset_id = ?", (asset_id,)
+                ).fetchone()
+                if lease is not None:
+                    raise LeaseRanOut(asset_id, from_ms(lease["expires_ms"]))
+                if c.execute("SELECT 1 FROM assets WHERE id = ?", (asset_id,)).fetchone():
+                    raise Conflict(f"asset {asset_id} has no lease to renew")
+                raise NotFound(f"asset {asset_id} not found")
+            row = c.execute(
+                f"SELECT {LISTED_COLUMNS} FROM {RECORDS} WHERE id = ?", (asset_id,)
+            ).fetchone()
+            return row_to_asset(row), None
+
+        result: Asset = await self._open_writer().submit(w)
         return result
 
     async def set_block_sums(self, asset_id: str, storage_path: str, sums: BlockSums) -> bool:
@@ -471,7 +519,13 @@ class SqliteStore:
                 return None  # nothing changed: the empty commit writes nothing
             rev = self._next_revision(c)
             c.execute("DELETE FROM asset_tags WHERE asset_id = ?", (asset_id,))
-        return Asset(**{**row_to_asset(row).__dict__, "revision": rev, "updated_by": by})
+            lease = c.execute(
+                "DELETE FROM leases WHERE asset_id = ? RETURNING expires_ms", (asset_id,)
+            ).fetchone()
+        gone = {**row_to_asset(row).__dict__, "revision": rev, "updated_by": by}
+        if lease is not None:
+            gone["lease_expires_at"] = from_ms(lease["expires_ms"])
+        return Asset(**gone)
 
     async def delete(self, asset_id: str, by: str = "") -> Asset | None:
         # Alone in its transaction: on a full disk it is retried with the reserve released.
