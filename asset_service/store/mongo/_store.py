@@ -165,6 +165,7 @@ class MongoStore:
         self._writer = GroupWriter(self._transact, self._claim)
         self._session: AsyncClientSession | None = None
         self._leases: WriterLeases | None = None
+        self._beat_client: pymongo.MongoClient[Doc] | None = None
 
     @property
     def database_name(self) -> str:
@@ -213,9 +214,10 @@ class MongoStore:
                 raise Unavailable(f"cannot open a MongoDB change stream: {exc}") from exc
             self._feed = ChangeFeed(self._open_stream, first_stream=first)
             self._leases = WriterLeases(
-                self._db.get_collection("writers", write_concern=WriteConcern("majority")),
+                self._db.get_collection("writers"),
                 self._kill_sessions,
                 uuid.uuid4().hex,
+                beats=self._beat_collection(),
             )
             self._leases.start()
 
@@ -224,6 +226,18 @@ class MongoStore:
         # The database's clock wherever it can judge ($expr, update pipelines: a replica
         # set); FerretDB (allow_standalone, tests) has neither.
         return PromiseLeases(self._lease_docs, self._sweeps, database_clock=self._transactions)
+
+    def _beat_collection(self) -> Any:
+        """`writers` through a synchronous client of its own: the writer lease's heartbeat
+        thread goes on while the event loop is stalled (_leases.py)."""
+        given = {k.lower() for k, _ in parse_qsl(urlsplit(self.url).query)}
+        options = {k: v for k, v in DEFAULT_CLIENT_OPTIONS.items() if k.lower() not in given}
+        self._beat_client = pymongo.MongoClient(
+            self.url, tz_aware=True, connect=False, maxPoolSize=2, **options
+        )
+        return self._beat_client.get_default_database(
+            DEFAULT_DATABASE, read_preference=ReadPreference.PRIMARY
+        ).get_collection("writers")
 
     async def _kill_sessions(self, lsids: list[Mapping[str, Any]]) -> None:
         await self._client.admin.command("killSessions", lsids)
@@ -250,6 +264,8 @@ class MongoStore:
         await self._writer.close()
         if self._leases is not None:
             await self._leases.close()
+        if self._beat_client is not None:
+            await asyncio.to_thread(self._beat_client.close)
         if self._session is not None:
             with contextlib.suppress(PyMongoError):
                 await self._session.end_session()
