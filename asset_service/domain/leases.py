@@ -31,6 +31,8 @@ EXPIRY_BATCH = 100
 # few enough that real writes always find room beside them (a fleet of dead workers must
 # not stall the live ones).
 EXPIRY_CONCURRENCY = 8
+# After each round of expiries the sweep waits this many times as long as the round took.
+SWEEP_PAUSE = 1.0
 
 
 def deadline(now: datetime, seconds: int) -> datetime:
@@ -90,27 +92,36 @@ async def expire_due(
     now: datetime,
     batch: int = EXPIRY_BATCH,
     concurrency: int = EXPIRY_CONCURRENCY,
+    pause: float = SWEEP_PAUSE,
 ) -> int:
     """Fail every PENDING asset whose lease ran out (by the store's clock); how many.
 
     An asset renewed, fulfilled, failed or deleted since the query (here or by another
-    process) is left as it is: the transition's condition decides.
+    process) is left as it is: the transition's condition decides. The expiries go
+    `concurrency` at a time (one group transaction, usually), and after each such round
+    the sweep waits `pause` times as long as the round took: a fleet of dead workers
+    leaves the store's writers (on MongoDB, the revision counter every process's
+    transactions take) free for live writes most of the time.
     """
-    gate = asyncio.Semaphore(max(1, concurrency))
+    loop = asyncio.get_running_loop()
 
     async def expire(asset: Asset) -> int:
-        async with gate:
-            try:
-                await store.transition(asset.id, Status.PENDING, expiry(asset), now)
-            except (Conflict, NotFound):
-                return 0
-            log.info("asset %s failed: its lease ran out", asset.id)
-            return 1
+        try:
+            await store.transition(asset.id, Status.PENDING, expiry(asset), now)
+        except (Conflict, NotFound):
+            return 0
+        log.info("asset %s failed: its lease ran out", asset.id)
+        return 1
 
     failed = 0
+    step = max(1, concurrency)
     while True:
         due = await store.leases_run_out(now, batch)
-        progress = sum(await asyncio.gather(*(expire(asset) for asset in due)))
+        progress = 0
+        for start in range(0, len(due), step):
+            began = loop.time()
+            progress += sum(await asyncio.gather(*(expire(a) for a in due[start : start + step])))
+            await asyncio.sleep((loop.time() - began) * pause)
         failed += progress
         # A full batch may have more behind it; one that changed nothing would only be
         # read again.
