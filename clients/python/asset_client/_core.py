@@ -14,9 +14,8 @@ from typing import IO, Any
 
 import grpc
 
-from asset_client import _convert
+from asset_client import _convert, _progress
 from asset_client._convert import pb
-from asset_client._progress import Progress
 from asset_client.errors import (
     AssetDeletedError,
     AssetFailedError,
@@ -143,7 +142,7 @@ class Upload:
         media_type: str | None,
         tags: Iterable[str],
         pending_asset_id: str | None,
-        progress: bool,
+        progress: bool | _progress.ProgressFactory,
         checksum: bool,
     ) -> None:
         self.path = Path(path)
@@ -158,7 +157,7 @@ class Upload:
         self.hasher = hashlib.sha256()
         self.error: BaseException | None = None
         self.fh: IO[bytes] | None = None
-        self.bar: Progress | None = None
+        self.bar: _progress.ProgressBar | None = None
 
     def open(self) -> None:
         """Open the file and fill in the header (blocking: may hash the whole file)."""
@@ -173,7 +172,7 @@ class Upload:
         except BaseException:
             self.close()
             raise
-        self.bar = Progress(size, f"upload {self.path.name}", self.progress_enabled)
+        self.bar = _progress.make(size, f"upload {self.path.name}", self.progress_enabled)
 
     def header_request(self) -> pb.UploadAssetRequest:
         return pb.UploadAssetRequest(header=self.header)
@@ -221,14 +220,19 @@ class Upload:
 class Download:
     """Writes a download to a temporary file beside `dest`; fsync + rename on success only."""
 
-    def __init__(self, dest: str | os.PathLike[str], asset: Asset, progress: bool) -> None:
+    def __init__(
+        self,
+        dest: str | os.PathLike[str],
+        asset: Asset,
+        progress: bool | _progress.ProgressFactory,
+    ) -> None:
         self.dest = Path(dest)
         self.asset = asset
         self.hasher = hashlib.sha256()
         self.written = 0
         self.fh: IO[bytes] | None = None
         self.tmp: Path | None = None
-        self.bar = Progress(asset.size_bytes or None, f"download {asset.label}", progress)
+        self.bar = _progress.make(asset.size_bytes or None, f"download {asset.label}", progress)
 
     def open(self) -> Download:
         fd, name = tempfile.mkstemp(
