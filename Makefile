@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
-	$(PY) -m pip install --quiet -e clients/python
+	$(PY) -m pip install --quiet -e 'clients/python[cli]'
 	touch $@
 
 $(TOOLS): tools/package.json tools/package-lock.json
