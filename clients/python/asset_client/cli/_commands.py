@@ -440,3 +440,32 @@ def manifest(
         _render.print_json({"path": result.path, "inputs": dict(result.entries)})
     else:
         click.echo(str(result.path))
+
+
+@cli.command("task-token")
+@click.argument("task_id")
+@click.option(
+    "--input",
+    "inputs",
+    multiple=True,
+    metavar="ASSET_ID",
+    help="An asset the task may read (its inputs); repeat for more.",
+)
+@click.option(
+    "--ttl",
+    type=click.IntRange(min=1),
+    help="Seconds the token is valid (default: the server's, an hour).",
+)
+@pass_settings
+def task_token(settings: Settings, task_id: str, inputs: tuple[str, ...], ttl: int | None) -> None:
+    """Mint a token for task TASK_ID's worker and print it (orchestrator role).
+
+    With it the worker may read the --input assets and its task's outputs, and fulfill,
+    fail or renew its task's promises; nothing else. Hand it over in a variable:
+
+    \b
+      ASSET_SERVICE_TOKEN=$(asset task-token task-42 --input "$VIDEO") asset run ...
+    """
+    with settings.connect() as client:
+        token = client.mint_task_token(task_id, inputs, ttl or 0)
+    click.echo(token.token)
