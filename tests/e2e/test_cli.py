@@ -270,3 +270,36 @@ def test_settings_come_from_the_environment(server: ServerProcess, client: Asset
     missing = asset(server.address, "ls", env={"ASSET_SERVICE_TOKEN_FILE": str(token_file)})
     assert str(token_file) in one_line_error(missing, 2)
     assert client.get(value.id).status is AssetStatus.AVAILABLE
+
+
+def test_put_draws_a_progress_bar_on_a_terminal_only(server: ServerProcess, tmp_path: Path) -> None:
+    import os
+    import pty
+
+    (tmp_path / "big.bin").write_bytes(os.urandom(3 * 1024 * 1024))
+    quiet = asset(server.address, "put", str(tmp_path / "big.bin"))
+    assert quiet.returncode == 0 and quiet.stderr == b""  # piped stderr: no bar
+    leader, follower = pty.openpty()
+    try:
+        proc = subprocess.Popen(
+            [ASSET, "put", str(tmp_path / "big.bin")],
+            env={**cli_env(server.address), "COLUMNS": "120", "TERM": "xterm"},
+            stdout=subprocess.PIPE,
+            stderr=follower,
+        )
+        os.close(follower)
+        drawn = b""
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # EIO: the terminal's other end closed
+                break
+            if not chunk:
+                break
+            drawn += chunk
+        stdout, _ = proc.communicate(timeout=60)
+    finally:
+        os.close(leader)
+    assert proc.returncode == 0
+    assert len(stdout.decode().strip()) == 36  # the id, alone on stdout
+    assert b"upload big.bin" in drawn and b"3.0/3.0 MiB" in drawn

@@ -55,13 +55,18 @@ def test_eviction_removes_the_least_recently_used_but_not_one_in_use(tmp_path: P
     busy = _blob(cache, b"b" * 10, 2000)
     recent = _blob(cache, b"c" * 10, 3000)
     new = _blob(cache, b"d" * 10, 4000)
+    dead = cache.blobs / f".{old}.abc.part"  # a download whose process died long ago
+    dead.write_bytes(b"x")
+    os.utime(dead, (1000, 1000))
+    live = cache.blobs / f".{new}.def.part"  # one in progress
+    live.write_bytes(b"y")
     lock = cache.try_lock(busy)
     assert lock is not None and cache.try_lock(busy) is None  # another holder waits
     try:
         assert cache.evict(keep=new) == 2
     finally:
         cache.unlock(lock)
-    assert sorted(p.name for p in cache.blobs.iterdir()) == sorted([busy, new])
+    assert sorted(p.name for p in cache.blobs.iterdir()) == sorted([busy, new, live.name])
     assert old not in os.listdir(cache.blobs) and recent not in os.listdir(cache.blobs)
 
 

@@ -22,6 +22,8 @@ DEFAULT_MAX_BYTES = 10 * 1024**3
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 # How often a process waiting for another one's download of the same blob looks again.
 LOCK_POLL_SECONDS = 0.05
+# A download's temporary file this old was left by a process that died: removed.
+STALE_PART_SECONDS = 86400.0
 
 
 def default_cache_dir() -> Path:
@@ -156,9 +158,13 @@ class BlobCache:
     def evict(self, keep: str) -> int:
         """Remove least recently used blobs (not `keep`, none in use) down to max_bytes."""
         entries = []
+        stale = time.time() - STALE_PART_SECONDS
         with os.scandir(self.blobs) as it:
             for entry in it:
-                if entry.name.startswith(".") or not _SHA256.fullmatch(entry.name):
+                if entry.name.endswith(".part"):
+                    _remove_if_older(entry, stale)  # a download whose process died
+                    continue
+                if not _SHA256.fullmatch(entry.name):
                     continue
                 with contextlib.suppress(FileNotFoundError):
                     st = entry.stat(follow_symlinks=False)
@@ -180,6 +186,12 @@ class BlobCache:
         if removed:
             log.info("cache: evicted %d blob(s) to stay under %d bytes", removed, self.max_bytes)
         return removed
+
+
+def _remove_if_older(entry: os.DirEntry[str], cutoff: float) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        if entry.stat(follow_symlinks=False).st_mtime < cutoff:
+            os.unlink(entry.path)
 
 
 def _fsync_dir(folder: Path) -> None:
