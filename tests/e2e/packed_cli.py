@@ -130,6 +130,14 @@ def build(root: Path) -> PackedCli:
     """Build the wheel and install it with [cli] into a new venv under `root` (0755)."""
     root.chmod(0o755)
     dist = root / "dist"
+    # From a copy: setuptools leaves build/ beside the sources, whose stale modules a later
+    # build of the tree itself could pack.
+    source = root / "src"
+    shutil.copytree(
+        REPO / "clients" / "python",
+        source,
+        ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"),
+    )
     _run(
         [
             sys.executable,
@@ -141,7 +149,7 @@ def build(root: Path) -> PackedCli:
             "--no-build-isolation",
             "-w",
             str(dist),
-            str(REPO / "clients" / "python"),
+            str(source),
         ]
     )
     (wheel,) = dist.glob("asset_service_client-*.whl")

@@ -236,7 +236,7 @@ def test_the_top_help_lists_every_command_and_the_exit_statuses() -> None:
     for command in _commands():
         assert f"  {command} " in text
     assert "10 + " not in text and "26  the call ended with gRPC status UNAUTHENTICATED" in text
-    for variable in ("ASSET_SERVICE_ADDR", "ASSET_SERVICE_TOKEN", "ASSET_SERVICE_TLS_CA"):
+    for variable in ("ASSET_SERVICE_ADDR", "ASSET_SERVICE_TOKEN", "ASSET_SERVICE_CA_FILE"):
         assert variable in text
 
 

@@ -6,6 +6,7 @@ import contextlib
 import logging
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,32 +30,51 @@ class Settings:
     token: str | None
     token_file: Path | None
     tls: bool
-    tls_ca: Path | None
-    tls_client_cert: Path | None
-    tls_client_key: Path | None
+    ca_file: Path | None
+    client_cert: Path | None
+    client_key: Path | None
     timeout: float
     json: bool
 
     def connect(self) -> AssetClient:
         """A client for these settings (raises click.UsageError for inconsistent ones)."""
-        token = self.token
+        token: str | Callable[[], str] | None = self.token or None
         if self.token_file is not None:
             if token:
                 raise click.UsageError("give --token or --token-file, not both")
-            token = (_read(self.token_file, "--token-file") or b"").decode().strip()
-            if not token:
-                raise click.UsageError(f"--token-file {self.token_file} is empty")
-        if (self.tls_client_cert is None) != (self.tls_client_key is None):
-            raise click.UsageError("--tls-client-cert and --tls-client-key go together")
+            token = _FileToken(self.token_file)
+        if (self.client_cert is None) != (self.client_key is None):
+            raise click.UsageError("--client-cert and --client-key go together")
         return AssetClient(
             self.addr,
             timeout=self.timeout,
             tls=self.tls,
-            root_certificates=_read(self.tls_ca, "--tls-ca"),
-            certificate_chain=_read(self.tls_client_cert, "--tls-client-cert"),
-            private_key=_read(self.tls_client_key, "--tls-client-key"),
-            token=token or None,
+            root_certificates=_read(self.ca_file, "--ca-file"),
+            certificate_chain=_read(self.client_cert, "--client-cert"),
+            private_key=_read(self.client_key, "--client-key"),
+            token=token,
         )
+
+
+class _FileToken:
+    """The token in a file, read again before each call: a long `asset run` goes on with a
+    token refreshed in place; a file unreadable then keeps the last token read."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.last = (_read(path, "--token-file") or b"").decode().strip()
+        if not self.last:
+            raise click.UsageError(f"--token-file {path} is empty")
+
+    def __call__(self) -> str:
+        try:
+            token = self.path.read_text().strip()
+        except OSError as exc:
+            log.warning("cannot read the token file %s (%s): using the last token", self.path, exc)
+            return self.last
+        if token:
+            self.last = token
+        return self.last
 
 
 def _read(path: Path | None, option: str) -> bytes | None:
@@ -99,28 +119,28 @@ EPILOG = "\b\nExit status:\n" + "\n".join(f"  {code:>3}  {what}" for code, what 
     envvar="ASSET_SERVICE_TLS",
     show_envvar=True,
     default=False,
-    help="TLS with the system's root certificates (implied by --tls-ca).",
+    help="TLS with the system's root certificates (implied by --ca-file).",
 )
 @click.option(
-    "--tls-ca",
-    envvar="ASSET_SERVICE_TLS_CA",
+    "--ca-file",
+    envvar="ASSET_SERVICE_CA_FILE",
     show_envvar=True,
     type=_FILE,
     help="PEM file of the CA(s) that signed the server's certificate; implies TLS.",
 )
 @click.option(
-    "--tls-client-cert",
-    envvar="ASSET_SERVICE_TLS_CLIENT_CERT",
+    "--client-cert",
+    envvar="ASSET_SERVICE_CLIENT_CERT",
     show_envvar=True,
     type=_FILE,
     help="PEM client certificate, for a server that requires one (mTLS).",
 )
 @click.option(
-    "--tls-client-key",
-    envvar="ASSET_SERVICE_TLS_CLIENT_KEY",
+    "--client-key",
+    envvar="ASSET_SERVICE_CLIENT_KEY",
     show_envvar=True,
     type=_FILE,
-    help="PEM private key of --tls-client-cert.",
+    help="PEM private key of --client-cert.",
 )
 @click.option(
     "--timeout",
@@ -147,9 +167,9 @@ def cli(
     token: str | None,
     token_file: Path | None,
     tls: bool,
-    tls_ca: Path | None,
-    tls_client_cert: Path | None,
-    tls_client_key: Path | None,
+    ca_file: Path | None,
+    client_cert: Path | None,
+    client_key: Path | None,
     timeout: float,
     json_: bool,
     verbose: int,
@@ -168,9 +188,9 @@ def cli(
         token=token,
         token_file=token_file,
         tls=tls,
-        tls_ca=tls_ca,
-        tls_client_cert=tls_client_cert,
-        tls_client_key=tls_client_key,
+        ca_file=ca_file,
+        client_cert=client_cert,
+        client_key=client_key,
         timeout=timeout,
         json=json_,
     )
