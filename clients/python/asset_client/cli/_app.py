@@ -198,7 +198,7 @@ def cli(
 
 def _register() -> None:
     # Imported here: each module adds its commands to `cli`.
-    from asset_client.cli import _commands, _run, _watch  # noqa: F401
+    from asset_client.cli import _commands, _promises, _run, _watch  # noqa: F401
 
 
 def _command_name(ctx: click.Context | None) -> str:
@@ -242,6 +242,10 @@ def run(argv: list[str]) -> int:
     except ValueError as exc:  # an argument the client refused before any call
         _error("asset", str(exc))
         return _exit.USAGE
+    except Exception as exc:  # a bug: still one line (the traceback with -vv)
+        log.debug("unexpected error", exc_info=True)
+        _error("asset", f"unexpected error: {type(exc).__name__}: {exc}")
+        return _exit.LOCAL
     return int(result) if isinstance(result, int) else _exit.OK
 
 

@@ -1,9 +1,8 @@
-"""The commands on single assets and promises: put, cat, get, ls, show, pending, ..."""
+"""The commands on assets: put, cat, get, ls, show, manifest."""
 
 from __future__ import annotations
 
 import contextlib
-import json
 import mimetypes
 import shutil
 import sys
@@ -16,10 +15,10 @@ import click
 from asset_client._materialize import safe_file_name
 from asset_client.cli import _params, _render
 from asset_client.cli._app import Settings, cli
-from asset_client.models import Asset, AssetType, Value, ValueKind
+from asset_client.models import Asset
 
 pass_settings = click.make_pass_decorator(Settings)
-_json_flag = click.option("--json", "json_", is_flag=True, help="Print the record as JSON.")
+json_flag = click.option("--json", "json_", is_flag=True, help="Print the record as JSON.")
 _progress_flag = click.option(
     "--progress/--no-progress",
     default=None,
@@ -27,7 +26,7 @@ _progress_flag = click.option(
 )
 
 
-def _emit(settings: Settings, json_: bool, asset: Asset, text: str) -> None:
+def emit(settings: Settings, json_: bool, asset: Asset, text: str) -> None:
     if json_ or settings.json:
         _render.print_json(asset)
     else:
@@ -57,7 +56,7 @@ def _spooled_stdin() -> Iterator[Path]:
     help="Fulfill this PENDING FILE asset with the file instead of making a new asset.",
 )
 @_progress_flag
-@_json_flag
+@json_flag
 @pass_settings
 def put(
     settings: Settings,
@@ -98,7 +97,7 @@ def put(
             pending_asset_id=pending_id,
             progress=_render.progress(progress),
         )
-    _emit(settings, json_, asset, asset.id)
+    emit(settings, json_, asset, asset.id)
 
 
 @cli.command()
@@ -164,7 +163,7 @@ def _safe_name(asset: Asset) -> str:
     help="Print one page from this token (a previous page's); the next token goes to "
     "stderr as 'next page token: ...'.",
 )
-@_json_flag
+@json_flag
 @pass_settings
 def list_(
     settings: Settings,
@@ -221,7 +220,7 @@ def _limited(assets: Iterator[Asset], limit: int | None) -> Iterator[Asset]:
 
 @cli.command()
 @click.argument("asset_id")
-@_json_flag
+@json_flag
 @pass_settings
 def show(settings: Settings, asset_id: str, json_: bool) -> None:
     """Print one asset's record (every field that is set), or it as JSON."""
@@ -231,140 +230,6 @@ def show(settings: Settings, asset_id: str, json_: bool) -> None:
         _render.print_json(asset)
     else:
         _render.asset_details(asset)
-
-
-@cli.command()
-@click.argument("task_id")
-@click.argument("label")
-@click.option("--media-type", default="", help="MIME type the output will have.")
-@click.option(
-    "--type",
-    "type_",
-    type=_params.TYPE,
-    default="FILE",
-    show_default=True,
-    help="FILE (uploaded bytes) or VALUE (inline text/JSON/bytes).",
-)
-@click.option("--tag", "tags", multiple=True, help="A tag; repeat for more.")
-@click.option(
-    "--lease",
-    type=click.IntRange(min=1),
-    help="Seconds the promise holds unless renewed (asset renew, or asset run); "
-    "without it, it waits as long as it takes.",
-)
-@_json_flag
-@pass_settings
-def pending(
-    settings: Settings,
-    task_id: str,
-    label: str,
-    media_type: str,
-    type_: str,
-    tags: tuple[str, ...],
-    lease: int | None,
-    json_: bool,
-) -> None:
-    """Promise an asset that task TASK_ID will produce; print its id.
-
-    \b
-      out=$(asset pending task-42 frames.zip --lease 60)
-    """
-    with settings.connect() as client:
-        asset = client.create_pending(
-            task_id,
-            label,
-            media_type,
-            _params.type_of(type_) or AssetType.FILE,
-            tags,
-            lease_seconds=lease or 0,
-        )
-    _emit(settings, json_, asset, asset.id)
-
-
-@cli.command()
-@click.argument("asset_id")
-@click.argument("server_path", required=False)
-@click.option("--value", "text", help="Fulfill a VALUE promise with this text.")
-@click.option("--json-value", "json_text", metavar="JSON", help="... with this JSON document.")
-@click.option("--sha256", default="", help="The server refuses a file with another digest.")
-@_json_flag
-@pass_settings
-def fulfill(
-    settings: Settings,
-    asset_id: str,
-    server_path: str | None,
-    text: str | None,
-    json_text: str | None,
-    sha256: str,
-    json_: bool,
-) -> None:
-    """Make the PENDING asset ASSET_ID AVAILABLE: from SERVER_PATH, a file on the server's
-    machine under one of its import roots (it is moved into storage), or from a value.
-
-    To fulfill a FILE promise from this machine, upload: `asset put --fulfill ID FILE`.
-    """
-    given = [server_path is not None, text is not None, json_text is not None]
-    if sum(given) != 1:
-        raise click.UsageError("give exactly one of SERVER_PATH, --value, --json-value")
-    value: Value | None = None
-    if text is not None:
-        value = Value.of_text(text)
-    elif json_text is not None:
-        try:
-            json.loads(json_text)
-        except json.JSONDecodeError as exc:
-            raise click.BadParameter(f"not JSON: {exc}", param_hint="--json-value") from None
-        value = Value(ValueKind.JSON, json_text)
-    with settings.connect() as client:
-        asset = client.fulfill(
-            asset_id,
-            None if server_path is None else server_path,
-            value,
-            expected_sha256=sha256,
-        )
-    _emit(settings, json_, asset, f"{asset.id}\t{asset.status.value}")
-
-
-@cli.command()
-@click.argument("asset_id")
-@click.argument("reason")
-@_json_flag
-@pass_settings
-def fail(settings: Settings, asset_id: str, reason: str, json_: bool) -> None:
-    """Mark the PENDING asset ASSET_ID as FAILED with REASON (every watcher sees it)."""
-    with settings.connect() as client:
-        asset = client.fail(asset_id, reason)
-    _emit(settings, json_, asset, f"{asset.id}\t{asset.status.value}")
-
-
-@cli.command()
-@click.argument("asset_id")
-@click.option(
-    "--lease",
-    type=click.IntRange(min=0),
-    default=0,
-    help="Seconds from now the lease holds (default 0: the lease it was promised with).",
-)
-@_json_flag
-@pass_settings
-def renew(settings: Settings, asset_id: str, lease: int, json_: bool) -> None:
-    """Renew the lease of the PENDING asset ASSET_ID; print when it now runs out."""
-    with settings.connect() as client:
-        asset = client.renew_lease(asset_id, lease)
-    expires = asset.lease_expires_at.isoformat() if asset.lease_expires_at else "-"
-    _emit(settings, json_, asset, f"{asset.id}\t{expires}")
-
-
-@cli.command()
-@click.argument("asset_ids", nargs=-1, required=True)
-@_json_flag
-@pass_settings
-def rm(settings: Settings, asset_ids: tuple[str, ...], json_: bool) -> None:
-    """Delete assets (record and bytes; admin role); print each id deleted."""
-    with settings.connect() as client:
-        for asset_id in asset_ids:
-            asset = client.delete(asset_id)
-            _emit(settings, json_, asset, asset.id)
 
 
 @cli.command()
@@ -398,7 +263,7 @@ def rm(settings: Settings, asset_ids: tuple[str, ...], json_: bool) -> None:
     "(default: ~/.cache/asset-service).",
 )
 @_progress_flag
-@_json_flag
+@json_flag
 @pass_settings
 def manifest(
     settings: Settings,
@@ -440,32 +305,3 @@ def manifest(
         _render.print_json({"path": result.path, "inputs": dict(result.entries)})
     else:
         click.echo(str(result.path))
-
-
-@cli.command("task-token")
-@click.argument("task_id")
-@click.option(
-    "--input",
-    "inputs",
-    multiple=True,
-    metavar="ASSET_ID",
-    help="An asset the task may read (its inputs); repeat for more.",
-)
-@click.option(
-    "--ttl",
-    type=click.IntRange(min=1),
-    help="Seconds the token is valid (default: the server's, an hour).",
-)
-@pass_settings
-def task_token(settings: Settings, task_id: str, inputs: tuple[str, ...], ttl: int | None) -> None:
-    """Mint a token for task TASK_ID's worker and print it (orchestrator role).
-
-    With it the worker may read the --input assets and its task's outputs, and fulfill,
-    fail or renew its task's promises; nothing else. Hand it over in a variable:
-
-    \b
-      ASSET_SERVICE_TOKEN=$(asset task-token task-42 --input "$VIDEO") asset run ...
-    """
-    with settings.connect() as client:
-        token = client.mint_task_token(task_id, inputs, ttl or 0)
-    click.echo(token.token)

@@ -172,14 +172,19 @@ def run_command(
     when it ends: nothing of the task outlives asset run.
     """
     read_end, write_end = os.pipe()
-    try:
-        proc = subprocess.Popen(list(argv), env=dict(env), stderr=write_end, start_new_session=True)
-    except BaseException:
-        os.close(read_end)
-        raise
-    finally:
-        os.close(write_end)
-    pump = _StderrPump(read_end, tail_chars)
+    # A signal now is only noted (and passed on once the command's group exists): raising
+    # between the fork and forwarding_to would leave the command running unsupervised.
+    with signals.deferred():
+        try:
+            proc = subprocess.Popen(
+                list(argv), env=dict(env), stderr=write_end, start_new_session=True
+            )
+        except BaseException:
+            os.close(read_end)
+            raise
+        finally:
+            os.close(write_end)
+        pump = _StderrPump(read_end, tail_chars)
     stopped_for: str | None = None
     kill_at: float | None = None
     with signals.forwarding_to(proc.pid):
