@@ -264,3 +264,35 @@ def test_bad_usage_exits_2_with_one_line_and_touches_nothing(
     server: ServerProcess, args: list[str], message: str
 ) -> None:
     assert message in one_line_error(asset(server.address, "run", *args), 2)
+
+
+def test_a_signal_while_waiting_for_inputs_fails_the_promise(
+    server: ServerProcess, client: AssetClient, tmp_path: Path
+) -> None:
+    upstream = client.create_pending("task-up", "never.txt")
+    promise = client.create_pending("task-wait", "out.txt", lease_seconds=30)
+    marker = tmp_path / "ran"
+    proc = start(
+        server.address,
+        [
+            "-v",
+            "run",
+            "--input",
+            f"x={upstream.id}",
+            "--output",
+            f"o={promise.id}",
+            "--",
+            "touch",
+            str(marker),
+        ],
+    )
+    assert proc.stderr is not None
+    line = proc.stderr.readline().decode()  # -v: it says when it starts waiting
+    assert line == "asset: waiting for 1 input(s)\n", line
+    proc.send_signal(signal.SIGTERM)
+    code, err = _finish(proc)
+    assert code == 128 + signal.SIGTERM
+    assert "received SIGTERM" in err
+    assert not marker.exists()
+    reason = client.get(promise.id).failure_reason
+    assert reason == "asset run received SIGTERM while waiting for its inputs"

@@ -26,6 +26,7 @@ from asset_client.cli._task import (
     placed,
 )
 from asset_client.cli._workdir import Workdir
+from asset_client.client import AssetClient
 from asset_client.errors import AssetServiceError
 
 log = logging.getLogger(__name__)
@@ -155,12 +156,14 @@ def run(
         grace=grace,
         tail_chars=stderr_tail,
     )
-    with Signals() as signals, settings.connect() as client:
+    # Two channels: the transfers' one is closed to cut them short on a signal; the
+    # other keeps the leases and fails the promises.
+    with Signals() as signals, settings.connect() as client, settings.connect() as work:
         task = Task(client, specs, signals, _render.progress(progress), {}, set())
         try:
-            return _run_task(task, plan)
+            return _run_task(task, plan, work)
         except Interrupted as exc:
-            # Wherever no step caught it (checking the promises, between the steps).
+            # Between the steps (checking the promises, making the folder).
             task.fail_all(f"asset run {exc}")
             click.echo(f"asset run: {exc}", err=True)
             return _exit.for_signal(exc.signum)
@@ -181,7 +184,7 @@ class Plan:
     tail_chars: int
 
 
-def _run_task(task: Task, plan: Plan) -> int:
+def _run_task(task: Task, plan: Plan, work: AssetClient) -> int:
     """Promises checked and kept alive for the whole run, in a working folder."""
     task.check_promises()
     with contextlib.ExitStack() as stack:
@@ -193,19 +196,26 @@ def _run_task(task: Task, plan: Plan) -> int:
         if folder.keep:
             log.info("working in %s", folder.path)
         task.outputs = [placed(o, folder.path) for o in task.outputs]
-        return _steps(task, plan, folder.path, leases)
+        task.signals.check()
+        return _steps(task, plan, work, folder.path, leases)
 
 
-def _steps(task: Task, plan: Plan, workdir: Path, leases: dict[str, LeaseKeeper]) -> int:
+def _steps(
+    task: Task, plan: Plan, work: AssetClient, workdir: Path, leases: dict[str, LeaseKeeper]
+) -> int:
     """Inputs, command, outputs; every way out fails what was not delivered."""
+    log.info("waiting for %d input(s)", len(set(plan.mappings.values())))
     try:
-        manifest = task.client.materialize(
-            plan.mappings,
-            plan.config,
-            dest=workdir / "inputs",
-            cache_dir=plan.cache_root,
-            progress=task.progress,
-            timeout=plan.wait_timeout,
+        manifest = task.signals.interruptibly(
+            lambda: work.materialize(
+                plan.mappings,
+                plan.config,
+                dest=workdir / "inputs",
+                cache_dir=plan.cache_root,
+                progress=task.progress,
+                timeout=plan.wait_timeout,
+            ),
+            work.close,
         )
     except Interrupted as exc:
         task.fail_all(f"asset run {exc} while waiting for its inputs")
@@ -241,7 +251,7 @@ def _steps(task: Task, plan: Plan, workdir: Path, leases: dict[str, LeaseKeeper]
         click.echo(f"asset run: {summary}", err=True)
         return outcome.exit_status
     try:
-        task.deliver()
+        task.signals.interruptibly(lambda: task.deliver(work), work.close)
     except Interrupted as exc:
         task.fail_all(f"asset run {exc} while delivering the outputs")
         return _exit.for_signal(exc.signum)

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import FrameType
+from typing import Any, TypeVar
 
 from asset_client.cli import _exit
 
@@ -19,6 +20,9 @@ log = logging.getLogger(__name__)
 
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 POLL_SECONDS = 0.05
+# How long a step cancelled by a signal may take to end before asset run goes on.
+CANCEL_SECONDS = 10.0
+T = TypeVar("T")
 # After the command ends, how long its stderr may stay open (a process it started in
 # another session holding the pipe): then asset run stops reading it.
 DRAIN_SECONDS = 5.0
@@ -35,16 +39,16 @@ class Interrupted(Exception):
 class Signals:
     """SIGINT, SIGTERM and SIGHUP for the whole of asset run.
 
-    While a command runs they are sent on to its process group (it is in a session of its
-    own, so a terminal's Ctrl-C reaches asset run only and is passed on from here); while
-    asset run waits for inputs or uploads, they raise Interrupted, so that the promises are
-    failed with the reason; while it fails them (`deferred`), they are only noted.
+    The handler only notes the signal and, while a command runs, sends it on to the
+    command's process group (in a session of its own, so a terminal's Ctrl-C reaches asset
+    run only and is passed on from here). It never raises: an exception raised from a
+    handler lands in whatever code runs then, and code that catches everything (logging
+    does) would swallow it. Blocking steps run through `interruptibly` instead.
     """
 
     def __init__(self) -> None:
         self.received: int | None = None
         self._group: int | None = None
-        self._deferred = False
         self._previous: dict[int, object] = {}
 
     def __enter__(self) -> Signals:
@@ -62,8 +66,11 @@ class Signals:
             self.received = signum
         if self._group is not None:
             _kill_group(self._group, signum)
-        elif not self._deferred:
-            raise Interrupted(signum)
+
+    def check(self) -> None:
+        """Interrupted if a signal came."""
+        if self.received is not None:
+            raise Interrupted(self.received)
 
     @contextlib.contextmanager
     def forwarding_to(self, group: int) -> Iterator[None]:
@@ -75,13 +82,32 @@ class Signals:
         finally:
             self._group = None
 
-    @contextlib.contextmanager
-    def deferred(self) -> Iterator[None]:
-        self._deferred = True
-        try:
-            yield
-        finally:
-            self._deferred = False
+    def interruptibly(self, step: Callable[[], T], cancel: Callable[[], None]) -> T:
+        """step() in a thread of its own; a signal meanwhile calls cancel() (which must
+        make step end, e.g. by closing the channel its calls use) and raises Interrupted."""
+        outcome: dict[str, Any] = {}
+
+        def target() -> None:
+            try:
+                outcome["value"] = step()
+            except BaseException as exc:
+                outcome["error"] = exc
+
+        worker = threading.Thread(target=target, name="asset-run-step", daemon=True)
+        worker.start()
+        cancelled_at: float | None = None
+        while worker.is_alive():
+            worker.join(POLL_SECONDS)
+            if self.received is not None and cancelled_at is None:
+                cancelled_at = time.monotonic()
+                cancel()
+            if cancelled_at is not None and time.monotonic() - cancelled_at > CANCEL_SECONDS:
+                log.warning("a cancelled step did not end within %gs", CANCEL_SECONDS)
+                break
+        self.check()
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["value"]  # type: ignore[no-any-return]
 
 
 def _kill_group(group: int, signum: int) -> None:
@@ -172,19 +198,14 @@ def run_command(
     when it ends: nothing of the task outlives asset run.
     """
     read_end, write_end = os.pipe()
-    # A signal now is only noted (and passed on once the command's group exists): raising
-    # between the fork and forwarding_to would leave the command running unsupervised.
-    with signals.deferred():
-        try:
-            proc = subprocess.Popen(
-                list(argv), env=dict(env), stderr=write_end, start_new_session=True
-            )
-        except BaseException:
-            os.close(read_end)
-            raise
-        finally:
-            os.close(write_end)
-        pump = _StderrPump(read_end, tail_chars)
+    try:
+        proc = subprocess.Popen(list(argv), env=dict(env), stderr=write_end, start_new_session=True)
+    except BaseException:
+        os.close(read_end)
+        raise
+    finally:
+        os.close(write_end)
+    pump = _StderrPump(read_end, tail_chars)
     stopped_for: str | None = None
     kill_at: float | None = None
     with signals.forwarding_to(proc.pid):

@@ -118,19 +118,19 @@ class Task:
 
     def fail_all(self, reason: str) -> None:
         """Fail every promise not delivered yet (best effort: one lost meanwhile is left)."""
-        with self.signals.deferred():
-            for out in self.outputs:
-                if out.asset_id in self.settled:
-                    continue
-                self.settled.add(out.asset_id)
-                try:
-                    self.client.fail(out.asset_id, reason)
-                    log.info("output %s (%s) failed: %s", out.name, out.asset_id, reason)
-                except AssetServiceError as exc:
-                    log.warning("could not fail output %s (%s): %s", out.name, out.asset_id, exc)
+        for out in self.outputs:
+            if out.asset_id in self.settled:
+                continue
+            self.settled.add(out.asset_id)
+            try:
+                self.client.fail(out.asset_id, reason)
+                log.info("output %s (%s) failed: %s", out.name, out.asset_id, reason)
+            except AssetServiceError as exc:
+                log.warning("could not fail output %s (%s): %s", out.name, out.asset_id, exc)
 
-    def deliver(self) -> None:
-        """Upload each output file to fulfil its promise (a VALUE promise gets the content)."""
+    def deliver(self, client: AssetClient) -> None:
+        """Upload each output file to fulfil its promise (a VALUE promise gets the content),
+        through `client` (one that a signal may close)."""
         for out in self.outputs:
             if not out.path.is_file():
                 raise NoOutput(f"wrote no file at {out.path} (output {out.name})")
@@ -138,9 +138,9 @@ class Task:
             path = out.path
             promise = self.promised[out.asset_id]
             if promise.type is AssetType.VALUE:
-                self.client.fulfill(out.asset_id, value=value_of(path, promise))
+                client.fulfill(out.asset_id, value=value_of(path, promise))
             else:
-                self.client.upload(
+                client.upload(
                     path,
                     pending_asset_id=out.asset_id,
                     progress=self.progress,
