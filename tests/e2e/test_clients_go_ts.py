@@ -42,10 +42,12 @@ GO_TESTS = (
     "TestLeaseNobodyRenewsFailsThePromise",
     "TestRenewLeaseErrors",
     "TestKeepLeaseRetriesTransientErrorsAndStopsForGood",
+    "TestReadAssetReadsWholeAndRanges",
+    "TestReadAssetCatchesBytesThatAreNotTheRecords",
 )
 # The TypeScript suite's tests: the flow, failure, errors, the two token tests, four of
-# leases, and one without a server.
-TS_TESTS = 10
+# leases, and two without a server (credentials; whole reads checked against a lying one).
+TS_TESTS = 11
 # Skipped, by both suites, against a server that takes no tokens.
 TOKEN_TESTS = 2
 
