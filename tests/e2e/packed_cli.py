@@ -86,17 +86,6 @@ class PackedCli:
         )
 
 
-def _bridge_stubs(venv: Path) -> None:
-    """Until the wheel carries its own stubs: put asset_service._proto (and nothing else of
-    the server) beside it, so the rest of the venv stays what a user installs."""
-    # TODO(issue 19, py helper): drop once the client wheel ships its stubs.
-    site = next((venv / "lib").glob("python3*/site-packages"))
-    package = site / "asset_service"
-    package.mkdir()
-    (package / "__init__.py").write_text('"""Only the generated stubs (test bridge)."""\n')
-    shutil.copytree(REPO / "asset_service" / "_proto", package / "_proto")
-
-
 def _python_for_worker() -> str:
     """An interpreter the worker uid can run (pyenv's may live under /root)."""
     for candidate in (sys.executable, shutil.which("python3") or "", "/usr/bin/python3"):
@@ -156,15 +145,6 @@ def build(root: Path) -> PackedCli:
     venv = root / "venv"
     _run([_python_for_worker(), "-m", "venv", str(venv)])
     _run([str(venv / "bin" / "pip"), "install", "--quiet", f"{wheel}[cli]"])
-    probe = subprocess.run(
-        [str(venv / "bin" / "python"), "-I", "-c", "import asset_client"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    if probe.returncode != 0 and "asset_service._proto" in probe.stderr:
-        _bridge_stubs(venv)
     for path in (root, *root.rglob("*")):
         if path.is_dir() and not path.is_symlink():
             path.chmod(path.stat().st_mode | 0o755)
