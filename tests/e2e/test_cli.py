@@ -192,8 +192,13 @@ def test_errors_exit_10_plus_the_grpc_code_with_one_line(server: ServerProcess) 
     missing = "00000000-0000-4000-8000-000000000000"
     assert "NOT_FOUND" in one_line_error(asset(server.address, "show", missing), 15)
     assert "INVALID_ARGUMENT" in one_line_error(asset(server.address, "show", "nope"), 13)
-    closed = asset("127.0.0.1:1", "--timeout", "3", "ls")
-    assert "UNAVAILABLE" in one_line_error(closed, 24)
+    # A read is retried by gRPC while the server is away, until the deadline...
+    closed = asset("127.0.0.1:1", "--timeout", "2", "ls")
+    assert "DEADLINE_EXCEEDED" in one_line_error(closed, 14)
+    assert "(server 127.0.0.1:1)" in closed.stderr.decode()
+    # ...a call that creates something is not: UNAVAILABLE at once.
+    refused = asset("127.0.0.1:1", "pending", "task-1", "x")
+    assert "UNAVAILABLE" in one_line_error(refused, 24)
     assert "--timeout" in one_line_error(asset(server.address, "--timeout", "0", "ls"), 2)
     env_zero = asset(server.address, "ls", env={"ASSET_SERVICE_TIMEOUT": "-1"})
     assert "--timeout" in one_line_error(env_zero, 2)

@@ -48,8 +48,9 @@ def test_asset_speaks_mtls_with_its_files_from_options_or_variables(
     }
     shown = out(asset(server.address, "show", made, "--json", env=env))
     assert '"created_by": "worker-7"' in shown
-    # Without a client certificate the handshake fails: UNAVAILABLE, exit 24.
-    refused = asset(server.address, "--timeout", "5", "--ca-file", str(ca), "ls")
+    # Without a client certificate the handshake fails: UNAVAILABLE, exit 24 (a call that
+    # gRPC does not retry, so it says so at once).
+    refused = asset(server.address, "--ca-file", str(ca), "pending", "task-tls", "x")
     assert "UNAVAILABLE" in one_line_error(refused, 24)
     half = asset(server.address, "--ca-file", str(ca), "--client-cert", str(cert), "ls")
     assert "--client-key" in one_line_error(half, 2)
@@ -69,5 +70,11 @@ def test_a_token_file_names_the_principal_over_tls(
     }
     made = out(asset(server.address, "pending", "task-tls", "x.txt", env=env)).strip()
     assert '"created_by": "admin-1"' in out(asset(server.address, "show", made, "--json", env=env))
-    both = asset(server.address, "--token", "t", "ls", env=env)
+    # --token on the command line wins over the file's variable...
+    other = asset(server.address, "--token", "not-a-token", "ls", env=env)
+    assert "UNAUTHENTICATED" in one_line_error(other, 26)
+    # ...but both on the command line, or both as variables, is a usage error.
+    both = asset(server.address, "--token", "t", "--token-file", str(token), "ls", env=env)
     assert "--token or --token-file" in one_line_error(both, 2)
+    twice = asset(server.address, "ls", env={**env, "ASSET_SERVICE_TOKEN": "t"})
+    assert "--token or --token-file" in one_line_error(twice, 2)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import click
+import grpc
 
 from asset_client.cli import _exit
 from asset_client.client import AssetClient
@@ -181,9 +182,16 @@ def cli(
     and paths on stdout, one per line, so `id=$(asset put file)` works; messages and
     errors go to stderr, one line each. `asset COMMAND --help` explains each command.
     """
+    if token and token_file is not None:
+        # An option on the command line wins over the other's variable, as the client's
+        # arguments win over its variables; both from the same source is a usage error.
+        given = click.core.ParameterSource.COMMANDLINE
+        token_given = ctx.get_parameter_source("token") is given
+        if token_given != (ctx.get_parameter_source("token_file") is given):
+            token, token_file = (token, None) if token_given else (None, token_file)
     level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
     logging.basicConfig(level=level, format="asset: %(message)s", stream=sys.stderr)
-    ctx.obj = Settings(
+    settings = Settings(
         addr=addr,
         token=token,
         token_file=token_file,
@@ -194,6 +202,9 @@ def cli(
         timeout=timeout,
         json=json_,
     )
+    if isinstance(ctx.obj, list):  # run()'s: it names the server in network errors
+        ctx.obj.append(settings)
+    ctx.obj = settings
 
 
 def _register() -> None:
@@ -208,8 +219,9 @@ def _command_name(ctx: click.Context | None) -> str:
 def run(argv: list[str]) -> int:
     """Run the CLI; every failure is one line on stderr and an exit status (_exit.py)."""
     _register()
+    seen: list[Settings] = []
     try:
-        result = cli.main(argv, prog_name="asset", standalone_mode=False)
+        result = cli.main(argv, prog_name="asset", standalone_mode=False, obj=seen)
     except click.exceptions.NoArgsIsHelpError as exc:
         click.echo(exc.ctx.get_help() if exc.ctx is not None else str(exc), err=True)
         return _exit.USAGE
@@ -226,7 +238,8 @@ def run(argv: list[str]) -> int:
         _error("asset", exc.format_message())
         return _exit.LOCAL if exc.exit_code == 1 else exc.exit_code
     except AssetServiceError as exc:
-        _error("asset", f"{exc.code.name}: {exc.details}")
+        where = f" (server {seen[0].addr})" if exc.code in _NETWORK and seen else ""
+        _error("asset", f"{exc.code.name}: {exc.details}{where}")
         return _exit.for_code(exc.code)
     except BrokenPipeError:
         # The reader went away (`asset cat ID | head`): quiet, as cat(1) killed by SIGPIPE.
@@ -247,6 +260,10 @@ def run(argv: list[str]) -> int:
         _error("asset", f"unexpected error: {type(exc).__name__}: {exc}")
         return _exit.LOCAL
     return int(result) if isinstance(result, int) else _exit.OK
+
+
+# Errors that may mean the server is not where the settings say: the message names it.
+_NETWORK = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
 def _error(prog: str, message: str) -> None:
