@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from asset_client._blobcache import LOCK_POLL_SECONDS, BlobCache
-from asset_client._progress import ProgressFactory
+from asset_client._core import ProgressCallback
 from asset_client.errors import AssetDeletedError, AssetFailedError, AssetStateError
 from asset_client.models import Asset, AssetType, Manifest, ValueKind
 
@@ -151,7 +151,7 @@ class AsyncMaterializer:
         mappings: Mapping[str, str],
         config_params: Mapping[str, Any] | None,
         dest: str | os.PathLike[str],
-        progress: bool | ProgressFactory,
+        progress: bool | ProgressCallback,
         wait_timeout: float | None,
     ) -> Manifest:
         plan = _Plan(mappings, config_params, dest)
@@ -172,7 +172,7 @@ class AsyncMaterializer:
                 plan.add(asset.id, await self._file(asset, plan.file_path(asset), progress))
         return await asyncio.to_thread(plan.finish)
 
-    async def _file(self, asset: Asset, dest: Path, progress: bool | ProgressFactory) -> Path:
+    async def _file(self, asset: Asset, dest: Path, progress: bool | ProgressCallback) -> Path:
         if not asset.sha256:  # nothing to name a blob by: straight to its place
             await self.client.download(asset.id, dest, progress=progress)
             self.downloaded += asset.size_bytes
@@ -215,7 +215,7 @@ class Materializer:
         mappings: Mapping[str, str],
         config_params: Mapping[str, Any] | None,
         dest: str | os.PathLike[str],
-        progress: bool | ProgressFactory,
+        progress: bool | ProgressCallback,
         wait_timeout: float | None,
     ) -> Manifest:
         plan = _Plan(mappings, config_params, dest)
@@ -236,7 +236,7 @@ class Materializer:
                 plan.add(asset.id, self._file(asset, plan.file_path(asset), progress))
         return plan.finish()
 
-    def _file(self, asset: Asset, dest: Path, progress: bool | ProgressFactory) -> Path:
+    def _file(self, asset: Asset, dest: Path, progress: bool | ProgressCallback) -> Path:
         if not asset.sha256:
             self.client.download(asset.id, dest, progress=progress)
             self.downloaded += asset.size_bytes

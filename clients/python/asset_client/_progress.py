@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable
-from typing import Protocol, TextIO
+from typing import TextIO
 
 _MIB = 1024 * 1024
 _WIDTH = 24
@@ -61,26 +60,6 @@ class Progress:
             text = f"\r{self.desc} {self.done / _MIB:.1f} MiB {rate:.1f} MiB/s"
         self.stream.write(text)
         self.stream.flush()
-
-
-class ProgressBar(Protocol):
-    """What a transfer reports its progress to: bytes done so far, then the end."""
-
-    def update(self, n: int) -> None: ...
-
-    def close(self) -> None: ...
-
-
-# A transfer's `progress` may be a callable making the bar from (total bytes or None, a
-# description): the `asset` CLI draws its bars with rich; the client itself stays light.
-ProgressFactory = Callable[[int | None, str], ProgressBar]
-
-
-def make(total: int | None, desc: str, progress: bool | ProgressFactory) -> ProgressBar:
-    """The bar of one transfer: the caller's, or this module's (drawn on a TTY only)."""
-    if callable(progress):
-        return progress(total, desc)
-    return Progress(total, desc, progress)
 
 
 def _isatty(stream: TextIO) -> bool:

@@ -89,13 +89,14 @@ def put(
         if not path.is_file():
             raise click.BadParameter(f"{file}: no such file", param_hint="FILE")
         client = stack.enter_context(settings.connect())
+        bars = stack.enter_context(_render.Transfers(progress, f"upload {label or file.name}"))
         asset = client.upload(
             path,
             label=label,
             media_type=media_type,
             tags=tags,
             pending_asset_id=pending_id,
-            progress=_render.progress(progress),
+            progress=bars.callback,
         )
     emit(settings, json_, asset, asset.id)
 
@@ -134,7 +135,8 @@ def get(settings: Settings, asset_id: str, dest: Path | None, progress: bool | N
         asset = client.get(asset_id)
         name = _safe_name(asset)
         target = Path(name) if dest is None else (dest / name if dest.is_dir() else dest)
-        written = client.download(asset_id, target, progress=_render.progress(progress))
+        with _render.Transfers(progress, f"download {asset.label}") as bars:
+            written = client.download(asset_id, target, progress=bars.callback)
     click.echo(str(written))
 
 
@@ -289,14 +291,14 @@ def manifest(
     """
     mappings = _params.mappings(inputs, "KEY=ASSET_ID")
     config = _params.config(config_text)
-    with settings.connect() as client:
+    with settings.connect() as client, _render.Transfers(progress, "download") as bars:
         if local_dir is not None:
             result = client.materialize(
                 mappings,
                 config,
                 dest=local_dir,
                 cache_dir=cache_dir,
-                progress=_render.progress(progress),
+                progress=bars.callback,
                 timeout=wait_timeout,
             )
         else:

@@ -18,13 +18,14 @@ from rich.progress import (
     BarColumn,
     DownloadColumn,
     Progress,
+    TaskID,
     TextColumn,
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
 from rich.table import Table
 
-from asset_client._progress import ProgressBar, ProgressFactory
+from asset_client._core import ProgressCallback
 from asset_client.models import Asset, Value, WatchEvent
 
 
@@ -122,38 +123,46 @@ def event_line(event: WatchEvent) -> str:
     return "\t".join(fields)
 
 
-class _Bar:
-    """One transfer's rich progress bar on stderr."""
+class Transfers:
+    """Rich progress rows on stderr for the client's transfers, fed by its callback
+    (bytes done, total); a row per transfer (a new one when the total changes or the
+    count goes back). Only on a terminal unless asked: `enabled` None means stderr's TTY."""
 
-    def __init__(self, total: int | None, desc: str) -> None:
-        self._progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            DownloadColumn(binary_units=True),
-            TransferSpeedColumn(),
-            TimeRemainingColumn(),
-            console=Console(stderr=True),
-            transient=False,
-        )
-        self._task = self._progress.add_task(desc, total=total)
-        self._progress.start()
-        self._closed = False
+    def __init__(self, enabled: bool | None, desc: str) -> None:
+        self.on = enabled is True or (enabled is None and sys.stderr.isatty())
+        self.desc = desc
+        self._progress: Progress | None = None
+        self._task: TaskID | None = None
+        self._last = (-1, -1)
+        self._rows = 0
 
-    def update(self, n: int) -> None:
-        self._progress.advance(self._task, n)
+    def __enter__(self) -> Transfers:
+        return self
 
-    def close(self) -> None:
-        if not self._closed:
-            self._closed = True
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
             self._progress.stop()
 
+    @property
+    def callback(self) -> bool | ProgressCallback:
+        """What to pass as a transfer's `progress`: this display, or no bar at all."""
+        return self._update if self.on else False
 
-def progress(enabled: bool | None) -> bool | ProgressFactory:
-    """Bars for the client's transfers: on when asked, else (None) when stderr is a TTY."""
-    if enabled is False or (enabled is None and not sys.stderr.isatty()):
-        return False
-
-    def factory(total: int | None, desc: str) -> ProgressBar:
-        return _Bar(total, desc)
-
-    return factory
+    def _update(self, done: int, total: int) -> None:
+        if self._progress is None:
+            self._progress = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                DownloadColumn(binary_units=True),
+                TransferSpeedColumn(),
+                TimeRemainingColumn(),
+                console=Console(stderr=True),
+            )
+            self._progress.start()
+        last_done, last_total = self._last
+        if self._task is None or total != last_total or done < last_done:
+            self._rows += 1
+            desc = self.desc if self._rows == 1 else f"{self.desc} ({self._rows})"
+            self._task = self._progress.add_task(desc, total=total or None)
+        self._progress.update(self._task, completed=done)
+        self._last = (done, total)

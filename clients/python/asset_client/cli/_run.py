@@ -158,8 +158,13 @@ def run(
     )
     # Two channels: the transfers' one is closed to cut them short on a signal; the
     # other keeps the leases and fails the promises.
-    with Signals() as signals, settings.connect() as client, settings.connect() as work:
-        task = Task(client, specs, signals, _render.progress(progress), {}, set())
+    with (
+        Signals() as signals,
+        settings.connect() as client,
+        settings.connect() as work,
+        _render.Transfers(progress, "asset run") as bars,
+    ):
+        task = Task(client, specs, signals, bars.callback, {}, set())
         try:
             return _run_task(task, plan, work)
         except Interrupted as exc:
