@@ -27,6 +27,12 @@ class CountingProxy:
         self.calls: Counter[str] = Counter()
         # Seconds each call of a method waits before it is forwarded (to make calls overlap).
         self.delays = delays or {}
+        # Cut the next UploadAsset stream once this many request bytes went through: the
+        # server's call is cancelled and the client's ends with UNAVAILABLE, as when a
+        # connection drops. One cut per setting.
+        self.cut_upload_after: int | None = None
+        # Request bytes of each UploadAsset stream, in order.
+        self.upload_bytes: list[int] = []
         self._lock = threading.Lock()
         self._channel = grpc.insecure_channel(upstream)
         self._server = grpc.server(
@@ -63,14 +69,31 @@ class CountingProxy:
         remaining = context.time_remaining()
         # Without a deadline grpc reports a huge (or no) time left: forward none then.
         timeout = remaining if remaining is not None and remaining < 1e6 else None
+        cut = threading.Event()
+        if name == "UploadAsset":
+            requests = self._measured(requests, cut)
         call = self._channel.stream_stream(method)(requests, metadata=metadata, timeout=timeout)
         context.add_callback(call.cancel)
         try:
             yield from call
             context.set_trailing_metadata(call.trailing_metadata() or ())
         except grpc.RpcError as exc:
+            if cut.is_set():
+                context.abort(grpc.StatusCode.UNAVAILABLE, "connection cut by the test proxy")
             context.set_trailing_metadata(exc.trailing_metadata() or ())  # type: ignore[attr-defined]
             context.abort(exc.code(), exc.details() or "")  # type: ignore[attr-defined]
+
+    def _measured(self, requests: Iterator[bytes], cut: threading.Event) -> Iterator[bytes]:
+        with self._lock:
+            index = len(self.upload_bytes)
+            self.upload_bytes.append(0)
+            limit, self.cut_upload_after = self.cut_upload_after, None
+        for request in requests:
+            if limit is not None and self.upload_bytes[index] >= limit:
+                cut.set()
+                raise ConnectionAbortedError("cut")  # grpc cancels the server's call
+            self.upload_bytes[index] += len(request)
+            yield request
 
 
 class _Handler(grpc.GenericRpcHandler):

@@ -278,3 +278,50 @@ def test_asset_run_fails_the_promise_of_a_failing_command(site: Site, packed: Pa
     assert "exited with status 7" in failed.failure_reason
     assert failed.failure_reason.endswith("reading the input\nit broke: no frames")
     assert json.loads(json.dumps(failed.failure_reason))  # a plain string, no traceback
+
+
+def test_a_cut_upload_resumes_where_the_server_stopped(site: Site, packed: PackedCli) -> None:
+    """asset put and asset run, cut mid-upload (the connection drops), resume by themselves:
+    the prefix the server holds is not sent again and the sha256 covers the whole file."""
+    home = packed.worker_dir("resume")
+    size = 24 * 1024 * 1024
+    chunk = hashlib.sha256(b"seed").digest() * 32768  # 1 MiB, not all one byte
+    (home / "big.bin").write_bytes(chunk * 24)
+    digest = _sha((home / "big.bin").read_bytes())
+
+    out, token = _task(site, "task-put-cut", [], lease_seconds=10)
+    before = len(site.proxy.upload_bytes)
+    site.proxy.cut_upload_after = 10 * 1024 * 1024
+    put = packed.as_worker(
+        ["asset", "put", "--fulfill", out, "big.bin"], home, _auth(site, token), timeout=120
+    )
+    assert put.returncode == 0, put.stderr
+    assert site.orchestrator.get(out).sha256 == digest
+    streams = site.proxy.upload_bytes[before:]
+    assert len(streams) == 2 and streams[0] >= 10 * 1024 * 1024, streams
+    # Resumed from the server's durable offset (some of what was cut may not have been
+    # durable yet), not started again: the second stream carries less than the file.
+    assert streams[1] < size - 1024 * 1024, streams
+
+    result, token = _task(site, "task-run-cut", [], lease_seconds=10)
+    before = len(site.proxy.upload_bytes)
+    site.proxy.cut_upload_after = 10 * 1024 * 1024
+    run = packed.as_worker(
+        [
+            "asset",
+            "run",
+            "--output",
+            f"copy={result}",
+            "--",
+            "cp",
+            str(home / "big.bin"),
+            "{output}",
+        ],
+        home,
+        _auth(site, token),
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr
+    assert site.orchestrator.get(result).sha256 == digest
+    streams = site.proxy.upload_bytes[before:]
+    assert len(streams) == 2 and streams[1] < size - 1024 * 1024, streams
