@@ -161,7 +161,7 @@ def ts_installed() -> Iterator[Path]:
 
 @pytest.fixture(scope="module")
 def ts_built(ts_installed: Path) -> Path:
-    """dist/ compiled once for every server the suite runs against."""
+    """build/ (src, test, examples) compiled once for every server the suite runs against."""
     built = run([str(ts_installed / "node_modules" / ".bin" / "tsc"), "-p", "."], ts_installed)
     assert built.returncode == 0, built.stdout
     return ts_installed
@@ -188,7 +188,7 @@ def test_go_client_suite_against_live_server(live: Live) -> None:
 @pytest.mark.slow
 def test_typescript_client_suite_against_live_server(live: Live, ts_built: Path) -> None:
     done = run(
-        [tool("node"), "--test", "--test-reporter=tap", "dist/test/orchestrator.test.js"],
+        [tool("node"), "--test", "--test-reporter=tap", "build/test/orchestrator.test.js"],
         ts_built,
         live.env,
     )

@@ -1,12 +1,12 @@
 // Runs one task hand-off against an Asset Service and prints the next task's
-// manifest path:  node dist/src/example-orchestrator.js [host:port] [import-root]
+// manifest path:  node build/examples/orchestrator.js [host:port] [import-root]
 // TLS and credentials come from the environment: ASSET_SERVICE_CA_FILE (PEM root CA),
 // ASSET_SERVICE_CLIENT_CERT + ASSET_SERVICE_CLIENT_KEY (mTLS), ASSET_SERVICE_TOKEN.
 import { readFileSync } from "node:fs";
 
-import { AssetService } from "./client";
-import { runExample } from "./orchestrator";
-import type { Security } from "./security";
+import { AssetService } from "../src/client";
+import { runExample } from "../src/orchestrator";
+import type { Security } from "../src/security";
 
 function securityFromEnv(env: NodeJS.ProcessEnv): Security {
   const file = (name: string): Buffer | undefined => (env[name] ? readFileSync(env[name]) : undefined);
