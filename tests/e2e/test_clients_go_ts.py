@@ -43,9 +43,11 @@ GO_TESTS = (
     "TestRenewLeaseErrors",
     "TestKeepLeaseRetriesTransientErrorsAndStopsForGood",
 )
-# The TypeScript suite's tests: the flow, failure, errors, the two token tests, four of
-# leases, and one without a server.
-TS_TESTS = 10
+# The TypeScript suite's files and tests: orchestrator.test.js (the flow, failure, errors,
+# the two token tests, four of leases, and one without a server) and rpcs.test.js (every
+# RPC through its method, typed errors, argument checks, deadlines, cancellation).
+TS_SUITE = ("build/test/orchestrator.test.js", "build/test/rpcs.test.js")
+TS_TESTS = 10 + 12
 # Skipped, by both suites, against a server that takes no tokens.
 TOKEN_TESTS = 2
 
@@ -96,6 +98,8 @@ def live(request: pytest.FixtureRequest, tmp_path: Path, import_root: Path) -> I
         files = SecureFiles(tmp_path).with_tokens(certificates).with_secret()
         args += files.args
         env["ASSET_SERVICE_TOKEN"] = token_for("orchestrator")
+        # Test-only: the TypeScript suite deletes an asset with it (DeleteAsset: admin).
+        env["ASSET_SERVICE_ADMIN_TOKEN"] = token_for("admin")
     if mode == "mtls":
         ca = CA("client suites CA")
         pki = tmp_path / "pki"
@@ -188,7 +192,7 @@ def test_go_client_suite_against_live_server(live: Live) -> None:
 @pytest.mark.slow
 def test_typescript_client_suite_against_live_server(live: Live, ts_built: Path) -> None:
     done = run(
-        [tool("node"), "--test", "--test-reporter=tap", "build/test/orchestrator.test.js"],
+        [tool("node"), "--test", "--test-reporter=tap", *TS_SUITE],
         ts_built,
         live.env,
     )
