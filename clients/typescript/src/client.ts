@@ -53,6 +53,7 @@ export interface ClientOptions extends Security {
 }
 
 export const DEFAULT_TIMEOUT_MS = 30_000;
+const MAX_RECONNECT_BACKOFF_MS = 5_000;
 
 /** The metadata of an upload; the bytes come from the source. */
 export interface UploadOptions extends CallOptions {
@@ -131,6 +132,9 @@ export class AssetService {
       ...retry,
       // Our retry policy is the service config: a DNS TXT record does not replace it.
       "grpc.service_config_disable_resolution": 1,
+      // After a server restart, connect again within seconds (grpc-js's default waits up
+      // to 120 s between attempts), so that retried calls and resumed streams find it.
+      "grpc.max_reconnect_backoff_ms": MAX_RECONNECT_BACKOFF_MS,
       ...settings.channelOptions,
     });
     this.caller = new Caller(this.raw, timeout ?? DEFAULT_TIMEOUT_MS);
@@ -144,7 +148,8 @@ export class AssetService {
   static fromEnv(options: ClientOptions & { env?: NodeJS.ProcessEnv; address?: string } = {}): AssetService {
     const { env, address, ...rest } = options;
     const config = configFromEnv(env ?? process.env);
-    return new AssetService(address ?? config.address, { ...config.security, ...rest });
+    const given = Object.fromEntries(Object.entries(rest).filter(([, value]) => value !== undefined));
+    return new AssetService(address ?? config.address, { ...config.security, ...given });
   }
 
   /**

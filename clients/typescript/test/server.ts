@@ -5,7 +5,8 @@
 // How to reach $ASSET_SERVICE_ADDR: $ASSET_SERVICE_CA_FILE (PEM root CA: TLS),
 // $ASSET_SERVICE_CLIENT_CERT and $ASSET_SERVICE_CLIENT_KEY (mTLS; the server must map the
 // certificate to the reader role), $ASSET_SERVICE_TOKEN (a bearer token with the
-// orchestrator role; the server must also have --token-secret-file).
+// orchestrator role; the server must also have --token-secret-file),
+// $ASSET_SERVICE_ADMIN_TOKEN (test only: one with the admin role, for DeleteAsset).
 import { type ChildProcess, spawn } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
 import { existsSync, mkdtempSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";

@@ -1,0 +1,185 @@
+// What needs no Asset Service: the retry table in effect, resume budgets, checks of what a
+// server answered, configuration from the environment, and the README's tables.
+import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import * as path from "node:path";
+import { after, before, describe, test } from "node:test";
+
+import * as grpc from "@grpc/grpc-js";
+
+import { type Method, rpcName } from "../src/calls";
+import { AssetService } from "../src/client";
+import { ENVIRONMENT, configFromEnv } from "../src/env";
+import { DataLossError, Status } from "../src/errors";
+import { AssetServiceService, UploadAssetResponse, WatchAssetResponse } from "../src/gen/asset/v1/asset_service";
+import { RETRIED } from "../src/retry";
+import { EMPTY_MESSAGES, type FakeServer, failingFirst, fakeServer, unavailable } from "./fake";
+import { collect, failsWith } from "./helpers";
+
+const FAST = { maxAttempts: 5, initialBackoffSeconds: 0.01, maxBackoffSeconds: 0.02, backoffMultiplier: 2 };
+const ID = "11111111-2222-4333-8444-555555555555";
+
+/** One call of `method` with empty messages on `client`'s channel: resolves to its status code. */
+function callOnce(client: grpc.Client, method: Method): Promise<grpc.status> {
+  const def = EMPTY_MESSAGES[method]!;
+  const ser = (): Buffer => Buffer.alloc(0);
+  const de = (b: Buffer): Buffer => b;
+  return new Promise((resolve) => {
+    const done = (err: grpc.ServiceError | null): void => resolve(err ? err.code : grpc.status.OK);
+    if (def.requestStream) {
+      const call = client.makeClientStreamRequest(def.path, ser, de, done);
+      call.write({});
+      call.end();
+    } else if (def.responseStream) {
+      const call = client.makeServerStreamRequest(def.path, ser, de, {});
+      call.on("data", () => {});
+      call.on("error", done);
+      call.on("end", () => done(null));
+    } else {
+      client.makeUnaryRequest(def.path, ser, de, {}, done);
+    }
+  });
+}
+
+describe("retries through the service config", () => {
+  const counts = new Map<string, number>();
+  let fake: FakeServer;
+  let svc: AssetService;
+  const methods = Object.keys(AssetServiceService) as Method[];
+
+  before(async () => {
+    const handlers = Object.fromEntries(methods.map((m) => [m, failingFirst(m, 1, counts)]));
+    fake = await fakeServer(handlers, EMPTY_MESSAGES);
+    svc = new AssetService(fake.address, { retry: FAST });
+  });
+
+  after(() => {
+    svc.close();
+    fake.stop();
+  });
+
+  test("exactly the safe RPCs of the table are sent again after UNAVAILABLE", async () => {
+    for (const method of methods) {
+      const code = await callOnce(svc.raw, method);
+      const { retried } = RETRIED[method];
+      assert.equal(counts.get(method), retried ? 2 : 1, `${rpcName(method)}: attempts`);
+      assert.equal(code, retried ? Status.OK : Status.UNAVAILABLE, `${rpcName(method)}: status`);
+    }
+    assert.ok(methods.some((m) => RETRIED[m].retried) && methods.some((m) => !RETRIED[m].retried));
+  });
+
+  test("retry: false sends every call once", async () => {
+    const once = new AssetService(fake.address, { retry: false });
+    try {
+      counts.delete("getAsset");
+      assert.equal(await callOnce(once.raw, "getAsset"), Status.UNAVAILABLE);
+      assert.equal(counts.get("getAsset"), 1);
+    } finally {
+      once.close();
+    }
+  });
+});
+
+describe("what a server answers is checked", () => {
+  test("an upload the server stored with another sha256 is a DataLossError", async () => {
+    const fake = await fakeServer({
+      uploadAsset: (call: grpc.ServerReadableStream<unknown, unknown>, cb: grpc.sendUnaryData<UploadAssetResponse>) => {
+        let size = 0;
+        call.on("data", (m: { payload?: { $case: string; value: Buffer } }) => {
+          if (m.payload?.$case === "chunk") size += m.payload.value.length;
+        });
+        call.on("end", () => cb(null, UploadAssetResponse.fromPartial({ asset: { id: ID, sizeBytes: size, sha256: "f".repeat(64) } })));
+      },
+    });
+    const svc = new AssetService(fake.address);
+    try {
+      await assert.rejects(svc.uploadAsset(Buffer.from("some bytes"), { label: "x" }), (err: unknown) => {
+        assert.ok(err instanceof DataLossError, String(err));
+        assert.equal(err.code, Status.DATA_LOSS);
+        assert.equal(err.assetId, ID);
+        assert.match(err.message, new RegExp(createHash("sha256").update("some bytes").digest("hex")));
+        return true;
+      });
+    } finally {
+      svc.close();
+      fake.stop();
+    }
+  });
+
+  test("a watch that keeps failing with UNAVAILABLE gives up after resumeWithinMs; resume: false at once", async () => {
+    let attempts = 0;
+    const fake = await fakeServer({
+      watchAsset: (call: grpc.ServerWritableStream<unknown, WatchAssetResponse>) => {
+        attempts += 1;
+        if (attempts === 1) call.write(WatchAssetResponse.fromPartial({ revision: 7 }));
+        call.emit("error", unavailable("restarting (injected)"));
+      },
+    });
+    const svc = new AssetService(fake.address, { retry: false });
+    try {
+      const started = Date.now();
+      const events = [];
+      await failsWith(
+        (async () => {
+          for await (const ev of svc.watch({ assetIds: [ID] }, { resumeWithinMs: 600 })) events.push(ev);
+        })(),
+        Status.UNAVAILABLE,
+        "restarting",
+      );
+      const took = Date.now() - started;
+      assert.equal(events.length, 1);
+      assert.ok(took >= 600 && took < 5000, `gave up after ${took} ms`);
+      assert.ok(attempts >= 4, `${attempts} attempts in 600 ms (waits of 100, 200, 400 ms)`);
+      attempts = 1; // no event this time
+      await failsWith(collect(svc.watch({ assetIds: [ID] }, { resume: false })), Status.UNAVAILABLE);
+      assert.equal(attempts, 2);
+    } finally {
+      svc.close();
+      fake.stop();
+    }
+  });
+});
+
+describe("configuration from the environment", () => {
+  let dir: string;
+  before(() => {
+    dir = mkdtempSync(path.join(tmpdir(), "asset-ts-env-"));
+    for (const f of ["ca.pem", "cert.pem", "key.pem"]) writeFileSync(path.join(dir, f), `${f}\n`);
+  });
+  after(() => rmSync(dir, { recursive: true, force: true }));
+
+  test("ASSET_SERVICE_* give the address, TLS files and token; mistakes name the variable", () => {
+    assert.deepEqual(configFromEnv({}), { address: "127.0.0.1:50051", security: {} });
+    const full = configFromEnv({
+      ASSET_SERVICE_ADDR: "assets.internal:443",
+      ASSET_SERVICE_TOKEN: "tok",
+      ASSET_SERVICE_CA_FILE: path.join(dir, "ca.pem"),
+      ASSET_SERVICE_CLIENT_CERT: path.join(dir, "cert.pem"),
+      ASSET_SERVICE_CLIENT_KEY: path.join(dir, "key.pem"),
+    });
+    assert.equal(full.address, "assets.internal:443");
+    assert.equal(full.security.token, "tok");
+    assert.equal(full.security.rootCerts?.toString(), "ca.pem\n");
+    assert.equal(full.security.certChain?.toString(), "cert.pem\n");
+    assert.equal(full.security.privateKey?.toString(), "key.pem\n");
+    assert.equal(configFromEnv({ ASSET_SERVICE_TLS: "true" }).security.tls, true);
+    assert.throws(() => configFromEnv({ ASSET_SERVICE_CA_FILE: path.join(dir, "nope.pem") }), /ASSET_SERVICE_CA_FILE=.*nope\.pem/);
+    assert.throws(() => configFromEnv({ ASSET_SERVICE_CLIENT_CERT: path.join(dir, "cert.pem") }), /ASSET_SERVICE_CLIENT_KEY/);
+    assert.throws(() => configFromEnv({ ASSET_SERVICE_TLS: "maybe" }), /ASSET_SERVICE_TLS=maybe/);
+    assert.throws(() => configFromEnv({ ASSET_SERVICE_TLS: "0", ASSET_SERVICE_CA_FILE: path.join(dir, "ca.pem") }), /ASSET_SERVICE_TLS=0/);
+    // fromEnv: a token over plaintext to a non-loopback address is refused, as by `connection`.
+    assert.throws(() => AssetService.fromEnv({ env: { ASSET_SERVICE_ADDR: "192.0.2.7:1", ASSET_SERVICE_TOKEN: "t" } }), /plaintext/);
+    AssetService.fromEnv({ env: { ASSET_SERVICE_ADDR: "127.0.0.1:1", ASSET_SERVICE_TOKEN: "t" } }).close();
+  });
+
+  test("the README names every variable and every RPC's retry, as the code has them", () => {
+    const readme = readFileSync(path.join(__dirname, "..", "..", "README.md"), "utf8");
+    for (const name of Object.keys(ENVIRONMENT)) assert.ok(readme.includes(`\`${name}\``), `README: ${name}`);
+    for (const [method, { retried }] of Object.entries(RETRIED)) {
+      const row = new RegExp(`^\\| ${rpcName(method as Method)} \\| ${retried ? "yes" : "no"} \\|`, "m");
+      assert.match(readme, row, `README retry table: ${rpcName(method as Method)}`);
+    }
+  });
+});
