@@ -45,12 +45,15 @@ GO_TESTS = (
     "TestLeaseNobodyRenewsFailsThePromise",
     "TestRenewLeaseErrors",
     "TestKeepLeaseRetriesTransientErrorsAndStopsForGood",
+    "TestReadAssetReadsWholeAndRanges",
+    "TestReadAssetCatchesBytesThatAreNotTheRecords",
 )
 # The TypeScript suite's files and tests: orchestrator.test.js (the flow, failure, errors,
-# the two token tests, four of leases, and one without a server) and rpcs.test.js (every
-# RPC through its method, typed errors, argument checks, deadlines, cancellation).
+# the two token tests, four of leases, and two without a server: credentials; whole reads
+# checked against a lying one) and rpcs.test.js (every RPC through its method, typed
+# errors, argument checks, deadlines, cancellation).
 TS_SUITE = ("build/test/orchestrator.test.js", "build/test/rpcs.test.js")
-TS_TESTS = 10 + 12
+TS_TESTS = 11 + 12
 # Run once, each with servers of its own or none: offline.test.js (the retry table in
 # effect on a fake server, resume budgets, answers checked, the environment, the README's
 # tables) and resilience.test.js (restarts: retried calls, resumed watch and read; a

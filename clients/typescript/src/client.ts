@@ -25,6 +25,8 @@ import {
   MintTaskTokenRequest,
   RegisterFileRequest,
   RenewLeaseRequest,
+  ScrubAssetsRequest,
+  type ScrubAssetsResponse,
   UploadHeader,
   WatchAssetRequest,
   WatchAssetResponse,
@@ -88,6 +90,11 @@ export type ListFilter = DeepPartial<Omit<ListAssetsRequest, "pageToken" | "page
 export interface ManifestOptions extends CallOptions {
   /** Wait until no input is PENDING (no default deadline then: give one to bound the wait). */
   wait?: boolean;
+}
+
+export interface ScrubOptions extends CallOptions {
+  /** Read at most this many MiB per second (default 0: as fast as storage answers). */
+  rateMibPerSecond?: number;
 }
 
 /** A bearer token scoped to one task, as MintTaskToken returns it. */
@@ -318,6 +325,17 @@ export class AssetService {
   async deleteAsset(assetId: string, options: CallOptions = {}): Promise<Asset> {
     const request = DeleteAssetRequest.fromPartial({ assetId: id(assetId, "assetId") });
     return required((await this.caller.unary("deleteAsset", request, checkCall(options))).asset);
+  }
+
+  /**
+   * Re-reads stored bytes now and checks every block against its checksum (admin role):
+   * one result per asset, in order (`assetIds` empty: every AVAILABLE FILE asset). A corrupt
+   * asset is marked (corruptReason) and refused with DATA_LOSS from then on.
+   */
+  async *scrubAssets(assetIds: string[] = [], options: ScrubOptions = {}): AsyncGenerator<ScrubAssetsResponse> {
+    const { rateMibPerSecond = 0, ...call } = schemas.scrubOptions(options, "options");
+    const request = ScrubAssetsRequest.fromPartial({ assetIds: v.listOf(v.string, 1000)(assetIds, "assetIds"), rateMibPerSecond });
+    yield* this.caller.serverStream("scrubAssets", request, call);
   }
 
   /**

@@ -1,6 +1,15 @@
 export * from "./gen/asset/v1/asset_service";
 export { AssetService, DEFAULT_TIMEOUT_MS, taskTokenSource } from "./client";
-export type { ClientOptions, ListFilter, ManifestOptions, RegisterFileOptions, TaskToken, UploadOptions, UploadSource } from "./client";
+export type {
+  ClientOptions,
+  ListFilter,
+  ManifestOptions,
+  RegisterFileOptions,
+  ScrubOptions,
+  TaskToken,
+  UploadOptions,
+  UploadSource,
+} from "./client";
 export type { CallOptions } from "./calls";
 export { DEFAULT_ADDRESS, ENVIRONMENT, configFromEnv } from "./env";
 export type { EnvConfig } from "./env";

@@ -17,6 +17,7 @@ export const RETRIED: Readonly<Record<Method, { retried: boolean; why: string }>
   getManifest: { retried: true, why: "rewrites the same input_data.json; changes no asset" },
   renewLease: { retried: true, why: "a second renewal moves the lease to the same place" },
   mintTaskToken: { retried: true, why: "a token is signed, not stored: a second one is as good" },
+  scrubAssets: { retried: true, why: "checks stored bytes; checking again finds the same; until its first result" },
   uploadAsset: { retried: false, why: "creates an asset; a stream cannot be replayed (a resumable upload resumes itself)" },
   registerFile: { retried: false, why: "creates an asset" },
   createValueAsset: { retried: false, why: "creates an asset" },

@@ -1,6 +1,6 @@
 // The shape of each method's arguments, checked before anything is sent (see validate.ts).
 import type { CallOptions } from "./calls";
-import type { ClientOptions, ListFilter, ManifestOptions, RegisterFileOptions, UploadOptions } from "./client";
+import type { ClientOptions, ListFilter, ManifestOptions, RegisterFileOptions, ScrubOptions, UploadOptions } from "./client";
 import {
   AssetStatus,
   AssetType,
@@ -94,6 +94,14 @@ export const readOptions = v.object<ReadOptions>({
 });
 
 export const manifestOptions = v.object<ManifestOptions>({ ...call, wait: v.boolean });
+
+export const scrubOptions = v.object<ScrubOptions>({
+  ...call,
+  rateMibPerSecond: (x, path) => {
+    if (v.finite(x, path) < 0) throw new RangeError(`${path} must be 0 (no limit) or above, got ${String(x)}`);
+    return x;
+  },
+});
 
 /** The client's options: Security, then how calls behave (serviceConfig checks the retry numbers). */
 export const clientOptions = v.object<ClientOptions>({

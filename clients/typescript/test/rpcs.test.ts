@@ -12,7 +12,7 @@ import { after, before, describe, test } from "node:test";
 
 import { AssetService, type ClientOptions } from "../src/client";
 import { AssetServiceError, Status } from "../src/errors";
-import { type Asset, AssetStatus, AssetType, WatchEventType } from "../src/gen/asset/v1/asset_service";
+import { type Asset, AssetStatus, AssetType, ScrubOutcome, WatchEventType } from "../src/gen/asset/v1/asset_service";
 import { bytesValue, jsonValue, textValue } from "../src/values";
 import { collect, failsWith, taskId } from "./helpers";
 import { type TestServer, testServer } from "./server";
@@ -171,13 +171,23 @@ describe("every RPC from TypeScript", () => {
     assert.equal(failed.failureReason, "it broke");
   });
 
-  test("DeleteAsset needs the admin role; MintTaskToken the orchestrator role and a secret", async () => {
+  test("DeleteAsset and ScrubAssets need the admin role; MintTaskToken the orchestrator role and a secret", async () => {
     const a = await svc.createValueAsset({ label: "doomed", value: textValue("x") });
+    const file = await svc.uploadAsset(Buffer.from("scrub me"), { label: "scrubbed" });
     const admin = server.token === undefined ? svc : server.adminToken ? open(server.adminToken) : undefined;
     if (server.token !== undefined) {
       await failsWith(svc.deleteAsset(a.id), Status.PERMISSION_DENIED, "admin");
+      await failsWith(collect(svc.scrubAssets([file.id])), Status.PERMISSION_DENIED, "admin");
     }
     if (admin) {
+      const results = await collect(admin.scrubAssets([file.id, a.id], { rateMibPerSecond: 100 }));
+      assert.deepEqual(
+        results.map((r) => [r.assetId, ScrubOutcome[r.outcome]]),
+        [
+          [file.id, "SCRUB_OUTCOME_OK"],
+          [a.id, "SCRUB_OUTCOME_SKIPPED"],
+        ],
+      );
       const gone = await admin.deleteAsset(a.id);
       assert.equal(gone.id, a.id);
       await failsWith(svc.getAsset(a.id), Status.NOT_FOUND);
@@ -234,6 +244,7 @@ describe("every RPC from TypeScript", () => {
       ["watch misspelt", () => collect(svc.watch({ assetId: ["x"] } as never)), TypeError, /request has no field "assetId"/],
       ["list page size", () => svc.listAssets({ pageSize: 5000 }), RangeError, /filter\.pageSize must be a whole number from 0 to 1000/],
       ["mint ttl", () => svc.mintTaskToken("t", [], -1), RangeError, /ttlSeconds must be a whole number from 0/],
+      ["scrub rate", () => collect(svc.scrubAssets([], { rateMibPerSecond: -1 })), RangeError, /options\.rateMibPerSecond must be 0/],
     ];
     for (const [name, call, type, message] of cases) {
       await assert.rejects(call(), (err: unknown) => {
