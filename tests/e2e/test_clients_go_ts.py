@@ -59,7 +59,7 @@ TS_TESTS = 11 + 12
 # tables) and resilience.test.js (restarts: retried calls, resumed watch and read; a
 # process whose calls fail exits by itself).
 TS_ONCE = ("build/test/offline.test.js", "build/test/resilience.test.js")
-TS_ONCE_TESTS = 6 + 4
+TS_ONCE_TESTS = 7 + 4
 # Skipped, by both suites, against a server that takes no tokens.
 TOKEN_TESTS = 2
 

@@ -1,7 +1,7 @@
 // One place where calls are made: deadlines, cancellation by AbortSignal, errors typed.
 import * as grpc from "@grpc/grpc-js";
 
-import { asCallError } from "./errors";
+import { AssetServiceError, Status as status, asCallError } from "./errors";
 import { AssetServiceService } from "./gen/asset/v1/asset_service";
 
 /** How one call is bounded. Every method of AssetService takes these as its last argument. */
@@ -34,13 +34,42 @@ export function rpcName(method: Method): string {
   return AssetServiceService[method].path.split("/").pop() ?? method;
 }
 
-/** Makes the calls of one client on its grpc-js channel. */
+/** Makes the calls of one client on its grpc-js channel, and ends them all on `close()`. */
 export class Caller {
+  private readonly closing = new AbortController();
+
   constructor(
     readonly client: grpc.Client,
     /** Deadline of a unary call that sets none; Infinity: none. */
     readonly defaultTimeoutMs: number,
   ) {}
+
+  /** Aborted by `close()`: waits between resumed streams end on it too. */
+  get closed(): AbortSignal {
+    return this.closing.signal;
+  }
+
+  /** Cancels every call in flight (CANCELLED), refuses new ones, closes the channel. */
+  close(): void {
+    this.closing.abort();
+    this.client.close();
+  }
+
+  private refuseIfClosed(method: Method): void {
+    if (this.closing.signal.aborted) throw new AssetServiceError(rpcName(method), status.CANCELLED, "the client was closed");
+  }
+
+  /** Cancels `call` when `signal` aborts or the client closes; the returned function lets go. */
+  private bind(call: { cancel(): void }, signal: AbortSignal | undefined): () => void {
+    const cancel = (): void => call.cancel();
+    if (signal?.aborted) call.cancel();
+    else signal?.addEventListener("abort", cancel, { once: true });
+    this.closing.signal.addEventListener("abort", cancel, { once: true });
+    return () => {
+      signal?.removeEventListener("abort", cancel);
+      this.closing.signal.removeEventListener("abort", cancel);
+    };
+  }
 
   private deadline(options: CallOptions, byDefault: boolean): grpc.Deadline | undefined {
     if (options.deadline) return options.deadline;
@@ -59,9 +88,9 @@ export class Caller {
    */
   unary<M extends UnaryMethod>(method: M, request: RequestOf<M>, options: CallOptions, byDefault = true): Promise<ResponseOf<M>> {
     const def = AssetServiceService[method] as unknown as grpc.MethodDefinition<RequestOf<M>, ResponseOf<M>>;
-    const { signal } = options;
     return new Promise((resolve, reject) => {
-      const cancel = (): void => call.cancel();
+      this.refuseIfClosed(method);
+      let release = (): void => {};
       const call = this.client.makeUnaryRequest(
         def.path,
         def.requestSerialize,
@@ -70,22 +99,22 @@ export class Caller {
         new grpc.Metadata(),
         this.grpcOptions(options, byDefault),
         (err, res) => {
-          signal?.removeEventListener("abort", cancel);
+          release();
           if (err) reject(asCallError(rpcName(method), err));
           else resolve(res as ResponseOf<M>);
         },
       );
-      if (signal?.aborted) call.cancel();
-      else signal?.addEventListener("abort", cancel, { once: true });
+      release = this.bind(call, options.signal);
     });
   }
 
   /**
-   * The messages of one server-streaming call. Breaking out of the loop, or aborting
-   * `signal`, cancels the call; a failure throws an AssetServiceError.
+   * The messages of one server-streaming call. Breaking out of the loop, aborting `signal`
+   * or closing the client cancels the call; a failure throws an AssetServiceError.
    */
   async *serverStream<M extends ServerStreamMethod>(method: M, request: RequestOf<M>, options: CallOptions): AsyncGenerator<ResponseOf<M>> {
     const def = AssetServiceService[method] as unknown as grpc.MethodDefinition<RequestOf<M>, ResponseOf<M>>;
+    this.refuseIfClosed(method);
     const call = this.client.makeServerStreamRequest(
       def.path,
       def.requestSerialize,
@@ -94,16 +123,13 @@ export class Caller {
       new grpc.Metadata(),
       this.grpcOptions(options, false),
     );
-    const { signal } = options;
-    const cancel = (): void => call.cancel();
-    if (signal?.aborted) call.cancel();
-    else signal?.addEventListener("abort", cancel, { once: true });
+    const release = this.bind(call, options.signal);
     try {
       for await (const message of call) yield message as ResponseOf<M>;
     } catch (err) {
       throw asCallError(rpcName(method), err);
     } finally {
-      signal?.removeEventListener("abort", cancel);
+      release();
       call.cancel(); // a no-op once the call has ended
     }
   }
@@ -116,7 +142,9 @@ export class Caller {
   clientStream<M extends ClientStreamMethod>(method: M, options: CallOptions): ClientStream<RequestOf<M>, ResponseOf<M>> {
     const def = AssetServiceService[method] as unknown as grpc.MethodDefinition<RequestOf<M>, ResponseOf<M>>;
     const rpc = rpcName(method);
+    this.refuseIfClosed(method);
     let settled = false;
+    let release = (): void => {};
     let call!: grpc.ClientWritableStream<RequestOf<M>>;
     const response = new Promise<ResponseOf<M>>((resolve, reject) => {
       call = this.client.makeClientStreamRequest(
@@ -127,17 +155,14 @@ export class Caller {
         this.grpcOptions(options, false),
         (err, res) => {
           settled = true;
+          release();
           if (err) reject(asCallError(rpc, err));
           else resolve(res as ResponseOf<M>);
         },
       );
     });
     response.catch(() => {}); // observed through send() / finish()
-    const { signal } = options;
-    const cancel = (): void => call.cancel();
-    if (signal?.aborted) call.cancel();
-    else signal?.addEventListener("abort", cancel, { once: true });
-    const done = (): void => signal?.removeEventListener("abort", cancel);
+    release = this.bind(call, options.signal);
     // A write after the call failed is dropped by grpc-js, silently: report the failure instead.
     const ended = (): Promise<never> => response.then(() => Promise.reject(new Error(`${rpc} answered before the upload ended`)));
 
@@ -158,16 +183,11 @@ export class Caller {
       },
       async finish() {
         call.end();
-        try {
-          return await response;
-        } finally {
-          done();
-        }
+        return response;
       },
       async cancel() {
         call.cancel();
         await response.catch(() => {});
-        done();
       },
     };
   }

@@ -160,11 +160,12 @@ export class AssetService {
   }
 
   /**
-   * Closes the channel: calls still running fail (CANCELLED or UNAVAILABLE), new ones fail
-   * at once. An idle client does not keep Node running; a running call or watch does.
+   * Ends the client: every call of its methods still running (a watch, a read, an upload,
+   * a wait for a resume) ends with CANCELLED, later calls reject with CANCELLED "the client
+   * was closed", and the channel closes. (Calls made on `raw` are not cancelled.)
    */
   close(): void {
-    this.raw.close();
+    this.caller.close();
   }
 
   /** A new FILE asset (or a PENDING one fulfilled) from bytes or a stream of Buffers. */

@@ -31,7 +31,7 @@ export async function* readChunks(
   const whole = offset === 0 && limit === 0 && options.verify !== false;
   const record = whole ? await getAsset(assetId, { signal, deadline: options.deadline, timeoutMs: options.timeoutMs }) : undefined;
   const hash = createHash("sha256");
-  const resumer = new Resumer("ReadAsset", options, signal);
+  const resumer = new Resumer("ReadAsset", options, signal, caller.closed);
   let received = 0;
   for (;;) {
     const request = ReadAssetRequest.fromPartial({

@@ -25,6 +25,10 @@ export class Resumer {
     private readonly rpc: string,
     private readonly options: ResumeOptions,
     private readonly signal: AbortSignal | undefined,
+    /** The client's `closed`: it ends a wait too. */
+    private readonly closed: AbortSignal,
+    /** Which failures are worth another stream (default: UNAVAILABLE). */
+    private readonly worthResuming: (err: AssetServiceError) => boolean = (err) => err.code === Status.UNAVAILABLE,
   ) {}
 
   progress(): void {
@@ -34,35 +38,37 @@ export class Resumer {
 
   /**
    * Resolves (after a wait) when the stream should be started again after `err`; rethrows
-   * `err` when it is not UNAVAILABLE, resuming is off, or the budget is spent.
+   * `err` when it is not worth resuming (not UNAVAILABLE), resuming is off, or the budget
+   * is spent.
    */
   async again(err: unknown): Promise<void> {
     const within = this.options.resumeWithinMs ?? DEFAULT_RESUME_WITHIN_MS;
-    const unavailable = err instanceof AssetServiceError && err.code === Status.UNAVAILABLE;
-    if (!unavailable || this.options.resume === false || this.signal?.aborted) throw err;
+    const worth = err instanceof AssetServiceError && this.worthResuming(err);
+    if (!worth || this.options.resume === false || this.signal?.aborted || this.closed.aborted) throw err;
     const now = Date.now();
     this.brokenSince ??= now;
     if (now - this.brokenSince >= within) throw err;
     const wait = Math.min(this.waitMs, this.brokenSince + within - now);
     this.waitMs = Math.min(this.waitMs * 2, LONGEST_WAIT_MS);
-    await pause(wait, this.signal, this.rpc);
+    await pause(wait, [this.signal, this.closed], this.rpc);
   }
 }
 
 /**
- * Resolves after `ms`; rejects with CANCELLED if `signal` aborts first. The timer keeps Node
- * running: someone awaits it (a bounded wait).
+ * Resolves after `ms`; rejects with CANCELLED if one of `signals` aborts first. The timer
+ * keeps Node running: someone awaits it (a bounded wait).
  */
-function pause(ms: number, signal: AbortSignal | undefined, rpc: string): Promise<void> {
+function pause(ms: number, signals: (AbortSignal | undefined)[], rpc: string): Promise<void> {
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => {
-      signal?.removeEventListener("abort", aborted);
+      for (const s of signals) s?.removeEventListener("abort", aborted);
       resolve();
     }, ms);
     function aborted(): void {
       clearTimeout(timer);
+      for (const s of signals) s?.removeEventListener("abort", aborted);
       reject(new AssetServiceError(rpc, Status.CANCELLED, "cancelled while waiting to resume the stream"));
     }
-    signal?.addEventListener("abort", aborted, { once: true });
+    for (const s of signals) s?.addEventListener("abort", aborted, { once: true });
   });
 }

@@ -17,7 +17,7 @@ export interface WatchOptions extends ResumeOptions {
  * `follow` or a selector), throws an AssetServiceError on any other failure.
  */
 export async function* watchEvents(caller: Caller, request: WatchAssetRequest, options: WatchOptions): AsyncGenerator<WatchAssetResponse> {
-  const resumer = new Resumer("WatchAsset", options, options.signal);
+  const resumer = new Resumer("WatchAsset", options, options.signal, caller.closed);
   const call: CallOptions = { signal: options.signal };
   let after = request.afterRevision;
   for (;;) {
