@@ -148,15 +148,17 @@ export class AssetService {
   }
 
   /**
-   * A client configured by ASSET_SERVICE_ADDR, ASSET_SERVICE_TOKEN, ASSET_SERVICE_CA_FILE,
-   * ASSET_SERVICE_CLIENT_CERT, ASSET_SERVICE_CLIENT_KEY and ASSET_SERVICE_TLS (README);
-   * `options` add to them and win (e.g. a token source function).
+   * A client configured by ASSET_SERVICE_ADDR, ASSET_SERVICE_TOKEN or ASSET_SERVICE_TOKEN_FILE,
+   * ASSET_SERVICE_CA_FILE, ASSET_SERVICE_CLIENT_CERT, ASSET_SERVICE_CLIENT_KEY and
+   * ASSET_SERVICE_TIMEOUT (README, ENVIRONMENT); `options` add to them and win (e.g. a
+   * token source function).
    */
   static fromEnv(options: ClientOptions & { env?: NodeJS.ProcessEnv; address?: string } = {}): AssetService {
     const { env, address, ...rest } = options;
     const config = configFromEnv(env ?? process.env);
     const given = Object.fromEntries(Object.entries(rest).filter(([, value]) => value !== undefined));
-    return new AssetService(address ?? config.address, { ...config.security, ...given });
+    const timeout = config.defaultTimeoutMs === undefined ? {} : { defaultTimeoutMs: config.defaultTimeoutMs };
+    return new AssetService(address ?? config.address, { ...config.security, ...timeout, ...given });
   }
 
   /**

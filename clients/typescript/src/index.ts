@@ -11,7 +11,7 @@ export type {
   UploadSource,
 } from "./client";
 export type { CallOptions } from "./calls";
-export { DEFAULT_ADDRESS, ENVIRONMENT, configFromEnv } from "./env";
+export { DEFAULT_ADDRESS, ENVIRONMENT, configFromEnv, tokenFile } from "./env";
 export type { EnvConfig } from "./env";
 export { AssetServiceError, DataLossError, Status } from "./errors";
 export type { PreconditionViolation, RpcStatus, StatusDetail } from "./errors";

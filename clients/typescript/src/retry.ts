@@ -4,8 +4,9 @@ import type { Method } from "./calls";
 /**
  * Every RPC, and whether a call that failed with UNAVAILABLE may be sent again. A call is
  * retried only when sending it twice has the effect of sending it once: reads, and writes
- * that land on the same state. A creating RPC never is (a lost answer would make a second
- * asset). The compiler insists on a row for every RPC of the contract; the README's table
+ * the server answers the same way when repeated (an identical fulfilment or failure). A
+ * creating RPC never is (a lost answer would make a second asset). The same table as the
+ * Python client's (asset_client/_channel.py). The compiler insists on a row for every RPC of the contract; the README's table
  * is checked against this one by a test.
  */
 export const RETRIED: Readonly<Record<Method, { retried: boolean; why: string }>> = {
@@ -16,15 +17,15 @@ export const RETRIED: Readonly<Record<Method, { retried: boolean; why: string }>
   readAsset: { retried: true, why: "a read; until its first chunk (then `readAsset` resumes from the offset reached)" },
   getManifest: { retried: true, why: "rewrites the same input_data.json; changes no asset" },
   renewLease: { retried: true, why: "a second renewal moves the lease to the same place" },
+  fulfillAsset: { retried: true, why: "the server answers an identical fulfilment with the same asset" },
+  failAsset: { retried: true, why: "the server answers an identical failure (same reason) with the same asset" },
   mintTaskToken: { retried: true, why: "a token is signed, not stored: a second one is as good" },
   scrubAssets: { retried: true, why: "checks stored bytes; checking again finds the same; until its first result" },
   uploadAsset: { retried: false, why: "creates an asset; a stream cannot be replayed (a resumable upload resumes itself)" },
   registerFile: { retried: false, why: "creates an asset" },
   createValueAsset: { retried: false, why: "creates an asset" },
-  createPendingAsset: { retried: false, why: "creates an asset" },
-  fulfillAsset: { retried: false, why: "a second call after a lost answer fails (FAILED_PRECONDITION; a moved file is gone)" },
-  failAsset: { retried: false, why: "a second call after a lost answer fails (FAILED_PRECONDITION)" },
-  deleteAsset: { retried: false, why: "a second call after a lost answer fails (NOT_FOUND)" },
+  createPendingAsset: { retried: false, why: "creates a promise" },
+  deleteAsset: { retried: false, why: "a repeat of a delete whose answer was lost would say NOT_FOUND" },
 };
 
 /** gRPC's retryPolicy (https://github.com/grpc/proposal/blob/master/A6-client-retries.md). */
@@ -38,13 +39,13 @@ export interface RetryPolicy {
 }
 
 /**
- * The default: 5 attempts, waiting about 0.5, 1, 2 and 4 s between them, so a safe call
- * outlives a server restart of up to about 6 s (the waits are jittered by ±20%).
+ * The default, the Python client's: 5 attempts, waiting about 1, 2, 4 and 8 s between them
+ * (each jittered by ±20%), so a safe call rides out an outage of some 12 to 18 s.
  */
 export const DEFAULT_RETRY_POLICY: Readonly<RetryPolicy> = {
   maxAttempts: 5,
-  initialBackoffSeconds: 0.5,
-  maxBackoffSeconds: 4,
+  initialBackoffSeconds: 1,
+  maxBackoffSeconds: 8,
   backoffMultiplier: 2,
 };
 

@@ -178,7 +178,7 @@ describe("configuration from the environment", () => {
   });
   after(() => rmSync(dir, { recursive: true, force: true }));
 
-  test("ASSET_SERVICE_* give the address, TLS files and token; mistakes name the variable", () => {
+  test("ASSET_SERVICE_* give the address, TLS files, token and timeout; mistakes name the variable", async () => {
     assert.deepEqual(configFromEnv({}), { address: "127.0.0.1:50051", security: {} });
     const full = configFromEnv({
       ASSET_SERVICE_ADDR: "assets.internal:443",
@@ -186,17 +186,36 @@ describe("configuration from the environment", () => {
       ASSET_SERVICE_CA_FILE: path.join(dir, "ca.pem"),
       ASSET_SERVICE_CLIENT_CERT: path.join(dir, "cert.pem"),
       ASSET_SERVICE_CLIENT_KEY: path.join(dir, "key.pem"),
+      ASSET_SERVICE_TIMEOUT: "2.5",
     });
     assert.equal(full.address, "assets.internal:443");
     assert.equal(full.security.token, "tok");
     assert.equal(full.security.rootCerts?.toString(), "ca.pem\n");
     assert.equal(full.security.certChain?.toString(), "cert.pem\n");
     assert.equal(full.security.privateKey?.toString(), "key.pem\n");
-    assert.equal(configFromEnv({ ASSET_SERVICE_TLS: "true" }).security.tls, true);
-    assert.throws(() => configFromEnv({ ASSET_SERVICE_CA_FILE: path.join(dir, "nope.pem") }), /ASSET_SERVICE_CA_FILE=.*nope\.pem/);
-    assert.throws(() => configFromEnv({ ASSET_SERVICE_CLIENT_CERT: path.join(dir, "cert.pem") }), /ASSET_SERVICE_CLIENT_KEY/);
-    assert.throws(() => configFromEnv({ ASSET_SERVICE_TLS: "maybe" }), /ASSET_SERVICE_TLS=maybe/);
-    assert.throws(() => configFromEnv({ ASSET_SERVICE_TLS: "0", ASSET_SERVICE_CA_FILE: path.join(dir, "ca.pem") }), /ASSET_SERVICE_TLS=0/);
+    assert.equal(full.defaultTimeoutMs, 2500);
+
+    // A token file is read again before every call; one gone meanwhile leaves the last token.
+    const tokenPath = path.join(dir, "token");
+    writeFileSync(tokenPath, "first\n");
+    const source = configFromEnv({ ASSET_SERVICE_TOKEN_FILE: tokenPath }).security.token as () => Promise<string>;
+    assert.equal(await source(), "first");
+    writeFileSync(tokenPath, "second");
+    assert.equal(await source(), "second");
+    rmSync(tokenPath);
+    const warned = new Promise<string>((resolve) => process.once("warning", (w) => resolve(w.message)));
+    assert.equal(await source(), "second");
+    assert.match(await warned, /ASSET_SERVICE_TOKEN_FILE=.*token.*sending the token read before/);
+
+    const refused: [NodeJS.ProcessEnv, RegExp][] = [
+      [{ ASSET_SERVICE_CA_FILE: path.join(dir, "nope.pem") }, /ASSET_SERVICE_CA_FILE=.*nope\.pem: cannot read it/],
+      [{ ASSET_SERVICE_CLIENT_CERT: path.join(dir, "cert.pem") }, /ASSET_SERVICE_CLIENT_KEY/],
+      [{ ASSET_SERVICE_TOKEN: "t", ASSET_SERVICE_TOKEN_FILE: path.join(dir, "ca.pem") }, /both ASSET_SERVICE_TOKEN and ASSET_SERVICE_TOKEN_FILE/],
+      [{ ASSET_SERVICE_TOKEN_FILE: path.join(dir, "missing") }, /ASSET_SERVICE_TOKEN_FILE=.*missing: cannot read it/],
+      [{ ASSET_SERVICE_TIMEOUT: "0" }, /ASSET_SERVICE_TIMEOUT=0 is not a number of seconds above 0/],
+      [{ ASSET_SERVICE_TIMEOUT: "soon" }, /ASSET_SERVICE_TIMEOUT=soon/],
+    ];
+    for (const [env, message] of refused) assert.throws(() => configFromEnv(env), message);
     // fromEnv: a token over plaintext to a non-loopback address is refused, as by `connection`.
     assert.throws(() => AssetService.fromEnv({ env: { ASSET_SERVICE_ADDR: "192.0.2.7:1", ASSET_SERVICE_TOKEN: "t" } }), /plaintext/);
     AssetService.fromEnv({ env: { ASSET_SERVICE_ADDR: "127.0.0.1:1", ASSET_SERVICE_TOKEN: "t" } }).close();
