@@ -54,12 +54,12 @@ GO_TESTS = (
 # errors, argument checks, deadlines, cancellation).
 TS_SUITE = ("build/test/orchestrator.test.js", "build/test/rpcs.test.js")
 TS_TESTS = 11 + 12
-# Run once, each with servers of its own or none: offline.test.js (the retry table in
-# effect on a fake server, resume budgets, answers checked, the environment, the README's
-# tables) and resilience.test.js (restarts: retried calls, resumed watch and read; a
-# process whose calls fail exits by itself).
+# Run once, each with servers of its own or none: offline.test.js (on fake servers: the
+# retry table in effect, resume budgets, answers checked, close(), resumable uploads cut in
+# several ways; the environment, the README's tables) and resilience.test.js (restarts:
+# retried calls, resumed watch, read and upload; a process whose calls fail exits by itself).
 TS_ONCE = ("build/test/offline.test.js", "build/test/resilience.test.js")
-TS_ONCE_TESTS = 7 + 4
+TS_ONCE_TESTS = 11 + 5
 # Skipped, by both suites, against a server that takes no tokens.
 TOKEN_TESTS = 2
 

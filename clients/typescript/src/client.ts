@@ -23,6 +23,8 @@ import {
   ListAssetsRequest,
   ListAssetsResponse,
   MintTaskTokenRequest,
+  QueryUploadRequest,
+  type QueryUploadResponse,
   RegisterFileRequest,
   RenewLeaseRequest,
   ScrubAssetsRequest,
@@ -32,10 +34,21 @@ import {
   WatchAssetResponse,
 } from "./gen/asset/v1/asset_service";
 import { type ReadOptions, readChunks } from "./read";
+import { type ResumableOptions, resumableUpload } from "./resumable";
 import { DEFAULT_RETRY_POLICY, type RetryPolicy, serviceConfig } from "./retry";
 import * as schemas from "./schemas";
 import { type Security, type TokenSource, connection } from "./security";
-import { ContentHash, DEFAULT_CHUNK_SIZE, type Source, bufferSource, checkStored, fileSource, streamSource, uploadStream } from "./upload";
+import {
+  ContentHash,
+  DEFAULT_CHUNK_SIZE,
+  RESUMABLE_BYTES,
+  type Source,
+  bufferSource,
+  checkStored,
+  fileSource,
+  streamSource,
+  uploadStream,
+} from "./upload";
 import * as v from "./validate";
 import { type WatchOptions, watchEvents } from "./watch";
 
@@ -71,6 +84,18 @@ export interface UploadOptions extends CallOptions {
   pendingAssetId?: string;
   /** Bytes a message (default 1 MiB, at most 4 MiB). */
   chunkSize?: number;
+  /**
+   * Resume after a cut (default: for bytes and files of 8 MiB or more; a stream cannot be
+   * read again, so it never is): the upload carries an upload_id, and after a cut the rest
+   * is sent from QueryUpload's committed_bytes.
+   */
+  resumable?: boolean;
+  /** The upload_id (8 to 64 of A-Z a-z 0-9 _ -; default a new UUID): continue an upload an earlier process began (implies `resumable`). */
+  uploadId?: string;
+  /** Give up resuming after this long without progress (default 60_000 ms). */
+  resumeWithinMs?: number;
+  /** Called after each chunk with the bytes sent so far (it goes back when a cut upload resumes). */
+  onProgress?: (sentBytes: number) => void;
 }
 
 /** What an upload reads: bytes, or a stream / async iterable of Buffers. */
@@ -187,15 +212,32 @@ export class AssetService {
     if (!header.label && !header.pendingAssetId) header.label = path.basename(filePath);
     const fh = await open(filePath, "r");
     try {
-      return await this.upload(header, fileSource(fh, chunkSize), call);
+      return await this.upload(header, fileSource(fh, (await fh.stat()).size, chunkSize), call);
     } finally {
       await fh.close();
     }
   }
 
-  private async upload(header: UploadHeader, source: Source, options: CallOptions): Promise<Asset> {
+  private async upload(header: UploadHeader, source: Source, options: UploadCall): Promise<Asset> {
+    const byDefault = options.uploadId !== undefined || (source.replayable && (source.size ?? 0) >= RESUMABLE_BYTES);
+    const { resumable = byDefault, ...rest } = options;
+    if (resumable && !source.replayable) {
+      throw new TypeError("options.resumable: a stream cannot be read again to resume; upload a Buffer or a file (uploadFile)");
+    }
+    if (resumable) return resumableUpload(this.caller, (id, o) => this.queryUpload(id, o), header, source, rest);
+    if (options.uploadId !== undefined) throw new TypeError("options.uploadId needs a resumable upload");
     const hashed = new ContentHash();
-    return checkStored(await uploadStream(this.caller, header, source, 0, hashed, options), hashed);
+    return checkStored(await uploadStream(this.caller, header, source, 0, hashed, rest, rest.onProgress), hashed);
+  }
+
+  /**
+   * How much of a resumable upload the server holds durably (`committedBytes`), its asset
+   * once it completed, and when it expires unfinished. `uploadAsset` and `uploadFile` ask it
+   * themselves after a cut.
+   */
+  async queryUpload(uploadId: string, options: CallOptions = {}): Promise<QueryUploadResponse> {
+    const request = QueryUploadRequest.fromPartial({ uploadId: v.string(uploadId, "uploadId") });
+    return this.caller.unary("queryUpload", request, checkCall(options));
   }
 
   /** Adopts a file already on the server, under one of its --import-root folders. */
@@ -361,9 +403,17 @@ function checkCall(options: unknown): CallOptions {
   return schemas.callOptions(options ?? {}, "options");
 }
 
-function uploadArgs(options: UploadOptions): { header: UploadHeader; chunkSize: number; call: CallOptions } {
-  const { signal, deadline, timeoutMs, chunkSize = DEFAULT_CHUNK_SIZE, ...fields } = schemas.upload(options, "options");
-  return { header: UploadHeader.fromPartial(fields), chunkSize, call: { signal, deadline, timeoutMs } };
+/** What an upload does besides its header. */
+type UploadCall = ResumableOptions & { resumable?: boolean };
+
+function uploadArgs(options: UploadOptions): { header: UploadHeader; chunkSize: number; call: UploadCall } {
+  const checked = schemas.upload(options, "options");
+  const { signal, deadline, timeoutMs, chunkSize = DEFAULT_CHUNK_SIZE, resumable, uploadId, resumeWithinMs, onProgress, ...fields } = checked;
+  return {
+    header: UploadHeader.fromPartial(fields),
+    chunkSize,
+    call: { signal, deadline, timeoutMs, resumable, uploadId, resumeWithinMs, onProgress },
+  };
 }
 
 /**

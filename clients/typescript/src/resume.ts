@@ -1,7 +1,7 @@
 // Picking a broken stream up again: how long to keep trying, and the waits in between.
 import { AssetServiceError, Status } from "./errors";
 
-/** How a stream that broke with UNAVAILABLE is picked up again (watch, whole reads). */
+/** How a stream that broke with UNAVAILABLE is picked up again (watch, reads, resumable uploads). */
 export interface ResumeOptions {
   /** false: a broken stream throws its UNAVAILABLE at once. Default true. */
   resume?: boolean;

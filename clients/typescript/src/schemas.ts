@@ -64,6 +64,18 @@ export const upload = v.object<UploadOptions>({
   expectedSha256: v.string,
   pendingAssetId: v.string,
   chunkSize: v.integer(1, 4 * 1024 * 1024),
+  resumable: v.boolean,
+  uploadId: (x, path) => {
+    if (!/^[A-Za-z0-9_-]{8,64}$/.test(v.string(x, path))) {
+      throw new RangeError(`${path} must be 8 to 64 of A-Z a-z 0-9 _ -, got ${JSON.stringify(x)}`);
+    }
+    return x;
+  },
+  resumeWithinMs: v.positiveMs(true),
+  onProgress: (x, path) => {
+    if (typeof x !== "function") throw new TypeError(`${path} must be a function, got ${v.describe(x)}`);
+    return x;
+  },
 });
 
 export const listFilter = v.object<ListFilter>({

@@ -10,26 +10,36 @@ import { asBuffer } from "./validate";
 /** Where an upload's bytes come from, readable again from an offset when `replayable`. */
 export interface Source {
   replayable: boolean;
+  /** Bytes in all, when known beforehand. */
+  size?: number;
   chunks(from: number): AsyncIterable<Uint8Array>;
 }
 
 export const DEFAULT_CHUNK_SIZE = 1024 * 1024;
+/**
+ * Sources this big or bigger upload resumably by default (as with the Python client): below
+ * one object-store part a cut stream keeps nothing there anyway, and sending them again
+ * costs under a second.
+ */
+export const RESUMABLE_BYTES = 8 * 1024 * 1024;
 /** The contract's largest chunk ("up to 4 MiB a message"). */
 export const MAX_CHUNK_SIZE = 4 * 1024 * 1024;
 
 export function bufferSource(data: Uint8Array, chunkSize: number): Source {
   return {
     replayable: true,
+    size: data.length,
     async *chunks(from) {
       for (let at = from; at < data.length; at += chunkSize) yield data.subarray(at, at + chunkSize);
     },
   };
 }
 
-/** A file, read with positioned reads: resumable from any offset. */
-export function fileSource(fh: FileHandle, chunkSize: number): Source {
+/** A file of `size` bytes, read with positioned reads: resumable from any offset. */
+export function fileSource(fh: FileHandle, size: number, chunkSize: number): Source {
   return {
     replayable: true,
+    size,
     async *chunks(from) {
       for (let at = from; ; ) {
         const buf = Buffer.allocUnsafe(chunkSize);
@@ -81,6 +91,16 @@ export class ContentHash {
     this.size = end;
   }
 
+  /** Hashes `source` up to `until` (a resumed upload that this process did not start). */
+  async catchUp(source: Source, until: number): Promise<void> {
+    if (this.size >= until) return;
+    for await (const chunk of source.chunks(this.size)) {
+      const at = this.size;
+      this.add(at, chunk.subarray(0, Math.max(0, until - at)));
+      if (this.size >= until) return;
+    }
+  }
+
   digest(): string {
     return this.hash.digest("hex");
   }
@@ -97,6 +117,7 @@ export async function uploadStream(
   from: number,
   hashed: ContentHash,
   options: CallOptions,
+  onProgress?: (sentBytes: number) => void,
 ): Promise<Asset> {
   const stream = caller.clientStream("uploadAsset", options);
   try {
@@ -106,6 +127,7 @@ export async function uploadStream(
       hashed.add(offset, chunk);
       offset += chunk.length;
       await stream.send({ payload: { $case: "chunk", value: asBuffer(chunk) } });
+      onProgress?.(offset);
     }
   } catch (err) {
     await stream.cancel();

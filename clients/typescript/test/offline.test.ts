@@ -5,6 +5,7 @@ import { createHash } from "node:crypto";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import * as path from "node:path";
+import { Readable } from "node:stream";
 import { after, before, describe, test } from "node:test";
 
 import * as grpc from "@grpc/grpc-js";
@@ -13,7 +14,14 @@ import { type Method, rpcName } from "../src/calls";
 import { AssetService } from "../src/client";
 import { ENVIRONMENT, configFromEnv } from "../src/env";
 import { DataLossError, Status } from "../src/errors";
-import { AssetServiceService, UploadAssetResponse, WatchAssetResponse } from "../src/gen/asset/v1/asset_service";
+import {
+  AssetServiceService,
+  QueryUploadResponse,
+  type UploadAssetRequest,
+  UploadAssetResponse,
+  type UploadHeader,
+  WatchAssetResponse,
+} from "../src/gen/asset/v1/asset_service";
 import { RETRIED } from "../src/retry";
 import { EMPTY_MESSAGES, type FakeServer, failingFirst, fakeServer, unavailable } from "./fake";
 import { collect, failsWith, within } from "./helpers";
@@ -166,6 +174,164 @@ describe("close()", () => {
       await failsWith(svc.uploadAsset(Buffer.from("x"), { label: "late" }), Status.CANCELLED, "the client was closed");
     } finally {
       fake.stop();
+    }
+  });
+});
+
+describe("resumable uploads, against a fake server", () => {
+  const MiB = 1024 * 1024;
+  const data = Buffer.alloc(3 * MiB + 5);
+  for (let i = 0; i + 4 <= data.length; i += 512) data.writeUInt32BE(i, i);
+  const sha = (b: Buffer): string => createHash("sha256").update(b).digest("hex");
+
+  interface Upload {
+    held: Buffer;
+    done?: boolean;
+  }
+
+  /**
+   * UploadAsset and QueryUpload as the contract says, with faults: `cut(stream, received)`
+   * true ends a stream with UNAVAILABLE, keeping whole MiBs but the last (what was "made
+   * durable" is less than what was sent);
+   * `lose` drops the answer of a completed upload; `forget` makes QueryUpload NOT_FOUND.
+   */
+  async function server(faults: { cut?: (stream: number, received: number) => boolean; lose?: boolean; forget?: boolean }) {
+    const uploads = new Map<string, Upload>();
+    const headers: UploadHeader[] = [];
+    let streams = 0;
+    const answer = (id: string, u: Upload) => ({ id: `asset-of-${id}`, sizeBytes: u.held.length, sha256: sha(u.held) });
+    const fake = await fakeServer({
+      uploadAsset: (call: grpc.ServerReadableStream<UploadAssetRequest, UploadAssetResponse>, cb: grpc.sendUnaryData<UploadAssetResponse>) => {
+        const stream = ++streams;
+        let header: UploadHeader | undefined;
+        let u: Upload | undefined;
+        let ended = false;
+        const end = (err: Partial<grpc.StatusObject> | null, res?: UploadAssetResponse): void => {
+          if (ended) return;
+          ended = true;
+          cb(err, res ?? null);
+        };
+        call.on("data", (m: UploadAssetRequest) => {
+          if (ended) return;
+          if (m.payload?.$case === "header") {
+            header = m.payload.value;
+            headers.push(header);
+            u = uploads.get(header.uploadId) ?? { held: Buffer.alloc(0) };
+            uploads.set(header.uploadId, u);
+            if (header.writeOffset !== u.held.length) {
+              end({ code: grpc.status.FAILED_PRECONDITION, details: `resume at committed_bytes=${u.held.length}` });
+            }
+            return;
+          }
+          if (m.payload?.$case !== "chunk" || !u) return;
+          u.held = Buffer.concat([u.held, m.payload.value]);
+          if (faults.cut?.(stream, u.held.length)) {
+            u.held = u.held.subarray(0, Math.max(0, Math.floor(u.held.length / MiB) - 1) * MiB);
+            end(unavailable("connection reset (injected)"));
+          }
+        });
+        call.on("end", () => {
+          if (!u || !header) return end({ code: grpc.status.INVALID_ARGUMENT, details: "no header" });
+          u.done = true;
+          if (faults.lose && stream === 1) return end(unavailable("the answer was lost (injected)"));
+          end(null, UploadAssetResponse.fromPartial({ asset: answer(header.uploadId, u) }));
+        });
+      },
+      queryUpload: (call: grpc.ServerUnaryCall<{ uploadId: string }, QueryUploadResponse>, cb: grpc.sendUnaryData<QueryUploadResponse>) => {
+        const u = uploads.get(call.request.uploadId);
+        if (!u || faults.forget) return cb({ code: grpc.status.NOT_FOUND, details: "no such upload" }, null);
+        cb(null, QueryUploadResponse.fromPartial({ committedBytes: u.held.length, asset: u.done ? answer(call.request.uploadId, u) : undefined }));
+      },
+    });
+    return { fake, headers, uploads, streams: () => streams };
+  }
+
+  test("a cut upload resumes from the committed bytes, and the whole is checked", async () => {
+    const { fake, headers, uploads } = await server({ cut: (stream, received) => stream === 1 && received >= 1.5 * MiB });
+    const svc = new AssetService(fake.address, { retry: false });
+    try {
+      const sent: number[] = [];
+      const asset = await svc.uploadAsset(data, { label: "big", resumable: true, onProgress: (n) => sent.push(n) });
+      assert.equal(asset.sha256, sha(data));
+      assert.deepEqual(headers.map((h) => h.writeOffset), [0, MiB], `the second stream starts at the committed MiB: ${JSON.stringify(headers)}`);
+      assert.equal(headers[0]!.uploadId, headers[1]!.uploadId);
+      assert.match(headers[0]!.uploadId, /^[0-9a-f-]{36}$/);
+      assert.equal(headers[1]!.label, "big");
+      assert.ok(uploads.get(headers[0]!.uploadId)!.held.equals(data));
+      // The first chunk of the second stream ends 1 MiB past the committed MiB: no higher than before.
+      const back = sent.findIndex((n, i) => i > 0 && n <= sent[i - 1]!);
+      assert.equal(sent[back], 2 * MiB, `progress ${sent.join(",")}`);
+      assert.equal(sent.at(-1), data.length);
+      // By default only 8 MiB and more are resumable, as with the Python client.
+      await svc.uploadAsset(data, { label: "small" });
+      assert.equal(headers.at(-1)!.uploadId, "");
+      await svc.uploadAsset(Buffer.alloc(8 * MiB), { label: "8 MiB" });
+      assert.notEqual(headers.at(-1)!.uploadId, "");
+    } finally {
+      svc.close();
+      fake.stop();
+    }
+  });
+
+  test("a file upload cut twice resumes twice; a given uploadId is used; resumable: false does not resume", async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), "asset-ts-resume-"));
+    const file = path.join(dir, "f.bin");
+    writeFileSync(file, data);
+    const cutAt = new Map([
+      [1, 1.5 * MiB],
+      [2, 2.5 * MiB],
+    ]);
+    const { fake, headers } = await server({ cut: (stream, received) => received >= (cutAt.get(stream) ?? Infinity) });
+    const svc = new AssetService(fake.address, { retry: false });
+    try {
+      const asset = await svc.uploadFile(file, { uploadId: "my-upload-0001" });
+      assert.equal(asset.sha256, sha(data));
+      assert.deepEqual(headers.map((h) => [h.uploadId, h.writeOffset]), [
+        ["my-upload-0001", 0],
+        ["my-upload-0001", MiB],
+        ["my-upload-0001", 2 * MiB],
+      ]);
+      cutAt.set(4, 1.5 * MiB);
+      await failsWith(svc.uploadAsset(data, { label: "once", resumable: false }), Status.UNAVAILABLE, "injected");
+      assert.equal(headers.at(-1)!.uploadId, "", "not resumable: no upload_id");
+    } finally {
+      svc.close();
+      fake.stop();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  test("an upload whose answer was lost is found complete; one the server forgot starts again", async () => {
+    const lost = await server({ lose: true });
+    const svc = new AssetService(lost.fake.address, { retry: false });
+    try {
+      const asset = await svc.uploadAsset(data, { label: "lost answer", resumable: true });
+      assert.equal(asset.sha256, sha(data));
+      assert.equal(lost.streams(), 1, "nothing sent twice");
+    } finally {
+      svc.close();
+      lost.fake.stop();
+    }
+    const forgot = await server({ cut: (stream, received) => stream === 1 && received >= 2 * MiB, forget: true });
+    const again = new AssetService(forgot.fake.address, { retry: false });
+    try {
+      assert.equal((await again.uploadAsset(data, { label: "forgotten", resumable: true })).sha256, sha(data));
+      assert.deepEqual(forgot.headers.map((h) => h.writeOffset), [0, 0]);
+      assert.notEqual(forgot.headers[0]!.uploadId, forgot.headers[1]!.uploadId, "a new upload_id");
+    } finally {
+      again.close();
+      forgot.fake.stop();
+    }
+  });
+
+  test("a stream is never resumable; bad upload ids are refused before sending", async () => {
+    const svc = new AssetService("127.0.0.1:9", { retry: false });
+    try {
+      await assert.rejects(svc.uploadAsset(Readable.from([data]), { label: "s", resumable: true }), /a stream cannot be read again/);
+      await assert.rejects(svc.uploadAsset(data, { uploadId: "short" }), /options\.uploadId must be 8 to 64/);
+      await assert.rejects(svc.uploadAsset(data, { uploadId: "a-valid-id", resumable: false }), /uploadId needs a resumable upload/);
+    } finally {
+      svc.close();
     }
   });
 });

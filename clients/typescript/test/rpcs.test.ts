@@ -70,7 +70,7 @@ describe("every RPC from TypeScript", () => {
     await failsWith(svc.batchGetAssets([text.id, UNKNOWN_ID]), Status.NOT_FOUND, UNKNOWN_ID);
   });
 
-  test("UploadAsset from a Buffer, a stream and a file; ReadAsset whole, in a range, as a stream", async () => {
+  test("UploadAsset from a Buffer, a stream and a file, QueryUpload; ReadAsset whole, in a range, as a stream", async () => {
     const bytes = pattern(2.5 * 1024 * 1024 + 3); // three chunks of 1 MiB and a tail
     const fromBuffer = await svc.uploadAsset(bytes, { label: "buffer.bin", mediaType: "application/x-test", tags: ["ts"] });
     assert.equal(fromBuffer.status, AVAILABLE);
@@ -93,6 +93,14 @@ describe("every RPC from TypeScript", () => {
     const out = path.join(scratch, "output.bin");
     await pipeline(svc.readAssetStream(fromBuffer.id), createWriteStream(out));
     assert.ok(readFileSync(out).equals(bytes));
+
+    // A resumable upload (an upload_id: QueryUpload knows it, and its asset once complete).
+    const uploadId = `ts-${Date.now()}-${Math.floor(Math.random() * 1e6)}`;
+    const resumed = await svc.uploadAsset(bytes.subarray(0, 1000), { label: "resumable.bin", uploadId });
+    const state = await svc.queryUpload(uploadId);
+    assert.equal(state.asset?.id, resumed.id);
+    assert.equal(state.committedBytes, 1000);
+    await failsWith(svc.queryUpload("no-such-upload-0000"), Status.NOT_FOUND);
 
     // An empty upload is an empty asset.
     const empty = await svc.uploadAsset(Buffer.alloc(0), { label: "empty" });
@@ -234,6 +242,8 @@ describe("every RPC from TypeScript", () => {
       ["value of wrong type", () => svc.createValueAsset({ label: "x", value: "text" } as never), TypeError, /request\.value must be a plain object/],
       ["upload source a string", () => svc.uploadAsset("hello" as never, { label: "x" }), TypeError, /source must be a Buffer/],
       ["chunk size zero", () => svc.uploadAsset(Buffer.from("x"), { chunkSize: 0 }), RangeError, /options\.chunkSize must be a whole number from 1/],
+      ["upload id", () => svc.uploadAsset(Buffer.from("x"), { uploadId: "a b" }), RangeError, /options\.uploadId must be 8 to 64/],
+      ["query id", () => svc.queryUpload(5 as never), TypeError, /uploadId must be a string/],
       ["stream of strings", () => svc.uploadAsset(Readable.from(["text"]), { label: "x" }), TypeError, /yielded a string/],
       ["negative offset", () => svc.readAsset("a", { offset: -1 }), RangeError, /options\.offset must be a whole number from 0/],
       ["manifest map", () => svc.getManifest({ a: 1 } as never), TypeError, /assetMappings\["a"\] must be a string/],
