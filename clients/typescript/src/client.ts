@@ -35,9 +35,20 @@ import {
 } from "./gen/asset/v1/asset_service";
 import { type ReadOptions, readChunks } from "./read";
 import { type ResumableOptions, resumableUpload } from "./resumable";
-import { DEFAULT_RETRY_POLICY, type RetryPolicy, serviceConfig } from "./retry";
+import { DEFAULT_RETRY_POLICY, serviceConfig } from "./retry";
 import * as schemas from "./schemas";
-import { type Security, type TokenSource, connection } from "./security";
+import {
+  type ClientOptions,
+  DEFAULT_TIMEOUT_MS,
+  type ListFilter,
+  type ManifestOptions,
+  type RegisterFileOptions,
+  type ScrubOptions,
+  type UploadOptions,
+  type UploadSource,
+} from "./options";
+import { connection } from "./security";
+import type { TaskToken } from "./tokens";
 import {
   ContentHash,
   DEFAULT_CHUNK_SIZE,
@@ -54,79 +65,15 @@ import { type WatchOptions, watchEvents } from "./watch";
 
 export type { CallOptions } from "./calls";
 export { AssetServiceError, DataLossError } from "./errors";
+export { DEFAULT_TIMEOUT_MS } from "./options";
+export type { ClientOptions, ListFilter, ManifestOptions, RegisterFileOptions, ScrubOptions, UploadOptions, UploadSource } from "./options";
 export type { ReadOptions } from "./read";
+export { taskTokenSource } from "./tokens";
+export type { TaskToken } from "./tokens";
 export type { WatchOptions } from "./watch";
 
-/** How to reach the server (Security: TLS, client certificate, token) and how calls behave. */
-export interface ClientOptions extends Security {
-  /** The deadline of a unary call that sets none, in ms (default 30_000; Infinity: none). */
-  defaultTimeoutMs?: number;
-  /** How safe calls are retried on UNAVAILABLE (README, "Retries"); false: never. */
-  retry?: Partial<RetryPolicy> | false;
-  /** More grpc-js channel options (e.g. "grpc.max_receive_message_length"). */
-  channelOptions?: grpc.ChannelOptions;
-}
-
-export const DEFAULT_TIMEOUT_MS = 30_000;
+/** After a server restart, connect again within seconds (grpc-js's default waits up to 120 s). */
 const MAX_RECONNECT_BACKOFF_MS = 5_000;
-
-/** The metadata of an upload; the bytes come from the source. */
-export interface UploadOptions extends CallOptions {
-  /** Required unless `pendingAssetId` is set (`uploadFile` defaults it to the file's name). */
-  label?: string;
-  mediaType?: string;
-  tags?: string[];
-  /** The upload fails (INVALID_ARGUMENT) unless exactly this many bytes arrive. */
-  expectedSizeBytes?: number;
-  /** Lower-case hex: the upload fails unless the content has this sha256. */
-  expectedSha256?: string;
-  /** Fulfills this PENDING FILE asset instead of making a new one. */
-  pendingAssetId?: string;
-  /** Bytes a message (default 1 MiB, at most 4 MiB). */
-  chunkSize?: number;
-  /**
-   * Resume after a cut (default: for bytes and files of 8 MiB or more; a stream cannot be
-   * read again, so it never is): the upload carries an upload_id, and after a cut the rest
-   * is sent from QueryUpload's committed_bytes.
-   */
-  resumable?: boolean;
-  /** The upload_id (8 to 64 of A-Z a-z 0-9 _ -; default a new UUID): continue an upload an earlier process began (implies `resumable`). */
-  uploadId?: string;
-  /** Give up resuming after this long without progress (default 60_000 ms). */
-  resumeWithinMs?: number;
-  /** Called after each chunk with the bytes sent so far (it goes back when a cut upload resumes). */
-  onProgress?: (sentBytes: number) => void;
-}
-
-/** What an upload reads: bytes, or a stream / async iterable of Buffers. */
-export type UploadSource = Uint8Array | AsyncIterable<Uint8Array>;
-
-export interface RegisterFileOptions extends CallOptions {
-  label?: string;
-  mediaType?: string;
-  tags?: string[];
-  /** Move the file into the store instead of copying it. */
-  move?: boolean;
-}
-
-/** The filters of ListAssets (every one set must match), and where a page starts. */
-export type ListFilter = DeepPartial<Omit<ListAssetsRequest, "pageToken" | "pageSize">> & { pageSize?: number; pageToken?: string };
-
-export interface ManifestOptions extends CallOptions {
-  /** Wait until no input is PENDING (no default deadline then: give one to bound the wait). */
-  wait?: boolean;
-}
-
-export interface ScrubOptions extends CallOptions {
-  /** Read at most this many MiB per second (default 0: as fast as storage answers). */
-  rateMibPerSecond?: number;
-}
-
-/** A bearer token scoped to one task, as MintTaskToken returns it. */
-export interface TaskToken {
-  token: string;
-  expiresAt: Date;
-}
 
 const id = (value: unknown, name: string): string => v.string(value, name);
 
@@ -413,38 +360,6 @@ function uploadArgs(options: UploadOptions): { header: UploadHeader; chunkSize: 
     header: UploadHeader.fromPartial(fields),
     chunkSize,
     call: { signal, deadline, timeoutMs, resumable, uploadId, resumeWithinMs, onProgress },
-  };
-}
-
-/**
- * A token source for a worker of `taskId`: it mints a task token through `minter` (a client
- * with the orchestrator role) on first use, and again once less than a fifth of the token's
- * lifetime is left. Concurrent calls share one mint.
- */
-export function taskTokenSource(
-  minter: Pick<AssetService, "mintTaskToken">,
-  taskId: string,
-  inputAssetIds: string[] = [],
-  ttlSeconds = 0,
-): TokenSource {
-  let current: Promise<TaskToken> | undefined;
-  let renewAt = 0;
-  return async () => {
-    if (current === undefined || Date.now() >= renewAt) {
-      const minting = minter.mintTaskToken(taskId, inputAssetIds, ttlSeconds);
-      current = minting;
-      renewAt = Infinity; // until this mint settles
-      minting.then(
-        (t) => {
-          const now = Date.now();
-          renewAt = t.expiresAt.getTime() - (t.expiresAt.getTime() - now) / 5;
-        },
-        () => {
-          if (current === minting) current = undefined; // the next call tries again
-        },
-      );
-    }
-    return (await current).token;
   };
 }
 

@@ -17,6 +17,7 @@ export { AssetServiceError, DataLossError, Status } from "./errors";
 export type { PreconditionViolation, RpcStatus, StatusDetail } from "./errors";
 export { keepLease } from "./lease";
 export type { LeaseKeeper } from "./lease";
+export type { TaskTokenMinter } from "./tokens";
 export type { ReadOptions } from "./read";
 export type { ResumeOptions } from "./resume";
 export { DEFAULT_RETRY_POLICY, RETRIED } from "./retry";

@@ -1,6 +1,6 @@
 // The shape of each method's arguments, checked before anything is sent (see validate.ts).
 import type { CallOptions } from "./calls";
-import type { ClientOptions, ListFilter, ManifestOptions, RegisterFileOptions, ScrubOptions, UploadOptions } from "./client";
+import type { ClientOptions, ListFilter, ManifestOptions, RegisterFileOptions, ScrubOptions, UploadOptions } from "./options";
 import {
   AssetStatus,
   AssetType,
