@@ -34,6 +34,7 @@ docs/mongodb.md. `Server.rtt` delays each one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import threading
 import time
@@ -260,6 +261,14 @@ class Server:
         self.holders: dict[tuple[str, Any], bytes] = {}
         self.pending: dict[bytes, dict[tuple[str, Any], Doc | None]] = {}
         self._ended = asyncio.Event()
+        # Each transaction's writes in statement order, and the committed ones: the oplog
+        # change streams read (one entry per write: collection, before, after).
+        self.journal: dict[bytes, list[tuple[str, Any, Doc | None, Doc | None]]] = {}
+        self.oplog: list[tuple[str, Any, Doc | None, Doc | None]] = []
+        # Collections with changeStreamPreAndPostImages on: their images are kept.
+        self.images: set[str] = set()
+        self.image_reads = {"pre": 0, "post": 0, "lookup": 0}
+        self._logged = asyncio.Event()
         self.statements: dict[str, int] = {}
         self.transactions = 0
         self.rtt = 0.0
@@ -294,6 +303,7 @@ class Server:
 
     async def write(self, name: str, key: Any, doc: Doc | None, lsid: bytes | None) -> None:
         """Put (or with None remove) one document, by the transaction rules."""
+        before = self.view(name, lsid).get(key)
         holder = self.holders.get((name, key))
         if lsid is not None:
             if holder is not None and holder != lsid:
@@ -306,12 +316,20 @@ class Server:
                 raise exc
             self.holders[(name, key)] = lsid
             self.pending.setdefault(lsid, {})[(name, key)] = doc
+            self.journal.setdefault(lsid, []).append((name, key, before, doc))
             return
         while holder is not None:  # outside a transaction: wait for the holder to end
             ended = self._ended
             await ended.wait()
             holder = self.holders.get((name, key))
+        before = self.data.get(name, {}).get(key)
         self._put(name, key, doc)
+        self._log([(name, key, before, doc)])
+
+    def _log(self, entries: list[tuple[str, Any, Doc | None, Doc | None]]) -> None:
+        self.oplog += [copy.deepcopy(e) for e in entries]
+        self._logged.set()
+        self._logged = asyncio.Event()
 
     def _put(self, name: str, key: Any, doc: Doc | None) -> None:
         table = self.data.setdefault(name, {})
@@ -322,10 +340,12 @@ class Server:
 
     def end(self, lsid: bytes, commit: bool) -> None:
         writes = self.pending.pop(lsid, {})
+        journal = self.journal.pop(lsid, [])
         if commit:
             self.transactions += 1
             for (name, key), doc in writes.items():
                 self._put(name, key, doc)
+            self._log(journal)
         for slot in [k for k, v in self.holders.items() if v == lsid]:
             del self.holders[slot]
         self._ended.set()
@@ -528,6 +548,18 @@ class Collection:
     ) -> None:
         await self.find_one_and_delete(where, session=session)
 
+    async def watch(
+        self,
+        pipeline: list[Doc],
+        *,
+        full_document: str | None = None,
+        full_document_before_change: str | None = None,
+        resume_after: Any = None,
+    ) -> ChangeStream:
+        return ChangeStream(
+            self.server, self.name, pipeline, full_document, full_document_before_change
+        )
+
     async def list_indexes(self) -> Any:
         return _Listing([{"v": 2, "key": {"_id": 1}, "name": "_id_"}])
 
@@ -551,3 +583,127 @@ class _Listing:
     async def _iter(self) -> AsyncIterator[Doc]:
         for doc in self._docs:
             yield doc
+
+
+class ChangeStream:
+    """A change stream on one collection, from now ("Change Events", "Change Streams with
+    Document Pre- and Post-Images"):
+
+    - insert events carry `fullDocument`; update events `updateDescription` and, with
+      fullDocument "updateLookup", the document as it is when the event is READ (None if
+      gone), with "required"/"whenAvailable" the post-image kept at the change; delete
+      events `documentKey` only, plus `fullDocumentBeforeChange` (the pre-image) when
+      asked for. Images need changeStreamPreAndPostImages on the collection ("required"
+      without them fails the stream).
+    - the pipeline's stages ($match, $unset, $set, $project) run on each event.
+    Each image read is counted in `Server.image_reads`.
+    """
+
+    def __init__(
+        self,
+        server: Server,
+        name: str,
+        pipeline: list[Doc],
+        full_document: str | None,
+        before: str | None,
+    ) -> None:
+        self.server = server
+        self.name = name
+        self.pipeline = pipeline
+        self.full_document = full_document
+        self.before = before
+        self._at = len(server.oplog)
+        self.resume_token: Doc | None = {"_data": self._at}
+        self.alive = True
+        for option in (full_document, before):
+            if option == "required" and name not in server.images:
+                raise OperationFailure(
+                    "changeStreamPreAndPostImages is not enabled for this collection", 280
+                )
+
+    async def try_next(self) -> Doc | None:
+        """One getMore: waits up to maxAwaitTimeMS (here 50 ms) for an event."""
+        if self._at >= len(self.server.oplog):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.server._logged.wait(), 0.05)
+        while True:
+            if self._at >= len(self.server.oplog):
+                self.resume_token = {"_data": self._at}
+                return None
+            name, key, before, after = self.server.oplog[self._at]
+            self._at += 1
+            self.resume_token = {"_data": self._at}
+            if name != self.name:
+                continue
+            event = self._event(key, before, after)
+            event = _stages(event, self.pipeline, self.server.now)
+            if event is not None:
+                return event
+
+    async def next_event(self, timeout: float = 5.0) -> Doc:
+        async with asyncio.timeout(timeout):
+            while True:
+                event = await self.try_next()
+                if event is not None:
+                    return event
+                await self.server._logged.wait()
+
+    def _event(self, key: Any, before: Doc | None, after: Doc | None) -> Doc:
+        server = self.server
+        event: Doc = {"_id": {"_data": self._at}, "documentKey": {"_id": key}}
+        if before is None:
+            event |= {"operationType": "insert", "fullDocument": copy.deepcopy(after)}
+            return event
+        if after is None:
+            event["operationType"] = "delete"
+        else:
+            changed = {k: v for k, v in after.items() if before.get(k, _MISSING) != v}
+            removed = [k for k in before if k not in after]
+            event |= {
+                "operationType": "update",
+                "updateDescription": {
+                    "updatedFields": copy.deepcopy(changed),
+                    "removedFields": removed,
+                },
+            }
+            if self.full_document == "updateLookup":
+                server.image_reads["lookup"] += 1
+                event["fullDocument"] = copy.deepcopy(server.data.get(self.name, {}).get(key))
+            elif self.full_document in ("required", "whenAvailable"):
+                server.image_reads["post"] += 1
+                event["fullDocument"] = copy.deepcopy(after)
+        if self.before in ("required", "whenAvailable") and self.name in server.images:
+            server.image_reads["pre"] += 1
+            event["fullDocumentBeforeChange"] = copy.deepcopy(before)
+        return event
+
+    async def close(self) -> None:
+        self.alive = False
+
+
+def _unset(doc: Doc, path: str) -> None:
+    *parents, last = path.split(".")
+    for part in parents:
+        doc = doc.get(part)  # type: ignore[assignment]
+        if not isinstance(doc, dict):
+            return
+    doc.pop(last, None)
+
+
+def _stages(event: Doc, pipeline: list[Doc], now: datetime) -> Doc | None:
+    for stage in pipeline:
+        (name, spec), *rest = stage.items()
+        if rest:
+            raise NotImplementedError(f"fake MongoDB: stage {stage}")
+        if name == "$match":
+            if not matches(event, spec, now):
+                return None
+        elif name == "$unset":
+            for path in [spec] if isinstance(spec, str) else spec:
+                _unset(event, path)
+        elif name == "$project" and all(not v for v in spec.values()):
+            for path in spec:
+                _unset(event, path)
+        else:
+            raise NotImplementedError(f"fake MongoDB: change stream stage {name}")
+    return event

@@ -55,6 +55,7 @@ from asset_service.store.mongo._documents import (
 )
 from asset_service.store.mongo._feed import (
     CHANGE_STREAM_PIPELINE,
+    FULL_DOCUMENT,
     ChangeFeed,
     ChangeStreamLike,
 )
@@ -87,8 +88,9 @@ DEFAULT_OPERATION_TIMEOUT = 15.0
 SLIM_PROJECTION: dict[str, Any] = {"value_content": 0, "value_kind": 0, "block_sums": 0}
 # A record without its block sums (only get() reads them: ReadAsset checks with them).
 LISTED_PROJECTION: dict[str, Any] = {"block_sums": 0}
-# Snapshot reads outside transactions (watch snapshots) came with MongoDB 5.0.
-MIN_WIRE_VERSION = 13
+# Change-stream post-images (each event's state as of the change, issue 21 item 1) came
+# with MongoDB 6.0; snapshot reads outside transactions (watch snapshots) with 5.0.
+MIN_WIRE_VERSION = 17
 
 REPLICA_SET_HELP = (
     "change streams and transactions need a replica set; a single-node one is fine: start "
@@ -194,9 +196,10 @@ class MongoStore:
         elif int(hello.get("maxWireVersion", 0)) < MIN_WIRE_VERSION:
             await self._client.close()
             raise Unavailable(
-                f"MongoDB at {self._redacted()} is older than 5.0 (wire version "
-                f"{hello.get('maxWireVersion')}); the asset service needs 5.0 or newer for "
-                "point-in-time watch snapshots (snapshot reads)"
+                f"MongoDB at {self._redacted()} is older than 6.0 (wire version "
+                f"{hello.get('maxWireVersion')}); the asset service needs 6.0 or newer: its "
+                "watch events are built from the post-images MongoDB keeps at each change "
+                "(changeStreamPreAndPostImages), in revision order"
             )
         try:
             await self._ensure_indexes()
@@ -208,6 +211,14 @@ class MongoStore:
             raise Unavailable(f"cannot prepare MongoDB database {self._db.name}: {exc}") from exc
         if self._transactions:
             await self._enable_pre_images()
+            if not self._pre_images:
+                await self._client.close()
+                raise Unavailable(
+                    f"cannot turn on change-stream post-images for {self._db.name}.assets: "
+                    "watch events are built from them; run once, as a user allowed collMod: "
+                    f"db.getSiblingDB({self._db.name!r}).runCommand({{collMod: 'assets', "
+                    "changeStreamPreAndPostImages: {enabled: true}}) (docs/mongodb.md)"
+                )
             try:
                 first = await self._open_stream(None)
             except PyMongoError as exc:
@@ -252,11 +263,8 @@ class MongoStore:
         self._pre_images = await _schema.enable_pre_images(self._db)
 
     async def _open_stream(self, resume_after: Mapping[str, Any] | None) -> ChangeStreamLike:
-        extra: dict[str, Any] = {}
-        if self._pre_images:
-            extra["full_document_before_change"] = "whenAvailable"
         stream = await self._assets.watch(
-            CHANGE_STREAM_PIPELINE, full_document="updateLookup", resume_after=resume_after, **extra
+            CHANGE_STREAM_PIPELINE, full_document=FULL_DOCUMENT, resume_after=resume_after
         )
         return stream
 
