@@ -635,10 +635,9 @@ class ChangeStream:
             self.resume_token = {"_data": self._at}
             if name != self.name:
                 continue
-            event = self._event(key, before, after)
-            event = _stages(event, self.pipeline, self.server.now)
-            if event is not None:
-                return event
+            kept = _stages(self._event(key, before, after), self.pipeline, self.server.now)
+            if kept is not None:
+                return kept
 
     async def next_event(self, timeout: float = 5.0) -> Doc:
         async with asyncio.timeout(timeout):
@@ -683,11 +682,12 @@ class ChangeStream:
 
 def _unset(doc: Doc, path: str) -> None:
     *parents, last = path.split(".")
+    inner: Any = doc
     for part in parents:
-        doc = doc.get(part)  # type: ignore[assignment]
-        if not isinstance(doc, dict):
+        inner = inner.get(part)
+        if not isinstance(inner, dict):
             return
-    doc.pop(last, None)
+    inner.pop(last, None)
 
 
 def _stages(event: Doc, pipeline: list[Doc], now: datetime) -> Doc | None:

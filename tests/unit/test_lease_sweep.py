@@ -96,7 +96,7 @@ async def test_a_fleet_of_dead_workers_does_not_stall_live_writes(
     finally:
         for s in stores:
             await s.close()
-    assert sorted(results[:3]) == [0, 0, 120]
+    assert sorted(r or 0 for r in results[:3]) == [0, 0, 120]
     failed = [d for d in server.data["assets"].values() if d["status"] == "FAILED"]
     assert len(failed) == 120 and server.data["leases"] == {}
     assert done["writes"] < done["sweep"], "the writes waited for the sweep"
