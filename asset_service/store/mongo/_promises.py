@@ -18,6 +18,7 @@ update pipelines: there the caller's `now` is the clock, as in the SQLite store.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
@@ -25,9 +26,10 @@ from typing import Any
 from pymongo import ASCENDING, ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
-from asset_service.domain.errors import Conflict, LeaseRanOut
+from asset_service.domain.errors import Conflict, LeaseRanOut, NotFound
+from asset_service.domain.models import Asset
 from asset_service.store._fields import LeaseTest
-from asset_service.store.mongo._documents import Doc, _aware, ms
+from asset_service.store.mongo._documents import Doc, _aware, doc_to_asset, ms
 
 # The one sweep claim's document in `sweeps`.
 SWEEP_ID = "lease-sweep"
@@ -155,6 +157,32 @@ class PromiseLeases:
             where, update, return_document=ReturnDocument.AFTER
         )
         return _aware(doc["expires_at"]) if doc is not None else None
+
+    async def renew_and_read(
+        self,
+        assets: Any,
+        asset_id: str,
+        seconds: int,
+        now: datetime,
+        by: str,
+        projection: Mapping[str, Any],
+    ) -> Asset:
+        """renew(), and the asset as a read shows it (read at the same time)."""
+        end, doc = await asyncio.gather(
+            self.renew(asset_id, seconds, now, by),
+            assets.find_one({"_id": asset_id}, projection),
+        )
+        if end is None and doc is not None and overlay([doc]):
+            end_now = await self.current_end(asset_id)
+            if end_now is not None:
+                raise LeaseRanOut(asset_id, end_now)
+        if doc is None:
+            raise NotFound(f"asset {asset_id} not found")
+        if end is None:
+            raise Conflict(f"asset {asset_id} has no lease to renew")
+        if doc.get("status") == "PENDING":  # (it may have moved on since)
+            doc["lease_expires_at"] = end
+        return doc_to_asset(doc)
 
     async def current_end(self, asset_id: str) -> datetime | None:
         doc = await self.leases.find_one({"_id": asset_id}, {"expires_at": 1})

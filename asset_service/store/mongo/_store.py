@@ -21,9 +21,7 @@ from pymongo.read_preferences import ReadPreference
 from pymongo.write_concern import WriteConcern
 
 from asset_service.domain.errors import (
-    Conflict,
     InvalidArgument,
-    LeaseRanOut,
     NotFound,
     Unavailable,
 )
@@ -61,6 +59,7 @@ from asset_service.store.mongo._feed import (
 )
 from asset_service.store.mongo._leases import WriterLeases
 from asset_service.store.mongo._promises import PromiseLeases, overlay
+from asset_service.store.mongo._transition import delete_statements, transition_statements
 from asset_service.store.mongo._writer import DuplicateKey, GroupWriter
 
 log = logging.getLogger(__name__)
@@ -543,57 +542,9 @@ class MongoStore:
     ) -> Asset:
         sets = transition_fields(change, now, value_column="value_content", timestamp=ms)
         test = lease_condition(change)
-        leaves_pending = expected is Status.PENDING and sets.get("status", expected) != expected
-        promises = self._promises
-
-        async def refusal(
-            session: AsyncClientSession | None, current: Doc | None = None
-        ) -> Exception:
-            """Why the write did not apply (read in the same transaction)."""
-            if current is None:
-                current = await self._assets.find_one(
-                    {"_id": asset_id}, {"status": 1, "lease_seconds": 1}, session=session
-                )
-            if current is None:
-                return NotFound(f"asset {asset_id} not found")
-            if current["status"] != expected.value or test is None:
-                return Conflict(f"asset {asset_id} is {current['status']}, expected {expected}")
-            if test == "run out":
-                return Conflict(f"asset {asset_id} has no lease to run out")
-            return await promises.ran_out(asset_id, session)
-
-        async def update(where: Doc, fields: Doc, session: AsyncClientSession | None) -> Doc | None:
-            return await self._assets.find_one_and_update(
-                where, {"$set": fields}, return_document=ReturnDocument.AFTER, session=session
-            )
-
-        async def apply(session: AsyncClientSession | None, rev: int) -> Asset:
-            where: Doc = {"_id": asset_id, "status": expected.value}
-            fields = {**sets, "revision": rev}
-            if leaves_pending and test != "run out":
-                # A promise without a lease moves on in one statement, as before leases
-                # had records of their own; the leases' collection is not touched.
-                doc = await update({**where, "lease_seconds": {"$in": [0, None]}}, fields, session)
-                if doc is not None:
-                    return doc_to_asset(doc)
-                current = await self._assets.find_one(
-                    {"_id": asset_id}, {"status": 1, "lease_seconds": 1}, session=session
-                )
-                if current is None or current["status"] != expected.value:
-                    raise await refusal(session, current)
-            if leaves_pending:
-                # The lease first (_promises.py): it exists only while the asset is PENDING
-                # with a lease, so once it is removed (if its condition held) the asset's
-                # own condition holds too, and the record keeps its last end.
-                last_end = await promises.end(asset_id, test, now, session)
-                if last_end is None:
-                    raise await refusal(session)
-                fields["lease_expires_at"] = last_end
-            doc = await update(where, fields, session)
-            if doc is None:
-                raise await refusal(session)
-            return doc_to_asset(doc)
-
+        apply = transition_statements(
+            self._assets, self._promises, asset_id, expected, sets, test, now
+        )
         cost = len(change.value.data) if isinstance(change, Fulfillment) and change.value else 0
         result: Asset = await self._writer.submit(apply, cost)
         return result
@@ -603,23 +554,11 @@ class MongoStore:
         no transaction, no revision, nothing on the change stream of `assets`."""
         try:
             with pymongo.timeout(self.operation_timeout):
-                end, doc = await asyncio.gather(
-                    self._promises.renew(asset_id, seconds, now, by),
-                    self._assets.find_one({"_id": asset_id}, LISTED_PROJECTION),
+                return await self._promises.renew_and_read(
+                    self._assets, asset_id, seconds, now, by, LISTED_PROJECTION
                 )
-                if end is None and doc is not None and overlay([doc]):
-                    end_now = await self._promises.current_end(asset_id)
-                    if end_now is not None:
-                        raise LeaseRanOut(asset_id, end_now)
         except PyMongoError as exc:
             raise _write_error(exc, transaction=False) from exc
-        if doc is None:
-            raise NotFound(f"asset {asset_id} not found")
-        if end is None:
-            raise Conflict(f"asset {asset_id} has no lease to renew")
-        if doc.get("status") == Status.PENDING.value:  # (it may have moved on since)
-            doc["lease_expires_at"] = end
-        return doc_to_asset(doc)
 
     async def set_block_sums(self, asset_id: str, storage_path: str, sums: BlockSums) -> bool:
         # Not through the group writer: no revision, and the change feed skips an update
@@ -635,33 +574,7 @@ class MongoStore:
         return done.matched_count == 1
 
     async def delete(self, asset_id: str, by: str = "") -> Asset | None:
-        promises = self._promises
-
-        async def apply(session: AsyncClientSession | None, rev: int) -> Asset:
-            # Stamp the new revision (and the deleter) first so the change feed can number
-            # the delete and say who made it.
-            doc = await self._assets.find_one_and_update(
-                {"_id": asset_id},
-                {"$set": {"revision": rev, "deleted": True, "updated_by": by}},
-                return_document=ReturnDocument.AFTER,
-                session=session,
-            )
-            if doc is None:
-                raise _NothingToDelete(asset_id)
-            if overlay([doc]):
-                # A live promise: its lease goes too, its last end onto the stamp.
-                last_end = await promises.drop(asset_id, session)
-                if last_end is not None:
-                    doc = await self._assets.find_one_and_update(
-                        {"_id": asset_id},
-                        {"$set": {"lease_expires_at": last_end}},
-                        return_document=ReturnDocument.AFTER,
-                        session=session,
-                    )
-                    assert doc is not None
-            await self._assets.delete_one({"_id": asset_id}, session=session)
-            return doc_to_asset(doc)
-
+        apply = delete_statements(self._assets, self._promises, asset_id, by, _NothingToDelete)
         try:
             result: Asset = await self._writer.submit(apply)
         except _NothingToDelete:

@@ -14,7 +14,6 @@ from typing import TypeVar
 
 from asset_service.domain.errors import (
     Conflict,
-    LeaseRanOut,
     NotFound,
     StorageFull,
     Unavailable,
@@ -34,12 +33,11 @@ from asset_service.domain.models import (
 from asset_service.store import _paging
 from asset_service.store._claims import LocalSweepClaim
 from asset_service.store._fields import (
-    LeaseTest,
     encoded_sums,
     lease_condition,
-    lease_conflict,
     transition_fields,
 )
+from asset_service.store.sqlite import _leases
 from asset_service.store.sqlite._files import claim, own_files
 from asset_service.store.sqlite._readers import Later, Readers
 from asset_service.store.sqlite._room import INCREMENTAL, Room, is_full
@@ -77,12 +75,6 @@ DEFAULT_RESERVE_BYTES = 4 * 1024 * 1024
 # grows to between automatic checkpoints (1000 pages), so the steady state keeps its file
 # but the space a burst of big transactions (4 MiB VALUEs) took is given back, not pinned.
 JOURNAL_SIZE_LIMIT = 4 * 1024 * 1024
-
-
-def _lease_allows(test: LeaseTest, end_ms: int | None, now_ms: int) -> bool:
-    if test == "none or not run out":
-        return end_ms is None or end_ms > now_ms
-    return end_ms is not None and end_ms <= now_ms
 
 
 def _counter(c: sqlite3.Connection) -> int:
@@ -354,14 +346,8 @@ class SqliteStore:
         return await self._read(_counter)
 
     async def leases_run_out(self, now: datetime, limit: int) -> list[Asset]:
-        sql = (
-            # The leases' expiry index: one range, already in order.
-            f"SELECT {SLIM_COLUMNS} FROM leases JOIN assets ON assets.id = leases.asset_id "
-            "WHERE leases.expires_ms <= ? ORDER BY leases.expires_ms LIMIT ?"
-        )
-
         def q(c: sqlite3.Connection) -> list[Asset]:
-            return [row_to_asset(row) for row in c.execute(sql, (to_ms(now), limit))]
+            return [row_to_asset(row) for row in _leases.due(c, to_ms(now), limit)]
 
         return await self._read(q)
 
@@ -409,12 +395,7 @@ class SqliteStore:
                     "INSERT INTO asset_tags (tag, asset_id) VALUES (?, ?)",
                     [(t, asset.id) for t in asset.tags],
                 )
-                if asset.status is Status.PENDING and asset.lease_seconds:
-                    assert asset.lease_expires_at is not None, "a leased promise needs its end"
-                    c.execute(
-                        "INSERT INTO leases (asset_id, expires_ms, seconds) VALUES (?, ?, ?)",
-                        (asset.id, to_ms(asset.lease_expires_at), asset.lease_seconds),
-                    )
+                _leases.create(c, asset)
             except sqlite3.IntegrityError:
                 raise Conflict(f"asset {asset.id} already exists") from None
             stored = Asset(**{**asset.__dict__, "revision": rev})
@@ -443,17 +424,10 @@ class SqliteStore:
                 raise Conflict(
                     f"asset {asset_id} is {current['status']}, expected {expected.value}"
                 )
-            lease = c.execute(
-                "SELECT expires_ms FROM leases WHERE asset_id = ?", (asset_id,)
-            ).fetchone()
-            end = lease["expires_ms"] if lease is not None else None
-            if test is not None and not _lease_allows(test, end, to_ms(now)):
-                raise lease_conflict(asset_id, test, from_ms(end))
             fields = dict(sets)
-            if leaves_pending and lease is not None:
-                # The lease ends with the promise; the record keeps its last end.
-                fields["lease_expires_ms"] = end
-                c.execute("DELETE FROM leases WHERE asset_id = ?", (asset_id,))
+            last_end = _leases.check_and_end(c, asset_id, test, to_ms(now), leaves_pending)
+            if last_end is not None:
+                fields["lease_expires_ms"] = last_end  # the record keeps the lease's last end
             rev = self._next_revision(c)
             assignments = ", ".join(f"{k} = ?" for k in fields)
             row = c.execute(
@@ -473,21 +447,7 @@ class SqliteStore:
         # A write of the lease's record only: no revision, no change (_settle publishes
         # none), in a group transaction like any write.
         def w(c: sqlite3.Connection) -> tuple[Asset, None]:
-            renewed = c.execute(
-                "UPDATE leases SET expires_ms = ? + 1000 * (CASE WHEN ? > 0 THEN ? ELSE "
-                "seconds END), renewed_by = ?, renewed_ms = ? "
-                "WHERE asset_id = ? AND expires_ms > ? RETURNING expires_ms",
-                (at, seconds, seconds, by, at, asset_id, at),
-            ).fetchone()
-            if renewed is None:
-                lease = c.execute(
-                    "SELECT expires_ms FROM leases WHERE asset_id = ?", (asset_id,)
-                ).fetchone()
-                if lease is not None:
-                    raise LeaseRanOut(asset_id, from_ms(lease["expires_ms"]))
-                if c.execute("SELECT 1 FROM assets WHERE id = ?", (asset_id,)).fetchone():
-                    raise Conflict(f"asset {asset_id} has no lease to renew")
-                raise NotFound(f"asset {asset_id} not found")
+            _leases.renew(c, asset_id, seconds, at, by)
             row = c.execute(
                 f"SELECT {LISTED_COLUMNS} FROM {RECORDS} WHERE id = ?", (asset_id,)
             ).fetchone()
@@ -519,12 +479,10 @@ class SqliteStore:
                 return None  # nothing changed: the empty commit writes nothing
             rev = self._next_revision(c)
             c.execute("DELETE FROM asset_tags WHERE asset_id = ?", (asset_id,))
-            lease = c.execute(
-                "DELETE FROM leases WHERE asset_id = ? RETURNING expires_ms", (asset_id,)
-            ).fetchone()
+            last_end = _leases.drop(c, asset_id)
         gone = {**row_to_asset(row).__dict__, "revision": rev, "updated_by": by}
-        if lease is not None:
-            gone["lease_expires_at"] = from_ms(lease["expires_ms"])
+        if last_end is not None:
+            gone["lease_expires_at"] = from_ms(last_end)
         return Asset(**gone)
 
     async def delete(self, asset_id: str, by: str = "") -> Asset | None:
