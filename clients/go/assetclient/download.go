@@ -17,7 +17,8 @@ import (
 )
 
 // readResumes is how many times in a row a download re-opens a stream that
-// broke (UNAVAILABLE) without delivering a byte, waiting 0.25 s, 0.5 s, ...
+// broke (UNAVAILABLE) without delivering a byte, waiting 0.1 s, 0.2 s, ...
+// between (each attempt to open is retried by the service config as well)
 const readResumes = 6
 
 // Download streams an AVAILABLE asset's bytes into w and returns its record
@@ -96,7 +97,7 @@ func (c *Client) read(ctx context.Context, id string, offset, limit int64, w io.
 		if failures++; Code(err) != codes.Unavailable || failures > readResumes || ctx.Err() != nil {
 			return written, err
 		}
-		if err := sleep(ctx, time.Duration(failures)*250*time.Millisecond); err != nil {
+		if err := sleep(ctx, time.Duration(failures)*100*time.Millisecond); err != nil {
 			return written, wrap("ReadAsset", err)
 		}
 	}

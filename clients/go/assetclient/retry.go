@@ -38,13 +38,14 @@ var notRetriedMethods = map[string]string{
 }
 
 // The retry policy of retriedMethods: up to 5 attempts (grpc's ceiling), the
-// waits before attempts 2 to 5 about 0.25, 0.75, 2.25 and 5 s (±20%): together
-// a little over 8 s, which covers a server restart.
+// waits before attempts 2 to 5 about 0.5, 1.25, 3.1 and 7.8 s (±20%): a call
+// keeps trying for about 12 s, which carries it over a server restart, and
+// fits in DefaultCallTimeout.
 const (
 	retryMaxAttempts       = 5
-	retryInitialBackoff    = "0.25s"
-	retryMaxBackoff        = "5s"
-	retryBackoffMultiplier = 3
+	retryInitialBackoff    = "0.5s"
+	retryMaxBackoff        = "8s"
+	retryBackoffMultiplier = 2.5
 )
 
 // ServiceConfig is the gRPC service config (JSON) every Dial uses unless
