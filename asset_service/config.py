@@ -9,6 +9,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 ENV_PREFIX = "ASSET_SERVICE_"
 DEFAULT_LISTEN = "127.0.0.1:50051"
@@ -29,17 +30,46 @@ def parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"{text!r} is not a boolean like 1/0, true/false, yes/no")
 
 
+class FromEnv(str):
+    """A default read from an ASSET_SERVICE_* variable: a complaint about it names it."""
+
+    variable = ""
+
+
+def _source(text: str) -> str:
+    return f" (from {text.variable})" if isinstance(text, FromEnv) else ""
+
+
+def _number(kind: type[int] | type[float], text: str, *, allow_zero: bool) -> int | float:
+    source = _source(text)
+    try:
+        number = kind(text)
+    except ValueError:
+        what = "a whole number" if kind is int else "a number"
+        raise argparse.ArgumentTypeError(f"{text!r}{source} is not {what}") from None
+    if number != number or number in (float("inf"), float("-inf")):  # nan, inf
+        raise argparse.ArgumentTypeError(f"{text!r}{source} is not a finite number")
+    if number < 0 or (number == 0 and not allow_zero):
+        bound = "0 or more" if allow_zero else "greater than 0"
+        raise argparse.ArgumentTypeError(f"{text!r}{source} must be {bound}")
+    return number
+
+
 def positive(kind: type[int] | type[float]) -> Callable[[str], int | float]:
-    """An argparse type: a number of `kind` greater than zero."""
+    """An argparse type: a number of `kind` greater than zero (every interval and
+    timeout: zero would spin a loop or end every call at once)."""
 
     def parse(text: str) -> int | float:
-        try:
-            number = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if number <= 0:
-            raise argparse.ArgumentTypeError(f"{text!r} must be greater than 0")
-        return number
+        return _number(kind, text, allow_zero=False)
+
+    return parse
+
+
+def non_negative(kind: type[int] | type[float]) -> Callable[[str], int | float]:
+    """An argparse type: a number of `kind`, zero or more (where 0 has a documented meaning)."""
+
+    def parse(text: str) -> int | float:
+        return _number(kind, text, allow_zero=True)
 
     return parse
 
@@ -48,7 +78,9 @@ def parse_size(text: str) -> int:
     """'1048576', '512MiB', '10G' -> bytes (binary units)."""
     match = _SIZE.fullmatch(text)
     if not match:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a size like 1048576, 512MiB or 10G")
+        raise argparse.ArgumentTypeError(
+            f"{text!r}{_source(text)} is not a size like 1048576, 512MiB or 10G"
+        )
     unit = (match.group(2) or "").lower()[:1]
     return int(match.group(1)) * _UNITS[unit]
 
@@ -102,6 +134,8 @@ class Settings:
     watch_buffer_bytes: int = 4 * 1024**2
     watch_history_bytes: int = 32 * 1024**2
     watch_stall_timeout_seconds: float = 300.0
+    max_concurrent_reads: int = 128
+    read_stall_timeout_seconds: float = 120.0
     allow_hardlinked_imports: bool = False
     direct_io: bool = True
     max_lease_seconds: int = 86400
@@ -121,11 +155,30 @@ class Settings:
     insecure: bool = False
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        """One line and exit 2 (argparse would print the whole usage first)."""
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     def default(name: str, fallback: str) -> str:
-        return env.get(ENV_PREFIX + name, fallback)
+        # A string default goes through the option's `type` like a typed value, so a
+        # variable is checked as the flag is, and only when the flag is not given.
+        raw = env.get(ENV_PREFIX + name)
+        if raw is None:
+            return fallback
+        value = FromEnv(raw)
+        value.variable = ENV_PREFIX + name
+        return value
 
-    parser = argparse.ArgumentParser(
+    def boolean(name: str, fallback: str) -> bool:
+        try:
+            return parse_bool(env.get(ENV_PREFIX + name, fallback))
+        except argparse.ArgumentTypeError as exc:
+            parser.error(f"{ENV_PREFIX}{name}: {exc}")
+
+    parser = _Parser(
         prog="asset-service",
         description=(
             "Serve the Asset Service (gRPC package asset.v1): FILE assets on disk, VALUE "
@@ -175,7 +228,7 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     parser.add_argument(
         "--max-upload-bytes",
         type=parse_size,
-        default=parse_size(default("MAX_UPLOAD_BYTES", DEFAULT_MAX_UPLOAD)),
+        default=default("MAX_UPLOAD_BYTES", DEFAULT_MAX_UPLOAD),
         help="largest accepted upload, e.g. 512MiB or 10G [ASSET_SERVICE_MAX_UPLOAD_BYTES]",
     )
     parser.add_argument(
@@ -187,30 +240,32 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--shutdown-grace",
-        type=float,
-        default=float(default("SHUTDOWN_GRACE", "10")),
-        help="seconds in-flight RPCs get to finish on SIGTERM/SIGINT "
-        "[ASSET_SERVICE_SHUTDOWN_GRACE]",
+        type=positive(float),
+        default=default("SHUTDOWN_GRACE", "10"),
+        help="on SIGTERM/SIGINT health answers NOT_SERVING at once, and calls in flight get "
+        "this many seconds to finish while the server still listens (new calls too, until "
+        "load balancers notice); then it closes, ending what is left. The process exits "
+        "within this plus a few seconds, whatever is stuck [ASSET_SERVICE_SHUTDOWN_GRACE]",
     )
     parser.add_argument(
         "--health-interval",
-        type=float,
-        default=float(default("HEALTH_INTERVAL", "2")),
+        type=positive(float),
+        default=default("HEALTH_INTERVAL", "2"),
         help="seconds between database reachability checks behind grpc.health.v1 "
         "[ASSET_SERVICE_HEALTH_INTERVAL]",
     )
     parser.add_argument(
         "--orphan-grace",
-        type=float,
-        default=float(default("ORPHAN_GRACE", "600")),
+        type=non_negative(float),
+        default=default("ORPHAN_GRACE", "600"),
         help="at start-up, stored files no record points at are removed once older than this "
         "many seconds (younger ones may be another server's commit in flight) "
         "[ASSET_SERVICE_ORPHAN_GRACE]",
     )
     parser.add_argument(
         "--manifest-ttl",
-        type=float,
-        default=float(default("MANIFEST_TTL", str(7 * 24 * 3600))),
+        type=non_negative(float),
+        default=default("MANIFEST_TTL", str(7 * 24 * 3600)),
         help="seconds a GetManifest folder (input_data.json under tmp/manifests) is kept, and a "
         "VALUE input's shared file (tmp/values) once no manifest uses it; swept at start-up "
         "and hourly; 0 keeps them forever [ASSET_SERVICE_MANIFEST_TTL]",
@@ -218,7 +273,7 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     parser.add_argument(
         "--max-lease-seconds",
         type=positive(int),
-        default=int(default("MAX_LEASE_SECONDS", "86400")),
+        default=default("MAX_LEASE_SECONDS", "86400"),
         help="longest lease a promise may be created or renewed with (CreatePendingAsset / "
         "RenewLease lease_seconds); a task that runs longer renews a shorter lease "
         "[ASSET_SERVICE_MAX_LEASE_SECONDS]",
@@ -226,7 +281,7 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     parser.add_argument(
         "--lease-check-interval",
         type=positive(float),
-        default=float(default("LEASE_CHECK_INTERVAL", "1")),
+        default=default("LEASE_CHECK_INTERVAL", "1"),
         help="seconds between sweeps that fail PENDING assets whose lease ran out: such an "
         "asset becomes FAILED at most this long after its lease_expire_time "
         "[ASSET_SERVICE_LEASE_CHECK_INTERVAL]",
@@ -239,35 +294,35 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     limits.add_argument(
         "--max-concurrent-uploads",
         type=positive(int),
-        default=int(default("MAX_CONCURRENT_UPLOADS", "64")),
+        default=default("MAX_CONCURRENT_UPLOADS", "64"),
         help="UploadAsset streams in progress at once, over all clients; one more is refused "
         "[ASSET_SERVICE_MAX_CONCURRENT_UPLOADS]",
     )
     limits.add_argument(
         "--max-streams-per-connection",
         type=positive(int),
-        default=int(default("MAX_STREAMS_PER_CONNECTION", "100")),
+        default=default("MAX_STREAMS_PER_CONNECTION", "100"),
         help="concurrent calls on one HTTP/2 connection (SETTINGS_MAX_CONCURRENT_STREAMS); "
         "further calls wait for a free stream [ASSET_SERVICE_MAX_STREAMS_PER_CONNECTION]",
     )
     limits.add_argument(
         "--upload-idle-timeout",
         type=positive(float),
-        default=float(default("UPLOAD_IDLE_TIMEOUT", "60")),
+        default=default("UPLOAD_IDLE_TIMEOUT", "60"),
         help="seconds an upload may wait for its next message before it is cancelled and its "
         "staging file removed [ASSET_SERVICE_UPLOAD_IDLE_TIMEOUT]",
     )
     limits.add_argument(
         "--watch-buffer-bytes",
         type=parse_size,
-        default=parse_size(default("WATCH_BUFFER_BYTES", "4MiB")),
+        default=default("WATCH_BUFFER_BYTES", "4MiB"),
         help="changes buffered for one slow WatchAsset stream; past it the buffer is dropped "
         "and the stream catches up from the store [ASSET_SERVICE_WATCH_BUFFER_BYTES]",
     )
     limits.add_argument(
         "--watch-history-bytes",
         type=parse_size,
-        default=parse_size(default("WATCH_HISTORY_BYTES", "32MiB")),
+        default=default("WATCH_HISTORY_BYTES", "32MiB"),
         help="latest changes kept (records without values, ~1 KiB each) so that selector "
         "watches can resume from a revision; an older one is refused with OUT_OF_RANGE and "
         "the client lists again [ASSET_SERVICE_WATCH_HISTORY_BYTES]",
@@ -275,16 +330,33 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     limits.add_argument(
         "--watch-stall-timeout",
         type=positive(float),
-        default=float(default("WATCH_STALL_TIMEOUT", "300")),
+        default=default("WATCH_STALL_TIMEOUT", "300"),
         help="seconds a WatchAsset stream may stay blocked on a client that does not read "
         "(its flow-control window full, a few MiB of events in flight) before the stream ends "
         "with UNAVAILABLE (checked every quarter of it, at most every 5 s); clients resume "
         "from their last revision [ASSET_SERVICE_WATCH_STALL_TIMEOUT]",
     )
+    limits.add_argument(
+        "--max-concurrent-reads",
+        type=positive(int),
+        default=default("MAX_CONCURRENT_READS", "128"),
+        help="ReadAsset streams in progress at once, over all clients (each holds an open "
+        "file and up to a few MiB while its client is slow); one more is refused "
+        "[ASSET_SERVICE_MAX_CONCURRENT_READS]",
+    )
+    limits.add_argument(
+        "--read-stall-timeout",
+        type=positive(float),
+        default=default("READ_STALL_TIMEOUT", "120"),
+        help="seconds a ReadAsset stream may stay blocked on a client that does not read (its "
+        "flow-control window full) before the stream ends with UNAVAILABLE naming the offset "
+        "to resume from (checked every quarter of it, at most every 5 s) "
+        "[ASSET_SERVICE_READ_STALL_TIMEOUT]",
+    )
     parser.add_argument(
         "--direct-io",
         action=argparse.BooleanOptionalAction,
-        default=parse_bool(default("DIRECT_IO", "1")),
+        default=boolean("DIRECT_IO", "1"),
         help="write uploads to the local disk with O_DIRECT where the file system allows it "
         "(less CPU per byte, no page-cache churn; a file read right after its upload comes "
         "from the disk once); --no-direct-io writes through the page cache "
@@ -313,7 +385,7 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     parser.add_argument(
         "--manifest-cache-bytes",
         type=parse_size,
-        default=parse_size(default("MANIFEST_CACHE_BYTES", "10GiB")),
+        default=default("MANIFEST_CACHE_BYTES", "10GiB"),
         help="with an object store: local copies of manifest inputs kept (least recently "
         "used go first) [ASSET_SERVICE_MANIFEST_CACHE_BYTES]",
     )
@@ -341,7 +413,7 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     parser.add_argument(
         "--allow-hardlinked-imports",
         action=argparse.BooleanOptionalAction,
-        default=parse_bool(default("ALLOW_HARDLINKED_IMPORTS", "0")),
+        default=boolean("ALLOW_HARDLINKED_IMPORTS", "0"),
         help="let RegisterFile/FulfillAsset adopt files with more than one hard link (a link "
         "to a file outside the import roots would otherwise be a way out) "
         "[ASSET_SERVICE_ALLOW_HARDLINKED_IMPORTS]",
@@ -398,7 +470,7 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     security.add_argument(
         "--insecure",
         action=argparse.BooleanOptionalAction,
-        default=parse_bool(default("INSECURE", "0")),
+        default=boolean("INSECURE", "0"),
         help="allow listening on a non-loopback address without TLS and authentication "
         "(e.g. behind a TLS-terminating proxy on a private network) [ASSET_SERVICE_INSECURE]",
     )
@@ -435,6 +507,8 @@ def load_settings(
         watch_buffer_bytes=args.watch_buffer_bytes,
         watch_history_bytes=args.watch_history_bytes,
         watch_stall_timeout_seconds=args.watch_stall_timeout,
+        max_concurrent_reads=args.max_concurrent_reads,
+        read_stall_timeout_seconds=args.read_stall_timeout,
         allow_hardlinked_imports=args.allow_hardlinked_imports,
         direct_io=args.direct_io,
         max_lease_seconds=args.max_lease_seconds,

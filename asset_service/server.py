@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import logging
+import os
 import signal
 import socket
-from dataclasses import dataclass
+import threading
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
@@ -20,6 +22,7 @@ from asset_service import allocator
 from asset_service._proto.asset.v1 import asset_service_pb2 as pb
 from asset_service._proto.asset.v1 import asset_service_pb2_grpc as pb_grpc
 from asset_service.api import reflection, wire
+from asset_service.api.inflight import InFlight
 from asset_service.api.servicer import AssetServicer
 from asset_service.config import Settings
 from asset_service.domain.errors import AssetError, InvalidArgument
@@ -59,6 +62,20 @@ SERVER_OPTIONS = [
 ]
 
 
+# What a stop gives each step after the drain (background tasks, closing the listener,
+# the manager's own close), so that a stop ends within its grace plus a few seconds
+# whatever does not cooperate; past them it logs what it gave up on and goes on.
+STOP_STEP_SECONDS = 2.0
+
+
+async def _bounded(what: str, awaitable: Awaitable[object], seconds: float) -> None:
+    try:
+        async with asyncio.timeout(seconds):
+            await awaitable
+    except TimeoutError:
+        log.warning("stop: gave up waiting for %s after %.1fs", what, seconds)
+
+
 @dataclass
 class RunningServer:
     server: grpc.aio.Server
@@ -67,16 +84,42 @@ class RunningServer:
     port: int
     background: list[asyncio.Task[None]]
     security: Security
+    in_flight: InFlight = field(default_factory=InFlight)
 
     async def stop(self, grace: float) -> None:
+        """NOT_SERVING first; calls in flight get `grace` to end while the server still
+        listens (probes get NOT_SERVING, not "connection refused"); then it closes.
+
+        Every await is bounded: a task that ignores cancellation, a call that never ends
+        or a store that does not close delays the stop by at most STOP_STEP_SECONDS each.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        # Every name ("" and the service) answers NOT_SERVING from now on, and the
+        # monitor's later set() calls are ignored.
         await self.health.enter_graceful_shutdown()
         for task in self.background:
             task.cancel()
-        for task in self.background:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        await self.server.stop(grace)
-        await self.manager.stop()
+        if self.background:
+            await _bounded("background tasks", asyncio.wait(self.background), STOP_STEP_SECONDS)
+        if not self.in_flight.is_idle():
+            log.info(
+                "stop: %d call(s) in flight get up to %.1fs to finish",
+                self.in_flight.count,
+                grace,
+            )
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await self.in_flight.wait_idle()
+            except TimeoutError:
+                log.info(
+                    "stop: grace over; ending %d call(s) still in flight", self.in_flight.count
+                )
+        # Calls still running now are cancelled at once (watches resume elsewhere);
+        # ones that came in since the drain ended get what is left of a short grace.
+        close_grace = min(max(0.0, deadline - loop.time()), STOP_STEP_SECONDS / 2)
+        await _bounded("the listener to close", self.server.stop(close_grace), STOP_STEP_SECONDS)
+        await _bounded("the store and storage to close", self.manager.stop(), STOP_STEP_SECONDS)
 
 
 HOUSEKEEPING_INTERVAL = 3600.0
@@ -122,7 +165,10 @@ async def _monitor_health(
     serving: bool | None = None
     while True:
         try:
-            await asyncio.wait_for(manager.store.ping(), timeout=max(interval, 1.0))
+            # Not asyncio.wait_for: on Python 3.11 it drops a cancellation that arrives
+            # as the ping completes, and this loop then outlived every stop.
+            async with asyncio.timeout(max(interval, 1.0)):
+                await manager.store.ping()
             ok = True
         except (AssetError, TimeoutError, OSError) as exc:
             ok = False
@@ -238,8 +284,8 @@ def add_asset_service(
     server: grpc.aio.Server,
     anonymous: SecurityInterceptor | None = None,
 ) -> None:
-    """The generated registration, but WatchAsset sends pre-serialized bytes and
-    UploadAsset takes its chunks as views of the received messages (api/wire).
+    """The generated registration, but WatchAsset and ReadAsset send pre-serialized bytes
+    and UploadAsset takes its chunks as views of the received messages (api/wire).
 
     One change fanned out to many watchers is serialized once (api/convert.SharedEvents);
     every other method keeps the generated handler. Interceptors see the same handler
@@ -253,6 +299,11 @@ def add_asset_service(
     handlers["WatchAsset"] = grpc.unary_stream_rpc_method_handler(
         servicer.WatchAsset,
         request_deserializer=pb.WatchAssetRequest.FromString,
+        response_serializer=wire.response_bytes,
+    )
+    handlers["ReadAsset"] = grpc.unary_stream_rpc_method_handler(
+        servicer.ReadAsset,
+        request_deserializer=pb.ReadAssetRequest.FromString,
         response_serializer=wire.response_bytes,
     )
     handlers["UploadAsset"] = grpc.stream_unary_rpc_method_handler(
@@ -323,6 +374,8 @@ async def start(settings: Settings, store: MetadataStore | None = None) -> Runni
         max_concurrent_uploads=settings.max_concurrent_uploads,
         upload_idle_timeout_seconds=settings.upload_idle_timeout_seconds,
         watch_stall_timeout_seconds=settings.watch_stall_timeout_seconds,
+        max_concurrent_reads=settings.max_concurrent_reads,
+        read_stall_timeout_seconds=settings.read_stall_timeout_seconds,
         task_tokens=security.task_tokens,
     )
     add_asset_service(servicer, server, anonymous)
@@ -349,13 +402,22 @@ async def start(settings: Settings, store: MetadataStore | None = None) -> Runni
         asyncio.create_task(_settle_unknown_outcomes(manager)),
         asyncio.create_task(_expire_leases(manager, settings.lease_check_interval_seconds)),
     ]
-    return RunningServer(server, manager, health_servicer, port, background, security)
+    return RunningServer(
+        server, manager, health_servicer, port, background, security, servicer.in_flight
+    )
 
 
 async def serve(settings: Settings) -> None:
     allocator.keep_chunk_buffers()  # ReadAsset/UploadAsset: no page faults per chunk
     running = await start(settings)
     running.security.describe()
+    # Before the line that says the server is up: a SIGTERM sent as soon as it is read
+    # (an orchestrator, a test) then stops the server gracefully instead of killing it.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, running.security.reload)
     host = settings.listen.rsplit(":", 1)[0]
     log.info(
         "asset-service listening on %s:%d (storage %s, database %s)",
@@ -364,12 +426,30 @@ async def serve(settings: Settings) -> None:
         settings.storage_root,
         settings.database_url.split("@")[-1],
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, running.security.reload)
     await stop.wait()
-    log.info("shutting down (grace %.1fs)", settings.shutdown_grace_seconds)
-    await running.stop(settings.shutdown_grace_seconds)
+    grace = settings.shutdown_grace_seconds
+    log.info("shutting down (grace %.1fs)", grace)
+    exit_if_stuck(grace + HARD_STOP_SLACK)
+    await running.stop(grace)
     log.info("stopped")
+
+
+# Past its grace plus this, a stop ends the process whatever still runs: after serve()
+# returns, asyncio.run waits without a bound for tasks that ignore cancellation and
+# for threads stuck in I/O (a hung disk or network file system).
+HARD_STOP_SLACK = 10.0
+
+
+def exit_if_stuck(seconds: float) -> threading.Timer:
+    """Start a timer that ends the process with status 1 if it still runs in `seconds`."""
+
+    def stuck() -> None:
+        log.error("the stop did not finish within %.1fs; exiting without waiting further", seconds)
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        os._exit(1)
+
+    timer = threading.Timer(seconds, stuck)
+    timer.daemon = True  # it never keeps a finished process alive
+    timer.start()
+    return timer

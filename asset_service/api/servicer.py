@@ -17,8 +17,9 @@ from grpc_status import rpc_status
 from asset_service import logs
 from asset_service._proto.asset.v1 import asset_service_pb2 as pb
 from asset_service._proto.asset.v1 import asset_service_pb2_grpc as pb_grpc
-from asset_service.api import convert
+from asset_service.api import convert, wire
 from asset_service.api.errors import capped, rich_status, status_code, status_message
+from asset_service.api.inflight import InFlight
 from asset_service.api.stalls import StallGuard
 from asset_service.api.wire import Malformed, UploadMessage
 from asset_service.config import Settings
@@ -43,7 +44,22 @@ Ctx = grpc.aio.ServicerContext[Any, Any]
 
 
 async def _abort(context: Ctx, exc: BaseException, method: str) -> None:
-    """End the call with the status `exc` maps to; its message is capped (api/errors.py)."""
+    """End the call with the status `exc` maps to; its message is capped (api/errors.py).
+
+    Raises grpc's AbortError, or returns if the status could not be sent because the call
+    had already ended (the client left, e.g. killed while its stalled stream was being
+    ended): grpc then ends the call quietly with the abort it recorded when the handler
+    returns. Left to grpc, that failure was logged as an error with two tracebacks.
+    """
+    try:
+        await _send_status(context, exc, method)
+    except grpc.aio.AbortError:
+        raise
+    except grpc.aio.InternalError as failed:  # ExecuteBatchError: nobody to tell
+        log.debug("%s ended before its status could be sent: %s", method, failed)
+
+
+async def _send_status(context: Ctx, exc: BaseException, method: str) -> None:
     if isinstance(exc, AssetError):
         rich = rich_status(exc)
         if rich is not None:
@@ -91,15 +107,17 @@ def unary(
     fn: Callable[[Any, Req, Ctx], Awaitable[Resp]],
 ) -> Callable[[Any, Req, Ctx], Awaitable[Resp]]:
     @functools.wraps(fn)
-    async def wrapper(self: Any, request: Req, context: Ctx) -> Resp:
-        try:
-            _parsed(request, fn.__name__)
-            return await fn(self, request, context)
-        except grpc.aio.AbortError:
-            raise
-        except Exception as exc:  # AssetError and anything unexpected
-            await _abort(context, exc, fn.__name__)
-            raise AssertionError("abort returned") from exc  # pragma: no cover
+    async def wrapper(self: AssetServicer, request: Req, context: Ctx) -> Resp:
+        with self.in_flight:
+            try:
+                _parsed(request, fn.__name__)
+                return await fn(self, request, context)
+            except grpc.aio.AbortError:
+                raise
+            except Exception as exc:  # AssetError and anything unexpected
+                await _abort(context, exc, fn.__name__)
+                # The call ended before its status could be sent; grpc ends it now.
+                return None  # type: ignore[return-value]
 
     return wrapper
 
@@ -108,15 +126,16 @@ def streaming(
     fn: Callable[[Any, Req, Ctx], AsyncIterator[Resp]],
 ) -> Callable[[Any, Req, Ctx], AsyncIterator[Resp]]:
     @functools.wraps(fn)
-    async def wrapper(self: Any, request: Req, context: Ctx) -> AsyncIterator[Resp]:
-        try:
-            _parsed(request, fn.__name__)
-            async for item in fn(self, request, context):
-                yield item
-        except grpc.aio.AbortError:
-            raise
-        except Exception as exc:  # AssetError and anything unexpected
-            await _abort(context, exc, fn.__name__)
+    async def wrapper(self: AssetServicer, request: Req, context: Ctx) -> AsyncIterator[Resp]:
+        with self.in_flight:
+            try:
+                _parsed(request, fn.__name__)
+                async for item in fn(self, request, context):
+                    yield item
+            except grpc.aio.AbortError:
+                raise
+            except Exception as exc:  # AssetError and anything unexpected
+                await _abort(context, exc, fn.__name__)
 
     return wrapper
 
@@ -139,6 +158,8 @@ class AssetServicer(pb_grpc.AssetServiceServicer):
         max_concurrent_uploads: int = Settings.max_concurrent_uploads,
         upload_idle_timeout_seconds: float = Settings.upload_idle_timeout_seconds,
         watch_stall_timeout_seconds: float = Settings.watch_stall_timeout_seconds,
+        max_concurrent_reads: int = Settings.max_concurrent_reads,
+        read_stall_timeout_seconds: float = Settings.read_stall_timeout_seconds,
         task_tokens: TaskTokens | None = None,
     ) -> None:
         self.manager = manager
@@ -146,10 +167,16 @@ class AssetServicer(pb_grpc.AssetServiceServicer):
         self.max_concurrent_uploads = max_concurrent_uploads
         self.upload_idle_timeout = upload_idle_timeout_seconds
         self.watch_stall_timeout = watch_stall_timeout_seconds
+        self.max_concurrent_reads = max_concurrent_reads
         self.uploads_in_progress = 0
+        self.reads_in_progress = 0
         # WatchAsset's wire bytes of recent events, shared by every stream sending them.
         self.watch_events = convert.SharedEvents()
         self.watch_stalls = StallGuard(watch_stall_timeout_seconds)
+        self.read_stalls = StallGuard(read_stall_timeout_seconds)
+        # Every call between its start and its end (@unary, @streaming): a stop waits
+        # for them, bounded by its grace, while health already says NOT_SERVING.
+        self.in_flight = InFlight()
 
     @unary
     async def UploadAsset(
@@ -332,9 +359,20 @@ class AssetServicer(pb_grpc.AssetServiceServicer):
             )
         stall = self.watch_stall_timeout
         sent = request.after_revision
-        clock = asyncio.get_running_loop().time
-        writer = self.watch_stalls.register()
-        try:
+
+        def stalled() -> Unavailable:
+            log.info(
+                "WatchAsset client did not read for %gs; ending its stream with "
+                "UNAVAILABLE (it may resume after revision %d)",
+                stall,
+                sent,
+            )
+            return Unavailable(
+                f"the watch stalled: the client did not read for {stall:g}s "
+                f"(--watch-stall-timeout); resume with after_revision={sent}"
+            )
+
+        with self.watch_stalls.guarding(stalled) as writer:
             async with contextlib.aclosing(events):
                 async for event in events:
                     # The bytes are serialized once per event for every stream (server.py
@@ -346,34 +384,14 @@ class AssetServicer(pb_grpc.AssetServiceServicer):
                     # buffer is already bounded by --watch-buffer-bytes. The server sees
                     # reading only as window space, so a slow reader with many small events
                     # ahead of a big one waits longer.
-                    writer.since = clock()
                     try:
-                        await context.write(data)
+                        await writer.write(context, data)
                     except grpc.aio.InternalError:
                         # The client went away while an event was on its way (a cancelled
                         # or closed channel): nothing to report, and no one to report it to.
                         log.debug("WatchAsset client left after revision %d", sent)
                         return
-                    writer.since = None
                     sent = max(sent, event.revision)
-        except asyncio.CancelledError:
-            if not writer.stalled:
-                raise  # the client cancelled, or the server is stopping
-            task = asyncio.current_task()
-            if task is not None:
-                task.uncancel()
-            log.info(
-                "WatchAsset client did not read for %gs; ending its stream with "
-                "UNAVAILABLE (it may resume after revision %d)",
-                stall,
-                sent,
-            )
-            raise Unavailable(
-                f"the watch stalled: the client did not read for {stall:g}s "
-                f"(--watch-stall-timeout); resume with after_revision={sent}"
-            ) from None
-        finally:
-            self.watch_stalls.unregister(writer)
         return
         yield  # an async generator for @streaming; every message goes out via context.write
 
@@ -381,11 +399,56 @@ class AssetServicer(pb_grpc.AssetServiceServicer):
     async def ReadAsset(
         self, request: pb.ReadAssetRequest, context: Ctx
     ) -> AsyncIterator[pb.ReadAssetResponse]:
+        # Each read holds an open file and a chunk or two until it ends: refuse one more at
+        # once rather than queue it, as uploads do.
+        if self.reads_in_progress >= self.max_concurrent_reads:
+            raise LimitExceeded(
+                f"{self.reads_in_progress} reads are in progress, the server's limit "
+                f"(--max-concurrent-reads {self.max_concurrent_reads}); retry once one "
+                "has finished, or ask the operator to raise the limit"
+            )
+        self.reads_in_progress += 1
+        try:
+            await self._read(request, context)
+        finally:
+            self.reads_in_progress -= 1
+        return
+        yield  # an async generator for @streaming; every message goes out via context.write
+
+    async def _read(self, request: pb.ReadAssetRequest, context: Ctx) -> None:
         chunks = await self.manager.read(request.asset_id, request.offset, request.limit)
+        stall = self.read_stalls.limit
         offset = request.offset
-        async for chunk in chunks:
-            yield pb.ReadAssetResponse(chunk=chunk, offset=offset)
-            offset += len(chunk)
+
+        def stalled() -> Unavailable:
+            log.info(
+                "ReadAsset client did not read %s for %gs; ending its stream with "
+                "UNAVAILABLE (it may resume at offset %d)",
+                request.asset_id,
+                stall,
+                offset,
+            )
+            # `offset` is what the client has been sent, not what it has taken in: what
+            # the HTTP/2 window still held is delivered before this status.
+            return Unavailable(
+                f"the read stalled: the client did not read for {stall:g}s "
+                f"(--read-stall-timeout); resume with ReadAsset offset={offset} (the "
+                "first byte not sent)"
+            )
+
+        # The messages are serialized here (server.py registers ReadAsset with a serializer
+        # that passes bytes through), so a write waiting on a client that does not read
+        # holds one copy of one chunk; writing, not yielding, so that the chunk stream is
+        # closed (its file with it) however the call ends, not when it is collected.
+        with self.read_stalls.guarding(stalled) as writer:
+            async with contextlib.aclosing(chunks):
+                async for chunk in chunks:
+                    try:
+                        await writer.write(context, wire.read_response(chunk, offset))
+                    except grpc.aio.InternalError:
+                        log.debug("ReadAsset client left at offset %d", offset)
+                        return
+                    offset += len(chunk)
 
     @unary
     async def GetManifest(

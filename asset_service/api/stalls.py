@@ -1,8 +1,13 @@
-"""One timer for every WatchAsset stream: ends a write that waits too long for the client."""
+"""One timer per kind of stream (watches, reads): ends a write that waits too long on its client."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
 
 # The stall limit is checked this often (a fraction of it, at most this many seconds).
 MAX_CHECK_INTERVAL = 5.0
@@ -17,6 +22,12 @@ class Writer:
         self.task = task
         self.since: float | None = None
         self.stalled = False
+
+    async def write(self, context: grpc.aio.ServicerContext[Any, Any], data: object) -> None:
+        """context.write, timed: it returns once the HTTP/2 window has room for `data`."""
+        self.since = asyncio.get_running_loop().time()
+        await context.write(data)
+        self.since = None
 
 
 class StallGuard:
@@ -36,6 +47,26 @@ class StallGuard:
         self.interval = max(0.01, min(limit / 4, MAX_CHECK_INTERVAL))
         self._writers: set[Writer] = set()
         self._timer: asyncio.TimerHandle | None = None
+
+    def __len__(self) -> int:
+        return len(self._writers)
+
+    @contextlib.contextmanager
+    def guarding(self, stalled: Callable[[], Exception]) -> Iterator[Writer]:
+        """A Writer for the block; a stall ends it with `stalled()` instead of CancelledError
+        (any other cancellation, the client leaving or the server stopping, goes on)."""
+        writer = self.register()
+        try:
+            yield writer
+        except asyncio.CancelledError:
+            if not writer.stalled:
+                raise
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            raise stalled() from None
+        finally:
+            self.unregister(writer)
 
     def register(self) -> Writer:
         writer = Writer(asyncio.current_task())

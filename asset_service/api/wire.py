@@ -70,3 +70,30 @@ def tolerant(parse: Callable[[bytes], Any], method: str, type_name: str) -> Call
             )
 
     return deserialize
+
+
+# ReadAssetResponse: `chunk` is field 1 (length-delimited), `offset` field 2 (varint).
+_READ_CHUNK_KEY = b"\x0a"
+_READ_OFFSET_KEY = b"\x10"
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def read_response(chunk: bytes | memoryview, offset: int) -> bytes:
+    """ReadAssetResponse(chunk=chunk, offset=offset), serialized with one copy of the chunk.
+
+    The message and then its serialization would copy it twice, and a stalled stream holds
+    whatever its write holds: one 1 MiB copy, not three (what protobuf writes: fields in
+    number order, a zero offset left out).
+    """
+    parts = [_READ_CHUNK_KEY, _varint(len(chunk)), chunk] if len(chunk) else []
+    if offset:
+        parts += [_READ_OFFSET_KEY, _varint(offset)]
+    return b"".join(parts)

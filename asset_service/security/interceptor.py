@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
@@ -126,22 +127,11 @@ def _as_anonymous(handler: Any, guarded: Callable[[], Any]) -> Any:
     if handler.unary_stream is not None:
         unary_stream = handler.unary_stream
 
-        async def unary_stream_call(request: Any, context: Ctx) -> AsyncIterator[Any]:
+        async def unary_stream_call(request: Any, context: Ctx) -> None:
             if _sends_credentials(context):
-                async for item in guarded().unary_stream(request, context):
-                    yield item
+                await guarded().unary_stream(request, context)
                 return
-            # _as_principal inlined: one async generator less for every message.
-            token = set_principal(ANONYMOUS)
-            try:
-                result = unary_stream(request, context)
-                if inspect.isasyncgen(result):
-                    async for item in result:
-                        yield item
-                else:
-                    await result
-            finally:
-                reset_principal(token)
+            await _stream_as(ANONYMOUS, unary_stream(request, context), context)
 
         return grpc.unary_stream_rpc_method_handler(
             unary_stream_call, handler.request_deserializer, handler.response_serializer
@@ -165,27 +155,33 @@ def _as_anonymous(handler: Any, guarded: Callable[[], Any]) -> Any:
 
     stream_stream = handler.stream_stream
 
-    async def stream_stream_call(requests: AsyncIterator[Any], context: Ctx) -> AsyncIterator[Any]:
+    async def stream_stream_call(requests: AsyncIterator[Any], context: Ctx) -> None:
         if _sends_credentials(context):
-            call = guarded().stream_stream(requests, context)
-        else:
-            call = _as_principal(ANONYMOUS, stream_stream(requests, context))
-        async for item in call:
-            yield item
+            await guarded().stream_stream(requests, context)
+            return
+        await _stream_as(ANONYMOUS, stream_stream(requests, context), context)
 
     return grpc.stream_stream_rpc_method_handler(
         stream_stream_call, handler.request_deserializer, handler.response_serializer
     )
 
 
-async def _as_principal(principal: Principal, result: Any) -> AsyncIterator[Any]:
-    """Iterate a streaming handler as `principal` (an async generator, or a coroutine
-    writing with context.write)."""
+async def _stream_as(principal: Principal, result: Any, context: Ctx) -> None:
+    """Run a streaming handler as `principal`: an async generator (its items written
+    here), or a coroutine writing with context.write.
+
+    The wrappers grpc calls are coroutines, not async generators: grpc leaves a generator
+    handler unclosed when the call ends while it waits at a `yield` (the client went away
+    mid-write), and the garbage collector finalized it later in another context, where
+    reset_principal failed ("Token ... created in a different Context") and files stayed
+    open until then. Here every generator is closed in the call's own task.
+    """
     token = set_principal(principal)
     try:
         if inspect.isasyncgen(result):
-            async for item in result:
-                yield item
+            async with contextlib.aclosing(result):
+                async for item in result:
+                    await context.write(item)
         else:
             await result
     finally:
@@ -250,10 +246,9 @@ def _guarded(handler: Any, guard: Guard) -> Any:
     if handler.unary_stream is not None:
         unary_stream = handler.unary_stream
 
-        async def unary_stream_call(request: Any, context: Ctx) -> AsyncIterator[Any]:
+        async def unary_stream_call(request: Any, context: Ctx) -> None:
             principal = await admitted(context, request)
-            async for item in _as_principal(principal, unary_stream(request, context)):
-                yield item
+            await _stream_as(principal, unary_stream(request, context), context)
 
         return grpc.unary_stream_rpc_method_handler(
             unary_stream_call, handler.request_deserializer, handler.response_serializer
@@ -281,10 +276,9 @@ def _guarded(handler: Any, guard: Guard) -> Any:
 
     stream_stream = handler.stream_stream
 
-    async def stream_stream_call(requests: AsyncIterator[Any], context: Ctx) -> AsyncIterator[Any]:
+    async def stream_stream_call(requests: AsyncIterator[Any], context: Ctx) -> None:
         principal = await admitted(context, None)
-        async for item in _as_principal(principal, stream_stream(requests, context)):
-            yield item
+        await _stream_as(principal, stream_stream(requests, context), context)
 
     return grpc.stream_stream_rpc_method_handler(
         stream_stream_call, handler.request_deserializer, handler.response_serializer

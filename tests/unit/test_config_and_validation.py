@@ -136,3 +136,73 @@ def test_every_flag_is_in_the_readme_table_with_its_variable() -> None:
         name = ENV_PREFIX + flag[2:].upper().replace("-", "_")
         short = "…_" + name.removeprefix(ENV_PREFIX)
         assert name in row or short in row, f"{flag}'s row does not name {name}"
+
+
+# Every interval and timeout: zero would spin a loop (the health check at 90-99 % CPU, and
+# a stop that never ended) or end every call at once.
+INTERVALS = [
+    ("--shutdown-grace", "SHUTDOWN_GRACE"),
+    ("--health-interval", "HEALTH_INTERVAL"),
+    ("--lease-check-interval", "LEASE_CHECK_INTERVAL"),
+    ("--max-lease-seconds", "MAX_LEASE_SECONDS"),
+    ("--upload-idle-timeout", "UPLOAD_IDLE_TIMEOUT"),
+    ("--watch-stall-timeout", "WATCH_STALL_TIMEOUT"),
+    ("--read-stall-timeout", "READ_STALL_TIMEOUT"),
+]
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "-0.5", "nan", "inf", "soon"])
+@pytest.mark.parametrize(("flag", "variable"), INTERVALS)
+def test_intervals_and_timeouts_below_or_at_zero_are_refused_in_one_line(
+    capsys: pytest.CaptureFixture[str], flag: str, variable: str, value: str
+) -> None:
+    for argv, env, named in (
+        ([flag, value], {}, flag),
+        ([], {f"ASSET_SERVICE_{variable}": value}, f"ASSET_SERVICE_{variable}"),
+    ):
+        with pytest.raises(SystemExit) as exited:
+            load_settings(argv, env)
+        assert exited.value.code == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1, f"one line, not the usage: {err!r}"
+        assert flag in err and named in err and repr(value) in err
+
+
+@pytest.mark.parametrize(
+    ("flag", "variable"), [("--orphan-grace", "ORPHAN_GRACE"), ("--manifest-ttl", "MANIFEST_TTL")]
+)
+def test_ages_may_be_zero_but_not_negative(
+    capsys: pytest.CaptureFixture[str], flag: str, variable: str
+) -> None:
+    assert load_settings([flag, "0"], {}) is not None  # 0: sweep at once / keep forever
+    with pytest.raises(SystemExit):
+        load_settings([], {f"ASSET_SERVICE_{variable}": "-1"})
+    assert f"ASSET_SERVICE_{variable}" in capsys.readouterr().err
+
+
+def test_a_flag_wins_over_a_bad_variable_and_variables_are_typed() -> None:
+    env = {"ASSET_SERVICE_HEALTH_INTERVAL": "0", "ASSET_SERVICE_UPLOAD_IDLE_TIMEOUT": "7.5"}
+    settings = load_settings(["--health-interval", "0.5"], env)
+    assert settings.health_interval_seconds == 0.5
+    assert settings.upload_idle_timeout_seconds == 7.5
+    env = {"ASSET_SERVICE_MAX_CONCURRENT_UPLOADS": "9", "ASSET_SERVICE_WATCH_BUFFER_BYTES": "2MiB"}
+    settings = load_settings([], env)
+    assert settings.max_concurrent_uploads == 9 and settings.watch_buffer_bytes == 2 * 1024**2
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"ASSET_SERVICE_MAX_CONCURRENT_UPLOADS": "0"}, "--max-concurrent-uploads"),
+        ({"ASSET_SERVICE_WATCH_BUFFER_BYTES": "lots"}, "ASSET_SERVICE_WATCH_BUFFER_BYTES"),
+        ({"ASSET_SERVICE_DIRECT_IO": "maybe"}, "ASSET_SERVICE_DIRECT_IO"),
+    ],
+)
+def test_a_bad_variable_is_one_line_not_a_traceback(
+    capsys: pytest.CaptureFixture[str], env: dict[str, str], named: str
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        load_settings([], env)
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert named in err and err.count("\n") == 1 and "Traceback" not in err

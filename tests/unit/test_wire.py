@@ -122,3 +122,14 @@ def test_the_server_registers_the_view_decoder_for_uploads(
     assert upload.request_deserializer is wire.upload_request
     assert upload.request_streaming and not upload.response_streaming
     assert server.handlers["WatchAsset"].response_serializer is wire.response_bytes
+    assert server.handlers["ReadAsset"].response_serializer is wire.response_bytes
+
+
+@pytest.mark.parametrize("size", [0, 1, 127, 128, 16384, 1024 * 1024])
+@pytest.mark.parametrize("offset", [0, 1, 127, 128, 2**31, 2**62])
+def test_read_responses_are_what_protobuf_would_send(size: int, offset: int) -> None:
+    chunk = bytes(i % 251 for i in range(size))
+    data = wire.read_response(chunk, offset)
+    assert data == pb.ReadAssetResponse(chunk=chunk, offset=offset).SerializeToString()
+    parsed = pb.ReadAssetResponse.FromString(data)
+    assert parsed.chunk == chunk and parsed.offset == offset

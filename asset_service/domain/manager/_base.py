@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import (
+    AsyncGenerator,
     AsyncIterator,
 )
 from dataclasses import dataclass
@@ -91,13 +92,18 @@ class Core:
             await self.store.check_room()
 
 
-async def naming(asset_id: str, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """Re-raise a mid-stream integrity error with the asset's id in front."""
+async def naming(asset_id: str, chunks: AsyncIterator[bytes]) -> AsyncGenerator[bytes, None]:
+    """Re-raise a mid-stream integrity error with the asset's id in front; closing this
+    closes `chunks` at once (its open file or connection), not when it is collected."""
     try:
         async for chunk in chunks:
             yield chunk
     except IntegrityError as exc:
         raise IntegrityError(f"asset {asset_id} is AVAILABLE but {exc.message}") from None
+    finally:
+        aclose = getattr(chunks, "aclose", None)  # the storages return async generators
+        if aclose is not None:
+            await aclose()
 
 
 def verify(blob: StagedBlob, expected_size: int | None, expected_sha: str) -> None:
@@ -116,6 +122,6 @@ def not_pending(asset: Asset, verb: str) -> str:
     return f"asset {asset.id} is {asset.status.value}{detail}; only a PENDING asset can be {verb}"
 
 
-async def chunks_of(data: bytes) -> AsyncIterator[bytes]:
+async def chunks_of(data: bytes) -> AsyncGenerator[bytes, None]:
     for start in range(0, len(data), READ_CHUNK_BYTES):
         yield data[start : start + READ_CHUNK_BYTES]

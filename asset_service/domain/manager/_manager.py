@@ -6,7 +6,6 @@ import contextlib
 import logging
 from collections.abc import (
     AsyncGenerator,
-    AsyncIterator,
     Mapping,
     Sequence,
 )
@@ -162,7 +161,7 @@ class AssetManager(Creation):
         # A page of large VALUEs ends early (next_page_token set) to fit one response.
         return await self.store.query(flt, size, page_token, MAX_RESPONSE_BYTES)
 
-    async def read(self, asset_id: str, offset: int, limit: int) -> AsyncIterator[bytes]:
+    async def read(self, asset_id: str, offset: int, limit: int) -> AsyncGenerator[bytes, None]:
         """Check first (so errors come before any chunk), then return the chunk stream."""
         asset = await self.get(asset_id)
         if asset.status is not Status.AVAILABLE:

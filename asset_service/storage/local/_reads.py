@@ -10,8 +10,9 @@ from collections.abc import AsyncIterator
 from asset_service.domain.errors import IntegrityError
 from asset_service.storage import fs
 
-# What one thread hop of a download reads (in chunk_size pieces): memory per reader.
-READ_BATCH_BYTES = 4 * 1024 * 1024
+# What one thread hop of a download reads (in chunk_size pieces): memory per reader, held
+# while its client does not read, so one chunk (four saved ~0.1 ms of CPU per MiB).
+READ_BATCH_BYTES = 1024 * 1024
 
 
 def pread_batch(fd: int, offset: int, end: int, chunk_size: int) -> list[bytes]:
