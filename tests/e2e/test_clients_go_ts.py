@@ -233,6 +233,23 @@ def test_go_client_survives_server_restarts() -> None:
     assert "--- FAIL" not in out and "--- SKIP" not in out, out
 
 
+def go_version_key(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split("."))
+
+
+@pytest.mark.slow
+def test_go_module_asks_for_the_lowest_go_its_dependencies_allow() -> None:
+    """go.mod's `go` line is the highest one among the modules it builds with, no higher
+    (issue 19: it asked for 1.26.0, which kept every older toolchain out)."""
+    fmt = "{{with .Module}}{{.Path}} {{.GoVersion}}{{end}}"
+    listed = run([tool("go"), "list", "-deps", "-f", fmt, "./..."], GO_DIR, go_env())
+    assert listed.returncode == 0, listed.stdout
+    versions = dict(line.split() for line in set(listed.stdout.splitlines()) if line.strip())
+    ours = versions.pop("github.com/asset-service/asset-service/clients/go")
+    assert ours == max(versions.values(), key=go_version_key), versions
+    assert go_version_key(ours) < (1, 26), ours
+
+
 CONSUMER_GO_MOD = """module example.com/consumer
 
 go 1.24.0
