@@ -52,6 +52,7 @@ GO_TESTS = (
     "TestErrorWrapsLocalFailures",
     "TestDownloadResumesWhereTheStreamBroke",
     "TestDownloadCatchesBytesThatAreNotTheRecords",
+    "TestUploadChecksWhatTheServerStored",
     "TestWatchResumesAfterTheLastRevision",
     "TestDefaultDeadlines",
     "TestFromEnv",

@@ -146,12 +146,19 @@ func Code(err error) codes.Code {
 // sha256 of what it stored differs from what was sent). It matches ErrDataLoss.
 type DataLossError struct {
 	AssetID string
-	// What the record says, and what arrived.
+	// What the record says (for an upload: what was sent), and what arrived
+	// (for an upload: what the server stored).
 	WantSize, GotSize     int64
 	WantSHA256, GotSHA256 string
+	// Upload says the mismatch is between an upload's bytes and the stored asset.
+	Upload bool
 }
 
 func (e *DataLossError) Error() string {
+	if e.Upload {
+		return fmt.Sprintf("asset %s: the server stored %d bytes with sha256 %s, but %d bytes with sha256 %s were sent",
+			e.AssetID, e.GotSize, e.GotSHA256, e.WantSize, e.WantSHA256)
+	}
 	if e.WantSize != e.GotSize {
 		return fmt.Sprintf("asset %s: received %d bytes, the record says %d", e.AssetID, e.GotSize, e.WantSize)
 	}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -318,3 +319,46 @@ func TestDefaultDeadlines(t *testing.T) {
 		t.Error("a negative call timeout was taken")
 	}
 }
+
+// lyingUpload reports a stored sha256 that is not the one of what was sent.
+type lyingUpload struct {
+	grpc.ClientStreamingClient[assetv1.UploadAssetRequest, assetv1.UploadAssetResponse]
+}
+
+func (u lyingUpload) CloseAndRecv() (*assetv1.UploadAssetResponse, error) {
+	resp, err := u.ClientStreamingClient.CloseAndRecv()
+	if err == nil {
+		resp.Asset.Sha256 = sha([]byte("something else"))
+	}
+	return resp, err
+}
+
+type lyingUploader struct{ assetv1.AssetServiceClient }
+
+func (l lyingUploader) UploadAsset(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[assetv1.UploadAssetRequest, assetv1.UploadAssetResponse], error) {
+	s, err := l.AssetServiceClient.UploadAsset(ctx, opts...)
+	return lyingUpload{s}, err
+}
+
+func TestUploadChecksWhatTheServerStored(t *testing.T) {
+	ctx := testContext(t)
+	c, err := assetclient.Wrap(lyingUploader{client(t).Raw()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	content := randomBytes(t, 1000)
+	a, err := c.Upload(ctx, bytes.NewReader(content), assetclient.UploadOptions{Label: "x.bin"})
+	var dl *assetclient.DataLossError
+	if !errors.As(err, &dl) || !dl.Upload || dl.WantSHA256 != sha(content) || a.GetId() == "" || !strings.Contains(err.Error(), "were sent") {
+		t.Fatalf("Upload whose stored sha256 differs: %v, want a *DataLossError naming the asset", err)
+	}
+	// Reading the content fails: nothing is stored, and the error says why.
+	_, err = client(t).Upload(ctx, failingReader{}, assetclient.UploadOptions{Label: "never.bin"})
+	if err == nil || !strings.Contains(err.Error(), "disk on fire") {
+		t.Errorf("Upload from a failing reader: %v", err)
+	}
+}
+
+type failingReader struct{}
+
+func (failingReader) Read([]byte) (int, error) { return 0, errors.New("disk on fire") }

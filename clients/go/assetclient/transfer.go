@@ -112,7 +112,7 @@ func uploadError(stream assetv1.AssetService_UploadAssetClient, sendErr error) e
 // checkStored compares the stored record with what was sent.
 func checkStored(a *assetv1.Asset, sent int64, sum string) (*assetv1.Asset, error) {
 	if a.GetSizeBytes() != sent || a.GetSha256() != sum {
-		return a, &DataLossError{AssetID: a.GetId(), WantSize: sent, GotSize: a.GetSizeBytes(), WantSHA256: sum, GotSHA256: a.GetSha256()}
+		return a, &DataLossError{AssetID: a.GetId(), WantSize: sent, GotSize: a.GetSizeBytes(), WantSHA256: sum, GotSHA256: a.GetSha256(), Upload: true}
 	}
 	return a, nil
 }
