@@ -53,11 +53,13 @@ minio:
 lazyfs:
 	bash scripts/install_lazyfs.sh
 
-## generate: regenerate every client's stubs from protos/
+## generate: regenerate every client's stubs from protos/, and README.md's settings tables
+## from asset_service/config.py
 generate: install
 	$(PY) scripts/gen_protos.py
 	$(PY) scripts/gen_sync_client.py
 	bash scripts/gen_clients.sh
+	$(PY) scripts/gen_settings_doc.py
 
 ## lint: ruff, mypy --strict, import-linter (layering), buf lint
 lint: install

@@ -1,4 +1,4 @@
-"""The `asset-service` command: serve (the default), or `token new` to make a bearer token."""
+"""The `asset-service` command: serve (the default), or a subcommand (`token new`, ...)."""
 
 from __future__ import annotations
 
@@ -6,19 +6,58 @@ import argparse
 import asyncio
 import logging
 import os
+import platform
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from importlib import metadata
 
-from asset_service import logs
-from asset_service.config import load_settings
+from asset_service import __version__, logs
+from asset_service.config import TABLE, build_parser, read_command_line
 from asset_service.domain.errors import AssetError
+from asset_service.options import describe
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    if args[:1] == ["token"]:
-        return token_command(args[1:])
-    settings = load_settings(args)
+    command = COMMANDS.get(args[0]) if args else None
+    if command is not None:
+        return command(args[1:])
+    return serve_command(args)
+
+
+def version() -> str:
+    """This package's version, and those of what serves the calls."""
+    try:
+        own = metadata.version("asset-service")
+    except metadata.PackageNotFoundError:  # run from a source tree without installing
+        own = __version__
+    parts = [f"asset-service {own}"]
+    for package in ("grpcio", "protobuf"):
+        try:
+            parts.append(f"{package} {metadata.version(package)}")
+        except metadata.PackageNotFoundError:
+            parts.append(f"{package} missing")
+    parts.append(f"{platform.python_implementation()} {platform.python_version()}")
+    return ", ".join(parts)
+
+
+def serve_command(argv: Sequence[str]) -> int:
+    """Serve until SIGTERM/SIGINT; or, with --print-config, show the settings and stop."""
+    parser = build_parser()
+    parser.add_argument("--version", action="version", version=version())
+    parser.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print each effective setting, its value (credentials in URLs masked; no file is "
+        "read) and where it came from (default, environment or flag), then exit 0 without "
+        "serving",
+    )
+    loaded = read_command_line(argv, parser=parser)
+    if loaded.args.print_config:
+        print(f"# {version()}; setting, value, source")
+        print(describe(TABLE, loaded))
+        return 0
+    settings = loaded.settings
     logging.basicConfig(
         level=settings.log_level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -71,3 +110,7 @@ def token_command(argv: Sequence[str]) -> int:
     print("append to the tokens file, then send the server SIGHUP:\n")
     print(entry, end="")
     return 0
+
+
+# The subcommands, by their first word; anything else is the server's own flags.
+COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"token": token_command}

@@ -28,6 +28,7 @@ from asset_service.config import Settings
 from asset_service.domain.errors import AssetError, InvalidArgument
 from asset_service.domain.manager import AssetManager, Limits
 from asset_service.domain.ports import BlobStorage, MetadataStore
+from asset_service.domain.scrub import scrub_forever
 from asset_service.modes import Modes
 from asset_service.security.interceptor import SecurityInterceptor
 from asset_service.security.setup import Security
@@ -402,6 +403,13 @@ async def start(settings: Settings, store: MetadataStore | None = None) -> Runni
         asyncio.create_task(_settle_unknown_outcomes(manager)),
         asyncio.create_task(_expire_leases(manager, settings.lease_check_interval_seconds)),
     ]
+    if settings.scrub_rate_mib > 0:
+        rate = settings.scrub_rate_mib * 1024 * 1024
+        background.append(
+            asyncio.create_task(
+                scrub_forever(manager.scrubber, rate, settings.scrub_interval_seconds)
+            )
+        )
     return RunningServer(
         server, manager, health_servicer, port, background, security, servicer.in_flight
     )

@@ -22,6 +22,7 @@ from asset_service.domain.models import (
     WatchEvent,
     check_json_data,
 )
+from asset_service.domain.scrub import Checked, Outcome
 from asset_service.domain.selectors import Selector
 
 _STATUS_TO_PB = {
@@ -77,6 +78,7 @@ def asset_to_pb(asset: Asset) -> pb.Asset:
         created_by=asset.created_by,
         updated_by=asset.updated_by,
         lease_seconds=asset.lease_seconds,
+        corrupt_reason=asset.corrupt_reason,
     )
     if asset.value is not None:
         msg.value.CopyFrom(value_to_pb(asset.value))
@@ -250,3 +252,21 @@ class SharedEvents:
     def _drop(self, key: tuple[str, str, int]) -> None:
         _, data = self._entries.pop(key)
         self._bytes -= 2 * len(data)
+
+
+_OUTCOME_TO_PB = {
+    Outcome.OK: pb.SCRUB_OUTCOME_OK,
+    Outcome.CORRUPT: pb.SCRUB_OUTCOME_CORRUPT,
+    Outcome.UNREADABLE: pb.SCRUB_OUTCOME_UNREADABLE,
+    Outcome.SKIPPED: pb.SCRUB_OUTCOME_SKIPPED,
+    Outcome.RESTORED: pb.SCRUB_OUTCOME_RESTORED,
+}
+
+
+def scrubbed_to_pb(result: Checked) -> pb.ScrubAssetsResponse:
+    return pb.ScrubAssetsResponse(
+        asset_id=result.asset_id,
+        outcome=_OUTCOME_TO_PB[result.outcome],
+        detail=result.detail,
+        size_bytes=result.size_bytes,
+    )

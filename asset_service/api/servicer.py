@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import math
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
@@ -468,6 +469,18 @@ class AssetServicer(pb_grpc.AssetServiceServicer):
     ) -> pb.DeleteAssetResponse:
         asset = await self.manager.delete(request.asset_id, by=_caller())
         return pb.DeleteAssetResponse(asset=convert.asset_to_pb(asset))
+
+    @streaming
+    async def ScrubAssets(
+        self, request: pb.ScrubAssetsRequest, context: Ctx
+    ) -> AsyncIterator[pb.ScrubAssetsResponse]:
+        rate = request.rate_mib_per_second
+        if not math.isfinite(rate) or rate < 0:
+            raise InvalidArgument(f"rate_mib_per_second must be 0 or more (got {rate})")
+        results = await self.manager.scrub(list(request.asset_ids), rate * 1024 * 1024)
+        async with contextlib.aclosing(results):  # a client gone: its open file goes now
+            async for result in results:
+                yield convert.scrubbed_to_pb(result)
 
     @unary
     async def MintTaskToken(

@@ -76,6 +76,20 @@ class IntegrityError(AssetError):
     """Content does not match the size or digest the caller declared, or stored bytes are gone."""
 
 
+class CorruptBytes(IntegrityError):
+    """Stored bytes differ from what was stored: a block's checksum, the size or the sha256
+    does not match the record. `offset`: where the first bad block starts, if known."""
+
+    def __init__(self, message: str, offset: int | None = None) -> None:
+        super().__init__(message)
+        self.offset = offset
+
+
+class Unverified(IntegrityError):
+    """Stored bytes whose metadata says they were written or replaced after their record
+    pointed at them: to be read and checked in full before anyone is told to use them."""
+
+
 class Unavailable(AssetError):
     """The metadata store (or storage) cannot be reached right now; retry later."""
 

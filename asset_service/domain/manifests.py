@@ -10,15 +10,15 @@ from typing import Any
 
 from asset_service.domain.errors import (
     BlockingAsset,
-    IntegrityError,
     InvalidArgument,
     ManifestBlocked,
     ManifestWaitTimeout,
     NotFound,
     shown,
 )
+from asset_service.domain.integrity import Integrity
 from asset_service.domain.models import Asset, AssetType, Status, WatchEvent, parse_asset_id
-from asset_service.domain.ports import BlobStorage, ManifestDraft, ManifestStore, MetadataStore
+from asset_service.domain.ports import ManifestDraft, ManifestStore, MetadataStore
 from asset_service.domain.reads import READ_BATCH
 
 # Opens a watch of these ids that ends once all are terminal (AssetManager.watch).
@@ -64,17 +64,6 @@ def _batches(values: Sequence[Asset]) -> Iterator[list[str]]:
         held += size
     if batch:
         yield batch
-
-
-async def _check_files(storage: BlobStorage, files: Sequence[Asset]) -> None:
-    """IntegrityError for the first FILE input whose bytes are gone; all checked at once
-    (one thread hop on local disk, not one per input)."""
-    if not files:
-        return
-    found = await storage.check_many([(a.storage_path, a.size_bytes) for a in files])
-    for asset, problem in zip(files, found, strict=True):
-        if problem is not None:
-            raise IntegrityError(f"asset {asset.id} is AVAILABLE but {problem.message}")
 
 
 async def _write_values(
@@ -134,13 +123,14 @@ async def wait_for_inputs(watch: Watch, mappings: Mapping[str, str], seconds: fl
 
 async def build_manifest(
     store: MetadataStore,
-    storage: BlobStorage,
+    integrity: Integrity,
     manifests: ManifestStore,
     mappings: Mapping[str, str],
     config_params: Mapping[str, Any],
 ) -> Manifest:
     """input_data.json mapping each key to a local file; ManifestBlocked names every input
-    that is not AVAILABLE, IntegrityError one whose bytes are gone."""
+    that is not AVAILABLE, IntegrityError one whose bytes are gone, changed or marked
+    corrupt (Integrity.check_inputs)."""
     ids = _parse_mappings(mappings)
     # One consistent cut without values; they are fetched back, a batch at a time, as
     # their files are written.
@@ -161,7 +151,7 @@ async def build_manifest(
         keys.setdefault(asset_id, []).append(key)
     # One after the other: run at once, the two threads' many short system calls made
     # them wait for each other's GIL (measured: a 1000-input manifest took 15% longer).
-    await _check_files(storage, files)
+    await integrity.check_inputs(files)
     draft = await manifests.create()
     try:
         paths = {asset.id: await draft.add_file(asset) for asset in files}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Protocol, TypeAlias
 
@@ -10,6 +10,7 @@ from asset_service.domain.errors import IntegrityError
 from asset_service.domain.models import (
     Asset,
     AssetFilter,
+    BlockSums,
     Change,
     Page,
     Resync,
@@ -45,9 +46,12 @@ class MetadataStore(Protocol):
     async def insert(self, asset: Asset) -> Asset:
         """Store a new record; return it with revision (and timestamps) assigned."""
 
-    async def get(self, asset_id: str) -> Asset | None: ...
+    async def get(self, asset_id: str) -> Asset | None:
+        """The record, with its block sums (what ReadAsset checks bytes against)."""
 
-    async def get_many(self, asset_ids: Sequence[str]) -> dict[str, Asset]: ...
+    async def get_many(self, asset_ids: Sequence[str]) -> dict[str, Asset]:
+        """The records, without block sums (like query(): a batch of big files' sums is
+        kilobytes each, and no caller of these needs them)."""
 
     async def snapshot(self, asset_ids: Sequence[str]) -> dict[str, Asset]:
         """The states of `asset_ids` as of ONE point in time, WITHOUT inline values.
@@ -82,10 +86,19 @@ class MetadataStore(Protocol):
     ) -> Asset:
         """One conditional write: apply `change` only if the status is `expected`.
 
+        A Corruption applies to an AVAILABLE asset (`expected`) like any transition.
         A Renewal applies only while the lease has not run out by `now`
         (lease_expires_at > now), a Failure with lease_ran_out only once it has
         (lease_expires_at <= now). Raise NotFound if the asset is gone, Conflict (naming
         the current status, or the lease) if another writer got there first.
+        """
+
+    async def set_block_sums(self, asset_id: str, storage_path: str, sums: BlockSums) -> bool:
+        """Keep block sums computed after the fact (an asset stored before they were kept,
+        on its first read or by the scrub), if the record still points at `storage_path`.
+
+        Not a change of the asset: no revision, no watch event (clients never see them).
+        False if the record is gone or points elsewhere.
         """
 
     async def leases_run_out(self, now: datetime, limit: int) -> list[Asset]:
@@ -116,6 +129,8 @@ class StagedBlob(Protocol):
 
     size_bytes: int
     sha256: str
+    # crc32c per block, computed in the same pass as the sha256 (final once sealed/staged).
+    block_sums: BlockSums
 
     async def commit(self, key: str) -> str:
         """Durably place the bytes at `key` (never overwriting); return the storage path."""
@@ -184,16 +199,45 @@ class BlobStorage(Protocol):
         """
 
     async def read(
-        self, storage_path: str, size_bytes: int, offset: int, limit: int, chunk_size: int
+        self,
+        storage_path: str,
+        size_bytes: int,
+        offset: int,
+        limit: int,
+        chunk_size: int,
+        sums: BlockSums | None = None,
     ) -> AsyncIterator[bytes]:
-        """The stored bytes; IntegrityError if they are missing or not `size_bytes` long."""
+        """The stored bytes; IntegrityError if they are missing or not `size_bytes` long.
+
+        With `sums`, whole blocks are read and each is checked before any of its bytes is
+        yielded (a ranged read too): the stream ends with CorruptBytes, naming the block's
+        offset, at the first that does not match.
+        """
+
+    async def summed(
+        self,
+        storage_path: str,
+        size_bytes: int,
+        sha256: str,
+        pace: Callable[[int], Awaitable[None]] | None = None,
+    ) -> BlockSums:
+        """Block sums of bytes stored before they were kept: read whole, vouched for by
+        `sha256` (CorruptBytes if they no longer hash to it). `pace(n)` after each chunk."""
+
+    async def verify(self, storage_path: str, size_bytes: int, sums: BlockSums) -> None:
+        """Read every block and check it (CorruptBytes); a file found Unverified by
+        check_many is then taken as vouched for."""
 
     async def check(self, storage_path: str, size_bytes: int) -> None:
         """IntegrityError unless the bytes are there with that size."""
 
-    async def check_many(self, items: Sequence[tuple[str, int]]) -> Sequence[IntegrityError | None]:
+    async def check_many(
+        self, items: Sequence[tuple[str, int]], since: Sequence[datetime] | None = None
+    ) -> Sequence[IntegrityError | None]:
         """check() of every (storage_path, size_bytes) at once (GetManifest's inputs):
-        each one's IntegrityError, or None, in order."""
+        each one's IntegrityError, or None, in order. With `since` (each record's time),
+        bytes whose storage says they were written over after it are Unverified (verify()
+        them before use); storages that cannot tell check reads only."""
 
     async def remove(self, storage_path: str) -> None: ...
 

@@ -15,5 +15,7 @@ GetMany = Callable[[Sequence[str]], Awaitable[dict[str, Asset]]]
 
 
 def slim(asset: Asset) -> Asset:
-    """The record without its (possibly large) inline value."""
-    return asset if asset.value is None else dataclasses.replace(asset, value=None)
+    """The record without its (possibly large) inline value and block checksums."""
+    if asset.value is None and asset.block_sums is None:
+        return asset
+    return dataclasses.replace(asset, value=None, block_sums=None)

@@ -248,7 +248,16 @@ def _guarded(handler: Any, guard: Guard) -> Any:
 
         async def unary_stream_call(request: Any, context: Ctx) -> None:
             principal = await admitted(context, request)
-            await _stream_as(principal, unary_stream(request, context), context)
+            failure: BaseException | None = None
+            try:
+                await _stream_as(principal, unary_stream(request, context), context)
+            except BaseException as exc:
+                failure = exc
+                raise
+            finally:
+                if audited:  # ScrubAssets: it may mark assets corrupt
+                    subjects = audit_subjects(request, None)
+                    audit.record(principal, guard.rpc, subjects, audit_code(context, failure))
 
         return grpc.unary_stream_rpc_method_handler(
             unary_stream_call, handler.request_deserializer, handler.response_serializer

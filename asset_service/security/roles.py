@@ -73,6 +73,8 @@ RULES: dict[str, Rule] = {
     _S + "RegisterFile": Rule(Role.ORCHESTRATOR, audited=True),
     _S + "MintTaskToken": Rule(Role.ORCHESTRATOR, audited=True),
     _S + "DeleteAsset": Rule(Role.ADMIN, audited=True),
+    # Reads stored bytes at the caller's rate and may mark assets corrupt.
+    _S + "ScrubAssets": Rule(Role.ADMIN, audited=True),
     # With --reflection open the interceptor lets it through without credentials.
     REFLECTION_METHOD: Rule(Role.READER),
     HEALTH_SERVICE: Rule(None),

@@ -14,8 +14,10 @@ import os
 import queue
 import threading
 
+from asset_service.domain.models import BlockSums
 from asset_service.domain.ports import Chunk
 from asset_service.storage import fs
+from asset_service.storage.blocks import BlockSummer
 
 # Bytes accepted but not yet taken by the upload's thread before write() makes the caller
 # wait (the RPC then stops reading its stream, and HTTP/2 flow control stops the client). A
@@ -198,7 +200,8 @@ class _Direct:
 
 
 class FileSink:
-    """Hashes and writes chunks to `fd` on its own thread; the event loop never waits per chunk.
+    """Hashes (sha256 and block crc32c) and writes chunks to `fd` on its own thread; the
+    event loop never waits per chunk.
 
     write() only queues a chunk, and waits only while QUEUE_BYTES are queued; an OSError of
     the thread is raised by the next write() or by seal(). seal() fsyncs and joins; abort()
@@ -216,6 +219,8 @@ class FileSink:
         self._fd = fd
         self._limit = queue_bytes
         self._hash = hashlib.sha256()
+        # The block checksums reads check, computed from the bytes as they arrive.
+        self._blocks = BlockSummer()
         self._lock = threading.Lock()
         self._ready = threading.Condition(self._lock)  # the thread waits for chunks here
         self._chunks: collections.deque[Chunk] = collections.deque()
@@ -236,6 +241,11 @@ class FileSink:
     @property
     def alive(self) -> bool:
         return self._thread.is_alive()
+
+    @property
+    def block_sums(self) -> BlockSums:
+        """The block checksums of the bytes written (complete after seal())."""
+        return self._blocks.result()
 
     @property
     def direct(self) -> bool:
@@ -298,6 +308,7 @@ class FileSink:
             # Hashing releases the GIL on large buffers, as do the copy and the write: the
             # event loop keeps receiving meanwhile.
             self._hash.update(chunk)
+            self._blocks.update(chunk)
             if self._direct is not None:
                 self._direct.add(chunk)
             else:

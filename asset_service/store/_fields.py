@@ -6,7 +6,20 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Literal
 
-from asset_service.domain.models import Failure, Fulfillment, Renewal, Status, Transition
+from asset_service.domain.models import (
+    BlockSums,
+    Corruption,
+    Failure,
+    Fulfillment,
+    Renewal,
+    Status,
+    Transition,
+)
+
+
+def encoded_sums(sums: BlockSums | None) -> bytes | None:
+    """Block sums as the SQLite and MongoDB stores keep them (one bytes value)."""
+    return sums.encode() if sums is not None else None
 
 
 def transition_fields(
@@ -16,6 +29,7 @@ def transition_fields(
     value_column: str,
     timestamp: Callable[[datetime], Any],
     lease: Callable[[datetime], tuple[str, Any]] | None = None,
+    sums: Callable[[BlockSums | None], Any] = encoded_sums,
 ) -> dict[str, Any]:
     """Field name -> new value for the record a transition changes (revision excepted).
 
@@ -35,12 +49,15 @@ def transition_fields(
             "size_bytes": change.size_bytes,
             "sha256": change.sha256,
             "fulfilled_from": change.fulfilled_from,
+            "block_sums": sums(change.block_sums),
         }
         # An empty media type keeps the one the promise was created with.
         if change.media_type:
             sets["media_type"] = change.media_type
     elif isinstance(change, Failure):
         sets = {"status": Status.FAILED.value, "failure_reason": change.reason}
+    elif isinstance(change, Corruption):
+        sets = {"corrupt_reason": change.reason}
     else:
         column, value = (
             lease(change.expires_at)

@@ -11,6 +11,7 @@ from asset_service.domain.errors import Conflict, NotFound, Unavailable
 from asset_service.domain.models import (
     Asset,
     AssetFilter,
+    BlockSums,
     Change,
     ChangeKind,
     Page,
@@ -59,7 +60,9 @@ def _matches(asset: Asset, flt: AssetFilter) -> bool:
 
 def _applied(asset: Asset, change: Transition, now: datetime) -> Asset:
     """`asset` after `change`: the same fields, by the same rules, as the other stores."""
-    fields = transition_fields(change, now, value_column="value", timestamp=lambda t: t)
+    fields = transition_fields(
+        change, now, value_column="value", timestamp=lambda t: t, sums=lambda s: s
+    )
     if "status" in fields:
         fields["status"] = Status(fields["status"])
     if "value_kind" in fields:
@@ -68,6 +71,11 @@ def _applied(asset: Asset, change: Transition, now: datetime) -> Asset:
     # replace() refuses a name that is not a field of Asset: a new column added there
     # fails here loudly instead of being dropped.
     return dataclasses.replace(asset, **fields)
+
+
+def _listed(asset: Asset) -> Asset:
+    """A record as get_many and query return it: without block sums (get() has them)."""
+    return asset if asset.block_sums is None else dataclasses.replace(asset, block_sums=None)
 
 
 class MemoryStore:
@@ -129,7 +137,7 @@ class MemoryStore:
 
     async def get_many(self, asset_ids: Sequence[str]) -> dict[str, Asset]:
         await self._enter()
-        return {i: self._rows[i][1] for i in asset_ids if i in self._rows}
+        return {i: _listed(self._rows[i][1]) for i in asset_ids if i in self._rows}
 
     async def snapshot(self, asset_ids: Sequence[str]) -> dict[str, Asset]:
         await self._enter()
@@ -149,7 +157,7 @@ class MemoryStore:
 
         # fill_page never awaits, so no write can land in the middle of a page.
         assets, last = _paging.fill_page(
-            rows(), limit, max_bytes, lambda row: row[1], lambda row: row[0]
+            rows(), limit, max_bytes, lambda row: _listed(row[1]), lambda row: row[0]
         )
         return Page(assets, encode_token(last, flt) if last is not None else "", self._revision)
 
@@ -188,6 +196,14 @@ class MemoryStore:
         self._rows[asset_id] = (seq, updated)
         self._publish(ChangeKind.PUT, updated)
         return updated
+
+    async def set_block_sums(self, asset_id: str, storage_path: str, sums: BlockSums) -> bool:
+        await self._enter()
+        row = self._rows.get(asset_id)
+        if row is None or row[1].storage_path != storage_path or not storage_path:
+            return False
+        self._rows[asset_id] = (row[0], dataclasses.replace(row[1], block_sums=sums))
+        return True
 
     async def leases_run_out(self, now: datetime, limit: int) -> list[Asset]:
         await self._enter()

@@ -15,6 +15,7 @@ from asset_service.domain.ports import BlobStorage
 from asset_service.storage.imports import ImportRoots
 from asset_service.storage.local import LocalStorage
 from asset_service.storage.memory import PREFIX, MemoryState, MemoryStorage
+from asset_service.storage.memory._state import StoredBytes
 from asset_service.storage.s3 import S3Storage
 from tests.backends import MinIO, minio_missing
 from tests.contract import s3_helpers
@@ -39,6 +40,9 @@ class BlobBackend:
     source: Callable[[str], bytes | None]  # a server-side file's bytes, None once gone
     backdate: Callable[[str, float], Awaitable[None]]  # stored bytes at a path, made older
     staged: Callable[[], Awaitable[int]]  # how many staged (uncommitted) blobs exist, any instance
+    # Other bytes written over stored ones, behind the storage's back (a flipped bit, a
+    # same-size replacement): in place on disk, a new object in a bucket.
+    overwrite: Callable[[str, bytes], Awaitable[None]]
     opened: list[BlobStorage] = field(default_factory=list)
 
     async def start(self, imports: bool = True) -> BlobStorage:
@@ -82,8 +86,22 @@ def _local(tmp: Path, request: pytest.FixtureRequest) -> BlobBackend:
         area = root / "tmp" / "staging"
         return sum(1 for p in area.glob("*/*") if p.is_file() and p.name != ".lock")
 
+    async def overwrite(storage_path: str, data: bytes) -> None:
+        fd = os.open(storage_path, os.O_WRONLY)
+        try:
+            os.pwrite(fd, data, 0)
+        finally:
+            os.close(fd)
+
     return BlobBackend(
-        "local", make, lambda n: str(incoming / n), _writer(incoming), _file, backdate, staged
+        "local",
+        make,
+        lambda n: str(incoming / n),
+        _writer(incoming),
+        _file,
+        backdate,
+        staged,
+        overwrite,
     )
 
 
@@ -104,8 +122,19 @@ def _memory(tmp: Path, request: pytest.FixtureRequest) -> BlobBackend:
     async def staged() -> int:
         return sum(len(area.staging) for area in state.areas.values())
 
+    async def overwrite(storage_path: str, data: bytes) -> None:
+        key = storage_path.removeprefix(PREFIX)
+        state.objects[key] = StoredBytes(data, state.objects[key].placed_at)
+
     return BlobBackend(
-        "memory", make, lambda n: f"/incoming/{n}", put_source, files.get, backdate, staged
+        "memory",
+        make,
+        lambda n: f"/incoming/{n}",
+        put_source,
+        files.get,
+        backdate,
+        staged,
+        overwrite,
     )
 
 
@@ -132,8 +161,18 @@ def _s3(tmp: Path, request: pytest.FixtureRequest) -> BlobBackend:
             await storage.drain()  # discard() cleans up in the background
         return await s3_helpers.staged(minio, prefix)
 
+    async def overwrite(storage_path: str, data: bytes) -> None:
+        await s3_helpers.overwrite(minio, storage_path, data)
+
     return BlobBackend(
-        "s3", make, lambda n: str(incoming / n), _writer(incoming), _file, backdate, staged
+        "s3",
+        make,
+        lambda n: str(incoming / n),
+        _writer(incoming),
+        _file,
+        backdate,
+        staged,
+        overwrite,
     )
 
 

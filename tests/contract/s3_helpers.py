@@ -64,3 +64,11 @@ async def staged(minio: MinIO, prefix: str) -> int:
         objects = await s3.list_objects_v2(Bucket=BUCKET, Prefix=area)
     in_area = [u for u in uploads.get("Uploads", ()) if u["Key"].startswith(area)]
     return len(in_area) + len(objects.get("Contents", ()))
+
+
+async def overwrite(minio: MinIO, storage_path: str, data: bytes) -> None:
+    """Put other bytes at a stored object's key (its metadata kept), behind S3Storage."""
+    key = storage_path.removeprefix(f"s3://{BUCKET}/")
+    async with client(minio) as s3:
+        head = await s3.head_object(Bucket=BUCKET, Key=key)
+        await s3.put_object(Bucket=BUCKET, Key=key, Body=data, Metadata=head["Metadata"])

@@ -104,3 +104,27 @@ def test_storage_urls_are_parsed_strictly() -> None:
     for bad in ("http://b/x", "s3:///x", "s3://b/a/../c", "s3://b/x?y=1"):
         with pytest.raises(InvalidArgument, match="storage url"):
             S3Location.parse(bad)
+
+
+@pytest.mark.parametrize("size", [100, PART_SIZE + 5], ids=["one PUT", "multipart"])
+async def test_the_store_refuses_bytes_whose_crc32c_is_not_the_one_sent(
+    storage: S3Storage, monkeypatch: pytest.MonkeyPatch, size: int
+) -> None:
+    """Each part (and a small object's PUT) carries its ChecksumCRC32C: bytes damaged on
+    the way are refused by the store, not kept. Here the checksum sent is wrong instead."""
+    from asset_service.storage.s3 import _blob, _storage
+
+    right = _blob.crc32c_base64
+
+    def wrong(data: bytes) -> str:
+        return right(data + b"!")
+
+    monkeypatch.setattr(_blob, "crc32c_base64", wrong)
+    monkeypatch.setattr(_storage, "crc32c_base64", wrong)
+    writer = storage.new_writer()
+    with pytest.raises(Unavailable, match=r"(?i)checksum|digest"):
+        for start in range(0, size, 1 << 20):
+            await writer.write(os.urandom(min(1 << 20, size - start)))
+        await writer.seal()
+        await writer.commit(storage.upload_key(ID, "x.bin", DAY))
+    await writer.rollback()

@@ -16,8 +16,10 @@ from asset_service.domain.models import (
     Asset,
     AssetFilter,
     AssetType,
+    BlockSums,
     Change,
     ChangeKind,
+    Corruption,
     Failure,
     Fulfillment,
     Renewal,
@@ -727,3 +729,84 @@ async def test_a_restart_finds_every_index_and_creates_none(
     finally:
         await again.close()
         await _drop(ferretdb_url, name)
+
+
+# --- block sums and corrupt marks (issue 18 item 2) --------------------------------------
+
+SUMS = BlockSums(1024 * 1024, bytes(range(12)))  # three blocks' crc32c
+
+
+def file_asset(sums: BlockSums | None = SUMS) -> Asset:
+    return Asset(
+        id=new_asset_id(),
+        label="f.bin",
+        status=Status.AVAILABLE,
+        type=AssetType.FILE,
+        media_type="application/octet-stream",
+        created_at=T0,
+        updated_at=T0,
+        storage_path=f"/data/uploads/2026-01-02/{new_asset_id()}/f.bin",
+        size_bytes=3 * 1024 * 1024 - 5,
+        sha256="ef" * 32,
+        block_sums=sums,
+    )
+
+
+async def test_block_sums_are_kept_but_left_out_of_slim_reads(backend: Backend) -> None:
+    store = backend.store
+    a = await store.insert(file_asset())
+    assert (await store.get(a.id)) == a and a.block_sums == SUMS
+    listed = dataclasses.replace(a, block_sums=None)
+    assert (await store.get_many([a.id]))[a.id] == listed, "only get() reads block sums"
+    page = await store.query(AssetFilter(type=AssetType.FILE), 10, "")
+    assert page.assets == [listed]
+    assert (await store.snapshot([a.id]))[a.id].block_sums is None, "snapshots are slim"
+    fulfilled = await store.transition(
+        (await store.insert(pending())).id,
+        Status.PENDING,
+        dataclasses.replace(FULFILL, block_sums=SUMS),
+        T0,
+    )
+    assert fulfilled.block_sums == SUMS
+    assert (await store.get(fulfilled.id)) == fulfilled
+
+
+async def test_block_sums_kept_later_are_not_a_change(backend: Backend) -> None:
+    store = backend.store
+    feed = store.changes() if "change_streams" not in backend.lacks else None
+    a = await store.insert(file_asset(sums=None))
+    before = await store.current_revision()
+    assert not await store.set_block_sums(a.id, "/elsewhere", SUMS), "points elsewhere"
+    assert not await store.set_block_sums(new_asset_id(), a.storage_path, SUMS), "no record"
+    assert await store.set_block_sums(a.id, a.storage_path, SUMS)
+    got = await store.get(a.id)
+    assert got is not None and got.block_sums == SUMS
+    assert got.revision == a.revision and await store.current_revision() == before
+    marked = await store.transition(a.id, Status.AVAILABLE, Corruption("bad", by="check"), T0)
+    if feed is None:
+        return  # FerretDB: no change streams to check
+    changes = [c for c in await take(feed, 2) if isinstance(c, Change)]
+    assert [(c.asset.id, c.revision) for c in changes] == [
+        (a.id, a.revision),
+        (a.id, marked.revision),
+    ], "the sums written in between are no event"
+
+
+async def test_a_corruption_marks_an_available_asset_and_can_be_cleared(backend: Backend) -> None:
+    store = backend.store
+    a = await store.insert(file_asset())
+    marked = await store.transition(a.id, Status.AVAILABLE, Corruption("bad block", by="c"), T0)
+    assert (marked.corrupt_reason, marked.updated_by, marked.status) == (
+        "bad block",
+        "c",
+        Status.AVAILABLE,
+    )
+    assert marked.revision > a.revision and marked.block_sums == SUMS
+    assert (await store.get(a.id)) == marked
+    slim = (await store.snapshot([a.id]))[a.id]
+    assert slim.corrupt_reason == "bad block", "manifests see the mark in their snapshot"
+    cleared = await store.transition(a.id, Status.AVAILABLE, Corruption("", by="c"), T0)
+    assert cleared.corrupt_reason == "" and cleared.revision > marked.revision
+    p = await store.insert(pending())
+    with pytest.raises(Conflict):
+        await store.transition(p.id, Status.AVAILABLE, Corruption("x"), T0)

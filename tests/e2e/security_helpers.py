@@ -245,6 +245,12 @@ CALLS: dict[str, tuple[Prepare, Call]] = {
         _value,
         lambda s, md, e: s.DeleteAsset(pb.DeleteAssetRequest(asset_id=e.target_id), metadata=md),
     ),
+    "ScrubAssets": (
+        _nothing,
+        lambda s, md, e: _drain(
+            s.ScrubAssets(pb.ScrubAssetsRequest(asset_ids=[e.value_id]), metadata=md)
+        ),
+    ),
 }
 
 # The table, written out independently of the server's RULES.

@@ -45,6 +45,8 @@ GO_TESTS = (
     "TestLeaseNobodyRenewsFailsThePromise",
     "TestRenewLeaseErrors",
     "TestKeepLeaseRetriesTransientErrorsAndStopsForGood",
+    "TestReadAssetReadsWholeAndRanges",
+    "TestReadAssetCatchesBytesThatAreNotTheRecords",
     # assetclient
     "TestEveryRPCThroughTheClient",
     "TestTypedErrors",
@@ -74,8 +76,8 @@ GO_RESTART_TESTS = (
     "TestRestartWatchSelectorResumes",
 )
 # The TypeScript suite's tests: the flow, failure, errors, the two token tests, four of
-# leases, and one without a server.
-TS_TESTS = 10
+# leases, and two without a server (credentials; whole reads checked against a lying one).
+TS_TESTS = 11
 # Skipped by the TypeScript suite against a server that takes no tokens.
 TOKEN_TESTS = 2
 

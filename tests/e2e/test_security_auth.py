@@ -79,6 +79,11 @@ def wait_for_log(server: ServerProcess, pattern: str, timeout: float = 10.0) -> 
     raise AssertionError(f"no log line matches {pattern!r}:\n" + "".join(server.log[-20:]))
 
 
+def test_the_role_table_cases_cover_every_rpc_of_the_service() -> None:
+    service = pb.DESCRIPTOR.services_by_name["AssetService"]
+    assert set(CALLS) == set(service.methods_by_name), "add a CALLS entry for each new RPC"
+
+
 @pytest.mark.parametrize("rpc", sorted(CALLS))
 @pytest.mark.parametrize(
     "credentials",
@@ -426,6 +431,11 @@ async def test_mutations_are_audited_without_secrets(
     )
     line = wait_for_log(server, rf"audit: .*rpc=FailAsset subjects={env.target_id} ")
     assert "outcome=FAILED_PRECONDITION" in line
+    # A scrub reads stored bytes at the caller's rate and may mark assets: audited too.
+    scrub = pb.ScrubAssetsRequest(asset_ids=[env.value_id])
+    assert len([r async for r in stub.ScrubAssets(scrub, metadata=ADMIN)]) == 1
+    line = wait_for_log(server, r"audit: principal=admin-1 .*rpc=ScrubAssets ")
+    assert "outcome=OK" in line
     log = "".join(server.log)
     for role in ROLES:
         assert token_for(role) not in log

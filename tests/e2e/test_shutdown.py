@@ -125,6 +125,7 @@ def test_a_zero_health_interval_is_refused_at_start_up() -> None:
     )
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
-        "asset-service: error: argument --health-interval: '0' (from "
-        "ASSET_SERVICE_HEALTH_INTERVAL) must be greater than 0 (see --help)"
+        "asset-service: error: ASSET_SERVICE_HEALTH_INTERVAL (the variable of "
+        "--health-interval): '0' is not above 0; accepted: a duration like 10s, 5m, 1h, 250ms, "
+        "1h30m or 1.5 (seconds), above 0"
     ]

@@ -54,6 +54,24 @@ def test_settings_from_env_and_flags(tmp_path: Path) -> None:
     assert flags.import_roots == (tmp_path.resolve(),)
 
 
+def test_scrub_settings_default_off_and_refusals() -> None:
+    s = load_settings([], {})
+    assert (s.scrub_rate_mib, s.scrub_interval_seconds) == (8.0, 86400.0)
+    off = load_settings([], {"ASSET_SERVICE_SCRUB_RATE": "0", "ASSET_SERVICE_SCRUB_INTERVAL": "60"})
+    assert (off.scrub_rate_mib, off.scrub_interval_seconds) == (0.0, 60.0)
+    assert load_settings(["--scrub-rate", "2.5"], {}).scrub_rate_mib == 2.5
+    for argv in (
+        ["--scrub-rate", "-1"],
+        ["--scrub-rate", "nan"],
+        ["--scrub-rate", "inf"],
+        ["--scrub-interval", "0"],
+        ["--scrub-interval", "-5"],
+    ):
+        with pytest.raises(SystemExit) as info:
+            load_settings(argv, {})
+        assert info.value.code == 2, argv
+
+
 @pytest.mark.parametrize(
     ("argv", "env", "direct"),
     [

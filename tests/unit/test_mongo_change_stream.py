@@ -635,3 +635,23 @@ async def test_cursor_not_found_and_server_timeouts_are_not_poison() -> None:
     got = await take(feed.run(), 2)
     assert summary(got) == [("PUT", A, 1), ("PUT", B, 2)]  # resumed, no Resync
     assert watch.calls == [token(1)] * 6
+
+
+async def test_an_update_of_block_sums_alone_is_no_change() -> None:
+    """MongoStore.set_block_sums (sums of an old asset, kept on its first read) writes no
+    revision: the feed must not report it, or watchers would see one revision twice."""
+    a2 = record(A, 2, "AVAILABLE", storage_path="/d/a", size_bytes=5)
+    a3 = record(A, 3, "AVAILABLE", storage_path="/d/a", corrupt_reason="bad")
+    stream = FakeStream(
+        [
+            insert(1, record(A, 1)),
+            update(2, a2, {"status": "AVAILABLE", "revision": 2, "storage_path": "/d/a"}),
+            update(3, a2, {"block_sums": b"\x00\x10\x00\x00\x01\x02\x03\x04"}),
+            update(4, a3, {"corrupt_reason": "bad", "revision": 3}),
+        ]
+    )
+    feed = feed_of(FakeWatch(), first=stream)
+    got = await take(feed.run(), 3)
+    assert summary(got) == [("PUT", A, 1), ("PUT", A, 2), ("PUT", A, 3)]
+    last = got[-1]
+    assert isinstance(last, Change) and last.asset.corrupt_reason == "bad"

@@ -13,6 +13,7 @@ import pytest
 from asset_service.domain.errors import (
     AssetError,
     Conflict,
+    CorruptBytes,
     FailedPrecondition,
     HistoryGone,
     IntegrityError,
@@ -28,6 +29,7 @@ from asset_service.domain.errors import (
     Timeout,
     TooLarge,
     Unavailable,
+    Unverified,
 )
 from asset_service.domain.manager import AssetManager, Limits
 from asset_service.domain.models import (
@@ -352,6 +354,23 @@ async def integrity_error(w: World) -> None:
     assert (await w.manager.get(p.id)).status is Status.PENDING
 
 
+async def corrupt_bytes(w: World) -> None:
+    stored = await w.manager.upload(UploadHeader(label="x"), chunks(b"abc"))
+    Path(stored.storage_path).write_bytes(b"abd")  # the same size, other bytes
+
+    async def read_all() -> bytes:
+        return b"".join([c async for c in await w.manager.read(stored.id, 0, 0)])
+
+    found = await expect(w, CorruptBytes, read_all())
+    assert isinstance(found, CorruptBytes) and found.offset == 0
+    assert stored.id in found.message and "offset 0" in found.message
+    marked = await w.manager.get(stored.id)
+    assert marked.corrupt_reason and marked.updated_by == "integrity-check"
+    # From now on refused at once, before any byte is read.
+    refused = await expect(w, IntegrityError, read_all())
+    assert "is corrupt" in refused.message
+
+
 async def unavailable(w: World) -> None:
     p = await promise(w)
     await w.store.close()
@@ -387,6 +406,7 @@ ERROR_CASES: dict[type[AssetError], Callable[[World], Awaitable[None]]] = {
     TooLarge: too_large,
     StorageFull: storage_full,
     IntegrityError: integrity_error,
+    CorruptBytes: corrupt_bytes,
     Unavailable: unavailable,
     OutcomeUnknown: outcome_unknown,
 }
@@ -397,6 +417,7 @@ RAISED_OUTSIDE_THE_DOMAIN = {
     Unauthenticated: "credentials are checked by the security interceptor",
     DuplicateKey: "MongoStore's group writer: a Conflict (tests/unit/test_mongo_group_writes.py)",
     NothingToDelete: "MongoStore's group writer: delete() returns None for it",
+    Unverified: "a storage's check_many verdict, which the domain verifies (never raised)",
 }
 
 

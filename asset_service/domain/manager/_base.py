@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 from collections.abc import (
     AsyncGenerator,
-    AsyncIterator,
 )
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -17,6 +16,7 @@ from asset_service.domain.errors import (
     NotFound,
     brief,
 )
+from asset_service.domain.integrity import Integrity
 from asset_service.domain.locks import KeyedLocks
 from asset_service.domain.models import (
     Asset,
@@ -76,6 +76,7 @@ class Core:
     manifests: ManifestStore | None
     hub: ChangeHub
     commits: Committer
+    integrity: Integrity
     _locks: KeyedLocks
 
     async def get(self, asset_id: str) -> Asset:
@@ -90,20 +91,6 @@ class Core:
         before new bytes take the room (what it answers is for the next write to hear)."""
         with contextlib.suppress(AssetError):
             await self.store.check_room()
-
-
-async def naming(asset_id: str, chunks: AsyncIterator[bytes]) -> AsyncGenerator[bytes, None]:
-    """Re-raise a mid-stream integrity error with the asset's id in front; closing this
-    closes `chunks` at once (its open file or connection), not when it is collected."""
-    try:
-        async for chunk in chunks:
-            yield chunk
-    except IntegrityError as exc:
-        raise IntegrityError(f"asset {asset_id} is AVAILABLE but {exc.message}") from None
-    finally:
-        aclose = getattr(chunks, "aclose", None)  # the storages return async generators
-        if aclose is not None:
-            await aclose()
 
 
 def verify(blob: StagedBlob, expected_size: int | None, expected_sha: str) -> None:

@@ -128,6 +128,7 @@ class Creation(Transitions):
                 sha256=blob.sha256,
                 created_by=by,
                 updated_by=by,
+                block_sums=blob.block_sums,
             )
 
         return await self.commits.publish(

@@ -15,12 +15,12 @@ from asset_service.domain import recovery
 from asset_service.domain.commits import Committer
 from asset_service.domain.errors import (
     FailedPrecondition,
-    IntegrityError,
     InvalidArgument,
     NotFound,
     ResourceExhausted,
     shown_list,
 )
+from asset_service.domain.integrity import Integrity
 from asset_service.domain.locks import KeyedLocks
 from asset_service.domain.manager._base import (
     DEFAULT_PAGE_SIZE,
@@ -30,7 +30,6 @@ from asset_service.domain.manager._base import (
     READ_CHUNK_BYTES,
     Limits,
     chunks_of,
-    naming,
 )
 from asset_service.domain.manager._creation import Creation
 from asset_service.domain.manifests import Manifest, build_manifest, wait_for_inputs
@@ -52,6 +51,7 @@ from asset_service.domain.ports import (
     MetadataStore,
 )
 from asset_service.domain.reads import READ_BATCH
+from asset_service.domain.scrub import Checked, Scrubber
 from asset_service.domain.selectors import Selector, SelectorStream
 from asset_service.domain.watch import (
     ChangeHub,
@@ -78,6 +78,8 @@ class AssetManager(Creation):
         self.hub = ChangeHub(limits.watch_buffer_bytes, limits.watch_history_bytes)
         self.commits = Committer(store)
         self._locks = KeyedLocks()
+        self.integrity = Integrity(store, storage)
+        self.scrubber = Scrubber(store, self.integrity)
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -176,13 +178,13 @@ class AssetManager(Creation):
             assert asset.value is not None
             end = asset.size_bytes if limit == 0 else min(asset.size_bytes, offset + limit)
             return chunks_of(asset.value.data[offset:end])
-        try:
-            chunks = await self.storage.read(
-                asset.storage_path, asset.size_bytes, offset, limit, READ_CHUNK_BYTES
-            )
-        except IntegrityError as exc:
-            raise IntegrityError(f"asset {asset.id} is AVAILABLE but {exc.message}") from None
-        return naming(asset.id, chunks)
+        return await self.integrity.open_read(asset, offset, limit, READ_CHUNK_BYTES)
+
+    async def scrub(
+        self, asset_ids: Sequence[str], rate_bytes: float
+    ) -> AsyncGenerator[Checked, None]:
+        """Check stored bytes now (the named assets, or every AVAILABLE FILE asset)."""
+        return self.scrubber.run(asset_ids, rate_bytes)
 
     # --- watch ------------------------------------------------------------------------
 
@@ -263,5 +265,5 @@ class AssetManager(Creation):
             )
         await self.store.check_room()  # its files would take the disk-full reserve's room
         return await build_manifest(
-            self.store, self.storage, self.manifests, mappings, config_params
+            self.store, self.integrity, self.manifests, mappings, config_params
         )

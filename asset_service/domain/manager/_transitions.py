@@ -170,6 +170,7 @@ class Transitions(Core):
                 fulfilled_from=origin,
                 media_type=media_type,
                 by=by,
+                block_sums=blob.block_sums,
             )
 
         return await self.commits.publish(

@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from asset_service.domain.errors import Conflict, shown
+from asset_service.domain.models import BlockSums
 from asset_service.domain.ports import Chunk
 from asset_service.storage import fs
+from asset_service.storage.blocks import Digests, sums_of
 from asset_service.storage.sink import FileSink
 
 if TYPE_CHECKING:
@@ -55,6 +57,7 @@ class _Blob:
         self._storage = storage
         self.size_bytes = 0
         self.sha256 = hashlib.sha256().hexdigest()
+        self.block_sums: BlockSums = sums_of(b"")
         self._final: tuple[int, str] | None = None  # (folder fd, name) once committed
         self._final_id: tuple[int, int] | None = None  # (dev, ino) of the committed file
         self._journal: Path | None = None
@@ -188,6 +191,7 @@ class Writer(_Blob):
     async def seal(self) -> None:
         try:
             self.sha256 = await self._sink.seal()
+            self.block_sums = self._sink.block_sums
         except OSError as exc:
             raise oserror(exc, "writing an upload") from None
 
@@ -223,20 +227,22 @@ class Adopted(_Blob):
     def stage(self) -> None:
         st = self.opened.st
         same_fs = st.st_dev == self._storage.device
+        # The one pass that hashes the file also sums its blocks.
         if self.move and same_fs and st.st_nlink == 1:
-            self.sha256, self.size_bytes = self._hash_source()
+            digests, self.size_bytes = self._hash_source()
             self._sync_source()
         else:
             self._staging = self._storage.staging / uuid.uuid4().hex
-            self.sha256, self.size_bytes = self._copy_source(self._staging)
+            digests, self.size_bytes = self._copy_source(self._staging)
+        self.sha256, self.block_sums = digests.sha.hexdigest(), digests.blocks.result()
         self._check_unchanged()
 
-    def _hash_source(self) -> tuple[str, int]:
-        digest, size = hashlib.sha256(), 0
+    def _hash_source(self) -> tuple[Digests, int]:
+        digests, size = Digests(), 0
         for chunk in _pread_chunks(self.opened.fd):
-            digest.update(chunk)
+            digests.update(chunk)
             size += len(chunk)
-        return digest.hexdigest(), size
+        return digests, size
 
     def _sync_source(self) -> None:
         # The worker's file becomes the stored file (linked): its bytes must be on disk
@@ -246,14 +252,14 @@ class Adopted(_Blob):
         except OSError as exc:
             raise oserror(exc, "syncing a server-side file") from None
 
-    def _copy_source(self, target: Path) -> tuple[str, int]:
-        digest, size = hashlib.sha256(), 0
+    def _copy_source(self, target: Path) -> tuple[Digests, int]:
+        digests, size = Digests(), 0
         try:
             flags = os.O_WRONLY | os.O_EXCL | os.O_CLOEXEC
             fd = self._storage.modes.new_file(target, flags, shared=True)
             with open(fd, "wb") as out:
                 for chunk in _pread_chunks(self.opened.fd):
-                    digest.update(chunk)
+                    digests.update(chunk)
                     out.write(chunk)
                     size += len(chunk)
                 out.flush()
@@ -262,7 +268,7 @@ class Adopted(_Blob):
             with contextlib.suppress(FileNotFoundError):
                 target.unlink()
             raise oserror(exc, "copying a server-side file") from None
-        return digest.hexdigest(), size
+        return digests, size
 
     def _check_unchanged(self) -> None:
         now, then = os.fstat(self.opened.fd), self.opened.st
@@ -288,8 +294,8 @@ class Adopted(_Blob):
         if not self._take_source():
             # Another user's file, whose mode is not ours to set: store a copy of our own.
             self._staging = self._storage.staging / uuid.uuid4().hex
-            digest, _ = self._copy_source(self._staging)
-            if digest != self.sha256:
+            digests, _ = self._copy_source(self._staging)
+            if digests.sha.hexdigest() != self.sha256:
                 raise Conflict("the server-side file changed while it was being adopted")
             self._commit_sync(parts)
             return
@@ -317,8 +323,8 @@ class Adopted(_Blob):
                 folder = -1
                 # Same device number, other mount (a bind mount): copy after all.
                 self._staging = self._storage.staging / uuid.uuid4().hex
-                digest, _ = self._copy_source(self._staging)
-                if digest != self.sha256:
+                digests, _ = self._copy_source(self._staging)
+                if digests.sha.hexdigest() != self.sha256:
                     raise Conflict(
                         "the server-side file changed while it was being adopted"
                     ) from None

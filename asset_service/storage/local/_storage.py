@@ -24,20 +24,24 @@ from asset_service.domain.errors import (
     NotFound,
     Unavailable,
 )
-from asset_service.domain.models import parse_asset_id
+from asset_service.domain.models import BLOCK_BYTES, BlockSums, parse_asset_id
 from asset_service.modes import Modes, report
-from asset_service.storage import fs, keys
+from asset_service.storage import blocks, fs, keys
 from asset_service.storage.imports import ImportRoots
 from asset_service.storage.local._blobs import Adopted, Writer, age_of, oserror
 from asset_service.storage.local._reads import (
-    CHECK_FOLDER_FDS,
-    close_all,
+    check_many_sync,
     not_regular,
+    read_checked,
     read_chunks,
     wrong_size,
 )
 
 log = logging.getLogger(__name__)
+
+# Files verified in full despite a late ctime (chmod, recovery of a move), remembered by
+# (device, inode, ctime) so that each is read once, not by every manifest.
+VOUCHED_KEEP = 10_000
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,7 @@ class LocalStorage:
         self.intents = self.staging / "intents"
         self.device = -1
         self._lock_fd: int | None = None
+        self._vouched: dict[str, tuple[int, int, int]] = {}
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -297,58 +302,50 @@ class LocalStorage:
         return opened
 
     async def read(
-        self, storage_path: str, size_bytes: int, offset: int, limit: int, chunk_size: int
+        self,
+        storage_path: str,
+        size_bytes: int,
+        offset: int,
+        limit: int,
+        chunk_size: int,
+        sums: BlockSums | None = None,
     ) -> AsyncIterator[bytes]:
         opened = await asyncio.to_thread(self._open_stored, storage_path, size_bytes)
         end = size_bytes if limit <= 0 else min(size_bytes, offset + limit)
-        return read_chunks(opened, storage_path, offset, end, chunk_size)
+        if sums is None:
+            return read_chunks(opened, storage_path, offset, end, chunk_size)
+        return read_checked(opened, storage_path, offset, end, chunk_size, sums)
+
+    async def summed(
+        self, storage_path: str, size_bytes: int, sha256: str, pace: blocks.Pace | None = None
+    ) -> BlockSums:
+        chunks = await self.read(storage_path, size_bytes, 0, 0, BLOCK_BYTES)
+        return await blocks.summed_from(chunks, sha256, storage_path, pace)
+
+    async def verify(self, storage_path: str, size_bytes: int, sums: BlockSums) -> None:
+        """Read every block and check it; remember the file as vouched for (check_many)."""
+        opened = await asyncio.to_thread(self._open_stored, storage_path, size_bytes)
+        st = opened.st
+        await blocks.drain(read_checked(opened, storage_path, 0, size_bytes, BLOCK_BYTES, sums))
+        if len(self._vouched) >= VOUCHED_KEEP:
+            self._vouched.clear()
+        self._vouched[storage_path] = (st.st_dev, st.st_ino, st.st_ctime_ns)
 
     async def check(self, storage_path: str, size_bytes: int) -> None:
         """Raise IntegrityError unless the bytes are there, a regular file of that size."""
         opened = await asyncio.to_thread(self._open_stored, storage_path, size_bytes)
         opened.close()
 
-    async def check_many(self, items: Sequence[tuple[str, int]]) -> Sequence[IntegrityError | None]:
+    async def check_many(
+        self, items: Sequence[tuple[str, int]], since: Sequence[datetime] | None = None
+    ) -> Sequence[IntegrityError | None]:
         """check() of each, all in one thread hop (a manifest may name 1000 inputs)."""
-        return await asyncio.to_thread(self._check_many_sync, items)
+        return await asyncio.to_thread(self._check_many_sync, items, since)
 
-    def _check_many_sync(self, items: Sequence[tuple[str, int]]) -> list[IntegrityError | None]:
-        """Like check() of each, but the folders their paths share (uploads/<date>/...) are
-        opened once: each is walked from its parent's fd without following symlinks, and
-        each file is lstat-ed in its folder (a symlink there is not a regular file)."""
-        found: list[IntegrityError | None] = []
-        folders: dict[tuple[str, ...], int] = {}
-
-        def folder(parts: tuple[str, ...]) -> int:
-            fd = folders.get(parts)
-            if fd is None:
-                if len(folders) >= CHECK_FOLDER_FDS:  # never near the fd limit
-                    close_all(folders)
-                parent = os.open(self.root, fs.DIR_FLAGS) if not parts else folder(parts[:-1])
-                fd = parent if not parts else fs.open_dir(parent, parts[-1:], "/".join(parts))
-                folders[parts] = fd
-            return fd
-
-        try:
-            for storage_path, size_bytes in items:
-                parts = self._parts_of(storage_path)
-                try:
-                    st = os.stat(parts[-1], dir_fd=folder(parts[:-1]), follow_symlinks=False)
-                except (FileNotFoundError, NotFound):
-                    found.append(IntegrityError(f"its bytes at {storage_path} are missing"))
-                    continue
-                except (AssetError, OSError):  # a symlink, or no folder, on the way
-                    found.append(not_regular(storage_path))
-                    continue
-                if not stat.S_ISREG(st.st_mode):
-                    found.append(not_regular(storage_path))
-                elif st.st_size != size_bytes:
-                    found.append(wrong_size(storage_path, st.st_size, size_bytes))
-                else:
-                    found.append(None)
-        finally:
-            close_all(folders)
-        return found
+    def _check_many_sync(
+        self, items: Sequence[tuple[str, int]], since: Sequence[datetime] | None = None
+    ) -> list[IntegrityError | None]:
+        return check_many_sync(self.root, self._parts_of, items, since, self._vouched)
 
     async def remove(self, storage_path: str) -> None:
         parts = self._parts_of(storage_path)

@@ -7,7 +7,9 @@ import logging
 import uuid
 from typing import TYPE_CHECKING
 
+from asset_service.domain.models import BlockSums
 from asset_service.domain.ports import Chunk
+from asset_service.storage.blocks import BlockSummer, sums_of
 from asset_service.storage.memory._state import PREFIX, MoveIntent, StagingArea, StoredBytes
 
 if TYPE_CHECKING:
@@ -25,6 +27,7 @@ class MemoryBlob:
         self._storage = storage
         self.size_bytes = 0
         self.sha256 = _EMPTY_SHA256
+        self.block_sums: BlockSums = sums_of(b"")
         self._placed: tuple[str, StoredBytes] | None = None
         self._journal: tuple[StagingArea, str] | None = None
         self._done = False
@@ -107,6 +110,7 @@ class MemoryWriter(MemoryBlob):
         self._buffer = bytearray()
         self._area.staging[self._name] = self._buffer
         self._hash = hashlib.sha256()
+        self._blocks = BlockSummer()
         self._sealed = False
 
     async def write(self, chunk: Chunk) -> None:
@@ -114,11 +118,13 @@ class MemoryWriter(MemoryBlob):
             raise RuntimeError("write() after seal() or after the blob was settled")
         self._buffer += chunk
         self._hash.update(chunk)
+        self._blocks.update(chunk)
         self.size_bytes += len(chunk)
 
     async def seal(self) -> None:
         self._sealed = True
         self.sha256 = self._hash.hexdigest()
+        self.block_sums = self._blocks.result()
 
     def _content(self) -> bytes:
         if not self._sealed:
@@ -142,6 +148,7 @@ class MemoryAdopted(MemoryBlob):
         self.path, self._data, self.move = path, data, move
         self.size_bytes = len(data)
         self.sha256 = hashlib.sha256(data).hexdigest()
+        self.block_sums = sums_of(data)
         self._held = True
 
     def _content(self) -> bytes:

@@ -11,22 +11,35 @@ from datetime import datetime
 from asset_service.domain.errors import (
     AssetError,
     Conflict,
+    CorruptBytes,
     IntegrityError,
     InvalidArgument,
     NotFound,
     PermissionDenied,
     Unavailable,
+    Unverified,
     shown,
 )
 from asset_service.domain.models import (
+    BLOCK_BYTES,
+    BlockSums,
     parse_asset_id,
     validate_server_path,
 )
-from asset_service.storage import keys
+from asset_service.storage import blocks, keys
 from asset_service.storage.memory._blobs import MemoryAdopted, MemoryWriter
-from asset_service.storage.memory._state import PREFIX, Leftover, MemoryState, StagingArea
+from asset_service.storage.memory._state import (
+    PREFIX,
+    Leftover,
+    MemoryState,
+    StagingArea,
+    StoredBytes,
+)
 
 log = logging.getLogger(__name__)
+
+# As LocalStorage's CHANGED_GRACE_SECONDS.
+CHANGED_GRACE = 1.0
 
 
 class MemoryStorage:
@@ -50,6 +63,7 @@ class MemoryStorage:
         self.clock = clock
         self.instance = uuid.uuid4().hex[:12]
         self._area: StagingArea | None = None
+        self._vouched: dict[str, StoredBytes] = {}
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -196,30 +210,60 @@ class MemoryStorage:
         if obj is None:
             raise IntegrityError(f"its bytes at {storage_path} are missing")
         if len(obj.data) != size_bytes:
-            raise IntegrityError(
+            raise CorruptBytes(
                 f"its bytes at {storage_path} are {len(obj.data)} bytes long; the record "
                 f"says {size_bytes} (truncated or replaced in storage)"
             )
         return obj.data
 
     async def read(
-        self, storage_path: str, size_bytes: int, offset: int, limit: int, chunk_size: int
+        self,
+        storage_path: str,
+        size_bytes: int,
+        offset: int,
+        limit: int,
+        chunk_size: int,
+        sums: BlockSums | None = None,
     ) -> AsyncIterator[bytes]:
         data = self._stored(storage_path, size_bytes)
         end = size_bytes if limit <= 0 else min(size_bytes, offset + limit)
-        return _chunks(data, offset, end, chunk_size)
+        if sums is None:
+            return _chunks(data, offset, end, chunk_size)
+        return _checked(data, storage_path, offset, end, chunk_size, sums)
+
+    async def summed(
+        self, storage_path: str, size_bytes: int, sha256: str, pace: blocks.Pace | None = None
+    ) -> BlockSums:
+        chunks = await self.read(storage_path, size_bytes, 0, 0, BLOCK_BYTES)
+        return await blocks.summed_from(chunks, sha256, storage_path, pace)
+
+    async def verify(self, storage_path: str, size_bytes: int, sums: BlockSums) -> None:
+        obj = self.state.objects.get(self._key_of(storage_path))
+        await blocks.drain(await self.read(storage_path, size_bytes, 0, 0, BLOCK_BYTES, sums))
+        if obj is not None:
+            self._vouched[storage_path] = obj
 
     async def check(self, storage_path: str, size_bytes: int) -> None:
         self._stored(storage_path, size_bytes)
 
-    async def check_many(self, items: Sequence[tuple[str, int]]) -> Sequence[IntegrityError | None]:
+    async def check_many(
+        self, items: Sequence[tuple[str, int]], since: Sequence[datetime] | None = None
+    ) -> Sequence[IntegrityError | None]:
+        """As on the local disk: bytes placed after their record's time (plus the same
+        grace), and not verified since, are Unverified."""
         found: list[IntegrityError | None] = []
-        for storage_path, size_bytes in items:
+        for index, (storage_path, size_bytes) in enumerate(items):
             try:
                 self._stored(storage_path, size_bytes)
-                found.append(None)
             except IntegrityError as exc:
                 found.append(exc)
+                continue
+            obj = self.state.objects[self._key_of(storage_path)]
+            late = since is not None and obj.placed_at > since[index].timestamp() + CHANGED_GRACE
+            if late and self._vouched.get(storage_path) is not obj:
+                found.append(Unverified(f"its bytes at {storage_path} were replaced"))
+            else:
+                found.append(None)
         return found
 
     async def remove(self, storage_path: str) -> None:
@@ -246,3 +290,15 @@ async def _chunks(data: bytes, offset: int, end: int, chunk_size: int) -> AsyncI
         step = min(chunk_size, end - offset)
         yield bytes(view[offset : offset + step])
         offset += step
+
+
+async def _checked(
+    data: bytes, shown: str, offset: int, end: int, chunk_size: int, sums: BlockSums
+) -> AsyncIterator[bytes]:
+    start, stop = blocks.aligned(sums, offset, end, len(data))
+    while start < stop and offset < end:
+        block = data[start : min(stop, start + sums.block_bytes)]
+        blocks.check_block(sums, shown, start, block)
+        for piece in blocks.pieces(block, start, offset, end, chunk_size):
+            yield piece
+        start += len(block)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import logging
 import os
@@ -11,8 +12,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from asset_service.domain.errors import Conflict
+from asset_service.domain.models import BlockSums
 from asset_service.domain.ports import Chunk
 from asset_service.storage import fs
+from asset_service.storage.blocks import Digests, crc32c, sums_of
 from asset_service.storage.s3._config import PART_SIZE, translate
 
 if TYPE_CHECKING:
@@ -37,8 +40,9 @@ class S3Writer:
         self._storage = storage
         self.size_bytes = 0
         self.sha256 = hashlib.sha256().hexdigest()
+        self.block_sums: BlockSums = sums_of(b"")
         self.blob_id = uuid.uuid4().hex  # stamped on the final object: "is it ours?"
-        self._hash = hashlib.sha256()
+        self._digests = Digests()
         self._buffer = bytearray()
         self._staging_key = storage.staging_key(self.blob_id)
         self._upload_id: str | None = None
@@ -55,9 +59,9 @@ class S3Writer:
             # visible in the bucket, so a sweep can tell a live server's from a dead one's.
             await self._create_upload()
         if len(chunk) < 64 * 1024:  # a thread hop costs more than hashing a small chunk
-            self._hash.update(chunk)
+            self._digests.update(chunk)
         else:
-            await asyncio.to_thread(self._hash.update, chunk)
+            await asyncio.to_thread(self._digests.update, chunk)
         self._buffer += chunk
         self.size_bytes += len(chunk)
         while len(self._buffer) >= PART_SIZE:
@@ -68,7 +72,9 @@ class S3Writer:
     async def _create_upload(self) -> None:
         try:
             created = await self._storage.client.create_multipart_upload(
-                Bucket=self._storage.location.bucket, Key=self._staging_key
+                Bucket=self._storage.location.bucket,
+                Key=self._staging_key,
+                ChecksumAlgorithm="CRC32C",
             )
         except Exception as exc:
             raise translate(exc, "starting an upload", self._staging_key) from exc
@@ -77,6 +83,9 @@ class S3Writer:
     async def _upload_part(self, data: bytes) -> None:
         assert self._upload_id is not None
         number = len(self._parts) + 1
+        # The store checks each part against its crc32c on receipt (a part damaged on the
+        # way is refused, not stored); botocore then computes no checksum of its own.
+        checksum = await asyncio.to_thread(crc32c_base64, data)
         try:
             answer = await self._storage.client.upload_part(
                 Bucket=self._storage.location.bucket,
@@ -84,14 +93,18 @@ class S3Writer:
                 UploadId=self._upload_id,
                 PartNumber=number,
                 Body=data,
+                ChecksumCRC32C=checksum,
             )
         except Exception as exc:
             raise translate(exc, "uploading a part", self._staging_key) from exc
-        self._parts.append({"PartNumber": number, "ETag": answer["ETag"]})
+        self._parts.append(
+            {"PartNumber": number, "ETag": answer["ETag"], "ChecksumCRC32C": checksum}
+        )
 
     async def seal(self) -> None:
         """No more writes: complete the staging object if the bytes outgrew one part."""
-        self.sha256 = self._hash.hexdigest()
+        self.sha256 = self._digests.sha.hexdigest()
+        self.block_sums = self._digests.blocks.result()
         if not self._parts:
             return  # at most one part, held in memory: commit() PUTs it
         assert self._upload_id is not None
@@ -175,6 +188,7 @@ class S3Adopted:
         self._writer = S3Writer(storage)
         self.size_bytes: int = 0
         self.sha256: str = hashlib.sha256().hexdigest()
+        self.block_sums: BlockSums = sums_of(b"")
         self._journal: Path | None = None
         self._done = False
 
@@ -185,6 +199,7 @@ class S3Adopted:
             await self._writer.write(chunk)
         await self._writer.seal()
         self.size_bytes, self.sha256 = self._writer.size_bytes, self._writer.sha256
+        self.block_sums = self._writer.block_sums
         self._check_unchanged()
 
     def _check_unchanged(self) -> None:
@@ -255,3 +270,8 @@ class S3Adopted:
         self._done = True
         self._writer.abandon()
         self.opened.close()
+
+
+def crc32c_base64(data: bytes) -> str:
+    """An S3 ChecksumCRC32C value: the big-endian crc32c, base64-encoded."""
+    return base64.b64encode(crc32c(data).to_bytes(4, "big")).decode()

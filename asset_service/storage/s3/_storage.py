@@ -20,12 +20,12 @@ from asset_service.domain.errors import (
     NotFound,
     Unavailable,
 )
-from asset_service.domain.models import parse_asset_id
+from asset_service.domain.models import BLOCK_BYTES, BlockSums, parse_asset_id
 from asset_service.modes import Modes
-from asset_service.storage import keys
+from asset_service.storage import blocks, keys
 from asset_service.storage.imports import ImportRoots
 from asset_service.storage.s3 import _recovery
-from asset_service.storage.s3._blob import S3Adopted, S3Writer
+from asset_service.storage.s3._blob import S3Adopted, S3Writer, crc32c_base64
 from asset_service.storage.s3._config import (
     COPY_PART_SIZE,
     Credentials,
@@ -176,6 +176,8 @@ class S3Storage:
             await self.delete_quietly(object_key)
 
     async def place_bytes(self, object_key: str, body: bytes, blob_id: str) -> None:
+        checksum = await asyncio.to_thread(crc32c_base64, body)
+
         async def write() -> None:
             await self.client.put_object(
                 Bucket=self.location.bucket,
@@ -183,6 +185,7 @@ class S3Storage:
                 Body=body,
                 IfNoneMatch="*",
                 Metadata={"blob-id": blob_id},
+                ChecksumCRC32C=checksum,  # checked by the store on receipt
             )
 
         await self._placed(object_key, write)
@@ -309,8 +312,11 @@ class S3Storage:
     async def check(self, storage_path: str, size_bytes: int) -> None:
         await self._checked(storage_path, size_bytes)
 
-    async def check_many(self, items: Sequence[tuple[str, int]]) -> Sequence[IntegrityError | None]:
-        """HEAD requests a few at a time: each one's IntegrityError, or None."""
+    async def check_many(
+        self, items: Sequence[tuple[str, int]], since: Sequence[datetime] | None = None
+    ) -> Sequence[IntegrityError | None]:
+        """HEAD requests a few at a time: each one's IntegrityError, or None. `since` is not
+        used: manifests read FILE inputs into their cache through checked reads."""
         gate = asyncio.Semaphore(CHECK_CONCURRENCY)
 
         async def one(storage_path: str, size_bytes: int) -> IntegrityError | None:
@@ -324,11 +330,67 @@ class S3Storage:
         return await asyncio.gather(*(one(path, size) for path, size in items))
 
     async def read(
-        self, storage_path: str, size_bytes: int, offset: int, limit: int, chunk_size: int
+        self,
+        storage_path: str,
+        size_bytes: int,
+        offset: int,
+        limit: int,
+        chunk_size: int,
+        sums: BlockSums | None = None,
     ) -> AsyncIterator[bytes]:
         object_key, etag = await self._checked(storage_path, size_bytes)
         end = size_bytes if limit <= 0 else min(size_bytes, offset + limit)
-        return self._ranged(object_key, storage_path, etag, offset, end, chunk_size)
+        if sums is None:
+            return self._ranged(object_key, storage_path, etag, offset, end, chunk_size)
+        span = blocks.aligned(sums, offset, end, size_bytes)
+        return self._checked_blocks(
+            object_key, storage_path, etag, span, offset, end, chunk_size, sums
+        )
+
+    async def _checked_blocks(
+        self,
+        object_key: str,
+        shown: str,
+        etag: str,
+        span: tuple[int, int],
+        offset: int,
+        end: int,
+        chunk_size: int,
+        sums: BlockSums,
+    ) -> AsyncIterator[bytes]:
+        """Whole blocks (`span`) from one ranged GET, each checked before any of it is
+        yielded."""
+        if offset >= end:
+            return
+        start, stop = span
+        block = sums.block_bytes
+        pending = bytearray()
+        async for data in self._ranged(object_key, shown, etag, start, stop, block):
+            wanted = min(block, stop - start)
+            if not pending and len(data) == wanted:
+                ready = [data]  # a whole block in one read (the usual case): no copy
+            else:
+                pending += data
+                ready, at = [], start
+                while len(pending) >= block or (pending and at + len(pending) >= stop):
+                    size = min(block, len(pending))
+                    ready.append(bytes(pending[:size]))
+                    del pending[:size]
+                    at += size
+            for whole in ready:
+                blocks.check_block(sums, shown, start, whole)
+                for piece in blocks.pieces(whole, start, offset, end, chunk_size):
+                    yield piece
+                start += len(whole)
+
+    async def summed(
+        self, storage_path: str, size_bytes: int, sha256: str, pace: blocks.Pace | None = None
+    ) -> BlockSums:
+        chunks = await self.read(storage_path, size_bytes, 0, 0, BLOCK_BYTES)
+        return await blocks.summed_from(chunks, sha256, storage_path, pace)
+
+    async def verify(self, storage_path: str, size_bytes: int, sums: BlockSums) -> None:
+        await blocks.drain(await self.read(storage_path, size_bytes, 0, 0, BLOCK_BYTES, sums))
 
     async def _ranged(
         self, object_key: str, shown: str, etag: str, offset: int, end: int, chunk_size: int

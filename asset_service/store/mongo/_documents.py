@@ -23,8 +23,17 @@ from asset_service.domain.errors import (
     OutcomeUnknown,
     Unavailable,
 )
-from asset_service.domain.models import Asset, AssetFilter, AssetType, Status, Value, ValueKind
+from asset_service.domain.models import (
+    Asset,
+    AssetFilter,
+    AssetType,
+    BlockSums,
+    Status,
+    Value,
+    ValueKind,
+)
 from asset_service.store import _paging
+from asset_service.store._fields import encoded_sums
 
 Doc = dict[str, Any]
 
@@ -67,6 +76,8 @@ def asset_to_doc(asset: Asset, revision: int) -> Doc:
         "updated_by": asset.updated_by,
         "lease_seconds": asset.lease_seconds,
         "lease_expires_at": ms(asset.lease_expires_at) if asset.lease_expires_at else None,
+        "block_sums": encoded_sums(asset.block_sums),
+        "corrupt_reason": asset.corrupt_reason,
     }
 
 
@@ -101,6 +112,8 @@ def doc_to_asset(doc: Mapping[str, Any]) -> Asset:
         updated_by=doc.get("updated_by", ""),
         lease_seconds=int(doc.get("lease_seconds") or 0),
         lease_expires_at=(_aware(doc["lease_expires_at"]) if doc.get("lease_expires_at") else None),
+        block_sums=BlockSums.decode(doc.get("block_sums")),
+        corrupt_reason=doc.get("corrupt_reason") or "",
     )
 
 

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 from pymongo.errors import ConnectionFailure, CursorNotFound, OperationFailure, PyMongoError
 
 from asset_service.domain.models import Asset, AssetType, Change, ChangeKind, Resync, Status
+from asset_service.domain.reads import slim
 from asset_service.store.mongo._documents import EPOCH, asset_to_doc, doc_to_asset
 
 log = logging.getLogger(__name__)
@@ -49,8 +50,18 @@ CHANGE_STREAM_PIPELINE: list[dict[str, Any]] = [
             }
         }
     },
-    {"$unset": ["fullDocumentBeforeChange.value_content", "fullDocumentBeforeChange.value_kind"]},
+    {
+        "$unset": [
+            "fullDocumentBeforeChange.value_content",
+            "fullDocumentBeforeChange.value_kind",
+            # Block checksums (up to 40 KiB for 10 GiB) are never sent to watchers.
+            "fullDocument.block_sums",
+            "fullDocumentBeforeChange.block_sums",
+        ]
+    },
 ]
+# An update of only these fields is not a change of the asset (MongoStore.set_block_sums).
+UNSEEN_FIELDS = frozenset({"block_sums"})
 
 
 class ChangeStreamLike(Protocol):
@@ -151,12 +162,16 @@ class ChangeFeed:
         op = event.get("operationType")
         key = event.get("documentKey") or {}
         if op in ("insert", "update", "replace"):
+            desc = event.get("updateDescription") or {}
+            if op == "update" and not desc.get("removedFields"):
+                updated = desc.get("updatedFields") or {}
+                if updated and UNSEEN_FIELDS.issuperset(updated):
+                    return None
             doc = event.get("fullDocument")
             if doc is None:
                 # updateLookup found nothing: the record was deleted since. Rebuild the
                 # post-image from the pre-image, or from the last state seen.
                 asset_id = str(key.get("_id", ""))
-                desc = event.get("updateDescription") or {}
                 fields = desc.get("updatedFields") or {}
                 base = event.get("fullDocumentBeforeChange")
                 last = self._last_seen.get(asset_id)
@@ -327,4 +342,4 @@ def _transient(exc: PyMongoError) -> bool:
 
 
 def _slim(asset: Asset) -> Asset:
-    return asset if asset.value is None else dataclasses.replace(asset, value=None)
+    return slim(asset)

@@ -28,6 +28,7 @@ from asset_service.domain.errors import (
 from asset_service.domain.models import (
     Asset,
     AssetFilter,
+    BlockSums,
     Change,
     Fulfillment,
     Page,
@@ -80,7 +81,9 @@ DEFAULT_CLIENT_OPTIONS: dict[str, Any] = {
 # serverSelectionTimeoutMS plus socketTimeoutMS and is not retried for long).
 DEFAULT_OPERATION_TIMEOUT = 15.0
 # A record without its inline value: what snapshot() reads.
-SLIM_PROJECTION: dict[str, Any] = {"value_content": 0, "value_kind": 0}
+SLIM_PROJECTION: dict[str, Any] = {"value_content": 0, "value_kind": 0, "block_sums": 0}
+# A record without its block sums (only get() reads them: ReadAsset checks with them).
+LISTED_PROJECTION: dict[str, Any] = {"block_sums": 0}
 # Snapshot reads outside transactions (watch snapshots) came with MongoDB 5.0.
 MIN_WIRE_VERSION = 13
 
@@ -327,7 +330,7 @@ class MongoStore:
         try:
             for start in range(0, len(ids), 1000):
                 part = ids[start : start + 1000]
-                async for doc in self._assets.find({"_id": {"$in": part}}):
+                async for doc in self._assets.find({"_id": {"$in": part}}, LISTED_PROJECTION):
                     asset = doc_to_asset(doc)
                     found[asset.id] = asset
         except PyMongoError as exc:
@@ -395,7 +398,7 @@ class MongoStore:
             async with self._one_cut() as session:  # the counter and the page: one cut
                 revision = await self._revision_in(session)
                 cursor = (
-                    self._assets.find(where, session=session)
+                    self._assets.find(where, LISTED_PROJECTION, session=session)
                     .sort("seq", ASCENDING)
                     .limit(limit + 1)
                     .max_time_ms(_schema.QUERY_MAX_TIME_MS)
@@ -489,6 +492,19 @@ class MongoStore:
         cost = len(change.value.data) if isinstance(change, Fulfillment) and change.value else 0
         result: Asset = await self._writer.submit(apply, cost)
         return result
+
+    async def set_block_sums(self, asset_id: str, storage_path: str, sums: BlockSums) -> bool:
+        # Not through the group writer: no revision, and the change feed skips an update
+        # of block_sums alone (_feed.py); clients never see them.
+        try:
+            with pymongo.timeout(self.operation_timeout):
+                done = await self._assets.update_one(
+                    {"_id": asset_id, "storage_path": {"$eq": storage_path, "$ne": ""}},
+                    {"$set": {"block_sums": sums.encode()}},
+                )
+        except PyMongoError as exc:
+            raise _write_error(exc, transaction=False) from exc
+        return done.matched_count == 1
 
     async def delete(self, asset_id: str, by: str = "") -> Asset | None:
         async def apply(session: AsyncClientSession | None, rev: int) -> Asset:

@@ -11,7 +11,15 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from asset_service.domain.errors import Unavailable
-from asset_service.domain.models import Asset, AssetFilter, AssetType, Status, Value, ValueKind
+from asset_service.domain.models import (
+    Asset,
+    AssetFilter,
+    AssetType,
+    BlockSums,
+    Status,
+    Value,
+    ValueKind,
+)
 from asset_service.store import _paging
 
 log = logging.getLogger(__name__)
@@ -48,7 +56,9 @@ CREATE TABLE IF NOT EXISTS assets (
     created_by      TEXT NOT NULL DEFAULT '',
     updated_by      TEXT NOT NULL DEFAULT '',
     lease_seconds   INTEGER NOT NULL DEFAULT 0,
-    lease_expires_ms INTEGER
+    lease_expires_ms INTEGER,
+    block_sums      BLOB,
+    corrupt_reason  TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS assets_status ON assets (status, seq);
 CREATE INDEX IF NOT EXISTS assets_task ON assets (created_by_task, seq);
@@ -65,7 +75,7 @@ INSERT OR IGNORE INTO counters (name, value) VALUES ('revision', 0);
 
 # PRAGMA user_version of a database SCHEMA creates. A database from an older release is
 # brought up to it by MIGRATIONS[v] for each later version v, one transaction each.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: (
         "ALTER TABLE assets ADD COLUMN created_by TEXT NOT NULL DEFAULT ''",
@@ -76,18 +86,30 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "ALTER TABLE assets ADD COLUMN lease_expires_ms INTEGER",
         "CREATE INDEX IF NOT EXISTS assets_lease ON assets (status, lease_expires_ms)",
     ),
+    # Records stored before get their block sums on first read or from the scrub.
+    3: (
+        "ALTER TABLE assets ADD COLUMN block_sums BLOB",
+        "ALTER TABLE assets ADD COLUMN corrupt_reason TEXT NOT NULL DEFAULT ''",
+    ),
 }
 assert sorted(MIGRATIONS) == list(range(1, SCHEMA_VERSION + 1))
 
 COLUMNS = (
     "id, label, status, type, media_type, storage_path, value_kind, value_data, "
     "created_by_task, tags, size_bytes, sha256, created_at, updated_at, failure_reason, "
-    "fulfilled_from, revision, created_by, updated_by, lease_seconds, lease_expires_ms"
+    "fulfilled_from, revision, created_by, updated_by, lease_seconds, lease_expires_ms, "
+    "block_sums, corrupt_reason"
 )
 COLUMN_COUNT = len(COLUMNS.split(","))
-# The same record without its inline value (value_kind NULL reads as "no value").
-SLIM_COLUMNS = COLUMNS.replace("value_kind, value_data", "NULL AS value_kind, NULL AS value_data")
-assert SLIM_COLUMNS != COLUMNS
+# The record without its block sums (only get() reads them: ReadAsset checks with them).
+LISTED_COLUMNS = COLUMNS.replace("block_sums,", "NULL AS block_sums,")
+assert LISTED_COLUMNS != COLUMNS
+# The same record without its inline value (value_kind NULL reads as "no value") and
+# block sums.
+SLIM_COLUMNS = COLUMNS.replace(
+    "value_kind, value_data", "NULL AS value_kind, NULL AS value_data"
+).replace("block_sums,", "NULL AS block_sums,")
+assert SLIM_COLUMNS.count("NULL AS") == 3
 # The point read on the loop: the value only when small (length() of a BLOB reads its size
 # from the record header, not its pages), with its size to tell "too big" from "none".
 LOOP_GET = (
@@ -126,6 +148,8 @@ def row_to_asset(row: sqlite3.Row) -> Asset:
         updated_by=row["updated_by"],
         lease_seconds=row["lease_seconds"],
         lease_expires_at=from_ms(row["lease_expires_ms"]),
+        block_sums=BlockSums.decode(row["block_sums"]),
+        corrupt_reason=row["corrupt_reason"],
     )
 
 

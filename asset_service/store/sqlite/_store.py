@@ -21,6 +21,7 @@ from asset_service.domain.errors import (
 from asset_service.domain.models import (
     Asset,
     AssetFilter,
+    BlockSums,
     Change,
     ChangeKind,
     Fulfillment,
@@ -30,13 +31,19 @@ from asset_service.domain.models import (
     Transition,
 )
 from asset_service.store import _paging
-from asset_service.store._fields import lease_condition, lease_conflict, transition_fields
+from asset_service.store._fields import (
+    encoded_sums,
+    lease_condition,
+    lease_conflict,
+    transition_fields,
+)
 from asset_service.store.sqlite._files import claim, own_files
 from asset_service.store.sqlite._readers import Later, Readers
 from asset_service.store.sqlite._room import INCREMENTAL, Room, is_full
 from asset_service.store.sqlite._schema import (
     COLUMN_COUNT,
     COLUMNS,
+    LISTED_COLUMNS,
     SCHEMA,
     SLIM_COLUMNS,
     decode_token,
@@ -229,7 +236,7 @@ class SqliteStore:
         return await self._read(q)
 
     async def get_many(self, asset_ids: Sequence[str]) -> dict[str, Asset]:
-        return await self._select_many(COLUMNS, asset_ids)
+        return await self._select_many(LISTED_COLUMNS, asset_ids)
 
     async def snapshot(self, asset_ids: Sequence[str]) -> dict[str, Asset]:
         # One statement, or one read transaction past 500 ids: one cut either way.
@@ -279,7 +286,10 @@ class SqliteStore:
         for tag in flt.tags:
             where.append("id IN (SELECT asset_id FROM asset_tags WHERE tag = ?)")
             args.append(tag)
-        sql = f"SELECT seq, {COLUMNS} FROM assets WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?"
+        sql = (
+            f"SELECT seq, {LISTED_COLUMNS} FROM assets WHERE {' AND '.join(where)} "
+            "ORDER BY seq LIMIT ?"
+        )
 
         def q(c: sqlite3.Connection) -> Page:
             # One read transaction: the counter and the rows are one cut (WAL snapshot).
@@ -347,6 +357,8 @@ class SqliteStore:
                         asset.updated_by,
                         asset.lease_seconds,
                         to_ms(asset.lease_expires_at) if asset.lease_expires_at else None,
+                        encoded_sums(asset.block_sums),
+                        asset.corrupt_reason,
                     ),
                 )
                 c.executemany(
@@ -409,6 +421,20 @@ class SqliteStore:
 
         value = change.value if isinstance(change, Fulfillment) else None
         result: Asset = await self._open_writer().submit(w, len(value.data) if value else 0)
+        return result
+
+    async def set_block_sums(self, asset_id: str, storage_path: str, sums: BlockSums) -> bool:
+        # In a group transaction like any write, but no revision and no change: clients
+        # never see block sums.
+        def w(c: sqlite3.Connection) -> tuple[bool, None]:
+            cur = c.execute(
+                "UPDATE assets SET block_sums = ? WHERE id = ? AND storage_path = ? "
+                "AND storage_path != ''",
+                (sums.encode(), asset_id, storage_path),
+            )
+            return cur.rowcount == 1, None
+
+        result: bool = await self._open_writer().submit(w, len(sums.crcs))
         return result
 
     def _delete_once(self, c: sqlite3.Connection, asset_id: str, by: str) -> Asset | None:

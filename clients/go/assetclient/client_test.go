@@ -207,10 +207,29 @@ func TestEveryRPCThroughTheClient(t *testing.T) {
 		t.Errorf("MintTaskToken on a server without a task-token secret: %v, want ErrFailedPrecondition", err)
 	}
 
-	// DeleteAsset needs the admin role, which the suites' token does not have.
+	// ScrubAssets and DeleteAsset need the admin role, which the suites' token does not have.
+	admin := shared.token == "" && shared.clientCert == ""
+	var scrubbed []*assetv1.ScrubAssetsResponse
+	var scrubErr error
+	for r, err := range c.ScrubAssets(ctx, []string{file.GetId()}, 0) {
+		if err != nil {
+			scrubErr = err
+			break
+		}
+		scrubbed = append(scrubbed, r)
+	}
+	switch {
+	case admin:
+		if scrubErr != nil || len(scrubbed) != 1 || scrubbed[0].GetOutcome() != assetv1.ScrubOutcome_SCRUB_OUTCOME_OK || scrubbed[0].GetSizeBytes() != int64(len(content)) {
+			t.Errorf("ScrubAssets: %v %v", scrubbed, scrubErr)
+		}
+	case !errors.Is(scrubErr, assetclient.ErrPermissionDenied):
+		t.Errorf("ScrubAssets without the admin role: %v, want ErrPermissionDenied", scrubErr)
+	}
+
 	deleted, err := c.DeleteAsset(ctx, note.GetId())
 	switch {
-	case shared.token == "" && shared.clientCert == "":
+	case admin:
 		if err != nil || deleted.GetId() != note.GetId() {
 			t.Errorf("DeleteAsset: %v %v", deleted, err)
 		}

@@ -22,6 +22,7 @@ var retriedMethods = map[string]string{
 	"GetManifest":    "writes the same input_data.json again from the same inputs (and waits again with wait)",
 	"RenewLease":     "sets the lease's end to now + lease: a repeat only moves it a little later",
 	"MintTaskToken":  "the server keeps no state for a token: a repeat mints another, the lost one expires unused",
+	"ScrubAssets":    "checks the same stored bytes again and comes to the same marks",
 }
 
 // notRetriedMethods are the calls that create or change an asset, and why a

@@ -16,6 +16,8 @@ from asset_client.models import (
     AssetStatus,
     AssetType,
     Manifest,
+    ScrubOutcome,
+    ScrubResult,
     Value,
     ValueKind,
     WatchEvent,
@@ -104,6 +106,7 @@ def asset_from_pb(msg: pb.Asset) -> Asset:
         created_by=msg.created_by,
         updated_by=msg.updated_by,
         lease_seconds=msg.lease_seconds,
+        corrupt_reason=msg.corrupt_reason,
         lease_expires_at=(
             msg.lease_expire_time.ToDatetime(tzinfo=UTC)
             if msg.HasField("lease_expire_time")
@@ -149,3 +152,8 @@ def tags_list(tags: Iterable[str]) -> list[str]:
     if isinstance(tags, str):
         raise TypeError("tags must be an iterable of strings, not one string")
     return list(tags)
+
+
+def scrubbed_from_pb(msg: pb.ScrubAssetsResponse) -> ScrubResult:
+    outcome = pb.ScrubOutcome.Name(msg.outcome).removeprefix("SCRUB_OUTCOME_")
+    return ScrubResult(msg.asset_id, ScrubOutcome(outcome), msg.detail, msg.size_bytes)

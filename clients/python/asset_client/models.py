@@ -88,10 +88,31 @@ class Asset:
     # (aware UTC; None without a lease). Kept once the asset is AVAILABLE or FAILED.
     lease_seconds: int = 0
     lease_expires_at: datetime | None = None
+    # Set once the server found this asset's stored bytes changed since they were stored
+    # (what, where, when): reading it, or a manifest naming it, is then DataLossError.
+    corrupt_reason: str = ""
 
     @property
     def is_terminal(self) -> bool:
         return self.status is not AssetStatus.PENDING
+
+
+class ScrubOutcome(enum.Enum):
+    OK = "OK"
+    CORRUPT = "CORRUPT"  # changed since stored: now marked corrupt
+    UNREADABLE = "UNREADABLE"  # missing, or storage failing: not marked
+    SKIPPED = "SKIPPED"  # not an AVAILABLE FILE asset, or not found
+    RESTORED = "RESTORED"  # was marked corrupt, checks out again: unmarked
+
+
+@dataclass(frozen=True, slots=True)
+class ScrubResult:
+    """What checking one asset's stored bytes found (scrub())."""
+
+    asset_id: str
+    outcome: ScrubOutcome
+    detail: str
+    size_bytes: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,6 @@
 // A small promise-based facade over the generated @grpc/grpc-js client.
+import { createHash } from "node:crypto";
+
 import * as grpc from "@grpc/grpc-js";
 
 import {
@@ -52,6 +54,31 @@ function checkLeaseSeconds(seconds: number): number {
     throw new RangeError(`lease ${seconds} is not a whole number of seconds from 0 to 2^32-1`);
   }
   return seconds;
+}
+
+/**
+ * The bytes a whole read received are not the asset's: their length or sha256 differs from
+ * its record. `code` is DATA_LOSS, like the server's own error for stored bytes that changed.
+ */
+export class DataLossError extends Error {
+  readonly code = grpc.status.DATA_LOSS;
+
+  constructor(
+    readonly assetId: string,
+    message: string,
+  ) {
+    super(message);
+    this.name = "DataLossError";
+  }
+}
+
+/** A range of an asset to read, and whether to check a whole read (the default). */
+export interface ReadOptions {
+  offset?: number;
+  /** At most this many bytes; 0 (the default) reads to the end. */
+  limit?: number;
+  /** false skips the sha256 check of a whole read (it costs a GetAsset and one hash pass). */
+  verify?: boolean;
 }
 
 /** A bearer token scoped to one task, as MintTaskToken returns it. */
@@ -121,13 +148,35 @@ export class AssetService {
     return required(res.asset);
   }
 
-  /** The whole content of an AVAILABLE asset (streamed by ReadAsset, collected here). */
-  async readAsset(assetId: string): Promise<Buffer> {
+  /**
+   * The content of an AVAILABLE asset, or a range of it (streamed by ReadAsset, collected
+   * here). A whole read is checked against the record's size and sha256 unless
+   * `verify: false`, and rejects with a DataLossError when they differ. (The server checks
+   * every block against the checksums kept since its bytes arrived; this covers the way
+   * from its disk to this process too.)
+   */
+  async readAsset(assetId: string, options: ReadOptions = {}): Promise<Buffer> {
+    const { offset = 0, limit = 0 } = options;
+    const whole = offset === 0 && limit === 0 && options.verify !== false;
+    const record = whole ? await this.getAsset(assetId) : undefined;
+    const hash = createHash("sha256");
     const chunks: Buffer[] = [];
-    for await (const res of this.raw.readAsset(ReadAssetRequest.fromPartial({ assetId }))) {
-      chunks.push(Buffer.from((res as { chunk: Uint8Array }).chunk));
+    for await (const res of this.raw.readAsset(ReadAssetRequest.fromPartial({ assetId, offset, limit }))) {
+      const chunk = Buffer.from((res as { chunk: Uint8Array }).chunk);
+      chunks.push(chunk);
+      if (whole) hash.update(chunk);
     }
-    return Buffer.concat(chunks);
+    const data = Buffer.concat(chunks);
+    if (record) {
+      if (data.length !== record.sizeBytes) {
+        throw new DataLossError(assetId, `asset ${assetId}: received ${data.length} bytes, the record says ${record.sizeBytes}`);
+      }
+      const sum = hash.digest("hex");
+      if (record.sha256 && sum !== record.sha256) {
+        throw new DataLossError(assetId, `asset ${assetId}: received bytes hash to ${sum}, the record says ${record.sha256}`);
+      }
+    }
+    return data;
   }
 
   /**

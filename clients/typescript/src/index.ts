@@ -1,6 +1,6 @@
 export * from "./gen/asset/v1/asset_service";
-export { AssetService, taskTokenSource } from "./client";
-export type { CallOptions, TaskToken } from "./client";
+export { AssetService, DataLossError, taskTokenSource } from "./client";
+export type { CallOptions, ReadOptions, TaskToken } from "./client";
 export { keepLease } from "./lease";
 export type { LeaseKeeper } from "./lease";
 export { connection, isLoopbackTarget } from "./security";

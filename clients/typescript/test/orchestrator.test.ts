@@ -3,10 +3,20 @@ import { existsSync, readFileSync } from "node:fs";
 import * as path from "node:path";
 import { after, before, describe, test } from "node:test";
 
-import { status, type ServiceError } from "@grpc/grpc-js";
+import { createHash } from "node:crypto";
 
-import { AssetService, taskTokenSource } from "../src/client";
-import { type Asset, AssetStatus, AssetType, WatchEventType } from "../src/gen/asset/v1/asset_service";
+import { Server, ServerCredentials, status, type ServiceError } from "@grpc/grpc-js";
+
+import { AssetService, DataLossError, taskTokenSource } from "../src/client";
+import {
+  type Asset,
+  AssetServiceService,
+  AssetStatus,
+  AssetType,
+  GetAssetResponse,
+  ReadAssetResponse,
+  WatchEventType,
+} from "../src/gen/asset/v1/asset_service";
 import { keepLease } from "../src/lease";
 import { promise, runExample, watch } from "../src/orchestrator";
 import { type TokenSource, connection, isLoopbackTarget } from "../src/security";
@@ -194,6 +204,7 @@ describe("asset service from TypeScript", () => {
     await worker.fulfillAsset({ assetId: id, content: { $case: "value", value: { kind: { $case: "text", value: "done by the worker" } } } });
     assert.equal((await worker.getAsset(id)).status, AVAILABLE);
     assert.equal((await worker.readAsset(id)).toString("utf8"), "done by the worker");
+    assert.equal((await worker.readAsset(id, { offset: 5, limit: 2 })).toString("utf8"), "by");
 
     await rejectsWith(
       worker.fulfillAsset({ assetId: foreignId, content: { $case: "value", value: { kind: { $case: "text", value: "x" } } } }),
@@ -315,6 +326,48 @@ describe("asset service from TypeScript", () => {
     abort.abort();
     assert.equal(await within(aborted.done, 5000, "the aborted keeper still runs"), undefined);
     await aborted.stop();
+  });
+});
+
+describe("reads checked against their record", () => {
+  /** A server whose record says `real` but whose ReadAsset sends `sent`. */
+  async function lyingServer(real: Buffer, sent: Buffer): Promise<{ address: string; stop: () => void }> {
+    const server = new Server();
+    const sha256 = createHash("sha256").update(real).digest("hex");
+    server.addService(AssetServiceService, {
+      getAsset: (call: { request: { assetId: string } }, cb: (err: null, res: GetAssetResponse) => void) =>
+        cb(null, GetAssetResponse.fromPartial({
+          asset: { id: call.request.assetId, status: AVAILABLE, type: AssetType.ASSET_TYPE_FILE, sizeBytes: real.length, sha256 },
+        })),
+      readAsset: (call: { write: (m: ReadAssetResponse) => void; end: () => void }) => {
+        call.write(ReadAssetResponse.fromPartial({ chunk: sent, offset: 0 }));
+        call.end();
+      },
+    } as never);
+    const port = await new Promise<number>((resolve, reject) =>
+      server.bindAsync("127.0.0.1:0", ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))),
+    );
+    return { address: `127.0.0.1:${port}`, stop: () => server.forceShutdown() };
+  }
+
+  test("a whole read that is not the record's bytes is a DataLossError", async () => {
+    const id = "11111111-2222-4333-8444-555555555555";
+    for (const sent of [Buffer.from("the fake bytes"), Buffer.from("the real")]) {
+      const server = await lyingServer(Buffer.from("the real bytes"), sent);
+      const c = new AssetService(server.address);
+      try {
+        await assert.rejects(c.readAsset(id), (err: unknown) => {
+          assert.ok(err instanceof DataLossError, `${err}`);
+          assert.equal(err.code, status.DATA_LOSS);
+          assert.equal(err.assetId, id);
+          return true;
+        });
+        assert.deepEqual(await c.readAsset(id, { verify: false }), sent, "unchecked, as asked");
+      } finally {
+        c.close();
+        server.stop();
+      }
+    }
   });
 });
 

@@ -109,6 +109,40 @@ WATCH_EVENT_TYPE_DELETED: WatchEventType.ValueType  # 3
 """The asset was deleted; `asset` holds its last state."""
 Global___WatchEventType: _TypeAlias = WatchEventType  # noqa: Y015
 
+class _ScrubOutcome:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ScrubOutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ScrubOutcome.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SCRUB_OUTCOME_UNSPECIFIED: _ScrubOutcome.ValueType  # 0
+    SCRUB_OUTCOME_OK: _ScrubOutcome.ValueType  # 1
+    """Every block matches its checksum."""
+    SCRUB_OUTCOME_CORRUPT: _ScrubOutcome.ValueType  # 2
+    """The bytes changed since they were stored: the asset is now marked corrupt."""
+    SCRUB_OUTCOME_UNREADABLE: _ScrubOutcome.ValueType  # 3
+    """The bytes could not be read (missing, or storage failing): not marked."""
+    SCRUB_OUTCOME_SKIPPED: _ScrubOutcome.ValueType  # 4
+    """Not checked: not an AVAILABLE FILE asset, or not found (see detail)."""
+    SCRUB_OUTCOME_RESTORED: _ScrubOutcome.ValueType  # 5
+    """Marked corrupt before, its bytes check out again (restored): unmarked."""
+
+class ScrubOutcome(_ScrubOutcome, metaclass=_ScrubOutcomeEnumTypeWrapper):
+    """ScrubOutcome is what checking one asset found."""
+
+SCRUB_OUTCOME_UNSPECIFIED: ScrubOutcome.ValueType  # 0
+SCRUB_OUTCOME_OK: ScrubOutcome.ValueType  # 1
+"""Every block matches its checksum."""
+SCRUB_OUTCOME_CORRUPT: ScrubOutcome.ValueType  # 2
+"""The bytes changed since they were stored: the asset is now marked corrupt."""
+SCRUB_OUTCOME_UNREADABLE: ScrubOutcome.ValueType  # 3
+"""The bytes could not be read (missing, or storage failing): not marked."""
+SCRUB_OUTCOME_SKIPPED: ScrubOutcome.ValueType  # 4
+"""Not checked: not an AVAILABLE FILE asset, or not found (see detail)."""
+SCRUB_OUTCOME_RESTORED: ScrubOutcome.ValueType  # 5
+"""Marked corrupt before, its bytes check out again (restored): unmarked."""
+Global___ScrubOutcome: _TypeAlias = ScrubOutcome  # noqa: Y015
+
 @_typing.final
 class Value(_message.Message):
     """Value is the inline content of a VALUE asset."""
@@ -166,6 +200,7 @@ class Asset(_message.Message):
     UPDATED_BY_FIELD_NUMBER: _builtins.int
     LEASE_SECONDS_FIELD_NUMBER: _builtins.int
     LEASE_EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    CORRUPT_REASON_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """UUID, assigned by the service."""
     label: _builtins.str
@@ -199,6 +234,12 @@ class Asset(_message.Message):
     lease_seconds: _builtins.int
     """The lease a PENDING asset was created with (0: none), and when it runs out
     (unset without a lease). Kept once the asset is AVAILABLE or FAILED.
+    """
+    corrupt_reason: _builtins.str
+    """Set once the server found the stored bytes of this AVAILABLE FILE asset
+    changed since they were stored (a block's checksum, the size or the
+    sha256 no longer matches; by a read, GetManifest or the scrub): what, where
+    and when. ReadAsset and GetManifest then answer DATA_LOSS. Empty otherwise.
     """
     @_builtins.property
     def value(self) -> Global___Value:
@@ -234,10 +275,11 @@ class Asset(_message.Message):
         updated_by: _builtins.str = ...,
         lease_seconds: _builtins.int = ...,
         lease_expire_time: _timestamp_pb2.Timestamp | None = ...,
+        corrupt_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "lease_expire_time", b"lease_expire_time", "update_time", b"update_time", "value", b"value"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "created_by", b"created_by", "created_by_task", b"created_by_task", "failure_reason", b"failure_reason", "id", b"id", "label", b"label", "lease_expire_time", b"lease_expire_time", "lease_seconds", b"lease_seconds", "media_type", b"media_type", "revision", b"revision", "sha256", b"sha256", "size_bytes", b"size_bytes", "status", b"status", "storage_path", b"storage_path", "tags", b"tags", "type", b"type", "update_time", b"update_time", "updated_by", b"updated_by", "value", b"value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["corrupt_reason", b"corrupt_reason", "create_time", b"create_time", "created_by", b"created_by", "created_by_task", b"created_by_task", "failure_reason", b"failure_reason", "id", b"id", "label", b"label", "lease_expire_time", b"lease_expire_time", "lease_seconds", b"lease_seconds", "media_type", b"media_type", "revision", b"revision", "sha256", b"sha256", "size_bytes", b"size_bytes", "status", b"status", "storage_path", b"storage_path", "tags", b"tags", "type", b"type", "update_time", b"update_time", "updated_by", b"updated_by", "value", b"value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1175,6 +1217,66 @@ class DeleteAssetResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeleteAssetResponse: _TypeAlias = DeleteAssetResponse  # noqa: Y015
+
+@_typing.final
+class ScrubAssetsRequest(_message.Message):
+    """ScrubAssetsRequest says which assets to check, and how fast."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ASSET_IDS_FIELD_NUMBER: _builtins.int
+    RATE_MIB_PER_SECOND_FIELD_NUMBER: _builtins.int
+    rate_mib_per_second: _builtins.float
+    """Read at most this many MiB per second; 0: as fast as storage answers."""
+    @_builtins.property
+    def asset_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The assets to check (at most 1000); empty: every AVAILABLE FILE asset."""
+
+    def __init__(
+        self,
+        *,
+        asset_ids: _abc.Iterable[_builtins.str] | None = ...,
+        rate_mib_per_second: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["asset_ids", b"asset_ids", "rate_mib_per_second", b"rate_mib_per_second"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScrubAssetsRequest: _TypeAlias = ScrubAssetsRequest  # noqa: Y015
+
+@_typing.final
+class ScrubAssetsResponse(_message.Message):
+    """ScrubAssetsResponse is the result of checking one asset."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ASSET_ID_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    asset_id: _builtins.str
+    outcome: Global___ScrubOutcome.ValueType
+    detail: _builtins.str
+    """What was found, or why the asset was skipped."""
+    size_bytes: _builtins.int
+    """Bytes read to check it."""
+    def __init__(
+        self,
+        *,
+        asset_id: _builtins.str = ...,
+        outcome: Global___ScrubOutcome.ValueType = ...,
+        detail: _builtins.str = ...,
+        size_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["asset_id", b"asset_id", "detail", b"detail", "outcome", b"outcome", "size_bytes", b"size_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScrubAssetsResponse: _TypeAlias = ScrubAssetsResponse  # noqa: Y015
 
 @_typing.final
 class MintTaskTokenRequest(_message.Message):

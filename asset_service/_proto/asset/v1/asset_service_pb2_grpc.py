@@ -111,6 +111,11 @@ class AssetServiceStub:
                 request_serializer=asset_dot_v1_dot_asset__service__pb2.MintTaskTokenRequest.SerializeToString,
                 response_deserializer=asset_dot_v1_dot_asset__service__pb2.MintTaskTokenResponse.FromString,
                 _registered_method=True)
+        self.ScrubAssets = channel.unary_stream(
+                '/asset.v1.AssetService/ScrubAssets',
+                request_serializer=asset_dot_v1_dot_asset__service__pb2.ScrubAssetsRequest.SerializeToString,
+                response_deserializer=asset_dot_v1_dot_asset__service__pb2.ScrubAssetsResponse.FromString,
+                _registered_method=True)
 
 
 class AssetServiceServicer:
@@ -207,7 +212,11 @@ class AssetServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ReadAsset(self, request, context):
-        """ReadAsset streams the bytes of an AVAILABLE asset in chunks.
+        """ReadAsset streams the bytes of an AVAILABLE asset in chunks. Each 1 MiB
+        block of a FILE asset is checked against the checksum kept since its bytes
+        arrived before any of it is sent (a ranged read too): bytes changed since
+        they were stored end the stream with DATA_LOSS naming the asset and the
+        offset of the bad block, and the asset is marked (corrupt_reason).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -233,6 +242,17 @@ class AssetServiceServicer:
         """MintTaskToken issues a short-lived bearer token scoped to one task: it may
         fulfill, fail or upload only that task's promises and read only the named
         inputs and the task's own outputs (docs/security.md). Orchestrator role.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ScrubAssets(self, request, context):
+        """ScrubAssets re-reads stored bytes now and checks every block against its
+        checksum (the background scrub does the same at --scrub-rate): one result
+        per asset, in order. A corrupt asset is marked (corrupt_reason, a CHANGED
+        watch event) and refused with DATA_LOSS from then on; one restored from a
+        copy (its bytes check out again) is unmarked. Admin role.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -315,6 +335,11 @@ def add_AssetServiceServicer_to_server(servicer, server):
                     servicer.MintTaskToken,
                     request_deserializer=asset_dot_v1_dot_asset__service__pb2.MintTaskTokenRequest.FromString,
                     response_serializer=asset_dot_v1_dot_asset__service__pb2.MintTaskTokenResponse.SerializeToString,
+            ),
+            'ScrubAssets': grpc.unary_stream_rpc_method_handler(
+                    servicer.ScrubAssets,
+                    request_deserializer=asset_dot_v1_dot_asset__service__pb2.ScrubAssetsRequest.FromString,
+                    response_serializer=asset_dot_v1_dot_asset__service__pb2.ScrubAssetsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -723,6 +748,33 @@ class AssetService:
             '/asset.v1.AssetService/MintTaskToken',
             asset_dot_v1_dot_asset__service__pb2.MintTaskTokenRequest.SerializeToString,
             asset_dot_v1_dot_asset__service__pb2.MintTaskTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ScrubAssets(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/asset.v1.AssetService/ScrubAssets',
+            asset_dot_v1_dot_asset__service__pb2.ScrubAssetsRequest.SerializeToString,
+            asset_dot_v1_dot_asset__service__pb2.ScrubAssetsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -87,7 +87,12 @@ class AssetServiceStub:
     instead of ids it follows every asset the selector picks (see selector).
     """
     ReadAsset: _grpc.UnaryStreamMultiCallable[_asset_service_pb2.ReadAssetRequest, _asset_service_pb2.ReadAssetResponse]
-    """ReadAsset streams the bytes of an AVAILABLE asset in chunks."""
+    """ReadAsset streams the bytes of an AVAILABLE asset in chunks. Each 1 MiB
+    block of a FILE asset is checked against the checksum kept since its bytes
+    arrived before any of it is sent (a ranged read too): bytes changed since
+    they were stored end the stream with DATA_LOSS naming the asset and the
+    offset of the bad block, and the asset is marked (corrupt_reason).
+    """
     GetManifest: _grpc.UnaryUnaryMultiCallable[_asset_service_pb2.GetManifestRequest, _asset_service_pb2.GetManifestResponse]
     """GetManifest writes input_data.json for a task and returns its path. With
     `wait`, it first waits (within the call's deadline) until no input is
@@ -99,6 +104,13 @@ class AssetServiceStub:
     """MintTaskToken issues a short-lived bearer token scoped to one task: it may
     fulfill, fail or upload only that task's promises and read only the named
     inputs and the task's own outputs (docs/security.md). Orchestrator role.
+    """
+    ScrubAssets: _grpc.UnaryStreamMultiCallable[_asset_service_pb2.ScrubAssetsRequest, _asset_service_pb2.ScrubAssetsResponse]
+    """ScrubAssets re-reads stored bytes now and checks every block against its
+    checksum (the background scrub does the same at --scrub-rate): one result
+    per asset, in order. A corrupt asset is marked (corrupt_reason, a CHANGED
+    watch event) and refused with DATA_LOSS from then on; one restored from a
+    copy (its bytes check out again) is unmarked. Admin role.
     """
 
 @_typing.type_check_only
@@ -146,7 +158,12 @@ class AssetServiceAsyncStub(AssetServiceStub):
     instead of ids it follows every asset the selector picks (see selector).
     """
     ReadAsset: _aio.UnaryStreamMultiCallable[_asset_service_pb2.ReadAssetRequest, _asset_service_pb2.ReadAssetResponse]  # type: ignore[assignment]
-    """ReadAsset streams the bytes of an AVAILABLE asset in chunks."""
+    """ReadAsset streams the bytes of an AVAILABLE asset in chunks. Each 1 MiB
+    block of a FILE asset is checked against the checksum kept since its bytes
+    arrived before any of it is sent (a ranged read too): bytes changed since
+    they were stored end the stream with DATA_LOSS naming the asset and the
+    offset of the bad block, and the asset is marked (corrupt_reason).
+    """
     GetManifest: _aio.UnaryUnaryMultiCallable[_asset_service_pb2.GetManifestRequest, _asset_service_pb2.GetManifestResponse]  # type: ignore[assignment]
     """GetManifest writes input_data.json for a task and returns its path. With
     `wait`, it first waits (within the call's deadline) until no input is
@@ -158,6 +175,13 @@ class AssetServiceAsyncStub(AssetServiceStub):
     """MintTaskToken issues a short-lived bearer token scoped to one task: it may
     fulfill, fail or upload only that task's promises and read only the named
     inputs and the task's own outputs (docs/security.md). Orchestrator role.
+    """
+    ScrubAssets: _aio.UnaryStreamMultiCallable[_asset_service_pb2.ScrubAssetsRequest, _asset_service_pb2.ScrubAssetsResponse]  # type: ignore[assignment]
+    """ScrubAssets re-reads stored bytes now and checks every block against its
+    checksum (the background scrub does the same at --scrub-rate): one result
+    per asset, in order. A corrupt asset is marked (corrupt_reason, a CHANGED
+    watch event) and refused with DATA_LOSS from then on; one restored from a
+    copy (its bytes check out again) is unmarked. Admin role.
     """
 
 class AssetServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -274,7 +298,12 @@ class AssetServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _asset_service_pb2.ReadAssetRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_asset_service_pb2.ReadAssetResponse], _abc.AsyncIterator[_asset_service_pb2.ReadAssetResponse]]:
-        """ReadAsset streams the bytes of an AVAILABLE asset in chunks."""
+        """ReadAsset streams the bytes of an AVAILABLE asset in chunks. Each 1 MiB
+        block of a FILE asset is checked against the checksum kept since its bytes
+        arrived before any of it is sent (a ranged read too): bytes changed since
+        they were stored end the stream with DATA_LOSS naming the asset and the
+        offset of the bad block, and the asset is marked (corrupt_reason).
+        """
 
     @_abc_1.abstractmethod
     def GetManifest(
@@ -304,6 +333,19 @@ class AssetServiceServicer(metaclass=_abc_1.ABCMeta):
         """MintTaskToken issues a short-lived bearer token scoped to one task: it may
         fulfill, fail or upload only that task's promises and read only the named
         inputs and the task's own outputs (docs/security.md). Orchestrator role.
+        """
+
+    @_abc_1.abstractmethod
+    def ScrubAssets(
+        self,
+        request: _asset_service_pb2.ScrubAssetsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_asset_service_pb2.ScrubAssetsResponse], _abc.AsyncIterator[_asset_service_pb2.ScrubAssetsResponse]]:
+        """ScrubAssets re-reads stored bytes now and checks every block against its
+        checksum (the background scrub does the same at --scrub-rate): one result
+        per asset, in order. A corrupt asset is marked (corrupt_reason, a CHANGED
+        watch event) and refused with DATA_LOSS from then on; one restored from a
+        copy (its bytes check out again) is unmarked. Admin role.
         """
 
 def add_AssetServiceServicer_to_server(servicer: AssetServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

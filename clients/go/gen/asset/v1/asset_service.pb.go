@@ -201,6 +201,70 @@ func (WatchEventType) EnumDescriptor() ([]byte, []int) {
 	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{2}
 }
 
+// ScrubOutcome is what checking one asset found.
+type ScrubOutcome int32
+
+const (
+	ScrubOutcome_SCRUB_OUTCOME_UNSPECIFIED ScrubOutcome = 0
+	// Every block matches its checksum.
+	ScrubOutcome_SCRUB_OUTCOME_OK ScrubOutcome = 1
+	// The bytes changed since they were stored: the asset is now marked corrupt.
+	ScrubOutcome_SCRUB_OUTCOME_CORRUPT ScrubOutcome = 2
+	// The bytes could not be read (missing, or storage failing): not marked.
+	ScrubOutcome_SCRUB_OUTCOME_UNREADABLE ScrubOutcome = 3
+	// Not checked: not an AVAILABLE FILE asset, or not found (see detail).
+	ScrubOutcome_SCRUB_OUTCOME_SKIPPED ScrubOutcome = 4
+	// Marked corrupt before, its bytes check out again (restored): unmarked.
+	ScrubOutcome_SCRUB_OUTCOME_RESTORED ScrubOutcome = 5
+)
+
+// Enum value maps for ScrubOutcome.
+var (
+	ScrubOutcome_name = map[int32]string{
+		0: "SCRUB_OUTCOME_UNSPECIFIED",
+		1: "SCRUB_OUTCOME_OK",
+		2: "SCRUB_OUTCOME_CORRUPT",
+		3: "SCRUB_OUTCOME_UNREADABLE",
+		4: "SCRUB_OUTCOME_SKIPPED",
+		5: "SCRUB_OUTCOME_RESTORED",
+	}
+	ScrubOutcome_value = map[string]int32{
+		"SCRUB_OUTCOME_UNSPECIFIED": 0,
+		"SCRUB_OUTCOME_OK":          1,
+		"SCRUB_OUTCOME_CORRUPT":     2,
+		"SCRUB_OUTCOME_UNREADABLE":  3,
+		"SCRUB_OUTCOME_SKIPPED":     4,
+		"SCRUB_OUTCOME_RESTORED":    5,
+	}
+)
+
+func (x ScrubOutcome) Enum() *ScrubOutcome {
+	p := new(ScrubOutcome)
+	*p = x
+	return p
+}
+
+func (x ScrubOutcome) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ScrubOutcome) Descriptor() protoreflect.EnumDescriptor {
+	return file_asset_v1_asset_service_proto_enumTypes[3].Descriptor()
+}
+
+func (ScrubOutcome) Type() protoreflect.EnumType {
+	return &file_asset_v1_asset_service_proto_enumTypes[3]
+}
+
+func (x ScrubOutcome) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ScrubOutcome.Descriptor instead.
+func (ScrubOutcome) EnumDescriptor() ([]byte, []int) {
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{3}
+}
+
 // Value is the inline content of a VALUE asset.
 type Value struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -343,8 +407,13 @@ type Asset struct {
 	// (unset without a lease). Kept once the asset is AVAILABLE or FAILED.
 	LeaseSeconds    uint32                 `protobuf:"varint,18,opt,name=lease_seconds,json=leaseSeconds,proto3" json:"lease_seconds,omitempty"`
 	LeaseExpireTime *timestamppb.Timestamp `protobuf:"bytes,19,opt,name=lease_expire_time,json=leaseExpireTime,proto3" json:"lease_expire_time,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// Set once the server found the stored bytes of this AVAILABLE FILE asset
+	// changed since they were stored (a block's checksum, the size or the
+	// sha256 no longer matches; by a read, GetManifest or the scrub): what, where
+	// and when. ReadAsset and GetManifest then answer DATA_LOSS. Empty otherwise.
+	CorruptReason string `protobuf:"bytes,20,opt,name=corrupt_reason,json=corruptReason,proto3" json:"corrupt_reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Asset) Reset() {
@@ -508,6 +577,13 @@ func (x *Asset) GetLeaseExpireTime() *timestamppb.Timestamp {
 		return x.LeaseExpireTime
 	}
 	return nil
+}
+
+func (x *Asset) GetCorruptReason() string {
+	if x != nil {
+		return x.CorruptReason
+	}
+	return ""
 }
 
 // UploadHeader describes the file that an UploadAsset stream carries.
@@ -2361,6 +2437,132 @@ func (x *DeleteAssetResponse) GetAsset() *Asset {
 	return nil
 }
 
+// ScrubAssetsRequest says which assets to check, and how fast.
+type ScrubAssetsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The assets to check (at most 1000); empty: every AVAILABLE FILE asset.
+	AssetIds []string `protobuf:"bytes,1,rep,name=asset_ids,json=assetIds,proto3" json:"asset_ids,omitempty"`
+	// Read at most this many MiB per second; 0: as fast as storage answers.
+	RateMibPerSecond float64 `protobuf:"fixed64,2,opt,name=rate_mib_per_second,json=rateMibPerSecond,proto3" json:"rate_mib_per_second,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *ScrubAssetsRequest) Reset() {
+	*x = ScrubAssetsRequest{}
+	mi := &file_asset_v1_asset_service_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ScrubAssetsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ScrubAssetsRequest) ProtoMessage() {}
+
+func (x *ScrubAssetsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_asset_v1_asset_service_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ScrubAssetsRequest.ProtoReflect.Descriptor instead.
+func (*ScrubAssetsRequest) Descriptor() ([]byte, []int) {
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *ScrubAssetsRequest) GetAssetIds() []string {
+	if x != nil {
+		return x.AssetIds
+	}
+	return nil
+}
+
+func (x *ScrubAssetsRequest) GetRateMibPerSecond() float64 {
+	if x != nil {
+		return x.RateMibPerSecond
+	}
+	return 0
+}
+
+// ScrubAssetsResponse is the result of checking one asset.
+type ScrubAssetsResponse struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	AssetId string                 `protobuf:"bytes,1,opt,name=asset_id,json=assetId,proto3" json:"asset_id,omitempty"`
+	Outcome ScrubOutcome           `protobuf:"varint,2,opt,name=outcome,proto3,enum=asset.v1.ScrubOutcome" json:"outcome,omitempty"`
+	// What was found, or why the asset was skipped.
+	Detail string `protobuf:"bytes,3,opt,name=detail,proto3" json:"detail,omitempty"`
+	// Bytes read to check it.
+	SizeBytes     int64 `protobuf:"varint,4,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ScrubAssetsResponse) Reset() {
+	*x = ScrubAssetsResponse{}
+	mi := &file_asset_v1_asset_service_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ScrubAssetsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ScrubAssetsResponse) ProtoMessage() {}
+
+func (x *ScrubAssetsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_asset_v1_asset_service_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ScrubAssetsResponse.ProtoReflect.Descriptor instead.
+func (*ScrubAssetsResponse) Descriptor() ([]byte, []int) {
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *ScrubAssetsResponse) GetAssetId() string {
+	if x != nil {
+		return x.AssetId
+	}
+	return ""
+}
+
+func (x *ScrubAssetsResponse) GetOutcome() ScrubOutcome {
+	if x != nil {
+		return x.Outcome
+	}
+	return ScrubOutcome_SCRUB_OUTCOME_UNSPECIFIED
+}
+
+func (x *ScrubAssetsResponse) GetDetail() string {
+	if x != nil {
+		return x.Detail
+	}
+	return ""
+}
+
+func (x *ScrubAssetsResponse) GetSizeBytes() int64 {
+	if x != nil {
+		return x.SizeBytes
+	}
+	return 0
+}
+
 // MintTaskTokenRequest describes the task a worker will run.
 type MintTaskTokenRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -2376,7 +2578,7 @@ type MintTaskTokenRequest struct {
 
 func (x *MintTaskTokenRequest) Reset() {
 	*x = MintTaskTokenRequest{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[32]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2388,7 +2590,7 @@ func (x *MintTaskTokenRequest) String() string {
 func (*MintTaskTokenRequest) ProtoMessage() {}
 
 func (x *MintTaskTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[32]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2401,7 +2603,7 @@ func (x *MintTaskTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MintTaskTokenRequest.ProtoReflect.Descriptor instead.
 func (*MintTaskTokenRequest) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{32}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *MintTaskTokenRequest) GetTaskId() string {
@@ -2438,7 +2640,7 @@ type MintTaskTokenResponse struct {
 
 func (x *MintTaskTokenResponse) Reset() {
 	*x = MintTaskTokenResponse{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[33]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2450,7 +2652,7 @@ func (x *MintTaskTokenResponse) String() string {
 func (*MintTaskTokenResponse) ProtoMessage() {}
 
 func (x *MintTaskTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[33]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2463,7 +2665,7 @@ func (x *MintTaskTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MintTaskTokenResponse.ProtoReflect.Descriptor instead.
 func (*MintTaskTokenResponse) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{33}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *MintTaskTokenResponse) GetToken() string {
@@ -2489,7 +2691,7 @@ const file_asset_v1_asset_service_proto_rawDesc = "" +
 	"\x04text\x18\x01 \x01(\tH\x00R\x04text\x12\x14\n" +
 	"\x04json\x18\x02 \x01(\tH\x00R\x04json\x12\x14\n" +
 	"\x04data\x18\x03 \x01(\fH\x00R\x04dataB\x06\n" +
-	"\x04kind\"\xc9\x05\n" +
+	"\x04kind\"\xf0\x05\n" +
 	"\x05Asset\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
 	"\x05label\x18\x02 \x01(\tR\x05label\x12-\n" +
@@ -2516,7 +2718,8 @@ const file_asset_v1_asset_service_proto_rawDesc = "" +
 	"\n" +
 	"updated_by\x18\x11 \x01(\tR\tupdatedBy\x12#\n" +
 	"\rlease_seconds\x18\x12 \x01(\rR\fleaseSeconds\x12F\n" +
-	"\x11lease_expire_time\x18\x13 \x01(\v2\x1a.google.protobuf.TimestampR\x0fleaseExpireTime\"\xf7\x01\n" +
+	"\x11lease_expire_time\x18\x13 \x01(\v2\x1a.google.protobuf.TimestampR\x0fleaseExpireTime\x12%\n" +
+	"\x0ecorrupt_reason\x18\x14 \x01(\tR\rcorruptReason\"\xf7\x01\n" +
 	"\fUploadHeader\x12\x14\n" +
 	"\x05label\x18\x01 \x01(\tR\x05label\x12\x1d\n" +
 	"\n" +
@@ -2637,7 +2840,16 @@ const file_asset_v1_asset_service_proto_rawDesc = "" +
 	"\x12DeleteAssetRequest\x12\x19\n" +
 	"\basset_id\x18\x01 \x01(\tR\aassetId\"<\n" +
 	"\x13DeleteAssetResponse\x12%\n" +
-	"\x05asset\x18\x01 \x01(\v2\x0f.asset.v1.AssetR\x05asset\"x\n" +
+	"\x05asset\x18\x01 \x01(\v2\x0f.asset.v1.AssetR\x05asset\"`\n" +
+	"\x12ScrubAssetsRequest\x12\x1b\n" +
+	"\tasset_ids\x18\x01 \x03(\tR\bassetIds\x12-\n" +
+	"\x13rate_mib_per_second\x18\x02 \x01(\x01R\x10rateMibPerSecond\"\x99\x01\n" +
+	"\x13ScrubAssetsResponse\x12\x19\n" +
+	"\basset_id\x18\x01 \x01(\tR\aassetId\x120\n" +
+	"\aoutcome\x18\x02 \x01(\x0e2\x16.asset.v1.ScrubOutcomeR\aoutcome\x12\x16\n" +
+	"\x06detail\x18\x03 \x01(\tR\x06detail\x12\x1d\n" +
+	"\n" +
+	"size_bytes\x18\x04 \x01(\x03R\tsizeBytes\"x\n" +
 	"\x14MintTaskTokenRequest\x12\x17\n" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12&\n" +
 	"\x0finput_asset_ids\x18\x02 \x03(\tR\rinputAssetIds\x12\x1f\n" +
@@ -2660,7 +2872,14 @@ const file_asset_v1_asset_service_proto_rawDesc = "" +
 	"\x1cWATCH_EVENT_TYPE_UNSPECIFIED\x10\x00\x12\x1d\n" +
 	"\x19WATCH_EVENT_TYPE_SNAPSHOT\x10\x01\x12\x1c\n" +
 	"\x18WATCH_EVENT_TYPE_CHANGED\x10\x02\x12\x1c\n" +
-	"\x18WATCH_EVENT_TYPE_DELETED\x10\x032\xa3\t\n" +
+	"\x18WATCH_EVENT_TYPE_DELETED\x10\x03*\xb3\x01\n" +
+	"\fScrubOutcome\x12\x1d\n" +
+	"\x19SCRUB_OUTCOME_UNSPECIFIED\x10\x00\x12\x14\n" +
+	"\x10SCRUB_OUTCOME_OK\x10\x01\x12\x19\n" +
+	"\x15SCRUB_OUTCOME_CORRUPT\x10\x02\x12\x1c\n" +
+	"\x18SCRUB_OUTCOME_UNREADABLE\x10\x03\x12\x19\n" +
+	"\x15SCRUB_OUTCOME_SKIPPED\x10\x04\x12\x1a\n" +
+	"\x16SCRUB_OUTCOME_RESTORED\x10\x052\xf1\t\n" +
 	"\fAssetService\x12L\n" +
 	"\vUploadAsset\x12\x1c.asset.v1.UploadAssetRequest\x1a\x1d.asset.v1.UploadAssetResponse(\x01\x12M\n" +
 	"\fRegisterFile\x12\x1d.asset.v1.RegisterFileRequest\x1a\x1e.asset.v1.RegisterFileResponse\x12Y\n" +
@@ -2679,7 +2898,8 @@ const file_asset_v1_asset_service_proto_rawDesc = "" +
 	"\tReadAsset\x12\x1a.asset.v1.ReadAssetRequest\x1a\x1b.asset.v1.ReadAssetResponse0\x01\x12J\n" +
 	"\vGetManifest\x12\x1c.asset.v1.GetManifestRequest\x1a\x1d.asset.v1.GetManifestResponse\x12J\n" +
 	"\vDeleteAsset\x12\x1c.asset.v1.DeleteAssetRequest\x1a\x1d.asset.v1.DeleteAssetResponse\x12P\n" +
-	"\rMintTaskToken\x12\x1e.asset.v1.MintTaskTokenRequest\x1a\x1f.asset.v1.MintTaskTokenResponseBHZFgithub.com/asset-service/asset-service/clients/go/gen/asset/v1;assetv1b\x06proto3"
+	"\rMintTaskToken\x12\x1e.asset.v1.MintTaskTokenRequest\x1a\x1f.asset.v1.MintTaskTokenResponse\x12L\n" +
+	"\vScrubAssets\x12\x1c.asset.v1.ScrubAssetsRequest\x1a\x1d.asset.v1.ScrubAssetsResponse0\x01BHZFgithub.com/asset-service/asset-service/clients/go/gen/asset/v1;assetv1b\x06proto3"
 
 var (
 	file_asset_v1_asset_service_proto_rawDescOnce sync.Once
@@ -2693,119 +2913,125 @@ func file_asset_v1_asset_service_proto_rawDescGZIP() []byte {
 	return file_asset_v1_asset_service_proto_rawDescData
 }
 
-var file_asset_v1_asset_service_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_asset_v1_asset_service_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
+var file_asset_v1_asset_service_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
+var file_asset_v1_asset_service_proto_msgTypes = make([]protoimpl.MessageInfo, 38)
 var file_asset_v1_asset_service_proto_goTypes = []any{
 	(AssetStatus)(0),                   // 0: asset.v1.AssetStatus
 	(AssetType)(0),                     // 1: asset.v1.AssetType
 	(WatchEventType)(0),                // 2: asset.v1.WatchEventType
-	(*Value)(nil),                      // 3: asset.v1.Value
-	(*Asset)(nil),                      // 4: asset.v1.Asset
-	(*UploadHeader)(nil),               // 5: asset.v1.UploadHeader
-	(*UploadAssetRequest)(nil),         // 6: asset.v1.UploadAssetRequest
-	(*UploadAssetResponse)(nil),        // 7: asset.v1.UploadAssetResponse
-	(*RegisterFileRequest)(nil),        // 8: asset.v1.RegisterFileRequest
-	(*RegisterFileResponse)(nil),       // 9: asset.v1.RegisterFileResponse
-	(*CreateValueAssetRequest)(nil),    // 10: asset.v1.CreateValueAssetRequest
-	(*CreateValueAssetResponse)(nil),   // 11: asset.v1.CreateValueAssetResponse
-	(*CreatePendingAssetRequest)(nil),  // 12: asset.v1.CreatePendingAssetRequest
-	(*CreatePendingAssetResponse)(nil), // 13: asset.v1.CreatePendingAssetResponse
-	(*FulfillAssetRequest)(nil),        // 14: asset.v1.FulfillAssetRequest
-	(*FulfillAssetResponse)(nil),       // 15: asset.v1.FulfillAssetResponse
-	(*FailAssetRequest)(nil),           // 16: asset.v1.FailAssetRequest
-	(*FailAssetResponse)(nil),          // 17: asset.v1.FailAssetResponse
-	(*RenewLeaseRequest)(nil),          // 18: asset.v1.RenewLeaseRequest
-	(*RenewLeaseResponse)(nil),         // 19: asset.v1.RenewLeaseResponse
-	(*GetAssetRequest)(nil),            // 20: asset.v1.GetAssetRequest
-	(*GetAssetResponse)(nil),           // 21: asset.v1.GetAssetResponse
-	(*BatchGetAssetsRequest)(nil),      // 22: asset.v1.BatchGetAssetsRequest
-	(*BatchGetAssetsResponse)(nil),     // 23: asset.v1.BatchGetAssetsResponse
-	(*ListAssetsRequest)(nil),          // 24: asset.v1.ListAssetsRequest
-	(*ListAssetsResponse)(nil),         // 25: asset.v1.ListAssetsResponse
-	(*WatchAssetRequest)(nil),          // 26: asset.v1.WatchAssetRequest
-	(*AssetSelector)(nil),              // 27: asset.v1.AssetSelector
-	(*WatchAssetResponse)(nil),         // 28: asset.v1.WatchAssetResponse
-	(*ReadAssetRequest)(nil),           // 29: asset.v1.ReadAssetRequest
-	(*ReadAssetResponse)(nil),          // 30: asset.v1.ReadAssetResponse
-	(*GetManifestRequest)(nil),         // 31: asset.v1.GetManifestRequest
-	(*GetManifestResponse)(nil),        // 32: asset.v1.GetManifestResponse
-	(*DeleteAssetRequest)(nil),         // 33: asset.v1.DeleteAssetRequest
-	(*DeleteAssetResponse)(nil),        // 34: asset.v1.DeleteAssetResponse
-	(*MintTaskTokenRequest)(nil),       // 35: asset.v1.MintTaskTokenRequest
-	(*MintTaskTokenResponse)(nil),      // 36: asset.v1.MintTaskTokenResponse
-	nil,                                // 37: asset.v1.GetManifestRequest.AssetMappingsEntry
-	nil,                                // 38: asset.v1.GetManifestResponse.EntriesEntry
-	(*timestamppb.Timestamp)(nil),      // 39: google.protobuf.Timestamp
-	(*structpb.Struct)(nil),            // 40: google.protobuf.Struct
+	(ScrubOutcome)(0),                  // 3: asset.v1.ScrubOutcome
+	(*Value)(nil),                      // 4: asset.v1.Value
+	(*Asset)(nil),                      // 5: asset.v1.Asset
+	(*UploadHeader)(nil),               // 6: asset.v1.UploadHeader
+	(*UploadAssetRequest)(nil),         // 7: asset.v1.UploadAssetRequest
+	(*UploadAssetResponse)(nil),        // 8: asset.v1.UploadAssetResponse
+	(*RegisterFileRequest)(nil),        // 9: asset.v1.RegisterFileRequest
+	(*RegisterFileResponse)(nil),       // 10: asset.v1.RegisterFileResponse
+	(*CreateValueAssetRequest)(nil),    // 11: asset.v1.CreateValueAssetRequest
+	(*CreateValueAssetResponse)(nil),   // 12: asset.v1.CreateValueAssetResponse
+	(*CreatePendingAssetRequest)(nil),  // 13: asset.v1.CreatePendingAssetRequest
+	(*CreatePendingAssetResponse)(nil), // 14: asset.v1.CreatePendingAssetResponse
+	(*FulfillAssetRequest)(nil),        // 15: asset.v1.FulfillAssetRequest
+	(*FulfillAssetResponse)(nil),       // 16: asset.v1.FulfillAssetResponse
+	(*FailAssetRequest)(nil),           // 17: asset.v1.FailAssetRequest
+	(*FailAssetResponse)(nil),          // 18: asset.v1.FailAssetResponse
+	(*RenewLeaseRequest)(nil),          // 19: asset.v1.RenewLeaseRequest
+	(*RenewLeaseResponse)(nil),         // 20: asset.v1.RenewLeaseResponse
+	(*GetAssetRequest)(nil),            // 21: asset.v1.GetAssetRequest
+	(*GetAssetResponse)(nil),           // 22: asset.v1.GetAssetResponse
+	(*BatchGetAssetsRequest)(nil),      // 23: asset.v1.BatchGetAssetsRequest
+	(*BatchGetAssetsResponse)(nil),     // 24: asset.v1.BatchGetAssetsResponse
+	(*ListAssetsRequest)(nil),          // 25: asset.v1.ListAssetsRequest
+	(*ListAssetsResponse)(nil),         // 26: asset.v1.ListAssetsResponse
+	(*WatchAssetRequest)(nil),          // 27: asset.v1.WatchAssetRequest
+	(*AssetSelector)(nil),              // 28: asset.v1.AssetSelector
+	(*WatchAssetResponse)(nil),         // 29: asset.v1.WatchAssetResponse
+	(*ReadAssetRequest)(nil),           // 30: asset.v1.ReadAssetRequest
+	(*ReadAssetResponse)(nil),          // 31: asset.v1.ReadAssetResponse
+	(*GetManifestRequest)(nil),         // 32: asset.v1.GetManifestRequest
+	(*GetManifestResponse)(nil),        // 33: asset.v1.GetManifestResponse
+	(*DeleteAssetRequest)(nil),         // 34: asset.v1.DeleteAssetRequest
+	(*DeleteAssetResponse)(nil),        // 35: asset.v1.DeleteAssetResponse
+	(*ScrubAssetsRequest)(nil),         // 36: asset.v1.ScrubAssetsRequest
+	(*ScrubAssetsResponse)(nil),        // 37: asset.v1.ScrubAssetsResponse
+	(*MintTaskTokenRequest)(nil),       // 38: asset.v1.MintTaskTokenRequest
+	(*MintTaskTokenResponse)(nil),      // 39: asset.v1.MintTaskTokenResponse
+	nil,                                // 40: asset.v1.GetManifestRequest.AssetMappingsEntry
+	nil,                                // 41: asset.v1.GetManifestResponse.EntriesEntry
+	(*timestamppb.Timestamp)(nil),      // 42: google.protobuf.Timestamp
+	(*structpb.Struct)(nil),            // 43: google.protobuf.Struct
 }
 var file_asset_v1_asset_service_proto_depIdxs = []int32{
 	0,  // 0: asset.v1.Asset.status:type_name -> asset.v1.AssetStatus
 	1,  // 1: asset.v1.Asset.type:type_name -> asset.v1.AssetType
-	3,  // 2: asset.v1.Asset.value:type_name -> asset.v1.Value
-	39, // 3: asset.v1.Asset.create_time:type_name -> google.protobuf.Timestamp
-	39, // 4: asset.v1.Asset.update_time:type_name -> google.protobuf.Timestamp
-	39, // 5: asset.v1.Asset.lease_expire_time:type_name -> google.protobuf.Timestamp
-	5,  // 6: asset.v1.UploadAssetRequest.header:type_name -> asset.v1.UploadHeader
-	4,  // 7: asset.v1.UploadAssetResponse.asset:type_name -> asset.v1.Asset
-	4,  // 8: asset.v1.RegisterFileResponse.asset:type_name -> asset.v1.Asset
-	3,  // 9: asset.v1.CreateValueAssetRequest.value:type_name -> asset.v1.Value
-	4,  // 10: asset.v1.CreateValueAssetResponse.asset:type_name -> asset.v1.Asset
+	4,  // 2: asset.v1.Asset.value:type_name -> asset.v1.Value
+	42, // 3: asset.v1.Asset.create_time:type_name -> google.protobuf.Timestamp
+	42, // 4: asset.v1.Asset.update_time:type_name -> google.protobuf.Timestamp
+	42, // 5: asset.v1.Asset.lease_expire_time:type_name -> google.protobuf.Timestamp
+	6,  // 6: asset.v1.UploadAssetRequest.header:type_name -> asset.v1.UploadHeader
+	5,  // 7: asset.v1.UploadAssetResponse.asset:type_name -> asset.v1.Asset
+	5,  // 8: asset.v1.RegisterFileResponse.asset:type_name -> asset.v1.Asset
+	4,  // 9: asset.v1.CreateValueAssetRequest.value:type_name -> asset.v1.Value
+	5,  // 10: asset.v1.CreateValueAssetResponse.asset:type_name -> asset.v1.Asset
 	1,  // 11: asset.v1.CreatePendingAssetRequest.type:type_name -> asset.v1.AssetType
-	4,  // 12: asset.v1.CreatePendingAssetResponse.asset:type_name -> asset.v1.Asset
-	3,  // 13: asset.v1.FulfillAssetRequest.value:type_name -> asset.v1.Value
-	4,  // 14: asset.v1.FulfillAssetResponse.asset:type_name -> asset.v1.Asset
-	4,  // 15: asset.v1.FailAssetResponse.asset:type_name -> asset.v1.Asset
-	4,  // 16: asset.v1.RenewLeaseResponse.asset:type_name -> asset.v1.Asset
-	4,  // 17: asset.v1.GetAssetResponse.asset:type_name -> asset.v1.Asset
-	4,  // 18: asset.v1.BatchGetAssetsResponse.assets:type_name -> asset.v1.Asset
+	5,  // 12: asset.v1.CreatePendingAssetResponse.asset:type_name -> asset.v1.Asset
+	4,  // 13: asset.v1.FulfillAssetRequest.value:type_name -> asset.v1.Value
+	5,  // 14: asset.v1.FulfillAssetResponse.asset:type_name -> asset.v1.Asset
+	5,  // 15: asset.v1.FailAssetResponse.asset:type_name -> asset.v1.Asset
+	5,  // 16: asset.v1.RenewLeaseResponse.asset:type_name -> asset.v1.Asset
+	5,  // 17: asset.v1.GetAssetResponse.asset:type_name -> asset.v1.Asset
+	5,  // 18: asset.v1.BatchGetAssetsResponse.assets:type_name -> asset.v1.Asset
 	0,  // 19: asset.v1.ListAssetsRequest.status:type_name -> asset.v1.AssetStatus
 	1,  // 20: asset.v1.ListAssetsRequest.type:type_name -> asset.v1.AssetType
-	4,  // 21: asset.v1.ListAssetsResponse.assets:type_name -> asset.v1.Asset
-	27, // 22: asset.v1.WatchAssetRequest.selector:type_name -> asset.v1.AssetSelector
+	5,  // 21: asset.v1.ListAssetsResponse.assets:type_name -> asset.v1.Asset
+	28, // 22: asset.v1.WatchAssetRequest.selector:type_name -> asset.v1.AssetSelector
 	0,  // 23: asset.v1.AssetSelector.status:type_name -> asset.v1.AssetStatus
 	1,  // 24: asset.v1.AssetSelector.type:type_name -> asset.v1.AssetType
 	2,  // 25: asset.v1.WatchAssetResponse.type:type_name -> asset.v1.WatchEventType
-	4,  // 26: asset.v1.WatchAssetResponse.asset:type_name -> asset.v1.Asset
-	37, // 27: asset.v1.GetManifestRequest.asset_mappings:type_name -> asset.v1.GetManifestRequest.AssetMappingsEntry
-	40, // 28: asset.v1.GetManifestRequest.config_params:type_name -> google.protobuf.Struct
-	38, // 29: asset.v1.GetManifestResponse.entries:type_name -> asset.v1.GetManifestResponse.EntriesEntry
-	4,  // 30: asset.v1.DeleteAssetResponse.asset:type_name -> asset.v1.Asset
-	39, // 31: asset.v1.MintTaskTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
-	6,  // 32: asset.v1.AssetService.UploadAsset:input_type -> asset.v1.UploadAssetRequest
-	8,  // 33: asset.v1.AssetService.RegisterFile:input_type -> asset.v1.RegisterFileRequest
-	10, // 34: asset.v1.AssetService.CreateValueAsset:input_type -> asset.v1.CreateValueAssetRequest
-	12, // 35: asset.v1.AssetService.CreatePendingAsset:input_type -> asset.v1.CreatePendingAssetRequest
-	14, // 36: asset.v1.AssetService.FulfillAsset:input_type -> asset.v1.FulfillAssetRequest
-	16, // 37: asset.v1.AssetService.FailAsset:input_type -> asset.v1.FailAssetRequest
-	18, // 38: asset.v1.AssetService.RenewLease:input_type -> asset.v1.RenewLeaseRequest
-	20, // 39: asset.v1.AssetService.GetAsset:input_type -> asset.v1.GetAssetRequest
-	22, // 40: asset.v1.AssetService.BatchGetAssets:input_type -> asset.v1.BatchGetAssetsRequest
-	24, // 41: asset.v1.AssetService.ListAssets:input_type -> asset.v1.ListAssetsRequest
-	26, // 42: asset.v1.AssetService.WatchAsset:input_type -> asset.v1.WatchAssetRequest
-	29, // 43: asset.v1.AssetService.ReadAsset:input_type -> asset.v1.ReadAssetRequest
-	31, // 44: asset.v1.AssetService.GetManifest:input_type -> asset.v1.GetManifestRequest
-	33, // 45: asset.v1.AssetService.DeleteAsset:input_type -> asset.v1.DeleteAssetRequest
-	35, // 46: asset.v1.AssetService.MintTaskToken:input_type -> asset.v1.MintTaskTokenRequest
-	7,  // 47: asset.v1.AssetService.UploadAsset:output_type -> asset.v1.UploadAssetResponse
-	9,  // 48: asset.v1.AssetService.RegisterFile:output_type -> asset.v1.RegisterFileResponse
-	11, // 49: asset.v1.AssetService.CreateValueAsset:output_type -> asset.v1.CreateValueAssetResponse
-	13, // 50: asset.v1.AssetService.CreatePendingAsset:output_type -> asset.v1.CreatePendingAssetResponse
-	15, // 51: asset.v1.AssetService.FulfillAsset:output_type -> asset.v1.FulfillAssetResponse
-	17, // 52: asset.v1.AssetService.FailAsset:output_type -> asset.v1.FailAssetResponse
-	19, // 53: asset.v1.AssetService.RenewLease:output_type -> asset.v1.RenewLeaseResponse
-	21, // 54: asset.v1.AssetService.GetAsset:output_type -> asset.v1.GetAssetResponse
-	23, // 55: asset.v1.AssetService.BatchGetAssets:output_type -> asset.v1.BatchGetAssetsResponse
-	25, // 56: asset.v1.AssetService.ListAssets:output_type -> asset.v1.ListAssetsResponse
-	28, // 57: asset.v1.AssetService.WatchAsset:output_type -> asset.v1.WatchAssetResponse
-	30, // 58: asset.v1.AssetService.ReadAsset:output_type -> asset.v1.ReadAssetResponse
-	32, // 59: asset.v1.AssetService.GetManifest:output_type -> asset.v1.GetManifestResponse
-	34, // 60: asset.v1.AssetService.DeleteAsset:output_type -> asset.v1.DeleteAssetResponse
-	36, // 61: asset.v1.AssetService.MintTaskToken:output_type -> asset.v1.MintTaskTokenResponse
-	47, // [47:62] is the sub-list for method output_type
-	32, // [32:47] is the sub-list for method input_type
-	32, // [32:32] is the sub-list for extension type_name
-	32, // [32:32] is the sub-list for extension extendee
-	0,  // [0:32] is the sub-list for field type_name
+	5,  // 26: asset.v1.WatchAssetResponse.asset:type_name -> asset.v1.Asset
+	40, // 27: asset.v1.GetManifestRequest.asset_mappings:type_name -> asset.v1.GetManifestRequest.AssetMappingsEntry
+	43, // 28: asset.v1.GetManifestRequest.config_params:type_name -> google.protobuf.Struct
+	41, // 29: asset.v1.GetManifestResponse.entries:type_name -> asset.v1.GetManifestResponse.EntriesEntry
+	5,  // 30: asset.v1.DeleteAssetResponse.asset:type_name -> asset.v1.Asset
+	3,  // 31: asset.v1.ScrubAssetsResponse.outcome:type_name -> asset.v1.ScrubOutcome
+	42, // 32: asset.v1.MintTaskTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
+	7,  // 33: asset.v1.AssetService.UploadAsset:input_type -> asset.v1.UploadAssetRequest
+	9,  // 34: asset.v1.AssetService.RegisterFile:input_type -> asset.v1.RegisterFileRequest
+	11, // 35: asset.v1.AssetService.CreateValueAsset:input_type -> asset.v1.CreateValueAssetRequest
+	13, // 36: asset.v1.AssetService.CreatePendingAsset:input_type -> asset.v1.CreatePendingAssetRequest
+	15, // 37: asset.v1.AssetService.FulfillAsset:input_type -> asset.v1.FulfillAssetRequest
+	17, // 38: asset.v1.AssetService.FailAsset:input_type -> asset.v1.FailAssetRequest
+	19, // 39: asset.v1.AssetService.RenewLease:input_type -> asset.v1.RenewLeaseRequest
+	21, // 40: asset.v1.AssetService.GetAsset:input_type -> asset.v1.GetAssetRequest
+	23, // 41: asset.v1.AssetService.BatchGetAssets:input_type -> asset.v1.BatchGetAssetsRequest
+	25, // 42: asset.v1.AssetService.ListAssets:input_type -> asset.v1.ListAssetsRequest
+	27, // 43: asset.v1.AssetService.WatchAsset:input_type -> asset.v1.WatchAssetRequest
+	30, // 44: asset.v1.AssetService.ReadAsset:input_type -> asset.v1.ReadAssetRequest
+	32, // 45: asset.v1.AssetService.GetManifest:input_type -> asset.v1.GetManifestRequest
+	34, // 46: asset.v1.AssetService.DeleteAsset:input_type -> asset.v1.DeleteAssetRequest
+	38, // 47: asset.v1.AssetService.MintTaskToken:input_type -> asset.v1.MintTaskTokenRequest
+	36, // 48: asset.v1.AssetService.ScrubAssets:input_type -> asset.v1.ScrubAssetsRequest
+	8,  // 49: asset.v1.AssetService.UploadAsset:output_type -> asset.v1.UploadAssetResponse
+	10, // 50: asset.v1.AssetService.RegisterFile:output_type -> asset.v1.RegisterFileResponse
+	12, // 51: asset.v1.AssetService.CreateValueAsset:output_type -> asset.v1.CreateValueAssetResponse
+	14, // 52: asset.v1.AssetService.CreatePendingAsset:output_type -> asset.v1.CreatePendingAssetResponse
+	16, // 53: asset.v1.AssetService.FulfillAsset:output_type -> asset.v1.FulfillAssetResponse
+	18, // 54: asset.v1.AssetService.FailAsset:output_type -> asset.v1.FailAssetResponse
+	20, // 55: asset.v1.AssetService.RenewLease:output_type -> asset.v1.RenewLeaseResponse
+	22, // 56: asset.v1.AssetService.GetAsset:output_type -> asset.v1.GetAssetResponse
+	24, // 57: asset.v1.AssetService.BatchGetAssets:output_type -> asset.v1.BatchGetAssetsResponse
+	26, // 58: asset.v1.AssetService.ListAssets:output_type -> asset.v1.ListAssetsResponse
+	29, // 59: asset.v1.AssetService.WatchAsset:output_type -> asset.v1.WatchAssetResponse
+	31, // 60: asset.v1.AssetService.ReadAsset:output_type -> asset.v1.ReadAssetResponse
+	33, // 61: asset.v1.AssetService.GetManifest:output_type -> asset.v1.GetManifestResponse
+	35, // 62: asset.v1.AssetService.DeleteAsset:output_type -> asset.v1.DeleteAssetResponse
+	39, // 63: asset.v1.AssetService.MintTaskToken:output_type -> asset.v1.MintTaskTokenResponse
+	37, // 64: asset.v1.AssetService.ScrubAssets:output_type -> asset.v1.ScrubAssetsResponse
+	49, // [49:65] is the sub-list for method output_type
+	33, // [33:49] is the sub-list for method input_type
+	33, // [33:33] is the sub-list for extension type_name
+	33, // [33:33] is the sub-list for extension extendee
+	0,  // [0:33] is the sub-list for field type_name
 }
 
 func init() { file_asset_v1_asset_service_proto_init() }
@@ -2832,8 +3058,8 @@ func file_asset_v1_asset_service_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_asset_v1_asset_service_proto_rawDesc), len(file_asset_v1_asset_service_proto_rawDesc)),
-			NumEnums:      3,
-			NumMessages:   36,
+			NumEnums:      4,
+			NumMessages:   38,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -48,6 +48,7 @@ const (
 	AssetService_GetManifest_FullMethodName        = "/asset.v1.AssetService/GetManifest"
 	AssetService_DeleteAsset_FullMethodName        = "/asset.v1.AssetService/DeleteAsset"
 	AssetService_MintTaskToken_FullMethodName      = "/asset.v1.AssetService/MintTaskToken"
+	AssetService_ScrubAssets_FullMethodName        = "/asset.v1.AssetService/ScrubAssets"
 )
 
 // AssetServiceClient is the client API for AssetService service.
@@ -90,7 +91,11 @@ type AssetServiceClient interface {
 	// (AVAILABLE, FAILED or deleted) unless `follow` is set. With a selector
 	// instead of ids it follows every asset the selector picks (see selector).
 	WatchAsset(ctx context.Context, in *WatchAssetRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchAssetResponse], error)
-	// ReadAsset streams the bytes of an AVAILABLE asset in chunks.
+	// ReadAsset streams the bytes of an AVAILABLE asset in chunks. Each 1 MiB
+	// block of a FILE asset is checked against the checksum kept since its bytes
+	// arrived before any of it is sent (a ranged read too): bytes changed since
+	// they were stored end the stream with DATA_LOSS naming the asset and the
+	// offset of the bad block, and the asset is marked (corrupt_reason).
 	ReadAsset(ctx context.Context, in *ReadAssetRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ReadAssetResponse], error)
 	// GetManifest writes input_data.json for a task and returns its path. With
 	// `wait`, it first waits (within the call's deadline) until no input is
@@ -102,6 +107,12 @@ type AssetServiceClient interface {
 	// fulfill, fail or upload only that task's promises and read only the named
 	// inputs and the task's own outputs (docs/security.md). Orchestrator role.
 	MintTaskToken(ctx context.Context, in *MintTaskTokenRequest, opts ...grpc.CallOption) (*MintTaskTokenResponse, error)
+	// ScrubAssets re-reads stored bytes now and checks every block against its
+	// checksum (the background scrub does the same at --scrub-rate): one result
+	// per asset, in order. A corrupt asset is marked (corrupt_reason, a CHANGED
+	// watch event) and refused with DATA_LOSS from then on; one restored from a
+	// copy (its bytes check out again) is unmarked. Admin role.
+	ScrubAssets(ctx context.Context, in *ScrubAssetsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ScrubAssetsResponse], error)
 }
 
 type assetServiceClient struct {
@@ -283,6 +294,25 @@ func (c *assetServiceClient) MintTaskToken(ctx context.Context, in *MintTaskToke
 	return out, nil
 }
 
+func (c *assetServiceClient) ScrubAssets(ctx context.Context, in *ScrubAssetsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ScrubAssetsResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &AssetService_ServiceDesc.Streams[3], AssetService_ScrubAssets_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[ScrubAssetsRequest, ScrubAssetsResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type AssetService_ScrubAssetsClient = grpc.ServerStreamingClient[ScrubAssetsResponse]
+
 // AssetServiceServer is the server API for AssetService service.
 // All implementations must embed UnimplementedAssetServiceServer
 // for forward compatibility.
@@ -323,7 +353,11 @@ type AssetServiceServer interface {
 	// (AVAILABLE, FAILED or deleted) unless `follow` is set. With a selector
 	// instead of ids it follows every asset the selector picks (see selector).
 	WatchAsset(*WatchAssetRequest, grpc.ServerStreamingServer[WatchAssetResponse]) error
-	// ReadAsset streams the bytes of an AVAILABLE asset in chunks.
+	// ReadAsset streams the bytes of an AVAILABLE asset in chunks. Each 1 MiB
+	// block of a FILE asset is checked against the checksum kept since its bytes
+	// arrived before any of it is sent (a ranged read too): bytes changed since
+	// they were stored end the stream with DATA_LOSS naming the asset and the
+	// offset of the bad block, and the asset is marked (corrupt_reason).
 	ReadAsset(*ReadAssetRequest, grpc.ServerStreamingServer[ReadAssetResponse]) error
 	// GetManifest writes input_data.json for a task and returns its path. With
 	// `wait`, it first waits (within the call's deadline) until no input is
@@ -335,6 +369,12 @@ type AssetServiceServer interface {
 	// fulfill, fail or upload only that task's promises and read only the named
 	// inputs and the task's own outputs (docs/security.md). Orchestrator role.
 	MintTaskToken(context.Context, *MintTaskTokenRequest) (*MintTaskTokenResponse, error)
+	// ScrubAssets re-reads stored bytes now and checks every block against its
+	// checksum (the background scrub does the same at --scrub-rate): one result
+	// per asset, in order. A corrupt asset is marked (corrupt_reason, a CHANGED
+	// watch event) and refused with DATA_LOSS from then on; one restored from a
+	// copy (its bytes check out again) is unmarked. Admin role.
+	ScrubAssets(*ScrubAssetsRequest, grpc.ServerStreamingServer[ScrubAssetsResponse]) error
 	mustEmbedUnimplementedAssetServiceServer()
 }
 
@@ -389,6 +429,9 @@ func (UnimplementedAssetServiceServer) DeleteAsset(context.Context, *DeleteAsset
 }
 func (UnimplementedAssetServiceServer) MintTaskToken(context.Context, *MintTaskTokenRequest) (*MintTaskTokenResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method MintTaskToken not implemented")
+}
+func (UnimplementedAssetServiceServer) ScrubAssets(*ScrubAssetsRequest, grpc.ServerStreamingServer[ScrubAssetsResponse]) error {
+	return status.Error(codes.Unimplemented, "method ScrubAssets not implemented")
 }
 func (UnimplementedAssetServiceServer) mustEmbedUnimplementedAssetServiceServer() {}
 func (UnimplementedAssetServiceServer) testEmbeddedByValue()                      {}
@@ -656,6 +699,17 @@ func _AssetService_MintTaskToken_Handler(srv interface{}, ctx context.Context, d
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AssetService_ScrubAssets_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(ScrubAssetsRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(AssetServiceServer).ScrubAssets(m, &grpc.GenericServerStream[ScrubAssetsRequest, ScrubAssetsResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type AssetService_ScrubAssetsServer = grpc.ServerStreamingServer[ScrubAssetsResponse]
+
 // AssetService_ServiceDesc is the grpc.ServiceDesc for AssetService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -726,6 +780,11 @@ var AssetService_ServiceDesc = grpc.ServiceDesc{
 		{
 			StreamName:    "ReadAsset",
 			Handler:       _AssetService_ReadAsset_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "ScrubAssets",
+			Handler:       _AssetService_ScrubAssets_Handler,
 			ServerStreams: true,
 		},
 	},

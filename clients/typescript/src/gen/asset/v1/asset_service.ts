@@ -185,6 +185,69 @@ export function watchEventTypeToJSON(object: WatchEventType): string {
   }
 }
 
+/** ScrubOutcome is what checking one asset found. */
+export enum ScrubOutcome {
+  SCRUB_OUTCOME_UNSPECIFIED = 0,
+  /** SCRUB_OUTCOME_OK - Every block matches its checksum. */
+  SCRUB_OUTCOME_OK = 1,
+  /** SCRUB_OUTCOME_CORRUPT - The bytes changed since they were stored: the asset is now marked corrupt. */
+  SCRUB_OUTCOME_CORRUPT = 2,
+  /** SCRUB_OUTCOME_UNREADABLE - The bytes could not be read (missing, or storage failing): not marked. */
+  SCRUB_OUTCOME_UNREADABLE = 3,
+  /** SCRUB_OUTCOME_SKIPPED - Not checked: not an AVAILABLE FILE asset, or not found (see detail). */
+  SCRUB_OUTCOME_SKIPPED = 4,
+  /** SCRUB_OUTCOME_RESTORED - Marked corrupt before, its bytes check out again (restored): unmarked. */
+  SCRUB_OUTCOME_RESTORED = 5,
+  UNRECOGNIZED = -1,
+}
+
+export function scrubOutcomeFromJSON(object: any): ScrubOutcome {
+  switch (object) {
+    case 0:
+    case "SCRUB_OUTCOME_UNSPECIFIED":
+      return ScrubOutcome.SCRUB_OUTCOME_UNSPECIFIED;
+    case 1:
+    case "SCRUB_OUTCOME_OK":
+      return ScrubOutcome.SCRUB_OUTCOME_OK;
+    case 2:
+    case "SCRUB_OUTCOME_CORRUPT":
+      return ScrubOutcome.SCRUB_OUTCOME_CORRUPT;
+    case 3:
+    case "SCRUB_OUTCOME_UNREADABLE":
+      return ScrubOutcome.SCRUB_OUTCOME_UNREADABLE;
+    case 4:
+    case "SCRUB_OUTCOME_SKIPPED":
+      return ScrubOutcome.SCRUB_OUTCOME_SKIPPED;
+    case 5:
+    case "SCRUB_OUTCOME_RESTORED":
+      return ScrubOutcome.SCRUB_OUTCOME_RESTORED;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return ScrubOutcome.UNRECOGNIZED;
+  }
+}
+
+export function scrubOutcomeToJSON(object: ScrubOutcome): string {
+  switch (object) {
+    case ScrubOutcome.SCRUB_OUTCOME_UNSPECIFIED:
+      return "SCRUB_OUTCOME_UNSPECIFIED";
+    case ScrubOutcome.SCRUB_OUTCOME_OK:
+      return "SCRUB_OUTCOME_OK";
+    case ScrubOutcome.SCRUB_OUTCOME_CORRUPT:
+      return "SCRUB_OUTCOME_CORRUPT";
+    case ScrubOutcome.SCRUB_OUTCOME_UNREADABLE:
+      return "SCRUB_OUTCOME_UNREADABLE";
+    case ScrubOutcome.SCRUB_OUTCOME_SKIPPED:
+      return "SCRUB_OUTCOME_SKIPPED";
+    case ScrubOutcome.SCRUB_OUTCOME_RESTORED:
+      return "SCRUB_OUTCOME_RESTORED";
+    case ScrubOutcome.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
 /** Value is the inline content of a VALUE asset. */
 export interface Value {
   kind?:
@@ -248,7 +311,16 @@ export interface Asset {
    * (unset without a lease). Kept once the asset is AVAILABLE or FAILED.
    */
   leaseSeconds: number;
-  leaseExpireTime?: Date | undefined;
+  leaseExpireTime?:
+    | Date
+    | undefined;
+  /**
+   * Set once the server found the stored bytes of this AVAILABLE FILE asset
+   * changed since they were stored (a block's checksum, the size or the
+   * sha256 no longer matches; by a read, GetManifest or the scrub): what, where
+   * and when. ReadAsset and GetManifest then answer DATA_LOSS. Empty otherwise.
+   */
+  corruptReason: string;
 }
 
 /** UploadHeader describes the file that an UploadAsset stream carries. */
@@ -562,6 +634,24 @@ export interface DeleteAssetResponse {
   asset?: Asset | undefined;
 }
 
+/** ScrubAssetsRequest says which assets to check, and how fast. */
+export interface ScrubAssetsRequest {
+  /** The assets to check (at most 1000); empty: every AVAILABLE FILE asset. */
+  assetIds: string[];
+  /** Read at most this many MiB per second; 0: as fast as storage answers. */
+  rateMibPerSecond: number;
+}
+
+/** ScrubAssetsResponse is the result of checking one asset. */
+export interface ScrubAssetsResponse {
+  assetId: string;
+  outcome: ScrubOutcome;
+  /** What was found, or why the asset was skipped. */
+  detail: string;
+  /** Bytes read to check it. */
+  sizeBytes: number;
+}
+
 /** MintTaskTokenRequest describes the task a worker will run. */
 export interface MintTaskTokenRequest {
   /** The task whose promises (created_by_task) the token may fulfill or fail. */
@@ -723,6 +813,7 @@ function createBaseAsset(): Asset {
     updatedBy: "",
     leaseSeconds: 0,
     leaseExpireTime: undefined,
+    corruptReason: "",
   };
 }
 
@@ -784,6 +875,9 @@ export const Asset: MessageFns<Asset> = {
     }
     if (message.leaseExpireTime !== undefined) {
       Timestamp.encode(toTimestamp(message.leaseExpireTime), writer.uint32(154).fork()).join();
+    }
+    if (message.corruptReason !== "") {
+      writer.uint32(162).string(message.corruptReason);
     }
     return writer;
   },
@@ -953,6 +1047,14 @@ export const Asset: MessageFns<Asset> = {
             message.leaseExpireTime = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
             continue;
           }
+          case 20: {
+            if (tag !== 162) {
+              break;
+            }
+
+            message.corruptReason = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1032,6 +1134,11 @@ export const Asset: MessageFns<Asset> = {
         : isSet(object.lease_expire_time)
         ? fromJsonTimestamp(object.lease_expire_time)
         : undefined,
+      corruptReason: isSet(object.corruptReason)
+        ? globalThis.String(object.corruptReason)
+        : isSet(object.corrupt_reason)
+        ? globalThis.String(object.corrupt_reason)
+        : "",
     };
   },
 
@@ -1094,6 +1201,9 @@ export const Asset: MessageFns<Asset> = {
     if (message.leaseExpireTime !== undefined) {
       obj.leaseExpireTime = message.leaseExpireTime.toISOString();
     }
+    if (message.corruptReason !== "") {
+      obj.corruptReason = message.corruptReason;
+    }
     return obj;
   },
 
@@ -1121,6 +1231,7 @@ export const Asset: MessageFns<Asset> = {
     message.updatedBy = object.updatedBy ?? "";
     message.leaseSeconds = object.leaseSeconds ?? 0;
     message.leaseExpireTime = object.leaseExpireTime ?? undefined;
+    message.corruptReason = object.corruptReason ?? "";
     return message;
   },
 };
@@ -4306,6 +4417,224 @@ export const DeleteAssetResponse: MessageFns<DeleteAssetResponse> = {
   },
 };
 
+function createBaseScrubAssetsRequest(): ScrubAssetsRequest {
+  return { assetIds: [], rateMibPerSecond: 0 };
+}
+
+export const ScrubAssetsRequest: MessageFns<ScrubAssetsRequest> = {
+  encode(message: ScrubAssetsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.assetIds) {
+      writer.uint32(10).string(v!);
+    }
+    if (message.rateMibPerSecond !== 0) {
+      writer.uint32(17).double(message.rateMibPerSecond);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ScrubAssetsRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseScrubAssetsRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.assetIds.push(reader.string());
+            continue;
+          }
+          case 2: {
+            if (tag !== 17) {
+              break;
+            }
+
+            message.rateMibPerSecond = reader.double();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ScrubAssetsRequest {
+    return {
+      assetIds: globalThis.Array.isArray(object?.assetIds)
+        ? object.assetIds.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.asset_ids)
+        ? object.asset_ids.map((e: any) => globalThis.String(e))
+        : [],
+      rateMibPerSecond: isSet(object.rateMibPerSecond)
+        ? globalThis.Number(object.rateMibPerSecond)
+        : isSet(object.rate_mib_per_second)
+        ? globalThis.Number(object.rate_mib_per_second)
+        : 0,
+    };
+  },
+
+  toJSON(message: ScrubAssetsRequest): unknown {
+    const obj: any = {};
+    if (message.assetIds?.length) {
+      obj.assetIds = message.assetIds;
+    }
+    if (message.rateMibPerSecond !== 0) {
+      obj.rateMibPerSecond = floatToJson(message.rateMibPerSecond);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ScrubAssetsRequest>, I>>(base?: I): ScrubAssetsRequest {
+    return ScrubAssetsRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ScrubAssetsRequest>, I>>(object: I): ScrubAssetsRequest {
+    const message = createBaseScrubAssetsRequest();
+    message.assetIds = object.assetIds?.map((e) => e) || [];
+    message.rateMibPerSecond = object.rateMibPerSecond ?? 0;
+    return message;
+  },
+};
+
+function createBaseScrubAssetsResponse(): ScrubAssetsResponse {
+  return { assetId: "", outcome: 0, detail: "", sizeBytes: 0 };
+}
+
+export const ScrubAssetsResponse: MessageFns<ScrubAssetsResponse> = {
+  encode(message: ScrubAssetsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.assetId !== "") {
+      writer.uint32(10).string(message.assetId);
+    }
+    if (message.outcome !== 0) {
+      writer.uint32(16).int32(message.outcome);
+    }
+    if (message.detail !== "") {
+      writer.uint32(26).string(message.detail);
+    }
+    if (message.sizeBytes !== 0) {
+      writer.uint32(32).int64(message.sizeBytes);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ScrubAssetsResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseScrubAssetsResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.assetId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.outcome = reader.int32() as any;
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.detail = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.sizeBytes = longToNumber(reader.int64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ScrubAssetsResponse {
+    return {
+      assetId: isSet(object.assetId)
+        ? globalThis.String(object.assetId)
+        : isSet(object.asset_id)
+        ? globalThis.String(object.asset_id)
+        : "",
+      outcome: isSet(object.outcome) ? scrubOutcomeFromJSON(object.outcome) : 0,
+      detail: isSet(object.detail) ? globalThis.String(object.detail) : "",
+      sizeBytes: isSet(object.sizeBytes)
+        ? globalThis.Number(object.sizeBytes)
+        : isSet(object.size_bytes)
+        ? globalThis.Number(object.size_bytes)
+        : 0,
+    };
+  },
+
+  toJSON(message: ScrubAssetsResponse): unknown {
+    const obj: any = {};
+    if (message.assetId !== "") {
+      obj.assetId = message.assetId;
+    }
+    if (message.outcome !== 0) {
+      obj.outcome = scrubOutcomeToJSON(message.outcome);
+    }
+    if (message.detail !== "") {
+      obj.detail = message.detail;
+    }
+    if (message.sizeBytes !== 0) {
+      obj.sizeBytes = Math.round(message.sizeBytes);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ScrubAssetsResponse>, I>>(base?: I): ScrubAssetsResponse {
+    return ScrubAssetsResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ScrubAssetsResponse>, I>>(object: I): ScrubAssetsResponse {
+    const message = createBaseScrubAssetsResponse();
+    message.assetId = object.assetId ?? "";
+    message.outcome = object.outcome ?? 0;
+    message.detail = object.detail ?? "";
+    message.sizeBytes = object.sizeBytes ?? 0;
+    return message;
+  },
+};
+
 function createBaseMintTaskTokenRequest(): MintTaskTokenRequest {
   return { taskId: "", inputAssetIds: [], ttlSeconds: 0 };
 }
@@ -4651,7 +4980,13 @@ export const AssetServiceService = {
     responseSerialize: (value: WatchAssetResponse): Buffer => Buffer.from(WatchAssetResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): WatchAssetResponse => WatchAssetResponse.decode(value),
   },
-  /** ReadAsset streams the bytes of an AVAILABLE asset in chunks. */
+  /**
+   * ReadAsset streams the bytes of an AVAILABLE asset in chunks. Each 1 MiB
+   * block of a FILE asset is checked against the checksum kept since its bytes
+   * arrived before any of it is sent (a ranged read too): bytes changed since
+   * they were stored end the stream with DATA_LOSS naming the asset and the
+   * offset of the bad block, and the asset is marked (corrupt_reason).
+   */
   readAsset: {
     path: "/asset.v1.AssetService/ReadAsset" as const,
     requestStream: false as const,
@@ -4700,6 +5035,22 @@ export const AssetServiceService = {
       Buffer.from(MintTaskTokenResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): MintTaskTokenResponse => MintTaskTokenResponse.decode(value),
   },
+  /**
+   * ScrubAssets re-reads stored bytes now and checks every block against its
+   * checksum (the background scrub does the same at --scrub-rate): one result
+   * per asset, in order. A corrupt asset is marked (corrupt_reason, a CHANGED
+   * watch event) and refused with DATA_LOSS from then on; one restored from a
+   * copy (its bytes check out again) is unmarked. Admin role.
+   */
+  scrubAssets: {
+    path: "/asset.v1.AssetService/ScrubAssets" as const,
+    requestStream: false as const,
+    responseStream: true as const,
+    requestSerialize: (value: ScrubAssetsRequest): Buffer => Buffer.from(ScrubAssetsRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ScrubAssetsRequest => ScrubAssetsRequest.decode(value),
+    responseSerialize: (value: ScrubAssetsResponse): Buffer => Buffer.from(ScrubAssetsResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ScrubAssetsResponse => ScrubAssetsResponse.decode(value),
+  },
 } as const;
 
 export interface AssetServiceServer extends UntypedServiceImplementation {
@@ -4747,7 +5098,13 @@ export interface AssetServiceServer extends UntypedServiceImplementation {
    * instead of ids it follows every asset the selector picks (see selector).
    */
   watchAsset: handleServerStreamingCall<WatchAssetRequest, WatchAssetResponse>;
-  /** ReadAsset streams the bytes of an AVAILABLE asset in chunks. */
+  /**
+   * ReadAsset streams the bytes of an AVAILABLE asset in chunks. Each 1 MiB
+   * block of a FILE asset is checked against the checksum kept since its bytes
+   * arrived before any of it is sent (a ranged read too): bytes changed since
+   * they were stored end the stream with DATA_LOSS naming the asset and the
+   * offset of the bad block, and the asset is marked (corrupt_reason).
+   */
   readAsset: handleServerStreamingCall<ReadAssetRequest, ReadAssetResponse>;
   /**
    * GetManifest writes input_data.json for a task and returns its path. With
@@ -4763,6 +5120,14 @@ export interface AssetServiceServer extends UntypedServiceImplementation {
    * inputs and the task's own outputs (docs/security.md). Orchestrator role.
    */
   mintTaskToken: handleUnaryCall<MintTaskTokenRequest, MintTaskTokenResponse>;
+  /**
+   * ScrubAssets re-reads stored bytes now and checks every block against its
+   * checksum (the background scrub does the same at --scrub-rate): one result
+   * per asset, in order. A corrupt asset is marked (corrupt_reason, a CHANGED
+   * watch event) and refused with DATA_LOSS from then on; one restored from a
+   * copy (its bytes check out again) is unmarked. Admin role.
+   */
+  scrubAssets: handleServerStreamingCall<ScrubAssetsRequest, ScrubAssetsResponse>;
 }
 
 export interface AssetServiceClient extends Client {
@@ -4956,7 +5321,13 @@ export interface AssetServiceClient extends Client {
     metadata?: Metadata,
     options?: Partial<CallOptions>,
   ): ClientReadableStream<WatchAssetResponse>;
-  /** ReadAsset streams the bytes of an AVAILABLE asset in chunks. */
+  /**
+   * ReadAsset streams the bytes of an AVAILABLE asset in chunks. Each 1 MiB
+   * block of a FILE asset is checked against the checksum kept since its bytes
+   * arrived before any of it is sent (a ranged read too): bytes changed since
+   * they were stored end the stream with DATA_LOSS naming the asset and the
+   * offset of the bad block, and the asset is marked (corrupt_reason).
+   */
   readAsset(request: ReadAssetRequest, options?: Partial<CallOptions>): ClientReadableStream<ReadAssetResponse>;
   readAsset(
     request: ReadAssetRequest,
@@ -5019,6 +5390,19 @@ export interface AssetServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: MintTaskTokenResponse) => void,
   ): ClientUnaryCall;
+  /**
+   * ScrubAssets re-reads stored bytes now and checks every block against its
+   * checksum (the background scrub does the same at --scrub-rate): one result
+   * per asset, in order. A corrupt asset is marked (corrupt_reason, a CHANGED
+   * watch event) and refused with DATA_LOSS from then on; one restored from a
+   * copy (its bytes check out again) is unmarked. Admin role.
+   */
+  scrubAssets(request: ScrubAssetsRequest, options?: Partial<CallOptions>): ClientReadableStream<ScrubAssetsResponse>;
+  scrubAssets(
+    request: ScrubAssetsRequest,
+    metadata?: Metadata,
+    options?: Partial<CallOptions>,
+  ): ClientReadableStream<ScrubAssetsResponse>;
 }
 
 export const AssetServiceClient = makeGenericClientConstructor(
@@ -5036,6 +5420,10 @@ function bytesFromBase64(b64: string): Uint8Array {
 
 function base64FromBytes(arr: Uint8Array): string {
   return globalThis.Buffer.from(arr).toString("base64");
+}
+
+function floatToJson(value: number | null | undefined): number | string | null | undefined {
+  return typeof value === "number" && !globalThis.Number.isFinite(value) ? globalThis.String(value) : value;
 }
 
 type Builtin = Date | Function | Uint8Array | string | number | boolean | undefined;
