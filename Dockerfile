@@ -4,13 +4,22 @@
 #   docker run -v "$PWD/secrets:/run/secrets/asset-service:ro" -p 50051:50051 asset-service
 # with server.pem, server.key, tokens.toml (`asset-service token new`) and task-secret
 # (`openssl rand -base64 48`). Without them the server exits 2 naming what is missing.
-# Add ASSET_SERVICE_TLS_CLIENT_CA=/run/secrets/asset-service/ca.pem for mTLS.
-FROM python:3.11-slim
+# Add ASSET_SERVICE_TLS_CLIENT_CA=/run/secrets/asset-service/ca.pem for mTLS (and, for the
+# HEALTHCHECK, ASSET_SERVICE_HEALTH_TLS_CERT / _KEY: a client certificate that CA signed).
+#
+# The base image by digest: python:3.11-slim (= 3.11-slim-trixie; Python 3.11.15, Debian
+# trixie, built 2026-08-05), the image index digest recorded by docker-library/repo-info
+# (repos/python/remote/3.11-slim.md, commit 2477d553d2fd). To move to a newer build, take
+# the digest from there (or `docker buildx imagetools inspect python:3.11-slim`) and
+# rebuild; the tag is for the reader, the digest is what is pulled.
+FROM python:3.11-slim-trixie@sha256:90744cff8f32887f075c47d747a173ff333e9e98801667af93c357fa9f5e28ff
 
 # The *_KEY/*_SECRET/*_TOKENS variables below are paths to mounted files, not secrets.
 # hadolint ignore=DL3064
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_ROOT_USER_ACTION=ignore \
     ASSET_SERVICE_LISTEN=0.0.0.0:50051 \
     ASSET_SERVICE_STORAGE_ROOT=/data \
     ASSET_SERVICE_TLS_CERT=/run/secrets/asset-service/server.pem \
@@ -19,17 +28,29 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     ASSET_SERVICE_TOKEN_SECRET_FILE=/run/secrets/asset-service/task-secret
 
 WORKDIR /app
+# Dependencies first, exactly as locked (versions and hashes: `make lock` refreshes the
+# file), in a layer of their own that a change of the code does not rebuild.
+COPY requirements.lock ./
+RUN pip install --no-cache-dir --require-hashes -r requirements.lock
+
+# The server itself, with no dependency resolved here and the base image's own pinned
+# setuptools as the build backend (no download at build time).
 COPY pyproject.toml README.md ./
 COPY asset_service ./asset_service
-RUN pip install --no-cache-dir . \
+RUN pip install --no-cache-dir --no-deps --no-build-isolation . \
     && useradd --system --uid 10001 --home-dir /app asset \
-    && mkdir -p /data /incoming && chown asset /data /incoming
+    && mkdir -p /data /incoming && chown 10001 /data /incoming
 
 USER 10001
 VOLUME ["/data"]
 EXPOSE 50051
-# grpc_health_probe-style checks: grpc.health.v1 is served on the same port, without a
-# token (grpc_health_probe -tls -tls-ca-cert ca.pem -addr localhost:50051).
+# Readiness through the server's own probe (README: Probes): exit 0 while the database and
+# storage answer, 1 otherwise. It reads the variables above: loopback on the listen port,
+# TLS trusting server.pem under its own DNS name. Kubernetes ignores HEALTHCHECK: give it
+# a grpc liveness probe ("") and a readiness probe (asset.v1.AssetService), or run
+# `asset-service health` as an exec probe where TLS is on.
+HEALTHCHECK --interval=15s --timeout=10s --start-period=30s --retries=3 \
+    CMD ["asset-service", "health"]
 # Certificates are re-read when they change; `docker kill -s HUP` re-reads the tokens.
 ENTRYPOINT ["asset-service"]
 CMD ["--import-root", "/incoming"]

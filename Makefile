@@ -4,17 +4,29 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+RUN_STAMP := $(VENV)/.runtime
 TOOLS := tools/node_modules/.installed
 ARGS ?=
 PY_SOURCES := asset_service tests scripts bench clients/python
 
-.PHONY: install run test soak ferretdb minio lazyfs generate lint format bench clean
+.PHONY: install run test soak ferretdb minio lazyfs grpcurl generate contract-baseline lock lint format bench clean
 
 $(STAMP): pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
 	$(PY) -m pip install --quiet -e clients/python
+	touch $@ $(RUN_STAMP)
+
+# What `make run` needs and nothing more: the server's dependencies exactly as locked (the
+# Dockerfile's versions and hashes), then the server itself, editable; no dev or test tool.
+# pip's own lines ("Collecting ...") show the progress.
+$(RUN_STAMP): pyproject.toml requirements.lock
+	@echo "make run: installing the server and its dependencies into $(VENV)" \
+	  "(the first time only: about a minute, README: Two commands)"
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --require-hashes -r requirements.lock
+	$(PY) -m pip install --no-deps -e .
 	touch $@
 
 $(TOOLS): tools/package.json tools/package-lock.json
@@ -25,12 +37,13 @@ install: $(STAMP) $(TOOLS)
 
 ## run: serve on 127.0.0.1:50051 with data under ./data, server-side paths allowed
 ## under ./incoming (pass more flags with ARGS="...")
-run: $(STAMP)
-	mkdir -p incoming
+run: $(RUN_STAMP)
+	@mkdir -p incoming
+	@echo "make run: starting asset-service (Ctrl-C stops it; more flags: make run ARGS=...)"
 	$(VENV)/bin/asset-service --import-root "$(CURDIR)/incoming" $(ARGS)
 
 ## test: every test (unit, contract, end to end, grpcurl, buf lint, stubs up to date, lint)
-test: install ferretdb minio lazyfs
+test: install ferretdb minio lazyfs grpcurl
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 ## soak: a long crash loop (300 SIGKILLs under mixed load, each followed by an audit), then
@@ -53,6 +66,10 @@ minio:
 lazyfs:
 	bash scripts/install_lazyfs.sh
 
+## grpcurl: build the newest grpcurl into .tools/ (reflection v1; the PyPI one is 1.8.6, v1alpha)
+grpcurl:
+	bash scripts/install_grpcurl.sh
+
 ## generate: regenerate every client's stubs from protos/, and README.md's settings tables
 ## from asset_service/config.py
 generate: install
@@ -61,13 +78,26 @@ generate: install
 	bash scripts/gen_clients.sh
 	$(PY) scripts/gen_settings_doc.py
 
-## lint: ruff, mypy --strict, import-linter (layering), buf lint
+## contract-baseline: at a release of asset.v1 only, make the current contract the one that
+## `buf breaking` (make lint, make test) compares against; commit it with the release
+contract-baseline: $(TOOLS)
+	tools/node_modules/.bin/buf build --exclude-source-info -o protos/asset/v1/released.binpb
+
+## lock: re-resolve requirements.lock (the server's dependencies, pinned with hashes, which
+## the Dockerfile installs) from pyproject.toml; review the diff like code
+lock: install
+	PY=$(PY) bash scripts/lock_requirements.sh
+
+## lint: ruff, mypy --strict, import-linter (layering), buf lint, buf breaking (against the
+## released contract), hadolint (the Dockerfile)
 lint: install
 	$(VENV)/bin/ruff check $(PY_SOURCES)
 	$(VENV)/bin/ruff format --check $(PY_SOURCES)
 	$(VENV)/bin/mypy asset_service clients/python/asset_client
 	$(VENV)/bin/lint-imports
 	tools/node_modules/.bin/buf lint
+	tools/node_modules/.bin/buf breaking --against protos/asset/v1/released.binpb
+	$(VENV)/bin/hadolint Dockerfile
 
 format: install
 	$(VENV)/bin/ruff format $(PY_SOURCES)

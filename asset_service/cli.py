@@ -112,5 +112,15 @@ def token_command(argv: Sequence[str]) -> int:
     return 0
 
 
+def health_command(argv: Sequence[str]) -> int:
+    """`asset-service health`: a probe for container HEALTHCHECKs (healthcheck.py)."""
+    from asset_service import healthcheck
+
+    return healthcheck.main(argv, os.environ)
+
+
 # The subcommands, by their first word; anything else is the server's own flags.
-COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"token": token_command}
+COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
+    "token": token_command,
+    "health": health_command,
+}

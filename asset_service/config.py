@@ -105,17 +105,19 @@ class Settings:
     shutdown_grace_seconds: float = setting(
         INTERVAL,
         "10s",
-        "on SIGTERM/SIGINT health answers NOT_SERVING at once, and calls in flight get this "
-        "long to finish while the server still listens (new calls too, until load balancers "
-        "notice); then it closes, ending what is left. The process exits within this plus a "
-        "few seconds, whatever is stuck",
+        "on SIGTERM/SIGINT readiness (health of asset.v1.AssetService) answers NOT_SERVING "
+        'at once while liveness ("") stays SERVING, and calls in flight get this long to '
+        "finish while the server still listens (new calls too, until load balancers notice); "
+        "then it closes, ending what is left. The process exits within this plus a few "
+        "seconds, whatever is stuck",
         group="service",
         flag="--shutdown-grace",
     )
     health_interval_seconds: float = setting(
         INTERVAL,
         "2s",
-        "time between database reachability checks behind grpc.health.v1",
+        "time between the database and storage checks behind readiness (health of "
+        "asset.v1.AssetService; each check gets this long, at least 1s)",
         group="service",
         flag="--health-interval",
     )
@@ -363,8 +365,9 @@ class Settings:
     reflection: str = setting(
         choice("authenticated", "open", "off"),
         "authenticated",
-        "server reflection (grpcurl without .proto files): 'authenticated' needs the reader "
-        "role once credentials are required, 'open' needs nothing, 'off' removes it",
+        "server reflection, grpc.reflection.v1 and v1alpha (grpcurl, buf curl and grpcui "
+        "without .proto files, comments included): 'authenticated' needs the reader role once "
+        "credentials are required, 'open' needs nothing, 'off' removes both",
         group="security",
     )
     insecure: bool = setting(
@@ -383,7 +386,8 @@ DESCRIPTION = (
     "inline, a PENDING -> AVAILABLE | FAILED state machine, WatchAsset streams, chunked "
     "uploads and input manifests. Health (grpc.health.v1) is always open; server reflection "
     "lets grpcurl work without .proto files. `asset-service token new --help` makes a bearer "
-    "token."
+    "token; `asset-service health --help` asks a running server whether it is ready "
+    "(container probes)."
 )
 EPILOG = (
     "Every setting can also be given by the environment variable named in brackets; a flag "

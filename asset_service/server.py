@@ -15,8 +15,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
+from grpc_health.v1 import health, health_pb2_grpc
 
 from asset_service import allocator
 from asset_service._proto.asset.v1 import asset_service_pb2 as pb
@@ -30,6 +29,7 @@ from asset_service.domain.manager import AssetManager, Limits
 from asset_service.domain.ports import BlobStorage, MetadataStore
 from asset_service.domain.scrub import scrub_forever
 from asset_service.modes import Modes
+from asset_service.probes import Probes
 from asset_service.security.interceptor import SecurityInterceptor
 from asset_service.security.setup import Security
 from asset_service.storage.imports import ImportRoots
@@ -81,24 +81,24 @@ async def _bounded(what: str, awaitable: Awaitable[object], seconds: float) -> N
 class RunningServer:
     server: grpc.aio.Server
     manager: AssetManager
-    health: health_aio.HealthServicer
+    probes: Probes
     port: int
     background: list[asyncio.Task[None]]
     security: Security
     in_flight: InFlight = field(default_factory=InFlight)
 
     async def stop(self, grace: float) -> None:
-        """NOT_SERVING first; calls in flight get `grace` to end while the server still
-        listens (probes get NOT_SERVING, not "connection refused"); then it closes.
+        """Readiness NOT_SERVING first; calls in flight get `grace` to end while the server
+        still listens (probes get answers, not "connection refused"; liveness stays SERVING,
+        probes.py says why); then every name NOT_SERVING, and it closes.
 
         Every await is bounded: a task that ignores cancellation, a call that never ends
         or a store that does not close delays the stop by at most STOP_STEP_SECONDS each.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
-        # Every name ("" and the service) answers NOT_SERVING from now on, and the
-        # monitor's later set() calls are ignored.
-        await self.health.enter_graceful_shutdown()
+        # Readiness answers NOT_SERVING from now on, whatever the checks find later.
+        await self.probes.drain()
         for task in self.background:
             task.cancel()
         if self.background:
@@ -119,6 +119,7 @@ class RunningServer:
         # Calls still running now are cancelled at once (watches resume elsewhere);
         # ones that came in since the drain ended get what is left of a short grace.
         close_grace = min(max(0.0, deadline - loop.time()), STOP_STEP_SECONDS / 2)
+        await self.probes.close()
         await _bounded("the listener to close", self.server.stop(close_grace), STOP_STEP_SECONDS)
         await _bounded("the store and storage to close", self.manager.stop(), STOP_STEP_SECONDS)
 
@@ -158,35 +159,6 @@ async def _settle_unknown_outcomes(manager: AssetManager) -> None:
                 log.info("settled record writes whose outcome had been unknown")
         except (AssetError, OSError) as exc:
             log.warning("settling unknown outcomes failed: %s", exc)
-
-
-async def _monitor_health(
-    manager: AssetManager, servicer: health_aio.HealthServicer, interval: float
-) -> None:
-    serving: bool | None = None
-    while True:
-        try:
-            # Not asyncio.wait_for: on Python 3.11 it drops a cancellation that arrives
-            # as the ping completes, and this loop then outlived every stop.
-            async with asyncio.timeout(max(interval, 1.0)):
-                await manager.store.ping()
-            ok = True
-        except (AssetError, TimeoutError, OSError) as exc:
-            ok = False
-            if serving is not False:
-                log.warning("metadata store unreachable: %s", exc)
-        if ok != serving:
-            status = (
-                health_pb2.HealthCheckResponse.SERVING
-                if ok
-                else health_pb2.HealthCheckResponse.NOT_SERVING
-            )
-            for name in ("", SERVICE_NAME):
-                await servicer.set(name, status)
-            if serving is False and ok:
-                log.info("metadata store reachable again")
-            serving = ok
-        await asyncio.sleep(interval)
 
 
 def _listen_error(listen: str, exc: RuntimeError) -> str:
@@ -380,15 +352,14 @@ async def start(settings: Settings, store: MetadataStore | None = None) -> Runni
         task_tokens=security.task_tokens,
     )
     add_asset_service(servicer, server, anonymous)
-    health_servicer = health_aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    probes = Probes(
+        [("database", manager.store.ping), ("storage", manager.storage.ping)],
+        settings.health_interval_seconds,
+    )
+    health_pb2_grpc.add_HealthServicer_to_server(probes.servicer, server)
     if settings.reflection != "off":
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-        )
-    # The store just opened, so the first health answer is SERVING, never NOT_FOUND.
-    for name in ("", SERVICE_NAME):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME), server)
+    await probes.start()
     try:
         port = security.add_port(server)
     except RuntimeError as exc:
@@ -396,9 +367,7 @@ async def start(settings: Settings, store: MetadataStore | None = None) -> Runni
         raise AssetError(_listen_error(settings.listen, exc)) from exc
     await server.start()
     background = [
-        asyncio.create_task(
-            _monitor_health(manager, health_servicer, settings.health_interval_seconds)
-        ),
+        asyncio.create_task(probes.run()),
         asyncio.create_task(_housekeeping(manager)),
         asyncio.create_task(_settle_unknown_outcomes(manager)),
         asyncio.create_task(_expire_leases(manager, settings.lease_check_interval_seconds)),
@@ -410,9 +379,7 @@ async def start(settings: Settings, store: MetadataStore | None = None) -> Runni
                 scrub_forever(manager.scrubber, rate, settings.scrub_interval_seconds)
             )
         )
-    return RunningServer(
-        server, manager, health_servicer, port, background, security, servicer.in_flight
-    )
+    return RunningServer(server, manager, probes, port, background, security, servicer.in_flight)
 
 
 async def serve(settings: Settings) -> None:

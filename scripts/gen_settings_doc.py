@@ -1,4 +1,5 @@
-"""README.md's settings tables from asset_service/config.py (`make generate`); `--check` too."""
+"""README.md's settings tables from asset_service/config.py and healthcheck.py (`make generate`);
+`--check` too."""
 
 from __future__ import annotations
 
@@ -9,15 +10,23 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from asset_service.config import TABLE  # noqa: E402 - after the path above
+from asset_service import healthcheck  # noqa: E402 - after the path above
+from asset_service.config import TABLE  # noqa: E402
 from asset_service.options import markdown, replace_block  # noqa: E402
 
 README = ROOT / "README.md"
+# `asset-service health`'s options, in a block of their own.
+HEALTH_BEGIN = (
+    "<!-- health-settings:begin (generated from asset_service/healthcheck.py: make generate) -->"
+)
+HEALTH_END = "<!-- health-settings:end -->"
 
 
 def main(argv: list[str]) -> int:
     have = README.read_text()
     want = replace_block(have, markdown(TABLE))
+    health = markdown(healthcheck.TABLE, HEALTH_BEGIN, HEALTH_END)
+    want = replace_block(want, health, HEALTH_BEGIN, HEALTH_END)
     if argv == ["--check"]:
         if have != want:
             diff = difflib.unified_diff(

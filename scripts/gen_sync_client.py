@@ -73,12 +73,11 @@ TEXT = [
     ),
     ("    Blocking file work (hashing, fsync) runs in a worker thread.\n", ""),
     ("Use `async with` to close the channel.", "Use as a context manager to close the channel."),
-    ("import asyncio\n", "import time\n"),
+    ("import asyncio\n", ""),
     ("import grpc.aio\n", ""),
     ("    Awaitable,\n", ""),
     ("Callable[..., Awaitable[Resp]]", "Callable[..., Resp]"),
     ("await self._channel.close(None)", "self._channel.close()"),
-    ("asyncio.sleep(", "time.sleep("),
     (
         "`async with client.keep_lease(asset_id) as lease:`",
         "`with client.keep_lease(asset_id) as lease:`",

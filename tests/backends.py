@@ -14,6 +14,8 @@ FERRETDB_VERSION = "v1.24.0"
 FERRETDB_BIN = REPO / ".tools" / f"ferretdb-{FERRETDB_VERSION}" / "ferretdb"
 MINIO_VERSION = "v0.0.0-20260212201848-7aac2a2c5b7c"  # as pinned in scripts/install_minio.sh
 MINIO_BIN = REPO / ".tools" / f"minio-{MINIO_VERSION}" / "minio"
+GRPCURL_VERSION = "v1.9.4"  # as pinned in scripts/install_grpcurl.sh
+GRPCURL_BIN = REPO / ".tools" / f"grpcurl-{GRPCURL_VERSION}" / "grpcurl"
 
 # What FerretDB 1.x (no replica set) cannot do; those cases run only on a real replica set.
 FERRETDB_LACKS = {
@@ -46,6 +48,17 @@ def minio_missing() -> str | None:
     """Why the S3 blob backend cannot run here, or None."""
     if not minio_binary().is_file():
         return f"{minio_binary()} missing (`make minio` builds it)"
+    return None
+
+
+def grpcurl_binary() -> Path:
+    """The newest grpcurl, built from its Go module (reflection v1); the PyPI one is 1.8.6."""
+    return Path(os.environ.get("GRPCURL_BIN", GRPCURL_BIN))
+
+
+def grpcurl_missing() -> str | None:
+    if not grpcurl_binary().is_file():
+        return f"{grpcurl_binary()} missing (`make grpcurl` builds it)"
     return None
 
 

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Sequence
 
 import pytest
 
-from tests.backends import LACKS, minio_missing, missing_backends
+from tests.backends import LACKS, grpcurl_missing, minio_missing, missing_backends
 
 # Fixtures that bring a backend up: a case using one needs that backend.
 FIXTURE_BACKENDS = {"minio": "s3", "ferretdb_url": "ferretdb", "ferretdb_process": "ferretdb"}
@@ -25,6 +25,9 @@ def absent_backends() -> dict[str, str]:
     why = minio_missing()
     if why:
         absent["s3"] = f"S3Storage on MinIO: {why}"
+    why = grpcurl_missing()
+    if why:
+        absent["grpcurl"] = f"grpcurl, newest: {why}"
     return absent
 
 

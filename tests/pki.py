@@ -72,7 +72,7 @@ class CA:
         path.write_bytes(self.pem)
         return path
 
-    def _issue(self, common_name: str, server: bool) -> Pair:
+    def _issue(self, common_name: str, server: bool, dns_names: tuple[str, ...] = ()) -> Pair:
         key = _key()
         now = datetime.datetime.now(datetime.UTC)
         usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
@@ -87,13 +87,17 @@ class CA:
             .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
         )
         if server:
-            names = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            names: list[x509.GeneralName] = [x509.DNSName(name) for name in dns_names] or [
+                x509.DNSName("localhost"),
+                x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+            ]
             builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
         cert = builder.sign(self._key, hashes.SHA256())
         return Pair(cert.public_bytes(serialization.Encoding.PEM), _pem_key(key))
 
-    def server(self, common_name: str = "localhost") -> Pair:
-        return self._issue(common_name, server=True)
+    def server(self, common_name: str = "localhost", dns_names: tuple[str, ...] = ()) -> Pair:
+        """For localhost and 127.0.0.1, or for `dns_names` only."""
+        return self._issue(common_name, server=True, dns_names=dns_names)
 
     def client(self, common_name: str) -> Pair:
         return self._issue(common_name, server=False)

@@ -177,6 +177,10 @@ class BlobStorage(Protocol):
 
     async def close(self) -> None: ...
 
+    async def ping(self) -> None:
+        """Raise Unavailable unless bytes can be stored and read now (the readiness probe,
+        every health interval): cheap, and bounded by its caller's timeout."""
+
     async def leftovers(self) -> Sequence[Leftover]:
         """Moves journaled by processes that died, for recovery to settle."""
 

@@ -24,9 +24,9 @@ def _flag_cell(s: Setting[Any]) -> str:
     return f"`{s.flag} {s.metavar}`"
 
 
-def markdown(table: Table[Any]) -> str:
+def markdown(table: Table[Any], begin: str = BEGIN, end: str = END) -> str:
     """README's settings block: per group a line saying what it holds, then a table."""
-    out = [BEGIN]
+    out = [begin]
     for group, description in table.groups.items():
         out += ["", f"**{group.capitalize()}**: {description}.", ""]
         out += ["| flag | variable | default | what it sets |", "| --- | --- | --- | --- |"]
@@ -38,15 +38,15 @@ def markdown(table: Table[Any]) -> str:
             out.append(
                 f"| {_flag_cell(s)} | `{s.env}`{separated} | {_cell(default)} | {_cell(s.help)} |"
             )
-    out += ["", END]
+    out += ["", end]
     return "\n".join(out)
 
 
-def replace_block(document: str, block: str) -> str:
-    """`document` with the text from BEGIN to END replaced by `block`."""
-    start = document.index(BEGIN)
-    end = document.index(END, start) + len(END)
-    return document[:start] + block + document[end:]
+def replace_block(document: str, block: str, begin: str = BEGIN, end: str = END) -> str:
+    """`document` with the text from `begin` to `end` replaced by `block`."""
+    start = document.index(begin)
+    stop = document.index(end, start) + len(end)
+    return document[:start] + block + document[stop:]
 
 
 def shown(s: Setting[Any], value: Any) -> str:

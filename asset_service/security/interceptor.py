@@ -28,7 +28,7 @@ from asset_service.security.principal import (
     reset_principal,
     set_principal,
 )
-from asset_service.security.roles import REFLECTION_METHOD, rule_for
+from asset_service.security.roles import REFLECTION_METHODS, rule_for
 
 
 class SecurityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
@@ -69,7 +69,7 @@ class SecurityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         rule = rule_for(method)
         if rule is not None and rule.role is None:
             return handler
-        if method == REFLECTION_METHOD and self.reflection_open:
+        if method in REFLECTION_METHODS and self.reflection_open:
             return handler
         if self.anonymous and rule is not None:  # a method without a rule is refused
             return self.anonymous_handler(method, handler)

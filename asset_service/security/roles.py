@@ -40,7 +40,11 @@ class Rule:
 _S = "/asset.v1.AssetService/"
 _HEADER = ("label", "media_type", "tags", "expected_size_bytes", "expected_sha256")
 _LIST = ("status", "type", "tags", "created_by_task", "label", "page_size", "page_token")
-REFLECTION_METHOD = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
+# Server reflection, both protocols (api/reflection.py serves one servicer under each name).
+REFLECTION_METHODS = (
+    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+)
 HEALTH_SERVICE = "grpc.health.v1.Health"
 
 RULES: dict[str, Rule] = {
@@ -75,8 +79,8 @@ RULES: dict[str, Rule] = {
     _S + "DeleteAsset": Rule(Role.ADMIN, audited=True),
     # Reads stored bytes at the caller's rate and may mark assets corrupt.
     _S + "ScrubAssets": Rule(Role.ADMIN, audited=True),
-    # With --reflection open the interceptor lets it through without credentials.
-    REFLECTION_METHOD: Rule(Role.READER),
+    # With --reflection open the interceptor lets them through without credentials.
+    **{method: Rule(Role.READER) for method in REFLECTION_METHODS},
     HEALTH_SERVICE: Rule(None),
 }
 

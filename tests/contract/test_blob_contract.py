@@ -16,6 +16,7 @@ from asset_service.domain.errors import (
     InvalidArgument,
     NotFound,
     PermissionDenied,
+    Unavailable,
     Unverified,
 )
 from asset_service.domain.models import BLOCK_BYTES, BlockSums
@@ -445,3 +446,12 @@ async def checked(
     parts = [c async for c in chunks]
     assert all(0 < len(c) <= 4096 for c in parts), "chunks must respect chunk_size"
     return b"".join(parts)
+
+
+async def test_ping_answers_while_open_and_is_unavailable_once_closed(blob: BlobBackend) -> None:
+    """The readiness probe's storage check (server.py's health monitor)."""
+    storage = await blob.start()
+    await storage.ping()
+    await storage.close()
+    with pytest.raises(Unavailable):
+        await storage.ping()

@@ -11,15 +11,12 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
-from grpc_health.v1 import health_pb2
-from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 
 from asset_service.domain.errors import Unavailable
 from asset_service.domain.models import Asset, AssetType, Status, new_asset_id
-from asset_service.server import SERVICE_NAME, _monitor_health
+from asset_service.probes import LIVENESS, NOT_SERVING, READINESS, SERVING, Probes
 from asset_service.store.mongo import MongoStore
 from tests.backends import FerretDB
 from tests.health import health_status
@@ -41,19 +38,15 @@ async def test_outage_is_unavailable_fast_and_recovery_keeps_data(
     written = await store.insert(
         Asset(new_asset_id(), "kept", Status.PENDING, AssetType.FILE, "x/y", now, now)
     )
-    servicer = health_aio.HealthServicer()
-    monitor = asyncio.create_task(
-        _monitor_health(SimpleNamespace(store=store), servicer, 0.2)  # type: ignore[arg-type]
-    )
-    serving, not_serving = (
-        health_pb2.HealthCheckResponse.SERVING,
-        health_pb2.HealthCheckResponse.NOT_SERVING,
-    )
+    probes = Probes([("database", store.ping)], 0.2)
+    await probes.start()
+    monitor = asyncio.create_task(probes.run())
+    serving, not_serving = SERVING, NOT_SERVING
 
     async def health_becomes(status: int, within: float) -> None:
         deadline = time.monotonic() + within
         while time.monotonic() < deadline:
-            if await health_status(servicer, SERVICE_NAME) == status:
+            if await health_status(probes.servicer, READINESS) == status:
                 return
             await asyncio.sleep(0.05)
         raise AssertionError(f"health did not become {status} within {within}s")
@@ -66,6 +59,7 @@ async def test_outage_is_unavailable_fast_and_recovery_keeps_data(
             await store.get(written.id)
         assert time.monotonic() - started < 10, "an RPC must fail fast, not hang"
         await health_becomes(not_serving, 15)
+        assert await health_status(probes.servicer, LIVENESS) == serving
 
         ferretdb_process.start()
         await health_becomes(serving, 20)

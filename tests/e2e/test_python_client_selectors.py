@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -279,11 +280,20 @@ class _Cut:
 
 
 class _Recording:
-    """Stands in for the client's stub: records requests; cuts the first watch streams."""
+    """Stands in for the client's stub: records requests; cuts the first watch streams.
 
-    def __init__(self, real: Any, cuts: list[tuple[int, Callable[[], object]]]) -> None:
+    `listed` runs after each listing (e.g. the one that pins "from now").
+    """
+
+    def __init__(
+        self,
+        real: Any,
+        cuts: list[tuple[int, Callable[[], object]]],
+        listed: Callable[[], object] = lambda: None,
+    ) -> None:
         self.real = real
         self.cuts = cuts
+        self.listed = listed
         self.watches: list[pb.WatchAssetRequest] = []
         self.lists: list[pb.ListAssetsRequest] = []
 
@@ -292,7 +302,17 @@ class _Recording:
 
     def ListAssets(self, request: pb.ListAssetsRequest, timeout: float | None) -> Any:
         self.lists.append(request)
-        return self.real.ListAssets(request, timeout=timeout)
+        call = self.real.ListAssets(request, timeout=timeout)
+        if not inspect.isawaitable(call):
+            self.listed()
+            return call
+
+        async def answered() -> Any:  # the asyncio client's call runs once awaited
+            page = await call
+            self.listed()
+            return page
+
+        return answered()
 
     def WatchAsset(self, request: pb.WatchAssetRequest, timeout: float | None) -> Any:
         self.watches.append(request)
@@ -306,12 +326,13 @@ class _Recording:
 def test_watch_selector_resumes_after_unavailable_from_the_last_revision_yielded(
     client: AssetClient, helper: AssetClient
 ) -> None:
-    """Cut once before any event (from now: pinned first) and once after one event."""
+    """From now (pinned by a listing first), cut after one event, resumed after it."""
     a = promise(helper, "t", "a")
     b = promise(helper, "t", "b")
     stub = _Recording(
         client._stub,
-        [(0, lambda: helper.fulfill(a.id, value="A")), (1, lambda: helper.fail(b.id, "no"))],
+        [(1, lambda: helper.fail(b.id, "no"))],
+        listed=lambda: helper.fulfill(a.id, value="A"),  # after the pin: seen
     )
     client._stub = stub  # type: ignore[assignment]
     events = client.watch_selector(created_by_task="t", timeout=30)  # after_revision 0: now
@@ -321,11 +342,29 @@ def test_watch_selector_resumes_after_unavailable_from_the_last_revision_yielded
         close(events)
 
     assert brief(got) == [(CHANGED, a.id, AVAILABLE), (CHANGED, b.id, FAILED)]
-    # "From now" was pinned by one listing with the same filter, so that the change made
-    # while the first stream was down is not skipped by the second.
+    # "From now" was pinned by one listing with the same filter; the change made while
+    # the stream was down is not skipped by the second one.
     assert len(stub.lists) == 1 and stub.lists[0].created_by_task == "t"
-    assert [w.after_revision for w in stub.watches] == [b.revision, b.revision, got[0].revision]
+    assert [w.after_revision for w in stub.watches] == [b.revision, got[0].revision]
     assert all(w.selector.task_id == "t" and not w.asset_ids for w in stub.watches)
+
+
+def test_a_watch_cut_before_its_first_event_is_not_reopened_by_hand(
+    client: AssetClient, helper: AssetClient
+) -> None:
+    """Until its first event gRPC's retry policy repeats the call (the channel's service
+    config); UNAVAILABLE that gets through it ends the watch instead of a loop by hand."""
+    a = promise(helper, "t", "a")
+    stub = _Recording(client._stub, [(0, lambda: None)])
+    client._stub = stub  # type: ignore[assignment]
+    events = client.watch_selector(created_by_task="t", after_revision=a.revision, timeout=30)
+    try:
+        with pytest.raises(AssetServiceError) as info:
+            take(events, 1)
+    finally:
+        close(events)
+    assert info.value.code is grpc.StatusCode.UNAVAILABLE
+    assert len(stub.watches) == 1
 
 
 def test_a_stalled_selector_watch_is_resumed_by_itself(

@@ -1,4 +1,4 @@
-"""End to end: SIGTERM says NOT_SERVING first, drains calls while listening, ends in time."""
+"""End to end: SIGTERM turns readiness NOT_SERVING, drains calls while listening, ends in time."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ async def wait_exit(server: ServerProcess, seconds: float) -> int:
     return server.proc.returncode
 
 
-async def test_sigterm_answers_not_serving_while_calls_drain_before_it_closes(
+async def test_sigterm_answers_not_ready_but_alive_while_calls_drain_before_it_closes(
     start_server: StartServer,
 ) -> None:
     grace = 4.0
@@ -69,13 +69,14 @@ async def test_sigterm_answers_not_serving_while_calls_drain_before_it_closes(
 
         signalled = time.monotonic()
         server.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
-        # Probes, on new connections, see NOT_SERVING: never "connection refused".
+        # Probes, on new connections, see readiness NOT_SERVING, never "connection refused";
+        # liveness stays SERVING (a pod restarted mid-drain would cut the drain short).
         while (answers := await health_answers(server.address)) != {
-            "": "NOT_SERVING",
+            "": "SERVING",
             SERVICE: "NOT_SERVING",
         }:
             assert answers == {"": "SERVING", SERVICE: "SERVING"}, answers
-            assert time.monotonic() - signalled < 2, "health never said NOT_SERVING"
+            assert time.monotonic() - signalled < 2, "readiness never said NOT_SERVING"
         assert not manifest.done(), "the waiting call is still in flight"
         assert server.proc.poll() is None  # type: ignore[union-attr]
 
@@ -88,10 +89,7 @@ async def test_sigterm_answers_not_serving_while_calls_drain_before_it_closes(
         changed = await watch.read()
         assert changed.asset.status == pb.ASSET_STATUS_AVAILABLE  # type: ignore[union-attr]
         assert time.monotonic() - signalled < grace
-        assert await health_answers(server.address) == {
-            "": "NOT_SERVING",
-            SERVICE: "NOT_SERVING",
-        }
+        assert await health_answers(server.address) == {"": "SERVING", SERVICE: "NOT_SERVING"}
 
         # The watch holds the drain to the end of the grace; then the process ends.
         assert await wait_exit(server, grace + STOP_SLACK) == 0

@@ -132,6 +132,10 @@ async def test_stalled_readers_are_bounded_refused_over_the_limit_ended_and_rele
 
         # A client that dies while its reads are blocked: everything comes back at once.
         with stalled_client(server, "--read", asset.id, "--reads", str(n)) as client:
+            # Every read open (on a loaded machine the last ones start a while after the
+            # client's READY), then a moment for their first chunks to be in flight.
+            opened = base.stored_fds + n * FDS_PER_STREAM
+            await until(lambda: Usage.of(server).stored_fds >= opened, 20, f"{n} reads to open")
             await asyncio.sleep(1)
             held = Usage.of(server)
             growth = held.rss - base.rss

@@ -111,7 +111,7 @@ def test_values_from_the_listing_are_yielded_but_not_kept() -> None:
 
 
 def test_selector_cursor_pins_from_now_once_and_resumes_from_the_last_revision() -> None:
-    cursor = SelectorCursor(PENDING, None, ["red"], "job", None, 0, None, 3)
+    cursor = SelectorCursor(PENDING, None, ["red"], "job", None, 0, None)
     pin = cursor.pin_request()
     assert pin is not None and (pin.created_by_task, list(pin.tags), pin.page_size) == (
         "job",
@@ -127,7 +127,7 @@ def test_selector_cursor_pins_from_now_once_and_resumes_from_the_last_revision()
         ["red"],
     )
     assert not request.asset_ids and request.selector.status == pin.status
-    assert SelectorCursor(None, None, (), None, None, 7, None, 3).pin_request() is None
+    assert SelectorCursor(None, None, (), None, None, 7, None).pin_request() is None
 
 
 def test_out_of_range_is_history_gone() -> None:

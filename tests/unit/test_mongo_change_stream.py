@@ -559,13 +559,8 @@ class _Collection:
 
 
 async def test_a_failing_feed_makes_ping_and_health_fail_until_it_reads_again() -> None:
-    from types import SimpleNamespace
-
-    from grpc_health.v1 import health_pb2
-    from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
-
     from asset_service.domain.errors import Unavailable
-    from asset_service.server import SERVICE_NAME, _monitor_health
+    from asset_service.probes import NOT_SERVING, READINESS, SERVING, Probes
     from asset_service.store.mongo import MongoStore
     from tests.health import health_status
 
@@ -580,19 +575,14 @@ async def test_a_failing_feed_makes_ping_and_health_fail_until_it_reads_again() 
     assert summary(await take(items, 2)) == [("PUT", A, 1), "RESYNC"]
     with pytest.raises(Unavailable, match=r"change feed is failing.*not authorized"):
         await store.ping()
-    servicer = health_aio.HealthServicer()
-    monitor = asyncio.create_task(
-        _monitor_health(SimpleNamespace(store=store), servicer, 0.01)  # type: ignore[arg-type]
-    )
+    probes = Probes([("database", store.ping)], 0.01)
+    monitor = asyncio.create_task(probes.run())
     try:
         await asyncio.sleep(0.1)
-        assert (
-            await health_status(servicer, SERVICE_NAME)
-            == health_pb2.HealthCheckResponse.NOT_SERVING
-        )
+        assert await health_status(probes.servicer, READINESS) == NOT_SERVING
         assert summary(await take(items, 1)) == [("PUT", B, 7)]
         await asyncio.sleep(0.1)
-        assert await health_status(servicer, SERVICE_NAME) == health_pb2.HealthCheckResponse.SERVING
+        assert await health_status(probes.servicer, READINESS) == SERVING
     finally:
         monitor.cancel()
         await items.aclose()

@@ -9,15 +9,12 @@ import sys
 import time
 
 import pytest
-from grpc_health.v1 import health_pb2
-from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 
 from asset_service import server as server_module
 from asset_service.api.inflight import InFlight
-from asset_service.server import SERVICE_NAME, STOP_STEP_SECONDS, RunningServer
+from asset_service.probes import LIVENESS, NOT_SERVING, READINESS, SERVING, Probes
+from asset_service.server import STOP_STEP_SECONDS, RunningServer
 from tests.health import health_status
-
-NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 class Server:
@@ -51,11 +48,10 @@ async def stubborn(done: asyncio.Event) -> None:
             await asyncio.sleep(0.05)
 
 
-async def serving_health() -> health_aio.HealthServicer:
-    health = health_aio.HealthServicer()
-    for name in ("", SERVICE_NAME):
-        await health.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return health
+async def serving_health() -> Probes:
+    probes = Probes([], 1.0)
+    await probes.start()
+    return probes
 
 
 async def test_a_stop_ends_in_bounded_time_whatever_hangs(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -86,11 +82,11 @@ async def test_a_stop_ends_in_bounded_time_whatever_hangs(monkeypatch: pytest.Mo
     elapsed = time.monotonic() - started
     assert elapsed < grace + 3 * step + 1, f"the stop took {elapsed:.1f}s"
     assert server.stopped_with is not None and manager.stopped
-    for name in ("", SERVICE_NAME):
-        assert await health_status(running.health, name) == NOT_SERVING
+    for name in (LIVENESS, READINESS):
+        assert await health_status(running.probes.servicer, name) == NOT_SERVING
 
 
-async def test_health_says_not_serving_while_calls_drain_and_the_listener_stays_open() -> None:
+async def test_readiness_says_not_serving_while_calls_drain_and_the_listener_stays_open() -> None:
     in_flight = InFlight()
     in_flight.__enter__()
     server, manager = Server(), Manager()
@@ -105,8 +101,9 @@ async def test_health_says_not_serving_while_calls_drain_and_the_listener_stays_
     )
     stopping = asyncio.create_task(running.stop(30))
     await asyncio.sleep(0.2)
-    for name in ("", SERVICE_NAME):  # readiness (the service) and the server as a whole
-        assert await health_status(running.health, name) == NOT_SERVING
+    # Load balancers stop sending calls; a liveness probe must not restart the pod mid-drain.
+    assert await health_status(running.probes.servicer, READINESS) == NOT_SERVING
+    assert await health_status(running.probes.servicer, LIVENESS) == SERVING
     assert server.stopped_with is None, "the listener closed while a call was in flight"
     assert not stopping.done()
     started = time.monotonic()
@@ -116,6 +113,7 @@ async def test_health_says_not_serving_while_calls_drain_and_the_listener_stays_
     assert time.monotonic() - started < 1
     assert server.stopped_with is not None and server.stopped_with <= STOP_STEP_SECONDS
     assert manager.stopped
+    assert await health_status(running.probes.servicer, LIVENESS) == NOT_SERVING
 
 
 def test_a_stuck_stop_ends_the_process_after_its_bound() -> None:

@@ -82,6 +82,7 @@ class LocalStorage:
         self.intents = self.staging / "intents"
         self.device = -1
         self._lock_fd: int | None = None
+        self._ping: asyncio.Future[None] | None = None
         self._vouched: dict[str, tuple[int, int, int]] = {}
 
     # --- lifecycle ------------------------------------------------------------------
@@ -102,6 +103,30 @@ class LocalStorage:
             self._lock_fd = os.open(self.staging / ".lock", os.O_CREAT | os.O_RDWR, 0o600)
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             self.device = os.stat(self.root).st_dev
+        except OSError as exc:
+            raise Unavailable(f"storage root {self.root} is not usable: {exc}") from exc
+
+    async def ping(self) -> None:
+        # A check stuck on a hung disk is waited for again, never started twice: probes
+        # every few seconds do not pile up threads blocked in the kernel.
+        if self._ping is None or self._ping.done():
+            self._ping = asyncio.ensure_future(asyncio.to_thread(self._ping_sync))
+            # Its outcome is read by whichever ping awaits it; none may be left to.
+            self._ping.add_done_callback(lambda done: done.cancelled() or done.exception())
+        await asyncio.shield(self._ping)
+
+    def _ping_sync(self) -> None:
+        """The root is the file system opened (not the folder under an unmounted disk), and
+        a file can be created in this process's staging folder (not read-only, not gone)."""
+        try:
+            if os.stat(self.root).st_dev != self.device:
+                raise Unavailable(
+                    f"storage root {self.root} is now on another file system than at start-up "
+                    "(was its disk unmounted?); mount it back, or restart the server"
+                )
+            probe = self.staging / f".ping-{uuid.uuid4().hex[:8]}"
+            os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o600))
+            os.unlink(probe)
         except OSError as exc:
             raise Unavailable(f"storage root {self.root} is not usable: {exc}") from exc
 

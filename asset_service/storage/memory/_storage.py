@@ -80,6 +80,9 @@ class MemoryStorage:
             return
         self.state.areas.pop(self.instance, None)
 
+    async def ping(self) -> None:
+        _ = self.area  # Unavailable unless open
+
     @property
     def area(self) -> StagingArea:
         if self._area is None:

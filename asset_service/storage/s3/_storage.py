@@ -107,6 +107,15 @@ class S3Storage:
             ) from exc
         await asyncio.to_thread(self.journal.open)
 
+    async def ping(self) -> None:
+        """A HEAD of the bucket: the endpoint answers and the credentials still work."""
+        try:
+            await self.client.head_bucket(Bucket=self.location.bucket)
+        except AssetError:
+            raise
+        except Exception as exc:
+            raise Unavailable(f"bucket {self.location.bucket!r} is not reachable: {exc}") from exc
+
     async def close(self) -> None:
         await self.drain()
         if self._client is not None and not await asyncio.to_thread(self.journal.unsettled):

@@ -92,6 +92,8 @@ class SqliteStore:
         self._writer: GroupWriter | None = None
         self._changes: asyncio.Queue[Change] = asyncio.Queue()
         self._lock_fd: int | None = None
+        # (st_dev, st_ino) of the database file opened: ping() finds it moved or replaced.
+        self._identity: tuple[int, int] | None = None
 
     @property
     def transactions(self) -> int:
@@ -161,6 +163,8 @@ class SqliteStore:
                     migrate(conn, self.path, fresh)
                 # Before the writer thread starts, which makes every later use of the reserve.
                 self.room.open(conn)
+                opened = os.stat(self.path)
+                self._identity = (opened.st_dev, opened.st_ino)
             except BaseException:
                 conn.close()
                 raise
@@ -203,12 +207,33 @@ class SqliteStore:
 
     async def ping(self) -> None:
         def q(c: sqlite3.Connection) -> tuple[None, None]:
+            self._check_in_place()
             c.execute("SELECT 1").fetchone()
             # Space freed by other means comes back to the reserve within a health interval.
             self.room.make(c, force=True)
             return None, None
 
         await self._open_writer().solo(q)
+
+    def _check_in_place(self) -> None:
+        """Unavailable unless the file at the database's path is the one this store opened.
+
+        SQLite goes on writing to an open file that was removed, renamed or replaced (a
+        restore over it, an unmounted disk): every write would then reach a file that no
+        restart finds. Readiness turns NOT_SERVING instead, until it is put back.
+        """
+        try:
+            now = os.stat(self.path)
+        except OSError as exc:
+            raise Unavailable(
+                f"sqlite database {self.path} is gone ({exc.strerror}): it was moved or "
+                "removed while the server runs; put it back, or restart the server"
+            ) from exc
+        if (now.st_dev, now.st_ino) != self._identity:
+            raise Unavailable(
+                f"sqlite database {self.path} is no longer the file this server opened (it was "
+                "replaced while the server runs); put the original back, or restart the server"
+            )
 
     async def check_room(self) -> None:
         if not self.reserve.missing:

@@ -10,6 +10,9 @@ from typing import Any
 
 from google.protobuf import struct_pb2
 
+# The client's own copy of the stubs (scripts/gen_protos.py says why it is a copy).
+from asset_client._proto.asset.v1 import asset_service_pb2 as pb
+from asset_client._proto.asset.v1 import asset_service_pb2_grpc as pb_grpc
 from asset_client.models import (
     Asset,
     AssetPage,
@@ -23,15 +26,6 @@ from asset_client.models import (
     WatchEvent,
     WatchEventType,
 )
-
-try:
-    from asset_service._proto.asset.v1 import asset_service_pb2 as pb
-    from asset_service._proto.asset.v1 import asset_service_pb2_grpc as pb_grpc
-except ImportError as exc:  # pragma: no cover - an installation problem, not a code path
-    raise ImportError(
-        "asset_client needs the generated stubs of the `asset-service` package "
-        "(asset_service._proto); install it first, e.g. `pip install -e .` at the repository root"
-    ) from exc
 
 __all__ = ["pb", "pb_grpc"]
 

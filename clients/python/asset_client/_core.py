@@ -7,7 +7,7 @@ import hashlib
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
@@ -36,66 +36,6 @@ from asset_client.models import (
 )
 
 CHUNK_SIZE = 1024 * 1024
-MAX_MESSAGE_BYTES = 8 * 1024 * 1024
-CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-)
-
-
-TokenSource = Callable[[], str]
-
-
-class _TokenPlugin(grpc.AuthMetadataPlugin):
-    """Asks `source` for a token before each call (a token that gets refreshed)."""
-
-    def __init__(self, source: TokenSource) -> None:
-        self._source = source
-
-    def __call__(
-        self, context: grpc.AuthMetadataContext, callback: grpc.AuthMetadataPluginCallback
-    ) -> None:
-        try:
-            token = self._source()
-        except Exception as exc:  # reported as the call's error
-            callback((), exc)
-            return
-        callback((("authorization", f"Bearer {token}"),), None)
-
-
-def channel_credentials(
-    credentials: grpc.ChannelCredentials | None,
-    *,
-    tls: bool,
-    root_certificates: bytes | None,
-    certificate_chain: bytes | None,
-    private_key: bytes | None,
-    token: str | TokenSource | None,
-) -> grpc.ChannelCredentials | None:
-    """The channel's credentials: TLS (and a client certificate), plus a bearer token.
-
-    None means a plaintext channel. A token without TLS goes only to a loopback address
-    (grpc's local credentials), never in clear over a network.
-    """
-    if (certificate_chain is None) != (private_key is None):
-        raise ValueError("certificate_chain and private_key go together: give both or neither")
-    wants_tls = tls or root_certificates is not None or certificate_chain is not None
-    if credentials is not None and wants_tls:
-        raise ValueError("give either credentials or the TLS arguments, not both")
-    if credentials is None and wants_tls:
-        credentials = grpc.ssl_channel_credentials(
-            root_certificates, private_key, certificate_chain
-        )
-    if token is None:
-        return credentials
-    if credentials is None:
-        credentials = grpc.local_channel_credentials(grpc.LocalConnectionType.LOCAL_TCP)
-    call = (
-        grpc.access_token_call_credentials(token)
-        if isinstance(token, str)
-        else grpc.metadata_call_credentials(_TokenPlugin(token))
-    )
-    return grpc.composite_channel_credentials(credentials, call)
 
 
 class Deadline:
@@ -309,15 +249,17 @@ def _fsync_dir(folder: Path) -> None:
 class Cursor:
     """Where a watch resumes, and whether it does; shared by id and selector watches.
 
-    The cursor is the greatest revision delivered so far; after UNAVAILABLE the watch is
-    re-opened with `after_revision` set to it, so nothing is lost and nothing repeated.
+    The cursor is the greatest revision delivered so far. gRPC itself retries a watch
+    after UNAVAILABLE until its first event (the channel's retry policy); a stream cut by
+    UNAVAILABLE after delivering events is re-opened here with `after_revision` set to
+    the cursor, so nothing is lost and nothing repeated. A re-opened stream that fails
+    again before any event (gRPC having retried it already) ends the watch.
     """
 
-    def __init__(self, after_revision: int, timeout: float | None, max_retries: int) -> None:
+    def __init__(self, after_revision: int, timeout: float | None) -> None:
         self.revision = after_revision
         self.deadline = Deadline(timeout)
-        self.max_retries = max_retries
-        self.failures = 0
+        self.delivered = 0  # events delivered by the stream open now
 
     def pin_request(self) -> pb.ListAssetsRequest | None:
         """A listing whose revision the watch must start after, or None (already known)."""
@@ -327,26 +269,24 @@ class Cursor:
         self.revision = revision
 
     def request(self) -> pb.WatchAssetRequest:
+        self.delivered = 0
+        return self._request()
+
+    def _request(self) -> pb.WatchAssetRequest:
         raise NotImplementedError
 
     def observe(self, msg: pb.WatchAssetResponse) -> WatchEvent:
         event = _convert.event_from_pb(msg)
         self.revision = max(self.revision, event.revision)
-        self.failures = 0
+        self.delivered += 1
         return event
 
-    def retry_delay(self, err: AssetServiceError) -> float | None:
-        """Seconds to wait before resuming, or None to give up and raise `err`."""
-        if not isinstance(err, UnavailableError):
-            return None
-        self.failures += 1
-        if self.failures > self.max_retries:
-            return None
-        delay = min(0.1 * 2.0 ** (self.failures - 1), 5.0)
+    def resumes(self, err: AssetServiceError) -> bool:
+        """Whether to re-open the watch after `err` rather than raise it."""
+        if not isinstance(err, UnavailableError) or not self.delivered:
+            return False
         remaining = self.deadline.remaining()
-        if remaining is not None and remaining <= delay:
-            return None
-        return delay
+        return remaining is None or remaining > 0
 
 
 class WatchCursor(Cursor):
@@ -358,15 +298,14 @@ class WatchCursor(Cursor):
         after_revision: int,
         follow: bool,
         timeout: float | None,
-        max_retries: int,
     ) -> None:
         self.asset_ids = _convert.tags_list(asset_ids)
         if not self.asset_ids:
             raise ValueError("watch needs at least one asset id")
-        super().__init__(after_revision, timeout, max_retries)
+        super().__init__(after_revision, timeout)
         self.follow = follow
 
-    def request(self) -> pb.WatchAssetRequest:
+    def _request(self) -> pb.WatchAssetRequest:
         return pb.WatchAssetRequest(
             asset_ids=self.asset_ids, after_revision=self.revision, follow=self.follow
         )

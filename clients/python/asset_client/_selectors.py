@@ -33,9 +33,8 @@ class SelectorCursor(Cursor):
         label: str | None,
         after_revision: int,
         timeout: float | None,
-        max_retries: int,
     ) -> None:
-        super().__init__(after_revision, timeout, max_retries)
+        super().__init__(after_revision, timeout)
         self.listing = list_request(status, type_, tags, created_by_task, label, 1)
         self.selector = pb.AssetSelector(
             task_id=self.listing.created_by_task,
@@ -53,7 +52,7 @@ class SelectorCursor(Cursor):
         super().pin(revision)
         self.pinned = True
 
-    def request(self) -> pb.WatchAssetRequest:
+    def _request(self) -> pb.WatchAssetRequest:
         return pb.WatchAssetRequest(selector=self.selector, after_revision=self.revision)
 
 

@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 import grpc
 import grpc.aio
 
-from asset_client import _convert, _core, _selectors
+from asset_client import _channel, _convert, _core, _selectors
 from asset_client._convert import pb, pb_grpc
 from asset_client._leases import AsyncLeaseKeeper
 from asset_client.errors import (
@@ -53,57 +53,66 @@ log = logging.getLogger(__name__)
 
 Resp = TypeVar("Resp")
 
-_UNSET: Any = object()
+_UNSET: Any = _channel.UNSET
 
 
 class AsyncAssetClient:
     """asyncio client of the Asset Service; AssetClient has the same API, blocking.
+
+    `target` is host:port. Where an argument is not given, its ASSET_SERVICE_* variable
+    is read (README: "Configuration from the environment"): ASSET_SERVICE_ADDR,
+    ASSET_SERVICE_TIMEOUT, ASSET_SERVICE_CA_FILE, ASSET_SERVICE_CLIENT_CERT and
+    ASSET_SERVICE_CLIENT_KEY, ASSET_SERVICE_TOKEN or ASSET_SERVICE_TOKEN_FILE; without
+    either, 127.0.0.1:50051 in plaintext with 30 s deadlines.
 
     Security (docs/security.md): `tls=True` (system roots) or `root_certificates` (PEM)
     for TLS; `certificate_chain` + `private_key` (PEM) for a client certificate (mTLS);
     `token`, a bearer token or a callable returning one before each call (refreshing
     task tokens). A token without TLS is sent only to a loopback address.
 
-    `timeout` (seconds) is the default deadline of unary calls; each method takes its own
-    `timeout` too (None there means the client default for unary calls, no deadline for
-    streams: upload, download, watch, watch_selector, follow).
+    `timeout` (seconds, more than 0; None: none) is the default deadline of unary calls;
+    each method takes its own `timeout` too (None there means the client default for
+    unary calls, no deadline for streams: upload, download, watch, watch_selector,
+    follow). Calls that are safe to repeat are retried by gRPC after UNAVAILABLE, within
+    their deadline (the channel's service config; README: "Retries").
     Blocking file work (hashing, fsync) runs in a worker thread.
     Use `async with` to close the channel.
     """
 
     def __init__(
         self,
-        target: str = "127.0.0.1:50051",
+        target: str | None = None,
         *,
-        timeout: float | None = 30.0,
+        timeout: float | None = _UNSET,
         credentials: grpc.ChannelCredentials | None = None,
         channel: grpc.aio.Channel | None = None,
         options: Sequence[tuple[str, Any]] = (),
-        watch_retries: int = 8,
         tls: bool = False,
         root_certificates: bytes | None = None,
         certificate_chain: bytes | None = None,
         private_key: bytes | None = None,
         token: str | Callable[[], str] | None = None,
     ) -> None:
-        self.target = target
-        self.timeout = timeout
-        self.watch_retries = watch_retries
-        self._owns_channel = channel is None
-        credentials = _core.channel_credentials(
-            credentials,
+        settings = _channel.resolve(
+            target,
+            timeout,
+            credentials=credentials,
             tls=tls,
             root_certificates=root_certificates,
             certificate_chain=certificate_chain,
             private_key=private_key,
             token=token,
+            own_channel=channel is None,
         )
+        self.target = settings.target
+        self.timeout = settings.timeout
+        self._owns_channel = channel is None
         if channel is None:
-            opts = [*_core.CHANNEL_OPTIONS, *options]
-            if credentials is None:
-                channel = grpc.aio.insecure_channel(target, options=opts)
+            opts = _channel.channel_options(options)
+            if settings.credentials is None:
+                channel = grpc.aio.insecure_channel(self.target, options=opts)
             else:
-                channel = grpc.aio.secure_channel(target, credentials, options=opts)
+                channel = grpc.aio.secure_channel(self.target, settings.credentials, options=opts)
         self._channel = channel
         self._stub = pb_grpc.AssetServiceStub(channel)
 
@@ -426,7 +435,7 @@ class AsyncAssetClient:
         timeout: float | None = None,
     ) -> AsyncGenerator[WatchEvent, None]:
         """Snapshot then every change, in order; resumes by itself after UNAVAILABLE."""
-        cursor = _core.WatchCursor(asset_ids, after_revision, follow, timeout, self.watch_retries)
+        cursor = _core.WatchCursor(asset_ids, after_revision, follow, timeout)
         return self._watch_events(cursor)
 
     def watch_selector(
@@ -452,12 +461,13 @@ class AsyncAssetClient:
         page's revision (or use `follow`, which does).
         """
         cursor = _selectors.SelectorCursor(
-            status, type, tags, created_by_task, label, after_revision, timeout, self.watch_retries
+            status, type, tags, created_by_task, label, after_revision, timeout
         )
         return self._watch_events(cursor)
 
     async def _watch_events(self, cursor: _core.Cursor) -> AsyncGenerator[WatchEvent, None]:
-        """A watch's events, re-opened after UNAVAILABLE after the last revision yielded."""
+        """A watch's events; re-opened after the last revision yielded when a stream that
+        delivered events is cut by UNAVAILABLE (gRPC retries one that delivered none)."""
         while True:
             try:
                 if (pin := cursor.pin_request()) is not None:
@@ -474,10 +484,9 @@ class AsyncAssetClient:
                 return
             except grpc.RpcError as exc:
                 err = from_rpc_error(exc)
-                delay = cursor.retry_delay(err)
-                if delay is None:
+                if not cursor.resumes(err):
                     raise err from exc
-            await asyncio.sleep(delay)
+                log.info("watch: resuming after revision %s (%s)", cursor.revision, err)
 
     async def follow(
         self,

@@ -7,7 +7,6 @@ from __future__ import annotations
 import builtins
 import logging
 import os
-import time
 from collections.abc import (
     Callable,
     Generator,
@@ -23,7 +22,7 @@ from typing import Any, TypeVar, cast
 
 import grpc
 
-from asset_client import _convert, _core, _selectors
+from asset_client import _channel, _convert, _core, _selectors
 from asset_client._convert import pb, pb_grpc
 from asset_client._leases import LeaseKeeper
 from asset_client.errors import (
@@ -48,56 +47,65 @@ log = logging.getLogger(__name__)
 
 Resp = TypeVar("Resp")
 
-_UNSET: Any = object()
+_UNSET: Any = _channel.UNSET
 
 
 class AssetClient:
     """Blocking client of the Asset Service; AsyncAssetClient has the same API for asyncio.
+
+    `target` is host:port. Where an argument is not given, its ASSET_SERVICE_* variable
+    is read (README: "Configuration from the environment"): ASSET_SERVICE_ADDR,
+    ASSET_SERVICE_TIMEOUT, ASSET_SERVICE_CA_FILE, ASSET_SERVICE_CLIENT_CERT and
+    ASSET_SERVICE_CLIENT_KEY, ASSET_SERVICE_TOKEN or ASSET_SERVICE_TOKEN_FILE; without
+    either, 127.0.0.1:50051 in plaintext with 30 s deadlines.
 
     Security (docs/security.md): `tls=True` (system roots) or `root_certificates` (PEM)
     for TLS; `certificate_chain` + `private_key` (PEM) for a client certificate (mTLS);
     `token`, a bearer token or a callable returning one before each call (refreshing
     task tokens). A token without TLS is sent only to a loopback address.
 
-    `timeout` (seconds) is the default deadline of unary calls; each method takes its own
-    `timeout` too (None there means the client default for unary calls, no deadline for
-    streams: upload, download, watch, watch_selector, follow).
+    `timeout` (seconds, more than 0; None: none) is the default deadline of unary calls;
+    each method takes its own `timeout` too (None there means the client default for
+    unary calls, no deadline for streams: upload, download, watch, watch_selector,
+    follow). Calls that are safe to repeat are retried by gRPC after UNAVAILABLE, within
+    their deadline (the channel's service config; README: "Retries").
     Use as a context manager to close the channel.
     """
 
     def __init__(
         self,
-        target: str = "127.0.0.1:50051",
+        target: str | None = None,
         *,
-        timeout: float | None = 30.0,
+        timeout: float | None = _UNSET,
         credentials: grpc.ChannelCredentials | None = None,
         channel: grpc.Channel | None = None,
         options: Sequence[tuple[str, Any]] = (),
-        watch_retries: int = 8,
         tls: bool = False,
         root_certificates: bytes | None = None,
         certificate_chain: bytes | None = None,
         private_key: bytes | None = None,
         token: str | Callable[[], str] | None = None,
     ) -> None:
-        self.target = target
-        self.timeout = timeout
-        self.watch_retries = watch_retries
-        self._owns_channel = channel is None
-        credentials = _core.channel_credentials(
-            credentials,
+        settings = _channel.resolve(
+            target,
+            timeout,
+            credentials=credentials,
             tls=tls,
             root_certificates=root_certificates,
             certificate_chain=certificate_chain,
             private_key=private_key,
             token=token,
+            own_channel=channel is None,
         )
+        self.target = settings.target
+        self.timeout = settings.timeout
+        self._owns_channel = channel is None
         if channel is None:
-            opts = [*_core.CHANNEL_OPTIONS, *options]
-            if credentials is None:
-                channel = grpc.insecure_channel(target, options=opts)
+            opts = _channel.channel_options(options)
+            if settings.credentials is None:
+                channel = grpc.insecure_channel(self.target, options=opts)
             else:
-                channel = grpc.secure_channel(target, credentials, options=opts)
+                channel = grpc.secure_channel(self.target, settings.credentials, options=opts)
         self._channel = channel
         self._stub = pb_grpc.AssetServiceStub(channel)
 
@@ -399,7 +407,7 @@ class AssetClient:
         timeout: float | None = None,
     ) -> Generator[WatchEvent, None, None]:
         """Snapshot then every change, in order; resumes by itself after UNAVAILABLE."""
-        cursor = _core.WatchCursor(asset_ids, after_revision, follow, timeout, self.watch_retries)
+        cursor = _core.WatchCursor(asset_ids, after_revision, follow, timeout)
         return self._watch_events(cursor)
 
     def watch_selector(
@@ -425,12 +433,13 @@ class AssetClient:
         page's revision (or use `follow`, which does).
         """
         cursor = _selectors.SelectorCursor(
-            status, type, tags, created_by_task, label, after_revision, timeout, self.watch_retries
+            status, type, tags, created_by_task, label, after_revision, timeout
         )
         return self._watch_events(cursor)
 
     def _watch_events(self, cursor: _core.Cursor) -> Generator[WatchEvent, None, None]:
-        """A watch's events, re-opened after UNAVAILABLE after the last revision yielded."""
+        """A watch's events; re-opened after the last revision yielded when a stream that
+        delivered events is cut by UNAVAILABLE (gRPC retries one that delivered none)."""
         while True:
             try:
                 if (pin := cursor.pin_request()) is not None:
@@ -445,10 +454,9 @@ class AssetClient:
                 return
             except grpc.RpcError as exc:
                 err = from_rpc_error(exc)
-                delay = cursor.retry_delay(err)
-                if delay is None:
+                if not cursor.resumes(err):
                     raise err from exc
-            time.sleep(delay)
+                log.info("watch: resuming after revision %s (%s)", cursor.revision, err)
 
     def follow(
         self,

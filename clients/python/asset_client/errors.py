@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
-from google.rpc import error_details_pb2, status_pb2
 
+from asset_client import _status
 from asset_client.models import Asset
 
 _STATUS_DETAILS_KEY = "grpc-status-details-bin"
@@ -194,17 +194,9 @@ def _violations(trailing: Iterable[Any] | None) -> tuple[Violation, ...]:
         if key != _STATUS_DETAILS_KEY or not isinstance(value, bytes):
             continue
         try:
-            status = status_pb2.Status.FromString(value)
+            return tuple(Violation(*v) for v in _status.violations(value))
         except Exception:  # malformed details must not hide the real error
             return ()
-        found: list[Violation] = []
-        for detail in status.details:
-            failure = error_details_pb2.PreconditionFailure()
-            if detail.Unpack(failure):
-                found.extend(
-                    Violation(v.type, v.subject, v.description) for v in failure.violations
-                )
-        return tuple(found)
     return ()
 
 
