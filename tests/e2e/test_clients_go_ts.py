@@ -58,6 +58,7 @@ GO_TESTS = (
     "TestWatchResumesAfterTheLastRevision",
     "TestDefaultDeadlines",
     "TestFromEnv",
+    "TestTokenFileIsReadBeforeEveryCall",
     "TestDialEnvReachesTheServer",
     "TestEveryMethodIsInOneRetryTable",
     "TestServiceConfigRetriesExactlyTheSafeMethods",

@@ -54,7 +54,8 @@ func (c *Client) CreatePendingAsset(ctx context.Context, p Promise) (*assetv1.As
 	return resp.GetAsset(), err
 }
 
-// FulfillWithValue turns a PENDING VALUE asset AVAILABLE with value.
+// FulfillWithValue turns a PENDING VALUE asset AVAILABLE with value. An
+// identical repeat is answered with the same asset (so it is retried).
 func (c *Client) FulfillWithValue(ctx context.Context, id string, value *assetv1.Value) (*assetv1.Asset, error) {
 	return c.fulfill(ctx, &assetv1.FulfillAssetRequest{AssetId: id, Content: &assetv1.FulfillAssetRequest_Value{Value: value}})
 }
@@ -74,7 +75,8 @@ func (c *Client) fulfill(ctx context.Context, req *assetv1.FulfillAssetRequest) 
 	return resp.GetAsset(), err
 }
 
-// FailAsset turns a PENDING asset FAILED; every watcher sees reason.
+// FailAsset turns a PENDING asset FAILED; every watcher sees reason. A repeat
+// with the same reason is answered with the same asset (so it is retried).
 func (c *Client) FailAsset(ctx context.Context, id, reason string) (*assetv1.Asset, error) {
 	resp, err := unary(ctx, c, "FailAsset", c.raw.FailAsset, &assetv1.FailAssetRequest{AssetId: id, Reason: reason})
 	return resp.GetAsset(), err

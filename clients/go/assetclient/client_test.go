@@ -110,8 +110,13 @@ func TestEveryRPCThroughTheClient(t *testing.T) {
 	if left := time.Until(renewed.GetLeaseExpireTime().AsTime()); left < 90*time.Second {
 		t.Errorf("RenewLease(2m): runs out in %v", left)
 	}
-	if _, err := c.FulfillWithValue(ctx, value.GetId(), assetclient.JSON(`{"scenes": 3}`)); err != nil {
+	fulfilled, err := c.FulfillWithValue(ctx, value.GetId(), assetclient.JSON(`{"scenes": 3}`))
+	if err != nil {
 		t.Fatal(err)
+	}
+	// An identical repeat (what a retry sends) is answered with the same asset.
+	if again, err := c.FulfillWithValue(ctx, value.GetId(), assetclient.JSON(`{"scenes": 3}`)); err != nil || again.GetRevision() != fulfilled.GetRevision() {
+		t.Errorf("FulfillAsset repeated: %v %v, want the same asset", again, err)
 	}
 	content := randomBytes(t, 2*assetclient.ChunkSize+12345)
 	uploaded, err := c.Upload(ctx, bytes.NewReader(content), assetclient.UploadOptions{Pending: file.GetId()})
@@ -124,6 +129,9 @@ func TestEveryRPCThroughTheClient(t *testing.T) {
 	failed, err := c.FailAsset(ctx, doomed.GetId(), "the model ran out of memory")
 	if err != nil || failed.GetFailureReason() != "the model ran out of memory" {
 		t.Fatalf("FailAsset: %v %v", failed, err)
+	}
+	if again, err := c.FailAsset(ctx, doomed.GetId(), "the model ran out of memory"); err != nil || again.GetRevision() != failed.GetRevision() {
+		t.Errorf("FailAsset repeated: %v %v, want the same asset", again, err)
 	}
 
 	got, err := c.GetAsset(ctx, file.GetId())

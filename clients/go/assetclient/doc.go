@@ -12,9 +12,10 @@
 //	if errors.Is(err, assetclient.ErrNotFound) { ... }
 //
 // Unary calls get DefaultCallTimeout when their context has no deadline
-// (WithCallTimeout). The connection retries reads, GetManifest, RenewLease and
-// MintTaskToken after UNAVAILABLE through gRPC's service config
-// (ServiceConfig), never a call that creates or changes an asset. Failed calls
+// (WithCallTimeout). The connection retries the calls a repeat cannot harm
+// (reads, GetManifest, FulfillAsset, FailAsset, RenewLease, MintTaskToken, ...)
+// after UNAVAILABLE through gRPC's service config (ServiceConfig), never one
+// that creates or deletes an asset. Failed calls
 // return an *Error: its Code, the server's Message and the Violations of a
 // FAILED_PRECONDITION; errors.Is matches it against ErrNotFound,
 // ErrFailedPrecondition, ... by code.

@@ -1,9 +1,15 @@
 package assetclient
 
 import (
+	"context"
+	"errors"
 	"fmt"
+	"math"
 	"os"
+	"strconv"
 	"strings"
+	"sync"
+	"time"
 )
 
 // The environment variables DialEnv reads; the Python and TypeScript clients
@@ -13,6 +19,11 @@ const (
 	EnvAddr = "ASSET_SERVICE_ADDR"
 	// EnvToken is a bearer token (a tokens-file token or a task token).
 	EnvToken = "ASSET_SERVICE_TOKEN"
+	// EnvTokenFile is a file holding the bearer token, read again before every
+	// call (so a refreshed file is used at once); not with EnvToken.
+	EnvTokenFile = "ASSET_SERVICE_TOKEN_FILE"
+	// EnvTimeout is the default deadline of unary calls, in seconds (WithCallTimeout).
+	EnvTimeout = "ASSET_SERVICE_TIMEOUT"
 	// EnvCAFile is a PEM root CA file: connect with TLS, trusting only it.
 	EnvCAFile = "ASSET_SERVICE_CA_FILE"
 	// EnvClientCert and EnvClientKey are a PEM client certificate and its key (mTLS).
@@ -28,7 +39,9 @@ const (
 const DefaultAddr = "127.0.0.1:50051"
 
 // FromEnv reads the ASSET_SERVICE_* variables (see EnvAddr, ...) into the
-// address and options DialEnv uses. An empty variable counts as unset.
+// address and options DialEnv uses. An empty variable counts as unset; one
+// that cannot be used (a timeout that is not a number, a certificate without
+// its key, a token file that cannot be read) is an error naming it.
 func FromEnv() (addr string, opts []Option, err error) {
 	addr = strings.TrimSpace(os.Getenv(EnvAddr))
 	if addr == "" {
@@ -53,10 +66,58 @@ func FromEnv() (addr string, opts []Option, err error) {
 	case cert != "" || key != "":
 		return "", nil, fmt.Errorf("set both %s and %s (a client certificate and its key), or neither", EnvClientCert, EnvClientKey)
 	}
-	if token := strings.TrimSpace(os.Getenv(EnvToken)); token != "" {
+	token, tokenFile := strings.TrimSpace(os.Getenv(EnvToken)), strings.TrimSpace(os.Getenv(EnvTokenFile))
+	switch {
+	case token != "" && tokenFile != "":
+		return "", nil, fmt.Errorf("both %s and %s are set: unset one of them", EnvToken, EnvTokenFile)
+	case token != "":
 		opts = append(opts, WithToken(token))
+	case tokenFile != "":
+		src, err := TokenFile(tokenFile)
+		if err != nil {
+			return "", nil, fmt.Errorf("%s=%s: %w", EnvTokenFile, tokenFile, err)
+		}
+		opts = append(opts, WithTokenSource(src))
+	}
+	if v := strings.TrimSpace(os.Getenv(EnvTimeout)); v != "" {
+		seconds, err := strconv.ParseFloat(v, 64)
+		if err != nil || math.IsNaN(seconds) || math.IsInf(seconds, 0) || seconds <= 0 {
+			return "", nil, fmt.Errorf("%s=%q: want a number of seconds above 0", EnvTimeout, v)
+		}
+		opts = append(opts, WithCallTimeout(time.Duration(seconds*float64(time.Second))))
 	}
 	return addr, opts, nil
+}
+
+// TokenFile is a TokenSource reading the token in path before every call, so
+// that a file that is refreshed (a task token replaced before it expires) is
+// used at once. A missing or empty file is an error now; if a later read
+// fails (between the steps of a replacement, say) the last token read is sent.
+func TokenFile(path string) (TokenSource, error) {
+	read := func() (string, error) {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return "", err
+		}
+		token := strings.TrimSpace(string(b))
+		if token == "" {
+			return "", errors.New("the file is empty")
+		}
+		return token, nil
+	}
+	last, err := read()
+	if err != nil {
+		return nil, err
+	}
+	var mu sync.Mutex
+	return func(context.Context) (string, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		if token, err := read(); err == nil {
+			last = token
+		}
+		return last, nil
+	}, nil
 }
 
 // DialEnv is Dial with the address and credentials from the environment

@@ -22,10 +22,12 @@ var retriedMethods = map[string]string{
 	"GetManifest":    "writes the same input_data.json again from the same inputs (and waits again with wait)",
 	"RenewLease":     "sets the lease's end to now + lease: a repeat only moves it a little later",
 	"MintTaskToken":  "the server keeps no state for a token: a repeat mints another, the lost one expires unused",
+	"FulfillAsset":   "the server answers an identical fulfilment (same value, same bytes, the file it moved) with the same asset",
+	"FailAsset":      "the server answers an identical failure (same reason) with the same asset",
 	"ScrubAssets":    "checks the same stored bytes again and comes to the same marks",
 }
 
-// notRetriedMethods are the calls that create or change an asset, and why a
+// notRetriedMethods are the calls that create or delete an asset, and why a
 // repeat after UNAVAILABLE could do harm: the first attempt may have been
 // applied before the connection broke.
 var notRetriedMethods = map[string]string{
@@ -33,8 +35,6 @@ var notRetriedMethods = map[string]string{
 	"RegisterFile":       "creates an asset: a repeat makes a second one (or, with move, finds the file gone)",
 	"CreateValueAsset":   "creates an asset: a repeat makes a second one",
 	"CreatePendingAsset": "creates a promise: a repeat makes a second one",
-	"FulfillAsset":       "a repeat of an applied one fails FAILED_PRECONDITION (already AVAILABLE), and its source file was moved",
-	"FailAsset":          "a repeat of an applied one fails FAILED_PRECONDITION (already FAILED)",
 	"DeleteAsset":        "a repeat of an applied one answers NOT_FOUND for a delete that succeeded",
 }
 
