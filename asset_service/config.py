@@ -288,6 +288,16 @@ class Settings:
         group="limits",
         flag="--upload-idle-timeout",
     )
+    upload_session_ttl_seconds: float = setting(
+        INTERVAL,
+        "24h",
+        "how long an unfinished resumable upload (UploadHeader.upload_id) is kept after its "
+        "last stream ended; then every server removes it with everything it staged (files, "
+        "multipart uploads; swept every tenth of it, at most every 10 min, and at start-up), "
+        "and resuming or QueryUpload answers NOT_FOUND",
+        group="limits",
+        flag="--upload-session-ttl",
+    )
     watch_buffer_bytes: int = setting(
         POSITIVE_SIZE,
         "4MiB",

@@ -150,6 +150,23 @@ async def _expire_leases(manager: AssetManager, interval: float) -> None:
         await asyncio.sleep(interval)
 
 
+def _session_sweep_interval(settings: Settings) -> float:
+    """A tenth of the TTL, between 1 s and 10 min: an expired upload's bytes are gone
+    within about a tenth of its TTL, at a few listings per sweep."""
+    return min(600.0, max(1.0, settings.upload_session_ttl_seconds / 10))
+
+
+async def _expire_upload_sessions(manager: AssetManager, interval: float) -> None:
+    """Remove unfinished resumable uploads past their TTL (every server process sweeps;
+    start-up swept once already)."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await manager.sweep_upload_sessions()
+        except (AssetError, OSError) as exc:
+            log.warning("upload session sweep failed: %s", exc)
+
+
 async def _settle_unknown_outcomes(manager: AssetManager) -> None:
     """Record writes whose outcome was unknown: keep or drop their bytes once it is known."""
     while True:
@@ -324,6 +341,7 @@ async def start(settings: Settings, store: MetadataStore | None = None) -> Runni
         watch_buffer_bytes=settings.watch_buffer_bytes,
         watch_history_bytes=settings.watch_history_bytes,
         max_lease_seconds=settings.max_lease_seconds,
+        upload_session_ttl_seconds=settings.upload_session_ttl_seconds,
     )
     manager = AssetManager(store, storage, limits, manifests)
     await manager.start()
@@ -371,6 +389,7 @@ async def start(settings: Settings, store: MetadataStore | None = None) -> Runni
         asyncio.create_task(_housekeeping(manager)),
         asyncio.create_task(_settle_unknown_outcomes(manager)),
         asyncio.create_task(_expire_leases(manager, settings.lease_check_interval_seconds)),
+        asyncio.create_task(_expire_upload_sessions(manager, _session_sweep_interval(settings))),
     ]
     if settings.scrub_rate_mib > 0:
         rate = settings.scrub_rate_mib * 1024 * 1024

@@ -73,7 +73,7 @@ TEXT = [
     ),
     ("    Blocking file work (hashing, fsync) runs in a worker thread.\n", ""),
     ("Use `async with` to close the channel.", "Use as a context manager to close the channel."),
-    ("import asyncio\n", ""),
+    ("import asyncio\n", "import time\n"),
     ("import grpc.aio\n", ""),
     ("    Awaitable,\n", ""),
     ("Callable[..., Awaitable[Resp]]", "Callable[..., Resp]"),
@@ -88,6 +88,7 @@ TEXT = [
 # Patterns replaced wherever they occur (at least once each).
 EVERYWHERE = [
     ("grpc.aio.", "grpc."),
+    ("asyncio.sleep(", "time.sleep("),
     ("AsyncGenerator[WatchEvent, None]", "Generator[WatchEvent, None, None]"),
     # grpc-stubs types the asyncio call's cancel() but leaves the blocking one's untyped.
     ("call.cancel()", "cast(Any, call).cancel()"),

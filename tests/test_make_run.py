@@ -11,7 +11,9 @@ ROOT = Path(__file__).resolve().parent.parent
 def dry_run(venv: Path) -> list[str]:
     """What `make run` would execute with no venv yet (make -n runs nothing)."""
     done = subprocess.run(
-        ["make", "-n", "run", f"VENV={venv}"],
+        # --no-print-directory: under `make test` (MAKELEVEL set) make would add
+        # "Entering/Leaving directory" lines around what it prints.
+        ["make", "--no-print-directory", "-n", "run", f"VENV={venv}"],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -147,6 +147,8 @@ def upload_header_from_pb(msg: pb.UploadHeader) -> UploadHeader:
         else None,
         expected_sha256=msg.expected_sha256,
         pending_asset_id=msg.pending_asset_id,
+        upload_id=msg.upload_id,
+        write_offset=msg.write_offset,
     )
 
 

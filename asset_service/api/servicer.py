@@ -236,6 +236,17 @@ class AssetServicer(pb_grpc.AssetServiceServicer):
         return pb.UploadAssetResponse(asset=convert.asset_to_pb(asset))
 
     @unary
+    async def QueryUpload(
+        self, request: pb.QueryUploadRequest, context: Ctx
+    ) -> pb.QueryUploadResponse:
+        state = await self.manager.query_upload(request.upload_id, by=_caller())
+        response = pb.QueryUploadResponse(committed_bytes=state.committed_bytes)
+        response.expire_time.FromDatetime(state.expires_at)
+        if state.asset is not None:
+            response.asset.CopyFrom(convert.asset_to_pb(state.asset))
+        return response
+
+    @unary
     async def RegisterFile(
         self, request: pb.RegisterFileRequest, context: Ctx
     ) -> pb.RegisterFileResponse:

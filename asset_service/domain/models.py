@@ -248,6 +248,9 @@ class UploadHeader:
     expected_size_bytes: int | None = None
     expected_sha256: str = ""
     pending_asset_id: str = ""
+    # A resumable upload's id (domain/uploads.py) and where this stream starts in the file.
+    upload_id: str = ""
+    write_offset: int = 0
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from asset_service.domain.models import (
     Status,
     Transition,
 )
+from asset_service.domain.uploads import UploadSession
 
 
 class MetadataStore(Protocol):
@@ -159,6 +160,67 @@ class StagingWriter(StagedBlob, Protocol):
         """Flush and fsync; no more writes."""
 
 
+class _Held(Protocol):
+    """A resumable upload's session, held by one stream: no other stream can take it until
+    the hold ends (release, remove, or the writer's suspend)."""
+
+    @property
+    def session(self) -> UploadSession:
+        """As recorded; committed_bytes may be more than the storage finds (never less)."""
+
+    async def save(self, session: UploadSession) -> None:
+        """Record `session` durably (about to complete, completed)."""
+
+    async def remove(self) -> None:
+        """Remove the session: its record and everything it staged. The hold ends."""
+
+    def release(self) -> None:
+        """End the hold, changing nothing (idempotent)."""
+
+
+class SessionHold(_Held, Protocol):
+    async def resume(self) -> SessionWriter:
+        """The bytes held durably, read back and hashed (after a restart nothing else can
+        vouch for them), ready to take the next ones; the hold passes to the writer."""
+
+
+class SessionWriter(StagingWriter, _Held, Protocol):
+    """A resumable upload's bytes: size_bytes, sha256 (and any other digest) cover the
+    WHOLE file, the durable prefix included.
+
+    A stream that was cut ends with suspend(); one that completes with seal() and a commit
+    settled by StagedBlob's methods, which concern the bytes only (the record stays until
+    save() or remove()).
+    """
+
+    async def suspend(self, expires_at: datetime) -> UploadSession:
+        """Make what was received durable as far as the storage can (what it cannot is
+        dropped: an object store's unfinished part), record that offset and `expires_at`,
+        and end the hold. The record as saved."""
+
+
+class UploadSessions(Protocol):
+    """Where resumable uploads keep their sessions: beside the bytes, in the same storage
+    (a folder of the storage root, or objects and a multipart upload in the bucket), so
+    that they survive a restart and any server sharing the storage can resume them."""
+
+    async def new_session(self, key: str, session: UploadSession) -> SessionWriter:
+        """Start a session with no bytes, held by the calling stream; Conflict if there is
+        one under `key` already (two first streams racing)."""
+
+    async def take_session(self, key: str) -> SessionHold | None:
+        """Hold the session under `key` for one stream: None if there is none, Conflict if
+        another stream holds it."""
+
+    async def read_session(self, key: str) -> UploadSession | None:
+        """The session as it stands (committed_bytes: what is durable now), without
+        holding it."""
+
+    async def sweep_sessions(self, now: datetime) -> int:
+        """Remove every session that expired by `now` (and is not held), with everything
+        it staged, and what a crash left of one being created; how many."""
+
+
 class Leftover(Protocol):
     """A move a dead process journaled but did not settle."""
 
@@ -169,7 +231,7 @@ class Leftover(Protocol):
     def storage_path(self) -> str: ...
 
 
-class BlobStorage(Protocol):
+class BlobStorage(UploadSessions, Protocol):
     """Where FILE bytes live: storage/local/ (the local disk) or storage/s3/ (an object store)."""
 
     async def open(self) -> None:

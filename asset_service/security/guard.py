@@ -122,6 +122,8 @@ class Guard:
                 f"this token is scoped to task {task}; it may not set {', '.join(extra)} "
                 f"in {self.rpc}"
             )
+        if rule.task is TaskAccess.OWN:
+            return  # the handler finds only what this principal started
         if rule.task is TaskAccess.LIST:
             if getattr(message, "created_by_task") != task:  # noqa: B009
                 raise PermissionDenied(

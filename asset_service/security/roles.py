@@ -18,6 +18,9 @@ class TaskAccess(enum.Enum):
     WRITE = "write"
     # The request's created_by_task filter is the token's task.
     LIST = "list"
+    # The request names something the caller started itself (a resumable upload): the
+    # handler looks it up under the caller's principal, so anyone else's is NOT_FOUND.
+    OWN = "own"
 
 
 @dataclass(frozen=True)
@@ -38,7 +41,17 @@ class Rule:
 
 
 _S = "/asset.v1.AssetService/"
-_HEADER = ("label", "media_type", "tags", "expected_size_bytes", "expected_sha256")
+_HEADER = (
+    "label",
+    "media_type",
+    "tags",
+    "expected_size_bytes",
+    "expected_sha256",
+    # A resumable upload's id is looked up under the caller's principal (domain/uploads.py):
+    # a task token resumes only the uploads its task started.
+    "upload_id",
+    "write_offset",
+)
 _LIST = ("status", "type", "tags", "created_by_task", "label", "page_size", "page_token")
 # Server reflection, both protocols (api/reflection.py serves one servicer under each name).
 REFLECTION_METHODS = (
@@ -61,6 +74,7 @@ RULES: dict[str, Rule] = {
     _S + "UploadAsset": Rule(
         Role.WORKER, TaskAccess.WRITE, "header.pending_asset_id", _HEADER, audited=True
     ),
+    _S + "QueryUpload": Rule(Role.WORKER, TaskAccess.OWN, "upload_id"),
     _S + "FulfillAsset": Rule(
         Role.WORKER,
         TaskAccess.WRITE,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from typing import Any
 
 import google_crc32c
 
@@ -47,6 +48,11 @@ class BlockSummer:
             if self._filled == self.block_bytes:
                 self._sums += self._crc.to_bytes(4, "big")
                 self._crc, self._filled = 0, 0
+
+    def copy(self) -> BlockSummer:
+        twin = BlockSummer(self.block_bytes)
+        twin._sums, twin._crc, twin._filled = bytearray(self._sums), self._crc, self._filled
+        return twin
 
     def result(self) -> BlockSums:
         """The sums of every block so far (a partial last block included)."""
@@ -105,6 +111,16 @@ class Digests:
     def update(self, chunk: Chunk) -> None:
         self.sha.update(chunk)
         self.blocks.update(chunk)
+
+    @classmethod
+    def of(cls, sha: Any, blocks: BlockSummer) -> Digests:
+        """Digests that go on from `sha` (a hashlib sha256) and `blocks`."""
+        digests = cls()
+        digests.sha, digests.blocks = sha, blocks
+        return digests
+
+    def copy(self) -> Digests:
+        return Digests.of(self.sha.copy(), self.blocks.copy())
 
 
 # What a caller may pass to pace a long pass over stored bytes (the scrub's rate).

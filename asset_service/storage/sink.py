@@ -13,11 +13,12 @@ import mmap
 import os
 import queue
 import threading
+from collections.abc import Callable
 
 from asset_service.domain.models import BlockSums
 from asset_service.domain.ports import Chunk
 from asset_service.storage import fs
-from asset_service.storage.blocks import BlockSummer
+from asset_service.storage.blocks import BlockSummer, Digests
 
 # Bytes accepted but not yet taken by the upload's thread before write() makes the caller
 # wait (the RPC then stops reading its stream, and HTTP/2 flow control stops the client). A
@@ -103,7 +104,7 @@ class _Direct:
     from the sink's thread; close() always ends the writer thread and gives the buffers back.
     """
 
-    def __init__(self, fd: int, name: str) -> None:
+    def __init__(self, fd: int, name: str, start: int = 0) -> None:
         self._fd = fd
         self._name = name
         self._direct = True
@@ -114,7 +115,7 @@ class _Direct:
             self._free.put(buffer)
         self._current = self._owned[0]
         self._filled = 0  # bytes in the current buffer
-        self._offset = 0  # file offset of the current buffer
+        self._offset = start  # file offset of the current buffer
         self._error: OSError | None = None
         self._dropping = False  # closing without finish(): queued buffers are not written
         self._thread: threading.Thread | None = None  # started with the first full buffer
@@ -215,12 +216,23 @@ class FileSink:
         queue_bytes: int = QUEUE_BYTES,
         name: str = "upload",
         direct: bool = True,
+        *,
+        start: int = 0,
+        digests: Digests | None = None,
+        checkpoint_bytes: int = 0,
+        on_durable: Callable[[int], None] | None = None,
     ) -> None:
         self._fd = fd
         self._limit = queue_bytes
-        self._hash = hashlib.sha256()
+        # A resumed upload continues at `start`, its digests over the bytes before it.
+        self._start = start
+        self._hash = digests.sha if digests is not None else hashlib.sha256()
         # The block checksums reads check, computed from the bytes as they arrive.
-        self._blocks = BlockSummer()
+        self._blocks = digests.blocks if digests is not None else BlockSummer()
+        # Every checkpoint_bytes written, the thread fdatasyncs and calls on_durable(end
+        # offset): the file up to there survives a crash (storage/local/_sessions.py).
+        self._checkpoint = checkpoint_bytes if on_durable is not None else 0
+        self._on_durable = on_durable
         self._lock = threading.Lock()
         self._ready = threading.Condition(self._lock)  # the thread waits for chunks here
         self._chunks: collections.deque[Chunk] = collections.deque()
@@ -230,7 +242,10 @@ class FileSink:
         self._error: OSError | None = None
         # (loop, future) of a write() waiting for room; the thread completes it.
         self._room: tuple[asyncio.AbstractEventLoop, asyncio.Future[None]] | None = None
-        self._direct = _Direct(fd, name) if direct and use_direct_io(fd) else None
+        # Direct writes need aligned offsets, and a checkpoint would have to flush a
+        # partly filled buffer: resumed and checkpointed uploads go through the page cache.
+        direct = direct and start % DIRECT_ALIGN == 0 and not self._checkpoint
+        self._direct = _Direct(fd, name, start) if direct and use_direct_io(fd) else None
         self._thread = threading.Thread(target=self._run, name=f"sink-{name}", daemon=True)
         self._thread.start()
 
@@ -270,6 +285,11 @@ class FileSink:
                 self._room = (loop, room)
             await room
 
+    def digests(self) -> Digests:
+        """A copy of the running sha256 and block sums (final once sealed), to continue
+        them in a later stream."""
+        return Digests.of(self._hash.copy(), self._blocks.copy())
+
     async def seal(self) -> str:
         """Write what is queued, fsync, stop the thread; the sha256 of all the bytes."""
         with self._lock:
@@ -303,7 +323,7 @@ class FileSink:
                 os.close(self._fd)
 
     def _take_all(self) -> None:
-        written = flushed = 0
+        written, flushed, durable = self._start, self._start, self._start
         while (chunk := self._next()) is not None:
             # Hashing releases the GIL on large buffers, as do the copy and the write: the
             # event loop keeps receiving meanwhile.
@@ -319,6 +339,11 @@ class FileSink:
                     _SYNC_FILE_RANGE(self._fd, flushed, end - flushed, _SYNC_FILE_RANGE_WRITE)
                     flushed = end
             written += len(chunk)
+            if self._checkpoint and written - durable >= self._checkpoint:
+                assert self._on_durable is not None
+                os.fdatasync(self._fd)
+                durable = written
+                self._on_durable(durable)
             self._written(len(chunk))
 
     def _next(self) -> Chunk | None:

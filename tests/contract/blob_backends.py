@@ -17,6 +17,7 @@ from asset_service.storage.local import LocalStorage
 from asset_service.storage.memory import PREFIX, MemoryState, MemoryStorage
 from asset_service.storage.memory._state import StoredBytes
 from asset_service.storage.s3 import S3Storage
+from asset_service.storage.s3._config import PART_SIZE
 from tests.backends import MinIO, minio_missing
 from tests.contract import s3_helpers
 
@@ -43,6 +44,10 @@ class BlobBackend:
     # Other bytes written over stored ones, behind the storage's back (a flipped bit, a
     # same-size replacement): in place on disk, a new object in a bucket.
     overwrite: Callable[[str, bytes], Awaitable[None]]
+    # Files, objects and multipart uploads that resumable upload sessions keep, any instance.
+    session_leftovers: Callable[[], Awaitable[list[str]]]
+    # What a cut stream keeps: a multiple of this (an object store's part; 1: every byte).
+    durable_unit: int = 1
     opened: list[BlobStorage] = field(default_factory=list)
 
     async def start(self, imports: bool = True) -> BlobStorage:
@@ -93,6 +98,12 @@ def _local(tmp: Path, request: pytest.FixtureRequest) -> BlobBackend:
         finally:
             os.close(fd)
 
+    async def sessions() -> list[str]:
+        # Files, and folders left empty.
+        area = root / "tmp" / "uploads"
+        found = [p for p in area.rglob("*") if p.is_file() or not any(p.iterdir())]
+        return sorted(str(p.relative_to(area)) for p in found)
+
     return BlobBackend(
         "local",
         make,
@@ -102,6 +113,7 @@ def _local(tmp: Path, request: pytest.FixtureRequest) -> BlobBackend:
         backdate,
         staged,
         overwrite,
+        sessions,
     )
 
 
@@ -126,6 +138,9 @@ def _memory(tmp: Path, request: pytest.FixtureRequest) -> BlobBackend:
         key = storage_path.removeprefix(PREFIX)
         state.objects[key] = StoredBytes(data, state.objects[key].placed_at)
 
+    async def sessions() -> list[str]:
+        return sorted(state.sessions)
+
     return BlobBackend(
         "memory",
         make,
@@ -135,6 +150,7 @@ def _memory(tmp: Path, request: pytest.FixtureRequest) -> BlobBackend:
         backdate,
         staged,
         overwrite,
+        sessions,
     )
 
 
@@ -164,6 +180,11 @@ def _s3(tmp: Path, request: pytest.FixtureRequest) -> BlobBackend:
     async def overwrite(storage_path: str, data: bytes) -> None:
         await s3_helpers.overwrite(minio, storage_path, data)
 
+    async def sessions() -> list[str]:
+        for storage in opened:
+            await storage.drain()
+        return await s3_helpers.session_leftovers(minio, prefix)
+
     return BlobBackend(
         "s3",
         make,
@@ -173,6 +194,8 @@ def _s3(tmp: Path, request: pytest.FixtureRequest) -> BlobBackend:
         backdate,
         staged,
         overwrite,
+        sessions,
+        durable_unit=PART_SIZE,
     )
 
 

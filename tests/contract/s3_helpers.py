@@ -66,6 +66,16 @@ async def staged(minio: MinIO, prefix: str) -> int:
     return len(in_area) + len(objects.get("Contents", ()))
 
 
+async def session_leftovers(minio: MinIO, prefix: str) -> list[str]:
+    """Objects and multipart uploads of resumable upload sessions under `prefix`."""
+    area = f"{prefix}tmp/uploads/"
+    async with client(minio) as s3:
+        uploads = await s3.list_multipart_uploads(Bucket=BUCKET)
+        objects = await s3.list_objects_v2(Bucket=BUCKET, Prefix=area)
+    found = [f"upload {u['Key']}" for u in uploads.get("Uploads", ()) if u["Key"].startswith(area)]
+    return sorted(found + [o["Key"] for o in objects.get("Contents", ())])
+
+
 async def overwrite(minio: MinIO, storage_path: str, data: bytes) -> None:
     """Put other bytes at a stored object's key (its metadata kept), behind S3Storage."""
     key = storage_path.removeprefix(f"s3://{BUCKET}/")

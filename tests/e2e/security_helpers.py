@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -166,6 +168,20 @@ async def _upload(stub: pb_grpc.AssetServiceStub, md: Metadata, env: Env) -> obj
     return await stub.UploadAsset(requests(), metadata=md, timeout=10)
 
 
+async def _query_upload(stub: pb_grpc.AssetServiceStub, md: Metadata, env: Env) -> object:
+    """A resumable upload of the caller's own, then QueryUpload of it (a caller that may
+    not upload is still answered by QueryUpload's own rule)."""
+    upload_id = uuid.uuid4().hex
+
+    async def requests():  # type: ignore[no-untyped-def]
+        yield pb.UploadAssetRequest(header=pb.UploadHeader(label="r.bin", upload_id=upload_id))
+        yield pb.UploadAssetRequest(chunk=b"resumable bytes")
+
+    with contextlib.suppress(grpc.aio.AioRpcError):
+        await stub.UploadAsset(requests(), metadata=md, timeout=10)
+    return await stub.QueryUpload(pb.QueryUploadRequest(upload_id=upload_id), metadata=md)
+
+
 async def _drain(stream: object) -> list[object]:
     return [m async for m in stream]  # type: ignore[attr-defined]
 
@@ -203,6 +219,7 @@ CALLS: dict[str, tuple[Prepare, Call]] = {
         ),
     ),
     "UploadAsset": (lambda e: _pending(e, pb.ASSET_TYPE_FILE), _upload),
+    "QueryUpload": (_nothing, _query_upload),
     "FulfillAsset": (
         _pending,
         lambda s, md, e: s.FulfillAsset(
@@ -255,7 +272,13 @@ CALLS: dict[str, tuple[Prepare, Call]] = {
 
 # The issue's table, written out independently of the server's RULES.
 READER_RPCS = {"GetAsset", "BatchGetAssets", "ListAssets", "WatchAsset", "ReadAsset", "GetManifest"}
-WORKER_RPCS = READER_RPCS | {"UploadAsset", "FulfillAsset", "FailAsset", "RenewLease"}
+WORKER_RPCS = READER_RPCS | {
+    "UploadAsset",
+    "QueryUpload",
+    "FulfillAsset",
+    "FailAsset",
+    "RenewLease",
+}
 ORCHESTRATOR_RPCS = WORKER_RPCS | {
     "CreatePendingAsset",
     "CreateValueAsset",

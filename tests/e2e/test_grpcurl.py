@@ -66,6 +66,7 @@ def test_list_describe_and_health(server: ServerProcess) -> None:
         "GetManifest",
         "DeleteAsset",
         "MintTaskToken",
+        "QueryUpload",
         "ScrubAssets",
     }
     message = grpcurl(server, "describe", "asset.v1.Asset")

@@ -166,6 +166,10 @@ async def test_silent_upload_times_out_leaving_nothing_and_freeing_its_slot(
     assert_no_errors_logged(server)
 
 
+# What grpcio's asyncio client reports when its own write fails (grpc/grpc#36066).
+CLIENT_REWRITE = "Internal error from Core"
+
+
 async def test_uploads_whose_next_chunk_races_the_idle_timeout_all_get_its_status(
     start_server: StartServer,
 ) -> None:
@@ -173,7 +177,11 @@ async def test_uploads_whose_next_chunk_races_the_idle_timeout_all_get_its_statu
     answers DEADLINE_EXCEEDED; grpcio's asyncio client (a request iterator) replaces that
     with its own "INTERNAL: Internal error from Core" when its next write fails because the
     stream just ended (grpc/grpc#36066; 2 in 1200 here). Writing explicitly and then
-    awaiting the call, as asset_client does, gets the server's status every time."""
+    awaiting the call, as asset_client does, gets the server's status almost every time;
+    on a loaded machine the client library still rewrote one in 300 (a full `make test`
+    run). That rewrite is the client's own text, never one the server sends (the server's
+    INTERNAL says "internal error in <method>; server log ref ..."), so it is told apart and
+    bounded here; everything else must be the server's DEADLINE_EXCEEDED naming the flag."""
     count = 300
     server = start_server(
         "--upload-idle-timeout", "1", "--max-concurrent-uploads", str(count),
@@ -181,7 +189,7 @@ async def test_uploads_whose_next_chunk_races_the_idle_timeout_all_get_its_statu
     )  # fmt: skip
     async with connect(server) as stub:
 
-        async def idle_then_write(i: int) -> grpc.StatusCode:
+        async def idle_then_write(i: int) -> str:
             call = stub.UploadAsset(timeout=30)  # type: ignore[call-arg]
             await call.write(header(f"u{i}.bin"))
             await asyncio.sleep(0.95 + i % 16 / 100)  # around the server's deadline
@@ -190,11 +198,15 @@ async def test_uploads_whose_next_chunk_races_the_idle_timeout_all_get_its_statu
                     await call.write(pb.UploadAssetRequest(chunk=b"x" * KiB))
             with pytest.raises(grpc.aio.AioRpcError) as info:
                 await call
-            assert "--upload-idle-timeout" in (info.value.details() or "")
-            return info.value.code()
+            code, details = info.value.code(), info.value.details() or ""
+            if (code, details) == (grpc.StatusCode.INTERNAL, CLIENT_REWRITE):
+                return "rewritten by the client"
+            assert code == grpc.StatusCode.DEADLINE_EXCEEDED, (code, details)
+            assert "--upload-idle-timeout" in details
+            return "server's status"
 
-        codes = await asyncio.gather(*(idle_then_write(i) for i in range(count)))
-        assert set(codes) == {grpc.StatusCode.DEADLINE_EXCEEDED}
+        seen = await asyncio.gather(*(idle_then_write(i) for i in range(count)))
+        assert seen.count("server's status") >= count * 0.98, seen
         assert stored_files(server.root) == []
     assert_no_errors_logged(server)
 

@@ -108,3 +108,49 @@ async def test_a_committed_move_is_finished_after_a_cut_that_renumbers_devices(
     assert final.read_bytes() == b"worker output"
     assert not source.exists(), "a committed move must not leave its source"
     await after.close()
+
+
+async def test_a_resumable_upload_keeps_its_last_checkpoint_and_no_more(
+    disk: tuple[LazyFS, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """committed_bytes never claims more than a power cut leaves: the offset is recorded
+    only after the bytes before it were fdatasynced, and a resume cuts the rest."""
+    import asyncio
+    import hashlib
+    from datetime import UTC, datetime, timedelta
+
+    from asset_service.domain.models import UploadHeader
+    from asset_service.domain.uploads import UploadSession
+    from asset_service.storage.local import _sessions
+
+    lazy, mnt = disk
+    monkeypatch.setattr(_sessions, "CHECKPOINT_BYTES", 1024 * 1024)
+    data = os.urandom(3 * 1024 * 1024 + 512 * 1024)
+    now = datetime.now(UTC)
+    record = UploadSession("upload-01", "w", UploadHeader(label="x"), now, now + timedelta(1))
+    storage = LocalStorage(mnt / "data")
+    await storage.open()
+    writer = await storage.new_session("k" * 40, record)
+    for start in range(0, len(data), 256 * 1024):
+        await writer.write(data[start : start + 256 * 1024])
+    for _ in range(500):  # every byte written by the sink's thread (checkpoints done)
+        if writer._sink.queued_bytes == 0:  # type: ignore[attr-defined]
+            break
+        await asyncio.sleep(0.01)
+    writer.release()  # the process dies: no suspend, nothing more made durable
+    await storage.close()
+    power_cut(lazy)
+
+    storage = LocalStorage(mnt / "data")
+    await storage.open()
+    found = await storage.read_session("k" * 40)
+    assert found is not None and found.committed_bytes == 3 * 1024 * 1024
+    hold = await storage.take_session("k" * 40)
+    assert hold is not None
+    resumed = await hold.resume()
+    assert resumed.size_bytes == 3 * 1024 * 1024
+    await resumed.write(data[resumed.size_bytes :])
+    await resumed.seal()
+    assert resumed.sha256 == hashlib.sha256(data).hexdigest()
+    resumed.release()
+    await storage.close()

@@ -29,6 +29,7 @@ from asset_service.domain.ports import (
     StagedBlob,
 )
 from asset_service.domain.selectors import DEFAULT_HISTORY_BYTES
+from asset_service.domain.uploads import DEFAULT_SESSION_TTL_SECONDS
 from asset_service.domain.watch import (
     DEFAULT_BUFFER_BYTES,
     DEFAULT_CATCH_UP_BATCH,
@@ -59,6 +60,8 @@ class Limits:
     max_lease_seconds: int = 86400
     # The latest changes kept for selector watches (slim records, estimated bytes).
     watch_history_bytes: int = DEFAULT_HISTORY_BYTES
+    # An unfinished resumable upload is removed this long after its last stream ended.
+    upload_session_ttl_seconds: float = DEFAULT_SESSION_TTL_SECONDS
 
 
 def now() -> datetime:

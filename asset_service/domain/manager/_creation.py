@@ -6,6 +6,7 @@ from collections.abc import (
     AsyncIterator,
     Sequence,
 )
+from dataclasses import dataclass
 
 from asset_service.domain import leases
 from asset_service.domain.commits import Handover
@@ -32,8 +33,22 @@ from asset_service.domain.models import (
 )
 from asset_service.domain.ports import (
     Chunk,
+    StagingWriter,
 )
 from asset_service.domain.values import parse_value, value_sha256
+
+
+@dataclass(frozen=True)
+class UploadPlan:
+    """An upload's header, checked: what it makes and what its bytes must match."""
+
+    header: UploadHeader
+    media_type: str
+    tags: tuple[str, ...]
+    expected_size: int | None
+    expected_sha: str
+    # The promise it fulfills (as read before the bytes came), or None for a new asset.
+    pending: Asset | None
 
 
 class Creation(Transitions):
@@ -42,6 +57,19 @@ class Creation(Transitions):
     async def upload(
         self, header: UploadHeader, chunks: AsyncIterator[Chunk], *, by: str = ""
     ) -> Asset:
+        plan = await self._upload_plan(header)
+        # Refused before any byte arrives if its record would be (the store's disk-full
+        # reserve is missing): the bytes would take the room the reserve is waiting for.
+        await self.store.check_room()
+        writer = self.storage.new_writer()
+        with Handover(writer) as handover:
+            await self._take_in(writer, chunks)
+            await writer.seal()
+            return await self._complete_upload(plan, handover, by)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _upload_plan(self, header: UploadHeader) -> UploadPlan:
+        """The header checked: what the upload will make, and what it must verify."""
         media_type = validate_media_type(header.media_type, "")
         tags = validate_tags(header.tags)
         expected_sha = validate_sha256(header.expected_sha256)
@@ -61,29 +89,31 @@ class Creation(Transitions):
             self._check_fulfillable(pending, AssetType.FILE, allow_done=True)
         else:
             validate_label(header.label)
+        return UploadPlan(header, media_type, tags, expected_size, expected_sha, pending)
 
-        # Refused before any byte arrives if its record would be (the store's disk-full
-        # reserve is missing): the bytes would take the room the reserve is waiting for.
-        await self.store.check_room()
-        writer = self.storage.new_writer()
-        with Handover(writer) as handover:
-            async for chunk in chunks:
-                if writer.size_bytes + len(chunk) > limit:
-                    raise TooLarge(
-                        f"upload exceeds the server's limit of {limit} bytes (--max-upload-bytes)"
-                    )
-                await writer.write(chunk)
-            await writer.seal()
-            verify(writer, expected_size, expected_sha)
-            if pending is not None:
-                async with self._locks.hold(pending.id):
-                    # Re-read: the state may have moved while the bytes streamed in.
-                    current = await self.get(pending.id)
-                    return await self._fulfill_with_blob(current, handover, media_type, "", by)
-            return await self._insert_file(
-                handover, header.label, media_type or "application/octet-stream", tags, by
-            )
-        raise AssertionError("unreachable")  # pragma: no cover
+    async def _take_in(self, writer: StagingWriter, chunks: AsyncIterator[Chunk]) -> None:
+        limit = self.limits.max_upload_bytes
+        async for chunk in chunks:
+            if writer.size_bytes + len(chunk) > limit:
+                raise TooLarge(
+                    f"upload exceeds the server's limit of {limit} bytes (--max-upload-bytes)"
+                )
+            await writer.write(chunk)
+
+    async def _complete_upload(
+        self, plan: UploadPlan, handover: Handover, by: str, asset_id: str = ""
+    ) -> Asset:
+        """Verify the sealed bytes, then fulfill the promise or insert the new record."""
+        verify(handover.blob, plan.expected_size, plan.expected_sha)
+        if plan.pending is not None:
+            async with self._locks.hold(plan.pending.id):
+                # Re-read: the state may have moved while the bytes streamed in.
+                current = await self.get(plan.pending.id)
+                return await self._fulfill_with_blob(current, handover, plan.media_type, "", by)
+        media_type = plan.media_type or "application/octet-stream"
+        return await self._insert_file(
+            handover, plan.header.label, media_type, plan.tags, by, asset_id
+        )
 
     async def register_file(
         self,
@@ -106,11 +136,17 @@ class Creation(Transitions):
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _insert_file(
-        self, handover: Handover, label: str, media_type: str, tags: tuple[str, ...], by: str
+        self,
+        handover: Handover,
+        label: str,
+        media_type: str,
+        tags: tuple[str, ...],
+        by: str,
+        asset_id: str = "",
     ) -> Asset:
-        """Bytes into uploads/, then the AVAILABLE record."""
+        """Bytes into uploads/, then the AVAILABLE record (under `asset_id` if given)."""
         blob = handover.blob
-        asset_id, now = new_asset_id(), _base.now()
+        asset_id, now = asset_id or new_asset_id(), _base.now()
         key = self.storage.upload_key(asset_id, label, now)
 
         def record(path: str) -> Asset:

@@ -31,7 +31,7 @@ from asset_service.domain.manager._base import (
     Limits,
     chunks_of,
 )
-from asset_service.domain.manager._creation import Creation
+from asset_service.domain.manager._resumable import Resumable
 from asset_service.domain.manifests import Manifest, build_manifest, wait_for_inputs
 from asset_service.domain.models import (
     Asset,
@@ -61,7 +61,7 @@ from asset_service.domain.watch import (
 log = logging.getLogger(__name__)
 
 
-class AssetManager(Creation):
+class AssetManager(Resumable):
     """Every use case of the service, over a MetadataStore and a BlobStorage."""
 
     def __init__(
@@ -78,6 +78,7 @@ class AssetManager(Creation):
         self.hub = ChangeHub(limits.watch_buffer_bytes, limits.watch_history_bytes)
         self.commits = Committer(store)
         self._locks = KeyedLocks()
+        self._session_work = set()
         self.integrity = Integrity(store, storage)
         self.scrubber = Scrubber(store, self.integrity)
 
@@ -91,9 +92,11 @@ class AssetManager(Creation):
         await self.recover()
         if await self.reconcile():
             await self.space_freed()
+        await self.sweep_upload_sessions()
         self.hub.start(self.store.changes(), self.store.current_revision)
 
     async def stop(self) -> None:
+        await self.settle_sessions()
         await self.commits.stop()
         await self.hub.close()
         await self.store.close()

@@ -25,6 +25,7 @@ from asset_service.domain.errors import (
     Unavailable,
 )
 from asset_service.domain.models import BLOCK_BYTES, BlockSums, parse_asset_id
+from asset_service.domain.uploads import UploadSession
 from asset_service.modes import Modes, report
 from asset_service.storage import blocks, fs, keys
 from asset_service.storage.imports import ImportRoots
@@ -36,6 +37,7 @@ from asset_service.storage.local._reads import (
     read_chunks,
     wrong_size,
 )
+from asset_service.storage.local._sessions import LocalHold, LocalSessions, LocalSessionWriter
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +84,8 @@ class LocalStorage:
         self.intents = self.staging / "intents"
         self.device = -1
         self._lock_fd: int | None = None
+        # Resumable uploads' sessions, in tmp/uploads/ (kept across restarts).
+        self.sessions = LocalSessions(self)
         self._ping: asyncio.Future[None] | None = None
         self._vouched: dict[str, tuple[int, int, int]] = {}
 
@@ -95,6 +99,7 @@ class LocalStorage:
             self.modes.root(self.root)
             changed = [self.modes.folder(f, shared=True) for f in (self.uploads, self.generated)]
             changed.append(self.modes.folder(self._staging_parent, shared=False))
+            changed.append(self.sessions.open_sync())
             report(changed, f"the storage under {self.root}")
             self.modes.mkdir(self.staging, shared=False)
             self.modes.mkdir(self.intents, shared=False)
@@ -310,6 +315,20 @@ class LocalStorage:
             blob._close()
             raise
         return blob
+
+    # --- resumable upload sessions (storage/local/_sessions.py) -------------------------
+
+    async def new_session(self, key: str, session: UploadSession) -> LocalSessionWriter:
+        return await self.sessions.new_session(key, session)
+
+    async def take_session(self, key: str) -> LocalHold | None:
+        return await self.sessions.take_session(key)
+
+    async def read_session(self, key: str) -> UploadSession | None:
+        return await self.sessions.read_session(key)
+
+    async def sweep_sessions(self, now: datetime) -> int:
+        return await self.sessions.sweep_sessions(now)
 
     # --- reading and housekeeping -----------------------------------------------------
 

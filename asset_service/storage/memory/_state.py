@@ -34,6 +34,16 @@ class StagingArea:
     journals: dict[str, MoveIntent] = field(default_factory=dict)
 
 
+@dataclass(eq=False)
+class MemorySession:
+    """A resumable upload's session as kept: its encoded record, its bytes (all durable:
+    nothing is lost but by a restart of the test process), and the instance holding it."""
+
+    record: bytes
+    data: bytearray = field(default_factory=bytearray)
+    held_by: str | None = None
+
+
 @dataclass
 class MemoryState:
     """What outlives one MemoryStorage; a second instance given it plays the next process.
@@ -47,6 +57,8 @@ class MemoryState:
     # Server-side path -> -1 while a move holds it, else the number of copies reading it
     # (LocalStorage's exclusive and shared flocks).
     adopting: dict[str, int] = field(default_factory=dict)
+    # Resumable uploads' sessions by key (storage/memory/_sessions.py).
+    sessions: dict[str, MemorySession] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

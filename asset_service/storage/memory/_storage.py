@@ -26,8 +26,10 @@ from asset_service.domain.models import (
     parse_asset_id,
     validate_server_path,
 )
+from asset_service.domain.uploads import UploadSession
 from asset_service.storage import blocks, keys
 from asset_service.storage.memory._blobs import MemoryAdopted, MemoryWriter
+from asset_service.storage.memory._sessions import MemoryHold, MemorySessions, MemorySessionWriter
 from asset_service.storage.memory._state import (
     PREFIX,
     Leftover,
@@ -63,6 +65,7 @@ class MemoryStorage:
         self.clock = clock
         self.instance = uuid.uuid4().hex[:12]
         self._area: StagingArea | None = None
+        self._sessions = MemorySessions(self)
         self._vouched: dict[str, StoredBytes] = {}
 
     # --- lifecycle ------------------------------------------------------------------
@@ -205,6 +208,22 @@ class MemoryStorage:
             return False
         del self.files[path]
         return True
+
+    # --- resumable upload sessions -----------------------------------------------------
+
+    async def new_session(self, key: str, session: UploadSession) -> MemorySessionWriter:
+        self.area  # noqa: B018 (open, or Unavailable)
+        return await self._sessions.new_session(key, session)
+
+    async def take_session(self, key: str) -> MemoryHold | None:
+        self.area  # noqa: B018
+        return await self._sessions.take_session(key)
+
+    async def read_session(self, key: str) -> UploadSession | None:
+        return await self._sessions.read_session(key)
+
+    async def sweep_sessions(self, now: datetime) -> int:
+        return await self._sessions.sweep_sessions(now)
 
     # --- reading and housekeeping -----------------------------------------------------
 

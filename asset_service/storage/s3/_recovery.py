@@ -43,8 +43,8 @@ async def sweep_staging(storage: S3Storage) -> int:
     async for upload in storage.uploads(prefix):
         key, upload_id = upload["Key"], upload["UploadId"]
         owner = _instance_of(storage, key)
-        if owner in keep:
-            continue
+        if owner in keep or key.startswith(storage.sessions.area):
+            continue  # (resumable uploads' sessions live until they expire: sweep_sessions)
         if owner not in dead and (
             (now - upload["Initiated"]).total_seconds() < grace
             or await _recent_part(storage, key, upload_id)

@@ -21,6 +21,7 @@ from asset_service.domain.errors import (
     Unavailable,
 )
 from asset_service.domain.models import BLOCK_BYTES, BlockSums, parse_asset_id
+from asset_service.domain.uploads import UploadSession
 from asset_service.modes import Modes
 from asset_service.storage import blocks, keys
 from asset_service.storage.imports import ImportRoots
@@ -36,6 +37,9 @@ from asset_service.storage.s3._config import (
     translate,
 )
 from asset_service.storage.s3._journal import Journal, Leftover
+from asset_service.storage.s3._session_blob import S3SessionWriter
+from asset_service.storage.s3._session_hold import S3Hold
+from asset_service.storage.s3._sessions import S3Sessions
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
@@ -81,6 +85,8 @@ class S3Storage:
         self._stack = contextlib.AsyncExitStack()
         self._client: S3Client | None = None
         self._background: set[asyncio.Task[None]] = set()
+        # Resumable uploads' sessions, in tmp/uploads/ of the bucket.
+        self.sessions = S3Sessions(self)
 
     @property
     def client(self) -> S3Client:
@@ -302,6 +308,23 @@ class S3Storage:
             await blob.rollback()
             raise
         return blob
+
+    # --- resumable upload sessions (storage/s3/_sessions.py) ----------------------------
+
+    async def new_session(self, key: str, session: UploadSession) -> S3SessionWriter:
+        return await self.sessions.new_session(key, session)
+
+    async def take_session(self, key: str) -> S3Hold | None:
+        await self.drain()  # a release in the background has ended its hold
+        return await self.sessions.take_session(key)
+
+    async def read_session(self, key: str) -> UploadSession | None:
+        await self.drain()
+        return await self.sessions.read_session(key)
+
+    async def sweep_sessions(self, now: datetime) -> int:
+        await self.drain()
+        return await self.sessions.sweep_sessions(now)
 
     # --- reading ----------------------------------------------------------------------
 

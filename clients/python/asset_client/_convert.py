@@ -21,6 +21,7 @@ from asset_client.models import (
     Manifest,
     ScrubOutcome,
     ScrubResult,
+    UploadState,
     Value,
     ValueKind,
     WatchEvent,
@@ -106,6 +107,14 @@ def asset_from_pb(msg: pb.Asset) -> Asset:
             if msg.HasField("lease_expire_time")
             else None
         ),
+    )
+
+
+def upload_state_from_pb(msg: pb.QueryUploadResponse) -> UploadState:
+    return UploadState(
+        committed_bytes=msg.committed_bytes,
+        expire_time=msg.expire_time.ToDatetime(tzinfo=UTC) if msg.HasField("expire_time") else None,
+        asset=asset_from_pb(msg.asset) if msg.HasField("asset") else None,
     )
 
 

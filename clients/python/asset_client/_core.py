@@ -7,14 +7,14 @@ import hashlib
 import os
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
 import grpc
 
-from asset_client import _convert
+from asset_client import _convert, _resume
 from asset_client._convert import pb
 from asset_client._progress import Progress
 from asset_client.errors import (
@@ -36,6 +36,8 @@ from asset_client.models import (
 )
 
 CHUNK_SIZE = 1024 * 1024
+# Called with (bytes sent so far, total) as an upload goes; never with a smaller first value.
+ProgressCallback = Callable[[int, int], None]
 
 
 class Deadline:
@@ -83,8 +85,10 @@ class Upload:
         media_type: str | None,
         tags: Iterable[str],
         pending_asset_id: str | None,
-        progress: bool,
+        progress: bool | ProgressCallback,
         checksum: bool,
+        resumable: bool | None = None,
+        attempts: int = _resume.DEFAULT_ATTEMPTS,
     ) -> None:
         self.path = Path(path)
         self.checksum = checksum
@@ -94,11 +98,18 @@ class Upload:
             tags=_convert.tags_list(tags),
             pending_asset_id=pending_asset_id or "",
         )
-        self.progress_enabled = progress
+        self.progress_enabled = progress is True
+        self.on_progress = progress if callable(progress) else None
+        self.resumable = resumable
+        self.retries = _resume.Retries(attempts)
         self.hasher = hashlib.sha256()
         self.error: BaseException | None = None
         self.fh: IO[bytes] | None = None
         self.bar: Progress | None = None
+        self.size = 0
+        self.sent = 0  # the file offset of the next chunk
+        self.reported = 0  # progress never goes back when a resume resends a little
+        self.resumed_unhashed = False  # hasher no longer covers every byte sent
 
     def open(self) -> None:
         """Open the file and fill in the header (blocking: may hash the whole file)."""
@@ -113,7 +124,44 @@ class Upload:
         except BaseException:
             self.close()
             raise
+        self.size = size
+        if self.resumable is None:
+            self.resumable = size >= _resume.RESUMABLE_BYTES
+        if self.resumable:
+            self.header.upload_id = _resume.new_upload_id()
         self.bar = Progress(size, f"upload {self.path.name}", self.progress_enabled)
+
+    def retry_delay(self, exc: grpc.RpcError) -> float | None:
+        """Seconds to wait before resuming after `exc`, None if it does not resume."""
+        if not self.resumable or self.error is not None:
+            return None
+        return self.retries.delay(exc)
+
+    def restart(self) -> None:
+        """The server does not know this upload: the next stream starts it again from 0,
+        under a new upload_id (the old one may name an expired session)."""
+        self.header.upload_id = _resume.new_upload_id()
+
+    def query_request(self) -> pb.QueryUploadRequest:
+        return pb.QueryUploadRequest(upload_id=self.header.upload_id)
+
+    def resume_at(self, offset: int) -> None:
+        """The next stream sends from `offset` (QueryUpload's committed_bytes): blocking,
+        it re-reads the file up to there if the bytes sent hash differently."""
+        assert self.fh is not None
+        if offset != self.sent and self.checksum:
+            # The header's expected_sha256 (the first pass) is what the server checks the
+            # whole file against: no need to hash the prefix again.
+            self.resumed_unhashed, self.sent = True, offset
+        elif offset != self.sent:
+            self.fh.seek(0)
+            self.hasher, done = hashlib.sha256(), 0
+            while done < offset and (data := self.fh.read(min(CHUNK_SIZE, offset - done))):
+                self.hasher.update(data)
+                done += len(data)
+            self.sent = done
+        self.fh.seek(self.sent)
+        self.header.write_offset = self.sent
 
     def header_request(self) -> pb.UploadAssetRequest:
         return pb.UploadAssetRequest(header=self.header)
@@ -129,7 +177,12 @@ class Upload:
         if not data:
             return None
         self.hasher.update(data)
-        self.bar.update(len(data))
+        self.sent += len(data)
+        if self.sent > self.reported:
+            self.bar.update(self.sent - self.reported)
+            self.reported = self.sent
+            if self.on_progress is not None:
+                self.on_progress(self.reported, self.size)
         return pb.UploadAssetRequest(chunk=data)
 
     def requests(self) -> Iterator[pb.UploadAssetRequest]:
@@ -143,7 +196,7 @@ class Upload:
 
     def finish(self, response: pb.UploadAssetResponse) -> Asset:
         asset = _convert.asset_from_pb(response.asset)
-        sent = self.hasher.hexdigest()
+        sent = self.header.expected_sha256 if self.resumed_unhashed else self.hasher.hexdigest()
         if asset.sha256 and asset.sha256 != sent:
             raise DataLossError(
                 f"asset {asset.id}: the server stored sha256 {asset.sha256}, "

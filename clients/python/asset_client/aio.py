@@ -45,6 +45,7 @@ from asset_client.models import (
     Manifest,
     ScrubResult,
     TaskToken,
+    UploadState,
     Value,
     WatchEvent,
 )
@@ -145,21 +146,75 @@ class AsyncAssetClient:
         media_type: str | None = None,
         tags: Iterable[str] = (),
         pending_asset_id: str | None = None,
-        progress: bool = True,
+        progress: bool | Callable[[int, int], None] = True,
         *,
         checksum: bool = True,
+        resumable: bool | None = None,
+        attempts: int = 10,
         timeout: float | None = None,
     ) -> Asset:
-        """Stream a local file in 1 MiB chunks; with pending_asset_id, fulfill that asset."""
-        upload = _core.Upload(path, label, media_type, tags, pending_asset_id, progress, checksum)
+        """Stream a local file in 1 MiB chunks; with pending_asset_id, fulfill that asset.
+
+        `progress`: a bar on a terminal (True), none (False), or a callable given (bytes
+        sent, total) as they go. `resumable` (by default for files of 8 MiB or more): the
+        upload gets an upload_id, and a stream cut by UNAVAILABLE (a dropped connection, a
+        server restart), CANCELLED or ABORTED resumes where the server's durable bytes end
+        (QueryUpload), up to `attempts` streams with backoff; the committed prefix is not
+        sent again. `timeout` applies to each stream.
+        """
+        upload = _core.Upload(
+            path, label, media_type, tags, pending_asset_id, progress, checksum, resumable, attempts
+        )
         await asyncio.to_thread(upload.open)
         try:
-            response = await self._send_upload(upload, timeout)
-        except grpc.RpcError as exc:
-            raise upload.failure(exc) from exc
+            while True:
+                try:
+                    response = await self._send_upload(upload, timeout)
+                    break
+                except grpc.RpcError as exc:
+                    delay = upload.retry_delay(exc)
+                    if delay is None:
+                        raise upload.failure(exc) from exc
+                    log.info("upload of %s cut (%s); resuming", upload.path, exc.code())
+                state = await self._resume_point(upload, delay)
+                if state is None:
+                    # Unknown to the server (the cut came before the header, or it
+                    # expired): start again from 0 under a new upload_id.
+                    upload.restart()
+                    await asyncio.to_thread(upload.resume_at, 0)
+                elif state.HasField("asset"):
+                    response = pb.UploadAssetResponse(asset=state.asset)
+                    break
+                else:
+                    await asyncio.to_thread(upload.resume_at, state.committed_bytes)
         finally:
             upload.close()
         return upload.finish(response)
+
+    async def _resume_point(
+        self, upload: _core.Upload, delay: float
+    ) -> pb.QueryUploadResponse | None:
+        """Where a cut upload resumes, asked once the server answers (within its attempts);
+        None if the server does not know the upload."""
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                return await self._stub.QueryUpload(upload.query_request(), timeout=self.timeout)
+            except grpc.RpcError as exc:
+                if exc.code() == grpc.StatusCode.NOT_FOUND:
+                    return None
+                next_delay = upload.retry_delay(exc)
+                if next_delay is None:
+                    raise upload.failure(exc) from exc
+                delay = next_delay
+
+    async def query_upload(self, upload_id: str, *, timeout: float | None = None) -> UploadState:
+        """How much of a resumable upload the server holds durably (and its asset once it
+        completed); NotFoundError once it expired or for another principal's upload."""
+        response = await self._call(
+            self._stub.QueryUpload, pb.QueryUploadRequest(upload_id=upload_id), timeout
+        )
+        return _convert.upload_state_from_pb(response)
 
     async def _send_upload(
         self, upload: _core.Upload, timeout: float | None

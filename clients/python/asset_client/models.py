@@ -159,3 +159,14 @@ class TaskToken:
 
     token: str = field(repr=False)
     expires_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class UploadState:
+    """Where a resumable upload stands (QueryUpload): the bytes the server holds durably
+    (the next stream sends from there), when an unfinished one expires, and the asset once
+    it completed."""
+
+    committed_bytes: int
+    expire_time: datetime | None
+    asset: Asset | None = None

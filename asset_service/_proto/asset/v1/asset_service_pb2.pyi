@@ -297,6 +297,8 @@ class UploadHeader(_message.Message):
     EXPECTED_SIZE_BYTES_FIELD_NUMBER: _builtins.int
     EXPECTED_SHA256_FIELD_NUMBER: _builtins.int
     PENDING_ASSET_ID_FIELD_NUMBER: _builtins.int
+    UPLOAD_ID_FIELD_NUMBER: _builtins.int
+    WRITE_OFFSET_FIELD_NUMBER: _builtins.int
     label: _builtins.str
     """Required unless pending_asset_id is set."""
     media_type: _builtins.str
@@ -309,6 +311,27 @@ class UploadHeader(_message.Message):
     """If set, the upload fulfills this PENDING FILE asset (refused once its
     lease has run out, like FulfillAsset).
     """
+    upload_id: _builtins.str
+    """Makes the upload resumable: an id the client chooses for it (e.g. a UUID;
+    8 to 64 of [A-Za-z0-9_-]), the same on every stream of this upload. A
+    stream that is cut (cancel, dropped connection, deadline, server stop)
+    keeps what the server made durable, until the upload expires
+    (--upload-session-ttl after its last stream ended). Without it an upload
+    that is cut leaves nothing and starts again from zero.
+    A new upload_id with write_offset 0 starts the upload and fixes fields 1-6;
+    a later stream repeats them or leaves them empty (a different value is
+    INVALID_ARGUMENT naming the field). Half-closing a stream completes the
+    upload: size and sha256 are checked over the whole file (every stream).
+    A second stream while one is open is ABORTED; an unknown or expired
+    upload_id with write_offset > 0 is NOT_FOUND (start again from 0 with a
+    new upload_id). A stream of an upload that already completed answers its
+    asset again, storing nothing twice.
+    """
+    write_offset: _builtins.int
+    """Where this stream's first chunk starts in the file: 0 for the first
+    stream, else QueryUpload's committed_bytes (any other offset is
+    FAILED_PRECONDITION "resume at committed_bytes=N"). Only with upload_id.
+    """
     @_builtins.property
     def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
@@ -320,10 +343,12 @@ class UploadHeader(_message.Message):
         expected_size_bytes: _builtins.int | None = ...,
         expected_sha256: _builtins.str = ...,
         pending_asset_id: _builtins.str = ...,
+        upload_id: _builtins.str = ...,
+        write_offset: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_expected_size_bytes", b"_expected_size_bytes", "expected_size_bytes", b"expected_size_bytes"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_size_bytes", b"_expected_size_bytes", "expected_sha256", b"expected_sha256", "expected_size_bytes", b"expected_size_bytes", "label", b"label", "media_type", b"media_type", "pending_asset_id", b"pending_asset_id", "tags", b"tags"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_size_bytes", b"_expected_size_bytes", "expected_sha256", b"expected_sha256", "expected_size_bytes", b"expected_size_bytes", "label", b"label", "media_type", b"media_type", "pending_asset_id", b"pending_asset_id", "tags", b"tags", "upload_id", b"upload_id", "write_offset", b"write_offset"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__expected_size_bytes: _TypeAlias = _typing.Literal["expected_size_bytes"]  # noqa: Y015
     _WhichOneofArgType__expected_size_bytes: _TypeAlias = _typing.Literal["_expected_size_bytes", b"_expected_size_bytes"]  # noqa: Y015
@@ -1337,3 +1362,73 @@ class MintTaskTokenResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___MintTaskTokenResponse: _TypeAlias = MintTaskTokenResponse  # noqa: Y015
+
+@_typing.final
+class QueryUploadRequest(_message.Message):
+    """QueryUploadRequest names a resumable upload."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    UPLOAD_ID_FIELD_NUMBER: _builtins.int
+    upload_id: _builtins.str
+    """The header.upload_id its streams carry."""
+    def __init__(
+        self,
+        *,
+        upload_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["upload_id", b"upload_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QueryUploadRequest: _TypeAlias = QueryUploadRequest  # noqa: Y015
+
+@_typing.final
+class QueryUploadResponse(_message.Message):
+    """QueryUploadResponse says where a resumable upload stands."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COMMITTED_BYTES_FIELD_NUMBER: _builtins.int
+    ASSET_FIELD_NUMBER: _builtins.int
+    EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    committed_bytes: _builtins.int
+    """Bytes of the upload the server holds durably: the next stream sends from
+    here (header.write_offset). On a local disk, what was fsynced (at the end
+    of every stream, however it ended, and every few MiB while streaming); on
+    an object store, the sum of the completed multipart parts, so the tail of
+    a cut stream that did not fill a part (5 MiB or more) is lost and sent
+    again. After a server crash it may be lower than what the client sent.
+    Right after a cut the server may still be making the cut stream's end durable:
+    a stream sent then gets ABORTED (the upload is still held) or
+    FAILED_PRECONDITION naming the new offset; ask again and resume from there.
+    """
+    @_builtins.property
+    def asset(self) -> Global___Asset:
+        """Set once the upload completed: the asset it made. Resuming a completed
+        upload (a stream with this upload_id) answers this asset again, storing
+        nothing twice.
+        """
+
+    @_builtins.property
+    def expire_time(self) -> _timestamp_pb2.Timestamp:
+        """When an unfinished upload is removed with everything it staged, unless
+        resumed before (--upload-session-ttl after its last stream ended).
+        """
+
+    def __init__(
+        self,
+        *,
+        committed_bytes: _builtins.int = ...,
+        asset: Global___Asset | None = ...,
+        expire_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["asset", b"asset", "expire_time", b"expire_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["asset", b"asset", "committed_bytes", b"committed_bytes", "expire_time", b"expire_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QueryUploadResponse: _TypeAlias = QueryUploadResponse  # noqa: Y015

@@ -601,8 +601,27 @@ type UploadHeader struct {
 	// If set, the upload fulfills this PENDING FILE asset (refused once its
 	// lease has run out, like FulfillAsset).
 	PendingAssetId string `protobuf:"bytes,6,opt,name=pending_asset_id,json=pendingAssetId,proto3" json:"pending_asset_id,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// Makes the upload resumable: an id the client chooses for it (e.g. a UUID;
+	// 8 to 64 of [A-Za-z0-9_-]), the same on every stream of this upload. A
+	// stream that is cut (cancel, dropped connection, deadline, server stop)
+	// keeps what the server made durable, until the upload expires
+	// (--upload-session-ttl after its last stream ended). Without it an upload
+	// that is cut leaves nothing and starts again from zero.
+	// A new upload_id with write_offset 0 starts the upload and fixes fields 1-6;
+	// a later stream repeats them or leaves them empty (a different value is
+	// INVALID_ARGUMENT naming the field). Half-closing a stream completes the
+	// upload: size and sha256 are checked over the whole file (every stream).
+	// A second stream while one is open is ABORTED; an unknown or expired
+	// upload_id with write_offset > 0 is NOT_FOUND (start again from 0 with a
+	// new upload_id). A stream of an upload that already completed answers its
+	// asset again, storing nothing twice.
+	UploadId string `protobuf:"bytes,7,opt,name=upload_id,json=uploadId,proto3" json:"upload_id,omitempty"`
+	// Where this stream's first chunk starts in the file: 0 for the first
+	// stream, else QueryUpload's committed_bytes (any other offset is
+	// FAILED_PRECONDITION "resume at committed_bytes=N"). Only with upload_id.
+	WriteOffset   int64 `protobuf:"varint,8,opt,name=write_offset,json=writeOffset,proto3" json:"write_offset,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *UploadHeader) Reset() {
@@ -675,6 +694,20 @@ func (x *UploadHeader) GetPendingAssetId() string {
 		return x.PendingAssetId
 	}
 	return ""
+}
+
+func (x *UploadHeader) GetUploadId() string {
+	if x != nil {
+		return x.UploadId
+	}
+	return ""
+}
+
+func (x *UploadHeader) GetWriteOffset() int64 {
+	if x != nil {
+		return x.WriteOffset
+	}
+	return 0
 }
 
 // UploadAssetRequest is one message of an upload: the header first, then chunks.
@@ -2682,6 +2715,127 @@ func (x *MintTaskTokenResponse) GetExpiresAt() *timestamppb.Timestamp {
 	return nil
 }
 
+// QueryUploadRequest names a resumable upload.
+type QueryUploadRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The header.upload_id its streams carry.
+	UploadId      string `protobuf:"bytes,1,opt,name=upload_id,json=uploadId,proto3" json:"upload_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *QueryUploadRequest) Reset() {
+	*x = QueryUploadRequest{}
+	mi := &file_asset_v1_asset_service_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *QueryUploadRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*QueryUploadRequest) ProtoMessage() {}
+
+func (x *QueryUploadRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_asset_v1_asset_service_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use QueryUploadRequest.ProtoReflect.Descriptor instead.
+func (*QueryUploadRequest) Descriptor() ([]byte, []int) {
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *QueryUploadRequest) GetUploadId() string {
+	if x != nil {
+		return x.UploadId
+	}
+	return ""
+}
+
+// QueryUploadResponse says where a resumable upload stands.
+type QueryUploadResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Bytes of the upload the server holds durably: the next stream sends from
+	// here (header.write_offset). On a local disk, what was fsynced (at the end
+	// of every stream, however it ended, and every few MiB while streaming); on
+	// an object store, the sum of the completed multipart parts, so the tail of
+	// a cut stream that did not fill a part (5 MiB or more) is lost and sent
+	// again. After a server crash it may be lower than what the client sent.
+	// Right after a cut the server may still be making the cut stream's end durable:
+	// a stream sent then gets ABORTED (the upload is still held) or
+	// FAILED_PRECONDITION naming the new offset; ask again and resume from there.
+	CommittedBytes int64 `protobuf:"varint,1,opt,name=committed_bytes,json=committedBytes,proto3" json:"committed_bytes,omitempty"`
+	// Set once the upload completed: the asset it made. Resuming a completed
+	// upload (a stream with this upload_id) answers this asset again, storing
+	// nothing twice.
+	Asset *Asset `protobuf:"bytes,2,opt,name=asset,proto3" json:"asset,omitempty"`
+	// When an unfinished upload is removed with everything it staged, unless
+	// resumed before (--upload-session-ttl after its last stream ended).
+	ExpireTime    *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=expire_time,json=expireTime,proto3" json:"expire_time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *QueryUploadResponse) Reset() {
+	*x = QueryUploadResponse{}
+	mi := &file_asset_v1_asset_service_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *QueryUploadResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*QueryUploadResponse) ProtoMessage() {}
+
+func (x *QueryUploadResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_asset_v1_asset_service_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use QueryUploadResponse.ProtoReflect.Descriptor instead.
+func (*QueryUploadResponse) Descriptor() ([]byte, []int) {
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *QueryUploadResponse) GetCommittedBytes() int64 {
+	if x != nil {
+		return x.CommittedBytes
+	}
+	return 0
+}
+
+func (x *QueryUploadResponse) GetAsset() *Asset {
+	if x != nil {
+		return x.Asset
+	}
+	return nil
+}
+
+func (x *QueryUploadResponse) GetExpireTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExpireTime
+	}
+	return nil
+}
+
 var File_asset_v1_asset_service_proto protoreflect.FileDescriptor
 
 const file_asset_v1_asset_service_proto_rawDesc = "" +
@@ -2719,7 +2873,7 @@ const file_asset_v1_asset_service_proto_rawDesc = "" +
 	"updated_by\x18\x11 \x01(\tR\tupdatedBy\x12#\n" +
 	"\rlease_seconds\x18\x12 \x01(\rR\fleaseSeconds\x12F\n" +
 	"\x11lease_expire_time\x18\x13 \x01(\v2\x1a.google.protobuf.TimestampR\x0fleaseExpireTime\x12%\n" +
-	"\x0ecorrupt_reason\x18\x14 \x01(\tR\rcorruptReason\"\xf7\x01\n" +
+	"\x0ecorrupt_reason\x18\x14 \x01(\tR\rcorruptReason\"\xb7\x02\n" +
 	"\fUploadHeader\x12\x14\n" +
 	"\x05label\x18\x01 \x01(\tR\x05label\x12\x1d\n" +
 	"\n" +
@@ -2727,7 +2881,9 @@ const file_asset_v1_asset_service_proto_rawDesc = "" +
 	"\x04tags\x18\x03 \x03(\tR\x04tags\x123\n" +
 	"\x13expected_size_bytes\x18\x04 \x01(\x03H\x00R\x11expectedSizeBytes\x88\x01\x01\x12'\n" +
 	"\x0fexpected_sha256\x18\x05 \x01(\tR\x0eexpectedSha256\x12(\n" +
-	"\x10pending_asset_id\x18\x06 \x01(\tR\x0ependingAssetIdB\x16\n" +
+	"\x10pending_asset_id\x18\x06 \x01(\tR\x0ependingAssetId\x12\x1b\n" +
+	"\tupload_id\x18\a \x01(\tR\buploadId\x12!\n" +
+	"\fwrite_offset\x18\b \x01(\x03R\vwriteOffsetB\x16\n" +
 	"\x14_expected_size_bytes\"i\n" +
 	"\x12UploadAssetRequest\x120\n" +
 	"\x06header\x18\x01 \x01(\v2\x16.asset.v1.UploadHeaderH\x00R\x06header\x12\x16\n" +
@@ -2858,7 +3014,14 @@ const file_asset_v1_asset_service_proto_rawDesc = "" +
 	"\x15MintTaskTokenResponse\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x129\n" +
 	"\n" +
-	"expires_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt*z\n" +
+	"expires_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\"1\n" +
+	"\x12QueryUploadRequest\x12\x1b\n" +
+	"\tupload_id\x18\x01 \x01(\tR\buploadId\"\xa2\x01\n" +
+	"\x13QueryUploadResponse\x12'\n" +
+	"\x0fcommitted_bytes\x18\x01 \x01(\x03R\x0ecommittedBytes\x12%\n" +
+	"\x05asset\x18\x02 \x01(\v2\x0f.asset.v1.AssetR\x05asset\x12;\n" +
+	"\vexpire_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"expireTime*z\n" +
 	"\vAssetStatus\x12\x1c\n" +
 	"\x18ASSET_STATUS_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14ASSET_STATUS_PENDING\x10\x01\x12\x1a\n" +
@@ -2879,7 +3042,8 @@ const file_asset_v1_asset_service_proto_rawDesc = "" +
 	"\x15SCRUB_OUTCOME_CORRUPT\x10\x02\x12\x1c\n" +
 	"\x18SCRUB_OUTCOME_UNREADABLE\x10\x03\x12\x19\n" +
 	"\x15SCRUB_OUTCOME_SKIPPED\x10\x04\x12\x1a\n" +
-	"\x16SCRUB_OUTCOME_RESTORED\x10\x052\xf1\t\n" +
+	"\x16SCRUB_OUTCOME_RESTORED\x10\x052\xbd\n" +
+	"\n" +
 	"\fAssetService\x12L\n" +
 	"\vUploadAsset\x12\x1c.asset.v1.UploadAssetRequest\x1a\x1d.asset.v1.UploadAssetResponse(\x01\x12M\n" +
 	"\fRegisterFile\x12\x1d.asset.v1.RegisterFileRequest\x1a\x1e.asset.v1.RegisterFileResponse\x12Y\n" +
@@ -2898,7 +3062,8 @@ const file_asset_v1_asset_service_proto_rawDesc = "" +
 	"\tReadAsset\x12\x1a.asset.v1.ReadAssetRequest\x1a\x1b.asset.v1.ReadAssetResponse0\x01\x12J\n" +
 	"\vGetManifest\x12\x1c.asset.v1.GetManifestRequest\x1a\x1d.asset.v1.GetManifestResponse\x12J\n" +
 	"\vDeleteAsset\x12\x1c.asset.v1.DeleteAssetRequest\x1a\x1d.asset.v1.DeleteAssetResponse\x12P\n" +
-	"\rMintTaskToken\x12\x1e.asset.v1.MintTaskTokenRequest\x1a\x1f.asset.v1.MintTaskTokenResponse\x12L\n" +
+	"\rMintTaskToken\x12\x1e.asset.v1.MintTaskTokenRequest\x1a\x1f.asset.v1.MintTaskTokenResponse\x12J\n" +
+	"\vQueryUpload\x12\x1c.asset.v1.QueryUploadRequest\x1a\x1d.asset.v1.QueryUploadResponse\x12L\n" +
 	"\vScrubAssets\x12\x1c.asset.v1.ScrubAssetsRequest\x1a\x1d.asset.v1.ScrubAssetsResponse0\x01BHZFgithub.com/asset-service/asset-service/clients/go/gen/asset/v1;assetv1b\x06proto3"
 
 var (
@@ -2914,7 +3079,7 @@ func file_asset_v1_asset_service_proto_rawDescGZIP() []byte {
 }
 
 var file_asset_v1_asset_service_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_asset_v1_asset_service_proto_msgTypes = make([]protoimpl.MessageInfo, 38)
+var file_asset_v1_asset_service_proto_msgTypes = make([]protoimpl.MessageInfo, 40)
 var file_asset_v1_asset_service_proto_goTypes = []any{
 	(AssetStatus)(0),                   // 0: asset.v1.AssetStatus
 	(AssetType)(0),                     // 1: asset.v1.AssetType
@@ -2956,18 +3121,20 @@ var file_asset_v1_asset_service_proto_goTypes = []any{
 	(*ScrubAssetsResponse)(nil),        // 37: asset.v1.ScrubAssetsResponse
 	(*MintTaskTokenRequest)(nil),       // 38: asset.v1.MintTaskTokenRequest
 	(*MintTaskTokenResponse)(nil),      // 39: asset.v1.MintTaskTokenResponse
-	nil,                                // 40: asset.v1.GetManifestRequest.AssetMappingsEntry
-	nil,                                // 41: asset.v1.GetManifestResponse.EntriesEntry
-	(*timestamppb.Timestamp)(nil),      // 42: google.protobuf.Timestamp
-	(*structpb.Struct)(nil),            // 43: google.protobuf.Struct
+	(*QueryUploadRequest)(nil),         // 40: asset.v1.QueryUploadRequest
+	(*QueryUploadResponse)(nil),        // 41: asset.v1.QueryUploadResponse
+	nil,                                // 42: asset.v1.GetManifestRequest.AssetMappingsEntry
+	nil,                                // 43: asset.v1.GetManifestResponse.EntriesEntry
+	(*timestamppb.Timestamp)(nil),      // 44: google.protobuf.Timestamp
+	(*structpb.Struct)(nil),            // 45: google.protobuf.Struct
 }
 var file_asset_v1_asset_service_proto_depIdxs = []int32{
 	0,  // 0: asset.v1.Asset.status:type_name -> asset.v1.AssetStatus
 	1,  // 1: asset.v1.Asset.type:type_name -> asset.v1.AssetType
 	4,  // 2: asset.v1.Asset.value:type_name -> asset.v1.Value
-	42, // 3: asset.v1.Asset.create_time:type_name -> google.protobuf.Timestamp
-	42, // 4: asset.v1.Asset.update_time:type_name -> google.protobuf.Timestamp
-	42, // 5: asset.v1.Asset.lease_expire_time:type_name -> google.protobuf.Timestamp
+	44, // 3: asset.v1.Asset.create_time:type_name -> google.protobuf.Timestamp
+	44, // 4: asset.v1.Asset.update_time:type_name -> google.protobuf.Timestamp
+	44, // 5: asset.v1.Asset.lease_expire_time:type_name -> google.protobuf.Timestamp
 	6,  // 6: asset.v1.UploadAssetRequest.header:type_name -> asset.v1.UploadHeader
 	5,  // 7: asset.v1.UploadAssetResponse.asset:type_name -> asset.v1.Asset
 	5,  // 8: asset.v1.RegisterFileResponse.asset:type_name -> asset.v1.Asset
@@ -2989,49 +3156,53 @@ var file_asset_v1_asset_service_proto_depIdxs = []int32{
 	1,  // 24: asset.v1.AssetSelector.type:type_name -> asset.v1.AssetType
 	2,  // 25: asset.v1.WatchAssetResponse.type:type_name -> asset.v1.WatchEventType
 	5,  // 26: asset.v1.WatchAssetResponse.asset:type_name -> asset.v1.Asset
-	40, // 27: asset.v1.GetManifestRequest.asset_mappings:type_name -> asset.v1.GetManifestRequest.AssetMappingsEntry
-	43, // 28: asset.v1.GetManifestRequest.config_params:type_name -> google.protobuf.Struct
-	41, // 29: asset.v1.GetManifestResponse.entries:type_name -> asset.v1.GetManifestResponse.EntriesEntry
+	42, // 27: asset.v1.GetManifestRequest.asset_mappings:type_name -> asset.v1.GetManifestRequest.AssetMappingsEntry
+	45, // 28: asset.v1.GetManifestRequest.config_params:type_name -> google.protobuf.Struct
+	43, // 29: asset.v1.GetManifestResponse.entries:type_name -> asset.v1.GetManifestResponse.EntriesEntry
 	5,  // 30: asset.v1.DeleteAssetResponse.asset:type_name -> asset.v1.Asset
 	3,  // 31: asset.v1.ScrubAssetsResponse.outcome:type_name -> asset.v1.ScrubOutcome
-	42, // 32: asset.v1.MintTaskTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
-	7,  // 33: asset.v1.AssetService.UploadAsset:input_type -> asset.v1.UploadAssetRequest
-	9,  // 34: asset.v1.AssetService.RegisterFile:input_type -> asset.v1.RegisterFileRequest
-	11, // 35: asset.v1.AssetService.CreateValueAsset:input_type -> asset.v1.CreateValueAssetRequest
-	13, // 36: asset.v1.AssetService.CreatePendingAsset:input_type -> asset.v1.CreatePendingAssetRequest
-	15, // 37: asset.v1.AssetService.FulfillAsset:input_type -> asset.v1.FulfillAssetRequest
-	17, // 38: asset.v1.AssetService.FailAsset:input_type -> asset.v1.FailAssetRequest
-	19, // 39: asset.v1.AssetService.RenewLease:input_type -> asset.v1.RenewLeaseRequest
-	21, // 40: asset.v1.AssetService.GetAsset:input_type -> asset.v1.GetAssetRequest
-	23, // 41: asset.v1.AssetService.BatchGetAssets:input_type -> asset.v1.BatchGetAssetsRequest
-	25, // 42: asset.v1.AssetService.ListAssets:input_type -> asset.v1.ListAssetsRequest
-	27, // 43: asset.v1.AssetService.WatchAsset:input_type -> asset.v1.WatchAssetRequest
-	30, // 44: asset.v1.AssetService.ReadAsset:input_type -> asset.v1.ReadAssetRequest
-	32, // 45: asset.v1.AssetService.GetManifest:input_type -> asset.v1.GetManifestRequest
-	34, // 46: asset.v1.AssetService.DeleteAsset:input_type -> asset.v1.DeleteAssetRequest
-	38, // 47: asset.v1.AssetService.MintTaskToken:input_type -> asset.v1.MintTaskTokenRequest
-	36, // 48: asset.v1.AssetService.ScrubAssets:input_type -> asset.v1.ScrubAssetsRequest
-	8,  // 49: asset.v1.AssetService.UploadAsset:output_type -> asset.v1.UploadAssetResponse
-	10, // 50: asset.v1.AssetService.RegisterFile:output_type -> asset.v1.RegisterFileResponse
-	12, // 51: asset.v1.AssetService.CreateValueAsset:output_type -> asset.v1.CreateValueAssetResponse
-	14, // 52: asset.v1.AssetService.CreatePendingAsset:output_type -> asset.v1.CreatePendingAssetResponse
-	16, // 53: asset.v1.AssetService.FulfillAsset:output_type -> asset.v1.FulfillAssetResponse
-	18, // 54: asset.v1.AssetService.FailAsset:output_type -> asset.v1.FailAssetResponse
-	20, // 55: asset.v1.AssetService.RenewLease:output_type -> asset.v1.RenewLeaseResponse
-	22, // 56: asset.v1.AssetService.GetAsset:output_type -> asset.v1.GetAssetResponse
-	24, // 57: asset.v1.AssetService.BatchGetAssets:output_type -> asset.v1.BatchGetAssetsResponse
-	26, // 58: asset.v1.AssetService.ListAssets:output_type -> asset.v1.ListAssetsResponse
-	29, // 59: asset.v1.AssetService.WatchAsset:output_type -> asset.v1.WatchAssetResponse
-	31, // 60: asset.v1.AssetService.ReadAsset:output_type -> asset.v1.ReadAssetResponse
-	33, // 61: asset.v1.AssetService.GetManifest:output_type -> asset.v1.GetManifestResponse
-	35, // 62: asset.v1.AssetService.DeleteAsset:output_type -> asset.v1.DeleteAssetResponse
-	39, // 63: asset.v1.AssetService.MintTaskToken:output_type -> asset.v1.MintTaskTokenResponse
-	37, // 64: asset.v1.AssetService.ScrubAssets:output_type -> asset.v1.ScrubAssetsResponse
-	49, // [49:65] is the sub-list for method output_type
-	33, // [33:49] is the sub-list for method input_type
-	33, // [33:33] is the sub-list for extension type_name
-	33, // [33:33] is the sub-list for extension extendee
-	0,  // [0:33] is the sub-list for field type_name
+	44, // 32: asset.v1.MintTaskTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
+	5,  // 33: asset.v1.QueryUploadResponse.asset:type_name -> asset.v1.Asset
+	44, // 34: asset.v1.QueryUploadResponse.expire_time:type_name -> google.protobuf.Timestamp
+	7,  // 35: asset.v1.AssetService.UploadAsset:input_type -> asset.v1.UploadAssetRequest
+	9,  // 36: asset.v1.AssetService.RegisterFile:input_type -> asset.v1.RegisterFileRequest
+	11, // 37: asset.v1.AssetService.CreateValueAsset:input_type -> asset.v1.CreateValueAssetRequest
+	13, // 38: asset.v1.AssetService.CreatePendingAsset:input_type -> asset.v1.CreatePendingAssetRequest
+	15, // 39: asset.v1.AssetService.FulfillAsset:input_type -> asset.v1.FulfillAssetRequest
+	17, // 40: asset.v1.AssetService.FailAsset:input_type -> asset.v1.FailAssetRequest
+	19, // 41: asset.v1.AssetService.RenewLease:input_type -> asset.v1.RenewLeaseRequest
+	21, // 42: asset.v1.AssetService.GetAsset:input_type -> asset.v1.GetAssetRequest
+	23, // 43: asset.v1.AssetService.BatchGetAssets:input_type -> asset.v1.BatchGetAssetsRequest
+	25, // 44: asset.v1.AssetService.ListAssets:input_type -> asset.v1.ListAssetsRequest
+	27, // 45: asset.v1.AssetService.WatchAsset:input_type -> asset.v1.WatchAssetRequest
+	30, // 46: asset.v1.AssetService.ReadAsset:input_type -> asset.v1.ReadAssetRequest
+	32, // 47: asset.v1.AssetService.GetManifest:input_type -> asset.v1.GetManifestRequest
+	34, // 48: asset.v1.AssetService.DeleteAsset:input_type -> asset.v1.DeleteAssetRequest
+	38, // 49: asset.v1.AssetService.MintTaskToken:input_type -> asset.v1.MintTaskTokenRequest
+	40, // 50: asset.v1.AssetService.QueryUpload:input_type -> asset.v1.QueryUploadRequest
+	36, // 51: asset.v1.AssetService.ScrubAssets:input_type -> asset.v1.ScrubAssetsRequest
+	8,  // 52: asset.v1.AssetService.UploadAsset:output_type -> asset.v1.UploadAssetResponse
+	10, // 53: asset.v1.AssetService.RegisterFile:output_type -> asset.v1.RegisterFileResponse
+	12, // 54: asset.v1.AssetService.CreateValueAsset:output_type -> asset.v1.CreateValueAssetResponse
+	14, // 55: asset.v1.AssetService.CreatePendingAsset:output_type -> asset.v1.CreatePendingAssetResponse
+	16, // 56: asset.v1.AssetService.FulfillAsset:output_type -> asset.v1.FulfillAssetResponse
+	18, // 57: asset.v1.AssetService.FailAsset:output_type -> asset.v1.FailAssetResponse
+	20, // 58: asset.v1.AssetService.RenewLease:output_type -> asset.v1.RenewLeaseResponse
+	22, // 59: asset.v1.AssetService.GetAsset:output_type -> asset.v1.GetAssetResponse
+	24, // 60: asset.v1.AssetService.BatchGetAssets:output_type -> asset.v1.BatchGetAssetsResponse
+	26, // 61: asset.v1.AssetService.ListAssets:output_type -> asset.v1.ListAssetsResponse
+	29, // 62: asset.v1.AssetService.WatchAsset:output_type -> asset.v1.WatchAssetResponse
+	31, // 63: asset.v1.AssetService.ReadAsset:output_type -> asset.v1.ReadAssetResponse
+	33, // 64: asset.v1.AssetService.GetManifest:output_type -> asset.v1.GetManifestResponse
+	35, // 65: asset.v1.AssetService.DeleteAsset:output_type -> asset.v1.DeleteAssetResponse
+	39, // 66: asset.v1.AssetService.MintTaskToken:output_type -> asset.v1.MintTaskTokenResponse
+	41, // 67: asset.v1.AssetService.QueryUpload:output_type -> asset.v1.QueryUploadResponse
+	37, // 68: asset.v1.AssetService.ScrubAssets:output_type -> asset.v1.ScrubAssetsResponse
+	52, // [52:69] is the sub-list for method output_type
+	35, // [35:52] is the sub-list for method input_type
+	35, // [35:35] is the sub-list for extension type_name
+	35, // [35:35] is the sub-list for extension extendee
+	0,  // [0:35] is the sub-list for field type_name
 }
 
 func init() { file_asset_v1_asset_service_proto_init() }
@@ -3059,7 +3230,7 @@ func file_asset_v1_asset_service_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_asset_v1_asset_service_proto_rawDesc), len(file_asset_v1_asset_service_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   38,
+			NumMessages:   40,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -48,6 +48,7 @@ const (
 	AssetService_GetManifest_FullMethodName        = "/asset.v1.AssetService/GetManifest"
 	AssetService_DeleteAsset_FullMethodName        = "/asset.v1.AssetService/DeleteAsset"
 	AssetService_MintTaskToken_FullMethodName      = "/asset.v1.AssetService/MintTaskToken"
+	AssetService_QueryUpload_FullMethodName        = "/asset.v1.AssetService/QueryUpload"
 	AssetService_ScrubAssets_FullMethodName        = "/asset.v1.AssetService/ScrubAssets"
 )
 
@@ -61,6 +62,9 @@ type AssetServiceClient interface {
 	// every following one a chunk of bytes. The asset exists only once all
 	// bytes are safely on disk; a failed or cancelled upload leaves nothing.
 	// With header.pending_asset_id set, the upload fulfills that PENDING asset.
+	// With header.upload_id the upload is resumable: a stream that is cut keeps
+	// what the server made durable, and a later stream with the same upload_id
+	// continues from QueryUpload's committed_bytes (header.write_offset).
 	UploadAsset(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[UploadAssetRequest, UploadAssetResponse], error)
 	// RegisterFile adopts a file already on the server (under an import root;
 	// never one of the server's own files, e.g. in its storage root).
@@ -107,6 +111,10 @@ type AssetServiceClient interface {
 	// fulfill, fail or upload only that task's promises and read only the named
 	// inputs and the task's own outputs (docs/security.md). Orchestrator role.
 	MintTaskToken(ctx context.Context, in *MintTaskTokenRequest, opts ...grpc.CallOption) (*MintTaskTokenResponse, error)
+	// QueryUpload says how much of a resumable upload the server holds durably,
+	// to resume it after a cut. Same role as UploadAsset; a task token sees only
+	// the uploads it started (any other upload_id is NOT_FOUND).
+	QueryUpload(ctx context.Context, in *QueryUploadRequest, opts ...grpc.CallOption) (*QueryUploadResponse, error)
 	// ScrubAssets re-reads stored bytes now and checks every block against its
 	// checksum (the background scrub does the same at --scrub-rate): one result
 	// per asset, in order. A corrupt asset is marked (corrupt_reason, a CHANGED
@@ -294,6 +302,16 @@ func (c *assetServiceClient) MintTaskToken(ctx context.Context, in *MintTaskToke
 	return out, nil
 }
 
+func (c *assetServiceClient) QueryUpload(ctx context.Context, in *QueryUploadRequest, opts ...grpc.CallOption) (*QueryUploadResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(QueryUploadResponse)
+	err := c.cc.Invoke(ctx, AssetService_QueryUpload_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *assetServiceClient) ScrubAssets(ctx context.Context, in *ScrubAssetsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ScrubAssetsResponse], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	stream, err := c.cc.NewStream(ctx, &AssetService_ServiceDesc.Streams[3], AssetService_ScrubAssets_FullMethodName, cOpts...)
@@ -323,6 +341,9 @@ type AssetServiceServer interface {
 	// every following one a chunk of bytes. The asset exists only once all
 	// bytes are safely on disk; a failed or cancelled upload leaves nothing.
 	// With header.pending_asset_id set, the upload fulfills that PENDING asset.
+	// With header.upload_id the upload is resumable: a stream that is cut keeps
+	// what the server made durable, and a later stream with the same upload_id
+	// continues from QueryUpload's committed_bytes (header.write_offset).
 	UploadAsset(grpc.ClientStreamingServer[UploadAssetRequest, UploadAssetResponse]) error
 	// RegisterFile adopts a file already on the server (under an import root;
 	// never one of the server's own files, e.g. in its storage root).
@@ -369,6 +390,10 @@ type AssetServiceServer interface {
 	// fulfill, fail or upload only that task's promises and read only the named
 	// inputs and the task's own outputs (docs/security.md). Orchestrator role.
 	MintTaskToken(context.Context, *MintTaskTokenRequest) (*MintTaskTokenResponse, error)
+	// QueryUpload says how much of a resumable upload the server holds durably,
+	// to resume it after a cut. Same role as UploadAsset; a task token sees only
+	// the uploads it started (any other upload_id is NOT_FOUND).
+	QueryUpload(context.Context, *QueryUploadRequest) (*QueryUploadResponse, error)
 	// ScrubAssets re-reads stored bytes now and checks every block against its
 	// checksum (the background scrub does the same at --scrub-rate): one result
 	// per asset, in order. A corrupt asset is marked (corrupt_reason, a CHANGED
@@ -429,6 +454,9 @@ func (UnimplementedAssetServiceServer) DeleteAsset(context.Context, *DeleteAsset
 }
 func (UnimplementedAssetServiceServer) MintTaskToken(context.Context, *MintTaskTokenRequest) (*MintTaskTokenResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method MintTaskToken not implemented")
+}
+func (UnimplementedAssetServiceServer) QueryUpload(context.Context, *QueryUploadRequest) (*QueryUploadResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method QueryUpload not implemented")
 }
 func (UnimplementedAssetServiceServer) ScrubAssets(*ScrubAssetsRequest, grpc.ServerStreamingServer[ScrubAssetsResponse]) error {
 	return status.Error(codes.Unimplemented, "method ScrubAssets not implemented")
@@ -699,6 +727,24 @@ func _AssetService_MintTaskToken_Handler(srv interface{}, ctx context.Context, d
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AssetService_QueryUpload_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(QueryUploadRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AssetServiceServer).QueryUpload(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AssetService_QueryUpload_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AssetServiceServer).QueryUpload(ctx, req.(*QueryUploadRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _AssetService_ScrubAssets_Handler(srv interface{}, stream grpc.ServerStream) error {
 	m := new(ScrubAssetsRequest)
 	if err := stream.RecvMsg(m); err != nil {
@@ -764,6 +810,10 @@ var AssetService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "MintTaskToken",
 			Handler:    _AssetService_MintTaskToken_Handler,
+		},
+		{
+			MethodName: "QueryUpload",
+			Handler:    _AssetService_QueryUpload_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -111,6 +111,11 @@ class AssetServiceStub:
                 request_serializer=asset__client_dot___proto_dot_asset_dot_v1_dot_asset__service__pb2.MintTaskTokenRequest.SerializeToString,
                 response_deserializer=asset__client_dot___proto_dot_asset_dot_v1_dot_asset__service__pb2.MintTaskTokenResponse.FromString,
                 _registered_method=True)
+        self.QueryUpload = channel.unary_unary(
+                '/asset.v1.AssetService/QueryUpload',
+                request_serializer=asset__client_dot___proto_dot_asset_dot_v1_dot_asset__service__pb2.QueryUploadRequest.SerializeToString,
+                response_deserializer=asset__client_dot___proto_dot_asset_dot_v1_dot_asset__service__pb2.QueryUploadResponse.FromString,
+                _registered_method=True)
         self.ScrubAssets = channel.unary_stream(
                 '/asset.v1.AssetService/ScrubAssets',
                 request_serializer=asset__client_dot___proto_dot_asset_dot_v1_dot_asset__service__pb2.ScrubAssetsRequest.SerializeToString,
@@ -127,6 +132,9 @@ class AssetServiceServicer:
         every following one a chunk of bytes. The asset exists only once all
         bytes are safely on disk; a failed or cancelled upload leaves nothing.
         With header.pending_asset_id set, the upload fulfills that PENDING asset.
+        With header.upload_id the upload is resumable: a stream that is cut keeps
+        what the server made durable, and a later stream with the same upload_id
+        continues from QueryUpload's committed_bytes (header.write_offset).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -247,6 +255,15 @@ class AssetServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def QueryUpload(self, request, context):
+        """QueryUpload says how much of a resumable upload the server holds durably,
+        to resume it after a cut. Same role as UploadAsset; a task token sees only
+        the uploads it started (any other upload_id is NOT_FOUND).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ScrubAssets(self, request, context):
         """ScrubAssets re-reads stored bytes now and checks every block against its
         checksum (the background scrub does the same at --scrub-rate): one result
@@ -335,6 +352,11 @@ def add_AssetServiceServicer_to_server(servicer, server):
                     servicer.MintTaskToken,
                     request_deserializer=asset__client_dot___proto_dot_asset_dot_v1_dot_asset__service__pb2.MintTaskTokenRequest.FromString,
                     response_serializer=asset__client_dot___proto_dot_asset_dot_v1_dot_asset__service__pb2.MintTaskTokenResponse.SerializeToString,
+            ),
+            'QueryUpload': grpc.unary_unary_rpc_method_handler(
+                    servicer.QueryUpload,
+                    request_deserializer=asset__client_dot___proto_dot_asset_dot_v1_dot_asset__service__pb2.QueryUploadRequest.FromString,
+                    response_serializer=asset__client_dot___proto_dot_asset_dot_v1_dot_asset__service__pb2.QueryUploadResponse.SerializeToString,
             ),
             'ScrubAssets': grpc.unary_stream_rpc_method_handler(
                     servicer.ScrubAssets,
@@ -748,6 +770,33 @@ class AssetService:
             '/asset.v1.AssetService/MintTaskToken',
             asset__client_dot___proto_dot_asset_dot_v1_dot_asset__service__pb2.MintTaskTokenRequest.SerializeToString,
             asset__client_dot___proto_dot_asset_dot_v1_dot_asset__service__pb2.MintTaskTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def QueryUpload(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/asset.v1.AssetService/QueryUpload',
+            asset__client_dot___proto_dot_asset_dot_v1_dot_asset__service__pb2.QueryUploadRequest.SerializeToString,
+            asset__client_dot___proto_dot_asset_dot_v1_dot_asset__service__pb2.QueryUploadResponse.FromString,
             options,
             channel_credentials,
             insecure,

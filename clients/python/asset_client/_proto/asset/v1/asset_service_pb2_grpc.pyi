@@ -52,6 +52,9 @@ class AssetServiceStub:
     every following one a chunk of bytes. The asset exists only once all
     bytes are safely on disk; a failed or cancelled upload leaves nothing.
     With header.pending_asset_id set, the upload fulfills that PENDING asset.
+    With header.upload_id the upload is resumable: a stream that is cut keeps
+    what the server made durable, and a later stream with the same upload_id
+    continues from QueryUpload's committed_bytes (header.write_offset).
     """
     RegisterFile: _grpc.UnaryUnaryMultiCallable[_asset_service_pb2.RegisterFileRequest, _asset_service_pb2.RegisterFileResponse]
     """RegisterFile adopts a file already on the server (under an import root;
@@ -105,6 +108,11 @@ class AssetServiceStub:
     fulfill, fail or upload only that task's promises and read only the named
     inputs and the task's own outputs (docs/security.md). Orchestrator role.
     """
+    QueryUpload: _grpc.UnaryUnaryMultiCallable[_asset_service_pb2.QueryUploadRequest, _asset_service_pb2.QueryUploadResponse]
+    """QueryUpload says how much of a resumable upload the server holds durably,
+    to resume it after a cut. Same role as UploadAsset; a task token sees only
+    the uploads it started (any other upload_id is NOT_FOUND).
+    """
     ScrubAssets: _grpc.UnaryStreamMultiCallable[_asset_service_pb2.ScrubAssetsRequest, _asset_service_pb2.ScrubAssetsResponse]
     """ScrubAssets re-reads stored bytes now and checks every block against its
     checksum (the background scrub does the same at --scrub-rate): one result
@@ -123,6 +131,9 @@ class AssetServiceAsyncStub(AssetServiceStub):
     every following one a chunk of bytes. The asset exists only once all
     bytes are safely on disk; a failed or cancelled upload leaves nothing.
     With header.pending_asset_id set, the upload fulfills that PENDING asset.
+    With header.upload_id the upload is resumable: a stream that is cut keeps
+    what the server made durable, and a later stream with the same upload_id
+    continues from QueryUpload's committed_bytes (header.write_offset).
     """
     RegisterFile: _aio.UnaryUnaryMultiCallable[_asset_service_pb2.RegisterFileRequest, _asset_service_pb2.RegisterFileResponse]  # type: ignore[assignment]
     """RegisterFile adopts a file already on the server (under an import root;
@@ -176,6 +187,11 @@ class AssetServiceAsyncStub(AssetServiceStub):
     fulfill, fail or upload only that task's promises and read only the named
     inputs and the task's own outputs (docs/security.md). Orchestrator role.
     """
+    QueryUpload: _aio.UnaryUnaryMultiCallable[_asset_service_pb2.QueryUploadRequest, _asset_service_pb2.QueryUploadResponse]  # type: ignore[assignment]
+    """QueryUpload says how much of a resumable upload the server holds durably,
+    to resume it after a cut. Same role as UploadAsset; a task token sees only
+    the uploads it started (any other upload_id is NOT_FOUND).
+    """
     ScrubAssets: _aio.UnaryStreamMultiCallable[_asset_service_pb2.ScrubAssetsRequest, _asset_service_pb2.ScrubAssetsResponse]  # type: ignore[assignment]
     """ScrubAssets re-reads stored bytes now and checks every block against its
     checksum (the background scrub does the same at --scrub-rate): one result
@@ -197,6 +213,9 @@ class AssetServiceServicer(metaclass=_abc_1.ABCMeta):
         every following one a chunk of bytes. The asset exists only once all
         bytes are safely on disk; a failed or cancelled upload leaves nothing.
         With header.pending_asset_id set, the upload fulfills that PENDING asset.
+        With header.upload_id the upload is resumable: a stream that is cut keeps
+        what the server made durable, and a later stream with the same upload_id
+        continues from QueryUpload's committed_bytes (header.write_offset).
         """
 
     @_abc_1.abstractmethod
@@ -333,6 +352,17 @@ class AssetServiceServicer(metaclass=_abc_1.ABCMeta):
         """MintTaskToken issues a short-lived bearer token scoped to one task: it may
         fulfill, fail or upload only that task's promises and read only the named
         inputs and the task's own outputs (docs/security.md). Orchestrator role.
+        """
+
+    @_abc_1.abstractmethod
+    def QueryUpload(
+        self,
+        request: _asset_service_pb2.QueryUploadRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_asset_service_pb2.QueryUploadResponse, _abc.Awaitable[_asset_service_pb2.QueryUploadResponse]]:
+        """QueryUpload says how much of a resumable upload the server holds durably,
+        to resume it after a cut. Same role as UploadAsset; a task token sees only
+        the uploads it started (any other upload_id is NOT_FOUND).
         """
 
     @_abc_1.abstractmethod

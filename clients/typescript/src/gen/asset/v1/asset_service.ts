@@ -341,6 +341,29 @@ export interface UploadHeader {
    * lease has run out, like FulfillAsset).
    */
   pendingAssetId: string;
+  /**
+   * Makes the upload resumable: an id the client chooses for it (e.g. a UUID;
+   * 8 to 64 of [A-Za-z0-9_-]), the same on every stream of this upload. A
+   * stream that is cut (cancel, dropped connection, deadline, server stop)
+   * keeps what the server made durable, until the upload expires
+   * (--upload-session-ttl after its last stream ended). Without it an upload
+   * that is cut leaves nothing and starts again from zero.
+   * A new upload_id with write_offset 0 starts the upload and fixes fields 1-6;
+   * a later stream repeats them or leaves them empty (a different value is
+   * INVALID_ARGUMENT naming the field). Half-closing a stream completes the
+   * upload: size and sha256 are checked over the whole file (every stream).
+   * A second stream while one is open is ABORTED; an unknown or expired
+   * upload_id with write_offset > 0 is NOT_FOUND (start again from 0 with a
+   * new upload_id). A stream of an upload that already completed answers its
+   * asset again, storing nothing twice.
+   */
+  uploadId: string;
+  /**
+   * Where this stream's first chunk starts in the file: 0 for the first
+   * stream, else QueryUpload's committed_bytes (any other offset is
+   * FAILED_PRECONDITION "resume at committed_bytes=N"). Only with upload_id.
+   */
+  writeOffset: number;
 }
 
 /** UploadAssetRequest is one message of an upload: the header first, then chunks. */
@@ -668,6 +691,41 @@ export interface MintTaskTokenResponse {
   token: string;
   /** After this instant the token is refused (UNAUTHENTICATED "token expired"). */
   expiresAt?: Date | undefined;
+}
+
+/** QueryUploadRequest names a resumable upload. */
+export interface QueryUploadRequest {
+  /** The header.upload_id its streams carry. */
+  uploadId: string;
+}
+
+/** QueryUploadResponse says where a resumable upload stands. */
+export interface QueryUploadResponse {
+  /**
+   * Bytes of the upload the server holds durably: the next stream sends from
+   * here (header.write_offset). On a local disk, what was fsynced (at the end
+   * of every stream, however it ended, and every few MiB while streaming); on
+   * an object store, the sum of the completed multipart parts, so the tail of
+   * a cut stream that did not fill a part (5 MiB or more) is lost and sent
+   * again. After a server crash it may be lower than what the client sent.
+   * Right after a cut the server may still be making the cut stream's end durable:
+   * a stream sent then gets ABORTED (the upload is still held) or
+   * FAILED_PRECONDITION naming the new offset; ask again and resume from there.
+   */
+  committedBytes: number;
+  /**
+   * Set once the upload completed: the asset it made. Resuming a completed
+   * upload (a stream with this upload_id) answers this asset again, storing
+   * nothing twice.
+   */
+  asset?:
+    | Asset
+    | undefined;
+  /**
+   * When an unfinished upload is removed with everything it staged, unless
+   * resumed before (--upload-session-ttl after its last stream ended).
+   */
+  expireTime?: Date | undefined;
 }
 
 function createBaseValue(): Value {
@@ -1237,7 +1295,16 @@ export const Asset: MessageFns<Asset> = {
 };
 
 function createBaseUploadHeader(): UploadHeader {
-  return { label: "", mediaType: "", tags: [], expectedSizeBytes: undefined, expectedSha256: "", pendingAssetId: "" };
+  return {
+    label: "",
+    mediaType: "",
+    tags: [],
+    expectedSizeBytes: undefined,
+    expectedSha256: "",
+    pendingAssetId: "",
+    uploadId: "",
+    writeOffset: 0,
+  };
 }
 
 export const UploadHeader: MessageFns<UploadHeader> = {
@@ -1259,6 +1326,12 @@ export const UploadHeader: MessageFns<UploadHeader> = {
     }
     if (message.pendingAssetId !== "") {
       writer.uint32(50).string(message.pendingAssetId);
+    }
+    if (message.uploadId !== "") {
+      writer.uint32(58).string(message.uploadId);
+    }
+    if (message.writeOffset !== 0) {
+      writer.uint32(64).int64(message.writeOffset);
     }
     return writer;
   },
@@ -1324,6 +1397,22 @@ export const UploadHeader: MessageFns<UploadHeader> = {
             message.pendingAssetId = reader.string();
             continue;
           }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.uploadId = reader.string();
+            continue;
+          }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.writeOffset = longToNumber(reader.int64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1360,6 +1449,16 @@ export const UploadHeader: MessageFns<UploadHeader> = {
         : isSet(object.pending_asset_id)
         ? globalThis.String(object.pending_asset_id)
         : "",
+      uploadId: isSet(object.uploadId)
+        ? globalThis.String(object.uploadId)
+        : isSet(object.upload_id)
+        ? globalThis.String(object.upload_id)
+        : "",
+      writeOffset: isSet(object.writeOffset)
+        ? globalThis.Number(object.writeOffset)
+        : isSet(object.write_offset)
+        ? globalThis.Number(object.write_offset)
+        : 0,
     };
   },
 
@@ -1383,6 +1482,12 @@ export const UploadHeader: MessageFns<UploadHeader> = {
     if (message.pendingAssetId !== "") {
       obj.pendingAssetId = message.pendingAssetId;
     }
+    if (message.uploadId !== "") {
+      obj.uploadId = message.uploadId;
+    }
+    if (message.writeOffset !== 0) {
+      obj.writeOffset = Math.round(message.writeOffset);
+    }
     return obj;
   },
 
@@ -1397,6 +1502,8 @@ export const UploadHeader: MessageFns<UploadHeader> = {
     message.expectedSizeBytes = object.expectedSizeBytes ?? undefined;
     message.expectedSha256 = object.expectedSha256 ?? "";
     message.pendingAssetId = object.pendingAssetId ?? "";
+    message.uploadId = object.uploadId ?? "";
+    message.writeOffset = object.writeOffset ?? 0;
     return message;
   },
 };
@@ -4837,6 +4944,188 @@ export const MintTaskTokenResponse: MessageFns<MintTaskTokenResponse> = {
   },
 };
 
+function createBaseQueryUploadRequest(): QueryUploadRequest {
+  return { uploadId: "" };
+}
+
+export const QueryUploadRequest: MessageFns<QueryUploadRequest> = {
+  encode(message: QueryUploadRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.uploadId !== "") {
+      writer.uint32(10).string(message.uploadId);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): QueryUploadRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseQueryUploadRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.uploadId = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): QueryUploadRequest {
+    return {
+      uploadId: isSet(object.uploadId)
+        ? globalThis.String(object.uploadId)
+        : isSet(object.upload_id)
+        ? globalThis.String(object.upload_id)
+        : "",
+    };
+  },
+
+  toJSON(message: QueryUploadRequest): unknown {
+    const obj: any = {};
+    if (message.uploadId !== "") {
+      obj.uploadId = message.uploadId;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<QueryUploadRequest>, I>>(base?: I): QueryUploadRequest {
+    return QueryUploadRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<QueryUploadRequest>, I>>(object: I): QueryUploadRequest {
+    const message = createBaseQueryUploadRequest();
+    message.uploadId = object.uploadId ?? "";
+    return message;
+  },
+};
+
+function createBaseQueryUploadResponse(): QueryUploadResponse {
+  return { committedBytes: 0, asset: undefined, expireTime: undefined };
+}
+
+export const QueryUploadResponse: MessageFns<QueryUploadResponse> = {
+  encode(message: QueryUploadResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.committedBytes !== 0) {
+      writer.uint32(8).int64(message.committedBytes);
+    }
+    if (message.asset !== undefined) {
+      Asset.encode(message.asset, writer.uint32(18).fork()).join();
+    }
+    if (message.expireTime !== undefined) {
+      Timestamp.encode(toTimestamp(message.expireTime), writer.uint32(26).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): QueryUploadResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseQueryUploadResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.committedBytes = longToNumber(reader.int64());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.asset = Asset.decode(reader, reader.uint32());
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.expireTime = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): QueryUploadResponse {
+    return {
+      committedBytes: isSet(object.committedBytes)
+        ? globalThis.Number(object.committedBytes)
+        : isSet(object.committed_bytes)
+        ? globalThis.Number(object.committed_bytes)
+        : 0,
+      asset: isSet(object.asset) ? Asset.fromJSON(object.asset) : undefined,
+      expireTime: isSet(object.expireTime)
+        ? fromJsonTimestamp(object.expireTime)
+        : isSet(object.expire_time)
+        ? fromJsonTimestamp(object.expire_time)
+        : undefined,
+    };
+  },
+
+  toJSON(message: QueryUploadResponse): unknown {
+    const obj: any = {};
+    if (message.committedBytes !== 0) {
+      obj.committedBytes = Math.round(message.committedBytes);
+    }
+    if (message.asset !== undefined) {
+      obj.asset = Asset.toJSON(message.asset);
+    }
+    if (message.expireTime !== undefined) {
+      obj.expireTime = message.expireTime.toISOString();
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<QueryUploadResponse>, I>>(base?: I): QueryUploadResponse {
+    return QueryUploadResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<QueryUploadResponse>, I>>(object: I): QueryUploadResponse {
+    const message = createBaseQueryUploadResponse();
+    message.committedBytes = object.committedBytes ?? 0;
+    message.asset = (object.asset !== undefined && object.asset !== null) ? Asset.fromPartial(object.asset) : undefined;
+    message.expireTime = object.expireTime ?? undefined;
+    return message;
+  },
+};
+
 /** AssetService stores, tracks and serves the assets of a task pipeline. */
 export type AssetServiceService = typeof AssetServiceService;
 export const AssetServiceService = {
@@ -4845,6 +5134,9 @@ export const AssetServiceService = {
    * every following one a chunk of bytes. The asset exists only once all
    * bytes are safely on disk; a failed or cancelled upload leaves nothing.
    * With header.pending_asset_id set, the upload fulfills that PENDING asset.
+   * With header.upload_id the upload is resumable: a stream that is cut keeps
+   * what the server made durable, and a later stream with the same upload_id
+   * continues from QueryUpload's committed_bytes (header.write_offset).
    */
   uploadAsset: {
     path: "/asset.v1.AssetService/UploadAsset" as const,
@@ -5036,6 +5328,20 @@ export const AssetServiceService = {
     responseDeserialize: (value: Buffer): MintTaskTokenResponse => MintTaskTokenResponse.decode(value),
   },
   /**
+   * QueryUpload says how much of a resumable upload the server holds durably,
+   * to resume it after a cut. Same role as UploadAsset; a task token sees only
+   * the uploads it started (any other upload_id is NOT_FOUND).
+   */
+  queryUpload: {
+    path: "/asset.v1.AssetService/QueryUpload" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: QueryUploadRequest): Buffer => Buffer.from(QueryUploadRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): QueryUploadRequest => QueryUploadRequest.decode(value),
+    responseSerialize: (value: QueryUploadResponse): Buffer => Buffer.from(QueryUploadResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): QueryUploadResponse => QueryUploadResponse.decode(value),
+  },
+  /**
    * ScrubAssets re-reads stored bytes now and checks every block against its
    * checksum (the background scrub does the same at --scrub-rate): one result
    * per asset, in order. A corrupt asset is marked (corrupt_reason, a CHANGED
@@ -5059,6 +5365,9 @@ export interface AssetServiceServer extends UntypedServiceImplementation {
    * every following one a chunk of bytes. The asset exists only once all
    * bytes are safely on disk; a failed or cancelled upload leaves nothing.
    * With header.pending_asset_id set, the upload fulfills that PENDING asset.
+   * With header.upload_id the upload is resumable: a stream that is cut keeps
+   * what the server made durable, and a later stream with the same upload_id
+   * continues from QueryUpload's committed_bytes (header.write_offset).
    */
   uploadAsset: handleClientStreamingCall<UploadAssetRequest, UploadAssetResponse>;
   /**
@@ -5121,6 +5430,12 @@ export interface AssetServiceServer extends UntypedServiceImplementation {
    */
   mintTaskToken: handleUnaryCall<MintTaskTokenRequest, MintTaskTokenResponse>;
   /**
+   * QueryUpload says how much of a resumable upload the server holds durably,
+   * to resume it after a cut. Same role as UploadAsset; a task token sees only
+   * the uploads it started (any other upload_id is NOT_FOUND).
+   */
+  queryUpload: handleUnaryCall<QueryUploadRequest, QueryUploadResponse>;
+  /**
    * ScrubAssets re-reads stored bytes now and checks every block against its
    * checksum (the background scrub does the same at --scrub-rate): one result
    * per asset, in order. A corrupt asset is marked (corrupt_reason, a CHANGED
@@ -5136,6 +5451,9 @@ export interface AssetServiceClient extends Client {
    * every following one a chunk of bytes. The asset exists only once all
    * bytes are safely on disk; a failed or cancelled upload leaves nothing.
    * With header.pending_asset_id set, the upload fulfills that PENDING asset.
+   * With header.upload_id the upload is resumable: a stream that is cut keeps
+   * what the server made durable, and a later stream with the same upload_id
+   * continues from QueryUpload's committed_bytes (header.write_offset).
    */
   uploadAsset(
     callback: (error: ServiceError | null, response: UploadAssetResponse) => void,
@@ -5389,6 +5707,26 @@ export interface AssetServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: MintTaskTokenResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * QueryUpload says how much of a resumable upload the server holds durably,
+   * to resume it after a cut. Same role as UploadAsset; a task token sees only
+   * the uploads it started (any other upload_id is NOT_FOUND).
+   */
+  queryUpload(
+    request: QueryUploadRequest,
+    callback: (error: ServiceError | null, response: QueryUploadResponse) => void,
+  ): ClientUnaryCall;
+  queryUpload(
+    request: QueryUploadRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: QueryUploadResponse) => void,
+  ): ClientUnaryCall;
+  queryUpload(
+    request: QueryUploadRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: QueryUploadResponse) => void,
   ): ClientUnaryCall;
   /**
    * ScrubAssets re-reads stored bytes now and checks every block against its
