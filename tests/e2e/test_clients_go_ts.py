@@ -55,6 +55,7 @@ GO_TESTS = (
     "TestDownloadResumesWhereTheStreamBroke",
     "TestDownloadCatchesBytesThatAreNotTheRecords",
     "TestUploadChecksWhatTheServerStored",
+    "TestUploadResumesAfterCuts",
     "TestWatchResumesAfterTheLastRevision",
     "TestDefaultDeadlines",
     "TestFromEnv",
@@ -75,6 +76,8 @@ GO_RESTART_TESTS = (
     "TestRestartWatchResumes/SIGKILL",
     "TestRestartWatchResumes/SIGTERM",
     "TestRestartWatchSelectorResumes",
+    "TestRestartUploadResumes/SIGKILL",
+    "TestRestartUploadResumes/SIGTERM",
 )
 # The TypeScript suite's tests: the flow, failure, errors, the two token tests, four of
 # leases, and two without a server (credentials; whole reads checked against a lying one).
@@ -227,7 +230,7 @@ def go_env() -> dict[str, str]:
 
 @pytest.mark.slow
 def test_go_client_survives_server_restarts() -> None:
-    """A retried GetAsset and resumed watches across SIGTERM, SIGKILL and a restart."""
+    """A retried GetAsset, resumed watches and uploads across SIGTERM, SIGKILL and a restart."""
     cmd = [tool("go"), "test", "-count=1", "-v", "-run", "Restart", "./assetclient/"]
     done = run(cmd, GO_DIR, go_env())
     out = done.stdout

@@ -126,6 +126,9 @@ func TestEveryRPCThroughTheClient(t *testing.T) {
 	if uploaded.GetId() != file.GetId() || uploaded.GetSha256() != sha(content) || uploaded.GetSizeBytes() != int64(len(content)) {
 		t.Fatalf("Upload into the promise: %v", uploaded)
 	}
+	if _, err := c.QueryUpload(ctx, assetclient.NewUploadID()); !errors.Is(err, assetclient.ErrNotFound) {
+		t.Errorf("QueryUpload(unknown upload): %v, want ErrNotFound", err)
+	}
 	failed, err := c.FailAsset(ctx, doomed.GetId(), "the model ran out of memory")
 	if err != nil || failed.GetFailureReason() != "the model ran out of memory" {
 		t.Fatalf("FailAsset: %v %v", failed, err)

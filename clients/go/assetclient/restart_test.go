@@ -5,6 +5,7 @@ package assetclient_test
 // servers leaves them out with -skip Restart.
 
 import (
+	"bytes"
 	"errors"
 	"sync"
 	"testing"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/asset-service/asset-service/clients/go/assetclient"
 	assetv1 "github.com/asset-service/asset-service/clients/go/gen/asset/v1"
+	"github.com/asset-service/asset-service/clients/go/internal/testserver"
 )
 
 func TestRestartGetAssetIsRetried(t *testing.T) {
@@ -200,5 +202,80 @@ func TestRestartWatchSelectorResumes(t *testing.T) {
 	case err := <-end:
 		t.Errorf("the selector watch ended: %v", err)
 	default:
+	}
+}
+
+// stoppingReader stops the server (stop: Kill or Stop) once `after` bytes were
+// read from it, and restarts it in the background. (Only Read and Seek: no
+// WriteTo to go around it.)
+type stoppingReader struct {
+	r         *bytes.Reader
+	srv       *testserver.Server
+	stop      func()
+	after     int64
+	read      int64
+	restarted chan error
+}
+
+func (k *stoppingReader) Read(p []byte) (int, error) {
+	n, err := k.r.Read(p)
+	k.read += int64(n)
+	if k.restarted == nil && k.read >= k.after {
+		k.stop()
+		k.restarted = make(chan error, 1)
+		go func() { k.restarted <- k.srv.Restart() }()
+	}
+	return n, err
+}
+
+func (k *stoppingReader) Seek(offset int64, whence int) (int64, error) {
+	return k.r.Seek(offset, whence)
+}
+
+// An upload cut by a server that stops resumes once it is back: after SIGTERM
+// from where the stream ended (the server makes that durable), after SIGKILL
+// from its last checkpoint (0 here: it checkpoints every 64 MiB).
+func TestRestartUploadResumes(t *testing.T) {
+	for _, crash := range []bool{true, false} {
+		t.Run(map[bool]string{true: "SIGKILL", false: "SIGTERM"}[crash], func(t *testing.T) {
+			ctx := testContext(t)
+			srv := ownServer(t)
+			c, err := assetclient.Dial(srv.Addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			content := randomBytes(t, 24*assetclient.ChunkSize+99)
+			// The first pass over the reader hashes it; the stop comes 12 MiB into the upload.
+			r := &stoppingReader{r: bytes.NewReader(content), srv: srv, stop: srv.Stop, after: int64(len(content)) + 12*assetclient.ChunkSize}
+			if crash {
+				r.stop = srv.Kill
+			}
+			var offsets []int64
+			a, err := c.UploadResumable(ctx, r, assetclient.UploadOptions{
+				Label:    "survivor.bin",
+				OnResume: func(offset int64, _ error) { offsets = append(offsets, offset) },
+			})
+			if r.restarted == nil {
+				t.Fatal("the server was never stopped")
+			}
+			if rerr := <-r.restarted; rerr != nil {
+				t.Fatal(rerr)
+			}
+			if err != nil {
+				t.Fatalf("UploadResumable across a restart: %v (resumed at %v)", err, offsets)
+			}
+			if a.GetSha256() != sha(content) || a.GetSizeBytes() != int64(len(content)) || len(offsets) == 0 {
+				t.Fatalf("stored %d bytes, sha256 %s, resumed at %v", a.GetSizeBytes(), a.GetSha256(), offsets)
+			}
+			if !crash && offsets[len(offsets)-1] == 0 {
+				t.Errorf("after a graceful stop the upload resumed at %v, want where its stream ended", offsets)
+			}
+			var back bytes.Buffer
+			if _, err := c.Download(ctx, a.GetId(), &back); err != nil || !bytes.Equal(back.Bytes(), content) {
+				t.Fatalf("Download after the resumed upload: %v", err)
+			}
+			t.Logf("resumed at %v of %d bytes", offsets, len(content))
+		})
 	}
 }

@@ -25,13 +25,14 @@ var retriedMethods = map[string]string{
 	"FulfillAsset":   "the server answers an identical fulfilment (same value, same bytes, the file it moved) with the same asset",
 	"FailAsset":      "the server answers an identical failure (same reason) with the same asset",
 	"ScrubAssets":    "checks the same stored bytes again and comes to the same marks",
+	"QueryUpload":    "reads",
 }
 
 // notRetriedMethods are the calls that create or delete an asset, and why a
 // repeat after UNAVAILABLE could do harm: the first attempt may have been
 // applied before the connection broke.
 var notRetriedMethods = map[string]string{
-	"UploadAsset":        "a client stream: its bytes are gone once sent (a resumable upload continues from QueryUpload's committed_bytes instead)",
+	"UploadAsset":        "a client stream: its bytes are gone once sent (UploadResumable continues from QueryUpload's committed_bytes instead)",
 	"RegisterFile":       "creates an asset: a repeat makes a second one (or, with move, finds the file gone)",
 	"CreateValueAsset":   "creates an asset: a repeat makes a second one",
 	"CreatePendingAsset": "creates a promise: a repeat makes a second one",

@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"time"
 
 	assetv1 "github.com/asset-service/asset-service/clients/go/gen/asset/v1"
 )
@@ -28,11 +29,21 @@ type UploadOptions struct {
 	Size int64
 	// SHA256, if set (hex), is the sha256 the bytes must have (UploadFile sets it).
 	SHA256 string
+	// UploadID makes the upload resumable (UploadResumable, UploadFile): 8 to
+	// 64 of [A-Za-z0-9_-], the same on every stream; a random one when empty.
+	UploadID string
+	// ResumeFor is how long a resumable upload keeps trying without progress
+	// (DefaultResumeFor when 0; negative: never resume).
+	ResumeFor time.Duration
+	// OnResume, if set, is told each time a resumable upload sends another
+	// stream: from which byte, and the error that ended the last one.
+	OnResume func(offset int64, cause error)
 }
 
 func (o UploadOptions) header() *assetv1.UploadHeader {
 	h := &assetv1.UploadHeader{
 		Label: o.Label, MediaType: o.MediaType, Tags: o.Tags, ExpectedSha256: o.SHA256, PendingAssetId: o.Pending,
+		UploadId: o.UploadID,
 	}
 	if o.Size > 0 {
 		h.ExpectedSizeBytes = &o.Size
@@ -43,18 +54,30 @@ func (o UploadOptions) header() *assetv1.UploadHeader {
 // Upload streams r to the server as a FILE asset (or into the PENDING asset
 // opts.Pending) in ChunkSize messages, and returns the stored asset. The asset
 // exists only once every byte is on the server's disk; a failed upload leaves
-// nothing. The sha256 the server computed is checked against the one of the
-// bytes read from r: a difference is a *DataLossError (ErrDataLoss).
-// Not retried (r cannot be read twice); see UploadFile.
+// nothing (unless opts.UploadID makes it resumable). The sha256 the server
+// computed is checked against the one of the bytes read from r: a difference
+// is a *DataLossError (ErrDataLoss). A stream that breaks is not sent again (r
+// cannot be read twice): UploadFile and UploadResumable resume.
 func (c *Client) Upload(ctx context.Context, r io.Reader, opts UploadOptions) (*assetv1.Asset, error) {
+	asset, sent, sum, err := c.send(ctx, opts.header(), r)
+	if err != nil {
+		return nil, err
+	}
+	return checkStored(asset, sent, sum)
+}
+
+// send runs one UploadAsset stream: the header, then r to its end. It returns
+// the stored asset, and how many bytes it sent with their sha256.
+func (c *Client) send(ctx context.Context, h *assetv1.UploadHeader, r io.Reader) (*assetv1.Asset, int64, string, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	stream, err := c.raw.UploadAsset(ctx)
 	if err != nil {
-		return nil, wrap("UploadAsset", err)
+		return nil, 0, "", wrap("UploadAsset", err)
 	}
-	if err := stream.Send(&assetv1.UploadAssetRequest{Payload: &assetv1.UploadAssetRequest_Header{Header: opts.header()}}); err != nil {
-		return nil, uploadError(stream, err)
+	if err := stream.Send(&assetv1.UploadAssetRequest{Payload: &assetv1.UploadAssetRequest_Header{Header: h}}); err != nil {
+		asset, err := answerAfterSend(stream, err)
+		return asset, 0, "", err
 	}
 	sum := sha256.New()
 	sent, err := sendChunks(r, sum, func(chunk []byte) error {
@@ -62,15 +85,16 @@ func (c *Client) Upload(ctx context.Context, r io.Reader, opts UploadOptions) (*
 	})
 	if err != nil {
 		if errors.Is(err, errSend) {
-			return nil, uploadError(stream, err)
+			asset, err := answerAfterSend(stream, err)
+			return asset, sent, "", err
 		}
-		return nil, err // reading r failed: cancel (deferred) discards the upload
+		return nil, 0, "", err // reading r failed: cancel (deferred) ends the stream
 	}
 	resp, err := stream.CloseAndRecv()
 	if err != nil {
-		return nil, wrap("UploadAsset", err)
+		return nil, 0, "", wrap("UploadAsset", err)
 	}
-	return checkStored(resp.GetAsset(), sent, hex.EncodeToString(sum.Sum(nil)))
+	return resp.GetAsset(), sent, hex.EncodeToString(sum.Sum(nil)), nil
 }
 
 // errSend marks a failed Send: the reason is in the stream's final status.
@@ -100,13 +124,18 @@ func sendChunks(r io.Reader, sum hash.Hash, send func([]byte) error) (int64, err
 	}
 }
 
-// uploadError is why the server stopped taking an upload: Send reports only
-// io.EOF, the status comes from CloseAndRecv.
-func uploadError(stream assetv1.AssetService_UploadAssetClient, sendErr error) error {
-	if _, err := stream.CloseAndRecv(); err != nil {
-		return wrap("UploadAsset", err)
+// answerAfterSend is the server's answer once it stopped taking a stream
+// (Send reports only io.EOF): its error, or, for a resumable upload that had
+// completed before, the asset it answers at once.
+func answerAfterSend(stream assetv1.AssetService_UploadAssetClient, sendErr error) (*assetv1.Asset, error) {
+	resp, err := stream.CloseAndRecv()
+	if err != nil {
+		return nil, wrap("UploadAsset", err)
 	}
-	return wrap("UploadAsset", sendErr)
+	if resp.GetAsset() == nil {
+		return nil, wrap("UploadAsset", sendErr)
+	}
+	return resp.GetAsset(), nil
 }
 
 // checkStored compares the stored record with what was sent.
@@ -117,10 +146,11 @@ func checkStored(a *assetv1.Asset, sent int64, sum string) (*assetv1.Asset, erro
 	return a, nil
 }
 
-// UploadFile uploads the file at path (a path on this machine). It hashes the
-// file first and sends its size and sha256 in the header, so the server
-// refuses bytes that differ (the file changed while it was read, for
-// instance) with ErrDataLoss and stores nothing. Label defaults to the
+// UploadFile uploads the file at path (a path on this machine) with
+// UploadResumable: it hashes the file first and sends its size and sha256, so
+// the server refuses bytes that differ (the file changed while it was read,
+// for instance) with ErrDataLoss and stores nothing, and a cut upload
+// continues where the server's durable bytes end. Label defaults to the
 // file's name.
 func (c *Client) UploadFile(ctx context.Context, path string, opts UploadOptions) (*assetv1.Asset, error) {
 	f, err := os.Open(path)
@@ -131,16 +161,5 @@ func (c *Client) UploadFile(ctx context.Context, path string, opts UploadOptions
 	if opts.Label == "" && opts.Pending == "" {
 		opts.Label = filepath.Base(path)
 	}
-	if opts.SHA256 == "" || opts.Size == 0 {
-		sum := sha256.New()
-		n, err := io.Copy(sum, f)
-		if err != nil {
-			return nil, fmt.Errorf("upload: hashing %s: %w", path, err)
-		}
-		opts.Size, opts.SHA256 = n, hex.EncodeToString(sum.Sum(nil))
-		if _, err := f.Seek(0, io.SeekStart); err != nil {
-			return nil, fmt.Errorf("upload: %w", err)
-		}
-	}
-	return c.Upload(ctx, f, opts)
+	return c.UploadResumable(ctx, f, opts)
 }

@@ -5,7 +5,7 @@
 // promises the task's output with a lease, and mints a task token for the
 // worker (when the server has a task-token secret). The worker, with that
 // token only, keeps the lease, downloads the input (sha256 checked), counts
-// its words and uploads the result into the promise. The orchestrator watches
+// its words and uploads the result into the promise (resumably). The orchestrator watches
 // the promise until it is AVAILABLE and reads it.
 //
 //	ASSET_SERVICE_ADDR=127.0.0.1:50051 go run ./cmd/example-pipeline
@@ -120,6 +120,7 @@ func work(ctx context.Context, c *assetclient.Client, inputID, outputID string) 
 	if err := keeper.Stop(); err != nil {
 		return err // the lease was lost: the promise is FAILED already
 	}
-	_, err := c.Upload(ctx, strings.NewReader(count), assetclient.UploadOptions{Pending: outputID})
+	// Resumable: a dropped connection or a server restart costs only what was not yet durable.
+	_, err := c.UploadResumable(ctx, strings.NewReader(count), assetclient.UploadOptions{Pending: outputID})
 	return err
 }
