@@ -29,8 +29,9 @@ type UploadOptions struct {
 	Size int64
 	// SHA256, if set (hex), is the sha256 the bytes must have (UploadFile sets it).
 	SHA256 string
-	// UploadID makes the upload resumable (UploadResumable, UploadFile): 8 to
-	// 64 of [A-Za-z0-9_-], the same on every stream; a random one when empty.
+	// UploadID makes the upload resumable: 8 to 64 of [A-Za-z0-9_-], the same
+	// on every stream. UploadResumable and UploadFile choose a random one when
+	// it is empty; Upload sends it as given.
 	UploadID string
 	// ResumeFor is how long a resumable upload keeps trying without progress
 	// (DefaultResumeFor when 0; negative: never resume).
@@ -63,11 +64,15 @@ func (c *Client) Upload(ctx context.Context, r io.Reader, opts UploadOptions) (*
 	if err != nil {
 		return nil, err
 	}
+	if sum == "" { // answered before every byte was sent: an UploadID that had completed
+		return asset, nil
+	}
 	return checkStored(asset, sent, sum)
 }
 
 // send runs one UploadAsset stream: the header, then r to its end. It returns
-// the stored asset, and how many bytes it sent with their sha256.
+// the stored asset, and how many bytes it sent with their sha256 (none when
+// the server answered before every byte was sent).
 func (c *Client) send(ctx context.Context, h *assetv1.UploadHeader, r io.Reader) (*assetv1.Asset, int64, string, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
