@@ -13,7 +13,8 @@ import (
 )
 
 // The environment variables DialEnv reads; the Python and TypeScript clients
-// and the `asset` CLI read the same ones.
+// and the `asset` CLI read the same ones. (TLS with the system's roots and no
+// CA file: DialEnv(WithTLS()).)
 const (
 	// EnvAddr is the server's address, host:port (DefaultAddr when unset).
 	EnvAddr = "ASSET_SERVICE_ADDR"
@@ -29,9 +30,6 @@ const (
 	// EnvClientCert and EnvClientKey are a PEM client certificate and its key (mTLS).
 	EnvClientCert = "ASSET_SERVICE_CLIENT_CERT"
 	EnvClientKey  = "ASSET_SERVICE_CLIENT_KEY"
-	// EnvTLS set to 1 (true, yes, on) connects with TLS and the system's roots
-	// when no CA file is given.
-	EnvTLS = "ASSET_SERVICE_TLS"
 )
 
 // DefaultAddr is where DialEnv connects without ASSET_SERVICE_ADDR: the
@@ -43,30 +41,21 @@ const DefaultAddr = "127.0.0.1:50051"
 // that cannot be used (a timeout that is not a number, a certificate without
 // its key, a token file that cannot be read) is an error naming it.
 func FromEnv() (addr string, opts []Option, err error) {
-	addr = strings.TrimSpace(os.Getenv(EnvAddr))
+	addr = env(EnvAddr)
 	if addr == "" {
 		addr = DefaultAddr
 	}
-	if v := os.Getenv(EnvTLS); v != "" {
-		on, err := parseBool(v)
-		if err != nil {
-			return "", nil, fmt.Errorf("%s=%q: %w", EnvTLS, v, err)
-		}
-		if on {
-			opts = append(opts, WithTLS())
-		}
-	}
-	if ca := os.Getenv(EnvCAFile); ca != "" {
+	if ca := env(EnvCAFile); ca != "" {
 		opts = append(opts, WithRootCAFile(ca))
 	}
-	cert, key := os.Getenv(EnvClientCert), os.Getenv(EnvClientKey)
+	cert, key := env(EnvClientCert), env(EnvClientKey)
 	switch {
 	case cert != "" && key != "":
 		opts = append(opts, WithClientCertificate(cert, key))
 	case cert != "" || key != "":
 		return "", nil, fmt.Errorf("set both %s and %s (a client certificate and its key), or neither", EnvClientCert, EnvClientKey)
 	}
-	token, tokenFile := strings.TrimSpace(os.Getenv(EnvToken)), strings.TrimSpace(os.Getenv(EnvTokenFile))
+	token, tokenFile := env(EnvToken), env(EnvTokenFile)
 	switch {
 	case token != "" && tokenFile != "":
 		return "", nil, fmt.Errorf("both %s and %s are set: unset one of them", EnvToken, EnvTokenFile)
@@ -79,7 +68,7 @@ func FromEnv() (addr string, opts []Option, err error) {
 		}
 		opts = append(opts, WithTokenSource(src))
 	}
-	if v := strings.TrimSpace(os.Getenv(EnvTimeout)); v != "" {
+	if v := env(EnvTimeout); v != "" {
 		seconds, err := strconv.ParseFloat(v, 64)
 		if err != nil || math.IsNaN(seconds) || math.IsInf(seconds, 0) || seconds <= 0 {
 			return "", nil, fmt.Errorf("%s=%q: want a number of seconds above 0", EnvTimeout, v)
@@ -130,12 +119,5 @@ func DialEnv(opts ...Option) (*Client, error) {
 	return Dial(addr, append(envOpts, opts...)...)
 }
 
-func parseBool(v string) (bool, error) {
-	switch strings.ToLower(strings.TrimSpace(v)) {
-	case "1", "true", "yes", "on":
-		return true, nil
-	case "0", "false", "no", "off":
-		return false, nil
-	}
-	return false, fmt.Errorf("not a boolean (1/0, true/false, yes/no, on/off)")
-}
+// env is a variable without surrounding blanks ("" when unset).
+func env(name string) string { return strings.TrimSpace(os.Getenv(name)) }
