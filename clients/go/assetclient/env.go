@@ -12,9 +12,9 @@ import (
 	"time"
 )
 
-// The environment variables DialEnv reads; the Python and TypeScript clients
-// and the `asset` CLI read the same ones. (TLS with the system's roots and no
-// CA file: DialEnv(WithTLS()).)
+// The environment variables DialEnv reads: the ones the Python and TypeScript
+// clients and the `asset` CLI read (ASSET_SERVICE_TLS: the CLI's --tls; those
+// libraries take TLS with the system's roots as an argument).
 const (
 	// EnvAddr is the server's address, host:port (DefaultAddr when unset).
 	EnvAddr = "ASSET_SERVICE_ADDR"
@@ -30,6 +30,9 @@ const (
 	// EnvClientCert and EnvClientKey are a PEM client certificate and its key (mTLS).
 	EnvClientCert = "ASSET_SERVICE_CLIENT_CERT"
 	EnvClientKey  = "ASSET_SERVICE_CLIENT_KEY"
+	// EnvTLS set to 1 (true, yes, on, ...) connects with TLS and the system's
+	// roots when no CA file is given (the `asset` CLI's --tls).
+	EnvTLS = "ASSET_SERVICE_TLS"
 )
 
 // DefaultAddr is where DialEnv connects without ASSET_SERVICE_ADDR: the
@@ -44,6 +47,15 @@ func FromEnv() (addr string, opts []Option, err error) {
 	addr = env(EnvAddr)
 	if addr == "" {
 		addr = DefaultAddr
+	}
+	if v := env(EnvTLS); v != "" {
+		on, err := parseBool(v)
+		if err != nil {
+			return "", nil, fmt.Errorf("%s=%q: %w", EnvTLS, v, err)
+		}
+		if on {
+			opts = append(opts, WithTLS())
+		}
 	}
 	if ca := env(EnvCAFile); ca != "" {
 		opts = append(opts, WithRootCAFile(ca))
@@ -117,6 +129,16 @@ func DialEnv(opts ...Option) (*Client, error) {
 		return nil, err
 	}
 	return Dial(addr, append(envOpts, opts...)...)
+}
+
+func parseBool(v string) (bool, error) {
+	switch strings.ToLower(strings.TrimSpace(v)) { // the words click's BOOL takes
+	case "1", "true", "t", "yes", "y", "on":
+		return true, nil
+	case "0", "false", "f", "no", "n", "off":
+		return false, nil
+	}
+	return false, fmt.Errorf("not a boolean (1/0, true/false, yes/no, on/off)")
 }
 
 // env is a variable without surrounding blanks ("" when unset).

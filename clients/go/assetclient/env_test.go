@@ -16,7 +16,7 @@ import (
 
 func TestFromEnv(t *testing.T) {
 	for _, name := range []string{assetclient.EnvAddr, assetclient.EnvToken, assetclient.EnvTokenFile, assetclient.EnvTimeout,
-		assetclient.EnvCAFile, assetclient.EnvClientCert, assetclient.EnvClientKey} {
+		assetclient.EnvCAFile, assetclient.EnvClientCert, assetclient.EnvClientKey, assetclient.EnvTLS} {
 		t.Setenv(name, "")
 	}
 	addr, opts, err := assetclient.FromEnv()
@@ -25,19 +25,20 @@ func TestFromEnv(t *testing.T) {
 	}
 
 	t.Setenv(assetclient.EnvAddr, " 192.0.2.7:50051 ") // documentation range: nothing is sent
+	t.Setenv(assetclient.EnvTLS, "yes")
 	t.Setenv(assetclient.EnvToken, "tok")
 	addr, opts, err = assetclient.FromEnv()
-	if err != nil || addr != "192.0.2.7:50051" || len(opts) != 1 {
+	if err != nil || addr != "192.0.2.7:50051" || len(opts) != 2 {
 		t.Errorf("FromEnv: %q, %d options, %v", addr, len(opts), err)
 	}
-	// A token to a remote host: over TLS (an option on top of the environment)...
-	c, err := assetclient.DialEnv(assetclient.WithTLS())
+	// TLS and a token to a remote host: allowed (plaintext would be refused).
+	c, err := assetclient.DialEnv()
 	if err != nil {
 		t.Errorf("DialEnv with TLS and a token: %v", err)
 	} else {
 		c.Close()
 	}
-	// ...but never over plaintext.
+	t.Setenv(assetclient.EnvTLS, "0")
 	if _, err := assetclient.DialEnv(); err == nil || !strings.Contains(err.Error(), "plaintext") {
 		t.Errorf("DialEnv with a token over plaintext to a remote host: %v, want a refusal", err)
 	}
@@ -62,6 +63,11 @@ func TestFromEnv(t *testing.T) {
 		t.Errorf("%s=2.5: %d options, %v", assetclient.EnvTimeout, len(opts), err)
 	}
 	t.Setenv(assetclient.EnvTimeout, "")
+	t.Setenv(assetclient.EnvTLS, "maybe")
+	if _, _, err := assetclient.FromEnv(); err == nil || !strings.Contains(err.Error(), assetclient.EnvTLS) {
+		t.Errorf("%s=maybe: %v, want an error naming it", assetclient.EnvTLS, err)
+	}
+	t.Setenv(assetclient.EnvTLS, "")
 	t.Setenv(assetclient.EnvClientCert, "/etc/client.pem")
 	if _, _, err := assetclient.FromEnv(); err == nil || !strings.Contains(err.Error(), assetclient.EnvClientKey) {
 		t.Errorf("a client certificate without its key: %v, want an error naming %s", err, assetclient.EnvClientKey)
