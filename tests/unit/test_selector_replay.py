@@ -320,6 +320,10 @@ async def test_the_same_change_twice_is_published_once() -> None:
         b = await manager.create_pending("t", "b", "", AssetType.VALUE, ())
         assert [e.revision for e in await collect(events, 1)] == [b.revision]
         await events.aclose()
+        # Nor is it kept twice: a watch replaying the history sends it once.
+        again = await manager.watch_selector(Selector(), 0)
+        assert [e.revision for e in await collect(again, 2)] == [a.revision, b.revision]
+        await again.aclose()
     finally:
         await manager.stop()
 
