@@ -267,10 +267,10 @@ class ChangeHub:
         self.history.start(floor)
 
     def _order(self, change: Change) -> str:
-        """ "new"; "again" for the change published last (a resumed source sends it
-        twice: not published again); "back" if the database went back in time: a
-        revision below the last one published, or that revision with other content (a
-        failover that rolled back writes hands their revisions out again)."""
+        """How `change` follows the last one published: "new"; "again" if it is that
+        change (a resumed source sends it twice: not published again); "back" if the
+        database went back in time: a revision below it, or its revision with other
+        content (a failover that rolled back writes hands their revisions out again)."""
         last = self._last
         if last is not None and change.revision <= last.revision:
             if change == last:
