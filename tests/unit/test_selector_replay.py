@@ -194,6 +194,15 @@ async def test_list_then_watch_converges_while_writes_go_on(manager: AssetManage
             if asset.id not in known or known[asset.id].revision < asset.revision:
                 known[asset.id] = asset
         token = page.next_token
+    reads = 0
+    real = manager.store.changes_since
+
+    async def counted(after: int, limit: int) -> Replay:
+        nonlocal reads
+        reads += 1
+        return await real(after, limit)
+
+    manager.store.changes_since = counted  # type: ignore[method-assign]
     events = await manager.watch_selector(Selector(), first.revision)
     await writer
     target = await manager.store.current_revision()
@@ -205,6 +214,7 @@ async def test_list_then_watch_converges_while_writes_go_on(manager: AssetManage
             if event.revision >= target:
                 break
     await events.aclose()
+    assert reads >= 1, "it caught up from the store"
     final = await everything(manager)
     assert {i: a.revision for i, a in known.items()} == {i: a.revision for i, a in final.items()}
     assert {i: a.status for i, a in known.items()} == {i: a.status for i, a in final.items()}
