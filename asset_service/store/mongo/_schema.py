@@ -50,10 +50,13 @@ def _same_index(wanted: Mapping[str, Any], have: Mapping[str, Any]) -> bool:
 
 
 async def ensure_indexes(
-    assets: AsyncCollection[Doc], db_name: str, indexes: tuple[IndexModel, ...] = ASSET_INDEXES
+    assets: AsyncCollection[Doc],
+    db_name: str,
+    wanted_indexes: tuple[IndexModel, ...] = ASSET_INDEXES,
+    name: str = "assets",
 ) -> None:
-    """Create the `indexes` of a collection (by default the assets') that are missing;
-    nothing at all when every one exists.
+    """Create the ASSET_INDEXES (or `wanted_indexes` of another collection) that are
+    missing; nothing at all when every one exists.
 
     An index build locks the collection exclusively at its start and end, and even a
     createIndexes that finds everything in place is a write command on the primary:
@@ -66,17 +69,17 @@ async def ensure_indexes(
         async for index in cursor:
             have.append(index)
     missing = []
-    for model in indexes:
+    for model in wanted_indexes:
         wanted = model.document
         if any(_same_index(wanted, index) for index in have):
             continue
         clash = next((i for i in have if i.get("name") == wanted["name"]), None)
         if clash is not None:
             raise Unavailable(
-                f"index {wanted['name']!r} of {db_name}.{assets.name} is "
+                f"index {wanted['name']!r} of {db_name}.{name} is "
                 f"{dict(clash['key'])} (unique={bool(clash.get('unique'))}), expected "
                 f"{dict(wanted['key'])} (unique={bool(wanted.get('unique'))}); drop it "
-                f"(db.{assets.name}.dropIndex({wanted['name']!r})) and start again"
+                f"(db.{name}.dropIndex({wanted['name']!r})) and start again"
             )
         missing.append(model)
     if missing:
@@ -84,7 +87,7 @@ async def ensure_indexes(
             "creating indexes %s on %s.%s",
             ", ".join(m.document["name"] for m in missing),
             db_name,
-            assets.name,
+            name,
         )
         await assets.create_indexes(missing)
 

@@ -219,7 +219,9 @@ class MongoStore:
 
     async def _ensure_indexes(self) -> None:
         await _schema.ensure_indexes(self._assets, self._db.name)
-        await _schema.ensure_indexes(self._tombstones, self._db.name, _tombstones.TOMBSTONE_INDEXES)
+        await _schema.ensure_indexes(
+            self._tombstones, self._db.name, _tombstones.TOMBSTONE_INDEXES, "tombstones"
+        )
 
     async def _raise_revision_floor(self) -> None:
         await _schema.raise_revision_floor(self._assets, self._counters, self._tombstones)
