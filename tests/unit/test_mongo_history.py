@@ -316,8 +316,8 @@ async def test_a_delete_keeps_its_tombstone_in_its_own_transaction(
 
         async def __call__(self, *args: Any, session: AsyncClientSession | None = None, **_: Any):  # type: ignore[no-untyped-def]
             sessions.append((self.name, session))
-            if self.name == "replace_one":
-                kept.append(args[1])
+            if self.name == "bulk_write":
+                kept.extend(request._doc for request in args[0])
             if self.name in ("find_one_and_update", "counter"):
                 return {**doc(A, 7), "value": 7, "deleted": True, "updated_by": "ops"}
             return None
@@ -325,7 +325,7 @@ async def test_a_delete_keeps_its_tombstone_in_its_own_transaction(
     class Fake:
         find_one_and_update = Step("find_one_and_update")
         delete_one = Step("delete_one")
-        replace_one = Step("replace_one")
+        bulk_write = Step("bulk_write")
 
     class FakeCounters:
         find_one_and_update = Step("counter")
@@ -341,7 +341,7 @@ async def test_a_delete_keeps_its_tombstone_in_its_own_transaction(
     assert time.monotonic() - started < 5
     assert gone is not None and gone.revision == 7
     names = [name for name, _ in sessions]
-    assert names[-3:] == ["find_one_and_update", "delete_one", "replace_one"]
+    assert names[-3:] == ["find_one_and_update", "delete_one", "bulk_write"]
     assert len({id(s) for _, s in sessions}) == 1 and sessions[0][1] is not None
     assert kept[0]["_id"] == A and kept[0]["revision"] == 7 and kept[0]["updated_by"] == "ops"
     assert "deleted_at" in kept[0] and "value_content" not in kept[0]

@@ -558,7 +558,7 @@ class MongoStore:
                 raise _NothingToDelete(asset_id)
             await self._assets.delete_one({"_id": asset_id}, session=session)
             gone = doc_to_asset(doc)
-            await _tombstones.keep(self._tombstones, gone, session)
+            await _tombstones.keep(self._tombstones, [gone], session)
             return gone
 
         try:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from pymongo import ASCENDING, IndexModel
+from pymongo import ASCENDING, IndexModel, ReplaceOne
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.collection import AsyncCollection
 
@@ -55,11 +55,18 @@ def tombstone_doc(gone: Asset) -> Doc:
 
 
 async def keep(
-    tombstones: AsyncCollection[Doc], gone: Asset, session: AsyncClientSession | None
+    tombstones: AsyncCollection[Doc], gone: list[Asset], session: AsyncClientSession | None
 ) -> None:
-    """In the deleting transaction: the asset's tombstone (replacing an older one)."""
-    doc = tombstone_doc(gone)
-    await tombstones.replace_one({"_id": doc["_id"]}, doc, upsert=True, session=session)
+    """In the deleting transaction: each deleted asset's tombstone (replacing an older one
+    of the same id), in ONE command whatever the number of deletes in the batch."""
+    if not gone:
+        return
+    docs = [tombstone_doc(asset) for asset in gone]
+    await tombstones.bulk_write(
+        [ReplaceOne({"_id": doc["_id"]}, doc, upsert=True) for doc in docs],
+        ordered=True,
+        session=session,
+    )
 
 
 async def begin_horizon(counters: AsyncCollection[Doc]) -> None:
