@@ -548,6 +548,26 @@ class Collection:
     ) -> None:
         await self.find_one_and_delete(where, session=session)
 
+    async def bulk_write(
+        self,
+        requests: list[Any],
+        ordered: bool = True,
+        *,
+        session: AsyncClientSession | None = None,
+    ) -> None:
+        """ReplaceOne requests, in order, as one command ("db.collection.bulkWrite()")."""
+        lsid = await self._statement(session)
+        for request in requests:
+            if type(request).__name__ != "ReplaceOne":
+                raise NotImplementedError(f"fake MongoDB: bulk {type(request).__name__}")
+            where, doc, upsert = request._filter, request._doc, request._upsert
+            found = self._first(where, lsid)
+            if found is None and not upsert:
+                continue
+            key = found["_id"] if found is not None else doc.get("_id", where.get("_id"))
+            await self.server.write(self.name, key, {"_id": key, **copy.deepcopy(doc)}, lsid)
+        await self._acknowledged(lsid)
+
     async def watch(
         self,
         pipeline: list[Doc],

@@ -27,6 +27,7 @@ from asset_service.domain.models import (
     Status,
     WatchEvent,
 )
+from asset_service.domain.replay import Replay
 from asset_service.domain.selectors import Selector, SelectorStream
 from asset_service.domain.watch import ChangeHub
 from asset_service.store.mongo import ChangeFeed
@@ -116,7 +117,11 @@ async def test_a_selector_watch_resuming_mid_way_misses_nothing(server: Server) 
         revisions = [c.revision for c in hub.history.since(0)]
         assert revisions == sorted(set(revisions)) == [1, 2, 3, 4, 5]
         events: list[WatchEvent] = []
-        stream = SelectorStream(hub.history, Selector(tags=("job-1",)), 3).events()
+
+        async def no_replay(after: int, limit: int) -> Replay:
+            raise AssertionError("revision 3 is in the history: nothing to read from the store")
+
+        stream = SelectorStream(hub.history, Selector(tags=("job-1",)), 3, no_replay).events()
         async with asyncio.timeout(5):
             while len(events) < 2:
                 events.append(await anext(stream))

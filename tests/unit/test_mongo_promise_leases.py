@@ -42,6 +42,7 @@ def process(server: Server) -> MongoStore:
     store._counters = server.collection("counters")  # type: ignore[assignment]
     store._lease_docs = server.collection("leases")  # type: ignore[assignment]
     store._sweeps = server.collection("sweeps")  # type: ignore[assignment]
+    store._tombstones = server.collection("tombstones")  # type: ignore[assignment]
     store._transactions = True  # a replica set: the database's clock decides
     return store
 

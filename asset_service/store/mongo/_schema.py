@@ -95,21 +95,22 @@ async def ensure_indexes(
 
 
 async def raise_revision_floor(
-    assets: AsyncCollection[Doc], counters: AsyncCollection[Doc]
+    assets: AsyncCollection[Doc], counters: AsyncCollection[Doc], tombstones: AsyncCollection[Doc]
 ) -> None:
     """Never hand out a revision at or below one already stored (issue 10, item 9).
 
     The counter document may have been restored from an older backup, or dropped:
-    `$max` lifts it (creating it if need be) to the highest revision a record holds,
-    and leaves a counter that is already ahead alone (so a concurrent `$inc` by
-    another process is never undone). Served by the `revision` index: one key read.
-    Not covered: the revision of a DELETE is stored on no record, so one delete that
-    was the very last write before the counter was lost can have its number reused.
+    `$max` lifts it (creating it if need be) to the highest revision a record or a
+    tombstone holds, and leaves a counter that is already ahead alone (so a concurrent
+    `$inc` by another process is never undone). Served by the `revision` indexes: one
+    key read each. A delete's revision is on its tombstone until that is swept.
     """
-    top = await assets.find_one(
-        {}, {"revision": 1}, sort=[("revision", DESCENDING)], max_time_ms=QUERY_MAX_TIME_MS
-    )
-    floor = int(top.get("revision", 0)) if top is not None else 0
+    floor = 0
+    for collection in (assets, tombstones):
+        top = await collection.find_one(
+            {}, {"revision": 1}, sort=[("revision", DESCENDING)], max_time_ms=QUERY_MAX_TIME_MS
+        )
+        floor = max(floor, int(top.get("revision", 0)) if top is not None else 0)
     await counters.update_one({"_id": "revision"}, {"$max": {"value": floor}}, upsert=True)
 
 

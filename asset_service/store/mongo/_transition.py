@@ -91,10 +91,11 @@ def delete_statements(
     asset_id: str,
     by: str,
     nothing: Callable[[str], Exception],
+    then: Callable[[Asset, Any], Awaitable[None]] | None = None,
 ) -> Apply:
     """Stamp the record with its new revision (and the deleter) first, so that the change
-    feed can number the delete and say who made it, then remove it; `nothing(id)` is
-    raised when there is no record."""
+    feed can number the delete and say who made it, then remove it, then `then(last
+    state, session)` (its tombstone); `nothing(id)` is raised when there is no record."""
 
     async def apply(session: Any, rev: int) -> Asset:
         doc = await assets.find_one_and_update(
@@ -117,6 +118,9 @@ def delete_statements(
                 )
                 assert doc is not None
         await assets.delete_one({"_id": asset_id}, session=session)
-        return doc_to_asset(doc)
+        gone = doc_to_asset(doc)
+        if then is not None:
+            await then(gone, session)
+        return gone
 
     return apply

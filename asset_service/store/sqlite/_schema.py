@@ -33,7 +33,32 @@ log = logging.getLogger(__name__)
 # a reader thread as before.
 LOOP_READ_MAX_VALUE = 64 * 1024
 
-SCHEMA = """
+# What changes_since reads: the records by revision, and a tombstone per deletion
+# (_tombstones.py), keyed by its revision: one B-tree, so a delete on a full disk writes one
+# page more for it (the disk-full reserve is sized by what a delete writes). The
+# `tombstones` counter is the newest revision swept (or, in a database migrated from
+# before tombstones, the revision they began at): no replay reaches below it.
+TOMBSTONES = """
+CREATE INDEX IF NOT EXISTS assets_revision ON assets (revision);
+CREATE TABLE IF NOT EXISTS tombstones (
+    revision        INTEGER PRIMARY KEY,
+    id              TEXT NOT NULL,
+    deleted_ms      INTEGER NOT NULL,
+    label           TEXT NOT NULL,
+    status          TEXT NOT NULL,
+    type            TEXT NOT NULL,
+    media_type      TEXT NOT NULL,
+    created_by_task TEXT NOT NULL,
+    tags            TEXT NOT NULL,
+    created_at      TEXT NOT NULL,
+    updated_at      TEXT NOT NULL,
+    created_by      TEXT NOT NULL,
+    updated_by      TEXT NOT NULL
+);
+"""
+
+SCHEMA = (
+    """
 CREATE TABLE IF NOT EXISTS assets (
     seq             INTEGER PRIMARY KEY AUTOINCREMENT,
     id              TEXT NOT NULL UNIQUE,
@@ -79,10 +104,15 @@ CREATE TABLE IF NOT EXISTS asset_tags (
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT OR IGNORE INTO counters (name, value) VALUES ('revision', 0);
 """
+    + TOMBSTONES
+    + """
+INSERT OR IGNORE INTO counters (name, value) VALUES ('tombstones', 0);
+"""
+)
 
 # PRAGMA user_version of a database SCHEMA creates. A database from an older release is
 # brought up to it by MIGRATIONS[v] for each later version v, one transaction each.
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: (
         "ALTER TABLE assets ADD COLUMN created_by TEXT NOT NULL DEFAULT ''",
@@ -98,9 +128,15 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "ALTER TABLE assets ADD COLUMN block_sums BLOB",
         "ALTER TABLE assets ADD COLUMN corrupt_reason TEXT NOT NULL DEFAULT ''",
     ),
+    # Deletions before this left no tombstone: resumes from before it are refused.
+    4: (
+        *(statement for statement in TOMBSTONES.split(";") if statement.strip()),
+        "INSERT OR IGNORE INTO counters (name, value) "
+        "SELECT 'tombstones', value FROM counters WHERE name = 'revision'",
+    ),
     # Leases move to records of their own (a renewal is not a change of the asset): each
     # PENDING promise's current end goes there; the sweep reads their index instead.
-    4: (
+    5: (
         "CREATE TABLE IF NOT EXISTS leases (asset_id TEXT PRIMARY KEY, "
         "expires_ms INTEGER NOT NULL, seconds INTEGER NOT NULL, "
         "renewed_by TEXT NOT NULL DEFAULT '', renewed_ms INTEGER) WITHOUT ROWID",
@@ -138,6 +174,13 @@ SLIM_COLUMNS = READ_COLUMNS.replace(
     "value_kind, value_data", "NULL AS value_kind, NULL AS value_data"
 ).replace("block_sums,", "NULL AS block_sums,")
 assert SLIM_COLUMNS.count("NULL AS") == 3
+# The same, with the lease's end as the record holds it (at its last revision): what a
+# change (a replay's too) carries, from `assets` alone.
+RECORD_SLIM_COLUMNS = SLIM_COLUMNS.replace(
+    "COALESCE(leases.expires_ms, assets.lease_expires_ms) AS lease_expires_ms",
+    "lease_expires_ms",
+)
+assert "leases." not in RECORD_SLIM_COLUMNS
 # The point read on the loop: the value only when small (length() of a BLOB reads its size
 # from the record header, not its pages), with its size to tell "too big" from "none".
 LOOP_GET = (

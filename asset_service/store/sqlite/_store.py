@@ -30,6 +30,7 @@ from asset_service.domain.models import (
     Status,
     Transition,
 )
+from asset_service.domain.replay import Replay
 from asset_service.store import _paging
 from asset_service.store._claims import LocalSweepClaim
 from asset_service.store._fields import (
@@ -37,7 +38,7 @@ from asset_service.store._fields import (
     lease_condition,
     transition_fields,
 )
-from asset_service.store.sqlite import _leases
+from asset_service.store.sqlite import _leases, _tombstones
 from asset_service.store.sqlite._files import claim, own_files
 from asset_service.store.sqlite._readers import Later, Readers
 from asset_service.store.sqlite._room import INCREMENTAL, Room, is_full
@@ -345,6 +346,21 @@ class SqliteStore:
     async def current_revision(self) -> int:
         return await self._read(_counter)
 
+    async def changes_since(self, after: int, limit: int) -> Replay:
+        return await self._read(lambda c: _tombstones.changes_since(c, after, limit))
+
+    async def sweep_tombstones(self, before: datetime) -> int:
+        # Alone (a delete frees room; a batch of writes may be refused on a full disk),
+        # a batch per transaction so that other writes interleave.
+        removed = 0
+        while True:
+            done: int = await self._open_writer().solo(
+                lambda c: (_tombstones.sweep(c, to_ms(before)), None)
+            )
+            removed += done
+            if done < _tombstones.SWEEP_BATCH:
+                return removed
+
     async def leases_run_out(self, now: datetime, limit: int) -> list[Asset]:
         def q(c: sqlite3.Connection) -> list[Asset]:
             return [row_to_asset(row) for row in _leases.due(c, to_ms(now), limit)]
@@ -480,10 +496,12 @@ class SqliteStore:
             rev = self._next_revision(c)
             c.execute("DELETE FROM asset_tags WHERE asset_id = ?", (asset_id,))
             last_end = _leases.drop(c, asset_id)
-        gone = {**row_to_asset(row).__dict__, "revision": rev, "updated_by": by}
-        if last_end is not None:
-            gone["lease_expires_at"] = from_ms(last_end)
-        return Asset(**gone)
+            fields = {**row_to_asset(row).__dict__, "revision": rev, "updated_by": by}
+            if last_end is not None:
+                fields["lease_expires_at"] = from_ms(last_end)
+            gone = Asset(**fields)
+            _tombstones.keep(c, gone)
+        return gone
 
     async def delete(self, asset_id: str, by: str = "") -> Asset | None:
         # Alone in its transaction: on a full disk it is retried with the reserve released.
