@@ -139,7 +139,7 @@ async def test_a_release_2_database_gets_leases_and_its_promises_keep_none(
     assert "leases_expiry" in indexes
 
 
-def release_4_database(path: Path, ends_ms: dict[str, int | None]) -> None:
+def leases_in_records_database(path: Path, ends_ms: dict[str, int | None]) -> None:
     """A schema-version-3 database (leases in the asset records) holding a promise per
     entry of `ends_ms` (its lease's end; None: no lease), and one FAILED leased asset."""
     release_1_database(path)
@@ -169,15 +169,15 @@ def release_4_database(path: Path, ends_ms: dict[str, int | None]) -> None:
     conn.close()
 
 
-async def test_a_release_4_database_moves_its_leases_into_records_of_their_own(
+async def test_a_database_from_before_lease_records_moves_its_leases_into_them(
     tmp_path: Path,
 ) -> None:
-    """Schema version 3 kept a promise's lease in its record; version 4 moves each PENDING
+    """Schema version 3 kept a promise's lease in its record; version 5 moves each PENDING
     one's into `leases` (renewals then write only there) and drops the old index."""
     db = tmp_path / "assets.db"
     soon, later = new_asset_id(), new_asset_id()
     base = 1_800_000_000_000
-    release_4_database(db, {soon: base, later: base + 60_000, new_asset_id(): None})
+    leases_in_records_database(db, {soon: base, later: base + 60_000, new_asset_id(): None})
     store = SqliteStore(db)
     await store.open()
     try:
