@@ -72,8 +72,11 @@ class GroupWriter:
     """One thread owning the writer connection; see the module docstring.
 
     `translate(exc)` maps an sqlite3.OperationalError to the domain error callers get;
-    `publish(changes)` runs on the event loop, before the callers of those changes are
-    answered, in commit order; `admit(conn, value_bytes, writes)` runs on the writer thread
+    `publish(changes)` runs on the event loop, in commit order, right after the callers of
+    those changes are answered: their tasks are then scheduled ahead of the fan-out to
+    watchers, so a reply never waits for it (a watcher that asks after the reply still
+    gets the change: a catch-up waits until the hub has it, ChangeHub.wait_delivered);
+    `admit(conn, value_bytes, writes)` runs on the writer thread
     before each batch of grouped writes and returns why it may not run now, if it may not.
     """
 
@@ -244,8 +247,7 @@ class GroupWriter:
         c.execute("COMMIT")
 
     def _settle(self, batch: _Batch) -> None:
-        """On the loop: publish the batch's changes in commit order, then answer each caller."""
-        self._publish([o.change for o in batch.outcomes if o.error is None and o.change])
+        """On the loop: answer each caller, then publish the batch's changes in commit order."""
         for job, outcome in zip(batch.jobs, batch.outcomes, strict=True):
             if job.future.done():
                 continue
@@ -253,6 +255,7 @@ class GroupWriter:
                 job.future.set_exception(outcome.error)
             else:
                 job.future.set_result(outcome.result)
+        self._publish([o.change for o in batch.outcomes if o.error is None and o.change])
 
     def _stop(self) -> None:
         if not self._stopped.done():
