@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from asset_service.domain.errors import InvalidArgument
 from asset_service.domain.ports import MetadataStore
+
+if TYPE_CHECKING:
+    from asset_service.store.sqlite._shared import Sharing
 
 log = logging.getLogger(__name__)
 
@@ -26,12 +30,15 @@ def sqlite_path(database_url: str) -> Path | None:
     return Path("/" + rest.lstrip("/"))
 
 
-def open_store(database_url: str, disk_reserve_bytes: int | None = None) -> MetadataStore:
+def open_store(
+    database_url: str, disk_reserve_bytes: int | None = None, sharing: Sharing | None = None
+) -> MetadataStore:
     """sqlite:////abs/path.db (embedded default), mongodb://... (production) or memory://.
 
     memory:// keeps records in the server process only (lost when it stops): for demos
     and tests, never for data anyone needs. `disk_reserve_bytes` sizes SQLite's disk-full
-    reserve (None: its default).
+    reserve (None: its default); `sharing` says which of the workers of one server
+    sharing the SQLite file this process is (store/sqlite/_shared.py).
     """
     if database_url == "memory://":
         from asset_service.store.memory import MemoryStore
@@ -43,8 +50,8 @@ def open_store(database_url: str, disk_reserve_bytes: int | None = None) -> Meta
         from asset_service.store.sqlite import SqliteStore
 
         if disk_reserve_bytes is None:
-            return SqliteStore(path)
-        return SqliteStore(path, reserve_bytes=disk_reserve_bytes)
+            return SqliteStore(path, sharing=sharing)
+        return SqliteStore(path, reserve_bytes=disk_reserve_bytes, sharing=sharing)
     if database_url.startswith(("mongodb://", "mongodb+srv://")):
         from asset_service.store.mongo import MongoStore
 

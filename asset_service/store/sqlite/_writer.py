@@ -25,6 +25,7 @@ import sqlite3
 import threading
 from collections import deque
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +45,18 @@ MAX_BATCH_BYTES = 8 * 1024 * 1024
 Apply = Callable[[sqlite3.Connection], tuple[Any, Change | None]]
 # A solo job: runs alone (it opens its own transaction, if any).
 Solo = Callable[[sqlite3.Connection], tuple[Any, Change | None]]
+
+
+@dataclass(frozen=True)
+class SharedWrites:
+    """Writes shared with other processes (_shared.py): `held()` wraps each transaction
+    (one process's writer at a time), `log` keeps a change in the transaction that made it
+    (a solo job that changes an asset calls it itself), `committed` runs after a commit
+    that made changes (it wakes the other processes)."""
+
+    held: Callable[[], AbstractContextManager[None]]
+    log: Callable[[sqlite3.Connection, Change], None]
+    committed: Callable[[], None]
 
 
 @dataclass
@@ -90,8 +103,10 @@ class GroupWriter:
         admit: Callable[[sqlite3.Connection, int, int], AssetError | None],
         max_writes: int = MAX_BATCH_WRITES,
         max_bytes: int = MAX_BATCH_BYTES,
+        shared: SharedWrites | None = None,
     ) -> None:
         self.conn = conn
+        self._shared = shared
         self._loop = loop
         self._translate = translate
         self._publish = publish
@@ -162,8 +177,11 @@ class GroupWriter:
                         break
                     jobs = self._take()
                 try:
-                    solo = jobs[0].solo
-                    outcomes = [self._run_solo(jobs[0])] if solo else self._run_admitted(jobs)
+                    with self._shared.held() if self._shared else nullcontext():
+                        solo = jobs[0].solo
+                        outcomes = [self._run_solo(jobs[0])] if solo else self._run_admitted(jobs)
+                    if self._shared and any(o.change and o.error is None for o in outcomes):
+                        self._shared.committed()
                 except BaseException as exc:  # a bug: never leave a caller waiting
                     log.exception("sqlite writer failed")
                     if self.conn.in_transaction:  # or every later BEGIN would fail too
@@ -217,6 +235,8 @@ class GroupWriter:
                     c.execute("RELEASE w")
                     outcomes.append(_Outcome(error=exc))
                     continue
+                if change is not None and self._shared is not None:
+                    self._shared.log(c, change)
                 c.execute("RELEASE w")
                 outcomes.append(_Outcome(result, change=change))
             self.commit(c)
