@@ -33,6 +33,7 @@ from asset_service.options import (
     REGION,
     SIZE,
     WHOLE_SECONDS,
+    Kind,
     Loaded,
     Many,
     OneLineParser,
@@ -86,6 +87,21 @@ RESERVE = SIZE.where(
 )
 
 
+def _workers(text: str) -> int:
+    """'auto' -> 0 (one per core, worked out at start-up), else a count above 0."""
+    if text.strip().lower() == "auto":
+        return 0
+    count = COUNT.parse(text)
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not auto or a count above 0")
+    return count
+
+
+WORKERS = Kind(
+    "workers", _workers, "auto, or a whole number above 0", lambda n: str(n or "auto"), "N"
+)
+
+
 def _default_database(values: Mapping[str, Any]) -> str:
     return f"sqlite:///{values['storage_root'] / 'assets.db'}"
 
@@ -120,6 +136,17 @@ class Settings:
         "asset.v1.AssetService; each check gets this long, at least 1s)",
         group="service",
         flag="--health-interval",
+    )
+    workers: int = setting(
+        WORKERS,
+        "1",
+        "serving processes behind the one --listen port, sharing the database and storage "
+        "(the kernel spreads connections over them, SO_REUSEPORT); 'auto' starts one per core "
+        "(CPU affinity and cgroup quota). A supervisor restarts a worker that dies and passes "
+        "SIGTERM/SIGHUP on. 1 serves in this process alone: what a container scaled by "
+        "replicas, or a small machine, wants; a second server on the same port or SQLite "
+        "file is refused either way. Not with memory:// or a unix: address",
+        group="service",
     )
     max_lease_seconds: int = setting(
         WHOLE_SECONDS.where(lambda seconds: seconds > 0, "above 0"),
