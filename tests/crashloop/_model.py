@@ -75,6 +75,9 @@ class CrashLoopConfig:
     # The worker fsyncs its files and its folder as it writes and removes them, so that a
     # power cut loses none of its own (set whenever the import root is on a lazyfs).
     durable_worker_files: bool = False
+    # With --workers N: SIGKILL one worker (not the supervisor) and let the supervisor
+    # replace it; the audit then expects every worker's staging and no dead one's.
+    kill_worker: bool = False
 
 
 @dataclass

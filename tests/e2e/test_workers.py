@@ -16,8 +16,8 @@ import pytest
 
 from asset_service._proto.asset.v1 import asset_service_pb2 as pb
 from asset_service._proto.asset.v1 import asset_service_pb2_grpc as pb_grpc
-from tests.e2e.workers import channel_on, wait_for_workers, workers_of
 from tests.serverproc import ServerProcess
+from tests.worker_procs import channel_on, wait_for_workers, workers_of
 
 GRACE = 4.0
 

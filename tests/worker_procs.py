@@ -22,8 +22,8 @@ def workers_of(supervisor: int) -> list[int]:
 def wait_for_workers(
     supervisor: int,
     count: int,
-    unlike: set[int] = frozenset(),
-    timeout: float = 30.0,  # type: ignore[assignment]
+    unlike: frozenset[int] = frozenset(),
+    timeout: float = 30.0,
 ) -> list[int]:
     """The children once there are `count` of them and none is in `unlike`."""
     deadline = time.monotonic() + timeout
