@@ -78,6 +78,10 @@ class MetadataStore(Protocol):
     async def current_revision(self) -> int:
         """The highest revision committed so far (0 for an empty store)."""
 
+    async def count_by_status(self) -> dict[Status, int]:
+        """How many records each status has, every status named (0 for none). Counted from
+        an index, not by reading records: the metrics ask at most every 30 s."""
+
     async def transition(
         self,
         asset_id: str,

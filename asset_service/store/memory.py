@@ -165,6 +165,13 @@ class MemoryStore:
         await self._enter()
         return self._revision
 
+    async def count_by_status(self) -> dict[Status, int]:
+        await self._enter()
+        counts = dict.fromkeys(Status, 0)
+        for _, asset in self._rows.values():
+            counts[asset.status] += 1
+        return counts
+
     # --- writes -----------------------------------------------------------------------
 
     async def insert(self, asset: Asset) -> Asset:
