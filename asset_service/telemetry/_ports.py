@@ -1,0 +1,77 @@
+"""The metadata store and blob storage with every call timed (metrics) and traced (a child
+span of the call's), by a proxy: the adapters themselves know nothing of it."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+# Method names that are no operation worth a series (they are called for every chunk).
+_UNTIMED = frozenset({"new_writer"})
+
+
+class Timer(Protocol):
+    """A histogram by (operation, outcome): telemetry/_metrics.py's."""
+
+    def labels(self, operation: str, outcome: str) -> Any: ...
+
+
+class Observed:
+    """`inner` (a MetadataStore or BlobStorage) whose coroutine methods are timed into
+    `seconds` and, with a `tracer`, run in a span named `<component>.<method>`.
+
+    Async generator methods (read, orphans, changes) and plain ones pass through: a span
+    across a stream's life would be closed by whichever task drops it. Attributes are read
+    from and written to `inner`, so the proxy is transparent to what it wraps.
+    """
+
+    def __init__(
+        self, inner: Any, component: str, seconds: Timer | None, tracer: Any | None
+    ) -> None:
+        object.__setattr__(self, "_inner", inner)
+        object.__setattr__(self, "_component", component)
+        object.__setattr__(self, "_seconds", seconds)
+        object.__setattr__(self, "_tracer", tracer)
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._inner, name)
+        if name.startswith("_") or name in _UNTIMED or not inspect.iscoroutinefunction(value):
+            return value
+        wrapped = self._wrap(name, value)
+        object.__setattr__(self, name, wrapped)  # found without __getattr__ from now on
+        return wrapped
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._inner, name, value)
+        self.__dict__.pop(name, None)
+
+    def _wrap(
+        self, name: str, method: Callable[..., Awaitable[Any]]
+    ) -> Callable[..., Awaitable[Any]]:
+        span_name = f"{self._component}.{name}"
+        tracer = self._tracer
+        seconds = self._seconds
+        ok: Any = seconds.labels(name, "ok") if seconds is not None else None
+
+        @functools.wraps(method)
+        async def observed(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            done = False
+            try:
+                if tracer is None:
+                    result = await method(*args, **kwargs)
+                else:
+                    with tracer.start_as_current_span(span_name):
+                        result = await method(*args, **kwargs)
+                done = True
+                return result
+            finally:
+                if seconds is not None:
+                    # An error series only for operations that fail: most never do.
+                    series = ok if done else seconds.labels(name, "error")
+                    series.observe(time.perf_counter() - start)
+
+        return observed
