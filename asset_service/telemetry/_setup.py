@@ -33,6 +33,7 @@ class Telemetry:
     tracing: Any = None  # telemetry._tracing.Tracing
     access_log: bool = False
     metrics_listen: str = ""
+    count_interval: float = 30.0
     metrics_port: int | None = None
     observer: CallObserver | None = None
     _http: Any = field(default=None, repr=False)
@@ -47,7 +48,11 @@ class Telemetry:
     ) -> Telemetry:
         """`tracer_provider` replaces the one OTEL_* would make (tests: in-memory spans)."""
         env = os.environ if env is None else env
-        telemetry = cls(access_log=settings.access_log, metrics_listen=settings.metrics_listen)
+        telemetry = cls(
+            access_log=settings.access_log,
+            metrics_listen=settings.metrics_listen,
+            count_interval=settings.metrics_count_interval_seconds,
+        )
         if settings.metrics_listen:
             from asset_service.telemetry._metrics import Metrics, MetricsRecorder
 
@@ -125,7 +130,8 @@ class Telemetry:
             ) from exc
         self.metrics_port = int(self._http.server_port)
         log.info("metrics at http://%s:%d/metrics", host or "0.0.0.0", self.metrics_port)
-        return [asyncio.create_task(count_assets_forever(manager.store, counts))]
+        counting = count_assets_forever(manager.store, counts, self.count_interval)
+        return [asyncio.create_task(counting)]
 
     async def close(self) -> None:
         """Stop the listener; export the spans still buffered (each step a thread: both

@@ -19,13 +19,6 @@ from asset_service.domain.scrub import Scrubber
 
 log = logging.getLogger(__name__)
 
-# Counting by status is an index scan of every record (~0.1 s per million on SQLite, a
-# COUNT_SCAN per status on MongoDB): every 30 s costs well under 1% of a core, and is as
-# fresh as a dashboard needs. Counting on every transition instead would need each
-# change's previous status, which the change feed does not carry, and with several
-# servers each would only see its own writes.
-COUNT_INTERVAL = 30.0
-
 
 class Calls(Protocol):
     """The servicer's counts of streams in progress, and their limits."""
@@ -50,9 +43,9 @@ class AssetCounts:
     at: float = 0.0
 
 
-async def count_assets_forever(
-    store: MetadataStore, counts: AssetCounts, interval: float = COUNT_INTERVAL
-) -> None:
+async def count_assets_forever(store: MetadataStore, counts: AssetCounts, interval: float) -> None:
+    """Count the records by status every `interval` seconds (--metrics-count-interval,
+    config.py says why not on every transition)."""
     while True:
         try:
             counts.by_status = await store.count_by_status()
@@ -119,7 +112,7 @@ class StateCollector:
             return  # not counted yet: no series rather than zeros that are not true
         assets = GaugeMetricFamily(
             "asset_service_assets",
-            f"Records by status (counted every {COUNT_INTERVAL:g}s, all servers' writes).",
+            "Records by status (counted every --metrics-count-interval, all servers' writes).",
             labels=("status",),
         )
         for status, n in counts.by_status.items():
