@@ -80,6 +80,11 @@ def current_principal() -> Principal | None:
     return _current.get()
 
 
+def note_caller(principal: Principal) -> None:
+    """Who made the current call, though it is refused before running as them."""
+    _last.set(principal.name)
+
+
 def set_principal(principal: Principal) -> contextvars.Token[Principal | None]:
     _last.set(principal.name)
     return _current.set(principal)

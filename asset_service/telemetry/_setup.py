@@ -7,7 +7,8 @@ import contextlib
 import logging
 import os
 import platform
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any, TypeVar, cast
@@ -134,13 +135,16 @@ class Telemetry:
         return [asyncio.create_task(counting)]
 
     async def close(self) -> None:
-        """Stop the listener; export the spans still buffered (each step a thread: both
-        block)."""
+        """Stop the listener; export the spans still buffered. Both block, so each runs in
+        a daemon thread: a collector that does not answer (the exporter waits up to
+        OTEL_EXPORTER_OTLP_TIMEOUT) delays the stop only as long as the caller waits, and
+        never the process's exit."""
         http, self._http = self._http, None
         if http is not None:
-            await asyncio.to_thread(_stop_http, http)
-        if self.tracing is not None:
-            await asyncio.to_thread(self.tracing.shutdown)
+            await _in_daemon_thread(lambda: _stop_http(http))
+        tracing, self.tracing = self.tracing, None
+        if tracing is not None:
+            await _in_daemon_thread(tracing.shutdown)
 
 
 def build_info() -> dict[str, str]:
@@ -155,6 +159,28 @@ def build_info() -> dict[str, str]:
             info[package] = metadata.version(package)
     info["python"] = platform.python_version()
     return info
+
+
+async def _in_daemon_thread(work: Callable[[], None]) -> None:
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+
+    def run() -> None:
+        try:
+            work()
+        except Exception:
+            log.exception("closing metrics or traces failed")
+        finally:
+            with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits
+                loop.call_soon_threadsafe(_settle, done)
+
+    threading.Thread(target=run, name="telemetry-close", daemon=True).start()
+    await done
+
+
+def _settle(done: asyncio.Future[None]) -> None:
+    if not done.done():  # cancelled: the caller stopped waiting
+        done.set_result(None)
 
 
 def _stop_http(http: Any) -> None:

@@ -42,7 +42,9 @@ def provider_from_env(env: Mapping[str, str], version: str) -> TracerProvider:
     )
     if not named:
         attributes["service.name"] = SERVICE_NAME
-    provider = TracerProvider(resource=Resource.create(attributes))
+    # The server's stop flushes and shuts it down, bounded; the SDK's own exit hook would
+    # wait for an unreachable collector (OTEL_EXPORTER_OTLP_TIMEOUT) after the stop.
+    provider = TracerProvider(resource=Resource.create(attributes), shutdown_on_exit=False)
     for name in env.get("OTEL_TRACES_EXPORTER", "").split(","):
         name = name.strip().lower()
         if name and name != "none":
