@@ -15,7 +15,8 @@ import grpc
 
 from asset_service.security.principal import principal_of_call
 
-access_log = logging.getLogger("asset_service.access")
+ACCESS_LOGGER = "asset_service.access"
+access_log = logging.getLogger(ACCESS_LOGGER)
 
 # Health probes come every few seconds from every checker: at INFO they would be most of
 # the log. They are counted like every call; their lines are there at --log-level DEBUG.
@@ -269,16 +270,25 @@ def _log_access(
         if details:
             fields["error"] = details
             tail = f" error={details!r}"
-    access_log.log(
+    # Made and handled directly: Logger.log would walk the stack for the caller's file
+    # and line, which no access line shows, on every call.
+    record = access_log.makeRecord(
+        ACCESS_LOGGER,
         method.level,
+        __file__,
+        0,
         "%s %s %.1fms peer=%s principal=%s in=%dB out=%dB%s",
-        method.path,
-        code.name,
-        seconds * 1000,
-        call.peer,
-        fields["principal"],
-        call.bytes_in,
-        call.bytes_out,
-        tail,
+        (
+            method.path,
+            code.name,
+            seconds * 1000,
+            call.peer,
+            fields["principal"],
+            call.bytes_in,
+            call.bytes_out,
+            tail,
+        ),
+        None,
         extra=fields,
     )
+    access_log.handle(record)
