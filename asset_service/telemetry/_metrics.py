@@ -271,8 +271,10 @@ class MetricsRecorder(Recorder):
         if len(seen) > SEEN_REVISIONS:
             seen.popitem(last=False)
         self.metrics.feed_revision.set(change.revision)
-        if change.kind is ChangeKind.PUT:
-            lag = (datetime.now(UTC) - change.asset.updated_at).total_seconds()
+        written = change.asset.updated_at
+        if change.kind is ChangeKind.PUT and written.tzinfo is not None:
+            # Another server's clock may run ahead of this one's: no negative lag.
+            lag = (datetime.now(UTC) - written).total_seconds()
             self.metrics.feed_lag.observe(max(0.0, lag))
 
     def watch_opened(self, selector: bool) -> None:
