@@ -174,6 +174,22 @@ async def _expire_upload_sessions(
             log.warning("upload session sweep failed: %s", exc)
 
 
+def _tenth(ttl: float) -> float:
+    """A tenth of a TTL, between 1 s and 10 min."""
+    return min(600.0, max(1.0, ttl / 10))
+
+
+async def _sweep_tombstones(manager: AssetManager, interval: float) -> None:
+    """Remove deleted assets' tombstones past --watch-tombstone-ttl (every server process
+    sweeps; each removal is idempotent)."""
+    while True:
+        try:
+            await manager.sweep_tombstones()
+        except (AssetError, OSError) as exc:
+            log.warning("tombstone sweep failed: %s", exc)
+        await asyncio.sleep(interval)
+
+
 async def _settle_unknown_outcomes(manager: AssetManager) -> None:
     """Record writes whose outcome was unknown: keep or drop their bytes once it is known."""
     while True:
@@ -358,6 +374,7 @@ async def start(
         manifest_ttl_seconds=settings.manifest_ttl_seconds,
         watch_buffer_bytes=settings.watch_buffer_bytes,
         watch_history_bytes=settings.watch_history_bytes,
+        watch_tombstone_ttl_seconds=settings.watch_tombstone_ttl_seconds,
         max_lease_seconds=settings.max_lease_seconds,
         upload_session_ttl_seconds=settings.upload_session_ttl_seconds,
     )
@@ -423,6 +440,9 @@ async def start(
         ),
         asyncio.create_task(
             _expire_upload_sessions(manager, _session_sweep_interval(settings), telemetry.recorder)
+        ),
+        asyncio.create_task(
+            _sweep_tombstones(manager, _tenth(settings.watch_tombstone_ttl_seconds))
         ),
     ]
     background += metrics_tasks

@@ -55,18 +55,26 @@ class Timeout(AssetError):
 
 
 class HistoryGone(AssetError):
-    """A selector watch asked for changes older than this server's change history."""
+    """A selector watch asked for changes this server can no longer replay: older than
+    the deletions the store keeps, or from before a rollback."""
 
-    def __init__(self, after: int, floor: int | None) -> None:
-        held = (
-            f"it holds the changes after revision {floor}"
-            if floor is not None
-            else "it is starting anew after its change source lost its place"
-        )
+    def __init__(self, after: int, floor: int | None, why: str = "") -> None:
+        if why:
+            problem = f"revision {after} cannot be replayed ({why})"
+        elif floor is not None:
+            problem = (
+                f"revision {after} is older than this server's change history (it can replay "
+                f"the changes after revision {floor}; the store keeps deleted assets' "
+                "tombstones for --watch-tombstone-ttl)"
+            )
+        else:
+            problem = (
+                f"revision {after} is older than this server's change history (it is "
+                "starting anew after its change source lost its place)"
+            )
         super().__init__(
-            f"revision {after} is older than this server's change history ({held}; it keeps "
-            "the latest --watch-history-bytes of changes and begins at each start): list "
-            "again (ListAssets gives the revision of its page) and watch from that revision"
+            f"{problem}: list again (ListAssets gives the revision of its page) and watch "
+            "from that revision"
         )
         self.after = after
         self.floor = floor

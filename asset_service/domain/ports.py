@@ -17,6 +17,7 @@ from asset_service.domain.models import (
     Status,
     Transition,
 )
+from asset_service.domain.replay import Replay
 from asset_service.domain.uploads import UploadSession
 
 
@@ -76,7 +77,23 @@ class MetadataStore(Protocol):
         """
 
     async def current_revision(self) -> int:
-        """The highest revision committed so far (0 for an empty store)."""
+        """The highest revision committed so far (0 for an empty store); on MongoDB
+        majority-committed, so never one a failover may roll back and hand out again."""
+
+    async def changes_since(self, after: int, limit: int) -> Replay:
+        """What changed after revision `after`, from ONE consistent cut, state-based:
+        every record whose revision is above it (its current state, without value) and
+        every tombstone above it (a DELETE of tombstone(last state)), in revision order,
+        at most `limit` of them (served by an index on revision: what a selector watch
+        resumes from once its revision has left the in-memory history).
+
+        HistoryGone if tombstones after `after` may have been swept (`after` below the
+        newest one swept, or below the revision tombstones began to be kept at).
+        """
+
+    async def sweep_tombstones(self, before: datetime) -> int:
+        """Remove the tombstones of deletions made before `before`; how many. A resume
+        from a revision below the newest one removed is refused from then on."""
 
     async def count_by_status(self) -> dict[Status, int]:
         """How many records each status has, every status named (0 for none). Counted from
@@ -114,6 +131,8 @@ class MetadataStore(Protocol):
         """Remove the record; return its last state (with a new revision) or None.
 
         The last state names `by` as its updated_by: a DELETE change says who deleted.
+        In the same transaction, keep tombstone(last state) with the time of deletion
+        (the store's clock) for changes_since, until sweep_tombstones removes it.
         """
 
     def changes(self) -> AsyncIterator[Change | Resync]:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import AsyncIterator, Iterator, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 
-from asset_service.domain.errors import Conflict, NotFound, Unavailable
+from asset_service.domain.errors import Conflict, HistoryGone, NotFound, Unavailable
 from asset_service.domain.models import (
     Asset,
     AssetFilter,
@@ -22,6 +22,7 @@ from asset_service.domain.models import (
     ValueKind,
 )
 from asset_service.domain.reads import slim
+from asset_service.domain.replay import Replay, merged, tombstone
 from asset_service.store import _paging
 from asset_service.store._fields import (
     LeaseTest,
@@ -94,6 +95,9 @@ class MemoryStore:
         self._rows: dict[str, tuple[int, Asset]] = {}
         self._seq = 0
         self._revision = 0
+        # Deleted assets: (when, tombstone) by id; and the newest revision swept.
+        self._tombstones: dict[str, tuple[datetime, Asset]] = {}
+        self._horizon = 0
         self._open = False
         # One queue per changes() feed: several managers sharing this store behave like
         # several servers sharing one database, each with its own change stream.
@@ -172,6 +176,32 @@ class MemoryStore:
             counts[asset.status] += 1
         return counts
 
+    async def changes_since(self, after: int, limit: int) -> Replay:
+        await self._enter()
+        if after < self._horizon:
+            raise HistoryGone(after, self._horizon)
+        # No await below: one cut.
+        records = sorted(
+            (a for _, a in self._rows.values() if a.revision > after), key=lambda a: a.revision
+        )
+        gone = sorted(
+            (t for _, t in self._tombstones.values() if t.revision > after),
+            key=lambda t: t.revision,
+        )
+        return merged(
+            [Change(ChangeKind.PUT, slim(a)) for a in records[:limit]],
+            [Change(ChangeKind.DELETE, t) for t in gone[:limit]],
+            self._revision,
+            limit,
+        )
+
+    async def sweep_tombstones(self, before: datetime) -> int:
+        await self._enter()
+        old = [i for i, (when, _) in self._tombstones.items() if when < before]
+        for asset_id in old:
+            self._horizon = max(self._horizon, self._tombstones.pop(asset_id)[1].revision)
+        return len(old)
+
     # --- writes -----------------------------------------------------------------------
 
     async def insert(self, asset: Asset) -> Asset:
@@ -230,6 +260,7 @@ class MemoryStore:
         if row is None:
             return None
         gone = dataclasses.replace(row[1], revision=self._next_revision(), updated_by=by)
+        self._tombstones[asset_id] = (datetime.now(UTC), tombstone(gone))
         self._publish(ChangeKind.DELETE, gone)
         return gone
 

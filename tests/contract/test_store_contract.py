@@ -31,6 +31,7 @@ from asset_service.domain.models import (
 )
 from asset_service.store.mongo import MongoStore
 from asset_service.store.mongo._schema import ASSET_INDEXES
+from asset_service.store.mongo._tombstones import TOMBSTONE_INDEXES
 from tests.contract.conftest import Backend, _drop, _fresh_database
 from tests.records import pending_record
 
@@ -740,13 +741,16 @@ async def test_a_restart_finds_every_index_and_creates_none(
         created.append(args)
         return []
 
-    monkeypatch.setattr(again._assets, "create_indexes", spy)
-    monkeypatch.setattr(again._assets, "create_index", spy)
+    for collection in (again._assets, again._tombstones):
+        monkeypatch.setattr(collection, "create_indexes", spy)
+        monkeypatch.setattr(collection, "create_index", spy)
     try:
         await again.open()
         assert created == []
         names = {ix["name"] async for ix in await again._assets.list_indexes()}
         assert {m.document["name"] for m in ASSET_INDEXES} <= names
+        names = {ix["name"] async for ix in await again._tombstones.list_indexes()}
+        assert {m.document["name"] for m in TOMBSTONE_INDEXES} <= names
     finally:
         await again.close()
         await _drop(ferretdb_url, name)

@@ -4,6 +4,8 @@ Each suite runs against three servers: one without security flags, one on loopba
 plaintext with a tokens file and a task-token secret, and one with TLS, client
 certificates (mTLS) and the same tokens. The suites learn how to connect from
 ASSET_SERVICE_* variables (clients/go/README.md, clients/typescript/README.md).
+The Go suite's restart tests run once, on servers they start and restart themselves;
+a Go module of a user's own builds the client through a `replace` and runs a pipeline.
 """
 
 from __future__ import annotations
@@ -47,6 +49,37 @@ GO_TESTS = (
     "TestKeepLeaseRetriesTransientErrorsAndStopsForGood",
     "TestReadAssetReadsWholeAndRanges",
     "TestReadAssetCatchesBytesThatAreNotTheRecords",
+    # assetclient
+    "TestEveryRPCThroughTheClient",
+    "TestTypedErrors",
+    "TestTypedErrorsOfCredentials",
+    "TestErrorWrapsLocalFailures",
+    "TestDownloadResumesWhereTheStreamBroke",
+    "TestDownloadCatchesBytesThatAreNotTheRecords",
+    "TestUploadChecksWhatTheServerStored",
+    "TestUploadResumesAfterCuts",
+    "TestWatchResumesAfterTheLastRevision",
+    "TestDefaultDeadlines",
+    "TestFromEnv",
+    "TestTokenFileIsReadBeforeEveryCall",
+    "TestDialEnvReachesTheServer",
+    "TestEveryMethodIsInOneRetryTable",
+    "TestServiceConfigRetriesExactlyTheSafeMethods",
+)
+# Skipped by the Go suite against a server that takes no tokens.
+GO_TOKEN_TESTS = {
+    "TestBearerTokenIsChecked",
+    "TestTaskTokenRoundTrip",
+    "TestTypedErrorsOfCredentials",
+}
+# Run once, each on servers of its own that it stops, kills and restarts (-run Restart).
+GO_RESTART_TESTS = (
+    "TestRestartGetAssetIsRetried",
+    "TestRestartWatchResumes/SIGKILL",
+    "TestRestartWatchResumes/SIGTERM",
+    "TestRestartWatchSelectorResumes",
+    "TestRestartUploadResumes/SIGKILL",
+    "TestRestartUploadResumes/SIGTERM",
 )
 # The TypeScript suite's files and tests: orchestrator.test.js (the flow, failure, errors,
 # the two token tests, four of leases, and two without a server: credentials; whole reads
@@ -60,7 +93,7 @@ TS_TESTS = 11 + 12
 # retried calls, resumed watch, read and upload; a process whose calls fail exits by itself).
 TS_ONCE = ("build/test/offline.test.js", "build/test/resilience.test.js")
 TS_ONCE_TESTS = 11 + 5
-# Skipped, by both suites, against a server that takes no tokens.
+# Skipped by the TypeScript suite against a server that takes no tokens.
 TOKEN_TESTS = 2
 
 
@@ -185,12 +218,12 @@ def ts_built(ts_installed: Path) -> Path:
 
 @pytest.mark.slow
 def test_go_client_suite_against_live_server(live: Live) -> None:
-    done = run([tool("go"), "test", "-count=1", "-v", "./..."], GO_DIR, live.env)
+    done = run(
+        [tool("go"), "test", "-count=1", "-v", "-skip", "Restart", "./..."], GO_DIR, live.env
+    )
     out = done.stdout
     assert done.returncode == 0, out
-    skipped = (
-        {"TestBearerTokenIsChecked", "TestTaskTokenRoundTrip"} if live.mode == "open" else set()
-    )
+    skipped = GO_TOKEN_TESTS if live.mode == "open" else set()
     for name in GO_TESTS:
         assert f"--- {'SKIP' if name in skipped else 'PASS'}: {name}" in out, out
     assert "--- FAIL" not in out and out.count("--- SKIP") == len(skipped), out
@@ -199,6 +232,90 @@ def test_go_client_suite_against_live_server(live: Live) -> None:
     assert not list(live.import_root.iterdir()), "the server should have moved the worker's file in"
     check_audit(live)
     check_lease_expired(live)
+
+
+def go_env() -> dict[str, str]:
+    """The caller's environment without ASSET_SERVICE_*; the Go tests start servers with us."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ASSET_SERVICE_")}
+    env["ASSET_SERVICE_PYTHON"] = sys.executable
+    return env
+
+
+@pytest.mark.slow
+def test_go_client_survives_server_restarts() -> None:
+    """A retried GetAsset, resumed watches and uploads across SIGTERM, SIGKILL and a restart."""
+    cmd = [tool("go"), "test", "-count=1", "-v", "-run", "Restart", "./assetclient/"]
+    done = run(cmd, GO_DIR, go_env())
+    out = done.stdout
+    assert done.returncode == 0, out
+    for name in GO_RESTART_TESTS:
+        assert f"--- PASS: {name} " in out, out
+    assert "--- FAIL" not in out and "--- SKIP" not in out, out
+
+
+def go_version_key(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split("."))
+
+
+@pytest.mark.slow
+def test_go_module_asks_for_the_lowest_go_its_dependencies_allow() -> None:
+    """go.mod's `go` line is the highest one among the modules it builds with, no higher
+    (issue 19: it asked for 1.26.0, which kept every older toolchain out)."""
+    fmt = "{{with .Module}}{{.Path}} {{.GoVersion}}{{end}}"
+    listed = run([tool("go"), "list", "-deps", "-f", fmt, "./..."], GO_DIR, go_env())
+    assert listed.returncode == 0, listed.stdout
+    versions = dict(line.split() for line in set(listed.stdout.splitlines()) if line.strip())
+    ours = versions.pop("github.com/asset-service/asset-service/clients/go")
+    assert ours == max(versions.values(), key=go_version_key), versions
+    assert go_version_key(ours) < (1, 26), ours
+
+
+CONSUMER_GO_MOD = """module example.com/consumer
+
+go 1.24.0
+
+require github.com/asset-service/asset-service/clients/go v0.0.0
+
+replace github.com/asset-service/asset-service/clients/go => {client}
+"""
+
+
+@pytest.mark.slow
+def test_go_module_from_a_consumer(tmp_path: Path, import_root: Path) -> None:
+    """A module of a user's own requires the client (replace: this checkout), resolves its
+    dependencies with `go mod tidy` and runs an orchestrator + worker against a server with
+    tokens, configured by the environment only (the worker holds only a task token)."""
+    consumer = tmp_path / "consumer"
+    consumer.mkdir()
+    (consumer / "go.mod").write_text(CONSUMER_GO_MOD.format(client=GO_DIR))
+    shutil.copy(GO_DIR / "cmd" / "example-pipeline" / "main.go", consumer / "main.go")
+    env = go_env()
+    env["GOFLAGS"] = "-mod=mod"
+    tidy = run([tool("go"), "mod", "tidy"], consumer, env)
+    assert tidy.returncode == 0, tidy.stdout
+    sums = (consumer / "go.sum").read_text()
+    assert "google.golang.org/grpc v1.79.3 h1:" in sums, sums
+    built = run([tool("go"), "build", "-o", "pipeline", "."], consumer, env)
+    assert built.returncode == 0, built.stdout
+
+    files = SecureFiles(tmp_path).with_tokens().with_secret()
+    url = database_url_for(tmp_path)
+    proc = ServerProcess(tmp_path / "data", url, import_roots=[import_root], extra_args=files.args)
+    proc.start()
+    try:
+        env["ASSET_SERVICE_ADDR"] = proc.address
+        env["ASSET_SERVICE_TOKEN"] = token_for("orchestrator")
+        done = run([str(consumer / "pipeline")], consumer, env, timeout=120)
+    finally:
+        proc.stop()
+        drop_database_of(url)
+    out = done.stdout
+    assert done.returncode == 0, out
+    assert "worker uses a task token" in out, out
+    assert re.search(r"event WATCH_EVENT_TYPE_SNAPSHOT ASSET_STATUS_PENDING", out), out
+    assert re.search(r'result \S+ sha256 [0-9a-f]{64}: \{"words": 9\}', out), out
+    audit = "".join(line for line in proc.log if "asset_service.audit" in line)
+    assert re.search(r"via=task-token rpc=UploadAsset subjects=\S+ outcome=OK", audit), audit
 
 
 @pytest.mark.slow

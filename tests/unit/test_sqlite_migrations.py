@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from asset_service.domain.errors import Unavailable
-from asset_service.domain.models import Failure, Status, new_asset_id
+from asset_service.domain.errors import HistoryGone, Unavailable
+from asset_service.domain.models import ChangeKind, Failure, Status, new_asset_id
 from asset_service.store.sqlite import SCHEMA_VERSION, SqliteStore
 
 # The schema as the first release wrote it (PRAGMA user_version 0): frozen history, so it
@@ -160,3 +160,31 @@ async def test_a_database_from_a_newer_release_is_refused_untouched(tmp_path: Pa
     columns = {row[1] for row in sqlite3.connect(db).execute("PRAGMA table_info(assets)")}
     assert "created_by" not in columns
     assert user_version(db) == SCHEMA_VERSION + 1
+
+
+async def test_a_database_from_before_tombstones_replays_from_its_upgrade_on(
+    tmp_path: Path,
+) -> None:
+    """Schema version 3 gains the revision index and the tombstones; the deletions it
+    made left none, so a selector replay reaches back to the upgrade (revision 7 here),
+    no further; deletions from then on are replayed."""
+    db = tmp_path / "assets.db"
+    asset_id = release_1_database(db)
+    store = SqliteStore(db)
+    await store.open()
+    try:
+        with pytest.raises(HistoryGone, match="after revision 7"):
+            await store.changes_since(6, 10)
+        assert (await store.changes_since(7, 10)).changes == []
+        gone = await store.delete(asset_id)
+        assert gone is not None
+        replay = await store.changes_since(7, 10)
+        assert [(c.kind, c.revision) for c in replay.changes] == [
+            (ChangeKind.DELETE, gone.revision)
+        ]
+    finally:
+        await store.close()
+    conn = sqlite3.connect(db)
+    indexes = {row[1] for row in conn.execute("PRAGMA index_list(assets)")}
+    conn.close()
+    assert "assets_revision" in indexes

@@ -28,6 +28,7 @@ from asset_service.domain.ports import (
     MetadataStore,
     StagedBlob,
 )
+from asset_service.domain.replay import DEFAULT_TOMBSTONE_TTL_SECONDS
 from asset_service.domain.selectors import DEFAULT_HISTORY_BYTES
 from asset_service.domain.uploads import DEFAULT_SESSION_TTL_SECONDS
 from asset_service.domain.watch import (
@@ -60,6 +61,9 @@ class Limits:
     max_lease_seconds: int = 86400
     # The latest changes kept for selector watches (slim records, estimated bytes).
     watch_history_bytes: int = DEFAULT_HISTORY_BYTES
+    # Deleted assets' tombstones are kept this long: selector watches resume from the
+    # store as far back as that.
+    watch_tombstone_ttl_seconds: float = DEFAULT_TOMBSTONE_TTL_SECONDS
     # An unfinished resumable upload is removed this long after its last stream ended.
     upload_session_ttl_seconds: float = DEFAULT_SESSION_TTL_SECONDS
 

@@ -49,8 +49,14 @@ def _same_index(wanted: Mapping[str, Any], have: Mapping[str, Any]) -> bool:
     ) == bool(have.get("unique"))
 
 
-async def ensure_indexes(assets: AsyncCollection[Doc], db_name: str) -> None:
-    """Create the ASSET_INDEXES that are missing; nothing at all when every one exists.
+async def ensure_indexes(
+    assets: AsyncCollection[Doc],
+    db_name: str,
+    wanted_indexes: tuple[IndexModel, ...] = ASSET_INDEXES,
+    name: str = "assets",
+) -> None:
+    """Create the ASSET_INDEXES (or `wanted_indexes` of another collection) that are
+    missing; nothing at all when every one exists.
 
     An index build locks the collection exclusively at its start and end, and even a
     createIndexes that finds everything in place is a write command on the primary:
@@ -63,44 +69,46 @@ async def ensure_indexes(assets: AsyncCollection[Doc], db_name: str) -> None:
         async for index in cursor:
             have.append(index)
     missing = []
-    for model in ASSET_INDEXES:
+    for model in wanted_indexes:
         wanted = model.document
         if any(_same_index(wanted, index) for index in have):
             continue
         clash = next((i for i in have if i.get("name") == wanted["name"]), None)
         if clash is not None:
             raise Unavailable(
-                f"index {wanted['name']!r} of {db_name}.assets is "
+                f"index {wanted['name']!r} of {db_name}.{name} is "
                 f"{dict(clash['key'])} (unique={bool(clash.get('unique'))}), expected "
                 f"{dict(wanted['key'])} (unique={bool(wanted.get('unique'))}); drop it "
-                f"(db.assets.dropIndex({wanted['name']!r})) and start again"
+                f"(db.{name}.dropIndex({wanted['name']!r})) and start again"
             )
         missing.append(model)
     if missing:
         log.info(
-            "creating indexes %s on %s.assets",
+            "creating indexes %s on %s.%s",
             ", ".join(m.document["name"] for m in missing),
             db_name,
+            name,
         )
         await assets.create_indexes(missing)
 
 
 async def raise_revision_floor(
-    assets: AsyncCollection[Doc], counters: AsyncCollection[Doc]
+    assets: AsyncCollection[Doc], counters: AsyncCollection[Doc], tombstones: AsyncCollection[Doc]
 ) -> None:
     """Never hand out a revision at or below one already stored (issue 10, item 9).
 
     The counter document may have been restored from an older backup, or dropped:
-    `$max` lifts it (creating it if need be) to the highest revision a record holds,
-    and leaves a counter that is already ahead alone (so a concurrent `$inc` by
-    another process is never undone). Served by the `revision` index: one key read.
-    Not covered: the revision of a DELETE is stored on no record, so one delete that
-    was the very last write before the counter was lost can have its number reused.
+    `$max` lifts it (creating it if need be) to the highest revision a record or a
+    tombstone holds, and leaves a counter that is already ahead alone (so a concurrent
+    `$inc` by another process is never undone). Served by the `revision` indexes: one
+    key read each. A delete's revision is on its tombstone until that is swept.
     """
-    top = await assets.find_one(
-        {}, {"revision": 1}, sort=[("revision", DESCENDING)], max_time_ms=QUERY_MAX_TIME_MS
-    )
-    floor = int(top.get("revision", 0)) if top is not None else 0
+    floor = 0
+    for collection in (assets, tombstones):
+        top = await collection.find_one(
+            {}, {"revision": 1}, sort=[("revision", DESCENDING)], max_time_ms=QUERY_MAX_TIME_MS
+        )
+        floor = max(floor, int(top.get("revision", 0)) if top is not None else 0)
     await counters.update_one({"_id": "revision"}, {"$max": {"value": floor}}, upsert=True)
 
 

@@ -37,9 +37,10 @@ from asset_service.domain.models import (
     Transition,
     approx_bytes,
 )
+from asset_service.domain.replay import Replay
 from asset_service.store import _paging
 from asset_service.store._fields import lease_condition, lease_conflict, transition_fields
-from asset_service.store.mongo import _schema
+from asset_service.store.mongo import _schema, _tombstones
 from asset_service.store.mongo._documents import (
     Doc,
     _doc_bytes,
@@ -152,6 +153,9 @@ class MongoStore:
         wc = WriteConcern("majority")
         self._assets: AsyncCollection[Doc] = self._db.get_collection("assets", write_concern=wc)
         self._counters: AsyncCollection[Doc] = self._db.get_collection("counters", write_concern=wc)
+        self._tombstones: AsyncCollection[Doc] = self._db.get_collection(
+            "tombstones", write_concern=wc
+        )
         self._transactions = True
         self._pre_images = False
         self._feed: ChangeFeed | None = None
@@ -217,9 +221,13 @@ class MongoStore:
 
     async def _ensure_indexes(self) -> None:
         await _schema.ensure_indexes(self._assets, self._db.name)
+        await _schema.ensure_indexes(
+            self._tombstones, self._db.name, _tombstones.TOMBSTONE_INDEXES, "tombstones"
+        )
 
     async def _raise_revision_floor(self) -> None:
-        await _schema.raise_revision_floor(self._assets, self._counters)
+        await _schema.raise_revision_floor(self._assets, self._counters, self._tombstones)
+        await _tombstones.begin_horizon(self._counters)
 
     async def _enable_pre_images(self) -> None:
         self._pre_images = await _schema.enable_pre_images(self._db)
@@ -428,8 +436,38 @@ class MongoStore:
         return int(doc["value"]) if doc else 0
 
     async def current_revision(self) -> int:
+        """Read at majority: a counter value a failover may roll back (and the new
+        primary then hand out again, for other writes) would make the watch history
+        begin above revisions it must still replay."""
+        majority = self._counters.with_options(read_concern=ReadConcern("majority"))
         try:
-            return await self._revision_in(None)
+            doc = await majority.find_one({"_id": "revision"})
+        except PyMongoError as exc:
+            raise _unavailable(exc) from exc
+        return int(doc["value"]) if doc else 0
+
+    async def changes_since(self, after: int, limit: int) -> Replay:
+        """One snapshot session (majority, one cluster time): the horizon, the counter,
+        the records and the tombstones above `after`, through their revision indexes."""
+        try:
+            async with self._one_cut() as session:
+                return await _tombstones.changes_since(
+                    self._assets,
+                    self._tombstones,
+                    self._counters,
+                    session,
+                    after,
+                    limit,
+                    SLIM_PROJECTION,
+                    _schema.QUERY_MAX_TIME_MS,
+                )
+        except PyMongoError as exc:
+            raise _unavailable(exc) from exc
+
+    async def sweep_tombstones(self, before: datetime) -> int:
+        try:
+            with pymongo.timeout(self.operation_timeout * 4):
+                return await _tombstones.sweep(self._tombstones, self._counters, before)
         except PyMongoError as exc:
             raise _unavailable(exc) from exc
 
@@ -533,7 +571,9 @@ class MongoStore:
             if doc is None:
                 raise _NothingToDelete(asset_id)
             await self._assets.delete_one({"_id": asset_id}, session=session)
-            return doc_to_asset(doc)
+            gone = doc_to_asset(doc)
+            await _tombstones.keep(self._tombstones, [gone], session)
+            return gone
 
         try:
             result: Asset = await self._writer.submit(apply)

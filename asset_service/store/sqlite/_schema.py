@@ -33,7 +33,32 @@ log = logging.getLogger(__name__)
 # a reader thread as before.
 LOOP_READ_MAX_VALUE = 64 * 1024
 
-SCHEMA = """
+# What changes_since reads: the records by revision, and a tombstone per deletion
+# (_tombstones.py), keyed by its revision: one B-tree, so a delete on a full disk writes one
+# page more for it (the disk-full reserve is sized by what a delete writes). The
+# `tombstones` counter is the newest revision swept (or, in a database migrated from
+# before tombstones, the revision they began at): no replay reaches below it.
+TOMBSTONES = """
+CREATE INDEX IF NOT EXISTS assets_revision ON assets (revision);
+CREATE TABLE IF NOT EXISTS tombstones (
+    revision        INTEGER PRIMARY KEY,
+    id              TEXT NOT NULL,
+    deleted_ms      INTEGER NOT NULL,
+    label           TEXT NOT NULL,
+    status          TEXT NOT NULL,
+    type            TEXT NOT NULL,
+    media_type      TEXT NOT NULL,
+    created_by_task TEXT NOT NULL,
+    tags            TEXT NOT NULL,
+    created_at      TEXT NOT NULL,
+    updated_at      TEXT NOT NULL,
+    created_by      TEXT NOT NULL,
+    updated_by      TEXT NOT NULL
+);
+"""
+
+SCHEMA = (
+    """
 CREATE TABLE IF NOT EXISTS assets (
     seq             INTEGER PRIMARY KEY AUTOINCREMENT,
     id              TEXT NOT NULL UNIQUE,
@@ -72,10 +97,15 @@ CREATE TABLE IF NOT EXISTS asset_tags (
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT OR IGNORE INTO counters (name, value) VALUES ('revision', 0);
 """
+    + TOMBSTONES
+    + """
+INSERT OR IGNORE INTO counters (name, value) VALUES ('tombstones', 0);
+"""
+)
 
 # PRAGMA user_version of a database SCHEMA creates. A database from an older release is
 # brought up to it by MIGRATIONS[v] for each later version v, one transaction each.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: (
         "ALTER TABLE assets ADD COLUMN created_by TEXT NOT NULL DEFAULT ''",
@@ -90,6 +120,12 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     3: (
         "ALTER TABLE assets ADD COLUMN block_sums BLOB",
         "ALTER TABLE assets ADD COLUMN corrupt_reason TEXT NOT NULL DEFAULT ''",
+    ),
+    # Deletions before this left no tombstone: resumes from before it are refused.
+    4: (
+        *(statement for statement in TOMBSTONES.split(";") if statement.strip()),
+        "INSERT OR IGNORE INTO counters (name, value) "
+        "SELECT 'tombstones', value FROM counters WHERE name = 'revision'",
     ),
 }
 assert sorted(MIGRATIONS) == list(range(1, SCHEMA_VERSION + 1))

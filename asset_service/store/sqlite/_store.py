@@ -30,6 +30,7 @@ from asset_service.domain.models import (
     Status,
     Transition,
 )
+from asset_service.domain.replay import Replay
 from asset_service.store import _paging
 from asset_service.store._fields import (
     encoded_sums,
@@ -37,6 +38,7 @@ from asset_service.store._fields import (
     lease_conflict,
     transition_fields,
 )
+from asset_service.store.sqlite import _tombstones
 from asset_service.store.sqlite._files import claim, own_files
 from asset_service.store.sqlite._readers import Later, Readers
 from asset_service.store.sqlite._room import INCREMENTAL, Room, is_full
@@ -356,6 +358,21 @@ class SqliteStore:
 
         return await self._read(q)
 
+    async def changes_since(self, after: int, limit: int) -> Replay:
+        return await self._read(lambda c: _tombstones.changes_since(c, after, limit))
+
+    async def sweep_tombstones(self, before: datetime) -> int:
+        # Alone (a delete frees room; a batch of writes may be refused on a full disk),
+        # a batch per transaction so that other writes interleave.
+        removed = 0
+        while True:
+            done: int = await self._open_writer().solo(
+                lambda c: (_tombstones.sweep(c, to_ms(before)), None)
+            )
+            removed += done
+            if done < _tombstones.SWEEP_BATCH:
+                return removed
+
     async def leases_run_out(self, now: datetime, limit: int) -> list[Asset]:
         sql = (
             # The (status, lease_expires_ms) index: one range, already in order.
@@ -489,7 +506,9 @@ class SqliteStore:
                 return None  # nothing changed: the empty commit writes nothing
             rev = self._next_revision(c)
             c.execute("DELETE FROM asset_tags WHERE asset_id = ?", (asset_id,))
-        return Asset(**{**row_to_asset(row).__dict__, "revision": rev, "updated_by": by})
+            gone = Asset(**{**row_to_asset(row).__dict__, "revision": rev, "updated_by": by})
+            _tombstones.keep(c, gone)
+        return gone
 
     async def delete(self, asset_id: str, by: str = "") -> Asset | None:
         # Alone in its transaction: on a full disk it is retried with the reserve released.

@@ -539,9 +539,10 @@ class AssetClient:
         without their inline VALUE content (`get` has it). With status PENDING a promise's
         fulfilment or failure comes too: it leaves the selection. after_revision 0 means
         from now (pinned with a one-item listing first). Resumes by itself after
-        UNAVAILABLE from the last revision yielded. HistoryGoneError if the server no
-        longer holds the changes after that revision: list again and watch from the
-        page's revision (or use `follow`, which does).
+        UNAVAILABLE from the last revision yielded. Below the server's in-memory history
+        it replays from its store: each asset's latest state since then, not every step.
+        HistoryGoneError if the server can no longer replay from that revision: list
+        again and watch from the page's revision (or use `follow`, which does).
         """
         cursor = _selectors.SelectorCursor(
             status, type, tags, created_by_task, label, after_revision, timeout
@@ -583,11 +584,13 @@ class AssetClient:
         """The assets these filters pick, then every change to them (an informer); forever.
 
         A SNAPSHOT event for each listed asset (page after page, with its VALUE), then
-        watch_selector's events from the first page's revision. Per asset, nothing goes
-        out that is not newer than what was yielded for it, so no change is missed or
-        repeated although later pages are read at later revisions. On HistoryGoneError it
-        lists again: SNAPSHOT for what is new or changed, DELETED (the last state yielded,
-        with its revision) for what is gone, CHANGED for what left a status selection.
+        watch_selector's events from the first page's revision (the server replays them
+        from its store if the listing took longer than its history reaches). Per asset,
+        nothing goes out that is not newer than what was yielded for it, so no change is
+        missed or repeated although later pages are read at later revisions. On
+        HistoryGoneError it lists again: SNAPSHOT for what is new or changed, DELETED (the
+        last state yielded, with its revision) for what is gone, CHANGED for what left a
+        status selection.
         `timeout` bounds the whole follow; each listing call has the client's default.
         """
         tags = _convert.tags_list(tags)  # used for every listing and watch
