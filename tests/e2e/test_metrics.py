@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -247,3 +251,21 @@ def test_every_dashboard_panel_names_an_exported_metric(workload: Workload) -> N
 
 # What Prometheus itself records about every scrape target.
 PROMETHEUS_OWN = {"up", "scrape_duration_seconds"}
+
+
+def test_a_busy_metrics_port_stops_start_up_in_one_line(tmp_path: Path) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = busy.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ASSET_SERVICE_")}
+        flags = ["--storage-root", str(tmp_path), "--metrics-listen", f"127.0.0.1:{port}"]
+        done = subprocess.run(
+            [sys.executable, "-m", "asset_service", "--listen", "127.0.0.1:0", *flags],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 2, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert f"cannot serve metrics on 127.0.0.1:{port}" in last and "--metrics-listen" in last
+    assert "Traceback" not in done.stderr and "listening on" not in done.stderr
