@@ -19,9 +19,16 @@ class Timer(Protocol):
     def labels(self, operation: str, outcome: str) -> Any: ...
 
 
+class Spans(Protocol):
+    """telemetry/_tracing.Tracing: a child span of the current call's, or None outside one."""
+
+    def child_span(self, name: str) -> Any: ...
+
+
 class Observed:
     """`inner` (a MetadataStore or BlobStorage) whose coroutine methods are timed into
-    `seconds` and, with a `tracer`, run in a span named `<component>.<method>`.
+    `seconds` and, with `spans`, run in a span named `<component>.<method>` when a call's
+    span is current (start-up and the sweeps make none: a trace each would be noise).
 
     Async generator methods (read, orphans, changes) and plain ones pass through: a span
     across a stream's life would be closed by whichever task drops it. Attributes are read
@@ -29,12 +36,12 @@ class Observed:
     """
 
     def __init__(
-        self, inner: Any, component: str, seconds: Timer | None, tracer: Any | None
+        self, inner: Any, component: str, seconds: Timer | None, spans: Spans | None
     ) -> None:
         object.__setattr__(self, "_inner", inner)
         object.__setattr__(self, "_component", component)
         object.__setattr__(self, "_seconds", seconds)
-        object.__setattr__(self, "_tracer", tracer)
+        object.__setattr__(self, "_spans", spans)
 
     def __getattr__(self, name: str) -> Any:
         value = getattr(self._inner, name)
@@ -52,7 +59,7 @@ class Observed:
         self, name: str, method: Callable[..., Awaitable[Any]]
     ) -> Callable[..., Awaitable[Any]]:
         span_name = f"{self._component}.{name}"
-        tracer = self._tracer
+        spans = self._spans
         seconds = self._seconds
         ok: Any = seconds.labels(name, "ok") if seconds is not None else None
 
@@ -61,10 +68,11 @@ class Observed:
             start = time.perf_counter()
             done = False
             try:
-                if tracer is None:
+                span = spans.child_span(span_name) if spans is not None else None
+                if span is None:
                     result = await method(*args, **kwargs)
                 else:
-                    with tracer.start_as_current_span(span_name):
+                    with span:
                         result = await method(*args, **kwargs)
                 done = True
                 return result

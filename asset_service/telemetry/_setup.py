@@ -96,8 +96,7 @@ class Telemetry:
             seconds = (
                 self.metrics.store_seconds if component == "store" else self.metrics.storage_seconds
             )
-        tracer = self.tracing.tracer if self.tracing is not None else None
-        return cast(T, Observed(port, component, seconds, tracer))
+        return cast(T, Observed(port, component, seconds, self.tracing))
 
     def prepare(self, service: Any) -> None:
         """Series for every method of `service` (a ServiceDescriptor) at zero from the start,

@@ -144,6 +144,12 @@ class Tracing:
         untraced = filters.any_of(*(filters.service_name(s) for s in UNTRACED_SERVICES))
         self.interceptor = SpanInterceptor(grpc_tracer, filter_=filters.negate(untraced))  # type: ignore[no-untyped-call]
 
+    def child_span(self, name: str) -> Any:
+        """A span under the current call's, or None outside a call."""
+        if not trace.get_current_span().get_span_context().is_valid:
+            return None
+        return self.tracer.start_as_current_span(name)
+
     def shutdown(self) -> None:
         """Export what is buffered, then stop (blocking: run it in a thread, bounded)."""
         self.provider.shutdown()

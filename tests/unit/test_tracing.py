@@ -157,11 +157,13 @@ async def test_a_span_per_call_with_its_status_and_child_spans(
     assert "store.get" in children(exporter, internal)
     assert "storage.read" in children(exporter, spans["ReadAsset"][0])
     assert "store.insert" in children(exporter, spans["UploadAsset"][0])
-    # Store and storage spans outside a call (start-up, sweeps) have no parent; those in a
-    # call belong to its trace.
+    # Every store and storage span belongs to a call's trace: start-up and the sweeps
+    # (store.leases_run_out every --lease-check-interval) make none.
     ids = {
         s.context.span_id: s.context.trace_id for s in exporter.get_finished_spans() if s.context
     }
     for span in exporter.get_finished_spans():
-        if span.parent is not None and span.context is not None:
+        if span.kind is not SpanKind.SERVER:
+            assert span.parent is not None, span.name
+            assert span.context is not None
             assert ids[span.parent.span_id] == span.context.trace_id, span.name
