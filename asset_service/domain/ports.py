@@ -101,6 +101,10 @@ class MetadataStore(Protocol):
         """Remove the tombstones of deletions made before `before`; how many. A resume
         from a revision below the newest one removed is refused from then on."""
 
+    async def count_by_status(self) -> dict[Status, int]:
+        """How many records each status has, every status named (0 for none). Counted from
+        an index, not by reading records: the metrics ask at most every 30 s."""
+
     async def transition(
         self,
         asset_id: str,

@@ -189,6 +189,13 @@ class MemoryStore:
         await self._enter()
         return self._revision
 
+    async def count_by_status(self) -> dict[Status, int]:
+        await self._enter()
+        counts = dict.fromkeys(Status, 0)
+        for _, asset in self._rows.values():
+            counts[asset.status] += 1
+        return counts
+
     async def changes_since(self, after: int, limit: int) -> Replay:
         await self._enter()
         if after < self._horizon:

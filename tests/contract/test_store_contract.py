@@ -202,6 +202,27 @@ async def test_delete_returns_last_state_with_a_new_revision(backend: Backend) -
     assert later.revision > gone.revision
 
 
+async def test_count_by_status_follows_inserts_transitions_and_deletes(backend: Backend) -> None:
+    store = backend.store
+    assert await store.count_by_status() == dict.fromkeys(Status, 0)
+    a, b, c = [await store.insert(pending()) for _ in range(3)]
+    await store.insert(value_asset())
+    await store.transition(a.id, Status.PENDING, FULFILL, T0)
+    await store.transition(b.id, Status.PENDING, Failure("gone"), T0)
+    assert await store.count_by_status() == {
+        Status.PENDING: 1,
+        Status.AVAILABLE: 2,
+        Status.FAILED: 1,
+    }
+    await store.delete(c.id)
+    await store.delete(a.id)
+    assert await store.count_by_status() == {
+        Status.PENDING: 0,
+        Status.AVAILABLE: 1,
+        Status.FAILED: 1,
+    }
+
+
 # --- snapshot: one consistent cut without values ---------------------------------------
 
 

@@ -130,6 +130,7 @@ class MongoStore:
         *,
         allow_standalone: bool = False,
         operation_timeout: float = DEFAULT_OPERATION_TIMEOUT,
+        on_group_commit: Callable[[int], None] | None = None,
     ) -> None:
         self.url = url
         self.allow_standalone = allow_standalone
@@ -168,6 +169,7 @@ class MongoStore:
         # Every record write goes through the group writer (_writer.py), on one session
         # whose lsid is leased in `writers` (_leases.py).
         self._writer = GroupWriter(self._transact, self._claim)
+        self._writer.on_batch = on_group_commit  # each group transaction's size (metrics)
         self._session: AsyncClientSession | None = None
         self._leases: WriterLeases | None = None
         self._beat_client: pymongo.MongoClient[Doc] | None = None
@@ -529,6 +531,18 @@ class MongoStore:
                 return await _tombstones.sweep(self._tombstones, self._counters, before)
         except PyMongoError as exc:
             raise _unavailable(exc) from exc
+
+    async def count_by_status(self) -> dict[Status, int]:
+        counts = dict.fromkeys(Status, 0)
+        try:
+            for status in Status:
+                # A count of the (status, seq) index's range: no document is fetched.
+                counts[status] = await self._assets.count_documents(
+                    {"status": status.value}, maxTimeMS=_schema.QUERY_MAX_TIME_MS
+                )
+        except PyMongoError as exc:
+            raise _unavailable(exc) from exc
+        return counts
 
     async def leases_run_out(self, now: datetime, limit: int) -> list[Asset]:
         """By the database's clock ($$NOW) on a replica set: `now` is not used there."""

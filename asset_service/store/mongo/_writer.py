@@ -84,6 +84,8 @@ class GroupWriter:
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self.transactions = 0  # committed or not: for tests and the benchmark
+        # Told each group transaction's number of writes (metrics).
+        self.on_batch: Callable[[int], None] | None = None
 
     async def submit(self, apply: Apply, cost: int = 0) -> Any:
         """Run `apply` in the next group transaction; its result, or its error.
@@ -162,6 +164,8 @@ class GroupWriter:
 
     async def _batch(self, batch: list[_Write]) -> list[Outcome]:
         self.transactions += 1
+        if self.on_batch is not None:
+            self.on_batch(len(batch))
 
         async def statements(session: Any) -> list[Outcome]:
             revision = await self._claim(session, len(batch))
