@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
 import pymongo
-from pymongo import ASCENDING, AsyncMongoClient, ReturnDocument
+from pymongo import ASCENDING, AsyncMongoClient, InsertOne, UpdateOne
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.collection import AsyncCollection
-from pymongo.errors import DuplicateKeyError, PyMongoError
+from pymongo.errors import PyMongoError
 from pymongo.read_concern import ReadConcern
 from pymongo.read_preferences import ReadPreference
 from pymongo.write_concern import WriteConcern
@@ -57,7 +58,14 @@ from asset_service.store.mongo._feed import (
     ChangeStreamLike,
 )
 from asset_service.store.mongo._leases import WriterLeases
-from asset_service.store.mongo._writer import DuplicateKey, GroupWriter
+from asset_service.store.mongo._transactions import Transactional
+from asset_service.store.mongo._writer import (
+    DEFAULT_MAX_QUEUED,
+    GroupWriter,
+    Kind,
+    Write,
+    applied,
+)
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +103,7 @@ REPLICA_SET_HELP = (
 )
 
 
-class MongoStore:
+class MongoStore(Transactional):
     """Asset records in one MongoDB collection (docs/mongodb.md).
 
     Revisions. One counter document (`counters/_id: "revision"`) is `$inc`-ed inside the
@@ -104,15 +112,19 @@ class MongoStore:
     order, and a WatchAsset cursor `after_revision=N` means "every commit after the
     N-th", the same for every asset. Writes do not each run a transaction: a process's
     RPCs queue them and ONE group writer (_writer.py) runs up to 64 per transaction
-    with one `$inc`, so only processes compete for the counter; a process that dies
-    with its transaction open is ended by its peers' lease checks within seconds
-    (_leases.py). Revisions are unique and increasing, not dense. Why this design and
-    what else was weighed: docs/mongodb.md, "Revisions".
+    with one `$inc` and a constant number of round trips, so only processes compete for
+    the counter and each holds it briefly; a process that dies with its transaction open
+    is ended by its peers' lease checks within seconds (_leases.py). Revisions are unique
+    and increasing, not dense. Why this design and what else was weighed:
+    docs/mongodb.md, "Revisions".
 
     Transitions. Inside its batch's transaction the record changes through ONE conditional
-    `find_one_and_update` whose filter holds `status: expected`: racing writers get
-    exactly one winner; a non-match reads the record (same snapshot) to tell NotFound
-    from Conflict. There is no read-modify-write.
+    update whose filter holds `status: expected`: racing writers get exactly one winner;
+    the batch's read-back (same snapshot) tells an applied write (the record carries its
+    revision) from NotFound and Conflict. There is no read-modify-write.
+
+    Reads outside transactions are at read concern "majority" (GetAsset, BatchGet,
+    ListAssets and watch snapshots all show the same, durable, state; docs/mongodb.md).
 
     `allow_standalone=True` is for tests on wire-compatible servers without replica
     sets (FerretDB): writes then run without a transaction (revisions are still unique
@@ -125,10 +137,14 @@ class MongoStore:
         *,
         allow_standalone: bool = False,
         operation_timeout: float = DEFAULT_OPERATION_TIMEOUT,
+        write_queue: int = DEFAULT_MAX_QUEUED,
+        orphan_grace: float | None = None,
     ) -> None:
         self.url = url
         self.allow_standalone = allow_standalone
         self.operation_timeout = operation_timeout
+        # The storage's --orphan-grace: open() refuses one a write could outlive.
+        self.orphan_grace = orphan_grace
         given = {k.lower() for k, _ in parse_qsl(urlsplit(url).query)}
         options = {k: v for k, v in DEFAULT_CLIENT_OPTIONS.items() if k.lower() not in given}
         try:
@@ -149,15 +165,24 @@ class MongoStore:
                 self._client.read_preference.document,
             )
         wc = WriteConcern("majority")
-        self._assets: AsyncCollection[Doc] = self._db.get_collection("assets", write_concern=wc)
+        # Reads see majority-committed records only (a transaction's own reads use its
+        # snapshot instead: pymongo sends no read concern inside one).
+        self._assets: AsyncCollection[Doc] = self._db.get_collection(
+            "assets", write_concern=wc, read_concern=ReadConcern("majority")
+        )
         self._counters: AsyncCollection[Doc] = self._db.get_collection("counters", write_concern=wc)
         self._transactions = True
         self._pre_images = False
         self._feed: ChangeFeed | None = None
         # Every record write goes through the group writer (_writer.py), on one session
-        # whose lsid is leased in `writers` (_leases.py).
-        self._writer = GroupWriter(self._transact, self._claim)
+        # whose lsid is leased in `writers` (_leases.py); sessions whose transaction may
+        # still be open are ended with killSessions (_transactions.py).
+        self._writer = GroupWriter(
+            self._transact, self, timeout=operation_timeout, max_queued=write_queue
+        )
         self._session: AsyncClientSession | None = None
+        self._doubtful: list[Mapping[str, Any]] = []
+        self._ending: asyncio.Task[None] | None = None
         self._leases: WriterLeases | None = None
 
     @property
@@ -233,6 +258,15 @@ class MongoStore:
 
     async def close(self) -> None:
         await self._writer.close()
+        if self._ending is not None:
+            self._ending.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ending
+        if self._doubtful:
+            # One last try; else their transactions end by the server's lifetime limit
+            # (and a peer's lease check ends them sooner: this process's lease goes).
+            with contextlib.suppress(PyMongoError), pymongo.timeout(2.0):
+                await self._end_doubtful()
         if self._leases is not None:
             await self._leases.close()
         if self._session is not None:
@@ -262,58 +296,8 @@ class MongoStore:
 
     # --- plumbing ---------------------------------------------------------------------
 
-    async def _writer_session(self) -> AsyncClientSession:
-        """The group writer's session; a new one is leased before it is first used."""
-        if self._session is None:
-            session = self._client.start_session()
-            if self._leases is not None:
-                await self._leases.register(session.session_id)
-            self._session = session
-        return self._session
-
-    async def _drop_session(self) -> None:
-        """After a failed transaction: its session may have been killed by a peer."""
-        session, self._session = self._session, None
-        if session is not None:
-            with contextlib.suppress(PyMongoError):
-                await session.end_session()
-
-    async def _transact(self, fn: Callable[[AsyncClientSession | None], Awaitable[T]]) -> T:
-        """Run `fn` in one transaction (retried on transient errors); map driver errors.
-
-        The whole call, retries included, ends within `operation_timeout`. A commit that
-        may have applied without the store learning it raises OutcomeUnknown, so that
-        callers re-read their records instead of undoing what they may point at.
-        """
-        try:
-            with pymongo.timeout(self.operation_timeout):
-                if not self._transactions:
-                    return await fn(None)
-                session = await self._writer_session()
-                return await session.with_transaction(
-                    fn,
-                    read_concern=ReadConcern("snapshot"),
-                    write_concern=WriteConcern("majority"),
-                    read_preference=ReadPreference.PRIMARY,
-                )
-        except DuplicateKeyError as exc:
-            raise DuplicateKey(f"asset already exists: {exc}") from exc
-        except PyMongoError as exc:
-            await self._drop_session()
-            raise _write_error(exc, transaction=self._transactions) from exc
-
-    async def _claim(self, session: AsyncClientSession | None, count: int) -> int:
-        """The first of `count` fresh revisions: ONE $inc of the counter, in the batch's
-        transaction (so they are handed out in commit order)."""
-        doc = await self._counters.find_one_and_update(
-            {"_id": "revision"},
-            {"$inc": {"value": count}},
-            upsert=True,
-            return_document=ReturnDocument.AFTER,
-            session=session,
-        )
-        assert doc is not None
-        return int(doc["value"]) - count + 1
+    async def _drain_writer(self) -> None:
+        await self._writer.drain()
 
     # --- reads ----------------------------------------------------------------------
 
@@ -449,12 +433,14 @@ class MongoStore:
     # --- writes -----------------------------------------------------------------------
 
     async def insert(self, asset: Asset) -> Asset:
-        async def apply(session: AsyncClientSession | None, rev: int) -> Asset:
-            doc = asset_to_doc(asset, rev)
-            await self._assets.insert_one(doc, session=session)
-            return doc_to_asset(doc)
+        def statement(rev: int) -> InsertOne[Doc]:
+            return InsertOne(asset_to_doc(asset, rev))
 
-        result: Asset = await self._writer.submit(apply, approx_bytes(asset))
+        def outcome(_: Doc | None, rev: int) -> Asset:
+            return doc_to_asset(asset_to_doc(asset, rev))  # a failed insert raised instead
+
+        write = Write(asset.id, Kind.INSERT, statement, outcome, approx_bytes(asset))
+        result: Asset = await self._writer.submit(write)
         return result
 
     async def transition(
@@ -470,27 +456,23 @@ class MongoStore:
         elif test is not None:
             where["lease_expires_at"] = {"$gt" if test == "not run out" else "$lte": ms(now)}
 
-        async def apply(session: AsyncClientSession | None, rev: int) -> Asset:
-            doc = await self._assets.find_one_and_update(
-                where,
-                {"$set": {**sets, "revision": rev}},
-                return_document=ReturnDocument.AFTER,
-                session=session,
-            )
+        def statement(rev: int) -> UpdateOne:
+            return UpdateOne(where, {"$set": {**sets, "revision": rev}})
+
+        def outcome(doc: Doc | None, rev: int) -> Asset:
+            # The batch's read-back of the record, in the same transaction.
+            if applied(doc, rev):
+                return doc_to_asset(doc)  # type: ignore[arg-type]
             if doc is None:
-                current = await self._assets.find_one(
-                    {"_id": asset_id}, {"status": 1, "lease_expires_at": 1}, session=session
-                )
-                if current is None:
-                    raise NotFound(f"asset {asset_id} not found")
-                if current["status"] != expected.value or test is None:
-                    raise Conflict(f"asset {asset_id} is {current['status']}, expected {expected}")
-                end = current.get("lease_expires_at")
-                raise Conflict(lease_conflict(asset_id, test, end))
-            return doc_to_asset(doc)
+                raise NotFound(f"asset {asset_id} not found")
+            if doc["status"] != expected.value or test is None:
+                raise Conflict(f"asset {asset_id} is {doc['status']}, expected {expected}")
+            raise Conflict(lease_conflict(asset_id, test, doc.get("lease_expires_at")))
 
         cost = len(change.value.data) if isinstance(change, Fulfillment) and change.value else 0
-        result: Asset = await self._writer.submit(apply, cost)
+        result: Asset = await self._writer.submit(
+            Write(asset_id, Kind.UPDATE, statement, outcome, cost)
+        )
         return result
 
     async def set_block_sums(self, asset_id: str, storage_path: str, sums: BlockSums) -> bool:
@@ -507,22 +489,22 @@ class MongoStore:
         return done.matched_count == 1
 
     async def delete(self, asset_id: str, by: str = "") -> Asset | None:
-        async def apply(session: AsyncClientSession | None, rev: int) -> Asset:
+        def statement(rev: int) -> UpdateOne:
             # Stamp the new revision (and the deleter) first so the change feed can number
-            # the delete and say who made it.
-            doc = await self._assets.find_one_and_update(
-                {"_id": asset_id},
-                {"$set": {"revision": rev, "deleted": True, "updated_by": by}},
-                return_document=ReturnDocument.AFTER,
-                session=session,
+            # the delete and say who made it; the batch then deletes what it stamped.
+            return UpdateOne(
+                {"_id": asset_id}, {"$set": {"revision": rev, "deleted": True, "updated_by": by}}
             )
-            if doc is None:
+
+        def outcome(doc: Doc | None, rev: int) -> Asset:
+            if not applied(doc, rev):
                 raise _NothingToDelete(asset_id)
-            await self._assets.delete_one({"_id": asset_id}, session=session)
-            return doc_to_asset(doc)
+            return doc_to_asset(doc)  # type: ignore[arg-type]
 
         try:
-            result: Asset = await self._writer.submit(apply)
+            result: Asset = await self._writer.submit(
+                Write(asset_id, Kind.DELETE, statement, outcome)
+            )
         except _NothingToDelete:
             return None
         return result
