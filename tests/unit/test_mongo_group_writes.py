@@ -11,6 +11,7 @@ wait for a majority; killSessions aborts a session's open transaction.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -267,7 +268,7 @@ async def test_the_writer_session_is_leased_before_its_first_transaction(
     assert server.documents("writers") == {}, "a clean close gives its lease back"
 
 
-def dead_process(server: Server, user: str = "app") -> bytes:
+def dead_process(server: Server, user: str = "app", lease_user: str = "") -> bytes:
     """A process that claimed revisions, then died before committing: its transaction
     stays open on the server and holds the counter; its lease is no longer renewed."""
     lsid = b"dead-process-lsid"
@@ -280,6 +281,7 @@ def dead_process(server: Server, user: str = "app") -> bytes:
             "_id": "dead",
             "lsid": {"id": lsid},
             "seen": server.now() - timedelta(seconds=30),
+            "user": lease_user,
         },
     )
     return lsid
@@ -322,6 +324,23 @@ async def test_without_leases_a_dead_writer_blocks_its_peers(server: Server) -> 
             await peer.insert(new("after"))
     finally:
         await peer.close()
+
+
+async def test_a_dead_writer_of_another_database_user_is_reported_not_silently_kept(
+    server: Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 21 item 10: killSessions only ends the caller's own user's sessions (the
+    server matches nothing otherwise); the reaper says so instead of believing it
+    ended the transaction."""
+    lsid = dead_process(server, user="other", lease_user="other@admin")
+    peer = process(server, leases=True, user="app")
+    assert peer._leases is not None
+    peer._leases.user = "app@admin"
+    with caplog.at_level(logging.ERROR):
+        ended = await peer._leases.reap()
+    await peer.close()
+    assert ended == 0 and lsid not in server.killed
+    assert "other@admin" in caplog.text and "one database user" in caplog.text
 
 
 async def test_the_counter_is_never_created_on_the_fly(server: Server, store: MongoStore) -> None:

@@ -42,8 +42,13 @@ class WriterLeases:
         *,
         lease_seconds: float = LEASE_SECONDS,
         renew_seconds: float = RENEW_SECONDS,
+        user: str = "",
     ) -> None:
         self._writers = writers
+        # The database user this process authenticated as ("" without access control):
+        # killSessions only ends the caller's own user's sessions.
+        self.user = user
+        self._foreign: set[str] = set()
         self._kill = kill_sessions
         self.instance = instance
         self.lease_ms = int(lease_seconds * 1000)
@@ -63,7 +68,7 @@ class WriterLeases:
         # Server time on both sides of the comparison: client clocks do not matter.
         await self._writers.update_one(
             {"_id": self.instance},
-            [{"$set": {"lsid": self._lsid, "seen": "$$NOW"}}],
+            [{"$set": {"lsid": self._lsid, "seen": "$$NOW", "user": self.user}}],
             upsert=True,
         )
 
@@ -77,6 +82,22 @@ class WriterLeases:
         )
         ended = 0
         async for doc in expired:
+            owner = str(doc.get("user") or "")
+            if owner != self.user:
+                # killSessions would match nothing (it pairs each id with the CALLER's
+                # user): say so once rather than believe the transaction ended.
+                if doc["_id"] not in self._foreign:
+                    self._foreign.add(doc["_id"])
+                    log.error(
+                        "cannot end the MongoDB session of dead writer %s: it ran as "
+                        "database user %r, this process as %r, and killSessions only ends "
+                        "the caller's own sessions; run every asset-service process as one "
+                        "database user (docs/mongodb.md)",
+                        doc["_id"],
+                        owner,
+                        self.user,
+                    )
+                continue
             lsid = doc.get("lsid")
             if lsid is not None:
                 await self._kill([lsid])
