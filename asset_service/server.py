@@ -333,7 +333,12 @@ async def start(settings: Settings, store: MetadataStore | None = None) -> Runni
     security.check_listen()
     own_files(settings).check_import_roots(settings.import_roots)
     if store is None:
-        store = open_store(settings.database_url, settings.disk_reserve_bytes)
+        store = open_store(
+            settings.database_url,
+            settings.disk_reserve_bytes,
+            mongo_write_queue=settings.mongo_write_queue,
+            orphan_grace_seconds=settings.orphan_grace_seconds,
+        )
     storage, manifests = open_storage(settings)
     limits = Limits(
         max_upload_bytes=settings.max_upload_bytes,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 from asset_service.domain.errors import InvalidArgument
 from asset_service.domain.ports import MetadataStore
@@ -26,12 +27,20 @@ def sqlite_path(database_url: str) -> Path | None:
     return Path("/" + rest.lstrip("/"))
 
 
-def open_store(database_url: str, disk_reserve_bytes: int | None = None) -> MetadataStore:
+def open_store(
+    database_url: str,
+    disk_reserve_bytes: int | None = None,
+    *,
+    mongo_write_queue: int | None = None,
+    orphan_grace_seconds: float | None = None,
+) -> MetadataStore:
     """sqlite:////abs/path.db (embedded default), mongodb://... (production) or memory://.
 
     memory:// keeps records in the server process only (lost when it stops): for demos
     and tests, never for data anyone needs. `disk_reserve_bytes` sizes SQLite's disk-full
-    reserve (None: its default).
+    reserve (None: its default). With MongoDB, `mongo_write_queue` bounds the group
+    writer's queue and `orphan_grace_seconds` (the storage's) is checked against how late
+    a write can commit.
     """
     if database_url == "memory://":
         from asset_service.store.memory import MemoryStore
@@ -48,7 +57,10 @@ def open_store(database_url: str, disk_reserve_bytes: int | None = None) -> Meta
     if database_url.startswith(("mongodb://", "mongodb+srv://")):
         from asset_service.store.mongo import MongoStore
 
-        store: MetadataStore = MongoStore(database_url)
+        options: dict[str, Any] = {"orphan_grace": orphan_grace_seconds}
+        if mongo_write_queue is not None:
+            options["write_queue"] = mongo_write_queue
+        store: MetadataStore = MongoStore(database_url, **options)
         return store
     raise InvalidArgument(
         f"database URL {database_url!r} is not supported: use sqlite:///path.db, "

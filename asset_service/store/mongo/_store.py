@@ -40,7 +40,7 @@ from asset_service.domain.models import (
 )
 from asset_service.store import _paging
 from asset_service.store._fields import lease_condition, lease_conflict, transition_fields
-from asset_service.store.mongo import _schema
+from asset_service.store.mongo import _schema, _startup
 from asset_service.store.mongo._documents import (
     Doc,
     _doc_bytes,
@@ -216,6 +216,15 @@ class MongoStore(Transactional):
                 f"{hello.get('maxWireVersion')}); the asset service needs 5.0 or newer for "
                 "point-in-time watch snapshots (snapshot reads)"
             )
+        if self._transactions:
+            horizon = _startup.commit_horizon(
+                self.operation_timeout, await _startup.transaction_lifetime(self._client)
+            )
+            try:
+                _startup.check_orphan_grace(self.orphan_grace, horizon)
+            except InvalidArgument:
+                await self._client.close()
+                raise
         try:
             await self._ensure_indexes()
             await self._raise_revision_floor()
@@ -232,6 +241,7 @@ class MongoStore(Transactional):
                 self._db.get_collection("writers", write_concern=WriteConcern("majority")),
                 self._kill_sessions,
                 uuid.uuid4().hex,
+                user=await _startup.database_user(self._client),
             )
             self._leases.start()
 

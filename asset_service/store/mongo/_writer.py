@@ -162,6 +162,7 @@ class GroupWriter:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._running: asyncio.Future[None] | None = None  # the batch under way
+        self._took = 0.0  # how long the last transaction that committed took
         self._closed = False
         # For tests, the benchmark and metrics: transactions run (committed or not),
         # batches re-run after one write's error, writes refused or expired unsent.
@@ -199,13 +200,11 @@ class GroupWriter:
             async with asyncio.timeout_at(queued.deadline):
                 return await asyncio.shield(queued.future)
         except TimeoutError:
+            if queued.future.done():  # answered just as its deadline passed
+                return queued.future.result()
             if self._unqueue(queued):
                 self.expired += 1
-                raise Overloaded(
-                    f"the record write of asset {write.asset_id} waited {self.timeout:g}s "
-                    "in this server's MongoDB write queue without its turn; nothing was "
-                    "sent: MongoDB is not keeping up (retry with backoff)"
-                ) from None
+                raise self._late(write) from None
         except asyncio.CancelledError as exc:
             if self._unqueue(queued):
                 raise
@@ -225,6 +224,13 @@ class GroupWriter:
                 f"no answer for the record write of asset {write.asset_id} by its deadline; "
                 "the write may or may not have applied"
             ) from None
+
+    def _late(self, write: Write) -> Overloaded:
+        return Overloaded(
+            f"the record write of asset {write.asset_id} could not have its turn in this "
+            f"server's MongoDB write queue within the {self.timeout:g}s each write gets; "
+            "nothing was sent: MongoDB is not keeping up (retry with backoff)"
+        )
 
     def _admit(self, write: Write) -> None:
         if len(self._queue) >= self.max_queued:
@@ -254,7 +260,10 @@ class GroupWriter:
     def _take(self) -> list[_Queued]:
         """The next batch: writes in queue order, each record at most once, within the
         size limits; writes past their deadline leave the queue unsent."""
-        now = _loop().time()
+        # A write with less time left than a transaction takes (the last one's time, at
+        # least a tenth of the operation time) would only hold the counter to fail: it
+        # leaves unsent, refused at once.
+        now = _loop().time() + max(self._took, self.timeout / 10)
         batch: list[_Queued] = []
         ids: set[str] = set()
         used = 0
@@ -263,7 +272,9 @@ class GroupWriter:
             if nxt.deadline <= now:
                 self._queue.popleft()
                 self._queued_bytes -= nxt.write.cost
-                continue  # its caller's own deadline answers it
+                self.expired += 1
+                _settle(nxt, Outcome(error=self._late(nxt.write)))
+                continue
             if batch and (used + nxt.write.cost > self.max_bytes or nxt.write.asset_id in ids):
                 break  # a record twice in one batch: the second waits for the next one
             batch.append(self._queue.popleft())
@@ -321,6 +332,7 @@ class GroupWriter:
                 results.update({id(q): Outcome(error=copy.copy(late)) for q in pending})
                 break
             self.transactions += 1
+            began = _loop().time()
             try:
                 done = await self._transact(functools.partial(self._batch, pending), left)
             except _OneFailed as exc:
@@ -333,6 +345,7 @@ class GroupWriter:
                 results.update({id(q): Outcome(error=copy.copy(exc)) for q in pending})
                 break
             results.update(zip((id(q) for q in pending), done, strict=True))
+            self._took = _loop().time() - began
             break
         return [results[id(q)] for q in batch]
 

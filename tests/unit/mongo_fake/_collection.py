@@ -138,13 +138,15 @@ class FakeCollection:
         if txn is None:
             # Outside a transaction: wait for any transaction holding the target, THEN
             # read it (the write applies to what that transaction committed).
-            for key in [d["_id"] for d in server.view(self.name, server.optime).values()]:
-                if matches(server.view(self.name, server.optime)[key], target, server.now()):
-                    lsid = lsid_of(session) if session is not None else None
-                    with interrupted_as_errors():
-                        await server.wait_for(
-                            lambda k=key: (self.name, k) not in server.locks, lsid, "waiting"
-                        )
+            current = server.view(self.name, server.optime)
+            keys = [k for k, d in current.items() if matches(d, target, server.now())]
+            lsid = lsid_of(session) if session is not None else None
+
+            def free() -> bool:
+                return not any((self.name, k) in server.locks for k in keys)
+
+            with interrupted_as_errors():
+                await server.wait_for(free, lsid, "waiting for a transaction's lock")
         at = txn.snapshot if txn is not None else server.optime
         seen = server.view(self.name, at, txn)
         before: dict[str, Any] | None

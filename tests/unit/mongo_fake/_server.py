@@ -335,8 +335,13 @@ class Server:
             return {"ok": 1}
         if txn is None or txn.number != number or txn.aborted:
             raise no_such_transaction(number)
-        if self.hold_commits is not None:
-            await self.hold_commits.wait()
+        hold = self.hold_commits
+        if hold is not None:
+            try:
+                await self.wait_for(hold.is_set, lsid, "its commit is held")
+            except _Interrupted:
+                # The client stops waiting for the reply (its deadline): unknown to it.
+                raise NetworkTimeout("no reply to commitTransaction in time") from None
             if txn.aborted:  # killed while it waited
                 raise no_such_transaction(number)
         if txn.committed_at is None:
