@@ -92,8 +92,9 @@ DEFAULT_OPERATION_TIMEOUT = 15.0
 SLIM_PROJECTION: dict[str, Any] = {"value_content": 0, "value_kind": 0, "block_sums": 0}
 # A record without its block sums (only get() reads them: ReadAsset checks with them).
 LISTED_PROJECTION: dict[str, Any] = {"block_sums": 0}
-# Snapshot reads outside transactions (watch snapshots) came with MongoDB 5.0.
-MIN_WIRE_VERSION = 13
+# MongoDB 6.0 (wire version 17): snapshot reads outside transactions (5.0, watch
+# snapshots) and change streams with true pre- and post-images (6.0, exact update events).
+MIN_WIRE_VERSION = 17
 
 REPLICA_SET_HELP = (
     "change streams and transactions need a replica set; a single-node one is fine: start "
@@ -212,9 +213,10 @@ class MongoStore(Transactional):
         elif int(hello.get("maxWireVersion", 0)) < MIN_WIRE_VERSION:
             await self._client.close()
             raise Unavailable(
-                f"MongoDB at {self._redacted()} is older than 5.0 (wire version "
-                f"{hello.get('maxWireVersion')}); the asset service needs 5.0 or newer for "
-                "point-in-time watch snapshots (snapshot reads)"
+                f"MongoDB at {self._redacted()} is older than 6.0 (wire version "
+                f"{hello.get('maxWireVersion')}); the asset service needs 6.0 or newer "
+                "(snapshot reads for watch snapshots, pre- and post-images for exact change "
+                "events); upgrade the replica set (docs/mongodb.md)"
             )
         if self._transactions:
             horizon = _startup.commit_horizon(
