@@ -176,7 +176,9 @@ class Transactional:
             if sent and (not _keeps_session(exc) or session._server_session.dirty):
                 self._doubt(session)
             raise
+        tries = 0
         while True:
+            tries += 1
             try:
                 await session.commit_transaction()
                 return result
@@ -189,7 +191,10 @@ class Transactional:
                     isinstance(exc, OperationFailure) and exc.code == 50
                 )
                 if retry and not _expired():
-                    continue  # commitTransaction is retryable: the server answers for it
+                    # commitTransaction is retryable: the server answers for the same
+                    # transaction (a lost reply, a new primary that has it).
+                    await asyncio.sleep(backoff(tries))
+                    continue
                 self._doubt(session)
                 raise _Ambiguous(exc) from exc
 

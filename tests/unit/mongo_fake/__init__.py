@@ -58,9 +58,11 @@ def install(monkeypatch: pytest.MonkeyPatch, server: Server) -> Server:
 def attach(store: Any, server: Server, user: str = "app") -> Any:
     """Serve `store`'s collections and killSessions from `server`, as database user `user`."""
     store._client._fake_user = user  # the user its sessions belong to
-    store._assets = FakeCollection(server, "assets")
-    store._counters = FakeCollection(server, "counters")
-    store._writers = FakeCollection(server, "writers")
+    # Each fake keeps the read concern the store gave its real collection.
+    for attr, name in (("_assets", "assets"), ("_counters", "counters"), ("_writers", "writers")):
+        real = getattr(store, attr, None)
+        concern = getattr(real, "read_concern", None)
+        setattr(store, attr, FakeCollection(server, name, concern))
 
     async def kill(lsids: list[Mapping[str, Any]]) -> None:
         await server.round_trip(None, "killSessions", "admin")

@@ -139,6 +139,10 @@ class Server:
         self.hold_commits: asyncio.Event | None = None  # set: commits go on
         self.down = False  # every command fails with a network error
         self.faults: list[list[Any]] = []  # [command name, make error, times left]
+        # Commits whose reply is lost and which reach the server this much later (None:
+        # commits apply when sent). Only a transaction still open then commits.
+        self.late_commits: float | None = None
+        self._late: set[asyncio.Task[None]] = set()
 
     # --- time and round trips ----------------------------------------------------------
 
@@ -335,6 +339,11 @@ class Server:
             return {"ok": 1}
         if txn is None or txn.number != number or txn.aborted:
             raise no_such_transaction(number)
+        if self.late_commits is not None:
+            task = asyncio.create_task(self._commit_later(txn, self.late_commits))
+            self._late.add(task)
+            task.add_done_callback(self._late.discard)
+            raise NetworkTimeout("no reply to commitTransaction (it is still on its way)")
         hold = self.hold_commits
         if hold is not None:
             try:
@@ -355,6 +364,13 @@ class Server:
             details = {"code": exc.code, "errmsg": str(exc)}
             raise WriteConcernError(str(exc), exc.code, details) from None
         return {"ok": 1}
+
+    async def _commit_later(self, txn: Txn, delay: float) -> None:
+        await asyncio.sleep(delay)
+        if not txn.aborted and txn.committed_at is None:  # a kill or a stepdown ends it
+            self.end(txn, commit=True)
+            if self.replicate:
+                self.commit_point = max(self.commit_point, self.optime)
 
     # --- sessions and replication -----------------------------------------------------------
 
