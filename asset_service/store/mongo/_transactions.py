@@ -305,9 +305,12 @@ class Transactional:
             async for doc in self._assets.find({"_id": {"$in": ids}}, session=session)
         }
 
-    async def remove_stamped(self, session: Any, gone: list[tuple[str, int]]) -> None:
+    async def before(self, session: Any, writes: list[Any], revisions: list[int]) -> None:
+        """Nothing yet: every write is one statement on `assets`."""
+
+    async def remove_stamped(self, session: Any, gone: list[Doc]) -> None:
         await self._assets.bulk_write(
-            [DeleteOne({"_id": asset_id, "revision": rev}) for asset_id, rev in gone],
+            [DeleteOne({"_id": doc["_id"], "revision": doc["revision"]}) for doc in gone],
             ordered=True,
             session=session,
         )

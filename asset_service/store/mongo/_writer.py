@@ -81,6 +81,7 @@ class Write:
     statement: Callable[[int], Any]
     outcome: Callable[[Doc | None, int], Any]
     cost: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)  # for Statements.before
 
 
 def applied(doc: Doc | None, revision: int) -> bool:
@@ -101,8 +102,13 @@ class Statements(Protocol):
     async def read_back(self, session: Any, ids: list[str]) -> dict[str, Doc]:
         """The records of `ids`, as this transaction sees them (one find)."""
 
-    async def remove_stamped(self, session: Any, gone: list[tuple[str, int]]) -> None:
-        """Delete the records stamped with these revisions (one command)."""
+    async def before(self, session: Any, writes: list[Write], revisions: list[int]) -> None:
+        """Statements on other collections for the whole batch, after the claim and
+        before the records' commands: ONE command per collection whatever the batch's
+        size (a write's closures may read what this leaves in `Write.extra`)."""
+
+    async def remove_stamped(self, session: Any, gone: list[Doc]) -> None:
+        """Delete these stamped records (as read back: `_id`, `revision`), one command."""
 
 
 # transact(fn, timeout): fn(session) in one transaction within `timeout` seconds, driver
@@ -354,6 +360,9 @@ class GroupWriter:
         order = sorted(pending, key=lambda q: q.write.kind)  # stable: queue order within
         first = await self._statements.claim(session, len(order))
         revision = {id(q): first + i for i, q in enumerate(order)}
+        await self._statements.before(
+            session, [q.write for q in order], [revision[id(q)] for q in order]
+        )
         inserts = [q for q in order if q.write.kind is Kind.INSERT]
         changes = [q for q in order if q.write.kind is not Kind.INSERT]
         await self._bulk(session, inserts, revision)
@@ -362,7 +371,7 @@ class GroupWriter:
         if changes:
             docs = await self._statements.read_back(session, [q.write.asset_id for q in changes])
         gone = [
-            (q.write.asset_id, revision[id(q)])
+            docs[q.write.asset_id]
             for q in changes
             if q.write.kind is Kind.DELETE and applied(docs.get(q.write.asset_id), revision[id(q)])
         ]
