@@ -53,19 +53,21 @@ class FakeCollection:
 
     # --- reads ---------------------------------------------------------------------------
 
-    async def _read_view(self, session: Any) -> tuple[dict[Any, dict[str, Any]], Txn | None]:
+    async def _read_view(
+        self, session: Any, keys: list[Any] | None = None
+    ) -> tuple[dict[Any, dict[str, Any]], Txn | None]:
         """What a read sees: the transaction's snapshot, or the read concern's state."""
         server = self.server
         if _in_transaction(session):
             txn = server.txn_for(session)
             session._transaction.set_in_progress()
-            return server.view(self.name, txn.snapshot, txn), txn
+            return server.view(self.name, txn.snapshot, txn, keys), txn
         level = self.read_concern.level or "local"
         if session is not None and session.options.snapshot:
             at = getattr(session, "_fake_snapshot", None)
             if at is None:
                 at = session._fake_snapshot = server.commit_point
-            return server.view(self.name, at), None
+            return server.view(self.name, at, None, keys), None
         if level == "majority":
             after = None
             if session is not None and session.options.causal_consistency:
@@ -82,7 +84,7 @@ class FakeCollection:
             at = server.optime
         if session is not None and session.options.causal_consistency:
             session.advance_operation_time(Timestamp(max(at, 1), 0))
-        return server.view(self.name, at), None
+        return server.view(self.name, at, None, keys), None
 
     async def find_one(
         self,
@@ -138,7 +140,7 @@ class FakeCollection:
         if txn is None:
             # Outside a transaction: wait for any transaction holding the target, THEN
             # read it (the write applies to what that transaction committed).
-            current = server.view(self.name, server.optime)
+            current = server.view(self.name, server.optime, None, _keys(target, op))
             keys = [k for k, d in current.items() if matches(d, target, server.now())]
             lsid = lsid_of(session) if session is not None else None
 
@@ -148,7 +150,7 @@ class FakeCollection:
             with interrupted_as_errors():
                 await server.wait_for(free, lsid, "waiting for a transaction's lock")
         at = txn.snapshot if txn is not None else server.optime
-        seen = server.view(self.name, at, txn)
+        seen = server.view(self.name, at, txn, _keys(target, op))
         before: dict[str, Any] | None
         after: dict[str, Any] | None
         if op == "insert":
@@ -169,7 +171,7 @@ class FakeCollection:
             else:
                 after = None
         if after is not None:
-            server.check(self.name, after, seen)
+            server.check(self.name, after, at, txn)
         key = (before or after or {}).get("_id")
         if before is None and after is None:
             return None, None
@@ -281,6 +283,23 @@ class FakeCollection:
         raise NotImplementedError(type(op).__name__)
 
 
+def _keys(target: Mapping[str, Any], op: str) -> list[Any] | None:
+    """The `_id`s a filter (or an inserted document) names, if it names them: only those
+    documents can match (a shortcut: the answer is the same as a scan's)."""
+    if op == "insert":
+        return [target["_id"]]
+    wanted = target.get("_id")
+    if wanted is None:
+        return None
+    if isinstance(wanted, Mapping):
+        if set(wanted) == {"$in"}:
+            return list(wanted["$in"])
+        if set(wanted) == {"$eq"}:
+            return [wanted["$eq"]]
+        return None
+    return [wanted]
+
+
 def _kind(op: Any) -> str:
     if isinstance(op, InsertOne):
         return "insert"
@@ -338,7 +357,7 @@ class FakeCursor:
         server = self.collection.server
         session = self.session
         await server.round_trip(session, "find", self.collection.name, _in_transaction(session))
-        seen, _ = await self.collection._read_view(session)
+        seen, _ = await self.collection._read_view(session, _keys(self.flt, "find"))
         docs = [d for d in seen.values() if matches(d, self.flt, server.now())]
         docs = _sorted(docs, self._sort) if self._sort else docs
         if self._limit:

@@ -133,6 +133,8 @@ class Server:
         self.users: dict[bytes, str] = {}  # who used each session first
         self.killed: list[bytes] = []
         self.commands: list[Command] = []
+        self.record = True  # keep `commands` (the benchmark turns it off)
+        self.conflicts = 0  # WriteConflicts raised
         self.clock = _dt.datetime(2026, 5, 6, 7, 8, 9, tzinfo=_dt.UTC)  # $$NOW
         self._interrupts: dict[bytes, int] = {}  # a wait to interrupt, with its code
         self._waiting: set[bytes] = set()  # sessions with an operation waiting
@@ -158,7 +160,8 @@ class Server:
             session._transaction.set_in_progress()  # as pymongo does just before sending
         if lsid is not None:
             self.users.setdefault(lsid, getattr(session._client, "_fake_user", "app"))
-        self.commands.append(Command(lsid, name, collection, in_transaction, time.monotonic()))
+        if self.record:
+            self.commands.append(Command(lsid, name, collection, in_transaction, time.monotonic()))
         remaining = _csot.remaining()
         error: BaseException | None = None
         if self.down:
@@ -214,16 +217,20 @@ class Server:
                 return optime, doc
         return 0, None
 
-    def view(self, coll: str, at: int, txn: Txn | None = None) -> dict[Any, dict[str, Any]]:
-        """The collection as of optime `at`, with `txn`'s own writes over it."""
+    def view(
+        self, coll: str, at: int, txn: Txn | None = None, keys: list[Any] | None = None
+    ) -> dict[Any, dict[str, Any]]:
+        """The collection as of optime `at`, with `txn`'s own writes over it (only the
+        documents with these `_id`s, when the filter names them)."""
         seen = {}
-        for key in self.versions.get(coll, {}):
+        docs = self.versions.get(coll, {})
+        for key in docs if keys is None else [k for k in keys if k in docs]:
             doc = self.version(coll, key, at)[1]
             if doc is not None:
                 seen[key] = doc
         if txn is not None:
             for (c, key), doc in txn.writes.items():
-                if c != coll:
+                if c != coll or (keys is not None and key not in keys):
                     continue
                 if doc is None:
                     seen.pop(key, None)
@@ -249,12 +256,14 @@ class Server:
         self.versions.setdefault(coll, {}).setdefault(key, []).append((self.optime, None))
         self.commit_point = self.optime
 
-    def check(self, coll: str, doc: dict[str, Any], seen: Mapping[Any, dict[str, Any]]) -> None:
+    def check(self, coll: str, doc: dict[str, Any], at: int, txn: Txn | None) -> None:
         """Unique indexes and validation, as one statement's write errors."""
         valid = self.validators.get(coll)
         if valid is not None and not valid(doc):
             raise StatementError(121, "Document failed validation")
-        for name in self.unique.get(coll, ()):
+        unique = self.unique.get(coll, ())
+        seen = self.view(coll, at, txn) if unique else {}
+        for name in unique:
             for other in seen.values():
                 if other["_id"] != doc["_id"] and name in doc and other.get(name) == doc[name]:
                     raise StatementError(
@@ -302,6 +311,7 @@ class Server:
         holder = self.locks.get((coll, key))
         changed_since = self.version(coll, key, self.optime)[0] > txn.snapshot
         if (holder is not None and holder != txn.lsid) or changed_since:
+            self.conflicts += 1
             self.abort(txn)
             raise write_conflict()
         self.locks[(coll, key)] = txn.lsid
