@@ -54,9 +54,12 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 # A transaction that lost the counter to a peer's tries again after a random pause of up
-# to BACKOFF_FIRST * 2**(n-1) seconds, capped: a few round trips, the time a peer holds the
-# counter (pymongo's with_transaction grows to 500 ms, many peers' batches long).
-BACKOFF_FIRST = 0.002
+# to BACKOFF_FIRST * 2**(n-1) seconds, capped by about the time a transaction holds the
+# counter (what this process's last ones took), within BACKOFF_CAP: a loser then tries
+# again within about one peer's turn, not many (pymongo's with_transaction grows to 500
+# ms). Measured with scripts/mongo_write_model.py (docs/mongodb.md): a 50 ms cap let the
+# slowest of 8 processes get half the fastest's writes; about one turn, 0.8 and more.
+BACKOFF_FIRST = 0.001
 BACKOFF_CAP = 0.05
 # The counter: it must exist from open() on (MongoStore.open lifts it to the highest
 # stored revision); created on the fly it would start again at 1.
@@ -73,8 +76,11 @@ class _Ambiguous(Exception):
         self.cause = cause
 
 
-def backoff(attempt: int) -> float:
-    return random.uniform(0, min(BACKOFF_CAP, BACKOFF_FIRST * 2 ** (attempt - 1)))
+def backoff(attempt: int, turn: float = BACKOFF_CAP) -> float:
+    """A random pause before try `attempt` + 1; `turn`: how long a transaction holds the
+    counter, about."""
+    cap = min(BACKOFF_CAP, max(BACKOFF_FIRST, turn))
+    return random.uniform(0, min(cap, BACKOFF_FIRST * 2 ** (attempt - 1)))
 
 
 def _definitely_aborted(exc: PyMongoError) -> bool:
@@ -105,6 +111,7 @@ class Transactional:
     _doubtful: list[Mapping[str, Any]]
     _ending: asyncio.Task[None] | None
     operation_timeout: float
+    _turn: float = BACKOFF_CAP  # how long a transaction of ours takes, about
 
     async def _kill_sessions(self, lsids: list[Mapping[str, Any]]) -> None:
         raise NotImplementedError
@@ -134,17 +141,23 @@ class Transactional:
                 while True:
                     attempt += 1
                     session = await self._writer_session()
+                    began = asyncio.get_running_loop().time()
                     try:
-                        return await self._attempt(session, fn)
+                        result = await self._attempt(session, fn)
                     except PyMongoError as exc:
                         if isinstance(exc, OperationFailure) and exc.code == WRITE_CONFLICT:
                             conflict = exc
                         if not _definitely_aborted(exc):
                             raise
-                        pause = backoff(attempt)
+                        pause = backoff(attempt, self._turn)
                         if time.monotonic() + pause - started >= seconds:
                             raise
                         await asyncio.sleep(pause)
+                    else:
+                        # A moving average of how long a transaction holds the counter.
+                        took = asyncio.get_running_loop().time() - began
+                        self._turn += (took - self._turn) / 8
+                        return result
         except _Ambiguous as exc:
             raise OutcomeUnknown(
                 f"MongoDB did not confirm the commit, which may or may not have applied: "

@@ -9,7 +9,6 @@ decide (snapshots, conflicts, aborts, majority) by _server.py.
 
 from __future__ import annotations
 
-import copy
 import itertools
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
@@ -23,6 +22,7 @@ from pymongo.results import BulkWriteResult, DeleteResult, InsertOneResult, Upda
 
 from tests.unit.mongo_fake._evaluate import (
     apply_update,
+    clone,
     compare,
     get_path,
     matches,
@@ -154,7 +154,7 @@ class FakeCollection:
         before: dict[str, Any] | None
         after: dict[str, Any] | None
         if op == "insert":
-            before, after = None, copy.deepcopy(dict(target))
+            before, after = None, clone(dict(target))
             if after["_id"] in seen:
                 raise StatementError(11000, f"E11000 duplicate key error collection: {self.name}")
         else:

@@ -9,7 +9,6 @@ Only the operators the store uses are implemented; any other raises NotImplement
 
 from __future__ import annotations
 
-import copy
 import datetime as _dt
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -90,6 +89,19 @@ def equal(a: Any, b: Any) -> bool:
 
 
 # --- documents ---------------------------------------------------------------------
+
+
+def clone(value: Any) -> Any:
+    """A deep copy of a document: containers copied, scalars (immutable) shared."""
+    if isinstance(value, dict):
+        return {k: clone(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [clone(v) for v in value]
+    return value
+
+
+def clone_doc(doc: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: clone(v) for k, v in doc.items()}
 
 
 def get_path(doc: Any, path: str) -> Any:
@@ -201,6 +213,8 @@ def _operator(value: Any, op: str, arg: Any, now: _dt.datetime) -> bool:
     if op == "$lte":
         return _bracketed(value, arg, lambda c: c <= 0)
     if op == "$in":
+        if isinstance(value, str) and all(isinstance(a, str) for a in arg):
+            return value in set(arg)  # the same answer, without comparing one by one
         return any(_eq(value, a) for a in arg)
     if op == "$nin":
         return not any(_eq(value, a) for a in arg)
@@ -368,7 +382,7 @@ def apply_update(
     """`doc` after an update document (operators) or an update pipeline.
     https://www.mongodb.com/docs/manual/reference/operator/update/ and
     https://www.mongodb.com/docs/manual/tutorial/update-with-aggregation-pipeline/"""
-    out = copy.deepcopy(doc)
+    out = clone_doc(doc)
     if isinstance(update, list):
         for stage in update:
             out = _stage(out, stage, now)
@@ -377,13 +391,13 @@ def apply_update(
         for path, value in fields.items():
             current = get_path(out, path)
             if op == "$set":
-                set_path(out, path, copy.deepcopy(value))
+                set_path(out, path, clone(value))
             elif op == "$unset":
                 unset_path(out, path)
             elif op == "$setOnInsert":
                 # https://www.mongodb.com/docs/manual/reference/operator/update/setOnInsert/
                 if inserting:
-                    set_path(out, path, copy.deepcopy(value))
+                    set_path(out, path, clone(value))
             elif op == "$inc":
                 # A missing field is created with the increment:
                 # https://www.mongodb.com/docs/manual/reference/operator/update/inc/
@@ -409,9 +423,9 @@ def upsert_base(flt: Mapping[str, Any]) -> dict[str, Any]:
         if key.startswith("$"):
             continue
         if not _is_operator_doc(cond):
-            set_path(base, key, copy.deepcopy(cond))
+            set_path(base, key, clone(cond))
         elif "$eq" in cond:
-            set_path(base, key, copy.deepcopy(cond["$eq"]))
+            set_path(base, key, clone(cond["$eq"]))
     return base
 
 
@@ -425,7 +439,7 @@ def _stage(doc: dict[str, Any], stage: Mapping[str, Any], now: _dt.datetime) -> 
         # expression sees the document as it entered the stage; $$REMOVE removes the field.
         # (Whether a $$REMOVE under a missing parent creates the parent, the manual does
         # not say: here it does not.)
-        entering = copy.deepcopy(doc)
+        entering = clone_doc(doc)
         for path, expr in spec.items():
             value = evaluate(expr, entering, now)
             if value is REMOVE or value is MISSING:
@@ -451,7 +465,7 @@ def aggregate(
     docs: Sequence[Mapping[str, Any]], pipeline: Sequence[Mapping[str, Any]], now: _dt.datetime
 ) -> list[dict[str, Any]]:
     """Run $match / $set / $addFields / $unset / $replaceWith stages over `docs`."""
-    out = [copy.deepcopy(dict(d)) for d in docs]
+    out = [clone_doc(d) for d in docs]
     for stage in pipeline:
         ((name, spec),) = stage.items()
         if name == "$match":
@@ -464,7 +478,7 @@ def aggregate(
 def project(doc: Mapping[str, Any], projection: Mapping[str, Any] | None) -> dict[str, Any]:
     """Inclusion or exclusion projection of plain fields (`_id` kept unless excluded):
     https://www.mongodb.com/docs/manual/tutorial/project-fields-from-query-results/"""
-    out = copy.deepcopy(dict(doc))
+    out = clone_doc(doc)
     if not projection:
         return out
     fields = {k: v for k, v in projection.items() if k != "_id"}

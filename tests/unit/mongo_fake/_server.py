@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import datetime as _dt
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -57,6 +56,8 @@ from pymongo.errors import (
     WriteConcernError,
     WriteError,
 )
+
+from tests.unit.mongo_fake._evaluate import clone
 
 TRANSIENT = "TransientTransactionError"
 # Waits with no client-side deadline still end, so that no test can hang.
@@ -246,7 +247,7 @@ class Server:
         """Set up a committed, replicated document (test fixtures)."""
         self.optime += 1
         self.versions.setdefault(coll, {}).setdefault(doc["_id"], []).append(
-            (self.optime, copy.deepcopy(doc))
+            (self.optime, clone(doc))
         )
         self.commit_point = self.optime
 
@@ -297,7 +298,7 @@ class Server:
             self.optime += 1
             for (coll, key), doc in txn.writes.items():
                 self.versions.setdefault(coll, {}).setdefault(key, []).append(
-                    (self.optime, copy.deepcopy(doc))
+                    (self.optime, clone(doc))
                 )
             txn.committed_at = self.optime
         for target, holder in list(self.locks.items()):
@@ -315,7 +316,7 @@ class Server:
             self.abort(txn)
             raise write_conflict()
         self.locks[(coll, key)] = txn.lsid
-        txn.writes[(coll, key)] = copy.deepcopy(doc)
+        txn.writes[(coll, key)] = clone(doc)
 
     async def write_alone(
         self, session: Any, coll: str, key: Any, doc: dict[str, Any] | None
@@ -324,9 +325,7 @@ class Server:
         lsid = lsid_of(session) if session is not None else None
         await self.wait_for(lambda: (coll, key) not in self.locks, lsid, "waiting for a lock")
         self.optime += 1
-        self.versions.setdefault(coll, {}).setdefault(key, []).append(
-            (self.optime, copy.deepcopy(doc))
-        )
+        self.versions.setdefault(coll, {}).setdefault(key, []).append((self.optime, clone(doc)))
         return self.optime
 
     async def majority(self, optime: int, lsid: bytes | None) -> None:
