@@ -589,8 +589,12 @@ async def test_a_failing_feed_makes_ping_and_health_fail_until_it_reads_again() 
 
 
 async def test_streams_are_opened_with_the_pipeline_that_drops_duplicate_values() -> None:
+    """The stages the store sends are EVALUATED (tests/unit/mongo_fake: each operator as
+    the manual describes it) over events shaped like the server's, not compared with the
+    store's own constant; the same events run on MongoDB itself in
+    tests/contract/test_mongo_change_pipeline.py (MONGODB_URI)."""
     from asset_service.store.mongo import MongoStore
-    from asset_service.store.mongo._feed import CHANGE_STREAM_PIPELINE
+    from tests.unit.mongo_fake import aggregate
 
     store = MongoStore("mongodb://127.0.0.1:1/db")
     assets = _Collection()
@@ -598,12 +602,38 @@ async def test_streams_are_opened_with_the_pipeline_that_drops_duplicate_values(
     await store._open_stream(token(3))
     ((args, kwargs),) = assets.watched
     pipeline = args[0] if args else kwargs.get("pipeline")
-    assert pipeline == CHANGE_STREAM_PIPELINE
     assert kwargs["resume_after"] == token(3) and kwargs["full_document"] == "updateLookup"
-    stages = str(pipeline)
-    assert "updateDescription.updatedFields.value_content" in stages
-    assert "fullDocumentBeforeChange.value_content" in stages
-    assert "_id" not in stages  # changing an event's _id breaks resuming (error 280)
+    value = b"v" * 1024
+    assert pipeline is not None
+    events: list[dict[str, Any]] = [
+        {"_id": token(1), "operationType": "insert", "fullDocument": {"value_content": value}},
+        {
+            "_id": token(2),
+            "operationType": "update",
+            "fullDocument": {"value_content": value, "status": "AVAILABLE"},
+            "updateDescription": {"updatedFields": {"value_content": value, "status": "AVAILABLE"}},
+            "fullDocumentBeforeChange": {
+                "label": "l",
+                "value_kind": "BYTES",
+                "value_content": value,
+            },
+        },
+        {
+            "_id": token(3),
+            "operationType": "update",
+            "fullDocument": None,  # deleted before the event was read
+            "updateDescription": {"updatedFields": {"value_content": value}},
+        },
+    ]
+    inserted, updated, orphaned = aggregate(events, pipeline, datetime.now(UTC))
+    assert inserted["fullDocument"]["value_content"] == value
+    assert updated["fullDocument"]["value_content"] == value  # the post-image keeps it
+    assert updated["updateDescription"]["updatedFields"] == {"status": "AVAILABLE"}
+    assert updated["fullDocumentBeforeChange"] == {"label": "l"}
+    # Without a post-image the update's own fields are all the feed has: kept.
+    assert orphaned["updateDescription"]["updatedFields"]["value_content"] == value
+    # A changed _id (the resume token) would break resuming (error 280).
+    assert [e["_id"] for e in (inserted, updated, orphaned)] == [token(1), token(2), token(3)]
     await store.close()
 
 
