@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
-	$(PY) -m pip install --quiet -e clients/python
+	$(PY) -m pip install --quiet -e 'clients/python[cli]'
 	touch $@ $(RUN_STAMP)
 
 # What `make run` needs and nothing more: the server's dependencies exactly as locked (the

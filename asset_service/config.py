@@ -132,7 +132,8 @@ class Settings:
         INTERVAL,
         "1s",
         "time between sweeps that fail PENDING assets whose lease ran out: such an asset "
-        "becomes FAILED at most this long after its lease_expire_time",
+        "becomes FAILED at most this long after its lease_expire_time (one server sweeps at "
+        "a time; if it dies, another takes over within three intervals)",
         group="service",
         flag="--lease-check-interval",
     )
@@ -317,10 +318,21 @@ class Settings:
     watch_history_bytes: int = setting(
         SIZE,
         "32MiB",
-        "latest changes kept (records without values, ~1 KiB each) so that selector watches "
-        "can resume from a revision; an older one is refused with OUT_OF_RANGE and the client "
-        "lists again",
+        "latest changes kept in memory (records without values, ~1 KiB each) from which "
+        "selector watches are served; a watch from an older revision is replayed from the "
+        "store (see --watch-tombstone-ttl)",
         group="limits",
+    )
+    watch_tombstone_ttl_seconds: float = setting(
+        INTERVAL,
+        "1h",
+        "how long the store keeps a deleted asset's tombstone (its id, revision, deleter and "
+        "selector fields): a selector watch that resumes from a revision the in-memory "
+        "history no longer holds is replayed from the store as far back as this (swept every "
+        "tenth of it, at most every 10 min); an older revision gets OUT_OF_RANGE and the "
+        "client lists again",
+        group="limits",
+        flag="--watch-tombstone-ttl",
     )
     watch_stall_timeout_seconds: float = setting(
         INTERVAL,

@@ -140,11 +140,13 @@ SETTLE_INTERVAL = 5.0
 
 
 async def _expire_leases(manager: AssetManager, interval: float) -> None:
-    """Fail PENDING assets whose lease ran out (every server process sweeps; each asset's
-    conditional transition has one winner)."""
+    """Fail PENDING assets whose lease ran out: the server process holding the store's
+    sweep claim does (it keeps it for a few intervals); each asset's conditional
+    transition has one winner in any case."""
+    hold = max(3 * interval, 3.0)
     while True:
         try:
-            await manager.expire_leases()
+            await manager.expire_leases(hold)
         except (AssetError, OSError) as exc:
             log.warning("lease sweep failed: %s", exc)
         await asyncio.sleep(interval)
@@ -165,6 +167,22 @@ async def _expire_upload_sessions(manager: AssetManager, interval: float) -> Non
             await manager.sweep_upload_sessions()
         except (AssetError, OSError) as exc:
             log.warning("upload session sweep failed: %s", exc)
+
+
+def _tenth(ttl: float) -> float:
+    """A tenth of a TTL, between 1 s and 10 min."""
+    return min(600.0, max(1.0, ttl / 10))
+
+
+async def _sweep_tombstones(manager: AssetManager, interval: float) -> None:
+    """Remove deleted assets' tombstones past --watch-tombstone-ttl (every server process
+    sweeps; each removal is idempotent)."""
+    while True:
+        try:
+            await manager.sweep_tombstones()
+        except (AssetError, OSError) as exc:
+            log.warning("tombstone sweep failed: %s", exc)
+        await asyncio.sleep(interval)
 
 
 async def _settle_unknown_outcomes(manager: AssetManager) -> None:
@@ -345,6 +363,7 @@ async def start(settings: Settings, store: MetadataStore | None = None) -> Runni
         manifest_ttl_seconds=settings.manifest_ttl_seconds,
         watch_buffer_bytes=settings.watch_buffer_bytes,
         watch_history_bytes=settings.watch_history_bytes,
+        watch_tombstone_ttl_seconds=settings.watch_tombstone_ttl_seconds,
         max_lease_seconds=settings.max_lease_seconds,
         upload_session_ttl_seconds=settings.upload_session_ttl_seconds,
     )
@@ -395,6 +414,9 @@ async def start(settings: Settings, store: MetadataStore | None = None) -> Runni
         asyncio.create_task(_settle_unknown_outcomes(manager)),
         asyncio.create_task(_expire_leases(manager, settings.lease_check_interval_seconds)),
         asyncio.create_task(_expire_upload_sessions(manager, _session_sweep_interval(settings))),
+        asyncio.create_task(
+            _sweep_tombstones(manager, _tenth(settings.watch_tombstone_ttl_seconds))
+        ),
     ]
     if settings.scrub_rate_mib > 0:
         rate = settings.scrub_rate_mib * 1024 * 1024

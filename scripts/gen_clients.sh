@@ -5,7 +5,7 @@
 #   scripts/gen_clients.sh OUT_DIR    # write the same tree under OUT_DIR instead (to diff)
 #
 # Every generator is pinned by a lock file of the repository: buf by tools/package-lock.json,
-# protoc-gen-go and protoc-gen-go-grpc by the `tool` lines of clients/go/go.mod (run through
+# protoc-gen-go and protoc-gen-go-grpc by the `tool` lines of clients/go/tools/go.mod (run through
 # `go tool`), protoc-gen-ts_proto by clients/typescript/package-lock.json.
 set -euo pipefail
 

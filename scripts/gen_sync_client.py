@@ -38,6 +38,7 @@ NAMES = {
     "AsyncAssetClient": "AssetClient",
     "aclose": "close",
     "AsyncLeaseKeeper": "LeaseKeeper",
+    "AsyncMaterializer": "Materializer",
 }
 
 # Whole methods of AsyncAssetClient replaced by a blocking version. grpc's asyncio client

@@ -69,6 +69,11 @@ def missing_backends() -> dict[str, str]:
         missing["mongo"] = "MONGODB_URI not set (a replica set URL; see docs/mongodb.md)"
     if not ferretdb_binary().is_file():
         missing["ferretdb"] = f"{ferretdb_binary()} missing (`make ferretdb` builds it)"
+    if not os.environ.get("MONGODB_FAILOVER"):
+        missing["mongo_failover"] = (
+            "MONGODB_FAILOVER not set (a command that makes MONGODB_URI's replica set elect "
+            "another primary; see docs/mongodb.md)"
+        )
     return missing
 
 

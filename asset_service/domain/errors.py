@@ -30,6 +30,16 @@ class Conflict(AssetError):
     """A concurrent writer changed the asset first; re-read and retry if still relevant."""
 
 
+class LeaseRanOut(Conflict):
+    """A promise's lease had run out, by the store's clock, when a renewal or a fulfilment
+    reached the store. `expires_at` is when it ran out (a datetime, UTC)."""
+
+    def __init__(self, asset_id: str, expires_at: object) -> None:
+        super().__init__(f"asset {asset_id}'s lease ran out at {expires_at}")
+        self.asset_id = asset_id
+        self.expires_at = expires_at
+
+
 class PermissionDenied(AssetError):
     """A server-side path lies outside the configured import roots (or crosses a symlink)."""
 
@@ -55,18 +65,26 @@ class Timeout(AssetError):
 
 
 class HistoryGone(AssetError):
-    """A selector watch asked for changes older than this server's change history."""
+    """A selector watch asked for changes this server can no longer replay: older than
+    the deletions the store keeps, or from before a rollback."""
 
-    def __init__(self, after: int, floor: int | None) -> None:
-        held = (
-            f"it holds the changes after revision {floor}"
-            if floor is not None
-            else "it is starting anew after its change source lost its place"
-        )
+    def __init__(self, after: int, floor: int | None, why: str = "") -> None:
+        if why:
+            problem = f"revision {after} cannot be replayed ({why})"
+        elif floor is not None:
+            problem = (
+                f"revision {after} is older than this server's change history (it can replay "
+                f"the changes after revision {floor}; the store keeps deleted assets' "
+                "tombstones for --watch-tombstone-ttl)"
+            )
+        else:
+            problem = (
+                f"revision {after} is older than this server's change history (it is "
+                "starting anew after its change source lost its place)"
+            )
         super().__init__(
-            f"revision {after} is older than this server's change history ({held}; it keeps "
-            "the latest --watch-history-bytes of changes and begins at each start): list "
-            "again (ListAssets gives the revision of its page) and watch from that revision"
+            f"{problem}: list again (ListAssets gives the revision of its page) and watch "
+            "from that revision"
         )
         self.after = after
         self.floor = floor

@@ -146,6 +146,9 @@ class ChangeHub:
         self._buffer_bytes = buffer_bytes
         self._task: asyncio.Task[None] | None = None
         self._run: tuple[int, int] | None = None  # (first, last) revision delivered in a row
+        # The last change published since the history began (again): a later one with a
+        # revision not above it means the database went back in time.
+        self._last: Change | None = None
         self._advanced = asyncio.Event()
         self._closed = False
         self._slim: tuple[Asset, Asset] | None = None  # the last record slimmed, and its slim
@@ -225,6 +228,7 @@ class ChangeHub:
         """The source lost history: every subscriber must re-read current state, and the
         selector watches' history starts anew once its floor is read again."""
         self._run = None
+        self._last = None
         self.history.lost()
         self._floor_pending = self._current_revision is not None
         for subs in tuple(self._by_id.values()):
@@ -253,7 +257,34 @@ class ChangeHub:
             log.warning("cannot begin the change history (selector watches wait): %s", exc)
             return
         self._floor_pending = False
+        if floor < self.history.last:
+            log.warning(
+                "the store's revision is %d, below revision %d already handed out: the "
+                "database went back in time (a rollback or a restore)",
+                floor,
+                self.history.last,
+            )
         self.history.start(floor)
+
+    def _order(self, change: Change) -> str:
+        """How `change` follows the last one published: "new"; "again" if it is that
+        change (a resumed source sends it twice: not published again); "back" if the
+        database went back in time: a revision below it, or its revision with other
+        content (a failover that rolled back writes hands their revisions out again)."""
+        last = self._last
+        if last is not None and change.revision <= last.revision:
+            if change == last:
+                return "again"
+            log.warning(
+                "change source went back in time: revision %d (asset %s) after %d (asset "
+                "%s); watchers re-read state and selector watchers list again",
+                change.revision,
+                change.asset.id,
+                last.revision,
+                last.asset.id,
+            )
+            return "back"
+        return "new"
 
     async def _pump(self, source: AsyncIterator[Change | Resync]) -> None:
         try:
@@ -265,9 +296,14 @@ class ChangeHub:
                     self.mark_all_lagged()
                     await self._read_floor()
                 else:
-                    if self._floor_pending:
-                        await self._read_floor()
-                    self.publish(change)
+                    order = self._order(change)
+                    if order == "back":
+                        self.mark_all_lagged()
+                    if order != "again":
+                        if self._floor_pending:
+                            await self._read_floor()
+                        self._last = change
+                        self.publish(change)
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # the source is dead: nobody may wait forever

@@ -22,7 +22,6 @@ from asset_service.domain.models import (
     Corruption,
     Failure,
     Fulfillment,
-    Renewal,
     Resync,
     Status,
     Value,
@@ -31,6 +30,7 @@ from asset_service.domain.models import (
 )
 from asset_service.store.mongo import MongoStore
 from asset_service.store.mongo._schema import ASSET_INDEXES
+from asset_service.store.mongo._tombstones import TOMBSTONE_INDEXES
 from tests.contract.conftest import Backend, _drop, _fresh_database
 from tests.records import pending_record
 
@@ -198,147 +198,6 @@ async def test_racing_transitions_have_exactly_one_winner(backend: Backend) -> N
     assert len(winners) == 1, results
     assert all(isinstance(r, Conflict) for r in others), others
     assert await store.get(a.id) == winners[0]
-
-
-# --- leases ----------------------------------------------------------------------------
-
-LEASE_END = T0 + timedelta(seconds=30)
-
-
-def leased(end: datetime = LEASE_END, seconds: int = 30) -> Asset:
-    return dataclasses.replace(pending(), lease_seconds=seconds, lease_expires_at=end)
-
-
-def lease_failure(reason: str = "lease expired") -> Failure:
-    return Failure(reason, by="lease", lease_ran_out=True)
-
-
-async def test_a_lease_round_trips_to_the_millisecond(backend: Backend) -> None:
-    store = backend.store
-    a = await store.insert(leased())
-    got = await store.get(a.id)
-    assert got == a
-    assert got.lease_seconds == 30 and got.lease_expires_at == LEASE_END
-    assert got.lease_expires_at.tzinfo is not None
-    plain = await store.insert(pending())
-    assert (await store.get(plain.id)).lease_expires_at is None  # type: ignore[union-attr]
-
-
-async def test_a_renewal_applies_only_before_the_lease_runs_out(backend: Backend) -> None:
-    store = backend.store
-    a = await store.insert(leased())
-    later = LEASE_END + timedelta(seconds=60)
-    just_before = LEASE_END - timedelta(milliseconds=1)
-    renewed = await store.transition(a.id, Status.PENDING, Renewal(later, by="worker"), just_before)
-    assert renewed.status is Status.PENDING and renewed.lease_expires_at == later
-    assert renewed.revision > a.revision and renewed.updated_by == "worker"
-    assert renewed.updated_at == just_before
-    assert await store.get(a.id) == renewed
-    # At the very end (and after it) the lease has run out: a renewal is refused.
-    for now in (later, later + timedelta(seconds=1)):
-        with pytest.raises(Conflict) as err:
-            await store.transition(a.id, Status.PENDING, Renewal(later + timedelta(hours=1)), now)
-        assert "lease ran out" in err.value.message
-    assert await store.get(a.id) == renewed
-
-
-async def test_a_lease_failure_applies_only_once_the_lease_ran_out(backend: Backend) -> None:
-    store = backend.store
-    a = await store.insert(leased())
-    with pytest.raises(Conflict) as err:
-        await store.transition(
-            a.id, Status.PENDING, lease_failure(), LEASE_END - timedelta(milliseconds=1)
-        )
-    assert "has not run out" in err.value.message
-    assert (await store.get(a.id)) == a
-    failed = await store.transition(a.id, Status.PENDING, lease_failure("expired!"), LEASE_END)
-    assert failed.status is Status.FAILED and failed.failure_reason == "expired!"
-    assert failed.updated_by == "lease" and failed.lease_expires_at == LEASE_END
-    with pytest.raises(Conflict) as err:
-        await store.transition(a.id, Status.PENDING, lease_failure(), LEASE_END)
-    assert "FAILED" in err.value.message
-
-
-async def test_a_fulfilment_applies_only_before_the_lease_runs_out(backend: Backend) -> None:
-    """A lease that ran out is out for every caller, before the sweep fails the promise
-    too: the conditional write itself checks it, as for a renewal."""
-    store = backend.store
-    a = await store.insert(leased())
-    for now in (LEASE_END, LEASE_END + timedelta(seconds=1)):
-        with pytest.raises(Conflict) as err:
-            await store.transition(a.id, Status.PENDING, FULFILL, now)
-        assert "lease ran out" in err.value.message
-    assert await store.get(a.id) == a
-    done = await store.transition(
-        a.id, Status.PENDING, FULFILL, LEASE_END - timedelta(milliseconds=1)
-    )
-    assert done.status is Status.AVAILABLE
-    # Without a lease a fulfilment applies whenever it comes.
-    plain = await store.insert(pending())
-    late = LEASE_END + timedelta(days=365)
-    assert (await store.transition(plain.id, Status.PENDING, FULFILL, late)).status is (
-        Status.AVAILABLE
-    )
-    # The producer may still fail a promise whose lease ran out (the sweep has not yet).
-    gave_up = await store.insert(leased())
-    failed = await store.transition(
-        gave_up.id, Status.PENDING, Failure("crashed", by="worker"), LEASE_END
-    )
-    assert failed.status is Status.FAILED and failed.failure_reason == "crashed"
-
-
-async def test_without_a_lease_neither_renewal_nor_lease_failure_applies(
-    backend: Backend,
-) -> None:
-    store = backend.store
-    a = await store.insert(pending())
-    for change in (Renewal(LEASE_END), lease_failure()):
-        with pytest.raises(Conflict):
-            await store.transition(a.id, Status.PENDING, change, T0)
-    assert await store.get(a.id) == a
-
-
-async def test_leases_run_out_lists_due_pending_assets_earliest_first(backend: Backend) -> None:
-    store = backend.store
-    ends = [T0 + timedelta(seconds=s) for s in (5, 1, 3, 2, 4)]
-    due = [await store.insert(leased(end)) for end in ends]
-    future = await store.insert(leased(T0 + timedelta(hours=1)))
-    await store.insert(pending())  # no lease
-    settled = await store.insert(leased(T0))
-    await store.transition(settled.id, Status.PENDING, FULFILL, T0 - timedelta(milliseconds=1))
-    now = T0 + timedelta(seconds=5)  # the 5 s lease ends exactly now: it has run out
-    got = await store.leases_run_out(now, 10)
-    by_end = sorted(due, key=lambda a: a.lease_expires_at or now)
-    assert [a.id for a in got] == [a.id for a in by_end]
-    assert future.id not in {a.id for a in got}
-    assert [a.id for a in await store.leases_run_out(now, 2)] == [a.id for a in by_end[:2]]
-    assert await store.leases_run_out(T0, 10) == []
-
-
-@pytest.mark.needs("atomic_find_and_modify")
-async def test_racing_renewals_and_expiries_have_exactly_one_kind_of_winner(
-    backend: Backend,
-) -> None:
-    """At the same `now` a renewal and an expiry cannot both apply; expiries racing each
-    other (several server processes sweeping) fail the asset once."""
-    store = backend.store
-    for now in (LEASE_END - timedelta(milliseconds=1), LEASE_END):
-        a = await store.insert(leased())
-        changes = [Renewal(LEASE_END + timedelta(seconds=i)) for i in range(1, 6)]
-        changes += [lease_failure(f"expiry {i}") for i in range(5)]
-        results = await asyncio.gather(
-            *(store.transition(a.id, Status.PENDING, c, now) for c in changes),
-            return_exceptions=True,
-        )
-        applied = [r for r in results if isinstance(r, Asset)]
-        assert all(isinstance(r, (Asset, Conflict)) for r in results), results
-        final = await store.get(a.id)
-        assert final is not None
-        if now < LEASE_END:  # every renewal may apply, in some order; no expiry does
-            assert len(applied) == 5 and final.status is Status.PENDING
-        else:  # exactly one expiry applies, no renewal
-            assert len(applied) == 1 and final.status is Status.FAILED
-            assert final.failure_reason.startswith("expiry ")
 
 
 async def test_delete_returns_last_state_with_a_new_revision(backend: Backend) -> None:
@@ -732,13 +591,16 @@ async def test_a_restart_finds_every_index_and_creates_none(
         created.append(args)
         return []
 
-    monkeypatch.setattr(again._assets, "create_indexes", spy)
-    monkeypatch.setattr(again._assets, "create_index", spy)
+    for collection in (again._assets, again._tombstones):
+        monkeypatch.setattr(collection, "create_indexes", spy)
+        monkeypatch.setattr(collection, "create_index", spy)
     try:
         await again.open()
         assert created == []
         names = {ix["name"] async for ix in await again._assets.list_indexes()}
         assert {m.document["name"] for m in ASSET_INDEXES} <= names
+        names = {ix["name"] async for ix in await again._tombstones.list_indexes()}
+        assert {m.document["name"] for m in TOMBSTONE_INDEXES} <= names
     finally:
         await again.close()
         await _drop(ferretdb_url, name)

@@ -55,6 +55,7 @@ TASK_RPCS = {
     "FulfillAsset",
     "FailAsset",
     "RenewLease",
+    "QueryUpload",
 }
 
 

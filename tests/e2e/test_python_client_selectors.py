@@ -17,6 +17,7 @@ from asset_client import (
     AssetServiceError,
     AssetStatus,
     AssetType,
+    DeadlineExceededError,
     HistoryGoneError,
     WatchEvent,
     WatchEventType,
@@ -64,7 +65,8 @@ def helper(server: ServerProcess) -> Iterator[AssetClient]:
 
 @pytest.fixture
 def small_history_server(start_server: StartServer) -> ServerProcess:
-    return start_server("--watch-history-bytes", "16KiB")
+    """A server that forgets fast: ~16 changes in memory, deletions kept for a second."""
+    return start_server("--watch-history-bytes", "16KiB", "--watch-tombstone-ttl", "1s")
 
 
 def promise(c: AssetClient, task: str, label: str, tags: tuple[str, ...] = ()) -> Asset:
@@ -75,6 +77,24 @@ def push_out_of_history(c: AssetClient, count: int = 60) -> None:
     """~60 KiB of changes of another task: a 16 KiB history no longer holds what came before."""
     for i in range(count):
         promise(c, "filler", f"f{i}")
+
+
+def wait_until_forgotten(c: AssetClient, revision: int) -> None:
+    """Until the server refuses a watch from `revision`: its history has moved past it and
+    the tombstones of deletions since are swept (at most a few seconds here)."""
+    deadline = time.monotonic() + 15
+    while True:
+        events = c.watch_selector(created_by_task="no-such", after_revision=revision, timeout=0.5)
+        try:
+            next(events)
+        except HistoryGoneError:
+            return
+        except DeadlineExceededError:
+            pass
+        finally:
+            close(events)
+        assert time.monotonic() < deadline, f"revision {revision} is still replayed"
+        time.sleep(0.2)
 
 
 def brief(events: list[WatchEvent]) -> list[tuple[WatchEventType, str, AssetStatus]]:
@@ -226,7 +246,10 @@ def test_a_revision_older_than_the_history_raises_history_gone(
 ) -> None:
     client = client_of(small_history_server)
     first = promise(client, "t", "first")
+    client.delete(promise(client, "t", "gone").id)
     push_out_of_history(client)
+    with AssetClient(small_history_server.address, timeout=15) as helper:
+        wait_until_forgotten(helper, first.revision)
 
     with pytest.raises(HistoryGoneError) as info:
         next(client.watch_selector(after_revision=first.revision, timeout=30))
@@ -471,6 +494,7 @@ def test_follow_lists_again_when_the_history_is_gone(
             helper.delete(p[1].id)
             p4 = promise(helper, "job", "p4")
             push_out_of_history(helper)  # R is no longer in the server's history
+            wait_until_forgotten(helper, p[3].revision)  # nor p1's tombstone in the store
             # The rest of the listing; then watching from R is refused, and it lists again.
             got += take(events, 5)
             helper.fulfill(p[2].id, value="two")

@@ -70,8 +70,10 @@ async def test_selector_requests_that_cannot_be_served_are_refused_clearly(
     )
 
 
-async def _first(stub: pb_grpc.AssetServiceStub, request: pb.WatchAssetRequest) -> object:
-    call = stub.WatchAsset(request, timeout=10)
+async def _first(
+    stub: pb_grpc.AssetServiceStub, request: pb.WatchAssetRequest, seconds: float = 10
+) -> object:
+    call = stub.WatchAsset(request, timeout=seconds)
     try:
         return await call.read()
     finally:
@@ -80,27 +82,75 @@ async def _first(stub: pb_grpc.AssetServiceStub, request: pb.WatchAssetRequest) 
 
 @pytest.fixture
 def small_history_server(start_server: StartServer) -> ServerProcess:
-    return start_server("--watch-history-bytes", "16KiB")
+    return start_server("--watch-history-bytes", "16KiB", "--watch-tombstone-ttl", "1s")
 
 
-async def test_a_revision_older_than_the_history_is_out_of_range(
+async def test_a_revision_older_than_the_history_is_replayed_from_the_store(
+    small_history_server: ServerProcess,
+) -> None:
+    """Each asset's latest state after the revision, deletions included, then live changes.
+    Before (issue 21, item 2): OUT_OF_RANGE once ~16 KiB of changes had passed."""
+    async with grpc.aio.insecure_channel(small_history_server.address) as channel:
+        stub = pb_grpc.AssetServiceStub(channel)
+        first = await promise(stub, "t", "first")
+        gone = await promise(stub, "t", "gone")
+        await stub.FulfillAsset(pb.FulfillAssetRequest(asset_id=first.id, value=pb.Value(text="A")))
+        for i in range(60):  # ~60 KiB of records: the history keeps ~16 KiB
+            await promise(stub, "other", f"p{i}")
+        await stub.DeleteAsset(pb.DeleteAssetRequest(asset_id=gone.id))
+        watch = stub.WatchAsset(
+            pb.WatchAssetRequest(
+                selector=pb.AssetSelector(task_id="t"), after_revision=first.revision - 1
+            )
+        )
+        try:
+            got = [await asyncio.wait_for(watch.read(), 10) for _ in range(2)]
+            late = await promise(stub, "t", "late")
+            got.append(await asyncio.wait_for(watch.read(), 10))
+        finally:
+            watch.cancel()
+    assert [(e.type, e.asset.id, e.asset.status) for e in got] == [  # type: ignore[union-attr]
+        (pb.WATCH_EVENT_TYPE_CHANGED, first.id, pb.ASSET_STATUS_AVAILABLE),
+        (pb.WATCH_EVENT_TYPE_DELETED, gone.id, pb.ASSET_STATUS_PENDING),
+        (pb.WATCH_EVENT_TYPE_CHANGED, late.id, pb.ASSET_STATUS_PENDING),
+    ]
+
+
+async def wait_until_swept(stub: pb_grpc.AssetServiceStub, revision: int) -> grpc.aio.AioRpcError:
+    """The server's tombstones after `revision` are swept (--watch-tombstone-ttl 1s) and
+    its history has moved past it: a watch from it is refused. That refusal."""
+    async with asyncio.timeout(15):
+        while True:
+            try:
+                await _first(
+                    stub,
+                    pb.WatchAssetRequest(
+                        selector=pb.AssetSelector(task_id="no-such-task"), after_revision=revision
+                    ),
+                    seconds=0.5,
+                )
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() is grpc.StatusCode.OUT_OF_RANGE:
+                    return exc
+                assert exc.code() is grpc.StatusCode.DEADLINE_EXCEEDED, exc
+            await asyncio.sleep(0.2)
+
+
+async def test_a_revision_older_than_the_kept_tombstones_is_out_of_range(
     small_history_server: ServerProcess,
 ) -> None:
     async with grpc.aio.insecure_channel(small_history_server.address) as channel:
         stub = pb_grpc.AssetServiceStub(channel)
         first = await promise(stub, "t", "first")
-        for i in range(60):  # ~60 KiB of records: the history keeps ~16 KiB
-            await promise(stub, "t", f"p{i}")
-        await asyncio.sleep(0.2)
-        await expect_error(
-            _first(
-                stub,
-                pb.WatchAssetRequest(selector=pb.AssetSelector(), after_revision=first.revision),
-            ),
-            grpc.StatusCode.OUT_OF_RANGE,
-            f"revision {first.revision} is older than this server's change history",
-            "list again",
+        gone = await promise(stub, "t", "gone")
+        await stub.DeleteAsset(pb.DeleteAssetRequest(asset_id=gone.id))
+        for i in range(60):  # past the in-memory history, which would still replay it
+            await promise(stub, "other", f"p{i}")
+        refused = await wait_until_swept(stub, first.revision)
+        assert f"revision {first.revision} is older than this server's change history" in (
+            refused.details() or ""
         )
+        assert "list again" in (refused.details() or "")
         page = await stub.ListAssets(pb.ListAssetsRequest(page_size=1))
         watch = stub.WatchAsset(
             pb.WatchAssetRequest(selector=pb.AssetSelector(), after_revision=page.revision)

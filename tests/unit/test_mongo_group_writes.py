@@ -22,11 +22,12 @@ from pymongo.errors import AutoReconnect
 from asset_service.domain.errors import (
     Conflict,
     FailedPrecondition,
+    LeaseRanOut,
     NotFound,
     OutcomeUnknown,
     Unavailable,
 )
-from asset_service.domain.models import Asset, Failure, Status, new_asset_id
+from asset_service.domain.models import Asset, Failure, Fulfillment, Status, new_asset_id
 from asset_service.store.mongo import MongoStore
 from asset_service.store.mongo._leases import WriterLeases
 from tests.unit.mongo_fake import FakeCollection, Server, attach, install, lsid_of
@@ -34,6 +35,7 @@ from tests.unit.mongo_fake._server import Txn
 from tests.unit.test_mongo_writes import ASSET, closed_port
 
 NOW = ASSET.created_at
+FULFILL = Fulfillment(size_bytes=3, sha256="ab" * 32, storage_path="generated/t/x")
 
 
 @pytest.fixture
@@ -108,8 +110,8 @@ async def test_the_counter_is_held_for_the_same_few_round_trips_whatever_the_bat
     server: Server, store: MongoStore
 ) -> None:
     """Issue 21 item 5: a batch holds the counter from its `$inc` to its commit for a
-    constant number of commands (inserts, updates, read-back, deletes, commit), not one
-    per write: 4 writes and 60 writes hold it equally long."""
+    constant number of commands, not one per write: 4 writes and 60 writes hold it
+    equally long."""
     holds = []
     for size in (4, 60):
         first = [await store.insert(new(f"x{i}")) for i in range(size // 2)]
@@ -120,7 +122,9 @@ async def test_the_counter_is_held_for_the_same_few_round_trips_whatever_the_bat
             store.delete(first[0].id),
         )
         holds.append(counter_holds(server))
-    assert holds[0] == holds[1] == [5], holds  # insert, update, find, delete, commit
+    # leases: find (which promises have one); assets: insert, update, find, delete;
+    # tombstones: one replace command; the commit.
+    assert holds[0] == holds[1] == [7], holds
 
 
 async def test_a_write_whose_condition_fails_does_not_fail_its_batch(
@@ -337,7 +341,9 @@ async def test_a_dead_writer_of_another_database_user_is_reported_not_silently_k
     assert peer._leases is not None
     peer._leases.user = "app@admin"
     with caplog.at_level(logging.ERROR):
-        ended = await peer._leases.reap()
+        ended = await peer._leases.reap()  # first sight of its beat
+        await asyncio.sleep(0.6)  # it stands still for a lease (0.5 s here)
+        ended += await peer._leases.reap()
     await peer.close()
     assert ended == 0 and lsid not in server.killed
     assert "other@admin" in caplog.text and "one database user" in caplog.text
@@ -351,3 +357,45 @@ async def test_the_counter_is_never_created_on_the_fly(server: Server, store: Mo
     with pytest.raises(Unavailable, match="revision counter"):
         await store.insert(new("after"))
     assert "revision" not in server.documents("counters")
+
+
+async def test_leased_promises_change_with_their_leases_in_one_batch(
+    server: Server, store: MongoStore
+) -> None:
+    """The batch's statements on `leases` (one command each, whatever the batch): a new
+    promise's lease is created by $$NOW and its end copied into the record; an expiry
+    removes a lease that ran out, a fulfilment refuses one that ran out, a promise
+    without a lease moves on; and the counter is held for a constant number of commands."""
+    store._transactions = True  # a replica set: the database's clock decides
+    start = server.now()
+
+    def leased(label: str) -> Asset:
+        return Asset(
+            **{
+                **new(label).__dict__,
+                "lease_seconds": 10,
+                "lease_expires_at": start + timedelta(minutes=9),  # a skewed caller
+            }
+        )
+
+    late, due = await asyncio.gather(store.insert(leased("late")), store.insert(leased("due")))
+    plain = await store.insert(new("plain"))
+    ends = {k: d["expires_at"] for k, d in server.documents("leases").items()}
+    assert ends == {late.id: start + timedelta(seconds=10), due.id: start + timedelta(seconds=10)}
+    assert late.lease_expires_at == start + timedelta(seconds=10)  # the database's clock
+    server.clock += timedelta(seconds=11)  # both leases ran out
+    server.commands.clear()
+    fulfilled_late, expired, fulfilled_plain = await asyncio.gather(
+        store.transition(late.id, Status.PENDING, FULFILL, NOW),
+        store.transition(due.id, Status.PENDING, Failure("gone", lease_ran_out=True), NOW),
+        store.transition(plain.id, Status.PENDING, FULFILL, NOW),
+        return_exceptions=True,
+    )
+    assert isinstance(fulfilled_late, LeaseRanOut), fulfilled_late
+    assert isinstance(expired, Asset) and expired.status is Status.FAILED
+    assert expired.lease_expires_at == start + timedelta(seconds=10)  # its last end
+    assert isinstance(fulfilled_plain, Asset) and fulfilled_plain.status is Status.AVAILABLE
+    assert set(server.documents("leases")) == {late.id}, "only the expired lease went"
+    assert server.documents("assets")[late.id]["status"] == "PENDING"
+    # leases: find, delete, find; assets: update, find; then the commit.
+    assert counter_holds(server) == [6]

@@ -84,7 +84,8 @@ class FakeFind:
 class FakeCollection:
     """The slice of pymongo's AsyncCollection that open() and query() use, recording calls."""
 
-    def __init__(self, docs: Sequence[dict[str, Any]] = ()) -> None:
+    def __init__(self, docs: Sequence[dict[str, Any]] = (), name: str = "assets") -> None:
+        self.name = name
         self.docs = [dict(d) for d in docs]
         self.indexes: list[dict[str, Any]] = [{"v": 2, "key": {"_id": 1}, "name": "_id_"}]
         self.calls: list[tuple[str, Any]] = []
@@ -176,7 +177,10 @@ class FakeDatabase:
 
 
 def faked(
-    assets: FakeCollection, counters: FakeCollection, db: FakeDatabase | None = None
+    assets: FakeCollection,
+    counters: FakeCollection,
+    db: FakeDatabase | None = None,
+    tombstones: FakeCollection | None = None,
 ) -> MongoStore:
     """A MongoStore whose driver objects are the fakes (a standalone server, no feed)."""
     store = MongoStore("mongodb://127.0.0.1:1/db", allow_standalone=True)
@@ -184,6 +188,9 @@ def faked(
     store._db = db or FakeDatabase()  # type: ignore[assignment]
     store._assets = assets  # type: ignore[assignment]
     store._counters = counters  # type: ignore[assignment]
+    store._tombstones = tombstones or FakeCollection(name="tombstones")  # type: ignore[assignment]
+    store._lease_docs = FakeCollection(name="leases")  # type: ignore[assignment]
+    store._sweeps = FakeCollection(name="sweeps")  # type: ignore[assignment]
     store._transactions = False  # what open() finds on a standalone server
     return store
 
@@ -251,7 +258,7 @@ async def test_an_older_deployment_gets_only_its_missing_indexes() -> None:
             {"v": 2, "key": keys, "name": name, **({"unique": True} if unique else {})}
         )
     await faked(assets, FakeCollection()).open()
-    assert assets.writes() == [("create_indexes", ["type_seq", "revision", "status_lease"])]
+    assert assets.writes() == [("create_indexes", ["type_seq", "revision"])]
 
 
 async def test_a_wanted_name_with_other_keys_stops_start_up_with_a_fix() -> None:
@@ -290,19 +297,46 @@ async def test_open_lifts_the_counter_to_the_highest_stored_revision(
     assets = FakeCollection([{"_id": i, "seq": s, "revision": r} for i, s, r in stored])
     counters = FakeCollection([] if counter is None else [{"_id": "revision", "value": counter}])
     await faked(assets, counters).open()
-    assert counters.docs == [{"_id": "revision", "value": expected}]
+    assert counters.docs[0] == {"_id": "revision", "value": expected}
     # One keyed read of the top revision (the `revision` index), one $max update.
     top = [c for c in assets.calls if c[0] == "find_one"]
     assert len(top) == 1 and top[0][1][1]["sort"] == [("revision", -1)]
-    assert [c for c in counters.calls if c[0] == "update_one"] == [
-        ("update_one", ({"_id": "revision"}, {"$max": {"value": 9}}))
-    ]
+    assert next(c for c in counters.calls if c[0] == "update_one") == (
+        "update_one",
+        ({"_id": "revision"}, {"$max": {"value": 9}}),
+    )
 
 
 async def test_open_on_an_empty_database_starts_the_counter_at_zero() -> None:
     counters = FakeCollection()
     await faked(FakeCollection(), counters).open()
-    assert counters.docs == [{"_id": "revision", "value": 0}]
+    assert counters.docs == [{"_id": "revision", "value": 0}, {"_id": "tombstones", "value": 0}]
+
+
+async def test_a_deletes_revision_on_its_tombstone_lifts_the_counter_too() -> None:
+    """Before tombstones, a delete that was the last write before the counter was lost
+    could have its revision handed out again."""
+    assets = FakeCollection([{"_id": "a", "seq": 1, "revision": 3}])
+    tombstones = FakeCollection([{"_id": "b", "revision": 8}], name="tombstones")
+    counters = FakeCollection([{"_id": "revision", "value": 2}])
+    await faked(assets, counters, tombstones=tombstones).open()
+    assert counters.docs[0] == {"_id": "revision", "value": 8}
+
+
+@pytest.mark.parametrize(
+    ("horizon", "expected"), [(None, 12), (5, 5)], ids=["from-before-tombstones", "kept"]
+)
+async def test_tombstones_begin_where_the_first_start_that_keeps_them_found_the_counter(
+    horizon: int | None, expected: int
+) -> None:
+    """A database written by a release that kept no tombstones: its deletions left no
+    trace, so replays reach back to the upgrade only; a horizon once set stays."""
+    counters = FakeCollection(
+        [{"_id": "revision", "value": 12}]
+        + ([] if horizon is None else [{"_id": "tombstones", "value": horizon}])
+    )
+    await faked(FakeCollection(), counters).open()
+    assert {"_id": "tombstones", "value": expected} in counters.docs
 
 
 # --- on a real replica set (MONGODB_URI) --------------------------------------------------

@@ -200,28 +200,6 @@ async def test_list_then_watch_from_the_page_revision_misses_and_doubles_nothing
     assert all(e.revision > page.revision for e in got)
 
 
-async def test_a_watch_older_than_the_history_is_refused_and_a_lagging_one_ends(
-    manager: AssetManager,
-) -> None:
-    manager.hub.history.max_bytes = 8 * 1024  # a handful of records
-    await manager.create_pending("t", "first", "", AssetType.VALUE, ())
-    start = await manager.store.current_revision()
-    assert start > 0  # (0 would mean "from now")
-    events = await manager.watch_selector(Selector(), start)
-    for i in range(40):  # nobody reads meanwhile: the history moves past the watcher
-        await manager.create_pending("t", f"p{i}", "", AssetType.VALUE, ())
-    await asyncio.sleep(0.05)
-    with pytest.raises(HistoryGone, match="list again"):
-        await collect(events, 40)
-    with pytest.raises(HistoryGone):
-        await manager.watch_selector(Selector(), start)
-    # 0 is revision 0 (not "now"): gone too. From the current revision: fine.
-    with pytest.raises(HistoryGone):
-        await manager.watch_selector(Selector(), 0)
-    current = await manager.watch_selector(Selector(), await manager.store.current_revision())
-    await current.aclose()
-
-
 async def test_lost_history_ends_selector_watches_and_they_start_again_later() -> None:
     class ResyncingStore(MemoryStore):
         def __init__(self) -> None:

@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -18,11 +19,13 @@ from asset_service.domain.errors import (
     HistoryGone,
     IntegrityError,
     InvalidArgument,
+    LeaseRanOut,
     LimitExceeded,
     ManifestBlocked,
     ManifestWaitTimeout,
     NotFound,
     OutcomeUnknown,
+    Overloaded,
     PermissionDenied,
     ResourceExhausted,
     StorageFull,
@@ -46,8 +49,8 @@ from asset_service.security.errors import Unauthenticated
 from asset_service.storage.local import LocalStorage
 from asset_service.storage.manifests import LocalManifests
 from asset_service.store.memory import MemoryStore
+from asset_service.store.mongo._documents import DuplicateKey
 from asset_service.store.mongo._store import _NothingToDelete as NothingToDelete
-from asset_service.store.mongo._writer import DuplicateKey
 
 MAX_UPLOAD = 1024
 
@@ -301,6 +304,9 @@ async def manifest_wait_timeout(w: World) -> None:
 async def history_gone(w: World) -> None:
     w.manager.hub.history.max_bytes = 1  # keeps only the latest change
     first = await promise(w)
+    await w.manager.delete((await promise(w)).id)
+    # Older than the tombstones the store keeps: it cannot replay the deletion either.
+    await w.store.sweep_tombstones(datetime.now(UTC) + timedelta(minutes=1))
     for _ in range(3):
         await promise(w)
     await asyncio.sleep(0)  # the hub publishes them
@@ -417,7 +423,9 @@ RAISED_OUTSIDE_THE_DOMAIN = {
     Unauthenticated: "credentials are checked by the security interceptor",
     DuplicateKey: "MongoStore's group writer: a Conflict (tests/unit/test_mongo_group_writes.py)",
     NothingToDelete: "MongoStore's group writer: delete() returns None for it",
+    Overloaded: "MongoStore's group writer queue (tests/unit/test_mongo_backpressure.py)",
     Unverified: "a storage's check_many verdict, which the domain verifies (never raised)",
+    LeaseRanOut: "a store's verdict on a lease, which the manager turns into FailedPrecondition",
 }
 
 

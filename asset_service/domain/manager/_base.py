@@ -28,6 +28,7 @@ from asset_service.domain.ports import (
     MetadataStore,
     StagedBlob,
 )
+from asset_service.domain.replay import DEFAULT_TOMBSTONE_TTL_SECONDS
 from asset_service.domain.selectors import DEFAULT_HISTORY_BYTES
 from asset_service.domain.uploads import DEFAULT_SESSION_TTL_SECONDS
 from asset_service.domain.watch import (
@@ -44,6 +45,9 @@ READ_CHUNK_BYTES = 1024 * 1024
 # What one response may carry in records: under a default grpc client's 4 MiB receive
 # limit, with room for the envelope (a page always holds at least one record).
 MAX_RESPONSE_BYTES = 3 * 1024 * 1024 + 512 * 1024
+# How long one lease sweep's claim holds when the caller names no other (the server names
+# a few of its sweep intervals): a dead sweeper's successor takes over after at most this.
+SWEEP_HOLD_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -60,6 +64,9 @@ class Limits:
     max_lease_seconds: int = 86400
     # The latest changes kept for selector watches (slim records, estimated bytes).
     watch_history_bytes: int = DEFAULT_HISTORY_BYTES
+    # Deleted assets' tombstones are kept this long: selector watches resume from the
+    # store as far back as that.
+    watch_tombstone_ttl_seconds: float = DEFAULT_TOMBSTONE_TTL_SECONDS
     # An unfinished resumable upload is removed this long after its last stream ended.
     upload_session_ttl_seconds: float = DEFAULT_SESSION_TTL_SECONDS
 
@@ -81,6 +88,8 @@ class Core:
     commits: Committer
     integrity: Integrity
     _locks: KeyedLocks
+    # This manager's name as a lease sweeper (one sweeps at a time per store).
+    sweeper: str
 
     async def get(self, asset_id: str) -> Asset:
         asset_id = parse_asset_id(asset_id)

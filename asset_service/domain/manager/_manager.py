@@ -9,12 +9,14 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
+from datetime import timedelta
 from typing import Any
 
 from asset_service.domain import recovery
 from asset_service.domain.commits import Committer
 from asset_service.domain.errors import (
     FailedPrecondition,
+    HistoryGone,
     InvalidArgument,
     NotFound,
     ResourceExhausted,
@@ -22,6 +24,7 @@ from asset_service.domain.errors import (
 )
 from asset_service.domain.integrity import Integrity
 from asset_service.domain.locks import KeyedLocks
+from asset_service.domain.manager import _base
 from asset_service.domain.manager._base import (
     DEFAULT_PAGE_SIZE,
     MAX_BATCH,
@@ -41,6 +44,7 @@ from asset_service.domain.models import (
     Status,
     WatchEvent,
     approx_bytes,
+    new_asset_id,
     parse_asset_id,
     validate_tags,
     validate_task_id,
@@ -52,7 +56,7 @@ from asset_service.domain.ports import (
 )
 from asset_service.domain.reads import READ_BATCH
 from asset_service.domain.scrub import Checked, Scrubber
-from asset_service.domain.selectors import Selector, SelectorStream
+from asset_service.domain.selectors import Selector, SelectorStream, went_back
 from asset_service.domain.watch import (
     ChangeHub,
     WatchStream,
@@ -81,6 +85,7 @@ class AssetManager(Resumable):
         self._session_work = set()
         self.integrity = Integrity(store, storage)
         self.scrubber = Scrubber(store, self.integrity)
+        self.sweeper = new_asset_id()
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -96,6 +101,7 @@ class AssetManager(Resumable):
         self.hub.start(self.store.changes(), self.store.current_revision)
 
     async def stop(self) -> None:
+        await self.release_sweep()
         await self.settle_sessions()
         await self.commits.stop()
         await self.hub.close()
@@ -232,9 +238,10 @@ class AssetManager(Resumable):
         self, selector: Selector, after_revision: int
     ) -> AsyncGenerator[WatchEvent, None]:
         """Every change to the assets `selector` matches after `after_revision`, CHANGED or
-        DELETED with slim records, in revision order, until cancelled.
+        DELETED with slim records, in revision order, until cancelled: from the shared
+        history, or from the store where the history no longer reaches back.
 
-        HistoryGone if this process cannot replay from that revision: list again.
+        HistoryGone if neither can replay from that revision: list again.
         """
         if after_revision < 0:
             raise InvalidArgument(f"after_revision must not be negative ({after_revision})")
@@ -245,8 +252,26 @@ class AssetManager(Resumable):
         await history.ready()
         # 0 is revision 0 like any other (everything), not "now": a client that resumes
         # with the revision it last saw must get what followed, even on an empty store.
-        history.check(after_revision)
-        return SelectorStream(history, selector, after_revision).events()
+        floor = history.floor
+        if floor is not None and after_revision < floor:
+            # Replayed from the store: refused here, before the stream, if it cannot be.
+            replay = await self.store.changes_since(after_revision, 1)
+            if replay.revision < after_revision:
+                raise HistoryGone(after_revision, None, went_back(replay.revision, after_revision))
+        elif after_revision > history.last:
+            # Not seen here yet: the store must have handed it out, or it went back in time.
+            current = await self.store.current_revision()
+            if after_revision > current:
+                raise HistoryGone(after_revision, None, went_back(current, after_revision))
+        return SelectorStream(history, selector, after_revision, self.store.changes_since).events()
+
+    async def sweep_tombstones(self) -> int:
+        """Remove deleted assets' tombstones older than --watch-tombstone-ttl."""
+        ttl = timedelta(seconds=self.limits.watch_tombstone_ttl_seconds)
+        removed = await self.store.sweep_tombstones(_base.now() - ttl)
+        if removed:
+            log.info("removed %d tombstone(s) of deleted assets past their TTL", removed)
+        return removed
 
     # --- manifest ---------------------------------------------------------------------
 

@@ -33,9 +33,11 @@ ASSET_INDEXES = (
     IndexModel([("label", ASCENDING), ("seq", ASCENDING)], name="label_seq"),
     IndexModel([("tags", ASCENDING), ("seq", ASCENDING)], name="tags_seq"),
     IndexModel([("revision", DESCENDING)], name="revision"),
-    # The lease sweep: PENDING assets whose lease ran out, earliest first.
-    IndexModel([("status", ASCENDING), ("lease_expires_at", ASCENDING)], name="status_lease"),
 )
+# The lease sweep reads `leases` (records of their own, issue 21 item 12) by their end.
+LEASE_INDEXES = (IndexModel([("expires_at", ASCENDING)], name="expires_at"),)
+# A document of `sweeps` saying the leases of an older release were moved (once).
+LEASES_MOVED_ID = "leases-moved"
 
 
 def _key_list(key: Mapping[str, Any]) -> list[tuple[str, Any]]:
@@ -49,8 +51,14 @@ def _same_index(wanted: Mapping[str, Any], have: Mapping[str, Any]) -> bool:
     ) == bool(have.get("unique"))
 
 
-async def ensure_indexes(assets: AsyncCollection[Doc], db_name: str) -> None:
-    """Create the ASSET_INDEXES that are missing; nothing at all when every one exists.
+async def ensure_indexes(
+    assets: AsyncCollection[Doc],
+    db_name: str,
+    wanted_indexes: tuple[IndexModel, ...] = ASSET_INDEXES,
+    name: str = "assets",
+) -> None:
+    """Create the ASSET_INDEXES (or `wanted_indexes` of another collection) that are
+    missing; nothing at all when every one exists.
 
     An index build locks the collection exclusively at its start and end, and even a
     createIndexes that finds everything in place is a write command on the primary:
@@ -63,44 +71,46 @@ async def ensure_indexes(assets: AsyncCollection[Doc], db_name: str) -> None:
         async for index in cursor:
             have.append(index)
     missing = []
-    for model in ASSET_INDEXES:
+    for model in wanted_indexes:
         wanted = model.document
         if any(_same_index(wanted, index) for index in have):
             continue
         clash = next((i for i in have if i.get("name") == wanted["name"]), None)
         if clash is not None:
             raise Unavailable(
-                f"index {wanted['name']!r} of {db_name}.assets is "
+                f"index {wanted['name']!r} of {db_name}.{name} is "
                 f"{dict(clash['key'])} (unique={bool(clash.get('unique'))}), expected "
                 f"{dict(wanted['key'])} (unique={bool(wanted.get('unique'))}); drop it "
-                f"(db.assets.dropIndex({wanted['name']!r})) and start again"
+                f"(db.{name}.dropIndex({wanted['name']!r})) and start again"
             )
         missing.append(model)
     if missing:
         log.info(
-            "creating indexes %s on %s.assets",
+            "creating indexes %s on %s.%s",
             ", ".join(m.document["name"] for m in missing),
             db_name,
+            name,
         )
         await assets.create_indexes(missing)
 
 
 async def raise_revision_floor(
-    assets: AsyncCollection[Doc], counters: AsyncCollection[Doc]
+    assets: AsyncCollection[Doc], counters: AsyncCollection[Doc], tombstones: AsyncCollection[Doc]
 ) -> None:
     """Never hand out a revision at or below one already stored (issue 10, item 9).
 
     The counter document may have been restored from an older backup, or dropped:
-    `$max` lifts it (creating it if need be) to the highest revision a record holds,
-    and leaves a counter that is already ahead alone (so a concurrent `$inc` by
-    another process is never undone). Served by the `revision` index: one key read.
-    Not covered: the revision of a DELETE is stored on no record, so one delete that
-    was the very last write before the counter was lost can have its number reused.
+    `$max` lifts it (creating it if need be) to the highest revision a record or a
+    tombstone holds, and leaves a counter that is already ahead alone (so a concurrent
+    `$inc` by another process is never undone). Served by the `revision` indexes: one
+    key read each. A delete's revision is on its tombstone until that is swept.
     """
-    top = await assets.find_one(
-        {}, {"revision": 1}, sort=[("revision", DESCENDING)], max_time_ms=QUERY_MAX_TIME_MS
-    )
-    floor = int(top.get("revision", 0)) if top is not None else 0
+    floor = 0
+    for collection in (assets, tombstones):
+        top = await collection.find_one(
+            {}, {"revision": 1}, sort=[("revision", DESCENDING)], max_time_ms=QUERY_MAX_TIME_MS
+        )
+        floor = max(floor, int(top.get("revision", 0)) if top is not None else 0)
     await counters.update_one({"_id": "revision"}, {"$max": {"value": floor}}, upsert=True)
 
 
@@ -117,3 +127,37 @@ async def enable_pre_images(db: AsyncDatabase[Doc]) -> bool:
     except PyMongoError as exc:
         log.info("change stream pre-images unavailable (%s); deletes carry id and revision", exc)
         return False
+
+
+async def prepare_leases(
+    assets: AsyncCollection[Doc],
+    leases: AsyncCollection[Doc],
+    sweeps: AsyncCollection[Doc],
+    db_name: str,
+) -> None:
+    """The `leases` index, and (once) a lease record for each PENDING promise an older
+    release kept its lease in: its last end, as the asset record holds it."""
+    await ensure_indexes(leases, db_name, LEASE_INDEXES, "leases")
+    if await sweeps.find_one({"_id": LEASES_MOVED_ID}) is not None:
+        return
+    moved = 0
+    cursor = assets.find(
+        {"status": "PENDING", "lease_seconds": {"$gt": 0}, "lease_expires_at": {"$ne": None}},
+        {"lease_seconds": 1, "lease_expires_at": 1},
+    )
+    async for doc in cursor:
+        await leases.update_one(
+            {"_id": doc["_id"]},
+            {
+                "$setOnInsert": {
+                    "expires_at": doc["lease_expires_at"],
+                    "seconds": doc["lease_seconds"],
+                    "renewed_by": "",
+                }
+            },
+            upsert=True,
+        )
+        moved += 1
+    await sweeps.update_one({"_id": LEASES_MOVED_ID}, {"$set": {"moved": moved}}, upsert=True)
+    if moved:
+        log.info("moved the leases of %d PENDING promises into %s.leases", moved, db_name)

@@ -8,11 +8,11 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import pymongo
-from pymongo import ASCENDING, AsyncMongoClient, InsertOne, UpdateOne
+from pymongo import ASCENDING, AsyncMongoClient
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import PyMongoError
@@ -21,7 +21,6 @@ from pymongo.read_preferences import ReadPreference
 from pymongo.write_concern import WriteConcern
 
 from asset_service.domain.errors import (
-    Conflict,
     InvalidArgument,
     NotFound,
     Unavailable,
@@ -38,15 +37,15 @@ from asset_service.domain.models import (
     Transition,
     approx_bytes,
 )
+from asset_service.domain.replay import Replay
 from asset_service.store import _paging
-from asset_service.store._fields import lease_condition, lease_conflict, transition_fields
-from asset_service.store.mongo import _schema, _startup
+from asset_service.store._fields import lease_condition, transition_fields
+from asset_service.store.mongo import _schema, _startup, _tombstones
 from asset_service.store.mongo._documents import (
     Doc,
     _doc_bytes,
     _unavailable,
     _write_error,
-    asset_to_doc,
     decode_token,
     doc_to_asset,
     encode_token,
@@ -54,22 +53,22 @@ from asset_service.store.mongo._documents import (
 )
 from asset_service.store.mongo._feed import (
     CHANGE_STREAM_PIPELINE,
+    FULL_DOCUMENT,
     ChangeFeed,
     ChangeStreamLike,
 )
 from asset_service.store.mongo._leases import WriterLeases
+from asset_service.store.mongo._promises import PromiseLeases, overlay
 from asset_service.store.mongo._transactions import Transactional
-from asset_service.store.mongo._writer import (
-    DEFAULT_MAX_QUEUED,
-    GroupWriter,
-    Kind,
-    Write,
-    applied,
+from asset_service.store.mongo._transition import (
+    delete_write,
+    insert_write,
+    lease_steps,
+    transition_write,
 )
+from asset_service.store.mongo._writer import DEFAULT_MAX_QUEUED, GroupWriter, Write
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 DEFAULT_DATABASE = "asset_service"
 # Fail fast: an RPC against an unreachable server answers UNAVAILABLE within seconds.
@@ -81,19 +80,19 @@ DEFAULT_CLIENT_OPTIONS: dict[str, Any] = {
 }
 
 
-# Every write ends within this many seconds (pymongo's client-side operation timeout):
-# longer than an election (10-12 s), which a write rides through by with_transaction's
-# retries, far shorter than those retries' own 120 s limit. Reads are not run under it:
-# with a client-side timeout, server selection waits for all of it instead of
-# serverSelectionTimeoutMS, and a read should fail in seconds (it is bounded by
-# serverSelectionTimeoutMS plus socketTimeoutMS and is not retried for long).
+# Every write ends within this many seconds of its submission, queue included (pymongo's
+# client-side operation timeout): longer than an election (10-12 s), which a write rides
+# through by the writer's retries, far shorter than transactionLifetimeLimitSeconds.
+# Reads are not run under it: with a client-side timeout, server selection waits for all
+# of it instead of serverSelectionTimeoutMS, and a read should fail in seconds (it is
+# bounded by serverSelectionTimeoutMS plus socketTimeoutMS and is not retried for long).
 DEFAULT_OPERATION_TIMEOUT = 15.0
 # A record without its inline value: what snapshot() reads.
 SLIM_PROJECTION: dict[str, Any] = {"value_content": 0, "value_kind": 0, "block_sums": 0}
 # A record without its block sums (only get() reads them: ReadAsset checks with them).
 LISTED_PROJECTION: dict[str, Any] = {"block_sums": 0}
-# MongoDB 6.0 (wire version 17): snapshot reads outside transactions (5.0, watch
-# snapshots) and change streams with true pre- and post-images (6.0, exact update events).
+# Change-stream post-images (each event's state as of the change, issue 21 item 1) came
+# with MongoDB 6.0; snapshot reads outside transactions (watch snapshots) with 5.0.
 MIN_WIRE_VERSION = 17
 
 REPLICA_SET_HELP = (
@@ -168,10 +167,19 @@ class MongoStore(Transactional):
         wc = WriteConcern("majority")
         # Reads see majority-committed records only (a transaction's own reads use its
         # snapshot instead: pymongo sends no read concern inside one).
+        majority = ReadConcern("majority")
         self._assets: AsyncCollection[Doc] = self._db.get_collection(
-            "assets", write_concern=wc, read_concern=ReadConcern("majority")
+            "assets", write_concern=wc, read_concern=majority
         )
         self._counters: AsyncCollection[Doc] = self._db.get_collection("counters", write_concern=wc)
+        self._tombstones: AsyncCollection[Doc] = self._db.get_collection(
+            "tombstones", write_concern=wc
+        )
+        # Promise leases: records of their own, renewed without touching `assets`.
+        self._lease_docs: AsyncCollection[Doc] = self._db.get_collection(
+            "leases", write_concern=wc, read_concern=majority
+        )
+        self._sweeps: AsyncCollection[Doc] = self._db.get_collection("sweeps", write_concern=wc)
         self._transactions = True
         self._pre_images = False
         self._feed: ChangeFeed | None = None
@@ -185,6 +193,7 @@ class MongoStore(Transactional):
         self._doubtful: list[Mapping[str, Any]] = []
         self._ending: asyncio.Task[None] | None = None
         self._leases: WriterLeases | None = None
+        self._beat_client: pymongo.MongoClient[Doc] | None = None
 
     @property
     def database_name(self) -> str:
@@ -214,9 +223,10 @@ class MongoStore(Transactional):
             await self._client.close()
             raise Unavailable(
                 f"MongoDB at {self._redacted()} is older than 6.0 (wire version "
-                f"{hello.get('maxWireVersion')}); the asset service needs 6.0 or newer "
-                "(snapshot reads for watch snapshots, pre- and post-images for exact change "
-                "events); upgrade the replica set (docs/mongodb.md)"
+                f"{hello.get('maxWireVersion')}); the asset service needs 6.0 or newer: its "
+                "watch events are built from the post-images MongoDB keeps at each change "
+                "(changeStreamPreAndPostImages), in revision order; snapshot reads serve "
+                "watch snapshots"
             )
         if self._transactions:
             horizon = _startup.commit_horizon(
@@ -230,41 +240,72 @@ class MongoStore(Transactional):
         try:
             await self._ensure_indexes()
             await self._raise_revision_floor()
+            await _schema.prepare_leases(
+                self._assets, self._lease_docs, self._sweeps, self._db.name
+            )
         except PyMongoError as exc:
             raise Unavailable(f"cannot prepare MongoDB database {self._db.name}: {exc}") from exc
         if self._transactions:
             await self._enable_pre_images()
+            if not self._pre_images:
+                await self._client.close()
+                raise Unavailable(
+                    f"cannot turn on change-stream post-images for {self._db.name}.assets: "
+                    "watch events are built from them; run once, as a user allowed collMod: "
+                    f"db.getSiblingDB({self._db.name!r}).runCommand({{collMod: 'assets', "
+                    "changeStreamPreAndPostImages: {enabled: true}}) (docs/mongodb.md)"
+                )
             try:
                 first = await self._open_stream(None)
             except PyMongoError as exc:
                 raise Unavailable(f"cannot open a MongoDB change stream: {exc}") from exc
             self._feed = ChangeFeed(self._open_stream, first_stream=first)
             self._leases = WriterLeases(
-                self._db.get_collection("writers", write_concern=WriteConcern("majority")),
+                self._db.get_collection("writers"),
                 self._kill_sessions,
                 uuid.uuid4().hex,
+                beats=self._beat_collection(),
                 user=await _startup.database_user(self._client),
             )
             self._leases.start()
+
+    @property
+    def _promises(self) -> PromiseLeases:
+        # The database's clock wherever it can judge ($expr, update pipelines: a replica
+        # set); FerretDB (allow_standalone, tests) has neither.
+        return PromiseLeases(self._lease_docs, self._sweeps, database_clock=self._transactions)
+
+    def _beat_collection(self) -> Any:
+        """`writers` through a synchronous client of its own: the writer lease's heartbeat
+        thread goes on while the event loop is stalled (_leases.py)."""
+        given = {k.lower() for k, _ in parse_qsl(urlsplit(self.url).query)}
+        options = {k: v for k, v in DEFAULT_CLIENT_OPTIONS.items() if k.lower() not in given}
+        self._beat_client = pymongo.MongoClient(
+            self.url, tz_aware=True, connect=False, maxPoolSize=2, **options
+        )
+        return self._beat_client.get_default_database(
+            DEFAULT_DATABASE, read_preference=ReadPreference.PRIMARY
+        ).get_collection("writers")
 
     async def _kill_sessions(self, lsids: list[Mapping[str, Any]]) -> None:
         await self._client.admin.command("killSessions", lsids)
 
     async def _ensure_indexes(self) -> None:
         await _schema.ensure_indexes(self._assets, self._db.name)
+        await _schema.ensure_indexes(
+            self._tombstones, self._db.name, _tombstones.TOMBSTONE_INDEXES, "tombstones"
+        )
 
     async def _raise_revision_floor(self) -> None:
-        await _schema.raise_revision_floor(self._assets, self._counters)
+        await _schema.raise_revision_floor(self._assets, self._counters, self._tombstones)
+        await _tombstones.begin_horizon(self._counters)
 
     async def _enable_pre_images(self) -> None:
         self._pre_images = await _schema.enable_pre_images(self._db)
 
     async def _open_stream(self, resume_after: Mapping[str, Any] | None) -> ChangeStreamLike:
-        extra: dict[str, Any] = {}
-        if self._pre_images:
-            extra["full_document_before_change"] = "whenAvailable"
         stream = await self._assets.watch(
-            CHANGE_STREAM_PIPELINE, full_document="updateLookup", resume_after=resume_after, **extra
+            CHANGE_STREAM_PIPELINE, full_document=FULL_DOCUMENT, resume_after=resume_after
         )
         return stream
 
@@ -281,6 +322,8 @@ class MongoStore(Transactional):
                 await self._end_doubtful()
         if self._leases is not None:
             await self._leases.close()
+        if self._beat_client is not None:
+            await asyncio.to_thread(self._beat_client.close)
         if self._session is not None:
             with contextlib.suppress(PyMongoError):
                 await self._session.end_session()
@@ -311,14 +354,39 @@ class MongoStore(Transactional):
     async def _drain_writer(self) -> None:
         await self._writer.drain()
 
+    async def before(self, session: Any, writes: list[Write], revisions: list[int]) -> None:
+        """The batch's statements on `leases`, before the records' (_transition.py)."""
+        await lease_steps(self._promises, session, writes)
+
+    async def remove_stamped(self, session: Any, gone: list[Doc]) -> None:
+        """Delete the stamped records, and keep their tombstones (one command each)."""
+        await super().remove_stamped(session, gone)
+        await _tombstones.keep(self._tombstones, [doc_to_asset(d) for d in gone], session)
+
     # --- reads ----------------------------------------------------------------------
 
     async def get(self, asset_id: str) -> Asset | None:
         try:
             doc = await self._assets.find_one({"_id": asset_id})
+            if doc is not None and overlay([doc]):
+                end = await self._promises.current_end(asset_id)
+                if end is None:
+                    # Its lease ended since the first read: the promise left PENDING, and
+                    # its record now holds the last end.
+                    doc = await self._assets.find_one({"_id": asset_id})
+                else:
+                    doc["lease_expires_at"] = end
         except PyMongoError as exc:
             raise _unavailable(exc) from exc
         return doc_to_asset(doc) if doc is not None else None
+
+    async def _with_leases(self, docs: list[Doc], session: AsyncClientSession | None) -> None:
+        """Show each PENDING promise's lease as its record in `leases` says (one query)."""
+        ends = await self._promises.ends(overlay(docs), session)
+        for doc in docs:
+            end = ends.get(str(doc["_id"]))
+            if end is not None:
+                doc["lease_expires_at"] = end
 
     async def get_many(self, asset_ids: Sequence[str]) -> dict[str, Asset]:
         ids = list(dict.fromkeys(asset_ids))
@@ -326,7 +394,11 @@ class MongoStore(Transactional):
         try:
             for start in range(0, len(ids), 1000):
                 part = ids[start : start + 1000]
-                async for doc in self._assets.find({"_id": {"$in": part}}, LISTED_PROJECTION):
+                docs = [
+                    d async for d in self._assets.find({"_id": {"$in": part}}, LISTED_PROJECTION)
+                ]
+                await self._with_leases(docs, None)
+                for doc in docs:
                     asset = doc_to_asset(doc)
                     found[asset.id] = asset
         except PyMongoError as exc:
@@ -366,7 +438,9 @@ class MongoStore(Transactional):
                     cursor = self._assets.find(
                         {"_id": {"$in": part}}, SLIM_PROJECTION, session=session
                     ).max_time_ms(_schema.QUERY_MAX_TIME_MS)
-                    async for doc in cursor:
+                    docs = [doc async for doc in cursor]
+                    await self._with_leases(docs, session)  # the same cut
+                    for doc in docs:
                         asset = doc_to_asset(doc)
                         found[asset.id] = asset
         except PyMongoError as exc:
@@ -410,6 +484,7 @@ class MongoStore(Transactional):
                         full = max_bytes is not None and used > max_bytes
                 finally:
                     await cursor.close()
+                await self._with_leases(docs, session)  # the same cut
         except PyMongoError as exc:
             raise _unavailable(exc) from exc
         assets, last = _paging.fill_page(
@@ -422,36 +497,66 @@ class MongoStore(Transactional):
         return int(doc["value"]) if doc else 0
 
     async def current_revision(self) -> int:
+        """Read at majority: a counter value a failover may roll back (and the new
+        primary then hand out again, for other writes) would make the watch history
+        begin above revisions it must still replay."""
+        majority = self._counters.with_options(read_concern=ReadConcern("majority"))
         try:
-            return await self._revision_in(None)
+            doc = await majority.find_one({"_id": "revision"})
+        except PyMongoError as exc:
+            raise _unavailable(exc) from exc
+        return int(doc["value"]) if doc else 0
+
+    async def changes_since(self, after: int, limit: int) -> Replay:
+        """One snapshot session (majority, one cluster time): the horizon, the counter,
+        the records and the tombstones above `after`, through their revision indexes."""
+        try:
+            async with self._one_cut() as session:
+                return await _tombstones.changes_since(
+                    self._assets,
+                    self._tombstones,
+                    self._counters,
+                    session,
+                    after,
+                    limit,
+                    SLIM_PROJECTION,
+                    _schema.QUERY_MAX_TIME_MS,
+                )
+        except PyMongoError as exc:
+            raise _unavailable(exc) from exc
+
+    async def sweep_tombstones(self, before: datetime) -> int:
+        try:
+            with pymongo.timeout(self.operation_timeout * 4):
+                return await _tombstones.sweep(self._tombstones, self._counters, before)
         except PyMongoError as exc:
             raise _unavailable(exc) from exc
 
     async def leases_run_out(self, now: datetime, limit: int) -> list[Asset]:
-        where = {"status": Status.PENDING.value, "lease_expires_at": {"$lte": ms(now)}}
-        cursor = (
-            self._assets.find(where, SLIM_PROJECTION)
-            .sort("lease_expires_at", ASCENDING)
-            .limit(limit)
-            .max_time_ms(_schema.QUERY_MAX_TIME_MS)
-        )
+        """By the database's clock ($$NOW) on a replica set: `now` is not used there."""
         try:
-            return [doc_to_asset(doc) async for doc in cursor]
+            due = await self._promises.due(now, limit, _schema.QUERY_MAX_TIME_MS)
+            ends = dict(due)
+            docs = await self._assets.find(
+                {"_id": {"$in": list(ends)}, "status": Status.PENDING.value}, SLIM_PROJECTION
+            ).to_list()
         except PyMongoError as exc:
             raise _unavailable(exc) from exc
-        finally:
-            await cursor.close()
+        for doc in docs:
+            doc["lease_expires_at"] = ends[str(doc["_id"])]
+        assets = sorted((doc_to_asset(d) for d in docs), key=lambda a: (a.lease_expires_at, a.id))
+        return assets
+
+    async def claim_sweep(self, holder: str, seconds: float, now: datetime) -> bool:
+        try:
+            return await self._promises.claim_sweep(holder, seconds, now)
+        except PyMongoError as exc:
+            raise _unavailable(exc) from exc
 
     # --- writes -----------------------------------------------------------------------
 
     async def insert(self, asset: Asset) -> Asset:
-        def statement(rev: int) -> InsertOne[Doc]:
-            return InsertOne(asset_to_doc(asset, rev))
-
-        def outcome(_: Doc | None, rev: int) -> Asset:
-            return doc_to_asset(asset_to_doc(asset, rev))  # a failed insert raised instead
-
-        write = Write(asset.id, Kind.INSERT, statement, outcome, approx_bytes(asset))
+        write = insert_write(asset, self._promises, approx_bytes(asset))
         result: Asset = await self._writer.submit(write)
         return result
 
@@ -459,33 +564,21 @@ class MongoStore(Transactional):
         self, asset_id: str, expected: Status, change: Transition, now: datetime
     ) -> Asset:
         sets = transition_fields(change, now, value_column="value_content", timestamp=ms)
-        where: Doc = {"_id": asset_id, "status": expected.value}
-        test = lease_condition(change)
-        # BSON dates hold milliseconds: `now` floored, as every store compares it.
-        if test == "none or not run out":
-            # null matches a missing field too (records from before leases).
-            where["$or"] = [{"lease_expires_at": None}, {"lease_expires_at": {"$gt": ms(now)}}]
-        elif test is not None:
-            where["lease_expires_at"] = {"$gt" if test == "not run out" else "$lte": ms(now)}
-
-        def statement(rev: int) -> UpdateOne:
-            return UpdateOne(where, {"$set": {**sets, "revision": rev}})
-
-        def outcome(doc: Doc | None, rev: int) -> Asset:
-            # The batch's read-back of the record, in the same transaction.
-            if applied(doc, rev):
-                return doc_to_asset(doc)  # type: ignore[arg-type]
-            if doc is None:
-                raise NotFound(f"asset {asset_id} not found")
-            if doc["status"] != expected.value or test is None:
-                raise Conflict(f"asset {asset_id} is {doc['status']}, expected {expected}")
-            raise Conflict(lease_conflict(asset_id, test, doc.get("lease_expires_at")))
-
         cost = len(change.value.data) if isinstance(change, Fulfillment) and change.value else 0
-        result: Asset = await self._writer.submit(
-            Write(asset_id, Kind.UPDATE, statement, outcome, cost)
-        )
+        write = transition_write(asset_id, expected, sets, lease_condition(change), now, cost)
+        result: Asset = await self._writer.submit(write)
         return result
+
+    async def renew_lease(self, asset_id: str, seconds: int, now: datetime, by: str) -> Asset:
+        """One update of the lease's document (by $$NOW), beside one read of the asset:
+        no transaction, no revision, nothing on the change stream of `assets`."""
+        try:
+            with pymongo.timeout(self.operation_timeout):
+                return await self._promises.renew_and_read(
+                    self._assets, asset_id, seconds, now, by, LISTED_PROJECTION
+                )
+        except PyMongoError as exc:
+            raise _write_error(exc, transaction=False) from exc
 
     async def set_block_sums(self, asset_id: str, storage_path: str, sums: BlockSums) -> bool:
         # Not through the group writer: no revision, and the change feed skips an update
@@ -501,22 +594,8 @@ class MongoStore(Transactional):
         return done.matched_count == 1
 
     async def delete(self, asset_id: str, by: str = "") -> Asset | None:
-        def statement(rev: int) -> UpdateOne:
-            # Stamp the new revision (and the deleter) first so the change feed can number
-            # the delete and say who made it; the batch then deletes what it stamped.
-            return UpdateOne(
-                {"_id": asset_id}, {"$set": {"revision": rev, "deleted": True, "updated_by": by}}
-            )
-
-        def outcome(doc: Doc | None, rev: int) -> Asset:
-            if not applied(doc, rev):
-                raise _NothingToDelete(asset_id)
-            return doc_to_asset(doc)  # type: ignore[arg-type]
-
         try:
-            result: Asset = await self._writer.submit(
-                Write(asset_id, Kind.DELETE, statement, outcome)
-            )
+            result: Asset = await self._writer.submit(delete_write(asset_id, by, _NothingToDelete))
         except _NothingToDelete:
             return None
         return result

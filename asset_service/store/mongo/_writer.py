@@ -70,15 +70,16 @@ class Kind(enum.IntEnum):
 class Write:
     """One record write of a batch.
 
-    `statement(revision)` is its bulk request (InsertOne / UpdateOne); its filter holds
-    its condition. `outcome(doc, revision)` is the caller's result from the record as
-    read back after the batch's writes (None: no record; an INSERT gets None and builds
-    its own), or raises the AssetError saying why this write did not apply.
+    `statement(revision)` is its bulk request (InsertOne / UpdateOne; None when there is
+    nothing to send); its filter holds its condition. `outcome(doc, revision)` is the
+    caller's result from the record as read back after the batch's writes (None: no
+    record; an INSERT gets None and builds its own), or raises the AssetError saying why
+    this write did not apply.
     """
 
     asset_id: str
     kind: Kind
-    statement: Callable[[int], Any]
+    statement: Callable[[int], Any | None]
     outcome: Callable[[Doc | None, int], Any]
     cost: int = 0
     extra: dict[str, Any] = field(default_factory=dict)  # for Statements.before
@@ -387,18 +388,19 @@ class GroupWriter:
         return outcomes
 
     async def _bulk(self, session: Any, queued: list[_Queued], revision: dict[int, int]) -> None:
-        if not queued:
+        # A write may have nothing to send (its condition is known not to hold).
+        sent = [(q, q.write.statement(revision[id(q)])) for q in queued]
+        sent = [(q, request) for q, request in sent if request is not None]
+        if not sent:
             return
         try:
-            await self._statements.bulk(
-                session, [q.write.statement(revision[id(q)]) for q in queued]
-            )
+            await self._statements.bulk(session, [request for _, request in sent])
         except BulkWriteError as exc:
             errors = exc.details.get("writeErrors") or []
             if not errors:
                 raise
             first = errors[0]
-            failed = queued[int(first["index"])]
+            failed = sent[int(first["index"])][0]
             code, message = int(first.get("code", 0)), str(first.get("errmsg", ""))
             raise _OneFailed(failed, statement_error(failed.write.asset_id, code, message)) from exc
 

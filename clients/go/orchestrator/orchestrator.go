@@ -1,11 +1,12 @@
 // Package orchestrator shows how a task orchestrator drives the Asset Service:
 // it promises a task's outputs as PENDING assets, watches them until they are
 // terminal, and asks for the next task's input manifest once they are AVAILABLE.
+// Its functions take the generated stub; package assetclient has the typed
+// client they are built on.
 package orchestrator
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -16,6 +17,7 @@ import (
 
 	"google.golang.org/protobuf/types/known/structpb"
 
+	"github.com/asset-service/asset-service/clients/go/assetclient"
 	assetv1 "github.com/asset-service/asset-service/clients/go/gen/asset/v1"
 )
 
@@ -35,43 +37,27 @@ type Output struct {
 // Promise creates one PENDING asset per output of taskID (with a lease for an
 // output that has one) and returns them by key.
 func Promise(ctx context.Context, c assetv1.AssetServiceClient, taskID string, outputs []Output) (map[string]*assetv1.Asset, error) {
+	tc := typed(c)
 	assets := make(map[string]*assetv1.Asset, len(outputs))
 	for _, o := range outputs {
-		lease, err := leaseSeconds(o.Lease)
-		if err != nil {
-			return nil, fmt.Errorf("promise %q: %w", o.Key, err)
-		}
-		resp, err := c.CreatePendingAsset(ctx, &assetv1.CreatePendingAssetRequest{
-			TaskId:       taskID,
-			Label:        o.Label,
-			MediaType:    o.MediaType,
-			Type:         o.Type,
-			LeaseSeconds: lease,
+		a, err := tc.CreatePendingAsset(ctx, assetclient.Promise{
+			TaskID: taskID, Label: o.Label, Type: o.Type, Meta: assetclient.Meta{MediaType: o.MediaType}, Lease: o.Lease,
 		})
 		if err != nil {
 			return nil, fmt.Errorf("promise %q: %w", o.Key, err)
 		}
-		assets[o.Key] = resp.GetAsset()
+		assets[o.Key] = a
 	}
 	return assets, nil
 }
 
-// Watch streams WatchAsset for ids until the server ends the stream, which it
-// does once every asset is terminal. onEvent (optional) sees every event in
-// order; an error from it stops the watch. Watch returns each asset's last state.
+// Watch follows WatchAsset for ids until every asset is terminal, resuming
+// after the last revision when the stream breaks (assetclient.Client.Watch).
+// onEvent (optional) sees every event in order; an error from it stops the
+// watch. Watch returns each asset's last state.
 func Watch(ctx context.Context, c assetv1.AssetServiceClient, ids []string, onEvent func(*assetv1.WatchAssetResponse) error) (map[string]*assetv1.Asset, error) {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	stream, err := c.WatchAsset(ctx, &assetv1.WatchAssetRequest{AssetIds: ids})
-	if err != nil {
-		return nil, err
-	}
 	last := make(map[string]*assetv1.Asset, len(ids))
-	for {
-		ev, err := stream.Recv()
-		if errors.Is(err, io.EOF) {
-			return last, nil
-		}
+	for ev, err := range typed(c).Watch(ctx, ids, assetclient.WatchOptions{}) {
 		if err != nil {
 			return nil, err
 		}
@@ -82,6 +68,7 @@ func Watch(ctx context.Context, c assetv1.AssetServiceClient, ids []string, onEv
 			}
 		}
 	}
+	return last, nil
 }
 
 // Config parameterises RunExample.

@@ -1,23 +1,15 @@
 package orchestrator_test
 
 import (
-	"bufio"
 	"context"
-	"crypto/rand"
-	"crypto/sha256"
-	"encoding/base64"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -27,6 +19,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	assetv1 "github.com/asset-service/asset-service/clients/go/gen/asset/v1"
+	"github.com/asset-service/asset-service/clients/go/internal/testserver"
 	"github.com/asset-service/asset-service/clients/go/orchestrator"
 )
 
@@ -56,135 +49,16 @@ func TestMain(m *testing.M) {
 	clientKey = os.Getenv("ASSET_SERVICE_CLIENT_KEY")
 	stop := func() {}
 	if serverAddr == "" {
-		var err error
-		serverAddr, importRoot, token, stop, err = startServer()
+		srv, err := testserver.Start(testserver.Options{Tokens: true})
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "cannot start asset-service:", err)
 			os.Exit(1)
 		}
+		serverAddr, importRoot, token, stop = srv.Addr, srv.ImportRoot, srv.Token, srv.Close
 	}
 	code := m.Run()
 	stop()
 	os.Exit(code)
-}
-
-var listening = regexp.MustCompile(`asset-service listening on (\S+:\d+)`)
-
-// startServer runs `python -m asset_service` on port 0 in a temporary folder
-// (python: $ASSET_SERVICE_PYTHON, else the repository's .venv) with a fresh
-// orchestrator token in its tokens file, and waits for the line that names its port.
-func startServer() (addr, importRoot, token string, stop func(), err error) {
-	goMod, err := exec.Command("go", "env", "GOMOD").Output()
-	if err != nil {
-		return "", "", "", nil, err
-	}
-	repo := filepath.Join(filepath.Dir(strings.TrimSpace(string(goMod))), "..", "..")
-	python := os.Getenv("ASSET_SERVICE_PYTHON")
-	if python == "" {
-		python = filepath.Join(repo, ".venv", "bin", "python")
-	}
-	dir, err := os.MkdirTemp("", "asset-service-go-test-")
-	if err != nil {
-		return "", "", "", nil, err
-	}
-	importRoot = filepath.Join(dir, "worker")
-	if err := os.Mkdir(importRoot, 0o755); err != nil {
-		return "", "", "", nil, err
-	}
-	token, tokensFile, secretFile, err := writeSecurityFiles(dir)
-	if err != nil {
-		return "", "", "", nil, err
-	}
-	data := filepath.Join(dir, "data")
-	cmd := exec.Command(python, "-m", "asset_service",
-		"--listen", "127.0.0.1:0",
-		"--storage-root", data,
-		"--database-url", "sqlite:///"+filepath.Join(dir, "assets.db"),
-		"--import-root", importRoot,
-		"--tokens-file", tokensFile,
-		"--token-secret-file", secretFile,
-		"--shutdown-grace", "2",
-		"--lease-check-interval", "0.2") // a lease's expiry is seen within 0.2 s
-	cmd.Dir = repo
-	for _, kv := range os.Environ() { // the server reads ASSET_SERVICE_* as settings
-		if !strings.HasPrefix(kv, "ASSET_SERVICE_") {
-			cmd.Env = append(cmd.Env, kv)
-		}
-	}
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		return "", "", "", nil, err
-	}
-	if err := cmd.Start(); err != nil {
-		return "", "", "", nil, err
-	}
-	found := make(chan string, 1)
-	var log strings.Builder
-	logDone := make(chan struct{})
-	go func() {
-		defer close(logDone)
-		sc := bufio.NewScanner(stderr)
-		for sc.Scan() {
-			log.WriteString(sc.Text() + "\n")
-			if m := listening.FindStringSubmatch(sc.Text()); m != nil {
-				found <- m[1]
-			}
-		}
-		close(found)
-	}()
-	stop = func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		done := make(chan struct{})
-		go func() { _ = cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(15 * time.Second):
-			_ = cmd.Process.Kill()
-			<-done
-		}
-		_ = os.RemoveAll(dir)
-	}
-	select {
-	case a, ok := <-found:
-		if ok {
-			go func() { // keep draining so the server never blocks on a full pipe
-				for range found {
-				}
-			}()
-			return a, importRoot, token, stop, nil
-		}
-		stop()
-		<-logDone
-		return "", "", "", nil, fmt.Errorf("server exited:\n%s", log.String())
-	case <-time.After(30 * time.Second):
-		stop()
-		return "", "", "", nil, fmt.Errorf("no %q line within 30s", listening)
-	}
-}
-
-// writeSecurityFiles writes a tokens file granting a fresh random token the
-// orchestrator role (the file holds only its SHA-256) and a task-token secret.
-func writeSecurityFiles(dir string) (token, tokensFile, secretFile string, err error) {
-	raw := make([]byte, 32)
-	if _, err := rand.Read(raw); err != nil {
-		return "", "", "", err
-	}
-	token = base64.RawURLEncoding.EncodeToString(raw) // the shape of secrets.token_urlsafe(32)
-	sum := sha256.Sum256([]byte(token))
-	tokensFile = filepath.Join(dir, "tokens.toml")
-	entry := fmt.Sprintf("[[tokens]]\nprincipal = \"go-test\"\nroles = [\"orchestrator\"]\nsha256 = %q\n", hex.EncodeToString(sum[:]))
-	if err := os.WriteFile(tokensFile, []byte(entry), 0o600); err != nil {
-		return "", "", "", err
-	}
-	secret := make([]byte, 48)
-	if _, err := rand.Read(secret); err != nil {
-		return "", "", "", err
-	}
-	secretFile = filepath.Join(dir, "task-secret")
-	if err := os.WriteFile(secretFile, []byte(hex.EncodeToString(secret)+"\n"), 0o600); err != nil {
-		return "", "", "", err
-	}
-	return token, tokensFile, secretFile, nil
 }
 
 // transport is how the environment says to reach the server: TLS, and a client
@@ -447,8 +321,10 @@ func TestBearerTokenIsChecked(t *testing.T) {
 	if status.Code(createErr) != codes.PermissionDenied {
 		t.Errorf("CreatePendingAsset with the client certificate only: %v, want PermissionDenied", createErr)
 	}
-	// Without the certificate, the handshake fails.
-	conn, err := orchestrator.Dial(serverAddr, orchestrator.WithRootCAFile(caFile), orchestrator.WithToken(token))
+	// Without the certificate, the handshake fails (UNAVAILABLE, which GetAsset would
+	// retry for some 12 s before answering it).
+	conn, err := orchestrator.Dial(serverAddr, orchestrator.WithRootCAFile(caFile), orchestrator.WithToken(token),
+		orchestrator.WithDialOptions(grpc.WithDisableRetry()))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -214,14 +214,17 @@ class Upload:
 class Download:
     """Writes a download to a temporary file beside `dest`; fsync + rename on success only."""
 
-    def __init__(self, dest: str | os.PathLike[str], asset: Asset, progress: bool) -> None:
+    def __init__(
+        self, dest: str | os.PathLike[str], asset: Asset, progress: bool | ProgressCallback
+    ) -> None:
         self.dest = Path(dest)
         self.asset = asset
         self.hasher = hashlib.sha256()
         self.written = 0
         self.fh: IO[bytes] | None = None
         self.tmp: Path | None = None
-        self.bar = Progress(asset.size_bytes or None, f"download {asset.label}", progress)
+        self.on_progress = progress if callable(progress) else None
+        self.bar = Progress(asset.size_bytes or None, f"download {asset.label}", progress is True)
 
     def open(self) -> Download:
         fd, name = tempfile.mkstemp(
@@ -244,6 +247,8 @@ class Download:
         self.hasher.update(msg.chunk)
         self.written += len(msg.chunk)
         self.bar.update(len(msg.chunk))
+        if self.on_progress is not None:
+            self.on_progress(self.written, self.asset.size_bytes)
 
     def commit(self) -> Path:
         """Verify size and digest, fsync, rename into place (blocking)."""

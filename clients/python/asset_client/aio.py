@@ -28,9 +28,12 @@ from typing import Any, TypeVar
 import grpc
 import grpc.aio
 
-from asset_client import _channel, _convert, _core, _selectors
+from asset_client import _channel, _convert, _core, _reading, _selectors
+from asset_client._blobcache import BlobCache
 from asset_client._convert import pb, pb_grpc
+from asset_client._core import ProgressCallback
 from asset_client._leases import AsyncLeaseKeeper
+from asset_client._materialize import AsyncMaterializer
 from asset_client.errors import (
     DeadlineExceededError,
     HistoryGoneError,
@@ -418,7 +421,7 @@ class AsyncAssetClient:
         asset_id: str,
         path: str | os.PathLike[str],
         *,
-        progress: bool = True,
+        progress: bool | ProgressCallback = True,
         timeout: float | None = None,
     ) -> Path:
         """Write an asset's bytes to `path` atomically (temp file, fsync, rename)."""
@@ -433,6 +436,33 @@ class AsyncAssetClient:
             finally:
                 call.cancel()
             return await asyncio.to_thread(target.commit)
+
+    async def read(
+        self,
+        asset_id: str,
+        *,
+        offset: int = 0,
+        limit: int = 0,
+        timeout: float | None = None,
+    ) -> AsyncIterator[bytes]:
+        """An asset's bytes (a FILE's, or a VALUE's content) in chunks, from `offset`, at
+        most `limit` (0: to the end).
+
+        A whole read of a FILE (offset and limit 0) ends with its size and sha256 checked
+        against the record: DataLossError after the last chunk if they differ. The chunks
+        already yielded cannot be taken back, so write them where they can be discarded,
+        or use `download`, which renames a file into place only once it checks out.
+        """
+        reading = _reading.Reading(await self.get(asset_id, timeout=timeout), offset, limit)
+        call = self._stub.ReadAsset(reading.request(), timeout=timeout)
+        try:
+            async for msg in call:
+                yield reading.chunk(msg)
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from exc
+        finally:
+            call.cancel()
+        reading.finish()
 
     async def manifest(
         self,
@@ -450,6 +480,33 @@ class AsyncAssetClient:
         request = _core.manifest_request(mappings, config_params, wait)
         response = await self._call(self._stub.GetManifest, request, timeout)
         return _convert.manifest_from_pb(response)
+
+    async def materialize(
+        self,
+        mappings: Mapping[str, str],
+        config_params: Mapping[str, Any] | None = None,
+        *,
+        dest: str | os.PathLike[str],
+        cache_dir: str | os.PathLike[str] | None = None,
+        progress: bool | ProgressCallback = False,
+        timeout: float | None = None,
+    ) -> Manifest:
+        """Write input_data.json for these input keys -> asset ids on THIS machine, in `dest`.
+
+        No disk shared with the server: it waits (a watch, up to `timeout`; None: as long
+        as it takes) until no input is PENDING, an input that FAILED or was deleted ending
+        it at once (AssetFailedError / AssetDeletedError naming its key); downloads each
+        FILE input into a cache keyed by sha256 (`cache_dir`, default
+        $ASSET_SERVICE_CACHE_DIR or ~/.cache/asset-service; size and sha256 checked before
+        a blob gets its name; another process fetching the same content is waited for, not
+        repeated) and links it as `dest`/files/<id>-<label>; writes VALUE inputs as
+        `dest`/values/<id>.txt|.json|.bin; then `dest`/input_data.json in GetManifest's
+        format with these absolute paths. Returns its path and each key's file.
+        `progress` is download's, for each input fetched in turn.
+        """
+        cache = await asyncio.to_thread(BlobCache.open, cache_dir)
+        materializer = AsyncMaterializer(self, cache)
+        return await materializer.run(mappings, config_params, dest, progress, timeout)
 
     async def delete(self, asset_id: str, *, timeout: float | None = None) -> Asset:
         """Remove an asset's record and bytes; returns its last state."""
@@ -511,9 +568,10 @@ class AsyncAssetClient:
         without their inline VALUE content (`get` has it). With status PENDING a promise's
         fulfilment or failure comes too: it leaves the selection. after_revision 0 means
         from now (pinned with a one-item listing first). Resumes by itself after
-        UNAVAILABLE from the last revision yielded. HistoryGoneError if the server no
-        longer holds the changes after that revision: list again and watch from the
-        page's revision (or use `follow`, which does).
+        UNAVAILABLE from the last revision yielded. Below the server's in-memory history
+        it replays from its store: each asset's latest state since then, not every step.
+        HistoryGoneError if the server can no longer replay from that revision: list
+        again and watch from the page's revision (or use `follow`, which does).
         """
         cursor = _selectors.SelectorCursor(
             status, type, tags, created_by_task, label, after_revision, timeout
@@ -557,11 +615,13 @@ class AsyncAssetClient:
         """The assets these filters pick, then every change to them (an informer); forever.
 
         A SNAPSHOT event for each listed asset (page after page, with its VALUE), then
-        watch_selector's events from the first page's revision. Per asset, nothing goes
-        out that is not newer than what was yielded for it, so no change is missed or
-        repeated although later pages are read at later revisions. On HistoryGoneError it
-        lists again: SNAPSHOT for what is new or changed, DELETED (the last state yielded,
-        with its revision) for what is gone, CHANGED for what left a status selection.
+        watch_selector's events from the first page's revision (the server replays them
+        from its store if the listing took longer than its history reaches). Per asset,
+        nothing goes out that is not newer than what was yielded for it, so no change is
+        missed or repeated although later pages are read at later revisions. On
+        HistoryGoneError it lists again: SNAPSHOT for what is new or changed, DELETED (the
+        last state yielded, with its revision) for what is gone, CHANGED for what left a
+        status selection.
         `timeout` bounds the whole follow; each listing call has the client's default.
         """
         tags = _convert.tags_list(tags)  # used for every listing and watch

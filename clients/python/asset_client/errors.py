@@ -102,11 +102,12 @@ class DataLossError(AssetServiceError):
 
 
 class HistoryGoneError(AssetServiceError):
-    """OUT_OF_RANGE: a selector watch asked for changes older than the server's history.
+    """OUT_OF_RANGE: a selector watch asked for changes the server can no longer replay.
 
-    The server replays selector watches from the latest changes it keeps
-    (--watch-history-bytes), beginning anew at each start, so a revision that is too old,
-    or a watcher that fell that far behind, cannot be served. List again and watch from the
+    The server replays selector watches from the latest changes it keeps in memory and,
+    below them, from the store, which keeps deleted assets' tombstones for
+    --watch-tombstone-ttl: a revision older than those, or one from before a rollback
+    (the database went back in time), cannot be served. List again and watch from the
     page's revision (`list_page(...).revision`); `follow` does that by itself.
     """
 

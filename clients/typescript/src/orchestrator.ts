@@ -51,7 +51,7 @@ export async function watch(
   signal?: AbortSignal,
 ): Promise<Map<string, Asset>> {
   const last = new Map<string, Asset>();
-  for await (const ev of svc.watch({ assetIds: ids }, signal)) {
+  for await (const ev of svc.watch({ assetIds: ids }, { signal })) {
     if (ev.asset) last.set(ev.asset.id, ev.asset);
     await onEvent?.(ev);
   }

@@ -7,7 +7,7 @@ import { createHash } from "node:crypto";
 
 import { Server, ServerCredentials, status, type ServiceError } from "@grpc/grpc-js";
 
-import { AssetService, DataLossError, taskTokenSource } from "../src/client";
+import { AssetService, type ClientOptions, DataLossError, taskTokenSource } from "../src/client";
 import {
   type Asset,
   AssetServiceService,
@@ -72,8 +72,8 @@ describe("asset service from TypeScript", () => {
 
   const opened: AssetService[] = [];
   /** A client with the server's transport (TLS, client certificate) and this token. */
-  function open(token?: string | TokenSource, transport = server.transport): AssetService {
-    const c = new AssetService(server.address, { ...transport, token });
+  function open(token?: string | TokenSource, transport = server.transport, options: ClientOptions = {}): AssetService {
+    const c = new AssetService(server.address, { ...transport, token, ...options });
     opened.push(c);
     return c;
   }
@@ -163,9 +163,14 @@ describe("asset service from TypeScript", () => {
     await rejectsWith(wrong.getAsset(UNKNOWN_ID), status.UNAUTHENTICATED);
     await rejectsWith(wrong.createPendingAsset({ taskId: taskId("wrong"), label: "x" }), status.UNAUTHENTICATED);
 
-    const broken = open(async () => {
-      throw new Error("vault sealed");
-    });
+    // Without retries: a safe call failing with UNAVAILABLE would be sent 5 times in ~7 s.
+    const broken = open(
+      async () => {
+        throw new Error("vault sealed");
+      },
+      server.transport,
+      { retry: false },
+    );
     await rejectsWith(broken.getAsset(UNKNOWN_ID), status.UNAVAILABLE, "vault sealed");
 
     const anonymous = open(undefined);
@@ -177,7 +182,7 @@ describe("asset service from TypeScript", () => {
     // mTLS: the certificate alone authenticates, as a reader; without it the handshake fails.
     await rejectsWith(anonymous.getAsset(UNKNOWN_ID), status.NOT_FOUND);
     await rejectsWith(anonymous.createPendingAsset({ taskId: taskId("cert"), label: "x" }), status.PERMISSION_DENIED);
-    const noCertificate = open(token, { rootCerts: server.transport.rootCerts });
+    const noCertificate = open(token, { rootCerts: server.transport.rootCerts }, { retry: false });
     await rejectsWith(noCertificate.getAsset(UNKNOWN_ID), status.UNAVAILABLE);
   });
 

@@ -5,7 +5,8 @@
 // How to reach $ASSET_SERVICE_ADDR: $ASSET_SERVICE_CA_FILE (PEM root CA: TLS),
 // $ASSET_SERVICE_CLIENT_CERT and $ASSET_SERVICE_CLIENT_KEY (mTLS; the server must map the
 // certificate to the reader role), $ASSET_SERVICE_TOKEN (a bearer token with the
-// orchestrator role; the server must also have --token-secret-file).
+// orchestrator role; the server must also have --token-secret-file),
+// $ASSET_SERVICE_ADMIN_TOKEN (test only: one with the admin role, for DeleteAsset).
 import { type ChildProcess, spawn } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
 import { existsSync, mkdtempSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
@@ -21,6 +22,8 @@ export interface TestServer {
   transport: Security;
   /** A token with the orchestrator role, if the server takes tokens. */
   token?: string;
+  /** A token with the admin role (DeleteAsset), if the test was given one. */
+  adminToken?: string;
   /** Whether `transport` presents a client certificate (mapped to the reader role). */
   clientCertificate: boolean;
   stop(): Promise<void>;
@@ -72,10 +75,36 @@ export async function testServer(): Promise<TestServer> {
       importRoot: process.env.ASSET_SERVICE_IMPORT_ROOT || undefined,
       transport,
       token: process.env.ASSET_SERVICE_TOKEN || undefined,
+      adminToken: process.env.ASSET_SERVICE_ADMIN_TOKEN || undefined,
       clientCertificate: transport.certChain !== undefined,
       stop: async () => {},
     };
   }
+  const own = await ownServer();
+  return { ...own, transport: {}, adminToken: undefined, clientCertificate: false };
+}
+
+/** A server this process started: it can be stopped, killed and started again on its port. */
+export interface OwnServer {
+  address: string;
+  importRoot: string;
+  /** A token with the orchestrator role (the server has a tokens file and a task-token secret). */
+  token: string;
+  /** Starts it again (after stop or kill) on the same port, storage and database. */
+  start(): Promise<void>;
+  /** SIGTERM (the server's graceful stop), SIGKILL after 15 s; resolves once it exited. */
+  halt(): Promise<void>;
+  /** SIGKILL: nothing of the server's shutdown runs. */
+  kill(): Promise<void>;
+  /** Stops it and removes its folder. */
+  stop(): Promise<void>;
+}
+
+/**
+ * `python -m asset_service` on a free port of 127.0.0.1, in a temporary folder, plaintext,
+ * with a tokens file (one orchestrator token) unless `tokens` is false.
+ */
+export async function ownServer(tokens = true): Promise<OwnServer> {
   const repo = repoRoot();
   const python = process.env.ASSET_SERVICE_PYTHON || path.join(repo, ".venv", "bin", "python");
   const dir = mkdtempSync(path.join(tmpdir(), "asset-service-ts-test-"));
@@ -84,31 +113,42 @@ export async function testServer(): Promise<TestServer> {
   const { token, tokensFile, secretFile } = writeSecurityFiles(dir);
   // The server reads ASSET_SERVICE_* variables as settings: pass none.
   const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("ASSET_SERVICE_")));
-  const child = spawn(
-    python,
-    [
-      "-m", "asset_service",
-      "--listen", "127.0.0.1:0",
-      "--storage-root", path.join(dir, "data"),
-      "--database-url", `sqlite:///${path.join(dir, "assets.db")}`,
-      "--import-root", importRoot,
-      "--tokens-file", tokensFile,
-      "--token-secret-file", secretFile,
-      "--shutdown-grace", "2",
-      "--lease-check-interval", "0.2", // a lease's expiry is seen within 0.2 s
-    ],
-    { cwd: repo, env, stdio: ["ignore", "ignore", "pipe"] },
-  );
+  let listen = "127.0.0.1:0";
+  let child: ChildProcess | undefined;
+  const start = async (): Promise<void> => {
+    child = spawn(
+      python,
+      [
+        "-m", "asset_service",
+        "--listen", listen,
+        "--storage-root", path.join(dir, "data"),
+        "--database-url", `sqlite:///${path.join(dir, "assets.db")}`,
+        "--import-root", importRoot,
+        ...(tokens ? ["--tokens-file", tokensFile, "--token-secret-file", secretFile] : []),
+        "--shutdown-grace", "2",
+        "--lease-check-interval", "0.2", // a lease's expiry is seen within 0.2 s
+      ],
+      { cwd: repo, env, stdio: ["ignore", "ignore", "pipe"] },
+    );
+    listen = await listeningAddress(child); // the same port from now on
+  };
+  const halt = async (): Promise<void> => {
+    if (child) await terminate(child);
+  };
+  const kill = async (): Promise<void> => {
+    if (child) await terminate(child, "SIGKILL");
+  };
   const stop = async (): Promise<void> => {
-    await terminate(child);
+    await halt();
     rmSync(dir, { recursive: true, force: true });
   };
   try {
-    return { address: await listeningAddress(child), importRoot, transport: {}, token, clientCertificate: false, stop };
+    await start();
   } catch (err) {
     await stop();
     throw err;
   }
+  return { address: listen, importRoot, token, start, halt, kill, stop };
 }
 
 function listeningAddress(child: ChildProcess): Promise<string> {
@@ -132,7 +172,7 @@ function listeningAddress(child: ChildProcess): Promise<string> {
   });
 }
 
-function terminate(child: ChildProcess): Promise<void> {
+function terminate(child: ChildProcess, signal: NodeJS.Signals = "SIGTERM"): Promise<void> {
   if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
   return new Promise((resolve) => {
     const kill = setTimeout(() => child.kill("SIGKILL"), 15_000);
@@ -140,6 +180,6 @@ function terminate(child: ChildProcess): Promise<void> {
       clearTimeout(kill);
       resolve();
     });
-    child.kill("SIGTERM");
+    child.kill(signal);
   });
 }

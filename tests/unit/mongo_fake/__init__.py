@@ -59,7 +59,14 @@ def attach(store: Any, server: Server, user: str = "app") -> Any:
     """Serve `store`'s collections and killSessions from `server`, as database user `user`."""
     store._client._fake_user = user  # the user its sessions belong to
     # Each fake keeps the read concern the store gave its real collection.
-    for attr, name in (("_assets", "assets"), ("_counters", "counters"), ("_writers", "writers")):
+    for attr, name in (
+        ("_assets", "assets"),
+        ("_counters", "counters"),
+        ("_writers", "writers"),
+        ("_tombstones", "tombstones"),
+        ("_lease_docs", "leases"),
+        ("_sweeps", "sweeps"),
+    ):
         real = getattr(store, attr, None)
         concern = getattr(real, "read_concern", None)
         setattr(store, attr, FakeCollection(server, name, concern))

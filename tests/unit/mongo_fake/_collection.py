@@ -16,7 +16,14 @@ from typing import Any
 from bson.timestamp import Timestamp
 from pymongo import ReturnDocument
 from pymongo.errors import BulkWriteError
-from pymongo.operations import DeleteMany, DeleteOne, InsertOne, UpdateMany, UpdateOne
+from pymongo.operations import (
+    DeleteMany,
+    DeleteOne,
+    InsertOne,
+    ReplaceOne,
+    UpdateMany,
+    UpdateOne,
+)
 from pymongo.read_concern import ReadConcern
 from pymongo.results import BulkWriteResult, DeleteResult, InsertOneResult, UpdateResult
 
@@ -164,6 +171,11 @@ class FakeCollection:
             before = found[0] if found else None
             if op == "delete":
                 after = None
+            elif op == "replace" and (before is not None or kw.get("upsert")):
+                # A replacement keeps the matched (or the filter's) _id:
+                # https://www.mongodb.com/docs/manual/reference/method/db.collection.replaceOne/
+                base = before if before is not None else upsert_base(target)
+                after = {**clone(dict(change)), "_id": base["_id"]}
             elif before is not None:
                 after = apply_update(before, change, server.now())
             elif kw.get("upsert"):
@@ -277,6 +289,8 @@ class FakeCollection:
         if isinstance(op, UpdateOne | UpdateMany):
             assert isinstance(op, UpdateOne), "the store updates one document per request"
             return await self._one(session, "update", op._filter, op._doc, upsert=op._upsert)
+        if isinstance(op, ReplaceOne):
+            return await self._one(session, "replace", op._filter, op._doc, upsert=op._upsert)
         if isinstance(op, DeleteOne | DeleteMany):
             assert isinstance(op, DeleteOne)
             return await self._one(session, "delete", op._filter)
@@ -303,7 +317,7 @@ def _keys(target: Mapping[str, Any], op: str) -> list[Any] | None:
 def _kind(op: Any) -> str:
     if isinstance(op, InsertOne):
         return "insert"
-    if isinstance(op, UpdateOne | UpdateMany):
+    if isinstance(op, UpdateOne | UpdateMany | ReplaceOne):
         return "update"
     return "delete"
 

@@ -1928,10 +1928,13 @@ type WatchAssetRequest struct {
 	// and the revision to watch from), records without their inline VALUE
 	// content (GetAsset has it), and the stream follows until cancelled.
 	// To start from now, pass the revision of a ListAssets page (0 is revision
-	// 0, replayable only while the history holds everything). A revision older
-	// than this server's change history (it keeps the latest
-	// --watch-history-bytes of changes and begins at each start) is refused with
-	// OUT_OF_RANGE: list again and watch from the page's revision.
+	// 0: everything). Changes the server's in-memory history still holds
+	// (--watch-history-bytes) are replayed step by step; older ones from the
+	// store: each asset's current state and the tombstone of each one deleted
+	// since (kept for --watch-tombstone-ttl), in revision order. A revision
+	// older than the tombstones, or one the database no longer has (a failover
+	// rolled it back), is refused with OUT_OF_RANGE: list again and watch from
+	// the page's revision.
 	Selector      *AssetSelector `protobuf:"bytes,4,opt,name=selector,proto3" json:"selector,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

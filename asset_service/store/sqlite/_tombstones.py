@@ -1,0 +1,125 @@
+"""SqliteStore's tombstones of deleted assets, and the changes since a revision they serve."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from datetime import UTC, datetime
+
+from asset_service.domain.errors import HistoryGone
+from asset_service.domain.models import Asset, AssetType, Change, ChangeKind, Status
+from asset_service.domain.replay import Replay, merged, tombstone
+from asset_service.store.sqlite._schema import (
+    RECORD_SLIM_COLUMNS,
+    row_to_asset,
+    to_ms,
+    transaction,
+)
+
+# Tombstones removed per transaction of a sweep: the writer thread is not held for long.
+SWEEP_BATCH = 5000
+
+TOMBSTONE_COLUMNS = (
+    "id, revision, deleted_ms, label, status, type, media_type, created_by_task, tags, "
+    "created_at, updated_at, created_by, updated_by"
+)
+
+
+def keep(c: sqlite3.Connection, gone: Asset) -> None:
+    """Keep tombstone(gone), in the deleting transaction."""
+    t = tombstone(gone)
+    c.execute(
+        f"INSERT INTO tombstones ({TOMBSTONE_COLUMNS}) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            t.id,
+            t.revision,
+            to_ms(datetime.now(UTC)),
+            t.label,
+            t.status.value,
+            t.type.value,
+            t.media_type,
+            t.created_by_task,
+            json.dumps(list(t.tags)),
+            t.created_at.isoformat(),
+            t.updated_at.isoformat(),
+            t.created_by,
+            t.updated_by,
+        ),
+    )
+
+
+def _tombstone(row: sqlite3.Row) -> Asset:
+    return Asset(
+        id=row["id"],
+        label=row["label"],
+        status=Status(row["status"]),
+        type=AssetType(row["type"]),
+        media_type=row["media_type"],
+        created_at=datetime.fromisoformat(row["created_at"]),
+        updated_at=datetime.fromisoformat(row["updated_at"]),
+        created_by_task=row["created_by_task"],
+        tags=tuple(json.loads(row["tags"])),
+        revision=row["revision"],
+        created_by=row["created_by"],
+        updated_by=row["updated_by"],
+    )
+
+
+def _counter(c: sqlite3.Connection, name: str) -> int:
+    row = c.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def changes_since(c: sqlite3.Connection, after: int, limit: int) -> Replay:
+    """Records and tombstones above `after` in ONE read transaction (a WAL snapshot)."""
+    c.execute("BEGIN")
+    try:
+        horizon = _counter(c, "tombstones")
+        if after < horizon:
+            raise HistoryGone(after, horizon)
+        revision = _counter(c, "revision")
+        # The revision indexes: each list is one index range, already in order.
+        records = [
+            Change(ChangeKind.PUT, row_to_asset(row))
+            for row in c.execute(
+                f"SELECT {RECORD_SLIM_COLUMNS} FROM assets WHERE revision > ? "
+                "ORDER BY revision LIMIT ?",
+                (after, limit),
+            )
+        ]
+        gone = [
+            Change(ChangeKind.DELETE, _tombstone(row))
+            for row in c.execute(
+                f"SELECT {TOMBSTONE_COLUMNS} FROM tombstones WHERE revision > ? "
+                "ORDER BY revision LIMIT ?",
+                (after, limit),
+            )
+        ]
+    finally:
+        c.execute("COMMIT")
+    return merged(records, gone, revision, limit)
+
+
+def sweep(c: sqlite3.Connection, before_ms: int) -> int:
+    """Remove up to SWEEP_BATCH tombstones of deletions before `before_ms`, raising the
+    horizon over them in the same transaction.
+
+    Taken in revision order (the table's own order, no index to keep up), up to the first
+    one deleted since: deletion times grow with revisions but for a clock stepped back,
+    which only keeps some a little longer.
+    """
+    with transaction(c):
+        top = None
+        oldest = c.execute(
+            "SELECT revision, deleted_ms FROM tombstones ORDER BY revision LIMIT ?",
+            (SWEEP_BATCH,),
+        ).fetchall()
+        for revision, deleted_ms in oldest:
+            if deleted_ms >= before_ms:
+                break
+            top = int(revision)
+        if top is None:
+            return 0
+        c.execute("UPDATE counters SET value = max(value, ?) WHERE name = 'tombstones'", (top,))
+        return int(c.execute("DELETE FROM tombstones WHERE revision <= ?", (top,)).rowcount)

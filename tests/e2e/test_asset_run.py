@@ -1,0 +1,298 @@
+"""`asset run`: signals, lost promises, missing outputs, bad usage (issue 19 item 3)."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from asset_client import AssetClient, AssetStatus, AssetType
+
+from tests.e2e.cli_helpers import asset, one_line_error, out, start
+from tests.serverproc import ServerProcess
+
+
+@pytest.fixture
+def client(server: ServerProcess) -> Iterator[AssetClient]:
+    with AssetClient(server.address, timeout=30) as c:
+        yield c
+
+
+def _wait_for(path: Path, proc: subprocess.Popen[bytes], timeout: float = 30) -> str:
+    deadline = time.monotonic() + timeout
+    while not (path.exists() and path.read_text().strip()):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.05)
+    return path.read_text().strip()
+
+
+def _alive_in(group: int) -> list[int]:
+    """Processes of the group still running (zombies not counted: they only await a
+    reaper, which in a container without an init may never come)."""
+    alive = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == group and fields[0] != "Z":
+            alive.append(int(stat.parent.name))
+    return alive
+
+
+def _finish(proc: subprocess.Popen[bytes], timeout: float = 30) -> tuple[int, str]:
+    try:
+        _, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise
+    return proc.returncode, err.decode()
+
+
+def test_sigterm_is_passed_on_and_a_command_ignoring_it_is_killed(
+    server: ServerProcess, client: AssetClient, tmp_path: Path
+) -> None:
+    promise = client.create_pending("task-term", "out.bin", lease_seconds=30)
+    pidfile = tmp_path / "pid"
+    script = f"trap '' TERM; echo $$ > {pidfile}; echo 'working hard' >&2; sleep 60 & wait"
+    proc = start(
+        server.address,
+        ["run", "--grace", "1", "--output", f"out={promise.id}", "--", "sh", "-c", script],
+    )
+    try:
+        group = int(_wait_for(pidfile, proc))
+        proc.send_signal(signal.SIGTERM)
+        began = time.monotonic()
+        code, err = _finish(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert code == 128 + signal.SIGKILL  # the command's own end, as a shell reports it
+    assert time.monotonic() - began < 10
+    assert _alive_in(group) == []  # its `sleep` too: the whole group went
+    failed = client.get(promise.id)
+    assert failed.status is AssetStatus.FAILED
+    assert failed.failure_reason.startswith("asset run received SIGTERM; the command was killed")
+    assert "working hard" in failed.failure_reason
+    assert "working hard" in err
+
+
+def test_sigint_reaches_the_command_whose_exit_status_is_asset_runs(
+    server: ServerProcess, client: AssetClient, tmp_path: Path
+) -> None:
+    promise = client.create_pending("task-int", "out.bin")
+    ready = tmp_path / "ready"
+    program = (
+        "import signal, sys, time\n"
+        "def stop(n, f):\n"
+        "    print('got SIGINT, cleaning up', file=sys.stderr); sys.exit(3)\n"
+        "signal.signal(signal.SIGINT, stop)\n"
+        f"open({str(ready)!r}, 'w').write('1')\n"
+        "time.sleep(60)\n"
+    )
+    proc = start(
+        server.address,
+        ["run", "--output", f"out={promise.id}", "--", "python3", "-c", program],
+    )
+    _wait_for(ready, proc)
+    proc.send_signal(signal.SIGINT)
+    code, _ = _finish(proc)
+    assert code == 3
+    reason = client.get(promise.id).failure_reason
+    assert reason.startswith("asset run received SIGINT; the command exited with status 3")
+    assert reason.endswith("got SIGINT, cleaning up")
+
+
+def test_a_promise_lost_meanwhile_stops_the_command_and_fails_the_others(
+    server: ServerProcess, client: AssetClient, tmp_path: Path
+) -> None:
+    first = client.create_pending("task-lost", "a.bin", lease_seconds=1)
+    second = client.create_pending("task-lost", "b.bin", lease_seconds=1)
+    pidfile = tmp_path / "pid"
+    proc = start(
+        server.address,
+        [
+            "run",
+            "--output",
+            f"a={first.id}",
+            "--output",
+            f"b={second.id}",
+            "--",
+            "sh",
+            "-c",
+            f"echo $$ > {pidfile}; exec sleep 60",
+        ],
+    )
+    _wait_for(pidfile, proc)
+    client.fail(first.id, "the orchestrator gave up on it")
+    code, err = _finish(proc)
+    assert code == 128 + signal.SIGTERM
+    assert "stopping the command: the promise" in err
+    reason = client.get(second.id).failure_reason
+    assert reason.startswith(f"the promise {first.id} was lost")
+    assert reason.endswith("the command was killed by SIGTERM")
+    assert client.get(first.id).failure_reason == "the orchestrator gave up on it"
+
+
+def test_an_input_that_failed_fails_the_promise_and_the_command_never_runs(
+    server: ServerProcess, client: AssetClient, tmp_path: Path
+) -> None:
+    upstream = client.create_pending("task-up", "frames.zip")
+    client.fail(upstream.id, "ffmpeg exited 1")
+    promise = client.create_pending("task-down", "clip.mp4")
+    marker = tmp_path / "ran"
+    result = asset(
+        server.address,
+        "run",
+        "--input",
+        f"frames={upstream.id}",
+        "--output",
+        f"clip={promise.id}",
+        "--",
+        "touch",
+        str(marker),
+    )
+    err = one_line_error(result, 19)  # FAILED_PRECONDITION
+    assert "input 'frames'" in err
+    assert not marker.exists()
+    reason = client.get(promise.id).failure_reason
+    assert reason.startswith("inputs not available: input 'frames'")
+    assert "ffmpeg exited 1" in reason
+
+
+def test_a_pending_input_is_waited_for_then_the_command_runs(
+    server: ServerProcess, client: AssetClient, tmp_path: Path
+) -> None:
+    upstream = client.create_pending("task-up", "words.txt", type=AssetType.VALUE)
+    promise = client.create_pending("task-count", "count.txt")
+    proc = start(
+        server.address,
+        [
+            "run",
+            "--input",
+            f"words={upstream.id}",
+            "--output",
+            f"count={promise.id}",
+            "--",
+            "sh",
+            "-c",
+            'wc -w < "$1" > "$ASSET_OUTPUT"',
+            "sh",
+            "{input:words}",
+        ],
+    )
+    time.sleep(1)
+    assert proc.poll() is None  # still waiting
+    client.fulfill(upstream.id, value="one two three")
+    code, err = _finish(proc)
+    assert code == 0, err
+    assert b"".join(client.read(promise.id)).strip() == b"3"
+
+
+def test_the_commands_stdout_is_asset_runs_and_nothing_else(
+    server: ServerProcess, client: AssetClient, tmp_path: Path
+) -> None:
+    promise = client.create_pending("task-out", "out.txt")
+    target = tmp_path / "result.txt"
+    result = asset(
+        server.address,
+        "run",
+        "--output",
+        f"out={promise.id}:{target}",
+        "--",
+        "sh",
+        "-c",
+        "echo to stdout; echo data > {output}",
+        cwd=tmp_path,
+    )
+    assert out(result) == "to stdout\n"
+    assert client.get(promise.id).size_bytes == 5
+    # The declared file exists now: a second run may not deliver it stale.
+    again = client.create_pending("task-out", "out.txt")
+    refused = asset(server.address, "run", "--output", f"out={again.id}:{target}", "--", "true")
+    assert "exists already" in one_line_error(refused, 2)
+    assert client.get(again.id).status is AssetStatus.PENDING
+
+
+def test_a_command_that_writes_no_output_fails_its_promise(
+    server: ServerProcess, client: AssetClient
+) -> None:
+    promise = client.create_pending("task-none", "out.txt")
+    result = asset(server.address, "run", "--output", f"out={promise.id}", "--", "true")
+    assert "the command exited 0 but wrote no file" in one_line_error(result, 1)
+    assert "wrote no file at" in client.get(promise.id).failure_reason
+
+
+def test_a_command_that_cannot_be_found_fails_its_promise(
+    server: ServerProcess, client: AssetClient
+) -> None:
+    promise = client.create_pending("task-none", "out.txt")
+    result = asset(server.address, "run", "--output", f"out={promise.id}", "--", "no-such-cmd")
+    assert "cannot run 'no-such-cmd'" in one_line_error(result, 127)
+    assert client.get(promise.id).status is AssetStatus.FAILED
+
+
+def test_an_output_that_is_not_pending_is_refused_before_anything_runs(
+    server: ServerProcess, client: AssetClient, tmp_path: Path
+) -> None:
+    done = client.create_value("done", text="x")
+    marker = tmp_path / "ran"
+    result = asset(server.address, "run", "--output", f"o={done.id}", "--", "touch", str(marker))
+    assert "is AVAILABLE, not PENDING" in one_line_error(result, 19)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--output", "a=ID1", "--output", "b=ID2", "--", "cp", "x", "{output}"], "{output}"),
+        (["--output", "a=ID1", "--", "cp", "x", "{output:b}"], "no --output named 'b'"),
+        (["--output", "a=ID1", "--", "cat", "{input:nope}"], "no --input named 'nope'"),
+        (["--output", "9a=ID1", "--", "true"], "NAME=ASSET_ID"),
+        (["--input", "novalue", "--", "true"], "KEY=ASSET_ID"),
+        (["--config", "[1]", "--", "true"], "JSON object"),
+        (["--grace", "0", "--", "true"], "--grace"),
+        (["--output", "a=ID1"], "COMMAND"),
+    ],
+)
+def test_bad_usage_exits_2_with_one_line_and_touches_nothing(
+    server: ServerProcess, args: list[str], message: str
+) -> None:
+    assert message in one_line_error(asset(server.address, "run", *args), 2)
+
+
+def test_a_signal_while_waiting_for_inputs_fails_the_promise(
+    server: ServerProcess, client: AssetClient, tmp_path: Path
+) -> None:
+    upstream = client.create_pending("task-up", "never.txt")
+    promise = client.create_pending("task-wait", "out.txt", lease_seconds=30)
+    marker = tmp_path / "ran"
+    proc = start(
+        server.address,
+        [
+            "-v",
+            "run",
+            "--input",
+            f"x={upstream.id}",
+            "--output",
+            f"o={promise.id}",
+            "--",
+            "touch",
+            str(marker),
+        ],
+    )
+    assert proc.stderr is not None
+    line = proc.stderr.readline().decode()  # -v: it says when it starts waiting
+    assert line == "asset: waiting for 1 input(s)\n", line
+    proc.send_signal(signal.SIGTERM)
+    code, err = _finish(proc)
+    assert code == 128 + signal.SIGTERM
+    assert "received SIGTERM" in err
+    assert not marker.exists()
+    reason = client.get(promise.id).failure_reason
+    assert reason == "asset run received SIGTERM while waiting for its inputs"
