@@ -177,6 +177,8 @@ class GroupWriter:
         self.reruns = 0
         self.refused = 0
         self.expired = 0
+        # Told each group transaction's number of writes (metrics); len(self): queued.
+        self.on_batch: Callable[[int], None] | None = None
 
     def __len__(self) -> int:
         return len(self._queue)
@@ -339,6 +341,8 @@ class GroupWriter:
                 results.update({id(q): Outcome(error=copy.copy(late)) for q in pending})
                 break
             self.transactions += 1
+            if self.on_batch is not None:
+                self.on_batch(len(pending))
             began = _loop().time()
             try:
                 done = await self._transact(functools.partial(self._batch, pending), left)
