@@ -297,6 +297,15 @@ class Settings:
         "UploadAsset streams in progress at once, over all clients; one more is refused",
         group="limits",
     )
+    mongo_write_queue: int = setting(
+        POSITIVE,
+        "2048",
+        "with MongoDB: record writes one server process queues for its group writer; one "
+        "more (or more than 64MiB of queued values) is refused at once with UNAVAILABLE, "
+        "nothing sent, and so is a queued write not sent within the 15s every write gets "
+        "from its submission (clients retry with backoff); docs/mongodb.md",
+        group="limits",
+    )
     max_streams_per_connection: int = setting(
         POSITIVE,
         "100",

@@ -366,7 +366,11 @@ async def start(
     telemetry = telemetry or Telemetry.from_settings(settings)
     if store is None:
         store = open_store(
-            settings.database_url, settings.disk_reserve_bytes, telemetry.group_commits
+            settings.database_url,
+            settings.disk_reserve_bytes,
+            telemetry.group_commits,
+            mongo_write_queue=settings.mongo_write_queue,
+            orphan_grace_seconds=settings.orphan_grace_seconds,
         )
     storage, manifests = open_storage(settings)
     store = telemetry.observe(store, "store")

@@ -61,6 +61,17 @@ class MetadataStore(Protocol):
         """The records, without block sums (like query(): a batch of big files' sums is
         kilobytes each, and no caller of these needs them)."""
 
+    async def settled(self, asset_ids: Sequence[str]) -> dict[str, Asset]:
+        """The records as they will stay (like get_many), read once every write this
+        process sent before the call has a definite outcome: durable, or never to apply.
+
+        What settles a write whose outcome was unknown: bytes are kept or removed by
+        it. MongoDB ends the sessions of doubtful transactions, then reads at majority
+        after a majority write (a commit a failover rolls back is never taken for
+        success); raise Unavailable when that cannot be done now. Stores whose writes
+        are durable when they return answer like get_many.
+        """
+
     async def snapshot(self, asset_ids: Sequence[str]) -> dict[str, Asset]:
         """The states of `asset_ids` as of ONE point in time, WITHOUT inline values.
 

@@ -6,6 +6,7 @@ import functools
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from asset_service.domain.errors import InvalidArgument
 from asset_service.domain.ports import MetadataStore
@@ -32,13 +33,18 @@ def open_store(
     database_url: str,
     disk_reserve_bytes: int | None = None,
     on_group_commit: Callable[[str, int], None] | None = None,
+    *,
+    mongo_write_queue: int | None = None,
+    orphan_grace_seconds: float | None = None,
 ) -> MetadataStore:
     """sqlite:////abs/path.db (embedded default), mongodb://... (production) or memory://.
 
     memory:// keeps records in the server process only (lost when it stops): for demos
     and tests, never for data anyone needs. `disk_reserve_bytes` sizes SQLite's disk-full
     reserve (None: its default). `on_group_commit(store, writes)` hears of each group
-    transaction of the store's writer (metrics).
+    transaction of the store's writer (metrics). With MongoDB, `mongo_write_queue` bounds
+    the group writer's queue and `orphan_grace_seconds` (the storage's) is checked against
+    how late a write can commit.
     """
 
     def batches(name: str) -> Callable[[int], None] | None:
@@ -61,7 +67,12 @@ def open_store(
     if database_url.startswith(("mongodb://", "mongodb+srv://")):
         from asset_service.store.mongo import MongoStore
 
-        store: MetadataStore = MongoStore(database_url, on_group_commit=batches("mongodb"))
+        options: dict[str, Any] = {"orphan_grace": orphan_grace_seconds}
+        if mongo_write_queue is not None:
+            options["write_queue"] = mongo_write_queue
+        store: MetadataStore = MongoStore(
+            database_url, on_group_commit=batches("mongodb"), **options
+        )
         return store
     raise InvalidArgument(
         f"database URL {database_url!r} is not supported: use sqlite:///path.db, "

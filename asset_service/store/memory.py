@@ -163,6 +163,9 @@ class MemoryStore:
         await self._enter()
         return {i: _listed(self._read(self._rows[i][1])) for i in asset_ids if i in self._rows}
 
+    async def settled(self, asset_ids: Sequence[str]) -> dict[str, Asset]:
+        return await self.get_many(asset_ids)  # a write has applied when it returns
+
     async def snapshot(self, asset_ids: Sequence[str]) -> dict[str, Asset]:
         await self._enter()
         # No await below: no write can land between two of these reads.

@@ -94,6 +94,19 @@ async def test_insert_then_get_and_get_many(backend: Backend) -> None:
     assert await store.get_many([]) == {}
 
 
+async def test_settled_records_are_what_every_write_left(backend: Backend) -> None:
+    """settled(): the records as they will stay, once every write sent has its outcome
+    (what bytes of an unknown commit are kept or removed by)."""
+    store = backend.store
+    a, b = await store.insert(pending()), await store.insert(value_asset())
+    gone = await store.insert(pending())
+    await store.delete(gone.id)
+    failed = await store.transition(a.id, Status.PENDING, Failure("x"), T0)
+    settled = await store.settled([a.id, b.id, gone.id, new_asset_id(), a.id])
+    assert settled == {a.id: failed, b.id: b}
+    assert await store.settled([]) == {}
+
+
 async def test_insert_existing_id_is_a_conflict(backend: Backend) -> None:
     a = await backend.store.insert(pending())
     with pytest.raises(Conflict):

@@ -279,6 +279,10 @@ class SqliteStore:
     async def get_many(self, asset_ids: Sequence[str]) -> dict[str, Asset]:
         return await self._select_many(LISTED_COLUMNS, asset_ids)
 
+    async def settled(self, asset_ids: Sequence[str]) -> dict[str, Asset]:
+        # A write is durable when it returns (WAL, synchronous commit): nothing pending.
+        return await self.get_many(asset_ids)
+
     async def snapshot(self, asset_ids: Sequence[str]) -> dict[str, Asset]:
         # One statement, or one read transaction past 500 ids: one cut either way.
         return await self._select_many(SLIM_COLUMNS, asset_ids)
