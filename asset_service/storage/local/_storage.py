@@ -298,8 +298,9 @@ class LocalStorage:
 
     # --- writing ----------------------------------------------------------------------
 
-    def new_writer(self) -> Writer:
-        return Writer(self, self.staging / uuid.uuid4().hex)
+    def new_writer(self, key: str | None = None) -> Writer:
+        # A staging file linked into place at commit: knowing the key early gains nothing.
+        return Writer(self, self.staging / uuid.uuid4().hex, key)
 
     async def adopt(self, path: str, move: bool) -> Adopted:
         """Hash (and, unless it can be linked, copy) a server-side file under an import root."""

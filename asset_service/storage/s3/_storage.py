@@ -26,7 +26,8 @@ from asset_service.modes import Modes
 from asset_service.storage import blocks, keys
 from asset_service.storage.imports import ImportRoots
 from asset_service.storage.s3 import _recovery
-from asset_service.storage.s3._blob import S3Adopted, S3Writer, crc32c_base64
+from asset_service.storage.s3._blob import S3Adopted, S3Writer
+from asset_service.storage.s3._bulk import Bulk
 from asset_service.storage.s3._config import (
     COPY_PART_SIZE,
     Credentials,
@@ -37,6 +38,7 @@ from asset_service.storage.s3._config import (
     translate,
 )
 from asset_service.storage.s3._journal import Journal, Leftover
+from asset_service.storage.s3._parts import crc32c_base64
 from asset_service.storage.s3._session_blob import S3SessionWriter
 from asset_service.storage.s3._session_hold import S3Hold
 from asset_service.storage.s3._sessions import S3Sessions
@@ -84,6 +86,7 @@ class S3Storage:
         self.journal = Journal(state_dir, self.instance, modes)
         self._stack = contextlib.AsyncExitStack()
         self._client: S3Client | None = None
+        self._bulk: Bulk | None = None
         self._background: set[asyncio.Task[None]] = set()
         # Resumable uploads' sessions, in tmp/uploads/ of the bucket.
         self.sessions = S3Sessions(self)
@@ -93,6 +96,13 @@ class S3Storage:
         if self._client is None:
             raise Unavailable(f"object storage {self.url} is not open")
         return self._client
+
+    @property
+    def bulk(self) -> Bulk:
+        """Parts and ranged GETs, on threads (storage/s3/_bulk.py says why)."""
+        if self._bulk is None:
+            raise Unavailable(f"object storage {self.url} is not open")
+        return self._bulk
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -111,6 +121,9 @@ class S3Storage:
                 f"bucket {self.location.bucket!r} at {creds.endpoint_url or 'AWS S3'} is not "
                 f"usable ({exc}); create it, or check AWS_ENDPOINT_URL and the credentials"
             ) from exc
+        bulk = Bulk(creds, self._max_connections)
+        await asyncio.to_thread(bulk.open)
+        self._bulk = bulk
         await asyncio.to_thread(self.journal.open)
 
     async def ping(self) -> None:
@@ -130,6 +143,9 @@ class S3Storage:
                 await _recovery.clear_instance(self, self.instance)
         await self._stack.aclose()
         self._client = None
+        if self._bulk is not None:
+            self._bulk.close()
+            self._bulk = None
         await asyncio.to_thread(self.journal.close)
 
     async def drain(self) -> None:
@@ -201,6 +217,23 @@ class S3Storage:
                 IfNoneMatch="*",
                 Metadata={"blob-id": blob_id},
                 ChecksumCRC32C=checksum,  # checked by the store on receipt
+            )
+
+        await self._placed(object_key, write)
+
+    async def place_upload(
+        self, object_key: str, upload_id: str, parts: list[CompletedPartTypeDef]
+    ) -> None:
+        """Complete a multipart upload opened at its final key, only if the key is still
+        free (a refused completion leaves the upload open: it can be retried, or aborted)."""
+
+        async def write() -> None:
+            await self.client.complete_multipart_upload(
+                Bucket=self.location.bucket,
+                Key=object_key,
+                UploadId=upload_id,
+                MultipartUpload={"Parts": parts},
+                IfNoneMatch="*",
             )
 
         await self._placed(object_key, write)
@@ -295,8 +328,8 @@ class S3Storage:
 
     # --- writing ----------------------------------------------------------------------
 
-    def new_writer(self) -> S3Writer:
-        return S3Writer(self)
+    def new_writer(self, key: str | None = None) -> S3Writer:
+        return S3Writer(self, key)
 
     async def adopt(self, path: str, move: bool) -> S3Adopted:
         """Copy a server-side file under an import root into the bucket while hashing it."""
