@@ -39,6 +39,7 @@ from asset_service.storage.s3._config import (
 )
 from asset_service.storage.s3._journal import Journal, Leftover
 from asset_service.storage.s3._parts import crc32c_base64
+from asset_service.storage.s3._reads import Object
 from asset_service.storage.s3._session_blob import S3SessionWriter
 from asset_service.storage.s3._session_hold import S3Hold
 from asset_service.storage.s3._sessions import S3Sessions
@@ -404,49 +405,12 @@ class S3Storage:
         sums: BlockSums | None = None,
     ) -> AsyncIterator[bytes]:
         object_key, etag = await self._checked(storage_path, size_bytes)
+        stored = Object(self.client, self.location.bucket, object_key, etag, storage_path)
         end = size_bytes if limit <= 0 else min(size_bytes, offset + limit)
         if sums is None:
-            return self._ranged(object_key, storage_path, etag, offset, end, chunk_size)
+            return stored.ranged(offset, end, chunk_size)
         span = blocks.aligned(sums, offset, end, size_bytes)
-        return self._checked_blocks(
-            object_key, storage_path, etag, span, offset, end, chunk_size, sums
-        )
-
-    async def _checked_blocks(
-        self,
-        object_key: str,
-        shown: str,
-        etag: str,
-        span: tuple[int, int],
-        offset: int,
-        end: int,
-        chunk_size: int,
-        sums: BlockSums,
-    ) -> AsyncIterator[bytes]:
-        """Whole blocks (`span`) from one ranged GET, each checked before any of it is
-        yielded."""
-        if offset >= end:
-            return
-        start, stop = span
-        block = sums.block_bytes
-        pending = bytearray()
-        async for data in self._ranged(object_key, shown, etag, start, stop, block):
-            wanted = min(block, stop - start)
-            if not pending and len(data) == wanted:
-                ready = [data]  # a whole block in one read (the usual case): no copy
-            else:
-                pending += data
-                ready, at = [], start
-                while len(pending) >= block or (pending and at + len(pending) >= stop):
-                    size = min(block, len(pending))
-                    ready.append(bytes(pending[:size]))
-                    del pending[:size]
-                    at += size
-            for whole in ready:
-                blocks.check_block(sums, shown, start, whole)
-                for piece in blocks.pieces(whole, start, offset, end, chunk_size):
-                    yield piece
-                start += len(whole)
+        return stored.checked(self.bulk, span, offset, end, chunk_size, sums)
 
     async def summed(
         self, storage_path: str, size_bytes: int, sha256: str, pace: blocks.Pace | None = None
@@ -457,32 +421,12 @@ class S3Storage:
     async def verify(self, storage_path: str, size_bytes: int, sums: BlockSums) -> None:
         await blocks.drain(await self.read(storage_path, size_bytes, 0, 0, BLOCK_BYTES, sums))
 
-    async def _ranged(
+    def _ranged(
         self, object_key: str, shown: str, etag: str, offset: int, end: int, chunk_size: int
     ) -> AsyncIterator[bytes]:
-        """One ranged GET, pinned to the ETag checked above, streamed chunk by chunk."""
-        if offset >= end:
-            return
-        try:
-            answer = await self.client.get_object(
-                Bucket=self.location.bucket,
-                Key=object_key,
-                Range=f"bytes={offset}-{end - 1}",
-                IfMatch=etag,
-            )
-        except Exception as exc:
-            if is_precondition(exc):
-                raise IntegrityError(f"its bytes at {shown} were replaced while read") from exc
-            raise translate(exc, "reading bytes", shown) from exc
-        async with answer["Body"] as body:
-            while offset < end:
-                chunk = await body.read(min(chunk_size, end - offset))
-                if not chunk:
-                    raise IntegrityError(
-                        f"its bytes at {shown} ended at {offset} of {end} bytes while read"
-                    )
-                offset += len(chunk)
-                yield chunk
+        """One ranged GET pinned to `etag`, streamed chunk by chunk."""
+        stored = Object(self.client, self.location.bucket, object_key, etag, shown)
+        return stored.ranged(offset, end, chunk_size)
 
     # --- housekeeping -----------------------------------------------------------------
 
