@@ -64,13 +64,14 @@ class LocalStorage:
         root: Path,
         orphan_grace_seconds: float = 600.0,
         imports: ImportRoots | None = None,
-        direct_io: bool = True,
+        direct_io: bool = False,
         modes: Modes | None = None,
     ) -> None:
         self.root = root.resolve()
         # Stored files and their folders: owner-only, or shared with --share-group's group.
         self.modes = modes or Modes()
-        # Uploads written with O_DIRECT where the file system allows it (storage/sink.py).
+        # Uploads written with O_DIRECT where the file system allows it, instead of through
+        # the page cache with early writeback (storage/sink.py says why not by default).
         self.direct_io = direct_io
         # A file in a final location younger than this may be another server's commit.
         self.orphan_grace_seconds = orphan_grace_seconds
