@@ -64,24 +64,22 @@ class PartBuffer:
 
 class Parts:
     """Sends the parts of one multipart upload, each as its own request on a bulk thread
-    (storage/s3/_bulk.py), at most `in_flight` at once and in any order; their list comes
-    back in part-number order.
+    (storage/s3/_bulk.py), at most PARTS_IN_FLIGHT at once and in any order; their list
+    comes back in part-number order.
 
-    add() waits while `in_flight` parts are on their way (back-pressure to the stream that
+    add() waits while PARTS_IN_FLIGHT parts are on their way (back-pressure to the stream that
     fills them). The first failure is raised by the next add() or by done(); a part that
     failed is not retried here (botocore has already retried it). cancel() drops the parts
     not yet started and waits for those under way, so that an abort of the upload after it
     leaves no part behind.
     """
 
-    def __init__(
-        self, bulk: Bulk, bucket: str, key: str, upload_id: str, in_flight: int = PARTS_IN_FLIGHT
-    ) -> None:
+    def __init__(self, bulk: Bulk, bucket: str, key: str, upload_id: str) -> None:
         self._bulk = bulk
         self._bucket = bucket
         self._key = key
         self._upload_id = upload_id
-        self._slots = asyncio.Semaphore(in_flight)
+        self._slots = asyncio.Semaphore(PARTS_IN_FLIGHT)
         self._tasks: set[asyncio.Task[None]] = set()
         self._sent: set[Future[CompletedPartTypeDef]] = set()  # on bulk threads
         self._done: list[CompletedPartTypeDef] = []
