@@ -222,4 +222,25 @@ async def test_a_bad_block_mid_read_ends_it_at_its_offset_though_windows_were_re
     assert f"bytes={3 * small_windows}-{4 * small_windows - 1}" in ranges, (
         "the window after the bad one had been asked for: the read was ahead"
     )
-    await asyncio.sleep(0)
+
+
+async def test_an_upload_a_crash_left_at_its_final_key_is_swept_once_idle_past_the_grace(
+    minio: MinIO, tmp_path: Path
+) -> None:
+    url = f"s3://{s3_helpers.BUCKET}/{uuid.uuid4().hex}"
+    storage = S3Storage(url, tmp_path / "state", 1.0, **s3_helpers.credentials(minio))
+    await storage.open()
+    try:
+        key = storage.upload_key(ID, "big.bin", DAY)
+        writer = storage.new_writer(key)
+        await writer.write(os.urandom(PART_SIZE + 1))  # one part sent, at the final key
+        writer.abandon()  # as if the server died here: nothing rolls it back
+        prefix = storage.location.prefix
+        assert await in_progress(minio, prefix) == [storage.object_key(key)]
+        assert await storage.sweep_dead_staging() == 0, "younger than the grace"
+        await asyncio.sleep(1.2)
+        assert await storage.sweep_dead_staging() == 1
+        assert await in_progress(minio, prefix) == []
+        assert await storage.head(storage.object_key(key)) is None
+    finally:
+        await storage.close()
