@@ -55,8 +55,8 @@ async def server_read(stub: pb_grpc.AssetServiceAsyncStub, asset_id: str, size: 
 
 
 async def raw_upload(s3: S3Client, key: str, data: bytes) -> float:
-    """Baseline: the same bytes as one multipart upload of PART_SIZE parts, parts in order
-    (as the server sends them), with no hashing and no copy to a final key."""
+    """Baseline: the same bytes as one multipart upload of PART_SIZE parts, one after the
+    other (a plain streamed upload), with no hashing, no checksums of our own and no copy."""
     view = memoryview(data)
     start = time.perf_counter()
     created = await s3.create_multipart_upload(Bucket=BUCKET, Key=key)
@@ -102,13 +102,13 @@ async def alternate(
 
 
 def row(name: str, size_mib: int, ours: list[float], raw: list[float], what: str) -> Row:
-    """A time ratio (no bar: the issue sets none for the object store)."""
+    """A throughput ratio, server / raw (issue 22's bar: at least 0.8 of the raw call)."""
     return Row(
         f"{name} {size_mib} MiB",
-        "",
-        [o / r for o, r in zip(ours, raw, strict=True)],
+        "≥0.8",
+        [r / o for o, r in zip(ours, raw, strict=True)],
         load1(),
-        f"time ratio to {what}; server {size_mib / statistics.median(ours):.0f} MiB/s, "
+        f"throughput ratio to {what}; server {size_mib / statistics.median(ours):.0f} MiB/s, "
         f"raw {size_mib / statistics.median(raw):.0f} MiB/s",
         {"service_s": ours, "raw_s": raw},
     )
