@@ -120,7 +120,11 @@ async def run(args: argparse.Namespace) -> list[Row]:
             ]
             show(await guarded(names, store_rows(root / "store", sizes)))
     if args.s3_size_mib > 0:
-        names = [f"object store {op} {args.s3_size_mib} MiB" for op in ("upload", "read")]
+        names = [
+            f"object store {op} {args.s3_size_mib} MiB{what}"
+            for op in ("upload", "read")
+            for what in ("", ": what the cores allow")
+        ]
         show(await guarded(names, object_store_rows(args.s3_size_mib, args.s3_rounds)))
     return rows
 
