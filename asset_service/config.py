@@ -132,7 +132,8 @@ class Settings:
         INTERVAL,
         "1s",
         "time between sweeps that fail PENDING assets whose lease ran out: such an asset "
-        "becomes FAILED at most this long after its lease_expire_time",
+        "becomes FAILED at most this long after its lease_expire_time (one server sweeps at "
+        "a time; if it dies, another takes over within three intervals)",
         group="service",
         flag="--lease-check-interval",
     )

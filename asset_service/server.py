@@ -140,11 +140,13 @@ SETTLE_INTERVAL = 5.0
 
 
 async def _expire_leases(manager: AssetManager, interval: float) -> None:
-    """Fail PENDING assets whose lease ran out (every server process sweeps; each asset's
-    conditional transition has one winner)."""
+    """Fail PENDING assets whose lease ran out: the server process holding the store's
+    sweep claim does (it keeps it for a few intervals); each asset's conditional
+    transition has one winner in any case."""
+    hold = max(3 * interval, 3.0)
     while True:
         try:
-            await manager.expire_leases()
+            await manager.expire_leases(hold)
         except (AssetError, OSError) as exc:
             log.warning("lease sweep failed: %s", exc)
         await asyncio.sleep(interval)

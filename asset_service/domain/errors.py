@@ -30,6 +30,16 @@ class Conflict(AssetError):
     """A concurrent writer changed the asset first; re-read and retry if still relevant."""
 
 
+class LeaseRanOut(Conflict):
+    """A promise's lease had run out, by the store's clock, when a renewal or a fulfilment
+    reached the store. `expires_at` is when it ran out (a datetime, UTC)."""
+
+    def __init__(self, asset_id: str, expires_at: object) -> None:
+        super().__init__(f"asset {asset_id}'s lease ran out at {expires_at}")
+        self.asset_id = asset_id
+        self.expires_at = expires_at
+
+
 class PermissionDenied(AssetError):
     """A server-side path lies outside the configured import roots (or crosses a symlink)."""
 

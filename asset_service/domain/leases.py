@@ -1,18 +1,23 @@
 """Leases on promises: a PENDING asset whose producer stops renewing it becomes FAILED.
 
-A promise created with a lease holds until `lease_expires_at`; the producing task extends
-it with RenewLease. Once the time has passed, a renewal is refused and the expiry sweep
-fails the asset with one conditional write (status PENDING and the lease run out by now),
-so a renewal and the expiry racing end with exactly one winner, and several server
-processes sweeping the same store fail each asset once.
+A promise created with a lease holds until its lease runs out; the producing task extends
+it with RenewLease. The lease lives in a record of its own: a renewal writes only that
+record (no revision, no watch event: a heartbeat is not a change, as Kubernetes keeps node
+heartbeats in Lease objects). Once the lease has run out, by the store's clock (the
+database's on MongoDB, so that servers' clocks never decide), a renewal and a fulfilment
+are refused, and the expiry sweep fails the asset with one conditional write (status
+PENDING and the lease run out): a renewal and the expiry racing end with exactly one
+winner. One server process sweeps at a time (a claim in the store), so servers sharing a
+store do not all race the same writes.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import UTC, datetime, timedelta
 
-from asset_service.domain.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound
+from asset_service.domain.errors import Conflict, InvalidArgument, NotFound
 from asset_service.domain.models import Asset, Failure, Status
 from asset_service.domain.ports import MetadataStore
 
@@ -22,6 +27,12 @@ log = logging.getLogger(__name__)
 LEASE_PRINCIPAL = "lease"
 # Assets failed per store query of the sweep; it queries again while batches come back full.
 EXPIRY_BATCH = 100
+# Expiries of one sweep in flight at once: enough to share the store's group transactions,
+# few enough that real writes always find room beside them (a fleet of dead workers must
+# not stall the live ones).
+EXPIRY_CONCURRENCY = 8
+# After each round of expiries the sweep waits this many times as long as the round took.
+SWEEP_PAUSE = 1.0
 
 
 def deadline(now: datetime, seconds: int) -> datetime:
@@ -41,36 +52,28 @@ def check_seconds(seconds: int, maximum: int, field: str = "lease_seconds") -> i
     return seconds
 
 
-def renewal_seconds(asset: Asset, requested: int, maximum: int, now: datetime) -> int:
-    """How long to renew `asset`'s lease for; FailedPrecondition if it cannot be renewed."""
+def not_renewable(asset: Asset) -> str | None:
+    """Why `asset`'s lease cannot be renewed whatever the time, or None."""
     if asset.status is not Status.PENDING:
-        raise FailedPrecondition(
+        return (
             f"asset {asset.id} is {asset.status.value}; only a PENDING asset's lease can be "
             "renewed" + (f" ({asset.failure_reason})" if asset.failure_reason else "")
         )
-    if asset.lease_expires_at is None:
-        raise FailedPrecondition(
+    if not asset.lease_seconds:
+        return (
             f"asset {asset.id} was promised without a lease: there is nothing to renew "
             "(give lease_seconds to CreatePendingAsset for a promise that must be renewed)"
         )
-    if asset.lease_expires_at <= now:
-        raise FailedPrecondition(ran_out(asset))
-    return check_seconds(requested or asset.lease_seconds, maximum)
+    return None
 
 
-def ran_out(asset: Asset, verb: str = "renewed") -> str:
+def ran_out(asset_id: str, end: object, verb: str = "renewed") -> str:
     """Why a renewal (or a fulfilment) came too late."""
-    assert asset.lease_expires_at is not None
+    when = _iso(end) if isinstance(end, datetime) else str(end)
     return (
-        f"asset {asset.id}'s lease ran out at {_iso(asset.lease_expires_at)}: it is FAILED "
+        f"asset {asset_id}'s lease ran out at {when}: it is FAILED "
         f"(or about to be) and cannot be {verb}; promise the asset again"
     )
-
-
-def has_run_out(asset: Asset, now: datetime) -> bool:
-    """A PENDING asset whose lease ended by `now` (the sweep may not have failed it yet)."""
-    end = asset.lease_expires_at
-    return asset.status is Status.PENDING and end is not None and end <= now
 
 
 def expiry(asset: Asset) -> Failure:
@@ -84,23 +87,41 @@ def expiry(asset: Asset) -> Failure:
     return Failure(reason, by=LEASE_PRINCIPAL, lease_ran_out=True)
 
 
-async def expire_due(store: MetadataStore, now: datetime, batch: int = EXPIRY_BATCH) -> int:
-    """Fail every PENDING asset whose lease ran out by `now`; how many this call failed.
+async def expire_due(
+    store: MetadataStore,
+    now: datetime,
+    batch: int = EXPIRY_BATCH,
+    concurrency: int = EXPIRY_CONCURRENCY,
+    pause: float = SWEEP_PAUSE,
+) -> int:
+    """Fail every PENDING asset whose lease ran out (by the store's clock); how many.
 
     An asset renewed, fulfilled, failed or deleted since the query (here or by another
-    process) is left as it is: the transition's condition decides.
+    process) is left as it is: the transition's condition decides. The expiries go
+    `concurrency` at a time (one group transaction, usually), and after each such round
+    the sweep waits `pause` times as long as the round took: a fleet of dead workers
+    leaves the store's writers (on MongoDB, the revision counter every process's
+    transactions take) free for live writes most of the time.
     """
+    loop = asyncio.get_running_loop()
+
+    async def expire(asset: Asset) -> int:
+        try:
+            await store.transition(asset.id, Status.PENDING, expiry(asset), now)
+        except (Conflict, NotFound):
+            return 0
+        log.info("asset %s failed: its lease ran out", asset.id)
+        return 1
+
     failed = 0
+    step = max(1, concurrency)
     while True:
         due = await store.leases_run_out(now, batch)
         progress = 0
-        for asset in due:
-            try:
-                await store.transition(asset.id, Status.PENDING, expiry(asset), now)
-            except (Conflict, NotFound):
-                continue
-            progress += 1
-            log.info("asset %s failed: its lease ran out", asset.id)
+        for start in range(0, len(due), step):
+            began = loop.time()
+            progress += sum(await asyncio.gather(*(expire(a) for a in due[start : start + step])))
+            await asyncio.sleep((loop.time() - began) * pause)
         failed += progress
         # A full batch may have more behind it; one that changed nothing would only be
         # read again.

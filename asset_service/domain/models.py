@@ -128,7 +128,10 @@ class Asset:
     created_by: str = ""
     updated_by: str = ""
     # A PENDING asset's lease (0: none) and when it runs out (UTC, whole milliseconds, as
-    # every store keeps it); past it the asset is failed (domain/leases.py).
+    # every store keeps it); past it the asset is failed (domain/leases.py). The lease
+    # lives in a record of its own that renewals write (never the asset's: a heartbeat is
+    # not a change); reads show its end. A change event carries the end as of its
+    # revision: at creation, then the last one once the asset left PENDING.
     lease_seconds: int = 0
     lease_expires_at: datetime | None = None
     # A FILE asset's block checksums (None: stored before they were kept; computed on its
@@ -167,17 +170,6 @@ class Failure:
 
 
 @dataclass(frozen=True)
-class Renewal:
-    """What a lease renewal writes: a PENDING asset stays PENDING with a later expiry.
-
-    Applied only if the lease has not run out by the transition's `now`.
-    """
-
-    expires_at: datetime
-    by: str = ""
-
-
-@dataclass(frozen=True)
 class Corruption:
     """What an integrity check writes on an AVAILABLE asset: its bytes are corrupt
     (`reason`), or ("") are whole again (restored, then checked by the scrub)."""
@@ -186,8 +178,9 @@ class Corruption:
     by: str = ""
 
 
-# A conditional change of an asset: PENDING ones, or (Corruption) AVAILABLE ones.
-Transition = Fulfillment | Failure | Renewal | Corruption
+# A conditional change of an asset: PENDING ones, or (Corruption) AVAILABLE ones. A lease
+# renewal is none: it writes the lease's own record, not the asset (MetadataStore.renew_lease).
+Transition = Fulfillment | Failure | Corruption
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,13 @@ class MetadataStore(Protocol):
         """
 
     async def insert(self, asset: Asset) -> Asset:
-        """Store a new record; return it with revision (and timestamps) assigned."""
+        """Store a new record; return it with revision (and timestamps) assigned.
+
+        A PENDING asset with `lease_seconds` gets its lease record in the same write. It
+        runs out at `lease_expires_at` in stores whose clock is the caller's (memory,
+        SQLite), `lease_seconds` after the write by the database's clock in MongoDB; the
+        returned record says when.
+        """
 
     async def get(self, asset_id: str) -> Asset | None:
         """The record, with its block sums (what ReadAsset checks bytes against)."""
@@ -105,10 +111,13 @@ class MetadataStore(Protocol):
         """One conditional write: apply `change` only if the status is `expected`.
 
         A Corruption applies to an AVAILABLE asset (`expected`) like any transition.
-        A Renewal applies only while the lease has not run out by `now`
-        (lease_expires_at > now), a Failure with lease_ran_out only once it has
-        (lease_expires_at <= now). Raise NotFound if the asset is gone, Conflict (naming
-        the current status, or the lease) if another writer got there first.
+        Leases are judged by the store's clock: `now` in stores whose clock is the caller's
+        (memory, SQLite), the database's ($$NOW) in MongoDB. A Fulfillment applies only
+        while the asset has no lease or its lease has not run out (else LeaseRanOut); a
+        Failure with lease_ran_out only once it has. A transition out of PENDING ends the
+        lease in the same atomic write: its record goes, and the asset keeps its last end.
+        Raise NotFound if the asset is gone, Conflict (naming the current status, or the
+        lease) if another writer got there first.
         """
 
     async def set_block_sums(self, asset_id: str, storage_path: str, sums: BlockSums) -> bool:
@@ -119,12 +128,30 @@ class MetadataStore(Protocol):
         False if the record is gone or points elsewhere.
         """
 
+    async def renew_lease(self, asset_id: str, seconds: int, now: datetime, by: str) -> Asset:
+        """Extend a PENDING asset's lease to `seconds` (0: the lease's own) from now, by
+        the store's clock, if it has not run out; the asset as get() would read it.
+
+        A heartbeat, not a change: only the lease's record is written (no revision, no
+        change event, no pre-image, the revision counter untouched). LeaseRanOut if the
+        lease has run out; NotFound if there is no such asset; Conflict if it has no lease
+        (never had one, or left PENDING).
+        """
+
     async def leases_run_out(self, now: datetime, limit: int) -> list[Asset]:
-        """Up to `limit` PENDING assets whose lease ran out by `now`, earliest first,
-        without inline values (a PENDING asset has none)."""
+        """Up to `limit` PENDING assets whose lease ran out by the store's clock (`now`,
+        or the database's), earliest first, without inline values (a PENDING asset has
+        none)."""
+
+    async def claim_sweep(self, holder: str, seconds: float, now: datetime) -> bool:
+        """Whether `holder` may sweep expired leases now: it holds the one sweep claim of
+        the store for `seconds` more (0: gives it up) if the claim is free, ran out, or
+        is already its own. One sweeper at a time: servers sharing a store do not all
+        race the same conditional writes."""
 
     async def delete(self, asset_id: str, by: str = "") -> Asset | None:
-        """Remove the record; return its last state (with a new revision) or None.
+        """Remove the record (and its lease's); return its last state (with a new
+        revision) or None.
 
         The last state names `by` as its updated_by: a DELETE change says who deleted.
         In the same transaction, keep tombstone(last state) with the time of deletion

@@ -6,12 +6,11 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Literal
 
+from asset_service.domain.errors import Conflict, LeaseRanOut
 from asset_service.domain.models import (
     BlockSums,
-    Corruption,
     Failure,
     Fulfillment,
-    Renewal,
     Status,
     Transition,
 )
@@ -28,15 +27,14 @@ def transition_fields(
     *,
     value_column: str,
     timestamp: Callable[[datetime], Any],
-    lease: Callable[[datetime], tuple[str, Any]] | None = None,
     sums: Callable[[BlockSums | None], Any] = encoded_sums,
 ) -> dict[str, Any]:
     """Field name -> new value for the record a transition changes (revision excepted).
 
-    The stores differ only in where a VALUE's bytes live (`value_column`), how a time is
-    stored (`timestamp`) and where and how a lease's end is kept (`lease`: its column and
-    value; default lease_expires_at as a timestamp), so a new field or rule reaches every
-    store from here.
+    The stores differ only in where a VALUE's bytes live (`value_column`) and how a time
+    is stored (`timestamp`), so a new field or rule reaches every store from here. (The
+    lease's last end, kept on the record when it leaves PENDING, is each store's to copy
+    from the lease's record.)
     """
     sets: dict[str, Any]
     if isinstance(change, Fulfillment):
@@ -56,31 +54,22 @@ def transition_fields(
             sets["media_type"] = change.media_type
     elif isinstance(change, Failure):
         sets = {"status": Status.FAILED.value, "failure_reason": change.reason}
-    elif isinstance(change, Corruption):
-        sets = {"corrupt_reason": change.reason}
     else:
-        column, value = (
-            lease(change.expires_at)
-            if lease is not None
-            else ("lease_expires_at", timestamp(change.expires_at))
-        )
-        sets = {column: value}
+        sets = {"corrupt_reason": change.reason}
     sets["updated_at"] = timestamp(now)
     sets["updated_by"] = change.by
     return sets
 
 
-# How the record's lease end must compare with the transition's `now` for it to apply.
-LeaseTest = Literal["not run out", "run out", "none or not run out"]
+# How the lease's end must compare with the store's clock for a transition to apply.
+LeaseTest = Literal["run out", "none or not run out"]
 
 
 def lease_condition(change: Transition) -> LeaseTest | None:
-    """'not run out' (lease_expires_at > now) for a renewal, 'run out' (<= now) for a
-    lease expiry, 'none or not run out' (no lease, or > now) for a fulfilment, None when
-    the lease does not matter (a failure by the producer: a lease that ran out may be
-    failed by anyone)."""
-    if isinstance(change, Renewal):
-        return "not run out"
+    """'run out' (lease ends <= now) for a lease expiry, 'none or not run out' (no
+    lease, or it ends > now) for a fulfilment, None when the lease does not matter (a
+    failure by the producer: a lease that ran out may be failed by anyone; a corruption
+    mark, on an asset that is no longer PENDING)."""
     if isinstance(change, Failure) and change.lease_ran_out:
         return "run out"
     if isinstance(change, Fulfillment):
@@ -89,8 +78,10 @@ def lease_condition(change: Transition) -> LeaseTest | None:
     return None
 
 
-def lease_conflict(asset_id: str, test: LeaseTest, lease_end: datetime | None) -> str:
-    """The Conflict message when the status matched but the lease condition did not."""
+def lease_conflict(asset_id: str, test: LeaseTest, lease_end: datetime | None) -> Conflict:
+    """The error when the status matched but the lease condition did not."""
     if test == "run out":
-        return f"asset {asset_id}'s lease has not run out (it ends at {lease_end})"
-    return f"asset {asset_id}'s lease ran out at {lease_end}"
+        if lease_end is None:
+            return Conflict(f"asset {asset_id} has no lease to run out")
+        return Conflict(f"asset {asset_id}'s lease has not run out (it ends at {lease_end})")
+    return LeaseRanOut(asset_id, lease_end)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import AsyncIterator, Iterator, Sequence
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
-from asset_service.domain.errors import Conflict, HistoryGone, NotFound, Unavailable
+from asset_service.domain.errors import Conflict, HistoryGone, LeaseRanOut, NotFound, Unavailable
 from asset_service.domain.models import (
     Asset,
     AssetFilter,
@@ -24,6 +25,7 @@ from asset_service.domain.models import (
 from asset_service.domain.reads import slim
 from asset_service.domain.replay import Replay, merged, tombstone
 from asset_service.store import _paging
+from asset_service.store._claims import LocalSweepClaim
 from asset_service.store._fields import (
     LeaseTest,
     lease_condition,
@@ -44,9 +46,16 @@ def _lease_allows(test: LeaseTest, end: datetime | None, now: datetime) -> bool:
     """What the other stores' conditional writes say about a lease ending at `end`."""
     if test == "none or not run out":
         return end is None or end > now
-    if test == "not run out":
-        return end is not None and end > now
     return end is not None and end <= now
+
+
+@dataclass
+class _Lease:
+    """A promise's lease record: what renewals write (never the asset)."""
+
+    expires_at: datetime
+    seconds: int
+    renewed_by: str = ""
 
 
 def _matches(asset: Asset, flt: AssetFilter) -> bool:
@@ -95,6 +104,10 @@ class MemoryStore:
         self._rows: dict[str, tuple[int, Asset]] = {}
         self._seq = 0
         self._revision = 0
+        self._leases: dict[str, _Lease] = {}
+        self._sweep = LocalSweepClaim()
+        # Writes of lease records (renewals): they take no revision (for tests).
+        self.lease_writes = 0
         # Deleted assets: (when, tombstone) by id; and the newest revision swept.
         self._tombstones: dict[str, tuple[datetime, Asset]] = {}
         self._horizon = 0
@@ -134,19 +147,26 @@ class MemoryStore:
 
     # --- reads ----------------------------------------------------------------------
 
+    def _read(self, asset: Asset) -> Asset:
+        """`asset` as reads show it: a PENDING asset's lease ends when its record says."""
+        lease = self._leases.get(asset.id)
+        if lease is None or lease.expires_at == asset.lease_expires_at:
+            return asset
+        return dataclasses.replace(asset, lease_expires_at=lease.expires_at)
+
     async def get(self, asset_id: str) -> Asset | None:
         await self._enter()
         row = self._rows.get(asset_id)
-        return row[1] if row else None
+        return self._read(row[1]) if row else None
 
     async def get_many(self, asset_ids: Sequence[str]) -> dict[str, Asset]:
         await self._enter()
-        return {i: _listed(self._rows[i][1]) for i in asset_ids if i in self._rows}
+        return {i: _listed(self._read(self._rows[i][1])) for i in asset_ids if i in self._rows}
 
     async def snapshot(self, asset_ids: Sequence[str]) -> dict[str, Asset]:
         await self._enter()
         # No await below: no write can land between two of these reads.
-        return {i: slim(self._rows[i][1]) for i in asset_ids if i in self._rows}
+        return {i: slim(self._read(self._rows[i][1])) for i in asset_ids if i in self._rows}
 
     async def query(
         self, flt: AssetFilter, limit: int, page_token: str, max_bytes: int | None = None
@@ -161,7 +181,7 @@ class MemoryStore:
 
         # fill_page never awaits, so no write can land in the middle of a page.
         assets, last = _paging.fill_page(
-            rows(), limit, max_bytes, lambda row: _listed(row[1]), lambda row: row[0]
+            rows(), limit, max_bytes, lambda row: _listed(self._read(row[1])), lambda row: row[0]
         )
         return Page(assets, encode_token(last, flt) if last is not None else "", self._revision)
 
@@ -204,6 +224,9 @@ class MemoryStore:
         stored = dataclasses.replace(asset, tags=tuple(asset.tags), revision=self._next_revision())
         self._seq += 1
         self._rows[asset.id] = (self._seq, stored)
+        if stored.status is Status.PENDING and stored.lease_seconds:
+            assert stored.lease_expires_at is not None, "a leased promise needs its end"
+            self._leases[stored.id] = _Lease(stored.lease_expires_at, stored.lease_seconds)
         self._publish(ChangeKind.PUT, stored)
         return stored
 
@@ -217,15 +240,35 @@ class MemoryStore:
         seq, current = row
         if current.status is not expected:
             raise Conflict(f"asset {asset_id} is {current.status.value}, expected {expected.value}")
-        test, end = lease_condition(change), current.lease_expires_at
+        lease = self._leases.get(asset_id)
+        test, end = lease_condition(change), lease.expires_at if lease else None
         if test is not None and not _lease_allows(test, end, now):
-            raise Conflict(lease_conflict(asset_id, test, end))
+            raise lease_conflict(asset_id, test, end)
         updated = dataclasses.replace(
             _applied(current, change, now), revision=self._next_revision()
         )
+        if updated.status is not Status.PENDING and lease is not None:
+            # The lease ends with the promise; the record keeps its last end.
+            del self._leases[asset_id]
+            updated = dataclasses.replace(updated, lease_expires_at=lease.expires_at)
         self._rows[asset_id] = (seq, updated)
         self._publish(ChangeKind.PUT, updated)
         return updated
+
+    async def renew_lease(self, asset_id: str, seconds: int, now: datetime, by: str) -> Asset:
+        await self._enter()
+        row, lease = self._rows.get(asset_id), self._leases.get(asset_id)
+        if row is None:
+            raise NotFound(f"asset {asset_id} not found")
+        if lease is None:
+            raise Conflict(f"asset {asset_id} has no lease to renew")
+        if lease.expires_at <= now:
+            raise LeaseRanOut(asset_id, lease.expires_at)
+        end = now + timedelta(seconds=seconds or lease.seconds)
+        lease.expires_at = end.replace(microsecond=end.microsecond // 1000 * 1000)
+        lease.renewed_by = by
+        self.lease_writes += 1
+        return self._read(row[1])
 
     async def set_block_sums(self, asset_id: str, storage_path: str, sums: BlockSums) -> bool:
         await self._enter()
@@ -237,22 +280,26 @@ class MemoryStore:
 
     async def leases_run_out(self, now: datetime, limit: int) -> list[Asset]:
         await self._enter()
-        due = [
-            asset
-            for _, asset in self._rows.values()
-            if asset.status is Status.PENDING
-            and asset.lease_expires_at is not None
-            and asset.lease_expires_at <= now
-        ]
-        due.sort(key=lambda a: a.lease_expires_at or now)
-        return [slim(a) for a in due[:limit]]
+        due = sorted(
+            (lease.expires_at, asset_id)
+            for asset_id, lease in self._leases.items()
+            if lease.expires_at <= now
+        )
+        return [slim(self._read(self._rows[asset_id][1])) for _, asset_id in due[:limit]]
+
+    async def claim_sweep(self, holder: str, seconds: float, now: datetime) -> bool:
+        await self._enter()
+        return self._sweep.claim(holder, seconds, now)
 
     async def delete(self, asset_id: str, by: str = "") -> Asset | None:
         await self._enter()
         row = self._rows.pop(asset_id, None)
         if row is None:
             return None
-        gone = dataclasses.replace(row[1], revision=self._next_revision(), updated_by=by)
+        gone = dataclasses.replace(
+            self._read(row[1]), revision=self._next_revision(), updated_by=by
+        )
+        self._leases.pop(asset_id, None)
         self._tombstones[asset_id] = (datetime.now(UTC), tombstone(gone))
         self._publish(ChangeKind.DELETE, gone)
         return gone

@@ -94,7 +94,8 @@ async def test_renewals_keep_a_promise_alive_past_its_first_lease(
         clock.advance(8)
         renewed = await manager.renew_lease(p.id, by="worker")  # its own 10 s again
         assert renewed.lease_expires_at == clock.now + timedelta(seconds=10)
-        assert renewed.updated_by == "worker"
+        # A heartbeat, not a change: the record is as it was, revision and all.
+        assert (renewed.updated_by, renewed.revision) == ("orch", p.revision)
         assert await manager.expire_leases() == 0
     clock.advance(9.999)
     assert await manager.expire_leases() == 0

@@ -78,11 +78,18 @@ def update(n: int, doc: dict[str, Any], changed: dict[str, Any]) -> dict[str, An
     return event(n, "update", doc["_id"], fullDocument=doc, updateDescription=desc)
 
 
-def delete_stamp(n: int, asset_id: str, revision: int, by: str = "admin") -> dict[str, Any]:
-    """MongoStore.delete's stamp; updateLookup finds nothing (deleted in the same commit)."""
+def delete_stamp(
+    n: int,
+    asset_id: str,
+    revision: int,
+    by: str = "admin",
+    last: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """MongoStore.delete's stamp, with its post-image: the last state, stamped."""
     stamp = {"revision": revision, "deleted": True, "updated_by": by}
     desc = {"updatedFields": stamp, "removedFields": []}
-    return event(n, "update", asset_id, fullDocument=None, updateDescription=desc)
+    post = {**(last or record(asset_id, revision)), **stamp}
+    return event(n, "update", asset_id, fullDocument=post, updateDescription=desc)
 
 
 def delete(n: int, asset_id: str, pre: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -196,7 +203,7 @@ async def test_events_become_changes_in_order_with_numbered_deletes() -> None:
             insert(1, a1),
             insert(2, b2),
             update(3, a3, {"status": "AVAILABLE", "revision": 3, "storage_path": "/d/a"}),
-            delete_stamp(4, A, 4),
+            delete_stamp(4, A, 4, last=a3),
             delete(5, A),
             delete_stamp(6, B, 5),
             delete(7, B),
@@ -214,16 +221,17 @@ async def test_events_become_changes_in_order_with_numbered_deletes() -> None:
     put_a3, del_a = got[2], got[3]
     assert isinstance(put_a3, Change) and put_a3.asset.status is Status.AVAILABLE
     assert put_a3.asset.storage_path == "/d/a" and put_a3.asset.tags == ("raw",)
-    # Without pre-images the delete carries the last state the feed saw, at the new revision.
+    # The delete carries the last state (the stamp's post-image), at the new revision.
     assert isinstance(del_a, Change) and del_a.asset.storage_path == "/d/a"
     # ... and names who deleted it, from the stamp.
     assert del_a.asset.updated_by == "admin"
     assert feed.token == token(7)
 
 
-async def test_delete_with_pre_image_carries_the_full_last_state() -> None:
-    pre = record(A, 9, "FAILED", failure_reason="boom", deleted=True, updated_by="ops")
-    stream = FakeStream([delete_stamp(1, A, 9), delete(2, A, pre=pre)])
+async def test_a_delete_carries_the_full_last_state_from_its_stamp() -> None:
+    """No pre-image is asked for (issue 21, item 9): the stamp's post-image has it all."""
+    last = record(A, 8, "FAILED", failure_reason="boom")
+    stream = FakeStream([delete_stamp(1, A, 9, by="ops", last=last), delete(2, A)])
     got = await take(feed_of(FakeWatch(), first=stream).run(), 1)
     change = got[0]
     assert isinstance(change, Change) and change.kind is ChangeKind.DELETE
@@ -349,17 +357,14 @@ async def test_other_event_types_are_ignored() -> None:
     assert summary(got) == [("PUT", A, 3)]
 
 
-async def test_update_of_a_since_deleted_record_is_rebuilt_from_what_was_seen() -> None:
-    """updateLookup runs when the event is read: a record deleted by then comes back None."""
+async def test_an_update_without_its_post_image_resyncs_rather_than_guess() -> None:
+    """Post-images are "required" (a server without them fails the stream); were one
+    missing, rebuilding the state from a cache could put it on the wrong revision."""
     desc = {"updatedFields": {"status": "AVAILABLE", "revision": 2, "size_bytes": 5}}
-    gone_before_read = event(2, "update", A, fullDocument=None, updateDescription=desc)
-    first = FakeStream(
-        [insert(1, record(A, 1)), gone_before_read, delete_stamp(3, A, 3), delete(4, A)]
-    )
+    no_image = event(2, "update", A, fullDocument=None, updateDescription=desc)
+    first = FakeStream([insert(1, record(A, 1)), no_image, insert(3, record(B, 3))])
     got = await take(feed_of(FakeWatch(), first=first).run(), 3)
-    assert summary(got) == [("PUT", A, 1), ("PUT", A, 2), ("DELETE", A, 3)]
-    assert isinstance(got[1], Change) and got[1].asset.status is Status.AVAILABLE
-    assert isinstance(got[2], Change) and got[2].asset.size_bytes == 5
+    assert summary(got) == [("PUT", A, 1), "RESYNC", ("PUT", B, 3)]
 
 
 async def test_an_unexpected_error_reopens_from_now_with_a_resync() -> None:
@@ -426,9 +431,9 @@ async def test_cache_keeps_no_value_bytes_but_puts_carry_them() -> None:
 
 
 async def test_delete_changes_hold_no_value_bytes() -> None:
-    pre = record(A, 9, "AVAILABLE", type="VALUE", value_kind="TEXT", deleted=True)
-    pre["value_content"] = b"x" * 1000
-    first = FakeStream([delete_stamp(1, A, 9), delete(2, A, pre=pre)])
+    last = record(A, 8, "AVAILABLE", type="VALUE", value_kind="TEXT")
+    last["value_content"] = b"x" * 1000
+    first = FakeStream([delete_stamp(1, A, 9, last=last), delete(2, A)])
     got = await take(feed_of(FakeWatch(), first=first).run(), 1)
     assert isinstance(got[0], Change) and got[0].kind is ChangeKind.DELETE
     assert (got[0].revision, got[0].asset.status, got[0].asset.value) == (
@@ -599,10 +604,12 @@ async def test_streams_are_opened_with_the_pipeline_that_drops_duplicate_values(
     ((args, kwargs),) = assets.watched
     pipeline = args[0] if args else kwargs.get("pipeline")
     assert pipeline == CHANGE_STREAM_PIPELINE
-    assert kwargs["resume_after"] == token(3) and kwargs["full_document"] == "updateLookup"
+    # Post-images kept at the change, not the record when read; no pre-images at all.
+    assert kwargs["resume_after"] == token(3) and kwargs["full_document"] == "required"
+    assert "full_document_before_change" not in kwargs
     stages = str(pipeline)
     assert "updateDescription.updatedFields.value_content" in stages
-    assert "fullDocumentBeforeChange.value_content" in stages
+    assert "updateDescription.updatedFields.revision" in stages
     assert "_id" not in stages  # changing an event's _id breaks resuming (error 280)
     await store.close()
 

@@ -143,27 +143,26 @@ class Writers:
     def __init__(self, server: Server) -> None:
         self.server = server
 
+    def with_options(self, **_: Any) -> Writers:
+        return self
+
     async def update_one(self, where: Mapping[str, Any], pipeline: Any, upsert: bool) -> None:
-        assert upsert and pipeline == [
-            {"$set": {"lsid": pipeline[0]["$set"]["lsid"], "seen": "$$NOW"}}
-        ]
+        assert upsert and pipeline[0]["$set"]["seen"] == "$$NOW"
+        old = self.server.writers.get(where["_id"], {})
         self.server.writers[where["_id"]] = {
             "_id": where["_id"],
             "lsid": pipeline[0]["$set"]["lsid"],
             "seen": self.server.now,
+            "beat": old.get("beat", 0) + 1,
         }
 
-    async def _expired(self, where: Mapping[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        lease_ms = where["$expr"]["$lt"][1]["$subtract"][1]
+    async def _others(self, where: Mapping[str, Any]) -> AsyncIterator[dict[str, Any]]:
         for doc in list(self.server.writers.values()):
-            if (
-                doc["_id"] != where["_id"]["$ne"]
-                and doc["seen"] < self.server.now - lease_ms / 1000
-            ):
+            if doc["_id"] != where["_id"]["$ne"]:
                 yield dict(doc)
 
     def find(self, where: Mapping[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        return self._expired(where)
+        return self._others(where)
 
     async def delete_one(self, where: Mapping[str, Any]) -> None:
         doc = self.server.writers.get(where["_id"])

@@ -189,6 +189,8 @@ def faked(
     store._assets = assets  # type: ignore[assignment]
     store._counters = counters  # type: ignore[assignment]
     store._tombstones = tombstones or FakeCollection(name="tombstones")  # type: ignore[assignment]
+    store._lease_docs = FakeCollection(name="leases")  # type: ignore[assignment]
+    store._sweeps = FakeCollection(name="sweeps")  # type: ignore[assignment]
     store._transactions = False  # what open() finds on a standalone server
     return store
 
@@ -256,7 +258,7 @@ async def test_an_older_deployment_gets_only_its_missing_indexes() -> None:
             {"v": 2, "key": keys, "name": name, **({"unique": True} if unique else {})}
         )
     await faked(assets, FakeCollection()).open()
-    assert assets.writes() == [("create_indexes", ["type_seq", "revision", "status_lease"])]
+    assert assets.writes() == [("create_indexes", ["type_seq", "revision"])]
 
 
 async def test_a_wanted_name_with_other_keys_stops_start_up_with_a_fix() -> None:

@@ -136,25 +136,28 @@ async def test_an_empty_cut_sends_nothing() -> None:
 
 
 class OldServer:
-    """A replica set member that says it speaks wire version 9 (MongoDB 4.4)."""
+    """A replica set member that says it speaks an older wire version."""
 
-    def __init__(self) -> None:
+    def __init__(self, wire: int) -> None:
         self.admin = self
         self.closed = False
+        self.wire = wire
 
     async def command(self, name: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        return {"setName": "rs0", "isWritablePrimary": True, "maxWireVersion": 9}
+        return {"setName": "rs0", "isWritablePrimary": True, "maxWireVersion": self.wire}
 
     async def close(self) -> None:
         self.closed = True
 
 
-async def test_a_server_older_than_5_0_is_refused_at_open_with_why() -> None:
+@pytest.mark.parametrize("wire", [9, 13], ids=["4.4", "5.0"])
+async def test_a_server_older_than_6_0_is_refused_at_open_with_why(wire: int) -> None:
+    """Watch events are built from change-stream post-images (6.0+, issue 21 item 1)."""
     store = MongoStore(f"mongodb://127.0.0.1:{closed_port()}/db")
     await store._client.close()
-    old = OldServer()
+    old = OldServer(wire)
     store._client = old  # type: ignore[assignment]
-    with pytest.raises(Unavailable, match=r"older than 5\.0.*snapshot reads"):
+    with pytest.raises(Unavailable, match=r"older than 6\.0.*post-images"):
         await store.open()
     assert old.closed
 

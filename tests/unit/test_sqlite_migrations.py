@@ -134,9 +134,67 @@ async def test_a_release_2_database_gets_leases_and_its_promises_keep_none(
         await store.close()
     assert user_version(db) == SCHEMA_VERSION
     conn = sqlite3.connect(db)
+    indexes = {row[1] for row in conn.execute("PRAGMA index_list(leases)")}
+    conn.close()
+    assert "leases_expiry" in indexes
+
+
+def leases_in_records_database(path: Path, ends_ms: dict[str, int | None]) -> None:
+    """A schema-version-3 database (leases in the asset records) holding a promise per
+    entry of `ends_ms` (its lease's end; None: no lease), and one FAILED leased asset."""
+    release_1_database(path)
+    conn = sqlite3.connect(path)
+    for statement in (
+        "ALTER TABLE assets ADD COLUMN created_by TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE assets ADD COLUMN updated_by TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE assets ADD COLUMN lease_seconds INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE assets ADD COLUMN lease_expires_ms INTEGER",
+        "CREATE INDEX assets_lease ON assets (status, lease_expires_ms)",
+        "ALTER TABLE assets ADD COLUMN block_sums BLOB",
+        "ALTER TABLE assets ADD COLUMN corrupt_reason TEXT NOT NULL DEFAULT ''",
+    ):
+        conn.execute(statement)
+    rows = [(i, "PENDING", end) for i, end in ends_ms.items()]
+    rows.append((new_asset_id(), "FAILED", 1))
+    for n, (asset_id, status, end) in enumerate(rows):
+        conn.execute(
+            "INSERT INTO assets (id, label, status, type, media_type, created_at, updated_at, "
+            "revision, lease_seconds, lease_expires_ms) VALUES (?, 'x', ?, 'VALUE', '', ?, ?, ?, "
+            "?, ?)",
+            (asset_id, status, T0, T0, 10 + n, 30 if end else 0, end),
+        )
+    conn.execute("UPDATE counters SET value = 20")
+    conn.execute("PRAGMA user_version = 3")
+    conn.commit()
+    conn.close()
+
+
+async def test_a_database_from_before_lease_records_moves_its_leases_into_them(
+    tmp_path: Path,
+) -> None:
+    """Schema version 3 kept a promise's lease in its record; version 5 moves each PENDING
+    one's into `leases` (renewals then write only there) and drops the old index."""
+    db = tmp_path / "assets.db"
+    soon, later = new_asset_id(), new_asset_id()
+    base = 1_800_000_000_000
+    leases_in_records_database(db, {soon: base, later: base + 60_000, new_asset_id(): None})
+    store = SqliteStore(db)
+    await store.open()
+    try:
+        at = datetime.fromtimestamp(base / 1000, UTC)
+        assert [a.id for a in await store.leases_run_out(at, 10)] == [soon]
+        renewed = await store.renew_lease(later, 0, at, "worker")  # its own 30 s
+        assert renewed.lease_expires_at == datetime.fromtimestamp(base / 1000 + 30, UTC)
+        assert renewed.revision == (await store.get(later)).revision  # type: ignore[union-attr]
+        assert await store.current_revision() == 20
+    finally:
+        await store.close()
+    assert user_version(db) == SCHEMA_VERSION
+    conn = sqlite3.connect(db)
+    assert conn.execute("SELECT count(*) FROM leases").fetchone()[0] == 2
     indexes = {row[1] for row in conn.execute("PRAGMA index_list(assets)")}
     conn.close()
-    assert "assets_lease" in indexes
+    assert "assets_lease" not in indexes
 
 
 async def test_a_new_database_starts_at_the_current_version(tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ from asset_service.domain.errors import (
     HistoryGone,
     IntegrityError,
     InvalidArgument,
+    LeaseRanOut,
     LimitExceeded,
     ManifestBlocked,
     ManifestWaitTimeout,
@@ -422,6 +423,7 @@ RAISED_OUTSIDE_THE_DOMAIN = {
     DuplicateKey: "MongoStore's group writer: a Conflict (tests/unit/test_mongo_group_writes.py)",
     NothingToDelete: "MongoStore's group writer: delete() returns None for it",
     Unverified: "a storage's check_many verdict, which the domain verifies (never raised)",
+    LeaseRanOut: "a store's verdict on a lease, which the manager turns into FailedPrecondition",
 }
 
 

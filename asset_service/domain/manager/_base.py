@@ -45,6 +45,9 @@ READ_CHUNK_BYTES = 1024 * 1024
 # What one response may carry in records: under a default grpc client's 4 MiB receive
 # limit, with room for the envelope (a page always holds at least one record).
 MAX_RESPONSE_BYTES = 3 * 1024 * 1024 + 512 * 1024
+# How long one lease sweep's claim holds when the caller names no other (the server names
+# a few of its sweep intervals): a dead sweeper's successor takes over after at most this.
+SWEEP_HOLD_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,8 @@ class Core:
     commits: Committer
     integrity: Integrity
     _locks: KeyedLocks
+    # This manager's name as a lease sweeper (one sweeps at a time per store).
+    sweeper: str
 
     async def get(self, asset_id: str) -> Asset:
         asset_id = parse_asset_id(asset_id)

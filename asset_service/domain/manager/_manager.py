@@ -44,6 +44,7 @@ from asset_service.domain.models import (
     Status,
     WatchEvent,
     approx_bytes,
+    new_asset_id,
     parse_asset_id,
     validate_tags,
     validate_task_id,
@@ -84,6 +85,7 @@ class AssetManager(Resumable):
         self._session_work = set()
         self.integrity = Integrity(store, storage)
         self.scrubber = Scrubber(store, self.integrity)
+        self.sweeper = new_asset_id()
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -99,6 +101,7 @@ class AssetManager(Resumable):
         self.hub.start(self.store.changes(), self.store.current_revision)
 
     async def stop(self) -> None:
+        await self.release_sweep()
         await self.settle_sessions()
         await self.commits.stop()
         await self.hub.close()

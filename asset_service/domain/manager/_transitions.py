@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from asset_service.domain import leases
 from asset_service.domain.commits import Handover
 from asset_service.domain.errors import (
@@ -10,17 +12,22 @@ from asset_service.domain.errors import (
     FailedPrecondition,
     IntegrityError,
     InvalidArgument,
+    LeaseRanOut,
     NotFound,
     shown,
 )
 from asset_service.domain.manager import _base
-from asset_service.domain.manager._base import MAX_REASON_CHARS, Core, not_pending
+from asset_service.domain.manager._base import (
+    MAX_REASON_CHARS,
+    SWEEP_HOLD_SECONDS,
+    Core,
+    not_pending,
+)
 from asset_service.domain.models import (
     Asset,
     AssetType,
     Failure,
     Fulfillment,
-    Renewal,
     Status,
     Value,
     parse_asset_id,
@@ -28,6 +35,8 @@ from asset_service.domain.models import (
     validate_sha256,
 )
 from asset_service.domain.values import parse_value, value_sha256
+
+log = logging.getLogger(__name__)
 
 
 class Transitions(Core):
@@ -96,26 +105,42 @@ class Transitions(Core):
             return await self._transition(current, Failure(reason, by=by))
 
     async def renew_lease(self, asset_id: str, lease_seconds: int = 0, *, by: str = "") -> Asset:
-        """Extend a PENDING asset's lease to now + lease_seconds (0: its own lease)."""
-        asset_id = parse_asset_id(asset_id)
-        async with self._locks.hold(asset_id):
-            current = await self.get(asset_id)
-            now = _base.now()
-            seconds = leases.renewal_seconds(
-                current, lease_seconds, self.limits.max_lease_seconds, now
-            )
-            renewal = Renewal(leases.deadline(now, seconds), by=by)
-            try:
-                return await self.store.transition(asset_id, Status.PENDING, renewal, now)
-            except Conflict:
-                # Fulfilled, failed or run out meanwhile: say which.
-                latest = await self.get(asset_id)
-                leases.renewal_seconds(latest, lease_seconds, self.limits.max_lease_seconds, now)
-                raise FailedPrecondition(leases.ran_out(latest)) from None
+        """Extend a PENDING asset's lease to now + lease_seconds (0: its own lease).
 
-    async def expire_leases(self) -> int:
-        """Fail every PENDING asset whose lease has run out; how many this call failed."""
-        return await leases.expire_due(self.store, _base.now())
+        Only the lease's record is written (a heartbeat is not a change of the asset); the
+        store decides, by its clock, whether the lease is still running.
+        """
+        asset_id = parse_asset_id(asset_id)
+        if lease_seconds:
+            leases.check_seconds(lease_seconds, self.limits.max_lease_seconds)
+        try:
+            return await self.store.renew_lease(asset_id, lease_seconds, _base.now(), by)
+        except LeaseRanOut as exc:
+            raise FailedPrecondition(leases.ran_out(asset_id, exc.expires_at)) from None
+        except Conflict as exc:
+            # No lease (any more): say why from the record.
+            latest = await self.get(asset_id)
+            why = leases.not_renewable(latest)
+            raise FailedPrecondition(why or f"asset {asset_id}: {exc.message}") from None
+
+    async def expire_leases(self, hold_seconds: float = SWEEP_HOLD_SECONDS) -> int:
+        """Fail every PENDING asset whose lease has run out; how many this call failed.
+
+        Only while this manager holds the store's sweep claim (for `hold_seconds` more:
+        a few sweep intervals, so that a dead sweeper's successor takes over soon): one
+        server process sweeps at a time.
+        """
+        now = _base.now()
+        if not await self.store.claim_sweep(self.sweeper, hold_seconds, now):
+            return 0
+        return await leases.expire_due(self.store, now)
+
+    async def release_sweep(self) -> None:
+        """Give up the sweep claim (at a clean stop), so that a peer takes over at once."""
+        try:
+            await self.store.claim_sweep(self.sweeper, 0, _base.now())
+        except AssetError as exc:
+            log.info("could not give up the lease sweep: %s", exc)
 
     async def delete(self, asset_id: str, *, by: str = "") -> Asset:
         asset_id = parse_asset_id(asset_id)
@@ -144,9 +169,8 @@ class Transitions(Core):
             allow_done and asset.status is Status.AVAILABLE
         ):
             raise FailedPrecondition(not_pending(asset, "fulfilled"))
-        # Refused before any byte moves; the conditional write checks it again.
-        if leases.has_run_out(asset, _base.now()):
-            raise FailedPrecondition(leases.ran_out(asset, "fulfilled"))
+        # Whether the lease still runs is the store's to say, by its clock (the database's
+        # on MongoDB), in the conditional write: this server's clock may be skewed.
 
     async def _fulfill_with_blob(
         self, current: Asset, handover: Handover, media_type: str, origin: str, by: str
@@ -178,19 +202,14 @@ class Transitions(Core):
         )
 
     async def _transition(self, current: Asset, change: Fulfillment | Failure) -> Asset:
-        now = _base.now()
         try:
-            return await self.store.transition(current.id, Status.PENDING, change, now)
+            return await self.store.transition(current.id, Status.PENDING, change, _base.now())
+        except LeaseRanOut as exc:
+            # Out is out for every caller: said as a renewal says it.
+            raise FailedPrecondition(
+                leases.ran_out(current.id, exc.expires_at, "fulfilled")
+            ) from None
         except Conflict as exc:
-            if isinstance(change, Fulfillment):
-                # The write also refuses a lease that ran out (meanwhile): say so, as a
-                # renewal does, rather than "changed while this request ran".
-                try:
-                    latest = await self.store.get(current.id)
-                except AssetError:
-                    latest = None  # the Conflict below says enough
-                if latest is not None and leases.has_run_out(latest, now):
-                    raise FailedPrecondition(leases.ran_out(latest, "fulfilled")) from None
             raise Conflict(
                 f"asset {current.id} changed while this request ran ({exc.message}); "
                 "re-read it before retrying"

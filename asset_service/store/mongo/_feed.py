@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import random
 import time
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
 from pymongo.errors import ConnectionFailure, CursorNotFound, OperationFailure, PyMongoError
 
-from asset_service.domain.models import Asset, AssetType, Change, ChangeKind, Resync, Status
+from asset_service.domain.models import Asset, Change, ChangeKind, Resync
 from asset_service.domain.reads import slim
-from asset_service.store.mongo._documents import EPOCH, asset_to_doc, doc_to_asset
+from asset_service.store.mongo._documents import doc_to_asset
 
 log = logging.getLogger(__name__)
 
@@ -34,34 +32,36 @@ MAX_IDENTICAL_FAILURES = 3
 # A transient error that persists this long is reported too (health goes NOT_SERVING),
 # while the feed keeps resuming from its token: an election takes 10-12 s.
 REPORT_TRANSIENT_AFTER_SECONDS = 30.0
-# Value bytes an event would carry twice (or a watcher never needs): the post-image has
-# them, so an update's `updatedFields` drops them unless the post-image is missing (the
-# feed then rebuilds the state from `updatedFields`); a pre-image is only used for its
-# metadata. Keeps events well under the 16 MB limit for 4 MiB values.
+# Each update event's state is its post-image, kept by MongoDB at the change itself
+# (changeStreamPreAndPostImages, 6.0+), never the record as it is when the event is read
+# ("updateLookup"), which put later states on earlier events and reordered the feed
+# (issue 21, item 1). Inserts carry their document; a delete needs no pre-image: the
+# stamping update just before it, in the same transaction, has the last state.
+FULL_DOCUMENT = "required"
+# What the stream asks of the server, and no more (issue 21, item 9):
+# - only changes of an asset: each takes a revision (inserts, transitions, delete stamps);
+#   an update without one (block sums kept later) is no event at all, and no post-image
+#   is read for it;
+# - the post-image has the state: the update description's copies of the value bytes (up
+#   to 4 MiB) and block sums (up to 40 KiB) are dropped, and so are block sums everywhere
+#   (never sent to watchers).
 CHANGE_STREAM_PIPELINE: list[dict[str, Any]] = [
     {
-        "$set": {
-            "updateDescription.updatedFields.value_content": {
-                "$cond": [
-                    {"$eq": [{"$type": "$fullDocument"}, "object"]},
-                    "$$REMOVE",
-                    "$updateDescription.updatedFields.value_content",
-                ]
-            }
+        "$match": {
+            "$or": [
+                {"operationType": {"$ne": "update"}},
+                {"updateDescription.updatedFields.revision": {"$exists": True}},
+            ]
         }
     },
     {
         "$unset": [
-            "fullDocumentBeforeChange.value_content",
-            "fullDocumentBeforeChange.value_kind",
-            # Block checksums (up to 40 KiB for 10 GiB) are never sent to watchers.
+            "updateDescription.updatedFields.value_content",
+            "updateDescription.updatedFields.block_sums",
             "fullDocument.block_sums",
-            "fullDocumentBeforeChange.block_sums",
         ]
     },
 ]
-# An update of only these fields is not a change of the asset (MongoStore.set_block_sums).
-UNSEEN_FIELDS = frozenset({"block_sums"})
 
 
 class ChangeStreamLike(Protocol):
@@ -100,18 +100,15 @@ class ChangeFeed:
     NOT_SERVING) and reopens from now with one Resync; a transient error that lasts over
     REPORT_TRANSIENT_AFTER_SECONDS sets `failure` too. Any event or batch read clears it.
 
-    Deletes: a delete event carries only the id. MongoStore.delete stamps the record
-    with its new revision (one update) and removes it in the same transaction, so:
-    - with pre-images (MongoDB 6.0+, enabled by MongoStore.open when allowed) the
-      delete event's `fullDocumentBeforeChange` is the last state at that revision;
-    - without them, the stamping update's `updatedFields.revision` gives the revision,
-      and the rest comes from the last state this feed saw of the asset (a bounded
-      cache), or is left empty (id + revision only: what watchers need). The same cache
-      (or the pre-image) rebuilds an update whose `updateLookup` came back empty because
-      the record was deleted before the event was read;
-    - a delete with neither (someone removed a record by hand) yields Resync.
-    The cache and DELETE changes hold no VALUE bytes (up to 4 MiB each): memory stays
-    bounded by the number of assets, not their sizes. A PUT carries its value.
+    Events: an insert carries its document, an update its post-image as of the change
+    (FULL_DOCUMENT "required"): each Change is the asset's state at its revision, so the
+    feed is in revision order. An update without its post-image (which "required" rules
+    out) yields Resync rather than a guess. Deletes: a delete event carries only the id;
+    MongoStore.delete stamps the record with its new revision (one update) and removes it
+    in the same transaction, so the stamp's post-image is the last state at the delete's
+    revision. A delete without a stamp seen (someone removed a record by hand, or the
+    stream resumed between the two) yields Resync. DELETE changes hold no VALUE bytes; a
+    PUT carries its value.
     """
 
     def __init__(
@@ -120,7 +117,6 @@ class ChangeFeed:
         *,
         backoff_initial: float = 0.1,
         backoff_max: float = 5.0,
-        cache_size: int = 10_000,
         first_stream: ChangeStreamLike | None = None,
         max_identical_failures: int = MAX_IDENTICAL_FAILURES,
         report_transient_after: float = REPORT_TRANSIENT_AFTER_SECONDS,
@@ -128,7 +124,6 @@ class ChangeFeed:
         self._watch = watch
         self._backoff_initial = backoff_initial
         self._backoff_max = backoff_max
-        self._cache_size = cache_size
         self._max_identical = max(1, max_identical_failures)
         self._report_after = report_transient_after
         self._stream = first_stream
@@ -139,9 +134,9 @@ class ChangeFeed:
         # Why the feed cannot follow the database right now (None while it can).
         self.failure: str | None = None
         self._streak: tuple[tuple[str, object], int, float] | None = None  # key, count, since
-        self._last_seen: OrderedDict[str, Asset] = OrderedDict()
-        # The revision and deleter of each delete stamp seen, until its delete event.
-        self._delete_stamp: dict[str, tuple[int, str]] = {}
+        # The last state of each asset whose delete stamp was seen, until its delete
+        # event (the next event of the same transaction).
+        self._delete_stamp: dict[str, Asset] = {}
 
     async def close(self) -> None:
         stream, self._stream = self._stream, None
@@ -151,72 +146,28 @@ class ChangeFeed:
             except Exception:  # closing a broken stream must not fail shutdown
                 log.debug("closing change stream failed", exc_info=True)
 
-    def _remember(self, asset: Asset) -> None:
-        self._last_seen[asset.id] = _slim(asset)
-        self._last_seen.move_to_end(asset.id)
-        while len(self._last_seen) > self._cache_size:
-            self._last_seen.popitem(last=False)
-
     def decode(self, event: Mapping[str, Any]) -> Change | Resync | None:
         """One change event -> a Change, a Resync, or None (nothing to report)."""
         op = event.get("operationType")
-        key = event.get("documentKey") or {}
+        asset_id = str((event.get("documentKey") or {}).get("_id", ""))
         if op in ("insert", "update", "replace"):
-            desc = event.get("updateDescription") or {}
-            if op == "update" and not desc.get("removedFields"):
-                updated = desc.get("updatedFields") or {}
-                if updated and UNSEEN_FIELDS.issuperset(updated):
-                    return None
+            if op == "update":
+                fields = (event.get("updateDescription") or {}).get("updatedFields") or {}
+                if "revision" not in fields:
+                    return None  # not a change of the asset (CHANGE_STREAM_PIPELINE)
             doc = event.get("fullDocument")
             if doc is None:
-                # updateLookup found nothing: the record was deleted since. Rebuild the
-                # post-image from the pre-image, or from the last state seen.
-                asset_id = str(key.get("_id", ""))
-                fields = desc.get("updatedFields") or {}
-                base = event.get("fullDocumentBeforeChange")
-                last = self._last_seen.get(asset_id)
-                if base is None and last is not None:
-                    base = asset_to_doc(last, last.revision)
-                if base is None:
-                    if "revision" in fields:
-                        stamp = (int(fields["revision"]), str(fields.get("updated_by", "")))
-                        self._delete_stamp[asset_id] = stamp
-                    return None
-                doc = {**base, **fields}
-                for name in desc.get("removedFields") or ():
-                    doc.pop(name, None)
+                return Resync(f"a change of asset {asset_id} came without its post-image")
+            asset = doc_to_asset(doc)
             if doc.get("deleted"):
                 # The stamp MongoStore.delete writes just before removing the record.
-                stamp = (int(doc["revision"]), str(doc.get("updated_by", "")))
-                self._delete_stamp[str(doc["_id"])] = stamp
+                self._delete_stamp[asset.id] = _slim(asset)
                 return None
-            asset = doc_to_asset(doc)
-            self._remember(asset)
             return Change(ChangeKind.PUT, asset)
         if op == "delete":
-            asset_id = str(key.get("_id", ""))
-            pre = event.get("fullDocumentBeforeChange")
-            stamped = self._delete_stamp.pop(asset_id, None)
-            last = self._last_seen.pop(asset_id, None)
-            if pre is not None and pre.get("deleted"):
-                return Change(ChangeKind.DELETE, _slim(doc_to_asset(pre)))
-            if stamped is None:
+            gone = self._delete_stamp.pop(asset_id, None)
+            if gone is None:
                 return Resync(f"asset {asset_id} was deleted without a revision stamp")
-            rev, by = stamped
-            if last is not None:
-                gone = dataclasses.replace(last, revision=rev, updated_by=by)
-            else:
-                gone = Asset(
-                    id=asset_id,
-                    label="",
-                    status=Status.PENDING,
-                    type=AssetType.FILE,
-                    media_type="",
-                    created_at=EPOCH,
-                    updated_at=EPOCH,
-                    revision=rev,
-                    updated_by=by,
-                )
             return Change(ChangeKind.DELETE, gone)
         return None  # e.g. createIndexes / modify with showExpandedEvents
 

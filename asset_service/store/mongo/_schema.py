@@ -33,9 +33,11 @@ ASSET_INDEXES = (
     IndexModel([("label", ASCENDING), ("seq", ASCENDING)], name="label_seq"),
     IndexModel([("tags", ASCENDING), ("seq", ASCENDING)], name="tags_seq"),
     IndexModel([("revision", DESCENDING)], name="revision"),
-    # The lease sweep: PENDING assets whose lease ran out, earliest first.
-    IndexModel([("status", ASCENDING), ("lease_expires_at", ASCENDING)], name="status_lease"),
 )
+# The lease sweep reads `leases` (records of their own, issue 21 item 12) by their end.
+LEASE_INDEXES = (IndexModel([("expires_at", ASCENDING)], name="expires_at"),)
+# A document of `sweeps` saying the leases of an older release were moved (once).
+LEASES_MOVED_ID = "leases-moved"
 
 
 def _key_list(key: Mapping[str, Any]) -> list[tuple[str, Any]]:
@@ -125,3 +127,37 @@ async def enable_pre_images(db: AsyncDatabase[Doc]) -> bool:
     except PyMongoError as exc:
         log.info("change stream pre-images unavailable (%s); deletes carry id and revision", exc)
         return False
+
+
+async def prepare_leases(
+    assets: AsyncCollection[Doc],
+    leases: AsyncCollection[Doc],
+    sweeps: AsyncCollection[Doc],
+    db_name: str,
+) -> None:
+    """The `leases` index, and (once) a lease record for each PENDING promise an older
+    release kept its lease in: its last end, as the asset record holds it."""
+    await ensure_indexes(leases, db_name, LEASE_INDEXES, "leases")
+    if await sweeps.find_one({"_id": LEASES_MOVED_ID}) is not None:
+        return
+    moved = 0
+    cursor = assets.find(
+        {"status": "PENDING", "lease_seconds": {"$gt": 0}, "lease_expires_at": {"$ne": None}},
+        {"lease_seconds": 1, "lease_expires_at": 1},
+    )
+    async for doc in cursor:
+        await leases.update_one(
+            {"_id": doc["_id"]},
+            {
+                "$setOnInsert": {
+                    "expires_at": doc["lease_expires_at"],
+                    "seconds": doc["lease_seconds"],
+                    "renewed_by": "",
+                }
+            },
+            upsert=True,
+        )
+        moved += 1
+    await sweeps.update_one({"_id": LEASES_MOVED_ID}, {"$set": {"moved": moved}}, upsert=True)
+    if moved:
+        log.info("moved the leases of %d PENDING promises into %s.leases", moved, db_name)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import uuid
@@ -20,7 +21,6 @@ from pymongo.read_preferences import ReadPreference
 from pymongo.write_concern import WriteConcern
 
 from asset_service.domain.errors import (
-    Conflict,
     InvalidArgument,
     NotFound,
     Unavailable,
@@ -39,7 +39,7 @@ from asset_service.domain.models import (
 )
 from asset_service.domain.replay import Replay
 from asset_service.store import _paging
-from asset_service.store._fields import lease_condition, lease_conflict, transition_fields
+from asset_service.store._fields import lease_condition, transition_fields
 from asset_service.store.mongo import _schema, _tombstones
 from asset_service.store.mongo._documents import (
     Doc,
@@ -54,10 +54,13 @@ from asset_service.store.mongo._documents import (
 )
 from asset_service.store.mongo._feed import (
     CHANGE_STREAM_PIPELINE,
+    FULL_DOCUMENT,
     ChangeFeed,
     ChangeStreamLike,
 )
 from asset_service.store.mongo._leases import WriterLeases
+from asset_service.store.mongo._promises import PromiseLeases, overlay
+from asset_service.store.mongo._transition import delete_statements, transition_statements
 from asset_service.store.mongo._writer import DuplicateKey, GroupWriter
 
 log = logging.getLogger(__name__)
@@ -85,8 +88,9 @@ DEFAULT_OPERATION_TIMEOUT = 15.0
 SLIM_PROJECTION: dict[str, Any] = {"value_content": 0, "value_kind": 0, "block_sums": 0}
 # A record without its block sums (only get() reads them: ReadAsset checks with them).
 LISTED_PROJECTION: dict[str, Any] = {"block_sums": 0}
-# Snapshot reads outside transactions (watch snapshots) came with MongoDB 5.0.
-MIN_WIRE_VERSION = 13
+# Change-stream post-images (each event's state as of the change, issue 21 item 1) came
+# with MongoDB 6.0; snapshot reads outside transactions (watch snapshots) with 5.0.
+MIN_WIRE_VERSION = 17
 
 REPLICA_SET_HELP = (
     "change streams and transactions need a replica set; a single-node one is fine: start "
@@ -155,6 +159,9 @@ class MongoStore:
         self._tombstones: AsyncCollection[Doc] = self._db.get_collection(
             "tombstones", write_concern=wc
         )
+        # Promise leases: records of their own, renewed without touching `assets`.
+        self._lease_docs: AsyncCollection[Doc] = self._db.get_collection("leases", write_concern=wc)
+        self._sweeps: AsyncCollection[Doc] = self._db.get_collection("sweeps", write_concern=wc)
         self._transactions = True
         self._pre_images = False
         self._feed: ChangeFeed | None = None
@@ -163,6 +170,7 @@ class MongoStore:
         self._writer = GroupWriter(self._transact, self._claim)
         self._session: AsyncClientSession | None = None
         self._leases: WriterLeases | None = None
+        self._beat_client: pymongo.MongoClient[Doc] | None = None
 
     @property
     def database_name(self) -> str:
@@ -191,28 +199,59 @@ class MongoStore:
         elif int(hello.get("maxWireVersion", 0)) < MIN_WIRE_VERSION:
             await self._client.close()
             raise Unavailable(
-                f"MongoDB at {self._redacted()} is older than 5.0 (wire version "
-                f"{hello.get('maxWireVersion')}); the asset service needs 5.0 or newer for "
-                "point-in-time watch snapshots (snapshot reads)"
+                f"MongoDB at {self._redacted()} is older than 6.0 (wire version "
+                f"{hello.get('maxWireVersion')}); the asset service needs 6.0 or newer: its "
+                "watch events are built from the post-images MongoDB keeps at each change "
+                "(changeStreamPreAndPostImages), in revision order"
             )
         try:
             await self._ensure_indexes()
             await self._raise_revision_floor()
+            await _schema.prepare_leases(
+                self._assets, self._lease_docs, self._sweeps, self._db.name
+            )
         except PyMongoError as exc:
             raise Unavailable(f"cannot prepare MongoDB database {self._db.name}: {exc}") from exc
         if self._transactions:
             await self._enable_pre_images()
+            if not self._pre_images:
+                await self._client.close()
+                raise Unavailable(
+                    f"cannot turn on change-stream post-images for {self._db.name}.assets: "
+                    "watch events are built from them; run once, as a user allowed collMod: "
+                    f"db.getSiblingDB({self._db.name!r}).runCommand({{collMod: 'assets', "
+                    "changeStreamPreAndPostImages: {enabled: true}}) (docs/mongodb.md)"
+                )
             try:
                 first = await self._open_stream(None)
             except PyMongoError as exc:
                 raise Unavailable(f"cannot open a MongoDB change stream: {exc}") from exc
             self._feed = ChangeFeed(self._open_stream, first_stream=first)
             self._leases = WriterLeases(
-                self._db.get_collection("writers", write_concern=WriteConcern("majority")),
+                self._db.get_collection("writers"),
                 self._kill_sessions,
                 uuid.uuid4().hex,
+                beats=self._beat_collection(),
             )
             self._leases.start()
+
+    @property
+    def _promises(self) -> PromiseLeases:
+        # The database's clock wherever it can judge ($expr, update pipelines: a replica
+        # set); FerretDB (allow_standalone, tests) has neither.
+        return PromiseLeases(self._lease_docs, self._sweeps, database_clock=self._transactions)
+
+    def _beat_collection(self) -> Any:
+        """`writers` through a synchronous client of its own: the writer lease's heartbeat
+        thread goes on while the event loop is stalled (_leases.py)."""
+        given = {k.lower() for k, _ in parse_qsl(urlsplit(self.url).query)}
+        options = {k: v for k, v in DEFAULT_CLIENT_OPTIONS.items() if k.lower() not in given}
+        self._beat_client = pymongo.MongoClient(
+            self.url, tz_aware=True, connect=False, maxPoolSize=2, **options
+        )
+        return self._beat_client.get_default_database(
+            DEFAULT_DATABASE, read_preference=ReadPreference.PRIMARY
+        ).get_collection("writers")
 
     async def _kill_sessions(self, lsids: list[Mapping[str, Any]]) -> None:
         await self._client.admin.command("killSessions", lsids)
@@ -231,11 +270,8 @@ class MongoStore:
         self._pre_images = await _schema.enable_pre_images(self._db)
 
     async def _open_stream(self, resume_after: Mapping[str, Any] | None) -> ChangeStreamLike:
-        extra: dict[str, Any] = {}
-        if self._pre_images:
-            extra["full_document_before_change"] = "whenAvailable"
         stream = await self._assets.watch(
-            CHANGE_STREAM_PIPELINE, full_document="updateLookup", resume_after=resume_after, **extra
+            CHANGE_STREAM_PIPELINE, full_document=FULL_DOCUMENT, resume_after=resume_after
         )
         return stream
 
@@ -243,6 +279,8 @@ class MongoStore:
         await self._writer.close()
         if self._leases is not None:
             await self._leases.close()
+        if self._beat_client is not None:
+            await asyncio.to_thread(self._beat_client.close)
         if self._session is not None:
             with contextlib.suppress(PyMongoError):
                 await self._session.end_session()
@@ -328,9 +366,25 @@ class MongoStore:
     async def get(self, asset_id: str) -> Asset | None:
         try:
             doc = await self._assets.find_one({"_id": asset_id})
+            if doc is not None and overlay([doc]):
+                end = await self._promises.current_end(asset_id)
+                if end is None:
+                    # Its lease ended since the first read: the promise left PENDING, and
+                    # its record now holds the last end.
+                    doc = await self._assets.find_one({"_id": asset_id})
+                else:
+                    doc["lease_expires_at"] = end
         except PyMongoError as exc:
             raise _unavailable(exc) from exc
         return doc_to_asset(doc) if doc is not None else None
+
+    async def _with_leases(self, docs: list[Doc], session: AsyncClientSession | None) -> None:
+        """Show each PENDING promise's lease as its record in `leases` says (one query)."""
+        ends = await self._promises.ends(overlay(docs), session)
+        for doc in docs:
+            end = ends.get(str(doc["_id"]))
+            if end is not None:
+                doc["lease_expires_at"] = end
 
     async def get_many(self, asset_ids: Sequence[str]) -> dict[str, Asset]:
         ids = list(dict.fromkeys(asset_ids))
@@ -338,7 +392,11 @@ class MongoStore:
         try:
             for start in range(0, len(ids), 1000):
                 part = ids[start : start + 1000]
-                async for doc in self._assets.find({"_id": {"$in": part}}, LISTED_PROJECTION):
+                docs = [
+                    d async for d in self._assets.find({"_id": {"$in": part}}, LISTED_PROJECTION)
+                ]
+                await self._with_leases(docs, None)
+                for doc in docs:
                     asset = doc_to_asset(doc)
                     found[asset.id] = asset
         except PyMongoError as exc:
@@ -378,7 +436,9 @@ class MongoStore:
                     cursor = self._assets.find(
                         {"_id": {"$in": part}}, SLIM_PROJECTION, session=session
                     ).max_time_ms(_schema.QUERY_MAX_TIME_MS)
-                    async for doc in cursor:
+                    docs = [doc async for doc in cursor]
+                    await self._with_leases(docs, session)  # the same cut
+                    for doc in docs:
                         asset = doc_to_asset(doc)
                         found[asset.id] = asset
         except PyMongoError as exc:
@@ -422,6 +482,7 @@ class MongoStore:
                         full = max_bytes is not None and used > max_bytes
                 finally:
                     await cursor.close()
+                await self._with_leases(docs, session)  # the same cut
         except PyMongoError as exc:
             raise _unavailable(exc) from exc
         assets, last = _paging.fill_page(
@@ -470,26 +531,45 @@ class MongoStore:
             raise _unavailable(exc) from exc
 
     async def leases_run_out(self, now: datetime, limit: int) -> list[Asset]:
-        where = {"status": Status.PENDING.value, "lease_expires_at": {"$lte": ms(now)}}
-        cursor = (
-            self._assets.find(where, SLIM_PROJECTION)
-            .sort("lease_expires_at", ASCENDING)
-            .limit(limit)
-            .max_time_ms(_schema.QUERY_MAX_TIME_MS)
-        )
+        """By the database's clock ($$NOW) on a replica set: `now` is not used there."""
         try:
-            return [doc_to_asset(doc) async for doc in cursor]
+            due = await self._promises.due(now, limit, _schema.QUERY_MAX_TIME_MS)
+            ends = dict(due)
+            docs = await self._assets.find(
+                {"_id": {"$in": list(ends)}, "status": Status.PENDING.value}, SLIM_PROJECTION
+            ).to_list()
         except PyMongoError as exc:
             raise _unavailable(exc) from exc
-        finally:
-            await cursor.close()
+        for doc in docs:
+            doc["lease_expires_at"] = ends[str(doc["_id"])]
+        assets = sorted((doc_to_asset(d) for d in docs), key=lambda a: (a.lease_expires_at, a.id))
+        return assets
+
+    async def claim_sweep(self, holder: str, seconds: float, now: datetime) -> bool:
+        try:
+            return await self._promises.claim_sweep(holder, seconds, now)
+        except PyMongoError as exc:
+            raise _unavailable(exc) from exc
 
     # --- writes -----------------------------------------------------------------------
 
     async def insert(self, asset: Asset) -> Asset:
+        leased = asset.status is Status.PENDING and asset.lease_seconds > 0
+        promises = self._promises
+
         async def apply(session: AsyncClientSession | None, rev: int) -> Asset:
             doc = asset_to_doc(asset, rev)
+            if leased and promises.database_clock:
+                # The lease first: its end by the database's clock goes into the record.
+                # (A duplicate id then aborts the transaction, lease included.)
+                assert asset.lease_expires_at is not None
+                doc["lease_expires_at"] = await promises.create(
+                    asset.id, asset.lease_seconds, asset.lease_expires_at, session
+                )
             await self._assets.insert_one(doc, session=session)
+            if leased and not promises.database_clock:
+                assert asset.lease_expires_at is not None
+                await promises.create(asset.id, asset.lease_seconds, asset.lease_expires_at, None)
             return doc_to_asset(doc)
 
         result: Asset = await self._writer.submit(apply, approx_bytes(asset))
@@ -499,37 +579,24 @@ class MongoStore:
         self, asset_id: str, expected: Status, change: Transition, now: datetime
     ) -> Asset:
         sets = transition_fields(change, now, value_column="value_content", timestamp=ms)
-        where: Doc = {"_id": asset_id, "status": expected.value}
         test = lease_condition(change)
-        # BSON dates hold milliseconds: `now` floored, as every store compares it.
-        if test == "none or not run out":
-            # null matches a missing field too (records from before leases).
-            where["$or"] = [{"lease_expires_at": None}, {"lease_expires_at": {"$gt": ms(now)}}]
-        elif test is not None:
-            where["lease_expires_at"] = {"$gt" if test == "not run out" else "$lte": ms(now)}
-
-        async def apply(session: AsyncClientSession | None, rev: int) -> Asset:
-            doc = await self._assets.find_one_and_update(
-                where,
-                {"$set": {**sets, "revision": rev}},
-                return_document=ReturnDocument.AFTER,
-                session=session,
-            )
-            if doc is None:
-                current = await self._assets.find_one(
-                    {"_id": asset_id}, {"status": 1, "lease_expires_at": 1}, session=session
-                )
-                if current is None:
-                    raise NotFound(f"asset {asset_id} not found")
-                if current["status"] != expected.value or test is None:
-                    raise Conflict(f"asset {asset_id} is {current['status']}, expected {expected}")
-                end = current.get("lease_expires_at")
-                raise Conflict(lease_conflict(asset_id, test, end))
-            return doc_to_asset(doc)
-
+        apply = transition_statements(
+            self._assets, self._promises, asset_id, expected, sets, test, now
+        )
         cost = len(change.value.data) if isinstance(change, Fulfillment) and change.value else 0
         result: Asset = await self._writer.submit(apply, cost)
         return result
+
+    async def renew_lease(self, asset_id: str, seconds: int, now: datetime, by: str) -> Asset:
+        """One update of the lease's document (by $$NOW), beside one read of the asset:
+        no transaction, no revision, nothing on the change stream of `assets`."""
+        try:
+            with pymongo.timeout(self.operation_timeout):
+                return await self._promises.renew_and_read(
+                    self._assets, asset_id, seconds, now, by, LISTED_PROJECTION
+                )
+        except PyMongoError as exc:
+            raise _write_error(exc, transaction=False) from exc
 
     async def set_block_sums(self, asset_id: str, storage_path: str, sums: BlockSums) -> bool:
         # Not through the group writer: no revision, and the change feed skips an update
@@ -545,22 +612,12 @@ class MongoStore:
         return done.matched_count == 1
 
     async def delete(self, asset_id: str, by: str = "") -> Asset | None:
-        async def apply(session: AsyncClientSession | None, rev: int) -> Asset:
-            # Stamp the new revision (and the deleter) first so the change feed can number
-            # the delete and say who made it.
-            doc = await self._assets.find_one_and_update(
-                {"_id": asset_id},
-                {"$set": {"revision": rev, "deleted": True, "updated_by": by}},
-                return_document=ReturnDocument.AFTER,
-                session=session,
-            )
-            if doc is None:
-                raise _NothingToDelete(asset_id)
-            await self._assets.delete_one({"_id": asset_id}, session=session)
-            gone = doc_to_asset(doc)
+        async def keep_tombstone(gone: Asset, session: AsyncClientSession | None) -> None:
             await _tombstones.keep(self._tombstones, [gone], session)
-            return gone
 
+        apply = delete_statements(
+            self._assets, self._promises, asset_id, by, _NothingToDelete, keep_tombstone
+        )
         try:
             result: Asset = await self._writer.submit(apply)
         except _NothingToDelete:

@@ -88,7 +88,14 @@ CREATE TABLE IF NOT EXISTS assets (
 CREATE INDEX IF NOT EXISTS assets_status ON assets (status, seq);
 CREATE INDEX IF NOT EXISTS assets_task ON assets (created_by_task, seq);
 CREATE INDEX IF NOT EXISTS assets_label ON assets (label, seq);
-CREATE INDEX IF NOT EXISTS assets_lease ON assets (status, lease_expires_ms);
+CREATE TABLE IF NOT EXISTS leases (
+    asset_id   TEXT PRIMARY KEY,
+    expires_ms INTEGER NOT NULL,
+    seconds    INTEGER NOT NULL,
+    renewed_by TEXT NOT NULL DEFAULT '',
+    renewed_ms INTEGER
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS leases_expiry ON leases (expires_ms);
 CREATE TABLE IF NOT EXISTS asset_tags (
     tag      TEXT NOT NULL,
     asset_id TEXT NOT NULL,
@@ -105,7 +112,7 @@ INSERT OR IGNORE INTO counters (name, value) VALUES ('tombstones', 0);
 
 # PRAGMA user_version of a database SCHEMA creates. A database from an older release is
 # brought up to it by MIGRATIONS[v] for each later version v, one transaction each.
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: (
         "ALTER TABLE assets ADD COLUMN created_by TEXT NOT NULL DEFAULT ''",
@@ -127,6 +134,18 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "INSERT OR IGNORE INTO counters (name, value) "
         "SELECT 'tombstones', value FROM counters WHERE name = 'revision'",
     ),
+    # Leases move to records of their own (a renewal is not a change of the asset): each
+    # PENDING promise's current end goes there; the sweep reads their index instead.
+    5: (
+        "CREATE TABLE IF NOT EXISTS leases (asset_id TEXT PRIMARY KEY, "
+        "expires_ms INTEGER NOT NULL, seconds INTEGER NOT NULL, "
+        "renewed_by TEXT NOT NULL DEFAULT '', renewed_ms INTEGER) WITHOUT ROWID",
+        "CREATE INDEX IF NOT EXISTS leases_expiry ON leases (expires_ms)",
+        "INSERT OR IGNORE INTO leases (asset_id, expires_ms, seconds) "
+        "SELECT id, lease_expires_ms, lease_seconds FROM assets "
+        "WHERE status = 'PENDING' AND lease_expires_ms IS NOT NULL AND lease_seconds > 0",
+        "DROP INDEX IF EXISTS assets_lease",
+    ),
 }
 assert sorted(MIGRATIONS) == list(range(1, SCHEMA_VERSION + 1))
 
@@ -137,24 +156,40 @@ COLUMNS = (
     "block_sums, corrupt_reason"
 )
 COLUMN_COUNT = len(COLUMNS.split(","))
+# Reads join each record with its lease: a PENDING promise's lease ends when its lease's
+# record says (renewals write only that); the record's own column holds the end as of its
+# last revision (what its change carried). COLUMNS stays the record's own, for INSERT and
+# RETURNING.
+RECORDS = "assets LEFT JOIN leases ON leases.asset_id = assets.id"
+READ_COLUMNS = COLUMNS.replace(
+    "lease_expires_ms,", "COALESCE(leases.expires_ms, assets.lease_expires_ms) AS lease_expires_ms,"
+)
+assert READ_COLUMNS != COLUMNS
 # The record without its block sums (only get() reads them: ReadAsset checks with them).
-LISTED_COLUMNS = COLUMNS.replace("block_sums,", "NULL AS block_sums,")
-assert LISTED_COLUMNS != COLUMNS
+LISTED_COLUMNS = READ_COLUMNS.replace("block_sums,", "NULL AS block_sums,")
+assert LISTED_COLUMNS != READ_COLUMNS
 # The same record without its inline value (value_kind NULL reads as "no value") and
 # block sums.
-SLIM_COLUMNS = COLUMNS.replace(
+SLIM_COLUMNS = READ_COLUMNS.replace(
     "value_kind, value_data", "NULL AS value_kind, NULL AS value_data"
 ).replace("block_sums,", "NULL AS block_sums,")
 assert SLIM_COLUMNS.count("NULL AS") == 3
+# The same, with the lease's end as the record holds it (at its last revision): what a
+# change (a replay's too) carries, from `assets` alone.
+RECORD_SLIM_COLUMNS = SLIM_COLUMNS.replace(
+    "COALESCE(leases.expires_ms, assets.lease_expires_ms) AS lease_expires_ms",
+    "lease_expires_ms",
+)
+assert "leases." not in RECORD_SLIM_COLUMNS
 # The point read on the loop: the value only when small (length() of a BLOB reads its size
 # from the record header, not its pages), with its size to tell "too big" from "none".
 LOOP_GET = (
     "SELECT "
-    + COLUMNS.replace(
+    + READ_COLUMNS.replace(
         "value_data",
         f"CASE WHEN length(value_data) <= {LOOP_READ_MAX_VALUE} THEN value_data END AS value_data",
     )
-    + ", length(value_data) AS value_length FROM assets WHERE id = ?"
+    + f", length(value_data) AS value_length FROM {RECORDS} WHERE id = ?"
 )
 assert LOOP_GET.count("CASE") == 1
 

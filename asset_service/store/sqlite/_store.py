@@ -32,13 +32,13 @@ from asset_service.domain.models import (
 )
 from asset_service.domain.replay import Replay
 from asset_service.store import _paging
+from asset_service.store._claims import LocalSweepClaim
 from asset_service.store._fields import (
     encoded_sums,
     lease_condition,
-    lease_conflict,
     transition_fields,
 )
-from asset_service.store.sqlite import _tombstones
+from asset_service.store.sqlite import _leases, _tombstones
 from asset_service.store.sqlite._files import claim, own_files
 from asset_service.store.sqlite._readers import Later, Readers
 from asset_service.store.sqlite._room import INCREMENTAL, Room, is_full
@@ -46,6 +46,8 @@ from asset_service.store.sqlite._schema import (
     COLUMN_COUNT,
     COLUMNS,
     LISTED_COLUMNS,
+    READ_COLUMNS,
+    RECORDS,
     SCHEMA,
     SLIM_COLUMNS,
     decode_token,
@@ -96,6 +98,8 @@ class SqliteStore:
         self._lock_fd: int | None = None
         # (st_dev, st_ino) of the database file opened: ping() finds it moved or replaced.
         self._identity: tuple[int, int] | None = None
+        # One process owns the database file (claim()), so its sweep claim lives here.
+        self._sweep = LocalSweepClaim()
 
     @property
     def transactions(self) -> int:
@@ -257,7 +261,9 @@ class SqliteStore:
             return now
 
         def q(c: sqlite3.Connection) -> Asset | None:
-            row = c.execute(f"SELECT {COLUMNS} FROM assets WHERE id = ?", (asset_id,)).fetchone()
+            row = c.execute(
+                f"SELECT {READ_COLUMNS} FROM {RECORDS} WHERE id = ?", (asset_id,)
+            ).fetchone()
             return row_to_asset(row) if row else None
 
         return await self._read(q)
@@ -282,7 +288,7 @@ class SqliteStore:
                 for start in range(0, len(ids), 500):
                     part = ids[start : start + 500]
                     marks = ",".join("?" * len(part))
-                    sql = f"SELECT {columns} FROM assets WHERE id IN ({marks})"
+                    sql = f"SELECT {columns} FROM {RECORDS} WHERE id IN ({marks})"
                     for row in c.execute(sql, part):
                         found[row["id"]] = row_to_asset(row)
             finally:
@@ -314,7 +320,7 @@ class SqliteStore:
             where.append("id IN (SELECT asset_id FROM asset_tags WHERE tag = ?)")
             args.append(tag)
         sql = (
-            f"SELECT seq, {LISTED_COLUMNS} FROM assets WHERE {' AND '.join(where)} "
+            f"SELECT seq, {LISTED_COLUMNS} FROM {RECORDS} WHERE {' AND '.join(where)} "
             "ORDER BY seq LIMIT ?"
         )
 
@@ -356,16 +362,14 @@ class SqliteStore:
                 return removed
 
     async def leases_run_out(self, now: datetime, limit: int) -> list[Asset]:
-        sql = (
-            # The (status, lease_expires_ms) index: one range, already in order.
-            f"SELECT {SLIM_COLUMNS} FROM assets WHERE status = 'PENDING' "
-            "AND lease_expires_ms <= ? ORDER BY lease_expires_ms LIMIT ?"
-        )
-
         def q(c: sqlite3.Connection) -> list[Asset]:
-            return [row_to_asset(row) for row in c.execute(sql, (to_ms(now), limit))]
+            return [row_to_asset(row) for row in _leases.due(c, to_ms(now), limit)]
 
         return await self._read(q)
+
+    async def claim_sweep(self, holder: str, seconds: float, now: datetime) -> bool:
+        self._open_writer()
+        return self._sweep.claim(holder, seconds, now)
 
     # --- writes -----------------------------------------------------------------------
 
@@ -407,6 +411,7 @@ class SqliteStore:
                     "INSERT INTO asset_tags (tag, asset_id) VALUES (?, ?)",
                     [(t, asset.id) for t in asset.tags],
                 )
+                _leases.create(c, asset)
             except sqlite3.IntegrityError:
                 raise Conflict(f"asset {asset.id} already exists") from None
             stored = Asset(**{**asset.__dict__, "revision": rev})
@@ -420,49 +425,51 @@ class SqliteStore:
         self, asset_id: str, expected: Status, change: Transition, now: datetime
     ) -> Asset:
         sets = transition_fields(
-            change,
-            now,
-            value_column="value_data",
-            timestamp=datetime.isoformat,
-            lease=lambda end: ("lease_expires_ms", to_ms(end)),
+            change, now, value_column="value_data", timestamp=datetime.isoformat
         )
         test = lease_condition(change)
-        lease_sql = ""
-        lease_args: tuple[int, ...] = ()
-        if test == "none or not run out":
-            lease_sql = " AND (lease_expires_ms IS NULL OR lease_expires_ms > ?)"
-            lease_args = (to_ms(now),)
-        elif test is not None:
-            lease_sql = f" AND lease_expires_ms {'>' if test == 'not run out' else '<='} ?"
-            lease_args = (to_ms(now),)
+        leaves_pending = expected is Status.PENDING and sets.get("status", expected) != expected
 
-        # Runs in a group transaction, in its own savepoint: raising rolls it back alone,
-        # revision bump included.
+        # Runs in a group transaction, in its own savepoint, on the one writer thread: the
+        # reads and writes below are one atomic step (raising rolls back its savepoint).
         def w(c: sqlite3.Connection) -> tuple[Asset, Change]:
-            rev = self._next_revision(c)
-            assignments = ", ".join(f"{k} = ?" for k in sets)
-            row = c.execute(
-                f"UPDATE assets SET {assignments}, revision = ? "
-                f"WHERE id = ? AND status = ?{lease_sql} RETURNING {COLUMNS}",
-                (*sets.values(), rev, asset_id, expected.value, *lease_args),
-            ).fetchone()
-            if row is None:
-                cur = c.execute(
-                    "SELECT status, lease_expires_ms FROM assets WHERE id = ?", (asset_id,)
+            current = c.execute("SELECT status FROM assets WHERE id = ?", (asset_id,)).fetchone()
+            if current is None:
+                raise NotFound(f"asset {asset_id} not found")
+            if current["status"] != expected.value:
+                raise Conflict(
+                    f"asset {asset_id} is {current['status']}, expected {expected.value}"
                 )
-                current = cur.fetchone()
-                if current is None:
-                    raise NotFound(f"asset {asset_id} not found")
-                if current["status"] != expected.value or test is None:
-                    raise Conflict(
-                        f"asset {asset_id} is {current['status']}, expected {expected.value}"
-                    )
-                raise Conflict(lease_conflict(asset_id, test, from_ms(current["lease_expires_ms"])))
+            fields = dict(sets)
+            last_end = _leases.check_and_end(c, asset_id, test, to_ms(now), leaves_pending)
+            if last_end is not None:
+                fields["lease_expires_ms"] = last_end  # the record keeps the lease's last end
+            rev = self._next_revision(c)
+            assignments = ", ".join(f"{k} = ?" for k in fields)
+            row = c.execute(
+                f"UPDATE assets SET {assignments}, revision = ? WHERE id = ? RETURNING {COLUMNS}",
+                (*fields.values(), rev, asset_id),
+            ).fetchone()
             updated = row_to_asset(row)
             return updated, Change(ChangeKind.PUT, updated)
 
         value = change.value if isinstance(change, Fulfillment) else None
         result: Asset = await self._open_writer().submit(w, len(value.data) if value else 0)
+        return result
+
+    async def renew_lease(self, asset_id: str, seconds: int, now: datetime, by: str) -> Asset:
+        at = to_ms(now)
+
+        # A write of the lease's record only: no revision, no change (_settle publishes
+        # none), in a group transaction like any write.
+        def w(c: sqlite3.Connection) -> tuple[Asset, None]:
+            _leases.renew(c, asset_id, seconds, at, by)
+            row = c.execute(
+                f"SELECT {LISTED_COLUMNS} FROM {RECORDS} WHERE id = ?", (asset_id,)
+            ).fetchone()
+            return row_to_asset(row), None
+
+        result: Asset = await self._open_writer().submit(w)
         return result
 
     async def set_block_sums(self, asset_id: str, storage_path: str, sums: BlockSums) -> bool:
@@ -488,7 +495,11 @@ class SqliteStore:
                 return None  # nothing changed: the empty commit writes nothing
             rev = self._next_revision(c)
             c.execute("DELETE FROM asset_tags WHERE asset_id = ?", (asset_id,))
-            gone = Asset(**{**row_to_asset(row).__dict__, "revision": rev, "updated_by": by})
+            last_end = _leases.drop(c, asset_id)
+            fields = {**row_to_asset(row).__dict__, "revision": rev, "updated_by": by}
+            if last_end is not None:
+                fields["lease_expires_at"] = from_ms(last_end)
+            gone = Asset(**fields)
             _tombstones.keep(c, gone)
         return gone
 

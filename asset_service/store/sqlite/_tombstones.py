@@ -9,7 +9,12 @@ from datetime import UTC, datetime
 from asset_service.domain.errors import HistoryGone
 from asset_service.domain.models import Asset, AssetType, Change, ChangeKind, Status
 from asset_service.domain.replay import Replay, merged, tombstone
-from asset_service.store.sqlite._schema import SLIM_COLUMNS, row_to_asset, to_ms, transaction
+from asset_service.store.sqlite._schema import (
+    RECORD_SLIM_COLUMNS,
+    row_to_asset,
+    to_ms,
+    transaction,
+)
 
 # Tombstones removed per transaction of a sweep: the writer thread is not held for long.
 SWEEP_BATCH = 5000
@@ -78,7 +83,8 @@ def changes_since(c: sqlite3.Connection, after: int, limit: int) -> Replay:
         records = [
             Change(ChangeKind.PUT, row_to_asset(row))
             for row in c.execute(
-                f"SELECT {SLIM_COLUMNS} FROM assets WHERE revision > ? ORDER BY revision LIMIT ?",
+                f"SELECT {RECORD_SLIM_COLUMNS} FROM assets WHERE revision > ? "
+                "ORDER BY revision LIMIT ?",
                 (after, limit),
             )
         ]

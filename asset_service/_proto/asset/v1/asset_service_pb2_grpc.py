@@ -181,8 +181,10 @@ class AssetServiceServicer:
 
     def RenewLease(self, request, context):
         """RenewLease extends the lease of a PENDING asset created with one: the
-        producing task calls it while it works. A lease that has run out cannot be
-        renewed: the asset is (or is about to be) FAILED.
+        producing task calls it while it works. A renewal is a heartbeat, not a
+        change: it takes no revision and sends watchers nothing (the lease is kept in
+        a record of its own); only the lease running out changes the asset. A lease
+        that has run out cannot be renewed: the asset is (or is about to be) FAILED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

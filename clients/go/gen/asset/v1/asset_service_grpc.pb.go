@@ -81,8 +81,10 @@ type AssetServiceClient interface {
 	// FailAsset turns a PENDING asset FAILED, with a reason.
 	FailAsset(ctx context.Context, in *FailAssetRequest, opts ...grpc.CallOption) (*FailAssetResponse, error)
 	// RenewLease extends the lease of a PENDING asset created with one: the
-	// producing task calls it while it works. A lease that has run out cannot be
-	// renewed: the asset is (or is about to be) FAILED.
+	// producing task calls it while it works. A renewal is a heartbeat, not a
+	// change: it takes no revision and sends watchers nothing (the lease is kept in
+	// a record of its own); only the lease running out changes the asset. A lease
+	// that has run out cannot be renewed: the asset is (or is about to be) FAILED.
 	RenewLease(ctx context.Context, in *RenewLeaseRequest, opts ...grpc.CallOption) (*RenewLeaseResponse, error)
 	// GetAsset returns one asset.
 	GetAsset(ctx context.Context, in *GetAssetRequest, opts ...grpc.CallOption) (*GetAssetResponse, error)
@@ -360,8 +362,10 @@ type AssetServiceServer interface {
 	// FailAsset turns a PENDING asset FAILED, with a reason.
 	FailAsset(context.Context, *FailAssetRequest) (*FailAssetResponse, error)
 	// RenewLease extends the lease of a PENDING asset created with one: the
-	// producing task calls it while it works. A lease that has run out cannot be
-	// renewed: the asset is (or is about to be) FAILED.
+	// producing task calls it while it works. A renewal is a heartbeat, not a
+	// change: it takes no revision and sends watchers nothing (the lease is kept in
+	// a record of its own); only the lease running out changes the asset. A lease
+	// that has run out cannot be renewed: the asset is (or is about to be) FAILED.
 	RenewLease(context.Context, *RenewLeaseRequest) (*RenewLeaseResponse, error)
 	// GetAsset returns one asset.
 	GetAsset(context.Context, *GetAssetRequest) (*GetAssetResponse, error)

@@ -74,8 +74,10 @@ class AssetServiceStub:
     """FailAsset turns a PENDING asset FAILED, with a reason."""
     RenewLease: _grpc.UnaryUnaryMultiCallable[_asset_service_pb2.RenewLeaseRequest, _asset_service_pb2.RenewLeaseResponse]
     """RenewLease extends the lease of a PENDING asset created with one: the
-    producing task calls it while it works. A lease that has run out cannot be
-    renewed: the asset is (or is about to be) FAILED.
+    producing task calls it while it works. A renewal is a heartbeat, not a
+    change: it takes no revision and sends watchers nothing (the lease is kept in
+    a record of its own); only the lease running out changes the asset. A lease
+    that has run out cannot be renewed: the asset is (or is about to be) FAILED.
     """
     GetAsset: _grpc.UnaryUnaryMultiCallable[_asset_service_pb2.GetAssetRequest, _asset_service_pb2.GetAssetResponse]
     """GetAsset returns one asset."""
@@ -153,8 +155,10 @@ class AssetServiceAsyncStub(AssetServiceStub):
     """FailAsset turns a PENDING asset FAILED, with a reason."""
     RenewLease: _aio.UnaryUnaryMultiCallable[_asset_service_pb2.RenewLeaseRequest, _asset_service_pb2.RenewLeaseResponse]  # type: ignore[assignment]
     """RenewLease extends the lease of a PENDING asset created with one: the
-    producing task calls it while it works. A lease that has run out cannot be
-    renewed: the asset is (or is about to be) FAILED.
+    producing task calls it while it works. A renewal is a heartbeat, not a
+    change: it takes no revision and sends watchers nothing (the lease is kept in
+    a record of its own); only the lease running out changes the asset. A lease
+    that has run out cannot be renewed: the asset is (or is about to be) FAILED.
     """
     GetAsset: _aio.UnaryUnaryMultiCallable[_asset_service_pb2.GetAssetRequest, _asset_service_pb2.GetAssetResponse]  # type: ignore[assignment]
     """GetAsset returns one asset."""
@@ -271,8 +275,10 @@ class AssetServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_asset_service_pb2.RenewLeaseResponse, _abc.Awaitable[_asset_service_pb2.RenewLeaseResponse]]:
         """RenewLease extends the lease of a PENDING asset created with one: the
-        producing task calls it while it works. A lease that has run out cannot be
-        renewed: the asset is (or is about to be) FAILED.
+        producing task calls it while it works. A renewal is a heartbeat, not a
+        change: it takes no revision and sends watchers nothing (the lease is kept in
+        a record of its own); only the lease running out changes the asset. A lease
+        that has run out cannot be renewed: the asset is (or is about to be) FAILED.
         """
 
     @_abc_1.abstractmethod

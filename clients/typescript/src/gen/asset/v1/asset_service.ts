@@ -5216,8 +5216,10 @@ export const AssetServiceService = {
   },
   /**
    * RenewLease extends the lease of a PENDING asset created with one: the
-   * producing task calls it while it works. A lease that has run out cannot be
-   * renewed: the asset is (or is about to be) FAILED.
+   * producing task calls it while it works. A renewal is a heartbeat, not a
+   * change: it takes no revision and sends watchers nothing (the lease is kept in
+   * a record of its own); only the lease running out changes the asset. A lease
+   * that has run out cannot be renewed: the asset is (or is about to be) FAILED.
    */
   renewLease: {
     path: "/asset.v1.AssetService/RenewLease" as const,
@@ -5393,8 +5395,10 @@ export interface AssetServiceServer extends UntypedServiceImplementation {
   failAsset: handleUnaryCall<FailAssetRequest, FailAssetResponse>;
   /**
    * RenewLease extends the lease of a PENDING asset created with one: the
-   * producing task calls it while it works. A lease that has run out cannot be
-   * renewed: the asset is (or is about to be) FAILED.
+   * producing task calls it while it works. A renewal is a heartbeat, not a
+   * change: it takes no revision and sends watchers nothing (the lease is kept in
+   * a record of its own); only the lease running out changes the asset. A lease
+   * that has run out cannot be renewed: the asset is (or is about to be) FAILED.
    */
   renewLease: handleUnaryCall<RenewLeaseRequest, RenewLeaseResponse>;
   /** GetAsset returns one asset. */
@@ -5564,8 +5568,10 @@ export interface AssetServiceClient extends Client {
   ): ClientUnaryCall;
   /**
    * RenewLease extends the lease of a PENDING asset created with one: the
-   * producing task calls it while it works. A lease that has run out cannot be
-   * renewed: the asset is (or is about to be) FAILED.
+   * producing task calls it while it works. A renewal is a heartbeat, not a
+   * change: it takes no revision and sends watchers nothing (the lease is kept in
+   * a record of its own); only the lease running out changes the asset. A lease
+   * that has run out cannot be renewed: the asset is (or is about to be) FAILED.
    */
   renewLease(
     request: RenewLeaseRequest,

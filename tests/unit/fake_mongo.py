@@ -1,0 +1,729 @@
+"""A small MongoDB for tests at the driver boundary, written from MongoDB's documentation.
+
+It is not the code's mirror: filters, update pipelines and `$expr` are evaluated by the
+documented rules, so a test can disagree with the code (a `$$NOW` misused, a `$gt` that
+should be `$lte`). What it follows, and where it is written:
+
+- Query and aggregation operators ($eq, $ne, $gt, $gte, $lt, $lte, $in, $or, $expr, $add,
+  $multiply, $subtract, $ifNull): "Query and Projection Operators", "Aggregation Pipeline
+  Operators". Comparison of different BSON types follows "Comparison/Sort Order" (null
+  and missing sort before numbers, numbers before strings, strings before dates); a query
+  comparison ($gt...) matches only values of the same type bracket ("Comparison Query
+  Operators": type bracketing), while an aggregation comparison orders across types.
+- `$$NOW`: "Variables in Aggregation Expressions": the current datetime, the same value
+  for the whole statement; it is the SERVER's clock (`Server.now`), never the caller's.
+- Updates with an aggregation pipeline ("Updates with Aggregation Pipeline") and update
+  operators $set, $setOnInsert, $inc, $max.
+- Upserts: "If no document matches the filter, the update inserts one built from the
+  filter's equality conditions"; a second document with the same `_id` is a duplicate key
+  error E11000 ("Upsert with Duplicate Values").
+- Transactions ("Transactions and Operations", "Production Considerations: In-progress
+  Transactions and Write Conflicts"): a transaction reads its own writes and, outside them,
+  the committed state; if it writes a document another in-progress transaction has
+  written, it fails with WriteConflict (112) labelled TransientTransactionError (and the
+  driver's with_transaction retries it); a write outside any transaction to a document an
+  in-progress transaction has written waits until that transaction ends. Any error of a
+  statement aborts the transaction ("Transactions: ... the transaction aborts").
+- Write concern: a write acknowledged "majority" is applied on the primary at once (other
+  reads there see it) but acknowledged only after `Server.majority_lag` seconds.
+
+Statements count round trips (`Server.statements`), per collection, for the numbers in
+docs/mongodb.md. `Server.rtt` delays each one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import threading
+import time
+from collections.abc import AsyncIterator, Iterable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from pymongo import ReturnDocument
+from pymongo.asynchronous.client_session import AsyncClientSession
+from pymongo.client_session_shared import _TxnState
+from pymongo.errors import DuplicateKeyError, OperationFailure
+
+Doc = dict[str, Any]
+T0 = datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC)
+_MISSING = object()
+
+
+# --- values, comparisons ------------------------------------------------------------------
+
+
+def _bracket(value: Any) -> int:
+    """The BSON comparison order's type rank (Comparison/Sort Order)."""
+    if value is None or value is _MISSING:
+        return 0
+    if isinstance(value, bool):
+        return 7
+    if isinstance(value, int | float):
+        return 2
+    if isinstance(value, str):
+        return 3
+    if isinstance(value, dict):
+        return 4
+    if isinstance(value, list):
+        return 5
+    if isinstance(value, bytes):
+        return 6
+    if isinstance(value, datetime):
+        return 8
+    raise NotImplementedError(f"fake MongoDB: no BSON order for {type(value).__name__}")
+
+
+def compare(a: Any, b: Any) -> int:
+    """-1/0/1 by the BSON comparison order (across types)."""
+    ra, rb = _bracket(a), _bracket(b)
+    if ra != rb:
+        return -1 if ra < rb else 1
+    if ra == 0:
+        return 0
+    return -1 if a < b else (1 if a > b else 0)
+
+
+def get_path(doc: Mapping[str, Any], path: str) -> Any:
+    value: Any = doc
+    for part in path.split("."):
+        if not isinstance(value, Mapping) or part not in value:
+            return _MISSING
+        value = value[part]
+    return value
+
+
+def evaluate(expr: Any, doc: Mapping[str, Any], now: datetime) -> Any:
+    """An aggregation expression on `doc` (with $$NOW = `now`)."""
+    if isinstance(expr, str):
+        if expr == "$$NOW":
+            return now
+        if expr.startswith("$$"):
+            raise NotImplementedError(f"fake MongoDB: variable {expr}")
+        if expr.startswith("$"):
+            value = get_path(doc, expr[1:])
+            return None if value is _MISSING else value
+        return expr
+    if isinstance(expr, list):
+        return [evaluate(e, doc, now) for e in expr]
+    if not isinstance(expr, dict):
+        return expr
+    if len(expr) != 1 or not next(iter(expr)).startswith("$"):
+        return {k: evaluate(v, doc, now) for k, v in expr.items()}
+    op, args = next(iter(expr.items()))
+    values = [evaluate(a, doc, now) for a in (args if isinstance(args, list) else [args])]
+    if op in ("$gt", "$gte", "$lt", "$lte", "$eq", "$ne"):
+        c = compare(values[0], values[1])
+        return {
+            "$gt": c > 0,
+            "$gte": c >= 0,
+            "$lt": c < 0,
+            "$lte": c <= 0,
+            "$eq": c == 0,
+            "$ne": c != 0,
+        }[op]
+    if op == "$add":
+        if any(v is None for v in values):
+            return None
+        dates = [v for v in values if isinstance(v, datetime)]
+        millis = sum(v for v in values if not isinstance(v, datetime))
+        if len(dates) > 1:
+            raise OperationFailure("only one date allowed in an $add expression", 16612)
+        if dates:  # "$add ... If one of the arguments is a date, the others are milliseconds"
+            return dates[0] + timedelta(milliseconds=millis)
+        return millis
+    if op == "$subtract":
+        a, b = values
+        if isinstance(a, datetime) and isinstance(b, datetime):
+            return int((a - b) / timedelta(milliseconds=1))
+        if isinstance(a, datetime):
+            return a - timedelta(milliseconds=b)
+        return a - b
+    if op == "$multiply":
+        product = 1
+        for v in values:
+            if v is None:
+                return None
+            product *= v
+        return product
+    if op == "$ifNull":
+        return next((v for v in values[:-1] if v is not None), values[-1])
+    raise NotImplementedError(f"fake MongoDB: aggregation operator {op}")
+
+
+def matches(doc: Mapping[str, Any], where: Mapping[str, Any], now: datetime) -> bool:
+    """A query filter on `doc`."""
+    for key, cond in where.items():
+        if key == "$or":
+            if not any(matches(doc, c, now) for c in cond):
+                return False
+            continue
+        if key == "$and":
+            if not all(matches(doc, c, now) for c in cond):
+                return False
+            continue
+        if key == "$expr":
+            if not evaluate(cond, doc, now):
+                return False
+            continue
+        if key.startswith("$"):
+            raise NotImplementedError(f"fake MongoDB: query operator {key}")
+        value = get_path(doc, key)
+        if isinstance(cond, dict) and cond and all(k.startswith("$") for k in cond):
+            if not all(_test(op, arg, value) for op, arg in cond.items()):
+                return False
+        elif not _equal(value, cond):
+            return False
+    return True
+
+
+def _equal(value: Any, wanted: Any) -> bool:
+    if wanted is None:  # {field: null} matches null and missing
+        return value is None or value is _MISSING
+    if isinstance(value, list) and not isinstance(wanted, list):
+        return wanted in value
+    return value is not _MISSING and value == wanted
+
+
+def _test(op: str, arg: Any, value: Any) -> bool:
+    if op == "$eq":
+        return _equal(value, arg)
+    if op == "$ne":
+        return not _equal(value, arg)
+    if op == "$in":
+        return any(_equal(value, a) for a in arg)
+    if op == "$all":
+        return isinstance(value, list) and all(a in value for a in arg)
+    if op == "$exists":
+        return (value is not _MISSING) == bool(arg)
+    if op in ("$gt", "$gte", "$lt", "$lte"):
+        # Type bracketing: only values of the argument's type can match.
+        if value is _MISSING or _bracket(value) != _bracket(arg):
+            return False
+        c = compare(value, arg)
+        return {"$gt": c > 0, "$gte": c >= 0, "$lt": c < 0, "$lte": c <= 0}[op]
+    raise NotImplementedError(f"fake MongoDB: query operator {op}")
+
+
+def apply_update(doc: Doc, update: Any, now: datetime, inserting: bool) -> Doc:
+    """`doc` after `update` (operators, or an aggregation pipeline of $set stages)."""
+    out = copy.deepcopy(doc)
+    if isinstance(update, list):
+        for stage in update:
+            (name, fields), *rest = stage.items()
+            if rest or name not in ("$set", "$addFields"):
+                raise NotImplementedError(f"fake MongoDB: pipeline stage {stage}")
+            # Each stage sees the document as the previous stage left it.
+            values = {k: evaluate(v, out, now) for k, v in fields.items()}
+            out.update(values)
+        return out
+    for op, fields in update.items():
+        if op == "$set":
+            out.update(copy.deepcopy(fields))
+        elif op == "$setOnInsert":
+            if inserting:
+                out.update(copy.deepcopy(fields))
+        elif op == "$inc":
+            for k, v in fields.items():
+                out[k] = out.get(k, 0) + v
+        elif op == "$max":
+            for k, v in fields.items():
+                if k not in out or compare(v, out[k]) > 0:
+                    out[k] = v
+        else:
+            raise NotImplementedError(f"fake MongoDB: update operator {op}")
+    return out
+
+
+def _project(doc: Doc | None, projection: Mapping[str, Any] | None) -> Doc | None:
+    if doc is None or not projection:
+        return copy.deepcopy(doc)
+    if all(not v for v in projection.values()):
+        return {k: copy.deepcopy(v) for k, v in doc.items() if k not in projection}
+    keep = {k for k, v in projection.items() if v} | {"_id"}
+    return {k: copy.deepcopy(v) for k, v in doc.items() if k in keep}
+
+
+# --- the server ---------------------------------------------------------------------------
+
+
+class Server:
+    """The documents of one replica set's primary, shared by every fake process."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, dict[Any, Doc]] = {}
+        self.started = time.monotonic()
+        self.offset = timedelta(0)  # moves $$NOW (a failover to a node with another clock)
+        self.frozen: datetime | None = None
+        # The transaction (lsid) that wrote each (collection, _id) and has not ended.
+        self.holders: dict[tuple[str, Any], bytes] = {}
+        self.pending: dict[bytes, dict[tuple[str, Any], Doc | None]] = {}
+        self._ended = asyncio.Event()
+        # Each transaction's writes in statement order, and the committed ones: the oplog
+        # change streams read (one entry per write: collection, before, after).
+        self.journal: dict[bytes, list[tuple[str, Any, Doc | None, Doc | None]]] = {}
+        self.oplog: list[tuple[str, Any, Doc | None, Doc | None]] = []
+        # Collections with changeStreamPreAndPostImages on: their images are kept.
+        self.images: set[str] = set()
+        self.image_reads = {"pre": 0, "post": 0, "lookup": 0}
+        self._logged = asyncio.Event()
+        self.statements: dict[str, int] = {}
+        self.transactions = 0
+        self.rtt = 0.0
+        self.majority_lag = 0.0
+        self.lock = threading.Lock()  # a WriterLeases heartbeat thread writes too
+
+    @property
+    def now(self) -> datetime:
+        """$$NOW: the server's clock (whole milliseconds), whatever the callers' say."""
+        moment = (
+            self.frozen
+            if self.frozen is not None
+            else T0 + timedelta(seconds=time.monotonic() - self.started)
+        )
+        moment += self.offset
+        return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
+
+    def collection(self, name: str) -> Collection:
+        return Collection(self, name)
+
+    def view(self, name: str, lsid: bytes | None) -> dict[Any, Doc]:
+        """What a statement sees: the committed documents and its transaction's writes."""
+        seen = dict(self.data.get(name, {}))
+        for (coll, key), doc in (self.pending.get(lsid, {}) if lsid else {}).items():
+            if coll != name:
+                continue
+            if doc is None:
+                seen.pop(key, None)
+            else:
+                seen[key] = doc
+        return seen
+
+    async def write(self, name: str, key: Any, doc: Doc | None, lsid: bytes | None) -> None:
+        """Put (or with None remove) one document, by the transaction rules."""
+        before = self.view(name, lsid).get(key)
+        holder = self.holders.get((name, key))
+        if lsid is not None:
+            if holder is not None and holder != lsid:
+                exc = OperationFailure(
+                    "WriteConflict error: this operation conflicted with another operation",
+                    112,
+                    {"ok": 0, "code": 112, "codeName": "WriteConflict"},
+                )
+                exc._add_error_label("TransientTransactionError")
+                raise exc
+            self.holders[(name, key)] = lsid
+            self.pending.setdefault(lsid, {})[(name, key)] = doc
+            self.journal.setdefault(lsid, []).append((name, key, before, doc))
+            return
+        while holder is not None:  # outside a transaction: wait for the holder to end
+            ended = self._ended
+            await ended.wait()
+            holder = self.holders.get((name, key))
+        before = self.data.get(name, {}).get(key)
+        self._put(name, key, doc)
+        self._log([(name, key, before, doc)])
+
+    def _log(self, entries: list[tuple[str, Any, Doc | None, Doc | None]]) -> None:
+        self.oplog += [copy.deepcopy(e) for e in entries]
+        self._logged.set()
+        self._logged = asyncio.Event()
+
+    def _put(self, name: str, key: Any, doc: Doc | None) -> None:
+        table = self.data.setdefault(name, {})
+        if doc is None:
+            table.pop(key, None)
+        else:
+            table[key] = doc
+
+    def end(self, lsid: bytes, commit: bool) -> None:
+        writes = self.pending.pop(lsid, {})
+        journal = self.journal.pop(lsid, [])
+        if commit:
+            self.transactions += 1
+            for (name, key), doc in writes.items():
+                self._put(name, key, doc)
+            self._log(journal)
+        for slot in [k for k, v in self.holders.items() if v == lsid]:
+            del self.holders[slot]
+        self._ended.set()
+        self._ended = asyncio.Event()
+
+
+def install(server: Server, monkeypatch: Any) -> None:
+    """commitTransaction/abortTransaction of every session reach `server`."""
+
+    async def finish(self: AsyncClientSession, command_name: str) -> dict[str, Any]:
+        await asyncio.sleep(server.rtt)
+        server.end(bytes(self.session_id["id"]), command_name == "commitTransaction")
+        return {"ok": 1}
+
+    monkeypatch.setattr(AsyncClientSession, "_finish_transaction_with_retry", finish)
+
+
+class Cursor:
+    """A find cursor: sort, limit, max_time_ms; async iteration, to_list, close."""
+
+    def __init__(self, docs: list[Doc]) -> None:
+        self._docs = docs
+        self._limit = 0
+
+    def sort(self, key: Any, direction: int = 1) -> Cursor:
+        keys = key if isinstance(key, list) else [(key, direction)]
+        for field, way in reversed(keys):
+            self._docs.sort(key=_SortKey.of(field), reverse=way < 0)
+        return self
+
+    def limit(self, n: int) -> Cursor:
+        self._limit = n
+        return self
+
+    def max_time_ms(self, ms: int) -> Cursor:
+        return self
+
+    def _all(self) -> list[Doc]:
+        return self._docs[: self._limit] if self._limit else list(self._docs)
+
+    def __aiter__(self) -> AsyncIterator[Doc]:
+        return self._iter()
+
+    async def _iter(self) -> AsyncIterator[Doc]:
+        for doc in self._all():
+            yield doc
+
+    async def to_list(self, length: int | None = None) -> list[Doc]:
+        return self._all()
+
+    async def close(self) -> None:
+        return None
+
+
+class _SortKey:
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __lt__(self, other: _SortKey) -> bool:
+        return compare(self.value, other.value) < 0
+
+    @staticmethod
+    def of(field: str) -> Any:
+        return lambda d: _SortKey(get_path(d, field))
+
+
+class Collection:
+    """The slice of pymongo's AsyncCollection the stores use, on `Server`."""
+
+    def __init__(self, server: Server, name: str, majority: bool = True) -> None:
+        self.server = server
+        self.name = name
+        self.majority = majority
+
+    async def _statement(self, session: AsyncClientSession | None) -> bytes | None:
+        server = self.server
+        server.statements[self.name] = server.statements.get(self.name, 0) + 1
+        await asyncio.sleep(server.rtt)
+        if session is None or not session.in_transaction:
+            return None
+        session._transaction.state = _TxnState.IN_PROGRESS
+        return bytes(session.session_id["id"])
+
+    async def _acknowledged(self, lsid: bytes | None) -> None:
+        if lsid is None and self.majority and self.server.majority_lag:
+            await asyncio.sleep(self.server.majority_lag)
+
+    def _docs(self, lsid: bytes | None) -> list[Doc]:
+        return list(self.server.view(self.name, lsid).values())
+
+    def _first(self, where: Mapping[str, Any], lsid: bytes | None, sort: Any = None) -> Doc | None:
+        found = [d for d in self._docs(lsid) if matches(d, where, self.server.now)]
+        if sort:
+            found = Cursor(found).sort(sort)._all()
+        return found[0] if found else None
+
+    async def find_one(
+        self,
+        where: Mapping[str, Any] | None = None,
+        projection: Mapping[str, Any] | None = None,
+        *,
+        session: AsyncClientSession | None = None,
+        sort: Any = None,
+        **_: Any,
+    ) -> Doc | None:
+        lsid = await self._statement(session)
+        return _project(self._first(where or {}, lsid, sort), projection)
+
+    def find(
+        self,
+        where: Mapping[str, Any] | None = None,
+        projection: Mapping[str, Any] | None = None,
+        *,
+        session: AsyncClientSession | None = None,
+        **_: Any,
+    ) -> Cursor:
+        self.server.statements[self.name] = self.server.statements.get(self.name, 0) + 1
+        lsid = (
+            bytes(session.session_id["id"])
+            if session is not None and session.in_transaction
+            else None
+        )
+        now = self.server.now
+        docs = [_project(d, projection) for d in self._docs(lsid) if matches(d, where or {}, now)]
+        return Cursor([d for d in docs if d is not None])
+
+    async def insert_one(self, doc: Doc, *, session: AsyncClientSession | None = None) -> None:
+        lsid = await self._statement(session)
+        await self._insert(copy.deepcopy(doc), lsid)
+        await self._acknowledged(lsid)
+
+    async def _insert(self, doc: Doc, lsid: bytes | None) -> None:
+        if doc["_id"] in self.server.view(self.name, lsid):
+            raise DuplicateKeyError(
+                f"E11000 duplicate key error collection: {self.name} dup key: {doc['_id']!r}",
+                11000,
+            )
+        await self.server.write(self.name, doc["_id"], doc, lsid)
+
+    async def _update(
+        self, where: Mapping[str, Any], update: Any, upsert: bool, lsid: bytes | None
+    ) -> tuple[Doc | None, Doc | None]:
+        """(before, after) of the one document updated (or upserted)."""
+        before = self._first(where, lsid)
+        now = self.server.now  # one $$NOW for the whole statement
+        if before is None:
+            if not upsert:
+                return None, None
+            seed = {
+                k: v for k, v in where.items() if not k.startswith("$") and not isinstance(v, dict)
+            }
+            after = apply_update(seed, update, now, inserting=True)
+            await self._insert(after, lsid)
+            return None, after
+        after = apply_update(before, update, now, inserting=False)
+        await self.server.write(self.name, before["_id"], after, lsid)
+        return before, after
+
+    async def update_one(
+        self,
+        where: Mapping[str, Any],
+        update: Any,
+        upsert: bool = False,
+        *,
+        session: AsyncClientSession | None = None,
+    ) -> Any:
+        lsid = await self._statement(session)
+        before, _ = await self._update(where, update, upsert, lsid)
+        await self._acknowledged(lsid)
+        return type("UpdateResult", (), {"matched_count": int(before is not None)})()
+
+    async def find_one_and_update(
+        self,
+        where: Mapping[str, Any],
+        update: Any,
+        projection: Mapping[str, Any] | None = None,
+        *,
+        upsert: bool = False,
+        return_document: bool = ReturnDocument.BEFORE,
+        session: AsyncClientSession | None = None,
+        **_: Any,
+    ) -> Doc | None:
+        lsid = await self._statement(session)
+        before, after = await self._update(where, update, upsert, lsid)
+        await self._acknowledged(lsid)
+        return _project(after if return_document == ReturnDocument.AFTER else before, projection)
+
+    async def find_one_and_delete(
+        self, where: Mapping[str, Any], *, session: AsyncClientSession | None = None, **_: Any
+    ) -> Doc | None:
+        lsid = await self._statement(session)
+        doc = self._first(where, lsid)
+        if doc is not None:
+            await self.server.write(self.name, doc["_id"], None, lsid)
+        await self._acknowledged(lsid)
+        return copy.deepcopy(doc)
+
+    async def delete_one(
+        self, where: Mapping[str, Any], *, session: AsyncClientSession | None = None
+    ) -> None:
+        await self.find_one_and_delete(where, session=session)
+
+    async def bulk_write(
+        self,
+        requests: list[Any],
+        ordered: bool = True,
+        *,
+        session: AsyncClientSession | None = None,
+    ) -> None:
+        """ReplaceOne requests, in order, as one command ("db.collection.bulkWrite()")."""
+        lsid = await self._statement(session)
+        for request in requests:
+            if type(request).__name__ != "ReplaceOne":
+                raise NotImplementedError(f"fake MongoDB: bulk {type(request).__name__}")
+            where, doc, upsert = request._filter, request._doc, request._upsert
+            found = self._first(where, lsid)
+            if found is None and not upsert:
+                continue
+            key = found["_id"] if found is not None else doc.get("_id", where.get("_id"))
+            await self.server.write(self.name, key, {"_id": key, **copy.deepcopy(doc)}, lsid)
+        await self._acknowledged(lsid)
+
+    async def watch(
+        self,
+        pipeline: list[Doc],
+        *,
+        full_document: str | None = None,
+        full_document_before_change: str | None = None,
+        resume_after: Any = None,
+    ) -> ChangeStream:
+        return ChangeStream(
+            self.server, self.name, pipeline, full_document, full_document_before_change
+        )
+
+    async def list_indexes(self) -> Any:
+        return _Listing([{"v": 2, "key": {"_id": 1}, "name": "_id_"}])
+
+    async def create_indexes(self, models: Iterable[Any]) -> list[str]:
+        return [m.document["name"] for m in models]
+
+
+class _Listing:
+    def __init__(self, docs: list[Doc]) -> None:
+        self._docs = docs
+
+    async def __aenter__(self) -> _Listing:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+    def __aiter__(self) -> AsyncIterator[Doc]:
+        return self._iter()
+
+    async def _iter(self) -> AsyncIterator[Doc]:
+        for doc in self._docs:
+            yield doc
+
+
+class ChangeStream:
+    """A change stream on one collection, from now ("Change Events", "Change Streams with
+    Document Pre- and Post-Images"):
+
+    - insert events carry `fullDocument`; update events `updateDescription` and, with
+      fullDocument "updateLookup", the document as it is when the event is READ (None if
+      gone), with "required"/"whenAvailable" the post-image kept at the change; delete
+      events `documentKey` only, plus `fullDocumentBeforeChange` (the pre-image) when
+      asked for. Images need changeStreamPreAndPostImages on the collection ("required"
+      without them fails the stream).
+    - the pipeline's stages ($match, $unset, $set, $project) run on each event.
+    Each image read is counted in `Server.image_reads`.
+    """
+
+    def __init__(
+        self,
+        server: Server,
+        name: str,
+        pipeline: list[Doc],
+        full_document: str | None,
+        before: str | None,
+    ) -> None:
+        self.server = server
+        self.name = name
+        self.pipeline = pipeline
+        self.full_document = full_document
+        self.before = before
+        self._at = len(server.oplog)
+        self.resume_token: Doc | None = {"_data": self._at}
+        self.alive = True
+        for option in (full_document, before):
+            if option == "required" and name not in server.images:
+                raise OperationFailure(
+                    "changeStreamPreAndPostImages is not enabled for this collection", 280
+                )
+
+    async def try_next(self) -> Doc | None:
+        """One getMore: waits up to maxAwaitTimeMS (here 50 ms) for an event."""
+        if self._at >= len(self.server.oplog):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.server._logged.wait(), 0.05)
+        while True:
+            if self._at >= len(self.server.oplog):
+                self.resume_token = {"_data": self._at}
+                return None
+            name, key, before, after = self.server.oplog[self._at]
+            self._at += 1
+            self.resume_token = {"_data": self._at}
+            if name != self.name:
+                continue
+            kept = _stages(self._event(key, before, after), self.pipeline, self.server.now)
+            if kept is not None:
+                return kept
+
+    async def next_event(self, timeout: float = 5.0) -> Doc:
+        async with asyncio.timeout(timeout):
+            while True:
+                event = await self.try_next()
+                if event is not None:
+                    return event
+                await self.server._logged.wait()
+
+    def _event(self, key: Any, before: Doc | None, after: Doc | None) -> Doc:
+        server = self.server
+        event: Doc = {"_id": {"_data": self._at}, "documentKey": {"_id": key}}
+        if before is None:
+            event |= {"operationType": "insert", "fullDocument": copy.deepcopy(after)}
+            return event
+        if after is None:
+            event["operationType"] = "delete"
+        else:
+            changed = {k: v for k, v in after.items() if before.get(k, _MISSING) != v}
+            removed = [k for k in before if k not in after]
+            event |= {
+                "operationType": "update",
+                "updateDescription": {
+                    "updatedFields": copy.deepcopy(changed),
+                    "removedFields": removed,
+                },
+            }
+            if self.full_document == "updateLookup":
+                server.image_reads["lookup"] += 1
+                event["fullDocument"] = copy.deepcopy(server.data.get(self.name, {}).get(key))
+            elif self.full_document in ("required", "whenAvailable"):
+                server.image_reads["post"] += 1
+                event["fullDocument"] = copy.deepcopy(after)
+        if self.before in ("required", "whenAvailable") and self.name in server.images:
+            server.image_reads["pre"] += 1
+            event["fullDocumentBeforeChange"] = copy.deepcopy(before)
+        return event
+
+    async def close(self) -> None:
+        self.alive = False
+
+
+def _unset(doc: Doc, path: str) -> None:
+    *parents, last = path.split(".")
+    inner: Any = doc
+    for part in parents:
+        inner = inner.get(part)
+        if not isinstance(inner, dict):
+            return
+    inner.pop(last, None)
+
+
+def _stages(event: Doc, pipeline: list[Doc], now: datetime) -> Doc | None:
+    for stage in pipeline:
+        (name, spec), *rest = stage.items()
+        if rest:
+            raise NotImplementedError(f"fake MongoDB: stage {stage}")
+        if name == "$match":
+            if not matches(event, spec, now):
+                return None
+        elif name == "$unset":
+            for path in [spec] if isinstance(spec, str) else spec:
+                _unset(event, path)
+        elif name == "$project" and all(not v for v in spec.values()):
+            for path in spec:
+                _unset(event, path)
+        else:
+            raise NotImplementedError(f"fake MongoDB: change stream stage {name}")
+    return event
