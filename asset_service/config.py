@@ -281,10 +281,12 @@ class Settings:
     )
     direct_io: bool = setting(
         BOOL,
-        "true",
-        "write uploads to the local disk with O_DIRECT where the file system allows it (less "
-        "CPU per byte, no page-cache churn; a file read right after its upload comes from the "
-        "disk once); --no-direct-io writes through the page cache",
+        "false",
+        "write uploads to the local disk with O_DIRECT where the file system allows it (no "
+        "page cache: a file read right after its upload comes from the disk); by default "
+        "uploads go through the page cache with early writeback (each 8 MiB is sent to the "
+        "disk as soon as it is written, the fsync before the record finds little left) and "
+        "stay cached, as clean pages, for the reads that follow",
         group="storage",
     )
     # -- limits

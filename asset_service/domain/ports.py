@@ -317,7 +317,10 @@ class BlobStorage(UploadSessions, Protocol):
 
     def generated_key(self, task_id: str, asset_id: str, label: str) -> str: ...
 
-    def new_writer(self) -> StagingWriter: ...
+    def new_writer(self, key: str | None = None) -> StagingWriter:
+        """A writer for new bytes. With `key` (where they will be committed, when known
+        before they come), commit() must be given that key: an object store then streams
+        the bytes to it and needs no copy at commit; ValueError for another key."""
 
     async def adopt(self, path: str, move: bool) -> StagedBlob:
         """Stage a server-side file under an import root, opened without following symlinks.
