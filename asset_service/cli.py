@@ -62,13 +62,7 @@ def serve_command(argv: Sequence[str]) -> int:
     role = WorkerRole.from_env(os.environ)
     if role is not None:
         die_with_supervisor(role.supervisor)
-    logging.basicConfig(
-        level=settings.log_level,
-        format=f"%(asctime)s %(levelname)s {f'[{role.name}] ' if role else ''}"
-        "%(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    logs.install()
+    logs.configure(settings.log_level, settings.log_format, worker=role.name if role else "")
     # Whatever a library creates (SQLite's journal files, temporary files) is owner-only
     # too; what the server creates itself has its mode set explicitly (modes.py).
     os.umask(0o077)

@@ -38,6 +38,7 @@ from asset_service.storage.manifests import FileCache, LocalManifests
 from asset_service.storage.own_files import OwnFiles
 from asset_service.store import open_store, sqlite_path
 from asset_service.store.sqlite._shared import Sharing
+from asset_service.telemetry import Recorder, Telemetry
 from asset_service.worker import WorkerRole
 
 log = logging.getLogger(__name__)
@@ -88,6 +89,7 @@ class RunningServer:
     background: list[asyncio.Task[None]]
     security: Security
     in_flight: InFlight = field(default_factory=InFlight)
+    telemetry: Telemetry = field(default_factory=Telemetry)
 
     async def stop(self, grace: float) -> None:
         """Readiness NOT_SERVING first; calls in flight get `grace` to end while the server
@@ -124,6 +126,7 @@ class RunningServer:
         await self.probes.close()
         await _bounded("the listener to close", self.server.stop(close_grace), STOP_STEP_SECONDS)
         await _bounded("the store and storage to close", self.manager.stop(), STOP_STEP_SECONDS)
+        await _bounded("metrics and traces to close", self.telemetry.close(), STOP_STEP_SECONDS)
 
 
 HOUSEKEEPING_INTERVAL = 3600.0
@@ -141,14 +144,15 @@ async def _housekeeping(manager: AssetManager) -> None:
 SETTLE_INTERVAL = 5.0
 
 
-async def _expire_leases(manager: AssetManager, interval: float) -> None:
+async def _expire_leases(manager: AssetManager, interval: float, recorder: Recorder) -> None:
     """Fail PENDING assets whose lease ran out: the server process holding the store's
     sweep claim does (it keeps it for a few intervals); each asset's conditional
     transition has one winner in any case."""
     hold = max(3 * interval, 3.0)
     while True:
         try:
-            await manager.expire_leases(hold)
+            if expired := await manager.expire_leases(hold):
+                recorder.leases_expired(expired)
         except (AssetError, OSError) as exc:
             log.warning("lease sweep failed: %s", exc)
         await asyncio.sleep(interval)
@@ -160,13 +164,16 @@ def _session_sweep_interval(settings: Settings) -> float:
     return min(600.0, max(1.0, settings.upload_session_ttl_seconds / 10))
 
 
-async def _expire_upload_sessions(manager: AssetManager, interval: float) -> None:
+async def _expire_upload_sessions(
+    manager: AssetManager, interval: float, recorder: Recorder
+) -> None:
     """Remove unfinished resumable uploads past their TTL (every server process sweeps;
     start-up swept once already)."""
     while True:
         await asyncio.sleep(interval)
         try:
-            await manager.sweep_upload_sessions()
+            if removed := await manager.sweep_upload_sessions():
+                recorder.upload_sessions_expired(removed)
         except (AssetError, OSError) as exc:
             log.warning("upload session sweep failed: %s", exc)
 
@@ -347,9 +354,14 @@ def add_asset_service(
 
 
 async def start(
-    settings: Settings, store: MetadataStore | None = None, role: WorkerRole | None = None
+    settings: Settings,
+    store: MetadataStore | None = None,
+    *,
+    telemetry: Telemetry | None = None,
+    role: WorkerRole | None = None,
 ) -> RunningServer:
-    """Open storage and store, recover, and serve; `store` overrides the database URL.
+    """Open storage and store, recover, and serve; `store` overrides the database URL,
+    `telemetry` what the settings and OTEL_* variables ask for.
 
     As one `role` of several workers (supervisor.py) it listens with SO_REUSEPORT on the
     port its supervisor reserved, and shares a SQLite database with the others."""
@@ -357,10 +369,20 @@ async def start(
     security = Security(settings)
     security.check_listen()
     own_files(settings).check_import_roots(settings.import_roots)
+    telemetry = telemetry or Telemetry.from_settings(settings)
     if store is None:
         sharing = Sharing(role.index, role.wakeups) if role and role.wakeups else None
-        store = open_store(settings.database_url, settings.disk_reserve_bytes, sharing)
+        store = open_store(
+            settings.database_url,
+            settings.disk_reserve_bytes,
+            telemetry.group_commits,
+            mongo_write_queue=settings.mongo_write_queue,
+            orphan_grace_seconds=settings.orphan_grace_seconds,
+            sharing=sharing,
+        )
     storage, manifests = open_storage(settings)
+    store = telemetry.observe(store, "store")
+    storage = telemetry.observe(storage, "storage")
     limits = Limits(
         max_upload_bytes=settings.max_upload_bytes,
         manifest_ttl_seconds=settings.manifest_ttl_seconds,
@@ -371,6 +393,8 @@ async def start(
         upload_session_ttl_seconds=settings.upload_session_ttl_seconds,
     )
     manager = AssetManager(store, storage, limits, manifests)
+    if telemetry.recorder.enabled:
+        manager.hub.on_publish = telemetry.recorder.change_published
     await manager.start()
 
     # Over the limit, HTTP/2 makes a client's further calls on that connection wait for a
@@ -387,8 +411,11 @@ async def start(
     # done once at registration instead, and calls skip grpc's interceptor chain (health
     # and reflection, open on such a server, never needed it).
     anonymous = interceptor if interceptor.anonymous else None
+    # Telemetry's interceptors come first: the span and the access line of a call cover
+    # what the security interceptor does, refusals included.
     server = grpc.aio.server(
-        options=options, interceptors=[] if anonymous is not None else [interceptor]
+        options=options,
+        interceptors=[*telemetry.interceptors, *([] if anonymous is not None else [interceptor])],
     )
     servicer = AssetServicer(
         manager,
@@ -398,8 +425,10 @@ async def start(
         max_concurrent_reads=settings.max_concurrent_reads,
         read_stall_timeout_seconds=settings.read_stall_timeout_seconds,
         task_tokens=security.task_tokens,
+        recorder=telemetry.recorder,
     )
     add_asset_service(servicer, server, anonymous)
+    telemetry.prepare(pb.DESCRIPTOR.services_by_name["AssetService"])
     probes = Probes(
         [("database", manager.store.ping), ("storage", manager.storage.ping)],
         settings.health_interval_seconds,
@@ -413,17 +442,27 @@ async def start(
     except RuntimeError as exc:
         await manager.stop()
         raise AssetError(_listen_error(settings.listen, exc)) from exc
+    try:
+        metrics_tasks = telemetry.serve_metrics(servicer, probes, manager)
+    except AssetError:
+        await manager.stop()
+        raise
     await server.start()
     background = [
         asyncio.create_task(probes.run()),
         asyncio.create_task(_housekeeping(manager)),
         asyncio.create_task(_settle_unknown_outcomes(manager)),
-        asyncio.create_task(_expire_leases(manager, settings.lease_check_interval_seconds)),
-        asyncio.create_task(_expire_upload_sessions(manager, _session_sweep_interval(settings))),
+        asyncio.create_task(
+            _expire_leases(manager, settings.lease_check_interval_seconds, telemetry.recorder)
+        ),
+        asyncio.create_task(
+            _expire_upload_sessions(manager, _session_sweep_interval(settings), telemetry.recorder)
+        ),
         asyncio.create_task(
             _sweep_tombstones(manager, _tenth(settings.watch_tombstone_ttl_seconds))
         ),
     ]
+    background += metrics_tasks
     if settings.scrub_rate_mib > 0 and (role is None or role.index == 0):  # one scrubs
         rate = settings.scrub_rate_mib * 1024 * 1024
         background.append(
@@ -431,7 +470,9 @@ async def start(
                 scrub_forever(manager.scrubber, rate, settings.scrub_interval_seconds)
             )
         )
-    return RunningServer(server, manager, probes, port, background, security, servicer.in_flight)
+    return RunningServer(
+        server, manager, probes, port, background, security, servicer.in_flight, telemetry
+    )
 
 
 async def serve(settings: Settings, role: WorkerRole | None = None) -> None:

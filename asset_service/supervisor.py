@@ -203,6 +203,8 @@ class Supervisor:
         env = {**os.environ, WORKER_ENV: role.encode()}
         args = [sys.executable, "-m", "asset_service", *self.argv]
         args += ["--listen", self.port.listen, "--workers", "1"]
+        if self.settings.metrics_listen:
+            args += ["--metrics-listen", _metrics_of(self.settings.metrics_listen, worker.index)]
         try:
             worker.proc = subprocess.Popen(args, env=env, pass_fds=(ready_w, *self.wakeups))
         finally:
@@ -325,6 +327,13 @@ class Supervisor:
             if proc is not None and proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+def _metrics_of(listen: str, index: int) -> str:
+    """Worker `index`'s metrics address: the next ports after the one asked for (each
+    process counts its own calls; Prometheus scrapes each), or port 0 for each if 0."""
+    host, _, port = listen.rpartition(":")
+    return f"{host}:{int(port) + index if int(port) else 0}"
 
 
 def _readable(fd: int) -> bool:

@@ -1,126 +1,181 @@
-"""A record's conditional change and its delete, as statements of a group transaction.
+"""A record's insert, conditional change and delete, as writes of a group batch (_writer.py).
 
-Each returns the `apply(session, revision)` the group writer runs (_writer.py): it writes
-nothing and raises the AssetError saying why when its condition does not hold. A promise
-with a lease changes with its lease's document (_promises.py) in the same transaction.
+Each write is ONE statement on `assets`, sent with the batch's other statements of its
+kind in one command, and its outcome is read from the batch's read-back of the records
+(the record carries the write's revision exactly when it applied). A promise with a
+lease changes with its lease's document (_promises.py) in the same transaction: the
+batch's statements on `leases` run before the records' (`lease_steps`, called from the
+store's Statements.before), a constant number of commands whatever the batch's size:
+create the new promises' leases, read every lease the batch touches, remove those whose
+promise leaves PENDING (an expiry only if the lease ran out by $$NOW, a fulfilment only
+if it did not), read which are gone. Each write then knows, in `Write.extra`, its
+lease's last end and whether it was removed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from pymongo import ReturnDocument
+from pymongo import DeleteOne, InsertOne, UpdateOne
 
-from asset_service.domain.errors import Conflict, NotFound
+from asset_service.domain.errors import Conflict, LeaseRanOut, NotFound
 from asset_service.domain.models import Asset, Status
 from asset_service.store._fields import LeaseTest
-from asset_service.store.mongo._documents import Doc, doc_to_asset
-from asset_service.store.mongo._promises import PromiseLeases, overlay
+from asset_service.store.mongo._documents import Doc, _aware, asset_to_doc, doc_to_asset
+from asset_service.store.mongo._promises import PromiseLeases
+from asset_service.store.mongo._writer import Kind, Write, applied
 
-Apply = Callable[[Any, int], Awaitable[Asset]]
+# Write.extra keys: what the write needs of its lease, and what the lease steps found.
+NEED = "lease_need"
+END = "lease_end"  # the lease's end as read (after creation, before removal)
+REMOVED = "lease_removed"
 
 
-def transition_statements(
-    assets: Any,
-    promises: PromiseLeases,
+@dataclass(frozen=True)
+class LeaseNeed:
+    """create (a new leased promise), end (a promise leaving PENDING, if `test` holds)
+    or drop (a deleted asset's lease, whatever it is)."""
+
+    action: str
+    test: LeaseTest | None = None
+    now: datetime | None = None
+    seconds: int = 0
+    expires_at: datetime | None = None
+
+
+async def lease_steps(promises: PromiseLeases, session: Any, writes: list[Write]) -> None:
+    """The batch's statements on `leases`: at most four commands."""
+    needs = [(w, w.extra[NEED]) for w in writes if NEED in w.extra]
+    if not needs:
+        return
+    creates = [(w, n) for w, n in needs if n.action == "create"]
+    if creates:
+        await promises.leases.bulk_write(
+            [promises.create_request(w.asset_id, n.seconds, n.expires_at) for w, n in creates],
+            ordered=True,
+            session=session,
+        )
+    ids = [w.asset_id for w, _ in needs]
+    found = {
+        str(d["_id"]): _aware(d["expires_at"])
+        async for d in promises.leases.find(
+            {"_id": {"$in": ids}}, {"expires_at": 1}, session=session
+        )
+    }
+    removals = []
+    for w, n in needs:
+        w.extra[END] = found.get(w.asset_id)
+        if n.action != "create" and w.asset_id in found:
+            where: Doc = {"_id": w.asset_id}
+            if n.action == "end" and n.test is not None:
+                where |= promises.condition(n.test, n.now or datetime.now())
+            removals.append((w, where))
+    if not removals:
+        return
+    await promises.leases.bulk_write(
+        [DeleteOne(where) for _, where in removals], ordered=True, session=session
+    )
+    conditional = [w.asset_id for w, where in removals if len(where) > 1]
+    left: set[str] = set()
+    if conditional:
+        left = {
+            str(d["_id"])
+            async for d in promises.leases.find(
+                {"_id": {"$in": conditional}}, {"_id": 1}, session=session
+            )
+        }
+    for w, _ in removals:
+        w.extra[REMOVED] = w.asset_id not in left
+
+
+def insert_write(asset: Asset, promises: PromiseLeases, cost: int) -> Write:
+    """A new record; a leased promise's lease is created with it (by $$NOW on a replica
+    set, its end copied into the record)."""
+    leased = asset.status is Status.PENDING and asset.lease_seconds > 0
+    extra: dict[str, Any] = {}
+    if leased:
+        extra[NEED] = LeaseNeed(
+            "create", seconds=asset.lease_seconds, expires_at=asset.lease_expires_at
+        )
+
+    def doc(rev: int) -> Doc:
+        record = asset_to_doc(asset, rev)
+        if leased and extra.get(END) is not None:
+            record["lease_expires_at"] = extra[END]
+        return record
+
+    def outcome(_: Doc | None, rev: int) -> Asset:
+        return doc_to_asset(doc(rev))  # a failed insert raised instead
+
+    return Write(asset.id, Kind.INSERT, lambda rev: InsertOne(doc(rev)), outcome, cost, extra)
+
+
+def transition_write(
     asset_id: str,
     expected: Status,
     sets: Doc,
     test: LeaseTest | None,
     now: datetime,
-) -> Apply:
+    cost: int,
+) -> Write:
     """`sets` (and the revision) on the record if its status is `expected` and its lease
     passes `test`; a move out of PENDING ends the lease and keeps its last end."""
     leaves_pending = expected is Status.PENDING and sets.get("status", expected) != expected
+    extra: dict[str, Any] = {}
+    if leaves_pending:
+        extra[NEED] = LeaseNeed("end", test=test, now=now)
+    where: Doc = {"_id": asset_id, "status": expected.value}
 
-    async def refusal(session: Any, current: Doc | None = None) -> Exception:
-        """Why the write did not apply (read in the same transaction)."""
-        if current is None:
-            current = await assets.find_one(
-                {"_id": asset_id}, {"status": 1, "lease_seconds": 1}, session=session
-            )
-        if current is None:
-            return NotFound(f"asset {asset_id} not found")
-        if current["status"] != expected.value or test is None:
-            return Conflict(f"asset {asset_id} is {current['status']}, expected {expected}")
-        if test == "run out":
-            return Conflict(f"asset {asset_id} has no lease to run out")
-        return await promises.ran_out(asset_id, session)
-
-    async def update(where: Doc, fields: Doc, session: Any) -> Doc | None:
-        doc: Doc | None = await assets.find_one_and_update(
-            where, {"$set": fields}, return_document=ReturnDocument.AFTER, session=session
-        )
-        return doc
-
-    async def apply(session: Any, rev: int) -> Asset:
-        where: Doc = {"_id": asset_id, "status": expected.value}
+    def statement(rev: int) -> UpdateOne | None:
         fields = {**sets, "revision": rev}
-        if leaves_pending and test != "run out":
-            # A promise without a lease moves on in one statement, as before leases had
-            # records of their own; the leases' collection is not touched.
-            doc = await update({**where, "lease_seconds": {"$in": [0, None]}}, fields, session)
-            if doc is not None:
-                return doc_to_asset(doc)
-            current = await assets.find_one(
-                {"_id": asset_id}, {"status": 1, "lease_seconds": 1}, session=session
-            )
-            if current is None or current["status"] != expected.value:
-                raise await refusal(session, current)
-        if leaves_pending:
-            # The lease first (_promises.py): it exists only while the asset is PENDING
-            # with a lease, so once it is removed (if its condition held) the asset's own
-            # condition holds too, and the record keeps its last end.
-            last_end = await promises.end(asset_id, test, now, session)
-            if last_end is None:
-                raise await refusal(session)
-            fields["lease_expires_at"] = last_end
-        doc = await update(where, fields, session)
+        if not leaves_pending:
+            return UpdateOne(where, {"$set": fields})
+        end = extra.get(END)
+        if end is None:
+            if test == "run out":
+                return None  # no lease to run out
+            # A promise without a lease moves on in one statement.
+            return UpdateOne({**where, "lease_seconds": {"$in": [0, None]}}, {"$set": fields})
+        if not extra.get(REMOVED):
+            return None  # its lease did not pass the test: nothing is written
+        return UpdateOne(where, {"$set": {**fields, "lease_expires_at": end}})
+
+    def outcome(doc: Doc | None, rev: int) -> Asset:
+        if applied(doc, rev):
+            return doc_to_asset(doc)  # type: ignore[arg-type]
         if doc is None:
-            raise await refusal(session)
-        return doc_to_asset(doc)
+            raise NotFound(f"asset {asset_id} not found")
+        if doc["status"] != expected.value or not leaves_pending:
+            raise Conflict(f"asset {asset_id} is {doc['status']}, expected {expected}")
+        end = extra.get(END)
+        if test == "run out":
+            if end is None:
+                raise Conflict(f"asset {asset_id} has no lease to run out")
+            raise Conflict(f"asset {asset_id}'s lease has not run out (it ends at {end})")
+        if test is None:
+            raise Conflict(f"asset {asset_id} is {doc['status']}, expected {expected}")
+        raise LeaseRanOut(asset_id, end if end is not None else "its end")
 
-    return apply
+    return Write(asset_id, Kind.UPDATE, statement, outcome, cost, extra)
 
 
-def delete_statements(
-    assets: Any,
-    promises: PromiseLeases,
-    asset_id: str,
-    by: str,
-    nothing: Callable[[str], Exception],
-    then: Callable[[Asset, Any], Awaitable[None]] | None = None,
-) -> Apply:
-    """Stamp the record with its new revision (and the deleter) first, so that the change
-    feed can number the delete and say who made it, then remove it, then `then(last
-    state, session)` (its tombstone); `nothing(id)` is raised when there is no record."""
+def delete_write(asset_id: str, by: str, nothing: type[NotFound]) -> Write:
+    """Stamp the record with its new revision (and the deleter; a live promise's last
+    lease end) so that the change feed can number the delete and say who made it; the
+    batch then removes what it stamped. `nothing(id)` when there is no record."""
+    extra: dict[str, Any] = {NEED: LeaseNeed("drop")}
 
-    async def apply(session: Any, rev: int) -> Asset:
-        doc = await assets.find_one_and_update(
-            {"_id": asset_id},
-            {"$set": {"revision": rev, "deleted": True, "updated_by": by}},
-            return_document=ReturnDocument.AFTER,
-            session=session,
-        )
-        if doc is None:
+    def statement(rev: int) -> UpdateOne:
+        fields: Doc = {"revision": rev, "deleted": True, "updated_by": by}
+        if extra.get(REMOVED) and extra.get(END) is not None:
+            fields["lease_expires_at"] = extra[END]
+        return UpdateOne({"_id": asset_id}, {"$set": fields})
+
+    def outcome(doc: Doc | None, rev: int) -> Asset:
+        if not applied(doc, rev):
             raise nothing(asset_id)
-        if overlay([doc]):
-            # A live promise: its lease goes too, its last end onto the stamp.
-            last_end = await promises.drop(asset_id, session)
-            if last_end is not None:
-                doc = await assets.find_one_and_update(
-                    {"_id": asset_id},
-                    {"$set": {"lease_expires_at": last_end}},
-                    return_document=ReturnDocument.AFTER,
-                    session=session,
-                )
-                assert doc is not None
-        await assets.delete_one({"_id": asset_id}, session=session)
-        gone = doc_to_asset(doc)
-        if then is not None:
-            await then(gone, session)
-        return gone
+        return doc_to_asset(doc)  # type: ignore[arg-type]
 
-    return apply
+    return Write(asset_id, Kind.DELETE, statement, outcome, 0, extra)

@@ -92,9 +92,12 @@ class SqliteStore:
         self,
         path: Path,
         reserve_bytes: int = DEFAULT_RESERVE_BYTES,
+        *,
+        on_group_commit: Callable[[int], None] | None = None,
         sharing: Sharing | None = None,
     ) -> None:
         self.path = path
+        self.on_group_commit = on_group_commit  # each group transaction's size (metrics)
         # Shared by the worker processes of one server (--workers): _shared.py.
         self._shared = SharedFile(path, sharing) if sharing is not None else None
         self.room = Room(path, reserve_bytes, shared=sharing is not None)
@@ -214,6 +217,7 @@ class SqliteStore:
             admit=self.room.admit,
             shared=self._shared.writes() if self._shared is not None else None,
         )
+        self._writer.on_batch = self.on_group_commit
         if self._shared is not None:
             self._shared.start(self._seen, self._read_log, self._prune_log)
 
@@ -295,6 +299,10 @@ class SqliteStore:
     async def get_many(self, asset_ids: Sequence[str]) -> dict[str, Asset]:
         return await self._select_many(LISTED_COLUMNS, asset_ids)
 
+    async def settled(self, asset_ids: Sequence[str]) -> dict[str, Asset]:
+        # A write is durable when it returns (WAL, synchronous commit): nothing pending.
+        return await self.get_many(asset_ids)
+
     async def snapshot(self, asset_ids: Sequence[str]) -> dict[str, Asset]:
         # One statement, or one read transaction past 500 ids: one cut either way.
         return await self._select_many(SLIM_COLUMNS, asset_ids)
@@ -369,6 +377,16 @@ class SqliteStore:
 
     async def current_revision(self) -> int:
         return await self._read(_counter)
+
+    async def count_by_status(self) -> dict[Status, int]:
+        def q(c: sqlite3.Connection) -> dict[Status, int]:
+            counts = dict.fromkeys(Status, 0)
+            # The (status, seq) index covers it: no record is read.
+            for status, n in c.execute("SELECT status, COUNT(*) FROM assets GROUP BY status"):
+                counts[Status(status)] = int(n)
+            return counts
+
+        return await self._read(q)
 
     async def changes_since(self, after: int, limit: int) -> Replay:
         return await self._read(lambda c: _tombstones.changes_since(c, after, limit))
