@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -220,3 +222,38 @@ async def test_sigterm_drains_every_worker_and_stops(two: ServerProcess) -> None
     for pid in workers:
         assert not Path(f"/proc/{pid}").exists(), f"worker {pid} outlived the stop"
     assert sum("stopped" in line for line in two.log) >= 3  # two workers and the supervisor
+
+
+def _two_free_ports() -> int:
+    """A port P with P+1 free too (both bound, then released)."""
+    for _ in range(50):
+        with socket.socket() as first, socket.socket() as second:
+            first.bind(("127.0.0.1", 0))
+            port = first.getsockname()[1]
+            try:
+                second.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+            return int(port)
+    raise AssertionError("no two adjacent free ports")
+
+
+def test_each_worker_serves_its_own_metrics_on_the_next_port(tmp_path: Path) -> None:
+    port = _two_free_ports()
+    proc = ServerProcess(
+        tmp_path / "data",
+        f"sqlite:///{tmp_path / 'assets.db'}",
+        extra_args=["--workers", "2", "--metrics-listen", f"127.0.0.1:{port}"],
+    ).start()
+    try:
+        workers = wait_for_workers(proc.pid, 2)
+        for offset in (0, 1):
+            url = f"http://127.0.0.1:{port + offset}/metrics"
+            with urllib.request.urlopen(url, timeout=10) as answer:
+                assert b"asset_service_build_info" in answer.read()
+        lines = [line for line in proc.log if "metrics at http://" in line]
+        assert any("[worker 1/2]" in line and f":{port}/" in line for line in lines), lines
+        assert any("[worker 2/2]" in line and f":{port + 1}/" in line for line in lines), lines
+        assert len(workers) == 2
+    finally:
+        proc.stop()
