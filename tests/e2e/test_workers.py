@@ -113,6 +113,57 @@ async def test_a_watcher_on_one_worker_sees_every_write_through_the_other_in_ord
     assert seen == sorted(expected), "every change, once, in revision order"
 
 
+async def test_every_watcher_on_every_worker_sees_concurrent_writes_in_revision_order(
+    two: ServerProcess,
+) -> None:
+    """Writers on both workers at once, three selector watchers on each worker: every
+    watcher gets every change, once, in revision order, the same sequence on both."""
+    workers = wait_for_workers(two.pid, 2)
+    channels = [await channel_on(w, workers, two.port, _ping) for w in workers]
+    try:
+        stubs = [pb_grpc.AssetServiceStub(c) for c in channels]
+        start = (await stubs[0].ListAssets(pb.ListAssetsRequest(page_size=1))).revision
+        request = pb.WatchAssetRequest(selector=pb.AssetSelector(task_id="c"), after_revision=start)
+        seen: list[list[int]] = [[] for _ in range(6)]
+        total = asyncio.Event()
+        expected: set[int] = set()
+
+        async def watch(stub: pb_grpc.AssetServiceAsyncStub, into: list[int]) -> None:
+            async for event in stub.WatchAsset(request):
+                into.append(event.revision)
+                if expected and all(len(s) >= len(expected) for s in seen):
+                    total.set()
+
+        watchers = [asyncio.create_task(watch(stubs[i % 2], seen[i])) for i in range(len(seen))]
+
+        async def writer(stub: pb_grpc.AssetServiceAsyncStub, name: str) -> list[int]:
+            revisions = []
+            for i in range(10):
+                made = (await stub.CreatePendingAsset(pending("c", f"{name}-{i}"))).asset
+                revisions.append(made.revision)
+                fulfilled = await stub.FulfillAsset(
+                    pb.FulfillAssetRequest(asset_id=made.id, value=pb.Value(text=name))
+                )
+                revisions.append(fulfilled.asset.revision)
+            return revisions
+
+        try:
+            written = await asyncio.gather(*(writer(stubs[i % 2], f"w{i}") for i in range(4)))
+            expected.update(r for revisions in written for r in revisions)
+            assert len(expected) == 80, "each write its own revision"
+            if all(len(s) >= len(expected) for s in seen):
+                total.set()
+            await asyncio.wait_for(total.wait(), 20)
+        finally:
+            for task in watchers:
+                task.cancel()
+    finally:
+        for channel in channels:
+            await channel.close()
+    for i, got in enumerate(seen):
+        assert got == sorted(expected), f"watcher {i} (worker {i % 2 + 1}): {got}"
+
+
 async def test_an_id_watch_on_one_worker_ends_with_a_fulfil_through_the_other(
     stubs: tuple[pb_grpc.AssetServiceAsyncStub, pb_grpc.AssetServiceAsyncStub],
 ) -> None:
