@@ -62,7 +62,7 @@ async def test_crash_loop_hardlink_path(tmp_path: Path, import_root: Path) -> No
 async def test_crash_loop_two_workers(tmp_path: Path, import_root: Path) -> None:
     """--workers 2 sharing one SQLite file and storage root: the whole server (supervisor
     and both workers, which die with it) SIGKILLed under load, restarted, audited."""
-    await _crash_loop(tmp_path, import_root, kills=10, extra_args=["--workers", "2"])
+    await _crash_loop(tmp_path, import_root, kills=6, extra_args=["--workers", "2"])
 
 
 @pytest.mark.slow
@@ -74,7 +74,7 @@ async def test_crash_loop_one_of_two_workers(tmp_path: Path, import_root: Path) 
     await _crash_loop(
         tmp_path,
         import_root,
-        kills=10,
+        kills=6,
         extra_args=["--workers", "2", "--orphan-grace", "10m"],
         kill_worker=True,
     )
