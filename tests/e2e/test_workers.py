@@ -18,7 +18,7 @@ import pytest
 
 from asset_service._proto.asset.v1 import asset_service_pb2 as pb
 from asset_service._proto.asset.v1 import asset_service_pb2_grpc as pb_grpc
-from tests.serverproc import ServerProcess
+from tests.serverproc import ServerProcess, database_url_for, drop_database_of
 from tests.worker_procs import channel_on, wait_for_workers, workers_of
 
 GRACE = 4.0
@@ -26,15 +26,17 @@ GRACE = 4.0
 
 @pytest.fixture
 def two(tmp_path: Path) -> Iterator[ServerProcess]:
+    """Two workers on SQLite; on MONGODB_URI's replica set when it is given (each worker
+    then reads its own change stream; not run here)."""
+    url = database_url_for(tmp_path)
     proc = ServerProcess(
-        tmp_path / "data",
-        f"sqlite:///{tmp_path / 'assets.db'}",
-        extra_args=["--workers", "2", "--shutdown-grace", str(GRACE)],
+        tmp_path / "data", url, extra_args=["--workers", "2", "--shutdown-grace", str(GRACE)]
     ).start()
     try:
         yield proc
     finally:
         proc.stop()
+        drop_database_of(url)
 
 
 async def _ping(channel: grpc.aio.Channel) -> None:
@@ -203,6 +205,8 @@ def test_an_accidental_second_server_is_refused(
     )
     assert same_port.returncode == 2, same_port.stderr
     assert f"address {two.address} is in use" in same_port.stderr
+    if not two.database_url.startswith("sqlite"):
+        return  # servers on other ports may share a MongoDB database: that is no accident
     same_database = _run(
         "--listen",
         "127.0.0.1:0",
