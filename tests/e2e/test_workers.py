@@ -312,3 +312,22 @@ def test_each_worker_serves_its_own_metrics_on_the_next_port(tmp_path: Path) -> 
         assert len(workers) == 2
     finally:
         proc.stop()
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["--database-url", "memory://"], "memory:// keeps records inside one process"),
+        (["--listen", "unix:{tmp}/s.sock"], "several processes cannot share the unix socket"),
+        (["--workers", "0"], "--workers"),
+        (["--workers", "-2"], "--workers"),
+    ],
+)
+def test_what_workers_cannot_share_is_refused_at_start_up(
+    tmp_path: Path, args: list[str], said: str
+) -> None:
+    argv = ["--listen", "127.0.0.1:0", "--storage-root", str(tmp_path / "data"), "--workers", "2"]
+    done = _run(*argv, *(a.format(tmp=tmp_path) for a in args))
+    assert done.returncode == 2, done.stderr
+    assert said in done.stderr
+    assert len(done.stderr.strip().splitlines()) <= 2, done.stderr  # a line, no traceback
