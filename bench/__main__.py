@@ -123,6 +123,7 @@ async def run(args: argparse.Namespace) -> list[Row]:
                 "GetAsset latency",
                 "ListAssets(100) latency",
                 "selector watch start latency",
+                "selector watch from revision 0 latency",
                 "lease sweep pass latency",
             ]
             show(await guarded(names, store_rows(root / "store", sizes)))

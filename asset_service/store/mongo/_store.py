@@ -509,7 +509,7 @@ class MongoStore(Transactional):
             raise _unavailable(exc) from exc
         return int(doc["value"]) if doc else 0
 
-    async def changes_since(self, after: int, limit: int) -> Replay:
+    async def changes_since(self, after: int, limit: int, task: str = "") -> Replay:
         """One snapshot session (majority, one cluster time): the horizon, the counter,
         the records and the tombstones above `after`, through their revision indexes."""
         try:
@@ -523,6 +523,7 @@ class MongoStore(Transactional):
                     limit,
                     SLIM_PROJECTION,
                     _schema.QUERY_MAX_TIME_MS,
+                    task,
                 )
         except PyMongoError as exc:
             raise _unavailable(exc) from exc

@@ -388,8 +388,8 @@ class SqliteStore:
 
         return await self._read(q)
 
-    async def changes_since(self, after: int, limit: int) -> Replay:
-        return await self._read(lambda c: _tombstones.changes_since(c, after, limit))
+    async def changes_since(self, after: int, limit: int, task: str = "") -> Replay:
+        return await self._read(lambda c: _tombstones.changes_since(c, after, limit, task))
 
     async def sweep_tombstones(self, before: datetime) -> int:
         # Alone (a delete frees room; a batch of writes may be refused on a full disk),
