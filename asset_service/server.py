@@ -18,7 +18,7 @@ from grpc_health.v1 import health, health_pb2_grpc
 
 from asset_service import allocator
 from asset_service._proto.asset.v1 import asset_service_pb2 as pb
-from asset_service.api import reflection
+from asset_service.api import reflection, wire
 from asset_service.api.inflight import InFlight
 from asset_service.api.interceptor import security_interceptor
 from asset_service.api.registration import SERVICE_NAME, add_asset_service
@@ -40,12 +40,8 @@ from asset_service.telemetry import Recorder, Telemetry
 
 log = logging.getLogger(__name__)
 
-# Uploads and downloads move 1 MiB chunks; 8 MiB leaves room for a 4 MiB VALUE plus
-# its envelope and refuses anything bigger before it is buffered.
-MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 SERVER_OPTIONS = [
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    *wire.MESSAGE_LIMITS,
     # Long WatchAsset streams cross proxies and NATs: ping idle connections.
     ("grpc.keepalive_time_ms", 60_000),
     ("grpc.keepalive_timeout_ms", 20_000),

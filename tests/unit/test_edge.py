@@ -9,11 +9,13 @@ from typing import Any, NoReturn
 
 import grpc
 import pytest
+from asset_client import _channel
 
 from asset_service._proto.asset.v1 import asset_service_pb2 as pb
 from asset_service.api import wire
 from asset_service.api.registration import _Collected, add_asset_service
 from asset_service.api.servicer import AssetServicer, streaming, unary
+from asset_service.server import SERVER_OPTIONS
 
 METHODS = sorted(pb.DESCRIPTOR.services_by_name["AssetService"].methods_by_name)
 
@@ -108,3 +110,11 @@ def test_watch_and_read_are_registered_with_the_pass_through_serializer() -> Non
     shared = pb.WatchAssetResponse().SerializeToString() + b"\x08\x01"
     assert watch.response_serializer(shared) is shared
     assert server.handlers["ReadAsset"].response_serializer is wire.response_bytes
+
+
+def test_one_message_limit_for_the_server_and_the_python_client() -> None:
+    """The client's limit is the server's: a bigger one would let it send a message the
+    server refuses with a less helpful error; a smaller one would refuse a 4 MiB VALUE."""
+    assert _channel.MAX_MESSAGE_BYTES == wire.MAX_MESSAGE_BYTES == 8 * 1024 * 1024
+    for option in wire.MESSAGE_LIMITS:
+        assert option in SERVER_OPTIONS and option in _channel.CHANNEL_OPTIONS
