@@ -47,7 +47,7 @@ NAMES = {
 METHODS = {
     "_send_upload": '''
         def _send_upload(
-            self, upload: _core.Upload, timeout: float | None
+            self, upload: _transfers.Upload, timeout: float | None
         ) -> pb.UploadAssetResponse:
             """The header, then every chunk, from a request iterator grpc drains itself."""
             return self._stub.UploadAsset(upload.requests(), timeout=timeout)

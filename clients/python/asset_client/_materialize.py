@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from asset_client._blobcache import LOCK_POLL_SECONDS, BlobCache
-from asset_client._core import ProgressCallback
+from asset_client._progress import ProgressCallback
 from asset_client.errors import AssetDeletedError, AssetFailedError, AssetStateError
 from asset_client.models import Asset, AssetType, Manifest, ValueKind
 

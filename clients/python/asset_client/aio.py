@@ -28,12 +28,12 @@ from typing import Any, TypeVar
 import grpc
 import grpc.aio
 
-from asset_client import _channel, _convert, _core, _reading, _selectors
+from asset_client import _channel, _convert, _core, _reading, _selectors, _transfers
 from asset_client._blobcache import BlobCache
 from asset_client._convert import pb, pb_grpc
-from asset_client._core import ProgressCallback
 from asset_client._leases import AsyncLeaseKeeper
 from asset_client._materialize import AsyncMaterializer
+from asset_client._progress import ProgressCallback
 from asset_client.errors import (
     DeadlineExceededError,
     HistoryGoneError,
@@ -165,7 +165,7 @@ class AsyncAssetClient:
         (QueryUpload), up to `attempts` streams with backoff; the committed prefix is not
         sent again. `timeout` applies to each stream.
         """
-        upload = _core.Upload(
+        upload = _transfers.Upload(
             path, label, media_type, tags, pending_asset_id, progress, checksum, resumable, attempts
         )
         await asyncio.to_thread(upload.open)
@@ -195,7 +195,7 @@ class AsyncAssetClient:
         return upload.finish(response)
 
     async def _resume_point(
-        self, upload: _core.Upload, delay: float
+        self, upload: _transfers.Upload, delay: float
     ) -> pb.QueryUploadResponse | None:
         """Where a cut upload resumes, asked once the server answers (within its attempts);
         None if the server does not know the upload."""
@@ -220,7 +220,7 @@ class AsyncAssetClient:
         return _convert.upload_state_from_pb(response)
 
     async def _send_upload(
-        self, upload: _core.Upload, timeout: float | None
+        self, upload: _transfers.Upload, timeout: float | None
     ) -> pb.UploadAssetResponse:
         """The header, then every chunk; stops writing once the server has answered."""
         # No request iterator: writes are explicit, so they can stop at an early answer.
@@ -426,7 +426,7 @@ class AsyncAssetClient:
     ) -> Path:
         """Write an asset's bytes to `path` atomically (temp file, fsync, rename)."""
         asset = await self.get(asset_id, timeout=timeout)
-        with await asyncio.to_thread(_core.Download(path, asset, progress).open) as target:
+        with await asyncio.to_thread(_transfers.Download(path, asset, progress).open) as target:
             call = self._stub.ReadAsset(target.request(), timeout=timeout)
             try:
                 async for msg in call:

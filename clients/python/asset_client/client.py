@@ -23,12 +23,12 @@ from typing import Any, TypeVar, cast
 
 import grpc
 
-from asset_client import _channel, _convert, _core, _reading, _selectors
+from asset_client import _channel, _convert, _core, _reading, _selectors, _transfers
 from asset_client._blobcache import BlobCache
 from asset_client._convert import pb, pb_grpc
-from asset_client._core import ProgressCallback
 from asset_client._leases import LeaseKeeper
 from asset_client._materialize import Materializer
+from asset_client._progress import ProgressCallback
 from asset_client.errors import (
     DeadlineExceededError,
     HistoryGoneError,
@@ -157,7 +157,7 @@ class AssetClient:
         (QueryUpload), up to `attempts` streams with backoff; the committed prefix is not
         sent again. `timeout` applies to each stream.
         """
-        upload = _core.Upload(
+        upload = _transfers.Upload(
             path, label, media_type, tags, pending_asset_id, progress, checksum, resumable, attempts
         )
         upload.open()
@@ -186,7 +186,9 @@ class AssetClient:
             upload.close()
         return upload.finish(response)
 
-    def _resume_point(self, upload: _core.Upload, delay: float) -> pb.QueryUploadResponse | None:
+    def _resume_point(
+        self, upload: _transfers.Upload, delay: float
+    ) -> pb.QueryUploadResponse | None:
         """Where a cut upload resumes, asked once the server answers (within its attempts);
         None if the server does not know the upload."""
         while True:
@@ -209,7 +211,9 @@ class AssetClient:
         )
         return _convert.upload_state_from_pb(response)
 
-    def _send_upload(self, upload: _core.Upload, timeout: float | None) -> pb.UploadAssetResponse:
+    def _send_upload(
+        self, upload: _transfers.Upload, timeout: float | None
+    ) -> pb.UploadAssetResponse:
         """The header, then every chunk, from a request iterator grpc drains itself."""
         return self._stub.UploadAsset(upload.requests(), timeout=timeout)
 
@@ -397,7 +401,7 @@ class AssetClient:
     ) -> Path:
         """Write an asset's bytes to `path` atomically (temp file, fsync, rename)."""
         asset = self.get(asset_id, timeout=timeout)
-        with _core.Download(path, asset, progress).open() as target:
+        with _transfers.Download(path, asset, progress).open() as target:
             call = self._stub.ReadAsset(target.request(), timeout=timeout)
             try:
                 for msg in call:
