@@ -31,9 +31,10 @@ from asset_service.domain.scrub import scrub_forever
 from asset_service.modes import Modes
 from asset_service.probes import Probes
 from asset_service.security.setup import Security
+from asset_service.storage.file_cache import FileCache
 from asset_service.storage.imports import ImportRoots
 from asset_service.storage.local import LocalStorage
-from asset_service.storage.manifests import FileCache, LocalManifests
+from asset_service.storage.manifests import LocalManifests
 from asset_service.storage.own_files import OwnFiles
 from asset_service.store import open_store, sqlite_path
 from asset_service.telemetry import Recorder, Telemetry

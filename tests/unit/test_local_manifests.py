@@ -15,7 +15,8 @@ import pytest
 
 from asset_service.domain.errors import IntegrityError
 from asset_service.domain.models import Asset, AssetType, Status, Value, ValueKind
-from asset_service.storage.manifests import FileCache, LocalManifests
+from asset_service.storage.file_cache import FileCache
+from asset_service.storage.manifests import LocalManifests
 from asset_service.storage.memory import MemoryStorage
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
