@@ -17,6 +17,8 @@ from asset_service.api import convert
 from asset_service.config import load_settings
 from asset_service.domain.models import WatchEvent
 from asset_service.server import RunningServer, start
+from asset_service.store.sqlite import SqliteStore
+from tests.records import pending_record
 
 # What serializing the change costs the event loop here: a stand-in for a fan-out to
 # thousands of watchers, which runs on the loop that also sends the writer's reply.
@@ -96,3 +98,37 @@ async def test_the_writers_reply_does_not_wait_for_a_slow_fanout(
     assert took < SLOW_FANOUT_SECONDS / 2, (
         f"FulfillAsset took {took:.2f}s: its reply waited for the fan-out"
     )
+
+
+async def test_a_caller_some_task_hops_away_is_answered_before_its_change_goes_out(
+    tmp_path: Path,
+) -> None:
+    """The store's change feed (what the hub's pump reads) hands a change on only after
+    the writer's caller, a few task hops away as an RPC is, has resumed: the watchers'
+    wake-ups then queue behind the reply, not ahead of it."""
+    store = SqliteStore(tmp_path / "assets.db", reserve_bytes=0)
+    await store.open()
+    order: list[str] = []
+
+    async def pump() -> None:
+        async for _ in store.changes():
+            order.append("change out")
+
+    pumping = asyncio.create_task(pump())
+    try:
+        await asyncio.sleep(0)
+
+        async def write() -> None:  # the domain's call, in the RPC's task
+            await store.insert(pending_record())
+
+        async def rpc() -> None:  # an RPC's handler, awaiting work in a task of its own
+            await asyncio.create_task(write())
+            order.append("reply")
+
+        await asyncio.create_task(rpc())
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert order == ["reply", "change out"]
+    finally:
+        pumping.cancel()
+        await store.close()
