@@ -28,6 +28,7 @@ from asset_service.domain.errors import Conflict, NotFound, OutcomeUnknown
 from asset_service.domain.models import Asset, Failure, Status, new_asset_id
 from asset_service.store.mongo import MongoStore
 from asset_service.store.mongo._leases import WriterLeases
+from tests.unit.fake_mongo import NullUsage
 from tests.unit.test_mongo_writes import ASSET, closed_port
 
 NOW = datetime(2026, 5, 6, 7, 8, 9, tzinfo=UTC)
@@ -198,6 +199,7 @@ def process(server: Server, *, timeout: float = 5.0, leases: bool = False) -> Mo
     )
     store._counters = Counters(server)  # type: ignore[assignment]
     store._assets = Assets(server)  # type: ignore[assignment]
+    store._usage = NullUsage()  # type: ignore[assignment]
     if leases:
 
         async def kill(lsids: list[Mapping[str, Any]]) -> None:

@@ -40,6 +40,7 @@ from asset_service.domain.errors import (
 from asset_service.domain.models import Asset, AssetType, Failure, Status
 from asset_service.store.mongo import MongoStore
 from asset_service.store.mongo._documents import _unavailable, _write_error
+from tests.unit.fake_mongo import NullUsage
 
 NOW = datetime(2026, 5, 6, 7, 8, 9, tzinfo=UTC)
 ASSET = Asset(
@@ -99,6 +100,7 @@ def fake_store(
     fake = FakeCollection(step)
     store._counters = fake  # type: ignore[assignment]
     store._assets = fake  # type: ignore[assignment]
+    store._usage = NullUsage()  # type: ignore[assignment]
     return store, fake
 
 

@@ -16,6 +16,7 @@ from asset_service.domain.errors import (
     Conflict,
     CorruptBytes,
     FailedPrecondition,
+    Held,
     HistoryGone,
     IntegrityError,
     InvalidArgument,
@@ -424,6 +425,7 @@ RAISED_OUTSIDE_THE_DOMAIN = {
     NothingToDelete: "MongoStore's group writer: delete() returns None for it",
     Unverified: "a storage's check_many verdict, which the domain verifies (never raised)",
     LeaseRanOut: "a store's verdict on a lease, which the manager turns into FailedPrecondition",
+    Held: "a store's Removal verdict (tests/contract: holds); DeleteAsset reaches it later",
 }
 
 

@@ -32,6 +32,7 @@ from asset_service.domain.models import (
     Change,
     Fulfillment,
     Page,
+    Removal,
     Resync,
     Status,
     Transition,
@@ -39,8 +40,8 @@ from asset_service.domain.models import (
 )
 from asset_service.domain.replay import Replay
 from asset_service.store import _paging
-from asset_service.store._fields import lease_condition, transition_fields
-from asset_service.store.mongo import _schema, _tombstones
+from asset_service.store._fields import lease_condition, rule_expiry, transition_fields
+from asset_service.store.mongo import _retention, _schema, _tombstones
 from asset_service.store.mongo._documents import (
     Doc,
     _doc_bytes,
@@ -60,6 +61,7 @@ from asset_service.store.mongo._feed import (
 )
 from asset_service.store.mongo._leases import WriterLeases
 from asset_service.store.mongo._promises import PromiseLeases, overlay
+from asset_service.store.mongo._retention_store import MongoRetention
 from asset_service.store.mongo._transition import delete_statements, transition_statements
 from asset_service.store.mongo._writer import DuplicateKey, GroupWriter
 
@@ -84,8 +86,14 @@ DEFAULT_CLIENT_OPTIONS: dict[str, Any] = {
 # serverSelectionTimeoutMS, and a read should fail in seconds (it is bounded by
 # serverSelectionTimeoutMS plus socketTimeoutMS and is not retried for long).
 DEFAULT_OPERATION_TIMEOUT = 15.0
-# A record without its inline value: what snapshot() reads.
-SLIM_PROJECTION: dict[str, Any] = {"value_content": 0, "value_kind": 0, "block_sums": 0}
+# A record without its inline value (nor holds, which only reads show): what snapshot()
+# reads.
+SLIM_PROJECTION: dict[str, Any] = {
+    "value_content": 0,
+    "value_kind": 0,
+    "block_sums": 0,
+    "holds": 0,
+}
 # A record without its block sums (only get() reads them: ReadAsset checks with them).
 LISTED_PROJECTION: dict[str, Any] = {"block_sums": 0}
 # Change-stream post-images (each event's state as of the change, issue 21 item 1) came
@@ -100,7 +108,7 @@ REPLICA_SET_HELP = (
 )
 
 
-class MongoStore:
+class MongoStore(MongoRetention):
     """Asset records in one MongoDB collection (docs/mongodb.md).
 
     Revisions. One counter document (`counters/_id: "revision"`) is `$inc`-ed inside the
@@ -162,6 +170,8 @@ class MongoStore:
         # Promise leases: records of their own, renewed without touching `assets`.
         self._lease_docs: AsyncCollection[Doc] = self._db.get_collection("leases", write_concern=wc)
         self._sweeps: AsyncCollection[Doc] = self._db.get_collection("sweeps", write_concern=wc)
+        # Accounting cells (domain/usage.py), moved in the transaction of each write.
+        self._usage: AsyncCollection[Doc] = self._db.get_collection("usage", write_concern=wc)
         self._transactions = True
         self._pre_images = False
         self._feed: ChangeFeed | None = None
@@ -210,6 +220,7 @@ class MongoStore:
             await _schema.prepare_leases(
                 self._assets, self._lease_docs, self._sweeps, self._db.name
             )
+            await self._prepare_retention(self._db.name)
         except PyMongoError as exc:
             raise Unavailable(f"cannot prepare MongoDB database {self._db.name}: {exc}") from exc
         if self._transactions:
@@ -545,9 +556,11 @@ class MongoStore:
         assets = sorted((doc_to_asset(d) for d in docs), key=lambda a: (a.lease_expires_at, a.id))
         return assets
 
-    async def claim_sweep(self, holder: str, seconds: float, now: datetime) -> bool:
+    async def claim_sweep(
+        self, holder: str, seconds: float, now: datetime, name: str = "lease"
+    ) -> bool:
         try:
-            return await self._promises.claim_sweep(holder, seconds, now)
+            return await self._promises.claim_sweep(holder, seconds, now, name)
         except PyMongoError as exc:
             raise _unavailable(exc) from exc
 
@@ -570,7 +583,9 @@ class MongoStore:
             if leased and not promises.database_clock:
                 assert asset.lease_expires_at is not None
                 await promises.create(asset.id, asset.lease_seconds, asset.lease_expires_at, None)
-            return doc_to_asset(doc)
+            stored = doc_to_asset(doc)
+            await _retention.account(self._usage, None, stored, session)
+            return stored
 
         result: Asset = await self._writer.submit(apply, approx_bytes(asset))
         return result
@@ -581,7 +596,15 @@ class MongoStore:
         sets = transition_fields(change, now, value_column="value_content", timestamp=ms)
         test = lease_condition(change)
         apply = transition_statements(
-            self._assets, self._promises, asset_id, expected, sets, test, now
+            self._assets,
+            self._promises,
+            self._usage,
+            asset_id,
+            expected,
+            sets,
+            test,
+            now,
+            by_rule=rule_expiry(change) is not None,
         )
         cost = len(change.value.data) if isinstance(change, Fulfillment) and change.value else 0
         result: Asset = await self._writer.submit(apply, cost)
@@ -611,12 +634,22 @@ class MongoStore:
             raise _write_error(exc, transaction=False) from exc
         return done.matched_count == 1
 
-    async def delete(self, asset_id: str, by: str = "") -> Asset | None:
+    async def delete(
+        self, asset_id: str, by: str = "", removal: Removal | None = None
+    ) -> Asset | None:
         async def keep_tombstone(gone: Asset, session: AsyncClientSession | None) -> None:
             await _tombstones.keep(self._tombstones, [gone], session)
 
         apply = delete_statements(
-            self._assets, self._promises, asset_id, by, _NothingToDelete, keep_tombstone
+            self._assets,
+            self._promises,
+            self._usage,
+            asset_id,
+            by,
+            _NothingToDelete,
+            keep_tombstone,
+            removal=removal,
+            database_clock=self._transactions,
         )
         try:
             result: Asset = await self._writer.submit(apply)
