@@ -58,12 +58,7 @@ def serve_command(argv: Sequence[str]) -> int:
         print(describe(TABLE, loaded))
         return 0
     settings = loaded.settings
-    logging.basicConfig(
-        level=settings.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    logs.install()
+    logs.configure(settings.log_level, settings.log_format)
     # Whatever a library creates (SQLite's journal files, temporary files) is owner-only
     # too; what the server creates itself has its mode set explicitly (modes.py).
     os.umask(0o077)

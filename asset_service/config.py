@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from argparse import ArgumentTypeError
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,7 @@ from asset_service.options import (
     REGION,
     SIZE,
     WHOLE_SECONDS,
+    Kind,
     Loaded,
     Many,
     OneLineParser,
@@ -68,6 +70,10 @@ GROUPS = {
     "storage": "where records and bytes live, and which server-side files it may adopt",
     "limits": "what clients may hold; over a limit a call gets RESOURCE_EXHAUSTED (or "
     "DEADLINE_EXCEEDED / UNAVAILABLE for a silent peer) naming the setting",
+    "telemetry": "what the server reports about itself: metrics, logs and traces "
+    "(docs/operations.md). Traces are off unless the standard OTEL_TRACES_EXPORTER variable "
+    "names an exporter (otlp or console; OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_SERVICE_NAME and "
+    "the other OTEL_* variables apply)",
     "security": "TLS, mTLS and bearer tokens with roles (docs/security.md); files are re-read "
     "on SIGHUP, certificates also when they change. Without any, the server is "
     "unauthenticated and refuses to listen beyond loopback unless --insecure is given",
@@ -83,6 +89,23 @@ RESERVE = SIZE.where(
     "0 or at least 1MiB",
     "is too small to hold what a delete on a full disk writes: give at least 1MiB, or 0 for no "
     "reserve",
+)
+
+
+def _metrics_address(text: str) -> str:
+    if not text.strip():
+        return ""
+    if text.strip().startswith(("unix:", "unix-abstract:")):
+        raise ArgumentTypeError(f"{text!r} is a unix socket; metrics are served over TCP")
+    return ADDRESS.parse(text)
+
+
+METRICS_ADDRESS = Kind(
+    "address or empty",
+    _metrics_address,
+    "HOST:PORT (port 0 picks one), [::1]:PORT, or empty for no metrics",
+    str,
+    "HOST:PORT",
 )
 
 
@@ -258,10 +281,12 @@ class Settings:
     )
     direct_io: bool = setting(
         BOOL,
-        "true",
-        "write uploads to the local disk with O_DIRECT where the file system allows it (less "
-        "CPU per byte, no page-cache churn; a file read right after its upload comes from the "
-        "disk once); --no-direct-io writes through the page cache",
+        "false",
+        "write uploads to the local disk with O_DIRECT where the file system allows it (no "
+        "page cache: a file read right after its upload comes from the disk); by default "
+        "uploads go through the page cache with early writeback (each 8 MiB is sent to the "
+        "disk as soon as it is written, the fsync before the record finds little left) and "
+        "stay cached, as clean pages, for the reads that follow",
         group="storage",
     )
     # -- limits
@@ -272,6 +297,15 @@ class Settings:
         POSITIVE,
         "64",
         "UploadAsset streams in progress at once, over all clients; one more is refused",
+        group="limits",
+    )
+    mongo_write_queue: int = setting(
+        POSITIVE,
+        "2048",
+        "with MongoDB: record writes one server process queues for its group writer; one "
+        "more (or more than 64MiB of queued values) is refused at once with UNAVAILABLE, "
+        "nothing sent, and so is a queued write not sent within the 15s every write gets "
+        "from its submission (clients retry with backoff); docs/mongodb.md",
         group="limits",
     )
     max_streams_per_connection: int = setting(
@@ -350,6 +384,42 @@ class Settings:
         "to resume from (checked every quarter of it, at most every 5 s)",
         group="limits",
         flag="--read-stall-timeout",
+    )
+    # -- telemetry
+    metrics_listen: str = setting(
+        METRICS_ADDRESS,
+        "",
+        "serve Prometheus metrics (text format) at http://HOST:PORT/metrics, e.g. "
+        "0.0.0.0:9464; the port is logged at start-up. Empty: no metrics, no listener, no "
+        "cost. Unauthenticated and plain HTTP: keep it on a private network",
+        group="telemetry",
+    )
+    # Counting is an index scan of every record (~0.1 s per million on SQLite, a COUNT_SCAN
+    # per status on MongoDB): every 30 s costs well under 1% of a core and is as fresh as a
+    # dashboard needs. Counting on each transition instead would need every change's
+    # previous status, which the change feed does not carry.
+    metrics_count_interval_seconds: float = setting(
+        INTERVAL,
+        "30s",
+        "with --metrics-listen: time between counts of the records by status "
+        "(asset_service_assets, an index scan of every record: all servers' writes)",
+        group="telemetry",
+        flag="--metrics-count-interval",
+    )
+    log_format: str = setting(
+        choice("text", "json"),
+        "text",
+        "every log line as text, or as one JSON object (ts, level, logger, message and the "
+        "line's fields) for log shippers",
+        group="telemetry",
+    )
+    access_log: bool = setting(
+        BOOL,
+        "true",
+        "one INFO line per call on logger asset_service.access: method, status code, "
+        "duration, peer, principal, bytes in and out, and the ref of an INTERNAL error "
+        "(health checks at DEBUG); --no-access-log turns them off",
+        group="telemetry",
     )
     # -- security
     tls_cert: Path | None = setting(

@@ -46,6 +46,11 @@ class Probes:
         self.draining = False
         self._ready: bool | None = None
 
+    @property
+    def ready(self) -> bool:
+        """What readiness answers now."""
+        return bool(self._ready) and not self.draining
+
     def add_check(self, name: str, check: Check) -> None:
         """One more condition of readiness, run every interval from the next round on."""
         self._checks[name] = check

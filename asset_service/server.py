@@ -37,6 +37,7 @@ from asset_service.storage.local import LocalStorage
 from asset_service.storage.manifests import FileCache, LocalManifests
 from asset_service.storage.own_files import OwnFiles
 from asset_service.store import open_store, sqlite_path
+from asset_service.telemetry import Recorder, Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,7 @@ class RunningServer:
     background: list[asyncio.Task[None]]
     security: Security
     in_flight: InFlight = field(default_factory=InFlight)
+    telemetry: Telemetry = field(default_factory=Telemetry)
 
     async def stop(self, grace: float) -> None:
         """Readiness NOT_SERVING first; calls in flight get `grace` to end while the server
@@ -122,6 +124,7 @@ class RunningServer:
         await self.probes.close()
         await _bounded("the listener to close", self.server.stop(close_grace), STOP_STEP_SECONDS)
         await _bounded("the store and storage to close", self.manager.stop(), STOP_STEP_SECONDS)
+        await _bounded("metrics and traces to close", self.telemetry.close(), STOP_STEP_SECONDS)
 
 
 HOUSEKEEPING_INTERVAL = 3600.0
@@ -139,14 +142,15 @@ async def _housekeeping(manager: AssetManager) -> None:
 SETTLE_INTERVAL = 5.0
 
 
-async def _expire_leases(manager: AssetManager, interval: float) -> None:
+async def _expire_leases(manager: AssetManager, interval: float, recorder: Recorder) -> None:
     """Fail PENDING assets whose lease ran out: the server process holding the store's
     sweep claim does (it keeps it for a few intervals); each asset's conditional
     transition has one winner in any case."""
     hold = max(3 * interval, 3.0)
     while True:
         try:
-            await manager.expire_leases(hold)
+            if expired := await manager.expire_leases(hold):
+                recorder.leases_expired(expired)
         except (AssetError, OSError) as exc:
             log.warning("lease sweep failed: %s", exc)
         await asyncio.sleep(interval)
@@ -158,13 +162,16 @@ def _session_sweep_interval(settings: Settings) -> float:
     return min(600.0, max(1.0, settings.upload_session_ttl_seconds / 10))
 
 
-async def _expire_upload_sessions(manager: AssetManager, interval: float) -> None:
+async def _expire_upload_sessions(
+    manager: AssetManager, interval: float, recorder: Recorder
+) -> None:
     """Remove unfinished resumable uploads past their TTL (every server process sweeps;
     start-up swept once already)."""
     while True:
         await asyncio.sleep(interval)
         try:
-            await manager.sweep_upload_sessions()
+            if removed := await manager.sweep_upload_sessions():
+                recorder.upload_sessions_expired(removed)
         except (AssetError, OSError) as exc:
             log.warning("upload session sweep failed: %s", exc)
 
@@ -344,15 +351,30 @@ def add_asset_service(
     server.add_registered_method_handlers(SERVICE_NAME, handlers)  # type: ignore[attr-defined]
 
 
-async def start(settings: Settings, store: MetadataStore | None = None) -> RunningServer:
-    """Open storage and store, recover, and serve; `store` overrides the database URL."""
+async def start(
+    settings: Settings,
+    store: MetadataStore | None = None,
+    *,
+    telemetry: Telemetry | None = None,
+) -> RunningServer:
+    """Open storage and store, recover, and serve; `store` overrides the database URL,
+    `telemetry` what the settings and OTEL_* variables ask for."""
     # Security files first: a mistake there stops start-up before anything is opened.
     security = Security(settings)
     security.check_listen()
     own_files(settings).check_import_roots(settings.import_roots)
+    telemetry = telemetry or Telemetry.from_settings(settings)
     if store is None:
-        store = open_store(settings.database_url, settings.disk_reserve_bytes)
+        store = open_store(
+            settings.database_url,
+            settings.disk_reserve_bytes,
+            telemetry.group_commits,
+            mongo_write_queue=settings.mongo_write_queue,
+            orphan_grace_seconds=settings.orphan_grace_seconds,
+        )
     storage, manifests = open_storage(settings)
+    store = telemetry.observe(store, "store")
+    storage = telemetry.observe(storage, "storage")
     limits = Limits(
         max_upload_bytes=settings.max_upload_bytes,
         manifest_ttl_seconds=settings.manifest_ttl_seconds,
@@ -363,6 +385,8 @@ async def start(settings: Settings, store: MetadataStore | None = None) -> Runni
         upload_session_ttl_seconds=settings.upload_session_ttl_seconds,
     )
     manager = AssetManager(store, storage, limits, manifests)
+    if telemetry.recorder.enabled:
+        manager.hub.on_publish = telemetry.recorder.change_published
     await manager.start()
 
     # Over the limit, HTTP/2 makes a client's further calls on that connection wait for a
@@ -376,8 +400,11 @@ async def start(settings: Settings, store: MetadataStore | None = None) -> Runni
     # done once at registration instead, and calls skip grpc's interceptor chain (health
     # and reflection, open on such a server, never needed it).
     anonymous = interceptor if interceptor.anonymous else None
+    # Telemetry's interceptors come first: the span and the access line of a call cover
+    # what the security interceptor does, refusals included.
     server = grpc.aio.server(
-        options=options, interceptors=[] if anonymous is not None else [interceptor]
+        options=options,
+        interceptors=[*telemetry.interceptors, *([] if anonymous is not None else [interceptor])],
     )
     servicer = AssetServicer(
         manager,
@@ -387,8 +414,10 @@ async def start(settings: Settings, store: MetadataStore | None = None) -> Runni
         max_concurrent_reads=settings.max_concurrent_reads,
         read_stall_timeout_seconds=settings.read_stall_timeout_seconds,
         task_tokens=security.task_tokens,
+        recorder=telemetry.recorder,
     )
     add_asset_service(servicer, server, anonymous)
+    telemetry.prepare(pb.DESCRIPTOR.services_by_name["AssetService"])
     probes = Probes(
         [("database", manager.store.ping), ("storage", manager.storage.ping)],
         settings.health_interval_seconds,
@@ -402,17 +431,27 @@ async def start(settings: Settings, store: MetadataStore | None = None) -> Runni
     except RuntimeError as exc:
         await manager.stop()
         raise AssetError(_listen_error(settings.listen, exc)) from exc
+    try:
+        metrics_tasks = telemetry.serve_metrics(servicer, probes, manager)
+    except AssetError:
+        await manager.stop()
+        raise
     await server.start()
     background = [
         asyncio.create_task(probes.run()),
         asyncio.create_task(_housekeeping(manager)),
         asyncio.create_task(_settle_unknown_outcomes(manager)),
-        asyncio.create_task(_expire_leases(manager, settings.lease_check_interval_seconds)),
-        asyncio.create_task(_expire_upload_sessions(manager, _session_sweep_interval(settings))),
+        asyncio.create_task(
+            _expire_leases(manager, settings.lease_check_interval_seconds, telemetry.recorder)
+        ),
+        asyncio.create_task(
+            _expire_upload_sessions(manager, _session_sweep_interval(settings), telemetry.recorder)
+        ),
         asyncio.create_task(
             _sweep_tombstones(manager, _tenth(settings.watch_tombstone_ttl_seconds))
         ),
     ]
+    background += metrics_tasks
     if settings.scrub_rate_mib > 0:
         rate = settings.scrub_rate_mib * 1024 * 1024
         background.append(
@@ -420,7 +459,9 @@ async def start(settings: Settings, store: MetadataStore | None = None) -> Runni
                 scrub_forever(manager.scrubber, rate, settings.scrub_interval_seconds)
             )
         )
-    return RunningServer(server, manager, probes, port, background, security, servicer.in_flight)
+    return RunningServer(
+        server, manager, probes, port, background, security, servicer.in_flight, telemetry
+    )
 
 
 async def serve(settings: Settings) -> None:

@@ -45,6 +45,14 @@ def parse() -> argparse.Namespace:
     parser.add_argument(
         "--s3-rounds", type=int, default=5, help="object-store rounds, alternating with raw calls"
     )
+    parser.add_argument(
+        "--server-arg",
+        action="append",
+        default=[],
+        metavar="FLAG",
+        help="one more flag for every service process, e.g. --server-arg=--direct-io "
+        "(repeatable; to measure a setting both ways)",
+    )
     args = parser.parse_args()
     quick = args.quick
 
@@ -61,6 +69,7 @@ def parse() -> argparse.Namespace:
         rounds=pick(args.rounds, 5, 2),
         # 1000 watchers share the bench's one connection: keep room above them.
         max_streams=2048,
+        server_args=tuple(args.server_arg),
     )
     args.s3_size_mib = pick(args.s3_size_mib, 64, 0)
     if args.sizes.rounds < 1:
@@ -90,6 +99,7 @@ async def run(args: argparse.Namespace) -> list[Row]:
                         f"upload {mib} MiB (busy)",
                         f"server RSS growth, {mib} MiB upload",
                         f"ReadAsset {mib} MiB",
+                        f"ReadAsset {mib} MiB right after its upload",
                     ]
                     show(await guarded(names, transfer_rows(svc, sizes)))
                 if "fanout" in groups:
@@ -110,7 +120,11 @@ async def run(args: argparse.Namespace) -> list[Row]:
             ]
             show(await guarded(names, store_rows(root / "store", sizes)))
     if args.s3_size_mib > 0:
-        names = [f"object store {op} {args.s3_size_mib} MiB" for op in ("upload", "read")]
+        names = [
+            f"object store {op} {args.s3_size_mib} MiB{what}"
+            for op in ("upload", "read")
+            for what in ("", ": what the cores allow")
+        ]
         show(await guarded(names, object_store_rows(args.s3_size_mib, args.s3_rounds)))
     return rows
 

@@ -31,6 +31,9 @@ class Row:
     detail: str = ""
     raw: dict[str, Any] = field(default_factory=dict)
     error: str = ""
+    # Why this machine cannot meet the bar (bench/README.md argues it): a miss then reads
+    # "blocked", not MISS, and the summary names it apart.
+    blocked: str = ""
 
     @property
     def median(self) -> float:
@@ -45,7 +48,9 @@ class Row:
         op, threshold = self.bar[0], float(self.bar[1:])
         value = self.median
         ok = {"≥": value >= threshold, "≤": value <= threshold, "<": value < threshold}[op]
-        return "ok" if ok else "MISS"
+        if ok:
+            return "ok"
+        return "blocked" if self.blocked else "MISS"
 
     def line(self) -> str:
         if self.error or not self.ratios:
@@ -54,6 +59,7 @@ class Row:
         return (
             f"{self.name:<36} {self.median:6.2f} {spread:<13}  bar {self.bar or '-':<6} "
             f"{self.verdict:<4}  load {self.load:.1f}  {self.detail}"
+            + (f" (blocked: {self.blocked})" if self.verdict == "blocked" else "")
         ).rstrip()
 
 
@@ -85,12 +91,15 @@ def environment() -> dict[str, Any]:
 
 def summary(rows: list[Row]) -> str:
     misses = [r.name for r in rows if r.verdict == "MISS"]
+    blocked = [r.name for r in rows if r.verdict == "blocked"]
     errors = [r.name for r in rows if r.verdict == "ERROR"]
     met = sum(r.verdict == "ok" for r in rows)
     held = sum(bool(r.bar) for r in rows)
     text = f"{met} of {held} rows meet their bar"
     if misses:
         text += f"; missed: {', '.join(misses)}"
+    if blocked:
+        text += f"; blocked on this machine: {', '.join(blocked)}"
     if errors:
         text += f"; not measured: {', '.join(errors)}"
     return text

@@ -42,6 +42,7 @@ class Sizes:
     latency_calls: int
     rounds: int
     max_streams: int
+    server_args: tuple[str, ...] = ()  # more flags for every service process (--server-arg)
 
     @property
     def transfer(self) -> int:
@@ -63,7 +64,7 @@ def server(root: Path, sizes: Sizes) -> ServerProcess:
     return ServerProcess(
         root / "data",
         f"sqlite:///{root / 'assets.db'}",
-        extra_args=["--max-streams-per-connection", str(sizes.max_streams)],
+        extra_args=["--max-streams-per-connection", str(sizes.max_streams), *sizes.server_args],
     )
 
 
@@ -151,6 +152,16 @@ def _upload_info_rows(
     ]
 
 
+def _two_cores() -> str:
+    """Why the quiet upload's bar is out of reach with two cores (bench/README.md)."""
+    if (os.cpu_count() or 1) > 2:
+        return ""
+    return (
+        "2 cores: sha256 (0.58 ms/MiB) and the ceiling's own receive and send (~1.2 ms/MiB) "
+        "cap it near the bar before a byte is written"
+    )
+
+
 def _mib_s(size: int, seconds: list[float]) -> float:
     return size / MiB / statistics.median(seconds)
 
@@ -232,6 +243,7 @@ async def transfer_rows(svc: ServerProcess, sizes: Sizes) -> list[Row]:
                         f"service {_mib_s(size, s_t):.0f} MiB/s, "
                         f"bare {_mib_s(size, b_t):.0f} MiB/s",
                         {"service_s": s_t, "bare_s": b_t},
+                        blocked=_two_cores() if mode == "quiet" else "",
                     )
                 )
                 if mode == "quiet":
@@ -253,16 +265,24 @@ async def transfer_rows(svc: ServerProcess, sizes: Sizes) -> list[Row]:
 
         async with client.channel(svc.address) as s_ch, client.channel(read_bare.address) as b_ch:
             s_stub, b_stub = pb_grpc.AssetServiceStub(s_ch), pb_grpc.AssetServiceStub(b_ch)
-            _, asset_id = await client.upload(s_stub, payload)
-            # Uploads bypass the page cache (direct I/O), so the first read comes from the
-            # disk: timed on its own (an info row), against one bare run. The rows after it
-            # measure streaming with the file cached, as the bar means.
-            first = await alternate(
-                0,
-                lambda: client.read(s_stub, asset_id, size),
-                lambda: client.read(b_stub, asset_id, size),
-            )
-            wait_quiet()
+            # A pipeline's next task reads an output right after its upload: each round
+            # uploads (untimed), then times that first read against one bare read. The
+            # last round's asset stays for the rows after, which read it again and again.
+            first: list[tuple[float, float]] = []
+
+            def read_of(
+                stub: pb_grpc.AssetServiceAsyncStub, asset_id: str
+            ) -> Callable[[], Awaitable[float]]:
+                return lambda: client.read(stub, asset_id, size)
+
+            for turn in range(sizes.rounds):
+                _, asset_id = await client.upload(s_stub, payload)
+                first.append(
+                    await alternate(turn, read_of(s_stub, asset_id), read_of(b_stub, asset_id))
+                )
+                if turn < sizes.rounds - 1:
+                    await s_stub.DeleteAsset(pb.DeleteAssetRequest(asset_id=asset_id))
+                wait_quiet()
             faults: dict[str, list[float]] = {"service": [], "bare": []}
 
             def reader(
@@ -299,15 +319,16 @@ async def transfer_rows(svc: ServerProcess, sizes: Sizes) -> list[Row]:
                 {"service_s": s_t, "bare_s": b_t, "minflt": faults},
             )
         )
+        f_s, f_b = [t[0] for t in first], [t[1] for t in first]
         rows.append(
             Row(
                 f"ReadAsset {mib} MiB right after its upload",
-                "",
-                [first[1] / first[0]],
+                "≥0.8",
+                [b / s for s, b in first],
                 load1(),
-                f"info: one read, from the disk (the upload bypassed the page cache): "
-                f"{_mib_s(size, [first[0]]):.0f} MiB/s",
-                {"service_s": [first[0]], "bare_s": [first[1]]},
+                f"the first read of each round's new upload: service {_mib_s(size, f_s):.0f} "
+                f"MiB/s, bare {_mib_s(size, f_b):.0f} MiB/s",
+                {"service_s": f_s, "bare_s": f_b},
             )
         )
     return rows

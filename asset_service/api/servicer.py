@@ -8,7 +8,7 @@ import functools
 import logging
 import math
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 import grpc
@@ -36,6 +36,7 @@ from asset_service.domain.models import AssetType
 from asset_service.domain.ports import Chunk
 from asset_service.security.principal import ANONYMOUS, current_principal
 from asset_service.security.task_tokens import TaskTokens
+from asset_service.telemetry import NO_RECORDER, Recorder, note_error_ref
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,7 @@ async def _send_status(context: Ctx, exc: BaseException, method: str) -> None:
             capped(f"a message of the {method} stream does not parse: {exc}"),
         )
     ref = uuid.uuid4().hex[:12]
+    note_error_ref(ref)  # the call's access line carries it too
     # Tracebacks are kept (a bug to fix) but rate-limited: a client repeating the request
     # that triggers one must not flood the log.
     log.error(
@@ -162,14 +164,17 @@ class AssetServicer(pb_grpc.AssetServiceServicer):
         max_concurrent_reads: int = Settings.max_concurrent_reads,
         read_stall_timeout_seconds: float = Settings.read_stall_timeout_seconds,
         task_tokens: TaskTokens | None = None,
+        recorder: Recorder = NO_RECORDER,
     ) -> None:
         self.manager = manager
+        self.recorder = recorder
         self.task_tokens = task_tokens or TaskTokens()
         self.max_concurrent_uploads = max_concurrent_uploads
         self.upload_idle_timeout = upload_idle_timeout_seconds
         self.watch_stall_timeout = watch_stall_timeout_seconds
         self.max_concurrent_reads = max_concurrent_reads
         self.uploads_in_progress = 0
+        self.resumable_uploads_in_progress = 0
         self.reads_in_progress = 0
         # WatchAsset's wire bytes of recent events, shared by every stream sending them.
         self.watch_events = convert.SharedEvents()
@@ -220,19 +225,27 @@ class AssetServicer(pb_grpc.AssetServiceServicer):
                 "the first message of an upload must be the header; a chunk came first"
             )
         header = convert.upload_header_from_pb(first.header)
+        received = self.recorder.upload_received
 
         async def chunks() -> AsyncIterator[Chunk]:
             while (msg := await next_message()) is not None:
                 if isinstance(msg, memoryview):  # a chunk, not copied out (api/wire)
+                    received(len(msg))
                     yield msg
                 elif msg.WhichOneof("payload") == "header":
                     raise InvalidArgument(
                         "a second header arrived mid-upload; send the header once, first"
                     )
                 else:
+                    received(len(msg.chunk))
                     yield msg.chunk
 
-        asset = await self.manager.upload(header, chunks(), by=_caller())
+        resumable = int(bool(header.upload_id))
+        self.resumable_uploads_in_progress += resumable
+        try:
+            asset = await self.manager.upload(header, chunks(), by=_caller())
+        finally:
+            self.resumable_uploads_in_progress -= resumable
         return pb.UploadAssetResponse(asset=convert.asset_to_pb(asset))
 
     @unary
@@ -384,7 +397,10 @@ class AssetServicer(pb_grpc.AssetServiceServicer):
                 f"(--watch-stall-timeout); resume with after_revision={sent}"
             )
 
-        with self.watch_stalls.guarding(stalled) as writer:
+        selector = request.HasField("selector")
+        recorder = self.recorder
+        recorder.watch_opened(selector)
+        with self.watch_stalls.guarding(stalled) as writer, _closing_watch(recorder, selector):
             async with contextlib.aclosing(events):
                 async for event in events:
                     # The bytes are serialized once per event for every stream (server.py
@@ -403,6 +419,7 @@ class AssetServicer(pb_grpc.AssetServiceServicer):
                         # or closed channel): nothing to report, and no one to report it to.
                         log.debug("WatchAsset client left after revision %d", sent)
                         return
+                    recorder.watch_sent(event)
                     sent = max(sent, event.revision)
         return
         yield  # an async generator for @streaming; every message goes out via context.write
@@ -460,6 +477,7 @@ class AssetServicer(pb_grpc.AssetServiceServicer):
                     except grpc.aio.InternalError:
                         log.debug("ReadAsset client left at offset %d", offset)
                         return
+                    self.recorder.read_sent(len(chunk))
                     offset += len(chunk)
 
     @unary
@@ -506,6 +524,14 @@ class AssetServicer(pb_grpc.AssetServiceServicer):
         response = pb.MintTaskTokenResponse(token=minted.token)
         response.expires_at.FromDatetime(minted.expires_at)
         return response
+
+
+@contextlib.contextmanager
+def _closing_watch(recorder: Recorder, selector: bool) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        recorder.watch_closed(selector)
 
 
 def _caller() -> str:

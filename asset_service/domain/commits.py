@@ -14,6 +14,7 @@ from asset_service.domain.errors import (
     InvalidArgument,
     NotFound,
     OutcomeUnknown,
+    Overloaded,
 )
 from asset_service.domain.models import Asset, Status
 from asset_service.domain.ports import MetadataStore, StagedBlob
@@ -86,7 +87,7 @@ class Committer:
                 raise
             try:
                 stored = await write(path)
-            except (Conflict, NotFound, InvalidArgument, FailedPrecondition):
+            except (Conflict, NotFound, InvalidArgument, FailedPrecondition, Overloaded):
                 await blob.rollback()  # a definite "no": nothing was written
                 raise
             except BaseException as exc:
@@ -107,9 +108,14 @@ class Committer:
     async def _confirm(
         self, asset_id: str, path: str, blob: StagedBlob, cause: BaseException
     ) -> Asset:
-        """After a failed record write: the record if it applied after all, else roll back."""
+        """After a failed record write: the record if it applied after all, else roll back.
+
+        Read with settled(): a read that could show a commit a failover then rolls back
+        (or miss one still on its way) would keep bytes nothing points at, or remove
+        bytes a record then points at.
+        """
         try:
-            found = await self.store.get(asset_id)
+            found = (await self.store.settled([asset_id])).get(asset_id)
         except BaseException:
             self.unsettled.append(_Unsettled(asset_id, path, blob))
             log.warning("record write of asset %s has an unknown outcome: %s", asset_id, cause)
@@ -124,20 +130,24 @@ class Committer:
         raise cause
 
     async def settle(self) -> int:
-        """Retry what an ambiguous record write left: keep or drop the bytes by the record."""
-        settled = 0
-        for item in list(self.unsettled):
-            try:
-                found = await self.store.get(item.asset_id)
-            except AssetError:
-                continue
+        """Retry what an ambiguous record write left: keep or drop the bytes by the record
+        as it will stay (one settled() read for all); nothing while that is unknown."""
+        pending = list(self.unsettled)
+        if not pending:
+            return 0
+        try:
+            records = await self.store.settled([item.asset_id for item in pending])
+        except AssetError as exc:
+            log.info("%d record write(s) still have an unknown outcome: %s", len(pending), exc)
+            return 0
+        for item in pending:
+            found = records.get(item.asset_id)
             if found is not None and found.storage_path == item.storage_path:
                 await item.blob.finish()
             else:
                 await item.blob.rollback()
             self.unsettled.remove(item)
-            settled += 1
-        return settled
+        return len(pending)
 
     async def stop(self) -> None:
         """Let commits in flight end, settle what can be; keep the rest for recovery."""

@@ -130,6 +130,11 @@ class OutcomeUnknown(Unavailable):
     """A write was sent but its outcome could not be learnt; re-read before retrying."""
 
 
+class Overloaded(Unavailable):
+    """A write refused before it was sent (a full or slow write queue): nothing was
+    written; retry with backoff."""
+
+
 # --- echoing client input in messages ------------------------------------------------
 # Status messages travel in HTTP/2 headers, and a default gRPC client refuses a response
 # whose metadata passes 16 KiB (8 KiB soft): echoing a 100 KB label would turn a clear

@@ -63,6 +63,17 @@ class MetadataStore(RetentionStore, Protocol):
         """The records, without block sums (like query(): a batch of big files' sums is
         kilobytes each, and no caller of these needs them)."""
 
+    async def settled(self, asset_ids: Sequence[str]) -> dict[str, Asset]:
+        """The records as they will stay (like get_many), read once every write this
+        process sent before the call has a definite outcome: durable, or never to apply.
+
+        What settles a write whose outcome was unknown: bytes are kept or removed by
+        it. MongoDB ends the sessions of doubtful transactions, then reads at majority
+        after a majority write (a commit a failover rolls back is never taken for
+        success); raise Unavailable when that cannot be done now. Stores whose writes
+        are durable when they return answer like get_many.
+        """
+
     async def snapshot(self, asset_ids: Sequence[str]) -> dict[str, Asset]:
         """The states of `asset_ids` as of ONE point in time, WITHOUT inline values.
 
@@ -102,6 +113,10 @@ class MetadataStore(RetentionStore, Protocol):
     async def sweep_tombstones(self, before: datetime) -> int:
         """Remove the tombstones of deletions made before `before`; how many. A resume
         from a revision below the newest one removed is refused from then on."""
+
+    async def count_by_status(self) -> dict[Status, int]:
+        """How many records each status has, every status named (0 for none). Counted from
+        an index, not by reading records: the metrics ask at most every 30 s."""
 
     async def transition(
         self,
@@ -314,7 +329,10 @@ class BlobStorage(UploadSessions, Protocol):
 
     def generated_key(self, task_id: str, asset_id: str, label: str) -> str: ...
 
-    def new_writer(self) -> StagingWriter: ...
+    def new_writer(self, key: str | None = None) -> StagingWriter:
+        """A writer for new bytes. With `key` (where they will be committed, when known
+        before they come), commit() must be given that key: an object store then streams
+        the bytes to it and needs no copy at commit; ValueError for another key."""
 
     async def adopt(self, path: str, move: bool) -> StagedBlob:
         """Stage a server-side file under an import root, opened without following symlinks.

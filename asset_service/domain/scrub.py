@@ -82,6 +82,12 @@ class Scrubber:
         self.store = store
         self.integrity = integrity
         self.last_pass: Totals | None = None
+        # Wall-clock time the last pass ended (metrics: how stale its verdict is).
+        self.last_pass_end: float | None = None
+        # The pass under way, as far as it got; and everything checked since start-up
+        # (passes and ScrubAssets of named assets alike).
+        self.current: Totals | None = None
+        self.total = Totals()
 
     async def check(self, asset: Asset, pace: Pacer) -> Checked:
         if asset.type is not AssetType.FILE or asset.status is not Status.AVAILABLE:
@@ -112,16 +118,24 @@ class Scrubber:
         ids = [parse_asset_id(i, "asset_ids entry") for i in asset_ids]
         pace = Pacer(rate_bytes)
         totals = Totals()
-        async for asset_id, asset in self._assets(ids):
-            result = (
-                Checked(asset_id, Outcome.SKIPPED, "not found")
-                if asset is None
-                else await self.check(asset, pace)
-            )
-            totals.add(result)
-            yield result
+        if not ids:
+            self.current = totals
+        try:
+            async for asset_id, asset in self._assets(ids):
+                result = (
+                    Checked(asset_id, Outcome.SKIPPED, "not found")
+                    if asset is None
+                    else await self.check(asset, pace)
+                )
+                totals.add(result)
+                self.total.add(result)
+                yield result
+        finally:
+            if self.current is totals:
+                self.current = None
         if not ids:
             self.last_pass = totals
+            self.last_pass_end = time.time()
             log.info(
                 "scrub pass done: %d asset(s), %.1f MiB checked, %d corrupt, %d unreadable",
                 totals.checked,

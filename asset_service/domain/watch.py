@@ -154,6 +154,8 @@ class ChangeHub:
         self._slim: tuple[Asset, Asset] | None = None  # the last record slimmed, and its slim
         self.feed_wait_seconds = FEED_WAIT_SECONDS
         self.on_source_error: Callable[[BaseException], None] | None = None
+        # Told of every change as it is published (metrics: feed lag, watch lag).
+        self.on_publish: Callable[[Change], None] | None = None
 
     def subscribe(self, ids: Iterable[str]) -> Subscription:
         sub = Subscription(self, frozenset(ids), self._buffer_bytes)
@@ -174,6 +176,8 @@ class ChangeHub:
         return len({s for subs in self._by_id.values() for s in subs})
 
     def publish(self, change: Change) -> None:
+        if self.on_publish is not None:
+            self.on_publish(change)
         rev = change.revision
         self._run = (rev, rev) if self._run is None else (self._run[0], max(self._run[1], rev))
         subs = self._by_id.get(change.asset.id)

@@ -25,6 +25,7 @@ from asset_service.security.guard import (
 from asset_service.security.principal import (
     ANONYMOUS,
     Principal,
+    note_caller,
     reset_principal,
     set_principal,
 )
@@ -190,6 +191,8 @@ async def _stream_as(principal: Principal, result: Any, context: Ctx) -> None:
 
 async def _abort(context: Ctx, guard: Guard, refused: Refused, request: Any) -> NoReturn:
     code = status_code(refused.error)
+    if refused.principal is not None:
+        note_caller(refused.principal)  # the call's access line names who was refused
     if guard.rule is not None and guard.rule.audited:
         audit.record(refused.principal, guard.rpc, audit_subjects(request, None), code)
     await context.abort(code, status_message(refused.error))

@@ -65,12 +65,28 @@ _current: contextvars.ContextVar[Principal | None] = contextvars.ContextVar(
 )
 
 
+# The last principal set in this task, kept after reset_principal: the call's access line is
+# written once the handler (and the reset) is done.
+_last: contextvars.ContextVar[str] = contextvars.ContextVar("asset_service_caller", default="")
+
+
+def principal_of_call() -> str:
+    """The name of the principal the current call ran as ("" if none was admitted)."""
+    return _last.get()
+
+
 def current_principal() -> Principal | None:
     """The principal of the RPC being served (None outside one)."""
     return _current.get()
 
 
+def note_caller(principal: Principal) -> None:
+    """Who made the current call, though it is refused before running as them."""
+    _last.set(principal.name)
+
+
 def set_principal(principal: Principal) -> contextvars.Token[Principal | None]:
+    _last.set(principal.name)
     return _current.set(principal)
 
 

@@ -1,4 +1,4 @@
-"""One thread per upload that hashes its chunks and writes them, with direct I/O where allowed."""
+"""One thread per upload that hashes its chunks and writes them, with early writeback."""
 
 from __future__ import annotations
 
@@ -25,14 +25,32 @@ from asset_service.storage.blocks import BlockSummer, Digests
 # few 1 MiB chunks keep the disk busy while the event loop receives the next ones.
 QUEUE_BYTES = 4 * 1024 * 1024
 
-# Direct I/O (O_DIRECT): the bytes go from a page-aligned buffer to the disk, bypassing the
-# page cache. Per uploaded MiB that saves the kernel's copy into the cache and its later
-# writeback, and it takes no fresh page-cache pages (on a VM that returns freed memory to
-# its host, as this project's machines do, faulting such pages back cost ~1.2 ms per MiB,
-# as much as hashing). Hashing and copying (one thread) overlap the writes (a second one);
-# the final fsync finds no dirty data, and a big upload never crowds the page cache or
-# makes syncfs(2) (manifests) wait for it. Files read right after their upload come from
-# the disk once. Where the file system refuses O_DIRECT, writes go through the cache.
+# Through the page cache (the default): every WRITEBACK_BYTES written, the kernel is asked
+# to start writing that range to the disk (sync_file_range(2), SYNC_FILE_RANGE_WRITE) and to
+# finish the range before it (WAIT_BEFORE|WRITE|WAIT_AFTER). So the disk is busy while the
+# upload streams, at most two windows of an upload are dirty or in flight (a slow disk holds
+# the upload back, as direct I/O would, instead of piling up dirty pages that throttle every
+# writer or make a manifest's syncfs(2) wait), seal()'s fsync finds nearly all of it on disk,
+# and the bytes stay in the page cache as clean pages: a read right after the upload (the next
+# task of a pipeline) comes from memory, and the kernel can drop them at no cost (no
+# writeback) whenever it wants the memory. bench/README.md has the measurements.
+WRITEBACK_BYTES = 8 * 1024 * 1024
+_SYNC_FILE_RANGE_WAIT_BEFORE = 1
+_SYNC_FILE_RANGE_WRITE = 2
+_SYNC_FILE_RANGE_WAIT_AFTER = 4
+_SYNC_FILE_RANGE_FINISH = (
+    _SYNC_FILE_RANGE_WAIT_BEFORE | _SYNC_FILE_RANGE_WRITE | _SYNC_FILE_RANGE_WAIT_AFTER
+)
+_SYNC_FILE_RANGE = fs.libc_function(
+    "sync_file_range", ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint
+)
+
+# Direct I/O (O_DIRECT, --direct-io): the bytes go from a page-aligned buffer to the disk,
+# bypassing the page cache. That saves the kernel's copy into the cache and takes no fresh
+# page-cache pages (on a VM that returns freed memory to its host, such pages cost a host
+# fault on first touch), but a file read right after its upload comes from the disk.
+# Hashing and copying (one thread) overlap the writes (a second one); the final fsync finds
+# no dirty data. Where the file system refuses O_DIRECT, writes go through the cache.
 DIRECT_BLOCK = 1024 * 1024  # one buffer; 2 per upload (measured: 1 MiB x 2 beat 2 and 4 MiB)
 DIRECT_BUFFERS = 2
 # Offsets and lengths of direct writes are multiples of this (the page size: every common
@@ -42,14 +60,6 @@ DIRECT_ALIGN = 4096
 # Freed buffers kept for the next uploads (memory stays mapped and warm).
 POOL_KEEP = 8
 
-# Through the page cache: every this many bytes written, the kernel is asked to start
-# writing them to disk (sync_file_range(2), SYNC_FILE_RANGE_WRITE: it does not wait), so
-# that seal()'s fsync finds most of a big upload on disk already.
-WRITEBACK_BYTES = 8 * 1024 * 1024
-_SYNC_FILE_RANGE_WRITE = 2
-_SYNC_FILE_RANGE = fs.libc_function(
-    "sync_file_range", ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint
-)
 _O_DIRECT: int = getattr(os, "O_DIRECT", 0)
 
 
@@ -206,8 +216,9 @@ class FileSink:
 
     write() only queues a chunk, and waits only while QUEUE_BYTES are queued; an OSError of
     the thread is raised by the next write() or by seal(). seal() fsyncs and joins; abort()
-    stops the thread without waiting for it. The thread alone closes `fd`. With `direct`
-    (the default) the bytes are written with O_DIRECT where the file system allows it.
+    stops the thread without waiting for it. The thread alone closes `fd`. The bytes go
+    through the page cache with early writeback, or with `direct` by O_DIRECT where the file
+    system allows it.
     """
 
     def __init__(
@@ -215,7 +226,7 @@ class FileSink:
         fd: int,
         queue_bytes: int = QUEUE_BYTES,
         name: str = "upload",
-        direct: bool = True,
+        direct: bool = False,
         *,
         start: int = 0,
         digests: Digests | None = None,
@@ -324,6 +335,7 @@ class FileSink:
 
     def _take_all(self) -> None:
         written, flushed, durable = self._start, self._start, self._start
+        finished = self._start  # bytes before this are written back (sync_file_range)
         while (chunk := self._next()) is not None:
             # Hashing releases the GIL on large buffers, as do the copy and the write: the
             # event loop keeps receiving meanwhile.
@@ -333,10 +345,15 @@ class FileSink:
                 self._direct.add(chunk)
             else:
                 _pwrite_all(self._fd, memoryview(chunk), written)
-                if written + len(chunk) - flushed >= WRITEBACK_BYTES and _SYNC_FILE_RANGE:
-                    # A hint only: errors surface (if at all) at the fsync in seal().
-                    end = written + len(chunk)
+                end = written + len(chunk)
+                if end - flushed >= WRITEBACK_BYTES and _SYNC_FILE_RANGE:
+                    # Hints only: errors surface (if at all) at the fsync in seal().
                     _SYNC_FILE_RANGE(self._fd, flushed, end - flushed, _SYNC_FILE_RANGE_WRITE)
+                    if flushed > finished:  # the window before this one: on disk now
+                        _SYNC_FILE_RANGE(
+                            self._fd, finished, flushed - finished, _SYNC_FILE_RANGE_FINISH
+                        )
+                        finished = flushed
                     flushed = end
             written += len(chunk)
             if self._checkpoint and written - durable >= self._checkpoint:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from asset_service.domain.errors import InvalidArgument
 from asset_service.domain.ports import MetadataStore
@@ -26,13 +29,27 @@ def sqlite_path(database_url: str) -> Path | None:
     return Path("/" + rest.lstrip("/"))
 
 
-def open_store(database_url: str, disk_reserve_bytes: int | None = None) -> MetadataStore:
+def open_store(
+    database_url: str,
+    disk_reserve_bytes: int | None = None,
+    on_group_commit: Callable[[str, int], None] | None = None,
+    *,
+    mongo_write_queue: int | None = None,
+    orphan_grace_seconds: float | None = None,
+) -> MetadataStore:
     """sqlite:////abs/path.db (embedded default), mongodb://... (production) or memory://.
 
     memory:// keeps records in the server process only (lost when it stops): for demos
     and tests, never for data anyone needs. `disk_reserve_bytes` sizes SQLite's disk-full
-    reserve (None: its default).
+    reserve (None: its default). `on_group_commit(store, writes)` hears of each group
+    transaction of the store's writer (metrics). With MongoDB, `mongo_write_queue` bounds
+    the group writer's queue and `orphan_grace_seconds` (the storage's) is checked against
+    how late a write can commit.
     """
+
+    def batches(name: str) -> Callable[[int], None] | None:
+        return None if on_group_commit is None else functools.partial(on_group_commit, name)
+
     if database_url == "memory://":
         from asset_service.store.memory import MemoryStore
 
@@ -43,12 +60,19 @@ def open_store(database_url: str, disk_reserve_bytes: int | None = None) -> Meta
         from asset_service.store.sqlite import SqliteStore
 
         if disk_reserve_bytes is None:
-            return SqliteStore(path)
-        return SqliteStore(path, reserve_bytes=disk_reserve_bytes)
+            return SqliteStore(path, on_group_commit=batches("sqlite"))
+        return SqliteStore(
+            path, reserve_bytes=disk_reserve_bytes, on_group_commit=batches("sqlite")
+        )
     if database_url.startswith(("mongodb://", "mongodb+srv://")):
         from asset_service.store.mongo import MongoStore
 
-        store: MetadataStore = MongoStore(database_url)
+        options: dict[str, Any] = {"orphan_grace": orphan_grace_seconds}
+        if mongo_write_queue is not None:
+            options["write_queue"] = mongo_write_queue
+        store: MetadataStore = MongoStore(
+            database_url, on_group_commit=batches("mongodb"), **options
+        )
         return store
     raise InvalidArgument(
         f"database URL {database_url!r} is not supported: use sqlite:///path.db, "

@@ -56,14 +56,20 @@ async def backdate(minio: MinIO, storage_path: str, seconds: float) -> None:
 
 
 async def staged(minio: MinIO, prefix: str) -> int:
-    """Uploads in progress and staging objects under `prefix`, whichever instance made them."""
-    area = f"{prefix}tmp/staging/"
+    """Uncommitted blobs under `prefix`, whichever instance made them: multipart uploads in
+    progress (at a staging key, or at the final key of a writer opened for it), and staging
+    objects. Resumable upload sessions (tmp/uploads/) are not counted."""
+    area, sessions = f"{prefix}tmp/staging/", f"{prefix}tmp/uploads/"
     async with client(minio) as s3:
         # MinIO lists uploads for no prefix or an exact key only: filter here.
         uploads = await s3.list_multipart_uploads(Bucket=BUCKET)
         objects = await s3.list_objects_v2(Bucket=BUCKET, Prefix=area)
-    in_area = [u for u in uploads.get("Uploads", ()) if u["Key"].startswith(area)]
-    return len(in_area) + len(objects.get("Contents", ()))
+    in_progress = [
+        u
+        for u in uploads.get("Uploads", ())
+        if u["Key"].startswith(prefix) and not u["Key"].startswith(sessions)
+    ]
+    return len(in_progress) + len(objects.get("Contents", ()))
 
 
 async def session_leftovers(minio: MinIO, prefix: str) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,7 +21,7 @@ from asset_service.domain.errors import (
     Unverified,
 )
 from asset_service.domain.models import BLOCK_BYTES, BlockSums
-from asset_service.domain.ports import BlobStorage
+from asset_service.domain.ports import BlobStorage, StagingWriter
 from asset_service.storage.blocks import sums_of
 from tests.contract.blob_backends import (
     GRACE_SECONDS,
@@ -109,6 +110,65 @@ async def test_a_commit_never_overwrites_and_the_first_bytes_survive(blob: BlobB
     assert await written(storage, b"third", key) == path
     assert await content(storage, path, 5) == b"third"
     assert await blob.staged() == 0, "no staging left behind by any of the three"
+
+
+# Over two object-store parts (8 MiB each), so a writer opened for its key streams them
+# there as a multipart upload.
+KEYED_DATA = os.urandom(2 * 8 * 1024 * 1024 + 5)
+
+
+async def keyed(storage: BlobStorage, data: bytes, key: str) -> StagingWriter:
+    """A writer opened for `key`, `data` written in 1 MiB pieces and sealed."""
+    writer = storage.new_writer(key)
+    for start in range(0, len(data), 1 << 20):
+        await writer.write(data[start : start + (1 << 20)])
+    await writer.seal()
+    return writer
+
+
+async def whole(storage: BlobStorage, path: str, expected: bytes) -> bytes:
+    """All the bytes at `path`, read checked against the block sums of `expected`."""
+    chunks = await storage.read(path, len(expected), 0, 0, 1 << 20, sums_of(expected))
+    return b"".join([c async for c in chunks])
+
+
+async def test_a_writer_opened_for_its_key_commits_there_only_and_never_over_another(
+    blob: BlobBackend,
+) -> None:
+    storage = await blob.start()
+    key = storage.upload_key(ID, "keyed.bin", DAY)
+    writer = storage.new_writer(key)
+    await writer.write(KEYED_DATA[: 9 << 20])
+    assert await blob.staged() == 1, "one blob on its way (an object store: at its key)"
+    await writer.write(KEYED_DATA[9 << 20 :])
+    await writer.seal()
+    assert (writer.size_bytes, writer.sha256) == (
+        len(KEYED_DATA),
+        hashlib.sha256(KEYED_DATA).hexdigest(),
+    )
+    with pytest.raises(ValueError, match="cannot commit at"):
+        await writer.commit(storage.upload_key(OTHER, "keyed.bin", DAY))
+    path = await writer.commit(key)
+    await writer.finish()
+    assert await blob.staged() == 0
+    assert (
+        await content(storage, path, len(KEYED_DATA), 8 << 20, 10)
+        == KEYED_DATA[8 << 20 : (8 << 20) + 10]
+    )
+    # A rival for the same key (a racing server fulfilling the same promise) loses whole.
+    rival = await keyed(storage, KEYED_DATA[::-1], key)
+    with pytest.raises(Conflict, match="another request"):
+        await rival.commit(key)
+    await rival.rollback()
+    assert await blob.staged() == 0, "the loser leaves nothing behind"
+    assert await whole(storage, path, KEYED_DATA) == KEYED_DATA
+    # Bytes left by a crash long ago are replaced, as by any commit.
+    await blob.backdate(path, OLD)
+    late = await keyed(storage, KEYED_DATA[::-1], key)
+    assert await late.commit(key) == path
+    await late.finish()
+    assert await whole(storage, path, KEYED_DATA[::-1]) == KEYED_DATA[::-1]
+    assert await blob.staged() == 0
 
 
 async def test_a_late_rollback_never_removes_bytes_that_replaced_its_own(blob: BlobBackend) -> None:

@@ -112,14 +112,14 @@ async def test_the_store_refuses_bytes_whose_crc32c_is_not_the_one_sent(
 ) -> None:
     """Each part (and a small object's PUT) carries its ChecksumCRC32C: bytes damaged on
     the way are refused by the store, not kept. Here the checksum sent is wrong instead."""
-    from asset_service.storage.s3 import _blob, _storage
+    from asset_service.storage.s3 import _parts, _storage
 
-    right = _blob.crc32c_base64
+    right = _parts.crc32c_base64
 
     def wrong(data: bytes) -> str:
         return right(data + b"!")
 
-    monkeypatch.setattr(_blob, "crc32c_base64", wrong)
+    monkeypatch.setattr(_parts, "crc32c_base64", wrong)
     monkeypatch.setattr(_storage, "crc32c_base64", wrong)
     writer = storage.new_writer()
     with pytest.raises(Unavailable, match=r"(?i)checksum|digest"):

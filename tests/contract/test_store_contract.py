@@ -94,6 +94,19 @@ async def test_insert_then_get_and_get_many(backend: Backend) -> None:
     assert await store.get_many([]) == {}
 
 
+async def test_settled_records_are_what_every_write_left(backend: Backend) -> None:
+    """settled(): the records as they will stay, once every write sent has its outcome
+    (what bytes of an unknown commit are kept or removed by)."""
+    store = backend.store
+    a, b = await store.insert(pending()), await store.insert(value_asset())
+    gone = await store.insert(pending())
+    await store.delete(gone.id)
+    failed = await store.transition(a.id, Status.PENDING, Failure("x"), T0)
+    settled = await store.settled([a.id, b.id, gone.id, new_asset_id(), a.id])
+    assert settled == {a.id: failed, b.id: b}
+    assert await store.settled([]) == {}
+
+
 async def test_insert_existing_id_is_a_conflict(backend: Backend) -> None:
     a = await backend.store.insert(pending())
     with pytest.raises(Conflict):
@@ -200,6 +213,27 @@ async def test_delete_returns_last_state_with_a_new_revision(backend: Backend) -
     assert (await store.query(AssetFilter(tags=("t",)), 10, "")).assets == []
     later = await store.insert(pending())
     assert later.revision > gone.revision
+
+
+async def test_count_by_status_follows_inserts_transitions_and_deletes(backend: Backend) -> None:
+    store = backend.store
+    assert await store.count_by_status() == dict.fromkeys(Status, 0)
+    a, b, c = [await store.insert(pending()) for _ in range(3)]
+    await store.insert(value_asset())
+    await store.transition(a.id, Status.PENDING, FULFILL, T0)
+    await store.transition(b.id, Status.PENDING, Failure("gone"), T0)
+    assert await store.count_by_status() == {
+        Status.PENDING: 1,
+        Status.AVAILABLE: 2,
+        Status.FAILED: 1,
+    }
+    await store.delete(c.id)
+    await store.delete(a.id)
+    assert await store.count_by_status() == {
+        Status.PENDING: 0,
+        Status.AVAILABLE: 1,
+        Status.FAILED: 1,
+    }
 
 
 # --- snapshot: one consistent cut without values ---------------------------------------

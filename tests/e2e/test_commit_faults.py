@@ -72,6 +72,11 @@ class FaultyStore:
             raise Unavailable("injected: reads fail")
         return await self.inner.get(asset_id)
 
+    async def settled(self, asset_ids: list[str]) -> dict[str, Asset]:
+        if self.reads_fail:
+            raise Unavailable("injected: reads fail")
+        return await self.inner.settled(asset_ids)
+
 
 @dataclass
 class Rig:

@@ -287,7 +287,10 @@ async def test_task_token_completes_its_own_task_and_nothing_else(
         pb.RenewLeaseRequest(asset_id=mine, lease_seconds=900), metadata=task
     )
     assert renewed.asset.lease_expire_time.seconds > leased.lease_expire_time.seconds
-    assert renewed.asset.updated_by == "task:task-a"
+    # A renewal is a heartbeat, not a change of the asset (leases live in records of their
+    # own): the record still names its last writer and keeps its revision.
+    assert renewed.asset.updated_by == "orchestrator-1"
+    assert renewed.asset.revision == leased.revision
     got = await stub.GetAsset(pb.GetAssetRequest(asset_id=env.value_id), metadata=task)
     assert got.asset.value.text == "readable"
     await stub.GetManifest(  # `wait` is open to task tokens too

@@ -45,7 +45,7 @@ from typing import Any
 from pymongo import ReturnDocument
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.client_session_shared import _TxnState
-from pymongo.errors import DuplicateKeyError, OperationFailure
+from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
 
 Doc = dict[str, Any]
 T0 = datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC)
@@ -271,7 +271,10 @@ class Server:
     """The documents of one replica set's primary, shared by every fake process."""
 
     def __init__(self) -> None:
-        self.data: dict[str, dict[Any, Doc]] = {}
+        # The revision counter exists, as open() leaves it (writes never create it).
+        self.data: dict[str, dict[Any, Doc]] = {
+            "counters": {"revision": {"_id": "revision", "value": 0}}
+        }
         self.started = time.monotonic()
         self.offset = timedelta(0)  # moves $$NOW (a failover to a node with another clock)
         self.frozen: datetime | None = None
@@ -594,12 +597,25 @@ class Collection:
         *,
         session: AsyncClientSession | None = None,
     ) -> None:
-        """ReplaceOne and UpdateOne requests, in order, as one command."""
+        """Insert, update, replace and delete requests, in order, as one command (the
+        group writer sends one kind per call)."""
         lsid = await self._statement(session)
-        for request in requests:
+        for index, request in enumerate(requests):
             kind = type(request).__name__
+            if kind == "InsertOne":
+                try:
+                    await self._insert(copy.deepcopy(request._doc), lsid)
+                except DuplicateKeyError as exc:
+                    error = {"index": index, "code": 11000, "errmsg": str(exc)}
+                    raise BulkWriteError({"writeErrors": [error]}) from None
+                continue
             if kind == "UpdateOne":
-                await self._update(request._filter, request._doc, bool(request._upsert), lsid)
+                await self._update(request._filter, request._doc, request._upsert, lsid)
+                continue
+            if kind == "DeleteOne":
+                doc = self._first(request._filter, lsid)
+                if doc is not None:
+                    await self.server.write(self.name, doc["_id"], None, lsid)
                 continue
             if kind != "ReplaceOne":
                 raise NotImplementedError(f"fake MongoDB: bulk {kind}")

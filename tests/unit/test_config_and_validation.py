@@ -75,10 +75,11 @@ def test_scrub_settings_default_off_and_refusals() -> None:
 @pytest.mark.parametrize(
     ("argv", "env", "direct"),
     [
-        ([], {}, True),
-        (["--no-direct-io"], {}, False),
-        ([], {"ASSET_SERVICE_DIRECT_IO": "0"}, False),
-        (["--direct-io"], {"ASSET_SERVICE_DIRECT_IO": "off"}, True),  # the flag wins
+        ([], {}, False),  # through the page cache, written back early (storage/sink.py)
+        (["--direct-io"], {}, True),
+        ([], {"ASSET_SERVICE_DIRECT_IO": "1"}, True),
+        (["--no-direct-io"], {"ASSET_SERVICE_DIRECT_IO": "1"}, False),  # the flag wins
+        (["--direct-io"], {"ASSET_SERVICE_DIRECT_IO": "off"}, True),
     ],
 )
 def test_direct_io_setting_reaches_the_local_storage(

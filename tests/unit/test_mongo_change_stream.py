@@ -594,8 +594,12 @@ async def test_a_failing_feed_makes_ping_and_health_fail_until_it_reads_again() 
 
 
 async def test_streams_are_opened_with_the_pipeline_that_drops_duplicate_values() -> None:
+    """The stages the store sends are EVALUATED (tests/unit/mongo_fake: each operator as
+    the manual describes it) over events shaped like the server's, not compared with the
+    store's own constant; the same events run on MongoDB itself in
+    tests/contract/test_mongo_change_pipeline.py (MONGODB_URI)."""
     from asset_service.store.mongo import MongoStore
-    from asset_service.store.mongo._feed import CHANGE_STREAM_PIPELINE
+    from tests.unit.mongo_fake import aggregate
 
     store = MongoStore("mongodb://127.0.0.1:1/db")
     assets = _Collection()
@@ -603,14 +607,41 @@ async def test_streams_are_opened_with_the_pipeline_that_drops_duplicate_values(
     await store._open_stream(token(3))
     ((args, kwargs),) = assets.watched
     pipeline = args[0] if args else kwargs.get("pipeline")
-    assert pipeline == CHANGE_STREAM_PIPELINE
     # Post-images kept at the change, not the record when read; no pre-images at all.
     assert kwargs["resume_after"] == token(3) and kwargs["full_document"] == "required"
     assert "full_document_before_change" not in kwargs
-    stages = str(pipeline)
-    assert "updateDescription.updatedFields.value_content" in stages
-    assert "updateDescription.updatedFields.revision" in stages
-    assert "_id" not in stages  # changing an event's _id breaks resuming (error 280)
+    value = b"v" * 1024
+    sums = b"\x00\x10\x00\x00\x01\x02\x03\x04"
+    assert pipeline is not None
+    events: list[dict[str, Any]] = [
+        {
+            "_id": token(1),
+            "operationType": "insert",
+            "fullDocument": {"value_content": value, "block_sums": sums, "revision": 1},
+        },
+        {
+            "_id": token(2),
+            "operationType": "update",
+            "fullDocument": {"value_content": value, "status": "AVAILABLE", "revision": 2},
+            "updateDescription": {
+                "updatedFields": {"value_content": value, "status": "AVAILABLE", "revision": 2}
+            },
+        },
+        {  # set_block_sums: no revision, not a change of the asset
+            "_id": token(3),
+            "operationType": "update",
+            "fullDocument": {"value_content": value, "block_sums": sums, "revision": 2},
+            "updateDescription": {"updatedFields": {"block_sums": sums}},
+        },
+        {"_id": token(4), "operationType": "delete", "documentKey": {"_id": "a"}},
+    ]
+    inserted, updated, deleted = aggregate(events, pipeline, datetime.now(UTC))
+    assert inserted["fullDocument"] == {"value_content": value, "revision": 1}
+    assert updated["fullDocument"]["value_content"] == value  # the post-image keeps it
+    assert updated["updateDescription"]["updatedFields"] == {"status": "AVAILABLE", "revision": 2}
+    assert deleted["operationType"] == "delete"
+    # A changed _id (the resume token) would break resuming (error 280).
+    assert [e["_id"] for e in (inserted, updated, deleted)] == [token(1), token(2), token(4)]
     await store.close()
 
 

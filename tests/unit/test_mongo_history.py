@@ -28,6 +28,7 @@ from asset_service.store.mongo import MongoStore
 from asset_service.store.mongo._documents import asset_to_doc
 from asset_service.store.mongo._tombstones import HORIZON_ID, tombstone_doc
 from tests.unit.fake_mongo import NullUsage
+from tests.unit.mongo_fake import Server, attach, install
 from tests.unit.test_mongo_change_stream import (
     A,
     B,
@@ -37,7 +38,7 @@ from tests.unit.test_mongo_change_stream import (
     insert,
     record,
 )
-from tests.unit.test_mongo_writes import ASSET, commit_fails_with
+from tests.unit.test_mongo_writes import ASSET
 
 C = "7d8f7c1e-0000-4000-8000-00000000000c"
 D = "7d8f7c1e-0000-4000-8000-00000000000d"
@@ -309,33 +310,12 @@ async def test_the_sweep_raises_the_horizon_before_it_removes_anything() -> None
 async def test_a_delete_keeps_its_tombstone_in_its_own_transaction(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    commit_fails_with(monkeypatch, lambda: None)
-    sessions: list[tuple[str, AsyncClientSession | None]] = []
-    kept: list[dict[str, Any]] = []
-
-    class Step:
-        def __init__(self, name: str) -> None:
-            self.name = name
-
-        async def __call__(self, *args: Any, session: AsyncClientSession | None = None, **_: Any):  # type: ignore[no-untyped-def]
-            sessions.append((self.name, session))
-            if self.name == "bulk_write":
-                kept.extend(request._doc for request in args[0])
-            if self.name in ("find_one_and_update", "counter"):
-                return {**doc(A, 7), "value": 7, "deleted": True, "updated_by": "ops"}
-            return None
-
-    class Fake:
-        find_one_and_update = Step("find_one_and_update")
-        delete_one = Step("delete_one")
-        bulk_write = Step("bulk_write")
-
-    class FakeCounters:
-        find_one_and_update = Step("counter")
-
-    store = bare_store()
-    store._assets, store._tombstones = Fake(), Fake()  # type: ignore[assignment]
-    store._counters = FakeCounters()  # type: ignore[assignment]
+    """On the fake replica set (tests/unit/mongo_fake): the record's removal and its
+    tombstone commit together (one optime), the tombstone naming the deleter."""
+    server = install(monkeypatch, Server())
+    server.put("counters", {"_id": "revision", "value": 6})
+    server.put("assets", doc(A, 6))
+    store = attach(bare_store(), server)
     started = time.monotonic()
     try:
         gone = await store.delete(A, by="ops")
@@ -343,8 +323,9 @@ async def test_a_delete_keeps_its_tombstone_in_its_own_transaction(
         await store.close()
     assert time.monotonic() - started < 5
     assert gone is not None and gone.revision == 7
-    names = [name for name, _ in sessions]
-    assert names[-3:] == ["find_one_and_update", "delete_one", "bulk_write"]
-    assert len({id(s) for _, s in sessions}) == 1 and sessions[0][1] is not None
-    assert kept[0]["_id"] == A and kept[0]["revision"] == 7 and kept[0]["updated_by"] == "ops"
-    assert "deleted_at" in kept[0] and "value_content" not in kept[0]
+    (kept,) = server.documents("tombstones").values()
+    assert kept["_id"] == A and kept["revision"] == 7 and kept["updated_by"] == "ops"
+    assert "deleted_at" in kept and "value_content" not in kept
+    assert A not in server.documents("assets")
+    removed_at = server.versions["assets"][A][-1][0]
+    assert server.versions["tombstones"][A][-1][0] == removed_at, "one transaction"

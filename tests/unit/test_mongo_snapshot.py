@@ -150,7 +150,7 @@ class OldServer:
         self.closed = True
 
 
-@pytest.mark.parametrize("wire", [9, 13], ids=["4.4", "5.0"])
+@pytest.mark.parametrize("wire", [9, 13, 16], ids=["4.4", "5.0", "5.3"])
 async def test_a_server_older_than_6_0_is_refused_at_open_with_why(wire: int) -> None:
     """Watch events are built from change-stream post-images (6.0+, issue 21 item 1)."""
     store = MongoStore(f"mongodb://127.0.0.1:{closed_port()}/db")

@@ -1,10 +1,9 @@
 """MongoStore's write path at the driver boundary: bounded time, ambiguous commits, errors.
 
 No server runs here. The store keeps its real AsyncMongoClient, sessions and pymongo's
-own `with_transaction` (retries, error labels, client-side timeout); only the calls
-that would reach a server are replaced: the collection methods the write callback uses,
-and the session's `_finish_transaction_with_retry` (the commitTransaction round trip),
-so that pymongo's real commit_transaction adds the labels it adds on a real failure.
+own transaction state machine (commit_transaction adds the labels it adds on a real
+failure); what would reach a server goes to the fake replica set of tests/unit/mongo_fake
+(MongoDB's documented rules), where a test injects failures command by command.
 """
 
 from __future__ import annotations
@@ -19,13 +18,14 @@ from typing import Any
 
 import pytest
 from pymongo.asynchronous.client_session import AsyncClientSession
-from pymongo.client_session_shared import _TxnState
 from pymongo.errors import (
     AutoReconnect,
     NetworkTimeout,
     OperationFailure,
     PyMongoError,
     ServerSelectionTimeoutError,
+    WriteConcernError,
+    WTimeoutError,
 )
 from pymongo.read_preferences import ReadPreference
 
@@ -39,8 +39,8 @@ from asset_service.domain.errors import (
 )
 from asset_service.domain.models import Asset, AssetType, Failure, Status
 from asset_service.store.mongo import MongoStore
-from asset_service.store.mongo._documents import _unavailable, _write_error
-from tests.unit.fake_mongo import NullUsage
+from asset_service.store.mongo._documents import _unavailable, _write_error, asset_to_doc
+from tests.unit.mongo_fake import Server, attach, install
 
 NOW = datetime(2026, 5, 6, 7, 8, 9, tzinfo=UTC)
 ASSET = Asset(
@@ -66,70 +66,25 @@ def labelled(exc: PyMongoError, *labels: str) -> PyMongoError:
     return exc
 
 
-class FakeCollection:
-    """Stands for the collections' server round trips inside the write callbacks."""
-
-    def __init__(self, step: Callable[[AsyncClientSession | None], Any]) -> None:
-        self.step = step
-        self.calls = 0
-
-    async def _op(self, *args: Any, session: AsyncClientSession | None = None, **kw: Any) -> Any:
-        self.calls += 1
-        if session is not None:
-            # What a first server operation does: the transaction is now on the server,
-            # so commit_transaction really sends commitTransaction.
-            session._transaction.state = _TxnState.IN_PROGRESS
-        result = self.step(session)
-        if asyncio.iscoroutine(result):
-            result = await result
-        return result
-
-    find_one_and_update = _op
-    insert_one = _op
-    find_one = _op
-    delete_one = _op
+@pytest.fixture
+def server(monkeypatch: pytest.MonkeyPatch) -> Server:
+    """The fake replica set (tests/unit/mongo_fake); commit/abort reach it."""
+    shared = install(monkeypatch, Server())
+    shared.put("counters", {"_id": "revision", "value": 6})
+    shared.put("assets", asset_to_doc(ASSET, 1))
+    return shared
 
 
-def fake_store(
-    step: Callable[[AsyncClientSession | None], Any],
-    *,
-    timeout: float = 0.5,
-    url: str | None = None,
-) -> tuple[MongoStore, FakeCollection]:
-    store = MongoStore(url or f"mongodb://127.0.0.1:{closed_port()}/db", operation_timeout=timeout)
-    fake = FakeCollection(step)
-    store._counters = fake  # type: ignore[assignment]
-    store._assets = fake  # type: ignore[assignment]
-    store._usage = NullUsage()  # type: ignore[assignment]
-    return store, fake
+def fake_store(server: Server, *, timeout: float = 0.5, url: str | None = None) -> MongoStore:
+    # A short server selection: close() tries to end pooled sessions on the server.
+    url = url or f"mongodb://127.0.0.1:{closed_port()}/db?serverSelectionTimeoutMS=100"
+    store = MongoStore(url, operation_timeout=timeout)
+    return attach(store, server)  # type: ignore[no-any-return]
 
 
-def counter(_: AsyncClientSession | None) -> dict[str, Any]:
-    return {"value": 7, "_id": ASSET.id, "status": "PENDING"}
-
-
-def commit_fails_with(
-    monkeypatch: pytest.MonkeyPatch, make: Callable[[], BaseException | None]
-) -> list[float]:
-    """Replace the commitTransaction round trip; returns the times it was attempted."""
-    attempts: list[float] = []
-
-    async def finish(self: AsyncClientSession, command_name: str) -> dict[str, Any]:
-        if command_name == "commitTransaction":
-            attempts.append(time.monotonic())
-            exc = make()
-            if exc is not None:
-                raise exc
-        return {"ok": 1}
-
-    monkeypatch.setattr(AsyncClientSession, "_finish_transaction_with_retry", finish)
-    return attempts
-
-
-@pytest.fixture(autouse=True)
-def no_server_round_trips(monkeypatch: pytest.MonkeyPatch) -> None:
-    """commitTransaction and abortTransaction succeed unless a test says otherwise."""
-    commit_fails_with(monkeypatch, lambda: None)
+def commits(server: Server) -> list[float]:
+    """When commitTransaction was sent, each time."""
+    return [c.at for c in server.commands if c.name == "commitTransaction"]
 
 
 # --- item 2: every write ends within the operation timeout -------------------------
@@ -148,36 +103,30 @@ async def test_write_during_an_outage_ends_within_the_cap() -> None:
         await store.insert(ASSET)
     assert time.monotonic() - start < 3
     assert not isinstance(err.value, OutcomeUnknown)  # nothing was ever sent
+    assert store._doubtful == [], "no statement was sent: no session to end"
     await store.close()
 
 
-async def test_transient_transaction_errors_forever_end_within_the_cap() -> None:
-    def step(_: AsyncClientSession | None) -> Any:
-        raise labelled(AutoReconnect("not primary"), "TransientTransactionError")
-
-    store, fake = fake_store(step, timeout=0.6)
+async def test_transient_transaction_errors_forever_end_within_the_cap(server: Server) -> None:
+    server.fail("findAndModify", lambda: AutoReconnect("not primary"), times=-1)
+    store = fake_store(server, timeout=0.6)
     start = time.monotonic()
     with pytest.raises(Unavailable) as err:
         await store.transition(ASSET.id, Status.PENDING, Failure("x"), NOW)
     elapsed = time.monotonic() - start
     assert 0.5 < elapsed < 2.5
-    assert fake.calls > 1  # retried while within the cap (an election is ridden through)
+    tries = [c for c in server.commands if c.name == "findAndModify"]
+    assert len(tries) > 1  # retried while within the cap (an election is ridden through)
     assert not isinstance(err.value, OutcomeUnknown)  # every attempt aborted
     await store.close()
 
 
-async def test_a_transient_error_that_clears_is_ridden_through() -> None:
-    failures = [3]
-
-    def step(_: AsyncClientSession | None) -> Any:
-        if failures[0]:
-            failures[0] -= 1
-            raise labelled(AutoReconnect("election"), "TransientTransactionError")
-        return counter(None)
-
-    store, fake = fake_store(step, timeout=5)
-    stored = await store.insert(ASSET)
-    assert stored.revision == 7 and fake.calls == 3 + 2
+async def test_a_transient_error_that_clears_is_ridden_through(server: Server) -> None:
+    server.fail("findAndModify", lambda: AutoReconnect("election"), times=3)
+    store = fake_store(server, timeout=5)
+    stored = await store.insert(ASSET.__class__(**{**ASSET.__dict__, "id": "b" * 36}))
+    assert stored.revision == 7
+    assert len([c for c in server.commands if c.name == "findAndModify"]) == 3 + 1
     await store.close()
 
 
@@ -189,82 +138,87 @@ async def test_a_transient_error_that_clears_is_ridden_through() -> None:
     [
         lambda: NetworkTimeout("timed out during commitTransaction"),
         lambda: AutoReconnect("connection reset"),
-        lambda: OperationFailure("waiting for replication timed out", 64, {"ok": 0, "code": 64}),
+        lambda: WTimeoutError(
+            "waiting for replication timed out", 64, {"code": 64, "errInfo": {"wtimeout": True}}
+        ),
         lambda: labelled(
             OperationFailure("primary stepped down", 189, {"ok": 0, "code": 189}),
             "RetryableWriteError",
         ),
+        lambda: WriteConcernError("operation was interrupted", 11601, {"code": 11601}),
     ],
-    ids=["network-timeout", "connection-reset", "write-concern-timeout", "stepdown"],
+    ids=["network-timeout", "connection-reset", "write-concern-timeout", "stepdown", "interrupted"],
 )
 async def test_an_ambiguous_commit_is_outcome_unknown(
-    monkeypatch: pytest.MonkeyPatch, failure: Callable[[], BaseException]
+    server: Server, failure: Callable[[], BaseException]
 ) -> None:
-    attempts = commit_fails_with(monkeypatch, failure)
-    store, _ = fake_store(counter, timeout=0.5)
+    server.fail("commitTransaction", failure, times=-1)
+    store = fake_store(server, timeout=0.5)
     start = time.monotonic()
     with pytest.raises(OutcomeUnknown) as err:
-        await store.insert(ASSET)
+        await store.delete(ASSET.id)
     assert time.monotonic() - start < 2.5
-    assert len(attempts) >= 2  # pymongo retried the commit itself first
     assert "may or may not have applied" in err.value.message
     await store.close()
 
 
-async def test_a_commit_the_server_refused_is_not_ambiguous(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    commit_fails_with(
-        monkeypatch,
+async def test_an_unknown_commit_result_is_retried_first(server: Server) -> None:
+    """commitTransaction is retryable: a commit whose reply was lost is sent again, and
+    the second answer is the outcome."""
+    server.fail("commitTransaction", lambda: AutoReconnect("connection reset"), times=1)
+    store = fake_store(server, timeout=2)
+    gone = await store.delete(ASSET.id)
+    assert gone is not None and ASSET.id not in server.documents("assets")
+    assert len(commits(server)) == 2
+    await store.close()
+
+
+async def test_a_commit_the_server_refused_is_not_ambiguous(server: Server) -> None:
+    server.fail(
+        "commitTransaction",
         lambda: labelled(
             OperationFailure("no such transaction", 251, {"ok": 0, "code": 251}),
             "TransientTransactionError",
         ),
+        times=-1,
     )
-    store, _ = fake_store(counter, timeout=0.5)
+    store = fake_store(server, timeout=0.5)
     with pytest.raises(Unavailable) as err:
         await store.delete(ASSET.id)
     assert not isinstance(err.value, OutcomeUnknown)
     await store.close()
 
 
-async def test_cancelled_while_committing_is_outcome_unknown(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    committing = asyncio.Event()
-
-    async def finish(self: AsyncClientSession, command_name: str) -> dict[str, Any]:
-        if command_name == "commitTransaction":
-            committing.set()
-            await asyncio.sleep(30)
-        return {"ok": 1}
-
-    monkeypatch.setattr(AsyncClientSession, "_finish_transaction_with_retry", finish)
-    store, _ = fake_store(counter, timeout=5)
-    task = asyncio.create_task(store.insert(ASSET))
-    await asyncio.wait_for(committing.wait(), 2)
+async def test_cancelled_while_committing_is_outcome_unknown(server: Server) -> None:
+    server.hold_commits = asyncio.Event()
+    store = fake_store(server, timeout=5)
+    task = asyncio.create_task(store.delete(ASSET.id))
+    for _ in range(200):
+        await asyncio.sleep(0.005)
+        if commits(server):
+            break
     task.cancel()
     with pytest.raises(OutcomeUnknown):
         await task
+    server.hold_commits.set()
     await store.close()
 
 
-async def test_cancelled_while_queued_stays_a_cancellation_and_is_never_sent() -> None:
+async def test_cancelled_while_queued_stays_a_cancellation_and_is_never_sent(
+    server: Server,
+) -> None:
     """The group writer runs one transaction at a time: a write queued behind it and
     cancelled is removed, never sent; one whose transaction is under way cannot be
     called back, so its caller hears OutcomeUnknown (and re-reads)."""
-    started, release = asyncio.Event(), asyncio.Event()
-
-    async def step(_: AsyncClientSession | None) -> Any:
-        started.set()
-        await release.wait()
-        return counter(None)
-
-    store, fake = fake_store(step, timeout=5)
-    first = asyncio.create_task(store.insert(ASSET))
-    await asyncio.wait_for(started.wait(), 2)
-    calls_so_far = fake.calls
-    queued = asyncio.create_task(store.insert(ASSET))
+    server.hold_commits = asyncio.Event()
+    store = fake_store(server, timeout=5)
+    first = asyncio.create_task(store.transition(ASSET.id, Status.PENDING, Failure("x"), NOW))
+    for _ in range(200):
+        await asyncio.sleep(0.005)
+        if commits(server):
+            break
+    other = ASSET.__class__(**{**ASSET.__dict__, "id": "c" * 36})
+    queued = asyncio.create_task(store.insert(other))
     await asyncio.sleep(0.05)
     queued.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -272,28 +226,23 @@ async def test_cancelled_while_queued_stays_a_cancellation_and_is_never_sent() -
     first.cancel()
     with pytest.raises(OutcomeUnknown):
         await first
-    release.set()
+    server.hold_commits.set()
     await asyncio.sleep(0.1)
-    # The first transaction went on (claim + insert); the cancelled one sent nothing.
-    assert fake.calls == calls_so_far + 1
+    # The first transaction went on and committed; the cancelled insert was never sent.
+    assert server.documents("assets")[ASSET.id]["status"] == "FAILED"
+    assert [c.name for c in server.commands].count("insert") == 0
     await store.close()
 
 
-async def test_standalone_writes_are_ambiguous_once_sent() -> None:
-    def sent(_: AsyncClientSession | None) -> Any:
-        raise NetworkTimeout("timed out")
-
-    store, _ = fake_store(sent)
+async def test_standalone_writes_are_ambiguous_once_sent(server: Server) -> None:
+    store = fake_store(server)
     store._transactions = False
+    server.fail("insert", lambda: NetworkTimeout("timed out"))
     with pytest.raises(OutcomeUnknown):
-        await store.insert(ASSET)
-
-    def unsent(_: AsyncClientSession | None) -> Any:
-        raise ServerSelectionTimeoutError("no servers")
-
-    store.__dict__["_assets"] = store.__dict__["_counters"] = FakeCollection(unsent)
+        await store.insert(ASSET.__class__(**{**ASSET.__dict__, "id": "d" * 36}))
+    server.fail("findAndModify", lambda: ServerSelectionTimeoutError("no servers"))
     with pytest.raises(Unavailable) as err:
-        await store.insert(ASSET)
+        await store.insert(ASSET.__class__(**{**ASSET.__dict__, "id": "e" * 36}))
     assert not isinstance(err.value, OutcomeUnknown)
     await store.close()
 
@@ -324,16 +273,21 @@ async def test_no_warning_when_the_url_keeps_the_primary(
     await store.close()
 
 
-async def test_transactions_run_on_the_primary_whatever_the_url() -> None:
+async def test_transactions_run_on_the_primary_whatever_the_url(server: Server) -> None:
     seen: list[Any] = []
+    url = "mongodb://127.0.0.1:1/db?readPreference=nearest&serverSelectionTimeoutMS=100"
+    store = fake_store(server, url=url)
+    counters = store._counters
+    real = counters.find_one_and_update
 
-    def step(session: AsyncClientSession | None) -> Any:
-        assert session is not None
+    async def spy(*args: Any, **kw: Any) -> Any:
+        session: AsyncClientSession = kw["session"]
+        assert session._transaction.opts is not None
         seen.append(session._transaction.opts.read_preference)
-        return counter(session)
+        return await real(*args, **kw)
 
-    store, _ = fake_store(step, url="mongodb://127.0.0.1:1/db?readPreference=nearest")
-    await store.insert(ASSET)
+    counters.find_one_and_update = spy  # type: ignore[method-assign]
+    await store.delete(ASSET.id)
     assert seen and all(pref == ReadPreference.PRIMARY for pref in seen)
     await store.close()
 
@@ -362,28 +316,29 @@ def failure(code: int, message: str = "refused") -> OperationFailure:
     ids=["unauthorized", "auth-failed", "validation", "bad-value", "write-conflict", "down"],
 )
 async def test_driver_errors_map_to_truthful_domain_errors(
-    exc: PyMongoError, expected: type[AssetError], words: str
+    server: Server, exc: PyMongoError, expected: type[AssetError], words: str
 ) -> None:
     mapped = _unavailable(exc)
     assert type(mapped) is expected and words in mapped.message
     assert type(_write_error(exc, transaction=True)) is expected
 
-    def step(_: AsyncClientSession | None) -> Any:
-        raise exc
-
-    store, _ = fake_store(step, timeout=0.3)
+    server.fail("findAndModify", lambda: exc, times=-1)
+    store = fake_store(server, timeout=0.3)
     with pytest.raises(AssetError) as err:
-        await store.insert(ASSET)
+        await store.delete(ASSET.id)
     assert type(err.value) is expected
     await store.close()
 
 
-async def test_write_conflicts_until_the_cap_are_a_conflict() -> None:
-    def step(_: AsyncClientSession | None) -> Any:
-        raise labelled(failure(112, "WriteConflict"), "TransientTransactionError")
-
-    store, fake = fake_store(step, timeout=0.4)
+async def test_write_conflicts_until_the_cap_are_a_conflict(server: Server) -> None:
+    server.fail(
+        "findAndModify",
+        lambda: labelled(failure(112, "WriteConflict"), "TransientTransactionError"),
+        times=-1,
+    )
+    store = fake_store(server, timeout=0.4)
     with pytest.raises(Conflict) as err:
         await store.transition(ASSET.id, Status.PENDING, Failure("x"), NOW)
-    assert fake.calls > 1 and "kept conflicting" in err.value.message
+    tries = [c for c in server.commands if c.name == "findAndModify"]
+    assert len(tries) > 1 and "kept conflicting" in err.value.message
     await store.close()

@@ -39,9 +39,11 @@ ROOT = Path(__file__).resolve().parents[2]
 # until its samples are here; a new setting of a known kind needs nothing.
 SAMPLES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "address": ("0.0.0.0:9000", "[::1]:0", ("localhost", "host:http", "h:70000", ":")),
+    "address or empty": ("0.0.0.0:9464", "", ("localhost", "h:70000", "unix:/run/metrics")),
     "boolean": ("yes", "off", ("maybe", "2")),
     "choice of DEBUG, INFO, WARNING, ERROR": ("debug", "Warning", ("TRACE", "")),
     "choice of authenticated, open, off": ("OPEN", "off", ("closed",)),
+    "choice of text, json": ("JSON", "text", ("yaml", "")),
     "count, above 0": ("7", "1000", ("0", "-3", "1.5", "lots")),
     "duration": ("0", "1h30m", ("-1", "soon", "nan", "inf", "10 s", "5x", "1e3")),
     "duration, above 0": ("250ms", "1.5", ("0", "0s", "-0.5", "nan", "inf", "10s5", "soon")),

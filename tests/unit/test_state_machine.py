@@ -26,6 +26,7 @@ from asset_service.domain.errors import (
     ManifestWaitTimeout,
     NotFound,
     OutcomeUnknown,
+    Overloaded,
     PermissionDenied,
     ResourceExhausted,
     StorageFull,
@@ -49,8 +50,8 @@ from asset_service.security.errors import Unauthenticated
 from asset_service.storage.local import LocalStorage
 from asset_service.storage.manifests import LocalManifests
 from asset_service.store.memory import MemoryStore
+from asset_service.store.mongo._documents import DuplicateKey
 from asset_service.store.mongo._store import _NothingToDelete as NothingToDelete
-from asset_service.store.mongo._writer import DuplicateKey
 
 MAX_UPLOAD = 1024
 
@@ -423,6 +424,7 @@ RAISED_OUTSIDE_THE_DOMAIN = {
     Unauthenticated: "credentials are checked by the security interceptor",
     DuplicateKey: "MongoStore's group writer: a Conflict (tests/unit/test_mongo_group_writes.py)",
     NothingToDelete: "MongoStore's group writer: delete() returns None for it",
+    Overloaded: "MongoStore's group writer queue (tests/unit/test_mongo_backpressure.py)",
     Unverified: "a storage's check_many verdict, which the domain verifies (never raised)",
     LeaseRanOut: "a store's verdict on a lease, which the manager turns into FailedPrecondition",
     Held: "a store's Removal verdict (tests/contract: holds); DeleteAsset reaches it later",

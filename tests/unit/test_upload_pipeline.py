@@ -316,7 +316,8 @@ async def test_writeback_is_started_every_few_mib_and_the_bytes_stay_whole(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """seal()'s fsync should find most of a big upload on disk already: the sink asks the
-    kernel to start writing every WRITEBACK_BYTES, each range once, in order."""
+    kernel to start writing every WRITEBACK_BYTES, each range once, in order, and waits for
+    the window before (so at most two windows of an upload are dirty or in flight)."""
     ranges: list[tuple[int, int, int]] = []
     real = sink._SYNC_FILE_RANGE
 
@@ -332,7 +333,14 @@ async def test_writeback_is_started_every_few_mib_and_the_bytes_stay_whole(
     for _ in range(7):
         await out.write(data)
     digest = await out.seal()
-    assert ranges == [(0, 2 * MiB, 2), (2 * MiB, 2 * MiB, 2), (4 * MiB, 2 * MiB, 2)]
+    start, finish = 2, 1 | 2 | 4  # SYNC_FILE_RANGE_WRITE; WAIT_BEFORE | WRITE | WAIT_AFTER
+    assert ranges == [
+        (0, 2 * MiB, start),
+        (2 * MiB, 2 * MiB, start),
+        (0, 2 * MiB, finish),
+        (4 * MiB, 2 * MiB, start),
+        (2 * MiB, 2 * MiB, finish),
+    ]
     assert path.read_bytes() == data * 7
     assert digest == hashlib.sha256(data * 7).hexdigest()
 
@@ -367,6 +375,8 @@ class RecordingWrites:
 
 
 async def sink_bytes(path: Path, data: bytes, chunk: int, **kwargs: object) -> FileSink:
+    """A sink with direct I/O (unless told otherwise) fed `data` in `chunk`-sized pieces."""
+    kwargs.setdefault("direct", True)
     out = FileSink(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), **kwargs)  # type: ignore[arg-type]
     view = memoryview(data)
     for start in range(0, len(data), chunk):
@@ -441,7 +451,9 @@ async def test_direct_io_holds_two_buffers_then_pushes_back(
         pytest.fail("this test needs a file system with O_DIRECT (the project's machines have it)")
     disk = slow_disk()
     out = FileSink(
-        os.open(tmp_path / "out.bin", os.O_WRONLY | os.O_CREAT, 0o600), queue_bytes=4 * KiB
+        os.open(tmp_path / "out.bin", os.O_WRONLY | os.O_CREAT, 0o600),
+        queue_bytes=4 * KiB,
+        direct=True,
     )
     chunk = os.urandom(256 * KiB)
     accepted = 0
@@ -490,7 +502,7 @@ async def test_buffers_go_back_to_the_pool_whatever_the_ending(tmp_path: Path) -
         await sink_bytes(tmp_path / f"{i}.bin", os.urandom(2 * MiB + 7), 256 * KiB)
     before = len(sink._POOL._free)
     assert 1 <= before <= sink.POOL_KEEP
-    out = FileSink(os.open(tmp_path / "aborted.bin", os.O_WRONLY | os.O_CREAT, 0o600))
+    out = FileSink(os.open(tmp_path / "aborted.bin", os.O_WRONLY | os.O_CREAT, 0o600), direct=True)
     await out.write(os.urandom(3 * MiB))
     out.abort()
     await asyncio.to_thread(out._thread.join, 10)

@@ -61,12 +61,24 @@ class Creation(Transitions):
         # Refused before any byte arrives if its record would be (the store's disk-full
         # reserve is missing): the bytes would take the room the reserve is waiting for.
         await self.store.check_room()
-        writer = self.storage.new_writer()
+        # The key is chosen before the bytes come: an object store streams them to it and
+        # needs no copy at commit.
+        asset_id, key = self._upload_target(plan)
+        writer = self.storage.new_writer(key)
         with Handover(writer) as handover:
             await self._take_in(writer, chunks)
             await writer.seal()
-            return await self._complete_upload(plan, handover, by)
+            return await self._complete_upload(plan, handover, by, asset_id, key)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _upload_target(self, plan: UploadPlan) -> tuple[str, str]:
+        """The asset id and storage key an upload's bytes will be committed at."""
+        if plan.pending is not None:
+            pending = plan.pending
+            key = self.storage.generated_key(pending.created_by_task, pending.id, pending.label)
+            return pending.id, key
+        asset_id = new_asset_id()
+        return asset_id, self.storage.upload_key(asset_id, plan.header.label, _base.now())
 
     async def _upload_plan(self, header: UploadHeader) -> UploadPlan:
         """The header checked: what the upload will make, and what it must verify."""
@@ -101,7 +113,7 @@ class Creation(Transitions):
             await writer.write(chunk)
 
     async def _complete_upload(
-        self, plan: UploadPlan, handover: Handover, by: str, asset_id: str = ""
+        self, plan: UploadPlan, handover: Handover, by: str, asset_id: str = "", key: str = ""
     ) -> Asset:
         """Verify the sealed bytes, then fulfill the promise or insert the new record."""
         verify(handover.blob, plan.expected_size, plan.expected_sha)
@@ -112,7 +124,7 @@ class Creation(Transitions):
                 return await self._fulfill_with_blob(current, handover, plan.media_type, "", by)
         media_type = plan.media_type or "application/octet-stream"
         return await self._insert_file(
-            handover, plan.header.label, media_type, plan.tags, by, asset_id
+            handover, plan.header.label, media_type, plan.tags, by, asset_id, key
         )
 
     async def register_file(
@@ -143,11 +155,13 @@ class Creation(Transitions):
         tags: tuple[str, ...],
         by: str,
         asset_id: str = "",
+        key: str = "",
     ) -> Asset:
-        """Bytes into uploads/, then the AVAILABLE record (under `asset_id` if given)."""
+        """Bytes into uploads/ (at `key` if given), then the AVAILABLE record (under
+        `asset_id` if given)."""
         blob = handover.blob
         asset_id, now = asset_id or new_asset_id(), _base.now()
-        key = self.storage.upload_key(asset_id, label, now)
+        key = key or self.storage.upload_key(asset_id, label, now)
 
         def record(path: str) -> Asset:
             return Asset(

@@ -53,8 +53,9 @@ class _Blob:
     that write applied, abandon() keeps everything (bytes and any source) for recovery.
     """
 
-    def __init__(self, storage: LocalStorage) -> None:
+    def __init__(self, storage: LocalStorage, key: str | None = None) -> None:
         self._storage = storage
+        self._opened_for = key  # the only key commit() takes, when given
         self.size_bytes = 0
         self.sha256 = hashlib.sha256().hexdigest()
         self.block_sums: BlockSums = sums_of(b"")
@@ -64,6 +65,8 @@ class _Blob:
         self._done = False
 
     async def commit(self, key: str) -> str:
+        if self._opened_for is not None and key != self._opened_for:
+            raise ValueError(f"a writer opened for {self._opened_for!r} cannot commit at {key!r}")
         parts = self._storage.key_parts(key)
         await asyncio.to_thread(self._commit_sync, parts)
         return str(self._storage.root.joinpath(*parts))
@@ -171,8 +174,8 @@ class Writer(_Blob):
     """Streams chunks into a staging file through a FileSink (hashed and written on its own
     thread, behind a bounded queue); memory stays flat."""
 
-    def __init__(self, storage: LocalStorage, path: Path) -> None:
-        super().__init__(storage)
+    def __init__(self, storage: LocalStorage, path: Path, key: str | None = None) -> None:
+        super().__init__(storage, key)
         self.path = path
         try:
             # Made with the mode it will have once linked into place (staging is 0700).

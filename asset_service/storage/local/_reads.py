@@ -23,10 +23,42 @@ from asset_service.storage import blocks, fs
 # What one thread hop of a download reads (in chunk_size pieces): memory per reader, held
 # while its client does not read, so one chunk (four saved ~0.1 ms of CPU per MiB).
 READ_BATCH_BYTES = 1024 * 1024
+# How far ahead of a download the kernel is asked to read (posix_fadvise WILLNEED, into the
+# page cache, not into the process): the disk stays busy with big requests while the wire
+# carries 1 MiB chunks, and a reader that stalls holds no more memory of its own.
+READ_AHEAD_BYTES = 16 * 1024 * 1024
 
 
-def pread_batch(fd: int, offset: int, end: int, chunk_size: int) -> list[bytes]:
+class ReadAhead:
+    """Tells the kernel what a sequential read of [offset, end) of `fd` will want next."""
+
+    def __init__(self, fd: int, offset: int, end: int) -> None:
+        self._fd = fd
+        self._end = end
+        self._asked = offset  # bytes before this have been asked for
+        # A hint only (the read goes on without it): Linux doubles the file's read-ahead
+        # window (a syscall that only sets a flag: cheap on the event loop).
+        with contextlib.suppress(OSError):
+            os.posix_fadvise(fd, offset, end - offset, os.POSIX_FADV_SEQUENTIAL)
+
+    def before(self, offset: int) -> None:
+        """Called before reading at `offset`: keep READ_AHEAD_BYTES asked for beyond it,
+        in half-window steps (one call per 8 MiB; each is cheap where pages are cached)."""
+        if self._asked >= self._end or self._asked - offset >= READ_AHEAD_BYTES // 2:
+            return
+        start = max(self._asked, offset)
+        stop = min(self._end, offset + READ_AHEAD_BYTES)
+        with contextlib.suppress(OSError):
+            os.posix_fadvise(self._fd, start, stop - start, os.POSIX_FADV_WILLNEED)
+        self._asked = stop
+
+
+def pread_batch(
+    fd: int, offset: int, end: int, chunk_size: int, ahead: ReadAhead | None = None
+) -> list[bytes]:
     """Chunks from `offset` up to READ_BATCH_BYTES (at least one chunk); stops early at EOF."""
+    if ahead is not None:
+        ahead.before(offset)
     stop = min(end, offset + max(chunk_size, READ_BATCH_BYTES))
     chunks = []
     while offset < stop:
@@ -42,9 +74,10 @@ async def read_chunks(
     opened: fs.Opened, storage_path: str, offset: int, end: int, chunk_size: int
 ) -> AsyncIterator[bytes]:
     try:
+        ahead = ReadAhead(opened.fd, offset, end)
         while offset < end:
             # Several chunks per thread hop: one hop per chunk cost as much as the copy.
-            batch = await asyncio.to_thread(pread_batch, opened.fd, offset, end, chunk_size)
+            batch = await asyncio.to_thread(pread_batch, opened.fd, offset, end, chunk_size, ahead)
             if not batch:
                 raise IntegrityError(
                     f"its bytes at {storage_path} ended at {offset} of {end} bytes (truncated "
@@ -58,11 +91,13 @@ async def read_chunks(
 
 
 def pread_checked(
-    fd: int, start: int, stop: int, sums: BlockSums, shown: str
+    fd: int, start: int, stop: int, sums: BlockSums, shown: str, ahead: ReadAhead | None = None
 ) -> tuple[list[bytes], IntegrityError | None]:
     """Whole blocks from `start` (block-aligned) up to READ_BATCH_BYTES, each checked
     against its sum in this thread (the crc releases the GIL): the good blocks, and the
     error that ends the read at the first bad or missing one."""
+    if ahead is not None:
+        ahead.before(start)
     block = sums.block_bytes
     limit = min(stop, start + max(block, READ_BATCH_BYTES))
     found: list[bytes] = []
@@ -100,9 +135,10 @@ async def read_checked(
     yielded; a bad block ends the stream with CorruptBytes naming its offset."""
     try:
         start, stop = blocks.aligned(sums, offset, end, opened.st.st_size)
+        ahead = ReadAhead(opened.fd, start, stop)
         while start < stop and offset < end:
             batch, error = await asyncio.to_thread(
-                pread_checked, opened.fd, start, stop, sums, storage_path
+                pread_checked, opened.fd, start, stop, sums, storage_path, ahead
             )
             for data in batch:
                 for piece in blocks.pieces(data, start, offset, end, chunk_size):

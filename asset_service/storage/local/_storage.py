@@ -64,13 +64,14 @@ class LocalStorage:
         root: Path,
         orphan_grace_seconds: float = 600.0,
         imports: ImportRoots | None = None,
-        direct_io: bool = True,
+        direct_io: bool = False,
         modes: Modes | None = None,
     ) -> None:
         self.root = root.resolve()
         # Stored files and their folders: owner-only, or shared with --share-group's group.
         self.modes = modes or Modes()
-        # Uploads written with O_DIRECT where the file system allows it (storage/sink.py).
+        # Uploads written with O_DIRECT where the file system allows it, instead of through
+        # the page cache with early writeback (storage/sink.py says why not by default).
         self.direct_io = direct_io
         # A file in a final location younger than this may be another server's commit.
         self.orphan_grace_seconds = orphan_grace_seconds
@@ -298,8 +299,9 @@ class LocalStorage:
 
     # --- writing ----------------------------------------------------------------------
 
-    def new_writer(self) -> Writer:
-        return Writer(self, self.staging / uuid.uuid4().hex)
+    def new_writer(self, key: str | None = None) -> Writer:
+        # A staging file linked into place at commit: knowing the key early gains nothing.
+        return Writer(self, self.staging / uuid.uuid4().hex, key)
 
     async def adopt(self, path: str, move: bool) -> Adopted:
         """Hash (and, unless it can be linked, copy) a server-side file under an import root."""

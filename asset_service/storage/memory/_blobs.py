@@ -104,8 +104,9 @@ class MemoryBlob:
 class MemoryWriter(MemoryBlob):
     """Chunks appended to this instance's staging, hashed as they arrive."""
 
-    def __init__(self, storage: MemoryStorage) -> None:
+    def __init__(self, storage: MemoryStorage, key: str | None = None) -> None:
         super().__init__(storage)
+        self._key = key  # the only key commit() takes, when given
         self._area, self._name = storage.area, uuid.uuid4().hex
         self._buffer = bytearray()
         self._area.staging[self._name] = self._buffer
@@ -132,6 +133,8 @@ class MemoryWriter(MemoryBlob):
         return bytes(self._buffer)
 
     async def commit(self, key: str) -> str:
+        if self._key is not None and key != self._key:
+            raise ValueError(f"a writer opened for {self._key!r} cannot commit at {key!r}")
         path = await super().commit(key)
         self._drop_staging()  # placed: the staging copy goes, as a staging file is unlinked
         return path

@@ -173,8 +173,8 @@ class MemoryStorage:
 
     # --- writing ----------------------------------------------------------------------
 
-    def new_writer(self) -> MemoryWriter:
-        return MemoryWriter(self)
+    def new_writer(self, key: str | None = None) -> MemoryWriter:
+        return MemoryWriter(self, key)
 
     async def adopt(self, path: str, move: bool) -> MemoryAdopted:
         validate_server_path(path)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import logging
 import os
@@ -15,8 +14,9 @@ from asset_service.domain.errors import Conflict
 from asset_service.domain.models import BlockSums
 from asset_service.domain.ports import Chunk
 from asset_service.storage import fs
-from asset_service.storage.blocks import Digests, crc32c, sums_of
+from asset_service.storage.blocks import Digests, sums_of
 from asset_service.storage.s3._config import PART_SIZE, translate
+from asset_service.storage.s3._parts import PartBuffer, Parts
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3.type_defs import CompletedPartTypeDef
@@ -27,26 +27,35 @@ log = logging.getLogger(__name__)
 
 
 class S3Writer:
-    """Streams chunks into a multipart upload of a staging object, hashing as it goes.
+    """Streams chunks into a multipart upload, hashing as it goes, parts sent a few at once.
 
-    Memory holds at most one part. An upload smaller than one part never touches the
-    bucket until commit(), which then writes it with one conditional PUT. A bigger one is
-    completed as a staging object at seal(), and commit() copies it server-side to its key
-    with a conditional CompleteMultipartUpload (If-None-Match: *): the key is only ever
-    written whole, and never over another object.
+    Memory holds at most PARTS_IN_FLIGHT + 1 parts (storage/s3/_parts.py). An upload
+    smaller than one part never touches the bucket until commit(), which then writes it
+    with one conditional PUT. A bigger one goes, part by part, to a multipart upload:
+
+    - opened at its final key (`key`, when the caller knows it before the bytes come, as
+      uploads do): commit() completes it there with a conditional CompleteMultipartUpload
+      (If-None-Match: *), and nothing is copied. Until then it is no object: nothing can
+      read, list or head it, so the key is still only ever written whole, never over
+      another object (docs/object-store.md argues the crash cases);
+    - otherwise opened at a staging key and completed there by seal(); commit() copies it
+      server-side to its key with the same conditional completion, then drops the staging.
     """
 
-    def __init__(self, storage: S3Storage) -> None:
+    def __init__(self, storage: S3Storage, key: str | None = None) -> None:
         self._storage = storage
         self.size_bytes = 0
         self.sha256 = hashlib.sha256().hexdigest()
         self.block_sums: BlockSums = sums_of(b"")
         self.blob_id = uuid.uuid4().hex  # stamped on the final object: "is it ours?"
         self._digests = Digests()
-        self._buffer = bytearray()
-        self._staging_key = storage.staging_key(self.blob_id)
+        self._buffer = PartBuffer()
+        self._key = key
+        self._target = storage.object_key(key) if key is not None else None
+        self._upload_key = self._target or storage.staging_key(self.blob_id)
         self._upload_id: str | None = None
-        self._parts: list[CompletedPartTypeDef] = []
+        self._parts: Parts | None = None
+        self._completed: list[CompletedPartTypeDef] = []
         self._staged = False  # the staging object exists
         self._final_key: str | None = None
         self._done = False
@@ -62,79 +71,75 @@ class S3Writer:
             self._digests.update(chunk)
         else:
             await asyncio.to_thread(self._digests.update, chunk)
-        self._buffer += chunk
+        self._buffer.add(chunk)
         self.size_bytes += len(chunk)
-        while len(self._buffer) >= PART_SIZE:
-            part = bytes(self._buffer[:PART_SIZE])
-            del self._buffer[:PART_SIZE]
-            await self._upload_part(part)
+        while self._buffer.size >= PART_SIZE:
+            await self._send_part(self._buffer.take(PART_SIZE))
 
     async def _create_upload(self) -> None:
         try:
             created = await self._storage.client.create_multipart_upload(
                 Bucket=self._storage.location.bucket,
-                Key=self._staging_key,
+                Key=self._upload_key,
                 ChecksumAlgorithm="CRC32C",
+                # What delete_if_ours() looks for once the upload is completed at its key.
+                Metadata={"blob-id": self.blob_id},
             )
         except Exception as exc:
-            raise translate(exc, "starting an upload", self._staging_key) from exc
+            raise translate(exc, "starting an upload", self._upload_key) from exc
         self._upload_id = created["UploadId"]
-
-    async def _upload_part(self, data: bytes) -> None:
-        assert self._upload_id is not None
-        number = len(self._parts) + 1
-        # The store checks each part against its crc32c on receipt (a part damaged on the
-        # way is refused, not stored); botocore then computes no checksum of its own.
-        checksum = await asyncio.to_thread(crc32c_base64, data)
-        try:
-            answer = await self._storage.client.upload_part(
-                Bucket=self._storage.location.bucket,
-                Key=self._staging_key,
-                UploadId=self._upload_id,
-                PartNumber=number,
-                Body=data,
-                ChecksumCRC32C=checksum,
-            )
-        except Exception as exc:
-            raise translate(exc, "uploading a part", self._staging_key) from exc
-        self._parts.append(
-            {"PartNumber": number, "ETag": answer["ETag"], "ChecksumCRC32C": checksum}
+        self._parts = Parts(
+            self._storage.bulk,
+            self._storage.location.bucket,
+            self._upload_key,
+            self._upload_id,
         )
 
+    async def _send_part(self, data: bytes) -> None:
+        assert self._parts is not None
+        await self._parts.add(data)
+
     async def seal(self) -> None:
-        """No more writes: complete the staging object if the bytes outgrew one part."""
+        """No more writes: every part sent; a staging upload is completed."""
         self.sha256 = self._digests.sha.hexdigest()
         self.block_sums = self._digests.blocks.result()
-        if not self._parts:
+        if self._parts is None or not self._parts.count:
             return  # at most one part, held in memory: commit() PUTs it
+        if self._buffer.size:
+            await self._send_part(self._buffer.take(self._buffer.size))
+        self._completed = await self._parts.done()
+        if self._target is not None:
+            return  # completed at its key by commit()
         assert self._upload_id is not None
-        if self._buffer:
-            await self._upload_part(bytes(self._buffer))
-            self._buffer = bytearray()
         try:
             await self._storage.client.complete_multipart_upload(
                 Bucket=self._storage.location.bucket,
-                Key=self._staging_key,
+                Key=self._upload_key,
                 UploadId=self._upload_id,
-                MultipartUpload={"Parts": self._parts},
+                MultipartUpload={"Parts": self._completed},
             )
         except Exception as exc:
-            raise translate(exc, "completing an upload", self._staging_key) from exc
+            raise translate(exc, "completing an upload", self._upload_key) from exc
         self._upload_id, self._staged = None, True
 
     # --- placing and settling -----------------------------------------------------------
 
     async def commit(self, key: str) -> str:
         object_key = self._storage.object_key(key)
+        if self._target is not None and object_key != self._target:
+            raise ValueError(f"a writer opened for {self._key!r} cannot commit at {key!r}")
         if self._staged:
-            await self._storage.place_copy(object_key, self._staging_key, self.blob_id)
+            await self._storage.place_copy(object_key, self._upload_key, self.blob_id)
             self._final_key = object_key
             await self._drop_staging()
+        elif self._completed:
+            assert self._upload_id is not None
+            await self._storage.place_upload(object_key, self._upload_id, self._completed)
+            self._final_key, self._upload_id = object_key, None
         else:
-            body = bytes(self._buffer)
+            body = self._buffer.take(self._buffer.size)
             await self._storage.place_bytes(object_key, body, self.blob_id)
             self._final_key = object_key
-            self._buffer = bytearray()
             await self._abort_upload()
         return self._storage.location.path_of(object_key)
 
@@ -142,11 +147,12 @@ class S3Writer:
         self._done = True
 
     async def rollback(self) -> None:
-        """Abort the multipart upload, remove the staging object and the placed one (if ours)."""
+        """Stop the parts in flight, abort the multipart upload, remove the staging object
+        and the placed one (if ours)."""
         if self._done:
             return
         self._done = True
-        self._buffer = bytearray()
+        self._buffer.clear()
         await self._abort_upload()
         await self._drop_staging()
         if self._final_key is not None:
@@ -162,13 +168,17 @@ class S3Writer:
         self._done = True
 
     async def _abort_upload(self) -> None:
+        if self._parts is not None:
+            # A part still on its way could land after the abort and leave the upload
+            # behind (S3 says to abort again then): none is.
+            await self._parts.cancel()
         if self._upload_id is not None:
             upload_id, self._upload_id = self._upload_id, None
-            await self._storage.abort_upload(self._staging_key, upload_id)
+            await self._storage.abort_upload(self._upload_key, upload_id)
 
     async def _drop_staging(self) -> None:
         if self._staged:
-            await self._storage.delete_quietly(self._staging_key)
+            await self._storage.delete_quietly(self._upload_key)
             self._staged = False
 
 
@@ -270,8 +280,3 @@ class S3Adopted:
         self._done = True
         self._writer.abandon()
         self.opened.close()
-
-
-def crc32c_base64(data: bytes) -> str:
-    """An S3 ChecksumCRC32C value: the big-endian crc32c, base64-encoded."""
-    return base64.b64encode(crc32c(data).to_bytes(4, "big")).decode()

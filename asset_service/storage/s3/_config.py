@@ -71,16 +71,21 @@ class Credentials:
         )
 
 
+def client_settings(creds: Credentials, max_connections: int) -> dict[str, Any]:
+    """botocore Config arguments, the same for the asyncio client and the bulk one."""
+    return {
+        # Path-style addressing: MinIO and most self-hosted stores have no wildcard DNS.
+        "s3": {"addressing_style": "path"} if creds.endpoint_url else {},
+        "retries": {"max_attempts": 4, "mode": "standard"},
+        "max_pool_connections": max_connections,
+        "connect_timeout": 5,
+        "read_timeout": 60,
+    }
+
+
 def create_client(creds: Credentials, max_connections: int) -> Any:
     """An aiobotocore client context manager (enter it to get an S3Client)."""
-    config = AioConfig(
-        # Path-style addressing: MinIO and most self-hosted stores have no wildcard DNS.
-        s3={"addressing_style": "path"} if creds.endpoint_url else {},
-        retries={"max_attempts": 4, "mode": "standard"},
-        max_pool_connections=max_connections,
-        connect_timeout=5,
-        read_timeout=60,
-    )
+    config = AioConfig(**client_settings(creds, max_connections))
     return get_session().create_client(
         "s3",
         endpoint_url=creds.endpoint_url,
@@ -122,6 +127,7 @@ __all__ = [
     "PART_SIZE",
     "Credentials",
     "S3Location",
+    "client_settings",
     "code_of",
     "create_client",
     "is_missing",

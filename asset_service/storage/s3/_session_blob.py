@@ -14,8 +14,8 @@ from asset_service.domain.models import BlockSums
 from asset_service.domain.ports import Chunk
 from asset_service.domain.uploads import UploadSession
 from asset_service.storage.blocks import Digests
-from asset_service.storage.s3._blob import crc32c_base64
 from asset_service.storage.s3._config import PART_SIZE, translate
+from asset_service.storage.s3._parts import crc32c_base64
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3.type_defs import CompletedPartTypeDef

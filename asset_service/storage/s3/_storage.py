@@ -26,7 +26,8 @@ from asset_service.modes import Modes
 from asset_service.storage import blocks, keys
 from asset_service.storage.imports import ImportRoots
 from asset_service.storage.s3 import _recovery
-from asset_service.storage.s3._blob import S3Adopted, S3Writer, crc32c_base64
+from asset_service.storage.s3._blob import S3Adopted, S3Writer
+from asset_service.storage.s3._bulk import Bulk
 from asset_service.storage.s3._config import (
     COPY_PART_SIZE,
     Credentials,
@@ -37,6 +38,8 @@ from asset_service.storage.s3._config import (
     translate,
 )
 from asset_service.storage.s3._journal import Journal, Leftover
+from asset_service.storage.s3._parts import crc32c_base64
+from asset_service.storage.s3._reads import Object
 from asset_service.storage.s3._session_blob import S3SessionWriter
 from asset_service.storage.s3._session_hold import S3Hold
 from asset_service.storage.s3._sessions import S3Sessions
@@ -84,6 +87,7 @@ class S3Storage:
         self.journal = Journal(state_dir, self.instance, modes)
         self._stack = contextlib.AsyncExitStack()
         self._client: S3Client | None = None
+        self._bulk: Bulk | None = None
         self._background: set[asyncio.Task[None]] = set()
         # Resumable uploads' sessions, in tmp/uploads/ of the bucket.
         self.sessions = S3Sessions(self)
@@ -93,6 +97,13 @@ class S3Storage:
         if self._client is None:
             raise Unavailable(f"object storage {self.url} is not open")
         return self._client
+
+    @property
+    def bulk(self) -> Bulk:
+        """Parts and ranged GETs, on threads (storage/s3/_bulk.py says why)."""
+        if self._bulk is None:
+            raise Unavailable(f"object storage {self.url} is not open")
+        return self._bulk
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -111,6 +122,9 @@ class S3Storage:
                 f"bucket {self.location.bucket!r} at {creds.endpoint_url or 'AWS S3'} is not "
                 f"usable ({exc}); create it, or check AWS_ENDPOINT_URL and the credentials"
             ) from exc
+        bulk = Bulk(creds, self._max_connections)
+        await asyncio.to_thread(bulk.open)
+        self._bulk = bulk
         await asyncio.to_thread(self.journal.open)
 
     async def ping(self) -> None:
@@ -130,6 +144,9 @@ class S3Storage:
                 await _recovery.clear_instance(self, self.instance)
         await self._stack.aclose()
         self._client = None
+        if self._bulk is not None:
+            self._bulk.close()
+            self._bulk = None
         await asyncio.to_thread(self.journal.close)
 
     async def drain(self) -> None:
@@ -201,6 +218,23 @@ class S3Storage:
                 IfNoneMatch="*",
                 Metadata={"blob-id": blob_id},
                 ChecksumCRC32C=checksum,  # checked by the store on receipt
+            )
+
+        await self._placed(object_key, write)
+
+    async def place_upload(
+        self, object_key: str, upload_id: str, parts: list[CompletedPartTypeDef]
+    ) -> None:
+        """Complete a multipart upload opened at its final key, only if the key is still
+        free (a refused completion leaves the upload open: it can be retried, or aborted)."""
+
+        async def write() -> None:
+            await self.client.complete_multipart_upload(
+                Bucket=self.location.bucket,
+                Key=object_key,
+                UploadId=upload_id,
+                MultipartUpload={"Parts": parts},
+                IfNoneMatch="*",
             )
 
         await self._placed(object_key, write)
@@ -295,8 +329,8 @@ class S3Storage:
 
     # --- writing ----------------------------------------------------------------------
 
-    def new_writer(self) -> S3Writer:
-        return S3Writer(self)
+    def new_writer(self, key: str | None = None) -> S3Writer:
+        return S3Writer(self, key)
 
     async def adopt(self, path: str, move: bool) -> S3Adopted:
         """Copy a server-side file under an import root into the bucket while hashing it."""
@@ -371,49 +405,12 @@ class S3Storage:
         sums: BlockSums | None = None,
     ) -> AsyncIterator[bytes]:
         object_key, etag = await self._checked(storage_path, size_bytes)
+        stored = Object(self.client, self.location.bucket, object_key, etag, storage_path)
         end = size_bytes if limit <= 0 else min(size_bytes, offset + limit)
         if sums is None:
-            return self._ranged(object_key, storage_path, etag, offset, end, chunk_size)
+            return stored.ranged(offset, end, chunk_size)
         span = blocks.aligned(sums, offset, end, size_bytes)
-        return self._checked_blocks(
-            object_key, storage_path, etag, span, offset, end, chunk_size, sums
-        )
-
-    async def _checked_blocks(
-        self,
-        object_key: str,
-        shown: str,
-        etag: str,
-        span: tuple[int, int],
-        offset: int,
-        end: int,
-        chunk_size: int,
-        sums: BlockSums,
-    ) -> AsyncIterator[bytes]:
-        """Whole blocks (`span`) from one ranged GET, each checked before any of it is
-        yielded."""
-        if offset >= end:
-            return
-        start, stop = span
-        block = sums.block_bytes
-        pending = bytearray()
-        async for data in self._ranged(object_key, shown, etag, start, stop, block):
-            wanted = min(block, stop - start)
-            if not pending and len(data) == wanted:
-                ready = [data]  # a whole block in one read (the usual case): no copy
-            else:
-                pending += data
-                ready, at = [], start
-                while len(pending) >= block or (pending and at + len(pending) >= stop):
-                    size = min(block, len(pending))
-                    ready.append(bytes(pending[:size]))
-                    del pending[:size]
-                    at += size
-            for whole in ready:
-                blocks.check_block(sums, shown, start, whole)
-                for piece in blocks.pieces(whole, start, offset, end, chunk_size):
-                    yield piece
-                start += len(whole)
+        return stored.checked(self.bulk, span, offset, end, chunk_size, sums)
 
     async def summed(
         self, storage_path: str, size_bytes: int, sha256: str, pace: blocks.Pace | None = None
@@ -424,32 +421,12 @@ class S3Storage:
     async def verify(self, storage_path: str, size_bytes: int, sums: BlockSums) -> None:
         await blocks.drain(await self.read(storage_path, size_bytes, 0, 0, BLOCK_BYTES, sums))
 
-    async def _ranged(
+    def _ranged(
         self, object_key: str, shown: str, etag: str, offset: int, end: int, chunk_size: int
     ) -> AsyncIterator[bytes]:
-        """One ranged GET, pinned to the ETag checked above, streamed chunk by chunk."""
-        if offset >= end:
-            return
-        try:
-            answer = await self.client.get_object(
-                Bucket=self.location.bucket,
-                Key=object_key,
-                Range=f"bytes={offset}-{end - 1}",
-                IfMatch=etag,
-            )
-        except Exception as exc:
-            if is_precondition(exc):
-                raise IntegrityError(f"its bytes at {shown} were replaced while read") from exc
-            raise translate(exc, "reading bytes", shown) from exc
-        async with answer["Body"] as body:
-            while offset < end:
-                chunk = await body.read(min(chunk_size, end - offset))
-                if not chunk:
-                    raise IntegrityError(
-                        f"its bytes at {shown} ended at {offset} of {end} bytes while read"
-                    )
-                offset += len(chunk)
-                yield chunk
+        """One ranged GET pinned to `etag`, streamed chunk by chunk."""
+        stored = Object(self.client, self.location.bucket, object_key, etag, shown)
+        return stored.ranged(offset, end, chunk_size)
 
     # --- housekeeping -----------------------------------------------------------------
 

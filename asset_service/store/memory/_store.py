@@ -172,6 +172,9 @@ class MemoryStore(MemoryRetention):
             if i in self._rows
         }
 
+    async def settled(self, asset_ids: Sequence[str]) -> dict[str, Asset]:
+        return await self.get_many(asset_ids)  # a write has applied when it returns
+
     async def snapshot(self, asset_ids: Sequence[str]) -> dict[str, Asset]:
         await self._enter()
         # No await below: no write can land between two of these reads.
@@ -201,6 +204,13 @@ class MemoryStore(MemoryRetention):
     async def current_revision(self) -> int:
         await self._enter()
         return self._revision
+
+    async def count_by_status(self) -> dict[Status, int]:
+        await self._enter()
+        counts = dict.fromkeys(Status, 0)
+        for _, asset in self._rows.values():
+            counts[asset.status] += 1
+        return counts
 
     async def changes_since(self, after: int, limit: int) -> Replay:
         await self._enter()

@@ -206,6 +206,27 @@ def _unavailable(exc: PyMongoError) -> AssetError:
     return Unavailable(f"MongoDB error: {exc}")
 
 
+DUPLICATE_KEY = 11000
+
+
+class DuplicateKey(Conflict):
+    """An insert hit an existing key: nothing was written."""
+
+
+def statement_error(asset_id: str, code: int, message: str) -> AssetError:
+    """One write statement's own error (a write error of a bulk write): what only that
+    write's caller is told (the rest of its batch runs again without it)."""
+    if code == DUPLICATE_KEY:
+        return DuplicateKey(f"asset {asset_id} already exists: {message}")
+    if code == DOCUMENT_VALIDATION_FAILURE:
+        return FailedPrecondition(
+            f"MongoDB's validation rules for the assets collection rejected the record of "
+            f"asset {asset_id} (code {code}): {message}; an operator must fix the rules or "
+            "the record's shape"
+        )
+    return _unavailable(OperationFailure(message, code, {"code": code, "errmsg": message}))
+
+
 def _write_error(exc: PyMongoError, *, transaction: bool) -> AssetError:
     """A failed write as a domain error: OutcomeUnknown where it may have applied.
 

@@ -67,7 +67,12 @@ class WriterLeases:
         renew_seconds: float = RENEW_SECONDS,
         beats: Any = None,
         stall_limit: float = STALL_LIMIT_SECONDS,
+        user: str = "",
     ) -> None:
+        # The database user this process authenticated as ("" without access control):
+        # killSessions only ends the caller's own user's sessions.
+        self.user = user
+        self._foreign: set[Any] = set()
         self._writers = writers.with_options(write_concern=BEAT_CONCERN)
         self._beats = beats.with_options(write_concern=BEAT_CONCERN) if beats is not None else None
         self._kill = kill_sessions
@@ -93,6 +98,7 @@ class WriterLeases:
                     "lsid": lsid,
                     "seen": "$$NOW",
                     "beat": {"$add": [{"$ifNull": ["$beat", 0]}, 1]},
+                    "user": self.user,
                 }
             }
         ]
@@ -144,6 +150,22 @@ class WriterLeases:
                 self._watched[key] = (beat, now)
                 continue
             if now - watched[1] < self.lease_seconds:
+                continue
+            owner = str(doc.get("user") or "")
+            if owner != self.user:
+                # killSessions would match nothing (it pairs each id with the CALLER's
+                # user): say so once rather than believe the transaction ended.
+                if key not in self._foreign:
+                    self._foreign.add(key)
+                    log.error(
+                        "cannot end the MongoDB session of dead writer %s: it ran as "
+                        "database user %r, this process as %r, and killSessions only ends "
+                        "the caller's own sessions; run every asset-service process as one "
+                        "database user (docs/mongodb.md)",
+                        key,
+                        owner,
+                        self.user,
+                    )
                 continue
             lsid = doc.get("lsid")
             if lsid is not None:

@@ -23,7 +23,7 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from pymongo import ASCENDING, ReturnDocument
+from pymongo import ASCENDING, InsertOne, ReturnDocument, UpdateOne
 from pymongo.errors import DuplicateKeyError
 
 from asset_service.domain.errors import Conflict, LeaseRanOut, NotFound
@@ -61,7 +61,33 @@ class PromiseLeases:
         assert isinstance(milliseconds, int)
         return ms(now) + timedelta(milliseconds=milliseconds)
 
+    def condition(self, test: LeaseTest, now: datetime) -> Doc:
+        """A filter on a lease: `test` holds by the clock."""
+        return self._is("$gt" if test == "none or not run out" else "$lte", now)
+
     # --- writes inside the group writer's transaction -----------------------------------
+
+    def create_request(
+        self, asset_id: str, seconds: int, expires_at: datetime | None
+    ) -> UpdateOne | InsertOne[Doc]:
+        """create() as one request of the batch's bulk write on `leases` (_transition.py)."""
+        if not self.database_clock:
+            assert expires_at is not None
+            return InsertOne({"_id": asset_id, "expires_at": ms(expires_at), "seconds": seconds})
+        return UpdateOne(
+            {"_id": asset_id},
+            [
+                {
+                    "$set": {
+                        "expires_at": {"$add": ["$$NOW", seconds * 1000]},
+                        "seconds": seconds,
+                        "renewed_by": "",
+                        "renewed_at": "$$NOW",
+                    }
+                }
+            ],
+            upsert=True,
+        )
 
     async def create(
         self, asset_id: str, seconds: int, expires_at: datetime, session: Any

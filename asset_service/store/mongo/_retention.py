@@ -7,16 +7,17 @@ gone: one document, one winner, no transaction needed for it. Placing or releasi
 an update without a revision, which the change feed passes over (not a change).
 
 The accounting cells (`usage`: one document per group, key and status) are incremented in
-the transaction of the record write that moves them. A task's PENDING cell is also what
-serializes its holds: MintTaskToken's holds are placed in a transaction that writes that
-cell (only while it counts a PENDING promise), and every promise of the task leaving
-PENDING writes it too, then releases the holds once it reaches zero; two of these at once
-write the same document, so MongoDB commits one and retries the other, which then sees it.
+the group transaction of the record writes that move them (one command per batch). A
+task's PENDING cell is also what serializes its holds: MintTaskToken's holds are placed
+in a transaction that writes that cell (only while it counts a PENDING promise), and
+every batch in which a promise of the task leaves PENDING writes it too, then releases
+the holds once it reaches zero; two of these at once write the same document, so MongoDB
+commits one and retries the other, which then sees it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -50,7 +51,7 @@ def cell_id(cell: Cell) -> str:
     return _SEP.join(cell)
 
 
-def usage_updates(before: Asset | None, after: Asset | None) -> list[UpdateOne]:
+def usage_updates(moved: Mapping[Cell, tuple[int, int]]) -> list[UpdateOne]:
     return [
         UpdateOne(
             {"_id": cell_id(cell)},
@@ -60,36 +61,51 @@ def usage_updates(before: Asset | None, after: Asset | None) -> list[UpdateOne]:
             },
             upsert=True,
         )
-        for cell, (count, size) in deltas(before, after).items()
+        for cell, (count, size) in moved.items()
     ]
 
 
-async def account(usage: Any, before: Asset | None, after: Asset | None, session: Any) -> None:
-    """The cells a write moves, in its transaction: one command (and one more to drop the
-    cells it emptied)."""
-    updates = usage_updates(before, after)
-    if not updates:
+async def account(
+    usage: Any, assets: Any, moves: Sequence[tuple[Asset | None, Asset | None]], session: Any
+) -> None:
+    """A batch's accounting, in its transaction, whatever its size: one command for the
+    cells it moves; if promises of a task left
+    PENDING, one read of those tasks' PENDING cells and one update releasing the holds
+    of each task that has none left."""
+    total: dict[Cell, tuple[int, int]] = {}
+    tasks: set[str] = set()
+    for before, after in moves:
+        for cell, (count, size) in deltas(before, after).items():
+            old = total.get(cell, (0, 0))
+            total[cell] = (old[0] + count, old[1] + size)
+        if (
+            before is not None
+            and before.status is Status.PENDING
+            and before.created_by_task
+            and (after is None or after.status is not Status.PENDING)
+        ):
+            tasks.add(before.created_by_task)
+    # Cells that reach zero stay (reads pass them over): one command, not two, while the
+    # batch holds the counter.
+    updates = usage_updates({c: v for c, v in total.items() if v != (0, 0)})
+    if updates:
+        await usage.bulk_write(updates, ordered=True, session=session)
+    if not tasks:
         return
-    await usage.bulk_write(updates, ordered=True, session=session)
-    emptied = [u._filter["_id"] for u in updates]
-    await usage.delete_many({"_id": {"$in": emptied}, "count": 0, "bytes": 0}, session=session)
-
-
-async def settle_task(usage: Any, assets: Any, before: Asset, session: Any) -> None:
-    """After `before`, a PENDING promise, left PENDING or went (its cell already moved, in
-    this transaction): its task's holds go once the task has no PENDING promise left."""
-    task = before.created_by_task
-    if before.status is not Status.PENDING or not task:
-        return
-    cell = await usage.find_one(
-        {"_id": cell_id((UsageGroup.TASK.value, task, Status.PENDING.value))}, session=session
-    )
-    if cell is not None and int(cell.get("count", 0)) > 0:
-        return
-    owner = TASK_OWNER + task
-    await assets.update_many(
-        {"holds.owner": owner}, {"$pull": {"holds": {"owner": owner}}}, session=session
-    )
+    ids = {cell_id((UsageGroup.TASK.value, t, Status.PENDING.value)): t for t in tasks}
+    busy = {
+        ids[str(d["_id"])]
+        async for d in usage.find(
+            {"_id": {"$in": sorted(ids)}, "count": {"$gt": 0}}, {"_id": 1}, session=session
+        )
+    }
+    owners = sorted(TASK_OWNER + t for t in tasks - busy)
+    if owners:
+        await assets.update_many(
+            {"holds.owner": {"$in": owners}},
+            {"$pull": {"holds": {"owner": {"$in": owners}}}},
+            session=session,
+        )
 
 
 def before_transition(after: Asset, expected: Status) -> Asset:
@@ -144,7 +160,9 @@ def expired_filter(now: datetime) -> Doc:
 
 
 def cells_of(docs: Sequence[Doc]) -> dict[Cell, tuple[int, int]]:
+    """The cells read, without those a write emptied (they stay, at zero)."""
     return {
         (str(d["grp"]), str(d["key"]), str(d["status"])): (int(d["count"]), int(d["bytes"]))
         for d in docs
+        if d.get("count") or d.get("bytes")
     }

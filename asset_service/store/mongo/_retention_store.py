@@ -22,6 +22,7 @@ from asset_service.store.mongo._documents import (
     hold_to_doc,
     ms,
 )
+from asset_service.store.mongo._transactions import Transactional
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ USAGE_COUNTED_ID = "usage-counted"
 _SLIM: dict[str, Any] = {"value_content": 0, "value_kind": 0, "block_sums": 0, "holds": 0}
 
 
-class MongoRetention:
+class MongoRetention(Transactional):
     """Holds, retention, the expiry query and accounting reads of MongoStore (a mixin: it
     uses the store's collections, group writer and settings)."""
 
@@ -39,7 +40,6 @@ class MongoRetention:
     _usage: Any
     _one_cut: Any
     _sweeps: Any
-    _writer: Any
     _transactions: bool
     operation_timeout: float
 
@@ -130,10 +130,10 @@ class MongoRetention:
         cell = _retention.cell_id((UsageGroup.TASK.value, task_id, Status.PENDING.value))
         entry = hold_to_doc(hold)
 
-        async def apply(session: Any, rev: int) -> list[str]:
+        async def apply(session: Any) -> list[str]:
             pending = await self._usage.find_one_and_update(
                 {"_id": cell, "count": {"$gt": 0}},
-                {"$set": {"held_at": rev}},
+                {"$inc": {"holds_placed": 1}},
                 session=session,
             )
             if pending is None or not ids:
@@ -149,7 +149,8 @@ class MongoRetention:
             }
             return [i for i in ids if i in found]
 
-        result: list[str] = await self._writer.submit(apply)
+        # Its own transaction (not the group writer's: it takes no revision).
+        result: list[str] = await self._transact(apply, self.operation_timeout)
         return result
 
     async def retain(self, asset_ids: Sequence[str], until: datetime) -> None:
@@ -189,7 +190,9 @@ class MongoRetention:
                 else:
                     cursor = (
                         self._usage.find(
-                            {"grp": group, "status": TOTAL}, {"key": 1}, session=session
+                            {"grp": group, "status": TOTAL, "count": {"$gt": 0}},
+                            {"key": 1},
+                            session=session,
                         )
                         .sort([("bytes", DESCENDING), ("count", DESCENDING), ("key", ASCENDING)])
                         .limit(limit + 1)

@@ -6,16 +6,16 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import pymongo
-from pymongo import ASCENDING, AsyncMongoClient, ReturnDocument
+from pymongo import ASCENDING, AsyncMongoClient
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.collection import AsyncCollection
-from pymongo.errors import DuplicateKeyError, PyMongoError
+from pymongo.errors import PyMongoError
 from pymongo.read_concern import ReadConcern
 from pymongo.read_preferences import ReadPreference
 from pymongo.write_concern import WriteConcern
@@ -41,13 +41,12 @@ from asset_service.domain.models import (
 from asset_service.domain.replay import Replay
 from asset_service.store import _paging
 from asset_service.store._fields import lease_condition, rule_expiry, transition_fields
-from asset_service.store.mongo import _retention, _schema, _tombstones
+from asset_service.store.mongo import _retention, _schema, _startup, _tombstones
 from asset_service.store.mongo._documents import (
     Doc,
     _doc_bytes,
     _unavailable,
     _write_error,
-    asset_to_doc,
     decode_token,
     doc_to_asset,
     encode_token,
@@ -62,12 +61,17 @@ from asset_service.store.mongo._feed import (
 from asset_service.store.mongo._leases import WriterLeases
 from asset_service.store.mongo._promises import PromiseLeases, overlay
 from asset_service.store.mongo._retention_store import MongoRetention
-from asset_service.store.mongo._transition import delete_statements, transition_statements
-from asset_service.store.mongo._writer import DuplicateKey, GroupWriter
+from asset_service.store.mongo._transition import (
+    DROP_AFTER,
+    USAGE,
+    delete_write,
+    insert_write,
+    lease_steps,
+    transition_write,
+)
+from asset_service.store.mongo._writer import DEFAULT_MAX_QUEUED, GroupWriter, Write
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 DEFAULT_DATABASE = "asset_service"
 # Fail fast: an RPC against an unreachable server answers UNAVAILABLE within seconds.
@@ -79,12 +83,12 @@ DEFAULT_CLIENT_OPTIONS: dict[str, Any] = {
 }
 
 
-# Every write ends within this many seconds (pymongo's client-side operation timeout):
-# longer than an election (10-12 s), which a write rides through by with_transaction's
-# retries, far shorter than those retries' own 120 s limit. Reads are not run under it:
-# with a client-side timeout, server selection waits for all of it instead of
-# serverSelectionTimeoutMS, and a read should fail in seconds (it is bounded by
-# serverSelectionTimeoutMS plus socketTimeoutMS and is not retried for long).
+# Every write ends within this many seconds of its submission, queue included (pymongo's
+# client-side operation timeout): longer than an election (10-12 s), which a write rides
+# through by the writer's retries, far shorter than transactionLifetimeLimitSeconds.
+# Reads are not run under it: with a client-side timeout, server selection waits for all
+# of it instead of serverSelectionTimeoutMS, and a read should fail in seconds (it is
+# bounded by serverSelectionTimeoutMS plus socketTimeoutMS and is not retried for long).
 DEFAULT_OPERATION_TIMEOUT = 15.0
 # A record without its inline value (nor holds, which only reads show): what snapshot()
 # reads.
@@ -117,15 +121,19 @@ class MongoStore(MongoRetention):
     order, and a WatchAsset cursor `after_revision=N` means "every commit after the
     N-th", the same for every asset. Writes do not each run a transaction: a process's
     RPCs queue them and ONE group writer (_writer.py) runs up to 64 per transaction
-    with one `$inc`, so only processes compete for the counter; a process that dies
-    with its transaction open is ended by its peers' lease checks within seconds
-    (_leases.py). Revisions are unique and increasing, not dense. Why this design and
-    what else was weighed: docs/mongodb.md, "Revisions".
+    with one `$inc` and a constant number of round trips, so only processes compete for
+    the counter and each holds it briefly; a process that dies with its transaction open
+    is ended by its peers' lease checks within seconds (_leases.py). Revisions are unique
+    and increasing, not dense. Why this design and what else was weighed:
+    docs/mongodb.md, "Revisions".
 
     Transitions. Inside its batch's transaction the record changes through ONE conditional
-    `find_one_and_update` whose filter holds `status: expected`: racing writers get
-    exactly one winner; a non-match reads the record (same snapshot) to tell NotFound
-    from Conflict. There is no read-modify-write.
+    update whose filter holds `status: expected`: racing writers get exactly one winner;
+    the batch's read-back (same snapshot) tells an applied write (the record carries its
+    revision) from NotFound and Conflict. There is no read-modify-write.
+
+    Reads outside transactions are at read concern "majority" (GetAsset, BatchGet,
+    ListAssets and watch snapshots all show the same, durable, state; docs/mongodb.md).
 
     `allow_standalone=True` is for tests on wire-compatible servers without replica
     sets (FerretDB): writes then run without a transaction (revisions are still unique
@@ -138,10 +146,15 @@ class MongoStore(MongoRetention):
         *,
         allow_standalone: bool = False,
         operation_timeout: float = DEFAULT_OPERATION_TIMEOUT,
+        on_group_commit: Callable[[int], None] | None = None,
+        write_queue: int = DEFAULT_MAX_QUEUED,
+        orphan_grace: float | None = None,
     ) -> None:
         self.url = url
         self.allow_standalone = allow_standalone
         self.operation_timeout = operation_timeout
+        # The storage's --orphan-grace: open() refuses one a write could outlive.
+        self.orphan_grace = orphan_grace
         given = {k.lower() for k, _ in parse_qsl(urlsplit(url).query)}
         options = {k: v for k, v in DEFAULT_CLIENT_OPTIONS.items() if k.lower() not in given}
         try:
@@ -162,13 +175,20 @@ class MongoStore(MongoRetention):
                 self._client.read_preference.document,
             )
         wc = WriteConcern("majority")
-        self._assets: AsyncCollection[Doc] = self._db.get_collection("assets", write_concern=wc)
+        # Reads see majority-committed records only (a transaction's own reads use its
+        # snapshot instead: pymongo sends no read concern inside one).
+        majority = ReadConcern("majority")
+        self._assets: AsyncCollection[Doc] = self._db.get_collection(
+            "assets", write_concern=wc, read_concern=majority
+        )
         self._counters: AsyncCollection[Doc] = self._db.get_collection("counters", write_concern=wc)
         self._tombstones: AsyncCollection[Doc] = self._db.get_collection(
             "tombstones", write_concern=wc
         )
         # Promise leases: records of their own, renewed without touching `assets`.
-        self._lease_docs: AsyncCollection[Doc] = self._db.get_collection("leases", write_concern=wc)
+        self._lease_docs: AsyncCollection[Doc] = self._db.get_collection(
+            "leases", write_concern=wc, read_concern=majority
+        )
         self._sweeps: AsyncCollection[Doc] = self._db.get_collection("sweeps", write_concern=wc)
         # Accounting cells (domain/usage.py), moved in the transaction of each write.
         self._usage: AsyncCollection[Doc] = self._db.get_collection("usage", write_concern=wc)
@@ -176,9 +196,15 @@ class MongoStore(MongoRetention):
         self._pre_images = False
         self._feed: ChangeFeed | None = None
         # Every record write goes through the group writer (_writer.py), on one session
-        # whose lsid is leased in `writers` (_leases.py).
-        self._writer = GroupWriter(self._transact, self._claim)
+        # whose lsid is leased in `writers` (_leases.py); sessions whose transaction may
+        # still be open are ended with killSessions (_transactions.py).
+        self._writer = GroupWriter(
+            self._transact, self, timeout=operation_timeout, max_queued=write_queue
+        )
+        self._writer.on_batch = on_group_commit  # each group transaction's size (metrics)
         self._session: AsyncClientSession | None = None
+        self._doubtful: list[Mapping[str, Any]] = []
+        self._ending: asyncio.Task[None] | None = None
         self._leases: WriterLeases | None = None
         self._beat_client: pymongo.MongoClient[Doc] | None = None
 
@@ -212,8 +238,18 @@ class MongoStore(MongoRetention):
                 f"MongoDB at {self._redacted()} is older than 6.0 (wire version "
                 f"{hello.get('maxWireVersion')}); the asset service needs 6.0 or newer: its "
                 "watch events are built from the post-images MongoDB keeps at each change "
-                "(changeStreamPreAndPostImages), in revision order"
+                "(changeStreamPreAndPostImages), in revision order; snapshot reads serve "
+                "watch snapshots"
             )
+        if self._transactions:
+            horizon = _startup.commit_horizon(
+                self.operation_timeout, await _startup.transaction_lifetime(self._client)
+            )
+            try:
+                _startup.check_orphan_grace(self.orphan_grace, horizon)
+            except InvalidArgument:
+                await self._client.close()
+                raise
         try:
             await self._ensure_indexes()
             await self._raise_revision_floor()
@@ -243,6 +279,7 @@ class MongoStore(MongoRetention):
                 self._kill_sessions,
                 uuid.uuid4().hex,
                 beats=self._beat_collection(),
+                user=await _startup.database_user(self._client),
             )
             self._leases.start()
 
@@ -288,6 +325,15 @@ class MongoStore(MongoRetention):
 
     async def close(self) -> None:
         await self._writer.close()
+        if self._ending is not None:
+            self._ending.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ending
+        if self._doubtful:
+            # One last try; else their transactions end by the server's lifetime limit
+            # (and a peer's lease check ends them sooner: this process's lease goes).
+            with contextlib.suppress(PyMongoError), pymongo.timeout(2.0):
+                await self._end_doubtful()
         if self._leases is not None:
             await self._leases.close()
         if self._beat_client is not None:
@@ -319,58 +365,33 @@ class MongoStore(MongoRetention):
 
     # --- plumbing ---------------------------------------------------------------------
 
-    async def _writer_session(self) -> AsyncClientSession:
-        """The group writer's session; a new one is leased before it is first used."""
-        if self._session is None:
-            session = self._client.start_session()
-            if self._leases is not None:
-                await self._leases.register(session.session_id)
-            self._session = session
-        return self._session
+    async def _drain_writer(self) -> None:
+        await self._writer.drain()
 
-    async def _drop_session(self) -> None:
-        """After a failed transaction: its session may have been killed by a peer."""
-        session, self._session = self._session, None
-        if session is not None:
-            with contextlib.suppress(PyMongoError):
-                await session.end_session()
+    async def before(self, session: Any, writes: list[Write], revisions: list[int]) -> None:
+        """The batch's statements on `leases`, before the records' (_transition.py)."""
+        await lease_steps(self._promises, session, writes)
 
-    async def _transact(self, fn: Callable[[AsyncClientSession | None], Awaitable[T]]) -> T:
-        """Run `fn` in one transaction (retried on transient errors); map driver errors.
+    async def remove_stamped(self, session: Any, gone: list[Doc]) -> None:
+        """Delete the stamped records, and keep their tombstones (one command each)."""
+        await super().remove_stamped(session, gone)
+        await _tombstones.keep(self._tombstones, [doc_to_asset(d) for d in gone], session)
 
-        The whole call, retries included, ends within `operation_timeout`. A commit that
-        may have applied without the store learning it raises OutcomeUnknown, so that
-        callers re-read their records instead of undoing what they may point at.
-        """
-        try:
-            with pymongo.timeout(self.operation_timeout):
-                if not self._transactions:
-                    return await fn(None)
-                session = await self._writer_session()
-                return await session.with_transaction(
-                    fn,
-                    read_concern=ReadConcern("snapshot"),
-                    write_concern=WriteConcern("majority"),
-                    read_preference=ReadPreference.PRIMARY,
-                )
-        except DuplicateKeyError as exc:
-            raise DuplicateKey(f"asset already exists: {exc}") from exc
-        except PyMongoError as exc:
-            await self._drop_session()
-            raise _write_error(exc, transaction=self._transactions) from exc
-
-    async def _claim(self, session: AsyncClientSession | None, count: int) -> int:
-        """The first of `count` fresh revisions: ONE $inc of the counter, in the batch's
-        transaction (so they are handed out in commit order)."""
-        doc = await self._counters.find_one_and_update(
-            {"_id": "revision"},
-            {"$inc": {"value": count}},
-            upsert=True,
-            return_document=ReturnDocument.AFTER,
-            session=session,
-        )
-        assert doc is not None
-        return int(doc["value"]) - count + 1
+    async def after(self, session: Any, done: list[tuple[Write, Doc | None, int]]) -> None:
+        """The batch's accounting (_retention.py), and the leases of conditional deletes
+        that applied: a constant number of commands."""
+        moves = []
+        dropped = []
+        for write, doc, rev in done:
+            moved = write.extra[USAGE](doc, rev) if USAGE in write.extra else None
+            if moved is None:
+                continue
+            moves.append(moved)
+            if write.extra.get(DROP_AFTER):
+                dropped.append(write.asset_id)
+        if dropped:
+            await self._promises.leases.delete_many({"_id": {"$in": dropped}}, session=session)
+        await _retention.account(self._usage, self._assets, moves, session)
 
     # --- reads ----------------------------------------------------------------------
 
@@ -541,6 +562,18 @@ class MongoStore(MongoRetention):
         except PyMongoError as exc:
             raise _unavailable(exc) from exc
 
+    async def count_by_status(self) -> dict[Status, int]:
+        counts = dict.fromkeys(Status, 0)
+        try:
+            for status in Status:
+                # A count of the (status, seq) index's range: no document is fetched.
+                counts[status] = await self._assets.count_documents(
+                    {"status": status.value}, maxTimeMS=_schema.QUERY_MAX_TIME_MS
+                )
+        except PyMongoError as exc:
+            raise _unavailable(exc) from exc
+        return counts
+
     async def leases_run_out(self, now: datetime, limit: int) -> list[Asset]:
         """By the database's clock ($$NOW) on a replica set: `now` is not used there."""
         try:
@@ -567,47 +600,20 @@ class MongoStore(MongoRetention):
     # --- writes -----------------------------------------------------------------------
 
     async def insert(self, asset: Asset) -> Asset:
-        leased = asset.status is Status.PENDING and asset.lease_seconds > 0
-        promises = self._promises
-
-        async def apply(session: AsyncClientSession | None, rev: int) -> Asset:
-            doc = asset_to_doc(asset, rev)
-            if leased and promises.database_clock:
-                # The lease first: its end by the database's clock goes into the record.
-                # (A duplicate id then aborts the transaction, lease included.)
-                assert asset.lease_expires_at is not None
-                doc["lease_expires_at"] = await promises.create(
-                    asset.id, asset.lease_seconds, asset.lease_expires_at, session
-                )
-            await self._assets.insert_one(doc, session=session)
-            if leased and not promises.database_clock:
-                assert asset.lease_expires_at is not None
-                await promises.create(asset.id, asset.lease_seconds, asset.lease_expires_at, None)
-            stored = doc_to_asset(doc)
-            await _retention.account(self._usage, None, stored, session)
-            return stored
-
-        result: Asset = await self._writer.submit(apply, approx_bytes(asset))
+        write = insert_write(asset, self._promises, approx_bytes(asset))
+        result: Asset = await self._writer.submit(write)
         return result
 
     async def transition(
         self, asset_id: str, expected: Status, change: Transition, now: datetime
     ) -> Asset:
         sets = transition_fields(change, now, value_column="value_content", timestamp=ms)
-        test = lease_condition(change)
-        apply = transition_statements(
-            self._assets,
-            self._promises,
-            self._usage,
-            asset_id,
-            expected,
-            sets,
-            test,
-            now,
-            by_rule=rule_expiry(change) is not None,
-        )
         cost = len(change.value.data) if isinstance(change, Fulfillment) and change.value else 0
-        result: Asset = await self._writer.submit(apply, cost)
+        by_rule = rule_expiry(change) is not None
+        write = transition_write(
+            asset_id, expected, sets, lease_condition(change), now, cost, by_rule=by_rule
+        )
+        result: Asset = await self._writer.submit(write)
         return result
 
     async def renew_lease(self, asset_id: str, seconds: int, now: datetime, by: str) -> Asset:
@@ -637,22 +643,11 @@ class MongoStore(MongoRetention):
     async def delete(
         self, asset_id: str, by: str = "", removal: Removal | None = None
     ) -> Asset | None:
-        async def keep_tombstone(gone: Asset, session: AsyncClientSession | None) -> None:
-            await _tombstones.keep(self._tombstones, [gone], session)
-
-        apply = delete_statements(
-            self._assets,
-            self._promises,
-            self._usage,
-            asset_id,
-            by,
-            _NothingToDelete,
-            keep_tombstone,
-            removal=removal,
-            database_clock=self._transactions,
+        write = delete_write(
+            asset_id, by, _NothingToDelete, removal, database_clock=self._transactions
         )
         try:
-            result: Asset = await self._writer.submit(apply)
+            result: Asset = await self._writer.submit(write)
         except _NothingToDelete:
             return None
         return result

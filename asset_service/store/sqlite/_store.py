@@ -105,8 +105,15 @@ class SqliteStore:
     they are serialized and ordered; reads run on reader threads with their own connections.
     """
 
-    def __init__(self, path: Path, reserve_bytes: int = DEFAULT_RESERVE_BYTES) -> None:
+    def __init__(
+        self,
+        path: Path,
+        reserve_bytes: int = DEFAULT_RESERVE_BYTES,
+        *,
+        on_group_commit: Callable[[int], None] | None = None,
+    ) -> None:
         self.path = path
+        self.on_group_commit = on_group_commit  # each group transaction's size (metrics)
         self.room = Room(path, reserve_bytes)
         self.reserve = self.room.reserve
         self._readers = Readers(path)
@@ -213,6 +220,7 @@ class SqliteStore:
             publish=self._publish,
             admit=self.room.admit,
         )
+        self._writer.on_batch = self.on_group_commit
 
     async def close(self) -> None:
         writer, self._writer = self._writer, None  # refuses new reads and writes
@@ -287,6 +295,10 @@ class SqliteStore:
 
     async def get_many(self, asset_ids: Sequence[str]) -> dict[str, Asset]:
         return await self._select_many(LISTED_COLUMNS, asset_ids, holds=True)
+
+    async def settled(self, asset_ids: Sequence[str]) -> dict[str, Asset]:
+        # A write is durable when it returns (WAL, synchronous commit): nothing pending.
+        return await self.get_many(asset_ids)
 
     async def snapshot(self, asset_ids: Sequence[str]) -> dict[str, Asset]:
         # One statement, or one read transaction past 500 ids: one cut either way.
@@ -377,6 +389,16 @@ class SqliteStore:
 
     async def current_revision(self) -> int:
         return await self._read(_counter)
+
+    async def count_by_status(self) -> dict[Status, int]:
+        def q(c: sqlite3.Connection) -> dict[Status, int]:
+            counts = dict.fromkeys(Status, 0)
+            # The (status, seq) index covers it: no record is read.
+            for status, n in c.execute("SELECT status, COUNT(*) FROM assets GROUP BY status"):
+                counts[Status(status)] = int(n)
+            return counts
+
+        return await self._read(q)
 
     async def changes_since(self, after: int, limit: int) -> Replay:
         return await self._read(lambda c: _tombstones.changes_since(c, after, limit))

@@ -102,6 +102,8 @@ class GroupWriter:
         self._stopped: asyncio.Future[None] = loop.create_future()
         # Group transactions begun (committed or not): for tests and the benchmark.
         self.transactions = 0
+        # Told each group transaction's number of writes (metrics), on the writer thread.
+        self.on_batch: Callable[[int], None] | None = None
         self._thread = threading.Thread(target=self._main, name="sqlite-writer", daemon=True)
         self._thread.start()
 
@@ -200,6 +202,8 @@ class GroupWriter:
     def _run_group(self, jobs: list[_Job]) -> list[_Outcome]:
         c = self.conn
         self.transactions += 1
+        if self.on_batch is not None:
+            self.on_batch(len(jobs))
         outcomes: list[_Outcome] = []
         try:
             c.execute("BEGIN IMMEDIATE")

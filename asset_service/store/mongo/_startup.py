@@ -1,0 +1,70 @@
+"""Start-up checks of the deployment: who we are, and how late a write can still commit."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from pymongo.errors import PyMongoError
+
+from asset_service.domain.errors import InvalidArgument
+
+log = logging.getLogger(__name__)
+
+# MongoDB's default transactionLifetimeLimitSeconds, used when the server will not say.
+DEFAULT_TRANSACTION_LIFETIME = 60.0
+
+
+async def database_user(client: Any) -> str:
+    """The user this client authenticated as ("user@db"; "" without access control):
+    killSessions only ends sessions of the caller's own user (_leases.py)."""
+    try:
+        status = await client.admin.command("connectionStatus")
+    except PyMongoError as exc:
+        log.info("could not read connectionStatus (%s); leases carry no user", exc)
+        return ""
+    users = status.get("authInfo", {}).get("authenticatedUsers", [])
+    return ",".join(sorted(f"{u.get('user')}@{u.get('db')}" for u in users))
+
+
+async def transaction_lifetime(client: Any) -> float:
+    """transactionLifetimeLimitSeconds: the server aborts any transaction older than
+    this (getParameter needs a role such as clusterMonitor; without it, the default)."""
+    try:
+        reply = await client.admin.command("getParameter", 1, transactionLifetimeLimitSeconds=1)
+        return float(reply["transactionLifetimeLimitSeconds"])
+    except (PyMongoError, KeyError, TypeError, ValueError) as exc:
+        log.info(
+            "could not read transactionLifetimeLimitSeconds (%s); assuming MongoDB's default "
+            "%gs for the orphan-grace check",
+            exc,
+            DEFAULT_TRANSACTION_LIFETIME,
+        )
+        return DEFAULT_TRANSACTION_LIFETIME
+
+
+def commit_horizon(operation_timeout: float, lifetime: float) -> float:
+    """The longest a record write can still commit after it was submitted.
+
+    Its transaction starts before its deadline (operation_timeout from submission: a
+    write still queued then is never sent) and can commit only while it is open; the
+    server aborts a transaction older than `lifetime`, by a reaper that runs every
+    lifetime/2 seconds, at least once a second and at most a minute apart
+    (https://jira.mongodb.org/browse/DOCS-11599). A live process ends its own doubtful
+    sessions and peers end a dead one's within a lease (5 s): this bound is for when
+    neither can.
+    """
+    return operation_timeout + lifetime + min(max(lifetime / 2, 1.0), 60.0)
+
+
+def check_orphan_grace(orphan_grace: float | None, horizon: float) -> None:
+    """Refuse an --orphan-grace that a write in flight could outlive: the start-up sweep
+    would remove bytes a record then committed to point at."""
+    if orphan_grace is not None and orphan_grace <= horizon:
+        raise InvalidArgument(
+            f"--orphan-grace {orphan_grace:g}s is too short for MongoDB: a record write can "
+            f"still commit up to {horizon:g}s after it was sent (the operation timeout plus "
+            "the server's transactionLifetimeLimitSeconds and its reaper's interval), so the "
+            "start-up sweep could remove the bytes of a write that then commits; give more "
+            f"than {horizon:g}s (the default is 10m)"
+        )

@@ -1,0 +1,294 @@
+"""Every call observed once: its status code, duration, peer, principal and bytes, for metrics
+and the access log (an interceptor, first in the chain so that refused calls count too)."""
+
+from __future__ import annotations
+
+import contextvars
+import inspect
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import grpc
+
+from asset_service.security.principal import principal_of_call
+
+ACCESS_LOGGER = "asset_service.access"
+access_log = logging.getLogger(ACCESS_LOGGER)
+
+# Health probes come every few seconds from every checker: at INFO they would be most of
+# the log. They are counted like every call; their lines are there at --log-level DEBUG.
+QUIET_SERVICES = frozenset({"grpc.health.v1.Health"})
+
+
+class MethodMetrics(Protocol):
+    """One method's metrics (telemetry/_metrics.py), looked up once per method."""
+
+    def started(self) -> None: ...
+
+    def finished(self, call: Call, code: grpc.StatusCode, seconds: float) -> None: ...
+
+
+@dataclass(slots=True)
+class Method:
+    """What is known of a method before any call: its names and its metrics."""
+
+    path: str  # /asset.v1.AssetService/GetAsset
+    service: str
+    name: str
+    grpc_type: str  # unary, client_stream, server_stream, bidi_stream (go-grpc-prometheus)
+    metrics: MethodMetrics | None
+    level: int
+
+
+@dataclass(slots=True)
+class Call:
+    """One call as it runs: filled in by the wrapped (de)serializers and behavior."""
+
+    start: float
+    bytes_in: int = 0
+    bytes_out: int = 0
+    messages_in: int = 0
+    messages_out: int = 0
+    peer: str = ""
+    principal: str = ""
+    ref: str = ""  # the reference of an INTERNAL error, as the client was told it
+    error: BaseException | None = field(default=None, repr=False)
+
+
+# The call being served in this task (grpc runs each call in a task of its own, the
+# interceptors and the (de)serializers included).
+_current: contextvars.ContextVar[Call | None] = contextvars.ContextVar(
+    "asset_service_call", default=None
+)
+
+
+def note_error_ref(ref: str) -> None:
+    """The current call failed unexpectedly; its access line carries `ref` (what the
+    client was told, and what the ERROR line with the traceback names)."""
+    call = _current.get()
+    if call is not None:
+        call.ref = ref
+
+
+def _grpc_type(request_streaming: bool, response_streaming: bool) -> str:
+    if request_streaming:
+        return "bidi_stream" if response_streaming else "client_stream"
+    return "server_stream" if response_streaming else "unary"
+
+
+def final_code(call: Call, context: Any) -> grpc.StatusCode:
+    """The status the call ended with: what an abort or set_code chose, else what grpc
+    sends for the way the handler ended."""
+    code = context.code()
+    if isinstance(code, grpc.StatusCode):
+        return code
+    if call.error is None:
+        return grpc.StatusCode.OK
+    if isinstance(call.error, BaseException) and not isinstance(call.error, Exception):
+        # Cancelled: by the client, by the server's stop, or by the deadline.
+        remaining = context.time_remaining()
+        if remaining is not None and remaining <= 0:
+            return grpc.StatusCode.DEADLINE_EXCEEDED
+        return grpc.StatusCode.CANCELLED
+    return grpc.StatusCode.UNKNOWN
+
+
+class MetricsFactory(Protocol):
+    def method(self, service: str, name: str, grpc_type: str) -> MethodMetrics: ...
+
+
+class CallObserver(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    """Wraps every handler so that each call is seen once, start to status.
+
+    The wrapped handler is reused while the inner chain hands out the same handler for a
+    method (always, without security); each call then costs a Call object, a context
+    variable, a clock read and a done callback. The call's end is taken from grpc's done
+    callback: after a unary response was serialized and the status sent.
+    """
+
+    def __init__(self, metrics: MetricsFactory | None, access: bool) -> None:
+        self.metrics = metrics
+        self.access = access
+        self._methods: dict[str, Method] = {}
+        self._wrapped: dict[str, tuple[Any, Any]] = {}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Any:
+        _current.set(Call(time.perf_counter()))
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        path = handler_call_details.method
+        cached = self._wrapped.get(path)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        grpc_type = _grpc_type(handler.request_streaming, handler.response_streaming)
+        wrapped = self._wrap(self._method(path, grpc_type), handler)
+        self._wrapped[path] = (handler, wrapped)
+        return wrapped
+
+    def prepare(self, service: Any) -> None:
+        """Look up the metrics of every method of `service` (a ServiceDescriptor) now."""
+        for m in service.methods:
+            grpc_type = _grpc_type(m.client_streaming, m.server_streaming)
+            self._method(f"/{service.full_name}/{m.name}", grpc_type)
+
+    def _method(self, path: str, grpc_type: str) -> Method:
+        method = self._methods.get(path)
+        if method is None:
+            service, _, name = path.lstrip("/").rpartition("/")
+            metrics = self.metrics.method(service, name, grpc_type) if self.metrics else None
+            level = logging.DEBUG if service in QUIET_SERVICES else logging.INFO
+            method = self._methods[path] = Method(path, service, name, grpc_type, metrics, level)
+        return method
+
+    def _begin(self, method: Method, context: Any) -> Call:
+        call = _current.get()
+        if call is None:  # not through intercept_service (never in the server)
+            call = Call(time.perf_counter())
+            _current.set(call)
+        if method.metrics is not None:
+            method.metrics.started()
+        if self.access:
+            call.peer = context.peer()  # while the call is live: grpc frees it at the end
+        context.add_done_callback(lambda ctx: self._finish(method, call, ctx))
+        return call
+
+    def _finish(self, method: Method, call: Call, context: Any) -> None:
+        seconds = time.perf_counter() - call.start
+        code = final_code(call, context)
+        if method.metrics is not None:
+            method.metrics.finished(call, code, seconds)
+        if self.access and access_log.isEnabledFor(method.level):
+            _log_access(method, call, code, seconds, context)
+
+    def _wrap(self, method: Method, handler: Any) -> Any:
+        deserialize = _counting_deserializer(handler.request_deserializer)
+        serialize = _counting_serializer(handler.response_serializer)
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                self._returning(method, handler.unary_unary), deserialize, serialize
+            )
+        if handler.stream_unary is not None:
+            return grpc.stream_unary_rpc_method_handler(
+                self._returning(method, handler.stream_unary), deserialize, serialize
+            )
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                self._streaming(method, handler.unary_stream), deserialize, serialize
+            )
+        return grpc.stream_stream_rpc_method_handler(
+            self._streaming(method, handler.stream_stream), deserialize, serialize
+        )
+
+    def _returning(self, method: Method, behavior: Any) -> Any:
+        access = self.access
+
+        async def observed(request: Any, context: Any) -> Any:
+            call = self._begin(method, context)
+            try:
+                return await behavior(request, context)
+            except BaseException as exc:
+                call.error = exc
+                raise
+            finally:
+                if access:
+                    call.principal = principal_of_call()
+
+        return observed
+
+    def _streaming(self, method: Method, behavior: Any) -> Any:
+        """A coroutine (context.write) stays one, an async generator stays one: grpc
+        serves the two differently."""
+        access = self.access
+        if inspect.isasyncgenfunction(behavior):
+
+            async def generated(request: Any, context: Any) -> AsyncIterator[Any]:
+                call = self._begin(method, context)
+                try:
+                    async for item in behavior(request, context):
+                        yield item
+                except BaseException as exc:
+                    call.error = exc
+                    raise
+                finally:
+                    if access:
+                        call.principal = principal_of_call()
+
+            return generated
+        return self._returning(method, behavior)
+
+
+def _counting_deserializer(parse: Callable[[bytes], Any] | None) -> Callable[[bytes], Any]:
+    def deserialize(data: bytes) -> Any:
+        call = _current.get()
+        if call is not None:
+            call.bytes_in += len(data)
+            call.messages_in += 1
+        return parse(data) if parse is not None else data
+
+    return deserialize
+
+
+def _counting_serializer(encode: Callable[[Any], bytes] | None) -> Callable[[Any], bytes]:
+    def serialize(message: Any) -> bytes:
+        data = encode(message) if encode is not None else message
+        call = _current.get()
+        if call is not None:
+            call.bytes_out += len(data)
+            call.messages_out += 1
+        return data
+
+    return serialize
+
+
+def _log_access(
+    method: Method, call: Call, code: grpc.StatusCode, seconds: float, context: Any
+) -> None:
+    fields: dict[str, Any] = {
+        "method": method.path,
+        "code": code.name,
+        "duration_ms": round(seconds * 1000, 3),
+        "peer": call.peer,
+        "principal": call.principal or "-",
+        "bytes_in": call.bytes_in,
+        "bytes_out": call.bytes_out,
+    }
+    tail = ""
+    if call.ref:
+        fields["ref"] = call.ref
+        tail = f" ref={call.ref}"
+    elif code is not grpc.StatusCode.OK:
+        # What the client was told (capped where it was made: api/errors.py).
+        details = context.details() or ""
+        if details:
+            fields["error"] = details
+            tail = f" error={details!r}"
+    # Made and handled directly: Logger.log would walk the stack for the caller's file
+    # and line, which no access line shows, on every call.
+    record = access_log.makeRecord(
+        ACCESS_LOGGER,
+        method.level,
+        __file__,
+        0,
+        "%s %s %.1fms peer=%s principal=%s in=%dB out=%dB%s",
+        (
+            method.path,
+            code.name,
+            seconds * 1000,
+            call.peer,
+            fields["principal"],
+            call.bytes_in,
+            call.bytes_out,
+            tail,
+        ),
+        None,
+        extra=fields,
+    )
+    access_log.handle(record)
