@@ -156,6 +156,20 @@ async def _expire_leases(manager: AssetManager, interval: float, recorder: Recor
         await asyncio.sleep(interval)
 
 
+async def _expire_assets(manager: AssetManager, interval: float, recorder: Recorder) -> None:
+    """Remove expired assets nothing holds: the server process holding the store's
+    retention claim does; each removal is one conditional delete (one winner anyway)."""
+    hold = max(3 * interval, 3.0)
+    while True:
+        try:
+            if removed := await manager.expire_assets(hold):
+                recorder.assets_expired(removed)
+            await manager.warn_if_full()
+        except (AssetError, OSError) as exc:
+            log.warning("retention sweep failed: %s", exc)
+        await asyncio.sleep(interval)
+
+
 def _session_sweep_interval(settings: Settings) -> float:
     """A tenth of the TTL, between 1 s and 10 min: an expired upload's bytes are gone
     within about a tenth of its TTL, at a few listings per sweep."""
@@ -383,6 +397,9 @@ async def start(
         watch_tombstone_ttl_seconds=settings.watch_tombstone_ttl_seconds,
         max_lease_seconds=settings.max_lease_seconds,
         upload_session_ttl_seconds=settings.upload_session_ttl_seconds,
+        expiry_rules=settings.expiry_rules,
+        retention_sweep_limit=settings.retention_sweep_limit,
+        storage_warn_bytes=settings.storage_warn_bytes,
     )
     manager = AssetManager(store, storage, limits, manifests)
     if telemetry.recorder.enabled:
@@ -446,6 +463,9 @@ async def start(
         ),
         asyncio.create_task(
             _expire_upload_sessions(manager, _session_sweep_interval(settings), telemetry.recorder)
+        ),
+        asyncio.create_task(
+            _expire_assets(manager, settings.retention_check_interval_seconds, telemetry.recorder)
         ),
         asyncio.create_task(
             _sweep_tombstones(manager, _tenth(settings.watch_tombstone_ttl_seconds))

@@ -331,6 +331,8 @@ class UploadHeader:
     # A resumable upload's id (domain/uploads.py) and where this stream starts in the file.
     upload_id: str = ""
     write_offset: int = 0
+    # The new asset expires this long after its creation (0: by the operator's rules).
+    ttl_seconds: int = 0
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ from asset_service.domain.manager._base import (
     Limits,
     chunks_of,
 )
-from asset_service.domain.manager._resumable import Resumable
+from asset_service.domain.manager._retention import Retention
 from asset_service.domain.manifests import Manifest, build_manifest, wait_for_inputs
 from asset_service.domain.models import (
     Asset,
@@ -65,7 +65,7 @@ from asset_service.domain.watch import (
 log = logging.getLogger(__name__)
 
 
-class AssetManager(Resumable):
+class AssetManager(Retention):
     """Every use case of the service, over a MetadataStore and a BlobStorage."""
 
     def __init__(
@@ -102,6 +102,7 @@ class AssetManager(Resumable):
 
     async def stop(self) -> None:
         await self.release_sweep()
+        await self.release_retention_sweep()
         await self.settle_sessions()
         await self.commits.stop()
         await self.hub.close()
@@ -292,6 +293,11 @@ class AssetManager(Resumable):
                 lambda ids: self.watch(ids, 0, follow=False), mappings, wait_seconds
             )
         await self.store.check_room()  # its files would take the disk-full reserve's room
-        return await build_manifest(
+        built = await build_manifest(
             self.store, self.integrity, self.manifests, mappings, config_params
         )
+        if self.limits.manifest_ttl_seconds > 0:
+            # Its inputs outlive it: no expiry while the manifest may still be read.
+            until = _base.now() + timedelta(seconds=self.limits.manifest_ttl_seconds)
+            await self.store.retain(list(dict.fromkeys(mappings.values())), until)
+        return built

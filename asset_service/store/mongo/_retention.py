@@ -101,9 +101,37 @@ async def account(
     }
     owners = sorted(TASK_OWNER + t for t in tasks - busy)
     if owners:
-        await assets.update_many(
-            {"holds.owner": {"$in": owners}},
-            {"$pull": {"holds": {"owner": {"$in": owners}}}},
+        await release_owners(assets, owners, session)
+
+
+def holds_filter(doc: Doc) -> Doc:
+    """A filter matching the record only while its holds are still those of `doc` (the
+    holds are rewritten whole, compared whole: no positional or conditional array
+    operators, which FerretDB lacks)."""
+    if "holds" in doc:
+        return {"_id": doc["_id"], "holds": doc["holds"]}
+    return {"_id": doc["_id"], "holds": {"$exists": False}}
+
+
+async def release_owners(assets: Any, owners: Sequence[str], session: Any) -> None:
+    """Remove these owners' holds from every record: one read, one bulk command."""
+    gone = set(owners)
+    docs = [
+        d
+        async for d in assets.find(
+            {"holds.owner": {"$in": list(owners)}}, {"holds": 1}, session=session
+        )
+    ]
+    if docs:
+        await assets.bulk_write(
+            [
+                UpdateOne(
+                    holds_filter(d),
+                    {"$set": {"holds": [h for h in d["holds"] if h.get("owner") not in gone]}},
+                )
+                for d in docs
+            ],
+            ordered=True,
             session=session,
         )
 

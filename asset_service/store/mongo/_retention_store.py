@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -16,6 +16,7 @@ from asset_service.domain.models import Asset, Hold, Status
 from asset_service.domain.usage import ALL, TOTAL, UsageCells, UsageGroup, recount
 from asset_service.store.mongo import _retention, _schema
 from asset_service.store.mongo._documents import (
+    Doc,
     _unavailable,
     _write_error,
     doc_to_asset,
@@ -77,55 +78,57 @@ class MongoRetention(Transactional):
         return doc_to_asset(doc)
 
     async def place_hold(self, asset_id: str, hold: Hold, limit: int) -> Asset:
-        """One update of the record, without a revision (the change feed passes it over)."""
+        """A compare-and-set of the record's holds, without a revision (the change feed
+        passes it over): retried if they changed in between."""
         entry = hold_to_doc(hold)
-        projection = {"value_content": 0, "block_sums": 0}
+
+        def placed(holds: list[Doc]) -> list[Doc]:
+            others = [h for h in holds if h.get("owner") != hold.owner]
+            if len(others) >= limit:
+                raise ResourceExhausted(
+                    f"asset {asset_id} has {len(others)} holds, the most it may have; release one"
+                )
+            if len(others) == len(holds):
+                return [*holds, entry]
+            return [entry if h.get("owner") == hold.owner else h for h in holds]
+
+        asset, _ = await self._set_holds(asset_id, placed)
+        return asset
+
+    async def release_hold(self, asset_id: str, owner: str) -> tuple[Asset, bool]:
+        def released(holds: list[Doc]) -> list[Doc]:
+            return [h for h in holds if h.get("owner") != owner]
+
+        return await self._set_holds(asset_id, released)
+
+    async def _set_holds(
+        self, asset_id: str, change: Callable[[list[Doc]], list[Doc]]
+    ) -> tuple[Asset, bool]:
+        """The record with its holds rewritten by `change` (if that changes them), and
+        whether it did. NotFound without a record."""
         try:
             with pymongo.timeout(self.operation_timeout):
-                for _ in range(3):  # the holds changed between the two updates: again
-                    doc = await self._assets.find_one_and_update(
-                        {"_id": asset_id, "holds.owner": hold.owner},
-                        {"$set": {"holds.$": entry}},
-                        projection=projection,
+                for _ in range(8):
+                    doc = await self._assets.find_one({"_id": asset_id})
+                    if doc is None:
+                        raise NotFound(f"asset {asset_id} not found")
+                    holds = list(doc.get("holds") or [])
+                    wanted = change(holds)
+                    if wanted == holds:
+                        return doc_to_asset(doc), False
+                    done = await self._assets.find_one_and_update(
+                        _retention.holds_filter(doc),
+                        {"$set": {"holds": wanted}},
                         return_document=ReturnDocument.AFTER,
                     )
-                    if doc is None:
-                        doc = await self._assets.find_one_and_update(
-                            {
-                                "_id": asset_id,
-                                "holds.owner": {"$ne": hold.owner},
-                                f"holds.{limit - 1}": {"$exists": False},
-                            },
-                            {"$push": {"holds": entry}},
-                            projection=projection,
-                            return_document=ReturnDocument.AFTER,
-                        )
-                    if doc is not None:
-                        return doc_to_asset(doc)
-                    current = await self._one(asset_id)
-                    others = [h for h in current.holds if h.owner != hold.owner]
-                    if len(others) >= limit:
-                        raise ResourceExhausted(
-                            f"asset {asset_id} has {len(others)} holds, the most it may "
-                            "have; release one"
-                        )
+                    if done is not None:
+                        return doc_to_asset(done), True
         except PyMongoError as exc:
             raise _write_error(exc, transaction=False) from exc
         raise ResourceExhausted(f"asset {asset_id}'s holds kept changing; try again")
 
-    async def release_hold(self, asset_id: str, owner: str) -> tuple[Asset, bool]:
-        try:
-            with pymongo.timeout(self.operation_timeout):
-                done = await self._assets.update_one(
-                    {"_id": asset_id, "holds.owner": owner},
-                    {"$pull": {"holds": {"owner": owner}}},
-                )
-                return await self._one(asset_id), done.modified_count == 1
-        except PyMongoError as exc:
-            raise _write_error(exc, transaction=False) from exc
-
     async def hold_inputs(self, task_id: str, asset_ids: Sequence[str], hold: Hold) -> list[str]:
-        """In a group transaction that writes the task's PENDING cell (_retention.py)."""
+        """In a transaction of its own that writes the task's PENDING cell (_retention.py)."""
         ids = list(dict.fromkeys(asset_ids))
         cell = _retention.cell_id((UsageGroup.TASK.value, task_id, Status.PENDING.value))
         entry = hold_to_doc(hold)

@@ -209,7 +209,7 @@ def cli(
 
 def _register() -> None:
     # Imported here: each module adds its commands to `cli`.
-    from asset_client.cli import _commands, _promises, _run, _watch  # noqa: F401
+    from asset_client.cli import _commands, _promises, _run, _usage, _watch  # noqa: F401
 
 
 def _command_name(ctx: click.Context | None) -> str:
