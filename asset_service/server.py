@@ -161,13 +161,15 @@ async def _expire_assets(manager: AssetManager, interval: float, recorder: Recor
     retention claim does; each removal is one conditional delete (one winner anyway)."""
     hold = max(3 * interval, 3.0)
     while True:
+        # After an interval, not at once: a server started to look (or restarted after a
+        # crash) does not remove anything in its first moments.
+        await asyncio.sleep(interval)
         try:
             if removed := await manager.expire_assets(hold):
                 recorder.assets_expired(removed)
             await manager.warn_if_full()
         except (AssetError, OSError) as exc:
             log.warning("retention sweep failed: %s", exc)
-        await asyncio.sleep(interval)
 
 
 def _session_sweep_interval(settings: Settings) -> float:

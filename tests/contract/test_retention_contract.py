@@ -10,6 +10,7 @@ and the caller's agree.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import random
 from datetime import UTC, datetime, timedelta
@@ -306,3 +307,28 @@ async def test_memory_accounting_matches_a_recount_for_any_workload(seed: int, s
         assert await kept_cells(store) == recount(await all_records(store))
     finally:
         await store.close()
+
+
+@pytest.mark.needs("atomic_find_and_modify")
+async def test_racing_expiries_remove_each_asset_once(backend: Backend) -> None:
+    """Two sweepers (two servers on one store) racing for the same expired assets: each
+    conditional delete has one winner, so each asset goes once, with one DELETE."""
+    store, now = backend.store, _now()
+    made = [await store.insert(available(expires=now - HOUR)) for _ in range(12)]
+    first = made[0].revision - 1
+
+    async def sweep() -> list[str]:
+        removed = []
+        for asset in await store.expired(now, 100):
+            try:
+                if await store.delete(asset.id, "retention", expired_removal(now)) is not None:
+                    removed.append(asset.id)
+            except Conflict:
+                pass
+        return removed
+
+    a, b = await asyncio.gather(sweep(), sweep())
+    assert sorted(a + b) == sorted(x.id for x in made) and not set(a) & set(b)
+    replay = await store.changes_since(first, 1000)
+    deletes = [c.asset.id for c in replay.changes if c.kind is ChangeKind.DELETE]
+    assert sorted(deletes) == sorted(x.id for x in made)
