@@ -33,7 +33,7 @@ class Held(FailedPrecondition):
     def __init__(self, asset_id: str, holders: Sequence[str]) -> None:
         super().__init__(
             f"asset {asset_id} is held by {len(holders)} holder(s): {shown_list(list(holders))}; "
-            "release the holds (ReleaseHold), let the tasks finish, or delete it with force "
+            "release the holds (ReleaseHold) or let the tasks finish, or delete it with force "
             "(admin)"
         )
         self.asset_id = asset_id

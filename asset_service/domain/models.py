@@ -258,10 +258,11 @@ class Removal:
     """What a delete requires and records (MetadataStore.delete).
 
     `reason` becomes the last state's deletion_reason (DELETED events, tombstones).
-    `unheld`: refuse (Held, naming the holders) while anything holds the asset: a hold,
-    a task's PENDING promise naming it, a manifest within its TTL (retained_until > now).
-    `expired`: only if it has expired by `now` (expires_at <= now) and is not PENDING
-    (Conflict otherwise): the expiry's one conditional write.
+    `unheld`: refuse (Held, naming the holders) while a hold keeps the asset (an explicit
+    one, or a task's with a PENDING promise naming it as input): DeleteAsset without force.
+    `expired`: only if it has expired by `now` (expires_at <= now), is not PENDING
+    (Conflict otherwise) and nothing holds it, a manifest within its TTL included
+    (retained_until > now): the expiry's one conditional write.
     """
 
     reason: str = ""

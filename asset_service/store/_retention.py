@@ -12,10 +12,11 @@ from asset_service.domain.models import Asset
 MAX_HOLDS = 64
 
 
-def holders(asset: Asset, now: datetime) -> list[str]:
-    """What holds `asset` back at `now`: each hold, and a manifest within its TTL."""
+def holders(asset: Asset, now: datetime, manifests: bool = True) -> list[str]:
+    """What holds `asset` back at `now`: each hold, and (`manifests`: from expiring, not
+    from DeleteAsset) a manifest within its TTL."""
     found = [hold.describe() for hold in asset.holds]
-    if asset.retained_until is not None and asset.retained_until > now:
+    if manifests and asset.retained_until is not None and asset.retained_until > now:
         when = asset.retained_until.astimezone(UTC).isoformat(timespec="seconds")
         found.append(f"a manifest that lists it (kept until {when.replace('+00:00', 'Z')})")
     return found

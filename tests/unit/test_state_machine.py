@@ -287,6 +287,14 @@ async def failed_precondition(w: World) -> None:
     await expect(w, FailedPrecondition, w.manager.read(p.id, 0, 0))
 
 
+async def held(w: World) -> None:
+    p = await promise(w)
+    await w.manager.place_hold(p.id, "audit", "kept for review")
+    err = await expect(w, Held, w.manager.delete(p.id))
+    assert "audit (kept for review)" in err.message
+    assert (await w.manager.delete(p.id, force=True)).id == p.id
+
+
 async def manifest_blocked(w: World) -> None:
     p = await promise(w)
     err = await expect(w, ManifestBlocked, w.manager.manifest({"in": p.id}, {}))
@@ -404,6 +412,7 @@ ERROR_CASES: dict[type[AssetError], Callable[[World], Awaitable[None]]] = {
     InvalidArgument: invalid_argument,
     NotFound: not_found,
     FailedPrecondition: failed_precondition,
+    Held: held,
     ManifestBlocked: manifest_blocked,
     ManifestWaitTimeout: manifest_wait_timeout,
     HistoryGone: history_gone,
@@ -427,7 +436,6 @@ RAISED_OUTSIDE_THE_DOMAIN = {
     Overloaded: "MongoStore's group writer queue (tests/unit/test_mongo_backpressure.py)",
     Unverified: "a storage's check_many verdict, which the domain verifies (never raised)",
     LeaseRanOut: "a store's verdict on a lease, which the manager turns into FailedPrecondition",
-    Held: "a store's Removal verdict (tests/contract: holds); DeleteAsset reaches it later",
 }
 
 

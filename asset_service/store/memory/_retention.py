@@ -77,7 +77,7 @@ class MemoryRetention:
                 raise Conflict(f"asset {current.id} has not expired (it expires at {due})")
         if removal.unheld or removal.expired:
             assert now is not None
-            found = holders(self._with_holds(current), now)
+            found = holders(self._with_holds(current), now, manifests=removal.expired)
             if found:
                 raise Held(current.id, found)
 

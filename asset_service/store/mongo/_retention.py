@@ -162,6 +162,7 @@ def removal_filter(removal: Removal, database_clock: bool) -> Doc:
         parts.append(_not_after("expires_at", now, database_clock))
     if removal.unheld or removal.expired:
         parts.append({"holds.0": {"$exists": False}})
+    if removal.expired:  # a manifest within its TTL defers expiry, not DeleteAsset
         parts.append(_not_after("retained_until", now, database_clock))
     return {"$and": parts} if parts else {}
 
@@ -171,7 +172,7 @@ def removal_refused(doc: Doc, removal: Removal) -> Exception:
     asset = doc_to_asset(doc)
     now = removal.now
     assert now is not None
-    found = holders(asset, now)
+    found = holders(asset, now, manifests=removal.expired)
     if found:
         return Held(asset.id, found)
     return Conflict(f"asset {asset.id} has not expired (it expires at {asset.expires_at})")

@@ -121,7 +121,7 @@ def check_removal(asset: Asset, removal: Removal | None) -> None:
             raise Conflict(f"asset {asset.id} has not expired (it expires at {due})")
     if removal.unheld or removal.expired:
         assert now is not None
-        found = holders(asset, now)
+        found = holders(asset, now, manifests=removal.expired)
         if found:
             raise Held(asset.id, found)
 

@@ -105,8 +105,9 @@ class AssetServiceStub:
     """
     DeleteAsset: _grpc.UnaryUnaryMultiCallable[_asset_service_pb2.DeleteAssetRequest, _asset_service_pb2.DeleteAssetResponse]
     """DeleteAsset removes an asset's record and its bytes. While something holds
-    it (Asset.holds, or a manifest within its TTL) it is refused with
-    FAILED_PRECONDITION naming the holders, unless `force`.
+    it (Asset.holds: an explicit hold, a live task's input) it is refused with
+    FAILED_PRECONDITION naming the holders, unless `force`. (A manifest within
+    its TTL defers only the asset's expiry.)
     """
     MintTaskToken: _grpc.UnaryUnaryMultiCallable[_asset_service_pb2.MintTaskTokenRequest, _asset_service_pb2.MintTaskTokenResponse]
     """MintTaskToken issues a short-lived bearer token scoped to one task: it may
@@ -211,8 +212,9 @@ class AssetServiceAsyncStub(AssetServiceStub):
     """
     DeleteAsset: _aio.UnaryUnaryMultiCallable[_asset_service_pb2.DeleteAssetRequest, _asset_service_pb2.DeleteAssetResponse]  # type: ignore[assignment]
     """DeleteAsset removes an asset's record and its bytes. While something holds
-    it (Asset.holds, or a manifest within its TTL) it is refused with
-    FAILED_PRECONDITION naming the holders, unless `force`.
+    it (Asset.holds: an explicit hold, a live task's input) it is refused with
+    FAILED_PRECONDITION naming the holders, unless `force`. (A manifest within
+    its TTL defers only the asset's expiry.)
     """
     MintTaskToken: _aio.UnaryUnaryMultiCallable[_asset_service_pb2.MintTaskTokenRequest, _asset_service_pb2.MintTaskTokenResponse]  # type: ignore[assignment]
     """MintTaskToken issues a short-lived bearer token scoped to one task: it may
@@ -398,8 +400,9 @@ class AssetServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_asset_service_pb2.DeleteAssetResponse, _abc.Awaitable[_asset_service_pb2.DeleteAssetResponse]]:
         """DeleteAsset removes an asset's record and its bytes. While something holds
-        it (Asset.holds, or a manifest within its TTL) it is refused with
-        FAILED_PRECONDITION naming the holders, unless `force`.
+        it (Asset.holds: an explicit hold, a live task's input) it is refused with
+        FAILED_PRECONDITION naming the holders, unless `force`. (A manifest within
+        its TTL defers only the asset's expiry.)
         """
 
     @_abc_1.abstractmethod

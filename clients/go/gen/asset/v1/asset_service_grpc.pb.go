@@ -112,8 +112,9 @@ type AssetServiceClient interface {
 	// PENDING.
 	GetManifest(ctx context.Context, in *GetManifestRequest, opts ...grpc.CallOption) (*GetManifestResponse, error)
 	// DeleteAsset removes an asset's record and its bytes. While something holds
-	// it (Asset.holds, or a manifest within its TTL) it is refused with
-	// FAILED_PRECONDITION naming the holders, unless `force`.
+	// it (Asset.holds: an explicit hold, a live task's input) it is refused with
+	// FAILED_PRECONDITION naming the holders, unless `force`. (A manifest within
+	// its TTL defers only the asset's expiry.)
 	DeleteAsset(ctx context.Context, in *DeleteAssetRequest, opts ...grpc.CallOption) (*DeleteAssetResponse, error)
 	// MintTaskToken issues a short-lived bearer token scoped to one task: it may
 	// fulfill, fail or upload only that task's promises and read only the named
@@ -453,8 +454,9 @@ type AssetServiceServer interface {
 	// PENDING.
 	GetManifest(context.Context, *GetManifestRequest) (*GetManifestResponse, error)
 	// DeleteAsset removes an asset's record and its bytes. While something holds
-	// it (Asset.holds, or a manifest within its TTL) it is refused with
-	// FAILED_PRECONDITION naming the holders, unless `force`.
+	// it (Asset.holds: an explicit hold, a live task's input) it is refused with
+	// FAILED_PRECONDITION naming the holders, unless `force`. (A manifest within
+	// its TTL defers only the asset's expiry.)
 	DeleteAsset(context.Context, *DeleteAssetRequest) (*DeleteAssetResponse, error)
 	// MintTaskToken issues a short-lived bearer token scoped to one task: it may
 	// fulfill, fail or upload only that task's promises and read only the named

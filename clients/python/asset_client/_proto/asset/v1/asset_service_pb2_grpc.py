@@ -263,8 +263,9 @@ class AssetServiceServicer:
 
     def DeleteAsset(self, request, context):
         """DeleteAsset removes an asset's record and its bytes. While something holds
-        it (Asset.holds, or a manifest within its TTL) it is refused with
-        FAILED_PRECONDITION naming the holders, unless `force`.
+        it (Asset.holds: an explicit hold, a live task's input) it is refused with
+        FAILED_PRECONDITION naming the holders, unless `force`. (A manifest within
+        its TTL defers only the asset's expiry.)
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

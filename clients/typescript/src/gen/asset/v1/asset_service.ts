@@ -6817,8 +6817,9 @@ export const AssetServiceService = {
   },
   /**
    * DeleteAsset removes an asset's record and its bytes. While something holds
-   * it (Asset.holds, or a manifest within its TTL) it is refused with
-   * FAILED_PRECONDITION naming the holders, unless `force`.
+   * it (Asset.holds: an explicit hold, a live task's input) it is refused with
+   * FAILED_PRECONDITION naming the holders, unless `force`. (A manifest within
+   * its TTL defers only the asset's expiry.)
    */
   deleteAsset: {
     path: "/asset.v1.AssetService/DeleteAsset" as const,
@@ -7000,8 +7001,9 @@ export interface AssetServiceServer extends UntypedServiceImplementation {
   getManifest: handleUnaryCall<GetManifestRequest, GetManifestResponse>;
   /**
    * DeleteAsset removes an asset's record and its bytes. While something holds
-   * it (Asset.holds, or a manifest within its TTL) it is refused with
-   * FAILED_PRECONDITION naming the holders, unless `force`.
+   * it (Asset.holds: an explicit hold, a live task's input) it is refused with
+   * FAILED_PRECONDITION naming the holders, unless `force`. (A manifest within
+   * its TTL defers only the asset's expiry.)
    */
   deleteAsset: handleUnaryCall<DeleteAssetRequest, DeleteAssetResponse>;
   /**
@@ -7283,8 +7285,9 @@ export interface AssetServiceClient extends Client {
   ): ClientUnaryCall;
   /**
    * DeleteAsset removes an asset's record and its bytes. While something holds
-   * it (Asset.holds, or a manifest within its TTL) it is refused with
-   * FAILED_PRECONDITION naming the holders, unless `force`.
+   * it (Asset.holds: an explicit hold, a live task's input) it is refused with
+   * FAILED_PRECONDITION naming the holders, unless `force`. (A manifest within
+   * its TTL defers only the asset's expiry.)
    */
   deleteAsset(
     request: DeleteAssetRequest,
