@@ -19,6 +19,7 @@ import pytest
 from asset_service._proto.asset.v1 import asset_service_pb2 as pb
 from asset_service._proto.asset.v1 import asset_service_pb2_grpc as pb_grpc
 from tests.e2e.helpers import all_assets, expect_error, stored_files
+from tests.e2e.scrape import metrics_port, scrape
 from tests.e2e.security_helpers import SecureFiles, bearer, start_server, token_for
 from tests.serverproc import ServerProcess, database_url_for, drop_database_of
 
@@ -273,3 +274,28 @@ async def test_two_servers_on_one_store_expire_each_asset_once(tmp_path: Path) -
         drop_database_of(url)
     removed = [ln for ln in a.log + b.log if "expired (ttl)" in ln]
     assert sorted(ln.split()[5] for ln in removed) == sorted(ids)  # each once, by one server
+
+
+async def test_the_sweep_counts_what_it_removed_by_reason(tmp_path: Path) -> None:
+    url = database_url_for(tmp_path)
+    flags = ["--metrics-listen", "127.0.0.1:0", "--retention-check-interval", SWEEP]
+    server = ServerProcess(tmp_path / "data", url, extra_args=flags).start()
+    try:
+        port = metrics_port(server)
+        async with grpc.aio.insecure_channel(server.address) as channel:
+            stub = pb_grpc.AssetServiceStub(channel)
+            made = await stub.CreateValueAsset(
+                pb.CreateValueAssetRequest(label="m", value=pb.Value(text="x"), ttl_seconds=1)
+            )
+            request = pb.WatchAssetRequest(asset_ids=[made.asset.id], follow=True)
+            async for event in stub.WatchAsset(request, timeout=20):
+                if event.type == pb.WATCH_EVENT_TYPE_DELETED:
+                    break
+        expired = scrape(port).get(
+            "asset_service_assets_expired_total", {"reason": "expired (ttl)"}
+        )
+        assert expired == 1
+    finally:
+        server.stop()
+        drop_database_of(url)
+    assert any(f"asset {made.asset.id} (m, 1 bytes) expired (ttl)" in ln for ln in server.log)
