@@ -128,7 +128,8 @@ class MongoRetention(Transactional):
         raise ResourceExhausted(f"asset {asset_id}'s holds kept changing; try again")
 
     async def hold_inputs(self, task_id: str, asset_ids: Sequence[str], hold: Hold) -> list[str]:
-        """In a transaction of its own that writes the task's PENDING cell (_retention.py)."""
+        """In a transaction of its own that writes the task's PENDING cell (_retention.py):
+        the cell, one read of the records, one bulk rewrite of their holds."""
         ids = list(dict.fromkeys(asset_ids))
         cell = _retention.cell_id((UsageGroup.TASK.value, task_id, Status.PENDING.value))
         entry = hold_to_doc(hold)
@@ -141,15 +142,20 @@ class MongoRetention(Transactional):
             )
             if pending is None or not ids:
                 return []
-            await self._assets.update_many(
-                {"_id": {"$in": ids}, "holds.owner": {"$ne": hold.owner}},
-                {"$push": {"holds": entry}},
-                session=session,
-            )
-            found = {
-                str(d["_id"])
-                async for d in self._assets.find({"_id": {"$in": ids}}, {"_id": 1}, session=session)
-            }
+            docs = await self._assets.find(
+                {"_id": {"$in": ids}}, {"holds": 1}, session=session
+            ).to_list()
+            changes = [
+                UpdateOne(
+                    _retention.holds_filter(d),
+                    {"$set": {"holds": [*(d.get("holds") or []), entry]}},
+                )
+                for d in docs
+                if all(h.get("owner") != hold.owner for h in d.get("holds") or [])
+            ]
+            if changes:
+                await self._assets.bulk_write(changes, ordered=True, session=session)
+            found = {str(d["_id"]) for d in docs}
             return [i for i in ids if i in found]
 
         # Its own transaction (not the group writer's: it takes no revision).
@@ -161,9 +167,12 @@ class MongoRetention(Transactional):
         try:
             with pymongo.timeout(self.operation_timeout):
                 for start in range(0, len(ids), 1000):
-                    await self._assets.update_many(
-                        {"_id": {"$in": ids[start : start + 1000]}},
-                        {"$max": {"retained_until": ms(until)}},
+                    await self._assets.bulk_write(
+                        [
+                            UpdateOne({"_id": i}, {"$max": {"retained_until": ms(until)}})
+                            for i in ids[start : start + 1000]
+                        ],
+                        ordered=True,
                     )
         except PyMongoError as exc:
             raise _write_error(exc, transaction=False) from exc
