@@ -304,11 +304,20 @@ class Settings:
         group="storage",
         flag="--retention-check-interval",
     )
+    collect_interval_seconds: float = setting(
+        INTERVAL,
+        "10m",
+        "time between collections of stored files no record points at (a crash between "
+        "bytes and record), once older than --orphan-grace: at most --retention-sweep-limit "
+        "files each time, by one server at a time; start-up collects them all",
+        group="storage",
+        flag="--collect-interval",
+    )
     retention_sweep_limit: int = setting(
         POSITIVE,
         "1000",
-        "expired assets one retention sweep removes at most (the rest wait for the next "
-        "sweep): bounds the work and the store writes of each sweep",
+        "expired assets one retention sweep removes at most, and orphan files one collection "
+        "removes at most (the rest wait for the next one): bounds each sweep's work",
         group="storage",
     )
     storage_warn_bytes: int = setting(

@@ -172,6 +172,19 @@ async def _expire_assets(manager: AssetManager, interval: float, recorder: Recor
             log.warning("retention sweep failed: %s", exc)
 
 
+async def _collect_orphans(manager: AssetManager, interval: float, recorder: Recorder) -> None:
+    """Remove stored files no record points at, a bounded number each time (start-up
+    reconciled them all); one server at a time, by the store's collection claim."""
+    hold = max(3 * interval, 3.0)
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            if removed := await manager.collect_orphans(hold):
+                recorder.reclaimed("orphan_files", removed)
+        except (AssetError, OSError) as exc:
+            log.warning("orphan collection failed: %s", exc)
+
+
 def _session_sweep_interval(settings: Settings) -> float:
     """A tenth of the TTL, between 1 s and 10 min: an expired upload's bytes are gone
     within about a tenth of its TTL, at a few listings per sweep."""
@@ -468,6 +481,9 @@ async def start(
         ),
         asyncio.create_task(
             _expire_assets(manager, settings.retention_check_interval_seconds, telemetry.recorder)
+        ),
+        asyncio.create_task(
+            _collect_orphans(manager, settings.collect_interval_seconds, telemetry.recorder)
         ),
         asyncio.create_task(
             _sweep_tombstones(manager, _tenth(settings.watch_tombstone_ttl_seconds))

@@ -184,6 +184,12 @@ class Metrics:
             ("reason",),
             registry=r,
         )
+        self.reclaimed = Counter(
+            "asset_service_reclaimed",
+            "Items this server's collections removed, by kind (orphan_files).",
+            ("kind",),
+            registry=r,
+        )
         self.build = Info("asset_service_build", "The running build.", registry=r)
 
     def method(self, service: str, name: str, grpc_type: str) -> MethodMetrics:
@@ -309,6 +315,9 @@ class MetricsRecorder(Recorder):
 
     def upload_sessions_expired(self, count: int) -> None:
         self.metrics.sessions_expired.inc(count)
+
+    def reclaimed(self, kind: str, count: int) -> None:
+        self.metrics.reclaimed.labels(kind).inc(count)
 
     def assets_expired(self, by_reason: Mapping[str, int]) -> None:
         for reason, count in by_reason.items():

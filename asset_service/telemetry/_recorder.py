@@ -42,6 +42,9 @@ class Recorder:
     def assets_expired(self, by_reason: Mapping[str, int]) -> None:
         """The retention sweep removed expired assets: how many, by deletion reason."""
 
+    def reclaimed(self, kind: str, count: int) -> None:
+        """A collection removed `count` items of `kind` ("orphan_files")."""
+
     def group_commit(self, store: str, writes: int) -> None:
         """`store`'s writer ran one transaction of `writes` grouped writes (any thread)."""
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import pytest
 
 from asset_service._proto.asset.v1 import asset_service_pb2 as pb
 from asset_service._proto.asset.v1 import asset_service_pb2_grpc as pb_grpc
-from tests.e2e.helpers import all_assets, expect_error, stored_files
+from tests.e2e.helpers import all_assets, expect_error, read_all, stored_files, upload
 from tests.e2e.scrape import metrics_port, scrape
 from tests.e2e.security_helpers import SecureFiles, bearer, start_server, token_for
 from tests.serverproc import ServerProcess, database_url_for, drop_database_of
@@ -299,3 +300,35 @@ async def test_the_sweep_counts_what_it_removed_by_reason(tmp_path: Path) -> Non
         server.stop()
         drop_database_of(url)
     assert any(f"asset {made.asset.id} (m, 1 bytes) expired (ttl)" in ln for ln in server.log)
+
+
+async def test_orphan_files_are_collected_a_bounded_number_at_a_time(tmp_path: Path) -> None:
+    url = database_url_for(tmp_path)
+    flags = ["--metrics-listen", "127.0.0.1:0", "--collect-interval", "0.3"]
+    flags += ["--orphan-grace", "0", "--retention-sweep-limit", "1"]
+    server = ServerProcess(tmp_path / "data", url, extra_args=flags).start()
+    try:
+        port = metrics_port(server)
+        async with grpc.aio.insecure_channel(server.address) as channel:
+            stub = pb_grpc.AssetServiceStub(channel)
+            kept = await upload(stub, [b"kept bytes"], label="kept.bin")
+            # What a crash between bytes and record leaves: files no record points at.
+            orphans = []
+            for i in range(3):
+                folder = tmp_path / "data" / "uploads" / "2026-01-01" / str(uuid.uuid4())
+                folder.mkdir(parents=True)
+                (folder / f"o{i}.bin").write_bytes(b"orphan")
+                orphans.append(folder / f"o{i}.bin")
+            for _ in range(100):  # 10 s at most
+                if not any(p.exists() for p in orphans):
+                    break
+                await asyncio.sleep(0.1)
+            assert not any(p.exists() for p in orphans), "".join(server.log)
+            assert await read_all(stub, kept.id) == b"kept bytes"
+        reclaimed = scrape(port).get("asset_service_reclaimed_total", {"kind": "orphan_files"})
+        assert reclaimed == 3
+    finally:
+        server.stop()
+        drop_database_of(url)
+    counts = [ln for ln in server.log if "collected " in ln and "orphan file(s)" in ln]
+    assert len(counts) == 3 and all("collected 1 orphan" in ln for ln in counts), counts

@@ -7,6 +7,7 @@ import logging
 from collections.abc import Sequence
 from datetime import timedelta
 
+from asset_service.domain import recovery
 from asset_service.domain.errors import (
     AssetError,
     Conflict,
@@ -148,9 +149,26 @@ class Retention(Resumable):
             await self.space_freed()
         return dict(removed)
 
+    async def collect_orphans(self, hold_seconds: float = SWEEP_HOLD_SECONDS) -> int:
+        """Remove stored files no record points at (a crash between bytes and record),
+        past the storage's orphan grace: at most --retention-sweep-limit per call, while
+        this manager holds the store's collection claim (one server collects at a time).
+        How many went."""
+        now = _base.now()
+        if not await self.store.claim_sweep(self.sweeper, hold_seconds, now, "collect"):
+            return 0
+        removed = await recovery.reconcile(
+            self.store, self.storage, self.limits.retention_sweep_limit
+        )
+        if removed:
+            log.info("collected %d orphan file(s) no record points at", removed)
+            await self.space_freed()
+        return removed
+
     async def release_retention_sweep(self) -> None:
         try:
             await self.store.claim_sweep(self.sweeper, 0, _base.now(), "retention")
+            await self.store.claim_sweep(self.sweeper, 0, _base.now(), "collect")
         except AssetError as exc:
             log.info("could not give up the retention sweep: %s", exc)
 
