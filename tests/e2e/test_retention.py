@@ -104,6 +104,36 @@ async def test_a_live_tasks_input_outlives_its_ttl_and_goes_right_after_the_prom
     assert not output.asset.HasField("expire_time")
 
 
+async def test_a_waiting_manifests_inputs_do_not_expire_while_it_waits(
+    stub: pb_grpc.AssetServiceStub,
+) -> None:
+    made = await stub.CreateValueAsset(
+        pb.CreateValueAssetRequest(label="cfg", value=pb.Value(text="c"), ttl_seconds=1),
+        metadata=ORCH,
+    )
+    promise = await stub.CreatePendingAsset(
+        pb.CreatePendingAssetRequest(task_id="t-w", label="frames", type=pb.ASSET_TYPE_VALUE),
+        metadata=ORCH,
+    )
+    request = pb.GetManifestRequest(
+        asset_mappings={"cfg": made.asset.id, "frames": promise.asset.id}, wait=True
+    )
+
+    async def manifest() -> pb.GetManifestResponse:
+        return await stub.GetManifest(request, metadata=ORCH, timeout=15)
+
+    waiting = asyncio.create_task(manifest())
+    await asyncio.sleep(2.0)  # cfg's TTL has passed, a dozen sweeps ran: it waits on
+    await stub.FulfillAsset(
+        pb.FulfillAssetRequest(asset_id=promise.asset.id, value=pb.Value(text="f")),
+        metadata=ORCH,
+    )
+    built = await asyncio.wait_for(waiting, 10)
+    assert built.manifest_path
+    kept = await stub.GetAsset(pb.GetAssetRequest(asset_id=made.asset.id), metadata=ADMIN)
+    assert kept.asset.HasField("retain_until_time")
+
+
 async def test_a_watcher_sees_an_expiry_by_rule_with_its_reason(
     stub: pb_grpc.AssetServiceStub,
 ) -> None:

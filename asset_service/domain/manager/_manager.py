@@ -64,6 +64,10 @@ from asset_service.domain.watch import (
 
 log = logging.getLogger(__name__)
 
+# How long a GetManifest that waits without a deadline keeps its inputs from expiring
+# when manifests are kept forever (--manifest-ttl 0): renewed by each such call.
+WAIT_RETENTION_SECONDS = 86400.0
+
 
 class AssetManager(Retention):
     """Every use case of the service, over a MetadataStore and a BlobStorage."""
@@ -289,6 +293,11 @@ class AssetManager(Retention):
         if self.manifests is None:
             raise FailedPrecondition("this server has no manifest store; GetManifest is off")
         if wait:
+            # A waiting manifest needs its inputs: none expires while it waits (a
+            # retention, which lapses by itself if this server dies meanwhile).
+            waits = wait_seconds if wait_seconds is not None else self.limits.manifest_ttl_seconds
+            until = _base.now() + timedelta(seconds=waits or WAIT_RETENTION_SECONDS)
+            await self.store.retain(list(dict.fromkeys(mappings.values())), until)
             await wait_for_inputs(
                 lambda ids: self.watch(ids, 0, follow=False), mappings, wait_seconds
             )
