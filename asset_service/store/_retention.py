@@ -7,10 +7,6 @@ from datetime import UTC, datetime
 
 from asset_service.domain.models import Asset
 
-# Holds an asset may carry at once (PlaceHold beyond it: RESOURCE_EXHAUSTED); tasks'
-# holds are not counted against it. Each is kept inside the record.
-MAX_HOLDS = 64
-
 
 def holders(asset: Asset, now: datetime, manifests: bool = True) -> list[str]:
     """What holds `asset` back at `now`: each hold, and (`manifests`: from expiring, not

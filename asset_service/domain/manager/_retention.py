@@ -38,7 +38,8 @@ log = logging.getLogger(__name__)
 
 # The principal named as the deleter of expired assets (DELETED events' updated_by).
 RETENTION_PRINCIPAL = "retention"
-# Explicit holds an asset may carry at once (tasks' holds are not counted).
+# Holds an asset may carry when PlaceHold adds one (beyond: RESOURCE_EXHAUSTED); a task
+# token's input holds are placed whatever their number.
 MAX_HOLDS = 64
 MAX_OWNER_CHARS = 200
 MAX_HOLD_REASON_CHARS = 1024
