@@ -307,17 +307,18 @@ class Settings:
     collect_interval_seconds: float = setting(
         INTERVAL,
         "10m",
-        "time between collections of stored files no record points at (a crash between "
-        "bytes and record), once older than --orphan-grace: at most --retention-sweep-limit "
-        "files each time, by one server at a time; start-up collects them all",
+        "time between collections of what nothing needs: manifest folders past "
+        "--manifest-ttl, and stored files no record points at (a crash between bytes and "
+        "record) once older than --orphan-grace (by one server at a time); at most "
+        "--retention-sweep-limit of each kind per run, the rest at the next",
         group="storage",
         flag="--collect-interval",
     )
     retention_sweep_limit: int = setting(
         POSITIVE,
         "1000",
-        "expired assets one retention sweep removes at most, and orphan files one collection "
-        "removes at most (the rest wait for the next one): bounds each sweep's work",
+        "expired assets one retention sweep removes at most, and manifest folders and orphan "
+        "files one collection removes at most (the rest wait for the next): bounds the work",
         group="storage",
     )
     storage_warn_bytes: int = setting(
@@ -332,7 +333,7 @@ class Settings:
         "7d",
         "how long a GetManifest folder (input_data.json under tmp/manifests) is kept, and a "
         "VALUE input's shared file (tmp/values) once no manifest uses it; swept at start-up "
-        "and hourly; 0 keeps them forever",
+        "and every --collect-interval; 0 keeps them forever",
         group="storage",
         flag="--manifest-ttl",
     )

@@ -127,18 +127,6 @@ class RunningServer:
         await _bounded("metrics and traces to close", self.telemetry.close(), STOP_STEP_SECONDS)
 
 
-HOUSEKEEPING_INTERVAL = 3600.0
-
-
-async def _housekeeping(manager: AssetManager) -> None:
-    while True:
-        try:
-            await manager.sweep_manifests()
-        except (AssetError, OSError) as exc:
-            log.warning("manifest sweep failed: %s", exc)
-        await asyncio.sleep(HOUSEKEEPING_INTERVAL)
-
-
 SETTLE_INTERVAL = 5.0
 
 
@@ -172,17 +160,28 @@ async def _expire_assets(manager: AssetManager, interval: float, recorder: Recor
             log.warning("retention sweep failed: %s", exc)
 
 
-async def _collect_orphans(manager: AssetManager, interval: float, recorder: Recorder) -> None:
-    """Remove stored files no record points at, a bounded number each time (start-up
-    reconciled them all); one server at a time, by the store's collection claim."""
+async def _collect(manager: AssetManager, interval: float, limit: int, recorder: Recorder) -> None:
+    """What nothing needs any more, a bounded number of each kind per run: manifest
+    folders past --manifest-ttl (every server: they may live on its own disk; at
+    start-up too), and stored files no record points at (one server at a time, by the
+    store's collection claim; start-up reconciled them all)."""
     hold = max(3 * interval, 3.0)
+    first = True
     while True:
-        await asyncio.sleep(interval)
+        if not first:
+            await asyncio.sleep(interval)
         try:
-            if removed := await manager.collect_orphans(hold):
-                recorder.reclaimed("orphan_files", removed)
+            if removed := await manager.sweep_manifests(limit):
+                recorder.reclaimed("manifest_folders", removed)
         except (AssetError, OSError) as exc:
-            log.warning("orphan collection failed: %s", exc)
+            log.warning("manifest sweep failed: %s", exc)
+        if not first:
+            try:
+                if removed := await manager.collect_orphans(hold):
+                    recorder.reclaimed("orphan_files", removed)
+            except (AssetError, OSError) as exc:
+                log.warning("orphan collection failed: %s", exc)
+        first = False
 
 
 def _session_sweep_interval(settings: Settings) -> float:
@@ -471,7 +470,6 @@ async def start(
     await server.start()
     background = [
         asyncio.create_task(probes.run()),
-        asyncio.create_task(_housekeeping(manager)),
         asyncio.create_task(_settle_unknown_outcomes(manager)),
         asyncio.create_task(
             _expire_leases(manager, settings.lease_check_interval_seconds, telemetry.recorder)
@@ -483,7 +481,12 @@ async def start(
             _expire_assets(manager, settings.retention_check_interval_seconds, telemetry.recorder)
         ),
         asyncio.create_task(
-            _collect_orphans(manager, settings.collect_interval_seconds, telemetry.recorder)
+            _collect(
+                manager,
+                settings.collect_interval_seconds,
+                settings.retention_sweep_limit,
+                telemetry.recorder,
+            )
         ),
         asyncio.create_task(
             _sweep_tombstones(manager, _tenth(settings.watch_tombstone_ttl_seconds))

@@ -414,5 +414,5 @@ class ManifestStore(Protocol):
 
     async def create(self) -> ManifestDraft: ...
 
-    async def sweep(self, older_than_seconds: float) -> int:
-        """Remove manifests older than that; return how many."""
+    async def sweep(self, older_than_seconds: float, limit: int = 0) -> int:
+        """Remove manifests older than that, at most `limit` (0: all); return how many."""

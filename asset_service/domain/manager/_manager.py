@@ -121,11 +121,12 @@ class AssetManager(Retention):
         """Settle record writes whose outcome was unknown (the server calls this often)."""
         return await self.commits.settle()
 
-    async def sweep_manifests(self) -> int:
-        """Remove manifest folders older than the TTL (tasks read them when they start)."""
+    async def sweep_manifests(self, limit: int = 0) -> int:
+        """Remove manifest folders older than the TTL (tasks read them when they start),
+        at most `limit` (0: all)."""
         if self.limits.manifest_ttl_seconds <= 0 or self.manifests is None:
             return 0
-        removed = await self.manifests.sweep(self.limits.manifest_ttl_seconds)
+        removed = await self.manifests.sweep(self.limits.manifest_ttl_seconds, limit)
         if removed:
             log.info("removed %d manifest folder(s) past their TTL", removed)
             await self.space_freed()
