@@ -35,11 +35,11 @@ from asset_service.domain.ports import (
 )
 from asset_service.domain.replay import DEFAULT_TOMBSTONE_TTL_SECONDS
 from asset_service.domain.retention import ExpiryRule, by_rules, check_ttl
-from asset_service.domain.selectors import DEFAULT_HISTORY_BYTES
 from asset_service.domain.uploads import DEFAULT_SESSION_TTL_SECONDS
 from asset_service.domain.watch import (
     DEFAULT_BUFFER_BYTES,
     DEFAULT_CATCH_UP_BATCH,
+    DEFAULT_HISTORY_BYTES,
     ChangeHub,
 )
 

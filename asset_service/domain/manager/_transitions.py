@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 
-from asset_service.domain import leases
+from asset_service.domain import keys, leases
 from asset_service.domain.commits import Handover
 from asset_service.domain.errors import (
     AssetError,
@@ -174,7 +174,7 @@ class Transitions(Core):
         if current.status is Status.AVAILABLE and current.sha256 == blob.sha256:
             return current  # an identical retry: keep the first copy only (handover rolls back)
         self._check_fulfillable(current, AssetType.FILE, allow_done=False)
-        key = self.storage.generated_key(current.created_by_task, current.id, current.label)
+        key = keys.generated_key(current.created_by_task, current.id, current.label)
 
         def change(path: str) -> Fulfillment:
             return Fulfillment(
