@@ -16,6 +16,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from asset_client import AssetClient, FailedPreconditionError, NotFoundError
 
 from asset_service._proto.asset.v1 import asset_service_pb2 as pb
 from asset_service._proto.asset.v1 import asset_service_pb2_grpc as pb_grpc
@@ -362,3 +363,21 @@ async def test_orphan_files_are_collected_a_bounded_number_at_a_time(tmp_path: P
         drop_database_of(url)
     counts = [ln for ln in server.log if "collected " in ln and "orphan file(s)" in ln]
     assert len(counts) == 3 and all("collected 1 orphan" in ln for ln in counts), counts
+
+
+def test_the_python_client_sets_expiries_and_holds(server: ServerProcess) -> None:
+    with AssetClient(server.address, timeout=30) as client:
+        made = client.create_value("py", text="x", ttl_seconds=3600)
+        assert made.expiry_rule == "ttl" and made.expires_at is not None
+        never = client.set_expiry(made.id, clear=True)
+        assert never.expiry_rule == "never" and never.expires_at is None
+        held = client.place_hold(made.id, "py-test", "checking")
+        assert [(h.owner, h.kind, h.reason) for h in held.holds] == [
+            ("py-test", "EXPLICIT", "checking")
+        ]
+        with pytest.raises(FailedPreconditionError, match="py-test \\(checking\\)"):
+            client.delete(made.id)
+        gone = client.delete(made.id, force=True)
+        assert gone.id == made.id
+        with pytest.raises(NotFoundError):
+            client.release_hold(made.id, "py-test")
