@@ -51,6 +51,7 @@ _HEADER = (
     # a task token resumes only the uploads its task started.
     "upload_id",
     "write_offset",
+    "ttl_seconds",
 )
 _LIST = ("status", "type", "tags", "created_by_task", "label", "page_size", "page_token")
 # Server reflection, both protocols (api/reflection.py serves one servicer under each name).
@@ -91,6 +92,11 @@ RULES: dict[str, Rule] = {
     _S + "RegisterFile": Rule(Role.ORCHESTRATOR, audited=True),
     _S + "MintTaskToken": Rule(Role.ORCHESTRATOR, audited=True),
     _S + "DeleteAsset": Rule(Role.ADMIN, audited=True),
+    # Retention (issue 23): what decides how long an asset lives.
+    _S + "SetExpiry": Rule(Role.ORCHESTRATOR, audited=True),
+    _S + "PlaceHold": Rule(Role.ORCHESTRATOR, audited=True),
+    _S + "ReleaseHold": Rule(Role.ORCHESTRATOR, audited=True),
+    _S + "GetUsage": Rule(Role.READER),
     # Reads stored bytes at the caller's rate and may mark assets corrupt.
     _S + "ScrubAssets": Rule(Role.ADMIN, audited=True),
     # With --reflection open the interceptor lets them through without credentials.

@@ -191,6 +191,7 @@ def faked(
     store._tombstones = tombstones or FakeCollection(name="tombstones")  # type: ignore[assignment]
     store._lease_docs = FakeCollection(name="leases")  # type: ignore[assignment]
     store._sweeps = FakeCollection(name="sweeps")  # type: ignore[assignment]
+    store._usage = FakeCollection(name="usage")  # type: ignore[assignment]
     store._transactions = False  # what open() finds on a standalone server
     return store
 
@@ -258,7 +259,9 @@ async def test_an_older_deployment_gets_only_its_missing_indexes() -> None:
             {"v": 2, "key": keys, "name": name, **({"unique": True} if unique else {})}
         )
     await faked(assets, FakeCollection()).open()
-    assert assets.writes() == [("create_indexes", ["type_seq", "revision"])]
+    assert assets.writes() == [
+        ("create_indexes", ["type_seq", "revision", "expires_at", "holds_owner"])
+    ]
 
 
 async def test_a_wanted_name_with_other_keys_stops_start_up_with_a_fix() -> None:

@@ -145,6 +145,16 @@ async def test_one_sweep_claim_among_the_workers(pair: tuple[SqliteStore, Sqlite
     assert not await one.claim_sweep("a", 3, NOW)
 
 
+async def test_each_sweep_has_its_own_claim_among_the_workers(
+    pair: tuple[SqliteStore, SqliteStore],
+) -> None:
+    one, two = pair
+    assert await one.claim_sweep("a", 3, NOW, "lease")
+    assert await two.claim_sweep("b", 3, NOW, "retention"), "another sweep, another claim"
+    assert not await two.claim_sweep("b", 3, NOW, "lease")
+    assert not await one.claim_sweep("a", 3, NOW, "retention")
+
+
 def test_the_log_reads_back_what_was_written(tmp_path: Path) -> None:
     import sqlite3
 
@@ -156,7 +166,15 @@ def test_the_log_reads_back_what_was_written(tmp_path: Path) -> None:
         "CREATE TABLE assets (id TEXT, value_kind TEXT, value_data BLOB);"
     )
     assert _shared.create(conn) == 7
-    asset = dataclasses.replace(pending_record(), revision=7, tags=("a", "b"))
+    at = datetime(2026, 12, 6, 12, 0, 0, 123000, tzinfo=UTC)  # whole ms, as stored
+    asset = dataclasses.replace(
+        pending_record(),
+        revision=7,
+        tags=("a", "b"),
+        expires_at=at,
+        expiry_rule="ttl",
+        retained_until=at,
+    )
     _shared.append(conn, Change(ChangeKind.PUT, asset))
     logged = _shared.read(conn, 6, None, 10)
     assert logged.changes == [Change(ChangeKind.PUT, asset)]

@@ -54,8 +54,43 @@ CREATE TABLE IF NOT EXISTS tombstones (
     created_at      TEXT NOT NULL,
     updated_at      TEXT NOT NULL,
     created_by      TEXT NOT NULL,
-    updated_by      TEXT NOT NULL
+    updated_by      TEXT NOT NULL,
+    deletion_reason TEXT NOT NULL DEFAULT ''
 );
+"""
+
+# What migration 4 created, before deletions said why (migration 6 adds the column).
+TOMBSTONES_V4 = TOMBSTONES.replace(
+    "    updated_by      TEXT NOT NULL,\n    deletion_reason TEXT NOT NULL DEFAULT ''\n",
+    "    updated_by      TEXT NOT NULL\n",
+)
+assert TOMBSTONES_V4 != TOMBSTONES
+
+# Retention (issue 23): each record's expiry (an index on it, of the records that have one:
+# the expiry sweep reads its start), the holds kept beside records (hold_count on the
+# record says whether to look), the manifest retention, and the accounting cells that
+# every write keeps (domain/usage.py). A deleted asset's tombstone says why it went.
+RETENTION = """
+CREATE INDEX IF NOT EXISTS assets_expiry ON assets (expires_ms) WHERE expires_ms IS NOT NULL;
+CREATE TABLE IF NOT EXISTS holds (
+    asset_id  TEXT NOT NULL,
+    owner     TEXT NOT NULL,
+    kind      TEXT NOT NULL,
+    reason    TEXT NOT NULL DEFAULT '',
+    placed_ms INTEGER NOT NULL,
+    placed_by TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (asset_id, owner)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS holds_owner ON holds (owner);
+CREATE TABLE IF NOT EXISTS usage (
+    grp    TEXT NOT NULL,
+    key    TEXT NOT NULL,
+    status TEXT NOT NULL,
+    count  INTEGER NOT NULL,
+    bytes  INTEGER NOT NULL,
+    PRIMARY KEY (grp, key, status)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS usage_largest ON usage (grp, status, bytes DESC, count DESC, key);
 """
 
 SCHEMA = (
@@ -84,7 +119,11 @@ CREATE TABLE IF NOT EXISTS assets (
     lease_seconds   INTEGER NOT NULL DEFAULT 0,
     lease_expires_ms INTEGER,
     block_sums      BLOB,
-    corrupt_reason  TEXT NOT NULL DEFAULT ''
+    corrupt_reason  TEXT NOT NULL DEFAULT '',
+    expires_ms      INTEGER,
+    expiry_rule     TEXT NOT NULL DEFAULT '',
+    retained_ms     INTEGER,
+    hold_count      INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS assets_status ON assets (status, seq);
 CREATE INDEX IF NOT EXISTS assets_task ON assets (created_by_task, seq);
@@ -106,6 +145,7 @@ CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NU
 INSERT OR IGNORE INTO counters (name, value) VALUES ('revision', 0);
 """
     + TOMBSTONES
+    + RETENTION
     + """
 INSERT OR IGNORE INTO counters (name, value) VALUES ('tombstones', 0);
 """
@@ -113,7 +153,7 @@ INSERT OR IGNORE INTO counters (name, value) VALUES ('tombstones', 0);
 
 # PRAGMA user_version of a database SCHEMA creates. A database from an older release is
 # brought up to it by MIGRATIONS[v] for each later version v, one transaction each.
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: (
         "ALTER TABLE assets ADD COLUMN created_by TEXT NOT NULL DEFAULT ''",
@@ -131,7 +171,7 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     ),
     # Deletions before this left no tombstone: resumes from before it are refused.
     4: (
-        *(statement for statement in TOMBSTONES.split(";") if statement.strip()),
+        *(statement for statement in TOMBSTONES_V4.split(";") if statement.strip()),
         "INSERT OR IGNORE INTO counters (name, value) "
         "SELECT 'tombstones', value FROM counters WHERE name = 'revision'",
     ),
@@ -147,6 +187,29 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "WHERE status = 'PENDING' AND lease_expires_ms IS NOT NULL AND lease_seconds > 0",
         "DROP INDEX IF EXISTS assets_lease",
     ),
+    # Retention: expiries, holds, accounting (counted once from the records here; every
+    # write keeps it from then on), and why an asset was deleted.
+    6: (
+        "ALTER TABLE assets ADD COLUMN expires_ms INTEGER",
+        "ALTER TABLE assets ADD COLUMN expiry_rule TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE assets ADD COLUMN retained_ms INTEGER",
+        "ALTER TABLE assets ADD COLUMN hold_count INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE tombstones ADD COLUMN deletion_reason TEXT NOT NULL DEFAULT ''",
+        *(statement for statement in RETENTION.split(";") if statement.strip()),
+        *(
+            "INSERT INTO usage (grp, key, status, count, bytes) "
+            f"SELECT '{group}', {key}, status, count(*), sum(size_bytes) FROM {source} "
+            f"GROUP BY {key}, status"
+            for group, key, source in (
+                ("all", "''", "assets"),
+                ("type", "type", "assets"),
+                ("task", "created_by_task", "assets"),
+                ("tag", "tag", "assets JOIN asset_tags ON asset_tags.asset_id = assets.id"),
+            )
+        ),
+        "INSERT INTO usage (grp, key, status, count, bytes) "
+        "SELECT grp, key, '', sum(count), sum(bytes) FROM usage GROUP BY grp, key",
+    ),
 }
 assert sorted(MIGRATIONS) == list(range(1, SCHEMA_VERSION + 1))
 
@@ -154,7 +217,7 @@ COLUMNS = (
     "id, label, status, type, media_type, storage_path, value_kind, value_data, "
     "created_by_task, tags, size_bytes, sha256, created_at, updated_at, failure_reason, "
     "fulfilled_from, revision, created_by, updated_by, lease_seconds, lease_expires_ms, "
-    "block_sums, corrupt_reason"
+    "block_sums, corrupt_reason, expires_ms, expiry_rule, retained_ms"
 )
 COLUMN_COUNT = len(COLUMNS.split(","))
 # Reads join each record with its lease: a PENDING promise's lease ends when its lease's
@@ -164,6 +227,8 @@ COLUMN_COUNT = len(COLUMNS.split(","))
 RECORDS = "assets LEFT JOIN leases ON leases.asset_id = assets.id"
 READ_COLUMNS = COLUMNS.replace(
     "lease_expires_ms,", "COALESCE(leases.expires_ms, assets.lease_expires_ms) AS lease_expires_ms,"
+).replace(", expires_ms, expiry_rule", ", assets.expires_ms AS expires_ms, expiry_rule") + (
+    ", assets.hold_count AS hold_count"
 )
 assert READ_COLUMNS != COLUMNS
 # The record without its block sums (only get() reads them: ReadAsset checks with them).
@@ -222,6 +287,9 @@ def row_to_asset(row: sqlite3.Row) -> Asset:
         lease_expires_at=from_ms(row["lease_expires_ms"]),
         block_sums=BlockSums.decode(row["block_sums"]),
         corrupt_reason=row["corrupt_reason"],
+        expires_at=from_ms(row["expires_ms"]),
+        expiry_rule=row["expiry_rule"],
+        retained_until=from_ms(row["retained_ms"]),
     )
 
 
@@ -252,6 +320,9 @@ def asset_row(asset: Asset, revision: int) -> tuple[object, ...]:
         to_ms(asset.lease_expires_at) if asset.lease_expires_at else None,
         encoded_sums(asset.block_sums),
         asset.corrupt_reason,
+        to_ms(asset.expires_at) if asset.expires_at else None,
+        asset.expiry_rule,
+        to_ms(asset.retained_until) if asset.retained_until else None,
     )
 
 

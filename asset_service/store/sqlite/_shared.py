@@ -122,11 +122,13 @@ class WriterLock:
 
 
 class SharedSweepClaim:
-    """The lease sweep's claim among processes: an flock on <db>.sweep, held until given
-    up (seconds 0) or the process ends (then another worker takes it on its next try)."""
+    """A sweep's claim among processes: an flock on <db>.sweep (the lease sweep's) or
+    <db>.sweep-NAME, held until given up (seconds 0) or the process ends (then another
+    worker takes it on its next try)."""
 
-    def __init__(self, db: Path) -> None:
-        self.path = db.with_name(db.name + ".sweep")
+    def __init__(self, db: Path, name: str = "lease") -> None:
+        suffix = ".sweep" if name == "lease" else f".sweep-{name}"
+        self.path = db.with_name(db.name + suffix)
         self._fd: int | None = None
         self._holder: str | None = None
 
@@ -150,6 +152,24 @@ class SharedSweepClaim:
         if self._fd is not None:
             os.close(self._fd)  # and with it the lock
         self._fd = self._holder = None
+
+
+class SharedSweepClaims:
+    """One SharedSweepClaim per sweep name ("lease", "retention"), as LocalSweepClaims."""
+
+    def __init__(self, db: Path) -> None:
+        self._db = db
+        self._claims: dict[str, SharedSweepClaim] = {}
+
+    def claim(self, holder: str, seconds: float, now: datetime, name: str = "lease") -> bool:
+        found = self._claims.get(name)
+        if found is None:
+            found = self._claims[name] = SharedSweepClaim(self._db, name)
+        return found.claim(holder, seconds, now)
+
+    def close(self) -> None:
+        for found in self._claims.values():
+            found.close()
 
 
 def create(c: sqlite3.Connection) -> int:
@@ -319,7 +339,7 @@ class SharedFile:
 
     def __init__(self, db: Path, sharing: Sharing) -> None:
         self.sharing = sharing
-        self.sweep = SharedSweepClaim(db)
+        self.sweep = SharedSweepClaims(db)
         self._db = db
         self._lock: WriterLock | None = None
         self.feed: Feed | None = None

@@ -412,8 +412,22 @@ type Asset struct {
 	// sha256 no longer matches; by a read, GetManifest or the scrub): what, where
 	// and when. ReadAsset and GetManifest then answer DATA_LOSS. Empty otherwise.
 	CorruptReason string `protobuf:"bytes,20,opt,name=corrupt_reason,json=corruptReason,proto3" json:"corrupt_reason,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// When the asset expires (unset: never) and what set that: "ttl" (a client's
+	// TTL or SetExpiry), "never" (SetExpiry clear), or the name of the server's
+	// --expiry-rule. A PENDING or held asset is kept past it, and removed as soon
+	// as nothing holds it any more.
+	ExpireTime *timestamppb.Timestamp `protobuf:"bytes,21,opt,name=expire_time,json=expireTime,proto3" json:"expire_time,omitempty"`
+	ExpiryRule string                 `protobuf:"bytes,22,opt,name=expiry_rule,json=expiryRule,proto3" json:"expiry_rule,omitempty"`
+	// What still needs the asset: explicit holds (PlaceHold) and tasks whose
+	// token names it as an input while they have a PENDING promise.
+	Holds []*Hold `protobuf:"bytes,23,rep,name=holds,proto3" json:"holds,omitempty"`
+	// A manifest lists it (GetManifest): kept at least until then.
+	RetainUntilTime *timestamppb.Timestamp `protobuf:"bytes,24,opt,name=retain_until_time,json=retainUntilTime,proto3" json:"retain_until_time,omitempty"`
+	// In a DELETED watch event: why it went, e.g. "expired (rule failed)" or
+	// "expired (ttl)"; empty for a DeleteAsset.
+	DeletionReason string `protobuf:"bytes,25,opt,name=deletion_reason,json=deletionReason,proto3" json:"deletion_reason,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Asset) Reset() {
@@ -586,6 +600,121 @@ func (x *Asset) GetCorruptReason() string {
 	return ""
 }
 
+func (x *Asset) GetExpireTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExpireTime
+	}
+	return nil
+}
+
+func (x *Asset) GetExpiryRule() string {
+	if x != nil {
+		return x.ExpiryRule
+	}
+	return ""
+}
+
+func (x *Asset) GetHolds() []*Hold {
+	if x != nil {
+		return x.Holds
+	}
+	return nil
+}
+
+func (x *Asset) GetRetainUntilTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.RetainUntilTime
+	}
+	return nil
+}
+
+func (x *Asset) GetDeletionReason() string {
+	if x != nil {
+		return x.DeletionReason
+	}
+	return ""
+}
+
+// Hold is one thing that still needs an asset.
+type Hold struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Who holds it: PlaceHold's owner, or "task:<task id>".
+	Owner string `protobuf:"bytes,1,opt,name=owner,proto3" json:"owner,omitempty"`
+	// "EXPLICIT" (PlaceHold) or "TASK" (a task token names it as an input).
+	Kind      string                 `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
+	Reason    string                 `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	PlaceTime *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=place_time,json=placeTime,proto3" json:"place_time,omitempty"`
+	// The principal that placed it.
+	PlacedBy      string `protobuf:"bytes,5,opt,name=placed_by,json=placedBy,proto3" json:"placed_by,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Hold) Reset() {
+	*x = Hold{}
+	mi := &file_asset_v1_asset_service_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Hold) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Hold) ProtoMessage() {}
+
+func (x *Hold) ProtoReflect() protoreflect.Message {
+	mi := &file_asset_v1_asset_service_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Hold.ProtoReflect.Descriptor instead.
+func (*Hold) Descriptor() ([]byte, []int) {
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *Hold) GetOwner() string {
+	if x != nil {
+		return x.Owner
+	}
+	return ""
+}
+
+func (x *Hold) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *Hold) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *Hold) GetPlaceTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.PlaceTime
+	}
+	return nil
+}
+
+func (x *Hold) GetPlacedBy() string {
+	if x != nil {
+		return x.PlacedBy
+	}
+	return ""
+}
+
 // UploadHeader describes the file that an UploadAsset stream carries.
 type UploadHeader struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -619,14 +748,18 @@ type UploadHeader struct {
 	// Where this stream's first chunk starts in the file: 0 for the first
 	// stream, else QueryUpload's committed_bytes (any other offset is
 	// FAILED_PRECONDITION "resume at committed_bytes=N"). Only with upload_id.
-	WriteOffset   int64 `protobuf:"varint,8,opt,name=write_offset,json=writeOffset,proto3" json:"write_offset,omitempty"`
+	WriteOffset int64 `protobuf:"varint,8,opt,name=write_offset,json=writeOffset,proto3" json:"write_offset,omitempty"`
+	// The new asset is removed (record and bytes) this many seconds after its
+	// creation unless something still needs it then (see Asset.holds); 0: by the
+	// server's --expiry-rule defaults (none: kept until deleted).
+	TtlSeconds    int64 `protobuf:"varint,9,opt,name=ttl_seconds,json=ttlSeconds,proto3" json:"ttl_seconds,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *UploadHeader) Reset() {
 	*x = UploadHeader{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[2]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -638,7 +771,7 @@ func (x *UploadHeader) String() string {
 func (*UploadHeader) ProtoMessage() {}
 
 func (x *UploadHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[2]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -651,7 +784,7 @@ func (x *UploadHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UploadHeader.ProtoReflect.Descriptor instead.
 func (*UploadHeader) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{2}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *UploadHeader) GetLabel() string {
@@ -710,6 +843,13 @@ func (x *UploadHeader) GetWriteOffset() int64 {
 	return 0
 }
 
+func (x *UploadHeader) GetTtlSeconds() int64 {
+	if x != nil {
+		return x.TtlSeconds
+	}
+	return 0
+}
+
 // UploadAssetRequest is one message of an upload: the header first, then chunks.
 type UploadAssetRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -724,7 +864,7 @@ type UploadAssetRequest struct {
 
 func (x *UploadAssetRequest) Reset() {
 	*x = UploadAssetRequest{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[3]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -736,7 +876,7 @@ func (x *UploadAssetRequest) String() string {
 func (*UploadAssetRequest) ProtoMessage() {}
 
 func (x *UploadAssetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[3]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -749,7 +889,7 @@ func (x *UploadAssetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UploadAssetRequest.ProtoReflect.Descriptor instead.
 func (*UploadAssetRequest) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{3}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *UploadAssetRequest) GetPayload() isUploadAssetRequest_Payload {
@@ -804,7 +944,7 @@ type UploadAssetResponse struct {
 
 func (x *UploadAssetResponse) Reset() {
 	*x = UploadAssetResponse{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[4]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -816,7 +956,7 @@ func (x *UploadAssetResponse) String() string {
 func (*UploadAssetResponse) ProtoMessage() {}
 
 func (x *UploadAssetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[4]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -829,7 +969,7 @@ func (x *UploadAssetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UploadAssetResponse.ProtoReflect.Descriptor instead.
 func (*UploadAssetResponse) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{4}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *UploadAssetResponse) GetAsset() *Asset {
@@ -855,14 +995,18 @@ type RegisterFileRequest struct {
 	MediaType string   `protobuf:"bytes,3,opt,name=media_type,json=mediaType,proto3" json:"media_type,omitempty"`
 	Tags      []string `protobuf:"bytes,4,rep,name=tags,proto3" json:"tags,omitempty"`
 	// Move the file into the store instead of copying it.
-	Move          bool `protobuf:"varint,5,opt,name=move,proto3" json:"move,omitempty"`
+	Move bool `protobuf:"varint,5,opt,name=move,proto3" json:"move,omitempty"`
+	// The new asset is removed (record and bytes) this many seconds after its
+	// creation unless something still needs it then (see Asset.holds); 0: by the
+	// server's --expiry-rule defaults (none: kept until deleted).
+	TtlSeconds    int64 `protobuf:"varint,6,opt,name=ttl_seconds,json=ttlSeconds,proto3" json:"ttl_seconds,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *RegisterFileRequest) Reset() {
 	*x = RegisterFileRequest{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[5]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -874,7 +1018,7 @@ func (x *RegisterFileRequest) String() string {
 func (*RegisterFileRequest) ProtoMessage() {}
 
 func (x *RegisterFileRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[5]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -887,7 +1031,7 @@ func (x *RegisterFileRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterFileRequest.ProtoReflect.Descriptor instead.
 func (*RegisterFileRequest) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{5}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *RegisterFileRequest) GetPath() string {
@@ -925,6 +1069,13 @@ func (x *RegisterFileRequest) GetMove() bool {
 	return false
 }
 
+func (x *RegisterFileRequest) GetTtlSeconds() int64 {
+	if x != nil {
+		return x.TtlSeconds
+	}
+	return 0
+}
+
 // RegisterFileResponse carries the stored asset.
 type RegisterFileResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -935,7 +1086,7 @@ type RegisterFileResponse struct {
 
 func (x *RegisterFileResponse) Reset() {
 	*x = RegisterFileResponse{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[6]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -947,7 +1098,7 @@ func (x *RegisterFileResponse) String() string {
 func (*RegisterFileResponse) ProtoMessage() {}
 
 func (x *RegisterFileResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[6]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -960,7 +1111,7 @@ func (x *RegisterFileResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterFileResponse.ProtoReflect.Descriptor instead.
 func (*RegisterFileResponse) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{6}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *RegisterFileResponse) GetAsset() *Asset {
@@ -975,16 +1126,20 @@ type CreateValueAssetRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Label string                 `protobuf:"bytes,1,opt,name=label,proto3" json:"label,omitempty"`
 	// Defaults to text/plain, application/json or application/octet-stream.
-	MediaType     string   `protobuf:"bytes,2,opt,name=media_type,json=mediaType,proto3" json:"media_type,omitempty"`
-	Value         *Value   `protobuf:"bytes,3,opt,name=value,proto3" json:"value,omitempty"`
-	Tags          []string `protobuf:"bytes,4,rep,name=tags,proto3" json:"tags,omitempty"`
+	MediaType string   `protobuf:"bytes,2,opt,name=media_type,json=mediaType,proto3" json:"media_type,omitempty"`
+	Value     *Value   `protobuf:"bytes,3,opt,name=value,proto3" json:"value,omitempty"`
+	Tags      []string `protobuf:"bytes,4,rep,name=tags,proto3" json:"tags,omitempty"`
+	// The new asset is removed (record and bytes) this many seconds after its
+	// creation unless something still needs it then (see Asset.holds); 0: by the
+	// server's --expiry-rule defaults (none: kept until deleted).
+	TtlSeconds    int64 `protobuf:"varint,5,opt,name=ttl_seconds,json=ttlSeconds,proto3" json:"ttl_seconds,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CreateValueAssetRequest) Reset() {
 	*x = CreateValueAssetRequest{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[7]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -996,7 +1151,7 @@ func (x *CreateValueAssetRequest) String() string {
 func (*CreateValueAssetRequest) ProtoMessage() {}
 
 func (x *CreateValueAssetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[7]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1009,7 +1164,7 @@ func (x *CreateValueAssetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateValueAssetRequest.ProtoReflect.Descriptor instead.
 func (*CreateValueAssetRequest) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{7}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *CreateValueAssetRequest) GetLabel() string {
@@ -1040,6 +1195,13 @@ func (x *CreateValueAssetRequest) GetTags() []string {
 	return nil
 }
 
+func (x *CreateValueAssetRequest) GetTtlSeconds() int64 {
+	if x != nil {
+		return x.TtlSeconds
+	}
+	return 0
+}
+
 // CreateValueAssetResponse carries the stored asset.
 type CreateValueAssetResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1050,7 +1212,7 @@ type CreateValueAssetResponse struct {
 
 func (x *CreateValueAssetResponse) Reset() {
 	*x = CreateValueAssetResponse{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[8]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1062,7 +1224,7 @@ func (x *CreateValueAssetResponse) String() string {
 func (*CreateValueAssetResponse) ProtoMessage() {}
 
 func (x *CreateValueAssetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[8]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1075,7 +1237,7 @@ func (x *CreateValueAssetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateValueAssetResponse.ProtoReflect.Descriptor instead.
 func (*CreateValueAssetResponse) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{8}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *CreateValueAssetResponse) GetAsset() *Asset {
@@ -1099,14 +1261,18 @@ type CreatePendingAssetRequest struct {
 	// renews it (RenewLease); then the asset becomes FAILED ("lease expired ..."),
 	// so a task that died cannot leave its dependants waiting forever. 0 (the
 	// default): no lease. At most the server's --max-lease-seconds.
-	LeaseSeconds  uint32 `protobuf:"varint,6,opt,name=lease_seconds,json=leaseSeconds,proto3" json:"lease_seconds,omitempty"`
+	LeaseSeconds uint32 `protobuf:"varint,6,opt,name=lease_seconds,json=leaseSeconds,proto3" json:"lease_seconds,omitempty"`
+	// Counted from its creation; a PENDING asset never expires: once fulfilled
+	// or failed past its expiry, it goes as soon as nothing holds it. 0: the
+	// --expiry-rule defaults for the state it reaches.
+	TtlSeconds    int64 `protobuf:"varint,7,opt,name=ttl_seconds,json=ttlSeconds,proto3" json:"ttl_seconds,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CreatePendingAssetRequest) Reset() {
 	*x = CreatePendingAssetRequest{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[9]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1118,7 +1284,7 @@ func (x *CreatePendingAssetRequest) String() string {
 func (*CreatePendingAssetRequest) ProtoMessage() {}
 
 func (x *CreatePendingAssetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[9]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1131,7 +1297,7 @@ func (x *CreatePendingAssetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreatePendingAssetRequest.ProtoReflect.Descriptor instead.
 func (*CreatePendingAssetRequest) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{9}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *CreatePendingAssetRequest) GetTaskId() string {
@@ -1176,6 +1342,13 @@ func (x *CreatePendingAssetRequest) GetLeaseSeconds() uint32 {
 	return 0
 }
 
+func (x *CreatePendingAssetRequest) GetTtlSeconds() int64 {
+	if x != nil {
+		return x.TtlSeconds
+	}
+	return 0
+}
+
 // CreatePendingAssetResponse carries the PENDING asset.
 type CreatePendingAssetResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1186,7 +1359,7 @@ type CreatePendingAssetResponse struct {
 
 func (x *CreatePendingAssetResponse) Reset() {
 	*x = CreatePendingAssetResponse{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[10]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1198,7 +1371,7 @@ func (x *CreatePendingAssetResponse) String() string {
 func (*CreatePendingAssetResponse) ProtoMessage() {}
 
 func (x *CreatePendingAssetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[10]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1211,7 +1384,7 @@ func (x *CreatePendingAssetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreatePendingAssetResponse.ProtoReflect.Descriptor instead.
 func (*CreatePendingAssetResponse) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{10}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *CreatePendingAssetResponse) GetAsset() *Asset {
@@ -1238,7 +1411,7 @@ type FulfillAssetRequest struct {
 
 func (x *FulfillAssetRequest) Reset() {
 	*x = FulfillAssetRequest{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[11]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1250,7 +1423,7 @@ func (x *FulfillAssetRequest) String() string {
 func (*FulfillAssetRequest) ProtoMessage() {}
 
 func (x *FulfillAssetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[11]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1263,7 +1436,7 @@ func (x *FulfillAssetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FulfillAssetRequest.ProtoReflect.Descriptor instead.
 func (*FulfillAssetRequest) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{11}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *FulfillAssetRequest) GetAssetId() string {
@@ -1335,7 +1508,7 @@ type FulfillAssetResponse struct {
 
 func (x *FulfillAssetResponse) Reset() {
 	*x = FulfillAssetResponse{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[12]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1347,7 +1520,7 @@ func (x *FulfillAssetResponse) String() string {
 func (*FulfillAssetResponse) ProtoMessage() {}
 
 func (x *FulfillAssetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[12]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1360,7 +1533,7 @@ func (x *FulfillAssetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FulfillAssetResponse.ProtoReflect.Descriptor instead.
 func (*FulfillAssetResponse) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{12}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *FulfillAssetResponse) GetAsset() *Asset {
@@ -1382,7 +1555,7 @@ type FailAssetRequest struct {
 
 func (x *FailAssetRequest) Reset() {
 	*x = FailAssetRequest{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[13]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1394,7 +1567,7 @@ func (x *FailAssetRequest) String() string {
 func (*FailAssetRequest) ProtoMessage() {}
 
 func (x *FailAssetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[13]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1407,7 +1580,7 @@ func (x *FailAssetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FailAssetRequest.ProtoReflect.Descriptor instead.
 func (*FailAssetRequest) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{13}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *FailAssetRequest) GetAssetId() string {
@@ -1434,7 +1607,7 @@ type FailAssetResponse struct {
 
 func (x *FailAssetResponse) Reset() {
 	*x = FailAssetResponse{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[14]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1446,7 +1619,7 @@ func (x *FailAssetResponse) String() string {
 func (*FailAssetResponse) ProtoMessage() {}
 
 func (x *FailAssetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[14]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1459,7 +1632,7 @@ func (x *FailAssetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FailAssetResponse.ProtoReflect.Descriptor instead.
 func (*FailAssetResponse) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{14}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *FailAssetResponse) GetAsset() *Asset {
@@ -1482,7 +1655,7 @@ type RenewLeaseRequest struct {
 
 func (x *RenewLeaseRequest) Reset() {
 	*x = RenewLeaseRequest{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[15]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1494,7 +1667,7 @@ func (x *RenewLeaseRequest) String() string {
 func (*RenewLeaseRequest) ProtoMessage() {}
 
 func (x *RenewLeaseRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[15]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1507,7 +1680,7 @@ func (x *RenewLeaseRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewLeaseRequest.ProtoReflect.Descriptor instead.
 func (*RenewLeaseRequest) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{15}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *RenewLeaseRequest) GetAssetId() string {
@@ -1534,7 +1707,7 @@ type RenewLeaseResponse struct {
 
 func (x *RenewLeaseResponse) Reset() {
 	*x = RenewLeaseResponse{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[16]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1546,7 +1719,7 @@ func (x *RenewLeaseResponse) String() string {
 func (*RenewLeaseResponse) ProtoMessage() {}
 
 func (x *RenewLeaseResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[16]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1559,7 +1732,7 @@ func (x *RenewLeaseResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewLeaseResponse.ProtoReflect.Descriptor instead.
 func (*RenewLeaseResponse) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{16}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *RenewLeaseResponse) GetAsset() *Asset {
@@ -1579,7 +1752,7 @@ type GetAssetRequest struct {
 
 func (x *GetAssetRequest) Reset() {
 	*x = GetAssetRequest{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[17]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1591,7 +1764,7 @@ func (x *GetAssetRequest) String() string {
 func (*GetAssetRequest) ProtoMessage() {}
 
 func (x *GetAssetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[17]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1604,7 +1777,7 @@ func (x *GetAssetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetAssetRequest.ProtoReflect.Descriptor instead.
 func (*GetAssetRequest) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{17}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *GetAssetRequest) GetAssetId() string {
@@ -1624,7 +1797,7 @@ type GetAssetResponse struct {
 
 func (x *GetAssetResponse) Reset() {
 	*x = GetAssetResponse{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[18]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1636,7 +1809,7 @@ func (x *GetAssetResponse) String() string {
 func (*GetAssetResponse) ProtoMessage() {}
 
 func (x *GetAssetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[18]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1649,7 +1822,7 @@ func (x *GetAssetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetAssetResponse.ProtoReflect.Descriptor instead.
 func (*GetAssetResponse) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{18}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *GetAssetResponse) GetAsset() *Asset {
@@ -1669,7 +1842,7 @@ type BatchGetAssetsRequest struct {
 
 func (x *BatchGetAssetsRequest) Reset() {
 	*x = BatchGetAssetsRequest{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[19]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1681,7 +1854,7 @@ func (x *BatchGetAssetsRequest) String() string {
 func (*BatchGetAssetsRequest) ProtoMessage() {}
 
 func (x *BatchGetAssetsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[19]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1694,7 +1867,7 @@ func (x *BatchGetAssetsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchGetAssetsRequest.ProtoReflect.Descriptor instead.
 func (*BatchGetAssetsRequest) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{19}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *BatchGetAssetsRequest) GetAssetIds() []string {
@@ -1714,7 +1887,7 @@ type BatchGetAssetsResponse struct {
 
 func (x *BatchGetAssetsResponse) Reset() {
 	*x = BatchGetAssetsResponse{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[20]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1726,7 +1899,7 @@ func (x *BatchGetAssetsResponse) String() string {
 func (*BatchGetAssetsResponse) ProtoMessage() {}
 
 func (x *BatchGetAssetsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[20]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1739,7 +1912,7 @@ func (x *BatchGetAssetsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchGetAssetsResponse.ProtoReflect.Descriptor instead.
 func (*BatchGetAssetsResponse) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{20}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *BatchGetAssetsResponse) GetAssets() []*Asset {
@@ -1770,7 +1943,7 @@ type ListAssetsRequest struct {
 
 func (x *ListAssetsRequest) Reset() {
 	*x = ListAssetsRequest{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[21]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1782,7 +1955,7 @@ func (x *ListAssetsRequest) String() string {
 func (*ListAssetsRequest) ProtoMessage() {}
 
 func (x *ListAssetsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[21]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1795,7 +1968,7 @@ func (x *ListAssetsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAssetsRequest.ProtoReflect.Descriptor instead.
 func (*ListAssetsRequest) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{21}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ListAssetsRequest) GetStatus() AssetStatus {
@@ -1864,7 +2037,7 @@ type ListAssetsResponse struct {
 
 func (x *ListAssetsResponse) Reset() {
 	*x = ListAssetsResponse{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[22]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1876,7 +2049,7 @@ func (x *ListAssetsResponse) String() string {
 func (*ListAssetsResponse) ProtoMessage() {}
 
 func (x *ListAssetsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[22]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1889,7 +2062,7 @@ func (x *ListAssetsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAssetsResponse.ProtoReflect.Descriptor instead.
 func (*ListAssetsResponse) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{22}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ListAssetsResponse) GetAssets() []*Asset {
@@ -1942,7 +2115,7 @@ type WatchAssetRequest struct {
 
 func (x *WatchAssetRequest) Reset() {
 	*x = WatchAssetRequest{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[23]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1954,7 +2127,7 @@ func (x *WatchAssetRequest) String() string {
 func (*WatchAssetRequest) ProtoMessage() {}
 
 func (x *WatchAssetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[23]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1967,7 +2140,7 @@ func (x *WatchAssetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchAssetRequest.ProtoReflect.Descriptor instead.
 func (*WatchAssetRequest) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{23}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *WatchAssetRequest) GetAssetIds() []string {
@@ -2017,7 +2190,7 @@ type AssetSelector struct {
 
 func (x *AssetSelector) Reset() {
 	*x = AssetSelector{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[24]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2029,7 +2202,7 @@ func (x *AssetSelector) String() string {
 func (*AssetSelector) ProtoMessage() {}
 
 func (x *AssetSelector) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[24]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2042,7 +2215,7 @@ func (x *AssetSelector) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AssetSelector.ProtoReflect.Descriptor instead.
 func (*AssetSelector) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{24}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *AssetSelector) GetTaskId() string {
@@ -2093,7 +2266,7 @@ type WatchAssetResponse struct {
 
 func (x *WatchAssetResponse) Reset() {
 	*x = WatchAssetResponse{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[25]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2105,7 +2278,7 @@ func (x *WatchAssetResponse) String() string {
 func (*WatchAssetResponse) ProtoMessage() {}
 
 func (x *WatchAssetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[25]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2118,7 +2291,7 @@ func (x *WatchAssetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchAssetResponse.ProtoReflect.Descriptor instead.
 func (*WatchAssetResponse) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{25}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *WatchAssetResponse) GetType() WatchEventType {
@@ -2156,7 +2329,7 @@ type ReadAssetRequest struct {
 
 func (x *ReadAssetRequest) Reset() {
 	*x = ReadAssetRequest{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[26]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2168,7 +2341,7 @@ func (x *ReadAssetRequest) String() string {
 func (*ReadAssetRequest) ProtoMessage() {}
 
 func (x *ReadAssetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[26]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2181,7 +2354,7 @@ func (x *ReadAssetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadAssetRequest.ProtoReflect.Descriptor instead.
 func (*ReadAssetRequest) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{26}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ReadAssetRequest) GetAssetId() string {
@@ -2217,7 +2390,7 @@ type ReadAssetResponse struct {
 
 func (x *ReadAssetResponse) Reset() {
 	*x = ReadAssetResponse{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[27]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2229,7 +2402,7 @@ func (x *ReadAssetResponse) String() string {
 func (*ReadAssetResponse) ProtoMessage() {}
 
 func (x *ReadAssetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[27]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2242,7 +2415,7 @@ func (x *ReadAssetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadAssetResponse.ProtoReflect.Descriptor instead.
 func (*ReadAssetResponse) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{27}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ReadAssetResponse) GetChunk() []byte {
@@ -2279,7 +2452,7 @@ type GetManifestRequest struct {
 
 func (x *GetManifestRequest) Reset() {
 	*x = GetManifestRequest{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[28]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2291,7 +2464,7 @@ func (x *GetManifestRequest) String() string {
 func (*GetManifestRequest) ProtoMessage() {}
 
 func (x *GetManifestRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[28]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2304,7 +2477,7 @@ func (x *GetManifestRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetManifestRequest.ProtoReflect.Descriptor instead.
 func (*GetManifestRequest) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{28}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *GetManifestRequest) GetAssetMappings() map[string]string {
@@ -2341,7 +2514,7 @@ type GetManifestResponse struct {
 
 func (x *GetManifestResponse) Reset() {
 	*x = GetManifestResponse{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[29]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2353,7 +2526,7 @@ func (x *GetManifestResponse) String() string {
 func (*GetManifestResponse) ProtoMessage() {}
 
 func (x *GetManifestResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[29]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2366,7 +2539,7 @@ func (x *GetManifestResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetManifestResponse.ProtoReflect.Descriptor instead.
 func (*GetManifestResponse) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{29}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *GetManifestResponse) GetManifestPath() string {
@@ -2385,15 +2558,18 @@ func (x *GetManifestResponse) GetEntries() map[string]string {
 
 // DeleteAssetRequest names the asset to delete.
 type DeleteAssetRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	AssetId       string                 `protobuf:"bytes,1,opt,name=asset_id,json=assetId,proto3" json:"asset_id,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	AssetId string                 `protobuf:"bytes,1,opt,name=asset_id,json=assetId,proto3" json:"asset_id,omitempty"`
+	// Delete it even though something holds it (FAILED_PRECONDITION naming the
+	// holders otherwise). Admin role.
+	Force         bool `protobuf:"varint,2,opt,name=force,proto3" json:"force,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *DeleteAssetRequest) Reset() {
 	*x = DeleteAssetRequest{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[30]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2405,7 +2581,7 @@ func (x *DeleteAssetRequest) String() string {
 func (*DeleteAssetRequest) ProtoMessage() {}
 
 func (x *DeleteAssetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[30]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2418,7 +2594,7 @@ func (x *DeleteAssetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteAssetRequest.ProtoReflect.Descriptor instead.
 func (*DeleteAssetRequest) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{30}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *DeleteAssetRequest) GetAssetId() string {
@@ -2426,6 +2602,13 @@ func (x *DeleteAssetRequest) GetAssetId() string {
 		return x.AssetId
 	}
 	return ""
+}
+
+func (x *DeleteAssetRequest) GetForce() bool {
+	if x != nil {
+		return x.Force
+	}
+	return false
 }
 
 // DeleteAssetResponse carries the deleted asset's last state.
@@ -2438,7 +2621,7 @@ type DeleteAssetResponse struct {
 
 func (x *DeleteAssetResponse) Reset() {
 	*x = DeleteAssetResponse{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[31]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2450,7 +2633,7 @@ func (x *DeleteAssetResponse) String() string {
 func (*DeleteAssetResponse) ProtoMessage() {}
 
 func (x *DeleteAssetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[31]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2463,7 +2646,7 @@ func (x *DeleteAssetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteAssetResponse.ProtoReflect.Descriptor instead.
 func (*DeleteAssetResponse) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{31}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *DeleteAssetResponse) GetAsset() *Asset {
@@ -2486,7 +2669,7 @@ type ScrubAssetsRequest struct {
 
 func (x *ScrubAssetsRequest) Reset() {
 	*x = ScrubAssetsRequest{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[32]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2498,7 +2681,7 @@ func (x *ScrubAssetsRequest) String() string {
 func (*ScrubAssetsRequest) ProtoMessage() {}
 
 func (x *ScrubAssetsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[32]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2511,7 +2694,7 @@ func (x *ScrubAssetsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ScrubAssetsRequest.ProtoReflect.Descriptor instead.
 func (*ScrubAssetsRequest) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{32}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ScrubAssetsRequest) GetAssetIds() []string {
@@ -2543,7 +2726,7 @@ type ScrubAssetsResponse struct {
 
 func (x *ScrubAssetsResponse) Reset() {
 	*x = ScrubAssetsResponse{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[33]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2555,7 +2738,7 @@ func (x *ScrubAssetsResponse) String() string {
 func (*ScrubAssetsResponse) ProtoMessage() {}
 
 func (x *ScrubAssetsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[33]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2568,7 +2751,7 @@ func (x *ScrubAssetsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ScrubAssetsResponse.ProtoReflect.Descriptor instead.
 func (*ScrubAssetsResponse) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{33}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *ScrubAssetsResponse) GetAssetId() string {
@@ -2614,7 +2797,7 @@ type MintTaskTokenRequest struct {
 
 func (x *MintTaskTokenRequest) Reset() {
 	*x = MintTaskTokenRequest{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[34]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2626,7 +2809,7 @@ func (x *MintTaskTokenRequest) String() string {
 func (*MintTaskTokenRequest) ProtoMessage() {}
 
 func (x *MintTaskTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[34]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2639,7 +2822,7 @@ func (x *MintTaskTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MintTaskTokenRequest.ProtoReflect.Descriptor instead.
 func (*MintTaskTokenRequest) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{34}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *MintTaskTokenRequest) GetTaskId() string {
@@ -2676,7 +2859,7 @@ type MintTaskTokenResponse struct {
 
 func (x *MintTaskTokenResponse) Reset() {
 	*x = MintTaskTokenResponse{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[35]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2688,7 +2871,7 @@ func (x *MintTaskTokenResponse) String() string {
 func (*MintTaskTokenResponse) ProtoMessage() {}
 
 func (x *MintTaskTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[35]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2701,7 +2884,7 @@ func (x *MintTaskTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MintTaskTokenResponse.ProtoReflect.Descriptor instead.
 func (*MintTaskTokenResponse) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{35}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *MintTaskTokenResponse) GetToken() string {
@@ -2729,7 +2912,7 @@ type QueryUploadRequest struct {
 
 func (x *QueryUploadRequest) Reset() {
 	*x = QueryUploadRequest{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[36]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2741,7 +2924,7 @@ func (x *QueryUploadRequest) String() string {
 func (*QueryUploadRequest) ProtoMessage() {}
 
 func (x *QueryUploadRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[36]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2754,7 +2937,7 @@ func (x *QueryUploadRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QueryUploadRequest.ProtoReflect.Descriptor instead.
 func (*QueryUploadRequest) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{36}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *QueryUploadRequest) GetUploadId() string {
@@ -2790,7 +2973,7 @@ type QueryUploadResponse struct {
 
 func (x *QueryUploadResponse) Reset() {
 	*x = QueryUploadResponse{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[37]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2802,7 +2985,7 @@ func (x *QueryUploadResponse) String() string {
 func (*QueryUploadResponse) ProtoMessage() {}
 
 func (x *QueryUploadResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[37]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2815,7 +2998,7 @@ func (x *QueryUploadResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QueryUploadResponse.ProtoReflect.Descriptor instead.
 func (*QueryUploadResponse) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{37}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *QueryUploadResponse) GetCommittedBytes() int64 {
@@ -2839,6 +3022,619 @@ func (x *QueryUploadResponse) GetExpireTime() *timestamppb.Timestamp {
 	return nil
 }
 
+// SetExpiryRequest says when an asset expires.
+type SetExpiryRequest struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	AssetId string                 `protobuf:"bytes,1,opt,name=asset_id,json=assetId,proto3" json:"asset_id,omitempty"`
+	// Expire this many seconds from now (1 to about 100 years)...
+	TtlSeconds int64 `protobuf:"varint,2,opt,name=ttl_seconds,json=ttlSeconds,proto3" json:"ttl_seconds,omitempty"`
+	// ...or never (not both).
+	Clear         bool `protobuf:"varint,3,opt,name=clear,proto3" json:"clear,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetExpiryRequest) Reset() {
+	*x = SetExpiryRequest{}
+	mi := &file_asset_v1_asset_service_proto_msgTypes[39]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetExpiryRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetExpiryRequest) ProtoMessage() {}
+
+func (x *SetExpiryRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_asset_v1_asset_service_proto_msgTypes[39]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetExpiryRequest.ProtoReflect.Descriptor instead.
+func (*SetExpiryRequest) Descriptor() ([]byte, []int) {
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{39}
+}
+
+func (x *SetExpiryRequest) GetAssetId() string {
+	if x != nil {
+		return x.AssetId
+	}
+	return ""
+}
+
+func (x *SetExpiryRequest) GetTtlSeconds() int64 {
+	if x != nil {
+		return x.TtlSeconds
+	}
+	return 0
+}
+
+func (x *SetExpiryRequest) GetClear() bool {
+	if x != nil {
+		return x.Clear
+	}
+	return false
+}
+
+// SetExpiryResponse carries the asset with its new expiry.
+type SetExpiryResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Asset         *Asset                 `protobuf:"bytes,1,opt,name=asset,proto3" json:"asset,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetExpiryResponse) Reset() {
+	*x = SetExpiryResponse{}
+	mi := &file_asset_v1_asset_service_proto_msgTypes[40]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetExpiryResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetExpiryResponse) ProtoMessage() {}
+
+func (x *SetExpiryResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_asset_v1_asset_service_proto_msgTypes[40]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetExpiryResponse.ProtoReflect.Descriptor instead.
+func (*SetExpiryResponse) Descriptor() ([]byte, []int) {
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{40}
+}
+
+func (x *SetExpiryResponse) GetAsset() *Asset {
+	if x != nil {
+		return x.Asset
+	}
+	return nil
+}
+
+// PlaceHoldRequest keeps an asset for an owner.
+type PlaceHoldRequest struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	AssetId string                 `protobuf:"bytes,1,opt,name=asset_id,json=assetId,proto3" json:"asset_id,omitempty"`
+	// Who holds it (1-200 characters; not "task:..."); placing it again with the
+	// same owner replaces the reason. At most 64 owners per asset.
+	Owner string `protobuf:"bytes,2,opt,name=owner,proto3" json:"owner,omitempty"`
+	// Why, for whoever finds it held (up to 1024 characters).
+	Reason        string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PlaceHoldRequest) Reset() {
+	*x = PlaceHoldRequest{}
+	mi := &file_asset_v1_asset_service_proto_msgTypes[41]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PlaceHoldRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PlaceHoldRequest) ProtoMessage() {}
+
+func (x *PlaceHoldRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_asset_v1_asset_service_proto_msgTypes[41]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PlaceHoldRequest.ProtoReflect.Descriptor instead.
+func (*PlaceHoldRequest) Descriptor() ([]byte, []int) {
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{41}
+}
+
+func (x *PlaceHoldRequest) GetAssetId() string {
+	if x != nil {
+		return x.AssetId
+	}
+	return ""
+}
+
+func (x *PlaceHoldRequest) GetOwner() string {
+	if x != nil {
+		return x.Owner
+	}
+	return ""
+}
+
+func (x *PlaceHoldRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+// PlaceHoldResponse carries the asset with its holds.
+type PlaceHoldResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Asset         *Asset                 `protobuf:"bytes,1,opt,name=asset,proto3" json:"asset,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PlaceHoldResponse) Reset() {
+	*x = PlaceHoldResponse{}
+	mi := &file_asset_v1_asset_service_proto_msgTypes[42]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PlaceHoldResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PlaceHoldResponse) ProtoMessage() {}
+
+func (x *PlaceHoldResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_asset_v1_asset_service_proto_msgTypes[42]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PlaceHoldResponse.ProtoReflect.Descriptor instead.
+func (*PlaceHoldResponse) Descriptor() ([]byte, []int) {
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{42}
+}
+
+func (x *PlaceHoldResponse) GetAsset() *Asset {
+	if x != nil {
+		return x.Asset
+	}
+	return nil
+}
+
+// ReleaseHoldRequest names the hold to remove.
+type ReleaseHoldRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	AssetId       string                 `protobuf:"bytes,1,opt,name=asset_id,json=assetId,proto3" json:"asset_id,omitempty"`
+	Owner         string                 `protobuf:"bytes,2,opt,name=owner,proto3" json:"owner,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReleaseHoldRequest) Reset() {
+	*x = ReleaseHoldRequest{}
+	mi := &file_asset_v1_asset_service_proto_msgTypes[43]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReleaseHoldRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReleaseHoldRequest) ProtoMessage() {}
+
+func (x *ReleaseHoldRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_asset_v1_asset_service_proto_msgTypes[43]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReleaseHoldRequest.ProtoReflect.Descriptor instead.
+func (*ReleaseHoldRequest) Descriptor() ([]byte, []int) {
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{43}
+}
+
+func (x *ReleaseHoldRequest) GetAssetId() string {
+	if x != nil {
+		return x.AssetId
+	}
+	return ""
+}
+
+func (x *ReleaseHoldRequest) GetOwner() string {
+	if x != nil {
+		return x.Owner
+	}
+	return ""
+}
+
+// ReleaseHoldResponse carries the asset with the holds left.
+type ReleaseHoldResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Asset         *Asset                 `protobuf:"bytes,1,opt,name=asset,proto3" json:"asset,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReleaseHoldResponse) Reset() {
+	*x = ReleaseHoldResponse{}
+	mi := &file_asset_v1_asset_service_proto_msgTypes[44]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReleaseHoldResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReleaseHoldResponse) ProtoMessage() {}
+
+func (x *ReleaseHoldResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_asset_v1_asset_service_proto_msgTypes[44]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReleaseHoldResponse.ProtoReflect.Descriptor instead.
+func (*ReleaseHoldResponse) Descriptor() ([]byte, []int) {
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{44}
+}
+
+func (x *ReleaseHoldResponse) GetAsset() *Asset {
+	if x != nil {
+		return x.Asset
+	}
+	return nil
+}
+
+// GetUsageRequest says how to group.
+type GetUsageRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// "status" (the default), "type", "tag" or "task".
+	Group string `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
+	// Only these keys of the group; none: the largest (by bytes).
+	Keys []string `protobuf:"bytes,2,rep,name=keys,proto3" json:"keys,omitempty"`
+	// How many of the largest keys (0: 100; at most 1000).
+	Limit         int32 `protobuf:"varint,3,opt,name=limit,proto3" json:"limit,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetUsageRequest) Reset() {
+	*x = GetUsageRequest{}
+	mi := &file_asset_v1_asset_service_proto_msgTypes[45]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetUsageRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetUsageRequest) ProtoMessage() {}
+
+func (x *GetUsageRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_asset_v1_asset_service_proto_msgTypes[45]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetUsageRequest.ProtoReflect.Descriptor instead.
+func (*GetUsageRequest) Descriptor() ([]byte, []int) {
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{45}
+}
+
+func (x *GetUsageRequest) GetGroup() string {
+	if x != nil {
+		return x.Group
+	}
+	return ""
+}
+
+func (x *GetUsageRequest) GetKeys() []string {
+	if x != nil {
+		return x.Keys
+	}
+	return nil
+}
+
+func (x *GetUsageRequest) GetLimit() int32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+// UsageRow is one key's share: totals, and their part in each status.
+type UsageRow struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Key           string                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	Count         int64                  `protobuf:"varint,2,opt,name=count,proto3" json:"count,omitempty"`
+	Bytes         int64                  `protobuf:"varint,3,opt,name=bytes,proto3" json:"bytes,omitempty"`
+	ByStatus      []*StatusUsage         `protobuf:"bytes,4,rep,name=by_status,json=byStatus,proto3" json:"by_status,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UsageRow) Reset() {
+	*x = UsageRow{}
+	mi := &file_asset_v1_asset_service_proto_msgTypes[46]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UsageRow) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UsageRow) ProtoMessage() {}
+
+func (x *UsageRow) ProtoReflect() protoreflect.Message {
+	mi := &file_asset_v1_asset_service_proto_msgTypes[46]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UsageRow.ProtoReflect.Descriptor instead.
+func (*UsageRow) Descriptor() ([]byte, []int) {
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{46}
+}
+
+func (x *UsageRow) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *UsageRow) GetCount() int64 {
+	if x != nil {
+		return x.Count
+	}
+	return 0
+}
+
+func (x *UsageRow) GetBytes() int64 {
+	if x != nil {
+		return x.Bytes
+	}
+	return 0
+}
+
+func (x *UsageRow) GetByStatus() []*StatusUsage {
+	if x != nil {
+		return x.ByStatus
+	}
+	return nil
+}
+
+// StatusUsage is the part of a total in one status.
+type StatusUsage struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Status        AssetStatus            `protobuf:"varint,1,opt,name=status,proto3,enum=asset.v1.AssetStatus" json:"status,omitempty"`
+	Count         int64                  `protobuf:"varint,2,opt,name=count,proto3" json:"count,omitempty"`
+	Bytes         int64                  `protobuf:"varint,3,opt,name=bytes,proto3" json:"bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StatusUsage) Reset() {
+	*x = StatusUsage{}
+	mi := &file_asset_v1_asset_service_proto_msgTypes[47]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StatusUsage) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StatusUsage) ProtoMessage() {}
+
+func (x *StatusUsage) ProtoReflect() protoreflect.Message {
+	mi := &file_asset_v1_asset_service_proto_msgTypes[47]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StatusUsage.ProtoReflect.Descriptor instead.
+func (*StatusUsage) Descriptor() ([]byte, []int) {
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{47}
+}
+
+func (x *StatusUsage) GetStatus() AssetStatus {
+	if x != nil {
+		return x.Status
+	}
+	return AssetStatus_ASSET_STATUS_UNSPECIFIED
+}
+
+func (x *StatusUsage) GetCount() int64 {
+	if x != nil {
+		return x.Count
+	}
+	return 0
+}
+
+func (x *StatusUsage) GetBytes() int64 {
+	if x != nil {
+		return x.Bytes
+	}
+	return 0
+}
+
+// GetUsageResponse: the store's totals and one row per key.
+type GetUsageResponse struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Count    int64                  `protobuf:"varint,1,opt,name=count,proto3" json:"count,omitempty"`
+	Bytes    int64                  `protobuf:"varint,2,opt,name=bytes,proto3" json:"bytes,omitempty"`
+	ByStatus []*StatusUsage         `protobuf:"bytes,3,rep,name=by_status,json=byStatus,proto3" json:"by_status,omitempty"`
+	Group    string                 `protobuf:"bytes,4,opt,name=group,proto3" json:"group,omitempty"`
+	// Largest first (or in the order of `keys`).
+	Rows []*UsageRow `protobuf:"bytes,5,rep,name=rows,proto3" json:"rows,omitempty"`
+	// More keys than rows (the smallest were left out).
+	More bool `protobuf:"varint,6,opt,name=more,proto3" json:"more,omitempty"`
+	// The server's --storage-warn-bytes (0: none), and whether `bytes` passed it.
+	WarnBytes     int64 `protobuf:"varint,7,opt,name=warn_bytes,json=warnBytes,proto3" json:"warn_bytes,omitempty"`
+	OverThreshold bool  `protobuf:"varint,8,opt,name=over_threshold,json=overThreshold,proto3" json:"over_threshold,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetUsageResponse) Reset() {
+	*x = GetUsageResponse{}
+	mi := &file_asset_v1_asset_service_proto_msgTypes[48]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetUsageResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetUsageResponse) ProtoMessage() {}
+
+func (x *GetUsageResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_asset_v1_asset_service_proto_msgTypes[48]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetUsageResponse.ProtoReflect.Descriptor instead.
+func (*GetUsageResponse) Descriptor() ([]byte, []int) {
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{48}
+}
+
+func (x *GetUsageResponse) GetCount() int64 {
+	if x != nil {
+		return x.Count
+	}
+	return 0
+}
+
+func (x *GetUsageResponse) GetBytes() int64 {
+	if x != nil {
+		return x.Bytes
+	}
+	return 0
+}
+
+func (x *GetUsageResponse) GetByStatus() []*StatusUsage {
+	if x != nil {
+		return x.ByStatus
+	}
+	return nil
+}
+
+func (x *GetUsageResponse) GetGroup() string {
+	if x != nil {
+		return x.Group
+	}
+	return ""
+}
+
+func (x *GetUsageResponse) GetRows() []*UsageRow {
+	if x != nil {
+		return x.Rows
+	}
+	return nil
+}
+
+func (x *GetUsageResponse) GetMore() bool {
+	if x != nil {
+		return x.More
+	}
+	return false
+}
+
+func (x *GetUsageResponse) GetWarnBytes() int64 {
+	if x != nil {
+		return x.WarnBytes
+	}
+	return 0
+}
+
+func (x *GetUsageResponse) GetOverThreshold() bool {
+	if x != nil {
+		return x.OverThreshold
+	}
+	return false
+}
+
 var File_asset_v1_asset_service_proto protoreflect.FileDescriptor
 
 const file_asset_v1_asset_service_proto_rawDesc = "" +
@@ -2848,7 +3644,7 @@ const file_asset_v1_asset_service_proto_rawDesc = "" +
 	"\x04text\x18\x01 \x01(\tH\x00R\x04text\x12\x14\n" +
 	"\x04json\x18\x02 \x01(\tH\x00R\x04json\x12\x14\n" +
 	"\x04data\x18\x03 \x01(\fH\x00R\x04dataB\x06\n" +
-	"\x04kind\"\xf0\x05\n" +
+	"\x04kind\"\xe5\a\n" +
 	"\x05Asset\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
 	"\x05label\x18\x02 \x01(\tR\x05label\x12-\n" +
@@ -2876,7 +3672,21 @@ const file_asset_v1_asset_service_proto_rawDesc = "" +
 	"updated_by\x18\x11 \x01(\tR\tupdatedBy\x12#\n" +
 	"\rlease_seconds\x18\x12 \x01(\rR\fleaseSeconds\x12F\n" +
 	"\x11lease_expire_time\x18\x13 \x01(\v2\x1a.google.protobuf.TimestampR\x0fleaseExpireTime\x12%\n" +
-	"\x0ecorrupt_reason\x18\x14 \x01(\tR\rcorruptReason\"\xb7\x02\n" +
+	"\x0ecorrupt_reason\x18\x14 \x01(\tR\rcorruptReason\x12;\n" +
+	"\vexpire_time\x18\x15 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"expireTime\x12\x1f\n" +
+	"\vexpiry_rule\x18\x16 \x01(\tR\n" +
+	"expiryRule\x12$\n" +
+	"\x05holds\x18\x17 \x03(\v2\x0e.asset.v1.HoldR\x05holds\x12F\n" +
+	"\x11retain_until_time\x18\x18 \x01(\v2\x1a.google.protobuf.TimestampR\x0fretainUntilTime\x12'\n" +
+	"\x0fdeletion_reason\x18\x19 \x01(\tR\x0edeletionReason\"\xa0\x01\n" +
+	"\x04Hold\x12\x14\n" +
+	"\x05owner\x18\x01 \x01(\tR\x05owner\x12\x12\n" +
+	"\x04kind\x18\x02 \x01(\tR\x04kind\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\x129\n" +
+	"\n" +
+	"place_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\tplaceTime\x12\x1b\n" +
+	"\tplaced_by\x18\x05 \x01(\tR\bplacedBy\"\xd8\x02\n" +
 	"\fUploadHeader\x12\x14\n" +
 	"\x05label\x18\x01 \x01(\tR\x05label\x12\x1d\n" +
 	"\n" +
@@ -2886,31 +3696,37 @@ const file_asset_v1_asset_service_proto_rawDesc = "" +
 	"\x0fexpected_sha256\x18\x05 \x01(\tR\x0eexpectedSha256\x12(\n" +
 	"\x10pending_asset_id\x18\x06 \x01(\tR\x0ependingAssetId\x12\x1b\n" +
 	"\tupload_id\x18\a \x01(\tR\buploadId\x12!\n" +
-	"\fwrite_offset\x18\b \x01(\x03R\vwriteOffsetB\x16\n" +
+	"\fwrite_offset\x18\b \x01(\x03R\vwriteOffset\x12\x1f\n" +
+	"\vttl_seconds\x18\t \x01(\x03R\n" +
+	"ttlSecondsB\x16\n" +
 	"\x14_expected_size_bytes\"i\n" +
 	"\x12UploadAssetRequest\x120\n" +
 	"\x06header\x18\x01 \x01(\v2\x16.asset.v1.UploadHeaderH\x00R\x06header\x12\x16\n" +
 	"\x05chunk\x18\x02 \x01(\fH\x00R\x05chunkB\t\n" +
 	"\apayload\"<\n" +
 	"\x13UploadAssetResponse\x12%\n" +
-	"\x05asset\x18\x01 \x01(\v2\x0f.asset.v1.AssetR\x05asset\"\x86\x01\n" +
+	"\x05asset\x18\x01 \x01(\v2\x0f.asset.v1.AssetR\x05asset\"\xa7\x01\n" +
 	"\x13RegisterFileRequest\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\x12\x14\n" +
 	"\x05label\x18\x02 \x01(\tR\x05label\x12\x1d\n" +
 	"\n" +
 	"media_type\x18\x03 \x01(\tR\tmediaType\x12\x12\n" +
 	"\x04tags\x18\x04 \x03(\tR\x04tags\x12\x12\n" +
-	"\x04move\x18\x05 \x01(\bR\x04move\"=\n" +
+	"\x04move\x18\x05 \x01(\bR\x04move\x12\x1f\n" +
+	"\vttl_seconds\x18\x06 \x01(\x03R\n" +
+	"ttlSeconds\"=\n" +
 	"\x14RegisterFileResponse\x12%\n" +
-	"\x05asset\x18\x01 \x01(\v2\x0f.asset.v1.AssetR\x05asset\"\x89\x01\n" +
+	"\x05asset\x18\x01 \x01(\v2\x0f.asset.v1.AssetR\x05asset\"\xaa\x01\n" +
 	"\x17CreateValueAssetRequest\x12\x14\n" +
 	"\x05label\x18\x01 \x01(\tR\x05label\x12\x1d\n" +
 	"\n" +
 	"media_type\x18\x02 \x01(\tR\tmediaType\x12%\n" +
 	"\x05value\x18\x03 \x01(\v2\x0f.asset.v1.ValueR\x05value\x12\x12\n" +
-	"\x04tags\x18\x04 \x03(\tR\x04tags\"A\n" +
+	"\x04tags\x18\x04 \x03(\tR\x04tags\x12\x1f\n" +
+	"\vttl_seconds\x18\x05 \x01(\x03R\n" +
+	"ttlSeconds\"A\n" +
 	"\x18CreateValueAssetResponse\x12%\n" +
-	"\x05asset\x18\x01 \x01(\v2\x0f.asset.v1.AssetR\x05asset\"\xcb\x01\n" +
+	"\x05asset\x18\x01 \x01(\v2\x0f.asset.v1.AssetR\x05asset\"\xec\x01\n" +
 	"\x19CreatePendingAssetRequest\x12\x17\n" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12\x14\n" +
 	"\x05label\x18\x02 \x01(\tR\x05label\x12\x1d\n" +
@@ -2918,7 +3734,9 @@ const file_asset_v1_asset_service_proto_rawDesc = "" +
 	"media_type\x18\x03 \x01(\tR\tmediaType\x12'\n" +
 	"\x04type\x18\x04 \x01(\x0e2\x13.asset.v1.AssetTypeR\x04type\x12\x12\n" +
 	"\x04tags\x18\x05 \x03(\tR\x04tags\x12#\n" +
-	"\rlease_seconds\x18\x06 \x01(\rR\fleaseSeconds\"C\n" +
+	"\rlease_seconds\x18\x06 \x01(\rR\fleaseSeconds\x12\x1f\n" +
+	"\vttl_seconds\x18\a \x01(\x03R\n" +
+	"ttlSeconds\"C\n" +
 	"\x1aCreatePendingAssetResponse\x12%\n" +
 	"\x05asset\x18\x01 \x01(\v2\x0f.asset.v1.AssetR\x05asset\"\xb0\x01\n" +
 	"\x13FulfillAssetRequest\x12\x19\n" +
@@ -2995,9 +3813,10 @@ const file_asset_v1_asset_service_proto_rawDesc = "" +
 	"\aentries\x18\x02 \x03(\v2*.asset.v1.GetManifestResponse.EntriesEntryR\aentries\x1a:\n" +
 	"\fEntriesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"/\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"E\n" +
 	"\x12DeleteAssetRequest\x12\x19\n" +
-	"\basset_id\x18\x01 \x01(\tR\aassetId\"<\n" +
+	"\basset_id\x18\x01 \x01(\tR\aassetId\x12\x14\n" +
+	"\x05force\x18\x02 \x01(\bR\x05force\"<\n" +
 	"\x13DeleteAssetResponse\x12%\n" +
 	"\x05asset\x18\x01 \x01(\v2\x0f.asset.v1.AssetR\x05asset\"`\n" +
 	"\x12ScrubAssetsRequest\x12\x1b\n" +
@@ -3024,7 +3843,48 @@ const file_asset_v1_asset_service_proto_rawDesc = "" +
 	"\x0fcommitted_bytes\x18\x01 \x01(\x03R\x0ecommittedBytes\x12%\n" +
 	"\x05asset\x18\x02 \x01(\v2\x0f.asset.v1.AssetR\x05asset\x12;\n" +
 	"\vexpire_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"expireTime*z\n" +
+	"expireTime\"d\n" +
+	"\x10SetExpiryRequest\x12\x19\n" +
+	"\basset_id\x18\x01 \x01(\tR\aassetId\x12\x1f\n" +
+	"\vttl_seconds\x18\x02 \x01(\x03R\n" +
+	"ttlSeconds\x12\x14\n" +
+	"\x05clear\x18\x03 \x01(\bR\x05clear\":\n" +
+	"\x11SetExpiryResponse\x12%\n" +
+	"\x05asset\x18\x01 \x01(\v2\x0f.asset.v1.AssetR\x05asset\"[\n" +
+	"\x10PlaceHoldRequest\x12\x19\n" +
+	"\basset_id\x18\x01 \x01(\tR\aassetId\x12\x14\n" +
+	"\x05owner\x18\x02 \x01(\tR\x05owner\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\":\n" +
+	"\x11PlaceHoldResponse\x12%\n" +
+	"\x05asset\x18\x01 \x01(\v2\x0f.asset.v1.AssetR\x05asset\"E\n" +
+	"\x12ReleaseHoldRequest\x12\x19\n" +
+	"\basset_id\x18\x01 \x01(\tR\aassetId\x12\x14\n" +
+	"\x05owner\x18\x02 \x01(\tR\x05owner\"<\n" +
+	"\x13ReleaseHoldResponse\x12%\n" +
+	"\x05asset\x18\x01 \x01(\v2\x0f.asset.v1.AssetR\x05asset\"Q\n" +
+	"\x0fGetUsageRequest\x12\x14\n" +
+	"\x05group\x18\x01 \x01(\tR\x05group\x12\x12\n" +
+	"\x04keys\x18\x02 \x03(\tR\x04keys\x12\x14\n" +
+	"\x05limit\x18\x03 \x01(\x05R\x05limit\"|\n" +
+	"\bUsageRow\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05count\x18\x02 \x01(\x03R\x05count\x12\x14\n" +
+	"\x05bytes\x18\x03 \x01(\x03R\x05bytes\x122\n" +
+	"\tby_status\x18\x04 \x03(\v2\x15.asset.v1.StatusUsageR\bbyStatus\"h\n" +
+	"\vStatusUsage\x12-\n" +
+	"\x06status\x18\x01 \x01(\x0e2\x15.asset.v1.AssetStatusR\x06status\x12\x14\n" +
+	"\x05count\x18\x02 \x01(\x03R\x05count\x12\x14\n" +
+	"\x05bytes\x18\x03 \x01(\x03R\x05bytes\"\x8a\x02\n" +
+	"\x10GetUsageResponse\x12\x14\n" +
+	"\x05count\x18\x01 \x01(\x03R\x05count\x12\x14\n" +
+	"\x05bytes\x18\x02 \x01(\x03R\x05bytes\x122\n" +
+	"\tby_status\x18\x03 \x03(\v2\x15.asset.v1.StatusUsageR\bbyStatus\x12\x14\n" +
+	"\x05group\x18\x04 \x01(\tR\x05group\x12&\n" +
+	"\x04rows\x18\x05 \x03(\v2\x12.asset.v1.UsageRowR\x04rows\x12\x12\n" +
+	"\x04more\x18\x06 \x01(\bR\x04more\x12\x1d\n" +
+	"\n" +
+	"warn_bytes\x18\a \x01(\x03R\twarnBytes\x12%\n" +
+	"\x0eover_threshold\x18\b \x01(\bR\roverThreshold*z\n" +
 	"\vAssetStatus\x12\x1c\n" +
 	"\x18ASSET_STATUS_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14ASSET_STATUS_PENDING\x10\x01\x12\x1a\n" +
@@ -3045,8 +3905,7 @@ const file_asset_v1_asset_service_proto_rawDesc = "" +
 	"\x15SCRUB_OUTCOME_CORRUPT\x10\x02\x12\x1c\n" +
 	"\x18SCRUB_OUTCOME_UNREADABLE\x10\x03\x12\x19\n" +
 	"\x15SCRUB_OUTCOME_SKIPPED\x10\x04\x12\x1a\n" +
-	"\x16SCRUB_OUTCOME_RESTORED\x10\x052\xbd\n" +
-	"\n" +
+	"\x16SCRUB_OUTCOME_RESTORED\x10\x052\xd8\f\n" +
 	"\fAssetService\x12L\n" +
 	"\vUploadAsset\x12\x1c.asset.v1.UploadAssetRequest\x1a\x1d.asset.v1.UploadAssetResponse(\x01\x12M\n" +
 	"\fRegisterFile\x12\x1d.asset.v1.RegisterFileRequest\x1a\x1e.asset.v1.RegisterFileResponse\x12Y\n" +
@@ -3067,7 +3926,11 @@ const file_asset_v1_asset_service_proto_rawDesc = "" +
 	"\vDeleteAsset\x12\x1c.asset.v1.DeleteAssetRequest\x1a\x1d.asset.v1.DeleteAssetResponse\x12P\n" +
 	"\rMintTaskToken\x12\x1e.asset.v1.MintTaskTokenRequest\x1a\x1f.asset.v1.MintTaskTokenResponse\x12J\n" +
 	"\vQueryUpload\x12\x1c.asset.v1.QueryUploadRequest\x1a\x1d.asset.v1.QueryUploadResponse\x12L\n" +
-	"\vScrubAssets\x12\x1c.asset.v1.ScrubAssetsRequest\x1a\x1d.asset.v1.ScrubAssetsResponse0\x01BHZFgithub.com/asset-service/asset-service/clients/go/gen/asset/v1;assetv1b\x06proto3"
+	"\vScrubAssets\x12\x1c.asset.v1.ScrubAssetsRequest\x1a\x1d.asset.v1.ScrubAssetsResponse0\x01\x12D\n" +
+	"\tSetExpiry\x12\x1a.asset.v1.SetExpiryRequest\x1a\x1b.asset.v1.SetExpiryResponse\x12D\n" +
+	"\tPlaceHold\x12\x1a.asset.v1.PlaceHoldRequest\x1a\x1b.asset.v1.PlaceHoldResponse\x12J\n" +
+	"\vReleaseHold\x12\x1c.asset.v1.ReleaseHoldRequest\x1a\x1d.asset.v1.ReleaseHoldResponse\x12A\n" +
+	"\bGetUsage\x12\x19.asset.v1.GetUsageRequest\x1a\x1a.asset.v1.GetUsageResponseBHZFgithub.com/asset-service/asset-service/clients/go/gen/asset/v1;assetv1b\x06proto3"
 
 var (
 	file_asset_v1_asset_service_proto_rawDescOnce sync.Once
@@ -3082,7 +3945,7 @@ func file_asset_v1_asset_service_proto_rawDescGZIP() []byte {
 }
 
 var file_asset_v1_asset_service_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_asset_v1_asset_service_proto_msgTypes = make([]protoimpl.MessageInfo, 40)
+var file_asset_v1_asset_service_proto_msgTypes = make([]protoimpl.MessageInfo, 51)
 var file_asset_v1_asset_service_proto_goTypes = []any{
 	(AssetStatus)(0),                   // 0: asset.v1.AssetStatus
 	(AssetType)(0),                     // 1: asset.v1.AssetType
@@ -3090,122 +3953,152 @@ var file_asset_v1_asset_service_proto_goTypes = []any{
 	(ScrubOutcome)(0),                  // 3: asset.v1.ScrubOutcome
 	(*Value)(nil),                      // 4: asset.v1.Value
 	(*Asset)(nil),                      // 5: asset.v1.Asset
-	(*UploadHeader)(nil),               // 6: asset.v1.UploadHeader
-	(*UploadAssetRequest)(nil),         // 7: asset.v1.UploadAssetRequest
-	(*UploadAssetResponse)(nil),        // 8: asset.v1.UploadAssetResponse
-	(*RegisterFileRequest)(nil),        // 9: asset.v1.RegisterFileRequest
-	(*RegisterFileResponse)(nil),       // 10: asset.v1.RegisterFileResponse
-	(*CreateValueAssetRequest)(nil),    // 11: asset.v1.CreateValueAssetRequest
-	(*CreateValueAssetResponse)(nil),   // 12: asset.v1.CreateValueAssetResponse
-	(*CreatePendingAssetRequest)(nil),  // 13: asset.v1.CreatePendingAssetRequest
-	(*CreatePendingAssetResponse)(nil), // 14: asset.v1.CreatePendingAssetResponse
-	(*FulfillAssetRequest)(nil),        // 15: asset.v1.FulfillAssetRequest
-	(*FulfillAssetResponse)(nil),       // 16: asset.v1.FulfillAssetResponse
-	(*FailAssetRequest)(nil),           // 17: asset.v1.FailAssetRequest
-	(*FailAssetResponse)(nil),          // 18: asset.v1.FailAssetResponse
-	(*RenewLeaseRequest)(nil),          // 19: asset.v1.RenewLeaseRequest
-	(*RenewLeaseResponse)(nil),         // 20: asset.v1.RenewLeaseResponse
-	(*GetAssetRequest)(nil),            // 21: asset.v1.GetAssetRequest
-	(*GetAssetResponse)(nil),           // 22: asset.v1.GetAssetResponse
-	(*BatchGetAssetsRequest)(nil),      // 23: asset.v1.BatchGetAssetsRequest
-	(*BatchGetAssetsResponse)(nil),     // 24: asset.v1.BatchGetAssetsResponse
-	(*ListAssetsRequest)(nil),          // 25: asset.v1.ListAssetsRequest
-	(*ListAssetsResponse)(nil),         // 26: asset.v1.ListAssetsResponse
-	(*WatchAssetRequest)(nil),          // 27: asset.v1.WatchAssetRequest
-	(*AssetSelector)(nil),              // 28: asset.v1.AssetSelector
-	(*WatchAssetResponse)(nil),         // 29: asset.v1.WatchAssetResponse
-	(*ReadAssetRequest)(nil),           // 30: asset.v1.ReadAssetRequest
-	(*ReadAssetResponse)(nil),          // 31: asset.v1.ReadAssetResponse
-	(*GetManifestRequest)(nil),         // 32: asset.v1.GetManifestRequest
-	(*GetManifestResponse)(nil),        // 33: asset.v1.GetManifestResponse
-	(*DeleteAssetRequest)(nil),         // 34: asset.v1.DeleteAssetRequest
-	(*DeleteAssetResponse)(nil),        // 35: asset.v1.DeleteAssetResponse
-	(*ScrubAssetsRequest)(nil),         // 36: asset.v1.ScrubAssetsRequest
-	(*ScrubAssetsResponse)(nil),        // 37: asset.v1.ScrubAssetsResponse
-	(*MintTaskTokenRequest)(nil),       // 38: asset.v1.MintTaskTokenRequest
-	(*MintTaskTokenResponse)(nil),      // 39: asset.v1.MintTaskTokenResponse
-	(*QueryUploadRequest)(nil),         // 40: asset.v1.QueryUploadRequest
-	(*QueryUploadResponse)(nil),        // 41: asset.v1.QueryUploadResponse
-	nil,                                // 42: asset.v1.GetManifestRequest.AssetMappingsEntry
-	nil,                                // 43: asset.v1.GetManifestResponse.EntriesEntry
-	(*timestamppb.Timestamp)(nil),      // 44: google.protobuf.Timestamp
-	(*structpb.Struct)(nil),            // 45: google.protobuf.Struct
+	(*Hold)(nil),                       // 6: asset.v1.Hold
+	(*UploadHeader)(nil),               // 7: asset.v1.UploadHeader
+	(*UploadAssetRequest)(nil),         // 8: asset.v1.UploadAssetRequest
+	(*UploadAssetResponse)(nil),        // 9: asset.v1.UploadAssetResponse
+	(*RegisterFileRequest)(nil),        // 10: asset.v1.RegisterFileRequest
+	(*RegisterFileResponse)(nil),       // 11: asset.v1.RegisterFileResponse
+	(*CreateValueAssetRequest)(nil),    // 12: asset.v1.CreateValueAssetRequest
+	(*CreateValueAssetResponse)(nil),   // 13: asset.v1.CreateValueAssetResponse
+	(*CreatePendingAssetRequest)(nil),  // 14: asset.v1.CreatePendingAssetRequest
+	(*CreatePendingAssetResponse)(nil), // 15: asset.v1.CreatePendingAssetResponse
+	(*FulfillAssetRequest)(nil),        // 16: asset.v1.FulfillAssetRequest
+	(*FulfillAssetResponse)(nil),       // 17: asset.v1.FulfillAssetResponse
+	(*FailAssetRequest)(nil),           // 18: asset.v1.FailAssetRequest
+	(*FailAssetResponse)(nil),          // 19: asset.v1.FailAssetResponse
+	(*RenewLeaseRequest)(nil),          // 20: asset.v1.RenewLeaseRequest
+	(*RenewLeaseResponse)(nil),         // 21: asset.v1.RenewLeaseResponse
+	(*GetAssetRequest)(nil),            // 22: asset.v1.GetAssetRequest
+	(*GetAssetResponse)(nil),           // 23: asset.v1.GetAssetResponse
+	(*BatchGetAssetsRequest)(nil),      // 24: asset.v1.BatchGetAssetsRequest
+	(*BatchGetAssetsResponse)(nil),     // 25: asset.v1.BatchGetAssetsResponse
+	(*ListAssetsRequest)(nil),          // 26: asset.v1.ListAssetsRequest
+	(*ListAssetsResponse)(nil),         // 27: asset.v1.ListAssetsResponse
+	(*WatchAssetRequest)(nil),          // 28: asset.v1.WatchAssetRequest
+	(*AssetSelector)(nil),              // 29: asset.v1.AssetSelector
+	(*WatchAssetResponse)(nil),         // 30: asset.v1.WatchAssetResponse
+	(*ReadAssetRequest)(nil),           // 31: asset.v1.ReadAssetRequest
+	(*ReadAssetResponse)(nil),          // 32: asset.v1.ReadAssetResponse
+	(*GetManifestRequest)(nil),         // 33: asset.v1.GetManifestRequest
+	(*GetManifestResponse)(nil),        // 34: asset.v1.GetManifestResponse
+	(*DeleteAssetRequest)(nil),         // 35: asset.v1.DeleteAssetRequest
+	(*DeleteAssetResponse)(nil),        // 36: asset.v1.DeleteAssetResponse
+	(*ScrubAssetsRequest)(nil),         // 37: asset.v1.ScrubAssetsRequest
+	(*ScrubAssetsResponse)(nil),        // 38: asset.v1.ScrubAssetsResponse
+	(*MintTaskTokenRequest)(nil),       // 39: asset.v1.MintTaskTokenRequest
+	(*MintTaskTokenResponse)(nil),      // 40: asset.v1.MintTaskTokenResponse
+	(*QueryUploadRequest)(nil),         // 41: asset.v1.QueryUploadRequest
+	(*QueryUploadResponse)(nil),        // 42: asset.v1.QueryUploadResponse
+	(*SetExpiryRequest)(nil),           // 43: asset.v1.SetExpiryRequest
+	(*SetExpiryResponse)(nil),          // 44: asset.v1.SetExpiryResponse
+	(*PlaceHoldRequest)(nil),           // 45: asset.v1.PlaceHoldRequest
+	(*PlaceHoldResponse)(nil),          // 46: asset.v1.PlaceHoldResponse
+	(*ReleaseHoldRequest)(nil),         // 47: asset.v1.ReleaseHoldRequest
+	(*ReleaseHoldResponse)(nil),        // 48: asset.v1.ReleaseHoldResponse
+	(*GetUsageRequest)(nil),            // 49: asset.v1.GetUsageRequest
+	(*UsageRow)(nil),                   // 50: asset.v1.UsageRow
+	(*StatusUsage)(nil),                // 51: asset.v1.StatusUsage
+	(*GetUsageResponse)(nil),           // 52: asset.v1.GetUsageResponse
+	nil,                                // 53: asset.v1.GetManifestRequest.AssetMappingsEntry
+	nil,                                // 54: asset.v1.GetManifestResponse.EntriesEntry
+	(*timestamppb.Timestamp)(nil),      // 55: google.protobuf.Timestamp
+	(*structpb.Struct)(nil),            // 56: google.protobuf.Struct
 }
 var file_asset_v1_asset_service_proto_depIdxs = []int32{
 	0,  // 0: asset.v1.Asset.status:type_name -> asset.v1.AssetStatus
 	1,  // 1: asset.v1.Asset.type:type_name -> asset.v1.AssetType
 	4,  // 2: asset.v1.Asset.value:type_name -> asset.v1.Value
-	44, // 3: asset.v1.Asset.create_time:type_name -> google.protobuf.Timestamp
-	44, // 4: asset.v1.Asset.update_time:type_name -> google.protobuf.Timestamp
-	44, // 5: asset.v1.Asset.lease_expire_time:type_name -> google.protobuf.Timestamp
-	6,  // 6: asset.v1.UploadAssetRequest.header:type_name -> asset.v1.UploadHeader
-	5,  // 7: asset.v1.UploadAssetResponse.asset:type_name -> asset.v1.Asset
-	5,  // 8: asset.v1.RegisterFileResponse.asset:type_name -> asset.v1.Asset
-	4,  // 9: asset.v1.CreateValueAssetRequest.value:type_name -> asset.v1.Value
-	5,  // 10: asset.v1.CreateValueAssetResponse.asset:type_name -> asset.v1.Asset
-	1,  // 11: asset.v1.CreatePendingAssetRequest.type:type_name -> asset.v1.AssetType
-	5,  // 12: asset.v1.CreatePendingAssetResponse.asset:type_name -> asset.v1.Asset
-	4,  // 13: asset.v1.FulfillAssetRequest.value:type_name -> asset.v1.Value
-	5,  // 14: asset.v1.FulfillAssetResponse.asset:type_name -> asset.v1.Asset
-	5,  // 15: asset.v1.FailAssetResponse.asset:type_name -> asset.v1.Asset
-	5,  // 16: asset.v1.RenewLeaseResponse.asset:type_name -> asset.v1.Asset
-	5,  // 17: asset.v1.GetAssetResponse.asset:type_name -> asset.v1.Asset
-	5,  // 18: asset.v1.BatchGetAssetsResponse.assets:type_name -> asset.v1.Asset
-	0,  // 19: asset.v1.ListAssetsRequest.status:type_name -> asset.v1.AssetStatus
-	1,  // 20: asset.v1.ListAssetsRequest.type:type_name -> asset.v1.AssetType
-	5,  // 21: asset.v1.ListAssetsResponse.assets:type_name -> asset.v1.Asset
-	28, // 22: asset.v1.WatchAssetRequest.selector:type_name -> asset.v1.AssetSelector
-	0,  // 23: asset.v1.AssetSelector.status:type_name -> asset.v1.AssetStatus
-	1,  // 24: asset.v1.AssetSelector.type:type_name -> asset.v1.AssetType
-	2,  // 25: asset.v1.WatchAssetResponse.type:type_name -> asset.v1.WatchEventType
-	5,  // 26: asset.v1.WatchAssetResponse.asset:type_name -> asset.v1.Asset
-	42, // 27: asset.v1.GetManifestRequest.asset_mappings:type_name -> asset.v1.GetManifestRequest.AssetMappingsEntry
-	45, // 28: asset.v1.GetManifestRequest.config_params:type_name -> google.protobuf.Struct
-	43, // 29: asset.v1.GetManifestResponse.entries:type_name -> asset.v1.GetManifestResponse.EntriesEntry
-	5,  // 30: asset.v1.DeleteAssetResponse.asset:type_name -> asset.v1.Asset
-	3,  // 31: asset.v1.ScrubAssetsResponse.outcome:type_name -> asset.v1.ScrubOutcome
-	44, // 32: asset.v1.MintTaskTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
-	5,  // 33: asset.v1.QueryUploadResponse.asset:type_name -> asset.v1.Asset
-	44, // 34: asset.v1.QueryUploadResponse.expire_time:type_name -> google.protobuf.Timestamp
-	7,  // 35: asset.v1.AssetService.UploadAsset:input_type -> asset.v1.UploadAssetRequest
-	9,  // 36: asset.v1.AssetService.RegisterFile:input_type -> asset.v1.RegisterFileRequest
-	11, // 37: asset.v1.AssetService.CreateValueAsset:input_type -> asset.v1.CreateValueAssetRequest
-	13, // 38: asset.v1.AssetService.CreatePendingAsset:input_type -> asset.v1.CreatePendingAssetRequest
-	15, // 39: asset.v1.AssetService.FulfillAsset:input_type -> asset.v1.FulfillAssetRequest
-	17, // 40: asset.v1.AssetService.FailAsset:input_type -> asset.v1.FailAssetRequest
-	19, // 41: asset.v1.AssetService.RenewLease:input_type -> asset.v1.RenewLeaseRequest
-	21, // 42: asset.v1.AssetService.GetAsset:input_type -> asset.v1.GetAssetRequest
-	23, // 43: asset.v1.AssetService.BatchGetAssets:input_type -> asset.v1.BatchGetAssetsRequest
-	25, // 44: asset.v1.AssetService.ListAssets:input_type -> asset.v1.ListAssetsRequest
-	27, // 45: asset.v1.AssetService.WatchAsset:input_type -> asset.v1.WatchAssetRequest
-	30, // 46: asset.v1.AssetService.ReadAsset:input_type -> asset.v1.ReadAssetRequest
-	32, // 47: asset.v1.AssetService.GetManifest:input_type -> asset.v1.GetManifestRequest
-	34, // 48: asset.v1.AssetService.DeleteAsset:input_type -> asset.v1.DeleteAssetRequest
-	38, // 49: asset.v1.AssetService.MintTaskToken:input_type -> asset.v1.MintTaskTokenRequest
-	40, // 50: asset.v1.AssetService.QueryUpload:input_type -> asset.v1.QueryUploadRequest
-	36, // 51: asset.v1.AssetService.ScrubAssets:input_type -> asset.v1.ScrubAssetsRequest
-	8,  // 52: asset.v1.AssetService.UploadAsset:output_type -> asset.v1.UploadAssetResponse
-	10, // 53: asset.v1.AssetService.RegisterFile:output_type -> asset.v1.RegisterFileResponse
-	12, // 54: asset.v1.AssetService.CreateValueAsset:output_type -> asset.v1.CreateValueAssetResponse
-	14, // 55: asset.v1.AssetService.CreatePendingAsset:output_type -> asset.v1.CreatePendingAssetResponse
-	16, // 56: asset.v1.AssetService.FulfillAsset:output_type -> asset.v1.FulfillAssetResponse
-	18, // 57: asset.v1.AssetService.FailAsset:output_type -> asset.v1.FailAssetResponse
-	20, // 58: asset.v1.AssetService.RenewLease:output_type -> asset.v1.RenewLeaseResponse
-	22, // 59: asset.v1.AssetService.GetAsset:output_type -> asset.v1.GetAssetResponse
-	24, // 60: asset.v1.AssetService.BatchGetAssets:output_type -> asset.v1.BatchGetAssetsResponse
-	26, // 61: asset.v1.AssetService.ListAssets:output_type -> asset.v1.ListAssetsResponse
-	29, // 62: asset.v1.AssetService.WatchAsset:output_type -> asset.v1.WatchAssetResponse
-	31, // 63: asset.v1.AssetService.ReadAsset:output_type -> asset.v1.ReadAssetResponse
-	33, // 64: asset.v1.AssetService.GetManifest:output_type -> asset.v1.GetManifestResponse
-	35, // 65: asset.v1.AssetService.DeleteAsset:output_type -> asset.v1.DeleteAssetResponse
-	39, // 66: asset.v1.AssetService.MintTaskToken:output_type -> asset.v1.MintTaskTokenResponse
-	41, // 67: asset.v1.AssetService.QueryUpload:output_type -> asset.v1.QueryUploadResponse
-	37, // 68: asset.v1.AssetService.ScrubAssets:output_type -> asset.v1.ScrubAssetsResponse
-	52, // [52:69] is the sub-list for method output_type
-	35, // [35:52] is the sub-list for method input_type
-	35, // [35:35] is the sub-list for extension type_name
-	35, // [35:35] is the sub-list for extension extendee
-	0,  // [0:35] is the sub-list for field type_name
+	55, // 3: asset.v1.Asset.create_time:type_name -> google.protobuf.Timestamp
+	55, // 4: asset.v1.Asset.update_time:type_name -> google.protobuf.Timestamp
+	55, // 5: asset.v1.Asset.lease_expire_time:type_name -> google.protobuf.Timestamp
+	55, // 6: asset.v1.Asset.expire_time:type_name -> google.protobuf.Timestamp
+	6,  // 7: asset.v1.Asset.holds:type_name -> asset.v1.Hold
+	55, // 8: asset.v1.Asset.retain_until_time:type_name -> google.protobuf.Timestamp
+	55, // 9: asset.v1.Hold.place_time:type_name -> google.protobuf.Timestamp
+	7,  // 10: asset.v1.UploadAssetRequest.header:type_name -> asset.v1.UploadHeader
+	5,  // 11: asset.v1.UploadAssetResponse.asset:type_name -> asset.v1.Asset
+	5,  // 12: asset.v1.RegisterFileResponse.asset:type_name -> asset.v1.Asset
+	4,  // 13: asset.v1.CreateValueAssetRequest.value:type_name -> asset.v1.Value
+	5,  // 14: asset.v1.CreateValueAssetResponse.asset:type_name -> asset.v1.Asset
+	1,  // 15: asset.v1.CreatePendingAssetRequest.type:type_name -> asset.v1.AssetType
+	5,  // 16: asset.v1.CreatePendingAssetResponse.asset:type_name -> asset.v1.Asset
+	4,  // 17: asset.v1.FulfillAssetRequest.value:type_name -> asset.v1.Value
+	5,  // 18: asset.v1.FulfillAssetResponse.asset:type_name -> asset.v1.Asset
+	5,  // 19: asset.v1.FailAssetResponse.asset:type_name -> asset.v1.Asset
+	5,  // 20: asset.v1.RenewLeaseResponse.asset:type_name -> asset.v1.Asset
+	5,  // 21: asset.v1.GetAssetResponse.asset:type_name -> asset.v1.Asset
+	5,  // 22: asset.v1.BatchGetAssetsResponse.assets:type_name -> asset.v1.Asset
+	0,  // 23: asset.v1.ListAssetsRequest.status:type_name -> asset.v1.AssetStatus
+	1,  // 24: asset.v1.ListAssetsRequest.type:type_name -> asset.v1.AssetType
+	5,  // 25: asset.v1.ListAssetsResponse.assets:type_name -> asset.v1.Asset
+	29, // 26: asset.v1.WatchAssetRequest.selector:type_name -> asset.v1.AssetSelector
+	0,  // 27: asset.v1.AssetSelector.status:type_name -> asset.v1.AssetStatus
+	1,  // 28: asset.v1.AssetSelector.type:type_name -> asset.v1.AssetType
+	2,  // 29: asset.v1.WatchAssetResponse.type:type_name -> asset.v1.WatchEventType
+	5,  // 30: asset.v1.WatchAssetResponse.asset:type_name -> asset.v1.Asset
+	53, // 31: asset.v1.GetManifestRequest.asset_mappings:type_name -> asset.v1.GetManifestRequest.AssetMappingsEntry
+	56, // 32: asset.v1.GetManifestRequest.config_params:type_name -> google.protobuf.Struct
+	54, // 33: asset.v1.GetManifestResponse.entries:type_name -> asset.v1.GetManifestResponse.EntriesEntry
+	5,  // 34: asset.v1.DeleteAssetResponse.asset:type_name -> asset.v1.Asset
+	3,  // 35: asset.v1.ScrubAssetsResponse.outcome:type_name -> asset.v1.ScrubOutcome
+	55, // 36: asset.v1.MintTaskTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
+	5,  // 37: asset.v1.QueryUploadResponse.asset:type_name -> asset.v1.Asset
+	55, // 38: asset.v1.QueryUploadResponse.expire_time:type_name -> google.protobuf.Timestamp
+	5,  // 39: asset.v1.SetExpiryResponse.asset:type_name -> asset.v1.Asset
+	5,  // 40: asset.v1.PlaceHoldResponse.asset:type_name -> asset.v1.Asset
+	5,  // 41: asset.v1.ReleaseHoldResponse.asset:type_name -> asset.v1.Asset
+	51, // 42: asset.v1.UsageRow.by_status:type_name -> asset.v1.StatusUsage
+	0,  // 43: asset.v1.StatusUsage.status:type_name -> asset.v1.AssetStatus
+	51, // 44: asset.v1.GetUsageResponse.by_status:type_name -> asset.v1.StatusUsage
+	50, // 45: asset.v1.GetUsageResponse.rows:type_name -> asset.v1.UsageRow
+	8,  // 46: asset.v1.AssetService.UploadAsset:input_type -> asset.v1.UploadAssetRequest
+	10, // 47: asset.v1.AssetService.RegisterFile:input_type -> asset.v1.RegisterFileRequest
+	12, // 48: asset.v1.AssetService.CreateValueAsset:input_type -> asset.v1.CreateValueAssetRequest
+	14, // 49: asset.v1.AssetService.CreatePendingAsset:input_type -> asset.v1.CreatePendingAssetRequest
+	16, // 50: asset.v1.AssetService.FulfillAsset:input_type -> asset.v1.FulfillAssetRequest
+	18, // 51: asset.v1.AssetService.FailAsset:input_type -> asset.v1.FailAssetRequest
+	20, // 52: asset.v1.AssetService.RenewLease:input_type -> asset.v1.RenewLeaseRequest
+	22, // 53: asset.v1.AssetService.GetAsset:input_type -> asset.v1.GetAssetRequest
+	24, // 54: asset.v1.AssetService.BatchGetAssets:input_type -> asset.v1.BatchGetAssetsRequest
+	26, // 55: asset.v1.AssetService.ListAssets:input_type -> asset.v1.ListAssetsRequest
+	28, // 56: asset.v1.AssetService.WatchAsset:input_type -> asset.v1.WatchAssetRequest
+	31, // 57: asset.v1.AssetService.ReadAsset:input_type -> asset.v1.ReadAssetRequest
+	33, // 58: asset.v1.AssetService.GetManifest:input_type -> asset.v1.GetManifestRequest
+	35, // 59: asset.v1.AssetService.DeleteAsset:input_type -> asset.v1.DeleteAssetRequest
+	39, // 60: asset.v1.AssetService.MintTaskToken:input_type -> asset.v1.MintTaskTokenRequest
+	41, // 61: asset.v1.AssetService.QueryUpload:input_type -> asset.v1.QueryUploadRequest
+	37, // 62: asset.v1.AssetService.ScrubAssets:input_type -> asset.v1.ScrubAssetsRequest
+	43, // 63: asset.v1.AssetService.SetExpiry:input_type -> asset.v1.SetExpiryRequest
+	45, // 64: asset.v1.AssetService.PlaceHold:input_type -> asset.v1.PlaceHoldRequest
+	47, // 65: asset.v1.AssetService.ReleaseHold:input_type -> asset.v1.ReleaseHoldRequest
+	49, // 66: asset.v1.AssetService.GetUsage:input_type -> asset.v1.GetUsageRequest
+	9,  // 67: asset.v1.AssetService.UploadAsset:output_type -> asset.v1.UploadAssetResponse
+	11, // 68: asset.v1.AssetService.RegisterFile:output_type -> asset.v1.RegisterFileResponse
+	13, // 69: asset.v1.AssetService.CreateValueAsset:output_type -> asset.v1.CreateValueAssetResponse
+	15, // 70: asset.v1.AssetService.CreatePendingAsset:output_type -> asset.v1.CreatePendingAssetResponse
+	17, // 71: asset.v1.AssetService.FulfillAsset:output_type -> asset.v1.FulfillAssetResponse
+	19, // 72: asset.v1.AssetService.FailAsset:output_type -> asset.v1.FailAssetResponse
+	21, // 73: asset.v1.AssetService.RenewLease:output_type -> asset.v1.RenewLeaseResponse
+	23, // 74: asset.v1.AssetService.GetAsset:output_type -> asset.v1.GetAssetResponse
+	25, // 75: asset.v1.AssetService.BatchGetAssets:output_type -> asset.v1.BatchGetAssetsResponse
+	27, // 76: asset.v1.AssetService.ListAssets:output_type -> asset.v1.ListAssetsResponse
+	30, // 77: asset.v1.AssetService.WatchAsset:output_type -> asset.v1.WatchAssetResponse
+	32, // 78: asset.v1.AssetService.ReadAsset:output_type -> asset.v1.ReadAssetResponse
+	34, // 79: asset.v1.AssetService.GetManifest:output_type -> asset.v1.GetManifestResponse
+	36, // 80: asset.v1.AssetService.DeleteAsset:output_type -> asset.v1.DeleteAssetResponse
+	40, // 81: asset.v1.AssetService.MintTaskToken:output_type -> asset.v1.MintTaskTokenResponse
+	42, // 82: asset.v1.AssetService.QueryUpload:output_type -> asset.v1.QueryUploadResponse
+	38, // 83: asset.v1.AssetService.ScrubAssets:output_type -> asset.v1.ScrubAssetsResponse
+	44, // 84: asset.v1.AssetService.SetExpiry:output_type -> asset.v1.SetExpiryResponse
+	46, // 85: asset.v1.AssetService.PlaceHold:output_type -> asset.v1.PlaceHoldResponse
+	48, // 86: asset.v1.AssetService.ReleaseHold:output_type -> asset.v1.ReleaseHoldResponse
+	52, // 87: asset.v1.AssetService.GetUsage:output_type -> asset.v1.GetUsageResponse
+	67, // [67:88] is the sub-list for method output_type
+	46, // [46:67] is the sub-list for method input_type
+	46, // [46:46] is the sub-list for extension type_name
+	46, // [46:46] is the sub-list for extension extendee
+	0,  // [0:46] is the sub-list for field type_name
 }
 
 func init() { file_asset_v1_asset_service_proto_init() }
@@ -3218,12 +4111,12 @@ func file_asset_v1_asset_service_proto_init() {
 		(*Value_Json)(nil),
 		(*Value_Data)(nil),
 	}
-	file_asset_v1_asset_service_proto_msgTypes[2].OneofWrappers = []any{}
-	file_asset_v1_asset_service_proto_msgTypes[3].OneofWrappers = []any{
+	file_asset_v1_asset_service_proto_msgTypes[3].OneofWrappers = []any{}
+	file_asset_v1_asset_service_proto_msgTypes[4].OneofWrappers = []any{
 		(*UploadAssetRequest_Header)(nil),
 		(*UploadAssetRequest_Chunk)(nil),
 	}
-	file_asset_v1_asset_service_proto_msgTypes[11].OneofWrappers = []any{
+	file_asset_v1_asset_service_proto_msgTypes[12].OneofWrappers = []any{
 		(*FulfillAssetRequest_SourcePath)(nil),
 		(*FulfillAssetRequest_Value)(nil),
 	}
@@ -3233,7 +4126,7 @@ func file_asset_v1_asset_service_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_asset_v1_asset_service_proto_rawDesc), len(file_asset_v1_asset_service_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   40,
+			NumMessages:   51,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
