@@ -50,6 +50,7 @@ class CrashLoop:
         )
         self.report = Report(seed=config.seed)
         self._workers = 0  # kill_worker: how many the supervisor runs
+        self._killed_at = 0.0
         self.ledger = Ledger(self.report)
         self.load = Load(self.ledger, config)
 
@@ -139,6 +140,7 @@ class CrashLoop:
         self._workers = len(pids)
         victim = rng.choice(pids)
         os.kill(victim, signal.SIGKILL)
+        self._killed_at = time.monotonic()
         return victim
 
     async def _restarted(self, victim: int) -> int | set[int]:
@@ -156,6 +158,9 @@ class CrashLoop:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"workers {pids} did not all serve in {CALL_TIMEOUT}s")
             await asyncio.sleep(0.05)
+        await asyncio.sleep(
+            max(0.0, self._killed_at + self.cfg.settle_after_kill - time.monotonic())
+        )
         return set(pids)
 
     async def _prepare(self, stub: pb_grpc.AssetServiceStub, rng: random.Random) -> None:
