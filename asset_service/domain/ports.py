@@ -52,7 +52,21 @@ class MetadataStore(Protocol):
         runs out at `lease_expires_at` in stores whose clock is the caller's (memory,
         SQLite), `lease_seconds` after the write by the database's clock in MongoDB; the
         returned record says when.
+
+        A record with a `key` becomes the key's holder in the same atomic write (the store
+        keeps one holder per key: a unique index), or nothing is written and KeyTaken is
+        raised when another record holds it (get-or-create's one producer per key).
         """
+
+    async def key_holder(self, key: str) -> Asset | None:
+        """The record holding `key` (as get_many reads it), or None: no record holds it, or
+        the one that did was deleted."""
+
+    async def release_key(self, asset_id: str, key: str) -> bool:
+        """Let the record `asset_id` stop holding `key`, if it holds it (one conditional
+        write; False otherwise): get-or-create found it can no longer serve the key (FAILED,
+        corrupt, bytes gone). Not a change of the asset: no revision, no change event; the
+        record keeps its `key` field (listing by key still shows it)."""
 
     async def get(self, asset_id: str) -> Asset | None:
         """The record, with its block sums (what ReadAsset checks bytes against)."""

@@ -258,7 +258,9 @@ async def test_an_older_deployment_gets_only_its_missing_indexes() -> None:
             {"v": 2, "key": keys, "name": name, **({"unique": True} if unique else {})}
         )
     await faked(assets, FakeCollection()).open()
-    assert assets.writes() == [("create_indexes", ["type_seq", "revision"])]
+    assert assets.writes() == [
+        ("create_indexes", ["type_seq", "revision", "key_seq", "sha256_seq", "key_slot"])
+    ]
 
 
 async def test_a_wanted_name_with_other_keys_stops_start_up_with_a_fix() -> None:

@@ -34,7 +34,7 @@ from asset_service.domain.manager._base import (
     Limits,
     chunks_of,
 )
-from asset_service.domain.manager._resumable import Resumable
+from asset_service.domain.manager._reuse import Reuse
 from asset_service.domain.manifests import Manifest, build_manifest, wait_for_inputs
 from asset_service.domain.models import (
     Asset,
@@ -65,7 +65,7 @@ from asset_service.domain.watch import (
 log = logging.getLogger(__name__)
 
 
-class AssetManager(Resumable):
+class AssetManager(Reuse):
     """Every use case of the service, over a MetadataStore and a BlobStorage."""
 
     def __init__(

@@ -78,6 +78,9 @@ def asset_to_doc(asset: Asset, revision: int) -> Doc:
         "lease_expires_at": ms(asset.lease_expires_at) if asset.lease_expires_at else None,
         "block_sums": encoded_sums(asset.block_sums),
         "corrupt_reason": asset.corrupt_reason,
+        "key": asset.key,
+        # Present only while the record holds its key (the sparse unique index key_slot).
+        **({"key_slot": asset.key} if asset.key else {}),
     }
 
 
@@ -114,6 +117,7 @@ def doc_to_asset(doc: Mapping[str, Any]) -> Asset:
         lease_expires_at=(_aware(doc["lease_expires_at"]) if doc.get("lease_expires_at") else None),
         block_sums=BlockSums.decode(doc.get("block_sums")),
         corrupt_reason=doc.get("corrupt_reason") or "",
+        key=doc.get("key") or "",
     )
 
 

@@ -37,6 +37,7 @@ TOMBSTONE_FIELDS = (
     "updated_at",
     "created_by",
     "updated_by",
+    "key",
 )
 TOMBSTONE_INDEXES = (
     # changes_since reads `revision > R` in order; the sweep takes the oldest deletions.

@@ -38,7 +38,9 @@ LOOP_READ_MAX_VALUE = 64 * 1024
 # page more for it (the disk-full reserve is sized by what a delete writes). The
 # `tombstones` counter is the newest revision swept (or, in a database migrated from
 # before tombstones, the revision they began at): no replay reaches below it.
-TOMBSTONES = """
+# As schema version 4 made it (frozen: migration 4 replays it; later columns come by
+# their own migrations).
+TOMBSTONES_V4 = """
 CREATE INDEX IF NOT EXISTS assets_revision ON assets (revision);
 CREATE TABLE IF NOT EXISTS tombstones (
     revision        INTEGER PRIMARY KEY,
@@ -54,6 +56,25 @@ CREATE TABLE IF NOT EXISTS tombstones (
     updated_at      TEXT NOT NULL,
     created_by      TEXT NOT NULL,
     updated_by      TEXT NOT NULL
+);
+"""
+TOMBSTONES = """
+CREATE INDEX IF NOT EXISTS assets_revision ON assets (revision);
+CREATE TABLE IF NOT EXISTS tombstones (
+    revision        INTEGER PRIMARY KEY,
+    id              TEXT NOT NULL,
+    deleted_ms      INTEGER NOT NULL,
+    label           TEXT NOT NULL,
+    status          TEXT NOT NULL,
+    type            TEXT NOT NULL,
+    media_type      TEXT NOT NULL,
+    created_by_task TEXT NOT NULL,
+    tags            TEXT NOT NULL,
+    created_at      TEXT NOT NULL,
+    updated_at      TEXT NOT NULL,
+    created_by      TEXT NOT NULL,
+    updated_by      TEXT NOT NULL,
+    asset_key       TEXT NOT NULL DEFAULT ''
 );
 """
 
@@ -83,11 +104,16 @@ CREATE TABLE IF NOT EXISTS assets (
     lease_seconds   INTEGER NOT NULL DEFAULT 0,
     lease_expires_ms INTEGER,
     block_sums      BLOB,
-    corrupt_reason  TEXT NOT NULL DEFAULT ''
+    corrupt_reason  TEXT NOT NULL DEFAULT '',
+    asset_key       TEXT NOT NULL DEFAULT '',
+    key_slot        TEXT
 );
 CREATE INDEX IF NOT EXISTS assets_status ON assets (status, seq);
 CREATE INDEX IF NOT EXISTS assets_task ON assets (created_by_task, seq);
 CREATE INDEX IF NOT EXISTS assets_label ON assets (label, seq);
+CREATE INDEX IF NOT EXISTS assets_key ON assets (asset_key, seq);
+CREATE INDEX IF NOT EXISTS assets_sha256 ON assets (sha256, seq);
+CREATE UNIQUE INDEX IF NOT EXISTS assets_key_slot ON assets (key_slot);
 CREATE TABLE IF NOT EXISTS leases (
     asset_id   TEXT PRIMARY KEY,
     expires_ms INTEGER NOT NULL,
@@ -112,7 +138,7 @@ INSERT OR IGNORE INTO counters (name, value) VALUES ('tombstones', 0);
 
 # PRAGMA user_version of a database SCHEMA creates. A database from an older release is
 # brought up to it by MIGRATIONS[v] for each later version v, one transaction each.
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: (
         "ALTER TABLE assets ADD COLUMN created_by TEXT NOT NULL DEFAULT ''",
@@ -130,7 +156,7 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     ),
     # Deletions before this left no tombstone: resumes from before it are refused.
     4: (
-        *(statement for statement in TOMBSTONES.split(";") if statement.strip()),
+        *(statement for statement in TOMBSTONES_V4.split(";") if statement.strip()),
         "INSERT OR IGNORE INTO counters (name, value) "
         "SELECT 'tombstones', value FROM counters WHERE name = 'revision'",
     ),
@@ -146,6 +172,14 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "WHERE status = 'PENDING' AND lease_expires_ms IS NOT NULL AND lease_seconds > 0",
         "DROP INDEX IF EXISTS assets_lease",
     ),
+    # Get-or-create keys (issue 24): the key a record was made for, and key_slot, set
+    # (to the key) while the record holds it: NULLs are distinct, so the unique index
+    # allows one holder per key and any number of records holding none.
+    6: (
+        "ALTER TABLE assets ADD COLUMN asset_key TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE assets ADD COLUMN key_slot TEXT",
+        "ALTER TABLE tombstones ADD COLUMN asset_key TEXT NOT NULL DEFAULT ''",
+    ),
 }
 assert sorted(MIGRATIONS) == list(range(1, SCHEMA_VERSION + 1))
 
@@ -153,7 +187,7 @@ COLUMNS = (
     "id, label, status, type, media_type, storage_path, value_kind, value_data, "
     "created_by_task, tags, size_bytes, sha256, created_at, updated_at, failure_reason, "
     "fulfilled_from, revision, created_by, updated_by, lease_seconds, lease_expires_ms, "
-    "block_sums, corrupt_reason"
+    "block_sums, corrupt_reason, asset_key"
 )
 COLUMN_COUNT = len(COLUMNS.split(","))
 # Reads join each record with its lease: a PENDING promise's lease ends when its lease's
@@ -221,6 +255,7 @@ def row_to_asset(row: sqlite3.Row) -> Asset:
         lease_expires_at=from_ms(row["lease_expires_ms"]),
         block_sums=BlockSums.decode(row["block_sums"]),
         corrupt_reason=row["corrupt_reason"],
+        key=row["asset_key"],
     )
 
 

@@ -83,6 +83,32 @@ ASSET_TYPE_VALUE: AssetType.ValueType  # 2
 """Content inline in the metadata store."""
 Global___AssetType: _TypeAlias = AssetType  # noqa: Y015
 
+class _GetOrCreateOutcome:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _GetOrCreateOutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_GetOrCreateOutcome.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    GET_OR_CREATE_OUTCOME_UNSPECIFIED: _GetOrCreateOutcome.ValueType  # 0
+    GET_OR_CREATE_OUTCOME_HIT: _GetOrCreateOutcome.ValueType  # 1
+    """The key's AVAILABLE asset, its content checked: use it."""
+    GET_OR_CREATE_OUTCOME_JOIN: _GetOrCreateOutcome.ValueType  # 2
+    """The key's live PENDING promise: another caller produces it; watch it."""
+    GET_OR_CREATE_OUTCOME_PRODUCE: _GetOrCreateOutcome.ValueType  # 3
+    """A new PENDING promise: this caller must produce it (or fail it)."""
+
+class GetOrCreateOutcome(_GetOrCreateOutcome, metaclass=_GetOrCreateOutcomeEnumTypeWrapper):
+    """GetOrCreateOutcome says what GetOrCreatePendingAsset found."""
+
+GET_OR_CREATE_OUTCOME_UNSPECIFIED: GetOrCreateOutcome.ValueType  # 0
+GET_OR_CREATE_OUTCOME_HIT: GetOrCreateOutcome.ValueType  # 1
+"""The key's AVAILABLE asset, its content checked: use it."""
+GET_OR_CREATE_OUTCOME_JOIN: GetOrCreateOutcome.ValueType  # 2
+"""The key's live PENDING promise: another caller produces it; watch it."""
+GET_OR_CREATE_OUTCOME_PRODUCE: GetOrCreateOutcome.ValueType  # 3
+"""A new PENDING promise: this caller must produce it (or fail it)."""
+Global___GetOrCreateOutcome: _TypeAlias = GetOrCreateOutcome  # noqa: Y015
+
 class _WatchEventType:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -201,6 +227,7 @@ class Asset(_message.Message):
     LEASE_SECONDS_FIELD_NUMBER: _builtins.int
     LEASE_EXPIRE_TIME_FIELD_NUMBER: _builtins.int
     CORRUPT_REASON_FIELD_NUMBER: _builtins.int
+    KEY_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """UUID, assigned by the service."""
     label: _builtins.str
@@ -241,6 +268,10 @@ class Asset(_message.Message):
     sha256 no longer matches; by a read, GetManifest or the scrub): what, where
     and when. ReadAsset and GetManifest then answer DATA_LOSS. Empty otherwise.
     """
+    key: _builtins.str
+    """The key of the GetOrCreatePendingAsset that made it (empty otherwise); kept
+    for good, also once another asset serves the key.
+    """
     @_builtins.property
     def value(self) -> Global___Value:
         """Content of an AVAILABLE VALUE asset."""
@@ -276,10 +307,11 @@ class Asset(_message.Message):
         lease_seconds: _builtins.int = ...,
         lease_expire_time: _timestamp_pb2.Timestamp | None = ...,
         corrupt_reason: _builtins.str = ...,
+        key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "lease_expire_time", b"lease_expire_time", "update_time", b"update_time", "value", b"value"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["corrupt_reason", b"corrupt_reason", "create_time", b"create_time", "created_by", b"created_by", "created_by_task", b"created_by_task", "failure_reason", b"failure_reason", "id", b"id", "label", b"label", "lease_expire_time", b"lease_expire_time", "lease_seconds", b"lease_seconds", "media_type", b"media_type", "revision", b"revision", "sha256", b"sha256", "size_bytes", b"size_bytes", "status", b"status", "storage_path", b"storage_path", "tags", b"tags", "type", b"type", "update_time", b"update_time", "updated_by", b"updated_by", "value", b"value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["corrupt_reason", b"corrupt_reason", "create_time", b"create_time", "created_by", b"created_by", "created_by_task", b"created_by_task", "failure_reason", b"failure_reason", "id", b"id", "key", b"key", "label", b"label", "lease_expire_time", b"lease_expire_time", "lease_seconds", b"lease_seconds", "media_type", b"media_type", "revision", b"revision", "sha256", b"sha256", "size_bytes", b"size_bytes", "status", b"status", "storage_path", b"storage_path", "tags", b"tags", "type", b"type", "update_time", b"update_time", "updated_by", b"updated_by", "value", b"value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -299,6 +331,7 @@ class UploadHeader(_message.Message):
     PENDING_ASSET_ID_FIELD_NUMBER: _builtins.int
     UPLOAD_ID_FIELD_NUMBER: _builtins.int
     WRITE_OFFSET_FIELD_NUMBER: _builtins.int
+    REUSE_STORED_BYTES_FIELD_NUMBER: _builtins.int
     label: _builtins.str
     """Required unless pending_asset_id is set."""
     media_type: _builtins.str
@@ -332,6 +365,16 @@ class UploadHeader(_message.Message):
     stream, else QueryUpload's committed_bytes (any other offset is
     FAILED_PRECONDITION "resume at committed_bytes=N"). Only with upload_id.
     """
+    reuse_stored_bytes: _builtins.bool
+    """Send no bytes if the server already stores them: with expected_size_bytes and
+    expected_sha256 set and no chunk in the stream, the server makes the asset
+    (or fulfills pending_asset_id) from a stored AVAILABLE FILE asset of that
+    size and sha256, copied on the server and hashed again as it is copied: a
+    declared sha256 is never trusted, only the server's own of bytes it stores
+    (which must also still check out). If it stores no such bytes the stream
+    fails with NOT_FOUND ("no stored bytes ..."): send them in a new stream.
+    Not with upload_id.
+    """
     @_builtins.property
     def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
@@ -345,10 +388,11 @@ class UploadHeader(_message.Message):
         pending_asset_id: _builtins.str = ...,
         upload_id: _builtins.str = ...,
         write_offset: _builtins.int = ...,
+        reuse_stored_bytes: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_expected_size_bytes", b"_expected_size_bytes", "expected_size_bytes", b"expected_size_bytes"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_size_bytes", b"_expected_size_bytes", "expected_sha256", b"expected_sha256", "expected_size_bytes", b"expected_size_bytes", "label", b"label", "media_type", b"media_type", "pending_asset_id", b"pending_asset_id", "tags", b"tags", "upload_id", b"upload_id", "write_offset", b"write_offset"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_size_bytes", b"_expected_size_bytes", "expected_sha256", b"expected_sha256", "expected_size_bytes", b"expected_size_bytes", "label", b"label", "media_type", b"media_type", "pending_asset_id", b"pending_asset_id", "reuse_stored_bytes", b"reuse_stored_bytes", "tags", b"tags", "upload_id", b"upload_id", "write_offset", b"write_offset"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__expected_size_bytes: _TypeAlias = _typing.Literal["expected_size_bytes"]  # noqa: Y015
     _WhichOneofArgType__expected_size_bytes: _TypeAlias = _typing.Literal["_expected_size_bytes", b"_expected_size_bytes"]  # noqa: Y015
@@ -592,6 +636,63 @@ class CreatePendingAssetResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CreatePendingAssetResponse: _TypeAlias = CreatePendingAssetResponse  # noqa: Y015
+
+@_typing.final
+class GetOrCreatePendingAssetRequest(_message.Message):
+    """GetOrCreatePendingAssetRequest asks for the asset of a key."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    PROMISE_FIELD_NUMBER: _builtins.int
+    key: _builtins.str
+    """1 to 256 of letters, digits, '.', '_', ':', '/', '+', '=', '@' and '-',
+    starting with a letter or digit.
+    """
+    @_builtins.property
+    def promise(self) -> Global___CreatePendingAssetRequest:
+        """The promise to make if the key has no asset (PRODUCE): checked on every
+        call, used only then.
+        """
+
+    def __init__(
+        self,
+        *,
+        key: _builtins.str = ...,
+        promise: Global___CreatePendingAssetRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["promise", b"promise"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "promise", b"promise"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetOrCreatePendingAssetRequest: _TypeAlias = GetOrCreatePendingAssetRequest  # noqa: Y015
+
+@_typing.final
+class GetOrCreatePendingAssetResponse(_message.Message):
+    """GetOrCreatePendingAssetResponse carries the key's asset and what it is to the caller."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ASSET_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    outcome: Global___GetOrCreateOutcome.ValueType
+    @_builtins.property
+    def asset(self) -> Global___Asset: ...
+    def __init__(
+        self,
+        *,
+        asset: Global___Asset | None = ...,
+        outcome: Global___GetOrCreateOutcome.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["asset", b"asset"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["asset", b"asset", "outcome", b"outcome"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetOrCreatePendingAssetResponse: _TypeAlias = GetOrCreatePendingAssetResponse  # noqa: Y015
 
 @_typing.final
 class FulfillAssetRequest(_message.Message):
@@ -851,6 +952,8 @@ class ListAssetsRequest(_message.Message):
     LABEL_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    KEY_FIELD_NUMBER: _builtins.int
+    SHA256_FIELD_NUMBER: _builtins.int
     status: Global___AssetStatus.ValueType
     type: Global___AssetType.ValueType
     created_by_task: _builtins.str
@@ -862,6 +965,10 @@ class ListAssetsRequest(_message.Message):
     """From a previous response's next_page_token, sent with the same filters
     (page_size may change); with other filters it is INVALID_ARGUMENT.
     """
+    key: _builtins.str
+    """The GetOrCreatePendingAsset key (Asset.key)."""
+    sha256: _builtins.str
+    """Lower-case hex SHA-256 of the content."""
     @_builtins.property
     def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Assets carrying every one of these tags."""
@@ -876,10 +983,12 @@ class ListAssetsRequest(_message.Message):
         label: _builtins.str = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        key: _builtins.str = ...,
+        sha256: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_by_task", b"created_by_task", "label", b"label", "page_size", b"page_size", "page_token", b"page_token", "status", b"status", "tags", b"tags", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_by_task", b"created_by_task", "key", b"key", "label", b"label", "page_size", b"page_size", "page_token", b"page_token", "sha256", b"sha256", "status", b"status", "tags", b"tags", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -983,6 +1092,7 @@ class AssetSelector(_message.Message):
     STATUS_FIELD_NUMBER: _builtins.int
     TYPE_FIELD_NUMBER: _builtins.int
     LABEL_FIELD_NUMBER: _builtins.int
+    KEY_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     """The task that promised the asset (created_by_task)."""
     status: Global___AssetStatus.ValueType
@@ -991,6 +1101,8 @@ class AssetSelector(_message.Message):
     """
     type: Global___AssetType.ValueType
     label: _builtins.str
+    key: _builtins.str
+    """The GetOrCreatePendingAsset key (Asset.key)."""
     @_builtins.property
     def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Every one of these tags."""
@@ -1003,10 +1115,11 @@ class AssetSelector(_message.Message):
         status: Global___AssetStatus.ValueType = ...,
         type: Global___AssetType.ValueType = ...,
         label: _builtins.str = ...,
+        key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["label", b"label", "status", b"status", "tags", b"tags", "task_id", b"task_id", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "label", b"label", "status", b"status", "tags", b"tags", "task_id", b"task_id", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

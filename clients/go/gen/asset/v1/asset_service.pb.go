@@ -145,6 +145,62 @@ func (AssetType) EnumDescriptor() ([]byte, []int) {
 	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{1}
 }
 
+// GetOrCreateOutcome says what GetOrCreatePendingAsset found.
+type GetOrCreateOutcome int32
+
+const (
+	GetOrCreateOutcome_GET_OR_CREATE_OUTCOME_UNSPECIFIED GetOrCreateOutcome = 0
+	// The key's AVAILABLE asset, its content checked: use it.
+	GetOrCreateOutcome_GET_OR_CREATE_OUTCOME_HIT GetOrCreateOutcome = 1
+	// The key's live PENDING promise: another caller produces it; watch it.
+	GetOrCreateOutcome_GET_OR_CREATE_OUTCOME_JOIN GetOrCreateOutcome = 2
+	// A new PENDING promise: this caller must produce it (or fail it).
+	GetOrCreateOutcome_GET_OR_CREATE_OUTCOME_PRODUCE GetOrCreateOutcome = 3
+)
+
+// Enum value maps for GetOrCreateOutcome.
+var (
+	GetOrCreateOutcome_name = map[int32]string{
+		0: "GET_OR_CREATE_OUTCOME_UNSPECIFIED",
+		1: "GET_OR_CREATE_OUTCOME_HIT",
+		2: "GET_OR_CREATE_OUTCOME_JOIN",
+		3: "GET_OR_CREATE_OUTCOME_PRODUCE",
+	}
+	GetOrCreateOutcome_value = map[string]int32{
+		"GET_OR_CREATE_OUTCOME_UNSPECIFIED": 0,
+		"GET_OR_CREATE_OUTCOME_HIT":         1,
+		"GET_OR_CREATE_OUTCOME_JOIN":        2,
+		"GET_OR_CREATE_OUTCOME_PRODUCE":     3,
+	}
+)
+
+func (x GetOrCreateOutcome) Enum() *GetOrCreateOutcome {
+	p := new(GetOrCreateOutcome)
+	*p = x
+	return p
+}
+
+func (x GetOrCreateOutcome) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (GetOrCreateOutcome) Descriptor() protoreflect.EnumDescriptor {
+	return file_asset_v1_asset_service_proto_enumTypes[2].Descriptor()
+}
+
+func (GetOrCreateOutcome) Type() protoreflect.EnumType {
+	return &file_asset_v1_asset_service_proto_enumTypes[2]
+}
+
+func (x GetOrCreateOutcome) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use GetOrCreateOutcome.Descriptor instead.
+func (GetOrCreateOutcome) EnumDescriptor() ([]byte, []int) {
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{2}
+}
+
 // WatchEventType says what a WatchAssetResponse reports.
 type WatchEventType int32
 
@@ -185,11 +241,11 @@ func (x WatchEventType) String() string {
 }
 
 func (WatchEventType) Descriptor() protoreflect.EnumDescriptor {
-	return file_asset_v1_asset_service_proto_enumTypes[2].Descriptor()
+	return file_asset_v1_asset_service_proto_enumTypes[3].Descriptor()
 }
 
 func (WatchEventType) Type() protoreflect.EnumType {
-	return &file_asset_v1_asset_service_proto_enumTypes[2]
+	return &file_asset_v1_asset_service_proto_enumTypes[3]
 }
 
 func (x WatchEventType) Number() protoreflect.EnumNumber {
@@ -198,7 +254,7 @@ func (x WatchEventType) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use WatchEventType.Descriptor instead.
 func (WatchEventType) EnumDescriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{2}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{3}
 }
 
 // ScrubOutcome is what checking one asset found.
@@ -249,11 +305,11 @@ func (x ScrubOutcome) String() string {
 }
 
 func (ScrubOutcome) Descriptor() protoreflect.EnumDescriptor {
-	return file_asset_v1_asset_service_proto_enumTypes[3].Descriptor()
+	return file_asset_v1_asset_service_proto_enumTypes[4].Descriptor()
 }
 
 func (ScrubOutcome) Type() protoreflect.EnumType {
-	return &file_asset_v1_asset_service_proto_enumTypes[3]
+	return &file_asset_v1_asset_service_proto_enumTypes[4]
 }
 
 func (x ScrubOutcome) Number() protoreflect.EnumNumber {
@@ -262,7 +318,7 @@ func (x ScrubOutcome) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use ScrubOutcome.Descriptor instead.
 func (ScrubOutcome) EnumDescriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{3}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{4}
 }
 
 // Value is the inline content of a VALUE asset.
@@ -412,6 +468,9 @@ type Asset struct {
 	// sha256 no longer matches; by a read, GetManifest or the scrub): what, where
 	// and when. ReadAsset and GetManifest then answer DATA_LOSS. Empty otherwise.
 	CorruptReason string `protobuf:"bytes,20,opt,name=corrupt_reason,json=corruptReason,proto3" json:"corrupt_reason,omitempty"`
+	// The key of the GetOrCreatePendingAsset that made it (empty otherwise); kept
+	// for good, also once another asset serves the key.
+	Key           string `protobuf:"bytes,21,opt,name=key,proto3" json:"key,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -586,6 +645,13 @@ func (x *Asset) GetCorruptReason() string {
 	return ""
 }
 
+func (x *Asset) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
 // UploadHeader describes the file that an UploadAsset stream carries.
 type UploadHeader struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -619,9 +685,18 @@ type UploadHeader struct {
 	// Where this stream's first chunk starts in the file: 0 for the first
 	// stream, else QueryUpload's committed_bytes (any other offset is
 	// FAILED_PRECONDITION "resume at committed_bytes=N"). Only with upload_id.
-	WriteOffset   int64 `protobuf:"varint,8,opt,name=write_offset,json=writeOffset,proto3" json:"write_offset,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	WriteOffset int64 `protobuf:"varint,8,opt,name=write_offset,json=writeOffset,proto3" json:"write_offset,omitempty"`
+	// Send no bytes if the server already stores them: with expected_size_bytes and
+	// expected_sha256 set and no chunk in the stream, the server makes the asset
+	// (or fulfills pending_asset_id) from a stored AVAILABLE FILE asset of that
+	// size and sha256, copied on the server and hashed again as it is copied: a
+	// declared sha256 is never trusted, only the server's own of bytes it stores
+	// (which must also still check out). If it stores no such bytes the stream
+	// fails with NOT_FOUND ("no stored bytes ..."): send them in a new stream.
+	// Not with upload_id.
+	ReuseStoredBytes bool `protobuf:"varint,9,opt,name=reuse_stored_bytes,json=reuseStoredBytes,proto3" json:"reuse_stored_bytes,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *UploadHeader) Reset() {
@@ -708,6 +783,13 @@ func (x *UploadHeader) GetWriteOffset() int64 {
 		return x.WriteOffset
 	}
 	return 0
+}
+
+func (x *UploadHeader) GetReuseStoredBytes() bool {
+	if x != nil {
+		return x.ReuseStoredBytes
+	}
+	return false
 }
 
 // UploadAssetRequest is one message of an upload: the header first, then chunks.
@@ -1221,6 +1303,116 @@ func (x *CreatePendingAssetResponse) GetAsset() *Asset {
 	return nil
 }
 
+// GetOrCreatePendingAssetRequest asks for the asset of a key.
+type GetOrCreatePendingAssetRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// 1 to 256 of letters, digits, '.', '_', ':', '/', '+', '=', '@' and '-',
+	// starting with a letter or digit.
+	Key string `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	// The promise to make if the key has no asset (PRODUCE): checked on every
+	// call, used only then.
+	Promise       *CreatePendingAssetRequest `protobuf:"bytes,2,opt,name=promise,proto3" json:"promise,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetOrCreatePendingAssetRequest) Reset() {
+	*x = GetOrCreatePendingAssetRequest{}
+	mi := &file_asset_v1_asset_service_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetOrCreatePendingAssetRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetOrCreatePendingAssetRequest) ProtoMessage() {}
+
+func (x *GetOrCreatePendingAssetRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_asset_v1_asset_service_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetOrCreatePendingAssetRequest.ProtoReflect.Descriptor instead.
+func (*GetOrCreatePendingAssetRequest) Descriptor() ([]byte, []int) {
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *GetOrCreatePendingAssetRequest) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *GetOrCreatePendingAssetRequest) GetPromise() *CreatePendingAssetRequest {
+	if x != nil {
+		return x.Promise
+	}
+	return nil
+}
+
+// GetOrCreatePendingAssetResponse carries the key's asset and what it is to the caller.
+type GetOrCreatePendingAssetResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Asset         *Asset                 `protobuf:"bytes,1,opt,name=asset,proto3" json:"asset,omitempty"`
+	Outcome       GetOrCreateOutcome     `protobuf:"varint,2,opt,name=outcome,proto3,enum=asset.v1.GetOrCreateOutcome" json:"outcome,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetOrCreatePendingAssetResponse) Reset() {
+	*x = GetOrCreatePendingAssetResponse{}
+	mi := &file_asset_v1_asset_service_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetOrCreatePendingAssetResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetOrCreatePendingAssetResponse) ProtoMessage() {}
+
+func (x *GetOrCreatePendingAssetResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_asset_v1_asset_service_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetOrCreatePendingAssetResponse.ProtoReflect.Descriptor instead.
+func (*GetOrCreatePendingAssetResponse) Descriptor() ([]byte, []int) {
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *GetOrCreatePendingAssetResponse) GetAsset() *Asset {
+	if x != nil {
+		return x.Asset
+	}
+	return nil
+}
+
+func (x *GetOrCreatePendingAssetResponse) GetOutcome() GetOrCreateOutcome {
+	if x != nil {
+		return x.Outcome
+	}
+	return GetOrCreateOutcome_GET_OR_CREATE_OUTCOME_UNSPECIFIED
+}
+
 // FulfillAssetRequest provides the content of a PENDING asset.
 type FulfillAssetRequest struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
@@ -1238,7 +1430,7 @@ type FulfillAssetRequest struct {
 
 func (x *FulfillAssetRequest) Reset() {
 	*x = FulfillAssetRequest{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[11]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1250,7 +1442,7 @@ func (x *FulfillAssetRequest) String() string {
 func (*FulfillAssetRequest) ProtoMessage() {}
 
 func (x *FulfillAssetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[11]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1263,7 +1455,7 @@ func (x *FulfillAssetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FulfillAssetRequest.ProtoReflect.Descriptor instead.
 func (*FulfillAssetRequest) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{11}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *FulfillAssetRequest) GetAssetId() string {
@@ -1335,7 +1527,7 @@ type FulfillAssetResponse struct {
 
 func (x *FulfillAssetResponse) Reset() {
 	*x = FulfillAssetResponse{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[12]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1347,7 +1539,7 @@ func (x *FulfillAssetResponse) String() string {
 func (*FulfillAssetResponse) ProtoMessage() {}
 
 func (x *FulfillAssetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[12]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1360,7 +1552,7 @@ func (x *FulfillAssetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FulfillAssetResponse.ProtoReflect.Descriptor instead.
 func (*FulfillAssetResponse) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{12}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *FulfillAssetResponse) GetAsset() *Asset {
@@ -1382,7 +1574,7 @@ type FailAssetRequest struct {
 
 func (x *FailAssetRequest) Reset() {
 	*x = FailAssetRequest{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[13]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1394,7 +1586,7 @@ func (x *FailAssetRequest) String() string {
 func (*FailAssetRequest) ProtoMessage() {}
 
 func (x *FailAssetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[13]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1407,7 +1599,7 @@ func (x *FailAssetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FailAssetRequest.ProtoReflect.Descriptor instead.
 func (*FailAssetRequest) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{13}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *FailAssetRequest) GetAssetId() string {
@@ -1434,7 +1626,7 @@ type FailAssetResponse struct {
 
 func (x *FailAssetResponse) Reset() {
 	*x = FailAssetResponse{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[14]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1446,7 +1638,7 @@ func (x *FailAssetResponse) String() string {
 func (*FailAssetResponse) ProtoMessage() {}
 
 func (x *FailAssetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[14]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1459,7 +1651,7 @@ func (x *FailAssetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FailAssetResponse.ProtoReflect.Descriptor instead.
 func (*FailAssetResponse) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{14}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *FailAssetResponse) GetAsset() *Asset {
@@ -1482,7 +1674,7 @@ type RenewLeaseRequest struct {
 
 func (x *RenewLeaseRequest) Reset() {
 	*x = RenewLeaseRequest{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[15]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1494,7 +1686,7 @@ func (x *RenewLeaseRequest) String() string {
 func (*RenewLeaseRequest) ProtoMessage() {}
 
 func (x *RenewLeaseRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[15]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1507,7 +1699,7 @@ func (x *RenewLeaseRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewLeaseRequest.ProtoReflect.Descriptor instead.
 func (*RenewLeaseRequest) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{15}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *RenewLeaseRequest) GetAssetId() string {
@@ -1534,7 +1726,7 @@ type RenewLeaseResponse struct {
 
 func (x *RenewLeaseResponse) Reset() {
 	*x = RenewLeaseResponse{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[16]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1546,7 +1738,7 @@ func (x *RenewLeaseResponse) String() string {
 func (*RenewLeaseResponse) ProtoMessage() {}
 
 func (x *RenewLeaseResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[16]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1559,7 +1751,7 @@ func (x *RenewLeaseResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewLeaseResponse.ProtoReflect.Descriptor instead.
 func (*RenewLeaseResponse) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{16}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *RenewLeaseResponse) GetAsset() *Asset {
@@ -1579,7 +1771,7 @@ type GetAssetRequest struct {
 
 func (x *GetAssetRequest) Reset() {
 	*x = GetAssetRequest{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[17]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1591,7 +1783,7 @@ func (x *GetAssetRequest) String() string {
 func (*GetAssetRequest) ProtoMessage() {}
 
 func (x *GetAssetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[17]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1604,7 +1796,7 @@ func (x *GetAssetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetAssetRequest.ProtoReflect.Descriptor instead.
 func (*GetAssetRequest) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{17}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *GetAssetRequest) GetAssetId() string {
@@ -1624,7 +1816,7 @@ type GetAssetResponse struct {
 
 func (x *GetAssetResponse) Reset() {
 	*x = GetAssetResponse{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[18]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1636,7 +1828,7 @@ func (x *GetAssetResponse) String() string {
 func (*GetAssetResponse) ProtoMessage() {}
 
 func (x *GetAssetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[18]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1649,7 +1841,7 @@ func (x *GetAssetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetAssetResponse.ProtoReflect.Descriptor instead.
 func (*GetAssetResponse) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{18}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *GetAssetResponse) GetAsset() *Asset {
@@ -1669,7 +1861,7 @@ type BatchGetAssetsRequest struct {
 
 func (x *BatchGetAssetsRequest) Reset() {
 	*x = BatchGetAssetsRequest{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[19]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1681,7 +1873,7 @@ func (x *BatchGetAssetsRequest) String() string {
 func (*BatchGetAssetsRequest) ProtoMessage() {}
 
 func (x *BatchGetAssetsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[19]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1694,7 +1886,7 @@ func (x *BatchGetAssetsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchGetAssetsRequest.ProtoReflect.Descriptor instead.
 func (*BatchGetAssetsRequest) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{19}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *BatchGetAssetsRequest) GetAssetIds() []string {
@@ -1714,7 +1906,7 @@ type BatchGetAssetsResponse struct {
 
 func (x *BatchGetAssetsResponse) Reset() {
 	*x = BatchGetAssetsResponse{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[20]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1726,7 +1918,7 @@ func (x *BatchGetAssetsResponse) String() string {
 func (*BatchGetAssetsResponse) ProtoMessage() {}
 
 func (x *BatchGetAssetsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[20]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1739,7 +1931,7 @@ func (x *BatchGetAssetsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchGetAssetsResponse.ProtoReflect.Descriptor instead.
 func (*BatchGetAssetsResponse) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{20}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *BatchGetAssetsResponse) GetAssets() []*Asset {
@@ -1763,14 +1955,18 @@ type ListAssetsRequest struct {
 	PageSize int32 `protobuf:"varint,6,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
 	// From a previous response's next_page_token, sent with the same filters
 	// (page_size may change); with other filters it is INVALID_ARGUMENT.
-	PageToken     string `protobuf:"bytes,7,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	PageToken string `protobuf:"bytes,7,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	// The GetOrCreatePendingAsset key (Asset.key).
+	Key string `protobuf:"bytes,8,opt,name=key,proto3" json:"key,omitempty"`
+	// Lower-case hex SHA-256 of the content.
+	Sha256        string `protobuf:"bytes,9,opt,name=sha256,proto3" json:"sha256,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ListAssetsRequest) Reset() {
 	*x = ListAssetsRequest{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[21]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1782,7 +1978,7 @@ func (x *ListAssetsRequest) String() string {
 func (*ListAssetsRequest) ProtoMessage() {}
 
 func (x *ListAssetsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[21]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1795,7 +1991,7 @@ func (x *ListAssetsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAssetsRequest.ProtoReflect.Descriptor instead.
 func (*ListAssetsRequest) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{21}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ListAssetsRequest) GetStatus() AssetStatus {
@@ -1847,6 +2043,20 @@ func (x *ListAssetsRequest) GetPageToken() string {
 	return ""
 }
 
+func (x *ListAssetsRequest) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *ListAssetsRequest) GetSha256() string {
+	if x != nil {
+		return x.Sha256
+	}
+	return ""
+}
+
 // ListAssetsResponse is one page of assets.
 type ListAssetsResponse struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
@@ -1864,7 +2074,7 @@ type ListAssetsResponse struct {
 
 func (x *ListAssetsResponse) Reset() {
 	*x = ListAssetsResponse{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[22]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1876,7 +2086,7 @@ func (x *ListAssetsResponse) String() string {
 func (*ListAssetsResponse) ProtoMessage() {}
 
 func (x *ListAssetsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[22]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1889,7 +2099,7 @@ func (x *ListAssetsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAssetsResponse.ProtoReflect.Descriptor instead.
 func (*ListAssetsResponse) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{22}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ListAssetsResponse) GetAssets() []*Asset {
@@ -1942,7 +2152,7 @@ type WatchAssetRequest struct {
 
 func (x *WatchAssetRequest) Reset() {
 	*x = WatchAssetRequest{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[23]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1954,7 +2164,7 @@ func (x *WatchAssetRequest) String() string {
 func (*WatchAssetRequest) ProtoMessage() {}
 
 func (x *WatchAssetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[23]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1967,7 +2177,7 @@ func (x *WatchAssetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchAssetRequest.ProtoReflect.Descriptor instead.
 func (*WatchAssetRequest) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{23}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *WatchAssetRequest) GetAssetIds() []string {
@@ -2008,16 +2218,18 @@ type AssetSelector struct {
 	Tags []string `protobuf:"bytes,2,rep,name=tags,proto3" json:"tags,omitempty"`
 	// The asset's status after the change. With PENDING, a promise's fulfilment
 	// or failure is sent too: that event says it left the selection.
-	Status        AssetStatus `protobuf:"varint,3,opt,name=status,proto3,enum=asset.v1.AssetStatus" json:"status,omitempty"`
-	Type          AssetType   `protobuf:"varint,4,opt,name=type,proto3,enum=asset.v1.AssetType" json:"type,omitempty"`
-	Label         string      `protobuf:"bytes,5,opt,name=label,proto3" json:"label,omitempty"`
+	Status AssetStatus `protobuf:"varint,3,opt,name=status,proto3,enum=asset.v1.AssetStatus" json:"status,omitempty"`
+	Type   AssetType   `protobuf:"varint,4,opt,name=type,proto3,enum=asset.v1.AssetType" json:"type,omitempty"`
+	Label  string      `protobuf:"bytes,5,opt,name=label,proto3" json:"label,omitempty"`
+	// The GetOrCreatePendingAsset key (Asset.key).
+	Key           string `protobuf:"bytes,6,opt,name=key,proto3" json:"key,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *AssetSelector) Reset() {
 	*x = AssetSelector{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[24]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2029,7 +2241,7 @@ func (x *AssetSelector) String() string {
 func (*AssetSelector) ProtoMessage() {}
 
 func (x *AssetSelector) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[24]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2042,7 +2254,7 @@ func (x *AssetSelector) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AssetSelector.ProtoReflect.Descriptor instead.
 func (*AssetSelector) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{24}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *AssetSelector) GetTaskId() string {
@@ -2080,6 +2292,13 @@ func (x *AssetSelector) GetLabel() string {
 	return ""
 }
 
+func (x *AssetSelector) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
 // WatchAssetResponse is one event of a watch.
 type WatchAssetResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -2093,7 +2312,7 @@ type WatchAssetResponse struct {
 
 func (x *WatchAssetResponse) Reset() {
 	*x = WatchAssetResponse{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[25]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2105,7 +2324,7 @@ func (x *WatchAssetResponse) String() string {
 func (*WatchAssetResponse) ProtoMessage() {}
 
 func (x *WatchAssetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[25]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2118,7 +2337,7 @@ func (x *WatchAssetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchAssetResponse.ProtoReflect.Descriptor instead.
 func (*WatchAssetResponse) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{25}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *WatchAssetResponse) GetType() WatchEventType {
@@ -2156,7 +2375,7 @@ type ReadAssetRequest struct {
 
 func (x *ReadAssetRequest) Reset() {
 	*x = ReadAssetRequest{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[26]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2168,7 +2387,7 @@ func (x *ReadAssetRequest) String() string {
 func (*ReadAssetRequest) ProtoMessage() {}
 
 func (x *ReadAssetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[26]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2181,7 +2400,7 @@ func (x *ReadAssetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadAssetRequest.ProtoReflect.Descriptor instead.
 func (*ReadAssetRequest) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{26}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ReadAssetRequest) GetAssetId() string {
@@ -2217,7 +2436,7 @@ type ReadAssetResponse struct {
 
 func (x *ReadAssetResponse) Reset() {
 	*x = ReadAssetResponse{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[27]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2229,7 +2448,7 @@ func (x *ReadAssetResponse) String() string {
 func (*ReadAssetResponse) ProtoMessage() {}
 
 func (x *ReadAssetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[27]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2242,7 +2461,7 @@ func (x *ReadAssetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadAssetResponse.ProtoReflect.Descriptor instead.
 func (*ReadAssetResponse) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{27}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ReadAssetResponse) GetChunk() []byte {
@@ -2279,7 +2498,7 @@ type GetManifestRequest struct {
 
 func (x *GetManifestRequest) Reset() {
 	*x = GetManifestRequest{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[28]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2291,7 +2510,7 @@ func (x *GetManifestRequest) String() string {
 func (*GetManifestRequest) ProtoMessage() {}
 
 func (x *GetManifestRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[28]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2304,7 +2523,7 @@ func (x *GetManifestRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetManifestRequest.ProtoReflect.Descriptor instead.
 func (*GetManifestRequest) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{28}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *GetManifestRequest) GetAssetMappings() map[string]string {
@@ -2341,7 +2560,7 @@ type GetManifestResponse struct {
 
 func (x *GetManifestResponse) Reset() {
 	*x = GetManifestResponse{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[29]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2353,7 +2572,7 @@ func (x *GetManifestResponse) String() string {
 func (*GetManifestResponse) ProtoMessage() {}
 
 func (x *GetManifestResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[29]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2366,7 +2585,7 @@ func (x *GetManifestResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetManifestResponse.ProtoReflect.Descriptor instead.
 func (*GetManifestResponse) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{29}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *GetManifestResponse) GetManifestPath() string {
@@ -2393,7 +2612,7 @@ type DeleteAssetRequest struct {
 
 func (x *DeleteAssetRequest) Reset() {
 	*x = DeleteAssetRequest{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[30]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2405,7 +2624,7 @@ func (x *DeleteAssetRequest) String() string {
 func (*DeleteAssetRequest) ProtoMessage() {}
 
 func (x *DeleteAssetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[30]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2418,7 +2637,7 @@ func (x *DeleteAssetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteAssetRequest.ProtoReflect.Descriptor instead.
 func (*DeleteAssetRequest) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{30}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *DeleteAssetRequest) GetAssetId() string {
@@ -2438,7 +2657,7 @@ type DeleteAssetResponse struct {
 
 func (x *DeleteAssetResponse) Reset() {
 	*x = DeleteAssetResponse{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[31]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2450,7 +2669,7 @@ func (x *DeleteAssetResponse) String() string {
 func (*DeleteAssetResponse) ProtoMessage() {}
 
 func (x *DeleteAssetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[31]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2463,7 +2682,7 @@ func (x *DeleteAssetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteAssetResponse.ProtoReflect.Descriptor instead.
 func (*DeleteAssetResponse) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{31}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *DeleteAssetResponse) GetAsset() *Asset {
@@ -2486,7 +2705,7 @@ type ScrubAssetsRequest struct {
 
 func (x *ScrubAssetsRequest) Reset() {
 	*x = ScrubAssetsRequest{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[32]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2498,7 +2717,7 @@ func (x *ScrubAssetsRequest) String() string {
 func (*ScrubAssetsRequest) ProtoMessage() {}
 
 func (x *ScrubAssetsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[32]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2511,7 +2730,7 @@ func (x *ScrubAssetsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ScrubAssetsRequest.ProtoReflect.Descriptor instead.
 func (*ScrubAssetsRequest) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{32}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *ScrubAssetsRequest) GetAssetIds() []string {
@@ -2543,7 +2762,7 @@ type ScrubAssetsResponse struct {
 
 func (x *ScrubAssetsResponse) Reset() {
 	*x = ScrubAssetsResponse{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[33]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2555,7 +2774,7 @@ func (x *ScrubAssetsResponse) String() string {
 func (*ScrubAssetsResponse) ProtoMessage() {}
 
 func (x *ScrubAssetsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[33]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2568,7 +2787,7 @@ func (x *ScrubAssetsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ScrubAssetsResponse.ProtoReflect.Descriptor instead.
 func (*ScrubAssetsResponse) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{33}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *ScrubAssetsResponse) GetAssetId() string {
@@ -2614,7 +2833,7 @@ type MintTaskTokenRequest struct {
 
 func (x *MintTaskTokenRequest) Reset() {
 	*x = MintTaskTokenRequest{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[34]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2626,7 +2845,7 @@ func (x *MintTaskTokenRequest) String() string {
 func (*MintTaskTokenRequest) ProtoMessage() {}
 
 func (x *MintTaskTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[34]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2639,7 +2858,7 @@ func (x *MintTaskTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MintTaskTokenRequest.ProtoReflect.Descriptor instead.
 func (*MintTaskTokenRequest) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{34}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *MintTaskTokenRequest) GetTaskId() string {
@@ -2676,7 +2895,7 @@ type MintTaskTokenResponse struct {
 
 func (x *MintTaskTokenResponse) Reset() {
 	*x = MintTaskTokenResponse{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[35]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2688,7 +2907,7 @@ func (x *MintTaskTokenResponse) String() string {
 func (*MintTaskTokenResponse) ProtoMessage() {}
 
 func (x *MintTaskTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[35]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2701,7 +2920,7 @@ func (x *MintTaskTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MintTaskTokenResponse.ProtoReflect.Descriptor instead.
 func (*MintTaskTokenResponse) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{35}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *MintTaskTokenResponse) GetToken() string {
@@ -2729,7 +2948,7 @@ type QueryUploadRequest struct {
 
 func (x *QueryUploadRequest) Reset() {
 	*x = QueryUploadRequest{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[36]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2741,7 +2960,7 @@ func (x *QueryUploadRequest) String() string {
 func (*QueryUploadRequest) ProtoMessage() {}
 
 func (x *QueryUploadRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[36]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2754,7 +2973,7 @@ func (x *QueryUploadRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QueryUploadRequest.ProtoReflect.Descriptor instead.
 func (*QueryUploadRequest) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{36}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *QueryUploadRequest) GetUploadId() string {
@@ -2790,7 +3009,7 @@ type QueryUploadResponse struct {
 
 func (x *QueryUploadResponse) Reset() {
 	*x = QueryUploadResponse{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[37]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2802,7 +3021,7 @@ func (x *QueryUploadResponse) String() string {
 func (*QueryUploadResponse) ProtoMessage() {}
 
 func (x *QueryUploadResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[37]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2815,7 +3034,7 @@ func (x *QueryUploadResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QueryUploadResponse.ProtoReflect.Descriptor instead.
 func (*QueryUploadResponse) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{37}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *QueryUploadResponse) GetCommittedBytes() int64 {
@@ -2848,7 +3067,7 @@ const file_asset_v1_asset_service_proto_rawDesc = "" +
 	"\x04text\x18\x01 \x01(\tH\x00R\x04text\x12\x14\n" +
 	"\x04json\x18\x02 \x01(\tH\x00R\x04json\x12\x14\n" +
 	"\x04data\x18\x03 \x01(\fH\x00R\x04dataB\x06\n" +
-	"\x04kind\"\xf0\x05\n" +
+	"\x04kind\"\x82\x06\n" +
 	"\x05Asset\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
 	"\x05label\x18\x02 \x01(\tR\x05label\x12-\n" +
@@ -2876,7 +3095,8 @@ const file_asset_v1_asset_service_proto_rawDesc = "" +
 	"updated_by\x18\x11 \x01(\tR\tupdatedBy\x12#\n" +
 	"\rlease_seconds\x18\x12 \x01(\rR\fleaseSeconds\x12F\n" +
 	"\x11lease_expire_time\x18\x13 \x01(\v2\x1a.google.protobuf.TimestampR\x0fleaseExpireTime\x12%\n" +
-	"\x0ecorrupt_reason\x18\x14 \x01(\tR\rcorruptReason\"\xb7\x02\n" +
+	"\x0ecorrupt_reason\x18\x14 \x01(\tR\rcorruptReason\x12\x10\n" +
+	"\x03key\x18\x15 \x01(\tR\x03key\"\xe5\x02\n" +
 	"\fUploadHeader\x12\x14\n" +
 	"\x05label\x18\x01 \x01(\tR\x05label\x12\x1d\n" +
 	"\n" +
@@ -2886,7 +3106,8 @@ const file_asset_v1_asset_service_proto_rawDesc = "" +
 	"\x0fexpected_sha256\x18\x05 \x01(\tR\x0eexpectedSha256\x12(\n" +
 	"\x10pending_asset_id\x18\x06 \x01(\tR\x0ependingAssetId\x12\x1b\n" +
 	"\tupload_id\x18\a \x01(\tR\buploadId\x12!\n" +
-	"\fwrite_offset\x18\b \x01(\x03R\vwriteOffsetB\x16\n" +
+	"\fwrite_offset\x18\b \x01(\x03R\vwriteOffset\x12,\n" +
+	"\x12reuse_stored_bytes\x18\t \x01(\bR\x10reuseStoredBytesB\x16\n" +
 	"\x14_expected_size_bytes\"i\n" +
 	"\x12UploadAssetRequest\x120\n" +
 	"\x06header\x18\x01 \x01(\v2\x16.asset.v1.UploadHeaderH\x00R\x06header\x12\x16\n" +
@@ -2920,7 +3141,13 @@ const file_asset_v1_asset_service_proto_rawDesc = "" +
 	"\x04tags\x18\x05 \x03(\tR\x04tags\x12#\n" +
 	"\rlease_seconds\x18\x06 \x01(\rR\fleaseSeconds\"C\n" +
 	"\x1aCreatePendingAssetResponse\x12%\n" +
-	"\x05asset\x18\x01 \x01(\v2\x0f.asset.v1.AssetR\x05asset\"\xb0\x01\n" +
+	"\x05asset\x18\x01 \x01(\v2\x0f.asset.v1.AssetR\x05asset\"q\n" +
+	"\x1eGetOrCreatePendingAssetRequest\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12=\n" +
+	"\apromise\x18\x02 \x01(\v2#.asset.v1.CreatePendingAssetRequestR\apromise\"\x80\x01\n" +
+	"\x1fGetOrCreatePendingAssetResponse\x12%\n" +
+	"\x05asset\x18\x01 \x01(\v2\x0f.asset.v1.AssetR\x05asset\x126\n" +
+	"\aoutcome\x18\x02 \x01(\x0e2\x1c.asset.v1.GetOrCreateOutcomeR\aoutcome\"\xb0\x01\n" +
 	"\x13FulfillAssetRequest\x12\x19\n" +
 	"\basset_id\x18\x01 \x01(\tR\aassetId\x12!\n" +
 	"\vsource_path\x18\x02 \x01(\tH\x00R\n" +
@@ -2947,7 +3174,7 @@ const file_asset_v1_asset_service_proto_rawDesc = "" +
 	"\x15BatchGetAssetsRequest\x12\x1b\n" +
 	"\tasset_ids\x18\x01 \x03(\tR\bassetIds\"A\n" +
 	"\x16BatchGetAssetsResponse\x12'\n" +
-	"\x06assets\x18\x01 \x03(\v2\x0f.asset.v1.AssetR\x06assets\"\xf9\x01\n" +
+	"\x06assets\x18\x01 \x03(\v2\x0f.asset.v1.AssetR\x06assets\"\xa3\x02\n" +
 	"\x11ListAssetsRequest\x12-\n" +
 	"\x06status\x18\x01 \x01(\x0e2\x15.asset.v1.AssetStatusR\x06status\x12'\n" +
 	"\x04type\x18\x02 \x01(\x0e2\x13.asset.v1.AssetTypeR\x04type\x12\x12\n" +
@@ -2956,7 +3183,9 @@ const file_asset_v1_asset_service_proto_rawDesc = "" +
 	"\x05label\x18\x05 \x01(\tR\x05label\x12\x1b\n" +
 	"\tpage_size\x18\x06 \x01(\x05R\bpageSize\x12\x1d\n" +
 	"\n" +
-	"page_token\x18\a \x01(\tR\tpageToken\"\x81\x01\n" +
+	"page_token\x18\a \x01(\tR\tpageToken\x12\x10\n" +
+	"\x03key\x18\b \x01(\tR\x03key\x12\x16\n" +
+	"\x06sha256\x18\t \x01(\tR\x06sha256\"\x81\x01\n" +
 	"\x12ListAssetsResponse\x12'\n" +
 	"\x06assets\x18\x01 \x03(\v2\x0f.asset.v1.AssetR\x06assets\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\x12\x1a\n" +
@@ -2965,13 +3194,14 @@ const file_asset_v1_asset_service_proto_rawDesc = "" +
 	"\tasset_ids\x18\x01 \x03(\tR\bassetIds\x12%\n" +
 	"\x0eafter_revision\x18\x02 \x01(\x03R\rafterRevision\x12\x16\n" +
 	"\x06follow\x18\x03 \x01(\bR\x06follow\x123\n" +
-	"\bselector\x18\x04 \x01(\v2\x17.asset.v1.AssetSelectorR\bselector\"\xaa\x01\n" +
+	"\bselector\x18\x04 \x01(\v2\x17.asset.v1.AssetSelectorR\bselector\"\xbc\x01\n" +
 	"\rAssetSelector\x12\x17\n" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12\x12\n" +
 	"\x04tags\x18\x02 \x03(\tR\x04tags\x12-\n" +
 	"\x06status\x18\x03 \x01(\x0e2\x15.asset.v1.AssetStatusR\x06status\x12'\n" +
 	"\x04type\x18\x04 \x01(\x0e2\x13.asset.v1.AssetTypeR\x04type\x12\x14\n" +
-	"\x05label\x18\x05 \x01(\tR\x05label\"\x85\x01\n" +
+	"\x05label\x18\x05 \x01(\tR\x05label\x12\x10\n" +
+	"\x03key\x18\x06 \x01(\tR\x03key\"\x85\x01\n" +
 	"\x12WatchAssetResponse\x12,\n" +
 	"\x04type\x18\x01 \x01(\x0e2\x18.asset.v1.WatchEventTypeR\x04type\x12%\n" +
 	"\x05asset\x18\x02 \x01(\v2\x0f.asset.v1.AssetR\x05asset\x12\x1a\n" +
@@ -3033,7 +3263,12 @@ const file_asset_v1_asset_service_proto_rawDesc = "" +
 	"\tAssetType\x12\x1a\n" +
 	"\x16ASSET_TYPE_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fASSET_TYPE_FILE\x10\x01\x12\x14\n" +
-	"\x10ASSET_TYPE_VALUE\x10\x02*\x8d\x01\n" +
+	"\x10ASSET_TYPE_VALUE\x10\x02*\x9d\x01\n" +
+	"\x12GetOrCreateOutcome\x12%\n" +
+	"!GET_OR_CREATE_OUTCOME_UNSPECIFIED\x10\x00\x12\x1d\n" +
+	"\x19GET_OR_CREATE_OUTCOME_HIT\x10\x01\x12\x1e\n" +
+	"\x1aGET_OR_CREATE_OUTCOME_JOIN\x10\x02\x12!\n" +
+	"\x1dGET_OR_CREATE_OUTCOME_PRODUCE\x10\x03*\x8d\x01\n" +
 	"\x0eWatchEventType\x12 \n" +
 	"\x1cWATCH_EVENT_TYPE_UNSPECIFIED\x10\x00\x12\x1d\n" +
 	"\x19WATCH_EVENT_TYPE_SNAPSHOT\x10\x01\x12\x1c\n" +
@@ -3045,13 +3280,13 @@ const file_asset_v1_asset_service_proto_rawDesc = "" +
 	"\x15SCRUB_OUTCOME_CORRUPT\x10\x02\x12\x1c\n" +
 	"\x18SCRUB_OUTCOME_UNREADABLE\x10\x03\x12\x19\n" +
 	"\x15SCRUB_OUTCOME_SKIPPED\x10\x04\x12\x1a\n" +
-	"\x16SCRUB_OUTCOME_RESTORED\x10\x052\xbd\n" +
-	"\n" +
+	"\x16SCRUB_OUTCOME_RESTORED\x10\x052\xad\v\n" +
 	"\fAssetService\x12L\n" +
 	"\vUploadAsset\x12\x1c.asset.v1.UploadAssetRequest\x1a\x1d.asset.v1.UploadAssetResponse(\x01\x12M\n" +
 	"\fRegisterFile\x12\x1d.asset.v1.RegisterFileRequest\x1a\x1e.asset.v1.RegisterFileResponse\x12Y\n" +
 	"\x10CreateValueAsset\x12!.asset.v1.CreateValueAssetRequest\x1a\".asset.v1.CreateValueAssetResponse\x12_\n" +
-	"\x12CreatePendingAsset\x12#.asset.v1.CreatePendingAssetRequest\x1a$.asset.v1.CreatePendingAssetResponse\x12M\n" +
+	"\x12CreatePendingAsset\x12#.asset.v1.CreatePendingAssetRequest\x1a$.asset.v1.CreatePendingAssetResponse\x12n\n" +
+	"\x17GetOrCreatePendingAsset\x12(.asset.v1.GetOrCreatePendingAssetRequest\x1a).asset.v1.GetOrCreatePendingAssetResponse\x12M\n" +
 	"\fFulfillAsset\x12\x1d.asset.v1.FulfillAssetRequest\x1a\x1e.asset.v1.FulfillAssetResponse\x12D\n" +
 	"\tFailAsset\x12\x1a.asset.v1.FailAssetRequest\x1a\x1b.asset.v1.FailAssetResponse\x12G\n" +
 	"\n" +
@@ -3081,131 +3316,139 @@ func file_asset_v1_asset_service_proto_rawDescGZIP() []byte {
 	return file_asset_v1_asset_service_proto_rawDescData
 }
 
-var file_asset_v1_asset_service_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_asset_v1_asset_service_proto_msgTypes = make([]protoimpl.MessageInfo, 40)
+var file_asset_v1_asset_service_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
+var file_asset_v1_asset_service_proto_msgTypes = make([]protoimpl.MessageInfo, 42)
 var file_asset_v1_asset_service_proto_goTypes = []any{
-	(AssetStatus)(0),                   // 0: asset.v1.AssetStatus
-	(AssetType)(0),                     // 1: asset.v1.AssetType
-	(WatchEventType)(0),                // 2: asset.v1.WatchEventType
-	(ScrubOutcome)(0),                  // 3: asset.v1.ScrubOutcome
-	(*Value)(nil),                      // 4: asset.v1.Value
-	(*Asset)(nil),                      // 5: asset.v1.Asset
-	(*UploadHeader)(nil),               // 6: asset.v1.UploadHeader
-	(*UploadAssetRequest)(nil),         // 7: asset.v1.UploadAssetRequest
-	(*UploadAssetResponse)(nil),        // 8: asset.v1.UploadAssetResponse
-	(*RegisterFileRequest)(nil),        // 9: asset.v1.RegisterFileRequest
-	(*RegisterFileResponse)(nil),       // 10: asset.v1.RegisterFileResponse
-	(*CreateValueAssetRequest)(nil),    // 11: asset.v1.CreateValueAssetRequest
-	(*CreateValueAssetResponse)(nil),   // 12: asset.v1.CreateValueAssetResponse
-	(*CreatePendingAssetRequest)(nil),  // 13: asset.v1.CreatePendingAssetRequest
-	(*CreatePendingAssetResponse)(nil), // 14: asset.v1.CreatePendingAssetResponse
-	(*FulfillAssetRequest)(nil),        // 15: asset.v1.FulfillAssetRequest
-	(*FulfillAssetResponse)(nil),       // 16: asset.v1.FulfillAssetResponse
-	(*FailAssetRequest)(nil),           // 17: asset.v1.FailAssetRequest
-	(*FailAssetResponse)(nil),          // 18: asset.v1.FailAssetResponse
-	(*RenewLeaseRequest)(nil),          // 19: asset.v1.RenewLeaseRequest
-	(*RenewLeaseResponse)(nil),         // 20: asset.v1.RenewLeaseResponse
-	(*GetAssetRequest)(nil),            // 21: asset.v1.GetAssetRequest
-	(*GetAssetResponse)(nil),           // 22: asset.v1.GetAssetResponse
-	(*BatchGetAssetsRequest)(nil),      // 23: asset.v1.BatchGetAssetsRequest
-	(*BatchGetAssetsResponse)(nil),     // 24: asset.v1.BatchGetAssetsResponse
-	(*ListAssetsRequest)(nil),          // 25: asset.v1.ListAssetsRequest
-	(*ListAssetsResponse)(nil),         // 26: asset.v1.ListAssetsResponse
-	(*WatchAssetRequest)(nil),          // 27: asset.v1.WatchAssetRequest
-	(*AssetSelector)(nil),              // 28: asset.v1.AssetSelector
-	(*WatchAssetResponse)(nil),         // 29: asset.v1.WatchAssetResponse
-	(*ReadAssetRequest)(nil),           // 30: asset.v1.ReadAssetRequest
-	(*ReadAssetResponse)(nil),          // 31: asset.v1.ReadAssetResponse
-	(*GetManifestRequest)(nil),         // 32: asset.v1.GetManifestRequest
-	(*GetManifestResponse)(nil),        // 33: asset.v1.GetManifestResponse
-	(*DeleteAssetRequest)(nil),         // 34: asset.v1.DeleteAssetRequest
-	(*DeleteAssetResponse)(nil),        // 35: asset.v1.DeleteAssetResponse
-	(*ScrubAssetsRequest)(nil),         // 36: asset.v1.ScrubAssetsRequest
-	(*ScrubAssetsResponse)(nil),        // 37: asset.v1.ScrubAssetsResponse
-	(*MintTaskTokenRequest)(nil),       // 38: asset.v1.MintTaskTokenRequest
-	(*MintTaskTokenResponse)(nil),      // 39: asset.v1.MintTaskTokenResponse
-	(*QueryUploadRequest)(nil),         // 40: asset.v1.QueryUploadRequest
-	(*QueryUploadResponse)(nil),        // 41: asset.v1.QueryUploadResponse
-	nil,                                // 42: asset.v1.GetManifestRequest.AssetMappingsEntry
-	nil,                                // 43: asset.v1.GetManifestResponse.EntriesEntry
-	(*timestamppb.Timestamp)(nil),      // 44: google.protobuf.Timestamp
-	(*structpb.Struct)(nil),            // 45: google.protobuf.Struct
+	(AssetStatus)(0),                        // 0: asset.v1.AssetStatus
+	(AssetType)(0),                          // 1: asset.v1.AssetType
+	(GetOrCreateOutcome)(0),                 // 2: asset.v1.GetOrCreateOutcome
+	(WatchEventType)(0),                     // 3: asset.v1.WatchEventType
+	(ScrubOutcome)(0),                       // 4: asset.v1.ScrubOutcome
+	(*Value)(nil),                           // 5: asset.v1.Value
+	(*Asset)(nil),                           // 6: asset.v1.Asset
+	(*UploadHeader)(nil),                    // 7: asset.v1.UploadHeader
+	(*UploadAssetRequest)(nil),              // 8: asset.v1.UploadAssetRequest
+	(*UploadAssetResponse)(nil),             // 9: asset.v1.UploadAssetResponse
+	(*RegisterFileRequest)(nil),             // 10: asset.v1.RegisterFileRequest
+	(*RegisterFileResponse)(nil),            // 11: asset.v1.RegisterFileResponse
+	(*CreateValueAssetRequest)(nil),         // 12: asset.v1.CreateValueAssetRequest
+	(*CreateValueAssetResponse)(nil),        // 13: asset.v1.CreateValueAssetResponse
+	(*CreatePendingAssetRequest)(nil),       // 14: asset.v1.CreatePendingAssetRequest
+	(*CreatePendingAssetResponse)(nil),      // 15: asset.v1.CreatePendingAssetResponse
+	(*GetOrCreatePendingAssetRequest)(nil),  // 16: asset.v1.GetOrCreatePendingAssetRequest
+	(*GetOrCreatePendingAssetResponse)(nil), // 17: asset.v1.GetOrCreatePendingAssetResponse
+	(*FulfillAssetRequest)(nil),             // 18: asset.v1.FulfillAssetRequest
+	(*FulfillAssetResponse)(nil),            // 19: asset.v1.FulfillAssetResponse
+	(*FailAssetRequest)(nil),                // 20: asset.v1.FailAssetRequest
+	(*FailAssetResponse)(nil),               // 21: asset.v1.FailAssetResponse
+	(*RenewLeaseRequest)(nil),               // 22: asset.v1.RenewLeaseRequest
+	(*RenewLeaseResponse)(nil),              // 23: asset.v1.RenewLeaseResponse
+	(*GetAssetRequest)(nil),                 // 24: asset.v1.GetAssetRequest
+	(*GetAssetResponse)(nil),                // 25: asset.v1.GetAssetResponse
+	(*BatchGetAssetsRequest)(nil),           // 26: asset.v1.BatchGetAssetsRequest
+	(*BatchGetAssetsResponse)(nil),          // 27: asset.v1.BatchGetAssetsResponse
+	(*ListAssetsRequest)(nil),               // 28: asset.v1.ListAssetsRequest
+	(*ListAssetsResponse)(nil),              // 29: asset.v1.ListAssetsResponse
+	(*WatchAssetRequest)(nil),               // 30: asset.v1.WatchAssetRequest
+	(*AssetSelector)(nil),                   // 31: asset.v1.AssetSelector
+	(*WatchAssetResponse)(nil),              // 32: asset.v1.WatchAssetResponse
+	(*ReadAssetRequest)(nil),                // 33: asset.v1.ReadAssetRequest
+	(*ReadAssetResponse)(nil),               // 34: asset.v1.ReadAssetResponse
+	(*GetManifestRequest)(nil),              // 35: asset.v1.GetManifestRequest
+	(*GetManifestResponse)(nil),             // 36: asset.v1.GetManifestResponse
+	(*DeleteAssetRequest)(nil),              // 37: asset.v1.DeleteAssetRequest
+	(*DeleteAssetResponse)(nil),             // 38: asset.v1.DeleteAssetResponse
+	(*ScrubAssetsRequest)(nil),              // 39: asset.v1.ScrubAssetsRequest
+	(*ScrubAssetsResponse)(nil),             // 40: asset.v1.ScrubAssetsResponse
+	(*MintTaskTokenRequest)(nil),            // 41: asset.v1.MintTaskTokenRequest
+	(*MintTaskTokenResponse)(nil),           // 42: asset.v1.MintTaskTokenResponse
+	(*QueryUploadRequest)(nil),              // 43: asset.v1.QueryUploadRequest
+	(*QueryUploadResponse)(nil),             // 44: asset.v1.QueryUploadResponse
+	nil,                                     // 45: asset.v1.GetManifestRequest.AssetMappingsEntry
+	nil,                                     // 46: asset.v1.GetManifestResponse.EntriesEntry
+	(*timestamppb.Timestamp)(nil),           // 47: google.protobuf.Timestamp
+	(*structpb.Struct)(nil),                 // 48: google.protobuf.Struct
 }
 var file_asset_v1_asset_service_proto_depIdxs = []int32{
 	0,  // 0: asset.v1.Asset.status:type_name -> asset.v1.AssetStatus
 	1,  // 1: asset.v1.Asset.type:type_name -> asset.v1.AssetType
-	4,  // 2: asset.v1.Asset.value:type_name -> asset.v1.Value
-	44, // 3: asset.v1.Asset.create_time:type_name -> google.protobuf.Timestamp
-	44, // 4: asset.v1.Asset.update_time:type_name -> google.protobuf.Timestamp
-	44, // 5: asset.v1.Asset.lease_expire_time:type_name -> google.protobuf.Timestamp
-	6,  // 6: asset.v1.UploadAssetRequest.header:type_name -> asset.v1.UploadHeader
-	5,  // 7: asset.v1.UploadAssetResponse.asset:type_name -> asset.v1.Asset
-	5,  // 8: asset.v1.RegisterFileResponse.asset:type_name -> asset.v1.Asset
-	4,  // 9: asset.v1.CreateValueAssetRequest.value:type_name -> asset.v1.Value
-	5,  // 10: asset.v1.CreateValueAssetResponse.asset:type_name -> asset.v1.Asset
+	5,  // 2: asset.v1.Asset.value:type_name -> asset.v1.Value
+	47, // 3: asset.v1.Asset.create_time:type_name -> google.protobuf.Timestamp
+	47, // 4: asset.v1.Asset.update_time:type_name -> google.protobuf.Timestamp
+	47, // 5: asset.v1.Asset.lease_expire_time:type_name -> google.protobuf.Timestamp
+	7,  // 6: asset.v1.UploadAssetRequest.header:type_name -> asset.v1.UploadHeader
+	6,  // 7: asset.v1.UploadAssetResponse.asset:type_name -> asset.v1.Asset
+	6,  // 8: asset.v1.RegisterFileResponse.asset:type_name -> asset.v1.Asset
+	5,  // 9: asset.v1.CreateValueAssetRequest.value:type_name -> asset.v1.Value
+	6,  // 10: asset.v1.CreateValueAssetResponse.asset:type_name -> asset.v1.Asset
 	1,  // 11: asset.v1.CreatePendingAssetRequest.type:type_name -> asset.v1.AssetType
-	5,  // 12: asset.v1.CreatePendingAssetResponse.asset:type_name -> asset.v1.Asset
-	4,  // 13: asset.v1.FulfillAssetRequest.value:type_name -> asset.v1.Value
-	5,  // 14: asset.v1.FulfillAssetResponse.asset:type_name -> asset.v1.Asset
-	5,  // 15: asset.v1.FailAssetResponse.asset:type_name -> asset.v1.Asset
-	5,  // 16: asset.v1.RenewLeaseResponse.asset:type_name -> asset.v1.Asset
-	5,  // 17: asset.v1.GetAssetResponse.asset:type_name -> asset.v1.Asset
-	5,  // 18: asset.v1.BatchGetAssetsResponse.assets:type_name -> asset.v1.Asset
-	0,  // 19: asset.v1.ListAssetsRequest.status:type_name -> asset.v1.AssetStatus
-	1,  // 20: asset.v1.ListAssetsRequest.type:type_name -> asset.v1.AssetType
-	5,  // 21: asset.v1.ListAssetsResponse.assets:type_name -> asset.v1.Asset
-	28, // 22: asset.v1.WatchAssetRequest.selector:type_name -> asset.v1.AssetSelector
-	0,  // 23: asset.v1.AssetSelector.status:type_name -> asset.v1.AssetStatus
-	1,  // 24: asset.v1.AssetSelector.type:type_name -> asset.v1.AssetType
-	2,  // 25: asset.v1.WatchAssetResponse.type:type_name -> asset.v1.WatchEventType
-	5,  // 26: asset.v1.WatchAssetResponse.asset:type_name -> asset.v1.Asset
-	42, // 27: asset.v1.GetManifestRequest.asset_mappings:type_name -> asset.v1.GetManifestRequest.AssetMappingsEntry
-	45, // 28: asset.v1.GetManifestRequest.config_params:type_name -> google.protobuf.Struct
-	43, // 29: asset.v1.GetManifestResponse.entries:type_name -> asset.v1.GetManifestResponse.EntriesEntry
-	5,  // 30: asset.v1.DeleteAssetResponse.asset:type_name -> asset.v1.Asset
-	3,  // 31: asset.v1.ScrubAssetsResponse.outcome:type_name -> asset.v1.ScrubOutcome
-	44, // 32: asset.v1.MintTaskTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
-	5,  // 33: asset.v1.QueryUploadResponse.asset:type_name -> asset.v1.Asset
-	44, // 34: asset.v1.QueryUploadResponse.expire_time:type_name -> google.protobuf.Timestamp
-	7,  // 35: asset.v1.AssetService.UploadAsset:input_type -> asset.v1.UploadAssetRequest
-	9,  // 36: asset.v1.AssetService.RegisterFile:input_type -> asset.v1.RegisterFileRequest
-	11, // 37: asset.v1.AssetService.CreateValueAsset:input_type -> asset.v1.CreateValueAssetRequest
-	13, // 38: asset.v1.AssetService.CreatePendingAsset:input_type -> asset.v1.CreatePendingAssetRequest
-	15, // 39: asset.v1.AssetService.FulfillAsset:input_type -> asset.v1.FulfillAssetRequest
-	17, // 40: asset.v1.AssetService.FailAsset:input_type -> asset.v1.FailAssetRequest
-	19, // 41: asset.v1.AssetService.RenewLease:input_type -> asset.v1.RenewLeaseRequest
-	21, // 42: asset.v1.AssetService.GetAsset:input_type -> asset.v1.GetAssetRequest
-	23, // 43: asset.v1.AssetService.BatchGetAssets:input_type -> asset.v1.BatchGetAssetsRequest
-	25, // 44: asset.v1.AssetService.ListAssets:input_type -> asset.v1.ListAssetsRequest
-	27, // 45: asset.v1.AssetService.WatchAsset:input_type -> asset.v1.WatchAssetRequest
-	30, // 46: asset.v1.AssetService.ReadAsset:input_type -> asset.v1.ReadAssetRequest
-	32, // 47: asset.v1.AssetService.GetManifest:input_type -> asset.v1.GetManifestRequest
-	34, // 48: asset.v1.AssetService.DeleteAsset:input_type -> asset.v1.DeleteAssetRequest
-	38, // 49: asset.v1.AssetService.MintTaskToken:input_type -> asset.v1.MintTaskTokenRequest
-	40, // 50: asset.v1.AssetService.QueryUpload:input_type -> asset.v1.QueryUploadRequest
-	36, // 51: asset.v1.AssetService.ScrubAssets:input_type -> asset.v1.ScrubAssetsRequest
-	8,  // 52: asset.v1.AssetService.UploadAsset:output_type -> asset.v1.UploadAssetResponse
-	10, // 53: asset.v1.AssetService.RegisterFile:output_type -> asset.v1.RegisterFileResponse
-	12, // 54: asset.v1.AssetService.CreateValueAsset:output_type -> asset.v1.CreateValueAssetResponse
-	14, // 55: asset.v1.AssetService.CreatePendingAsset:output_type -> asset.v1.CreatePendingAssetResponse
-	16, // 56: asset.v1.AssetService.FulfillAsset:output_type -> asset.v1.FulfillAssetResponse
-	18, // 57: asset.v1.AssetService.FailAsset:output_type -> asset.v1.FailAssetResponse
-	20, // 58: asset.v1.AssetService.RenewLease:output_type -> asset.v1.RenewLeaseResponse
-	22, // 59: asset.v1.AssetService.GetAsset:output_type -> asset.v1.GetAssetResponse
-	24, // 60: asset.v1.AssetService.BatchGetAssets:output_type -> asset.v1.BatchGetAssetsResponse
-	26, // 61: asset.v1.AssetService.ListAssets:output_type -> asset.v1.ListAssetsResponse
-	29, // 62: asset.v1.AssetService.WatchAsset:output_type -> asset.v1.WatchAssetResponse
-	31, // 63: asset.v1.AssetService.ReadAsset:output_type -> asset.v1.ReadAssetResponse
-	33, // 64: asset.v1.AssetService.GetManifest:output_type -> asset.v1.GetManifestResponse
-	35, // 65: asset.v1.AssetService.DeleteAsset:output_type -> asset.v1.DeleteAssetResponse
-	39, // 66: asset.v1.AssetService.MintTaskToken:output_type -> asset.v1.MintTaskTokenResponse
-	41, // 67: asset.v1.AssetService.QueryUpload:output_type -> asset.v1.QueryUploadResponse
-	37, // 68: asset.v1.AssetService.ScrubAssets:output_type -> asset.v1.ScrubAssetsResponse
-	52, // [52:69] is the sub-list for method output_type
-	35, // [35:52] is the sub-list for method input_type
-	35, // [35:35] is the sub-list for extension type_name
-	35, // [35:35] is the sub-list for extension extendee
-	0,  // [0:35] is the sub-list for field type_name
+	6,  // 12: asset.v1.CreatePendingAssetResponse.asset:type_name -> asset.v1.Asset
+	14, // 13: asset.v1.GetOrCreatePendingAssetRequest.promise:type_name -> asset.v1.CreatePendingAssetRequest
+	6,  // 14: asset.v1.GetOrCreatePendingAssetResponse.asset:type_name -> asset.v1.Asset
+	2,  // 15: asset.v1.GetOrCreatePendingAssetResponse.outcome:type_name -> asset.v1.GetOrCreateOutcome
+	5,  // 16: asset.v1.FulfillAssetRequest.value:type_name -> asset.v1.Value
+	6,  // 17: asset.v1.FulfillAssetResponse.asset:type_name -> asset.v1.Asset
+	6,  // 18: asset.v1.FailAssetResponse.asset:type_name -> asset.v1.Asset
+	6,  // 19: asset.v1.RenewLeaseResponse.asset:type_name -> asset.v1.Asset
+	6,  // 20: asset.v1.GetAssetResponse.asset:type_name -> asset.v1.Asset
+	6,  // 21: asset.v1.BatchGetAssetsResponse.assets:type_name -> asset.v1.Asset
+	0,  // 22: asset.v1.ListAssetsRequest.status:type_name -> asset.v1.AssetStatus
+	1,  // 23: asset.v1.ListAssetsRequest.type:type_name -> asset.v1.AssetType
+	6,  // 24: asset.v1.ListAssetsResponse.assets:type_name -> asset.v1.Asset
+	31, // 25: asset.v1.WatchAssetRequest.selector:type_name -> asset.v1.AssetSelector
+	0,  // 26: asset.v1.AssetSelector.status:type_name -> asset.v1.AssetStatus
+	1,  // 27: asset.v1.AssetSelector.type:type_name -> asset.v1.AssetType
+	3,  // 28: asset.v1.WatchAssetResponse.type:type_name -> asset.v1.WatchEventType
+	6,  // 29: asset.v1.WatchAssetResponse.asset:type_name -> asset.v1.Asset
+	45, // 30: asset.v1.GetManifestRequest.asset_mappings:type_name -> asset.v1.GetManifestRequest.AssetMappingsEntry
+	48, // 31: asset.v1.GetManifestRequest.config_params:type_name -> google.protobuf.Struct
+	46, // 32: asset.v1.GetManifestResponse.entries:type_name -> asset.v1.GetManifestResponse.EntriesEntry
+	6,  // 33: asset.v1.DeleteAssetResponse.asset:type_name -> asset.v1.Asset
+	4,  // 34: asset.v1.ScrubAssetsResponse.outcome:type_name -> asset.v1.ScrubOutcome
+	47, // 35: asset.v1.MintTaskTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
+	6,  // 36: asset.v1.QueryUploadResponse.asset:type_name -> asset.v1.Asset
+	47, // 37: asset.v1.QueryUploadResponse.expire_time:type_name -> google.protobuf.Timestamp
+	8,  // 38: asset.v1.AssetService.UploadAsset:input_type -> asset.v1.UploadAssetRequest
+	10, // 39: asset.v1.AssetService.RegisterFile:input_type -> asset.v1.RegisterFileRequest
+	12, // 40: asset.v1.AssetService.CreateValueAsset:input_type -> asset.v1.CreateValueAssetRequest
+	14, // 41: asset.v1.AssetService.CreatePendingAsset:input_type -> asset.v1.CreatePendingAssetRequest
+	16, // 42: asset.v1.AssetService.GetOrCreatePendingAsset:input_type -> asset.v1.GetOrCreatePendingAssetRequest
+	18, // 43: asset.v1.AssetService.FulfillAsset:input_type -> asset.v1.FulfillAssetRequest
+	20, // 44: asset.v1.AssetService.FailAsset:input_type -> asset.v1.FailAssetRequest
+	22, // 45: asset.v1.AssetService.RenewLease:input_type -> asset.v1.RenewLeaseRequest
+	24, // 46: asset.v1.AssetService.GetAsset:input_type -> asset.v1.GetAssetRequest
+	26, // 47: asset.v1.AssetService.BatchGetAssets:input_type -> asset.v1.BatchGetAssetsRequest
+	28, // 48: asset.v1.AssetService.ListAssets:input_type -> asset.v1.ListAssetsRequest
+	30, // 49: asset.v1.AssetService.WatchAsset:input_type -> asset.v1.WatchAssetRequest
+	33, // 50: asset.v1.AssetService.ReadAsset:input_type -> asset.v1.ReadAssetRequest
+	35, // 51: asset.v1.AssetService.GetManifest:input_type -> asset.v1.GetManifestRequest
+	37, // 52: asset.v1.AssetService.DeleteAsset:input_type -> asset.v1.DeleteAssetRequest
+	41, // 53: asset.v1.AssetService.MintTaskToken:input_type -> asset.v1.MintTaskTokenRequest
+	43, // 54: asset.v1.AssetService.QueryUpload:input_type -> asset.v1.QueryUploadRequest
+	39, // 55: asset.v1.AssetService.ScrubAssets:input_type -> asset.v1.ScrubAssetsRequest
+	9,  // 56: asset.v1.AssetService.UploadAsset:output_type -> asset.v1.UploadAssetResponse
+	11, // 57: asset.v1.AssetService.RegisterFile:output_type -> asset.v1.RegisterFileResponse
+	13, // 58: asset.v1.AssetService.CreateValueAsset:output_type -> asset.v1.CreateValueAssetResponse
+	15, // 59: asset.v1.AssetService.CreatePendingAsset:output_type -> asset.v1.CreatePendingAssetResponse
+	17, // 60: asset.v1.AssetService.GetOrCreatePendingAsset:output_type -> asset.v1.GetOrCreatePendingAssetResponse
+	19, // 61: asset.v1.AssetService.FulfillAsset:output_type -> asset.v1.FulfillAssetResponse
+	21, // 62: asset.v1.AssetService.FailAsset:output_type -> asset.v1.FailAssetResponse
+	23, // 63: asset.v1.AssetService.RenewLease:output_type -> asset.v1.RenewLeaseResponse
+	25, // 64: asset.v1.AssetService.GetAsset:output_type -> asset.v1.GetAssetResponse
+	27, // 65: asset.v1.AssetService.BatchGetAssets:output_type -> asset.v1.BatchGetAssetsResponse
+	29, // 66: asset.v1.AssetService.ListAssets:output_type -> asset.v1.ListAssetsResponse
+	32, // 67: asset.v1.AssetService.WatchAsset:output_type -> asset.v1.WatchAssetResponse
+	34, // 68: asset.v1.AssetService.ReadAsset:output_type -> asset.v1.ReadAssetResponse
+	36, // 69: asset.v1.AssetService.GetManifest:output_type -> asset.v1.GetManifestResponse
+	38, // 70: asset.v1.AssetService.DeleteAsset:output_type -> asset.v1.DeleteAssetResponse
+	42, // 71: asset.v1.AssetService.MintTaskToken:output_type -> asset.v1.MintTaskTokenResponse
+	44, // 72: asset.v1.AssetService.QueryUpload:output_type -> asset.v1.QueryUploadResponse
+	40, // 73: asset.v1.AssetService.ScrubAssets:output_type -> asset.v1.ScrubAssetsResponse
+	56, // [56:74] is the sub-list for method output_type
+	38, // [38:56] is the sub-list for method input_type
+	38, // [38:38] is the sub-list for extension type_name
+	38, // [38:38] is the sub-list for extension extendee
+	0,  // [0:38] is the sub-list for field type_name
 }
 
 func init() { file_asset_v1_asset_service_proto_init() }
@@ -3223,7 +3466,7 @@ func file_asset_v1_asset_service_proto_init() {
 		(*UploadAssetRequest_Header)(nil),
 		(*UploadAssetRequest_Chunk)(nil),
 	}
-	file_asset_v1_asset_service_proto_msgTypes[11].OneofWrappers = []any{
+	file_asset_v1_asset_service_proto_msgTypes[13].OneofWrappers = []any{
 		(*FulfillAssetRequest_SourcePath)(nil),
 		(*FulfillAssetRequest_Value)(nil),
 	}
@@ -3232,8 +3475,8 @@ func file_asset_v1_asset_service_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_asset_v1_asset_service_proto_rawDesc), len(file_asset_v1_asset_service_proto_rawDesc)),
-			NumEnums:      4,
-			NumMessages:   40,
+			NumEnums:      5,
+			NumMessages:   42,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
