@@ -91,10 +91,32 @@ class Asset:
     # Set once the server found this asset's stored bytes changed since they were stored
     # (what, where, when): reading it, or a manifest naming it, is then DataLossError.
     corrupt_reason: str = ""
+    # The get_or_create_pending key it was made for ("" otherwise).
+    key: str = ""
 
     @property
     def is_terminal(self) -> bool:
         return self.status is not AssetStatus.PENDING
+
+
+class GetOrCreateOutcome(enum.Enum):
+    """What get_or_create_pending found for its key."""
+
+    HIT = "HIT"  # the key's AVAILABLE asset, its bytes checked: use it
+    JOIN = "JOIN"  # the key's live PENDING promise, produced by another caller: watch it
+    PRODUCE = "PRODUCE"  # a new promise: this caller must produce it (or fail it)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyedAsset:
+    """get_or_create_pending's answer: the key's asset and what it is to the caller."""
+
+    outcome: GetOrCreateOutcome
+    asset: Asset
+
+    @property
+    def must_produce(self) -> bool:
+        return self.outcome is GetOrCreateOutcome.PRODUCE
 
 
 class ScrubOutcome(enum.Enum):

@@ -150,6 +150,8 @@ def _safe_name(asset: Asset) -> str:
 @click.option("--tag", "tags", multiple=True, help="Only assets with this tag (repeat: all of).")
 @click.option("--task", help="Only the promises of this task (created_by_task).")
 @click.option("--label", help="Only assets with exactly this label.")
+@click.option("--key", help="Only assets made for this get-or-create key (asset pending --key).")
+@click.option("--sha256", help="Only assets with this content (hex SHA-256).")
 @click.option(
     "--limit",
     type=click.IntRange(min=1),
@@ -174,6 +176,8 @@ def list_(
     tags: tuple[str, ...],
     task: str | None,
     label: str | None,
+    key: str | None,
+    sha256: str | None,
     limit: int | None,
     page_size: int | None,
     page_token: str | None,
@@ -194,6 +198,8 @@ def list_(
         "tags": tags,
         "created_by_task": task,
         "label": label,
+        "key": key,
+        "sha256": sha256,
         "page_size": page_size or 0,
     }
     with settings.connect() as client:
