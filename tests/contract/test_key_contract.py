@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from asset_service.domain.errors import InvalidArgument, KeyTaken
+from asset_service.domain.errors import Conflict, InvalidArgument, KeyTaken
 from asset_service.domain.manager import AssetManager, KeyAnswer, KeyOutcome, Limits
 from asset_service.domain.models import (
     Asset,
@@ -28,8 +28,10 @@ from asset_service.domain.models import (
     Fulfillment,
     Status,
     UploadHeader,
+    new_asset_id,
 )
 from asset_service.storage.memory import MemoryState, MemoryStorage
+from asset_service.store.memory import MemoryStore
 from asset_service.store.sqlite import SqliteStore
 from tests.contract.conftest import Backend
 from tests.records import pending_record
@@ -285,3 +287,24 @@ async def test_two_servers_on_one_sqlite_file_have_one_producer(
             await manager.storage.close()
         await second.close()
         await first.close()
+
+
+async def test_a_key_that_keeps_changing_hands_ends_in_aborted() -> None:
+    """Every round finds a holder that cannot serve and loses the insert to another: the
+    call gives up (Conflict: ABORTED, retry) instead of looping forever."""
+
+    class Thrashing(MemoryStore):
+        async def insert(self, asset: Asset) -> Asset:
+            if asset.key:
+                stale = await super().insert(dataclasses.replace(asset, id=new_asset_id()))
+                await self.transition(stale.id, Status.PENDING, Failure("died"), T0)
+                raise KeyTaken(asset.key)
+            return await super().insert(asset)
+
+    store = Thrashing()
+    await store.open()
+    storage = MemoryStorage(MemoryState())
+    await storage.open()
+    manager = AssetManager(store, storage, Limits())
+    with pytest.raises(Conflict, match="changed hands 8 times"):
+        await get_or_create(manager)

@@ -155,6 +155,7 @@ class AsyncAssetClient:
         checksum: bool = True,
         resumable: bool | None = None,
         attempts: int = 10,
+        reuse: bool | None = None,
         timeout: float | None = None,
     ) -> Asset:
         """Stream a local file in 1 MiB chunks; with pending_asset_id, fulfill that asset.
@@ -165,12 +166,28 @@ class AsyncAssetClient:
         server restart), CANCELLED or ABORTED resumes where the server's durable bytes end
         (QueryUpload), up to `attempts` streams with backoff; the committed prefix is not
         sent again. `timeout` applies to each stream.
+
+        `reuse` (by default for files of 1 MiB or more, with `checksum`): first ask the
+        server to make the asset from bytes it already stores with this size and sha256
+        (it checks its own copy; a declared sha256 alone is never trusted): a stream of
+        one message, no chunk. If it stores none, the file is sent as usual.
         """
         upload = _core.Upload(
-            path, label, media_type, tags, pending_asset_id, progress, checksum, resumable, attempts
+            path,
+            label,
+            media_type,
+            tags,
+            pending_asset_id,
+            progress,
+            checksum,
+            resumable,
+            attempts,
+            reuse,
         )
         await asyncio.to_thread(upload.open)
         try:
+            if upload.reuse and (reused := await self._reuse_upload(upload, timeout)):
+                return upload.reused(reused)
             while True:
                 try:
                     response = await self._send_upload(upload, timeout)
@@ -194,6 +211,24 @@ class AsyncAssetClient:
         finally:
             upload.close()
         return upload.finish(response)
+
+    async def _reuse_upload(
+        self, upload: _core.Upload, timeout: float | None
+    ) -> pb.UploadAssetResponse | None:
+        """The server's answer to a stream asking it to reuse stored bytes, or None: then
+        the bytes are sent as usual.
+
+        Usually None means NOT_FOUND "no stored bytes"; also DATA_LOSS (its copy did not
+        hash as declared, or a server too old to know the field took 0 bytes) and
+        PERMISSION_DENIED (a task token may not ask). Any other failure is left to the
+        upload that follows, which reports it (or resumes after it) as it always does: the
+        question only saves bytes, it never fails an upload.
+        """
+        try:
+            return await self._stub.UploadAsset(upload.reuse_requests(), timeout=timeout)
+        except grpc.RpcError as exc:
+            log.debug("%s: not reused (%s: %s); sending it", upload.path, exc.code(), exc.details())
+            return None
 
     async def _resume_point(
         self, upload: _core.Upload, delay: float

@@ -55,6 +55,12 @@ def _spooled_stdin() -> Iterator[Path]:
     metavar="PENDING_ID",
     help="Fulfill this PENDING FILE asset with the file instead of making a new asset.",
 )
+@click.option(
+    "--reuse/--no-reuse",
+    default=None,
+    help="Ask the server to reuse bytes it already stores with this sha256 and size, "
+    "sending none (default: for files of 1 MiB or more; it sends them if it has none).",
+)
 @_progress_flag
 @json_flag
 @pass_settings
@@ -65,6 +71,7 @@ def put(
     media_type: str | None,
     tags: tuple[str, ...],
     pending_id: str | None,
+    reuse: bool | None,
     progress: bool | None,
     json_: bool,
 ) -> None:
@@ -97,6 +104,7 @@ def put(
             tags=tags,
             pending_asset_id=pending_id,
             progress=bars.callback,
+            reuse=reuse,
         )
     emit(settings, json_, asset, asset.id)
 

@@ -1,0 +1,99 @@
+"""Uploads of bytes the server already stores: the client sends a header and no chunk."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from asset_service.domain.commits import Handover
+from asset_service.domain.errors import IntegrityError, InvalidArgument, NotFound
+from asset_service.domain.manager._base import READ_CHUNK_BYTES
+from asset_service.domain.manager._resumable import Resumable
+from asset_service.domain.models import (
+    Asset,
+    AssetFilter,
+    AssetType,
+    Status,
+    UploadHeader,
+)
+from asset_service.domain.ports import Chunk
+
+# Stored assets of the declared sha256 tried as the source of a copy before the upload is
+# answered NOT_FOUND (each costs a read of its record and a check of its file).
+MAX_SOURCES = 16
+
+
+class KnownBytes(Resumable):
+    """UploadHeader.reuse_stored_bytes: uploads that skip bytes already stored (issue 24).
+
+    A declared sha256 is never trusted: the bytes come from a stored AVAILABLE FILE asset
+    whose sha256 the server computed itself when they arrived, and whose file still checks
+    out (presence, size, the corrupt mark, a full check if changed since); they are copied
+    on the server, through the block checks a read makes, and hashed again as they are
+    written, and the copy must hash to the declared sha256 like any upload. Until bytes
+    are stored once (content-addressed), the copy is a server-side copy: no byte crosses
+    the network, but the disk writes them again.
+    """
+
+    async def upload(
+        self, header: UploadHeader, chunks: AsyncIterator[Chunk], *, by: str = ""
+    ) -> Asset:
+        if not header.reuse_stored_bytes:
+            return await super().upload(header, chunks, by=by)
+        if header.upload_id:
+            raise InvalidArgument(
+                "header.reuse_stored_bytes is not for a resumable upload (header.upload_id): "
+                "it sends no bytes to resume; send it without upload_id"
+            )
+        if header.expected_size_bytes is None or not header.expected_sha256:
+            raise InvalidArgument(
+                "header.reuse_stored_bytes needs expected_size_bytes and expected_sha256: the "
+                "server looks the bytes up by both"
+            )
+        plan = await self._upload_plan(header)
+        async for _ in chunks:
+            raise InvalidArgument(
+                "header.reuse_stored_bytes: the stream must carry no chunk (the server copies "
+                "bytes it stores); to send the bytes, send a stream without it"
+            )
+        assert plan.expected_size is not None
+        source = await self._stored_source(plan.expected_sha, plan.expected_size)
+        missing = f"no stored bytes of {plan.expected_size} bytes with sha256 {plan.expected_sha}"
+        if source is None:
+            raise NotFound(f"{missing}: send them (a stream without reuse_stored_bytes)")
+        await self.store.check_room()
+        asset_id, key = self._upload_target(plan)
+        writer = self.storage.new_writer(key)
+        with Handover(writer) as handover:
+            try:
+                reading = await self.integrity.open_read(source, 0, 0, READ_CHUNK_BYTES)
+                async for chunk in reading:
+                    await writer.write(chunk)
+            except IntegrityError as exc:
+                # Corrupt bytes are marked by the read; the client sends its own instead.
+                raise NotFound(
+                    f"{missing} that check out (asset {source.id}: {exc.message}): send them"
+                ) from None
+            await writer.seal()
+            return await self._complete_upload(plan, handover, by, asset_id, key)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _stored_source(self, sha256: str, size: int) -> Asset | None:
+        """An AVAILABLE FILE asset of that sha256 and size whose file checks out, with its
+        block sums (what the copy's read checks each block against)."""
+        found = await self.store.query(
+            AssetFilter(status=Status.AVAILABLE, type=AssetType.FILE, sha256=sha256),
+            MAX_SOURCES,
+            "",
+        )
+        for candidate in found.assets:
+            if candidate.size_bytes != size or candidate.corrupt_reason:
+                continue
+            asset = await self.store.get(candidate.id)
+            if asset is None or asset.status is not Status.AVAILABLE:
+                continue
+            try:
+                await self.integrity.check_inputs([asset])
+            except IntegrityError:
+                continue
+            return asset
+        return None

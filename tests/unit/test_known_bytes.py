@@ -1,0 +1,122 @@
+"""Uploads that skip bytes already stored (issue 24), in-process over SQLite and the local disk."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from asset_service.domain.errors import InvalidArgument, NotFound
+from asset_service.domain.manager import AssetManager, Limits
+from asset_service.domain.models import AssetFilter, AssetType, Status, UploadHeader
+from asset_service.storage.local import LocalStorage
+from asset_service.store.sqlite import SqliteStore
+
+DATA = os.urandom(3 * 1024 * 1024 + 17)
+SHA = hashlib.sha256(DATA).hexdigest()
+
+
+@pytest.fixture
+async def manager(tmp_path: Path) -> AsyncIterator[AssetManager]:
+    m = AssetManager(
+        SqliteStore(tmp_path / "db.sqlite"), LocalStorage(tmp_path / "blobs"), Limits()
+    )
+    await m.start()
+    try:
+        yield m
+    finally:
+        await m.stop()
+
+
+async def chunks(*parts: bytes) -> AsyncIterator[bytes]:
+    for part in parts:
+        yield part
+
+
+def known(size: int = len(DATA), sha: str = SHA, **kw: object) -> UploadHeader:
+    fields: dict[str, object] = {"label": "again.bin", **kw}
+    return UploadHeader(
+        expected_size_bytes=size,
+        expected_sha256=sha,
+        reuse_stored_bytes=True,
+        **fields,  # type: ignore[arg-type]
+    )
+
+
+async def read_all(m: AssetManager, asset_id: str) -> bytes:
+    return b"".join([c async for c in await m.read(asset_id, 0, 0)])
+
+
+async def test_known_bytes_make_an_asset_of_their_own_without_a_chunk(
+    manager: AssetManager,
+) -> None:
+    first = await manager.upload(UploadHeader(label="first.bin"), chunks(DATA))
+    again = await manager.upload(known(), chunks())
+    assert again.id != first.id and again.label == "again.bin"
+    assert (again.sha256, again.size_bytes, again.status) == (SHA, len(DATA), Status.AVAILABLE)
+    assert again.storage_path != first.storage_path
+    assert await read_all(manager, again.id) == DATA
+    # Each stands alone: deleting the source leaves the copy whole.
+    await manager.delete(first.id)
+    assert await read_all(manager, again.id) == DATA
+
+
+async def test_known_bytes_fulfil_a_promise(manager: AssetManager) -> None:
+    await manager.upload(UploadHeader(label="first.bin"), chunks(DATA))
+    promise = await manager.create_pending("task-1", "out.bin", "", AssetType.FILE, ())
+    done = await manager.upload(known(pending_asset_id=promise.id, label=""), chunks())
+    assert done.id == promise.id and done.status is Status.AVAILABLE and done.sha256 == SHA
+    assert "/generated/task-1/" in done.storage_path
+    assert await read_all(manager, done.id) == DATA
+
+
+async def test_unknown_bytes_are_not_found_and_nothing_is_made(manager: AssetManager) -> None:
+    await manager.upload(UploadHeader(label="first.bin"), chunks(DATA))
+    with pytest.raises(NotFound, match=r"no stored bytes .* send them"):
+        await manager.upload(known(sha="ab" * 32), chunks())
+    # The sha256 alone is not enough: the size must match too.
+    with pytest.raises(NotFound, match="no stored bytes"):
+        await manager.upload(known(size=len(DATA) - 1), chunks())
+    page = await manager.list_assets(AssetFilter(), 10, "")
+    assert [a.label for a in page.assets] == ["first.bin"]
+
+
+async def test_stored_bytes_changed_on_disk_are_not_copied(manager: AssetManager) -> None:
+    """The declared sha256 matches the record, but the file no longer does: the server's
+    own check of the stored bytes decides, and the client must send them."""
+    first = await manager.upload(UploadHeader(label="first.bin"), chunks(DATA))
+    path = Path(first.storage_path)
+    with path.open("r+b") as f:
+        f.seek(1024 * 1024 + 5)
+        f.write(b"X")  # same size, other bytes, written after the record
+    with pytest.raises(NotFound, match="send them"):
+        await manager.upload(known(), chunks())
+    marked = await manager.get(first.id)
+    assert marked.corrupt_reason  # found by the check, marked for everyone
+
+
+@pytest.mark.parametrize(
+    ("header", "message"),
+    [
+        (known(upload_id="resumable-1234"), "not for a resumable upload"),
+        (known(sha=""), "needs expected_size_bytes and expected_sha256"),
+        (
+            UploadHeader(label="x", expected_sha256=SHA, reuse_stored_bytes=True),
+            "needs expected_size_bytes",
+        ),
+    ],
+)
+async def test_a_malformed_reuse_header_is_invalid(
+    manager: AssetManager, header: UploadHeader, message: str
+) -> None:
+    with pytest.raises(InvalidArgument, match=message):
+        await manager.upload(header, chunks())
+
+
+async def test_a_reuse_stream_with_a_chunk_is_invalid(manager: AssetManager) -> None:
+    await manager.upload(UploadHeader(label="first.bin"), chunks(DATA))
+    with pytest.raises(InvalidArgument, match="must carry no chunk"):
+        await manager.upload(known(), chunks(b"x"))
