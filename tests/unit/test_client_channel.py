@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -123,6 +124,28 @@ def test_tls_files_from_the_environment_make_tls_credentials(tmp_path: Path) -> 
         "ASSET_SERVICE_CLIENT_KEY": str(key),
     }
     assert isinstance(resolve(env).credentials, grpc.ChannelCredentials)
+
+
+@pytest.mark.parametrize(("text", "tls"), [("1", True), ("Yes", True), ("off", False), ("", False)])
+def test_the_tls_variable_asks_for_tls_with_the_systems_roots(
+    monkeypatch: pytest.MonkeyPatch, text: str, tls: bool
+) -> None:
+    seen: dict[str, bool] = {}
+    real = _channel.channel_credentials
+
+    def spy(credentials: object, **kwargs: Any) -> Any:
+        seen["tls"] = kwargs["tls"]
+        return real(credentials, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(_channel, "channel_credentials", spy)
+    creds = resolve({"ASSET_SERVICE_TLS": text}).credentials
+    assert seen["tls"] is tls
+    assert isinstance(creds, grpc.ChannelCredentials) is tls
+
+
+def test_a_tls_variable_that_is_no_boolean_is_refused() -> None:
+    with pytest.raises(ValueError, match="ASSET_SERVICE_TLS='maybe' is not a boolean"):
+        resolve({"ASSET_SERVICE_TLS": "maybe"})
 
 
 def test_a_missing_tls_file_is_named(tmp_path: Path) -> None:

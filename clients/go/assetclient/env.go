@@ -13,8 +13,7 @@ import (
 )
 
 // The environment variables DialEnv reads: the ones the Python and TypeScript
-// clients and the `asset` CLI read (ASSET_SERVICE_TLS: the CLI's --tls; those
-// libraries take TLS with the system's roots as an argument).
+// clients and the `asset` CLI read (ASSET_SERVICE_TLS: the CLI's --tls).
 const (
 	// EnvAddr is the server's address, host:port (DefaultAddr when unset).
 	EnvAddr = "ASSET_SERVICE_ADDR"

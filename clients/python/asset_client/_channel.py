@@ -24,6 +24,11 @@ ENV_CA_FILE = "ASSET_SERVICE_CA_FILE"
 ENV_CLIENT_CERT = "ASSET_SERVICE_CLIENT_CERT"
 ENV_CLIENT_KEY = "ASSET_SERVICE_CLIENT_KEY"
 ENV_TIMEOUT = "ASSET_SERVICE_TIMEOUT"
+ENV_TLS = "ASSET_SERVICE_TLS"  # 1/true/yes/on: TLS with the system's roots (the CLI's --tls)
+
+# The words a boolean variable takes (click's BOOL and the Go client's, to agree with both).
+_TRUE = frozenset({"1", "true", "t", "yes", "y", "on"})
+_FALSE = frozenset({"0", "false", "f", "no", "n", "off"})
 
 # An argument not given (None is a value: timeout=None means no deadline).
 UNSET: Any = object()
@@ -223,6 +228,15 @@ def check_timeout(timeout: float | None, what: str = "timeout") -> float | None:
     return float(timeout)
 
 
+def _env_flag(environ: Mapping[str, str], name: str) -> bool:
+    text = _env(environ, name)
+    if text is None or text.lower() in _FALSE:
+        return False
+    if text.lower() in _TRUE:
+        return True
+    raise ValueError(f"{name}={text!r} is not a boolean (1/0, true/false, yes/no, on/off)")
+
+
 def _env_timeout(environ: Mapping[str, str]) -> float:
     text = _env(environ, ENV_TIMEOUT)
     if text is None:
@@ -275,6 +289,7 @@ def resolve(
     if not own_channel:
         return Settings(target, chosen, None)
     if credentials is None:
+        tls = tls or _env_flag(env, ENV_TLS)
         if root_certificates is None:
             root_certificates = _read(env, ENV_CA_FILE)
         if certificate_chain is None and private_key is None:

@@ -12,6 +12,7 @@ export const ENVIRONMENT = {
   ASSET_SERVICE_ADDR: `host:port of the server (default ${DEFAULT_ADDRESS})`,
   ASSET_SERVICE_TOKEN: "bearer token sent with every call",
   ASSET_SERVICE_TOKEN_FILE: "a file holding the token, read again before every call (a token that gets refreshed)",
+  ASSET_SERVICE_TLS: "1/true/yes/on: TLS with Node's default roots (as tls: true)",
   ASSET_SERVICE_CA_FILE: "PEM root CA(s) that signed the server's certificate: TLS",
   ASSET_SERVICE_CLIENT_CERT: "PEM client certificate chain (mTLS; with ASSET_SERVICE_CLIENT_KEY)",
   ASSET_SERVICE_CLIENT_KEY: "its unencrypted PEM private key",
@@ -63,6 +64,17 @@ export function tokenFile(path: string, variable = "token file"): TokenSource {
   };
 }
 
+// The words a boolean variable takes (the Go client's and the `asset` CLI's).
+const TRUE = new Set(["1", "true", "t", "yes", "y", "on"]);
+const FALSE = new Set(["0", "false", "f", "no", "n", "off"]);
+
+function flag(env: NodeJS.ProcessEnv, name: string): boolean {
+  const text = env[name]?.trim();
+  if (!text || FALSE.has(text.toLowerCase())) return false;
+  if (TRUE.has(text.toLowerCase())) return true;
+  throw new Error(`${name}=${text} is not a boolean (1/0, true/false, yes/no, on/off)`);
+}
+
 function timeout(env: NodeJS.ProcessEnv): number | undefined {
   const text = env.ASSET_SERVICE_TIMEOUT?.trim();
   if (!text) return undefined;
@@ -87,6 +99,7 @@ export function configFromEnv(env: NodeJS.ProcessEnv = process.env): EnvConfig {
     throw new Error("ASSET_SERVICE_CLIENT_CERT and ASSET_SERVICE_CLIENT_KEY go together: set both or neither");
   }
   const security: Security = {};
+  if (flag(env, "ASSET_SERVICE_TLS")) security.tls = true;
   if (rootCerts) security.rootCerts = rootCerts;
   if (certChain && privateKey) Object.assign(security, { certChain, privateKey });
   const token = env.ASSET_SERVICE_TOKEN?.trim();

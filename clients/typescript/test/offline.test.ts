@@ -360,6 +360,8 @@ describe("configuration from the environment", () => {
     assert.equal(full.security.certChain?.toString(), "cert.pem\n");
     assert.equal(full.security.privateKey?.toString(), "key.pem\n");
     assert.equal(full.defaultTimeoutMs, 2500);
+    assert.equal(configFromEnv({ ASSET_SERVICE_TLS: "yes" }).security.tls, true);
+    assert.equal(configFromEnv({ ASSET_SERVICE_TLS: "off" }).security.tls, undefined);
 
     // A token file is read again before every call; one gone meanwhile leaves the last token.
     const tokenPath = path.join(dir, "token");
@@ -380,6 +382,7 @@ describe("configuration from the environment", () => {
       [{ ASSET_SERVICE_TOKEN_FILE: path.join(dir, "missing") }, /ASSET_SERVICE_TOKEN_FILE=.*missing: cannot read it/],
       [{ ASSET_SERVICE_TIMEOUT: "0" }, /ASSET_SERVICE_TIMEOUT=0 is not a number of seconds above 0/],
       [{ ASSET_SERVICE_TIMEOUT: "soon" }, /ASSET_SERVICE_TIMEOUT=soon/],
+      [{ ASSET_SERVICE_TLS: "maybe" }, /ASSET_SERVICE_TLS=maybe is not a boolean/],
     ];
     for (const [env, message] of refused) assert.throws(() => configFromEnv(env), message);
     // fromEnv: a token over plaintext to a non-loopback address is refused, as by `connection`.
