@@ -64,32 +64,48 @@ class Reuse(KnownBytes):
             task_id, label, media_type, type_, tags, lease_seconds=lease_seconds, by=by
         )
         for _ in range(MAX_KEY_ROUNDS):
-            holder = await self.store.key_holder(key)
-            if holder is not None:
-                outcome = await self._judge(holder)
-                if outcome is not None:
-                    return KeyAnswer(outcome, holder)
-                if await self.store.release_key(holder.id, key):
-                    log.info("key %r: asset %s no longer serves it; producing anew", key, holder.id)
-            now = _base.now()
-            record = replace(
-                template,
-                id=new_asset_id(),
-                key=key,
-                created_at=now,
-                updated_at=now,
-                lease_expires_at=leases.deadline(now, template.lease_seconds)
-                if template.lease_seconds
-                else None,
-            )
-            try:
-                return KeyAnswer(KeyOutcome.PRODUCE, await self.store.insert(record))
-            except KeyTaken:
-                continue  # another caller took it first: the next round joins or hits
+            answer = await self._served(key)
+            if answer is not None:
+                return answer
+            # Nothing serves the key: produce. Callers of this process take turns here, so
+            # that a crowd asking at once sends one insert, not one each (on MongoDB each
+            # duplicate would cost its batch a rerun); across processes the store decides.
+            async with self._locks.hold(f"key:{key}"):
+                answer = await self._served(key)
+                if answer is not None:
+                    return answer
+                now = _base.now()
+                record = replace(
+                    template,
+                    id=new_asset_id(),
+                    key=key,
+                    created_at=now,
+                    updated_at=now,
+                    lease_expires_at=leases.deadline(now, template.lease_seconds)
+                    if template.lease_seconds
+                    else None,
+                )
+                try:
+                    return KeyAnswer(KeyOutcome.PRODUCE, await self.store.insert(record))
+                except KeyTaken:
+                    continue  # another process took it first: the next round joins or hits
         raise Conflict(
             f"key {key!r} changed hands {MAX_KEY_ROUNDS} times while this request ran "
             "(producers failing as fast as they start?); retry"
         )
+
+    async def _served(self, key: str) -> KeyAnswer | None:
+        """The key's holder as HIT or JOIN; None if there is none, or it can no longer
+        serve (then it is let go, one conditional write: whoever comes next produces)."""
+        holder = await self.store.key_holder(key)
+        if holder is None:
+            return None
+        outcome = await self._judge(holder)
+        if outcome is not None:
+            return KeyAnswer(outcome, holder)
+        if await self.store.release_key(holder.id, key):
+            log.info("key %r: asset %s no longer serves it; producing anew", key, holder.id)
+        return None
 
     async def _judge(self, holder: Asset) -> KeyOutcome | None:
         """HIT or JOIN if `holder` serves its key, None if it no longer can (a miss).
