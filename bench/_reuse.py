@@ -29,8 +29,8 @@ async def _known_upload(stub: pb_grpc.AssetServiceAsyncStub, payload: client.Pay
 async def reuse_rows(svc: ServerProcess, sizes: Sizes) -> list[Row]:
     """GetOrCreatePendingAsset answering HIT (a FILE asset: its key's holder read, its file
     checked) against GetAsset of the same asset, one call at a time; and the upload of
-    bytes the server already stores (no chunk sent; the server copies and re-hashes them)
-    against sending them, alternately."""
+    bytes the server already stores (no chunk sent; the server checks them and links them
+    under the new key) against sending them, alternately."""
     size, mib = sizes.transfer, sizes.transfer_mib
     payload = client.Payload.make(size)
     rows = []

@@ -342,6 +342,17 @@ class BlobStorage(UploadSessions, Protocol):
         With `move`, the source is removed only by finish(), after the record commits.
         """
 
+    async def clone(
+        self, storage_path: str, size_bytes: int, sha256: str, sums: BlockSums
+    ) -> StagedBlob | None:
+        """Stored bytes (vouched for by the caller: `size_bytes`, `sha256`, `sums` are
+        their record's, and it checked them) staged to be committed under another key
+        without being copied: the bytes are then stored once. On the local disk a hard
+        link, whose count (the file system's) is the reference count: removing one name
+        leaves the others whole, through any crash. None where the storage cannot (the
+        object store): the caller copies them. Committing raises NotFound if the bytes
+        were removed meanwhile."""
+
     async def read(
         self,
         storage_path: str,

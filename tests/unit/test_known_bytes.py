@@ -11,7 +11,13 @@ import pytest
 
 from asset_service.domain.errors import InvalidArgument, NotFound
 from asset_service.domain.manager import AssetManager, Limits
-from asset_service.domain.models import AssetFilter, AssetType, Status, UploadHeader
+from asset_service.domain.models import (
+    AssetFilter,
+    AssetType,
+    Status,
+    UploadHeader,
+    new_asset_id,
+)
 from asset_service.storage.local import LocalStorage
 from asset_service.store.sqlite import SqliteStore
 
@@ -62,6 +68,49 @@ async def test_known_bytes_make_an_asset_of_their_own_without_a_chunk(
     # Each stands alone: deleting the source leaves the copy whole.
     await manager.delete(first.id)
     assert await read_all(manager, again.id) == DATA
+
+
+async def test_known_bytes_are_stored_once_and_each_name_goes_alone(
+    manager: AssetManager, tmp_path: Path
+) -> None:
+    """On the local disk the second asset is a hard link: one inode, whose link count is
+    the reference count; deleting either asset leaves the other whole, the last one takes
+    the bytes."""
+    first = await manager.upload(UploadHeader(label="first.bin"), chunks(DATA))
+    again = await manager.upload(known(), chunks())
+    one, two = os.stat(first.storage_path), os.stat(again.storage_path)
+    assert (one.st_ino, one.st_nlink) == (two.st_ino, 2)
+    assert again.block_sums == first.block_sums is not None
+    await manager.delete(first.id)
+    assert os.stat(again.storage_path).st_nlink == 1
+    assert await read_all(manager, again.id) == DATA
+    await manager.delete(again.id)
+    stored = [*(tmp_path / "blobs" / "uploads").rglob("*")]
+    assert [p for p in stored if p.is_file()] == []
+
+
+async def test_a_second_name_a_crash_left_without_a_record_is_swept(tmp_path: Path) -> None:
+    """A crash between the link and its record leaves a name no record points at:
+    start-up's reconcile removes that name (past the grace) and the first asset stays."""
+    store = SqliteStore(tmp_path / "db.sqlite")
+    storage = LocalStorage(tmp_path / "blobs", orphan_grace_seconds=0.0)
+    m = AssetManager(store, storage, Limits())
+    await m.start()
+    try:
+        first = await m.upload(UploadHeader(label="first.bin"), chunks(DATA))
+        stored = await m.get(first.id)
+        assert stored.block_sums is not None
+        cloned = await storage.clone(stored.storage_path, len(DATA), SHA, stored.block_sums)
+        assert cloned is not None
+        orphan = await cloned.commit(storage.upload_key(new_asset_id(), "x.bin", stored.created_at))
+        cloned.abandon()  # the process died here: no record
+        assert os.stat(orphan).st_nlink == 2
+        assert await m.reconcile() == 1
+        assert not os.path.exists(orphan)
+        assert os.stat(stored.storage_path).st_nlink == 1
+        assert await read_all(m, first.id) == DATA
+    finally:
+        await m.stop()
 
 
 async def test_known_bytes_fulfil_a_promise(manager: AssetManager) -> None:

@@ -29,9 +29,10 @@ class KnownBytes(Resumable):
     whose sha256 the server computed itself when they arrived, and whose file still checks
     out (presence, size, the corrupt mark, a full check if changed since); they are copied
     on the server, through the block checks a read makes, and hashed again as they are
-    written, and the copy must hash to the declared sha256 like any upload. Until bytes
-    are stored once (content-addressed), the copy is a server-side copy: no byte crosses
-    the network, but the disk writes them again.
+    written, and the copy must hash to the declared sha256 like any upload. Where the
+    storage can (BlobStorage.clone: a hard link on the local disk, shared bytes in memory)
+    nothing is copied at all: the new asset is a second name for the same bytes, stored
+    once, and the file system's link count is their reference count.
     """
 
     async def upload(
@@ -62,6 +63,24 @@ class KnownBytes(Resumable):
             raise NotFound(f"{missing}: send them (a stream without reuse_stored_bytes)")
         await self.store.check_room()
         asset_id, key = self._upload_target(plan)
+        try:
+            # Bytes stored before block sums were kept get them now (read whole, checked
+            # against their sha256).
+            sums = source.block_sums or await self.integrity.sums_for(source)
+            cloned = await self.storage.clone(
+                source.storage_path, source.size_bytes, source.sha256, sums
+            )
+            if cloned is not None and source.block_sums is not None:
+                # Read whole and checked now, block by block (corrupt bytes are marked):
+                # what a second name stands for must check out when it is given.
+                await self.integrity.verify(source)
+        except IntegrityError as exc:
+            raise NotFound(f"{missing} that check out ({exc.message}): send them") from None
+        if cloned is not None:
+            # Stored once: a second name for the same bytes (their record's sha256 and sums,
+            # just checked); the file system counts the names.
+            with Handover(cloned) as handover:
+                return await self._complete_upload(plan, handover, by, asset_id, key)
         writer = self.storage.new_writer(key)
         with Handover(writer) as handover:
             try:

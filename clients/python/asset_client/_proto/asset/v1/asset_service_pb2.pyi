@@ -369,11 +369,13 @@ class UploadHeader(_message.Message):
     """Send no bytes if the server already stores them: with expected_size_bytes and
     expected_sha256 set and no chunk in the stream, the server makes the asset
     (or fulfills pending_asset_id) from a stored AVAILABLE FILE asset of that
-    size and sha256, copied on the server and hashed again as it is copied: a
-    declared sha256 is never trusted, only the server's own of bytes it stores
-    (which must also still check out). If it stores no such bytes the stream
-    fails with NOT_FOUND ("no stored bytes ..."): send them in a new stream.
-    Not with upload_id.
+    size and sha256. A declared sha256 is never trusted: the stored bytes'
+    sha256 is the server's own, and they are read whole and checked block by
+    block first. On a local disk the new asset is then a second name (a hard
+    link) for the same bytes, stored once; on an object store a copy made
+    through the server, hashed again. If it stores no such bytes (or they fail
+    a check) the stream fails with NOT_FOUND ("no stored bytes ..."): send them
+    in a new stream. Not with upload_id; not with a task token.
     """
     @_builtins.property
     def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
