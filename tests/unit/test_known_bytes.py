@@ -169,3 +169,37 @@ async def test_a_reuse_stream_with_a_chunk_is_invalid(manager: AssetManager) -> 
     await manager.upload(UploadHeader(label="first.bin"), chunks(DATA))
     with pytest.raises(InvalidArgument, match="must carry no chunk"):
         await manager.upload(known(), chunks(b"x"))
+
+
+async def test_bytes_sent_again_are_stored_once(manager: AssetManager) -> None:
+    """An upload that sends bytes the server already stores keeps one copy: the staged one
+    goes, the asset is a second name for the stored file (the local disk)."""
+    first = await manager.upload(UploadHeader(label="first.bin"), chunks(DATA))
+    second = await manager.upload(
+        UploadHeader(label="second.bin", expected_sha256=SHA), chunks(DATA[:1000], DATA[1000:])
+    )
+    one, two = os.stat(first.storage_path), os.stat(second.storage_path)
+    assert one.st_ino == two.st_ino and one.st_nlink == 2
+    assert second.sha256 == SHA and second.block_sums == first.block_sums
+    promise = await manager.create_pending("task-1", "out.bin", "", AssetType.FILE, ())
+    fulfilled = await manager.upload(UploadHeader(pending_asset_id=promise.id), chunks(DATA))
+    assert os.stat(fulfilled.storage_path).st_ino == one.st_ino
+    assert os.stat(first.storage_path).st_nlink == 3
+    await manager.delete(first.id)
+    await manager.delete(second.id)
+    assert await read_all(manager, fulfilled.id) == DATA
+
+
+async def test_bytes_sent_again_are_kept_when_the_stored_ones_are_corrupt(
+    manager: AssetManager,
+) -> None:
+    """The stored copy is read and checked before the sent one is let go: stored bytes
+    that rotted are never what a new upload gets."""
+    first = await manager.upload(UploadHeader(label="first.bin"), chunks(DATA))
+    with Path(first.storage_path).open("r+b") as f:
+        f.seek(5)
+        f.write(b"X")
+    second = await manager.upload(UploadHeader(label="second.bin"), chunks(DATA))
+    assert os.stat(second.storage_path).st_ino != os.stat(first.storage_path).st_ino
+    assert await read_all(manager, second.id) == DATA
+    assert (await manager.get(first.id)).corrupt_reason

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 
 from asset_service.domain.commits import Handover
 from asset_service.domain.errors import IntegrityError, InvalidArgument, NotFound
-from asset_service.domain.manager._base import READ_CHUNK_BYTES
+from asset_service.domain.manager._base import READ_CHUNK_BYTES, verify
+from asset_service.domain.manager._creation import UploadPlan
 from asset_service.domain.manager._resumable import Resumable
 from asset_service.domain.models import (
     Asset,
@@ -15,7 +17,9 @@ from asset_service.domain.models import (
     Status,
     UploadHeader,
 )
-from asset_service.domain.ports import Chunk
+from asset_service.domain.ports import Chunk, StagedBlob
+
+log = logging.getLogger(__name__)
 
 # Stored assets of the declared sha256 tried as the source of a copy before the upload is
 # answered NOT_FOUND (each costs a read of its record and a check of its file).
@@ -64,16 +68,7 @@ class KnownBytes(Resumable):
         await self.store.check_room()
         asset_id, key = self._upload_target(plan)
         try:
-            # Bytes stored before block sums were kept get them now (read whole, checked
-            # against their sha256).
-            sums = source.block_sums or await self.integrity.sums_for(source)
-            cloned = await self.storage.clone(
-                source.storage_path, source.size_bytes, source.sha256, sums
-            )
-            if cloned is not None and source.block_sums is not None:
-                # Read whole and checked now, block by block (corrupt bytes are marked):
-                # what a second name stands for must check out when it is given.
-                await self.integrity.verify(source)
+            cloned = await self._clone_of(source)
         except IntegrityError as exc:
             raise NotFound(f"{missing} that check out ({exc.message}): send them") from None
         if cloned is not None:
@@ -95,6 +90,43 @@ class KnownBytes(Resumable):
             await writer.seal()
             return await self._complete_upload(plan, handover, by, asset_id, key)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _clone_of(self, source: Asset) -> StagedBlob | None:
+        """`source`'s bytes staged as a second name (None where the storage cannot), read
+        whole and checked block by block first (corrupt bytes are marked): what a second
+        name stands for must check out when it is given. IntegrityError if they do not."""
+        # Bytes stored before block sums were kept get them now (read whole, checked
+        # against their sha256).
+        sums = source.block_sums or await self.integrity.sums_for(source)
+        cloned = await self.storage.clone(
+            source.storage_path, source.size_bytes, source.sha256, sums
+        )
+        if cloned is not None and source.block_sums is not None:
+            await self.integrity.verify(source)
+        return cloned
+
+    async def _complete_upload(
+        self, plan: UploadPlan, handover: Handover, by: str, asset_id: str = "", key: str = ""
+    ) -> Asset:
+        """Bytes sent that the server already stores are kept once: the staged copy goes,
+        and the asset is a second name for the stored bytes (where the storage can: the
+        local disk). Not for resumable uploads, whose session owns its bytes."""
+        blob = handover.blob
+        if plan.header.upload_id or plan.header.reuse_stored_bytes:
+            return await super()._complete_upload(plan, handover, by, asset_id, key)
+        verify(blob, plan.expected_size, plan.expected_sha)
+        source = await self._stored_source(blob.sha256, blob.size_bytes)
+        cloned = None
+        if source is not None:
+            try:
+                cloned = await self._clone_of(source)
+            except IntegrityError as exc:
+                log.warning("asset %s not shared: %s", source.id, exc.message)
+        if cloned is None:
+            return await super()._complete_upload(plan, handover, by, asset_id, key)
+        blob.discard()  # the bytes sent, identical to the stored ones, are not kept
+        with Handover(cloned) as shared:
+            return await super()._complete_upload(plan, shared, by, asset_id, key)
 
     async def _stored_source(self, sha256: str, size: int) -> Asset | None:
         """An AVAILABLE FILE asset of that sha256 and size whose file checks out, with its
