@@ -12,16 +12,16 @@ import threading
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
 
 import grpc
 from grpc_health.v1 import health, health_pb2_grpc
 
 from asset_service import allocator
 from asset_service._proto.asset.v1 import asset_service_pb2 as pb
-from asset_service._proto.asset.v1 import asset_service_pb2_grpc as pb_grpc
 from asset_service.api import reflection, wire
 from asset_service.api.inflight import InFlight
+from asset_service.api.interceptor import security_interceptor
+from asset_service.api.registration import SERVICE_NAME, add_asset_service
 from asset_service.api.servicer import AssetServicer
 from asset_service.config import Settings
 from asset_service.domain.errors import AssetError, InvalidArgument
@@ -30,24 +30,19 @@ from asset_service.domain.ports import BlobStorage, MetadataStore
 from asset_service.domain.scrub import scrub_forever
 from asset_service.modes import Modes
 from asset_service.probes import Probes
-from asset_service.security.interceptor import SecurityInterceptor
 from asset_service.security.setup import Security
+from asset_service.storage.file_cache import FileCache
 from asset_service.storage.imports import ImportRoots
 from asset_service.storage.local import LocalStorage
-from asset_service.storage.manifests import FileCache, LocalManifests
+from asset_service.storage.manifests import LocalManifests
 from asset_service.storage.own_files import OwnFiles
 from asset_service.store import open_store, sqlite_path
 from asset_service.telemetry import Recorder, Telemetry
 
 log = logging.getLogger(__name__)
 
-SERVICE_NAME = pb.DESCRIPTOR.services_by_name["AssetService"].full_name
-# Uploads and downloads move 1 MiB chunks; 8 MiB leaves room for a 4 MiB VALUE plus
-# its envelope and refuses anything bigger before it is buffered.
-MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 SERVER_OPTIONS = [
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    *wire.MESSAGE_LIMITS,
     # Long WatchAsset streams cross proxies and NATs: ping idle connections.
     ("grpc.keepalive_time_ms", 60_000),
     ("grpc.keepalive_timeout_ms", 20_000),
@@ -279,78 +274,6 @@ def open_storage(settings: Settings) -> tuple[BlobStorage, LocalManifests]:
     return storage, LocalManifests(root, cache, modes)
 
 
-class _Collected:
-    """Stands in for the server to collect the generated stubs' method handlers."""
-
-    def __init__(self) -> None:
-        self.handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
-
-    def add_generic_rpc_handlers(self, handlers: Any) -> None:
-        pass
-
-    def add_registered_method_handlers(
-        self, service: str, handlers: dict[str, grpc.RpcMethodHandler[Any, Any]]
-    ) -> None:
-        self.handlers = dict(handlers)
-
-
-def add_asset_service(
-    servicer: AssetServicer,
-    server: grpc.aio.Server,
-    anonymous: SecurityInterceptor | None = None,
-) -> None:
-    """The generated registration, but WatchAsset and ReadAsset send pre-serialized bytes
-    and UploadAsset takes its chunks as views of the received messages (api/wire).
-
-    One change fanned out to many watchers is serialized once (api/convert.SharedEvents);
-    every other method keeps the generated handler. Interceptors see the same handler
-    shapes, and reflection reads descriptors, not handlers. With `anonymous` (a server
-    without security) each handler is wrapped here, once, as that interceptor would wrap
-    it on every call.
-    """
-    collected = _Collected()
-    pb_grpc.add_AssetServiceServicer_to_server(servicer, cast(Any, collected))
-    handlers = collected.handlers
-    handlers["WatchAsset"] = grpc.unary_stream_rpc_method_handler(
-        servicer.WatchAsset,
-        request_deserializer=pb.WatchAssetRequest.FromString,
-        response_serializer=wire.response_bytes,
-    )
-    handlers["ReadAsset"] = grpc.unary_stream_rpc_method_handler(
-        servicer.ReadAsset,
-        request_deserializer=pb.ReadAssetRequest.FromString,
-        response_serializer=wire.response_bytes,
-    )
-    handlers["UploadAsset"] = grpc.stream_unary_rpc_method_handler(
-        servicer.UploadAsset,
-        request_deserializer=wire.upload_request,
-        response_serializer=pb.UploadAssetResponse.SerializeToString,
-    )
-    # Bytes that are not the request message: INVALID_ARGUMENT from the handler (servicer),
-    # not grpc's UNKNOWN. A streamed request fails as the handler reads it (servicer too).
-    methods = pb.DESCRIPTOR.services_by_name["AssetService"].methods_by_name
-    for name, handler in list(handlers.items()):
-        parse = wire.tolerant(
-            cast(Any, handler.request_deserializer), name, methods[name].input_type.full_name
-        )
-        if handler.unary_unary is not None:
-            handlers[name] = grpc.unary_unary_rpc_method_handler(
-                handler.unary_unary, parse, handler.response_serializer
-            )
-        elif handler.unary_stream is not None:
-            handlers[name] = grpc.unary_stream_rpc_method_handler(
-                handler.unary_stream, parse, handler.response_serializer
-            )
-    if anonymous is not None:
-        handlers = {
-            name: anonymous.anonymous_handler(f"/{SERVICE_NAME}/{name}", handler)
-            for name, handler in handlers.items()
-        }
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
-    # As the generated code does (grpc-stubs does not know this method yet).
-    server.add_registered_method_handlers(SERVICE_NAME, handlers)  # type: ignore[attr-defined]
-
-
 async def start(
     settings: Settings,
     store: MetadataStore | None = None,
@@ -395,7 +318,7 @@ async def start(
         *SERVER_OPTIONS,
         ("grpc.max_concurrent_streams", settings.max_streams_per_connection),
     ]
-    interceptor = security.interceptor(manager)
+    interceptor = security_interceptor(security, manager)
     # Without security the interceptor does the same for every call of a method: that is
     # done once at registration instead, and calls skip grpc's interceptor chain (health
     # and reflection, open on such a server, never needed it).

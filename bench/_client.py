@@ -15,14 +15,12 @@ import grpc
 
 from asset_service._proto.asset.v1 import asset_service_pb2 as pb
 from asset_service._proto.asset.v1 import asset_service_pb2_grpc as pb_grpc
+from asset_service.api.wire import MESSAGE_LIMITS
 from asset_service.storage.sink import FileSink
 
 MiB = 1024 * 1024
 # As the project's own clients: room for a 4 MiB VALUE and its envelope.
-CHANNEL_OPTIONS = [
-    ("grpc.max_receive_message_length", 8 * MiB),
-    ("grpc.max_send_message_length", 8 * MiB),
-]
+CHANNEL_OPTIONS = list(MESSAGE_LIMITS)
 
 
 def channel(address: str) -> grpc.aio.Channel:

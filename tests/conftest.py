@@ -12,6 +12,7 @@ import grpc
 import pytest
 
 from asset_service._proto.asset.v1 import asset_service_pb2_grpc as pb_grpc
+from asset_service.api.wire import MESSAGE_LIMITS
 from tests import left_out
 from tests.backends import MinIO, report_lines
 from tests.contract import s3_helpers
@@ -97,10 +98,7 @@ def start_server(tmp_path: Path) -> Iterator[StartServer]:
 async def channel(server: ServerProcess) -> AsyncIterator[grpc.aio.Channel]:
     async with grpc.aio.insecure_channel(
         server.address,
-        options=[
-            ("grpc.max_receive_message_length", 8 * 1024 * 1024),
-            ("grpc.max_send_message_length", 8 * 1024 * 1024),
-        ],
+        options=MESSAGE_LIMITS,
     ) as ch:
         yield ch
 

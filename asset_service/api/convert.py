@@ -21,12 +21,13 @@ from asset_service.domain.models import (
     Value,
     ValueKind,
     WatchEvent,
+    WatchEventKind,
     check_json_data,
     validate_key,
     validate_sha256,
 )
 from asset_service.domain.scrub import Checked, Outcome
-from asset_service.domain.selectors import Selector
+from asset_service.domain.watch import Selector
 
 _STATUS_TO_PB = {
     Status.PENDING: pb.ASSET_STATUS_PENDING,
@@ -37,9 +38,9 @@ _STATUS_FROM_PB = {v: k for k, v in _STATUS_TO_PB.items()}
 _TYPE_TO_PB = {AssetType.FILE: pb.ASSET_TYPE_FILE, AssetType.VALUE: pb.ASSET_TYPE_VALUE}
 _TYPE_FROM_PB = {v: k for k, v in _TYPE_TO_PB.items()}
 _EVENT_TO_PB = {
-    "SNAPSHOT": pb.WATCH_EVENT_TYPE_SNAPSHOT,
-    "CHANGED": pb.WATCH_EVENT_TYPE_CHANGED,
-    "DELETED": pb.WATCH_EVENT_TYPE_DELETED,
+    WatchEventKind.SNAPSHOT: pb.WATCH_EVENT_TYPE_SNAPSHOT,
+    WatchEventKind.CHANGED: pb.WATCH_EVENT_TYPE_CHANGED,
+    WatchEventKind.DELETED: pb.WATCH_EVENT_TYPE_DELETED,
 }
 
 

@@ -9,9 +9,18 @@ from google.protobuf.message import DecodeError, Message
 
 from asset_service._proto.asset.v1 import asset_service_pb2 as pb
 
+# The one limit on a message either way (server.py; the Python client's _channel.py says
+# the same). Uploads and downloads move 1 MiB chunks; 8 MiB leaves room for a 4 MiB VALUE
+# plus its envelope and refuses anything bigger before it is buffered.
+MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+MESSAGE_LIMITS = (
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+)
+
 # UploadAssetRequest's `chunk` (field 2, length-delimited) starts with this key byte.
 _CHUNK_KEY = (2 << 3) | 2
-# A length's varint within the 8 MiB message limit takes at most 4 bytes; a longer one (a
+# A length's varint within MAX_MESSAGE_BYTES takes at most 4 bytes; a longer one (a
 # valid but odd encoding) is left to the full parser.
 _MAX_LENGTH_BYTES = 5
 

@@ -17,7 +17,14 @@ from asset_service.domain.errors import (
     shown,
 )
 from asset_service.domain.integrity import Integrity
-from asset_service.domain.models import Asset, AssetType, Status, WatchEvent, parse_asset_id
+from asset_service.domain.models import (
+    Asset,
+    AssetType,
+    Status,
+    WatchEvent,
+    WatchEventKind,
+    parse_asset_id,
+)
 from asset_service.domain.ports import ManifestDraft, ManifestStore, MetadataStore
 from asset_service.domain.reads import READ_BATCH
 
@@ -105,7 +112,7 @@ async def wait_for_inputs(watch: Watch, mappings: Mapping[str, str], seconds: fl
     try:
         async with asyncio.timeout(seconds):
             async for event in events:
-                if event.kind == "DELETED" or event.asset.status is Status.FAILED:
+                if event.kind is WatchEventKind.DELETED or event.asset.status is Status.FAILED:
                     return
                 latest[event.asset.id] = event.asset.status
                 if len(latest) == len(unique) and Status.PENDING not in latest.values():

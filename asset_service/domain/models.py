@@ -215,11 +215,17 @@ class Change:
         return self.asset.revision
 
 
+class WatchEventKind(enum.StrEnum):
+    SNAPSHOT = "SNAPSHOT"  # the state when the watch began
+    CHANGED = "CHANGED"
+    DELETED = "DELETED"
+
+
 @dataclass(frozen=True)
 class WatchEvent:
     """What a watcher is sent: the asset's state with its kind of event."""
 
-    kind: str  # "SNAPSHOT" | "CHANGED" | "DELETED"
+    kind: WatchEventKind
     asset: Asset
 
     @property

@@ -327,10 +327,6 @@ class BlobStorage(UploadSessions, Protocol):
     async def sweep_dead_staging(self) -> int:
         """Remove staging left by dead processes (after their moves were settled)."""
 
-    def upload_key(self, asset_id: str, label: str, now: datetime) -> str: ...
-
-    def generated_key(self, task_id: str, asset_id: str, label: str) -> str: ...
-
     def new_writer(self, key: str | None = None) -> StagingWriter:
         """A writer for new bytes. With `key` (where they will be committed, when known
         before they come), commit() must be given that key: an object store then streams

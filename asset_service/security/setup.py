@@ -10,8 +10,6 @@ import grpc
 from asset_service.config import Settings
 from asset_service.domain.errors import AssetError, InvalidArgument
 from asset_service.security.authn import Authenticator
-from asset_service.security.guard import AssetLookup
-from asset_service.security.interceptor import SecurityInterceptor
 from asset_service.security.task_tokens import TaskTokens, load_secrets
 from asset_service.security.tls import ReloadingCertificates
 from asset_service.security.tokens import TokenTable, load_tokens
@@ -35,7 +33,8 @@ def is_loopback(listen: str) -> bool:
 
 
 class Security:
-    """The security of one server: certificates, tokens, task-token secrets, the interceptor."""
+    """The security of one server: certificates, tokens, task-token secrets (its interceptor:
+    api/interceptor.py)."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -90,16 +89,6 @@ class Security:
                 "delete every asset. Configure them (docs/security.md), listen on "
                 "127.0.0.1, or pass --insecure (ASSET_SERVICE_INSECURE=1) to accept the risk"
             )
-
-    def interceptor(self, assets: AssetLookup) -> SecurityInterceptor:
-        return SecurityInterceptor(
-            self.authenticator,
-            assets,
-            reflection_open=self.settings.reflection == "open" or not self.authenticated,
-            first_message_timeout=self.settings.upload_idle_timeout_seconds,
-            anonymous=self.anonymous,
-            import_roots=self.settings.import_roots,
-        )
 
     @property
     def anonymous(self) -> bool:

@@ -24,7 +24,7 @@ from prometheus_client import (
 )
 from prometheus_client.core import Metric
 
-from asset_service.domain.models import Change, ChangeKind, WatchEvent
+from asset_service.domain.models import Change, ChangeKind, WatchEvent, WatchEventKind
 from asset_service.telemetry._calls import Call
 from asset_service.telemetry._recorder import Recorder
 
@@ -258,9 +258,7 @@ class MetricsRecorder(Recorder):
             False: metrics.watch_streams.labels("ids"),
             True: metrics.watch_streams.labels("selector"),
         }
-        self._events = {
-            kind: metrics.watch_events.labels(kind) for kind in ("SNAPSHOT", "CHANGED", "DELETED")
-        }
+        self._events = {kind: metrics.watch_events.labels(kind.value) for kind in WatchEventKind}
         # revision -> time.monotonic() when this server's feed delivered it (oldest first).
         self._seen: collections.OrderedDict[int, float] = collections.OrderedDict()
 
@@ -287,7 +285,7 @@ class MetricsRecorder(Recorder):
         counter = self._events.get(event.kind)
         if counter is not None:
             counter.inc()
-        if event.kind != "SNAPSHOT":
+        if event.kind is not WatchEventKind.SNAPSHOT:
             seen = self._seen.get(event.revision)
             if seen is not None:
                 self.metrics.watch_lag.observe(time.monotonic() - seen)

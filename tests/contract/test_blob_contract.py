@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from asset_service.domain import keys
 from asset_service.domain.errors import (
     Conflict,
     CorruptBytes,
@@ -71,7 +72,7 @@ async def test_written_bytes_read_back_whole_and_in_ranges(blob: BlobBackend) ->
         await writer.write(data[start : start + 7000])
     await writer.seal()
     assert (writer.size_bytes, writer.sha256) == (len(data), hashlib.sha256(data).hexdigest())
-    path = await writer.commit(storage.upload_key(ID, "a.bin", DAY))
+    path = await writer.commit(keys.upload_key(ID, "a.bin", DAY))
     await writer.finish()
     await writer.rollback()  # settled: a late rollback must not remove committed bytes
     writer.discard()
@@ -85,7 +86,7 @@ async def test_written_bytes_read_back_whole_and_in_ranges(blob: BlobBackend) ->
 
 async def test_an_empty_blob_is_stored_and_read(blob: BlobBackend) -> None:
     storage = await blob.start()
-    path = await written(storage, b"", storage.upload_key(ID, "empty", DAY))
+    path = await written(storage, b"", keys.upload_key(ID, "empty", DAY))
     await storage.check(path, 0)
     assert await content(storage, path, 0) == b""
     with pytest.raises(IntegrityError):
@@ -94,7 +95,7 @@ async def test_an_empty_blob_is_stored_and_read(blob: BlobBackend) -> None:
 
 async def test_a_commit_never_overwrites_and_the_first_bytes_survive(blob: BlobBackend) -> None:
     storage = await blob.start()
-    key = storage.generated_key("task", ID, "out.bin")
+    key = keys.generated_key("task", ID, "out.bin")
     first, second = storage.new_writer(), storage.new_writer()
     for writer, data in ((first, b"first"), (second, b"second!")):
         await writer.write(data)
@@ -136,7 +137,7 @@ async def test_a_writer_opened_for_its_key_commits_there_only_and_never_over_ano
     blob: BlobBackend,
 ) -> None:
     storage = await blob.start()
-    key = storage.upload_key(ID, "keyed.bin", DAY)
+    key = keys.upload_key(ID, "keyed.bin", DAY)
     writer = storage.new_writer(key)
     await writer.write(KEYED_DATA[: 9 << 20])
     assert await blob.staged() == 1, "one blob on its way (an object store: at its key)"
@@ -147,7 +148,7 @@ async def test_a_writer_opened_for_its_key_commits_there_only_and_never_over_ano
         hashlib.sha256(KEYED_DATA).hexdigest(),
     )
     with pytest.raises(ValueError, match="cannot commit at"):
-        await writer.commit(storage.upload_key(OTHER, "keyed.bin", DAY))
+        await writer.commit(keys.upload_key(OTHER, "keyed.bin", DAY))
     path = await writer.commit(key)
     await writer.finish()
     assert await blob.staged() == 0
@@ -173,7 +174,7 @@ async def test_a_writer_opened_for_its_key_commits_there_only_and_never_over_ano
 
 async def test_a_late_rollback_never_removes_bytes_that_replaced_its_own(blob: BlobBackend) -> None:
     storage = await blob.start()
-    key = storage.upload_key(ID, "x", DAY)
+    key = keys.upload_key(ID, "x", DAY)
     stale = storage.new_writer()  # its record write hung: settled only much later
     await stale.write(b"stale")
     await stale.seal()
@@ -186,7 +187,7 @@ async def test_a_late_rollback_never_removes_bytes_that_replaced_its_own(blob: B
 
 async def test_rollback_after_commit_removes_the_bytes(blob: BlobBackend) -> None:
     storage = await blob.start()
-    key = storage.upload_key(ID, "x", DAY)
+    key = keys.upload_key(ID, "x", DAY)
     writer = storage.new_writer()
     await writer.write(b"doomed")
     await writer.seal()
@@ -202,7 +203,7 @@ async def test_rollback_after_commit_removes_the_bytes(blob: BlobBackend) -> Non
     other = storage.new_writer()
     await other.write(b"cancelled")
     await other.seal()
-    other_path = await other.commit(storage.upload_key(OTHER, "x", DAY))
+    other_path = await other.commit(keys.upload_key(OTHER, "x", DAY))
     other.discard()
     with pytest.raises(IntegrityError):
         await storage.check(other_path, 9)
@@ -216,14 +217,14 @@ async def test_discard_before_commit_leaves_nothing(blob: BlobBackend) -> None:
     assert await blob.staged() == 1
     writer.discard()
     assert await blob.staged() == 0
-    path = await written(storage, b"whole", storage.upload_key(ID, "x", DAY))
+    path = await written(storage, b"whole", keys.upload_key(ID, "x", DAY))
     await blob.backdate(path, OLD)
     assert [p async for _, p in storage.orphans()] == [path], "nothing but the one commit"
 
 
 async def test_reads_and_checks_refuse_a_size_the_bytes_do_not_have(blob: BlobBackend) -> None:
     storage = await blob.start()
-    path = await written(storage, b"0123456789", storage.upload_key(ID, "x", DAY))
+    path = await written(storage, b"0123456789", keys.upload_key(ID, "x", DAY))
     with pytest.raises(IntegrityError, match="12345"):
         await storage.read(path, 12345, 0, 0, 4096)
     with pytest.raises(IntegrityError, match="says 9"):
@@ -233,7 +234,7 @@ async def test_reads_and_checks_refuse_a_size_the_bytes_do_not_have(blob: BlobBa
 
 async def test_removed_bytes_fail_their_check(blob: BlobBackend) -> None:
     storage = await blob.start()
-    path = await written(storage, b"bytes", storage.upload_key(ID, "x", DAY))
+    path = await written(storage, b"bytes", keys.upload_key(ID, "x", DAY))
     await storage.remove(path)
     with pytest.raises(IntegrityError, match="missing"):
         await storage.check(path, 5)
@@ -246,10 +247,10 @@ async def test_removed_bytes_fail_their_check(blob: BlobBackend) -> None:
 
 async def test_orphans_are_only_files_past_the_grace(blob: BlobBackend) -> None:
     storage = await blob.start()
-    old_upload = await written(storage, b"a", storage.upload_key(ID, "a", DAY))
-    old_output = await written(storage, b"b", storage.generated_key("t", OTHER, "b"))
+    old_upload = await written(storage, b"a", keys.upload_key(ID, "a", DAY))
+    old_output = await written(storage, b"b", keys.generated_key("t", OTHER, "b"))
     fresh_id = "5b0e4f0e-0000-4000-8000-0000000000aa"
-    await written(storage, b"c", storage.upload_key(fresh_id, "c", DAY))  # maybe in flight
+    await written(storage, b"c", keys.upload_key(fresh_id, "c", DAY))  # maybe in flight
     in_flight = storage.new_writer()
     await in_flight.write(b"d")
     for path in (old_upload, old_output):
@@ -264,7 +265,7 @@ async def test_a_move_keeps_the_source_until_finish(blob: BlobBackend) -> None:
     source = blob.put_source("out.txt", b"worker output")
     staged = await storage.adopt(source, move=True)
     assert (staged.size_bytes, staged.sha256) == (13, hashlib.sha256(b"worker output").hexdigest())
-    path = await staged.commit(storage.generated_key("task", ID, "out.txt"))
+    path = await staged.commit(keys.generated_key("task", ID, "out.txt"))
     # Until the record commits, a crash must not lose the worker's file.
     assert blob.source(source) == b"worker output"
     assert await content(storage, path, 13) == b"worker output"
@@ -280,7 +281,7 @@ async def test_a_rolled_back_move_keeps_the_source(blob: BlobBackend) -> None:
     storage = await blob.start()
     source = blob.put_source("out.txt", b"worker output")
     staged = await storage.adopt(source, move=True)
-    path = await staged.commit(storage.generated_key("task", ID, "out.txt"))
+    path = await staged.commit(keys.generated_key("task", ID, "out.txt"))
     await staged.rollback()
     assert blob.source(source) == b"worker output"
     with pytest.raises(IntegrityError):
@@ -294,7 +295,7 @@ async def test_a_copy_leaves_the_source(blob: BlobBackend) -> None:
     storage = await blob.start()
     source = blob.put_source("in.txt", b"shared input")
     staged = await storage.adopt(source, move=False)
-    path = await staged.commit(storage.upload_key(ID, "in.txt", DAY))
+    path = await staged.commit(keys.upload_key(ID, "in.txt", DAY))
     await staged.finish()
     assert blob.source(source) == b"shared input"
     assert await content(storage, path, 12) == b"shared input"
@@ -332,7 +333,7 @@ async def test_recovery_settles_abandoned_moves_by_their_record(blob: BlobBacken
     paths = {}
     for asset_id in ids:
         staged = await dead.adopt(blob.put_source(asset_id, asset_id.encode()), move=True)
-        paths[asset_id] = await staged.commit(dead.generated_key("t", asset_id, "f"))
+        paths[asset_id] = await staged.commit(keys.generated_key("t", asset_id, "f"))
         staged.abandon()  # the record write's outcome is unknown: keep everything
     half = dead.new_writer()
     await half.write(b"an upload cut short")
@@ -359,7 +360,7 @@ async def test_recovery_settles_abandoned_moves_by_their_record(blob: BlobBacken
     assert await after.sweep_dead_staging() == 0
     assert await blob.staged() == 1, "the dead upload went, the live one stayed"
     await in_flight.seal()
-    path = await in_flight.commit(alive.upload_key(ID, "late", DAY))
+    path = await in_flight.commit(keys.upload_key(ID, "late", DAY))
     await in_flight.finish()
     assert await content(alive, path, 12) == b"still coming"
 
@@ -369,7 +370,7 @@ async def test_a_move_committed_over_a_replaced_final_keeps_its_source(blob: Blo
     dead = await blob.start()
     source = blob.put_source("s", b"source")
     staged = await dead.adopt(source, move=True)
-    path = await staged.commit(dead.generated_key("t", ID, "f"))
+    path = await staged.commit(keys.generated_key("t", ID, "f"))
     staged.abandon()
     await dead.close()
     after = await blob.start()
@@ -381,17 +382,17 @@ async def test_a_move_committed_over_a_replaced_final_keeps_its_source(blob: Blo
 
 async def test_keys_are_derived_never_raw(blob: BlobBackend) -> None:
     storage = await blob.start()
-    key = storage.upload_key(ID, "../../etc/passwd", DAY)
+    key = keys.upload_key(ID, "../../etc/passwd", DAY)
     assert ".." not in key.split("/") and ID in key and key.startswith("uploads/")
-    assert storage.generated_key("t1", ID, "a") != storage.generated_key("t2", ID, "a")
+    assert keys.generated_key("t1", ID, "a") != keys.generated_key("t2", ID, "a")
     for bad_task in ("../x", "", "a/b", "-starts-with-dash"):
         with pytest.raises(InvalidArgument, match="task_id"):
-            storage.generated_key(bad_task, ID, "a")
+            keys.generated_key(bad_task, ID, "a")
     for bad_id in ("../" + ID, "", "not-a-uuid"):
         with pytest.raises(InvalidArgument, match="asset_id"):
-            storage.upload_key(bad_id, "a", DAY)
+            keys.upload_key(bad_id, "a", DAY)
         with pytest.raises(InvalidArgument, match="asset_id"):
-            storage.generated_key("t", bad_id, "a")
+            keys.generated_key("t", bad_id, "a")
     path = await written(storage, b"safe", key)
     assert await content(storage, path, 4) == b"safe"
     for raw in ("uploads/../../outside", "tmp/x", "/uploads/x", "uploads"):
@@ -432,7 +433,7 @@ async def test_blobs_carry_the_block_sums_of_their_bytes(blob: BlobBackend) -> N
 
 async def test_checked_reads_stop_at_the_first_bad_block(blob: BlobBackend) -> None:
     storage = await blob.start()
-    path = await written(storage, BLOCKS_DATA, storage.upload_key(ID, "x", DAY))
+    path = await written(storage, BLOCKS_DATA, keys.upload_key(ID, "x", DAY))
     sums = sums_of(BLOCKS_DATA)
     size = len(BLOCKS_DATA)
     assert await checked(storage, path, sums) == BLOCKS_DATA
@@ -459,7 +460,7 @@ async def test_checked_reads_stop_at_the_first_bad_block(blob: BlobBackend) -> N
 
 async def test_a_same_size_replacement_fails_every_check_that_reads(blob: BlobBackend) -> None:
     storage = await blob.start()
-    path = await written(storage, BLOCKS_DATA, storage.upload_key(ID, "x", DAY))
+    path = await written(storage, BLOCKS_DATA, keys.upload_key(ID, "x", DAY))
     sha = hashlib.sha256(BLOCKS_DATA).hexdigest()
     # Sums computed after the fact (assets stored before they were kept), vouched for by
     # the sha256; other bytes of the same size are refused, not summed.
@@ -482,7 +483,7 @@ async def test_check_many_flags_bytes_changed_after_their_record(
     An object store cannot tell cheaply: its manifests read inputs through checks."""
     async with blob_backend(name, tmp_path, request) as backend:
         storage = await backend.start()
-        path = await written(storage, BLOCKS_DATA, storage.upload_key(ID, "x", DAY))
+        path = await written(storage, BLOCKS_DATA, keys.upload_key(ID, "x", DAY))
         size, sums = len(BLOCKS_DATA), sums_of(BLOCKS_DATA)
         now = [datetime.now(UTC)]
         assert await storage.check_many([(path, size)], now) == [None], "not changed since"
@@ -523,14 +524,14 @@ async def test_a_clone_is_a_second_name_for_the_same_bytes(blob: BlobBackend) ->
     removed, leaves the other whole; an orphaned clone is one orphan, the original none."""
     storage = await blob.start()
     data = os.urandom(3 * BLOCK_BYTES // 2)
-    original = await written(storage, data, storage.upload_key(ID, "a.bin", DAY))
+    original = await written(storage, data, keys.upload_key(ID, "a.bin", DAY))
     sha, sums = hashlib.sha256(data).hexdigest(), sums_of(data)
     cloned = await storage.clone(original, len(data), sha, sums)
     if cloned is None:
         assert blob.name == "s3", "only the object store has no second names (it copies)"
         return
     assert (cloned.size_bytes, cloned.sha256, cloned.block_sums) == (len(data), sha, sums)
-    second = await cloned.commit(storage.upload_key(OTHER, "b.bin", DAY))
+    second = await cloned.commit(keys.upload_key(OTHER, "b.bin", DAY))
     await cloned.finish()
     assert second != original
     assert await content(storage, second, len(data)) == data
@@ -538,7 +539,7 @@ async def test_a_clone_is_a_second_name_for_the_same_bytes(blob: BlobBackend) ->
     third_id = "5b0e4f0e-0000-4000-8000-0000000000cc"
     undone = await storage.clone(original, len(data), sha, sums)
     assert undone is not None
-    third = await undone.commit(storage.upload_key(third_id, "c.bin", DAY))
+    third = await undone.commit(keys.upload_key(third_id, "c.bin", DAY))
     await undone.rollback()
     with pytest.raises(IntegrityError):
         await storage.check(third, len(data))
@@ -552,7 +553,7 @@ async def test_a_clone_is_a_second_name_for_the_same_bytes(blob: BlobBackend) ->
     late = await storage.clone(original, len(data), sha, sums)
     assert late is not None
     with pytest.raises(NotFound):
-        await late.commit(storage.upload_key(third_id, "c.bin", DAY))
+        await late.commit(keys.upload_key(third_id, "c.bin", DAY))
     await late.rollback()
     await blob.backdate(second, OLD)
     assert [pair async for pair in storage.orphans()] == [(OTHER, second)]

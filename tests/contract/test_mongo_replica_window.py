@@ -25,7 +25,7 @@ from pymongo import AsyncMongoClient, monitoring
 from asset_service.domain.errors import AssetError, HistoryGone, Unavailable
 from asset_service.domain.manager import AssetManager, Limits
 from asset_service.domain.models import Asset, AssetFilter, AssetType, Value, ValueKind
-from asset_service.domain.selectors import Selector
+from asset_service.domain.watch import Selector
 from asset_service.storage.memory import MemoryStorage
 from asset_service.store.mongo import MongoStore
 from tests.contract.test_store_contract import pending

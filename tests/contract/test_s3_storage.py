@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from asset_service.domain import keys
 from asset_service.domain.errors import Conflict, InvalidArgument, Unavailable
 from asset_service.storage.s3 import S3Location, S3Storage
 from asset_service.storage.s3._config import PART_SIZE
@@ -43,7 +44,7 @@ async def test_a_blob_over_one_part_streams_as_multipart_and_commits_whole(
     assert await s3_helpers.staged(minio, storage.location.prefix) == 1
     await writer.seal()
     assert (writer.size_bytes, writer.sha256) == (len(data), hashlib.sha256(data).hexdigest())
-    key = storage.upload_key(ID, "big.bin", DAY)
+    key = keys.upload_key(ID, "big.bin", DAY)
     path = await writer.commit(key)
     await writer.finish()
     assert path == f"s3://{s3_helpers.BUCKET}/{storage.location.prefix}{key}"
@@ -126,5 +127,5 @@ async def test_the_store_refuses_bytes_whose_crc32c_is_not_the_one_sent(
         for start in range(0, size, 1 << 20):
             await writer.write(os.urandom(min(1 << 20, size - start)))
         await writer.seal()
-        await writer.commit(storage.upload_key(ID, "x.bin", DAY))
+        await writer.commit(keys.upload_key(ID, "x.bin", DAY))
     await writer.rollback()

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from asset_service.domain import keys
 from asset_service.domain.errors import CorruptBytes, Unavailable
 from asset_service.domain.models import BLOCK_BYTES
 from asset_service.storage.blocks import sums_of
@@ -107,7 +108,7 @@ async def test_parts_go_up_a_few_at_once_land_in_any_order_and_complete_in_order
 
     calls = wrap(storage, monkeypatch, "upload_part", hold)
     data = os.urandom(4 * PART_SIZE + PART_SIZE // 2)
-    key = storage.upload_key(ID, "big.bin", DAY)
+    key = keys.upload_key(ID, "big.bin", DAY)
     path = await upload_keyed(storage, data, key)
     assert len(calls.calls) == 5
     assert calls.most == _parts.PARTS_IN_FLIGHT, "never more parts in flight than the bound"
@@ -128,7 +129,7 @@ async def test_a_keyed_upload_goes_to_its_key_unseen_until_commit_and_is_not_cop
 
     monkeypatch.setattr(storage.client, "upload_part_copy", counting)
     data = os.urandom(2 * PART_SIZE + 7)
-    key = storage.upload_key(ID, "big.bin", DAY)
+    key = keys.upload_key(ID, "big.bin", DAY)
     object_key = storage.object_key(key)
     writer = storage.new_writer(key)
     for start in range(0, len(data), MiB):
@@ -159,7 +160,7 @@ async def test_a_failed_part_fails_the_upload_and_its_rollback_leaves_no_upload(
 
     calls = wrap(storage, monkeypatch, "upload_part", fail)
     data = os.urandom(PART_SIZE)
-    key = storage.upload_key(ID, "big.bin", DAY)
+    key = keys.upload_key(ID, "big.bin", DAY)
     writer = storage.new_writer(key)
     with pytest.raises(Unavailable, match="uploading a part"):
         for _ in range(8):
@@ -184,7 +185,7 @@ async def test_checked_reads_ahead_return_the_exact_bytes_across_blocks_and_wind
     storage: S3Storage, small_windows: int
 ) -> None:
     data = os.urandom(5 * BLOCK_BYTES + BLOCK_BYTES // 2 + 3)
-    path = await upload_keyed(storage, data, storage.upload_key(ID, "x.bin", DAY))
+    path = await upload_keyed(storage, data, keys.upload_key(ID, "x.bin", DAY))
     sums = sums_of(data)
     edge = small_windows
     for offset, limit, chunk in (
@@ -206,7 +207,7 @@ async def test_a_bad_block_mid_read_ends_it_at_its_offset_though_windows_were_re
     storage: S3Storage, minio: MinIO, monkeypatch: pytest.MonkeyPatch, small_windows: int
 ) -> None:
     data = os.urandom(8 * BLOCK_BYTES)
-    path = await upload_keyed(storage, data, storage.upload_key(ID, "x.bin", DAY))
+    path = await upload_keyed(storage, data, keys.upload_key(ID, "x.bin", DAY))
     bad = 5 * BLOCK_BYTES
     flipped = bytearray(data)
     flipped[bad + 10] ^= 0x01  # one bit of block 5 (the second block of the third window)
@@ -231,7 +232,7 @@ async def test_an_upload_a_crash_left_at_its_final_key_is_swept_once_idle_past_t
     storage = S3Storage(url, tmp_path / "state", 1.0, **s3_helpers.credentials(minio))
     await storage.open()
     try:
-        key = storage.upload_key(ID, "big.bin", DAY)
+        key = keys.upload_key(ID, "big.bin", DAY)
         writer = storage.new_writer(key)
         await writer.write(os.urandom(PART_SIZE + 1))  # one part sent, at the final key
         writer.abandon()  # as if the server died here: nothing rolls it back

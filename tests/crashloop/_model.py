@@ -12,13 +12,11 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from asset_service._proto.asset.v1 import asset_service_pb2 as pb
+from asset_service.api.wire import MESSAGE_LIMITS
 
 MiB = 1024 * 1024
 CALL_TIMEOUT = 60.0
-CHANNEL_OPTIONS = [
-    ("grpc.max_receive_message_length", 8 * MiB),
-    ("grpc.max_send_message_length", 8 * MiB),
-]
+CHANNEL_OPTIONS = list(MESSAGE_LIMITS)
 # The only files a live process may keep in its staging folder while no request runs
 # (empty folders, such as its intent journal's, are fine).
 STAGING_KEEP = frozenset({".lock"})

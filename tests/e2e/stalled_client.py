@@ -14,11 +14,12 @@ import grpc
 
 from asset_service._proto.asset.v1 import asset_service_pb2 as pb
 from asset_service._proto.asset.v1 import asset_service_pb2_grpc as pb_grpc
+from asset_service.api.wire import MAX_MESSAGE_BYTES
 
 
 async def main(args: argparse.Namespace) -> None:
     metadata = (("authorization", f"Bearer {args.token}"),) if args.token else None
-    options = [("grpc.max_receive_message_length", 8 * 1024 * 1024)]
+    options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
     async with grpc.aio.insecure_channel(args.address, options=options) as channel:
         stub = pb_grpc.AssetServiceStub(channel)
         calls: list[Any] = [

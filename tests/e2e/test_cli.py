@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 import pytest
 from asset_client import AssetClient, AssetStatus, AssetType
-from asset_client.cli import _app, _exit
+from asset_client.cli import _exit, _main
 
 from tests.e2e.cli_helpers import ASSET, asset, cli_env, one_line_error, out
 from tests.e2e.helpers import stored_files
@@ -219,18 +219,17 @@ def test_the_exit_status_table_is_10_plus_each_grpc_code() -> None:
 
 
 def _commands() -> list[str]:
-    _app._register()
-    return sorted(_app.cli.commands)
+    return sorted(_main.cli.commands)
 
 
 @pytest.mark.parametrize("command", _commands())
 def test_every_command_explains_itself(command: str) -> None:
     result = subprocess.run([ASSET, command, "--help"], capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr
-    summary = _app.cli.commands[command].help or ""
+    summary = _main.cli.commands[command].help or ""
     assert summary.split("\n")[0].split()[0] in result.stdout
     assert result.stdout.startswith(f"Usage: asset {command} ")
-    cmd = _app.cli.commands[command]
+    cmd = _main.cli.commands[command]
     for param in cmd.params:
         if isinstance(param, click.Option) and param.help is None:
             pytest.fail(f"asset {command} {param.opts[0]} has no help")

@@ -21,6 +21,7 @@ from asset_client import AsyncAssetClient, DataLossError, ScrubOutcome
 
 from asset_service._proto.asset.v1 import asset_service_pb2 as pb
 from asset_service._proto.asset.v1 import asset_service_pb2_grpc as pb_grpc
+from asset_service.api.wire import MAX_MESSAGE_BYTES
 from tests.backends import MinIO
 from tests.conftest import StartServer
 from tests.contract import s3_helpers
@@ -30,7 +31,7 @@ from tests.serverproc import ServerProcess, database_url_for
 LOSS = grpc.StatusCode.DATA_LOSS
 SIZE = 3 * MiB + 123  # four blocks, the last one short
 BAD = MiB + 4321  # a byte in the second block
-CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 8 * MiB)]
+CHANNEL_OPTIONS = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
 
 
 def content() -> bytes:

@@ -15,8 +15,9 @@ from asset_client import AssetStatus, AsyncAssetClient
 
 from asset_service._proto.asset.v1 import asset_service_pb2 as pb
 from asset_service._proto.asset.v1 import asset_service_pb2_grpc as pb_grpc
+from asset_service.api.wire import MAX_MESSAGE_BYTES
 from tests.conftest import StartServer
-from tests.e2e.helpers import MiB, all_assets, expect_error, stored_files, upload
+from tests.e2e.helpers import all_assets, expect_error, stored_files, upload
 from tests.serverproc import ServerProcess
 
 KiB = 1024
@@ -26,7 +27,7 @@ KiB = 1024
 async def connect(server: ServerProcess) -> AsyncIterator[pb_grpc.AssetServiceStub]:
     """A stub on a connection of its own (streams are limited per connection)."""
     options = [
-        ("grpc.max_receive_message_length", 8 * MiB),
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         # Channels to one address share a connection unless told otherwise.
         ("grpc.use_local_subchannel_pool", 1),
     ]

@@ -1,6 +1,6 @@
 """An orchestrator and a worker on the client wheel alone, run by tests/e2e/test_python_wheel.py.
 
-Runs in a clean venv where only the asset-service-client wheel (and grpcio, protobuf) is
+Runs in a clean venv where only the asset-service-client wheel (and its dependencies) is
 installed, and learns where and how to connect from ASSET_SERVICE_* variables. It talks
 with the test on stdin/stdout, one word a line, so that the test can stop and restart the
 server in the middle of a watch; its last line is "RESULT <json>" for the test to check.

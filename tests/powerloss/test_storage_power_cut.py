@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from asset_service.domain import keys
 from asset_service.storage import fs
 from asset_service.storage.imports import ImportRoots
 from asset_service.storage.local import LocalStorage
@@ -92,7 +93,7 @@ async def test_a_committed_move_is_finished_after_a_cut_that_renumbers_devices(
     storage = LocalStorage(mnt / "data", imports=ImportRoots([incoming]))
     await storage.open()
     staged = await storage.adopt(str(source), move=True)
-    final = Path(await staged.commit(storage.generated_key("t", ASSET_ID, "f")))
+    final = Path(await staged.commit(keys.generated_key("t", ASSET_ID, "f")))
     staged.abandon()  # killed after its record committed, before the source went
     await storage.close()
     device = os.stat(mnt).st_dev

@@ -12,8 +12,8 @@ import pytest
 
 from asset_service._proto.asset.v1 import asset_service_pb2 as pb
 from asset_service._proto.asset.v1 import asset_service_pb2_grpc as pb_grpc
+from asset_service.api.interceptor import SecurityInterceptor, security_interceptor
 from asset_service.config import load_settings
-from asset_service.security.interceptor import SecurityInterceptor
 from asset_service.security.principal import ANONYMOUS, Principal, current_principal
 from asset_service.security.setup import Security
 from asset_service.server import start
@@ -56,7 +56,7 @@ class Details:
 
 def interceptor(tmp_path: Path, *args: str) -> SecurityInterceptor:
     security = Security(load_settings(["--storage-root", str(tmp_path), *args], {}))
-    return security.interceptor(None)  # type: ignore[arg-type]
+    return security_interceptor(security, None)  # type: ignore[arg-type]
 
 
 async def test_an_open_server_runs_handlers_as_anonymous(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 import grpc
 import pytest
-from asset_client import _channel, _status
+from asset_client import _channel
 from asset_client._convert import pb, pb_grpc
 from asset_client._core import WatchCursor
 from asset_client.errors import (
@@ -249,31 +249,47 @@ def test_client_and_server_messages_share_the_wire_format() -> None:
     assert (list(got.asset_ids), got.after_revision, got.follow) == (["a", "b"], 9, True)
 
 
-# -- status details without googleapis-common-protos ---------------------------------------
+# -- status details, decoded by grpcio-status -----------------------------------------------
 
 
-def test_precondition_violations_decode_like_googleapis_does() -> None:
+class Refused(grpc.RpcError):
+    """A failed call as grpc raises it: code, details and the trailers it ended with."""
+
+    def __init__(self, *trailers: tuple[str, bytes]) -> None:
+        self.trailers = trailers
+
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.FAILED_PRECONDITION
+
+    def details(self) -> str:
+        return "inputs not ready"
+
+    def trailing_metadata(self) -> tuple[tuple[str, bytes], ...]:
+        return self.trailers
+
+
+def test_precondition_violations_decode_from_the_status_details() -> None:
     failure = error_details_pb2.PreconditionFailure()
     failure.violations.add(type="NOT_AVAILABLE", subject="asset 1", description="PENDING")
     failure.violations.add(type="NOT_AVAILABLE", subject="asset 2", description="FAILED")
     status = status_pb2.Status(code=9, message="inputs not ready")
     status.details.add().Pack(status_pb2.Status(code=1))  # another kind of detail: skipped
     status.details.add().Pack(failure)
-    assert _status.violations(status.SerializeToString()) == [
-        ("NOT_AVAILABLE", "asset 1", "PENDING"),
-        ("NOT_AVAILABLE", "asset 2", "FAILED"),
-    ]
-
-    class Refused(grpc.RpcError):
-        def code(self) -> grpc.StatusCode:
-            return grpc.StatusCode.FAILED_PRECONDITION
-
-        def details(self) -> str:
-            return "inputs not ready"
-
-        def trailing_metadata(self) -> tuple[tuple[str, bytes], ...]:
-            return (("grpc-status-details-bin", status.SerializeToString()),)
-
-    err = from_rpc_error(Refused())
+    err = from_rpc_error(Refused(("grpc-status-details-bin", status.SerializeToString())))
     assert isinstance(err, FailedPreconditionError)
-    assert err.violations[1] == Violation("NOT_AVAILABLE", "asset 2", "FAILED")
+    assert err.violations == (
+        Violation("NOT_AVAILABLE", "asset 1", "PENDING"),
+        Violation("NOT_AVAILABLE", "asset 2", "FAILED"),
+    )
+
+
+@pytest.mark.parametrize(
+    "trailers",
+    [(), (("other-bin", b"x"),), (("grpc-status-details-bin", b"\xff not a status"),)],
+)
+def test_missing_or_malformed_status_details_leave_the_error_as_it_is(
+    trailers: tuple[tuple[str, bytes], ...],
+) -> None:
+    err = from_rpc_error(Refused(*trailers))
+    assert isinstance(err, FailedPreconditionError)
+    assert (err.details, err.violations) == ("inputs not ready", ())

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from asset_service.config import load_settings, parse_group
+from asset_service.domain import keys
 from asset_service.domain.errors import InvalidArgument
 from asset_service.modes import Modes
 from asset_service.storage.imports import ImportRoots
@@ -110,7 +111,7 @@ async def test_a_moved_file_gets_the_stored_mode_and_its_own_back_on_rollback(
         source.chmod(0o644)
         os.chown(source, 65534, -1)  # a worker's (the tests run as root: the server may)
         staged = await storage.adopt(str(source), move=True)
-        final = Path(await staged.commit(storage.generated_key("task", ID, "out.txt")))
+        final = Path(await staged.commit(keys.generated_key("task", ID, "out.txt")))
         assert final.stat().st_ino == source.stat().st_ino  # linked: the same inode
         st = final.stat()
         assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o640, 0, OTHER_GID)
@@ -139,7 +140,7 @@ async def test_another_users_file_is_copied_not_linked(
             real(modes, fd, mode, shared)
 
         monkeypatch.setattr(Modes, "set_fd", not_ours)
-        final = Path(await staged.commit(storage.generated_key("task", ID, "out.txt")))
+        final = Path(await staged.commit(keys.generated_key("task", ID, "out.txt")))
         assert final.stat().st_ino != source.stat().st_ino
         assert mode(final) == 0o600 and final.read_text() == "worker output"
         assert mode(source) == 0o644

@@ -11,6 +11,7 @@ from typing import Any
 
 import grpc
 
+from asset_service.api.interceptor import security_interceptor
 from asset_service.config import load_settings
 from asset_service.security.principal import ANONYMOUS, current_principal
 from asset_service.security.setup import Security
@@ -62,9 +63,8 @@ async def test_a_stream_ended_mid_write_is_closed_in_its_own_call(tmp_path: Path
         finally:
             closed.append(current_principal())
 
-    interceptor = Security(load_settings(["--storage-root", str(tmp_path)], {})).interceptor(
-        None  # type: ignore[arg-type]
-    )
+    security = Security(load_settings(["--storage-root", str(tmp_path)], {}))
+    interceptor = security_interceptor(security, None)  # type: ignore[arg-type]
 
     async def continuation(details: Any) -> Any:
         return grpc.unary_stream_rpc_method_handler(watch)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from asset_service.domain import keys
 from asset_service.domain.errors import InvalidArgument, NotFound
 from asset_service.domain.manager import AssetManager, Limits
 from asset_service.domain.models import (
@@ -102,7 +103,7 @@ async def test_a_second_name_a_crash_left_without_a_record_is_swept(tmp_path: Pa
         assert stored.block_sums is not None
         cloned = await storage.clone(stored.storage_path, len(DATA), SHA, stored.block_sums)
         assert cloned is not None
-        orphan = await cloned.commit(storage.upload_key(new_asset_id(), "x.bin", stored.created_at))
+        orphan = await cloned.commit(keys.upload_key(new_asset_id(), "x.bin", stored.created_at))
         cloned.abandon()  # the process died here: no record
         assert os.stat(orphan).st_nlink == 2
         assert await m.reconcile() == 1

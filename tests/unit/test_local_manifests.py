@@ -13,9 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from asset_service.domain import keys
 from asset_service.domain.errors import IntegrityError
 from asset_service.domain.models import Asset, AssetType, Status, Value, ValueKind
-from asset_service.storage.manifests import FileCache, LocalManifests
+from asset_service.storage.file_cache import FileCache
+from asset_service.storage.manifests import LocalManifests
 from asset_service.storage.memory import MemoryStorage
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -67,7 +69,7 @@ async def stored(storage: MemoryStorage, data: bytes, label: str) -> Asset:
     await writer.write(data)
     await writer.seal()
     asset_id = str(uuid.uuid4())
-    path = await writer.commit(storage.upload_key(asset_id, label, NOW))
+    path = await writer.commit(keys.upload_key(asset_id, label, NOW))
     await writer.finish()
     return Asset(
         asset_id,

@@ -16,12 +16,14 @@ from typing import Any
 
 import pytest
 
+from asset_service.domain import keys
 from asset_service.domain.errors import (
     Conflict,
     IntegrityError,
     InvalidArgument,
     PermissionDenied,
 )
+from asset_service.storage import keys as storage_keys
 from asset_service.storage.imports import ImportRoots
 from asset_service.storage.local import LocalStorage
 
@@ -70,7 +72,7 @@ async def test_a_move_keeps_the_source_until_finish(tmp_path: Path) -> None:
     source.write_text("worker output")
     staged = await storage.adopt(str(source), move=True)
     assert staged.sha256 == hashlib.sha256(b"worker output").hexdigest()
-    final = Path(await staged.commit(storage.generated_key("task", ID, "out.txt")))
+    final = Path(await staged.commit(keys.generated_key("task", ID, "out.txt")))
     # Linked, not renamed: a crash now cannot lose the worker's file.
     assert source.read_text() == "worker output" and final.read_text() == "worker output"
     assert source.stat().st_ino == final.stat().st_ino
@@ -87,7 +89,7 @@ async def test_rollback_after_commit_keeps_the_source(tmp_path: Path) -> None:
     source = incoming / "out.txt"
     source.write_text("worker output")
     staged = await storage.adopt(str(source), move=True)
-    final = Path(await staged.commit(storage.generated_key("task", ID, "out.txt")))
+    final = Path(await staged.commit(keys.generated_key("task", ID, "out.txt")))
     await staged.rollback()
     assert source.read_text() == "worker output" and not final.exists()
     assert not final.parent.exists()  # the empty per-asset folder went too
@@ -128,7 +130,7 @@ async def test_a_source_that_vanishes_before_its_link_is_a_conflict(
     else:
         source.rename(incoming / "elsewhere.txt")
     with pytest.raises(Conflict, match="moved or removed while it was being adopted"):
-        await staged.commit(storage.generated_key("task", ID, "out.txt"))
+        await staged.commit(keys.generated_key("task", ID, "out.txt"))
     await staged.rollback()
     assert list(storage.intents.iterdir()) == [], "no journal entry is left"
     assert not (storage.generated / "task").exists() or not any(
@@ -146,7 +148,7 @@ async def test_recovery_settles_journaled_moves_by_their_record(tmp_path: Path) 
     for asset_id in ids:
         (incoming / asset_id).write_text(asset_id)
         staged = await storage.adopt(str(incoming / asset_id), move=True)
-        finals.append(Path(await staged.commit(storage.generated_key("t", asset_id, "f"))))
+        finals.append(Path(await staged.commit(keys.generated_key("t", asset_id, "f"))))
         staged.abandon()  # as if the process died here: no finish, no rollback
     await storage.close()  # leaves its staging (it holds journals) for the next process
 
@@ -170,7 +172,7 @@ async def test_recovery_never_removes_a_source_whose_final_is_not_its_own(tmp_pa
     await storage.open()
     (incoming / "s").write_text("source")
     staged = await storage.adopt(str(incoming / "s"), move=True)
-    final = Path(await staged.commit(storage.generated_key("t", ID, "f")))
+    final = Path(await staged.commit(keys.generated_key("t", ID, "f")))
     staged.abandon()
     await storage.close()
     final.unlink()
@@ -199,7 +201,7 @@ async def test_hardlinked_and_symlinked_sources_are_refused(tmp_path: Path) -> N
     allowed = LocalStorage(tmp_path / "root", imports=ImportRoots([incoming], allow_hardlinks=True))
     await allowed.open()
     staged = await allowed.adopt(str(incoming / "linked"), move=True)  # copied, not linked
-    final = Path(await staged.commit(allowed.generated_key("t", ID, "f")))
+    final = Path(await staged.commit(keys.generated_key("t", ID, "f")))
     await staged.finish()
     assert final.stat().st_ino != secret.stat().st_ino and secret.read_text() == "secret"
     await allowed.close()
@@ -211,7 +213,7 @@ async def test_reads_check_size_and_never_follow_symlinks(tmp_path: Path) -> Non
     writer = storage.new_writer()
     await writer.write(b"0123456789")
     await writer.seal()
-    path = Path(await writer.commit(storage.upload_key(ID, "x", datetime.now(UTC))))
+    path = Path(await writer.commit(keys.upload_key(ID, "x", datetime.now(UTC))))
     await writer.finish()
     chunks = await storage.read(str(path), 10, 0, 0, 4)
     assert b"".join([c async for c in chunks]) == b"0123456789"
@@ -226,17 +228,16 @@ async def test_reads_check_size_and_never_follow_symlinks(tmp_path: Path) -> Non
 
 
 async def test_keys_are_derived_never_raw(tmp_path: Path) -> None:
-    storage = LocalStorage(tmp_path)
     now = datetime(2026, 1, 2, tzinfo=UTC)
-    assert storage.upload_key(ID, "../../etc/passwd", now) == f"uploads/2026-01-02/{ID}/etc_passwd"
+    assert keys.upload_key(ID, "../../etc/passwd", now) == f"uploads/2026-01-02/{ID}/etc_passwd"
     with pytest.raises(InvalidArgument):
-        storage.generated_key("../x", ID, "a")
+        keys.generated_key("../x", ID, "a")
     with pytest.raises(InvalidArgument):
-        storage.key_parts("uploads/../../outside")
+        storage_keys.key_parts("uploads/../../outside")
     with pytest.raises(InvalidArgument):
-        storage.key_parts("tmp/x")
+        storage_keys.key_parts("tmp/x")
     with pytest.raises(InvalidArgument):
-        storage.upload_key("../" + ID, "a", now)
+        keys.upload_key("../" + ID, "a", now)
 
 
 @dataclass(frozen=True)
@@ -279,7 +280,7 @@ async def test_writer_hashes_and_fsyncs(tmp_path: Path, monkeypatch: pytest.Monk
     await writer.seal()
     sealed = list(syncs)
     assert writer.sha256 == hashlib.sha256(b"a" * 100 + b"b" * 200_000).hexdigest()
-    path = Path(await writer.commit(storage.upload_key(ID, "x.bin", datetime.now(UTC))))
+    path = Path(await writer.commit(keys.upload_key(ID, "x.bin", datetime.now(UTC))))
     committed = list(syncs)
     await writer.finish()
     await writer.rollback()  # after finish, a rollback must not remove committed bytes
@@ -308,7 +309,7 @@ async def test_adopted_bytes_are_fsynced_before_commit_returns(
     source.write_bytes(b"worker output, not fsynced by the worker" * 1000)
     syncs = record_syncs(monkeypatch)
     staged = await storage.adopt(str(source), move=move)
-    path = Path(await staged.commit(storage.generated_key("task", ID, "out.bin")))
+    path = Path(await staged.commit(keys.generated_key("task", ID, "out.bin")))
     committed = list(syncs)
     await staged.finish()
     file, folder = os.stat(path), os.stat(path.parent)
@@ -325,7 +326,7 @@ async def test_adopted_bytes_are_fsynced_before_commit_returns(
 async def test_commits_never_clobber_each_other(tmp_path: Path) -> None:
     storage = LocalStorage(tmp_path, orphan_grace_seconds=60)
     await storage.open()
-    key = storage.generated_key("task", ID, "out.bin")
+    key = keys.generated_key("task", ID, "out.bin")
     first, second = storage.new_writer(), storage.new_writer()
     for writer, data in ((first, b"first"), (second, b"second")):
         await writer.write(data)

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from asset_service.domain import keys
 from asset_service.domain.errors import IntegrityError
 from asset_service.domain.manager import AssetManager, Limits
 from asset_service.domain.models import UploadHeader, Value, ValueKind
@@ -215,7 +216,7 @@ async def test_check_many_answers_each_input_in_order_on_every_backend(
         writer = storage.new_writer()
         await writer.write(b"x" * (i + 1))
         await writer.seal()
-        key = storage.upload_key(f"5b0e4f0e-0000-4000-8000-00000000000{i}", "in.bin", NOW)
+        key = keys.upload_key(f"5b0e4f0e-0000-4000-8000-00000000000{i}", "in.bin", NOW)
         stored.append((await writer.commit(key), i + 1))
         await writer.finish()
     path, size = stored[1]
@@ -236,7 +237,7 @@ async def test_local_check_many_says_what_check_says_for_each_path(tmp_path: Pat
         await writer.write(b"y" * (i + 1))
         await writer.seal()
         day = datetime(2026, 1, 1 + i % 20, tzinfo=UTC)
-        key = storage.upload_key(f"5b0e4f0e-0000-4000-8000-{i:012d}", "in.bin", day)
+        key = keys.upload_key(f"5b0e4f0e-0000-4000-8000-{i:012d}", "in.bin", day)
         stored.append((await writer.commit(key), i + 1))
         await writer.finish()
     items = list(stored)

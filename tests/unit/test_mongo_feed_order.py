@@ -28,8 +28,7 @@ from asset_service.domain.models import (
     WatchEvent,
 )
 from asset_service.domain.replay import Replay
-from asset_service.domain.selectors import Selector, SelectorStream
-from asset_service.domain.watch import ChangeHub
+from asset_service.domain.watch import ChangeHub, Selector, SelectorStream
 from asset_service.store.mongo import ChangeFeed
 from tests.records import pending_record
 from tests.unit.fake_mongo import Server, install

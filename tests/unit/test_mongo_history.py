@@ -22,8 +22,7 @@ from pymongo.read_concern import ReadConcern
 from asset_service.domain.errors import HistoryGone
 from asset_service.domain.models import ChangeKind, WatchEvent
 from asset_service.domain.replay import Replay
-from asset_service.domain.selectors import Selector, SelectorStream
-from asset_service.domain.watch import ChangeHub
+from asset_service.domain.watch import ChangeHub, Selector, SelectorStream
 from asset_service.store.mongo import MongoStore
 from asset_service.store.mongo._documents import asset_to_doc
 from asset_service.store.mongo._tombstones import HORIZON_ID, tombstone_doc

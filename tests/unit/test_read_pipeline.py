@@ -11,6 +11,7 @@ import pytest
 
 from asset_service import allocator
 from asset_service._proto.asset.v1 import asset_service_pb2 as pb
+from asset_service.domain import keys
 from asset_service.domain.errors import IntegrityError
 from asset_service.storage.local import LocalStorage, _reads
 
@@ -28,7 +29,7 @@ async def stored(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Local
     writer = storage.new_writer()
     await writer.write(DATA)
     await writer.seal()
-    path = await writer.commit(storage.upload_key(ID, "d.bin", datetime.now(UTC)))
+    path = await writer.commit(keys.upload_key(ID, "d.bin", datetime.now(UTC)))
     await writer.finish()
     return storage, path
 

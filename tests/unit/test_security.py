@@ -11,13 +11,13 @@ import jwt
 import pytest
 
 from asset_service._proto.asset.v1 import asset_service_pb2 as pb
+from asset_service.api.guard import Guard, Refused
 from asset_service.cli import main
 from asset_service.config import load_settings
 from asset_service.domain.errors import FailedPrecondition, InvalidArgument, PermissionDenied
 from asset_service.security import RULES, Role, TaskAccess, TaskTokens, rule_for
 from asset_service.security.authn import Authenticator
 from asset_service.security.errors import Unauthenticated
-from asset_service.security.guard import Guard, Refused
 from asset_service.security.principal import Principal, TaskScope
 from asset_service.security.setup import Security, is_loopback
 from asset_service.security.tokens import hash_token, load_tokens

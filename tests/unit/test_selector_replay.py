@@ -25,7 +25,7 @@ from asset_service.domain.models import (
     WatchEvent,
 )
 from asset_service.domain.replay import Replay, merged
-from asset_service.domain.selectors import Selector
+from asset_service.domain.watch import Selector
 from asset_service.storage.memory import MemoryStorage
 from asset_service.store.memory import MemoryStore
 

@@ -23,7 +23,7 @@ from asset_service.domain.models import (
     ValueKind,
     WatchEvent,
 )
-from asset_service.domain.selectors import History, Selector
+from asset_service.domain.watch import History, Selector
 from asset_service.storage.memory import MemoryStorage
 from asset_service.store.memory import MemoryStore
 from tests.records import pending_record

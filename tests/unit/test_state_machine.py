@@ -45,7 +45,7 @@ from asset_service.domain.models import (
     ValueKind,
     new_asset_id,
 )
-from asset_service.domain.selectors import Selector
+from asset_service.domain.watch import Selector
 from asset_service.security.errors import Unauthenticated
 from asset_service.storage.local import LocalStorage
 from asset_service.storage.manifests import LocalManifests

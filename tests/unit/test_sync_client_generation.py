@@ -11,7 +11,16 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-from asset_client import AssetClient, AsyncAssetClient, AsyncLeaseKeeper, LeaseKeeper, aio, client
+from asset_client import (
+    AssetClient,
+    AsyncAssetClient,
+    AsyncLeaseKeeper,
+    LeaseKeeper,
+    _aio_streams,
+    _streams,
+    aio,
+    client,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -64,6 +73,23 @@ def test_both_clients_have_the_same_methods_and_parameters() -> None:
         assert not inspect.iscoroutinefunction(getattr(AssetClient, name)), name
 
 
+def test_both_streams_modules_have_the_same_functions_and_parameters() -> None:
+    def functions(module: ModuleType) -> dict[str, inspect.Signature]:
+        return {
+            name: inspect.signature(member)
+            for name, member in vars(module).items()
+            if inspect.isfunction(member) and member.__module__ == module.__name__
+        }
+
+    sync, asyncio_ = functions(_streams), functions(_aio_streams)
+    assert sorted(sync) == sorted(asyncio_)
+    assert {"upload", "watch_events", "follow", "wait_until_available"} <= set(sync)
+    for name in sync:
+        assert _shape(sync[name], None) == _shape(asyncio_[name], None), name
+        assert not inspect.iscoroutinefunction(getattr(_streams, name)), name
+        assert not inspect.isasyncgenfunction(getattr(_streams, name)), name
+
+
 def test_each_client_gets_its_own_lease_keeper() -> None:
     # An asyncio task for the asyncio client, a thread for the blocking one (NAMES picks it).
     assert inspect.signature(AssetClient.keep_lease).return_annotation == "LeaseKeeper"
@@ -82,13 +108,17 @@ def test_a_rule_that_no_longer_matches_stops_generation(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     gen = _generator()
+    streams = tmp_path / "_aio_streams.py"
+    streams.write_text(
+        gen.STREAMS_SOURCE.read_text().replace("async def _send_upload(", "async def _send_it(")
+    )
+    monkeypatch.setattr(gen, "STREAMS_SOURCE", streams)
+    with pytest.raises(SystemExit, match=r"_aio_streams\.py: _send_upload not found"):
+        gen.render_streams()
+
     source = tmp_path / "aio.py"
     text = gen.SOURCE.read_text()
-    source.write_text(text.replace("async def _send_upload(", "async def _send_it("))
     monkeypatch.setattr(gen, "SOURCE", source)
-    with pytest.raises(SystemExit, match=r"AsyncAssetClient\._send_upload not found"):
-        gen.render()
-
     source.write_text(text.replace("import grpc.aio\n", ""))
     with pytest.raises(SystemExit, match=r"import grpc\.aio"):
         gen.render()

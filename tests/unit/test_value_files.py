@@ -20,8 +20,10 @@ import pytest
 from asset_service.domain.manager import AssetManager, Limits
 from asset_service.domain.models import Asset, AssetType, Status, Value, ValueKind
 from asset_service.storage import manifests as manifests_module
+from asset_service.storage import value_files
 from asset_service.storage.local import LocalStorage
-from asset_service.storage.manifests import VALUE_TOUCH_SECONDS, LocalManifests, ValueFiles
+from asset_service.storage.manifests import LocalManifests
+from asset_service.storage.value_files import DRAFT_GRACE_SECONDS, VALUE_TOUCH_SECONDS, ValueFiles
 from asset_service.store.memory import MemoryStore
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -134,7 +136,7 @@ async def test_a_use_touches_an_old_file_and_the_sweep_keeps_it(
     assert Path(paths[a]).exists()
     assert not Path(paths[b]).exists(), "unused past the TTL"
     assert part.exists(), "a part is young: it may be being written"
-    old = time.time() - manifests_module.DRAFT_GRACE_SECONDS - 60
+    old = time.time() - DRAFT_GRACE_SECONDS - 60
     os.utime(part, (old, old))
     await manifests.sweep(ttl)
     assert not part.exists()
@@ -217,13 +219,13 @@ def test_place_holds_a_shared_lock_only(tmp_path: Path, monkeypatch: pytest.Monk
     values = ValueFiles(tmp_path / "values")
     values.open_sync()
     inside = threading.Barrier(2, timeout=5)
-    real = manifests_module._holds
+    real = value_files._holds
 
     def holds(folder: int, name: str, data: bytes, now: float) -> bool:
         inside.wait()  # raises BrokenBarrierError unless both are inside place() at once
         return real(folder, name, data, now)
 
-    monkeypatch.setattr(manifests_module, "_holds", holds)
+    monkeypatch.setattr(value_files, "_holds", holds)
     done: list[dict[str, str]] = []
     threads = [
         threading.Thread(

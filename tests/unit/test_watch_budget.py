@@ -19,13 +19,13 @@ from asset_service.domain.models import (
     Status,
     Value,
     ValueKind,
+    WatchEvent,
 )
 from asset_service.domain.reads import slim
 from asset_service.domain.watch import (
     EVENT_OVERHEAD_BYTES,
     ChangeHub,
     Subscription,
-    WatchEvent,
     WatchStream,
     change_cost,
 )

@@ -29,11 +29,11 @@ from asset_service.domain.ports import (
     StagedBlob,
 )
 from asset_service.domain.replay import DEFAULT_TOMBSTONE_TTL_SECONDS
-from asset_service.domain.selectors import DEFAULT_HISTORY_BYTES
 from asset_service.domain.uploads import DEFAULT_SESSION_TTL_SECONDS
 from asset_service.domain.watch import (
     DEFAULT_BUFFER_BYTES,
     DEFAULT_CATCH_UP_BATCH,
+    DEFAULT_HISTORY_BYTES,
     ChangeHub,
 )
 

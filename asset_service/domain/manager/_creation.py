@@ -8,7 +8,7 @@ from collections.abc import (
 )
 from dataclasses import dataclass
 
-from asset_service.domain import leases
+from asset_service.domain import keys, leases
 from asset_service.domain.commits import Handover
 from asset_service.domain.errors import (
     InvalidArgument,
@@ -75,10 +75,10 @@ class Creation(Transitions):
         """The asset id and storage key an upload's bytes will be committed at."""
         if plan.pending is not None:
             pending = plan.pending
-            key = self.storage.generated_key(pending.created_by_task, pending.id, pending.label)
+            key = keys.generated_key(pending.created_by_task, pending.id, pending.label)
             return pending.id, key
         asset_id = new_asset_id()
-        return asset_id, self.storage.upload_key(asset_id, plan.header.label, _base.now())
+        return asset_id, keys.upload_key(asset_id, plan.header.label, _base.now())
 
     async def _upload_plan(self, header: UploadHeader) -> UploadPlan:
         """The header checked: what the upload will make, and what it must verify."""
@@ -161,7 +161,7 @@ class Creation(Transitions):
         `asset_id` if given)."""
         blob = handover.blob
         asset_id, now = asset_id or new_asset_id(), _base.now()
-        key = key or self.storage.upload_key(asset_id, label, now)
+        key = key or keys.upload_key(asset_id, label, now)
 
         def record(path: str) -> Asset:
             return Asset(

@@ -56,10 +56,12 @@ from asset_service.domain.ports import (
 )
 from asset_service.domain.reads import READ_BATCH
 from asset_service.domain.scrub import Checked, Scrubber
-from asset_service.domain.selectors import Selector, SelectorStream, went_back
 from asset_service.domain.watch import (
     ChangeHub,
+    Selector,
+    SelectorStream,
     WatchStream,
+    went_back,
 )
 
 log = logging.getLogger(__name__)

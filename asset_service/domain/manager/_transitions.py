@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from asset_service.domain import leases
+from asset_service.domain import keys, leases
 from asset_service.domain.commits import Handover
 from asset_service.domain.errors import (
     AssetError,
@@ -184,7 +184,7 @@ class Transitions(Core):
         if current.status is Status.AVAILABLE and current.sha256 == blob.sha256:
             return current  # an identical retry: keep the first copy only (handover rolls back)
         self._check_fulfillable(current, AssetType.FILE, allow_done=False)
-        key = self.storage.generated_key(current.created_by_task, current.id, current.label)
+        key = keys.generated_key(current.created_by_task, current.id, current.label)
 
         def change(path: str) -> Fulfillment:
             return Fulfillment(

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from asset_service.domain.errors import AssetError, Conflict, NotFound, shown
 from asset_service.domain.models import BlockSums
 from asset_service.domain.ports import Chunk
-from asset_service.storage import fs
+from asset_service.storage import fs, keys
 from asset_service.storage.blocks import Digests, sums_of
 from asset_service.storage.sink import FileSink
 
@@ -67,7 +67,7 @@ class _Blob:
     async def commit(self, key: str) -> str:
         if self._opened_for is not None and key != self._opened_for:
             raise ValueError(f"a writer opened for {self._opened_for!r} cannot commit at {key!r}")
-        parts = self._storage.key_parts(key)
+        parts = keys.key_parts(key)
         await asyncio.to_thread(self._commit_sync, parts)
         return str(self._storage.root.joinpath(*parts))
 

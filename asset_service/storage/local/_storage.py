@@ -166,7 +166,7 @@ class LocalStorage:
             for journal in sorted(intents.glob("*.json")) if intents.is_dir() else ():
                 try:
                     intent = json.loads(journal.read_text())
-                    parts = self.key_parts(intent["final"])
+                    parts = keys.key_parts(intent["final"])
                     asset_id = parse_asset_id(parts[-2])
                 except (OSError, ValueError, KeyError, IndexError, AssetError) as exc:
                     # Journals are fsynced whole before anything is linked, so one that does
@@ -183,7 +183,7 @@ class LocalStorage:
 
     def _settle_sync(self, leftover: Leftover, committed: bool) -> None:
         intent = leftover.intent
-        parts = self.key_parts(intent["final"])
+        parts = keys.key_parts(intent["final"])
         try:
             folder = self.open_folder(parts[:-1])
         except (OSError, AssetError):
@@ -250,20 +250,11 @@ class LocalStorage:
 
     # --- keys and paths ---------------------------------------------------------------
 
-    def upload_key(self, asset_id: str, label: str, now: datetime) -> str:
-        return keys.upload_key(asset_id, label, now)
-
-    def generated_key(self, task_id: str, asset_id: str, label: str) -> str:
-        return keys.generated_key(task_id, asset_id, label)
-
-    def key_parts(self, key: str) -> tuple[str, ...]:
-        return keys.key_parts(key)
-
     def _parts_of(self, storage_path: str) -> tuple[str, ...]:
         path = Path(storage_path)
         if not path.is_absolute() or not path.is_relative_to(self.root):
             raise NotFound(f"{storage_path} is not a path in this storage")
-        return self.key_parts(str(path.relative_to(self.root)))
+        return keys.key_parts(str(path.relative_to(self.root)))
 
     def open_folder(self, parts: tuple[str, ...], create: bool = False) -> int:
         return fs.open_dir(self.root, parts, "/".join(parts), create, self._shared_dir)

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from asset_service.domain.errors import NotFound
 from asset_service.domain.models import BlockSums
 from asset_service.domain.ports import Chunk
+from asset_service.storage import keys
 from asset_service.storage.blocks import BlockSummer, sums_of
 from asset_service.storage.memory._state import PREFIX, MoveIntent, StagingArea, StoredBytes
 
@@ -41,7 +42,7 @@ class MemoryBlob:
 
     async def commit(self, key: str) -> str:
         storage = self._storage
-        storage.key_parts(key)
+        keys.key_parts(key)
         obj = StoredBytes(self._content(), storage.clock())
         storage.claim(key)
         source = self._source()

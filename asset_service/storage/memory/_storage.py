@@ -100,7 +100,7 @@ class MemoryStorage:
         for name, area in self._dead_areas():
             for journal, intent in list(area.journals.items()):
                 try:
-                    asset_id = parse_asset_id(self.key_parts(intent.final)[-2])
+                    asset_id = parse_asset_id(keys.key_parts(intent.final)[-2])
                 except (AssetError, IndexError) as exc:
                     log.error("dropping unreadable move journal %s/%s (%s)", name, journal, exc)
                     del area.journals[journal]
@@ -143,20 +143,11 @@ class MemoryStorage:
 
     # --- keys and paths ---------------------------------------------------------------
 
-    def upload_key(self, asset_id: str, label: str, now: datetime) -> str:
-        return keys.upload_key(asset_id, label, now)
-
-    def generated_key(self, task_id: str, asset_id: str, label: str) -> str:
-        return keys.generated_key(task_id, asset_id, label)
-
-    def key_parts(self, key: str) -> tuple[str, ...]:
-        return keys.key_parts(key)
-
     def _key_of(self, storage_path: str) -> str:
         if not storage_path.startswith(PREFIX):
             raise NotFound(f"{storage_path} is not a path in this storage")
         key = storage_path.removeprefix(PREFIX)
-        self.key_parts(key)
+        keys.key_parts(key)
         return key
 
     def claim(self, key: str) -> None:

@@ -170,12 +170,6 @@ class S3Storage:
 
     # --- keys and paths ---------------------------------------------------------------
 
-    def upload_key(self, asset_id: str, label: str, now: datetime) -> str:
-        return keys.upload_key(asset_id, label, now)
-
-    def generated_key(self, task_id: str, asset_id: str, label: str) -> str:
-        return keys.generated_key(task_id, asset_id, label)
-
     def object_key(self, key: str) -> str:
         return self.location.prefix + "/".join(keys.key_parts(key))
 

@@ -35,6 +35,7 @@ UNSET: Any = object()
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 DEFAULT_TIMEOUT = 30.0
+# The server's limit (asset_service/api/wire.py; tests/unit/test_edge.py checks they agree).
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 
 SERVICE = "asset.v1.AssetService"

@@ -10,22 +10,54 @@ import asyncio
 import logging
 import threading
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import grpc
 
 from asset_client.errors import AssetServiceError
 from asset_client.models import Asset, AssetStatus
 
-if TYPE_CHECKING:
-    from asset_client.aio import AsyncAssetClient
-    from asset_client.client import AssetClient
-
 log = logging.getLogger(__name__)
 
 MIN_EVERY = 0.05
 # Worth another try at the next tick; every other refusal is final.
 TRANSIENT = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+
+
+class AsyncLeaseCalls(Protocol):
+    """What an AsyncLeaseKeeper calls: AsyncAssetClient's (a protocol, so that this module
+    imports neither client)."""
+
+    @property
+    def timeout(self) -> float | None: ...
+
+    async def get(
+        self,
+        asset_id: str,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> Asset: ...
+
+    async def renew_lease(
+        self,
+        asset_id: str,
+        lease_seconds: int = 0,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> Asset: ...
+
+
+class LeaseCalls(Protocol):
+    """What a LeaseKeeper calls: AssetClient's."""
+
+    @property
+    def timeout(self) -> float | None: ...
+
+    def get(self, asset_id: str, *, timeout: float | None = None) -> Asset: ...
+
+    def renew_lease(
+        self, asset_id: str, lease_seconds: int = 0, *, timeout: float | None = None
+    ) -> Asset: ...
 
 
 class _Keeper:
@@ -102,7 +134,7 @@ class AsyncLeaseKeeper(_Keeper):
     seconds between them (None for a promise without a lease: nothing is renewed).
     """
 
-    def __init__(self, client: AsyncAssetClient, asset_id: str, every: float | None) -> None:
+    def __init__(self, client: AsyncLeaseCalls, asset_id: str, every: float | None) -> None:
         super().__init__(asset_id, every, client.timeout)
         self._client = client
         self._task: asyncio.Task[None] | None = None
@@ -157,7 +189,7 @@ class LeaseKeeper(_Keeper):
     seconds between them (None for a promise without a lease: nothing is renewed).
     """
 
-    def __init__(self, client: AssetClient, asset_id: str, every: float | None) -> None:
+    def __init__(self, client: LeaseCalls, asset_id: str, every: float | None) -> None:
         super().__init__(asset_id, every, client.timeout)
         self._client = client
         self._stop = threading.Event()

@@ -12,18 +12,14 @@ import json
 import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from asset_client._blobcache import LOCK_POLL_SECONDS, BlobCache
-from asset_client._core import ProgressCallback
+from asset_client._progress import ProgressCallback
 from asset_client.errors import AssetDeletedError, AssetFailedError, AssetStateError
 from asset_client.models import Asset, AssetType, Manifest, ValueKind
-
-if TYPE_CHECKING:
-    from asset_client.aio import AsyncAssetClient
-    from asset_client.client import AssetClient
 
 INDEX_NAME = "input_data.json"
 # The server's suffixes (GetManifest), so a module finds the same names either way.
@@ -61,6 +57,54 @@ def plain_config(config: Mapping[str, Any] | None) -> dict[str, Any]:
         raise ValueError(f"config_params{where}: a {type(value).__name__} is not JSON")
 
     return {str(k): plain(v, f"[{k!r}]") for k, v in config.items()}
+
+
+class AsyncMaterializerCalls(Protocol):
+    """What an AsyncMaterializer calls: AsyncAssetClient's (a protocol, so that this module
+    imports neither client)."""
+
+    async def wait_until_available(
+        self,
+        asset_ids: Iterable[str],
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> tuple[Asset, ...]: ...
+
+    async def batch_get(
+        self,
+        asset_ids: Iterable[str],
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> list[Asset]: ...
+
+    async def download(
+        self,
+        asset_id: str,
+        path: str | os.PathLike[str],
+        *,
+        progress: bool | ProgressCallback = True,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> Path: ...
+
+
+class MaterializerCalls(Protocol):
+    """What a Materializer calls: AssetClient's."""
+
+    def wait_until_available(
+        self, asset_ids: Iterable[str], timeout: float | None = None
+    ) -> tuple[Asset, ...]: ...
+
+    def batch_get(
+        self, asset_ids: Iterable[str], *, timeout: float | None = None
+    ) -> list[Asset]: ...
+
+    def download(
+        self,
+        asset_id: str,
+        path: str | os.PathLike[str],
+        *,
+        progress: bool | ProgressCallback = True,
+        timeout: float | None = None,
+    ) -> Path: ...
 
 
 class _Plan:
@@ -139,7 +183,7 @@ def _needs_value(asset: Asset) -> bool:
 class AsyncMaterializer:
     """Waits for the inputs, fetches FILE inputs into the cache, writes the manifest."""
 
-    def __init__(self, client: AsyncAssetClient, cache: BlobCache) -> None:
+    def __init__(self, client: AsyncMaterializerCalls, cache: BlobCache) -> None:
         self.client = client
         self.cache = cache
         # Bytes fetched from the server by this materializer, and inputs found cached.
@@ -204,7 +248,7 @@ class AsyncMaterializer:
 class Materializer:
     """The blocking AsyncMaterializer, for AssetClient."""
 
-    def __init__(self, client: AssetClient, cache: BlobCache) -> None:
+    def __init__(self, client: MaterializerCalls, cache: BlobCache) -> None:
         self.client = client
         self.cache = cache
         self.downloaded = 0

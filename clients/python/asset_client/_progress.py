@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from typing import TextIO
+
+# Called with (bytes sent so far, total) as an upload goes; never with a smaller first value.
+ProgressCallback = Callable[[int, int], None]
 
 _MIB = 1024 * 1024
 _WIDTH = 24

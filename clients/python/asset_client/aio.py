@@ -28,16 +28,13 @@ from typing import Any, TypeVar
 import grpc
 import grpc.aio
 
-from asset_client import _channel, _convert, _core, _reading, _selectors
+from asset_client import _aio_streams, _channel, _convert, _core, _reading, _selectors, _transfers
 from asset_client._blobcache import BlobCache
 from asset_client._convert import pb, pb_grpc
-from asset_client._core import ProgressCallback
 from asset_client._leases import AsyncLeaseKeeper
 from asset_client._materialize import AsyncMaterializer
+from asset_client._progress import ProgressCallback
 from asset_client.errors import (
-    DeadlineExceededError,
-    HistoryGoneError,
-    NotFoundError,
     from_rpc_error,
 )
 from asset_client.models import (
@@ -136,10 +133,9 @@ class AsyncAssetClient:
     async def _call(
         self, method: Callable[..., Awaitable[Resp]], request: Any, timeout: float | None
     ) -> Resp:
-        try:
-            return await method(request, timeout=self.timeout if timeout is None else timeout)
-        except grpc.RpcError as exc:
-            raise from_rpc_error(exc) from exc
+        return await _aio_streams.call(
+            method, request, self.timeout if timeout is None else timeout
+        )
 
     # -- creating assets -----------------------------------------------------------------
 
@@ -172,7 +168,7 @@ class AsyncAssetClient:
         (it checks its own copy; a declared sha256 alone is never trusted): a stream of
         one message, no chunk. If it stores none, the file is sent as usual.
         """
-        upload = _core.Upload(
+        upload = _transfers.Upload(
             path,
             label,
             media_type,
@@ -184,68 +180,7 @@ class AsyncAssetClient:
             attempts,
             reuse,
         )
-        await asyncio.to_thread(upload.open)
-        try:
-            if upload.reuse and (reused := await self._reuse_upload(upload, timeout)):
-                return upload.reused(reused)
-            while True:
-                try:
-                    response = await self._send_upload(upload, timeout)
-                    break
-                except grpc.RpcError as exc:
-                    delay = upload.retry_delay(exc)
-                    if delay is None:
-                        raise upload.failure(exc) from exc
-                    log.info("upload of %s cut (%s); resuming", upload.path, exc.code())
-                state = await self._resume_point(upload, delay)
-                if state is None:
-                    # Unknown to the server (the cut came before the header, or it
-                    # expired): start again from 0 under a new upload_id.
-                    upload.restart()
-                    await asyncio.to_thread(upload.resume_at, 0)
-                elif state.HasField("asset"):
-                    response = pb.UploadAssetResponse(asset=state.asset)
-                    break
-                else:
-                    await asyncio.to_thread(upload.resume_at, state.committed_bytes)
-        finally:
-            upload.close()
-        return upload.finish(response)
-
-    async def _reuse_upload(
-        self, upload: _core.Upload, timeout: float | None
-    ) -> pb.UploadAssetResponse | None:
-        """The server's answer to a stream asking it to reuse stored bytes, or None: then
-        the bytes are sent as usual.
-
-        Usually None means NOT_FOUND "no stored bytes"; also DATA_LOSS (its copy did not
-        hash as declared, or a server too old to know the field took 0 bytes) and
-        PERMISSION_DENIED (a task token may not ask). Any other failure is left to the
-        upload that follows, which reports it (or resumes after it) as it always does: the
-        question only saves bytes, it never fails an upload.
-        """
-        try:
-            return await self._stub.UploadAsset(upload.reuse_requests(), timeout=timeout)
-        except grpc.RpcError as exc:
-            log.debug("%s: not reused (%s: %s); sending it", upload.path, exc.code(), exc.details())
-            return None
-
-    async def _resume_point(
-        self, upload: _core.Upload, delay: float
-    ) -> pb.QueryUploadResponse | None:
-        """Where a cut upload resumes, asked once the server answers (within its attempts);
-        None if the server does not know the upload."""
-        while True:
-            await asyncio.sleep(delay)
-            try:
-                return await self._stub.QueryUpload(upload.query_request(), timeout=self.timeout)
-            except grpc.RpcError as exc:
-                if exc.code() == grpc.StatusCode.NOT_FOUND:
-                    return None
-                next_delay = upload.retry_delay(exc)
-                if next_delay is None:
-                    raise upload.failure(exc) from exc
-                delay = next_delay
+        return await _aio_streams.upload(self._stub, upload, timeout, self.timeout)
 
     async def query_upload(self, upload_id: str, *, timeout: float | None = None) -> UploadState:
         """How much of a resumable upload the server holds durably (and its asset once it
@@ -254,29 +189,6 @@ class AsyncAssetClient:
             self._stub.QueryUpload, pb.QueryUploadRequest(upload_id=upload_id), timeout
         )
         return _convert.upload_state_from_pb(response)
-
-    async def _send_upload(
-        self, upload: _core.Upload, timeout: float | None
-    ) -> pb.UploadAssetResponse:
-        """The header, then every chunk; stops writing once the server has answered."""
-        # No request iterator: writes are explicit, so they can stop at an early answer.
-        # (scripts/gen_sync_client.py gives the blocking client a request iterator instead.)
-        call = self._stub.UploadAsset(timeout=timeout)  # type: ignore[call-arg]
-        await call.write(upload.header_request())
-        while (request := await asyncio.to_thread(upload.next_request)) is not None:
-            # A server that refuses the upload (an unknown asset, a limit, a full disk)
-            # answers before the last chunk. Stop writing then; a write that fails
-            # because the stream just ended reports "INTERNAL: Internal error from Core"
-            # (grpc/grpc#36066), while awaiting the call yields the server's own status.
-            if call.done():
-                break
-            try:
-                await call.write(request)
-            except (asyncio.InvalidStateError, grpc.RpcError):
-                break
-        else:
-            await call.done_writing()
-        return await call
 
     async def register_file(
         self,
@@ -502,7 +414,7 @@ class AsyncAssetClient:
     ) -> Path:
         """Write an asset's bytes to `path` atomically (temp file, fsync, rename)."""
         asset = await self.get(asset_id, timeout=timeout)
-        with await asyncio.to_thread(_core.Download(path, asset, progress).open) as target:
+        with await asyncio.to_thread(_transfers.Download(path, asset, progress).open) as target:
             call = self._stub.ReadAsset(target.request(), timeout=timeout)
             try:
                 async for msg in call:
@@ -624,7 +536,7 @@ class AsyncAssetClient:
     ) -> AsyncGenerator[WatchEvent, None]:
         """Snapshot then every change, in order; resumes by itself after UNAVAILABLE."""
         cursor = _core.WatchCursor(asset_ids, after_revision, follow, timeout)
-        return self._watch_events(cursor)
+        return _aio_streams.watch_events(self._stub, cursor, self.timeout)
 
     def watch_selector(
         self,
@@ -653,32 +565,9 @@ class AsyncAssetClient:
         cursor = _selectors.SelectorCursor(
             status, type, tags, created_by_task, label, after_revision, timeout, key
         )
-        return self._watch_events(cursor)
+        return _aio_streams.watch_events(self._stub, cursor, self.timeout)
 
-    async def _watch_events(self, cursor: _core.Cursor) -> AsyncGenerator[WatchEvent, None]:
-        """A watch's events; re-opened after the last revision yielded when a stream that
-        delivered events is cut by UNAVAILABLE (gRPC retries one that delivered none)."""
-        while True:
-            try:
-                if (pin := cursor.pin_request()) is not None:
-                    page = await self._stub.ListAssets(
-                        pin, timeout=cursor.deadline.capped(self.timeout)
-                    )
-                    cursor.pin(page.revision)
-                call = self._stub.WatchAsset(cursor.request(), timeout=cursor.deadline.remaining())
-                try:
-                    async for msg in call:
-                        yield cursor.observe(msg)
-                finally:
-                    call.cancel()
-                return
-            except grpc.RpcError as exc:
-                err = from_rpc_error(exc)
-                if not cursor.resumes(err):
-                    raise err from exc
-                log.info("watch: resuming after revision %s (%s)", cursor.revision, err)
-
-    async def follow(
+    def follow(
         self,
         *,
         status: AssetStatus | None = None,
@@ -701,73 +590,12 @@ class AsyncAssetClient:
         status selection.
         `timeout` bounds the whole follow; each listing call has the client's default.
         """
-        tags = _convert.tags_list(tags)  # used for every listing and watch
-        deadline = _core.Deadline(timeout)
-        informer = _selectors.Informer(status)
-        while True:
-            informer.start_listing()
-            token = ""
-            while True:
-                page = await self.list_page(
-                    status=status,
-                    type=type,
-                    tags=tags,
-                    created_by_task=created_by_task,
-                    label=label,
-                    page_size=page_size,
-                    page_token=token,
-                    timeout=deadline.capped(self.timeout),
-                )
-                informer.page_read(page.revision)
-                for asset in page.assets:
-                    if (snapshot := informer.listed(asset)) is not None:
-                        yield snapshot
-                token = page.next_page_token
-                if not token:
-                    break
-            for asset_id in informer.unlisted():
-                try:
-                    current: Asset | None = await self.get(
-                        asset_id, timeout=deadline.capped(self.timeout)
-                    )
-                except NotFoundError:
-                    current = None
-                if (moved := informer.recheck(asset_id, current)) is not None:
-                    yield moved
-            changes = self.watch_selector(
-                status=status,
-                type=type,
-                tags=tags,
-                created_by_task=created_by_task,
-                label=label,
-                after_revision=informer.revision,
-                timeout=deadline.remaining(),
-            )
-            try:
-                async for change in changes:
-                    if (fresh := informer.watched(change)) is not None:
-                        yield fresh
-                return
-            except HistoryGoneError as exc:
-                log.info("follow: listing again (%s)", exc.details)
-            finally:
-                await changes.aclose()
+        return _aio_streams.follow(
+            self._stub, self.timeout, status, type, tags, created_by_task, label, page_size, timeout
+        )
 
     async def wait_until_available(
         self, asset_ids: Iterable[str], timeout: float | None = None
     ) -> tuple[Asset, ...]:
         """The assets once all are AVAILABLE; AssetFailedError/AssetDeletedError/TimeoutError."""
-        waiter = _core.Waiter(asset_ids, timeout)
-        if not waiter.asset_ids:
-            return ()
-        events = self.watch(waiter.asset_ids, timeout=timeout)
-        try:
-            async for event in events:
-                done = waiter.observe(event)
-                if done is not None:
-                    return done
-        except DeadlineExceededError as exc:
-            raise waiter.timed_out() from exc
-        finally:
-            await events.aclose()
-        raise waiter.ended()
+        return await _aio_streams.wait_until_available(self._stub, asset_ids, timeout, self.timeout)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import builtins
 import logging
 import os
-import time
 from collections.abc import (
     Callable,
     Generator,
@@ -23,16 +22,13 @@ from typing import Any, TypeVar, cast
 
 import grpc
 
-from asset_client import _channel, _convert, _core, _reading, _selectors
+from asset_client import _channel, _convert, _core, _reading, _selectors, _streams, _transfers
 from asset_client._blobcache import BlobCache
 from asset_client._convert import pb, pb_grpc
-from asset_client._core import ProgressCallback
 from asset_client._leases import LeaseKeeper
 from asset_client._materialize import Materializer
+from asset_client._progress import ProgressCallback
 from asset_client.errors import (
-    DeadlineExceededError,
-    HistoryGoneError,
-    NotFoundError,
     from_rpc_error,
 )
 from asset_client.models import (
@@ -128,10 +124,7 @@ class AssetClient:
         self.close()
 
     def _call(self, method: Callable[..., Resp], request: Any, timeout: float | None) -> Resp:
-        try:
-            return method(request, timeout=self.timeout if timeout is None else timeout)
-        except grpc.RpcError as exc:
-            raise from_rpc_error(exc) from exc
+        return _streams.call(method, request, self.timeout if timeout is None else timeout)
 
     # -- creating assets -----------------------------------------------------------------
 
@@ -164,7 +157,7 @@ class AssetClient:
         (it checks its own copy; a declared sha256 alone is never trusted): a stream of
         one message, no chunk. If it stores none, the file is sent as usual.
         """
-        upload = _core.Upload(
+        upload = _transfers.Upload(
             path,
             label,
             media_type,
@@ -176,66 +169,7 @@ class AssetClient:
             attempts,
             reuse,
         )
-        upload.open()
-        try:
-            if upload.reuse and (reused := self._reuse_upload(upload, timeout)):
-                return upload.reused(reused)
-            while True:
-                try:
-                    response = self._send_upload(upload, timeout)
-                    break
-                except grpc.RpcError as exc:
-                    delay = upload.retry_delay(exc)
-                    if delay is None:
-                        raise upload.failure(exc) from exc
-                    log.info("upload of %s cut (%s); resuming", upload.path, exc.code())
-                state = self._resume_point(upload, delay)
-                if state is None:
-                    # Unknown to the server (the cut came before the header, or it
-                    # expired): start again from 0 under a new upload_id.
-                    upload.restart()
-                    upload.resume_at(0)
-                elif state.HasField("asset"):
-                    response = pb.UploadAssetResponse(asset=state.asset)
-                    break
-                else:
-                    upload.resume_at(state.committed_bytes)
-        finally:
-            upload.close()
-        return upload.finish(response)
-
-    def _reuse_upload(
-        self, upload: _core.Upload, timeout: float | None
-    ) -> pb.UploadAssetResponse | None:
-        """The server's answer to a stream asking it to reuse stored bytes, or None: then
-        the bytes are sent as usual.
-
-        Usually None means NOT_FOUND "no stored bytes"; also DATA_LOSS (its copy did not
-        hash as declared, or a server too old to know the field took 0 bytes) and
-        PERMISSION_DENIED (a task token may not ask). Any other failure is left to the
-        upload that follows, which reports it (or resumes after it) as it always does: the
-        question only saves bytes, it never fails an upload.
-        """
-        try:
-            return self._stub.UploadAsset(upload.reuse_requests(), timeout=timeout)
-        except grpc.RpcError as exc:
-            log.debug("%s: not reused (%s: %s); sending it", upload.path, exc.code(), exc.details())
-            return None
-
-    def _resume_point(self, upload: _core.Upload, delay: float) -> pb.QueryUploadResponse | None:
-        """Where a cut upload resumes, asked once the server answers (within its attempts);
-        None if the server does not know the upload."""
-        while True:
-            time.sleep(delay)
-            try:
-                return self._stub.QueryUpload(upload.query_request(), timeout=self.timeout)
-            except grpc.RpcError as exc:
-                if exc.code() == grpc.StatusCode.NOT_FOUND:
-                    return None
-                next_delay = upload.retry_delay(exc)
-                if next_delay is None:
-                    raise upload.failure(exc) from exc
-                delay = next_delay
+        return _streams.upload(self._stub, upload, timeout, self.timeout)
 
     def query_upload(self, upload_id: str, *, timeout: float | None = None) -> UploadState:
         """How much of a resumable upload the server holds durably (and its asset once it
@@ -244,10 +178,6 @@ class AssetClient:
             self._stub.QueryUpload, pb.QueryUploadRequest(upload_id=upload_id), timeout
         )
         return _convert.upload_state_from_pb(response)
-
-    def _send_upload(self, upload: _core.Upload, timeout: float | None) -> pb.UploadAssetResponse:
-        """The header, then every chunk, from a request iterator grpc drains itself."""
-        return self._stub.UploadAsset(upload.requests(), timeout=timeout)
 
     def register_file(
         self,
@@ -473,7 +403,7 @@ class AssetClient:
     ) -> Path:
         """Write an asset's bytes to `path` atomically (temp file, fsync, rename)."""
         asset = self.get(asset_id, timeout=timeout)
-        with _core.Download(path, asset, progress).open() as target:
+        with _transfers.Download(path, asset, progress).open() as target:
             call = self._stub.ReadAsset(target.request(), timeout=timeout)
             try:
                 for msg in call:
@@ -595,7 +525,7 @@ class AssetClient:
     ) -> Generator[WatchEvent, None, None]:
         """Snapshot then every change, in order; resumes by itself after UNAVAILABLE."""
         cursor = _core.WatchCursor(asset_ids, after_revision, follow, timeout)
-        return self._watch_events(cursor)
+        return _streams.watch_events(self._stub, cursor, self.timeout)
 
     def watch_selector(
         self,
@@ -624,28 +554,7 @@ class AssetClient:
         cursor = _selectors.SelectorCursor(
             status, type, tags, created_by_task, label, after_revision, timeout, key
         )
-        return self._watch_events(cursor)
-
-    def _watch_events(self, cursor: _core.Cursor) -> Generator[WatchEvent, None, None]:
-        """A watch's events; re-opened after the last revision yielded when a stream that
-        delivered events is cut by UNAVAILABLE (gRPC retries one that delivered none)."""
-        while True:
-            try:
-                if (pin := cursor.pin_request()) is not None:
-                    page = self._stub.ListAssets(pin, timeout=cursor.deadline.capped(self.timeout))
-                    cursor.pin(page.revision)
-                call = self._stub.WatchAsset(cursor.request(), timeout=cursor.deadline.remaining())
-                try:
-                    for msg in call:
-                        yield cursor.observe(msg)
-                finally:
-                    cast(Any, call).cancel()
-                return
-            except grpc.RpcError as exc:
-                err = from_rpc_error(exc)
-                if not cursor.resumes(err):
-                    raise err from exc
-                log.info("watch: resuming after revision %s (%s)", cursor.revision, err)
+        return _streams.watch_events(self._stub, cursor, self.timeout)
 
     def follow(
         self,
@@ -670,73 +579,12 @@ class AssetClient:
         status selection.
         `timeout` bounds the whole follow; each listing call has the client's default.
         """
-        tags = _convert.tags_list(tags)  # used for every listing and watch
-        deadline = _core.Deadline(timeout)
-        informer = _selectors.Informer(status)
-        while True:
-            informer.start_listing()
-            token = ""
-            while True:
-                page = self.list_page(
-                    status=status,
-                    type=type,
-                    tags=tags,
-                    created_by_task=created_by_task,
-                    label=label,
-                    page_size=page_size,
-                    page_token=token,
-                    timeout=deadline.capped(self.timeout),
-                )
-                informer.page_read(page.revision)
-                for asset in page.assets:
-                    if (snapshot := informer.listed(asset)) is not None:
-                        yield snapshot
-                token = page.next_page_token
-                if not token:
-                    break
-            for asset_id in informer.unlisted():
-                try:
-                    current: Asset | None = self.get(
-                        asset_id, timeout=deadline.capped(self.timeout)
-                    )
-                except NotFoundError:
-                    current = None
-                if (moved := informer.recheck(asset_id, current)) is not None:
-                    yield moved
-            changes = self.watch_selector(
-                status=status,
-                type=type,
-                tags=tags,
-                created_by_task=created_by_task,
-                label=label,
-                after_revision=informer.revision,
-                timeout=deadline.remaining(),
-            )
-            try:
-                for change in changes:
-                    if (fresh := informer.watched(change)) is not None:
-                        yield fresh
-                return
-            except HistoryGoneError as exc:
-                log.info("follow: listing again (%s)", exc.details)
-            finally:
-                changes.close()
+        return _streams.follow(
+            self._stub, self.timeout, status, type, tags, created_by_task, label, page_size, timeout
+        )
 
     def wait_until_available(
         self, asset_ids: Iterable[str], timeout: float | None = None
     ) -> tuple[Asset, ...]:
         """The assets once all are AVAILABLE; AssetFailedError/AssetDeletedError/TimeoutError."""
-        waiter = _core.Waiter(asset_ids, timeout)
-        if not waiter.asset_ids:
-            return ()
-        events = self.watch(waiter.asset_ids, timeout=timeout)
-        try:
-            for event in events:
-                done = waiter.observe(event)
-                if done is not None:
-                    return done
-        except DeadlineExceededError as exc:
-            raise waiter.timed_out() from exc
-        finally:
-            events.close()
-        raise waiter.ended()
+        return _streams.wait_until_available(self._stub, asset_ids, timeout, self.timeout)

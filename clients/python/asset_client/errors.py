@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import cast
 
 import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
-from asset_client import _status
 from asset_client.models import Asset
-
-_STATUS_DETAILS_KEY = "grpc-status-details-bin"
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,15 +188,21 @@ ERRORS_BY_CODE: dict[grpc.StatusCode, type[AssetServiceError]] = {
 }
 
 
-def _violations(trailing: Iterable[Any] | None) -> tuple[Violation, ...]:
-    for key, value in trailing or ():
-        if key != _STATUS_DETAILS_KEY or not isinstance(value, bytes):
-            continue
-        try:
-            return tuple(Violation(*v) for v in _status.violations(value))
-        except Exception:  # malformed details must not hide the real error
-            return ()
-    return ()
+def _violations(exc: grpc.RpcError) -> tuple[Violation, ...]:
+    """The precondition violations in the call's rich status (grpc-status-details-bin)."""
+    try:
+        status = rpc_status.from_call(cast(grpc.Call, exc))  # grpc's errors are calls too
+        found: list[Violation] = []
+        for detail in status.details if status is not None else ():
+            if detail.Is(error_details_pb2.PreconditionFailure.DESCRIPTOR):
+                failure = error_details_pb2.PreconditionFailure()
+                detail.Unpack(failure)
+                found.extend(
+                    Violation(v.type, v.subject, v.description) for v in failure.violations
+                )
+        return tuple(found)
+    except Exception:  # no trailers, or malformed details: they must not hide the real error
+        return ()
 
 
 def from_rpc_error(exc: grpc.RpcError) -> AssetServiceError:
@@ -207,10 +211,5 @@ def from_rpc_error(exc: grpc.RpcError) -> AssetServiceError:
     code = code_fn() if callable(code_fn) else grpc.StatusCode.UNKNOWN
     details_fn = getattr(exc, "details", None)
     details = (details_fn() if callable(details_fn) else None) or str(exc)
-    trailing_fn = getattr(exc, "trailing_metadata", None)
-    try:
-        trailing = trailing_fn() if callable(trailing_fn) else None
-    except Exception:  # some call objects raise when no trailers arrived
-        trailing = None
     cls = ERRORS_BY_CODE.get(code, AssetServiceError)
-    return cls(details, code, _violations(trailing))
+    return cls(details, code, _violations(exc))

@@ -18,7 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError as exc:
         print(f"{INSTALL_HINT} ({exc.name} is missing)", file=sys.stderr)
         return 1
-    from asset_client.cli._app import run
+    from asset_client.cli._main import run
 
     return run(sys.argv[1:] if argv is None else argv)
 

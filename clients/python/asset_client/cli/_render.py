@@ -25,7 +25,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from asset_client._core import ProgressCallback
+from asset_client._progress import ProgressCallback
 from asset_client.models import Asset, Value, WatchEvent
 
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import click
 
-from asset_client._core import ProgressCallback
 from asset_client._leases import LeaseKeeper
+from asset_client._progress import ProgressCallback
 from asset_client.cli._supervise import Signals
 from asset_client.client import AssetClient
 from asset_client.errors import AssetServiceError, FailedPreconditionError

@@ -11,10 +11,7 @@ from typing import Any, NoReturn
 import grpc
 
 from asset_service.api.errors import status_code, status_message
-from asset_service.security import audit
-from asset_service.security.authn import Authenticator
-from asset_service.security.errors import Unauthenticated
-from asset_service.security.guard import (
+from asset_service.api.guard import (
     AssetLookup,
     Ctx,
     Guard,
@@ -22,6 +19,9 @@ from asset_service.security.guard import (
     audit_code,
     audit_subjects,
 )
+from asset_service.security import audit
+from asset_service.security.authn import Authenticator
+from asset_service.security.errors import Unauthenticated
 from asset_service.security.principal import (
     ANONYMOUS,
     Principal,
@@ -30,6 +30,20 @@ from asset_service.security.principal import (
     set_principal,
 )
 from asset_service.security.roles import REFLECTION_METHODS, rule_for
+from asset_service.security.setup import Security
+
+
+def security_interceptor(security: Security, assets: AssetLookup) -> SecurityInterceptor:
+    """The interceptor enforcing `security` (its settings, its reloadable files)."""
+    settings = security.settings
+    return SecurityInterceptor(
+        security.authenticator,
+        assets,
+        reflection_open=settings.reflection == "open" or not security.authenticated,
+        first_message_timeout=settings.upload_idle_timeout_seconds,
+        anonymous=security.anonymous,
+        import_roots=settings.import_roots,
+    )
 
 
 class SecurityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
