@@ -138,6 +138,8 @@ class Reuse(KnownBytes):
                 return await self._judge(latest)
             log.info("asset %s failed: its lease ran out (found by a get-or-create)", holder.id)
             return None
+        if holder.status is not Status.AVAILABLE:
+            return None  # any state to come that cannot serve (an expired asset, say)
         if holder.type is AssetType.VALUE:
             return KeyOutcome.HIT
         try:
