@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from asset_service.domain.retention import RULE_SYNTAX, ExpiryRule, parse_rule
 from asset_service.options import (
     ADDRESS,
     BOOL,
@@ -44,6 +45,7 @@ from asset_service.options import (
     parse_group,
     parse_size,
     setting,
+    show_duration,
     url,
 )
 
@@ -84,6 +86,35 @@ GROUPS = {
 INTERVAL = DURATION.where(lambda seconds: seconds > 0, "above 0")
 POSITIVE = COUNT.where(lambda n: n > 0, "above 0")
 POSITIVE_SIZE = SIZE.where(lambda n: n > 0, "above 0")
+
+
+def _expiry_rule(text: str) -> ExpiryRule:
+    try:
+        return parse_rule(text)
+    except ValueError as exc:
+        raise ArgumentTypeError(f"{text!r}: {exc}") from None
+
+
+EXPIRY_RULE = Kind(
+    "expiry rule",
+    _expiry_rule,
+    RULE_SYNTAX,
+    lambda r: ",".join(
+        [r.name]
+        + [
+            f"{k}={v}"
+            for k, v in (
+                ("status", r.status.value if r.status else ""),
+                ("type", r.type.value if r.type else ""),
+                ("tag", r.tag),
+                ("task", r.task),
+            )
+            if v
+        ]
+        + [show_duration(r.after)]
+    ),
+    "RULE",
+)
 RESERVE = SIZE.where(
     lambda n: n == 0 or n >= MIN_DISK_RESERVE,
     "0 or at least 1MiB",
@@ -252,12 +283,57 @@ class Settings:
         group="storage",
         flag="--orphan-grace",
     )
+    expiry_rules: tuple[ExpiryRule, ...] = setting(
+        Many.of(EXPIRY_RULE),
+        "",
+        "an operator's expiry default: assets matching every condition are removed (record and "
+        "bytes) this long after they reach their state (created AVAILABLE, fulfilled or "
+        "failed), once nothing holds them (a task with a PENDING promise naming them as input, "
+        "a manifest within --manifest-ttl, a hold); repeat for several, the first that matches "
+        f"wins; a client's TTL or SetExpiry is never replaced. Form: {RULE_SYNTAX}",
+        group="storage",
+        flag="--expiry-rule",
+        env="EXPIRY_RULES",
+    )
+    retention_check_interval_seconds: float = setting(
+        INTERVAL,
+        "10s",
+        "time between retention sweeps, which remove expired assets nothing holds (one server "
+        "sweeps at a time; each removal is one conditional delete, so an asset goes once) and "
+        "log a warning past --storage-warn-bytes",
+        group="storage",
+        flag="--retention-check-interval",
+    )
+    collect_interval_seconds: float = setting(
+        INTERVAL,
+        "10m",
+        "time between collections of what nothing needs: manifest folders past "
+        "--manifest-ttl, and stored files no record points at (a crash between bytes and "
+        "record) once older than --orphan-grace (by one server at a time); at most "
+        "--retention-sweep-limit of each kind per run, the rest at the next",
+        group="storage",
+        flag="--collect-interval",
+    )
+    retention_sweep_limit: int = setting(
+        POSITIVE,
+        "1000",
+        "expired assets one retention sweep removes at most, and manifest folders and orphan "
+        "files one collection removes at most (the rest wait for the next): bounds the work",
+        group="storage",
+    )
+    storage_warn_bytes: int = setting(
+        SIZE,
+        "0",
+        "warn (a log line each retention sweep, GetUsage over_threshold) when the assets hold "
+        "more than this many bytes, e.g. 800GiB; 0: never",
+        group="storage",
+    )
     manifest_ttl_seconds: float = setting(
         DURATION,
         "7d",
         "how long a GetManifest folder (input_data.json under tmp/manifests) is kept, and a "
         "VALUE input's shared file (tmp/values) once no manifest uses it; swept at start-up "
-        "and hourly; 0 keeps them forever",
+        "and every --collect-interval; 0 keeps them forever",
         group="storage",
         flag="--manifest-ttl",
     )

@@ -122,18 +122,6 @@ class RunningServer:
         await _bounded("metrics and traces to close", self.telemetry.close(), STOP_STEP_SECONDS)
 
 
-HOUSEKEEPING_INTERVAL = 3600.0
-
-
-async def _housekeeping(manager: AssetManager) -> None:
-    while True:
-        try:
-            await manager.sweep_manifests()
-        except (AssetError, OSError) as exc:
-            log.warning("manifest sweep failed: %s", exc)
-        await asyncio.sleep(HOUSEKEEPING_INTERVAL)
-
-
 SETTLE_INTERVAL = 5.0
 
 
@@ -149,6 +137,46 @@ async def _expire_leases(manager: AssetManager, interval: float, recorder: Recor
         except (AssetError, OSError) as exc:
             log.warning("lease sweep failed: %s", exc)
         await asyncio.sleep(interval)
+
+
+async def _expire_assets(manager: AssetManager, interval: float, recorder: Recorder) -> None:
+    """Remove expired assets nothing holds: the server process holding the store's
+    retention claim does; each removal is one conditional delete (one winner anyway)."""
+    hold = max(3 * interval, 3.0)
+    while True:
+        # After an interval, not at once: a server started to look (or restarted after a
+        # crash) does not remove anything in its first moments.
+        await asyncio.sleep(interval)
+        try:
+            if removed := await manager.expire_assets(hold):
+                recorder.assets_expired(removed)
+            await manager.warn_if_full()
+        except (AssetError, OSError) as exc:
+            log.warning("retention sweep failed: %s", exc)
+
+
+async def _collect(manager: AssetManager, interval: float, limit: int, recorder: Recorder) -> None:
+    """What nothing needs any more, a bounded number of each kind per run: manifest
+    folders past --manifest-ttl (every server: they may live on its own disk; at
+    start-up too), and stored files no record points at (one server at a time, by the
+    store's collection claim; start-up reconciled them all)."""
+    hold = max(3 * interval, 3.0)
+    first = True
+    while True:
+        if not first:
+            await asyncio.sleep(interval)
+        try:
+            if removed := await manager.sweep_manifests(limit):
+                recorder.reclaimed("manifest_folders", removed)
+        except (AssetError, OSError) as exc:
+            log.warning("manifest sweep failed: %s", exc)
+        if not first:
+            try:
+                if removed := await manager.collect_orphans(hold):
+                    recorder.reclaimed("orphan_files", removed)
+            except (AssetError, OSError) as exc:
+                log.warning("orphan collection failed: %s", exc)
+        first = False
 
 
 def _session_sweep_interval(settings: Settings) -> float:
@@ -306,6 +334,9 @@ async def start(
         watch_tombstone_ttl_seconds=settings.watch_tombstone_ttl_seconds,
         max_lease_seconds=settings.max_lease_seconds,
         upload_session_ttl_seconds=settings.upload_session_ttl_seconds,
+        expiry_rules=settings.expiry_rules,
+        retention_sweep_limit=settings.retention_sweep_limit,
+        storage_warn_bytes=settings.storage_warn_bytes,
     )
     manager = AssetManager(store, storage, limits, manifests)
     if telemetry.recorder.enabled:
@@ -362,13 +393,23 @@ async def start(
     await server.start()
     background = [
         asyncio.create_task(probes.run()),
-        asyncio.create_task(_housekeeping(manager)),
         asyncio.create_task(_settle_unknown_outcomes(manager)),
         asyncio.create_task(
             _expire_leases(manager, settings.lease_check_interval_seconds, telemetry.recorder)
         ),
         asyncio.create_task(
             _expire_upload_sessions(manager, _session_sweep_interval(settings), telemetry.recorder)
+        ),
+        asyncio.create_task(
+            _expire_assets(manager, settings.retention_check_interval_seconds, telemetry.recorder)
+        ),
+        asyncio.create_task(
+            _collect(
+                manager,
+                settings.collect_interval_seconds,
+                settings.retention_sweep_limit,
+                telemetry.recorder,
+            )
         ),
         asyncio.create_task(
             _sweep_tombstones(manager, _tenth(settings.watch_tombstone_ttl_seconds))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,6 +28,7 @@ from asset_service.domain.models import (
     validate_sha256,
 )
 from asset_service.domain.scrub import Checked, Outcome
+from asset_service.domain.usage import Usage
 from asset_service.domain.watch import Selector
 
 _STATUS_TO_PB = {
@@ -98,7 +100,43 @@ def asset_to_pb(asset: Asset) -> pb.Asset:
     _set_time(msg.update_time, asset.updated_at)
     if asset.lease_expires_at is not None:
         _set_time(msg.lease_expire_time, asset.lease_expires_at)
+    if asset.expires_at is not None:
+        _set_time(msg.expire_time, asset.expires_at)
+    if asset.expiry_rule:
+        msg.expiry_rule = asset.expiry_rule
+    if asset.retained_until is not None:
+        _set_time(msg.retain_until_time, asset.retained_until)
+    if asset.deletion_reason:
+        msg.deletion_reason = asset.deletion_reason
+    for hold in asset.holds:
+        held = msg.holds.add(
+            owner=hold.owner, kind=hold.kind.value, reason=hold.reason, placed_by=hold.placed_by
+        )
+        if hold.placed_at is not None:
+            _set_time(held.place_time, hold.placed_at)
     return msg
+
+
+def usage_to_pb(usage: Usage) -> pb.GetUsageResponse:
+    def by_status(parts: Mapping[Status, tuple[int, int]]) -> list[pb.StatusUsage]:
+        return [
+            pb.StatusUsage(status=_STATUS_TO_PB[status], count=count, bytes=size)
+            for status, (count, size) in sorted(parts.items(), key=lambda p: p[0].value)
+        ]
+
+    return pb.GetUsageResponse(
+        count=usage.count,
+        bytes=usage.bytes,
+        by_status=by_status(usage.by_status),
+        group=usage.group.value,
+        rows=[
+            pb.UsageRow(key=r.key, count=r.count, bytes=r.bytes, by_status=by_status(r.by_status))
+            for r in usage.rows
+        ],
+        more=usage.more,
+        warn_bytes=usage.warn_bytes,
+        over_threshold=usage.over_threshold,
+    )
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -164,6 +202,7 @@ def upload_header_from_pb(msg: pb.UploadHeader) -> UploadHeader:
         pending_asset_id=msg.pending_asset_id,
         upload_id=msg.upload_id,
         write_offset=msg.write_offset,
+        ttl_seconds=msg.ttl_seconds,
         reuse_stored_bytes=msg.reuse_stored_bytes,
     )
 

@@ -233,7 +233,7 @@ def audit_subjects(request: Any, response: Any) -> list[str]:
         if asset is not None and asset.id:
             found.append(asset.id)
     task = getattr(request, "task_id", "")
-    if isinstance(task, str) and task and hasattr(request, "ttl_seconds"):
+    if isinstance(task, str) and task and hasattr(request, "input_asset_ids"):  # MintTaskToken
         found.append(f"task={task}")
     return found
 

@@ -270,6 +270,7 @@ class AssetServicer(pb_grpc.AssetServiceServicer):
             list(request.tags),
             request.move,
             by=_caller(),
+            ttl_seconds=request.ttl_seconds,
         )
         return pb.RegisterFileResponse(asset=convert.asset_to_pb(asset))
 
@@ -283,6 +284,7 @@ class AssetServicer(pb_grpc.AssetServiceServicer):
             convert.value_from_pb(request.value),
             list(request.tags),
             by=_caller(),
+            ttl_seconds=request.ttl_seconds,
         )
         return pb.CreateValueAssetResponse(asset=convert.asset_to_pb(asset))
 
@@ -300,6 +302,7 @@ class AssetServicer(pb_grpc.AssetServiceServicer):
             list(request.tags),
             lease_seconds=request.lease_seconds,
             by=_caller(),
+            ttl_seconds=request.ttl_seconds,
         )
         return pb.CreatePendingAssetResponse(asset=convert.asset_to_pb(asset))
 
@@ -319,6 +322,7 @@ class AssetServicer(pb_grpc.AssetServiceServicer):
             list(promise.tags),
             lease_seconds=promise.lease_seconds,
             by=_caller(),
+            ttl_seconds=promise.ttl_seconds,
         )
         return pb.GetOrCreatePendingAssetResponse(
             asset=convert.asset_to_pb(answer.asset), outcome=convert.OUTCOME_TO_PB[answer.outcome]
@@ -517,8 +521,35 @@ class AssetServicer(pb_grpc.AssetServiceServicer):
     async def DeleteAsset(
         self, request: pb.DeleteAssetRequest, context: Ctx
     ) -> pb.DeleteAssetResponse:
-        asset = await self.manager.delete(request.asset_id, by=_caller())
+        # DeleteAsset is the admin's (security/roles.py): force is the admin's choice.
+        asset = await self.manager.delete(request.asset_id, by=_caller(), force=request.force)
         return pb.DeleteAssetResponse(asset=convert.asset_to_pb(asset))
+
+    @unary
+    async def SetExpiry(self, request: pb.SetExpiryRequest, context: Ctx) -> pb.SetExpiryResponse:
+        asset = await self.manager.set_expiry(
+            request.asset_id, request.ttl_seconds, clear=request.clear, by=_caller()
+        )
+        return pb.SetExpiryResponse(asset=convert.asset_to_pb(asset))
+
+    @unary
+    async def PlaceHold(self, request: pb.PlaceHoldRequest, context: Ctx) -> pb.PlaceHoldResponse:
+        asset = await self.manager.place_hold(
+            request.asset_id, request.owner, request.reason, by=_caller()
+        )
+        return pb.PlaceHoldResponse(asset=convert.asset_to_pb(asset))
+
+    @unary
+    async def ReleaseHold(
+        self, request: pb.ReleaseHoldRequest, context: Ctx
+    ) -> pb.ReleaseHoldResponse:
+        asset = await self.manager.release_hold(request.asset_id, request.owner)
+        return pb.ReleaseHoldResponse(asset=convert.asset_to_pb(asset))
+
+    @unary
+    async def GetUsage(self, request: pb.GetUsageRequest, context: Ctx) -> pb.GetUsageResponse:
+        usage = await self.manager.usage(request.group, list(request.keys), request.limit)
+        return convert.usage_to_pb(usage)
 
     @streaming
     async def ScrubAssets(
@@ -541,6 +572,10 @@ class AssetServicer(pb_grpc.AssetServiceServicer):
             request.task_id,
             list(request.input_asset_ids),
             request.ttl_seconds,
+        )
+        # Its inputs are held while the task has a PENDING promise (no expiry before).
+        await self.manager.hold_task_inputs(
+            request.task_id, list(request.input_asset_ids), _caller()
         )
         response = pb.MintTaskTokenResponse(token=minted.token)
         response.expires_at.FromDatetime(minted.expires_at)

@@ -26,6 +26,20 @@ class FailedPrecondition(AssetError):
     """The asset is not in the state the operation needs."""
 
 
+class Held(FailedPrecondition):
+    """Something still needs the asset: `holders` says what (explicit holds, tasks, a
+    manifest within its TTL), each as one short phrase."""
+
+    def __init__(self, asset_id: str, holders: Sequence[str]) -> None:
+        super().__init__(
+            f"asset {asset_id} is held by {len(holders)} holder(s): {shown_list(list(holders))}; "
+            "release the holds (ReleaseHold) or let the tasks finish, or delete it with force "
+            "(admin)"
+        )
+        self.asset_id = asset_id
+        self.holders = list(holders)
+
+
 class Conflict(AssetError):
     """A concurrent writer changed the asset first; re-read and retry if still relevant."""
 

@@ -14,11 +14,13 @@ store do not all race the same writes.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from asset_service.domain.errors import Conflict, InvalidArgument, NotFound
-from asset_service.domain.models import Asset, Failure, Status
+from asset_service.domain.models import Asset, Failure, RuleExpiry, Status
 from asset_service.domain.ports import MetadataStore
 
 log = logging.getLogger(__name__)
@@ -93,8 +95,10 @@ async def expire_due(
     batch: int = EXPIRY_BATCH,
     concurrency: int = EXPIRY_CONCURRENCY,
     pause: float = SWEEP_PAUSE,
+    rules: Callable[[Asset], RuleExpiry | None] | None = None,
 ) -> int:
     """Fail every PENDING asset whose lease ran out (by the store's clock); how many.
+    `rules`: the expiry operator rules give an asset that fails (issue 23).
 
     An asset renewed, fulfilled, failed or deleted since the query (here or by another
     process) is left as it is: the transition's condition decides. The expiries go
@@ -107,7 +111,10 @@ async def expire_due(
 
     async def expire(asset: Asset) -> int:
         try:
-            await store.transition(asset.id, Status.PENDING, expiry(asset), now)
+            change = expiry(asset)
+            if rules is not None and (given := rules(asset)) is not None:
+                change = dataclasses.replace(change, expiry=given)
+            await store.transition(asset.id, Status.PENDING, change, now)
         except (Conflict, NotFound):
             return 0
         log.info("asset %s failed: its lease ran out", asset.id)

@@ -57,6 +57,40 @@ class Value:
     data: bytes
 
 
+class HoldKind(enum.StrEnum):
+    """Why something holds an asset back from expiring."""
+
+    # PlaceHold: an owner and a reason, until ReleaseHold.
+    EXPLICIT = "EXPLICIT"
+    # MintTaskToken named it as an input of a task with PENDING promises: until the last
+    # of them is fulfilled, failed or deleted.
+    TASK = "TASK"
+
+
+@dataclass(frozen=True)
+class Hold:
+    """One thing that still needs an asset: no expiry (and no DeleteAsset without force)
+    while it holds. Kept with the asset; placing or releasing one is not a change of the
+    asset (no revision, no watch event), like a lease renewal."""
+
+    owner: str
+    kind: HoldKind = HoldKind.EXPLICIT
+    reason: str = ""
+    placed_at: datetime | None = None
+    placed_by: str = ""
+
+    def describe(self) -> str:
+        why = f" ({self.reason})" if self.reason else ""
+        return f"{self.owner}{why}"
+
+
+# Expiries a client chose (CreateX ttl_seconds, SetExpiry): operator rules never replace
+# them. Any other non-empty expiry_rule names the operator's rule that set the expiry.
+EXPIRY_TTL = "ttl"
+EXPIRY_NEVER = "never"
+EXPLICIT_EXPIRIES = frozenset({EXPIRY_TTL, EXPIRY_NEVER})
+
+
 # Stored bytes are checked in blocks of this many bytes (the last one may be shorter):
 # ReadAsset's chunk size, so a whole read checks each block as it sends it, and a ranged
 # read reads at most one block more on each side than it sends.
@@ -140,6 +174,18 @@ class Asset:
     # Why its stored bytes are known to be corrupt ("" while they are not): reads and
     # manifests then answer DATA_LOSS.
     corrupt_reason: str = ""
+    # When it expires (None: never) and what set that: EXPIRY_TTL (a client's TTL), the
+    # name of an operator's rule, EXPIRY_NEVER (a client cleared it), "" (nothing did).
+    # A PENDING asset never expires, nor a held one (domain/retention.py).
+    expires_at: datetime | None = None
+    expiry_rule: str = ""
+    # What still needs it (explicit holds, tasks): shown by reads, never in watch events
+    # (a hold is not a change of the asset).
+    holds: tuple[Hold, ...] = ()
+    # A manifest that lists it is kept until then (--manifest-ttl): no expiry before.
+    retained_until: datetime | None = None
+    # On a deleted asset's last state (DELETED events, tombstones): why it went.
+    deletion_reason: str = ""
     # The get-or-create key the orchestrator chose for it ("" for none): kept for good,
     # for listing and watching by key. Which record a key leads to is the store's to keep
     # (MetadataStore.key_holder): one at a time, whatever this field says.
@@ -159,6 +205,17 @@ class Fulfillment:
     # The principal fulfilling it (kept as the record's updated_by).
     by: str = ""
     block_sums: BlockSums | None = None
+    expiry: RuleExpiry | None = None
+
+
+@dataclass(frozen=True)
+class RuleExpiry:
+    """The expiry operator rules give an asset in its new state (at None: none). A
+    transition carrying one applies only while no client chose the expiry (the store
+    checks: EXPLICIT_EXPIRIES), so a rule never replaces a TTL set meanwhile."""
+
+    at: datetime | None
+    rule: str = ""
 
 
 @dataclass(frozen=True)
@@ -171,6 +228,7 @@ class Failure:
     # Only if the asset's lease has run out by the transition's `now` (a renewal that
     # landed first wins): how a lease expiry fails an asset.
     lease_ran_out: bool = False
+    expiry: RuleExpiry | None = None
 
 
 @dataclass(frozen=True)
@@ -182,9 +240,39 @@ class Corruption:
     by: str = ""
 
 
-# A conditional change of an asset: PENDING ones, or (Corruption) AVAILABLE ones. A lease
-# renewal is none: it writes the lease's own record, not the asset (MetadataStore.renew_lease).
-Transition = Fulfillment | Failure | Corruption
+@dataclass(frozen=True)
+class ExpiryChange:
+    """What SetExpiry writes, on an asset of any status (`expected`: the one it was read
+    in): an expiry a client chose (EXPIRY_TTL, or EXPIRY_NEVER with `at` None), which
+    operator rules never replace."""
+
+    at: datetime | None
+    rule: str
+    by: str = ""
+
+
+# A conditional change of an asset: PENDING ones, (Corruption) AVAILABLE ones, or
+# (ExpiryChange) one in the status it was read in. A lease renewal is none: it writes the
+# lease's own record, not the asset (MetadataStore.renew_lease); nor is a hold.
+Transition = Fulfillment | Failure | Corruption | ExpiryChange
+
+
+@dataclass(frozen=True)
+class Removal:
+    """What a delete requires and records (MetadataStore.delete).
+
+    `reason` becomes the last state's deletion_reason (DELETED events, tombstones).
+    `unheld`: refuse (Held, naming the holders) while a hold keeps the asset (an explicit
+    one, or a task's with a PENDING promise naming it as input): DeleteAsset without force.
+    `expired`: only if it has expired by `now` (expires_at <= now), is not PENDING
+    (Conflict otherwise) and nothing holds it, a manifest within its TTL included
+    (retained_until > now): the expiry's one conditional write.
+    """
+
+    reason: str = ""
+    unheld: bool = False
+    expired: bool = False
+    now: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -256,6 +344,8 @@ class UploadHeader:
     # A resumable upload's id (domain/uploads.py) and where this stream starts in the file.
     upload_id: str = ""
     write_offset: int = 0
+    # The new asset expires this long after its creation (0: by the operator's rules).
+    ttl_seconds: int = 0
     # Make the asset from stored bytes of the declared size and sha256, sending none.
     reuse_stored_bytes: bool = False
 
@@ -279,7 +369,9 @@ def approx_bytes(asset: Asset) -> int:
     size = RECORD_OVERHEAD_BYTES + len(asset.label) + len(asset.failure_reason)
     size += len(asset.created_by) + len(asset.updated_by)
     size += len(asset.media_type) + len(asset.storage_path) + len(asset.fulfilled_from)
-    size += len(asset.corrupt_reason) + len(asset.key)
+    size += len(asset.corrupt_reason) + len(asset.expiry_rule) + len(asset.deletion_reason)
+    size += sum(len(h.owner) + len(h.reason) + len(h.placed_by) + 64 for h in asset.holds)
+    size += len(asset.key)
     size += sum(len(tag) for tag in asset.tags)
     if asset.value is not None:
         size += len(asset.value.data)

@@ -13,15 +13,17 @@ from asset_service.domain.models import (
     BlockSums,
     Change,
     Page,
+    Removal,
     Resync,
     Status,
     Transition,
 )
 from asset_service.domain.replay import Replay
+from asset_service.domain.retention._ports import RetentionStore
 from asset_service.domain.uploads import UploadSession
 
 
-class MetadataStore(Protocol):
+class MetadataStore(RetentionStore, Protocol):
     """Asset records. Every write assigns the next revision of one store-wide counter.
 
     Implementations: store/sqlite/ (embedded default), store/mongo/ (production).
@@ -145,6 +147,9 @@ class MetadataStore(Protocol):
         while the asset has no lease or its lease has not run out (else LeaseRanOut); a
         Failure with lease_ran_out only once it has. A transition out of PENDING ends the
         lease in the same atomic write: its record goes, and the asset keeps its last end.
+        A change carrying a RuleExpiry (an operator rule's) applies only while the asset's
+        expiry_rule is not one of EXPLICIT_EXPIRIES (Conflict otherwise): a rule never
+        replaces what a client set meanwhile.
         Raise NotFound if the asset is gone, Conflict (naming the current status, or the
         lease) if another writer got there first.
         """
@@ -172,19 +177,26 @@ class MetadataStore(Protocol):
         or the database's), earliest first, without inline values (a PENDING asset has
         none)."""
 
-    async def claim_sweep(self, holder: str, seconds: float, now: datetime) -> bool:
-        """Whether `holder` may sweep expired leases now: it holds the one sweep claim of
-        the store for `seconds` more (0: gives it up) if the claim is free, ran out, or
-        is already its own. One sweeper at a time: servers sharing a store do not all
-        race the same conditional writes."""
+    async def claim_sweep(
+        self, holder: str, seconds: float, now: datetime, name: str = "lease"
+    ) -> bool:
+        """Whether `holder` may run the sweep `name` now ("lease": expired leases,
+        "retention": expired assets): it holds that sweep's one claim in the store for
+        `seconds` more (0: gives it up) if the claim is free, ran out, or is already its
+        own. One sweeper at a time: servers sharing a store do not all race the same
+        conditional writes."""
 
-    async def delete(self, asset_id: str, by: str = "") -> Asset | None:
-        """Remove the record (and its lease's); return its last state (with a new
-        revision) or None.
+    async def delete(
+        self, asset_id: str, by: str = "", removal: Removal | None = None
+    ) -> Asset | None:
+        """Remove the record (and its lease's and holds); return its last state (with a
+        new revision, removal.reason as its deletion_reason) or None.
 
         The last state names `by` as its updated_by: a DELETE change says who deleted.
         In the same transaction, keep tombstone(last state) with the time of deletion
-        (the store's clock) for changes_since, until sweep_tombstones removes it.
+        (the store's clock) for changes_since, until sweep_tombstones removes it. With
+        `removal`, only if its conditions hold (Held, or Conflict for an expiry that is
+        not due), checked in that same atomic write.
         """
 
     def changes(self) -> AsyncIterator[Change | Resync]:
@@ -423,5 +435,5 @@ class ManifestStore(Protocol):
 
     async def create(self) -> ManifestDraft: ...
 
-    async def sweep(self, older_than_seconds: float) -> int:
-        """Remove manifests older than that; return how many."""
+    async def sweep(self, older_than_seconds: float, limit: int = 0) -> int:
+        """Remove manifests older than that, at most `limit` (0: all); return how many."""

@@ -33,8 +33,9 @@ async def recover(store: MetadataStore, storage: BlobStorage) -> int:
     return len(leftovers)
 
 
-async def reconcile(store: MetadataStore, storage: BlobStorage) -> int:
-    """Remove stored bytes that no record points at (left by a crash mid-commit)."""
+async def reconcile(store: MetadataStore, storage: BlobStorage, limit: int = 0) -> int:
+    """Remove stored bytes that no record points at (left by a crash mid-commit); at most
+    `limit` files (0: all), the rest left for the next call."""
     removed = 0
     batch: list[tuple[str, str]] = []
 
@@ -50,12 +51,21 @@ async def reconcile(store: MetadataStore, storage: BlobStorage) -> int:
         batch.clear()
         return count
 
-    async for asset_id, path in storage.orphans():
-        batch.append((asset_id, path))
-        if len(batch) >= ORPHAN_BATCH:
+    def budget() -> int:
+        return min(ORPHAN_BATCH, limit - removed) if limit else ORPHAN_BATCH
+
+    candidates = storage.orphans()
+    try:
+        async for asset_id, path in candidates:
+            batch.append((asset_id, path))
+            if len(batch) >= budget():
+                removed += await flush()
+                if limit and removed >= limit:
+                    break
+        if batch:
             removed += await flush()
-    if batch:
-        removed += await flush()
+    finally:
+        await candidates.aclose()  # type: ignore[attr-defined]
     if removed:
         log.info("reconcile removed %d orphan file(s)", removed)
     return removed

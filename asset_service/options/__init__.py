@@ -21,6 +21,7 @@ from asset_service.options._kinds import (
     parse_duration,
     parse_group,
     parse_size,
+    show_duration,
     url,
 )
 from asset_service.options._render import BEGIN, END, describe, markdown, replace_block
@@ -67,5 +68,6 @@ __all__ = [
     "parse_size",
     "replace_block",
     "setting",
+    "show_duration",
     "url",
 ]

@@ -51,6 +51,7 @@ _HEADER = (
     # a task token resumes only the uploads its task started.
     "upload_id",
     "write_offset",
+    "ttl_seconds",
     # Not reuse_stored_bytes: with it a task could copy into its own output (and read)
     # any stored bytes whose sha256 it knows, not only its inputs.
 )
@@ -94,6 +95,11 @@ RULES: dict[str, Rule] = {
     _S + "RegisterFile": Rule(Role.ORCHESTRATOR, audited=True),
     _S + "MintTaskToken": Rule(Role.ORCHESTRATOR, audited=True),
     _S + "DeleteAsset": Rule(Role.ADMIN, audited=True),
+    # Retention (issue 23): what decides how long an asset lives.
+    _S + "SetExpiry": Rule(Role.ORCHESTRATOR, audited=True),
+    _S + "PlaceHold": Rule(Role.ORCHESTRATOR, audited=True),
+    _S + "ReleaseHold": Rule(Role.ORCHESTRATOR, audited=True),
+    _S + "GetUsage": Rule(Role.READER),
     # Reads stored bytes at the caller's rate and may mark assets corrupt.
     _S + "ScrubAssets": Rule(Role.ADMIN, audited=True),
     # With --reflection open the interceptor lets them through without credentials.

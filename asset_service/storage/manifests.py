@@ -216,17 +216,18 @@ class LocalManifests:
             raise
         return _Draft(folder, self.cache, self.values, self.modes)
 
-    async def sweep(self, older_than_seconds: float) -> int:
+    async def sweep(self, older_than_seconds: float, limit: int = 0) -> int:
         """Remove manifest folders older than that, and drafts (folders without
-        input_data.json, left by a crash) past DRAFT_GRACE_SECONDS; return how many.
-        VALUE files no manifest used for that long go too."""
-        removed = await asyncio.to_thread(self._sweep_sync, older_than_seconds)
+        input_data.json, left by a crash) past DRAFT_GRACE_SECONDS, at most `limit`
+        folders (0: all); return how many. VALUE files no manifest used for that long go
+        too."""
+        removed = await asyncio.to_thread(self._sweep_sync, older_than_seconds, limit)
         values = await asyncio.to_thread(self.values.sweep_sync, older_than_seconds)
         if values:
             log.info("removed %d shared VALUE file(s) unused for %gs", values, older_than_seconds)
         return removed
 
-    def _sweep_sync(self, older_than_seconds: float) -> int:
+    def _sweep_sync(self, older_than_seconds: float, limit: int = 0) -> int:
         now = time.time()
         cutoff = now - older_than_seconds
         draft_cutoff = now - min(older_than_seconds, DRAFT_GRACE_SECONDS)
@@ -241,6 +242,8 @@ class LocalManifests:
                     if mtime < cutoff or (draft and mtime < draft_cutoff):
                         shutil.rmtree(folder)
                         removed += 1
+                        if limit and removed >= limit:
+                            break
                 except OSError as exc:
                     log.warning("could not remove %s: %s", folder, exc)
         return removed

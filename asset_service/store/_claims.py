@@ -1,4 +1,4 @@
-"""The lease sweep's claim in a store that one process owns (memory, SQLite)."""
+"""The sweeps' claims in a store that one process owns (memory, SQLite)."""
 
 from __future__ import annotations
 
@@ -18,3 +18,13 @@ class LocalSweepClaim:
             return False
         self._holder = (holder, now + timedelta(seconds=seconds))
         return True
+
+
+class LocalSweepClaims:
+    """One LocalSweepClaim per sweep name ("lease", "retention")."""
+
+    def __init__(self) -> None:
+        self._claims: dict[str, LocalSweepClaim] = {}
+
+    def claim(self, holder: str, seconds: float, now: datetime, name: str = "lease") -> bool:
+        return self._claims.setdefault(name, LocalSweepClaim()).claim(holder, seconds, now)

@@ -9,8 +9,10 @@ from typing import Any, Literal
 from asset_service.domain.errors import Conflict, LeaseRanOut
 from asset_service.domain.models import (
     BlockSums,
+    ExpiryChange,
     Failure,
     Fulfillment,
+    RuleExpiry,
     Status,
     Transition,
 )
@@ -28,6 +30,8 @@ def transition_fields(
     value_column: str,
     timestamp: Callable[[datetime], Any],
     sums: Callable[[BlockSums | None], Any] = encoded_sums,
+    expiry_column: str = "expires_at",
+    expiry: Callable[[datetime], Any] | None = None,
 ) -> dict[str, Any]:
     """Field name -> new value for the record a transition changes (revision excepted).
 
@@ -54,11 +58,26 @@ def transition_fields(
             sets["media_type"] = change.media_type
     elif isinstance(change, Failure):
         sets = {"status": Status.FAILED.value, "failure_reason": change.reason}
+    elif isinstance(change, ExpiryChange):
+        sets = {}
     else:
         sets = {"corrupt_reason": change.reason}
+    chosen = change if isinstance(change, ExpiryChange) else rule_expiry(change)
+    if chosen is not None:
+        convert = expiry or timestamp
+        sets[expiry_column] = convert(chosen.at) if chosen.at is not None else None
+        sets["expiry_rule"] = chosen.rule
     sets["updated_at"] = timestamp(now)
     sets["updated_by"] = change.by
     return sets
+
+
+def rule_expiry(change: Transition) -> RuleExpiry | None:
+    """The expiry operator rules give with this change, if any: it applies only while the
+    asset's expiry is not one a client chose (the store checks EXPLICIT_EXPIRIES)."""
+    if isinstance(change, Fulfillment | Failure):
+        return change.expiry
+    return None
 
 
 # How the lease's end must compare with the store's clock for a transition to apply.

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import collections
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 
 import grpc
@@ -178,6 +178,18 @@ class Metrics:
             "Unfinished resumable uploads removed by this server's sweep past their TTL.",
             registry=r,
         )
+        self.assets_expired = Counter(
+            "asset_service_assets_expired",
+            "Expired assets removed by this server's retention sweep, by deletion reason.",
+            ("reason",),
+            registry=r,
+        )
+        self.reclaimed = Counter(
+            "asset_service_reclaimed",
+            "Items this server's collections removed, by kind (orphan_files).",
+            ("kind",),
+            registry=r,
+        )
         self.build = Info("asset_service_build", "The running build.", registry=r)
 
     def method(self, service: str, name: str, grpc_type: str) -> MethodMetrics:
@@ -301,6 +313,13 @@ class MetricsRecorder(Recorder):
 
     def upload_sessions_expired(self, count: int) -> None:
         self.metrics.sessions_expired.inc(count)
+
+    def reclaimed(self, kind: str, count: int) -> None:
+        self.metrics.reclaimed.labels(kind).inc(count)
+
+    def assets_expired(self, by_reason: Mapping[str, int]) -> None:
+        for reason, count in by_reason.items():
+            self.metrics.assets_expired.labels(reason).inc(count)
 
     def group_commit(self, store: str, writes: int) -> None:
         self.metrics.group_commit.labels(store).observe(writes)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from asset_service.domain.models import Change, WatchEvent
 
 
@@ -36,6 +38,12 @@ class Recorder:
 
     def upload_sessions_expired(self, count: int) -> None:
         """The session sweep removed `count` unfinished resumable uploads past their TTL."""
+
+    def assets_expired(self, by_reason: Mapping[str, int]) -> None:
+        """The retention sweep removed expired assets: how many, by deletion reason."""
+
+    def reclaimed(self, kind: str, count: int) -> None:
+        """A collection removed `count` items of `kind` ("orphan_files")."""
 
     def group_commit(self, store: str, writes: int) -> None:
         """`store`'s writer ran one transaction of `writes` grouped writes (any thread)."""

@@ -150,6 +150,14 @@ async def _value(env: Env) -> None:
     env.target_id = made.asset.id
 
 
+async def _held(env: Env) -> None:
+    await _value(env)
+    await env.admin.PlaceHold(
+        pb.PlaceHoldRequest(asset_id=env.target_id, owner="table", reason="kept"),
+        metadata=bearer(token_for("admin")),
+    )
+
+
 async def _file(env: Env) -> None:
     path = env.import_root / f"f-{time.monotonic_ns()}.txt"
     path.write_text("adopt me")
@@ -278,10 +286,40 @@ CALLS: dict[str, tuple[Prepare, Call]] = {
             s.ScrubAssets(pb.ScrubAssetsRequest(asset_ids=[e.value_id]), metadata=md)
         ),
     ),
+    "SetExpiry": (
+        _value,
+        lambda s, md, e: s.SetExpiry(
+            pb.SetExpiryRequest(asset_id=e.target_id, ttl_seconds=3600), metadata=md
+        ),
+    ),
+    "PlaceHold": (
+        _value,
+        lambda s, md, e: s.PlaceHold(
+            pb.PlaceHoldRequest(asset_id=e.target_id, owner="o", reason="r"), metadata=md
+        ),
+    ),
+    "ReleaseHold": (
+        _held,
+        lambda s, md, e: s.ReleaseHold(
+            pb.ReleaseHoldRequest(asset_id=e.target_id, owner="table"), metadata=md
+        ),
+    ),
+    "GetUsage": (
+        _nothing,
+        lambda s, md, e: s.GetUsage(pb.GetUsageRequest(group="tag"), metadata=md),
+    ),
 }
 
 # The table, written out independently of the server's RULES.
-READER_RPCS = {"GetAsset", "BatchGetAssets", "ListAssets", "WatchAsset", "ReadAsset", "GetManifest"}
+READER_RPCS = {
+    "GetAsset",
+    "BatchGetAssets",
+    "ListAssets",
+    "WatchAsset",
+    "ReadAsset",
+    "GetManifest",
+    "GetUsage",
+}
 WORKER_RPCS = READER_RPCS | {
     "UploadAsset",
     "QueryUpload",
@@ -295,6 +333,9 @@ ORCHESTRATOR_RPCS = WORKER_RPCS | {
     "CreateValueAsset",
     "RegisterFile",
     "MintTaskToken",
+    "SetExpiry",
+    "PlaceHold",
+    "ReleaseHold",
 }
 ALLOWED = {
     "reader": READER_RPCS,

@@ -99,6 +99,19 @@ def test_show_prints_the_record_as_text_or_json(server: ServerProcess, client: A
     assert any(line.split() == ["status", "AVAILABLE"] for line in text.splitlines())
 
 
+def test_usage_by_tag_as_a_table_and_as_json(server: ServerProcess, client: AssetClient) -> None:
+    client.create_value("a", text="12345", tags=["usage-cli"])
+    client.create_value("b", text="123", tags=["usage-cli", "other"])
+    shown = json.loads(out(asset(server.address, "usage", "--group", "tag", "--json")))
+    assert shown["count"] == 2 and shown["bytes"] == 8 and shown["group"] == "tag"
+    rows = {r["key"]: (r["count"], r["bytes"]) for r in shown["rows"]}
+    assert rows == {"usage-cli": (2, 8), "other": (1, 3)}
+    assert shown["by_status"] == {"AVAILABLE": {"count": 2, "bytes": 8}}
+    text = out(asset(server.address, "usage", "--group", "tag", "--key", "other"))
+    assert any(line.split()[:3] == ["other", "1", "3"] for line in text.splitlines()), text
+    assert "total: 2 assets, 8 B" in text
+
+
 def test_pending_fulfill_fail_renew_rm(server: ServerProcess, client: AssetClient) -> None:
     file_promise = out(asset(server.address, "pending", "task-1", "a.bin", "--lease", "60"))
     file_promise = file_promise.strip()

@@ -69,6 +69,10 @@ def test_list_describe_and_health(server: ServerProcess) -> None:
         "MintTaskToken",
         "QueryUpload",
         "ScrubAssets",
+        "SetExpiry",
+        "PlaceHold",
+        "ReleaseHold",
+        "GetUsage",
     }
     message = grpcurl(server, "describe", "asset.v1.Asset")
     assert "string storage_path = 6;" in message.stdout

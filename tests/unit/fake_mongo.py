@@ -89,6 +89,13 @@ def compare(a: Any, b: Any) -> int:
 def get_path(doc: Mapping[str, Any], path: str) -> Any:
     value: Any = doc
     for part in path.split("."):
+        if isinstance(value, list):
+            if part.isdigit():  # "holds.0": an element by position
+                value = value[int(part)] if int(part) < len(value) else _MISSING
+                continue
+            # "holds.owner": the field of every element that has it
+            value = [v[part] for v in value if isinstance(v, Mapping) and part in v]
+            continue
         if not isinstance(value, Mapping) or part not in value:
             return _MISSING
         value = value[part]
@@ -194,6 +201,11 @@ def _test(op: str, arg: Any, value: Any) -> bool:
         return not _equal(value, arg)
     if op == "$in":
         return any(_equal(value, a) for a in arg)
+    if op == "$nin":
+        return not any(_equal(value, a) for a in arg)
+    if op == "$type":
+        kinds = {"date": datetime, "string": str, "array": list}
+        return isinstance(value, kinds[arg])
     if op == "$all":
         return isinstance(value, list) and all(a in value for a in arg)
     if op == "$exists":
@@ -232,6 +244,12 @@ def apply_update(doc: Doc, update: Any, now: datetime, inserting: bool) -> Doc:
             for k, v in fields.items():
                 if k not in out or compare(v, out[k]) > 0:
                     out[k] = v
+        elif op == "$push":
+            for k, v in fields.items():
+                out[k] = [*(out.get(k) or []), copy.deepcopy(v)]
+        elif op == "$pull":
+            for k, cond in fields.items():
+                out[k] = [v for v in out.get(k) or [] if not matches(v, cond, now)]
         else:
             raise NotImplementedError(f"fake MongoDB: update operator {op}")
     return out
@@ -561,6 +579,27 @@ class Collection:
     ) -> None:
         await self.find_one_and_delete(where, session=session)
 
+    async def delete_many(
+        self, where: Mapping[str, Any], *, session: AsyncClientSession | None = None
+    ) -> None:
+        lsid = await self._statement(session)
+        for doc in [d for d in self._docs(lsid) if matches(d, where, self.server.now)]:
+            await self.server.write(self.name, doc["_id"], None, lsid)
+        await self._acknowledged(lsid)
+
+    async def update_many(
+        self, where: Mapping[str, Any], update: Any, *, session: AsyncClientSession | None = None
+    ) -> Any:
+        lsid = await self._statement(session)
+        now = self.server.now
+        found = [d for d in self._docs(lsid) if matches(d, where, now)]
+        for doc in found:
+            await self.server.write(
+                self.name, doc["_id"], apply_update(doc, update, now, inserting=False), lsid
+            )
+        await self._acknowledged(lsid)
+        return type("UpdateResult", (), {"matched_count": len(found)})()
+
     async def bulk_write(
         self,
         requests: list[Any],
@@ -757,3 +796,17 @@ def _stages(event: Doc, pipeline: list[Doc], now: datetime) -> Doc | None:
         else:
             raise NotImplementedError(f"fake MongoDB: change stream stage {name}")
     return event
+
+
+class NullUsage:
+    """A `usage` collection that takes every accounting statement and keeps nothing: for
+    tests of other statements, whose fakes model only `assets` and `counters`."""
+
+    async def bulk_write(self, *args: Any, **kw: Any) -> None:
+        return None
+
+    async def delete_many(self, *args: Any, **kw: Any) -> None:
+        return None
+
+    async def find_one(self, *args: Any, **kw: Any) -> None:
+        return None

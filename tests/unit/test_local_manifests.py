@@ -64,6 +64,19 @@ async def test_discard_and_sweep_remove_folders(tmp_path: Path) -> None:
     assert not old.folder.exists() and fresh.folder.exists()
 
 
+async def test_a_sweep_removes_at_most_its_limit(tmp_path: Path) -> None:
+    manifests = LocalManifests(tmp_path)
+    await manifests.open()
+    day_ago = time.time() - 86400
+    for _ in range(3):
+        draft = await manifests.create()
+        await draft.finish({}, {})
+        os.utime(draft.folder, (day_ago, day_ago))
+    assert await manifests.sweep(3600, limit=2) == 2
+    assert await manifests.sweep(3600, limit=2) == 1
+    assert list(manifests.area.iterdir()) == []
+
+
 async def stored(storage: MemoryStorage, data: bytes, label: str) -> Asset:
     writer = storage.new_writer()
     await writer.write(data)

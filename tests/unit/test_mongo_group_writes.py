@@ -123,8 +123,8 @@ async def test_the_counter_is_held_for_the_same_few_round_trips_whatever_the_bat
         )
         holds.append(counter_holds(server))
     # leases: find (which promises have one); assets: insert, update, find, delete;
-    # tombstones: one replace command; the commit.
-    assert holds[0] == holds[1] == [7], holds
+    # tombstones: one replace command; usage: one $inc command (the accounting); the commit.
+    assert holds[0] == holds[1] == [8], holds
 
 
 async def test_a_write_whose_condition_fails_does_not_fail_its_batch(
@@ -397,5 +397,5 @@ async def test_leased_promises_change_with_their_leases_in_one_batch(
     assert isinstance(fulfilled_plain, Asset) and fulfilled_plain.status is Status.AVAILABLE
     assert set(server.documents("leases")) == {late.id}, "only the expired lease went"
     assert server.documents("assets")[late.id]["status"] == "PENDING"
-    # leases: find, delete, find; assets: update, find; then the commit.
-    assert counter_holds(server) == [6]
+    # leases: find, delete, find; assets: update, find; usage: one $inc; then the commit.
+    assert counter_holds(server) == [7]

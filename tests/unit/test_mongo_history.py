@@ -26,6 +26,7 @@ from asset_service.domain.watch import ChangeHub, Selector, SelectorStream
 from asset_service.store.mongo import MongoStore
 from asset_service.store.mongo._documents import asset_to_doc
 from asset_service.store.mongo._tombstones import HORIZON_ID, tombstone_doc
+from tests.unit.fake_mongo import NullUsage
 from tests.unit.mongo_fake import Server, attach, install
 from tests.unit.test_mongo_change_stream import (
     A,
@@ -49,7 +50,9 @@ def closed_port() -> int:
 
 
 def bare_store() -> MongoStore:
-    return MongoStore(f"mongodb://127.0.0.1:{closed_port()}/db")
+    store = MongoStore(f"mongodb://127.0.0.1:{closed_port()}/db")
+    store._usage = NullUsage()  # type: ignore[assignment]
+    return store
 
 
 class Counters:
@@ -264,7 +267,7 @@ async def test_a_replay_reads_horizon_counter_records_and_tombstones_in_one_snap
     assert len(sessions) == 1 and session is not None, "one snapshot session for the cut"
     assert session.options.snapshot is True
     # No values or block sums are read; each list is one revision-index range, in order.
-    assert assets.reads[0][2] == {"value_content": 0, "value_kind": 0, "block_sums": 0}
+    assert assets.reads[0][2] == {"value_content": 0, "value_kind": 0, "block_sums": 0, "holds": 0}
     for find in assets.finds + tombstones.finds:
         assert find.sorted == ("revision", 1) and find.limited == 10
         assert find.max_time is not None and find.max_time > 0

@@ -191,6 +191,7 @@ def faked(
     store._tombstones = tombstones or FakeCollection(name="tombstones")  # type: ignore[assignment]
     store._lease_docs = FakeCollection(name="leases")  # type: ignore[assignment]
     store._sweeps = FakeCollection(name="sweeps")  # type: ignore[assignment]
+    store._usage = FakeCollection(name="usage")  # type: ignore[assignment]
     store._transactions = False  # what open() finds on a standalone server
     return store
 
@@ -259,7 +260,18 @@ async def test_an_older_deployment_gets_only_its_missing_indexes() -> None:
         )
     await faked(assets, FakeCollection()).open()
     assert assets.writes() == [
-        ("create_indexes", ["type_seq", "revision", "key_seq", "sha256_seq", "key_slot"])
+        (
+            "create_indexes",
+            [
+                "type_seq",
+                "revision",
+                "expires_at",
+                "holds_owner",
+                "key_seq",
+                "sha256_seq",
+                "key_slot",
+            ],
+        )
     ]
 
 

@@ -43,6 +43,7 @@ def process(server: Server) -> MongoStore:
     store._lease_docs = server.collection("leases")  # type: ignore[assignment]
     store._sweeps = server.collection("sweeps")  # type: ignore[assignment]
     store._tombstones = server.collection("tombstones")  # type: ignore[assignment]
+    store._usage = server.collection("usage")  # type: ignore[assignment]
     store._transactions = True  # a replica set: the database's clock decides
     return store
 
@@ -86,7 +87,7 @@ async def test_a_renewal_is_one_lease_write_no_transaction_no_revision(
     assert server.data["counters"]["revision"] == counter  # no revision
     assert server.data["assets"][a.id] == before  # the asset untouched: no change event
     spent = {k: v - statements.get(k, 0) for k, v in server.statements.items()}
-    assert spent == {"assets": 100, "leases": 100, "counters": 0}
+    assert spent == {"assets": 100, "leases": 100, "counters": 0, "usage": 0}
     lease = server.data["leases"][a.id]
     assert lease["renewed_by"] == "worker" and lease["renewed_at"] == server.now
 

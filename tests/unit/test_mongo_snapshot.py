@@ -98,7 +98,7 @@ async def test_every_find_of_one_cut_runs_in_one_snapshot_session() -> None:
     assert session.has_ended, "the session ends with the cut"
     # No value bytes are read; every query is bounded on the server.
     for _, projection, _ in assets.finds:
-        assert projection == {"value_content": 0, "value_kind": 0, "block_sums": 0}
+        assert projection == {"value_content": 0, "value_kind": 0, "block_sums": 0, "holds": 0}
     assert all(c.max_time is not None and c.max_time > 0 for c in assets.cursors)
     assert all(a.value is None for a in cut.values())
 

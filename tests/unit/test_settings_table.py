@@ -48,6 +48,11 @@ SAMPLES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "duration": ("0", "1h30m", ("-1", "soon", "nan", "inf", "10 s", "5x", "1e3")),
     "duration, above 0": ("250ms", "1.5", ("0", "0s", "-0.5", "nan", "inf", "10s5", "soon")),
     "file": ("server.pem", "/etc/asset/server.pem", ("/",)),
+    "several expiry rules": (
+        "failed,status=FAILED,7d",
+        "values,type=VALUE,task=*,30d",
+        ("failed", "x,status=PENDING,1d", "x,status=FAILED,0d", "ttl,tag=a,1d", "y,color=red,1d"),
+    ),
     "folder": ("/srv/assets", "relative/data", ("", "  ")),
     "group": ("0", "12345", ("no-such-group-anywhere",)),
     "number": ("0", "2.5", ("-1", "nan", "inf", "fast", "1e3")),

@@ -16,6 +16,7 @@ from asset_service.domain.errors import (
     Conflict,
     CorruptBytes,
     FailedPrecondition,
+    Held,
     HistoryGone,
     IntegrityError,
     InvalidArgument,
@@ -287,6 +288,14 @@ async def failed_precondition(w: World) -> None:
     await expect(w, FailedPrecondition, w.manager.read(p.id, 0, 0))
 
 
+async def held(w: World) -> None:
+    p = await promise(w)
+    await w.manager.place_hold(p.id, "audit", "kept for review")
+    err = await expect(w, Held, w.manager.delete(p.id))
+    assert "audit (kept for review)" in err.message
+    assert (await w.manager.delete(p.id, force=True)).id == p.id
+
+
 async def manifest_blocked(w: World) -> None:
     p = await promise(w)
     err = await expect(w, ManifestBlocked, w.manager.manifest({"in": p.id}, {}))
@@ -404,6 +413,7 @@ ERROR_CASES: dict[type[AssetError], Callable[[World], Awaitable[None]]] = {
     InvalidArgument: invalid_argument,
     NotFound: not_found,
     FailedPrecondition: failed_precondition,
+    Held: held,
     ManifestBlocked: manifest_blocked,
     ManifestWaitTimeout: manifest_wait_timeout,
     HistoryGone: history_gone,

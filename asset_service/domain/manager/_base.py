@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import (
     AsyncGenerator,
 )
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from asset_service.domain.commits import Committer
 from asset_service.domain.errors import (
@@ -19,7 +20,11 @@ from asset_service.domain.errors import (
 from asset_service.domain.integrity import Integrity
 from asset_service.domain.locks import KeyedLocks
 from asset_service.domain.models import (
+    EXPIRY_TTL,
+    EXPLICIT_EXPIRIES,
     Asset,
+    RuleExpiry,
+    Status,
     parse_asset_id,
 )
 from asset_service.domain.ports import (
@@ -29,6 +34,7 @@ from asset_service.domain.ports import (
     StagedBlob,
 )
 from asset_service.domain.replay import DEFAULT_TOMBSTONE_TTL_SECONDS
+from asset_service.domain.retention import ExpiryRule, by_rules, check_ttl
 from asset_service.domain.uploads import DEFAULT_SESSION_TTL_SECONDS
 from asset_service.domain.watch import (
     DEFAULT_BUFFER_BYTES,
@@ -69,6 +75,12 @@ class Limits:
     watch_tombstone_ttl_seconds: float = DEFAULT_TOMBSTONE_TTL_SECONDS
     # An unfinished resumable upload is removed this long after its last stream ended.
     upload_session_ttl_seconds: float = DEFAULT_SESSION_TTL_SECONDS
+    # Operators' expiry rules (--expiry-rule), first match wins.
+    expiry_rules: tuple[ExpiryRule, ...] = ()
+    # Expired assets one retention sweep removes at most (--retention-sweep-limit).
+    retention_sweep_limit: int = 1000
+    # GetUsage and the sweep warn past this many stored bytes (0: never).
+    storage_warn_bytes: int = 0
 
 
 def now() -> datetime:
@@ -97,6 +109,32 @@ class Core:
         if asset is None:
             raise NotFound(f"asset {asset_id} not found")
         return asset
+
+    def with_expiry(self, asset: Asset, ttl_seconds: int = 0) -> Asset:
+        """A new record with its expiry: the client's TTL (counted from its creation), or
+        the first matching operator rule's (none for a PENDING promise: its state's rule
+        applies when it is fulfilled or failed)."""
+        if check_ttl(ttl_seconds):
+            at = asset.created_at + timedelta(seconds=ttl_seconds)
+            return dataclasses.replace(asset, expires_at=at, expiry_rule=EXPIRY_TTL)
+        by_rule = self.rule_expiry(asset, asset.status, asset.created_at)
+        if by_rule is None:
+            return asset
+        return dataclasses.replace(asset, expires_at=by_rule.at, expiry_rule=by_rule.rule)
+
+    def rule_expiry(self, current: Asset, status: Status, when: datetime) -> RuleExpiry | None:
+        """The operator rules' expiry for `current` reaching `status` at `when`: None if a
+        client chose its expiry, or no rule matches."""
+        if current.expiry_rule in EXPLICIT_EXPIRIES:
+            return None
+        return by_rules(
+            self.limits.expiry_rules,
+            status,
+            current.type,
+            current.tags,
+            current.created_by_task,
+            when,
+        )
 
     async def space_freed(self) -> None:
         """Bytes were removed: let the store take back its disk-full reserve at once,

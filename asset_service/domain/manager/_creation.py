@@ -35,6 +35,7 @@ from asset_service.domain.ports import (
     Chunk,
     StagingWriter,
 )
+from asset_service.domain.retention import check_ttl
 from asset_service.domain.values import parse_value, value_sha256
 
 
@@ -84,6 +85,7 @@ class Creation(Transitions):
         """The header checked: what the upload will make, and what it must verify."""
         media_type = validate_media_type(header.media_type, "")
         tags = validate_tags(header.tags)
+        check_ttl(header.ttl_seconds)
         expected_sha = validate_sha256(header.expected_sha256)
         expected_size = header.expected_size_bytes
         limit = self.limits.max_upload_bytes
@@ -124,7 +126,14 @@ class Creation(Transitions):
                 return await self._fulfill_with_blob(current, handover, plan.media_type, "", by)
         media_type = plan.media_type or "application/octet-stream"
         return await self._insert_file(
-            handover, plan.header.label, media_type, plan.tags, by, asset_id, key
+            handover,
+            plan.header.label,
+            media_type,
+            plan.tags,
+            by,
+            asset_id,
+            key,
+            plan.header.ttl_seconds,
         )
 
     async def register_file(
@@ -136,7 +145,9 @@ class Creation(Transitions):
         move: bool,
         *,
         by: str = "",
+        ttl_seconds: int = 0,
     ) -> Asset:
+        check_ttl(ttl_seconds)
         path = validate_server_path(path)
         label = validate_label(label or path.rsplit("/", 1)[-1])
         media_type = validate_media_type(media_type, "application/octet-stream")
@@ -144,7 +155,9 @@ class Creation(Transitions):
         await self.store.check_room()  # before a copy takes the room
         staged = await self.storage.adopt(path, move=move)
         with Handover(staged) as handover:
-            return await self._insert_file(handover, label, media_type, tag_tuple, by)
+            return await self._insert_file(
+                handover, label, media_type, tag_tuple, by, ttl_seconds=ttl_seconds
+            )
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _insert_file(
@@ -156,6 +169,7 @@ class Creation(Transitions):
         by: str,
         asset_id: str = "",
         key: str = "",
+        ttl_seconds: int = 0,
     ) -> Asset:
         """Bytes into uploads/ (at `key` if given), then the AVAILABLE record (under
         `asset_id` if given)."""
@@ -164,6 +178,9 @@ class Creation(Transitions):
         key = key or keys.upload_key(asset_id, label, now)
 
         def record(path: str) -> Asset:
+            return self.with_expiry(record_at(path), ttl_seconds)
+
+        def record_at(path: str) -> Asset:
             return Asset(
                 id=asset_id,
                 label=label,
@@ -186,8 +203,16 @@ class Creation(Transitions):
         )
 
     async def create_value(
-        self, label: str, media_type: str, value: Value, tags: Sequence[str], *, by: str = ""
+        self,
+        label: str,
+        media_type: str,
+        value: Value,
+        tags: Sequence[str],
+        *,
+        by: str = "",
+        ttl_seconds: int = 0,
     ) -> Asset:
+        check_ttl(ttl_seconds)
         label = validate_label(label)
         value = parse_value(value.kind, value.data)
         media_type = validate_media_type(media_type, value.kind.default_media_type)
@@ -207,7 +232,7 @@ class Creation(Transitions):
             created_by=by,
             updated_by=by,
         )
-        return await self.store.insert(asset)
+        return await self.store.insert(self.with_expiry(asset, ttl_seconds))
 
     async def create_pending(
         self,
@@ -219,11 +244,13 @@ class Creation(Transitions):
         *,
         lease_seconds: int = 0,
         by: str = "",
+        ttl_seconds: int = 0,
     ) -> Asset:
+        check_ttl(ttl_seconds)
         asset = self._pending_record(
             task_id, label, media_type, type_, tags, lease_seconds=lease_seconds, by=by
         )
-        return await self.store.insert(asset)
+        return await self.store.insert(self.with_expiry(asset, ttl_seconds))
 
     def _pending_record(
         self,

@@ -9,7 +9,7 @@ from asset_service.domain.commits import Handover
 from asset_service.domain.errors import IntegrityError, InvalidArgument, NotFound
 from asset_service.domain.manager._base import READ_CHUNK_BYTES, verify
 from asset_service.domain.manager._creation import UploadPlan
-from asset_service.domain.manager._resumable import Resumable
+from asset_service.domain.manager._retention import Retention
 from asset_service.domain.models import (
     Asset,
     AssetFilter,
@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 MAX_SOURCES = 16
 
 
-class KnownBytes(Resumable):
+class KnownBytes(Retention):
     """UploadHeader.reuse_stored_bytes: uploads that skip bytes already stored (issue 24).
 
     A declared sha256 is never trusted: the bytes come from a stored AVAILABLE FILE asset

@@ -66,6 +66,9 @@ from asset_service.domain.watch import (
 
 log = logging.getLogger(__name__)
 
+# How long a GetManifest that waits without a deadline keeps its inputs from expiring
+# when manifests are kept forever (--manifest-ttl 0): renewed by each such call.
+WAIT_RETENTION_SECONDS = 86400.0
 
 class AssetManager(Reuse):
     """Every use case of the service, over a MetadataStore and a BlobStorage."""
@@ -104,6 +107,7 @@ class AssetManager(Reuse):
 
     async def stop(self) -> None:
         await self.release_sweep()
+        await self.release_retention_sweep()
         await self.settle_sessions()
         await self.commits.stop()
         await self.hub.close()
@@ -118,11 +122,12 @@ class AssetManager(Reuse):
         """Settle record writes whose outcome was unknown (the server calls this often)."""
         return await self.commits.settle()
 
-    async def sweep_manifests(self) -> int:
-        """Remove manifest folders older than the TTL (tasks read them when they start)."""
+    async def sweep_manifests(self, limit: int = 0) -> int:
+        """Remove manifest folders older than the TTL (tasks read them when they start),
+        at most `limit` (0: all)."""
         if self.limits.manifest_ttl_seconds <= 0 or self.manifests is None:
             return 0
-        removed = await self.manifests.sweep(self.limits.manifest_ttl_seconds)
+        removed = await self.manifests.sweep(self.limits.manifest_ttl_seconds, limit)
         if removed:
             log.info("removed %d manifest folder(s) past their TTL", removed)
             await self.space_freed()
@@ -290,10 +295,20 @@ class AssetManager(Reuse):
         if self.manifests is None:
             raise FailedPrecondition("this server has no manifest store; GetManifest is off")
         if wait:
+            # A waiting manifest needs its inputs: none expires while it waits (a
+            # retention, which lapses by itself if this server dies meanwhile).
+            waits = wait_seconds if wait_seconds is not None else self.limits.manifest_ttl_seconds
+            until = _base.now() + timedelta(seconds=waits or WAIT_RETENTION_SECONDS)
+            await self.store.retain(list(dict.fromkeys(mappings.values())), until)
             await wait_for_inputs(
                 lambda ids: self.watch(ids, 0, follow=False), mappings, wait_seconds
             )
         await self.store.check_room()  # its files would take the disk-full reserve's room
-        return await build_manifest(
+        built = await build_manifest(
             self.store, self.integrity, self.manifests, mappings, config_params
         )
+        if self.limits.manifest_ttl_seconds > 0:
+            # Its inputs outlive it: no expiry while the manifest may still be read.
+            until = _base.now() + timedelta(seconds=self.limits.manifest_ttl_seconds)
+            await self.store.retain(list(dict.fromkeys(mappings.values())), until)
+        return built

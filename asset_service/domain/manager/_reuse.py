@@ -12,6 +12,7 @@ from asset_service.domain.errors import Conflict, IntegrityError, KeyTaken, NotF
 from asset_service.domain.manager import _base
 from asset_service.domain.manager._known import KnownBytes
 from asset_service.domain.models import Asset, AssetType, Status, new_asset_id, validate_key
+from asset_service.domain.retention import check_ttl
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +57,10 @@ class Reuse(KnownBytes):
         *,
         lease_seconds: int = 0,
         by: str = "",
+        ttl_seconds: int = 0,
     ) -> KeyAnswer:
         key = validate_key(key)
+        check_ttl(ttl_seconds)
         # Checked (and built) before anything is read: a bad request fails whatever the key
         # holds. A new id each round: a round's insert that lost wrote nothing.
         template = self._pending_record(
@@ -86,7 +89,8 @@ class Reuse(KnownBytes):
                     else None,
                 )
                 try:
-                    return KeyAnswer(KeyOutcome.PRODUCE, await self.store.insert(record))
+                    stored = await self.store.insert(self.with_expiry(record, ttl_seconds))
+                    return KeyAnswer(KeyOutcome.PRODUCE, stored)
                 except KeyTaken:
                     continue  # another process took it first: the next round joins or hits
         raise Conflict(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 from asset_service.domain import keys, leases
@@ -133,7 +134,9 @@ class Transitions(Core):
         now = _base.now()
         if not await self.store.claim_sweep(self.sweeper, hold_seconds, now):
             return 0
-        return await leases.expire_due(self.store, now)
+        return await leases.expire_due(
+            self.store, now, rules=lambda asset: self.rule_expiry(asset, Status.FAILED, now)
+        )
 
     async def release_sweep(self) -> None:
         """Give up the sweep claim (at a clean stop), so that a peer takes over at once."""
@@ -141,19 +144,6 @@ class Transitions(Core):
             await self.store.claim_sweep(self.sweeper, 0, _base.now())
         except AssetError as exc:
             log.info("could not give up the lease sweep: %s", exc)
-
-    async def delete(self, asset_id: str, *, by: str = "") -> Asset:
-        asset_id = parse_asset_id(asset_id)
-        async with self._locks.hold(asset_id):
-            removed = await self.store.delete(asset_id, by)
-            if removed is None:
-                raise NotFound(f"asset {asset_id} not found")
-            # Record first, bytes second: a crash in between leaves an orphan file that
-            # reconcile removes, never a record without its bytes.
-            if removed.storage_path:
-                await self.storage.remove(removed.storage_path)
-                await self.space_freed()
-            return removed
 
     def _check_fulfillable(self, asset: Asset, type_: AssetType, allow_done: bool) -> None:
         if asset.type is not type_:
@@ -202,8 +192,13 @@ class Transitions(Core):
         )
 
     async def _transition(self, current: Asset, change: Fulfillment | Failure) -> Asset:
+        now = _base.now()
+        status = Status.AVAILABLE if isinstance(change, Fulfillment) else Status.FAILED
+        expiry = self.rule_expiry(current, status, now)
+        if expiry is not None:
+            change = dataclasses.replace(change, expiry=expiry)
         try:
-            return await self.store.transition(current.id, Status.PENDING, change, _base.now())
+            return await self.store.transition(current.id, Status.PENDING, change, now)
         except LeaseRanOut as exc:
             # Out is out for every caller: said as a renewal says it.
             raise FailedPrecondition(

@@ -28,6 +28,8 @@ from asset_service.domain.models import (
     AssetFilter,
     AssetType,
     BlockSums,
+    Hold,
+    HoldKind,
     Status,
     Value,
     ValueKind,
@@ -78,10 +80,35 @@ def asset_to_doc(asset: Asset, revision: int) -> Doc:
         "lease_expires_at": ms(asset.lease_expires_at) if asset.lease_expires_at else None,
         "block_sums": encoded_sums(asset.block_sums),
         "corrupt_reason": asset.corrupt_reason,
+        "expires_at": ms(asset.expires_at) if asset.expires_at else None,
+        "expiry_rule": asset.expiry_rule,
+        "retained_until": ms(asset.retained_until) if asset.retained_until else None,
+        "holds": [hold_to_doc(hold) for hold in asset.holds],
+        "deletion_reason": asset.deletion_reason,
         "key": asset.key,
         # Present only while the record holds its key (the sparse unique index key_slot).
         **({"key_slot": asset.key} if asset.key else {}),
     }
+
+
+def hold_to_doc(hold: Hold) -> Doc:
+    return {
+        "owner": hold.owner,
+        "kind": hold.kind.value,
+        "reason": hold.reason,
+        "placed_at": ms(hold.placed_at) if hold.placed_at is not None else None,
+        "placed_by": hold.placed_by,
+    }
+
+
+def _hold(doc: Mapping[str, Any]) -> Hold:
+    return Hold(
+        owner=str(doc.get("owner", "")),
+        kind=HoldKind(doc.get("kind", HoldKind.EXPLICIT.value)),
+        reason=doc.get("reason") or "",
+        placed_at=_aware(doc["placed_at"]) if doc.get("placed_at") else None,
+        placed_by=doc.get("placed_by") or "",
+    )
 
 
 def _aware(ts: Any) -> datetime:
@@ -117,6 +144,11 @@ def doc_to_asset(doc: Mapping[str, Any]) -> Asset:
         lease_expires_at=(_aware(doc["lease_expires_at"]) if doc.get("lease_expires_at") else None),
         block_sums=BlockSums.decode(doc.get("block_sums")),
         corrupt_reason=doc.get("corrupt_reason") or "",
+        expires_at=_aware(doc["expires_at"]) if doc.get("expires_at") else None,
+        expiry_rule=doc.get("expiry_rule") or "",
+        retained_until=_aware(doc["retained_until"]) if doc.get("retained_until") else None,
+        holds=tuple(_hold(h) for h in doc.get("holds") or ()),
+        deletion_reason=doc.get("deletion_reason") or "",
         key=doc.get("key") or "",
     )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 import time
@@ -159,6 +160,8 @@ class ChangeFeed:
             if doc is None:
                 return Resync(f"a change of asset {asset_id} came without its post-image")
             asset = doc_to_asset(doc)
+            if asset.holds:  # kept in the record, but no part of its changes
+                asset = dataclasses.replace(asset, holds=())
             if doc.get("deleted"):
                 # The stamp MongoStore.delete writes just before removing the record.
                 self._delete_stamp[asset.id] = _slim(asset)

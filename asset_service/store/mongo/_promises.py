@@ -31,7 +31,8 @@ from asset_service.domain.models import Asset
 from asset_service.store._fields import LeaseTest
 from asset_service.store.mongo._documents import Doc, _aware, doc_to_asset, ms
 
-# The one sweep claim's document in `sweeps`.
+# The sweep claims' documents in `sweeps`: f"{name}-sweep" (the lease sweep's is
+# "lease-sweep", the retention sweep's "retention-sweep").
 SWEEP_ID = "lease-sweep"
 
 
@@ -239,7 +240,9 @@ class PromiseLeases:
 
     # --- the sweep claim ----------------------------------------------------------------
 
-    async def claim_sweep(self, holder: str, seconds: float, now: datetime) -> bool:
+    async def claim_sweep(
+        self, holder: str, seconds: float, now: datetime, name: str = "lease"
+    ) -> bool:
         free: Doc = {"holder": holder}
         if self.database_clock:
             expired: Doc = {"$expr": {"$lte": ["$until", "$$NOW"]}}
@@ -254,7 +257,7 @@ class PromiseLeases:
             # Taken (or held on) when free, run out or ours; otherwise the upsert's insert
             # of the one `_id` collides with the holder's document.
             await self.sweeps.update_one(
-                {"_id": SWEEP_ID, "$or": [free, expired]}, update, upsert=True
+                {"_id": f"{name}-sweep", "$or": [free, expired]}, update, upsert=True
             )
         except DuplicateKeyError:
             return False

@@ -33,6 +33,10 @@ ASSET_INDEXES = (
     IndexModel([("label", ASCENDING), ("seq", ASCENDING)], name="label_seq"),
     IndexModel([("tags", ASCENDING), ("seq", ASCENDING)], name="tags_seq"),
     IndexModel([("revision", DESCENDING)], name="revision"),
+    # The expiry sweep reads `expires_at <= now` in order (a range of dates holds no
+    # record without one); a task's holds are released by owner (_retention.py).
+    IndexModel([("expires_at", ASCENDING)], name="expires_at"),
+    IndexModel([("holds.owner", ASCENDING)], name="holds_owner", sparse=True),
     IndexModel([("key", ASCENDING), ("seq", ASCENDING)], name="key_seq"),
     IndexModel([("sha256", ASCENDING), ("seq", ASCENDING)], name="sha256_seq"),
     # One holder per get-or-create key (issue 24): `key_slot` is set (to the key) only

@@ -33,6 +33,7 @@ from asset_service.domain.models import (
     Change,
     Fulfillment,
     Page,
+    Removal,
     Resync,
     Status,
     Transition,
@@ -40,8 +41,8 @@ from asset_service.domain.models import (
 )
 from asset_service.domain.replay import Replay
 from asset_service.store import _paging
-from asset_service.store._fields import lease_condition, transition_fields
-from asset_service.store.mongo import _schema, _startup, _tombstones
+from asset_service.store._fields import lease_condition, rule_expiry, transition_fields
+from asset_service.store.mongo import _retention, _schema, _startup, _tombstones
 from asset_service.store.mongo._documents import (
     Doc,
     DuplicateKey,
@@ -61,8 +62,10 @@ from asset_service.store.mongo._feed import (
 )
 from asset_service.store.mongo._leases import WriterLeases
 from asset_service.store.mongo._promises import PromiseLeases, overlay
-from asset_service.store.mongo._transactions import Transactional
+from asset_service.store.mongo._retention_store import MongoRetention
 from asset_service.store.mongo._transition import (
+    DROP_AFTER,
+    USAGE,
     delete_write,
     insert_write,
     lease_steps,
@@ -89,8 +92,14 @@ DEFAULT_CLIENT_OPTIONS: dict[str, Any] = {
 # of it instead of serverSelectionTimeoutMS, and a read should fail in seconds (it is
 # bounded by serverSelectionTimeoutMS plus socketTimeoutMS and is not retried for long).
 DEFAULT_OPERATION_TIMEOUT = 15.0
-# A record without its inline value: what snapshot() reads.
-SLIM_PROJECTION: dict[str, Any] = {"value_content": 0, "value_kind": 0, "block_sums": 0}
+# A record without its inline value (nor holds, which only reads show): what snapshot()
+# reads.
+SLIM_PROJECTION: dict[str, Any] = {
+    "value_content": 0,
+    "value_kind": 0,
+    "block_sums": 0,
+    "holds": 0,
+}
 # A record without its block sums (only get() reads them: ReadAsset checks with them).
 LISTED_PROJECTION: dict[str, Any] = {"block_sums": 0}
 # Change-stream post-images (each event's state as of the change, issue 21 item 1) came
@@ -105,7 +114,7 @@ REPLICA_SET_HELP = (
 )
 
 
-class MongoStore(Transactional):
+class MongoStore(MongoRetention):
     """Asset records in one MongoDB collection (docs/mongodb.md).
 
     Revisions. One counter document (`counters/_id: "revision"`) is `$inc`-ed inside the
@@ -183,6 +192,8 @@ class MongoStore(Transactional):
             "leases", write_concern=wc, read_concern=majority
         )
         self._sweeps: AsyncCollection[Doc] = self._db.get_collection("sweeps", write_concern=wc)
+        # Accounting cells (domain/usage.py), moved in the transaction of each write.
+        self._usage: AsyncCollection[Doc] = self._db.get_collection("usage", write_concern=wc)
         self._transactions = True
         self._pre_images = False
         self._feed: ChangeFeed | None = None
@@ -247,6 +258,7 @@ class MongoStore(Transactional):
             await _schema.prepare_leases(
                 self._assets, self._lease_docs, self._sweeps, self._db.name
             )
+            await self._prepare_retention(self._db.name)
         except PyMongoError as exc:
             raise Unavailable(f"cannot prepare MongoDB database {self._db.name}: {exc}") from exc
         if self._transactions:
@@ -366,6 +378,22 @@ class MongoStore(Transactional):
         """Delete the stamped records, and keep their tombstones (one command each)."""
         await super().remove_stamped(session, gone)
         await _tombstones.keep(self._tombstones, [doc_to_asset(d) for d in gone], session)
+
+    async def after(self, session: Any, done: list[tuple[Write, Doc | None, int]]) -> None:
+        """The batch's accounting (_retention.py), and the leases of conditional deletes
+        that applied: a constant number of commands."""
+        moves = []
+        dropped = []
+        for write, doc, rev in done:
+            moved = write.extra[USAGE](doc, rev) if USAGE in write.extra else None
+            if moved is None:
+                continue
+            moves.append(moved)
+            if write.extra.get(DROP_AFTER):
+                dropped.append(write.asset_id)
+        if dropped:
+            await self._promises.leases.delete_many({"_id": {"$in": dropped}}, session=session)
+        await _retention.account(self._usage, self._assets, moves, session)
 
     # --- reads ----------------------------------------------------------------------
 
@@ -567,9 +595,11 @@ class MongoStore(Transactional):
         assets = sorted((doc_to_asset(d) for d in docs), key=lambda a: (a.lease_expires_at, a.id))
         return assets
 
-    async def claim_sweep(self, holder: str, seconds: float, now: datetime) -> bool:
+    async def claim_sweep(
+        self, holder: str, seconds: float, now: datetime, name: str = "lease"
+    ) -> bool:
         try:
-            return await self._promises.claim_sweep(holder, seconds, now)
+            return await self._promises.claim_sweep(holder, seconds, now, name)
         except PyMongoError as exc:
             raise _unavailable(exc) from exc
 
@@ -614,7 +644,10 @@ class MongoStore(Transactional):
     ) -> Asset:
         sets = transition_fields(change, now, value_column="value_content", timestamp=ms)
         cost = len(change.value.data) if isinstance(change, Fulfillment) and change.value else 0
-        write = transition_write(asset_id, expected, sets, lease_condition(change), now, cost)
+        by_rule = rule_expiry(change) is not None
+        write = transition_write(
+            asset_id, expected, sets, lease_condition(change), now, cost, by_rule=by_rule
+        )
         result: Asset = await self._writer.submit(write)
         return result
 
@@ -642,9 +675,14 @@ class MongoStore(Transactional):
             raise _write_error(exc, transaction=False) from exc
         return done.matched_count == 1
 
-    async def delete(self, asset_id: str, by: str = "") -> Asset | None:
+    async def delete(
+        self, asset_id: str, by: str = "", removal: Removal | None = None
+    ) -> Asset | None:
+        write = delete_write(
+            asset_id, by, _NothingToDelete, removal, database_clock=self._transactions
+        )
         try:
-            result: Asset = await self._writer.submit(delete_write(asset_id, by, _NothingToDelete))
+            result: Asset = await self._writer.submit(write)
         except _NothingToDelete:
             return None
         return result

@@ -37,6 +37,7 @@ TOMBSTONE_FIELDS = (
     "updated_at",
     "created_by",
     "updated_by",
+    "deletion_reason",
     "key",
 )
 TOMBSTONE_INDEXES = (

@@ -9,7 +9,9 @@ store's Statements.before), a constant number of commands whatever the batch's s
 create the new promises' leases, read every lease the batch touches, remove those whose
 promise leaves PENDING (an expiry only if the lease ran out by $$NOW, a fulfilment only
 if it did not), read which are gone. Each write then knows, in `Write.extra`, its
-lease's last end and whether it was removed.
+lease's last end and whether it was removed. After the records' commands, the batch's
+accounting (_retention.py) is worked out from what each write changed (`Write.extra`
+USAGE: the record before and after, from the read-back) and sent in one command more.
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ from typing import Any
 from pymongo import DeleteOne, InsertOne, UpdateOne
 
 from asset_service.domain.errors import Conflict, LeaseRanOut, NotFound
-from asset_service.domain.models import Asset, Status
+from asset_service.domain.models import EXPLICIT_EXPIRIES, Asset, Removal, Status
 from asset_service.store._fields import LeaseTest
+from asset_service.store.mongo import _retention
 from asset_service.store.mongo._documents import Doc, _aware, asset_to_doc, doc_to_asset
 from asset_service.store.mongo._promises import PromiseLeases
 from asset_service.store.mongo._writer import Kind, Write, applied
@@ -31,6 +34,11 @@ from asset_service.store.mongo._writer import Kind, Write, applied
 NEED = "lease_need"
 END = "lease_end"  # the lease's end as read (after creation, before removal)
 REMOVED = "lease_removed"
+# usage(doc, revision) -> (record before, record after) if the write applied, else None:
+# what the batch's accounting step moves (MongoStore.after).
+USAGE = "usage"
+# A conditional delete's lease: dropped after the records' commands, if it applied.
+DROP_AFTER = "drop_lease_after"
 
 
 @dataclass(frozen=True)
@@ -109,6 +117,8 @@ def insert_write(asset: Asset, promises: PromiseLeases, cost: int) -> Write:
     def outcome(_: Doc | None, rev: int) -> Asset:
         return doc_to_asset(doc(rev))  # a failed insert raised instead
 
+    # A batch's inserts all applied (a failed one aborts and reruns the batch without it).
+    extra[USAGE] = lambda _, rev: (None, outcome(None, rev))
     return Write(asset.id, Kind.INSERT, lambda rev: InsertOne(doc(rev)), outcome, cost, extra)
 
 
@@ -119,14 +129,26 @@ def transition_write(
     test: LeaseTest | None,
     now: datetime,
     cost: int,
+    by_rule: bool = False,
 ) -> Write:
-    """`sets` (and the revision) on the record if its status is `expected` and its lease
-    passes `test`; a move out of PENDING ends the lease and keeps its last end."""
+    """`sets` (and the revision) on the record if its status is `expected`, its lease
+    passes `test` and (`by_rule`: an operator rule's expiry) no client chose its expiry;
+    a move out of PENDING ends the lease and keeps its last end."""
     leaves_pending = expected is Status.PENDING and sets.get("status", expected) != expected
     extra: dict[str, Any] = {}
     if leaves_pending:
         extra[NEED] = LeaseNeed("end", test=test, now=now)
     where: Doc = {"_id": asset_id, "status": expected.value}
+    if by_rule:
+        where["expiry_rule"] = {"$nin": sorted(EXPLICIT_EXPIRIES)}
+
+    def moved(doc: Doc | None, rev: int) -> tuple[Asset, Asset] | None:
+        if not applied(doc, rev):
+            return None
+        after = doc_to_asset(doc)  # type: ignore[arg-type]
+        return _retention.before_transition(after, expected), after
+
+    extra[USAGE] = moved
 
     def statement(rev: int) -> UpdateOne | None:
         fields = {**sets, "revision": rev}
@@ -147,6 +169,8 @@ def transition_write(
             return doc_to_asset(doc)  # type: ignore[arg-type]
         if doc is None:
             raise NotFound(f"asset {asset_id} not found")
+        if by_rule and doc.get("expiry_rule") in EXPLICIT_EXPIRIES:
+            raise Conflict(f"asset {asset_id}'s expiry was set by a client meanwhile")
         if doc["status"] != expected.value or not leaves_pending:
             raise Conflict(f"asset {asset_id} is {doc['status']}, expected {expected}")
         end = extra.get(END)
@@ -161,21 +185,40 @@ def transition_write(
     return Write(asset_id, Kind.UPDATE, statement, outcome, cost, extra)
 
 
-def delete_write(asset_id: str, by: str, nothing: type[NotFound]) -> Write:
-    """Stamp the record with its new revision (and the deleter; a live promise's last
-    lease end) so that the change feed can number the delete and say who made it; the
-    batch then removes what it stamped. `nothing(id)` when there is no record."""
-    extra: dict[str, Any] = {NEED: LeaseNeed("drop")}
+def delete_write(
+    asset_id: str,
+    by: str,
+    nothing: type[NotFound],
+    removal: Removal | None = None,
+    database_clock: bool = False,
+) -> Write:
+    """Stamp the record with its new revision (and the deleter, why it goes: a `removal`'s
+    reason; a live promise's last lease end) so that the change feed can number the
+    delete and say who made it and why; the batch then removes what it stamped.
+    `nothing(id)` when there is no record. A `removal`'s conditions (not held, expired)
+    are in the stamp's filter: Held or Conflict when they do not hold."""
+    # A conditional delete may be refused after the lease steps ran: its lease is
+    # dropped only once its stamp applied (MongoStore.after), losing its last end.
+    extra: dict[str, Any] = {} if removal else {NEED: LeaseNeed("drop")}
+    if removal:
+        extra[DROP_AFTER] = True
+    condition = _retention.removal_filter(removal, database_clock) if removal else {}
+    reason = removal.reason if removal is not None else ""
 
     def statement(rev: int) -> UpdateOne:
         fields: Doc = {"revision": rev, "deleted": True, "updated_by": by}
+        fields["deletion_reason"] = reason
         if extra.get(REMOVED) and extra.get(END) is not None:
             fields["lease_expires_at"] = extra[END]
-        return UpdateOne({"_id": asset_id}, {"$set": fields})
+        return UpdateOne({"_id": asset_id, **condition}, {"$set": fields})
 
     def outcome(doc: Doc | None, rev: int) -> Asset:
         if not applied(doc, rev):
+            if doc is not None and removal is not None:
+                raise _retention.removal_refused(doc, removal)
             raise nothing(asset_id)
-        return doc_to_asset(doc)  # type: ignore[arg-type]
+        gone = doc_to_asset(doc)  # type: ignore[arg-type]
+        return Asset(**{**gone.__dict__, "holds": ()})  # holds are no part of a change
 
+    extra[USAGE] = lambda doc, rev: (outcome(doc, rev), None) if applied(doc, rev) else None
     return Write(asset_id, Kind.DELETE, statement, outcome, 0, extra)

@@ -7,10 +7,11 @@ batch's transaction holds it for a CONSTANT number of round trips whatever its s
 `$inc` by the batch's size, one insert command for its new records, one update command
 for its conditional changes (and delete stamps), one read of the changed records to tell
 which conditions applied (a record carries the revision its write claimed only if that
-write applied: revisions are unique), one delete command if the batch deletes, one
-commit. A write error of one statement (a duplicate key, a document the validator
-refuses) aborts the whole transaction, as MongoDB does; the batch then runs again
-without that write, which alone gets its error.
+write applied: revisions are unique), one delete command if the batch deletes, the
+statements that follow from what applied (`Statements.after`: the accounting cells' one
+command, issue 23), one commit. A write error of one statement (a duplicate key, a
+document the validator refuses) aborts the whole transaction, as MongoDB does; the batch
+then runs again without that write, which alone gets its error.
 
 Backpressure: the queue holds at most `max_queued` writes and MAX_QUEUED_BYTES of values
 (a full queue refuses at once, UNAVAILABLE naming the limit); every write has a deadline
@@ -110,6 +111,11 @@ class Statements(Protocol):
 
     async def remove_stamped(self, session: Any, gone: list[Doc]) -> None:
         """Delete these stamped records (as read back: `_id`, `revision`), one command."""
+
+    async def after(self, session: Any, done: list[tuple[Write, Doc | None, int]]) -> None:
+        """Statements on other collections once the records' are sent, for the whole
+        batch (each write, its record as read back or None, its revision): a constant
+        number of commands whatever the batch's size."""
 
 
 # transact(fn, timeout): fn(session) in one transaction within `timeout` seconds, driver
@@ -382,6 +388,17 @@ class GroupWriter:
         ]
         if gone:
             await self._statements.remove_stamped(session, gone)
+        await self._statements.after(
+            session,
+            [
+                (
+                    q.write,
+                    None if q.write.kind is Kind.INSERT else docs.get(q.write.asset_id),
+                    revision[id(q)],
+                )
+                for q in order
+            ],
+        )
         outcomes = []
         for q in pending:
             doc = None if q.write.kind is Kind.INSERT else docs.get(q.write.asset_id)

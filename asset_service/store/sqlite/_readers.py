@@ -84,6 +84,8 @@ class Readers:
         row = rows[0]
         if row["value_kind"] is not None and row["value_data"] is None:
             return LATER  # a value over LOOP_READ_MAX_VALUE: not on the loop
+        if row["hold_count"]:
+            return LATER  # its holds are read beside it, off the loop
         return row_to_asset(row)
 
     def close(self) -> None:

@@ -38,26 +38,6 @@ LOOP_READ_MAX_VALUE = 64 * 1024
 # page more for it (the disk-full reserve is sized by what a delete writes). The
 # `tombstones` counter is the newest revision swept (or, in a database migrated from
 # before tombstones, the revision they began at): no replay reaches below it.
-# As schema version 4 made it (frozen: migration 4 replays it; later columns come by
-# their own migrations).
-TOMBSTONES_V4 = """
-CREATE INDEX IF NOT EXISTS assets_revision ON assets (revision);
-CREATE TABLE IF NOT EXISTS tombstones (
-    revision        INTEGER PRIMARY KEY,
-    id              TEXT NOT NULL,
-    deleted_ms      INTEGER NOT NULL,
-    label           TEXT NOT NULL,
-    status          TEXT NOT NULL,
-    type            TEXT NOT NULL,
-    media_type      TEXT NOT NULL,
-    created_by_task TEXT NOT NULL,
-    tags            TEXT NOT NULL,
-    created_at      TEXT NOT NULL,
-    updated_at      TEXT NOT NULL,
-    created_by      TEXT NOT NULL,
-    updated_by      TEXT NOT NULL
-);
-"""
 TOMBSTONES = """
 CREATE INDEX IF NOT EXISTS assets_revision ON assets (revision);
 CREATE TABLE IF NOT EXISTS tombstones (
@@ -74,8 +54,45 @@ CREATE TABLE IF NOT EXISTS tombstones (
     updated_at      TEXT NOT NULL,
     created_by      TEXT NOT NULL,
     updated_by      TEXT NOT NULL,
+    deletion_reason TEXT NOT NULL DEFAULT '',
     asset_key       TEXT NOT NULL DEFAULT ''
 );
+"""
+
+# What migration 4 created, before deletions said why (migration 6 adds the column) and
+# which get-or-create key the asset had (migration 7).
+TOMBSTONES_V4 = TOMBSTONES.replace(
+    "    updated_by      TEXT NOT NULL,\n    deletion_reason TEXT NOT NULL DEFAULT '',\n"
+    "    asset_key       TEXT NOT NULL DEFAULT ''\n",
+    "    updated_by      TEXT NOT NULL\n",
+)
+assert TOMBSTONES_V4 != TOMBSTONES
+
+# Retention (issue 23): each record's expiry (an index on it, of the records that have one:
+# the expiry sweep reads its start), the holds kept beside records (hold_count on the
+# record says whether to look), the manifest retention, and the accounting cells that
+# every write keeps (domain/usage.py). A deleted asset's tombstone says why it went.
+RETENTION = """
+CREATE INDEX IF NOT EXISTS assets_expiry ON assets (expires_ms) WHERE expires_ms IS NOT NULL;
+CREATE TABLE IF NOT EXISTS holds (
+    asset_id  TEXT NOT NULL,
+    owner     TEXT NOT NULL,
+    kind      TEXT NOT NULL,
+    reason    TEXT NOT NULL DEFAULT '',
+    placed_ms INTEGER NOT NULL,
+    placed_by TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (asset_id, owner)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS holds_owner ON holds (owner);
+CREATE TABLE IF NOT EXISTS usage (
+    grp    TEXT NOT NULL,
+    key    TEXT NOT NULL,
+    status TEXT NOT NULL,
+    count  INTEGER NOT NULL,
+    bytes  INTEGER NOT NULL,
+    PRIMARY KEY (grp, key, status)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS usage_largest ON usage (grp, status, bytes DESC, count DESC, key);
 """
 
 SCHEMA = (
@@ -105,6 +122,10 @@ CREATE TABLE IF NOT EXISTS assets (
     lease_expires_ms INTEGER,
     block_sums      BLOB,
     corrupt_reason  TEXT NOT NULL DEFAULT '',
+    expires_ms      INTEGER,
+    expiry_rule     TEXT NOT NULL DEFAULT '',
+    retained_ms     INTEGER,
+    hold_count      INTEGER NOT NULL DEFAULT 0,
     asset_key       TEXT NOT NULL DEFAULT '',
     key_slot        TEXT
 );
@@ -131,6 +152,7 @@ CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NU
 INSERT OR IGNORE INTO counters (name, value) VALUES ('revision', 0);
 """
     + TOMBSTONES
+    + RETENTION
     + """
 INSERT OR IGNORE INTO counters (name, value) VALUES ('tombstones', 0);
 """
@@ -138,7 +160,7 @@ INSERT OR IGNORE INTO counters (name, value) VALUES ('tombstones', 0);
 
 # PRAGMA user_version of a database SCHEMA creates. A database from an older release is
 # brought up to it by MIGRATIONS[v] for each later version v, one transaction each.
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: (
         "ALTER TABLE assets ADD COLUMN created_by TEXT NOT NULL DEFAULT ''",
@@ -172,10 +194,33 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "WHERE status = 'PENDING' AND lease_expires_ms IS NOT NULL AND lease_seconds > 0",
         "DROP INDEX IF EXISTS assets_lease",
     ),
+    # Retention: expiries, holds, accounting (counted once from the records here; every
+    # write keeps it from then on), and why an asset was deleted.
+    6: (
+        "ALTER TABLE assets ADD COLUMN expires_ms INTEGER",
+        "ALTER TABLE assets ADD COLUMN expiry_rule TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE assets ADD COLUMN retained_ms INTEGER",
+        "ALTER TABLE assets ADD COLUMN hold_count INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE tombstones ADD COLUMN deletion_reason TEXT NOT NULL DEFAULT ''",
+        *(statement for statement in RETENTION.split(";") if statement.strip()),
+        *(
+            "INSERT INTO usage (grp, key, status, count, bytes) "
+            f"SELECT '{group}', {key}, status, count(*), sum(size_bytes) FROM {source} "
+            f"GROUP BY {key}, status"
+            for group, key, source in (
+                ("all", "''", "assets"),
+                ("type", "type", "assets"),
+                ("task", "created_by_task", "assets"),
+                ("tag", "tag", "assets JOIN asset_tags ON asset_tags.asset_id = assets.id"),
+            )
+        ),
+        "INSERT INTO usage (grp, key, status, count, bytes) "
+        "SELECT grp, key, '', sum(count), sum(bytes) FROM usage GROUP BY grp, key",
+    ),
     # Get-or-create keys (issue 24): the key a record was made for, and key_slot, set
     # (to the key) while the record holds it: NULLs are distinct, so the unique index
     # allows one holder per key and any number of records holding none.
-    6: (
+    7: (
         "ALTER TABLE assets ADD COLUMN asset_key TEXT NOT NULL DEFAULT ''",
         "ALTER TABLE assets ADD COLUMN key_slot TEXT",
         "ALTER TABLE tombstones ADD COLUMN asset_key TEXT NOT NULL DEFAULT ''",
@@ -187,7 +232,7 @@ COLUMNS = (
     "id, label, status, type, media_type, storage_path, value_kind, value_data, "
     "created_by_task, tags, size_bytes, sha256, created_at, updated_at, failure_reason, "
     "fulfilled_from, revision, created_by, updated_by, lease_seconds, lease_expires_ms, "
-    "block_sums, corrupt_reason, asset_key"
+    "block_sums, corrupt_reason, expires_ms, expiry_rule, retained_ms, asset_key"
 )
 COLUMN_COUNT = len(COLUMNS.split(","))
 # Reads join each record with its lease: a PENDING promise's lease ends when its lease's
@@ -197,6 +242,8 @@ COLUMN_COUNT = len(COLUMNS.split(","))
 RECORDS = "assets LEFT JOIN leases ON leases.asset_id = assets.id"
 READ_COLUMNS = COLUMNS.replace(
     "lease_expires_ms,", "COALESCE(leases.expires_ms, assets.lease_expires_ms) AS lease_expires_ms,"
+).replace(", expires_ms, expiry_rule", ", assets.expires_ms AS expires_ms, expiry_rule") + (
+    ", assets.hold_count AS hold_count"
 )
 assert READ_COLUMNS != COLUMNS
 # The record without its block sums (only get() reads them: ReadAsset checks with them).
@@ -255,6 +302,9 @@ def row_to_asset(row: sqlite3.Row) -> Asset:
         lease_expires_at=from_ms(row["lease_expires_ms"]),
         block_sums=BlockSums.decode(row["block_sums"]),
         corrupt_reason=row["corrupt_reason"],
+        expires_at=from_ms(row["expires_ms"]),
+        expiry_rule=row["expiry_rule"],
+        retained_until=from_ms(row["retained_ms"]),
         key=row["asset_key"],
     )
 

@@ -20,26 +20,31 @@ from asset_service.domain.errors import (
     Unavailable,
 )
 from asset_service.domain.models import (
+    EXPLICIT_EXPIRIES,
     Asset,
     AssetFilter,
     BlockSums,
     Change,
     ChangeKind,
     Fulfillment,
+    Hold,
     Page,
+    Removal,
     Resync,
     Status,
     Transition,
 )
 from asset_service.domain.replay import Replay
+from asset_service.domain.usage import UsageCells
 from asset_service.store import _paging
-from asset_service.store._claims import LocalSweepClaim
+from asset_service.store._claims import LocalSweepClaims
 from asset_service.store._fields import (
     encoded_sums,
     lease_condition,
+    rule_expiry,
     transition_fields,
 )
-from asset_service.store.sqlite import _leases, _tombstones
+from asset_service.store.sqlite import _leases, _retention, _tombstones
 from asset_service.store.sqlite._files import claim, own_files
 from asset_service.store.sqlite._readers import Later, Readers
 from asset_service.store.sqlite._room import INCREMENTAL, Room, is_full
@@ -84,6 +89,18 @@ def _counter(c: sqlite3.Connection) -> int:
     return int(row[0]) if row else 0
 
 
+def _held_ids(c: sqlite3.Connection, assets: Sequence[Asset]) -> set[str]:
+    """Which of these records have holds (one indexed lookup per page)."""
+    ids = [a.id for a in assets]
+    if not ids:
+        return set()
+    marks = ",".join("?" * len(ids))
+    return {
+        row[0]
+        for row in c.execute(f"SELECT id FROM assets WHERE id IN ({marks}) AND hold_count > 0", ids)
+    }
+
+
 class SqliteStore:
     """Writes go through one writer thread in group transactions (_writer.py), so
     they are serialized and ordered; reads run on reader threads with their own connections.
@@ -107,7 +124,7 @@ class SqliteStore:
         # (st_dev, st_ino) of the database file opened: ping() finds it moved or replaced.
         self._identity: tuple[int, int] | None = None
         # One process owns the database file (claim()), so its sweep claim lives here.
-        self._sweep = LocalSweepClaim()
+        self._sweep = LocalSweepClaims()
 
     @property
     def transactions(self) -> int:
@@ -273,12 +290,12 @@ class SqliteStore:
             row = c.execute(
                 f"SELECT {READ_COLUMNS} FROM {RECORDS} WHERE id = ?", (asset_id,)
             ).fetchone()
-            return row_to_asset(row) if row else None
+            return _retention.assets_with_holds(c, [row])[0] if row else None
 
         return await self._read(q)
 
     async def get_many(self, asset_ids: Sequence[str]) -> dict[str, Asset]:
-        return await self._select_many(LISTED_COLUMNS, asset_ids)
+        return await self._select_many(LISTED_COLUMNS, asset_ids, holds=True)
 
     async def settled(self, asset_ids: Sequence[str]) -> dict[str, Asset]:
         # A write is durable when it returns (WAL, synchronous commit): nothing pending.
@@ -288,7 +305,9 @@ class SqliteStore:
         # One statement, or one read transaction past 500 ids: one cut either way.
         return await self._select_many(SLIM_COLUMNS, asset_ids)
 
-    async def _select_many(self, columns: str, asset_ids: Sequence[str]) -> dict[str, Asset]:
+    async def _select_many(
+        self, columns: str, asset_ids: Sequence[str], holds: bool = False
+    ) -> dict[str, Asset]:
         ids = list(asset_ids)
 
         def q(c: sqlite3.Connection) -> dict[str, Asset]:
@@ -302,8 +321,14 @@ class SqliteStore:
                     part = ids[start : start + 500]
                     marks = ",".join("?" * len(part))
                     sql = f"SELECT {columns} FROM {RECORDS} WHERE id IN ({marks})"
-                    for row in c.execute(sql, part):
-                        found[row["id"]] = row_to_asset(row)
+                    rows = c.execute(sql, part).fetchall()
+                    assets = (
+                        _retention.assets_with_holds(c, rows)
+                        if holds
+                        else [row_to_asset(row) for row in rows]
+                    )
+                    for asset in assets:
+                        found[asset.id] = asset
             finally:
                 if several:
                     c.execute("COMMIT")
@@ -356,6 +381,13 @@ class SqliteStore:
                     )
                 finally:
                     rows.close()
+                held = sorted(_held_ids(c, assets))
+                if held:
+                    holds = _retention.holds_of(c, held)
+                    assets = [
+                        Asset(**{**a.__dict__, "holds": holds[a.id]}) if a.id in holds else a
+                        for a in assets
+                    ]
             finally:
                 c.execute("COMMIT")
             return Page(assets, encode_token(last, flt) if last is not None else "", revision)
@@ -396,9 +428,11 @@ class SqliteStore:
 
         return await self._read(q)
 
-    async def claim_sweep(self, holder: str, seconds: float, now: datetime) -> bool:
+    async def claim_sweep(
+        self, holder: str, seconds: float, now: datetime, name: str = "lease"
+    ) -> bool:
         self._open_writer()
-        return self._sweep.claim(holder, seconds, now)
+        return self._sweep.claim(holder, seconds, now, name)
 
     # --- writes -----------------------------------------------------------------------
 
@@ -435,6 +469,9 @@ class SqliteStore:
                         to_ms(asset.lease_expires_at) if asset.lease_expires_at else None,
                         encoded_sums(asset.block_sums),
                         asset.corrupt_reason,
+                        to_ms(asset.expires_at) if asset.expires_at else None,
+                        asset.expiry_rule,
+                        to_ms(asset.retained_until) if asset.retained_until else None,
                         asset.key,
                         asset.key or None,  # holds its key (unique index assets_key_slot)
                     ),
@@ -448,7 +485,8 @@ class SqliteStore:
                 if "key_slot" in str(exc):
                     raise KeyTaken(asset.key) from None
                 raise Conflict(f"asset {asset.id} already exists") from None
-            stored = Asset(**{**asset.__dict__, "revision": rev})
+            stored = Asset(**{**asset.__dict__, "revision": rev, "holds": ()})
+            _retention.account(c, None, stored)
             return stored, Change(ChangeKind.PUT, stored)
 
         cost = len(asset.value.data) if asset.value else 0
@@ -479,21 +517,29 @@ class SqliteStore:
         self, asset_id: str, expected: Status, change: Transition, now: datetime
     ) -> Asset:
         sets = transition_fields(
-            change, now, value_column="value_data", timestamp=datetime.isoformat
+            change,
+            now,
+            value_column="value_data",
+            timestamp=datetime.isoformat,
+            expiry_column="expires_ms",
+            expiry=to_ms,
         )
         test = lease_condition(change)
         leaves_pending = expected is Status.PENDING and sets.get("status", expected) != expected
+        by_rule = rule_expiry(change) is not None
 
         # Runs in a group transaction, in its own savepoint, on the one writer thread: the
         # reads and writes below are one atomic step (raising rolls back its savepoint).
         def w(c: sqlite3.Connection) -> tuple[Asset, Change]:
-            current = c.execute("SELECT status FROM assets WHERE id = ?", (asset_id,)).fetchone()
-            if current is None:
+            before = _retention.current(c, asset_id)
+            if before is None:
                 raise NotFound(f"asset {asset_id} not found")
-            if current["status"] != expected.value:
+            if before.status is not expected:
                 raise Conflict(
-                    f"asset {asset_id} is {current['status']}, expected {expected.value}"
+                    f"asset {asset_id} is {before.status.value}, expected {expected.value}"
                 )
+            if by_rule and before.expiry_rule in EXPLICIT_EXPIRIES:
+                raise Conflict(f"asset {asset_id}'s expiry was set by a client meanwhile")
             fields = dict(sets)
             last_end = _leases.check_and_end(c, asset_id, test, to_ms(now), leaves_pending)
             if last_end is not None:
@@ -505,6 +551,9 @@ class SqliteStore:
                 (*fields.values(), rev, asset_id),
             ).fetchone()
             updated = row_to_asset(row)
+            _retention.account(c, before, updated)
+            if leaves_pending:
+                _retention.settle_task(c, before)
             return updated, Change(ChangeKind.PUT, updated)
 
         value = change.value if isinstance(change, Fulfillment) else None
@@ -540,27 +589,43 @@ class SqliteStore:
         result: bool = await self._open_writer().submit(w, len(sums.crcs))
         return result
 
-    def _delete_once(self, c: sqlite3.Connection, asset_id: str, by: str) -> Asset | None:
+    def _delete_once(
+        self, c: sqlite3.Connection, asset_id: str, by: str, removal: Removal | None
+    ) -> Asset | None:
         with transaction(c):
+            before = _retention.current(c, asset_id)
+            if before is None:
+                return None  # nothing changed: the empty commit writes nothing
+            _retention.check_removal(before, removal)
             row = c.execute(
                 f"DELETE FROM assets WHERE id = ? RETURNING {COLUMNS}", (asset_id,)
             ).fetchone()
-            if row is None:
-                return None  # nothing changed: the empty commit writes nothing
             rev = self._next_revision(c)
             c.execute("DELETE FROM asset_tags WHERE asset_id = ?", (asset_id,))
             last_end = _leases.drop(c, asset_id)
-            fields = {**row_to_asset(row).__dict__, "revision": rev, "updated_by": by}
+            _retention.drop_holds(c, asset_id)
+            fields = {
+                **row_to_asset(row).__dict__,
+                "revision": rev,
+                "updated_by": by,
+                "deletion_reason": removal.reason if removal is not None else "",
+            }
             if last_end is not None:
                 fields["lease_expires_at"] = from_ms(last_end)
             gone = Asset(**fields)
+            _retention.account(c, before, None)
+            _retention.settle_task(c, before)
             _tombstones.keep(c, gone)
         return gone
 
-    async def delete(self, asset_id: str, by: str = "") -> Asset | None:
+    async def delete(
+        self, asset_id: str, by: str = "", removal: Removal | None = None
+    ) -> Asset | None:
         # Alone in its transaction: on a full disk it is retried with the reserve released.
         def w(c: sqlite3.Connection) -> tuple[Asset | None, Change | None]:
-            gone = self.room.delete(c, lambda: self._delete_once(c, asset_id, by), asset_id)
+            gone = self.room.delete(
+                c, lambda: self._delete_once(c, asset_id, by, removal), asset_id
+            )
             if gone is None:
                 return None, None
             # The pages it freed may be what the reserve needs (a VALUE's, on a database
@@ -570,6 +635,43 @@ class SqliteStore:
 
         result: Asset | None = await self._open_writer().solo(w)
         return result
+
+    # --- retention (_retention.py) ------------------------------------------------------
+
+    async def place_hold(self, asset_id: str, hold: Hold, limit: int) -> Asset:
+        # A write beside the record, no revision and no change: like a lease renewal.
+        def w(c: sqlite3.Connection) -> tuple[Asset, None]:
+            return _retention.place(c, asset_id, hold, limit), None
+
+        result: Asset = await self._open_writer().submit(w)
+        return result
+
+    async def release_hold(self, asset_id: str, owner: str) -> tuple[Asset, bool]:
+        def w(c: sqlite3.Connection) -> tuple[tuple[Asset, bool], None]:
+            return _retention.release(c, asset_id, owner), None
+
+        result: tuple[Asset, bool] = await self._open_writer().submit(w)
+        return result
+
+    async def hold_inputs(self, task_id: str, asset_ids: Sequence[str], hold: Hold) -> list[str]:
+        def w(c: sqlite3.Connection) -> tuple[list[str], None]:
+            return _retention.hold_inputs(c, task_id, asset_ids, hold), None
+
+        result: list[str] = await self._open_writer().submit(w)
+        return result
+
+    async def retain(self, asset_ids: Sequence[str], until: datetime) -> None:
+        def w(c: sqlite3.Connection) -> tuple[None, None]:
+            _retention.retain(c, asset_ids, to_ms(until))
+            return None, None
+
+        await self._open_writer().submit(w)
+
+    async def expired(self, now: datetime, limit: int) -> list[Asset]:
+        return await self._read(lambda c: _retention.expired(c, to_ms(now), limit))
+
+    async def usage(self, group: str, keys: Sequence[str], limit: int) -> UsageCells:
+        return await self._read(lambda c: _retention.usage(c, group, keys, limit))
 
     async def changes(self) -> AsyncIterator[Change | Resync]:
         while True:

@@ -21,7 +21,7 @@ SWEEP_BATCH = 5000
 
 TOMBSTONE_COLUMNS = (
     "id, revision, deleted_ms, label, status, type, media_type, created_by_task, tags, "
-    "created_at, updated_at, created_by, updated_by, asset_key"
+    "created_at, updated_at, created_by, updated_by, deletion_reason, asset_key"
 )
 
 
@@ -30,7 +30,7 @@ def keep(c: sqlite3.Connection, gone: Asset) -> None:
     t = tombstone(gone)
     c.execute(
         f"INSERT INTO tombstones ({TOMBSTONE_COLUMNS}) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             t.id,
             t.revision,
@@ -45,6 +45,7 @@ def keep(c: sqlite3.Connection, gone: Asset) -> None:
             t.updated_at.isoformat(),
             t.created_by,
             t.updated_by,
+            t.deletion_reason,
             t.key,
         ),
     )
@@ -64,6 +65,7 @@ def _tombstone(row: sqlite3.Row) -> Asset:
         revision=row["revision"],
         created_by=row["created_by"],
         updated_by=row["updated_by"],
+        deletion_reason=row["deletion_reason"],
         key=row["asset_key"],
     )
 

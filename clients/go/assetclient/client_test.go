@@ -249,6 +249,20 @@ func TestEveryRPCThroughTheClient(t *testing.T) {
 		t.Errorf("ScrubAssets without the admin role: %v, want ErrPermissionDenied", scrubErr)
 	}
 
+	// Retention: an expiry, a hold placed and released, the usage by tag.
+	if exp, err := c.SetExpiry(ctx, note.GetId(), time.Hour); err != nil || exp.GetExpiryRule() != "ttl" {
+		t.Errorf("SetExpiry: %v %v", exp, err)
+	}
+	if held, err := c.PlaceHold(ctx, note.GetId(), "go-test", "checking"); err != nil || len(held.GetHolds()) != 1 || held.GetHolds()[0].GetReason() != "checking" {
+		t.Errorf("PlaceHold: %v %v", held, err)
+	}
+	if released, err := c.ReleaseHold(ctx, note.GetId(), "go-test"); err != nil || len(released.GetHolds()) != 0 {
+		t.Errorf("ReleaseHold: %v %v", released, err)
+	}
+	if usage, err := c.GetUsage(ctx, "tag", []string{task}, 0); err != nil || len(usage.GetRows()) != 1 || usage.GetRows()[0].GetCount() < 1 {
+		t.Errorf("GetUsage: %v %v", usage, err)
+	}
+
 	deleted, err := c.DeleteAsset(ctx, note.GetId())
 	switch {
 	case admin:

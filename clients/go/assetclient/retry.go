@@ -26,6 +26,9 @@ var retriedMethods = map[string]string{
 	"FailAsset":      "the server answers an identical failure (same reason) with the same asset",
 	"ScrubAssets":    "checks the same stored bytes again and comes to the same marks",
 	"QueryUpload":    "reads",
+	"SetExpiry":      "sets the same expiry again (ttl from the repeat's now), or never again",
+	"PlaceHold":      "places the same owner's hold again, replacing it",
+	"GetUsage":       "reads",
 }
 
 // notRetriedMethods are the calls that create or delete an asset, and why a
@@ -38,6 +41,7 @@ var notRetriedMethods = map[string]string{
 	"CreatePendingAsset":      "creates a promise: a repeat makes a second one",
 	"GetOrCreatePendingAsset": "a repeat of a PRODUCE whose answer was lost would say JOIN, and nobody would produce",
 	"DeleteAsset":             "a repeat of an applied one answers NOT_FOUND for a delete that succeeded",
+	"ReleaseHold":             "a repeat of an applied one answers NOT_FOUND for a release that succeeded",
 }
 
 // The retry policy of retriedMethods: up to 5 attempts (grpc's ceiling), the

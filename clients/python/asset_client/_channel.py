@@ -56,7 +56,10 @@ RETRIED: Mapping[str, str] = {
     "RenewLease": "sets the lease to now + lease_seconds again",
     "FulfillAsset": "the server answers an identical fulfilment with the same asset",
     "FailAsset": "the server answers an identical failure (same reason) with the same asset",
-    "MintTaskToken": "signs another token; the server stores nothing",
+    "MintTaskToken": "signs another token; its inputs' task holds are placed again (same owner)",
+    "SetExpiry": "sets the same expiry again (ttl_seconds from the retry's now)",
+    "PlaceHold": "places the same owner's hold again, replacing it",
+    "GetUsage": "a read",
     "ScrubAssets": "checks the same bytes again, until its first result",
 }
 # The calls gRPC never retries, and why.
@@ -70,6 +73,7 @@ NOT_RETRIED: Mapping[str, str] = {
         "produce (give the promise a lease: once it runs out, the next call takes over)"
     ),
     "DeleteAsset": "a repeat of a delete whose answer was lost would say NOT_FOUND",
+    "ReleaseHold": "a repeat of a release whose answer was lost would say NOT_FOUND",
 }
 
 # Five attempts (gRPC's most) after backoffs of about 1, 2, 4 and 8 s (gRPC jitters each by

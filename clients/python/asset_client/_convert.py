@@ -20,10 +20,13 @@ from asset_client.models import (
     AssetType,
     GetOrCreateOutcome,
     KeyedAsset,
+    Hold,
     Manifest,
     ScrubOutcome,
     ScrubResult,
     UploadState,
+    Usage,
+    UsageRow,
     Value,
     ValueKind,
     WatchEvent,
@@ -110,6 +113,26 @@ def asset_from_pb(msg: pb.Asset) -> Asset:
             if msg.HasField("lease_expire_time")
             else None
         ),
+        expires_at=msg.expire_time.ToDatetime(tzinfo=UTC) if msg.HasField("expire_time") else None,
+        expiry_rule=msg.expiry_rule,
+        holds=tuple(Hold(h.owner, h.kind, h.reason, h.placed_by) for h in msg.holds),
+        deletion_reason=msg.deletion_reason,
+    )
+
+
+def usage_from_pb(msg: pb.GetUsageResponse) -> Usage:
+    def by_status(parts: Iterable[pb.StatusUsage]) -> dict[AssetStatus, tuple[int, int]]:
+        return {_STATUS_FROM_PB[p.status]: (p.count, p.bytes) for p in parts}
+
+    return Usage(
+        count=msg.count,
+        bytes=msg.bytes,
+        by_status=by_status(msg.by_status),
+        group=msg.group,
+        rows=tuple(UsageRow(r.key, r.count, r.bytes, by_status(r.by_status)) for r in msg.rows),
+        more=msg.more,
+        warn_bytes=msg.warn_bytes,
+        over_threshold=msg.over_threshold,
     )
 
 

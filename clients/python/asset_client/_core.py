@@ -182,6 +182,7 @@ def create_pending_request(
     type_: AssetType,
     tags: Iterable[str],
     lease_seconds: int,
+    ttl_seconds: int = 0,
 ) -> pb.CreatePendingAssetRequest:
     return pb.CreatePendingAssetRequest(
         task_id=task_id,
@@ -190,6 +191,7 @@ def create_pending_request(
         type=_convert.type_to_pb(type_),
         tags=_convert.tags_list(tags),
         lease_seconds=lease_seconds,
+        ttl_seconds=ttl_seconds,
     )
 
 
@@ -211,13 +213,14 @@ def fulfill_request(
 
 
 def create_value_request(
-    label: str, value: Value, media_type: str | None, tags: Iterable[str]
+    label: str, value: Value, media_type: str | None, tags: Iterable[str], ttl_seconds: int = 0
 ) -> pb.CreateValueAssetRequest:
     return pb.CreateValueAssetRequest(
         label=label,
         media_type=media_type or "",
         value=_convert.value_to_pb(value),
         tags=_convert.tags_list(tags),
+        ttl_seconds=ttl_seconds,
     )
 
 

@@ -41,6 +41,7 @@ from asset_client.models import (
     ScrubResult,
     TaskToken,
     UploadState,
+    Usage,
     Value,
     WatchEvent,
 )
@@ -203,11 +204,13 @@ class AssetClient:
         data: bytes | None = None,
         media_type: str | None = None,
         tags: Iterable[str] = (),
+        ttl_seconds: int = 0,
         timeout: float | None = None,
     ) -> Asset:
-        """An AVAILABLE VALUE asset from exactly one of text=, json= (any object), data=."""
+        """An AVAILABLE VALUE asset from exactly one of text=, json= (any object), data=.
+        With `ttl_seconds` it expires that long after its creation (0: the server's rules)."""
         value = _convert.value_from_kwargs(text, json, data, json is not _UNSET)
-        request = _core.create_value_request(label, value, media_type, tags)
+        request = _core.create_value_request(label, value, media_type, tags, ttl_seconds)
         response = self._call(self._stub.CreateValueAsset, request, timeout)
         return _convert.asset_from_pb(response.asset)
 
@@ -220,15 +223,17 @@ class AssetClient:
         tags: Iterable[str] = (),
         *,
         lease_seconds: int = 0,
+        ttl_seconds: int = 0,
         timeout: float | None = None,
     ) -> Asset:
         """Promise an asset that task `task_id` will produce.
 
         With `lease_seconds` (0: none) the promise fails by itself ("lease expired at ...")
         unless renewed within that many seconds, again and again (renew_lease, keep_lease).
+        With `ttl_seconds` it expires that long after its creation, once fulfilled or failed.
         """
         request = _core.create_pending_request(
-            task_id, label, media_type, type, tags, lease_seconds
+            task_id, label, media_type, type, tags, lease_seconds, ttl_seconds
         )
         response = self._call(self._stub.CreatePendingAsset, request, timeout)
         return _convert.asset_from_pb(response.asset)
@@ -485,11 +490,53 @@ class AssetClient:
         materializer = Materializer(self, cache)
         return materializer.run(mappings, config_params, dest, progress, timeout)
 
-    def delete(self, asset_id: str, *, timeout: float | None = None) -> Asset:
-        """Remove an asset's record and bytes; returns its last state."""
-        request = pb.DeleteAssetRequest(asset_id=asset_id)
+    def delete(self, asset_id: str, *, force: bool = False, timeout: float | None = None) -> Asset:
+        """Remove an asset's record and bytes; returns its last state. A held asset is
+        refused (FailedPreconditionError naming the holders) unless `force` (admin)."""
+        request = pb.DeleteAssetRequest(asset_id=asset_id, force=force)
         response = self._call(self._stub.DeleteAsset, request, timeout)
         return _convert.asset_from_pb(response.asset)
+
+    def set_expiry(
+        self,
+        asset_id: str,
+        ttl_seconds: int = 0,
+        *,
+        clear: bool = False,
+        timeout: float | None = None,
+    ) -> Asset:
+        """Expire the asset `ttl_seconds` from now, or (clear=True) never."""
+        request = pb.SetExpiryRequest(asset_id=asset_id, ttl_seconds=ttl_seconds, clear=clear)
+        response = self._call(self._stub.SetExpiry, request, timeout)
+        return _convert.asset_from_pb(response.asset)
+
+    def place_hold(
+        self, asset_id: str, owner: str, reason: str = "", *, timeout: float | None = None
+    ) -> Asset:
+        """Keep the asset (no expiry, no delete without force) until `owner` releases it."""
+        request = pb.PlaceHoldRequest(asset_id=asset_id, owner=owner, reason=reason)
+        response = self._call(self._stub.PlaceHold, request, timeout)
+        return _convert.asset_from_pb(response.asset)
+
+    def release_hold(self, asset_id: str, owner: str, *, timeout: float | None = None) -> Asset:
+        """Remove `owner`'s hold (NotFoundError if it has none)."""
+        request = pb.ReleaseHoldRequest(asset_id=asset_id, owner=owner)
+        response = self._call(self._stub.ReleaseHold, request, timeout)
+        return _convert.asset_from_pb(response.asset)
+
+    def get_usage(
+        self,
+        group: str = "status",
+        keys: Iterable[str] = (),
+        *,
+        limit: int = 0,
+        timeout: float | None = None,
+    ) -> Usage:
+        """Assets and bytes the store holds, by status and by `group` (status, type, tag,
+        task): of `keys`, or of the `limit` largest (0: 100)."""
+        request = pb.GetUsageRequest(group=group, keys=list(keys), limit=limit)
+        response = self._call(self._stub.GetUsage, request, timeout)
+        return _convert.usage_from_pb(response)
 
     def scrub(
         self,

@@ -91,6 +91,14 @@ class Asset:
     # Set once the server found this asset's stored bytes changed since they were stored
     # (what, where, when): reading it, or a manifest naming it, is then DataLossError.
     corrupt_reason: str = ""
+    # When it expires (aware UTC; None: never) and what set that: "ttl", "never" or the
+    # server's --expiry-rule name. A PENDING or held asset is kept past it.
+    expires_at: datetime | None = None
+    expiry_rule: str = ""
+    # What still needs it: each hold's owner ("task:<id>" for a task token's input), why.
+    holds: tuple[Hold, ...] = ()
+    # In a DELETED watch event: why it went ("expired (rule failed)", "expired (ttl)").
+    deletion_reason: str = ""
     # The get_or_create_pending key it was made for ("" otherwise).
     key: str = ""
 
@@ -117,6 +125,38 @@ class KeyedAsset:
     @property
     def must_produce(self) -> bool:
         return self.outcome is GetOrCreateOutcome.PRODUCE
+@dataclass(frozen=True)
+class Hold:
+    """One thing that keeps an asset from expiring (and from delete without force)."""
+
+    owner: str
+    kind: str  # "EXPLICIT" (place_hold) or "TASK"
+    reason: str = ""
+    placed_by: str = ""
+
+
+@dataclass(frozen=True)
+class UsageRow:
+    """One key's assets and bytes, and their part in each status."""
+
+    key: str
+    count: int
+    bytes: int
+    by_status: Mapping[AssetStatus, tuple[int, int]]
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What the store holds (get_usage): totals, by status, and rows of one group."""
+
+    count: int
+    bytes: int
+    by_status: Mapping[AssetStatus, tuple[int, int]]
+    group: str
+    rows: tuple[UsageRow, ...]
+    more: bool = False
+    warn_bytes: int = 0
+    over_threshold: bool = False
 
 
 class ScrubOutcome(enum.Enum):

@@ -22,15 +22,20 @@ import {
   GetManifestResponse,
   type GetOrCreateOutcome,
   GetOrCreatePendingAssetRequest,
+  GetUsageRequest,
+  type GetUsageResponse,
   ListAssetsRequest,
   ListAssetsResponse,
   MintTaskTokenRequest,
+  PlaceHoldRequest,
   QueryUploadRequest,
   type QueryUploadResponse,
   RegisterFileRequest,
+  ReleaseHoldRequest,
   RenewLeaseRequest,
   ScrubAssetsRequest,
   type ScrubAssetsResponse,
+  SetExpiryRequest,
   UploadHeader,
   WatchAssetRequest,
   WatchAssetResponse,
@@ -335,9 +340,45 @@ export class AssetService {
   }
 
   /** Removes an asset's record and bytes (admin role); resolves to its last state. */
-  async deleteAsset(assetId: string, options: CallOptions = {}): Promise<Asset> {
-    const request = DeleteAssetRequest.fromPartial({ assetId: id(assetId, "assetId") });
-    return required((await this.caller.unary("deleteAsset", request, checkCall(options))).asset);
+  async deleteAsset(assetId: string, options: CallOptions & { force?: boolean } = {}): Promise<Asset> {
+    const { force, ...call } = options;
+    const request = DeleteAssetRequest.fromPartial({ assetId: id(assetId, "assetId"), force: force === true });
+    return required((await this.caller.unary("deleteAsset", request, checkCall(call))).asset);
+  }
+
+  /**
+   * Makes the asset expire `ttlSeconds` from now, or never with 0; the server's expiry rules
+   * never replace it. An expired asset is removed once nothing holds it.
+   */
+  async setExpiry(assetId: string, ttlSeconds: number, options: CallOptions = {}): Promise<Asset> {
+    if (!Number.isInteger(ttlSeconds) || ttlSeconds < 0) {
+      throw new RangeError(`ttlSeconds must be a whole number of seconds, 0 or more (got ${ttlSeconds})`);
+    }
+    const request = SetExpiryRequest.fromPartial({
+      assetId: id(assetId, "assetId"),
+      ttlSeconds,
+      clear: ttlSeconds === 0,
+    });
+    return required((await this.caller.unary("setExpiry", request, checkCall(options))).asset);
+  }
+
+  /** Keeps the asset from expiring (and from deleteAsset without force) until `owner` releases it. */
+  async placeHold(assetId: string, owner: string, reason = "", options: CallOptions = {}): Promise<Asset> {
+    const request = PlaceHoldRequest.fromPartial({ assetId: id(assetId, "assetId"), owner, reason });
+    return required((await this.caller.unary("placeHold", request, checkCall(options))).asset);
+  }
+
+  /** Removes `owner`'s hold (NOT_FOUND if it has none). */
+  async releaseHold(assetId: string, owner: string, options: CallOptions = {}): Promise<Asset> {
+    const request = ReleaseHoldRequest.fromPartial({ assetId: id(assetId, "assetId"), owner });
+    return required((await this.caller.unary("releaseHold", request, checkCall(options))).asset);
+  }
+
+  /** Assets and bytes by status and by `group` ("status", "type", "tag", "task"). */
+  async getUsage(group = "status", keys: string[] = [], options: CallOptions & { limit?: number } = {}): Promise<GetUsageResponse> {
+    const { limit, ...call } = options;
+    const request = GetUsageRequest.fromPartial({ group, keys, limit: limit ?? 0 });
+    return await this.caller.unary("getUsage", request, checkCall(call));
   }
 
   /**

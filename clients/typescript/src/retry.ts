@@ -31,6 +31,10 @@ export const RETRIED: Readonly<Record<Method, { retried: boolean; why: string }>
     why: "a repeat of a PRODUCE whose answer was lost would say JOIN, and nobody would produce",
   },
   deleteAsset: { retried: false, why: "a repeat of a delete whose answer was lost would say NOT_FOUND" },
+  setExpiry: { retried: true, why: "sets the same expiry again (ttl from the repeat's now), or never again" },
+  placeHold: { retried: true, why: "places the same owner's hold again, replacing it" },
+  releaseHold: { retried: false, why: "a repeat of a release whose answer was lost would say NOT_FOUND" },
+  getUsage: { retried: true, why: "a read" },
 };
 
 /** gRPC's retryPolicy (https://github.com/grpc/proposal/blob/master/A6-client-retries.md). */

@@ -227,6 +227,23 @@ describe("every RPC from TypeScript", () => {
     }
   });
 
+  test("SetExpiry, PlaceHold, ReleaseHold and GetUsage: retention", async () => {
+    const tag = taskId("usage");
+    const a = await svc.createValueAsset({ label: "kept", value: textValue("12345"), tags: [tag] });
+    const expiring = await svc.setExpiry(a.id, 3600);
+    assert.equal(expiring.expiryRule, "ttl");
+    assert.ok(expiring.expireTime);
+    const held = await svc.placeHold(a.id, "ts-test", "checking");
+    assert.deepEqual(held.holds.map((h) => [h.owner, h.reason]), [["ts-test", "checking"]]);
+    const released = await svc.releaseHold(a.id, "ts-test");
+    assert.equal(released.holds.length, 0);
+    await failsWith(svc.releaseHold(a.id, "ts-test"), Status.NOT_FOUND, "ts-test");
+    const usage = await svc.getUsage("tag", [tag]);
+    assert.deepEqual(usage.rows.map((r) => [r.key, Number(r.count), Number(r.bytes)]), [[tag, 1, 5]]);
+    const never = await svc.setExpiry(a.id, 0);
+    assert.equal(never.expiryRule, "never");
+  });
+
   test("errors are AssetServiceErrors: code, name, the server's message, the RPC, status details", async () => {
     const err = await failsWith(svc.getAsset("not-a-uuid"), Status.INVALID_ARGUMENT, "not-a-uuid");
     assert.ok(err instanceof Error);

@@ -66,6 +66,7 @@ def attach(store: Any, server: Server, user: str = "app") -> Any:
         ("_tombstones", "tombstones"),
         ("_lease_docs", "leases"),
         ("_sweeps", "sweeps"),
+        ("_usage", "usage"),
     ):
         real = getattr(store, attr, None)
         concern = getattr(real, "read_concern", None)

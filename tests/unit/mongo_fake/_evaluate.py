@@ -105,10 +105,22 @@ def clone_doc(doc: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def get_path(doc: Any, path: str) -> Any:
-    """The value at a dotted path, or MISSING."""
+    """The value at a dotted path, or MISSING. Into an array, a number is a position
+    ("holds.0": its first element) and a name is that field of each embedded document
+    that has it (a list of them, which a condition then matches element by element).
+    https://www.mongodb.com/docs/manual/tutorial/query-arrays/#query-for-an-element-by-the-array-index-position
+    https://www.mongodb.com/docs/manual/tutorial/query-array-of-documents/"""
     value = doc
     for part in path.split("."):
-        if isinstance(value, Mapping) and part in value:
+        if isinstance(value, list):
+            if part.isdigit():
+                value = value[int(part)] if int(part) < len(value) else MISSING
+            else:
+                found = [v[part] for v in value if isinstance(v, Mapping) and part in v]
+                value = found if found else MISSING
+            if value is MISSING:
+                return MISSING
+        elif isinstance(value, Mapping) and part in value:
             value = value[part]
         else:
             return MISSING
@@ -224,6 +236,14 @@ def _operator(value: Any, op: str, arg: Any, now: _dt.datetime) -> bool:
         return (value is not MISSING) == bool(arg)
     if op == "$not":
         return not _field_matches(value, arg, now)
+    if op == "$type":
+        # https://www.mongodb.com/docs/manual/reference/operator/query/type/ (by alias;
+        # an array field matches when an element has the type)
+        kinds = {"date": _dt.datetime, "string": str, "object": Mapping, "bool": bool}
+        if arg not in kinds:
+            raise NotImplementedError(f"$type {arg!r}")
+        candidates = value if isinstance(value, list) else [value]
+        return any(isinstance(c, kinds[arg]) for c in candidates)
     raise NotImplementedError(f"query operator {op}")
 
 

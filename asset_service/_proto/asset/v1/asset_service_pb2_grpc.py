@@ -126,6 +126,26 @@ class AssetServiceStub:
                 request_serializer=asset_dot_v1_dot_asset__service__pb2.ScrubAssetsRequest.SerializeToString,
                 response_deserializer=asset_dot_v1_dot_asset__service__pb2.ScrubAssetsResponse.FromString,
                 _registered_method=True)
+        self.SetExpiry = channel.unary_unary(
+                '/asset.v1.AssetService/SetExpiry',
+                request_serializer=asset_dot_v1_dot_asset__service__pb2.SetExpiryRequest.SerializeToString,
+                response_deserializer=asset_dot_v1_dot_asset__service__pb2.SetExpiryResponse.FromString,
+                _registered_method=True)
+        self.PlaceHold = channel.unary_unary(
+                '/asset.v1.AssetService/PlaceHold',
+                request_serializer=asset_dot_v1_dot_asset__service__pb2.PlaceHoldRequest.SerializeToString,
+                response_deserializer=asset_dot_v1_dot_asset__service__pb2.PlaceHoldResponse.FromString,
+                _registered_method=True)
+        self.ReleaseHold = channel.unary_unary(
+                '/asset.v1.AssetService/ReleaseHold',
+                request_serializer=asset_dot_v1_dot_asset__service__pb2.ReleaseHoldRequest.SerializeToString,
+                response_deserializer=asset_dot_v1_dot_asset__service__pb2.ReleaseHoldResponse.FromString,
+                _registered_method=True)
+        self.GetUsage = channel.unary_unary(
+                '/asset.v1.AssetService/GetUsage',
+                request_serializer=asset_dot_v1_dot_asset__service__pb2.GetUsageRequest.SerializeToString,
+                response_deserializer=asset_dot_v1_dot_asset__service__pb2.GetUsageResponse.FromString,
+                _registered_method=True)
 
 
 class AssetServiceServicer:
@@ -261,7 +281,10 @@ class AssetServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeleteAsset(self, request, context):
-        """DeleteAsset removes an asset's record and its bytes.
+        """DeleteAsset removes an asset's record and its bytes. While something holds
+        it (Asset.holds: an explicit hold, a live task's input) it is refused with
+        FAILED_PRECONDITION naming the holders, unless `force`. (A manifest within
+        its TTL defers only the asset's expiry.)
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -271,6 +294,7 @@ class AssetServiceServicer:
         """MintTaskToken issues a short-lived bearer token scoped to one task: it may
         fulfill, fail or upload only that task's promises and read only the named
         inputs and the task's own outputs (docs/security.md). Orchestrator role.
+        The named inputs are held (no expiry) while the task has a PENDING promise.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -291,6 +315,43 @@ class AssetServiceServicer:
         per asset, in order. A corrupt asset is marked (corrupt_reason, a CHANGED
         watch event) and refused with DATA_LOSS from then on; one restored from a
         copy (its bytes check out again) is unmarked. Admin role.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetExpiry(self, request, context):
+        """SetExpiry sets when an asset expires (ttl_seconds from now), or that it
+        never does (clear): a client's choice, which the server's rules never
+        replace. An expired asset is removed (a DELETED watch event whose asset
+        says why: deletion_reason) once nothing holds it. Worker role.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PlaceHold(self, request, context):
+        """PlaceHold keeps an asset from expiring and from DeleteAsset (unless forced
+        by an admin) until its owner releases it. Placing a hold is not a change of
+        the asset (no revision, no watch event); reads show it (Asset.holds).
+        Worker role.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReleaseHold(self, request, context):
+        """ReleaseHold removes one owner's hold (NOT_FOUND if it has none). The asset
+        expires as soon as its last hold goes if its expiry has passed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetUsage(self, request, context):
+        """GetUsage says how many assets and bytes the store holds, by status and by
+        one more grouping (type, tag or task), from counters every write keeps
+        (cheap to ask often). Reader role.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -388,6 +449,26 @@ def add_AssetServiceServicer_to_server(servicer, server):
                     servicer.ScrubAssets,
                     request_deserializer=asset_dot_v1_dot_asset__service__pb2.ScrubAssetsRequest.FromString,
                     response_serializer=asset_dot_v1_dot_asset__service__pb2.ScrubAssetsResponse.SerializeToString,
+            ),
+            'SetExpiry': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetExpiry,
+                    request_deserializer=asset_dot_v1_dot_asset__service__pb2.SetExpiryRequest.FromString,
+                    response_serializer=asset_dot_v1_dot_asset__service__pb2.SetExpiryResponse.SerializeToString,
+            ),
+            'PlaceHold': grpc.unary_unary_rpc_method_handler(
+                    servicer.PlaceHold,
+                    request_deserializer=asset_dot_v1_dot_asset__service__pb2.PlaceHoldRequest.FromString,
+                    response_serializer=asset_dot_v1_dot_asset__service__pb2.PlaceHoldResponse.SerializeToString,
+            ),
+            'ReleaseHold': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReleaseHold,
+                    request_deserializer=asset_dot_v1_dot_asset__service__pb2.ReleaseHoldRequest.FromString,
+                    response_serializer=asset_dot_v1_dot_asset__service__pb2.ReleaseHoldResponse.SerializeToString,
+            ),
+            'GetUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetUsage,
+                    request_deserializer=asset_dot_v1_dot_asset__service__pb2.GetUsageRequest.FromString,
+                    response_serializer=asset_dot_v1_dot_asset__service__pb2.GetUsageResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -877,6 +958,114 @@ class AssetService:
             '/asset.v1.AssetService/ScrubAssets',
             asset_dot_v1_dot_asset__service__pb2.ScrubAssetsRequest.SerializeToString,
             asset_dot_v1_dot_asset__service__pb2.ScrubAssetsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetExpiry(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/asset.v1.AssetService/SetExpiry',
+            asset_dot_v1_dot_asset__service__pb2.SetExpiryRequest.SerializeToString,
+            asset_dot_v1_dot_asset__service__pb2.SetExpiryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PlaceHold(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/asset.v1.AssetService/PlaceHold',
+            asset_dot_v1_dot_asset__service__pb2.PlaceHoldRequest.SerializeToString,
+            asset_dot_v1_dot_asset__service__pb2.PlaceHoldResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReleaseHold(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/asset.v1.AssetService/ReleaseHold',
+            asset_dot_v1_dot_asset__service__pb2.ReleaseHoldRequest.SerializeToString,
+            asset_dot_v1_dot_asset__service__pb2.ReleaseHoldResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/asset.v1.AssetService/GetUsage',
+            asset_dot_v1_dot_asset__service__pb2.GetUsageRequest.SerializeToString,
+            asset_dot_v1_dot_asset__service__pb2.GetUsageResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -11,7 +11,7 @@ import click
 import grpc
 
 # Each command module adds its commands to `cli` as it is imported.
-from asset_client.cli import _commands, _exit, _promises, _run, _watch  # noqa: F401
+from asset_client.cli import _commands, _exit, _promises, _run, _usage, _watch  # noqa: F401
 from asset_client.cli._app import Settings, cli
 from asset_client.errors import AssetServiceError
 

@@ -468,9 +468,23 @@ type Asset struct {
 	// sha256 no longer matches; by a read, GetManifest or the scrub): what, where
 	// and when. ReadAsset and GetManifest then answer DATA_LOSS. Empty otherwise.
 	CorruptReason string `protobuf:"bytes,20,opt,name=corrupt_reason,json=corruptReason,proto3" json:"corrupt_reason,omitempty"`
+	// When the asset expires (unset: never) and what set that: "ttl" (a client's
+	// TTL or SetExpiry), "never" (SetExpiry clear), or the name of the server's
+	// --expiry-rule. A PENDING or held asset is kept past it, and removed as soon
+	// as nothing holds it any more.
+	ExpireTime *timestamppb.Timestamp `protobuf:"bytes,21,opt,name=expire_time,json=expireTime,proto3" json:"expire_time,omitempty"`
+	ExpiryRule string                 `protobuf:"bytes,22,opt,name=expiry_rule,json=expiryRule,proto3" json:"expiry_rule,omitempty"`
+	// What still needs the asset: explicit holds (PlaceHold) and tasks whose
+	// token names it as an input while they have a PENDING promise.
+	Holds []*Hold `protobuf:"bytes,23,rep,name=holds,proto3" json:"holds,omitempty"`
+	// A manifest lists it (GetManifest): kept at least until then.
+	RetainUntilTime *timestamppb.Timestamp `protobuf:"bytes,24,opt,name=retain_until_time,json=retainUntilTime,proto3" json:"retain_until_time,omitempty"`
+	// In a DELETED watch event: why it went, e.g. "expired (rule failed)" or
+	// "expired (ttl)"; empty for a DeleteAsset.
+	DeletionReason string `protobuf:"bytes,25,opt,name=deletion_reason,json=deletionReason,proto3" json:"deletion_reason,omitempty"`
 	// The key of the GetOrCreatePendingAsset that made it (empty otherwise); kept
 	// for good, also once another asset serves the key.
-	Key           string `protobuf:"bytes,21,opt,name=key,proto3" json:"key,omitempty"`
+	Key           string `protobuf:"bytes,26,opt,name=key,proto3" json:"key,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -645,9 +659,124 @@ func (x *Asset) GetCorruptReason() string {
 	return ""
 }
 
+func (x *Asset) GetExpireTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExpireTime
+	}
+	return nil
+}
+
+func (x *Asset) GetExpiryRule() string {
+	if x != nil {
+		return x.ExpiryRule
+	}
+	return ""
+}
+
+func (x *Asset) GetHolds() []*Hold {
+	if x != nil {
+		return x.Holds
+	}
+	return nil
+}
+
+func (x *Asset) GetRetainUntilTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.RetainUntilTime
+	}
+	return nil
+}
+
+func (x *Asset) GetDeletionReason() string {
+	if x != nil {
+		return x.DeletionReason
+	}
+	return ""
+}
+
 func (x *Asset) GetKey() string {
 	if x != nil {
 		return x.Key
+	}
+	return ""
+}
+
+// Hold is one thing that still needs an asset.
+type Hold struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Who holds it: PlaceHold's owner, or "task:<task id>".
+	Owner string `protobuf:"bytes,1,opt,name=owner,proto3" json:"owner,omitempty"`
+	// "EXPLICIT" (PlaceHold) or "TASK" (a task token names it as an input).
+	Kind      string                 `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
+	Reason    string                 `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	PlaceTime *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=place_time,json=placeTime,proto3" json:"place_time,omitempty"`
+	// The principal that placed it.
+	PlacedBy      string `protobuf:"bytes,5,opt,name=placed_by,json=placedBy,proto3" json:"placed_by,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Hold) Reset() {
+	*x = Hold{}
+	mi := &file_asset_v1_asset_service_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Hold) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Hold) ProtoMessage() {}
+
+func (x *Hold) ProtoReflect() protoreflect.Message {
+	mi := &file_asset_v1_asset_service_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Hold.ProtoReflect.Descriptor instead.
+func (*Hold) Descriptor() ([]byte, []int) {
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *Hold) GetOwner() string {
+	if x != nil {
+		return x.Owner
+	}
+	return ""
+}
+
+func (x *Hold) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *Hold) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *Hold) GetPlaceTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.PlaceTime
+	}
+	return nil
+}
+
+func (x *Hold) GetPlacedBy() string {
+	if x != nil {
+		return x.PlacedBy
 	}
 	return ""
 }
@@ -686,6 +815,10 @@ type UploadHeader struct {
 	// stream, else QueryUpload's committed_bytes (any other offset is
 	// FAILED_PRECONDITION "resume at committed_bytes=N"). Only with upload_id.
 	WriteOffset int64 `protobuf:"varint,8,opt,name=write_offset,json=writeOffset,proto3" json:"write_offset,omitempty"`
+	// The new asset is removed (record and bytes) this many seconds after its
+	// creation unless something still needs it then (see Asset.holds); 0: by the
+	// server's --expiry-rule defaults (none: kept until deleted).
+	TtlSeconds int64 `protobuf:"varint,9,opt,name=ttl_seconds,json=ttlSeconds,proto3" json:"ttl_seconds,omitempty"`
 	// Send no bytes if the server already stores them: with expected_size_bytes and
 	// expected_sha256 set and no chunk in the stream, the server makes the asset
 	// (or fulfills pending_asset_id) from a stored AVAILABLE FILE asset of that
@@ -696,14 +829,14 @@ type UploadHeader struct {
 	// through the server, hashed again. If it stores no such bytes (or they fail
 	// a check) the stream fails with NOT_FOUND ("no stored bytes ..."): send them
 	// in a new stream. Not with upload_id; not with a task token.
-	ReuseStoredBytes bool `protobuf:"varint,9,opt,name=reuse_stored_bytes,json=reuseStoredBytes,proto3" json:"reuse_stored_bytes,omitempty"`
+	ReuseStoredBytes bool `protobuf:"varint,10,opt,name=reuse_stored_bytes,json=reuseStoredBytes,proto3" json:"reuse_stored_bytes,omitempty"`
 	unknownFields    protoimpl.UnknownFields
 	sizeCache        protoimpl.SizeCache
 }
 
 func (x *UploadHeader) Reset() {
 	*x = UploadHeader{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[2]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -715,7 +848,7 @@ func (x *UploadHeader) String() string {
 func (*UploadHeader) ProtoMessage() {}
 
 func (x *UploadHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[2]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -728,7 +861,7 @@ func (x *UploadHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UploadHeader.ProtoReflect.Descriptor instead.
 func (*UploadHeader) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{2}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *UploadHeader) GetLabel() string {
@@ -787,6 +920,13 @@ func (x *UploadHeader) GetWriteOffset() int64 {
 	return 0
 }
 
+func (x *UploadHeader) GetTtlSeconds() int64 {
+	if x != nil {
+		return x.TtlSeconds
+	}
+	return 0
+}
+
 func (x *UploadHeader) GetReuseStoredBytes() bool {
 	if x != nil {
 		return x.ReuseStoredBytes
@@ -808,7 +948,7 @@ type UploadAssetRequest struct {
 
 func (x *UploadAssetRequest) Reset() {
 	*x = UploadAssetRequest{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[3]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -820,7 +960,7 @@ func (x *UploadAssetRequest) String() string {
 func (*UploadAssetRequest) ProtoMessage() {}
 
 func (x *UploadAssetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[3]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -833,7 +973,7 @@ func (x *UploadAssetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UploadAssetRequest.ProtoReflect.Descriptor instead.
 func (*UploadAssetRequest) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{3}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *UploadAssetRequest) GetPayload() isUploadAssetRequest_Payload {
@@ -888,7 +1028,7 @@ type UploadAssetResponse struct {
 
 func (x *UploadAssetResponse) Reset() {
 	*x = UploadAssetResponse{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[4]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -900,7 +1040,7 @@ func (x *UploadAssetResponse) String() string {
 func (*UploadAssetResponse) ProtoMessage() {}
 
 func (x *UploadAssetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[4]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -913,7 +1053,7 @@ func (x *UploadAssetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UploadAssetResponse.ProtoReflect.Descriptor instead.
 func (*UploadAssetResponse) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{4}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *UploadAssetResponse) GetAsset() *Asset {
@@ -939,14 +1079,18 @@ type RegisterFileRequest struct {
 	MediaType string   `protobuf:"bytes,3,opt,name=media_type,json=mediaType,proto3" json:"media_type,omitempty"`
 	Tags      []string `protobuf:"bytes,4,rep,name=tags,proto3" json:"tags,omitempty"`
 	// Move the file into the store instead of copying it.
-	Move          bool `protobuf:"varint,5,opt,name=move,proto3" json:"move,omitempty"`
+	Move bool `protobuf:"varint,5,opt,name=move,proto3" json:"move,omitempty"`
+	// The new asset is removed (record and bytes) this many seconds after its
+	// creation unless something still needs it then (see Asset.holds); 0: by the
+	// server's --expiry-rule defaults (none: kept until deleted).
+	TtlSeconds    int64 `protobuf:"varint,6,opt,name=ttl_seconds,json=ttlSeconds,proto3" json:"ttl_seconds,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *RegisterFileRequest) Reset() {
 	*x = RegisterFileRequest{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[5]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -958,7 +1102,7 @@ func (x *RegisterFileRequest) String() string {
 func (*RegisterFileRequest) ProtoMessage() {}
 
 func (x *RegisterFileRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[5]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -971,7 +1115,7 @@ func (x *RegisterFileRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterFileRequest.ProtoReflect.Descriptor instead.
 func (*RegisterFileRequest) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{5}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *RegisterFileRequest) GetPath() string {
@@ -1009,6 +1153,13 @@ func (x *RegisterFileRequest) GetMove() bool {
 	return false
 }
 
+func (x *RegisterFileRequest) GetTtlSeconds() int64 {
+	if x != nil {
+		return x.TtlSeconds
+	}
+	return 0
+}
+
 // RegisterFileResponse carries the stored asset.
 type RegisterFileResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1019,7 +1170,7 @@ type RegisterFileResponse struct {
 
 func (x *RegisterFileResponse) Reset() {
 	*x = RegisterFileResponse{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[6]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1031,7 +1182,7 @@ func (x *RegisterFileResponse) String() string {
 func (*RegisterFileResponse) ProtoMessage() {}
 
 func (x *RegisterFileResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[6]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1044,7 +1195,7 @@ func (x *RegisterFileResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterFileResponse.ProtoReflect.Descriptor instead.
 func (*RegisterFileResponse) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{6}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *RegisterFileResponse) GetAsset() *Asset {
@@ -1059,16 +1210,20 @@ type CreateValueAssetRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Label string                 `protobuf:"bytes,1,opt,name=label,proto3" json:"label,omitempty"`
 	// Defaults to text/plain, application/json or application/octet-stream.
-	MediaType     string   `protobuf:"bytes,2,opt,name=media_type,json=mediaType,proto3" json:"media_type,omitempty"`
-	Value         *Value   `protobuf:"bytes,3,opt,name=value,proto3" json:"value,omitempty"`
-	Tags          []string `protobuf:"bytes,4,rep,name=tags,proto3" json:"tags,omitempty"`
+	MediaType string   `protobuf:"bytes,2,opt,name=media_type,json=mediaType,proto3" json:"media_type,omitempty"`
+	Value     *Value   `protobuf:"bytes,3,opt,name=value,proto3" json:"value,omitempty"`
+	Tags      []string `protobuf:"bytes,4,rep,name=tags,proto3" json:"tags,omitempty"`
+	// The new asset is removed (record and bytes) this many seconds after its
+	// creation unless something still needs it then (see Asset.holds); 0: by the
+	// server's --expiry-rule defaults (none: kept until deleted).
+	TtlSeconds    int64 `protobuf:"varint,5,opt,name=ttl_seconds,json=ttlSeconds,proto3" json:"ttl_seconds,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CreateValueAssetRequest) Reset() {
 	*x = CreateValueAssetRequest{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[7]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1080,7 +1235,7 @@ func (x *CreateValueAssetRequest) String() string {
 func (*CreateValueAssetRequest) ProtoMessage() {}
 
 func (x *CreateValueAssetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[7]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1093,7 +1248,7 @@ func (x *CreateValueAssetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateValueAssetRequest.ProtoReflect.Descriptor instead.
 func (*CreateValueAssetRequest) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{7}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *CreateValueAssetRequest) GetLabel() string {
@@ -1124,6 +1279,13 @@ func (x *CreateValueAssetRequest) GetTags() []string {
 	return nil
 }
 
+func (x *CreateValueAssetRequest) GetTtlSeconds() int64 {
+	if x != nil {
+		return x.TtlSeconds
+	}
+	return 0
+}
+
 // CreateValueAssetResponse carries the stored asset.
 type CreateValueAssetResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1134,7 +1296,7 @@ type CreateValueAssetResponse struct {
 
 func (x *CreateValueAssetResponse) Reset() {
 	*x = CreateValueAssetResponse{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[8]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1146,7 +1308,7 @@ func (x *CreateValueAssetResponse) String() string {
 func (*CreateValueAssetResponse) ProtoMessage() {}
 
 func (x *CreateValueAssetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[8]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1159,7 +1321,7 @@ func (x *CreateValueAssetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateValueAssetResponse.ProtoReflect.Descriptor instead.
 func (*CreateValueAssetResponse) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{8}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *CreateValueAssetResponse) GetAsset() *Asset {
@@ -1183,14 +1345,18 @@ type CreatePendingAssetRequest struct {
 	// renews it (RenewLease); then the asset becomes FAILED ("lease expired ..."),
 	// so a task that died cannot leave its dependants waiting forever. 0 (the
 	// default): no lease. At most the server's --max-lease-seconds.
-	LeaseSeconds  uint32 `protobuf:"varint,6,opt,name=lease_seconds,json=leaseSeconds,proto3" json:"lease_seconds,omitempty"`
+	LeaseSeconds uint32 `protobuf:"varint,6,opt,name=lease_seconds,json=leaseSeconds,proto3" json:"lease_seconds,omitempty"`
+	// Counted from its creation; a PENDING asset never expires: once fulfilled
+	// or failed past its expiry, it goes as soon as nothing holds it. 0: the
+	// --expiry-rule defaults for the state it reaches.
+	TtlSeconds    int64 `protobuf:"varint,7,opt,name=ttl_seconds,json=ttlSeconds,proto3" json:"ttl_seconds,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CreatePendingAssetRequest) Reset() {
 	*x = CreatePendingAssetRequest{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[9]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1202,7 +1368,7 @@ func (x *CreatePendingAssetRequest) String() string {
 func (*CreatePendingAssetRequest) ProtoMessage() {}
 
 func (x *CreatePendingAssetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[9]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1215,7 +1381,7 @@ func (x *CreatePendingAssetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreatePendingAssetRequest.ProtoReflect.Descriptor instead.
 func (*CreatePendingAssetRequest) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{9}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *CreatePendingAssetRequest) GetTaskId() string {
@@ -1260,6 +1426,13 @@ func (x *CreatePendingAssetRequest) GetLeaseSeconds() uint32 {
 	return 0
 }
 
+func (x *CreatePendingAssetRequest) GetTtlSeconds() int64 {
+	if x != nil {
+		return x.TtlSeconds
+	}
+	return 0
+}
+
 // CreatePendingAssetResponse carries the PENDING asset.
 type CreatePendingAssetResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1270,7 +1443,7 @@ type CreatePendingAssetResponse struct {
 
 func (x *CreatePendingAssetResponse) Reset() {
 	*x = CreatePendingAssetResponse{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[10]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1282,7 +1455,7 @@ func (x *CreatePendingAssetResponse) String() string {
 func (*CreatePendingAssetResponse) ProtoMessage() {}
 
 func (x *CreatePendingAssetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[10]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1295,7 +1468,7 @@ func (x *CreatePendingAssetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreatePendingAssetResponse.ProtoReflect.Descriptor instead.
 func (*CreatePendingAssetResponse) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{10}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *CreatePendingAssetResponse) GetAsset() *Asset {
@@ -1320,7 +1493,7 @@ type GetOrCreatePendingAssetRequest struct {
 
 func (x *GetOrCreatePendingAssetRequest) Reset() {
 	*x = GetOrCreatePendingAssetRequest{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[11]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1332,7 +1505,7 @@ func (x *GetOrCreatePendingAssetRequest) String() string {
 func (*GetOrCreatePendingAssetRequest) ProtoMessage() {}
 
 func (x *GetOrCreatePendingAssetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[11]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1345,7 +1518,7 @@ func (x *GetOrCreatePendingAssetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetOrCreatePendingAssetRequest.ProtoReflect.Descriptor instead.
 func (*GetOrCreatePendingAssetRequest) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{11}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *GetOrCreatePendingAssetRequest) GetKey() string {
@@ -1373,7 +1546,7 @@ type GetOrCreatePendingAssetResponse struct {
 
 func (x *GetOrCreatePendingAssetResponse) Reset() {
 	*x = GetOrCreatePendingAssetResponse{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[12]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1385,7 +1558,7 @@ func (x *GetOrCreatePendingAssetResponse) String() string {
 func (*GetOrCreatePendingAssetResponse) ProtoMessage() {}
 
 func (x *GetOrCreatePendingAssetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[12]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1398,7 +1571,7 @@ func (x *GetOrCreatePendingAssetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetOrCreatePendingAssetResponse.ProtoReflect.Descriptor instead.
 func (*GetOrCreatePendingAssetResponse) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{12}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *GetOrCreatePendingAssetResponse) GetAsset() *Asset {
@@ -1432,7 +1605,7 @@ type FulfillAssetRequest struct {
 
 func (x *FulfillAssetRequest) Reset() {
 	*x = FulfillAssetRequest{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[13]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1444,7 +1617,7 @@ func (x *FulfillAssetRequest) String() string {
 func (*FulfillAssetRequest) ProtoMessage() {}
 
 func (x *FulfillAssetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[13]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1457,7 +1630,7 @@ func (x *FulfillAssetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FulfillAssetRequest.ProtoReflect.Descriptor instead.
 func (*FulfillAssetRequest) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{13}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *FulfillAssetRequest) GetAssetId() string {
@@ -1529,7 +1702,7 @@ type FulfillAssetResponse struct {
 
 func (x *FulfillAssetResponse) Reset() {
 	*x = FulfillAssetResponse{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[14]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1541,7 +1714,7 @@ func (x *FulfillAssetResponse) String() string {
 func (*FulfillAssetResponse) ProtoMessage() {}
 
 func (x *FulfillAssetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[14]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1554,7 +1727,7 @@ func (x *FulfillAssetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FulfillAssetResponse.ProtoReflect.Descriptor instead.
 func (*FulfillAssetResponse) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{14}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *FulfillAssetResponse) GetAsset() *Asset {
@@ -1576,7 +1749,7 @@ type FailAssetRequest struct {
 
 func (x *FailAssetRequest) Reset() {
 	*x = FailAssetRequest{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[15]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1588,7 +1761,7 @@ func (x *FailAssetRequest) String() string {
 func (*FailAssetRequest) ProtoMessage() {}
 
 func (x *FailAssetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[15]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1601,7 +1774,7 @@ func (x *FailAssetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FailAssetRequest.ProtoReflect.Descriptor instead.
 func (*FailAssetRequest) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{15}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *FailAssetRequest) GetAssetId() string {
@@ -1628,7 +1801,7 @@ type FailAssetResponse struct {
 
 func (x *FailAssetResponse) Reset() {
 	*x = FailAssetResponse{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[16]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1640,7 +1813,7 @@ func (x *FailAssetResponse) String() string {
 func (*FailAssetResponse) ProtoMessage() {}
 
 func (x *FailAssetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[16]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1653,7 +1826,7 @@ func (x *FailAssetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FailAssetResponse.ProtoReflect.Descriptor instead.
 func (*FailAssetResponse) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{16}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *FailAssetResponse) GetAsset() *Asset {
@@ -1676,7 +1849,7 @@ type RenewLeaseRequest struct {
 
 func (x *RenewLeaseRequest) Reset() {
 	*x = RenewLeaseRequest{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[17]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1688,7 +1861,7 @@ func (x *RenewLeaseRequest) String() string {
 func (*RenewLeaseRequest) ProtoMessage() {}
 
 func (x *RenewLeaseRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[17]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1701,7 +1874,7 @@ func (x *RenewLeaseRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewLeaseRequest.ProtoReflect.Descriptor instead.
 func (*RenewLeaseRequest) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{17}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *RenewLeaseRequest) GetAssetId() string {
@@ -1728,7 +1901,7 @@ type RenewLeaseResponse struct {
 
 func (x *RenewLeaseResponse) Reset() {
 	*x = RenewLeaseResponse{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[18]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1740,7 +1913,7 @@ func (x *RenewLeaseResponse) String() string {
 func (*RenewLeaseResponse) ProtoMessage() {}
 
 func (x *RenewLeaseResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[18]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1753,7 +1926,7 @@ func (x *RenewLeaseResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewLeaseResponse.ProtoReflect.Descriptor instead.
 func (*RenewLeaseResponse) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{18}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *RenewLeaseResponse) GetAsset() *Asset {
@@ -1773,7 +1946,7 @@ type GetAssetRequest struct {
 
 func (x *GetAssetRequest) Reset() {
 	*x = GetAssetRequest{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[19]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1785,7 +1958,7 @@ func (x *GetAssetRequest) String() string {
 func (*GetAssetRequest) ProtoMessage() {}
 
 func (x *GetAssetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[19]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1798,7 +1971,7 @@ func (x *GetAssetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetAssetRequest.ProtoReflect.Descriptor instead.
 func (*GetAssetRequest) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{19}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *GetAssetRequest) GetAssetId() string {
@@ -1818,7 +1991,7 @@ type GetAssetResponse struct {
 
 func (x *GetAssetResponse) Reset() {
 	*x = GetAssetResponse{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[20]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1830,7 +2003,7 @@ func (x *GetAssetResponse) String() string {
 func (*GetAssetResponse) ProtoMessage() {}
 
 func (x *GetAssetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[20]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1843,7 +2016,7 @@ func (x *GetAssetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetAssetResponse.ProtoReflect.Descriptor instead.
 func (*GetAssetResponse) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{20}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *GetAssetResponse) GetAsset() *Asset {
@@ -1863,7 +2036,7 @@ type BatchGetAssetsRequest struct {
 
 func (x *BatchGetAssetsRequest) Reset() {
 	*x = BatchGetAssetsRequest{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[21]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1875,7 +2048,7 @@ func (x *BatchGetAssetsRequest) String() string {
 func (*BatchGetAssetsRequest) ProtoMessage() {}
 
 func (x *BatchGetAssetsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[21]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1888,7 +2061,7 @@ func (x *BatchGetAssetsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchGetAssetsRequest.ProtoReflect.Descriptor instead.
 func (*BatchGetAssetsRequest) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{21}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *BatchGetAssetsRequest) GetAssetIds() []string {
@@ -1908,7 +2081,7 @@ type BatchGetAssetsResponse struct {
 
 func (x *BatchGetAssetsResponse) Reset() {
 	*x = BatchGetAssetsResponse{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[22]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1920,7 +2093,7 @@ func (x *BatchGetAssetsResponse) String() string {
 func (*BatchGetAssetsResponse) ProtoMessage() {}
 
 func (x *BatchGetAssetsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[22]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1933,7 +2106,7 @@ func (x *BatchGetAssetsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchGetAssetsResponse.ProtoReflect.Descriptor instead.
 func (*BatchGetAssetsResponse) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{22}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *BatchGetAssetsResponse) GetAssets() []*Asset {
@@ -1968,7 +2141,7 @@ type ListAssetsRequest struct {
 
 func (x *ListAssetsRequest) Reset() {
 	*x = ListAssetsRequest{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[23]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1980,7 +2153,7 @@ func (x *ListAssetsRequest) String() string {
 func (*ListAssetsRequest) ProtoMessage() {}
 
 func (x *ListAssetsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[23]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1993,7 +2166,7 @@ func (x *ListAssetsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAssetsRequest.ProtoReflect.Descriptor instead.
 func (*ListAssetsRequest) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{23}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ListAssetsRequest) GetStatus() AssetStatus {
@@ -2076,7 +2249,7 @@ type ListAssetsResponse struct {
 
 func (x *ListAssetsResponse) Reset() {
 	*x = ListAssetsResponse{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[24]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2088,7 +2261,7 @@ func (x *ListAssetsResponse) String() string {
 func (*ListAssetsResponse) ProtoMessage() {}
 
 func (x *ListAssetsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[24]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2101,7 +2274,7 @@ func (x *ListAssetsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAssetsResponse.ProtoReflect.Descriptor instead.
 func (*ListAssetsResponse) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{24}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ListAssetsResponse) GetAssets() []*Asset {
@@ -2154,7 +2327,7 @@ type WatchAssetRequest struct {
 
 func (x *WatchAssetRequest) Reset() {
 	*x = WatchAssetRequest{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[25]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2166,7 +2339,7 @@ func (x *WatchAssetRequest) String() string {
 func (*WatchAssetRequest) ProtoMessage() {}
 
 func (x *WatchAssetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[25]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2179,7 +2352,7 @@ func (x *WatchAssetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchAssetRequest.ProtoReflect.Descriptor instead.
 func (*WatchAssetRequest) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{25}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *WatchAssetRequest) GetAssetIds() []string {
@@ -2231,7 +2404,7 @@ type AssetSelector struct {
 
 func (x *AssetSelector) Reset() {
 	*x = AssetSelector{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[26]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2243,7 +2416,7 @@ func (x *AssetSelector) String() string {
 func (*AssetSelector) ProtoMessage() {}
 
 func (x *AssetSelector) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[26]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2256,7 +2429,7 @@ func (x *AssetSelector) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AssetSelector.ProtoReflect.Descriptor instead.
 func (*AssetSelector) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{26}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *AssetSelector) GetTaskId() string {
@@ -2314,7 +2487,7 @@ type WatchAssetResponse struct {
 
 func (x *WatchAssetResponse) Reset() {
 	*x = WatchAssetResponse{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[27]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2326,7 +2499,7 @@ func (x *WatchAssetResponse) String() string {
 func (*WatchAssetResponse) ProtoMessage() {}
 
 func (x *WatchAssetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[27]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2339,7 +2512,7 @@ func (x *WatchAssetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchAssetResponse.ProtoReflect.Descriptor instead.
 func (*WatchAssetResponse) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{27}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *WatchAssetResponse) GetType() WatchEventType {
@@ -2377,7 +2550,7 @@ type ReadAssetRequest struct {
 
 func (x *ReadAssetRequest) Reset() {
 	*x = ReadAssetRequest{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[28]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2389,7 +2562,7 @@ func (x *ReadAssetRequest) String() string {
 func (*ReadAssetRequest) ProtoMessage() {}
 
 func (x *ReadAssetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[28]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2402,7 +2575,7 @@ func (x *ReadAssetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadAssetRequest.ProtoReflect.Descriptor instead.
 func (*ReadAssetRequest) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{28}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ReadAssetRequest) GetAssetId() string {
@@ -2438,7 +2611,7 @@ type ReadAssetResponse struct {
 
 func (x *ReadAssetResponse) Reset() {
 	*x = ReadAssetResponse{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[29]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2450,7 +2623,7 @@ func (x *ReadAssetResponse) String() string {
 func (*ReadAssetResponse) ProtoMessage() {}
 
 func (x *ReadAssetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[29]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2463,7 +2636,7 @@ func (x *ReadAssetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadAssetResponse.ProtoReflect.Descriptor instead.
 func (*ReadAssetResponse) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{29}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ReadAssetResponse) GetChunk() []byte {
@@ -2500,7 +2673,7 @@ type GetManifestRequest struct {
 
 func (x *GetManifestRequest) Reset() {
 	*x = GetManifestRequest{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[30]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2512,7 +2685,7 @@ func (x *GetManifestRequest) String() string {
 func (*GetManifestRequest) ProtoMessage() {}
 
 func (x *GetManifestRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[30]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2525,7 +2698,7 @@ func (x *GetManifestRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetManifestRequest.ProtoReflect.Descriptor instead.
 func (*GetManifestRequest) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{30}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *GetManifestRequest) GetAssetMappings() map[string]string {
@@ -2562,7 +2735,7 @@ type GetManifestResponse struct {
 
 func (x *GetManifestResponse) Reset() {
 	*x = GetManifestResponse{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[31]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2574,7 +2747,7 @@ func (x *GetManifestResponse) String() string {
 func (*GetManifestResponse) ProtoMessage() {}
 
 func (x *GetManifestResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[31]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2587,7 +2760,7 @@ func (x *GetManifestResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetManifestResponse.ProtoReflect.Descriptor instead.
 func (*GetManifestResponse) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{31}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *GetManifestResponse) GetManifestPath() string {
@@ -2606,15 +2779,18 @@ func (x *GetManifestResponse) GetEntries() map[string]string {
 
 // DeleteAssetRequest names the asset to delete.
 type DeleteAssetRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	AssetId       string                 `protobuf:"bytes,1,opt,name=asset_id,json=assetId,proto3" json:"asset_id,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	AssetId string                 `protobuf:"bytes,1,opt,name=asset_id,json=assetId,proto3" json:"asset_id,omitempty"`
+	// Delete it even though something holds it (FAILED_PRECONDITION naming the
+	// holders otherwise). Admin role.
+	Force         bool `protobuf:"varint,2,opt,name=force,proto3" json:"force,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *DeleteAssetRequest) Reset() {
 	*x = DeleteAssetRequest{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[32]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2626,7 +2802,7 @@ func (x *DeleteAssetRequest) String() string {
 func (*DeleteAssetRequest) ProtoMessage() {}
 
 func (x *DeleteAssetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[32]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2639,7 +2815,7 @@ func (x *DeleteAssetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteAssetRequest.ProtoReflect.Descriptor instead.
 func (*DeleteAssetRequest) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{32}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *DeleteAssetRequest) GetAssetId() string {
@@ -2647,6 +2823,13 @@ func (x *DeleteAssetRequest) GetAssetId() string {
 		return x.AssetId
 	}
 	return ""
+}
+
+func (x *DeleteAssetRequest) GetForce() bool {
+	if x != nil {
+		return x.Force
+	}
+	return false
 }
 
 // DeleteAssetResponse carries the deleted asset's last state.
@@ -2659,7 +2842,7 @@ type DeleteAssetResponse struct {
 
 func (x *DeleteAssetResponse) Reset() {
 	*x = DeleteAssetResponse{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[33]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2671,7 +2854,7 @@ func (x *DeleteAssetResponse) String() string {
 func (*DeleteAssetResponse) ProtoMessage() {}
 
 func (x *DeleteAssetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[33]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2684,7 +2867,7 @@ func (x *DeleteAssetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteAssetResponse.ProtoReflect.Descriptor instead.
 func (*DeleteAssetResponse) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{33}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *DeleteAssetResponse) GetAsset() *Asset {
@@ -2707,7 +2890,7 @@ type ScrubAssetsRequest struct {
 
 func (x *ScrubAssetsRequest) Reset() {
 	*x = ScrubAssetsRequest{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[34]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2719,7 +2902,7 @@ func (x *ScrubAssetsRequest) String() string {
 func (*ScrubAssetsRequest) ProtoMessage() {}
 
 func (x *ScrubAssetsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[34]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2732,7 +2915,7 @@ func (x *ScrubAssetsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ScrubAssetsRequest.ProtoReflect.Descriptor instead.
 func (*ScrubAssetsRequest) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{34}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *ScrubAssetsRequest) GetAssetIds() []string {
@@ -2764,7 +2947,7 @@ type ScrubAssetsResponse struct {
 
 func (x *ScrubAssetsResponse) Reset() {
 	*x = ScrubAssetsResponse{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[35]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2776,7 +2959,7 @@ func (x *ScrubAssetsResponse) String() string {
 func (*ScrubAssetsResponse) ProtoMessage() {}
 
 func (x *ScrubAssetsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[35]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2789,7 +2972,7 @@ func (x *ScrubAssetsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ScrubAssetsResponse.ProtoReflect.Descriptor instead.
 func (*ScrubAssetsResponse) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{35}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *ScrubAssetsResponse) GetAssetId() string {
@@ -2835,7 +3018,7 @@ type MintTaskTokenRequest struct {
 
 func (x *MintTaskTokenRequest) Reset() {
 	*x = MintTaskTokenRequest{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[36]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2847,7 +3030,7 @@ func (x *MintTaskTokenRequest) String() string {
 func (*MintTaskTokenRequest) ProtoMessage() {}
 
 func (x *MintTaskTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[36]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2860,7 +3043,7 @@ func (x *MintTaskTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MintTaskTokenRequest.ProtoReflect.Descriptor instead.
 func (*MintTaskTokenRequest) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{36}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *MintTaskTokenRequest) GetTaskId() string {
@@ -2897,7 +3080,7 @@ type MintTaskTokenResponse struct {
 
 func (x *MintTaskTokenResponse) Reset() {
 	*x = MintTaskTokenResponse{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[37]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2909,7 +3092,7 @@ func (x *MintTaskTokenResponse) String() string {
 func (*MintTaskTokenResponse) ProtoMessage() {}
 
 func (x *MintTaskTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[37]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2922,7 +3105,7 @@ func (x *MintTaskTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MintTaskTokenResponse.ProtoReflect.Descriptor instead.
 func (*MintTaskTokenResponse) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{37}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *MintTaskTokenResponse) GetToken() string {
@@ -2950,7 +3133,7 @@ type QueryUploadRequest struct {
 
 func (x *QueryUploadRequest) Reset() {
 	*x = QueryUploadRequest{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[38]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2962,7 +3145,7 @@ func (x *QueryUploadRequest) String() string {
 func (*QueryUploadRequest) ProtoMessage() {}
 
 func (x *QueryUploadRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[38]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2975,7 +3158,7 @@ func (x *QueryUploadRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QueryUploadRequest.ProtoReflect.Descriptor instead.
 func (*QueryUploadRequest) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{38}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *QueryUploadRequest) GetUploadId() string {
@@ -3011,7 +3194,7 @@ type QueryUploadResponse struct {
 
 func (x *QueryUploadResponse) Reset() {
 	*x = QueryUploadResponse{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[39]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3023,7 +3206,7 @@ func (x *QueryUploadResponse) String() string {
 func (*QueryUploadResponse) ProtoMessage() {}
 
 func (x *QueryUploadResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[39]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3036,7 +3219,7 @@ func (x *QueryUploadResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QueryUploadResponse.ProtoReflect.Descriptor instead.
 func (*QueryUploadResponse) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{39}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *QueryUploadResponse) GetCommittedBytes() int64 {
@@ -3060,6 +3243,619 @@ func (x *QueryUploadResponse) GetExpireTime() *timestamppb.Timestamp {
 	return nil
 }
 
+// SetExpiryRequest says when an asset expires.
+type SetExpiryRequest struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	AssetId string                 `protobuf:"bytes,1,opt,name=asset_id,json=assetId,proto3" json:"asset_id,omitempty"`
+	// Expire this many seconds from now (1 to about 100 years)...
+	TtlSeconds int64 `protobuf:"varint,2,opt,name=ttl_seconds,json=ttlSeconds,proto3" json:"ttl_seconds,omitempty"`
+	// ...or never (not both).
+	Clear         bool `protobuf:"varint,3,opt,name=clear,proto3" json:"clear,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetExpiryRequest) Reset() {
+	*x = SetExpiryRequest{}
+	mi := &file_asset_v1_asset_service_proto_msgTypes[41]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetExpiryRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetExpiryRequest) ProtoMessage() {}
+
+func (x *SetExpiryRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_asset_v1_asset_service_proto_msgTypes[41]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetExpiryRequest.ProtoReflect.Descriptor instead.
+func (*SetExpiryRequest) Descriptor() ([]byte, []int) {
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{41}
+}
+
+func (x *SetExpiryRequest) GetAssetId() string {
+	if x != nil {
+		return x.AssetId
+	}
+	return ""
+}
+
+func (x *SetExpiryRequest) GetTtlSeconds() int64 {
+	if x != nil {
+		return x.TtlSeconds
+	}
+	return 0
+}
+
+func (x *SetExpiryRequest) GetClear() bool {
+	if x != nil {
+		return x.Clear
+	}
+	return false
+}
+
+// SetExpiryResponse carries the asset with its new expiry.
+type SetExpiryResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Asset         *Asset                 `protobuf:"bytes,1,opt,name=asset,proto3" json:"asset,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetExpiryResponse) Reset() {
+	*x = SetExpiryResponse{}
+	mi := &file_asset_v1_asset_service_proto_msgTypes[42]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetExpiryResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetExpiryResponse) ProtoMessage() {}
+
+func (x *SetExpiryResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_asset_v1_asset_service_proto_msgTypes[42]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetExpiryResponse.ProtoReflect.Descriptor instead.
+func (*SetExpiryResponse) Descriptor() ([]byte, []int) {
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{42}
+}
+
+func (x *SetExpiryResponse) GetAsset() *Asset {
+	if x != nil {
+		return x.Asset
+	}
+	return nil
+}
+
+// PlaceHoldRequest keeps an asset for an owner.
+type PlaceHoldRequest struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	AssetId string                 `protobuf:"bytes,1,opt,name=asset_id,json=assetId,proto3" json:"asset_id,omitempty"`
+	// Who holds it (1-200 characters; not "task:..."); placing it again with the
+	// same owner replaces the reason. At most 64 owners per asset.
+	Owner string `protobuf:"bytes,2,opt,name=owner,proto3" json:"owner,omitempty"`
+	// Why, for whoever finds it held (up to 1024 characters).
+	Reason        string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PlaceHoldRequest) Reset() {
+	*x = PlaceHoldRequest{}
+	mi := &file_asset_v1_asset_service_proto_msgTypes[43]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PlaceHoldRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PlaceHoldRequest) ProtoMessage() {}
+
+func (x *PlaceHoldRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_asset_v1_asset_service_proto_msgTypes[43]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PlaceHoldRequest.ProtoReflect.Descriptor instead.
+func (*PlaceHoldRequest) Descriptor() ([]byte, []int) {
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{43}
+}
+
+func (x *PlaceHoldRequest) GetAssetId() string {
+	if x != nil {
+		return x.AssetId
+	}
+	return ""
+}
+
+func (x *PlaceHoldRequest) GetOwner() string {
+	if x != nil {
+		return x.Owner
+	}
+	return ""
+}
+
+func (x *PlaceHoldRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+// PlaceHoldResponse carries the asset with its holds.
+type PlaceHoldResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Asset         *Asset                 `protobuf:"bytes,1,opt,name=asset,proto3" json:"asset,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PlaceHoldResponse) Reset() {
+	*x = PlaceHoldResponse{}
+	mi := &file_asset_v1_asset_service_proto_msgTypes[44]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PlaceHoldResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PlaceHoldResponse) ProtoMessage() {}
+
+func (x *PlaceHoldResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_asset_v1_asset_service_proto_msgTypes[44]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PlaceHoldResponse.ProtoReflect.Descriptor instead.
+func (*PlaceHoldResponse) Descriptor() ([]byte, []int) {
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{44}
+}
+
+func (x *PlaceHoldResponse) GetAsset() *Asset {
+	if x != nil {
+		return x.Asset
+	}
+	return nil
+}
+
+// ReleaseHoldRequest names the hold to remove.
+type ReleaseHoldRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	AssetId       string                 `protobuf:"bytes,1,opt,name=asset_id,json=assetId,proto3" json:"asset_id,omitempty"`
+	Owner         string                 `protobuf:"bytes,2,opt,name=owner,proto3" json:"owner,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReleaseHoldRequest) Reset() {
+	*x = ReleaseHoldRequest{}
+	mi := &file_asset_v1_asset_service_proto_msgTypes[45]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReleaseHoldRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReleaseHoldRequest) ProtoMessage() {}
+
+func (x *ReleaseHoldRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_asset_v1_asset_service_proto_msgTypes[45]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReleaseHoldRequest.ProtoReflect.Descriptor instead.
+func (*ReleaseHoldRequest) Descriptor() ([]byte, []int) {
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{45}
+}
+
+func (x *ReleaseHoldRequest) GetAssetId() string {
+	if x != nil {
+		return x.AssetId
+	}
+	return ""
+}
+
+func (x *ReleaseHoldRequest) GetOwner() string {
+	if x != nil {
+		return x.Owner
+	}
+	return ""
+}
+
+// ReleaseHoldResponse carries the asset with the holds left.
+type ReleaseHoldResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Asset         *Asset                 `protobuf:"bytes,1,opt,name=asset,proto3" json:"asset,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReleaseHoldResponse) Reset() {
+	*x = ReleaseHoldResponse{}
+	mi := &file_asset_v1_asset_service_proto_msgTypes[46]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReleaseHoldResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReleaseHoldResponse) ProtoMessage() {}
+
+func (x *ReleaseHoldResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_asset_v1_asset_service_proto_msgTypes[46]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReleaseHoldResponse.ProtoReflect.Descriptor instead.
+func (*ReleaseHoldResponse) Descriptor() ([]byte, []int) {
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{46}
+}
+
+func (x *ReleaseHoldResponse) GetAsset() *Asset {
+	if x != nil {
+		return x.Asset
+	}
+	return nil
+}
+
+// GetUsageRequest says how to group.
+type GetUsageRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// "status" (the default), "type", "tag" or "task".
+	Group string `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
+	// Only these keys of the group; none: the largest (by bytes).
+	Keys []string `protobuf:"bytes,2,rep,name=keys,proto3" json:"keys,omitempty"`
+	// How many of the largest keys (0: 100; at most 1000).
+	Limit         int32 `protobuf:"varint,3,opt,name=limit,proto3" json:"limit,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetUsageRequest) Reset() {
+	*x = GetUsageRequest{}
+	mi := &file_asset_v1_asset_service_proto_msgTypes[47]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetUsageRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetUsageRequest) ProtoMessage() {}
+
+func (x *GetUsageRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_asset_v1_asset_service_proto_msgTypes[47]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetUsageRequest.ProtoReflect.Descriptor instead.
+func (*GetUsageRequest) Descriptor() ([]byte, []int) {
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{47}
+}
+
+func (x *GetUsageRequest) GetGroup() string {
+	if x != nil {
+		return x.Group
+	}
+	return ""
+}
+
+func (x *GetUsageRequest) GetKeys() []string {
+	if x != nil {
+		return x.Keys
+	}
+	return nil
+}
+
+func (x *GetUsageRequest) GetLimit() int32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+// UsageRow is one key's share: totals, and their part in each status.
+type UsageRow struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Key           string                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	Count         int64                  `protobuf:"varint,2,opt,name=count,proto3" json:"count,omitempty"`
+	Bytes         int64                  `protobuf:"varint,3,opt,name=bytes,proto3" json:"bytes,omitempty"`
+	ByStatus      []*StatusUsage         `protobuf:"bytes,4,rep,name=by_status,json=byStatus,proto3" json:"by_status,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UsageRow) Reset() {
+	*x = UsageRow{}
+	mi := &file_asset_v1_asset_service_proto_msgTypes[48]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UsageRow) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UsageRow) ProtoMessage() {}
+
+func (x *UsageRow) ProtoReflect() protoreflect.Message {
+	mi := &file_asset_v1_asset_service_proto_msgTypes[48]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UsageRow.ProtoReflect.Descriptor instead.
+func (*UsageRow) Descriptor() ([]byte, []int) {
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{48}
+}
+
+func (x *UsageRow) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *UsageRow) GetCount() int64 {
+	if x != nil {
+		return x.Count
+	}
+	return 0
+}
+
+func (x *UsageRow) GetBytes() int64 {
+	if x != nil {
+		return x.Bytes
+	}
+	return 0
+}
+
+func (x *UsageRow) GetByStatus() []*StatusUsage {
+	if x != nil {
+		return x.ByStatus
+	}
+	return nil
+}
+
+// StatusUsage is the part of a total in one status.
+type StatusUsage struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Status        AssetStatus            `protobuf:"varint,1,opt,name=status,proto3,enum=asset.v1.AssetStatus" json:"status,omitempty"`
+	Count         int64                  `protobuf:"varint,2,opt,name=count,proto3" json:"count,omitempty"`
+	Bytes         int64                  `protobuf:"varint,3,opt,name=bytes,proto3" json:"bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StatusUsage) Reset() {
+	*x = StatusUsage{}
+	mi := &file_asset_v1_asset_service_proto_msgTypes[49]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StatusUsage) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StatusUsage) ProtoMessage() {}
+
+func (x *StatusUsage) ProtoReflect() protoreflect.Message {
+	mi := &file_asset_v1_asset_service_proto_msgTypes[49]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StatusUsage.ProtoReflect.Descriptor instead.
+func (*StatusUsage) Descriptor() ([]byte, []int) {
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{49}
+}
+
+func (x *StatusUsage) GetStatus() AssetStatus {
+	if x != nil {
+		return x.Status
+	}
+	return AssetStatus_ASSET_STATUS_UNSPECIFIED
+}
+
+func (x *StatusUsage) GetCount() int64 {
+	if x != nil {
+		return x.Count
+	}
+	return 0
+}
+
+func (x *StatusUsage) GetBytes() int64 {
+	if x != nil {
+		return x.Bytes
+	}
+	return 0
+}
+
+// GetUsageResponse: the store's totals and one row per key.
+type GetUsageResponse struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Count    int64                  `protobuf:"varint,1,opt,name=count,proto3" json:"count,omitempty"`
+	Bytes    int64                  `protobuf:"varint,2,opt,name=bytes,proto3" json:"bytes,omitempty"`
+	ByStatus []*StatusUsage         `protobuf:"bytes,3,rep,name=by_status,json=byStatus,proto3" json:"by_status,omitempty"`
+	Group    string                 `protobuf:"bytes,4,opt,name=group,proto3" json:"group,omitempty"`
+	// Largest first (or in the order of `keys`).
+	Rows []*UsageRow `protobuf:"bytes,5,rep,name=rows,proto3" json:"rows,omitempty"`
+	// More keys than rows (the smallest were left out).
+	More bool `protobuf:"varint,6,opt,name=more,proto3" json:"more,omitempty"`
+	// The server's --storage-warn-bytes (0: none), and whether `bytes` passed it.
+	WarnBytes     int64 `protobuf:"varint,7,opt,name=warn_bytes,json=warnBytes,proto3" json:"warn_bytes,omitempty"`
+	OverThreshold bool  `protobuf:"varint,8,opt,name=over_threshold,json=overThreshold,proto3" json:"over_threshold,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetUsageResponse) Reset() {
+	*x = GetUsageResponse{}
+	mi := &file_asset_v1_asset_service_proto_msgTypes[50]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetUsageResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetUsageResponse) ProtoMessage() {}
+
+func (x *GetUsageResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_asset_v1_asset_service_proto_msgTypes[50]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetUsageResponse.ProtoReflect.Descriptor instead.
+func (*GetUsageResponse) Descriptor() ([]byte, []int) {
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{50}
+}
+
+func (x *GetUsageResponse) GetCount() int64 {
+	if x != nil {
+		return x.Count
+	}
+	return 0
+}
+
+func (x *GetUsageResponse) GetBytes() int64 {
+	if x != nil {
+		return x.Bytes
+	}
+	return 0
+}
+
+func (x *GetUsageResponse) GetByStatus() []*StatusUsage {
+	if x != nil {
+		return x.ByStatus
+	}
+	return nil
+}
+
+func (x *GetUsageResponse) GetGroup() string {
+	if x != nil {
+		return x.Group
+	}
+	return ""
+}
+
+func (x *GetUsageResponse) GetRows() []*UsageRow {
+	if x != nil {
+		return x.Rows
+	}
+	return nil
+}
+
+func (x *GetUsageResponse) GetMore() bool {
+	if x != nil {
+		return x.More
+	}
+	return false
+}
+
+func (x *GetUsageResponse) GetWarnBytes() int64 {
+	if x != nil {
+		return x.WarnBytes
+	}
+	return 0
+}
+
+func (x *GetUsageResponse) GetOverThreshold() bool {
+	if x != nil {
+		return x.OverThreshold
+	}
+	return false
+}
+
 var File_asset_v1_asset_service_proto protoreflect.FileDescriptor
 
 const file_asset_v1_asset_service_proto_rawDesc = "" +
@@ -3069,7 +3865,7 @@ const file_asset_v1_asset_service_proto_rawDesc = "" +
 	"\x04text\x18\x01 \x01(\tH\x00R\x04text\x12\x14\n" +
 	"\x04json\x18\x02 \x01(\tH\x00R\x04json\x12\x14\n" +
 	"\x04data\x18\x03 \x01(\fH\x00R\x04dataB\x06\n" +
-	"\x04kind\"\x82\x06\n" +
+	"\x04kind\"\xf7\a\n" +
 	"\x05Asset\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
 	"\x05label\x18\x02 \x01(\tR\x05label\x12-\n" +
@@ -3097,8 +3893,22 @@ const file_asset_v1_asset_service_proto_rawDesc = "" +
 	"updated_by\x18\x11 \x01(\tR\tupdatedBy\x12#\n" +
 	"\rlease_seconds\x18\x12 \x01(\rR\fleaseSeconds\x12F\n" +
 	"\x11lease_expire_time\x18\x13 \x01(\v2\x1a.google.protobuf.TimestampR\x0fleaseExpireTime\x12%\n" +
-	"\x0ecorrupt_reason\x18\x14 \x01(\tR\rcorruptReason\x12\x10\n" +
-	"\x03key\x18\x15 \x01(\tR\x03key\"\xe5\x02\n" +
+	"\x0ecorrupt_reason\x18\x14 \x01(\tR\rcorruptReason\x12;\n" +
+	"\vexpire_time\x18\x15 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"expireTime\x12\x1f\n" +
+	"\vexpiry_rule\x18\x16 \x01(\tR\n" +
+	"expiryRule\x12$\n" +
+	"\x05holds\x18\x17 \x03(\v2\x0e.asset.v1.HoldR\x05holds\x12F\n" +
+	"\x11retain_until_time\x18\x18 \x01(\v2\x1a.google.protobuf.TimestampR\x0fretainUntilTime\x12'\n" +
+	"\x0fdeletion_reason\x18\x19 \x01(\tR\x0edeletionReason\x12\x10\n" +
+	"\x03key\x18\x1a \x01(\tR\x03key\"\xa0\x01\n" +
+	"\x04Hold\x12\x14\n" +
+	"\x05owner\x18\x01 \x01(\tR\x05owner\x12\x12\n" +
+	"\x04kind\x18\x02 \x01(\tR\x04kind\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\x129\n" +
+	"\n" +
+	"place_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\tplaceTime\x12\x1b\n" +
+	"\tplaced_by\x18\x05 \x01(\tR\bplacedBy\"\x86\x03\n" +
 	"\fUploadHeader\x12\x14\n" +
 	"\x05label\x18\x01 \x01(\tR\x05label\x12\x1d\n" +
 	"\n" +
@@ -3108,32 +3918,39 @@ const file_asset_v1_asset_service_proto_rawDesc = "" +
 	"\x0fexpected_sha256\x18\x05 \x01(\tR\x0eexpectedSha256\x12(\n" +
 	"\x10pending_asset_id\x18\x06 \x01(\tR\x0ependingAssetId\x12\x1b\n" +
 	"\tupload_id\x18\a \x01(\tR\buploadId\x12!\n" +
-	"\fwrite_offset\x18\b \x01(\x03R\vwriteOffset\x12,\n" +
-	"\x12reuse_stored_bytes\x18\t \x01(\bR\x10reuseStoredBytesB\x16\n" +
+	"\fwrite_offset\x18\b \x01(\x03R\vwriteOffset\x12\x1f\n" +
+	"\vttl_seconds\x18\t \x01(\x03R\n" +
+	"ttlSeconds\x12,\n" +
+	"\x12reuse_stored_bytes\x18\n" +
+	" \x01(\bR\x10reuseStoredBytesB\x16\n" +
 	"\x14_expected_size_bytes\"i\n" +
 	"\x12UploadAssetRequest\x120\n" +
 	"\x06header\x18\x01 \x01(\v2\x16.asset.v1.UploadHeaderH\x00R\x06header\x12\x16\n" +
 	"\x05chunk\x18\x02 \x01(\fH\x00R\x05chunkB\t\n" +
 	"\apayload\"<\n" +
 	"\x13UploadAssetResponse\x12%\n" +
-	"\x05asset\x18\x01 \x01(\v2\x0f.asset.v1.AssetR\x05asset\"\x86\x01\n" +
+	"\x05asset\x18\x01 \x01(\v2\x0f.asset.v1.AssetR\x05asset\"\xa7\x01\n" +
 	"\x13RegisterFileRequest\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\x12\x14\n" +
 	"\x05label\x18\x02 \x01(\tR\x05label\x12\x1d\n" +
 	"\n" +
 	"media_type\x18\x03 \x01(\tR\tmediaType\x12\x12\n" +
 	"\x04tags\x18\x04 \x03(\tR\x04tags\x12\x12\n" +
-	"\x04move\x18\x05 \x01(\bR\x04move\"=\n" +
+	"\x04move\x18\x05 \x01(\bR\x04move\x12\x1f\n" +
+	"\vttl_seconds\x18\x06 \x01(\x03R\n" +
+	"ttlSeconds\"=\n" +
 	"\x14RegisterFileResponse\x12%\n" +
-	"\x05asset\x18\x01 \x01(\v2\x0f.asset.v1.AssetR\x05asset\"\x89\x01\n" +
+	"\x05asset\x18\x01 \x01(\v2\x0f.asset.v1.AssetR\x05asset\"\xaa\x01\n" +
 	"\x17CreateValueAssetRequest\x12\x14\n" +
 	"\x05label\x18\x01 \x01(\tR\x05label\x12\x1d\n" +
 	"\n" +
 	"media_type\x18\x02 \x01(\tR\tmediaType\x12%\n" +
 	"\x05value\x18\x03 \x01(\v2\x0f.asset.v1.ValueR\x05value\x12\x12\n" +
-	"\x04tags\x18\x04 \x03(\tR\x04tags\"A\n" +
+	"\x04tags\x18\x04 \x03(\tR\x04tags\x12\x1f\n" +
+	"\vttl_seconds\x18\x05 \x01(\x03R\n" +
+	"ttlSeconds\"A\n" +
 	"\x18CreateValueAssetResponse\x12%\n" +
-	"\x05asset\x18\x01 \x01(\v2\x0f.asset.v1.AssetR\x05asset\"\xcb\x01\n" +
+	"\x05asset\x18\x01 \x01(\v2\x0f.asset.v1.AssetR\x05asset\"\xec\x01\n" +
 	"\x19CreatePendingAssetRequest\x12\x17\n" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12\x14\n" +
 	"\x05label\x18\x02 \x01(\tR\x05label\x12\x1d\n" +
@@ -3141,7 +3958,9 @@ const file_asset_v1_asset_service_proto_rawDesc = "" +
 	"media_type\x18\x03 \x01(\tR\tmediaType\x12'\n" +
 	"\x04type\x18\x04 \x01(\x0e2\x13.asset.v1.AssetTypeR\x04type\x12\x12\n" +
 	"\x04tags\x18\x05 \x03(\tR\x04tags\x12#\n" +
-	"\rlease_seconds\x18\x06 \x01(\rR\fleaseSeconds\"C\n" +
+	"\rlease_seconds\x18\x06 \x01(\rR\fleaseSeconds\x12\x1f\n" +
+	"\vttl_seconds\x18\a \x01(\x03R\n" +
+	"ttlSeconds\"C\n" +
 	"\x1aCreatePendingAssetResponse\x12%\n" +
 	"\x05asset\x18\x01 \x01(\v2\x0f.asset.v1.AssetR\x05asset\"q\n" +
 	"\x1eGetOrCreatePendingAssetRequest\x12\x10\n" +
@@ -3227,9 +4046,10 @@ const file_asset_v1_asset_service_proto_rawDesc = "" +
 	"\aentries\x18\x02 \x03(\v2*.asset.v1.GetManifestResponse.EntriesEntryR\aentries\x1a:\n" +
 	"\fEntriesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"/\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"E\n" +
 	"\x12DeleteAssetRequest\x12\x19\n" +
-	"\basset_id\x18\x01 \x01(\tR\aassetId\"<\n" +
+	"\basset_id\x18\x01 \x01(\tR\aassetId\x12\x14\n" +
+	"\x05force\x18\x02 \x01(\bR\x05force\"<\n" +
 	"\x13DeleteAssetResponse\x12%\n" +
 	"\x05asset\x18\x01 \x01(\v2\x0f.asset.v1.AssetR\x05asset\"`\n" +
 	"\x12ScrubAssetsRequest\x12\x1b\n" +
@@ -3256,7 +4076,48 @@ const file_asset_v1_asset_service_proto_rawDesc = "" +
 	"\x0fcommitted_bytes\x18\x01 \x01(\x03R\x0ecommittedBytes\x12%\n" +
 	"\x05asset\x18\x02 \x01(\v2\x0f.asset.v1.AssetR\x05asset\x12;\n" +
 	"\vexpire_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"expireTime*z\n" +
+	"expireTime\"d\n" +
+	"\x10SetExpiryRequest\x12\x19\n" +
+	"\basset_id\x18\x01 \x01(\tR\aassetId\x12\x1f\n" +
+	"\vttl_seconds\x18\x02 \x01(\x03R\n" +
+	"ttlSeconds\x12\x14\n" +
+	"\x05clear\x18\x03 \x01(\bR\x05clear\":\n" +
+	"\x11SetExpiryResponse\x12%\n" +
+	"\x05asset\x18\x01 \x01(\v2\x0f.asset.v1.AssetR\x05asset\"[\n" +
+	"\x10PlaceHoldRequest\x12\x19\n" +
+	"\basset_id\x18\x01 \x01(\tR\aassetId\x12\x14\n" +
+	"\x05owner\x18\x02 \x01(\tR\x05owner\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\":\n" +
+	"\x11PlaceHoldResponse\x12%\n" +
+	"\x05asset\x18\x01 \x01(\v2\x0f.asset.v1.AssetR\x05asset\"E\n" +
+	"\x12ReleaseHoldRequest\x12\x19\n" +
+	"\basset_id\x18\x01 \x01(\tR\aassetId\x12\x14\n" +
+	"\x05owner\x18\x02 \x01(\tR\x05owner\"<\n" +
+	"\x13ReleaseHoldResponse\x12%\n" +
+	"\x05asset\x18\x01 \x01(\v2\x0f.asset.v1.AssetR\x05asset\"Q\n" +
+	"\x0fGetUsageRequest\x12\x14\n" +
+	"\x05group\x18\x01 \x01(\tR\x05group\x12\x12\n" +
+	"\x04keys\x18\x02 \x03(\tR\x04keys\x12\x14\n" +
+	"\x05limit\x18\x03 \x01(\x05R\x05limit\"|\n" +
+	"\bUsageRow\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05count\x18\x02 \x01(\x03R\x05count\x12\x14\n" +
+	"\x05bytes\x18\x03 \x01(\x03R\x05bytes\x122\n" +
+	"\tby_status\x18\x04 \x03(\v2\x15.asset.v1.StatusUsageR\bbyStatus\"h\n" +
+	"\vStatusUsage\x12-\n" +
+	"\x06status\x18\x01 \x01(\x0e2\x15.asset.v1.AssetStatusR\x06status\x12\x14\n" +
+	"\x05count\x18\x02 \x01(\x03R\x05count\x12\x14\n" +
+	"\x05bytes\x18\x03 \x01(\x03R\x05bytes\"\x8a\x02\n" +
+	"\x10GetUsageResponse\x12\x14\n" +
+	"\x05count\x18\x01 \x01(\x03R\x05count\x12\x14\n" +
+	"\x05bytes\x18\x02 \x01(\x03R\x05bytes\x122\n" +
+	"\tby_status\x18\x03 \x03(\v2\x15.asset.v1.StatusUsageR\bbyStatus\x12\x14\n" +
+	"\x05group\x18\x04 \x01(\tR\x05group\x12&\n" +
+	"\x04rows\x18\x05 \x03(\v2\x12.asset.v1.UsageRowR\x04rows\x12\x12\n" +
+	"\x04more\x18\x06 \x01(\bR\x04more\x12\x1d\n" +
+	"\n" +
+	"warn_bytes\x18\a \x01(\x03R\twarnBytes\x12%\n" +
+	"\x0eover_threshold\x18\b \x01(\bR\roverThreshold*z\n" +
 	"\vAssetStatus\x12\x1c\n" +
 	"\x18ASSET_STATUS_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14ASSET_STATUS_PENDING\x10\x01\x12\x1a\n" +
@@ -3282,7 +4143,7 @@ const file_asset_v1_asset_service_proto_rawDesc = "" +
 	"\x15SCRUB_OUTCOME_CORRUPT\x10\x02\x12\x1c\n" +
 	"\x18SCRUB_OUTCOME_UNREADABLE\x10\x03\x12\x19\n" +
 	"\x15SCRUB_OUTCOME_SKIPPED\x10\x04\x12\x1a\n" +
-	"\x16SCRUB_OUTCOME_RESTORED\x10\x052\xad\v\n" +
+	"\x16SCRUB_OUTCOME_RESTORED\x10\x052\xc8\r\n" +
 	"\fAssetService\x12L\n" +
 	"\vUploadAsset\x12\x1c.asset.v1.UploadAssetRequest\x1a\x1d.asset.v1.UploadAssetResponse(\x01\x12M\n" +
 	"\fRegisterFile\x12\x1d.asset.v1.RegisterFileRequest\x1a\x1e.asset.v1.RegisterFileResponse\x12Y\n" +
@@ -3304,7 +4165,11 @@ const file_asset_v1_asset_service_proto_rawDesc = "" +
 	"\vDeleteAsset\x12\x1c.asset.v1.DeleteAssetRequest\x1a\x1d.asset.v1.DeleteAssetResponse\x12P\n" +
 	"\rMintTaskToken\x12\x1e.asset.v1.MintTaskTokenRequest\x1a\x1f.asset.v1.MintTaskTokenResponse\x12J\n" +
 	"\vQueryUpload\x12\x1c.asset.v1.QueryUploadRequest\x1a\x1d.asset.v1.QueryUploadResponse\x12L\n" +
-	"\vScrubAssets\x12\x1c.asset.v1.ScrubAssetsRequest\x1a\x1d.asset.v1.ScrubAssetsResponse0\x01BHZFgithub.com/asset-service/asset-service/clients/go/gen/asset/v1;assetv1b\x06proto3"
+	"\vScrubAssets\x12\x1c.asset.v1.ScrubAssetsRequest\x1a\x1d.asset.v1.ScrubAssetsResponse0\x01\x12D\n" +
+	"\tSetExpiry\x12\x1a.asset.v1.SetExpiryRequest\x1a\x1b.asset.v1.SetExpiryResponse\x12D\n" +
+	"\tPlaceHold\x12\x1a.asset.v1.PlaceHoldRequest\x1a\x1b.asset.v1.PlaceHoldResponse\x12J\n" +
+	"\vReleaseHold\x12\x1c.asset.v1.ReleaseHoldRequest\x1a\x1d.asset.v1.ReleaseHoldResponse\x12A\n" +
+	"\bGetUsage\x12\x19.asset.v1.GetUsageRequest\x1a\x1a.asset.v1.GetUsageResponseBHZFgithub.com/asset-service/asset-service/clients/go/gen/asset/v1;assetv1b\x06proto3"
 
 var (
 	file_asset_v1_asset_service_proto_rawDescOnce sync.Once
@@ -3319,7 +4184,7 @@ func file_asset_v1_asset_service_proto_rawDescGZIP() []byte {
 }
 
 var file_asset_v1_asset_service_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_asset_v1_asset_service_proto_msgTypes = make([]protoimpl.MessageInfo, 42)
+var file_asset_v1_asset_service_proto_msgTypes = make([]protoimpl.MessageInfo, 53)
 var file_asset_v1_asset_service_proto_goTypes = []any{
 	(AssetStatus)(0),                        // 0: asset.v1.AssetStatus
 	(AssetType)(0),                          // 1: asset.v1.AssetType
@@ -3328,129 +4193,159 @@ var file_asset_v1_asset_service_proto_goTypes = []any{
 	(ScrubOutcome)(0),                       // 4: asset.v1.ScrubOutcome
 	(*Value)(nil),                           // 5: asset.v1.Value
 	(*Asset)(nil),                           // 6: asset.v1.Asset
-	(*UploadHeader)(nil),                    // 7: asset.v1.UploadHeader
-	(*UploadAssetRequest)(nil),              // 8: asset.v1.UploadAssetRequest
-	(*UploadAssetResponse)(nil),             // 9: asset.v1.UploadAssetResponse
-	(*RegisterFileRequest)(nil),             // 10: asset.v1.RegisterFileRequest
-	(*RegisterFileResponse)(nil),            // 11: asset.v1.RegisterFileResponse
-	(*CreateValueAssetRequest)(nil),         // 12: asset.v1.CreateValueAssetRequest
-	(*CreateValueAssetResponse)(nil),        // 13: asset.v1.CreateValueAssetResponse
-	(*CreatePendingAssetRequest)(nil),       // 14: asset.v1.CreatePendingAssetRequest
-	(*CreatePendingAssetResponse)(nil),      // 15: asset.v1.CreatePendingAssetResponse
-	(*GetOrCreatePendingAssetRequest)(nil),  // 16: asset.v1.GetOrCreatePendingAssetRequest
-	(*GetOrCreatePendingAssetResponse)(nil), // 17: asset.v1.GetOrCreatePendingAssetResponse
-	(*FulfillAssetRequest)(nil),             // 18: asset.v1.FulfillAssetRequest
-	(*FulfillAssetResponse)(nil),            // 19: asset.v1.FulfillAssetResponse
-	(*FailAssetRequest)(nil),                // 20: asset.v1.FailAssetRequest
-	(*FailAssetResponse)(nil),               // 21: asset.v1.FailAssetResponse
-	(*RenewLeaseRequest)(nil),               // 22: asset.v1.RenewLeaseRequest
-	(*RenewLeaseResponse)(nil),              // 23: asset.v1.RenewLeaseResponse
-	(*GetAssetRequest)(nil),                 // 24: asset.v1.GetAssetRequest
-	(*GetAssetResponse)(nil),                // 25: asset.v1.GetAssetResponse
-	(*BatchGetAssetsRequest)(nil),           // 26: asset.v1.BatchGetAssetsRequest
-	(*BatchGetAssetsResponse)(nil),          // 27: asset.v1.BatchGetAssetsResponse
-	(*ListAssetsRequest)(nil),               // 28: asset.v1.ListAssetsRequest
-	(*ListAssetsResponse)(nil),              // 29: asset.v1.ListAssetsResponse
-	(*WatchAssetRequest)(nil),               // 30: asset.v1.WatchAssetRequest
-	(*AssetSelector)(nil),                   // 31: asset.v1.AssetSelector
-	(*WatchAssetResponse)(nil),              // 32: asset.v1.WatchAssetResponse
-	(*ReadAssetRequest)(nil),                // 33: asset.v1.ReadAssetRequest
-	(*ReadAssetResponse)(nil),               // 34: asset.v1.ReadAssetResponse
-	(*GetManifestRequest)(nil),              // 35: asset.v1.GetManifestRequest
-	(*GetManifestResponse)(nil),             // 36: asset.v1.GetManifestResponse
-	(*DeleteAssetRequest)(nil),              // 37: asset.v1.DeleteAssetRequest
-	(*DeleteAssetResponse)(nil),             // 38: asset.v1.DeleteAssetResponse
-	(*ScrubAssetsRequest)(nil),              // 39: asset.v1.ScrubAssetsRequest
-	(*ScrubAssetsResponse)(nil),             // 40: asset.v1.ScrubAssetsResponse
-	(*MintTaskTokenRequest)(nil),            // 41: asset.v1.MintTaskTokenRequest
-	(*MintTaskTokenResponse)(nil),           // 42: asset.v1.MintTaskTokenResponse
-	(*QueryUploadRequest)(nil),              // 43: asset.v1.QueryUploadRequest
-	(*QueryUploadResponse)(nil),             // 44: asset.v1.QueryUploadResponse
-	nil,                                     // 45: asset.v1.GetManifestRequest.AssetMappingsEntry
-	nil,                                     // 46: asset.v1.GetManifestResponse.EntriesEntry
-	(*timestamppb.Timestamp)(nil),           // 47: google.protobuf.Timestamp
-	(*structpb.Struct)(nil),                 // 48: google.protobuf.Struct
+	(*Hold)(nil),                            // 7: asset.v1.Hold
+	(*UploadHeader)(nil),                    // 8: asset.v1.UploadHeader
+	(*UploadAssetRequest)(nil),              // 9: asset.v1.UploadAssetRequest
+	(*UploadAssetResponse)(nil),             // 10: asset.v1.UploadAssetResponse
+	(*RegisterFileRequest)(nil),             // 11: asset.v1.RegisterFileRequest
+	(*RegisterFileResponse)(nil),            // 12: asset.v1.RegisterFileResponse
+	(*CreateValueAssetRequest)(nil),         // 13: asset.v1.CreateValueAssetRequest
+	(*CreateValueAssetResponse)(nil),        // 14: asset.v1.CreateValueAssetResponse
+	(*CreatePendingAssetRequest)(nil),       // 15: asset.v1.CreatePendingAssetRequest
+	(*CreatePendingAssetResponse)(nil),      // 16: asset.v1.CreatePendingAssetResponse
+	(*GetOrCreatePendingAssetRequest)(nil),  // 17: asset.v1.GetOrCreatePendingAssetRequest
+	(*GetOrCreatePendingAssetResponse)(nil), // 18: asset.v1.GetOrCreatePendingAssetResponse
+	(*FulfillAssetRequest)(nil),             // 19: asset.v1.FulfillAssetRequest
+	(*FulfillAssetResponse)(nil),            // 20: asset.v1.FulfillAssetResponse
+	(*FailAssetRequest)(nil),                // 21: asset.v1.FailAssetRequest
+	(*FailAssetResponse)(nil),               // 22: asset.v1.FailAssetResponse
+	(*RenewLeaseRequest)(nil),               // 23: asset.v1.RenewLeaseRequest
+	(*RenewLeaseResponse)(nil),              // 24: asset.v1.RenewLeaseResponse
+	(*GetAssetRequest)(nil),                 // 25: asset.v1.GetAssetRequest
+	(*GetAssetResponse)(nil),                // 26: asset.v1.GetAssetResponse
+	(*BatchGetAssetsRequest)(nil),           // 27: asset.v1.BatchGetAssetsRequest
+	(*BatchGetAssetsResponse)(nil),          // 28: asset.v1.BatchGetAssetsResponse
+	(*ListAssetsRequest)(nil),               // 29: asset.v1.ListAssetsRequest
+	(*ListAssetsResponse)(nil),              // 30: asset.v1.ListAssetsResponse
+	(*WatchAssetRequest)(nil),               // 31: asset.v1.WatchAssetRequest
+	(*AssetSelector)(nil),                   // 32: asset.v1.AssetSelector
+	(*WatchAssetResponse)(nil),              // 33: asset.v1.WatchAssetResponse
+	(*ReadAssetRequest)(nil),                // 34: asset.v1.ReadAssetRequest
+	(*ReadAssetResponse)(nil),               // 35: asset.v1.ReadAssetResponse
+	(*GetManifestRequest)(nil),              // 36: asset.v1.GetManifestRequest
+	(*GetManifestResponse)(nil),             // 37: asset.v1.GetManifestResponse
+	(*DeleteAssetRequest)(nil),              // 38: asset.v1.DeleteAssetRequest
+	(*DeleteAssetResponse)(nil),             // 39: asset.v1.DeleteAssetResponse
+	(*ScrubAssetsRequest)(nil),              // 40: asset.v1.ScrubAssetsRequest
+	(*ScrubAssetsResponse)(nil),             // 41: asset.v1.ScrubAssetsResponse
+	(*MintTaskTokenRequest)(nil),            // 42: asset.v1.MintTaskTokenRequest
+	(*MintTaskTokenResponse)(nil),           // 43: asset.v1.MintTaskTokenResponse
+	(*QueryUploadRequest)(nil),              // 44: asset.v1.QueryUploadRequest
+	(*QueryUploadResponse)(nil),             // 45: asset.v1.QueryUploadResponse
+	(*SetExpiryRequest)(nil),                // 46: asset.v1.SetExpiryRequest
+	(*SetExpiryResponse)(nil),               // 47: asset.v1.SetExpiryResponse
+	(*PlaceHoldRequest)(nil),                // 48: asset.v1.PlaceHoldRequest
+	(*PlaceHoldResponse)(nil),               // 49: asset.v1.PlaceHoldResponse
+	(*ReleaseHoldRequest)(nil),              // 50: asset.v1.ReleaseHoldRequest
+	(*ReleaseHoldResponse)(nil),             // 51: asset.v1.ReleaseHoldResponse
+	(*GetUsageRequest)(nil),                 // 52: asset.v1.GetUsageRequest
+	(*UsageRow)(nil),                        // 53: asset.v1.UsageRow
+	(*StatusUsage)(nil),                     // 54: asset.v1.StatusUsage
+	(*GetUsageResponse)(nil),                // 55: asset.v1.GetUsageResponse
+	nil,                                     // 56: asset.v1.GetManifestRequest.AssetMappingsEntry
+	nil,                                     // 57: asset.v1.GetManifestResponse.EntriesEntry
+	(*timestamppb.Timestamp)(nil),           // 58: google.protobuf.Timestamp
+	(*structpb.Struct)(nil),                 // 59: google.protobuf.Struct
 }
 var file_asset_v1_asset_service_proto_depIdxs = []int32{
 	0,  // 0: asset.v1.Asset.status:type_name -> asset.v1.AssetStatus
 	1,  // 1: asset.v1.Asset.type:type_name -> asset.v1.AssetType
 	5,  // 2: asset.v1.Asset.value:type_name -> asset.v1.Value
-	47, // 3: asset.v1.Asset.create_time:type_name -> google.protobuf.Timestamp
-	47, // 4: asset.v1.Asset.update_time:type_name -> google.protobuf.Timestamp
-	47, // 5: asset.v1.Asset.lease_expire_time:type_name -> google.protobuf.Timestamp
-	7,  // 6: asset.v1.UploadAssetRequest.header:type_name -> asset.v1.UploadHeader
-	6,  // 7: asset.v1.UploadAssetResponse.asset:type_name -> asset.v1.Asset
-	6,  // 8: asset.v1.RegisterFileResponse.asset:type_name -> asset.v1.Asset
-	5,  // 9: asset.v1.CreateValueAssetRequest.value:type_name -> asset.v1.Value
-	6,  // 10: asset.v1.CreateValueAssetResponse.asset:type_name -> asset.v1.Asset
-	1,  // 11: asset.v1.CreatePendingAssetRequest.type:type_name -> asset.v1.AssetType
-	6,  // 12: asset.v1.CreatePendingAssetResponse.asset:type_name -> asset.v1.Asset
-	14, // 13: asset.v1.GetOrCreatePendingAssetRequest.promise:type_name -> asset.v1.CreatePendingAssetRequest
-	6,  // 14: asset.v1.GetOrCreatePendingAssetResponse.asset:type_name -> asset.v1.Asset
-	2,  // 15: asset.v1.GetOrCreatePendingAssetResponse.outcome:type_name -> asset.v1.GetOrCreateOutcome
-	5,  // 16: asset.v1.FulfillAssetRequest.value:type_name -> asset.v1.Value
-	6,  // 17: asset.v1.FulfillAssetResponse.asset:type_name -> asset.v1.Asset
-	6,  // 18: asset.v1.FailAssetResponse.asset:type_name -> asset.v1.Asset
-	6,  // 19: asset.v1.RenewLeaseResponse.asset:type_name -> asset.v1.Asset
-	6,  // 20: asset.v1.GetAssetResponse.asset:type_name -> asset.v1.Asset
-	6,  // 21: asset.v1.BatchGetAssetsResponse.assets:type_name -> asset.v1.Asset
-	0,  // 22: asset.v1.ListAssetsRequest.status:type_name -> asset.v1.AssetStatus
-	1,  // 23: asset.v1.ListAssetsRequest.type:type_name -> asset.v1.AssetType
-	6,  // 24: asset.v1.ListAssetsResponse.assets:type_name -> asset.v1.Asset
-	31, // 25: asset.v1.WatchAssetRequest.selector:type_name -> asset.v1.AssetSelector
-	0,  // 26: asset.v1.AssetSelector.status:type_name -> asset.v1.AssetStatus
-	1,  // 27: asset.v1.AssetSelector.type:type_name -> asset.v1.AssetType
-	3,  // 28: asset.v1.WatchAssetResponse.type:type_name -> asset.v1.WatchEventType
-	6,  // 29: asset.v1.WatchAssetResponse.asset:type_name -> asset.v1.Asset
-	45, // 30: asset.v1.GetManifestRequest.asset_mappings:type_name -> asset.v1.GetManifestRequest.AssetMappingsEntry
-	48, // 31: asset.v1.GetManifestRequest.config_params:type_name -> google.protobuf.Struct
-	46, // 32: asset.v1.GetManifestResponse.entries:type_name -> asset.v1.GetManifestResponse.EntriesEntry
-	6,  // 33: asset.v1.DeleteAssetResponse.asset:type_name -> asset.v1.Asset
-	4,  // 34: asset.v1.ScrubAssetsResponse.outcome:type_name -> asset.v1.ScrubOutcome
-	47, // 35: asset.v1.MintTaskTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
-	6,  // 36: asset.v1.QueryUploadResponse.asset:type_name -> asset.v1.Asset
-	47, // 37: asset.v1.QueryUploadResponse.expire_time:type_name -> google.protobuf.Timestamp
-	8,  // 38: asset.v1.AssetService.UploadAsset:input_type -> asset.v1.UploadAssetRequest
-	10, // 39: asset.v1.AssetService.RegisterFile:input_type -> asset.v1.RegisterFileRequest
-	12, // 40: asset.v1.AssetService.CreateValueAsset:input_type -> asset.v1.CreateValueAssetRequest
-	14, // 41: asset.v1.AssetService.CreatePendingAsset:input_type -> asset.v1.CreatePendingAssetRequest
-	16, // 42: asset.v1.AssetService.GetOrCreatePendingAsset:input_type -> asset.v1.GetOrCreatePendingAssetRequest
-	18, // 43: asset.v1.AssetService.FulfillAsset:input_type -> asset.v1.FulfillAssetRequest
-	20, // 44: asset.v1.AssetService.FailAsset:input_type -> asset.v1.FailAssetRequest
-	22, // 45: asset.v1.AssetService.RenewLease:input_type -> asset.v1.RenewLeaseRequest
-	24, // 46: asset.v1.AssetService.GetAsset:input_type -> asset.v1.GetAssetRequest
-	26, // 47: asset.v1.AssetService.BatchGetAssets:input_type -> asset.v1.BatchGetAssetsRequest
-	28, // 48: asset.v1.AssetService.ListAssets:input_type -> asset.v1.ListAssetsRequest
-	30, // 49: asset.v1.AssetService.WatchAsset:input_type -> asset.v1.WatchAssetRequest
-	33, // 50: asset.v1.AssetService.ReadAsset:input_type -> asset.v1.ReadAssetRequest
-	35, // 51: asset.v1.AssetService.GetManifest:input_type -> asset.v1.GetManifestRequest
-	37, // 52: asset.v1.AssetService.DeleteAsset:input_type -> asset.v1.DeleteAssetRequest
-	41, // 53: asset.v1.AssetService.MintTaskToken:input_type -> asset.v1.MintTaskTokenRequest
-	43, // 54: asset.v1.AssetService.QueryUpload:input_type -> asset.v1.QueryUploadRequest
-	39, // 55: asset.v1.AssetService.ScrubAssets:input_type -> asset.v1.ScrubAssetsRequest
-	9,  // 56: asset.v1.AssetService.UploadAsset:output_type -> asset.v1.UploadAssetResponse
-	11, // 57: asset.v1.AssetService.RegisterFile:output_type -> asset.v1.RegisterFileResponse
-	13, // 58: asset.v1.AssetService.CreateValueAsset:output_type -> asset.v1.CreateValueAssetResponse
-	15, // 59: asset.v1.AssetService.CreatePendingAsset:output_type -> asset.v1.CreatePendingAssetResponse
-	17, // 60: asset.v1.AssetService.GetOrCreatePendingAsset:output_type -> asset.v1.GetOrCreatePendingAssetResponse
-	19, // 61: asset.v1.AssetService.FulfillAsset:output_type -> asset.v1.FulfillAssetResponse
-	21, // 62: asset.v1.AssetService.FailAsset:output_type -> asset.v1.FailAssetResponse
-	23, // 63: asset.v1.AssetService.RenewLease:output_type -> asset.v1.RenewLeaseResponse
-	25, // 64: asset.v1.AssetService.GetAsset:output_type -> asset.v1.GetAssetResponse
-	27, // 65: asset.v1.AssetService.BatchGetAssets:output_type -> asset.v1.BatchGetAssetsResponse
-	29, // 66: asset.v1.AssetService.ListAssets:output_type -> asset.v1.ListAssetsResponse
-	32, // 67: asset.v1.AssetService.WatchAsset:output_type -> asset.v1.WatchAssetResponse
-	34, // 68: asset.v1.AssetService.ReadAsset:output_type -> asset.v1.ReadAssetResponse
-	36, // 69: asset.v1.AssetService.GetManifest:output_type -> asset.v1.GetManifestResponse
-	38, // 70: asset.v1.AssetService.DeleteAsset:output_type -> asset.v1.DeleteAssetResponse
-	42, // 71: asset.v1.AssetService.MintTaskToken:output_type -> asset.v1.MintTaskTokenResponse
-	44, // 72: asset.v1.AssetService.QueryUpload:output_type -> asset.v1.QueryUploadResponse
-	40, // 73: asset.v1.AssetService.ScrubAssets:output_type -> asset.v1.ScrubAssetsResponse
-	56, // [56:74] is the sub-list for method output_type
-	38, // [38:56] is the sub-list for method input_type
-	38, // [38:38] is the sub-list for extension type_name
-	38, // [38:38] is the sub-list for extension extendee
-	0,  // [0:38] is the sub-list for field type_name
+	58, // 3: asset.v1.Asset.create_time:type_name -> google.protobuf.Timestamp
+	58, // 4: asset.v1.Asset.update_time:type_name -> google.protobuf.Timestamp
+	58, // 5: asset.v1.Asset.lease_expire_time:type_name -> google.protobuf.Timestamp
+	58, // 6: asset.v1.Asset.expire_time:type_name -> google.protobuf.Timestamp
+	7,  // 7: asset.v1.Asset.holds:type_name -> asset.v1.Hold
+	58, // 8: asset.v1.Asset.retain_until_time:type_name -> google.protobuf.Timestamp
+	58, // 9: asset.v1.Hold.place_time:type_name -> google.protobuf.Timestamp
+	8,  // 10: asset.v1.UploadAssetRequest.header:type_name -> asset.v1.UploadHeader
+	6,  // 11: asset.v1.UploadAssetResponse.asset:type_name -> asset.v1.Asset
+	6,  // 12: asset.v1.RegisterFileResponse.asset:type_name -> asset.v1.Asset
+	5,  // 13: asset.v1.CreateValueAssetRequest.value:type_name -> asset.v1.Value
+	6,  // 14: asset.v1.CreateValueAssetResponse.asset:type_name -> asset.v1.Asset
+	1,  // 15: asset.v1.CreatePendingAssetRequest.type:type_name -> asset.v1.AssetType
+	6,  // 16: asset.v1.CreatePendingAssetResponse.asset:type_name -> asset.v1.Asset
+	15, // 17: asset.v1.GetOrCreatePendingAssetRequest.promise:type_name -> asset.v1.CreatePendingAssetRequest
+	6,  // 18: asset.v1.GetOrCreatePendingAssetResponse.asset:type_name -> asset.v1.Asset
+	2,  // 19: asset.v1.GetOrCreatePendingAssetResponse.outcome:type_name -> asset.v1.GetOrCreateOutcome
+	5,  // 20: asset.v1.FulfillAssetRequest.value:type_name -> asset.v1.Value
+	6,  // 21: asset.v1.FulfillAssetResponse.asset:type_name -> asset.v1.Asset
+	6,  // 22: asset.v1.FailAssetResponse.asset:type_name -> asset.v1.Asset
+	6,  // 23: asset.v1.RenewLeaseResponse.asset:type_name -> asset.v1.Asset
+	6,  // 24: asset.v1.GetAssetResponse.asset:type_name -> asset.v1.Asset
+	6,  // 25: asset.v1.BatchGetAssetsResponse.assets:type_name -> asset.v1.Asset
+	0,  // 26: asset.v1.ListAssetsRequest.status:type_name -> asset.v1.AssetStatus
+	1,  // 27: asset.v1.ListAssetsRequest.type:type_name -> asset.v1.AssetType
+	6,  // 28: asset.v1.ListAssetsResponse.assets:type_name -> asset.v1.Asset
+	32, // 29: asset.v1.WatchAssetRequest.selector:type_name -> asset.v1.AssetSelector
+	0,  // 30: asset.v1.AssetSelector.status:type_name -> asset.v1.AssetStatus
+	1,  // 31: asset.v1.AssetSelector.type:type_name -> asset.v1.AssetType
+	3,  // 32: asset.v1.WatchAssetResponse.type:type_name -> asset.v1.WatchEventType
+	6,  // 33: asset.v1.WatchAssetResponse.asset:type_name -> asset.v1.Asset
+	56, // 34: asset.v1.GetManifestRequest.asset_mappings:type_name -> asset.v1.GetManifestRequest.AssetMappingsEntry
+	59, // 35: asset.v1.GetManifestRequest.config_params:type_name -> google.protobuf.Struct
+	57, // 36: asset.v1.GetManifestResponse.entries:type_name -> asset.v1.GetManifestResponse.EntriesEntry
+	6,  // 37: asset.v1.DeleteAssetResponse.asset:type_name -> asset.v1.Asset
+	4,  // 38: asset.v1.ScrubAssetsResponse.outcome:type_name -> asset.v1.ScrubOutcome
+	58, // 39: asset.v1.MintTaskTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
+	6,  // 40: asset.v1.QueryUploadResponse.asset:type_name -> asset.v1.Asset
+	58, // 41: asset.v1.QueryUploadResponse.expire_time:type_name -> google.protobuf.Timestamp
+	6,  // 42: asset.v1.SetExpiryResponse.asset:type_name -> asset.v1.Asset
+	6,  // 43: asset.v1.PlaceHoldResponse.asset:type_name -> asset.v1.Asset
+	6,  // 44: asset.v1.ReleaseHoldResponse.asset:type_name -> asset.v1.Asset
+	54, // 45: asset.v1.UsageRow.by_status:type_name -> asset.v1.StatusUsage
+	0,  // 46: asset.v1.StatusUsage.status:type_name -> asset.v1.AssetStatus
+	54, // 47: asset.v1.GetUsageResponse.by_status:type_name -> asset.v1.StatusUsage
+	53, // 48: asset.v1.GetUsageResponse.rows:type_name -> asset.v1.UsageRow
+	9,  // 49: asset.v1.AssetService.UploadAsset:input_type -> asset.v1.UploadAssetRequest
+	11, // 50: asset.v1.AssetService.RegisterFile:input_type -> asset.v1.RegisterFileRequest
+	13, // 51: asset.v1.AssetService.CreateValueAsset:input_type -> asset.v1.CreateValueAssetRequest
+	15, // 52: asset.v1.AssetService.CreatePendingAsset:input_type -> asset.v1.CreatePendingAssetRequest
+	17, // 53: asset.v1.AssetService.GetOrCreatePendingAsset:input_type -> asset.v1.GetOrCreatePendingAssetRequest
+	19, // 54: asset.v1.AssetService.FulfillAsset:input_type -> asset.v1.FulfillAssetRequest
+	21, // 55: asset.v1.AssetService.FailAsset:input_type -> asset.v1.FailAssetRequest
+	23, // 56: asset.v1.AssetService.RenewLease:input_type -> asset.v1.RenewLeaseRequest
+	25, // 57: asset.v1.AssetService.GetAsset:input_type -> asset.v1.GetAssetRequest
+	27, // 58: asset.v1.AssetService.BatchGetAssets:input_type -> asset.v1.BatchGetAssetsRequest
+	29, // 59: asset.v1.AssetService.ListAssets:input_type -> asset.v1.ListAssetsRequest
+	31, // 60: asset.v1.AssetService.WatchAsset:input_type -> asset.v1.WatchAssetRequest
+	34, // 61: asset.v1.AssetService.ReadAsset:input_type -> asset.v1.ReadAssetRequest
+	36, // 62: asset.v1.AssetService.GetManifest:input_type -> asset.v1.GetManifestRequest
+	38, // 63: asset.v1.AssetService.DeleteAsset:input_type -> asset.v1.DeleteAssetRequest
+	42, // 64: asset.v1.AssetService.MintTaskToken:input_type -> asset.v1.MintTaskTokenRequest
+	44, // 65: asset.v1.AssetService.QueryUpload:input_type -> asset.v1.QueryUploadRequest
+	40, // 66: asset.v1.AssetService.ScrubAssets:input_type -> asset.v1.ScrubAssetsRequest
+	46, // 67: asset.v1.AssetService.SetExpiry:input_type -> asset.v1.SetExpiryRequest
+	48, // 68: asset.v1.AssetService.PlaceHold:input_type -> asset.v1.PlaceHoldRequest
+	50, // 69: asset.v1.AssetService.ReleaseHold:input_type -> asset.v1.ReleaseHoldRequest
+	52, // 70: asset.v1.AssetService.GetUsage:input_type -> asset.v1.GetUsageRequest
+	10, // 71: asset.v1.AssetService.UploadAsset:output_type -> asset.v1.UploadAssetResponse
+	12, // 72: asset.v1.AssetService.RegisterFile:output_type -> asset.v1.RegisterFileResponse
+	14, // 73: asset.v1.AssetService.CreateValueAsset:output_type -> asset.v1.CreateValueAssetResponse
+	16, // 74: asset.v1.AssetService.CreatePendingAsset:output_type -> asset.v1.CreatePendingAssetResponse
+	18, // 75: asset.v1.AssetService.GetOrCreatePendingAsset:output_type -> asset.v1.GetOrCreatePendingAssetResponse
+	20, // 76: asset.v1.AssetService.FulfillAsset:output_type -> asset.v1.FulfillAssetResponse
+	22, // 77: asset.v1.AssetService.FailAsset:output_type -> asset.v1.FailAssetResponse
+	24, // 78: asset.v1.AssetService.RenewLease:output_type -> asset.v1.RenewLeaseResponse
+	26, // 79: asset.v1.AssetService.GetAsset:output_type -> asset.v1.GetAssetResponse
+	28, // 80: asset.v1.AssetService.BatchGetAssets:output_type -> asset.v1.BatchGetAssetsResponse
+	30, // 81: asset.v1.AssetService.ListAssets:output_type -> asset.v1.ListAssetsResponse
+	33, // 82: asset.v1.AssetService.WatchAsset:output_type -> asset.v1.WatchAssetResponse
+	35, // 83: asset.v1.AssetService.ReadAsset:output_type -> asset.v1.ReadAssetResponse
+	37, // 84: asset.v1.AssetService.GetManifest:output_type -> asset.v1.GetManifestResponse
+	39, // 85: asset.v1.AssetService.DeleteAsset:output_type -> asset.v1.DeleteAssetResponse
+	43, // 86: asset.v1.AssetService.MintTaskToken:output_type -> asset.v1.MintTaskTokenResponse
+	45, // 87: asset.v1.AssetService.QueryUpload:output_type -> asset.v1.QueryUploadResponse
+	41, // 88: asset.v1.AssetService.ScrubAssets:output_type -> asset.v1.ScrubAssetsResponse
+	47, // 89: asset.v1.AssetService.SetExpiry:output_type -> asset.v1.SetExpiryResponse
+	49, // 90: asset.v1.AssetService.PlaceHold:output_type -> asset.v1.PlaceHoldResponse
+	51, // 91: asset.v1.AssetService.ReleaseHold:output_type -> asset.v1.ReleaseHoldResponse
+	55, // 92: asset.v1.AssetService.GetUsage:output_type -> asset.v1.GetUsageResponse
+	71, // [71:93] is the sub-list for method output_type
+	49, // [49:71] is the sub-list for method input_type
+	49, // [49:49] is the sub-list for extension type_name
+	49, // [49:49] is the sub-list for extension extendee
+	0,  // [0:49] is the sub-list for field type_name
 }
 
 func init() { file_asset_v1_asset_service_proto_init() }
@@ -3463,12 +4358,12 @@ func file_asset_v1_asset_service_proto_init() {
 		(*Value_Json)(nil),
 		(*Value_Data)(nil),
 	}
-	file_asset_v1_asset_service_proto_msgTypes[2].OneofWrappers = []any{}
-	file_asset_v1_asset_service_proto_msgTypes[3].OneofWrappers = []any{
+	file_asset_v1_asset_service_proto_msgTypes[3].OneofWrappers = []any{}
+	file_asset_v1_asset_service_proto_msgTypes[4].OneofWrappers = []any{
 		(*UploadAssetRequest_Header)(nil),
 		(*UploadAssetRequest_Chunk)(nil),
 	}
-	file_asset_v1_asset_service_proto_msgTypes[13].OneofWrappers = []any{
+	file_asset_v1_asset_service_proto_msgTypes[14].OneofWrappers = []any{
 		(*FulfillAssetRequest_SourcePath)(nil),
 		(*FulfillAssetRequest_Value)(nil),
 	}
@@ -3478,7 +4373,7 @@ func file_asset_v1_asset_service_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_asset_v1_asset_service_proto_rawDesc), len(file_asset_v1_asset_service_proto_rawDesc)),
 			NumEnums:      5,
-			NumMessages:   42,
+			NumMessages:   53,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

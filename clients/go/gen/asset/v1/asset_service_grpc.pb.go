@@ -51,6 +51,10 @@ const (
 	AssetService_MintTaskToken_FullMethodName           = "/asset.v1.AssetService/MintTaskToken"
 	AssetService_QueryUpload_FullMethodName             = "/asset.v1.AssetService/QueryUpload"
 	AssetService_ScrubAssets_FullMethodName             = "/asset.v1.AssetService/ScrubAssets"
+	AssetService_SetExpiry_FullMethodName               = "/asset.v1.AssetService/SetExpiry"
+	AssetService_PlaceHold_FullMethodName               = "/asset.v1.AssetService/PlaceHold"
+	AssetService_ReleaseHold_FullMethodName             = "/asset.v1.AssetService/ReleaseHold"
+	AssetService_GetUsage_FullMethodName                = "/asset.v1.AssetService/GetUsage"
 )
 
 // AssetServiceClient is the client API for AssetService service.
@@ -117,11 +121,15 @@ type AssetServiceClient interface {
 	// `wait`, it first waits (within the call's deadline) until no input is
 	// PENDING.
 	GetManifest(ctx context.Context, in *GetManifestRequest, opts ...grpc.CallOption) (*GetManifestResponse, error)
-	// DeleteAsset removes an asset's record and its bytes.
+	// DeleteAsset removes an asset's record and its bytes. While something holds
+	// it (Asset.holds: an explicit hold, a live task's input) it is refused with
+	// FAILED_PRECONDITION naming the holders, unless `force`. (A manifest within
+	// its TTL defers only the asset's expiry.)
 	DeleteAsset(ctx context.Context, in *DeleteAssetRequest, opts ...grpc.CallOption) (*DeleteAssetResponse, error)
 	// MintTaskToken issues a short-lived bearer token scoped to one task: it may
 	// fulfill, fail or upload only that task's promises and read only the named
 	// inputs and the task's own outputs (docs/security.md). Orchestrator role.
+	// The named inputs are held (no expiry) while the task has a PENDING promise.
 	MintTaskToken(ctx context.Context, in *MintTaskTokenRequest, opts ...grpc.CallOption) (*MintTaskTokenResponse, error)
 	// QueryUpload says how much of a resumable upload the server holds durably,
 	// to resume it after a cut. Same role as UploadAsset; a task token sees only
@@ -133,6 +141,23 @@ type AssetServiceClient interface {
 	// watch event) and refused with DATA_LOSS from then on; one restored from a
 	// copy (its bytes check out again) is unmarked. Admin role.
 	ScrubAssets(ctx context.Context, in *ScrubAssetsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ScrubAssetsResponse], error)
+	// SetExpiry sets when an asset expires (ttl_seconds from now), or that it
+	// never does (clear): a client's choice, which the server's rules never
+	// replace. An expired asset is removed (a DELETED watch event whose asset
+	// says why: deletion_reason) once nothing holds it. Worker role.
+	SetExpiry(ctx context.Context, in *SetExpiryRequest, opts ...grpc.CallOption) (*SetExpiryResponse, error)
+	// PlaceHold keeps an asset from expiring and from DeleteAsset (unless forced
+	// by an admin) until its owner releases it. Placing a hold is not a change of
+	// the asset (no revision, no watch event); reads show it (Asset.holds).
+	// Worker role.
+	PlaceHold(ctx context.Context, in *PlaceHoldRequest, opts ...grpc.CallOption) (*PlaceHoldResponse, error)
+	// ReleaseHold removes one owner's hold (NOT_FOUND if it has none). The asset
+	// expires as soon as its last hold goes if its expiry has passed.
+	ReleaseHold(ctx context.Context, in *ReleaseHoldRequest, opts ...grpc.CallOption) (*ReleaseHoldResponse, error)
+	// GetUsage says how many assets and bytes the store holds, by status and by
+	// one more grouping (type, tag or task), from counters every write keeps
+	// (cheap to ask often). Reader role.
+	GetUsage(ctx context.Context, in *GetUsageRequest, opts ...grpc.CallOption) (*GetUsageResponse, error)
 }
 
 type assetServiceClient struct {
@@ -353,6 +378,46 @@ func (c *assetServiceClient) ScrubAssets(ctx context.Context, in *ScrubAssetsReq
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type AssetService_ScrubAssetsClient = grpc.ServerStreamingClient[ScrubAssetsResponse]
 
+func (c *assetServiceClient) SetExpiry(ctx context.Context, in *SetExpiryRequest, opts ...grpc.CallOption) (*SetExpiryResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SetExpiryResponse)
+	err := c.cc.Invoke(ctx, AssetService_SetExpiry_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *assetServiceClient) PlaceHold(ctx context.Context, in *PlaceHoldRequest, opts ...grpc.CallOption) (*PlaceHoldResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PlaceHoldResponse)
+	err := c.cc.Invoke(ctx, AssetService_PlaceHold_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *assetServiceClient) ReleaseHold(ctx context.Context, in *ReleaseHoldRequest, opts ...grpc.CallOption) (*ReleaseHoldResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ReleaseHoldResponse)
+	err := c.cc.Invoke(ctx, AssetService_ReleaseHold_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *assetServiceClient) GetUsage(ctx context.Context, in *GetUsageRequest, opts ...grpc.CallOption) (*GetUsageResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetUsageResponse)
+	err := c.cc.Invoke(ctx, AssetService_GetUsage_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AssetServiceServer is the server API for AssetService service.
 // All implementations must embed UnimplementedAssetServiceServer
 // for forward compatibility.
@@ -417,11 +482,15 @@ type AssetServiceServer interface {
 	// `wait`, it first waits (within the call's deadline) until no input is
 	// PENDING.
 	GetManifest(context.Context, *GetManifestRequest) (*GetManifestResponse, error)
-	// DeleteAsset removes an asset's record and its bytes.
+	// DeleteAsset removes an asset's record and its bytes. While something holds
+	// it (Asset.holds: an explicit hold, a live task's input) it is refused with
+	// FAILED_PRECONDITION naming the holders, unless `force`. (A manifest within
+	// its TTL defers only the asset's expiry.)
 	DeleteAsset(context.Context, *DeleteAssetRequest) (*DeleteAssetResponse, error)
 	// MintTaskToken issues a short-lived bearer token scoped to one task: it may
 	// fulfill, fail or upload only that task's promises and read only the named
 	// inputs and the task's own outputs (docs/security.md). Orchestrator role.
+	// The named inputs are held (no expiry) while the task has a PENDING promise.
 	MintTaskToken(context.Context, *MintTaskTokenRequest) (*MintTaskTokenResponse, error)
 	// QueryUpload says how much of a resumable upload the server holds durably,
 	// to resume it after a cut. Same role as UploadAsset; a task token sees only
@@ -433,6 +502,23 @@ type AssetServiceServer interface {
 	// watch event) and refused with DATA_LOSS from then on; one restored from a
 	// copy (its bytes check out again) is unmarked. Admin role.
 	ScrubAssets(*ScrubAssetsRequest, grpc.ServerStreamingServer[ScrubAssetsResponse]) error
+	// SetExpiry sets when an asset expires (ttl_seconds from now), or that it
+	// never does (clear): a client's choice, which the server's rules never
+	// replace. An expired asset is removed (a DELETED watch event whose asset
+	// says why: deletion_reason) once nothing holds it. Worker role.
+	SetExpiry(context.Context, *SetExpiryRequest) (*SetExpiryResponse, error)
+	// PlaceHold keeps an asset from expiring and from DeleteAsset (unless forced
+	// by an admin) until its owner releases it. Placing a hold is not a change of
+	// the asset (no revision, no watch event); reads show it (Asset.holds).
+	// Worker role.
+	PlaceHold(context.Context, *PlaceHoldRequest) (*PlaceHoldResponse, error)
+	// ReleaseHold removes one owner's hold (NOT_FOUND if it has none). The asset
+	// expires as soon as its last hold goes if its expiry has passed.
+	ReleaseHold(context.Context, *ReleaseHoldRequest) (*ReleaseHoldResponse, error)
+	// GetUsage says how many assets and bytes the store holds, by status and by
+	// one more grouping (type, tag or task), from counters every write keeps
+	// (cheap to ask often). Reader role.
+	GetUsage(context.Context, *GetUsageRequest) (*GetUsageResponse, error)
 	mustEmbedUnimplementedAssetServiceServer()
 }
 
@@ -496,6 +582,18 @@ func (UnimplementedAssetServiceServer) QueryUpload(context.Context, *QueryUpload
 }
 func (UnimplementedAssetServiceServer) ScrubAssets(*ScrubAssetsRequest, grpc.ServerStreamingServer[ScrubAssetsResponse]) error {
 	return status.Error(codes.Unimplemented, "method ScrubAssets not implemented")
+}
+func (UnimplementedAssetServiceServer) SetExpiry(context.Context, *SetExpiryRequest) (*SetExpiryResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SetExpiry not implemented")
+}
+func (UnimplementedAssetServiceServer) PlaceHold(context.Context, *PlaceHoldRequest) (*PlaceHoldResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method PlaceHold not implemented")
+}
+func (UnimplementedAssetServiceServer) ReleaseHold(context.Context, *ReleaseHoldRequest) (*ReleaseHoldResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ReleaseHold not implemented")
+}
+func (UnimplementedAssetServiceServer) GetUsage(context.Context, *GetUsageRequest) (*GetUsageResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetUsage not implemented")
 }
 func (UnimplementedAssetServiceServer) mustEmbedUnimplementedAssetServiceServer() {}
 func (UnimplementedAssetServiceServer) testEmbeddedByValue()                      {}
@@ -810,6 +908,78 @@ func _AssetService_ScrubAssets_Handler(srv interface{}, stream grpc.ServerStream
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type AssetService_ScrubAssetsServer = grpc.ServerStreamingServer[ScrubAssetsResponse]
 
+func _AssetService_SetExpiry_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetExpiryRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AssetServiceServer).SetExpiry(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AssetService_SetExpiry_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AssetServiceServer).SetExpiry(ctx, req.(*SetExpiryRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AssetService_PlaceHold_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PlaceHoldRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AssetServiceServer).PlaceHold(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AssetService_PlaceHold_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AssetServiceServer).PlaceHold(ctx, req.(*PlaceHoldRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AssetService_ReleaseHold_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ReleaseHoldRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AssetServiceServer).ReleaseHold(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AssetService_ReleaseHold_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AssetServiceServer).ReleaseHold(ctx, req.(*ReleaseHoldRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AssetService_GetUsage_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetUsageRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AssetServiceServer).GetUsage(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AssetService_GetUsage_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AssetServiceServer).GetUsage(ctx, req.(*GetUsageRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AssetService_ServiceDesc is the grpc.ServiceDesc for AssetService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -872,6 +1042,22 @@ var AssetService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "QueryUpload",
 			Handler:    _AssetService_QueryUpload_Handler,
+		},
+		{
+			MethodName: "SetExpiry",
+			Handler:    _AssetService_SetExpiry_Handler,
+		},
+		{
+			MethodName: "PlaceHold",
+			Handler:    _AssetService_PlaceHold_Handler,
+		},
+		{
+			MethodName: "ReleaseHold",
+			Handler:    _AssetService_ReleaseHold_Handler,
+		},
+		{
+			MethodName: "GetUsage",
+			Handler:    _AssetService_GetUsage_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -227,6 +227,11 @@ class Asset(_message.Message):
     LEASE_SECONDS_FIELD_NUMBER: _builtins.int
     LEASE_EXPIRE_TIME_FIELD_NUMBER: _builtins.int
     CORRUPT_REASON_FIELD_NUMBER: _builtins.int
+    EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    EXPIRY_RULE_FIELD_NUMBER: _builtins.int
+    HOLDS_FIELD_NUMBER: _builtins.int
+    RETAIN_UNTIL_TIME_FIELD_NUMBER: _builtins.int
+    DELETION_REASON_FIELD_NUMBER: _builtins.int
     KEY_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """UUID, assigned by the service."""
@@ -268,6 +273,11 @@ class Asset(_message.Message):
     sha256 no longer matches; by a read, GetManifest or the scrub): what, where
     and when. ReadAsset and GetManifest then answer DATA_LOSS. Empty otherwise.
     """
+    expiry_rule: _builtins.str
+    deletion_reason: _builtins.str
+    """In a DELETED watch event: why it went, e.g. "expired (rule failed)" or
+    "expired (ttl)"; empty for a DeleteAsset.
+    """
     key: _builtins.str
     """The key of the GetOrCreatePendingAsset that made it (empty otherwise); kept
     for good, also once another asset serves the key.
@@ -284,6 +294,24 @@ class Asset(_message.Message):
     def update_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def lease_expire_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def expire_time(self) -> _timestamp_pb2.Timestamp:
+        """When the asset expires (unset: never) and what set that: "ttl" (a client's
+        TTL or SetExpiry), "never" (SetExpiry clear), or the name of the server's
+        --expiry-rule. A PENDING or held asset is kept past it, and removed as soon
+        as nothing holds it any more.
+        """
+
+    @_builtins.property
+    def holds(self) -> _containers.RepeatedCompositeFieldContainer[Global___Hold]:
+        """What still needs the asset: explicit holds (PlaceHold) and tasks whose
+        token names it as an input while they have a PENDING promise.
+        """
+
+    @_builtins.property
+    def retain_until_time(self) -> _timestamp_pb2.Timestamp:
+        """A manifest lists it (GetManifest): kept at least until then."""
+
     def __init__(
         self,
         *,
@@ -307,15 +335,57 @@ class Asset(_message.Message):
         lease_seconds: _builtins.int = ...,
         lease_expire_time: _timestamp_pb2.Timestamp | None = ...,
         corrupt_reason: _builtins.str = ...,
+        expire_time: _timestamp_pb2.Timestamp | None = ...,
+        expiry_rule: _builtins.str = ...,
+        holds: _abc.Iterable[Global___Hold] | None = ...,
+        retain_until_time: _timestamp_pb2.Timestamp | None = ...,
+        deletion_reason: _builtins.str = ...,
         key: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "lease_expire_time", b"lease_expire_time", "update_time", b"update_time", "value", b"value"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "expire_time", b"expire_time", "lease_expire_time", b"lease_expire_time", "retain_until_time", b"retain_until_time", "update_time", b"update_time", "value", b"value"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["corrupt_reason", b"corrupt_reason", "create_time", b"create_time", "created_by", b"created_by", "created_by_task", b"created_by_task", "failure_reason", b"failure_reason", "id", b"id", "key", b"key", "label", b"label", "lease_expire_time", b"lease_expire_time", "lease_seconds", b"lease_seconds", "media_type", b"media_type", "revision", b"revision", "sha256", b"sha256", "size_bytes", b"size_bytes", "status", b"status", "storage_path", b"storage_path", "tags", b"tags", "type", b"type", "update_time", b"update_time", "updated_by", b"updated_by", "value", b"value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["corrupt_reason", b"corrupt_reason", "create_time", b"create_time", "created_by", b"created_by", "created_by_task", b"created_by_task", "deletion_reason", b"deletion_reason", "expire_time", b"expire_time", "expiry_rule", b"expiry_rule", "failure_reason", b"failure_reason", "holds", b"holds", "id", b"id", "key", b"key", "label", b"label", "lease_expire_time", b"lease_expire_time", "lease_seconds", b"lease_seconds", "media_type", b"media_type", "retain_until_time", b"retain_until_time", "revision", b"revision", "sha256", b"sha256", "size_bytes", b"size_bytes", "status", b"status", "storage_path", b"storage_path", "tags", b"tags", "type", b"type", "update_time", b"update_time", "updated_by", b"updated_by", "value", b"value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Asset: _TypeAlias = Asset  # noqa: Y015
+
+@_typing.final
+class Hold(_message.Message):
+    """Hold is one thing that still needs an asset."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OWNER_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    PLACE_TIME_FIELD_NUMBER: _builtins.int
+    PLACED_BY_FIELD_NUMBER: _builtins.int
+    owner: _builtins.str
+    """Who holds it: PlaceHold's owner, or "task:<task id>"."""
+    kind: _builtins.str
+    """"EXPLICIT" (PlaceHold) or "TASK" (a task token names it as an input)."""
+    reason: _builtins.str
+    placed_by: _builtins.str
+    """The principal that placed it."""
+    @_builtins.property
+    def place_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        owner: _builtins.str = ...,
+        kind: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        place_time: _timestamp_pb2.Timestamp | None = ...,
+        placed_by: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["place_time", b"place_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "owner", b"owner", "place_time", b"place_time", "placed_by", b"placed_by", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Hold: _TypeAlias = Hold  # noqa: Y015
 
 @_typing.final
 class UploadHeader(_message.Message):
@@ -331,6 +401,7 @@ class UploadHeader(_message.Message):
     PENDING_ASSET_ID_FIELD_NUMBER: _builtins.int
     UPLOAD_ID_FIELD_NUMBER: _builtins.int
     WRITE_OFFSET_FIELD_NUMBER: _builtins.int
+    TTL_SECONDS_FIELD_NUMBER: _builtins.int
     REUSE_STORED_BYTES_FIELD_NUMBER: _builtins.int
     label: _builtins.str
     """Required unless pending_asset_id is set."""
@@ -365,6 +436,11 @@ class UploadHeader(_message.Message):
     stream, else QueryUpload's committed_bytes (any other offset is
     FAILED_PRECONDITION "resume at committed_bytes=N"). Only with upload_id.
     """
+    ttl_seconds: _builtins.int
+    """The new asset is removed (record and bytes) this many seconds after its
+    creation unless something still needs it then (see Asset.holds); 0: by the
+    server's --expiry-rule defaults (none: kept until deleted).
+    """
     reuse_stored_bytes: _builtins.bool
     """Send no bytes if the server already stores them: with expected_size_bytes and
     expected_sha256 set and no chunk in the stream, the server makes the asset
@@ -390,11 +466,12 @@ class UploadHeader(_message.Message):
         pending_asset_id: _builtins.str = ...,
         upload_id: _builtins.str = ...,
         write_offset: _builtins.int = ...,
+        ttl_seconds: _builtins.int = ...,
         reuse_stored_bytes: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_expected_size_bytes", b"_expected_size_bytes", "expected_size_bytes", b"expected_size_bytes"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_size_bytes", b"_expected_size_bytes", "expected_sha256", b"expected_sha256", "expected_size_bytes", b"expected_size_bytes", "label", b"label", "media_type", b"media_type", "pending_asset_id", b"pending_asset_id", "reuse_stored_bytes", b"reuse_stored_bytes", "tags", b"tags", "upload_id", b"upload_id", "write_offset", b"write_offset"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_size_bytes", b"_expected_size_bytes", "expected_sha256", b"expected_sha256", "expected_size_bytes", b"expected_size_bytes", "label", b"label", "media_type", b"media_type", "pending_asset_id", b"pending_asset_id", "reuse_stored_bytes", b"reuse_stored_bytes", "tags", b"tags", "ttl_seconds", b"ttl_seconds", "upload_id", b"upload_id", "write_offset", b"write_offset"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__expected_size_bytes: _TypeAlias = _typing.Literal["expected_size_bytes"]  # noqa: Y015
     _WhichOneofArgType__expected_size_bytes: _TypeAlias = _typing.Literal["_expected_size_bytes", b"_expected_size_bytes"]  # noqa: Y015
@@ -463,6 +540,7 @@ class RegisterFileRequest(_message.Message):
     MEDIA_TYPE_FIELD_NUMBER: _builtins.int
     TAGS_FIELD_NUMBER: _builtins.int
     MOVE_FIELD_NUMBER: _builtins.int
+    TTL_SECONDS_FIELD_NUMBER: _builtins.int
     path: _builtins.str
     """Absolute path of a regular file under an import root, without '.' or '..'
     components. It is opened one component at a time from the root without
@@ -477,6 +555,11 @@ class RegisterFileRequest(_message.Message):
     media_type: _builtins.str
     move: _builtins.bool
     """Move the file into the store instead of copying it."""
+    ttl_seconds: _builtins.int
+    """The new asset is removed (record and bytes) this many seconds after its
+    creation unless something still needs it then (see Asset.holds); 0: by the
+    server's --expiry-rule defaults (none: kept until deleted).
+    """
     @_builtins.property
     def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
@@ -487,10 +570,11 @@ class RegisterFileRequest(_message.Message):
         media_type: _builtins.str = ...,
         tags: _abc.Iterable[_builtins.str] | None = ...,
         move: _builtins.bool = ...,
+        ttl_seconds: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["label", b"label", "media_type", b"media_type", "move", b"move", "path", b"path", "tags", b"tags"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["label", b"label", "media_type", b"media_type", "move", b"move", "path", b"path", "tags", b"tags", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -528,9 +612,15 @@ class CreateValueAssetRequest(_message.Message):
     MEDIA_TYPE_FIELD_NUMBER: _builtins.int
     VALUE_FIELD_NUMBER: _builtins.int
     TAGS_FIELD_NUMBER: _builtins.int
+    TTL_SECONDS_FIELD_NUMBER: _builtins.int
     label: _builtins.str
     media_type: _builtins.str
     """Defaults to text/plain, application/json or application/octet-stream."""
+    ttl_seconds: _builtins.int
+    """The new asset is removed (record and bytes) this many seconds after its
+    creation unless something still needs it then (see Asset.holds); 0: by the
+    server's --expiry-rule defaults (none: kept until deleted).
+    """
     @_builtins.property
     def value(self) -> Global___Value: ...
     @_builtins.property
@@ -542,10 +632,11 @@ class CreateValueAssetRequest(_message.Message):
         media_type: _builtins.str = ...,
         value: Global___Value | None = ...,
         tags: _abc.Iterable[_builtins.str] | None = ...,
+        ttl_seconds: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["label", b"label", "media_type", b"media_type", "tags", b"tags", "value", b"value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["label", b"label", "media_type", b"media_type", "tags", b"tags", "ttl_seconds", b"ttl_seconds", "value", b"value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -585,6 +676,7 @@ class CreatePendingAssetRequest(_message.Message):
     TYPE_FIELD_NUMBER: _builtins.int
     TAGS_FIELD_NUMBER: _builtins.int
     LEASE_SECONDS_FIELD_NUMBER: _builtins.int
+    TTL_SECONDS_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     """Letters, digits, '.', '_' and '-'; names the generated/{task_id}/ folder."""
     label: _builtins.str
@@ -597,6 +689,11 @@ class CreatePendingAssetRequest(_message.Message):
     so a task that died cannot leave its dependants waiting forever. 0 (the
     default): no lease. At most the server's --max-lease-seconds.
     """
+    ttl_seconds: _builtins.int
+    """Counted from its creation; a PENDING asset never expires: once fulfilled
+    or failed past its expiry, it goes as soon as nothing holds it. 0: the
+    --expiry-rule defaults for the state it reaches.
+    """
     @_builtins.property
     def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
@@ -608,10 +705,11 @@ class CreatePendingAssetRequest(_message.Message):
         type: Global___AssetType.ValueType = ...,
         tags: _abc.Iterable[_builtins.str] | None = ...,
         lease_seconds: _builtins.int = ...,
+        ttl_seconds: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["label", b"label", "lease_seconds", b"lease_seconds", "media_type", b"media_type", "tags", b"tags", "task_id", b"task_id", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["label", b"label", "lease_seconds", b"lease_seconds", "media_type", b"media_type", "tags", b"tags", "task_id", b"task_id", "ttl_seconds", b"ttl_seconds", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1325,15 +1423,21 @@ class DeleteAssetRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ASSET_ID_FIELD_NUMBER: _builtins.int
+    FORCE_FIELD_NUMBER: _builtins.int
     asset_id: _builtins.str
+    force: _builtins.bool
+    """Delete it even though something holds it (FAILED_PRECONDITION naming the
+    holders otherwise). Admin role.
+    """
     def __init__(
         self,
         *,
         asset_id: _builtins.str = ...,
+        force: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["asset_id", b"asset_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["asset_id", b"asset_id", "force", b"force"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1550,3 +1654,291 @@ class QueryUploadResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___QueryUploadResponse: _TypeAlias = QueryUploadResponse  # noqa: Y015
+
+@_typing.final
+class SetExpiryRequest(_message.Message):
+    """SetExpiryRequest says when an asset expires."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ASSET_ID_FIELD_NUMBER: _builtins.int
+    TTL_SECONDS_FIELD_NUMBER: _builtins.int
+    CLEAR_FIELD_NUMBER: _builtins.int
+    asset_id: _builtins.str
+    ttl_seconds: _builtins.int
+    """Expire this many seconds from now (1 to about 100 years)..."""
+    clear: _builtins.bool
+    """...or never (not both)."""
+    def __init__(
+        self,
+        *,
+        asset_id: _builtins.str = ...,
+        ttl_seconds: _builtins.int = ...,
+        clear: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["asset_id", b"asset_id", "clear", b"clear", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetExpiryRequest: _TypeAlias = SetExpiryRequest  # noqa: Y015
+
+@_typing.final
+class SetExpiryResponse(_message.Message):
+    """SetExpiryResponse carries the asset with its new expiry."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ASSET_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def asset(self) -> Global___Asset: ...
+    def __init__(
+        self,
+        *,
+        asset: Global___Asset | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["asset", b"asset"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["asset", b"asset"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetExpiryResponse: _TypeAlias = SetExpiryResponse  # noqa: Y015
+
+@_typing.final
+class PlaceHoldRequest(_message.Message):
+    """PlaceHoldRequest keeps an asset for an owner."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ASSET_ID_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    asset_id: _builtins.str
+    owner: _builtins.str
+    """Who holds it (1-200 characters; not "task:..."); placing it again with the
+    same owner replaces the reason. At most 64 owners per asset.
+    """
+    reason: _builtins.str
+    """Why, for whoever finds it held (up to 1024 characters)."""
+    def __init__(
+        self,
+        *,
+        asset_id: _builtins.str = ...,
+        owner: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["asset_id", b"asset_id", "owner", b"owner", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlaceHoldRequest: _TypeAlias = PlaceHoldRequest  # noqa: Y015
+
+@_typing.final
+class PlaceHoldResponse(_message.Message):
+    """PlaceHoldResponse carries the asset with its holds."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ASSET_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def asset(self) -> Global___Asset: ...
+    def __init__(
+        self,
+        *,
+        asset: Global___Asset | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["asset", b"asset"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["asset", b"asset"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlaceHoldResponse: _TypeAlias = PlaceHoldResponse  # noqa: Y015
+
+@_typing.final
+class ReleaseHoldRequest(_message.Message):
+    """ReleaseHoldRequest names the hold to remove."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ASSET_ID_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
+    asset_id: _builtins.str
+    owner: _builtins.str
+    def __init__(
+        self,
+        *,
+        asset_id: _builtins.str = ...,
+        owner: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["asset_id", b"asset_id", "owner", b"owner"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReleaseHoldRequest: _TypeAlias = ReleaseHoldRequest  # noqa: Y015
+
+@_typing.final
+class ReleaseHoldResponse(_message.Message):
+    """ReleaseHoldResponse carries the asset with the holds left."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ASSET_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def asset(self) -> Global___Asset: ...
+    def __init__(
+        self,
+        *,
+        asset: Global___Asset | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["asset", b"asset"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["asset", b"asset"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReleaseHoldResponse: _TypeAlias = ReleaseHoldResponse  # noqa: Y015
+
+@_typing.final
+class GetUsageRequest(_message.Message):
+    """GetUsageRequest says how to group."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GROUP_FIELD_NUMBER: _builtins.int
+    KEYS_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    group: _builtins.str
+    """"status" (the default), "type", "tag" or "task"."""
+    limit: _builtins.int
+    """How many of the largest keys (0: 100; at most 1000)."""
+    @_builtins.property
+    def keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Only these keys of the group; none: the largest (by bytes)."""
+
+    def __init__(
+        self,
+        *,
+        group: _builtins.str = ...,
+        keys: _abc.Iterable[_builtins.str] | None = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["group", b"group", "keys", b"keys", "limit", b"limit"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetUsageRequest: _TypeAlias = GetUsageRequest  # noqa: Y015
+
+@_typing.final
+class UsageRow(_message.Message):
+    """UsageRow is one key's share: totals, and their part in each status."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    BYTES_FIELD_NUMBER: _builtins.int
+    BY_STATUS_FIELD_NUMBER: _builtins.int
+    key: _builtins.str
+    count: _builtins.int
+    bytes: _builtins.int
+    @_builtins.property
+    def by_status(self) -> _containers.RepeatedCompositeFieldContainer[Global___StatusUsage]: ...
+    def __init__(
+        self,
+        *,
+        key: _builtins.str = ...,
+        count: _builtins.int = ...,
+        bytes: _builtins.int = ...,
+        by_status: _abc.Iterable[Global___StatusUsage] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["by_status", b"by_status", "bytes", b"bytes", "count", b"count", "key", b"key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UsageRow: _TypeAlias = UsageRow  # noqa: Y015
+
+@_typing.final
+class StatusUsage(_message.Message):
+    """StatusUsage is the part of a total in one status."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATUS_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    BYTES_FIELD_NUMBER: _builtins.int
+    status: Global___AssetStatus.ValueType
+    count: _builtins.int
+    bytes: _builtins.int
+    def __init__(
+        self,
+        *,
+        status: Global___AssetStatus.ValueType = ...,
+        count: _builtins.int = ...,
+        bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes", b"bytes", "count", b"count", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StatusUsage: _TypeAlias = StatusUsage  # noqa: Y015
+
+@_typing.final
+class GetUsageResponse(_message.Message):
+    """GetUsageResponse: the store's totals and one row per key."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COUNT_FIELD_NUMBER: _builtins.int
+    BYTES_FIELD_NUMBER: _builtins.int
+    BY_STATUS_FIELD_NUMBER: _builtins.int
+    GROUP_FIELD_NUMBER: _builtins.int
+    ROWS_FIELD_NUMBER: _builtins.int
+    MORE_FIELD_NUMBER: _builtins.int
+    WARN_BYTES_FIELD_NUMBER: _builtins.int
+    OVER_THRESHOLD_FIELD_NUMBER: _builtins.int
+    count: _builtins.int
+    bytes: _builtins.int
+    group: _builtins.str
+    more: _builtins.bool
+    """More keys than rows (the smallest were left out)."""
+    warn_bytes: _builtins.int
+    """The server's --storage-warn-bytes (0: none), and whether `bytes` passed it."""
+    over_threshold: _builtins.bool
+    @_builtins.property
+    def by_status(self) -> _containers.RepeatedCompositeFieldContainer[Global___StatusUsage]: ...
+    @_builtins.property
+    def rows(self) -> _containers.RepeatedCompositeFieldContainer[Global___UsageRow]:
+        """Largest first (or in the order of `keys`)."""
+
+    def __init__(
+        self,
+        *,
+        count: _builtins.int = ...,
+        bytes: _builtins.int = ...,
+        by_status: _abc.Iterable[Global___StatusUsage] | None = ...,
+        group: _builtins.str = ...,
+        rows: _abc.Iterable[Global___UsageRow] | None = ...,
+        more: _builtins.bool = ...,
+        warn_bytes: _builtins.int = ...,
+        over_threshold: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["by_status", b"by_status", "bytes", b"bytes", "count", b"count", "group", b"group", "more", b"more", "over_threshold", b"over_threshold", "rows", b"rows", "warn_bytes", b"warn_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetUsageResponse: _TypeAlias = GetUsageResponse  # noqa: Y015

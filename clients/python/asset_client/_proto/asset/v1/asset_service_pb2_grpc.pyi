@@ -114,11 +114,16 @@ class AssetServiceStub:
     PENDING.
     """
     DeleteAsset: _grpc.UnaryUnaryMultiCallable[_asset_service_pb2.DeleteAssetRequest, _asset_service_pb2.DeleteAssetResponse]
-    """DeleteAsset removes an asset's record and its bytes."""
+    """DeleteAsset removes an asset's record and its bytes. While something holds
+    it (Asset.holds: an explicit hold, a live task's input) it is refused with
+    FAILED_PRECONDITION naming the holders, unless `force`. (A manifest within
+    its TTL defers only the asset's expiry.)
+    """
     MintTaskToken: _grpc.UnaryUnaryMultiCallable[_asset_service_pb2.MintTaskTokenRequest, _asset_service_pb2.MintTaskTokenResponse]
     """MintTaskToken issues a short-lived bearer token scoped to one task: it may
     fulfill, fail or upload only that task's promises and read only the named
     inputs and the task's own outputs (docs/security.md). Orchestrator role.
+    The named inputs are held (no expiry) while the task has a PENDING promise.
     """
     QueryUpload: _grpc.UnaryUnaryMultiCallable[_asset_service_pb2.QueryUploadRequest, _asset_service_pb2.QueryUploadResponse]
     """QueryUpload says how much of a resumable upload the server holds durably,
@@ -131,6 +136,27 @@ class AssetServiceStub:
     per asset, in order. A corrupt asset is marked (corrupt_reason, a CHANGED
     watch event) and refused with DATA_LOSS from then on; one restored from a
     copy (its bytes check out again) is unmarked. Admin role.
+    """
+    SetExpiry: _grpc.UnaryUnaryMultiCallable[_asset_service_pb2.SetExpiryRequest, _asset_service_pb2.SetExpiryResponse]
+    """SetExpiry sets when an asset expires (ttl_seconds from now), or that it
+    never does (clear): a client's choice, which the server's rules never
+    replace. An expired asset is removed (a DELETED watch event whose asset
+    says why: deletion_reason) once nothing holds it. Worker role.
+    """
+    PlaceHold: _grpc.UnaryUnaryMultiCallable[_asset_service_pb2.PlaceHoldRequest, _asset_service_pb2.PlaceHoldResponse]
+    """PlaceHold keeps an asset from expiring and from DeleteAsset (unless forced
+    by an admin) until its owner releases it. Placing a hold is not a change of
+    the asset (no revision, no watch event); reads show it (Asset.holds).
+    Worker role.
+    """
+    ReleaseHold: _grpc.UnaryUnaryMultiCallable[_asset_service_pb2.ReleaseHoldRequest, _asset_service_pb2.ReleaseHoldResponse]
+    """ReleaseHold removes one owner's hold (NOT_FOUND if it has none). The asset
+    expires as soon as its last hold goes if its expiry has passed.
+    """
+    GetUsage: _grpc.UnaryUnaryMultiCallable[_asset_service_pb2.GetUsageRequest, _asset_service_pb2.GetUsageResponse]
+    """GetUsage says how many assets and bytes the store holds, by status and by
+    one more grouping (type, tag or task), from counters every write keeps
+    (cheap to ask often). Reader role.
     """
 
 @_typing.type_check_only
@@ -205,11 +231,16 @@ class AssetServiceAsyncStub(AssetServiceStub):
     PENDING.
     """
     DeleteAsset: _aio.UnaryUnaryMultiCallable[_asset_service_pb2.DeleteAssetRequest, _asset_service_pb2.DeleteAssetResponse]  # type: ignore[assignment]
-    """DeleteAsset removes an asset's record and its bytes."""
+    """DeleteAsset removes an asset's record and its bytes. While something holds
+    it (Asset.holds: an explicit hold, a live task's input) it is refused with
+    FAILED_PRECONDITION naming the holders, unless `force`. (A manifest within
+    its TTL defers only the asset's expiry.)
+    """
     MintTaskToken: _aio.UnaryUnaryMultiCallable[_asset_service_pb2.MintTaskTokenRequest, _asset_service_pb2.MintTaskTokenResponse]  # type: ignore[assignment]
     """MintTaskToken issues a short-lived bearer token scoped to one task: it may
     fulfill, fail or upload only that task's promises and read only the named
     inputs and the task's own outputs (docs/security.md). Orchestrator role.
+    The named inputs are held (no expiry) while the task has a PENDING promise.
     """
     QueryUpload: _aio.UnaryUnaryMultiCallable[_asset_service_pb2.QueryUploadRequest, _asset_service_pb2.QueryUploadResponse]  # type: ignore[assignment]
     """QueryUpload says how much of a resumable upload the server holds durably,
@@ -222,6 +253,27 @@ class AssetServiceAsyncStub(AssetServiceStub):
     per asset, in order. A corrupt asset is marked (corrupt_reason, a CHANGED
     watch event) and refused with DATA_LOSS from then on; one restored from a
     copy (its bytes check out again) is unmarked. Admin role.
+    """
+    SetExpiry: _aio.UnaryUnaryMultiCallable[_asset_service_pb2.SetExpiryRequest, _asset_service_pb2.SetExpiryResponse]  # type: ignore[assignment]
+    """SetExpiry sets when an asset expires (ttl_seconds from now), or that it
+    never does (clear): a client's choice, which the server's rules never
+    replace. An expired asset is removed (a DELETED watch event whose asset
+    says why: deletion_reason) once nothing holds it. Worker role.
+    """
+    PlaceHold: _aio.UnaryUnaryMultiCallable[_asset_service_pb2.PlaceHoldRequest, _asset_service_pb2.PlaceHoldResponse]  # type: ignore[assignment]
+    """PlaceHold keeps an asset from expiring and from DeleteAsset (unless forced
+    by an admin) until its owner releases it. Placing a hold is not a change of
+    the asset (no revision, no watch event); reads show it (Asset.holds).
+    Worker role.
+    """
+    ReleaseHold: _aio.UnaryUnaryMultiCallable[_asset_service_pb2.ReleaseHoldRequest, _asset_service_pb2.ReleaseHoldResponse]  # type: ignore[assignment]
+    """ReleaseHold removes one owner's hold (NOT_FOUND if it has none). The asset
+    expires as soon as its last hold goes if its expiry has passed.
+    """
+    GetUsage: _aio.UnaryUnaryMultiCallable[_asset_service_pb2.GetUsageRequest, _asset_service_pb2.GetUsageResponse]  # type: ignore[assignment]
+    """GetUsage says how many assets and bytes the store holds, by status and by
+    one more grouping (type, tag or task), from counters every write keeps
+    (cheap to ask often). Reader role.
     """
 
 class AssetServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -383,7 +435,11 @@ class AssetServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _asset_service_pb2.DeleteAssetRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_asset_service_pb2.DeleteAssetResponse, _abc.Awaitable[_asset_service_pb2.DeleteAssetResponse]]:
-        """DeleteAsset removes an asset's record and its bytes."""
+        """DeleteAsset removes an asset's record and its bytes. While something holds
+        it (Asset.holds: an explicit hold, a live task's input) it is refused with
+        FAILED_PRECONDITION naming the holders, unless `force`. (A manifest within
+        its TTL defers only the asset's expiry.)
+        """
 
     @_abc_1.abstractmethod
     def MintTaskToken(
@@ -394,6 +450,7 @@ class AssetServiceServicer(metaclass=_abc_1.ABCMeta):
         """MintTaskToken issues a short-lived bearer token scoped to one task: it may
         fulfill, fail or upload only that task's promises and read only the named
         inputs and the task's own outputs (docs/security.md). Orchestrator role.
+        The named inputs are held (no expiry) while the task has a PENDING promise.
         """
 
     @_abc_1.abstractmethod
@@ -418,6 +475,51 @@ class AssetServiceServicer(metaclass=_abc_1.ABCMeta):
         per asset, in order. A corrupt asset is marked (corrupt_reason, a CHANGED
         watch event) and refused with DATA_LOSS from then on; one restored from a
         copy (its bytes check out again) is unmarked. Admin role.
+        """
+
+    @_abc_1.abstractmethod
+    def SetExpiry(
+        self,
+        request: _asset_service_pb2.SetExpiryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_asset_service_pb2.SetExpiryResponse, _abc.Awaitable[_asset_service_pb2.SetExpiryResponse]]:
+        """SetExpiry sets when an asset expires (ttl_seconds from now), or that it
+        never does (clear): a client's choice, which the server's rules never
+        replace. An expired asset is removed (a DELETED watch event whose asset
+        says why: deletion_reason) once nothing holds it. Worker role.
+        """
+
+    @_abc_1.abstractmethod
+    def PlaceHold(
+        self,
+        request: _asset_service_pb2.PlaceHoldRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_asset_service_pb2.PlaceHoldResponse, _abc.Awaitable[_asset_service_pb2.PlaceHoldResponse]]:
+        """PlaceHold keeps an asset from expiring and from DeleteAsset (unless forced
+        by an admin) until its owner releases it. Placing a hold is not a change of
+        the asset (no revision, no watch event); reads show it (Asset.holds).
+        Worker role.
+        """
+
+    @_abc_1.abstractmethod
+    def ReleaseHold(
+        self,
+        request: _asset_service_pb2.ReleaseHoldRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_asset_service_pb2.ReleaseHoldResponse, _abc.Awaitable[_asset_service_pb2.ReleaseHoldResponse]]:
+        """ReleaseHold removes one owner's hold (NOT_FOUND if it has none). The asset
+        expires as soon as its last hold goes if its expiry has passed.
+        """
+
+    @_abc_1.abstractmethod
+    def GetUsage(
+        self,
+        request: _asset_service_pb2.GetUsageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_asset_service_pb2.GetUsageResponse, _abc.Awaitable[_asset_service_pb2.GetUsageResponse]]:
+        """GetUsage says how many assets and bytes the store holds, by status and by
+        one more grouping (type, tag or task), from counters every write keeps
+        (cheap to ask often). Reader role.
         """
 
 def add_AssetServiceServicer_to_server(servicer: AssetServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

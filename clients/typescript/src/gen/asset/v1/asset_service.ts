@@ -371,10 +371,46 @@ export interface Asset {
    */
   corruptReason: string;
   /**
+   * When the asset expires (unset: never) and what set that: "ttl" (a client's
+   * TTL or SetExpiry), "never" (SetExpiry clear), or the name of the server's
+   * --expiry-rule. A PENDING or held asset is kept past it, and removed as soon
+   * as nothing holds it any more.
+   */
+  expireTime?: Date | undefined;
+  expiryRule: string;
+  /**
+   * What still needs the asset: explicit holds (PlaceHold) and tasks whose
+   * token names it as an input while they have a PENDING promise.
+   */
+  holds: Hold[];
+  /** A manifest lists it (GetManifest): kept at least until then. */
+  retainUntilTime?:
+    | Date
+    | undefined;
+  /**
+   * In a DELETED watch event: why it went, e.g. "expired (rule failed)" or
+   * "expired (ttl)"; empty for a DeleteAsset.
+   */
+  deletionReason: string;
+  /**
    * The key of the GetOrCreatePendingAsset that made it (empty otherwise); kept
    * for good, also once another asset serves the key.
    */
   key: string;
+}
+
+/** Hold is one thing that still needs an asset. */
+export interface Hold {
+  /** Who holds it: PlaceHold's owner, or "task:<task id>". */
+  owner: string;
+  /** "EXPLICIT" (PlaceHold) or "TASK" (a task token names it as an input). */
+  kind: string;
+  reason: string;
+  placeTime?:
+    | Date
+    | undefined;
+  /** The principal that placed it. */
+  placedBy: string;
 }
 
 /** UploadHeader describes the file that an UploadAsset stream carries. */
@@ -418,6 +454,12 @@ export interface UploadHeader {
    * FAILED_PRECONDITION "resume at committed_bytes=N"). Only with upload_id.
    */
   writeOffset: number;
+  /**
+   * The new asset is removed (record and bytes) this many seconds after its
+   * creation unless something still needs it then (see Asset.holds); 0: by the
+   * server's --expiry-rule defaults (none: kept until deleted).
+   */
+  ttlSeconds: number;
   /**
    * Send no bytes if the server already stores them: with expected_size_bytes and
    * expected_sha256 set and no chunk in the stream, the server makes the asset
@@ -463,6 +505,12 @@ export interface RegisterFileRequest {
   tags: string[];
   /** Move the file into the store instead of copying it. */
   move: boolean;
+  /**
+   * The new asset is removed (record and bytes) this many seconds after its
+   * creation unless something still needs it then (see Asset.holds); 0: by the
+   * server's --expiry-rule defaults (none: kept until deleted).
+   */
+  ttlSeconds: number;
 }
 
 /** RegisterFileResponse carries the stored asset. */
@@ -477,6 +525,12 @@ export interface CreateValueAssetRequest {
   mediaType: string;
   value?: Value | undefined;
   tags: string[];
+  /**
+   * The new asset is removed (record and bytes) this many seconds after its
+   * creation unless something still needs it then (see Asset.holds); 0: by the
+   * server's --expiry-rule defaults (none: kept until deleted).
+   */
+  ttlSeconds: number;
 }
 
 /** CreateValueAssetResponse carries the stored asset. */
@@ -500,6 +554,12 @@ export interface CreatePendingAssetRequest {
    * default): no lease. At most the server's --max-lease-seconds.
    */
   leaseSeconds: number;
+  /**
+   * Counted from its creation; a PENDING asset never expires: once fulfilled
+   * or failed past its expiry, it goes as soon as nothing holds it. 0: the
+   * --expiry-rule defaults for the state it reaches.
+   */
+  ttlSeconds: number;
 }
 
 /** CreatePendingAssetResponse carries the PENDING asset. */
@@ -746,6 +806,11 @@ export interface GetManifestResponse_EntriesEntry {
 /** DeleteAssetRequest names the asset to delete. */
 export interface DeleteAssetRequest {
   assetId: string;
+  /**
+   * Delete it even though something holds it (FAILED_PRECONDITION naming the
+   * holders otherwise). Admin role.
+   */
+  force: boolean;
 }
 
 /** DeleteAssetResponse carries the deleted asset's last state. */
@@ -822,6 +887,88 @@ export interface QueryUploadResponse {
    * resumed before (--upload-session-ttl after its last stream ended).
    */
   expireTime?: Date | undefined;
+}
+
+/** SetExpiryRequest says when an asset expires. */
+export interface SetExpiryRequest {
+  assetId: string;
+  /** Expire this many seconds from now (1 to about 100 years)... */
+  ttlSeconds: number;
+  /** ...or never (not both). */
+  clear: boolean;
+}
+
+/** SetExpiryResponse carries the asset with its new expiry. */
+export interface SetExpiryResponse {
+  asset?: Asset | undefined;
+}
+
+/** PlaceHoldRequest keeps an asset for an owner. */
+export interface PlaceHoldRequest {
+  assetId: string;
+  /**
+   * Who holds it (1-200 characters; not "task:..."); placing it again with the
+   * same owner replaces the reason. At most 64 owners per asset.
+   */
+  owner: string;
+  /** Why, for whoever finds it held (up to 1024 characters). */
+  reason: string;
+}
+
+/** PlaceHoldResponse carries the asset with its holds. */
+export interface PlaceHoldResponse {
+  asset?: Asset | undefined;
+}
+
+/** ReleaseHoldRequest names the hold to remove. */
+export interface ReleaseHoldRequest {
+  assetId: string;
+  owner: string;
+}
+
+/** ReleaseHoldResponse carries the asset with the holds left. */
+export interface ReleaseHoldResponse {
+  asset?: Asset | undefined;
+}
+
+/** GetUsageRequest says how to group. */
+export interface GetUsageRequest {
+  /** "status" (the default), "type", "tag" or "task". */
+  group: string;
+  /** Only these keys of the group; none: the largest (by bytes). */
+  keys: string[];
+  /** How many of the largest keys (0: 100; at most 1000). */
+  limit: number;
+}
+
+/** UsageRow is one key's share: totals, and their part in each status. */
+export interface UsageRow {
+  key: string;
+  count: number;
+  bytes: number;
+  byStatus: StatusUsage[];
+}
+
+/** StatusUsage is the part of a total in one status. */
+export interface StatusUsage {
+  status: AssetStatus;
+  count: number;
+  bytes: number;
+}
+
+/** GetUsageResponse: the store's totals and one row per key. */
+export interface GetUsageResponse {
+  count: number;
+  bytes: number;
+  byStatus: StatusUsage[];
+  group: string;
+  /** Largest first (or in the order of `keys`). */
+  rows: UsageRow[];
+  /** More keys than rows (the smallest were left out). */
+  more: boolean;
+  /** The server's --storage-warn-bytes (0: none), and whether `bytes` passed it. */
+  warnBytes: number;
+  overThreshold: boolean;
 }
 
 function createBaseValue(): Value {
@@ -968,6 +1115,11 @@ function createBaseAsset(): Asset {
     leaseSeconds: 0,
     leaseExpireTime: undefined,
     corruptReason: "",
+    expireTime: undefined,
+    expiryRule: "",
+    holds: [],
+    retainUntilTime: undefined,
+    deletionReason: "",
     key: "",
   };
 }
@@ -1034,8 +1186,23 @@ export const Asset: MessageFns<Asset> = {
     if (message.corruptReason !== "") {
       writer.uint32(162).string(message.corruptReason);
     }
+    if (message.expireTime !== undefined) {
+      Timestamp.encode(toTimestamp(message.expireTime), writer.uint32(170).fork()).join();
+    }
+    if (message.expiryRule !== "") {
+      writer.uint32(178).string(message.expiryRule);
+    }
+    for (const v of message.holds) {
+      Hold.encode(v!, writer.uint32(186).fork()).join();
+    }
+    if (message.retainUntilTime !== undefined) {
+      Timestamp.encode(toTimestamp(message.retainUntilTime), writer.uint32(194).fork()).join();
+    }
+    if (message.deletionReason !== "") {
+      writer.uint32(202).string(message.deletionReason);
+    }
     if (message.key !== "") {
-      writer.uint32(170).string(message.key);
+      writer.uint32(210).string(message.key);
     }
     return writer;
   },
@@ -1218,6 +1385,46 @@ export const Asset: MessageFns<Asset> = {
               break;
             }
 
+            message.expireTime = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 22: {
+            if (tag !== 178) {
+              break;
+            }
+
+            message.expiryRule = reader.string();
+            continue;
+          }
+          case 23: {
+            if (tag !== 186) {
+              break;
+            }
+
+            message.holds.push(Hold.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 24: {
+            if (tag !== 194) {
+              break;
+            }
+
+            message.retainUntilTime = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 25: {
+            if (tag !== 202) {
+              break;
+            }
+
+            message.deletionReason = reader.string();
+            continue;
+          }
+          case 26: {
+            if (tag !== 210) {
+              break;
+            }
+
             message.key = reader.string();
             continue;
           }
@@ -1305,6 +1512,29 @@ export const Asset: MessageFns<Asset> = {
         : isSet(object.corrupt_reason)
         ? globalThis.String(object.corrupt_reason)
         : "",
+      expireTime: isSet(object.expireTime)
+        ? fromJsonTimestamp(object.expireTime)
+        : isSet(object.expire_time)
+        ? fromJsonTimestamp(object.expire_time)
+        : undefined,
+      expiryRule: isSet(object.expiryRule)
+        ? globalThis.String(object.expiryRule)
+        : isSet(object.expiry_rule)
+        ? globalThis.String(object.expiry_rule)
+        : "",
+      holds: globalThis.Array.isArray(object?.holds)
+        ? object.holds.map((e: any) => Hold.fromJSON(e))
+        : [],
+      retainUntilTime: isSet(object.retainUntilTime)
+        ? fromJsonTimestamp(object.retainUntilTime)
+        : isSet(object.retain_until_time)
+        ? fromJsonTimestamp(object.retain_until_time)
+        : undefined,
+      deletionReason: isSet(object.deletionReason)
+        ? globalThis.String(object.deletionReason)
+        : isSet(object.deletion_reason)
+        ? globalThis.String(object.deletion_reason)
+        : "",
       key: isSet(object.key) ? globalThis.String(object.key) : "",
     };
   },
@@ -1371,6 +1601,21 @@ export const Asset: MessageFns<Asset> = {
     if (message.corruptReason !== "") {
       obj.corruptReason = message.corruptReason;
     }
+    if (message.expireTime !== undefined) {
+      obj.expireTime = message.expireTime.toISOString();
+    }
+    if (message.expiryRule !== "") {
+      obj.expiryRule = message.expiryRule;
+    }
+    if (message.holds?.length) {
+      obj.holds = message.holds.map((e) => Hold.toJSON(e));
+    }
+    if (message.retainUntilTime !== undefined) {
+      obj.retainUntilTime = message.retainUntilTime.toISOString();
+    }
+    if (message.deletionReason !== "") {
+      obj.deletionReason = message.deletionReason;
+    }
     if (message.key !== "") {
       obj.key = message.key;
     }
@@ -1402,7 +1647,153 @@ export const Asset: MessageFns<Asset> = {
     message.leaseSeconds = object.leaseSeconds ?? 0;
     message.leaseExpireTime = object.leaseExpireTime ?? undefined;
     message.corruptReason = object.corruptReason ?? "";
+    message.expireTime = object.expireTime ?? undefined;
+    message.expiryRule = object.expiryRule ?? "";
+    message.holds = object.holds?.map((e) => Hold.fromPartial(e)) || [];
+    message.retainUntilTime = object.retainUntilTime ?? undefined;
+    message.deletionReason = object.deletionReason ?? "";
     message.key = object.key ?? "";
+    return message;
+  },
+};
+
+function createBaseHold(): Hold {
+  return { owner: "", kind: "", reason: "", placeTime: undefined, placedBy: "" };
+}
+
+export const Hold: MessageFns<Hold> = {
+  encode(message: Hold, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.owner !== "") {
+      writer.uint32(10).string(message.owner);
+    }
+    if (message.kind !== "") {
+      writer.uint32(18).string(message.kind);
+    }
+    if (message.reason !== "") {
+      writer.uint32(26).string(message.reason);
+    }
+    if (message.placeTime !== undefined) {
+      Timestamp.encode(toTimestamp(message.placeTime), writer.uint32(34).fork()).join();
+    }
+    if (message.placedBy !== "") {
+      writer.uint32(42).string(message.placedBy);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): Hold {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseHold();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.owner = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.kind = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.reason = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.placeTime = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.placedBy = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): Hold {
+    return {
+      owner: isSet(object.owner) ? globalThis.String(object.owner) : "",
+      kind: isSet(object.kind) ? globalThis.String(object.kind) : "",
+      reason: isSet(object.reason) ? globalThis.String(object.reason) : "",
+      placeTime: isSet(object.placeTime)
+        ? fromJsonTimestamp(object.placeTime)
+        : isSet(object.place_time)
+        ? fromJsonTimestamp(object.place_time)
+        : undefined,
+      placedBy: isSet(object.placedBy)
+        ? globalThis.String(object.placedBy)
+        : isSet(object.placed_by)
+        ? globalThis.String(object.placed_by)
+        : "",
+    };
+  },
+
+  toJSON(message: Hold): unknown {
+    const obj: any = {};
+    if (message.owner !== "") {
+      obj.owner = message.owner;
+    }
+    if (message.kind !== "") {
+      obj.kind = message.kind;
+    }
+    if (message.reason !== "") {
+      obj.reason = message.reason;
+    }
+    if (message.placeTime !== undefined) {
+      obj.placeTime = message.placeTime.toISOString();
+    }
+    if (message.placedBy !== "") {
+      obj.placedBy = message.placedBy;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<Hold>, I>>(base?: I): Hold {
+    return Hold.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<Hold>, I>>(object: I): Hold {
+    const message = createBaseHold();
+    message.owner = object.owner ?? "";
+    message.kind = object.kind ?? "";
+    message.reason = object.reason ?? "";
+    message.placeTime = object.placeTime ?? undefined;
+    message.placedBy = object.placedBy ?? "";
     return message;
   },
 };
@@ -1417,6 +1808,7 @@ function createBaseUploadHeader(): UploadHeader {
     pendingAssetId: "",
     uploadId: "",
     writeOffset: 0,
+    ttlSeconds: 0,
     reuseStoredBytes: false,
   };
 }
@@ -1447,8 +1839,11 @@ export const UploadHeader: MessageFns<UploadHeader> = {
     if (message.writeOffset !== 0) {
       writer.uint32(64).int64(message.writeOffset);
     }
+    if (message.ttlSeconds !== 0) {
+      writer.uint32(72).int64(message.ttlSeconds);
+    }
     if (message.reuseStoredBytes !== false) {
-      writer.uint32(72).bool(message.reuseStoredBytes);
+      writer.uint32(80).bool(message.reuseStoredBytes);
     }
     return writer;
   },
@@ -1535,6 +1930,14 @@ export const UploadHeader: MessageFns<UploadHeader> = {
               break;
             }
 
+            message.ttlSeconds = longToNumber(reader.int64());
+            continue;
+          }
+          case 10: {
+            if (tag !== 80) {
+              break;
+            }
+
             message.reuseStoredBytes = reader.bool();
             continue;
           }
@@ -1584,6 +1987,11 @@ export const UploadHeader: MessageFns<UploadHeader> = {
         : isSet(object.write_offset)
         ? globalThis.Number(object.write_offset)
         : 0,
+      ttlSeconds: isSet(object.ttlSeconds)
+        ? globalThis.Number(object.ttlSeconds)
+        : isSet(object.ttl_seconds)
+        ? globalThis.Number(object.ttl_seconds)
+        : 0,
       reuseStoredBytes: isSet(object.reuseStoredBytes)
         ? globalThis.Boolean(object.reuseStoredBytes)
         : isSet(object.reuse_stored_bytes)
@@ -1618,6 +2026,9 @@ export const UploadHeader: MessageFns<UploadHeader> = {
     if (message.writeOffset !== 0) {
       obj.writeOffset = Math.round(message.writeOffset);
     }
+    if (message.ttlSeconds !== 0) {
+      obj.ttlSeconds = Math.round(message.ttlSeconds);
+    }
     if (message.reuseStoredBytes !== false) {
       obj.reuseStoredBytes = message.reuseStoredBytes;
     }
@@ -1637,6 +2048,7 @@ export const UploadHeader: MessageFns<UploadHeader> = {
     message.pendingAssetId = object.pendingAssetId ?? "";
     message.uploadId = object.uploadId ?? "";
     message.writeOffset = object.writeOffset ?? 0;
+    message.ttlSeconds = object.ttlSeconds ?? 0;
     message.reuseStoredBytes = object.reuseStoredBytes ?? false;
     return message;
   },
@@ -1811,7 +2223,7 @@ export const UploadAssetResponse: MessageFns<UploadAssetResponse> = {
 };
 
 function createBaseRegisterFileRequest(): RegisterFileRequest {
-  return { path: "", label: "", mediaType: "", tags: [], move: false };
+  return { path: "", label: "", mediaType: "", tags: [], move: false, ttlSeconds: 0 };
 }
 
 export const RegisterFileRequest: MessageFns<RegisterFileRequest> = {
@@ -1830,6 +2242,9 @@ export const RegisterFileRequest: MessageFns<RegisterFileRequest> = {
     }
     if (message.move !== false) {
       writer.uint32(40).bool(message.move);
+    }
+    if (message.ttlSeconds !== 0) {
+      writer.uint32(48).int64(message.ttlSeconds);
     }
     return writer;
   },
@@ -1887,6 +2302,14 @@ export const RegisterFileRequest: MessageFns<RegisterFileRequest> = {
             message.move = reader.bool();
             continue;
           }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.ttlSeconds = longToNumber(reader.int64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1910,6 +2333,11 @@ export const RegisterFileRequest: MessageFns<RegisterFileRequest> = {
         : "",
       tags: globalThis.Array.isArray(object?.tags) ? object.tags.map((e: any) => globalThis.String(e)) : [],
       move: isSet(object.move) ? globalThis.Boolean(object.move) : false,
+      ttlSeconds: isSet(object.ttlSeconds)
+        ? globalThis.Number(object.ttlSeconds)
+        : isSet(object.ttl_seconds)
+        ? globalThis.Number(object.ttl_seconds)
+        : 0,
     };
   },
 
@@ -1930,6 +2358,9 @@ export const RegisterFileRequest: MessageFns<RegisterFileRequest> = {
     if (message.move !== false) {
       obj.move = message.move;
     }
+    if (message.ttlSeconds !== 0) {
+      obj.ttlSeconds = Math.round(message.ttlSeconds);
+    }
     return obj;
   },
 
@@ -1943,6 +2374,7 @@ export const RegisterFileRequest: MessageFns<RegisterFileRequest> = {
     message.mediaType = object.mediaType ?? "";
     message.tags = object.tags?.map((e) => e) || [];
     message.move = object.move ?? false;
+    message.ttlSeconds = object.ttlSeconds ?? 0;
     return message;
   },
 };
@@ -2015,7 +2447,7 @@ export const RegisterFileResponse: MessageFns<RegisterFileResponse> = {
 };
 
 function createBaseCreateValueAssetRequest(): CreateValueAssetRequest {
-  return { label: "", mediaType: "", value: undefined, tags: [] };
+  return { label: "", mediaType: "", value: undefined, tags: [], ttlSeconds: 0 };
 }
 
 export const CreateValueAssetRequest: MessageFns<CreateValueAssetRequest> = {
@@ -2031,6 +2463,9 @@ export const CreateValueAssetRequest: MessageFns<CreateValueAssetRequest> = {
     }
     for (const v of message.tags) {
       writer.uint32(34).string(v!);
+    }
+    if (message.ttlSeconds !== 0) {
+      writer.uint32(40).int64(message.ttlSeconds);
     }
     return writer;
   },
@@ -2080,6 +2515,14 @@ export const CreateValueAssetRequest: MessageFns<CreateValueAssetRequest> = {
             message.tags.push(reader.string());
             continue;
           }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.ttlSeconds = longToNumber(reader.int64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2102,6 +2545,11 @@ export const CreateValueAssetRequest: MessageFns<CreateValueAssetRequest> = {
         : "",
       value: isSet(object.value) ? Value.fromJSON(object.value) : undefined,
       tags: globalThis.Array.isArray(object?.tags) ? object.tags.map((e: any) => globalThis.String(e)) : [],
+      ttlSeconds: isSet(object.ttlSeconds)
+        ? globalThis.Number(object.ttlSeconds)
+        : isSet(object.ttl_seconds)
+        ? globalThis.Number(object.ttl_seconds)
+        : 0,
     };
   },
 
@@ -2119,6 +2567,9 @@ export const CreateValueAssetRequest: MessageFns<CreateValueAssetRequest> = {
     if (message.tags?.length) {
       obj.tags = message.tags;
     }
+    if (message.ttlSeconds !== 0) {
+      obj.ttlSeconds = Math.round(message.ttlSeconds);
+    }
     return obj;
   },
 
@@ -2131,6 +2582,7 @@ export const CreateValueAssetRequest: MessageFns<CreateValueAssetRequest> = {
     message.mediaType = object.mediaType ?? "";
     message.value = (object.value !== undefined && object.value !== null) ? Value.fromPartial(object.value) : undefined;
     message.tags = object.tags?.map((e) => e) || [];
+    message.ttlSeconds = object.ttlSeconds ?? 0;
     return message;
   },
 };
@@ -2203,7 +2655,7 @@ export const CreateValueAssetResponse: MessageFns<CreateValueAssetResponse> = {
 };
 
 function createBaseCreatePendingAssetRequest(): CreatePendingAssetRequest {
-  return { taskId: "", label: "", mediaType: "", type: 0, tags: [], leaseSeconds: 0 };
+  return { taskId: "", label: "", mediaType: "", type: 0, tags: [], leaseSeconds: 0, ttlSeconds: 0 };
 }
 
 export const CreatePendingAssetRequest: MessageFns<CreatePendingAssetRequest> = {
@@ -2225,6 +2677,9 @@ export const CreatePendingAssetRequest: MessageFns<CreatePendingAssetRequest> = 
     }
     if (message.leaseSeconds !== 0) {
       writer.uint32(48).uint32(message.leaseSeconds);
+    }
+    if (message.ttlSeconds !== 0) {
+      writer.uint32(56).int64(message.ttlSeconds);
     }
     return writer;
   },
@@ -2290,6 +2745,14 @@ export const CreatePendingAssetRequest: MessageFns<CreatePendingAssetRequest> = 
             message.leaseSeconds = reader.uint32();
             continue;
           }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.ttlSeconds = longToNumber(reader.int64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2322,6 +2785,11 @@ export const CreatePendingAssetRequest: MessageFns<CreatePendingAssetRequest> = 
         : isSet(object.lease_seconds)
         ? globalThis.Number(object.lease_seconds)
         : 0,
+      ttlSeconds: isSet(object.ttlSeconds)
+        ? globalThis.Number(object.ttlSeconds)
+        : isSet(object.ttl_seconds)
+        ? globalThis.Number(object.ttl_seconds)
+        : 0,
     };
   },
 
@@ -2345,6 +2813,9 @@ export const CreatePendingAssetRequest: MessageFns<CreatePendingAssetRequest> = 
     if (message.leaseSeconds !== 0) {
       obj.leaseSeconds = Math.round(message.leaseSeconds);
     }
+    if (message.ttlSeconds !== 0) {
+      obj.ttlSeconds = Math.round(message.ttlSeconds);
+    }
     return obj;
   },
 
@@ -2359,6 +2830,7 @@ export const CreatePendingAssetRequest: MessageFns<CreatePendingAssetRequest> = 
     message.type = object.type ?? 0;
     message.tags = object.tags?.map((e) => e) || [];
     message.leaseSeconds = object.leaseSeconds ?? 0;
+    message.ttlSeconds = object.ttlSeconds ?? 0;
     return message;
   },
 };
@@ -4753,13 +5225,16 @@ export const GetManifestResponse_EntriesEntry: MessageFns<GetManifestResponse_En
 };
 
 function createBaseDeleteAssetRequest(): DeleteAssetRequest {
-  return { assetId: "" };
+  return { assetId: "", force: false };
 }
 
 export const DeleteAssetRequest: MessageFns<DeleteAssetRequest> = {
   encode(message: DeleteAssetRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     if (message.assetId !== "") {
       writer.uint32(10).string(message.assetId);
+    }
+    if (message.force !== false) {
+      writer.uint32(16).bool(message.force);
     }
     return writer;
   },
@@ -4785,6 +5260,14 @@ export const DeleteAssetRequest: MessageFns<DeleteAssetRequest> = {
             message.assetId = reader.string();
             continue;
           }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.force = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -4804,6 +5287,7 @@ export const DeleteAssetRequest: MessageFns<DeleteAssetRequest> = {
         : isSet(object.asset_id)
         ? globalThis.String(object.asset_id)
         : "",
+      force: isSet(object.force) ? globalThis.Boolean(object.force) : false,
     };
   },
 
@@ -4811,6 +5295,9 @@ export const DeleteAssetRequest: MessageFns<DeleteAssetRequest> = {
     const obj: any = {};
     if (message.assetId !== "") {
       obj.assetId = message.assetId;
+    }
+    if (message.force !== false) {
+      obj.force = message.force;
     }
     return obj;
   },
@@ -4821,6 +5308,7 @@ export const DeleteAssetRequest: MessageFns<DeleteAssetRequest> = {
   fromPartial<I extends Exact<DeepPartial<DeleteAssetRequest>, I>>(object: I): DeleteAssetRequest {
     const message = createBaseDeleteAssetRequest();
     message.assetId = object.assetId ?? "";
+    message.force = object.force ?? false;
     return message;
   },
 };
@@ -5494,6 +5982,1026 @@ export const QueryUploadResponse: MessageFns<QueryUploadResponse> = {
   },
 };
 
+function createBaseSetExpiryRequest(): SetExpiryRequest {
+  return { assetId: "", ttlSeconds: 0, clear: false };
+}
+
+export const SetExpiryRequest: MessageFns<SetExpiryRequest> = {
+  encode(message: SetExpiryRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.assetId !== "") {
+      writer.uint32(10).string(message.assetId);
+    }
+    if (message.ttlSeconds !== 0) {
+      writer.uint32(16).int64(message.ttlSeconds);
+    }
+    if (message.clear !== false) {
+      writer.uint32(24).bool(message.clear);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SetExpiryRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSetExpiryRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.assetId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.ttlSeconds = longToNumber(reader.int64());
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.clear = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SetExpiryRequest {
+    return {
+      assetId: isSet(object.assetId)
+        ? globalThis.String(object.assetId)
+        : isSet(object.asset_id)
+        ? globalThis.String(object.asset_id)
+        : "",
+      ttlSeconds: isSet(object.ttlSeconds)
+        ? globalThis.Number(object.ttlSeconds)
+        : isSet(object.ttl_seconds)
+        ? globalThis.Number(object.ttl_seconds)
+        : 0,
+      clear: isSet(object.clear) ? globalThis.Boolean(object.clear) : false,
+    };
+  },
+
+  toJSON(message: SetExpiryRequest): unknown {
+    const obj: any = {};
+    if (message.assetId !== "") {
+      obj.assetId = message.assetId;
+    }
+    if (message.ttlSeconds !== 0) {
+      obj.ttlSeconds = Math.round(message.ttlSeconds);
+    }
+    if (message.clear !== false) {
+      obj.clear = message.clear;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SetExpiryRequest>, I>>(base?: I): SetExpiryRequest {
+    return SetExpiryRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SetExpiryRequest>, I>>(object: I): SetExpiryRequest {
+    const message = createBaseSetExpiryRequest();
+    message.assetId = object.assetId ?? "";
+    message.ttlSeconds = object.ttlSeconds ?? 0;
+    message.clear = object.clear ?? false;
+    return message;
+  },
+};
+
+function createBaseSetExpiryResponse(): SetExpiryResponse {
+  return { asset: undefined };
+}
+
+export const SetExpiryResponse: MessageFns<SetExpiryResponse> = {
+  encode(message: SetExpiryResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.asset !== undefined) {
+      Asset.encode(message.asset, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SetExpiryResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSetExpiryResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.asset = Asset.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SetExpiryResponse {
+    return { asset: isSet(object.asset) ? Asset.fromJSON(object.asset) : undefined };
+  },
+
+  toJSON(message: SetExpiryResponse): unknown {
+    const obj: any = {};
+    if (message.asset !== undefined) {
+      obj.asset = Asset.toJSON(message.asset);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SetExpiryResponse>, I>>(base?: I): SetExpiryResponse {
+    return SetExpiryResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SetExpiryResponse>, I>>(object: I): SetExpiryResponse {
+    const message = createBaseSetExpiryResponse();
+    message.asset = (object.asset !== undefined && object.asset !== null) ? Asset.fromPartial(object.asset) : undefined;
+    return message;
+  },
+};
+
+function createBasePlaceHoldRequest(): PlaceHoldRequest {
+  return { assetId: "", owner: "", reason: "" };
+}
+
+export const PlaceHoldRequest: MessageFns<PlaceHoldRequest> = {
+  encode(message: PlaceHoldRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.assetId !== "") {
+      writer.uint32(10).string(message.assetId);
+    }
+    if (message.owner !== "") {
+      writer.uint32(18).string(message.owner);
+    }
+    if (message.reason !== "") {
+      writer.uint32(26).string(message.reason);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PlaceHoldRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePlaceHoldRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.assetId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.owner = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.reason = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PlaceHoldRequest {
+    return {
+      assetId: isSet(object.assetId)
+        ? globalThis.String(object.assetId)
+        : isSet(object.asset_id)
+        ? globalThis.String(object.asset_id)
+        : "",
+      owner: isSet(object.owner) ? globalThis.String(object.owner) : "",
+      reason: isSet(object.reason) ? globalThis.String(object.reason) : "",
+    };
+  },
+
+  toJSON(message: PlaceHoldRequest): unknown {
+    const obj: any = {};
+    if (message.assetId !== "") {
+      obj.assetId = message.assetId;
+    }
+    if (message.owner !== "") {
+      obj.owner = message.owner;
+    }
+    if (message.reason !== "") {
+      obj.reason = message.reason;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PlaceHoldRequest>, I>>(base?: I): PlaceHoldRequest {
+    return PlaceHoldRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PlaceHoldRequest>, I>>(object: I): PlaceHoldRequest {
+    const message = createBasePlaceHoldRequest();
+    message.assetId = object.assetId ?? "";
+    message.owner = object.owner ?? "";
+    message.reason = object.reason ?? "";
+    return message;
+  },
+};
+
+function createBasePlaceHoldResponse(): PlaceHoldResponse {
+  return { asset: undefined };
+}
+
+export const PlaceHoldResponse: MessageFns<PlaceHoldResponse> = {
+  encode(message: PlaceHoldResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.asset !== undefined) {
+      Asset.encode(message.asset, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PlaceHoldResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePlaceHoldResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.asset = Asset.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PlaceHoldResponse {
+    return { asset: isSet(object.asset) ? Asset.fromJSON(object.asset) : undefined };
+  },
+
+  toJSON(message: PlaceHoldResponse): unknown {
+    const obj: any = {};
+    if (message.asset !== undefined) {
+      obj.asset = Asset.toJSON(message.asset);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PlaceHoldResponse>, I>>(base?: I): PlaceHoldResponse {
+    return PlaceHoldResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PlaceHoldResponse>, I>>(object: I): PlaceHoldResponse {
+    const message = createBasePlaceHoldResponse();
+    message.asset = (object.asset !== undefined && object.asset !== null) ? Asset.fromPartial(object.asset) : undefined;
+    return message;
+  },
+};
+
+function createBaseReleaseHoldRequest(): ReleaseHoldRequest {
+  return { assetId: "", owner: "" };
+}
+
+export const ReleaseHoldRequest: MessageFns<ReleaseHoldRequest> = {
+  encode(message: ReleaseHoldRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.assetId !== "") {
+      writer.uint32(10).string(message.assetId);
+    }
+    if (message.owner !== "") {
+      writer.uint32(18).string(message.owner);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ReleaseHoldRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseReleaseHoldRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.assetId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.owner = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ReleaseHoldRequest {
+    return {
+      assetId: isSet(object.assetId)
+        ? globalThis.String(object.assetId)
+        : isSet(object.asset_id)
+        ? globalThis.String(object.asset_id)
+        : "",
+      owner: isSet(object.owner) ? globalThis.String(object.owner) : "",
+    };
+  },
+
+  toJSON(message: ReleaseHoldRequest): unknown {
+    const obj: any = {};
+    if (message.assetId !== "") {
+      obj.assetId = message.assetId;
+    }
+    if (message.owner !== "") {
+      obj.owner = message.owner;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ReleaseHoldRequest>, I>>(base?: I): ReleaseHoldRequest {
+    return ReleaseHoldRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ReleaseHoldRequest>, I>>(object: I): ReleaseHoldRequest {
+    const message = createBaseReleaseHoldRequest();
+    message.assetId = object.assetId ?? "";
+    message.owner = object.owner ?? "";
+    return message;
+  },
+};
+
+function createBaseReleaseHoldResponse(): ReleaseHoldResponse {
+  return { asset: undefined };
+}
+
+export const ReleaseHoldResponse: MessageFns<ReleaseHoldResponse> = {
+  encode(message: ReleaseHoldResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.asset !== undefined) {
+      Asset.encode(message.asset, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ReleaseHoldResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseReleaseHoldResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.asset = Asset.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ReleaseHoldResponse {
+    return { asset: isSet(object.asset) ? Asset.fromJSON(object.asset) : undefined };
+  },
+
+  toJSON(message: ReleaseHoldResponse): unknown {
+    const obj: any = {};
+    if (message.asset !== undefined) {
+      obj.asset = Asset.toJSON(message.asset);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ReleaseHoldResponse>, I>>(base?: I): ReleaseHoldResponse {
+    return ReleaseHoldResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ReleaseHoldResponse>, I>>(object: I): ReleaseHoldResponse {
+    const message = createBaseReleaseHoldResponse();
+    message.asset = (object.asset !== undefined && object.asset !== null) ? Asset.fromPartial(object.asset) : undefined;
+    return message;
+  },
+};
+
+function createBaseGetUsageRequest(): GetUsageRequest {
+  return { group: "", keys: [], limit: 0 };
+}
+
+export const GetUsageRequest: MessageFns<GetUsageRequest> = {
+  encode(message: GetUsageRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.group !== "") {
+      writer.uint32(10).string(message.group);
+    }
+    for (const v of message.keys) {
+      writer.uint32(18).string(v!);
+    }
+    if (message.limit !== 0) {
+      writer.uint32(24).int32(message.limit);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetUsageRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetUsageRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.group = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.keys.push(reader.string());
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.limit = reader.int32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetUsageRequest {
+    return {
+      group: isSet(object.group) ? globalThis.String(object.group) : "",
+      keys: globalThis.Array.isArray(object?.keys) ? object.keys.map((e: any) => globalThis.String(e)) : [],
+      limit: isSet(object.limit) ? globalThis.Number(object.limit) : 0,
+    };
+  },
+
+  toJSON(message: GetUsageRequest): unknown {
+    const obj: any = {};
+    if (message.group !== "") {
+      obj.group = message.group;
+    }
+    if (message.keys?.length) {
+      obj.keys = message.keys;
+    }
+    if (message.limit !== 0) {
+      obj.limit = Math.round(message.limit);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetUsageRequest>, I>>(base?: I): GetUsageRequest {
+    return GetUsageRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetUsageRequest>, I>>(object: I): GetUsageRequest {
+    const message = createBaseGetUsageRequest();
+    message.group = object.group ?? "";
+    message.keys = object.keys?.map((e) => e) || [];
+    message.limit = object.limit ?? 0;
+    return message;
+  },
+};
+
+function createBaseUsageRow(): UsageRow {
+  return { key: "", count: 0, bytes: 0, byStatus: [] };
+}
+
+export const UsageRow: MessageFns<UsageRow> = {
+  encode(message: UsageRow, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.key !== "") {
+      writer.uint32(10).string(message.key);
+    }
+    if (message.count !== 0) {
+      writer.uint32(16).int64(message.count);
+    }
+    if (message.bytes !== 0) {
+      writer.uint32(24).int64(message.bytes);
+    }
+    for (const v of message.byStatus) {
+      StatusUsage.encode(v!, writer.uint32(34).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): UsageRow {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseUsageRow();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.key = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.count = longToNumber(reader.int64());
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.bytes = longToNumber(reader.int64());
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.byStatus.push(StatusUsage.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): UsageRow {
+    return {
+      key: isSet(object.key) ? globalThis.String(object.key) : "",
+      count: isSet(object.count) ? globalThis.Number(object.count) : 0,
+      bytes: isSet(object.bytes) ? globalThis.Number(object.bytes) : 0,
+      byStatus: globalThis.Array.isArray(object?.byStatus)
+        ? object.byStatus.map((e: any) => StatusUsage.fromJSON(e))
+        : globalThis.Array.isArray(object?.by_status)
+        ? object.by_status.map((e: any) => StatusUsage.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: UsageRow): unknown {
+    const obj: any = {};
+    if (message.key !== "") {
+      obj.key = message.key;
+    }
+    if (message.count !== 0) {
+      obj.count = Math.round(message.count);
+    }
+    if (message.bytes !== 0) {
+      obj.bytes = Math.round(message.bytes);
+    }
+    if (message.byStatus?.length) {
+      obj.byStatus = message.byStatus.map((e) => StatusUsage.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<UsageRow>, I>>(base?: I): UsageRow {
+    return UsageRow.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<UsageRow>, I>>(object: I): UsageRow {
+    const message = createBaseUsageRow();
+    message.key = object.key ?? "";
+    message.count = object.count ?? 0;
+    message.bytes = object.bytes ?? 0;
+    message.byStatus = object.byStatus?.map((e) => StatusUsage.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseStatusUsage(): StatusUsage {
+  return { status: 0, count: 0, bytes: 0 };
+}
+
+export const StatusUsage: MessageFns<StatusUsage> = {
+  encode(message: StatusUsage, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.status !== 0) {
+      writer.uint32(8).int32(message.status);
+    }
+    if (message.count !== 0) {
+      writer.uint32(16).int64(message.count);
+    }
+    if (message.bytes !== 0) {
+      writer.uint32(24).int64(message.bytes);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): StatusUsage {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseStatusUsage();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.status = reader.int32() as any;
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.count = longToNumber(reader.int64());
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.bytes = longToNumber(reader.int64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): StatusUsage {
+    return {
+      status: isSet(object.status) ? assetStatusFromJSON(object.status) : 0,
+      count: isSet(object.count) ? globalThis.Number(object.count) : 0,
+      bytes: isSet(object.bytes) ? globalThis.Number(object.bytes) : 0,
+    };
+  },
+
+  toJSON(message: StatusUsage): unknown {
+    const obj: any = {};
+    if (message.status !== 0) {
+      obj.status = assetStatusToJSON(message.status);
+    }
+    if (message.count !== 0) {
+      obj.count = Math.round(message.count);
+    }
+    if (message.bytes !== 0) {
+      obj.bytes = Math.round(message.bytes);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<StatusUsage>, I>>(base?: I): StatusUsage {
+    return StatusUsage.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<StatusUsage>, I>>(object: I): StatusUsage {
+    const message = createBaseStatusUsage();
+    message.status = object.status ?? 0;
+    message.count = object.count ?? 0;
+    message.bytes = object.bytes ?? 0;
+    return message;
+  },
+};
+
+function createBaseGetUsageResponse(): GetUsageResponse {
+  return { count: 0, bytes: 0, byStatus: [], group: "", rows: [], more: false, warnBytes: 0, overThreshold: false };
+}
+
+export const GetUsageResponse: MessageFns<GetUsageResponse> = {
+  encode(message: GetUsageResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.count !== 0) {
+      writer.uint32(8).int64(message.count);
+    }
+    if (message.bytes !== 0) {
+      writer.uint32(16).int64(message.bytes);
+    }
+    for (const v of message.byStatus) {
+      StatusUsage.encode(v!, writer.uint32(26).fork()).join();
+    }
+    if (message.group !== "") {
+      writer.uint32(34).string(message.group);
+    }
+    for (const v of message.rows) {
+      UsageRow.encode(v!, writer.uint32(42).fork()).join();
+    }
+    if (message.more !== false) {
+      writer.uint32(48).bool(message.more);
+    }
+    if (message.warnBytes !== 0) {
+      writer.uint32(56).int64(message.warnBytes);
+    }
+    if (message.overThreshold !== false) {
+      writer.uint32(64).bool(message.overThreshold);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetUsageResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetUsageResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.count = longToNumber(reader.int64());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.bytes = longToNumber(reader.int64());
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.byStatus.push(StatusUsage.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.group = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.rows.push(UsageRow.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.more = reader.bool();
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.warnBytes = longToNumber(reader.int64());
+            continue;
+          }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.overThreshold = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetUsageResponse {
+    return {
+      count: isSet(object.count) ? globalThis.Number(object.count) : 0,
+      bytes: isSet(object.bytes) ? globalThis.Number(object.bytes) : 0,
+      byStatus: globalThis.Array.isArray(object?.byStatus)
+        ? object.byStatus.map((e: any) => StatusUsage.fromJSON(e))
+        : globalThis.Array.isArray(object?.by_status)
+        ? object.by_status.map((e: any) => StatusUsage.fromJSON(e))
+        : [],
+      group: isSet(object.group) ? globalThis.String(object.group) : "",
+      rows: globalThis.Array.isArray(object?.rows) ? object.rows.map((e: any) => UsageRow.fromJSON(e)) : [],
+      more: isSet(object.more) ? globalThis.Boolean(object.more) : false,
+      warnBytes: isSet(object.warnBytes)
+        ? globalThis.Number(object.warnBytes)
+        : isSet(object.warn_bytes)
+        ? globalThis.Number(object.warn_bytes)
+        : 0,
+      overThreshold: isSet(object.overThreshold)
+        ? globalThis.Boolean(object.overThreshold)
+        : isSet(object.over_threshold)
+        ? globalThis.Boolean(object.over_threshold)
+        : false,
+    };
+  },
+
+  toJSON(message: GetUsageResponse): unknown {
+    const obj: any = {};
+    if (message.count !== 0) {
+      obj.count = Math.round(message.count);
+    }
+    if (message.bytes !== 0) {
+      obj.bytes = Math.round(message.bytes);
+    }
+    if (message.byStatus?.length) {
+      obj.byStatus = message.byStatus.map((e) => StatusUsage.toJSON(e));
+    }
+    if (message.group !== "") {
+      obj.group = message.group;
+    }
+    if (message.rows?.length) {
+      obj.rows = message.rows.map((e) => UsageRow.toJSON(e));
+    }
+    if (message.more !== false) {
+      obj.more = message.more;
+    }
+    if (message.warnBytes !== 0) {
+      obj.warnBytes = Math.round(message.warnBytes);
+    }
+    if (message.overThreshold !== false) {
+      obj.overThreshold = message.overThreshold;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetUsageResponse>, I>>(base?: I): GetUsageResponse {
+    return GetUsageResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetUsageResponse>, I>>(object: I): GetUsageResponse {
+    const message = createBaseGetUsageResponse();
+    message.count = object.count ?? 0;
+    message.bytes = object.bytes ?? 0;
+    message.byStatus = object.byStatus?.map((e) => StatusUsage.fromPartial(e)) || [];
+    message.group = object.group ?? "";
+    message.rows = object.rows?.map((e) => UsageRow.fromPartial(e)) || [];
+    message.more = object.more ?? false;
+    message.warnBytes = object.warnBytes ?? 0;
+    message.overThreshold = object.overThreshold ?? false;
+    return message;
+  },
+};
+
 /** AssetService stores, tracks and serves the assets of a task pipeline. */
 export type AssetServiceService = typeof AssetServiceService;
 export const AssetServiceService = {
@@ -5694,7 +7202,12 @@ export const AssetServiceService = {
     responseSerialize: (value: GetManifestResponse): Buffer => Buffer.from(GetManifestResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): GetManifestResponse => GetManifestResponse.decode(value),
   },
-  /** DeleteAsset removes an asset's record and its bytes. */
+  /**
+   * DeleteAsset removes an asset's record and its bytes. While something holds
+   * it (Asset.holds: an explicit hold, a live task's input) it is refused with
+   * FAILED_PRECONDITION naming the holders, unless `force`. (A manifest within
+   * its TTL defers only the asset's expiry.)
+   */
   deleteAsset: {
     path: "/asset.v1.AssetService/DeleteAsset" as const,
     requestStream: false as const,
@@ -5708,6 +7221,7 @@ export const AssetServiceService = {
    * MintTaskToken issues a short-lived bearer token scoped to one task: it may
    * fulfill, fail or upload only that task's promises and read only the named
    * inputs and the task's own outputs (docs/security.md). Orchestrator role.
+   * The named inputs are held (no expiry) while the task has a PENDING promise.
    */
   mintTaskToken: {
     path: "/asset.v1.AssetService/MintTaskToken" as const,
@@ -5748,6 +7262,63 @@ export const AssetServiceService = {
     requestDeserialize: (value: Buffer): ScrubAssetsRequest => ScrubAssetsRequest.decode(value),
     responseSerialize: (value: ScrubAssetsResponse): Buffer => Buffer.from(ScrubAssetsResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): ScrubAssetsResponse => ScrubAssetsResponse.decode(value),
+  },
+  /**
+   * SetExpiry sets when an asset expires (ttl_seconds from now), or that it
+   * never does (clear): a client's choice, which the server's rules never
+   * replace. An expired asset is removed (a DELETED watch event whose asset
+   * says why: deletion_reason) once nothing holds it. Worker role.
+   */
+  setExpiry: {
+    path: "/asset.v1.AssetService/SetExpiry" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: SetExpiryRequest): Buffer => Buffer.from(SetExpiryRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): SetExpiryRequest => SetExpiryRequest.decode(value),
+    responseSerialize: (value: SetExpiryResponse): Buffer => Buffer.from(SetExpiryResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): SetExpiryResponse => SetExpiryResponse.decode(value),
+  },
+  /**
+   * PlaceHold keeps an asset from expiring and from DeleteAsset (unless forced
+   * by an admin) until its owner releases it. Placing a hold is not a change of
+   * the asset (no revision, no watch event); reads show it (Asset.holds).
+   * Worker role.
+   */
+  placeHold: {
+    path: "/asset.v1.AssetService/PlaceHold" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: PlaceHoldRequest): Buffer => Buffer.from(PlaceHoldRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): PlaceHoldRequest => PlaceHoldRequest.decode(value),
+    responseSerialize: (value: PlaceHoldResponse): Buffer => Buffer.from(PlaceHoldResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): PlaceHoldResponse => PlaceHoldResponse.decode(value),
+  },
+  /**
+   * ReleaseHold removes one owner's hold (NOT_FOUND if it has none). The asset
+   * expires as soon as its last hold goes if its expiry has passed.
+   */
+  releaseHold: {
+    path: "/asset.v1.AssetService/ReleaseHold" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ReleaseHoldRequest): Buffer => Buffer.from(ReleaseHoldRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ReleaseHoldRequest => ReleaseHoldRequest.decode(value),
+    responseSerialize: (value: ReleaseHoldResponse): Buffer => Buffer.from(ReleaseHoldResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ReleaseHoldResponse => ReleaseHoldResponse.decode(value),
+  },
+  /**
+   * GetUsage says how many assets and bytes the store holds, by status and by
+   * one more grouping (type, tag or task), from counters every write keeps
+   * (cheap to ask often). Reader role.
+   */
+  getUsage: {
+    path: "/asset.v1.AssetService/GetUsage" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetUsageRequest): Buffer => Buffer.from(GetUsageRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetUsageRequest => GetUsageRequest.decode(value),
+    responseSerialize: (value: GetUsageResponse): Buffer => Buffer.from(GetUsageResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GetUsageResponse => GetUsageResponse.decode(value),
   },
 } as const;
 
@@ -5826,12 +7397,18 @@ export interface AssetServiceServer extends UntypedServiceImplementation {
    * PENDING.
    */
   getManifest: handleUnaryCall<GetManifestRequest, GetManifestResponse>;
-  /** DeleteAsset removes an asset's record and its bytes. */
+  /**
+   * DeleteAsset removes an asset's record and its bytes. While something holds
+   * it (Asset.holds: an explicit hold, a live task's input) it is refused with
+   * FAILED_PRECONDITION naming the holders, unless `force`. (A manifest within
+   * its TTL defers only the asset's expiry.)
+   */
   deleteAsset: handleUnaryCall<DeleteAssetRequest, DeleteAssetResponse>;
   /**
    * MintTaskToken issues a short-lived bearer token scoped to one task: it may
    * fulfill, fail or upload only that task's promises and read only the named
    * inputs and the task's own outputs (docs/security.md). Orchestrator role.
+   * The named inputs are held (no expiry) while the task has a PENDING promise.
    */
   mintTaskToken: handleUnaryCall<MintTaskTokenRequest, MintTaskTokenResponse>;
   /**
@@ -5848,6 +7425,31 @@ export interface AssetServiceServer extends UntypedServiceImplementation {
    * copy (its bytes check out again) is unmarked. Admin role.
    */
   scrubAssets: handleServerStreamingCall<ScrubAssetsRequest, ScrubAssetsResponse>;
+  /**
+   * SetExpiry sets when an asset expires (ttl_seconds from now), or that it
+   * never does (clear): a client's choice, which the server's rules never
+   * replace. An expired asset is removed (a DELETED watch event whose asset
+   * says why: deletion_reason) once nothing holds it. Worker role.
+   */
+  setExpiry: handleUnaryCall<SetExpiryRequest, SetExpiryResponse>;
+  /**
+   * PlaceHold keeps an asset from expiring and from DeleteAsset (unless forced
+   * by an admin) until its owner releases it. Placing a hold is not a change of
+   * the asset (no revision, no watch event); reads show it (Asset.holds).
+   * Worker role.
+   */
+  placeHold: handleUnaryCall<PlaceHoldRequest, PlaceHoldResponse>;
+  /**
+   * ReleaseHold removes one owner's hold (NOT_FOUND if it has none). The asset
+   * expires as soon as its last hold goes if its expiry has passed.
+   */
+  releaseHold: handleUnaryCall<ReleaseHoldRequest, ReleaseHoldResponse>;
+  /**
+   * GetUsage says how many assets and bytes the store holds, by status and by
+   * one more grouping (type, tag or task), from counters every write keeps
+   * (cheap to ask often). Reader role.
+   */
+  getUsage: handleUnaryCall<GetUsageRequest, GetUsageResponse>;
 }
 
 export interface AssetServiceClient extends Client {
@@ -6104,7 +7706,12 @@ export interface AssetServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: GetManifestResponse) => void,
   ): ClientUnaryCall;
-  /** DeleteAsset removes an asset's record and its bytes. */
+  /**
+   * DeleteAsset removes an asset's record and its bytes. While something holds
+   * it (Asset.holds: an explicit hold, a live task's input) it is refused with
+   * FAILED_PRECONDITION naming the holders, unless `force`. (A manifest within
+   * its TTL defers only the asset's expiry.)
+   */
   deleteAsset(
     request: DeleteAssetRequest,
     callback: (error: ServiceError | null, response: DeleteAssetResponse) => void,
@@ -6124,6 +7731,7 @@ export interface AssetServiceClient extends Client {
    * MintTaskToken issues a short-lived bearer token scoped to one task: it may
    * fulfill, fail or upload only that task's promises and read only the named
    * inputs and the task's own outputs (docs/security.md). Orchestrator role.
+   * The named inputs are held (no expiry) while the task has a PENDING promise.
    */
   mintTaskToken(
     request: MintTaskTokenRequest,
@@ -6173,6 +7781,87 @@ export interface AssetServiceClient extends Client {
     metadata?: Metadata,
     options?: Partial<CallOptions>,
   ): ClientReadableStream<ScrubAssetsResponse>;
+  /**
+   * SetExpiry sets when an asset expires (ttl_seconds from now), or that it
+   * never does (clear): a client's choice, which the server's rules never
+   * replace. An expired asset is removed (a DELETED watch event whose asset
+   * says why: deletion_reason) once nothing holds it. Worker role.
+   */
+  setExpiry(
+    request: SetExpiryRequest,
+    callback: (error: ServiceError | null, response: SetExpiryResponse) => void,
+  ): ClientUnaryCall;
+  setExpiry(
+    request: SetExpiryRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: SetExpiryResponse) => void,
+  ): ClientUnaryCall;
+  setExpiry(
+    request: SetExpiryRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: SetExpiryResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * PlaceHold keeps an asset from expiring and from DeleteAsset (unless forced
+   * by an admin) until its owner releases it. Placing a hold is not a change of
+   * the asset (no revision, no watch event); reads show it (Asset.holds).
+   * Worker role.
+   */
+  placeHold(
+    request: PlaceHoldRequest,
+    callback: (error: ServiceError | null, response: PlaceHoldResponse) => void,
+  ): ClientUnaryCall;
+  placeHold(
+    request: PlaceHoldRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: PlaceHoldResponse) => void,
+  ): ClientUnaryCall;
+  placeHold(
+    request: PlaceHoldRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: PlaceHoldResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * ReleaseHold removes one owner's hold (NOT_FOUND if it has none). The asset
+   * expires as soon as its last hold goes if its expiry has passed.
+   */
+  releaseHold(
+    request: ReleaseHoldRequest,
+    callback: (error: ServiceError | null, response: ReleaseHoldResponse) => void,
+  ): ClientUnaryCall;
+  releaseHold(
+    request: ReleaseHoldRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ReleaseHoldResponse) => void,
+  ): ClientUnaryCall;
+  releaseHold(
+    request: ReleaseHoldRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ReleaseHoldResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * GetUsage says how many assets and bytes the store holds, by status and by
+   * one more grouping (type, tag or task), from counters every write keeps
+   * (cheap to ask often). Reader role.
+   */
+  getUsage(
+    request: GetUsageRequest,
+    callback: (error: ServiceError | null, response: GetUsageResponse) => void,
+  ): ClientUnaryCall;
+  getUsage(
+    request: GetUsageRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GetUsageResponse) => void,
+  ): ClientUnaryCall;
+  getUsage(
+    request: GetUsageRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GetUsageResponse) => void,
+  ): ClientUnaryCall;
 }
 
 export const AssetServiceClient = makeGenericClientConstructor(

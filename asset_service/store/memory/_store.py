@@ -17,12 +17,14 @@ from asset_service.domain.errors import (
     Unavailable,
 )
 from asset_service.domain.models import (
+    EXPLICIT_EXPIRIES,
     Asset,
     AssetFilter,
     BlockSums,
     Change,
     ChangeKind,
     Page,
+    Removal,
     Resync,
     Status,
     Transition,
@@ -32,13 +34,15 @@ from asset_service.domain.models import (
 from asset_service.domain.reads import slim
 from asset_service.domain.replay import Replay, merged, tombstone
 from asset_service.store import _paging
-from asset_service.store._claims import LocalSweepClaim
+from asset_service.store._claims import LocalSweepClaims
 from asset_service.store._fields import (
     LeaseTest,
     lease_condition,
     lease_conflict,
+    rule_expiry,
     transition_fields,
 )
+from asset_service.store.memory._retention import MemoryRetention
 
 
 def encode_token(seq: int, flt: AssetFilter) -> str:
@@ -97,7 +101,7 @@ def _listed(asset: Asset) -> Asset:
     return asset if asset.block_sums is None else dataclasses.replace(asset, block_sums=None)
 
 
-class MemoryStore:
+class MemoryStore(MemoryRetention):
     """Records in a dict; the same semantics as SqliteStore, proven by the same contract.
 
     Every read-check-write runs without an await in between, so on one event loop each
@@ -108,6 +112,7 @@ class MemoryStore:
     """
 
     def __init__(self) -> None:
+        super().__init__()
         # Insertion order is `seq` order: transitions replace values in place, so
         # iterating the dict lists records oldest first, as query() must.
         self._rows: dict[str, tuple[int, Asset]] = {}
@@ -116,7 +121,7 @@ class MemoryStore:
         self._leases: dict[str, _Lease] = {}
         # Get-or-create keys: the id of the one record holding each (the unique index).
         self._keys: dict[str, str] = {}
-        self._sweep = LocalSweepClaim()
+        self._sweep = LocalSweepClaims()
         # Writes of lease records (renewals): they take no revision (for tests).
         self.lease_writes = 0
         # Deleted assets: (when, tombstone) by id; and the newest revision swept.
@@ -168,11 +173,15 @@ class MemoryStore:
     async def get(self, asset_id: str) -> Asset | None:
         await self._enter()
         row = self._rows.get(asset_id)
-        return self._read(row[1]) if row else None
+        return self._with_holds(self._read(row[1])) if row else None
 
     async def get_many(self, asset_ids: Sequence[str]) -> dict[str, Asset]:
         await self._enter()
-        return {i: _listed(self._read(self._rows[i][1])) for i in asset_ids if i in self._rows}
+        return {
+            i: _listed(self._with_holds(self._read(self._rows[i][1])))
+            for i in asset_ids
+            if i in self._rows
+        }
 
     async def settled(self, asset_ids: Sequence[str]) -> dict[str, Asset]:
         return await self.get_many(asset_ids)  # a write has applied when it returns
@@ -195,7 +204,11 @@ class MemoryStore:
 
         # fill_page never awaits, so no write can land in the middle of a page.
         assets, last = _paging.fill_page(
-            rows(), limit, max_bytes, lambda row: _listed(self._read(row[1])), lambda row: row[0]
+            rows(),
+            limit,
+            max_bytes,
+            lambda row: _listed(self._with_holds(self._read(row[1]))),
+            lambda row: row[0],
         )
         return Page(assets, encode_token(last, flt) if last is not None else "", self._revision)
 
@@ -252,6 +265,7 @@ class MemoryStore:
         if stored.status is Status.PENDING and stored.lease_seconds:
             assert stored.lease_expires_at is not None, "a leased promise needs its end"
             self._leases[stored.id] = _Lease(stored.lease_expires_at, stored.lease_seconds)
+        self._account(None, stored)
         self._publish(ChangeKind.PUT, stored)
         return stored
 
@@ -281,6 +295,8 @@ class MemoryStore:
         test, end = lease_condition(change), lease.expires_at if lease else None
         if test is not None and not _lease_allows(test, end, now):
             raise lease_conflict(asset_id, test, end)
+        if rule_expiry(change) is not None and current.expiry_rule in EXPLICIT_EXPIRIES:
+            raise Conflict(f"asset {asset_id}'s expiry was set by a client meanwhile")
         updated = dataclasses.replace(
             _applied(current, change, now), revision=self._next_revision()
         )
@@ -289,6 +305,9 @@ class MemoryStore:
             del self._leases[asset_id]
             updated = dataclasses.replace(updated, lease_expires_at=lease.expires_at)
         self._rows[asset_id] = (seq, updated)
+        self._account(current, updated)
+        if updated.status is not Status.PENDING:
+            self._settle_task(current)
         self._publish(ChangeKind.PUT, updated)
         return updated
 
@@ -324,19 +343,31 @@ class MemoryStore:
         )
         return [slim(self._read(self._rows[asset_id][1])) for _, asset_id in due[:limit]]
 
-    async def claim_sweep(self, holder: str, seconds: float, now: datetime) -> bool:
+    async def claim_sweep(
+        self, holder: str, seconds: float, now: datetime, name: str = "lease"
+    ) -> bool:
         await self._enter()
-        return self._sweep.claim(holder, seconds, now)
+        return self._sweep.claim(holder, seconds, now, name)
 
-    async def delete(self, asset_id: str, by: str = "") -> Asset | None:
+    async def delete(
+        self, asset_id: str, by: str = "", removal: Removal | None = None
+    ) -> Asset | None:
         await self._enter()
-        row = self._rows.pop(asset_id, None)
+        row = self._rows.get(asset_id)
         if row is None:
             return None
+        self._check_removal(row[1], removal)
+        del self._rows[asset_id]
         gone = dataclasses.replace(
-            self._read(row[1]), revision=self._next_revision(), updated_by=by
+            self._read(row[1]),
+            revision=self._next_revision(),
+            updated_by=by,
+            deletion_reason=removal.reason if removal is not None else "",
         )
         self._leases.pop(asset_id, None)
+        self._holds.pop(asset_id, None)
+        self._account(row[1], None)
+        self._settle_task(row[1])
         if self._keys.get(gone.key) == asset_id:
             del self._keys[gone.key]  # as a unique index forgets a deleted row
         self._tombstones[asset_id] = (datetime.now(UTC), tombstone(gone))

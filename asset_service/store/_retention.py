@@ -1,0 +1,25 @@
+"""What every store says the same way about retention: who holds an asset, the largest keys."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+
+from asset_service.domain.models import Asset
+
+
+def holders(asset: Asset, now: datetime, manifests: bool = True) -> list[str]:
+    """What holds `asset` back at `now`: each hold, and (`manifests`: from expiring, not
+    from DeleteAsset) a manifest within its TTL."""
+    found = [hold.describe() for hold in asset.holds]
+    if manifests and asset.retained_until is not None and asset.retained_until > now:
+        when = asset.retained_until.astimezone(UTC).isoformat(timespec="seconds")
+        found.append(f"a manifest that lists it (kept until {when.replace('+00:00', 'Z')})")
+    return found
+
+
+def top_keys(totals: Mapping[str, tuple[int, int]], limit: int) -> tuple[list[str], bool]:
+    """The `limit` keys holding the most bytes (then the most assets, then by key), and
+    whether there were more."""
+    ranked = sorted(totals.items(), key=lambda item: (-item[1][1], -item[1][0], item[0]))
+    return [key for key, _ in ranked[:limit]], len(ranked) > limit
