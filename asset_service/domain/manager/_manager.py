@@ -70,6 +70,7 @@ log = logging.getLogger(__name__)
 # when manifests are kept forever (--manifest-ttl 0): renewed by each such call.
 WAIT_RETENTION_SECONDS = 86400.0
 
+
 class AssetManager(Reuse):
     """Every use case of the service, over a MetadataStore and a BlobStorage."""
 

@@ -125,6 +125,8 @@ class KeyedAsset:
     @property
     def must_produce(self) -> bool:
         return self.outcome is GetOrCreateOutcome.PRODUCE
+
+
 @dataclass(frozen=True)
 class Hold:
     """One thing that keeps an asset from expiring (and from delete without force)."""
