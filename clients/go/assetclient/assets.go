@@ -156,12 +156,14 @@ type Filter struct {
 	Tags          []string // every one of them
 	CreatedByTask string
 	Label         string // exact
+	Key           string // the GetOrCreatePendingAsset key
+	SHA256        string // the content's, lower-case hex
 }
 
 func (f Filter) request(pageSize int32, token string) *assetv1.ListAssetsRequest {
 	return &assetv1.ListAssetsRequest{
 		Status: f.Status, Type: f.Type, Tags: f.Tags, CreatedByTask: f.CreatedByTask, Label: f.Label,
-		PageSize: pageSize, PageToken: token,
+		Key: f.Key, Sha256: f.SHA256, PageSize: pageSize, PageToken: token,
 	}
 }
 

@@ -113,6 +113,10 @@ func TestEveryRPCThroughTheClient(t *testing.T) {
 	if err != nil || joined.Outcome != assetv1.GetOrCreateOutcome_GET_OR_CREATE_OUTCOME_JOIN || joined.Asset.GetId() != produced.Asset.GetId() {
 		t.Fatalf("GetOrCreatePendingAsset again: %v %v, want JOIN of %s", joined, err, produced.Asset.GetId())
 	}
+	byKey, err := c.ListAssets(ctx, assetclient.Filter{Key: key}, 0, "")
+	if err != nil || len(byKey.GetAssets()) != 1 || byKey.GetAssets()[0].GetId() != produced.Asset.GetId() {
+		t.Fatalf("ListAssets(Key: %s): %v %v", key, byKey, err)
+	}
 
 	renewed, err := c.RenewLease(ctx, value.GetId(), 2*time.Minute)
 	if err != nil {

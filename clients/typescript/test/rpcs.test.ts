@@ -124,6 +124,11 @@ describe("every RPC from TypeScript", () => {
     const joined = await svc.getOrCreatePendingAsset(key, { taskId: task, label: "keyed.bin" });
     assert.equal(joined.outcome, GetOrCreateOutcome.GET_OR_CREATE_OUTCOME_JOIN);
     assert.equal(joined.asset.id, produced.asset.id);
+    const listed = await svc.listAssets({ key });
+    assert.deepEqual(
+      listed.assets.map((a) => a.id),
+      [produced.asset.id],
+    );
     await failsWith(svc.getOrCreatePendingAsset("bad key", { taskId: task, label: "x" }), Status.INVALID_ARGUMENT);
   });
 
