@@ -14,6 +14,7 @@ from typing import TypeVar
 
 from asset_service.domain.errors import (
     Conflict,
+    KeyTaken,
     NotFound,
     StorageFull,
     Unavailable,
@@ -353,6 +354,12 @@ class SqliteStore:
         if flt.label:
             where.append("label = ?")
             args.append(flt.label)
+        if flt.key:
+            where.append("asset_key = ?")
+            args.append(flt.key)
+        if flt.sha256:
+            where.append("sha256 = ?")
+            args.append(flt.sha256)
         for tag in flt.tags:
             where.append("id IN (SELECT asset_id FROM asset_tags WHERE tag = ?)")
             args.append(tag)
@@ -436,7 +443,8 @@ class SqliteStore:
                 rev = self._next_revision(c)
                 v = asset.value
                 c.execute(
-                    f"INSERT INTO assets ({COLUMNS}) VALUES ({', '.join('?' * COLUMN_COUNT)})",
+                    f"INSERT INTO assets ({COLUMNS}, key_slot) "
+                    f"VALUES ({', '.join('?' * (COLUMN_COUNT + 1))})",
                     (
                         asset.id,
                         asset.label,
@@ -464,6 +472,8 @@ class SqliteStore:
                         to_ms(asset.expires_at) if asset.expires_at else None,
                         asset.expiry_rule,
                         to_ms(asset.retained_until) if asset.retained_until else None,
+                        asset.key,
+                        asset.key or None,  # holds its key (unique index assets_key_slot)
                     ),
                 )
                 c.executemany(
@@ -471,7 +481,9 @@ class SqliteStore:
                     [(t, asset.id) for t in asset.tags],
                 )
                 _leases.create(c, asset)
-            except sqlite3.IntegrityError:
+            except sqlite3.IntegrityError as exc:
+                if "key_slot" in str(exc):
+                    raise KeyTaken(asset.key) from None
                 raise Conflict(f"asset {asset.id} already exists") from None
             stored = Asset(**{**asset.__dict__, "revision": rev, "holds": ()})
             _retention.account(c, None, stored)
@@ -479,6 +491,26 @@ class SqliteStore:
 
         cost = len(asset.value.data) if asset.value else 0
         result: Asset = await self._open_writer().submit(w, cost)
+        return result
+
+    async def key_holder(self, key: str) -> Asset | None:
+        def q(c: sqlite3.Connection) -> Asset | None:
+            row = c.execute(
+                f"SELECT {LISTED_COLUMNS} FROM {RECORDS} WHERE key_slot = ?", (key,)
+            ).fetchone()
+            return row_to_asset(row) if row else None
+
+        return await self._read(q)
+
+    async def release_key(self, asset_id: str, key: str) -> bool:
+        # A write of the slot only: no revision, no change (clients see no difference).
+        def w(c: sqlite3.Connection) -> tuple[bool, None]:
+            cur = c.execute(
+                "UPDATE assets SET key_slot = NULL WHERE id = ? AND key_slot = ?", (asset_id, key)
+            )
+            return cur.rowcount == 1, None
+
+        result: bool = await self._open_writer().submit(w)
         return result
 
     async def transition(
