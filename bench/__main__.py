@@ -11,10 +11,11 @@ from pathlib import Path
 
 from bench._object_store import object_store_rows
 from bench._report import Row, environment, summary, write_json
+from bench._reuse import reuse_rows
 from bench._rows import Sizes, fanout_rows, guarded, server, store_rows, transfer_rows, unary_rows
 from bench._watchers import fulfil_latency_row
 
-GROUPS = ("transfer", "fanout", "unary", "store")
+GROUPS = ("transfer", "fanout", "unary", "reuse", "store")
 
 
 def parse() -> argparse.Namespace:
@@ -91,7 +92,7 @@ async def run(args: argparse.Namespace) -> list[Row]:
 
     with tempfile.TemporaryDirectory(prefix="asset-bench-") as tmp:
         root = Path(tmp)
-        if {"transfer", "fanout", "unary"} & set(groups):
+        if {"transfer", "fanout", "unary", "reuse"} & set(groups):
             svc = server(root / "main", sizes).start()
             try:
                 mib = sizes.transfer_mib
@@ -114,6 +115,9 @@ async def run(args: argparse.Namespace) -> list[Row]:
                     names = [f"GetAsset at {n} in flight" for n in (1, 16, 64)]
                     names.append("CreatePendingAsset at 64 in flight")
                     show(await guarded(names, unary_rows(svc, sizes)))
+                if "reuse" in groups:
+                    names = ["get-or-create hit latency", f"upload a known {mib} MiB file"]
+                    show(await guarded(names, reuse_rows(svc, sizes)))
             finally:
                 svc.stop()
         if "store" in groups:

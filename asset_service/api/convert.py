@@ -11,6 +11,7 @@ from google.protobuf import struct_pb2, timestamp_pb2
 
 from asset_service._proto.asset.v1 import asset_service_pb2 as pb
 from asset_service.domain.errors import InvalidArgument
+from asset_service.domain.manager import KeyOutcome
 from asset_service.domain.models import (
     MAX_JSON_DEPTH,
     Asset,
@@ -23,6 +24,8 @@ from asset_service.domain.models import (
     WatchEvent,
     WatchEventKind,
     check_json_data,
+    validate_key,
+    validate_sha256,
 )
 from asset_service.domain.scrub import Checked, Outcome
 from asset_service.domain.usage import Usage
@@ -64,6 +67,13 @@ def value_from_pb(msg: pb.Value) -> Value:
     )
 
 
+OUTCOME_TO_PB = {
+    KeyOutcome.HIT: pb.GET_OR_CREATE_OUTCOME_HIT,
+    KeyOutcome.JOIN: pb.GET_OR_CREATE_OUTCOME_JOIN,
+    KeyOutcome.PRODUCE: pb.GET_OR_CREATE_OUTCOME_PRODUCE,
+}
+
+
 def asset_to_pb(asset: Asset) -> pb.Asset:
     msg = pb.Asset(
         id=asset.id,
@@ -82,6 +92,7 @@ def asset_to_pb(asset: Asset) -> pb.Asset:
         updated_by=asset.updated_by,
         lease_seconds=asset.lease_seconds,
         corrupt_reason=asset.corrupt_reason,
+        key=asset.key,
     )
     if asset.value is not None:
         msg.value.CopyFrom(value_to_pb(asset.value))
@@ -163,6 +174,8 @@ def filter_from_pb(req: pb.ListAssetsRequest) -> AssetFilter:
         tags=tuple(req.tags),
         created_by_task=req.created_by_task,
         label=req.label,
+        key=validate_key(req.key) if req.key else "",
+        sha256=validate_sha256(req.sha256),
     )
 
 
@@ -173,6 +186,7 @@ def selector_from_pb(msg: pb.AssetSelector) -> Selector:
         status=status_from_pb(msg.status),
         type=type_from_pb(msg.type),
         label=msg.label,
+        key=validate_key(msg.key) if msg.key else "",
     )
 
 
@@ -189,6 +203,7 @@ def upload_header_from_pb(msg: pb.UploadHeader) -> UploadHeader:
         upload_id=msg.upload_id,
         write_offset=msg.write_offset,
         ttl_seconds=msg.ttl_seconds,
+        reuse_stored_bytes=msg.reuse_stored_bytes,
     )
 
 

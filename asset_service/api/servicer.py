@@ -307,6 +307,28 @@ class AssetServicer(pb_grpc.AssetServiceServicer):
         return pb.CreatePendingAssetResponse(asset=convert.asset_to_pb(asset))
 
     @unary
+    async def GetOrCreatePendingAsset(
+        self, request: pb.GetOrCreatePendingAssetRequest, context: Ctx
+    ) -> pb.GetOrCreatePendingAssetResponse:
+        promise = request.promise
+        type_ = convert.type_from_pb(promise.type, AssetType.FILE)
+        assert type_ is not None
+        answer = await self.manager.get_or_create_pending(
+            request.key,
+            promise.task_id,
+            promise.label,
+            promise.media_type,
+            type_,
+            list(promise.tags),
+            lease_seconds=promise.lease_seconds,
+            by=_caller(),
+            ttl_seconds=promise.ttl_seconds,
+        )
+        return pb.GetOrCreatePendingAssetResponse(
+            asset=convert.asset_to_pb(answer.asset), outcome=convert.OUTCOME_TO_PB[answer.outcome]
+        )
+
+    @unary
     async def FulfillAsset(
         self, request: pb.FulfillAssetRequest, context: Ctx
     ) -> pb.FulfillAssetResponse:

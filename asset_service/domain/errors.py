@@ -54,6 +54,14 @@ class LeaseRanOut(Conflict):
         self.expires_at = expires_at
 
 
+class KeyTaken(Conflict):
+    """Another record holds the get-or-create key an insert wanted (nothing was written)."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"key {key!r} is held by another asset")
+        self.key = key
+
+
 class PermissionDenied(AssetError):
     """A server-side path lies outside the configured import roots (or crosses a symlink)."""
 

@@ -186,6 +186,10 @@ class Asset:
     retained_until: datetime | None = None
     # On a deleted asset's last state (DELETED events, tombstones): why it went.
     deletion_reason: str = ""
+    # The get-or-create key the orchestrator chose for it ("" for none): kept for good,
+    # for listing and watching by key. Which record a key leads to is the store's to keep
+    # (MetadataStore.key_holder): one at a time, whatever this field says.
+    key: str = ""
 
 
 @dataclass(frozen=True)
@@ -278,6 +282,8 @@ class AssetFilter:
     tags: tuple[str, ...] = ()
     created_by_task: str = ""
     label: str = ""
+    key: str = ""
+    sha256: str = ""
 
 
 class ChangeKind(enum.StrEnum):
@@ -340,6 +346,8 @@ class UploadHeader:
     write_offset: int = 0
     # The new asset expires this long after its creation (0: by the operator's rules).
     ttl_seconds: int = 0
+    # Make the asset from stored bytes of the declared size and sha256, sending none.
+    reuse_stored_bytes: bool = False
 
 
 @dataclass(frozen=True)
@@ -363,6 +371,7 @@ def approx_bytes(asset: Asset) -> int:
     size += len(asset.media_type) + len(asset.storage_path) + len(asset.fulfilled_from)
     size += len(asset.corrupt_reason) + len(asset.expiry_rule) + len(asset.deletion_reason)
     size += sum(len(h.owner) + len(h.reason) + len(h.placed_by) + 64 for h in asset.holds)
+    size += len(asset.key)
     size += sum(len(tag) for tag in asset.tags)
     if asset.value is not None:
         size += len(asset.value.data)
@@ -455,6 +464,28 @@ def validate_tags(tags: Sequence[str]) -> tuple[str, ...]:
                 f"tag {shown(tag)} is invalid: use 1-{MAX_TAG_CHARS} printable characters"
             )
     return tuple(dict.fromkeys(tags))
+
+
+# Get-or-create keys: long enough for a namespaced hash ("build:v2:" + 128 hex digits or a
+# base64url SHA-512), short enough to index cheaply in every store.
+MAX_KEY_CHARS = 256
+_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/+=@-]*")
+
+
+def validate_key(key: str) -> str:
+    if not key:
+        raise InvalidArgument(
+            "key is required: the orchestrator's name for what is produced (e.g. a hash of "
+            "the task's code and inputs)"
+        )
+    if len(key) > MAX_KEY_CHARS:
+        raise InvalidArgument(f"key is {len(key)} characters; the limit is {MAX_KEY_CHARS}")
+    if not _KEY.fullmatch(key):
+        raise InvalidArgument(
+            f"key {shown(key)} is invalid: use letters, digits and '.', '_', ':', '/', '+', "
+            "'=', '@' or '-', starting with a letter or digit"
+        )
+    return key
 
 
 def validate_media_type(media_type: str, default: str) -> str:

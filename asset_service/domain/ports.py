@@ -54,7 +54,21 @@ class MetadataStore(RetentionStore, Protocol):
         runs out at `lease_expires_at` in stores whose clock is the caller's (memory,
         SQLite), `lease_seconds` after the write by the database's clock in MongoDB; the
         returned record says when.
+
+        A record with a `key` becomes the key's holder in the same atomic write (the store
+        keeps one holder per key: a unique index), or nothing is written and KeyTaken is
+        raised when another record holds it (get-or-create's one producer per key).
         """
+
+    async def key_holder(self, key: str) -> Asset | None:
+        """The record holding `key` (as get_many reads it), or None: no record holds it, or
+        the one that did was deleted."""
+
+    async def release_key(self, asset_id: str, key: str) -> bool:
+        """Let the record `asset_id` stop holding `key`, if it holds it (one conditional
+        write; False otherwise): get-or-create found it can no longer serve the key (FAILED,
+        corrupt, bytes gone). Not a change of the asset: no revision, no change event; the
+        record keeps its `key` field (listing by key still shows it)."""
 
     async def get(self, asset_id: str) -> Asset | None:
         """The record, with its block sums (what ReadAsset checks bytes against)."""
@@ -340,6 +354,17 @@ class BlobStorage(UploadSessions, Protocol):
 
         With `move`, the source is removed only by finish(), after the record commits.
         """
+
+    async def clone(
+        self, storage_path: str, size_bytes: int, sha256: str, sums: BlockSums
+    ) -> StagedBlob | None:
+        """Stored bytes (vouched for by the caller: `size_bytes`, `sha256`, `sums` are
+        their record's, and it checked them) staged to be committed under another key
+        without being copied: the bytes are then stored once. On the local disk a hard
+        link, whose count (the file system's) is the reference count: removing one name
+        leaves the others whole, through any crash. None where the storage cannot (the
+        object store): the caller copies them. Committing raises NotFound if the bytes
+        were removed meanwhile."""
 
     async def read(
         self,

@@ -15,7 +15,7 @@ DEFAULT_TOMBSTONE_TTL_SECONDS = 3600.0
 
 def tombstone(asset: Asset) -> Asset:
     """What a store keeps of an asset deleted at `asset.revision` (asset: its last state,
-    updated_by the deleter): what a selector tests (task, tags, status, type, label) and
+    updated_by the deleter): what a selector tests (task, tags, status, type, label, key) and
     who deleted it when, and why (deletion_reason: expired, by which rule). Every store
     keeps exactly these fields, so a DELETE replayed from any of them is the same."""
     return Asset(
@@ -32,6 +32,7 @@ def tombstone(asset: Asset) -> Asset:
         created_by=asset.created_by,
         updated_by=asset.updated_by,
         deletion_reason=asset.deletion_reason,
+        key=asset.key,
     )
 
 

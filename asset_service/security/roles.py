@@ -52,8 +52,10 @@ _HEADER = (
     "upload_id",
     "write_offset",
     "ttl_seconds",
+    # Not reuse_stored_bytes: with it a task could copy into its own output (and read)
+    # any stored bytes whose sha256 it knows, not only its inputs.
 )
-_LIST = ("status", "type", "tags", "created_by_task", "label", "page_size", "page_token")
+_LIST = ("status", "type", "tags", "created_by_task", "label", "key", "page_size", "page_token")
 # Server reflection, both protocols (api/reflection.py serves one servicer under each name).
 REFLECTION_METHODS = (
     "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
@@ -88,6 +90,7 @@ RULES: dict[str, Rule] = {
     # A heartbeat every few seconds per task: kept on the record (updated_by), not audited.
     _S + "RenewLease": Rule(Role.WORKER, TaskAccess.WRITE, "asset_id", ("lease_seconds",)),
     _S + "CreatePendingAsset": Rule(Role.ORCHESTRATOR, audited=True),
+    _S + "GetOrCreatePendingAsset": Rule(Role.ORCHESTRATOR, audited=True),
     _S + "CreateValueAsset": Rule(Role.ORCHESTRATOR, audited=True),
     _S + "RegisterFile": Rule(Role.ORCHESTRATOR, audited=True),
     _S + "MintTaskToken": Rule(Role.ORCHESTRATOR, audited=True),

@@ -26,6 +26,8 @@ def _fingerprint(flt: AssetFilter) -> str:
             sorted(set(flt.tags)),
             flt.created_by_task,
             flt.label,
+            # Only when set: tokens issued before keys were kept stay good.
+            *([flt.key, flt.sha256] if flt.key or flt.sha256 else []),
         ]
     )
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
@@ -55,8 +57,8 @@ def decode_token(store: str, token: str, flt: AssetFilter) -> int:
     if rest and rest[0] != _fingerprint(flt):
         raise InvalidArgument(
             "page_token was issued for a ListAssets with other filters; send it with the same "
-            "status, type, tags, created_by_task and label as the call that returned it "
-            "(page_size may change), or start again without a page_token"
+            "status, type, tags, created_by_task, label, key and sha256 as the call that "
+            "returned it (page_size may change), or start again without a page_token"
         )
     return seq
 

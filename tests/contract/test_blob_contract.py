@@ -516,3 +516,44 @@ async def test_ping_answers_while_open_and_is_unavailable_once_closed(blob: Blob
     await storage.close()
     with pytest.raises(Unavailable):
         await storage.ping()
+
+
+async def test_a_clone_is_a_second_name_for_the_same_bytes(blob: BlobBackend) -> None:
+    """clone() (issue 24): stored bytes committed under another key without a copy, where
+    the storage can. Each name goes on its own: a rolled-back clone, or the original
+    removed, leaves the other whole; an orphaned clone is one orphan, the original none."""
+    storage = await blob.start()
+    data = os.urandom(3 * BLOCK_BYTES // 2)
+    original = await written(storage, data, keys.upload_key(ID, "a.bin", DAY))
+    sha, sums = hashlib.sha256(data).hexdigest(), sums_of(data)
+    cloned = await storage.clone(original, len(data), sha, sums)
+    if cloned is None:
+        assert blob.name == "s3", "only the object store has no second names (it copies)"
+        return
+    assert (cloned.size_bytes, cloned.sha256, cloned.block_sums) == (len(data), sha, sums)
+    second = await cloned.commit(keys.upload_key(OTHER, "b.bin", DAY))
+    await cloned.finish()
+    assert second != original
+    assert await content(storage, second, len(data)) == data
+    # A rolled-back clone takes its own name only.
+    third_id = "5b0e4f0e-0000-4000-8000-0000000000cc"
+    undone = await storage.clone(original, len(data), sha, sums)
+    assert undone is not None
+    third = await undone.commit(keys.upload_key(third_id, "c.bin", DAY))
+    await undone.rollback()
+    with pytest.raises(IntegrityError):
+        await storage.check(third, len(data))
+    # The original removed, the clone keeps the bytes.
+    await storage.remove(original)
+    with pytest.raises(IntegrityError):
+        await storage.check(original, len(data))
+    assert await content(storage, second, len(data), 0, 0) == data
+    await storage.verify(second, len(data), sums)
+    # Bytes removed before the clone's commit: NotFound, nothing placed.
+    late = await storage.clone(original, len(data), sha, sums)
+    assert late is not None
+    with pytest.raises(NotFound):
+        await late.commit(keys.upload_key(third_id, "c.bin", DAY))
+    await late.rollback()
+    await blob.backdate(second, OLD)
+    assert [pair async for pair in storage.orphans()] == [(OTHER, second)]

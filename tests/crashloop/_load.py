@@ -12,6 +12,7 @@ import grpc
 from asset_service._proto.asset.v1 import asset_service_pb2 as pb
 from asset_service._proto.asset.v1 import asset_service_pb2_grpc as pb_grpc
 from tests.crashloop._model import (
+    AVAILABLE,
     CALL_TIMEOUT,
     HAS_SOURCE,
     PENDING,
@@ -103,6 +104,15 @@ class Load:
             op.reason = f"worker of op {seq} gave up (exit {rng.randint(1, 255)})"
         elif kind == "create_pending":
             return self.create_pending(rng)
+        elif kind == "reuse_upload":
+            reuses = self.ledger.claim(
+                rng, lambda k: k.status == AVAILABLE and k.type == pb.ASSET_TYPE_FILE
+            )
+            if not reuses:
+                return self.create_pending(rng)
+            source = self.ledger.known[reuses]
+            op.reuses, op.reuse_size, op.sha256 = reuses, source.size, source.sha256
+            op.label = f"reused-{seq}.bin"
         return op
 
     async def execute(self, stub: pb_grpc.AssetServiceStub, op: Op) -> None:
@@ -144,6 +154,17 @@ async def call(stub: pb_grpc.AssetServiceStub, op: Op) -> pb.Asset:
                 yield pb.UploadAssetRequest(chunk=op.data[start : start + MiB])
 
         return (await stub.UploadAsset(requests(), timeout=t)).asset
+    if op.kind == "reuse_upload":
+        header = pb.UploadHeader(
+            label=op.label,
+            tags=["crash-loop"],
+            expected_size_bytes=op.reuse_size,
+            expected_sha256=op.sha256,
+            reuse_stored_bytes=True,
+        )
+        return (
+            await stub.UploadAsset(iter([pb.UploadAssetRequest(header=header)]), timeout=t)
+        ).asset
     if op.kind == "path_fulfill":
         assert op.source is not None
         req = pb.FulfillAssetRequest(

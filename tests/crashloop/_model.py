@@ -32,8 +32,18 @@ WEIGHTS = {
     "fail": 1,
     "delete": 2,
     "create_pending": 3,
+    # An upload of bytes already stored (reuse_stored_bytes): on the local disk a second
+    # name for them, so later deletes and crashes meet shared bytes.
+    "reuse_upload": 2,
 }
-FILE_KINDS = {"upload", "upload_fulfill", "path_fulfill", "register_move", "register_copy"}
+FILE_KINDS = {
+    "upload",
+    "upload_fulfill",
+    "path_fulfill",
+    "register_move",
+    "register_copy",
+    "reuse_upload",
+}
 HAS_SOURCE = {"path_fulfill", "register_move", "register_copy"}
 MOVES = {"path_fulfill", "register_move"}
 STATUS = pb.AssetStatus.Name
@@ -190,6 +200,10 @@ class Op:
     value: pb.Value | None = None
     reason: str = ""
     pending_type: int = 0
+    # reuse_upload: the stored asset whose bytes it names (claimed: nothing deletes it
+    # during the iteration) and their size.
+    reuses: str = ""
+    reuse_size: int = 0
     retry_of: int = 0
     chore: bool = False  # housekeeping between kills, not part of the measured load
     acked: pb.Asset | None = None
@@ -215,6 +229,8 @@ class Op:
         """Does record `a` show this op's effect?"""
         if self.kind in FILE_KINDS:
             size = self.source.size if self.source is not None else len(self.data)
+            if self.kind == "reuse_upload":
+                size = self.reuse_size
             return (
                 a.status == AVAILABLE
                 and a.type == pb.ASSET_TYPE_FILE

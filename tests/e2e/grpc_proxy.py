@@ -27,9 +27,10 @@ class CountingProxy:
         self.calls: Counter[str] = Counter()
         # Seconds each call of a method waits before it is forwarded (to make calls overlap).
         self.delays = delays or {}
-        # Cut the next UploadAsset stream once this many request bytes went through: the
+        # Cut the next UploadAsset stream that reaches this many request bytes: the
         # server's call is cancelled and the client's ends with UNAVAILABLE, as when a
-        # connection drops. One cut per setting.
+        # connection drops. One cut per setting (a shorter stream, such as a client's
+        # question whether the server stores the bytes already, leaves it set).
         self.cut_upload_after: int | None = None
         # Request bytes of each UploadAsset stream, in order.
         self.upload_bytes: list[int] = []
@@ -94,6 +95,10 @@ class CountingProxy:
                 raise ConnectionAbortedError("cut")  # grpc cancels the server's call
             self.upload_bytes[index] += len(request)
             yield request
+        if limit is not None:
+            with self._lock:  # never reached it: the next stream gets the cut
+                if self.cut_upload_after is None:
+                    self.cut_upload_after = limit
 
 
 class _Handler(grpc.GenericRpcHandler):

@@ -250,6 +250,16 @@ CALLS: dict[str, tuple[Prepare, Call]] = {
             pb.CreatePendingAssetRequest(task_id="t-new", label="promise"), metadata=md
         ),
     ),
+    "GetOrCreatePendingAsset": (
+        _nothing,
+        lambda s, md, e: s.GetOrCreatePendingAsset(
+            pb.GetOrCreatePendingAssetRequest(
+                key="roles-key",
+                promise=pb.CreatePendingAssetRequest(task_id="t-new", label="promise"),
+            ),
+            metadata=md,
+        ),
+    ),
     "CreateValueAsset": (
         _nothing,
         lambda s, md, e: s.CreateValueAsset(
@@ -319,6 +329,7 @@ WORKER_RPCS = READER_RPCS | {
 }
 ORCHESTRATOR_RPCS = WORKER_RPCS | {
     "CreatePendingAsset",
+    "GetOrCreatePendingAsset",
     "CreateValueAsset",
     "RegisterFile",
     "MintTaskToken",

@@ -2,7 +2,10 @@
 
 A real grpc.aio server runs in this process over a store wrapper that can hold the write,
 raise after the write applied, raise instead of writing, or fail the re-read; clients talk
-to it through real stubs. Each case runs for uploads, path fulfills and RegisterFile(move).
+to it through real stubs. Each case runs for uploads, path fulfills and RegisterFile(move),
+and for shared bytes (issue 24): an upload of stored bytes without a chunk
+(reuse_stored_bytes) and one that sends them again, each a second name for the stored
+file, which must stay whole whatever happens to the new one.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import itertools
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,6 +132,8 @@ class Op:
     source: Path | None
     call: Callable[[float | None], Awaitable[Any]]
     find: Callable[[], Awaitable[pb.Asset | None]]
+    # Stored files that were there before and must stay (the bytes a reuse shares).
+    keep: frozenset[str] = frozenset()
 
 
 async def make_op(kind: str, rig: Rig) -> Op:
@@ -140,6 +146,30 @@ async def make_op(kind: str, rig: Rig) -> Op:
         found = await stub.ListAssets(pb.ListAssetsRequest(label=label))
         return found.assets[0] if found.assets else None
 
+    if kind in ("reuse", "resend"):
+        base = await upload(stub, [content], label=f"base-{n}.bin")
+        keep = frozenset({base.storage_path})
+        if kind == "reuse":
+            header: dict[str, object] = {
+                "label": label,
+                "expected_size_bytes": len(content),
+                "expected_sha256": hashlib.sha256(content).hexdigest(),
+                "reuse_stored_bytes": True,
+            }
+            return Op(
+                content,
+                None,
+                lambda timeout: upload(stub, [], timeout=timeout or 30, **header),
+                by_label,
+                keep,
+            )
+        return Op(
+            content,
+            None,
+            lambda timeout: upload(stub, [content], timeout=timeout or 30, label=label),
+            by_label,
+            keep,
+        )
     if kind == "upload":
         return Op(
             content,
@@ -171,7 +201,9 @@ async def assert_committed(rig: Rig, op: Op) -> None:
     assert await read_all(rig.stub, asset.id) == op.content
     if op.source is not None:
         assert not op.source.exists(), "the move completed: the source must be gone"
-    assert_clean(rig, {asset.storage_path})
+    for kept in op.keep:  # one file, two names
+        assert os.stat(kept).st_ino == os.stat(asset.storage_path).st_ino
+    assert_clean(rig, {asset.storage_path, *op.keep})
 
 
 async def assert_rolled_back(rig: Rig, op: Op) -> None:
@@ -180,7 +212,9 @@ async def assert_rolled_back(rig: Rig, op: Op) -> None:
     assert asset is None or asset.status == pb.ASSET_STATUS_PENDING
     if op.source is not None:
         assert op.source.read_bytes() == op.content, "the worker's file must stay"
-    assert_clean(rig, set())
+    for kept in op.keep:  # the stored bytes stay whole, with no other name left
+        assert Path(kept).read_bytes() == op.content and os.stat(kept).st_nlink == 1
+    assert_clean(rig, set(op.keep))
 
 
 def assert_clean(rig: Rig, expected: set[str]) -> None:
@@ -189,7 +223,7 @@ def assert_clean(rig: Rig, expected: set[str]) -> None:
     assert list(rig.running.manager.storage.intents.iterdir()) == []  # type: ignore[attr-defined]
 
 
-KINDS = ["upload", "fulfill", "register"]
+KINDS = ["upload", "fulfill", "register", "reuse", "resend"]
 
 
 @pytest.mark.parametrize("kind", KINDS)

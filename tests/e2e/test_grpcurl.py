@@ -55,6 +55,7 @@ def test_list_describe_and_health(server: ServerProcess) -> None:
         "RegisterFile",
         "CreateValueAsset",
         "CreatePendingAsset",
+        "GetOrCreatePendingAsset",
         "FulfillAsset",
         "FailAsset",
         "RenewLease",

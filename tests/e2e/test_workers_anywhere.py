@@ -280,6 +280,11 @@ def test_asset_run_fails_the_promise_of_a_failing_command(site: Site, packed: Pa
     assert json.loads(json.dumps(failed.failure_reason))  # a plain string, no traceback
 
 
+def _with_chunks(streams: list[int]) -> list[int]:
+    """The upload streams that carried bytes (not a header alone)."""
+    return [n for n in streams if n > 4096]
+
+
 def test_a_cut_upload_resumes_where_the_server_stopped(site: Site, packed: PackedCli) -> None:
     """asset put and asset run, cut mid-upload (the connection drops), resume by themselves:
     the prefix the server holds is not sent again and the sha256 covers the whole file."""
@@ -297,7 +302,9 @@ def test_a_cut_upload_resumes_where_the_server_stopped(site: Site, packed: Packe
     )
     assert put.returncode == 0, put.stderr
     assert site.orchestrator.get(out).sha256 == digest
-    streams = site.proxy.upload_bytes[before:]
+    # The question whether the server stores these bytes (reuse_stored_bytes: a header,
+    # refused to a task token) is a stream of its own, of a few hundred bytes.
+    streams = _with_chunks(site.proxy.upload_bytes[before:])
     assert len(streams) == 2 and streams[0] >= 10 * 1024 * 1024, streams
     # Resumed from the server's durable offset (some of what was cut may not have been
     # durable yet), not started again: the second stream carries less than the file.
@@ -323,5 +330,5 @@ def test_a_cut_upload_resumes_where_the_server_stopped(site: Site, packed: Packe
     )
     assert run.returncode == 0, run.stderr
     assert site.orchestrator.get(result).sha256 == digest
-    streams = site.proxy.upload_bytes[before:]
+    streams = _with_chunks(site.proxy.upload_bytes[before:])
     assert len(streams) == 2 and streams[1] < size - 1024 * 1024, streams

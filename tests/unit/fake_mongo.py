@@ -504,6 +504,16 @@ class Collection:
                 f"E11000 duplicate key error collection: {self.name} dup key: {doc['_id']!r}",
                 11000,
             )
+        # The sparse unique index key_slot (the store's one holder per get-or-create key).
+        slot = doc.get("key_slot")
+        if slot is not None and any(
+            d.get("key_slot") == slot for d in self.server.view(self.name, lsid).values()
+        ):
+            raise DuplicateKeyError(
+                f"E11000 duplicate key error collection: {self.name} index: key_slot "
+                f"dup key: {slot!r}",
+                11000,
+            )
         await self.server.write(self.name, doc["_id"], doc, lsid)
 
     async def _update(

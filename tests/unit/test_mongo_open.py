@@ -260,7 +260,18 @@ async def test_an_older_deployment_gets_only_its_missing_indexes() -> None:
         )
     await faked(assets, FakeCollection()).open()
     assert assets.writes() == [
-        ("create_indexes", ["type_seq", "revision", "expires_at", "holds_owner"])
+        (
+            "create_indexes",
+            [
+                "type_seq",
+                "revision",
+                "expires_at",
+                "holds_owner",
+                "key_seq",
+                "sha256_seq",
+                "key_slot",
+            ],
+        )
     ]
 
 

@@ -174,6 +174,7 @@ def test_the_log_reads_back_what_was_written(tmp_path: Path) -> None:
         expires_at=at,
         expiry_rule="ttl",
         retained_until=at,
+        key="run-7/out",
     )
     _shared.append(conn, Change(ChangeKind.PUT, asset))
     logged = _shared.read(conn, 6, None, 10)

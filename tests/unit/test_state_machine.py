@@ -20,6 +20,7 @@ from asset_service.domain.errors import (
     HistoryGone,
     IntegrityError,
     InvalidArgument,
+    KeyTaken,
     LeaseRanOut,
     LimitExceeded,
     ManifestBlocked,
@@ -436,6 +437,8 @@ RAISED_OUTSIDE_THE_DOMAIN = {
     Overloaded: "MongoStore's group writer queue (tests/unit/test_mongo_backpressure.py)",
     Unverified: "a storage's check_many verdict, which the domain verifies (never raised)",
     LeaseRanOut: "a store's verdict on a lease, which the manager turns into FailedPrecondition",
+    KeyTaken: "a store's verdict on a keyed insert: get-or-create reads the key's holder again "
+    "(tests/contract/test_key_contract.py)",
 }
 
 

@@ -8,6 +8,7 @@ from asset_service.domain.manager._base import (
     Limits,
 )
 from asset_service.domain.manager._manager import AssetManager
+from asset_service.domain.manager._reuse import KeyAnswer, KeyOutcome
 from asset_service.domain.models import WatchEvent
 
 __all__ = [
@@ -16,6 +17,8 @@ __all__ = [
     "MAX_PAGE_SIZE",
     "MAX_RESPONSE_BYTES",
     "AssetManager",
+    "KeyAnswer",
+    "KeyOutcome",
     "Limits",
     "WatchEvent",
 ]

@@ -247,11 +247,28 @@ class Creation(Transitions):
         ttl_seconds: int = 0,
     ) -> Asset:
         check_ttl(ttl_seconds)
+        asset = self._pending_record(
+            task_id, label, media_type, type_, tags, lease_seconds=lease_seconds, by=by
+        )
+        return await self.store.insert(self.with_expiry(asset, ttl_seconds))
+
+    def _pending_record(
+        self,
+        task_id: str,
+        label: str,
+        media_type: str,
+        type_: AssetType,
+        tags: Sequence[str],
+        *,
+        lease_seconds: int,
+        by: str,
+    ) -> Asset:
+        """A new promise's record, every field checked (InvalidArgument)."""
         task_id = validate_task_id(task_id)
         label = validate_label(label)
         lease_seconds = leases.check_seconds(lease_seconds, self.limits.max_lease_seconds)
         now = _base.now()
-        asset = Asset(
+        return Asset(
             id=new_asset_id(),
             label=label,
             status=Status.PENDING,
@@ -269,4 +286,3 @@ class Creation(Transitions):
             lease_seconds=lease_seconds,
             lease_expires_at=leases.deadline(now, lease_seconds) if lease_seconds else None,
         )
-        return await self.store.insert(self.with_expiry(asset, ttl_seconds))

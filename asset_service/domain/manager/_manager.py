@@ -35,7 +35,7 @@ from asset_service.domain.manager._base import (
     Limits,
     chunks_of,
 )
-from asset_service.domain.manager._retention import Retention
+from asset_service.domain.manager._reuse import Reuse
 from asset_service.domain.manifests import Manifest, build_manifest, wait_for_inputs
 from asset_service.domain.models import (
     Asset,
@@ -72,7 +72,7 @@ log = logging.getLogger(__name__)
 WAIT_RETENTION_SECONDS = 86400.0
 
 
-class AssetManager(Retention):
+class AssetManager(Reuse):
     """Every use case of the service, over a MetadataStore and a BlobStorage."""
 
     def __init__(

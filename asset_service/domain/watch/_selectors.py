@@ -28,6 +28,7 @@ class Selector:
     status: Status | None = None
     type: AssetType | None = None
     label: str = ""
+    key: str = ""
 
     def concerns(self, change: Change, compacted: bool = False) -> bool:
         """Whether a watcher of this selector gets `change`: the asset matches it after
@@ -44,6 +45,7 @@ class Selector:
             (self.task_id and asset.created_by_task != self.task_id)
             or (self.type is not None and asset.type is not self.type)
             or (self.label and asset.label != self.label)
+            or (self.key and asset.key != self.key)
             or any(tag not in asset.tags for tag in self.tags)
         ):
             return False

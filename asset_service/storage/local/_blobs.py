@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from asset_service.domain.errors import Conflict, shown
+from asset_service.domain.errors import AssetError, Conflict, NotFound, shown
 from asset_service.domain.models import BlockSums
 from asset_service.domain.ports import Chunk
 from asset_service.storage import fs, keys
@@ -207,6 +207,47 @@ class Writer(_Blob):
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
         super()._rollback_sync()
+
+
+class Cloned(_Blob):
+    """A stored file linked under another key: the same inode, its bytes stored once. The
+    link count is the reference count: rollback and remove() take one name away."""
+
+    def __init__(
+        self,
+        storage: LocalStorage,
+        source: tuple[str, ...],
+        size_bytes: int,
+        sha256: str,
+        sums: BlockSums,
+    ) -> None:
+        super().__init__(storage)
+        self._source = source
+        self.size_bytes, self.sha256, self.block_sums = size_bytes, sha256, sums
+
+    def _commit_sync(self, parts: tuple[str, ...]) -> None:
+        try:
+            source_folder = self._storage.open_folder(self._source[:-1])
+        except (OSError, AssetError):
+            raise self._gone() from None
+        try:
+            folder = self._storage.open_folder(parts[:-1], create=True)
+            try:
+                try:
+                    self._link_new(self._source[-1], parts[-1], source_folder, folder)
+                except FileNotFoundError:
+                    raise self._gone() from None
+                st = os.stat(parts[-1], dir_fd=folder, follow_symlinks=False)
+                fs.fsync_dir(folder)
+            except BaseException:
+                os.close(folder)
+                raise
+        finally:
+            os.close(source_folder)
+        self._final, self._final_id = (folder, parts[-1]), (st.st_dev, st.st_ino)
+
+    def _gone(self) -> NotFound:
+        return NotFound(f"the stored bytes at {'/'.join(self._source)} were removed meanwhile")
 
 
 class Adopted(_Blob):

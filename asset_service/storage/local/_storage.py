@@ -29,7 +29,7 @@ from asset_service.domain.uploads import UploadSession
 from asset_service.modes import Modes, report
 from asset_service.storage import blocks, fs, keys
 from asset_service.storage.imports import ImportRoots
-from asset_service.storage.local._blobs import Adopted, Writer, age_of, oserror
+from asset_service.storage.local._blobs import Adopted, Cloned, Writer, age_of, oserror
 from asset_service.storage.local._reads import (
     check_many_sync,
     not_regular,
@@ -293,6 +293,11 @@ class LocalStorage:
     def new_writer(self, key: str | None = None) -> Writer:
         # A staging file linked into place at commit: knowing the key early gains nothing.
         return Writer(self, self.staging / uuid.uuid4().hex, key)
+
+    async def clone(
+        self, storage_path: str, size_bytes: int, sha256: str, sums: BlockSums
+    ) -> Cloned:
+        return Cloned(self, self._parts_of(storage_path), size_bytes, sha256, sums)
 
     async def adopt(self, path: str, move: bool) -> Adopted:
         """Hash (and, unless it can be linked, copy) a server-side file under an import root."""

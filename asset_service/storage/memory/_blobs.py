@@ -7,6 +7,7 @@ import logging
 import uuid
 from typing import TYPE_CHECKING
 
+from asset_service.domain.errors import NotFound
 from asset_service.domain.models import BlockSums
 from asset_service.domain.ports import Chunk
 from asset_service.storage import keys
@@ -100,6 +101,23 @@ class MemoryBlob:
 
     def _release(self) -> None:
         pass
+
+
+class MemoryCloned(MemoryBlob):
+    """Stored bytes placed under another key: the same bytes object, stored once."""
+
+    def __init__(
+        self, storage: MemoryStorage, key: str, size_bytes: int, sha256: str, sums: BlockSums
+    ) -> None:
+        super().__init__(storage)
+        self._source_key = key
+        self.size_bytes, self.sha256, self.block_sums = size_bytes, sha256, sums
+
+    def _content(self) -> bytes:
+        found = self._storage.state.objects.get(self._source_key)
+        if found is None:
+            raise NotFound(f"the stored bytes at {self._source_key} were removed meanwhile")
+        return found.data
 
 
 class MemoryWriter(MemoryBlob):

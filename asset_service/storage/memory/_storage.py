@@ -28,7 +28,7 @@ from asset_service.domain.models import (
 )
 from asset_service.domain.uploads import UploadSession
 from asset_service.storage import blocks, keys
-from asset_service.storage.memory._blobs import MemoryAdopted, MemoryWriter
+from asset_service.storage.memory._blobs import MemoryAdopted, MemoryCloned, MemoryWriter
 from asset_service.storage.memory._sessions import MemoryHold, MemorySessions, MemorySessionWriter
 from asset_service.storage.memory._state import (
     PREFIX,
@@ -166,6 +166,11 @@ class MemoryStorage:
 
     def new_writer(self, key: str | None = None) -> MemoryWriter:
         return MemoryWriter(self, key)
+
+    async def clone(
+        self, storage_path: str, size_bytes: int, sha256: str, sums: BlockSums
+    ) -> MemoryCloned:
+        return MemoryCloned(self, self._key_of(storage_path), size_bytes, sha256, sums)
 
     async def adopt(self, path: str, move: bool) -> MemoryAdopted:
         validate_server_path(path)

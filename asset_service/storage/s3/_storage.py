@@ -326,6 +326,12 @@ class S3Storage:
     def new_writer(self, key: str | None = None) -> S3Writer:
         return S3Writer(self, key)
 
+    async def clone(self, storage_path: str, size_bytes: int, sha256: str, sums: BlockSums) -> None:
+        # An object store has no hard links: objects stored once need references kept
+        # beside them (the metadata store's count of records per object) and a sweep of
+        # unreferenced ones; until then the caller copies, through this server.
+        return None
+
     async def adopt(self, path: str, move: bool) -> S3Adopted:
         """Copy a server-side file under an import root into the bucket while hashing it."""
         opened = await asyncio.to_thread(self.imports.open, path, move)

@@ -8,7 +8,14 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from asset_service.domain.errors import Conflict, HistoryGone, LeaseRanOut, NotFound, Unavailable
+from asset_service.domain.errors import (
+    Conflict,
+    HistoryGone,
+    KeyTaken,
+    LeaseRanOut,
+    NotFound,
+    Unavailable,
+)
 from asset_service.domain.models import (
     EXPLICIT_EXPIRIES,
     Asset,
@@ -68,6 +75,8 @@ def _matches(asset: Asset, flt: AssetFilter) -> bool:
         and (flt.type is None or asset.type is flt.type)
         and (not flt.created_by_task or asset.created_by_task == flt.created_by_task)
         and (not flt.label or asset.label == flt.label)
+        and (not flt.key or asset.key == flt.key)
+        and (not flt.sha256 or asset.sha256 == flt.sha256)
         and all(tag in asset.tags for tag in flt.tags)
     )
 
@@ -110,6 +119,8 @@ class MemoryStore(MemoryRetention):
         self._seq = 0
         self._revision = 0
         self._leases: dict[str, _Lease] = {}
+        # Get-or-create keys: the id of the one record holding each (the unique index).
+        self._keys: dict[str, str] = {}
         self._sweep = LocalSweepClaims()
         # Writes of lease records (renewals): they take no revision (for tests).
         self.lease_writes = 0
@@ -253,6 +264,10 @@ class MemoryStore(MemoryRetention):
         await self._enter()
         if asset.id in self._rows:
             raise Conflict(f"asset {asset.id} already exists")
+        if asset.key in self._keys:
+            raise KeyTaken(asset.key)
+        if asset.key:
+            self._keys[asset.key] = asset.id
         stored = dataclasses.replace(asset, tags=tuple(asset.tags), revision=self._next_revision())
         self._seq += 1
         self._rows[asset.id] = (self._seq, stored)
@@ -262,6 +277,18 @@ class MemoryStore(MemoryRetention):
         self._account(None, stored)
         self._publish(ChangeKind.PUT, stored)
         return stored
+
+    async def key_holder(self, key: str) -> Asset | None:
+        await self._enter()
+        row = self._rows.get(self._keys.get(key, ""))
+        return _listed(self._read(row[1])) if row else None
+
+    async def release_key(self, asset_id: str, key: str) -> bool:
+        await self._enter()
+        if self._keys.get(key) != asset_id:
+            return False
+        del self._keys[key]
+        return True
 
     async def transition(
         self, asset_id: str, expected: Status, change: Transition, now: datetime
@@ -350,6 +377,8 @@ class MemoryStore(MemoryRetention):
         self._holds.pop(asset_id, None)
         self._account(row[1], None)
         self._settle_task(row[1])
+        if self._keys.get(gone.key) == asset_id:
+            del self._keys[gone.key]  # as a unique index forgets a deleted row
         self._tombstones[asset_id] = (datetime.now(UTC), tombstone(gone))
         self._publish(ChangeKind.DELETE, gone)
         return gone

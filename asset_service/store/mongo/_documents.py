@@ -85,6 +85,9 @@ def asset_to_doc(asset: Asset, revision: int) -> Doc:
         "retained_until": ms(asset.retained_until) if asset.retained_until else None,
         "holds": [hold_to_doc(hold) for hold in asset.holds],
         "deletion_reason": asset.deletion_reason,
+        "key": asset.key,
+        # Present only while the record holds its key (the sparse unique index key_slot).
+        **({"key_slot": asset.key} if asset.key else {}),
     }
 
 
@@ -146,6 +149,7 @@ def doc_to_asset(doc: Mapping[str, Any]) -> Asset:
         retained_until=_aware(doc["retained_until"]) if doc.get("retained_until") else None,
         holds=tuple(_hold(h) for h in doc.get("holds") or ()),
         deletion_reason=doc.get("deletion_reason") or "",
+        key=doc.get("key") or "",
     )
 
 

@@ -37,6 +37,11 @@ ASSET_INDEXES = (
     # record without one); a task's holds are released by owner (_retention.py).
     IndexModel([("expires_at", ASCENDING)], name="expires_at"),
     IndexModel([("holds.owner", ASCENDING)], name="holds_owner", sparse=True),
+    IndexModel([("key", ASCENDING), ("seq", ASCENDING)], name="key_seq"),
+    IndexModel([("sha256", ASCENDING), ("seq", ASCENDING)], name="sha256_seq"),
+    # One holder per get-or-create key (issue 24): `key_slot` is set (to the key) only
+    # while a record holds its key; sparse, so records holding none are not indexed.
+    IndexModel([("key_slot", ASCENDING)], name="key_slot", unique=True, sparse=True),
 )
 # The lease sweep reads `leases` (records of their own, issue 21 item 12) by their end.
 LEASE_INDEXES = (IndexModel([("expires_at", ASCENDING)], name="expires_at"),)

@@ -22,6 +22,7 @@ from pymongo.write_concern import WriteConcern
 
 from asset_service.domain.errors import (
     InvalidArgument,
+    KeyTaken,
     NotFound,
     Unavailable,
 )
@@ -44,6 +45,7 @@ from asset_service.store._fields import lease_condition, rule_expiry, transition
 from asset_service.store.mongo import _retention, _schema, _startup, _tombstones
 from asset_service.store.mongo._documents import (
     Doc,
+    DuplicateKey,
     _doc_bytes,
     _unavailable,
     _write_error,
@@ -490,6 +492,10 @@ class MongoStore(MongoRetention):
             where["created_by_task"] = flt.created_by_task
         if flt.label:
             where["label"] = flt.label
+        if flt.key:
+            where["key"] = flt.key
+        if flt.sha256:
+            where["sha256"] = flt.sha256
         if flt.tags:
             where["tags"] = {"$all": list(flt.tags)}
         docs: list[Doc] = []
@@ -602,8 +608,37 @@ class MongoStore(MongoRetention):
 
     async def insert(self, asset: Asset) -> Asset:
         write = insert_write(asset, self._promises, approx_bytes(asset))
-        result: Asset = await self._writer.submit(write)
+        try:
+            result: Asset = await self._writer.submit(write)
+        except DuplicateKey as exc:
+            # MongoDB names the index in the message, FerretDB does not: an id that is not
+            # there was never the duplicate (ids are new UUIDs; Conflict if it was).
+            if asset.key and ("key_slot" in exc.message or await self.get(asset.id) is None):
+                raise KeyTaken(asset.key) from None
+            raise
         return result
+
+    async def key_holder(self, key: str) -> Asset | None:
+        try:
+            doc = await self._assets.find_one({"key_slot": key}, LISTED_PROJECTION)
+            if doc is None:
+                return None
+            await self._with_leases([doc], None)
+        except PyMongoError as exc:
+            raise _unavailable(exc) from exc
+        return doc_to_asset(doc)
+
+    async def release_key(self, asset_id: str, key: str) -> bool:
+        # Not through the group writer: no revision, and the change feed skips an update
+        # without one (_feed.py); the record's own fields are unchanged.
+        try:
+            with pymongo.timeout(self.operation_timeout):
+                done = await self._assets.update_one(
+                    {"_id": asset_id, "key_slot": key}, {"$unset": {"key_slot": ""}}
+                )
+        except PyMongoError as exc:
+            raise _write_error(exc, transaction=False) from exc
+        return done.modified_count == 1
 
     async def transition(
         self, asset_id: str, expected: Status, change: Transition, now: datetime

@@ -38,6 +38,7 @@ TOMBSTONE_FIELDS = (
     "created_by",
     "updated_by",
     "deletion_reason",
+    "key",
 )
 TOMBSTONE_INDEXES = (
     # changes_since reads `revision > R` in order; the sweep takes the oldest deletions.

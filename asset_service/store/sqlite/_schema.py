@@ -55,13 +55,16 @@ CREATE TABLE IF NOT EXISTS tombstones (
     updated_at      TEXT NOT NULL,
     created_by      TEXT NOT NULL,
     updated_by      TEXT NOT NULL,
-    deletion_reason TEXT NOT NULL DEFAULT ''
+    deletion_reason TEXT NOT NULL DEFAULT '',
+    asset_key       TEXT NOT NULL DEFAULT ''
 );
 """
 
-# What migration 4 created, before deletions said why (migration 6 adds the column).
+# What migration 4 created, before deletions said why (migration 6 adds the column) and
+# which get-or-create key the asset had (migration 7).
 TOMBSTONES_V4 = TOMBSTONES.replace(
-    "    updated_by      TEXT NOT NULL,\n    deletion_reason TEXT NOT NULL DEFAULT ''\n",
+    "    updated_by      TEXT NOT NULL,\n    deletion_reason TEXT NOT NULL DEFAULT '',\n"
+    "    asset_key       TEXT NOT NULL DEFAULT ''\n",
     "    updated_by      TEXT NOT NULL\n",
 )
 assert TOMBSTONES_V4 != TOMBSTONES
@@ -123,11 +126,16 @@ CREATE TABLE IF NOT EXISTS assets (
     expires_ms      INTEGER,
     expiry_rule     TEXT NOT NULL DEFAULT '',
     retained_ms     INTEGER,
-    hold_count      INTEGER NOT NULL DEFAULT 0
+    hold_count      INTEGER NOT NULL DEFAULT 0,
+    asset_key       TEXT NOT NULL DEFAULT '',
+    key_slot        TEXT
 );
 CREATE INDEX IF NOT EXISTS assets_status ON assets (status, seq);
 CREATE INDEX IF NOT EXISTS assets_task ON assets (created_by_task, seq);
 CREATE INDEX IF NOT EXISTS assets_label ON assets (label, seq);
+CREATE INDEX IF NOT EXISTS assets_key ON assets (asset_key, seq);
+CREATE INDEX IF NOT EXISTS assets_sha256 ON assets (sha256, seq);
+CREATE UNIQUE INDEX IF NOT EXISTS assets_key_slot ON assets (key_slot);
 CREATE TABLE IF NOT EXISTS leases (
     asset_id   TEXT PRIMARY KEY,
     expires_ms INTEGER NOT NULL,
@@ -153,7 +161,7 @@ INSERT OR IGNORE INTO counters (name, value) VALUES ('tombstones', 0);
 
 # PRAGMA user_version of a database SCHEMA creates. A database from an older release is
 # brought up to it by MIGRATIONS[v] for each later version v, one transaction each.
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: (
         "ALTER TABLE assets ADD COLUMN created_by TEXT NOT NULL DEFAULT ''",
@@ -210,6 +218,14 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "INSERT INTO usage (grp, key, status, count, bytes) "
         "SELECT grp, key, '', sum(count), sum(bytes) FROM usage GROUP BY grp, key",
     ),
+    # Get-or-create keys (issue 24): the key a record was made for, and key_slot, set
+    # (to the key) while the record holds it: NULLs are distinct, so the unique index
+    # allows one holder per key and any number of records holding none.
+    7: (
+        "ALTER TABLE assets ADD COLUMN asset_key TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE assets ADD COLUMN key_slot TEXT",
+        "ALTER TABLE tombstones ADD COLUMN asset_key TEXT NOT NULL DEFAULT ''",
+    ),
 }
 assert sorted(MIGRATIONS) == list(range(1, SCHEMA_VERSION + 1))
 
@@ -217,7 +233,7 @@ COLUMNS = (
     "id, label, status, type, media_type, storage_path, value_kind, value_data, "
     "created_by_task, tags, size_bytes, sha256, created_at, updated_at, failure_reason, "
     "fulfilled_from, revision, created_by, updated_by, lease_seconds, lease_expires_ms, "
-    "block_sums, corrupt_reason, expires_ms, expiry_rule, retained_ms"
+    "block_sums, corrupt_reason, expires_ms, expiry_rule, retained_ms, asset_key"
 )
 COLUMN_COUNT = len(COLUMNS.split(","))
 # Reads join each record with its lease: a PENDING promise's lease ends when its lease's
@@ -290,6 +306,7 @@ def row_to_asset(row: sqlite3.Row) -> Asset:
         expires_at=from_ms(row["expires_ms"]),
         expiry_rule=row["expiry_rule"],
         retained_until=from_ms(row["retained_ms"]),
+        key=row["asset_key"],
     )
 
 
@@ -323,6 +340,7 @@ def asset_row(asset: Asset, revision: int) -> tuple[object, ...]:
         to_ms(asset.expires_at) if asset.expires_at else None,
         asset.expiry_rule,
         to_ms(asset.retained_until) if asset.retained_until else None,
+        asset.key,
     )
 
 

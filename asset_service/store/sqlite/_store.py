@@ -13,6 +13,7 @@ from typing import TypeVar
 
 from asset_service.domain.errors import (
     Conflict,
+    KeyTaken,
     NotFound,
     StorageFull,
     Unavailable,
@@ -380,6 +381,12 @@ class SqliteStore:
         if flt.label:
             where.append("label = ?")
             args.append(flt.label)
+        if flt.key:
+            where.append("asset_key = ?")
+            args.append(flt.key)
+        if flt.sha256:
+            where.append("sha256 = ?")
+            args.append(flt.sha256)
         for tag in flt.tags:
             where.append("id IN (SELECT asset_id FROM asset_tags WHERE tag = ?)")
             args.append(tag)
@@ -462,15 +469,19 @@ class SqliteStore:
             try:
                 rev = self._next_revision(c)
                 c.execute(
-                    f"INSERT INTO assets ({COLUMNS}) VALUES ({', '.join('?' * COLUMN_COUNT)})",
-                    asset_row(asset, rev),
+                    f"INSERT INTO assets ({COLUMNS}, key_slot) "
+                    f"VALUES ({', '.join('?' * (COLUMN_COUNT + 1))})",
+                    # key_slot holds the key (unique index assets_key_slot)
+                    (*asset_row(asset, rev), asset.key or None),
                 )
                 c.executemany(
                     "INSERT INTO asset_tags (tag, asset_id) VALUES (?, ?)",
                     [(t, asset.id) for t in asset.tags],
                 )
                 _leases.create(c, asset)
-            except sqlite3.IntegrityError:
+            except sqlite3.IntegrityError as exc:
+                if "key_slot" in str(exc):
+                    raise KeyTaken(asset.key) from None
                 raise Conflict(f"asset {asset.id} already exists") from None
             stored = Asset(**{**asset.__dict__, "revision": rev, "holds": ()})
             _retention.account(c, None, stored)
@@ -478,6 +489,26 @@ class SqliteStore:
 
         cost = len(asset.value.data) if asset.value else 0
         result: Asset = await self._open_writer().submit(w, cost)
+        return result
+
+    async def key_holder(self, key: str) -> Asset | None:
+        def q(c: sqlite3.Connection) -> Asset | None:
+            row = c.execute(
+                f"SELECT {LISTED_COLUMNS} FROM {RECORDS} WHERE key_slot = ?", (key,)
+            ).fetchone()
+            return row_to_asset(row) if row else None
+
+        return await self._read(q)
+
+    async def release_key(self, asset_id: str, key: str) -> bool:
+        # A write of the slot only: no revision, no change (clients see no difference).
+        def w(c: sqlite3.Connection) -> tuple[bool, None]:
+            cur = c.execute(
+                "UPDATE assets SET key_slot = NULL WHERE id = ? AND key_slot = ?", (asset_id, key)
+            )
+            return cur.rowcount == 1, None
+
+        result: bool = await self._open_writer().submit(w)
         return result
 
     async def transition(

@@ -25,7 +25,7 @@ TASK_INDEX_MAX = 20_000
 
 TOMBSTONE_COLUMNS = (
     "id, revision, deleted_ms, label, status, type, media_type, created_by_task, tags, "
-    "created_at, updated_at, created_by, updated_by, deletion_reason"
+    "created_at, updated_at, created_by, updated_by, deletion_reason, asset_key"
 )
 
 
@@ -34,7 +34,7 @@ def keep(c: sqlite3.Connection, gone: Asset) -> None:
     t = tombstone(gone)
     c.execute(
         f"INSERT INTO tombstones ({TOMBSTONE_COLUMNS}) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             t.id,
             t.revision,
@@ -50,6 +50,7 @@ def keep(c: sqlite3.Connection, gone: Asset) -> None:
             t.created_by,
             t.updated_by,
             t.deletion_reason,
+            t.key,
         ),
     )
 
@@ -69,6 +70,7 @@ def _tombstone(row: sqlite3.Row) -> Asset:
         created_by=row["created_by"],
         updated_by=row["updated_by"],
         deletion_reason=row["deletion_reason"],
+        key=row["asset_key"],
     )
 
 

@@ -54,6 +54,42 @@ func (c *Client) CreatePendingAsset(ctx context.Context, p Promise) (*assetv1.As
 	return resp.GetAsset(), err
 }
 
+// Keyed is GetOrCreatePendingAsset's answer: the key's asset and what it is
+// to the caller (HIT: use it; JOIN: watch it, another caller produces it;
+// PRODUCE: a new promise this caller alone must produce).
+type Keyed struct {
+	Outcome assetv1.GetOrCreateOutcome
+	Asset   *assetv1.Asset
+}
+
+// MustProduce says whether the caller got the promise to produce.
+func (k Keyed) MustProduce() bool {
+	return k.Outcome == assetv1.GetOrCreateOutcome_GET_OR_CREATE_OUTCOME_PRODUCE
+}
+
+// GetOrCreatePendingAsset finds or makes the asset for key (e.g. a hash of the
+// task's code and inputs): exactly one of any number of concurrent callers, on
+// any servers sharing a store, gets PRODUCE. A FAILED asset, one whose bytes
+// are gone or corrupt, or a promise whose lease ran out does not block: the
+// next call produces anew. Not retried: a lost PRODUCE would come back as
+// JOIN, so give the promise a Lease (it is taken over once that runs out).
+func (c *Client) GetOrCreatePendingAsset(ctx context.Context, key string, p Promise) (Keyed, error) {
+	lease, err := leaseSeconds(p.Lease)
+	if err != nil {
+		return Keyed{}, err
+	}
+	resp, err := unary(ctx, c, "GetOrCreatePendingAsset", c.raw.GetOrCreatePendingAsset, &assetv1.GetOrCreatePendingAssetRequest{
+		Key: key,
+		Promise: &assetv1.CreatePendingAssetRequest{
+			TaskId: p.TaskID, Label: p.Label, MediaType: p.MediaType, Type: p.Type, Tags: p.Tags, LeaseSeconds: lease,
+		},
+	})
+	if err != nil {
+		return Keyed{}, err
+	}
+	return Keyed{Outcome: resp.GetOutcome(), Asset: resp.GetAsset()}, nil
+}
+
 // FulfillWithValue turns a PENDING VALUE asset AVAILABLE with value. An
 // identical repeat is answered with the same asset (so it is retried).
 func (c *Client) FulfillWithValue(ctx context.Context, id string, value *assetv1.Value) (*assetv1.Asset, error) {
@@ -120,12 +156,14 @@ type Filter struct {
 	Tags          []string // every one of them
 	CreatedByTask string
 	Label         string // exact
+	Key           string // the GetOrCreatePendingAsset key
+	SHA256        string // the content's, lower-case hex
 }
 
 func (f Filter) request(pageSize int32, token string) *assetv1.ListAssetsRequest {
 	return &assetv1.ListAssetsRequest{
 		Status: f.Status, Type: f.Type, Tags: f.Tags, CreatedByTask: f.CreatedByTask, Label: f.Label,
-		PageSize: pageSize, PageToken: token,
+		Key: f.Key, Sha256: f.SHA256, PageSize: pageSize, PageToken: token,
 	}
 }
 

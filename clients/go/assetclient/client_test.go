@@ -103,6 +103,21 @@ func TestEveryRPCThroughTheClient(t *testing.T) {
 	file := promise("video.bin", assetv1.AssetType_ASSET_TYPE_FILE, 0)
 	doomed := promise("doomed.txt", assetv1.AssetType_ASSET_TYPE_VALUE, 0)
 
+	key := "go-client:" + task
+	keyedTask := task + "-keyed" // not in the listing of `task` below
+	produced, err := c.GetOrCreatePendingAsset(ctx, key, assetclient.Promise{TaskID: keyedTask, Label: "keyed.bin"})
+	if err != nil || !produced.MustProduce() || produced.Asset.GetKey() != key {
+		t.Fatalf("GetOrCreatePendingAsset: %v %v", produced, err)
+	}
+	joined, err := c.GetOrCreatePendingAsset(ctx, key, assetclient.Promise{TaskID: keyedTask, Label: "keyed.bin"})
+	if err != nil || joined.Outcome != assetv1.GetOrCreateOutcome_GET_OR_CREATE_OUTCOME_JOIN || joined.Asset.GetId() != produced.Asset.GetId() {
+		t.Fatalf("GetOrCreatePendingAsset again: %v %v, want JOIN of %s", joined, err, produced.Asset.GetId())
+	}
+	byKey, err := c.ListAssets(ctx, assetclient.Filter{Key: key}, 0, "")
+	if err != nil || len(byKey.GetAssets()) != 1 || byKey.GetAssets()[0].GetId() != produced.Asset.GetId() {
+		t.Fatalf("ListAssets(Key: %s): %v %v", key, byKey, err)
+	}
+
 	renewed, err := c.RenewLease(ctx, value.GetId(), 2*time.Minute)
 	if err != nil {
 		t.Fatal(err)

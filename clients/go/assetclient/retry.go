@@ -35,12 +35,13 @@ var retriedMethods = map[string]string{
 // repeat after UNAVAILABLE could do harm: the first attempt may have been
 // applied before the connection broke.
 var notRetriedMethods = map[string]string{
-	"UploadAsset":        "a client stream: its bytes are gone once sent (UploadResumable continues from QueryUpload's committed_bytes instead)",
-	"RegisterFile":       "creates an asset: a repeat makes a second one (or, with move, finds the file gone)",
-	"CreateValueAsset":   "creates an asset: a repeat makes a second one",
-	"CreatePendingAsset": "creates a promise: a repeat makes a second one",
-	"DeleteAsset":        "a repeat of an applied one answers NOT_FOUND for a delete that succeeded",
-	"ReleaseHold":        "a repeat of an applied one answers NOT_FOUND for a release that succeeded",
+	"UploadAsset":             "a client stream: its bytes are gone once sent (UploadResumable continues from QueryUpload's committed_bytes instead)",
+	"RegisterFile":            "creates an asset: a repeat makes a second one (or, with move, finds the file gone)",
+	"CreateValueAsset":        "creates an asset: a repeat makes a second one",
+	"CreatePendingAsset":      "creates a promise: a repeat makes a second one",
+	"GetOrCreatePendingAsset": "a repeat of a PRODUCE whose answer was lost would say JOIN, and nobody would produce",
+	"DeleteAsset":             "a repeat of an applied one answers NOT_FOUND for a delete that succeeded",
+	"ReleaseHold":             "a repeat of an applied one answers NOT_FOUND for a release that succeeded",
 }
 
 // The retry policy of retriedMethods: up to 5 attempts (grpc's ceiling), the

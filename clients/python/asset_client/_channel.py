@@ -68,6 +68,10 @@ NOT_RETRIED: Mapping[str, str] = {
     "RegisterFile": "creates an asset",
     "CreateValueAsset": "creates an asset",
     "CreatePendingAsset": "creates a promise",
+    "GetOrCreatePendingAsset": (
+        "a repeat of a PRODUCE whose answer was lost would say JOIN, and nobody would "
+        "produce (give the promise a lease: once it runs out, the next call takes over)"
+    ),
     "DeleteAsset": "a repeat of a delete whose answer was lost would say NOT_FOUND",
     "ReleaseHold": "a repeat of a release whose answer was lost would say NOT_FOUND",
 }

@@ -18,7 +18,9 @@ from asset_client.models import (
     AssetPage,
     AssetStatus,
     AssetType,
+    GetOrCreateOutcome,
     Hold,
+    KeyedAsset,
     Manifest,
     ScrubOutcome,
     ScrubResult,
@@ -105,6 +107,7 @@ def asset_from_pb(msg: pb.Asset) -> Asset:
         updated_by=msg.updated_by,
         lease_seconds=msg.lease_seconds,
         corrupt_reason=msg.corrupt_reason,
+        key=msg.key,
         lease_expires_at=(
             msg.lease_expire_time.ToDatetime(tzinfo=UTC)
             if msg.HasField("lease_expire_time")
@@ -131,6 +134,17 @@ def usage_from_pb(msg: pb.GetUsageResponse) -> Usage:
         warn_bytes=msg.warn_bytes,
         over_threshold=msg.over_threshold,
     )
+
+
+_OUTCOME_FROM_PB = {
+    pb.GET_OR_CREATE_OUTCOME_HIT: GetOrCreateOutcome.HIT,
+    pb.GET_OR_CREATE_OUTCOME_JOIN: GetOrCreateOutcome.JOIN,
+    pb.GET_OR_CREATE_OUTCOME_PRODUCE: GetOrCreateOutcome.PRODUCE,
+}
+
+
+def keyed_from_pb(msg: pb.GetOrCreatePendingAssetResponse) -> KeyedAsset:
+    return KeyedAsset(_OUTCOME_FROM_PB[msg.outcome], asset_from_pb(msg.asset))
 
 
 def upload_state_from_pb(msg: pb.QueryUploadResponse) -> UploadState:

@@ -160,6 +160,8 @@ def list_request(
     created_by_task: str | None,
     label: str | None,
     page_size: int,
+    key: str | None = None,
+    sha256: str | None = None,
 ) -> pb.ListAssetsRequest:
     return pb.ListAssetsRequest(
         status=_convert.status_to_pb(status),
@@ -168,6 +170,8 @@ def list_request(
         created_by_task=created_by_task or "",
         label=label or "",
         page_size=page_size,
+        key=key or "",
+        sha256=sha256 or "",
     )
 
 

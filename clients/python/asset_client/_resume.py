@@ -11,6 +11,10 @@ import grpc
 # (8 MiB) a cut stream keeps nothing there anyway, and sending them again costs under a
 # second; bigger ones would lose minutes or hours to a dropped connection.
 RESUMABLE_BYTES = 8 * 1024 * 1024
+# Files of this size or more first ask the server to reuse bytes it already stores
+# (UploadHeader.reuse_stored_bytes): one round trip without a chunk, which a smaller file
+# costs about as much to send.
+REUSE_BYTES = 1024 * 1024
 DEFAULT_ATTEMPTS = 10
 FIRST_DELAY = 0.5
 MAX_DELAY = 8.0

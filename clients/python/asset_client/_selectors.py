@@ -33,15 +33,17 @@ class SelectorCursor(Cursor):
         label: str | None,
         after_revision: int,
         timeout: float | None,
+        key: str | None = None,
     ) -> None:
         super().__init__(after_revision, timeout)
-        self.listing = list_request(status, type_, tags, created_by_task, label, 1)
+        self.listing = list_request(status, type_, tags, created_by_task, label, 1, key)
         self.selector = pb.AssetSelector(
             task_id=self.listing.created_by_task,
             tags=self.listing.tags,
             status=self.listing.status,
             type=self.listing.type,
             label=self.listing.label,
+            key=self.listing.key,
         )
         self.pinned = after_revision != 0
 

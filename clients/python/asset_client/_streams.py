@@ -40,9 +40,12 @@ def upload(
     timeout: float | None,
     unary_timeout: float | None,
 ) -> Asset:
-    """Send `upload` (opened here, closed after), resuming a resumable one after a cut."""
+    """Send `upload` (opened here, closed after), resuming a resumable one after a cut;
+    first, with `upload.reuse`, ask the server whether it stores the bytes already."""
     upload.open()
     try:
+        if upload.reuse and (reused := _reuse_upload(stub, upload, timeout)):
+            return upload.reused(reused)
         while True:
             try:
                 response = _send_upload(stub, upload, timeout)
@@ -66,6 +69,25 @@ def upload(
     finally:
         upload.close()
     return upload.finish(response)
+
+
+def _reuse_upload(
+    stub: pb_grpc.AssetServiceStub, upload: _transfers.Upload, timeout: float | None
+) -> pb.UploadAssetResponse | None:
+    """The server's answer to a stream asking it to reuse stored bytes, or None: then the
+    bytes are sent as usual.
+
+    Usually None means NOT_FOUND "no stored bytes"; also DATA_LOSS (its copy did not hash
+    as declared, or a server too old to know the field took 0 bytes) and PERMISSION_DENIED
+    (a task token may not ask). Any other failure is left to the upload that follows,
+    which reports it (or resumes after it) as it always does: the question only saves
+    bytes, it never fails an upload.
+    """
+    try:
+        return stub.UploadAsset(upload.reuse_requests(), timeout=timeout)
+    except grpc.RpcError as exc:
+        log.debug("%s: not reused (%s: %s); sending it", upload.path, exc.code(), exc.details())
+        return None
 
 
 def _resume_point(

@@ -55,8 +55,10 @@ class Upload:
         checksum: bool,
         resumable: bool | None = None,
         attempts: int = _resume.DEFAULT_ATTEMPTS,
+        reuse: bool | None = None,
     ) -> None:
         self.path = Path(path)
+        self.reuse = reuse
         self.checksum = checksum
         self.header = pb.UploadHeader(
             label=label if label is not None else ("" if pending_asset_id else self.path.name),
@@ -91,6 +93,10 @@ class Upload:
             self.close()
             raise
         self.size = size
+        if self.reuse is None:
+            self.reuse = self.checksum and size >= _resume.REUSE_BYTES
+        elif self.reuse and not self.checksum:
+            raise ValueError("reuse=True needs checksum=True: the server looks bytes up by sha256")
         if self.resumable is None:
             self.resumable = size >= _resume.RESUMABLE_BYTES
         if self.resumable:
@@ -128,6 +134,25 @@ class Upload:
             self.sent = done
         self.fh.seek(self.sent)
         self.header.write_offset = self.sent
+
+    def reuse_requests(self) -> Iterator[pb.UploadAssetRequest]:
+        """The one message of a stream asking the server to reuse bytes it stores: the
+        header (size and sha256 declared), reuse_stored_bytes, no upload_id, no chunk."""
+        header = pb.UploadHeader()
+        header.CopyFrom(self.header)
+        header.upload_id, header.write_offset = "", 0
+        header.reuse_stored_bytes = True
+        yield pb.UploadAssetRequest(header=header)
+
+    def reused(self, response: pb.UploadAssetResponse) -> Asset:
+        """The asset the server made from bytes it stores; progress shows the file done."""
+        assert self.bar is not None
+        self.resumed_unhashed = True  # finish() checks the sha256 of the first pass
+        self.bar.update(self.size - self.reported)
+        self.reported = self.size
+        if self.on_progress is not None:
+            self.on_progress(self.size, self.size)
+        return self.finish(response)
 
     def header_request(self) -> pb.UploadAssetRequest:
         return pb.UploadAssetRequest(header=self.header)

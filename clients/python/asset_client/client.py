@@ -36,6 +36,7 @@ from asset_client.models import (
     AssetPage,
     AssetStatus,
     AssetType,
+    KeyedAsset,
     Manifest,
     ScrubResult,
     TaskToken,
@@ -140,6 +141,7 @@ class AssetClient:
         checksum: bool = True,
         resumable: bool | None = None,
         attempts: int = 10,
+        reuse: bool | None = None,
         timeout: float | None = None,
     ) -> Asset:
         """Stream a local file in 1 MiB chunks; with pending_asset_id, fulfill that asset.
@@ -150,9 +152,23 @@ class AssetClient:
         server restart), CANCELLED or ABORTED resumes where the server's durable bytes end
         (QueryUpload), up to `attempts` streams with backoff; the committed prefix is not
         sent again. `timeout` applies to each stream.
+
+        `reuse` (by default for files of 1 MiB or more, with `checksum`): first ask the
+        server to make the asset from bytes it already stores with this size and sha256
+        (it checks its own copy; a declared sha256 alone is never trusted): a stream of
+        one message, no chunk. If it stores none, the file is sent as usual.
         """
         upload = _transfers.Upload(
-            path, label, media_type, tags, pending_asset_id, progress, checksum, resumable, attempts
+            path,
+            label,
+            media_type,
+            tags,
+            pending_asset_id,
+            progress,
+            checksum,
+            resumable,
+            attempts,
+            reuse,
         )
         return _streams.upload(self._stub, upload, timeout, self.timeout)
 
@@ -221,6 +237,37 @@ class AssetClient:
         )
         response = self._call(self._stub.CreatePendingAsset, request, timeout)
         return _convert.asset_from_pb(response.asset)
+
+    def get_or_create_pending(
+        self,
+        key: str,
+        task_id: str,
+        label: str,
+        media_type: str = "",
+        type: AssetType = AssetType.FILE,
+        tags: Iterable[str] = (),
+        *,
+        lease_seconds: int = 0,
+        timeout: float | None = None,
+    ) -> KeyedAsset:
+        """The asset for `key` (e.g. a hash of the task's code and inputs), made at most once.
+
+        HIT: the key's AVAILABLE asset. JOIN: another caller's live promise for it (watch
+        it; do not produce). PRODUCE: a new promise (as create_pending would make) that
+        this caller alone must produce; of any number of concurrent callers on any servers
+        sharing a store, exactly one gets PRODUCE. A FAILED one, one whose bytes are gone
+        or corrupt, or a promise whose lease ran out does not block: the next call
+        produces anew. Not retried (a lost PRODUCE would come back as JOIN): give the
+        promise a lease, so that a producer that never heard it is taken over.
+        """
+        request = pb.GetOrCreatePendingAssetRequest(
+            key=key,
+            promise=_core.create_pending_request(
+                task_id, label, media_type, type, tags, lease_seconds
+            ),
+        )
+        response = self._call(self._stub.GetOrCreatePendingAsset, request, timeout)
+        return _convert.keyed_from_pb(response)
 
     def fulfill(
         self,
@@ -311,10 +358,15 @@ class AssetClient:
         created_by_task: str | None = None,
         label: str | None = None,
         page_size: int = 0,
+        key: str | None = None,
+        sha256: str | None = None,
         timeout: float | None = None,
     ) -> Iterator[Asset]:
-        """Every matching asset, oldest first, fetching page after page (timeout per page)."""
-        request = _core.list_request(status, type, tags, created_by_task, label, page_size)
+        """Every matching asset, oldest first, fetching page after page (timeout per page).
+        `key`: made by get_or_create_pending for that key; `sha256`: of that content."""
+        request = _core.list_request(
+            status, type, tags, created_by_task, label, page_size, key, sha256
+        )
         while True:
             response = self._call(self._stub.ListAssets, request, timeout)
             for msg in response.assets:
@@ -333,11 +385,15 @@ class AssetClient:
         label: str | None = None,
         page_size: int = 0,
         page_token: str = "",
+        key: str | None = None,
+        sha256: str | None = None,
         timeout: float | None = None,
     ) -> AssetPage:
         """One page of matching assets, its next_page_token ("" after the last page) and
         the revision it was read at: watch_selector(after_revision=) from it misses nothing."""
-        request = _core.list_request(status, type, tags, created_by_task, label, page_size)
+        request = _core.list_request(
+            status, type, tags, created_by_task, label, page_size, key, sha256
+        )
         request.page_token = page_token
         response = self._call(self._stub.ListAssets, request, timeout)
         return _convert.page_from_pb(response)
@@ -527,6 +583,7 @@ class AssetClient:
         created_by_task: str | None = None,
         label: str | None = None,
         after_revision: int = 0,
+        key: str | None = None,
         timeout: float | None = None,
     ) -> Generator[WatchEvent, None, None]:
         """Every change, after `after_revision`, of the assets these filters pick; forever.
@@ -542,7 +599,7 @@ class AssetClient:
         again and watch from the page's revision (or use `follow`, which does).
         """
         cursor = _selectors.SelectorCursor(
-            status, type, tags, created_by_task, label, after_revision, timeout
+            status, type, tags, created_by_task, label, after_revision, timeout, key
         )
         return _streams.watch_events(self._stub, cursor, self.timeout)
 

@@ -99,10 +99,32 @@ class Asset:
     holds: tuple[Hold, ...] = ()
     # In a DELETED watch event: why it went ("expired (rule failed)", "expired (ttl)").
     deletion_reason: str = ""
+    # The get_or_create_pending key it was made for ("" otherwise).
+    key: str = ""
 
     @property
     def is_terminal(self) -> bool:
         return self.status is not AssetStatus.PENDING
+
+
+class GetOrCreateOutcome(enum.Enum):
+    """What get_or_create_pending found for its key."""
+
+    HIT = "HIT"  # the key's AVAILABLE asset, its bytes checked: use it
+    JOIN = "JOIN"  # the key's live PENDING promise, produced by another caller: watch it
+    PRODUCE = "PRODUCE"  # a new promise: this caller must produce it (or fail it)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyedAsset:
+    """get_or_create_pending's answer: the key's asset and what it is to the caller."""
+
+    outcome: GetOrCreateOutcome
+    asset: Asset
+
+    @property
+    def must_produce(self) -> bool:
+        return self.outcome is GetOrCreateOutcome.PRODUCE
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,8 @@ import {
   GetAssetRequest,
   GetManifestRequest,
   GetManifestResponse,
+  type GetOrCreateOutcome,
+  GetOrCreatePendingAssetRequest,
   GetUsageRequest,
   type GetUsageResponse,
   ListAssetsRequest,
@@ -211,6 +213,25 @@ export class AssetService {
   async createPendingAsset(req: DeepPartial<CreatePendingAssetRequest>, options: CallOptions = {}): Promise<Asset> {
     const request = CreatePendingAssetRequest.fromPartial(schemas.createPending(req, "request"));
     return required((await this.caller.unary("createPendingAsset", request, checkCall(options))).asset);
+  }
+
+  /**
+   * The asset for `key` (e.g. a hash of the task's code and inputs), made at most once: HIT (the key's AVAILABLE
+   * asset), JOIN (another caller's live promise: watch it) or PRODUCE (a new promise, `promise` as
+   * createPendingAsset takes it, that this caller alone must produce). Not retried: a lost PRODUCE would come back
+   * as JOIN, so give the promise a lease (it is taken over once that runs out).
+   */
+  async getOrCreatePendingAsset(
+    key: string,
+    promise: DeepPartial<CreatePendingAssetRequest>,
+    options: CallOptions = {},
+  ): Promise<{ outcome: GetOrCreateOutcome; asset: Asset }> {
+    const request = GetOrCreatePendingAssetRequest.fromPartial({
+      key: v.string(key, "key"),
+      promise: schemas.createPending(promise, "promise"),
+    });
+    const res = await this.caller.unary("getOrCreatePendingAsset", request, checkCall(options));
+    return { outcome: res.outcome, asset: required(res.asset) };
   }
 
   /** Turns a PENDING asset AVAILABLE: `content` is a value, or a file under an import root. */

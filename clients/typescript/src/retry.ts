@@ -26,6 +26,10 @@ export const RETRIED: Readonly<Record<Method, { retried: boolean; why: string }>
   registerFile: { retried: false, why: "creates an asset" },
   createValueAsset: { retried: false, why: "creates an asset" },
   createPendingAsset: { retried: false, why: "creates a promise" },
+  getOrCreatePendingAsset: {
+    retried: false,
+    why: "a repeat of a PRODUCE whose answer was lost would say JOIN, and nobody would produce",
+  },
   deleteAsset: { retried: false, why: "a repeat of a delete whose answer was lost would say NOT_FOUND" },
   setExpiry: { retried: true, why: "sets the same expiry again (ttl from the repeat's now), or never again" },
   placeHold: { retried: true, why: "places the same owner's hold again, replacing it" },

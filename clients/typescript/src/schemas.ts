@@ -84,6 +84,8 @@ export const listFilter = v.object<ListFilter>({
   tags: v.strings,
   createdByTask: v.string,
   label: v.string,
+  key: v.string,
+  sha256: v.string,
   pageSize: v.integer(0, 1000),
   pageToken: v.string,
 });
@@ -92,7 +94,14 @@ export const watchRequest = v.object<DeepPartial<WatchAssetRequest>>({
   assetIds: v.strings,
   afterRevision: v.nonNegativeInt64,
   follow: v.boolean,
-  selector: v.object({ taskId: v.string, tags: v.strings, status: assetStatus, type: assetType, label: v.string }),
+  selector: v.object({
+    taskId: v.string,
+    tags: v.strings,
+    status: assetStatus,
+    type: assetType,
+    label: v.string,
+    key: v.string,
+  }),
 });
 
 export const watchOptions = v.object<WatchOptions>({ signal: call.signal, ...resume });

@@ -12,7 +12,14 @@ import { after, before, describe, test } from "node:test";
 
 import { AssetService, type ClientOptions } from "../src/client";
 import { AssetServiceError, Status } from "../src/errors";
-import { type Asset, AssetStatus, AssetType, ScrubOutcome, WatchEventType } from "../src/gen/asset/v1/asset_service";
+import {
+  type Asset,
+  AssetStatus,
+  AssetType,
+  GetOrCreateOutcome,
+  ScrubOutcome,
+  WatchEventType,
+} from "../src/gen/asset/v1/asset_service";
 import { bytesValue, jsonValue, textValue } from "../src/values";
 import { collect, failsWith, taskId } from "./helpers";
 import { type TestServer, testServer } from "./server";
@@ -106,6 +113,23 @@ describe("every RPC from TypeScript", () => {
     const empty = await svc.uploadAsset(Buffer.alloc(0), { label: "empty" });
     assert.equal(empty.sizeBytes, 0);
     assert.equal((await svc.readAsset(empty.id)).length, 0);
+  });
+
+  test("GetOrCreatePendingAsset: one producer per key, the others join", async () => {
+    const task = taskId("keyed");
+    const key = `ts-client:${task}`;
+    const produced = await svc.getOrCreatePendingAsset(key, { taskId: task, label: "keyed.bin" });
+    assert.equal(produced.outcome, GetOrCreateOutcome.GET_OR_CREATE_OUTCOME_PRODUCE);
+    assert.equal(produced.asset.key, key);
+    const joined = await svc.getOrCreatePendingAsset(key, { taskId: task, label: "keyed.bin" });
+    assert.equal(joined.outcome, GetOrCreateOutcome.GET_OR_CREATE_OUTCOME_JOIN);
+    assert.equal(joined.asset.id, produced.asset.id);
+    const listed = await svc.listAssets({ key });
+    assert.deepEqual(
+      listed.assets.map((a) => a.id),
+      [produced.asset.id],
+    );
+    await failsWith(svc.getOrCreatePendingAsset("bad key", { taskId: task, label: "x" }), Status.INVALID_ARGUMENT);
   });
 
   test("UploadAsset fulfils a promise; the server's refusal is the rejection", async () => {

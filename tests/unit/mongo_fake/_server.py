@@ -129,7 +129,7 @@ class Server:
         self.versions: dict[str, dict[Any, list[tuple[int, dict[str, Any] | None]]]] = {}
         self.txns: dict[bytes, Txn] = {}
         self.locks: dict[tuple[str, Any], bytes] = {}
-        self.unique: dict[str, tuple[str, ...]] = {"assets": ("seq",)}
+        self.unique: dict[str, tuple[str, ...]] = {"assets": ("seq", "key_slot")}
         self.validators: dict[str, Callable[[Mapping[str, Any]], bool]] = {}
         self.users: dict[bytes, str] = {}  # who used each session first
         self.killed: list[bytes] = []

@@ -83,6 +83,32 @@ ASSET_TYPE_VALUE: AssetType.ValueType  # 2
 """Content inline in the metadata store."""
 Global___AssetType: _TypeAlias = AssetType  # noqa: Y015
 
+class _GetOrCreateOutcome:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _GetOrCreateOutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_GetOrCreateOutcome.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    GET_OR_CREATE_OUTCOME_UNSPECIFIED: _GetOrCreateOutcome.ValueType  # 0
+    GET_OR_CREATE_OUTCOME_HIT: _GetOrCreateOutcome.ValueType  # 1
+    """The key's AVAILABLE asset, its content checked: use it."""
+    GET_OR_CREATE_OUTCOME_JOIN: _GetOrCreateOutcome.ValueType  # 2
+    """The key's live PENDING promise: another caller produces it; watch it."""
+    GET_OR_CREATE_OUTCOME_PRODUCE: _GetOrCreateOutcome.ValueType  # 3
+    """A new PENDING promise: this caller must produce it (or fail it)."""
+
+class GetOrCreateOutcome(_GetOrCreateOutcome, metaclass=_GetOrCreateOutcomeEnumTypeWrapper):
+    """GetOrCreateOutcome says what GetOrCreatePendingAsset found."""
+
+GET_OR_CREATE_OUTCOME_UNSPECIFIED: GetOrCreateOutcome.ValueType  # 0
+GET_OR_CREATE_OUTCOME_HIT: GetOrCreateOutcome.ValueType  # 1
+"""The key's AVAILABLE asset, its content checked: use it."""
+GET_OR_CREATE_OUTCOME_JOIN: GetOrCreateOutcome.ValueType  # 2
+"""The key's live PENDING promise: another caller produces it; watch it."""
+GET_OR_CREATE_OUTCOME_PRODUCE: GetOrCreateOutcome.ValueType  # 3
+"""A new PENDING promise: this caller must produce it (or fail it)."""
+Global___GetOrCreateOutcome: _TypeAlias = GetOrCreateOutcome  # noqa: Y015
+
 class _WatchEventType:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -206,6 +232,7 @@ class Asset(_message.Message):
     HOLDS_FIELD_NUMBER: _builtins.int
     RETAIN_UNTIL_TIME_FIELD_NUMBER: _builtins.int
     DELETION_REASON_FIELD_NUMBER: _builtins.int
+    KEY_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """UUID, assigned by the service."""
     label: _builtins.str
@@ -250,6 +277,10 @@ class Asset(_message.Message):
     deletion_reason: _builtins.str
     """In a DELETED watch event: why it went, e.g. "expired (rule failed)" or
     "expired (ttl)"; empty for a DeleteAsset.
+    """
+    key: _builtins.str
+    """The key of the GetOrCreatePendingAsset that made it (empty otherwise); kept
+    for good, also once another asset serves the key.
     """
     @_builtins.property
     def value(self) -> Global___Value:
@@ -309,10 +340,11 @@ class Asset(_message.Message):
         holds: _abc.Iterable[Global___Hold] | None = ...,
         retain_until_time: _timestamp_pb2.Timestamp | None = ...,
         deletion_reason: _builtins.str = ...,
+        key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "expire_time", b"expire_time", "lease_expire_time", b"lease_expire_time", "retain_until_time", b"retain_until_time", "update_time", b"update_time", "value", b"value"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["corrupt_reason", b"corrupt_reason", "create_time", b"create_time", "created_by", b"created_by", "created_by_task", b"created_by_task", "deletion_reason", b"deletion_reason", "expire_time", b"expire_time", "expiry_rule", b"expiry_rule", "failure_reason", b"failure_reason", "holds", b"holds", "id", b"id", "label", b"label", "lease_expire_time", b"lease_expire_time", "lease_seconds", b"lease_seconds", "media_type", b"media_type", "retain_until_time", b"retain_until_time", "revision", b"revision", "sha256", b"sha256", "size_bytes", b"size_bytes", "status", b"status", "storage_path", b"storage_path", "tags", b"tags", "type", b"type", "update_time", b"update_time", "updated_by", b"updated_by", "value", b"value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["corrupt_reason", b"corrupt_reason", "create_time", b"create_time", "created_by", b"created_by", "created_by_task", b"created_by_task", "deletion_reason", b"deletion_reason", "expire_time", b"expire_time", "expiry_rule", b"expiry_rule", "failure_reason", b"failure_reason", "holds", b"holds", "id", b"id", "key", b"key", "label", b"label", "lease_expire_time", b"lease_expire_time", "lease_seconds", b"lease_seconds", "media_type", b"media_type", "retain_until_time", b"retain_until_time", "revision", b"revision", "sha256", b"sha256", "size_bytes", b"size_bytes", "status", b"status", "storage_path", b"storage_path", "tags", b"tags", "type", b"type", "update_time", b"update_time", "updated_by", b"updated_by", "value", b"value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -370,6 +402,7 @@ class UploadHeader(_message.Message):
     UPLOAD_ID_FIELD_NUMBER: _builtins.int
     WRITE_OFFSET_FIELD_NUMBER: _builtins.int
     TTL_SECONDS_FIELD_NUMBER: _builtins.int
+    REUSE_STORED_BYTES_FIELD_NUMBER: _builtins.int
     label: _builtins.str
     """Required unless pending_asset_id is set."""
     media_type: _builtins.str
@@ -408,6 +441,18 @@ class UploadHeader(_message.Message):
     creation unless something still needs it then (see Asset.holds); 0: by the
     server's --expiry-rule defaults (none: kept until deleted).
     """
+    reuse_stored_bytes: _builtins.bool
+    """Send no bytes if the server already stores them: with expected_size_bytes and
+    expected_sha256 set and no chunk in the stream, the server makes the asset
+    (or fulfills pending_asset_id) from a stored AVAILABLE FILE asset of that
+    size and sha256. A declared sha256 is never trusted: the stored bytes'
+    sha256 is the server's own, and they are read whole and checked block by
+    block first. On a local disk the new asset is then a second name (a hard
+    link) for the same bytes, stored once; on an object store a copy made
+    through the server, hashed again. If it stores no such bytes (or they fail
+    a check) the stream fails with NOT_FOUND ("no stored bytes ..."): send them
+    in a new stream. Not with upload_id; not with a task token.
+    """
     @_builtins.property
     def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
@@ -422,10 +467,11 @@ class UploadHeader(_message.Message):
         upload_id: _builtins.str = ...,
         write_offset: _builtins.int = ...,
         ttl_seconds: _builtins.int = ...,
+        reuse_stored_bytes: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_expected_size_bytes", b"_expected_size_bytes", "expected_size_bytes", b"expected_size_bytes"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_size_bytes", b"_expected_size_bytes", "expected_sha256", b"expected_sha256", "expected_size_bytes", b"expected_size_bytes", "label", b"label", "media_type", b"media_type", "pending_asset_id", b"pending_asset_id", "tags", b"tags", "ttl_seconds", b"ttl_seconds", "upload_id", b"upload_id", "write_offset", b"write_offset"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_size_bytes", b"_expected_size_bytes", "expected_sha256", b"expected_sha256", "expected_size_bytes", b"expected_size_bytes", "label", b"label", "media_type", b"media_type", "pending_asset_id", b"pending_asset_id", "reuse_stored_bytes", b"reuse_stored_bytes", "tags", b"tags", "ttl_seconds", b"ttl_seconds", "upload_id", b"upload_id", "write_offset", b"write_offset"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__expected_size_bytes: _TypeAlias = _typing.Literal["expected_size_bytes"]  # noqa: Y015
     _WhichOneofArgType__expected_size_bytes: _TypeAlias = _typing.Literal["_expected_size_bytes", b"_expected_size_bytes"]  # noqa: Y015
@@ -692,6 +738,63 @@ class CreatePendingAssetResponse(_message.Message):
 Global___CreatePendingAssetResponse: _TypeAlias = CreatePendingAssetResponse  # noqa: Y015
 
 @_typing.final
+class GetOrCreatePendingAssetRequest(_message.Message):
+    """GetOrCreatePendingAssetRequest asks for the asset of a key."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    PROMISE_FIELD_NUMBER: _builtins.int
+    key: _builtins.str
+    """1 to 256 of letters, digits, '.', '_', ':', '/', '+', '=', '@' and '-',
+    starting with a letter or digit.
+    """
+    @_builtins.property
+    def promise(self) -> Global___CreatePendingAssetRequest:
+        """The promise to make if the key has no asset (PRODUCE): checked on every
+        call, used only then.
+        """
+
+    def __init__(
+        self,
+        *,
+        key: _builtins.str = ...,
+        promise: Global___CreatePendingAssetRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["promise", b"promise"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "promise", b"promise"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetOrCreatePendingAssetRequest: _TypeAlias = GetOrCreatePendingAssetRequest  # noqa: Y015
+
+@_typing.final
+class GetOrCreatePendingAssetResponse(_message.Message):
+    """GetOrCreatePendingAssetResponse carries the key's asset and what it is to the caller."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ASSET_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    outcome: Global___GetOrCreateOutcome.ValueType
+    @_builtins.property
+    def asset(self) -> Global___Asset: ...
+    def __init__(
+        self,
+        *,
+        asset: Global___Asset | None = ...,
+        outcome: Global___GetOrCreateOutcome.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["asset", b"asset"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["asset", b"asset", "outcome", b"outcome"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetOrCreatePendingAssetResponse: _TypeAlias = GetOrCreatePendingAssetResponse  # noqa: Y015
+
+@_typing.final
 class FulfillAssetRequest(_message.Message):
     """FulfillAssetRequest provides the content of a PENDING asset."""
 
@@ -949,6 +1052,8 @@ class ListAssetsRequest(_message.Message):
     LABEL_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    KEY_FIELD_NUMBER: _builtins.int
+    SHA256_FIELD_NUMBER: _builtins.int
     status: Global___AssetStatus.ValueType
     type: Global___AssetType.ValueType
     created_by_task: _builtins.str
@@ -960,6 +1065,10 @@ class ListAssetsRequest(_message.Message):
     """From a previous response's next_page_token, sent with the same filters
     (page_size may change); with other filters it is INVALID_ARGUMENT.
     """
+    key: _builtins.str
+    """The GetOrCreatePendingAsset key (Asset.key)."""
+    sha256: _builtins.str
+    """Lower-case hex SHA-256 of the content."""
     @_builtins.property
     def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Assets carrying every one of these tags."""
@@ -974,10 +1083,12 @@ class ListAssetsRequest(_message.Message):
         label: _builtins.str = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        key: _builtins.str = ...,
+        sha256: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_by_task", b"created_by_task", "label", b"label", "page_size", b"page_size", "page_token", b"page_token", "status", b"status", "tags", b"tags", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_by_task", b"created_by_task", "key", b"key", "label", b"label", "page_size", b"page_size", "page_token", b"page_token", "sha256", b"sha256", "status", b"status", "tags", b"tags", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1081,6 +1192,7 @@ class AssetSelector(_message.Message):
     STATUS_FIELD_NUMBER: _builtins.int
     TYPE_FIELD_NUMBER: _builtins.int
     LABEL_FIELD_NUMBER: _builtins.int
+    KEY_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     """The task that promised the asset (created_by_task)."""
     status: Global___AssetStatus.ValueType
@@ -1089,6 +1201,8 @@ class AssetSelector(_message.Message):
     """
     type: Global___AssetType.ValueType
     label: _builtins.str
+    key: _builtins.str
+    """The GetOrCreatePendingAsset key (Asset.key)."""
     @_builtins.property
     def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Every one of these tags."""
@@ -1101,10 +1215,11 @@ class AssetSelector(_message.Message):
         status: Global___AssetStatus.ValueType = ...,
         type: Global___AssetType.ValueType = ...,
         label: _builtins.str = ...,
+        key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["label", b"label", "status", b"status", "tags", b"tags", "task_id", b"task_id", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "label", b"label", "status", b"status", "tags", b"tags", "task_id", b"task_id", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -56,6 +56,11 @@ class AssetServiceStub:
                 request_serializer=asset_dot_v1_dot_asset__service__pb2.CreatePendingAssetRequest.SerializeToString,
                 response_deserializer=asset_dot_v1_dot_asset__service__pb2.CreatePendingAssetResponse.FromString,
                 _registered_method=True)
+        self.GetOrCreatePendingAsset = channel.unary_unary(
+                '/asset.v1.AssetService/GetOrCreatePendingAsset',
+                request_serializer=asset_dot_v1_dot_asset__service__pb2.GetOrCreatePendingAssetRequest.SerializeToString,
+                response_deserializer=asset_dot_v1_dot_asset__service__pb2.GetOrCreatePendingAssetResponse.FromString,
+                _registered_method=True)
         self.FulfillAsset = channel.unary_unary(
                 '/asset.v1.AssetService/FulfillAsset',
                 request_serializer=asset_dot_v1_dot_asset__service__pb2.FulfillAssetRequest.SerializeToString,
@@ -177,6 +182,20 @@ class AssetServiceServicer:
 
     def CreatePendingAsset(self, request, context):
         """CreatePendingAsset records the promise that a task will produce an asset.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetOrCreatePendingAsset(self, request, context):
+        """GetOrCreatePendingAsset finds or makes the asset for a key the orchestrator
+        chose (e.g. a hash of the task's code and inputs): the AVAILABLE asset made
+        for it (HIT), the live PENDING promise for it (JOIN: watch it, do not
+        produce), or a new promise the caller must produce (PRODUCE). Of any number
+        of concurrent calls for one key, on any number of servers sharing a store,
+        exactly one is answered PRODUCE. A FAILED holder, one whose bytes are gone
+        or corrupt, or a promise whose lease ran out (failed then and there: its
+        watchers hear at once) does not block: the next call produces anew.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -360,6 +379,11 @@ def add_AssetServiceServicer_to_server(servicer, server):
                     servicer.CreatePendingAsset,
                     request_deserializer=asset_dot_v1_dot_asset__service__pb2.CreatePendingAssetRequest.FromString,
                     response_serializer=asset_dot_v1_dot_asset__service__pb2.CreatePendingAssetResponse.SerializeToString,
+            ),
+            'GetOrCreatePendingAsset': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetOrCreatePendingAsset,
+                    request_deserializer=asset_dot_v1_dot_asset__service__pb2.GetOrCreatePendingAssetRequest.FromString,
+                    response_serializer=asset_dot_v1_dot_asset__service__pb2.GetOrCreatePendingAssetResponse.SerializeToString,
             ),
             'FulfillAsset': grpc.unary_unary_rpc_method_handler(
                     servicer.FulfillAsset,
@@ -556,6 +580,33 @@ class AssetService:
             '/asset.v1.AssetService/CreatePendingAsset',
             asset_dot_v1_dot_asset__service__pb2.CreatePendingAssetRequest.SerializeToString,
             asset_dot_v1_dot_asset__service__pb2.CreatePendingAssetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetOrCreatePendingAsset(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/asset.v1.AssetService/GetOrCreatePendingAsset',
+            asset_dot_v1_dot_asset__service__pb2.GetOrCreatePendingAssetRequest.SerializeToString,
+            asset_dot_v1_dot_asset__service__pb2.GetOrCreatePendingAssetResponse.FromString,
             options,
             channel_credentials,
             insecure,

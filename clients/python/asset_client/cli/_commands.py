@@ -55,6 +55,12 @@ def _spooled_stdin() -> Iterator[Path]:
     metavar="PENDING_ID",
     help="Fulfill this PENDING FILE asset with the file instead of making a new asset.",
 )
+@click.option(
+    "--reuse/--no-reuse",
+    default=None,
+    help="Ask the server to reuse bytes it already stores with this sha256 and size, "
+    "sending none (default: for files of 1 MiB or more; it sends them if it has none).",
+)
 @_progress_flag
 @json_flag
 @pass_settings
@@ -65,6 +71,7 @@ def put(
     media_type: str | None,
     tags: tuple[str, ...],
     pending_id: str | None,
+    reuse: bool | None,
     progress: bool | None,
     json_: bool,
 ) -> None:
@@ -97,6 +104,7 @@ def put(
             tags=tags,
             pending_asset_id=pending_id,
             progress=bars.callback,
+            reuse=reuse,
         )
     emit(settings, json_, asset, asset.id)
 
@@ -150,6 +158,8 @@ def _safe_name(asset: Asset) -> str:
 @click.option("--tag", "tags", multiple=True, help="Only assets with this tag (repeat: all of).")
 @click.option("--task", help="Only the promises of this task (created_by_task).")
 @click.option("--label", help="Only assets with exactly this label.")
+@click.option("--key", help="Only assets made for this get-or-create key (asset pending --key).")
+@click.option("--sha256", help="Only assets with this content (hex SHA-256).")
 @click.option(
     "--limit",
     type=click.IntRange(min=1),
@@ -174,6 +184,8 @@ def list_(
     tags: tuple[str, ...],
     task: str | None,
     label: str | None,
+    key: str | None,
+    sha256: str | None,
     limit: int | None,
     page_size: int | None,
     page_token: str | None,
@@ -194,6 +206,8 @@ def list_(
         "tags": tags,
         "created_by_task": task,
         "label": label,
+        "key": key,
+        "sha256": sha256,
         "page_size": page_size or 0,
     }
     with settings.connect() as client:

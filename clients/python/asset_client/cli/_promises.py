@@ -6,7 +6,7 @@ import json
 
 import click
 
-from asset_client.cli import _params
+from asset_client.cli import _params, _render
 from asset_client.cli._app import Settings, cli
 from asset_client.cli._commands import emit, json_flag, pass_settings
 from asset_client.models import AssetType, Value, ValueKind
@@ -31,6 +31,12 @@ from asset_client.models import AssetType, Value, ValueKind
     help="Seconds the promise holds unless renewed (asset renew, or asset run); "
     "without it, it waits as long as it takes.",
 )
+@click.option(
+    "--key",
+    help="Get or create by this key (e.g. a hash of the task's code and inputs): print "
+    "the id and HIT (the key's AVAILABLE asset), JOIN (another caller's live promise) or "
+    "PRODUCE (a new promise: produce it); exactly one caller gets PRODUCE.",
+)
 @json_flag
 @pass_settings
 def pending(
@@ -41,13 +47,31 @@ def pending(
     type_: str,
     tags: tuple[str, ...],
     lease: int | None,
+    key: str | None,
     json_: bool,
 ) -> None:
     """Promise an asset that task TASK_ID will produce; print its id.
 
     \b
       out=$(asset pending task-42 frames.zip --lease 60)
+      read -r id outcome < <(asset pending task-42 frames.zip --lease 60 --key "$hash")
     """
+    if key is not None:
+        with settings.connect() as client:
+            keyed = client.get_or_create_pending(
+                key,
+                task_id,
+                label,
+                media_type,
+                _params.type_of(type_) or AssetType.FILE,
+                tags,
+                lease_seconds=lease or 0,
+            )
+        if json_ or settings.json:
+            _render.print_json({"outcome": keyed.outcome.value, "asset": keyed.asset})
+        else:
+            click.echo(f"{keyed.asset.id}\t{keyed.outcome.value}")
+        return
     with settings.connect() as client:
         asset = client.create_pending(
             task_id,

@@ -145,6 +145,62 @@ func (AssetType) EnumDescriptor() ([]byte, []int) {
 	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{1}
 }
 
+// GetOrCreateOutcome says what GetOrCreatePendingAsset found.
+type GetOrCreateOutcome int32
+
+const (
+	GetOrCreateOutcome_GET_OR_CREATE_OUTCOME_UNSPECIFIED GetOrCreateOutcome = 0
+	// The key's AVAILABLE asset, its content checked: use it.
+	GetOrCreateOutcome_GET_OR_CREATE_OUTCOME_HIT GetOrCreateOutcome = 1
+	// The key's live PENDING promise: another caller produces it; watch it.
+	GetOrCreateOutcome_GET_OR_CREATE_OUTCOME_JOIN GetOrCreateOutcome = 2
+	// A new PENDING promise: this caller must produce it (or fail it).
+	GetOrCreateOutcome_GET_OR_CREATE_OUTCOME_PRODUCE GetOrCreateOutcome = 3
+)
+
+// Enum value maps for GetOrCreateOutcome.
+var (
+	GetOrCreateOutcome_name = map[int32]string{
+		0: "GET_OR_CREATE_OUTCOME_UNSPECIFIED",
+		1: "GET_OR_CREATE_OUTCOME_HIT",
+		2: "GET_OR_CREATE_OUTCOME_JOIN",
+		3: "GET_OR_CREATE_OUTCOME_PRODUCE",
+	}
+	GetOrCreateOutcome_value = map[string]int32{
+		"GET_OR_CREATE_OUTCOME_UNSPECIFIED": 0,
+		"GET_OR_CREATE_OUTCOME_HIT":         1,
+		"GET_OR_CREATE_OUTCOME_JOIN":        2,
+		"GET_OR_CREATE_OUTCOME_PRODUCE":     3,
+	}
+)
+
+func (x GetOrCreateOutcome) Enum() *GetOrCreateOutcome {
+	p := new(GetOrCreateOutcome)
+	*p = x
+	return p
+}
+
+func (x GetOrCreateOutcome) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (GetOrCreateOutcome) Descriptor() protoreflect.EnumDescriptor {
+	return file_asset_v1_asset_service_proto_enumTypes[2].Descriptor()
+}
+
+func (GetOrCreateOutcome) Type() protoreflect.EnumType {
+	return &file_asset_v1_asset_service_proto_enumTypes[2]
+}
+
+func (x GetOrCreateOutcome) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use GetOrCreateOutcome.Descriptor instead.
+func (GetOrCreateOutcome) EnumDescriptor() ([]byte, []int) {
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{2}
+}
+
 // WatchEventType says what a WatchAssetResponse reports.
 type WatchEventType int32
 
@@ -185,11 +241,11 @@ func (x WatchEventType) String() string {
 }
 
 func (WatchEventType) Descriptor() protoreflect.EnumDescriptor {
-	return file_asset_v1_asset_service_proto_enumTypes[2].Descriptor()
+	return file_asset_v1_asset_service_proto_enumTypes[3].Descriptor()
 }
 
 func (WatchEventType) Type() protoreflect.EnumType {
-	return &file_asset_v1_asset_service_proto_enumTypes[2]
+	return &file_asset_v1_asset_service_proto_enumTypes[3]
 }
 
 func (x WatchEventType) Number() protoreflect.EnumNumber {
@@ -198,7 +254,7 @@ func (x WatchEventType) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use WatchEventType.Descriptor instead.
 func (WatchEventType) EnumDescriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{2}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{3}
 }
 
 // ScrubOutcome is what checking one asset found.
@@ -249,11 +305,11 @@ func (x ScrubOutcome) String() string {
 }
 
 func (ScrubOutcome) Descriptor() protoreflect.EnumDescriptor {
-	return file_asset_v1_asset_service_proto_enumTypes[3].Descriptor()
+	return file_asset_v1_asset_service_proto_enumTypes[4].Descriptor()
 }
 
 func (ScrubOutcome) Type() protoreflect.EnumType {
-	return &file_asset_v1_asset_service_proto_enumTypes[3]
+	return &file_asset_v1_asset_service_proto_enumTypes[4]
 }
 
 func (x ScrubOutcome) Number() protoreflect.EnumNumber {
@@ -262,7 +318,7 @@ func (x ScrubOutcome) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use ScrubOutcome.Descriptor instead.
 func (ScrubOutcome) EnumDescriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{3}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{4}
 }
 
 // Value is the inline content of a VALUE asset.
@@ -426,8 +482,11 @@ type Asset struct {
 	// In a DELETED watch event: why it went, e.g. "expired (rule failed)" or
 	// "expired (ttl)"; empty for a DeleteAsset.
 	DeletionReason string `protobuf:"bytes,25,opt,name=deletion_reason,json=deletionReason,proto3" json:"deletion_reason,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// The key of the GetOrCreatePendingAsset that made it (empty otherwise); kept
+	// for good, also once another asset serves the key.
+	Key           string `protobuf:"bytes,26,opt,name=key,proto3" json:"key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Asset) Reset() {
@@ -635,6 +694,13 @@ func (x *Asset) GetDeletionReason() string {
 	return ""
 }
 
+func (x *Asset) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
 // Hold is one thing that still needs an asset.
 type Hold struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -752,9 +818,20 @@ type UploadHeader struct {
 	// The new asset is removed (record and bytes) this many seconds after its
 	// creation unless something still needs it then (see Asset.holds); 0: by the
 	// server's --expiry-rule defaults (none: kept until deleted).
-	TtlSeconds    int64 `protobuf:"varint,9,opt,name=ttl_seconds,json=ttlSeconds,proto3" json:"ttl_seconds,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	TtlSeconds int64 `protobuf:"varint,9,opt,name=ttl_seconds,json=ttlSeconds,proto3" json:"ttl_seconds,omitempty"`
+	// Send no bytes if the server already stores them: with expected_size_bytes and
+	// expected_sha256 set and no chunk in the stream, the server makes the asset
+	// (or fulfills pending_asset_id) from a stored AVAILABLE FILE asset of that
+	// size and sha256. A declared sha256 is never trusted: the stored bytes'
+	// sha256 is the server's own, and they are read whole and checked block by
+	// block first. On a local disk the new asset is then a second name (a hard
+	// link) for the same bytes, stored once; on an object store a copy made
+	// through the server, hashed again. If it stores no such bytes (or they fail
+	// a check) the stream fails with NOT_FOUND ("no stored bytes ..."): send them
+	// in a new stream. Not with upload_id; not with a task token.
+	ReuseStoredBytes bool `protobuf:"varint,10,opt,name=reuse_stored_bytes,json=reuseStoredBytes,proto3" json:"reuse_stored_bytes,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *UploadHeader) Reset() {
@@ -848,6 +925,13 @@ func (x *UploadHeader) GetTtlSeconds() int64 {
 		return x.TtlSeconds
 	}
 	return 0
+}
+
+func (x *UploadHeader) GetReuseStoredBytes() bool {
+	if x != nil {
+		return x.ReuseStoredBytes
+	}
+	return false
 }
 
 // UploadAssetRequest is one message of an upload: the header first, then chunks.
@@ -1394,6 +1478,116 @@ func (x *CreatePendingAssetResponse) GetAsset() *Asset {
 	return nil
 }
 
+// GetOrCreatePendingAssetRequest asks for the asset of a key.
+type GetOrCreatePendingAssetRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// 1 to 256 of letters, digits, '.', '_', ':', '/', '+', '=', '@' and '-',
+	// starting with a letter or digit.
+	Key string `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	// The promise to make if the key has no asset (PRODUCE): checked on every
+	// call, used only then.
+	Promise       *CreatePendingAssetRequest `protobuf:"bytes,2,opt,name=promise,proto3" json:"promise,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetOrCreatePendingAssetRequest) Reset() {
+	*x = GetOrCreatePendingAssetRequest{}
+	mi := &file_asset_v1_asset_service_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetOrCreatePendingAssetRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetOrCreatePendingAssetRequest) ProtoMessage() {}
+
+func (x *GetOrCreatePendingAssetRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_asset_v1_asset_service_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetOrCreatePendingAssetRequest.ProtoReflect.Descriptor instead.
+func (*GetOrCreatePendingAssetRequest) Descriptor() ([]byte, []int) {
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *GetOrCreatePendingAssetRequest) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *GetOrCreatePendingAssetRequest) GetPromise() *CreatePendingAssetRequest {
+	if x != nil {
+		return x.Promise
+	}
+	return nil
+}
+
+// GetOrCreatePendingAssetResponse carries the key's asset and what it is to the caller.
+type GetOrCreatePendingAssetResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Asset         *Asset                 `protobuf:"bytes,1,opt,name=asset,proto3" json:"asset,omitempty"`
+	Outcome       GetOrCreateOutcome     `protobuf:"varint,2,opt,name=outcome,proto3,enum=asset.v1.GetOrCreateOutcome" json:"outcome,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetOrCreatePendingAssetResponse) Reset() {
+	*x = GetOrCreatePendingAssetResponse{}
+	mi := &file_asset_v1_asset_service_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetOrCreatePendingAssetResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetOrCreatePendingAssetResponse) ProtoMessage() {}
+
+func (x *GetOrCreatePendingAssetResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_asset_v1_asset_service_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetOrCreatePendingAssetResponse.ProtoReflect.Descriptor instead.
+func (*GetOrCreatePendingAssetResponse) Descriptor() ([]byte, []int) {
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *GetOrCreatePendingAssetResponse) GetAsset() *Asset {
+	if x != nil {
+		return x.Asset
+	}
+	return nil
+}
+
+func (x *GetOrCreatePendingAssetResponse) GetOutcome() GetOrCreateOutcome {
+	if x != nil {
+		return x.Outcome
+	}
+	return GetOrCreateOutcome_GET_OR_CREATE_OUTCOME_UNSPECIFIED
+}
+
 // FulfillAssetRequest provides the content of a PENDING asset.
 type FulfillAssetRequest struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
@@ -1411,7 +1605,7 @@ type FulfillAssetRequest struct {
 
 func (x *FulfillAssetRequest) Reset() {
 	*x = FulfillAssetRequest{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[12]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1423,7 +1617,7 @@ func (x *FulfillAssetRequest) String() string {
 func (*FulfillAssetRequest) ProtoMessage() {}
 
 func (x *FulfillAssetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[12]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1436,7 +1630,7 @@ func (x *FulfillAssetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FulfillAssetRequest.ProtoReflect.Descriptor instead.
 func (*FulfillAssetRequest) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{12}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *FulfillAssetRequest) GetAssetId() string {
@@ -1508,7 +1702,7 @@ type FulfillAssetResponse struct {
 
 func (x *FulfillAssetResponse) Reset() {
 	*x = FulfillAssetResponse{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[13]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1520,7 +1714,7 @@ func (x *FulfillAssetResponse) String() string {
 func (*FulfillAssetResponse) ProtoMessage() {}
 
 func (x *FulfillAssetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[13]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1533,7 +1727,7 @@ func (x *FulfillAssetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FulfillAssetResponse.ProtoReflect.Descriptor instead.
 func (*FulfillAssetResponse) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{13}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *FulfillAssetResponse) GetAsset() *Asset {
@@ -1555,7 +1749,7 @@ type FailAssetRequest struct {
 
 func (x *FailAssetRequest) Reset() {
 	*x = FailAssetRequest{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[14]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1567,7 +1761,7 @@ func (x *FailAssetRequest) String() string {
 func (*FailAssetRequest) ProtoMessage() {}
 
 func (x *FailAssetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[14]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1580,7 +1774,7 @@ func (x *FailAssetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FailAssetRequest.ProtoReflect.Descriptor instead.
 func (*FailAssetRequest) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{14}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *FailAssetRequest) GetAssetId() string {
@@ -1607,7 +1801,7 @@ type FailAssetResponse struct {
 
 func (x *FailAssetResponse) Reset() {
 	*x = FailAssetResponse{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[15]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1619,7 +1813,7 @@ func (x *FailAssetResponse) String() string {
 func (*FailAssetResponse) ProtoMessage() {}
 
 func (x *FailAssetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[15]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1632,7 +1826,7 @@ func (x *FailAssetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FailAssetResponse.ProtoReflect.Descriptor instead.
 func (*FailAssetResponse) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{15}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *FailAssetResponse) GetAsset() *Asset {
@@ -1655,7 +1849,7 @@ type RenewLeaseRequest struct {
 
 func (x *RenewLeaseRequest) Reset() {
 	*x = RenewLeaseRequest{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[16]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1667,7 +1861,7 @@ func (x *RenewLeaseRequest) String() string {
 func (*RenewLeaseRequest) ProtoMessage() {}
 
 func (x *RenewLeaseRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[16]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1680,7 +1874,7 @@ func (x *RenewLeaseRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewLeaseRequest.ProtoReflect.Descriptor instead.
 func (*RenewLeaseRequest) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{16}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *RenewLeaseRequest) GetAssetId() string {
@@ -1707,7 +1901,7 @@ type RenewLeaseResponse struct {
 
 func (x *RenewLeaseResponse) Reset() {
 	*x = RenewLeaseResponse{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[17]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1719,7 +1913,7 @@ func (x *RenewLeaseResponse) String() string {
 func (*RenewLeaseResponse) ProtoMessage() {}
 
 func (x *RenewLeaseResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[17]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1732,7 +1926,7 @@ func (x *RenewLeaseResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewLeaseResponse.ProtoReflect.Descriptor instead.
 func (*RenewLeaseResponse) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{17}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *RenewLeaseResponse) GetAsset() *Asset {
@@ -1752,7 +1946,7 @@ type GetAssetRequest struct {
 
 func (x *GetAssetRequest) Reset() {
 	*x = GetAssetRequest{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[18]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1764,7 +1958,7 @@ func (x *GetAssetRequest) String() string {
 func (*GetAssetRequest) ProtoMessage() {}
 
 func (x *GetAssetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[18]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1777,7 +1971,7 @@ func (x *GetAssetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetAssetRequest.ProtoReflect.Descriptor instead.
 func (*GetAssetRequest) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{18}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *GetAssetRequest) GetAssetId() string {
@@ -1797,7 +1991,7 @@ type GetAssetResponse struct {
 
 func (x *GetAssetResponse) Reset() {
 	*x = GetAssetResponse{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[19]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1809,7 +2003,7 @@ func (x *GetAssetResponse) String() string {
 func (*GetAssetResponse) ProtoMessage() {}
 
 func (x *GetAssetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[19]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1822,7 +2016,7 @@ func (x *GetAssetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetAssetResponse.ProtoReflect.Descriptor instead.
 func (*GetAssetResponse) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{19}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *GetAssetResponse) GetAsset() *Asset {
@@ -1842,7 +2036,7 @@ type BatchGetAssetsRequest struct {
 
 func (x *BatchGetAssetsRequest) Reset() {
 	*x = BatchGetAssetsRequest{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[20]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1854,7 +2048,7 @@ func (x *BatchGetAssetsRequest) String() string {
 func (*BatchGetAssetsRequest) ProtoMessage() {}
 
 func (x *BatchGetAssetsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[20]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1867,7 +2061,7 @@ func (x *BatchGetAssetsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchGetAssetsRequest.ProtoReflect.Descriptor instead.
 func (*BatchGetAssetsRequest) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{20}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *BatchGetAssetsRequest) GetAssetIds() []string {
@@ -1887,7 +2081,7 @@ type BatchGetAssetsResponse struct {
 
 func (x *BatchGetAssetsResponse) Reset() {
 	*x = BatchGetAssetsResponse{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[21]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1899,7 +2093,7 @@ func (x *BatchGetAssetsResponse) String() string {
 func (*BatchGetAssetsResponse) ProtoMessage() {}
 
 func (x *BatchGetAssetsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[21]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1912,7 +2106,7 @@ func (x *BatchGetAssetsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchGetAssetsResponse.ProtoReflect.Descriptor instead.
 func (*BatchGetAssetsResponse) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{21}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *BatchGetAssetsResponse) GetAssets() []*Asset {
@@ -1936,14 +2130,18 @@ type ListAssetsRequest struct {
 	PageSize int32 `protobuf:"varint,6,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
 	// From a previous response's next_page_token, sent with the same filters
 	// (page_size may change); with other filters it is INVALID_ARGUMENT.
-	PageToken     string `protobuf:"bytes,7,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	PageToken string `protobuf:"bytes,7,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	// The GetOrCreatePendingAsset key (Asset.key).
+	Key string `protobuf:"bytes,8,opt,name=key,proto3" json:"key,omitempty"`
+	// Lower-case hex SHA-256 of the content.
+	Sha256        string `protobuf:"bytes,9,opt,name=sha256,proto3" json:"sha256,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ListAssetsRequest) Reset() {
 	*x = ListAssetsRequest{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[22]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1955,7 +2153,7 @@ func (x *ListAssetsRequest) String() string {
 func (*ListAssetsRequest) ProtoMessage() {}
 
 func (x *ListAssetsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[22]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1968,7 +2166,7 @@ func (x *ListAssetsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAssetsRequest.ProtoReflect.Descriptor instead.
 func (*ListAssetsRequest) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{22}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ListAssetsRequest) GetStatus() AssetStatus {
@@ -2020,6 +2218,20 @@ func (x *ListAssetsRequest) GetPageToken() string {
 	return ""
 }
 
+func (x *ListAssetsRequest) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *ListAssetsRequest) GetSha256() string {
+	if x != nil {
+		return x.Sha256
+	}
+	return ""
+}
+
 // ListAssetsResponse is one page of assets.
 type ListAssetsResponse struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
@@ -2037,7 +2249,7 @@ type ListAssetsResponse struct {
 
 func (x *ListAssetsResponse) Reset() {
 	*x = ListAssetsResponse{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[23]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2049,7 +2261,7 @@ func (x *ListAssetsResponse) String() string {
 func (*ListAssetsResponse) ProtoMessage() {}
 
 func (x *ListAssetsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[23]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2062,7 +2274,7 @@ func (x *ListAssetsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAssetsResponse.ProtoReflect.Descriptor instead.
 func (*ListAssetsResponse) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{23}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ListAssetsResponse) GetAssets() []*Asset {
@@ -2115,7 +2327,7 @@ type WatchAssetRequest struct {
 
 func (x *WatchAssetRequest) Reset() {
 	*x = WatchAssetRequest{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[24]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2127,7 +2339,7 @@ func (x *WatchAssetRequest) String() string {
 func (*WatchAssetRequest) ProtoMessage() {}
 
 func (x *WatchAssetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[24]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2140,7 +2352,7 @@ func (x *WatchAssetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchAssetRequest.ProtoReflect.Descriptor instead.
 func (*WatchAssetRequest) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{24}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *WatchAssetRequest) GetAssetIds() []string {
@@ -2181,16 +2393,18 @@ type AssetSelector struct {
 	Tags []string `protobuf:"bytes,2,rep,name=tags,proto3" json:"tags,omitempty"`
 	// The asset's status after the change. With PENDING, a promise's fulfilment
 	// or failure is sent too: that event says it left the selection.
-	Status        AssetStatus `protobuf:"varint,3,opt,name=status,proto3,enum=asset.v1.AssetStatus" json:"status,omitempty"`
-	Type          AssetType   `protobuf:"varint,4,opt,name=type,proto3,enum=asset.v1.AssetType" json:"type,omitempty"`
-	Label         string      `protobuf:"bytes,5,opt,name=label,proto3" json:"label,omitempty"`
+	Status AssetStatus `protobuf:"varint,3,opt,name=status,proto3,enum=asset.v1.AssetStatus" json:"status,omitempty"`
+	Type   AssetType   `protobuf:"varint,4,opt,name=type,proto3,enum=asset.v1.AssetType" json:"type,omitempty"`
+	Label  string      `protobuf:"bytes,5,opt,name=label,proto3" json:"label,omitempty"`
+	// The GetOrCreatePendingAsset key (Asset.key).
+	Key           string `protobuf:"bytes,6,opt,name=key,proto3" json:"key,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *AssetSelector) Reset() {
 	*x = AssetSelector{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[25]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2202,7 +2416,7 @@ func (x *AssetSelector) String() string {
 func (*AssetSelector) ProtoMessage() {}
 
 func (x *AssetSelector) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[25]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2215,7 +2429,7 @@ func (x *AssetSelector) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AssetSelector.ProtoReflect.Descriptor instead.
 func (*AssetSelector) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{25}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *AssetSelector) GetTaskId() string {
@@ -2253,6 +2467,13 @@ func (x *AssetSelector) GetLabel() string {
 	return ""
 }
 
+func (x *AssetSelector) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
 // WatchAssetResponse is one event of a watch.
 type WatchAssetResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -2266,7 +2487,7 @@ type WatchAssetResponse struct {
 
 func (x *WatchAssetResponse) Reset() {
 	*x = WatchAssetResponse{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[26]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2278,7 +2499,7 @@ func (x *WatchAssetResponse) String() string {
 func (*WatchAssetResponse) ProtoMessage() {}
 
 func (x *WatchAssetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[26]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2291,7 +2512,7 @@ func (x *WatchAssetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchAssetResponse.ProtoReflect.Descriptor instead.
 func (*WatchAssetResponse) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{26}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *WatchAssetResponse) GetType() WatchEventType {
@@ -2329,7 +2550,7 @@ type ReadAssetRequest struct {
 
 func (x *ReadAssetRequest) Reset() {
 	*x = ReadAssetRequest{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[27]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2341,7 +2562,7 @@ func (x *ReadAssetRequest) String() string {
 func (*ReadAssetRequest) ProtoMessage() {}
 
 func (x *ReadAssetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[27]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2354,7 +2575,7 @@ func (x *ReadAssetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadAssetRequest.ProtoReflect.Descriptor instead.
 func (*ReadAssetRequest) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{27}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ReadAssetRequest) GetAssetId() string {
@@ -2390,7 +2611,7 @@ type ReadAssetResponse struct {
 
 func (x *ReadAssetResponse) Reset() {
 	*x = ReadAssetResponse{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[28]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2402,7 +2623,7 @@ func (x *ReadAssetResponse) String() string {
 func (*ReadAssetResponse) ProtoMessage() {}
 
 func (x *ReadAssetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[28]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2415,7 +2636,7 @@ func (x *ReadAssetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadAssetResponse.ProtoReflect.Descriptor instead.
 func (*ReadAssetResponse) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{28}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ReadAssetResponse) GetChunk() []byte {
@@ -2452,7 +2673,7 @@ type GetManifestRequest struct {
 
 func (x *GetManifestRequest) Reset() {
 	*x = GetManifestRequest{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[29]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2464,7 +2685,7 @@ func (x *GetManifestRequest) String() string {
 func (*GetManifestRequest) ProtoMessage() {}
 
 func (x *GetManifestRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[29]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2477,7 +2698,7 @@ func (x *GetManifestRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetManifestRequest.ProtoReflect.Descriptor instead.
 func (*GetManifestRequest) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{29}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *GetManifestRequest) GetAssetMappings() map[string]string {
@@ -2514,7 +2735,7 @@ type GetManifestResponse struct {
 
 func (x *GetManifestResponse) Reset() {
 	*x = GetManifestResponse{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[30]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2526,7 +2747,7 @@ func (x *GetManifestResponse) String() string {
 func (*GetManifestResponse) ProtoMessage() {}
 
 func (x *GetManifestResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[30]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2539,7 +2760,7 @@ func (x *GetManifestResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetManifestResponse.ProtoReflect.Descriptor instead.
 func (*GetManifestResponse) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{30}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *GetManifestResponse) GetManifestPath() string {
@@ -2569,7 +2790,7 @@ type DeleteAssetRequest struct {
 
 func (x *DeleteAssetRequest) Reset() {
 	*x = DeleteAssetRequest{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[31]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2581,7 +2802,7 @@ func (x *DeleteAssetRequest) String() string {
 func (*DeleteAssetRequest) ProtoMessage() {}
 
 func (x *DeleteAssetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[31]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2594,7 +2815,7 @@ func (x *DeleteAssetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteAssetRequest.ProtoReflect.Descriptor instead.
 func (*DeleteAssetRequest) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{31}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *DeleteAssetRequest) GetAssetId() string {
@@ -2621,7 +2842,7 @@ type DeleteAssetResponse struct {
 
 func (x *DeleteAssetResponse) Reset() {
 	*x = DeleteAssetResponse{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[32]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2633,7 +2854,7 @@ func (x *DeleteAssetResponse) String() string {
 func (*DeleteAssetResponse) ProtoMessage() {}
 
 func (x *DeleteAssetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[32]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2646,7 +2867,7 @@ func (x *DeleteAssetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteAssetResponse.ProtoReflect.Descriptor instead.
 func (*DeleteAssetResponse) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{32}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *DeleteAssetResponse) GetAsset() *Asset {
@@ -2669,7 +2890,7 @@ type ScrubAssetsRequest struct {
 
 func (x *ScrubAssetsRequest) Reset() {
 	*x = ScrubAssetsRequest{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[33]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2681,7 +2902,7 @@ func (x *ScrubAssetsRequest) String() string {
 func (*ScrubAssetsRequest) ProtoMessage() {}
 
 func (x *ScrubAssetsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[33]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2694,7 +2915,7 @@ func (x *ScrubAssetsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ScrubAssetsRequest.ProtoReflect.Descriptor instead.
 func (*ScrubAssetsRequest) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{33}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *ScrubAssetsRequest) GetAssetIds() []string {
@@ -2726,7 +2947,7 @@ type ScrubAssetsResponse struct {
 
 func (x *ScrubAssetsResponse) Reset() {
 	*x = ScrubAssetsResponse{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[34]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2738,7 +2959,7 @@ func (x *ScrubAssetsResponse) String() string {
 func (*ScrubAssetsResponse) ProtoMessage() {}
 
 func (x *ScrubAssetsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[34]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2751,7 +2972,7 @@ func (x *ScrubAssetsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ScrubAssetsResponse.ProtoReflect.Descriptor instead.
 func (*ScrubAssetsResponse) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{34}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *ScrubAssetsResponse) GetAssetId() string {
@@ -2797,7 +3018,7 @@ type MintTaskTokenRequest struct {
 
 func (x *MintTaskTokenRequest) Reset() {
 	*x = MintTaskTokenRequest{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[35]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2809,7 +3030,7 @@ func (x *MintTaskTokenRequest) String() string {
 func (*MintTaskTokenRequest) ProtoMessage() {}
 
 func (x *MintTaskTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[35]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2822,7 +3043,7 @@ func (x *MintTaskTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MintTaskTokenRequest.ProtoReflect.Descriptor instead.
 func (*MintTaskTokenRequest) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{35}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *MintTaskTokenRequest) GetTaskId() string {
@@ -2859,7 +3080,7 @@ type MintTaskTokenResponse struct {
 
 func (x *MintTaskTokenResponse) Reset() {
 	*x = MintTaskTokenResponse{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[36]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2871,7 +3092,7 @@ func (x *MintTaskTokenResponse) String() string {
 func (*MintTaskTokenResponse) ProtoMessage() {}
 
 func (x *MintTaskTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[36]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2884,7 +3105,7 @@ func (x *MintTaskTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MintTaskTokenResponse.ProtoReflect.Descriptor instead.
 func (*MintTaskTokenResponse) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{36}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *MintTaskTokenResponse) GetToken() string {
@@ -2912,7 +3133,7 @@ type QueryUploadRequest struct {
 
 func (x *QueryUploadRequest) Reset() {
 	*x = QueryUploadRequest{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[37]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2924,7 +3145,7 @@ func (x *QueryUploadRequest) String() string {
 func (*QueryUploadRequest) ProtoMessage() {}
 
 func (x *QueryUploadRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[37]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2937,7 +3158,7 @@ func (x *QueryUploadRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QueryUploadRequest.ProtoReflect.Descriptor instead.
 func (*QueryUploadRequest) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{37}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *QueryUploadRequest) GetUploadId() string {
@@ -2973,7 +3194,7 @@ type QueryUploadResponse struct {
 
 func (x *QueryUploadResponse) Reset() {
 	*x = QueryUploadResponse{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[38]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2985,7 +3206,7 @@ func (x *QueryUploadResponse) String() string {
 func (*QueryUploadResponse) ProtoMessage() {}
 
 func (x *QueryUploadResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[38]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2998,7 +3219,7 @@ func (x *QueryUploadResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QueryUploadResponse.ProtoReflect.Descriptor instead.
 func (*QueryUploadResponse) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{38}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *QueryUploadResponse) GetCommittedBytes() int64 {
@@ -3036,7 +3257,7 @@ type SetExpiryRequest struct {
 
 func (x *SetExpiryRequest) Reset() {
 	*x = SetExpiryRequest{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[39]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3048,7 +3269,7 @@ func (x *SetExpiryRequest) String() string {
 func (*SetExpiryRequest) ProtoMessage() {}
 
 func (x *SetExpiryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[39]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3061,7 +3282,7 @@ func (x *SetExpiryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetExpiryRequest.ProtoReflect.Descriptor instead.
 func (*SetExpiryRequest) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{39}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *SetExpiryRequest) GetAssetId() string {
@@ -3095,7 +3316,7 @@ type SetExpiryResponse struct {
 
 func (x *SetExpiryResponse) Reset() {
 	*x = SetExpiryResponse{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[40]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3107,7 +3328,7 @@ func (x *SetExpiryResponse) String() string {
 func (*SetExpiryResponse) ProtoMessage() {}
 
 func (x *SetExpiryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[40]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3120,7 +3341,7 @@ func (x *SetExpiryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetExpiryResponse.ProtoReflect.Descriptor instead.
 func (*SetExpiryResponse) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{40}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *SetExpiryResponse) GetAsset() *Asset {
@@ -3145,7 +3366,7 @@ type PlaceHoldRequest struct {
 
 func (x *PlaceHoldRequest) Reset() {
 	*x = PlaceHoldRequest{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[41]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3157,7 +3378,7 @@ func (x *PlaceHoldRequest) String() string {
 func (*PlaceHoldRequest) ProtoMessage() {}
 
 func (x *PlaceHoldRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[41]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3170,7 +3391,7 @@ func (x *PlaceHoldRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlaceHoldRequest.ProtoReflect.Descriptor instead.
 func (*PlaceHoldRequest) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{41}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *PlaceHoldRequest) GetAssetId() string {
@@ -3204,7 +3425,7 @@ type PlaceHoldResponse struct {
 
 func (x *PlaceHoldResponse) Reset() {
 	*x = PlaceHoldResponse{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[42]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3216,7 +3437,7 @@ func (x *PlaceHoldResponse) String() string {
 func (*PlaceHoldResponse) ProtoMessage() {}
 
 func (x *PlaceHoldResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[42]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3229,7 +3450,7 @@ func (x *PlaceHoldResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlaceHoldResponse.ProtoReflect.Descriptor instead.
 func (*PlaceHoldResponse) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{42}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *PlaceHoldResponse) GetAsset() *Asset {
@@ -3250,7 +3471,7 @@ type ReleaseHoldRequest struct {
 
 func (x *ReleaseHoldRequest) Reset() {
 	*x = ReleaseHoldRequest{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[43]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3262,7 +3483,7 @@ func (x *ReleaseHoldRequest) String() string {
 func (*ReleaseHoldRequest) ProtoMessage() {}
 
 func (x *ReleaseHoldRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[43]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3275,7 +3496,7 @@ func (x *ReleaseHoldRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseHoldRequest.ProtoReflect.Descriptor instead.
 func (*ReleaseHoldRequest) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{43}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *ReleaseHoldRequest) GetAssetId() string {
@@ -3302,7 +3523,7 @@ type ReleaseHoldResponse struct {
 
 func (x *ReleaseHoldResponse) Reset() {
 	*x = ReleaseHoldResponse{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[44]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3314,7 +3535,7 @@ func (x *ReleaseHoldResponse) String() string {
 func (*ReleaseHoldResponse) ProtoMessage() {}
 
 func (x *ReleaseHoldResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[44]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3327,7 +3548,7 @@ func (x *ReleaseHoldResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseHoldResponse.ProtoReflect.Descriptor instead.
 func (*ReleaseHoldResponse) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{44}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *ReleaseHoldResponse) GetAsset() *Asset {
@@ -3352,7 +3573,7 @@ type GetUsageRequest struct {
 
 func (x *GetUsageRequest) Reset() {
 	*x = GetUsageRequest{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[45]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3364,7 +3585,7 @@ func (x *GetUsageRequest) String() string {
 func (*GetUsageRequest) ProtoMessage() {}
 
 func (x *GetUsageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[45]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3377,7 +3598,7 @@ func (x *GetUsageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetUsageRequest.ProtoReflect.Descriptor instead.
 func (*GetUsageRequest) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{45}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *GetUsageRequest) GetGroup() string {
@@ -3414,7 +3635,7 @@ type UsageRow struct {
 
 func (x *UsageRow) Reset() {
 	*x = UsageRow{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[46]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3426,7 +3647,7 @@ func (x *UsageRow) String() string {
 func (*UsageRow) ProtoMessage() {}
 
 func (x *UsageRow) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[46]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3439,7 +3660,7 @@ func (x *UsageRow) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UsageRow.ProtoReflect.Descriptor instead.
 func (*UsageRow) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{46}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *UsageRow) GetKey() string {
@@ -3482,7 +3703,7 @@ type StatusUsage struct {
 
 func (x *StatusUsage) Reset() {
 	*x = StatusUsage{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[47]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3494,7 +3715,7 @@ func (x *StatusUsage) String() string {
 func (*StatusUsage) ProtoMessage() {}
 
 func (x *StatusUsage) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[47]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3507,7 +3728,7 @@ func (x *StatusUsage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusUsage.ProtoReflect.Descriptor instead.
 func (*StatusUsage) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{47}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *StatusUsage) GetStatus() AssetStatus {
@@ -3551,7 +3772,7 @@ type GetUsageResponse struct {
 
 func (x *GetUsageResponse) Reset() {
 	*x = GetUsageResponse{}
-	mi := &file_asset_v1_asset_service_proto_msgTypes[48]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3563,7 +3784,7 @@ func (x *GetUsageResponse) String() string {
 func (*GetUsageResponse) ProtoMessage() {}
 
 func (x *GetUsageResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_asset_v1_asset_service_proto_msgTypes[48]
+	mi := &file_asset_v1_asset_service_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3576,7 +3797,7 @@ func (x *GetUsageResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetUsageResponse.ProtoReflect.Descriptor instead.
 func (*GetUsageResponse) Descriptor() ([]byte, []int) {
-	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{48}
+	return file_asset_v1_asset_service_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *GetUsageResponse) GetCount() int64 {
@@ -3644,7 +3865,7 @@ const file_asset_v1_asset_service_proto_rawDesc = "" +
 	"\x04text\x18\x01 \x01(\tH\x00R\x04text\x12\x14\n" +
 	"\x04json\x18\x02 \x01(\tH\x00R\x04json\x12\x14\n" +
 	"\x04data\x18\x03 \x01(\fH\x00R\x04dataB\x06\n" +
-	"\x04kind\"\xe5\a\n" +
+	"\x04kind\"\xf7\a\n" +
 	"\x05Asset\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
 	"\x05label\x18\x02 \x01(\tR\x05label\x12-\n" +
@@ -3679,14 +3900,15 @@ const file_asset_v1_asset_service_proto_rawDesc = "" +
 	"expiryRule\x12$\n" +
 	"\x05holds\x18\x17 \x03(\v2\x0e.asset.v1.HoldR\x05holds\x12F\n" +
 	"\x11retain_until_time\x18\x18 \x01(\v2\x1a.google.protobuf.TimestampR\x0fretainUntilTime\x12'\n" +
-	"\x0fdeletion_reason\x18\x19 \x01(\tR\x0edeletionReason\"\xa0\x01\n" +
+	"\x0fdeletion_reason\x18\x19 \x01(\tR\x0edeletionReason\x12\x10\n" +
+	"\x03key\x18\x1a \x01(\tR\x03key\"\xa0\x01\n" +
 	"\x04Hold\x12\x14\n" +
 	"\x05owner\x18\x01 \x01(\tR\x05owner\x12\x12\n" +
 	"\x04kind\x18\x02 \x01(\tR\x04kind\x12\x16\n" +
 	"\x06reason\x18\x03 \x01(\tR\x06reason\x129\n" +
 	"\n" +
 	"place_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\tplaceTime\x12\x1b\n" +
-	"\tplaced_by\x18\x05 \x01(\tR\bplacedBy\"\xd8\x02\n" +
+	"\tplaced_by\x18\x05 \x01(\tR\bplacedBy\"\x86\x03\n" +
 	"\fUploadHeader\x12\x14\n" +
 	"\x05label\x18\x01 \x01(\tR\x05label\x12\x1d\n" +
 	"\n" +
@@ -3698,7 +3920,9 @@ const file_asset_v1_asset_service_proto_rawDesc = "" +
 	"\tupload_id\x18\a \x01(\tR\buploadId\x12!\n" +
 	"\fwrite_offset\x18\b \x01(\x03R\vwriteOffset\x12\x1f\n" +
 	"\vttl_seconds\x18\t \x01(\x03R\n" +
-	"ttlSecondsB\x16\n" +
+	"ttlSeconds\x12,\n" +
+	"\x12reuse_stored_bytes\x18\n" +
+	" \x01(\bR\x10reuseStoredBytesB\x16\n" +
 	"\x14_expected_size_bytes\"i\n" +
 	"\x12UploadAssetRequest\x120\n" +
 	"\x06header\x18\x01 \x01(\v2\x16.asset.v1.UploadHeaderH\x00R\x06header\x12\x16\n" +
@@ -3738,7 +3962,13 @@ const file_asset_v1_asset_service_proto_rawDesc = "" +
 	"\vttl_seconds\x18\a \x01(\x03R\n" +
 	"ttlSeconds\"C\n" +
 	"\x1aCreatePendingAssetResponse\x12%\n" +
-	"\x05asset\x18\x01 \x01(\v2\x0f.asset.v1.AssetR\x05asset\"\xb0\x01\n" +
+	"\x05asset\x18\x01 \x01(\v2\x0f.asset.v1.AssetR\x05asset\"q\n" +
+	"\x1eGetOrCreatePendingAssetRequest\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12=\n" +
+	"\apromise\x18\x02 \x01(\v2#.asset.v1.CreatePendingAssetRequestR\apromise\"\x80\x01\n" +
+	"\x1fGetOrCreatePendingAssetResponse\x12%\n" +
+	"\x05asset\x18\x01 \x01(\v2\x0f.asset.v1.AssetR\x05asset\x126\n" +
+	"\aoutcome\x18\x02 \x01(\x0e2\x1c.asset.v1.GetOrCreateOutcomeR\aoutcome\"\xb0\x01\n" +
 	"\x13FulfillAssetRequest\x12\x19\n" +
 	"\basset_id\x18\x01 \x01(\tR\aassetId\x12!\n" +
 	"\vsource_path\x18\x02 \x01(\tH\x00R\n" +
@@ -3765,7 +3995,7 @@ const file_asset_v1_asset_service_proto_rawDesc = "" +
 	"\x15BatchGetAssetsRequest\x12\x1b\n" +
 	"\tasset_ids\x18\x01 \x03(\tR\bassetIds\"A\n" +
 	"\x16BatchGetAssetsResponse\x12'\n" +
-	"\x06assets\x18\x01 \x03(\v2\x0f.asset.v1.AssetR\x06assets\"\xf9\x01\n" +
+	"\x06assets\x18\x01 \x03(\v2\x0f.asset.v1.AssetR\x06assets\"\xa3\x02\n" +
 	"\x11ListAssetsRequest\x12-\n" +
 	"\x06status\x18\x01 \x01(\x0e2\x15.asset.v1.AssetStatusR\x06status\x12'\n" +
 	"\x04type\x18\x02 \x01(\x0e2\x13.asset.v1.AssetTypeR\x04type\x12\x12\n" +
@@ -3774,7 +4004,9 @@ const file_asset_v1_asset_service_proto_rawDesc = "" +
 	"\x05label\x18\x05 \x01(\tR\x05label\x12\x1b\n" +
 	"\tpage_size\x18\x06 \x01(\x05R\bpageSize\x12\x1d\n" +
 	"\n" +
-	"page_token\x18\a \x01(\tR\tpageToken\"\x81\x01\n" +
+	"page_token\x18\a \x01(\tR\tpageToken\x12\x10\n" +
+	"\x03key\x18\b \x01(\tR\x03key\x12\x16\n" +
+	"\x06sha256\x18\t \x01(\tR\x06sha256\"\x81\x01\n" +
 	"\x12ListAssetsResponse\x12'\n" +
 	"\x06assets\x18\x01 \x03(\v2\x0f.asset.v1.AssetR\x06assets\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\x12\x1a\n" +
@@ -3783,13 +4015,14 @@ const file_asset_v1_asset_service_proto_rawDesc = "" +
 	"\tasset_ids\x18\x01 \x03(\tR\bassetIds\x12%\n" +
 	"\x0eafter_revision\x18\x02 \x01(\x03R\rafterRevision\x12\x16\n" +
 	"\x06follow\x18\x03 \x01(\bR\x06follow\x123\n" +
-	"\bselector\x18\x04 \x01(\v2\x17.asset.v1.AssetSelectorR\bselector\"\xaa\x01\n" +
+	"\bselector\x18\x04 \x01(\v2\x17.asset.v1.AssetSelectorR\bselector\"\xbc\x01\n" +
 	"\rAssetSelector\x12\x17\n" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12\x12\n" +
 	"\x04tags\x18\x02 \x03(\tR\x04tags\x12-\n" +
 	"\x06status\x18\x03 \x01(\x0e2\x15.asset.v1.AssetStatusR\x06status\x12'\n" +
 	"\x04type\x18\x04 \x01(\x0e2\x13.asset.v1.AssetTypeR\x04type\x12\x14\n" +
-	"\x05label\x18\x05 \x01(\tR\x05label\"\x85\x01\n" +
+	"\x05label\x18\x05 \x01(\tR\x05label\x12\x10\n" +
+	"\x03key\x18\x06 \x01(\tR\x03key\"\x85\x01\n" +
 	"\x12WatchAssetResponse\x12,\n" +
 	"\x04type\x18\x01 \x01(\x0e2\x18.asset.v1.WatchEventTypeR\x04type\x12%\n" +
 	"\x05asset\x18\x02 \x01(\v2\x0f.asset.v1.AssetR\x05asset\x12\x1a\n" +
@@ -3893,7 +4126,12 @@ const file_asset_v1_asset_service_proto_rawDesc = "" +
 	"\tAssetType\x12\x1a\n" +
 	"\x16ASSET_TYPE_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fASSET_TYPE_FILE\x10\x01\x12\x14\n" +
-	"\x10ASSET_TYPE_VALUE\x10\x02*\x8d\x01\n" +
+	"\x10ASSET_TYPE_VALUE\x10\x02*\x9d\x01\n" +
+	"\x12GetOrCreateOutcome\x12%\n" +
+	"!GET_OR_CREATE_OUTCOME_UNSPECIFIED\x10\x00\x12\x1d\n" +
+	"\x19GET_OR_CREATE_OUTCOME_HIT\x10\x01\x12\x1e\n" +
+	"\x1aGET_OR_CREATE_OUTCOME_JOIN\x10\x02\x12!\n" +
+	"\x1dGET_OR_CREATE_OUTCOME_PRODUCE\x10\x03*\x8d\x01\n" +
 	"\x0eWatchEventType\x12 \n" +
 	"\x1cWATCH_EVENT_TYPE_UNSPECIFIED\x10\x00\x12\x1d\n" +
 	"\x19WATCH_EVENT_TYPE_SNAPSHOT\x10\x01\x12\x1c\n" +
@@ -3905,12 +4143,13 @@ const file_asset_v1_asset_service_proto_rawDesc = "" +
 	"\x15SCRUB_OUTCOME_CORRUPT\x10\x02\x12\x1c\n" +
 	"\x18SCRUB_OUTCOME_UNREADABLE\x10\x03\x12\x19\n" +
 	"\x15SCRUB_OUTCOME_SKIPPED\x10\x04\x12\x1a\n" +
-	"\x16SCRUB_OUTCOME_RESTORED\x10\x052\xd8\f\n" +
+	"\x16SCRUB_OUTCOME_RESTORED\x10\x052\xc8\r\n" +
 	"\fAssetService\x12L\n" +
 	"\vUploadAsset\x12\x1c.asset.v1.UploadAssetRequest\x1a\x1d.asset.v1.UploadAssetResponse(\x01\x12M\n" +
 	"\fRegisterFile\x12\x1d.asset.v1.RegisterFileRequest\x1a\x1e.asset.v1.RegisterFileResponse\x12Y\n" +
 	"\x10CreateValueAsset\x12!.asset.v1.CreateValueAssetRequest\x1a\".asset.v1.CreateValueAssetResponse\x12_\n" +
-	"\x12CreatePendingAsset\x12#.asset.v1.CreatePendingAssetRequest\x1a$.asset.v1.CreatePendingAssetResponse\x12M\n" +
+	"\x12CreatePendingAsset\x12#.asset.v1.CreatePendingAssetRequest\x1a$.asset.v1.CreatePendingAssetResponse\x12n\n" +
+	"\x17GetOrCreatePendingAsset\x12(.asset.v1.GetOrCreatePendingAssetRequest\x1a).asset.v1.GetOrCreatePendingAssetResponse\x12M\n" +
 	"\fFulfillAsset\x12\x1d.asset.v1.FulfillAssetRequest\x1a\x1e.asset.v1.FulfillAssetResponse\x12D\n" +
 	"\tFailAsset\x12\x1a.asset.v1.FailAssetRequest\x1a\x1b.asset.v1.FailAssetResponse\x12G\n" +
 	"\n" +
@@ -3944,161 +4183,169 @@ func file_asset_v1_asset_service_proto_rawDescGZIP() []byte {
 	return file_asset_v1_asset_service_proto_rawDescData
 }
 
-var file_asset_v1_asset_service_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_asset_v1_asset_service_proto_msgTypes = make([]protoimpl.MessageInfo, 51)
+var file_asset_v1_asset_service_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
+var file_asset_v1_asset_service_proto_msgTypes = make([]protoimpl.MessageInfo, 53)
 var file_asset_v1_asset_service_proto_goTypes = []any{
-	(AssetStatus)(0),                   // 0: asset.v1.AssetStatus
-	(AssetType)(0),                     // 1: asset.v1.AssetType
-	(WatchEventType)(0),                // 2: asset.v1.WatchEventType
-	(ScrubOutcome)(0),                  // 3: asset.v1.ScrubOutcome
-	(*Value)(nil),                      // 4: asset.v1.Value
-	(*Asset)(nil),                      // 5: asset.v1.Asset
-	(*Hold)(nil),                       // 6: asset.v1.Hold
-	(*UploadHeader)(nil),               // 7: asset.v1.UploadHeader
-	(*UploadAssetRequest)(nil),         // 8: asset.v1.UploadAssetRequest
-	(*UploadAssetResponse)(nil),        // 9: asset.v1.UploadAssetResponse
-	(*RegisterFileRequest)(nil),        // 10: asset.v1.RegisterFileRequest
-	(*RegisterFileResponse)(nil),       // 11: asset.v1.RegisterFileResponse
-	(*CreateValueAssetRequest)(nil),    // 12: asset.v1.CreateValueAssetRequest
-	(*CreateValueAssetResponse)(nil),   // 13: asset.v1.CreateValueAssetResponse
-	(*CreatePendingAssetRequest)(nil),  // 14: asset.v1.CreatePendingAssetRequest
-	(*CreatePendingAssetResponse)(nil), // 15: asset.v1.CreatePendingAssetResponse
-	(*FulfillAssetRequest)(nil),        // 16: asset.v1.FulfillAssetRequest
-	(*FulfillAssetResponse)(nil),       // 17: asset.v1.FulfillAssetResponse
-	(*FailAssetRequest)(nil),           // 18: asset.v1.FailAssetRequest
-	(*FailAssetResponse)(nil),          // 19: asset.v1.FailAssetResponse
-	(*RenewLeaseRequest)(nil),          // 20: asset.v1.RenewLeaseRequest
-	(*RenewLeaseResponse)(nil),         // 21: asset.v1.RenewLeaseResponse
-	(*GetAssetRequest)(nil),            // 22: asset.v1.GetAssetRequest
-	(*GetAssetResponse)(nil),           // 23: asset.v1.GetAssetResponse
-	(*BatchGetAssetsRequest)(nil),      // 24: asset.v1.BatchGetAssetsRequest
-	(*BatchGetAssetsResponse)(nil),     // 25: asset.v1.BatchGetAssetsResponse
-	(*ListAssetsRequest)(nil),          // 26: asset.v1.ListAssetsRequest
-	(*ListAssetsResponse)(nil),         // 27: asset.v1.ListAssetsResponse
-	(*WatchAssetRequest)(nil),          // 28: asset.v1.WatchAssetRequest
-	(*AssetSelector)(nil),              // 29: asset.v1.AssetSelector
-	(*WatchAssetResponse)(nil),         // 30: asset.v1.WatchAssetResponse
-	(*ReadAssetRequest)(nil),           // 31: asset.v1.ReadAssetRequest
-	(*ReadAssetResponse)(nil),          // 32: asset.v1.ReadAssetResponse
-	(*GetManifestRequest)(nil),         // 33: asset.v1.GetManifestRequest
-	(*GetManifestResponse)(nil),        // 34: asset.v1.GetManifestResponse
-	(*DeleteAssetRequest)(nil),         // 35: asset.v1.DeleteAssetRequest
-	(*DeleteAssetResponse)(nil),        // 36: asset.v1.DeleteAssetResponse
-	(*ScrubAssetsRequest)(nil),         // 37: asset.v1.ScrubAssetsRequest
-	(*ScrubAssetsResponse)(nil),        // 38: asset.v1.ScrubAssetsResponse
-	(*MintTaskTokenRequest)(nil),       // 39: asset.v1.MintTaskTokenRequest
-	(*MintTaskTokenResponse)(nil),      // 40: asset.v1.MintTaskTokenResponse
-	(*QueryUploadRequest)(nil),         // 41: asset.v1.QueryUploadRequest
-	(*QueryUploadResponse)(nil),        // 42: asset.v1.QueryUploadResponse
-	(*SetExpiryRequest)(nil),           // 43: asset.v1.SetExpiryRequest
-	(*SetExpiryResponse)(nil),          // 44: asset.v1.SetExpiryResponse
-	(*PlaceHoldRequest)(nil),           // 45: asset.v1.PlaceHoldRequest
-	(*PlaceHoldResponse)(nil),          // 46: asset.v1.PlaceHoldResponse
-	(*ReleaseHoldRequest)(nil),         // 47: asset.v1.ReleaseHoldRequest
-	(*ReleaseHoldResponse)(nil),        // 48: asset.v1.ReleaseHoldResponse
-	(*GetUsageRequest)(nil),            // 49: asset.v1.GetUsageRequest
-	(*UsageRow)(nil),                   // 50: asset.v1.UsageRow
-	(*StatusUsage)(nil),                // 51: asset.v1.StatusUsage
-	(*GetUsageResponse)(nil),           // 52: asset.v1.GetUsageResponse
-	nil,                                // 53: asset.v1.GetManifestRequest.AssetMappingsEntry
-	nil,                                // 54: asset.v1.GetManifestResponse.EntriesEntry
-	(*timestamppb.Timestamp)(nil),      // 55: google.protobuf.Timestamp
-	(*structpb.Struct)(nil),            // 56: google.protobuf.Struct
+	(AssetStatus)(0),                        // 0: asset.v1.AssetStatus
+	(AssetType)(0),                          // 1: asset.v1.AssetType
+	(GetOrCreateOutcome)(0),                 // 2: asset.v1.GetOrCreateOutcome
+	(WatchEventType)(0),                     // 3: asset.v1.WatchEventType
+	(ScrubOutcome)(0),                       // 4: asset.v1.ScrubOutcome
+	(*Value)(nil),                           // 5: asset.v1.Value
+	(*Asset)(nil),                           // 6: asset.v1.Asset
+	(*Hold)(nil),                            // 7: asset.v1.Hold
+	(*UploadHeader)(nil),                    // 8: asset.v1.UploadHeader
+	(*UploadAssetRequest)(nil),              // 9: asset.v1.UploadAssetRequest
+	(*UploadAssetResponse)(nil),             // 10: asset.v1.UploadAssetResponse
+	(*RegisterFileRequest)(nil),             // 11: asset.v1.RegisterFileRequest
+	(*RegisterFileResponse)(nil),            // 12: asset.v1.RegisterFileResponse
+	(*CreateValueAssetRequest)(nil),         // 13: asset.v1.CreateValueAssetRequest
+	(*CreateValueAssetResponse)(nil),        // 14: asset.v1.CreateValueAssetResponse
+	(*CreatePendingAssetRequest)(nil),       // 15: asset.v1.CreatePendingAssetRequest
+	(*CreatePendingAssetResponse)(nil),      // 16: asset.v1.CreatePendingAssetResponse
+	(*GetOrCreatePendingAssetRequest)(nil),  // 17: asset.v1.GetOrCreatePendingAssetRequest
+	(*GetOrCreatePendingAssetResponse)(nil), // 18: asset.v1.GetOrCreatePendingAssetResponse
+	(*FulfillAssetRequest)(nil),             // 19: asset.v1.FulfillAssetRequest
+	(*FulfillAssetResponse)(nil),            // 20: asset.v1.FulfillAssetResponse
+	(*FailAssetRequest)(nil),                // 21: asset.v1.FailAssetRequest
+	(*FailAssetResponse)(nil),               // 22: asset.v1.FailAssetResponse
+	(*RenewLeaseRequest)(nil),               // 23: asset.v1.RenewLeaseRequest
+	(*RenewLeaseResponse)(nil),              // 24: asset.v1.RenewLeaseResponse
+	(*GetAssetRequest)(nil),                 // 25: asset.v1.GetAssetRequest
+	(*GetAssetResponse)(nil),                // 26: asset.v1.GetAssetResponse
+	(*BatchGetAssetsRequest)(nil),           // 27: asset.v1.BatchGetAssetsRequest
+	(*BatchGetAssetsResponse)(nil),          // 28: asset.v1.BatchGetAssetsResponse
+	(*ListAssetsRequest)(nil),               // 29: asset.v1.ListAssetsRequest
+	(*ListAssetsResponse)(nil),              // 30: asset.v1.ListAssetsResponse
+	(*WatchAssetRequest)(nil),               // 31: asset.v1.WatchAssetRequest
+	(*AssetSelector)(nil),                   // 32: asset.v1.AssetSelector
+	(*WatchAssetResponse)(nil),              // 33: asset.v1.WatchAssetResponse
+	(*ReadAssetRequest)(nil),                // 34: asset.v1.ReadAssetRequest
+	(*ReadAssetResponse)(nil),               // 35: asset.v1.ReadAssetResponse
+	(*GetManifestRequest)(nil),              // 36: asset.v1.GetManifestRequest
+	(*GetManifestResponse)(nil),             // 37: asset.v1.GetManifestResponse
+	(*DeleteAssetRequest)(nil),              // 38: asset.v1.DeleteAssetRequest
+	(*DeleteAssetResponse)(nil),             // 39: asset.v1.DeleteAssetResponse
+	(*ScrubAssetsRequest)(nil),              // 40: asset.v1.ScrubAssetsRequest
+	(*ScrubAssetsResponse)(nil),             // 41: asset.v1.ScrubAssetsResponse
+	(*MintTaskTokenRequest)(nil),            // 42: asset.v1.MintTaskTokenRequest
+	(*MintTaskTokenResponse)(nil),           // 43: asset.v1.MintTaskTokenResponse
+	(*QueryUploadRequest)(nil),              // 44: asset.v1.QueryUploadRequest
+	(*QueryUploadResponse)(nil),             // 45: asset.v1.QueryUploadResponse
+	(*SetExpiryRequest)(nil),                // 46: asset.v1.SetExpiryRequest
+	(*SetExpiryResponse)(nil),               // 47: asset.v1.SetExpiryResponse
+	(*PlaceHoldRequest)(nil),                // 48: asset.v1.PlaceHoldRequest
+	(*PlaceHoldResponse)(nil),               // 49: asset.v1.PlaceHoldResponse
+	(*ReleaseHoldRequest)(nil),              // 50: asset.v1.ReleaseHoldRequest
+	(*ReleaseHoldResponse)(nil),             // 51: asset.v1.ReleaseHoldResponse
+	(*GetUsageRequest)(nil),                 // 52: asset.v1.GetUsageRequest
+	(*UsageRow)(nil),                        // 53: asset.v1.UsageRow
+	(*StatusUsage)(nil),                     // 54: asset.v1.StatusUsage
+	(*GetUsageResponse)(nil),                // 55: asset.v1.GetUsageResponse
+	nil,                                     // 56: asset.v1.GetManifestRequest.AssetMappingsEntry
+	nil,                                     // 57: asset.v1.GetManifestResponse.EntriesEntry
+	(*timestamppb.Timestamp)(nil),           // 58: google.protobuf.Timestamp
+	(*structpb.Struct)(nil),                 // 59: google.protobuf.Struct
 }
 var file_asset_v1_asset_service_proto_depIdxs = []int32{
 	0,  // 0: asset.v1.Asset.status:type_name -> asset.v1.AssetStatus
 	1,  // 1: asset.v1.Asset.type:type_name -> asset.v1.AssetType
-	4,  // 2: asset.v1.Asset.value:type_name -> asset.v1.Value
-	55, // 3: asset.v1.Asset.create_time:type_name -> google.protobuf.Timestamp
-	55, // 4: asset.v1.Asset.update_time:type_name -> google.protobuf.Timestamp
-	55, // 5: asset.v1.Asset.lease_expire_time:type_name -> google.protobuf.Timestamp
-	55, // 6: asset.v1.Asset.expire_time:type_name -> google.protobuf.Timestamp
-	6,  // 7: asset.v1.Asset.holds:type_name -> asset.v1.Hold
-	55, // 8: asset.v1.Asset.retain_until_time:type_name -> google.protobuf.Timestamp
-	55, // 9: asset.v1.Hold.place_time:type_name -> google.protobuf.Timestamp
-	7,  // 10: asset.v1.UploadAssetRequest.header:type_name -> asset.v1.UploadHeader
-	5,  // 11: asset.v1.UploadAssetResponse.asset:type_name -> asset.v1.Asset
-	5,  // 12: asset.v1.RegisterFileResponse.asset:type_name -> asset.v1.Asset
-	4,  // 13: asset.v1.CreateValueAssetRequest.value:type_name -> asset.v1.Value
-	5,  // 14: asset.v1.CreateValueAssetResponse.asset:type_name -> asset.v1.Asset
+	5,  // 2: asset.v1.Asset.value:type_name -> asset.v1.Value
+	58, // 3: asset.v1.Asset.create_time:type_name -> google.protobuf.Timestamp
+	58, // 4: asset.v1.Asset.update_time:type_name -> google.protobuf.Timestamp
+	58, // 5: asset.v1.Asset.lease_expire_time:type_name -> google.protobuf.Timestamp
+	58, // 6: asset.v1.Asset.expire_time:type_name -> google.protobuf.Timestamp
+	7,  // 7: asset.v1.Asset.holds:type_name -> asset.v1.Hold
+	58, // 8: asset.v1.Asset.retain_until_time:type_name -> google.protobuf.Timestamp
+	58, // 9: asset.v1.Hold.place_time:type_name -> google.protobuf.Timestamp
+	8,  // 10: asset.v1.UploadAssetRequest.header:type_name -> asset.v1.UploadHeader
+	6,  // 11: asset.v1.UploadAssetResponse.asset:type_name -> asset.v1.Asset
+	6,  // 12: asset.v1.RegisterFileResponse.asset:type_name -> asset.v1.Asset
+	5,  // 13: asset.v1.CreateValueAssetRequest.value:type_name -> asset.v1.Value
+	6,  // 14: asset.v1.CreateValueAssetResponse.asset:type_name -> asset.v1.Asset
 	1,  // 15: asset.v1.CreatePendingAssetRequest.type:type_name -> asset.v1.AssetType
-	5,  // 16: asset.v1.CreatePendingAssetResponse.asset:type_name -> asset.v1.Asset
-	4,  // 17: asset.v1.FulfillAssetRequest.value:type_name -> asset.v1.Value
-	5,  // 18: asset.v1.FulfillAssetResponse.asset:type_name -> asset.v1.Asset
-	5,  // 19: asset.v1.FailAssetResponse.asset:type_name -> asset.v1.Asset
-	5,  // 20: asset.v1.RenewLeaseResponse.asset:type_name -> asset.v1.Asset
-	5,  // 21: asset.v1.GetAssetResponse.asset:type_name -> asset.v1.Asset
-	5,  // 22: asset.v1.BatchGetAssetsResponse.assets:type_name -> asset.v1.Asset
-	0,  // 23: asset.v1.ListAssetsRequest.status:type_name -> asset.v1.AssetStatus
-	1,  // 24: asset.v1.ListAssetsRequest.type:type_name -> asset.v1.AssetType
-	5,  // 25: asset.v1.ListAssetsResponse.assets:type_name -> asset.v1.Asset
-	29, // 26: asset.v1.WatchAssetRequest.selector:type_name -> asset.v1.AssetSelector
-	0,  // 27: asset.v1.AssetSelector.status:type_name -> asset.v1.AssetStatus
-	1,  // 28: asset.v1.AssetSelector.type:type_name -> asset.v1.AssetType
-	2,  // 29: asset.v1.WatchAssetResponse.type:type_name -> asset.v1.WatchEventType
-	5,  // 30: asset.v1.WatchAssetResponse.asset:type_name -> asset.v1.Asset
-	53, // 31: asset.v1.GetManifestRequest.asset_mappings:type_name -> asset.v1.GetManifestRequest.AssetMappingsEntry
-	56, // 32: asset.v1.GetManifestRequest.config_params:type_name -> google.protobuf.Struct
-	54, // 33: asset.v1.GetManifestResponse.entries:type_name -> asset.v1.GetManifestResponse.EntriesEntry
-	5,  // 34: asset.v1.DeleteAssetResponse.asset:type_name -> asset.v1.Asset
-	3,  // 35: asset.v1.ScrubAssetsResponse.outcome:type_name -> asset.v1.ScrubOutcome
-	55, // 36: asset.v1.MintTaskTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
-	5,  // 37: asset.v1.QueryUploadResponse.asset:type_name -> asset.v1.Asset
-	55, // 38: asset.v1.QueryUploadResponse.expire_time:type_name -> google.protobuf.Timestamp
-	5,  // 39: asset.v1.SetExpiryResponse.asset:type_name -> asset.v1.Asset
-	5,  // 40: asset.v1.PlaceHoldResponse.asset:type_name -> asset.v1.Asset
-	5,  // 41: asset.v1.ReleaseHoldResponse.asset:type_name -> asset.v1.Asset
-	51, // 42: asset.v1.UsageRow.by_status:type_name -> asset.v1.StatusUsage
-	0,  // 43: asset.v1.StatusUsage.status:type_name -> asset.v1.AssetStatus
-	51, // 44: asset.v1.GetUsageResponse.by_status:type_name -> asset.v1.StatusUsage
-	50, // 45: asset.v1.GetUsageResponse.rows:type_name -> asset.v1.UsageRow
-	8,  // 46: asset.v1.AssetService.UploadAsset:input_type -> asset.v1.UploadAssetRequest
-	10, // 47: asset.v1.AssetService.RegisterFile:input_type -> asset.v1.RegisterFileRequest
-	12, // 48: asset.v1.AssetService.CreateValueAsset:input_type -> asset.v1.CreateValueAssetRequest
-	14, // 49: asset.v1.AssetService.CreatePendingAsset:input_type -> asset.v1.CreatePendingAssetRequest
-	16, // 50: asset.v1.AssetService.FulfillAsset:input_type -> asset.v1.FulfillAssetRequest
-	18, // 51: asset.v1.AssetService.FailAsset:input_type -> asset.v1.FailAssetRequest
-	20, // 52: asset.v1.AssetService.RenewLease:input_type -> asset.v1.RenewLeaseRequest
-	22, // 53: asset.v1.AssetService.GetAsset:input_type -> asset.v1.GetAssetRequest
-	24, // 54: asset.v1.AssetService.BatchGetAssets:input_type -> asset.v1.BatchGetAssetsRequest
-	26, // 55: asset.v1.AssetService.ListAssets:input_type -> asset.v1.ListAssetsRequest
-	28, // 56: asset.v1.AssetService.WatchAsset:input_type -> asset.v1.WatchAssetRequest
-	31, // 57: asset.v1.AssetService.ReadAsset:input_type -> asset.v1.ReadAssetRequest
-	33, // 58: asset.v1.AssetService.GetManifest:input_type -> asset.v1.GetManifestRequest
-	35, // 59: asset.v1.AssetService.DeleteAsset:input_type -> asset.v1.DeleteAssetRequest
-	39, // 60: asset.v1.AssetService.MintTaskToken:input_type -> asset.v1.MintTaskTokenRequest
-	41, // 61: asset.v1.AssetService.QueryUpload:input_type -> asset.v1.QueryUploadRequest
-	37, // 62: asset.v1.AssetService.ScrubAssets:input_type -> asset.v1.ScrubAssetsRequest
-	43, // 63: asset.v1.AssetService.SetExpiry:input_type -> asset.v1.SetExpiryRequest
-	45, // 64: asset.v1.AssetService.PlaceHold:input_type -> asset.v1.PlaceHoldRequest
-	47, // 65: asset.v1.AssetService.ReleaseHold:input_type -> asset.v1.ReleaseHoldRequest
-	49, // 66: asset.v1.AssetService.GetUsage:input_type -> asset.v1.GetUsageRequest
-	9,  // 67: asset.v1.AssetService.UploadAsset:output_type -> asset.v1.UploadAssetResponse
-	11, // 68: asset.v1.AssetService.RegisterFile:output_type -> asset.v1.RegisterFileResponse
-	13, // 69: asset.v1.AssetService.CreateValueAsset:output_type -> asset.v1.CreateValueAssetResponse
-	15, // 70: asset.v1.AssetService.CreatePendingAsset:output_type -> asset.v1.CreatePendingAssetResponse
-	17, // 71: asset.v1.AssetService.FulfillAsset:output_type -> asset.v1.FulfillAssetResponse
-	19, // 72: asset.v1.AssetService.FailAsset:output_type -> asset.v1.FailAssetResponse
-	21, // 73: asset.v1.AssetService.RenewLease:output_type -> asset.v1.RenewLeaseResponse
-	23, // 74: asset.v1.AssetService.GetAsset:output_type -> asset.v1.GetAssetResponse
-	25, // 75: asset.v1.AssetService.BatchGetAssets:output_type -> asset.v1.BatchGetAssetsResponse
-	27, // 76: asset.v1.AssetService.ListAssets:output_type -> asset.v1.ListAssetsResponse
-	30, // 77: asset.v1.AssetService.WatchAsset:output_type -> asset.v1.WatchAssetResponse
-	32, // 78: asset.v1.AssetService.ReadAsset:output_type -> asset.v1.ReadAssetResponse
-	34, // 79: asset.v1.AssetService.GetManifest:output_type -> asset.v1.GetManifestResponse
-	36, // 80: asset.v1.AssetService.DeleteAsset:output_type -> asset.v1.DeleteAssetResponse
-	40, // 81: asset.v1.AssetService.MintTaskToken:output_type -> asset.v1.MintTaskTokenResponse
-	42, // 82: asset.v1.AssetService.QueryUpload:output_type -> asset.v1.QueryUploadResponse
-	38, // 83: asset.v1.AssetService.ScrubAssets:output_type -> asset.v1.ScrubAssetsResponse
-	44, // 84: asset.v1.AssetService.SetExpiry:output_type -> asset.v1.SetExpiryResponse
-	46, // 85: asset.v1.AssetService.PlaceHold:output_type -> asset.v1.PlaceHoldResponse
-	48, // 86: asset.v1.AssetService.ReleaseHold:output_type -> asset.v1.ReleaseHoldResponse
-	52, // 87: asset.v1.AssetService.GetUsage:output_type -> asset.v1.GetUsageResponse
-	67, // [67:88] is the sub-list for method output_type
-	46, // [46:67] is the sub-list for method input_type
-	46, // [46:46] is the sub-list for extension type_name
-	46, // [46:46] is the sub-list for extension extendee
-	0,  // [0:46] is the sub-list for field type_name
+	6,  // 16: asset.v1.CreatePendingAssetResponse.asset:type_name -> asset.v1.Asset
+	15, // 17: asset.v1.GetOrCreatePendingAssetRequest.promise:type_name -> asset.v1.CreatePendingAssetRequest
+	6,  // 18: asset.v1.GetOrCreatePendingAssetResponse.asset:type_name -> asset.v1.Asset
+	2,  // 19: asset.v1.GetOrCreatePendingAssetResponse.outcome:type_name -> asset.v1.GetOrCreateOutcome
+	5,  // 20: asset.v1.FulfillAssetRequest.value:type_name -> asset.v1.Value
+	6,  // 21: asset.v1.FulfillAssetResponse.asset:type_name -> asset.v1.Asset
+	6,  // 22: asset.v1.FailAssetResponse.asset:type_name -> asset.v1.Asset
+	6,  // 23: asset.v1.RenewLeaseResponse.asset:type_name -> asset.v1.Asset
+	6,  // 24: asset.v1.GetAssetResponse.asset:type_name -> asset.v1.Asset
+	6,  // 25: asset.v1.BatchGetAssetsResponse.assets:type_name -> asset.v1.Asset
+	0,  // 26: asset.v1.ListAssetsRequest.status:type_name -> asset.v1.AssetStatus
+	1,  // 27: asset.v1.ListAssetsRequest.type:type_name -> asset.v1.AssetType
+	6,  // 28: asset.v1.ListAssetsResponse.assets:type_name -> asset.v1.Asset
+	32, // 29: asset.v1.WatchAssetRequest.selector:type_name -> asset.v1.AssetSelector
+	0,  // 30: asset.v1.AssetSelector.status:type_name -> asset.v1.AssetStatus
+	1,  // 31: asset.v1.AssetSelector.type:type_name -> asset.v1.AssetType
+	3,  // 32: asset.v1.WatchAssetResponse.type:type_name -> asset.v1.WatchEventType
+	6,  // 33: asset.v1.WatchAssetResponse.asset:type_name -> asset.v1.Asset
+	56, // 34: asset.v1.GetManifestRequest.asset_mappings:type_name -> asset.v1.GetManifestRequest.AssetMappingsEntry
+	59, // 35: asset.v1.GetManifestRequest.config_params:type_name -> google.protobuf.Struct
+	57, // 36: asset.v1.GetManifestResponse.entries:type_name -> asset.v1.GetManifestResponse.EntriesEntry
+	6,  // 37: asset.v1.DeleteAssetResponse.asset:type_name -> asset.v1.Asset
+	4,  // 38: asset.v1.ScrubAssetsResponse.outcome:type_name -> asset.v1.ScrubOutcome
+	58, // 39: asset.v1.MintTaskTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
+	6,  // 40: asset.v1.QueryUploadResponse.asset:type_name -> asset.v1.Asset
+	58, // 41: asset.v1.QueryUploadResponse.expire_time:type_name -> google.protobuf.Timestamp
+	6,  // 42: asset.v1.SetExpiryResponse.asset:type_name -> asset.v1.Asset
+	6,  // 43: asset.v1.PlaceHoldResponse.asset:type_name -> asset.v1.Asset
+	6,  // 44: asset.v1.ReleaseHoldResponse.asset:type_name -> asset.v1.Asset
+	54, // 45: asset.v1.UsageRow.by_status:type_name -> asset.v1.StatusUsage
+	0,  // 46: asset.v1.StatusUsage.status:type_name -> asset.v1.AssetStatus
+	54, // 47: asset.v1.GetUsageResponse.by_status:type_name -> asset.v1.StatusUsage
+	53, // 48: asset.v1.GetUsageResponse.rows:type_name -> asset.v1.UsageRow
+	9,  // 49: asset.v1.AssetService.UploadAsset:input_type -> asset.v1.UploadAssetRequest
+	11, // 50: asset.v1.AssetService.RegisterFile:input_type -> asset.v1.RegisterFileRequest
+	13, // 51: asset.v1.AssetService.CreateValueAsset:input_type -> asset.v1.CreateValueAssetRequest
+	15, // 52: asset.v1.AssetService.CreatePendingAsset:input_type -> asset.v1.CreatePendingAssetRequest
+	17, // 53: asset.v1.AssetService.GetOrCreatePendingAsset:input_type -> asset.v1.GetOrCreatePendingAssetRequest
+	19, // 54: asset.v1.AssetService.FulfillAsset:input_type -> asset.v1.FulfillAssetRequest
+	21, // 55: asset.v1.AssetService.FailAsset:input_type -> asset.v1.FailAssetRequest
+	23, // 56: asset.v1.AssetService.RenewLease:input_type -> asset.v1.RenewLeaseRequest
+	25, // 57: asset.v1.AssetService.GetAsset:input_type -> asset.v1.GetAssetRequest
+	27, // 58: asset.v1.AssetService.BatchGetAssets:input_type -> asset.v1.BatchGetAssetsRequest
+	29, // 59: asset.v1.AssetService.ListAssets:input_type -> asset.v1.ListAssetsRequest
+	31, // 60: asset.v1.AssetService.WatchAsset:input_type -> asset.v1.WatchAssetRequest
+	34, // 61: asset.v1.AssetService.ReadAsset:input_type -> asset.v1.ReadAssetRequest
+	36, // 62: asset.v1.AssetService.GetManifest:input_type -> asset.v1.GetManifestRequest
+	38, // 63: asset.v1.AssetService.DeleteAsset:input_type -> asset.v1.DeleteAssetRequest
+	42, // 64: asset.v1.AssetService.MintTaskToken:input_type -> asset.v1.MintTaskTokenRequest
+	44, // 65: asset.v1.AssetService.QueryUpload:input_type -> asset.v1.QueryUploadRequest
+	40, // 66: asset.v1.AssetService.ScrubAssets:input_type -> asset.v1.ScrubAssetsRequest
+	46, // 67: asset.v1.AssetService.SetExpiry:input_type -> asset.v1.SetExpiryRequest
+	48, // 68: asset.v1.AssetService.PlaceHold:input_type -> asset.v1.PlaceHoldRequest
+	50, // 69: asset.v1.AssetService.ReleaseHold:input_type -> asset.v1.ReleaseHoldRequest
+	52, // 70: asset.v1.AssetService.GetUsage:input_type -> asset.v1.GetUsageRequest
+	10, // 71: asset.v1.AssetService.UploadAsset:output_type -> asset.v1.UploadAssetResponse
+	12, // 72: asset.v1.AssetService.RegisterFile:output_type -> asset.v1.RegisterFileResponse
+	14, // 73: asset.v1.AssetService.CreateValueAsset:output_type -> asset.v1.CreateValueAssetResponse
+	16, // 74: asset.v1.AssetService.CreatePendingAsset:output_type -> asset.v1.CreatePendingAssetResponse
+	18, // 75: asset.v1.AssetService.GetOrCreatePendingAsset:output_type -> asset.v1.GetOrCreatePendingAssetResponse
+	20, // 76: asset.v1.AssetService.FulfillAsset:output_type -> asset.v1.FulfillAssetResponse
+	22, // 77: asset.v1.AssetService.FailAsset:output_type -> asset.v1.FailAssetResponse
+	24, // 78: asset.v1.AssetService.RenewLease:output_type -> asset.v1.RenewLeaseResponse
+	26, // 79: asset.v1.AssetService.GetAsset:output_type -> asset.v1.GetAssetResponse
+	28, // 80: asset.v1.AssetService.BatchGetAssets:output_type -> asset.v1.BatchGetAssetsResponse
+	30, // 81: asset.v1.AssetService.ListAssets:output_type -> asset.v1.ListAssetsResponse
+	33, // 82: asset.v1.AssetService.WatchAsset:output_type -> asset.v1.WatchAssetResponse
+	35, // 83: asset.v1.AssetService.ReadAsset:output_type -> asset.v1.ReadAssetResponse
+	37, // 84: asset.v1.AssetService.GetManifest:output_type -> asset.v1.GetManifestResponse
+	39, // 85: asset.v1.AssetService.DeleteAsset:output_type -> asset.v1.DeleteAssetResponse
+	43, // 86: asset.v1.AssetService.MintTaskToken:output_type -> asset.v1.MintTaskTokenResponse
+	45, // 87: asset.v1.AssetService.QueryUpload:output_type -> asset.v1.QueryUploadResponse
+	41, // 88: asset.v1.AssetService.ScrubAssets:output_type -> asset.v1.ScrubAssetsResponse
+	47, // 89: asset.v1.AssetService.SetExpiry:output_type -> asset.v1.SetExpiryResponse
+	49, // 90: asset.v1.AssetService.PlaceHold:output_type -> asset.v1.PlaceHoldResponse
+	51, // 91: asset.v1.AssetService.ReleaseHold:output_type -> asset.v1.ReleaseHoldResponse
+	55, // 92: asset.v1.AssetService.GetUsage:output_type -> asset.v1.GetUsageResponse
+	71, // [71:93] is the sub-list for method output_type
+	49, // [49:71] is the sub-list for method input_type
+	49, // [49:49] is the sub-list for extension type_name
+	49, // [49:49] is the sub-list for extension extendee
+	0,  // [0:49] is the sub-list for field type_name
 }
 
 func init() { file_asset_v1_asset_service_proto_init() }
@@ -4116,7 +4363,7 @@ func file_asset_v1_asset_service_proto_init() {
 		(*UploadAssetRequest_Header)(nil),
 		(*UploadAssetRequest_Chunk)(nil),
 	}
-	file_asset_v1_asset_service_proto_msgTypes[12].OneofWrappers = []any{
+	file_asset_v1_asset_service_proto_msgTypes[14].OneofWrappers = []any{
 		(*FulfillAssetRequest_SourcePath)(nil),
 		(*FulfillAssetRequest_Value)(nil),
 	}
@@ -4125,8 +4372,8 @@ func file_asset_v1_asset_service_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_asset_v1_asset_service_proto_rawDesc), len(file_asset_v1_asset_service_proto_rawDesc)),
-			NumEnums:      4,
-			NumMessages:   51,
+			NumEnums:      5,
+			NumMessages:   53,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -33,27 +33,28 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	AssetService_UploadAsset_FullMethodName        = "/asset.v1.AssetService/UploadAsset"
-	AssetService_RegisterFile_FullMethodName       = "/asset.v1.AssetService/RegisterFile"
-	AssetService_CreateValueAsset_FullMethodName   = "/asset.v1.AssetService/CreateValueAsset"
-	AssetService_CreatePendingAsset_FullMethodName = "/asset.v1.AssetService/CreatePendingAsset"
-	AssetService_FulfillAsset_FullMethodName       = "/asset.v1.AssetService/FulfillAsset"
-	AssetService_FailAsset_FullMethodName          = "/asset.v1.AssetService/FailAsset"
-	AssetService_RenewLease_FullMethodName         = "/asset.v1.AssetService/RenewLease"
-	AssetService_GetAsset_FullMethodName           = "/asset.v1.AssetService/GetAsset"
-	AssetService_BatchGetAssets_FullMethodName     = "/asset.v1.AssetService/BatchGetAssets"
-	AssetService_ListAssets_FullMethodName         = "/asset.v1.AssetService/ListAssets"
-	AssetService_WatchAsset_FullMethodName         = "/asset.v1.AssetService/WatchAsset"
-	AssetService_ReadAsset_FullMethodName          = "/asset.v1.AssetService/ReadAsset"
-	AssetService_GetManifest_FullMethodName        = "/asset.v1.AssetService/GetManifest"
-	AssetService_DeleteAsset_FullMethodName        = "/asset.v1.AssetService/DeleteAsset"
-	AssetService_MintTaskToken_FullMethodName      = "/asset.v1.AssetService/MintTaskToken"
-	AssetService_QueryUpload_FullMethodName        = "/asset.v1.AssetService/QueryUpload"
-	AssetService_ScrubAssets_FullMethodName        = "/asset.v1.AssetService/ScrubAssets"
-	AssetService_SetExpiry_FullMethodName          = "/asset.v1.AssetService/SetExpiry"
-	AssetService_PlaceHold_FullMethodName          = "/asset.v1.AssetService/PlaceHold"
-	AssetService_ReleaseHold_FullMethodName        = "/asset.v1.AssetService/ReleaseHold"
-	AssetService_GetUsage_FullMethodName           = "/asset.v1.AssetService/GetUsage"
+	AssetService_UploadAsset_FullMethodName             = "/asset.v1.AssetService/UploadAsset"
+	AssetService_RegisterFile_FullMethodName            = "/asset.v1.AssetService/RegisterFile"
+	AssetService_CreateValueAsset_FullMethodName        = "/asset.v1.AssetService/CreateValueAsset"
+	AssetService_CreatePendingAsset_FullMethodName      = "/asset.v1.AssetService/CreatePendingAsset"
+	AssetService_GetOrCreatePendingAsset_FullMethodName = "/asset.v1.AssetService/GetOrCreatePendingAsset"
+	AssetService_FulfillAsset_FullMethodName            = "/asset.v1.AssetService/FulfillAsset"
+	AssetService_FailAsset_FullMethodName               = "/asset.v1.AssetService/FailAsset"
+	AssetService_RenewLease_FullMethodName              = "/asset.v1.AssetService/RenewLease"
+	AssetService_GetAsset_FullMethodName                = "/asset.v1.AssetService/GetAsset"
+	AssetService_BatchGetAssets_FullMethodName          = "/asset.v1.AssetService/BatchGetAssets"
+	AssetService_ListAssets_FullMethodName              = "/asset.v1.AssetService/ListAssets"
+	AssetService_WatchAsset_FullMethodName              = "/asset.v1.AssetService/WatchAsset"
+	AssetService_ReadAsset_FullMethodName               = "/asset.v1.AssetService/ReadAsset"
+	AssetService_GetManifest_FullMethodName             = "/asset.v1.AssetService/GetManifest"
+	AssetService_DeleteAsset_FullMethodName             = "/asset.v1.AssetService/DeleteAsset"
+	AssetService_MintTaskToken_FullMethodName           = "/asset.v1.AssetService/MintTaskToken"
+	AssetService_QueryUpload_FullMethodName             = "/asset.v1.AssetService/QueryUpload"
+	AssetService_ScrubAssets_FullMethodName             = "/asset.v1.AssetService/ScrubAssets"
+	AssetService_SetExpiry_FullMethodName               = "/asset.v1.AssetService/SetExpiry"
+	AssetService_PlaceHold_FullMethodName               = "/asset.v1.AssetService/PlaceHold"
+	AssetService_ReleaseHold_FullMethodName             = "/asset.v1.AssetService/ReleaseHold"
+	AssetService_GetUsage_FullMethodName                = "/asset.v1.AssetService/GetUsage"
 )
 
 // AssetServiceClient is the client API for AssetService service.
@@ -77,6 +78,15 @@ type AssetServiceClient interface {
 	CreateValueAsset(ctx context.Context, in *CreateValueAssetRequest, opts ...grpc.CallOption) (*CreateValueAssetResponse, error)
 	// CreatePendingAsset records the promise that a task will produce an asset.
 	CreatePendingAsset(ctx context.Context, in *CreatePendingAssetRequest, opts ...grpc.CallOption) (*CreatePendingAssetResponse, error)
+	// GetOrCreatePendingAsset finds or makes the asset for a key the orchestrator
+	// chose (e.g. a hash of the task's code and inputs): the AVAILABLE asset made
+	// for it (HIT), the live PENDING promise for it (JOIN: watch it, do not
+	// produce), or a new promise the caller must produce (PRODUCE). Of any number
+	// of concurrent calls for one key, on any number of servers sharing a store,
+	// exactly one is answered PRODUCE. A FAILED holder, one whose bytes are gone
+	// or corrupt, or a promise whose lease ran out (failed then and there: its
+	// watchers hear at once) does not block: the next call produces anew.
+	GetOrCreatePendingAsset(ctx context.Context, in *GetOrCreatePendingAssetRequest, opts ...grpc.CallOption) (*GetOrCreatePendingAssetResponse, error)
 	// FulfillAsset turns a PENDING asset AVAILABLE, from a file on the server's
 	// filesystem (moved into generated/{task_id}/) or from an inline value. A
 	// promise whose lease has run out cannot be fulfilled (FAILED_PRECONDITION),
@@ -195,6 +205,16 @@ func (c *assetServiceClient) CreatePendingAsset(ctx context.Context, in *CreateP
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(CreatePendingAssetResponse)
 	err := c.cc.Invoke(ctx, AssetService_CreatePendingAsset_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *assetServiceClient) GetOrCreatePendingAsset(ctx context.Context, in *GetOrCreatePendingAssetRequest, opts ...grpc.CallOption) (*GetOrCreatePendingAssetResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetOrCreatePendingAssetResponse)
+	err := c.cc.Invoke(ctx, AssetService_GetOrCreatePendingAsset_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -419,6 +439,15 @@ type AssetServiceServer interface {
 	CreateValueAsset(context.Context, *CreateValueAssetRequest) (*CreateValueAssetResponse, error)
 	// CreatePendingAsset records the promise that a task will produce an asset.
 	CreatePendingAsset(context.Context, *CreatePendingAssetRequest) (*CreatePendingAssetResponse, error)
+	// GetOrCreatePendingAsset finds or makes the asset for a key the orchestrator
+	// chose (e.g. a hash of the task's code and inputs): the AVAILABLE asset made
+	// for it (HIT), the live PENDING promise for it (JOIN: watch it, do not
+	// produce), or a new promise the caller must produce (PRODUCE). Of any number
+	// of concurrent calls for one key, on any number of servers sharing a store,
+	// exactly one is answered PRODUCE. A FAILED holder, one whose bytes are gone
+	// or corrupt, or a promise whose lease ran out (failed then and there: its
+	// watchers hear at once) does not block: the next call produces anew.
+	GetOrCreatePendingAsset(context.Context, *GetOrCreatePendingAssetRequest) (*GetOrCreatePendingAssetResponse, error)
 	// FulfillAsset turns a PENDING asset AVAILABLE, from a file on the server's
 	// filesystem (moved into generated/{task_id}/) or from an inline value. A
 	// promise whose lease has run out cannot be fulfilled (FAILED_PRECONDITION),
@@ -511,6 +540,9 @@ func (UnimplementedAssetServiceServer) CreateValueAsset(context.Context, *Create
 }
 func (UnimplementedAssetServiceServer) CreatePendingAsset(context.Context, *CreatePendingAssetRequest) (*CreatePendingAssetResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method CreatePendingAsset not implemented")
+}
+func (UnimplementedAssetServiceServer) GetOrCreatePendingAsset(context.Context, *GetOrCreatePendingAssetRequest) (*GetOrCreatePendingAssetResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetOrCreatePendingAsset not implemented")
 }
 func (UnimplementedAssetServiceServer) FulfillAsset(context.Context, *FulfillAssetRequest) (*FulfillAssetResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method FulfillAsset not implemented")
@@ -641,6 +673,24 @@ func _AssetService_CreatePendingAsset_Handler(srv interface{}, ctx context.Conte
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(AssetServiceServer).CreatePendingAsset(ctx, req.(*CreatePendingAssetRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AssetService_GetOrCreatePendingAsset_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetOrCreatePendingAssetRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AssetServiceServer).GetOrCreatePendingAsset(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AssetService_GetOrCreatePendingAsset_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AssetServiceServer).GetOrCreatePendingAsset(ctx, req.(*GetOrCreatePendingAssetRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -948,6 +998,10 @@ var AssetService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "CreatePendingAsset",
 			Handler:    _AssetService_CreatePendingAsset_Handler,
+		},
+		{
+			MethodName: "GetOrCreatePendingAsset",
+			Handler:    _AssetService_GetOrCreatePendingAsset_Handler,
 		},
 		{
 			MethodName: "FulfillAsset",

@@ -64,6 +64,16 @@ class AssetServiceStub:
     """CreateValueAsset stores an AVAILABLE VALUE asset (text, JSON or bytes)."""
     CreatePendingAsset: _grpc.UnaryUnaryMultiCallable[_asset_service_pb2.CreatePendingAssetRequest, _asset_service_pb2.CreatePendingAssetResponse]
     """CreatePendingAsset records the promise that a task will produce an asset."""
+    GetOrCreatePendingAsset: _grpc.UnaryUnaryMultiCallable[_asset_service_pb2.GetOrCreatePendingAssetRequest, _asset_service_pb2.GetOrCreatePendingAssetResponse]
+    """GetOrCreatePendingAsset finds or makes the asset for a key the orchestrator
+    chose (e.g. a hash of the task's code and inputs): the AVAILABLE asset made
+    for it (HIT), the live PENDING promise for it (JOIN: watch it, do not
+    produce), or a new promise the caller must produce (PRODUCE). Of any number
+    of concurrent calls for one key, on any number of servers sharing a store,
+    exactly one is answered PRODUCE. A FAILED holder, one whose bytes are gone
+    or corrupt, or a promise whose lease ran out (failed then and there: its
+    watchers hear at once) does not block: the next call produces anew.
+    """
     FulfillAsset: _grpc.UnaryUnaryMultiCallable[_asset_service_pb2.FulfillAssetRequest, _asset_service_pb2.FulfillAssetResponse]
     """FulfillAsset turns a PENDING asset AVAILABLE, from a file on the server's
     filesystem (moved into generated/{task_id}/) or from an inline value. A
@@ -171,6 +181,16 @@ class AssetServiceAsyncStub(AssetServiceStub):
     """CreateValueAsset stores an AVAILABLE VALUE asset (text, JSON or bytes)."""
     CreatePendingAsset: _aio.UnaryUnaryMultiCallable[_asset_service_pb2.CreatePendingAssetRequest, _asset_service_pb2.CreatePendingAssetResponse]  # type: ignore[assignment]
     """CreatePendingAsset records the promise that a task will produce an asset."""
+    GetOrCreatePendingAsset: _aio.UnaryUnaryMultiCallable[_asset_service_pb2.GetOrCreatePendingAssetRequest, _asset_service_pb2.GetOrCreatePendingAssetResponse]  # type: ignore[assignment]
+    """GetOrCreatePendingAsset finds or makes the asset for a key the orchestrator
+    chose (e.g. a hash of the task's code and inputs): the AVAILABLE asset made
+    for it (HIT), the live PENDING promise for it (JOIN: watch it, do not
+    produce), or a new promise the caller must produce (PRODUCE). Of any number
+    of concurrent calls for one key, on any number of servers sharing a store,
+    exactly one is answered PRODUCE. A FAILED holder, one whose bytes are gone
+    or corrupt, or a promise whose lease ran out (failed then and there: its
+    watchers hear at once) does not block: the next call produces anew.
+    """
     FulfillAsset: _aio.UnaryUnaryMultiCallable[_asset_service_pb2.FulfillAssetRequest, _asset_service_pb2.FulfillAssetResponse]  # type: ignore[assignment]
     """FulfillAsset turns a PENDING asset AVAILABLE, from a file on the server's
     filesystem (moved into generated/{task_id}/) or from an inline value. A
@@ -299,6 +319,22 @@ class AssetServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_asset_service_pb2.CreatePendingAssetResponse, _abc.Awaitable[_asset_service_pb2.CreatePendingAssetResponse]]:
         """CreatePendingAsset records the promise that a task will produce an asset."""
+
+    @_abc_1.abstractmethod
+    def GetOrCreatePendingAsset(
+        self,
+        request: _asset_service_pb2.GetOrCreatePendingAssetRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_asset_service_pb2.GetOrCreatePendingAssetResponse, _abc.Awaitable[_asset_service_pb2.GetOrCreatePendingAssetResponse]]:
+        """GetOrCreatePendingAsset finds or makes the asset for a key the orchestrator
+        chose (e.g. a hash of the task's code and inputs): the AVAILABLE asset made
+        for it (HIT), the live PENDING promise for it (JOIN: watch it, do not
+        produce), or a new promise the caller must produce (PRODUCE). Of any number
+        of concurrent calls for one key, on any number of servers sharing a store,
+        exactly one is answered PRODUCE. A FAILED holder, one whose bytes are gone
+        or corrupt, or a promise whose lease ran out (failed then and there: its
+        watchers hear at once) does not block: the next call produces anew.
+        """
 
     @_abc_1.abstractmethod
     def FulfillAsset(

@@ -136,6 +136,55 @@ export function assetTypeToJSON(object: AssetType): string {
   }
 }
 
+/** GetOrCreateOutcome says what GetOrCreatePendingAsset found. */
+export enum GetOrCreateOutcome {
+  GET_OR_CREATE_OUTCOME_UNSPECIFIED = 0,
+  /** GET_OR_CREATE_OUTCOME_HIT - The key's AVAILABLE asset, its content checked: use it. */
+  GET_OR_CREATE_OUTCOME_HIT = 1,
+  /** GET_OR_CREATE_OUTCOME_JOIN - The key's live PENDING promise: another caller produces it; watch it. */
+  GET_OR_CREATE_OUTCOME_JOIN = 2,
+  /** GET_OR_CREATE_OUTCOME_PRODUCE - A new PENDING promise: this caller must produce it (or fail it). */
+  GET_OR_CREATE_OUTCOME_PRODUCE = 3,
+  UNRECOGNIZED = -1,
+}
+
+export function getOrCreateOutcomeFromJSON(object: any): GetOrCreateOutcome {
+  switch (object) {
+    case 0:
+    case "GET_OR_CREATE_OUTCOME_UNSPECIFIED":
+      return GetOrCreateOutcome.GET_OR_CREATE_OUTCOME_UNSPECIFIED;
+    case 1:
+    case "GET_OR_CREATE_OUTCOME_HIT":
+      return GetOrCreateOutcome.GET_OR_CREATE_OUTCOME_HIT;
+    case 2:
+    case "GET_OR_CREATE_OUTCOME_JOIN":
+      return GetOrCreateOutcome.GET_OR_CREATE_OUTCOME_JOIN;
+    case 3:
+    case "GET_OR_CREATE_OUTCOME_PRODUCE":
+      return GetOrCreateOutcome.GET_OR_CREATE_OUTCOME_PRODUCE;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return GetOrCreateOutcome.UNRECOGNIZED;
+  }
+}
+
+export function getOrCreateOutcomeToJSON(object: GetOrCreateOutcome): string {
+  switch (object) {
+    case GetOrCreateOutcome.GET_OR_CREATE_OUTCOME_UNSPECIFIED:
+      return "GET_OR_CREATE_OUTCOME_UNSPECIFIED";
+    case GetOrCreateOutcome.GET_OR_CREATE_OUTCOME_HIT:
+      return "GET_OR_CREATE_OUTCOME_HIT";
+    case GetOrCreateOutcome.GET_OR_CREATE_OUTCOME_JOIN:
+      return "GET_OR_CREATE_OUTCOME_JOIN";
+    case GetOrCreateOutcome.GET_OR_CREATE_OUTCOME_PRODUCE:
+      return "GET_OR_CREATE_OUTCOME_PRODUCE";
+    case GetOrCreateOutcome.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
 /** WatchEventType says what a WatchAssetResponse reports. */
 export enum WatchEventType {
   WATCH_EVENT_TYPE_UNSPECIFIED = 0,
@@ -343,6 +392,11 @@ export interface Asset {
    * "expired (ttl)"; empty for a DeleteAsset.
    */
   deletionReason: string;
+  /**
+   * The key of the GetOrCreatePendingAsset that made it (empty otherwise); kept
+   * for good, also once another asset serves the key.
+   */
+  key: string;
 }
 
 /** Hold is one thing that still needs an asset. */
@@ -406,6 +460,19 @@ export interface UploadHeader {
    * server's --expiry-rule defaults (none: kept until deleted).
    */
   ttlSeconds: number;
+  /**
+   * Send no bytes if the server already stores them: with expected_size_bytes and
+   * expected_sha256 set and no chunk in the stream, the server makes the asset
+   * (or fulfills pending_asset_id) from a stored AVAILABLE FILE asset of that
+   * size and sha256. A declared sha256 is never trusted: the stored bytes'
+   * sha256 is the server's own, and they are read whole and checked block by
+   * block first. On a local disk the new asset is then a second name (a hard
+   * link) for the same bytes, stored once; on an object store a copy made
+   * through the server, hashed again. If it stores no such bytes (or they fail
+   * a check) the stream fails with NOT_FOUND ("no stored bytes ..."): send them
+   * in a new stream. Not with upload_id; not with a task token.
+   */
+  reuseStoredBytes: boolean;
 }
 
 /** UploadAssetRequest is one message of an upload: the header first, then chunks. */
@@ -500,6 +567,26 @@ export interface CreatePendingAssetResponse {
   asset?: Asset | undefined;
 }
 
+/** GetOrCreatePendingAssetRequest asks for the asset of a key. */
+export interface GetOrCreatePendingAssetRequest {
+  /**
+   * 1 to 256 of letters, digits, '.', '_', ':', '/', '+', '=', '@' and '-',
+   * starting with a letter or digit.
+   */
+  key: string;
+  /**
+   * The promise to make if the key has no asset (PRODUCE): checked on every
+   * call, used only then.
+   */
+  promise?: CreatePendingAssetRequest | undefined;
+}
+
+/** GetOrCreatePendingAssetResponse carries the key's asset and what it is to the caller. */
+export interface GetOrCreatePendingAssetResponse {
+  asset?: Asset | undefined;
+  outcome: GetOrCreateOutcome;
+}
+
 /** FulfillAssetRequest provides the content of a PENDING asset. */
 export interface FulfillAssetRequest {
   assetId: string;
@@ -587,6 +674,10 @@ export interface ListAssetsRequest {
    * (page_size may change); with other filters it is INVALID_ARGUMENT.
    */
   pageToken: string;
+  /** The GetOrCreatePendingAsset key (Asset.key). */
+  key: string;
+  /** Lower-case hex SHA-256 of the content. */
+  sha256: string;
 }
 
 /** ListAssetsResponse is one page of assets. */
@@ -645,6 +736,8 @@ export interface AssetSelector {
   status: AssetStatus;
   type: AssetType;
   label: string;
+  /** The GetOrCreatePendingAsset key (Asset.key). */
+  key: string;
 }
 
 /** WatchAssetResponse is one event of a watch. */
@@ -1027,6 +1120,7 @@ function createBaseAsset(): Asset {
     holds: [],
     retainUntilTime: undefined,
     deletionReason: "",
+    key: "",
   };
 }
 
@@ -1106,6 +1200,9 @@ export const Asset: MessageFns<Asset> = {
     }
     if (message.deletionReason !== "") {
       writer.uint32(202).string(message.deletionReason);
+    }
+    if (message.key !== "") {
+      writer.uint32(210).string(message.key);
     }
     return writer;
   },
@@ -1323,6 +1420,14 @@ export const Asset: MessageFns<Asset> = {
             message.deletionReason = reader.string();
             continue;
           }
+          case 26: {
+            if (tag !== 210) {
+              break;
+            }
+
+            message.key = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1430,6 +1535,7 @@ export const Asset: MessageFns<Asset> = {
         : isSet(object.deletion_reason)
         ? globalThis.String(object.deletion_reason)
         : "",
+      key: isSet(object.key) ? globalThis.String(object.key) : "",
     };
   },
 
@@ -1510,6 +1616,9 @@ export const Asset: MessageFns<Asset> = {
     if (message.deletionReason !== "") {
       obj.deletionReason = message.deletionReason;
     }
+    if (message.key !== "") {
+      obj.key = message.key;
+    }
     return obj;
   },
 
@@ -1543,6 +1652,7 @@ export const Asset: MessageFns<Asset> = {
     message.holds = object.holds?.map((e) => Hold.fromPartial(e)) || [];
     message.retainUntilTime = object.retainUntilTime ?? undefined;
     message.deletionReason = object.deletionReason ?? "";
+    message.key = object.key ?? "";
     return message;
   },
 };
@@ -1699,6 +1809,7 @@ function createBaseUploadHeader(): UploadHeader {
     uploadId: "",
     writeOffset: 0,
     ttlSeconds: 0,
+    reuseStoredBytes: false,
   };
 }
 
@@ -1730,6 +1841,9 @@ export const UploadHeader: MessageFns<UploadHeader> = {
     }
     if (message.ttlSeconds !== 0) {
       writer.uint32(72).int64(message.ttlSeconds);
+    }
+    if (message.reuseStoredBytes !== false) {
+      writer.uint32(80).bool(message.reuseStoredBytes);
     }
     return writer;
   },
@@ -1819,6 +1933,14 @@ export const UploadHeader: MessageFns<UploadHeader> = {
             message.ttlSeconds = longToNumber(reader.int64());
             continue;
           }
+          case 10: {
+            if (tag !== 80) {
+              break;
+            }
+
+            message.reuseStoredBytes = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1870,6 +1992,11 @@ export const UploadHeader: MessageFns<UploadHeader> = {
         : isSet(object.ttl_seconds)
         ? globalThis.Number(object.ttl_seconds)
         : 0,
+      reuseStoredBytes: isSet(object.reuseStoredBytes)
+        ? globalThis.Boolean(object.reuseStoredBytes)
+        : isSet(object.reuse_stored_bytes)
+        ? globalThis.Boolean(object.reuse_stored_bytes)
+        : false,
     };
   },
 
@@ -1902,6 +2029,9 @@ export const UploadHeader: MessageFns<UploadHeader> = {
     if (message.ttlSeconds !== 0) {
       obj.ttlSeconds = Math.round(message.ttlSeconds);
     }
+    if (message.reuseStoredBytes !== false) {
+      obj.reuseStoredBytes = message.reuseStoredBytes;
+    }
     return obj;
   },
 
@@ -1919,6 +2049,7 @@ export const UploadHeader: MessageFns<UploadHeader> = {
     message.uploadId = object.uploadId ?? "";
     message.writeOffset = object.writeOffset ?? 0;
     message.ttlSeconds = object.ttlSeconds ?? 0;
+    message.reuseStoredBytes = object.reuseStoredBytes ?? false;
     return message;
   },
 };
@@ -2771,6 +2902,182 @@ export const CreatePendingAssetResponse: MessageFns<CreatePendingAssetResponse> 
   },
 };
 
+function createBaseGetOrCreatePendingAssetRequest(): GetOrCreatePendingAssetRequest {
+  return { key: "", promise: undefined };
+}
+
+export const GetOrCreatePendingAssetRequest: MessageFns<GetOrCreatePendingAssetRequest> = {
+  encode(message: GetOrCreatePendingAssetRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.key !== "") {
+      writer.uint32(10).string(message.key);
+    }
+    if (message.promise !== undefined) {
+      CreatePendingAssetRequest.encode(message.promise, writer.uint32(18).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetOrCreatePendingAssetRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetOrCreatePendingAssetRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.key = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.promise = CreatePendingAssetRequest.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetOrCreatePendingAssetRequest {
+    return {
+      key: isSet(object.key) ? globalThis.String(object.key) : "",
+      promise: isSet(object.promise) ? CreatePendingAssetRequest.fromJSON(object.promise) : undefined,
+    };
+  },
+
+  toJSON(message: GetOrCreatePendingAssetRequest): unknown {
+    const obj: any = {};
+    if (message.key !== "") {
+      obj.key = message.key;
+    }
+    if (message.promise !== undefined) {
+      obj.promise = CreatePendingAssetRequest.toJSON(message.promise);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetOrCreatePendingAssetRequest>, I>>(base?: I): GetOrCreatePendingAssetRequest {
+    return GetOrCreatePendingAssetRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetOrCreatePendingAssetRequest>, I>>(
+    object: I,
+  ): GetOrCreatePendingAssetRequest {
+    const message = createBaseGetOrCreatePendingAssetRequest();
+    message.key = object.key ?? "";
+    message.promise = (object.promise !== undefined && object.promise !== null)
+      ? CreatePendingAssetRequest.fromPartial(object.promise)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseGetOrCreatePendingAssetResponse(): GetOrCreatePendingAssetResponse {
+  return { asset: undefined, outcome: 0 };
+}
+
+export const GetOrCreatePendingAssetResponse: MessageFns<GetOrCreatePendingAssetResponse> = {
+  encode(message: GetOrCreatePendingAssetResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.asset !== undefined) {
+      Asset.encode(message.asset, writer.uint32(10).fork()).join();
+    }
+    if (message.outcome !== 0) {
+      writer.uint32(16).int32(message.outcome);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetOrCreatePendingAssetResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetOrCreatePendingAssetResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.asset = Asset.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.outcome = reader.int32() as any;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetOrCreatePendingAssetResponse {
+    return {
+      asset: isSet(object.asset) ? Asset.fromJSON(object.asset) : undefined,
+      outcome: isSet(object.outcome) ? getOrCreateOutcomeFromJSON(object.outcome) : 0,
+    };
+  },
+
+  toJSON(message: GetOrCreatePendingAssetResponse): unknown {
+    const obj: any = {};
+    if (message.asset !== undefined) {
+      obj.asset = Asset.toJSON(message.asset);
+    }
+    if (message.outcome !== 0) {
+      obj.outcome = getOrCreateOutcomeToJSON(message.outcome);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetOrCreatePendingAssetResponse>, I>>(base?: I): GetOrCreatePendingAssetResponse {
+    return GetOrCreatePendingAssetResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetOrCreatePendingAssetResponse>, I>>(
+    object: I,
+  ): GetOrCreatePendingAssetResponse {
+    const message = createBaseGetOrCreatePendingAssetResponse();
+    message.asset = (object.asset !== undefined && object.asset !== null) ? Asset.fromPartial(object.asset) : undefined;
+    message.outcome = object.outcome ?? 0;
+    return message;
+  },
+};
+
 function createBaseFulfillAssetRequest(): FulfillAssetRequest {
   return { assetId: "", content: undefined, expectedSha256: "" };
 }
@@ -3578,7 +3885,17 @@ export const BatchGetAssetsResponse: MessageFns<BatchGetAssetsResponse> = {
 };
 
 function createBaseListAssetsRequest(): ListAssetsRequest {
-  return { status: 0, type: 0, tags: [], createdByTask: "", label: "", pageSize: 0, pageToken: "" };
+  return {
+    status: 0,
+    type: 0,
+    tags: [],
+    createdByTask: "",
+    label: "",
+    pageSize: 0,
+    pageToken: "",
+    key: "",
+    sha256: "",
+  };
 }
 
 export const ListAssetsRequest: MessageFns<ListAssetsRequest> = {
@@ -3603,6 +3920,12 @@ export const ListAssetsRequest: MessageFns<ListAssetsRequest> = {
     }
     if (message.pageToken !== "") {
       writer.uint32(58).string(message.pageToken);
+    }
+    if (message.key !== "") {
+      writer.uint32(66).string(message.key);
+    }
+    if (message.sha256 !== "") {
+      writer.uint32(74).string(message.sha256);
     }
     return writer;
   },
@@ -3676,6 +3999,22 @@ export const ListAssetsRequest: MessageFns<ListAssetsRequest> = {
             message.pageToken = reader.string();
             continue;
           }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.key = reader.string();
+            continue;
+          }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.sha256 = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3709,6 +4048,8 @@ export const ListAssetsRequest: MessageFns<ListAssetsRequest> = {
         : isSet(object.page_token)
         ? globalThis.String(object.page_token)
         : "",
+      key: isSet(object.key) ? globalThis.String(object.key) : "",
+      sha256: isSet(object.sha256) ? globalThis.String(object.sha256) : "",
     };
   },
 
@@ -3735,6 +4076,12 @@ export const ListAssetsRequest: MessageFns<ListAssetsRequest> = {
     if (message.pageToken !== "") {
       obj.pageToken = message.pageToken;
     }
+    if (message.key !== "") {
+      obj.key = message.key;
+    }
+    if (message.sha256 !== "") {
+      obj.sha256 = message.sha256;
+    }
     return obj;
   },
 
@@ -3750,6 +4097,8 @@ export const ListAssetsRequest: MessageFns<ListAssetsRequest> = {
     message.label = object.label ?? "";
     message.pageSize = object.pageSize ?? 0;
     message.pageToken = object.pageToken ?? "";
+    message.key = object.key ?? "";
+    message.sha256 = object.sha256 ?? "";
     return message;
   },
 };
@@ -3987,7 +4336,7 @@ export const WatchAssetRequest: MessageFns<WatchAssetRequest> = {
 };
 
 function createBaseAssetSelector(): AssetSelector {
-  return { taskId: "", tags: [], status: 0, type: 0, label: "" };
+  return { taskId: "", tags: [], status: 0, type: 0, label: "", key: "" };
 }
 
 export const AssetSelector: MessageFns<AssetSelector> = {
@@ -4006,6 +4355,9 @@ export const AssetSelector: MessageFns<AssetSelector> = {
     }
     if (message.label !== "") {
       writer.uint32(42).string(message.label);
+    }
+    if (message.key !== "") {
+      writer.uint32(50).string(message.key);
     }
     return writer;
   },
@@ -4063,6 +4415,14 @@ export const AssetSelector: MessageFns<AssetSelector> = {
             message.label = reader.string();
             continue;
           }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.key = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -4086,6 +4446,7 @@ export const AssetSelector: MessageFns<AssetSelector> = {
       status: isSet(object.status) ? assetStatusFromJSON(object.status) : 0,
       type: isSet(object.type) ? assetTypeFromJSON(object.type) : 0,
       label: isSet(object.label) ? globalThis.String(object.label) : "",
+      key: isSet(object.key) ? globalThis.String(object.key) : "",
     };
   },
 
@@ -4106,6 +4467,9 @@ export const AssetSelector: MessageFns<AssetSelector> = {
     if (message.label !== "") {
       obj.label = message.label;
     }
+    if (message.key !== "") {
+      obj.key = message.key;
+    }
     return obj;
   },
 
@@ -4119,6 +4483,7 @@ export const AssetSelector: MessageFns<AssetSelector> = {
     message.status = object.status ?? 0;
     message.type = object.type ?? 0;
     message.label = object.label ?? "";
+    message.key = object.key ?? "";
     return message;
   },
 };
@@ -6697,6 +7062,28 @@ export const AssetServiceService = {
     responseDeserialize: (value: Buffer): CreatePendingAssetResponse => CreatePendingAssetResponse.decode(value),
   },
   /**
+   * GetOrCreatePendingAsset finds or makes the asset for a key the orchestrator
+   * chose (e.g. a hash of the task's code and inputs): the AVAILABLE asset made
+   * for it (HIT), the live PENDING promise for it (JOIN: watch it, do not
+   * produce), or a new promise the caller must produce (PRODUCE). Of any number
+   * of concurrent calls for one key, on any number of servers sharing a store,
+   * exactly one is answered PRODUCE. A FAILED holder, one whose bytes are gone
+   * or corrupt, or a promise whose lease ran out (failed then and there: its
+   * watchers hear at once) does not block: the next call produces anew.
+   */
+  getOrCreatePendingAsset: {
+    path: "/asset.v1.AssetService/GetOrCreatePendingAsset" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetOrCreatePendingAssetRequest): Buffer =>
+      Buffer.from(GetOrCreatePendingAssetRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetOrCreatePendingAssetRequest => GetOrCreatePendingAssetRequest.decode(value),
+    responseSerialize: (value: GetOrCreatePendingAssetResponse): Buffer =>
+      Buffer.from(GetOrCreatePendingAssetResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GetOrCreatePendingAssetResponse =>
+      GetOrCreatePendingAssetResponse.decode(value),
+  },
+  /**
    * FulfillAsset turns a PENDING asset AVAILABLE, from a file on the server's
    * filesystem (moved into generated/{task_id}/) or from an inline value. A
    * promise whose lease has run out cannot be fulfilled (FAILED_PRECONDITION),
@@ -6956,6 +7343,17 @@ export interface AssetServiceServer extends UntypedServiceImplementation {
   /** CreatePendingAsset records the promise that a task will produce an asset. */
   createPendingAsset: handleUnaryCall<CreatePendingAssetRequest, CreatePendingAssetResponse>;
   /**
+   * GetOrCreatePendingAsset finds or makes the asset for a key the orchestrator
+   * chose (e.g. a hash of the task's code and inputs): the AVAILABLE asset made
+   * for it (HIT), the live PENDING promise for it (JOIN: watch it, do not
+   * produce), or a new promise the caller must produce (PRODUCE). Of any number
+   * of concurrent calls for one key, on any number of servers sharing a store,
+   * exactly one is answered PRODUCE. A FAILED holder, one whose bytes are gone
+   * or corrupt, or a promise whose lease ran out (failed then and there: its
+   * watchers hear at once) does not block: the next call produces anew.
+   */
+  getOrCreatePendingAsset: handleUnaryCall<GetOrCreatePendingAssetRequest, GetOrCreatePendingAssetResponse>;
+  /**
    * FulfillAsset turns a PENDING asset AVAILABLE, from a file on the server's
    * filesystem (moved into generated/{task_id}/) or from an inline value. A
    * promise whose lease has run out cannot be fulfilled (FAILED_PRECONDITION),
@@ -7130,6 +7528,31 @@ export interface AssetServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: CreatePendingAssetResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * GetOrCreatePendingAsset finds or makes the asset for a key the orchestrator
+   * chose (e.g. a hash of the task's code and inputs): the AVAILABLE asset made
+   * for it (HIT), the live PENDING promise for it (JOIN: watch it, do not
+   * produce), or a new promise the caller must produce (PRODUCE). Of any number
+   * of concurrent calls for one key, on any number of servers sharing a store,
+   * exactly one is answered PRODUCE. A FAILED holder, one whose bytes are gone
+   * or corrupt, or a promise whose lease ran out (failed then and there: its
+   * watchers hear at once) does not block: the next call produces anew.
+   */
+  getOrCreatePendingAsset(
+    request: GetOrCreatePendingAssetRequest,
+    callback: (error: ServiceError | null, response: GetOrCreatePendingAssetResponse) => void,
+  ): ClientUnaryCall;
+  getOrCreatePendingAsset(
+    request: GetOrCreatePendingAssetRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GetOrCreatePendingAssetResponse) => void,
+  ): ClientUnaryCall;
+  getOrCreatePendingAsset(
+    request: GetOrCreatePendingAssetRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GetOrCreatePendingAssetResponse) => void,
   ): ClientUnaryCall;
   /**
    * FulfillAsset turns a PENDING asset AVAILABLE, from a file on the server's
