@@ -9,7 +9,7 @@ TOOLS := tools/node_modules/.installed
 ARGS ?=
 PY_SOURCES := asset_service tests scripts bench clients/python
 
-.PHONY: install run test soak ferretdb minio lazyfs grpcurl generate contract-baseline lock lint format bench clean
+.PHONY: install run test soak ferretdb minio lazyfs grpcurl generate contract-baseline lock lint format bench bench-etcd clean
 
 $(STAMP): pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -105,6 +105,11 @@ format: install
 
 bench: install minio
 	$(PY) -m bench $(ARGS)
+
+## bench-etcd: the metadata path side by side with a pinned etcd, Go clients for both
+## (builds etcd and a load generator into .tools/ the first time; bench/README.md)
+bench-etcd: install
+	$(PY) -m bench.etcd $(ARGS)
 
 clean:
 	rm -rf $(VENV) tools/node_modules .pytest_cache .mypy_cache .ruff_cache

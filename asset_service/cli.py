@@ -15,6 +15,7 @@ from asset_service import __version__, logs
 from asset_service.config import TABLE, build_parser, read_command_line
 from asset_service.domain.errors import AssetError
 from asset_service.options import describe
+from asset_service.worker import WorkerRole, die_with_supervisor
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -58,14 +59,22 @@ def serve_command(argv: Sequence[str]) -> int:
         print(describe(TABLE, loaded))
         return 0
     settings = loaded.settings
-    logs.configure(settings.log_level, settings.log_format)
+    role = WorkerRole.from_env(os.environ)
+    if role is not None:
+        die_with_supervisor(role.supervisor)
+    logs.configure(settings.log_level, settings.log_format, worker=role.name if role else "")
     # Whatever a library creates (SQLite's journal files, temporary files) is owner-only
     # too; what the server creates itself has its mode set explicitly (modes.py).
     os.umask(0o077)
+    if role is None and settings.workers != 1:
+        from asset_service import supervisor  # serves nothing itself: no gRPC here
+
+        if supervisor.worker_count(settings) > 1:
+            return supervisor.supervise(argv, settings)
     from asset_service.server import serve  # after logging: importing grpc may log
 
     try:
-        asyncio.run(serve(settings))
+        asyncio.run(serve(settings, role))
     except AssetError as exc:
         logging.getLogger("asset_service").error("cannot start: %s", exc.message)
         return 2

@@ -123,6 +123,21 @@ RESERVE = SIZE.where(
 )
 
 
+def _workers(text: str) -> int:
+    """'auto' -> 0 (one per core, worked out at start-up), else a count above 0."""
+    if text.strip().lower() == "auto":
+        return 0
+    count = COUNT.parse(text)
+    if count < 1:
+        raise ArgumentTypeError(f"{text!r} is not auto or a count above 0")
+    return count
+
+
+WORKERS = Kind(
+    "workers", _workers, "auto, or a whole number above 0", lambda n: str(n or "auto"), "N"
+)
+
+
 def _metrics_address(text: str) -> str:
     if not text.strip():
         return ""
@@ -174,6 +189,17 @@ class Settings:
         "asset.v1.AssetService; each check gets this long, at least 1s)",
         group="service",
         flag="--health-interval",
+    )
+    workers: int = setting(
+        WORKERS,
+        "1",
+        "serving processes behind the one --listen port, sharing the database and storage "
+        "(the kernel spreads connections over them, SO_REUSEPORT); 'auto' starts one per core "
+        "(CPU affinity and cgroup quota). A supervisor restarts a worker that dies and passes "
+        "SIGTERM/SIGHUP on. 1 serves in this process alone: what a container scaled by "
+        "replicas, or a small machine, wants; a second server on the same port or SQLite "
+        "file is refused either way. Not with memory:// or a unix: address",
+        group="service",
     )
     max_lease_seconds: int = setting(
         WHOLE_SECONDS.where(lambda seconds: seconds > 0, "above 0"),
@@ -467,7 +493,8 @@ class Settings:
         "",
         "serve Prometheus metrics (text format) at http://HOST:PORT/metrics, e.g. "
         "0.0.0.0:9464; the port is logged at start-up. Empty: no metrics, no listener, no "
-        "cost. Unauthenticated and plain HTTP: keep it on a private network",
+        "cost. Unauthenticated and plain HTTP: keep it on a private network. With --workers N, "
+        "worker i (from 0) serves its own at PORT+i",
         group="telemetry",
     )
     # Counting is an index scan of every record (~0.1 s per million on SQLite, a COUNT_SCAN

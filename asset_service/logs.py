@@ -146,6 +146,10 @@ class JsonFormatter(logging.Formatter):
     fields (and their names) are the server's own contract with log shippers.
     """
 
+    def __init__(self, worker: str = "") -> None:
+        super().__init__()
+        self.worker = worker  # "worker 1/4" in a --workers server: a field of each line
+
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
             "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
@@ -153,6 +157,8 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        if self.worker:
+            entry["worker"] = self.worker
         for key, value in vars(record).items():
             if key not in _STANDARD and not key.startswith("_"):
                 entry[key] = value
@@ -169,16 +175,20 @@ class JsonFormatter(logging.Formatter):
 _ENCODER = json.JSONEncoder(ensure_ascii=False, default=str)
 
 
-def configure(level: str, fmt: str = "text", stream: IO[str] | None = None) -> RateLimitFilter:
+def configure(
+    level: str, fmt: str = "text", stream: IO[str] | None = None, worker: str = ""
+) -> RateLimitFilter:
     """The root logger as --log-level and --log-format say: one handler on stderr, every
-    line (the server's, grpc's, the libraries') in the same format, floods rate-limited."""
+    line (the server's, grpc's, the libraries') in the same format, floods rate-limited.
+    A `worker` of a --workers server names itself in each line ([worker 1/4], or a field)."""
     # No line shows the process, its name or the thread: not finding them out for every
     # record saves a third of what an access line costs (logging's documented switches).
     logging.logProcesses = False
     logging.logMultiprocessing = False
     logging.logThreads = False
     handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
+    text = TEXT_FORMAT.replace(" %(name)s", f" [{worker}] %(name)s") if worker else TEXT_FORMAT
+    handler.setFormatter(JsonFormatter(worker) if fmt == "json" else logging.Formatter(text))
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

@@ -37,7 +37,9 @@ from asset_service.storage.local import LocalStorage
 from asset_service.storage.manifests import LocalManifests
 from asset_service.storage.own_files import OwnFiles
 from asset_service.store import open_store, sqlite_path
+from asset_service.store.sqlite._shared import Sharing
 from asset_service.telemetry import Recorder, Telemetry
+from asset_service.worker import WorkerRole
 
 log = logging.getLogger(__name__)
 
@@ -246,7 +248,7 @@ def _listen_error(listen: str, exc: RuntimeError) -> str:
 
 # The files SQLite keeps beside its database (journals, shared memory) and ours (the
 # single-server lock, the disk-full reserve).
-DATABASE_SIBLINGS = ("-wal", "-shm", "-journal", ".lock", ".reserve")
+DATABASE_SIBLINGS = ("-wal", "-shm", "-journal", ".lock", ".reserve", ".writer", ".sweep")
 
 
 def own_files(settings: Settings) -> OwnFiles:
@@ -307,21 +309,27 @@ async def start(
     store: MetadataStore | None = None,
     *,
     telemetry: Telemetry | None = None,
+    role: WorkerRole | None = None,
 ) -> RunningServer:
     """Open storage and store, recover, and serve; `store` overrides the database URL,
-    `telemetry` what the settings and OTEL_* variables ask for."""
+    `telemetry` what the settings and OTEL_* variables ask for.
+
+    As one `role` of several workers (supervisor.py) it listens with SO_REUSEPORT on the
+    port its supervisor reserved, and shares a SQLite database with the others."""
     # Security files first: a mistake there stops start-up before anything is opened.
     security = Security(settings)
     security.check_listen()
     own_files(settings).check_import_roots(settings.import_roots)
     telemetry = telemetry or Telemetry.from_settings(settings)
     if store is None:
+        sharing = Sharing(role.index, role.wakeups) if role and role.wakeups else None
         store = open_store(
             settings.database_url,
             settings.disk_reserve_bytes,
             telemetry.group_commits,
             mongo_write_queue=settings.mongo_write_queue,
             orphan_grace_seconds=settings.orphan_grace_seconds,
+            sharing=sharing,
         )
     storage, manifests = open_storage(settings)
     store = telemetry.observe(store, "store")
@@ -349,6 +357,9 @@ async def start(
         *SERVER_OPTIONS,
         ("grpc.max_concurrent_streams", settings.max_streams_per_connection),
     ]
+    if role is not None:  # the supervisor holds the port for its workers only
+        options = [o for o in options if o[0] != "grpc.so_reuseport"]
+        options.append(("grpc.so_reuseport", 1))
     interceptor = security_interceptor(security, manager)
     # Without security the interceptor does the same for every call of a method: that is
     # done once at registration instead, and calls skip grpc's interceptor chain (health
@@ -416,7 +427,7 @@ async def start(
         ),
     ]
     background += metrics_tasks
-    if settings.scrub_rate_mib > 0:
+    if settings.scrub_rate_mib > 0 and (role is None or role.index == 0):  # one scrubs
         rate = settings.scrub_rate_mib * 1024 * 1024
         background.append(
             asyncio.create_task(
@@ -428,9 +439,9 @@ async def start(
     )
 
 
-async def serve(settings: Settings) -> None:
+async def serve(settings: Settings, role: WorkerRole | None = None) -> None:
     allocator.keep_chunk_buffers()  # ReadAsset/UploadAsset: no page faults per chunk
-    running = await start(settings)
+    running = await start(settings, role=role)
     running.security.describe()
     # Before the line that says the server is up: a SIGTERM sent as soon as it is read
     # (an orchestrator, a test) then stops the server gracefully instead of killing it.
@@ -441,12 +452,15 @@ async def serve(settings: Settings) -> None:
     loop.add_signal_handler(signal.SIGHUP, running.security.reload)
     host = settings.listen.rsplit(":", 1)[0]
     log.info(
-        "asset-service listening on %s:%d (storage %s, database %s)",
+        "%s on %s:%d (storage %s, database %s)",
+        f"{role.name} (pid {os.getpid()}) serving" if role else "asset-service listening",
         host,
         running.port,
         settings.storage_root,
         settings.database_url.split("@")[-1],
     )
+    if role is not None:
+        role.ready()  # the supervisor says "listening" once every worker is
     await stop.wait()
     grace = settings.shutdown_grace_seconds
     log.info("shutting down (grace %.1fs)", grace)

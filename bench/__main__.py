@@ -6,12 +6,14 @@ import argparse
 import asyncio
 import tempfile
 import time
+from collections.abc import Awaitable
 from pathlib import Path
 
 from bench._object_store import object_store_rows
 from bench._report import Row, environment, summary, write_json
 from bench._reuse import reuse_rows
 from bench._rows import Sizes, fanout_rows, guarded, server, store_rows, transfer_rows, unary_rows
+from bench._watchers import fulfil_latency_row
 
 GROUPS = ("transfer", "fanout", "unary", "reuse", "store")
 
@@ -24,13 +26,13 @@ def parse() -> argparse.Namespace:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="under a minute: 32 MiB, 200 watchers, 1k vs 10k assets, 2 rounds, no S3 rows",
+        help="about a minute: 32 MiB, 200 watchers, 1k vs 10k assets, 2 rounds, no S3 rows",
     )
     parser.add_argument("--rounds", type=int, help="alternating rounds per row (default 5)")
     parser.add_argument("--size-mib", type=int, help="upload/read size (default 256)")
     parser.add_argument("--watchers", type=int, help="fan-out watchers (default 1000)")
     parser.add_argument("--calls", type=int, help="calls per closed-loop run (default 3000)")
-    parser.add_argument("--big-store", type=int, help="assets in the big store (default 100000)")
+    parser.add_argument("--big-store", type=int, help="assets in the big store (default 1000000)")
     parser.add_argument(
         "--only", action="append", choices=GROUPS, help="run only these groups (repeatable)"
     )
@@ -65,7 +67,7 @@ def parse() -> argparse.Namespace:
         watchers=pick(args.watchers, 1000, 200),
         calls=pick(args.calls, 3000, 1000),
         small_store=1000,
-        big_store=pick(args.big_store, 100_000, 10_000),
+        big_store=pick(args.big_store, 1_000_000, 10_000),
         latency_calls=200 if quick else 300,
         rounds=pick(args.rounds, 5, 2),
         # 1000 watchers share the bench's one connection: keep room above them.
@@ -106,6 +108,9 @@ async def run(args: argparse.Namespace) -> list[Row]:
                 if "fanout" in groups:
                     names = [f"fan-out to {sizes.watchers} watchers"]
                     show(await guarded(names, fanout_rows(svc, sizes)))
+                    names = [f"FulfillAsset latency, {sizes.watchers} watchers / none"]
+                    latency = fulfil_latency_row(svc.address, sizes.watchers, sizes.rounds)
+                    show(await guarded(names, _one(latency)))
                 if "unary" in groups:
                     names = [f"GetAsset at {n} in flight" for n in (1, 16, 64)]
                     names.append("CreatePendingAsset at 64 in flight")
@@ -121,6 +126,9 @@ async def run(args: argparse.Namespace) -> list[Row]:
                 "GetManifest 1000 inputs, VALUEs new",
                 "GetAsset latency",
                 "ListAssets(100) latency",
+                "selector watch start latency",
+                "selector watch from revision 0 latency",
+                "lease sweep pass latency",
             ]
             show(await guarded(names, store_rows(root / "store", sizes)))
     if args.s3_size_mib > 0:
@@ -131,6 +139,10 @@ async def run(args: argparse.Namespace) -> list[Row]:
         ]
         show(await guarded(names, object_store_rows(args.s3_size_mib, args.s3_rounds)))
     return rows
+
+
+async def _one(row: Awaitable[Row]) -> list[Row]:
+    return [await row]
 
 
 def main() -> None:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-import shutil
-import sqlite3
 import statistics
 import time
 from collections.abc import Awaitable, Callable
@@ -26,7 +24,7 @@ from bench._procs import (
     wait_quiet,
 )
 from bench._report import Row, load1
-from bench._seed import multiply, seed_inputs
+from bench._seed import seed_inputs
 from tests.serverproc import ServerProcess
 
 MiB = client.MiB
@@ -422,6 +420,8 @@ async def unary_rows(svc: ServerProcess, sizes: Sizes) -> list[Row]:
 async def store_rows(tmp: Path, sizes: Sizes) -> list[Row]:
     """GetManifest over 1000 inputs against ListAssets(1000), then GetAsset/ListAssets latency
     on the same store multiplied from `small_store` to `big_store` assets."""
+    from bench._scale import big_store_rows, seed_promises  # they import this module
+
     small_root, big_root = tmp / "small", tmp / "big"
     small = server(small_root, sizes).start()
     try:
@@ -432,6 +432,7 @@ async def store_rows(tmp: Path, sizes: Sizes) -> list[Row]:
             extra = sizes.small_store - len(ids)
             if extra > 0:
                 ids += await seed_inputs(stub, 0, extra)
+            await seed_promises(stub)  # leases for the sweep's row (bench/_scale.py)
             manifest = pb.GetManifestRequest(
                 asset_mappings={f"in{i:04d}": asset_id for i, asset_id in enumerate(ids[:1000])}
             )
@@ -490,62 +491,7 @@ async def store_rows(tmp: Path, sizes: Sizes) -> list[Row]:
         ),
     ]
 
-    shutil.copytree(small_root, big_root)
-    total = multiply(big_root / "assets.db", sizes.big_store)
-    conn = sqlite3.connect(big_root / "assets.db")
-    try:
-        sample = [i for (i,) in conn.execute("SELECT id FROM assets ORDER BY random() LIMIT 500")]
-    finally:
-        conn.close()
-    small = server(small_root, sizes).start()
-    big = server(big_root, sizes).start()
-    try:
-        async with client.channel(small.address) as s_ch, client.channel(big.address) as b_ch:
-            stubs = pb_grpc.AssetServiceStub(s_ch), pb_grpc.AssetServiceStub(b_ch)
-            id_sets = ids, sample
-            n = sizes.latency_calls
-
-            def gets(which: int) -> Callable[[], Awaitable[float]]:
-                stub, pool = stubs[which], id_sets[which]
-                requests = [pb.GetAssetRequest(asset_id=pool[i % len(pool)]) for i in range(n)]
-
-                def get(request: pb.GetAssetRequest) -> Callable[[], Awaitable[object]]:
-                    return lambda: stub.GetAsset(request)
-
-                return lambda: client.median_latency([get(r) for r in requests])
-
-            def lists(which: int) -> Callable[[], Awaitable[float]]:
-                stub = stubs[which]
-                request = pb.ListAssetsRequest(page_size=100)
-                return lambda: client.median_latency(
-                    [lambda: stub.ListAssets(request) for _ in range(max(10, n // 4))]
-                )
-
-            for name, make in (("GetAsset", gets), ("ListAssets(100)", lists)):
-                await make(0)()
-                await make(1)()
-                # `alternate` puts its first argument first on even rounds: the big store.
-                lat = [await alternate(turn, make(1), make(0)) for turn in range(sizes.rounds)]
-                b_l, s_l = [t[0] for t in lat], [t[1] for t in lat]
-                rows.append(
-                    Row(
-                        f"{name} latency {_k(total)} / {_k(sizes.small_store)}",
-                        "≤1.5",
-                        [b / s for b, s in lat],
-                        load1(),
-                        f"{_k(sizes.small_store)} {statistics.median(s_l) * 1e3:.2f} ms, "
-                        f"{_k(total)} {statistics.median(b_l) * 1e3:.2f} ms",
-                        {"big_s": b_l, "small_s": s_l, "big_store": total},
-                    )
-                )
-    finally:
-        big.stop()
-        small.stop()
-    return rows
-
-
-def _k(n: int) -> str:
-    return f"{n // 1000}k" if n >= 1000 else str(n)
+    return rows + await big_store_rows(small_root, big_root, ids, sizes)
 
 
 async def guarded(names: list[str], group: Awaitable[list[Row]]) -> list[Row]:

@@ -113,12 +113,17 @@ class MetadataStore(RetentionStore, Protocol):
         """The highest revision committed so far (0 for an empty store); on MongoDB
         majority-committed, so never one a failover may roll back and hand out again."""
 
-    async def changes_since(self, after: int, limit: int) -> Replay:
+    async def changes_since(self, after: int, limit: int, task: str = "") -> Replay:
         """What changed after revision `after`, from ONE consistent cut, state-based:
         every record whose revision is above it (its current state, without value) and
         every tombstone above it (a DELETE of tombstone(last state)), in revision order,
         at most `limit` of them (served by an index on revision: what a selector watch
         resumes from once its revision has left the in-memory history).
+
+        With a `task`, only the records and tombstones of assets that task created (a
+        selector on a task: an asset's task never changes), found through the task's
+        index where it is small, so a watch on one task replays its own changes and not
+        the whole store's; `revision` is still the store's at the cut.
 
         HistoryGone if tombstones after `after` may have been swept (`after` below the
         newest one swept, or below the revision tombstones began to be kept at).

@@ -6,10 +6,13 @@ import functools
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from asset_service.domain.errors import InvalidArgument
 from asset_service.domain.ports import MetadataStore
+
+if TYPE_CHECKING:
+    from asset_service.store.sqlite._shared import Sharing
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +39,7 @@ def open_store(
     *,
     mongo_write_queue: int | None = None,
     orphan_grace_seconds: float | None = None,
+    sharing: Sharing | None = None,
 ) -> MetadataStore:
     """sqlite:////abs/path.db (embedded default), mongodb://... (production) or memory://.
 
@@ -44,7 +48,8 @@ def open_store(
     reserve (None: its default). `on_group_commit(store, writes)` hears of each group
     transaction of the store's writer (metrics). With MongoDB, `mongo_write_queue` bounds
     the group writer's queue and `orphan_grace_seconds` (the storage's) is checked against
-    how late a write can commit.
+    how late a write can commit. `sharing` says which of the workers of one server
+    sharing the SQLite file this process is (store/sqlite/_shared.py).
     """
 
     def batches(name: str) -> Callable[[int], None] | None:
@@ -60,9 +65,12 @@ def open_store(
         from asset_service.store.sqlite import SqliteStore
 
         if disk_reserve_bytes is None:
-            return SqliteStore(path, on_group_commit=batches("sqlite"))
+            return SqliteStore(path, on_group_commit=batches("sqlite"), sharing=sharing)
         return SqliteStore(
-            path, reserve_bytes=disk_reserve_bytes, on_group_commit=batches("sqlite")
+            path,
+            reserve_bytes=disk_reserve_bytes,
+            on_group_commit=batches("sqlite"),
+            sharing=sharing,
         )
     if database_url.startswith(("mongodb://", "mongodb+srv://")):
         from asset_service.store.mongo import MongoStore

@@ -21,11 +21,13 @@ def seen(replay: Replay) -> list[tuple[ChangeKind, str, int]]:
     return [(c.kind, c.asset.id, c.revision) for c in replay.changes]
 
 
-async def walk(backend: Backend, after: int, limit: int) -> list[tuple[ChangeKind, str, int]]:
-    """Every change after `after`, a page of `limit` at a time."""
+async def walk(
+    backend: Backend, after: int, limit: int, task: str = ""
+) -> list[tuple[ChangeKind, str, int]]:
+    """Every change after `after` (of `task`, if given), a page of `limit` at a time."""
     out: list[tuple[ChangeKind, str, int]] = []
     for _ in range(1000):
-        replay = await backend.store.changes_since(after, limit)
+        replay = await backend.store.changes_since(after, limit, task)
         assert len(replay.changes) <= limit
         out += seen(replay)
         if not replay.more:
@@ -92,6 +94,33 @@ async def test_a_replay_read_a_page_at_a_time_misses_and_doubles_nothing(
     for limit in (1, 2, 5):
         assert await walk(backend, 0, limit) == whole, limit
     assert await walk(backend, whole[5][2], 3) == whole[6:]
+
+
+async def test_a_replay_narrowed_to_a_task_holds_its_changes_and_no_others(
+    backend: Backend,
+) -> None:
+    """changes_since(..., task=T): the records and tombstones of T's assets, the same as
+    the whole replay's of T, page by page; the cut's revision is still the store's."""
+    store = backend.store
+    made = [await store.insert(pending(task=f"t{i % 3}", label=f"o{i}")) for i in range(15)]
+    start = made[2].revision
+    for asset in made[::4]:
+        await store.delete(asset.id)
+    for asset in made[1::4]:
+        await store.transition(asset.id, Status.PENDING, FULFILL, T0)
+    everything = await walk(backend, 0, 1000)
+    task_of = {a.id: a.created_by_task for a in made}
+    for task in ("t0", "t1", "t2"):
+        mine = [c for c in everything if task_of[c[1]] == task]
+        assert mine and await walk(backend, 0, 1000, task) == mine, task
+        for limit in (1, 2, 3):
+            assert await walk(backend, 0, limit, task) == mine, (task, limit)
+        assert await walk(backend, start, 2, task) == [c for c in mine if c[2] > start]
+    narrowed = await store.changes_since(0, 1000, "t1")
+    assert narrowed.revision == await store.current_revision() and not narrowed.more
+    assert (await store.changes_since(0, 1000, "nobody")).changes == []
+    kinds = {c[0] for c in await walk(backend, 0, 1000, "t0")}
+    assert kinds == {ChangeKind.PUT, ChangeKind.DELETE}, "records and tombstones alike"
 
 
 async def test_swept_tombstones_refuse_a_replay_from_before_them(backend: Backend) -> None:

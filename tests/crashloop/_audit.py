@@ -25,14 +25,18 @@ class Audit:
         self,
         load: Load,
         root: Path,
-        pid: int,
+        pid: int | set[int],
         storage_check: Callable[[list[pb.Asset]], Awaitable[list[str]]] | None = None,
+        orphans: bool = True,
     ) -> None:
         self.load = load
         self.ledger = load.ledger
         self.root = root
         self.pid = pid
         self.storage_check = storage_check
+        # False while another worker may be committing: start-up then keeps young
+        # unreferenced files (--orphan-grace), which are not leaks.
+        self.orphans = orphans
         self.bad = self.ledger.problems.append
 
     async def run(self, stub: pb_grpc.AssetServiceStub) -> None:
@@ -40,7 +44,7 @@ class Audit:
         # Storage first, before any request of ours can create or remove a file.
         records = await list_all(stub)
         if self.storage_check is None:
-            problems = storage_violations(self.root, records, self.pid)
+            problems = storage_violations(self.root, records, self.pid, self.orphans)
         else:
             problems = await self.storage_check(records)
         for problem in problems:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import signal
 import time
 
 from asset_service._proto.asset.v1 import asset_service_pb2 as pb
@@ -23,6 +25,7 @@ from tests.crashloop._model import (
 )
 from tests.crashloop._storage import connect, list_all
 from tests.serverproc import ServerProcess
+from tests.worker_procs import wait_for_workers, workers_of
 
 # The audit reads every byte back after each kill: keep the store about this small.
 KEEP_ASSETS = 40
@@ -46,6 +49,8 @@ class CrashLoop:
             env=config.env,
         )
         self.report = Report(seed=config.seed)
+        self._workers = 0  # kill_worker: how many the supervisor runs
+        self._killed_at = 0.0
         self.ledger = Ledger(self.report)
         self.load = Load(self.ledger, config)
 
@@ -84,7 +89,7 @@ class CrashLoop:
             ]
             await asyncio.sleep(delay)
             load.killed.set()  # no new op starts: everything unanswered is in doubt
-            self.server.kill()
+            victim = self._kill(rng)
             self.report.kills += 1
             await asyncio.wait_for(asyncio.gather(*clients), CALL_TIMEOUT)
         if self.cfg.after_kill is not None:
@@ -96,11 +101,13 @@ class CrashLoop:
         )
         log_from = len(self.server.log)
         try:
-            self.server.start()
-        except RuntimeError as exc:
+            live = await self._restarted(victim)
+        except (RuntimeError, TimeoutError) as exc:
             raise Violation(f"{where}: the server did not restart after the kill: {exc}") from exc
         async with connect(self.server.address) as stub:
-            audit = Audit(load, self.server.root, self.server.pid, self.cfg.storage_check)
+            audit = Audit(
+                load, self.server.root, live, self.cfg.storage_check, not self.cfg.kill_worker
+            )
             await audit.run(stub)
         if not ledger.problems:
             return
@@ -123,6 +130,38 @@ class CrashLoop:
             raise Violation(message)
         async with connect(self.server.address) as stub:  # believe the server from now on
             ledger.known = {a.id: Known.of(a) for a in await list_all(stub)}
+
+    def _kill(self, rng: random.Random) -> int:
+        """SIGKILL the server, or one of its workers (kill_worker); the pid killed."""
+        if not self.cfg.kill_worker:
+            self.server.kill()
+            return self.server.pid
+        pids = workers_of(self.server.pid)
+        self._workers = len(pids)
+        victim = rng.choice(pids)
+        os.kill(victim, signal.SIGKILL)
+        self._killed_at = time.monotonic()
+        return victim
+
+    async def _restarted(self, victim: int) -> int | set[int]:
+        """Start the server again, or wait for the supervisor to replace the killed
+        worker and for the new one to serve; the live pid(s) serving."""
+        if not self.cfg.kill_worker:
+            self.server.start()
+            workers = workers_of(self.server.pid)  # with --workers, they serve
+            return set(workers) if workers else self.server.pid
+        pids = await asyncio.to_thread(
+            wait_for_workers, self.server.pid, self._workers, frozenset({victim}), CALL_TIMEOUT
+        )
+        deadline = time.monotonic() + CALL_TIMEOUT
+        while not all(any(f"(pid {p}) serving" in line for line in self.server.log) for p in pids):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"workers {pids} did not all serve in {CALL_TIMEOUT}s")
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(
+            max(0.0, self._killed_at + self.cfg.settle_after_kill - time.monotonic())
+        )
+        return set(pids)
 
     async def _prepare(self, stub: pb_grpc.AssetServiceStub, rng: random.Random) -> None:
         """Keep the store small and promises in stock (not under test: no kill yet)."""

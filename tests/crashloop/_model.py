@@ -83,6 +83,15 @@ class CrashLoopConfig:
     # The worker fsyncs its files and its folder as it writes and removes them, so that a
     # power cut loses none of its own (set whenever the import root is on a lazyfs).
     durable_worker_files: bool = False
+    # With --workers N: SIGKILL one worker (not the supervisor) and let the supervisor
+    # replace it; the audit then expects every worker's staging and no dead one's.
+    kill_worker: bool = False
+    # With kill_worker: seconds after the kill before the load resumes. A dead worker's
+    # commit may have left its file at the final name with no record; a retry replaces it
+    # only once it is older than --orphan-grace (younger, it may be a live commit), and
+    # until then is ABORTED ("retry shortly"), as a client would be: past the grace, the
+    # retry must succeed.
+    settle_after_kill: float = 0.0
 
 
 @dataclass

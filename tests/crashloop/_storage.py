@@ -55,23 +55,27 @@ async def read_back(stub: pb_grpc.AssetServiceStub, a: pb.Asset) -> str | None:
     return None
 
 
-def storage_violations(root: Path, records: list[pb.Asset], live_pid: int) -> list[str]:
-    """Staging holds only the live process's lock; uploads/ and generated/ hold no orphans.
+def storage_violations(
+    root: Path, records: list[pb.Asset], live_pid: int | set[int], orphans: bool = True
+) -> list[str]:
+    """Staging holds only the live processes' locks (one each); uploads/ and generated/
+    hold no orphans (unless `orphans` is False: another process may be committing).
 
     Call it while no request runs: `records` must list every FILE record.
     """
     out = []
+    pids = live_pid if isinstance(live_pid, set) else {live_pid}
     staging = root / "tmp" / "staging"
     folders = sorted(staging.iterdir()) if staging.is_dir() else []
     live = [f for f in folders if f.is_dir() and _is_locked(f / ".lock")]
-    if len(live) != 1:
-        out.append(f"{staging} has {len(live)} live (locked) folders, expected exactly one")
+    if len(live) != len(pids):
+        out.append(f"{staging} has {len(live)} live (locked) folders, expected {len(pids)}")
     for entry in folders:
         if entry not in live:
             out.append(f"staging left behind by a dead process (or stray): {entry}")
             continue
-        if not entry.name.startswith(f"{live_pid}-"):
-            out.append(f"live staging folder {entry} is not named after pid {live_pid}")
+        if entry.name.split("-")[0] not in {str(pid) for pid in pids}:
+            out.append(f"live staging folder {entry} is not named after a live pid {pids}")
         for leftover in entry.rglob("*"):
             if not leftover.is_dir() and leftover.name not in STAGING_KEEP:
                 out.append(f"staging file left in the live folder: {leftover}")
@@ -83,7 +87,7 @@ def storage_violations(root: Path, records: list[pb.Asset], live_pid: int) -> li
         if p.is_file() or p.is_symlink()
     }
     referenced = {Path(a.storage_path) for a in records if a.storage_path}
-    for orphan in sorted(on_disk - referenced):
+    for orphan in sorted(on_disk - referenced) if orphans else []:
         out.append(f"orphan file no record points at (--orphan-grace 0): {orphan}")
     for a in records:
         if a.storage_path and Path(a.storage_path) not in on_disk:

@@ -58,6 +58,30 @@ async def test_crash_loop_hardlink_path(tmp_path: Path, import_root: Path) -> No
     await _crash_loop(tmp_path, import_root, kills=32)
 
 
+@pytest.mark.slow
+async def test_crash_loop_two_workers(tmp_path: Path, import_root: Path) -> None:
+    """--workers 2 sharing one SQLite file and storage root: the whole server (supervisor
+    and both workers, which die with it) SIGKILLed under load, restarted, audited."""
+    await _crash_loop(tmp_path, import_root, kills=6, extra_args=["--workers", "2"])
+
+
+@pytest.mark.slow
+async def test_crash_loop_one_of_two_workers(tmp_path: Path, import_root: Path) -> None:
+    """--workers 2: one worker SIGKILLed under load while the other serves; the supervisor
+    replaces it, and nothing acknowledged through either is lost. Start-up keeps young
+    unreferenced files here (the other worker may be committing them), so leaks are the
+    whole-server loops' to find; the load resumes once the dead worker's half-made
+    commits are older than the grace, so that retries may replace them."""
+    await _crash_loop(
+        tmp_path,
+        import_root,
+        kills=10,  # only the killed worker's calls are caught: fewer kills may catch no move
+        extra_args=["--workers", "2", "--orphan-grace", "2s"],
+        kill_worker=True,
+        settle_after_kill=2.5,
+    )
+
+
 @pytest.fixture
 def tmpfs_import_root(tmp_path: Path) -> Iterator[Path]:
     mount = tmp_path / "worker-tmpfs"

@@ -197,10 +197,10 @@ async def test_list_then_watch_converges_while_writes_go_on(manager: AssetManage
     reads = 0
     real = manager.store.changes_since
 
-    async def counted(after: int, limit: int) -> Replay:
+    async def counted(after: int, limit: int, task: str = "") -> Replay:
         nonlocal reads
         reads += 1
-        return await real(after, limit)
+        return await real(after, limit, task)
 
     manager.store.changes_since = counted  # type: ignore[method-assign]
     events = await manager.watch_selector(Selector(), first.revision)
@@ -354,8 +354,8 @@ async def test_a_store_read_below_what_was_handed_out_is_refused(manager: AssetM
         await manager.create_pending("t", f"p{i}", "", AssetType.VALUE, ())
     real = manager.store.changes_since
 
-    async def rewound(after: int, limit: int) -> Replay:
-        replay = await real(after, limit)
+    async def rewound(after: int, limit: int, task: str = "") -> Replay:
+        replay = await real(after, limit, task)
         return Replay(replay.changes[:1], start + 1)
 
     manager.store.changes_since = rewound  # type: ignore[method-assign]

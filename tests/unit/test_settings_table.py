@@ -69,6 +69,7 @@ SAMPLES: dict[str, tuple[str, str, tuple[str, ...]]] = {
         ("postgres://x", "assets.db"),
     ),
     "whole seconds, above 0": ("3600", "24h", ("1.5", "0", "-1", "a day")),
+    "workers": ("auto", "4", ("0", "-1", "1.5", "many", "")),
 }
 
 CASES = [(s, bad) for s in TABLE.settings for bad in SAMPLES.get(s.kind.name, ("", "", ()))[2]]

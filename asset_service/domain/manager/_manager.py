@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections.abc import (
     AsyncGenerator,
@@ -271,7 +272,9 @@ class AssetManager(Reuse):
             current = await self.store.current_revision()
             if after_revision > current:
                 raise HistoryGone(after_revision, None, went_back(current, after_revision))
-        return SelectorStream(history, selector, after_revision, self.store.changes_since).events()
+        # An asset's task never changes: the store narrows the replay to the selector's.
+        read = functools.partial(self.store.changes_since, task=selector.task_id)
+        return SelectorStream(history, selector, after_revision, read).events()
 
     async def sweep_tombstones(self) -> int:
         """Remove deleted assets' tombstones older than --watch-tombstone-ttl."""

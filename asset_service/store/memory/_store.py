@@ -223,16 +223,25 @@ class MemoryStore(MemoryRetention):
             counts[asset.status] += 1
         return counts
 
-    async def changes_since(self, after: int, limit: int) -> Replay:
+    async def changes_since(self, after: int, limit: int, task: str = "") -> Replay:
         await self._enter()
         if after < self._horizon:
             raise HistoryGone(after, self._horizon)
         # No await below: one cut.
         records = sorted(
-            (a for _, a in self._rows.values() if a.revision > after), key=lambda a: a.revision
+            (
+                a
+                for _, a in self._rows.values()
+                if a.revision > after and (not task or a.created_by_task == task)
+            ),
+            key=lambda a: a.revision,
         )
         gone = sorted(
-            (t for _, t in self._tombstones.values() if t.revision > after),
+            (
+                t
+                for _, t in self._tombstones.values()
+                if t.revision > after and (not task or t.created_by_task == task)
+            ),
             key=lambda t: t.revision,
         )
         return merged(

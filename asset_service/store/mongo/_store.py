@@ -543,7 +543,7 @@ class MongoStore(MongoRetention):
             raise _unavailable(exc) from exc
         return int(doc["value"]) if doc else 0
 
-    async def changes_since(self, after: int, limit: int) -> Replay:
+    async def changes_since(self, after: int, limit: int, task: str = "") -> Replay:
         """One snapshot session (majority, one cluster time): the horizon, the counter,
         the records and the tombstones above `after`, through their revision indexes."""
         try:
@@ -557,6 +557,7 @@ class MongoStore(MongoRetention):
                     limit,
                     SLIM_PROJECTION,
                     _schema.QUERY_MAX_TIME_MS,
+                    task,
                 )
         except PyMongoError as exc:
             raise _unavailable(exc) from exc

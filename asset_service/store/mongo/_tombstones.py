@@ -88,15 +88,19 @@ async def changes_since(
     limit: int,
     projection: dict[str, Any],
     max_time_ms: int,
+    task: str = "",
 ) -> Replay:
-    """Records and tombstones above `after`, every read in `session` (one cut)."""
+    """Records and tombstones above `after` (of `task`, if given: the planner picks the
+    task's index or the revision one), every read in `session` (one cut)."""
     horizon_doc = await counters.find_one({"_id": HORIZON_ID}, session=session)
     horizon = int(horizon_doc["value"]) if horizon_doc else 0
     if after < horizon:
         raise HistoryGone(after, horizon)
     counter = await counters.find_one({"_id": "revision"}, session=session)
     revision = int(counter["value"]) if counter else 0
-    where = {"revision": {"$gt": after}}
+    where: dict[str, Any] = {"revision": {"$gt": after}}
+    if task:
+        where["created_by_task"] = task
     records = [
         Change(ChangeKind.PUT, doc_to_asset(doc))
         async for doc in assets.find(where, projection, session=session)

@@ -11,8 +11,8 @@ from asset_service.modes import PRIVATE_FILE, Modes, report
 
 
 def claim(db: Path) -> int:
-    """The fd of <db>.lock, flocked: one server process per database file (its change feed
-    is in-process only)."""
+    """The fd of <db>.lock, flocked: one server per database file (the supervisor of
+    several workers holds it for them all: store/sqlite/_shared.py)."""
     if not db.parent.is_dir():
         Modes().folder(db.parent, shared=False)
     lock = db.with_name(db.name + ".lock")
@@ -35,5 +35,6 @@ def own_files(db: Path) -> None:
     opens it; an older install's files are set so at start-up, and said so."""
     os.close(os.open(db, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, PRIVATE_FILE))
     modes = Modes()
-    companions = [db.with_name(db.name + n) for n in ("", "-wal", "-shm", ".lock", ".reserve")]
+    names = ("", "-wal", "-shm", ".lock", ".reserve", ".writer", ".sweep")
+    companions = [db.with_name(db.name + n) for n in names]
     report([modes.tighten(p, PRIVATE_FILE, False) for p in companions if p.exists()], f"{db}")

@@ -67,6 +67,11 @@ class DiskReserve:
         self._partial.unlink(missing_ok=True)
         self.restore()
 
+    def recheck(self) -> None:
+        """Whether it is there, from its file (another process may have released it)."""
+        if self.size > 0 and not self.unsupported:
+            self.present = self.path.exists()
+
     def restore(self, spoken_for: int = 0) -> None:
         """Create the reserve if it is missing and the disk has room for it besides
         `spoken_for` bytes (what the database's next checkpoint needs).

@@ -76,9 +76,12 @@ def _frugally(conn: sqlite3.Connection, delete: Callable[[], T]) -> T:
 class Room:
     """Keeps the database's disk-full reserve; used on the writer connection's thread."""
 
-    def __init__(self, db: Path, reserve_bytes: int) -> None:
+    def __init__(self, db: Path, reserve_bytes: int, shared: bool = False) -> None:
         self.db = db
         self.reserve = DiskReserve(db.with_name(db.name + ".reserve"), reserve_bytes)
+        # Worker processes sharing the database share its reserve too: another may have
+        # released or re-created it, so its file is looked at before each use.
+        self._shared = shared
         self._shrinkable = False
         self._page = 4096
         self._shrunk_at = -SHRINK_RETRY_SECONDS
@@ -126,6 +129,8 @@ class Room:
         Without `force`, the slack is looked at no more than once a SHRINK_RETRY_SECONDS:
         writes refused in a burst do not each wait for a checkpoint.
         """
+        if self._shared:
+            self.reserve.recheck()
         if not self.reserve.missing:
             return True
         self.reserve.restore(self._pending(conn))

@@ -21,6 +21,7 @@ from asset_service.domain.models import (
     ValueKind,
 )
 from asset_service.store import _paging
+from asset_service.store._fields import encoded_sums
 
 log = logging.getLogger(__name__)
 
@@ -306,6 +307,40 @@ def row_to_asset(row: sqlite3.Row) -> Asset:
         expiry_rule=row["expiry_rule"],
         retained_until=from_ms(row["retained_ms"]),
         key=row["asset_key"],
+    )
+
+
+def asset_row(asset: Asset, revision: int) -> tuple[object, ...]:
+    """The values of COLUMNS for `asset` at `revision`."""
+    v = asset.value
+    return (
+        asset.id,
+        asset.label,
+        asset.status.value,
+        asset.type.value,
+        asset.media_type,
+        asset.storage_path,
+        v.kind.value if v else None,
+        v.data if v else None,
+        asset.created_by_task,
+        json.dumps(list(asset.tags)),
+        asset.size_bytes,
+        asset.sha256,
+        asset.created_at.isoformat(),
+        asset.updated_at.isoformat(),
+        asset.failure_reason,
+        asset.fulfilled_from,
+        revision,
+        asset.created_by,
+        asset.updated_by,
+        asset.lease_seconds,
+        to_ms(asset.lease_expires_at) if asset.lease_expires_at else None,
+        encoded_sums(asset.block_sums),
+        asset.corrupt_reason,
+        to_ms(asset.expires_at) if asset.expires_at else None,
+        asset.expiry_rule,
+        to_ms(asset.retained_until) if asset.retained_until else None,
+        asset.key,
     )
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import sqlite3
@@ -39,12 +38,11 @@ from asset_service.domain.usage import UsageCells
 from asset_service.store import _paging
 from asset_service.store._claims import LocalSweepClaims
 from asset_service.store._fields import (
-    encoded_sums,
     lease_condition,
     rule_expiry,
     transition_fields,
 )
-from asset_service.store.sqlite import _leases, _retention, _tombstones
+from asset_service.store.sqlite import _leases, _retention, _shared, _tombstones
 from asset_service.store.sqlite._files import claim, own_files
 from asset_service.store.sqlite._readers import Later, Readers
 from asset_service.store.sqlite._room import INCREMENTAL, Room, is_full
@@ -56,6 +54,7 @@ from asset_service.store.sqlite._schema import (
     RECORDS,
     SCHEMA,
     SLIM_COLUMNS,
+    asset_row,
     decode_token,
     encode_token,
     from_ms,
@@ -64,9 +63,17 @@ from asset_service.store.sqlite._schema import (
     to_ms,
     transaction,
 )
+from asset_service.store.sqlite._shared import SharedFile, SharedSweepClaims, Sharing
 from asset_service.store.sqlite._writer import GroupWriter
 
 log = logging.getLogger(__name__)
+
+# Turns of the event loop the change feed lets pass before it hands a burst of changes to
+# the hub. The writer answers a batch's callers first, but a caller's reply is sent a few
+# task hops later (the writer's future, its shield, the RPC's task): without these turns
+# every watcher's wake-up (a selector watch wakes on any change) was queued ahead of that
+# last hop, and FulfillAsset with 1000 watchers took twice as long (bench/README.md).
+REPLY_TURNS = 4
 
 T = TypeVar("T")
 
@@ -112,19 +119,26 @@ class SqliteStore:
         reserve_bytes: int = DEFAULT_RESERVE_BYTES,
         *,
         on_group_commit: Callable[[int], None] | None = None,
+        sharing: Sharing | None = None,
     ) -> None:
         self.path = path
         self.on_group_commit = on_group_commit  # each group transaction's size (metrics)
-        self.room = Room(path, reserve_bytes)
+        # Shared by the worker processes of one server (--workers): _shared.py.
+        self._shared = SharedFile(path, sharing) if sharing is not None else None
+        self.room = Room(path, reserve_bytes, shared=sharing is not None)
         self.reserve = self.room.reserve
         self._readers = Readers(path)
         self._writer: GroupWriter | None = None
-        self._changes: asyncio.Queue[Change] = asyncio.Queue()
+        self._changes: asyncio.Queue[Change | Resync] = asyncio.Queue()
         self._lock_fd: int | None = None
+        self._seen = 0  # shared: the revision the feed follows from
         # (st_dev, st_ino) of the database file opened: ping() finds it moved or replaced.
         self._identity: tuple[int, int] | None = None
-        # One process owns the database file (claim()), so its sweep claim lives here.
-        self._sweep = LocalSweepClaims()
+        # One process owns the database file (claim()), so its sweeps' claims live here; or
+        # the workers sharing it take turns through a lock per sweep.
+        self._sweep: LocalSweepClaims | SharedSweepClaims = (
+            self._shared.sweep if self._shared is not None else LocalSweepClaims()
+        )
 
     @property
     def transactions(self) -> int:
@@ -152,6 +166,9 @@ class SqliteStore:
 
     def _publish(self, changes: list[Change]) -> None:
         # On the loop, from the one writer thread's batches in order: commit order.
+        if self._shared is not None and self._shared.feed is not None:
+            self._shared.feed.own(changes)  # merged with the other workers' in order
+            return
         for change in changes:
             self._changes.put_nowait(change)
 
@@ -165,7 +182,8 @@ class SqliteStore:
     # --- lifecycle ------------------------------------------------------------------
 
     def _claim(self) -> None:
-        self._lock_fd = claim(self.path)
+        if self._shared is None:  # else the server's supervisor holds the claim
+            self._lock_fd = claim(self.path)
 
     async def open(self) -> None:
         self._claim()
@@ -192,6 +210,8 @@ class SqliteStore:
                 conn.executescript(SCHEMA)
                 if fresh:
                     migrate(conn, self.path, fresh)
+                if self._shared is not None:
+                    self._seen = _shared.create(conn)
                 # Before the writer thread starts, which makes every later use of the reserve.
                 self.room.open(conn)
                 opened = os.stat(self.path)
@@ -220,16 +240,23 @@ class SqliteStore:
             translate=self._translate,
             publish=self._publish,
             admit=self.room.admit,
+            shared=self._shared.writes() if self._shared is not None else None,
         )
         self._writer.on_batch = self.on_group_commit
+        if self._shared is not None:
+            self._shared.start(self._seen, self._read_log, self._prune_log)
 
     async def close(self) -> None:
         writer, self._writer = self._writer, None  # refuses new reads and writes
+        if self._shared is not None:
+            await self._shared.close()
         self._readers.close()
         if writer is not None:
             # Queued writes still commit; the writer's connection closes last, on its own
             # thread, so that it checkpoints and removes the WAL.
             await writer.close(then=writer.conn.close)
+        if self._shared is not None:
+            self._shared.close_lock()
         self._unclaim()
 
     def _unclaim(self) -> None:
@@ -407,8 +434,8 @@ class SqliteStore:
 
         return await self._read(q)
 
-    async def changes_since(self, after: int, limit: int) -> Replay:
-        return await self._read(lambda c: _tombstones.changes_since(c, after, limit))
+    async def changes_since(self, after: int, limit: int, task: str = "") -> Replay:
+        return await self._read(lambda c: _tombstones.changes_since(c, after, limit, task))
 
     async def sweep_tombstones(self, before: datetime) -> int:
         # Alone (a delete frees room; a batch of writes may be refused on a full disk),
@@ -441,40 +468,11 @@ class SqliteStore:
         def w(c: sqlite3.Connection) -> tuple[Asset, Change]:
             try:
                 rev = self._next_revision(c)
-                v = asset.value
                 c.execute(
                     f"INSERT INTO assets ({COLUMNS}, key_slot) "
                     f"VALUES ({', '.join('?' * (COLUMN_COUNT + 1))})",
-                    (
-                        asset.id,
-                        asset.label,
-                        asset.status.value,
-                        asset.type.value,
-                        asset.media_type,
-                        asset.storage_path,
-                        v.kind.value if v else None,
-                        v.data if v else None,
-                        asset.created_by_task,
-                        json.dumps(list(asset.tags)),
-                        asset.size_bytes,
-                        asset.sha256,
-                        asset.created_at.isoformat(),
-                        asset.updated_at.isoformat(),
-                        asset.failure_reason,
-                        asset.fulfilled_from,
-                        rev,
-                        asset.created_by,
-                        asset.updated_by,
-                        asset.lease_seconds,
-                        to_ms(asset.lease_expires_at) if asset.lease_expires_at else None,
-                        encoded_sums(asset.block_sums),
-                        asset.corrupt_reason,
-                        to_ms(asset.expires_at) if asset.expires_at else None,
-                        asset.expiry_rule,
-                        to_ms(asset.retained_until) if asset.retained_until else None,
-                        asset.key,
-                        asset.key or None,  # holds its key (unique index assets_key_slot)
-                    ),
+                    # key_slot holds the key (unique index assets_key_slot)
+                    (*asset_row(asset, rev), asset.key or None),
                 )
                 c.executemany(
                     "INSERT INTO asset_tags (tag, asset_id) VALUES (?, ?)",
@@ -616,6 +614,8 @@ class SqliteStore:
             _retention.account(c, before, None)
             _retention.settle_task(c, before)
             _tombstones.keep(c, gone)
+            if self._shared is not None:
+                _shared.append(c, Change(ChangeKind.DELETE, gone))
         return gone
 
     async def delete(
@@ -674,5 +674,19 @@ class SqliteStore:
         return await self._read(lambda c: _retention.usage(c, group, keys, limit))
 
     async def changes(self) -> AsyncIterator[Change | Resync]:
+        queue = self._shared.feed.out if self._shared and self._shared.feed else self._changes
         while True:
-            yield await self._changes.get()
+            if queue.empty():
+                change = await queue.get()
+                for _ in range(REPLY_TURNS):
+                    await asyncio.sleep(0)
+                yield change
+            else:
+                yield queue.get_nowait()
+
+    async def _read_log(self, after: int, upto: int | None, limit: int) -> _shared.Logged:
+        return await self._read(lambda c: _shared.read(c, after, upto, limit))
+
+    async def _prune_log(self, before_ms: int) -> int:
+        pruned: int = await self._open_writer().solo(lambda c: (_shared.prune(c, before_ms), None))
+        return pruned

@@ -18,6 +18,10 @@ from asset_service.store.sqlite._schema import (
 
 # Tombstones removed per transaction of a sweep: the writer thread is not held for long.
 SWEEP_BATCH = 5000
+# A task with at most this many records is replayed through the task's index (each page
+# reads all of them and sorts them by revision); a bigger one through the revision index,
+# the task tested on each row (the whole store's changes since, but none of them in Python).
+TASK_INDEX_MAX = 20_000
 
 TOMBSTONE_COLUMNS = (
     "id, revision, deleted_ms, label, status, type, media_type, created_by_task, tags, "
@@ -75,29 +79,49 @@ def _counter(c: sqlite3.Connection, name: str) -> int:
     return int(row[0]) if row else 0
 
 
-def changes_since(c: sqlite3.Connection, after: int, limit: int) -> Replay:
-    """Records and tombstones above `after` in ONE read transaction (a WAL snapshot)."""
+def _records_since(c: sqlite3.Connection, after: int, limit: int, task: str) -> str:
+    """The statement reading the records above `after` (and of `task`, if given)."""
+    if not task:
+        # The revision index: one range, already in order.
+        return (
+            f"SELECT {RECORD_SLIM_COLUMNS} FROM assets WHERE revision > ? ORDER BY revision LIMIT ?"
+        )
+    # A task of up to TASK_INDEX_MAX records: all of them from the task's index, sorted
+    # (a watch on one task of a million-record store reads its own). A bigger one: the
+    # revision range, the task tested on each row in SQLite.
+    (small,) = c.execute(
+        "SELECT count(*) <= ? FROM (SELECT 1 FROM assets INDEXED BY assets_task "
+        "WHERE created_by_task = ? LIMIT ?)",
+        (TASK_INDEX_MAX, task, TASK_INDEX_MAX + 1),
+    ).fetchone()
+    index = "INDEXED BY assets_task" if small else "INDEXED BY assets_revision"
+    return (
+        f"SELECT {RECORD_SLIM_COLUMNS} FROM assets {index} WHERE created_by_task = ? "
+        "AND revision > ? ORDER BY revision LIMIT ?"
+    )
+
+
+def changes_since(c: sqlite3.Connection, after: int, limit: int, task: str = "") -> Replay:
+    """Records and tombstones above `after` (of `task`, if given) in ONE read transaction
+    (a WAL snapshot)."""
     c.execute("BEGIN")
     try:
         horizon = _counter(c, "tombstones")
         if after < horizon:
             raise HistoryGone(after, horizon)
         revision = _counter(c, "revision")
-        # The revision indexes: each list is one index range, already in order.
+        narrow = (task,) if task else ()
         records = [
             Change(ChangeKind.PUT, row_to_asset(row))
-            for row in c.execute(
-                f"SELECT {RECORD_SLIM_COLUMNS} FROM assets WHERE revision > ? "
-                "ORDER BY revision LIMIT ?",
-                (after, limit),
-            )
+            for row in c.execute(_records_since(c, after, limit, task), (*narrow, after, limit))
         ]
+        # Tombstones live a --watch-tombstone-ttl: their revision range, tested on each.
         gone = [
             Change(ChangeKind.DELETE, _tombstone(row))
             for row in c.execute(
                 f"SELECT {TOMBSTONE_COLUMNS} FROM tombstones WHERE revision > ? "
-                "ORDER BY revision LIMIT ?",
-                (after, limit),
+                f"{'AND created_by_task = ? ' if task else ''}ORDER BY revision LIMIT ?",
+                (after, *narrow, limit),
             )
         ]
     finally:

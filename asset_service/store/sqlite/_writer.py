@@ -25,6 +25,7 @@ import sqlite3
 import threading
 from collections import deque
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +45,18 @@ MAX_BATCH_BYTES = 8 * 1024 * 1024
 Apply = Callable[[sqlite3.Connection], tuple[Any, Change | None]]
 # A solo job: runs alone (it opens its own transaction, if any).
 Solo = Callable[[sqlite3.Connection], tuple[Any, Change | None]]
+
+
+@dataclass(frozen=True)
+class SharedWrites:
+    """Writes shared with other processes (_shared.py): `held()` wraps each transaction
+    (one process's writer at a time), `log` keeps a change in the transaction that made it
+    (a solo job that changes an asset calls it itself), `committed` runs after a commit
+    that made changes (it wakes the other processes)."""
+
+    held: Callable[[], AbstractContextManager[None]]
+    log: Callable[[sqlite3.Connection, Change], None]
+    committed: Callable[[], None]
 
 
 @dataclass
@@ -72,8 +85,11 @@ class GroupWriter:
     """One thread owning the writer connection; see the module docstring.
 
     `translate(exc)` maps an sqlite3.OperationalError to the domain error callers get;
-    `publish(changes)` runs on the event loop, before the callers of those changes are
-    answered, in commit order; `admit(conn, value_bytes, writes)` runs on the writer thread
+    `publish(changes)` runs on the event loop, in commit order, right after the callers of
+    those changes are answered: their tasks are then scheduled ahead of the fan-out to
+    watchers, so a reply never waits for it (a watcher that asks after the reply still
+    gets the change: a catch-up waits until the hub has it, ChangeHub.wait_delivered);
+    `admit(conn, value_bytes, writes)` runs on the writer thread
     before each batch of grouped writes and returns why it may not run now, if it may not.
     """
 
@@ -87,8 +103,10 @@ class GroupWriter:
         admit: Callable[[sqlite3.Connection, int, int], AssetError | None],
         max_writes: int = MAX_BATCH_WRITES,
         max_bytes: int = MAX_BATCH_BYTES,
+        shared: SharedWrites | None = None,
     ) -> None:
         self.conn = conn
+        self._shared = shared
         self._loop = loop
         self._translate = translate
         self._publish = publish
@@ -161,8 +179,11 @@ class GroupWriter:
                         break
                     jobs = self._take()
                 try:
-                    solo = jobs[0].solo
-                    outcomes = [self._run_solo(jobs[0])] if solo else self._run_admitted(jobs)
+                    with self._shared.held() if self._shared else nullcontext():
+                        solo = jobs[0].solo
+                        outcomes = [self._run_solo(jobs[0])] if solo else self._run_admitted(jobs)
+                    if self._shared and any(o.change and o.error is None for o in outcomes):
+                        self._shared.committed()
                 except BaseException as exc:  # a bug: never leave a caller waiting
                     log.exception("sqlite writer failed")
                     if self.conn.in_transaction:  # or every later BEGIN would fail too
@@ -218,6 +239,8 @@ class GroupWriter:
                     c.execute("RELEASE w")
                     outcomes.append(_Outcome(error=exc))
                     continue
+                if change is not None and self._shared is not None:
+                    self._shared.log(c, change)
                 c.execute("RELEASE w")
                 outcomes.append(_Outcome(result, change=change))
             self.commit(c)
@@ -248,8 +271,7 @@ class GroupWriter:
         c.execute("COMMIT")
 
     def _settle(self, batch: _Batch) -> None:
-        """On the loop: publish the batch's changes in commit order, then answer each caller."""
-        self._publish([o.change for o in batch.outcomes if o.error is None and o.change])
+        """On the loop: answer each caller, then publish the batch's changes in commit order."""
         for job, outcome in zip(batch.jobs, batch.outcomes, strict=True):
             if job.future.done():
                 continue
@@ -257,6 +279,7 @@ class GroupWriter:
                 job.future.set_exception(outcome.error)
             else:
                 job.future.set_result(outcome.result)
+        self._publish([o.change for o in batch.outcomes if o.error is None and o.change])
 
     def _stop(self) -> None:
         if not self._stopped.done():

@@ -1,0 +1,97 @@
+"""The --workers supervisor: a bounded stop, and what each worker is told."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from asset_service import supervisor
+from asset_service.config import load_settings
+
+# A child that ignores SIGTERM (and SIGINT) and would otherwise sleep a minute.
+STUBBORN = (
+    "import signal, sys, time\n"
+    "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+    "signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+    "sys.stdout.write('ready\\n'); sys.stdout.flush()\n"
+    "time.sleep(60)\n"
+)
+
+
+def _stubborn() -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen([sys.executable, "-c", STUBBORN], stdout=subprocess.PIPE)
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == b"ready\n"  # its handlers are installed
+    return proc
+
+
+def test_stop_kills_workers_that_ignore_sigterm_after_grace_and_slack(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(supervisor, "STOP_SLACK_SECONDS", 0.5)
+    settings = load_settings(["--storage-root", str(tmp_path), "--shutdown-grace", "1s"], {})
+    procs = [_stubborn(), _stubborn()]
+    try:
+        sup = supervisor.Supervisor([], settings, 2)
+        sup.workers = [supervisor._Worker(i, proc=p) for i, p in enumerate(procs)]
+        started = time.monotonic()
+        with caplog.at_level(logging.ERROR, logger=supervisor.__name__):
+            status = sup._stop()
+        took = time.monotonic() - started
+    finally:
+        for proc in procs:  # whatever happened above, no child outlives the test
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert all(p.returncode == -9 for p in procs), [p.returncode for p in procs]
+    assert 1.4 <= took < 5, f"stopped in {took:.1f}s: grace 1 s + slack 0.5 s, then SIGKILL"
+    assert status == 1, "workers killed is not a clean stop"
+    assert sum("did not stop in time; killing it" in r.message for r in caplog.records) == 2
+
+
+def test_kill_all_ends_every_live_worker_at_once() -> None:
+    procs = [_stubborn(), _stubborn()]
+    try:
+        sup = supervisor.Supervisor([], load_settings([], {}), 2)
+        sup.workers = [supervisor._Worker(i, proc=p) for i, p in enumerate(procs)]
+        started = time.monotonic()
+        sup._kill_all()
+        assert time.monotonic() - started < 3
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert all(p.returncode == -9 for p in procs)
+
+
+@pytest.mark.parametrize(
+    ("listen", "index", "expected"),
+    [
+        ("127.0.0.1:9464", 0, "127.0.0.1:9464"),
+        ("127.0.0.1:9464", 3, "127.0.0.1:9467"),
+        ("[::1]:9000", 1, "[::1]:9001"),
+        ("0.0.0.0:0", 2, "0.0.0.0:0"),
+    ],
+)
+def test_each_worker_serves_metrics_on_its_own_port(listen: str, index: int, expected: str) -> None:
+    assert supervisor._metrics_of(listen, index) == expected
+
+
+@pytest.mark.parametrize("bad", ["0", "-1", "-3", "1.5", "many", ""])
+def test_workers_zero_or_below_is_refused(bad: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        load_settings(["--workers", bad], {})
+    assert stopped.value.code == 2
+    assert "--workers" in capsys.readouterr().err
+
+
+def test_workers_from_the_environment() -> None:
+    assert load_settings([], {"ASSET_SERVICE_WORKERS": "3"}).workers == 3
+    assert load_settings([], {"ASSET_SERVICE_WORKERS": "auto"}).workers == 0  # one per core
+    assert supervisor.worker_count(load_settings(["--workers", "auto"], {})) >= 1
