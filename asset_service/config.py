@@ -308,17 +308,19 @@ class Settings:
         INTERVAL,
         "10m",
         "time between collections of what nothing needs: manifest folders past "
-        "--manifest-ttl, and stored files no record points at (a crash between bytes and "
-        "record) once older than --orphan-grace (by one server at a time); at most "
-        "--retention-sweep-limit of each kind per run, the rest at the next",
+        "--manifest-ttl, local copies of object-store inputs unused that long (or past "
+        "--manifest-cache-bytes), resumable uploads past --upload-session-ttl, staging of "
+        "server processes that died, and stored files no record points at (a crash between "
+        "bytes and record) once older than --orphan-grace (by one server at a time); at "
+        "most --retention-sweep-limit of each kind per run, the rest at the next",
         group="storage",
         flag="--collect-interval",
     )
     retention_sweep_limit: int = setting(
         POSITIVE,
         "1000",
-        "expired assets one retention sweep removes at most, and manifest folders and orphan "
-        "files one collection removes at most (the rest wait for the next): bounds the work",
+        "expired assets one retention sweep removes at most, and what one collection removes "
+        "at most of each kind (the rest wait for the next): bounds the work",
         group="storage",
     )
     storage_warn_bytes: int = setting(
@@ -404,7 +406,7 @@ class Settings:
         "24h",
         "how long an unfinished resumable upload (UploadHeader.upload_id) is kept after its "
         "last stream ended; then every server removes it with everything it staged (files, "
-        "multipart uploads; swept every tenth of it, at most every 10 min, and at start-up), "
+        "multipart uploads; swept every --collect-interval and at start-up), "
         "and resuming or QueryUpload answers NOT_FOUND",
         group="limits",
         flag="--upload-session-ttl",

@@ -303,9 +303,10 @@ class UploadSessions(Protocol):
         """The session as it stands (committed_bytes: what is durable now), without
         holding it."""
 
-    async def sweep_sessions(self, now: datetime) -> int:
-        """Remove every session that expired by `now` (and is not held), with everything
-        it staged, and what a crash left of one being created; how many."""
+    async def sweep_sessions(self, now: datetime, limit: int = 0) -> int:
+        """Remove sessions that expired by `now` (and are not held), with everything they
+        staged, and what a crash left of one being created: at most `limit` (0: all), the
+        rest left for the next call; how many."""
 
 
 class Leftover(Protocol):
@@ -336,8 +337,10 @@ class BlobStorage(UploadSessions, Protocol):
     async def settle(self, leftover: Any, committed: bool) -> None:
         """Finish a move whose record committed (remove its source) or undo one that did not."""
 
-    async def sweep_dead_staging(self) -> int:
-        """Remove staging left by dead processes (after their moves were settled)."""
+    async def sweep_dead_staging(self, limit: int = 0) -> int:
+        """Remove staging left by dead processes (after their moves were settled), at most
+        `limit` folders or objects (0: all), the rest left for the next call; how many.
+        A live process's staging is never removed, however old (its lock says it lives)."""
 
     def new_writer(self, key: str | None = None) -> StagingWriter:
         """A writer for new bytes. With `key` (where they will be committed, when known
@@ -437,3 +440,8 @@ class ManifestStore(Protocol):
 
     async def sweep(self, older_than_seconds: float, limit: int = 0) -> int:
         """Remove manifests older than that, at most `limit` (0: all); return how many."""
+
+    async def sweep_cache(self, older_than_seconds: float, limit: int = 0) -> int:
+        """Remove local copies of stored inputs (an object store's) unused for that long
+        (0: none by age), past the cache's byte budget, or left half-written by a crash;
+        at most `limit` (0: all); how many. A manifest keeps its own link to a copy."""

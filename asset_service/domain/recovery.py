@@ -12,13 +12,18 @@ log = logging.getLogger(__name__)
 ORPHAN_BATCH = 500
 
 
-async def recover(store: MetadataStore, storage: BlobStorage) -> int:
-    """Settle moves that crashed processes journaled, then drop their staging.
+async def recover(store: MetadataStore, storage: BlobStorage, limit: int = 0) -> int:
+    """Settle moves that crashed processes journaled, then drop their staging: at start-up
+    (all of it), and while serving (a process dies while others run), `limit` of each at
+    most (0: all). How many moves were settled and staging folders or objects removed.
 
     A move's source is removed only if its record committed; otherwise the bytes that
-    were linked or copied into place go, and the worker's file stays where it was.
+    were linked or copied into place go, and the worker's file stays where it was. A
+    staging folder holding a journal not yet settled stays (the next call settles it).
     """
-    leftovers = await storage.leftovers()
+    leftovers = list(await storage.leftovers())
+    if limit:
+        leftovers = leftovers[:limit]
     for leftover in leftovers:
         record = await store.get(leftover.asset_id)
         committed = (
@@ -27,10 +32,10 @@ async def recover(store: MetadataStore, storage: BlobStorage) -> int:
             and record.storage_path == leftover.storage_path
         )
         await storage.settle(leftover, committed)
-    await storage.sweep_dead_staging()
+    swept = await storage.sweep_dead_staging(limit)
     if leftovers:
         log.info("recovery settled %d interrupted move(s)", len(leftovers))
-    return len(leftovers)
+    return len(leftovers) + swept
 
 
 async def reconcile(store: MetadataStore, storage: BlobStorage, limit: int = 0) -> int:

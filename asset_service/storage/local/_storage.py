@@ -222,11 +222,11 @@ class LocalStorage:
                 os.close(folder)
         leftover.journal.unlink(missing_ok=True)
 
-    async def sweep_dead_staging(self) -> int:
+    async def sweep_dead_staging(self, limit: int = 0) -> int:
         """Remove staging folders of dead processes (their moves already settled)."""
-        return await asyncio.to_thread(self._sweep_dead_staging_sync)
+        return await asyncio.to_thread(self._sweep_dead_staging_sync, limit)
 
-    def _sweep_dead_staging_sync(self) -> int:
+    def _sweep_dead_staging_sync(self, limit: int = 0) -> int:
         removed = 0
         for folder in self._dead_staging():
             intents = folder / "intents"
@@ -236,6 +236,8 @@ class LocalStorage:
             log.warning("removing staging left by a dead process: %s", folder)
             shutil.rmtree(folder, ignore_errors=True)
             removed += 1
+            if removed == limit:
+                break
         return removed
 
     async def close(self) -> None:
@@ -325,8 +327,8 @@ class LocalStorage:
     async def read_session(self, key: str) -> UploadSession | None:
         return await self.sessions.read_session(key)
 
-    async def sweep_sessions(self, now: datetime) -> int:
-        return await self.sessions.sweep_sessions(now)
+    async def sweep_sessions(self, now: datetime, limit: int = 0) -> int:
+        return await self.sessions.sweep_sessions(now, limit)
 
     # --- reading and housekeeping -----------------------------------------------------
 

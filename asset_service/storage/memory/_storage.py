@@ -130,7 +130,7 @@ class MemoryStorage:
         if area is not None:
             area.journals.pop(leftover.journal, None)
 
-    async def sweep_dead_staging(self) -> int:
+    async def sweep_dead_staging(self, limit: int = 0) -> int:
         removed = 0
         for name, area in self._dead_areas():
             if area.journals:
@@ -139,6 +139,8 @@ class MemoryStorage:
             log.warning("removing staging left by a dead instance: %s", name)
             del self.state.areas[name]
             removed += 1
+            if removed == limit:
+                break
         return removed
 
     # --- keys and paths ---------------------------------------------------------------
@@ -218,8 +220,8 @@ class MemoryStorage:
     async def read_session(self, key: str) -> UploadSession | None:
         return await self._sessions.read_session(key)
 
-    async def sweep_sessions(self, now: datetime) -> int:
-        return await self._sessions.sweep_sessions(now)
+    async def sweep_sessions(self, now: datetime, limit: int = 0) -> int:
+        return await self._sessions.sweep_sessions(now, limit)
 
     # --- reading and housekeeping -----------------------------------------------------
 

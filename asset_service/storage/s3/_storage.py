@@ -356,9 +356,9 @@ class S3Storage:
         await self.drain()
         return await self.sessions.read_session(key)
 
-    async def sweep_sessions(self, now: datetime) -> int:
+    async def sweep_sessions(self, now: datetime, limit: int = 0) -> int:
         await self.drain()
-        return await self.sessions.sweep_sessions(now)
+        return await self.sessions.sweep_sessions(now, limit)
 
     # --- reading ----------------------------------------------------------------------
 
@@ -473,10 +473,10 @@ class S3Storage:
                     continue  # may be another server's commit in flight
                 yield asset_id, self.location.path_of(item["Key"])
 
-    async def sweep_dead_staging(self) -> int:
+    async def sweep_dead_staging(self, limit: int = 0) -> int:
         """Abort uploads and delete staging that dead processes left; return how many."""
         await self.drain()
-        return await _recovery.sweep_staging(self)
+        return await _recovery.sweep_staging(self, limit)
 
     # --- recovery of moves ------------------------------------------------------------
 
