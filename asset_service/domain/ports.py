@@ -407,8 +407,10 @@ class BlobStorage(UploadSessions, Protocol):
 
     async def remove(self, storage_path: str) -> None: ...
 
-    def orphans(self) -> AsyncIterator[tuple[str, str]]:
-        """(asset_id, storage_path) of every stored file old enough to be an orphan.
+    def orphans(self, after: str = "") -> AsyncIterator[tuple[str, str]]:
+        """(asset_id, storage_path) of every stored file old enough to be an orphan, in
+        the storage's own order of paths; with `after` (a path it yielded before), those
+        past it only, listing none of those before: a pass may stop and resume there.
 
         Younger files may be another server's commit in flight; the storage's own grace
         period decides (the same one that lets a commit replace a crash leftover).

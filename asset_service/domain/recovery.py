@@ -10,6 +10,9 @@ from asset_service.domain.ports import BlobStorage, MetadataStore
 log = logging.getLogger(__name__)
 
 ORPHAN_BATCH = 500
+# Files a bounded collection looks at, per file it may remove: a run lists a bounded
+# part of the storage even where nearly every file has its record.
+SCAN_PER_REMOVAL = 10
 
 
 async def recover(store: MetadataStore, storage: BlobStorage, limit: int = 0) -> int:
@@ -41,7 +44,18 @@ async def recover(store: MetadataStore, storage: BlobStorage, limit: int = 0) ->
 async def reconcile(store: MetadataStore, storage: BlobStorage, limit: int = 0) -> int:
     """Remove stored bytes that no record points at (left by a crash mid-commit); at most
     `limit` files (0: all), the rest left for the next call."""
-    removed = 0
+    removed, _ = await reconcile_from(store, storage, limit)
+    return removed
+
+
+async def reconcile_from(
+    store: MetadataStore, storage: BlobStorage, limit: int = 0, after: str = ""
+) -> tuple[int, str]:
+    """reconcile() of the files past `after` in the storage's order, stopping at `limit`
+    removals or `limit` * SCAN_PER_REMOVAL files looked at (0: neither): how many went,
+    and where the next call resumes ("" once the pass reached the end)."""
+    removed = seen = 0
+    cursor = ""
     batch: list[tuple[str, str]] = []
 
     async def flush() -> int:
@@ -59,18 +73,23 @@ async def reconcile(store: MetadataStore, storage: BlobStorage, limit: int = 0) 
     def budget() -> int:
         return min(ORPHAN_BATCH, limit - removed) if limit else ORPHAN_BATCH
 
-    candidates = storage.orphans()
+    candidates = storage.orphans(after)
     try:
         async for asset_id, path in candidates:
             batch.append((asset_id, path))
-            if len(batch) >= budget():
+            seen += 1
+            full = limit and seen >= limit * SCAN_PER_REMOVAL
+            if len(batch) >= budget() or full:
+                cursor = path
                 removed += await flush()
-                if limit and removed >= limit:
+                if limit and (removed >= limit or full):
                     break
-        if batch:
-            removed += await flush()
+        else:
+            cursor = ""
+            if batch:
+                removed += await flush()
     finally:
         await candidates.aclose()  # type: ignore[attr-defined]
     if removed:
         log.info("reconcile removed %d orphan file(s)", removed)
-    return removed
+    return removed, cursor

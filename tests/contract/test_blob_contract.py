@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -258,6 +258,26 @@ async def test_orphans_are_only_files_past_the_grace(blob: BlobBackend) -> None:
     found = sorted([pair async for pair in storage.orphans()])
     assert found == sorted([(ID, old_upload), (OTHER, old_output)])
     in_flight.discard()
+
+
+async def test_a_pass_over_orphans_resumes_after_any_path_it_yielded(blob: BlobBackend) -> None:
+    storage = await blob.start()
+    ids = [f"5b0e4f0e-0000-4000-8000-0000000001{i:02d}" for i in range(6)]
+    # Task names whose order as strings and as path parts differ ("t-1/" < "t/").
+    keys_ = [
+        keys.upload_key(ids[0], "a", DAY),
+        keys.upload_key(ids[1], "b", DAY),
+        keys.upload_key(ids[2], "c", DAY + timedelta(days=1)),
+        keys.generated_key("t", ids[3], "d"),
+        keys.generated_key("t-1", ids[4], "e"),
+        keys.generated_key("t", ids[5], "f"),
+    ]
+    for key in keys_:
+        await blob.backdate(await written(storage, b"x", key), OLD)
+    whole = [pair async for pair in storage.orphans()]
+    assert sorted(i for i, _ in whole) == sorted(ids)
+    for at, (_, path) in enumerate(whole):
+        assert [pair async for pair in storage.orphans(path)] == whole[at + 1 :], path
 
 
 async def test_a_move_keeps_the_source_until_finish(blob: BlobBackend) -> None:

@@ -407,23 +407,40 @@ class LocalStorage:
             os.close(folder)
         self._prune_empty(self.root.joinpath(*parts[:-1]))
 
-    async def orphans(self) -> AsyncIterator[tuple[str, str]]:
-        """Files in final locations older than the grace, as (asset id, path)."""
-        for area in (self.uploads, self.generated):
-            # <area>/<day-or-task>/<asset-id>/<name>
-            for path, st in await asyncio.to_thread(_entries_under, area):
-                try:
-                    asset_id = parse_asset_id(path.parent.name)
-                except InvalidArgument:
+    async def orphans(self, after: str = "") -> AsyncIterator[tuple[str, str]]:
+        """Files in final locations older than the grace, as (asset id, path), in the
+        order of their path's parts: one day's (or task's) folder listed at a time, none
+        of those before `after`'s."""
+        start = self._parts_of(after) if after else ()
+        # <area>/<day-or-task>/<asset-id>/<name>
+        for area in sorted((self.uploads, self.generated)):
+            if (area.name,) < start[:1]:
+                continue
+            for day in await asyncio.to_thread(_names_in, area):
+                if (area.name, day) < start[:2]:
                     continue
-                if age_of(st) < self.orphan_grace_seconds:
-                    continue  # may be another server's commit in flight
-                yield asset_id, str(path)
+                for path, st in await asyncio.to_thread(_entries_under, area / day):
+                    if (area.name, day, path.parent.name, path.name) <= start:
+                        continue
+                    try:
+                        asset_id = parse_asset_id(path.parent.name)
+                    except InvalidArgument:
+                        continue
+                    if age_of(st) < self.orphan_grace_seconds:
+                        continue  # may be another server's commit in flight
+                    yield asset_id, str(path)
 
 
-def _entries_under(area: Path) -> list[tuple[Path, os.stat_result]]:
+def _names_in(folder: Path) -> list[str]:
+    try:
+        return sorted(os.listdir(folder))
+    except OSError:
+        return []
+
+
+def _entries_under(folder: Path) -> list[tuple[Path, os.stat_result]]:
     found = []
-    for path in area.glob("*/*/*"):
+    for path in sorted(folder.glob("*/*")):
         with contextlib.suppress(OSError):
             st = path.lstat()
             if stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode):

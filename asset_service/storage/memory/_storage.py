@@ -289,10 +289,14 @@ class MemoryStorage:
     async def remove(self, storage_path: str) -> None:
         self.state.objects.pop(self._key_of(storage_path), None)
 
-    async def orphans(self) -> AsyncIterator[tuple[str, str]]:
-        """Stored bytes older than the grace, as (asset id, path); younger ones may be in flight."""
+    async def orphans(self, after: str = "") -> AsyncIterator[tuple[str, str]]:
+        """Stored bytes older than the grace, as (asset id, path), in the order of their
+        keys, past `after`'s; younger ones may be in flight."""
         now = self.clock()
-        for key, obj in list(self.state.objects.items()):
+        start = self._key_of(after) if after else ""
+        for key, obj in sorted(self.state.objects.items()):
+            if key <= start:
+                continue
             parts = key.split("/")
             if len(parts) != 4:  # <area>/<day-or-task>/<asset-id>/<name>
                 continue

@@ -450,18 +450,29 @@ class S3Storage:
                 if upload["Key"].startswith(prefix):
                     yield dict(upload)
 
-    async def listed(self, prefix: str) -> AsyncIterator[dict[str, Any]]:
+    async def listed(self, prefix: str, after: str = "") -> AsyncIterator[dict[str, Any]]:
         paginator = self.client.get_paginator("list_objects_v2")
-        async for page in paginator.paginate(Bucket=self.location.bucket, Prefix=prefix):
+        bucket = self.location.bucket
+        pages = (
+            paginator.paginate(Bucket=bucket, Prefix=prefix, StartAfter=after)
+            if after
+            else paginator.paginate(Bucket=bucket, Prefix=prefix)
+        )
+        async for page in pages:
             for item in page.get("Contents", ()):
                 yield dict(item)
 
-    async def orphans(self) -> AsyncIterator[tuple[str, str]]:
-        """Objects in uploads/ and generated/ older than the grace, as (asset id, path)."""
+    async def orphans(self, after: str = "") -> AsyncIterator[tuple[str, str]]:
+        """Objects in uploads/ and generated/ older than the grace, as (asset id, path), in
+        the order of their keys (the listing's: it starts after `after`'s)."""
         await self.drain()
         now = datetime.now(UTC)
-        for area in _AREAS:
-            async for item in self.listed(f"{self.location.prefix}{area}/"):
+        start = self._key_of(after) if after else ""
+        for area in sorted(_AREAS):
+            prefix = f"{self.location.prefix}{area}/"
+            if start > prefix and not start.startswith(prefix):
+                continue  # `after` is in a later area
+            async for item in self.listed(prefix, start if start > prefix else ""):
                 parts = item["Key"][len(self.location.prefix) :].split("/")
                 if len(parts) != 4:
                     continue
