@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from asset_service.domain import keys
+from asset_service.domain import keys, recovery
 from asset_service.domain.errors import (
     Conflict,
     CorruptBytes,
@@ -383,6 +383,37 @@ async def test_recovery_settles_abandoned_moves_by_their_record(blob: BlobBacken
     path = await in_flight.commit(keys.upload_key(ID, "late", DAY))
     await in_flight.finish()
     assert await content(alive, path, 12) == b"still coming"
+
+
+class _NoRecords:
+    async def get(self, asset_id: str) -> None:
+        return None
+
+
+async def test_recovery_while_serving_does_a_bounded_part_per_call(blob: BlobBackend) -> None:
+    """Three processes die with a move journaled and an upload staged: each call settles
+    one move and removes one dead staging at most; a live process's staging stays."""
+    for n in range(3):
+        dead = await blob.start()
+        asset_id = f"5b0e4f0e-0000-4000-8000-0000000003{n:02d}"
+        staged = await dead.adopt(blob.put_source(asset_id, b"moved"), move=True)
+        await staged.commit(keys.generated_key("t", asset_id, "f"))
+        staged.abandon()
+        half = dead.new_writer()
+        await half.write(b"an upload cut short")
+        await dead.close()
+    alive = await blob.start()
+    in_flight = alive.new_writer()
+    await in_flight.write(b"still coming")
+    done = []
+    for _ in range(10):
+        done.append(await recovery.recover(_NoRecords(), alive, 1))  # type: ignore[arg-type]
+        if not done[-1]:
+            break
+    assert done[-1] == 0 and all(0 < n <= 2 for n in done[:-1]), done
+    assert await alive.leftovers() == []
+    assert await blob.staged() == 1, "the live upload's staging stayed"
+    in_flight.discard()
 
 
 async def test_a_move_committed_over_a_replaced_final_keeps_its_source(blob: BlobBackend) -> None:

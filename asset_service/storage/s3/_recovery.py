@@ -64,7 +64,9 @@ async def sweep_staging(storage: S3Storage, limit: int = 0) -> int:
             removed += 1
             if removed == limit:
                 return removed
-    return removed + await asyncio.to_thread(storage.journal.sweep_dead)
+    return removed + await asyncio.to_thread(
+        storage.journal.sweep_dead, limit - removed if limit else 0
+    )
 
 
 async def _recent_part(storage: S3Storage, key: str, upload_id: str) -> bool:
