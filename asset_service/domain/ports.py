@@ -331,8 +331,10 @@ class BlobStorage(UploadSessions, Protocol):
         """Raise Unavailable unless bytes can be stored and read now (the readiness probe,
         every health interval): cheap, and bounded by its caller's timeout."""
 
-    async def leftovers(self) -> Sequence[Leftover]:
-        """Moves journaled by processes that died, for recovery to settle."""
+    async def leftovers(self, past_grace: bool = False) -> Sequence[Leftover]:
+        """Moves journaled by processes that died, for recovery to settle; `past_grace`
+        (while serving): only those journaled longer than the orphan grace ago, as the
+        record write of a process that died a moment ago may still land."""
 
     async def settle(self, leftover: Any, committed: bool) -> None:
         """Finish a move whose record committed (remove its source) or undo one that did not."""

@@ -15,7 +15,9 @@ ORPHAN_BATCH = 500
 SCAN_PER_REMOVAL = 10
 
 
-async def recover(store: MetadataStore, storage: BlobStorage, limit: int = 0) -> int:
+async def recover(
+    store: MetadataStore, storage: BlobStorage, limit: int = 0, serving: bool = False
+) -> int:
     """Settle moves that crashed processes journaled, then drop their staging: at start-up
     (all of it), and while serving (a process dies while others run), `limit` of each at
     most (0: all). How many moves were settled and staging folders or objects removed.
@@ -23,8 +25,10 @@ async def recover(store: MetadataStore, storage: BlobStorage, limit: int = 0) ->
     A move's source is removed only if its record committed; otherwise the bytes that
     were linked or copied into place go, and the worker's file stays where it was. A
     staging folder holding a journal not yet settled stays (the next call settles it).
+    While `serving`, a move journaled within the orphan grace waits: the record write of
+    a process that died a moment ago may still land (as a young file may be a commit).
     """
-    leftovers = list(await storage.leftovers())
+    leftovers = list(await storage.leftovers(past_grace=serving))
     if limit:
         leftovers = leftovers[:limit]
     for leftover in leftovers:

@@ -148,7 +148,7 @@ class AssetManager(Reuse):
     async def collect_staging(self, limit: int = 0) -> int:
         """While serving: settle moves of processes that died since start-up (by their
         journals and records) and remove their staging, at most `limit` of each."""
-        removed = await recovery.recover(self.store, self.storage, limit)
+        removed = await recovery.recover(self.store, self.storage, limit, serving=True)
         if removed:
             log.info("collected %d staging leftover(s) of dead processes", removed)
             await self.space_freed()

@@ -155,9 +155,12 @@ class LocalStorage:
             dead.append(folder)
         return dead
 
-    async def leftovers(self) -> list[Leftover]:
+    async def leftovers(self, past_grace: bool = False) -> list[Leftover]:
         """Moves journaled by dead processes, to settle before their staging is removed."""
-        return await asyncio.to_thread(self._leftovers_sync)
+        found = await asyncio.to_thread(self._leftovers_sync)
+        if past_grace:
+            return await asyncio.to_thread(fs.journaled_before, found, self.orphan_grace_seconds)
+        return found
 
     def _leftovers_sync(self) -> list[Leftover]:
         found = []

@@ -95,10 +95,13 @@ class MemoryStorage:
     def _dead_areas(self) -> list[tuple[str, StagingArea]]:
         return [(name, a) for name, a in self.state.areas.items() if not a.live]
 
-    async def leftovers(self) -> list[Leftover]:
+    async def leftovers(self, past_grace: bool = False) -> list[Leftover]:
         found = []
+        now = self.clock()
         for name, area in self._dead_areas():
             for journal, intent in list(area.journals.items()):
+                if past_grace and now - intent.placed.placed_at < self.orphan_grace_seconds:
+                    continue  # its record write may still land
                 try:
                     asset_id = parse_asset_id(keys.key_parts(intent.final)[-2])
                 except (AssetError, IndexError) as exc:

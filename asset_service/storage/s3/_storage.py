@@ -23,7 +23,7 @@ from asset_service.domain.errors import (
 from asset_service.domain.models import BLOCK_BYTES, BlockSums, parse_asset_id
 from asset_service.domain.uploads import UploadSession
 from asset_service.modes import Modes
-from asset_service.storage import blocks, keys
+from asset_service.storage import blocks, fs, keys
 from asset_service.storage.imports import ImportRoots
 from asset_service.storage.s3 import _recovery
 from asset_service.storage.s3._blob import S3Adopted, S3Writer
@@ -491,10 +491,13 @@ class S3Storage:
 
     # --- recovery of moves ------------------------------------------------------------
 
-    async def leftovers(self) -> list[Leftover]:
+    async def leftovers(self, past_grace: bool = False) -> list[Leftover]:
         """Moves journaled (on this host) by processes that died, for recovery to settle."""
         await self.drain()
-        return await _recovery.leftovers(self)
+        found = await _recovery.leftovers(self)
+        if past_grace:
+            return await asyncio.to_thread(fs.journaled_before, found, self.orphan_grace_seconds)
+        return found
 
     async def settle(self, leftover: Leftover, committed: bool) -> None:
         """Finish a journaled move whose record committed, or undo one whose record did not."""
