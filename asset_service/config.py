@@ -278,8 +278,9 @@ class Settings:
     orphan_grace_seconds: float = setting(
         DURATION,
         "10m",
-        "at start-up, stored files no record points at are removed once older than this "
-        "(younger ones may be another server's commit in flight)",
+        "stored files no record points at are removed (at start-up, and by --collect-interval) "
+        "once older than this: younger ones may be another server's commit in flight; while "
+        "serving, a dead process's journaled moves wait as long (its record write may land)",
         group="storage",
         flag="--orphan-grace",
     )
