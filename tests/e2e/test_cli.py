@@ -110,6 +110,12 @@ def test_usage_by_tag_as_a_table_and_as_json(server: ServerProcess, client: Asse
     text = out(asset(server.address, "usage", "--group", "tag", "--key", "other"))
     assert any(line.split()[:3] == ["other", "1", "3"] for line in text.splitlines()), text
     assert "total: 2 assets, 8 B" in text
+    # By tag, each row splits by status; by status (the default) a row is one status.
+    header = out(asset(server.address, "usage", "--group", "tag")).splitlines()[0].split()
+    assert header == ["TAG", "ASSETS", "BYTES", "AVAILABLE", "PENDING", "FAILED"]
+    by_status = out(asset(server.address, "usage")).splitlines()
+    assert by_status[0].split() == ["STATUS", "ASSETS", "BYTES"]
+    assert any(line.split() == ["AVAILABLE", "2", "8", "B"] for line in by_status), by_status
 
 
 def test_pending_fulfill_fail_renew_rm(server: ServerProcess, client: AssetClient) -> None:

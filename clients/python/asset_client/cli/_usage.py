@@ -62,13 +62,15 @@ def usage(settings: Settings, group: str, keys: tuple[str, ...], limit: int, jso
         return
     console = _render._console()
     table = Table(box=box.SIMPLE if console.is_terminal else None, pad_edge=False)
-    for name in (group.upper(), "ASSETS", "BYTES", *(s.value for s in _STATUSES)):
+    # Grouped by status, each row is one status: per-status columns would say nothing.
+    split = () if group == "status" else _STATUSES
+    for name in (group.upper(), "ASSETS", "BYTES", *(s.value for s in split)):
         table.add_column(name)
     for row in found.rows:
         cells = [
             _render.size_text(row.by_status.get(s, (0, 0))[1])
             + f" ({row.by_status.get(s, (0, 0))[0]})"
-            for s in _STATUSES
+            for s in split
         ]
         table.add_row(row.key or "-", str(row.count), _render.size_text(row.bytes), *cells)
     console.print(table)
