@@ -304,8 +304,9 @@ class Settings:
     orphan_grace_seconds: float = setting(
         DURATION,
         "10m",
-        "at start-up, stored files no record points at are removed once older than this "
-        "(younger ones may be another server's commit in flight)",
+        "stored files no record points at are removed (at start-up, and by --collect-interval) "
+        "once older than this: younger ones may be another server's commit in flight; while "
+        "serving, a dead process's journaled moves wait as long (its record write may land)",
         group="storage",
         flag="--orphan-grace",
     )
@@ -334,17 +335,19 @@ class Settings:
         INTERVAL,
         "10m",
         "time between collections of what nothing needs: manifest folders past "
-        "--manifest-ttl, and stored files no record points at (a crash between bytes and "
-        "record) once older than --orphan-grace (by one server at a time); at most "
-        "--retention-sweep-limit of each kind per run, the rest at the next",
+        "--manifest-ttl, local copies of object-store inputs unused that long (or past "
+        "--manifest-cache-bytes), resumable uploads past --upload-session-ttl, staging of "
+        "server processes that died, and stored files no record points at (a crash between "
+        "bytes and record) once older than --orphan-grace (by one server at a time); at "
+        "most --retention-sweep-limit of each kind per run, the rest at the next",
         group="storage",
         flag="--collect-interval",
     )
     retention_sweep_limit: int = setting(
         POSITIVE,
         "1000",
-        "expired assets one retention sweep removes at most, and manifest folders and orphan "
-        "files one collection removes at most (the rest wait for the next): bounds the work",
+        "expired assets one retention sweep removes at most, and what one collection removes "
+        "at most of each kind (the rest wait for the next): bounds the work",
         group="storage",
     )
     storage_warn_bytes: int = setting(
@@ -430,7 +433,7 @@ class Settings:
         "24h",
         "how long an unfinished resumable upload (UploadHeader.upload_id) is kept after its "
         "last stream ended; then every server removes it with everything it staged (files, "
-        "multipart uploads; swept every tenth of it, at most every 10 min, and at start-up), "
+        "multipart uploads; swept every --collect-interval and at start-up), "
         "and resuming or QueryUpload answers NOT_FOUND",
         group="limits",
         flag="--upload-session-ttl",

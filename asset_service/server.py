@@ -9,7 +9,7 @@ import os
 import signal
 import socket
 import threading
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -158,47 +158,37 @@ async def _expire_assets(manager: AssetManager, interval: float, recorder: Recor
 
 
 async def _collect(manager: AssetManager, interval: float, limit: int, recorder: Recorder) -> None:
-    """What nothing needs any more, a bounded number of each kind per run: manifest
-    folders past --manifest-ttl (every server: they may live on its own disk; at
-    start-up too), and stored files no record points at (one server at a time, by the
-    store's collection claim; start-up reconciled them all)."""
+    """What nothing needs any more, at most `limit` of each kind per run, counted in
+    asset_service_reclaimed_total{kind}. Every server, for what may live on its own disk
+    (and start-up did all of it, so not at once): manifest folders past --manifest-ttl
+    (at start-up too), cached object-store copies, resumable uploads past their expiry
+    and staging of processes that died (journaled moves settled by their records first).
+    One server at a time, by the store's collection claim: stored files no record points
+    at, past --orphan-grace."""
     hold = max(3 * interval, 3.0)
     first = True
     while True:
         if not first:
             await asyncio.sleep(interval)
-        try:
-            if removed := await manager.sweep_manifests(limit):
-                recorder.reclaimed("manifest_folders", removed)
-        except (AssetError, OSError) as exc:
-            log.warning("manifest sweep failed: %s", exc)
+        sweeps: list[tuple[str, Callable[[], Awaitable[int]]]] = [
+            ("manifest_folders", lambda: manager.sweep_manifests(limit)),
+            ("cache_copies", lambda: manager.sweep_cache(limit)),
+        ]
         if not first:
+            sweeps += [
+                ("upload_sessions", lambda: manager.sweep_upload_sessions(limit)),
+                ("staging", lambda: manager.collect_staging(limit)),
+                ("orphan_files", lambda: manager.collect_orphans(hold)),
+            ]
+        for kind, sweep in sweeps:
             try:
-                if removed := await manager.collect_orphans(hold):
-                    recorder.reclaimed("orphan_files", removed)
+                if removed := await sweep():
+                    recorder.reclaimed(kind, removed)
+                    if kind == "upload_sessions":
+                        recorder.upload_sessions_expired(removed)  # (the older metric)
             except (AssetError, OSError) as exc:
-                log.warning("orphan collection failed: %s", exc)
+                log.warning("collection of %s failed: %s", kind.replace("_", " "), exc)
         first = False
-
-
-def _session_sweep_interval(settings: Settings) -> float:
-    """A tenth of the TTL, between 1 s and 10 min: an expired upload's bytes are gone
-    within about a tenth of its TTL, at a few listings per sweep."""
-    return min(600.0, max(1.0, settings.upload_session_ttl_seconds / 10))
-
-
-async def _expire_upload_sessions(
-    manager: AssetManager, interval: float, recorder: Recorder
-) -> None:
-    """Remove unfinished resumable uploads past their TTL (every server process sweeps;
-    start-up swept once already)."""
-    while True:
-        await asyncio.sleep(interval)
-        try:
-            if removed := await manager.sweep_upload_sessions():
-                recorder.upload_sessions_expired(removed)
-        except (AssetError, OSError) as exc:
-            log.warning("upload session sweep failed: %s", exc)
 
 
 def _tenth(ttl: float) -> float:
@@ -407,9 +397,6 @@ async def start(
         asyncio.create_task(_settle_unknown_outcomes(manager)),
         asyncio.create_task(
             _expire_leases(manager, settings.lease_check_interval_seconds, telemetry.recorder)
-        ),
-        asyncio.create_task(
-            _expire_upload_sessions(manager, _session_sweep_interval(settings), telemetry.recorder)
         ),
         asyncio.create_task(
             _expire_assets(manager, settings.retention_check_interval_seconds, telemetry.recorder)

@@ -308,9 +308,10 @@ class UploadSessions(Protocol):
         """The session as it stands (committed_bytes: what is durable now), without
         holding it."""
 
-    async def sweep_sessions(self, now: datetime) -> int:
-        """Remove every session that expired by `now` (and is not held), with everything
-        it staged, and what a crash left of one being created; how many."""
+    async def sweep_sessions(self, now: datetime, limit: int = 0) -> int:
+        """Remove sessions that expired by `now` (and are not held), with everything they
+        staged, and what a crash left of one being created: at most `limit` (0: all), the
+        rest left for the next call; how many."""
 
 
 class Leftover(Protocol):
@@ -335,14 +336,18 @@ class BlobStorage(UploadSessions, Protocol):
         """Raise Unavailable unless bytes can be stored and read now (the readiness probe,
         every health interval): cheap, and bounded by its caller's timeout."""
 
-    async def leftovers(self) -> Sequence[Leftover]:
-        """Moves journaled by processes that died, for recovery to settle."""
+    async def leftovers(self, past_grace: bool = False) -> Sequence[Leftover]:
+        """Moves journaled by processes that died, for recovery to settle; `past_grace`
+        (while serving): only those journaled longer than the orphan grace ago, as the
+        record write of a process that died a moment ago may still land."""
 
     async def settle(self, leftover: Any, committed: bool) -> None:
         """Finish a move whose record committed (remove its source) or undo one that did not."""
 
-    async def sweep_dead_staging(self) -> int:
-        """Remove staging left by dead processes (after their moves were settled)."""
+    async def sweep_dead_staging(self, limit: int = 0) -> int:
+        """Remove staging left by dead processes (after their moves were settled), at most
+        `limit` folders or objects (0: all), the rest left for the next call; how many.
+        A live process's staging is never removed, however old (its lock says it lives)."""
 
     def new_writer(self, key: str | None = None) -> StagingWriter:
         """A writer for new bytes. With `key` (where they will be committed, when known
@@ -409,8 +414,10 @@ class BlobStorage(UploadSessions, Protocol):
 
     async def remove(self, storage_path: str) -> None: ...
 
-    def orphans(self) -> AsyncIterator[tuple[str, str]]:
-        """(asset_id, storage_path) of every stored file old enough to be an orphan.
+    def orphans(self, after: str = "") -> AsyncIterator[tuple[str, str]]:
+        """(asset_id, storage_path) of every stored file old enough to be an orphan, in
+        the storage's own order of paths; with `after` (a path it yielded before), those
+        past it only, listing none of those before: a pass may stop and resume there.
 
         Younger files may be another server's commit in flight; the storage's own grace
         period decides (the same one that lets a commit replace a crash leftover).
@@ -442,3 +449,8 @@ class ManifestStore(Protocol):
 
     async def sweep(self, older_than_seconds: float, limit: int = 0) -> int:
         """Remove manifests older than that, at most `limit` (0: all); return how many."""
+
+    async def sweep_cache(self, older_than_seconds: float, limit: int = 0) -> int:
+        """Remove local copies of stored inputs (an object store's) unused for that long
+        (0: none by age), past the cache's byte budget, or left half-written by a crash;
+        at most `limit` (0: all); how many. A manifest keeps its own link to a copy."""

@@ -10,15 +10,27 @@ from asset_service.domain.ports import BlobStorage, MetadataStore
 log = logging.getLogger(__name__)
 
 ORPHAN_BATCH = 500
+# Files a bounded collection looks at, per file it may remove: a run lists a bounded
+# part of the storage even where nearly every file has its record.
+SCAN_PER_REMOVAL = 10
 
 
-async def recover(store: MetadataStore, storage: BlobStorage) -> int:
-    """Settle moves that crashed processes journaled, then drop their staging.
+async def recover(
+    store: MetadataStore, storage: BlobStorage, limit: int = 0, serving: bool = False
+) -> int:
+    """Settle moves that crashed processes journaled, then drop their staging: at start-up
+    (all of it), and while serving (a process dies while others run), `limit` of each at
+    most (0: all). How many moves were settled and staging folders or objects removed.
 
     A move's source is removed only if its record committed; otherwise the bytes that
-    were linked or copied into place go, and the worker's file stays where it was.
+    were linked or copied into place go, and the worker's file stays where it was. A
+    staging folder holding a journal not yet settled stays (the next call settles it).
+    While `serving`, a move journaled within the orphan grace waits: the record write of
+    a process that died a moment ago may still land (as a young file may be a commit).
     """
-    leftovers = await storage.leftovers()
+    leftovers = list(await storage.leftovers(past_grace=serving))
+    if limit:
+        leftovers = leftovers[:limit]
     for leftover in leftovers:
         record = await store.get(leftover.asset_id)
         committed = (
@@ -27,16 +39,27 @@ async def recover(store: MetadataStore, storage: BlobStorage) -> int:
             and record.storage_path == leftover.storage_path
         )
         await storage.settle(leftover, committed)
-    await storage.sweep_dead_staging()
+    swept = await storage.sweep_dead_staging(limit)
     if leftovers:
         log.info("recovery settled %d interrupted move(s)", len(leftovers))
-    return len(leftovers)
+    return len(leftovers) + swept
 
 
 async def reconcile(store: MetadataStore, storage: BlobStorage, limit: int = 0) -> int:
     """Remove stored bytes that no record points at (left by a crash mid-commit); at most
     `limit` files (0: all), the rest left for the next call."""
-    removed = 0
+    removed, _ = await reconcile_from(store, storage, limit)
+    return removed
+
+
+async def reconcile_from(
+    store: MetadataStore, storage: BlobStorage, limit: int = 0, after: str = ""
+) -> tuple[int, str]:
+    """reconcile() of the files past `after` in the storage's order, stopping at `limit`
+    removals or `limit` * SCAN_PER_REMOVAL files looked at (0: neither): how many went,
+    and where the next call resumes ("" once the pass reached the end)."""
+    removed = seen = 0
+    cursor = ""
     batch: list[tuple[str, str]] = []
 
     async def flush() -> int:
@@ -54,18 +77,23 @@ async def reconcile(store: MetadataStore, storage: BlobStorage, limit: int = 0) 
     def budget() -> int:
         return min(ORPHAN_BATCH, limit - removed) if limit else ORPHAN_BATCH
 
-    candidates = storage.orphans()
+    candidates = storage.orphans(after)
     try:
         async for asset_id, path in candidates:
             batch.append((asset_id, path))
-            if len(batch) >= budget():
+            seen += 1
+            full = limit and seen >= limit * SCAN_PER_REMOVAL
+            if len(batch) >= budget() or full:
+                cursor = path
                 removed += await flush()
-                if limit and removed >= limit:
+                if limit and (removed >= limit or full):
                     break
-        if batch:
-            removed += await flush()
+        else:
+            cursor = ""
+            if batch:
+                removed += await flush()
     finally:
         await candidates.aclose()  # type: ignore[attr-defined]
     if removed:
         log.info("reconcile removed %d orphan file(s)", removed)
-    return removed
+    return removed, cursor

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import logging
 import os
+import time
 import uuid
 from pathlib import Path
 
@@ -15,7 +17,12 @@ from asset_service.domain.ports import BlobStorage
 from asset_service.modes import Modes
 from asset_service.storage import fs
 
+log = logging.getLogger(__name__)
+
 COPY_CHUNK = 1024 * 1024
+# A copy being downloaded (<sha256>.<random>.part) is written to all along: one unwritten
+# for this long belongs to a download a crash cut (a live read stalls out well before).
+STALE_PART_SECONDS = 3600.0
 
 
 class FileCache:
@@ -76,6 +83,36 @@ class FileCache:
             part.unlink(missing_ok=True)
         await asyncio.to_thread(self._evict, cached)
         return cached
+
+    def sweep(self, older_than_seconds: float, limit: int = 0) -> int:
+        """Remove downloads a crash cut, copies unused for `older_than_seconds` (0: kept
+        by age), and the least recently used past the byte budget (a budget lowered
+        since they came): at most `limit` (0: all); how many. Copies a manifest uses go
+        from the cache only: the manifest has its own link to the bytes."""
+        now = time.time()
+        copies: list[tuple[float, int, Path]] = []
+        parts: list[tuple[float, int, Path]] = []
+        with contextlib.suppress(FileNotFoundError):
+            for path in self.folder.iterdir():
+                with contextlib.suppress(FileNotFoundError):
+                    st = path.stat()
+                    (parts if path.name.endswith(".part") else copies).append(
+                        (st.st_mtime, st.st_size, path)
+                    )
+        doomed = [p for mtime, _, p in parts if now - mtime >= STALE_PART_SECONDS]
+        total = sum(size for _, size, _ in copies)
+        for mtime, size, path in sorted(copies):
+            old = older_than_seconds > 0 and now - mtime >= older_than_seconds
+            if old or total > self.max_bytes:
+                doomed.append(path)
+                total -= size
+        if limit:
+            doomed = doomed[:limit]
+        for path in doomed:
+            path.unlink(missing_ok=True)
+        if doomed:
+            log.info("removed %d cached object-store copy(ies) from %s", len(doomed), self.folder)
+        return len(doomed)
 
     @staticmethod
     def _touch(path: Path, size: int) -> bool:

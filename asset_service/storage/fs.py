@@ -9,11 +9,12 @@ import json
 import os
 import stat
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from asset_service.domain.errors import (
     Conflict,
@@ -272,3 +273,22 @@ def write_journal(folder: Path, record: dict[str, Any]) -> Path:
         journal.unlink(missing_ok=True)
         raise
     return journal
+
+
+class _Journaled(Protocol):
+    @property
+    def journal(self) -> Path: ...
+
+
+_J = TypeVar("_J", bound=_Journaled)
+
+
+def journaled_before(leftovers: list[_J], seconds: float) -> list[_J]:
+    """The leftovers whose journal was written at least `seconds` ago (on a thread)."""
+    now = time.time()
+    found = []
+    for leftover in leftovers:
+        with contextlib.suppress(FileNotFoundError):
+            if now - leftover.journal.stat().st_mtime >= seconds:
+                found.append(leftover)
+    return found

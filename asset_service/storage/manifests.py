@@ -227,6 +227,12 @@ class LocalManifests:
             log.info("removed %d shared VALUE file(s) unused for %gs", values, older_than_seconds)
         return removed
 
+    async def sweep_cache(self, older_than_seconds: float, limit: int = 0) -> int:
+        """The FileCache's sweep (none: 0)."""
+        if self.cache is None:
+            return 0
+        return await asyncio.to_thread(self.cache.sweep, older_than_seconds, limit)
+
     def _sweep_sync(self, older_than_seconds: float, limit: int = 0) -> int:
         now = time.time()
         cutoff = now - older_than_seconds

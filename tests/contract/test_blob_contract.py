@@ -5,12 +5,12 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from asset_service.domain import keys
+from asset_service.domain import keys, recovery
 from asset_service.domain.errors import (
     Conflict,
     CorruptBytes,
@@ -260,6 +260,26 @@ async def test_orphans_are_only_files_past_the_grace(blob: BlobBackend) -> None:
     in_flight.discard()
 
 
+async def test_a_pass_over_orphans_resumes_after_any_path_it_yielded(blob: BlobBackend) -> None:
+    storage = await blob.start()
+    ids = [f"5b0e4f0e-0000-4000-8000-0000000001{i:02d}" for i in range(6)]
+    # Task names whose order as strings and as path parts differ ("t-1/" < "t/").
+    keys_ = [
+        keys.upload_key(ids[0], "a", DAY),
+        keys.upload_key(ids[1], "b", DAY),
+        keys.upload_key(ids[2], "c", DAY + timedelta(days=1)),
+        keys.generated_key("t", ids[3], "d"),
+        keys.generated_key("t-1", ids[4], "e"),
+        keys.generated_key("t", ids[5], "f"),
+    ]
+    for key in keys_:
+        await blob.backdate(await written(storage, b"x", key), OLD)
+    whole = [pair async for pair in storage.orphans()]
+    assert sorted(i for i, _ in whole) == sorted(ids)
+    for at, (_, path) in enumerate(whole):
+        assert [pair async for pair in storage.orphans(path)] == whole[at + 1 :], path
+
+
 async def test_a_move_keeps_the_source_until_finish(blob: BlobBackend) -> None:
     storage = await blob.start()
     source = blob.put_source("out.txt", b"worker output")
@@ -363,6 +383,40 @@ async def test_recovery_settles_abandoned_moves_by_their_record(blob: BlobBacken
     path = await in_flight.commit(keys.upload_key(ID, "late", DAY))
     await in_flight.finish()
     assert await content(alive, path, 12) == b"still coming"
+
+
+class _NoRecords:
+    async def get(self, asset_id: str) -> None:
+        return None
+
+
+async def test_recovery_while_serving_does_a_bounded_part_per_call(blob: BlobBackend) -> None:
+    """Three processes die with a move journaled and an upload staged: each call settles
+    one move and removes one dead staging at most; a live process's staging stays."""
+    for n in range(3):
+        dead = await blob.start()
+        asset_id = f"5b0e4f0e-0000-4000-8000-0000000003{n:02d}"
+        staged = await dead.adopt(blob.put_source(asset_id, b"moved"), move=True)
+        await staged.commit(keys.generated_key("t", asset_id, "f"))
+        staged.abandon()
+        half = dead.new_writer()
+        await half.write(b"an upload cut short")
+        await dead.close()
+    alive = await blob.start()
+    in_flight = alive.new_writer()
+    await in_flight.write(b"still coming")
+    # While serving, moves journaled within the grace wait (a record write may land).
+    assert await recovery.recover(_NoRecords(), alive, 1, serving=True) == 0  # type: ignore[arg-type]
+    assert len(await alive.leftovers()) == 3
+    done = []
+    for _ in range(10):
+        done.append(await recovery.recover(_NoRecords(), alive, 1))  # type: ignore[arg-type]
+        if not done[-1]:
+            break
+    assert done[-1] == 0 and all(0 < n <= 2 for n in done[:-1]), done
+    assert await alive.leftovers() == []
+    assert await blob.staged() == 1, "the live upload's staging stayed"
+    in_flight.discard()
 
 
 async def test_a_move_committed_over_a_replaced_final_keeps_its_source(blob: BlobBackend) -> None:

@@ -142,6 +142,23 @@ async def test_expired_sessions_are_swept_with_everything_they_staged(blob: Blob
     assert await storage.take_session(KEY) is None
 
 
+async def test_a_bounded_sweep_removes_that_many_sessions_and_the_next_the_rest(
+    blob: BlobBackend,
+) -> None:
+    storage = await blob.start()
+    for key in ("b" * 40, "c" * 40, "d" * 40):
+        writer = await storage.new_session(key, record())
+        await fed(writer, DATA[:1000])
+        await writer.suspend(NOW + timedelta(hours=1))
+    later = NOW + timedelta(hours=2)
+    assert [await storage.sweep_sessions(later, 2), await storage.sweep_sessions(later, 2)] == [
+        2,
+        1,
+    ]
+    assert await storage.sweep_sessions(later, 2) == 0
+    assert await blob.session_leftovers() == []
+
+
 async def test_removing_a_session_leaves_nothing(blob: BlobBackend) -> None:
     storage = await blob.start()
     await cut_at(blob, storage, 11 * MiB)

@@ -369,7 +369,7 @@ async def test_a_wrong_whole_file_fails_and_leaves_nothing(
 async def test_expired_uploads_leave_nothing_on_the_local_disk(
     start_server: Callable[..., ServerProcess],
 ) -> None:
-    server = start_server("--upload-session-ttl", "1")
+    server = start_server("--upload-session-ttl", "1", "--collect-interval", "0.5")
     async with grpc.aio.insecure_channel(server.address) as channel:
         stub = pb_grpc.AssetServiceStub(channel)
         upload_id = uuid.uuid4().hex
@@ -400,6 +400,8 @@ async def test_expired_uploads_leave_nothing_on_minio(tmp_path: Path, minio: Min
             f"s3://{s3_helpers.BUCKET}/{prefix}",
             "--upload-session-ttl",
             "1",
+            "--collect-interval",
+            "0.5",
         ],
         env=minio.aws_env(),
     ).start()

@@ -102,6 +102,8 @@ class Core:
     _locks: KeyedLocks
     # This manager's name as a lease sweeper (one sweeps at a time per store).
     sweeper: str
+    # Where the next orphan collection resumes its pass over the storage ("": the start).
+    orphan_cursor: str = ""
 
     async def get(self, asset_id: str) -> Asset:
         asset_id = parse_asset_id(asset_id)

@@ -135,6 +135,26 @@ class AssetManager(Reuse):
             await self.space_freed()
         return removed
 
+    async def sweep_cache(self, limit: int = 0) -> int:
+        """Remove local copies of object-store inputs unused for the manifest TTL (the
+        last manifest linked to one is gone by then), past the cache's budget, or cut by
+        a crash: at most `limit` (0: all)."""
+        if self.manifests is None:
+            return 0
+        removed = await self.manifests.sweep_cache(self.limits.manifest_ttl_seconds, limit)
+        if removed:
+            await self.space_freed()
+        return removed
+
+    async def collect_staging(self, limit: int = 0) -> int:
+        """While serving: settle moves of processes that died since start-up (by their
+        journals and records) and remove their staging, at most `limit` of each."""
+        removed = await recovery.recover(self.store, self.storage, limit, serving=True)
+        if removed:
+            log.info("collected %d staging leftover(s) of dead processes", removed)
+            await self.space_freed()
+        return removed
+
     async def reconcile(self) -> int:
         """Remove stored bytes no record points at (see recovery.reconcile)."""
         return await recovery.reconcile(self.store, self.storage)

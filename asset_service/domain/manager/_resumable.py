@@ -228,9 +228,10 @@ class Resumable(Creation):
         asset = await self._completed(session) if session.asset_id else None
         return UploadState(session.committed_bytes, session.expires_at, asset)
 
-    async def sweep_upload_sessions(self) -> int:
-        """Remove unfinished uploads past their expiry with everything they staged."""
-        removed = await self.storage.sweep_sessions(_base.now())
+    async def sweep_upload_sessions(self, limit: int = 0) -> int:
+        """Remove unfinished uploads past their expiry with everything they staged, at
+        most `limit` (0: all); a session a stream holds stays, expired or not."""
+        removed = await self.storage.sweep_sessions(_base.now(), limit)
         if removed:
             log.info("removed %d expired upload session(s)", removed)
             await self.space_freed()

@@ -170,12 +170,13 @@ class Retention(Resumable):
         """Remove stored files no record points at (a crash between bytes and record),
         past the storage's orphan grace: at most --retention-sweep-limit per call, while
         this manager holds the store's collection claim (one server collects at a time).
-        How many went."""
+        Each call lists a bounded part of the storage, resuming where the last one
+        stopped (a pass spans several calls). How many went."""
         now = _base.now()
         if not await self.store.claim_sweep(self.sweeper, hold_seconds, now, "collect"):
             return 0
-        removed = await recovery.reconcile(
-            self.store, self.storage, self.limits.retention_sweep_limit
+        removed, self.orphan_cursor = await recovery.reconcile_from(
+            self.store, self.storage, self.limits.retention_sweep_limit, self.orphan_cursor
         )
         if removed:
             log.info("collected %d orphan file(s) no record points at", removed)

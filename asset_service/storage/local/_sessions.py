@@ -88,8 +88,8 @@ class LocalSessions:
         except ValueError:
             return None
 
-    async def sweep_sessions(self, now: datetime) -> int:
-        return await asyncio.to_thread(self._sweep_sync, now)
+    async def sweep_sessions(self, now: datetime, limit: int = 0) -> int:
+        return await asyncio.to_thread(self._sweep_sync, now, limit)
 
     # --- on a thread --------------------------------------------------------------------
 
@@ -188,7 +188,7 @@ class LocalSessions:
         self._digests.pop(key, None)
         shutil.rmtree(self.folder / key, ignore_errors=True)
 
-    def _sweep_sync(self, now: datetime) -> int:
+    def _sweep_sync(self, now: datetime, limit: int = 0) -> int:
         removed = 0
         try:
             entries = list(self.folder.iterdir())
@@ -214,6 +214,8 @@ class LocalSessions:
                     continue
                 self._remove_sync(path.name)
                 removed += 1
+                if removed == limit:
+                    break
             except BlockingIOError:
                 continue  # a stream holds it
             finally:

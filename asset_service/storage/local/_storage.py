@@ -155,9 +155,12 @@ class LocalStorage:
             dead.append(folder)
         return dead
 
-    async def leftovers(self) -> list[Leftover]:
+    async def leftovers(self, past_grace: bool = False) -> list[Leftover]:
         """Moves journaled by dead processes, to settle before their staging is removed."""
-        return await asyncio.to_thread(self._leftovers_sync)
+        found = await asyncio.to_thread(self._leftovers_sync)
+        if past_grace:
+            return await asyncio.to_thread(fs.journaled_before, found, self.orphan_grace_seconds)
+        return found
 
     def _leftovers_sync(self) -> list[Leftover]:
         found = []
@@ -222,11 +225,11 @@ class LocalStorage:
                 os.close(folder)
         leftover.journal.unlink(missing_ok=True)
 
-    async def sweep_dead_staging(self) -> int:
+    async def sweep_dead_staging(self, limit: int = 0) -> int:
         """Remove staging folders of dead processes (their moves already settled)."""
-        return await asyncio.to_thread(self._sweep_dead_staging_sync)
+        return await asyncio.to_thread(self._sweep_dead_staging_sync, limit)
 
-    def _sweep_dead_staging_sync(self) -> int:
+    def _sweep_dead_staging_sync(self, limit: int = 0) -> int:
         removed = 0
         for folder in self._dead_staging():
             intents = folder / "intents"
@@ -236,6 +239,8 @@ class LocalStorage:
             log.warning("removing staging left by a dead process: %s", folder)
             shutil.rmtree(folder, ignore_errors=True)
             removed += 1
+            if removed == limit:
+                break
         return removed
 
     async def close(self) -> None:
@@ -325,8 +330,8 @@ class LocalStorage:
     async def read_session(self, key: str) -> UploadSession | None:
         return await self.sessions.read_session(key)
 
-    async def sweep_sessions(self, now: datetime) -> int:
-        return await self.sessions.sweep_sessions(now)
+    async def sweep_sessions(self, now: datetime, limit: int = 0) -> int:
+        return await self.sessions.sweep_sessions(now, limit)
 
     # --- reading and housekeeping -----------------------------------------------------
 
@@ -405,23 +410,40 @@ class LocalStorage:
             os.close(folder)
         self._prune_empty(self.root.joinpath(*parts[:-1]))
 
-    async def orphans(self) -> AsyncIterator[tuple[str, str]]:
-        """Files in final locations older than the grace, as (asset id, path)."""
-        for area in (self.uploads, self.generated):
-            # <area>/<day-or-task>/<asset-id>/<name>
-            for path, st in await asyncio.to_thread(_entries_under, area):
-                try:
-                    asset_id = parse_asset_id(path.parent.name)
-                except InvalidArgument:
+    async def orphans(self, after: str = "") -> AsyncIterator[tuple[str, str]]:
+        """Files in final locations older than the grace, as (asset id, path), in the
+        order of their path's parts: one day's (or task's) folder listed at a time, none
+        of those before `after`'s."""
+        start = self._parts_of(after) if after else ()
+        # <area>/<day-or-task>/<asset-id>/<name>
+        for area in sorted((self.uploads, self.generated)):
+            if (area.name,) < start[:1]:
+                continue
+            for day in await asyncio.to_thread(_names_in, area):
+                if (area.name, day) < start[:2]:
                     continue
-                if age_of(st) < self.orphan_grace_seconds:
-                    continue  # may be another server's commit in flight
-                yield asset_id, str(path)
+                for path, st in await asyncio.to_thread(_entries_under, area / day):
+                    if (area.name, day, path.parent.name, path.name) <= start:
+                        continue
+                    try:
+                        asset_id = parse_asset_id(path.parent.name)
+                    except InvalidArgument:
+                        continue
+                    if age_of(st) < self.orphan_grace_seconds:
+                        continue  # may be another server's commit in flight
+                    yield asset_id, str(path)
 
 
-def _entries_under(area: Path) -> list[tuple[Path, os.stat_result]]:
+def _names_in(folder: Path) -> list[str]:
+    try:
+        return sorted(os.listdir(folder))
+    except OSError:
+        return []
+
+
+def _entries_under(folder: Path) -> list[tuple[Path, os.stat_result]]:
     found = []
-    for path in area.glob("*/*/*"):
+    for path in sorted(folder.glob("*/*")):
         with contextlib.suppress(OSError):
             st = path.lstat()
             if stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode):

@@ -52,9 +52,11 @@ class MemorySessions:
         entry = self._all.get(key)
         return None if entry is None else sessions.decode(entry.record)
 
-    async def sweep_sessions(self, now: datetime) -> int:
+    async def sweep_sessions(self, now: datetime, limit: int = 0) -> int:
         removed = 0
         for key, entry in list(self._all.items()):
+            if removed == limit and limit:
+                break
             if not self._held(entry) and sessions.decode(entry.record).expires_at <= now:
                 del self._all[key]
                 removed += 1

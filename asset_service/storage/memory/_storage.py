@@ -95,10 +95,13 @@ class MemoryStorage:
     def _dead_areas(self) -> list[tuple[str, StagingArea]]:
         return [(name, a) for name, a in self.state.areas.items() if not a.live]
 
-    async def leftovers(self) -> list[Leftover]:
+    async def leftovers(self, past_grace: bool = False) -> list[Leftover]:
         found = []
+        now = self.clock()
         for name, area in self._dead_areas():
             for journal, intent in list(area.journals.items()):
+                if past_grace and now - intent.placed.placed_at < self.orphan_grace_seconds:
+                    continue  # its record write may still land
                 try:
                     asset_id = parse_asset_id(keys.key_parts(intent.final)[-2])
                 except (AssetError, IndexError) as exc:
@@ -130,7 +133,7 @@ class MemoryStorage:
         if area is not None:
             area.journals.pop(leftover.journal, None)
 
-    async def sweep_dead_staging(self) -> int:
+    async def sweep_dead_staging(self, limit: int = 0) -> int:
         removed = 0
         for name, area in self._dead_areas():
             if area.journals:
@@ -139,6 +142,8 @@ class MemoryStorage:
             log.warning("removing staging left by a dead instance: %s", name)
             del self.state.areas[name]
             removed += 1
+            if removed == limit:
+                break
         return removed
 
     # --- keys and paths ---------------------------------------------------------------
@@ -218,8 +223,8 @@ class MemoryStorage:
     async def read_session(self, key: str) -> UploadSession | None:
         return await self._sessions.read_session(key)
 
-    async def sweep_sessions(self, now: datetime) -> int:
-        return await self._sessions.sweep_sessions(now)
+    async def sweep_sessions(self, now: datetime, limit: int = 0) -> int:
+        return await self._sessions.sweep_sessions(now, limit)
 
     # --- reading and housekeeping -----------------------------------------------------
 
@@ -287,10 +292,14 @@ class MemoryStorage:
     async def remove(self, storage_path: str) -> None:
         self.state.objects.pop(self._key_of(storage_path), None)
 
-    async def orphans(self) -> AsyncIterator[tuple[str, str]]:
-        """Stored bytes older than the grace, as (asset id, path); younger ones may be in flight."""
+    async def orphans(self, after: str = "") -> AsyncIterator[tuple[str, str]]:
+        """Stored bytes older than the grace, as (asset id, path), in the order of their
+        keys, past `after`'s; younger ones may be in flight."""
         now = self.clock()
-        for key, obj in list(self.state.objects.items()):
+        start = self._key_of(after) if after else ""
+        for key, obj in sorted(self.state.objects.items()):
+            if key <= start:
+                continue
             parts = key.split("/")
             if len(parts) != 4:  # <area>/<day-or-task>/<asset-id>/<name>
                 continue

@@ -110,7 +110,9 @@ class Journal:
                     journal.unlink(missing_ok=True)
         return found
 
-    def sweep_dead(self) -> int:
+    def sweep_dead(self, limit: int = 0) -> int:
+        """Remove the state folders of dead instances without unsettled moves, at most
+        `limit` (0: all); how many."""
         removed = 0
         for folder in self.dead_folders():
             if any((folder / "intents").glob("*.json")):
@@ -118,6 +120,8 @@ class Journal:
                 continue
             shutil.rmtree(folder, ignore_errors=True)
             removed += 1
+            if removed == limit:
+                break
         return removed
 
     def write(self, intent: dict[str, Any]) -> Path:

@@ -26,7 +26,7 @@ def _instance_of(storage: S3Storage, key: str) -> str | None:
     return key[len(head) :].split("/", 1)[0]
 
 
-async def sweep_staging(storage: S3Storage) -> int:
+async def sweep_staging(storage: S3Storage, limit: int = 0) -> int:
     """Abort uploads and delete staging objects that no live process owns.
 
     An instance on this host is known live or dead by its state folder's lock: a dead one's
@@ -53,6 +53,8 @@ async def sweep_staging(storage: S3Storage) -> int:
         log.warning("aborting a multipart upload of %s left by a dead upload", key)
         await storage.abort_upload(key, upload_id)
         removed += 1
+        if removed == limit:
+            return removed
     async for item in storage.listed(f"{prefix}tmp/staging/"):
         owner = _instance_of(storage, item["Key"])
         if owner in keep:
@@ -60,7 +62,11 @@ async def sweep_staging(storage: S3Storage) -> int:
         if owner in dead or (now - item["LastModified"]).total_seconds() >= grace:
             await storage.delete_quietly(item["Key"])
             removed += 1
-    return removed + await asyncio.to_thread(storage.journal.sweep_dead)
+            if removed == limit:
+                return removed
+    return removed + await asyncio.to_thread(
+        storage.journal.sweep_dead, limit - removed if limit else 0
+    )
 
 
 async def _recent_part(storage: S3Storage, key: str, upload_id: str) -> bool:

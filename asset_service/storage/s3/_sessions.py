@@ -274,7 +274,7 @@ class S3Sessions:
         durable = await self.durable(key, str(record.extra.get("multipart", "")))
         return dataclasses.replace(record.session, committed_bytes=durable.committed)
 
-    async def sweep_sessions(self, now: datetime) -> int:
+    async def sweep_sessions(self, now: datetime, limit: int = 0) -> int:
         removed = 0
         uploads: dict[str, str] = {}  # key -> the multipart upload its record names
         async for item in self.storage.listed(self.area):
@@ -293,10 +293,12 @@ class S3Sessions:
                 continue
             await self.remove_all(key)
             removed += 1
-        removed += await self._sweep_strays(uploads, now)
+            if removed == limit:
+                return removed  # the strays wait for a call with budget left
+        removed += await self._sweep_strays(uploads, now, limit - removed if limit else 0)
         return removed
 
-    async def _sweep_strays(self, kept: dict[str, str], now: datetime) -> int:
+    async def _sweep_strays(self, kept: dict[str, str], now: datetime, limit: int = 0) -> int:
         """Multipart uploads and objects of sessions that have no record (a crash while one
         was created or removed) or that their record no longer names (a crash mid-resume),
         once older than the orphan grace."""
@@ -309,6 +311,8 @@ class S3Sessions:
             if (now - upload["Initiated"]).total_seconds() >= grace:
                 await self.storage.abort_upload(upload["Key"], upload["UploadId"])
                 removed += 1
+                if removed == limit:
+                    return removed
         async for item in self.storage.listed(self.area):
             key = item["Key"][len(self.area) :].split("/", 1)[0]
             if key in kept or (now - item["LastModified"]).total_seconds() < grace:
@@ -316,4 +320,6 @@ class S3Sessions:
             if await self.get(key) is None:
                 await self.storage.delete_quietly(item["Key"])
                 removed += 1
+                if removed == limit:
+                    break
         return removed

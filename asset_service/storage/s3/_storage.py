@@ -23,7 +23,7 @@ from asset_service.domain.errors import (
 from asset_service.domain.models import BLOCK_BYTES, BlockSums, parse_asset_id
 from asset_service.domain.uploads import UploadSession
 from asset_service.modes import Modes
-from asset_service.storage import blocks, keys
+from asset_service.storage import blocks, fs, keys
 from asset_service.storage.imports import ImportRoots
 from asset_service.storage.s3 import _recovery
 from asset_service.storage.s3._blob import S3Adopted, S3Writer
@@ -356,9 +356,9 @@ class S3Storage:
         await self.drain()
         return await self.sessions.read_session(key)
 
-    async def sweep_sessions(self, now: datetime) -> int:
+    async def sweep_sessions(self, now: datetime, limit: int = 0) -> int:
         await self.drain()
-        return await self.sessions.sweep_sessions(now)
+        return await self.sessions.sweep_sessions(now, limit)
 
     # --- reading ----------------------------------------------------------------------
 
@@ -450,18 +450,29 @@ class S3Storage:
                 if upload["Key"].startswith(prefix):
                     yield dict(upload)
 
-    async def listed(self, prefix: str) -> AsyncIterator[dict[str, Any]]:
+    async def listed(self, prefix: str, after: str = "") -> AsyncIterator[dict[str, Any]]:
         paginator = self.client.get_paginator("list_objects_v2")
-        async for page in paginator.paginate(Bucket=self.location.bucket, Prefix=prefix):
+        bucket = self.location.bucket
+        pages = (
+            paginator.paginate(Bucket=bucket, Prefix=prefix, StartAfter=after)
+            if after
+            else paginator.paginate(Bucket=bucket, Prefix=prefix)
+        )
+        async for page in pages:
             for item in page.get("Contents", ()):
                 yield dict(item)
 
-    async def orphans(self) -> AsyncIterator[tuple[str, str]]:
-        """Objects in uploads/ and generated/ older than the grace, as (asset id, path)."""
+    async def orphans(self, after: str = "") -> AsyncIterator[tuple[str, str]]:
+        """Objects in uploads/ and generated/ older than the grace, as (asset id, path), in
+        the order of their keys (the listing's: it starts after `after`'s)."""
         await self.drain()
         now = datetime.now(UTC)
-        for area in _AREAS:
-            async for item in self.listed(f"{self.location.prefix}{area}/"):
+        start = self._key_of(after) if after else ""
+        for area in sorted(_AREAS):
+            prefix = f"{self.location.prefix}{area}/"
+            if start > prefix and not start.startswith(prefix):
+                continue  # `after` is in a later area
+            async for item in self.listed(prefix, start if start > prefix else ""):
                 parts = item["Key"][len(self.location.prefix) :].split("/")
                 if len(parts) != 4:
                     continue
@@ -473,17 +484,20 @@ class S3Storage:
                     continue  # may be another server's commit in flight
                 yield asset_id, self.location.path_of(item["Key"])
 
-    async def sweep_dead_staging(self) -> int:
+    async def sweep_dead_staging(self, limit: int = 0) -> int:
         """Abort uploads and delete staging that dead processes left; return how many."""
         await self.drain()
-        return await _recovery.sweep_staging(self)
+        return await _recovery.sweep_staging(self, limit)
 
     # --- recovery of moves ------------------------------------------------------------
 
-    async def leftovers(self) -> list[Leftover]:
+    async def leftovers(self, past_grace: bool = False) -> list[Leftover]:
         """Moves journaled (on this host) by processes that died, for recovery to settle."""
         await self.drain()
-        return await _recovery.leftovers(self)
+        found = await _recovery.leftovers(self)
+        if past_grace:
+            return await asyncio.to_thread(fs.journaled_before, found, self.orphan_grace_seconds)
+        return found
 
     async def settle(self, leftover: Leftover, committed: bool) -> None:
         """Finish a journaled move whose record committed, or undo one whose record did not."""
