@@ -88,17 +88,23 @@ class CountingProxy:
         with self._lock:
             index = len(self.upload_bytes)
             self.upload_bytes.append(0)
-            limit, self.cut_upload_after = self.cut_upload_after, None
         for request in requests:
-            if limit is not None and self.upload_bytes[index] >= limit:
+            if self._take_cut(self.upload_bytes[index]):
                 cut.set()
                 raise ConnectionAbortedError("cut")  # grpc cancels the server's call
             self.upload_bytes[index] += len(request)
             yield request
-        if limit is not None:
-            with self._lock:  # never reached it: the next stream gets the cut
-                if self.cut_upload_after is None:
-                    self.cut_upload_after = limit
+
+    def _take_cut(self, sent: int) -> bool:
+        # Taken by the stream that reaches the limit, not claimed when a stream starts: a
+        # short stream (the client's question) may still be open, unfinished, when the
+        # upload that should be cut begins.
+        with self._lock:
+            limit = self.cut_upload_after
+            if limit is None or sent < limit:
+                return False
+            self.cut_upload_after = None
+            return True
 
 
 class _Handler(grpc.GenericRpcHandler):
