@@ -9,6 +9,7 @@ from collections.abc import (
 )
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from asset_service.domain.commits import Committer
 from asset_service.domain.errors import (
@@ -23,8 +24,10 @@ from asset_service.domain.models import (
     EXPIRY_TTL,
     EXPLICIT_EXPIRIES,
     Asset,
+    AssetType,
     RuleExpiry,
     Status,
+    new_asset_id,
     parse_asset_id,
 )
 from asset_service.domain.ports import (
@@ -143,6 +146,34 @@ class Core:
         before new bytes take the room (what it answers is for the next write to hear)."""
         with contextlib.suppress(AssetError):
             await self.store.check_room()
+
+
+def new_record(
+    status: Status,
+    type_: AssetType,
+    label: str,
+    media_type: str,
+    by: str,
+    *,
+    asset_id: str = "",
+    at: datetime | None = None,
+    **fields: Any,
+) -> Asset:
+    """A record that did not exist before: a new id (unless given), created and updated
+    now (or `at`) by `by`; `fields` are the rest of it (content, task, tags, lease)."""
+    when = at or now()
+    return Asset(
+        id=asset_id or new_asset_id(),
+        label=label,
+        status=status,
+        type=type_,
+        media_type=media_type,
+        created_at=when,
+        updated_at=when,
+        created_by=by,
+        updated_by=by,
+        **fields,
+    )
 
 
 def verify(blob: StagedBlob, expected_size: int | None, expected_sha: str) -> None:

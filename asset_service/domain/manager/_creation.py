@@ -15,7 +15,7 @@ from asset_service.domain.errors import (
     TooLarge,
 )
 from asset_service.domain.manager import _base
-from asset_service.domain.manager._base import verify
+from asset_service.domain.manager._base import new_record, verify
 from asset_service.domain.manager._transitions import Transitions
 from asset_service.domain.models import (
     Asset,
@@ -181,20 +181,18 @@ class Creation(Transitions):
             return self.with_expiry(record_at(path), ttl_seconds)
 
         def record_at(path: str) -> Asset:
-            return Asset(
-                id=asset_id,
-                label=label,
-                status=Status.AVAILABLE,
-                type=AssetType.FILE,
-                media_type=media_type,
-                created_at=now,
-                updated_at=now,
+            return new_record(
+                Status.AVAILABLE,
+                AssetType.FILE,
+                label,
+                media_type,
+                by,
+                asset_id=asset_id,
+                at=now,
                 storage_path=path,
                 tags=tags,
                 size_bytes=blob.size_bytes,
                 sha256=blob.sha256,
-                created_by=by,
-                updated_by=by,
                 block_sums=blob.block_sums,
             )
 
@@ -216,21 +214,16 @@ class Creation(Transitions):
         label = validate_label(label)
         value = parse_value(value.kind, value.data)
         media_type = validate_media_type(media_type, value.kind.default_media_type)
-        now = _base.now()
-        asset = Asset(
-            id=new_asset_id(),
-            label=label,
-            status=Status.AVAILABLE,
-            type=AssetType.VALUE,
-            media_type=media_type,
-            created_at=now,
-            updated_at=now,
+        asset = new_record(
+            Status.AVAILABLE,
+            AssetType.VALUE,
+            label,
+            media_type,
+            by,
             value=value,
             tags=validate_tags(tags),
             size_bytes=len(value.data),
             sha256=value_sha256(value),
-            created_by=by,
-            updated_by=by,
         )
         return await self.store.insert(self.with_expiry(asset, ttl_seconds))
 
@@ -268,21 +261,18 @@ class Creation(Transitions):
         label = validate_label(label)
         lease_seconds = leases.check_seconds(lease_seconds, self.limits.max_lease_seconds)
         now = _base.now()
-        return Asset(
-            id=new_asset_id(),
-            label=label,
-            status=Status.PENDING,
-            type=type_,
+        return new_record(
+            Status.PENDING,
+            type_,
+            label,
             # A VALUE promise without a media type gets its value kind's on fulfillment.
-            media_type=validate_media_type(
+            validate_media_type(
                 media_type, "application/octet-stream" if type_ is AssetType.FILE else ""
             ),
-            created_at=now,
-            updated_at=now,
+            by,
+            at=now,
             created_by_task=task_id,
             tags=validate_tags(tags),
-            created_by=by,
-            updated_by=by,
             lease_seconds=lease_seconds,
             lease_expires_at=leases.deadline(now, lease_seconds) if lease_seconds else None,
         )
