@@ -14,7 +14,6 @@ from datetime import timedelta
 from typing import Any
 
 from asset_service.domain import recovery
-from asset_service.domain.commits import Committer
 from asset_service.domain.errors import (
     FailedPrecondition,
     HistoryGone,
@@ -23,8 +22,6 @@ from asset_service.domain.errors import (
     ResourceExhausted,
     shown_list,
 )
-from asset_service.domain.integrity import Integrity
-from asset_service.domain.locks import KeyedLocks
 from asset_service.domain.manager import _base
 from asset_service.domain.manager._base import (
     DEFAULT_PAGE_SIZE,
@@ -35,6 +32,7 @@ from asset_service.domain.manager._base import (
     Limits,
     chunks_of,
 )
+from asset_service.domain.manager._context import Context
 from asset_service.domain.manager._reuse import Reuse
 from asset_service.domain.manifests import Manifest, build_manifest, wait_for_inputs
 from asset_service.domain.models import (
@@ -45,7 +43,6 @@ from asset_service.domain.models import (
     Status,
     WatchEvent,
     approx_bytes,
-    new_asset_id,
     parse_asset_id,
     validate_tags,
     validate_task_id,
@@ -56,9 +53,8 @@ from asset_service.domain.ports import (
     MetadataStore,
 )
 from asset_service.domain.reads import READ_BATCH
-from asset_service.domain.scrub import Checked, Scrubber
+from asset_service.domain.scrub import Checked
 from asset_service.domain.watch import (
-    ChangeHub,
     Selector,
     SelectorStream,
     WatchStream,
@@ -82,17 +78,7 @@ class AssetManager(Reuse):
         limits: Limits,
         manifests: ManifestStore | None = None,
     ) -> None:
-        self.store = store
-        self.storage = storage
-        self.limits = limits
-        self.manifests = manifests
-        self.hub = ChangeHub(limits.watch_buffer_bytes, limits.watch_history_bytes)
-        self.commits = Committer(store)
-        self._locks = KeyedLocks()
-        self._session_work = set()
-        self.integrity = Integrity(store, storage)
-        self.scrubber = Scrubber(store, self.integrity)
-        self.sweeper = new_asset_id()
+        self.ctx = Context.over(store, storage, limits, manifests)
 
     # --- lifecycle ------------------------------------------------------------------
 

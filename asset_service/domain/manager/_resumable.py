@@ -42,10 +42,6 @@ class Resumable(Creation):
     """Uploads with an upload_id: a cut stream keeps what the storage made durable, and a
     later stream of the same principal continues from there (domain/uploads.py)."""
 
-    # Suspends and completions in flight: they run to the end even if their RPC is
-    # cancelled (a cut stream is exactly that), and stop() waits for them.
-    _session_work: set[asyncio.Task[Any]]
-
     async def upload(
         self, header: UploadHeader, chunks: AsyncIterator[Chunk], *, by: str = ""
     ) -> Asset:

@@ -21,9 +21,9 @@ from asset_service.domain.manager import _base
 from asset_service.domain.manager._base import (
     MAX_REASON_CHARS,
     SWEEP_HOLD_SECONDS,
-    Core,
     not_pending,
 )
+from asset_service.domain.manager._context import Core
 from asset_service.domain.models import (
     Asset,
     AssetType,
