@@ -14,9 +14,9 @@ from asset_service.domain.errors import (
     InvalidArgument,
     TooLarge,
 )
-from asset_service.domain.manager import _base
+from asset_service.domain.manager import _base, _transitions
 from asset_service.domain.manager._base import new_record, verify
-from asset_service.domain.manager._transitions import Transitions
+from asset_service.domain.manager._context import Core
 from asset_service.domain.models import (
     Asset,
     AssetType,
@@ -52,7 +52,7 @@ class UploadPlan:
     pending: Asset | None
 
 
-class Creation(Transitions):
+class Creation(Core):
     """New assets: AVAILABLE at once, or PENDING promises."""
 
     async def upload(
@@ -100,7 +100,7 @@ class Creation(Transitions):
         pending: Asset | None = None
         if header.pending_asset_id:
             pending = await self.get(header.pending_asset_id)
-            self._check_fulfillable(pending, AssetType.FILE, allow_done=True)
+            _transitions.check_fulfillable(pending, AssetType.FILE, allow_done=True)
         else:
             validate_label(header.label)
         return UploadPlan(header, media_type, tags, expected_size, expected_sha, pending)
@@ -123,7 +123,9 @@ class Creation(Transitions):
             async with self._locks.hold(plan.pending.id):
                 # Re-read: the state may have moved while the bytes streamed in.
                 current = await self.get(plan.pending.id)
-                return await self._fulfill_with_blob(current, handover, plan.media_type, "", by)
+                return await _transitions.fulfill_with_blob(
+                    self.ctx, current, handover, plan.media_type, "", by
+                )
         media_type = plan.media_type or "application/octet-stream"
         return await self._insert_file(
             handover,

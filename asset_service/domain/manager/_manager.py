@@ -22,13 +22,14 @@ from asset_service.domain.errors import (
     ResourceExhausted,
     shown_list,
 )
-from asset_service.domain.manager import _base
+from asset_service.domain.manager import _base, _transitions
 from asset_service.domain.manager._base import (
     DEFAULT_PAGE_SIZE,
     MAX_BATCH,
     MAX_PAGE_SIZE,
     MAX_RESPONSE_BYTES,
     READ_CHUNK_BYTES,
+    SWEEP_HOLD_SECONDS,
     Limits,
     chunks_of,
 )
@@ -41,6 +42,7 @@ from asset_service.domain.models import (
     AssetType,
     Page,
     Status,
+    Value,
     WatchEvent,
     approx_bytes,
     parse_asset_id,
@@ -79,6 +81,32 @@ class AssetManager(Reuse):
         manifests: ManifestStore | None = None,
     ) -> None:
         self.ctx = Context.over(store, storage, limits, manifests)
+
+    # --- transitions (_transitions.py) -----------------------------------------------
+
+    async def fulfill_from_path(
+        self, asset_id: str, source_path: str, expected_sha: str, *, by: str = ""
+    ) -> Asset:
+        return await _transitions.fulfill_from_path(
+            self.ctx, asset_id, source_path, expected_sha, by=by
+        )
+
+    async def fulfill_with_value(
+        self, asset_id: str, value: Value, expected_sha: str, *, by: str = ""
+    ) -> Asset:
+        return await _transitions.fulfill_with_value(self.ctx, asset_id, value, expected_sha, by=by)
+
+    async def fail(self, asset_id: str, reason: str, *, by: str = "") -> Asset:
+        return await _transitions.fail(self.ctx, asset_id, reason, by=by)
+
+    async def renew_lease(self, asset_id: str, lease_seconds: int = 0, *, by: str = "") -> Asset:
+        return await _transitions.renew_lease(self.ctx, asset_id, lease_seconds, by=by)
+
+    async def expire_leases(self, hold_seconds: float = SWEEP_HOLD_SECONDS) -> int:
+        return await _transitions.expire_leases(self.ctx, hold_seconds)
+
+    async def release_sweep(self) -> None:
+        await _transitions.release_sweep(self.ctx)
 
     # --- lifecycle ------------------------------------------------------------------
 
