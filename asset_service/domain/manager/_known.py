@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 
 from asset_service.domain.commits import Handover
 from asset_service.domain.errors import IntegrityError, InvalidArgument, NotFound
+from asset_service.domain.manager import _creation
 from asset_service.domain.manager._base import READ_CHUNK_BYTES, verify
 from asset_service.domain.manager._creation import UploadPlan
 from asset_service.domain.manager._retention import Retention
@@ -54,7 +55,7 @@ class KnownBytes(Retention):
                 "header.reuse_stored_bytes needs expected_size_bytes and expected_sha256: the "
                 "server looks the bytes up by both"
             )
-        plan = await self._upload_plan(header)
+        plan = await _creation.upload_plan(self.ctx, header)
         async for _ in chunks:
             raise InvalidArgument(
                 "header.reuse_stored_bytes: the stream must carry no chunk (the server copies "
@@ -66,7 +67,7 @@ class KnownBytes(Retention):
         if source is None:
             raise NotFound(f"{missing}: send them (a stream without reuse_stored_bytes)")
         await self.store.check_room()
-        asset_id, key = self._upload_target(plan)
+        asset_id, key = _creation.upload_target(plan)
         try:
             cloned = await self._clone_of(source)
         except IntegrityError as exc:

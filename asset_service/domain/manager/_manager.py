@@ -22,7 +22,7 @@ from asset_service.domain.errors import (
     ResourceExhausted,
     shown_list,
 )
-from asset_service.domain.manager import _base, _transitions
+from asset_service.domain.manager import _base, _creation, _transitions
 from asset_service.domain.manager._base import (
     DEFAULT_PAGE_SIZE,
     MAX_BATCH,
@@ -81,6 +81,61 @@ class AssetManager(Reuse):
         manifests: ManifestStore | None = None,
     ) -> None:
         self.ctx = Context.over(store, storage, limits, manifests)
+
+    # --- creation (_creation.py) ------------------------------------------------------
+
+    async def register_file(
+        self,
+        path: str,
+        label: str,
+        media_type: str,
+        tags: Sequence[str],
+        move: bool,
+        *,
+        by: str = "",
+        ttl_seconds: int = 0,
+    ) -> Asset:
+        return await _creation.register_file(
+            self.ctx, path, label, media_type, tags, move, by=by, ttl_seconds=ttl_seconds
+        )
+
+    async def create_value(
+        self,
+        label: str,
+        media_type: str,
+        value: Value,
+        tags: Sequence[str],
+        *,
+        by: str = "",
+        ttl_seconds: int = 0,
+    ) -> Asset:
+        return await _creation.create_value(
+            self.ctx, label, media_type, value, tags, by=by, ttl_seconds=ttl_seconds
+        )
+
+    async def create_pending(
+        self,
+        task_id: str,
+        label: str,
+        media_type: str,
+        type_: AssetType,
+        tags: Sequence[str],
+        *,
+        lease_seconds: int = 0,
+        by: str = "",
+        ttl_seconds: int = 0,
+    ) -> Asset:
+        return await _creation.create_pending(
+            self.ctx,
+            task_id,
+            label,
+            media_type,
+            type_,
+            tags,
+            lease_seconds=lease_seconds,
+            by=by,
+            ttl_seconds=ttl_seconds,
+        )
 
     # --- transitions (_transitions.py) -----------------------------------------------
 

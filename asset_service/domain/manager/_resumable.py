@@ -19,8 +19,9 @@ from asset_service.domain.errors import (
     OutcomeUnknown,
     TooLarge,
 )
-from asset_service.domain.manager import _base
-from asset_service.domain.manager._creation import Creation, UploadPlan
+from asset_service.domain.manager import _base, _creation
+from asset_service.domain.manager._context import Core
+from asset_service.domain.manager._creation import UploadPlan
 from asset_service.domain.models import Asset, Status, UploadHeader, new_asset_id
 from asset_service.domain.ports import Chunk, SessionWriter
 from asset_service.domain.uploads import (
@@ -38,7 +39,7 @@ from asset_service.domain.uploads import (
 log = logging.getLogger(__name__)
 
 
-class Resumable(Creation):
+class Resumable(Core):
     """Uploads with an upload_id: a cut stream keeps what the storage made durable, and a
     later stream of the same principal continues from there (domain/uploads.py)."""
 
@@ -51,7 +52,9 @@ class Resumable(Creation):
                     f"header.write_offset is {header.write_offset} without an upload_id; only "
                     "a resumable upload (header.upload_id) starts past 0"
                 )
-            return await super().upload(header, chunks, by=by)
+            return await _creation.upload(
+                self.ctx, header, chunks, by=by, complete=self._complete_upload
+            )
         upload_id = validate_upload_id(header.upload_id)
         if header.write_offset < 0:
             raise InvalidArgument(f"header.write_offset is negative ({header.write_offset})")
@@ -83,6 +86,11 @@ class Resumable(Creation):
     def _expiry(self) -> datetime:
         return _base.now() + timedelta(seconds=self.limits.upload_session_ttl_seconds)
 
+    async def _complete_upload(
+        self, plan: UploadPlan, handover: Handover, by: str, asset_id: str = "", key: str = ""
+    ) -> Asset:
+        return await _creation.complete_upload(self.ctx, plan, handover, by, asset_id, key)
+
     async def _open_session(
         self, upload_id: str, header: UploadHeader, by: str
     ) -> Asset | tuple[UploadPlan, SessionWriter]:
@@ -96,7 +104,7 @@ class Resumable(Creation):
         if hold is None:
             if offset > 0:
                 raise gone(upload_id)
-            plan = await self._upload_plan(header)
+            plan = await _creation.upload_plan(self.ctx, header)
             await self.store.check_room()
             now = _base.now()
             session = UploadSession(upload_id, by, first_header(header), now, self._expiry())
@@ -115,7 +123,7 @@ class Resumable(Creation):
                 if done is not None:
                     hold.release()
                     return done
-            plan = await self._upload_plan(session.header)
+            plan = await _creation.upload_plan(self.ctx, session.header)
             if offset != session.committed_bytes:
                 raise _resume_at(offset, session.committed_bytes)
             await self.store.check_room()
@@ -150,7 +158,7 @@ class Resumable(Creation):
         self, plan: UploadPlan, writer: SessionWriter, chunks: AsyncIterator[Chunk], by: str
     ) -> Asset:
         try:
-            await self._take_in(writer, chunks)
+            await _creation.take_in(self.ctx, writer, chunks)
             await writer.seal()
             _base.verify(writer, plan.expected_size, plan.expected_sha)
         except (TooLarge, IntegrityError):

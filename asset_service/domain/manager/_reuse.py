@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 
 from asset_service.domain import leases
 from asset_service.domain.errors import Conflict, IntegrityError, KeyTaken, NotFound
-from asset_service.domain.manager import _base
+from asset_service.domain.manager import _base, _creation
 from asset_service.domain.manager._known import KnownBytes
 from asset_service.domain.models import Asset, AssetType, Status, new_asset_id, validate_key
 from asset_service.domain.retention import check_ttl
@@ -63,8 +63,8 @@ class Reuse(KnownBytes):
         check_ttl(ttl_seconds)
         # Checked (and built) before anything is read: a bad request fails whatever the key
         # holds. A new id each round: a round's insert that lost wrote nothing.
-        template = self._pending_record(
-            task_id, label, media_type, type_, tags, lease_seconds=lease_seconds, by=by
+        template = _creation.pending_record(
+            self.ctx, task_id, label, media_type, type_, tags, lease_seconds=lease_seconds, by=by
         )
         for _ in range(MAX_KEY_ROUNDS):
             answer = await self._served(key)
