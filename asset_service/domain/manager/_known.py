@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 from asset_service.domain.commits import Handover
 from asset_service.domain.errors import IntegrityError, InvalidArgument, NotFound
-from asset_service.domain.manager import _creation
+from asset_service.domain.manager import _creation, _resumable
 from asset_service.domain.manager._base import READ_CHUNK_BYTES, verify
 from asset_service.domain.manager._creation import UploadPlan
 from asset_service.domain.manager._retention import Retention
@@ -44,7 +44,9 @@ class KnownBytes(Retention):
         self, header: UploadHeader, chunks: AsyncIterator[Chunk], *, by: str = ""
     ) -> Asset:
         if not header.reuse_stored_bytes:
-            return await super().upload(header, chunks, by=by)
+            return await _resumable.upload(
+                self.ctx, header, chunks, by=by, complete=self._complete_upload
+            )
         if header.upload_id:
             raise InvalidArgument(
                 "header.reuse_stored_bytes is not for a resumable upload (header.upload_id): "
@@ -114,7 +116,7 @@ class KnownBytes(Retention):
         local disk). Not for resumable uploads, whose session owns its bytes."""
         blob = handover.blob
         if plan.header.upload_id or plan.header.reuse_stored_bytes:
-            return await super()._complete_upload(plan, handover, by, asset_id, key)
+            return await _creation.complete_upload(self.ctx, plan, handover, by, asset_id, key)
         verify(blob, plan.expected_size, plan.expected_sha)
         source = await self._stored_source(blob.sha256, blob.size_bytes)
         cloned = None
@@ -124,10 +126,10 @@ class KnownBytes(Retention):
             except IntegrityError as exc:
                 log.warning("asset %s not shared: %s", source.id, exc.message)
         if cloned is None:
-            return await super()._complete_upload(plan, handover, by, asset_id, key)
+            return await _creation.complete_upload(self.ctx, plan, handover, by, asset_id, key)
         blob.discard()  # the bytes sent, identical to the stored ones, are not kept
         with Handover(cloned) as shared:
-            return await super()._complete_upload(plan, shared, by, asset_id, key)
+            return await _creation.complete_upload(self.ctx, plan, shared, by, asset_id, key)
 
     async def _stored_source(self, sha256: str, size: int) -> Asset | None:
         """An AVAILABLE FILE asset of that sha256 and size whose file checks out, with its

@@ -22,7 +22,7 @@ from asset_service.domain.errors import (
     ResourceExhausted,
     shown_list,
 )
-from asset_service.domain.manager import _base, _creation, _transitions
+from asset_service.domain.manager import _base, _creation, _resumable, _transitions
 from asset_service.domain.manager._base import (
     DEFAULT_PAGE_SIZE,
     MAX_BATCH,
@@ -56,6 +56,7 @@ from asset_service.domain.ports import (
 )
 from asset_service.domain.reads import READ_BATCH
 from asset_service.domain.scrub import Checked
+from asset_service.domain.uploads import UploadState
 from asset_service.domain.watch import (
     Selector,
     SelectorStream,
@@ -136,6 +137,17 @@ class AssetManager(Reuse):
             by=by,
             ttl_seconds=ttl_seconds,
         )
+
+    # --- resumable uploads (_resumable.py) ---------------------------------------------
+
+    async def query_upload(self, upload_id: str, *, by: str = "") -> UploadState:
+        return await _resumable.query_upload(self.ctx, upload_id, by=by)
+
+    async def sweep_upload_sessions(self, limit: int = 0) -> int:
+        return await _resumable.sweep_upload_sessions(self.ctx, limit)
+
+    async def settle_sessions(self, within: float = 30.0) -> None:
+        await _resumable.settle_sessions(self.ctx, within)
 
     # --- transitions (_transitions.py) -----------------------------------------------
 

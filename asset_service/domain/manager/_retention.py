@@ -19,7 +19,7 @@ from asset_service.domain.errors import (
 )
 from asset_service.domain.manager import _base
 from asset_service.domain.manager._base import SWEEP_HOLD_SECONDS
-from asset_service.domain.manager._resumable import Resumable
+from asset_service.domain.manager._context import Core
 from asset_service.domain.models import (
     EXPIRY_NEVER,
     EXPIRY_TTL,
@@ -49,7 +49,7 @@ MAX_USAGE_ROWS = 1000
 EXPIRY_CONCURRENCY = 16
 
 
-class Retention(Resumable):
+class Retention(Core):
     """What decides how long an asset lives, and what it takes up meanwhile."""
 
     async def set_expiry(
