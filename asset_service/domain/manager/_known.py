@@ -9,8 +9,8 @@ from asset_service.domain.commits import Handover
 from asset_service.domain.errors import IntegrityError, InvalidArgument, NotFound
 from asset_service.domain.manager import _creation, _resumable
 from asset_service.domain.manager._base import READ_CHUNK_BYTES, verify
+from asset_service.domain.manager._context import Core
 from asset_service.domain.manager._creation import UploadPlan
-from asset_service.domain.manager._retention import Retention
 from asset_service.domain.models import (
     Asset,
     AssetFilter,
@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 MAX_SOURCES = 16
 
 
-class KnownBytes(Retention):
+class KnownBytes(Core):
     """UploadHeader.reuse_stored_bytes: uploads that skip bytes already stored (issue 24).
 
     A declared sha256 is never trusted: the bytes come from a stored AVAILABLE FILE asset

@@ -22,7 +22,13 @@ from asset_service.domain.errors import (
     ResourceExhausted,
     shown_list,
 )
-from asset_service.domain.manager import _base, _creation, _resumable, _transitions
+from asset_service.domain.manager import (
+    _base,
+    _creation,
+    _resumable,
+    _retention,
+    _transitions,
+)
 from asset_service.domain.manager._base import (
     DEFAULT_PAGE_SIZE,
     MAX_BATCH,
@@ -57,6 +63,7 @@ from asset_service.domain.ports import (
 from asset_service.domain.reads import READ_BATCH
 from asset_service.domain.scrub import Checked
 from asset_service.domain.uploads import UploadState
+from asset_service.domain.usage import Usage
 from asset_service.domain.watch import (
     Selector,
     SelectorStream,
@@ -137,6 +144,40 @@ class AssetManager(Reuse):
             by=by,
             ttl_seconds=ttl_seconds,
         )
+
+    # --- retention (_retention.py) ----------------------------------------------------
+
+    async def set_expiry(
+        self, asset_id: str, ttl_seconds: int, *, clear: bool = False, by: str = ""
+    ) -> Asset:
+        return await _retention.set_expiry(self.ctx, asset_id, ttl_seconds, clear=clear, by=by)
+
+    async def place_hold(self, asset_id: str, owner: str, reason: str, *, by: str = "") -> Asset:
+        return await _retention.place_hold(self.ctx, asset_id, owner, reason, by=by)
+
+    async def release_hold(self, asset_id: str, owner: str) -> Asset:
+        return await _retention.release_hold(self.ctx, asset_id, owner)
+
+    async def hold_task_inputs(self, task_id: str, asset_ids: Sequence[str], by: str) -> int:
+        return await _retention.hold_task_inputs(self.ctx, task_id, asset_ids, by)
+
+    async def delete(self, asset_id: str, *, by: str = "", force: bool = False) -> Asset:
+        return await _retention.delete(self.ctx, asset_id, by=by, force=force)
+
+    async def expire_assets(self, hold_seconds: float = SWEEP_HOLD_SECONDS) -> dict[str, int]:
+        return await _retention.expire_assets(self.ctx, hold_seconds)
+
+    async def collect_orphans(self, hold_seconds: float = SWEEP_HOLD_SECONDS) -> int:
+        return await _retention.collect_orphans(self.ctx, hold_seconds)
+
+    async def release_retention_sweep(self) -> None:
+        await _retention.release_retention_sweep(self.ctx)
+
+    async def usage(self, group: str, keys: Sequence[str] = (), limit: int = 100) -> Usage:
+        return await _retention.usage(self.ctx, group, keys, limit)
+
+    async def warn_if_full(self) -> Usage | None:
+        return await _retention.warn_if_full(self.ctx)
 
     # --- resumable uploads (_resumable.py) ---------------------------------------------
 
