@@ -7,6 +7,7 @@ import functools
 import logging
 from collections.abc import (
     AsyncGenerator,
+    AsyncIterator,
     Mapping,
     Sequence,
 )
@@ -25,6 +26,7 @@ from asset_service.domain.errors import (
 from asset_service.domain.manager import (
     _base,
     _creation,
+    _known,
     _resumable,
     _retention,
     _transitions,
@@ -48,6 +50,7 @@ from asset_service.domain.models import (
     AssetType,
     Page,
     Status,
+    UploadHeader,
     Value,
     WatchEvent,
     approx_bytes,
@@ -57,6 +60,7 @@ from asset_service.domain.models import (
 )
 from asset_service.domain.ports import (
     BlobStorage,
+    Chunk,
     ManifestStore,
     MetadataStore,
 )
@@ -90,7 +94,12 @@ class AssetManager(Reuse):
     ) -> None:
         self.ctx = Context.over(store, storage, limits, manifests)
 
-    # --- creation (_creation.py) ------------------------------------------------------
+    # --- creation (_known.py, _creation.py) ------------------------------------------------------
+
+    async def upload(
+        self, header: UploadHeader, chunks: AsyncIterator[Chunk], *, by: str = ""
+    ) -> Asset:
+        return await _known.upload(self.ctx, header, chunks, by=by)
 
     async def register_file(
         self,

@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 from asset_service.domain import leases
 from asset_service.domain.errors import Conflict, IntegrityError, KeyTaken, NotFound
 from asset_service.domain.manager import _base, _creation
-from asset_service.domain.manager._known import KnownBytes
+from asset_service.domain.manager._context import Core
 from asset_service.domain.models import Asset, AssetType, Status, new_asset_id, validate_key
 from asset_service.domain.retention import check_ttl
 
@@ -36,7 +36,7 @@ class KeyAnswer:
     asset: Asset
 
 
-class Reuse(KnownBytes):
+class Reuse(Core):
     """GetOrCreatePendingAsset (issue 24 item 1).
 
     The store keeps one holder per key (a unique index, or the memory store's dict): an
