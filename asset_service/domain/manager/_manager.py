@@ -29,6 +29,7 @@ from asset_service.domain.manager import (
     _known,
     _resumable,
     _retention,
+    _reuse,
     _transitions,
 )
 from asset_service.domain.manager._base import (
@@ -41,8 +42,8 @@ from asset_service.domain.manager._base import (
     Limits,
     chunks_of,
 )
-from asset_service.domain.manager._context import Context
-from asset_service.domain.manager._reuse import Reuse
+from asset_service.domain.manager._context import Context, Core
+from asset_service.domain.manager._reuse import KeyAnswer
 from asset_service.domain.manifests import Manifest, build_manifest, wait_for_inputs
 from asset_service.domain.models import (
     Asset,
@@ -82,7 +83,7 @@ log = logging.getLogger(__name__)
 WAIT_RETENTION_SECONDS = 86400.0
 
 
-class AssetManager(Reuse):
+class AssetManager(Core):
     """Every use case of the service, over a MetadataStore and a BlobStorage."""
 
     def __init__(
@@ -198,6 +199,34 @@ class AssetManager(Reuse):
 
     async def settle_sessions(self, within: float = 30.0) -> None:
         await _resumable.settle_sessions(self.ctx, within)
+
+    # --- get-or-create by key (_reuse.py) ----------------------------------------------
+
+    async def get_or_create_pending(
+        self,
+        key: str,
+        task_id: str,
+        label: str,
+        media_type: str,
+        type_: AssetType,
+        tags: Sequence[str],
+        *,
+        lease_seconds: int = 0,
+        by: str = "",
+        ttl_seconds: int = 0,
+    ) -> KeyAnswer:
+        return await _reuse.get_or_create_pending(
+            self.ctx,
+            key,
+            task_id,
+            label,
+            media_type,
+            type_,
+            tags,
+            lease_seconds=lease_seconds,
+            by=by,
+            ttl_seconds=ttl_seconds,
+        )
 
     # --- transitions (_transitions.py) -----------------------------------------------
 
