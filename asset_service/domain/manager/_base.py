@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import (
-    AsyncGenerator,
-)
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -19,9 +17,7 @@ from asset_service.domain.models import (
     Status,
     new_asset_id,
 )
-from asset_service.domain.ports import (
-    StagedBlob,
-)
+from asset_service.domain.ports import StagedBlob
 from asset_service.domain.replay import DEFAULT_TOMBSTONE_TTL_SECONDS
 from asset_service.domain.retention import ExpiryRule
 from asset_service.domain.uploads import DEFAULT_SESSION_TTL_SECONDS

@@ -16,12 +16,8 @@ from asset_service.domain.errors import (
     NotFound,
     shown_list,
 )
-from asset_service.domain.manager import (
-    _base,
-)
-from asset_service.domain.manager._base import (
-    MAX_BATCH,
-)
+from asset_service.domain.manager import _base
+from asset_service.domain.manager._base import MAX_BATCH
 from asset_service.domain.manager._context import Context
 from asset_service.domain.models import (
     WatchEvent,
