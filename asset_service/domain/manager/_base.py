@@ -1,46 +1,30 @@
-"""What every part of the AssetManager shares: limits, the clock, its ports and get()."""
+"""What every part of the AssetManager shares: limits, the clock, new records, checks."""
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-from collections.abc import (
-    AsyncGenerator,
-)
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
+from typing import Any
 
-from asset_service.domain.commits import Committer
 from asset_service.domain.errors import (
-    AssetError,
     IntegrityError,
-    NotFound,
     brief,
 )
-from asset_service.domain.integrity import Integrity
-from asset_service.domain.locks import KeyedLocks
 from asset_service.domain.models import (
-    EXPIRY_TTL,
-    EXPLICIT_EXPIRIES,
     Asset,
-    RuleExpiry,
+    AssetType,
     Status,
-    parse_asset_id,
+    new_asset_id,
 )
-from asset_service.domain.ports import (
-    BlobStorage,
-    ManifestStore,
-    MetadataStore,
-    StagedBlob,
-)
+from asset_service.domain.ports import StagedBlob
 from asset_service.domain.replay import DEFAULT_TOMBSTONE_TTL_SECONDS
-from asset_service.domain.retention import ExpiryRule, by_rules, check_ttl
+from asset_service.domain.retention import ExpiryRule
 from asset_service.domain.uploads import DEFAULT_SESSION_TTL_SECONDS
 from asset_service.domain.watch import (
     DEFAULT_BUFFER_BYTES,
     DEFAULT_CATCH_UP_BATCH,
     DEFAULT_HISTORY_BYTES,
-    ChangeHub,
 )
 
 MAX_BATCH = 1000
@@ -88,61 +72,32 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
-class Core:
-    """The AssetManager's state; each part of it (transitions, creation, the manager) adds
-    its use cases."""
-
-    store: MetadataStore
-    storage: BlobStorage
-    limits: Limits
-    manifests: ManifestStore | None
-    hub: ChangeHub
-    commits: Committer
-    integrity: Integrity
-    _locks: KeyedLocks
-    # This manager's name as a lease sweeper (one sweeps at a time per store).
-    sweeper: str
-    # Where the next orphan collection resumes its pass over the storage ("": the start).
-    orphan_cursor: str = ""
-
-    async def get(self, asset_id: str) -> Asset:
-        asset_id = parse_asset_id(asset_id)
-        asset = await self.store.get(asset_id)
-        if asset is None:
-            raise NotFound(f"asset {asset_id} not found")
-        return asset
-
-    def with_expiry(self, asset: Asset, ttl_seconds: int = 0) -> Asset:
-        """A new record with its expiry: the client's TTL (counted from its creation), or
-        the first matching operator rule's (none for a PENDING promise: its state's rule
-        applies when it is fulfilled or failed)."""
-        if check_ttl(ttl_seconds):
-            at = asset.created_at + timedelta(seconds=ttl_seconds)
-            return dataclasses.replace(asset, expires_at=at, expiry_rule=EXPIRY_TTL)
-        by_rule = self.rule_expiry(asset, asset.status, asset.created_at)
-        if by_rule is None:
-            return asset
-        return dataclasses.replace(asset, expires_at=by_rule.at, expiry_rule=by_rule.rule)
-
-    def rule_expiry(self, current: Asset, status: Status, when: datetime) -> RuleExpiry | None:
-        """The operator rules' expiry for `current` reaching `status` at `when`: None if a
-        client chose its expiry, or no rule matches."""
-        if current.expiry_rule in EXPLICIT_EXPIRIES:
-            return None
-        return by_rules(
-            self.limits.expiry_rules,
-            status,
-            current.type,
-            current.tags,
-            current.created_by_task,
-            when,
-        )
-
-    async def space_freed(self) -> None:
-        """Bytes were removed: let the store take back its disk-full reserve at once,
-        before new bytes take the room (what it answers is for the next write to hear)."""
-        with contextlib.suppress(AssetError):
-            await self.store.check_room()
+def new_record(
+    status: Status,
+    type_: AssetType,
+    label: str,
+    media_type: str,
+    by: str,
+    *,
+    asset_id: str = "",
+    at: datetime | None = None,
+    **fields: Any,
+) -> Asset:
+    """A record that did not exist before: a new id (unless given), created and updated
+    now (or `at`) by `by`; `fields` are the rest of it (content, task, tags, lease)."""
+    when = at or now()
+    return Asset(
+        id=asset_id or new_asset_id(),
+        label=label,
+        status=status,
+        type=type_,
+        media_type=media_type,
+        created_at=when,
+        updated_at=when,
+        created_by=by,
+        updated_by=by,
+        **fields,
+    )
 
 
 def verify(blob: StagedBlob, expected_size: int | None, expected_sha: str) -> None:

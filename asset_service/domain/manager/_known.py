@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import AsyncIterator
 
 from asset_service.domain.commits import Handover
 from asset_service.domain.errors import IntegrityError, InvalidArgument, NotFound
+from asset_service.domain.manager import _creation, _resumable
 from asset_service.domain.manager._base import READ_CHUNK_BYTES, verify
+from asset_service.domain.manager._context import Context
 from asset_service.domain.manager._creation import UploadPlan
-from asset_service.domain.manager._retention import Retention
 from asset_service.domain.models import (
     Asset,
     AssetFilter,
@@ -26,8 +28,22 @@ log = logging.getLogger(__name__)
 MAX_SOURCES = 16
 
 
-class KnownBytes(Retention):
-    """UploadHeader.reuse_stored_bytes: uploads that skip bytes already stored (issue 24).
+async def upload(
+    ctx: Context, header: UploadHeader, chunks: AsyncIterator[Chunk], *, by: str = ""
+) -> Asset:
+    """UploadAsset, every kind: of stored bytes (reuse_stored_bytes), resumable
+    (upload_id) or streamed once; bytes sent that the server already stores are kept
+    once (complete_deduplicated)."""
+    if not header.reuse_stored_bytes:
+        complete = functools.partial(complete_deduplicated, ctx)
+        return await _resumable.upload(ctx, header, chunks, by=by, complete=complete)
+    return await _upload_reusing(ctx, header, chunks, by)
+
+
+async def _upload_reusing(
+    ctx: Context, header: UploadHeader, chunks: AsyncIterator[Chunk], by: str
+) -> Asset:
+    """UploadHeader.reuse_stored_bytes: an upload that skips stored bytes (issue 24).
 
     A declared sha256 is never trusted: the bytes come from a stored AVAILABLE FILE asset
     whose sha256 the server computed itself when they arrived, and whose file still checks
@@ -38,113 +54,108 @@ class KnownBytes(Retention):
     nothing is copied at all: the new asset is a second name for the same bytes, stored
     once, and the file system's link count is their reference count.
     """
-
-    async def upload(
-        self, header: UploadHeader, chunks: AsyncIterator[Chunk], *, by: str = ""
-    ) -> Asset:
-        if not header.reuse_stored_bytes:
-            return await super().upload(header, chunks, by=by)
-        if header.upload_id:
-            raise InvalidArgument(
-                "header.reuse_stored_bytes is not for a resumable upload (header.upload_id): "
-                "it sends no bytes to resume; send it without upload_id"
-            )
-        if header.expected_size_bytes is None or not header.expected_sha256:
-            raise InvalidArgument(
-                "header.reuse_stored_bytes needs expected_size_bytes and expected_sha256: the "
-                "server looks the bytes up by both"
-            )
-        plan = await self._upload_plan(header)
-        async for _ in chunks:
-            raise InvalidArgument(
-                "header.reuse_stored_bytes: the stream must carry no chunk (the server copies "
-                "bytes it stores); to send the bytes, send a stream without it"
-            )
-        assert plan.expected_size is not None
-        source = await self._stored_source(plan.expected_sha, plan.expected_size)
-        missing = f"no stored bytes of {plan.expected_size} bytes with sha256 {plan.expected_sha}"
-        if source is None:
-            raise NotFound(f"{missing}: send them (a stream without reuse_stored_bytes)")
-        await self.store.check_room()
-        asset_id, key = self._upload_target(plan)
+    if header.upload_id:
+        raise InvalidArgument(
+            "header.reuse_stored_bytes is not for a resumable upload (header.upload_id): "
+            "it sends no bytes to resume; send it without upload_id"
+        )
+    if header.expected_size_bytes is None or not header.expected_sha256:
+        raise InvalidArgument(
+            "header.reuse_stored_bytes needs expected_size_bytes and expected_sha256: the "
+            "server looks the bytes up by both"
+        )
+    plan = await _creation.upload_plan(ctx, header)
+    async for _ in chunks:
+        raise InvalidArgument(
+            "header.reuse_stored_bytes: the stream must carry no chunk (the server copies "
+            "bytes it stores); to send the bytes, send a stream without it"
+        )
+    assert plan.expected_size is not None
+    source = await _stored_source(ctx, plan.expected_sha, plan.expected_size)
+    missing = f"no stored bytes of {plan.expected_size} bytes with sha256 {plan.expected_sha}"
+    if source is None:
+        raise NotFound(f"{missing}: send them (a stream without reuse_stored_bytes)")
+    await ctx.store.check_room()
+    asset_id, key = _creation.upload_target(plan)
+    try:
+        cloned = await _clone_of(ctx, source)
+    except IntegrityError as exc:
+        raise NotFound(f"{missing} that check out ({exc.message}): send them") from None
+    if cloned is not None:
+        # Stored once: a second name for the same bytes (their record's sha256 and sums,
+        # just checked); the file system counts the names.
+        with Handover(cloned) as handover:
+            return await complete_deduplicated(ctx, plan, handover, by, asset_id, key)
+    writer = ctx.storage.new_writer(key)
+    with Handover(writer) as handover:
         try:
-            cloned = await self._clone_of(source)
+            reading = await ctx.integrity.open_read(source, 0, 0, READ_CHUNK_BYTES)
+            async for chunk in reading:
+                await writer.write(chunk)
         except IntegrityError as exc:
-            raise NotFound(f"{missing} that check out ({exc.message}): send them") from None
-        if cloned is not None:
-            # Stored once: a second name for the same bytes (their record's sha256 and sums,
-            # just checked); the file system counts the names.
-            with Handover(cloned) as handover:
-                return await self._complete_upload(plan, handover, by, asset_id, key)
-        writer = self.storage.new_writer(key)
-        with Handover(writer) as handover:
-            try:
-                reading = await self.integrity.open_read(source, 0, 0, READ_CHUNK_BYTES)
-                async for chunk in reading:
-                    await writer.write(chunk)
-            except IntegrityError as exc:
-                # Corrupt bytes are marked by the read; the client sends its own instead.
-                raise NotFound(
-                    f"{missing} that check out (asset {source.id}: {exc.message}): send them"
-                ) from None
-            await writer.seal()
-            return await self._complete_upload(plan, handover, by, asset_id, key)
-        raise AssertionError("unreachable")  # pragma: no cover
+            # Corrupt bytes are marked by the read; the client sends its own instead.
+            raise NotFound(
+                f"{missing} that check out (asset {source.id}: {exc.message}): send them"
+            ) from None
+        await writer.seal()
+        return await complete_deduplicated(ctx, plan, handover, by, asset_id, key)
+    raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _clone_of(self, source: Asset) -> StagedBlob | None:
-        """`source`'s bytes staged as a second name (None where the storage cannot), read
-        whole and checked block by block first (corrupt bytes are marked): what a second
-        name stands for must check out when it is given. IntegrityError if they do not."""
-        # Bytes stored before block sums were kept get them now (read whole, checked
-        # against their sha256).
-        sums = source.block_sums or await self.integrity.sums_for(source)
-        cloned = await self.storage.clone(
-            source.storage_path, source.size_bytes, source.sha256, sums
-        )
-        if cloned is not None and source.block_sums is not None:
-            await self.integrity.verify(source)
-        return cloned
 
-    async def _complete_upload(
-        self, plan: UploadPlan, handover: Handover, by: str, asset_id: str = "", key: str = ""
-    ) -> Asset:
-        """Bytes sent that the server already stores are kept once: the staged copy goes,
-        and the asset is a second name for the stored bytes (where the storage can: the
-        local disk). Not for resumable uploads, whose session owns its bytes."""
-        blob = handover.blob
-        if plan.header.upload_id or plan.header.reuse_stored_bytes:
-            return await super()._complete_upload(plan, handover, by, asset_id, key)
-        verify(blob, plan.expected_size, plan.expected_sha)
-        source = await self._stored_source(blob.sha256, blob.size_bytes)
-        cloned = None
-        if source is not None:
-            try:
-                cloned = await self._clone_of(source)
-            except IntegrityError as exc:
-                log.warning("asset %s not shared: %s", source.id, exc.message)
-        if cloned is None:
-            return await super()._complete_upload(plan, handover, by, asset_id, key)
-        blob.discard()  # the bytes sent, identical to the stored ones, are not kept
-        with Handover(cloned) as shared:
-            return await super()._complete_upload(plan, shared, by, asset_id, key)
+async def _clone_of(ctx: Context, source: Asset) -> StagedBlob | None:
+    """`source`'s bytes staged as a second name (None where the storage cannot), read
+    whole and checked block by block first (corrupt bytes are marked): what a second
+    name stands for must check out when it is given. IntegrityError if they do not."""
+    # Bytes stored before block sums were kept get them now (read whole, checked
+    # against their sha256).
+    sums = source.block_sums or await ctx.integrity.sums_for(source)
+    cloned = await ctx.storage.clone(source.storage_path, source.size_bytes, source.sha256, sums)
+    if cloned is not None and source.block_sums is not None:
+        await ctx.integrity.verify(source)
+    return cloned
 
-    async def _stored_source(self, sha256: str, size: int) -> Asset | None:
-        """An AVAILABLE FILE asset of that sha256 and size whose file checks out, with its
-        block sums (what the copy's read checks each block against)."""
-        found = await self.store.query(
-            AssetFilter(status=Status.AVAILABLE, type=AssetType.FILE, sha256=sha256),
-            MAX_SOURCES,
-            "",
-        )
-        for candidate in found.assets:
-            if candidate.size_bytes != size or candidate.corrupt_reason:
-                continue
-            asset = await self.store.get(candidate.id)
-            if asset is None or asset.status is not Status.AVAILABLE:
-                continue
-            try:
-                await self.integrity.check_inputs([asset])
-            except IntegrityError:
-                continue
-            return asset
-        return None
+
+async def complete_deduplicated(
+    ctx: Context, plan: UploadPlan, handover: Handover, by: str, asset_id: str = "", key: str = ""
+) -> Asset:
+    """Bytes sent that the server already stores are kept once: the staged copy goes,
+    and the asset is a second name for the stored bytes (where the storage can: the
+    local disk). Not for resumable uploads, whose session owns its bytes."""
+    blob = handover.blob
+    if plan.header.upload_id or plan.header.reuse_stored_bytes:
+        return await _creation.complete_upload(ctx, plan, handover, by, asset_id, key)
+    verify(blob, plan.expected_size, plan.expected_sha)
+    source = await _stored_source(ctx, blob.sha256, blob.size_bytes)
+    cloned = None
+    if source is not None:
+        try:
+            cloned = await _clone_of(ctx, source)
+        except IntegrityError as exc:
+            log.warning("asset %s not shared: %s", source.id, exc.message)
+    if cloned is None:
+        return await _creation.complete_upload(ctx, plan, handover, by, asset_id, key)
+    blob.discard()  # the bytes sent, identical to the stored ones, are not kept
+    with Handover(cloned) as shared:
+        return await _creation.complete_upload(ctx, plan, shared, by, asset_id, key)
+
+
+async def _stored_source(ctx: Context, sha256: str, size: int) -> Asset | None:
+    """An AVAILABLE FILE asset of that sha256 and size whose file checks out, with its
+    block sums (what the copy's read checks each block against)."""
+    found = await ctx.store.query(
+        AssetFilter(status=Status.AVAILABLE, type=AssetType.FILE, sha256=sha256),
+        MAX_SOURCES,
+        "",
+    )
+    for candidate in found.assets:
+        if candidate.size_bytes != size or candidate.corrupt_reason:
+            continue
+        asset = await ctx.store.get(candidate.id)
+        if asset is None or asset.status is not Status.AVAILABLE:
+            continue
+        try:
+            await ctx.integrity.check_inputs([asset])
+        except IntegrityError:
+            continue
+        return asset
+    return None
