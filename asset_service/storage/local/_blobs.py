@@ -170,19 +170,11 @@ class _Blob:
         self._close()
 
 
-class Writer(_Blob):
-    """Streams chunks into a staging file through a FileSink (hashed and written on its own
-    thread, behind a bounded queue); memory stays flat."""
+class _Sunk(_Blob):
+    """A blob whose bytes stream in through a FileSink (hashed and written on its own
+    thread): a plain upload's staging file or a resumable session's data file."""
 
-    def __init__(self, storage: LocalStorage, path: Path, key: str | None = None) -> None:
-        super().__init__(storage, key)
-        self.path = path
-        try:
-            # Made with the mode it will have once linked into place (staging is 0700).
-            fd = storage.modes.new_file(path, os.O_WRONLY | os.O_EXCL | os.O_CLOEXEC, shared=True)
-        except OSError as exc:
-            raise oserror(exc, "staging an upload") from None
-        self._sink = FileSink(fd, name=path.name[:8], direct=storage.direct_io)
+    _sink: FileSink
 
     async def write(self, chunk: Chunk) -> None:
         try:
@@ -197,6 +189,21 @@ class Writer(_Blob):
             self.block_sums = self._sink.block_sums
         except OSError as exc:
             raise oserror(exc, "writing an upload") from None
+
+
+class Writer(_Sunk):
+    """Streams chunks into a staging file through a FileSink (hashed and written on its own
+    thread, behind a bounded queue); memory stays flat."""
+
+    def __init__(self, storage: LocalStorage, path: Path, key: str | None = None) -> None:
+        super().__init__(storage, key)
+        self.path = path
+        try:
+            # Made with the mode it will have once linked into place (staging is 0700).
+            fd = storage.modes.new_file(path, os.O_WRONLY | os.O_EXCL | os.O_CLOEXEC, shared=True)
+        except OSError as exc:
+            raise oserror(exc, "staging an upload") from None
+        self._sink = FileSink(fd, name=path.name[:8], direct=storage.direct_io)
 
     def _commit_sync(self, parts: tuple[str, ...]) -> None:
         self._place(self.path, parts, None)

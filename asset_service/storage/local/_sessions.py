@@ -17,12 +17,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from asset_service.domain.errors import Conflict
-from asset_service.domain.ports import Chunk
 from asset_service.domain.uploads import UploadSession
 from asset_service.modes import PRIVATE_FILE
 from asset_service.storage import fs, sessions
 from asset_service.storage.blocks import Digests
-from asset_service.storage.local._blobs import COPY_CHUNK, _Blob, oserror
+from asset_service.storage.local._blobs import COPY_CHUNK, _Blob, _Sunk, oserror
 from asset_service.storage.sink import FileSink
 
 if TYPE_CHECKING:
@@ -267,7 +266,7 @@ class LocalHold(_Held):
         return writer
 
 
-class LocalSessionWriter(_Blob, _Held):
+class LocalSessionWriter(_Sunk, _Held):
     """Appends to the session's data file through a FileSink that checkpoints it; commit()
     links it into place like any staging file."""
 
@@ -306,20 +305,6 @@ class LocalSessionWriter(_Blob, _Held):
     def release(self) -> None:
         self._sink.abort()  # a sealed sink has nothing left to drop; an unsealed one stops
         super().release()
-
-    async def write(self, chunk: Chunk) -> None:
-        try:
-            await self._sink.write(chunk)
-        except OSError as exc:
-            raise oserror(exc, "writing an upload") from None
-        self.size_bytes += len(chunk)
-
-    async def seal(self) -> None:
-        try:
-            self.sha256 = await self._sink.seal()
-            self.block_sums = self._sink.block_sums
-        except OSError as exc:
-            raise oserror(exc, "writing an upload") from None
 
     async def suspend(self, expires_at: datetime) -> UploadSession:
         try:
