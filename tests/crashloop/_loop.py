@@ -25,7 +25,7 @@ from tests.crashloop._model import (
 )
 from tests.crashloop._storage import connect, list_all
 from tests.serverproc import ServerProcess
-from tests.worker_procs import wait_for_workers, workers_of
+from tests.worker_procs import peers, wait_for_workers, workers_of
 
 # The audit reads every byte back after each kill: keep the store about this small.
 KEEP_ASSETS = 40
@@ -138,7 +138,11 @@ class CrashLoop:
             return self.server.pid
         pids = workers_of(self.server.pid)
         self._workers = len(pids)
-        victim = rng.choice(pids)
+        # The load's channel is one connection, held by one worker: kill that one, so
+        # every kill catches calls in flight (a kill of the idle worker would test little).
+        loaded = [p for p in pids if peers(p, self.server.port)]
+        victim = loaded[0] if len(loaded) == 1 else rng.choice(pids)
+        self._say(f"workers {pids}, holding the load: {loaded}")
         os.kill(victim, signal.SIGKILL)
         self._killed_at = time.monotonic()
         return victim
