@@ -7,12 +7,15 @@ from typing import Any
 
 from pymongo.errors import PyMongoError
 
-from asset_service.domain.errors import InvalidArgument
+from asset_service.domain.errors import InvalidArgument, Unavailable
 
 log = logging.getLogger(__name__)
 
 # MongoDB's default transactionLifetimeLimitSeconds, used when the server will not say.
 DEFAULT_TRANSACTION_LIFETIME = 60.0
+# Change-stream post-images (each event's state as of the change, issue 21 item 1) came
+# with MongoDB 6.0; snapshot reads outside transactions (watch snapshots) with 5.0.
+MIN_WIRE_VERSION = 17
 
 
 async def database_user(client: Any) -> str:
@@ -68,3 +71,22 @@ def check_orphan_grace(orphan_grace: float | None, horizon: float) -> None:
             "start-up sweep could remove the bytes of a write that then commits; give more "
             f"than {horizon:g}s (the default is 10m)"
         )
+
+
+def replicated(hello: dict[str, Any], allow_standalone: bool, where: str, help_text: str) -> bool:
+    """Whether the server `hello` answered for runs transactions (a replica set or a
+    sharded cluster); Unavailable if the service cannot use it."""
+    if "setName" not in hello and hello.get("msg") != "isdbgrid":
+        if not allow_standalone:
+            raise Unavailable(f"MongoDB at {where} is a standalone server: {help_text}")
+        log.warning("MongoDB is not a replica set: no transactions, no change feed")
+        return False
+    if int(hello.get("maxWireVersion", 0)) < MIN_WIRE_VERSION:
+        raise Unavailable(
+            f"MongoDB at {where} is older than 6.0 (wire version "
+            f"{hello.get('maxWireVersion')}); the asset service needs 6.0 or newer: its "
+            "watch events are built from the post-images MongoDB keeps at each change "
+            "(changeStreamPreAndPostImages), in revision order; snapshot reads serve "
+            "watch snapshots"
+        )
+    return True
