@@ -82,20 +82,30 @@ class MongoReads:
                 doc["lease_expires_at"] = end
 
     async def get_many(self, asset_ids: Sequence[str]) -> dict[str, Asset]:
-        ids = list(dict.fromkeys(asset_ids))
-        found: dict[str, Asset] = {}
         try:
-            for start in range(0, len(ids), 1000):
-                part = ids[start : start + 1000]
-                docs = [
-                    d async for d in self._assets.find({"_id": {"$in": part}}, LISTED_PROJECTION)
-                ]
-                await self._with_leases(docs, None)
-                for doc in docs:
-                    asset = doc_to_asset(doc)
-                    found[asset.id] = asset
+            return await self._by_ids(list(dict.fromkeys(asset_ids)), LISTED_PROJECTION, None)
         except PyMongoError as exc:
             raise _unavailable(exc) from exc
+
+    async def _by_ids(
+        self,
+        ids: list[str],
+        projection: dict[str, Any],
+        session: AsyncClientSession | None,
+        max_time_ms: int | None = None,
+    ) -> dict[str, Asset]:
+        """The records of `ids`, 1000 per find, leases shown as of the same reads."""
+        found: dict[str, Asset] = {}
+        for start in range(0, len(ids), 1000):
+            part = ids[start : start + 1000]
+            cursor = self._assets.find({"_id": {"$in": part}}, projection, session=session)
+            if max_time_ms is not None:
+                cursor = cursor.max_time_ms(max_time_ms)
+            docs = [doc async for doc in cursor]
+            await self._with_leases(docs, session)  # the same cut, in a session
+            for doc in docs:
+                asset = doc_to_asset(doc)
+                found[asset.id] = asset
         return found
 
     @contextlib.asynccontextmanager
@@ -121,24 +131,13 @@ class MongoReads:
         Without transactions (allow_standalone: FerretDB) these are plain reads.
         """
         ids = list(dict.fromkeys(asset_ids))
-        found: dict[str, Asset] = {}
         if not ids:
-            return found
+            return {}
         try:
             async with self._one_cut() as session:
-                for start in range(0, len(ids), 1000):
-                    part = ids[start : start + 1000]
-                    cursor = self._assets.find(
-                        {"_id": {"$in": part}}, SLIM_PROJECTION, session=session
-                    ).max_time_ms(_schema.QUERY_MAX_TIME_MS)
-                    docs = [doc async for doc in cursor]
-                    await self._with_leases(docs, session)  # the same cut
-                    for doc in docs:
-                        asset = doc_to_asset(doc)
-                        found[asset.id] = asset
+                return await self._by_ids(ids, SLIM_PROJECTION, session, _schema.QUERY_MAX_TIME_MS)
         except PyMongoError as exc:
             raise _unavailable(exc) from exc
-        return found
 
     async def query(
         self, flt: AssetFilter, limit: int, page_token: str, max_bytes: int | None = None

@@ -1,9 +1,10 @@
-"""Start-up checks of the deployment: who we are, and how late a write can still commit."""
+"""Start-up: client options, checks of the server, who we are, how late a write can commit."""
 
 from __future__ import annotations
 
 import logging
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 from pymongo.errors import PyMongoError
 
@@ -11,6 +12,13 @@ from asset_service.domain.errors import InvalidArgument, Unavailable
 
 log = logging.getLogger(__name__)
 
+# Fail fast: an RPC against an unreachable server answers UNAVAILABLE within seconds.
+# Any of these given in the URL's query string wins over the default.
+DEFAULT_CLIENT_OPTIONS: dict[str, Any] = {
+    "serverSelectionTimeoutMS": 2500,
+    "connectTimeoutMS": 2500,
+    "socketTimeoutMS": 20000,
+}
 # MongoDB's default transactionLifetimeLimitSeconds, used when the server will not say.
 DEFAULT_TRANSACTION_LIFETIME = 60.0
 # Change-stream post-images (each event's state as of the change, issue 21 item 1) came
@@ -90,3 +98,9 @@ def replicated(hello: dict[str, Any], allow_standalone: bool, where: str, help_t
             "watch snapshots"
         )
     return True
+
+
+def client_options(url: str) -> dict[str, Any]:
+    """DEFAULT_CLIENT_OPTIONS but those the URL's query string gives."""
+    given = {k.lower() for k, _ in parse_qsl(urlsplit(url).query)}
+    return {k: v for k, v in DEFAULT_CLIENT_OPTIONS.items() if k.lower() not in given}

@@ -9,7 +9,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import datetime
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import urlsplit
 
 import pymongo
 from pymongo import AsyncMongoClient
@@ -18,6 +18,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import PyMongoError
 from pymongo.read_concern import ReadConcern
 from pymongo.read_preferences import ReadPreference
+from pymongo.results import UpdateResult
 from pymongo.write_concern import WriteConcern
 
 from asset_service.domain.errors import (
@@ -70,14 +71,6 @@ from asset_service.store.mongo._writer import DEFAULT_MAX_QUEUED, GroupWriter
 log = logging.getLogger(__name__)
 
 DEFAULT_DATABASE = "asset_service"
-# Fail fast: an RPC against an unreachable server answers UNAVAILABLE within seconds.
-# Any of these given in the URL's query string wins over the default.
-DEFAULT_CLIENT_OPTIONS: dict[str, Any] = {
-    "serverSelectionTimeoutMS": 2500,
-    "connectTimeoutMS": 2500,
-    "socketTimeoutMS": 20000,
-}
-
 
 # Every write ends within this many seconds of its submission, queue included (pymongo's
 # client-side operation timeout): longer than an election (10-12 s), which a write rides
@@ -92,12 +85,6 @@ REPLICA_SET_HELP = (
     '\'rs.initiate({_id: "rs0", members: [{_id: 0, host: "localhost:27017"}]})\' '
     "(see docs/mongodb.md)"
 )
-
-
-def _client_options(url: str) -> dict[str, Any]:
-    """DEFAULT_CLIENT_OPTIONS but those the URL's query string gives."""
-    given = {k.lower() for k, _ in parse_qsl(urlsplit(url).query)}
-    return {k: v for k, v in DEFAULT_CLIENT_OPTIONS.items() if k.lower() not in given}
 
 
 class MongoStore(MongoReads, MongoRetention):
@@ -143,7 +130,7 @@ class MongoStore(MongoReads, MongoRetention):
         self.operation_timeout = operation_timeout
         # The storage's --orphan-grace: open() refuses one a write could outlive.
         self.orphan_grace = orphan_grace
-        options = _client_options(url)
+        options = _startup.client_options(url)
         try:
             self._client: AsyncMongoClient[Doc] = AsyncMongoClient(
                 url, tz_aware=True, connect=False, **options
@@ -263,7 +250,7 @@ class MongoStore(MongoReads, MongoRetention):
     def _beat_collection(self) -> Any:
         """`writers` through a synchronous client of its own: the writer lease's heartbeat
         thread goes on while the event loop is stalled (_leases.py)."""
-        options = _client_options(self.url)
+        options = _startup.client_options(self.url)
         self._beat_client = pymongo.MongoClient(
             self.url, tz_aware=True, connect=False, maxPoolSize=2, **options
         )
@@ -380,16 +367,20 @@ class MongoStore(MongoReads, MongoRetention):
         return result
 
     async def release_key(self, asset_id: str, key: str) -> bool:
-        # Not through the group writer: no revision, and the change feed skips an update
-        # without one (_feed.py); the record's own fields are unchanged.
+        # The record's own fields are unchanged (the change feed skips it, _feed.py).
+        done = await self._quiet_update(
+            {"_id": asset_id, "key_slot": key}, {"$unset": {"key_slot": ""}}
+        )
+        return done.modified_count == 1
+
+    async def _quiet_update(self, where: Doc, change: Doc) -> UpdateResult:
+        """One update of a record outside the group writer: no revision, so the change
+        feed skips it (_feed.py)."""
         try:
             with pymongo.timeout(self.operation_timeout):
-                done = await self._assets.update_one(
-                    {"_id": asset_id, "key_slot": key}, {"$unset": {"key_slot": ""}}
-                )
+                return await self._assets.update_one(where, change)
         except PyMongoError as exc:
             raise _write_error(exc, transaction=False) from exc
-        return done.modified_count == 1
 
     async def transition(
         self, asset_id: str, expected: Status, change: Transition, now: datetime
@@ -415,16 +406,11 @@ class MongoStore(MongoReads, MongoRetention):
             raise _write_error(exc, transaction=False) from exc
 
     async def set_block_sums(self, asset_id: str, storage_path: str, sums: BlockSums) -> bool:
-        # Not through the group writer: no revision, and the change feed skips an update
-        # of block_sums alone (_feed.py); clients never see them.
-        try:
-            with pymongo.timeout(self.operation_timeout):
-                done = await self._assets.update_one(
-                    {"_id": asset_id, "storage_path": {"$eq": storage_path, "$ne": ""}},
-                    {"$set": {"block_sums": sums.encode()}},
-                )
-        except PyMongoError as exc:
-            raise _write_error(exc, transaction=False) from exc
+        # Block sums alone (the change feed skips it, _feed.py): clients never see them.
+        done = await self._quiet_update(
+            {"_id": asset_id, "storage_path": {"$eq": storage_path, "$ne": ""}},
+            {"$set": {"block_sums": sums.encode()}},
+        )
         return done.matched_count == 1
 
     async def delete(

@@ -68,29 +68,23 @@ def select_many(
 
 
 def page_statement(flt: AssetFilter, page_token: str) -> tuple[str, list[object]]:
-    """The SELECT of a page of records matching `flt` after the token's, and its arguments
-    (the LIMIT's last)."""
+    """The SELECT of a page of records matching `flt` past the token's, and its arguments
+    but the LIMIT's (page() adds it)."""
     after = decode_token(page_token, flt) if page_token else 0
     where: list[str] = ["seq > ?"]
     args: list[object] = [after]
-    if flt.status is not None:
-        where.append("status = ?")
-        args.append(flt.status.value)
-    if flt.type is not None:
-        where.append("type = ?")
-        args.append(flt.type.value)
-    if flt.created_by_task:
-        where.append("created_by_task = ?")
-        args.append(flt.created_by_task)
-    if flt.label:
-        where.append("label = ?")
-        args.append(flt.label)
-    if flt.key:
-        where.append("asset_key = ?")
-        args.append(flt.key)
-    if flt.sha256:
-        where.append("sha256 = ?")
-        args.append(flt.sha256)
+    equal = (
+        ("status", flt.status.value if flt.status is not None else ""),
+        ("type", flt.type.value if flt.type is not None else ""),
+        ("created_by_task", flt.created_by_task),
+        ("label", flt.label),
+        ("asset_key", flt.key),
+        ("sha256", flt.sha256),
+    )
+    for column, value in equal:
+        if value:  # unset ("" or None): any
+            where.append(f"{column} = ?")
+            args.append(value)
     for tag in flt.tags:
         where.append("id IN (SELECT asset_id FROM asset_tags WHERE tag = ?)")
         args.append(tag)
