@@ -13,6 +13,7 @@ from asset_service.domain.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    Occupied,
     OutcomeUnknown,
     Overloaded,
 )
@@ -81,7 +82,7 @@ class Committer:
 
         async def run() -> Asset:
             try:
-                path = await blob.commit(key)
+                path = await self._commit(blob, asset_id, key)
             except BaseException:
                 await blob.rollback()
                 raise
@@ -104,6 +105,29 @@ class Committer:
         self.publishing.add(task)
         task.add_done_callback(self.publishing.discard)
         return await asyncio.shield(task)
+
+    async def _commit(self, blob: StagedBlob, asset_id: str, key: str) -> str:
+        """blob.commit(key); bytes a dead process left at the key (no live commit holds
+        them: Occupied) are replaced at once unless a record points at them.
+
+        Only a record of `asset_id` can (keys are per asset id, as the orphan sweep
+        assumes). Races: a second retry waits out this one (the storage holds the key
+        until the blob is settled; it gets Conflict); a live commit cannot place bytes
+        while the occupant holds the name; a delete only removes; a dead process's record
+        write that lands after this read (MongoDB) makes this commit's conditional write
+        fail, and the rollback puts the occupant back.
+        """
+        try:
+            return await blob.commit(key)
+        except Occupied as occupied:
+            found = (await self.store.settled([asset_id])).get(asset_id)
+            if found is not None and found.storage_path == occupied.storage_path:
+                raise Conflict(
+                    f"asset {asset_id}'s bytes were committed by another request meanwhile; "
+                    "re-read the asset"
+                ) from None
+            log.warning("replacing %s: no record points at it", occupied.storage_path)
+            return await occupied.replace()
 
     async def _confirm(
         self, asset_id: str, path: str, blob: StagedBlob, cause: BaseException

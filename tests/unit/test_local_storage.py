@@ -21,6 +21,7 @@ from asset_service.domain.errors import (
     Conflict,
     IntegrityError,
     InvalidArgument,
+    Occupied,
     PermissionDenied,
 )
 from asset_service.storage import keys as storage_keys
@@ -336,13 +337,20 @@ async def test_commits_never_clobber_each_other(tmp_path: Path) -> None:
         await second.commit(key)  # a racing server's commit of the same asset
     await second.rollback()
     assert Path(path).read_bytes() == b"first", "the first commit's bytes must survive"
-    # A file left by a crash long ago is replaced, not a reason to refuse forever.
+    # Still live, however old: never replaced.
     long_ago = time.time() - 3600
     os.utime(path, (long_ago, long_ago))
     third = storage.new_writer()
     await third.write(b"third")
     await third.seal()
-    assert await third.commit(key) == path
+    with pytest.raises(Conflict, match="another request"):
+        await third.commit(key)
+    # Settled, its bytes are a record's or a crash leftover: the caller checks the records.
+    await first.finish()
+    with pytest.raises(Occupied) as occupied:
+        await third.commit(key)
+    assert await occupied.value.replace() == path
+    await third.finish()
     assert Path(path).read_bytes() == b"third"
     assert [p for p in storage.staging.iterdir() if p.name not in (".lock", "intents")] == []
     await storage.close()
