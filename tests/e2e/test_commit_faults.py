@@ -11,6 +11,7 @@ file, which must stay whole whatever happens to the new one.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import itertools
 import os
@@ -65,11 +66,11 @@ class FaultyStore:
             raise Unavailable("injected: connection lost after the write was sent")
         return result
 
-    async def insert(self, asset: Asset) -> Asset:
-        return await self._write(self.inner.insert, asset)
+    async def insert(self, asset: Asset, *, shared: bool = False) -> Asset:
+        return await self._write(functools.partial(self.inner.insert, shared=shared), asset)
 
-    async def transition(self, *args: Any) -> Asset:
-        return await self._write(self.inner.transition, *args)
+    async def transition(self, *args: Any, shared: bool = False) -> Asset:
+        return await self._write(functools.partial(self.inner.transition, shared=shared), *args)
 
     async def get(self, asset_id: str) -> Asset | None:
         if self.reads_fail:

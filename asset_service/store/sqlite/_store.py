@@ -42,7 +42,7 @@ from asset_service.store._fields import (
     rule_expiry,
     transition_fields,
 )
-from asset_service.store.sqlite import _leases, _retention, _shared, _tombstones
+from asset_service.store.sqlite import _leases, _references, _retention, _shared, _tombstones
 from asset_service.store.sqlite._files import claim, own_files
 from asset_service.store.sqlite._readers import Later, Readers
 from asset_service.store.sqlite._room import INCREMENTAL, Room, is_full
@@ -324,6 +324,9 @@ class SqliteStore:
     async def get_many(self, asset_ids: Sequence[str]) -> dict[str, Asset]:
         return await self._select_many(LISTED_COLUMNS, asset_ids, holds=True)
 
+    async def referenced(self, storage_paths: Sequence[str]) -> set[str]:
+        return await self._read(lambda c: _references.referenced(c, storage_paths))
+
     async def settled(self, asset_ids: Sequence[str]) -> dict[str, Asset]:
         # A write is durable when it returns (WAL, synchronous commit): nothing pending.
         return await self.get_many(asset_ids)
@@ -463,9 +466,11 @@ class SqliteStore:
 
     # --- writes -----------------------------------------------------------------------
 
-    async def insert(self, asset: Asset) -> Asset:
+    async def insert(self, asset: Asset, *, shared: bool = False) -> Asset:
         # Runs in a group transaction, in its own savepoint (_writer.py).
         def w(c: sqlite3.Connection) -> tuple[Asset, Change]:
+            if shared:
+                _references.require_shared(c, asset.storage_path)
             try:
                 rev = self._next_revision(c)
                 c.execute(
@@ -512,7 +517,13 @@ class SqliteStore:
         return result
 
     async def transition(
-        self, asset_id: str, expected: Status, change: Transition, now: datetime
+        self,
+        asset_id: str,
+        expected: Status,
+        change: Transition,
+        now: datetime,
+        *,
+        shared: bool = False,
     ) -> Asset:
         sets = transition_fields(
             change,
@@ -538,6 +549,8 @@ class SqliteStore:
                 )
             if by_rule and before.expiry_rule in EXPLICIT_EXPIRIES:
                 raise Conflict(f"asset {asset_id}'s expiry was set by a client meanwhile")
+            if shared and isinstance(change, Fulfillment):
+                _references.require_shared(c, change.storage_path)
             fields = dict(sets)
             last_end = _leases.check_and_end(c, asset_id, test, to_ms(now), leaves_pending)
             if last_end is not None:

@@ -1,0 +1,220 @@
+"""Bytes stored once on S3 (issue 24 item 2), against a real MinIO: one object however many
+assets hold the same bytes, kept while any record points at it and removed with the last.
+
+An AssetManager over SQLite and S3Storage runs in-process; the bucket is listed directly
+(as an operator would). Races and crashes are made deterministic by a store wrapper that
+pauses, or fails, at a chosen call (domain/references.py has the argument these check).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import uuid
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from asset_service.domain.errors import Unavailable
+from asset_service.domain.manager import AssetManager, Limits, _base
+from asset_service.domain.models import AssetType, Status, UploadHeader
+from asset_service.storage.s3 import S3Storage
+from asset_service.store.sqlite import SqliteStore
+from tests.backends import MinIO
+from tests.contract import s3_helpers
+
+DATA = os.urandom(3 * 1024 * 1024 + 17)
+SHA = hashlib.sha256(DATA).hexdigest()
+GRACE = 60.0
+
+
+class PausingStore:
+    """A real SqliteStore whose calls can be paused or failed, once, at a chosen method."""
+
+    def __init__(self, inner: SqliteStore) -> None:
+        self.inner = inner
+        self.pause_at = ""  # method name: the next call waits for `go` before running
+        self.fail_at = ""  # method name: the next call raises Unavailable instead
+        self.paused = asyncio.Event()
+        self.go = asyncio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self.inner, name)
+        if name not in (self.pause_at, self.fail_at):
+            return method
+
+        async def gated(*args: Any, **kw: Any) -> Any:
+            if name == self.fail_at:
+                self.fail_at = ""
+                raise Unavailable(f"injected: {name} failed")
+            self.pause_at = ""
+            self.paused.set()
+            await asyncio.wait_for(self.go.wait(), 10)
+            return await method(*args, **kw)
+
+        return gated
+
+
+@pytest.fixture
+async def world(minio: MinIO, tmp_path: Path) -> AsyncIterator[tuple[AssetManager, PausingStore]]:
+    url = f"s3://{s3_helpers.BUCKET}/{uuid.uuid4().hex}/"
+    storage = S3Storage(url, tmp_path / "state", GRACE, **s3_helpers.credentials(minio))
+    store = PausingStore(SqliteStore(tmp_path / "db.sqlite"))
+    manager = AssetManager(store, storage, Limits())  # type: ignore[arg-type]
+    await manager.start()
+    try:
+        yield manager, store
+    finally:
+        await manager.stop()
+
+
+async def chunks(*parts: bytes) -> AsyncIterator[bytes]:
+    for part in parts:
+        yield part
+
+
+def known(label: str = "again.bin") -> UploadHeader:
+    """An upload of bytes the server stores, without a chunk."""
+    return UploadHeader(
+        label=label, expected_size_bytes=len(DATA), expected_sha256=SHA, reuse_stored_bytes=True
+    )
+
+
+async def objects(manager: AssetManager) -> list[str]:
+    """The objects of stored assets (uploads/ and generated/) in the bucket."""
+    storage = manager.ctx.storage
+    assert isinstance(storage, S3Storage)
+    found = []
+    for area in ("uploads/", "generated/"):
+        async for item in storage.listed(storage.location.prefix + area):
+            found.append(storage.location.path_of(item["Key"]))
+    return sorted(found)
+
+
+async def read_all(manager: AssetManager, asset_id: str) -> bytes:
+    return b"".join([c async for c in await manager.read(asset_id, 0, 0)])
+
+
+async def test_two_assets_of_the_same_bytes_keep_one_object(
+    world: tuple[AssetManager, PausingStore],
+) -> None:
+    manager, _ = world
+    first = await manager.upload(UploadHeader(label="first.bin"), chunks(DATA))
+    # Sent again (the server finds it stores them) and not sent at all (reuse).
+    sent = await manager.upload(UploadHeader(label="sent.bin"), chunks(DATA[:5], DATA[5:]))
+    reused = await manager.upload(known(), chunks())
+    promise = await manager.create_pending(
+        "task-1", "out.bin", "application/octet-stream", AssetType.FILE, []
+    )
+    fulfilled = await manager.upload(UploadHeader(pending_asset_id=promise.id), chunks(DATA))
+    assert fulfilled.status is Status.AVAILABLE
+    held = [first, sent, reused, fulfilled]
+    assert {a.storage_path for a in held} == {first.storage_path}
+    assert await objects(manager) == [first.storage_path]
+    # Any of them may go first: the others still read whole; the last takes the object.
+    for asset in [first, reused, fulfilled]:
+        await manager.delete(asset.id)
+        assert await objects(manager) == [first.storage_path]
+        assert await read_all(manager, sent.id) == DATA
+    await manager.delete(sent.id)
+    assert await objects(manager) == []
+
+
+async def test_expiry_removes_the_object_with_its_last_holder(
+    world: tuple[AssetManager, PausingStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    manager, _ = world
+    short = await manager.upload(UploadHeader(label="short.bin", ttl_seconds=60), chunks(DATA))
+    long = await manager.upload(known("long.bin"), chunks())
+    await manager.set_expiry(long.id, 3600)
+    now = _base.now()
+    monkeypatch.setattr(_base, "now", lambda: now + timedelta(seconds=120))
+    assert sum((await manager.expire_assets()).values()) == 1
+    assert await objects(manager) == [short.storage_path]
+    assert await read_all(manager, long.id) == DATA
+    monkeypatch.setattr(_base, "now", lambda: now + timedelta(seconds=7200))
+    assert sum((await manager.expire_assets()).values()) == 1
+    assert await objects(manager) == []
+
+
+async def test_a_clone_racing_the_delete_of_the_last_holder_keeps_its_bytes(
+    world: tuple[AssetManager, PausingStore],
+) -> None:
+    """The clone's record write is held back until the source's delete has committed and
+    removed the object: the shared write is refused and the upload keeps the bytes it
+    sent, so the new asset reads whole."""
+    manager, store = world
+    first = await manager.upload(UploadHeader(label="first.bin"), chunks(DATA))
+    store.pause_at = "insert"
+    upload = asyncio.create_task(manager.upload(UploadHeader(label="sent.bin"), chunks(DATA)))
+    await asyncio.wait_for(store.paused.wait(), 10)
+    await manager.delete(first.id)
+    assert await objects(manager) == [], "the last holder went: its object with it"
+    store.go.set()
+    second = await upload
+    assert second.storage_path != first.storage_path
+    assert await objects(manager) == [second.storage_path]
+    assert await read_all(manager, second.id) == DATA
+
+
+async def test_a_delete_racing_a_clone_that_landed_keeps_the_object(
+    world: tuple[AssetManager, PausingStore],
+) -> None:
+    """The delete's record is gone but its read of the references is held back while a
+    clone commits: the read then sees the clone and the object stays."""
+    manager, store = world
+    first = await manager.upload(UploadHeader(label="first.bin"), chunks(DATA))
+    store.pause_at = "referenced"
+    delete = asyncio.create_task(manager.delete(first.id))
+    await asyncio.wait_for(store.paused.wait(), 10)
+    # The delete committed: nothing holds the bytes, so a clone cannot share them.
+    reused = manager.upload(known(), chunks())
+    with pytest.raises(Exception, match="send them"):
+        await reused
+    sent = await manager.upload(UploadHeader(label="sent.bin"), chunks(DATA))
+    assert sent.storage_path != first.storage_path
+    store.go.set()
+    await delete
+    assert await objects(manager) == [sent.storage_path]
+    assert await read_all(manager, sent.id) == DATA
+
+
+async def test_a_shared_commit_whose_write_fails_removes_nothing(
+    world: tuple[AssetManager, PausingStore],
+) -> None:
+    manager, store = world
+    first = await manager.upload(UploadHeader(label="first.bin"), chunks(DATA))
+    store.fail_at = "insert"
+    with pytest.raises(Unavailable):
+        await manager.upload(known(), chunks())
+    assert await objects(manager) == [first.storage_path]
+    assert await read_all(manager, first.id) == DATA
+    # And the retry shares the same object, still one in the bucket.
+    again = await manager.upload(known(), chunks())
+    assert again.storage_path == first.storage_path
+    assert await objects(manager) == [first.storage_path]
+
+
+async def test_the_orphan_sweep_keeps_an_object_another_record_holds(
+    world: tuple[AssetManager, PausingStore], minio: MinIO
+) -> None:
+    """The object's key names the first asset; once that one is deleted, the sweep finds
+    no record of that id, and must still keep the object the second points at. A crash
+    between the last delete and the removal (the reference read fails) leaves it for
+    the sweep, which removes it then."""
+    manager, store = world
+    first = await manager.upload(UploadHeader(label="first.bin"), chunks(DATA))
+    second = await manager.upload(known(), chunks())
+    await manager.delete(first.id)
+    await s3_helpers.backdate(minio, first.storage_path, GRACE * 2)
+    assert await manager.reconcile() == 0
+    assert await read_all(manager, second.id) == DATA
+    store.fail_at = "referenced"  # the delete cannot tell: it keeps the bytes
+    await manager.delete(second.id)
+    assert await objects(manager) == [first.storage_path]
+    assert await manager.reconcile() == 1
+    assert await objects(manager) == []
