@@ -9,6 +9,7 @@ pauses, or fails, at a chosen call (domain/references.py has the argument these 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import os
 import uuid
@@ -218,3 +219,57 @@ async def test_the_orphan_sweep_keeps_an_object_another_record_holds(
     assert await objects(manager) == [first.storage_path]
     assert await manager.reconcile() == 1
     assert await objects(manager) == []
+
+
+@pytest.mark.parametrize("streams", [1, 2])
+async def test_a_resumable_upload_of_stored_bytes_shares_them(
+    world: tuple[AssetManager, PausingStore], minio: MinIO, streams: int
+) -> None:
+    """A resumable upload (upload_id) whose bytes turn out to be stored already ends like
+    any other upload of them, in one stream or resumed in a second: a second record at the
+    same object, its session's own bytes dropped; a later stream of the same upload_id
+    answers with that asset."""
+    manager, _ = world
+    first = await manager.upload(UploadHeader(label="first.bin"), chunks(DATA))
+    resumable = UploadHeader(label="resumed.bin", upload_id="upload-0001", expected_sha256=SHA)
+    at = 0
+    if streams == 2:
+        cut = len(DATA) // 2
+
+        async def cut_short() -> AsyncIterator[bytes]:
+            yield DATA[:cut]
+            raise ConnectionResetError("the stream is cut")
+
+        with pytest.raises(ConnectionResetError):
+            await manager.upload(resumable, cut_short())
+        at = (await manager.query_upload("upload-0001")).committed_bytes
+        assert at <= cut  # whole parts only: none of 8 MiB here
+    resumed = dataclasses.replace(resumable, write_offset=at)
+    done = await manager.upload(resumed, chunks(DATA[at:]))
+    assert done.storage_path == first.storage_path and done.id != first.id
+    assert await objects(manager) == [first.storage_path]
+    storage = manager.ctx.storage
+    assert isinstance(storage, S3Storage)
+    await storage.drain()
+    assert await s3_helpers.session_leftovers(minio, storage.location.prefix) == [
+        f"{storage.location.prefix}tmp/uploads/{k}"
+        for k in await _session_records(minio, storage.location.prefix)
+    ], "only the session's record is left (until it expires), not its bytes"
+    again = await manager.upload(resumed, chunks(DATA[at:]))
+    assert again.id == done.id
+    await manager.delete(first.id)
+    assert await read_all(manager, done.id) == DATA
+    await manager.delete(done.id)
+    assert await objects(manager) == []
+
+
+async def _session_records(minio: MinIO, prefix: str) -> list[str]:
+    """The record objects of sessions under `prefix` (tmp/uploads/<key>/session.json)."""
+    area = f"{prefix}tmp/uploads/"
+    async with s3_helpers.client(minio) as s3:
+        listed = await s3.list_objects_v2(Bucket=s3_helpers.BUCKET, Prefix=area)
+    return [
+        o["Key"][len(area) :]
+        for o in listed.get("Contents", ())
+        if o["Key"].endswith("/session.json")
+    ]

@@ -138,10 +138,16 @@ async def complete_deduplicated(
     ctx: Context, plan: UploadPlan, handover: Handover, by: str, asset_id: str = "", key: str = ""
 ) -> Asset:
     """Bytes sent that the server already stores are kept once: the staged copy goes,
-    and the asset is a second name for the stored bytes (where the storage can: the
-    local disk). Not for resumable uploads, whose session owns its bytes."""
+    and the asset is a second name for the stored bytes (where the storage can: a hard
+    link on the local disk, the same object in a bucket).
+
+    A resumable upload's too, completed in its first stream or a later one (whose plan
+    is the session's header, without upload_id): its session is already recorded as
+    completing this asset id and sha256 (_resumable._complete_session), so dropping the
+    session's bytes (the blob's rollback: the bytes only, the record stays) leaves a
+    later stream of the upload_id finding the asset, as it would its own bytes."""
     blob = handover.blob
-    if plan.header.upload_id or plan.header.reuse_stored_bytes:
+    if plan.header.reuse_stored_bytes:
         return await _creation.complete_upload(ctx, plan, handover, by, asset_id, key)
     verify(blob, plan.expected_size, plan.expected_sha)
     source = await _stored_source(ctx, blob.sha256, blob.size_bytes)
