@@ -20,9 +20,18 @@ from typing import Any
 
 import pytest
 
+from asset_service.domain import keys, recovery
 from asset_service.domain.errors import Unavailable
 from asset_service.domain.manager import AssetManager, Limits, _base
-from asset_service.domain.models import AssetType, Status, UploadHeader
+from asset_service.domain.manager._base import new_record
+from asset_service.domain.models import (
+    AssetFilter,
+    AssetType,
+    Status,
+    UploadHeader,
+    new_asset_id,
+)
+from asset_service.storage.imports import ImportRoots
 from asset_service.storage.s3 import S3Storage
 from asset_service.store.sqlite import SqliteStore
 from tests.backends import MinIO
@@ -40,18 +49,23 @@ class PausingStore:
         self.inner = inner
         self.pause_at = ""  # method name: the next call waits for `go` before running
         self.fail_at = ""  # method name: the next call raises Unavailable instead
+        self.lose_reply_at = ""  # method name: the next call applies, then raises Unavailable
         self.paused = asyncio.Event()
         self.go = asyncio.Event()
 
     def __getattr__(self, name: str) -> Any:
         method = getattr(self.inner, name)
-        if name not in (self.pause_at, self.fail_at):
+        if name not in (self.pause_at, self.fail_at, self.lose_reply_at):
             return method
 
         async def gated(*args: Any, **kw: Any) -> Any:
             if name == self.fail_at:
                 self.fail_at = ""
                 raise Unavailable(f"injected: {name} failed")
+            if name == self.lose_reply_at:
+                self.lose_reply_at = ""
+                await method(*args, **kw)
+                raise Unavailable(f"injected: the reply to {name} was lost")
             self.pause_at = ""
             self.paused.set()
             await asyncio.wait_for(self.go.wait(), 10)
@@ -273,3 +287,80 @@ async def _session_records(minio: MinIO, prefix: str) -> list[str]:
         for o in listed.get("Contents", ())
         if o["Key"].endswith("/session.json")
     ]
+
+
+async def test_recovery_keeps_a_moved_object_that_others_share(
+    minio: MinIO, tmp_path: Path
+) -> None:
+    """A server dies after a move's record committed, before settling its journal. Another
+    server shares the object and the first record is deleted. When the first host starts
+    again, recovery finds no record for the move, but records point at its object: the
+    move did commit (the worker's file goes) and the object stays."""
+    url = f"s3://{s3_helpers.BUCKET}/{uuid.uuid4().hex}/"
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    creds = s3_helpers.credentials(minio)
+    store = SqliteStore(tmp_path / "db.sqlite")
+    other = AssetManager(store, S3Storage(url, tmp_path / "other-state", GRACE, **creds), Limits())
+    await other.start()
+    try:
+        dead = S3Storage(url, tmp_path / "state", GRACE, ImportRoots([incoming]), **creds)
+        await dead.open()
+        source = incoming / "out.bin"
+        source.write_bytes(DATA)
+        staged = await dead.adopt(str(source), move=True)
+        asset_id, now = new_asset_id(), _base.now()
+        path = await staged.commit(keys.upload_key(asset_id, "out.bin", now))
+        moved = new_record(
+            Status.AVAILABLE,
+            AssetType.FILE,
+            "out.bin",
+            "application/octet-stream",
+            "",
+            asset_id=asset_id,
+            at=now,
+            storage_path=path,
+            size_bytes=staged.size_bytes,
+            sha256=staged.sha256,
+            block_sums=staged.block_sums,
+        )
+        await store.insert(moved)
+        staged.abandon()  # the process dies before finish(): the move stays journaled
+        await dead.close()
+
+        shared = await other.upload(known(), chunks())
+        assert shared.storage_path == path
+        await other.delete(asset_id)
+        assert await objects(other) == [path]
+
+        restarted = S3Storage(url, tmp_path / "state", GRACE, ImportRoots([incoming]), **creds)
+        await restarted.open()
+        try:
+            assert await recovery.recover(store, restarted) >= 1
+            assert await restarted.leftovers() == []
+        finally:
+            await restarted.close()
+        assert not source.exists(), "the move committed: the worker's file goes"
+        assert await objects(other) == [path]
+        assert await read_all(other, shared.id) == DATA
+    finally:
+        await other.stop()
+
+
+async def test_an_unknown_outcome_settled_after_sharing_keeps_the_object(
+    world: tuple[AssetManager, PausingStore],
+) -> None:
+    """A record write whose outcome was unknown had applied; meanwhile another asset
+    shared its object and the first was deleted. Settling then finds no record of its
+    own, but a record at its object: the bytes are kept (finished, not rolled back)."""
+    manager, store = world
+    store.lose_reply_at, store.fail_at = "insert", "settled"
+    with pytest.raises(Unavailable, match="may or may not have been written"):
+        await manager.upload(UploadHeader(label="first.bin"), chunks(DATA))
+    [first] = (await manager.list_assets(AssetFilter(label="first.bin"), 10, "")).assets
+    shared = await manager.upload(known(), chunks())
+    assert shared.storage_path == first.storage_path
+    await manager.delete(first.id)
+    assert await manager.settle_unsettled() == 1
+    assert await objects(manager) == [first.storage_path]
+    assert await read_all(manager, shared.id) == DATA
