@@ -18,6 +18,7 @@ from asset_service.domain.errors import (
     InvalidArgument,
     NotFound,
     PermissionDenied,
+    SharedBytesGone,
     Unavailable,
     Unverified,
 )
@@ -635,7 +636,7 @@ async def _same_object_for_another_record(
     await storage.remove(original)
     late = await storage.clone(original, len(data), sha, sums)
     assert late is not None
-    with pytest.raises(NotFound):
+    with pytest.raises(SharedBytesGone):  # the caller stores the bytes anew
         await late.commit(other)
     await late.rollback()
     assert [pair async for pair in storage.orphans()] == []

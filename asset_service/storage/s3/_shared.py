@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from asset_service.domain.errors import NotFound
+from asset_service.domain.errors import SharedBytesGone
 from asset_service.domain.models import BlockSums
 
 if TYPE_CHECKING:
@@ -32,11 +32,12 @@ class S3Shared:
         self.size_bytes, self.sha256, self.block_sums = size_bytes, sha256, sums
 
     async def commit(self, key: str) -> str:
-        # A HEAD answers the common case early (removed since the caller checked them);
-        # the shared record write is what decides, atomically, in the store.
+        # A HEAD answers the common case early (removed since the caller checked them:
+        # the caller stores the bytes anew, as when the shared record write is refused);
+        # that write is what decides, atomically, in the store.
         head = await self._storage.head(self._storage.key_of(self._path))
         if head is None or int(head["ContentLength"]) != self.size_bytes:
-            raise NotFound(f"the stored bytes at {self._path} were removed meanwhile")
+            raise SharedBytesGone(self._path)
         return self._path
 
     async def finish(self) -> None:

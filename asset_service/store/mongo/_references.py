@@ -8,7 +8,11 @@ reference left, would remove the bytes the new record points at. So the batch's 
 before the records' commands also WRITES the record it found (an $inc of a counter no
 reader uses, without a revision: the change feed skips it, _feed.py): a delete of it in
 flight now conflicts with this transaction, and one of the two is retried and sees the
-other. Two commands per batch, whatever its number of shared writes.
+other. Two commands per batch, whatever its number of shared writes. (Today every batch
+also takes the one revision counter, which orders them all anyway; the touch keeps this
+right without leaning on that.) Without transactions (FerretDB 1.x) the step and the write
+are two commands: a delete from another server between them could strand the new record,
+so sharing an object store's bytes wants MongoDB.
 """
 
 from __future__ import annotations
