@@ -25,6 +25,7 @@ from asset_service.domain.errors import Unavailable
 from asset_service.domain.manager import AssetManager, Limits, _base
 from asset_service.domain.manager._base import new_record
 from asset_service.domain.models import (
+    Asset,
     AssetFilter,
     AssetType,
     Status,
@@ -72,6 +73,16 @@ class PausingStore:
             return await method(*args, **kw)
 
         return gated
+
+
+class Borrowed(PausingStore):
+    """The store of another manager in this process (a second server): not its to open."""
+
+    async def open(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
 
 
 @pytest.fixture
@@ -364,3 +375,62 @@ async def test_an_unknown_outcome_settled_after_sharing_keeps_the_object(
     assert await manager.settle_unsettled() == 1
     assert await objects(manager) == [first.storage_path]
     assert await read_all(manager, shared.id) == DATA
+
+
+async def test_two_servers_racing_shares_and_deletes_lose_and_leak_nothing(
+    minio: MinIO, tmp_path: Path
+) -> None:
+    """Two servers (their own locks and S3Storage instances, one store, one bucket) upload
+    the same bytes, reuse them and delete their holders all at once, round after round:
+    every record left reads whole, and every object left is some record's."""
+    url = f"s3://{s3_helpers.BUCKET}/{uuid.uuid4().hex}/"
+    creds = s3_helpers.credentials(minio)
+    store = SqliteStore(tmp_path / "db.sqlite")
+    stores = [PausingStore(store), Borrowed(store)]  # one store: the first opens it
+    managers = [
+        AssetManager(
+            stores[i],  # type: ignore[arg-type]
+            S3Storage(url, tmp_path / f"state-{i}", GRACE, **creds),
+            Limits(),
+        )
+        for i in range(2)
+    ]
+    for m in managers:
+        await m.start()
+    a, b = managers
+    shared = 0  # records that found their bytes stored already, over the rounds
+    try:
+        for round_ in range(4):
+            first = await a.upload(UploadHeader(label=f"first-{round_}.bin"), chunks(DATA))
+            early = await asyncio.gather(
+                b.upload(UploadHeader(label="sent.bin"), chunks(DATA)),
+                a.upload(known(), chunks()),
+            )
+            shared += sum(e.storage_path == first.storage_path for e in early)
+            # Now the holders go while others come to share their object.
+            results = await asyncio.gather(
+                a.delete(first.id),
+                b.upload(known(), chunks()),
+                b.delete(early[0].id),
+                a.upload(UploadHeader(label="sent-too.bin"), chunks(DATA)),
+                a.delete(early[1].id),
+                b.upload(known(), chunks()),
+                return_exceptions=True,
+            )
+            for r in results:
+                # A reuse may find nothing left to share (NOT_FOUND: send them).
+                assert not isinstance(r, BaseException) or "send them" in str(r), r
+            assert isinstance(results[3], Asset), "an upload that sent its bytes succeeds"
+            records = (await a.list_assets(AssetFilter(), 100, "")).assets
+            paths = {r.storage_path for r in records}
+            assert await objects(a) == sorted(paths), "an object with no record, or none"
+            shared += len(records) - len(paths)
+            for record in records:
+                assert await read_all(b, record.id) == DATA
+            # The holders go, from either server, all at once: the last takes the object.
+            await asyncio.gather(*(managers[i % 2].delete(r.id) for i, r in enumerate(records)))
+            assert await objects(a) == []
+        assert shared > 0, "no record ever shared an object"
+    finally:
+        for m in reversed(managers):
+            await m.stop()
