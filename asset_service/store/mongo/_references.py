@@ -26,7 +26,7 @@ from asset_service.domain.errors import SharedBytesGone
 from asset_service.domain.models import Status
 from asset_service.store.mongo._documents import Doc
 from asset_service.store.mongo._transition import USAGE
-from asset_service.store.mongo._writer import Write
+from asset_service.store.mongo._write import Write
 
 # Write.extra keys: the storage path a shared write needs a live record at, and whether
 # the batch's share step found (and touched) one.
