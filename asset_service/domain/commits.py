@@ -118,18 +118,21 @@ class Committer:
         """blob.commit(key); bytes a dead process left at the key (no live commit holds
         them: Occupied) are replaced at once unless a record points at them.
 
-        Only a record of `asset_id` can (keys are per asset id, as the orphan sweep
-        assumes). Races: a second retry waits out this one (the storage holds the key
-        until the blob is settled; it gets Conflict); a live commit cannot place bytes
-        while the occupant holds the name; a delete only removes; a dead process's record
-        write that lands after this read (MongoDB) makes this commit's conditional write
-        fail, and the rollback puts the occupant back.
+        The same test as the orphan sweep's (recovery.py): asset_id's record, or any
+        record (MetadataStore.referenced). Races: a second retry meets Conflict (the
+        storage holds the key until this blob is settled); no commit can place bytes at
+        the name meanwhile (it holds the key, and the occupant the name); a delete only
+        removes; a dead process's record write that lands after this read (MongoDB)
+        makes this commit's conditional write fail, and the rollback puts the occupant
+        back. Sharing needs a live record at the path, so none can appear once none is.
         """
         try:
             return await blob.commit(key)
         except Occupied as occupied:
+            path = occupied.storage_path
             found = (await self.store.settled([asset_id])).get(asset_id)
-            if found is not None and found.storage_path == occupied.storage_path:
+            recorded = found is not None and found.storage_path == path
+            if recorded or await self.store.referenced([path]):
                 raise Conflict(
                     f"asset {asset_id}'s bytes were committed by another request meanwhile; "
                     "re-read the asset"

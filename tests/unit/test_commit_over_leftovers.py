@@ -159,6 +159,26 @@ async def test_bytes_a_record_points_at_are_never_replaced(tmp_path: Path) -> No
     await storage.close()
 
 
+async def test_bytes_another_record_points_at_are_never_replaced(
+    tmp_path: Path, mid_commit: tuple[Process, str]
+) -> None:
+    """As the orphan sweep asks (MetadataStore.referenced): any record at the path keeps
+    the bytes, not only the asset's own (bytes stored once, domain/references.py)."""
+    other, asset_id = mid_commit
+    await other.kill()
+    storage = LocalStorage(tmp_path)
+    await storage.open()
+    committer = await opened_committer()
+    sharer = await staged(storage, b"half-made")
+    await committer.store.insert(record(new_asset_id(), other.path, sharer))
+    sharer.discard()
+    with pytest.raises(Conflict, match="committed by another request meanwhile"):
+        await publish(committer, asset_id, await staged(storage, b"retried"))
+    assert Path(other.path).read_bytes() == b"half-made"
+    assert leftovers_in(storage) == []
+    await storage.close()
+
+
 async def test_a_replacement_whose_record_write_fails_puts_the_bytes_back(
     tmp_path: Path, mid_commit: tuple[Process, str]
 ) -> None:
