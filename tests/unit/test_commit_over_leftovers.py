@@ -106,6 +106,25 @@ async def opened_committer() -> Committer:
     return Committer(store)
 
 
+async def refused_and_kept(
+    committer: Committer, storage: LocalStorage, asset_id: str, path: str, kept: bytes
+) -> None:
+    """Another commit of the asset is refused, and the bytes at `path` stay as they were."""
+    with pytest.raises(Conflict, match="committed by another request meanwhile"):
+        await publish(committer, asset_id, await staged(storage, b"other"))
+    assert Path(path).read_bytes() == kept
+    assert leftovers_in(storage) == []
+
+
+async def after_death(other: Process, root: Path) -> tuple[LocalStorage, Committer]:
+    """SIGKILL `other` between its link and its record write; a server on the same root,
+    with the default grace (ten minutes), and its committer."""
+    await other.kill()
+    storage = LocalStorage(root)
+    await storage.open()
+    return storage, await opened_committer()
+
+
 def leftovers_in(storage: LocalStorage) -> list[str]:
     return [p.name for p in storage.staging.iterdir() if p.name not in (".lock", "intents")]
 
@@ -114,10 +133,7 @@ async def test_a_retry_replaces_at_once_what_a_killed_process_left(
     tmp_path: Path, mid_commit: tuple[Process, str]
 ) -> None:
     other, asset_id = mid_commit
-    await other.kill()  # SIGKILL between its link and its record write
-    storage = LocalStorage(tmp_path)  # the default grace: ten minutes
-    await storage.open()
-    committer = await opened_committer()
+    storage, committer = await after_death(other, tmp_path)
     asset = await publish(committer, asset_id, await staged(storage, b"retried"))
     assert asset.storage_path == other.path
     chunks = await storage.read(asset.storage_path, asset.size_bytes, 0, 0, 4096)
@@ -152,10 +168,7 @@ async def test_bytes_a_record_points_at_are_never_replaced(tmp_path: Path) -> No
     asset_id = new_asset_id()
     first = await publish(committer, asset_id, await staged(storage, b"first"))
     # A second commit of the asset (its record read before the first one's landed).
-    with pytest.raises(Conflict, match="committed by another request meanwhile"):
-        await publish(committer, asset_id, await staged(storage, b"second"))
-    assert Path(first.storage_path).read_bytes() == b"first"
-    assert leftovers_in(storage) == []
+    await refused_and_kept(committer, storage, asset_id, first.storage_path, b"first")
     await storage.close()
 
 
@@ -165,17 +178,11 @@ async def test_bytes_another_record_points_at_are_never_replaced(
     """As the orphan sweep asks (MetadataStore.referenced): any record at the path keeps
     the bytes, not only the asset's own (bytes stored once, domain/references.py)."""
     other, asset_id = mid_commit
-    await other.kill()
-    storage = LocalStorage(tmp_path)
-    await storage.open()
-    committer = await opened_committer()
+    storage, committer = await after_death(other, tmp_path)
     sharer = await staged(storage, b"half-made")
     await committer.store.insert(record(new_asset_id(), other.path, sharer))
     sharer.discard()
-    with pytest.raises(Conflict, match="committed by another request meanwhile"):
-        await publish(committer, asset_id, await staged(storage, b"retried"))
-    assert Path(other.path).read_bytes() == b"half-made"
-    assert leftovers_in(storage) == []
+    await refused_and_kept(committer, storage, asset_id, other.path, b"half-made")
     await storage.close()
 
 
@@ -186,10 +193,7 @@ async def test_a_replacement_whose_record_write_fails_puts_the_bytes_back(
     after its sender died): the retry's conditional write fails; its bytes must not stay,
     and the dead process's, which the record now points at, must come back."""
     other, asset_id = mid_commit
-    await other.kill()
-    storage = LocalStorage(tmp_path)
-    await storage.open()
-    committer = await opened_committer()
+    storage, committer = await after_death(other, tmp_path)
     blob = await staged(storage, b"retried")
 
     async def landed_first(path: str) -> Asset:
