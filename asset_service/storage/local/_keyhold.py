@@ -82,7 +82,8 @@ class KeyHold:
     def _claim(self, folder: int) -> bool:
         """Hold the asset's folder; False where the file system has no flock."""
         if self._fd is not None:  # held since the commit that raised Occupied
-            if os.fstat(self._fd).st_ino != os.fstat(folder).st_ino:
+            held, now = os.fstat(self._fd), os.fstat(folder)
+            if (held.st_dev, held.st_ino) != (now.st_dev, now.st_ino):
                 raise Conflict(BUSY)  # the folder was removed and made again meanwhile
             return True
         fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=folder)
