@@ -152,3 +152,22 @@ async def test_a_closed_store_refuses_the_loop_read(tmp_path: Path) -> None:
     await s.close()
     with pytest.raises(Unavailable):
         await s.get(record.id)
+
+
+async def test_a_record_read_again_is_reread_once_anything_commits(store: SqliteStore) -> None:
+    made = await store.insert(pending_record())
+    first = await store.get(made.id)
+    assert first is not None and await store.get(made.id) is first, "nothing committed since"
+    # Another connection (another worker of the server, say) commits behind the store's
+    # back: the next read on the loop must see it.
+    other = sqlite3.connect(store.path)
+    try:
+        with other:
+            other.execute("UPDATE assets SET label = 'renamed' WHERE id = ?", (made.id,))
+    finally:
+        other.close()
+    again = await store.get(made.id)
+    assert again is not None and again.label == "renamed"
+    # And a write of the store's own writer (its own connection) too.
+    await store.insert(pending_record())
+    assert await store.get(made.id) is not again

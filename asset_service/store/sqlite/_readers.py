@@ -20,6 +20,10 @@ T = TypeVar("T")
 READ_THREADS = 4
 
 
+# Records kept for the loop's point reads between two commits (a few hundred KiB at most).
+KNOWN_MAX = 1024
+
+
 class Later:
     """The loop's point read declined: read on a reader thread."""
 
@@ -40,6 +44,9 @@ class Readers:
         self._conns: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         self.loop_conn: sqlite3.Connection | None = None
+        # Records the loop read, while the database is as it was then (_known).
+        self._known: dict[str, Asset] = {}
+        self._known_version: int | None = None
 
     async def open_loop_connection(self) -> None:
         """The event loop's connection, with no busy timeout (opened on a reader thread)."""
@@ -72,6 +79,17 @@ class Readers:
         if conn is None:
             return LATER
         try:
+            # SQLite's data_version changes whenever any other connection, in any
+            # process, commits: while it has not, a record read before is still the
+            # record (a tenth of the cost of reading and converting it again).
+            version = conn.execute("PRAGMA data_version").fetchone()[0]
+            if version == self._known_version:
+                known = self._known.get(asset_id)
+                if known is not None:
+                    return known
+            else:
+                self._known.clear()
+                self._known_version = version
             # fetchall, not fetchone: the statement runs to its end and leaves no read
             # transaction open on the loop's connection.
             rows = conn.execute(LOOP_GET, (asset_id,)).fetchall()
@@ -86,7 +104,11 @@ class Readers:
             return LATER  # a value over LOOP_READ_MAX_VALUE: not on the loop
         if row["hold_count"]:
             return LATER  # its holds are read beside it, off the loop
-        return row_to_asset(row)
+        asset = row_to_asset(row)
+        if len(self._known) >= KNOWN_MAX:
+            self._known.clear()
+        self._known[asset_id] = asset
+        return asset
 
     def close(self) -> None:
         """Wait for the reads in progress, then close every connection."""
