@@ -37,7 +37,7 @@ DIAL: Kind[str] = dataclasses.replace(
 
 @dataclass(frozen=True)
 class ProbeSettings:
-    """The probe's options, declared once like the server's (config.py)."""
+    """The probe's options, declared once like the server's (config/)."""
 
     address: str = setting(
         DIAL,

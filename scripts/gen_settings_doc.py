@@ -1,4 +1,4 @@
-"""README.md's settings tables from asset_service/config.py and healthcheck.py (`make generate`);
+"""README.md's settings tables from asset_service/config/ and healthcheck.py (`make generate`);
 `--check` too."""
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def main(argv: list[str]) -> int:
         print("usage: gen_settings_doc.py [--check]", file=sys.stderr)
         return 2
     README.write_text(want)
-    print("generated README.md's settings tables from asset_service/config.py")
+    print("generated README.md's settings tables from asset_service/config/")
     return 0
 
 

@@ -1,9 +1,10 @@
 """Generate the blocking Python client from the asyncio one (`make generate`); `--check` too."""
 
 # The approach of pymongo's tools/synchro.py: unasync strips async/await and renames the
-# async names it knows; a small table below does what token renaming cannot. Every rule must
-# match aio.py, so an edit there that a rule no longer fits stops generation with the rule's
-# text instead of producing a sync client that silently differs.
+# async names it knows; a small table for each module below does what token renaming cannot.
+# Every rule must match its asyncio module (aio.py, the parts of its class _aio_*.py, and
+# _aio_streams.py), so an edit there that a rule no longer fits stops generation with the
+# rule's text instead of producing a sync client that silently differs.
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import tokenize_rt
@@ -20,11 +23,6 @@ import unasync
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "clients" / "python" / "asset_client"
-SOURCE = PACKAGE / "aio.py"
-TARGET = PACKAGE / "client.py"
-# The long calls the client's methods hand their work to (functions over the stub).
-STREAMS_SOURCE = PACKAGE / "_aio_streams.py"
-STREAMS_TARGET = PACKAGE / "_streams.py"
 RUFF = Path(sys.executable).parent / "ruff"
 # ruff finds the project's settings (line length, import order) from this name.
 RUFF_AS = PACKAGE / "client.py"
@@ -38,101 +36,205 @@ def _header(source: Path) -> str:
     return f"{first}:\n# do not edit; {then}\n"
 
 
-# Names unasync would get wrong or does not know (it would make AsyncAssetClient
-# "SyncAssetClient"). Each must be a name in aio.py. An asyncio task cannot be unasync'ed
-# into a thread, so asset_client/_leases.py holds both lease keepers and this picks one.
-NAMES = {
+@dataclass(frozen=True)
+class Module:
+    """One asyncio module and the rules that make its blocking counterpart.
+
+    `names`: renamed wherever they occur (unasync would make AsyncAssetClient
+    "SyncAssetClient"), each used by at least one module that shares the table.
+    `functions`: whole functions (methods of `cls_name`, or with None module-level ones)
+    replaced by a blocking version. `text`: exact text -> its blocking counterpart, each
+    occurring exactly once. `everywhere`: replaced wherever it occurs (at least once).
+    """
+
+    source: str
+    target: str
+    names: Mapping[str, str]
+    text: Sequence[tuple[str, str]]
+    everywhere: Sequence[tuple[str, str]] = ()
+    functions: Mapping[str, str] = field(default_factory=dict)
+    cls_name: str | None = None
+
+    @property
+    def source_path(self) -> Path:
+        return PACKAGE / self.source
+
+    @property
+    def target_path(self) -> Path:
+        return PACKAGE / self.target
+
+
+def _notes(target: str) -> str:
+    """The comment under the docstring of each part of the client class (_aio_*.py)."""
+    return (
+        f"# A part of AsyncAssetClient (aio.py), which inherits it. The blocking {target} is\n"
+        "# generated from this file by scripts/gen_sync_client.py (`make generate`), as client.py\n"
+        "# is from aio.py. `timeout` is a gRPC deadline, as in the clients, not an asyncio"
+        " timeout.\n"
+        "# ruff: noqa: ASYNC109\n\n"
+    )
+
+
+# The names of the client class and its parts. An asyncio task cannot be unasync'ed into
+# a thread, so asset_client/_leases.py holds both lease keepers and this picks one.
+CLIENT_NAMES = {
     "AsyncAssetClient": "AssetClient",
     "AsyncLeaseKeeper": "LeaseKeeper",
     "AsyncMaterializer": "Materializer",
+    "AsyncClientBase": "ClientBase",
+    "AsyncProducerMethods": "ProducerMethods",
+    "AsyncReadMethods": "ReadMethods",
+    "AsyncLifecycleMethods": "LifecycleMethods",
+    "AsyncWatchMethods": "WatchMethods",
+    "AssetServiceAsyncStub": "AssetServiceStub",
     "_aio_streams": "_streams",
+    "_aio_calls": "_calls",
+    "_aio_producing": "_producing",
+    "_aio_reads": "_reads",
+    "_aio_lifecycle": "_lifecycle",
+    "_aio_watches": "_watches",
 }
 
-# Whole methods of AsyncAssetClient replaced by a blocking version (none today; see
-# STREAMS_FUNCTIONS).
-METHODS: dict[str, str] = {}
+# grpc-stubs types the asyncio call's cancel() but leaves the blocking one's untyped.
+_CANCEL = ("call.cancel()", "cast(Any, call).cancel()")
 
-# Exact text of aio.py -> its blocking counterpart; each must occur exactly once.
-TEXT = [
-    (
-        '"""AsyncAssetClient: the asyncio client over the generated gRPC stubs."""',
-        '"""AssetClient: the blocking client over the generated gRPC stubs."""',
+CLIENT = Module(
+    "aio.py",
+    "client.py",
+    CLIENT_NAMES,
+    cls_name="AsyncAssetClient",
+    text=[
+        (
+            '"""AsyncAssetClient: the asyncio client over the generated gRPC stubs."""',
+            '"""AssetClient: the blocking client over the generated gRPC stubs."""',
+        ),
+        (
+            "# The blocking AssetClient (client.py) is generated from this file by\n"
+            "# scripts/gen_sync_client.py (`make generate`): edit here, then regenerate.\n"
+            "# `timeout` is the gRPC deadline of each call, as in the sync client, not an asyncio"
+            " timeout.\n"
+            "# ruff: noqa: ASYNC109\n\n",
+            "",
+        ),
+        (
+            "asyncio client of the Asset Service; AssetClient has the same API, blocking.",
+            "Blocking client of the Asset Service; AsyncAssetClient has the same API for asyncio.",
+        ),
+        ("    Blocking file work (hashing, fsync) runs in a worker thread.\n", ""),
+        (
+            "Use `async with` to close the channel.",
+            "Use as a context manager to close the channel.",
+        ),
+        ("import asyncio\n", ""),
+        ("import grpc.aio\n", ""),
+        ("await self._channel.close(None)", "self._channel.close()"),
+        (
+            "`async with client.keep_lease(asset_id) as lease:`",
+            "`with client.keep_lease(asset_id) as lease:`",
+        ),
+    ],
+    everywhere=[("grpc.aio.", "grpc.")],
+)
+
+# The parts of the client class, by concern (aio.py's AsyncAssetClient inherits them).
+PARTS = [
+    Module(
+        "_aio_calls.py",
+        "_calls.py",
+        CLIENT_NAMES,
+        text=[
+            (_notes("_calls.py"), ""),
+            (
+                "from collections.abc import Awaitable, Callable\n",
+                "from collections.abc import Callable\n",
+            ),
+            ("Callable[..., Awaitable[Resp]]", "Callable[..., Resp]"),
+        ],
     ),
-    (
-        "# The blocking AssetClient (client.py) is generated from this file by\n"
-        "# scripts/gen_sync_client.py (`make generate`): edit here, then regenerate.\n"
-        "# `timeout` is the gRPC deadline of each call, as in the sync client, not an asyncio"
-        " timeout.\n"
-        "# ruff: noqa: ASYNC109\n\n",
-        "",
+    Module(
+        "_aio_producing.py", "_producing.py", CLIENT_NAMES, text=[(_notes("_producing.py"), "")]
     ),
-    (
-        "asyncio client of the Asset Service; AssetClient has the same API, blocking.",
-        "Blocking client of the Asset Service; AsyncAssetClient has the same API for asyncio.",
+    Module(
+        "_aio_reads.py",
+        "_reads.py",
+        CLIENT_NAMES,
+        text=[
+            (_notes("_reads.py"), ""),
+            ("import asyncio\n", ""),
+            ("from typing import Any\n", "from typing import Any, cast\n"),
+        ],
+        everywhere=[_CANCEL],
     ),
-    ("    Blocking file work (hashing, fsync) runs in a worker thread.\n", ""),
-    ("Use `async with` to close the channel.", "Use as a context manager to close the channel."),
-    ("import asyncio\n", ""),
-    ("import grpc.aio\n", ""),
-    ("    Awaitable,\n", ""),
-    ("Callable[..., Awaitable[Resp]]", "Callable[..., Resp]"),
-    ("await self._channel.close(None)", "self._channel.close()"),
-    (
-        "`async with client.keep_lease(asset_id) as lease:`",
-        "`with client.keep_lease(asset_id) as lease:`",
+    Module(
+        "_aio_lifecycle.py",
+        "_lifecycle.py",
+        CLIENT_NAMES,
+        text=[
+            (_notes("_lifecycle.py"), ""),
+            (
+                "from collections.abc import AsyncIterator, Iterable\n",
+                "from collections.abc import AsyncIterator, Iterable\n"
+                "from typing import Any, cast\n",
+            ),
+        ],
+        everywhere=[_CANCEL],
     ),
-    ("from typing import Any, TypeVar\n", "from typing import Any, TypeVar, cast\n"),
+    Module(
+        "_aio_watches.py",
+        "_watches.py",
+        CLIENT_NAMES,
+        text=[(_notes("_watches.py"), "")],
+        everywhere=[("AsyncGenerator[WatchEvent, None]", "Generator[WatchEvent, None, None]")],
+    ),
 ]
 
-# Patterns replaced wherever they occur (at least once each).
-EVERYWHERE = [
-    ("grpc.aio.", "grpc."),
-    ("AsyncGenerator[WatchEvent, None]", "Generator[WatchEvent, None, None]"),
-    # grpc-stubs types the asyncio call's cancel() but leaves the blocking one's untyped.
-    ("call.cancel()", "cast(Any, call).cancel()"),
-]
+# The long calls the client's methods hand their work to (functions over the stub).
+# grpc's asyncio client needs explicit writes that stop at an early answer
+# (grpc/grpc#36066); the blocking client hands grpc a request iterator, which grpc drains
+# in a thread of its own. (The asyncio stub's type exists for type checkers only: the
+# annotations name it.)
+STREAMS = Module(
+    "_aio_streams.py",
+    "_streams.py",
+    {"aclose": "close", "AssetServiceAsyncStub": "AssetServiceStub"},
+    functions={
+        "_send_upload": '''
+            def _send_upload(
+                stub: pb_grpc.AssetServiceStub, upload: _transfers.Upload, timeout: float | None
+            ) -> pb.UploadAssetResponse:
+                """The header, then every chunk, from a request iterator grpc drains itself."""
+                return stub.UploadAsset(upload.requests(), timeout=timeout)
+        ''',
+    },
+    text=[
+        (
+            "# Functions over the stub, not methods: the client's methods say what each call does"
+            " and\n# hand the work to these. The blocking _streams.py is generated from this file"
+            " by\n# scripts/gen_sync_client.py (`make generate`), as client.py is from aio.py.\n"
+            "# `timeout` is a gRPC deadline, as in the clients, not an asyncio timeout.\n"
+            "# ruff: noqa: ASYNC109\n\n",
+            "",
+        ),
+        ("import asyncio\n", "import time\n"),
+        ("AsyncGenerator, Awaitable, Callable, Iterable", "AsyncGenerator, Callable, Iterable"),
+        ("Callable[..., Awaitable[Resp]]", "Callable[..., Resp]"),
+        ("from typing import Any, TypeVar\n", "from typing import Any, TypeVar, cast\n"),
+    ],
+    everywhere=[
+        ("asyncio.sleep(", "time.sleep("),
+        ("AsyncGenerator[WatchEvent, None]", "Generator[WatchEvent, None, None]"),
+        ("stream.cancel()", "cast(Any, stream).cancel()"),
+    ],
+)
 
-# The same three tables for _aio_streams.py -> _streams.py.
-# (The asyncio stub's type exists for type checkers only: the annotations name it.)
-STREAMS_NAMES = {"aclose": "close", "AssetServiceAsyncStub": "AssetServiceStub"}
-# Whole functions replaced by a blocking version. grpc's asyncio client needs explicit
-# writes that stop at an early answer (grpc/grpc#36066); the blocking client hands grpc a
-# request iterator, which grpc drains in a thread of its own.
-STREAMS_FUNCTIONS = {
-    "_send_upload": '''
-        def _send_upload(
-            stub: pb_grpc.AssetServiceStub, upload: _transfers.Upload, timeout: float | None
-        ) -> pb.UploadAssetResponse:
-            """The header, then every chunk, from a request iterator grpc drains itself."""
-            return stub.UploadAsset(upload.requests(), timeout=timeout)
-    ''',
-}
-STREAMS_TEXT = [
-    (
-        "# Functions over the stub, not methods: the client's methods say what each call does"
-        " and\n# hand the work to these. The blocking _streams.py is generated from this file"
-        " by\n# scripts/gen_sync_client.py (`make generate`), as client.py is from aio.py.\n"
-        "# `timeout` is a gRPC deadline, as in the clients, not an asyncio timeout.\n"
-        "# ruff: noqa: ASYNC109\n\n",
-        "",
-    ),
-    ("import asyncio\n", "import time\n"),
-    ("AsyncGenerator, Awaitable, Callable, Iterable", "AsyncGenerator, Callable, Iterable"),
-    ("Callable[..., Awaitable[Resp]]", "Callable[..., Resp]"),
-    ("from typing import Any, TypeVar\n", "from typing import Any, TypeVar, cast\n"),
-]
-STREAMS_EVERYWHERE = [
-    ("asyncio.sleep(", "time.sleep("),
-    ("AsyncGenerator[WatchEvent, None]", "Generator[WatchEvent, None, None]"),
-    ("stream.cancel()", "cast(Any, stream).cancel()"),
-]
+MODULES = [CLIENT, *PARTS, STREAMS]
 
 # Code names that must not survive into the blocking client (docstrings may name them).
 FORBIDDEN = {"async", "await", "asyncio", "aio", "Awaitable", "anext", "aclose"}
 
 
 def _replace_methods(
-    source: str, name_of: str, replaced: dict[str, str], cls_name: str | None
+    source: str, name_of: str, replaced: Mapping[str, str], cls_name: str | None
 ) -> str:
     """Each function named in `replaced` (a method of class `cls_name`, or with None a
     module-level function) replaced by its blocking text."""
@@ -163,8 +265,9 @@ def _replace_methods(
     return "".join(lines)
 
 
-def _unwrap_to_thread(source: str, name_of: str) -> str:
-    """`asyncio.to_thread(fn, *args)` -> `fn(*args)`: the blocking client calls directly."""
+def _unwrap_to_thread(source: str) -> tuple[str, int]:
+    """`asyncio.to_thread(fn, *args)` -> `fn(*args)`: the blocking client calls directly.
+    Also how many it unwrapped."""
     marker = "asyncio.to_thread("
     out, pos, count = [], 0, 0
     while (start := source.find(marker, pos)) != -1:
@@ -184,17 +287,15 @@ def _unwrap_to_thread(source: str, name_of: str) -> str:
         args = "" if comma == -1 else source[comma + 1 : inner_end].strip()
         out += [source[pos:start], f"{fn}({args})"]
         pos, count = i, count + 1
-    if not count:
-        raise SystemExit(f"{name_of}: no asyncio.to_thread left; drop _unwrap_to_thread")
-    return "".join([*out, source[pos:]])
+    return "".join([*out, source[pos:]]), count
 
 
-def _unasync(source: str, names: dict[str, str]) -> str:
+def _unasync(source: str, names: Mapping[str, str]) -> str:
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp, "_async", "module.py")
         src.parent.mkdir()
         src.write_text(source)
-        rule = unasync.Rule("/_async/", "/_sync/", additional_replacements=names)
+        rule = unasync.Rule("/_async/", "/_sync/", additional_replacements=dict(names))
         unasync.unasync_files([str(src)], [rule])
         return Path(tmp, "_sync", "module.py").read_text()
 
@@ -213,50 +314,54 @@ def _ruff(source: str, *args: str) -> str:
     return result.stdout
 
 
-def _render(
-    path: Path,
-    names: dict[str, str],
-    replaced: dict[str, str],
-    cls_name: str | None,
-    text: list[tuple[str, str]],
-    everywhere: list[tuple[str, str]],
-) -> str:
-    """The blocking text of the asyncio module at `path`, by the given rules."""
-    original = path.read_text()
-    used = {t.src for t in tokenize_rt.src_to_tokens(original) if t.name == "NAME"}
-    if missing := sorted(set(names) - used):
-        raise SystemExit(f"{path.name} no longer uses {', '.join(missing)}; update NAMES")
-    source = _replace_methods(original, path.name, replaced, cls_name)
-    for old, new in text:
+def _render(module: Module) -> tuple[str, int]:
+    """The blocking text of `module`, and how many asyncio.to_thread calls it unwrapped."""
+    path = module.source_path
+    source = _replace_methods(path.read_text(), path.name, module.functions, module.cls_name)
+    for old, new in module.text:
         if source.count(old) != 1:
             raise SystemExit(
                 f"{path.name} has {source.count(old)} copies of this text, expected one; "
-                f"update TEXT in {Path(__file__).name}:\n{old}"
+                f"update its text rules in {Path(__file__).name}:\n{old}"
             )
         source = source.replace(old, new)
-    for old, new in everywhere:
+    for old, new in module.everywhere:
         if old not in source:
-            raise SystemExit(f"{path.name} no longer contains {old!r}; update EVERYWHERE")
+            raise SystemExit(f"{path.name} no longer contains {old!r}; update its rules")
         source = source.replace(old, new)
-    source = _unasync(_unwrap_to_thread(source, path.name), names)
+    source, unwrapped = _unwrap_to_thread(source)
+    source = _unasync(source, module.names)
     names_left = {t.src for t in tokenize_rt.src_to_tokens(source) if t.name == "NAME"}
     if leftover := sorted(names_left & FORBIDDEN):
         raise SystemExit(f"the generated {path.name} still uses {', '.join(leftover)}; add a rule")
     # Imports renamed by unasync fall out of order; removing `await` can let lines join.
     source = _ruff(source, "check", "--fix-only", "--select", "I")
-    return _header(path) + _ruff(source, "format")
+    return _header(path) + _ruff(source, "format"), unwrapped
 
 
-def render() -> str:
-    """The text of client.py, generated from aio.py."""
-    return _render(SOURCE, NAMES, METHODS, "AsyncAssetClient", TEXT, EVERYWHERE)
+def _names_used(module: Module) -> set[str]:
+    text = module.source_path.read_text()
+    return {t.src for t in tokenize_rt.src_to_tokens(text) if t.name == "NAME"}
 
 
-def render_streams() -> str:
-    """The text of _streams.py, generated from _aio_streams.py."""
-    return _render(
-        STREAMS_SOURCE, STREAMS_NAMES, STREAMS_FUNCTIONS, None, STREAMS_TEXT, STREAMS_EVERYWHERE
-    )
+def render_all(modules: Sequence[Module] = ()) -> dict[Path, str]:
+    """{target: its generated text} for every module (MODULES by default)."""
+    modules = modules or MODULES
+    # A name no module sharing its table uses any more is a rule left behind.
+    tables: dict[int, tuple[Mapping[str, str], set[str]]] = {}
+    for module in modules:
+        table, used = tables.setdefault(id(module.names), (module.names, set()))
+        used |= _names_used(module)
+    for table, used in tables.values():
+        if missing := sorted(set(table) - used):
+            raise SystemExit(f"no module uses {', '.join(missing)} any more; update its names")
+    rendered, unwrapped = {}, 0
+    for module in modules:
+        rendered[module.target_path], count = _render(module)
+        unwrapped += count
+    if not unwrapped:
+        raise SystemExit("no asyncio.to_thread left; drop _unwrap_to_thread")
+    return rendered
 
 
 def _shown(path: Path) -> Path:
@@ -267,10 +372,10 @@ def main(argv: list[str]) -> int:
     if argv not in ([], ["--check"]):
         print("usage: gen_sync_client.py [--check]", file=sys.stderr)
         return 2
-    outputs = [(SOURCE, TARGET, render()), (STREAMS_SOURCE, STREAMS_TARGET, render_streams())]
+    outputs = render_all()
     if argv == ["--check"]:
         stale = 0
-        for _, target, text in outputs:
+        for target, text in outputs.items():
             rel = _shown(target)
             have = target.read_text() if target.exists() else ""
             if have != text:
@@ -285,9 +390,10 @@ def main(argv: list[str]) -> int:
             else:
                 print(f"{rel} up to date")
         return stale
-    for source, target, text in outputs:
+    sources = {module.target_path: module.source_path for module in MODULES}
+    for target, text in outputs.items():
         target.write_text(text)
-        print(f"generated {_shown(target)} from {_shown(source)}")
+        print(f"generated {_shown(target)} from {_shown(sources.get(target, target))}")
     return 0
 
 

@@ -21,10 +21,12 @@ def test_python_stubs_are_up_to_date() -> None:
 
 
 def test_python_sync_client_is_up_to_date() -> None:
-    """clients/python/asset_client/client.py is what unasync makes of aio.py today."""
+    """clients/python/asset_client/client.py and its parts (_producing.py, ...) are what
+    unasync makes of aio.py and its parts (_aio_producing.py, ...) today."""
     result = run(sys.executable, "scripts/gen_sync_client.py", "--check")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "client.py up to date" in result.stdout
+    for name in ("client.py", "_producing.py", "_reads.py", "_watches.py", "_streams.py"):
+        assert f"{name} up to date" in result.stdout
 
 
 def test_buf_lint_is_clean() -> None:

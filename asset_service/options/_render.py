@@ -8,7 +8,7 @@ from typing import Any
 from asset_service.options._kinds import BOOL, MASK
 from asset_service.options._table import Loaded, Many, Setting, Table
 
-BEGIN = "<!-- settings:begin (generated from asset_service/config.py: make generate) -->"
+BEGIN = "<!-- settings:begin (generated from asset_service/config/: make generate) -->"
 END = "<!-- settings:end -->"
 
 

@@ -194,4 +194,7 @@ def _from_flag(s: Setting[Any], given: Any) -> Any:
 
 def _refuse(parser: argparse.ArgumentParser, s: Setting[Any], flag: bool, problem: str) -> NoReturn:
     named = f"{s.flag} (or {s.env})" if flag else f"{s.env} (the variable of {s.flag})"
-    parser.exit(2, f"{parser.prog}: error: {named}: {problem}; accepted: {s.kind.forms}\n")
+    forms = s.kind.forms
+    # A parser that already said what it accepts (the expiry rules' syntax) is not repeated.
+    accepted = "" if forms.split(";")[0] in problem else f"; accepted: {forms}"
+    parser.exit(2, f"{parser.prog}: error: {named}: {problem}{accepted}\n")

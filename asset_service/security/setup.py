@@ -101,13 +101,15 @@ class Security:
             return server.add_insecure_port(self.settings.listen)
         return server.add_secure_port(self.settings.listen, self.certificates.credentials())
 
-    def describe(self) -> None:
-        """The start-up log lines saying how callers are checked."""
+    def describe(self, port: int) -> None:
+        """The start-up log lines saying how callers are checked (`port`: the one bound)."""
         if not self.authenticated:
+            host = self.settings.listen.rsplit(":", 1)[0]
             log.warning(
-                "no authentication configured: every client that can reach %s may read, change "
-                "and delete every asset (give --tokens-file; docs/security.md)%s",
-                self.settings.listen,
+                "no authentication configured: every client that can reach %s:%d may read, "
+                "change and delete every asset (give --tokens-file; docs/security.md)%s",
+                host,
+                port,
                 "" if self.certificates else "; plaintext, no TLS",
             )
         tokens = self.authenticator.tokens

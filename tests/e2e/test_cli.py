@@ -148,6 +148,18 @@ def test_pending_fulfill_fail_renew_rm(server: ServerProcess, client: AssetClien
     assert "NOT_FOUND" in one_line_error(asset(server.address, "show", file_promise), 15)
 
 
+def test_rm_of_a_held_asset_names_its_holders_unless_forced(
+    server: ServerProcess, client: AssetClient
+) -> None:
+    held = client.create_value("held.json", json={"n": 1})
+    client.place_hold(held.id, "auditor", "quarterly review")
+    refused = one_line_error(asset(server.address, "rm", held.id), 19)
+    assert "auditor (quarterly review)" in refused and "force" in refused
+    assert client.get(held.id).status is AssetStatus.AVAILABLE
+    assert out(asset(server.address, "rm", "--force", held.id)).split() == [held.id]
+    assert "NOT_FOUND" in one_line_error(asset(server.address, "show", held.id), 15)
+
+
 def test_watch_ends_when_terminal_and_says_how_in_its_exit_status(
     server: ServerProcess, client: AssetClient
 ) -> None:

@@ -103,7 +103,8 @@ def session_folders(root: Path) -> list[str]:
 
 
 async def test_expired_upload_sessions_go_one_per_run_counted(tmp_path: Path) -> None:
-    server = collecting(tmp_path, "--upload-session-ttl", "1")
+    # A TTL that outlasts making the three on a loaded machine (CI shares 2 cores).
+    server = collecting(tmp_path, "--upload-session-ttl", "4")
     try:
         port = metrics_port(server)
         for _ in range(3):

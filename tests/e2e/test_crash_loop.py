@@ -68,10 +68,10 @@ async def test_crash_loop_two_workers(tmp_path: Path, import_root: Path) -> None
 @pytest.mark.slow
 async def test_crash_loop_one_of_two_workers(tmp_path: Path, import_root: Path) -> None:
     """--workers 2: the worker holding the load's connection SIGKILLed under load while the
-    other lives on; the supervisor replaces it, and nothing acknowledged through either is lost. Start-up keeps young
-    unreferenced files here (the other worker may be committing them), so leaks are the
-    whole-server loops' to find; the load resumes once the dead worker's half-made
-    commits are older than the grace, so that retries may replace them."""
+    other lives on; the supervisor replaces it, and nothing acknowledged through either is
+    lost. Start-up keeps young unreferenced files here (the other worker may be committing
+    them), so leaks are the whole-server loops' to find; the load resumes once the dead
+    worker's half-made commits are older than the grace, so that retries may replace them."""
     await _crash_loop(
         tmp_path,
         import_root,

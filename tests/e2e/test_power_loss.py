@@ -35,7 +35,7 @@ async def test_power_loss_loses_nothing_acknowledged(tmp_path: Path) -> None:
 
 
 SYNCHRONOUS_OFF = (
-    "store/sqlite/_store.py",
+    "store/sqlite/_open.py",
     'conn.execute("PRAGMA synchronous=FULL")',
     'conn.execute("PRAGMA synchronous=OFF")',
 )

@@ -369,7 +369,8 @@ async def test_a_wrong_whole_file_fails_and_leaves_nothing(
 async def test_expired_uploads_leave_nothing_on_the_local_disk(
     start_server: Callable[..., ServerProcess],
 ) -> None:
-    server = start_server("--upload-session-ttl", "1", "--collect-interval", "0.5")
+    # A TTL that outlasts the checks before expiry on a loaded machine (CI shares 2 cores).
+    server = start_server("--upload-session-ttl", "4", "--collect-interval", "0.5")
     async with grpc.aio.insecure_channel(server.address) as channel:
         stub = pb_grpc.AssetServiceStub(channel)
         upload_id = uuid.uuid4().hex
@@ -399,7 +400,7 @@ async def test_expired_uploads_leave_nothing_on_minio(tmp_path: Path, minio: Min
             "--storage-url",
             f"s3://{s3_helpers.BUCKET}/{prefix}",
             "--upload-session-ttl",
-            "1",
+            "4",  # outlasts the checks before expiry on a loaded machine
             "--collect-interval",
             "0.5",
         ],

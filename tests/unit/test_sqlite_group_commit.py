@@ -20,7 +20,7 @@ from asset_service.domain.models import (
     Failure,
     Status,
 )
-from asset_service.store.sqlite import SqliteStore
+from asset_service.store.sqlite import SqliteStore, _writes
 from asset_service.store.sqlite._writer import GroupWriter
 from tests.records import pending_record
 
@@ -220,26 +220,26 @@ async def test_a_write_cancelled_while_queued_is_never_applied(store: SqliteStor
 
 
 async def test_a_write_cancelled_once_under_way_still_commits_and_is_published(
-    store: SqliteStore,
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     asset = pending()
     started = threading.Event()
     release = threading.Event()
-    real = SqliteStore._next_revision
+    real = _writes.next_revision
 
     def slow_revision(c: sqlite3.Connection) -> int:
         started.set()
         assert release.wait(10)
         return real(c)
 
-    store._next_revision = slow_revision  # type: ignore[method-assign,assignment]
+    monkeypatch.setattr(_writes, "next_revision", slow_revision)
     task = asyncio.create_task(store.insert(asset))
     assert await asyncio.to_thread(started.wait, 10)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
     release.set()
-    store._next_revision = real  # type: ignore[method-assign]
+    monkeypatch.setattr(_writes, "next_revision", real)
     await store.ping()  # after the write: the writer runs jobs in order
     assert (await store.get(asset.id)) is not None
     assert [(c.kind, c.asset.id) for c in published(store)] == [(ChangeKind.PUT, asset.id)]

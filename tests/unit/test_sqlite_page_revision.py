@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 
 from asset_service.domain.models import AssetFilter
-from asset_service.store.sqlite import SqliteStore
-from asset_service.store.sqlite import _store as sqlite_store
+from asset_service.store.sqlite import SqliteStore, _queries
 from tests.records import pending_record
 
 
@@ -22,7 +21,7 @@ async def test_a_write_between_the_counter_and_the_rows_is_not_in_the_page(
     store: SqliteStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     a = await store.insert(pending_record(label="a.txt"))
-    real = sqlite_store._counter
+    real = _queries.counter
 
     def counter_then_write(c: sqlite3.Connection) -> int:
         revision = real(c)
@@ -42,10 +41,10 @@ async def test_a_write_between_the_counter_and_the_rows_is_not_in_the_page(
             other.close()
         return revision
 
-    monkeypatch.setattr(sqlite_store, "_counter", counter_then_write)
+    monkeypatch.setattr(_queries, "counter", counter_then_write)
     page = await store.query(AssetFilter(), 10, "")
     assert page.revision == a.revision
     assert [(x.id, x.label, x.revision) for x in page.assets] == [(a.id, "a.txt", a.revision)]
-    monkeypatch.setattr(sqlite_store, "_counter", real)
+    monkeypatch.setattr(_queries, "counter", real)
     later = await store.query(AssetFilter(), 10, "")
     assert later.revision == a.revision + 1 and later.assets[0].label == "moved.txt"

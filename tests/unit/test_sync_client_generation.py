@@ -31,16 +31,20 @@ def _generator() -> ModuleType:
     )
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    # Its dataclasses look their module up by name.
+    sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
 
 
 def _public(cls: type) -> dict[str, inspect.Signature]:
-    return {
-        name: inspect.signature(member)
-        for name, member in vars(cls).items()
-        if callable(member) and (not name.startswith("_") or name == "__init__")
-    }
+    """The methods of `cls` and of the classes it inherits (the client's parts)."""
+    found: dict[str, inspect.Signature] = {}
+    for klass in reversed(cls.__mro__[:-1]):  # a subclass's method wins; object's are left out
+        for name, member in vars(klass).items():
+            if callable(member) and (not name.startswith("_") or name == "__init__"):
+                found[name] = inspect.signature(getattr(cls, name))
+    return found
 
 
 def _shape(sig: inspect.Signature, unset: Any) -> list[tuple[str, Any, Any]]:
@@ -104,39 +108,65 @@ def test_generated_file_says_it_is_generated() -> None:
     assert "make generate" in head[1]
 
 
+def _package_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, gen: ModuleType) -> Path:
+    """The client's modules copied to `tmp_path`, where the generator now reads and writes."""
+    for path in gen.PACKAGE.glob("*.py"):
+        (tmp_path / path.name).write_text(path.read_text())
+    monkeypatch.setattr(gen, "PACKAGE", tmp_path)
+    return tmp_path
+
+
+def test_every_asyncio_module_has_its_rules() -> None:
+    # A new part of the client class (_aio_*.py) without rules would have no blocking twin.
+    gen = _generator()
+    package = ROOT / "clients/python/asset_client"
+    asyncio_modules = {p.name for p in package.glob("_aio_*.py")} | {"aio.py"}
+    assert {m.source for m in gen.MODULES} == asyncio_modules
+    assert all((package / m.target).exists() for m in gen.MODULES)
+
+
 def test_a_rule_that_no_longer_matches_stops_generation(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     gen = _generator()
-    streams = tmp_path / "_aio_streams.py"
-    streams.write_text(
-        gen.STREAMS_SOURCE.read_text().replace("async def _send_upload(", "async def _send_it(")
-    )
-    monkeypatch.setattr(gen, "STREAMS_SOURCE", streams)
+    package = _package_copy(tmp_path, monkeypatch, gen)
+    streams = package / "_aio_streams.py"
+    text = streams.read_text()
+    streams.write_text(text.replace("async def _send_upload(", "async def _send_it("))
     with pytest.raises(SystemExit, match=r"_aio_streams\.py: _send_upload not found"):
-        gen.render_streams()
+        gen.render_all()
+    streams.write_text(text)
 
-    source = tmp_path / "aio.py"
-    text = gen.SOURCE.read_text()
-    monkeypatch.setattr(gen, "SOURCE", source)
+    source = package / "aio.py"
+    text = source.read_text()
     source.write_text(text.replace("import grpc.aio\n", ""))
     with pytest.raises(SystemExit, match=r"import grpc\.aio"):
-        gen.render()
+        gen.render_all()
 
     source.write_text(text.replace("AsyncLeaseKeeper", "AsyncKeeper"))
-    with pytest.raises(SystemExit, match=r"no longer uses AsyncLeaseKeeper; update NAMES"):
-        gen.render()
+    with pytest.raises(SystemExit, match=r"no module uses AsyncLeaseKeeper any more"):
+        gen.render_all()
+    source.write_text(text)
+
+    part = package / "_aio_reads.py"
+    part.write_text(part.read_text().replace("call.cancel()", "call.cancel(None)"))
+    with pytest.raises(SystemExit, match=r"_aio_reads\.py no longer contains 'call\.cancel\(\)'"):
+        gen.render_all()
 
 
 def test_check_reports_a_stale_client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     gen = _generator()
-    stale = tmp_path / "client.py"
-    stale.write_text(gen.TARGET.read_text().replace("def get(", "def fetch("))
-    monkeypatch.setattr(gen, "TARGET", stale)
-    assert gen.main(["--check"]) == 1
-    gen.main([])
+    package = _package_copy(tmp_path, monkeypatch, gen)
     assert gen.main(["--check"]) == 0
-    assert "def get(" in stale.read_text()
+    for name, method in (("client.py", "def keep_lease("), ("_reads.py", "def get(")):
+        stale = package / name
+        text = stale.read_text()
+        assert method in text
+        stale.write_text(text.replace(method, "def renamed("))
+        assert gen.main(["--check"]) == 1
+        gen.main([])
+        assert gen.main(["--check"]) == 0
+        assert stale.read_text() == text
 
 
 def test_check_runs_from_the_command_line() -> None:

@@ -13,17 +13,15 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from asset_service.domain.errors import AssetError, Conflict, NotFound, shown
 from asset_service.domain.models import BlockSums
 from asset_service.domain.ports import Chunk
 from asset_service.storage import fs, keys
 from asset_service.storage.blocks import Digests, sums_of
+from asset_service.storage.local._disk import Disk, oserror
 from asset_service.storage.sink import FileSink
-
-if TYPE_CHECKING:
-    from asset_service.storage.local._storage import LocalStorage
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +38,6 @@ def age_of(st: os.stat_result) -> float:
     return time.time() - since
 
 
-def oserror(exc: OSError, where: str) -> Exception:
-    if exc.errno in fs.NO_SPACE:
-        return fs.no_space(exc, where)
-    return exc
-
-
 class _Blob:
     """Bytes on their way to a key: commit() places them, then finish() or rollback().
 
@@ -53,8 +45,8 @@ class _Blob:
     that write applied, abandon() keeps everything (bytes and any source) for recovery.
     """
 
-    def __init__(self, storage: LocalStorage, key: str | None = None) -> None:
-        self._storage = storage
+    def __init__(self, disk: Disk, key: str | None = None) -> None:
+        self._disk = disk
         self._opened_for = key  # the only key commit() takes, when given
         self.size_bytes = 0
         self.sha256 = hashlib.sha256().hexdigest()
@@ -69,7 +61,7 @@ class _Blob:
             raise ValueError(f"a writer opened for {self._opened_for!r} cannot commit at {key!r}")
         parts = keys.key_parts(key)
         await asyncio.to_thread(self._commit_sync, parts)
-        return str(self._storage.root.joinpath(*parts))
+        return str(self._disk.root.joinpath(*parts))
 
     def _commit_sync(self, parts: tuple[str, ...]) -> None:
         raise NotImplementedError
@@ -78,12 +70,12 @@ class _Blob:
         self, staging: Path, parts: tuple[str, ...], move_source: dict[str, Any] | None
     ) -> None:
         """Link a fsynced staging file to its final name (never clobbering), then drop staging."""
-        folder = self._storage.open_folder(parts[:-1], create=True)
+        folder = self._disk.open_folder(parts[:-1], create=True)
         name = parts[-1]
         try:
             st = os.stat(staging)
             if move_source is not None:
-                self._journal = self._storage.write_intent(
+                self._journal = self._disk.write_intent(
                     {**move_source, "final": "/".join(parts), "final_ino": st.st_ino}
                 )
             self._link_new(str(staging), name, None, folder)
@@ -103,7 +95,7 @@ class _Blob:
             except FileExistsError:
                 st = os.stat(name, dir_fd=folder, follow_symlinks=False)
                 age = age_of(st)
-                if attempt == 2 or age < self._storage.orphan_grace_seconds:
+                if attempt == 2 or age < self._disk.orphan_grace_seconds:
                     raise Conflict(
                         "the asset's bytes are being committed by another request; retry shortly"
                     ) from None
@@ -160,7 +152,7 @@ class _Blob:
         self._drop_final()
         self._forget_journal()
         if self._final is not None:
-            self._storage.prune_empty(self._final[0])
+            self._disk.prune_empty(self._final[0])
 
     def abandon(self) -> None:
         """Outcome unknown: keep bytes, source and journal; recovery settles them later."""
@@ -195,15 +187,15 @@ class Writer(_Sunk):
     """Streams chunks into a staging file through a FileSink (hashed and written on its own
     thread, behind a bounded queue); memory stays flat."""
 
-    def __init__(self, storage: LocalStorage, path: Path, key: str | None = None) -> None:
-        super().__init__(storage, key)
+    def __init__(self, disk: Disk, path: Path, key: str | None = None) -> None:
+        super().__init__(disk, key)
         self.path = path
         try:
             # Made with the mode it will have once linked into place (staging is 0700).
-            fd = storage.modes.new_file(path, os.O_WRONLY | os.O_EXCL | os.O_CLOEXEC, shared=True)
+            fd = disk.modes.new_file(path, os.O_WRONLY | os.O_EXCL | os.O_CLOEXEC, shared=True)
         except OSError as exc:
             raise oserror(exc, "staging an upload") from None
-        self._sink = FileSink(fd, name=path.name[:8], direct=storage.direct_io)
+        self._sink = FileSink(fd, name=path.name[:8], direct=disk.direct_io)
 
     def _commit_sync(self, parts: tuple[str, ...]) -> None:
         self._place(self.path, parts, None)
@@ -222,23 +214,23 @@ class Cloned(_Blob):
 
     def __init__(
         self,
-        storage: LocalStorage,
+        disk: Disk,
         source: tuple[str, ...],
         size_bytes: int,
         sha256: str,
         sums: BlockSums,
     ) -> None:
-        super().__init__(storage)
+        super().__init__(disk)
         self._source = source
         self.size_bytes, self.sha256, self.block_sums = size_bytes, sha256, sums
 
     def _commit_sync(self, parts: tuple[str, ...]) -> None:
         try:
-            source_folder = self._storage.open_folder(self._source[:-1])
+            source_folder = self._disk.open_folder(self._source[:-1])
         except (OSError, AssetError):
             raise self._gone() from None
         try:
-            folder = self._storage.open_folder(parts[:-1], create=True)
+            folder = self._disk.open_folder(parts[:-1], create=True)
             try:
                 try:
                     self._link_new(self._source[-1], parts[-1], source_folder, folder)
@@ -266,8 +258,8 @@ class Adopted(_Blob):
     before the final name appears lets start-up recovery finish or undo a move.
     """
 
-    def __init__(self, storage: LocalStorage, raw: str, opened: fs.Opened, move: bool) -> None:
-        super().__init__(storage)
+    def __init__(self, disk: Disk, raw: str, opened: fs.Opened, move: bool) -> None:
+        super().__init__(disk)
         self.raw = raw
         self.opened = opened
         self.move = move
@@ -277,13 +269,13 @@ class Adopted(_Blob):
 
     def stage(self) -> None:
         st = self.opened.st
-        same_fs = st.st_dev == self._storage.device
+        same_fs = st.st_dev == self._disk.device
         # The one pass that hashes the file also sums its blocks.
         if self.move and same_fs and st.st_nlink == 1:
             digests, self.size_bytes = self._hash_source()
             self._sync_source()
         else:
-            self._staging = self._storage.staging / uuid.uuid4().hex
+            self._staging = self._disk.staging / uuid.uuid4().hex
             digests, self.size_bytes = self._copy_source(self._staging)
         self.sha256, self.block_sums = digests.sha.hexdigest(), digests.blocks.result()
         self._check_unchanged()
@@ -307,7 +299,7 @@ class Adopted(_Blob):
         digests, size = Digests(), 0
         try:
             flags = os.O_WRONLY | os.O_EXCL | os.O_CLOEXEC
-            fd = self._storage.modes.new_file(target, flags, shared=True)
+            fd = self._disk.modes.new_file(target, flags, shared=True)
             with open(fd, "wb") as out:
                 for chunk in _pread_chunks(self.opened.fd):
                     digests.update(chunk)
@@ -344,17 +336,17 @@ class Adopted(_Blob):
             return
         if not self._take_source():
             # Another user's file, whose mode is not ours to set: store a copy of our own.
-            self._staging = self._storage.staging / uuid.uuid4().hex
+            self._staging = self._disk.staging / uuid.uuid4().hex
             digests, _ = self._copy_source(self._staging)
             if digests.sha.hexdigest() != self.sha256:
                 raise Conflict("the server-side file changed while it was being adopted")
             self._commit_sync(parts)
             return
-        folder = self._storage.open_folder(parts[:-1], create=True)
+        folder = self._disk.open_folder(parts[:-1], create=True)
         name = parts[-1]
         st = self.opened.st
         try:
-            self._journal = self._storage.write_intent(
+            self._journal = self._disk.write_intent(
                 {**(self._source_intent() or {}), "final": "/".join(parts), "final_ino": st.st_ino}
             )
             try:
@@ -373,7 +365,7 @@ class Adopted(_Blob):
                 os.close(folder)
                 folder = -1
                 # Same device number, other mount (a bind mount): copy after all.
-                self._staging = self._storage.staging / uuid.uuid4().hex
+                self._staging = self._disk.staging / uuid.uuid4().hex
                 digests, _ = self._copy_source(self._staging)
                 if digests.sha.hexdigest() != self.sha256:
                     raise Conflict(
@@ -400,7 +392,7 @@ class Adopted(_Blob):
         """Make the file about to be linked into place a stored file: the same inode, so
         the worker's 0644 (and, for a server running as root, the worker's ownership) must
         not stay; False if it is not ours to change."""
-        st, modes, fd = self.opened.st, self._storage.modes, self.opened.fd
+        st, modes, fd = self.opened.st, self._disk.modes, self.opened.fd
         try:
             if st.st_uid != os.geteuid():
                 os.fchown(fd, os.geteuid(), -1)  # only a privileged server may

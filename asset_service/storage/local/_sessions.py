@@ -14,18 +14,15 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from asset_service.domain.errors import Conflict
 from asset_service.domain.uploads import UploadSession
 from asset_service.modes import PRIVATE_FILE
 from asset_service.storage import fs, sessions
 from asset_service.storage.blocks import Digests
-from asset_service.storage.local._blobs import COPY_CHUNK, _Blob, _Sunk, oserror
+from asset_service.storage.local._blobs import COPY_CHUNK, _Blob, _Sunk
+from asset_service.storage.local._disk import Disk, oserror
 from asset_service.storage.sink import FileSink
-
-if TYPE_CHECKING:
-    from asset_service.storage.local._storage import LocalStorage
 
 log = logging.getLogger(__name__)
 
@@ -65,13 +62,13 @@ class LocalSessions:
     stream holds it by flock(2) on the folder, so one stream at a time, across processes.
     """
 
-    def __init__(self, storage: LocalStorage) -> None:
-        self.storage = storage
-        self.folder = storage.tmp / "uploads"
+    def __init__(self, disk: Disk) -> None:
+        self.disk = disk
+        self.folder = disk.tmp / "uploads"
         self._digests: dict[str, _Digest] = {}
 
     def open_sync(self) -> str | None:
-        return self.storage.modes.folder(self.folder, shared=False)
+        return self.disk.modes.folder(self.folder, shared=False)
 
     # --- the port -----------------------------------------------------------------------
 
@@ -95,7 +92,7 @@ class LocalSessions:
     def _new_sync(self, key: str, session: UploadSession) -> LocalSessionWriter:
         path = self.folder / key
         try:
-            self.storage.modes.mkdir(path, shared=False)
+            self.disk.modes.mkdir(path, shared=False)
         except FileExistsError:
             raise Conflict("another stream started this upload first") from None
         except OSError as exc:
@@ -106,7 +103,7 @@ class LocalSessions:
             _write_record(path, session)
             # Made with the mode it will have once linked into place.
             flags = os.O_RDWR | os.O_EXCL | os.O_CLOEXEC
-            data = self.storage.modes.new_file(path / DATA, flags, shared=True)
+            data = self.disk.modes.new_file(path / DATA, flags, shared=True)
             fs.fsync_dir(lock)
         except BaseException as exc:
             shutil.rmtree(path, ignore_errors=True)
@@ -153,7 +150,7 @@ class LocalSessions:
         path = self.folder / key / DATA
         try:
             flags = os.O_RDWR | os.O_CLOEXEC
-            data = self.storage.modes.new_file(path, flags, shared=True)
+            data = self.disk.modes.new_file(path, flags, shared=True)
         except OSError as exc:
             raise oserror(exc, "resuming an upload") from None
         try:
@@ -280,7 +277,7 @@ class LocalSessionWriter(_Sunk, _Held):
         size: int,
         digests: Digests | None,
     ) -> None:
-        _Blob.__init__(self, sessions_.storage)
+        _Blob.__init__(self, sessions_.disk)
         _Held.__init__(self, sessions_, key, lock, session)
         self.path = self._folder / DATA
         self.size_bytes = size

@@ -29,7 +29,8 @@ from asset_service.domain.uploads import UploadSession
 from asset_service.modes import Modes, report
 from asset_service.storage import blocks, fs, keys
 from asset_service.storage.imports import ImportRoots
-from asset_service.storage.local._blobs import Adopted, Cloned, Writer, age_of, oserror
+from asset_service.storage.local._blobs import Adopted, Cloned, Writer, age_of
+from asset_service.storage.local._disk import Disk
 from asset_service.storage.local._reads import (
     check_many_sync,
     not_regular,
@@ -67,28 +68,25 @@ class LocalStorage:
         direct_io: bool = False,
         modes: Modes | None = None,
     ) -> None:
-        self.root = root.resolve()
-        # Stored files and their folders: owner-only, or shared with --share-group's group.
-        self.modes = modes or Modes()
-        # Uploads written with O_DIRECT where the file system allows it, instead of through
-        # the page cache with early writeback (storage/sink.py says why not by default).
-        self.direct_io = direct_io
-        # A file in a final location younger than this may be another server's commit.
+        # What its blobs and sessions use of it (_disk.py): they never call the storage.
+        self.disk = Disk(root.resolve(), modes or Modes(), direct_io, orphan_grace_seconds)
+        disk = self.disk
+        self.root, self.modes, self.direct_io = disk.root, disk.modes, direct_io
         self.orphan_grace_seconds = orphan_grace_seconds
         self.imports = imports or ImportRoots(())
-        self.uploads = self.root / "uploads"
-        self.generated = self.root / "generated"
-        self.tmp = self.root / "tmp"
-        self._staging_parent = self.tmp / "staging"
-        self._instance = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        self.staging = self._staging_parent / self._instance
-        self.intents = self.staging / "intents"
-        self.device = -1
+        self.uploads, self.generated, self.tmp = disk.uploads, disk.generated, disk.tmp
+        self._staging_parent = disk.staging_parent
+        self.staging, self.intents = disk.staging, disk.intents
         self._lock_fd: int | None = None
         # Resumable uploads' sessions, in tmp/uploads/ (kept across restarts).
-        self.sessions = LocalSessions(self)
+        self.sessions = LocalSessions(self.disk)
         self._ping: asyncio.Future[None] | None = None
         self._vouched: dict[str, tuple[int, int, int]] = {}
+
+    @property
+    def device(self) -> int:
+        """The root's st_dev, once open (-1 before)."""
+        return self.disk.device
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -108,7 +106,7 @@ class LocalStorage:
             # know this staging folder is live because they cannot take the lock.
             self._lock_fd = os.open(self.staging / ".lock", os.O_CREAT | os.O_RDWR, 0o600)
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            self.device = os.stat(self.root).st_dev
+            self.disk.device = os.stat(self.root).st_dev
         except OSError as exc:
             raise Unavailable(f"storage root {self.root} is not usable: {exc}") from exc
 
@@ -188,7 +186,7 @@ class LocalStorage:
         intent = leftover.intent
         parts = keys.key_parts(intent["final"])
         try:
-            folder = self.open_folder(parts[:-1])
+            folder = self.disk.open_folder(parts[:-1])
         except (OSError, AssetError):
             folder = -1
         try:
@@ -261,48 +259,19 @@ class LocalStorage:
             raise NotFound(f"{storage_path} is not a path in this storage")
         return keys.key_parts(str(path.relative_to(self.root)))
 
-    def open_folder(self, parts: tuple[str, ...], create: bool = False) -> int:
-        return fs.open_dir(self.root, parts, "/".join(parts), create, self._shared_dir)
-
-    def _shared_dir(self, name: str, dir_fd: int) -> None:
-        self.modes.mkdir(name, shared=True, dir_fd=dir_fd)
-
-    def prune_empty(self, folder_fd: int) -> None:
-        """Remove the now-empty per-asset folder of a rolled-back commit (best effort)."""
-        with contextlib.suppress(OSError):
-            path = os.readlink(f"/proc/self/fd/{folder_fd}")
-            self._prune_empty(Path(path))
-
-    def _prune_empty(self, folder: Path) -> None:
-        stops = {self.root, self.uploads, self.generated, self.tmp, self._staging_parent}
-        while folder not in stops and folder.is_relative_to(self.root):
-            try:
-                folder.rmdir()
-            except OSError:
-                return
-            folder = folder.parent
-
     def write_intent(self, intent: dict[str, Any]) -> Path:
-        """Durably journal a move before its final name appears (removed once settled).
-
-        Written whole under a temporary name, fsynced, then renamed: a journal entry that
-        exists is complete, and one that does not parse cannot have been acted on.
-        """
-        try:
-            return fs.write_journal(self.intents, intent)
-        except OSError as exc:
-            raise oserror(exc, "journaling a move") from None
+        return self.disk.write_intent(intent)
 
     # --- writing ----------------------------------------------------------------------
 
     def new_writer(self, key: str | None = None) -> Writer:
         # A staging file linked into place at commit: knowing the key early gains nothing.
-        return Writer(self, self.staging / uuid.uuid4().hex, key)
+        return Writer(self.disk, self.staging / uuid.uuid4().hex, key)
 
     async def clone(
         self, storage_path: str, size_bytes: int, sha256: str, sums: BlockSums
     ) -> Cloned:
-        return Cloned(self, self._parts_of(storage_path), size_bytes, sha256, sums)
+        return Cloned(self.disk, self._parts_of(storage_path), size_bytes, sha256, sums)
 
     async def adopt(self, path: str, move: bool) -> Adopted:
         """Hash (and, unless it can be linked, copy) a server-side file under an import root."""
@@ -310,7 +279,7 @@ class LocalStorage:
 
     def _adopt_sync(self, path: str, move: bool) -> Adopted:
         opened = self.imports.open(path, exclusive=move)
-        blob = Adopted(self, path, opened, move)
+        blob = Adopted(self.disk, path, opened, move)
         try:
             blob.stage()
         except BaseException:
@@ -400,7 +369,7 @@ class LocalStorage:
 
     def _remove_sync(self, parts: tuple[str, ...]) -> None:
         try:
-            folder = self.open_folder(parts[:-1])
+            folder = self.disk.open_folder(parts[:-1])
         except (OSError, AssetError):
             return  # gone already, or behind a symlink that is not ours to follow
         try:
@@ -408,7 +377,7 @@ class LocalStorage:
                 os.unlink(parts[-1], dir_fd=folder)
         finally:
             os.close(folder)
-        self._prune_empty(self.root.joinpath(*parts[:-1]))
+        self.disk.prune_empty_path(self.root.joinpath(*parts[:-1]))
 
     async def orphans(self, after: str = "") -> AsyncIterator[tuple[str, str]]:
         """Files in final locations older than the grace, as (asset id, path), in the

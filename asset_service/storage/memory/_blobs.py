@@ -5,17 +5,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import uuid
-from typing import TYPE_CHECKING
 
 from asset_service.domain.errors import NotFound
 from asset_service.domain.models import BlockSums
 from asset_service.domain.ports import Chunk
 from asset_service.storage import keys
 from asset_service.storage.blocks import BlockSummer, sums_of
+from asset_service.storage.memory._shelf import Shelf
 from asset_service.storage.memory._state import PREFIX, MoveIntent, StagingArea, StoredBytes
-
-if TYPE_CHECKING:
-    from asset_service.storage.memory._storage import MemoryStorage
 
 log = logging.getLogger(__name__)
 
@@ -25,8 +22,8 @@ _EMPTY_SHA256 = hashlib.sha256().hexdigest()
 class MemoryBlob:
     """Bytes on their way to a key: commit() places them, then finish() or rollback()."""
 
-    def __init__(self, storage: MemoryStorage) -> None:
-        self._storage = storage
+    def __init__(self, shelf: Shelf) -> None:
+        self._shelf = shelf
         self.size_bytes = 0
         self.sha256 = _EMPTY_SHA256
         self.block_sums: BlockSums = sums_of(b"")
@@ -41,17 +38,17 @@ class MemoryBlob:
         return None
 
     async def commit(self, key: str) -> str:
-        storage = self._storage
+        shelf = self._shelf
         keys.key_parts(key)
-        obj = StoredBytes(self._content(), storage.clock())
-        storage.claim(key)
+        obj = StoredBytes(self._content(), shelf.clock())
+        shelf.claim(key)
         source = self._source()
         if source is not None:
             # Journaled before the bytes appear, as on disk: recovery may need to undo them.
-            area, name = storage.area, uuid.uuid4().hex
+            area, name = shelf.area, uuid.uuid4().hex
             area.journals[name] = MoveIntent(key, obj, *source)
             self._journal = (area, name)
-        storage.state.objects[key] = obj
+        shelf.state.objects[key] = obj
         self._placed = (key, obj)
         return PREFIX + key
 
@@ -77,8 +74,8 @@ class MemoryBlob:
         self._done = True
         if self._placed is not None:
             key, obj = self._placed
-            if self._storage.state.objects.get(key) is obj:  # never another commit's bytes
-                del self._storage.state.objects[key]
+            if self._shelf.state.objects.get(key) is obj:  # never another commit's bytes
+                del self._shelf.state.objects[key]
         self._forget_journal()
         self._drop_staging()
         self._release()
@@ -107,14 +104,14 @@ class MemoryCloned(MemoryBlob):
     """Stored bytes placed under another key: the same bytes object, stored once."""
 
     def __init__(
-        self, storage: MemoryStorage, key: str, size_bytes: int, sha256: str, sums: BlockSums
+        self, shelf: Shelf, key: str, size_bytes: int, sha256: str, sums: BlockSums
     ) -> None:
-        super().__init__(storage)
+        super().__init__(shelf)
         self._source_key = key
         self.size_bytes, self.sha256, self.block_sums = size_bytes, sha256, sums
 
     def _content(self) -> bytes:
-        found = self._storage.state.objects.get(self._source_key)
+        found = self._shelf.state.objects.get(self._source_key)
         if found is None:
             raise NotFound(f"the stored bytes at {self._source_key} were removed meanwhile")
         return found.data
@@ -123,10 +120,10 @@ class MemoryCloned(MemoryBlob):
 class MemoryWriter(MemoryBlob):
     """Chunks appended to this instance's staging, hashed as they arrive."""
 
-    def __init__(self, storage: MemoryStorage, key: str | None = None) -> None:
-        super().__init__(storage)
+    def __init__(self, shelf: Shelf, key: str | None = None) -> None:
+        super().__init__(shelf)
         self._key = key  # the only key commit() takes, when given
-        self._area, self._name = storage.area, uuid.uuid4().hex
+        self._area, self._name = shelf.area, uuid.uuid4().hex
         self._buffer = bytearray()
         self._area.staging[self._name] = self._buffer
         self._hash = hashlib.sha256()
@@ -165,8 +162,8 @@ class MemoryWriter(MemoryBlob):
 class MemoryAdopted(MemoryBlob):
     """A server-side file, held (like a flock) from adopt() until the blob is settled."""
 
-    def __init__(self, storage: MemoryStorage, path: str, data: bytes, move: bool) -> None:
-        super().__init__(storage)
+    def __init__(self, shelf: Shelf, path: str, data: bytes, move: bool) -> None:
+        super().__init__(shelf)
         self.path, self._data, self.move = path, data, move
         self.size_bytes = len(data)
         self.sha256 = hashlib.sha256(data).hexdigest()
@@ -180,10 +177,10 @@ class MemoryAdopted(MemoryBlob):
         return (self.path, self._data) if self.move else None
 
     def _finish(self) -> None:
-        if self.move and not self._storage.remove_source(self.path, self._data):
+        if self.move and not self._shelf.remove_source(self.path, self._data):
             log.warning("the moved source %r was already gone or replaced", self.path)
 
     def _release(self) -> None:
         if self._held:
             self._held = False
-            self._storage.unhold(self.path, self.move)
+            self._shelf.unhold(self.path, self.move)

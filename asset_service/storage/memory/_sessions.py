@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 from datetime import datetime
-from typing import TYPE_CHECKING
 
 from asset_service.domain.errors import Conflict
 from asset_service.domain.ports import Chunk
@@ -12,32 +11,30 @@ from asset_service.domain.uploads import UploadSession
 from asset_service.storage import sessions
 from asset_service.storage.blocks import Digests
 from asset_service.storage.memory._blobs import MemoryBlob
+from asset_service.storage.memory._shelf import Shelf
 from asset_service.storage.memory._state import MemorySession
-
-if TYPE_CHECKING:
-    from asset_service.storage.memory._storage import MemoryStorage
 
 
 class MemorySessions:
     """The UploadSessions port over MemoryState.sessions (every byte received is durable)."""
 
-    def __init__(self, storage: MemoryStorage) -> None:
-        self._storage = storage
+    def __init__(self, shelf: Shelf) -> None:
+        self._shelf = shelf
 
     @property
     def _all(self) -> dict[str, MemorySession]:
-        return self._storage.state.sessions
+        return self._shelf.state.sessions
 
     def _held(self, entry: MemorySession) -> bool:
-        area = self._storage.state.areas.get(entry.held_by or "")
+        area = self._shelf.state.areas.get(entry.held_by or "")
         return area is not None and area.live
 
     async def new_session(self, key: str, session: UploadSession) -> MemorySessionWriter:
         if key in self._all:
             raise Conflict("another stream started this upload first")
-        entry = MemorySession(sessions.encode(session), held_by=self._storage.instance)
+        entry = MemorySession(sessions.encode(session), held_by=self._shelf.instance)
         self._all[key] = entry
-        return MemorySessionWriter(self._storage, key, entry, session)
+        return MemorySessionWriter(self._shelf, key, entry, session)
 
     async def take_session(self, key: str) -> MemoryHold | None:
         entry = self._all.get(key)
@@ -45,8 +42,8 @@ class MemorySessions:
             return None
         if self._held(entry):
             raise Conflict("another stream of this upload is open")
-        entry.held_by = self._storage.instance
-        return MemoryHold(self._storage, key, entry, sessions.decode(entry.record))
+        entry.held_by = self._shelf.instance
+        return MemoryHold(self._shelf, key, entry, sessions.decode(entry.record))
 
     async def read_session(self, key: str) -> UploadSession | None:
         entry = self._all.get(key)
@@ -65,9 +62,9 @@ class MemorySessions:
 
 class _Held:
     def __init__(
-        self, storage: MemoryStorage, key: str, entry: MemorySession, session: UploadSession
+        self, shelf: Shelf, key: str, entry: MemorySession, session: UploadSession
     ) -> None:
-        self._store = storage
+        self._shelf = shelf
         self._key = key
         self._entry = entry
         self.session = session
@@ -77,12 +74,12 @@ class _Held:
         self.session = session
 
     async def remove(self) -> None:
-        if self._store.state.sessions.get(self._key) is self._entry:
-            del self._store.state.sessions[self._key]
+        if self._shelf.state.sessions.get(self._key) is self._entry:
+            del self._shelf.state.sessions[self._key]
         self.release()
 
     def release(self) -> None:
-        if self._entry.held_by == self._store.instance:
+        if self._entry.held_by == self._shelf.instance:
             self._entry.held_by = None
 
 
@@ -90,17 +87,17 @@ class MemoryHold(_Held):
     async def resume(self) -> MemorySessionWriter:
         entry = self._entry
         del entry.data[self.session.committed_bytes :]  # never more than recorded
-        return MemorySessionWriter(self._store, self._key, entry, self.session)
+        return MemorySessionWriter(self._shelf, self._key, entry, self.session)
 
 
 class MemorySessionWriter(MemoryBlob, _Held):
     """Appends to the session's buffer, hashing from its first byte."""
 
     def __init__(
-        self, storage: MemoryStorage, key: str, entry: MemorySession, session: UploadSession
+        self, shelf: Shelf, key: str, entry: MemorySession, session: UploadSession
     ) -> None:
-        MemoryBlob.__init__(self, storage)
-        _Held.__init__(self, storage, key, entry, session)
+        MemoryBlob.__init__(self, shelf)
+        _Held.__init__(self, shelf, key, entry, session)
         self._digests = Digests()
         self._digests.update(bytes(entry.data))
         self.size_bytes = len(entry.data)

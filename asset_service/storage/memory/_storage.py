@@ -10,13 +10,11 @@ from datetime import datetime
 
 from asset_service.domain.errors import (
     AssetError,
-    Conflict,
     CorruptBytes,
     IntegrityError,
     InvalidArgument,
     NotFound,
     PermissionDenied,
-    Unavailable,
     Unverified,
     shown,
 )
@@ -30,6 +28,7 @@ from asset_service.domain.uploads import UploadSession
 from asset_service.storage import blocks, keys
 from asset_service.storage.memory._blobs import MemoryAdopted, MemoryCloned, MemoryWriter
 from asset_service.storage.memory._sessions import MemoryHold, MemorySessions, MemorySessionWriter
+from asset_service.storage.memory._shelf import Shelf
 from asset_service.storage.memory._state import (
     PREFIX,
     Leftover,
@@ -64,17 +63,18 @@ class MemoryStorage:
         self.orphan_grace_seconds = orphan_grace_seconds
         self.clock = clock
         self.instance = uuid.uuid4().hex[:12]
-        self._area: StagingArea | None = None
-        self._sessions = MemorySessions(self)
+        # What its blobs and sessions use of it (_shelf.py): they never call the storage.
+        self._shelf = Shelf(self.state, files, orphan_grace_seconds, clock, self.instance)
+        self._sessions = MemorySessions(self._shelf)
         self._vouched: dict[str, StoredBytes] = {}
 
     # --- lifecycle ------------------------------------------------------------------
 
     async def open(self) -> None:
-        self._area = self.state.areas[self.instance] = StagingArea()
+        self._shelf.opened = self.state.areas[self.instance] = StagingArea()
 
     async def close(self) -> None:
-        area, self._area = self._area, None
+        area, self._shelf.opened = self._shelf.opened, None
         if area is None:
             return
         area.live = False
@@ -88,9 +88,7 @@ class MemoryStorage:
 
     @property
     def area(self) -> StagingArea:
-        if self._area is None:
-            raise Unavailable("the memory storage is not open; call open() first")
-        return self._area
+        return self._shelf.area
 
     def _dead_areas(self) -> list[tuple[str, StagingArea]]:
         return [(name, a) for name, a in self.state.areas.items() if not a.live]
@@ -116,7 +114,7 @@ class MemoryStorage:
         ours = self.state.objects.get(intent.final) is intent.placed
         if committed and ours:
             source, data = intent.source, intent.source_data
-            if source is not None and data is not None and self.remove_source(source, data):
+            if source is not None and data is not None and self._shelf.remove_source(source, data):
                 log.warning("finished an interrupted move of %r", source)
         elif committed:
             log.error(
@@ -155,27 +153,15 @@ class MemoryStorage:
         keys.key_parts(key)
         return key
 
-    def claim(self, key: str) -> None:
-        """Refuse a key in use, unless what holds it is a crash leftover past the grace."""
-        existing = self.state.objects.get(key)
-        if existing is None:
-            return
-        age = self.clock() - existing.placed_at
-        if age < self.orphan_grace_seconds:
-            raise Conflict(
-                "the asset's bytes are being committed by another request; retry shortly"
-            )
-        log.warning("replacing bytes left %.0fs ago by an interrupted commit", age)
-
     # --- writing ----------------------------------------------------------------------
 
     def new_writer(self, key: str | None = None) -> MemoryWriter:
-        return MemoryWriter(self, key)
+        return MemoryWriter(self._shelf, key)
 
     async def clone(
         self, storage_path: str, size_bytes: int, sha256: str, sums: BlockSums
     ) -> MemoryCloned:
-        return MemoryCloned(self, self._key_of(storage_path), size_bytes, sha256, sums)
+        return MemoryCloned(self._shelf, self._key_of(storage_path), size_bytes, sha256, sums)
 
     async def adopt(self, path: str, move: bool) -> MemoryAdopted:
         validate_server_path(path)
@@ -187,28 +173,8 @@ class MemoryStorage:
         data = self.files.get(path)
         if data is None:
             raise NotFound(f"{shown(path)} does not exist on the server")
-        held = self.state.adopting.get(path, 0)
-        if held < 0 or (move and held > 0):
-            raise Conflict(
-                f"{shown(path)} is being adopted by another request; one of them wins, "
-                "re-read the asset before retrying"
-            )
-        self.state.adopting[path] = -1 if move else held + 1
-        return MemoryAdopted(self, path, data, move)
-
-    def unhold(self, path: str, move: bool) -> None:
-        left = 0 if move else self.state.adopting.get(path, 1) - 1
-        if left > 0:
-            self.state.adopting[path] = left
-        else:
-            self.state.adopting.pop(path, None)
-
-    def remove_source(self, path: str, data: bytes) -> bool:
-        """Delete a moved server-side file if it still is the one adopted; True if removed."""
-        if self.files is None or self.files.get(path) is not data:
-            return False
-        del self.files[path]
-        return True
+        self._shelf.hold(path, move)
+        return MemoryAdopted(self._shelf, path, data, move)
 
     # --- resumable upload sessions -----------------------------------------------------
 

@@ -17,8 +17,8 @@ from asset_service.store.mongo._feed import (
     ChangeStreamLike,
     WatchFn,
 )
+from asset_service.store.mongo._startup import DEFAULT_CLIENT_OPTIONS
 from asset_service.store.mongo._store import (
-    DEFAULT_CLIENT_OPTIONS,
     DEFAULT_DATABASE,
     REPLICA_SET_HELP,
     MongoStore,

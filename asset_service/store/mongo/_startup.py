@@ -1,18 +1,29 @@
-"""Start-up checks of the deployment: who we are, and how late a write can still commit."""
+"""Start-up: client options, checks of the server, who we are, how late a write can commit."""
 
 from __future__ import annotations
 
 import logging
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 from pymongo.errors import PyMongoError
 
-from asset_service.domain.errors import InvalidArgument
+from asset_service.domain.errors import InvalidArgument, Unavailable
 
 log = logging.getLogger(__name__)
 
+# Fail fast: an RPC against an unreachable server answers UNAVAILABLE within seconds.
+# Any of these given in the URL's query string wins over the default.
+DEFAULT_CLIENT_OPTIONS: dict[str, Any] = {
+    "serverSelectionTimeoutMS": 2500,
+    "connectTimeoutMS": 2500,
+    "socketTimeoutMS": 20000,
+}
 # MongoDB's default transactionLifetimeLimitSeconds, used when the server will not say.
 DEFAULT_TRANSACTION_LIFETIME = 60.0
+# Change-stream post-images (each event's state as of the change, issue 21 item 1) came
+# with MongoDB 6.0; snapshot reads outside transactions (watch snapshots) with 5.0.
+MIN_WIRE_VERSION = 17
 
 
 async def database_user(client: Any) -> str:
@@ -68,3 +79,28 @@ def check_orphan_grace(orphan_grace: float | None, horizon: float) -> None:
             "start-up sweep could remove the bytes of a write that then commits; give more "
             f"than {horizon:g}s (the default is 10m)"
         )
+
+
+def replicated(hello: dict[str, Any], allow_standalone: bool, where: str, help_text: str) -> bool:
+    """Whether the server `hello` answered for runs transactions (a replica set or a
+    sharded cluster); Unavailable if the service cannot use it."""
+    if "setName" not in hello and hello.get("msg") != "isdbgrid":
+        if not allow_standalone:
+            raise Unavailable(f"MongoDB at {where} is a standalone server: {help_text}")
+        log.warning("MongoDB is not a replica set: no transactions, no change feed")
+        return False
+    if int(hello.get("maxWireVersion", 0)) < MIN_WIRE_VERSION:
+        raise Unavailable(
+            f"MongoDB at {where} is older than 6.0 (wire version "
+            f"{hello.get('maxWireVersion')}); the asset service needs 6.0 or newer: its "
+            "watch events are built from the post-images MongoDB keeps at each change "
+            "(changeStreamPreAndPostImages), in revision order; snapshot reads serve "
+            "watch snapshots"
+        )
+    return True
+
+
+def client_options(url: str) -> dict[str, Any]:
+    """DEFAULT_CLIENT_OPTIONS but those the URL's query string gives."""
+    given = {k.lower() for k, _ in parse_qsl(urlsplit(url).query)}
+    return {k: v for k, v in DEFAULT_CLIENT_OPTIONS.items() if k.lower() not in given}

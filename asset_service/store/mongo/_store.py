@@ -6,18 +6,19 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import datetime
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import urlsplit
 
 import pymongo
-from pymongo import ASCENDING, AsyncMongoClient
+from pymongo import AsyncMongoClient
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import PyMongoError
 from pymongo.read_concern import ReadConcern
 from pymongo.read_preferences import ReadPreference
+from pymongo.results import UpdateResult
 from pymongo.write_concern import WriteConcern
 
 from asset_service.domain.errors import (
@@ -28,30 +29,23 @@ from asset_service.domain.errors import (
 )
 from asset_service.domain.models import (
     Asset,
-    AssetFilter,
     BlockSums,
     Change,
     Fulfillment,
-    Page,
     Removal,
     Resync,
     Status,
     Transition,
     approx_bytes,
 )
-from asset_service.domain.replay import Replay
-from asset_service.store import _paging
 from asset_service.store._fields import lease_condition, rule_expiry, transition_fields
 from asset_service.store.mongo import _retention, _schema, _startup, _tombstones
 from asset_service.store.mongo._documents import (
     Doc,
     DuplicateKey,
-    _doc_bytes,
     _unavailable,
     _write_error,
-    decode_token,
     doc_to_asset,
-    encode_token,
     ms,
 )
 from asset_service.store.mongo._feed import (
@@ -61,7 +55,7 @@ from asset_service.store.mongo._feed import (
     ChangeStreamLike,
 )
 from asset_service.store.mongo._leases import WriterLeases
-from asset_service.store.mongo._promises import PromiseLeases, overlay
+from asset_service.store.mongo._reads import LISTED_PROJECTION, MongoReads
 from asset_service.store.mongo._retention_store import MongoRetention
 from asset_service.store.mongo._transition import (
     DROP_AFTER,
@@ -71,19 +65,12 @@ from asset_service.store.mongo._transition import (
     lease_steps,
     transition_write,
 )
-from asset_service.store.mongo._writer import DEFAULT_MAX_QUEUED, GroupWriter, Write
+from asset_service.store.mongo._write import Write
+from asset_service.store.mongo._writer import DEFAULT_MAX_QUEUED, GroupWriter
 
 log = logging.getLogger(__name__)
 
 DEFAULT_DATABASE = "asset_service"
-# Fail fast: an RPC against an unreachable server answers UNAVAILABLE within seconds.
-# Any of these given in the URL's query string wins over the default.
-DEFAULT_CLIENT_OPTIONS: dict[str, Any] = {
-    "serverSelectionTimeoutMS": 2500,
-    "connectTimeoutMS": 2500,
-    "socketTimeoutMS": 20000,
-}
-
 
 # Every write ends within this many seconds of its submission, queue included (pymongo's
 # client-side operation timeout): longer than an election (10-12 s), which a write rides
@@ -92,20 +79,6 @@ DEFAULT_CLIENT_OPTIONS: dict[str, Any] = {
 # of it instead of serverSelectionTimeoutMS, and a read should fail in seconds (it is
 # bounded by serverSelectionTimeoutMS plus socketTimeoutMS and is not retried for long).
 DEFAULT_OPERATION_TIMEOUT = 15.0
-# A record without its inline value (nor holds, which only reads show): what snapshot()
-# reads.
-SLIM_PROJECTION: dict[str, Any] = {
-    "value_content": 0,
-    "value_kind": 0,
-    "block_sums": 0,
-    "holds": 0,
-}
-# A record without its block sums (only get() reads them: ReadAsset checks with them).
-LISTED_PROJECTION: dict[str, Any] = {"block_sums": 0}
-# Change-stream post-images (each event's state as of the change, issue 21 item 1) came
-# with MongoDB 6.0; snapshot reads outside transactions (watch snapshots) with 5.0.
-MIN_WIRE_VERSION = 17
-
 REPLICA_SET_HELP = (
     "change streams and transactions need a replica set; a single-node one is fine: start "
     "mongod with --replSet rs0 and run once: mongosh --eval "
@@ -114,7 +87,7 @@ REPLICA_SET_HELP = (
 )
 
 
-class MongoStore(MongoRetention):
+class MongoStore(MongoReads, MongoRetention):
     """Asset records in one MongoDB collection (docs/mongodb.md).
 
     Revisions. One counter document (`counters/_id: "revision"`) is `$inc`-ed inside the
@@ -157,8 +130,7 @@ class MongoStore(MongoRetention):
         self.operation_timeout = operation_timeout
         # The storage's --orphan-grace: open() refuses one a write could outlive.
         self.orphan_grace = orphan_grace
-        given = {k.lower() for k, _ in parse_qsl(urlsplit(url).query)}
-        options = {k: v for k, v in DEFAULT_CLIENT_OPTIONS.items() if k.lower() not in given}
+        options = _startup.client_options(url)
         try:
             self._client: AsyncMongoClient[Doc] = AsyncMongoClient(
                 url, tz_aware=True, connect=False, **options
@@ -224,25 +196,15 @@ class MongoStore(MongoRetention):
                 f"cannot reach MongoDB at {self._redacted()}: {exc}; is mongod running and "
                 "the URL right? (mongodb://host:27017/dbname?replicaSet=rs0)"
             ) from exc
-        replicated = "setName" in hello or hello.get("msg") == "isdbgrid"
-        if not replicated:
-            if not self.allow_standalone:
-                await self._client.close()
-                raise Unavailable(
-                    f"MongoDB at {self._redacted()} is a standalone server: {REPLICA_SET_HELP}"
-                )
-            log.warning("MongoDB is not a replica set: no transactions, no change feed")
-            self._transactions = False
-            self._writer.max_writes = 1  # no transaction: a batch could half-apply
-        elif int(hello.get("maxWireVersion", 0)) < MIN_WIRE_VERSION:
-            await self._client.close()
-            raise Unavailable(
-                f"MongoDB at {self._redacted()} is older than 6.0 (wire version "
-                f"{hello.get('maxWireVersion')}); the asset service needs 6.0 or newer: its "
-                "watch events are built from the post-images MongoDB keeps at each change "
-                "(changeStreamPreAndPostImages), in revision order; snapshot reads serve "
-                "watch snapshots"
+        try:
+            self._transactions = _startup.replicated(
+                hello, self.allow_standalone, self._redacted(), REPLICA_SET_HELP
             )
+        except Unavailable:
+            await self._client.close()
+            raise
+        if not self._transactions:
+            self._writer.max_writes = 1  # no transaction: a batch could half-apply
         if self._transactions:
             horizon = _startup.commit_horizon(
                 self.operation_timeout, await _startup.transaction_lifetime(self._client)
@@ -285,17 +247,10 @@ class MongoStore(MongoRetention):
             )
             self._leases.start()
 
-    @property
-    def _promises(self) -> PromiseLeases:
-        # The database's clock wherever it can judge ($expr, update pipelines: a replica
-        # set); FerretDB (allow_standalone, tests) has neither.
-        return PromiseLeases(self._lease_docs, self._sweeps, database_clock=self._transactions)
-
     def _beat_collection(self) -> Any:
         """`writers` through a synchronous client of its own: the writer lease's heartbeat
         thread goes on while the event loop is stalled (_leases.py)."""
-        given = {k.lower() for k, _ in parse_qsl(urlsplit(self.url).query)}
-        options = {k: v for k, v in DEFAULT_CLIENT_OPTIONS.items() if k.lower() not in given}
+        options = _startup.client_options(self.url)
         self._beat_client = pymongo.MongoClient(
             self.url, tz_aware=True, connect=False, maxPoolSize=2, **options
         )
@@ -395,214 +350,7 @@ class MongoStore(MongoRetention):
             await self._promises.leases.delete_many({"_id": {"$in": dropped}}, session=session)
         await _retention.account(self._usage, self._assets, moves, session)
 
-    # --- reads ----------------------------------------------------------------------
-
-    async def get(self, asset_id: str) -> Asset | None:
-        try:
-            doc = await self._assets.find_one({"_id": asset_id})
-            if doc is not None and overlay([doc]):
-                end = await self._promises.current_end(asset_id)
-                if end is None:
-                    # Its lease ended since the first read: the promise left PENDING, and
-                    # its record now holds the last end.
-                    doc = await self._assets.find_one({"_id": asset_id})
-                else:
-                    doc["lease_expires_at"] = end
-        except PyMongoError as exc:
-            raise _unavailable(exc) from exc
-        return doc_to_asset(doc) if doc is not None else None
-
-    async def _with_leases(self, docs: list[Doc], session: AsyncClientSession | None) -> None:
-        """Show each PENDING promise's lease as its record in `leases` says (one query)."""
-        ends = await self._promises.ends(overlay(docs), session)
-        for doc in docs:
-            end = ends.get(str(doc["_id"]))
-            if end is not None:
-                doc["lease_expires_at"] = end
-
-    async def get_many(self, asset_ids: Sequence[str]) -> dict[str, Asset]:
-        ids = list(dict.fromkeys(asset_ids))
-        found: dict[str, Asset] = {}
-        try:
-            for start in range(0, len(ids), 1000):
-                part = ids[start : start + 1000]
-                docs = [
-                    d async for d in self._assets.find({"_id": {"$in": part}}, LISTED_PROJECTION)
-                ]
-                await self._with_leases(docs, None)
-                for doc in docs:
-                    asset = doc_to_asset(doc)
-                    found[asset.id] = asset
-        except PyMongoError as exc:
-            raise _unavailable(exc) from exc
-        return found
-
-    @contextlib.asynccontextmanager
-    async def _one_cut(self) -> AsyncIterator[AsyncClientSession | None]:
-        """A snapshot session: every read in it sees one majority-committed cluster time
-        (the first read's). None without transactions (FerretDB): plain reads."""
-        if not self._transactions:
-            yield None
-            return
-        async with self._client.start_session(snapshot=True, causal_consistency=False) as s:
-            yield s
-
-    async def snapshot(self, asset_ids: Sequence[str]) -> dict[str, Asset]:
-        """One consistent cut without values: a snapshot session (MongoDB 5.0+).
-
-        Every find in a `snapshot=True` session reads at the cluster time of the first
-        one (readConcern "snapshot" with atClusterTime), which holds majority-committed
-        writes only: what a failover may roll back is never shown, and a change missing
-        from the cut has a higher revision than every one in it (revision order is
-        commit order). The session must finish within the server's
-        minSnapshotHistoryWindowInSeconds (5 min); an older snapshot fails with
-        SnapshotTooOld (239), which is UNAVAILABLE: the watcher retries with a new one.
-        Without transactions (allow_standalone: FerretDB) these are plain reads.
-        """
-        ids = list(dict.fromkeys(asset_ids))
-        found: dict[str, Asset] = {}
-        if not ids:
-            return found
-        try:
-            async with self._one_cut() as session:
-                for start in range(0, len(ids), 1000):
-                    part = ids[start : start + 1000]
-                    cursor = self._assets.find(
-                        {"_id": {"$in": part}}, SLIM_PROJECTION, session=session
-                    ).max_time_ms(_schema.QUERY_MAX_TIME_MS)
-                    docs = [doc async for doc in cursor]
-                    await self._with_leases(docs, session)  # the same cut
-                    for doc in docs:
-                        asset = doc_to_asset(doc)
-                        found[asset.id] = asset
-        except PyMongoError as exc:
-            raise _unavailable(exc) from exc
-        return found
-
-    async def query(
-        self, flt: AssetFilter, limit: int, page_token: str, max_bytes: int | None = None
-    ) -> Page:
-        after = decode_token(page_token, flt) if page_token else 0
-        where: Doc = {"seq": {"$gt": after}}
-        if flt.status is not None:
-            where["status"] = flt.status.value
-        if flt.type is not None:
-            where["type"] = flt.type.value
-        if flt.created_by_task:
-            where["created_by_task"] = flt.created_by_task
-        if flt.label:
-            where["label"] = flt.label
-        if flt.key:
-            where["key"] = flt.key
-        if flt.sha256:
-            where["sha256"] = flt.sha256
-        if flt.tags:
-            where["tags"] = {"$all": list(flt.tags)}
-        docs: list[Doc] = []
-        used, full = 0, False
-        try:
-            async with self._one_cut() as session:  # the counter and the page: one cut
-                revision = await self._revision_in(session)
-                cursor = (
-                    self._assets.find(where, LISTED_PROJECTION, session=session)
-                    .sort("seq", ASCENDING)
-                    .limit(limit + 1)
-                    .max_time_ms(_schema.QUERY_MAX_TIME_MS)
-                )
-                try:
-                    # Read only what the page can hold, plus one document past it (so
-                    # that fill_page knows more follow): the rest stays on the server.
-                    async for doc in cursor:
-                        docs.append(doc)
-                        if len(docs) > limit or full:
-                            break
-                        used += _doc_bytes(doc)
-                        full = max_bytes is not None and used > max_bytes
-                finally:
-                    await cursor.close()
-                await self._with_leases(docs, session)  # the same cut
-        except PyMongoError as exc:
-            raise _unavailable(exc) from exc
-        assets, last = _paging.fill_page(
-            docs, limit, max_bytes, doc_to_asset, lambda d: int(d["seq"])
-        )
-        return Page(assets, encode_token(last, flt) if last is not None else "", revision)
-
-    async def _revision_in(self, session: AsyncClientSession | None) -> int:
-        doc = await self._counters.find_one({"_id": "revision"}, session=session)
-        return int(doc["value"]) if doc else 0
-
-    async def current_revision(self) -> int:
-        """Read at majority: a counter value a failover may roll back (and the new
-        primary then hand out again, for other writes) would make the watch history
-        begin above revisions it must still replay."""
-        majority = self._counters.with_options(read_concern=ReadConcern("majority"))
-        try:
-            doc = await majority.find_one({"_id": "revision"})
-        except PyMongoError as exc:
-            raise _unavailable(exc) from exc
-        return int(doc["value"]) if doc else 0
-
-    async def changes_since(self, after: int, limit: int, task: str = "") -> Replay:
-        """One snapshot session (majority, one cluster time): the horizon, the counter,
-        the records and the tombstones above `after`, through their revision indexes."""
-        try:
-            async with self._one_cut() as session:
-                return await _tombstones.changes_since(
-                    self._assets,
-                    self._tombstones,
-                    self._counters,
-                    session,
-                    after,
-                    limit,
-                    SLIM_PROJECTION,
-                    _schema.QUERY_MAX_TIME_MS,
-                    task,
-                )
-        except PyMongoError as exc:
-            raise _unavailable(exc) from exc
-
-    async def sweep_tombstones(self, before: datetime) -> int:
-        try:
-            with pymongo.timeout(self.operation_timeout * 4):
-                return await _tombstones.sweep(self._tombstones, self._counters, before)
-        except PyMongoError as exc:
-            raise _unavailable(exc) from exc
-
-    async def count_by_status(self) -> dict[Status, int]:
-        counts = dict.fromkeys(Status, 0)
-        try:
-            for status in Status:
-                # A count of the (status, seq) index's range: no document is fetched.
-                counts[status] = await self._assets.count_documents(
-                    {"status": status.value}, maxTimeMS=_schema.QUERY_MAX_TIME_MS
-                )
-        except PyMongoError as exc:
-            raise _unavailable(exc) from exc
-        return counts
-
-    async def leases_run_out(self, now: datetime, limit: int) -> list[Asset]:
-        """By the database's clock ($$NOW) on a replica set: `now` is not used there."""
-        try:
-            due = await self._promises.due(now, limit, _schema.QUERY_MAX_TIME_MS)
-            ends = dict(due)
-            docs = await self._assets.find(
-                {"_id": {"$in": list(ends)}, "status": Status.PENDING.value}, SLIM_PROJECTION
-            ).to_list()
-        except PyMongoError as exc:
-            raise _unavailable(exc) from exc
-        for doc in docs:
-            doc["lease_expires_at"] = ends[str(doc["_id"])]
-        assets = sorted((doc_to_asset(d) for d in docs), key=lambda a: (a.lease_expires_at, a.id))
-        return assets
-
-    async def claim_sweep(
-        self, holder: str, seconds: float, now: datetime, name: str = "lease"
-    ) -> bool:
-        try:
-            return await self._promises.claim_sweep(holder, seconds, now, name)
-        except PyMongoError as exc:
-            raise _unavailable(exc) from exc
+    # --- reads: MongoReads (_reads.py) -----------------------------------------------
 
     # --- writes -----------------------------------------------------------------------
 
@@ -618,27 +366,21 @@ class MongoStore(MongoRetention):
             raise
         return result
 
-    async def key_holder(self, key: str) -> Asset | None:
-        try:
-            doc = await self._assets.find_one({"key_slot": key}, LISTED_PROJECTION)
-            if doc is None:
-                return None
-            await self._with_leases([doc], None)
-        except PyMongoError as exc:
-            raise _unavailable(exc) from exc
-        return doc_to_asset(doc)
-
     async def release_key(self, asset_id: str, key: str) -> bool:
-        # Not through the group writer: no revision, and the change feed skips an update
-        # without one (_feed.py); the record's own fields are unchanged.
+        # The record's own fields are unchanged (the change feed skips it, _feed.py).
+        done = await self._quiet_update(
+            {"_id": asset_id, "key_slot": key}, {"$unset": {"key_slot": ""}}
+        )
+        return done.modified_count == 1
+
+    async def _quiet_update(self, where: Doc, change: Doc) -> UpdateResult:
+        """One update of a record outside the group writer: no revision, so the change
+        feed skips it (_feed.py)."""
         try:
             with pymongo.timeout(self.operation_timeout):
-                done = await self._assets.update_one(
-                    {"_id": asset_id, "key_slot": key}, {"$unset": {"key_slot": ""}}
-                )
+                return await self._assets.update_one(where, change)
         except PyMongoError as exc:
             raise _write_error(exc, transaction=False) from exc
-        return done.modified_count == 1
 
     async def transition(
         self, asset_id: str, expected: Status, change: Transition, now: datetime
@@ -664,16 +406,11 @@ class MongoStore(MongoRetention):
             raise _write_error(exc, transaction=False) from exc
 
     async def set_block_sums(self, asset_id: str, storage_path: str, sums: BlockSums) -> bool:
-        # Not through the group writer: no revision, and the change feed skips an update
-        # of block_sums alone (_feed.py); clients never see them.
-        try:
-            with pymongo.timeout(self.operation_timeout):
-                done = await self._assets.update_one(
-                    {"_id": asset_id, "storage_path": {"$eq": storage_path, "$ne": ""}},
-                    {"$set": {"block_sums": sums.encode()}},
-                )
-        except PyMongoError as exc:
-            raise _write_error(exc, transaction=False) from exc
+        # Block sums alone (the change feed skips it, _feed.py): clients never see them.
+        done = await self._quiet_update(
+            {"_id": asset_id, "storage_path": {"$eq": storage_path, "$ne": ""}},
+            {"$set": {"block_sums": sums.encode()}},
+        )
         return done.matched_count == 1
 
     async def delete(

@@ -28,7 +28,7 @@ from asset_service.store._fields import LeaseTest
 from asset_service.store.mongo import _retention
 from asset_service.store.mongo._documents import Doc, _aware, asset_to_doc, doc_to_asset
 from asset_service.store.mongo._promises import PromiseLeases
-from asset_service.store.mongo._writer import Kind, Write, applied
+from asset_service.store.mongo._write import Kind, Write, applied
 
 # Write.extra keys: what the write needs of its lease, and what the lease steps found.
 NEED = "lease_need"

@@ -11,15 +11,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import TypeVar
 
-from asset_service.domain.errors import (
-    Conflict,
-    KeyTaken,
-    NotFound,
-    StorageFull,
-    Unavailable,
-)
+from asset_service.domain.errors import StorageFull, Unavailable
 from asset_service.domain.models import (
-    EXPLICIT_EXPIRIES,
     Asset,
     AssetFilter,
     BlockSums,
@@ -35,36 +28,17 @@ from asset_service.domain.models import (
 )
 from asset_service.domain.replay import Replay
 from asset_service.domain.usage import UsageCells
-from asset_service.store import _paging
 from asset_service.store._claims import LocalSweepClaims
-from asset_service.store._fields import (
-    lease_condition,
-    rule_expiry,
-    transition_fields,
-)
-from asset_service.store.sqlite import _leases, _retention, _shared, _tombstones
-from asset_service.store.sqlite._files import claim, own_files
+from asset_service.store.sqlite import _leases, _queries, _retention, _shared, _tombstones, _writes
+from asset_service.store.sqlite._files import claim
+from asset_service.store.sqlite._open import JOURNAL_SIZE_LIMIT, connect
 from asset_service.store.sqlite._readers import Later, Readers
-from asset_service.store.sqlite._room import INCREMENTAL, Room, is_full
-from asset_service.store.sqlite._schema import (
-    COLUMN_COUNT,
-    COLUMNS,
-    LISTED_COLUMNS,
-    READ_COLUMNS,
-    RECORDS,
-    SCHEMA,
-    SLIM_COLUMNS,
-    asset_row,
-    decode_token,
-    encode_token,
-    from_ms,
-    migrate,
-    row_to_asset,
-    to_ms,
-    transaction,
-)
+from asset_service.store.sqlite._room import Room, is_full
+from asset_service.store.sqlite._schema import LISTED_COLUMNS, SLIM_COLUMNS, row_to_asset, to_ms
 from asset_service.store.sqlite._shared import SharedFile, SharedSweepClaims, Sharing
 from asset_service.store.sqlite._writer import GroupWriter
+
+__all__ = ["DEFAULT_RESERVE_BYTES", "JOURNAL_SIZE_LIMIT", "SqliteStore"]
 
 log = logging.getLogger(__name__)
 
@@ -85,27 +59,6 @@ T = TypeVar("T")
 # (~40 KiB; tests/unit/test_sqlite_full.py measures it), and the checkpoint that follows
 # may grow the database file by the WAL's new pages, a quarter of the reserve at most.
 DEFAULT_RESERVE_BYTES = 4 * 1024 * 1024
-# When a checkpoint lets the WAL restart, truncate it to this size: about what the WAL
-# grows to between automatic checkpoints (1000 pages), so the steady state keeps its file
-# but the space a burst of big transactions (4 MiB VALUEs) took is given back, not pinned.
-JOURNAL_SIZE_LIMIT = 4 * 1024 * 1024
-
-
-def _counter(c: sqlite3.Connection) -> int:
-    row = c.execute("SELECT value FROM counters WHERE name = 'revision'").fetchone()
-    return int(row[0]) if row else 0
-
-
-def _held_ids(c: sqlite3.Connection, assets: Sequence[Asset]) -> set[str]:
-    """Which of these records have holds (one indexed lookup per page)."""
-    ids = [a.id for a in assets]
-    if not ids:
-        return set()
-    marks = ",".join("?" * len(ids))
-    return {
-        row[0]
-        for row in c.execute(f"SELECT id FROM assets WHERE id IN ({marks}) AND hold_count > 0", ids)
-    }
 
 
 class SqliteStore:
@@ -172,13 +125,6 @@ class SqliteStore:
         for change in changes:
             self._changes.put_nowait(change)
 
-    @staticmethod
-    def _next_revision(conn: sqlite3.Connection) -> int:
-        row = conn.execute(
-            "UPDATE counters SET value = value + 1 WHERE name = 'revision' RETURNING value"
-        ).fetchone()
-        return int(row[0])
-
     # --- lifecycle ------------------------------------------------------------------
 
     def _claim(self) -> None:
@@ -188,42 +134,15 @@ class SqliteStore:
     async def open(self) -> None:
         self._claim()
 
-        def connect() -> sqlite3.Connection:
-            own_files(self.path)
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            conn.row_factory = sqlite3.Row
-            # Before anything writes the header: it takes effect on a new database only (an
-            # older one is converted by Room.open).
-            conn.execute(f"PRAGMA auto_vacuum = {INCREMENTAL}")
-            conn.execute("PRAGMA journal_mode=WAL")
-            # FULL: a committed transition survives power loss, matching the fsynced bytes.
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.execute("PRAGMA busy_timeout=5000")
-            conn.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}")
-            try:
-                fresh = not conn.execute(
-                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'assets'"
-                ).fetchone()
-                # An older database is migrated first: SCHEMA's indexes name new columns.
-                if not fresh:
-                    migrate(conn, self.path, fresh)
-                conn.executescript(SCHEMA)
-                if fresh:
-                    migrate(conn, self.path, fresh)
-                if self._shared is not None:
-                    self._seen = _shared.create(conn)
-                # Before the writer thread starts, which makes every later use of the reserve.
-                self.room.open(conn)
-                opened = os.stat(self.path)
-                self._identity = (opened.st_dev, opened.st_ino)
-            except BaseException:
-                conn.close()
-                raise
+        def connected() -> sqlite3.Connection:
+            conn, self._seen, self._identity = connect(
+                self.path, self.room, self._shared is not None
+            )
             return conn
 
         loop = asyncio.get_running_loop()
         try:
-            conn = await loop.run_in_executor(self._readers.executor, connect)
+            conn = await loop.run_in_executor(self._readers.executor, connected)
         except BaseException as exc:
             self._unclaim()  # a store that did not open holds nothing
             if not isinstance(exc, sqlite3.Error):
@@ -312,14 +231,7 @@ class SqliteStore:
         now = self._readers.get_on_loop(asset_id)
         if not isinstance(now, Later):
             return now
-
-        def q(c: sqlite3.Connection) -> Asset | None:
-            row = c.execute(
-                f"SELECT {READ_COLUMNS} FROM {RECORDS} WHERE id = ?", (asset_id,)
-            ).fetchone()
-            return _retention.assets_with_holds(c, [row])[0] if row else None
-
-        return await self._read(q)
+        return await self._read(lambda c: _queries.get(c, asset_id))
 
     async def get_many(self, asset_ids: Sequence[str]) -> dict[str, Asset]:
         return await self._select_many(LISTED_COLUMNS, asset_ids, holds=True)
@@ -336,103 +248,21 @@ class SqliteStore:
         self, columns: str, asset_ids: Sequence[str], holds: bool = False
     ) -> dict[str, Asset]:
         ids = list(asset_ids)
-
-        def q(c: sqlite3.Connection) -> dict[str, Asset]:
-            found: dict[str, Asset] = {}
-            # Several statements read one snapshot only inside one read transaction.
-            several = len(ids) > 500
-            if several:
-                c.execute("BEGIN")
-            try:
-                for start in range(0, len(ids), 500):
-                    part = ids[start : start + 500]
-                    marks = ",".join("?" * len(part))
-                    sql = f"SELECT {columns} FROM {RECORDS} WHERE id IN ({marks})"
-                    rows = c.execute(sql, part).fetchall()
-                    assets = (
-                        _retention.assets_with_holds(c, rows)
-                        if holds
-                        else [row_to_asset(row) for row in rows]
-                    )
-                    for asset in assets:
-                        found[asset.id] = asset
-            finally:
-                if several:
-                    c.execute("COMMIT")
-            return found
-
-        return await self._read(q) if ids else {}
+        if not ids:
+            return {}
+        return await self._read(lambda c: _queries.select_many(c, columns, ids, holds))
 
     async def query(
         self, flt: AssetFilter, limit: int, page_token: str, max_bytes: int | None = None
     ) -> Page:
-        after = decode_token(page_token, flt) if page_token else 0
-        where: list[str] = ["seq > ?"]
-        args: list[object] = [after]
-        if flt.status is not None:
-            where.append("status = ?")
-            args.append(flt.status.value)
-        if flt.type is not None:
-            where.append("type = ?")
-            args.append(flt.type.value)
-        if flt.created_by_task:
-            where.append("created_by_task = ?")
-            args.append(flt.created_by_task)
-        if flt.label:
-            where.append("label = ?")
-            args.append(flt.label)
-        if flt.key:
-            where.append("asset_key = ?")
-            args.append(flt.key)
-        if flt.sha256:
-            where.append("sha256 = ?")
-            args.append(flt.sha256)
-        for tag in flt.tags:
-            where.append("id IN (SELECT asset_id FROM asset_tags WHERE tag = ?)")
-            args.append(tag)
-        sql = (
-            f"SELECT seq, {LISTED_COLUMNS} FROM {RECORDS} WHERE {' AND '.join(where)} "
-            "ORDER BY seq LIMIT ?"
-        )
-
-        def q(c: sqlite3.Connection) -> Page:
-            # One read transaction: the counter and the rows are one cut (WAL snapshot).
-            c.execute("BEGIN")
-            try:
-                revision = _counter(c)
-                # Rows are read one at a time: a page that stops at max_bytes reads no more.
-                rows = c.execute(sql, (*args, limit + 1))
-                try:
-                    assets, last = _paging.fill_page(
-                        rows, limit, max_bytes, row_to_asset, lambda r: int(r["seq"])
-                    )
-                finally:
-                    rows.close()
-                held = sorted(_held_ids(c, assets))
-                if held:
-                    holds = _retention.holds_of(c, held)
-                    assets = [
-                        Asset(**{**a.__dict__, "holds": holds[a.id]}) if a.id in holds else a
-                        for a in assets
-                    ]
-            finally:
-                c.execute("COMMIT")
-            return Page(assets, encode_token(last, flt) if last is not None else "", revision)
-
-        return await self._read(q)
+        sql, args = _queries.page_statement(flt, page_token)
+        return await self._read(lambda c: _queries.page(c, flt, sql, args, limit, max_bytes))
 
     async def current_revision(self) -> int:
-        return await self._read(_counter)
+        return await self._read(_queries.counter)
 
     async def count_by_status(self) -> dict[Status, int]:
-        def q(c: sqlite3.Connection) -> dict[Status, int]:
-            counts = dict.fromkeys(Status, 0)
-            # The (status, seq) index covers it: no record is read.
-            for status, n in c.execute("SELECT status, COUNT(*) FROM assets GROUP BY status"):
-                counts[Status(status)] = int(n)
-            return counts
-
-        return await self._read(q)
+        return await self._read(_queries.count_by_status)
 
     async def changes_since(self, after: int, limit: int, task: str = "") -> Replay:
         return await self._read(lambda c: _tombstones.changes_since(c, after, limit, task))
@@ -465,95 +295,24 @@ class SqliteStore:
 
     async def insert(self, asset: Asset) -> Asset:
         # Runs in a group transaction, in its own savepoint (_writer.py).
-        def w(c: sqlite3.Connection) -> tuple[Asset, Change]:
-            try:
-                rev = self._next_revision(c)
-                c.execute(
-                    f"INSERT INTO assets ({COLUMNS}, key_slot) "
-                    f"VALUES ({', '.join('?' * (COLUMN_COUNT + 1))})",
-                    # key_slot holds the key (unique index assets_key_slot)
-                    (*asset_row(asset, rev), asset.key or None),
-                )
-                c.executemany(
-                    "INSERT INTO asset_tags (tag, asset_id) VALUES (?, ?)",
-                    [(t, asset.id) for t in asset.tags],
-                )
-                _leases.create(c, asset)
-            except sqlite3.IntegrityError as exc:
-                if "key_slot" in str(exc):
-                    raise KeyTaken(asset.key) from None
-                raise Conflict(f"asset {asset.id} already exists") from None
-            stored = Asset(**{**asset.__dict__, "revision": rev, "holds": ()})
-            _retention.account(c, None, stored)
-            return stored, Change(ChangeKind.PUT, stored)
-
         cost = len(asset.value.data) if asset.value else 0
-        result: Asset = await self._open_writer().submit(w, cost)
+        result: Asset = await self._open_writer().submit(lambda c: _writes.insert(c, asset), cost)
         return result
 
     async def key_holder(self, key: str) -> Asset | None:
-        def q(c: sqlite3.Connection) -> Asset | None:
-            row = c.execute(
-                f"SELECT {LISTED_COLUMNS} FROM {RECORDS} WHERE key_slot = ?", (key,)
-            ).fetchone()
-            return row_to_asset(row) if row else None
-
-        return await self._read(q)
+        return await self._read(lambda c: _queries.key_holder(c, key))
 
     async def release_key(self, asset_id: str, key: str) -> bool:
-        # A write of the slot only: no revision, no change (clients see no difference).
-        def w(c: sqlite3.Connection) -> tuple[bool, None]:
-            cur = c.execute(
-                "UPDATE assets SET key_slot = NULL WHERE id = ? AND key_slot = ?", (asset_id, key)
-            )
-            return cur.rowcount == 1, None
-
-        result: bool = await self._open_writer().submit(w)
+        result: bool = await self._open_writer().submit(
+            lambda c: _writes.release_key(c, asset_id, key)
+        )
         return result
 
     async def transition(
         self, asset_id: str, expected: Status, change: Transition, now: datetime
     ) -> Asset:
-        sets = transition_fields(
-            change,
-            now,
-            value_column="value_data",
-            timestamp=datetime.isoformat,
-            expiry_column="expires_ms",
-            expiry=to_ms,
-        )
-        test = lease_condition(change)
-        leaves_pending = expected is Status.PENDING and sets.get("status", expected) != expected
-        by_rule = rule_expiry(change) is not None
-
-        # Runs in a group transaction, in its own savepoint, on the one writer thread: the
-        # reads and writes below are one atomic step (raising rolls back its savepoint).
-        def w(c: sqlite3.Connection) -> tuple[Asset, Change]:
-            before = _retention.current(c, asset_id)
-            if before is None:
-                raise NotFound(f"asset {asset_id} not found")
-            if before.status is not expected:
-                raise Conflict(
-                    f"asset {asset_id} is {before.status.value}, expected {expected.value}"
-                )
-            if by_rule and before.expiry_rule in EXPLICIT_EXPIRIES:
-                raise Conflict(f"asset {asset_id}'s expiry was set by a client meanwhile")
-            fields = dict(sets)
-            last_end = _leases.check_and_end(c, asset_id, test, to_ms(now), leaves_pending)
-            if last_end is not None:
-                fields["lease_expires_ms"] = last_end  # the record keeps the lease's last end
-            rev = self._next_revision(c)
-            assignments = ", ".join(f"{k} = ?" for k in fields)
-            row = c.execute(
-                f"UPDATE assets SET {assignments}, revision = ? WHERE id = ? RETURNING {COLUMNS}",
-                (*fields.values(), rev, asset_id),
-            ).fetchone()
-            updated = row_to_asset(row)
-            _retention.account(c, before, updated)
-            if leaves_pending:
-                _retention.settle_task(c, before)
-            return updated, Change(ChangeKind.PUT, updated)
-
+        # Runs in a group transaction, in its own savepoint, on the one writer thread.
+        w = _writes.transition(asset_id, expected, change, now)
         value = change.value if isinstance(change, Fulfillment) else None
         result: Asset = await self._open_writer().submit(w, len(value.data) if value else 0)
         return result
@@ -561,70 +320,28 @@ class SqliteStore:
     async def renew_lease(self, asset_id: str, seconds: int, now: datetime, by: str) -> Asset:
         at = to_ms(now)
 
-        # A write of the lease's record only: no revision, no change (_settle publishes
-        # none), in a group transaction like any write.
-        def w(c: sqlite3.Connection) -> tuple[Asset, None]:
-            _leases.renew(c, asset_id, seconds, at, by)
-            row = c.execute(
-                f"SELECT {LISTED_COLUMNS} FROM {RECORDS} WHERE id = ?", (asset_id,)
-            ).fetchone()
-            return row_to_asset(row), None
-
-        result: Asset = await self._open_writer().submit(w)
+        # In a group transaction like any write.
+        result: Asset = await self._open_writer().submit(
+            lambda c: _writes.renew_lease(c, asset_id, seconds, at, by)
+        )
         return result
 
     async def set_block_sums(self, asset_id: str, storage_path: str, sums: BlockSums) -> bool:
-        # In a group transaction like any write, but no revision and no change: clients
-        # never see block sums.
-        def w(c: sqlite3.Connection) -> tuple[bool, None]:
-            cur = c.execute(
-                "UPDATE assets SET block_sums = ? WHERE id = ? AND storage_path = ? "
-                "AND storage_path != ''",
-                (sums.encode(), asset_id, storage_path),
-            )
-            return cur.rowcount == 1, None
-
-        result: bool = await self._open_writer().submit(w, len(sums.crcs))
+        # In a group transaction like any write.
+        result: bool = await self._open_writer().submit(
+            lambda c: _writes.set_block_sums(c, asset_id, storage_path, sums), len(sums.crcs)
+        )
         return result
-
-    def _delete_once(
-        self, c: sqlite3.Connection, asset_id: str, by: str, removal: Removal | None
-    ) -> Asset | None:
-        with transaction(c):
-            before = _retention.current(c, asset_id)
-            if before is None:
-                return None  # nothing changed: the empty commit writes nothing
-            _retention.check_removal(before, removal)
-            row = c.execute(
-                f"DELETE FROM assets WHERE id = ? RETURNING {COLUMNS}", (asset_id,)
-            ).fetchone()
-            rev = self._next_revision(c)
-            c.execute("DELETE FROM asset_tags WHERE asset_id = ?", (asset_id,))
-            last_end = _leases.drop(c, asset_id)
-            _retention.drop_holds(c, asset_id)
-            fields = {
-                **row_to_asset(row).__dict__,
-                "revision": rev,
-                "updated_by": by,
-                "deletion_reason": removal.reason if removal is not None else "",
-            }
-            if last_end is not None:
-                fields["lease_expires_at"] = from_ms(last_end)
-            gone = Asset(**fields)
-            _retention.account(c, before, None)
-            _retention.settle_task(c, before)
-            _tombstones.keep(c, gone)
-            if self._shared is not None:
-                _shared.append(c, Change(ChangeKind.DELETE, gone))
-        return gone
 
     async def delete(
         self, asset_id: str, by: str = "", removal: Removal | None = None
     ) -> Asset | None:
         # Alone in its transaction: on a full disk it is retried with the reserve released.
+        shared = self._shared is not None
+
         def w(c: sqlite3.Connection) -> tuple[Asset | None, Change | None]:
             gone = self.room.delete(
-                c, lambda: self._delete_once(c, asset_id, by, removal), asset_id
+                c, lambda: _writes.delete_once(c, asset_id, by, removal, shared), asset_id
             )
             if gone is None:
                 return None, None

@@ -160,13 +160,19 @@ def renew(settings: Settings, asset_id: str, lease: int, json_: bool) -> None:
 
 @cli.command()
 @click.argument("asset_ids", nargs=-1, required=True)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Delete held assets too (their holds go with them); without it a held asset "
+    "is refused (exit 19) with a message naming its holders.",
+)
 @json_flag
 @pass_settings
-def rm(settings: Settings, asset_ids: tuple[str, ...], json_: bool) -> None:
+def rm(settings: Settings, asset_ids: tuple[str, ...], force: bool, json_: bool) -> None:
     """Delete assets (record and bytes; admin role); print each id deleted."""
     with settings.connect() as client:
         for asset_id in asset_ids:
-            asset = client.delete(asset_id)
+            asset = client.delete(asset_id, force=force)
             emit(settings, json_, asset, asset.id)
 
 
