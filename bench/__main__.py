@@ -12,7 +12,8 @@ from pathlib import Path
 from bench._object_store import object_store_rows
 from bench._report import Row, environment, summary, write_json
 from bench._reuse import reuse_rows
-from bench._rows import Sizes, fanout_rows, guarded, server, store_rows, transfer_rows, unary_rows
+from bench._rows import Sizes, fanout_rows, guarded, server, store_rows, unary_rows
+from bench._transfer import transfer_rows
 from bench._watchers import fulfil_latency_row
 
 GROUPS = ("transfer", "fanout", "unary", "reuse", "store")
