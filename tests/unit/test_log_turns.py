@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-from collections.abc import Iterator
 
 import pytest
 
@@ -26,19 +25,10 @@ class Writes(io.StringIO):
 
 
 @pytest.fixture
-def out() -> Iterator[Writes]:
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
+def out(restore_root: None) -> Writes:
     stream = Writes()
     logs.configure("INFO", "text", stream)
-    try:
-        yield stream
-    finally:
-        for handler in list(root.handlers):
-            root.removeHandler(handler)
-        for handler in handlers:
-            root.addHandler(handler)
-        root.setLevel(level)
+    return stream
 
 
 log = logging.getLogger("asset_service.access")
