@@ -171,3 +171,18 @@ async def test_a_record_read_again_is_reread_once_anything_commits(store: Sqlite
     # And a write of the store's own writer (its own connection) too.
     await store.insert(pending_record())
     assert await store.get(made.id) is not again
+
+
+async def test_what_is_known_is_bounded_by_its_values_bytes(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from asset_service.store.sqlite import _readers
+
+    monkeypatch.setattr(_readers, "KNOWN_MAX_BYTES", 3000)
+    one, two = [await store.insert(value_record(2000)) for _ in range(2)]
+    first = await store.get(one.id)
+    assert await store.get(one.id) is first
+    await store.get(two.id)  # 4000 bytes would be known: what was is forgotten first
+    assert store._readers._known_bytes == 2000
+    again = await store.get(one.id)
+    assert again == first and again is not first

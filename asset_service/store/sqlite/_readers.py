@@ -20,8 +20,10 @@ T = TypeVar("T")
 READ_THREADS = 4
 
 
-# Records kept for the loop's point reads between two commits (a few hundred KiB at most).
+# Records kept for the loop's point reads between two commits: so many, and values of
+# so many bytes in all (each value is at most LOOP_READ_MAX_VALUE).
 KNOWN_MAX = 1024
+KNOWN_MAX_BYTES = 4 * 1024 * 1024
 
 
 class Later:
@@ -47,6 +49,7 @@ class Readers:
         # Records the loop read, while the database is as it was then (_known).
         self._known: dict[str, Asset] = {}
         self._known_version: int | None = None
+        self._known_bytes = 0
 
     async def open_loop_connection(self) -> None:
         """The event loop's connection, with no busy timeout (opened on a reader thread)."""
@@ -88,7 +91,7 @@ class Readers:
                 if known is not None:
                     return known
             else:
-                self._known.clear()
+                self._forget()
                 self._known_version = version
             # fetchall, not fetchone: the statement runs to its end and leaves no read
             # transaction open on the loop's connection.
@@ -105,10 +108,16 @@ class Readers:
         if row["hold_count"]:
             return LATER  # its holds are read beside it, off the loop
         asset = row_to_asset(row)
-        if len(self._known) >= KNOWN_MAX:
-            self._known.clear()
+        size = len(asset.value.data) if asset.value else 0
+        if len(self._known) >= KNOWN_MAX or self._known_bytes + size > KNOWN_MAX_BYTES:
+            self._forget()
         self._known[asset_id] = asset
+        self._known_bytes += size
         return asset
+
+    def _forget(self) -> None:
+        self._known.clear()
+        self._known_bytes = 0
 
     def close(self) -> None:
         """Wait for the reads in progress, then close every connection."""
