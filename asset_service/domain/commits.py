@@ -29,9 +29,17 @@ class Handover:
     cancelled RPC can never remove bytes that a record may already point at.
     """
 
-    def __init__(self, blob: StagedBlob) -> None:
+    def __init__(self, blob: StagedBlob, shares: str = "") -> None:
         self.blob = blob
+        # The storage path of the stored bytes `blob` is a clone of (BlobStorage.clone),
+        # or "". A commit that returns that very path shares them: its record is written
+        # with shared=True (domain/references.py).
+        self.shares = shares
         self._taken = False
+
+    def shared(self, path: str) -> bool:
+        """Whether a record at `path` (what commit returned) shares stored bytes."""
+        return bool(self.shares) and path == self.shares
 
     def take(self) -> StagedBlob:
         self._taken = True
@@ -116,6 +124,7 @@ class Committer:
         """
         try:
             found = (await self.store.settled([asset_id])).get(asset_id)
+            shared = found is None and bool(await self.store.referenced([path]))
         except BaseException:
             self.unsettled.append(_Unsettled(asset_id, path, blob))
             log.warning("record write of asset %s has an unknown outcome: %s", asset_id, cause)
@@ -126,7 +135,12 @@ class Committer:
         if found is not None and found.storage_path == path and found.status is Status.AVAILABLE:
             log.warning("record write of asset %s reported %r but had applied", asset_id, cause)
             return found
-        await blob.rollback()
+        if shared:
+            # It had applied, other records came to share its bytes, and it was deleted
+            # meanwhile: the bytes are theirs now (domain/references.py).
+            await blob.finish()
+        else:
+            await blob.rollback()
         raise cause
 
     async def settle(self) -> int:
@@ -137,12 +151,19 @@ class Committer:
             return 0
         try:
             records = await self.store.settled([item.asset_id for item in pending])
+            # A record that applied may have been shared and deleted since: its bytes
+            # stay while others point at them (domain/references.py).
+            shared = await self.store.referenced(
+                [i.storage_path for i in pending if i.asset_id not in records]
+            )
         except AssetError as exc:
             log.info("%d record write(s) still have an unknown outcome: %s", len(pending), exc)
             return 0
         for item in pending:
             found = records.get(item.asset_id)
-            if found is not None and found.storage_path == item.storage_path:
+            if (
+                found is not None and found.storage_path == item.storage_path
+            ) or item.storage_path in shared:
                 await item.blob.finish()
             else:
                 await item.blob.rollback()

@@ -62,6 +62,16 @@ class KeyTaken(Conflict):
         self.key = key
 
 
+class SharedBytesGone(Conflict):
+    """A write meant to share stored bytes (shared=True) found no live record still
+    pointing at them: the last one went meanwhile and its bytes may be on their way out.
+    Nothing was written; the caller stores the bytes anew."""
+
+    def __init__(self, storage_path: str) -> None:
+        super().__init__(f"no asset holds the stored bytes at {storage_path} any more")
+        self.storage_path = storage_path
+
+
 class PermissionDenied(AssetError):
     """A server-side path lies outside the configured import roots (or crosses a symlink)."""
 

@@ -47,8 +47,15 @@ class MetadataStore(RetentionStore, Protocol):
         reserve is waiting for. Others have nothing to check.
         """
 
-    async def insert(self, asset: Asset) -> Asset:
+    async def insert(self, asset: Asset, *, shared: bool = False) -> Asset:
         """Store a new record; return it with revision (and timestamps) assigned.
+
+        `shared`: the record's storage_path holds bytes other records point at (an object
+        store's bytes stored once): write it only if, in the same atomic write, an
+        AVAILABLE record still points there, else write nothing and raise SharedBytesGone
+        (the last one was deleted meanwhile; its bytes may be on their way out). On
+        MongoDB the write also touches that record, so a racing delete of it conflicts
+        with this write instead of both applying (snapshot isolation's write skew).
 
         A PENDING asset with `lease_seconds` gets its lease record in the same write. It
         runs out at `lease_expires_at` in stores whose clock is the caller's (memory,
@@ -143,8 +150,13 @@ class MetadataStore(RetentionStore, Protocol):
         expected: Status,
         change: Transition,
         now: datetime,
+        *,
+        shared: bool = False,
     ) -> Asset:
         """One conditional write: apply `change` only if the status is `expected`.
+
+        `shared` (a Fulfillment whose storage_path holds bytes other records point at):
+        also only while an AVAILABLE record still points there, as insert() says.
 
         A Corruption applies to an AVAILABLE asset (`expected`) like any transition.
         Leases are judged by the store's clock: `now` in stores whose clock is the caller's
@@ -158,6 +170,12 @@ class MetadataStore(RetentionStore, Protocol):
         Raise NotFound if the asset is gone, Conflict (naming the current status, or the
         lease) if another writer got there first.
         """
+
+    async def referenced(self, storage_paths: Sequence[str]) -> set[str]:
+        """Those of `storage_paths` that some record (any status) points at, read from
+        an index on storage_path. Bytes go only once this says no record points at them:
+        read AFTER a record's delete committed, it sees every record that could still
+        share them (a shared write needs a live one, so none can appear once none is)."""
 
     async def set_block_sums(self, asset_id: str, storage_path: str, sums: BlockSums) -> bool:
         """Keep block sums computed after the fact (an asset stored before they were kept,
@@ -367,9 +385,12 @@ class BlobStorage(UploadSessions, Protocol):
         their record's, and it checked them) staged to be committed under another key
         without being copied: the bytes are then stored once. On the local disk a hard
         link, whose count (the file system's) is the reference count: removing one name
-        leaves the others whole, through any crash. None where the storage cannot (the
-        object store): the caller copies them. Committing raises NotFound if the bytes
-        were removed meanwhile."""
+        leaves the others whole, through any crash. On an object store, the same object:
+        commit() returns `storage_path` itself, the record is written with shared=True
+        (MetadataStore.insert) and rollback() never removes it; the records pointing at
+        it are its references (MetadataStore.referenced). None where the storage cannot:
+        the caller copies them. Committing raises NotFound (SharedBytesGone for the same
+        object) if the bytes were removed meanwhile."""
 
     async def read(
         self,

@@ -38,6 +38,10 @@ async def recover(
             and record.status is Status.AVAILABLE
             and record.storage_path == leftover.storage_path
         )
+        # Its record may have committed, been shared, then deleted: the bytes stay while
+        # any record points at them (domain/references.py), and then it did commit.
+        if not committed and await store.referenced([leftover.storage_path]):
+            committed = True
         await storage.settle(leftover, committed)
     swept = await storage.sweep_dead_staging(limit)
     if leftovers:
@@ -64,10 +68,17 @@ async def reconcile_from(
 
     async def flush() -> int:
         records = await store.get_many(sorted({a for a, _ in batch}))
+        unclaimed = [
+            path
+            for asset_id, path in batch
+            if (rec := records.get(asset_id)) is None or rec.storage_path != path
+        ]
+        # Bytes stored once outlive the record they were stored for while another
+        # points at them (domain/references.py): only those none points at go.
+        shared = await store.referenced(unclaimed) if unclaimed else set()
         count = 0
-        for asset_id, path in batch:
-            rec = records.get(asset_id)
-            if rec is None or rec.storage_path != path:
+        for path in unclaimed:
+            if path not in shared:
                 log.warning("removing orphan file %s (no record points at it)", path)
                 await storage.remove(path)
                 count += 1

@@ -294,7 +294,7 @@ async def test_a_key_that_keeps_changing_hands_ends_in_aborted() -> None:
     call gives up (Conflict: ABORTED, retry) instead of looping forever."""
 
     class Thrashing(MemoryStore):
-        async def insert(self, asset: Asset) -> Asset:
+        async def insert(self, asset: Asset, *, shared: bool = False) -> Asset:
             if asset.key:
                 stale = await super().insert(dataclasses.replace(asset, id=new_asset_id()))
                 await self.transition(stale.id, Status.PENDING, Failure("died"), T0)

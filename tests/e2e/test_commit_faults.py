@@ -4,16 +4,19 @@ A real grpc.aio server runs in this process over a store wrapper that can hold t
 raise after the write applied, raise instead of writing, or fail the re-read; clients talk
 to it through real stubs. Each case runs for uploads, path fulfills and RegisterFile(move),
 and for shared bytes (issue 24): an upload of stored bytes without a chunk
-(reuse_stored_bytes) and one that sends them again, each a second name for the stored
-file, which must stay whole whatever happens to the new one.
+(reuse_stored_bytes), one that sends them again and one that fulfils a promise with them,
+each a second name for the stored file (on MinIO: a second record at the same object),
+which must stay whole whatever happens to the new one, and go with the last holder.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import itertools
 import os
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +32,8 @@ from asset_service.domain.errors import Unavailable
 from asset_service.domain.models import Asset
 from asset_service.server import RunningServer, start
 from asset_service.store.sqlite import SqliteStore
+from tests.backends import MinIO
+from tests.contract import s3_helpers
 from tests.e2e.helpers import read_all, stored_files, upload
 
 _serial = itertools.count()
@@ -65,11 +70,11 @@ class FaultyStore:
             raise Unavailable("injected: connection lost after the write was sent")
         return result
 
-    async def insert(self, asset: Asset) -> Asset:
-        return await self._write(self.inner.insert, asset)
+    async def insert(self, asset: Asset, *, shared: bool = False) -> Asset:
+        return await self._write(functools.partial(self.inner.insert, shared=shared), asset)
 
-    async def transition(self, *args: Any) -> Asset:
-        return await self._write(self.inner.transition, *args)
+    async def transition(self, *args: Any, shared: bool = False) -> Asset:
+        return await self._write(functools.partial(self.inner.transition, shared=shared), *args)
 
     async def get(self, asset_id: str) -> Asset | None:
         if self.reads_fail:
@@ -89,6 +94,27 @@ class Rig:
     stub: pb_grpc.AssetServiceStub
     root: Path
     incoming: Path
+    # The object store's (MinIO's) bucket prefix, or "" on the local disk.
+    s3_prefix: str = ""
+    minio: MinIO | None = None
+
+    async def stored(self) -> set[str]:
+        """The storage paths of every stored file (and staging) there is."""
+        if not self.s3_prefix:
+            return {str(p) for p in stored_files(self.root)}
+        assert self.minio is not None
+        found = set()
+        async with s3_helpers.client(self.minio) as s3:
+            pages = s3.get_paginator("list_objects_v2").paginate(
+                Bucket=s3_helpers.BUCKET, Prefix=self.s3_prefix
+            )
+            async for page in pages:
+                for o in page.get("Contents", []):
+                    if not o["Key"].startswith(f"{self.s3_prefix}tmp/"):
+                        found.add(f"s3://{s3_helpers.BUCKET}/{o['Key']}")
+        if await s3_helpers.staged(self.minio, self.s3_prefix):
+            found.add("(staging left in the bucket)")
+        return found
 
     async def settle(self) -> None:
         """Wait for record writes that outlived their RPC, then settle unknown outcomes."""
@@ -99,27 +125,31 @@ class Rig:
 
 
 @pytest.fixture
-async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
+async def rig(
+    tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Rig]:
+    """The server on the local disk, or (a case of SHARED on "s3") on MinIO."""
     incoming = tmp_path / "incoming"
     incoming.mkdir()
-    settings = load_settings(
-        [
-            "--listen",
-            "127.0.0.1:0",
-            "--storage-root",
-            str(tmp_path / "data"),
-            "--import-root",
-            str(incoming),
-        ],
-        {},
-    )
+    args = ["--listen", "127.0.0.1:0", "--storage-root", str(tmp_path / "data")]
+    args += ["--import-root", str(incoming)]
+    callspec = getattr(request.node, "callspec", None)
+    on_s3 = callspec is not None and callspec.params.get("storage") == "s3"
+    prefix, minio = "", None
+    if on_s3:
+        minio = request.getfixturevalue("minio")
+        for name, value in minio.aws_env().items():
+            monkeypatch.setenv(name, value)
+        prefix = f"faults-{uuid.uuid4().hex[:8]}/"
+        args += ["--storage-url", f"s3://{s3_helpers.BUCKET}/{prefix}"]
+    settings = load_settings(args, {})
+    (tmp_path / "data").mkdir(exist_ok=True)
     store = FaultyStore(SqliteStore(tmp_path / "data" / "assets.db"))
     running = await start(settings, store=store)  # type: ignore[arg-type]
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
-            yield Rig(
-                running, store, pb_grpc.AssetServiceStub(channel), settings.storage_root, incoming
-            )
+            stub = pb_grpc.AssetServiceStub(channel)
+            yield Rig(running, store, stub, settings.storage_root, incoming, prefix, minio)
     finally:
         await running.stop(1)
 
@@ -132,8 +162,10 @@ class Op:
     source: Path | None
     call: Callable[[float | None], Awaitable[Any]]
     find: Callable[[], Awaitable[pb.Asset | None]]
-    # Stored files that were there before and must stay (the bytes a reuse shares).
+    # Stored files that were there before and must stay (the bytes a reuse shares), and
+    # the asset that holds them.
     keep: frozenset[str] = frozenset()
+    base: str = ""
 
 
 async def make_op(kind: str, rig: Rig) -> Op:
@@ -146,6 +178,26 @@ async def make_op(kind: str, rig: Rig) -> Op:
         found = await stub.ListAssets(pb.ListAssetsRequest(label=label))
         return found.assets[0] if found.assets else None
 
+    if kind == "refulfill":
+        # A promise fulfilled by an upload of bytes already stored: a shared transition.
+        base = await upload(stub, [content], label=f"base-{n}.bin")
+        promised = await stub.CreatePendingAsset(
+            pb.CreatePendingAssetRequest(task_id="t", label=label)
+        )
+
+        async def promise() -> pb.Asset | None:
+            return (await stub.GetAsset(pb.GetAssetRequest(asset_id=promised.asset.id))).asset
+
+        return Op(
+            content,
+            None,
+            lambda timeout: upload(
+                stub, [content], timeout=timeout or 30, pending_asset_id=promised.asset.id
+            ),
+            promise,
+            frozenset({base.storage_path}),
+            base.id,
+        )
     if kind in ("reuse", "resend"):
         base = await upload(stub, [content], label=f"base-{n}.bin")
         keep = frozenset({base.storage_path})
@@ -162,6 +214,7 @@ async def make_op(kind: str, rig: Rig) -> Op:
                 lambda timeout: upload(stub, [], timeout=timeout or 30, **header),
                 by_label,
                 keep,
+                base.id,
             )
         return Op(
             content,
@@ -169,6 +222,7 @@ async def make_op(kind: str, rig: Rig) -> Op:
             lambda timeout: upload(stub, [content], timeout=timeout or 30, label=label),
             by_label,
             keep,
+            base.id,
         )
     if kind == "upload":
         return Op(
@@ -201,9 +255,18 @@ async def assert_committed(rig: Rig, op: Op) -> None:
     assert await read_all(rig.stub, asset.id) == op.content
     if op.source is not None:
         assert not op.source.exists(), "the move completed: the source must be gone"
-    for kept in op.keep:  # one file, two names
-        assert os.stat(kept).st_ino == os.stat(asset.storage_path).st_ino
-    assert_clean(rig, {asset.storage_path, *op.keep})
+    for kept in op.keep:  # one file, two names (one object, two records)
+        if rig.s3_prefix:
+            assert asset.storage_path == kept
+        else:
+            assert os.stat(kept).st_ino == os.stat(asset.storage_path).st_ino
+    await assert_clean(rig, {asset.storage_path, *op.keep})
+    if op.base:
+        # The bytes go with the last of their holders only, whichever goes first.
+        await rig.stub.DeleteAsset(pb.DeleteAssetRequest(asset_id=op.base))
+        assert await read_all(rig.stub, asset.id) == op.content
+        await rig.stub.DeleteAsset(pb.DeleteAssetRequest(asset_id=asset.id))
+        await assert_clean(rig, set())
 
 
 async def assert_rolled_back(rig: Rig, op: Op) -> None:
@@ -213,29 +276,42 @@ async def assert_rolled_back(rig: Rig, op: Op) -> None:
     if op.source is not None:
         assert op.source.read_bytes() == op.content, "the worker's file must stay"
     for kept in op.keep:  # the stored bytes stay whole, with no other name left
-        assert Path(kept).read_bytes() == op.content and os.stat(kept).st_nlink == 1
-    assert_clean(rig, set(op.keep))
+        if not rig.s3_prefix:
+            assert Path(kept).read_bytes() == op.content and os.stat(kept).st_nlink == 1
+    if op.base:
+        assert await read_all(rig.stub, op.base) == op.content
+    await assert_clean(rig, set(op.keep))
 
 
-def assert_clean(rig: Rig, expected: set[str]) -> None:
-    files = {str(p) for p in stored_files(rig.root)}
+async def assert_clean(rig: Rig, expected: set[str]) -> None:
+    files = await rig.stored()
     assert files == expected, f"stored files {files} != {expected}"
-    assert list(rig.running.manager.storage.intents.iterdir()) == []  # type: ignore[attr-defined]
+    if not rig.s3_prefix:
+        assert list(rig.running.manager.storage.intents.iterdir()) == []  # type: ignore[attr-defined]
 
 
-KINDS = ["upload", "fulfill", "register", "reuse", "resend"]
+# (storage, kind): every kind on the local disk; those with shared bytes on MinIO too,
+# where the records pointing at one object are its references (domain/references.py).
+SHARED = ["reuse", "resend", "refulfill"]
+CASES = [("local", k) for k in ["upload", "fulfill", "register", *SHARED]] + [
+    ("s3", k) for k in SHARED
+]
 
 
-@pytest.mark.parametrize("kind", KINDS)
-async def test_write_applied_then_error_is_confirmed_by_a_re_read(rig: Rig, kind: str) -> None:
+@pytest.mark.parametrize(("storage", "kind"), CASES)
+async def test_write_applied_then_error_is_confirmed_by_a_re_read(
+    rig: Rig, storage: str, kind: str
+) -> None:
     op = await make_op(kind, rig)
     rig.store.armed, rig.store.fail_after = True, True
     await op.call(10)  # the re-read shows the write applied: an OK answer
     await assert_committed(rig, op)
 
 
-@pytest.mark.parametrize("kind", KINDS)
-async def test_unknown_outcome_keeps_the_bytes_and_the_source(rig: Rig, kind: str) -> None:
+@pytest.mark.parametrize(("storage", "kind"), CASES)
+async def test_unknown_outcome_keeps_the_bytes_and_the_source(
+    rig: Rig, storage: str, kind: str
+) -> None:
     op = await make_op(kind, rig)
     rig.store.armed, rig.store.fail_after = True, True
     rig.store.then_reads_fail = True  # the re-read fails too: nobody can know yet
@@ -253,9 +329,9 @@ async def test_unknown_outcome_keeps_the_bytes_and_the_source(rig: Rig, kind: st
     await assert_committed(rig, op)
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize(("storage", "kind"), CASES)
 async def test_unknown_outcome_of_a_write_that_did_not_apply_rolls_back(
-    rig: Rig, kind: str
+    rig: Rig, storage: str, kind: str
 ) -> None:
     op = await make_op(kind, rig)
     rig.store.armed, rig.store.fail_before = True, True
@@ -268,8 +344,8 @@ async def test_unknown_outcome_of_a_write_that_did_not_apply_rolls_back(
     await assert_rolled_back(rig, op)
 
 
-@pytest.mark.parametrize("kind", KINDS)
-async def test_a_write_that_failed_cleanly_rolls_back(rig: Rig, kind: str) -> None:
+@pytest.mark.parametrize(("storage", "kind"), CASES)
+async def test_a_write_that_failed_cleanly_rolls_back(rig: Rig, storage: str, kind: str) -> None:
     op = await make_op(kind, rig)
     rig.store.armed, rig.store.fail_before = True, True
     with pytest.raises(grpc.aio.AioRpcError) as info:
@@ -279,8 +355,10 @@ async def test_a_write_that_failed_cleanly_rolls_back(rig: Rig, kind: str) -> No
 
 
 @pytest.mark.parametrize("how", ["cancel", "deadline"])
-@pytest.mark.parametrize("kind", KINDS)
-async def test_cancelled_while_the_record_is_written(rig: Rig, kind: str, how: str) -> None:
+@pytest.mark.parametrize(("storage", "kind"), CASES)
+async def test_cancelled_while_the_record_is_written(
+    rig: Rig, storage: str, kind: str, how: str
+) -> None:
     op = await make_op(kind, rig)
     rig.store.armed, rig.store.hold = True, asyncio.Event()
     rig.store.write_started.clear()

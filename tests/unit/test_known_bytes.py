@@ -204,3 +204,19 @@ async def test_bytes_sent_again_are_kept_when_the_stored_ones_are_corrupt(
     assert os.stat(second.storage_path).st_ino != os.stat(first.storage_path).st_ino
     assert await read_all(manager, second.id) == DATA
     assert (await manager.get(first.id)).corrupt_reason
+
+
+async def test_a_resumable_upload_of_stored_bytes_is_a_second_name(
+    manager: AssetManager,
+) -> None:
+    """A resumable upload (upload_id) completed in its first stream keeps stored bytes
+    once too: the session's own copy goes, the asset is a hard link to the stored file,
+    and a later stream of the same upload_id answers with it."""
+    first = await manager.upload(UploadHeader(label="first.bin"), chunks(DATA))
+    header = UploadHeader(label="resumable.bin", upload_id="upload-0001", expected_sha256=SHA)
+    done = await manager.upload(header, chunks(DATA))
+    one, two = os.stat(first.storage_path), os.stat(done.storage_path)
+    assert (one.st_ino, one.st_nlink) == (two.st_ino, 2)
+    assert (await manager.upload(header, chunks(DATA))).id == done.id
+    await manager.delete(first.id)
+    assert await read_all(manager, done.id) == DATA

@@ -270,6 +270,7 @@ async def test_an_older_deployment_gets_only_its_missing_indexes() -> None:
                 "key_seq",
                 "sha256_seq",
                 "key_slot",
+                "storage_path",
             ],
         )
     ]

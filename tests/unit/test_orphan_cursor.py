@@ -36,6 +36,9 @@ class Store:
 
         return {a: Rec(a) for a in asset_ids if IDS.index(a) % 5}
 
+    async def referenced(self, storage_paths: Sequence[str]) -> set[str]:
+        return set()  # no bytes shared here
+
 
 async def test_each_run_lists_a_bounded_part_and_the_passes_resume() -> None:
     storage, store = Storage(), Store()

@@ -30,6 +30,7 @@ from asset_service.domain.errors import (
     Overloaded,
     PermissionDenied,
     ResourceExhausted,
+    SharedBytesGone,
     StorageFull,
     Timeout,
     TooLarge,
@@ -356,7 +357,7 @@ async def too_large(w: World) -> None:
 
 
 async def storage_full(w: World) -> None:
-    async def full(asset: Asset) -> Asset:
+    async def full(asset: Asset, *, shared: bool = False) -> Asset:
         raise StorageFull("the metadata database's disk is full")
 
     w.store.insert = full  # type: ignore[method-assign]
@@ -398,8 +399,8 @@ async def unavailable(w: World) -> None:
 async def outcome_unknown(w: World) -> None:
     applied = w.store.insert
 
-    async def lost_reply(asset: Asset) -> Asset:
-        await applied(asset)
+    async def lost_reply(asset: Asset, *, shared: bool = False) -> Asset:
+        await applied(asset, shared=shared)
         await w.store.close()  # the store goes away before it answers
         raise Unavailable("connection reset")
 
@@ -439,6 +440,8 @@ RAISED_OUTSIDE_THE_DOMAIN = {
     LeaseRanOut: "a store's verdict on a lease, which the manager turns into FailedPrecondition",
     KeyTaken: "a store's verdict on a keyed insert: get-or-create reads the key's holder again "
     "(tests/contract/test_key_contract.py)",
+    SharedBytesGone: "a store's verdict on a shared write: the upload keeps or sends its own "
+    "bytes (tests/contract/test_shared_bytes_contract.py, tests/contract/test_s3_shared_bytes.py)",
 }
 
 

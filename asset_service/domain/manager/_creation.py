@@ -218,7 +218,10 @@ async def insert_file(
         )
 
     return await ctx.commits.publish(
-        handover, asset_id, key, lambda path: ctx.store.insert(record(path))
+        handover,
+        asset_id,
+        key,
+        lambda path: ctx.store.insert(record(path), shared=handover.shared(path)),
     )
 
 

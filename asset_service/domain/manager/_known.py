@@ -7,7 +7,12 @@ import logging
 from collections.abc import AsyncIterator
 
 from asset_service.domain.commits import Handover
-from asset_service.domain.errors import IntegrityError, InvalidArgument, NotFound
+from asset_service.domain.errors import (
+    IntegrityError,
+    InvalidArgument,
+    NotFound,
+    SharedBytesGone,
+)
 from asset_service.domain.manager import _creation, _resumable
 from asset_service.domain.manager._base import READ_CHUNK_BYTES, verify
 from asset_service.domain.manager._context import Context
@@ -26,6 +31,8 @@ log = logging.getLogger(__name__)
 # Stored assets of the declared sha256 tried as the source of a copy before the upload is
 # answered NOT_FOUND (each costs a read of its record and a check of its file).
 MAX_SOURCES = 16
+# Stored copies tried in turn when each one's last holder goes while it is being shared.
+MAX_SHARE_ROUNDS = 3
 
 
 async def upload(
@@ -50,9 +57,10 @@ async def _upload_reusing(
     out (presence, size, the corrupt mark, a full check if changed since); they are copied
     on the server, through the block checks a read makes, and hashed again as they are
     written, and the copy must hash to the declared sha256 like any upload. Where the
-    storage can (BlobStorage.clone: a hard link on the local disk, shared bytes in memory)
-    nothing is copied at all: the new asset is a second name for the same bytes, stored
-    once, and the file system's link count is their reference count.
+    storage can (BlobStorage.clone: a hard link on the local disk, shared bytes in memory,
+    the same object in a bucket) nothing is copied at all: the new asset is a second name
+    for the same bytes, stored once; the file system's link count, or the records
+    pointing at the object (domain/references.py), are their reference count.
     """
     if header.upload_id:
         raise InvalidArgument(
@@ -71,21 +79,32 @@ async def _upload_reusing(
             "bytes it stores); to send the bytes, send a stream without it"
         )
     assert plan.expected_size is not None
-    source = await _stored_source(ctx, plan.expected_sha, plan.expected_size)
     missing = f"no stored bytes of {plan.expected_size} bytes with sha256 {plan.expected_sha}"
-    if source is None:
-        raise NotFound(f"{missing}: send them (a stream without reuse_stored_bytes)")
     await ctx.store.check_room()
     asset_id, key = _creation.upload_target(plan)
-    try:
-        cloned = await _clone_of(ctx, source)
-    except IntegrityError as exc:
-        raise NotFound(f"{missing} that check out ({exc.message}): send them") from None
-    if cloned is not None:
+    for _ in range(MAX_SHARE_ROUNDS):
+        source = await _stored_source(ctx, plan.expected_sha, plan.expected_size)
+        if source is None:
+            raise NotFound(f"{missing}: send them (a stream without reuse_stored_bytes)")
+        try:
+            cloned = await _clone_of(ctx, source)
+        except IntegrityError as exc:
+            raise NotFound(f"{missing} that check out ({exc.message}): send them") from None
+        if cloned is None:
+            break
         # Stored once: a second name for the same bytes (their record's sha256 and sums,
-        # just checked); the file system counts the names.
-        with Handover(cloned) as handover:
-            return await complete_deduplicated(ctx, plan, handover, by, asset_id, key)
+        # just checked); the file system counts the names, or the records pointing at
+        # one object do (domain/references.py).
+        try:
+            with Handover(cloned, source.storage_path) as handover:
+                return await complete_deduplicated(ctx, plan, handover, by, asset_id, key)
+        except SharedBytesGone:
+            # Its last holder was deleted meanwhile: look again (another asset may hold
+            # the same bytes), else the client sends them.
+            log.info("stored bytes of asset %s went meanwhile; looking again", source.id)
+            continue
+    else:
+        raise NotFound(f"{missing} that stay stored while this runs: send them")
     writer = ctx.storage.new_writer(key)
     with Handover(writer) as handover:
         try:
@@ -119,10 +138,16 @@ async def complete_deduplicated(
     ctx: Context, plan: UploadPlan, handover: Handover, by: str, asset_id: str = "", key: str = ""
 ) -> Asset:
     """Bytes sent that the server already stores are kept once: the staged copy goes,
-    and the asset is a second name for the stored bytes (where the storage can: the
-    local disk). Not for resumable uploads, whose session owns its bytes."""
+    and the asset is a second name for the stored bytes (where the storage can: a hard
+    link on the local disk, the same object in a bucket).
+
+    A resumable upload's too, completed in its first stream or a later one (whose plan
+    is the session's header, without upload_id): its session is already recorded as
+    completing this asset id and sha256 (_resumable._complete_session), so dropping the
+    session's bytes (the blob's rollback: the bytes only, the record stays) leaves a
+    later stream of the upload_id finding the asset, as it would its own bytes."""
     blob = handover.blob
-    if plan.header.upload_id or plan.header.reuse_stored_bytes:
+    if plan.header.reuse_stored_bytes:
         return await _creation.complete_upload(ctx, plan, handover, by, asset_id, key)
     verify(blob, plan.expected_size, plan.expected_sha)
     source = await _stored_source(ctx, blob.sha256, blob.size_bytes)
@@ -134,9 +159,16 @@ async def complete_deduplicated(
             log.warning("asset %s not shared: %s", source.id, exc.message)
     if cloned is None:
         return await _creation.complete_upload(ctx, plan, handover, by, asset_id, key)
+    assert source is not None
+    try:
+        with Handover(cloned, source.storage_path) as shared:
+            stored = await _creation.complete_upload(ctx, plan, shared, by, asset_id, key)
+    except SharedBytesGone:
+        # The last asset holding those bytes was deleted meanwhile: keep the bytes sent.
+        log.info("stored bytes of asset %s went meanwhile; keeping those sent", source.id)
+        return await _creation.complete_upload(ctx, plan, handover, by, asset_id, key)
     blob.discard()  # the bytes sent, identical to the stored ones, are not kept
-    with Handover(cloned) as shared:
-        return await _creation.complete_upload(ctx, plan, shared, by, asset_id, key)
+    return stored
 
 
 async def _stored_source(ctx: Context, sha256: str, size: int) -> Asset | None:

@@ -32,6 +32,7 @@ from asset_service.domain.models import (
     parse_asset_id,
     validate_task_id,
 )
+from asset_service.domain.references import remove_unreferenced
 from asset_service.domain.retention import TASK_OWNER, check_ttl, deletion_reason
 from asset_service.domain.usage import ALL, Usage, UsageGroup, rows_of
 
@@ -118,10 +119,12 @@ async def delete(ctx: Context, asset_id: str, *, by: str = "", force: bool = Fal
         removed = await ctx.store.delete(asset_id, by, removal)
         if removed is None:
             raise NotFound(f"asset {asset_id} not found")
-        # Record first, bytes second: a crash in between leaves an orphan file that
-        # reconcile removes, never a record without its bytes.
-        if removed.storage_path:
-            await ctx.storage.remove(removed.storage_path)
+        # Record first, bytes second (and only if no other record shares them): a crash
+        # in between leaves an orphan file that reconcile removes, never a record
+        # without its bytes (domain/references.py).
+        if removed.storage_path and await remove_unreferenced(
+            ctx.store, ctx.storage, removed.storage_path
+        ):
             await space_freed(ctx)
         return removed
 
@@ -158,10 +161,10 @@ async def _expire(ctx: Context, asset: Asset, now: datetime) -> str:
             gone = await ctx.store.delete(asset.id, RETENTION_PRINCIPAL, removal)
             if gone is None:
                 return ""
-            # Record first, bytes second: a crash in between leaves an orphan file
-            # that the collection removes, never a record without its bytes.
+            # Record first, bytes second (unless shared): a crash in between leaves an
+            # orphan file that the collection removes, never a record without its bytes.
             if gone.storage_path:
-                await ctx.storage.remove(gone.storage_path)
+                await remove_unreferenced(ctx.store, ctx.storage, gone.storage_path)
     except (Held, Conflict, NotFound) as exc:
         # Held or renewed since the query: its conditions said no, nothing went.
         log.debug("asset %s not expired: %s", asset.id, exc)

@@ -15,6 +15,7 @@ from asset_service.domain.errors import (
     InvalidArgument,
     LeaseRanOut,
     NotFound,
+    SharedBytesGone,
     shown,
 )
 from asset_service.domain.manager import _base
@@ -188,18 +189,25 @@ async def fulfill_with_blob(
         )
 
     return await ctx.commits.publish(
-        handover, current.id, key, lambda path: transition(ctx, current, change(path))
+        handover,
+        current.id,
+        key,
+        lambda path: transition(ctx, current, change(path), shared=handover.shared(path)),
     )
 
 
-async def transition(ctx: Context, current: Asset, change: Fulfillment | Failure) -> Asset:
+async def transition(
+    ctx: Context, current: Asset, change: Fulfillment | Failure, *, shared: bool = False
+) -> Asset:
     now = _base.now()
     status = Status.AVAILABLE if isinstance(change, Fulfillment) else Status.FAILED
     expiry = rule_expiry(ctx, current, status, now)
     if expiry is not None:
         change = dataclasses.replace(change, expiry=expiry)
     try:
-        return await ctx.store.transition(current.id, Status.PENDING, change, now)
+        return await ctx.store.transition(current.id, Status.PENDING, change, now, shared=shared)
+    except SharedBytesGone:
+        raise  # the caller stores the bytes anew
     except LeaseRanOut as exc:
         # Out is out for every caller: said as a renewal says it.
         raise FailedPrecondition(leases.ran_out(current.id, exc.expires_at, "fulfilled")) from None

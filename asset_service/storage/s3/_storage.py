@@ -43,6 +43,7 @@ from asset_service.storage.s3._reads import Object
 from asset_service.storage.s3._session_blob import S3SessionWriter
 from asset_service.storage.s3._session_hold import S3Hold
 from asset_service.storage.s3._sessions import S3Sessions
+from asset_service.storage.s3._shared import S3Shared
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
@@ -176,7 +177,7 @@ class S3Storage:
     def staging_key(self, blob_id: str) -> str:
         return f"{self.location.prefix}tmp/staging/{self.instance}/{blob_id}"
 
-    def _key_of(self, storage_path: str) -> str:
+    def key_of(self, storage_path: str) -> str:
         head = self.location.path_of(self.location.prefix)
         if not storage_path.startswith(head):
             raise NotFound(f"{storage_path} is not a path in this storage ({self.url})")
@@ -326,11 +327,12 @@ class S3Storage:
     def new_writer(self, key: str | None = None) -> S3Writer:
         return S3Writer(self, key)
 
-    async def clone(self, storage_path: str, size_bytes: int, sha256: str, sums: BlockSums) -> None:
-        # An object store has no hard links: objects stored once need references kept
-        # beside them (the metadata store's count of records per object) and a sweep of
-        # unreferenced ones; until then the caller copies, through this server.
-        return None
+    async def clone(
+        self, storage_path: str, size_bytes: int, sha256: str, sums: BlockSums
+    ) -> S3Shared:
+        """The same object for another record (storage/s3/_shared.py): stored once."""
+        self.key_of(storage_path)  # NotFound for a path of another storage
+        return S3Shared(self, storage_path, size_bytes, sha256, sums)
 
     async def adopt(self, path: str, move: bool) -> S3Adopted:
         """Copy a server-side file under an import root into the bucket while hashing it."""
@@ -364,7 +366,7 @@ class S3Storage:
 
     async def _checked(self, storage_path: str, size_bytes: int) -> tuple[str, str]:
         await self.drain()
-        object_key = self._key_of(storage_path)
+        object_key = self.key_of(storage_path)
         head = await self.head(object_key)
         if head is None:
             raise IntegrityError(f"its bytes at {storage_path} are missing")
@@ -431,7 +433,7 @@ class S3Storage:
     # --- housekeeping -----------------------------------------------------------------
 
     async def remove(self, storage_path: str) -> None:
-        object_key = self._key_of(storage_path)
+        object_key = self.key_of(storage_path)
         try:
             await self.client.delete_object(Bucket=self.location.bucket, Key=object_key)
         except Exception as exc:
@@ -467,7 +469,7 @@ class S3Storage:
         the order of their keys (the listing's: it starts after `after`'s)."""
         await self.drain()
         now = datetime.now(UTC)
-        start = self._key_of(after) if after else ""
+        start = self.key_of(after) if after else ""
         for area in sorted(_AREAS):
             prefix = f"{self.location.prefix}{area}/"
             if start > prefix and not start.startswith(prefix):

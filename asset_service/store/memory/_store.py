@@ -23,6 +23,7 @@ from asset_service.domain.models import (
     BlockSums,
     Change,
     ChangeKind,
+    Fulfillment,
     Page,
     Removal,
     Resync,
@@ -42,6 +43,7 @@ from asset_service.store._fields import (
     rule_expiry,
     transition_fields,
 )
+from asset_service.store.memory._references import MemoryReferences
 from asset_service.store.memory._retention import MemoryRetention
 
 
@@ -101,7 +103,7 @@ def _listed(asset: Asset) -> Asset:
     return asset if asset.block_sums is None else dataclasses.replace(asset, block_sums=None)
 
 
-class MemoryStore(MemoryRetention):
+class MemoryStore(MemoryReferences, MemoryRetention):
     """Records in a dict; the same semantics as SqliteStore, proven by the same contract.
 
     Every read-check-write runs without an await in between, so on one event loop each
@@ -260,12 +262,14 @@ class MemoryStore(MemoryRetention):
 
     # --- writes -----------------------------------------------------------------------
 
-    async def insert(self, asset: Asset) -> Asset:
+    async def insert(self, asset: Asset, *, shared: bool = False) -> Asset:
         await self._enter()
         if asset.id in self._rows:
             raise Conflict(f"asset {asset.id} already exists")
         if asset.key in self._keys:
             raise KeyTaken(asset.key)
+        if shared:
+            self._require_shared(asset.storage_path)
         if asset.key:
             self._keys[asset.key] = asset.id
         stored = dataclasses.replace(asset, tags=tuple(asset.tags), revision=self._next_revision())
@@ -291,7 +295,13 @@ class MemoryStore(MemoryRetention):
         return True
 
     async def transition(
-        self, asset_id: str, expected: Status, change: Transition, now: datetime
+        self,
+        asset_id: str,
+        expected: Status,
+        change: Transition,
+        now: datetime,
+        *,
+        shared: bool = False,
     ) -> Asset:
         await self._enter()
         row = self._rows.get(asset_id)
@@ -306,6 +316,8 @@ class MemoryStore(MemoryRetention):
             raise lease_conflict(asset_id, test, end)
         if rule_expiry(change) is not None and current.expiry_rule in EXPLICIT_EXPIRIES:
             raise Conflict(f"asset {asset_id}'s expiry was set by a client meanwhile")
+        if shared and isinstance(change, Fulfillment):
+            self._require_shared(change.storage_path)
         updated = dataclasses.replace(
             _applied(current, change, now), revision=self._next_revision()
         )

@@ -16,7 +16,7 @@ from pymongo.read_concern import ReadConcern
 from asset_service.domain.models import Asset, AssetFilter, Page, Status
 from asset_service.domain.replay import Replay
 from asset_service.store import _paging
-from asset_service.store.mongo import _schema, _tombstones
+from asset_service.store.mongo import _references, _schema, _tombstones
 from asset_service.store.mongo._documents import (
     Doc,
     _doc_bytes,
@@ -80,6 +80,12 @@ class MongoReads:
             end = ends.get(str(doc["_id"]))
             if end is not None:
                 doc["lease_expires_at"] = end
+
+    async def referenced(self, storage_paths: Sequence[str]) -> set[str]:
+        try:
+            return await _references.referenced(self._assets, storage_paths)
+        except PyMongoError as exc:
+            raise _unavailable(exc) from exc
 
     async def get_many(self, asset_ids: Sequence[str]) -> dict[str, Asset]:
         try:

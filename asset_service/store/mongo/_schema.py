@@ -42,6 +42,9 @@ ASSET_INDEXES = (
     # One holder per get-or-create key (issue 24): `key_slot` is set (to the key) only
     # while a record holds its key; sparse, so records holding none are not indexed.
     IndexModel([("key_slot", ASCENDING)], name="key_slot", unique=True, sparse=True),
+    # Bytes stored once (issue 24): the records at a storage path are its references
+    # (_references.py), read before the bytes go and by a shared write's transaction.
+    IndexModel([("storage_path", ASCENDING)], name="storage_path"),
 )
 # The lease sweep reads `leases` (records of their own, issue 21 item 12) by their end.
 LEASE_INDEXES = (IndexModel([("expires_at", ASCENDING)], name="expires_at"),)

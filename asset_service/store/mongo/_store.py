@@ -39,7 +39,7 @@ from asset_service.domain.models import (
     approx_bytes,
 )
 from asset_service.store._fields import lease_condition, rule_expiry, transition_fields
-from asset_service.store.mongo import _retention, _schema, _startup, _tombstones
+from asset_service.store.mongo import _references, _retention, _schema, _startup, _tombstones
 from asset_service.store.mongo._documents import (
     Doc,
     DuplicateKey,
@@ -328,6 +328,7 @@ class MongoStore(MongoReads, MongoRetention):
     async def before(self, session: Any, writes: list[Write], revisions: list[int]) -> None:
         """The batch's statements on `leases`, before the records' (_transition.py)."""
         await lease_steps(self._promises, session, writes)
+        await _references.share_steps(self._assets, session, writes)
 
     async def remove_stamped(self, session: Any, gone: list[Doc]) -> None:
         """Delete the stamped records, and keep their tombstones (one command each)."""
@@ -354,8 +355,10 @@ class MongoStore(MongoReads, MongoRetention):
 
     # --- writes -----------------------------------------------------------------------
 
-    async def insert(self, asset: Asset) -> Asset:
+    async def insert(self, asset: Asset, *, shared: bool = False) -> Asset:
         write = insert_write(asset, self._promises, approx_bytes(asset))
+        if shared:
+            write = _references.shared(write, asset.storage_path)
         try:
             result: Asset = await self._writer.submit(write)
         except DuplicateKey as exc:
@@ -383,7 +386,13 @@ class MongoStore(MongoReads, MongoRetention):
             raise _write_error(exc, transaction=False) from exc
 
     async def transition(
-        self, asset_id: str, expected: Status, change: Transition, now: datetime
+        self,
+        asset_id: str,
+        expected: Status,
+        change: Transition,
+        now: datetime,
+        *,
+        shared: bool = False,
     ) -> Asset:
         sets = transition_fields(change, now, value_column="value_content", timestamp=ms)
         cost = len(change.value.data) if isinstance(change, Fulfillment) and change.value else 0
@@ -391,6 +400,8 @@ class MongoStore(MongoReads, MongoRetention):
         write = transition_write(
             asset_id, expected, sets, lease_condition(change), now, cost, by_rule=by_rule
         )
+        if shared and isinstance(change, Fulfillment):
+            write = _references.shared(write, change.storage_path)
         result: Asset = await self._writer.submit(write)
         return result
 

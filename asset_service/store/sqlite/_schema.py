@@ -136,6 +136,8 @@ CREATE INDEX IF NOT EXISTS assets_label ON assets (label, seq);
 CREATE INDEX IF NOT EXISTS assets_key ON assets (asset_key, seq);
 CREATE INDEX IF NOT EXISTS assets_sha256 ON assets (sha256, seq);
 CREATE UNIQUE INDEX IF NOT EXISTS assets_key_slot ON assets (key_slot);
+CREATE INDEX IF NOT EXISTS assets_storage_path ON assets (storage_path)
+    WHERE storage_path != '';
 CREATE TABLE IF NOT EXISTS leases (
     asset_id   TEXT PRIMARY KEY,
     expires_ms INTEGER NOT NULL,
@@ -161,7 +163,7 @@ INSERT OR IGNORE INTO counters (name, value) VALUES ('tombstones', 0);
 
 # PRAGMA user_version of a database SCHEMA creates. A database from an older release is
 # brought up to it by MIGRATIONS[v] for each later version v, one transaction each.
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: (
         "ALTER TABLE assets ADD COLUMN created_by TEXT NOT NULL DEFAULT ''",
@@ -225,6 +227,12 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "ALTER TABLE assets ADD COLUMN asset_key TEXT NOT NULL DEFAULT ''",
         "ALTER TABLE assets ADD COLUMN key_slot TEXT",
         "ALTER TABLE tombstones ADD COLUMN asset_key TEXT NOT NULL DEFAULT ''",
+    ),
+    # Bytes stored once (issue 24): the records pointing at a storage path are its
+    # references (_references.py), found through this index.
+    8: (
+        "CREATE INDEX IF NOT EXISTS assets_storage_path ON assets (storage_path) "
+        "WHERE storage_path != ''",
     ),
 }
 assert sorted(MIGRATIONS) == list(range(1, SCHEMA_VERSION + 1))

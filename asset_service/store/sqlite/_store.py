@@ -29,7 +29,15 @@ from asset_service.domain.models import (
 from asset_service.domain.replay import Replay
 from asset_service.domain.usage import UsageCells
 from asset_service.store._claims import LocalSweepClaims
-from asset_service.store.sqlite import _leases, _queries, _retention, _shared, _tombstones, _writes
+from asset_service.store.sqlite import (
+    _leases,
+    _queries,
+    _references,
+    _retention,
+    _shared,
+    _tombstones,
+    _writes,
+)
 from asset_service.store.sqlite._files import claim
 from asset_service.store.sqlite._open import JOURNAL_SIZE_LIMIT, connect
 from asset_service.store.sqlite._readers import Later, Readers
@@ -236,6 +244,9 @@ class SqliteStore:
     async def get_many(self, asset_ids: Sequence[str]) -> dict[str, Asset]:
         return await self._select_many(LISTED_COLUMNS, asset_ids, holds=True)
 
+    async def referenced(self, storage_paths: Sequence[str]) -> set[str]:
+        return await self._read(lambda c: _references.referenced(c, storage_paths))
+
     async def settled(self, asset_ids: Sequence[str]) -> dict[str, Asset]:
         # A write is durable when it returns (WAL, synchronous commit): nothing pending.
         return await self.get_many(asset_ids)
@@ -293,10 +304,12 @@ class SqliteStore:
 
     # --- writes -----------------------------------------------------------------------
 
-    async def insert(self, asset: Asset) -> Asset:
+    async def insert(self, asset: Asset, *, shared: bool = False) -> Asset:
         # Runs in a group transaction, in its own savepoint (_writer.py).
         cost = len(asset.value.data) if asset.value else 0
-        result: Asset = await self._open_writer().submit(lambda c: _writes.insert(c, asset), cost)
+        result: Asset = await self._open_writer().submit(
+            lambda c: _writes.insert(c, asset, shared), cost
+        )
         return result
 
     async def key_holder(self, key: str) -> Asset | None:
@@ -309,10 +322,16 @@ class SqliteStore:
         return result
 
     async def transition(
-        self, asset_id: str, expected: Status, change: Transition, now: datetime
+        self,
+        asset_id: str,
+        expected: Status,
+        change: Transition,
+        now: datetime,
+        *,
+        shared: bool = False,
     ) -> Asset:
         # Runs in a group transaction, in its own savepoint, on the one writer thread.
-        w = _writes.transition(asset_id, expected, change, now)
+        w = _writes.transition(asset_id, expected, change, now, shared)
         value = change.value if isinstance(change, Fulfillment) else None
         result: Asset = await self._open_writer().submit(w, len(value.data) if value else 0)
         return result

@@ -16,12 +16,13 @@ from asset_service.domain.models import (
     BlockSums,
     Change,
     ChangeKind,
+    Fulfillment,
     Removal,
     Status,
     Transition,
 )
 from asset_service.store._fields import lease_condition, rule_expiry, transition_fields
-from asset_service.store.sqlite import _leases, _retention, _shared, _tombstones
+from asset_service.store.sqlite import _leases, _references, _retention, _shared, _tombstones
 from asset_service.store.sqlite._schema import (
     COLUMN_COUNT,
     COLUMNS,
@@ -42,7 +43,9 @@ def next_revision(conn: sqlite3.Connection) -> int:
     return int(row[0])
 
 
-def insert(c: sqlite3.Connection, asset: Asset) -> tuple[Asset, Change]:
+def insert(c: sqlite3.Connection, asset: Asset, shared: bool = False) -> tuple[Asset, Change]:
+    if shared:
+        _references.require_shared(c, asset.storage_path)
     try:
         rev = next_revision(c)
         c.execute(
@@ -74,7 +77,7 @@ def release_key(c: sqlite3.Connection, asset_id: str, key: str) -> tuple[bool, N
 
 
 def transition(
-    asset_id: str, expected: Status, change: Transition, now: datetime
+    asset_id: str, expected: Status, change: Transition, now: datetime, shared: bool = False
 ) -> Callable[[sqlite3.Connection], tuple[Asset, Change]]:
     """The conditional change of one record, as a step for the writer thread."""
     sets = transition_fields(
@@ -99,6 +102,8 @@ def transition(
             raise Conflict(f"asset {asset_id} is {before.status.value}, expected {expected.value}")
         if by_rule and before.expiry_rule in EXPLICIT_EXPIRIES:
             raise Conflict(f"asset {asset_id}'s expiry was set by a client meanwhile")
+        if shared and isinstance(change, Fulfillment):
+            _references.require_shared(c, change.storage_path)
         fields = dict(sets)
         last_end = _leases.check_and_end(c, asset_id, test, to_ms(now), leaves_pending)
         if last_end is not None:
