@@ -56,6 +56,7 @@ class AssetServicer(pb_grpc.AssetServiceServicer):
         self.reads_in_progress = 0
         # WatchAsset's wire bytes of recent events, shared by every stream sending them.
         self.watch_events = convert.SharedEvents()
+        self.answers = convert.Answers()  # GetAsset's, while its record is the same object
         self.watch_stalls = StallGuard(watch_stall_timeout_seconds)
         self.read_stalls = StallGuard(read_stall_timeout_seconds)
         # Every call between its start and its end (@unary, @streaming): a stop waits
@@ -210,8 +211,7 @@ class AssetServicer(pb_grpc.AssetServiceServicer):
 
     @unary
     async def GetAsset(self, request: pb.GetAssetRequest, context: Ctx) -> pb.GetAssetResponse:
-        asset = await self.manager.get(request.asset_id)
-        return pb.GetAssetResponse(asset=convert.asset_to_pb(asset))
+        return self.answers.get_asset(await self.manager.get(request.asset_id))
 
     @unary
     async def BatchGetAssets(
