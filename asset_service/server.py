@@ -12,6 +12,7 @@ import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2_grpc
@@ -356,11 +357,14 @@ async def start(
     # and reflection, open on such a server, never needed it).
     anonymous = interceptor if interceptor.anonymous else None
     # Telemetry's interceptors come first: the span and the access line of a call cover
-    # what the security interceptor does, refusals included.
+    # what the security interceptor does, refusals included. Alone, the call observer is
+    # applied at registration too (`registry`), and calls skip the chain altogether.
+    chain, observer = telemetry.chain(more=anonymous is None)
     server = grpc.aio.server(
         options=options,
-        interceptors=[*telemetry.interceptors, *([] if anonymous is not None else [interceptor])],
+        interceptors=[*chain, *([] if anonymous is not None else [interceptor])],
     )
+    registry: Any = server if observer is None else observer.registering(server)
     servicer = AssetServicer(
         manager,
         max_concurrent_uploads=settings.max_concurrent_uploads,
@@ -371,15 +375,15 @@ async def start(
         task_tokens=security.task_tokens,
         recorder=telemetry.recorder,
     )
-    add_asset_service(servicer, server, anonymous)
+    add_asset_service(servicer, registry, anonymous)
     telemetry.prepare(pb.DESCRIPTOR.services_by_name["AssetService"])
     probes = Probes(
         [("database", manager.store.ping), ("storage", manager.storage.ping)],
         settings.health_interval_seconds,
     )
-    health_pb2_grpc.add_HealthServicer_to_server(probes.servicer, server)
+    health_pb2_grpc.add_HealthServicer_to_server(probes.servicer, registry)
     if settings.reflection != "off":
-        reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME), server)
+        reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME), registry)
     await probes.start()
     try:
         port = security.add_port(server)
