@@ -28,6 +28,7 @@ from asset_service.domain.errors import (
 from asset_service.storage import keys as storage_keys
 from asset_service.storage.imports import ImportRoots
 from asset_service.storage.local import LocalStorage, _keyhold
+from asset_service.storage.local._blobs import Writer
 
 ID = "5b0e4f0e-0000-4000-8000-000000000000"
 
@@ -325,14 +326,18 @@ async def test_adopted_bytes_are_fsynced_before_commit_returns(
     await storage.close()
 
 
+async def sealed(storage: LocalStorage, data: bytes) -> Writer:
+    writer = storage.new_writer()
+    await writer.write(data)
+    await writer.seal()
+    return writer
+
+
 async def test_commits_never_clobber_each_other(tmp_path: Path) -> None:
     storage = LocalStorage(tmp_path, orphan_grace_seconds=60)
     await storage.open()
     key = keys.generated_key("task", ID, "out.bin")
-    first, second = storage.new_writer(), storage.new_writer()
-    for writer, data in ((first, b"first"), (second, b"second")):
-        await writer.write(data)
-        await writer.seal()
+    first, second = await sealed(storage, b"first"), await sealed(storage, b"second")
     path = await first.commit(key)
     with pytest.raises(Conflict, match="another request"):
         await second.commit(key)  # a racing server's commit of the same asset
@@ -341,9 +346,7 @@ async def test_commits_never_clobber_each_other(tmp_path: Path) -> None:
     # Still live, however old: never replaced.
     long_ago = time.time() - 3600
     os.utime(path, (long_ago, long_ago))
-    third = storage.new_writer()
-    await third.write(b"third")
-    await third.seal()
+    third = await sealed(storage, b"third")
     with pytest.raises(Conflict, match="another request"):
         await third.commit(key)
     # Settled, its bytes are a record's or a crash leftover: the caller checks the records.
@@ -373,10 +376,7 @@ async def test_without_flock_the_grace_tells_a_leftover_from_a_live_commit(
     storage = LocalStorage(tmp_path, orphan_grace_seconds=60)
     await storage.open()
     key = keys.generated_key("task", ID, "out.bin")
-    first, second = storage.new_writer(), storage.new_writer()
-    for writer, data in ((first, b"first"), (second, b"second")):
-        await writer.write(data)
-        await writer.seal()
+    first, second = await sealed(storage, b"first"), await sealed(storage, b"second")
     path = await first.commit(key)
     first.abandon()
     with pytest.raises(Conflict, match="another request") as refused:
