@@ -13,6 +13,7 @@ from asset_service.domain.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    Occupied,
     OutcomeUnknown,
     Overloaded,
 )
@@ -89,7 +90,7 @@ class Committer:
 
         async def run() -> Asset:
             try:
-                path = await blob.commit(key)
+                path = await self._commit(blob, asset_id, key)
             except BaseException:
                 await blob.rollback()
                 raise
@@ -112,6 +113,32 @@ class Committer:
         self.publishing.add(task)
         task.add_done_callback(self.publishing.discard)
         return await asyncio.shield(task)
+
+    async def _commit(self, blob: StagedBlob, asset_id: str, key: str) -> str:
+        """blob.commit(key); bytes a dead process left at the key (no live commit holds
+        them: Occupied) are replaced at once unless a record points at them.
+
+        The same test as the orphan sweep's (recovery.py): asset_id's record, or any
+        record (MetadataStore.referenced). Races: a second retry meets Conflict (the
+        storage holds the key until this blob is settled); no commit can place bytes at
+        the name meanwhile (it holds the key, and the occupant the name); a delete only
+        removes; a dead process's record write that lands after this read (MongoDB)
+        makes this commit's conditional write fail, and the rollback puts the occupant
+        back. Sharing needs a live record at the path, so none can appear once none is.
+        """
+        try:
+            return await blob.commit(key)
+        except Occupied as occupied:
+            path = occupied.storage_path
+            found = (await self.store.settled([asset_id])).get(asset_id)
+            recorded = found is not None and found.storage_path == path
+            if recorded or await self.store.referenced([path]):
+                raise Conflict(
+                    f"asset {asset_id}'s bytes were committed by another request meanwhile; "
+                    "re-read the asset"
+                ) from None
+            log.warning("replacing %s: no record points at it", occupied.storage_path)
+            return await occupied.replace()
 
     async def _confirm(
         self, asset_id: str, path: str, blob: StagedBlob, cause: BaseException

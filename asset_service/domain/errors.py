@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 
@@ -42,6 +42,20 @@ class Held(FailedPrecondition):
 
 class Conflict(AssetError):
     """A concurrent writer changed the asset first; re-read and retry if still relevant."""
+
+
+class Occupied(Conflict):
+    """commit() met a file at the key's name that no live commit holds: a dead process's
+    half-made commit, or bytes a record points at. Only the records can tell which: the
+    caller awaits `replace()` (the same commit, the occupant set aside) if none points at
+    `storage_path`. A storage that cannot tell a live commit from a dead one never raises it."""
+
+    def __init__(
+        self, message: str, storage_path: str, replace: Callable[[], Awaitable[str]]
+    ) -> None:
+        super().__init__(message)
+        self.storage_path = storage_path
+        self.replace = replace
 
 
 class LeaseRanOut(Conflict):

@@ -244,7 +244,13 @@ class StagedBlob(Protocol):
     block_sums: BlockSums
 
     async def commit(self, key: str) -> str:
-        """Durably place the bytes at `key` (never overwriting); return the storage path."""
+        """Durably place the bytes at `key` (never overwriting); return the storage path.
+
+        Bytes there that a live commit holds: Conflict. Bytes no live commit holds (where
+        the storage can tell, the local disk: the blob then holds the key until it ends):
+        Occupied, whose replace() commits over them once the caller found no record
+        pointing at them. Where it cannot tell, bytes older than the orphan grace are
+        replaced by commit() itself, younger ones are a Conflict."""
 
     async def finish(self) -> None:
         """After the record is written: complete a move (remove the source), release."""

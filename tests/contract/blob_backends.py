@@ -48,6 +48,10 @@ class BlobBackend:
     session_leftovers: Callable[[], Awaitable[list[str]]]
     # What a cut stream keeps: a multiple of this (an object store's part; 1: every byte).
     durable_unit: int = 1
+    # Live commits hold their key (flock): bytes no live commit holds are Occupied whatever
+    # their age, for the caller to replace once no record points at them. Otherwise only
+    # the orphan grace tells a crash leftover from a commit in flight.
+    holds_commits: bool = False
     opened: list[BlobStorage] = field(default_factory=list)
 
     async def start(self, imports: bool = True) -> BlobStorage:
@@ -114,6 +118,7 @@ def _local(tmp: Path, request: pytest.FixtureRequest) -> BlobBackend:
         staged,
         overwrite,
         sessions,
+        holds_commits=True,
     )
 
 

@@ -17,6 +17,7 @@ from asset_service.domain.errors import (
     IntegrityError,
     InvalidArgument,
     NotFound,
+    Occupied,
     PermissionDenied,
     SharedBytesGone,
     Unavailable,
@@ -44,16 +45,28 @@ async def blob(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[
         yield backend
 
 
-async def written(storage: BlobStorage, data: bytes, key: str, finish: bool = True) -> str:
-    """Stream `data` in uneven chunks, commit it at `key`; the storage path."""
+async def written(
+    storage: BlobStorage, data: bytes, key: str, finish: bool = True, replace: bool = False
+) -> str:
+    """Stream `data` in uneven chunks, commit it at `key`; the storage path. With
+    `replace`, over bytes no record points at (as the domain does after Occupied)."""
     writer = storage.new_writer()
     for start in range(0, len(data), 7000):
         await writer.write(data[start : start + 7000])
     await writer.seal()
-    path = await writer.commit(key)
+    path = await (replacing(writer, key) if replace else writer.commit(key))
     if finish:
         await writer.finish()
     return path
+
+
+async def replacing(writer: StagingWriter, key: str) -> str:
+    """commit(key) over a crash leftover no record points at: replaced at once where live
+    commits hold their key (through Occupied), else once it is past the grace."""
+    try:
+        return await writer.commit(key)
+    except Occupied as occupied:
+        return await occupied.replace()
 
 
 async def content(
@@ -109,7 +122,7 @@ async def test_a_commit_never_overwrites_and_the_first_bytes_survive(blob: BlobB
     assert await content(storage, path, 5) == b"first"
     # Bytes left by a crash long ago are replaced, not a reason to refuse forever.
     await blob.backdate(path, OLD)
-    assert await written(storage, b"third", key) == path
+    assert await written(storage, b"third", key, replace=True) == path
     assert await content(storage, path, 5) == b"third"
     assert await blob.staged() == 0, "no staging left behind by any of the three"
 
@@ -167,7 +180,7 @@ async def test_a_writer_opened_for_its_key_commits_there_only_and_never_over_ano
     # Bytes left by a crash long ago are replaced, as by any commit.
     await blob.backdate(path, OLD)
     late = await keyed(storage, KEYED_DATA[::-1], key)
-    assert await late.commit(key) == path
+    assert await replacing(late, key) == path
     await late.finish()
     assert await whole(storage, path, KEYED_DATA[::-1]) == KEYED_DATA[::-1]
     assert await blob.staged() == 0
@@ -181,9 +194,63 @@ async def test_a_late_rollback_never_removes_bytes_that_replaced_its_own(blob: B
     await stale.seal()
     path = await stale.commit(key)
     await blob.backdate(path, OLD)
+    if blob.holds_commits:
+        # A live commit is never replaced, however old: the rival waits for its end.
+        rival = storage.new_writer()
+        await rival.seal()
+        with pytest.raises(Conflict, match="another request") as refused:
+            await rival.commit(key)
+        assert not isinstance(refused.value, Occupied), "a live commit is not a leftover"
+        await rival.rollback()
+        await stale.rollback()
+        with pytest.raises(IntegrityError):
+            await storage.check(path, 5)
+        return
     assert await written(storage, b"newer", key) == path
     await stale.rollback()
     assert await content(storage, path, 5) == b"newer"
+
+
+async def test_a_dead_commits_bytes_are_replaced_at_once_where_commits_hold_their_key(
+    blob: BlobBackend,
+) -> None:
+    """Bytes a commit left when its process died (abandon: its hold ends, as at a death),
+    young: Occupied where live commits hold their key, and replaced by the caller's
+    replace(); rolled back, the replacement gives the name its old bytes back. Elsewhere
+    a plain Conflict until the orphan grace has passed."""
+    storage = await blob.start()
+    key = keys.generated_key("task", ID, "out.bin")
+    dead = storage.new_writer()
+    await dead.write(b"half-made")
+    await dead.seal()
+    path = await dead.commit(key)
+    dead.abandon()
+    retry = storage.new_writer()
+    await retry.write(b"retried")
+    await retry.seal()
+    if not blob.holds_commits:
+        with pytest.raises(Conflict, match="another request") as refused:
+            await retry.commit(key)
+        assert not isinstance(refused.value, Occupied)
+        await retry.rollback()
+        return
+    with pytest.raises(Occupied, match="another request") as occupied:
+        await retry.commit(key)
+    assert occupied.value.storage_path == path
+    # Until replace() (or the end of the blob), the retry holds the key.
+    rival = storage.new_writer()
+    await rival.seal()
+    with pytest.raises(Conflict) as refused:
+        await rival.commit(key)
+    assert not isinstance(refused.value, Occupied)
+    await rival.rollback()
+    assert await occupied.value.replace() == path
+    assert await content(storage, path, 7) == b"retried"
+    await retry.rollback()  # its record write failed: the occupant comes back
+    assert await content(storage, path, 9) == b"half-made"
+    assert await written(storage, b"again", key, replace=True) == path
+    assert await content(storage, path, 5) == b"again"
+    assert await blob.staged() == 0, "the set-aside bytes went with finish()"
 
 
 async def test_rollback_after_commit_removes_the_bytes(blob: BlobBackend) -> None:

@@ -87,10 +87,9 @@ class CrashLoopConfig:
     # replace it; the audit then expects every worker's staging and no dead one's.
     kill_worker: bool = False
     # With kill_worker: seconds after the kill before the load resumes. A dead worker's
-    # commit may have left its file at the final name with no record; a retry replaces it
-    # only once it is older than --orphan-grace (younger, it may be a live commit), and
-    # until then is ABORTED ("retry shortly"), as a client would be: past the grace, the
-    # retry must succeed.
+    # commit may have left its file at the final name with no record; on the local disk a
+    # retry replaces it at once (no live commit holds the key); an object store replaces
+    # it only once older than --orphan-grace, ABORTED ("retry shortly") until then.
     settle_after_kill: float = 0.0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -21,11 +22,13 @@ from asset_service.domain.errors import (
     Conflict,
     IntegrityError,
     InvalidArgument,
+    Occupied,
     PermissionDenied,
 )
 from asset_service.storage import keys as storage_keys
 from asset_service.storage.imports import ImportRoots
-from asset_service.storage.local import LocalStorage
+from asset_service.storage.local import LocalStorage, _keyhold
+from asset_service.storage.local._blobs import Writer
 
 ID = "5b0e4f0e-0000-4000-8000-000000000000"
 
@@ -323,28 +326,67 @@ async def test_adopted_bytes_are_fsynced_before_commit_returns(
     await storage.close()
 
 
+async def sealed(storage: LocalStorage, data: bytes) -> Writer:
+    writer = storage.new_writer()
+    await writer.write(data)
+    await writer.seal()
+    return writer
+
+
 async def test_commits_never_clobber_each_other(tmp_path: Path) -> None:
     storage = LocalStorage(tmp_path, orphan_grace_seconds=60)
     await storage.open()
     key = keys.generated_key("task", ID, "out.bin")
-    first, second = storage.new_writer(), storage.new_writer()
-    for writer, data in ((first, b"first"), (second, b"second")):
-        await writer.write(data)
-        await writer.seal()
+    first, second = await sealed(storage, b"first"), await sealed(storage, b"second")
     path = await first.commit(key)
     with pytest.raises(Conflict, match="another request"):
         await second.commit(key)  # a racing server's commit of the same asset
     await second.rollback()
     assert Path(path).read_bytes() == b"first", "the first commit's bytes must survive"
-    # A file left by a crash long ago is replaced, not a reason to refuse forever.
+    # Still live, however old: never replaced.
     long_ago = time.time() - 3600
     os.utime(path, (long_ago, long_ago))
-    third = storage.new_writer()
-    await third.write(b"third")
-    await third.seal()
-    assert await third.commit(key) == path
+    third = await sealed(storage, b"third")
+    with pytest.raises(Conflict, match="another request"):
+        await third.commit(key)
+    # Settled, its bytes are a record's or a crash leftover: the caller checks the records.
+    await first.finish()
+    with pytest.raises(Occupied) as occupied:
+        await third.commit(key)
+    assert await occupied.value.replace() == path
+    await third.finish()
     assert Path(path).read_bytes() == b"third"
     assert [p for p in storage.staging.iterdir() if p.name not in (".lock", "intents")] == []
+    await storage.close()
+
+
+async def test_without_flock_the_grace_tells_a_leftover_from_a_live_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file system that refuses flock on folders (some network ones): no key is held,
+    so a file at the name is a Conflict while young and replaced past the grace."""
+    real = _keyhold.fcntl.flock
+
+    def no_folder_locks(fd: int, operation: int) -> None:
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError(errno.ENOLCK, "no locks available")
+        real(fd, operation)
+
+    monkeypatch.setattr(_keyhold.fcntl, "flock", no_folder_locks)
+    storage = LocalStorage(tmp_path, orphan_grace_seconds=60)
+    await storage.open()
+    key = keys.generated_key("task", ID, "out.bin")
+    first, second = await sealed(storage, b"first"), await sealed(storage, b"second")
+    path = await first.commit(key)
+    first.abandon()
+    with pytest.raises(Conflict, match="another request") as refused:
+        await second.commit(key)
+    assert not isinstance(refused.value, Occupied), "without a hold, nothing tells it is dead"
+    long_ago = time.time() - 3600
+    os.utime(path, (long_ago, long_ago))
+    assert await second.commit(key) == path
+    await second.finish()
+    assert Path(path).read_bytes() == b"second"
     await storage.close()
 
 

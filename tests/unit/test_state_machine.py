@@ -26,6 +26,7 @@ from asset_service.domain.errors import (
     ManifestBlocked,
     ManifestWaitTimeout,
     NotFound,
+    Occupied,
     OutcomeUnknown,
     Overloaded,
     PermissionDenied,
@@ -440,6 +441,8 @@ RAISED_OUTSIDE_THE_DOMAIN = {
     LeaseRanOut: "a store's verdict on a lease, which the manager turns into FailedPrecondition",
     KeyTaken: "a store's verdict on a keyed insert: get-or-create reads the key's holder again "
     "(tests/contract/test_key_contract.py)",
+    Occupied: "a local storage's verdict on a commit, which the Committer settles by the "
+    "records (tests/unit/test_commit_over_leftovers.py)",
     SharedBytesGone: "a store's verdict on a shared write: the upload keeps or sends its own "
     "bytes (tests/contract/test_shared_bytes_contract.py, tests/contract/test_s3_shared_bytes.py)",
 }

@@ -9,7 +9,6 @@ import hashlib
 import logging
 import os
 import stat
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +20,7 @@ from asset_service.domain.ports import Chunk
 from asset_service.storage import fs, keys
 from asset_service.storage.blocks import Digests, sums_of
 from asset_service.storage.local._disk import Disk, oserror
+from asset_service.storage.local._keyhold import KeyHold
 from asset_service.storage.sink import FileSink
 
 log = logging.getLogger(__name__)
@@ -28,21 +28,14 @@ log = logging.getLogger(__name__)
 COPY_CHUNK = 1024 * 1024
 
 
-def age_of(st: os.stat_result) -> float:
-    """Seconds since the file appeared where it stands, as far as can be told.
-
-    A source hard-linked into place keeps its old mtime; until the move finishes it has a
-    second link, and its ctime (moved by link) says when it arrived.
-    """
-    since = max(st.st_mtime, st.st_ctime) if st.st_nlink > 1 else st.st_mtime
-    return time.time() - since
-
-
 class _Blob:
     """Bytes on their way to a key: commit() places them, then finish() or rollback().
 
     Between commit() and finish() the caller writes the record. If it cannot learn whether
     that write applied, abandon() keeps everything (bytes and any source) for recovery.
+
+    From before its link(2) until then it holds its key (_keyhold.py): a file found at
+    the name is no live commit's, and only the records can say whether it may go.
     """
 
     def __init__(self, disk: Disk, key: str | None = None) -> None:
@@ -55,13 +48,20 @@ class _Blob:
         self._final_id: tuple[int, int] | None = None  # (dev, ino) of the committed file
         self._journal: Path | None = None
         self._done = False
+        self._keyhold = KeyHold(disk)  # held from before link(2) until _close()
 
     async def commit(self, key: str) -> str:
         if self._opened_for is not None and key != self._opened_for:
             raise ValueError(f"a writer opened for {self._opened_for!r} cannot commit at {key!r}")
         parts = keys.key_parts(key)
+        self._keyhold.parts = parts
         await asyncio.to_thread(self._commit_sync, parts)
         return str(self._disk.root.joinpath(*parts))
+
+    async def _replace(self) -> str:
+        """Occupied.replace(): commit again, setting the file at the name aside."""
+        self._keyhold.replacing = True
+        return await self.commit("/".join(self._keyhold.parts))
 
     def _commit_sync(self, parts: tuple[str, ...]) -> None:
         raise NotImplementedError
@@ -87,22 +87,8 @@ class _Blob:
         self._final, self._final_id = (folder, name), (st.st_dev, st.st_ino)
 
     def _link_new(self, src: str, name: str, src_dir: int | None, folder: int) -> None:
-        """link(2) that never overwrites; a crash leftover older than the grace is replaced."""
-        for attempt in (1, 2):
-            try:
-                os.link(src, name, src_dir_fd=src_dir, dst_dir_fd=folder, follow_symlinks=False)
-                return
-            except FileExistsError:
-                st = os.stat(name, dir_fd=folder, follow_symlinks=False)
-                age = age_of(st)
-                if attempt == 2 or age < self._disk.orphan_grace_seconds:
-                    raise Conflict(
-                        "the asset's bytes are being committed by another request; retry shortly"
-                    ) from None
-                log.warning("replacing a file left %.0fs ago by an interrupted commit", age)
-                os.unlink(name, dir_fd=folder)
-            except OSError as exc:
-                raise oserror(exc, "committing bytes") from None
+        """link(2) that never overwrites: _keyhold.py says what it does with a file there."""
+        self._keyhold.link_new(src, name, src_dir, folder, self._replace)
 
     def _drop_final(self) -> None:
         if self._final is not None and self._final_id is not None:
@@ -114,6 +100,7 @@ class _Blob:
             with contextlib.suppress(OSError):
                 os.close(self._final[0])
             self._final = None
+        self._keyhold.release()
 
     def _forget_journal(self) -> None:
         if self._journal is not None:
@@ -133,6 +120,7 @@ class _Blob:
 
     def _finish_sync(self) -> None:
         self._forget_journal()
+        self._keyhold.drop_aside()
 
     async def rollback(self) -> None:
         """No record points at the bytes: remove them; a source file stays where it was."""
@@ -150,12 +138,14 @@ class _Blob:
 
     def _rollback_sync(self) -> None:
         self._drop_final()
+        self._keyhold.put_back()
         self._forget_journal()
         if self._final is not None:
             self._disk.prune_empty(self._final[0])
 
     def abandon(self) -> None:
-        """Outcome unknown: keep bytes, source and journal; recovery settles them later."""
+        """Outcome unknown: keep bytes, source and journal; recovery settles them later.
+        An occupant set aside stays in staging, removed with it (not journaled)."""
         if self._done:
             return
         self._done = True

@@ -29,8 +29,9 @@ from asset_service.domain.uploads import UploadSession
 from asset_service.modes import Modes, report
 from asset_service.storage import blocks, fs, keys
 from asset_service.storage.imports import ImportRoots
-from asset_service.storage.local._blobs import Adopted, Cloned, Writer, age_of
+from asset_service.storage.local._blobs import Adopted, Cloned, Writer
 from asset_service.storage.local._disk import Disk
+from asset_service.storage.local._keyhold import age_of
 from asset_service.storage.local._reads import (
     check_many_sync,
     not_regular,
