@@ -209,9 +209,12 @@ class LocalStorage:
                     if self.imports.remove_if_same(intent["source"], source):
                         log.warning("finished an interrupted move of %r", intent["source"])
             elif committed:
-                log.error(
-                    "asset %s is AVAILABLE but its bytes at %s are not the ones journaled; "
-                    "leaving the source %r in place",
+                # A retry replaced the dead process's half-made commit with bytes of its
+                # own (storage/local/_keyhold.py): the journaled source is not the asset's.
+                log.warning(
+                    "asset %s is AVAILABLE with other bytes at %s than an interrupted move "
+                    "journaled (a retry committed its own); leaving that move's source %r "
+                    "in place",
                     leftover.asset_id,
                     leftover.storage_path,
                     intent.get("source"),
