@@ -43,7 +43,7 @@ class S3SessionWriter:
         digests: Digests,
     ) -> None:
         self._claim = claim
-        self._storage = claim.sessions.storage
+        self._bucket = claim.sessions.bucket
         self._data_key = claim.sessions.data_key(claim.key)
         self._multipart: str | None = multipart
         self._parts = list(parts)
@@ -84,8 +84,8 @@ class S3SessionWriter:
         checksum = await asyncio.to_thread(crc32c_base64, data) if self._checksummed else ""
         extra: dict[str, Any] = {"ChecksumCRC32C": checksum} if checksum else {}
         try:
-            answer = await self._storage.client.upload_part(
-                Bucket=self._storage.location.bucket,
+            answer = await self._bucket.client.upload_part(
+                Bucket=self._bucket.location.bucket,
                 Key=self._data_key,
                 UploadId=self._multipart,
                 PartNumber=number,
@@ -156,18 +156,18 @@ class S3SessionWriter:
     # --- placing and settling (the bytes only: the record stays) -------------------------
 
     async def commit(self, key: str) -> str:
-        object_key = self._storage.object_key(key)
+        object_key = self._bucket.object_key(key)
         if self._staged:
-            await self._storage.place_copy(object_key, self._data_key, self.blob_id)
+            await self._bucket.place_copy(object_key, self._data_key, self.blob_id)
             self._final_key = object_key
-            await self._storage.delete_quietly(self._data_key)
+            await self._bucket.delete_quietly(self._data_key)
             self._staged = False
         else:
-            await self._storage.place_bytes(object_key, bytes(self._buffer), self.blob_id)
+            await self._bucket.place_bytes(object_key, bytes(self._buffer), self.blob_id)
             self._final_key = object_key
             self._buffer = bytearray()
             await self._abort_upload()
-        return self._storage.location.path_of(object_key)
+        return self._bucket.location.path_of(object_key)
 
     async def finish(self) -> None:
         self._done = True
@@ -179,14 +179,14 @@ class S3SessionWriter:
         self._buffer = bytearray()
         await self._abort_upload()
         if self._staged:
-            await self._storage.delete_quietly(self._data_key)
+            await self._bucket.delete_quietly(self._data_key)
             self._staged = False
         if self._final_key is not None:
-            await self._storage.delete_if_ours(self._final_key, self.blob_id)
+            await self._bucket.delete_if_ours(self._final_key, self.blob_id)
 
     def discard(self) -> None:
         if not self._done:
-            self._storage.in_background(self.rollback())
+            self._bucket.in_background(self.rollback())
 
     def abandon(self) -> None:
         self._done = True
@@ -194,4 +194,4 @@ class S3SessionWriter:
     async def _abort_upload(self) -> None:
         if self._multipart is not None:
             multipart, self._multipart = self._multipart, None
-            await self._storage.abort_upload(self._data_key, multipart)
+            await self._bucket.abort_upload(self._data_key, multipart)

@@ -99,7 +99,7 @@ class Claim:
         if self._stop() and unclaim and not self.lost:
             fields = {k: v for k, v in self.extra.items() if k != "stream"}
             put = self.sessions.put(self.key, self.session, fields, self._etag)
-            self.sessions.storage.in_background(_quietly(put))
+            self.sessions.bucket.in_background(_quietly(put))
 
 
 class S3Hold:

@@ -30,7 +30,7 @@ from asset_service.storage.s3._session_hold import CLAIM_SECONDS, Claim, Durable
 if TYPE_CHECKING:
     from types_aiobotocore_s3.type_defs import CompletedPartTypeDef
 
-    from asset_service.storage.s3._storage import S3Storage
+    from asset_service.storage.s3._bucket import Bucket
 
 log = logging.getLogger(__name__)
 
@@ -52,19 +52,19 @@ class S3Sessions:
     unfinished part of a cut stream is lost. Every server sharing the bucket sees the same.
     """
 
-    def __init__(self, storage: S3Storage) -> None:
-        self.storage = storage
-        self.area = f"{storage.location.prefix}tmp/uploads/"
+    def __init__(self, bucket: Bucket) -> None:
+        self.bucket = bucket
+        self.area = bucket.sessions_area
         # (multipart id, offset, sha256) of sessions this process suspended last: resuming
         # here needs no read-back while the upload is as it was left.
         self.digests: dict[str, tuple[str, int, Digests]] = {}
         # Who holds a session: this host and state folder, then the instance. A holder
         # named with this host and folder whose instance is not alive here (its lock in
         # the state folder is free) died: its hold is void at once, without waiting.
-        self.here = f"{socket.gethostname()}:{storage.journal.parent}"
+        self.here = f"{socket.gethostname()}:{bucket.journal.parent}"
 
     def holder(self) -> str:
-        return f"{self.here}|{self.storage.instance}|{uuid.uuid4().hex}"
+        return f"{self.here}|{self.bucket.instance}|{uuid.uuid4().hex}"
 
     async def held(self, record: _Record) -> bool:
         """Whether a stream holds the session (on an unrefreshed record: until it is
@@ -75,7 +75,7 @@ class S3Sessions:
         here, _, rest = holder.partition("|")
         if here != self.here:
             return True
-        live, _ = await asyncio.to_thread(self.storage.journal.instances)
+        live, _ = await asyncio.to_thread(self.bucket.journal.instances)
         return rest.split("|", 1)[0] in live
 
     def record_key(self, key: str) -> str:
@@ -88,9 +88,9 @@ class S3Sessions:
 
     async def get(self, key: str) -> _Record | None:
         object_key = self.record_key(key)
-        client = self.storage.client
+        client = self.bucket.client
         try:
-            answer = await client.get_object(Bucket=self.storage.location.bucket, Key=object_key)
+            answer = await client.get_object(Bucket=self.bucket.location.bucket, Key=object_key)
         except Exception as exc:
             if is_missing(exc):
                 return None
@@ -115,8 +115,8 @@ class S3Sessions:
         object_key = self.record_key(key)
         condition = {"IfMatch": if_match} if if_match else {"IfNoneMatch": "*"}
         try:
-            answer = await self.storage.client.put_object(
-                Bucket=self.storage.location.bucket,
+            answer = await self.bucket.client.put_object(
+                Bucket=self.bucket.location.bucket,
                 Key=object_key,
                 Body=sessions.encode(session, extra),
                 **condition,  # type: ignore[arg-type]
@@ -134,7 +134,7 @@ class S3Sessions:
             listed = await self._parts(key, multipart)
             if listed is not None:
                 return Durable([p for p, _ in listed], sum(size for _, size in listed), True)
-        head = await self.storage.head(self.data_key(key))
+        head = await self.bucket.head(self.data_key(key))
         return Durable([], int(head["ContentLength"]) if head is not None else 0, False)
 
     async def _parts(
@@ -142,10 +142,10 @@ class S3Sessions:
     ) -> list[tuple[CompletedPartTypeDef, int]] | None:
         """Parts 1..n of the upload with their sizes, None if the upload is gone."""
         found: list[Any] = []
-        paginator = self.storage.client.get_paginator("list_parts")
+        paginator = self.bucket.client.get_paginator("list_parts")
         try:
             async for page in paginator.paginate(
-                Bucket=self.storage.location.bucket, Key=self.data_key(key), UploadId=multipart
+                Bucket=self.bucket.location.bucket, Key=self.data_key(key), UploadId=multipart
             ):
                 found += page.get("Parts", ())
         except Exception as exc:
@@ -171,8 +171,8 @@ class S3Sessions:
         one for every part copied in, so an upload that starts with copies goes without."""
         extra: dict[str, Any] = {"ChecksumAlgorithm": "CRC32C"} if checksummed else {}
         try:
-            created = await self.storage.client.create_multipart_upload(
-                Bucket=self.storage.location.bucket, Key=self.data_key(key), **extra
+            created = await self.bucket.client.create_multipart_upload(
+                Bucket=self.bucket.location.bucket, Key=self.data_key(key), **extra
             )
         except Exception as exc:
             raise translate(exc, "starting an upload", self.data_key(key)) from exc
@@ -180,8 +180,8 @@ class S3Sessions:
 
     async def complete(self, key: str, multipart: str, parts: list[CompletedPartTypeDef]) -> None:
         try:
-            await self.storage.client.complete_multipart_upload(
-                Bucket=self.storage.location.bucket,
+            await self.bucket.client.complete_multipart_upload(
+                Bucket=self.bucket.location.bucket,
                 Key=self.data_key(key),
                 UploadId=multipart,
                 MultipartUpload={"Parts": parts},
@@ -193,23 +193,23 @@ class S3Sessions:
         """The sha256 and block sums of the first `size` bytes of the data object."""
         digest = Digests()
         data = self.data_key(key)
-        head = await self.storage.head(data)
+        head = await self.bucket.head(data)
         if head is None or int(head["ContentLength"]) < size:
             raise IntegrityError(f"the staged bytes of an upload at {data} are missing")
-        path = self.storage.location.path_of(data)
-        async for chunk in self.storage._ranged(data, path, str(head["ETag"]), 0, size, PART_SIZE):
+        path = self.bucket.location.path_of(data)
+        async for chunk in self.bucket.ranged(data, path, str(head["ETag"]), 0, size, PART_SIZE):
             await asyncio.to_thread(digest.update, chunk)
         return digest
 
     async def copy_into(self, key: str, multipart: str, size: int) -> list[CompletedPartTypeDef]:
         """The data object's first `size` bytes as the first parts of `multipart`
         (server-side copies, at least 8 MiB each as `size` is a multiple of the part size)."""
-        bucket, data = self.storage.location.bucket, self.data_key(key)
+        bucket, data = self.bucket.location.bucket, self.data_key(key)
         parts: list[CompletedPartTypeDef] = []
         for number, start in enumerate(range(0, size, COPY_PART_SIZE), 1):
             end = min(size, start + COPY_PART_SIZE) - 1
             try:
-                copied = await self.storage.client.upload_part_copy(
+                copied = await self.bucket.client.upload_part_copy(
                     Bucket=bucket,
                     Key=data,
                     UploadId=multipart,
@@ -226,12 +226,12 @@ class S3Sessions:
         """Abort the session's multipart uploads and delete its objects (record last)."""
         folder = f"{self.area}{key}/"
         self.digests.pop(key, None)
-        async for upload in self.storage.uploads(folder):
-            await self.storage.abort_upload(upload["Key"], upload["UploadId"])
-        async for item in self.storage.listed(folder):
+        async for upload in self.bucket.uploads(folder):
+            await self.bucket.abort_upload(upload["Key"], upload["UploadId"])
+        async for item in self.bucket.listed(folder):
             if item["Key"] != self.record_key(key):
-                await self.storage.delete_quietly(item["Key"])
-        await self.storage.delete_quietly(self.record_key(key))
+                await self.bucket.delete_quietly(item["Key"])
+        await self.bucket.delete_quietly(self.record_key(key))
 
     # --- the port -----------------------------------------------------------------------
 
@@ -277,7 +277,7 @@ class S3Sessions:
     async def sweep_sessions(self, now: datetime, limit: int = 0) -> int:
         removed = 0
         uploads: dict[str, str] = {}  # key -> the multipart upload its record names
-        async for item in self.storage.listed(self.area):
+        async for item in self.bucket.listed(self.area):
             name = item["Key"][len(self.area) :]
             if not name.endswith("/session.json"):
                 continue
@@ -302,23 +302,23 @@ class S3Sessions:
         """Multipart uploads and objects of sessions that have no record (a crash while one
         was created or removed) or that their record no longer names (a crash mid-resume),
         once older than the orphan grace."""
-        grace = self.storage.orphan_grace_seconds
+        grace = self.bucket.orphan_grace_seconds
         removed = 0
-        async for upload in self.storage.uploads(self.area):
+        async for upload in self.bucket.uploads(self.area):
             key = upload["Key"][len(self.area) :].split("/", 1)[0]
             if kept.get(key) == upload["UploadId"]:
                 continue
             if (now - upload["Initiated"]).total_seconds() >= grace:
-                await self.storage.abort_upload(upload["Key"], upload["UploadId"])
+                await self.bucket.abort_upload(upload["Key"], upload["UploadId"])
                 removed += 1
                 if removed == limit:
                     return removed
-        async for item in self.storage.listed(self.area):
+        async for item in self.bucket.listed(self.area):
             key = item["Key"][len(self.area) :].split("/", 1)[0]
             if key in kept or (now - item["LastModified"]).total_seconds() < grace:
                 continue
             if await self.get(key) is None:
-                await self.storage.delete_quietly(item["Key"])
+                await self.bucket.delete_quietly(item["Key"])
                 removed += 1
                 if removed == limit:
                     break
