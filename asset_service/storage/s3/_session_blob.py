@@ -20,7 +20,7 @@ from asset_service.storage.s3._parts import crc32c_base64
 if TYPE_CHECKING:
     from types_aiobotocore_s3.type_defs import CompletedPartTypeDef
 
-    from asset_service.storage.s3._session_hold import Claim
+    from asset_service.storage.s3._session_claim import Claim
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +43,8 @@ class S3SessionWriter:
         digests: Digests,
     ) -> None:
         self._claim = claim
-        self._bucket = claim.sessions.bucket
-        self._data_key = claim.sessions.data_key(claim.key)
+        self._bucket = claim.objects.bucket
+        self._data_key = claim.objects.data_key(claim.key)
         self._multipart: str | None = multipart
         self._parts = list(parts)
         # The sha256 and block sums of the uploaded parts (PART_SIZE is a multiple of the
@@ -115,7 +115,7 @@ class S3SessionWriter:
             await self._upload_part(bytes(self._buffer))
             self._buffer = bytearray()
         assert self._multipart is not None
-        await self._claim.sessions.complete(self._claim.key, self._multipart, self._parts)
+        await self._claim.objects.complete(self._claim.key, self._multipart, self._parts)
         self._multipart, self._staged = None, True
         self._final_digests()
 
@@ -134,8 +134,8 @@ class S3SessionWriter:
         try:
             await self._claim.close(saved)
             if self._multipart is not None and not self._sealed:
-                sessions = self._claim.sessions
-                sessions.digests[self._claim.key] = (self._multipart, durable, self._digests.copy())
+                objects = self._claim.objects
+                objects.digests[self._claim.key] = (self._multipart, durable, self._digests.copy())
         finally:
             self.release()
         return saved
@@ -148,7 +148,7 @@ class S3SessionWriter:
     async def remove(self) -> None:
         self._claim.end(unclaim=False)
         self._done = True
-        await self._claim.sessions.remove_all(self._claim.key)
+        await self._claim.objects.remove_all(self._claim.key)
 
     def release(self) -> None:
         self._claim.end()
