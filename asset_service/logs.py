@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import re
@@ -175,6 +177,62 @@ class JsonFormatter(logging.Formatter):
 _ENCODER = json.JSONEncoder(ensure_ascii=False, default=str)
 
 
+class TurnHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A stream handler that writes the lines an event loop's thread logs in one turn of
+    the loop together, as that turn ends: one write(2) for all the calls a turn finished
+    rather than one per access line (the syscall was a fifth of what a line cost).
+
+    Lines logged off the loop (other threads, start-up, shutdown), and any line at WARNING
+    or above, are written at once, after the lines still held: the order is kept.
+    logging.shutdown (at exit) and the stop's hard exit flush what is held; a SIGKILL loses
+    at most the lines of the turn it interrupts.
+    """
+
+    def __init__(self, stream: IO[str]) -> None:
+        super().__init__(stream)
+        self._held: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record) + self.terminator
+        except RecursionError:
+            raise
+        except Exception:
+            self.handleError(record)
+            return
+        self._held.append(line)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if loop is None or record.levelno >= logging.WARNING:
+            self._write_held(record)
+        elif len(self._held) == 1:  # the turn's first line: write them as the turn ends
+            loop.call_soon(self._end_of_turn)
+
+    def _end_of_turn(self) -> None:
+        with self.lock or contextlib.nullcontext():
+            self._write_held(None)
+
+    def _write_held(self, record: logging.LogRecord | None) -> None:
+        if not self._held:
+            return
+        text = "".join(self._held)
+        self._held.clear()
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except RecursionError:
+            raise
+        except Exception:
+            self.handleError(record or logging.makeLogRecord({"msg": text}))
+
+    def flush(self) -> None:
+        with self.lock or contextlib.nullcontext():
+            self._write_held(None)
+            super().flush()
+
+
 def configure(
     level: str, fmt: str = "text", stream: IO[str] | None = None, worker: str = ""
 ) -> RateLimitFilter:
@@ -186,7 +244,7 @@ def configure(
     logging.logProcesses = False
     logging.logMultiprocessing = False
     logging.logThreads = False
-    handler = logging.StreamHandler(stream or sys.stderr)
+    handler = TurnHandler(stream or sys.stderr)
     text = TEXT_FORMAT.replace(" %(name)s", f" [{worker}] %(name)s") if worker else TEXT_FORMAT
     handler.setFormatter(JsonFormatter(worker) if fmt == "json" else logging.Formatter(text))
     root = logging.getLogger()

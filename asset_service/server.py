@@ -9,14 +9,15 @@ import os
 import signal
 import socket
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2_grpc
 
-from asset_service import allocator
+from asset_service import allocator, loops
 from asset_service._proto.asset.v1 import asset_service_pb2 as pb
 from asset_service.api import reflection, wire
 from asset_service.api.inflight import InFlight
@@ -27,7 +28,6 @@ from asset_service.config import Settings
 from asset_service.domain.errors import AssetError, InvalidArgument
 from asset_service.domain.manager import AssetManager, Limits
 from asset_service.domain.ports import BlobStorage, MetadataStore
-from asset_service.domain.scrub import scrub_forever
 from asset_service.modes import Modes
 from asset_service.probes import Probes
 from asset_service.security.setup import Security
@@ -38,7 +38,7 @@ from asset_service.storage.manifests import LocalManifests
 from asset_service.storage.own_files import OwnFiles
 from asset_service.store import open_store, sqlite_path
 from asset_service.store.sqlite._shared import Sharing
-from asset_service.telemetry import Recorder, Telemetry
+from asset_service.telemetry import Telemetry
 from asset_service.worker import WorkerRole
 
 log = logging.getLogger(__name__)
@@ -122,100 +122,6 @@ class RunningServer:
         await _bounded("the listener to close", self.server.stop(close_grace), STOP_STEP_SECONDS)
         await _bounded("the store and storage to close", self.manager.stop(), STOP_STEP_SECONDS)
         await _bounded("metrics and traces to close", self.telemetry.close(), STOP_STEP_SECONDS)
-
-
-SETTLE_INTERVAL = 5.0
-
-
-async def _expire_leases(manager: AssetManager, interval: float, recorder: Recorder) -> None:
-    """Fail PENDING assets whose lease ran out: the server process holding the store's
-    sweep claim does (it keeps it for a few intervals); each asset's conditional
-    transition has one winner in any case."""
-    hold = max(3 * interval, 3.0)
-    while True:
-        try:
-            if expired := await manager.expire_leases(hold):
-                recorder.leases_expired(expired)
-        except (AssetError, OSError) as exc:
-            log.warning("lease sweep failed: %s", exc)
-        await asyncio.sleep(interval)
-
-
-async def _expire_assets(manager: AssetManager, interval: float, recorder: Recorder) -> None:
-    """Remove expired assets nothing holds: the server process holding the store's
-    retention claim does; each removal is one conditional delete (one winner anyway)."""
-    hold = max(3 * interval, 3.0)
-    while True:
-        # After an interval, not at once: a server started to look (or restarted after a
-        # crash) does not remove anything in its first moments.
-        await asyncio.sleep(interval)
-        try:
-            if removed := await manager.expire_assets(hold):
-                recorder.assets_expired(removed)
-            await manager.warn_if_full()
-        except (AssetError, OSError) as exc:
-            log.warning("retention sweep failed: %s", exc)
-
-
-async def _collect(manager: AssetManager, interval: float, limit: int, recorder: Recorder) -> None:
-    """What nothing needs any more, at most `limit` of each kind per run, counted in
-    asset_service_reclaimed_total{kind}. Every server, for what may live on its own disk
-    (and start-up did all of it, so not at once): manifest folders past --manifest-ttl
-    (at start-up too), cached object-store copies, resumable uploads past their expiry
-    and staging of processes that died (journaled moves settled by their records first).
-    One server at a time, by the store's collection claim: stored files no record points
-    at, past --orphan-grace."""
-    hold = max(3 * interval, 3.0)
-    first = True
-    while True:
-        if not first:
-            await asyncio.sleep(interval)
-        sweeps: list[tuple[str, Callable[[], Awaitable[int]]]] = [
-            ("manifest_folders", lambda: manager.sweep_manifests(limit)),
-            ("cache_copies", lambda: manager.sweep_cache(limit)),
-        ]
-        if not first:
-            sweeps += [
-                ("upload_sessions", lambda: manager.sweep_upload_sessions(limit)),
-                ("staging", lambda: manager.collect_staging(limit)),
-                ("orphan_files", lambda: manager.collect_orphans(hold)),
-            ]
-        for kind, sweep in sweeps:
-            try:
-                if removed := await sweep():
-                    recorder.reclaimed(kind, removed)
-                    if kind == "upload_sessions":
-                        recorder.upload_sessions_expired(removed)  # (the older metric)
-            except (AssetError, OSError) as exc:
-                log.warning("collection of %s failed: %s", kind.replace("_", " "), exc)
-        first = False
-
-
-def _tenth(ttl: float) -> float:
-    """A tenth of a TTL, between 1 s and 10 min."""
-    return min(600.0, max(1.0, ttl / 10))
-
-
-async def _sweep_tombstones(manager: AssetManager, interval: float) -> None:
-    """Remove deleted assets' tombstones past --watch-tombstone-ttl (every server process
-    sweeps; each removal is idempotent)."""
-    while True:
-        try:
-            await manager.sweep_tombstones()
-        except (AssetError, OSError) as exc:
-            log.warning("tombstone sweep failed: %s", exc)
-        await asyncio.sleep(interval)
-
-
-async def _settle_unknown_outcomes(manager: AssetManager) -> None:
-    """Record writes whose outcome was unknown: keep or drop their bytes once it is known."""
-    while True:
-        await asyncio.sleep(SETTLE_INTERVAL)
-        try:
-            if await manager.settle_unsettled():
-                log.info("settled record writes whose outcome had been unknown")
-        except (AssetError, OSError) as exc:
-            log.warning("settling unknown outcomes failed: %s", exc)
 
 
 def _listen_error(listen: str, exc: RuntimeError) -> str:
@@ -356,11 +262,14 @@ async def start(
     # and reflection, open on such a server, never needed it).
     anonymous = interceptor if interceptor.anonymous else None
     # Telemetry's interceptors come first: the span and the access line of a call cover
-    # what the security interceptor does, refusals included.
+    # what the security interceptor does, refusals included. Alone, the call observer is
+    # applied at registration too (`registry`), and calls skip the chain altogether.
+    chain, observer = telemetry.chain(more=anonymous is None)
     server = grpc.aio.server(
         options=options,
-        interceptors=[*telemetry.interceptors, *([] if anonymous is not None else [interceptor])],
+        interceptors=[*chain, *([] if anonymous is not None else [interceptor])],
     )
+    registry: Any = server if observer is None else observer.registering(server)
     servicer = AssetServicer(
         manager,
         max_concurrent_uploads=settings.max_concurrent_uploads,
@@ -371,15 +280,15 @@ async def start(
         task_tokens=security.task_tokens,
         recorder=telemetry.recorder,
     )
-    add_asset_service(servicer, server, anonymous)
+    add_asset_service(servicer, registry, anonymous)
     telemetry.prepare(pb.DESCRIPTOR.services_by_name["AssetService"])
     probes = Probes(
         [("database", manager.store.ping), ("storage", manager.storage.ping)],
         settings.health_interval_seconds,
     )
-    health_pb2_grpc.add_HealthServicer_to_server(probes.servicer, server)
+    health_pb2_grpc.add_HealthServicer_to_server(probes.servicer, registry)
     if settings.reflection != "off":
-        reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME), server)
+        reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME), registry)
     await probes.start()
     try:
         port = security.add_port(server)
@@ -394,33 +303,9 @@ async def start(
     await server.start()
     background = [
         asyncio.create_task(probes.run()),
-        asyncio.create_task(_settle_unknown_outcomes(manager)),
-        asyncio.create_task(
-            _expire_leases(manager, settings.lease_check_interval_seconds, telemetry.recorder)
-        ),
-        asyncio.create_task(
-            _expire_assets(manager, settings.retention_check_interval_seconds, telemetry.recorder)
-        ),
-        asyncio.create_task(
-            _collect(
-                manager,
-                settings.collect_interval_seconds,
-                settings.retention_sweep_limit,
-                telemetry.recorder,
-            )
-        ),
-        asyncio.create_task(
-            _sweep_tombstones(manager, _tenth(settings.watch_tombstone_ttl_seconds))
-        ),
+        *loops.start(manager, settings, telemetry.recorder, scrubs=role is None or role.index == 0),
+        *metrics_tasks,
     ]
-    background += metrics_tasks
-    if settings.scrub_rate_mib > 0 and (role is None or role.index == 0):  # one scrubs
-        rate = settings.scrub_rate_mib * 1024 * 1024
-        background.append(
-            asyncio.create_task(
-                scrub_forever(manager.scrubber, rate, settings.scrub_interval_seconds)
-            )
-        )
     return RunningServer(
         server, manager, probes, port, background, security, servicer.in_flight, telemetry
     )

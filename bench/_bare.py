@@ -115,14 +115,19 @@ def _handlers(kind: str, replies: dict[str, bytes]) -> dict[str, grpc.RpcMethodH
     raise ValueError(f"unknown ceiling {kind!r}; one of {', '.join(KINDS)}")
 
 
-async def serve(kind: str, max_streams: int, replies: dict[str, bytes]) -> None:
-    server = grpc.aio.server(
-        options=[*SERVER_OPTIONS, ("grpc.max_concurrent_streams", max_streams)]
-    )
+async def serve(
+    kind: str, max_streams: int, replies: dict[str, bytes], port: int = 0, shared: bool = False
+) -> None:
+    """`shared`: listen with SO_REUSEPORT, so that several ceilings on one `port` split its
+    connections as the service's --workers do (the kernel spreads them)."""
+    options = [*SERVER_OPTIONS, ("grpc.max_concurrent_streams", max_streams)]
+    if shared:
+        options = [o for o in options if o[0] != "grpc.so_reuseport"] + [("grpc.so_reuseport", 1)]
+    server = grpc.aio.server(options=options)
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler(SERVICE, _handlers(kind, replies)),)
     )
-    port = server.add_insecure_port("127.0.0.1:0")
+    port = server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
     print(f"port {port}", flush=True)
     stop = asyncio.Event()
@@ -152,12 +157,24 @@ def main() -> None:
         help="apply the service's malloc thresholds (asset_service/allocator.py) first: "
         "a bare server otherwise maps and faults in its 1 MiB buffers again per message",
     )
+    parser.add_argument("--port", type=int, default=0, help="the port (default: any free one)")
+    parser.add_argument(
+        "--shared",
+        action="store_true",
+        help="listen with SO_REUSEPORT: several ceilings on one --port, like --workers",
+    )
     args = parser.parse_args()
     if args.service_malloc:
         allocator.keep_chunk_buffers()
     replies = dict(item.split("=", 1) for item in args.reply)
     asyncio.run(
-        serve(args.kind, args.max_streams, {m: bytes.fromhex(h) for m, h in replies.items()})
+        serve(
+            args.kind,
+            args.max_streams,
+            {m: bytes.fromhex(h) for m, h in replies.items()},
+            args.port,
+            args.shared,
+        )
     )
 
 

@@ -20,10 +20,14 @@ class Ceiling:
         max_streams: int,
         replies: dict[str, bytes] | None = None,
         service_malloc: bool = False,
+        port: int = 0,
+        shared: bool = False,
     ):
         args = [sys.executable, "-m", "bench._bare", kind, "--max-streams", str(max_streams)]
         if service_malloc:
             args.append("--service-malloc")
+        if shared:  # SO_REUSEPORT: one of several ceilings on `port` (0: the first, any port)
+            args += ["--shared", "--port", str(port)]
         for method, reply in (replies or {}).items():
             args += ["--reply", f"{method}={reply.hex()}"]
         self.kind = kind

@@ -3,12 +3,17 @@
 Builds a pinned etcd (bench/etcd/server, go.etcd.io/etcd/server/v3 as bench/etcd/go.mod
 pins it) and a Go load generator (bench/etcd/load) into .tools/ once, then runs the same
 closed loop of Go callers against etcd and against the service, alternately, round by
-round: CreatePendingAsset against Put, GetAsset against a serializable Get.
+round: CreatePendingAsset against Put, GetAsset against a serializable Get. A third
+side, the echo floor, is bare grpc.aio (bench/_bare.py `unary`) in as many processes as
+the service has workers, sharing one port the same way (SO_REUSEPORT), answering each
+call with the bytes the service answered: what Python gRPC alone allows. Every run also
+takes each side's CPU seconds (all its processes), per call.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -18,8 +23,16 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import grpc
+
+from asset_service._proto.asset.v1 import asset_service_pb2 as pb
+from asset_service.config import Settings
+from asset_service.supervisor import cores
+from bench._procs import Ceiling, cpu_seconds
 from bench._report import REPO, Row, environment, load1, summary, write_json
 from tests.serverproc import ServerProcess
 
@@ -38,6 +51,12 @@ NAMES = {
     "asset-create": "CreatePendingAsset/s vs etcd Put",
     "asset-get": "GetAsset/s vs etcd serializable Get",
 }
+FLOOR_NAMES = {
+    "asset-create": "CreatePendingAsset/s vs the grpc.aio echo floor",
+    "asset-get": "GetAsset/s vs the grpc.aio echo floor",
+}
+# The load generator's own warm-up calls in every run (bench/etcd/load): CPU covers them too.
+WARM_UP_CALLS = 200
 
 
 def build(tools: Path) -> tuple[Path, Path]:
@@ -92,6 +111,11 @@ class Etcd:
     def address(self) -> str:
         return f"127.0.0.1:{self.client}"
 
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
     def __enter__(self) -> Etcd:
         # Its log (errors only; a stop logs its listeners closing) stays with its data.
         with open(self.root / "etcd.log", "wb") as log:
@@ -121,6 +145,104 @@ class Etcd:
                 self.proc.wait()
 
 
+def _tree(pid: int) -> list[int]:
+    """`pid` and its descendants (a supervisor's workers)."""
+    pids = [pid]
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as fh:
+                for child in fh.read().split():
+                    pids += _tree(int(child))
+    except FileNotFoundError:  # it ended meanwhile
+        pass
+    return pids
+
+
+def _cpu(pids: list[int]) -> float:
+    total = 0.0
+    for root in pids:
+        for pid in _tree(root):
+            with contextlib.suppress(FileNotFoundError):  # it ended meanwhile
+                total += cpu_seconds(pid)
+    return total
+
+
+@dataclass
+class Side:
+    """One side of a comparison: where the load goes, and whose CPU it costs."""
+
+    address: str
+    pids: list[int]
+
+
+@dataclass
+class Run:
+    per_s: float
+    cpu_us: float  # CPU microseconds of the side's processes per call
+
+
+def measure(load: Path, kind: str, side: Side, callers: int, calls: int) -> Run:
+    before = _cpu(side.pids)
+    per_s = run_load(load, kind, side.address, callers, calls)
+    spent = _cpu(side.pids) - before
+    return Run(per_s, spent * 1e6 / (calls + WARM_UP_CALLS))
+
+
+def captured_replies(address: str) -> dict[str, bytes]:
+    """The service's own answers to the load generator's calls (same sizes for the floor)."""
+    with grpc.insecure_channel(address) as channel:
+
+        def call(method: str, request: Any) -> bytes:
+            stub = channel.unary_unary(
+                f"/asset.v1.AssetService/{method}",
+                request_serializer=lambda m: m.SerializeToString(),
+                response_deserializer=None,
+            )
+            return bytes(stub(request, timeout=30))
+
+        made = call(
+            "CreateValueAsset",
+            pb.CreateValueAssetRequest(label="bench", value=pb.Value(json='{"k": 1}')),
+        )
+        asset_id = pb.CreateValueAssetResponse.FromString(made).asset.id
+        return {
+            "CreateValueAsset": made,
+            "GetAsset": call("GetAsset", pb.GetAssetRequest(asset_id=asset_id)),
+            "CreatePendingAsset": call(
+                "CreatePendingAsset",
+                pb.CreatePendingAssetRequest(
+                    task_id="bench", label="out-0", type=pb.ASSET_TYPE_VALUE
+                ),
+            ),
+        }
+
+
+class Floor:
+    """`count` bare grpc.aio processes on one port (SO_REUSEPORT), as --workers `count`."""
+
+    def __init__(self, count: int, replies: dict[str, bytes]) -> None:
+        self.count, self.replies = count, replies
+        self.ceilings: list[Ceiling] = []
+
+    def __enter__(self) -> Side:
+        streams = Settings.max_streams_per_connection
+        try:
+            first = Ceiling("unary", streams, self.replies, shared=True)
+            self.ceilings.append(first)
+            for _ in range(self.count - 1):
+                self.ceilings.append(
+                    Ceiling("unary", streams, self.replies, port=first.port, shared=True)
+                )
+        except BaseException:
+            self.__exit__()
+            raise
+        return Side(first.address, [c.pid for c in self.ceilings])
+
+    def __exit__(self, *exc: object) -> None:
+        for ceiling in self.ceilings:
+            ceiling.stop()
+
+
 def run_load(load: Path, kind: str, address: str, callers: int, calls: int) -> float:
     done = subprocess.run(
         [str(load), f"-kind={kind}", f"-addr={address}", f"-callers={callers}", f"-calls={calls}"],
@@ -135,32 +257,52 @@ def run_load(load: Path, kind: str, address: str, callers: int, calls: int) -> f
 
 
 def compare(
-    load: Path, service: str, etcd: str, workers: str, args: argparse.Namespace
+    load: Path, sides: dict[str, Side], workers: str, args: argparse.Namespace
 ) -> list[Row]:
+    """Rounds of service, etcd and floor runs, the order rotated every round."""
     rows = []
     for ours, theirs, bar in PAIRS:
+        kinds = {"service": ours, "etcd": theirs, "floor": ours}
         for callers in args.callers:
-            run_load(load, ours, service, callers, args.calls // 4)  # warm up both
-            run_load(load, theirs, etcd, callers, args.calls // 4)
-            rates = []
+            for name, kind in kinds.items():  # warm up all three
+                run_load(load, kind, sides[name].address, callers, args.calls // 4)
+            runs: dict[str, list[Run]] = {name: [] for name in kinds}
             for turn in range(args.rounds):
-                if turn % 2:
-                    e = run_load(load, theirs, etcd, callers, args.calls)
-                    s = run_load(load, ours, service, callers, args.calls)
-                else:
-                    s = run_load(load, ours, service, callers, args.calls)
-                    e = run_load(load, theirs, etcd, callers, args.calls)
-                rates.append((s, e))
-            s_r, e_r = [r[0] for r in rates], [r[1] for r in rates]
+                order = list(kinds)[turn % 3 :] + list(kinds)[: turn % 3]
+                for name in order:
+                    runs[name].append(measure(load, kinds[name], sides[name], callers, args.calls))
+            s_r, e_r, f_r = ([r.per_s for r in runs[n]] for n in ("service", "etcd", "floor"))
+            cpu = {n: statistics.median(r.cpu_us for r in runs[n]) for n in runs}
+            raw = {
+                "callers": callers,
+                "service_per_s": s_r,
+                "etcd_per_s": e_r,
+                "floor_per_s": f_r,
+                **{f"{n}_cpu_us_per_call": [r.cpu_us for r in runs[n]] for n in runs},
+            }
             rows.append(
                 Row(
                     f"{NAMES[ours]}, {callers} callers, --workers {workers}",
                     bar if callers == 64 else "",
-                    [s / e for s, e in rates],
+                    [s / e for s, e in zip(s_r, e_r, strict=True)],
                     load1(),
                     f"service {statistics.median(s_r):.0f}/s, etcd {statistics.median(e_r):.0f}/s "
-                    "(Go clients, one connection per 16 callers)",
-                    {"service_per_s": s_r, "etcd_per_s": e_r, "callers": callers},
+                    f"(Go clients, one connection per 16 callers); CPU per call: service "
+                    f"{cpu['service']:.0f} us, etcd {cpu['etcd']:.0f} us",
+                    raw,
+                )
+            )
+            print(rows[-1].line(), flush=True)
+            rows.append(
+                Row(
+                    f"{FLOOR_NAMES[ours]}, {callers} callers, --workers {workers}",
+                    "",
+                    [s / f for s, f in zip(s_r, f_r, strict=True)],
+                    load1(),
+                    f"floor {statistics.median(f_r):.0f}/s, {cpu['floor']:.0f} us CPU per call "
+                    f"(service {cpu['service']:.0f}); floor vs etcd "
+                    f"{statistics.median(f / e for f, e in zip(f_r, e_r, strict=True)):.2f}",
+                    raw,
                 )
             )
             print(rows[-1].line(), flush=True)
@@ -202,7 +344,14 @@ def main() -> None:
                 root / "data", f"sqlite:///{root / 'assets.db'}", extra_args=["--workers", count]
             ).start()
             try:
-                rows += compare(load, svc.address, etcd.address, count, args)
+                processes = cores() if count == "auto" else int(count)
+                with Floor(processes, captured_replies(svc.address)) as floor:
+                    sides = {
+                        "service": Side(svc.address, [svc.pid]),
+                        "etcd": Side(etcd.address, [etcd.pid]),
+                        "floor": floor,
+                    }
+                    rows += compare(load, sides, count, args)
             finally:
                 svc.stop()
     print(summary(rows))

@@ -117,6 +117,38 @@ def asset_to_pb(asset: Asset) -> pb.Asset:
     return msg
 
 
+class Answers:
+    """GetAsset's answer made last for each record, reused while the store hands back the
+    very same record object (SqliteStore's point read does while nothing commits): a
+    record is immutable, so its answer is too, and it is neither converted nor copied
+    again. At most `max_entries` answers, holding `max_bytes` of values in all."""
+
+    def __init__(self, max_entries: int = 1024, max_bytes: int = 4 * 1024 * 1024) -> None:
+        self.max_entries, self.max_bytes = max_entries, max_bytes
+        self._answers: dict[str, tuple[Asset, pb.GetAssetResponse]] = {}
+        self._bytes = 0
+
+    def get_asset(self, asset: Asset) -> pb.GetAssetResponse:
+        known = self._answers.get(asset.id)
+        if known is not None and known[0] is asset:
+            return known[1]
+        answer = pb.GetAssetResponse(asset=asset_to_pb(asset))
+        if known is not None:  # an older record of the asset: replaced
+            del self._answers[asset.id]
+            self._bytes -= _value_bytes(known[0])
+        size = _value_bytes(asset)
+        if len(self._answers) >= self.max_entries or self._bytes + size > self.max_bytes:
+            self._answers.clear()
+            self._bytes = 0
+        self._answers[asset.id] = (asset, answer)
+        self._bytes += size
+        return answer
+
+
+def _value_bytes(asset: Asset) -> int:
+    return len(asset.value.data) if asset.value else 0
+
+
 def usage_to_pb(usage: Usage) -> pb.GetUsageResponse:
     def by_status(parts: Mapping[Status, tuple[int, int]]) -> list[pb.StatusUsage]:
         return [

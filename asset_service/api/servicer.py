@@ -2,155 +2,33 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import functools
 import logging
 import math
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Iterator
 
 import grpc
-from google.protobuf.message import DecodeError
-from grpc_status import rpc_status
 
-from asset_service import logs
 from asset_service._proto.asset.v1 import asset_service_pb2 as pb
 from asset_service._proto.asset.v1 import asset_service_pb2_grpc as pb_grpc
-from asset_service.api import convert, wire
-from asset_service.api.errors import capped, rich_status, status_code, status_message
+from asset_service.api import convert, transfers
+from asset_service.api.handlers import Ctx, answer_within, streaming, unary
 from asset_service.api.inflight import InFlight
 from asset_service.api.stalls import StallGuard
-from asset_service.api.wire import Malformed, UploadMessage
+from asset_service.api.wire import UploadMessage
 from asset_service.config import Settings
 from asset_service.domain.errors import (
-    AssetError,
     InvalidArgument,
     LimitExceeded,
-    Timeout,
     Unavailable,
 )
 from asset_service.domain.manager import AssetManager
 from asset_service.domain.models import AssetType
-from asset_service.domain.ports import Chunk
 from asset_service.security.principal import ANONYMOUS, current_principal
 from asset_service.security.task_tokens import TaskTokens
-from asset_service.telemetry import NO_RECORDER, Recorder, note_error_ref
+from asset_service.telemetry import NO_RECORDER, Recorder
 
 log = logging.getLogger(__name__)
-
-Req = TypeVar("Req")
-Resp = TypeVar("Resp")
-Ctx = grpc.aio.ServicerContext[Any, Any]
-
-
-async def _abort(context: Ctx, exc: BaseException, method: str) -> None:
-    """End the call with the status `exc` maps to; its message is capped (api/errors.py).
-
-    Raises grpc's AbortError, or returns if the status could not be sent because the call
-    had already ended (the client left, e.g. killed while its stalled stream was being
-    ended): grpc then ends the call quietly with the abort it recorded when the handler
-    returns. Left to grpc, that failure was logged as an error with two tracebacks.
-    """
-    try:
-        await _send_status(context, exc, method)
-    except grpc.aio.AbortError:
-        raise
-    except grpc.aio.InternalError as failed:  # ExecuteBatchError: nobody to tell
-        log.debug("%s ended before its status could be sent: %s", method, failed)
-
-
-async def _send_status(context: Ctx, exc: BaseException, method: str) -> None:
-    if isinstance(exc, AssetError):
-        rich = rich_status(exc)
-        if rich is not None:
-            await context.abort_with_status(rpc_status.to_status(rich))  # type: ignore[attr-defined]
-        await context.abort(status_code(exc), status_message(exc))
-    if isinstance(exc, DecodeError):
-        # A client-streaming request is parsed as the handler reads it, so bytes that are
-        # not the message surface here: the client's error, logged in one rate-limited line.
-        log.warning(
-            "malformed message in %s: %s", method, exc, extra={logs.RATE_KEY: logs.MALFORMED}
-        )
-        await context.abort(
-            grpc.StatusCode.INVALID_ARGUMENT,
-            capped(f"a message of the {method} stream does not parse: {exc}"),
-        )
-    ref = uuid.uuid4().hex[:12]
-    note_error_ref(ref)  # the call's access line carries it too
-    # Tracebacks are kept (a bug to fix) but rate-limited: a client repeating the request
-    # that triggers one must not flood the log.
-    log.error(
-        "%s failed unexpectedly (ref %s)",
-        method,
-        ref,
-        exc_info=exc,
-        extra={logs.RATE_KEY: f"unexpected:{method}:{type(exc).__name__}"},
-    )
-    await context.abort(
-        grpc.StatusCode.INTERNAL, f"internal error in {method}; server log ref {ref}"
-    )
-
-
-def _parsed(request: object, method: str) -> None:
-    """Refuse a request whose bytes did not parse (server.py registers api/wire.tolerant
-    deserializers): one rate-limited log line, INVALID_ARGUMENT naming the method."""
-    if isinstance(request, Malformed):
-        log.warning(
-            "malformed request to %s: %s",
-            method,
-            request.message,
-            extra={logs.RATE_KEY: logs.MALFORMED},
-        )
-        raise InvalidArgument(request.message)
-
-
-def unary(
-    fn: Callable[[Any, Req, Ctx], Awaitable[Resp]],
-) -> Callable[[Any, Req, Ctx], Awaitable[Resp]]:
-    @functools.wraps(fn)
-    async def wrapper(self: AssetServicer, request: Req, context: Ctx) -> Resp:
-        with self.in_flight:
-            try:
-                _parsed(request, fn.__name__)
-                return await fn(self, request, context)
-            except grpc.aio.AbortError:
-                raise
-            except Exception as exc:  # AssetError and anything unexpected
-                await _abort(context, exc, fn.__name__)
-                # The call ended before its status could be sent; grpc ends it now.
-                return None  # type: ignore[return-value]
-
-    return wrapper
-
-
-def streaming(
-    fn: Callable[[Any, Req, Ctx], AsyncIterator[Resp]],
-) -> Callable[[Any, Req, Ctx], AsyncIterator[Resp]]:
-    @functools.wraps(fn)
-    async def wrapper(self: AssetServicer, request: Req, context: Ctx) -> AsyncIterator[Resp]:
-        with self.in_flight:
-            try:
-                _parsed(request, fn.__name__)
-                async for item in fn(self, request, context):
-                    yield item
-            except grpc.aio.AbortError:
-                raise
-            except Exception as exc:  # AssetError and anything unexpected
-                await _abort(context, exc, fn.__name__)
-
-    return wrapper
-
-
-def _answer_within(context: Ctx) -> float | None:
-    """Seconds a waiting call may wait so that its answer still beats the client's
-    deadline (a tenth of what is left, at most half a second, goes to writing the
-    manifest and sending the answer); None without a deadline."""
-    remaining = context.time_remaining()
-    if remaining is None:
-        return None
-    return max(0.0, remaining - min(0.5, remaining / 10))
 
 
 class AssetServicer(pb_grpc.AssetServiceServicer):
@@ -178,6 +56,7 @@ class AssetServicer(pb_grpc.AssetServiceServicer):
         self.reads_in_progress = 0
         # WatchAsset's wire bytes of recent events, shared by every stream sending them.
         self.watch_events = convert.SharedEvents()
+        self.answers = convert.Answers()  # GetAsset's, while its record is the same object
         self.watch_stalls = StallGuard(watch_stall_timeout_seconds)
         self.read_stalls = StallGuard(read_stall_timeout_seconds)
         # Every call between its start and its end (@unary, @streaming): a stop waits
@@ -203,47 +82,12 @@ class AssetServicer(pb_grpc.AssetServiceServicer):
             self.uploads_in_progress -= 1
 
     async def _upload(self, messages: AsyncIterator[UploadMessage]) -> pb.UploadAssetResponse:
-        idle = self.upload_idle_timeout
-
-        async def next_message() -> UploadMessage | None:
-            # A silent client would hold its slot and staging file forever; the manager
-            # removes the staging file when this raises out of the chunk stream.
-            try:
-                async with asyncio.timeout(idle):
-                    return await anext(messages, None)
-            except TimeoutError:
-                raise Timeout(
-                    f"the upload sent no message for {idle:g}s (--upload-idle-timeout); "
-                    "nothing was stored: send the header and chunks without such pauses"
-                ) from None
-
-        first = await next_message()
-        if first is None:
-            raise InvalidArgument("empty upload: send an UploadHeader as the first message")
-        if isinstance(first, memoryview) or first.WhichOneof("payload") != "header":
-            raise InvalidArgument(
-                "the first message of an upload must be the header; a chunk came first"
-            )
-        header = convert.upload_header_from_pb(first.header)
-        received = self.recorder.upload_received
-
-        async def chunks() -> AsyncIterator[Chunk]:
-            while (msg := await next_message()) is not None:
-                if isinstance(msg, memoryview):  # a chunk, not copied out (api/wire)
-                    received(len(msg))
-                    yield msg
-                elif msg.WhichOneof("payload") == "header":
-                    raise InvalidArgument(
-                        "a second header arrived mid-upload; send the header once, first"
-                    )
-                else:
-                    received(len(msg.chunk))
-                    yield msg.chunk
-
+        idle, received = self.upload_idle_timeout, self.recorder.upload_received
+        header, chunks = await transfers.upload_stream(messages, idle, received)
         resumable = int(bool(header.upload_id))
         self.resumable_uploads_in_progress += resumable
         try:
-            asset = await self.manager.upload(header, chunks(), by=_caller())
+            asset = await self.manager.upload(header, chunks, by=_caller())
         finally:
             self.resumable_uploads_in_progress -= resumable
         return pb.UploadAssetResponse(asset=convert.asset_to_pb(asset))
@@ -367,8 +211,7 @@ class AssetServicer(pb_grpc.AssetServiceServicer):
 
     @unary
     async def GetAsset(self, request: pb.GetAssetRequest, context: Ctx) -> pb.GetAssetResponse:
-        asset = await self.manager.get(request.asset_id)
-        return pb.GetAssetResponse(asset=convert.asset_to_pb(asset))
+        return self.answers.get_asset(await self.manager.get(request.asset_id))
 
     @unary
     async def BatchGetAssets(
@@ -471,39 +314,9 @@ class AssetServicer(pb_grpc.AssetServiceServicer):
 
     async def _read(self, request: pb.ReadAssetRequest, context: Ctx) -> None:
         chunks = await self.manager.read(request.asset_id, request.offset, request.limit)
-        stall = self.read_stalls.limit
-        offset = request.offset
-
-        def stalled() -> Unavailable:
-            log.info(
-                "ReadAsset client did not read %s for %gs; ending its stream with "
-                "UNAVAILABLE (it may resume at offset %d)",
-                request.asset_id,
-                stall,
-                offset,
-            )
-            # `offset` is what the client has been sent, not what it has taken in: what
-            # the HTTP/2 window still held is delivered before this status.
-            return Unavailable(
-                f"the read stalled: the client did not read for {stall:g}s "
-                f"(--read-stall-timeout); resume with ReadAsset offset={offset} (the "
-                "first byte not sent)"
-            )
-
-        # The messages are serialized here (server.py registers ReadAsset with a serializer
-        # that passes bytes through), so a write waiting on a client that does not read
-        # holds one copy of one chunk; writing, not yielding, so that the chunk stream is
-        # closed (its file with it) however the call ends, not when it is collected.
-        with self.read_stalls.guarding(stalled) as writer:
-            async with contextlib.aclosing(chunks):
-                async for chunk in chunks:
-                    try:
-                        await writer.write(context, wire.read_response(chunk, offset))
-                    except grpc.aio.InternalError:
-                        log.debug("ReadAsset client left at offset %d", offset)
-                        return
-                    self.recorder.read_sent(len(chunk))
-                    offset += len(chunk)
+        await transfers.send_read(
+            context, chunks, request.asset_id, request.offset, self.read_stalls, self.recorder
+        )
 
     @unary
     async def GetManifest(
@@ -513,7 +326,7 @@ class AssetServicer(pb_grpc.AssetServiceServicer):
             dict(request.asset_mappings),
             convert.struct_to_dict(request.config_params),
             wait=request.wait,
-            wait_seconds=_answer_within(context),
+            wait_seconds=answer_within(context),
         )
         return pb.GetManifestResponse(manifest_path=str(manifest.path), entries=manifest.entries)
 

@@ -7,7 +7,7 @@ import contextvars
 import inspect
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -124,7 +124,10 @@ class CallObserver(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
-        path = handler_call_details.method
+        return self.handler(handler_call_details.method, handler)
+
+    def handler(self, path: str, handler: Any) -> Any:
+        """`handler` of method `path` as observed (the same object while `handler` is)."""
         cached = self._wrapped.get(path)
         if cached is not None and cached[0] is handler:
             return cached[1]
@@ -132,6 +135,11 @@ class CallObserver(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         wrapped = self._wrap(self._method(path, grpc_type), handler)
         self._wrapped[path] = (handler, wrapped)
         return wrapped
+
+    def registering(self, server: Any) -> Registering:
+        """`server` as seen by the code adding services: each handler added is observed,
+        wrapped once here, and the server needs no interceptor for it (server.py)."""
+        return Registering(server, self)
 
     def prepare(self, service: Any) -> None:
         """Look up the metrics of every method of `service` (a ServiceDescriptor) now."""
@@ -225,12 +233,48 @@ class CallObserver(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         return self._returning(method, behavior)
 
 
+class Registering:
+    """Stands in for the server where services are added: their handlers are observed.
+
+    Without an interceptor nothing runs before a call's first request is parsed, so the
+    call's record starts there (or, for a streamed request, when its handler starts).
+    Methods no service has are not answered by a handler, and not observed either way.
+    """
+
+    def __init__(self, server: Any, observer: CallObserver) -> None:
+        self.server, self.observer = server, observer
+
+    def add_generic_rpc_handlers(self, handlers: Sequence[Any]) -> None:
+        self.server.add_generic_rpc_handlers(
+            tuple(_ObservedGeneric(h, self.observer) for h in handlers)
+        )
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, Any]) -> None:
+        self.server.add_registered_method_handlers(
+            service,
+            {name: self.observer.handler(f"/{service}/{name}", h) for name, h in handlers.items()},
+        )
+
+
+class _ObservedGeneric(grpc.GenericRpcHandler):  # type: ignore[type-arg]
+    def __init__(self, inner: Any, observer: CallObserver) -> None:
+        self.inner, self.observer = inner, observer
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> Any:
+        handler = self.inner.service(handler_call_details)
+        if handler is None:
+            return None
+        return self.observer.handler(handler_call_details.method, handler)
+
+
 def _counting_deserializer(parse: Callable[[bytes], Any] | None) -> Callable[[bytes], Any]:
     def deserialize(data: bytes) -> Any:
         call = _current.get()
-        if call is not None:
-            call.bytes_in += len(data)
-            call.messages_in += 1
+        if call is None:  # observed from registration: the call's first step here
+            call = Call(time.perf_counter())
+            _current.set(call)
+        call.bytes_in += len(data)
+        call.messages_in += 1
         return parse(data) if parse is not None else data
 
     return deserialize

@@ -80,6 +80,16 @@ class Telemetry:
             chain.append(self.observer)
         return chain
 
+    def chain(self, more: bool) -> tuple[list[Any], CallObserver | None]:
+        """The server's interceptors, and the call observer if it is to be applied where
+        handlers are registered instead (CallObserver.registering). With no other
+        interceptor (`more`: the security interceptor follows) and no tracing, the observer
+        would be the only one: wrapping each handler once then spares every call grpc's
+        interceptor chain, and what is observed is the same."""
+        if more or self.tracing is not None or self.observer is None:
+            return self.interceptors, None
+        return [], self.observer
+
     @property
     def group_commits(self) -> Any:
         """What the store's writer tells each group transaction's size (None: nothing)."""

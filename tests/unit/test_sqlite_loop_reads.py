@@ -152,3 +152,37 @@ async def test_a_closed_store_refuses_the_loop_read(tmp_path: Path) -> None:
     await s.close()
     with pytest.raises(Unavailable):
         await s.get(record.id)
+
+
+async def test_a_record_read_again_is_reread_once_anything_commits(store: SqliteStore) -> None:
+    made = await store.insert(pending_record())
+    first = await store.get(made.id)
+    assert first is not None and await store.get(made.id) is first, "nothing committed since"
+    # Another connection (another worker of the server, say) commits behind the store's
+    # back: the next read on the loop must see it.
+    other = sqlite3.connect(store.path)
+    try:
+        with other:
+            other.execute("UPDATE assets SET label = 'renamed' WHERE id = ?", (made.id,))
+    finally:
+        other.close()
+    again = await store.get(made.id)
+    assert again is not None and again.label == "renamed"
+    # And a write of the store's own writer (its own connection) too.
+    await store.insert(pending_record())
+    assert await store.get(made.id) is not again
+
+
+async def test_what_is_known_is_bounded_by_its_values_bytes(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from asset_service.store.sqlite import _readers
+
+    monkeypatch.setattr(_readers, "KNOWN_MAX_BYTES", 3000)
+    one, two = [await store.insert(value_record(2000)) for _ in range(2)]
+    first = await store.get(one.id)
+    assert await store.get(one.id) is first
+    await store.get(two.id)  # 4000 bytes would be known: what was is forgotten first
+    assert store._readers._known_bytes == 2000
+    again = await store.get(one.id)
+    assert again == first and again is not first

@@ -20,6 +20,12 @@ T = TypeVar("T")
 READ_THREADS = 4
 
 
+# Records kept for the loop's point reads between two commits: so many, and values of
+# so many bytes in all (each value is at most LOOP_READ_MAX_VALUE).
+KNOWN_MAX = 1024
+KNOWN_MAX_BYTES = 4 * 1024 * 1024
+
+
 class Later:
     """The loop's point read declined: read on a reader thread."""
 
@@ -40,6 +46,10 @@ class Readers:
         self._conns: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         self.loop_conn: sqlite3.Connection | None = None
+        # Records the loop read, while the database is as it was then (_known).
+        self._known: dict[str, Asset] = {}
+        self._known_version: int | None = None
+        self._known_bytes = 0
 
     async def open_loop_connection(self) -> None:
         """The event loop's connection, with no busy timeout (opened on a reader thread)."""
@@ -72,6 +82,17 @@ class Readers:
         if conn is None:
             return LATER
         try:
+            # SQLite's data_version changes whenever any other connection, in any
+            # process, commits: while it has not, a record read before is still the
+            # record (a tenth of the cost of reading and converting it again).
+            version = conn.execute("PRAGMA data_version").fetchone()[0]
+            if version == self._known_version:
+                known = self._known.get(asset_id)
+                if known is not None:
+                    return known
+            else:
+                self._forget()
+                self._known_version = version
             # fetchall, not fetchone: the statement runs to its end and leaves no read
             # transaction open on the loop's connection.
             rows = conn.execute(LOOP_GET, (asset_id,)).fetchall()
@@ -86,7 +107,17 @@ class Readers:
             return LATER  # a value over LOOP_READ_MAX_VALUE: not on the loop
         if row["hold_count"]:
             return LATER  # its holds are read beside it, off the loop
-        return row_to_asset(row)
+        asset = row_to_asset(row)
+        size = len(asset.value.data) if asset.value else 0
+        if len(self._known) >= KNOWN_MAX or self._known_bytes + size > KNOWN_MAX_BYTES:
+            self._forget()
+        self._known[asset_id] = asset
+        self._known_bytes += size
+        return asset
+
+    def _forget(self) -> None:
+        self._known.clear()
+        self._known_bytes = 0
 
     def close(self) -> None:
         """Wait for the reads in progress, then close every connection."""
