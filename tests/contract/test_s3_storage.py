@@ -113,7 +113,7 @@ async def test_the_store_refuses_bytes_whose_crc32c_is_not_the_one_sent(
 ) -> None:
     """Each part (and a small object's PUT) carries its ChecksumCRC32C: bytes damaged on
     the way are refused by the store, not kept. Here the checksum sent is wrong instead."""
-    from asset_service.storage.s3 import _parts, _storage
+    from asset_service.storage.s3 import _bucket, _parts
 
     right = _parts.crc32c_base64
 
@@ -121,7 +121,7 @@ async def test_the_store_refuses_bytes_whose_crc32c_is_not_the_one_sent(
         return right(data + b"!")
 
     monkeypatch.setattr(_parts, "crc32c_base64", wrong)
-    monkeypatch.setattr(_storage, "crc32c_base64", wrong)
+    monkeypatch.setattr(_bucket, "crc32c_base64", wrong)
     writer = storage.new_writer()
     with pytest.raises(Unavailable, match=r"(?i)checksum|digest"):
         for start in range(0, size, 1 << 20):

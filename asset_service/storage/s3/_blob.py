@@ -17,11 +17,12 @@ from asset_service.storage import fs
 from asset_service.storage.blocks import Digests, sums_of
 from asset_service.storage.s3._config import PART_SIZE, translate
 from asset_service.storage.s3._parts import PartBuffer, Parts
+from asset_service.storage.s3._placement import Placement
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3.type_defs import CompletedPartTypeDef
 
-    from asset_service.storage.s3._storage import S3Storage
+    from asset_service.storage.s3._bucket import Bucket
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +43,8 @@ class S3Writer:
       server-side to its key with the same conditional completion, then drops the staging.
     """
 
-    def __init__(self, storage: S3Storage, key: str | None = None) -> None:
-        self._storage = storage
+    def __init__(self, bucket: Bucket, key: str | None = None) -> None:
+        self._bucket = bucket
         self.size_bytes = 0
         self.sha256 = hashlib.sha256().hexdigest()
         self.block_sums: BlockSums = sums_of(b"")
@@ -51,19 +52,15 @@ class S3Writer:
         self._digests = Digests()
         self._buffer = PartBuffer()
         self._key = key
-        self._target = storage.object_key(key) if key is not None else None
-        self._upload_key = self._target or storage.staging_key(self.blob_id)
-        self._upload_id: str | None = None
-        self._parts: Parts | None = None
+        self._target = bucket.object_key(key) if key is not None else None
+        upload_key = self._target or bucket.staging_key(self.blob_id)
+        self._placement = Placement(bucket, upload_key, self.blob_id)
         self._completed: list[CompletedPartTypeDef] = []
-        self._staged = False  # the staging object exists
-        self._final_key: str | None = None
-        self._done = False
 
     # --- writing ------------------------------------------------------------------------
 
     async def write(self, chunk: Chunk) -> None:
-        if self._upload_id is None:
+        if self._placement.upload_id is None:
             # Opened at once, even for bytes that will fit one part: the upload in flight is
             # visible in the bucket, so a sweep can tell a live server's from a dead one's.
             await self._create_upload()
@@ -77,109 +74,79 @@ class S3Writer:
             await self._send_part(self._buffer.take(PART_SIZE))
 
     async def _create_upload(self) -> None:
+        placement = self._placement
         try:
-            created = await self._storage.client.create_multipart_upload(
-                Bucket=self._storage.location.bucket,
-                Key=self._upload_key,
+            created = await self._bucket.client.create_multipart_upload(
+                Bucket=self._bucket.location.bucket,
+                Key=placement.upload_key,
                 ChecksumAlgorithm="CRC32C",
                 # What delete_if_ours() looks for once the upload is completed at its key.
                 Metadata={"blob-id": self.blob_id},
             )
         except Exception as exc:
-            raise translate(exc, "starting an upload", self._upload_key) from exc
-        self._upload_id = created["UploadId"]
-        self._parts = Parts(
-            self._storage.bulk,
-            self._storage.location.bucket,
-            self._upload_key,
-            self._upload_id,
+            raise translate(exc, "starting an upload", placement.upload_key) from exc
+        placement.upload_id = created["UploadId"]
+        placement.parts = Parts(
+            self._bucket.bulk,
+            self._bucket.location.bucket,
+            placement.upload_key,
+            placement.upload_id,
         )
 
     async def _send_part(self, data: bytes) -> None:
-        assert self._parts is not None
-        await self._parts.add(data)
+        assert self._placement.parts is not None
+        await self._placement.parts.add(data)
 
     async def seal(self) -> None:
         """No more writes: every part sent; a staging upload is completed."""
         self.sha256 = self._digests.sha.hexdigest()
         self.block_sums = self._digests.blocks.result()
-        if self._parts is None or not self._parts.count:
+        placement = self._placement
+        if placement.parts is None or not placement.parts.count:
             return  # at most one part, held in memory: commit() PUTs it
         if self._buffer.size:
             await self._send_part(self._buffer.take(self._buffer.size))
-        self._completed = await self._parts.done()
+        self._completed = await placement.parts.done()
         if self._target is not None:
             return  # completed at its key by commit()
-        assert self._upload_id is not None
+        assert placement.upload_id is not None
         try:
-            await self._storage.client.complete_multipart_upload(
-                Bucket=self._storage.location.bucket,
-                Key=self._upload_key,
-                UploadId=self._upload_id,
+            await self._bucket.client.complete_multipart_upload(
+                Bucket=self._bucket.location.bucket,
+                Key=placement.upload_key,
+                UploadId=placement.upload_id,
                 MultipartUpload={"Parts": self._completed},
             )
         except Exception as exc:
-            raise translate(exc, "completing an upload", self._upload_key) from exc
-        self._upload_id, self._staged = None, True
+            raise translate(exc, "completing an upload", placement.upload_key) from exc
+        placement.upload_id, placement.staged = None, True
 
     # --- placing and settling -----------------------------------------------------------
 
     async def commit(self, key: str) -> str:
-        object_key = self._storage.object_key(key)
+        object_key = self._bucket.object_key(key)
         if self._target is not None and object_key != self._target:
             raise ValueError(f"a writer opened for {self._key!r} cannot commit at {key!r}")
-        if self._staged:
-            await self._storage.place_copy(object_key, self._upload_key, self.blob_id)
-            self._final_key = object_key
-            await self._drop_staging()
-        elif self._completed:
-            assert self._upload_id is not None
-            await self._storage.place_upload(object_key, self._upload_id, self._completed)
-            self._final_key, self._upload_id = object_key, None
-        else:
-            body = self._buffer.take(self._buffer.size)
-            await self._storage.place_bytes(object_key, body, self.blob_id)
-            self._final_key = object_key
-            await self._abort_upload()
-        return self._storage.location.path_of(object_key)
+        # Only a blob that fits one part still holds its bytes here (seal() sent the rest).
+        body = self._buffer.take(self._buffer.size)
+        return await self._placement.place(object_key, body, self._completed)
 
     async def finish(self) -> None:
-        self._done = True
+        self._placement.finish()
 
     async def rollback(self) -> None:
         """Stop the parts in flight, abort the multipart upload, remove the staging object
         and the placed one (if ours)."""
-        if self._done:
-            return
-        self._done = True
         self._buffer.clear()
-        await self._abort_upload()
-        await self._drop_staging()
-        if self._final_key is not None:
-            await self._storage.delete_if_ours(self._final_key, self.blob_id)
+        await self._placement.rollback()
 
     def discard(self) -> None:
         """rollback() from synchronous cleanup: run as a task the storage awaits on close."""
-        if not self._done:
-            self._storage.in_background(self.rollback())
+        self._placement.discard(self.rollback)
 
     def abandon(self) -> None:
         """Outcome unknown: keep everything; the orphan and upload sweeps settle it later."""
-        self._done = True
-
-    async def _abort_upload(self) -> None:
-        if self._parts is not None:
-            # A part still on its way could land after the abort and leave the upload
-            # behind (S3 says to abort again then): none is.
-            await self._parts.cancel()
-        if self._upload_id is not None:
-            upload_id, self._upload_id = self._upload_id, None
-            await self._storage.abort_upload(self._upload_key, upload_id)
-
-    async def _drop_staging(self) -> None:
-        if self._staged:
-            await self._storage.delete_quietly(self._upload_key)
-            self._staged = False
+        self._placement.abandon()
 
 
 class S3Adopted:
@@ -190,12 +157,12 @@ class S3Adopted:
     committed) or the object (record not committed) after a crash.
     """
 
-    def __init__(self, storage: S3Storage, raw: str, opened: fs.Opened, move: bool) -> None:
-        self._storage = storage
+    def __init__(self, bucket: Bucket, raw: str, opened: fs.Opened, move: bool) -> None:
+        self._bucket = bucket
         self.raw = raw
         self.opened = opened
         self.move = move
-        self._writer = S3Writer(storage)
+        self._writer = S3Writer(bucket)
         self.size_bytes: int = 0
         self.sha256: str = hashlib.sha256().hexdigest()
         self.block_sums: BlockSums = sums_of(b"")
@@ -232,13 +199,13 @@ class S3Adopted:
                 "final": key,
                 "blob_id": self._writer.blob_id,
             }
-            self._journal = await asyncio.to_thread(self._storage.journal.write, intent)
+            self._journal = await asyncio.to_thread(self._bucket.journal.write, intent)
         try:
             self._check_unchanged()
             path = await self._writer.commit(key)
         except BaseException:
             await self._writer.rollback()
-            self._storage.journal.forget(self._journal)
+            self._bucket.journal.forget(self._journal)
             self._journal = None
             raise
         return path
@@ -255,7 +222,7 @@ class S3Adopted:
                     self.opened.parent_fd, self.opened.name, (st.st_dev, st.st_ino)
                 ):
                     log.warning("the moved source %r was already gone or replaced", self.raw)
-            self._storage.journal.forget(self._journal)
+            self._bucket.journal.forget(self._journal)
         finally:
             self.opened.close()
 
@@ -265,13 +232,13 @@ class S3Adopted:
         self._done = True
         try:
             await self._writer.rollback()
-            self._storage.journal.forget(self._journal)
+            self._bucket.journal.forget(self._journal)
         finally:
             self.opened.close()
 
     def discard(self) -> None:
         if not self._done:
-            self._storage.in_background(self.rollback())
+            self._bucket.in_background(self.rollback())
 
     def abandon(self) -> None:
         """Keep object, source and journal: the next start-up settles them."""

@@ -13,20 +13,21 @@ from asset_service.storage.s3._config import is_missing, translate
 from asset_service.storage.s3._journal import Leftover
 
 if TYPE_CHECKING:
-    from asset_service.storage.s3._storage import S3Storage
+    from asset_service.storage.imports import ImportRoots
+    from asset_service.storage.s3._bucket import Bucket
 
 log = logging.getLogger(__name__)
 
 
-def _instance_of(storage: S3Storage, key: str) -> str | None:
+def _instance_of(bucket: Bucket, key: str) -> str | None:
     """The instance that staged `key` (tmp/staging/<instance>/<blob>), None for other keys."""
-    head = f"{storage.location.prefix}tmp/staging/"
+    head = bucket.staging_area
     if not key.startswith(head):
         return None
     return key[len(head) :].split("/", 1)[0]
 
 
-async def sweep_staging(storage: S3Storage, limit: int = 0) -> int:
+async def sweep_staging(bucket: Bucket, limit: int = 0) -> int:
     """Abort uploads and delete staging objects that no live process owns.
 
     An instance on this host is known live or dead by its state folder's lock: a dead one's
@@ -34,93 +35,93 @@ async def sweep_staging(storage: S3Storage, limit: int = 0) -> int:
     here (other hosts) goes only once idle past the grace: no part, no write within it, so
     a long upload still streaming on another server is left alone.
     """
-    live, dead = await asyncio.to_thread(storage.journal.instances)
-    keep = live | await asyncio.to_thread(storage.journal.blocked)
-    grace = storage.orphan_grace_seconds
+    live, dead = await asyncio.to_thread(bucket.journal.instances)
+    keep = live | await asyncio.to_thread(bucket.journal.blocked)
+    grace = bucket.orphan_grace_seconds
     now = datetime.now(UTC)
     removed = 0
-    prefix = storage.location.prefix
-    async for upload in storage.uploads(prefix):
+    prefix = bucket.location.prefix
+    async for upload in bucket.uploads(prefix):
         key, upload_id = upload["Key"], upload["UploadId"]
-        owner = _instance_of(storage, key)
-        if owner in keep or key.startswith(storage.sessions.area):
+        owner = _instance_of(bucket, key)
+        if owner in keep or key.startswith(bucket.sessions_area):
             continue  # (resumable uploads' sessions live until they expire: sweep_sessions)
         if owner not in dead and (
             (now - upload["Initiated"]).total_seconds() < grace
-            or await _recent_part(storage, key, upload_id)
+            or await _recent_part(bucket, key, upload_id)
         ):
             continue
         log.warning("aborting a multipart upload of %s left by a dead upload", key)
-        await storage.abort_upload(key, upload_id)
+        await bucket.abort_upload(key, upload_id)
         removed += 1
         if removed == limit:
             return removed
-    async for item in storage.listed(f"{prefix}tmp/staging/"):
-        owner = _instance_of(storage, item["Key"])
+    async for item in bucket.listed(bucket.staging_area):
+        owner = _instance_of(bucket, item["Key"])
         if owner in keep:
             continue
         if owner in dead or (now - item["LastModified"]).total_seconds() >= grace:
-            await storage.delete_quietly(item["Key"])
+            await bucket.delete_quietly(item["Key"])
             removed += 1
             if removed == limit:
                 return removed
     return removed + await asyncio.to_thread(
-        storage.journal.sweep_dead, limit - removed if limit else 0
+        bucket.journal.sweep_dead, limit - removed if limit else 0
     )
 
 
-async def _recent_part(storage: S3Storage, key: str, upload_id: str) -> bool:
+async def _recent_part(bucket: Bucket, key: str, upload_id: str) -> bool:
     now = datetime.now(UTC)
     try:
-        parts = await storage.client.list_parts(
-            Bucket=storage.location.bucket, Key=key, UploadId=upload_id
+        parts = await bucket.client.list_parts(
+            Bucket=bucket.location.bucket, Key=key, UploadId=upload_id
         )
     except Exception as exc:
         if is_missing(exc):
             return True  # completed or aborted meanwhile: nothing to do
         raise translate(exc, "listing an upload's parts", key) from exc
     return any(
-        (now - part["LastModified"]).total_seconds() < storage.orphan_grace_seconds
+        (now - part["LastModified"]).total_seconds() < bucket.orphan_grace_seconds
         for part in parts.get("Parts", ())
     )
 
 
-async def clear_instance(storage: S3Storage, instance: str) -> None:
+async def clear_instance(bucket: Bucket, instance: str) -> None:
     """Abort the uploads and delete the staging objects of one instance (closing cleanly)."""
-    prefix = f"{storage.location.prefix}tmp/staging/{instance}/"
-    async for upload in storage.uploads(prefix):
-        await storage.abort_upload(upload["Key"], upload["UploadId"])
-    async for item in storage.listed(prefix):
-        await storage.delete_quietly(item["Key"])
+    prefix = f"{bucket.staging_area}{instance}/"
+    async for upload in bucket.uploads(prefix):
+        await bucket.abort_upload(upload["Key"], upload["UploadId"])
+    async for item in bucket.listed(prefix):
+        await bucket.delete_quietly(item["Key"])
 
 
-async def leftovers(storage: S3Storage) -> list[Leftover]:
+async def leftovers(bucket: Bucket) -> list[Leftover]:
     found = []
-    for journal, intent in await asyncio.to_thread(storage.journal.dead_intents):
+    for journal, intent in await asyncio.to_thread(bucket.journal.dead_intents):
         try:
-            object_key = storage.object_key(intent["final"])
+            object_key = bucket.object_key(intent["final"])
             asset_id = parse_asset_id(object_key.split("/")[-2])
         except (KeyError, TypeError, AssetError) as exc:
             log.error("dropping unusable move journal %s (%s)", journal, exc)
             journal.unlink(missing_ok=True)
             continue
-        found.append(Leftover(asset_id, storage.location.path_of(object_key), journal, intent))
+        found.append(Leftover(asset_id, bucket.location.path_of(object_key), journal, intent))
     return found
 
 
-async def settle(storage: S3Storage, leftover: Leftover, committed: bool) -> None:
+async def settle(bucket: Bucket, imports: ImportRoots, leftover: Leftover, committed: bool) -> None:
     """Remove the source of a committed move, or the object of one whose record did not commit.
 
     Only when the object standing at the key is the journaled one (its blob-id): otherwise
     the source stays, so the bytes are never in neither place.
     """
     intent = leftover.intent
-    object_key = storage.object_key(intent["final"])
-    head = await storage.head(object_key)
+    object_key = bucket.object_key(intent["final"])
+    head = await bucket.head(object_key)
     ours = head is not None and head.get("Metadata", {}).get("blob-id") == intent["blob_id"]
     if committed and ours:
         source = (intent["dev"], intent["ino"])
-        if await asyncio.to_thread(storage.imports.remove_if_same, intent["source"], source):
+        if await asyncio.to_thread(imports.remove_if_same, intent["source"], source):
             log.warning("finished an interrupted move of %r", intent["source"])
     elif committed:
         log.error(
@@ -130,6 +131,6 @@ async def settle(storage: S3Storage, leftover: Leftover, committed: bool) -> Non
             leftover.storage_path,
             intent.get("source"),
         )
-    elif ours and await storage.delete_if_ours(object_key, intent["blob_id"]):
+    elif ours and await bucket.delete_if_ours(object_key, intent["blob_id"]):
         log.warning("undid an interrupted move of %r", intent.get("source"))
     leftover.journal.unlink(missing_ok=True)

@@ -16,11 +16,12 @@ from asset_service.domain.uploads import UploadSession
 from asset_service.storage.blocks import Digests
 from asset_service.storage.s3._config import PART_SIZE, translate
 from asset_service.storage.s3._parts import crc32c_base64
+from asset_service.storage.s3._placement import Placement
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3.type_defs import CompletedPartTypeDef
 
-    from asset_service.storage.s3._session_hold import Claim
+    from asset_service.storage.s3._session_claim import Claim
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +44,8 @@ class S3SessionWriter:
         digests: Digests,
     ) -> None:
         self._claim = claim
-        self._storage = claim.sessions.storage
-        self._data_key = claim.sessions.data_key(claim.key)
-        self._multipart: str | None = multipart
+        self._bucket = claim.objects.bucket
+        self._data_key = claim.objects.data_key(claim.key)
         self._parts = list(parts)
         # The sha256 and block sums of the uploaded parts (PART_SIZE is a multiple of the
         # block size: a part boundary never splits a block).
@@ -55,11 +55,11 @@ class S3SessionWriter:
         self.sha256 = digests.sha.hexdigest()
         self.block_sums: BlockSums = digests.blocks.result()
         self.blob_id = uuid.uuid4().hex  # stamped on the final object: "is it ours?"
+        # The session's multipart upload; staged once completed as the data object.
+        self._placement = Placement(self._bucket, self._data_key, self.blob_id)
+        self._placement.upload_id = multipart
         self._buffer = bytearray()
-        self._staged = False  # the upload was completed as the data object
         self._sealed = False
-        self._final_key: str | None = None
-        self._done = False
 
     @property
     def session(self) -> UploadSession:
@@ -78,16 +78,16 @@ class S3SessionWriter:
             await self._upload_part(part)
 
     async def _upload_part(self, data: bytes) -> None:
-        assert self._multipart is not None
+        assert self._placement.upload_id is not None
         number = len(self._parts) + 1
         # Checked by the store on receipt (a part damaged on the way is refused).
         checksum = await asyncio.to_thread(crc32c_base64, data) if self._checksummed else ""
         extra: dict[str, Any] = {"ChecksumCRC32C": checksum} if checksum else {}
         try:
-            answer = await self._storage.client.upload_part(
-                Bucket=self._storage.location.bucket,
+            answer = await self._bucket.client.upload_part(
+                Bucket=self._bucket.location.bucket,
                 Key=self._data_key,
-                UploadId=self._multipart,
+                UploadId=self._placement.upload_id,
                 PartNumber=number,
                 Body=data,
                 **extra,
@@ -114,9 +114,10 @@ class S3SessionWriter:
         if self._buffer:
             await self._upload_part(bytes(self._buffer))
             self._buffer = bytearray()
-        assert self._multipart is not None
-        await self._claim.sessions.complete(self._claim.key, self._multipart, self._parts)
-        self._multipart, self._staged = None, True
+        placement = self._placement
+        assert placement.upload_id is not None
+        await self._claim.objects.complete(self._claim.key, placement.upload_id, self._parts)
+        placement.upload_id, placement.staged = None, True
         self._final_digests()
 
     def _final_digests(self) -> None:
@@ -125,7 +126,7 @@ class S3SessionWriter:
 
     async def suspend(self, expires_at: datetime) -> UploadSession:
         # A part not filled is not durable: it goes, and the next stream sends it again.
-        durable = self.size_bytes if self._staged else self.durable_bytes
+        durable = self.size_bytes if self._placement.staged else self.durable_bytes
         self._buffer = bytearray()
         self.size_bytes = durable
         saved = dataclasses.replace(
@@ -133,9 +134,10 @@ class S3SessionWriter:
         )
         try:
             await self._claim.close(saved)
-            if self._multipart is not None and not self._sealed:
-                sessions = self._claim.sessions
-                sessions.digests[self._claim.key] = (self._multipart, durable, self._digests.copy())
+            multipart = self._placement.upload_id
+            if multipart is not None and not self._sealed:
+                objects = self._claim.objects
+                objects.digests[self._claim.key] = (multipart, durable, self._digests.copy())
         finally:
             self.release()
         return saved
@@ -147,8 +149,8 @@ class S3SessionWriter:
 
     async def remove(self) -> None:
         self._claim.end(unclaim=False)
-        self._done = True
-        await self._claim.sessions.remove_all(self._claim.key)
+        self._placement.finish()  # its bytes go with the session's objects
+        await self._claim.objects.remove_all(self._claim.key)
 
     def release(self) -> None:
         self._claim.end()
@@ -156,42 +158,21 @@ class S3SessionWriter:
     # --- placing and settling (the bytes only: the record stays) -------------------------
 
     async def commit(self, key: str) -> str:
-        object_key = self._storage.object_key(key)
-        if self._staged:
-            await self._storage.place_copy(object_key, self._data_key, self.blob_id)
-            self._final_key = object_key
-            await self._storage.delete_quietly(self._data_key)
-            self._staged = False
-        else:
-            await self._storage.place_bytes(object_key, bytes(self._buffer), self.blob_id)
-            self._final_key = object_key
-            self._buffer = bytearray()
-            await self._abort_upload()
-        return self._storage.location.path_of(object_key)
+        # Unless the upload was completed as the data object, the file fits one part.
+        body = bytes(self._buffer)
+        path = await self._placement.place(self._bucket.object_key(key), body, [])
+        self._buffer = bytearray()
+        return path
 
     async def finish(self) -> None:
-        self._done = True
+        self._placement.finish()
 
     async def rollback(self) -> None:
-        if self._done:
-            return
-        self._done = True
         self._buffer = bytearray()
-        await self._abort_upload()
-        if self._staged:
-            await self._storage.delete_quietly(self._data_key)
-            self._staged = False
-        if self._final_key is not None:
-            await self._storage.delete_if_ours(self._final_key, self.blob_id)
+        await self._placement.rollback()
 
     def discard(self) -> None:
-        if not self._done:
-            self._storage.in_background(self.rollback())
+        self._placement.discard(self.rollback)
 
     def abandon(self) -> None:
-        self._done = True
-
-    async def _abort_upload(self) -> None:
-        if self._multipart is not None:
-            multipart, self._multipart = self._multipart, None
-            await self._storage.abort_upload(self._data_key, multipart)
+        self._placement.abandon()

@@ -8,7 +8,7 @@ from asset_service.domain.errors import SharedBytesGone
 from asset_service.domain.models import BlockSums
 
 if TYPE_CHECKING:
-    from asset_service.storage.s3._storage import S3Storage
+    from asset_service.storage.s3._bucket import Bucket
 
 
 class S3Shared:
@@ -25,9 +25,9 @@ class S3Shared:
     """
 
     def __init__(
-        self, storage: S3Storage, storage_path: str, size_bytes: int, sha256: str, sums: BlockSums
+        self, bucket: Bucket, storage_path: str, size_bytes: int, sha256: str, sums: BlockSums
     ) -> None:
-        self._storage = storage
+        self._bucket = bucket
         self._path = storage_path
         self.size_bytes, self.sha256, self.block_sums = size_bytes, sha256, sums
 
@@ -35,7 +35,7 @@ class S3Shared:
         # A HEAD answers the common case early (removed since the caller checked them:
         # the caller stores the bytes anew, as when the shared record write is refused);
         # that write is what decides, atomically, in the store.
-        head = await self._storage.head(self._storage.key_of(self._path))
+        head = await self._bucket.head(self._bucket.key_of(self._path))
         if head is None or int(head["ContentLength"]) != self.size_bytes:
             raise SharedBytesGone(self._path)
         return self._path

@@ -7,38 +7,29 @@ import contextlib
 import logging
 import os
 import uuid
-from collections.abc import AsyncIterator, Coroutine, Sequence
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from asset_service.domain.errors import (
-    AssetError,
-    Conflict,
-    IntegrityError,
-    InvalidArgument,
-    NotFound,
-    Unavailable,
-)
+from asset_service.domain.errors import AssetError, IntegrityError, InvalidArgument, Unavailable
 from asset_service.domain.models import BLOCK_BYTES, BlockSums, parse_asset_id
 from asset_service.domain.uploads import UploadSession
 from asset_service.modes import Modes
-from asset_service.storage import blocks, fs, keys
+from asset_service.storage import blocks, fs
 from asset_service.storage.imports import ImportRoots
 from asset_service.storage.s3 import _recovery
 from asset_service.storage.s3._blob import S3Adopted, S3Writer
+from asset_service.storage.s3._bucket import Bucket
 from asset_service.storage.s3._bulk import Bulk
 from asset_service.storage.s3._config import (
-    COPY_PART_SIZE,
     Credentials,
     S3Location,
     create_client,
     is_missing,
-    is_precondition,
     translate,
 )
 from asset_service.storage.s3._journal import Journal, Leftover
-from asset_service.storage.s3._parts import crc32c_base64
 from asset_service.storage.s3._reads import Object
 from asset_service.storage.s3._session_blob import S3SessionWriter
 from asset_service.storage.s3._session_hold import S3Hold
@@ -47,7 +38,6 @@ from asset_service.storage.s3._shared import S3Shared
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
-    from types_aiobotocore_s3.type_defs import CompletedPartTypeDef
 
 log = logging.getLogger(__name__)
 
@@ -86,25 +76,20 @@ class S3Storage:
         self._max_connections = max_connections
         self.instance = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.journal = Journal(state_dir, self.instance, modes)
+        # What its blobs, sessions and sweeps use: they never call the storage.
+        self.bucket = Bucket(self.location, url, self.instance, self.journal, orphan_grace_seconds)
         self._stack = contextlib.AsyncExitStack()
-        self._client: S3Client | None = None
-        self._bulk: Bulk | None = None
-        self._background: set[asyncio.Task[None]] = set()
         # Resumable uploads' sessions, in tmp/uploads/ of the bucket.
-        self.sessions = S3Sessions(self)
+        self.sessions = S3Sessions(self.bucket)
 
     @property
     def client(self) -> S3Client:
-        if self._client is None:
-            raise Unavailable(f"object storage {self.url} is not open")
-        return self._client
+        return self.bucket.client
 
     @property
     def bulk(self) -> Bulk:
         """Parts and ranged GETs, on threads (storage/s3/_bulk.py says why)."""
-        if self._bulk is None:
-            raise Unavailable(f"object storage {self.url} is not open")
-        return self._bulk
+        return self.bucket.bulk
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -113,19 +98,19 @@ class S3Storage:
         client: S3Client = await self._stack.enter_async_context(
             create_client(creds, self._max_connections)
         )
-        self._client = client
+        self.bucket.open_client = client
         try:
             await client.head_bucket(Bucket=self.location.bucket)
         except Exception as exc:
             await self._stack.aclose()
-            self._client = None
+            self.bucket.open_client = None
             raise Unavailable(
                 f"bucket {self.location.bucket!r} at {creds.endpoint_url or 'AWS S3'} is not "
                 f"usable ({exc}); create it, or check AWS_ENDPOINT_URL and the credentials"
             ) from exc
         bulk = Bulk(creds, self._max_connections)
         await asyncio.to_thread(bulk.open)
-        self._bulk = bulk
+        self.bucket.open_bulk = bulk
         await asyncio.to_thread(self.journal.open)
 
     async def ping(self) -> None:
@@ -139,205 +124,49 @@ class S3Storage:
 
     async def close(self) -> None:
         await self.drain()
-        if self._client is not None and not await asyncio.to_thread(self.journal.unsettled):
+        bucket = self.bucket
+        if bucket.open_client is not None and not await asyncio.to_thread(self.journal.unsettled):
             # Like a local staging folder removed on close; kept while moves are unsettled.
             with contextlib.suppress(AssetError):
-                await _recovery.clear_instance(self, self.instance)
+                await _recovery.clear_instance(bucket, self.instance)
         await self._stack.aclose()
-        self._client = None
-        if self._bulk is not None:
-            self._bulk.close()
-            self._bulk = None
+        bucket.open_client = None
+        if bucket.open_bulk is not None:
+            bucket.open_bulk.close()
+            bucket.open_bulk = None
         await asyncio.to_thread(self.journal.close)
 
     async def drain(self) -> None:
         """Wait for cleanup started by discard(): later calls on this instance see it done."""
-        if self._background:
-            await asyncio.wait(set(self._background), timeout=30)
-
-    def in_background(self, work: Coroutine[Any, Any, None]) -> None:
-        """Run cleanup that a synchronous caller cannot await; close() waits for it."""
-
-        async def logged() -> None:
-            try:
-                await work
-            except Exception:
-                # Whatever it left (an upload, an object) the start-up sweeps remove.
-                log.exception("cleaning up a discarded upload failed")
-
-        task = asyncio.get_running_loop().create_task(logged())
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        await self.bucket.drain()
 
     # --- keys and paths ---------------------------------------------------------------
 
     def object_key(self, key: str) -> str:
-        return self.location.prefix + "/".join(keys.key_parts(key))
-
-    def staging_key(self, blob_id: str) -> str:
-        return f"{self.location.prefix}tmp/staging/{self.instance}/{blob_id}"
+        return self.bucket.object_key(key)
 
     def key_of(self, storage_path: str) -> str:
-        head = self.location.path_of(self.location.prefix)
-        if not storage_path.startswith(head):
-            raise NotFound(f"{storage_path} is not a path in this storage ({self.url})")
-        return self.object_key(storage_path[len(head) :])
-
-    # --- placing, for the blobs -----------------------------------------------------------
-
-    async def _placed(self, object_key: str, write: Any) -> None:
-        """Run a conditional write; replace a crash leftover older than the grace, once."""
-        for attempt in (1, 2):
-            try:
-                await write()
-                return
-            except Exception as exc:
-                if not is_precondition(exc):
-                    raise translate(exc, "committing bytes", object_key) from exc
-            age = await self._age(object_key)
-            if attempt == 2 or age is None or age < self.orphan_grace_seconds:
-                raise Conflict(
-                    "the asset's bytes are being committed by another request; retry shortly"
-                )
-            log.warning("replacing an object left %.0fs ago by an interrupted commit", age)
-            await self.delete_quietly(object_key)
-
-    async def place_bytes(self, object_key: str, body: bytes, blob_id: str) -> None:
-        checksum = await asyncio.to_thread(crc32c_base64, body)
-
-        async def write() -> None:
-            await self.client.put_object(
-                Bucket=self.location.bucket,
-                Key=object_key,
-                Body=body,
-                IfNoneMatch="*",
-                Metadata={"blob-id": blob_id},
-                ChecksumCRC32C=checksum,  # checked by the store on receipt
-            )
-
-        await self._placed(object_key, write)
-
-    async def place_upload(
-        self, object_key: str, upload_id: str, parts: list[CompletedPartTypeDef]
-    ) -> None:
-        """Complete a multipart upload opened at its final key, only if the key is still
-        free (a refused completion leaves the upload open: it can be retried, or aborted)."""
-
-        async def write() -> None:
-            await self.client.complete_multipart_upload(
-                Bucket=self.location.bucket,
-                Key=object_key,
-                UploadId=upload_id,
-                MultipartUpload={"Parts": parts},
-                IfNoneMatch="*",
-            )
-
-        await self._placed(object_key, write)
-
-    async def place_copy(self, object_key: str, source_key: str, blob_id: str) -> None:
-        """Server-side multipart copy, completed only if the key is still free."""
-        bucket = self.location.bucket
-        size = await self._size(source_key)
-
-        async def write() -> None:
-            created = await self.client.create_multipart_upload(
-                Bucket=bucket, Key=object_key, Metadata={"blob-id": blob_id}
-            )
-            upload_id = created["UploadId"]
-            try:
-                parts: list[CompletedPartTypeDef] = []
-                for number, start in enumerate(range(0, max(size, 1), COPY_PART_SIZE), 1):
-                    end = min(size, start + COPY_PART_SIZE) - 1
-                    copied = await self.client.upload_part_copy(
-                        Bucket=bucket,
-                        Key=object_key,
-                        UploadId=upload_id,
-                        PartNumber=number,
-                        CopySource={"Bucket": bucket, "Key": source_key},
-                        CopySourceRange=f"bytes={start}-{end}",
-                    )
-                    parts.append({"PartNumber": number, "ETag": copied["CopyPartResult"]["ETag"]})
-                await self.client.complete_multipart_upload(
-                    Bucket=bucket,
-                    Key=object_key,
-                    UploadId=upload_id,
-                    MultipartUpload={"Parts": parts},
-                    IfNoneMatch="*",
-                )
-            except BaseException:
-                await self.abort_upload(object_key, upload_id)
-                raise
-
-        await self._placed(object_key, write)
-
-    async def abort_upload(self, object_key: str, upload_id: str) -> None:
-        try:
-            await self.client.abort_multipart_upload(
-                Bucket=self.location.bucket, Key=object_key, UploadId=upload_id
-            )
-        except Exception as exc:
-            if not is_missing(exc):
-                log.warning("could not abort the upload of %s (%s); a sweep will", object_key, exc)
-
-    async def delete_quietly(self, object_key: str) -> None:
-        try:
-            await self.client.delete_object(Bucket=self.location.bucket, Key=object_key)
-        except Exception as exc:
-            log.warning("could not delete %s (%s); a sweep will", object_key, exc)
-
-    async def delete_if_ours(self, object_key: str, blob_id: str) -> bool:
-        """Delete an object this blob placed; never one another writer put there since."""
-        head = await self.head(object_key)
-        if head is None or head.get("Metadata", {}).get("blob-id") != blob_id:
-            return False
-        try:
-            await self.client.delete_object(
-                Bucket=self.location.bucket, Key=object_key, IfMatch=head["ETag"]
-            )
-        except Exception as exc:
-            if not (is_missing(exc) or is_precondition(exc)):
-                raise translate(exc, "removing bytes", object_key) from exc
-            return False
-        return True
+        return self.bucket.key_of(storage_path)
 
     async def head(self, object_key: str) -> dict[str, Any] | None:
-        try:
-            head = await self.client.head_object(Bucket=self.location.bucket, Key=object_key)
-        except Exception as exc:
-            if is_missing(exc):
-                return None
-            raise translate(exc, "checking bytes", object_key) from exc
-        return dict(head)
-
-    async def _age(self, object_key: str) -> float | None:
-        head = await self.head(object_key)
-        if head is None:
-            return None
-        modified: datetime = head["LastModified"]
-        return (datetime.now(UTC) - modified).total_seconds()
-
-    async def _size(self, object_key: str) -> int:
-        head = await self.head(object_key)
-        if head is None:
-            raise IntegrityError(f"the staged upload {object_key} vanished before its commit")
-        return int(head["ContentLength"])
+        return await self.bucket.head(object_key)
 
     # --- writing ----------------------------------------------------------------------
 
     def new_writer(self, key: str | None = None) -> S3Writer:
-        return S3Writer(self, key)
+        return S3Writer(self.bucket, key)
 
     async def clone(
         self, storage_path: str, size_bytes: int, sha256: str, sums: BlockSums
     ) -> S3Shared:
         """The same object for another record (storage/s3/_shared.py): stored once."""
         self.key_of(storage_path)  # NotFound for a path of another storage
-        return S3Shared(self, storage_path, size_bytes, sha256, sums)
+        return S3Shared(self.bucket, storage_path, size_bytes, sha256, sums)
 
     async def adopt(self, path: str, move: bool) -> S3Adopted:
         """Copy a server-side file under an import root into the bucket while hashing it."""
         opened = await asyncio.to_thread(self.imports.open, path, move)
-        blob = S3Adopted(self, path, opened, move)
+        blob = S3Adopted(self.bucket, path, opened, move)
         try:
             await blob.stage()
         except BaseException:
@@ -423,13 +252,6 @@ class S3Storage:
     async def verify(self, storage_path: str, size_bytes: int, sums: BlockSums) -> None:
         await blocks.drain(await self.read(storage_path, size_bytes, 0, 0, BLOCK_BYTES, sums))
 
-    def _ranged(
-        self, object_key: str, shown: str, etag: str, offset: int, end: int, chunk_size: int
-    ) -> AsyncIterator[bytes]:
-        """One ranged GET pinned to `etag`, streamed chunk by chunk."""
-        stored = Object(self.client, self.location.bucket, object_key, etag, shown)
-        return stored.ranged(offset, end, chunk_size)
-
     # --- housekeeping -----------------------------------------------------------------
 
     async def remove(self, storage_path: str) -> None:
@@ -440,29 +262,8 @@ class S3Storage:
             if not is_missing(exc):
                 raise translate(exc, "removing bytes", storage_path) from exc
 
-    async def uploads(self, prefix: str) -> AsyncIterator[dict[str, Any]]:
-        """Multipart uploads in progress under `prefix`.
-
-        Listed bucket-wide and filtered here: MinIO lists uploads for an empty prefix or
-        one exact key only, not for a folder-like prefix (checked against the pinned build).
-        """
-        paginator = self.client.get_paginator("list_multipart_uploads")
-        async for page in paginator.paginate(Bucket=self.location.bucket):
-            for upload in page.get("Uploads", ()):
-                if upload["Key"].startswith(prefix):
-                    yield dict(upload)
-
-    async def listed(self, prefix: str, after: str = "") -> AsyncIterator[dict[str, Any]]:
-        paginator = self.client.get_paginator("list_objects_v2")
-        bucket = self.location.bucket
-        pages = (
-            paginator.paginate(Bucket=bucket, Prefix=prefix, StartAfter=after)
-            if after
-            else paginator.paginate(Bucket=bucket, Prefix=prefix)
-        )
-        async for page in pages:
-            for item in page.get("Contents", ()):
-                yield dict(item)
+    def listed(self, prefix: str, after: str = "") -> AsyncIterator[dict[str, Any]]:
+        return self.bucket.listed(prefix, after)
 
     async def orphans(self, after: str = "") -> AsyncIterator[tuple[str, str]]:
         """Objects in uploads/ and generated/ older than the grace, as (asset id, path), in
@@ -489,18 +290,18 @@ class S3Storage:
     async def sweep_dead_staging(self, limit: int = 0) -> int:
         """Abort uploads and delete staging that dead processes left; return how many."""
         await self.drain()
-        return await _recovery.sweep_staging(self, limit)
+        return await _recovery.sweep_staging(self.bucket, limit)
 
     # --- recovery of moves ------------------------------------------------------------
 
     async def leftovers(self, past_grace: bool = False) -> list[Leftover]:
         """Moves journaled (on this host) by processes that died, for recovery to settle."""
         await self.drain()
-        found = await _recovery.leftovers(self)
+        found = await _recovery.leftovers(self.bucket)
         if past_grace:
             return await asyncio.to_thread(fs.journaled_before, found, self.orphan_grace_seconds)
         return found
 
     async def settle(self, leftover: Leftover, committed: bool) -> None:
         """Finish a journaled move whose record committed, or undo one whose record did not."""
-        await _recovery.settle(self, leftover, committed)
+        await _recovery.settle(self.bucket, self.imports, leftover, committed)
