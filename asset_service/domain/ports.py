@@ -441,6 +441,16 @@ class BlobStorage(UploadSessions, Protocol):
 
     async def remove(self, storage_path: str) -> None: ...
 
+    async def remove_orphan(
+        self, storage_path: str, unclaimed: Callable[[], Awaitable[bool]]
+    ) -> bool:
+        """Remove bytes the orphan sweep found no record pointing at, if `unclaimed()`,
+        asked again right before, still says so: a retry that replaced them and wrote
+        its record after the sweep's first look keeps its bytes. Whether they went. On
+        the local disk the key's folder is held meanwhile (flock: no commit of the key
+        can link; one under way answers False at once, unasked); elsewhere a commit
+        replaces only bytes past the orphan grace, which the sweep's candidates are."""
+
     def orphans(self, after: str = "") -> AsyncIterator[tuple[str, str]]:
         """(asset_id, storage_path) of every stored file old enough to be an orphan, in
         the storage's own order of paths; with `after` (a path it yielded before), those

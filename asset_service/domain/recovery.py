@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 
 from asset_service.domain.models import Status
@@ -56,6 +57,14 @@ async def reconcile(store: MetadataStore, storage: BlobStorage, limit: int = 0) 
     return removed
 
 
+async def _unclaimed(store: MetadataStore, asset_id: str, path: str) -> bool:
+    """No record points at `path`: neither its asset's nor one sharing its bytes."""
+    record = await store.get(asset_id)
+    if record is not None and record.storage_path == path:
+        return False
+    return not await store.referenced([path])
+
+
 async def reconcile_from(
     store: MetadataStore, storage: BlobStorage, limit: int = 0, after: str = ""
 ) -> tuple[int, str]:
@@ -68,19 +77,24 @@ async def reconcile_from(
 
     async def flush() -> int:
         records = await store.get_many(sorted({a for a, _ in batch}))
-        unclaimed = [
+        unclaimed = {
             path
             for asset_id, path in batch
             if (rec := records.get(asset_id)) is None or rec.storage_path != path
-        ]
+        }
         # Bytes stored once outlive the record they were stored for while another
         # points at them (domain/references.py): only those none points at go.
-        shared = await store.referenced(unclaimed) if unclaimed else set()
+        shared = await store.referenced(sorted(unclaimed)) if unclaimed else set()
         count = 0
-        for path in unclaimed:
-            if path not in shared:
-                log.warning("removing orphan file %s (no record points at it)", path)
-                await storage.remove(path)
+        for asset_id, path in batch:
+            if path not in unclaimed or path in shared:
+                continue
+            # Asked again where no commit of the key can run (remove_orphan): a retry
+            # may have replaced the file and written its record since the reads above.
+            if await storage.remove_orphan(
+                path, functools.partial(_unclaimed, store, asset_id, path)
+            ):
+                log.warning("removed orphan file %s (no record points at it)", path)
                 count += 1
         batch.clear()
         return count

@@ -313,6 +313,24 @@ async def test_removed_bytes_fail_their_check(blob: BlobBackend) -> None:
         await storage.check("/not/in/this/storage", 5)
 
 
+async def test_an_orphan_goes_only_if_the_records_still_say_so_when_asked_again(
+    blob: BlobBackend,
+) -> None:
+    storage = await blob.start()
+    path = await written(storage, b"orphan?", keys.upload_key(ID, "x", DAY))
+    answers = [False, True]
+
+    async def unclaimed() -> bool:
+        return answers.pop(0)
+
+    assert not await storage.remove_orphan(path, unclaimed)  # a record came meanwhile
+    await storage.check(path, 7)
+    assert await storage.remove_orphan(path, unclaimed)
+    with pytest.raises(IntegrityError, match="missing"):
+        await storage.check(path, 7)
+    assert answers == []
+
+
 async def test_orphans_are_only_files_past_the_grace(blob: BlobBackend) -> None:
     storage = await blob.start()
     old_upload = await written(storage, b"a", keys.upload_key(ID, "a", DAY))

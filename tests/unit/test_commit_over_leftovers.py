@@ -6,12 +6,12 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 
 import pytest
 
-from asset_service.domain import keys
+from asset_service.domain import keys, recovery
 from asset_service.domain.commits import Committer, Handover
 from asset_service.domain.errors import Conflict, FailedPrecondition, Occupied
 from asset_service.domain.manager._base import new_record
@@ -205,4 +205,61 @@ async def test_a_replacement_whose_record_write_fails_puts_the_bytes_back(
         await committer.publish(Handover(blob), asset_id, key, landed_first)
     assert Path(other.path).read_bytes() == b"half-made"
     assert leftovers_in(storage) == []
+    await storage.close()
+
+
+class RetryDuringSweep(MemoryStore):
+    """The orphan sweep's first look finds no record; then, before it removes the file,
+    a retry replaces the leftover and writes its record (`between`, run once)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.between: Callable[[], Awaitable[object]] | None = None
+
+    async def referenced(self, storage_paths: Sequence[str]) -> set[str]:
+        found = await super().referenced(storage_paths)
+        between, self.between = self.between, None
+        if between is not None:
+            await between()
+        return found
+
+
+async def test_the_orphan_sweep_keeps_what_a_retry_committed_after_its_first_look(
+    tmp_path: Path, mid_commit: tuple[Process, str]
+) -> None:
+    other, asset_id = mid_commit
+    await other.kill()
+    storage = LocalStorage(tmp_path, orphan_grace_seconds=0)  # the leftover is a candidate
+    await storage.open()
+    store = RetryDuringSweep()
+    await store.open()
+    committer = Committer(store)
+    blob = await staged(storage, b"retried")
+    store.between = lambda: publish(committer, asset_id, blob)
+    removed, _ = await recovery.reconcile_from(store, storage)
+    assert removed == 0
+    assert Path(other.path).read_bytes() == b"retried", "the retry's committed bytes went"
+    assert (await store.get(asset_id)) is not None
+    await storage.close()
+
+
+async def test_the_orphan_sweep_passes_over_a_key_a_commit_holds(
+    tmp_path: Path, mid_commit: tuple[Process, str]
+) -> None:
+    """A live commit holds its key's folder: the sweep removes nothing there and does
+    not even ask the records."""
+    other, _ = mid_commit
+    storage = LocalStorage(tmp_path, orphan_grace_seconds=0)
+    await storage.open()
+    asked = []
+
+    async def unclaimed() -> bool:
+        asked.append(True)
+        return True
+
+    assert not await storage.remove_orphan(other.path, unclaimed)
+    assert asked == [] and Path(other.path).read_bytes() == b"half-made"
+    await other.kill()
+    assert await storage.remove_orphan(other.path, unclaimed)
+    assert asked == [True] and not Path(other.path).exists()
     await storage.close()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 from asset_service.domain import recovery
@@ -24,8 +24,11 @@ class Storage:
             self.listed += 1
             yield asset_id, path
 
-    async def remove(self, path: str) -> None:
-        self.removed.append(path)
+    async def remove_orphan(self, path: str, unclaimed: Callable[[], Awaitable[bool]]) -> bool:
+        if await unclaimed():
+            self.removed.append(path)
+            return True
+        return False
 
 
 class Store:
@@ -35,6 +38,9 @@ class Store:
                 self.storage_path = PATHS[IDS.index(asset_id)]
 
         return {a: Rec(a) for a in asset_ids if IDS.index(a) % 5}
+
+    async def get(self, asset_id: str) -> Any:
+        return (await self.get_many([asset_id])).get(asset_id)
 
     async def referenced(self, storage_paths: Sequence[str]) -> set[str]:
         return set()  # no bytes shared here

@@ -11,7 +11,7 @@ import os
 import shutil
 import stat
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -370,6 +370,40 @@ class LocalStorage:
     async def remove(self, storage_path: str) -> None:
         parts = self._parts_of(storage_path)
         await asyncio.to_thread(self._remove_sync, parts)
+
+    async def remove_orphan(
+        self, storage_path: str, unclaimed: Callable[[], Awaitable[bool]]
+    ) -> bool:
+        parts = self._parts_of(storage_path)
+        held = await asyncio.to_thread(self._hold_key_sync, parts)
+        if held is None:
+            return False  # gone already, or a commit of the key under way
+        try:
+            # Holding the key's folder, as a commit does from before its link until its
+            # record settled (_keyhold.py): what the records say now stays true until
+            # the file is gone.
+            if not await unclaimed():
+                return False
+            await asyncio.to_thread(self._remove_sync, parts)
+            return True
+        finally:
+            os.close(held)
+
+    def _hold_key_sync(self, parts: tuple[str, ...]) -> int | None:
+        """The key's folder, flocked; None if it is gone or a commit holds it. Where the
+        file system has no flock, the folder unlocked (the orphan grace decides)."""
+        try:
+            folder = self.disk.open_folder(parts[:-1])
+        except (OSError, AssetError):
+            return None
+        try:
+            fcntl.flock(folder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(folder)
+            return None
+        except OSError as exc:
+            log.debug("no flock for %s (%s): the orphan grace decides", parts, exc)
+        return folder
 
     def _remove_sync(self, parts: tuple[str, ...]) -> None:
         try:

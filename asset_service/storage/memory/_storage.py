@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import datetime
 
 from asset_service.domain.errors import (
@@ -257,6 +257,18 @@ class MemoryStorage:
 
     async def remove(self, storage_path: str) -> None:
         self.state.objects.pop(self._key_of(storage_path), None)
+
+    async def remove_orphan(
+        self, storage_path: str, unclaimed: Callable[[], Awaitable[bool]]
+    ) -> bool:
+        key = self._key_of(storage_path)
+        found = self.state.objects.get(key)
+        if found is None or not await unclaimed():
+            return False
+        if self.state.objects.get(key) is not found:
+            return False  # replaced while the records were read: a commit's now
+        del self.state.objects[key]
+        return True
 
     async def orphans(self, after: str = "") -> AsyncIterator[tuple[str, str]]:
         """Stored bytes older than the grace, as (asset id, path), in the order of their

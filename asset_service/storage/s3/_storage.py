@@ -7,7 +7,7 @@ import contextlib
 import logging
 import os
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -261,6 +261,16 @@ class S3Storage:
         except Exception as exc:
             if not is_missing(exc):
                 raise translate(exc, "removing bytes", storage_path) from exc
+
+    async def remove_orphan(
+        self, storage_path: str, unclaimed: Callable[[], Awaitable[bool]]
+    ) -> bool:
+        # No lock in a bucket: a commit replaces only an object past the orphan grace
+        # (Bucket.place_*), as the sweep's candidates are; the records are asked again.
+        if not await unclaimed():
+            return False
+        await self.remove(storage_path)
+        return True
 
     def listed(self, prefix: str, after: str = "") -> AsyncIterator[dict[str, Any]]:
         return self.bucket.listed(prefix, after)
