@@ -30,6 +30,20 @@ def age_of(st: os.stat_result) -> float:
     return time.time() - since
 
 
+def hold_folder(fd: int, parts: tuple[str, ...]) -> bool | None:
+    """flock(2) a key's folder without waiting: True if held, None if a commit (or the
+    orphan sweep) holds it, False where the file system has no flock on folders (some
+    network file systems: the orphan grace decides there)."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return None
+    except OSError as exc:
+        log.debug("no flock for %s (%s): the orphan grace decides", "/".join(parts), exc)
+        return False
+    return True
+
+
 class KeyHold:
     """From before its link(2) until its blob is settled (finish, rollback, abandon), a
     commit holds its asset's folder (one per asset id, so per key) by flock(2), which
@@ -87,14 +101,11 @@ class KeyHold:
                 raise Conflict(BUSY)  # the folder was removed and made again meanwhile
             return True
         fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=folder)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        locked = hold_folder(fd, self.parts)
+        if not locked:
             os.close(fd)
-            raise Conflict(BUSY) from None
-        except OSError as exc:  # no flock on folders (some network file systems)
-            os.close(fd)
-            log.debug("no flock for %s (%s): the orphan grace decides", self.parts, exc)
+            if locked is None:
+                raise Conflict(BUSY)
             return False
         self._fd = fd
         return True

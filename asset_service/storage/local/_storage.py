@@ -31,7 +31,7 @@ from asset_service.storage import blocks, fs, keys
 from asset_service.storage.imports import ImportRoots
 from asset_service.storage.local._blobs import Adopted, Cloned, Writer
 from asset_service.storage.local._disk import Disk
-from asset_service.storage.local._keyhold import age_of
+from asset_service.storage.local._keyhold import age_of, hold_folder
 from asset_service.storage.local._reads import (
     check_many_sync,
     not_regular,
@@ -390,19 +390,15 @@ class LocalStorage:
             os.close(held)
 
     def _hold_key_sync(self, parts: tuple[str, ...]) -> int | None:
-        """The key's folder, flocked; None if it is gone or a commit holds it. Where the
-        file system has no flock, the folder unlocked (the orphan grace decides)."""
+        """The key's folder, held (unless the file system has no flock); None if it is
+        gone or a commit holds it."""
         try:
             folder = self.disk.open_folder(parts[:-1])
         except (OSError, AssetError):
             return None
-        try:
-            fcntl.flock(folder, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if hold_folder(folder, parts) is None:
             os.close(folder)
             return None
-        except OSError as exc:
-            log.debug("no flock for %s (%s): the orphan grace decides", parts, exc)
         return folder
 
     def _remove_sync(self, parts: tuple[str, ...]) -> None:
