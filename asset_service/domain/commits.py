@@ -46,6 +46,11 @@ class Handover:
         self._taken = True
         return self.blob
 
+    @property
+    def taken(self) -> bool:
+        """publish() took the blob: a request that returned then committed with it."""
+        return self._taken
+
     def __enter__(self) -> Handover:
         return self
 

@@ -407,6 +407,28 @@ async def test_a_copy_leaves_the_source(blob: BlobBackend) -> None:
     assert await content(storage, path, 12) == b"shared input"
 
 
+async def test_a_forgone_adoption_stores_nothing_and_a_move_takes_its_source(
+    blob: BlobBackend,
+) -> None:
+    """forgo(): the record points at the same bytes stored already; what was staged goes,
+    a moved file goes as finish() would take it, a copied one stays."""
+    storage = await blob.start()
+    moved = blob.put_source("moved.txt", b"worker output")
+    copied = blob.put_source("copied.txt", b"worker output")
+    for source, move in ((moved, True), (copied, False)):
+        staged = await storage.adopt(source, move=move)
+        await staged.forgo()
+        await staged.forgo()  # settled once
+    assert blob.source(moved) is None
+    assert blob.source(copied) == b"worker output"
+    assert [pair async for pair in storage.orphans()] == [], "nothing was stored"
+    again = await storage.adopt(copied, move=True)  # released: it can be adopted again
+    await again.rollback()
+    await storage.close()
+    after = await blob.start()
+    assert await after.leftovers() == []
+
+
 async def test_adopt_refuses_what_it_may_not_or_cannot_take(blob: BlobBackend) -> None:
     storage = await blob.start()
     with pytest.raises(NotFound, match="does not exist"):

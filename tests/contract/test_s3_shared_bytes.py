@@ -434,3 +434,34 @@ async def test_two_servers_racing_shares_and_deletes_lose_and_leak_nothing(
     finally:
         for m in reversed(managers):
             await m.stop()
+
+
+async def test_server_side_files_of_stored_bytes_share_the_object(
+    minio: MinIO, tmp_path: Path
+) -> None:
+    """RegisterFile (a move and a copy) and a path FulfillAsset of bytes stored already:
+    one object; a moved file goes once the record is in, a copied one stays."""
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    url = f"s3://{s3_helpers.BUCKET}/{uuid.uuid4().hex}/"
+    creds = s3_helpers.credentials(minio)
+    storage = S3Storage(url, tmp_path / "state", GRACE, ImportRoots([incoming]), **creds)
+    manager = AssetManager(SqliteStore(tmp_path / "db.sqlite"), storage, Limits())
+    await manager.start()
+    try:
+        first = await manager.upload(UploadHeader(label="first.bin"), chunks(DATA))
+        moved, copied, output = (incoming / n for n in ("moved.bin", "copied.bin", "out.bin"))
+        for path in (moved, copied, output):
+            path.write_bytes(DATA)
+        by_move = await manager.register_file(str(moved), "", "", (), move=True)
+        by_copy = await manager.register_file(str(copied), "", "", (), move=False)
+        promise = await manager.create_pending("task-1", "out.bin", "", AssetType.FILE, ())
+        by_path = await manager.fulfill_from_path(promise.id, str(output), "")
+        assert {a.storage_path for a in (by_move, by_copy, by_path)} == {first.storage_path}
+        assert await objects(manager) == [first.storage_path]
+        assert not moved.exists() and not output.exists() and copied.read_bytes() == DATA
+        assert await s3_helpers.staged(minio, url.split("/", 3)[3]) == 0
+        await manager.delete(first.id)
+        assert await read_all(manager, by_path.id) == DATA
+    finally:
+        await manager.stop()

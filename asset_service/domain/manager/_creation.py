@@ -17,7 +17,7 @@ from asset_service.domain.errors import (
     InvalidArgument,
     TooLarge,
 )
-from asset_service.domain.manager import _base, _transitions
+from asset_service.domain.manager import _base, _stored, _transitions
 from asset_service.domain.manager._base import new_record, verify
 from asset_service.domain.manager._context import Context, get, with_expiry
 from asset_service.domain.models import (
@@ -174,11 +174,13 @@ async def register_file(
     tag_tuple = validate_tags(tags)
     await ctx.store.check_room()  # before a copy takes the room
     staged = await ctx.storage.adopt(path, move=move)
-    with Handover(staged) as handover:
+
+    async def commit(handover: Handover) -> Asset:
         return await insert_file(
             ctx, handover, label, media_type, tag_tuple, by, ttl_seconds=ttl_seconds
         )
-    raise AssertionError("unreachable")  # pragma: no cover
+
+    return await _stored.commit_adopted(ctx, staged, commit)
 
 
 async def insert_file(

@@ -17,20 +17,15 @@ from asset_service.domain.manager import _creation, _resumable
 from asset_service.domain.manager._base import READ_CHUNK_BYTES, verify
 from asset_service.domain.manager._context import Context
 from asset_service.domain.manager._creation import UploadPlan
+from asset_service.domain.manager._stored import clone_of, stored_source
 from asset_service.domain.models import (
     Asset,
-    AssetFilter,
-    AssetType,
-    Status,
     UploadHeader,
 )
-from asset_service.domain.ports import Chunk, StagedBlob
+from asset_service.domain.ports import Chunk
 
 log = logging.getLogger(__name__)
 
-# Stored assets of the declared sha256 tried as the source of a copy before the upload is
-# answered NOT_FOUND (each costs a read of its record and a check of its file).
-MAX_SOURCES = 16
 # Stored copies tried in turn when each one's last holder goes while it is being shared.
 MAX_SHARE_ROUNDS = 3
 
@@ -83,11 +78,11 @@ async def _upload_reusing(
     await ctx.store.check_room()
     asset_id, key = _creation.upload_target(plan)
     for _ in range(MAX_SHARE_ROUNDS):
-        source = await _stored_source(ctx, plan.expected_sha, plan.expected_size)
+        source = await stored_source(ctx, plan.expected_sha, plan.expected_size)
         if source is None:
             raise NotFound(f"{missing}: send them (a stream without reuse_stored_bytes)")
         try:
-            cloned = await _clone_of(ctx, source)
+            cloned = await clone_of(ctx, source)
         except IntegrityError as exc:
             raise NotFound(f"{missing} that check out ({exc.message}): send them") from None
         if cloned is None:
@@ -121,19 +116,6 @@ async def _upload_reusing(
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-async def _clone_of(ctx: Context, source: Asset) -> StagedBlob | None:
-    """`source`'s bytes staged as a second name (None where the storage cannot), read
-    whole and checked block by block first (corrupt bytes are marked): what a second
-    name stands for must check out when it is given. IntegrityError if they do not."""
-    # Bytes stored before block sums were kept get them now (read whole, checked
-    # against their sha256).
-    sums = source.block_sums or await ctx.integrity.sums_for(source)
-    cloned = await ctx.storage.clone(source.storage_path, source.size_bytes, source.sha256, sums)
-    if cloned is not None and source.block_sums is not None:
-        await ctx.integrity.verify(source)
-    return cloned
-
-
 async def complete_deduplicated(
     ctx: Context, plan: UploadPlan, handover: Handover, by: str, asset_id: str = "", key: str = ""
 ) -> Asset:
@@ -150,11 +132,11 @@ async def complete_deduplicated(
     if plan.header.reuse_stored_bytes:
         return await _creation.complete_upload(ctx, plan, handover, by, asset_id, key)
     verify(blob, plan.expected_size, plan.expected_sha)
-    source = await _stored_source(ctx, blob.sha256, blob.size_bytes)
+    source = await stored_source(ctx, blob.sha256, blob.size_bytes)
     cloned = None
     if source is not None:
         try:
-            cloned = await _clone_of(ctx, source)
+            cloned = await clone_of(ctx, source)
         except IntegrityError as exc:
             log.warning("asset %s not shared: %s", source.id, exc.message)
     if cloned is None:
@@ -169,25 +151,3 @@ async def complete_deduplicated(
         return await _creation.complete_upload(ctx, plan, handover, by, asset_id, key)
     blob.discard()  # the bytes sent, identical to the stored ones, are not kept
     return stored
-
-
-async def _stored_source(ctx: Context, sha256: str, size: int) -> Asset | None:
-    """An AVAILABLE FILE asset of that sha256 and size whose file checks out, with its
-    block sums (what the copy's read checks each block against)."""
-    found = await ctx.store.query(
-        AssetFilter(status=Status.AVAILABLE, type=AssetType.FILE, sha256=sha256),
-        MAX_SOURCES,
-        "",
-    )
-    for candidate in found.assets:
-        if candidate.size_bytes != size or candidate.corrupt_reason:
-            continue
-        asset = await ctx.store.get(candidate.id)
-        if asset is None or asset.status is not Status.AVAILABLE:
-            continue
-        try:
-            await ctx.integrity.check_inputs([asset])
-        except IntegrityError:
-            continue
-        return asset
-    return None

@@ -18,7 +18,7 @@ from asset_service.domain.errors import (
     SharedBytesGone,
     shown,
 )
-from asset_service.domain.manager import _base
+from asset_service.domain.manager import _base, _stored
 from asset_service.domain.manager._base import (
     MAX_REASON_CHARS,
     SWEEP_HOLD_SECONDS,
@@ -58,13 +58,22 @@ async def fulfill_from_path(
                 # A retry of the fulfill that moved this very file: same answer.
                 return current
             raise
-        with Handover(staged) as handover:
-            if expected_sha and staged.sha256 != expected_sha:
-                raise IntegrityError(
-                    f"{shown(source)} has sha256 {staged.sha256}, expected {expected_sha}"
-                )
+        if (expected_sha and staged.sha256 != expected_sha) or (
+            current.status is Status.AVAILABLE and current.sha256 == staged.sha256
+        ):
+            # Refused, or an identical retry (fulfill_with_blob answers it as it is, and
+            # the file stays where it was): never shared.
+            with Handover(staged) as handover:
+                if expected_sha and staged.sha256 != expected_sha:
+                    raise IntegrityError(
+                        f"{shown(source)} has sha256 {staged.sha256}, expected {expected_sha}"
+                    )
+                return await fulfill_with_blob(ctx, current, handover, "", source, by)
+
+        async def commit(handover: Handover) -> Asset:
             return await fulfill_with_blob(ctx, current, handover, "", source, by)
-        raise AssertionError("unreachable")  # pragma: no cover
+
+        return await _stored.commit_adopted(ctx, staged, commit)
 
 
 async def fulfill_with_value(

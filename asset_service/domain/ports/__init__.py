@@ -3,6 +3,7 @@ its upload sessions (_storage.py) and a manifest store (_manifests.py)."""
 
 from asset_service.domain.ports._manifests import ManifestDraft, ManifestStore
 from asset_service.domain.ports._storage import (
+    AdoptedBlob,
     BlobStorage,
     Chunk,
     Leftover,
@@ -15,6 +16,7 @@ from asset_service.domain.ports._storage import (
 from asset_service.domain.ports._store import MetadataStore
 
 __all__ = [
+    "AdoptedBlob",
     "BlobStorage",
     "Chunk",
     "Leftover",

@@ -52,6 +52,16 @@ class StagedBlob(Protocol):
 Chunk: TypeAlias = bytes | memoryview
 
 
+class AdoptedBlob(StagedBlob, Protocol):
+    """A server-side file staged (BlobStorage.adopt)."""
+
+    async def forgo(self) -> None:
+        """Never committed, because the asset's record points at the same bytes stored
+        already (bytes stored once), and that record has committed: what was staged goes
+        as rollback() removes it, and a move's source as finish() would take it (only if
+        it is still the file adopted). A crash before it leaves the source in place."""
+
+
 class StagingWriter(StagedBlob, Protocol):
     async def write(self, chunk: Chunk) -> None: ...
 
@@ -161,7 +171,7 @@ class BlobStorage(UploadSessions, Protocol):
         before they come), commit() must be given that key: an object store then streams
         the bytes to it and needs no copy at commit; ValueError for another key."""
 
-    async def adopt(self, path: str, move: bool) -> StagedBlob:
+    async def adopt(self, path: str, move: bool) -> AdoptedBlob:
         """Stage a server-side file under an import root, opened without following symlinks.
 
         With `move`, the source is removed only by finish(), after the record commits.

@@ -392,13 +392,32 @@ class Adopted(_Blob):
             return False
         return True
 
-    def _finish_sync(self) -> None:
+    async def forgo(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        try:
+            await asyncio.to_thread(self._forgo_sync)
+        finally:
+            self._close()
+
+    def _forgo_sync(self) -> None:
+        if self._staging is not None:  # a copy (never linked: nothing was placed)
+            with contextlib.suppress(FileNotFoundError):
+                self._staging.unlink()
+            self._staging = None
+        self._remove_source()
+
+    def _remove_source(self) -> None:
         if self.move:
             st = self.opened.st
             if not fs.unlink_if_same(
                 self.opened.parent_fd, self.opened.name, (st.st_dev, st.st_ino)
             ):
                 log.warning("the moved source %r was already gone or replaced", self.raw)
+
+    def _finish_sync(self) -> None:
+        self._remove_source()
         super()._finish_sync()
 
     def _rollback_sync(self) -> None:

@@ -180,6 +180,13 @@ class MemoryAdopted(MemoryBlob):
         if self.move and not self._shelf.remove_source(self.path, self._data):
             log.warning("the moved source %r was already gone or replaced", self.path)
 
+    async def forgo(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        self._finish()  # nothing was placed or journaled
+        self._release()
+
     def _release(self) -> None:
         if self._held:
             self._held = False

@@ -216,15 +216,28 @@ class S3Adopted:
         self._done = True
         try:
             await self._writer.finish()
-            if self.move:
-                st = self.opened.st
-                if not fs.unlink_if_same(
-                    self.opened.parent_fd, self.opened.name, (st.st_dev, st.st_ino)
-                ):
-                    log.warning("the moved source %r was already gone or replaced", self.raw)
+            self._remove_source()
             self._bucket.journal.forget(self._journal)
         finally:
             self.opened.close()
+
+    async def forgo(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        try:
+            await self._writer.rollback()  # the staged copy (never placed)
+            self._remove_source()
+        finally:
+            self.opened.close()
+
+    def _remove_source(self) -> None:
+        if self.move:
+            st = self.opened.st
+            if not fs.unlink_if_same(
+                self.opened.parent_fd, self.opened.name, (st.st_dev, st.st_ino)
+            ):
+                log.warning("the moved source %r was already gone or replaced", self.raw)
 
     async def rollback(self) -> None:
         if self._done:
