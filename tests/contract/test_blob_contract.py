@@ -715,10 +715,11 @@ async def test_a_clone_is_a_second_name_for_the_same_bytes(blob: BlobBackend) ->
         await storage.check(original, len(data))
     assert await content(storage, second, len(data), 0, 0) == data
     await storage.verify(second, len(data), sums)
-    # Bytes removed before the clone's commit: NotFound, nothing placed.
+    # Bytes removed before the clone's commit (their asset deleted meanwhile):
+    # SharedBytesGone, as for an object, nothing placed; the caller looks again.
     late = await storage.clone(original, len(data), sha, sums)
     assert late is not None
-    with pytest.raises(NotFound):
+    with pytest.raises(SharedBytesGone):
         await late.commit(keys.upload_key(third_id, "c.bin", DAY))
     await late.rollback()
     await blob.backdate(second, OLD)

@@ -13,6 +13,7 @@ from asset_service.domain import keys
 from asset_service.domain.errors import InvalidArgument, NotFound
 from asset_service.domain.manager import AssetManager, Limits
 from asset_service.domain.models import (
+    Asset,
     AssetFilter,
     AssetType,
     Status,
@@ -220,3 +221,28 @@ async def test_a_resumable_upload_of_stored_bytes_is_a_second_name(
     assert (await manager.upload(header, chunks(DATA))).id == done.id
     await manager.delete(first.id)
     assert await read_all(manager, done.id) == DATA
+
+
+async def test_a_reuse_whose_chosen_holder_is_deleted_meanwhile_shares_another(
+    manager: AssetManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Several assets hold the bytes; the one the server picked is deleted between its
+    clone and the clone's commit (its name gone): the server looks again, not NOT_FOUND."""
+    from asset_service.domain.manager import _known
+
+    first = await manager.upload(UploadHeader(label="first.bin"), chunks(DATA))
+    second = await manager.upload(known(label="second.bin"), chunks())
+    real, deleted = _known.clone_of, []
+
+    async def clone_then_delete(ctx: object, source: Asset) -> object:
+        cloned = await real(ctx, source)  # type: ignore[arg-type]
+        if not deleted:
+            deleted.append(source.id)
+            await manager.delete(source.id)
+        return cloned
+
+    monkeypatch.setattr(_known, "clone_of", clone_then_delete)
+    third = await manager.upload(known(label="third.bin"), chunks())
+    assert deleted == [first.id]
+    assert await read_all(manager, third.id) == DATA
+    assert os.stat(third.storage_path).st_ino == os.stat(second.storage_path).st_ino

@@ -188,8 +188,9 @@ class BlobStorage(UploadSessions, Protocol):
         commit() returns `storage_path` itself, the record is written with shared=True
         (MetadataStore.insert) and rollback() never removes it; the records pointing at
         it are its references (MetadataStore.referenced). None where the storage cannot:
-        the caller copies them. Committing raises NotFound (SharedBytesGone for the same
-        object) if the bytes were removed meanwhile."""
+        the caller copies them. Committing raises SharedBytesGone if the bytes were removed
+        meanwhile (the source's asset deleted): the caller looks for another holder of the
+        same bytes, or stores them anew."""
 
     async def read(
         self,

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from asset_service.domain.errors import AssetError, Conflict, NotFound, shown
+from asset_service.domain.errors import AssetError, Conflict, SharedBytesGone, shown
 from asset_service.domain.models import BlockSums
 from asset_service.domain.ports import Chunk
 from asset_service.storage import fs, keys
@@ -235,8 +235,10 @@ class Cloned(_Blob):
             os.close(source_folder)
         self._final, self._final_id = (folder, parts[-1]), (st.st_dev, st.st_ino)
 
-    def _gone(self) -> NotFound:
-        return NotFound(f"the stored bytes at {'/'.join(self._source)} were removed meanwhile")
+    def _gone(self) -> SharedBytesGone:
+        # The name went with its asset (a delete meanwhile): the caller looks for another
+        # holder of the same bytes, or stores them anew, as with an object (s3/_shared.py).
+        return SharedBytesGone("/".join(self._source))
 
 
 class Adopted(_Blob):

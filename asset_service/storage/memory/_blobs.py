@@ -6,7 +6,7 @@ import hashlib
 import logging
 import uuid
 
-from asset_service.domain.errors import NotFound
+from asset_service.domain.errors import SharedBytesGone
 from asset_service.domain.models import BlockSums
 from asset_service.domain.ports import Chunk
 from asset_service.storage import keys
@@ -113,7 +113,7 @@ class MemoryCloned(MemoryBlob):
     def _content(self) -> bytes:
         found = self._shelf.state.objects.get(self._source_key)
         if found is None:
-            raise NotFound(f"the stored bytes at {self._source_key} were removed meanwhile")
+            raise SharedBytesGone(self._source_key)
         return found.data
 
 
