@@ -83,12 +83,17 @@ async def read_all(stub: pb_grpc.AssetServiceStub, asset_id: str) -> bytes:
 
 
 def stored_files(root: Path) -> list[Path]:
-    """Every file in the storage's final areas and staging (not the lock files, not the db)."""
+    """Every file in the storage's final areas and staging (not the lock files, not the db,
+    not the empty file the readiness probe creates and removes in its staging at once)."""
     found = []
     for area in ("uploads", "generated", "tmp/staging"):
         base = root / area
         if base.exists():
-            found += [p for p in base.rglob("*") if p.is_file() and p.name != ".lock"]
+            found += [
+                p
+                for p in base.rglob("*")
+                if p.is_file() and p.name != ".lock" and not p.name.startswith(".ping-")
+            ]
     return sorted(found)
 
 

@@ -119,7 +119,9 @@ async def test_stalled_readers_are_bounded_refused_over_the_limit_ended_and_rele
     start_server: StartServer,
 ) -> None:
     n = 16
-    server = start_server("--max-concurrent-reads", str(n), "--read-stall-timeout", "4")
+    # A stall timeout longer than a loaded machine (CI: 2 cores) takes to open every read
+    # and measure: the first client must be the one that ends them, by dying.
+    server = start_server("--max-concurrent-reads", str(n), "--read-stall-timeout", "10")
     async with grpc.aio.insecure_channel(server.address) as channel:
         stub = pb_grpc.AssetServiceStub(channel)
         # Far more than a client's flow-control windows and socket buffers take in.
