@@ -17,7 +17,7 @@ from asset_service.domain.manager import _creation, _resumable
 from asset_service.domain.manager._base import READ_CHUNK_BYTES, verify
 from asset_service.domain.manager._context import Context
 from asset_service.domain.manager._creation import UploadPlan
-from asset_service.domain.manager._stored import clone_of, stored_source
+from asset_service.domain.manager._stored import clone_of, shareable, stored_source
 from asset_service.domain.models import (
     Asset,
     UploadHeader,
@@ -132,16 +132,9 @@ async def complete_deduplicated(
     if plan.header.reuse_stored_bytes:
         return await _creation.complete_upload(ctx, plan, handover, by, asset_id, key)
     verify(blob, plan.expected_size, plan.expected_sha)
-    source = await stored_source(ctx, blob.sha256, blob.size_bytes)
-    cloned = None
-    if source is not None:
-        try:
-            cloned = await clone_of(ctx, source)
-        except IntegrityError as exc:
-            log.warning("asset %s not shared: %s", source.id, exc.message)
-    if cloned is None:
+    source, cloned = await shareable(ctx, blob.sha256, blob.size_bytes)
+    if source is None or cloned is None:
         return await _creation.complete_upload(ctx, plan, handover, by, asset_id, key)
-    assert source is not None
     try:
         with Handover(cloned, source.storage_path) as shared:
             stored = await _creation.complete_upload(ctx, plan, shared, by, asset_id, key)

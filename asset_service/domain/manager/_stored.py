@@ -54,6 +54,23 @@ async def clone_of(ctx: Context, source: Asset) -> StagedBlob | None:
     return cloned
 
 
+async def shareable(
+    ctx: Context, sha256: str, size: int
+) -> tuple[Asset, StagedBlob] | tuple[None, None]:
+    """A stored asset of these bytes and its bytes staged as a second name for a new
+    record, or (None, None): none stored, none that checks out, or a storage that cannot
+    share (the caller keeps the bytes it has)."""
+    source = await stored_source(ctx, sha256, size)
+    if source is None:
+        return None, None
+    try:
+        cloned = await clone_of(ctx, source)
+    except IntegrityError as exc:
+        log.warning("asset %s not shared: %s", source.id, exc.message)
+        return None, None
+    return (source, cloned) if cloned is not None else (None, None)
+
+
 async def commit_adopted(
     ctx: Context, staged: AdoptedBlob, commit: Callable[[Handover], Awaitable[Asset]]
 ) -> Asset:
@@ -62,13 +79,7 @@ async def commit_adopted(
     source with it, once the record is in), else the file itself. A retry whose asset
     already holds these bytes is `commit`'s to answer, with the file as it came."""
     try:
-        source = await stored_source(ctx, staged.sha256, staged.size_bytes)
-        cloned = None
-        if source is not None:
-            try:
-                cloned = await clone_of(ctx, source)
-            except IntegrityError as exc:
-                log.warning("asset %s not shared: %s", source.id, exc.message)
+        source, cloned = await shareable(ctx, staged.sha256, staged.size_bytes)
     except BaseException:
         staged.discard()  # the store or storage failed: the file stays where it was
         raise
