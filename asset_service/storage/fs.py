@@ -96,6 +96,11 @@ class Opened:
     fd: int
     st: os.stat_result
 
+    def remove_if_same(self) -> bool:
+        """Unlink the name if it is still the file opened (a move's last step); whether it
+        was (False: gone or replaced meanwhile, left alone)."""
+        return unlink_if_same(self.parent_fd, self.name, (self.st.st_dev, self.st.st_ino))
+
     def close(self) -> None:
         for fd in (self.fd, self.parent_fd):
             with contextlib.suppress(OSError):

@@ -411,12 +411,8 @@ class Adopted(_Blob):
         self._remove_source()
 
     def _remove_source(self) -> None:
-        if self.move:
-            st = self.opened.st
-            if not fs.unlink_if_same(
-                self.opened.parent_fd, self.opened.name, (st.st_dev, st.st_ino)
-            ):
-                log.warning("the moved source %r was already gone or replaced", self.raw)
+        if self.move and not self.opened.remove_if_same():
+            log.warning("the moved source %r was already gone or replaced", self.raw)
 
     def _finish_sync(self) -> None:
         self._remove_source()

@@ -232,12 +232,8 @@ class S3Adopted:
             self.opened.close()
 
     def _remove_source(self) -> None:
-        if self.move:
-            st = self.opened.st
-            if not fs.unlink_if_same(
-                self.opened.parent_fd, self.opened.name, (st.st_dev, st.st_ino)
-            ):
-                log.warning("the moved source %r was already gone or replaced", self.raw)
+        if self.move and not self.opened.remove_if_same():
+            log.warning("the moved source %r was already gone or replaced", self.raw)
 
     async def rollback(self) -> None:
         if self._done:
