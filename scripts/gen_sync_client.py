@@ -145,11 +145,18 @@ PARTS = [
         text=[
             (_notes("_calls.py"), ""),
             (
-                "from collections.abc import Awaitable, Callable\n",
-                "from collections.abc import Callable\n",
+                "from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable\n",
+                "from collections.abc import AsyncIterable, AsyncIterator, Callable\n",
             ),
             ("Callable[..., Awaitable[Resp]]", "Callable[..., Resp]"),
+            ("Callable[..., Awaitable[_AssetResponse]]", "Callable[..., _AssetResponse]"),
+            ("grpc.aio.UnaryStreamMultiCallable", "grpc.UnaryStreamMultiCallable"),
+            (
+                "from typing import Any, Protocol, TypeVar\n",
+                "from typing import Any, Protocol, TypeVar, cast\n",
+            ),
         ],
+        everywhere=[_CANCEL],
     ),
     Module(
         "_aio_producing.py", "_producing.py", CLIENT_NAMES, text=[(_notes("_producing.py"), "")]
@@ -161,23 +168,13 @@ PARTS = [
         text=[
             (_notes("_reads.py"), ""),
             ("import asyncio\n", ""),
-            ("from typing import Any\n", "from typing import Any, cast\n"),
         ],
-        everywhere=[_CANCEL],
     ),
     Module(
         "_aio_lifecycle.py",
         "_lifecycle.py",
         CLIENT_NAMES,
-        text=[
-            (_notes("_lifecycle.py"), ""),
-            (
-                "from collections.abc import AsyncIterator, Iterable\n",
-                "from collections.abc import AsyncIterator, Iterable\n"
-                "from typing import Any, cast\n",
-            ),
-        ],
-        everywhere=[_CANCEL],
+        text=[(_notes("_lifecycle.py"), "")],
     ),
     Module(
         "_aio_watches.py",
