@@ -81,6 +81,7 @@ CLIENT_NAMES = {
     "AsyncAssetClient": "AssetClient",
     "AsyncLeaseKeeper": "LeaseKeeper",
     "AsyncMaterializer": "Materializer",
+    "AsyncMaterializerCalls": "MaterializerCalls",
     "AsyncClientBase": "ClientBase",
     "AsyncProducerMethods": "ProducerMethods",
     "AsyncReadMethods": "ReadMethods",
@@ -93,6 +94,7 @@ CLIENT_NAMES = {
     "_aio_reads": "_reads",
     "_aio_lifecycle": "_lifecycle",
     "_aio_watches": "_watches",
+    "_aio_materializer": "_materializer",
 }
 
 # grpc-stubs types the asyncio call's cancel() but leaves the blocking one's untyped.
@@ -224,7 +226,28 @@ STREAMS = Module(
     ],
 )
 
-MODULES = [CLIENT, *PARTS, STREAMS]
+# The materializer's driver: the blocking one polls the blob's lock with time.sleep, as the
+# asyncio one does with asyncio.sleep (an flock has no event to await across processes).
+MATERIALIZER = Module(
+    "_aio_materializer.py",
+    "_materializer.py",
+    CLIENT_NAMES,
+    text=[
+        ("The asyncio driver", "The blocking driver"),
+        (
+            "# The blocking _materializer.py is generated from this file by"
+            " scripts/gen_sync_client.py\n# (`make generate`), as client.py is from aio.py."
+            " `timeout` is a gRPC deadline, as in the\n# clients, not an asyncio timeout.\n"
+            "# ruff: noqa: ASYNC109\n\n",
+            "",
+        ),
+        ("import asyncio\n", "import time\n"),
+        ("  # noqa: ASYNC110", ""),
+        ("asyncio.sleep(", "time.sleep("),
+    ],
+)
+
+MODULES = [CLIENT, *PARTS, STREAMS, MATERIALIZER]
 
 # Code names that must not survive into the blocking client (docstrings may name them).
 FORBIDDEN = {"async", "await", "asyncio", "aio", "Awaitable", "anext", "aclose"}
