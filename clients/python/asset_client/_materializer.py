@@ -19,30 +19,16 @@ from asset_client.models import Asset, AssetType, Manifest
 
 
 class MaterializerCalls(Protocol):
-    """What the materializer calls: its client's methods (a protocol, so that this module
-    imports neither client)."""
+    """What the materializer calls of its client, as it calls it (a protocol, so that this
+    module imports neither client)."""
 
     def wait_until_available(
-        self,
-        asset_ids: Iterable[str],
-        timeout: float | None = None,
+        self, asset_ids: Iterable[str], timeout: float | None = None
     ) -> tuple[Asset, ...]: ...
 
-    def batch_get(
-        self,
-        asset_ids: Iterable[str],
-        *,
-        timeout: float | None = None,
-    ) -> list[Asset]: ...
+    def batch_get(self, asset_ids: Iterable[str]) -> list[Asset]: ...
 
-    def download(
-        self,
-        asset_id: str,
-        path: str | os.PathLike[str],
-        *,
-        progress: bool | ProgressCallback = True,
-        timeout: float | None = None,
-    ) -> Path: ...
+    def download(self, asset_id: str, path: Path, *, progress: bool | ProgressCallback) -> Path: ...
 
 
 class Materializer:
