@@ -1,6 +1,10 @@
 # Sourced by scripts/install_*.sh: build a pinned Go tool into .tools/ unless it is there.
 # Every failure soft-fails (a warning, exit 0) so `make test` still runs without the tool.
 
+# The repository, and where its tools go.
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+TOOLS="$ROOT/.tools"
+
 # install_go_tool NAME WHAT BIN LEFT_OUT BUILD
 #   NAME      the tool, as the messages (install_NAME: ...) and the binary's file name say it
 #   WHAT      what is built, for the message ("grpcurl v1.9.4 (about a minute)")

@@ -7,8 +7,7 @@ set -euo pipefail
 source "$(dirname "$0")/_go_tool.sh"
 
 VERSION=v1.24.0
-ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-BIN="$ROOT/.tools/ferretdb-$VERSION/ferretdb"
+BIN="$TOOLS/ferretdb-$VERSION/ferretdb"
 
 build() {
     # `go install …@version` builds a binary that panics at start (the module ships an

@@ -9,8 +9,7 @@ source "$(dirname "$0")/_go_tool.sh"
 # The newest release on the module proxy when pinned (`go list -m -versions
 # github.com/fullstorydev/grpcurl`); tests/backends.py names the same version.
 VERSION=v1.9.4
-ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-BIN="$ROOT/.tools/grpcurl-$VERSION/grpcurl"
+BIN="$TOOLS/grpcurl-$VERSION/grpcurl"
 
 build() {
     # GOTOOLCHAIN=local: the machine's Go, no download. The version stamped as its releases do.

@@ -6,12 +6,11 @@
 set -euo pipefail
 source "$(dirname "$0")/_go_tool.sh"
 
-ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 SRC="$ROOT/tests/powerloss/lazyfs"
 # The same hash as tests/powerloss/_lazyfs.py: sha256 of go.mod, go.sum and the *.go files,
 # concatenated in name order; a changed source gets a new folder, so never a stale binary.
 HASH="$(cd "$SRC" && LC_ALL=C ls go.mod go.sum *.go | LC_ALL=C sort | xargs cat | sha256sum | cut -c1-16)"
-BIN="$ROOT/.tools/lazyfs-$HASH/lazyfs"
+BIN="$TOOLS/lazyfs-$HASH/lazyfs"
 
 build() {
     # GOTOOLCHAIN=local: the machine's Go, no download.

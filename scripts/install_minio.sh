@@ -8,8 +8,7 @@ source "$(dirname "$0")/_go_tool.sh"
 # MinIO tags releases as RELEASE.<date>, which are not semver: the module proxy serves the
 # commit as a pseudo-version, pinned here (the master head of 2026-02-12).
 VERSION=v0.0.0-20260212201848-7aac2a2c5b7c
-ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-BIN="$ROOT/.tools/minio-$VERSION/minio"
+BIN="$TOOLS/minio-$VERSION/minio"
 
 build() {
     # GOTOOLCHAIN=local: the machine's Go, no download.
