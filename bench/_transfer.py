@@ -158,24 +158,24 @@ async def transfer_rows(svc: ServerProcess, sizes: Sizes) -> list[Row]:
             # CPU milliseconds per MiB uploaded: (server process, client process) per run.
             cpu: dict[str, list[tuple[float, float]]] = {"service": [], "bare": []}
 
-            async def svc_upload() -> float:
-                before = cpu_seconds(svc.pid), own_cpu_seconds()
-                with RssSampler(svc.pid) as sampler:
-                    elapsed, asset_id = await client.upload(s_stub, payload)
-                cpu["service"].append(_cpu_per_mib(svc.pid, before, mib))
-                rss["service"].append(sampler.growth / MiB)
-                await s_stub.DeleteAsset(pb.DeleteAssetRequest(asset_id=asset_id))
-                wait_quiet()
-                return elapsed
+            def uploader(
+                stub: pb_grpc.AssetServiceAsyncStub, pid: int, key: str, stores: bool
+            ) -> Callable[[], Awaitable[float]]:
+                async def run() -> float:
+                    before = cpu_seconds(pid), own_cpu_seconds()
+                    with RssSampler(pid) as sampler:
+                        elapsed, asset_id = await client.upload(stub, payload)
+                    cpu[key].append(_cpu_per_mib(pid, before, mib))
+                    rss[key].append(sampler.growth / MiB)
+                    if stores:  # the service: deleted again (the bare ceiling keeps nothing)
+                        await stub.DeleteAsset(pb.DeleteAssetRequest(asset_id=asset_id))
+                    wait_quiet()
+                    return elapsed
 
-            async def bare_upload() -> float:
-                before = cpu_seconds(up_bare.pid), own_cpu_seconds()
-                with RssSampler(up_bare.pid) as sampler:
-                    elapsed, _ = await client.upload(b_stub, payload)
-                cpu["bare"].append(_cpu_per_mib(up_bare.pid, before, mib))
-                rss["bare"].append(sampler.growth / MiB)
-                wait_quiet()
-                return elapsed
+                return run
+
+            svc_upload = uploader(s_stub, svc.pid, "service", stores=True)
+            bare_upload = uploader(b_stub, up_bare.pid, "bare", stores=False)
 
             extra_times: dict[str, list[float]] = {"tuned": [], "parse": [], "sink": []}
             for mode in ("quiet", "busy"):
