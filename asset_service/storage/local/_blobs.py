@@ -105,7 +105,6 @@ class _Blob:
         self._journal = None
 
     async def finish(self) -> None:
-        """The record now points at the bytes: complete the move (if any), release fds."""
         if self._done:
             return
         self._done = True
@@ -119,11 +118,9 @@ class _Blob:
         self._keyhold.drop_aside()
 
     async def rollback(self) -> None:
-        """No record points at the bytes: remove them; a source file stays where it was."""
-        self.discard()
+        self.discard()  # plain syscalls: nothing to await
 
     def discard(self) -> None:
-        """rollback() without awaiting: plain syscalls, safe while a cancelled RPC unwinds."""
         if self._done:
             return
         self._done = True
@@ -140,8 +137,7 @@ class _Blob:
             self._disk.prune_empty(self._final[0])
 
     def abandon(self) -> None:
-        """Outcome unknown: keep bytes, source and journal; recovery settles them later.
-        An occupant set aside stays in staging, removed with it (not journaled)."""
+        """An occupant set aside stays in staging, removed with it (not journaled)."""
         if self._done:
             return
         self._done = True
@@ -150,9 +146,11 @@ class _Blob:
 
 class _Sunk(_Blob):
     """A blob whose bytes stream in through a FileSink (hashed and written on its own
-    thread): a plain upload's staging file or a resumable session's data file."""
+    thread) to the file at `path`: a plain upload's staging file or a resumable session's
+    data file, linked into place at commit."""
 
     _sink: FileSink
+    path: Path
 
     async def write(self, chunk: Chunk) -> None:
         try:
@@ -168,6 +166,17 @@ class _Sunk(_Blob):
         except OSError as exc:
             raise oserror(exc, "writing an upload") from None
 
+    def _commit_sync(self, parts: tuple[str, ...]) -> None:
+        self._place(self.path, parts, None)
+
+    def _rollback_sync(self) -> None:
+        # The bytes only (a session's record stays until the domain saves or removes it).
+        # The sink's thread closes the file itself once it sees the abort; the name goes now.
+        self._sink.abort()
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+        super()._rollback_sync()
+
 
 class Writer(_Sunk):
     """Streams chunks into a staging file through a FileSink (hashed and written on its own
@@ -182,16 +191,6 @@ class Writer(_Sunk):
         except OSError as exc:
             raise oserror(exc, "staging an upload") from None
         self._sink = FileSink(fd, name=path.name[:8], direct=disk.direct_io)
-
-    def _commit_sync(self, parts: tuple[str, ...]) -> None:
-        self._place(self.path, parts, None)
-
-    def _rollback_sync(self) -> None:
-        # The sink's thread closes the file itself once it sees the abort; the name goes now.
-        self._sink.abort()
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
-        super()._rollback_sync()
 
 
 class Cloned(_Blob):

@@ -320,16 +320,6 @@ class LocalSessionWriter(_Sunk, _Held):
             self.release()
         return saved
 
-    def _commit_sync(self, parts: tuple[str, ...]) -> None:
-        self._place(self.path, parts, None)
-
-    def _rollback_sync(self) -> None:
-        # The bytes only: the record stays until the domain saves or removes it.
-        self._sink.abort()
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
-        super()._rollback_sync()
-
 
 def _write_record(folder: Path, session: UploadSession) -> None:
     """Durably replace the record: temp file, fsync, rename, fsync the folder."""

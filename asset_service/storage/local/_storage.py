@@ -40,6 +40,7 @@ from asset_service.storage.local._reads import (
 )
 from asset_service.storage.local._recovery import LocalMove
 from asset_service.storage.local._sessions import LocalHold, LocalSessions, LocalSessionWriter
+from asset_service.storage.reads import Span, SpanReads
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ log = logging.getLogger(__name__)
 VOUCHED_KEEP = 10_000
 
 
-class LocalStorage:
+class LocalStorage(SpanReads):
     """uploads/YYYY-MM-DD/<asset-id>/<name>, generated/<task>/<asset-id>/<name>, tmp/."""
 
     def __init__(
@@ -119,7 +120,6 @@ class LocalStorage:
             raise Unavailable(f"storage root {self.root} is not usable: {exc}") from exc
 
     async def leftovers(self, past_grace: bool = False) -> list[Leftover]:
-        """Moves journaled by dead processes, to settle before their staging is removed."""
         older_than = self.orphan_grace_seconds if past_grace else 0.0
         return await asyncio.to_thread(self.disk.journal.leftovers, self._path_of, older_than)
 
@@ -128,7 +128,6 @@ class LocalStorage:
         await journal.settle(leftover, committed, steps, partial(journal.forget, leftover.journal))
 
     async def sweep_dead_staging(self, limit: int = 0) -> int:
-        """Remove staging folders of dead processes (their moves already settled)."""
         return await asyncio.to_thread(self.disk.journal.sweep_dead, limit)
 
     async def close(self) -> None:
@@ -202,26 +201,11 @@ class LocalStorage:
             raise wrong_size(storage_path, opened.st.st_size, size_bytes)
         return opened
 
-    async def read(
-        self,
-        storage_path: str,
-        size_bytes: int,
-        offset: int,
-        limit: int,
-        chunk_size: int,
-        sums: BlockSums | None = None,
-    ) -> AsyncIterator[bytes]:
-        opened = await asyncio.to_thread(self._open_stored, storage_path, size_bytes)
-        end = size_bytes if limit <= 0 else min(size_bytes, offset + limit)
+    async def open_span(self, span: Span, sums: BlockSums | None) -> AsyncIterator[bytes]:
+        opened = await asyncio.to_thread(self._open_stored, span.storage_path, span.size_bytes)
         if sums is None:
-            return read_chunks(opened, storage_path, offset, end, chunk_size)
-        return read_checked(opened, storage_path, offset, end, chunk_size, sums)
-
-    async def summed(
-        self, storage_path: str, size_bytes: int, sha256: str, pace: blocks.Pace | None = None
-    ) -> BlockSums:
-        chunks = await self.read(storage_path, size_bytes, 0, 0, BLOCK_BYTES)
-        return await blocks.summed_from(chunks, sha256, storage_path, pace)
+            return read_chunks(opened, span.storage_path, span.offset, span.end, span.chunk_size)
+        return read_checked(opened, span.storage_path, span.offset, span.end, span.chunk_size, sums)
 
     async def verify(self, storage_path: str, size_bytes: int, sums: BlockSums) -> None:
         """Read every block and check it; remember the file as vouched for (check_many)."""

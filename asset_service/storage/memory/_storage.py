@@ -20,7 +20,6 @@ from asset_service.domain.errors import (
     shown,
 )
 from asset_service.domain.models import (
-    BLOCK_BYTES,
     BlockSums,
     parse_asset_id,
     validate_server_path,
@@ -38,6 +37,7 @@ from asset_service.storage.memory._state import (
     StagingArea,
     StoredBytes,
 )
+from asset_service.storage.reads import Span, SpanReads
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 CHANGED_GRACE = 1.0
 
 
-class MemoryStorage:
+class MemoryStorage(SpanReads):
     """Keys as LocalStorage lays them out (uploads/..., generated/...); paths memory://<key>.
 
     `files` stands for the server's files under its import roots (path -> bytes): adopt()
@@ -194,30 +194,15 @@ class MemoryStorage:
             )
         return obj.data
 
-    async def read(
-        self,
-        storage_path: str,
-        size_bytes: int,
-        offset: int,
-        limit: int,
-        chunk_size: int,
-        sums: BlockSums | None = None,
-    ) -> AsyncIterator[bytes]:
-        data = self._stored(storage_path, size_bytes)
-        end = size_bytes if limit <= 0 else min(size_bytes, offset + limit)
+    async def open_span(self, span: Span, sums: BlockSums | None) -> AsyncIterator[bytes]:
+        data = self._stored(span.storage_path, span.size_bytes)
         if sums is None:
-            return _chunks(data, offset, end, chunk_size)
-        return _checked(data, storage_path, offset, end, chunk_size, sums)
-
-    async def summed(
-        self, storage_path: str, size_bytes: int, sha256: str, pace: blocks.Pace | None = None
-    ) -> BlockSums:
-        chunks = await self.read(storage_path, size_bytes, 0, 0, BLOCK_BYTES)
-        return await blocks.summed_from(chunks, sha256, storage_path, pace)
+            return _chunks(data, span.offset, span.end, span.chunk_size)
+        return _checked(data, span.storage_path, span.offset, span.end, span.chunk_size, sums)
 
     async def verify(self, storage_path: str, size_bytes: int, sums: BlockSums) -> None:
         obj = self.state.objects.get(self._key_of(storage_path))
-        await blocks.drain(await self.read(storage_path, size_bytes, 0, 0, BLOCK_BYTES, sums))
+        await super().verify(storage_path, size_bytes, sums)
         if obj is not None:
             self._vouched[storage_path] = obj
 

@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from asset_service.domain.errors import AssetError, IntegrityError, InvalidArgument, Unavailable
-from asset_service.domain.models import BLOCK_BYTES, BlockSums, parse_asset_id
+from asset_service.domain.models import BlockSums, parse_asset_id
 from asset_service.domain.uploads import UploadSession
 from asset_service.modes import Modes, report
 from asset_service.storage import blocks, journal
 from asset_service.storage.adoption import Source
 from asset_service.storage.imports import ImportRoots
 from asset_service.storage.journal import Journal, Leftover
+from asset_service.storage.reads import Span, SpanReads
 from asset_service.storage.s3 import _recovery
 from asset_service.storage.s3._blob import S3Adopted, S3Writer
 from asset_service.storage.s3._bucket import Bucket
@@ -48,7 +49,7 @@ _AREAS = ("uploads", "generated")
 CHECK_CONCURRENCY = 16
 
 
-class S3Storage:
+class S3Storage(SpanReads):
     """<prefix>uploads/YYYY-MM-DD/<id>/<name>, <prefix>generated/<task>/<id>/<name>, tmp/.
 
     storage_path values are `s3://bucket/<object key>`. Moves of server-side files are
@@ -234,31 +235,13 @@ class S3Storage:
 
         return await asyncio.gather(*(one(path, size) for path, size in items))
 
-    async def read(
-        self,
-        storage_path: str,
-        size_bytes: int,
-        offset: int,
-        limit: int,
-        chunk_size: int,
-        sums: BlockSums | None = None,
-    ) -> AsyncIterator[bytes]:
-        object_key, etag = await self._checked(storage_path, size_bytes)
-        stored = Object(self.client, self.location.bucket, object_key, etag, storage_path)
-        end = size_bytes if limit <= 0 else min(size_bytes, offset + limit)
+    async def open_span(self, span: Span, sums: BlockSums | None) -> AsyncIterator[bytes]:
+        object_key, etag = await self._checked(span.storage_path, span.size_bytes)
+        stored = Object(self.client, self.location.bucket, object_key, etag, span.storage_path)
         if sums is None:
-            return stored.ranged(offset, end, chunk_size)
-        span = blocks.aligned(sums, offset, end, size_bytes)
-        return stored.checked(self.bulk, span, offset, end, chunk_size, sums)
-
-    async def summed(
-        self, storage_path: str, size_bytes: int, sha256: str, pace: blocks.Pace | None = None
-    ) -> BlockSums:
-        chunks = await self.read(storage_path, size_bytes, 0, 0, BLOCK_BYTES)
-        return await blocks.summed_from(chunks, sha256, storage_path, pace)
-
-    async def verify(self, storage_path: str, size_bytes: int, sums: BlockSums) -> None:
-        await blocks.drain(await self.read(storage_path, size_bytes, 0, 0, BLOCK_BYTES, sums))
+            return stored.ranged(span.offset, span.end, span.chunk_size)
+        blocks_read = blocks.aligned(sums, span.offset, span.end, span.size_bytes)
+        return stored.checked(self.bulk, blocks_read, span.offset, span.end, span.chunk_size, sums)
 
     # --- housekeeping -----------------------------------------------------------------
 
