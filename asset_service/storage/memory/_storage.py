@@ -15,7 +15,6 @@ from asset_service.domain.errors import (
     IntegrityError,
     InvalidArgument,
     NotFound,
-    PermissionDenied,
     Unverified,
     shown,
 )
@@ -26,6 +25,7 @@ from asset_service.domain.models import (
 )
 from asset_service.domain.uploads import UploadSession
 from asset_service.storage import blocks, journal, keys
+from asset_service.storage.imports import no_import_roots
 from asset_service.storage.memory._blobs import MemoryAdopted, MemoryCloned, MemoryWriter
 from asset_service.storage.memory._sessions import MemoryHold, MemorySessions, MemorySessionWriter
 from asset_service.storage.memory._shelf import Shelf
@@ -155,10 +155,7 @@ class MemoryStorage(SpanReads):
     async def adopt(self, path: str, move: bool) -> MemoryAdopted:
         validate_server_path(path)
         if self.files is None:
-            raise PermissionDenied(
-                "the server has no import roots; start it with --import-root DIR "
-                "(or ASSET_SERVICE_IMPORT_ROOTS) to allow server-side paths"
-            )
+            raise no_import_roots()
         data = self.files.get(path)
         if data is None:
             raise NotFound(f"{shown(path)} does not exist on the server")
