@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -22,7 +21,6 @@ from asset_service.domain.models import (
     Corruption,
     Failure,
     Fulfillment,
-    Resync,
     Status,
     Value,
     ValueKind,
@@ -32,6 +30,7 @@ from asset_service.store.mongo import MongoStore
 from asset_service.store.mongo._schema import ASSET_INDEXES
 from asset_service.store.mongo._tombstones import TOMBSTONE_INDEXES
 from tests.contract.conftest import Backend, _drop, _fresh_database
+from tests.feeds import take
 from tests.records import pending_record
 
 T0 = datetime(2026, 1, 2, 3, 4, 5, 123000, tzinfo=UTC)
@@ -64,7 +63,6 @@ FULFILL = Fulfillment(
     fulfilled_from="/worker/x",
     media_type="text/csv",
 )
-
 
 # --- records ---------------------------------------------------------------------------
 
@@ -460,14 +458,6 @@ async def test_a_page_token_is_refused_with_other_filters(backend: Backend) -> N
 # --- change feed -----------------------------------------------------------------------
 
 
-async def take(feed: AsyncIterator[Change | Resync], n: int) -> list[Change | Resync]:
-    out: list[Change | Resync] = []
-    async with asyncio.timeout(20):
-        while len(out) < n:
-            out.append(await anext(feed))
-    return out
-
-
 @pytest.mark.needs("change_streams")
 async def test_change_feed_yields_every_change_in_commit_order(backend: Backend) -> None:
     store = backend.store
@@ -489,7 +479,7 @@ async def test_change_feed_yields_every_change_in_commit_order(backend: Backend)
         (ChangeKind.DELETE, gone_b),
         (ChangeKind.DELETE, gone_a),
     ]
-    got = await take(feed, len(expected))
+    got = await take(feed, len(expected), seconds=20)
     assert all(isinstance(g, Change) for g in got), got
     changes = [g for g in got if isinstance(g, Change)]
     assert [(c.kind, c.asset.id, c.revision) for c in changes] == [
@@ -524,7 +514,7 @@ async def test_every_change_names_the_principal_that_made_it(backend: Backend) -
     assert gone is not None and (gone.created_by, gone.updated_by) == ("orchestrator", "admin")
     if feed is None:
         return  # FerretDB: no change streams to check
-    changes = [c for c in await take(feed, 5) if isinstance(c, Change)]
+    changes = [c for c in await take(feed, 5, seconds=20) if isinstance(c, Change)]
     assert [(c.kind, c.asset.updated_by) for c in changes] == [
         (ChangeKind.PUT, "orchestrator"),
         (ChangeKind.PUT, "task:task-1"),
@@ -543,7 +533,7 @@ async def test_change_feed_orders_concurrent_writers_by_revision(backend: Backen
     moved = await asyncio.gather(
         *(store.transition(a.id, Status.PENDING, Failure("x"), T0) for a in assets)
     )
-    got = await take(feed, 30)
+    got = await take(feed, 30, seconds=20)
     revisions = [g.revision for g in got if isinstance(g, Change)]
     assert len(revisions) == 30
     assert revisions == sorted(revisions)  # commit order == revision order
@@ -681,7 +671,7 @@ async def test_block_sums_kept_later_are_not_a_change(backend: Backend) -> None:
     marked = await store.transition(a.id, Status.AVAILABLE, Corruption("bad", by="check"), T0)
     if feed is None:
         return  # FerretDB: no change streams to check
-    changes = [c for c in await take(feed, 2) if isinstance(c, Change)]
+    changes = [c for c in await take(feed, 2, seconds=20) if isinstance(c, Change)]
     assert [(c.asset.id, c.revision) for c in changes] == [
         (a.id, a.revision),
         (a.id, marked.revision),
