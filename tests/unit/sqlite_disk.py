@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import sqlite3
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -26,6 +28,24 @@ from tests.tmpfs import mounted as mounted
 KiB = 1024
 MiB = 1024 * KiB
 RESERVE = 1 * MiB
+
+
+@pytest.fixture
+def disk(tmp_path: Path) -> Iterator[Path]:
+    """A 4 MiB tmpfs of its own."""
+    with mounted(tmp_path / "small-disk", "4m") as mount:
+        yield mount
+
+
+@contextlib.asynccontextmanager
+async def opened(db: Path, reserve_bytes: int = RESERVE) -> AsyncIterator[SqliteStore]:
+    """An open SqliteStore on `db`, closed on the way out."""
+    store = SqliteStore(db, reserve_bytes=reserve_bytes)
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
 
 
 def value_asset(size: int, tags: tuple[str, ...] = ("t1", "t2")) -> Asset:
