@@ -6,12 +6,14 @@ import os
 import shutil
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from pymongo import AsyncMongoClient
+from pymongo.asynchronous.database import AsyncDatabase
 
 from asset_service.domain.ports import MetadataStore
 from asset_service.store.memory import MemoryStore
@@ -48,6 +50,41 @@ async def _drop(url: str, name: str) -> None:
         await client.drop_database(name)
     finally:
         await client.close()
+
+
+@dataclass
+class FreshDatabase:
+    """A MongoStore on a database of its own, and a plain client's handle on that database
+    to change it behind the store's back (as an operator or an older release would)."""
+
+    url: str
+    db: AsyncDatabase[dict[str, object]]
+    store: MongoStore
+
+    async def reopen(self) -> MongoStore:
+        """Close the store and open another on the same database, as a restart does."""
+        await self.store.close()
+        self.store = MongoStore(self.url, allow_standalone=True)
+        await self.store.open()
+        return self.store
+
+
+@asynccontextmanager
+async def fresh_ferretdb(ferretdb_url: str) -> AsyncIterator[FreshDatabase]:
+    """A fresh database on the session's FerretDB with a store open on it; dropped after."""
+    url, name = _fresh_database(ferretdb_url)
+    store = MongoStore(url, allow_standalone=True)
+    await store.open()
+    client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(
+        ferretdb_url, serverSelectionTimeoutMS=3000
+    )
+    fresh = FreshDatabase(url, client[name], store)
+    try:
+        yield fresh
+    finally:
+        await client.close()
+        await fresh.store.close()
+        await _drop(ferretdb_url, name)
 
 
 @pytest.fixture(scope="session")

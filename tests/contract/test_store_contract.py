@@ -8,7 +8,6 @@ import dataclasses
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from pymongo import AsyncMongoClient
 
 from asset_service.domain.errors import Conflict, InvalidArgument, NotFound, Unavailable
 from asset_service.domain.models import (
@@ -29,7 +28,7 @@ from asset_service.domain.models import (
 from asset_service.store.mongo import MongoStore
 from asset_service.store.mongo._schema import ASSET_INDEXES
 from asset_service.store.mongo._tombstones import TOMBSTONE_INDEXES
-from tests.contract.conftest import Backend, _drop, _fresh_database
+from tests.contract.conftest import Backend, _drop, _fresh_database, fresh_ferretdb
 from tests.feeds import take
 from tests.records import pending_record
 
@@ -557,33 +556,20 @@ async def test_reopening_never_reuses_a_revision_after_the_counter_was_lost(
 ) -> None:
     """Counter dropped, then restored from an older backup: each open lifts it above every
     stored revision (the highest one here belongs to an updated record, not the last insert)."""
-    url, name = _fresh_database(ferretdb_url)
-    store = MongoStore(url, allow_standalone=True)
-    await store.open()
-    client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(
-        ferretdb_url, serverSelectionTimeoutMS=3000
-    )
-    try:
+    async with fresh_ferretdb(ferretdb_url) as ferret:
+        store = ferret.store
         assets = [await store.insert(pending()) for _ in range(3)]
         moved = await store.transition(assets[0].id, Status.PENDING, FULFILL, T0)
         used = {a.revision for a in assets} | {moved.revision}
         for lose in ("drop", "older backup"):
             if lose == "drop":
-                await client[name].drop_collection("counters")
+                await ferret.db.drop_collection("counters")
             else:
-                await client[name]["counters"].update_one(
-                    {"_id": "revision"}, {"$set": {"value": 1}}
-                )
-            await store.close()
-            store = MongoStore(url, allow_standalone=True)
-            await store.open()
+                await ferret.db["counters"].update_one({"_id": "revision"}, {"$set": {"value": 1}})
+            store = await ferret.reopen()
             fresh = await store.insert(pending())
             assert fresh.revision == max(used) + 1, lose
             used.add(fresh.revision)
-    finally:
-        await client.close()
-        await store.close()
-        await _drop(ferretdb_url, name)
 
 
 async def test_a_restart_finds_every_index_and_creates_none(
