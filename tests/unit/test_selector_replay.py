@@ -24,17 +24,16 @@ from asset_service.domain.models import (
 )
 from asset_service.domain.replay import Replay, merged
 from asset_service.domain.watch import Selector
-from asset_service.storage.memory import MemoryStorage
 from asset_service.store.memory import MemoryStore
 from tests.feeds import take
-from tests.unit.test_selector_watch import running, text
+from tests.unit.test_selector_watch import text, watchable
 
 TINY_HISTORY = 8 * 1024  # a handful of records
 
 
 @pytest.fixture
 async def manager() -> AsyncIterator[AssetManager]:
-    async with running(Limits(watch_history_bytes=TINY_HISTORY)) as m:
+    async with watchable(limits=Limits(watch_history_bytes=TINY_HISTORY)) as m:
         yield m
 
 
@@ -266,10 +265,7 @@ async def test_a_revision_handed_out_again_resyncs_every_watcher() -> None:
     is a rollback: selector watchers end (list again), id watchers re-read state, and
     the history begins again. Before: the history dropped it and watchers never knew."""
     store = RewindingStore()
-    manager = AssetManager(store, MemoryStorage(), Limits())
-    await manager.start()
-    try:
-        await manager.hub.history.ready()
+    async with watchable(store) as manager:
         a = await manager.create_pending("t", "a", "", AssetType.VALUE, ())
         selector_events = await manager.watch_selector(Selector(), 0)
         id_events = await manager.watch([a.id], 0, follow=True)
@@ -292,16 +288,11 @@ async def test_a_revision_handed_out_again_resyncs_every_watcher() -> None:
         c = await manager.create_pending("t", "c", "", AssetType.VALUE, ())
         assert [e.asset.id for e in await take(again, 1)] == [c.id]
         await again.aclose()
-    finally:
-        await manager.stop()
 
 
 async def test_the_same_change_twice_is_published_once() -> None:
     store = RewindingStore()
-    manager = AssetManager(store, MemoryStorage(), Limits())
-    await manager.start()
-    try:
-        await manager.hub.history.ready()
+    async with watchable(store) as manager:
         events = await manager.watch_selector(Selector(), 0)
         a = await manager.create_pending("t", "a", "", AssetType.VALUE, ())
         assert [e.revision for e in await take(events, 1)] == [a.revision]
@@ -313,8 +304,6 @@ async def test_the_same_change_twice_is_published_once() -> None:
         again = await manager.watch_selector(Selector(), 0)
         assert [e.revision for e in await take(again, 2)] == [a.revision, b.revision]
         await again.aclose()
-    finally:
-        await manager.stop()
 
 
 async def test_a_revision_above_the_store_is_refused(manager: AssetManager) -> None:

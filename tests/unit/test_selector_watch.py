@@ -27,6 +27,7 @@ from asset_service.domain.watch import History, Selector
 from asset_service.storage.memory import MemoryStorage
 from asset_service.store.memory import MemoryStore
 from tests.feeds import take
+from tests.managers import running
 from tests.records import pending_record
 
 T0 = datetime(2026, 12, 6, tzinfo=UTC)
@@ -125,20 +126,20 @@ async def test_a_lost_history_refuses_until_it_begins_again() -> None:
 
 
 @contextlib.asynccontextmanager
-async def running(limits: Limits) -> AsyncIterator[AssetManager]:
-    """A started manager over a memory store and storage, its history read."""
-    m = AssetManager(MemoryStore(), MemoryStorage(), limits)
-    await m.start()
-    await m.hub.history.ready()
-    try:
-        yield m
-    finally:
-        await m.stop()
+async def watchable(
+    store: MemoryStore | None = None, limits: Limits | None = None
+) -> AsyncIterator[AssetManager]:
+    """A running manager over `store` (a new one by default) and memory storage, its watch
+    history read."""
+    manager = AssetManager(store or MemoryStore(), MemoryStorage(), limits or Limits())
+    async with running(manager):
+        await manager.hub.history.ready()
+        yield manager
 
 
 @pytest.fixture
 async def manager() -> AsyncIterator[AssetManager]:
-    async with running(Limits()) as m:
+    async with watchable() as m:
         yield m
 
 
@@ -222,10 +223,7 @@ async def test_lost_history_ends_selector_watches_and_they_start_again_later() -
             return feed()
 
     store = ResyncingStore()
-    manager = AssetManager(store, MemoryStorage(), Limits())
-    await manager.start()
-    try:
-        await manager.hub.history.ready()
+    async with watchable(store) as manager:
         events = await manager.watch_selector(Selector(), 0)
         first = await manager.create_pending("t", "a", "", AssetType.VALUE, ())
         assert [e.asset.id for e in await take(events, 1)] == [first.id]
@@ -237,8 +235,6 @@ async def test_lost_history_ends_selector_watches_and_they_start_again_later() -
         second = await manager.create_pending("t", "b", "", AssetType.VALUE, ())
         assert [e.asset.id for e in await take(again, 1)] == [second.id]
         await again.aclose()
-    finally:
-        await manager.stop()
 
 
 async def test_selector_watches_end_when_the_server_stops() -> None:
