@@ -30,7 +30,7 @@ from asset_service.store.mongo._schema import ASSET_INDEXES
 from asset_service.store.mongo._tombstones import TOMBSTONE_INDEXES
 from tests.contract.conftest import Backend, _drop, _fresh_database, fresh_ferretdb
 from tests.feeds import take
-from tests.records import pending_record
+from tests.records import make_record, pending_record
 
 T0 = datetime(2026, 1, 2, 3, 4, 5, 123000, tzinfo=UTC)
 
@@ -40,14 +40,12 @@ def pending(label: str = "out.txt", task: str = "task-1", tags: tuple[str, ...] 
 
 
 def value_asset(label: str = "v.json", tags: tuple[str, ...] = ()) -> Asset:
-    return Asset(
-        id=new_asset_id(),
+    return make_record(
+        Status.AVAILABLE,
+        AssetType.VALUE,
+        "application/json",
         label=label,
-        status=Status.AVAILABLE,
-        type=AssetType.VALUE,
-        media_type="application/json",
-        created_at=T0,
-        updated_at=T0,
+        at=T0,
         value=Value(ValueKind.JSON, b'{"k": [1, 2]}'),
         size_bytes=13,
         sha256="ab" * 32,
@@ -609,14 +607,12 @@ SUMS = BlockSums(1024 * 1024, bytes(range(12)))  # three blocks' crc32c
 
 
 def file_asset(sums: BlockSums | None = SUMS) -> Asset:
-    return Asset(
-        id=new_asset_id(),
+    return make_record(
+        Status.AVAILABLE,
+        AssetType.FILE,
+        "application/octet-stream",
         label="f.bin",
-        status=Status.AVAILABLE,
-        type=AssetType.FILE,
-        media_type="application/octet-stream",
-        created_at=T0,
-        updated_at=T0,
+        at=T0,
         storage_path=f"/data/uploads/2026-01-02/{new_asset_id()}/f.bin",
         size_bytes=3 * 1024 * 1024 - 5,
         sha256="ef" * 32,

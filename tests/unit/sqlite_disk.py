@@ -7,7 +7,6 @@ import errno
 import os
 import sqlite3
 from collections.abc import AsyncIterator, Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -19,10 +18,9 @@ from asset_service.domain.models import (
     Status,
     Value,
     ValueKind,
-    new_asset_id,
 )
 from asset_service.store.sqlite import SqliteStore
-from tests.records import pending_record
+from tests.records import make_record, pending_record
 from tests.tmpfs import mounted as mounted
 
 KiB = 1024
@@ -49,17 +47,12 @@ async def opened(db: Path, reserve_bytes: int = RESERVE) -> AsyncIterator[Sqlite
 
 
 def value_asset(size: int, tags: tuple[str, ...] = ("t1", "t2")) -> Asset:
-    now = datetime.now(UTC)
-    data = os.urandom(size)
-    return Asset(
-        id=new_asset_id(),
+    return make_record(
+        Status.AVAILABLE,
+        AssetType.VALUE,
+        "application/octet-stream",
         label="v.bin",
-        status=Status.AVAILABLE,
-        type=AssetType.VALUE,
-        media_type="application/octet-stream",
-        created_at=now,
-        updated_at=now,
-        value=Value(ValueKind.BYTES, data),
+        value=Value(ValueKind.BYTES, os.urandom(size)),
         tags=tags,
         size_bytes=size,
         sha256="0" * 64,

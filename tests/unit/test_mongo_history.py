@@ -9,7 +9,6 @@ The MONGODB_URI suite's replica-set cases are where that is seen (docs/mongodb.m
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime
@@ -38,16 +37,10 @@ from tests.unit.test_mongo_change_stream import (
     insert,
     record,
 )
-from tests.unit.test_mongo_writes import ASSET
+from tests.unit.test_mongo_writes import ASSET, closed_port
 
 C = "7d8f7c1e-0000-4000-8000-00000000000c"
 D = "7d8f7c1e-0000-4000-8000-00000000000d"
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def bare_store() -> MongoStore:
