@@ -103,21 +103,13 @@ def ferretdb_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
     """Every MetadataStore implementation, opened on empty storage, closed (and dropped) after."""
     kind: str = request.param
-    if kind == "memory":
-        memory = MemoryStore()
-        await memory.open()
+    if kind in ("memory", "sqlite"):
+        local = MemoryStore() if kind == "memory" else SqliteStore(tmp_path / "contract.db")
+        await local.open()
         try:
-            yield Backend("memory", memory)
+            yield Backend(kind, local)
         finally:
-            await memory.close()
-        return
-    if kind == "sqlite":
-        sqlite = SqliteStore(tmp_path / "contract.db")
-        await sqlite.open()
-        try:
-            yield Backend("sqlite", sqlite)
-        finally:
-            await sqlite.close()
+            await local.close()
         return
     base = os.environ["MONGODB_URI"] if kind == "mongo" else request.getfixturevalue("ferretdb_url")
     lacks = LACKS[kind]
