@@ -47,6 +47,7 @@ from tests.unit.mongo_fake._evaluate import (
     project,
     unset_path,
 )
+from tests.unit.mongo_fake._server import overlay
 
 Doc = dict[str, Any]
 T0 = datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC)
@@ -105,13 +106,8 @@ class Server:
     def view(self, name: str, lsid: bytes | None) -> dict[Any, Doc]:
         """What a statement sees: the committed documents and its transaction's writes."""
         seen = dict(self.data.get(name, {}))
-        for (coll, key), doc in (self.pending.get(lsid, {}) if lsid else {}).items():
-            if coll != name:
-                continue
-            if doc is None:
-                seen.pop(key, None)
-            else:
-                seen[key] = doc
+        if lsid:
+            overlay(seen, name, self.pending.get(lsid, {}))
         return seen
 
     async def write(self, name: str, key: Any, doc: Doc | None, lsid: bytes | None) -> None:
