@@ -38,11 +38,10 @@ from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.client_session_shared import _TxnState
 from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
 
+from tests.unit.mongo_fake._collection import sorted_docs
 from tests.unit.mongo_fake._evaluate import (
     MISSING,
     apply_update,
-    compare,
-    get_path,
     matches,
     project,
     unset_path,
@@ -180,9 +179,7 @@ class Cursor:
         self._limit = 0
 
     def sort(self, key: Any, direction: int = 1) -> Cursor:
-        keys = key if isinstance(key, list) else [(key, direction)]
-        for field, way in reversed(keys):
-            self._docs.sort(key=_SortKey.of(field), reverse=way < 0)
+        self._docs = sorted_docs(self._docs, key if isinstance(key, list) else [(key, direction)])
         return self
 
     def limit(self, n: int) -> Cursor:
@@ -207,18 +204,6 @@ class Cursor:
 
     async def close(self) -> None:
         return None
-
-
-class _SortKey:
-    def __init__(self, value: Any) -> None:
-        self.value = value
-
-    def __lt__(self, other: _SortKey) -> bool:
-        return compare(self.value, other.value) < 0
-
-    @staticmethod
-    def of(field: str) -> Any:
-        return lambda d: _SortKey(get_path(d, field))
 
 
 class Collection:
