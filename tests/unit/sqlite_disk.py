@@ -103,6 +103,15 @@ def releases(caplog: pytest.LogCaptureFixture) -> int:
     return caplog.text.count("released the")
 
 
+def pragma(db: Path, name: str) -> int:
+    """An integer PRAGMA of the database file, read on a connection of its own."""
+    conn = sqlite3.connect(db)
+    try:
+        return int(conn.execute(f"PRAGMA {name}").fetchone()[0])
+    finally:
+        conn.close()
+
+
 def integrity(db: Path) -> str:
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:

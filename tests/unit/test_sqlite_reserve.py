@@ -25,18 +25,11 @@ from tests.unit.sqlite_disk import (
     integrity,
     opened,
     pending_asset,
+    pragma,
     releases,
     value_asset,
 )
 from tests.unit.sqlite_disk import disk as disk  # fixture
-
-
-def auto_vacuum(db: Path) -> int:
-    conn = sqlite3.connect(db)
-    try:
-        return int(conn.execute("PRAGMA auto_vacuum").fetchone()[0])
-    finally:
-        conn.close()
 
 
 async def test_while_the_reserve_is_missing_only_deletes_are_written(disk: Path) -> None:
@@ -188,7 +181,7 @@ async def test_a_database_made_before_auto_vacuum_is_converted_once(
     for _ in range(2):
         async with opened(db) as store:
             assert await store.get(kept.id) == kept
-    assert auto_vacuum(db) == INCREMENTAL
+    assert pragma(db, "auto_vacuum") == INCREMENTAL
     assert caplog.text.count("to incremental auto-vacuum, once") == 1
     assert integrity(db) == "ok"
 
