@@ -100,6 +100,16 @@ def ferretdb_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture
+async def database() -> AsyncIterator[str]:
+    """A fresh database on MONGODB_URI's replica set (for `requires("mongo")` tests): its
+    URL; dropped afterwards."""
+    base = os.environ["MONGODB_URI"]
+    url, name = _fresh_database(base)
+    yield url
+    await _drop(base, name)
+
+
+@pytest.fixture
 async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
     """Every MetadataStore implementation, opened on empty storage, closed (and dropped) after."""
     kind: str = request.param

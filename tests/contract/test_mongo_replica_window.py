@@ -14,10 +14,7 @@ import asyncio
 import os
 import random
 import subprocess
-import uuid
-from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from pymongo import AsyncMongoClient, monitoring
@@ -33,17 +30,6 @@ from tests.feeds import take
 from tests.unit.test_mongo_open import _stages
 
 pytestmark = pytest.mark.requires("mongo")
-
-
-@pytest.fixture
-async def database() -> AsyncIterator[str]:
-    """A fresh database's URL, dropped afterwards."""
-    name = f"asset_rw_{uuid.uuid4().hex[:12]}"
-    url = urlunsplit(urlsplit(os.environ["MONGODB_URI"])._replace(path=f"/{name}"))
-    yield url
-    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(url)
-    await client.drop_database(name)
-    await client.close()
 
 
 async def test_a_replay_walks_the_revision_indexes_without_sorting(database: str) -> None:
