@@ -10,7 +10,6 @@ read says "no reference", no record can point at the bytes again.
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
 
 import pytest
 
@@ -24,9 +23,9 @@ from asset_service.domain.models import (
     Status,
 )
 from tests.contract.conftest import Backend
+from tests.contract.test_store_contract import T0
 from tests.records import make_record, pending_record
 
-T0 = datetime(2026, 1, 2, 3, 4, 5, 123000, tzinfo=UTC)
 PATH = "s3://bucket/uploads/2026-01-02/first/data.bin"
 
 
