@@ -1,11 +1,13 @@
-"""What every store says the same way about retention: who holds an asset, the largest keys."""
+"""What every store says the same way about retention: who holds an asset, whether it may
+go, the largest keys."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import UTC, datetime
 
-from asset_service.domain.models import Asset
+from asset_service.domain.errors import Conflict, Held
+from asset_service.domain.models import Asset, Removal, Status
 
 
 def holders(asset: Asset, now: datetime, manifests: bool = True) -> list[str]:
@@ -16,6 +18,25 @@ def holders(asset: Asset, now: datetime, manifests: bool = True) -> list[str]:
         when = asset.retained_until.astimezone(UTC).isoformat(timespec="seconds")
         found.append(f"a manifest that lists it (kept until {when.replace('+00:00', 'Z')})")
     return found
+
+
+def check_removal(asset: Asset, removal: Removal | None) -> None:
+    """Refuse a deletion `removal` does not allow: an expiry's before the asset expired
+    (Conflict), one that needs the asset unheld while something holds it (Held). `asset`
+    carries its holds."""
+    if removal is None:
+        return
+    now = removal.now
+    if removal.expired:
+        assert now is not None
+        due = asset.expires_at
+        if asset.status is Status.PENDING or due is None or due > now:
+            raise Conflict(f"asset {asset.id} has not expired (it expires at {due})")
+    if removal.unheld or removal.expired:
+        assert now is not None
+        found = holders(asset, now, manifests=removal.expired)
+        if found:
+            raise Held(asset.id, found)
 
 
 def top_keys(totals: Mapping[str, tuple[int, int]], limit: int) -> tuple[list[str], bool]:
