@@ -38,6 +38,8 @@ import pymongo
 from pymongo.errors import PyMongoError
 from pymongo.write_concern import WriteConcern
 
+from asset_service.store._tasks import cancel_all
+
 log = logging.getLogger(__name__)
 
 LEASE_SECONDS = 5.0
@@ -220,11 +222,7 @@ class WriterLeases:
 
     async def close(self) -> None:
         self._stop.set()
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_all(self._tasks)
         self._tasks = []
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join, self.renew_seconds * 3 + 5)
