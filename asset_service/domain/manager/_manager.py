@@ -33,6 +33,7 @@ from asset_service.domain.models import (
     AssetFilter,
     AssetType,
     Page,
+    PromiseRequest,
     UploadHeader,
     Value,
     WatchEvent,
@@ -231,17 +232,8 @@ class AssetManager:
         by: str = "",
         ttl_seconds: int = 0,
     ) -> Asset:
-        return await _creation.create_pending(
-            self.ctx,
-            task_id,
-            label,
-            media_type,
-            type_,
-            tags,
-            lease_seconds=lease_seconds,
-            by=by,
-            ttl_seconds=ttl_seconds,
-        )
+        spec = PromiseRequest(task_id, label, media_type, type_, tags, lease_seconds, ttl_seconds)
+        return await _creation.create_pending(self.ctx, spec, by=by)
 
     # --- retention (_retention.py) ----------------------------------------------------
 
@@ -303,18 +295,8 @@ class AssetManager:
         by: str = "",
         ttl_seconds: int = 0,
     ) -> KeyAnswer:
-        return await _reuse.get_or_create_pending(
-            self.ctx,
-            key,
-            task_id,
-            label,
-            media_type,
-            type_,
-            tags,
-            lease_seconds=lease_seconds,
-            by=by,
-            ttl_seconds=ttl_seconds,
-        )
+        spec = PromiseRequest(task_id, label, media_type, type_, tags, lease_seconds, ttl_seconds)
+        return await _reuse.get_or_create_pending(self.ctx, key, spec, by=by)
 
     # --- transitions (_transitions.py) -----------------------------------------------
 
