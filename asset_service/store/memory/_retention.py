@@ -12,7 +12,7 @@ from asset_service.domain.models import Asset, Hold, Status
 from asset_service.domain.reads import slim
 from asset_service.domain.retention._ports import TASK_OWNER
 from asset_service.domain.usage import ALL, TOTAL, Cell, UsageCells, UsageGroup, deltas
-from asset_service.store._retention import top_keys
+from asset_service.store._retention import top_keys, usage_keys
 
 
 class MemoryRetention:
@@ -125,12 +125,8 @@ class MemoryRetention:
         await self._enter()
         await asyncio.sleep(0)
         found = {cell: value for cell, value in self._cells.items() if cell[0] == ALL}
-        if group in (ALL, UsageGroup.STATUS.value):
-            return UsageCells(found, [])
-        if keys:
-            chosen = list(dict.fromkeys(keys))
-            more = False
-        else:
+        chosen, more = usage_keys(group, keys), False
+        if chosen is None:
             totals = {
                 cell[1]: value
                 for cell, value in self._cells.items()

@@ -13,6 +13,7 @@ from asset_service.domain.errors import NotFound, ResourceExhausted
 from asset_service.domain.models import Asset, Hold, HoldKind, Status
 from asset_service.domain.retention._ports import TASK_OWNER
 from asset_service.domain.usage import ALL, TOTAL, UsageCells, UsageGroup, deltas
+from asset_service.store._retention import first_keys, usage_keys
 from asset_service.store.sqlite._schema import (
     RECORD_SLIM_COLUMNS,
     from_ms,
@@ -226,14 +227,10 @@ def usage(c: sqlite3.Connection, group: str, keys: Sequence[str], limit: int) ->
     c.execute("BEGIN")
     try:
         found = _cells(c.execute("SELECT * FROM usage WHERE grp = ?", (ALL,)))
-        if group in (ALL, UsageGroup.STATUS.value):
-            return UsageCells(found, [])
-        more = False
-        if keys:
-            chosen = list(dict.fromkeys(keys))
-        else:
+        chosen, more = usage_keys(group, keys), False
+        if chosen is None:
             # usage_largest: the group's totals, largest first, read only as far as needed.
-            chosen = [
+            ranked = [
                 row["key"]
                 for row in c.execute(
                     "SELECT key FROM usage WHERE grp = ? AND status = ? "
@@ -241,8 +238,7 @@ def usage(c: sqlite3.Connection, group: str, keys: Sequence[str], limit: int) ->
                     (group, TOTAL, limit + 1),
                 )
             ]
-            more = len(chosen) > limit
-            chosen = chosen[:limit]
+            chosen, more = first_keys(ranked, limit)
         for start in range(0, len(chosen), 500):
             part = chosen[start : start + 500]
             marks = ",".join("?" * len(part))
