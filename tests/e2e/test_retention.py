@@ -23,7 +23,7 @@ from asset_service._proto.asset.v1 import asset_service_pb2_grpc as pb_grpc
 from tests.e2e.helpers import all_assets, expect_error, read_all, stored_files, upload
 from tests.e2e.scrape import metrics_port, scrape
 from tests.e2e.security_helpers import SecureFiles, bearer, start_server, token_for
-from tests.serverproc import ServerProcess, database_url_for, drop_database_of
+from tests.serverproc import ServerProcess, database_url_for, drop_database_of, serving
 
 SWEEP = "0.2"  # --retention-check-interval
 ORCH = bearer(token_for("orchestrator"))
@@ -251,12 +251,8 @@ async def test_a_crash_during_expiry_loses_nothing_held_and_no_bytes_stay_unreco
     sweeper.kill()
     assert any("expired (ttl)" in line for line in sweeper.log), "".join(sweeper.log)
 
-    after = ServerProcess(
-        tmp_path / "data",
-        url,
-        extra_args=["--retention-check-interval", "1h", "--orphan-grace", "0"],
-    ).start()
-    try:
+    args = ["--retention-check-interval", "1h", "--orphan-grace", "0"]
+    with serving(ServerProcess(tmp_path / "data", url, extra_args=args)) as after:
         async with grpc.aio.insecure_channel(after.address) as channel:
             stub = pb_grpc.AssetServiceStub(channel)
             left = {a.id: a for a in await all_assets(stub)}
@@ -268,9 +264,6 @@ async def test_a_crash_during_expiry_loses_nothing_held_and_no_bytes_stay_unreco
             for asset_id in held:
                 chunks = stub.ReadAsset(pb.ReadAssetRequest(asset_id=asset_id))
                 assert b"".join([c.chunk async for c in chunks])
-    finally:
-        after.stop()
-        drop_database_of(url)
 
 
 # Two servers on one database need a replica set (MONGODB_URI); deselected and counted without.
@@ -311,8 +304,7 @@ async def test_two_servers_on_one_store_expire_each_asset_once(tmp_path: Path) -
 async def test_the_sweep_counts_what_it_removed_by_reason(tmp_path: Path) -> None:
     url = database_url_for(tmp_path)
     flags = ["--metrics-listen", "127.0.0.1:0", "--retention-check-interval", SWEEP]
-    server = ServerProcess(tmp_path / "data", url, extra_args=flags).start()
-    try:
+    with serving(ServerProcess(tmp_path / "data", url, extra_args=flags)) as server:
         port = metrics_port(server)
         async with grpc.aio.insecure_channel(server.address) as channel:
             stub = pb_grpc.AssetServiceStub(channel)
@@ -327,9 +319,6 @@ async def test_the_sweep_counts_what_it_removed_by_reason(tmp_path: Path) -> Non
             "asset_service_assets_expired_total", {"reason": "expired (ttl)"}
         )
         assert expired == 1
-    finally:
-        server.stop()
-        drop_database_of(url)
     assert any(f"asset {made.asset.id} (m, 1 bytes) expired (ttl)" in ln for ln in server.log)
 
 
@@ -337,8 +326,7 @@ async def test_orphan_files_are_collected_a_bounded_number_at_a_time(tmp_path: P
     url = database_url_for(tmp_path)
     flags = ["--metrics-listen", "127.0.0.1:0", "--collect-interval", "0.3"]
     flags += ["--orphan-grace", "0", "--retention-sweep-limit", "1"]
-    server = ServerProcess(tmp_path / "data", url, extra_args=flags).start()
-    try:
+    with serving(ServerProcess(tmp_path / "data", url, extra_args=flags)) as server:
         port = metrics_port(server)
         async with grpc.aio.insecure_channel(server.address) as channel:
             stub = pb_grpc.AssetServiceStub(channel)
@@ -358,9 +346,6 @@ async def test_orphan_files_are_collected_a_bounded_number_at_a_time(tmp_path: P
             assert await read_all(stub, kept.id) == b"kept bytes"
         reclaimed = scrape(port).get("asset_service_reclaimed_total", {"kind": "orphan_files"})
         assert reclaimed == 3
-    finally:
-        server.stop()
-        drop_database_of(url)
     counts = [ln for ln in server.log if "collected " in ln and "orphan file(s)" in ln]
     assert len(counts) == 3 and all("collected 1 orphan" in ln for ln in counts), counts
 

@@ -18,7 +18,7 @@ import pytest
 
 from asset_service._proto.asset.v1 import asset_service_pb2 as pb
 from asset_service._proto.asset.v1 import asset_service_pb2_grpc as pb_grpc
-from tests.serverproc import ServerProcess, database_url_for, drop_database_of
+from tests.serverproc import ServerProcess, database_url_for, serving
 from tests.worker_procs import channel_on, wait_for_workers, workers_of
 
 GRACE = 4.0
@@ -29,14 +29,9 @@ def two(tmp_path: Path) -> Iterator[ServerProcess]:
     """Two workers on SQLite; on MONGODB_URI's replica set when it is given (each worker
     then reads its own change stream; not run here)."""
     url = database_url_for(tmp_path)
-    proc = ServerProcess(
-        tmp_path / "data", url, extra_args=["--workers", "2", "--shutdown-grace", str(GRACE)]
-    ).start()
-    try:
+    args = ["--workers", "2", "--shutdown-grace", str(GRACE)]
+    with serving(ServerProcess(tmp_path / "data", url, extra_args=args)) as proc:
         yield proc
-    finally:
-        proc.stop()
-        drop_database_of(url)
 
 
 async def _ping(channel: grpc.aio.Channel) -> None:
