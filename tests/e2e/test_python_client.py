@@ -12,7 +12,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import grpc
 import pytest
@@ -41,27 +41,6 @@ from tests.serverproc import ServerProcess
 
 REPO = Path(__file__).resolve().parents[2]
 WORKER = REPO / "clients" / "python" / "examples" / "worker.py"
-
-
-@pytest.fixture(params=["sync", "asyncio"])
-def client(request: pytest.FixtureRequest, server: ServerProcess) -> Iterator[AssetClient]:
-    """The client under test: AssetClient, or AsyncAssetClient behind the same blocking calls."""
-    if request.param == "sync":
-        with AssetClient(server.address, timeout=15) as c:
-            yield c
-        return
-    driver = AsyncDriver(server.address)
-    try:
-        yield cast(AssetClient, driver)
-    finally:
-        driver.close()
-
-
-@pytest.fixture
-def helper(server: ServerProcess) -> Iterator[AssetClient]:
-    """A blocking client for setup and side effects, apart from the client under test."""
-    with AssetClient(server.address, timeout=15) as c:
-        yield c
 
 
 def _random_file(path: Path, size: int) -> bytes:

@@ -25,42 +25,10 @@ from asset_client import (
 from asset_client._convert import pb
 
 from tests.conftest import StartServer
-from tests.e2e.helpers import AsyncDriver
 from tests.serverproc import ServerProcess
 
 CHANGED, DELETED, SNAPSHOT = WatchEventType.CHANGED, WatchEventType.DELETED, WatchEventType.SNAPSHOT
 PENDING, AVAILABLE, FAILED = AssetStatus.PENDING, AssetStatus.AVAILABLE, AssetStatus.FAILED
-
-
-@pytest.fixture(params=["sync", "asyncio"])
-def client_of(request: pytest.FixtureRequest) -> Iterator[Callable[[ServerProcess], AssetClient]]:
-    """Connects the client under test (AssetClient, or AsyncAssetClient behind the same
-    blocking calls) to a server."""
-    opened: list[Any] = []
-
-    def connect(server: ServerProcess) -> AssetClient:
-        if request.param == "sync":
-            c: Any = AssetClient(server.address, timeout=15)
-        else:
-            c = AsyncDriver(server.address)
-        opened.append(c)
-        return cast(AssetClient, c)
-
-    yield connect
-    for c in opened:
-        c.close()
-
-
-@pytest.fixture
-def client(client_of: Callable[[ServerProcess], AssetClient], server: ServerProcess) -> AssetClient:
-    return client_of(server)
-
-
-@pytest.fixture
-def helper(server: ServerProcess) -> Iterator[AssetClient]:
-    """A blocking client for setup and side effects, apart from the client under test."""
-    with AssetClient(server.address, timeout=15) as c:
-        yield c
 
 
 @pytest.fixture
