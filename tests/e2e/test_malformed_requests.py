@@ -9,7 +9,13 @@ import grpc
 import pytest
 
 from asset_service._proto.asset.v1 import asset_service_pb2 as pb
-from tests.e2e.security_helpers import SecureFiles, bearer, start_server, token_for
+from tests.e2e.security_helpers import (
+    WORKER_RPCS,
+    SecureFiles,
+    bearer,
+    start_server,
+    token_for,
+)
 from tests.serverproc import ServerProcess
 
 SERVICE = pb.DESCRIPTOR.services_by_name["AssetService"]
@@ -43,20 +49,9 @@ async def garbage_call(
     raise AssertionError(f"{method.name} accepted {data!r}")
 
 
-# What a task token may call at all (docs/security.md); other RPCs refuse it first.
-TASK_RPCS = {
-    "GetAsset",
-    "BatchGetAssets",
-    "ListAssets",
-    "WatchAsset",
-    "ReadAsset",
-    "GetManifest",
-    "UploadAsset",
-    "FulfillAsset",
-    "FailAsset",
-    "RenewLease",
-    "QueryUpload",
-}
+# What a task token may call at all (docs/security.md): a worker's RPCs but GetUsage;
+# other RPCs refuse it first.
+TASK_RPCS = WORKER_RPCS - {"GetUsage"}
 
 
 async def assert_every_rpc_refuses_garbage(
