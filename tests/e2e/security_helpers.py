@@ -7,7 +7,7 @@ import hashlib
 import os
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,7 +17,7 @@ import jwt
 from asset_service._proto.asset.v1 import asset_service_pb2 as pb
 from asset_service._proto.asset.v1 import asset_service_pb2_grpc as pb_grpc
 from tests.e2e.helpers import stored_files
-from tests.serverproc import ServerProcess
+from tests.serverproc import ServerProcess, serving
 
 ROLES = ("reader", "worker", "orchestrator", "admin")
 SECRET = b"test-secret-" + b"x" * 40
@@ -82,16 +82,35 @@ class SecureFiles:
         return self
 
 
-def start_server(
+def server_process(
     root: Path, import_root: Path, args: Sequence[str], env: dict[str, str] | None = None
 ) -> ServerProcess:
+    """A server (not started yet) on `root`, with a sqlite database of its own there."""
     return ServerProcess(
         root / "data",
         f"sqlite:///{root / 'assets.db'}",
         import_roots=[import_root],
         extra_args=list(args),
         env=env,
-    ).start()
+    )
+
+
+def start_server(
+    root: Path, import_root: Path, args: Sequence[str], env: dict[str, str] | None = None
+) -> ServerProcess:
+    return server_process(root, import_root, args, env).start()
+
+
+@contextlib.contextmanager
+def token_server(base: Path, *extra_args: str) -> Iterator[ServerProcess]:
+    """A server on `base` that takes bearer tokens (base/tokens.toml, every role of
+    token_for) and task tokens (base/task-secret), importing from base/imports; stopped on
+    leaving."""
+    imports = base / "imports"
+    imports.mkdir(exist_ok=True)
+    files = SecureFiles(base).with_tokens().with_secret()
+    with serving(server_process(base, imports, [*files.args, *extra_args])) as server:
+        yield server
 
 
 async def snapshot(admin: pb_grpc.AssetServiceStub, root: Path) -> tuple[object, ...]:

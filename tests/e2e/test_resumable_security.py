@@ -13,7 +13,7 @@ import pytest
 from asset_service._proto.asset.v1 import asset_service_pb2 as pb
 from asset_service._proto.asset.v1 import asset_service_pb2_grpc as pb_grpc
 from tests.e2e.helpers import MiB, expect_error
-from tests.e2e.security_helpers import SecureFiles, bearer, start_server, token_for
+from tests.e2e.security_helpers import bearer, token_for, token_server
 from tests.serverproc import ServerProcess
 
 ORCH = bearer(token_for("orchestrator"))
@@ -24,13 +24,8 @@ SHA = hashlib.sha256(DATA).hexdigest()
 
 @pytest.fixture
 def secured(tmp_path: Path) -> Iterator[ServerProcess]:
-    (tmp_path / "imports").mkdir()
-    files = SecureFiles(tmp_path).with_tokens().with_secret()
-    server = start_server(tmp_path, tmp_path / "imports", files.args)
-    try:
+    with token_server(tmp_path) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def stream(

@@ -24,13 +24,13 @@ from tests.e2e.security_helpers import (
     ROLES,
     SECRET,
     Env,
-    SecureFiles,
     bearer,
     call_code,
     forged_task_token,
     snapshot,
     start_server,
     token_for,
+    token_server,
 )
 from tests.serverproc import ServerProcess
 
@@ -41,14 +41,8 @@ ORCH = bearer(token_for("orchestrator"))
 @pytest.fixture(scope="module")
 def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, Path, Path]]:
     base = tmp_path_factory.mktemp("secured")
-    imports = base / "imports"
-    imports.mkdir()
-    files = SecureFiles(base).with_tokens().with_secret()
-    server = start_server(base, imports, files.args)
-    try:
-        yield server, imports, files.tokens  # type: ignore[misc]
-    finally:
-        server.stop()
+    with token_server(base) as server:
+        yield server, base / "imports", base / "tokens.toml"
 
 
 @pytest.fixture

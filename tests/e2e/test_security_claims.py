@@ -27,6 +27,7 @@ from tests.e2e.security_helpers import (
     snapshot,
     start_server,
     token_for,
+    token_server,
 )
 from tests.pki import CA, Pair
 from tests.serverproc import ServerProcess
@@ -70,14 +71,8 @@ async def sighup(server: ServerProcess, pattern: str) -> str:
 
 @pytest.fixture(scope="module")
 def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    base = tmp_path_factory.mktemp("claims")
-    (base / "imports").mkdir()
-    files = SecureFiles(base).with_tokens().with_secret()
-    server = start_server(base, base / "imports", files.args)
-    try:
+    with token_server(tmp_path_factory.mktemp("claims")) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from asset_service._proto.asset.v1 import asset_service_pb2 as pb
 from asset_service._proto.asset.v1 import asset_service_pb2_grpc as pb_grpc
 from tests.e2e.helpers import expect_error
-from tests.e2e.security_helpers import SecureFiles, bearer, start_server, token_for
+from tests.e2e.security_helpers import SecureFiles, bearer, start_server, token_for, token_server
 from tests.pki import CA, Pair
 from tests.serverproc import ServerProcess
 
@@ -52,13 +52,8 @@ def pki() -> CA:
 def tls_server(tmp_path_factory: pytest.TempPathFactory, pki: CA) -> Iterator[ServerProcess]:
     """TLS, bearer tokens and task tokens."""
     base = tmp_path_factory.mktemp("tls")
-    (base / "imports").mkdir()
-    files = SecureFiles(base).with_tokens().with_secret()
-    server = start_server(base, base / "imports", [*files.args, *tls_args(base, pki)])
-    try:
+    with token_server(base, *tls_args(base, pki)) as server:
         yield server
-    finally:
-        server.stop()
 
 
 async def test_tls_handshake_and_token(tls_server: ServerProcess, pki: CA) -> None:
