@@ -506,9 +506,19 @@ open(sys.argv[2], "w").write(text.upper() + suffix)
 """
 
 
-def _worker(server: ServerProcess, *args: str) -> subprocess.CompletedProcess[str]:
+def _worker(
+    server: ServerProcess,
+    output_id: str,
+    command: str,
+    *args: str,
+    inputs: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """The example worker run for one output (and `inputs`, name to asset id)."""
+    flags = ["--output", output_id, "--command", command, *args]
+    for name, asset_id in (inputs or {}).items():
+        flags += ["--input", f"{name}={asset_id}"]
     return subprocess.run(
-        [sys.executable, str(WORKER), "--server", server.address, "--no-progress", *args],
+        [sys.executable, str(WORKER), "--server", server.address, "--no-progress", *flags],
         capture_output=True,
         text=True,
         timeout=60,
@@ -532,19 +542,9 @@ def test_worker_fulfills_its_output(
     output = helper.create_pending("task-upper", "upper.txt", media_type="text/plain")
     later = _Later(0.5, helper.fulfill, doc.id, None, "hello worker")  # the worker waits for it
 
-    proc = _worker(
-        server,
-        "--input",
-        f"doc={doc.id}",
-        "--output",
-        output.id,
-        "--config",
-        '{"suffix": "!"}',
-        "--wait-timeout",
-        "30",
-        "--command",
-        f"{sys.executable} {module} {{manifest}} {{output}}",
-    )
+    command = f"{sys.executable} {module} {{manifest}} {{output}}"
+    config = ("--config", '{"suffix": "!"}', "--wait-timeout", "30")
+    proc = _worker(server, output.id, command, *config, inputs={"doc": doc.id})
 
     later.join()
     assert proc.returncode == 0, proc.stderr
@@ -564,9 +564,7 @@ def test_worker_keeps_a_leased_output_alive_while_its_command_runs(
     slow = tmp_path / "slow.py"
     slow.write_text("import sys, time\ntime.sleep(3)\nopen(sys.argv[1], 'w').write('late')\n")
     output = helper.create_pending("task-slow", "slow.txt", lease_seconds=1)
-    proc = _worker(
-        server, "--output", output.id, "--command", f"{sys.executable} {slow} {{output}}"
-    )
+    proc = _worker(server, output.id, f"{sys.executable} {slow} {{output}}")
     assert proc.returncode == 0, proc.stderr
     done = helper.get(output.id)
     assert done.status is AssetStatus.AVAILABLE and done.size_bytes == 4
@@ -580,15 +578,8 @@ def test_worker_fails_its_output_with_the_command_error(
     output = helper.create_pending("task-crash", "out.bin")
     crash = "import sys; sys.stderr.write('Traceback: ValueError: bad frame 42\\n'); sys.exit(3)"
 
-    proc = _worker(
-        server,
-        "--input",
-        f"doc={doc.id}",
-        "--output",
-        output.id,
-        "--command",
-        f'{sys.executable} -c "{crash}" {{manifest}}',
-    )
+    command = f'{sys.executable} -c "{crash}" {{manifest}}'
+    proc = _worker(server, output.id, command, inputs={"doc": doc.id})
 
     assert proc.returncode == 1
     failed = helper.get(output.id)
@@ -604,15 +595,7 @@ def test_worker_fails_its_output_when_an_input_failed(
     helper.fail(upstream.id, "upstream exploded")
     output = helper.create_pending("task-down", "out.bin")
 
-    proc = _worker(
-        server,
-        "--input",
-        f"video={upstream.id}",
-        "--output",
-        output.id,
-        "--command",
-        "true {manifest}",
-    )
+    proc = _worker(server, output.id, "true {manifest}", inputs={"video": upstream.id})
 
     assert proc.returncode == 1
     failed = helper.get(output.id)
