@@ -33,6 +33,10 @@ def token_for(role: str) -> str:
     return f"test-token-{role}-0123456789abcdefghij"
 
 
+# Each role's bearer token, as call metadata.
+READER, WORKER, ORCH, ADMIN = (bearer(token_for(role)) for role in ROLES)
+
+
 def tokens_toml(certificates: dict[str, tuple[str, str]] | None = None) -> str:
     """[[tokens]] for every role (principal = role name), and [[certificates]] CN -> role."""
     lines = []

@@ -13,11 +13,9 @@ import pytest
 from asset_service._proto.asset.v1 import asset_service_pb2 as pb
 from asset_service._proto.asset.v1 import asset_service_pb2_grpc as pb_grpc
 from tests.e2e.helpers import MiB, expect_error
-from tests.e2e.security_helpers import bearer, token_for, token_server
+from tests.e2e.security_helpers import ORCH, WORKER, bearer, token_server
 from tests.serverproc import ServerProcess
 
-ORCH = bearer(token_for("orchestrator"))
-WORKER = bearer(token_for("worker"))
 DATA = bytes(range(256)) * (3 * MiB // 256) + b"tail"
 SHA = hashlib.sha256(DATA).hexdigest()
 

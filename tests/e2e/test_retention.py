@@ -22,12 +22,10 @@ from asset_service._proto.asset.v1 import asset_service_pb2 as pb
 from asset_service._proto.asset.v1 import asset_service_pb2_grpc as pb_grpc
 from tests.e2e.helpers import all_assets, expect_error, read_all, stored_files, upload
 from tests.e2e.scrape import metrics_port, scrape
-from tests.e2e.security_helpers import SecureFiles, bearer, start_server, token_for
+from tests.e2e.security_helpers import ADMIN, ORCH, SecureFiles, bearer, start_server
 from tests.serverproc import ServerProcess, database_url_for, drop_database_of, serving
 
 SWEEP = "0.2"  # --retention-check-interval
-ORCH = bearer(token_for("orchestrator"))
-ADMIN = bearer(token_for("admin"))
 
 
 @pytest.fixture

@@ -19,8 +19,10 @@ from asset_service._proto.asset.v1 import asset_service_pb2_grpc as pb_grpc
 from asset_service.security.tokens import hash_token
 from tests.e2e.helpers import expect_error
 from tests.e2e.security_helpers import (
+    ADMIN,
     ALLOWED,
     CALLS,
+    ORCH,
     ROLES,
     SECRET,
     Env,
@@ -33,9 +35,6 @@ from tests.e2e.security_helpers import (
     token_server,
 )
 from tests.serverproc import ServerProcess
-
-ADMIN = bearer(token_for("admin"))
-ORCH = bearer(token_for("orchestrator"))
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,9 @@ from asset_service._proto.asset.v1 import asset_service_pb2_grpc as pb_grpc
 from asset_service.security.tokens import hash_token
 from tests.e2e.helpers import expect_error
 from tests.e2e.security_helpers import (
+    ADMIN,
+    ORCH,
+    READER,
     SECRET,
     Metadata,
     SecureFiles,
@@ -32,9 +35,6 @@ from tests.e2e.security_helpers import (
 from tests.pki import CA, Pair
 from tests.serverproc import ServerProcess
 
-ADMIN = bearer(token_for("admin"))
-ORCH = bearer(token_for("orchestrator"))
-READER = bearer(token_for("reader"))
 UNAUTHENTICATED = grpc.StatusCode.UNAUTHENTICATED
 DENIED = grpc.StatusCode.PERMISSION_DENIED
 HEALTH = health_pb2.HealthCheckRequest()

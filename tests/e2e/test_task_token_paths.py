@@ -14,10 +14,9 @@ import pytest
 from asset_service._proto.asset.v1 import asset_service_pb2 as pb
 from asset_service._proto.asset.v1 import asset_service_pb2_grpc as pb_grpc
 from tests.e2e.helpers import expect_error
-from tests.e2e.security_helpers import SECRET, bearer, token_for, token_server
+from tests.e2e.security_helpers import ORCH, SECRET, bearer, token_server
 from tests.serverproc import ServerProcess
 
-ORCH = bearer(token_for("orchestrator"))
 DENIED = grpc.StatusCode.PERMISSION_DENIED
 DAY = 24 * 3600
 
