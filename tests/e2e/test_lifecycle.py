@@ -27,7 +27,7 @@ from tests.e2e.helpers import (
     stored_files,
     upload,
 )
-from tests.serverproc import ServerProcess, database_url_for
+from tests.serverproc import ServerProcess, database_url_for, serving
 
 PENDING, AVAILABLE, FAILED = (
     pb.ASSET_STATUS_PENDING,
@@ -101,8 +101,7 @@ async def test_upload_memory_stays_flat(tmp_path: Path) -> None:
     url = database_url_for(tmp_path)
     # (The trace is written at INFO: whatever verbosity the environment asks for.)
     env = {"MALLOC_ARENA_MAX": "1", "GRPC_TRACE": "flowctl", "GRPC_VERBOSITY": "INFO"}
-    proc = ServerProcess(tmp_path / "data", url, env=env).start()
-    try:
+    with serving(ServerProcess(tmp_path / "data", url, env=env)) as proc:
         async with grpc.aio.insecure_channel(proc.address) as channel:
             stub = pb_grpc.AssetServiceStub(channel)
             warmup = await upload(stub, pattern_chunks(MiB), label="warmup.bin")
@@ -113,8 +112,6 @@ async def test_upload_memory_stays_flat(tmp_path: Path) -> None:
             assert big.size_bytes == 512 * MiB
             for asset in (warmup, big):
                 await stub.DeleteAsset(pb.DeleteAssetRequest(asset_id=asset.id))
-    finally:
-        proc.stop()
     windows = [int(m.group(1)) for m in map(WINDOW_ANNOUNCED.search, proc.log) if m]
     assert windows, "no window announced in the gRPC trace: the bound cannot be derived"
     holds = upload_holds(max(windows))

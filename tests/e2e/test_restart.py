@@ -14,15 +14,13 @@ import grpc
 from asset_service._proto.asset.v1 import asset_service_pb2 as pb
 from asset_service._proto.asset.v1 import asset_service_pb2_grpc as pb_grpc
 from tests.e2e.helpers import MiB, pattern_chunks, read_all, stored_files, upload
-from tests.serverproc import ServerProcess, database_url_for
+from tests.serverproc import ServerProcess, database_url_for, serving
 
 
 async def test_sigkill_and_restart(tmp_path: Path, import_root: Path) -> None:
-    server = ServerProcess(
-        tmp_path / "data", database_url_for(tmp_path), import_roots=[import_root]
-    )
-    server.start()
-    try:
+    with serving(
+        ServerProcess(tmp_path / "data", database_url_for(tmp_path), import_roots=[import_root])
+    ) as server:
         async with grpc.aio.insecure_channel(server.address) as channel:
             stub = pb_grpc.AssetServiceStub(channel)
             uploaded = await upload(stub, pattern_chunks(3 * MiB), label="kept.bin")
@@ -131,8 +129,6 @@ async def test_sigkill_and_restart(tmp_path: Path, import_root: Path) -> None:
                 (waiting[1].id, pb.ASSET_STATUS_FAILED, second.asset.revision),
             ]
             assert all(e.revision > last_revision for e in resumed)
-    finally:
-        server.stop()
 
 
 async def test_sigterm_stops_gracefully_and_deadlines_are_honoured(tmp_path: Path) -> None:
@@ -160,8 +156,9 @@ async def test_sigterm_stops_gracefully_and_deadlines_are_honoured(tmp_path: Pat
 
 async def test_startup_sweeps_orphan_files_but_keeps_referenced_ones(tmp_path: Path) -> None:
     url = database_url_for(tmp_path)
-    server = ServerProcess(tmp_path / "data", url, extra_args=["--orphan-grace", "60"]).start()
-    try:
+    with serving(
+        ServerProcess(tmp_path / "data", url, extra_args=["--orphan-grace", "60"])
+    ) as server:
         async with grpc.aio.insecure_channel(server.address) as channel:
             stub = pb_grpc.AssetServiceStub(channel)
             kept = await upload(stub, [b"kept"], label="kept.bin")
@@ -181,8 +178,6 @@ async def test_startup_sweeps_orphan_files_but_keeps_referenced_ones(tmp_path: P
         assert (young / "in-flight.bin").exists(), "a young file may be a commit in flight"
         assert Path(kept.storage_path).read_bytes() == b"kept"
         assert any("orphan" in line for line in server.log)
-    finally:
-        server.stop()
 
 
 def test_a_second_server_on_the_same_sqlite_database_is_refused(tmp_path: Path) -> None:

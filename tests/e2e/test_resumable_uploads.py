@@ -26,7 +26,7 @@ from tests.backends import MinIO
 from tests.contract import s3_helpers
 from tests.e2e.helpers import MiB, expect_error, read_all
 from tests.e2e.tcp_proxy import proxy_to
-from tests.serverproc import ServerProcess, database_url_for
+from tests.serverproc import ServerProcess, database_url_for, serving
 
 DATA = os.urandom(24 * MiB + 4321)
 CUT_LOG = re.compile(r"was cut at \d+ bytes; (\d+) held durably")
@@ -235,8 +235,7 @@ async def test_a_sigkilled_server_keeps_its_last_checkpoint(tmp_path: Path) -> N
     # Past one checkpoint of the local disk (storage/local/_sessions.py): that much survives.
     data = os.urandom(CHECKPOINT_BYTES + 24 * MiB)
     upload_id = uuid.uuid4().hex
-    server = ServerProcess(tmp_path / "data", database_url_for(tmp_path)).start()
-    try:
+    with serving(ServerProcess(tmp_path / "data", database_url_for(tmp_path))) as server:
         await _kill_when(server, data, upload_id, checkpointed(server.root, CHECKPOINT_BYTES))
         server.start()
         async with grpc.aio.insecure_channel(server.address) as channel:
@@ -246,8 +245,6 @@ async def test_a_sigkilled_server_keeps_its_last_checkpoint(tmp_path: Path) -> N
             asset = await resume(server.address, upload_id, data)
             assert asset.sha256 == hashlib.sha256(data).hexdigest()
             assert await read_all(stub, asset.id) == data
-    finally:
-        server.stop()
 
 
 @pytest.fixture
@@ -393,20 +390,21 @@ async def test_expired_uploads_leave_nothing_on_the_local_disk(
 
 async def test_expired_uploads_leave_nothing_on_minio(tmp_path: Path, minio: MinIO) -> None:
     prefix = f"expire-{uuid.uuid4().hex[:8]}"
-    server = ServerProcess(
-        tmp_path / "state",
-        database_url_for(tmp_path),
-        extra_args=[
-            "--storage-url",
-            f"s3://{s3_helpers.BUCKET}/{prefix}",
-            "--upload-session-ttl",
-            "4",  # outlasts the checks before expiry on a loaded machine
-            "--collect-interval",
-            "0.5",
-        ],
-        env=minio.aws_env(),
-    ).start()
-    try:
+    with serving(
+        ServerProcess(
+            tmp_path / "state",
+            database_url_for(tmp_path),
+            extra_args=[
+                "--storage-url",
+                f"s3://{s3_helpers.BUCKET}/{prefix}",
+                "--upload-session-ttl",
+                "4",  # outlasts the checks before expiry on a loaded machine
+                "--collect-interval",
+                "0.5",
+            ],
+            env=minio.aws_env(),
+        )
+    ) as server:
         async with grpc.aio.insecure_channel(server.address) as channel:
             stub = pb_grpc.AssetServiceStub(channel)
             upload_id = uuid.uuid4().hex
@@ -431,8 +429,6 @@ async def test_expired_uploads_leave_nothing_on_minio(tmp_path: Path, minio: Min
             assert [u for u in listed.get("Uploads", ()) if u["Key"].startswith(prefix)] == []
             assert objects.get("KeyCount", 0) == 0
             await expect_error(query(stub, upload_id), grpc.StatusCode.NOT_FOUND, "expired")
-    finally:
-        server.stop()
 
 
 async def _until_gone(found: Callable[[], object], seconds: float = 15) -> None:

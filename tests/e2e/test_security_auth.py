@@ -29,12 +29,12 @@ from tests.e2e.security_helpers import (
     bearer,
     call_code,
     forged_task_token,
+    server_process,
     snapshot,
-    start_server,
     token_for,
     token_server,
 )
-from tests.serverproc import ServerProcess
+from tests.serverproc import ServerProcess, serving
 
 
 @pytest.fixture(scope="module")
@@ -164,8 +164,7 @@ async def test_reflection_needs_a_reader_once_credentials_are_required(
 async def test_reflection_off_is_not_served_and_health_still_is(tmp_path: Path) -> None:
     imports = tmp_path / "imports"
     imports.mkdir()
-    server = start_server(tmp_path, imports, ["--reflection", "off"])
-    try:
+    with serving(server_process(tmp_path, imports, ["--reflection", "off"])) as server:
         async with grpc.aio.insecure_channel(server.address) as channel:
             # With reflection served this would wait for a request until the deadline.
             call = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(timeout=5)
@@ -174,8 +173,6 @@ async def test_reflection_off_is_not_served_and_health_still_is(tmp_path: Path) 
                 health_pb2.HealthCheckRequest(service="asset.v1.AssetService")
             )
             assert answer.status == health_pb2.HealthCheckResponse.SERVING
-    finally:
-        server.stop()
 
 
 async def test_task_token_completes_its_own_task_and_nothing_else(

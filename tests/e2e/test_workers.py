@@ -290,12 +290,13 @@ def _two_free_ports() -> int:
 
 def test_each_worker_serves_its_own_metrics_on_the_next_port(tmp_path: Path) -> None:
     port = _two_free_ports()
-    proc = ServerProcess(
-        tmp_path / "data",
-        f"sqlite:///{tmp_path / 'assets.db'}",
-        extra_args=["--workers", "2", "--metrics-listen", f"127.0.0.1:{port}"],
-    ).start()
-    try:
+    with serving(
+        ServerProcess(
+            tmp_path / "data",
+            f"sqlite:///{tmp_path / 'assets.db'}",
+            extra_args=["--workers", "2", "--metrics-listen", f"127.0.0.1:{port}"],
+        )
+    ) as proc:
         workers = wait_for_workers(proc.pid, 2)
         for offset in (0, 1):
             url = f"http://127.0.0.1:{port + offset}/metrics"
@@ -305,8 +306,6 @@ def test_each_worker_serves_its_own_metrics_on_the_next_port(tmp_path: Path) -> 
         assert any("[worker 1/2]" in line and f":{port}/" in line for line in lines), lines
         assert any("[worker 2/2]" in line and f":{port + 1}/" in line for line in lines), lines
         assert len(workers) == 2
-    finally:
-        proc.stop()
 
 
 @pytest.mark.parametrize(
