@@ -58,6 +58,18 @@ async def upload(
     return response.asset
 
 
+async def unfinished_upload(
+    label: str, chunks: Iterable[bytes], sent: asyncio.Event
+) -> AsyncIterator[pb.UploadAssetRequest]:
+    """An upload's requests that never end: the header and the chunks, then `sent` is set
+    and the stream stays open (until the call is cancelled, or its server dies)."""
+    yield pb.UploadAssetRequest(header=pb.UploadHeader(label=label))
+    for chunk in chunks:
+        yield pb.UploadAssetRequest(chunk=chunk)
+    sent.set()
+    await asyncio.sleep(3600)
+
+
 def upload_sync(address: str, chunks: Iterable[bytes], **header: object) -> pb.Asset:
     """UploadAsset through the sync client, which reports the server's status as sent.
 

@@ -18,6 +18,7 @@ from tests.e2e.helpers import (
     expect_error,
     pattern_chunks,
     stored_files,
+    unfinished_upload,
     upload,
     upload_sync,
 )
@@ -252,15 +253,7 @@ async def test_client_cancels_mid_upload(
     stub: pb_grpc.AssetServiceStub, untouched: None, server: ServerProcess
 ) -> None:
     sent = asyncio.Event()
-
-    async def slow() -> AsyncIterator[pb.UploadAssetRequest]:
-        yield pb.UploadAssetRequest(header=pb.UploadHeader(label="cancelled.bin"))
-        for chunk in pattern_chunks(8 * MiB):
-            yield pb.UploadAssetRequest(chunk=chunk)
-        sent.set()
-        await asyncio.sleep(3600)  # never finish
-
-    call = stub.UploadAsset(slow())
+    call = stub.UploadAsset(unfinished_upload("cancelled.bin", pattern_chunks(8 * MiB), sent))
     await asyncio.wait_for(sent.wait(), 30)
     staging = [p for p in stored_files(server.root) if "staging" in p.parts]
     assert staging, "the server should be staging the upload by now"

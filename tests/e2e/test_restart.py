@@ -6,14 +6,13 @@ import asyncio
 import hashlib
 import os
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
 
 from asset_service._proto.asset.v1 import asset_service_pb2 as pb
 from asset_service._proto.asset.v1 import asset_service_pb2_grpc as pb_grpc
-from tests.e2e.helpers import MiB, pattern_chunks, read_all, stored_files, upload
+from tests.e2e.helpers import MiB, pattern_chunks, read_all, stored_files, unfinished_upload, upload
 from tests.serverproc import ServerProcess, database_url_for, serving
 
 
@@ -64,15 +63,8 @@ async def test_sigkill_and_restart(tmp_path: Path, import_root: Path) -> None:
 
             # An upload is streaming when the server dies.
             streaming = asyncio.Event()
-
-            async def endless() -> AsyncIterator[pb.UploadAssetRequest]:
-                yield pb.UploadAssetRequest(header=pb.UploadHeader(label="interrupted.bin"))
-                for chunk in pattern_chunks(6 * MiB):
-                    yield pb.UploadAssetRequest(chunk=chunk)
-                streaming.set()
-                await asyncio.sleep(3600)
-
-            interrupted = asyncio.ensure_future(stub.UploadAsset(endless()))
+            requests = unfinished_upload("interrupted.bin", pattern_chunks(6 * MiB), streaming)
+            interrupted = asyncio.ensure_future(stub.UploadAsset(requests))
             await asyncio.wait_for(streaming.wait(), 30)
             assert any("staging" in p.parts for p in stored_files(server.root))
             server.kill()
