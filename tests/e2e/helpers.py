@@ -58,6 +58,20 @@ async def upload(
     return response.asset
 
 
+async def pending_asset(
+    stub: pb_grpc.AssetServiceStub, label: str, task_id: str = "t", **fields: Any
+) -> pb.Asset:
+    """A PENDING asset of task `task_id` (CreatePendingAsset; `fields`: the request's others)."""
+    request = pb.CreatePendingAssetRequest(task_id=task_id, label=label, **fields)
+    return (await stub.CreatePendingAsset(request)).asset
+
+
+async def value_asset(stub: pb_grpc.AssetServiceStub, label: str, **value: Any) -> pb.Asset:
+    """A VALUE asset holding pb.Value(**value) (CreateValueAsset)."""
+    request = pb.CreateValueAssetRequest(label=label, value=pb.Value(**value))
+    return (await stub.CreateValueAsset(request)).asset
+
+
 async def unfinished_upload(
     label: str, chunks: Iterable[bytes], sent: asyncio.Event
 ) -> AsyncIterator[pb.UploadAssetRequest]:

@@ -17,10 +17,12 @@ from tests.e2e.helpers import (
     all_assets,
     expect_error,
     pattern_chunks,
+    pending_asset,
     stored_files,
     unfinished_upload,
     upload,
     upload_sync,
+    value_asset,
 )
 from tests.serverproc import ServerProcess, database_url_for
 
@@ -155,9 +157,7 @@ async def test_register_file_outside_import_roots(
         grpc.StatusCode.NOT_FOUND,
         "does not exist",
     )
-    pending = (
-        await stub.CreatePendingAsset(pb.CreatePendingAssetRequest(task_id="t", label="o"))
-    ).asset
+    pending = await pending_asset(stub, "o")
     await expect_error(
         stub.FulfillAsset(pb.FulfillAssetRequest(asset_id=pending.id, source_path=str(link))),
         denied,
@@ -175,9 +175,7 @@ async def test_register_file_on_a_directory_says_it_is_one(
         for move in (False, True):
             request = pb.RegisterFileRequest(path=str(folder), move=move)
             await expect_error(stub.RegisterFile(request), BAD, f"'{folder}' is a directory")
-    pending = (
-        await stub.CreatePendingAsset(pb.CreatePendingAssetRequest(task_id="t", label="o"))
-    ).asset
+    pending = await pending_asset(stub, "o")
     fulfill = pb.FulfillAssetRequest(asset_id=pending.id, source_path=str(import_root))
     await expect_error(stub.FulfillAsset(fulfill), BAD, "is a directory")
     assert import_root.is_dir() and (import_root / "sub").is_dir()
@@ -267,9 +265,7 @@ async def test_client_cancels_mid_upload(
 
 
 async def test_wrong_state_transitions(stub: pb_grpc.AssetServiceStub, import_root: Path) -> None:
-    available = (
-        await stub.CreateValueAsset(pb.CreateValueAssetRequest(label="v", value=pb.Value(text="x")))
-    ).asset
+    available = await value_asset(stub, "v", text="x")
     await expect_error(
         stub.FulfillAsset(pb.FulfillAssetRequest(asset_id=available.id, value=pb.Value(text="y"))),
         grpc.StatusCode.FAILED_PRECONDITION,
@@ -281,9 +277,7 @@ async def test_wrong_state_transitions(stub: pb_grpc.AssetServiceStub, import_ro
         grpc.StatusCode.FAILED_PRECONDITION,
         "AVAILABLE",
     )
-    file_pending = (
-        await stub.CreatePendingAsset(pb.CreatePendingAssetRequest(task_id="t", label="f"))
-    ).asset
+    file_pending = await pending_asset(stub, "f")
     await expect_error(
         stub.FulfillAsset(
             pb.FulfillAssetRequest(asset_id=file_pending.id, value=pb.Value(text="y"))
@@ -291,11 +285,7 @@ async def test_wrong_state_transitions(stub: pb_grpc.AssetServiceStub, import_ro
         grpc.StatusCode.FAILED_PRECONDITION,
         "is a FILE asset",
     )
-    value_pending = (
-        await stub.CreatePendingAsset(
-            pb.CreatePendingAssetRequest(task_id="t", label="v", type=pb.ASSET_TYPE_VALUE)
-        )
-    ).asset
+    value_pending = await pending_asset(stub, "v", type=pb.ASSET_TYPE_VALUE)
     src = import_root / "x.txt"
     src.write_text("x")
     await expect_error(

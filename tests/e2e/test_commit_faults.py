@@ -34,7 +34,7 @@ from asset_service.server import RunningServer, start
 from asset_service.store.sqlite import SqliteStore
 from tests.backends import MinIO
 from tests.contract import s3_helpers
-from tests.e2e.helpers import read_all, stored_files, upload
+from tests.e2e.helpers import pending_asset, read_all, stored_files, upload
 
 _serial = itertools.count()
 
@@ -236,9 +236,7 @@ async def make_op(kind: str, rig: Rig) -> Op:
     if kind == "register":
         request = pb.RegisterFileRequest(path=str(source), label=label, move=True)
         return Op(content, source, lambda t: stub.RegisterFile(request, timeout=t), by_label)
-    pending = (
-        await stub.CreatePendingAsset(pb.CreatePendingAssetRequest(task_id="t", label=label))
-    ).asset
+    pending = await pending_asset(stub, label)
     fulfill = pb.FulfillAssetRequest(asset_id=pending.id, source_path=str(source))
 
     async def current() -> pb.Asset | None:

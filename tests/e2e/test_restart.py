@@ -12,7 +12,16 @@ import grpc
 
 from asset_service._proto.asset.v1 import asset_service_pb2 as pb
 from asset_service._proto.asset.v1 import asset_service_pb2_grpc as pb_grpc
-from tests.e2e.helpers import MiB, pattern_chunks, read_all, stored_files, unfinished_upload, upload
+from tests.e2e.helpers import (
+    MiB,
+    pattern_chunks,
+    pending_asset,
+    read_all,
+    stored_files,
+    unfinished_upload,
+    upload,
+    value_asset,
+)
 from tests.serverproc import ServerProcess, database_url_for, serving
 
 
@@ -23,16 +32,8 @@ async def test_sigkill_and_restart(tmp_path: Path, import_root: Path) -> None:
         async with grpc.aio.insecure_channel(server.address) as channel:
             stub = pb_grpc.AssetServiceStub(channel)
             uploaded = await upload(stub, pattern_chunks(3 * MiB), label="kept.bin")
-            value = (
-                await stub.CreateValueAsset(
-                    pb.CreateValueAssetRequest(label="v", value=pb.Value(json="[1]"))
-                )
-            ).asset
-            fulfilled = (
-                await stub.CreatePendingAsset(
-                    pb.CreatePendingAssetRequest(task_id="t", label="done.txt")
-                )
-            ).asset
+            value = await value_asset(stub, "v", json="[1]")
+            fulfilled = await pending_asset(stub, "done.txt")
             src = import_root / "done.txt"
             src.write_text("produced")
             fulfilled = (
@@ -41,14 +42,7 @@ async def test_sigkill_and_restart(tmp_path: Path, import_root: Path) -> None:
                 )
             ).asset
             waiting = [
-                (
-                    await stub.CreatePendingAsset(
-                        pb.CreatePendingAssetRequest(
-                            task_id="t", label=f"w{i}", type=pb.ASSET_TYPE_VALUE
-                        )
-                    )
-                ).asset
-                for i in range(2)
+                await pending_asset(stub, f"w{i}", type=pb.ASSET_TYPE_VALUE) for i in range(2)
             ]
             # A watcher follows the two promises, then loses its server.
             seen: list[pb.WatchAssetResponse] = []
@@ -128,9 +122,7 @@ async def test_sigterm_stops_gracefully_and_deadlines_are_honoured(tmp_path: Pat
     try:
         async with grpc.aio.insecure_channel(server.address) as channel:
             stub = pb_grpc.AssetServiceStub(channel)
-            pending = (
-                await stub.CreatePendingAsset(pb.CreatePendingAssetRequest(task_id="t", label="x"))
-            ).asset
+            pending = await pending_asset(stub, "x")
             watch = stub.WatchAsset(pb.WatchAssetRequest(asset_ids=[pending.id]), timeout=0.5)
             events = []
             try:
