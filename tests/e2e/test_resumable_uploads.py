@@ -136,6 +136,18 @@ async def settled(stub: pb_grpc.AssetServiceStub, upload_id: str) -> int:
     raise AssertionError("committed_bytes kept changing")
 
 
+async def cut_upload(stub: pb_grpc.AssetServiceStub, address: str, size: int) -> tuple[str, int]:
+    """A new upload whose stream a second header ends right after `size` bytes (refused as
+    INVALID_ARGUMENT): its upload id, and the bytes the server kept once settled."""
+    upload_id = uuid.uuid4().hex
+    await expect_error(
+        send(address, header(upload_id), DATA[:size], then_header=True),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "a second header arrived mid-upload",
+    )
+    return upload_id, await settled(stub, upload_id)
+
+
 def session_files(root: Path) -> list[str]:
     area = root / "tmp" / "uploads"
     return sorted(str(p.relative_to(area)) for p in area.rglob("*"))
@@ -284,13 +296,7 @@ async def test_on_minio_a_sigkilled_server_keeps_its_completed_parts(
 async def test_each_misuse_of_a_resumable_upload_gets_its_status(
     stub: pb_grpc.AssetServiceStub, server: ServerProcess
 ) -> None:
-    upload_id = uuid.uuid4().hex
-    await expect_error(
-        send(server.address, header(upload_id), DATA[: 3 * MiB + 5], then_header=True),
-        grpc.StatusCode.INVALID_ARGUMENT,
-        "a second header arrived mid-upload",
-    )
-    committed = await settled(stub, upload_id)
+    upload_id, committed = await cut_upload(stub, server.address, 3 * MiB + 5)
     assert committed == 3 * MiB + 5  # every byte before the stream ended is kept
     await expect_error(
         send(server.address, header(upload_id, committed + 1), DATA[committed + 1 :]),
@@ -347,12 +353,7 @@ async def test_each_misuse_of_a_resumable_upload_gets_its_status(
 async def test_a_wrong_whole_file_fails_and_leaves_nothing(
     stub: pb_grpc.AssetServiceStub, server: ServerProcess
 ) -> None:
-    upload_id = uuid.uuid4().hex
-    await expect_error(
-        send(server.address, header(upload_id), DATA[: 5 * MiB], then_header=True),
-        grpc.StatusCode.INVALID_ARGUMENT,
-    )
-    committed = await settled(stub, upload_id)
+    upload_id, committed = await cut_upload(stub, server.address, 5 * MiB)
     tampered = DATA[:committed] + b"\0" + DATA[committed + 1 :]
     await expect_error(
         send(server.address, header(upload_id, committed), tampered[committed:]),
@@ -370,12 +371,8 @@ async def test_expired_uploads_leave_nothing_on_the_local_disk(
     server = start_server("--upload-session-ttl", "4", "--collect-interval", "0.5")
     async with grpc.aio.insecure_channel(server.address) as channel:
         stub = pb_grpc.AssetServiceStub(channel)
-        upload_id = uuid.uuid4().hex
-        await expect_error(
-            send(server.address, header(upload_id), DATA[: 6 * MiB], then_header=True),
-            grpc.StatusCode.INVALID_ARGUMENT,
-        )
-        assert (await settled(stub, upload_id)) == 6 * MiB
+        upload_id, committed = await cut_upload(stub, server.address, 6 * MiB)
+        assert committed == 6 * MiB
         assert session_files(server.root)
         await _until_gone(lambda: session_files(server.root))
         await expect_error(
@@ -390,29 +387,15 @@ async def test_expired_uploads_leave_nothing_on_the_local_disk(
 
 async def test_expired_uploads_leave_nothing_on_minio(tmp_path: Path, minio: MinIO) -> None:
     prefix = f"expire-{uuid.uuid4().hex[:8]}"
-    with serving(
-        ServerProcess(
-            tmp_path / "state",
-            database_url_for(tmp_path),
-            extra_args=[
-                "--storage-url",
-                f"s3://{s3_helpers.BUCKET}/{prefix}",
-                "--upload-session-ttl",
-                "4",  # outlasts the checks before expiry on a loaded machine
-                "--collect-interval",
-                "0.5",
-            ],
-            env=minio.aws_env(),
-        )
-    ) as server:
+    args = ["--storage-url", f"s3://{s3_helpers.BUCKET}/{prefix}", "--collect-interval", "0.5"]
+    args += ["--upload-session-ttl", "4"]  # outlasts the checks before expiry on a loaded machine
+    url = database_url_for(tmp_path)
+    env = minio.aws_env()
+    with serving(ServerProcess(tmp_path / "state", url, extra_args=args, env=env)) as server:
         async with grpc.aio.insecure_channel(server.address) as channel:
             stub = pb_grpc.AssetServiceStub(channel)
-            upload_id = uuid.uuid4().hex
-            await expect_error(
-                send(server.address, header(upload_id), DATA[: 18 * MiB], then_header=True),
-                grpc.StatusCode.INVALID_ARGUMENT,
-            )
-            assert (await settled(stub, upload_id)) == 2 * PART_SIZE  # a part not filled goes
+            upload_id, committed = await cut_upload(stub, server.address, 18 * MiB)
+            assert committed == 2 * PART_SIZE  # a part not filled goes
             left = await s3_helpers.session_leftovers(minio, f"{prefix}/")
             assert any(item.startswith("upload ") for item in left), left
             async with s3_helpers.client(minio) as s3:
