@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import time
@@ -53,14 +54,13 @@ def wait_until_forgotten(c: AssetClient, revision: int) -> None:
     deadline = time.monotonic() + 15
     while True:
         events = c.watch_selector(created_by_task="no-such", after_revision=revision, timeout=0.5)
-        try:
-            next(events)
-        except HistoryGoneError:
-            return
-        except DeadlineExceededError:
-            pass
-        finally:
-            close(events)
+        with watching(events):
+            try:
+                next(events)
+            except HistoryGoneError:
+                return
+            except DeadlineExceededError:
+                pass
         assert time.monotonic() < deadline, f"revision {revision} is still replayed"
         time.sleep(0.2)
 
@@ -73,8 +73,13 @@ def take(events: Iterator[WatchEvent], n: int) -> list[WatchEvent]:
     return [next(events) for _ in range(n)]
 
 
-def close(events: Iterator[WatchEvent]) -> None:
-    cast(Any, events).close()
+@contextlib.contextmanager
+def watching(events: Iterator[WatchEvent]) -> Iterator[None]:
+    """Closes the events (cancels their stream) on leaving, however the block ends."""
+    try:
+        yield
+    finally:
+        cast(Any, events).close()
 
 
 # -- list_page ------------------------------------------------------------------------------
@@ -124,7 +129,7 @@ def test_list_then_watch_selector_sees_each_later_change_once_in_order(
     events = client.watch_selector(
         created_by_task="render", after_revision=page.revision, timeout=30
     )
-    try:
+    with watching(events):
         first = next(events)
         assert brief([first]) == [(CHANGED, a.id, AVAILABLE)]
         assert first.asset.value is None, "selector events carry no inline value"
@@ -137,8 +142,6 @@ def test_list_then_watch_selector_sees_each_later_change_once_in_order(
         helper.delete(c.id)
         last = promise(helper, "render", "last.png")
         rest = take(events, 5)
-    finally:
-        close(events)
 
     assert brief(rest) == [
         (CHANGED, c.id, PENDING),
@@ -167,13 +170,11 @@ def test_a_selector_picks_by_task_tags_and_status(client: AssetClient, helper: A
 
     def seen(last: Asset, **selector: Any) -> list[tuple[WatchEventType, str, AssetStatus]]:
         events = client.watch_selector(after_revision=start, timeout=30, **selector)
-        try:
+        with watching(events):
             found = [next(events)]
             while found[-1].asset.id != last.id:
                 found.append(next(events))
             return brief(found)
-        finally:
-            close(events)
 
     assert seen(end_value, tags=["red", "big"]) == [
         (CHANGED, both.id, PENDING),
@@ -228,11 +229,9 @@ def test_a_revision_older_than_the_history_raises_history_gone(
     # What the error says to do works: list again, watch from the page's revision.
     page = client.list_page(page_size=1)
     events = client.watch_selector(created_by_task="t", after_revision=page.revision, timeout=30)
-    try:
+    with watching(events):
         late = promise(client, "t", "late")
         assert brief([next(events)]) == [(CHANGED, late.id, PENDING)]
-    finally:
-        close(events)
 
 
 # -- resuming after UNAVAILABLE ------------------------------------------------------------------
@@ -327,10 +326,8 @@ def test_watch_selector_resumes_after_unavailable_from_the_last_revision_yielded
     )
     client._stub = stub  # type: ignore[assignment]
     events = client.watch_selector(created_by_task="t", timeout=30)  # after_revision 0: now
-    try:
+    with watching(events):
         got = take(events, 2)
-    finally:
-        close(events)
 
     assert brief(got) == [(CHANGED, a.id, AVAILABLE), (CHANGED, b.id, FAILED)]
     # "From now" was pinned by one listing with the same filter; the change made while
@@ -349,11 +346,8 @@ def test_a_watch_cut_before_its_first_event_is_not_reopened_by_hand(
     stub = _Recording(client._stub, [(0, lambda: None)])
     client._stub = stub  # type: ignore[assignment]
     events = client.watch_selector(created_by_task="t", after_revision=a.revision, timeout=30)
-    try:
-        with pytest.raises(AssetServiceError) as info:
-            take(events, 1)
-    finally:
-        close(events)
+    with watching(events), pytest.raises(AssetServiceError) as info:
+        take(events, 1)
     assert info.value.code is grpc.StatusCode.UNAVAILABLE
     assert len(stub.watches) == 1
 
@@ -375,7 +369,7 @@ def test_a_stalled_selector_watch_is_resumed_by_itself(
         start = client.list_page(page_size=1).revision
         first = promise(helper, "big", "first", tags)
         events = client.watch_selector(created_by_task="big", after_revision=start, timeout=120)
-        try:
+        with watching(events):
             assert next(events).asset.id == first.id  # then the reader pauses
             ids = [promise(helper, "big", f"p{i}", tags).id for i in range(count)]
             for asset_id in ids:
@@ -388,8 +382,6 @@ def test_a_stalled_selector_watch_is_resumed_by_itself(
             rest = take(events, 2 * count)
             end = promise(helper, "big", "end")
             after = next(events)
-        finally:
-            close(events)
     assert [(e.asset.id, e.asset.status) for e in rest] == [
         *((i, PENDING) for i in ids),
         *((i, FAILED) for i in ids),
@@ -416,7 +408,7 @@ def test_follow_lists_then_watches_without_missing_or_repeating_a_change(
     p = [promise(helper, "job", f"p{i}") for i in range(4)]
     promise(helper, "other", "x")
     events = client.follow(created_by_task="job", page_size=2, timeout=60)
-    try:
+    with watching(events):
         got = take(events, 2)  # the first page, read at revision R
         # Before the next pages are read: p3 changes on a later page, p0 on the page read.
         helper.fulfill(p[0].id, value="zero")
@@ -427,8 +419,6 @@ def test_follow_lists_then_watches_without_missing_or_repeating_a_change(
         got += take(events, 1)
         helper.delete(p[1].id)
         got += take(events, 1)
-    finally:
-        close(events)
 
     assert brief(got) == [
         (SNAPSHOT, p[0].id, PENDING),
@@ -456,7 +446,7 @@ def test_follow_lists_again_when_the_history_is_gone(
     with AssetClient(small_history_server.address, timeout=15) as helper:
         p = [promise(helper, "job", f"p{i}") for i in range(4)]
         events = client.follow(created_by_task="job", status=PENDING, page_size=2, timeout=60)
-        try:
+        with watching(events):
             got = take(events, 2)  # the first page, read at revision R
             helper.fulfill(p[0].id, value="zero")  # leaves the selection
             helper.delete(p[1].id)
@@ -468,8 +458,6 @@ def test_follow_lists_again_when_the_history_is_gone(
             helper.fulfill(p[2].id, value="two")
             p5 = promise(helper, "job", "p5")
             got += take(events, 2)
-        finally:
-            close(events)
 
     assert brief(got) == [
         (SNAPSHOT, p[0].id, PENDING),
