@@ -425,16 +425,22 @@ async def _until_gone(found: Callable[[], object], seconds: float = 15) -> None:
     raise AssertionError(f"still there after {seconds}s: {left}")
 
 
+@pytest.fixture
+def big_file(tmp_path: Path) -> Path:
+    """A file holding DATA, for the clients to upload."""
+    big = tmp_path / "big.bin"
+    big.write_bytes(DATA)
+    return big
+
+
 async def test_the_python_client_resumes_by_itself_without_resending(
-    server: ServerProcess, tmp_path: Path
+    server: ServerProcess, big_file: Path
 ) -> None:
-    path = tmp_path / "big.bin"
-    path.write_bytes(DATA)
     seen: list[int] = []
     with proxy_to(server.port) as proxy:
         proxy.cut_after(11 * MiB)
         async with AsyncAssetClient(proxy.address) as client:
-            asset = await client.upload(path, progress=lambda done, total: seen.append(done))
+            asset = await client.upload(big_file, progress=lambda done, total: seen.append(done))
         assert proxy.cuts == 1 and len(proxy.connections) == 2
     # What the server held when the stream was cut (it says so in its log), and what the
     # second connection carried: the rest, not the committed prefix again.
@@ -446,24 +452,20 @@ async def test_the_python_client_resumes_by_itself_without_resending(
 
 
 async def test_the_python_client_starts_again_an_upload_the_server_never_saw(
-    server: ServerProcess, tmp_path: Path
+    server: ServerProcess, big_file: Path
 ) -> None:
-    path = tmp_path / "big.bin"
-    path.write_bytes(DATA)
     with proxy_to(server.port) as proxy:
         proxy.cut_after(200)  # the connection drops before the upload's header arrives
         async with AsyncAssetClient(proxy.address) as client:
-            asset = await client.upload(path, progress=False)
+            asset = await client.upload(big_file, progress=False)
         assert proxy.cuts == 1
     assert (asset.size_bytes, asset.sha256) == (len(DATA), SHA)
     assert not CUT_LOG.search("".join(server.log))  # no stream of it was ever cut
 
 
 async def test_the_sync_client_resumes_across_a_server_restart(
-    server: ServerProcess, tmp_path: Path
+    server: ServerProcess, big_file: Path
 ) -> None:
-    path = tmp_path / "big.bin"
-    path.write_bytes(DATA)
     with proxy_to(server.port) as proxy:
 
         def crash_and_restart() -> None:
@@ -479,7 +481,7 @@ async def test_the_sync_client_resumes_across_a_server_restart(
 
         async def upload() -> object:
             with AssetClient(proxy.address) as client:
-                return await asyncio.to_thread(client.upload, path, progress=False)
+                return await asyncio.to_thread(client.upload, big_file, progress=False)
 
         crash = asyncio.to_thread(crash_and_restart)
         asset, _ = await asyncio.gather(upload(), crash)
