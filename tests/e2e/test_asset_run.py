@@ -180,22 +180,22 @@ def test_the_commands_stdout_is_asset_runs_and_nothing_else(
     assert client.get(again.id).status is AssetStatus.PENDING
 
 
-def test_a_command_that_writes_no_output_fails_its_promise(
-    server: ServerProcess, client: AssetClient
+@pytest.mark.parametrize(
+    ("command", "code", "said", "reason"),
+    [
+        ("true", 1, "the command exited 0 but wrote no file", "wrote no file at"),
+        ("no-such-cmd", 127, "cannot run 'no-such-cmd'", "no-such-cmd"),
+    ],
+    ids=["writes-no-output", "cannot-be-found"],
+)
+def test_a_command_that_makes_no_output_fails_its_promise(
+    server: ServerProcess, client: AssetClient, command: str, code: int, said: str, reason: str
 ) -> None:
     promise = client.create_pending("task-none", "out.txt")
-    result = asset(server.address, "run", "--output", f"out={promise.id}", "--", "true")
-    assert "the command exited 0 but wrote no file" in one_line_error(result, 1)
-    assert "wrote no file at" in client.get(promise.id).failure_reason
-
-
-def test_a_command_that_cannot_be_found_fails_its_promise(
-    server: ServerProcess, client: AssetClient
-) -> None:
-    promise = client.create_pending("task-none", "out.txt")
-    result = asset(server.address, "run", "--output", f"out={promise.id}", "--", "no-such-cmd")
-    assert "cannot run 'no-such-cmd'" in one_line_error(result, 127)
-    assert client.get(promise.id).status is AssetStatus.FAILED
+    result = asset(server.address, *run_args(command, outputs={"out": promise.id}))
+    assert said in one_line_error(result, code)
+    failed = client.get(promise.id)
+    assert failed.status is AssetStatus.FAILED and reason in failed.failure_reason
 
 
 def test_an_output_that_is_not_pending_is_refused_before_anything_runs(
