@@ -10,7 +10,6 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +35,7 @@ from asset_client import (
 )
 from asset_client._convert import pb
 
-from tests.e2e.helpers import AsyncDriver
+from tests.e2e.helpers import AsyncDriver, RecordingStub
 from tests.serverproc import ServerProcess
 
 REPO = Path(__file__).resolve().parents[2]
@@ -294,47 +293,12 @@ def test_watch_resumes_after_unavailable_from_last_revision(
 ) -> None:
     """A stream cut by UNAVAILABLE after one event is re-opened from that event's revision."""
     pending = client.create_pending("task-r", "r.txt", type=AssetType.VALUE)
-    real = client._stub
-    requests: list[pb.WatchAssetRequest] = []
-
-    class Unavailable(grpc.RpcError):
-        def code(self) -> grpc.StatusCode:
-            return grpc.StatusCode.UNAVAILABLE
-
-        def details(self) -> str:
-            return "injected disconnect"
-
-    class CutOnce:
-        def __init__(self, call: Any) -> None:
-            self.call = call
-
-        def __iter__(self) -> Iterator[Any]:
-            yield next(iter(self.call))
-            helper.fulfill(pending.id, value="done")  # happens while "disconnected"
-            raise Unavailable()
-
-        async def __aiter__(self) -> AsyncIterator[Any]:
-            async for msg in self.call:
-                yield msg
-                break
-            helper.fulfill(pending.id, value="done")
-            raise Unavailable()
-
-        def cancel(self) -> None:
-            self.call.cancel()
-
-    class Stub:
-        def __getattr__(self, name: str) -> Any:
-            return getattr(real, name)
-
-        def WatchAsset(self, request: pb.WatchAssetRequest, timeout: float | None) -> Any:
-            requests.append(request)
-            call = real.WatchAsset(request, timeout=timeout)
-            return CutOnce(call) if len(requests) == 1 else call
-
-    client._stub = Stub()  # type: ignore[assignment]
+    # The first stream is cut after one event; the change happens while "disconnected".
+    stub = RecordingStub(client._stub, [(1, lambda: helper.fulfill(pending.id, value="done"))])
+    client._stub = stub  # type: ignore[assignment]
     events = list(client.watch([pending.id], timeout=10))
 
+    requests = stub.watches
     assert len(requests) == 2
     assert requests[0].after_revision == 0
     assert requests[1].after_revision == events[0].revision == pending.revision

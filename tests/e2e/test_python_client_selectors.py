@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-import inspect
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, cast
 
 import grpc
@@ -23,9 +22,9 @@ from asset_client import (
     WatchEvent,
     WatchEventType,
 )
-from asset_client._convert import pb
 
 from tests.conftest import StartServer
+from tests.e2e.helpers import RecordingStub
 from tests.serverproc import ServerProcess
 
 CHANGED, DELETED, SNAPSHOT = WatchEventType.CHANGED, WatchEventType.DELETED, WatchEventType.SNAPSHOT
@@ -237,89 +236,13 @@ def test_a_revision_older_than_the_history_raises_history_gone(
 # -- resuming after UNAVAILABLE ------------------------------------------------------------------
 
 
-class _Injected(grpc.RpcError):
-    def code(self) -> grpc.StatusCode:
-        return grpc.StatusCode.UNAVAILABLE
-
-    def details(self) -> str:
-        return "injected disconnect"
-
-
-class _Cut:
-    """A WatchAsset call that delivers `keep` messages, runs `meanwhile`, then fails."""
-
-    def __init__(self, call: Any, keep: int, meanwhile: Callable[[], object]) -> None:
-        self.call, self.keep, self.meanwhile = call, keep, meanwhile
-
-    def __iter__(self) -> Iterator[Any]:
-        messages = iter(self.call)
-        for _ in range(self.keep):
-            yield next(messages)
-        self.meanwhile()
-        raise _Injected()
-
-    async def __aiter__(self) -> AsyncIterator[Any]:
-        messages = aiter(self.call)
-        for _ in range(self.keep):
-            yield await anext(messages)
-        self.meanwhile()
-        raise _Injected()
-
-    def cancel(self) -> None:
-        self.call.cancel()
-
-
-class _Recording:
-    """Stands in for the client's stub: records requests; cuts the first watch streams.
-
-    `listed` runs after each listing (e.g. the one that pins "from now").
-    """
-
-    def __init__(
-        self,
-        real: Any,
-        cuts: list[tuple[int, Callable[[], object]]],
-        listed: Callable[[], object] = lambda: None,
-    ) -> None:
-        self.real = real
-        self.cuts = cuts
-        self.listed = listed
-        self.watches: list[pb.WatchAssetRequest] = []
-        self.lists: list[pb.ListAssetsRequest] = []
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.real, name)
-
-    def ListAssets(self, request: pb.ListAssetsRequest, timeout: float | None) -> Any:
-        self.lists.append(request)
-        call = self.real.ListAssets(request, timeout=timeout)
-        if not inspect.isawaitable(call):
-            self.listed()
-            return call
-
-        async def answered() -> Any:  # the asyncio client's call runs once awaited
-            page = await call
-            self.listed()
-            return page
-
-        return answered()
-
-    def WatchAsset(self, request: pb.WatchAssetRequest, timeout: float | None) -> Any:
-        self.watches.append(request)
-        call = self.real.WatchAsset(request, timeout=timeout)
-        if len(self.watches) <= len(self.cuts):
-            keep, meanwhile = self.cuts[len(self.watches) - 1]
-            return _Cut(call, keep, meanwhile)
-        return call
-
-
 def test_watch_selector_resumes_after_unavailable_from_the_last_revision_yielded(
     client: AssetClient, helper: AssetClient
 ) -> None:
     """From now (pinned by a listing first), cut after one event, resumed after it."""
     a = promise(helper, "t", "a")
     b = promise(helper, "t", "b")
-    stub = _Recording(
+    stub = RecordingStub(
         client._stub,
         [(1, lambda: helper.fail(b.id, "no"))],
         listed=lambda: helper.fulfill(a.id, value="A"),  # after the pin: seen
@@ -343,7 +266,7 @@ def test_a_watch_cut_before_its_first_event_is_not_reopened_by_hand(
     """Until its first event gRPC's retry policy repeats the call (the channel's service
     config); UNAVAILABLE that gets through it ends the watch instead of a loop by hand."""
     a = promise(helper, "t", "a")
-    stub = _Recording(client._stub, [(0, lambda: None)])
+    stub = RecordingStub(client._stub, [(0, lambda: None)])
     client._stub = stub  # type: ignore[assignment]
     events = client.watch_selector(created_by_task="t", after_revision=a.revision, timeout=30)
     with watching(events), pytest.raises(AssetServiceError) as info:
