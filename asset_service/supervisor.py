@@ -77,6 +77,17 @@ def check(settings: Settings, count: int) -> None:
             f"--workers {count}: several processes cannot share the unix socket "
             f"{settings.listen}; listen on HOST:PORT, or use --workers 1"
         )
+    usable = cores()
+    if count > usable:
+        # Allowed (a test, a core count the quota hides), but rarely what was meant: each
+        # worker is a whole process, started one after another, all sharing these cores.
+        log.warning(
+            "--workers %d is more than the %d core(s) this process may use: the workers "
+            "share them (more CPU contention, slower start-up, more memory); 'auto' starts "
+            "one per core",
+            count,
+            usable,
+        )
 
 
 class PortReservation:

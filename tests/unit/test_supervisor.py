@@ -95,3 +95,17 @@ def test_workers_from_the_environment() -> None:
     assert load_settings([], {"ASSET_SERVICE_WORKERS": "3"}).workers == 3
     assert load_settings([], {"ASSET_SERVICE_WORKERS": "auto"}).workers == 0  # one per core
     assert supervisor.worker_count(load_settings(["--workers", "auto"], {})) >= 1
+
+
+def test_more_workers_than_cores_is_allowed_with_a_warning(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(supervisor, "cores", lambda: 2)
+    settings = load_settings(["--workers", "3", "--database-url", "sqlite:///x.db"], {})
+    with caplog.at_level(logging.WARNING, logger=supervisor.__name__):
+        supervisor.check(settings, 2)
+    assert not caplog.records  # as many as the cores: nothing to say
+    with caplog.at_level(logging.WARNING, logger=supervisor.__name__):
+        supervisor.check(settings, 3)
+    (record,) = caplog.records
+    assert "--workers 3 is more than the 2 core(s)" in record.getMessage()
