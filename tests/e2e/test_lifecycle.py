@@ -414,12 +414,8 @@ async def test_list_then_watch_from_the_list_revision_misses_and_doubles_nothing
 ) -> None:
     """The informer pattern over ids: what changed after the listing (even before the
     watch began) arrives once; what did not change does not arrive again."""
-    ids = [
-        await pending_asset(
-            stub, f"o{i}", task_id="inf", type=pb.ASSET_TYPE_VALUE, tags=["informer"]
-        ).id
-        for i in range(3)
-    ]
+    fields = {"task_id": "inf", "type": pb.ASSET_TYPE_VALUE, "tags": ["informer"]}
+    ids = [(await pending_asset(stub, f"o{i}", **fields)).id for i in range(3)]
     listed = await stub.ListAssets(pb.ListAssetsRequest(tags=["informer"]))
     assert [a.id for a in listed.assets] == ids
     assert listed.revision == max(a.revision for a in listed.assets)
