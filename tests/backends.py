@@ -44,11 +44,14 @@ def minio_binary() -> Path:
     return Path(os.environ.get("MINIO_BIN", MINIO_BIN))
 
 
+def _unbuilt(binary: Path, target: str) -> str | None:
+    """Why a tool cannot run here (`make target` builds it), or None."""
+    return None if binary.is_file() else f"{binary} missing (`make {target}` builds it)"
+
+
 def minio_missing() -> str | None:
     """Why the S3 blob backend cannot run here, or None."""
-    if not minio_binary().is_file():
-        return f"{minio_binary()} missing (`make minio` builds it)"
-    return None
+    return _unbuilt(minio_binary(), "minio")
 
 
 def grpcurl_binary() -> Path:
@@ -57,9 +60,7 @@ def grpcurl_binary() -> Path:
 
 
 def grpcurl_missing() -> str | None:
-    if not grpcurl_binary().is_file():
-        return f"{grpcurl_binary()} missing (`make grpcurl` builds it)"
-    return None
+    return _unbuilt(grpcurl_binary(), "grpcurl")
 
 
 def missing_backends() -> dict[str, str]:
@@ -67,8 +68,8 @@ def missing_backends() -> dict[str, str]:
     missing = {}
     if not os.environ.get("MONGODB_URI"):
         missing["mongo"] = "MONGODB_URI not set (a replica set URL; see docs/mongodb.md)"
-    if not ferretdb_binary().is_file():
-        missing["ferretdb"] = f"{ferretdb_binary()} missing (`make ferretdb` builds it)"
+    if why := _unbuilt(ferretdb_binary(), "ferretdb"):
+        missing["ferretdb"] = why
     if not os.environ.get("MONGODB_FAILOVER"):
         missing["mongo_failover"] = (
             "MONGODB_FAILOVER not set (a command that makes MONGODB_URI's replica set elect "

@@ -5,16 +5,13 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
-import json
 import os
 import stat
 import sys
-import time
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, Protocol, TypeVar
+from typing import Any
 
 from asset_service.domain.errors import (
     Conflict,
@@ -250,50 +247,3 @@ def split_under(path: str, roots: Sequence[Path]) -> tuple[Path, tuple[str, ...]
         if pure.is_relative_to(root) and pure != PurePosixPath(root):
             return root, tuple(pure.relative_to(root).parts)
     return None
-
-
-def write_journal(folder: Path, record: dict[str, Any]) -> Path:
-    """Durably write a JSON journal entry: temp file, fsync, rename, fsync the folder.
-
-    An entry that exists is complete, and one that does not parse was never acted on.
-    Raises OSError; the caller says what it was journaling.
-    """
-    name = uuid.uuid4().hex
-    part, journal = folder / f"{name}.part", folder / f"{name}.json"
-    try:
-        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        try:
-            os.write(fd, json.dumps(record).encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(part, journal)
-        dir_fd = os.open(folder, DIR_FLAGS)
-        try:
-            fsync_dir(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        part.unlink(missing_ok=True)
-        journal.unlink(missing_ok=True)
-        raise
-    return journal
-
-
-class _Journaled(Protocol):
-    @property
-    def journal(self) -> Path: ...
-
-
-_J = TypeVar("_J", bound=_Journaled)
-
-
-def journaled_before(leftovers: list[_J], seconds: float) -> list[_J]:
-    """The leftovers whose journal was written at least `seconds` ago (on a thread)."""
-    now = time.time()
-    found = []
-    for leftover in leftovers:
-        with contextlib.suppress(FileNotFoundError):
-            if now - leftover.journal.stat().st_mtime >= seconds:
-                found.append(leftover)
-    return found

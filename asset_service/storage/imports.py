@@ -16,6 +16,14 @@ def _shown(raw: str) -> str:
     return repr(raw) if len(raw) <= 200 else repr(raw[:200]) + f"… ({len(raw)} characters)"
 
 
+def no_import_roots() -> PermissionDenied:
+    """What a server-side path gets from a server started without import roots."""
+    return PermissionDenied(
+        "the server has no import roots; start it with --import-root DIR "
+        "(or ASSET_SERVICE_IMPORT_ROOTS) to allow server-side paths"
+    )
+
+
 class ImportRoots:
     """The folders whose files RegisterFile and FulfillAsset(source_path) may adopt.
 
@@ -40,10 +48,7 @@ class ImportRoots:
             raise InvalidArgument(f"path {_shown(raw)} must be absolute")
         fs.relative_parts(raw[1:], f"path {_shown(raw)}")
         if not self.roots:
-            raise PermissionDenied(
-                "the server has no import roots; start it with --import-root DIR "
-                "(or ASSET_SERVICE_IMPORT_ROOTS) to allow server-side paths"
-            )
+            raise no_import_roots()
         found = fs.split_under(raw, self.roots)
         if found is None and Path(raw) in self.roots:
             raise InvalidArgument(

@@ -6,12 +6,14 @@ import os
 import shutil
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from pymongo import AsyncMongoClient
+from pymongo.asynchronous.database import AsyncDatabase
 
 from asset_service.domain.ports import MetadataStore
 from asset_service.store.memory import MemoryStore
@@ -50,6 +52,41 @@ async def _drop(url: str, name: str) -> None:
         await client.close()
 
 
+@dataclass
+class FreshDatabase:
+    """A MongoStore on a database of its own, and a plain client's handle on that database
+    to change it behind the store's back (as an operator or an older release would)."""
+
+    url: str
+    db: AsyncDatabase[dict[str, object]]
+    store: MongoStore
+
+    async def reopen(self) -> MongoStore:
+        """Close the store and open another on the same database, as a restart does."""
+        await self.store.close()
+        self.store = MongoStore(self.url, allow_standalone=True)
+        await self.store.open()
+        return self.store
+
+
+@asynccontextmanager
+async def fresh_ferretdb(ferretdb_url: str) -> AsyncIterator[FreshDatabase]:
+    """A fresh database on the session's FerretDB with a store open on it; dropped after."""
+    url, name = _fresh_database(ferretdb_url)
+    store = MongoStore(url, allow_standalone=True)
+    await store.open()
+    client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(
+        ferretdb_url, serverSelectionTimeoutMS=3000
+    )
+    fresh = FreshDatabase(url, client[name], store)
+    try:
+        yield fresh
+    finally:
+        await client.close()
+        await fresh.store.close()
+        await _drop(ferretdb_url, name)
+
+
 @pytest.fixture(scope="session")
 def ferretdb_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A FerretDB (SQLite backend) process for the session; built by `make ferretdb`."""
@@ -63,24 +100,26 @@ def ferretdb_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture
+async def database() -> AsyncIterator[str]:
+    """A fresh database on MONGODB_URI's replica set (for `requires("mongo")` tests): its
+    URL; dropped afterwards."""
+    base = os.environ["MONGODB_URI"]
+    url, name = _fresh_database(base)
+    yield url
+    await _drop(base, name)
+
+
+@pytest.fixture
 async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
     """Every MetadataStore implementation, opened on empty storage, closed (and dropped) after."""
     kind: str = request.param
-    if kind == "memory":
-        memory = MemoryStore()
-        await memory.open()
+    if kind in ("memory", "sqlite"):
+        local = MemoryStore() if kind == "memory" else SqliteStore(tmp_path / "contract.db")
+        await local.open()
         try:
-            yield Backend("memory", memory)
+            yield Backend(kind, local)
         finally:
-            await memory.close()
-        return
-    if kind == "sqlite":
-        sqlite = SqliteStore(tmp_path / "contract.db")
-        await sqlite.open()
-        try:
-            yield Backend("sqlite", sqlite)
-        finally:
-            await sqlite.close()
+            await local.close()
         return
     base = os.environ["MONGODB_URI"] if kind == "mongo" else request.getfixturevalue("ferretdb_url")
     lacks = LACKS[kind]

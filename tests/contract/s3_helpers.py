@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from asset_service.storage.s3 import S3Storage
 from asset_service.storage.s3._config import Credentials, create_client
 from tests.backends import MinIO
 
@@ -24,6 +27,18 @@ def credentials(minio: MinIO) -> dict[str, str]:
         "access_key_id": minio.access_key,
         "secret_access_key": minio.secret_key,
     }
+
+
+@asynccontextmanager
+async def opened(minio: MinIO, state: Path, grace: float = 60.0) -> AsyncIterator[S3Storage]:
+    """An open S3Storage under a fresh prefix of the bucket, closed on the way out."""
+    url = f"s3://{BUCKET}/{uuid.uuid4().hex}"
+    storage = S3Storage(url, state, grace, **credentials(minio))
+    await storage.open()
+    try:
+        yield storage
+    finally:
+        await storage.close()
 
 
 @asynccontextmanager

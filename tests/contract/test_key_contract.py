@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -34,9 +33,9 @@ from asset_service.storage.memory import MemoryState, MemoryStorage
 from asset_service.store.memory import MemoryStore
 from asset_service.store.sqlite import SqliteStore
 from tests.contract.conftest import Backend
+from tests.contract.test_store_contract import T0
 from tests.records import pending_record
 
-T0 = datetime(2026, 1, 2, 3, 4, 5, 123000, tzinfo=UTC)
 KEY = "build:v1/sha256=ab12cd"
 
 

@@ -31,9 +31,9 @@ from asset_service.domain.models import (
 )
 from asset_service.domain.ports import MetadataStore
 from tests.contract.conftest import Backend
+from tests.contract.test_store_contract import T0
 from tests.records import pending_record
 
-T0 = datetime(2026, 1, 2, 3, 4, 5, 123000, tzinfo=UTC)
 FULFILL = Fulfillment(size_bytes=5, sha256="ab" * 32, storage_path="generated/t/x")
 
 

@@ -13,13 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import os
 import time
-import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from pymongo import AsyncMongoClient
@@ -34,16 +31,6 @@ pytestmark = pytest.mark.requires("mongo")
 
 SKEW = timedelta(minutes=10)
 FULFILL = Fulfillment(size_bytes=3, sha256="ab" * 32, storage_path="generated/t/x")
-
-
-@pytest.fixture
-async def database() -> AsyncIterator[str]:
-    name = f"asset_rsl_{uuid.uuid4().hex[:12]}"
-    url = urlunsplit(urlsplit(os.environ["MONGODB_URI"])._replace(path=f"/{name}"))
-    yield url
-    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(url)
-    await client.drop_database(name)
-    await client.close()
 
 
 @pytest.fixture

@@ -16,12 +16,9 @@ import os
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from pymongo import AsyncMongoClient, MongoClient, ReturnDocument, monitoring
@@ -34,17 +31,6 @@ from asset_service.store.mongo import _store as store_module
 from tests.contract.test_store_contract import T0, pending
 
 pytestmark = pytest.mark.requires("mongo")
-
-
-@pytest.fixture
-async def database() -> AsyncIterator[str]:
-    """A fresh database's URL, dropped afterwards."""
-    name = f"asset_rs_{uuid.uuid4().hex[:12]}"
-    url = urlunsplit(urlsplit(os.environ["MONGODB_URI"])._replace(path=f"/{name}"))
-    yield url
-    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(url)
-    await client.drop_database(name)
-    await client.close()
 
 
 async def test_open_finds_what_the_store_needs(database: str) -> None:

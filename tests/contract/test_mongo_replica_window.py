@@ -14,10 +14,7 @@ import asyncio
 import os
 import random
 import subprocess
-import uuid
-from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from pymongo import AsyncMongoClient, monitoring
@@ -29,20 +26,10 @@ from asset_service.domain.watch import Selector
 from asset_service.storage.memory import MemoryStorage
 from asset_service.store.mongo import MongoStore
 from tests.contract.test_store_contract import pending
+from tests.feeds import take
 from tests.unit.test_mongo_open import _stages
 
 pytestmark = pytest.mark.requires("mongo")
-
-
-@pytest.fixture
-async def database() -> AsyncIterator[str]:
-    """A fresh database's URL, dropped afterwards."""
-    name = f"asset_rw_{uuid.uuid4().hex[:12]}"
-    url = urlunsplit(urlsplit(os.environ["MONGODB_URI"])._replace(path=f"/{name}"))
-    yield url
-    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(url)
-    await client.drop_database(name)
-    await client.close()
 
 
 async def test_a_replay_walks_the_revision_indexes_without_sorting(database: str) -> None:
@@ -98,16 +85,6 @@ async def test_the_history_floor_goes_out_at_read_concern_majority(database: str
     assert [concern["level"] for _, concern in listener.seen] == ["majority"]
 
 
-async def collect(events: AsyncGenerator[Any, None], n: int, seconds: float = 30) -> list[Any]:
-    got: list[Any] = []
-    async with asyncio.timeout(seconds):
-        async for event in events:
-            got.append(event)
-            if len(got) == n:
-                break
-    return got
-
-
 async def test_one_process_replays_anothers_writes_from_the_store(database: str) -> None:
     """Process B keeps ~8 changes in memory; A writes 60 and deletes some. A watch on B
     from before them is replayed from the store: each asset's state, deletions included."""
@@ -127,7 +104,7 @@ async def test_one_process_replays_anothers_writes_from_the_store(database: str)
             while (reader.hub.history.floor or 0) <= start:
                 await reader.hub.history.next_move().wait()
         events = await reader.watch_selector(Selector(task_id="t"), start)
-        got = await collect(events, 60)
+        got = await take(events, 60, seconds=30)
         await events.aclose()
         kinds = {e.asset.id: e.kind for e in got}
         assert [kinds[a.id] for a in made[:10]] == ["DELETED"] * 10

@@ -37,6 +37,7 @@ from asset_service.storage.s3 import S3Storage
 from asset_service.store.sqlite import SqliteStore
 from tests.backends import MinIO
 from tests.contract import s3_helpers
+from tests.managers import running
 
 DATA = os.urandom(3 * 1024 * 1024 + 17)
 SHA = hashlib.sha256(DATA).hexdigest()
@@ -91,11 +92,8 @@ async def world(minio: MinIO, tmp_path: Path) -> AsyncIterator[tuple[AssetManage
     storage = S3Storage(url, tmp_path / "state", GRACE, **s3_helpers.credentials(minio))
     store = PausingStore(SqliteStore(tmp_path / "db.sqlite"))
     manager = AssetManager(store, storage, Limits())  # type: ignore[arg-type]
-    await manager.start()
-    try:
+    async with running(manager):
         yield manager, store
-    finally:
-        await manager.stop()
 
 
 async def chunks(*parts: bytes) -> AsyncIterator[bytes]:
@@ -313,8 +311,7 @@ async def test_recovery_keeps_a_moved_object_that_others_share(
     creds = s3_helpers.credentials(minio)
     store = SqliteStore(tmp_path / "db.sqlite")
     other = AssetManager(store, S3Storage(url, tmp_path / "other-state", GRACE, **creds), Limits())
-    await other.start()
-    try:
+    async with running(other):
         dead = S3Storage(url, tmp_path / "state", GRACE, ImportRoots([incoming]), **creds)
         await dead.open()
         source = incoming / "out.bin"
@@ -354,8 +351,6 @@ async def test_recovery_keeps_a_moved_object_that_others_share(
         assert not source.exists(), "the move committed: the worker's file goes"
         assert await objects(other) == [path]
         assert await read_all(other, shared.id) == DATA
-    finally:
-        await other.stop()
 
 
 async def test_an_unknown_outcome_settled_after_sharing_keeps_the_object(
@@ -447,8 +442,7 @@ async def test_server_side_files_of_stored_bytes_share_the_object(
     creds = s3_helpers.credentials(minio)
     storage = S3Storage(url, tmp_path / "state", GRACE, ImportRoots([incoming]), **creds)
     manager = AssetManager(SqliteStore(tmp_path / "db.sqlite"), storage, Limits())
-    await manager.start()
-    try:
+    async with running(manager):
         first = await manager.upload(UploadHeader(label="first.bin"), chunks(DATA))
         moved, copied, output = (incoming / n for n in ("moved.bin", "copied.bin", "out.bin"))
         for path in (moved, copied, output):
@@ -463,5 +457,3 @@ async def test_server_side_files_of_stored_bytes_share_the_object(
         assert await s3_helpers.staged(minio, url.split("/", 3)[3]) == 0
         await manager.delete(first.id)
         assert await read_all(manager, by_path.id) == DATA
-    finally:
-        await manager.stop()

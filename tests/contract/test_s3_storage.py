@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,13 +24,8 @@ DAY = datetime(2026, 1, 2, tzinfo=UTC)
 
 @pytest.fixture
 async def storage(minio: MinIO, tmp_path: Path) -> AsyncIterator[S3Storage]:
-    url = f"s3://{s3_helpers.BUCKET}/{uuid.uuid4().hex}"
-    s3 = S3Storage(url, tmp_path / "state", 60.0, **s3_helpers.credentials(minio))
-    await s3.open()
-    try:
+    async with s3_helpers.opened(minio, tmp_path / "state") as s3:
         yield s3
-    finally:
-        await s3.close()
 
 
 async def test_a_blob_over_one_part_streams_as_multipart_and_commits_whole(
@@ -67,10 +61,7 @@ async def test_a_blob_over_one_part_streams_as_multipart_and_commits_whole(
 async def test_stale_uploads_of_unknown_instances_go_once_idle_past_the_grace(
     minio: MinIO, tmp_path: Path
 ) -> None:
-    url = f"s3://{s3_helpers.BUCKET}/{uuid.uuid4().hex}"
-    storage = S3Storage(url, tmp_path / "state", 1.0, **s3_helpers.credentials(minio))
-    await storage.open()
-    try:
+    async with s3_helpers.opened(minio, tmp_path / "state", grace=1.0) as storage:
         # Another host's upload: its instance has no state folder here.
         async with s3_helpers.client(minio) as s3:
             key = f"{storage.location.prefix}tmp/staging/otherhost-1/blob"
@@ -82,8 +73,6 @@ async def test_stale_uploads_of_unknown_instances_go_once_idle_past_the_grace(
         assert await storage.sweep_dead_staging() == 1
         assert await s3_helpers.staged(minio, storage.location.prefix) == 1
         await live.rollback()
-    finally:
-        await storage.close()
 
 
 async def test_settings_come_from_the_aws_variables(

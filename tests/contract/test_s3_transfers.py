@@ -6,7 +6,6 @@ import asyncio
 import os
 import threading
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,13 +29,8 @@ MiB = 1 << 20
 
 @pytest.fixture
 async def storage(minio: MinIO, tmp_path: Path) -> AsyncIterator[S3Storage]:
-    url = f"s3://{s3_helpers.BUCKET}/{uuid.uuid4().hex}"
-    s3 = S3Storage(url, tmp_path / "state", 60.0, **s3_helpers.credentials(minio))
-    await s3.open()
-    try:
+    async with s3_helpers.opened(minio, tmp_path / "state") as s3:
         yield s3
-    finally:
-        await s3.close()
 
 
 class Calls:
@@ -228,10 +222,7 @@ async def test_a_bad_block_mid_read_ends_it_at_its_offset_though_windows_were_re
 async def test_an_upload_a_crash_left_at_its_final_key_is_swept_once_idle_past_the_grace(
     minio: MinIO, tmp_path: Path
 ) -> None:
-    url = f"s3://{s3_helpers.BUCKET}/{uuid.uuid4().hex}"
-    storage = S3Storage(url, tmp_path / "state", 1.0, **s3_helpers.credentials(minio))
-    await storage.open()
-    try:
+    async with s3_helpers.opened(minio, tmp_path / "state", grace=1.0) as storage:
         key = keys.upload_key(ID, "big.bin", DAY)
         writer = storage.new_writer(key)
         await writer.write(os.urandom(PART_SIZE + 1))  # one part sent, at the final key
@@ -243,5 +234,3 @@ async def test_an_upload_a_crash_left_at_its_final_key_is_swept_once_idle_past_t
         assert await storage.sweep_dead_staging() == 1
         assert await in_progress(minio, prefix) == []
         assert await storage.head(storage.object_key(key)) is None
-    finally:
-        await storage.close()

@@ -10,7 +10,6 @@ read says "no reference", no record can point at the bytes again.
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
 
 import pytest
 
@@ -22,25 +21,22 @@ from asset_service.domain.models import (
     Failure,
     Fulfillment,
     Status,
-    new_asset_id,
 )
 from tests.contract.conftest import Backend
-from tests.records import pending_record
+from tests.contract.test_store_contract import T0
+from tests.records import make_record, pending_record
 
-T0 = datetime(2026, 1, 2, 3, 4, 5, 123000, tzinfo=UTC)
 PATH = "s3://bucket/uploads/2026-01-02/first/data.bin"
 
 
 def stored(path: str = PATH, label: str = "data.bin") -> Asset:
     """An AVAILABLE FILE record at `path`, as an upload makes it."""
-    return Asset(
-        id=new_asset_id(),
+    return make_record(
+        Status.AVAILABLE,
+        AssetType.FILE,
+        "application/octet-stream",
         label=label,
-        status=Status.AVAILABLE,
-        type=AssetType.FILE,
-        media_type="application/octet-stream",
-        created_at=T0,
-        updated_at=T0,
+        at=T0,
         storage_path=path,
         size_bytes=5,
         sha256="cd" * 32,

@@ -5,11 +5,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from pymongo import AsyncMongoClient
 
 from asset_service.domain.errors import Conflict, InvalidArgument, NotFound, Unavailable
 from asset_service.domain.models import (
@@ -22,7 +20,6 @@ from asset_service.domain.models import (
     Corruption,
     Failure,
     Fulfillment,
-    Resync,
     Status,
     Value,
     ValueKind,
@@ -31,8 +28,9 @@ from asset_service.domain.models import (
 from asset_service.store.mongo import MongoStore
 from asset_service.store.mongo._schema import ASSET_INDEXES
 from asset_service.store.mongo._tombstones import TOMBSTONE_INDEXES
-from tests.contract.conftest import Backend, _drop, _fresh_database
-from tests.records import pending_record
+from tests.contract.conftest import Backend, _drop, _fresh_database, fresh_ferretdb
+from tests.feeds import take
+from tests.records import make_record, pending_record
 
 T0 = datetime(2026, 1, 2, 3, 4, 5, 123000, tzinfo=UTC)
 
@@ -42,14 +40,12 @@ def pending(label: str = "out.txt", task: str = "task-1", tags: tuple[str, ...] 
 
 
 def value_asset(label: str = "v.json", tags: tuple[str, ...] = ()) -> Asset:
-    return Asset(
-        id=new_asset_id(),
+    return make_record(
+        Status.AVAILABLE,
+        AssetType.VALUE,
+        "application/json",
         label=label,
-        status=Status.AVAILABLE,
-        type=AssetType.VALUE,
-        media_type="application/json",
-        created_at=T0,
-        updated_at=T0,
+        at=T0,
         value=Value(ValueKind.JSON, b'{"k": [1, 2]}'),
         size_bytes=13,
         sha256="ab" * 32,
@@ -64,7 +60,6 @@ FULFILL = Fulfillment(
     fulfilled_from="/worker/x",
     media_type="text/csv",
 )
-
 
 # --- records ---------------------------------------------------------------------------
 
@@ -460,14 +455,6 @@ async def test_a_page_token_is_refused_with_other_filters(backend: Backend) -> N
 # --- change feed -----------------------------------------------------------------------
 
 
-async def take(feed: AsyncIterator[Change | Resync], n: int) -> list[Change | Resync]:
-    out: list[Change | Resync] = []
-    async with asyncio.timeout(20):
-        while len(out) < n:
-            out.append(await anext(feed))
-    return out
-
-
 @pytest.mark.needs("change_streams")
 async def test_change_feed_yields_every_change_in_commit_order(backend: Backend) -> None:
     store = backend.store
@@ -489,7 +476,7 @@ async def test_change_feed_yields_every_change_in_commit_order(backend: Backend)
         (ChangeKind.DELETE, gone_b),
         (ChangeKind.DELETE, gone_a),
     ]
-    got = await take(feed, len(expected))
+    got = await take(feed, len(expected), seconds=20)
     assert all(isinstance(g, Change) for g in got), got
     changes = [g for g in got if isinstance(g, Change)]
     assert [(c.kind, c.asset.id, c.revision) for c in changes] == [
@@ -524,7 +511,7 @@ async def test_every_change_names_the_principal_that_made_it(backend: Backend) -
     assert gone is not None and (gone.created_by, gone.updated_by) == ("orchestrator", "admin")
     if feed is None:
         return  # FerretDB: no change streams to check
-    changes = [c for c in await take(feed, 5) if isinstance(c, Change)]
+    changes = [c for c in await take(feed, 5, seconds=20) if isinstance(c, Change)]
     assert [(c.kind, c.asset.updated_by) for c in changes] == [
         (ChangeKind.PUT, "orchestrator"),
         (ChangeKind.PUT, "task:task-1"),
@@ -543,7 +530,7 @@ async def test_change_feed_orders_concurrent_writers_by_revision(backend: Backen
     moved = await asyncio.gather(
         *(store.transition(a.id, Status.PENDING, Failure("x"), T0) for a in assets)
     )
-    got = await take(feed, 30)
+    got = await take(feed, 30, seconds=20)
     revisions = [g.revision for g in got if isinstance(g, Change)]
     assert len(revisions) == 30
     assert revisions == sorted(revisions)  # commit order == revision order
@@ -567,33 +554,20 @@ async def test_reopening_never_reuses_a_revision_after_the_counter_was_lost(
 ) -> None:
     """Counter dropped, then restored from an older backup: each open lifts it above every
     stored revision (the highest one here belongs to an updated record, not the last insert)."""
-    url, name = _fresh_database(ferretdb_url)
-    store = MongoStore(url, allow_standalone=True)
-    await store.open()
-    client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(
-        ferretdb_url, serverSelectionTimeoutMS=3000
-    )
-    try:
+    async with fresh_ferretdb(ferretdb_url) as ferret:
+        store = ferret.store
         assets = [await store.insert(pending()) for _ in range(3)]
         moved = await store.transition(assets[0].id, Status.PENDING, FULFILL, T0)
         used = {a.revision for a in assets} | {moved.revision}
         for lose in ("drop", "older backup"):
             if lose == "drop":
-                await client[name].drop_collection("counters")
+                await ferret.db.drop_collection("counters")
             else:
-                await client[name]["counters"].update_one(
-                    {"_id": "revision"}, {"$set": {"value": 1}}
-                )
-            await store.close()
-            store = MongoStore(url, allow_standalone=True)
-            await store.open()
+                await ferret.db["counters"].update_one({"_id": "revision"}, {"$set": {"value": 1}})
+            store = await ferret.reopen()
             fresh = await store.insert(pending())
             assert fresh.revision == max(used) + 1, lose
             used.add(fresh.revision)
-    finally:
-        await client.close()
-        await store.close()
-        await _drop(ferretdb_url, name)
 
 
 async def test_a_restart_finds_every_index_and_creates_none(
@@ -633,14 +607,12 @@ SUMS = BlockSums(1024 * 1024, bytes(range(12)))  # three blocks' crc32c
 
 
 def file_asset(sums: BlockSums | None = SUMS) -> Asset:
-    return Asset(
-        id=new_asset_id(),
+    return make_record(
+        Status.AVAILABLE,
+        AssetType.FILE,
+        "application/octet-stream",
         label="f.bin",
-        status=Status.AVAILABLE,
-        type=AssetType.FILE,
-        media_type="application/octet-stream",
-        created_at=T0,
-        updated_at=T0,
+        at=T0,
         storage_path=f"/data/uploads/2026-01-02/{new_asset_id()}/f.bin",
         size_bytes=3 * 1024 * 1024 - 5,
         sha256="ef" * 32,
@@ -681,7 +653,7 @@ async def test_block_sums_kept_later_are_not_a_change(backend: Backend) -> None:
     marked = await store.transition(a.id, Status.AVAILABLE, Corruption("bad", by="check"), T0)
     if feed is None:
         return  # FerretDB: no change streams to check
-    changes = [c for c in await take(feed, 2) if isinstance(c, Change)]
+    changes = [c for c in await take(feed, 2, seconds=20) if isinstance(c, Change)]
     assert [(c.asset.id, c.revision) for c in changes] == [
         (a.id, a.revision),
         (a.id, marked.revision),

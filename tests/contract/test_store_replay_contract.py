@@ -6,14 +6,12 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from pymongo import AsyncMongoClient
 
 from asset_service.domain.errors import HistoryGone
 from asset_service.domain.models import Asset, ChangeKind, Failure, Status
 from asset_service.domain.reads import slim
 from asset_service.domain.replay import Replay, tombstone
-from asset_service.store.mongo import MongoStore
-from tests.contract.conftest import Backend, _drop, _fresh_database
+from tests.contract.conftest import Backend, fresh_ferretdb
 from tests.contract.test_store_contract import FULFILL, T0, pending, value_asset
 
 
@@ -179,26 +177,15 @@ async def test_a_counter_lost_after_a_delete_never_hands_its_revision_out_again(
     """The delete's revision is on its tombstone: reopening lifts the counter above it.
     Before, a delete that was the last write before the counter was lost had its number
     reused."""
-    url, name = _fresh_database(ferretdb_url)
-    store = MongoStore(url, allow_standalone=True)
-    await store.open()
-    client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(
-        ferretdb_url, serverSelectionTimeoutMS=3000
-    )
-    try:
+    async with fresh_ferretdb(ferretdb_url) as ferret:
+        store = ferret.store
         a = await store.insert(pending())
         gone = await store.delete(a.id)
         assert gone is not None
-        await client[name]["counters"].update_one({"_id": "revision"}, {"$set": {"value": 1}})
-        await store.close()
-        store = MongoStore(url, allow_standalone=True)
-        await store.open()
+        await ferret.db["counters"].update_one({"_id": "revision"}, {"$set": {"value": 1}})
+        store = await ferret.reopen()
         fresh = await store.insert(pending())
         assert fresh.revision == gone.revision + 1
-    finally:
-        await client.close()
-        await store.close()
-        await _drop(ferretdb_url, name)
 
 
 async def test_a_database_from_before_tombstones_replays_only_from_its_upgrade(
@@ -206,27 +193,16 @@ async def test_a_database_from_before_tombstones_replays_only_from_its_upgrade(
 ) -> None:
     """Deletions made before tombstones were kept left no trace: replays begin at the
     revision of the first start that keeps them; a new database begins at 0."""
-    url, name = _fresh_database(ferretdb_url)
-    store = MongoStore(url, allow_standalone=True)
-    await store.open()
-    client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(
-        ferretdb_url, serverSelectionTimeoutMS=3000
-    )
-    try:
+    async with fresh_ferretdb(ferretdb_url) as ferret:
+        store = ferret.store
         assert (await store.changes_since(0, 10)).changes == []
         a = await store.insert(pending())
         await store.insert(pending())
         # As an older release left it: no horizon, a delete without a tombstone.
-        await client[name]["counters"].delete_one({"_id": "tombstones"})
-        await client[name]["assets"].delete_one({"_id": a.id})
+        await ferret.db["counters"].delete_one({"_id": "tombstones"})
+        await ferret.db["assets"].delete_one({"_id": a.id})
         upgraded_at = await store.current_revision()
-        await store.close()
-        store = MongoStore(url, allow_standalone=True)
-        await store.open()
+        store = await ferret.reopen()
         with pytest.raises(HistoryGone):
             await store.changes_since(0, 10)
         assert (await store.changes_since(upgraded_at, 10)).changes == []
-    finally:
-        await client.close()
-        await store.close()
-        await _drop(ferretdb_url, name)

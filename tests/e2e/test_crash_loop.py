@@ -56,7 +56,7 @@ async def _crash_loop(tmp_path: Path, import_root: Path, kills: int, **options: 
 async def test_crash_loop_hardlink_path(tmp_path: Path, import_root: Path) -> None:
     """Import root and storage on one filesystem: moves can be links/renames."""
     assert import_root.stat().st_dev == tmp_path.stat().st_dev
-    await _crash_loop(tmp_path, import_root, kills=32)
+    await _crash_loop(tmp_path, import_root, kills=16)
 
 
 @pytest.mark.slow
@@ -109,7 +109,7 @@ def tmpfs_import_root(tmp_path: Path) -> Iterator[Path]:
 async def test_crash_loop_copy_path(tmp_path: Path, tmpfs_import_root: Path) -> None:
     """Import root on a tmpfs: no link or rename into storage; every move is a copy."""
     assert tmpfs_import_root.stat().st_dev != tmp_path.stat().st_dev
-    await _crash_loop(tmp_path, tmpfs_import_root, kills=12)
+    await _crash_loop(tmp_path, tmpfs_import_root, kills=8)
 
 
 @pytest.mark.slow
@@ -153,7 +153,7 @@ async def test_crash_loop_on_minio(tmp_path: Path, import_root: Path, minio: Min
     await _crash_loop(
         tmp_path,
         import_root,
-        kills=10,
+        kills=8,
         extra_args=["--storage-url", f"s3://{s3_helpers.BUCKET}/{prefix}"],
         env=minio.aws_env(),
         storage_check=bucket_check,

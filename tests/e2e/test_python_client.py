@@ -523,16 +523,37 @@ def test_worker_fulfills_its_output(
 def test_worker_keeps_a_leased_output_alive_while_its_command_runs(
     server: ServerProcess, helper: AssetClient, tmp_path: Path
 ) -> None:
-    """A 1-second lease and a 3-second command: without keep_lease the server (sweeping
-    every second) would fail the output long before the upload."""
+    """A 1-second lease and a command that runs 3 seconds after it starts: without
+    keep_lease the server (sweeping every second) would fail the output long before the
+    upload. Until the command has started the test keeps the lease itself, so a worker slow
+    to start on a loaded machine is not what is tested."""
+    started = tmp_path / "started"
     slow = tmp_path / "slow.py"
-    slow.write_text("import sys, time\ntime.sleep(3)\nopen(sys.argv[1], 'w').write('late')\n")
+    slow.write_text(
+        "import sys, time\n"
+        f"open({str(started)!r}, 'w').close()\n"
+        "time.sleep(3)\n"
+        "open(sys.argv[1], 'w').write('late')\n"
+    )
     output = helper.create_pending("task-slow", "slow.txt", lease_seconds=1)
-    proc = _worker(server, output.id, f"{sys.executable} {slow} {{output}}")
+    done: list[subprocess.CompletedProcess[str]] = []
+    worker = threading.Thread(
+        target=lambda: done.append(
+            _worker(server, output.id, f"{sys.executable} {slow} {{output}}")
+        )
+    )
+    with helper.keep_lease(output.id):
+        worker.start()
+        deadline = time.monotonic() + 60
+        while not started.exists() and worker.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert started.exists(), "the worker never ran its command"
+    worker.join(90)
+    (proc,) = done
     assert proc.returncode == 0, proc.stderr
-    done = helper.get(output.id)
-    assert done.status is AssetStatus.AVAILABLE and done.size_bytes == 4
-    assert done.lease_expires_at is not None and done.lease_expires_at > output.lease_expires_at  # type: ignore[operator]
+    after = helper.get(output.id)
+    assert after.status is AssetStatus.AVAILABLE and after.size_bytes == 4
+    assert after.lease_expires_at is not None and after.lease_expires_at > output.lease_expires_at  # type: ignore[operator]
 
 
 def test_worker_fails_its_output_with_the_command_error(

@@ -12,8 +12,8 @@ import pytest
 from asset_service.domain import keys
 from asset_service.storage import fs
 from asset_service.storage.imports import ImportRoots
+from asset_service.storage.journal import Journal
 from asset_service.storage.local import LocalStorage
-from asset_service.storage.s3._journal import Journal
 from tests.powerloss._lazyfs import LazyFS
 from tests.powerloss._run import other_device
 

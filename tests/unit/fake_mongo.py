@@ -1,19 +1,10 @@
 """A small MongoDB for tests at the driver boundary, written from MongoDB's documentation.
 
 It is not the code's mirror: filters, update pipelines and `$expr` are evaluated by the
-documented rules, so a test can disagree with the code (a `$$NOW` misused, a `$gt` that
-should be `$lte`). What it follows, and where it is written:
+documented rules (tests/unit/mongo_fake/_evaluate.py, which the replica-set fake uses too),
+so a test can disagree with the code (a `$$NOW` misused, a `$gt` that should be `$lte`);
+`$$NOW` is the SERVER's clock (`Server.now`), never the caller's. What else it follows:
 
-- Query and aggregation operators ($eq, $ne, $gt, $gte, $lt, $lte, $in, $or, $expr, $add,
-  $multiply, $subtract, $ifNull): "Query and Projection Operators", "Aggregation Pipeline
-  Operators". Comparison of different BSON types follows "Comparison/Sort Order" (null
-  and missing sort before numbers, numbers before strings, strings before dates); a query
-  comparison ($gt...) matches only values of the same type bracket ("Comparison Query
-  Operators": type bracketing), while an aggregation comparison orders across types.
-- `$$NOW`: "Variables in Aggregation Expressions": the current datetime, the same value
-  for the whole statement; it is the SERVER's clock (`Server.now`), never the caller's.
-- Updates with an aggregation pipeline ("Updates with Aggregation Pipeline") and update
-  operators $set, $setOnInsert, $inc, $max.
 - Upserts: "If no document matches the filter, the update inserts one built from the
   filter's equality conditions"; a second document with the same `_id` is a duplicate key
   error E11000 ("Upsert with Duplicate Values").
@@ -47,221 +38,22 @@ from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.client_session_shared import _TxnState
 from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
 
+from tests.unit.mongo_fake._collection import sorted_docs
+from tests.unit.mongo_fake._evaluate import (
+    MISSING,
+    apply_update,
+    matches,
+    project,
+    unset_path,
+)
+from tests.unit.mongo_fake._server import overlay
+
 Doc = dict[str, Any]
 T0 = datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC)
-_MISSING = object()
-
-
-# --- values, comparisons ------------------------------------------------------------------
-
-
-def _bracket(value: Any) -> int:
-    """The BSON comparison order's type rank (Comparison/Sort Order)."""
-    if value is None or value is _MISSING:
-        return 0
-    if isinstance(value, bool):
-        return 7
-    if isinstance(value, int | float):
-        return 2
-    if isinstance(value, str):
-        return 3
-    if isinstance(value, dict):
-        return 4
-    if isinstance(value, list):
-        return 5
-    if isinstance(value, bytes):
-        return 6
-    if isinstance(value, datetime):
-        return 8
-    raise NotImplementedError(f"fake MongoDB: no BSON order for {type(value).__name__}")
-
-
-def compare(a: Any, b: Any) -> int:
-    """-1/0/1 by the BSON comparison order (across types)."""
-    ra, rb = _bracket(a), _bracket(b)
-    if ra != rb:
-        return -1 if ra < rb else 1
-    if ra == 0:
-        return 0
-    return -1 if a < b else (1 if a > b else 0)
-
-
-def get_path(doc: Mapping[str, Any], path: str) -> Any:
-    value: Any = doc
-    for part in path.split("."):
-        if isinstance(value, list):
-            if part.isdigit():  # "holds.0": an element by position
-                value = value[int(part)] if int(part) < len(value) else _MISSING
-                continue
-            # "holds.owner": the field of every element that has it
-            value = [v[part] for v in value if isinstance(v, Mapping) and part in v]
-            continue
-        if not isinstance(value, Mapping) or part not in value:
-            return _MISSING
-        value = value[part]
-    return value
-
-
-def evaluate(expr: Any, doc: Mapping[str, Any], now: datetime) -> Any:
-    """An aggregation expression on `doc` (with $$NOW = `now`)."""
-    if isinstance(expr, str):
-        if expr == "$$NOW":
-            return now
-        if expr.startswith("$$"):
-            raise NotImplementedError(f"fake MongoDB: variable {expr}")
-        if expr.startswith("$"):
-            value = get_path(doc, expr[1:])
-            return None if value is _MISSING else value
-        return expr
-    if isinstance(expr, list):
-        return [evaluate(e, doc, now) for e in expr]
-    if not isinstance(expr, dict):
-        return expr
-    if len(expr) != 1 or not next(iter(expr)).startswith("$"):
-        return {k: evaluate(v, doc, now) for k, v in expr.items()}
-    op, args = next(iter(expr.items()))
-    values = [evaluate(a, doc, now) for a in (args if isinstance(args, list) else [args])]
-    if op in ("$gt", "$gte", "$lt", "$lte", "$eq", "$ne"):
-        c = compare(values[0], values[1])
-        return {
-            "$gt": c > 0,
-            "$gte": c >= 0,
-            "$lt": c < 0,
-            "$lte": c <= 0,
-            "$eq": c == 0,
-            "$ne": c != 0,
-        }[op]
-    if op == "$add":
-        if any(v is None for v in values):
-            return None
-        dates = [v for v in values if isinstance(v, datetime)]
-        millis = sum(v for v in values if not isinstance(v, datetime))
-        if len(dates) > 1:
-            raise OperationFailure("only one date allowed in an $add expression", 16612)
-        if dates:  # "$add ... If one of the arguments is a date, the others are milliseconds"
-            return dates[0] + timedelta(milliseconds=millis)
-        return millis
-    if op == "$subtract":
-        a, b = values
-        if isinstance(a, datetime) and isinstance(b, datetime):
-            return int((a - b) / timedelta(milliseconds=1))
-        if isinstance(a, datetime):
-            return a - timedelta(milliseconds=b)
-        return a - b
-    if op == "$multiply":
-        product = 1
-        for v in values:
-            if v is None:
-                return None
-            product *= v
-        return product
-    if op == "$ifNull":
-        return next((v for v in values[:-1] if v is not None), values[-1])
-    raise NotImplementedError(f"fake MongoDB: aggregation operator {op}")
-
-
-def matches(doc: Mapping[str, Any], where: Mapping[str, Any], now: datetime) -> bool:
-    """A query filter on `doc`."""
-    for key, cond in where.items():
-        if key == "$or":
-            if not any(matches(doc, c, now) for c in cond):
-                return False
-            continue
-        if key == "$and":
-            if not all(matches(doc, c, now) for c in cond):
-                return False
-            continue
-        if key == "$expr":
-            if not evaluate(cond, doc, now):
-                return False
-            continue
-        if key.startswith("$"):
-            raise NotImplementedError(f"fake MongoDB: query operator {key}")
-        value = get_path(doc, key)
-        if isinstance(cond, dict) and cond and all(k.startswith("$") for k in cond):
-            if not all(_test(op, arg, value) for op, arg in cond.items()):
-                return False
-        elif not _equal(value, cond):
-            return False
-    return True
-
-
-def _equal(value: Any, wanted: Any) -> bool:
-    if wanted is None:  # {field: null} matches null and missing
-        return value is None or value is _MISSING
-    if isinstance(value, list) and not isinstance(wanted, list):
-        return wanted in value
-    return value is not _MISSING and value == wanted
-
-
-def _test(op: str, arg: Any, value: Any) -> bool:
-    if op == "$eq":
-        return _equal(value, arg)
-    if op == "$ne":
-        return not _equal(value, arg)
-    if op == "$in":
-        return any(_equal(value, a) for a in arg)
-    if op == "$nin":
-        return not any(_equal(value, a) for a in arg)
-    if op == "$type":
-        kinds = {"date": datetime, "string": str, "array": list}
-        return isinstance(value, kinds[arg])
-    if op == "$all":
-        return isinstance(value, list) and all(a in value for a in arg)
-    if op == "$exists":
-        return (value is not _MISSING) == bool(arg)
-    if op in ("$gt", "$gte", "$lt", "$lte"):
-        # Type bracketing: only values of the argument's type can match.
-        if value is _MISSING or _bracket(value) != _bracket(arg):
-            return False
-        c = compare(value, arg)
-        return {"$gt": c > 0, "$gte": c >= 0, "$lt": c < 0, "$lte": c <= 0}[op]
-    raise NotImplementedError(f"fake MongoDB: query operator {op}")
-
-
-def apply_update(doc: Doc, update: Any, now: datetime, inserting: bool) -> Doc:
-    """`doc` after `update` (operators, or an aggregation pipeline of $set stages)."""
-    out = copy.deepcopy(doc)
-    if isinstance(update, list):
-        for stage in update:
-            (name, fields), *rest = stage.items()
-            if rest or name not in ("$set", "$addFields"):
-                raise NotImplementedError(f"fake MongoDB: pipeline stage {stage}")
-            # Each stage sees the document as the previous stage left it.
-            values = {k: evaluate(v, out, now) for k, v in fields.items()}
-            out.update(values)
-        return out
-    for op, fields in update.items():
-        if op == "$set":
-            out.update(copy.deepcopy(fields))
-        elif op == "$setOnInsert":
-            if inserting:
-                out.update(copy.deepcopy(fields))
-        elif op == "$inc":
-            for k, v in fields.items():
-                out[k] = out.get(k, 0) + v
-        elif op == "$max":
-            for k, v in fields.items():
-                if k not in out or compare(v, out[k]) > 0:
-                    out[k] = v
-        elif op == "$push":
-            for k, v in fields.items():
-                out[k] = [*(out.get(k) or []), copy.deepcopy(v)]
-        elif op == "$pull":
-            for k, cond in fields.items():
-                out[k] = [v for v in out.get(k) or [] if not matches(v, cond, now)]
-        else:
-            raise NotImplementedError(f"fake MongoDB: update operator {op}")
-    return out
 
 
 def _project(doc: Doc | None, projection: Mapping[str, Any] | None) -> Doc | None:
-    if doc is None or not projection:
-        return copy.deepcopy(doc)
-    if all(not v for v in projection.values()):
-        return {k: copy.deepcopy(v) for k, v in doc.items() if k not in projection}
-    keep = {k for k, v in projection.items() if v} | {"_id"}
-    return {k: copy.deepcopy(v) for k, v in doc.items() if k in keep}
+    return None if doc is None else project(doc, projection)
 
 
 # --- the server ---------------------------------------------------------------------------
@@ -313,13 +105,8 @@ class Server:
     def view(self, name: str, lsid: bytes | None) -> dict[Any, Doc]:
         """What a statement sees: the committed documents and its transaction's writes."""
         seen = dict(self.data.get(name, {}))
-        for (coll, key), doc in (self.pending.get(lsid, {}) if lsid else {}).items():
-            if coll != name:
-                continue
-            if doc is None:
-                seen.pop(key, None)
-            else:
-                seen[key] = doc
+        if lsid:
+            overlay(seen, name, self.pending.get(lsid, {}))
         return seen
 
     async def write(self, name: str, key: Any, doc: Doc | None, lsid: bytes | None) -> None:
@@ -392,9 +179,7 @@ class Cursor:
         self._limit = 0
 
     def sort(self, key: Any, direction: int = 1) -> Cursor:
-        keys = key if isinstance(key, list) else [(key, direction)]
-        for field, way in reversed(keys):
-            self._docs.sort(key=_SortKey.of(field), reverse=way < 0)
+        self._docs = sorted_docs(self._docs, key if isinstance(key, list) else [(key, direction)])
         return self
 
     def limit(self, n: int) -> Cursor:
@@ -419,18 +204,6 @@ class Cursor:
 
     async def close(self) -> None:
         return None
-
-
-class _SortKey:
-    def __init__(self, value: Any) -> None:
-        self.value = value
-
-    def __lt__(self, other: _SortKey) -> bool:
-        return compare(self.value, other.value) < 0
-
-    @staticmethod
-    def of(field: str) -> Any:
-        return lambda d: _SortKey(get_path(d, field))
 
 
 class Collection:
@@ -745,7 +518,7 @@ class ChangeStream:
         if after is None:
             event["operationType"] = "delete"
         else:
-            changed = {k: v for k, v in after.items() if before.get(k, _MISSING) != v}
+            changed = {k: v for k, v in after.items() if before.get(k, MISSING) != v}
             removed = [k for k in before if k not in after]
             event |= {
                 "operationType": "update",
@@ -769,16 +542,6 @@ class ChangeStream:
         self.alive = False
 
 
-def _unset(doc: Doc, path: str) -> None:
-    *parents, last = path.split(".")
-    inner: Any = doc
-    for part in parents:
-        inner = inner.get(part)
-        if not isinstance(inner, dict):
-            return
-    inner.pop(last, None)
-
-
 def _stages(event: Doc, pipeline: list[Doc], now: datetime) -> Doc | None:
     for stage in pipeline:
         (name, spec), *rest = stage.items()
@@ -789,10 +552,10 @@ def _stages(event: Doc, pipeline: list[Doc], now: datetime) -> Doc | None:
                 return None
         elif name == "$unset":
             for path in [spec] if isinstance(spec, str) else spec:
-                _unset(event, path)
+                unset_path(event, path)
         elif name == "$project" and all(not v for v in spec.values()):
             for path in spec:
-                _unset(event, path)
+                unset_path(event, path)
         else:
             raise NotImplementedError(f"fake MongoDB: change stream stage {name}")
     return event

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import sqlite3
-from datetime import UTC, datetime
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -17,10 +18,9 @@ from asset_service.domain.models import (
     Status,
     Value,
     ValueKind,
-    new_asset_id,
 )
 from asset_service.store.sqlite import SqliteStore
-from tests.records import pending_record
+from tests.records import make_record, pending_record
 from tests.tmpfs import mounted as mounted
 
 KiB = 1024
@@ -28,18 +28,31 @@ MiB = 1024 * KiB
 RESERVE = 1 * MiB
 
 
+@pytest.fixture
+def disk(tmp_path: Path) -> Iterator[Path]:
+    """A 4 MiB tmpfs of its own."""
+    with mounted(tmp_path / "small-disk", "4m") as mount:
+        yield mount
+
+
+@contextlib.asynccontextmanager
+async def opened(db: Path, reserve_bytes: int = RESERVE) -> AsyncIterator[SqliteStore]:
+    """An open SqliteStore on `db`, closed on the way out."""
+    store = SqliteStore(db, reserve_bytes=reserve_bytes)
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
 def value_asset(size: int, tags: tuple[str, ...] = ("t1", "t2")) -> Asset:
-    now = datetime.now(UTC)
-    data = os.urandom(size)
-    return Asset(
-        id=new_asset_id(),
+    return make_record(
+        Status.AVAILABLE,
+        AssetType.VALUE,
+        "application/octet-stream",
         label="v.bin",
-        status=Status.AVAILABLE,
-        type=AssetType.VALUE,
-        media_type="application/octet-stream",
-        created_at=now,
-        updated_at=now,
-        value=Value(ValueKind.BYTES, data),
+        value=Value(ValueKind.BYTES, os.urandom(size)),
         tags=tags,
         size_bytes=size,
         sha256="0" * 64,
@@ -88,6 +101,15 @@ async def empty_wal(store: SqliteStore) -> None:
 
 def releases(caplog: pytest.LogCaptureFixture) -> int:
     return caplog.text.count("released the")
+
+
+def pragma(db: Path, name: str) -> int:
+    """An integer PRAGMA of the database file, read on a connection of its own."""
+    conn = sqlite3.connect(db)
+    try:
+        return int(conn.execute(f"PRAGMA {name}").fetchone()[0])
+    finally:
+        conn.close()
 
 
 def integrity(db: Path) -> str:

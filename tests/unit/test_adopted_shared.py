@@ -15,6 +15,7 @@ from asset_service.domain.models import AssetType
 from asset_service.storage.imports import ImportRoots
 from asset_service.storage.local import LocalStorage
 from asset_service.store.sqlite import SqliteStore
+from tests.managers import running
 
 DATA = os.urandom(2 * 1024 * 1024 + 5)
 
@@ -25,11 +26,8 @@ async def manager(tmp_path: Path) -> AsyncIterator[AssetManager]:
     incoming.mkdir()
     storage = LocalStorage(tmp_path / "blobs", imports=ImportRoots([incoming]))
     m = AssetManager(SqliteStore(tmp_path / "db.sqlite"), storage, Limits())
-    await m.start()
-    try:
+    async with running(m):
         yield m
-    finally:
-        await m.stop()
 
 
 def worker_file(tmp_path: Path, name: str, data: bytes = DATA) -> Path:

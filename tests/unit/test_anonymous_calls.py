@@ -11,13 +11,11 @@ import grpc
 import pytest
 
 from asset_service._proto.asset.v1 import asset_service_pb2 as pb
-from asset_service._proto.asset.v1 import asset_service_pb2_grpc as pb_grpc
 from asset_service.api.interceptor import SecurityInterceptor, security_interceptor
 from asset_service.config import load_settings
 from asset_service.security.principal import ANONYMOUS, Principal, current_principal
 from asset_service.security.setup import Security
-from asset_service.server import start
-from asset_service.store.memory import MemoryStore
+from tests.unit.in_process import served_from_memory
 
 GET = "/asset.v1.AssetService/GetAsset"
 WATCH = "/asset.v1.AssetService/WatchAsset"
@@ -130,31 +128,19 @@ def test_any_credential_source_turns_the_cheap_path_off(tmp_path: Path) -> None:
 async def test_a_server_without_security_serves_as_anonymous(
     tmp_path: Path,
 ) -> None:
-    settings = load_settings(
-        ["--listen", "127.0.0.1:0", "--storage-root", str(tmp_path / "data")], {}
-    )
-    running = await start(settings, store=MemoryStore())
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
-            stub: pb_grpc.AssetServiceAsyncStub = pb_grpc.AssetServiceStub(channel)
-            created = await stub.CreatePendingAsset(
-                pb.CreatePendingAssetRequest(task_id="t", label="out.txt")
+    async with served_from_memory(tmp_path) as (_, stub):
+        created = await stub.CreatePendingAsset(
+            pb.CreatePendingAssetRequest(task_id="t", label="out.txt")
+        )
+        assert created.asset.created_by == ANONYMOUS.name, "the handler ran as ANONYMOUS"
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.GetAsset(
+                pb.GetAssetRequest(asset_id=created.asset.id),
+                metadata=(("authorization", "Bearer not-a-token"),),
             )
-            assert created.asset.created_by == ANONYMOUS.name, "the handler ran as ANONYMOUS"
-            with pytest.raises(grpc.aio.AioRpcError) as refused:
-                await stub.GetAsset(
-                    pb.GetAssetRequest(asset_id=created.asset.id),
-                    metadata=(("authorization", "Bearer not-a-token"),),
-                )
-            assert refused.value.code() is grpc.StatusCode.UNAUTHENTICATED
-            failed = await stub.FailAsset(
-                pb.FailAssetRequest(asset_id=created.asset.id, reason="test")
-            )
-            assert failed.asset.updated_by == ANONYMOUS.name
-            request = pb.WatchAssetRequest(asset_ids=[created.asset.id])
-            events = [e async for e in stub.WatchAsset(request, timeout=10)]
-            assert [(e.type, e.asset) for e in events] == [
-                (pb.WATCH_EVENT_TYPE_SNAPSHOT, failed.asset)
-            ]
-    finally:
-        await running.stop(1)
+        assert refused.value.code() is grpc.StatusCode.UNAUTHENTICATED
+        failed = await stub.FailAsset(pb.FailAssetRequest(asset_id=created.asset.id, reason="test"))
+        assert failed.asset.updated_by == ANONYMOUS.name
+        request = pb.WatchAssetRequest(asset_ids=[created.asset.id])
+        events = [e async for e in stub.WatchAsset(request, timeout=10)]
+        assert [(e.type, e.asset) for e in events] == [(pb.WATCH_EVENT_TYPE_SNAPSHOT, failed.asset)]

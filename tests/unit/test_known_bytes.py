@@ -22,6 +22,7 @@ from asset_service.domain.models import (
 )
 from asset_service.storage.local import LocalStorage
 from asset_service.store.sqlite import SqliteStore
+from tests.managers import running
 
 DATA = os.urandom(3 * 1024 * 1024 + 17)
 SHA = hashlib.sha256(DATA).hexdigest()
@@ -32,11 +33,8 @@ async def manager(tmp_path: Path) -> AsyncIterator[AssetManager]:
     m = AssetManager(
         SqliteStore(tmp_path / "db.sqlite"), LocalStorage(tmp_path / "blobs"), Limits()
     )
-    await m.start()
-    try:
+    async with running(m):
         yield m
-    finally:
-        await m.stop()
 
 
 async def chunks(*parts: bytes) -> AsyncIterator[bytes]:
@@ -97,8 +95,7 @@ async def test_a_second_name_a_crash_left_without_a_record_is_swept(tmp_path: Pa
     store = SqliteStore(tmp_path / "db.sqlite")
     storage = LocalStorage(tmp_path / "blobs", orphan_grace_seconds=0.0)
     m = AssetManager(store, storage, Limits())
-    await m.start()
-    try:
+    async with running(m):
         first = await m.upload(UploadHeader(label="first.bin"), chunks(DATA))
         stored = await m.get(first.id)
         assert stored.block_sums is not None
@@ -111,8 +108,6 @@ async def test_a_second_name_a_crash_left_without_a_record_is_swept(tmp_path: Pa
         assert not os.path.exists(orphan)
         assert os.stat(stored.storage_path).st_nlink == 1
         assert await read_all(m, first.id) == DATA
-    finally:
-        await m.stop()
 
 
 async def test_known_bytes_fulfil_a_promise(manager: AssetManager) -> None:

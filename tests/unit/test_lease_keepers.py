@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -13,7 +14,6 @@ from asset_client import (
     Asset,
     AssetClient,
     AssetStatus,
-    AssetType,
     AsyncAssetClient,
     AsyncLeaseKeeper,
     DeadlineExceededError,
@@ -23,27 +23,19 @@ from asset_client import (
     UnavailableError,
 )
 
+from tests.unit.test_client_informer import rec
+
 EVERY = 0.05
 
 
 def record(status: AssetStatus = AssetStatus.PENDING) -> Asset:
     now = datetime.now(UTC)
-    return Asset(
-        id="a1",
+    return dataclasses.replace(
+        rec("a1", 1, status),
         label="out",
-        status=status,
-        type=AssetType.VALUE,
-        media_type="",
-        storage_path="",
-        value=None,
         created_by_task="t",
-        tags=(),
-        size_bytes=0,
-        sha256="",
         create_time=now,
         update_time=now,
-        failure_reason="",
-        revision=1,
         lease_seconds=3,
         lease_expires_at=now,
     )

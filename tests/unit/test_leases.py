@@ -15,6 +15,7 @@ from asset_service.domain.manager import _base as manager_base
 from asset_service.domain.models import Asset, AssetType, Status, UploadHeader, Value, ValueKind
 from asset_service.storage.memory import MemoryState, MemoryStorage
 from asset_service.store.memory import MemoryStore
+from tests.managers import running
 
 T0 = datetime(2026, 12, 6, 12, 0, 0, 250_000, tzinfo=UTC)
 
@@ -150,8 +151,7 @@ async def test_a_late_fulfilment_is_refused_like_a_late_renewal_before_the_sweep
     state = MemoryState()
     files = {"/incoming/task-7/out.bin": b"produced"}
     manager = AssetManager(store, MemoryStorage(state, files), Limits(max_lease_seconds=3600))
-    await manager.start()
-    try:
+    async with running(manager):
         value, failed = await promise(manager, lease=10), await promise(manager, lease=10)
         path, uploaded = [
             await manager.create_pending("task-7", name, "", AssetType.FILE, (), lease_seconds=10)
@@ -175,8 +175,6 @@ async def test_a_late_fulfilment_is_refused_like_a_late_renewal_before_the_sweep
         gave_up = await manager.fail(failed.id, "crashed")
         assert gave_up.status is Status.FAILED and gave_up.failure_reason == "crashed"
         assert await manager.expire_leases() == 3
-    finally:
-        await manager.stop()
 
 
 async def test_a_lease_running_out_while_an_upload_streams_refuses_its_commit(

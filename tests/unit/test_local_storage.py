@@ -28,7 +28,7 @@ from asset_service.domain.errors import (
 from asset_service.storage import keys as storage_keys
 from asset_service.storage.imports import ImportRoots
 from asset_service.storage.local import LocalStorage, _keyhold
-from asset_service.storage.local._blobs import Writer
+from asset_service.storage.local._blobs import Adopted, Writer
 
 ID = "5b0e4f0e-0000-4000-8000-000000000000"
 
@@ -38,6 +38,15 @@ def storage_with_imports(tmp_path: Path, **kwargs: object) -> tuple[LocalStorage
     incoming.mkdir(parents=True)
     storage = LocalStorage(tmp_path / "root", imports=ImportRoots([incoming]), **kwargs)  # type: ignore[arg-type]
     return storage, incoming
+
+
+async def moving(tmp_path: Path, text: str = "worker output") -> tuple[LocalStorage, Path, Adopted]:
+    """Storage with an import root, open, and a worker's out.txt there adopted by a move."""
+    storage, incoming = storage_with_imports(tmp_path)
+    await storage.open()
+    source = incoming / "out.txt"
+    source.write_text(text)
+    return storage, source, await storage.adopt(str(source), move=True)
 
 
 async def test_sweeps_staging_of_dead_processes_only(tmp_path: Path) -> None:
@@ -69,11 +78,7 @@ async def test_sweeps_staging_of_dead_processes_only(tmp_path: Path) -> None:
 
 
 async def test_a_move_keeps_the_source_until_finish(tmp_path: Path) -> None:
-    storage, incoming = storage_with_imports(tmp_path)
-    await storage.open()
-    source = incoming / "out.txt"
-    source.write_text("worker output")
-    staged = await storage.adopt(str(source), move=True)
+    storage, source, staged = await moving(tmp_path)
     assert staged.sha256 == hashlib.sha256(b"worker output").hexdigest()
     final = Path(await staged.commit(keys.generated_key("task", ID, "out.txt")))
     # Linked, not renamed: a crash now cannot lose the worker's file.
@@ -87,11 +92,7 @@ async def test_a_move_keeps_the_source_until_finish(tmp_path: Path) -> None:
 
 
 async def test_rollback_after_commit_keeps_the_source(tmp_path: Path) -> None:
-    storage, incoming = storage_with_imports(tmp_path)
-    await storage.open()
-    source = incoming / "out.txt"
-    source.write_text("worker output")
-    staged = await storage.adopt(str(source), move=True)
+    storage, source, staged = await moving(tmp_path)
     final = Path(await staged.commit(keys.generated_key("task", ID, "out.txt")))
     await staged.rollback()
     assert source.read_text() == "worker output" and not final.exists()
@@ -101,11 +102,7 @@ async def test_rollback_after_commit_keeps_the_source(tmp_path: Path) -> None:
 
 
 async def test_a_second_adoption_of_a_file_being_moved_is_refused(tmp_path: Path) -> None:
-    storage, incoming = storage_with_imports(tmp_path)
-    await storage.open()
-    source = incoming / "out.txt"
-    source.write_text("x")
-    first = await storage.adopt(str(source), move=True)
+    storage, source, first = await moving(tmp_path, "x")
     with pytest.raises(Conflict, match="being adopted by another request"):
         await storage.adopt(str(source), move=True)
     with pytest.raises(Conflict, match="being adopted by another request"):
@@ -123,15 +120,11 @@ async def test_a_source_that_vanishes_before_its_link_is_a_conflict(
     """Another request moved the file (or the worker removed it) after this one opened
     it: linking its name then fails with ENOENT, which must be a clear ABORTED-class
     Conflict that leaves nothing behind, never an unexpected OSError (INTERNAL)."""
-    storage, incoming = storage_with_imports(tmp_path)
-    await storage.open()
-    source = incoming / "out.txt"
-    source.write_text("worker output")
-    staged = await storage.adopt(str(source), move=True)
+    storage, source, staged = await moving(tmp_path)
     if then == "removed":
         source.unlink()
     else:
-        source.rename(incoming / "elsewhere.txt")
+        source.rename(source.with_name("elsewhere.txt"))
     with pytest.raises(Conflict, match="moved or removed while it was being adopted"):
         await staged.commit(keys.generated_key("task", ID, "out.txt"))
     await staged.rollback()

@@ -24,6 +24,7 @@ from asset_service.storage.local import LocalStorage
 from asset_service.storage.manifests import INDEX_NAME, LocalManifests
 from asset_service.store.memory import MemoryStore
 from tests.contract.blob_backends import BlobBackend, blob_backend, blob_backend_names
+from tests.managers import running
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -45,11 +46,8 @@ class World:
 async def world(tmp_path: Path) -> AsyncIterator[World]:
     root = (tmp_path / "blobs").resolve()
     manager = AssetManager(MemoryStore(), LocalStorage(root), Limits(), LocalManifests(root))
-    await manager.start()
-    try:
+    async with running(manager):
         yield World(manager, root)
-    finally:
-        await manager.stop()
 
 
 async def inputs(w: World, files: int, values: int) -> dict[str, str]:

@@ -16,17 +16,15 @@ from asset_service.domain.models import Asset, AssetType, Value, ValueKind
 from asset_service.storage.local import LocalStorage
 from asset_service.storage.manifests import LocalManifests
 from asset_service.store.memory import MemoryStore
+from tests.managers import running
 
 
 @pytest.fixture
 async def manager(tmp_path: Path) -> AsyncIterator[AssetManager]:
     root = tmp_path / "root"
     m = AssetManager(MemoryStore(), LocalStorage(root), Limits(), LocalManifests(root))
-    await m.start()
-    try:
+    async with running(m):
         yield m
-    finally:
-        await m.stop()
 
 
 async def promise(m: AssetManager, label: str = "out.txt") -> Asset:

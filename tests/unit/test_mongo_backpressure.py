@@ -22,15 +22,9 @@ from asset_service.store.mongo._startup import (
     transaction_lifetime,
 )
 from asset_service.store.mongo._writer import ANSWER_MARGIN_SECONDS
-from tests.unit.mongo_fake import Server, attach, install
+from tests.unit.mongo_fake import Server, attach
+from tests.unit.test_mongo_group_writes import server as server  # fixture
 from tests.unit.test_mongo_writes import ASSET, closed_port
-
-
-@pytest.fixture
-def server(monkeypatch: pytest.MonkeyPatch) -> Server:
-    shared = install(monkeypatch, Server())
-    shared.put("counters", {"_id": "revision", "value": 0})
-    return shared
 
 
 def process(server: Server, *, timeout: float = 5.0, queue: int = 2048) -> MongoStore:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -20,6 +20,7 @@ from pymongo.errors import (
 
 from asset_service.domain.models import Change, ChangeKind, Resync, Status
 from asset_service.store.mongo import ChangeFeed
+from tests.feeds import take
 
 T0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 A = "7d8f7c1e-0000-4000-8000-00000000000a"
@@ -179,14 +180,6 @@ class FakeWatch:
 
 def feed_of(watch: FakeWatch, first: FakeStream | None = None) -> ChangeFeed:
     return ChangeFeed(watch, backoff_initial=0.001, backoff_max=0.004, first_stream=first)
-
-
-async def take(items: AsyncIterator[Change | Resync], n: int) -> list[Change | Resync]:
-    out: list[Change | Resync] = []
-    async with asyncio.timeout(5):
-        while len(out) < n:
-            out.append(await anext(items))
-    return out
 
 
 def summary(items: list[Change | Resync]) -> list[tuple[str, str, int] | str]:

@@ -13,7 +13,6 @@ at the change), and the feed, the hub and a selector watch run as in production.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -23,13 +22,13 @@ from asset_service.domain.models import (
     Corruption,
     Failure,
     Fulfillment,
-    Resync,
     Status,
     WatchEvent,
 )
 from asset_service.domain.replay import Replay
 from asset_service.domain.watch import ChangeHub, Selector, SelectorStream
 from asset_service.store.mongo import ChangeFeed
+from tests.feeds import take
 from tests.records import pending_record
 from tests.unit.fake_mongo import Server, install
 from tests.unit.test_mongo_promise_leases import process
@@ -43,14 +42,6 @@ async def server(monkeypatch: pytest.MonkeyPatch) -> Server:
     s.images.add("assets")  # what MongoStore.open turns on (collMod), 6.0+
     install(s, monkeypatch)
     return s
-
-
-async def take(items: AsyncIterator[Change | Resync], n: int) -> list[Change | Resync]:
-    out: list[Change | Resync] = []
-    async with asyncio.timeout(5):
-        while len(out) < n:
-            out.append(await anext(items))
-    return out
 
 
 async def test_events_carry_the_state_at_their_revision_in_order(server: Server) -> None:

@@ -9,9 +9,8 @@ The MONGODB_URI suite's replica-set cases are where that is seen (docs/mongodb.m
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,12 +19,13 @@ from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.read_concern import ReadConcern
 
 from asset_service.domain.errors import HistoryGone
-from asset_service.domain.models import ChangeKind, WatchEvent
+from asset_service.domain.models import ChangeKind
 from asset_service.domain.replay import Replay
 from asset_service.domain.watch import ChangeHub, Selector, SelectorStream
 from asset_service.store.mongo import MongoStore
 from asset_service.store.mongo._documents import asset_to_doc
 from asset_service.store.mongo._tombstones import HORIZON_ID, tombstone_doc
+from tests.feeds import take
 from tests.unit.fake_mongo import NullUsage
 from tests.unit.mongo_fake import Server, attach, install
 from tests.unit.test_mongo_change_stream import (
@@ -37,16 +37,10 @@ from tests.unit.test_mongo_change_stream import (
     insert,
     record,
 )
-from tests.unit.test_mongo_writes import ASSET
+from tests.unit.test_mongo_writes import ASSET, closed_port
 
 C = "7d8f7c1e-0000-4000-8000-00000000000c"
 D = "7d8f7c1e-0000-4000-8000-00000000000d"
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def bare_store() -> MongoStore:
@@ -75,16 +69,6 @@ class Counters:
         self.reads.append(level)
         value = self.majority if level == "majority" else self.local
         return {"_id": where["_id"], "value": value}
-
-
-async def collect(events: AsyncGenerator[WatchEvent, None], n: int) -> list[WatchEvent]:
-    got: list[WatchEvent] = []
-    async with asyncio.timeout(3):
-        async for event in events:
-            got.append(event)
-            if len(got) == n:
-                break
-    return got
 
 
 async def no_replay(after: int, limit: int) -> Replay:
@@ -121,7 +105,7 @@ async def test_revisions_a_failover_rolled_back_and_handed_out_again_reach_selec
     try:
         assert await hub.history.ready() == 100
         events = SelectorStream(hub.history, Selector(), 100, no_replay).events()
-        got = await collect(events, 2)
+        got = await take(events, 2)
         await events.aclose()
         assert [(e.asset.id, e.revision) for e in got] == [(A, 101), (B, 102)]
     finally:
@@ -160,14 +144,14 @@ async def test_a_revision_handed_out_twice_by_the_change_stream_ends_selector_wa
     try:
         await hub.history.ready()
         events = SelectorStream(hub.history, Selector(), 100, no_replay).events()
-        assert [e.asset.id for e in await collect(events, 2)] == [A, B]
+        assert [e.asset.id for e in await take(events, 2)] == [A, B]
         counters.majority = 102
         gate.set()
         with pytest.raises(HistoryGone, match="starting anew"):
-            await collect(events, 1)
+            await take(events, 1)
         assert await hub.history.ready() == 102
         again = SelectorStream(hub.history, Selector(), 102, no_replay).events()
-        assert [e.asset.id for e in await collect(again, 1)] == [D]
+        assert [e.asset.id for e in await take(again, 1)] == [D]
         await again.aclose()
     finally:
         await hub.close()

@@ -5,29 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator
 
 import pytest
 
 from asset_service.domain.errors import Conflict, KeyTaken
 from asset_service.domain.models import Asset, Failure, Status
 from asset_service.store.mongo import MongoStore
-from tests.unit.mongo_fake import Server, install
-from tests.unit.test_mongo_group_writes import NOW, new, process
-
-
-@pytest.fixture
-def server(monkeypatch: pytest.MonkeyPatch) -> Server:
-    shared = install(monkeypatch, Server())
-    shared.put("counters", {"_id": "revision", "value": 0})
-    return shared
-
-
-@pytest.fixture
-async def store(server: Server) -> AsyncIterator[MongoStore]:
-    one = process(server)
-    yield one
-    await one.close()
+from tests.unit.mongo_fake import Server
+from tests.unit.test_mongo_group_writes import NOW, new
+from tests.unit.test_mongo_group_writes import server as server  # fixture
+from tests.unit.test_mongo_group_writes import store as store  # fixture
 
 
 def keyed(label: str, key: str = "k1") -> Asset:

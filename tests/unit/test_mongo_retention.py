@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import pytest
@@ -30,24 +29,11 @@ from asset_service.domain.models import (
 from asset_service.domain.usage import UsageGroup, recount
 from asset_service.store.mongo import MongoStore
 from tests.records import pending_record
-from tests.unit.mongo_fake import Server, install
-from tests.unit.test_mongo_group_writes import process
+from tests.unit.mongo_fake import Server
+from tests.unit.test_mongo_group_writes import server as server  # fixture
+from tests.unit.test_mongo_group_writes import store as store  # fixture
 
 FULFILL = Fulfillment(size_bytes=3, sha256="ab" * 32, storage_path="generated/t/x")
-
-
-@pytest.fixture
-def server(monkeypatch: pytest.MonkeyPatch) -> Server:
-    shared = install(monkeypatch, Server())
-    shared.put("counters", {"_id": "revision", "value": 0})
-    return shared
-
-
-@pytest.fixture
-async def store(server: Server) -> AsyncIterator[MongoStore]:
-    one = process(server)
-    yield one
-    await one.close()
 
 
 def available(server: Server, expires_in: float | None = None, task: str = "") -> Asset:

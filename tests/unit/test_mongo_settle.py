@@ -18,8 +18,10 @@ from asset_service.domain.commits import Committer, Handover
 from asset_service.domain.errors import OutcomeUnknown
 from asset_service.domain.models import Asset, AssetFilter, BlockSums, Status, new_asset_id
 from asset_service.store.mongo import MongoStore
-from tests.unit.mongo_fake import Server, attach, install
-from tests.unit.test_mongo_writes import ASSET, closed_port
+from tests.unit.mongo_fake import Server
+from tests.unit.test_mongo_group_writes import process
+from tests.unit.test_mongo_group_writes import server as server  # fixture
+from tests.unit.test_mongo_writes import ASSET
 
 
 class Blob:
@@ -49,19 +51,8 @@ class Blob:
 
 
 @pytest.fixture
-def server(monkeypatch: pytest.MonkeyPatch) -> Server:
-    shared = install(monkeypatch, Server())
-    shared.put("counters", {"_id": "revision", "value": 0})
-    return shared
-
-
-@pytest.fixture
 async def store(server: Server) -> AsyncIterator[MongoStore]:
-    one = MongoStore(
-        f"mongodb://127.0.0.1:{closed_port()}/db?serverSelectionTimeoutMS=100",
-        operation_timeout=0.5,
-    )
-    attach(one, server)
+    one = process(server, timeout=0.5)
     yield one
     await one.close()
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -14,8 +13,10 @@ from asset_service.domain.errors import SharedBytesGone
 from asset_service.domain.models import Asset, AssetType, Fulfillment, Status
 from asset_service.store.mongo import MongoStore
 from asset_service.store.mongo._references import TOUCH_FIELD
-from tests.unit.mongo_fake import Server, install
-from tests.unit.test_mongo_group_writes import NOW, new, process
+from tests.unit.mongo_fake import Server
+from tests.unit.test_mongo_group_writes import NOW, new
+from tests.unit.test_mongo_group_writes import server as server  # fixture
+from tests.unit.test_mongo_group_writes import store as store  # fixture
 
 PATH = "s3://bucket/uploads/2026-05-06/x/data.bin"
 
@@ -24,20 +25,6 @@ def counted(server: Server) -> dict[str, int]:
     """Records by status, as the accounting (group "all") keeps them."""
     cells = server.documents("usage").values()
     return {c["status"]: c["count"] for c in cells if c["grp"] == "all" and c["status"]}
-
-
-@pytest.fixture
-def server(monkeypatch: pytest.MonkeyPatch) -> Server:
-    shared = install(monkeypatch, Server())
-    shared.put("counters", {"_id": "revision", "value": 0})
-    return shared
-
-
-@pytest.fixture
-async def store(server: Server) -> AsyncIterator[MongoStore]:
-    one = process(server)
-    yield one
-    await one.close()
 
 
 def at_path(label: str, path: str = PATH) -> Asset:

@@ -9,7 +9,6 @@ semantics of `snapshot=True` sessions, checked on a replica set by the contract 
 
 from __future__ import annotations
 
-import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -20,13 +19,7 @@ from pymongo.errors import OperationFailure
 from asset_service.domain.errors import Unavailable
 from asset_service.store.mongo import MongoStore
 from asset_service.store.mongo._documents import asset_to_doc
-from tests.unit.test_mongo_writes import ASSET
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.unit.test_mongo_writes import ASSET, closed_port
 
 
 class FakeCursor:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import socket
 import time
 from datetime import UTC, datetime
 
 import pytest
 
 from asset_service.domain.errors import InvalidArgument, Unavailable
-from asset_service.domain.models import Asset, AssetFilter, AssetType, Status, Value, ValueKind
+from asset_service.domain.models import AssetFilter, AssetType, Status, Value, ValueKind
 from asset_service.store import open_store
 from asset_service.store.mongo import (
     MongoStore,
@@ -18,12 +17,8 @@ from asset_service.store.mongo import (
     doc_to_asset,
     encode_token,
 )
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.records import make_record
+from tests.unit.test_mongo_writes import closed_port
 
 
 def test_open_store_routes_mongodb_urls() -> None:
@@ -77,14 +72,13 @@ def test_page_tokens_round_trip_and_reject_foreign_ones() -> None:
 
 def test_documents_round_trip() -> None:
     now = datetime(2026, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
-    asset = Asset(
-        id="5b0c6b55-8d5e-4a39-9a55-0f5b8f6c9f10",
+    asset = make_record(
+        Status.AVAILABLE,
+        AssetType.VALUE,
+        "application/json",
         label="v.json",
-        status=Status.AVAILABLE,
-        type=AssetType.VALUE,
-        media_type="application/json",
-        created_at=now,
-        updated_at=now,
+        asset_id="5b0c6b55-8d5e-4a39-9a55-0f5b8f6c9f10",
+        at=now,
         value=Value(ValueKind.JSON, b"{}"),
         tags=("a", "b"),
         size_bytes=2,

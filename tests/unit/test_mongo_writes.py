@@ -37,20 +37,20 @@ from asset_service.domain.errors import (
     OutcomeUnknown,
     Unavailable,
 )
-from asset_service.domain.models import Asset, AssetType, Failure, Status
+from asset_service.domain.models import AssetType, Failure, Status
 from asset_service.store.mongo import MongoStore
 from asset_service.store.mongo._documents import _unavailable, _write_error, asset_to_doc
+from tests.records import make_record
 from tests.unit.mongo_fake import Server, attach, install
 
 NOW = datetime(2026, 5, 6, 7, 8, 9, tzinfo=UTC)
-ASSET = Asset(
-    id="5b0c6b55-8d5e-4a39-9a55-0f5b8f6c9f10",
+ASSET = make_record(
+    Status.PENDING,
+    AssetType.FILE,
+    "application/octet-stream",
     label="a.bin",
-    status=Status.PENDING,
-    type=AssetType.FILE,
-    media_type="application/octet-stream",
-    created_at=NOW,
-    updated_at=NOW,
+    asset_id="5b0c6b55-8d5e-4a39-9a55-0f5b8f6c9f10",
+    at=NOW,
 )
 
 

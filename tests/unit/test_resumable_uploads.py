@@ -16,6 +16,7 @@ from asset_service.domain.manager import AssetManager, Limits
 from asset_service.domain.models import AssetType, Status, UploadHeader
 from asset_service.storage.local import LocalStorage
 from asset_service.store.memory import MemoryStore
+from tests.managers import running
 
 KiB = 1024
 DATA = os.urandom(300 * KiB)
@@ -27,11 +28,8 @@ async def manager(tmp_path: Path) -> AsyncIterator[AssetManager]:
     manager = AssetManager(
         MemoryStore(), LocalStorage(tmp_path), Limits(max_upload_bytes=400 * KiB)
     )
-    await manager.start()
-    try:
+    async with running(manager):
         yield manager
-    finally:
-        await manager.stop()
 
 
 async def chunks(data: bytes, step: int = 64 * KiB) -> AsyncIterator[bytes]:

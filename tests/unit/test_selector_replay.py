@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import random
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import pytest
@@ -20,43 +20,21 @@ from asset_service.domain.models import (
     ChangeKind,
     Resync,
     Status,
-    Value,
-    ValueKind,
     WatchEvent,
 )
 from asset_service.domain.replay import Replay, merged
 from asset_service.domain.watch import Selector
-from asset_service.storage.memory import MemoryStorage
 from asset_service.store.memory import MemoryStore
+from tests.feeds import take
+from tests.unit.test_selector_watch import text, watchable
 
 TINY_HISTORY = 8 * 1024  # a handful of records
 
 
 @pytest.fixture
 async def manager() -> AsyncIterator[AssetManager]:
-    m = AssetManager(MemoryStore(), MemoryStorage(), Limits(watch_history_bytes=TINY_HISTORY))
-    await m.start()
-    await m.hub.history.ready()
-    try:
+    async with watchable(limits=Limits(watch_history_bytes=TINY_HISTORY)) as m:
         yield m
-    finally:
-        await m.stop()
-
-
-async def collect(
-    events: AsyncGenerator[WatchEvent, None], n: int, seconds: float = 5
-) -> list[WatchEvent]:
-    got: list[WatchEvent] = []
-    async with asyncio.timeout(seconds):
-        async for event in events:
-            got.append(event)
-            if len(got) == n:
-                break
-    return got
-
-
-def text(s: str) -> Value:
-    return Value(ValueKind.TEXT, s.encode())
 
 
 async def everything(manager: AssetManager) -> dict[str, Asset]:
@@ -95,9 +73,9 @@ async def test_a_revision_the_history_no_longer_holds_is_replayed_from_the_store
     await manager.fail(kept.id, "no")
     assert manager.hub.history.floor is not None and manager.hub.history.floor > start
     events = await manager.watch_selector(Selector(tags=("x",)), start)
-    got = await collect(events, 41)
+    got = await take(events, 41)
     late = await manager.create_pending("t", "late", "", AssetType.VALUE, ("x",))
-    (live,) = await collect(events, 1)
+    (live,) = await take(events, 1)
     await events.aclose()
     revisions = [e.revision for e in got]
     assert revisions == sorted(revisions) and len(set(revisions)) == 41
@@ -120,7 +98,7 @@ async def test_a_watcher_that_falls_behind_the_history_catches_up_from_the_store
     events = await manager.watch_selector(Selector(), start)
     made = [await manager.create_pending("t", f"p{i}", "", AssetType.VALUE, ()) for i in range(40)]
     await asyncio.sleep(0.05)  # nobody reads meanwhile: the history moves past the watcher
-    got = await collect(events, 40)
+    got = await take(events, 40)
     await events.aclose()
     assert [e.asset.id for e in got] == [a.id for a in made]
 
@@ -140,7 +118,7 @@ async def test_a_revision_below_the_swept_tombstones_is_refused(manager: AssetMa
     assert info.value.floor == gone.revision
     # From the swept deletion on, the store still replays.
     events = await manager.watch_selector(Selector(), gone.revision)
-    got = await collect(events, 20)
+    got = await take(events, 20)
     await events.aclose()
     assert len(got) == 20
 
@@ -158,7 +136,7 @@ async def test_a_pending_watcher_replayed_from_the_store_hears_of_a_failed_promi
         await manager.create_pending("u", f"q{i}", "", AssetType.VALUE, ())
     pending = Selector(task_id="t", status=Status.PENDING)
     events = await manager.watch_selector(pending, start)
-    (event,) = await collect(events, 1)
+    (event,) = await take(events, 1)
     await events.aclose()
     assert (event.kind, event.asset.id, event.revision) == ("DELETED", promise.id, gone.revision)
 
@@ -287,55 +265,45 @@ async def test_a_revision_handed_out_again_resyncs_every_watcher() -> None:
     is a rollback: selector watchers end (list again), id watchers re-read state, and
     the history begins again. Before: the history dropped it and watchers never knew."""
     store = RewindingStore()
-    manager = AssetManager(store, MemoryStorage(), Limits())
-    await manager.start()
-    try:
-        await manager.hub.history.ready()
+    async with watchable(store) as manager:
         a = await manager.create_pending("t", "a", "", AssetType.VALUE, ())
         selector_events = await manager.watch_selector(Selector(), 0)
         id_events = await manager.watch([a.id], 0, follow=True)
-        assert [e.kind for e in await collect(id_events, 1)] == ["SNAPSHOT"]
+        assert [e.kind for e in await take(id_events, 1)] == ["SNAPSHOT"]
         b = await manager.create_pending("t", "b", "", AssetType.VALUE, ())
-        assert [e.asset.id for e in await collect(selector_events, 2)] == [a.id, b.id]
+        assert [e.asset.id for e in await take(selector_events, 2)] == [a.id, b.id]
         # The same revision as b's, another asset: a rolled-back write's number reused.
         ghost = dataclasses.replace(b, id="7d8f7c1e-0000-4000-8000-0000000000ff", label="c")
         await store.injected.put(Change(ChangeKind.PUT, ghost))
         with pytest.raises(HistoryGone, match="starting anew"):
-            await collect(selector_events, 1)
+            await take(selector_events, 1)
         # The id watcher catches up from the store: nothing moved for a, so it waits on.
         done = await manager.fulfill_with_value(a.id, text("A"), "")
-        (event,) = await collect(id_events, 1)
+        (event,) = await take(id_events, 1)
         assert (event.asset.id, event.revision) == (a.id, done.revision)
         await id_events.aclose()
         # A new selector watch begins after the floor read anew.
         await manager.hub.history.ready()
         again = await manager.watch_selector(Selector(), done.revision)
         c = await manager.create_pending("t", "c", "", AssetType.VALUE, ())
-        assert [e.asset.id for e in await collect(again, 1)] == [c.id]
+        assert [e.asset.id for e in await take(again, 1)] == [c.id]
         await again.aclose()
-    finally:
-        await manager.stop()
 
 
 async def test_the_same_change_twice_is_published_once() -> None:
     store = RewindingStore()
-    manager = AssetManager(store, MemoryStorage(), Limits())
-    await manager.start()
-    try:
-        await manager.hub.history.ready()
+    async with watchable(store) as manager:
         events = await manager.watch_selector(Selector(), 0)
         a = await manager.create_pending("t", "a", "", AssetType.VALUE, ())
-        assert [e.revision for e in await collect(events, 1)] == [a.revision]
+        assert [e.revision for e in await take(events, 1)] == [a.revision]
         await store.injected.put(Change(ChangeKind.PUT, a))  # a resumed source repeats it
         b = await manager.create_pending("t", "b", "", AssetType.VALUE, ())
-        assert [e.revision for e in await collect(events, 1)] == [b.revision]
+        assert [e.revision for e in await take(events, 1)] == [b.revision]
         await events.aclose()
         # Nor is it kept twice: a watch replaying the history sends it once.
         again = await manager.watch_selector(Selector(), 0)
-        assert [e.revision for e in await collect(again, 2)] == [a.revision, b.revision]
+        assert [e.revision for e in await take(again, 2)] == [a.revision, b.revision]
         await again.aclose()
-    finally:
-        await manager.stop()
 
 
 async def test_a_revision_above_the_store_is_refused(manager: AssetManager) -> None:
@@ -361,4 +329,4 @@ async def test_a_store_read_below_what_was_handed_out_is_refused(manager: AssetM
     manager.store.changes_since = rewound  # type: ignore[method-assign]
     events = await manager.watch_selector(Selector(), start)
     with pytest.raises(HistoryGone, match="went back in time"):
-        await collect(events, 20)
+        await take(events, 20)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import pytest
@@ -21,11 +22,12 @@ from asset_service.domain.models import (
     Status,
     Value,
     ValueKind,
-    WatchEvent,
 )
 from asset_service.domain.watch import History, Selector
 from asset_service.storage.memory import MemoryStorage
 from asset_service.store.memory import MemoryStore
+from tests.feeds import take
+from tests.managers import running
 from tests.records import pending_record
 
 T0 = datetime(2026, 12, 6, tzinfo=UTC)
@@ -123,27 +125,22 @@ async def test_a_lost_history_refuses_until_it_begins_again() -> None:
 # --- through the manager ---------------------------------------------------------------
 
 
+@contextlib.asynccontextmanager
+async def watchable(
+    store: MemoryStore | None = None, limits: Limits | None = None
+) -> AsyncIterator[AssetManager]:
+    """A running manager over `store` (a new one by default) and memory storage, its watch
+    history read."""
+    manager = AssetManager(store or MemoryStore(), MemoryStorage(), limits or Limits())
+    async with running(manager):
+        await manager.hub.history.ready()
+        yield manager
+
+
 @pytest.fixture
 async def manager() -> AsyncIterator[AssetManager]:
-    m = AssetManager(MemoryStore(), MemoryStorage(), Limits())
-    await m.start()
-    await m.hub.history.ready()
-    try:
+    async with watchable() as m:
         yield m
-    finally:
-        await m.stop()
-
-
-async def collect(
-    events: AsyncGenerator[WatchEvent, None], n: int, seconds: float = 5
-) -> list[WatchEvent]:
-    got: list[WatchEvent] = []
-    async with asyncio.timeout(seconds):
-        async for event in events:
-            got.append(event)
-            if len(got) == n:
-                break
-    return got
 
 
 def text(s: str) -> Value:
@@ -160,7 +157,7 @@ async def test_a_task_selector_gets_its_task_changes_in_order_without_values(
     done = await manager.fulfill_with_value(mine.id, text("x" * 1000), "")
     later = await manager.create_pending("render", "c.txt", "", AssetType.FILE, ())
     gone = await manager.delete(later.id)
-    got = await collect(events, 4)
+    got = await take(events, 4)
     await events.aclose()
     assert [(e.kind, e.asset.id, e.asset.status) for e in got] == [
         ("CHANGED", mine.id, Status.PENDING),
@@ -190,7 +187,7 @@ async def test_list_then_watch_from_the_page_revision_misses_and_doubles_nothing
     new = await manager.create_pending("t", "o3", "", AssetType.VALUE, ("x",))
     events = await manager.watch_selector(Selector(tags=("x",)), page.revision)
     await manager.fulfill_with_value(first[1].id, text("ok"), "")
-    got = await collect(events, 3)
+    got = await take(events, 3)
     await events.aclose()
     assert [(e.asset.id, e.asset.status) for e in got] == [
         (first[0].id, Status.FAILED),
@@ -226,23 +223,18 @@ async def test_lost_history_ends_selector_watches_and_they_start_again_later() -
             return feed()
 
     store = ResyncingStore()
-    manager = AssetManager(store, MemoryStorage(), Limits())
-    await manager.start()
-    try:
-        await manager.hub.history.ready()
+    async with watchable(store) as manager:
         events = await manager.watch_selector(Selector(), 0)
         first = await manager.create_pending("t", "a", "", AssetType.VALUE, ())
-        assert [e.asset.id for e in await collect(events, 1)] == [first.id]
+        assert [e.asset.id for e in await take(events, 1)] == [first.id]
         store.resync.set()
         with pytest.raises(HistoryGone):
-            await collect(events, 1)
+            await take(events, 1)
         await manager.hub.history.ready()  # read again from the store
         again = await manager.watch_selector(Selector(), await store.current_revision())
         second = await manager.create_pending("t", "b", "", AssetType.VALUE, ())
-        assert [e.asset.id for e in await collect(again, 1)] == [second.id]
+        assert [e.asset.id for e in await take(again, 1)] == [second.id]
         await again.aclose()
-    finally:
-        await manager.stop()
 
 
 async def test_selector_watches_end_when_the_server_stops() -> None:
@@ -250,7 +242,7 @@ async def test_selector_watches_end_when_the_server_stops() -> None:
     await manager.start()
     await manager.hub.history.ready()
     events = await manager.watch_selector(Selector(), 0)
-    waiting = asyncio.create_task(collect(events, 1, seconds=30))
+    waiting = asyncio.create_task(take(events, 1, seconds=30))
     await asyncio.sleep(0.05)
     await manager.stop()
     with pytest.raises(asyncio.CancelledError):
@@ -264,6 +256,6 @@ async def test_revision_0_replays_from_the_start_not_from_now(manager: AssetMana
     assert page.revision == 0 and page.assets == []
     made = await manager.create_pending("t", "first", "", AssetType.VALUE, ())
     events = await manager.watch_selector(Selector(), page.revision)
-    got = await collect(events, 1)
+    got = await take(events, 1)
     await events.aclose()
     assert [e.asset.id for e in got] == [made.id]

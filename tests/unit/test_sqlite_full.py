@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import pytest
 
 from asset_service.domain.errors import StorageFull
 from asset_service.domain.models import Asset, Failure, Status
-from asset_service.store.sqlite import DEFAULT_RESERVE_BYTES, JOURNAL_SIZE_LIMIT, SqliteStore
+from asset_service.store.sqlite import DEFAULT_RESERVE_BYTES, JOURNAL_SIZE_LIMIT
 from asset_service.store.sqlite._room import Room
 from tests.unit.sqlite_disk import (
     RESERVE,
@@ -23,41 +22,30 @@ from tests.unit.sqlite_disk import (
     free_bytes,
     integrity,
     mounted,
+    opened,
     pending_asset,
     releases,
     value_asset,
 )
-
-
-@pytest.fixture
-def disk(tmp_path: Path) -> Iterator[Path]:
-    with mounted(tmp_path / "small-disk", "4m") as mount:
-        yield mount
+from tests.unit.sqlite_disk import disk as disk  # fixture
 
 
 async def test_reserve_is_created_at_open_and_kept_across_restarts(disk: Path) -> None:
     db = disk / "assets.db"
-    store = SqliteStore(db, reserve_bytes=RESERVE)
-    await store.open()
-    try:
+    async with opened(db) as store:
         assert store.reserve.path == disk / "assets.db.reserve"
         assert store.reserve.path.stat().st_size == RESERVE
         # Allocated blocks, not a sparse hole: unlinking it must really free space.
         assert store.reserve.path.stat().st_blocks * 512 >= RESERVE
-    finally:
-        await store.close()
     before = free_bytes(disk)
-    store = SqliteStore(db, reserve_bytes=RESERVE)
-    await store.open()
-    await store.close()
+    async with opened(db):  # a restart
+        pass
     assert free_bytes(disk) >= before - 64 * KiB  # reused, not a second reserve
 
 
 async def test_inserts_fill_the_disk_and_fail_with_storage_full(disk: Path) -> None:
     db = disk / "assets.db"
-    store = SqliteStore(db, reserve_bytes=RESERVE)
-    await store.open()
-    try:
+    async with opened(db) as store:
         kept: list[Asset] = []
         failed: StorageFull | None = None
         for _ in range(100):  # 4 MiB disk, 128 KiB values: full long before 100
@@ -79,8 +67,6 @@ async def test_inserts_fill_the_disk_and_fail_with_storage_full(disk: Path) -> N
         await store.ping()
         # The insert path never spends the reserve: it is for deletes.
         assert store.reserve.path.stat().st_size == RESERVE
-    finally:
-        await store.close()
     assert integrity(db) == "ok"
 
 
@@ -88,9 +74,7 @@ async def test_a_full_disk_delete_spends_the_reserve_and_takes_it_back(
     disk: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     db = disk / "assets.db"
-    store = SqliteStore(db, reserve_bytes=RESERVE)
-    await store.open()
-    try:
+    async with opened(db) as store:
         small = await store.insert(value_asset(100))
         promise = await store.insert(pending_asset())
         await empty_wal(store)
@@ -112,21 +96,15 @@ async def test_a_full_disk_delete_spends_the_reserve_and_takes_it_back(
         # again, but the next delete will find it.
         assert store.reserve.path.stat().st_size == RESERVE
         assert free_bytes(disk) < RESERVE
-    finally:
-        await store.close()
     assert integrity(db) == "ok"
 
 
 async def test_without_a_reserve_a_full_disk_refuses_deletes_truthfully(disk: Path) -> None:
     """The control case: what the reserve prevents, and that nothing breaks meanwhile."""
     db = disk / "assets.db"
-    store = SqliteStore(db, reserve_bytes=0)
-    await store.open()
-    doomed = await store.insert(value_asset(256 * KiB))
-    await store.close()
-    store = SqliteStore(db, reserve_bytes=0)
-    await store.open()
-    try:
+    async with opened(db, 0) as store:
+        doomed = await store.insert(value_asset(256 * KiB))
+    async with opened(db, 0) as store:
         fill(disk / "filler")
         with pytest.raises(StorageFull) as info:
             await store.delete(doomed.id)
@@ -142,16 +120,12 @@ async def test_without_a_reserve_a_full_disk_refuses_deletes_truthfully(disk: Pa
         (disk / "filler").unlink()
         assert (await store.delete(doomed.id)) is not None
         assert await store.get(doomed.id) is None
-    finally:
-        await store.close()
     assert integrity(db) == "ok"
 
 
 async def test_a_burst_of_big_transactions_does_not_pin_wal_space(tmp_path: Path) -> None:
     db = tmp_path / "assets.db"
-    store = SqliteStore(db, reserve_bytes=0)
-    await store.open()
-    try:
+    async with opened(db, 0) as store:
         wal = db.with_name("assets.db-wal")
         for _ in range(5):  # a WAL past the limit; an automatic checkpoint runs on the way
             await store.insert(value_asset(3 * MiB + 900 * KiB))
@@ -161,8 +135,6 @@ async def test_a_burst_of_big_transactions_does_not_pin_wal_space(tmp_path: Path
         for _ in range(3):  # the next writes restart the WAL, truncated to the limit
             await store.insert(value_asset(100))
         assert wal.stat().st_size <= JOURNAL_SIZE_LIMIT
-    finally:
-        await store.close()
 
 
 async def test_the_default_reserve_dwarfs_what_a_full_disk_delete_writes(
@@ -192,17 +164,15 @@ async def test_the_default_reserve_dwarfs_what_a_full_disk_delete_writes(
     monkeypatch.setattr(Room, "_checkpoint", staticmethod(checkpoint))
     with mounted(tmp_path / "disk", "16m") as disk:
         db = disk / "assets.db"
-        store = SqliteStore(db, reserve_bytes=RESERVE)
-        await store.open()
-        sizes = [4 * MiB - 10, 300 * KiB, 5000, 100] + [200] * 300
-        ids = [(await store.insert(value_asset(n, tags=("a", "b", "c")))).id for n in sizes]
-        for n, asset_id in enumerate(dict.fromkeys(ids[:4] + ids[::97])):
-            await empty_wal(store)
-            fill(disk / "filler")
-            assert await store.delete(asset_id) is not None
-            assert releases(caplog) == n + 1  # it took the reserve, every time
-            (disk / "filler").unlink()
-        await store.close()
+        async with opened(db) as store:
+            sizes = [4 * MiB - 10, 300 * KiB, 5000, 100] + [200] * 300
+            ids = [(await store.insert(value_asset(n, tags=("a", "b", "c")))).id for n in sizes]
+            for n, asset_id in enumerate(dict.fromkeys(ids[:4] + ids[::97])):
+                await empty_wal(store)
+                fill(disk / "filler")
+                assert await store.delete(asset_id) is not None
+                assert releases(caplog) == n + 1  # it took the reserve, every time
+                (disk / "filler").unlink()
         assert integrity(db) == "ok"
     # Freed pages are not zeroed on this path, so even the 4 MiB record costs ~10 frames
     # (one more for the revision index, one for the tombstone: issue 21; one for each of

@@ -12,6 +12,7 @@ import pytest
 from asset_service.domain.errors import HistoryGone, Unavailable
 from asset_service.domain.models import ChangeKind, Failure, Status, new_asset_id
 from asset_service.store.sqlite import SCHEMA_VERSION, SqliteStore
+from tests.unit.sqlite_disk import pragma
 
 # The schema as the first release wrote it (PRAGMA user_version 0): frozen history, so it
 # is spelled out here rather than derived from today's SCHEMA.
@@ -67,18 +68,10 @@ def release_1_database(path: Path) -> str:
     return asset_id
 
 
-def user_version(path: Path) -> int:
-    conn = sqlite3.connect(path)
-    try:
-        return int(conn.execute("PRAGMA user_version").fetchone()[0])
-    finally:
-        conn.close()
-
-
 async def test_a_release_1_database_is_upgraded_and_keeps_its_records(tmp_path: Path) -> None:
     db = tmp_path / "assets.db"
     asset_id = release_1_database(db)
-    assert user_version(db) == 0
+    assert pragma(db, "user_version") == 0
     store = SqliteStore(db)
     await store.open()
     try:
@@ -92,7 +85,7 @@ async def test_a_release_1_database_is_upgraded_and_keeps_its_records(tmp_path: 
         assert (failed.created_by, failed.updated_by, failed.revision) == ("", "task:task-1", 8)
     finally:
         await store.close()
-    assert user_version(db) == SCHEMA_VERSION
+    assert pragma(db, "user_version") == SCHEMA_VERSION
 
     # A second start finds the upgraded database and changes nothing.
     again = SqliteStore(db)
@@ -102,7 +95,7 @@ async def test_a_release_1_database_is_upgraded_and_keeps_its_records(tmp_path: 
         assert kept is not None and kept.updated_by == "task:task-1"
     finally:
         await again.close()
-    assert user_version(db) == SCHEMA_VERSION
+    assert pragma(db, "user_version") == SCHEMA_VERSION
 
 
 async def test_a_release_2_database_gets_leases_and_its_promises_keep_none(
@@ -132,7 +125,7 @@ async def test_a_release_2_database_gets_leases_and_its_promises_keep_none(
         assert [a.id for a in await store.leases_run_out(end, 10)] == [leased.id]
     finally:
         await store.close()
-    assert user_version(db) == SCHEMA_VERSION
+    assert pragma(db, "user_version") == SCHEMA_VERSION
     conn = sqlite3.connect(db)
     indexes = {row[1] for row in conn.execute("PRAGMA index_list(leases)")}
     conn.close()
@@ -189,7 +182,7 @@ async def test_a_database_from_before_lease_records_moves_its_leases_into_them(
         assert await store.current_revision() == 20
     finally:
         await store.close()
-    assert user_version(db) == SCHEMA_VERSION
+    assert pragma(db, "user_version") == SCHEMA_VERSION
     conn = sqlite3.connect(db)
     assert conn.execute("SELECT count(*) FROM leases").fetchone()[0] == 2
     indexes = {row[1] for row in conn.execute("PRAGMA index_list(assets)")}
@@ -202,7 +195,7 @@ async def test_a_new_database_starts_at_the_current_version(tmp_path: Path) -> N
     store = SqliteStore(db)
     await store.open()
     await store.close()
-    assert user_version(db) == SCHEMA_VERSION
+    assert pragma(db, "user_version") == SCHEMA_VERSION
 
 
 async def test_a_database_from_a_newer_release_is_refused_untouched(tmp_path: Path) -> None:
@@ -217,7 +210,7 @@ async def test_a_database_from_a_newer_release_is_refused_untouched(tmp_path: Pa
     await store.close()
     columns = {row[1] for row in sqlite3.connect(db).execute("PRAGMA table_info(assets)")}
     assert "created_by" not in columns
-    assert user_version(db) == SCHEMA_VERSION + 1
+    assert pragma(db, "user_version") == SCHEMA_VERSION + 1
 
 
 async def test_a_database_from_before_tombstones_replays_from_its_upgrade_on(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -24,32 +23,18 @@ from tests.unit.sqlite_disk import (
     empty_wal,
     fill,
     integrity,
-    mounted,
+    opened,
     pending_asset,
+    pragma,
     releases,
     value_asset,
 )
-
-
-def auto_vacuum(db: Path) -> int:
-    conn = sqlite3.connect(db)
-    try:
-        return int(conn.execute("PRAGMA auto_vacuum").fetchone()[0])
-    finally:
-        conn.close()
-
-
-@pytest.fixture
-def disk(tmp_path: Path) -> Iterator[Path]:
-    with mounted(tmp_path / "small-disk", "4m") as mount:
-        yield mount
+from tests.unit.sqlite_disk import disk as disk  # fixture
 
 
 async def test_while_the_reserve_is_missing_only_deletes_are_written(disk: Path) -> None:
     db = disk / "assets.db"
-    store = SqliteStore(db, reserve_bytes=RESERVE)
-    await store.open()
-    try:
+    async with opened(db) as store:
         small = await store.insert(value_asset(100))
         big = await store.insert(value_asset(768 * KiB))
         promise = await store.insert(pending_asset())
@@ -88,26 +73,18 @@ async def test_while_the_reserve_is_missing_only_deletes_are_written(disk: Path)
         (disk / "filler").unlink()
         again = [await store.insert(value_asset(1 * KiB)) for _ in range(5)]
         await store.transition(promise.id, Status.PENDING, Failure("x"), datetime.now(UTC))
-    finally:
-        await store.close()
     assert integrity(db) == "ok"
-    store = SqliteStore(db, reserve_bytes=RESERVE)
-    await store.open()
-    try:
+    async with opened(db) as store:
         found = await store.get_many([small.id, big.id, promise.id, *(a.id for a in again)])
         assert set(found) == {promise.id, *(a.id for a in again)}
         assert found[promise.id].status is Status.FAILED
-    finally:
-        await store.close()
 
 
 async def test_space_freed_elsewhere_brings_the_reserve_back_on_the_next_ping(
     disk: Path,
 ) -> None:
     db = disk / "assets.db"
-    store = SqliteStore(db, reserve_bytes=RESERVE)
-    await store.open()
-    try:
+    async with opened(db) as store:
         store.reserve.release("test")
         fill(disk / "filler", leave=256 * KiB)
         with pytest.raises(StorageFull):
@@ -116,8 +93,6 @@ async def test_space_freed_elsewhere_brings_the_reserve_back_on_the_next_ping(
         await store.ping()
         assert store.reserve.path.stat().st_size == RESERVE
         await store.insert(value_asset(100))
-    finally:
-        await store.close()
 
 
 async def test_the_reserve_comes_back_in_every_fill_and_delete_cycle(
@@ -125,9 +100,7 @@ async def test_the_reserve_comes_back_in_every_fill_and_delete_cycle(
 ) -> None:
     """A database alone on its disk, filled with VALUEs: their pages are what comes back."""
     db = disk / "assets.db"
-    store = SqliteStore(db, reserve_bytes=RESERVE)
-    await store.open()
-    try:
+    async with opened(db) as store:
         for cycle in range(6):
             made: list[Asset] = []
             for size in (64 * KiB, 100):  # until not even a small record fits
@@ -148,8 +121,6 @@ async def test_the_reserve_comes_back_in_every_fill_and_delete_cycle(
             await store.check_room()
             (disk / "filler").unlink()
             await store.insert(value_asset(100))
-    finally:
-        await store.close()
     assert integrity(db) == "ok"
 
 
@@ -168,24 +139,19 @@ async def test_open_refuses_a_disk_too_small_ever_to_hold_the_reserve(disk: Path
         "put the database on a bigger disk"
     )
     # Nothing held: a store that fits opens on the same file at once.
-    store = SqliteStore(db, reserve_bytes=RESERVE)
-    await store.open()
-    await store.close()
+    async with opened(db):
+        pass
 
 
 async def test_open_without_room_for_the_reserve_warns_and_admits_only_deletes(
     disk: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     db = disk / "assets.db"
-    store = SqliteStore(db, reserve_bytes=RESERVE)
-    await store.open()
-    doomed = await store.insert(value_asset(512 * KiB))
-    await store.close()
+    async with opened(db) as store:
+        doomed = await store.insert(value_asset(512 * KiB))
     store.reserve.path.unlink()
     fill(disk / "filler", leave=640 * KiB)
-    store = SqliteStore(db, reserve_bytes=RESERVE)
-    await store.open()
-    try:
+    async with opened(db) as store:
         warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
         assert len(warnings) == 1, warnings
         assert warnings[0].startswith(f"the metadata database's disk is full ({db}): its ")
@@ -195,8 +161,6 @@ async def test_open_without_room_for_the_reserve_warns_and_admits_only_deletes(
         assert_waits_for_reserve(info.value, db)
         assert await store.delete(doomed.id) is not None
         assert store.reserve.path.stat().st_size == RESERVE  # from the VALUE's pages
-    finally:
-        await store.close()
 
 
 async def test_a_database_made_before_auto_vacuum_is_converted_once(
@@ -204,10 +168,8 @@ async def test_a_database_made_before_auto_vacuum_is_converted_once(
 ) -> None:
     caplog.set_level(logging.INFO, logger="asset_service.store.sqlite")
     db = disk / "assets.db"
-    store = SqliteStore(db, reserve_bytes=0)
-    await store.open()
-    kept = await store.insert(value_asset(100))
-    await store.close()
+    async with opened(db, 0) as store:
+        kept = await store.insert(value_asset(100))
     conn = sqlite3.connect(db)
     try:
         assert conn.execute("PRAGMA auto_vacuum").fetchone()[0] == INCREMENTAL  # a new one is
@@ -217,13 +179,9 @@ async def test_a_database_made_before_auto_vacuum_is_converted_once(
     finally:
         conn.close()
     for _ in range(2):
-        store = SqliteStore(db, reserve_bytes=RESERVE)
-        await store.open()
-        try:
+        async with opened(db) as store:
             assert await store.get(kept.id) == kept
-        finally:
-            await store.close()
-    assert auto_vacuum(db) == INCREMENTAL
+    assert pragma(db, "auto_vacuum") == INCREMENTAL
     assert caplog.text.count("to incremental auto-vacuum, once") == 1
     assert integrity(db) == "ok"
 

@@ -55,6 +55,7 @@ from asset_service.storage.manifests import LocalManifests
 from asset_service.store.memory import MemoryStore
 from asset_service.store.mongo._documents import DuplicateKey
 from asset_service.store.mongo._store import _NothingToDelete as NothingToDelete
+from tests.managers import running
 
 MAX_UPLOAD = 1024
 
@@ -83,11 +84,8 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
     manager = AssetManager(
         store, LocalStorage(root), Limits(max_upload_bytes=MAX_UPLOAD), LocalManifests(root)
     )
-    await manager.start()
-    try:
+    async with running(manager):
         yield World(store, manager, root.resolve())
-    finally:
-        await manager.stop()
 
 
 async def chunks(*parts: bytes) -> AsyncIterator[bytes]:

@@ -21,6 +21,7 @@ from asset_service.storage import sink
 from asset_service.storage.local import LocalStorage
 from asset_service.storage.sink import FileSink
 from asset_service.store.memory import MemoryStore
+from tests.managers import running
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -158,11 +159,8 @@ async def test_the_writer_does_not_wait_for_each_write(
 async def manager(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[AssetManager]:
     storage = LocalStorage(tmp_path / "blobs", direct_io=request.param)
     manager = AssetManager(MemoryStore(), storage, Limits())
-    await manager.start()
-    try:
+    async with running(manager):
         yield manager
-    finally:
-        await manager.stop()
 
 
 async def parts(n: int, size: int, pulled: list[int] | None = None) -> AsyncIterator[bytes]:
@@ -484,16 +482,13 @@ async def test_a_failed_direct_write_on_the_writer_thread_fails_the_upload(
 ) -> None:
     storage = LocalStorage(tmp_path / "blobs")
     manager = AssetManager(MemoryStore(), storage, Limits())
-    await manager.start()
-    try:
+    async with running(manager):
         disk = slow_disk(fail_at=1, exc=OSError(errno.ENOSPC, "No space left on device"))
         disk.allow(1000)
         with pytest.raises(StorageFull):
             await manager.upload(UploadHeader(label="full.bin"), parts(64, 256 * KiB))
         assert staged(storage) == []
         assert await sink_threads_left(threads_before) == set()
-    finally:
-        await manager.stop()
 
 
 async def test_buffers_go_back_to_the_pool_whatever_the_ending(tmp_path: Path) -> None:

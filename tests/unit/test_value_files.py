@@ -25,6 +25,7 @@ from asset_service.storage.local import LocalStorage
 from asset_service.storage.manifests import LocalManifests
 from asset_service.storage.value_files import DRAFT_GRACE_SECONDS, VALUE_TOUCH_SECONDS, ValueFiles
 from asset_service.store.memory import MemoryStore
+from tests.managers import running
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -190,11 +191,8 @@ async def test_concurrent_manifests_writing_the_same_value_agree(
 async def manager(tmp_path: Path) -> AsyncIterator[AssetManager]:
     root = (tmp_path / "blobs").resolve()
     m = AssetManager(MemoryStore(), LocalStorage(root), Limits(), LocalManifests(root))
-    await m.start()
-    try:
+    async with running(m):
         yield m
-    finally:
-        await m.stop()
 
 
 async def test_a_manifest_reads_the_values_it_was_built_from(manager: AssetManager) -> None:

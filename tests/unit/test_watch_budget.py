@@ -6,7 +6,7 @@ import asyncio
 import dataclasses
 import random
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from datetime import UTC, datetime
 
 import pytest
@@ -117,6 +117,25 @@ def watch(
     sub = store.hub.subscribe(ids)
     snapshot = {i: store.records[i] for i in ids}  # read after subscribing, like watch()
     return WatchStream(sub, store.get_many, store.snapshot, snapshot, 0, follow, batch), sub
+
+
+def stored(*ids: str) -> FakeStore:
+    """A store holding a PENDING record for each of `ids`, under an 8 KiB watch budget."""
+    store = FakeStore(ChangeHub(buffer_bytes=8 * KiB))
+    for i in ids:
+        store.commit(i)
+    return store
+
+
+async def following(
+    store: FakeStore, ids: list[str]
+) -> tuple[WatchStream, Subscription, AsyncGenerator[WatchEvent, None]]:
+    """A watch of `ids` that follows them one record a read, its snapshot events read."""
+    stream, sub = watch(store, ids, batch=1, follow=True)
+    events = stream.events()
+    for _ in ids:
+        await anext(events)
+    return stream, sub, events
 
 
 def check_order(events: list[WatchEvent]) -> None:
@@ -247,15 +266,9 @@ async def test_catch_up_reads_in_batches_and_holds_at_most_one_batch() -> None:
 
 
 async def test_catch_up_keeps_order_when_an_asset_changes_during_its_first_pass() -> None:
-    hub = ChangeHub(buffer_bytes=8 * KiB)
-    store = FakeStore(hub)
     ids = ["a", "b", "c"]
-    for i in ids:
-        store.commit(i)
-    stream, sub = watch(store, ids, batch=1, follow=True)
-    events = stream.events()
-    for _ in ids:
-        await anext(events)
+    store = stored(*ids)
+    _stream, sub, events = await following(store, ids)
     store.commit("c", size=16 * KiB)  # over the budget: the watcher lags
     assert sub.lagged
 
@@ -276,15 +289,9 @@ async def test_catch_up_keeps_order_when_an_asset_changes_during_its_first_pass(
 
 
 async def test_catch_up_waits_for_the_feed_to_deliver_what_the_store_shows() -> None:
-    hub = ChangeHub(buffer_bytes=8 * KiB)
-    store = FakeStore(hub)
     ids = ["a", "b"]
-    for i in ids:
-        store.commit(i)
-    stream, sub = watch(store, ids, batch=1, follow=True)
-    events = stream.events()
-    for _ in ids:
-        await anext(events)
+    store = stored(*ids)
+    _stream, sub, events = await following(store, ids)
     store.commit("b", size=16 * KiB)  # the watcher lags
     assert sub.lagged
 
@@ -308,13 +315,9 @@ async def test_catch_up_waits_for_the_feed_to_deliver_what_the_store_shows() -> 
 
 
 async def test_a_feed_that_never_delivers_does_not_hold_a_catch_up_forever() -> None:
-    hub = ChangeHub(buffer_bytes=8 * KiB)
-    hub.feed_wait_seconds = 0.05
-    store = FakeStore(hub)
-    store.commit("a")
-    stream, _sub = watch(store, ["a"], batch=1, follow=True)
-    events = stream.events()
-    await anext(events)
+    store = stored("a")
+    store.hub.feed_wait_seconds = 0.05
+    _stream, _sub, events = await following(store, ["a"])
     store.commit("a", size=16 * KiB)
     store.delay_publish = True  # the next change never reaches the hub
     store.commit("a", Status.AVAILABLE)
@@ -324,14 +327,8 @@ async def test_a_feed_that_never_delivers_does_not_hold_a_catch_up_forever() -> 
 
 
 async def test_catch_up_skips_a_record_that_moved_on_since_its_first_pass() -> None:
-    hub = ChangeHub(buffer_bytes=8 * KiB)
-    store = FakeStore(hub)
-    for i in ("a", "b"):
-        store.commit(i)
-    stream, sub = watch(store, ["a", "b"], batch=1, follow=True)
-    events = stream.events()
-    for _ in range(2):
-        await anext(events)
+    store = stored("a", "b")
+    _stream, sub, events = await following(store, ["a", "b"])
     store.commit("a", size=16 * KiB)  # revision 3: over the budget, dropped
     store.commit("b")  # revision 4: dropped too
     assert sub.lagged
@@ -349,15 +346,9 @@ async def test_catch_up_skips_a_record_that_moved_on_since_its_first_pass() -> N
 
 
 async def test_catch_up_starts_over_when_the_watcher_lags_again_midway() -> None:
-    hub = ChangeHub(buffer_bytes=8 * KiB)
-    store = FakeStore(hub)
     ids = ["a", "b", "c", "d"]
-    for i in ids:
-        store.commit(i)
-    stream, sub = watch(store, ids, batch=1, follow=True)
-    events = stream.events()
-    for _ in ids:
-        await anext(events)
+    store = stored(*ids)
+    stream, sub, events = await following(store, ids)
     store.commit("c", size=16 * KiB)  # revision 5: the watcher lags
     assert sub.lagged
 

@@ -8,17 +8,15 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-import grpc
 import pytest
 
 from asset_service._proto.asset.v1 import asset_service_pb2 as pb
 from asset_service._proto.asset.v1 import asset_service_pb2_grpc as pb_grpc
 from asset_service.api import convert, wire
 from asset_service.api.stalls import StallGuard
-from asset_service.config import load_settings
 from asset_service.domain.models import Asset, AssetType, Status, Value, ValueKind, WatchEvent
-from asset_service.server import RunningServer, start
-from asset_service.store.memory import MemoryStore
+from asset_service.server import RunningServer
+from tests.unit.in_process import served_from_memory
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 ID = "5b0e4f0e-0000-4000-8000-00000000000a"
@@ -42,16 +40,8 @@ def asset(revision: int, value: bytes | None = b"x", asset_id: str = ID) -> Asse
 async def served(
     tmp_path: Path,
 ) -> AsyncIterator[tuple[RunningServer, pb_grpc.AssetServiceAsyncStub]]:
-    settings = load_settings(
-        ["--listen", "127.0.0.1:0", "--storage-root", str(tmp_path / "data")], {}
-    )
-    running = await start(settings, store=MemoryStore())
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
-            stub: pb_grpc.AssetServiceAsyncStub = pb_grpc.AssetServiceStub(channel)
-            yield running, stub
-    finally:
-        await running.stop(1)
+    async with served_from_memory(tmp_path) as served:
+        yield served
 
 
 async def test_one_change_to_many_watchers_is_serialized_once(

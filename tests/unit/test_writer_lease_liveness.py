@@ -23,7 +23,8 @@ import pytest
 from pymongo.write_concern import WriteConcern
 
 from asset_service.store.mongo._leases import WriterLeases
-from tests.unit.fake_mongo import T0, apply_update, matches
+from tests.unit.fake_mongo import T0
+from tests.unit.mongo_fake import apply_update, matches
 
 LEASE, BEAT = 0.3, 0.03
 
@@ -46,9 +47,11 @@ class Db:
             now = self.now()
             found = [d for d in self.docs.values() if matches(d, where, now)]
             if found:
-                self.docs[found[0]["_id"]] = apply_update(found[0], update, now, False)
+                self.docs[found[0]["_id"]] = apply_update(found[0], update, now)
             elif upsert:
-                self.docs[where["_id"]] = apply_update({"_id": where["_id"]}, update, now, True)
+                self.docs[where["_id"]] = apply_update(
+                    {"_id": where["_id"]}, update, now, inserting=True
+                )
 
     def select(self, where: Mapping[str, Any]) -> list[dict[str, Any]]:
         with self.lock:

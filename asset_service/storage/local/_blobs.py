@@ -10,22 +10,20 @@ import logging
 import os
 import stat
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from asset_service.domain.errors import AssetError, Conflict, SharedBytesGone, shown
 from asset_service.domain.models import BlockSums
 from asset_service.domain.ports import Chunk
-from asset_service.storage import fs, keys
+from asset_service.storage import fs, journal, keys
+from asset_service.storage.adoption import Source
 from asset_service.storage.blocks import Digests, sums_of
 from asset_service.storage.local._disk import Disk, oserror
 from asset_service.storage.local._keyhold import KeyHold
 from asset_service.storage.sink import FileSink
 
 log = logging.getLogger(__name__)
-
-COPY_CHUNK = 1024 * 1024
 
 
 class _Blob:
@@ -103,13 +101,10 @@ class _Blob:
         self._keyhold.release()
 
     def _forget_journal(self) -> None:
-        if self._journal is not None:
-            with contextlib.suppress(FileNotFoundError):
-                self._journal.unlink()
-            self._journal = None
+        journal.forget(self._journal)
+        self._journal = None
 
     async def finish(self) -> None:
-        """The record now points at the bytes: complete the move (if any), release fds."""
         if self._done:
             return
         self._done = True
@@ -123,11 +118,9 @@ class _Blob:
         self._keyhold.drop_aside()
 
     async def rollback(self) -> None:
-        """No record points at the bytes: remove them; a source file stays where it was."""
-        self.discard()
+        self.discard()  # plain syscalls: nothing to await
 
     def discard(self) -> None:
-        """rollback() without awaiting: plain syscalls, safe while a cancelled RPC unwinds."""
         if self._done:
             return
         self._done = True
@@ -144,8 +137,7 @@ class _Blob:
             self._disk.prune_empty(self._final[0])
 
     def abandon(self) -> None:
-        """Outcome unknown: keep bytes, source and journal; recovery settles them later.
-        An occupant set aside stays in staging, removed with it (not journaled)."""
+        """An occupant set aside stays in staging, removed with it (not journaled)."""
         if self._done:
             return
         self._done = True
@@ -154,9 +146,11 @@ class _Blob:
 
 class _Sunk(_Blob):
     """A blob whose bytes stream in through a FileSink (hashed and written on its own
-    thread): a plain upload's staging file or a resumable session's data file."""
+    thread) to the file at `path`: a plain upload's staging file or a resumable session's
+    data file, linked into place at commit."""
 
     _sink: FileSink
+    path: Path
 
     async def write(self, chunk: Chunk) -> None:
         try:
@@ -172,6 +166,17 @@ class _Sunk(_Blob):
         except OSError as exc:
             raise oserror(exc, "writing an upload") from None
 
+    def _commit_sync(self, parts: tuple[str, ...]) -> None:
+        self._place(self.path, parts, None)
+
+    def _rollback_sync(self) -> None:
+        # The bytes only (a session's record stays until the domain saves or removes it).
+        # The sink's thread closes the file itself once it sees the abort; the name goes now.
+        self._sink.abort()
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+        super()._rollback_sync()
+
 
 class Writer(_Sunk):
     """Streams chunks into a staging file through a FileSink (hashed and written on its own
@@ -186,16 +191,6 @@ class Writer(_Sunk):
         except OSError as exc:
             raise oserror(exc, "staging an upload") from None
         self._sink = FileSink(fd, name=path.name[:8], direct=disk.direct_io)
-
-    def _commit_sync(self, parts: tuple[str, ...]) -> None:
-        self._place(self.path, parts, None)
-
-    def _rollback_sync(self) -> None:
-        # The sink's thread closes the file itself once it sees the abort; the name goes now.
-        self._sink.abort()
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
-        super()._rollback_sync()
 
 
 class Cloned(_Blob):
@@ -250,31 +245,29 @@ class Adopted(_Blob):
     before the final name appears lets start-up recovery finish or undo a move.
     """
 
-    def __init__(self, disk: Disk, raw: str, opened: fs.Opened, move: bool) -> None:
+    def __init__(self, disk: Disk, source: Source) -> None:
         super().__init__(disk)
-        self.raw = raw
-        self.opened = opened
-        self.move = move
+        self.source = source
         self._staging: Path | None = None  # a copy, when linking is not possible
         # The source's mode, owner and group, once changed.
         self._was: tuple[int, int, int] | None = None
 
     def stage(self) -> None:
-        st = self.opened.st
+        st = self.source.opened.st
         same_fs = st.st_dev == self._disk.device
         # The one pass that hashes the file also sums its blocks.
-        if self.move and same_fs and st.st_nlink == 1:
+        if self.source.move and same_fs and st.st_nlink == 1:
             digests, self.size_bytes = self._hash_source()
             self._sync_source()
         else:
             self._staging = self._disk.staging / uuid.uuid4().hex
             digests, self.size_bytes = self._copy_source(self._staging)
         self.sha256, self.block_sums = digests.sha.hexdigest(), digests.blocks.result()
-        self._check_unchanged()
+        self.source.check_unchanged(self.size_bytes)
 
     def _hash_source(self) -> tuple[Digests, int]:
         digests, size = Digests(), 0
-        for chunk in _pread_chunks(self.opened.fd):
+        for chunk in self.source.chunks():
             digests.update(chunk)
             size += len(chunk)
         return digests, size
@@ -283,7 +276,7 @@ class Adopted(_Blob):
         # The worker's file becomes the stored file (linked): its bytes must be on disk
         # before the record says they are, whether or not the worker fsynced them.
         try:
-            os.fsync(self.opened.fd)
+            os.fsync(self.source.opened.fd)
         except OSError as exc:
             raise oserror(exc, "syncing a server-side file") from None
 
@@ -293,7 +286,7 @@ class Adopted(_Blob):
             flags = os.O_WRONLY | os.O_EXCL | os.O_CLOEXEC
             fd = self._disk.modes.new_file(target, flags, shared=True)
             with open(fd, "wb") as out:
-                for chunk in _pread_chunks(self.opened.fd):
+                for chunk in self.source.chunks():
                     digests.update(chunk)
                     out.write(chunk)
                     size += len(chunk)
@@ -305,25 +298,9 @@ class Adopted(_Blob):
             raise oserror(exc, "copying a server-side file") from None
         return digests, size
 
-    def _check_unchanged(self) -> None:
-        now, then = os.fstat(self.opened.fd), self.opened.st
-        if (now.st_size, now.st_mtime_ns) != (then.st_size, then.st_mtime_ns) or (
-            now.st_size != self.size_bytes
-        ):
-            raise Conflict(
-                "the server-side file changed while it was being read; retry once the worker "
-                "has finished writing it"
-            )
-
-    def _source_intent(self) -> dict[str, Any] | None:
-        if not self.move:
-            return None
-        st = self.opened.st
-        return {"source": self.raw, "dev": st.st_dev, "ino": st.st_ino}
-
     def _commit_sync(self, parts: tuple[str, ...]) -> None:
         if self._staging is not None:
-            self._place(self._staging, parts, self._source_intent())
+            self._place(self._staging, parts, self.source.intent())
             self._staging = None
             return
         if not self._take_source():
@@ -336,18 +313,19 @@ class Adopted(_Blob):
             return
         folder = self._disk.open_folder(parts[:-1], create=True)
         name = parts[-1]
-        st = self.opened.st
+        opened = self.source.opened
+        st = opened.st
         try:
             self._journal = self._disk.write_intent(
-                {**(self._source_intent() or {}), "final": "/".join(parts), "final_ino": st.st_ino}
+                {**(self.source.intent() or {}), "final": "/".join(parts), "final_ino": st.st_ino}
             )
             try:
-                self._link_new(self.opened.name, name, self.opened.parent_fd, folder)
+                self._link_new(opened.name, name, opened.parent_fd, folder)
             except FileNotFoundError:
                 # The name went after it was opened (another request moved the file, or
                 # the worker removed it): what was hashed is not at that name any more.
                 raise Conflict(
-                    f"{shown(self.raw)} was moved or removed while it was being adopted; "
+                    f"{shown(self.source.raw)} was moved or removed while it was being adopted; "
                     "re-read the asset before retrying"
                 ) from None
             except OSError as exc:
@@ -370,7 +348,7 @@ class Adopted(_Blob):
             if (linked.st_dev, linked.st_ino) != (st.st_dev, st.st_ino):
                 # The name was swapped between open and link: never adopt what we did not hash.
                 raise Conflict("the server-side file was replaced while being adopted; retry")
-            self._check_unchanged()
+            self.source.check_unchanged(self.size_bytes)
             fs.fsync_dir(folder)
         except BaseException:
             if self._final is not None:
@@ -384,7 +362,7 @@ class Adopted(_Blob):
         """Make the file about to be linked into place a stored file: the same inode, so
         the worker's 0644 (and, for a server running as root, the worker's ownership) must
         not stay; False if it is not ours to change."""
-        st, modes, fd = self.opened.st, self._disk.modes, self.opened.fd
+        st, modes, fd = self.source.opened.st, self._disk.modes, self.source.opened.fd
         try:
             if st.st_uid != os.geteuid():
                 os.fchown(fd, os.geteuid(), -1)  # only a privileged server may
@@ -408,14 +386,10 @@ class Adopted(_Blob):
             with contextlib.suppress(FileNotFoundError):
                 self._staging.unlink()
             self._staging = None
-        self._remove_source()
-
-    def _remove_source(self) -> None:
-        if self.move and not self.opened.remove_if_same():
-            log.warning("the moved source %r was already gone or replaced", self.raw)
+        self.source.remove()
 
     def _finish_sync(self) -> None:
-        self._remove_source()
+        self.source.remove()
         super()._finish_sync()
 
     def _rollback_sync(self) -> None:
@@ -426,17 +400,10 @@ class Adopted(_Blob):
             # The worker's file stays where it was, as it was.
             mode, uid, gid = self._was
             with contextlib.suppress(OSError):
-                os.fchown(self.opened.fd, uid, gid)
-                os.fchmod(self.opened.fd, mode)
+                os.fchown(self.source.opened.fd, uid, gid)
+                os.fchmod(self.source.opened.fd, mode)
         super()._rollback_sync()
 
     def _close(self) -> None:
         super()._close()
-        self.opened.close()
-
-
-def _pread_chunks(fd: int) -> Iterator[bytes]:
-    offset = 0
-    while chunk := os.pread(fd, COPY_CHUNK, offset):
-        offset += len(chunk)
-        yield chunk
+        self.source.close()

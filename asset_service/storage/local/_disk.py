@@ -10,6 +10,7 @@ from typing import Any
 
 from asset_service.modes import Modes
 from asset_service.storage import fs
+from asset_service.storage.journal import Journal
 
 
 def oserror(exc: OSError, where: str) -> Exception:
@@ -42,8 +43,9 @@ class Disk:
         self.tmp = root / "tmp"
         self.staging_parent = self.tmp / "staging"
         self.instance = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        self.staging = self.staging_parent / self.instance
-        self.intents = self.staging / "intents"
+        # This instance's staging folder is its journal's instance folder (journal.py).
+        self.journal = Journal(self.staging_parent, self.instance, modes)
+        self.staging, self.intents = self.journal.folder, self.journal.intents
         self.device = -1  # the root's st_dev, once the storage is open
 
     def open_folder(self, parts: tuple[str, ...], create: bool = False) -> int:
@@ -68,12 +70,8 @@ class Disk:
             folder = folder.parent
 
     def write_intent(self, intent: dict[str, Any]) -> Path:
-        """Durably journal a move before its final name appears (removed once settled).
-
-        Written whole under a temporary name, fsynced, then renamed: a journal entry that
-        exists is complete, and one that does not parse cannot have been acted on.
-        """
+        """Durably journal a move before its final name appears (removed once settled)."""
         try:
-            return fs.write_journal(self.intents, intent)
+            return self.journal.write(intent)
         except OSError as exc:
             raise oserror(exc, "journaling a move") from None

@@ -19,8 +19,9 @@ from asset_service.domain.errors import Conflict
 from asset_service.domain.uploads import UploadSession
 from asset_service.modes import PRIVATE_FILE
 from asset_service.storage import fs, sessions
+from asset_service.storage.adoption import COPY_CHUNK
 from asset_service.storage.blocks import Digests
-from asset_service.storage.local._blobs import COPY_CHUNK, _Blob, _Sunk
+from asset_service.storage.local._blobs import _Blob, _Sunk
 from asset_service.storage.local._disk import Disk, oserror
 from asset_service.storage.sink import FileSink
 
@@ -318,16 +319,6 @@ class LocalSessionWriter(_Sunk, _Held):
         finally:
             self.release()
         return saved
-
-    def _commit_sync(self, parts: tuple[str, ...]) -> None:
-        self._place(self.path, parts, None)
-
-    def _rollback_sync(self) -> None:
-        # The bytes only: the record stays until the domain saves or removes it.
-        self._sink.abort()
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
-        super()._rollback_sync()
 
 
 def _write_record(folder: Path, session: UploadSession) -> None:

@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
-import json
 import logging
 import os
-import shutil
 import stat
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +24,10 @@ from asset_service.domain.errors import (
 from asset_service.domain.models import BLOCK_BYTES, BlockSums, parse_asset_id
 from asset_service.domain.uploads import UploadSession
 from asset_service.modes import Modes, report
-from asset_service.storage import blocks, fs, keys
+from asset_service.storage import blocks, fs, journal, keys
+from asset_service.storage.adoption import Source
 from asset_service.storage.imports import ImportRoots
+from asset_service.storage.journal import Leftover
 from asset_service.storage.local._blobs import Adopted, Cloned, Writer
 from asset_service.storage.local._disk import Disk
 from asset_service.storage.local._keyhold import age_of, hold_folder
@@ -39,7 +38,9 @@ from asset_service.storage.local._reads import (
     read_chunks,
     wrong_size,
 )
+from asset_service.storage.local._recovery import LocalMove
 from asset_service.storage.local._sessions import LocalHold, LocalSessions, LocalSessionWriter
+from asset_service.storage.reads import Span, SpanReads
 
 log = logging.getLogger(__name__)
 
@@ -48,17 +49,7 @@ log = logging.getLogger(__name__)
 VOUCHED_KEEP = 10_000
 
 
-@dataclass(frozen=True)
-class Leftover:
-    """A move that a dead process left half-done; the record decides which side keeps it."""
-
-    asset_id: str
-    storage_path: str
-    journal: Path
-    intent: dict[str, Any]
-
-
-class LocalStorage:
+class LocalStorage(SpanReads):
     """uploads/YYYY-MM-DD/<asset-id>/<name>, generated/<task>/<asset-id>/<name>, tmp/."""
 
     def __init__(
@@ -76,9 +67,7 @@ class LocalStorage:
         self.orphan_grace_seconds = orphan_grace_seconds
         self.imports = imports or ImportRoots(())
         self.uploads, self.generated, self.tmp = disk.uploads, disk.generated, disk.tmp
-        self._staging_parent = disk.staging_parent
         self.staging, self.intents = disk.staging, disk.intents
-        self._lock_fd: int | None = None
         # Resumable uploads' sessions, in tmp/uploads/ (kept across restarts).
         self.sessions = LocalSessions(self.disk)
         self._ping: asyncio.Future[None] | None = None
@@ -98,15 +87,10 @@ class LocalStorage:
         try:
             self.modes.root(self.root)
             changed = [self.modes.folder(f, shared=True) for f in (self.uploads, self.generated)]
-            changed.append(self.modes.folder(self._staging_parent, shared=False))
             changed.append(self.sessions.open_sync())
+            # The staging folder, locked for the life of the process (journal.py).
+            changed.append(self.disk.journal.open())
             report(changed, f"the storage under {self.root}")
-            self.modes.mkdir(self.staging, shared=False)
-            self.modes.mkdir(self.intents, shared=False)
-            # Held for the life of the process; start-up sweeps of other processes
-            # know this staging folder is live because they cannot take the lock.
-            self._lock_fd = os.open(self.staging / ".lock", os.O_CREAT | os.O_RDWR, 0o600)
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             self.disk.device = os.stat(self.root).st_dev
         except OSError as exc:
             raise Unavailable(f"storage root {self.root} is not usable: {exc}") from exc
@@ -135,127 +119,24 @@ class LocalStorage:
         except OSError as exc:
             raise Unavailable(f"storage root {self.root} is not usable: {exc}") from exc
 
-    def _dead_staging(self) -> list[Path]:
-        dead = []
-        for folder in self._staging_parent.iterdir():
-            if folder == self.staging or not folder.is_dir() or folder.is_symlink():
-                continue
-            try:
-                fd = os.open(folder / ".lock", os.O_RDWR | os.O_NOFOLLOW)
-            except OSError:
-                fd = None
-            if fd is not None:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    continue  # a live process owns it
-                finally:
-                    os.close(fd)
-            dead.append(folder)
-        return dead
-
     async def leftovers(self, past_grace: bool = False) -> list[Leftover]:
-        """Moves journaled by dead processes, to settle before their staging is removed."""
-        found = await asyncio.to_thread(self._leftovers_sync)
-        if past_grace:
-            return await asyncio.to_thread(fs.journaled_before, found, self.orphan_grace_seconds)
-        return found
-
-    def _leftovers_sync(self) -> list[Leftover]:
-        found = []
-        for folder in self._dead_staging():
-            intents = folder / "intents"
-            for journal in sorted(intents.glob("*.json")) if intents.is_dir() else ():
-                try:
-                    intent = json.loads(journal.read_text())
-                    parts = keys.key_parts(intent["final"])
-                    asset_id = parse_asset_id(parts[-2])
-                except (OSError, ValueError, KeyError, IndexError, AssetError) as exc:
-                    # Journals are fsynced whole before anything is linked, so one that does
-                    # not parse (a disk error, a hand edit) was never acted on: drop it.
-                    log.error("dropping unreadable move journal %s (%s)", journal, exc)
-                    journal.unlink(missing_ok=True)
-                    continue
-                found.append(Leftover(asset_id, str(self.root.joinpath(*parts)), journal, intent))
-        return found
+        older_than = self.orphan_grace_seconds if past_grace else 0.0
+        return await asyncio.to_thread(self.disk.journal.leftovers, self._path_of, older_than)
 
     async def settle(self, leftover: Leftover, committed: bool) -> None:
-        """Finish a journaled move whose record committed, or undo one whose record did not."""
-        await asyncio.to_thread(self._settle_sync, leftover, committed)
-
-    def _settle_sync(self, leftover: Leftover, committed: bool) -> None:
-        intent = leftover.intent
-        parts = keys.key_parts(intent["final"])
-        try:
-            folder = self.disk.open_folder(parts[:-1])
-        except (OSError, AssetError):
-            folder = -1
-        try:
-            final = None
-            if folder >= 0:
-                with contextlib.suppress(FileNotFoundError):
-                    final = os.stat(parts[-1], dir_fd=folder, follow_symlinks=False)
-            ours = final is not None and (final.st_dev, final.st_ino) == (
-                self.device,
-                intent["final_ino"],
-            )
-            if committed and ours and final is not None:
-                if "source" in intent:
-                    source = (intent["dev"], intent["ino"])
-                    if intent["ino"] == intent["final_ino"]:
-                        # Moved by a hard link: the source is the stored file itself, as
-                        # it is now (a reboot may renumber the device the journal names).
-                        source = (final.st_dev, final.st_ino)
-                    if self.imports.remove_if_same(intent["source"], source):
-                        log.warning("finished an interrupted move of %r", intent["source"])
-            elif committed:
-                # A retry replaced the dead process's half-made commit with bytes of its
-                # own (storage/local/_keyhold.py): the journaled source is not the asset's.
-                log.warning(
-                    "asset %s is AVAILABLE with other bytes at %s than an interrupted move "
-                    "journaled (a retry committed its own); leaving that move's source %r "
-                    "in place",
-                    leftover.asset_id,
-                    leftover.storage_path,
-                    intent.get("source"),
-                )
-            elif ours and final is not None:
-                fs.unlink_if_same(folder, parts[-1], (final.st_dev, final.st_ino))
-                log.warning("undid an interrupted move of %r", intent.get("source"))
-        finally:
-            if folder >= 0:
-                os.close(folder)
-        leftover.journal.unlink(missing_ok=True)
+        steps = LocalMove(self.disk, self.imports, leftover.intent)
+        await journal.settle(leftover, committed, steps, partial(journal.forget, leftover.journal))
 
     async def sweep_dead_staging(self, limit: int = 0) -> int:
-        """Remove staging folders of dead processes (their moves already settled)."""
-        return await asyncio.to_thread(self._sweep_dead_staging_sync, limit)
-
-    def _sweep_dead_staging_sync(self, limit: int = 0) -> int:
-        removed = 0
-        for folder in self._dead_staging():
-            intents = folder / "intents"
-            if intents.is_dir() and any(intents.glob("*.json")):
-                log.error("staging %s keeps unsettled move journals; not removed", folder)
-                continue
-            log.warning("removing staging left by a dead process: %s", folder)
-            shutil.rmtree(folder, ignore_errors=True)
-            removed += 1
-            if removed == limit:
-                break
-        return removed
+        return await asyncio.to_thread(self.disk.journal.sweep_dead, limit)
 
     async def close(self) -> None:
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
-        if any(self.intents.glob("*.json")):
-            # Moves whose outcome is unknown: the next start-up settles them.
-            log.warning("leaving %s for recovery: it holds unsettled moves", self.staging)
-            return
-        await asyncio.to_thread(shutil.rmtree, self.staging, True)
+        await asyncio.to_thread(self.disk.journal.close)
 
     # --- keys and paths ---------------------------------------------------------------
+
+    def _path_of(self, key: str) -> str:
+        return str(self.root.joinpath(*keys.key_parts(key)))
 
     def _parts_of(self, storage_path: str) -> tuple[str, ...]:
         path = Path(storage_path)
@@ -282,8 +163,7 @@ class LocalStorage:
         return await asyncio.to_thread(self._adopt_sync, path, move)
 
     def _adopt_sync(self, path: str, move: bool) -> Adopted:
-        opened = self.imports.open(path, exclusive=move)
-        blob = Adopted(self.disk, path, opened, move)
+        blob = Adopted(self.disk, Source(path, self.imports.open(path, exclusive=move), move))
         try:
             blob.stage()
         except BaseException:
@@ -321,26 +201,11 @@ class LocalStorage:
             raise wrong_size(storage_path, opened.st.st_size, size_bytes)
         return opened
 
-    async def read(
-        self,
-        storage_path: str,
-        size_bytes: int,
-        offset: int,
-        limit: int,
-        chunk_size: int,
-        sums: BlockSums | None = None,
-    ) -> AsyncIterator[bytes]:
-        opened = await asyncio.to_thread(self._open_stored, storage_path, size_bytes)
-        end = size_bytes if limit <= 0 else min(size_bytes, offset + limit)
+    async def open_span(self, span: Span, sums: BlockSums | None) -> AsyncIterator[bytes]:
+        opened = await asyncio.to_thread(self._open_stored, span.storage_path, span.size_bytes)
         if sums is None:
-            return read_chunks(opened, storage_path, offset, end, chunk_size)
-        return read_checked(opened, storage_path, offset, end, chunk_size, sums)
-
-    async def summed(
-        self, storage_path: str, size_bytes: int, sha256: str, pace: blocks.Pace | None = None
-    ) -> BlockSums:
-        chunks = await self.read(storage_path, size_bytes, 0, 0, BLOCK_BYTES)
-        return await blocks.summed_from(chunks, sha256, storage_path, pace)
+            return read_chunks(opened, span.storage_path, span.offset, span.end, span.chunk_size)
+        return read_checked(opened, span.storage_path, span.offset, span.end, span.chunk_size, sums)
 
     async def verify(self, storage_path: str, size_bytes: int, sums: BlockSums) -> None:
         """Read every block and check it; remember the file as vouched for (check_many)."""

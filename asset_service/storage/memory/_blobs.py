@@ -53,7 +53,6 @@ class MemoryBlob:
         return PREFIX + key
 
     async def finish(self) -> None:
-        """The record now points at the bytes: complete the move (if any), release."""
         if self._done:
             return
         self._done = True
@@ -65,7 +64,6 @@ class MemoryBlob:
         pass
 
     async def rollback(self) -> None:
-        """No record points at the bytes: remove them; a source stays where it was."""
         self.discard()
 
     def discard(self) -> None:
@@ -81,7 +79,6 @@ class MemoryBlob:
         self._release()
 
     def abandon(self) -> None:
-        """Outcome unknown: keep bytes, source and journal; recovery settles them later."""
         if self._done:
             return
         self._done = True

@@ -7,6 +7,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import datetime
+from functools import partial
 
 from asset_service.domain.errors import (
     AssetError,
@@ -14,18 +15,17 @@ from asset_service.domain.errors import (
     IntegrityError,
     InvalidArgument,
     NotFound,
-    PermissionDenied,
     Unverified,
     shown,
 )
 from asset_service.domain.models import (
-    BLOCK_BYTES,
     BlockSums,
     parse_asset_id,
     validate_server_path,
 )
 from asset_service.domain.uploads import UploadSession
-from asset_service.storage import blocks, keys
+from asset_service.storage import blocks, journal, keys
+from asset_service.storage.imports import no_import_roots
 from asset_service.storage.memory._blobs import MemoryAdopted, MemoryCloned, MemoryWriter
 from asset_service.storage.memory._sessions import MemoryHold, MemorySessions, MemorySessionWriter
 from asset_service.storage.memory._shelf import Shelf
@@ -33,9 +33,11 @@ from asset_service.storage.memory._state import (
     PREFIX,
     Leftover,
     MemoryState,
+    MoveIntent,
     StagingArea,
     StoredBytes,
 )
+from asset_service.storage.reads import Span, SpanReads
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +45,7 @@ log = logging.getLogger(__name__)
 CHANGED_GRACE = 1.0
 
 
-class MemoryStorage:
+class MemoryStorage(SpanReads):
     """Keys as LocalStorage lays them out (uploads/..., generated/...); paths memory://<key>.
 
     `files` stands for the server's files under its import roots (path -> bytes): adopt()
@@ -97,36 +99,23 @@ class MemoryStorage:
         found = []
         now = self.clock()
         for name, area in self._dead_areas():
-            for journal, intent in list(area.journals.items()):
+            for entry, intent in list(area.journals.items()):
                 if past_grace and now - intent.placed.placed_at < self.orphan_grace_seconds:
                     continue  # its record write may still land
                 try:
-                    asset_id = parse_asset_id(keys.key_parts(intent.final)[-2])
+                    asset_id = journal.asset_of(intent.final)
                 except (AssetError, IndexError) as exc:
-                    log.error("dropping unreadable move journal %s/%s (%s)", name, journal, exc)
-                    del area.journals[journal]
+                    log.error("dropping unreadable move journal %s/%s (%s)", name, entry, exc)
+                    del area.journals[entry]
                     continue
-                found.append(Leftover(asset_id, PREFIX + intent.final, name, journal, intent))
+                found.append(Leftover(asset_id, PREFIX + intent.final, name, entry, intent))
         return found
 
     async def settle(self, leftover: Leftover, committed: bool) -> None:
-        intent = leftover.intent
-        ours = self.state.objects.get(intent.final) is intent.placed
-        if committed and ours:
-            source, data = intent.source, intent.source_data
-            if source is not None and data is not None and self._shelf.remove_source(source, data):
-                log.warning("finished an interrupted move of %r", source)
-        elif committed:
-            log.error(
-                "asset %s is AVAILABLE but its bytes at %s are not the ones journaled; "
-                "leaving the source %r in place",
-                leftover.asset_id,
-                leftover.storage_path,
-                intent.source,
-            )
-        elif ours:
-            del self.state.objects[intent.final]
-            log.warning("undid an interrupted move of %r", intent.source)
+        steps = _MemoryMove(self._shelf, leftover.intent)
+        await journal.settle(leftover, committed, steps, partial(self._forget, leftover))
+
+    def _forget(self, leftover: Leftover) -> None:
         area = self.state.areas.get(leftover.area)
         if area is not None:
             area.journals.pop(leftover.journal, None)
@@ -166,10 +155,7 @@ class MemoryStorage:
     async def adopt(self, path: str, move: bool) -> MemoryAdopted:
         validate_server_path(path)
         if self.files is None:
-            raise PermissionDenied(
-                "the server has no import roots; start it with --import-root DIR "
-                "(or ASSET_SERVICE_IMPORT_ROOTS) to allow server-side paths"
-            )
+            raise no_import_roots()
         data = self.files.get(path)
         if data is None:
             raise NotFound(f"{shown(path)} does not exist on the server")
@@ -205,30 +191,15 @@ class MemoryStorage:
             )
         return obj.data
 
-    async def read(
-        self,
-        storage_path: str,
-        size_bytes: int,
-        offset: int,
-        limit: int,
-        chunk_size: int,
-        sums: BlockSums | None = None,
-    ) -> AsyncIterator[bytes]:
-        data = self._stored(storage_path, size_bytes)
-        end = size_bytes if limit <= 0 else min(size_bytes, offset + limit)
+    async def open_span(self, span: Span, sums: BlockSums | None) -> AsyncIterator[bytes]:
+        data = self._stored(span.storage_path, span.size_bytes)
         if sums is None:
-            return _chunks(data, offset, end, chunk_size)
-        return _checked(data, storage_path, offset, end, chunk_size, sums)
-
-    async def summed(
-        self, storage_path: str, size_bytes: int, sha256: str, pace: blocks.Pace | None = None
-    ) -> BlockSums:
-        chunks = await self.read(storage_path, size_bytes, 0, 0, BLOCK_BYTES)
-        return await blocks.summed_from(chunks, sha256, storage_path, pace)
+            return _chunks(data, span.offset, span.end, span.chunk_size)
+        return _checked(data, span.storage_path, span.offset, span.end, span.chunk_size, sums)
 
     async def verify(self, storage_path: str, size_bytes: int, sums: BlockSums) -> None:
         obj = self.state.objects.get(self._key_of(storage_path))
-        await blocks.drain(await self.read(storage_path, size_bytes, 0, 0, BLOCK_BYTES, sums))
+        await super().verify(storage_path, size_bytes, sums)
         if obj is not None:
             self._vouched[storage_path] = obj
 
@@ -287,6 +258,26 @@ class MemoryStorage:
                 continue
             if now - obj.placed_at >= self.orphan_grace_seconds:
                 yield asset_id, PREFIX + key
+
+
+class _MemoryMove:
+    """The bytes a move placed are the very object journaled; its source, the file's bytes."""
+
+    def __init__(self, shelf: Shelf, intent: MoveIntent) -> None:
+        self._shelf = shelf
+        self._intent = intent
+        self.source = intent.source
+
+    async def placed_is_ours(self) -> bool:
+        return self._shelf.state.objects.get(self._intent.final) is self._intent.placed
+
+    async def remove_source(self) -> bool:
+        source, data = self.source, self._intent.source_data
+        return source is not None and data is not None and self._shelf.remove_source(source, data)
+
+    async def remove_placed(self) -> bool:
+        del self._shelf.state.objects[self._intent.final]
+        return True
 
 
 async def _chunks(data: bytes, offset: int, end: int, chunk_size: int) -> AsyncIterator[bytes]:

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import logging
 import os
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from asset_service.domain.errors import Conflict
+from asset_service.domain.errors import Unavailable
 from asset_service.domain.models import BlockSums
 from asset_service.domain.ports import Chunk
-from asset_service.storage import fs
+from asset_service.storage import journal
+from asset_service.storage.adoption import Source
 from asset_service.storage.blocks import Digests, sums_of
 from asset_service.storage.s3._config import PART_SIZE, translate
 from asset_service.storage.s3._parts import PartBuffer, Parts
@@ -23,8 +23,6 @@ if TYPE_CHECKING:
     from types_aiobotocore_s3.type_defs import CompletedPartTypeDef
 
     from asset_service.storage.s3._bucket import Bucket
-
-log = logging.getLogger(__name__)
 
 
 class S3Writer:
@@ -157,11 +155,9 @@ class S3Adopted:
     committed) or the object (record not committed) after a crash.
     """
 
-    def __init__(self, bucket: Bucket, raw: str, opened: fs.Opened, move: bool) -> None:
+    def __init__(self, bucket: Bucket, source: Source) -> None:
         self._bucket = bucket
-        self.raw = raw
-        self.opened = opened
-        self.move = move
+        self.source = source
         self._writer = S3Writer(bucket)
         self.size_bytes: int = 0
         self.sha256: str = hashlib.sha256().hexdigest()
@@ -171,41 +167,29 @@ class S3Adopted:
 
     async def stage(self) -> None:
         offset = 0
-        while chunk := await asyncio.to_thread(os.pread, self.opened.fd, PART_SIZE, offset):
+        while chunk := await asyncio.to_thread(os.pread, self.source.opened.fd, PART_SIZE, offset):
             offset += len(chunk)
             await self._writer.write(chunk)
         await self._writer.seal()
         self.size_bytes, self.sha256 = self._writer.size_bytes, self._writer.sha256
         self.block_sums = self._writer.block_sums
-        self._check_unchanged()
-
-    def _check_unchanged(self) -> None:
-        now, then = os.fstat(self.opened.fd), self.opened.st
-        if (now.st_size, now.st_mtime_ns) != (then.st_size, then.st_mtime_ns) or (
-            now.st_size != self.size_bytes
-        ):
-            raise Conflict(
-                "the server-side file changed while it was being read; retry once the worker "
-                "has finished writing it"
-            )
+        self.source.check_unchanged(self.size_bytes)
 
     async def commit(self, key: str) -> str:
-        if self.move:
-            st = self.opened.st
-            intent = {
-                "source": self.raw,
-                "dev": st.st_dev,
-                "ino": st.st_ino,
-                "final": key,
-                "blob_id": self._writer.blob_id,
-            }
-            self._journal = await asyncio.to_thread(self._bucket.journal.write, intent)
+        moved = self.source.intent()
+        if moved is not None:
+            intent = {**moved, "final": key, "blob_id": self._writer.blob_id}
+            try:
+                self._journal = await asyncio.to_thread(self._bucket.journal.write, intent)
+            except OSError as exc:
+                where = self._bucket.journal.intents
+                raise Unavailable(f"could not journal a move in {where}: {exc}") from exc
         try:
-            self._check_unchanged()
+            self.source.check_unchanged(self.size_bytes)
             path = await self._writer.commit(key)
         except BaseException:
             await self._writer.rollback()
-            self._bucket.journal.forget(self._journal)
+            journal.forget(self._journal)
             self._journal = None
             raise
         return path
@@ -216,10 +200,10 @@ class S3Adopted:
         self._done = True
         try:
             await self._writer.finish()
-            self._remove_source()
-            self._bucket.journal.forget(self._journal)
+            self.source.remove()
+            journal.forget(self._journal)
         finally:
-            self.opened.close()
+            self.source.close()
 
     async def forgo(self) -> None:
         if self._done:
@@ -227,13 +211,9 @@ class S3Adopted:
         self._done = True
         try:
             await self._writer.rollback()  # the staged copy (never placed)
-            self._remove_source()
+            self.source.remove()
         finally:
-            self.opened.close()
-
-    def _remove_source(self) -> None:
-        if self.move and not self.opened.remove_if_same():
-            log.warning("the moved source %r was already gone or replaced", self.raw)
+            self.source.close()
 
     async def rollback(self) -> None:
         if self._done:
@@ -241,9 +221,9 @@ class S3Adopted:
         self._done = True
         try:
             await self._writer.rollback()
-            self._bucket.journal.forget(self._journal)
+            journal.forget(self._journal)
         finally:
-            self.opened.close()
+            self.source.close()
 
     def discard(self) -> None:
         if not self._done:
@@ -255,4 +235,4 @@ class S3Adopted:
             return
         self._done = True
         self._writer.abandon()
-        self.opened.close()
+        self.source.close()

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from asset_service.domain.errors import Conflict, IntegrityError, NotFound, Unavailable
 from asset_service.storage import keys
+from asset_service.storage.journal import Journal
 from asset_service.storage.s3._bulk import Bulk
 from asset_service.storage.s3._config import (
     COPY_PART_SIZE,
@@ -18,7 +19,6 @@ from asset_service.storage.s3._config import (
     is_precondition,
     translate,
 )
-from asset_service.storage.s3._journal import Journal
 from asset_service.storage.s3._parts import crc32c_base64
 from asset_service.storage.s3._reads import Object
 

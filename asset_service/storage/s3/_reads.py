@@ -37,19 +37,22 @@ class Object:
         self.etag = etag
         self.shown = shown
 
+    def _request(self, offset: int, end: int) -> dict[str, Any]:
+        """A GET of [offset, end), answered only while the object has the checked ETag."""
+        range_ = f"bytes={offset}-{end - 1}"
+        return {"Bucket": self.bucket, "Key": self.key, "Range": range_, "IfMatch": self.etag}
+
+    def _failed(self, exc: Exception) -> Exception:
+        if is_precondition(exc):
+            return IntegrityError(f"its bytes at {self.shown} were replaced while read")
+        return translate(exc, "reading bytes", self.shown)
+
     async def _get(self, offset: int, end: int) -> Any:
-        """The body of a GET of [offset, end), if the object still has the checked ETag."""
+        """The body of a GET of [offset, end)."""
         try:
-            answer = await self.client.get_object(
-                Bucket=self.bucket,
-                Key=self.key,
-                Range=f"bytes={offset}-{end - 1}",
-                IfMatch=self.etag,
-            )
+            answer = await self.client.get_object(**self._request(offset, end))
         except Exception as exc:
-            if is_precondition(exc):
-                raise IntegrityError(f"its bytes at {self.shown} were replaced while read") from exc
-            raise translate(exc, "reading bytes", self.shown) from exc
+            raise self._failed(exc) from exc
         return answer["Body"]
 
     def _cut_short(self, offset: int, end: int) -> IntegrityError:
@@ -76,16 +79,9 @@ class Object:
         checked against its sum here (crc32c releases the GIL): the good blocks, and the
         error that ends the read at the first bad or missing one."""
         try:
-            answer = bulk.client.get_object(
-                Bucket=self.bucket,
-                Key=self.key,
-                Range=f"bytes={start}-{stop - 1}",
-                IfMatch=self.etag,
-            )
+            answer = bulk.client.get_object(**self._request(start, stop))
         except Exception as exc:
-            if is_precondition(exc):
-                raise IntegrityError(f"its bytes at {self.shown} were replaced while read") from exc
-            raise translate(exc, "reading bytes", self.shown) from exc
+            raise self._failed(exc) from exc
         body = answer["Body"]
         found: list[bytes] = []
         try:

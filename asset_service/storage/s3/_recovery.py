@@ -1,16 +1,13 @@
-"""Start-up housekeeping for S3Storage: stale uploads and staging, and journaled moves."""
+"""Start-up housekeeping for S3Storage: stale uploads and staging; settling journaled moves."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from asset_service.domain.errors import AssetError
-from asset_service.domain.models import parse_asset_id
 from asset_service.storage.s3._config import is_missing, translate
-from asset_service.storage.s3._journal import Leftover
 
 if TYPE_CHECKING:
     from asset_service.storage.imports import ImportRoots
@@ -95,42 +92,26 @@ async def clear_instance(bucket: Bucket, instance: str) -> None:
         await bucket.delete_quietly(item["Key"])
 
 
-async def leftovers(bucket: Bucket) -> list[Leftover]:
-    found = []
-    for journal, intent in await asyncio.to_thread(bucket.journal.dead_intents):
-        try:
-            object_key = bucket.object_key(intent["final"])
-            asset_id = parse_asset_id(object_key.split("/")[-2])
-        except (KeyError, TypeError, AssetError) as exc:
-            log.error("dropping unusable move journal %s (%s)", journal, exc)
-            journal.unlink(missing_ok=True)
-            continue
-        found.append(Leftover(asset_id, bucket.location.path_of(object_key), journal, intent))
-    return found
+class S3Move:
+    """The object placed by a move is the one stamped with the journaled "blob_id"; its
+    source, the server-side file (device, inode) the journal names."""
 
+    def __init__(self, bucket: Bucket, imports: ImportRoots, intent: dict[str, Any]) -> None:
+        self._bucket = bucket
+        self._imports = imports
+        self._intent = intent
+        self._object_key = bucket.object_key(intent["final"])
+        self.source: str | None = intent.get("source")
 
-async def settle(bucket: Bucket, imports: ImportRoots, leftover: Leftover, committed: bool) -> None:
-    """Remove the source of a committed move, or the object of one whose record did not commit.
-
-    Only when the object standing at the key is the journaled one (its blob-id): otherwise
-    the source stays, so the bytes are never in neither place.
-    """
-    intent = leftover.intent
-    object_key = bucket.object_key(intent["final"])
-    head = await bucket.head(object_key)
-    ours = head is not None and head.get("Metadata", {}).get("blob-id") == intent["blob_id"]
-    if committed and ours:
-        source = (intent["dev"], intent["ino"])
-        if await asyncio.to_thread(imports.remove_if_same, intent["source"], source):
-            log.warning("finished an interrupted move of %r", intent["source"])
-    elif committed:
-        log.error(
-            "asset %s is AVAILABLE but its object %s is not the one journaled; leaving the "
-            "source %r in place",
-            leftover.asset_id,
-            leftover.storage_path,
-            intent.get("source"),
+    async def placed_is_ours(self) -> bool:
+        head = await self._bucket.head(self._object_key)
+        return (
+            head is not None and head.get("Metadata", {}).get("blob-id") == self._intent["blob_id"]
         )
-    elif ours and await bucket.delete_if_ours(object_key, intent["blob_id"]):
-        log.warning("undid an interrupted move of %r", intent.get("source"))
-    leftover.journal.unlink(missing_ok=True)
+
+    async def remove_source(self) -> bool:
+        source = (self._intent["dev"], self._intent["ino"])
+        return await asyncio.to_thread(self._imports.remove_if_same, self._intent["source"], source)
+
+    async def remove_placed(self) -> bool:
+        return await self._bucket.delete_if_ours(self._object_key, self._intent["blob_id"])

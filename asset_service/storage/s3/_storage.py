@@ -9,15 +9,19 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from asset_service.domain.errors import AssetError, IntegrityError, InvalidArgument, Unavailable
-from asset_service.domain.models import BLOCK_BYTES, BlockSums, parse_asset_id
+from asset_service.domain.models import BlockSums, parse_asset_id
 from asset_service.domain.uploads import UploadSession
-from asset_service.modes import Modes
-from asset_service.storage import blocks, fs
+from asset_service.modes import Modes, report
+from asset_service.storage import blocks, journal
+from asset_service.storage.adoption import Source
 from asset_service.storage.imports import ImportRoots
+from asset_service.storage.journal import Journal, Leftover
+from asset_service.storage.reads import Span, SpanReads
 from asset_service.storage.s3 import _recovery
 from asset_service.storage.s3._blob import S3Adopted, S3Writer
 from asset_service.storage.s3._bucket import Bucket
@@ -29,7 +33,6 @@ from asset_service.storage.s3._config import (
     is_missing,
     translate,
 )
-from asset_service.storage.s3._journal import Journal, Leftover
 from asset_service.storage.s3._reads import Object
 from asset_service.storage.s3._session_blob import S3SessionWriter
 from asset_service.storage.s3._session_hold import S3Hold
@@ -46,7 +49,7 @@ _AREAS = ("uploads", "generated")
 CHECK_CONCURRENCY = 16
 
 
-class S3Storage:
+class S3Storage(SpanReads):
     """<prefix>uploads/YYYY-MM-DD/<id>/<name>, <prefix>generated/<task>/<id>/<name>, tmp/.
 
     storage_path values are `s3://bucket/<object key>`. Moves of server-side files are
@@ -75,7 +78,7 @@ class S3Storage:
         self._creds = Credentials(endpoint_url, region, access_key_id, secret_access_key)
         self._max_connections = max_connections
         self.instance = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        self.journal = Journal(state_dir, self.instance, modes)
+        self.journal = Journal(state_dir.resolve(), self.instance, modes)
         # What its blobs, sessions and sweeps use: they never call the storage.
         self.bucket = Bucket(self.location, url, self.instance, self.journal, orphan_grace_seconds)
         self._stack = contextlib.AsyncExitStack()
@@ -111,7 +114,13 @@ class S3Storage:
         bulk = Bulk(creds, self._max_connections)
         await asyncio.to_thread(bulk.open)
         self.bucket.open_bulk = bulk
-        await asyncio.to_thread(self.journal.open)
+        await asyncio.to_thread(self._open_journal)
+
+    def _open_journal(self) -> None:
+        try:
+            report([self.journal.open()], "the object store's state")
+        except OSError as exc:
+            raise Unavailable(f"state folder {self.journal.parent} is not usable: {exc}") from exc
 
     async def ping(self) -> None:
         """A HEAD of the bucket: the endpoint answers and the credentials still work."""
@@ -166,7 +175,7 @@ class S3Storage:
     async def adopt(self, path: str, move: bool) -> S3Adopted:
         """Copy a server-side file under an import root into the bucket while hashing it."""
         opened = await asyncio.to_thread(self.imports.open, path, move)
-        blob = S3Adopted(self.bucket, path, opened, move)
+        blob = S3Adopted(self.bucket, Source(path, opened, move))
         try:
             await blob.stage()
         except BaseException:
@@ -226,31 +235,13 @@ class S3Storage:
 
         return await asyncio.gather(*(one(path, size) for path, size in items))
 
-    async def read(
-        self,
-        storage_path: str,
-        size_bytes: int,
-        offset: int,
-        limit: int,
-        chunk_size: int,
-        sums: BlockSums | None = None,
-    ) -> AsyncIterator[bytes]:
-        object_key, etag = await self._checked(storage_path, size_bytes)
-        stored = Object(self.client, self.location.bucket, object_key, etag, storage_path)
-        end = size_bytes if limit <= 0 else min(size_bytes, offset + limit)
+    async def open_span(self, span: Span, sums: BlockSums | None) -> AsyncIterator[bytes]:
+        object_key, etag = await self._checked(span.storage_path, span.size_bytes)
+        stored = Object(self.client, self.location.bucket, object_key, etag, span.storage_path)
         if sums is None:
-            return stored.ranged(offset, end, chunk_size)
-        span = blocks.aligned(sums, offset, end, size_bytes)
-        return stored.checked(self.bulk, span, offset, end, chunk_size, sums)
-
-    async def summed(
-        self, storage_path: str, size_bytes: int, sha256: str, pace: blocks.Pace | None = None
-    ) -> BlockSums:
-        chunks = await self.read(storage_path, size_bytes, 0, 0, BLOCK_BYTES)
-        return await blocks.summed_from(chunks, sha256, storage_path, pace)
-
-    async def verify(self, storage_path: str, size_bytes: int, sums: BlockSums) -> None:
-        await blocks.drain(await self.read(storage_path, size_bytes, 0, 0, BLOCK_BYTES, sums))
+            return stored.ranged(span.offset, span.end, span.chunk_size)
+        blocks_read = blocks.aligned(sums, span.offset, span.end, span.size_bytes)
+        return stored.checked(self.bulk, blocks_read, span.offset, span.end, span.chunk_size, sums)
 
     # --- housekeeping -----------------------------------------------------------------
 
@@ -307,11 +298,12 @@ class S3Storage:
     async def leftovers(self, past_grace: bool = False) -> list[Leftover]:
         """Moves journaled (on this host) by processes that died, for recovery to settle."""
         await self.drain()
-        found = await _recovery.leftovers(self.bucket)
-        if past_grace:
-            return await asyncio.to_thread(fs.journaled_before, found, self.orphan_grace_seconds)
-        return found
+        older_than = self.orphan_grace_seconds if past_grace else 0.0
+        return await asyncio.to_thread(self.journal.leftovers, self._path_of, older_than)
+
+    def _path_of(self, key: str) -> str:
+        return self.location.path_of(self.object_key(key))
 
     async def settle(self, leftover: Leftover, committed: bool) -> None:
-        """Finish a journaled move whose record committed, or undo one whose record did not."""
-        await _recovery.settle(self.bucket, self.imports, leftover, committed)
+        steps = _recovery.S3Move(self.bucket, self.imports, leftover.intent)
+        await journal.settle(leftover, committed, steps, partial(journal.forget, leftover.journal))

@@ -9,6 +9,7 @@ decide (snapshots, conflicts, aborts, majority) by _server.py.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
@@ -167,7 +168,7 @@ class FakeCollection:
         else:
             found = [d for d in seen.values() if matches(d, target, server.now())]
             if kw.get("sort"):
-                found = _sorted(found, kw["sort"])
+                found = sorted_docs(found, kw["sort"])
             before = found[0] if found else None
             if op == "delete":
                 after = None
@@ -322,9 +323,8 @@ def _kind(op: Any) -> str:
     return "delete"
 
 
-def _sorted(docs: list[dict[str, Any]], spec: Any) -> list[dict[str, Any]]:
-    import functools
-
+def sorted_docs(docs: list[dict[str, Any]], spec: Any) -> list[dict[str, Any]]:
+    """`docs` in a find's sort order (a field, or (field, 1/-1) pairs), by BSON order."""
     keys = [(spec, 1)] if isinstance(spec, str) else list(spec)
 
     def order(a: dict[str, Any], b: dict[str, Any]) -> int:
@@ -373,7 +373,7 @@ class FakeCursor:
         await server.round_trip(session, "find", self.collection.name, _in_transaction(session))
         seen, _ = await self.collection._read_view(session, _keys(self.flt, "find"))
         docs = [d for d in seen.values() if matches(d, self.flt, server.now())]
-        docs = _sorted(docs, self._sort) if self._sort else docs
+        docs = sorted_docs(docs, self._sort) if self._sort else docs
         if self._limit:
             docs = docs[: self._limit]
         return [project(d, self.projection) for d in docs]

@@ -342,6 +342,8 @@ def _expression(op: str, arg: Any, doc: Mapping[str, Any], now: _dt.datetime) ->
         return _add(values)
     if op == "$subtract":
         return _subtract(values[0], values[1])
+    if op == "$multiply":
+        return _multiply(values)
     if op == "$type":
         return _type_name(values[0])
     if op in ("$max", "$min"):
@@ -368,6 +370,17 @@ def _add(values: Sequence[Any]) -> Any:
     if dates:
         return dates[0] + _dt.timedelta(milliseconds=total)
     return total
+
+
+def _multiply(values: Sequence[Any]) -> Any:
+    """Numbers; null if any is null or missing:
+    https://www.mongodb.com/docs/manual/reference/operator/aggregation/multiply/"""
+    product = 1
+    for v in values:
+        if v is None or v is MISSING:
+            return None
+        product *= v
+    return product
 
 
 def _subtract(a: Any, b: Any) -> Any:

@@ -114,6 +114,23 @@ class Command:
     at: float
 
 
+def overlay(
+    seen: dict[Any, dict[str, Any]],
+    coll: str,
+    writes: Mapping[tuple[str, Any], dict[str, Any] | None],
+    keys: list[Any] | None = None,
+) -> None:
+    """Put a transaction's own writes to `coll` (None: a delete) over what it read: a
+    transaction reads its own writes (only those to these `_id`s, when given)."""
+    for (c, key), doc in writes.items():
+        if c != coll or (keys is not None and key not in keys):
+            continue
+        if doc is None:
+            seen.pop(key, None)
+        else:
+            seen[key] = doc
+
+
 def lsid_of(session: Any) -> bytes:
     return bytes(session.session_id["id"])
 
@@ -230,13 +247,7 @@ class Server:
             if doc is not None:
                 seen[key] = doc
         if txn is not None:
-            for (c, key), doc in txn.writes.items():
-                if c != coll or (keys is not None and key not in keys):
-                    continue
-                if doc is None:
-                    seen.pop(key, None)
-                else:
-                    seen[key] = doc
+            overlay(seen, coll, txn.writes, keys)
         return seen
 
     def documents(self, coll: str, at: str = "local") -> dict[Any, dict[str, Any]]:
