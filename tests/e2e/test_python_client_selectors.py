@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
 import grpc
@@ -294,9 +296,11 @@ def test_a_stalled_selector_watch_is_resumed_by_itself(
         events = client.watch_selector(created_by_task="big", after_revision=start, timeout=120)
         with watching(events):
             assert next(events).asset.id == first.id  # then the reader pauses
-            ids = [promise(helper, "big", f"p{i}", tags).id for i in range(count)]
-            for asset_id in ids:
-                helper.fail(asset_id, "r" * 4096)
+            # Written by 8 callers at once (the writer commits them in groups): the order
+            # to expect is the revisions the server gave them.
+            with ThreadPoolExecutor(8) as pool:
+                made = list(pool.map(lambda i: promise(helper, "big", f"p{i}", tags), range(count)))
+                failed = list(pool.map(lambda a: helper.fail(a.id, "r" * 4096), made))
             _until(
                 lambda: any("did not read for 1s" in line for line in server.log),
                 timeout=30,
@@ -305,9 +309,10 @@ def test_a_stalled_selector_watch_is_resumed_by_itself(
             rest = take(events, 2 * count)
             end = promise(helper, "big", "end")
             after = next(events)
+    by_revision = functools.partial(sorted, key=lambda a: a.revision)
     assert [(e.asset.id, e.asset.status) for e in rest] == [
-        *((i, PENDING) for i in ids),
-        *((i, FAILED) for i in ids),
+        *((a.id, PENDING) for a in by_revision(made)),
+        *((a.id, FAILED) for a in by_revision(failed)),
     ]
     assert after.asset.id == end.id  # nothing repeated after the resumption
     revisions = [e.revision for e in rest]
