@@ -6,7 +6,8 @@ import hashlib
 import os
 import statistics
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 from asset_service._proto.asset.v1 import asset_service_pb2 as pb
 from asset_service._proto.asset.v1 import asset_service_pb2_grpc as pb_grpc
@@ -158,24 +159,24 @@ async def transfer_rows(svc: ServerProcess, sizes: Sizes) -> list[Row]:
             # CPU milliseconds per MiB uploaded: (server process, client process) per run.
             cpu: dict[str, list[tuple[float, float]]] = {"service": [], "bare": []}
 
-            async def svc_upload() -> float:
-                before = cpu_seconds(svc.pid), own_cpu_seconds()
-                with RssSampler(svc.pid) as sampler:
-                    elapsed, asset_id = await client.upload(s_stub, payload)
-                cpu["service"].append(_cpu_per_mib(svc.pid, before, mib))
-                rss["service"].append(sampler.growth / MiB)
-                await s_stub.DeleteAsset(pb.DeleteAssetRequest(asset_id=asset_id))
-                wait_quiet()
-                return elapsed
+            def uploader(
+                stub: pb_grpc.AssetServiceAsyncStub, pid: int, key: str, stores: bool
+            ) -> Callable[[], Awaitable[float]]:
+                async def run() -> float:
+                    before = cpu_seconds(pid), own_cpu_seconds()
+                    with RssSampler(pid) as sampler:
+                        elapsed, asset_id = await client.upload(stub, payload)
+                    cpu[key].append(_cpu_per_mib(pid, before, mib))
+                    rss[key].append(sampler.growth / MiB)
+                    if stores:  # the service: deleted again (the bare ceiling keeps nothing)
+                        await stub.DeleteAsset(pb.DeleteAssetRequest(asset_id=asset_id))
+                    wait_quiet()
+                    return elapsed
 
-            async def bare_upload() -> float:
-                before = cpu_seconds(up_bare.pid), own_cpu_seconds()
-                with RssSampler(up_bare.pid) as sampler:
-                    elapsed, _ = await client.upload(b_stub, payload)
-                cpu["bare"].append(_cpu_per_mib(up_bare.pid, before, mib))
-                rss["bare"].append(sampler.growth / MiB)
-                wait_quiet()
-                return elapsed
+                return run
+
+            svc_upload = uploader(s_stub, svc.pid, "service", stores=True)
+            bare_upload = uploader(b_stub, up_bare.pid, "bare", stores=False)
 
             extra_times: dict[str, list[float]] = {"tuned": [], "parse": [], "sink": []}
             for mode in ("quiet", "busy"):
@@ -192,24 +193,19 @@ async def transfer_rows(svc: ServerProcess, sizes: Sizes) -> list[Row]:
                         wait_quiet()
                     extra_times["sink"].append(await client.local_sink(svc.root, payload))
                     wait_quiet()
-                s_t, b_t = [t[0] for t in times], [t[1] for t in times]
-                rows.append(
-                    Row(
-                        f"upload {mib} MiB ({mode})",
-                        "≥0.85" if mode == "quiet" else "≥0.65",
-                        [b / s for s, b in times],
-                        load1(),
-                        f"service {_mib_s(size, s_t):.0f} MiB/s, "
-                        f"bare {_mib_s(size, b_t):.0f} MiB/s",
-                        {"service_s": s_t, "bare_s": b_t},
-                        blocked=_two_cores() if mode == "quiet" else "",
-                    )
+                row = _throughput_row(
+                    f"upload {mib} MiB ({mode})",
+                    "≥0.85" if mode == "quiet" else "≥0.65",
+                    size,
+                    times,
+                    blocked=_two_cores() if mode == "quiet" else "",
                 )
+                rows.append(row)
                 if mode == "quiet":
                     # Growth of the quiet runs only: a burner does not change what is buffered.
                     quiet_rss = {k: list(v) for k, v in rss.items()}
                     sha256_ms = _sha256_ms_per_mib(payload.chunk)
-                    rows.append(_cpu_bound_row(mib, cpu, b_t, size, sha256_ms))
+                    rows.append(_cpu_bound_row(mib, cpu, row.raw["bare_s"], size, sha256_ms))
             rows += _upload_info_rows(mib, size, rows[0].raw["service_s"], extra_times)
             rows.append(
                 Row(
@@ -265,29 +261,50 @@ async def transfer_rows(svc: ServerProcess, sizes: Sizes) -> list[Row]:
                 for turn in range(sizes.rounds)
             ]
             await s_stub.DeleteAsset(pb.DeleteAssetRequest(asset_id=asset_id))
-        s_t, b_t = [t[0] for t in times], [t[1] for t in times]
         rows.append(
-            Row(
+            _throughput_row(
                 f"ReadAsset {mib} MiB",
                 "≥0.8",
-                [b / s for s, b in times],
-                load1(),
-                f"service {_mib_s(size, s_t):.0f} MiB/s, bare {_mib_s(size, b_t):.0f} MiB/s; "
-                f"minor faults service {statistics.median(faults['service']):.0f}, "
+                size,
+                times,
+                after=f"; minor faults service {statistics.median(faults['service']):.0f}, "
                 f"bare {statistics.median(faults['bare']):.0f}",
-                {"service_s": s_t, "bare_s": b_t, "minflt": faults},
+                raw={"minflt": faults},
             )
         )
-        f_s, f_b = [t[0] for t in first], [t[1] for t in first]
         rows.append(
-            Row(
+            _throughput_row(
                 f"ReadAsset {mib} MiB right after its upload",
                 "≥0.8",
-                [b / s for s, b in first],
-                load1(),
-                f"the first read of each round's new upload: service {_mib_s(size, f_s):.0f} "
-                f"MiB/s, bare {_mib_s(size, f_b):.0f} MiB/s",
-                {"service_s": f_s, "bare_s": f_b},
+                size,
+                first,
+                before="the first read of each round's new upload: ",
             )
         )
     return rows
+
+
+def _throughput_row(
+    name: str,
+    bar: str,
+    size: int,
+    times: list[tuple[float, float]],
+    *,
+    before: str = "",
+    after: str = "",
+    raw: Mapping[str, Any] | None = None,
+    blocked: str = "",
+) -> Row:
+    """A row of (service, bare) seconds per round for `size` bytes: the ratio of their
+    throughputs, both in MiB/s in the detail (between `before` and `after`), both raw."""
+    service, bare = [t[0] for t in times], [t[1] for t in times]
+    return Row(
+        name,
+        bar,
+        [b / s for s, b in times],
+        load1(),
+        f"{before}service {_mib_s(size, service):.0f} MiB/s, "
+        f"bare {_mib_s(size, bare):.0f} MiB/s{after}",
+        {"service_s": service, "bare_s": bare, **(raw or {})},
+        blocked=blocked,
+    )

@@ -81,6 +81,7 @@ CLIENT_NAMES = {
     "AsyncAssetClient": "AssetClient",
     "AsyncLeaseKeeper": "LeaseKeeper",
     "AsyncMaterializer": "Materializer",
+    "AsyncMaterializerCalls": "MaterializerCalls",
     "AsyncClientBase": "ClientBase",
     "AsyncProducerMethods": "ProducerMethods",
     "AsyncReadMethods": "ReadMethods",
@@ -93,6 +94,7 @@ CLIENT_NAMES = {
     "_aio_reads": "_reads",
     "_aio_lifecycle": "_lifecycle",
     "_aio_watches": "_watches",
+    "_aio_materializer": "_materializer",
 }
 
 # grpc-stubs types the asyncio call's cancel() but leaves the blocking one's untyped.
@@ -145,11 +147,18 @@ PARTS = [
         text=[
             (_notes("_calls.py"), ""),
             (
-                "from collections.abc import Awaitable, Callable\n",
-                "from collections.abc import Callable\n",
+                "from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable\n",
+                "from collections.abc import AsyncIterable, AsyncIterator, Callable\n",
             ),
             ("Callable[..., Awaitable[Resp]]", "Callable[..., Resp]"),
+            ("Callable[..., Awaitable[_AssetResponse]]", "Callable[..., _AssetResponse]"),
+            ("grpc.aio.UnaryStreamMultiCallable", "grpc.UnaryStreamMultiCallable"),
+            (
+                "from typing import Any, Protocol, TypeVar\n",
+                "from typing import Any, Protocol, TypeVar, cast\n",
+            ),
         ],
+        everywhere=[_CANCEL],
     ),
     Module(
         "_aio_producing.py", "_producing.py", CLIENT_NAMES, text=[(_notes("_producing.py"), "")]
@@ -161,23 +170,13 @@ PARTS = [
         text=[
             (_notes("_reads.py"), ""),
             ("import asyncio\n", ""),
-            ("from typing import Any\n", "from typing import Any, cast\n"),
         ],
-        everywhere=[_CANCEL],
     ),
     Module(
         "_aio_lifecycle.py",
         "_lifecycle.py",
         CLIENT_NAMES,
-        text=[
-            (_notes("_lifecycle.py"), ""),
-            (
-                "from collections.abc import AsyncIterator, Iterable\n",
-                "from collections.abc import AsyncIterator, Iterable\n"
-                "from typing import Any, cast\n",
-            ),
-        ],
-        everywhere=[_CANCEL],
+        text=[(_notes("_lifecycle.py"), "")],
     ),
     Module(
         "_aio_watches.py",
@@ -227,7 +226,28 @@ STREAMS = Module(
     ],
 )
 
-MODULES = [CLIENT, *PARTS, STREAMS]
+# The materializer's driver: the blocking one polls the blob's lock with time.sleep, as the
+# asyncio one does with asyncio.sleep (an flock has no event to await across processes).
+MATERIALIZER = Module(
+    "_aio_materializer.py",
+    "_materializer.py",
+    CLIENT_NAMES,
+    text=[
+        ("The asyncio driver", "The blocking driver"),
+        (
+            "# The blocking _materializer.py is generated from this file by"
+            " scripts/gen_sync_client.py\n# (`make generate`), as client.py is from aio.py."
+            " `timeout` is a gRPC deadline, as in the\n# clients, not an asyncio timeout.\n"
+            "# ruff: noqa: ASYNC109\n\n",
+            "",
+        ),
+        ("import asyncio\n", "import time\n"),
+        ("  # noqa: ASYNC110", ""),
+        ("asyncio.sleep(", "time.sleep("),
+    ],
+)
+
+MODULES = [CLIENT, *PARTS, STREAMS, MATERIALIZER]
 
 # Code names that must not survive into the blocking client (docstrings may name them).
 FORBIDDEN = {"async", "await", "asyncio", "aio", "Awaitable", "anext", "aclose"}

@@ -148,9 +148,9 @@ def test_a_rule_that_no_longer_matches_stops_generation(
         gen.render_all()
     source.write_text(text)
 
-    part = package / "_aio_reads.py"
+    part = package / "_aio_calls.py"
     part.write_text(part.read_text().replace("call.cancel()", "call.cancel(None)"))
-    with pytest.raises(SystemExit, match=r"_aio_reads\.py no longer contains 'call\.cancel\(\)'"):
+    with pytest.raises(SystemExit, match=r"_aio_calls\.py no longer contains 'call\.cancel\(\)'"):
         gen.render_all()
 
 

@@ -4,13 +4,13 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 
 	assetv1 "github.com/asset-service/asset-service/clients/go/gen/asset/v1"
@@ -104,20 +104,13 @@ func (c *Client) read(ctx context.Context, id string, offset, limit int64, w io.
 }
 
 func (c *Client) readOnce(ctx context.Context, req *assetv1.ReadAssetRequest, w io.Writer, written *int64) error {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	stream, err := c.raw.ReadAsset(ctx, req)
-	if err != nil {
-		return wrap("ReadAsset", err)
+	open := func(ctx context.Context) (grpc.ServerStreamingClient[assetv1.ReadAssetResponse], error) {
+		return c.raw.ReadAsset(ctx, req)
 	}
 	next := req.GetOffset() // where the next chunk must start
-	for {
-		msg, err := stream.Recv()
-		if errors.Is(err, io.EOF) {
-			return nil
-		}
+	for msg, err := range messages(ctx, "ReadAsset", open) {
 		if err != nil {
-			return wrap("ReadAsset", err)
+			return err
 		}
 		if msg.GetOffset() != next {
 			return fmt.Errorf("download of %s: a chunk at offset %d, expected %d", req.GetAssetId(), msg.GetOffset(), next)
@@ -128,4 +121,5 @@ func (c *Client) readOnce(ctx context.Context, req *assetv1.ReadAssetRequest, w 
 		next += int64(len(msg.GetChunk()))
 		*written += int64(len(msg.GetChunk()))
 	}
+	return nil
 }

@@ -67,32 +67,33 @@ func (f *faulty) breakNext() (bool, int) {
 var dropped = status.Error(codes.Unavailable, "connection reset (injected)")
 
 func (f *faulty) ReadAsset(ctx context.Context, in *assetv1.ReadAssetRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[assetv1.ReadAssetResponse], error) {
-	f.mu.Lock()
-	f.reads = append(f.reads, in)
-	f.mu.Unlock()
-	s, err := f.AssetServiceClient.ReadAsset(ctx, in, opts...)
-	if err != nil {
-		return nil, err
-	}
-	if f.flip {
-		return &breakingStream[assetv1.ReadAssetResponse]{ServerStreamingClient: s, flip: true}, nil
-	}
-	if brk, keep := f.breakNext(); brk {
-		return &breakingStream[assetv1.ReadAssetResponse]{ServerStreamingClient: s, keep: keep, err: dropped}, nil
-	}
-	return s, nil
+	return faultyStream(f, &f.reads, in, f.flip, func() (grpc.ServerStreamingClient[assetv1.ReadAssetResponse], error) {
+		return f.AssetServiceClient.ReadAsset(ctx, in, opts...)
+	})
 }
 
 func (f *faulty) WatchAsset(ctx context.Context, in *assetv1.WatchAssetRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[assetv1.WatchAssetResponse], error) {
+	return faultyStream(f, &f.watches, in, false, func() (grpc.ServerStreamingClient[assetv1.WatchAssetResponse], error) {
+		return f.AssetServiceClient.WatchAsset(ctx, in, opts...)
+	})
+}
+
+// faultyStream records the request in asked, opens the real stream and hands it
+// back with every chunk flipped (flip), or broken after f.keep messages while
+// f.breaks lasts, or as it is.
+func faultyStream[Req, Resp any](f *faulty, asked *[]*Req, in *Req, flip bool, open func() (grpc.ServerStreamingClient[Resp], error)) (grpc.ServerStreamingClient[Resp], error) {
 	f.mu.Lock()
-	f.watches = append(f.watches, in)
+	*asked = append(*asked, in)
 	f.mu.Unlock()
-	s, err := f.AssetServiceClient.WatchAsset(ctx, in, opts...)
+	s, err := open()
 	if err != nil {
 		return nil, err
 	}
+	if flip {
+		return &breakingStream[Resp]{ServerStreamingClient: s, flip: true}, nil
+	}
 	if brk, keep := f.breakNext(); brk {
-		return &breakingStream[assetv1.WatchAssetResponse]{ServerStreamingClient: s, keep: keep, err: dropped}, nil
+		return &breakingStream[Resp]{ServerStreamingClient: s, keep: keep, err: dropped}, nil
 	}
 	return s, nil
 }

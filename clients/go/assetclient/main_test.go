@@ -110,6 +110,17 @@ func ownServer(t *testing.T) *testserver.Server {
 	return srv
 }
 
+// dialOwn connects to a server of the test's own; the client closes when the test ends.
+func dialOwn(t *testing.T, srv *testserver.Server, opts ...assetclient.Option) *assetclient.Client {
+	t.Helper()
+	c, err := assetclient.Dial(srv.Addr, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
 func testContext(t *testing.T) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	t.Cleanup(cancel)

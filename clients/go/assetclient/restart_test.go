@@ -19,16 +19,8 @@ import (
 func TestRestartGetAssetIsRetried(t *testing.T) {
 	ctx := testContext(t)
 	srv := ownServer(t)
-	c, err := assetclient.Dial(srv.Addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	once, err := assetclient.Dial(srv.Addr, assetclient.WithoutRetries())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer once.Close()
+	c := dialOwn(t, srv)
+	once := dialOwn(t, srv, assetclient.WithoutRetries())
 	a, err := c.CreateValueAsset(ctx, "kept.txt", assetclient.Text("kept"), assetclient.Meta{})
 	if err != nil {
 		t.Fatal(err)
@@ -116,11 +108,7 @@ func TestRestartWatchResumes(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			ctx := testContext(t)
 			srv := ownServer(t)
-			c, err := assetclient.Dial(srv.Addr)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer c.Close()
+			c := dialOwn(t, srv)
 			p, err := c.CreatePendingAsset(ctx, assetclient.Promise{TaskID: taskID(t), Label: "out", Type: assetv1.AssetType_ASSET_TYPE_VALUE})
 			if err != nil {
 				t.Fatal(err)
@@ -168,11 +156,7 @@ func TestRestartWatchResumes(t *testing.T) {
 func TestRestartWatchSelectorResumes(t *testing.T) {
 	ctx := testContext(t)
 	srv := ownServer(t)
-	c, err := assetclient.Dial(srv.Addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := dialOwn(t, srv)
 	task := taskID(t)
 	page, err := c.ListAssets(ctx, assetclient.Filter{CreatedByTask: task}, 0, "")
 	if err != nil {
@@ -240,11 +224,7 @@ func TestRestartUploadResumes(t *testing.T) {
 		t.Run(map[bool]string{true: "SIGKILL", false: "SIGTERM"}[crash], func(t *testing.T) {
 			ctx := testContext(t)
 			srv := ownServer(t)
-			c, err := assetclient.Dial(srv.Addr)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer c.Close()
+			c := dialOwn(t, srv)
 			content := randomBytes(t, 24*assetclient.ChunkSize+99)
 			// The first pass over the reader hashes it; the stop comes 12 MiB into the upload.
 			r := &stoppingReader{r: bytes.NewReader(content), srv: srv, stop: srv.Stop, after: int64(len(content)) + 12*assetclient.ChunkSize}

@@ -4,10 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"iter"
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/proto"
 
@@ -115,24 +115,18 @@ var errStopped = errors.New("watch stopped by its consumer")
 // stream runs one WatchAsset stream: nil when the server ended it (every asset
 // terminal), errStopped when deliver returned false, else the *Error.
 func (c *Client) stream(ctx context.Context, req *assetv1.WatchAssetRequest, deliver func(*assetv1.WatchAssetResponse) bool) error {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	s, err := c.raw.WatchAsset(ctx, req)
-	if err != nil {
-		return wrap("WatchAsset", err)
+	open := func(ctx context.Context) (grpc.ServerStreamingClient[assetv1.WatchAssetResponse], error) {
+		return c.raw.WatchAsset(ctx, req)
 	}
-	for {
-		ev, err := s.Recv()
-		if errors.Is(err, io.EOF) {
-			return nil
-		}
+	for ev, err := range messages(ctx, "WatchAsset", open) {
 		if err != nil {
-			return wrap("WatchAsset", err)
+			return err
 		}
 		if !deliver(ev) {
 			return errStopped
 		}
 	}
+	return nil
 }
 
 // resumable reports whether a stream that broke with err may be opened again:

@@ -89,8 +89,7 @@ class AsyncProducerMethods(AsyncClientBase):
     ) -> Asset:
         """Adopt a file already on the server's filesystem (under an import root)."""
         request = _core.register_request(path, label, media_type, tags, move)
-        response = await self._call(self._stub.RegisterFile, request, timeout)
-        return _convert.asset_from_pb(response.asset)
+        return await self._asset_call(self._stub.RegisterFile, request, timeout)
 
     async def create_value(
         self,
@@ -108,8 +107,7 @@ class AsyncProducerMethods(AsyncClientBase):
         With `ttl_seconds` it expires that long after its creation (0: the server's rules)."""
         value = _convert.value_from_kwargs(text, json, data, json is not _UNSET)
         request = _core.create_value_request(label, value, media_type, tags, ttl_seconds)
-        response = await self._call(self._stub.CreateValueAsset, request, timeout)
-        return _convert.asset_from_pb(response.asset)
+        return await self._asset_call(self._stub.CreateValueAsset, request, timeout)
 
     async def create_pending(
         self,
@@ -132,8 +130,7 @@ class AsyncProducerMethods(AsyncClientBase):
         request = _core.create_pending_request(
             task_id, label, media_type, type, tags, lease_seconds, ttl_seconds
         )
-        response = await self._call(self._stub.CreatePendingAsset, request, timeout)
-        return _convert.asset_from_pb(response.asset)
+        return await self._asset_call(self._stub.CreatePendingAsset, request, timeout)
 
     async def get_or_create_pending(
         self,
@@ -177,14 +174,12 @@ class AsyncProducerMethods(AsyncClientBase):
     ) -> Asset:
         """PENDING -> AVAILABLE from a file on the server's filesystem (moved) or a value."""
         request = _core.fulfill_request(asset_id, source_path, value, expected_sha256)
-        response = await self._call(self._stub.FulfillAsset, request, timeout)
-        return _convert.asset_from_pb(response.asset)
+        return await self._asset_call(self._stub.FulfillAsset, request, timeout)
 
     async def fail(self, asset_id: str, reason: str, *, timeout: float | None = None) -> Asset:
         """PENDING -> FAILED with a reason every watcher sees."""
         request = pb.FailAssetRequest(asset_id=asset_id, reason=reason)
-        response = await self._call(self._stub.FailAsset, request, timeout)
-        return _convert.asset_from_pb(response.asset)
+        return await self._asset_call(self._stub.FailAsset, request, timeout)
 
     async def mint_task_token(
         self,
@@ -213,5 +208,4 @@ class AsyncProducerMethods(AsyncClientBase):
         or its lease ran out; InvalidArgumentError past the server's --max-lease-seconds.
         """
         request = pb.RenewLeaseRequest(asset_id=asset_id, lease_seconds=lease_seconds)
-        response = await self._call(self._stub.RenewLease, request, timeout)
-        return _convert.asset_from_pb(response.asset)
+        return await self._asset_call(self._stub.RenewLease, request, timeout)

@@ -14,13 +14,10 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-import grpc
-
 from asset_client import _convert, _core, _reading, _transfers
 from asset_client._aio_calls import AsyncClientBase
 from asset_client._convert import pb
 from asset_client._progress import ProgressCallback
-from asset_client.errors import from_rpc_error
 from asset_client.models import Asset, AssetPage, AssetStatus, AssetType, Manifest
 
 
@@ -31,8 +28,7 @@ class AsyncReadMethods(AsyncClientBase):
 
     async def get(self, asset_id: str, *, timeout: float | None = None) -> Asset:
         request = pb.GetAssetRequest(asset_id=asset_id)
-        response = await self._call(self._stub.GetAsset, request, timeout)
-        return _convert.asset_from_pb(response.asset)
+        return await self._asset_call(self._stub.GetAsset, request, timeout)
 
     async def batch_get(
         self, asset_ids: Iterable[str], *, timeout: float | None = None
@@ -101,14 +97,9 @@ class AsyncReadMethods(AsyncClientBase):
         """Write an asset's bytes to `path` atomically (temp file, fsync, rename)."""
         asset = await self.get(asset_id, timeout=timeout)
         with await asyncio.to_thread(_transfers.Download(path, asset, progress).open) as target:
-            call = self._stub.ReadAsset(target.request(), timeout=timeout)
-            try:
+            async with self._streaming(self._stub.ReadAsset, target.request(), timeout) as call:
                 async for msg in call:
                     target.write(msg)
-            except grpc.RpcError as exc:
-                raise from_rpc_error(exc) from exc
-            finally:
-                call.cancel()
             return await asyncio.to_thread(target.commit)
 
     async def read(
@@ -128,14 +119,9 @@ class AsyncReadMethods(AsyncClientBase):
         or use `download`, which renames a file into place only once it checks out.
         """
         reading = _reading.Reading(await self.get(asset_id, timeout=timeout), offset, limit)
-        call = self._stub.ReadAsset(reading.request(), timeout=timeout)
-        try:
+        async with self._streaming(self._stub.ReadAsset, reading.request(), timeout) as call:
             async for msg in call:
                 yield reading.chunk(msg)
-        except grpc.RpcError as exc:
-            raise from_rpc_error(exc) from exc
-        finally:
-            call.cancel()
         reading.finish()
 
     async def manifest(

@@ -11,7 +11,6 @@ import re
 import shutil
 import stat
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -119,18 +118,6 @@ class BlobCache:
     @staticmethod
     def unlock(fd: int) -> None:
         os.close(fd)  # closing the last fd of the open file releases its flock
-
-    @contextlib.contextmanager
-    def locked(self, sha256: str, deadline: float | None = None) -> Iterator[None]:
-        """Hold the blob's lock (blocking; TimeoutError past `deadline`, a monotonic time)."""
-        while (fd := self.try_lock(sha256)) is None:
-            if deadline is not None and time.monotonic() >= deadline:
-                raise TimeoutError(f"timed out waiting for another process's download of {sha256}")
-            time.sleep(LOCK_POLL_SECONDS)
-        try:
-            yield
-        finally:
-            self.unlock(fd)
 
     def settle(self, sha256: str) -> Path:
         """A blob just downloaded under its name: read-only from now on, its name durable."""

@@ -61,17 +61,19 @@ class LeaseCalls(Protocol):
 
 
 class _Keeper:
-    """What both keepers share: the interval, the verdict on each error, the record."""
+    """What both keepers share: the interval, the verdict on each error, the record.
+
+    `.lost` is the error that ended the renewals (None while the lease is kept),
+    `.renewals` how many succeeded, `.every` the seconds between them (None for a promise
+    without a lease: nothing is renewed).
+    """
 
     def __init__(self, asset_id: str, every: float | None, client_timeout: float | None) -> None:
         if every is not None and not every > 0:
             raise ValueError(f"every must be a positive number of seconds, not {every!r}")
         self.asset_id = asset_id
-        # Seconds between renewals; None once entered means the promise has no lease.
         self.every = None if every is None else max(every, MIN_EVERY)
-        # The error that ended the renewals (usually an AssetServiceError), or None.
-        self.lost: Exception | None = None
-        # Successful renewals so far.
+        self.lost: Exception | None = None  # usually an AssetServiceError
         self.renewals = 0
         self._client_timeout = client_timeout
         self._entered = False
@@ -114,24 +116,20 @@ class _Keeper:
             return True
         return False
 
-    def _lose(self, exc: Exception) -> None:
+    def _refused(self, exc: Exception, current: Asset | None) -> None:
+        """A final refusal `exc`; `current` is the asset read again (None if that failed).
+        A refusal because the asset became AVAILABLE (the worker delivered) loses nothing."""
+        if current is not None and current.status is AssetStatus.AVAILABLE:
+            log.debug("asset %s is AVAILABLE: renewals stopped", self.asset_id)
+            return
         self.lost = exc
         log.warning("asset %s: lease lost, renewals stopped: %s", self.asset_id, exc)
-
-    def _fulfilled(self, current: Asset) -> bool:
-        """A refusal because the asset became AVAILABLE (the worker delivered) loses nothing."""
-        if current.status is AssetStatus.AVAILABLE:
-            log.debug("asset %s is AVAILABLE: renewals stopped", self.asset_id)
-            return True
-        return False
 
 
 class AsyncLeaseKeeper(_Keeper):
     """Renews a PENDING asset's lease from an asyncio task while an `async with` block runs.
 
-    Made by `AsyncAssetClient.keep_lease`; see there. `.lost` is the error that ended the
-    renewals (None while the lease is kept), `.renewals` how many succeeded, `.every` the
-    seconds between them (None for a promise without a lease: nothing is renewed).
+    Made by `AsyncAssetClient.keep_lease`; see there, and _Keeper for its attributes.
     """
 
     def __init__(self, client: AsyncLeaseCalls, asset_id: str, every: float | None) -> None:
@@ -170,23 +168,22 @@ class AsyncLeaseKeeper(_Keeper):
         except Exception as exc:
             if self._is_transient(exc):
                 return True
-            try:
-                current = await self._client.get(self.asset_id, timeout=self._deadline)
-            except Exception:
-                current = None
-            if current is None or not self._fulfilled(current):
-                self._lose(exc)
+            self._refused(exc, await self._read_again())
             return False
         self._renewed(asset)
         return True
+
+    async def _read_again(self) -> Asset | None:
+        try:
+            return await self._client.get(self.asset_id, timeout=self._deadline)
+        except Exception:
+            return None
 
 
 class LeaseKeeper(_Keeper):
     """Renews a PENDING asset's lease from a thread while a `with` block runs.
 
-    Made by `AssetClient.keep_lease`; see there. `.lost` is the error that ended the
-    renewals (None while the lease is kept), `.renewals` how many succeeded, `.every` the
-    seconds between them (None for a promise without a lease: nothing is renewed).
+    Made by `AssetClient.keep_lease`; see there, and _Keeper for its attributes.
     """
 
     def __init__(self, client: LeaseCalls, asset_id: str, every: float | None) -> None:
@@ -225,15 +222,16 @@ class LeaseKeeper(_Keeper):
         except Exception as exc:
             if self._is_transient(exc):
                 return True
-            try:
-                current = self._client.get(self.asset_id, timeout=self._deadline)
-            except Exception:
-                current = None
-            if current is None or not self._fulfilled(current):
-                self._lose(exc)
+            self._refused(exc, self._read_again())
             return False
         self._renewed(asset)
         return True
+
+    def _read_again(self) -> Asset | None:
+        try:
+            return self._client.get(self.asset_id, timeout=self._deadline)
+        except Exception:
+            return None
 
 
 __all__ = ["MIN_EVERY", "TRANSIENT", "AsyncLeaseKeeper", "LeaseKeeper"]

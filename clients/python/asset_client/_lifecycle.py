@@ -5,14 +5,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from typing import Any, cast
-
-import grpc
 
 from asset_client import _convert
 from asset_client._calls import ClientBase
 from asset_client._convert import pb
-from asset_client.errors import from_rpc_error
 from asset_client.models import Asset, ScrubResult, Usage
 
 
@@ -25,8 +21,7 @@ class LifecycleMethods(ClientBase):
         """Remove an asset's record and bytes; returns its last state. A held asset is
         refused (FailedPreconditionError naming the holders) unless `force` (admin)."""
         request = pb.DeleteAssetRequest(asset_id=asset_id, force=force)
-        response = self._call(self._stub.DeleteAsset, request, timeout)
-        return _convert.asset_from_pb(response.asset)
+        return self._asset_call(self._stub.DeleteAsset, request, timeout)
 
     def set_expiry(
         self,
@@ -38,22 +33,19 @@ class LifecycleMethods(ClientBase):
     ) -> Asset:
         """Expire the asset `ttl_seconds` from now, or (clear=True) never."""
         request = pb.SetExpiryRequest(asset_id=asset_id, ttl_seconds=ttl_seconds, clear=clear)
-        response = self._call(self._stub.SetExpiry, request, timeout)
-        return _convert.asset_from_pb(response.asset)
+        return self._asset_call(self._stub.SetExpiry, request, timeout)
 
     def place_hold(
         self, asset_id: str, owner: str, reason: str = "", *, timeout: float | None = None
     ) -> Asset:
         """Keep the asset (no expiry, no delete without force) until `owner` releases it."""
         request = pb.PlaceHoldRequest(asset_id=asset_id, owner=owner, reason=reason)
-        response = self._call(self._stub.PlaceHold, request, timeout)
-        return _convert.asset_from_pb(response.asset)
+        return self._asset_call(self._stub.PlaceHold, request, timeout)
 
     def release_hold(self, asset_id: str, owner: str, *, timeout: float | None = None) -> Asset:
         """Remove `owner`'s hold (NotFoundError if it has none)."""
         request = pb.ReleaseHoldRequest(asset_id=asset_id, owner=owner)
-        response = self._call(self._stub.ReleaseHold, request, timeout)
-        return _convert.asset_from_pb(response.asset)
+        return self._asset_call(self._stub.ReleaseHold, request, timeout)
 
     def get_usage(
         self,
@@ -82,11 +74,6 @@ class LifecycleMethods(ClientBase):
         request = pb.ScrubAssetsRequest(
             asset_ids=list(asset_ids), rate_mib_per_second=rate_mib_per_second
         )
-        call = self._stub.ScrubAssets(request, timeout=timeout)
-        try:
+        with self._streaming(self._stub.ScrubAssets, request, timeout) as call:
             for msg in call:
                 yield _convert.scrubbed_from_pb(msg)
-        except grpc.RpcError as exc:
-            raise from_rpc_error(exc) from exc
-        finally:
-            cast(Any, call).cancel()

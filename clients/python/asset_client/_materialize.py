@@ -1,23 +1,18 @@
-"""Materialize a manifest locally: inputs downloaded into a cache, input_data.json beside."""
+"""Materialize a manifest locally: where each input goes, and input_data.json beside."""
 
-# Two drivers with one behaviour, like the lease keepers: AsyncMaterializer for
-# AsyncAssetClient, Materializer for the blocking AssetClient (scripts/gen_sync_client.py
-# renames the one to the other in the generated client).
+# What the drivers share: AsyncMaterializer (_aio_materializer.py) for AsyncAssetClient,
+# and Materializer, generated from it for the blocking AssetClient (_materializer.py).
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import math
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from asset_client._blobcache import LOCK_POLL_SECONDS, BlobCache
-from asset_client._progress import ProgressCallback
 from asset_client.errors import AssetDeletedError, AssetFailedError, AssetStateError
 from asset_client.models import Asset, AssetType, Manifest, ValueKind
 
@@ -59,55 +54,7 @@ def plain_config(config: Mapping[str, Any] | None) -> dict[str, Any]:
     return {str(k): plain(v, f"[{k!r}]") for k, v in config.items()}
 
 
-class AsyncMaterializerCalls(Protocol):
-    """What an AsyncMaterializer calls: AsyncAssetClient's (a protocol, so that this module
-    imports neither client)."""
-
-    async def wait_until_available(
-        self,
-        asset_ids: Iterable[str],
-        timeout: float | None = None,  # noqa: ASYNC109
-    ) -> tuple[Asset, ...]: ...
-
-    async def batch_get(
-        self,
-        asset_ids: Iterable[str],
-        *,
-        timeout: float | None = None,  # noqa: ASYNC109
-    ) -> list[Asset]: ...
-
-    async def download(
-        self,
-        asset_id: str,
-        path: str | os.PathLike[str],
-        *,
-        progress: bool | ProgressCallback = True,
-        timeout: float | None = None,  # noqa: ASYNC109
-    ) -> Path: ...
-
-
-class MaterializerCalls(Protocol):
-    """What a Materializer calls: AssetClient's."""
-
-    def wait_until_available(
-        self, asset_ids: Iterable[str], timeout: float | None = None
-    ) -> tuple[Asset, ...]: ...
-
-    def batch_get(
-        self, asset_ids: Iterable[str], *, timeout: float | None = None
-    ) -> list[Asset]: ...
-
-    def download(
-        self,
-        asset_id: str,
-        path: str | os.PathLike[str],
-        *,
-        progress: bool | ProgressCallback = True,
-        timeout: float | None = None,
-    ) -> Path: ...
-
-
-class _Plan:
+class Plan:
     """One materialization's files: where each input goes, and the index written last."""
 
     def __init__(
@@ -176,126 +123,5 @@ def _write_atomically(path: Path, data: bytes) -> None:
     os.replace(part, path)
 
 
-def _needs_value(asset: Asset) -> bool:
+def needs_value(asset: Asset) -> bool:
     return asset.type is AssetType.VALUE and asset.value is None
-
-
-class AsyncMaterializer:
-    """Waits for the inputs, fetches FILE inputs into the cache, writes the manifest."""
-
-    def __init__(self, client: AsyncMaterializerCalls, cache: BlobCache) -> None:
-        self.client = client
-        self.cache = cache
-        # Bytes fetched from the server by this materializer, and inputs found cached.
-        self.downloaded = 0
-        self.reused = 0
-
-    async def run(
-        self,
-        mappings: Mapping[str, str],
-        config_params: Mapping[str, Any] | None,
-        dest: str | os.PathLike[str],
-        progress: bool | ProgressCallback,
-        wait_timeout: float | None,
-    ) -> Manifest:
-        plan = _Plan(mappings, config_params, dest)
-        assets: tuple[Asset, ...] = ()
-        if plan.asset_ids:
-            try:
-                assets = await self.client.wait_until_available(plan.asset_ids, wait_timeout)
-            except AssetStateError as exc:
-                raise plan.named(exc) from exc
-        await asyncio.to_thread(plan.prepare)
-        missing = [a.id for a in assets if _needs_value(a)]
-        fetched = {a.id: a for a in await self.client.batch_get(missing)} if missing else {}
-        for asset in assets:
-            asset = fetched.get(asset.id, asset)
-            if asset.type is AssetType.VALUE:
-                plan.add(asset.id, await asyncio.to_thread(plan.write_value, asset))
-            else:
-                plan.add(asset.id, await self._file(asset, plan.file_path(asset), progress))
-        return await asyncio.to_thread(plan.finish)
-
-    async def _file(self, asset: Asset, dest: Path, progress: bool | ProgressCallback) -> Path:
-        if not asset.sha256:  # nothing to name a blob by: straight to its place
-            await self.client.download(asset.id, dest, progress=progress)
-            self.downloaded += asset.size_bytes
-            return dest
-        # Another process fetching the same content holds the lock: wait for it, then
-        # find the blob there. (An flock: no event to await across processes.)
-        while (lock := await asyncio.to_thread(self.cache.try_lock, asset.sha256)) is None:  # noqa: ASYNC110
-            await asyncio.sleep(LOCK_POLL_SECONDS)
-        fetched = False
-        try:
-            if await asyncio.to_thread(self.cache.lookup, asset.sha256, asset.size_bytes):
-                self.reused += 1
-            else:
-                await self.client.download(
-                    asset.id, self.cache.path(asset.sha256), progress=progress
-                )
-                await asyncio.to_thread(self.cache.settle, asset.sha256)
-                self.downloaded += asset.size_bytes
-                fetched = True
-            await asyncio.to_thread(self.cache.place, asset.sha256, dest)
-        finally:
-            self.cache.unlock(lock)
-        if fetched:
-            with contextlib.suppress(OSError):
-                await asyncio.to_thread(self.cache.evict, asset.sha256)
-        return dest
-
-
-class Materializer:
-    """The blocking AsyncMaterializer, for AssetClient."""
-
-    def __init__(self, client: MaterializerCalls, cache: BlobCache) -> None:
-        self.client = client
-        self.cache = cache
-        self.downloaded = 0
-        self.reused = 0
-
-    def run(
-        self,
-        mappings: Mapping[str, str],
-        config_params: Mapping[str, Any] | None,
-        dest: str | os.PathLike[str],
-        progress: bool | ProgressCallback,
-        wait_timeout: float | None,
-    ) -> Manifest:
-        plan = _Plan(mappings, config_params, dest)
-        assets: tuple[Asset, ...] = ()
-        if plan.asset_ids:
-            try:
-                assets = self.client.wait_until_available(plan.asset_ids, wait_timeout)
-            except AssetStateError as exc:
-                raise plan.named(exc) from exc
-        plan.prepare()
-        missing = [a.id for a in assets if _needs_value(a)]
-        fetched = {a.id: a for a in self.client.batch_get(missing)} if missing else {}
-        for asset in assets:
-            asset = fetched.get(asset.id, asset)
-            if asset.type is AssetType.VALUE:
-                plan.add(asset.id, plan.write_value(asset))
-            else:
-                plan.add(asset.id, self._file(asset, plan.file_path(asset), progress))
-        return plan.finish()
-
-    def _file(self, asset: Asset, dest: Path, progress: bool | ProgressCallback) -> Path:
-        if not asset.sha256:
-            self.client.download(asset.id, dest, progress=progress)
-            self.downloaded += asset.size_bytes
-            return dest
-        fetched = False
-        with self.cache.locked(asset.sha256):
-            if self.cache.lookup(asset.sha256, asset.size_bytes):
-                self.reused += 1
-            else:
-                self.client.download(asset.id, self.cache.path(asset.sha256), progress=progress)
-                self.cache.settle(asset.sha256)
-                self.downloaded += asset.size_bytes
-                fetched = True
-            self.cache.place(asset.sha256, dest)
-        if fetched:
-            with contextlib.suppress(OSError):
-                self.cache.evict(asset.sha256)
-        return dest

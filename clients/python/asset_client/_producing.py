@@ -86,8 +86,7 @@ class ProducerMethods(ClientBase):
     ) -> Asset:
         """Adopt a file already on the server's filesystem (under an import root)."""
         request = _core.register_request(path, label, media_type, tags, move)
-        response = self._call(self._stub.RegisterFile, request, timeout)
-        return _convert.asset_from_pb(response.asset)
+        return self._asset_call(self._stub.RegisterFile, request, timeout)
 
     def create_value(
         self,
@@ -105,8 +104,7 @@ class ProducerMethods(ClientBase):
         With `ttl_seconds` it expires that long after its creation (0: the server's rules)."""
         value = _convert.value_from_kwargs(text, json, data, json is not _UNSET)
         request = _core.create_value_request(label, value, media_type, tags, ttl_seconds)
-        response = self._call(self._stub.CreateValueAsset, request, timeout)
-        return _convert.asset_from_pb(response.asset)
+        return self._asset_call(self._stub.CreateValueAsset, request, timeout)
 
     def create_pending(
         self,
@@ -129,8 +127,7 @@ class ProducerMethods(ClientBase):
         request = _core.create_pending_request(
             task_id, label, media_type, type, tags, lease_seconds, ttl_seconds
         )
-        response = self._call(self._stub.CreatePendingAsset, request, timeout)
-        return _convert.asset_from_pb(response.asset)
+        return self._asset_call(self._stub.CreatePendingAsset, request, timeout)
 
     def get_or_create_pending(
         self,
@@ -174,14 +171,12 @@ class ProducerMethods(ClientBase):
     ) -> Asset:
         """PENDING -> AVAILABLE from a file on the server's filesystem (moved) or a value."""
         request = _core.fulfill_request(asset_id, source_path, value, expected_sha256)
-        response = self._call(self._stub.FulfillAsset, request, timeout)
-        return _convert.asset_from_pb(response.asset)
+        return self._asset_call(self._stub.FulfillAsset, request, timeout)
 
     def fail(self, asset_id: str, reason: str, *, timeout: float | None = None) -> Asset:
         """PENDING -> FAILED with a reason every watcher sees."""
         request = pb.FailAssetRequest(asset_id=asset_id, reason=reason)
-        response = self._call(self._stub.FailAsset, request, timeout)
-        return _convert.asset_from_pb(response.asset)
+        return self._asset_call(self._stub.FailAsset, request, timeout)
 
     def mint_task_token(
         self,
@@ -210,5 +205,4 @@ class ProducerMethods(ClientBase):
         or its lease ran out; InvalidArgumentError past the server's --max-lease-seconds.
         """
         request = pb.RenewLeaseRequest(asset_id=asset_id, lease_seconds=lease_seconds)
-        response = self._call(self._stub.RenewLease, request, timeout)
-        return _convert.asset_from_pb(response.asset)
+        return self._asset_call(self._stub.RenewLease, request, timeout)

@@ -8,15 +8,12 @@ import builtins
 import os
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, cast
-
-import grpc
+from typing import Any
 
 from asset_client import _convert, _core, _reading, _transfers
 from asset_client._calls import ClientBase
 from asset_client._convert import pb
 from asset_client._progress import ProgressCallback
-from asset_client.errors import from_rpc_error
 from asset_client.models import Asset, AssetPage, AssetStatus, AssetType, Manifest
 
 
@@ -27,8 +24,7 @@ class ReadMethods(ClientBase):
 
     def get(self, asset_id: str, *, timeout: float | None = None) -> Asset:
         request = pb.GetAssetRequest(asset_id=asset_id)
-        response = self._call(self._stub.GetAsset, request, timeout)
-        return _convert.asset_from_pb(response.asset)
+        return self._asset_call(self._stub.GetAsset, request, timeout)
 
     def batch_get(
         self, asset_ids: Iterable[str], *, timeout: float | None = None
@@ -97,14 +93,9 @@ class ReadMethods(ClientBase):
         """Write an asset's bytes to `path` atomically (temp file, fsync, rename)."""
         asset = self.get(asset_id, timeout=timeout)
         with _transfers.Download(path, asset, progress).open() as target:
-            call = self._stub.ReadAsset(target.request(), timeout=timeout)
-            try:
+            with self._streaming(self._stub.ReadAsset, target.request(), timeout) as call:
                 for msg in call:
                     target.write(msg)
-            except grpc.RpcError as exc:
-                raise from_rpc_error(exc) from exc
-            finally:
-                cast(Any, call).cancel()
             return target.commit()
 
     def read(
@@ -124,14 +115,9 @@ class ReadMethods(ClientBase):
         or use `download`, which renames a file into place only once it checks out.
         """
         reading = _reading.Reading(self.get(asset_id, timeout=timeout), offset, limit)
-        call = self._stub.ReadAsset(reading.request(), timeout=timeout)
-        try:
+        with self._streaming(self._stub.ReadAsset, reading.request(), timeout) as call:
             for msg in call:
                 yield reading.chunk(msg)
-        except grpc.RpcError as exc:
-            raise from_rpc_error(exc) from exc
-        finally:
-            cast(Any, call).cancel()
         reading.finish()
 
     def manifest(

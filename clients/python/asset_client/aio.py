@@ -18,13 +18,13 @@ import grpc.aio
 
 from asset_client import _channel
 from asset_client._aio_lifecycle import AsyncLifecycleMethods
+from asset_client._aio_materializer import AsyncMaterializer
 from asset_client._aio_producing import AsyncProducerMethods
 from asset_client._aio_reads import AsyncReadMethods
 from asset_client._aio_watches import AsyncWatchMethods
 from asset_client._blobcache import BlobCache
 from asset_client._convert import pb_grpc
 from asset_client._leases import AsyncLeaseKeeper
-from asset_client._materialize import AsyncMaterializer
 from asset_client._progress import ProgressCallback
 from asset_client.models import Manifest
 

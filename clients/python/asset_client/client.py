@@ -16,7 +16,7 @@ from asset_client._blobcache import BlobCache
 from asset_client._convert import pb_grpc
 from asset_client._leases import LeaseKeeper
 from asset_client._lifecycle import LifecycleMethods
-from asset_client._materialize import Materializer
+from asset_client._materializer import Materializer
 from asset_client._producing import ProducerMethods
 from asset_client._progress import ProgressCallback
 from asset_client._reads import ReadMethods

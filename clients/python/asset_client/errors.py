@@ -169,22 +169,26 @@ class WaitTimeoutError(DeadlineExceededError):
         self.pending = pending
 
 
+# The typed error for each status code: the classes above that name one of their own.
 ERRORS_BY_CODE: dict[grpc.StatusCode, type[AssetServiceError]] = {
-    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgumentError,
-    grpc.StatusCode.NOT_FOUND: NotFoundError,
-    grpc.StatusCode.ALREADY_EXISTS: AlreadyExistsError,
-    grpc.StatusCode.FAILED_PRECONDITION: FailedPreconditionError,
-    grpc.StatusCode.ABORTED: ConflictError,
-    grpc.StatusCode.PERMISSION_DENIED: PermissionDeniedError,
-    grpc.StatusCode.UNAUTHENTICATED: UnauthenticatedError,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhaustedError,
-    grpc.StatusCode.DATA_LOSS: DataLossError,
-    grpc.StatusCode.OUT_OF_RANGE: HistoryGoneError,
-    grpc.StatusCode.UNAVAILABLE: UnavailableError,
-    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceededError,
-    grpc.StatusCode.CANCELLED: CancelledError,
-    grpc.StatusCode.UNIMPLEMENTED: UnimplementedError,
-    grpc.StatusCode.INTERNAL: InternalError,
+    cls.code: cls
+    for cls in (
+        InvalidArgumentError,
+        NotFoundError,
+        AlreadyExistsError,
+        FailedPreconditionError,
+        ConflictError,
+        PermissionDeniedError,
+        UnauthenticatedError,
+        ResourceExhaustedError,
+        DataLossError,
+        HistoryGoneError,
+        UnavailableError,
+        DeadlineExceededError,
+        CancelledError,
+        UnimplementedError,
+        InternalError,
+    )
 }
 
 

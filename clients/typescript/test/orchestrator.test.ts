@@ -20,33 +20,13 @@ import {
 import { keepLease } from "../src/lease";
 import { promise, runExample, watch } from "../src/orchestrator";
 import { type TokenSource, connection, isLoopbackTarget } from "../src/security";
+import { sleep, taskId, within } from "./helpers";
 import { type TestServer, testServer } from "./server";
 
 const PENDING = AssetStatus.ASSET_STATUS_PENDING;
 const AVAILABLE = AssetStatus.ASSET_STATUS_AVAILABLE;
 const FAILED = AssetStatus.ASSET_STATUS_FAILED;
 const UNKNOWN_ID = "00000000-0000-4000-8000-000000000000";
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
-}
-
-/** `p`, or a rejection once `ms` have passed (the timer is cleared either way). */
-async function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const late = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what} after ${ms} ms`)), ms);
-  });
-  try {
-    return await Promise.race([p, late]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
-function taskId(name: string): string {
-  return `ts-${name}-${Date.now()}-${Math.floor(Math.random() * 1e6)}`;
-}
 
 async function rejectsWith(promise: Promise<unknown>, code: status, includes?: string): Promise<void> {
   await assert.rejects(promise, (err: ServiceError) => {

@@ -56,32 +56,18 @@ def pending(
       out=$(asset pending task-42 frames.zip --lease 60)
       read -r id outcome < <(asset pending task-42 frames.zip --lease 60 --key "$hash")
     """
-    if key is not None:
+    promise = (task_id, label, media_type, _params.type_of(type_) or AssetType.FILE, tags)
+    if key is None:
         with settings.connect() as client:
-            keyed = client.get_or_create_pending(
-                key,
-                task_id,
-                label,
-                media_type,
-                _params.type_of(type_) or AssetType.FILE,
-                tags,
-                lease_seconds=lease or 0,
-            )
-        if json_ or settings.json:
-            _render.print_json({"outcome": keyed.outcome.value, "asset": keyed.asset})
-        else:
-            click.echo(f"{keyed.asset.id}\t{keyed.outcome.value}")
+            asset = client.create_pending(*promise, lease_seconds=lease or 0)
+        emit(settings, json_, asset, asset.id)
         return
     with settings.connect() as client:
-        asset = client.create_pending(
-            task_id,
-            label,
-            media_type,
-            _params.type_of(type_) or AssetType.FILE,
-            tags,
-            lease_seconds=lease or 0,
-        )
-    emit(settings, json_, asset, asset.id)
+        keyed = client.get_or_create_pending(key, *promise, lease_seconds=lease or 0)
+    if json_ or settings.json:
+        _render.print_json({"outcome": keyed.outcome.value, "asset": keyed.asset})
+    else:
+        click.echo(f"{keyed.asset.id}\t{keyed.outcome.value}")
 
 
 @cli.command()
