@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -16,7 +17,7 @@ from asset_service.api.wire import MESSAGE_LIMITS
 from tests import left_out
 from tests.backends import MinIO, report_lines
 from tests.contract import s3_helpers
-from tests.serverproc import ServerProcess, database_url_for, drop_database_of
+from tests.serverproc import ServerProcess, database_url_for, serving
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
@@ -65,12 +66,8 @@ def import_root(tmp_path: Path) -> Path:
 @pytest.fixture
 def server(tmp_path: Path, import_root: Path) -> Iterator[ServerProcess]:
     url = database_url_for(tmp_path)
-    proc = ServerProcess(tmp_path / "data", url, import_roots=[import_root]).start()
-    try:
+    with serving(ServerProcess(tmp_path / "data", url, import_roots=[import_root])) as proc:
         yield proc
-    finally:
-        proc.stop()
-        drop_database_of(url)
 
 
 StartServer = Callable[..., ServerProcess]
@@ -80,18 +77,14 @@ StartServer = Callable[..., ServerProcess]
 def start_server(tmp_path: Path) -> Iterator[StartServer]:
     """Starts servers with extra flags (`start(*flags)`, one database for all of them);
     every one is stopped, and its database dropped, at the end."""
-    started: list[tuple[ServerProcess, str]] = []
+    with contextlib.ExitStack() as started:
 
-    def start(*extra_args: str) -> ServerProcess:
-        url = database_url_for(tmp_path)
-        proc = ServerProcess(tmp_path / "data", url, extra_args=list(extra_args)).start()
-        started.append((proc, url))
-        return proc
+        def start(*extra_args: str) -> ServerProcess:
+            url = database_url_for(tmp_path)
+            proc = ServerProcess(tmp_path / "data", url, extra_args=list(extra_args))
+            return started.enter_context(serving(proc))
 
-    yield start
-    for proc, url in started:
-        proc.stop()
-        drop_database_of(url)
+        yield start
 
 
 @pytest.fixture

@@ -5,7 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from asset_service.domain.models import Asset, AssetType, Status, new_asset_id
+from asset_service.domain.manager._base import new_record
+from asset_service.domain.models import Asset, AssetType, Status
 
 
 def make_record(
@@ -19,17 +20,11 @@ def make_record(
     **fields: Any,
 ) -> Asset:
     """A record with a fresh id (or `asset_id`), created and last changed `at` (now by
-    default); `fields` are the Asset's other fields."""
-    now = at or datetime.now(UTC)
-    return Asset(
-        id=asset_id or new_asset_id(),
-        label=label,
-        status=status,
-        type=type_,
-        media_type=media_type,
-        created_at=now,
-        updated_at=now,
-        **fields,
+    default, the real clock even where a test moves the manager's); `fields` are the
+    Asset's other fields. The manager's new_record, by nobody."""
+    at = at or datetime.now(UTC)
+    return new_record(
+        status, type_, label, media_type, "", asset_id=asset_id or "", at=at, **fields
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -10,6 +11,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 READY = re.compile(r"asset-service listening on (\S+):(\d+)")
@@ -157,3 +159,15 @@ class ServerProcess:
                 if line.startswith(f"{field}:"):
                     return int(line.split()[1])
         raise RuntimeError(f"no {field} in /proc/{self.pid}/status")
+
+
+@contextlib.contextmanager
+def serving(proc: ServerProcess) -> Iterator[ServerProcess]:
+    """Starts the server; on leaving, stops it and drops its database (what every test
+    that starts a server of its own must do, even when its body fails)."""
+    proc.start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+        drop_database_of(proc.database_url)

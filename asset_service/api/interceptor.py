@@ -120,65 +120,39 @@ def _sends_credentials(context: Ctx) -> bool:
     return any(key == "authorization" for key, _ in context.invocation_metadata() or ())
 
 
+# Each kind of method handler: the attribute holding its behaviour, and its factory.
+_HANDLER_KINDS = {
+    "unary_unary": grpc.unary_unary_rpc_method_handler,
+    "unary_stream": grpc.unary_stream_rpc_method_handler,
+    "stream_unary": grpc.stream_unary_rpc_method_handler,
+    "stream_stream": grpc.stream_stream_rpc_method_handler,
+}
+
+
 def _as_anonymous(handler: Any, guarded: Callable[[], Any]) -> Any:
     """The handler run as ANONYMOUS, or behind the full guard for a call with credentials
-    (which an open server refuses, as before). Behaviours are typed Any, as in _guarded."""
-    if handler.unary_unary is not None:
-        unary_unary = handler.unary_unary
+    (which an open server refuses, as before). Behaviours are typed Any, as in _guarded;
+    a request is a message, or the stream of them of a client-streaming method."""
+    kind = next(k for k in _HANDLER_KINDS if getattr(handler, k) is not None)
+    behavior = getattr(handler, kind)
 
-        async def unary_unary_call(request: Any, context: Ctx) -> Any:
-            if _sends_credentials(context):
-                return await guarded().unary_unary(request, context)
-            token = set_principal(ANONYMOUS)
-            try:
-                return await unary_unary(request, context)
-            finally:
-                reset_principal(token)
-
-        return grpc.unary_unary_rpc_method_handler(
-            unary_unary_call, handler.request_deserializer, handler.response_serializer
-        )
-
-    if handler.unary_stream is not None:
-        unary_stream = handler.unary_stream
-
-        async def unary_stream_call(request: Any, context: Ctx) -> None:
-            if _sends_credentials(context):
-                await guarded().unary_stream(request, context)
-                return
-            await _stream_as(ANONYMOUS, unary_stream(request, context), context)
-
-        return grpc.unary_stream_rpc_method_handler(
-            unary_stream_call, handler.request_deserializer, handler.response_serializer
-        )
-
-    if handler.stream_unary is not None:
-        stream_unary = handler.stream_unary
-
-        async def stream_unary_call(requests: AsyncIterator[Any], context: Ctx) -> Any:
-            if _sends_credentials(context):
-                return await guarded().stream_unary(requests, context)
-            token = set_principal(ANONYMOUS)
-            try:
-                return await stream_unary(requests, context)
-            finally:
-                reset_principal(token)
-
-        return grpc.stream_unary_rpc_method_handler(
-            stream_unary_call, handler.request_deserializer, handler.response_serializer
-        )
-
-    stream_stream = handler.stream_stream
-
-    async def stream_stream_call(requests: AsyncIterator[Any], context: Ctx) -> None:
+    async def returning(request: Any, context: Ctx) -> Any:
         if _sends_credentials(context):
-            await guarded().stream_stream(requests, context)
-            return
-        await _stream_as(ANONYMOUS, stream_stream(requests, context), context)
+            return await getattr(guarded(), kind)(request, context)
+        token = set_principal(ANONYMOUS)
+        try:
+            return await behavior(request, context)
+        finally:
+            reset_principal(token)
 
-    return grpc.stream_stream_rpc_method_handler(
-        stream_stream_call, handler.request_deserializer, handler.response_serializer
-    )
+    async def streaming(request: Any, context: Ctx) -> None:
+        if _sends_credentials(context):
+            await getattr(guarded(), kind)(request, context)
+            return
+        await _stream_as(ANONYMOUS, behavior(request, context), context)
+
+    call = streaming if kind.endswith("_stream") else returning
+    return _HANDLER_KINDS[kind](call, handler.request_deserializer, handler.response_serializer)
 
 
 async def _stream_as(principal: Principal, result: Any, context: Ctx) -> None:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from asset_service.domain.errors import Conflict, InvalidArgument, NotFound, shown
-from asset_service.domain.models import Asset, UploadHeader
+from asset_service.domain.models import Asset, UploadHeader, check_pattern
 
 # What a client may choose as an upload_id (a UUID, in any of its spellings, fits).
 _UPLOAD_ID = re.compile(r"[A-Za-z0-9_-]{8,64}")
@@ -56,12 +56,13 @@ class UploadState:
 
 
 def validate_upload_id(raw: str) -> str:
-    if not _UPLOAD_ID.fullmatch(raw):
-        raise InvalidArgument(
-            f"upload_id {shown(raw)} is invalid: use 8 to 64 letters, digits, '_' or '-' "
-            "(e.g. a UUID), the same on every stream of the upload"
-        )
-    return raw
+    return check_pattern(
+        _UPLOAD_ID,
+        "upload_id",
+        raw,
+        "use 8 to 64 letters, digits, '_' or '-' (e.g. a UUID), the same on every stream of "
+        "the upload",
+    )
 
 
 def session_key(owner: str, upload_id: str) -> str:

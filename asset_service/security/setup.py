@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
+from collections.abc import Iterator
 
 import grpc
 
@@ -133,20 +135,23 @@ class Security:
     def reload(self) -> None:
         """SIGHUP: re-read every file; a file that fails keeps its previous contents in use."""
         if self.settings.tokens_file is not None:
-            try:
+            with _keeping_previous("tokens"):
                 self.authenticator.tokens = self._tokens()
                 log.info("reloaded the tokens file %s", self.settings.tokens_file)
-            except AssetError as exc:
-                log.error("kept the previous tokens: %s", exc.message)
         if self.settings.token_secret_file is not None:
-            try:
+            with _keeping_previous("token secrets"):
                 self.task_tokens.secrets = self._secrets()
                 log.info("reloaded the token secret file %s", self.settings.token_secret_file)
-            except AssetError as exc:
-                log.error("kept the previous token secrets: %s", exc.message)
         if self.certificates is not None:
-            try:
+            with _keeping_previous("TLS certificate"):
                 if not self.certificates.reload():
                     log.info("TLS files unchanged")
-            except AssetError as exc:
-                log.error("kept the previous TLS certificate: %s", exc.message)
+
+
+@contextlib.contextmanager
+def _keeping_previous(what: str) -> Iterator[None]:
+    """A reload that fails (AssetError) leaves `what` as it was, and says so."""
+    try:
+        yield
+    except AssetError as exc:
+        log.error("kept the previous %s: %s", what, exc.message)

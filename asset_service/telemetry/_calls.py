@@ -3,11 +3,13 @@ and the access log (an interceptor, first in the chain so that refused calls cou
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import inspect
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -56,6 +58,14 @@ class Call:
     principal: str = ""
     ref: str = ""  # the reference of an INTERNAL error, as the client was told it
     error: BaseException | None = field(default=None, repr=False)
+
+    def __enter__(self) -> Call:
+        return self
+
+    def __exit__(self, kind: object, error: BaseException | None, tb: object) -> None:
+        """What the call's behavior raised (a cancellation too) is its error; raised on."""
+        if error is not None:
+            self.error = error
 
 
 # The call being served in this task (grpc runs each call in a task of its own, the
@@ -181,56 +191,53 @@ class CallObserver(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         serialize = _counting_serializer(handler.response_serializer)
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                self._returning(method, handler.unary_unary), deserialize, serialize
+                self._observed(method, handler.unary_unary), deserialize, serialize
             )
         if handler.stream_unary is not None:
             return grpc.stream_unary_rpc_method_handler(
-                self._returning(method, handler.stream_unary), deserialize, serialize
+                self._observed(method, handler.stream_unary), deserialize, serialize
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                self._streaming(method, handler.unary_stream), deserialize, serialize
+                self._observed(method, handler.unary_stream), deserialize, serialize
             )
         return grpc.stream_stream_rpc_method_handler(
-            self._streaming(method, handler.stream_stream), deserialize, serialize
+            self._observed(method, handler.stream_stream), deserialize, serialize
         )
 
-    def _returning(self, method: Method, behavior: Any) -> Any:
+    def _observed(self, method: Method, behavior: Any) -> Any:
         access = self.access
 
-        async def observed(request: Any, context: Any) -> Any:
+        @contextlib.contextmanager
+        def observing(context: Any) -> Iterator[Call]:
             call = self._begin(method, context)
             try:
-                return await behavior(request, context)
-            except BaseException as exc:
-                call.error = exc
-                raise
+                with call:
+                    yield call
             finally:
                 if access:
                     call.principal = principal_of_call()
 
-        return observed
+        return keep_shape(behavior, observing)
 
-    def _streaming(self, method: Method, behavior: Any) -> Any:
-        """A coroutine (context.write) stays one, an async generator stays one: grpc
-        serves the two differently."""
-        access = self.access
-        if inspect.isasyncgenfunction(behavior):
 
-            async def generated(request: Any, context: Any) -> AsyncIterator[Any]:
-                call = self._begin(method, context)
-                try:
-                    async for item in behavior(request, context):
-                        yield item
-                except BaseException as exc:
-                    call.error = exc
-                    raise
-                finally:
-                    if access:
-                        call.principal = principal_of_call()
+def keep_shape(behavior: Any, scope: Callable[[Any], AbstractContextManager[Any]]) -> Any:
+    """`behavior` run inside `scope(context)`, the same shape: a coroutine (context.write)
+    stays one, an async generator stays one (grpc serves the two differently)."""
+    if inspect.isasyncgenfunction(behavior):
 
-            return generated
-        return self._returning(method, behavior)
+        async def generated(request: Any, context: Any) -> AsyncIterator[Any]:
+            with scope(context):
+                async for item in behavior(request, context):
+                    yield item
+
+        return generated
+
+    async def returned(request: Any, context: Any) -> Any:
+        with scope(context):
+            return await behavior(request, context)
+
+    return returned
 
 
 class Registering:

@@ -6,6 +6,7 @@ Imported only with --metrics-listen: a server without it loads none of this.
 from __future__ import annotations
 
 import collections
+import functools
 import time
 from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
@@ -54,6 +55,7 @@ GO_CODE_NAMES = {
 GO_CODE_NAMES[grpc.StatusCode.OK] = "OK"
 
 RPC_LABELS = ("grpc_type", "grpc_service", "grpc_method")
+METHOD_LABELS = ("grpc_service", "grpc_method")
 
 
 class Metrics:
@@ -67,128 +69,108 @@ class Metrics:
         r = self.registry = CollectorRegistry()
         for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
             r.register(collector)
-        self.started = Counter(
-            "grpc_server_started", "RPCs started on the server.", RPC_LABELS, registry=r
-        )
-        self.handled = Counter(
+        # Every metric registers in this server's registry.
+        counter = functools.partial(Counter, registry=r)
+        gauge = functools.partial(Gauge, registry=r)
+        histogram = functools.partial(Histogram, registry=r)
+        self.started = counter("grpc_server_started", "RPCs started on the server.", RPC_LABELS)
+        self.handled = counter(
             "grpc_server_handled",
             "RPCs completed on the server, regardless of success or failure.",
             (*RPC_LABELS, "grpc_code"),
-            registry=r,
         )
-        self.handling = Histogram(
+        self.handling = histogram(
             "grpc_server_handling_seconds",
             "Response latency (seconds) of RPCs handled by the server: from the call's "
             "arrival to its status sent (a stream: its whole life).",
             RPC_LABELS,
             buckets=RPC_BUCKETS,
-            registry=r,
         )
-        self.msg_received = Counter(
-            "grpc_server_msg_received", "Messages received by the server.", RPC_LABELS, registry=r
+        self.msg_received = counter(
+            "grpc_server_msg_received", "Messages received by the server.", RPC_LABELS
         )
-        self.msg_sent = Counter(
-            "grpc_server_msg_sent", "Messages sent by the server.", RPC_LABELS, registry=r
-        )
-        self.in_flight = Gauge(
+        self.msg_sent = counter("grpc_server_msg_sent", "Messages sent by the server.", RPC_LABELS)
+        self.in_flight = gauge(
             "asset_service_rpcs_in_flight",
             "Calls started and not yet ended.",
-            ("grpc_service", "grpc_method"),
-            registry=r,
+            METHOD_LABELS,
         )
-        self.bytes_received = Counter(
+        self.bytes_received = counter(
             "asset_service_rpc_received_bytes",
             "Bytes of request messages received (as on the wire, before decoding).",
-            ("grpc_service", "grpc_method"),
-            registry=r,
+            METHOD_LABELS,
         )
-        self.bytes_sent = Counter(
+        self.bytes_sent = counter(
             "asset_service_rpc_sent_bytes",
             "Bytes of response messages sent (serialized).",
-            ("grpc_service", "grpc_method"),
-            registry=r,
+            METHOD_LABELS,
         )
-        self.upload_bytes = Counter(
+        self.upload_bytes = counter(
             "asset_service_upload_bytes",
             "Content bytes received by UploadAsset (chunks, whatever the upload's outcome).",
-            registry=r,
         )
-        self.read_bytes = Counter(
-            "asset_service_read_bytes", "Content bytes sent by ReadAsset.", registry=r
-        )
-        self.watch_streams = Gauge(
+        self.read_bytes = counter("asset_service_read_bytes", "Content bytes sent by ReadAsset.")
+        self.watch_streams = gauge(
             "asset_service_watch_streams",
             "WatchAsset streams open, by what they follow (ids or a selector).",
             ("watch",),
-            registry=r,
         )
-        self.watch_events = Counter(
+        self.watch_events = counter(
             "asset_service_watch_events_sent",
             "Events written to WatchAsset streams, by type (SNAPSHOT, CHANGED, DELETED).",
             ("type",),
-            registry=r,
         )
-        self.watch_lag = Histogram(
+        self.watch_lag = histogram(
             "asset_service_watch_event_lag_seconds",
             "Time from this server seeing a change (its change feed delivering it) to the "
             "event being written to a watcher's stream (CHANGED/DELETED events).",
             buckets=LAG_BUCKETS,
-            registry=r,
         )
-        self.feed_lag = Histogram(
+        self.feed_lag = histogram(
             "asset_service_change_feed_lag_seconds",
             "Time from a record's write (its updated_at, the writer's clock) to this "
             "server's change feed delivering the change.",
             buckets=LAG_BUCKETS,
-            registry=r,
         )
-        self.feed_revision = Gauge(
+        self.feed_revision = gauge(
             "asset_service_change_feed_revision",
             "The revision of the last change the change feed delivered.",
-            registry=r,
         )
-        self.store_seconds = Histogram(
+        self.store_seconds = histogram(
             "asset_service_store_operation_seconds",
             "Latency of metadata store operations, by operation and outcome (ok, error).",
             ("operation", "outcome"),
             buckets=STORE_BUCKETS,
-            registry=r,
         )
-        self.storage_seconds = Histogram(
+        self.storage_seconds = histogram(
             "asset_service_storage_operation_seconds",
             "Latency of blob storage operations, by operation and outcome (ok, error).",
             ("operation", "outcome"),
             buckets=STORE_BUCKETS,
-            registry=r,
         )
-        self.group_commit = Histogram(
+        self.group_commit = histogram(
             "asset_service_group_commit_writes",
             "Writes per group-commit transaction of the store's writer (sqlite, mongodb).",
             ("store",),
             buckets=BATCH_BUCKETS,
-            registry=r,
         )
-        self.leases_expired = Counter(
+        self.leases_expired = counter(
             "asset_service_leases_expired",
             "Promises failed by this server's sweep because their lease ran out.",
-            registry=r,
         )
-        self.sessions_expired = Counter(
+        self.sessions_expired = counter(
             "asset_service_upload_sessions_expired",
             "Unfinished resumable uploads removed by this server's sweep past their TTL.",
-            registry=r,
         )
-        self.assets_expired = Counter(
+        self.assets_expired = counter(
             "asset_service_assets_expired",
             "Expired assets removed by this server's retention sweep, by deletion reason.",
             ("reason",),
-            registry=r,
         )
-        self.reclaimed = Counter(
+        self.reclaimed = counter(
             "asset_service_reclaimed",
             "Items this server's collections removed, by kind (orphan_files).",
             ("kind",),
-            registry=r,
         )
         self.build = Info("asset_service_build", "The running build.", registry=r)
 

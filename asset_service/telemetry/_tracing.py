@@ -6,8 +6,9 @@ Imported only when OTEL_TRACES_EXPORTER names an exporter: otherwise the SDK is 
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import AsyncIterator, Mapping
+import contextlib
+import functools
+from collections.abc import Iterator, Mapping
 from importlib import metadata
 from typing import Any
 
@@ -22,7 +23,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.semconv._incubating.attributes.rpc_attributes import RPC_GRPC_STATUS_CODE
 
 from asset_service.domain.errors import AssetError
-from asset_service.telemetry._calls import Call, final_code
+from asset_service.telemetry._calls import Call, final_code, keep_shape
 
 SERVICE_NAME = "asset-service"
 EXPORTER_GROUP = "opentelemetry_traces_exporter"
@@ -83,39 +84,20 @@ class SpanInterceptor(OpenTelemetryAioServerInterceptor):
     """
 
     def _intercept_aio_server_unary(self, behavior: Any, details: Any) -> Any:
-        return self._traced(behavior, details)
+        return keep_shape(behavior, functools.partial(self._traced, details))
 
     def _intercept_aio_server_stream(self, behavior: Any, details: Any) -> Any:
-        if not inspect.isasyncgenfunction(behavior):
-            return self._traced(behavior, details)
+        return keep_shape(behavior, functools.partial(self._traced, details))
 
-        async def traced(request: Any, context: Any) -> AsyncIterator[Any]:
-            with self._set_remote_context(context), self._span(details, context) as span:
-                call = Call(0.0)
-                try:
-                    async for item in behavior(request, context):
-                        yield item
-                except BaseException as exc:
-                    call.error = exc
-                    raise
-                finally:
-                    _end(span, call, context)
-
-        return traced
-
-    def _traced(self, behavior: Any, details: Any) -> Any:
-        async def traced(request: Any, context: Any) -> Any:
-            with self._set_remote_context(context), self._span(details, context) as span:
-                call = Call(0.0)
-                try:
-                    return await behavior(request, context)
-                except BaseException as exc:
-                    call.error = exc
-                    raise
-                finally:
-                    _end(span, call, context)
-
-        return traced
+    @contextlib.contextmanager
+    def _traced(self, details: Any, context: Any) -> Iterator[Call]:
+        with self._set_remote_context(context), self._span(details, context) as span:
+            call = Call(0.0)
+            try:
+                with call:
+                    yield call
+            finally:
+                _end(span, call, context)
 
     def _span(self, details: Any, context: Any) -> Any:
         return self._start_span(details, context, set_status_on_exception=False)  # type: ignore[no-untyped-call]

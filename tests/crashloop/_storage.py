@@ -120,7 +120,7 @@ def write_worker_file(path: Path, data: bytes, durable: bool) -> None:
             out.flush()
             os.fsync(out.fileno())
     if durable:
-        _fsync_folder(path.parent)
+        fsync_folder(path.parent)
 
 
 def remove_worker_file(path: Path, durable: bool) -> None:
@@ -130,10 +130,11 @@ def remove_worker_file(path: Path, durable: bool) -> None:
     except FileNotFoundError:
         return
     if durable:
-        _fsync_folder(path.parent)
+        fsync_folder(path.parent)
 
 
-def _fsync_folder(folder: Path) -> None:
+def fsync_folder(folder: Path) -> None:
+    """Makes the folder's entries durable (fsync of the folder itself), errors raised."""
     fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)

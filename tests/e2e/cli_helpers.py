@@ -52,6 +52,19 @@ def one_line_error(result: subprocess.CompletedProcess[bytes], code: int) -> str
     return err
 
 
+def run_args(
+    *command: str,
+    inputs: Mapping[str, str] = {},
+    outputs: Mapping[str, str] = {},
+    options: Sequence[str] = (),
+) -> list[str]:
+    """`asset run`'s arguments: the options, each input and output as `--input NAME=ID`
+    and `--output NAME=ID` (or `NAME=ID:PATH`), then the command after `--`."""
+    named = [a for n, i in inputs.items() for a in ("--input", f"{n}={i}")]
+    named += [a for n, o in outputs.items() for a in ("--output", f"{n}={o}")]
+    return ["run", *options, *named, "--", *command]
+
+
 def start(address: str, args: Sequence[str], **kwargs: object) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [ASSET, *args],

@@ -8,7 +8,7 @@ import hashlib
 import inspect
 import re
 import threading
-from collections.abc import AsyncIterator, Coroutine, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -56,6 +56,32 @@ async def upload(
 
     response = await stub.UploadAsset(requests(), timeout=timeout)
     return response.asset
+
+
+async def pending_asset(
+    stub: pb_grpc.AssetServiceStub, label: str, task_id: str = "t", **fields: Any
+) -> pb.Asset:
+    """A PENDING asset of task `task_id` (CreatePendingAsset; `fields`: the request's others)."""
+    request = pb.CreatePendingAssetRequest(task_id=task_id, label=label, **fields)
+    return (await stub.CreatePendingAsset(request)).asset
+
+
+async def value_asset(stub: pb_grpc.AssetServiceStub, label: str, **value: Any) -> pb.Asset:
+    """A VALUE asset holding pb.Value(**value) (CreateValueAsset)."""
+    request = pb.CreateValueAssetRequest(label=label, value=pb.Value(**value))
+    return (await stub.CreateValueAsset(request)).asset
+
+
+async def unfinished_upload(
+    label: str, chunks: Iterable[bytes], sent: asyncio.Event
+) -> AsyncIterator[pb.UploadAssetRequest]:
+    """An upload's requests that never end: the header and the chunks, then `sent` is set
+    and the stream stays open (until the call is cancelled, or its server dies)."""
+    yield pb.UploadAssetRequest(header=pb.UploadHeader(label=label))
+    for chunk in chunks:
+        yield pb.UploadAssetRequest(chunk=chunk)
+    sent.set()
+    await asyncio.sleep(3600)
 
 
 def upload_sync(address: str, chunks: Iterable[bytes], **header: object) -> pb.Asset:
@@ -209,6 +235,84 @@ class AsyncDriver:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(10)
             self._loop.close()
+
+
+class InjectedUnavailable(grpc.RpcError):
+    """The error a cut stream raises: UNAVAILABLE, as when the connection drops."""
+
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.UNAVAILABLE
+
+    def details(self) -> str:
+        return "injected disconnect"
+
+
+class CutWatch:
+    """A WatchAsset call that delivers `keep` messages, runs `meanwhile`, then fails."""
+
+    def __init__(self, call: Any, keep: int, meanwhile: Callable[[], object]) -> None:
+        self.call, self.keep, self.meanwhile = call, keep, meanwhile
+
+    def __iter__(self) -> Iterator[Any]:
+        messages = iter(self.call)
+        for _ in range(self.keep):
+            yield next(messages)
+        self.meanwhile()
+        raise InjectedUnavailable()
+
+    async def __aiter__(self) -> AsyncIterator[Any]:
+        messages = aiter(self.call)
+        for _ in range(self.keep):
+            yield await anext(messages)
+        self.meanwhile()
+        raise InjectedUnavailable()
+
+    def cancel(self) -> None:
+        self.call.cancel()
+
+
+class RecordingStub:
+    """Stands in for the client's stub: records requests; cuts the first watch streams.
+
+    `listed` runs after each listing (e.g. the one that pins "from now").
+    """
+
+    def __init__(
+        self,
+        real: Any,
+        cuts: list[tuple[int, Callable[[], object]]],
+        listed: Callable[[], object] = lambda: None,
+    ) -> None:
+        self.real = real
+        self.cuts = cuts
+        self.listed = listed
+        self.watches: list[pb.WatchAssetRequest] = []
+        self.lists: list[pb.ListAssetsRequest] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+    def ListAssets(self, request: pb.ListAssetsRequest, timeout: float | None) -> Any:
+        self.lists.append(request)
+        call = self.real.ListAssets(request, timeout=timeout)
+        if not inspect.isawaitable(call):
+            self.listed()
+            return call
+
+        async def answered() -> Any:  # the asyncio client's call runs once awaited
+            page = await call
+            self.listed()
+            return page
+
+        return answered()
+
+    def WatchAsset(self, request: pb.WatchAssetRequest, timeout: float | None) -> Any:
+        self.watches.append(request)
+        call = self.real.WatchAsset(request, timeout=timeout)
+        if len(self.watches) <= len(self.cuts):
+            keep, meanwhile = self.cuts[len(self.watches) - 1]
+            return CutWatch(call, keep, meanwhile)
+        return call
 
 
 def server_trace(server: ServerProcess, details: str | None) -> str:

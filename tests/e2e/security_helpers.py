@@ -7,9 +7,10 @@ import hashlib
 import os
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 import jwt
@@ -17,7 +18,7 @@ import jwt
 from asset_service._proto.asset.v1 import asset_service_pb2 as pb
 from asset_service._proto.asset.v1 import asset_service_pb2_grpc as pb_grpc
 from tests.e2e.helpers import stored_files
-from tests.serverproc import ServerProcess
+from tests.serverproc import ServerProcess, serving
 
 ROLES = ("reader", "worker", "orchestrator", "admin")
 SECRET = b"test-secret-" + b"x" * 40
@@ -31,6 +32,10 @@ def bearer(token: str) -> Metadata:
 def token_for(role: str) -> str:
     """A fixed token per role (tests only): the file holds only its sha256."""
     return f"test-token-{role}-0123456789abcdefghij"
+
+
+# Each role's bearer token, as call metadata.
+READER, WORKER, ORCH, ADMIN = (bearer(token_for(role)) for role in ROLES)
 
 
 def tokens_toml(certificates: dict[str, tuple[str, str]] | None = None) -> str:
@@ -82,16 +87,35 @@ class SecureFiles:
         return self
 
 
-def start_server(
+def server_process(
     root: Path, import_root: Path, args: Sequence[str], env: dict[str, str] | None = None
 ) -> ServerProcess:
+    """A server (not started yet) on `root`, with a sqlite database of its own there."""
     return ServerProcess(
         root / "data",
         f"sqlite:///{root / 'assets.db'}",
         import_roots=[import_root],
         extra_args=list(args),
         env=env,
-    ).start()
+    )
+
+
+def start_server(
+    root: Path, import_root: Path, args: Sequence[str], env: dict[str, str] | None = None
+) -> ServerProcess:
+    return server_process(root, import_root, args, env).start()
+
+
+@contextlib.contextmanager
+def token_server(base: Path, *extra_args: str) -> Iterator[ServerProcess]:
+    """A server on `base` that takes bearer tokens (base/tokens.toml, every role of
+    token_for) and task tokens (base/task-secret), importing from base/imports; stopped on
+    leaving."""
+    imports = base / "imports"
+    imports.mkdir(exist_ok=True)
+    files = SecureFiles(base).with_tokens().with_secret()
+    with serving(server_process(base, imports, [*files.args, *extra_args])) as server:
+        yield server
 
 
 async def snapshot(admin: pb_grpc.AssetServiceStub, root: Path) -> tuple[object, ...]:
@@ -124,28 +148,17 @@ Prepare = Callable[[Env], Awaitable[None]]
 Call = Callable[[pb_grpc.AssetServiceStub, Metadata, Env], Awaitable[object]]
 
 
-async def _pending(env: Env, type_: int = pb.ASSET_TYPE_VALUE) -> None:
+async def _pending(env: Env, type_: int = pb.ASSET_TYPE_VALUE, **fields: Any) -> None:
     made = await env.admin.CreatePendingAsset(
-        pb.CreatePendingAssetRequest(task_id="table-task", label="out", type=type_),
-        metadata=bearer(token_for("admin")),
-    )
-    env.target_id = made.asset.id
-
-
-async def _leased(env: Env) -> None:
-    made = await env.admin.CreatePendingAsset(
-        pb.CreatePendingAssetRequest(
-            task_id="table-task", label="out", type=pb.ASSET_TYPE_VALUE, lease_seconds=600
-        ),
-        metadata=bearer(token_for("admin")),
+        pb.CreatePendingAssetRequest(task_id="table-task", label="out", type=type_, **fields),
+        metadata=ADMIN,
     )
     env.target_id = made.asset.id
 
 
 async def _value(env: Env) -> None:
     made = await env.admin.CreateValueAsset(
-        pb.CreateValueAssetRequest(label="doomed", value=pb.Value(text="bye")),
-        metadata=bearer(token_for("admin")),
+        pb.CreateValueAssetRequest(label="doomed", value=pb.Value(text="bye")), metadata=ADMIN
     )
     env.target_id = made.asset.id
 
@@ -153,8 +166,7 @@ async def _value(env: Env) -> None:
 async def _held(env: Env) -> None:
     await _value(env)
     await env.admin.PlaceHold(
-        pb.PlaceHoldRequest(asset_id=env.target_id, owner="table", reason="kept"),
-        metadata=bearer(token_for("admin")),
+        pb.PlaceHoldRequest(asset_id=env.target_id, owner="table", reason="kept"), metadata=ADMIN
     )
 
 
@@ -190,124 +202,73 @@ async def _query_upload(stub: pb_grpc.AssetServiceStub, md: Metadata, env: Env) 
     return await stub.QueryUpload(pb.QueryUploadRequest(upload_id=upload_id), metadata=md)
 
 
-async def _drain(stream: object) -> list[object]:
-    return [m async for m in stream]  # type: ignore[attr-defined]
+def _call(rpc: str, request: Callable[[Env], Any]) -> Call:
+    """Sends the one request of an RPC; a stream's answer is read to its end."""
+    streams = pb.DESCRIPTOR.services_by_name["AssetService"].methods_by_name[rpc].server_streaming
+
+    async def call(stub: pb_grpc.AssetServiceStub, md: Metadata, env: Env) -> object:
+        if streams:
+            return [m async for m in getattr(stub, rpc)(request(env), metadata=md, timeout=10)]
+        return await getattr(stub, rpc)(request(env), metadata=md)
+
+    return call
 
 
-# One call per RPC, valid for a caller allowed to make it (so an allowed cell answers OK).
-CALLS: dict[str, tuple[Prepare, Call]] = {
-    "GetAsset": (
-        _nothing,
-        lambda s, md, e: s.GetAsset(pb.GetAssetRequest(asset_id=e.value_id), metadata=md),
-    ),
-    "BatchGetAssets": (
-        _nothing,
-        lambda s, md, e: s.BatchGetAssets(
-            pb.BatchGetAssetsRequest(asset_ids=[e.value_id]), metadata=md
-        ),
-    ),
-    "ListAssets": (
-        _nothing,
-        lambda s, md, e: s.ListAssets(pb.ListAssetsRequest(page_size=5), metadata=md),
-    ),
-    "WatchAsset": (
-        _nothing,
-        lambda s, md, e: _drain(
-            s.WatchAsset(pb.WatchAssetRequest(asset_ids=[e.value_id]), metadata=md, timeout=10)
-        ),
-    ),
-    "ReadAsset": (
-        _nothing,
-        lambda s, md, e: _drain(s.ReadAsset(pb.ReadAssetRequest(asset_id=e.value_id), metadata=md)),
-    ),
+# The request each RPC of one request is called with, after what it needs was prepared.
+_REQUESTS: dict[str, tuple[Prepare, Callable[[Env], Any]]] = {
+    "GetAsset": (_nothing, lambda e: pb.GetAssetRequest(asset_id=e.value_id)),
+    "BatchGetAssets": (_nothing, lambda e: pb.BatchGetAssetsRequest(asset_ids=[e.value_id])),
+    "ListAssets": (_nothing, lambda e: pb.ListAssetsRequest(page_size=5)),
+    "WatchAsset": (_nothing, lambda e: pb.WatchAssetRequest(asset_ids=[e.value_id])),
+    "ReadAsset": (_nothing, lambda e: pb.ReadAssetRequest(asset_id=e.value_id)),
     "GetManifest": (
         _nothing,
-        lambda s, md, e: s.GetManifest(
-            pb.GetManifestRequest(asset_mappings={"note": e.value_id}), metadata=md
-        ),
+        lambda e: pb.GetManifestRequest(asset_mappings={"note": e.value_id}),
     ),
-    "UploadAsset": (lambda e: _pending(e, pb.ASSET_TYPE_FILE), _upload),
-    "QueryUpload": (_nothing, _query_upload),
     "FulfillAsset": (
         _pending,
-        lambda s, md, e: s.FulfillAsset(
-            pb.FulfillAssetRequest(asset_id=e.target_id, value=pb.Value(text="done")), metadata=md
-        ),
+        lambda e: pb.FulfillAssetRequest(asset_id=e.target_id, value=pb.Value(text="done")),
     ),
-    "FailAsset": (
-        _pending,
-        lambda s, md, e: s.FailAsset(
-            pb.FailAssetRequest(asset_id=e.target_id, reason="no"), metadata=md
-        ),
-    ),
+    "FailAsset": (_pending, lambda e: pb.FailAssetRequest(asset_id=e.target_id, reason="no")),
     "RenewLease": (
-        _leased,
-        lambda s, md, e: s.RenewLease(pb.RenewLeaseRequest(asset_id=e.target_id), metadata=md),
+        lambda e: _pending(e, lease_seconds=600),
+        lambda e: pb.RenewLeaseRequest(asset_id=e.target_id),
     ),
     "CreatePendingAsset": (
         _nothing,
-        lambda s, md, e: s.CreatePendingAsset(
-            pb.CreatePendingAssetRequest(task_id="t-new", label="promise"), metadata=md
-        ),
+        lambda e: pb.CreatePendingAssetRequest(task_id="t-new", label="promise"),
     ),
     "GetOrCreatePendingAsset": (
         _nothing,
-        lambda s, md, e: s.GetOrCreatePendingAsset(
-            pb.GetOrCreatePendingAssetRequest(
-                key="roles-key",
-                promise=pb.CreatePendingAssetRequest(task_id="t-new", label="promise"),
-            ),
-            metadata=md,
+        lambda e: pb.GetOrCreatePendingAssetRequest(
+            key="roles-key", promise=pb.CreatePendingAssetRequest(task_id="t-new", label="promise")
         ),
     ),
     "CreateValueAsset": (
         _nothing,
-        lambda s, md, e: s.CreateValueAsset(
-            pb.CreateValueAssetRequest(label="v", value=pb.Value(text="hi")), metadata=md
-        ),
+        lambda e: pb.CreateValueAssetRequest(label="v", value=pb.Value(text="hi")),
     ),
-    "RegisterFile": (
-        _file,
-        lambda s, md, e: s.RegisterFile(pb.RegisterFileRequest(path=e.path), metadata=md),
-    ),
+    "RegisterFile": (_file, lambda e: pb.RegisterFileRequest(path=e.path)),
     "MintTaskToken": (
         _nothing,
-        lambda s, md, e: s.MintTaskToken(
-            pb.MintTaskTokenRequest(task_id="t-1", input_asset_ids=[e.value_id]), metadata=md
-        ),
+        lambda e: pb.MintTaskTokenRequest(task_id="t-1", input_asset_ids=[e.value_id]),
     ),
-    "DeleteAsset": (
-        _value,
-        lambda s, md, e: s.DeleteAsset(pb.DeleteAssetRequest(asset_id=e.target_id), metadata=md),
-    ),
-    "ScrubAssets": (
-        _nothing,
-        lambda s, md, e: _drain(
-            s.ScrubAssets(pb.ScrubAssetsRequest(asset_ids=[e.value_id]), metadata=md)
-        ),
-    ),
-    "SetExpiry": (
-        _value,
-        lambda s, md, e: s.SetExpiry(
-            pb.SetExpiryRequest(asset_id=e.target_id, ttl_seconds=3600), metadata=md
-        ),
-    ),
+    "DeleteAsset": (_value, lambda e: pb.DeleteAssetRequest(asset_id=e.target_id)),
+    "ScrubAssets": (_nothing, lambda e: pb.ScrubAssetsRequest(asset_ids=[e.value_id])),
+    "SetExpiry": (_value, lambda e: pb.SetExpiryRequest(asset_id=e.target_id, ttl_seconds=3600)),
     "PlaceHold": (
         _value,
-        lambda s, md, e: s.PlaceHold(
-            pb.PlaceHoldRequest(asset_id=e.target_id, owner="o", reason="r"), metadata=md
-        ),
+        lambda e: pb.PlaceHoldRequest(asset_id=e.target_id, owner="o", reason="r"),
     ),
-    "ReleaseHold": (
-        _held,
-        lambda s, md, e: s.ReleaseHold(
-            pb.ReleaseHoldRequest(asset_id=e.target_id, owner="table"), metadata=md
-        ),
-    ),
-    "GetUsage": (
-        _nothing,
-        lambda s, md, e: s.GetUsage(pb.GetUsageRequest(group="tag"), metadata=md),
-    ),
+    "ReleaseHold": (_held, lambda e: pb.ReleaseHoldRequest(asset_id=e.target_id, owner="table")),
+    "GetUsage": (_nothing, lambda e: pb.GetUsageRequest(group="tag")),
+}
+
+# One call per RPC, valid for a caller allowed to make it (so an allowed cell answers OK).
+CALLS: dict[str, tuple[Prepare, Call]] = {
+    "UploadAsset": (lambda e: _pending(e, pb.ASSET_TYPE_FILE), _upload),
+    "QueryUpload": (_nothing, _query_upload),
+    **{rpc: (prepare, _call(rpc, request)) for rpc, (prepare, request) in _REQUESTS.items()},
 }
 
 # The issue's table, written out independently of the server's RULES.

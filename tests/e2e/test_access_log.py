@@ -16,8 +16,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from asset_service._proto.asset.v1 import asset_service_pb2 as pb
 from asset_service._proto.asset.v1 import asset_service_pb2_grpc as pb_grpc
 from tests.e2e.helpers import upload
-from tests.e2e.security_helpers import SecureFiles, bearer, start_server, token_for
-from tests.serverproc import ServerProcess
+from tests.e2e.security_helpers import SecureFiles, bearer, server_process, token_for
+from tests.serverproc import ServerProcess, serving
 
 ACCESS = "asset_service.access"
 MISSING = "00000000-0000-4000-8000-000000000000"
@@ -40,8 +40,7 @@ def access_lines(server: ServerProcess, count: int, timeout: float = 10) -> list
 
 
 async def test_one_json_line_per_call(tmp_path: Path, import_root: Path) -> None:
-    server = start_server(tmp_path, import_root, ["--log-format", "json"])
-    try:
+    with serving(server_process(tmp_path, import_root, ["--log-format", "json"])) as server:
         async with grpc.aio.insecure_channel(server.address) as channel:
             stub = pb_grpc.AssetServiceStub(channel)
             value = await stub.CreateValueAsset(
@@ -54,8 +53,6 @@ async def test_one_json_line_per_call(tmp_path: Path, import_root: Path) -> None
             read = [r async for r in stub.ReadAsset(pb.ReadAssetRequest(asset_id=stored.id))]
             await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
         calls = access_lines(server, 5)
-    finally:
-        server.stop()
     lines = json_lines(server)  # every line, not only the access lines, parses
     assert any("asset-service listening on" in line["message"] for line in lines)
     for line in lines:
@@ -83,8 +80,9 @@ async def test_one_json_line_per_call(tmp_path: Path, import_root: Path) -> None
 
 async def test_refused_calls_are_logged_with_their_code(tmp_path: Path, import_root: Path) -> None:
     files = SecureFiles(tmp_path).with_tokens()
-    server = start_server(tmp_path, import_root, [*files.args, "--log-format", "json"])
-    try:
+    with serving(
+        server_process(tmp_path, import_root, [*files.args, "--log-format", "json"])
+    ) as server:
         async with grpc.aio.insecure_channel(server.address) as channel:
             stub = pb_grpc.AssetServiceStub(channel)
             with pytest.raises(grpc.aio.AioRpcError) as refused:
@@ -97,8 +95,6 @@ async def test_refused_calls_are_logged_with_their_code(tmp_path: Path, import_r
             assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
             await stub.ListAssets(pb.ListAssetsRequest(), metadata=bearer(token_for("reader")))
         calls = access_lines(server, 3)
-    finally:
-        server.stop()
     assert [(c["code"], c["principal"]) for c in calls] == [
         ("UNAUTHENTICATED", "-"),
         ("PERMISSION_DENIED", "reader-1"),

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from asset_client import AssetClient, AssetStatus, AssetType
 
-from tests.e2e.cli_helpers import asset, one_line_error, out, start
+from tests.e2e.cli_helpers import asset, one_line_error, out, run_args, start
 from tests.serverproc import ServerProcess
 
 
@@ -114,20 +114,9 @@ def test_a_promise_lost_meanwhile_stops_the_command_and_fails_the_others(
     first = client.create_pending("task-lost", "a.bin", lease_seconds=1)
     second = client.create_pending("task-lost", "b.bin", lease_seconds=1)
     pidfile = tmp_path / "pid"
-    proc = start(
-        server.address,
-        [
-            "run",
-            "--output",
-            f"a={first.id}",
-            "--output",
-            f"b={second.id}",
-            "--",
-            "sh",
-            "-c",
-            f"echo $$ > {pidfile}; exec sleep 60",
-        ],
-    )
+    script = f"echo $$ > {pidfile}; exec sleep 60"
+    outputs = {"a": first.id, "b": second.id}
+    proc = start(server.address, run_args("sh", "-c", script, outputs=outputs))
     _wait_for(pidfile, proc)
     client.fail(first.id, "the orchestrator gave up on it")
     code, err = _finish(proc)
@@ -146,17 +135,10 @@ def test_an_input_that_failed_fails_the_promise_and_the_command_never_runs(
     client.fail(upstream.id, "ffmpeg exited 1")
     promise = client.create_pending("task-down", "clip.mp4")
     marker = tmp_path / "ran"
-    result = asset(
-        server.address,
-        "run",
-        "--input",
-        f"frames={upstream.id}",
-        "--output",
-        f"clip={promise.id}",
-        "--",
-        "touch",
-        str(marker),
+    run = run_args(
+        "touch", str(marker), inputs={"frames": upstream.id}, outputs={"clip": promise.id}
     )
+    result = asset(server.address, *run)
     err = one_line_error(result, 19)  # FAILED_PRECONDITION
     assert "input 'frames'" in err
     assert not marker.exists()
@@ -170,22 +152,9 @@ def test_a_pending_input_is_waited_for_then_the_command_runs(
 ) -> None:
     upstream = client.create_pending("task-up", "words.txt", type=AssetType.VALUE)
     promise = client.create_pending("task-count", "count.txt")
-    proc = start(
-        server.address,
-        [
-            "run",
-            "--input",
-            f"words={upstream.id}",
-            "--output",
-            f"count={promise.id}",
-            "--",
-            "sh",
-            "-c",
-            'wc -w < "$1" > "$ASSET_OUTPUT"',
-            "sh",
-            "{input:words}",
-        ],
-    )
+    command = ("sh", "-c", 'wc -w < "$1" > "$ASSET_OUTPUT"', "sh", "{input:words}")
+    run = run_args(*command, inputs={"words": upstream.id}, outputs={"count": promise.id})
+    proc = start(server.address, run)
     time.sleep(1)
     assert proc.poll() is None  # still waiting
     client.fulfill(upstream.id, value="one two three")
@@ -199,17 +168,9 @@ def test_the_commands_stdout_is_asset_runs_and_nothing_else(
 ) -> None:
     promise = client.create_pending("task-out", "out.txt")
     target = tmp_path / "result.txt"
-    result = asset(
-        server.address,
-        "run",
-        "--output",
-        f"out={promise.id}:{target}",
-        "--",
-        "sh",
-        "-c",
-        "echo to stdout; echo data > {output}",
-        cwd=tmp_path,
-    )
+    command = ("sh", "-c", "echo to stdout; echo data > {output}")
+    run = run_args(*command, outputs={"out": f"{promise.id}:{target}"})
+    result = asset(server.address, *run, cwd=tmp_path)
     assert out(result) == "to stdout\n"
     assert client.get(promise.id).size_bytes == 5
     # The declared file exists now: a second run may not deliver it stale.
@@ -219,22 +180,22 @@ def test_the_commands_stdout_is_asset_runs_and_nothing_else(
     assert client.get(again.id).status is AssetStatus.PENDING
 
 
-def test_a_command_that_writes_no_output_fails_its_promise(
-    server: ServerProcess, client: AssetClient
+@pytest.mark.parametrize(
+    ("command", "code", "said", "reason"),
+    [
+        ("true", 1, "the command exited 0 but wrote no file", "wrote no file at"),
+        ("no-such-cmd", 127, "cannot run 'no-such-cmd'", "no-such-cmd"),
+    ],
+    ids=["writes-no-output", "cannot-be-found"],
+)
+def test_a_command_that_makes_no_output_fails_its_promise(
+    server: ServerProcess, client: AssetClient, command: str, code: int, said: str, reason: str
 ) -> None:
     promise = client.create_pending("task-none", "out.txt")
-    result = asset(server.address, "run", "--output", f"out={promise.id}", "--", "true")
-    assert "the command exited 0 but wrote no file" in one_line_error(result, 1)
-    assert "wrote no file at" in client.get(promise.id).failure_reason
-
-
-def test_a_command_that_cannot_be_found_fails_its_promise(
-    server: ServerProcess, client: AssetClient
-) -> None:
-    promise = client.create_pending("task-none", "out.txt")
-    result = asset(server.address, "run", "--output", f"out={promise.id}", "--", "no-such-cmd")
-    assert "cannot run 'no-such-cmd'" in one_line_error(result, 127)
-    assert client.get(promise.id).status is AssetStatus.FAILED
+    result = asset(server.address, *run_args(command, outputs={"out": promise.id}))
+    assert said in one_line_error(result, code)
+    failed = client.get(promise.id)
+    assert failed.status is AssetStatus.FAILED and reason in failed.failure_reason
 
 
 def test_an_output_that_is_not_pending_is_refused_before_anything_runs(
@@ -272,20 +233,8 @@ def test_a_signal_while_waiting_for_inputs_fails_the_promise(
     upstream = client.create_pending("task-up", "never.txt")
     promise = client.create_pending("task-wait", "out.txt", lease_seconds=30)
     marker = tmp_path / "ran"
-    proc = start(
-        server.address,
-        [
-            "-v",
-            "run",
-            "--input",
-            f"x={upstream.id}",
-            "--output",
-            f"o={promise.id}",
-            "--",
-            "touch",
-            str(marker),
-        ],
-    )
+    run = run_args("touch", str(marker), inputs={"x": upstream.id}, outputs={"o": promise.id})
+    proc = start(server.address, ["-v", *run])
     assert proc.stderr is not None
     line = proc.stderr.readline().decode()  # -v: it says when it starts waiting
     assert line == "asset: waiting for 1 input(s)\n", line

@@ -17,9 +17,12 @@ from tests.e2e.helpers import (
     all_assets,
     expect_error,
     pattern_chunks,
+    pending_asset,
     stored_files,
+    unfinished_upload,
     upload,
     upload_sync,
+    value_asset,
 )
 from tests.serverproc import ServerProcess, database_url_for
 
@@ -154,9 +157,7 @@ async def test_register_file_outside_import_roots(
         grpc.StatusCode.NOT_FOUND,
         "does not exist",
     )
-    pending = (
-        await stub.CreatePendingAsset(pb.CreatePendingAssetRequest(task_id="t", label="o"))
-    ).asset
+    pending = await pending_asset(stub, "o")
     await expect_error(
         stub.FulfillAsset(pb.FulfillAssetRequest(asset_id=pending.id, source_path=str(link))),
         denied,
@@ -174,9 +175,7 @@ async def test_register_file_on_a_directory_says_it_is_one(
         for move in (False, True):
             request = pb.RegisterFileRequest(path=str(folder), move=move)
             await expect_error(stub.RegisterFile(request), BAD, f"'{folder}' is a directory")
-    pending = (
-        await stub.CreatePendingAsset(pb.CreatePendingAssetRequest(task_id="t", label="o"))
-    ).asset
+    pending = await pending_asset(stub, "o")
     fulfill = pb.FulfillAssetRequest(asset_id=pending.id, source_path=str(import_root))
     await expect_error(stub.FulfillAsset(fulfill), BAD, "is a directory")
     assert import_root.is_dir() and (import_root / "sub").is_dir()
@@ -252,15 +251,7 @@ async def test_client_cancels_mid_upload(
     stub: pb_grpc.AssetServiceStub, untouched: None, server: ServerProcess
 ) -> None:
     sent = asyncio.Event()
-
-    async def slow() -> AsyncIterator[pb.UploadAssetRequest]:
-        yield pb.UploadAssetRequest(header=pb.UploadHeader(label="cancelled.bin"))
-        for chunk in pattern_chunks(8 * MiB):
-            yield pb.UploadAssetRequest(chunk=chunk)
-        sent.set()
-        await asyncio.sleep(3600)  # never finish
-
-    call = stub.UploadAsset(slow())
+    call = stub.UploadAsset(unfinished_upload("cancelled.bin", pattern_chunks(8 * MiB), sent))
     await asyncio.wait_for(sent.wait(), 30)
     staging = [p for p in stored_files(server.root) if "staging" in p.parts]
     assert staging, "the server should be staging the upload by now"
@@ -274,9 +265,7 @@ async def test_client_cancels_mid_upload(
 
 
 async def test_wrong_state_transitions(stub: pb_grpc.AssetServiceStub, import_root: Path) -> None:
-    available = (
-        await stub.CreateValueAsset(pb.CreateValueAssetRequest(label="v", value=pb.Value(text="x")))
-    ).asset
+    available = await value_asset(stub, "v", text="x")
     await expect_error(
         stub.FulfillAsset(pb.FulfillAssetRequest(asset_id=available.id, value=pb.Value(text="y"))),
         grpc.StatusCode.FAILED_PRECONDITION,
@@ -288,9 +277,7 @@ async def test_wrong_state_transitions(stub: pb_grpc.AssetServiceStub, import_ro
         grpc.StatusCode.FAILED_PRECONDITION,
         "AVAILABLE",
     )
-    file_pending = (
-        await stub.CreatePendingAsset(pb.CreatePendingAssetRequest(task_id="t", label="f"))
-    ).asset
+    file_pending = await pending_asset(stub, "f")
     await expect_error(
         stub.FulfillAsset(
             pb.FulfillAssetRequest(asset_id=file_pending.id, value=pb.Value(text="y"))
@@ -298,11 +285,7 @@ async def test_wrong_state_transitions(stub: pb_grpc.AssetServiceStub, import_ro
         grpc.StatusCode.FAILED_PRECONDITION,
         "is a FILE asset",
     )
-    value_pending = (
-        await stub.CreatePendingAsset(
-            pb.CreatePendingAssetRequest(task_id="t", label="v", type=pb.ASSET_TYPE_VALUE)
-        )
-    ).asset
+    value_pending = await pending_asset(stub, "v", type=pb.ASSET_TYPE_VALUE)
     src = import_root / "x.txt"
     src.write_text("x")
     await expect_error(

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.cli_helpers import asset, one_line_error, out
-from tests.e2e.security_helpers import SecureFiles, start_server, token_for
+from tests.e2e.security_helpers import SecureFiles, server_process, token_for
 from tests.pki import CA
-from tests.serverproc import ServerProcess
+from tests.serverproc import ServerProcess, serving
 
 
 @pytest.fixture(scope="module")
@@ -25,11 +25,8 @@ def mtls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProce
     files = SecureFiles(base).with_tokens({"worker-7.example": ("worker-7", "orchestrator")})
     args = [*files.args, "--tls-cert", str(cert), "--tls-key", str(key)]
     args += ["--tls-client-ca", str(clients.write(base / "clients-ca.pem"))]
-    server = start_server(base, base / "imports", args)
-    try:
+    with serving(server_process(base, base / "imports", args)) as server:
         yield server, base
-    finally:
-        server.stop()
 
 
 def test_asset_speaks_mtls_with_its_files_from_options_or_variables(

@@ -27,7 +27,7 @@ import pytest
 
 from tests.e2e.security_helpers import SecureFiles, token_for
 from tests.pki import CA
-from tests.serverproc import ServerProcess, database_url_for, drop_database_of
+from tests.serverproc import ServerProcess, database_url_for, serving
 
 ROOT = Path(__file__).resolve().parents[2]
 GO_DIR = ROOT / "clients" / "go"
@@ -157,13 +157,9 @@ def live(request: pytest.FixtureRequest, tmp_path: Path, import_root: Path) -> I
         env["ASSET_SERVICE_CLIENT_KEY"] = str(client_key)
     url = database_url_for(tmp_path)
     proc = ServerProcess(tmp_path / "data", url, import_roots=[import_root], extra_args=args)
-    proc.start()
-    try:
+    with serving(proc):
         env["ASSET_SERVICE_ADDR"] = proc.address
         yield Live(mode, proc, env, import_root)
-    finally:
-        proc.stop()
-        drop_database_of(url)
 
 
 def check_audit(live: Live) -> None:
@@ -301,14 +297,10 @@ def test_go_module_from_a_consumer(tmp_path: Path, import_root: Path) -> None:
     files = SecureFiles(tmp_path).with_tokens().with_secret()
     url = database_url_for(tmp_path)
     proc = ServerProcess(tmp_path / "data", url, import_roots=[import_root], extra_args=files.args)
-    proc.start()
-    try:
+    with serving(proc):
         env["ASSET_SERVICE_ADDR"] = proc.address
         env["ASSET_SERVICE_TOKEN"] = token_for("orchestrator")
         done = run([str(consumer / "pipeline")], consumer, env, timeout=120)
-    finally:
-        proc.stop()
-        drop_database_of(url)
     out = done.stdout
     assert done.returncode == 0, out
     assert "worker uses a task token" in out, out

@@ -24,17 +24,18 @@ from tests.backends import MinIO
 from tests.contract import s3_helpers
 from tests.e2e.helpers import read_all
 from tests.e2e.scrape import metrics_port, scrape
-from tests.serverproc import ServerProcess, database_url_for, drop_database_of
+from tests.serverproc import ServerProcess, database_url_for, serving
 
 COLLECT = ["--metrics-listen", "127.0.0.1:0", "--collect-interval", "0.3"]
 ONE_PER_RUN = ["--retention-sweep-limit", "1"]
 
 
 def collecting(tmp_path: Path, *flags: str, env: dict[str, str] | None = None) -> ServerProcess:
+    """A server (not started) that collects often, one thing a run."""
     url = database_url_for(tmp_path)
     return ServerProcess(
         tmp_path / "data", url, extra_args=[*COLLECT, *ONE_PER_RUN, *flags], env=env
-    ).start()
+    )
 
 
 async def until(done: Callable[[], bool], server: ServerProcess, seconds: float = 15) -> None:
@@ -104,17 +105,13 @@ def session_folders(root: Path) -> list[str]:
 
 async def test_expired_upload_sessions_go_one_per_run_counted(tmp_path: Path) -> None:
     # A TTL that outlasts making the three on a loaded machine (CI shares 2 cores).
-    server = collecting(tmp_path, "--upload-session-ttl", "4")
-    try:
+    with serving(collecting(tmp_path, "--upload-session-ttl", "4")) as server:
         port = metrics_port(server)
         for _ in range(3):
             await asyncio.to_thread(cut_session, server.address, uuid.uuid4().hex, b"x" * 1000)
         assert len(session_folders(server.root)) == 3
         await until(lambda: not session_folders(server.root), server)
         assert reclaimed(port, "upload_sessions") == 3
-    finally:
-        server.stop()
-        drop_database_of(database_url_for(tmp_path))
     runs = runs_logged(server, "expired upload session(s)")
     assert len(runs) == 3 and all("removed 1 expired" in ln for ln in runs), runs
 
@@ -130,8 +127,7 @@ def dead_staging(root: Path, name: str) -> Path:
 
 
 async def test_staging_of_dead_processes_goes_one_per_run_counted(tmp_path: Path) -> None:
-    server = collecting(tmp_path)
-    try:
+    with serving(collecting(tmp_path)) as server:
         port = metrics_port(server)
         dead = [dead_staging(server.root, f"999{i}-deadbeef") for i in range(3)]
         # A live process's staging (another server on this disk): its lock is held.
@@ -145,9 +141,6 @@ async def test_staging_of_dead_processes_goes_one_per_run_counted(tmp_path: Path
         finally:
             os.close(lock)
         assert reclaimed(port, "staging") == 3
-    finally:
-        server.stop()
-        drop_database_of(database_url_for(tmp_path))
     runs = runs_logged(server, "staging leftover(s) of dead processes")
     assert len(runs) == 3 and all("collected 1 staging" in ln for ln in runs), runs
 
@@ -155,9 +148,9 @@ async def test_staging_of_dead_processes_goes_one_per_run_counted(tmp_path: Path
 async def test_live_uploads_keep_their_staging_and_sessions(tmp_path: Path) -> None:
     # Sessions expire a second after their stream's start; collections run every 0.3 s
     # with no orphan grace: a stream open for 3 s spans ten of them.
-    server = collecting(tmp_path, "--upload-session-ttl", "1", "--orphan-grace", "0")
     data = os.urandom(3 * 1024 * 1024)
-    try:
+    flags = ["--upload-session-ttl", "1", "--orphan-grace", "0"]
+    with serving(collecting(tmp_path, *flags)) as server:
         port = metrics_port(server)
         resumable = asyncio.to_thread(slow_upload, server.address, data, 3, uuid.uuid4().hex)
         plain = asyncio.to_thread(slow_upload, server.address, data[::-1], 3)
@@ -169,24 +162,14 @@ async def test_live_uploads_keep_their_staging_and_sessions(tmp_path: Path) -> N
         scraped = scrape(port)
         for kind in ("upload_sessions", "staging", "orphan_files"):
             assert scraped.get("asset_service_reclaimed_total", {"kind": kind}) == 0, kind
-    finally:
-        server.stop()
-        drop_database_of(database_url_for(tmp_path))
 
 
 async def test_cached_object_store_copies_go_one_per_run_counted(
     tmp_path: Path, minio: MinIO
 ) -> None:
     prefix = f"cache-{uuid.uuid4().hex[:8]}"
-    server = collecting(
-        tmp_path,
-        "--storage-url",
-        f"s3://{s3_helpers.BUCKET}/{prefix}",
-        "--manifest-ttl",
-        "60",
-        env=minio.aws_env(),
-    )
-    try:
+    flags = ["--storage-url", f"s3://{s3_helpers.BUCKET}/{prefix}", "--manifest-ttl", "60"]
+    with serving(collecting(tmp_path, *flags, env=minio.aws_env())) as server:
         port = metrics_port(server)
         async with grpc.aio.insecure_channel(server.address) as channel:
             stub = pb_grpc.AssetServiceStub(channel)
@@ -214,8 +197,5 @@ async def test_cached_object_store_copies_go_one_per_run_counted(
         assert used.is_file(), "a copy used within --manifest-ttl stays"
         assert reclaimed(port, "cache_copies") == 3
         assert Path(manifest.manifest_path).is_file()
-    finally:
-        server.stop()
-        drop_database_of(database_url_for(tmp_path))
     runs = runs_logged(server, "cached object-store copy(ies)")
     assert len(runs) == 3 and all("removed 1 cached" in ln for ln in runs), runs

@@ -34,7 +34,7 @@ from asset_service.server import RunningServer, start
 from asset_service.store.sqlite import SqliteStore
 from tests.backends import MinIO
 from tests.contract import s3_helpers
-from tests.e2e.helpers import read_all, stored_files, upload
+from tests.e2e.helpers import pending_asset, read_all, stored_files, upload
 
 _serial = itertools.count()
 
@@ -54,6 +54,20 @@ class FaultyStore:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
+
+    def arm(
+        self,
+        *,
+        fail_before: bool = False,
+        fail_after: bool = False,
+        then_reads_fail: bool = False,
+        hold: asyncio.Event | None = None,
+    ) -> None:
+        """Sets what the next record write does: fail before or after it is sent, or wait
+        for `hold`; with then_reads_fail, reads fail too from that write on."""
+        self.armed = True
+        self.fail_before, self.fail_after, self.hold = fail_before, fail_after, hold
+        self.then_reads_fail = then_reads_fail
 
     async def _write(self, fn: Callable[..., Awaitable[Asset]], *args: Any) -> Asset:
         if not self.armed:
@@ -236,9 +250,7 @@ async def make_op(kind: str, rig: Rig) -> Op:
     if kind == "register":
         request = pb.RegisterFileRequest(path=str(source), label=label, move=True)
         return Op(content, source, lambda t: stub.RegisterFile(request, timeout=t), by_label)
-    pending = (
-        await stub.CreatePendingAsset(pb.CreatePendingAssetRequest(task_id="t", label=label))
-    ).asset
+    pending = await pending_asset(stub, label)
     fulfill = pb.FulfillAssetRequest(asset_id=pending.id, source_path=str(source))
 
     async def current() -> pb.Asset | None:
@@ -283,6 +295,14 @@ async def assert_rolled_back(rig: Rig, op: Op) -> None:
     await assert_clean(rig, set(op.keep))
 
 
+async def unavailable(op: Op) -> str:
+    """Runs the operation, which must fail UNAVAILABLE; the error's details."""
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await op.call(10)
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    return info.value.details() or ""
+
+
 async def assert_clean(rig: Rig, expected: set[str]) -> None:
     files = await rig.stored()
     assert files == expected, f"stored files {files} != {expected}"
@@ -303,7 +323,7 @@ async def test_write_applied_then_error_is_confirmed_by_a_re_read(
     rig: Rig, storage: str, kind: str
 ) -> None:
     op = await make_op(kind, rig)
-    rig.store.armed, rig.store.fail_after = True, True
+    rig.store.arm(fail_after=True)
     await op.call(10)  # the re-read shows the write applied: an OK answer
     await assert_committed(rig, op)
 
@@ -313,12 +333,9 @@ async def test_unknown_outcome_keeps_the_bytes_and_the_source(
     rig: Rig, storage: str, kind: str
 ) -> None:
     op = await make_op(kind, rig)
-    rig.store.armed, rig.store.fail_after = True, True
-    rig.store.then_reads_fail = True  # the re-read fails too: nobody can know yet
-    with pytest.raises(grpc.aio.AioRpcError) as info:
-        await op.call(10)
-    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
-    assert "may or may not have been written" in (info.value.details() or "")
+    # The re-read fails too: nobody can know yet.
+    rig.store.arm(fail_after=True, then_reads_fail=True)
+    assert "may or may not have been written" in await unavailable(op)
     rig.store.reads_fail = False
     asset = await op.find()
     assert asset is not None and asset.status == pb.ASSET_STATUS_AVAILABLE
@@ -334,11 +351,8 @@ async def test_unknown_outcome_of_a_write_that_did_not_apply_rolls_back(
     rig: Rig, storage: str, kind: str
 ) -> None:
     op = await make_op(kind, rig)
-    rig.store.armed, rig.store.fail_before = True, True
-    rig.store.then_reads_fail = True
-    with pytest.raises(grpc.aio.AioRpcError) as info:
-        await op.call(10)
-    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    rig.store.arm(fail_before=True, then_reads_fail=True)
+    await unavailable(op)
     rig.store.reads_fail = False
     await rig.settle()
     await assert_rolled_back(rig, op)
@@ -347,10 +361,8 @@ async def test_unknown_outcome_of_a_write_that_did_not_apply_rolls_back(
 @pytest.mark.parametrize(("storage", "kind"), CASES)
 async def test_a_write_that_failed_cleanly_rolls_back(rig: Rig, storage: str, kind: str) -> None:
     op = await make_op(kind, rig)
-    rig.store.armed, rig.store.fail_before = True, True
-    with pytest.raises(grpc.aio.AioRpcError) as info:
-        await op.call(10)
-    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    rig.store.arm(fail_before=True)
+    await unavailable(op)
     await assert_rolled_back(rig, op)
 
 
@@ -360,7 +372,8 @@ async def test_cancelled_while_the_record_is_written(
     rig: Rig, storage: str, kind: str, how: str
 ) -> None:
     op = await make_op(kind, rig)
-    rig.store.armed, rig.store.hold = True, asyncio.Event()
+    hold = asyncio.Event()
+    rig.store.arm(hold=hold)
     rig.store.write_started.clear()
     call = asyncio.ensure_future(op.call(None if how == "cancel" else 1.0))
     await asyncio.wait_for(rig.store.write_started.wait(), 10)
@@ -373,6 +386,6 @@ async def test_cancelled_while_the_record_is_written(
             await call
         assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     await asyncio.sleep(0.2)  # let the server see the cancellation before the write lands
-    rig.store.hold.set()
+    hold.set()
     await rig.settle()
     await assert_committed(rig, op)

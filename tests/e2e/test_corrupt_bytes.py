@@ -26,7 +26,7 @@ from tests.backends import MinIO
 from tests.conftest import StartServer
 from tests.contract import s3_helpers
 from tests.e2e.helpers import MiB, expect_error, pattern_chunks, read_all, upload
-from tests.serverproc import ServerProcess, database_url_for
+from tests.serverproc import ServerProcess, database_url_for, serving
 
 LOSS = grpc.StatusCode.DATA_LOSS
 SIZE = 3 * MiB + 123  # four blocks, the last one short
@@ -162,16 +162,15 @@ async def test_bytes_touched_but_unchanged_are_still_listed(
 @pytest.fixture
 def s3_server(tmp_path: Path, minio: MinIO) -> Iterator[ServerProcess]:
     prefix = f"e2e-{uuid.uuid4().hex[:8]}"
-    server = ServerProcess(
-        tmp_path / "state",
-        database_url_for(tmp_path),
-        extra_args=["--storage-url", f"s3://{s3_helpers.BUCKET}/{prefix}"],
-        env=minio.aws_env(),
-    ).start()
-    try:
+    with serving(
+        ServerProcess(
+            tmp_path / "state",
+            database_url_for(tmp_path),
+            extra_args=["--storage-url", f"s3://{s3_helpers.BUCKET}/{prefix}"],
+            env=minio.aws_env(),
+        )
+    ) as server:
         yield server
-    finally:
-        server.stop()
 
 
 async def test_an_object_changed_in_the_bucket_is_data_loss_at_its_block(

@@ -25,7 +25,7 @@ from tests.e2e.helpers import (
     upload,
     upload_sync,
 )
-from tests.serverproc import ServerProcess
+from tests.serverproc import ServerProcess, serving
 
 FULL = grpc.StatusCode.RESOURCE_EXHAUSTED
 DISK_MIB = 24
@@ -52,16 +52,15 @@ def disk(tmp_path: Path) -> Iterator[Path]:
 def full_server(disk: Path, import_root: Path) -> Iterator[ServerProcess]:
     root = disk / "data"
     # Always SQLite here: the point is the database sharing the full disk with the bytes.
-    proc = ServerProcess(
-        root,
-        f"sqlite:///{root / 'assets.db'}",
-        import_roots=[import_root],
-        extra_args=["--health-interval", "0.2"],
-    ).start()
-    try:
+    with serving(
+        ServerProcess(
+            root,
+            f"sqlite:///{root / 'assets.db'}",
+            import_roots=[import_root],
+            extra_args=["--health-interval", "0.2"],
+        )
+    ) as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from asset_service._proto.asset.v1 import asset_service_pb2 as pb
 from asset_service._proto.asset.v1 import asset_service_pb2_grpc as pb_grpc
 from asset_service.domain.models import MAX_JSON_DEPTH
 from tests.e2e.helpers import expect_error
-from tests.serverproc import ServerProcess, database_url_for, drop_database_of
+from tests.serverproc import ServerProcess, database_url_for, serving
 
 # A default grpc client refuses response metadata past 8-16 KiB and reports
 # "RESOURCE_EXHAUSTED: Stream removed" instead of the real status, so every channel here is
@@ -39,12 +39,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProc
     import_root = base / "worker"
     import_root.mkdir()
     url = database_url_for(base)
-    proc = ServerProcess(base / "data", url, import_roots=[import_root]).start()
-    try:
+    with serving(ServerProcess(base / "data", url, import_roots=[import_root])) as proc:
         yield proc, import_root
-    finally:
-        proc.stop()
-        drop_database_of(url)
 
 
 @pytest.fixture

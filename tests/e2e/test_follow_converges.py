@@ -23,7 +23,7 @@ from asset_client import AssetType as ClientType
 from asset_service.domain.models import Asset as Record
 from asset_service.domain.models import AssetType, Status, new_asset_id
 from asset_service.store import open_store
-from tests.serverproc import ServerProcess, database_url_for, drop_database_of
+from tests.serverproc import ServerProcess, database_url_for, serving
 
 SEEDED = 20_000
 PAGE = 500
@@ -63,14 +63,9 @@ async def seed(url: str, count: int) -> None:
 def big_server(tmp_path: Path) -> Iterator[ServerProcess]:
     url = database_url_for(tmp_path)
     asyncio.run(seed(url, SEEDED))
-    proc = ServerProcess(
-        tmp_path / "data", url, extra_args=["--watch-history-bytes", "16KiB"]
-    ).start()
-    try:
+    args = ["--watch-history-bytes", "16KiB"]
+    with serving(ServerProcess(tmp_path / "data", url, extra_args=args)) as proc:
         yield proc
-    finally:
-        proc.stop()
-        drop_database_of(url)
 
 
 async def test_follow_converges_on_a_large_store_while_writes_go_on(

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from asset_service._proto.asset.v1 import asset_service_pb2 as pb
 from asset_service._proto.asset.v1 import asset_service_pb2_grpc as pb_grpc
-from tests.serverproc import ServerProcess, database_url_for, drop_database_of
+from tests.serverproc import ServerProcess, database_url_for, serving
 
 # One real server for the module; every RPC gets malformed and boundary field values (empty,
 # huge, odd unicode, negative and max int64, unknown enum numbers, ids of existing and
@@ -88,14 +88,12 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     import_root = base / "worker"
     import_root.mkdir()
     url = database_url_for(base)
-    server = ServerProcess(base / "data", url, import_roots=[import_root]).start()
-    built = World(server, import_root)
-    try:
-        yield built
-    finally:
-        built.close()
-        server.stop()
-        drop_database_of(url)
+    with serving(ServerProcess(base / "data", url, import_roots=[import_root])) as server:
+        built = World(server, import_root)
+        try:
+            yield built
+        finally:
+            built.close()
 
 
 # --- strategies -----------------------------------------------------------------------

@@ -14,7 +14,7 @@ import pytest
 
 from tests.e2e.security_helpers import SecureFiles
 from tests.pki import CA
-from tests.serverproc import ServerProcess
+from tests.serverproc import ServerProcess, serving
 
 READINESS = "asset.v1.AssetService"
 
@@ -46,15 +46,14 @@ def wait_for_exit_status(want: int, *args: str, within: float = 15.0) -> str:
 def watched(tmp_path: Path) -> Iterator[ServerProcess]:
     """A server whose database lies outside its storage root, checked every 0.2 s."""
     (tmp_path / "db").mkdir()
-    server = ServerProcess(
-        tmp_path / "data",
-        f"sqlite:///{tmp_path / 'db' / 'assets.db'}",
-        extra_args=["--health-interval", "0.2"],
-    ).start()
-    try:
+    with serving(
+        ServerProcess(
+            tmp_path / "data",
+            f"sqlite:///{tmp_path / 'db' / 'assets.db'}",
+            extra_args=["--health-interval", "0.2"],
+        )
+    ) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def test_a_serving_server_exits_zero_for_readiness_and_liveness(watched: ServerProcess) -> None:
@@ -122,10 +121,13 @@ def test_in_a_tls_server_s_environment_it_needs_no_flags(tmp_path: Path) -> None
     interface) and ASSET_SERVICE_TLS_CERT, a certificate naming only a DNS name."""
     ca = CA("deployment CA")
     cert, key = ca.server("asset.internal", dns_names=("asset.internal",)).write(tmp_path, "s")
-    server = ServerProcess(
-        tmp_path / "data", "memory://", extra_args=["--tls-cert", str(cert), "--tls-key", str(key)]
-    ).start()
-    try:
+    with serving(
+        ServerProcess(
+            tmp_path / "data",
+            "memory://",
+            extra_args=["--tls-cert", str(cert), "--tls-key", str(key)],
+        )
+    ) as server:
         env = {
             "ASSET_SERVICE_LISTEN": f"0.0.0.0:{server.port}",
             "ASSET_SERVICE_TLS_CERT": str(cert),
@@ -148,8 +150,6 @@ def test_in_a_tls_server_s_environment_it_needs_no_flags(tmp_path: Path) -> None
         assert named.returncode == 0, named.stderr
         plaintext = health("--address", server.address)
         assert plaintext.returncode == 1 and "unreachable" in plaintext.stderr
-    finally:
-        server.stop()
 
 
 def test_an_mtls_server_answers_a_probe_with_a_client_certificate(tmp_path: Path) -> None:
@@ -159,8 +159,7 @@ def test_an_mtls_server_answers_a_probe_with_a_client_certificate(tmp_path: Path
     client_ca = clients.write(tmp_path / "clients-ca.pem")
     args = ["--tls-cert", str(cert), "--tls-key", str(key), "--tls-client-ca", str(client_ca)]
     args += SecureFiles(tmp_path).with_tokens().args
-    server = ServerProcess(tmp_path / "data", "memory://", extra_args=args).start()
-    try:
+    with serving(ServerProcess(tmp_path / "data", "memory://", extra_args=args)) as server:
         env = {"ASSET_SERVICE_TLS_CERT": str(cert)}
         without = health("--address", server.address, env=env)
         assert without.returncode == 1 and len(without.stderr.splitlines()) == 1
@@ -170,5 +169,3 @@ def test_an_mtls_server_answers_a_probe_with_a_client_certificate(tmp_path: Path
         }
         done = health("--address", server.address, env=env)
         assert done.returncode == 0, done.stderr
-    finally:
-        server.stop()

@@ -23,11 +23,13 @@ from tests.e2e.helpers import (
     digest_of,
     expect_error,
     pattern_chunks,
+    pending_asset,
     read_all,
     stored_files,
     upload,
+    value_asset,
 )
-from tests.serverproc import ServerProcess, database_url_for
+from tests.serverproc import ServerProcess, database_url_for, serving
 
 PENDING, AVAILABLE, FAILED = (
     pb.ASSET_STATUS_PENDING,
@@ -101,8 +103,7 @@ async def test_upload_memory_stays_flat(tmp_path: Path) -> None:
     url = database_url_for(tmp_path)
     # (The trace is written at INFO: whatever verbosity the environment asks for.)
     env = {"MALLOC_ARENA_MAX": "1", "GRPC_TRACE": "flowctl", "GRPC_VERBOSITY": "INFO"}
-    proc = ServerProcess(tmp_path / "data", url, env=env).start()
-    try:
+    with serving(ServerProcess(tmp_path / "data", url, env=env)) as proc:
         async with grpc.aio.insecure_channel(proc.address) as channel:
             stub = pb_grpc.AssetServiceStub(channel)
             warmup = await upload(stub, pattern_chunks(MiB), label="warmup.bin")
@@ -113,8 +114,6 @@ async def test_upload_memory_stays_flat(tmp_path: Path) -> None:
             assert big.size_bytes == 512 * MiB
             for asset in (warmup, big):
                 await stub.DeleteAsset(pb.DeleteAssetRequest(asset_id=asset.id))
-    finally:
-        proc.stop()
     windows = [int(m.group(1)) for m in map(WINDOW_ANNOUNCED.search, proc.log) if m]
     assert windows, "no window announced in the gRPC trace: the bound cannot be derived"
     holds = upload_holds(max(windows))
@@ -140,13 +139,9 @@ async def _watch_events(
 async def test_watcher_sees_pending_then_available_and_file_is_moved(
     stub: pb_grpc.AssetServiceStub, server: ServerProcess, import_root: Path
 ) -> None:
-    pending = (
-        await stub.CreatePendingAsset(
-            pb.CreatePendingAssetRequest(
-                task_id="task-42", label="frames.tar", media_type="application/x-tar"
-            )
-        )
-    ).asset
+    pending = await pending_asset(
+        stub, "frames.tar", task_id="task-42", media_type="application/x-tar"
+    )
     assert pending.status == PENDING and pending.storage_path == ""
     started = asyncio.Event()
     watcher = asyncio.create_task(_watch_events(stub, [pending.id], started))
@@ -173,16 +168,8 @@ async def test_watcher_sees_pending_then_available_and_file_is_moved(
 
 
 async def test_watch_many_ids_orders_snapshot_and_changes(stub: pb_grpc.AssetServiceStub) -> None:
-    a = (
-        await stub.CreatePendingAsset(
-            pb.CreatePendingAssetRequest(task_id="t", label="a", type=pb.ASSET_TYPE_VALUE)
-        )
-    ).asset
-    b = (
-        await stub.CreatePendingAsset(
-            pb.CreatePendingAssetRequest(task_id="t", label="b", type=pb.ASSET_TYPE_VALUE)
-        )
-    ).asset
+    a = await pending_asset(stub, "a", type=pb.ASSET_TYPE_VALUE)
+    b = await pending_asset(stub, "b", type=pb.ASSET_TYPE_VALUE)
     started = asyncio.Event()
     watcher = asyncio.create_task(_watch_events(stub, [b.id, a.id], started))
     await asyncio.wait_for(started.wait(), 10)
@@ -202,15 +189,9 @@ async def test_watch_many_ids_orders_snapshot_and_changes(stub: pb_grpc.AssetSer
 async def test_fail_is_seen_by_watchers_and_blocks_manifests(
     stub: pb_grpc.AssetServiceStub,
 ) -> None:
-    failing = (
-        await stub.CreatePendingAsset(pb.CreatePendingAssetRequest(task_id="t1", label="x.mp4"))
-    ).asset
-    waiting = (
-        await stub.CreatePendingAsset(pb.CreatePendingAssetRequest(task_id="t1", label="y.mp4"))
-    ).asset
-    ready = (
-        await stub.CreateValueAsset(pb.CreateValueAssetRequest(label="n", value=pb.Value(text="1")))
-    ).asset
+    failing = await pending_asset(stub, "x.mp4", task_id="t1")
+    waiting = await pending_asset(stub, "y.mp4", task_id="t1")
+    ready = await value_asset(stub, "n", text="1")
     watchers = []
     for _ in range(3):
         started = asyncio.Event()
@@ -250,21 +231,9 @@ async def test_fail_is_seen_by_watchers_and_blocks_manifests(
 async def test_manifest_bridges_values_to_files(
     stub: pb_grpc.AssetServiceStub, server: ServerProcess
 ) -> None:
-    text = (
-        await stub.CreateValueAsset(
-            pb.CreateValueAssetRequest(label="prompt", value=pb.Value(text="héllo"))
-        )
-    ).asset
-    doc = (
-        await stub.CreateValueAsset(
-            pb.CreateValueAssetRequest(label="cfg", value=pb.Value(json='{"fps": 24}'))
-        )
-    ).asset
-    raw = (
-        await stub.CreateValueAsset(
-            pb.CreateValueAssetRequest(label="blob", value=pb.Value(data=b"\x00\x01\xff"))
-        )
-    ).asset
+    text = await value_asset(stub, "prompt", text="héllo")
+    doc = await value_asset(stub, "cfg", json='{"fps": 24}')
+    raw = await value_asset(stub, "blob", data=b"\x00\x01\xff")
     video = await upload(stub, [b"v" * 1000], label="clip.mp4")
     assert (text.media_type, doc.media_type, raw.media_type) == (
         "text/plain",
@@ -306,9 +275,7 @@ async def test_manifest_bridges_values_to_files(
 async def test_twenty_racing_transitions_have_one_winner(
     stub: pb_grpc.AssetServiceStub, server: ServerProcess, import_root: Path
 ) -> None:
-    asset = (
-        await stub.CreatePendingAsset(pb.CreatePendingAssetRequest(task_id="race", label="out.bin"))
-    ).asset
+    asset = await pending_asset(stub, "out.bin", task_id="race")
     sources = []
     calls = []
     for i in range(20):
@@ -348,11 +315,7 @@ async def test_twenty_racing_transitions_have_one_winner(
 async def test_value_race_and_idempotent_retries(
     stub: pb_grpc.AssetServiceStub, import_root: Path, server: ServerProcess
 ) -> None:
-    asset = (
-        await stub.CreatePendingAsset(
-            pb.CreatePendingAssetRequest(task_id="t", label="v", type=pb.ASSET_TYPE_VALUE)
-        )
-    ).asset
+    asset = await pending_asset(stub, "v", type=pb.ASSET_TYPE_VALUE)
     results = await asyncio.gather(
         *(
             stub.FulfillAsset(
@@ -369,9 +332,7 @@ async def test_value_race_and_idempotent_retries(
     assert again.asset == won  # same result, same revision: nothing written
 
     # A retried path fulfill (the file was already moved) returns the same record.
-    file_asset = (
-        await stub.CreatePendingAsset(pb.CreatePendingAssetRequest(task_id="t", label="f.txt"))
-    ).asset
+    file_asset = await pending_asset(stub, "f.txt")
     src = import_root / "f.txt"
     src.write_text("content")
     first = await stub.FulfillAsset(
@@ -387,9 +348,7 @@ async def test_value_race_and_idempotent_retries(
     generated = [p for p in stored_files(server.root) if "generated" in p.parts]
     assert generated == [Path(first.asset.storage_path)]
     # Failing with the same reason twice is idempotent too.
-    other = (
-        await stub.CreatePendingAsset(pb.CreatePendingAssetRequest(task_id="t", label="g"))
-    ).asset
+    other = await pending_asset(stub, "g")
     f1 = await stub.FailAsset(pb.FailAssetRequest(asset_id=other.id, reason="boom"))
     f2 = await stub.FailAsset(pb.FailAssetRequest(asset_id=other.id, reason="boom"))
     assert f1.asset == f2.asset
@@ -398,11 +357,7 @@ async def test_value_race_and_idempotent_retries(
 async def test_upload_fulfills_pending_and_register_file(
     stub: pb_grpc.AssetServiceStub, server: ServerProcess, import_root: Path
 ) -> None:
-    pending = (
-        await stub.CreatePendingAsset(
-            pb.CreatePendingAssetRequest(task_id="enc", label="out.mp4", media_type="video/mp4")
-        )
-    ).asset
+    pending = await pending_asset(stub, "out.mp4", task_id="enc", media_type="video/mp4")
     done = await upload(stub, [b"a" * 10, b"b" * 10], pending_asset_id=pending.id)
     assert done.id == pending.id and done.status == AVAILABLE and done.size_bytes == 20
     assert Path(done.storage_path).is_relative_to(server.root / "generated" / "enc")
@@ -425,11 +380,7 @@ async def test_list_filters_and_pages(stub: pb_grpc.AssetServiceStub) -> None:
     ids = []
     for i in range(7):
         tags = ["batch"] + (["even"] if i % 2 == 0 else [])
-        a = (
-            await stub.CreatePendingAsset(
-                pb.CreatePendingAssetRequest(task_id=f"t{i % 2}", label=f"a{i}", tags=tags)
-            )
-        ).asset
+        a = await pending_asset(stub, f"a{i}", task_id=f"t{i % 2}", tags=tags)
         ids.append(a.id)
     await stub.FailAsset(pb.FailAssetRequest(asset_id=ids[0], reason="x"))
     seen, token = [], ""
@@ -463,16 +414,8 @@ async def test_list_then_watch_from_the_list_revision_misses_and_doubles_nothing
 ) -> None:
     """The informer pattern over ids: what changed after the listing (even before the
     watch began) arrives once; what did not change does not arrive again."""
-    ids = [
-        (
-            await stub.CreatePendingAsset(
-                pb.CreatePendingAssetRequest(
-                    task_id="inf", label=f"o{i}", type=pb.ASSET_TYPE_VALUE, tags=["informer"]
-                )
-            )
-        ).asset.id
-        for i in range(3)
-    ]
+    fields = {"task_id": "inf", "type": pb.ASSET_TYPE_VALUE, "tags": ["informer"]}
+    ids = [(await pending_asset(stub, f"o{i}", **fields)).id for i in range(3)]
     listed = await stub.ListAssets(pb.ListAssetsRequest(tags=["informer"]))
     assert [a.id for a in listed.assets] == ids
     assert listed.revision == max(a.revision for a in listed.assets)
@@ -503,9 +446,7 @@ async def test_delete_removes_record_and_bytes_and_tells_watchers(
     stub: pb_grpc.AssetServiceStub, server: ServerProcess
 ) -> None:
     asset = await upload(stub, [b"bytes"], label="gone.bin")
-    pending = (
-        await stub.CreatePendingAsset(pb.CreatePendingAssetRequest(task_id="t", label="p"))
-    ).asset
+    pending = await pending_asset(stub, "p")
     started = asyncio.Event()
     watcher = asyncio.create_task(_watch_events(stub, [pending.id], started))
     await asyncio.wait_for(started.wait(), 10)

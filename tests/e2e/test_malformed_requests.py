@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 
 import grpc
 import pytest
 
 from asset_service._proto.asset.v1 import asset_service_pb2 as pb
-from tests.e2e.security_helpers import SecureFiles, bearer, start_server, token_for
+from tests.e2e.security_helpers import WORKER_RPCS, bearer, token_for, token_server
 from tests.serverproc import ServerProcess
 
 SERVICE = pb.DESCRIPTOR.services_by_name["AssetService"]
@@ -43,20 +43,9 @@ async def garbage_call(
     raise AssertionError(f"{method.name} accepted {data!r}")
 
 
-# What a task token may call at all (docs/security.md); other RPCs refuse it first.
-TASK_RPCS = {
-    "GetAsset",
-    "BatchGetAssets",
-    "ListAssets",
-    "WatchAsset",
-    "ReadAsset",
-    "GetManifest",
-    "UploadAsset",
-    "FulfillAsset",
-    "FailAsset",
-    "RenewLease",
-    "QueryUpload",
-}
+# What a task token may call at all (docs/security.md): a worker's RPCs but GetUsage;
+# other RPCs refuse it first.
+TASK_RPCS = WORKER_RPCS - {"GetUsage"}
 
 
 async def assert_every_rpc_refuses_garbage(
@@ -84,10 +73,9 @@ async def test_every_rpc_refuses_bytes_that_are_not_its_message(server: ServerPr
 
 
 @pytest.fixture
-def secured(tmp_path: Path) -> ServerProcess:
-    imports = tmp_path / "imports"
-    imports.mkdir()
-    return start_server(tmp_path, imports, SecureFiles(tmp_path).with_tokens().with_secret().args)
+def secured(tmp_path: Path) -> Iterator[ServerProcess]:
+    with token_server(tmp_path) as server:
+        yield server
 
 
 @pytest.mark.parametrize("who", ["admin", "task"])
@@ -95,17 +83,14 @@ async def test_with_credentials_too_garbage_is_invalid_argument(
     secured: ServerProcess, who: str
 ) -> None:
     """Behind the security interceptor, a task token's scope check must not trip on it."""
-    try:
-        metadata, rpcs = bearer(token_for("admin")), None
-        if who == "task":
-            async with grpc.aio.insecure_channel(secured.address) as channel:
-                mint = channel.unary_unary(
-                    f"/{SERVICE.full_name}/MintTaskToken",
-                    request_serializer=pb.MintTaskTokenRequest.SerializeToString,
-                    response_deserializer=pb.MintTaskTokenResponse.FromString,
-                )
-                minted = await mint(pb.MintTaskTokenRequest(task_id="t-1"), metadata=metadata)
-            metadata, rpcs = bearer(minted.token), TASK_RPCS
-        await assert_every_rpc_refuses_garbage(secured, metadata, rpcs)
-    finally:
-        secured.stop()
+    metadata, rpcs = bearer(token_for("admin")), None
+    if who == "task":
+        async with grpc.aio.insecure_channel(secured.address) as channel:
+            mint = channel.unary_unary(
+                f"/{SERVICE.full_name}/MintTaskToken",
+                request_serializer=pb.MintTaskTokenRequest.SerializeToString,
+                response_deserializer=pb.MintTaskTokenResponse.FromString,
+            )
+            minted = await mint(pb.MintTaskTokenRequest(task_id="t-1"), metadata=metadata)
+        metadata, rpcs = bearer(minted.token), TASK_RPCS
+    await assert_every_rpc_refuses_garbage(secured, metadata, rpcs)

@@ -23,7 +23,7 @@ from asset_service._proto.asset.v1 import asset_service_pb2_grpc as pb_grpc
 from tests.e2e.helpers import upload
 from tests.e2e.promql import metric_names
 from tests.e2e.scrape import Samples, metrics_port, rpc, scrape
-from tests.serverproc import ServerProcess, database_url_for, drop_database_of
+from tests.serverproc import ServerProcess, database_url_for, serving
 
 ROOT = Path(__file__).resolve().parents[2]
 SIZES = (3000, 70000)  # the second in three chunks
@@ -123,14 +123,9 @@ def workload(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workload]:
     tmp = tmp_path_factory.mktemp("metrics")
     url = database_url_for(tmp)
     flags = ["--metrics-listen", "127.0.0.1:0", "--lease-check-interval", "0.2"]
-    server = ServerProcess(
-        tmp / "data", url, extra_args=[*flags, "--metrics-count-interval", "0.2"]
-    ).start()
-    try:
+    flags += ["--metrics-count-interval", "0.2"]
+    with serving(ServerProcess(tmp / "data", url, extra_args=flags)) as server:
         yield asyncio.run(run_workload(server, metrics_port(server)))
-    finally:
-        server.stop()
-        drop_database_of(url)
 
 
 def test_calls_are_counted_by_method_and_code(workload: Workload) -> None:

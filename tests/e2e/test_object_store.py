@@ -15,24 +15,31 @@ from asset_service._proto.asset.v1 import asset_service_pb2 as pb
 from asset_service._proto.asset.v1 import asset_service_pb2_grpc as pb_grpc
 from tests.backends import MinIO
 from tests.contract import s3_helpers
-from tests.e2e.helpers import MiB, digest_of, expect_error, pattern_chunks, read_all, upload
-from tests.serverproc import ServerProcess, database_url_for
+from tests.e2e.helpers import (
+    MiB,
+    digest_of,
+    expect_error,
+    pattern_chunks,
+    pending_asset,
+    read_all,
+    upload,
+)
+from tests.serverproc import ServerProcess, database_url_for, serving
 
 
 @pytest.fixture
 def s3_server(tmp_path: Path, import_root: Path, minio: MinIO) -> Iterator[ServerProcess]:
     prefix = f"e2e-{uuid.uuid4().hex[:8]}"
-    server = ServerProcess(
-        tmp_path / "state",
-        database_url_for(tmp_path),
-        import_roots=[import_root],
-        extra_args=["--storage-url", f"s3://{s3_helpers.BUCKET}/{prefix}"],
-        env=minio.aws_env(),  # endpoint, region and keys from the standard AWS variables
-    ).start()
-    try:
+    with serving(
+        ServerProcess(
+            tmp_path / "state",
+            database_url_for(tmp_path),
+            import_roots=[import_root],
+            extra_args=["--storage-url", f"s3://{s3_helpers.BUCKET}/{prefix}"],
+            env=minio.aws_env(),  # endpoint, region and keys from the standard AWS variables
+        )
+    ) as server:
         yield server
-    finally:
-        server.stop()
 
 
 async def objects(minio: MinIO, storage_path: str) -> int:
@@ -58,9 +65,7 @@ async def test_upload_read_fulfill_manifest_delete_on_minio(
         assert not list((s3_server.root / "uploads").rglob("*")), "no bytes on the local disk"
 
         # A worker's file is copied into the bucket; the source goes once the record commits.
-        promise = (
-            await stub.CreatePendingAsset(pb.CreatePendingAssetRequest(task_id="t", label="o.csv"))
-        ).asset
+        promise = await pending_asset(stub, "o.csv")
         source = import_root / "o.csv"
         source.write_text("a,b\n1,2\n")
         done = await stub.FulfillAsset(

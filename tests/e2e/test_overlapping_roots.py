@@ -16,7 +16,7 @@ from asset_service._proto.asset.v1 import asset_service_pb2_grpc as pb_grpc
 from tests.e2e.helpers import all_assets, expect_error, read_all, upload
 from tests.e2e.security_helpers import SECRET, tokens_toml
 from tests.pki import CA
-from tests.serverproc import ServerProcess
+from tests.serverproc import ServerProcess, serving
 
 DENIED = grpc.StatusCode.PERMISSION_DENIED
 RegisterFile = pb.RegisterFileRequest
@@ -126,10 +126,11 @@ async def test_a_root_symlinked_over_the_storage_root_later_is_refused_per_reque
     storage = tmp_path / "store" / "inner" / "data"
     storage.mkdir(parents=True)
     (tmp_path / "imp" / "inner").mkdir(parents=True)
-    server = ServerProcess(
-        storage, f"sqlite:///{storage / 'assets.db'}", import_roots=[tmp_path / "imp" / "inner"]
-    ).start()
-    try:
+    with serving(
+        ServerProcess(
+            storage, f"sqlite:///{storage / 'assets.db'}", import_roots=[tmp_path / "imp" / "inner"]
+        )
+    ) as server:
         async with grpc.aio.insecure_channel(server.address) as channel:
             stub = pb_grpc.AssetServiceStub(channel)
             kept = await upload(stub, [b"precious bytes"], label="kept.bin")
@@ -169,8 +170,6 @@ async def test_a_root_symlinked_over_the_storage_root_later_is_refused_per_reque
             stub = pb_grpc.AssetServiceStub(channel)
             assert len(await all_assets(stub)) == 3
             assert await read_all(stub, kept.id) == b"precious bytes"
-    finally:
-        server.stop()
 
 
 PRIVATE_MOUNTS = ["unshare", "--mount", "--propagation", "private"]
@@ -212,13 +211,14 @@ async def test_a_bind_mount_of_the_storage_root_made_later_is_refused_per_reques
     storage, incoming = tmp_path / "data", tmp_path / "incoming"
     for portal in ("portal", "uploads-portal"):
         (incoming / portal).mkdir(parents=True)
-    server = ServerProcess(
-        storage,
-        f"sqlite:///{storage / 'assets.db'}",
-        import_roots=[incoming],
-        launcher=PRIVATE_MOUNTS,
-    ).start()
-    try:
+    with serving(
+        ServerProcess(
+            storage,
+            f"sqlite:///{storage / 'assets.db'}",
+            import_roots=[incoming],
+            launcher=PRIVATE_MOUNTS,
+        )
+    ) as server:
         bind_in(server.pid, storage, incoming / "portal")
         bind_in(server.pid, storage / "uploads", incoming / "uploads-portal")
         async with grpc.aio.insecure_channel(server.address) as channel:
@@ -235,8 +235,6 @@ async def test_a_bind_mount_of_the_storage_root_made_later_is_refused_per_reques
                 await expect_error(stub.RegisterFile(request), DENIED, message)
             assert Path(kept.storage_path).read_bytes() == b"precious bytes"
             assert [a.id for a in await all_assets(stub)] == [kept.id]
-    finally:
-        server.stop()
     assert (storage / "assets.db").is_file()
 
 

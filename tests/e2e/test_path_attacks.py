@@ -20,7 +20,7 @@ import pytest
 from asset_service._proto.asset.v1 import asset_service_pb2 as pb
 from asset_service._proto.asset.v1 import asset_service_pb2_grpc as pb_grpc
 from tests.e2e.helpers import all_assets, expect_error, read_all, server_trace, stored_files
-from tests.serverproc import ServerProcess, database_url_for, drop_database_of
+from tests.serverproc import ServerProcess, database_url_for, serving
 
 DENIED = grpc.StatusCode.PERMISSION_DENIED
 BAD = grpc.StatusCode.INVALID_ARGUMENT
@@ -197,17 +197,11 @@ async def test_a_file_with_several_hard_links_is_refused(
 def hardlink_server(tmp_path: Path, import_root: Path) -> Iterator[ServerProcess]:
     (tmp_path / "hl").mkdir()
     url = database_url_for(tmp_path / "hl")
-    proc = ServerProcess(
-        tmp_path / "data-hl",
-        url,
-        import_roots=[import_root],
-        extra_args=["--allow-hardlinked-imports"],
-    ).start()
-    try:
+    args = ["--allow-hardlinked-imports"]
+    with serving(
+        ServerProcess(tmp_path / "data-hl", url, import_roots=[import_root], extra_args=args)
+    ) as proc:
         yield proc
-    finally:
-        proc.stop()
-        drop_database_of(url)
 
 
 async def test_allow_hardlinked_imports_copies_and_leaves_the_other_name_alone(

@@ -10,9 +10,8 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import grpc
 import pytest
@@ -36,32 +35,11 @@ from asset_client import (
 )
 from asset_client._convert import pb
 
-from tests.e2e.helpers import AsyncDriver
+from tests.e2e.helpers import AsyncDriver, RecordingStub
 from tests.serverproc import ServerProcess
 
 REPO = Path(__file__).resolve().parents[2]
 WORKER = REPO / "clients" / "python" / "examples" / "worker.py"
-
-
-@pytest.fixture(params=["sync", "asyncio"])
-def client(request: pytest.FixtureRequest, server: ServerProcess) -> Iterator[AssetClient]:
-    """The client under test: AssetClient, or AsyncAssetClient behind the same blocking calls."""
-    if request.param == "sync":
-        with AssetClient(server.address, timeout=15) as c:
-            yield c
-        return
-    driver = AsyncDriver(server.address)
-    try:
-        yield cast(AssetClient, driver)
-    finally:
-        driver.close()
-
-
-@pytest.fixture
-def helper(server: ServerProcess) -> Iterator[AssetClient]:
-    """A blocking client for setup and side effects, apart from the client under test."""
-    with AssetClient(server.address, timeout=15) as c:
-        yield c
 
 
 def _random_file(path: Path, size: int) -> bytes:
@@ -315,47 +293,12 @@ def test_watch_resumes_after_unavailable_from_last_revision(
 ) -> None:
     """A stream cut by UNAVAILABLE after one event is re-opened from that event's revision."""
     pending = client.create_pending("task-r", "r.txt", type=AssetType.VALUE)
-    real = client._stub
-    requests: list[pb.WatchAssetRequest] = []
-
-    class Unavailable(grpc.RpcError):
-        def code(self) -> grpc.StatusCode:
-            return grpc.StatusCode.UNAVAILABLE
-
-        def details(self) -> str:
-            return "injected disconnect"
-
-    class CutOnce:
-        def __init__(self, call: Any) -> None:
-            self.call = call
-
-        def __iter__(self) -> Iterator[Any]:
-            yield next(iter(self.call))
-            helper.fulfill(pending.id, value="done")  # happens while "disconnected"
-            raise Unavailable()
-
-        async def __aiter__(self) -> AsyncIterator[Any]:
-            async for msg in self.call:
-                yield msg
-                break
-            helper.fulfill(pending.id, value="done")
-            raise Unavailable()
-
-        def cancel(self) -> None:
-            self.call.cancel()
-
-    class Stub:
-        def __getattr__(self, name: str) -> Any:
-            return getattr(real, name)
-
-        def WatchAsset(self, request: pb.WatchAssetRequest, timeout: float | None) -> Any:
-            requests.append(request)
-            call = real.WatchAsset(request, timeout=timeout)
-            return CutOnce(call) if len(requests) == 1 else call
-
-    client._stub = Stub()  # type: ignore[assignment]
+    # The first stream is cut after one event; the change happens while "disconnected".
+    stub = RecordingStub(client._stub, [(1, lambda: helper.fulfill(pending.id, value="done"))])
+    client._stub = stub  # type: ignore[assignment]
     events = list(client.watch([pending.id], timeout=10))
 
+    requests = stub.watches
     assert len(requests) == 2
     assert requests[0].after_revision == 0
     assert requests[1].after_revision == events[0].revision == pending.revision
@@ -527,9 +470,19 @@ open(sys.argv[2], "w").write(text.upper() + suffix)
 """
 
 
-def _worker(server: ServerProcess, *args: str) -> subprocess.CompletedProcess[str]:
+def _worker(
+    server: ServerProcess,
+    output_id: str,
+    command: str,
+    *args: str,
+    inputs: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """The example worker run for one output (and `inputs`, name to asset id)."""
+    flags = ["--output", output_id, "--command", command, *args]
+    for name, asset_id in (inputs or {}).items():
+        flags += ["--input", f"{name}={asset_id}"]
     return subprocess.run(
-        [sys.executable, str(WORKER), "--server", server.address, "--no-progress", *args],
+        [sys.executable, str(WORKER), "--server", server.address, "--no-progress", *flags],
         capture_output=True,
         text=True,
         timeout=60,
@@ -553,19 +506,9 @@ def test_worker_fulfills_its_output(
     output = helper.create_pending("task-upper", "upper.txt", media_type="text/plain")
     later = _Later(0.5, helper.fulfill, doc.id, None, "hello worker")  # the worker waits for it
 
-    proc = _worker(
-        server,
-        "--input",
-        f"doc={doc.id}",
-        "--output",
-        output.id,
-        "--config",
-        '{"suffix": "!"}',
-        "--wait-timeout",
-        "30",
-        "--command",
-        f"{sys.executable} {module} {{manifest}} {{output}}",
-    )
+    command = f"{sys.executable} {module} {{manifest}} {{output}}"
+    config = ("--config", '{"suffix": "!"}', "--wait-timeout", "30")
+    proc = _worker(server, output.id, command, *config, inputs={"doc": doc.id})
 
     later.join()
     assert proc.returncode == 0, proc.stderr
@@ -596,9 +539,7 @@ def test_worker_keeps_a_leased_output_alive_while_its_command_runs(
     done: list[subprocess.CompletedProcess[str]] = []
     worker = threading.Thread(
         target=lambda: done.append(
-            _worker(
-                server, "--output", output.id, "--command", f"{sys.executable} {slow} {{output}}"
-            )
+            _worker(server, output.id, f"{sys.executable} {slow} {{output}}")
         )
     )
     with helper.keep_lease(output.id):
@@ -622,15 +563,8 @@ def test_worker_fails_its_output_with_the_command_error(
     output = helper.create_pending("task-crash", "out.bin")
     crash = "import sys; sys.stderr.write('Traceback: ValueError: bad frame 42\\n'); sys.exit(3)"
 
-    proc = _worker(
-        server,
-        "--input",
-        f"doc={doc.id}",
-        "--output",
-        output.id,
-        "--command",
-        f'{sys.executable} -c "{crash}" {{manifest}}',
-    )
+    command = f'{sys.executable} -c "{crash}" {{manifest}}'
+    proc = _worker(server, output.id, command, inputs={"doc": doc.id})
 
     assert proc.returncode == 1
     failed = helper.get(output.id)
@@ -646,15 +580,7 @@ def test_worker_fails_its_output_when_an_input_failed(
     helper.fail(upstream.id, "upstream exploded")
     output = helper.create_pending("task-down", "out.bin")
 
-    proc = _worker(
-        server,
-        "--input",
-        f"video={upstream.id}",
-        "--output",
-        output.id,
-        "--command",
-        "true {manifest}",
-    )
+    proc = _worker(server, output.id, "true {manifest}", inputs={"video": upstream.id})
 
     assert proc.returncode == 1
     failed = helper.get(output.id)

@@ -6,9 +6,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from typing import cast
 
 import pytest
 from asset_client import (
@@ -29,29 +27,9 @@ KEEPER_LOG = "asset_client._leases"
 
 
 @pytest.fixture
-def leased_server(start_server: StartServer) -> ServerProcess:
+def server(start_server: StartServer) -> ServerProcess:
+    """Every test here (and its client and helper) runs on a server that sweeps leases fast."""
     return start_server("--lease-check-interval", SWEEP)
-
-
-@pytest.fixture(params=["sync", "asyncio"])
-def client(request: pytest.FixtureRequest, leased_server: ServerProcess) -> Iterator[AssetClient]:
-    """AssetClient, or AsyncAssetClient on a loop of its own behind the same blocking calls."""
-    if request.param == "sync":
-        with AssetClient(leased_server.address, timeout=15) as c:
-            yield c
-        return
-    driver = AsyncDriver(leased_server.address)
-    try:
-        yield cast(AssetClient, driver)
-    finally:
-        driver.close()
-
-
-@pytest.fixture
-def helper(leased_server: ServerProcess) -> Iterator[AssetClient]:
-    """A blocking client for side effects, apart from the client under test."""
-    with AssetClient(leased_server.address, timeout=15) as c:
-        yield c
 
 
 def renewers(client: AssetClient, asset_id: str) -> list[str]:
@@ -191,11 +169,11 @@ def keep_lease_tasks() -> list[str]:
 
 
 async def test_async_keep_lease_awaits_its_task_however_the_block_ends(
-    leased_server: ServerProcess,
+    server: ServerProcess,
 ) -> None:
     # Each check runs right after the block, before anything else is awaited: a renewer
     # task cancelled but not awaited on the way out would still be listed.
-    async with AsyncAssetClient(leased_server.address, timeout=15) as client:
+    async with AsyncAssetClient(server.address, timeout=15) as client:
         promise = await client.create_pending("render-6", "out.bin", lease_seconds=1)
 
         async with client.keep_lease(promise.id) as lease:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-import inspect
+import contextlib
+import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
 import grpc
@@ -22,45 +24,13 @@ from asset_client import (
     WatchEvent,
     WatchEventType,
 )
-from asset_client._convert import pb
 
 from tests.conftest import StartServer
-from tests.e2e.helpers import AsyncDriver
+from tests.e2e.helpers import RecordingStub
 from tests.serverproc import ServerProcess
 
 CHANGED, DELETED, SNAPSHOT = WatchEventType.CHANGED, WatchEventType.DELETED, WatchEventType.SNAPSHOT
 PENDING, AVAILABLE, FAILED = AssetStatus.PENDING, AssetStatus.AVAILABLE, AssetStatus.FAILED
-
-
-@pytest.fixture(params=["sync", "asyncio"])
-def client_of(request: pytest.FixtureRequest) -> Iterator[Callable[[ServerProcess], AssetClient]]:
-    """Connects the client under test (AssetClient, or AsyncAssetClient behind the same
-    blocking calls) to a server."""
-    opened: list[Any] = []
-
-    def connect(server: ServerProcess) -> AssetClient:
-        if request.param == "sync":
-            c: Any = AssetClient(server.address, timeout=15)
-        else:
-            c = AsyncDriver(server.address)
-        opened.append(c)
-        return cast(AssetClient, c)
-
-    yield connect
-    for c in opened:
-        c.close()
-
-
-@pytest.fixture
-def client(client_of: Callable[[ServerProcess], AssetClient], server: ServerProcess) -> AssetClient:
-    return client_of(server)
-
-
-@pytest.fixture
-def helper(server: ServerProcess) -> Iterator[AssetClient]:
-    """A blocking client for setup and side effects, apart from the client under test."""
-    with AssetClient(server.address, timeout=15) as c:
-        yield c
 
 
 @pytest.fixture
@@ -85,14 +55,13 @@ def wait_until_forgotten(c: AssetClient, revision: int) -> None:
     deadline = time.monotonic() + 15
     while True:
         events = c.watch_selector(created_by_task="no-such", after_revision=revision, timeout=0.5)
-        try:
-            next(events)
-        except HistoryGoneError:
-            return
-        except DeadlineExceededError:
-            pass
-        finally:
-            close(events)
+        with watching(events):
+            try:
+                next(events)
+            except HistoryGoneError:
+                return
+            except DeadlineExceededError:
+                pass
         assert time.monotonic() < deadline, f"revision {revision} is still replayed"
         time.sleep(0.2)
 
@@ -105,8 +74,13 @@ def take(events: Iterator[WatchEvent], n: int) -> list[WatchEvent]:
     return [next(events) for _ in range(n)]
 
 
-def close(events: Iterator[WatchEvent]) -> None:
-    cast(Any, events).close()
+@contextlib.contextmanager
+def watching(events: Iterator[WatchEvent]) -> Iterator[None]:
+    """Closes the events (cancels their stream) on leaving, however the block ends."""
+    try:
+        yield
+    finally:
+        cast(Any, events).close()
 
 
 # -- list_page ------------------------------------------------------------------------------
@@ -156,7 +130,7 @@ def test_list_then_watch_selector_sees_each_later_change_once_in_order(
     events = client.watch_selector(
         created_by_task="render", after_revision=page.revision, timeout=30
     )
-    try:
+    with watching(events):
         first = next(events)
         assert brief([first]) == [(CHANGED, a.id, AVAILABLE)]
         assert first.asset.value is None, "selector events carry no inline value"
@@ -169,8 +143,6 @@ def test_list_then_watch_selector_sees_each_later_change_once_in_order(
         helper.delete(c.id)
         last = promise(helper, "render", "last.png")
         rest = take(events, 5)
-    finally:
-        close(events)
 
     assert brief(rest) == [
         (CHANGED, c.id, PENDING),
@@ -199,13 +171,11 @@ def test_a_selector_picks_by_task_tags_and_status(client: AssetClient, helper: A
 
     def seen(last: Asset, **selector: Any) -> list[tuple[WatchEventType, str, AssetStatus]]:
         events = client.watch_selector(after_revision=start, timeout=30, **selector)
-        try:
+        with watching(events):
             found = [next(events)]
             while found[-1].asset.id != last.id:
                 found.append(next(events))
             return brief(found)
-        finally:
-            close(events)
 
     assert seen(end_value, tags=["red", "big"]) == [
         (CHANGED, both.id, PENDING),
@@ -260,90 +230,12 @@ def test_a_revision_older_than_the_history_raises_history_gone(
     # What the error says to do works: list again, watch from the page's revision.
     page = client.list_page(page_size=1)
     events = client.watch_selector(created_by_task="t", after_revision=page.revision, timeout=30)
-    try:
+    with watching(events):
         late = promise(client, "t", "late")
         assert brief([next(events)]) == [(CHANGED, late.id, PENDING)]
-    finally:
-        close(events)
 
 
 # -- resuming after UNAVAILABLE ------------------------------------------------------------------
-
-
-class _Injected(grpc.RpcError):
-    def code(self) -> grpc.StatusCode:
-        return grpc.StatusCode.UNAVAILABLE
-
-    def details(self) -> str:
-        return "injected disconnect"
-
-
-class _Cut:
-    """A WatchAsset call that delivers `keep` messages, runs `meanwhile`, then fails."""
-
-    def __init__(self, call: Any, keep: int, meanwhile: Callable[[], object]) -> None:
-        self.call, self.keep, self.meanwhile = call, keep, meanwhile
-
-    def __iter__(self) -> Iterator[Any]:
-        messages = iter(self.call)
-        for _ in range(self.keep):
-            yield next(messages)
-        self.meanwhile()
-        raise _Injected()
-
-    async def __aiter__(self) -> AsyncIterator[Any]:
-        messages = aiter(self.call)
-        for _ in range(self.keep):
-            yield await anext(messages)
-        self.meanwhile()
-        raise _Injected()
-
-    def cancel(self) -> None:
-        self.call.cancel()
-
-
-class _Recording:
-    """Stands in for the client's stub: records requests; cuts the first watch streams.
-
-    `listed` runs after each listing (e.g. the one that pins "from now").
-    """
-
-    def __init__(
-        self,
-        real: Any,
-        cuts: list[tuple[int, Callable[[], object]]],
-        listed: Callable[[], object] = lambda: None,
-    ) -> None:
-        self.real = real
-        self.cuts = cuts
-        self.listed = listed
-        self.watches: list[pb.WatchAssetRequest] = []
-        self.lists: list[pb.ListAssetsRequest] = []
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.real, name)
-
-    def ListAssets(self, request: pb.ListAssetsRequest, timeout: float | None) -> Any:
-        self.lists.append(request)
-        call = self.real.ListAssets(request, timeout=timeout)
-        if not inspect.isawaitable(call):
-            self.listed()
-            return call
-
-        async def answered() -> Any:  # the asyncio client's call runs once awaited
-            page = await call
-            self.listed()
-            return page
-
-        return answered()
-
-    def WatchAsset(self, request: pb.WatchAssetRequest, timeout: float | None) -> Any:
-        self.watches.append(request)
-        call = self.real.WatchAsset(request, timeout=timeout)
-        if len(self.watches) <= len(self.cuts):
-            keep, meanwhile = self.cuts[len(self.watches) - 1]
-            return _Cut(call, keep, meanwhile)
-        return call
 
 
 def test_watch_selector_resumes_after_unavailable_from_the_last_revision_yielded(
@@ -352,17 +244,15 @@ def test_watch_selector_resumes_after_unavailable_from_the_last_revision_yielded
     """From now (pinned by a listing first), cut after one event, resumed after it."""
     a = promise(helper, "t", "a")
     b = promise(helper, "t", "b")
-    stub = _Recording(
+    stub = RecordingStub(
         client._stub,
         [(1, lambda: helper.fail(b.id, "no"))],
         listed=lambda: helper.fulfill(a.id, value="A"),  # after the pin: seen
     )
     client._stub = stub  # type: ignore[assignment]
     events = client.watch_selector(created_by_task="t", timeout=30)  # after_revision 0: now
-    try:
+    with watching(events):
         got = take(events, 2)
-    finally:
-        close(events)
 
     assert brief(got) == [(CHANGED, a.id, AVAILABLE), (CHANGED, b.id, FAILED)]
     # "From now" was pinned by one listing with the same filter; the change made while
@@ -378,14 +268,11 @@ def test_a_watch_cut_before_its_first_event_is_not_reopened_by_hand(
     """Until its first event gRPC's retry policy repeats the call (the channel's service
     config); UNAVAILABLE that gets through it ends the watch instead of a loop by hand."""
     a = promise(helper, "t", "a")
-    stub = _Recording(client._stub, [(0, lambda: None)])
+    stub = RecordingStub(client._stub, [(0, lambda: None)])
     client._stub = stub  # type: ignore[assignment]
     events = client.watch_selector(created_by_task="t", after_revision=a.revision, timeout=30)
-    try:
-        with pytest.raises(AssetServiceError) as info:
-            take(events, 1)
-    finally:
-        close(events)
+    with watching(events), pytest.raises(AssetServiceError) as info:
+        take(events, 1)
     assert info.value.code is grpc.StatusCode.UNAVAILABLE
     assert len(stub.watches) == 1
 
@@ -407,11 +294,13 @@ def test_a_stalled_selector_watch_is_resumed_by_itself(
         start = client.list_page(page_size=1).revision
         first = promise(helper, "big", "first", tags)
         events = client.watch_selector(created_by_task="big", after_revision=start, timeout=120)
-        try:
+        with watching(events):
             assert next(events).asset.id == first.id  # then the reader pauses
-            ids = [promise(helper, "big", f"p{i}", tags).id for i in range(count)]
-            for asset_id in ids:
-                helper.fail(asset_id, "r" * 4096)
+            # Written by 8 callers at once (the writer commits them in groups): the order
+            # to expect is the revisions the server gave them.
+            with ThreadPoolExecutor(8) as pool:
+                made = list(pool.map(lambda i: promise(helper, "big", f"p{i}", tags), range(count)))
+                failed = list(pool.map(lambda a: helper.fail(a.id, "r" * 4096), made))
             _until(
                 lambda: any("did not read for 1s" in line for line in server.log),
                 timeout=30,
@@ -420,11 +309,10 @@ def test_a_stalled_selector_watch_is_resumed_by_itself(
             rest = take(events, 2 * count)
             end = promise(helper, "big", "end")
             after = next(events)
-        finally:
-            close(events)
+    by_revision = functools.partial(sorted, key=lambda a: a.revision)
     assert [(e.asset.id, e.asset.status) for e in rest] == [
-        *((i, PENDING) for i in ids),
-        *((i, FAILED) for i in ids),
+        *((a.id, PENDING) for a in by_revision(made)),
+        *((a.id, FAILED) for a in by_revision(failed)),
     ]
     assert after.asset.id == end.id  # nothing repeated after the resumption
     revisions = [e.revision for e in rest]
@@ -448,7 +336,7 @@ def test_follow_lists_then_watches_without_missing_or_repeating_a_change(
     p = [promise(helper, "job", f"p{i}") for i in range(4)]
     promise(helper, "other", "x")
     events = client.follow(created_by_task="job", page_size=2, timeout=60)
-    try:
+    with watching(events):
         got = take(events, 2)  # the first page, read at revision R
         # Before the next pages are read: p3 changes on a later page, p0 on the page read.
         helper.fulfill(p[0].id, value="zero")
@@ -459,8 +347,6 @@ def test_follow_lists_then_watches_without_missing_or_repeating_a_change(
         got += take(events, 1)
         helper.delete(p[1].id)
         got += take(events, 1)
-    finally:
-        close(events)
 
     assert brief(got) == [
         (SNAPSHOT, p[0].id, PENDING),
@@ -488,7 +374,7 @@ def test_follow_lists_again_when_the_history_is_gone(
     with AssetClient(small_history_server.address, timeout=15) as helper:
         p = [promise(helper, "job", f"p{i}") for i in range(4)]
         events = client.follow(created_by_task="job", status=PENDING, page_size=2, timeout=60)
-        try:
+        with watching(events):
             got = take(events, 2)  # the first page, read at revision R
             helper.fulfill(p[0].id, value="zero")  # leaves the selection
             helper.delete(p[1].id)
@@ -500,8 +386,6 @@ def test_follow_lists_again_when_the_history_is_gone(
             helper.fulfill(p[2].id, value="two")
             p5 = promise(helper, "job", "p5")
             got += take(events, 2)
-        finally:
-            close(events)
 
     assert brief(got) == [
         (SNAPSHOT, p[0].id, PENDING),

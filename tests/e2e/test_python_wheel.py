@@ -28,7 +28,7 @@ import pytest
 
 from tests.e2e.security_helpers import SecureFiles, token_for
 from tests.pki import CA
-from tests.serverproc import ServerProcess, database_url_for, drop_database_of
+from tests.serverproc import ServerProcess, database_url_for, serving
 
 ROOT = Path(__file__).resolve().parents[2]
 CLIENT_DIR = ROOT / "clients" / "python"
@@ -200,23 +200,19 @@ def secure_server(tmp_path: Path) -> Iterator[tuple[ServerProcess, dict[str, str
     args = [*files.args, "--tls-cert", str(cert), "--tls-key", str(key)]
     args += ["--tls-client-ca", str(ca_file)]
     url = database_url_for(tmp_path)
-    server = ServerProcess(tmp_path / "data", url, extra_args=args).start()
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": str(tmp_path),
-        "LANG": "C.UTF-8",
-        "ASSET_SERVICE_ADDR": server.address,
-        "ASSET_SERVICE_CA_FILE": str(ca_file),
-        "ASSET_SERVICE_CLIENT_CERT": str(client_cert),
-        "ASSET_SERVICE_CLIENT_KEY": str(client_key),
-        "ASSET_SERVICE_TOKEN_FILE": str(token_file),
-        "ASSET_SERVICE_TIMEOUT": "40",
-    }
-    try:
+    with serving(ServerProcess(tmp_path / "data", url, extra_args=args)) as server:
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": str(tmp_path),
+            "LANG": "C.UTF-8",
+            "ASSET_SERVICE_ADDR": server.address,
+            "ASSET_SERVICE_CA_FILE": str(ca_file),
+            "ASSET_SERVICE_CLIENT_CERT": str(client_cert),
+            "ASSET_SERVICE_CLIENT_KEY": str(client_key),
+            "ASSET_SERVICE_TOKEN_FILE": str(token_file),
+            "ASSET_SERVICE_TIMEOUT": "40",
+        }
         yield server, env
-    finally:
-        server.stop()
-        drop_database_of(url)
 
 
 def test_orchestrator_and_worker_from_the_wheel_survive_a_server_restart(

@@ -12,9 +12,9 @@ from google.protobuf import descriptor_pb2
 from grpc_reflection.v1alpha import reflection_pb2
 
 from tests.backends import grpcurl_binary
-from tests.e2e.security_helpers import SecureFiles, bearer, start_server, token_for
+from tests.e2e.security_helpers import SecureFiles, bearer, server_process, token_for
 from tests.e2e.test_grpcurl import grpcurl_binary as grpcurl_1_8
-from tests.serverproc import ServerProcess
+from tests.serverproc import ServerProcess, serving
 
 ROOT = Path(__file__).resolve().parents[2]
 BUF = ROOT / "tools" / "node_modules" / ".bin" / "buf"
@@ -120,8 +120,9 @@ def test_authenticated_reflection_needs_a_reader_on_both_protocols(tmp_path: Pat
     imports = tmp_path / "imports"
     imports.mkdir()
     files = SecureFiles(tmp_path).with_tokens()
-    server = start_server(tmp_path, imports, [*files.args, "--reflection", "authenticated"])
-    try:
+    with serving(
+        server_process(tmp_path, imports, [*files.args, "--reflection", "authenticated"])
+    ) as server:
         listing = reflection_pb2.ServerReflectionRequest(list_services="")
         for service in (V1, V1ALPHA):
             with pytest.raises(grpc.RpcError) as refused:
@@ -140,5 +141,3 @@ def test_authenticated_reflection_needs_a_reader_on_both_protocols(tmp_path: Pat
         header = f"authorization: Bearer {token_for('reader')}"
         listed = run(BUF, *args, "--reflect-header", header, base).stdout.split()
         assert SERVICE in listed
-    finally:
-        server.stop()

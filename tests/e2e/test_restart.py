@@ -6,36 +6,34 @@ import asyncio
 import hashlib
 import os
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
 
 from asset_service._proto.asset.v1 import asset_service_pb2 as pb
 from asset_service._proto.asset.v1 import asset_service_pb2_grpc as pb_grpc
-from tests.e2e.helpers import MiB, pattern_chunks, read_all, stored_files, upload
-from tests.serverproc import ServerProcess, database_url_for
+from tests.e2e.helpers import (
+    MiB,
+    pattern_chunks,
+    pending_asset,
+    read_all,
+    stored_files,
+    unfinished_upload,
+    upload,
+    value_asset,
+)
+from tests.serverproc import ServerProcess, database_url_for, serving
 
 
 async def test_sigkill_and_restart(tmp_path: Path, import_root: Path) -> None:
-    server = ServerProcess(
-        tmp_path / "data", database_url_for(tmp_path), import_roots=[import_root]
-    )
-    server.start()
-    try:
+    with serving(
+        ServerProcess(tmp_path / "data", database_url_for(tmp_path), import_roots=[import_root])
+    ) as server:
         async with grpc.aio.insecure_channel(server.address) as channel:
             stub = pb_grpc.AssetServiceStub(channel)
             uploaded = await upload(stub, pattern_chunks(3 * MiB), label="kept.bin")
-            value = (
-                await stub.CreateValueAsset(
-                    pb.CreateValueAssetRequest(label="v", value=pb.Value(json="[1]"))
-                )
-            ).asset
-            fulfilled = (
-                await stub.CreatePendingAsset(
-                    pb.CreatePendingAssetRequest(task_id="t", label="done.txt")
-                )
-            ).asset
+            value = await value_asset(stub, "v", json="[1]")
+            fulfilled = await pending_asset(stub, "done.txt")
             src = import_root / "done.txt"
             src.write_text("produced")
             fulfilled = (
@@ -44,14 +42,7 @@ async def test_sigkill_and_restart(tmp_path: Path, import_root: Path) -> None:
                 )
             ).asset
             waiting = [
-                (
-                    await stub.CreatePendingAsset(
-                        pb.CreatePendingAssetRequest(
-                            task_id="t", label=f"w{i}", type=pb.ASSET_TYPE_VALUE
-                        )
-                    )
-                ).asset
-                for i in range(2)
+                await pending_asset(stub, f"w{i}", type=pb.ASSET_TYPE_VALUE) for i in range(2)
             ]
             # A watcher follows the two promises, then loses its server.
             seen: list[pb.WatchAssetResponse] = []
@@ -66,15 +57,8 @@ async def test_sigkill_and_restart(tmp_path: Path, import_root: Path) -> None:
 
             # An upload is streaming when the server dies.
             streaming = asyncio.Event()
-
-            async def endless() -> AsyncIterator[pb.UploadAssetRequest]:
-                yield pb.UploadAssetRequest(header=pb.UploadHeader(label="interrupted.bin"))
-                for chunk in pattern_chunks(6 * MiB):
-                    yield pb.UploadAssetRequest(chunk=chunk)
-                streaming.set()
-                await asyncio.sleep(3600)
-
-            interrupted = asyncio.ensure_future(stub.UploadAsset(endless()))
+            requests = unfinished_upload("interrupted.bin", pattern_chunks(6 * MiB), streaming)
+            interrupted = asyncio.ensure_future(stub.UploadAsset(requests))
             await asyncio.wait_for(streaming.wait(), 30)
             assert any("staging" in p.parts for p in stored_files(server.root))
             server.kill()
@@ -131,8 +115,6 @@ async def test_sigkill_and_restart(tmp_path: Path, import_root: Path) -> None:
                 (waiting[1].id, pb.ASSET_STATUS_FAILED, second.asset.revision),
             ]
             assert all(e.revision > last_revision for e in resumed)
-    finally:
-        server.stop()
 
 
 async def test_sigterm_stops_gracefully_and_deadlines_are_honoured(tmp_path: Path) -> None:
@@ -140,9 +122,7 @@ async def test_sigterm_stops_gracefully_and_deadlines_are_honoured(tmp_path: Pat
     try:
         async with grpc.aio.insecure_channel(server.address) as channel:
             stub = pb_grpc.AssetServiceStub(channel)
-            pending = (
-                await stub.CreatePendingAsset(pb.CreatePendingAssetRequest(task_id="t", label="x"))
-            ).asset
+            pending = await pending_asset(stub, "x")
             watch = stub.WatchAsset(pb.WatchAssetRequest(asset_ids=[pending.id]), timeout=0.5)
             events = []
             try:
@@ -160,8 +140,9 @@ async def test_sigterm_stops_gracefully_and_deadlines_are_honoured(tmp_path: Pat
 
 async def test_startup_sweeps_orphan_files_but_keeps_referenced_ones(tmp_path: Path) -> None:
     url = database_url_for(tmp_path)
-    server = ServerProcess(tmp_path / "data", url, extra_args=["--orphan-grace", "60"]).start()
-    try:
+    with serving(
+        ServerProcess(tmp_path / "data", url, extra_args=["--orphan-grace", "60"])
+    ) as server:
         async with grpc.aio.insecure_channel(server.address) as channel:
             stub = pb_grpc.AssetServiceStub(channel)
             kept = await upload(stub, [b"kept"], label="kept.bin")
@@ -181,8 +162,6 @@ async def test_startup_sweeps_orphan_files_but_keeps_referenced_ones(tmp_path: P
         assert (young / "in-flight.bin").exists(), "a young file may be a commit in flight"
         assert Path(kept.storage_path).read_bytes() == b"kept"
         assert any("orphan" in line for line in server.log)
-    finally:
-        server.stop()
 
 
 def test_a_second_server_on_the_same_sqlite_database_is_refused(tmp_path: Path) -> None:

@@ -13,24 +13,17 @@ import pytest
 from asset_service._proto.asset.v1 import asset_service_pb2 as pb
 from asset_service._proto.asset.v1 import asset_service_pb2_grpc as pb_grpc
 from tests.e2e.helpers import MiB, expect_error
-from tests.e2e.security_helpers import SecureFiles, bearer, start_server, token_for
+from tests.e2e.security_helpers import ORCH, WORKER, bearer, token_server
 from tests.serverproc import ServerProcess
 
-ORCH = bearer(token_for("orchestrator"))
-WORKER = bearer(token_for("worker"))
 DATA = bytes(range(256)) * (3 * MiB // 256) + b"tail"
 SHA = hashlib.sha256(DATA).hexdigest()
 
 
 @pytest.fixture
 def secured(tmp_path: Path) -> Iterator[ServerProcess]:
-    (tmp_path / "imports").mkdir()
-    files = SecureFiles(tmp_path).with_tokens().with_secret()
-    server = start_server(tmp_path, tmp_path / "imports", files.args)
-    try:
+    with token_server(tmp_path) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def stream(

@@ -26,7 +26,7 @@ from tests.backends import MinIO
 from tests.contract import s3_helpers
 from tests.e2e.helpers import MiB, expect_error, read_all
 from tests.e2e.tcp_proxy import proxy_to
-from tests.serverproc import ServerProcess, database_url_for
+from tests.serverproc import ServerProcess, database_url_for, serving
 
 DATA = os.urandom(24 * MiB + 4321)
 CUT_LOG = re.compile(r"was cut at \d+ bytes; (\d+) held durably")
@@ -136,6 +136,18 @@ async def settled(stub: pb_grpc.AssetServiceStub, upload_id: str) -> int:
     raise AssertionError("committed_bytes kept changing")
 
 
+async def cut_upload(stub: pb_grpc.AssetServiceStub, address: str, size: int) -> tuple[str, int]:
+    """A new upload whose stream a second header ends right after `size` bytes (refused as
+    INVALID_ARGUMENT): its upload id, and the bytes the server kept once settled."""
+    upload_id = uuid.uuid4().hex
+    await expect_error(
+        send(address, header(upload_id), DATA[:size], then_header=True),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "a second header arrived mid-upload",
+    )
+    return upload_id, await settled(stub, upload_id)
+
+
 def session_files(root: Path) -> list[str]:
     area = root / "tmp" / "uploads"
     return sorted(str(p.relative_to(area)) for p in area.rglob("*"))
@@ -235,8 +247,7 @@ async def test_a_sigkilled_server_keeps_its_last_checkpoint(tmp_path: Path) -> N
     # Past one checkpoint of the local disk (storage/local/_sessions.py): that much survives.
     data = os.urandom(CHECKPOINT_BYTES + 24 * MiB)
     upload_id = uuid.uuid4().hex
-    server = ServerProcess(tmp_path / "data", database_url_for(tmp_path)).start()
-    try:
+    with serving(ServerProcess(tmp_path / "data", database_url_for(tmp_path))) as server:
         await _kill_when(server, data, upload_id, checkpointed(server.root, CHECKPOINT_BYTES))
         server.start()
         async with grpc.aio.insecure_channel(server.address) as channel:
@@ -246,8 +257,6 @@ async def test_a_sigkilled_server_keeps_its_last_checkpoint(tmp_path: Path) -> N
             asset = await resume(server.address, upload_id, data)
             assert asset.sha256 == hashlib.sha256(data).hexdigest()
             assert await read_all(stub, asset.id) == data
-    finally:
-        server.stop()
 
 
 @pytest.fixture
@@ -287,13 +296,7 @@ async def test_on_minio_a_sigkilled_server_keeps_its_completed_parts(
 async def test_each_misuse_of_a_resumable_upload_gets_its_status(
     stub: pb_grpc.AssetServiceStub, server: ServerProcess
 ) -> None:
-    upload_id = uuid.uuid4().hex
-    await expect_error(
-        send(server.address, header(upload_id), DATA[: 3 * MiB + 5], then_header=True),
-        grpc.StatusCode.INVALID_ARGUMENT,
-        "a second header arrived mid-upload",
-    )
-    committed = await settled(stub, upload_id)
+    upload_id, committed = await cut_upload(stub, server.address, 3 * MiB + 5)
     assert committed == 3 * MiB + 5  # every byte before the stream ended is kept
     await expect_error(
         send(server.address, header(upload_id, committed + 1), DATA[committed + 1 :]),
@@ -350,12 +353,7 @@ async def test_each_misuse_of_a_resumable_upload_gets_its_status(
 async def test_a_wrong_whole_file_fails_and_leaves_nothing(
     stub: pb_grpc.AssetServiceStub, server: ServerProcess
 ) -> None:
-    upload_id = uuid.uuid4().hex
-    await expect_error(
-        send(server.address, header(upload_id), DATA[: 5 * MiB], then_header=True),
-        grpc.StatusCode.INVALID_ARGUMENT,
-    )
-    committed = await settled(stub, upload_id)
+    upload_id, committed = await cut_upload(stub, server.address, 5 * MiB)
     tampered = DATA[:committed] + b"\0" + DATA[committed + 1 :]
     await expect_error(
         send(server.address, header(upload_id, committed), tampered[committed:]),
@@ -373,12 +371,8 @@ async def test_expired_uploads_leave_nothing_on_the_local_disk(
     server = start_server("--upload-session-ttl", "4", "--collect-interval", "0.5")
     async with grpc.aio.insecure_channel(server.address) as channel:
         stub = pb_grpc.AssetServiceStub(channel)
-        upload_id = uuid.uuid4().hex
-        await expect_error(
-            send(server.address, header(upload_id), DATA[: 6 * MiB], then_header=True),
-            grpc.StatusCode.INVALID_ARGUMENT,
-        )
-        assert (await settled(stub, upload_id)) == 6 * MiB
+        upload_id, committed = await cut_upload(stub, server.address, 6 * MiB)
+        assert committed == 6 * MiB
         assert session_files(server.root)
         await _until_gone(lambda: session_files(server.root))
         await expect_error(
@@ -393,28 +387,15 @@ async def test_expired_uploads_leave_nothing_on_the_local_disk(
 
 async def test_expired_uploads_leave_nothing_on_minio(tmp_path: Path, minio: MinIO) -> None:
     prefix = f"expire-{uuid.uuid4().hex[:8]}"
-    server = ServerProcess(
-        tmp_path / "state",
-        database_url_for(tmp_path),
-        extra_args=[
-            "--storage-url",
-            f"s3://{s3_helpers.BUCKET}/{prefix}",
-            "--upload-session-ttl",
-            "4",  # outlasts the checks before expiry on a loaded machine
-            "--collect-interval",
-            "0.5",
-        ],
-        env=minio.aws_env(),
-    ).start()
-    try:
+    args = ["--storage-url", f"s3://{s3_helpers.BUCKET}/{prefix}", "--collect-interval", "0.5"]
+    args += ["--upload-session-ttl", "4"]  # outlasts the checks before expiry on a loaded machine
+    url = database_url_for(tmp_path)
+    env = minio.aws_env()
+    with serving(ServerProcess(tmp_path / "state", url, extra_args=args, env=env)) as server:
         async with grpc.aio.insecure_channel(server.address) as channel:
             stub = pb_grpc.AssetServiceStub(channel)
-            upload_id = uuid.uuid4().hex
-            await expect_error(
-                send(server.address, header(upload_id), DATA[: 18 * MiB], then_header=True),
-                grpc.StatusCode.INVALID_ARGUMENT,
-            )
-            assert (await settled(stub, upload_id)) == 2 * PART_SIZE  # a part not filled goes
+            upload_id, committed = await cut_upload(stub, server.address, 18 * MiB)
+            assert committed == 2 * PART_SIZE  # a part not filled goes
             left = await s3_helpers.session_leftovers(minio, f"{prefix}/")
             assert any(item.startswith("upload ") for item in left), left
             async with s3_helpers.client(minio) as s3:
@@ -431,8 +412,6 @@ async def test_expired_uploads_leave_nothing_on_minio(tmp_path: Path, minio: Min
             assert [u for u in listed.get("Uploads", ()) if u["Key"].startswith(prefix)] == []
             assert objects.get("KeyCount", 0) == 0
             await expect_error(query(stub, upload_id), grpc.StatusCode.NOT_FOUND, "expired")
-    finally:
-        server.stop()
 
 
 async def _until_gone(found: Callable[[], object], seconds: float = 15) -> None:
@@ -446,16 +425,22 @@ async def _until_gone(found: Callable[[], object], seconds: float = 15) -> None:
     raise AssertionError(f"still there after {seconds}s: {left}")
 
 
+@pytest.fixture
+def big_file(tmp_path: Path) -> Path:
+    """A file holding DATA, for the clients to upload."""
+    big = tmp_path / "big.bin"
+    big.write_bytes(DATA)
+    return big
+
+
 async def test_the_python_client_resumes_by_itself_without_resending(
-    server: ServerProcess, tmp_path: Path
+    server: ServerProcess, big_file: Path
 ) -> None:
-    path = tmp_path / "big.bin"
-    path.write_bytes(DATA)
     seen: list[int] = []
     with proxy_to(server.port) as proxy:
         proxy.cut_after(11 * MiB)
         async with AsyncAssetClient(proxy.address) as client:
-            asset = await client.upload(path, progress=lambda done, total: seen.append(done))
+            asset = await client.upload(big_file, progress=lambda done, total: seen.append(done))
         assert proxy.cuts == 1 and len(proxy.connections) == 2
     # What the server held when the stream was cut (it says so in its log), and what the
     # second connection carried: the rest, not the committed prefix again.
@@ -467,24 +452,20 @@ async def test_the_python_client_resumes_by_itself_without_resending(
 
 
 async def test_the_python_client_starts_again_an_upload_the_server_never_saw(
-    server: ServerProcess, tmp_path: Path
+    server: ServerProcess, big_file: Path
 ) -> None:
-    path = tmp_path / "big.bin"
-    path.write_bytes(DATA)
     with proxy_to(server.port) as proxy:
         proxy.cut_after(200)  # the connection drops before the upload's header arrives
         async with AsyncAssetClient(proxy.address) as client:
-            asset = await client.upload(path, progress=False)
+            asset = await client.upload(big_file, progress=False)
         assert proxy.cuts == 1
     assert (asset.size_bytes, asset.sha256) == (len(DATA), SHA)
     assert not CUT_LOG.search("".join(server.log))  # no stream of it was ever cut
 
 
 async def test_the_sync_client_resumes_across_a_server_restart(
-    server: ServerProcess, tmp_path: Path
+    server: ServerProcess, big_file: Path
 ) -> None:
-    path = tmp_path / "big.bin"
-    path.write_bytes(DATA)
     with proxy_to(server.port) as proxy:
 
         def crash_and_restart() -> None:
@@ -500,7 +481,7 @@ async def test_the_sync_client_resumes_across_a_server_restart(
 
         async def upload() -> object:
             with AssetClient(proxy.address) as client:
-                return await asyncio.to_thread(client.upload, path, progress=False)
+                return await asyncio.to_thread(client.upload, big_file, progress=False)
 
         crash = asyncio.to_thread(crash_and_restart)
         asset, _ = await asyncio.gather(upload(), crash)

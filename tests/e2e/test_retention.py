@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import grpc
@@ -22,31 +22,35 @@ from asset_service._proto.asset.v1 import asset_service_pb2 as pb
 from asset_service._proto.asset.v1 import asset_service_pb2_grpc as pb_grpc
 from tests.e2e.helpers import all_assets, expect_error, read_all, stored_files, upload
 from tests.e2e.scrape import metrics_port, scrape
-from tests.e2e.security_helpers import SecureFiles, bearer, start_server, token_for
-from tests.serverproc import ServerProcess, database_url_for, drop_database_of
+from tests.e2e.security_helpers import ADMIN, ORCH, bearer, token_server
+from tests.serverproc import ServerProcess, database_url_for, drop_database_of, serving
 
 SWEEP = "0.2"  # --retention-check-interval
-ORCH = bearer(token_for("orchestrator"))
-ADMIN = bearer(token_for("admin"))
 
 
 @pytest.fixture
-def secured(tmp_path: Path) -> ServerProcess:
-    files = SecureFiles(tmp_path).with_tokens().with_secret()
-    imports = tmp_path / "imports"
-    imports.mkdir()
-    args = [*files.args, "--retention-check-interval", SWEEP]
-    args += ["--expiry-rule", "failed,status=FAILED,1s"]
-    return start_server(tmp_path, imports, args)
+def secured(tmp_path: Path) -> Iterator[ServerProcess]:
+    rules = ["--retention-check-interval", SWEEP, "--expiry-rule", "failed,status=FAILED,1s"]
+    with token_server(tmp_path, *rules) as server:
+        yield server
 
 
 @pytest.fixture
 async def stub(secured: ServerProcess) -> AsyncIterator[pb_grpc.AssetServiceStub]:
-    try:
-        async with grpc.aio.insecure_channel(secured.address) as channel:
-            yield pb_grpc.AssetServiceStub(channel)
-    finally:
-        secured.stop()
+    async with grpc.aio.insecure_channel(secured.address) as channel:
+        yield pb_grpc.AssetServiceStub(channel)
+
+
+async def expiring_value(stub: pb_grpc.AssetServiceStub, label: str, text: str) -> pb.Asset:
+    """A VALUE asset the orchestrator made, with a TTL of one second."""
+    request = pb.CreateValueAssetRequest(label=label, value=pb.Value(text=text), ttl_seconds=1)
+    return (await stub.CreateValueAsset(request, metadata=ORCH)).asset
+
+
+async def value_promise(stub: pb_grpc.AssetServiceStub, task_id: str, label: str) -> pb.Asset:
+    """A PENDING VALUE asset the orchestrator promised for a task."""
+    request = pb.CreatePendingAssetRequest(task_id=task_id, label=label, type=pb.ASSET_TYPE_VALUE)
+    return (await stub.CreatePendingAsset(request, metadata=ORCH)).asset
 
 
 async def deletion(stub: pb_grpc.AssetServiceStub, asset_id: str) -> tuple[pb.Asset, float]:
@@ -61,16 +65,9 @@ async def deletion(stub: pb_grpc.AssetServiceStub, asset_id: str) -> tuple[pb.As
 async def test_a_live_tasks_input_outlives_its_ttl_and_goes_right_after_the_promise(
     stub: pb_grpc.AssetServiceStub,
 ) -> None:
-    made = await stub.CreateValueAsset(
-        pb.CreateValueAssetRequest(label="in.txt", value=pb.Value(text="input"), ttl_seconds=1),
-        metadata=ORCH,
-    )
-    source = made.asset
+    source = await expiring_value(stub, "in.txt", "input")
     assert source.expiry_rule == "ttl" and source.HasField("expire_time")
-    promise = await stub.CreatePendingAsset(
-        pb.CreatePendingAssetRequest(task_id="render-1", label="out", type=pb.ASSET_TYPE_VALUE),
-        metadata=ORCH,
-    )
+    promise = await value_promise(stub, "render-1", "out")
     minted = await stub.MintTaskToken(
         pb.MintTaskTokenRequest(task_id="render-1", input_asset_ids=[source.id]), metadata=ORCH
     )
@@ -89,7 +86,7 @@ async def test_a_live_tasks_input_outlives_its_ttl_and_goes_right_after_the_prom
 
     resolved = time.monotonic()
     await stub.FulfillAsset(
-        pb.FulfillAssetRequest(asset_id=promise.asset.id, value=pb.Value(text="done")),
+        pb.FulfillAssetRequest(asset_id=promise.id, value=pb.Value(text="done")),
         metadata=bearer(minted.token),
     )
     gone, at = await asyncio.wait_for(watcher, 10)
@@ -101,23 +98,17 @@ async def test_a_live_tasks_input_outlives_its_ttl_and_goes_right_after_the_prom
         grpc.StatusCode.NOT_FOUND,
     )
     # The output itself has no expiry: no rule matches an AVAILABLE value.
-    output = await stub.GetAsset(pb.GetAssetRequest(asset_id=promise.asset.id), metadata=ADMIN)
+    output = await stub.GetAsset(pb.GetAssetRequest(asset_id=promise.id), metadata=ADMIN)
     assert not output.asset.HasField("expire_time")
 
 
 async def test_a_waiting_manifests_inputs_do_not_expire_while_it_waits(
     stub: pb_grpc.AssetServiceStub,
 ) -> None:
-    made = await stub.CreateValueAsset(
-        pb.CreateValueAssetRequest(label="cfg", value=pb.Value(text="c"), ttl_seconds=1),
-        metadata=ORCH,
-    )
-    promise = await stub.CreatePendingAsset(
-        pb.CreatePendingAssetRequest(task_id="t-w", label="frames", type=pb.ASSET_TYPE_VALUE),
-        metadata=ORCH,
-    )
+    made = await expiring_value(stub, "cfg", "c")
+    promise = await value_promise(stub, "t-w", "frames")
     request = pb.GetManifestRequest(
-        asset_mappings={"cfg": made.asset.id, "frames": promise.asset.id}, wait=True
+        asset_mappings={"cfg": made.id, "frames": promise.id}, wait=True
     )
 
     async def manifest() -> pb.GetManifestResponse:
@@ -126,25 +117,22 @@ async def test_a_waiting_manifests_inputs_do_not_expire_while_it_waits(
     waiting = asyncio.create_task(manifest())
     await asyncio.sleep(2.0)  # cfg's TTL has passed, a dozen sweeps ran: it waits on
     await stub.FulfillAsset(
-        pb.FulfillAssetRequest(asset_id=promise.asset.id, value=pb.Value(text="f")),
+        pb.FulfillAssetRequest(asset_id=promise.id, value=pb.Value(text="f")),
         metadata=ORCH,
     )
     built = await asyncio.wait_for(waiting, 10)
     assert built.manifest_path
-    kept = await stub.GetAsset(pb.GetAssetRequest(asset_id=made.asset.id), metadata=ADMIN)
+    kept = await stub.GetAsset(pb.GetAssetRequest(asset_id=made.id), metadata=ADMIN)
     assert kept.asset.HasField("retain_until_time")
 
 
 async def test_a_watcher_sees_an_expiry_by_rule_with_its_reason(
     stub: pb_grpc.AssetServiceStub,
 ) -> None:
-    promise = await stub.CreatePendingAsset(
-        pb.CreatePendingAssetRequest(task_id="t-2", label="x", type=pb.ASSET_TYPE_VALUE),
-        metadata=ORCH,
-    )
-    watcher = asyncio.create_task(deletion(stub, promise.asset.id))
+    promise = await value_promise(stub, "t-2", "x")
+    watcher = asyncio.create_task(deletion(stub, promise.id))
     failed = await stub.FailAsset(
-        pb.FailAssetRequest(asset_id=promise.asset.id, reason="broke"), metadata=ORCH
+        pb.FailAssetRequest(asset_id=promise.id, reason="broke"), metadata=ORCH
     )
     assert failed.asset.expiry_rule == "failed"  # --expiry-rule failed,status=FAILED,1s
     gone, _ = await asyncio.wait_for(watcher, 10)
@@ -154,11 +142,7 @@ async def test_a_watcher_sees_an_expiry_by_rule_with_its_reason(
 async def test_holds_keep_an_asset_and_deleting_it_names_them(
     stub: pb_grpc.AssetServiceStub,
 ) -> None:
-    made = await stub.CreateValueAsset(
-        pb.CreateValueAssetRequest(label="keep", value=pb.Value(text="k"), ttl_seconds=1),
-        metadata=ORCH,
-    )
-    asset_id = made.asset.id
+    asset_id = (await expiring_value(stub, "keep", "k")).id
     placed = await stub.PlaceHold(
         pb.PlaceHoldRequest(asset_id=asset_id, owner="audit-2026", reason="legal"), metadata=ORCH
     )
@@ -251,12 +235,8 @@ async def test_a_crash_during_expiry_loses_nothing_held_and_no_bytes_stay_unreco
     sweeper.kill()
     assert any("expired (ttl)" in line for line in sweeper.log), "".join(sweeper.log)
 
-    after = ServerProcess(
-        tmp_path / "data",
-        url,
-        extra_args=["--retention-check-interval", "1h", "--orphan-grace", "0"],
-    ).start()
-    try:
+    args = ["--retention-check-interval", "1h", "--orphan-grace", "0"]
+    with serving(ServerProcess(tmp_path / "data", url, extra_args=args)) as after:
         async with grpc.aio.insecure_channel(after.address) as channel:
             stub = pb_grpc.AssetServiceStub(channel)
             left = {a.id: a for a in await all_assets(stub)}
@@ -268,9 +248,6 @@ async def test_a_crash_during_expiry_loses_nothing_held_and_no_bytes_stay_unreco
             for asset_id in held:
                 chunks = stub.ReadAsset(pb.ReadAssetRequest(asset_id=asset_id))
                 assert b"".join([c.chunk async for c in chunks])
-    finally:
-        after.stop()
-        drop_database_of(url)
 
 
 # Two servers on one database need a replica set (MONGODB_URI); deselected and counted without.
@@ -311,8 +288,7 @@ async def test_two_servers_on_one_store_expire_each_asset_once(tmp_path: Path) -
 async def test_the_sweep_counts_what_it_removed_by_reason(tmp_path: Path) -> None:
     url = database_url_for(tmp_path)
     flags = ["--metrics-listen", "127.0.0.1:0", "--retention-check-interval", SWEEP]
-    server = ServerProcess(tmp_path / "data", url, extra_args=flags).start()
-    try:
+    with serving(ServerProcess(tmp_path / "data", url, extra_args=flags)) as server:
         port = metrics_port(server)
         async with grpc.aio.insecure_channel(server.address) as channel:
             stub = pb_grpc.AssetServiceStub(channel)
@@ -327,9 +303,6 @@ async def test_the_sweep_counts_what_it_removed_by_reason(tmp_path: Path) -> Non
             "asset_service_assets_expired_total", {"reason": "expired (ttl)"}
         )
         assert expired == 1
-    finally:
-        server.stop()
-        drop_database_of(url)
     assert any(f"asset {made.asset.id} (m, 1 bytes) expired (ttl)" in ln for ln in server.log)
 
 
@@ -337,8 +310,7 @@ async def test_orphan_files_are_collected_a_bounded_number_at_a_time(tmp_path: P
     url = database_url_for(tmp_path)
     flags = ["--metrics-listen", "127.0.0.1:0", "--collect-interval", "0.3"]
     flags += ["--orphan-grace", "0", "--retention-sweep-limit", "1"]
-    server = ServerProcess(tmp_path / "data", url, extra_args=flags).start()
-    try:
+    with serving(ServerProcess(tmp_path / "data", url, extra_args=flags)) as server:
         port = metrics_port(server)
         async with grpc.aio.insecure_channel(server.address) as channel:
             stub = pb_grpc.AssetServiceStub(channel)
@@ -358,9 +330,6 @@ async def test_orphan_files_are_collected_a_bounded_number_at_a_time(tmp_path: P
             assert await read_all(stub, kept.id) == b"kept bytes"
         reclaimed = scrape(port).get("asset_service_reclaimed_total", {"kind": "orphan_files"})
         assert reclaimed == 3
-    finally:
-        server.stop()
-        drop_database_of(url)
     counts = [ln for ln in server.log if "collected " in ln and "orphan file(s)" in ln]
     assert len(counts) == 3 and all("collected 1 orphan" in ln for ln in counts), counts
 

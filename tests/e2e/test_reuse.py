@@ -7,9 +7,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import cast
 
 import grpc
 import pytest
@@ -25,24 +23,10 @@ from asset_service._proto.asset.v1 import asset_service_pb2 as pb
 from asset_service._proto.asset.v1 import asset_service_pb2_grpc as pb_grpc
 from tests.conftest import StartServer
 from tests.e2e.cli_helpers import asset, out
-from tests.e2e.helpers import AsyncDriver
 from tests.e2e.scrape import metrics_port, rpc, scrape
 from tests.e2e.security_helpers import SecureFiles, bearer, token_for
 from tests.e2e.security_helpers import start_server as start_secured
 from tests.serverproc import ServerProcess
-
-
-@pytest.fixture(params=["sync", "asyncio"])
-def client(request: pytest.FixtureRequest, server: ServerProcess) -> Iterator[AssetClient]:
-    if request.param == "sync":
-        with AssetClient(server.address, timeout=15) as c:
-            yield c
-        return
-    driver = AsyncDriver(server.address)
-    try:
-        yield cast(AssetClient, driver)
-    finally:
-        driver.close()
 
 
 def test_produce_join_hit_and_the_key_listed(client: AssetClient, tmp_path: Path) -> None:

@@ -19,36 +19,29 @@ from asset_service._proto.asset.v1 import asset_service_pb2_grpc as pb_grpc
 from asset_service.security.tokens import hash_token
 from tests.e2e.helpers import expect_error
 from tests.e2e.security_helpers import (
+    ADMIN,
     ALLOWED,
     CALLS,
+    ORCH,
     ROLES,
     SECRET,
     Env,
-    SecureFiles,
     bearer,
     call_code,
     forged_task_token,
+    server_process,
     snapshot,
-    start_server,
     token_for,
+    token_server,
 )
-from tests.serverproc import ServerProcess
-
-ADMIN = bearer(token_for("admin"))
-ORCH = bearer(token_for("orchestrator"))
+from tests.serverproc import ServerProcess, serving
 
 
 @pytest.fixture(scope="module")
 def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, Path, Path]]:
     base = tmp_path_factory.mktemp("secured")
-    imports = base / "imports"
-    imports.mkdir()
-    files = SecureFiles(base).with_tokens().with_secret()
-    server = start_server(base, imports, files.args)
-    try:
-        yield server, imports, files.tokens  # type: ignore[misc]
-    finally:
-        server.stop()
+    with token_server(base) as server:
+        yield server, base / "imports", base / "tokens.toml"
 
 
 @pytest.fixture
@@ -171,8 +164,7 @@ async def test_reflection_needs_a_reader_once_credentials_are_required(
 async def test_reflection_off_is_not_served_and_health_still_is(tmp_path: Path) -> None:
     imports = tmp_path / "imports"
     imports.mkdir()
-    server = start_server(tmp_path, imports, ["--reflection", "off"])
-    try:
+    with serving(server_process(tmp_path, imports, ["--reflection", "off"])) as server:
         async with grpc.aio.insecure_channel(server.address) as channel:
             # With reflection served this would wait for a request until the deadline.
             call = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(timeout=5)
@@ -181,8 +173,6 @@ async def test_reflection_off_is_not_served_and_health_still_is(tmp_path: Path) 
                 health_pb2.HealthCheckRequest(service="asset.v1.AssetService")
             )
             assert answer.status == health_pb2.HealthCheckResponse.SERVING
-    finally:
-        server.stop()
 
 
 async def test_task_token_completes_its_own_task_and_nothing_else(

@@ -20,6 +20,9 @@ from asset_service._proto.asset.v1 import asset_service_pb2_grpc as pb_grpc
 from asset_service.security.tokens import hash_token
 from tests.e2e.helpers import expect_error
 from tests.e2e.security_helpers import (
+    ADMIN,
+    ORCH,
+    READER,
     SECRET,
     Metadata,
     SecureFiles,
@@ -27,13 +30,11 @@ from tests.e2e.security_helpers import (
     snapshot,
     start_server,
     token_for,
+    token_server,
 )
 from tests.pki import CA, Pair
 from tests.serverproc import ServerProcess
 
-ADMIN = bearer(token_for("admin"))
-ORCH = bearer(token_for("orchestrator"))
-READER = bearer(token_for("reader"))
 UNAUTHENTICATED = grpc.StatusCode.UNAUTHENTICATED
 DENIED = grpc.StatusCode.PERMISSION_DENIED
 HEALTH = health_pb2.HealthCheckRequest()
@@ -70,14 +71,8 @@ async def sighup(server: ServerProcess, pattern: str) -> str:
 
 @pytest.fixture(scope="module")
 def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    base = tmp_path_factory.mktemp("claims")
-    (base / "imports").mkdir()
-    files = SecureFiles(base).with_tokens().with_secret()
-    server = start_server(base, base / "imports", files.args)
-    try:
+    with token_server(tmp_path_factory.mktemp("claims")) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

@@ -24,9 +24,15 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from asset_service._proto.asset.v1 import asset_service_pb2 as pb
 from asset_service._proto.asset.v1 import asset_service_pb2_grpc as pb_grpc
 from tests.e2e.helpers import expect_error
-from tests.e2e.security_helpers import SecureFiles, bearer, start_server, token_for
+from tests.e2e.security_helpers import (
+    SecureFiles,
+    bearer,
+    server_process,
+    token_for,
+    token_server,
+)
 from tests.pki import CA, Pair
-from tests.serverproc import ServerProcess
+from tests.serverproc import ServerProcess, serving
 
 HEALTH = health_pb2.HealthCheckRequest()
 
@@ -52,13 +58,8 @@ def pki() -> CA:
 def tls_server(tmp_path_factory: pytest.TempPathFactory, pki: CA) -> Iterator[ServerProcess]:
     """TLS, bearer tokens and task tokens."""
     base = tmp_path_factory.mktemp("tls")
-    (base / "imports").mkdir()
-    files = SecureFiles(base).with_tokens().with_secret()
-    server = start_server(base, base / "imports", [*files.args, *tls_args(base, pki)])
-    try:
+    with token_server(base, *tls_args(base, pki)) as server:
         yield server
-    finally:
-        server.stop()
 
 
 async def test_tls_handshake_and_token(tls_server: ServerProcess, pki: CA) -> None:
@@ -121,15 +122,12 @@ async def test_python_client_sends_a_token_in_plaintext_only_to_loopback(
 ) -> None:
     (tmp_path / "imports").mkdir()
     files = SecureFiles(tmp_path).with_tokens()
-    server = start_server(tmp_path, tmp_path / "imports", files.args)
-    try:
+    with serving(server_process(tmp_path, tmp_path / "imports", files.args)) as server:
         async with AsyncAssetClient(server.address, token=token_for("orchestrator")) as client:
             assert [a async for a in client.list()] == []
             # Without --token-secret-file, minting says what to configure.
             with pytest.raises(FailedPreconditionError, match="--token-secret-file"):
                 await client.mint_task_token("task-1")
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -143,11 +141,8 @@ def mtls_server(
     files = SecureFiles(base).with_tokens(mapped)
     args = [*files.args, *tls_args(base, pki)]
     args += ["--tls-client-ca", str(clients.write(base / "clients-ca.pem"))]
-    server = start_server(base, base / "imports", args)
-    try:
+    with serving(server_process(base, base / "imports", args)) as server:
         yield server, clients
-    finally:
-        server.stop()
 
 
 async def test_mtls_refuses_no_or_a_foreign_client_certificate(
@@ -195,10 +190,9 @@ async def test_rotated_certificate_serves_new_connections_and_keeps_open_ones(
     (tmp_path / "imports").mkdir()
     old_ca, new_ca = CA("before"), CA("after")
     files = SecureFiles(tmp_path).with_tokens()
-    server = start_server(
-        tmp_path, tmp_path / "imports", [*files.args, *tls_args(tmp_path, old_ca)]
-    )
-    try:
+    with serving(
+        server_process(tmp_path, tmp_path / "imports", [*files.args, *tls_args(tmp_path, old_ca)])
+    ) as server:
         async with tls_channel(server, old_ca) as before:
             health = health_pb2_grpc.HealthStub(before)
             await health.Check(HEALTH, timeout=10)
@@ -232,8 +226,6 @@ async def test_rotated_certificate_serves_new_connections_and_keeps_open_ones(
             changed = await watch.read()
             assert changed.asset.status == pb.ASSET_STATUS_AVAILABLE
         assert any("TLS certificate reloaded" in line for line in server.log)
-    finally:
-        server.stop()
 
 
 def _serve(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -257,27 +249,23 @@ def test_non_loopback_without_security_is_refused(tmp_path: Path) -> None:
 
 def test_insecure_allows_non_loopback_and_says_so(tmp_path: Path) -> None:
     (tmp_path / "imports").mkdir()
-    server = start_server(tmp_path, tmp_path / "imports", ["--listen", "0.0.0.0:0", "--insecure"])
-    try:
+    with serving(
+        server_process(tmp_path, tmp_path / "imports", ["--listen", "0.0.0.0:0", "--insecure"])
+    ) as server:
         log = "".join(server.log)
         # The port it bound, not the :0 it was given.
         assert f"every client that can reach 0.0.0.0:{server.port} may read" in log
         assert "plaintext, no TLS" in log
         with grpc.insecure_channel(server.address) as channel:
             pb_grpc.AssetServiceStub(channel).ListAssets(pb.ListAssetsRequest(), timeout=10)
-    finally:
-        server.stop()
 
 
 def test_non_loopback_with_tls_and_tokens_starts(tmp_path: Path, pki: CA) -> None:
     (tmp_path / "imports").mkdir()
     files = SecureFiles(tmp_path).with_tokens()
     args = ["--listen", "0.0.0.0:0", *files.args, *tls_args(tmp_path, pki)]
-    server = start_server(tmp_path, tmp_path / "imports", args)
-    try:
+    with serving(server_process(tmp_path, tmp_path / "imports", args)) as server:
         assert "no authentication configured" not in "".join(server.log)
-    finally:
-        server.stop()
 
 
 def test_default_server_says_it_is_unauthenticated(server: ServerProcess) -> None:

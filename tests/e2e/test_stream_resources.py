@@ -23,8 +23,8 @@ from asset_service._proto.asset.v1 import asset_service_pb2 as pb
 from asset_service._proto.asset.v1 import asset_service_pb2_grpc as pb_grpc
 from tests.conftest import StartServer
 from tests.e2e.helpers import MiB, expect_error, pattern_chunks, read_all, upload
-from tests.e2e.security_helpers import SecureFiles, bearer, start_server, token_for
-from tests.serverproc import ServerProcess
+from tests.e2e.security_helpers import SecureFiles, bearer, server_process, token_for
+from tests.serverproc import ServerProcess, serving
 
 REPO = Path(__file__).resolve().parents[2]
 STALLED = "ReadAsset client did not read"
@@ -209,10 +209,11 @@ async def test_a_killed_client_holding_many_streams_leaves_no_traceback_and_no_f
     where the interceptor's reset of the caller failed; its file stayed open until then."""
     (tmp_path / "imports").mkdir()
     files = SecureFiles(tmp_path).with_tokens()
-    server = start_server(
-        tmp_path, tmp_path / "imports", [*files.args, "--max-streams-per-connection", "1100"]
-    )
-    try:
+    with serving(
+        server_process(
+            tmp_path, tmp_path / "imports", [*files.args, "--max-streams-per-connection", "1100"]
+        )
+    ) as server:
         admin = bearer(token_for("admin"))
         async with grpc.aio.insecure_channel(server.address) as channel:
             stub = pb_grpc.AssetServiceStub(channel)
@@ -239,6 +240,4 @@ async def test_a_killed_client_holding_many_streams_leaves_no_traceback_and_no_f
                 # The server still answers, and anything collected late has been by now.
                 await stub.GetAsset(pb.GetAssetRequest(asset_id=big.id), metadata=admin)
                 await asyncio.sleep(0.5)
-    finally:
-        server.stop()
     assert_no_problems_logged(server)

@@ -14,10 +14,9 @@ import pytest
 from asset_service._proto.asset.v1 import asset_service_pb2 as pb
 from asset_service._proto.asset.v1 import asset_service_pb2_grpc as pb_grpc
 from tests.e2e.helpers import expect_error
-from tests.e2e.security_helpers import SECRET, SecureFiles, bearer, start_server, token_for
+from tests.e2e.security_helpers import ORCH, SECRET, bearer, token_server
 from tests.serverproc import ServerProcess
 
-ORCH = bearer(token_for("orchestrator"))
 DENIED = grpc.StatusCode.PERMISSION_DENIED
 DAY = 24 * 3600
 
@@ -25,13 +24,8 @@ DAY = 24 * 3600
 @pytest.fixture(scope="module")
 def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, Path]]:
     base = tmp_path_factory.mktemp("task-paths")
-    imports = base / "imports"
-    imports.mkdir()
-    server = start_server(base, imports, SecureFiles(base).with_tokens().with_secret().args)
-    try:
-        yield server, imports
-    finally:
-        server.stop()
+    with token_server(base) as server:
+        yield server, base / "imports"
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ import pytest
 
 from asset_service._proto.asset.v1 import asset_service_pb2 as pb
 from asset_service._proto.asset.v1 import asset_service_pb2_grpc as pb_grpc
-from tests.serverproc import ServerProcess, database_url_for, drop_database_of
+from tests.serverproc import ServerProcess, database_url_for, serving
 from tests.worker_procs import channel_on, wait_for_workers, workers_of
 
 GRACE = 4.0
@@ -29,14 +29,9 @@ def two(tmp_path: Path) -> Iterator[ServerProcess]:
     """Two workers on SQLite; on MONGODB_URI's replica set when it is given (each worker
     then reads its own change stream; not run here)."""
     url = database_url_for(tmp_path)
-    proc = ServerProcess(
-        tmp_path / "data", url, extra_args=["--workers", "2", "--shutdown-grace", str(GRACE)]
-    ).start()
-    try:
+    args = ["--workers", "2", "--shutdown-grace", str(GRACE)]
+    with serving(ServerProcess(tmp_path / "data", url, extra_args=args)) as proc:
         yield proc
-    finally:
-        proc.stop()
-        drop_database_of(url)
 
 
 async def _ping(channel: grpc.aio.Channel) -> None:
@@ -295,12 +290,13 @@ def _two_free_ports() -> int:
 
 def test_each_worker_serves_its_own_metrics_on_the_next_port(tmp_path: Path) -> None:
     port = _two_free_ports()
-    proc = ServerProcess(
-        tmp_path / "data",
-        f"sqlite:///{tmp_path / 'assets.db'}",
-        extra_args=["--workers", "2", "--metrics-listen", f"127.0.0.1:{port}"],
-    ).start()
-    try:
+    with serving(
+        ServerProcess(
+            tmp_path / "data",
+            f"sqlite:///{tmp_path / 'assets.db'}",
+            extra_args=["--workers", "2", "--metrics-listen", f"127.0.0.1:{port}"],
+        )
+    ) as proc:
         workers = wait_for_workers(proc.pid, 2)
         for offset in (0, 1):
             url = f"http://127.0.0.1:{port + offset}/metrics"
@@ -310,8 +306,6 @@ def test_each_worker_serves_its_own_metrics_on_the_next_port(tmp_path: Path) -> 
         assert any("[worker 1/2]" in line and f":{port}/" in line for line in lines), lines
         assert any("[worker 2/2]" in line and f":{port + 1}/" in line for line in lines), lines
         assert len(workers) == 2
-    finally:
-        proc.stop()
 
 
 @pytest.mark.parametrize(

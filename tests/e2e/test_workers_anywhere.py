@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from asset_client import AssetClient, AssetStatus, AssetType
 
+from tests.e2e.cli_helpers import run_args
 from tests.e2e.grpc_proxy import CountingProxy
 from tests.e2e.helpers import stored_files
 from tests.e2e.packed_cli import PackedCli
@@ -157,20 +158,9 @@ def test_asset_run_runs_a_real_program_and_reuses_cached_inputs(
     reads = site.proxy.calls["ReadAsset"]
 
     out, token = _task(site, "task-sort", [text.id], media_type="text/plain", lease_seconds=5)
+    command = ("sort", "-o", "{output}", "{input:text}")
     sort = packed.as_worker(
-        [
-            "asset",
-            "run",
-            "--input",
-            f"text={text.id}",
-            "--output",
-            f"sorted={out}",
-            "--",
-            "sort",
-            "-o",
-            "{output}",
-            "{input:text}",
-        ],
+        ["asset", *run_args(*command, inputs={"text": text.id}, outputs={"sorted": out})],
         home,
         _auth(site, token),
         timeout=120,
@@ -202,24 +192,18 @@ def test_asset_run_runs_a_real_program_and_reuses_cached_inputs(
         "           'config': m['config_params'], 'manifest': sys.argv[1],\n"
         "           'paths': m['inputs']}, open(os.environ['ASSET_OUTPUT'], 'w'))\n"
     )
+    config = ("--config", '{"fps": 25, "scale": 0.5}')
+    run = run_args(
+        "python3",
+        "-c",
+        program,
+        "{manifest}",
+        inputs={"text": text.id, "note": note.id},
+        outputs={"summary": result},
+        options=config,
+    )
     count = packed.as_worker(
-        [
-            "asset",
-            "run",
-            "--input",
-            f"text={text.id}",
-            "--input",
-            f"note={note.id}",
-            "--config",
-            '{"fps": 25, "scale": 0.5}',
-            "--output",
-            f"summary={result}",
-            "--",
-            "python3",
-            "-c",
-            program,
-            "{manifest}",
-        ],
+        ["asset", *run],
         home,
         _auth(site, token),
         timeout=120,
@@ -252,21 +236,9 @@ def test_asset_run_fails_the_promise_of_a_failing_command(site: Site, packed: Pa
         "cat \"$1\" > /dev/null; echo 'reading the input' >&2;"
         " echo 'it broke: no frames' >&2; exit 7"
     )
+    command = ("sh", "-c", script, "sh", "{input:words}")
     broken = packed.as_worker(
-        [
-            "asset",
-            "run",
-            "--input",
-            f"words={text.id}",
-            "--output",
-            f"frames={out}",
-            "--",
-            "sh",
-            "-c",
-            script,
-            "sh",
-            "{input:words}",
-        ],
+        ["asset", *run_args(*command, inputs={"words": text.id}, outputs={"frames": out})],
         home,
         _auth(site, token),
         timeout=120,
@@ -314,16 +286,7 @@ def test_a_cut_upload_resumes_where_the_server_stopped(site: Site, packed: Packe
     before = len(site.proxy.upload_bytes)
     site.proxy.cut_upload_after = 10 * 1024 * 1024
     run = packed.as_worker(
-        [
-            "asset",
-            "run",
-            "--output",
-            f"copy={result}",
-            "--",
-            "cp",
-            str(home / "big.bin"),
-            "{output}",
-        ],
+        ["asset", *run_args("cp", str(home / "big.bin"), "{output}", outputs={"copy": result})],
         home,
         _auth(site, token),
         timeout=120,

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.crashloop._storage import fsync_folder
 from tests.powerloss._lazyfs import LazyFS, LazyFSError, is_mounted
 
 
@@ -48,14 +49,6 @@ def write(path: Path, data: bytes, sync: bool = False, mode: str = "wb") -> None
             os.fsync(out.fileno())
 
 
-def sync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def test_nothing_synced_nothing_kept(disk: Disk) -> None:
     write(disk / "a", b"data")
     (disk / "d").mkdir()
@@ -73,14 +66,14 @@ def test_file_fsync_without_folder_fsync_loses_a_new_file(disk: Disk) -> None:
 
 def test_folder_fsync_without_file_fsync_keeps_an_empty_file(disk: Disk) -> None:
     write(disk / "a", b"data")
-    sync_dir(disk.mnt)
+    fsync_folder(disk.mnt)
     disk.cut()
     assert (disk / "a").read_bytes() == b""
 
 
 def test_file_and_folder_fsync_keep_both(disk: Disk) -> None:
     write(disk / "a", b"data", sync=True)
-    sync_dir(disk.mnt)
+    fsync_folder(disk.mnt)
     disk.cut()
     assert (disk / "a").read_bytes() == b"data"
     assert (disk.backing / "a").read_bytes() == b"data"
@@ -90,7 +83,7 @@ def test_writes_after_the_fsync_are_lost(disk: Disk) -> None:
     write(disk / "a", b"x" * 10_000, sync=True)
     write(disk / "b", b"short", sync=True)
     write(disk / "c", b"c" * 5000, sync=True)
-    sync_dir(disk.mnt)
+    fsync_folder(disk.mnt)
     write(disk / "a", b"appended", mode="ab")  # longer, not synced
     with open(disk / "b", "r+b") as f:  # overwritten in place, not synced
         f.write(b"LONG")
@@ -103,7 +96,7 @@ def test_writes_after_the_fsync_are_lost(disk: Disk) -> None:
 
 def test_fdatasync_keeps_data_and_size(disk: Disk) -> None:
     write(disk / "a", b"old", sync=True)
-    sync_dir(disk.mnt)
+    fsync_folder(disk.mnt)
     with open(disk / "a", "ab") as f:
         f.write(b" and new")
         f.flush()
@@ -118,19 +111,19 @@ def test_a_hole_reads_as_zeros(disk: Disk) -> None:
         f.write(b"end")
         f.flush()
         os.fsync(f.fileno())
-    sync_dir(disk.mnt)
+    fsync_folder(disk.mnt)
     disk.cut()
     assert (disk / "a").read_bytes() == bytes(10_000) + b"end"
 
 
 def test_rename_without_folder_fsync_keeps_the_old_name(disk: Disk) -> None:
     write(disk / "old", b"data", sync=True)
-    sync_dir(disk.mnt)
+    fsync_folder(disk.mnt)
     (disk / "old").rename(disk / "new")
     disk.cut()
     assert sorted(os.listdir(disk.mnt)) == ["old"]
     (disk / "old").rename(disk / "new")
-    sync_dir(disk.mnt)
+    fsync_folder(disk.mnt)
     disk.cut()
     assert sorted(os.listdir(disk.mnt)) == ["new"]
     assert (disk / "new").read_bytes() == b"data"
@@ -139,7 +132,7 @@ def test_rename_without_folder_fsync_keeps_the_old_name(disk: Disk) -> None:
 def test_rename_over_a_file_without_folder_fsync_keeps_both_old_files(disk: Disk) -> None:
     write(disk / "target", b"before", sync=True)
     write(disk / "target.part", b"after", sync=True)
-    sync_dir(disk.mnt)
+    fsync_folder(disk.mnt)
     (disk / "target.part").replace(disk / "target")
     disk.cut()
     assert (disk / "target").read_bytes() == b"before"
@@ -151,29 +144,29 @@ def test_rename_between_folders_each_side_on_its_own_fsync(disk: Disk) -> None:
         (disk / d).mkdir()
     write(disk / "src" / "f", b"data", sync=True)
     for d in ("src", "dst", ""):
-        sync_dir(disk / d)
+        fsync_folder(disk / d)
     (disk / "src" / "f").rename(disk / "dst" / "f")
-    sync_dir(disk / "dst")  # only the new side
+    fsync_folder(disk / "dst")  # only the new side
     disk.cut()
     # Both names: one file, linked twice (fsck would find the link count wrong).
     assert (disk / "src" / "f").read_bytes() == (disk / "dst" / "f").read_bytes() == b"data"
     assert (disk / "src" / "f").stat().st_ino == (disk / "dst" / "f").stat().st_ino
     (disk / "dst" / "f").unlink()
-    sync_dir(disk / "dst")
+    fsync_folder(disk / "dst")
     (disk / "src" / "f").rename(disk / "dst" / "f")
-    sync_dir(disk / "src")  # only the old side: the file has no durable name left
+    fsync_folder(disk / "src")  # only the old side: the file has no durable name left
     disk.cut()
     assert os.listdir(disk / "src") == os.listdir(disk / "dst") == []
 
 
 def test_unlink_without_folder_fsync_comes_back(disk: Disk) -> None:
     write(disk / "a", b"data", sync=True)
-    sync_dir(disk.mnt)
+    fsync_folder(disk.mnt)
     (disk / "a").unlink()
     disk.cut()
     assert (disk / "a").read_bytes() == b"data"
     (disk / "a").unlink()
-    sync_dir(disk.mnt)
+    fsync_folder(disk.mnt)
     disk.cut()
     assert not (disk / "a").exists()
 
@@ -181,13 +174,13 @@ def test_unlink_without_folder_fsync_comes_back(disk: Disk) -> None:
 def test_hard_link_needs_its_folder_fsync(disk: Disk) -> None:
     (disk / "d").mkdir()
     write(disk / "a", b"data", sync=True)
-    sync_dir(disk.mnt)
+    fsync_folder(disk.mnt)
     os.link(disk / "a", disk / "d" / "b")
-    sync_dir(disk.mnt)  # not d
+    fsync_folder(disk.mnt)  # not d
     disk.cut()
     assert os.listdir(disk / "d") == []
     os.link(disk / "a", disk / "d" / "b")
-    sync_dir(disk / "d")
+    fsync_folder(disk / "d")
     disk.cut()
     assert (disk / "a").stat().st_ino == (disk / "d" / "b").stat().st_ino
     assert (disk / "a").stat().st_nlink == 2
@@ -196,13 +189,13 @@ def test_hard_link_needs_its_folder_fsync(disk: Disk) -> None:
 def test_a_new_folder_needs_its_parent_fsync(disk: Disk) -> None:
     (disk / "d").mkdir()
     write(disk / "d" / "f", b"data", sync=True)
-    sync_dir(disk / "d")  # the folder's entries, but not its own name in the root
+    fsync_folder(disk / "d")  # the folder's entries, but not its own name in the root
     disk.cut()
     assert not (disk / "d").exists()
     (disk / "d").mkdir()
     write(disk / "d" / "f", b"data", sync=True)
-    sync_dir(disk / "d")
-    sync_dir(disk.mnt)
+    fsync_folder(disk / "d")
+    fsync_folder(disk.mnt)
     disk.cut()
     assert (disk / "d" / "f").read_bytes() == b"data"
 
@@ -212,7 +205,7 @@ def test_inode_numbers_modes_and_times_survive_remounts(disk: Disk) -> None:
     os.chmod(disk / "a", 0o640)
     os.utime(disk / "a", ns=(1_000_000_000_000_000_000, 1_500_000_000_000_000_000))
     os.link(disk / "a", disk / "b")
-    sync_dir(disk.mnt)
+    fsync_folder(disk.mnt)
     before = (disk / "a").stat()
     disk.cut()
     disk.fs.unmount()

@@ -23,6 +23,7 @@ from asset_service.domain.manager._context import Context, get, with_expiry
 from asset_service.domain.models import (
     Asset,
     AssetType,
+    PromiseRequest,
     Status,
     UploadHeader,
     Value,
@@ -255,53 +256,31 @@ async def create_value(
     return await ctx.store.insert(with_expiry(ctx, asset, ttl_seconds))
 
 
-async def create_pending(
-    ctx: Context,
-    task_id: str,
-    label: str,
-    media_type: str,
-    type_: AssetType,
-    tags: Sequence[str],
-    *,
-    lease_seconds: int = 0,
-    by: str = "",
-    ttl_seconds: int = 0,
-) -> Asset:
-    check_ttl(ttl_seconds)
-    asset = pending_record(
-        ctx, task_id, label, media_type, type_, tags, lease_seconds=lease_seconds, by=by
-    )
-    return await ctx.store.insert(with_expiry(ctx, asset, ttl_seconds))
+async def create_pending(ctx: Context, promise: PromiseRequest, *, by: str = "") -> Asset:
+    check_ttl(promise.ttl_seconds)
+    asset = pending_record(ctx, promise, by=by)
+    return await ctx.store.insert(with_expiry(ctx, asset, promise.ttl_seconds))
 
 
-def pending_record(
-    ctx: Context,
-    task_id: str,
-    label: str,
-    media_type: str,
-    type_: AssetType,
-    tags: Sequence[str],
-    *,
-    lease_seconds: int,
-    by: str,
-) -> Asset:
+def pending_record(ctx: Context, promise: PromiseRequest, *, by: str) -> Asset:
     """A new promise's record, every field checked (InvalidArgument)."""
-    task_id = validate_task_id(task_id)
-    label = validate_label(label)
-    lease_seconds = leases.check_seconds(lease_seconds, ctx.limits.max_lease_seconds)
+    task_id = validate_task_id(promise.task_id)
+    label = validate_label(promise.label)
+    lease_seconds = leases.check_seconds(promise.lease_seconds, ctx.limits.max_lease_seconds)
     now = _base.now()
+    type_ = promise.type
     return new_record(
         Status.PENDING,
         type_,
         label,
         # A VALUE promise without a media type gets its value kind's on fulfillment.
         validate_media_type(
-            media_type, "application/octet-stream" if type_ is AssetType.FILE else ""
+            promise.media_type, "application/octet-stream" if type_ is AssetType.FILE else ""
         ),
         by,
         at=now,
         created_by_task=task_id,
-        tags=validate_tags(tags),
+        tags=validate_tags(promise.tags),
         lease_seconds=lease_seconds,
         lease_expires_at=leases.deadline(now, lease_seconds) if lease_seconds else None,
     )

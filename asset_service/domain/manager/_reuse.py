@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import enum
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from asset_service.domain import leases
 from asset_service.domain.errors import Conflict, IntegrityError, KeyTaken, NotFound
 from asset_service.domain.manager import _base, _creation
 from asset_service.domain.manager._context import Context, with_expiry
-from asset_service.domain.models import Asset, AssetType, Status, new_asset_id, validate_key
+from asset_service.domain.models import (
+    Asset,
+    AssetType,
+    PromiseRequest,
+    Status,
+    new_asset_id,
+    validate_key,
+)
 from asset_service.domain.retention import check_ttl
 
 log = logging.getLogger(__name__)
@@ -37,17 +43,7 @@ class KeyAnswer:
 
 
 async def get_or_create_pending(
-    ctx: Context,
-    key: str,
-    task_id: str,
-    label: str,
-    media_type: str,
-    type_: AssetType,
-    tags: Sequence[str],
-    *,
-    lease_seconds: int = 0,
-    by: str = "",
-    ttl_seconds: int = 0,
+    ctx: Context, key: str, promise: PromiseRequest, *, by: str = ""
 ) -> KeyAnswer:
     """GetOrCreatePendingAsset (issue 24 item 1): a HIT, a JOIN, or a new promise.
 
@@ -58,12 +54,10 @@ async def get_or_create_pending(
     conditional write (release_key) and the next round inserts a new promise.
     """
     key = validate_key(key)
-    check_ttl(ttl_seconds)
+    check_ttl(promise.ttl_seconds)
     # Checked (and built) before anything is read: a bad request fails whatever the key
     # holds. A new id each round: a round's insert that lost wrote nothing.
-    template = _creation.pending_record(
-        ctx, task_id, label, media_type, type_, tags, lease_seconds=lease_seconds, by=by
-    )
+    template = _creation.pending_record(ctx, promise, by=by)
     for _ in range(MAX_KEY_ROUNDS):
         answer = await _served(ctx, key)
         if answer is not None:
@@ -87,7 +81,7 @@ async def get_or_create_pending(
                 else None,
             )
             try:
-                stored = await ctx.store.insert(with_expiry(ctx, record, ttl_seconds))
+                stored = await ctx.store.insert(with_expiry(ctx, record, promise.ttl_seconds))
                 return KeyAnswer(KeyOutcome.PRODUCE, stored)
             except KeyTaken:
                 continue  # another process took it first: the next round joins or hits

@@ -1,11 +1,13 @@
-"""What a write carries: an upload's declaration, a transition of a record, a removal."""
+"""What a write carries: an upload's or a promise's declaration, a transition of a record,
+a removal."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from asset_service.domain.models._records import BlockSums, Value
+from asset_service.domain.models._records import AssetType, BlockSums, Value
 
 
 @dataclass(frozen=True)
@@ -25,6 +27,20 @@ class UploadHeader:
     ttl_seconds: int = 0
     # Make the asset from stored bytes of the declared size and sha256, sending none.
     reuse_stored_bytes: bool = False
+
+
+@dataclass(frozen=True)
+class PromiseRequest:
+    """What a new promise (a PENDING asset) declares: CreatePendingAsset's fields."""
+
+    task_id: str
+    label: str
+    media_type: str
+    type: AssetType
+    tags: Sequence[str]
+    lease_seconds: int = 0
+    # The asset expires this long after its creation (0: by the operator's rules).
+    ttl_seconds: int = 0
 
 
 @dataclass(frozen=True)

@@ -78,13 +78,21 @@ def validate_label(label: str) -> str:
     return label
 
 
+def check_pattern(pattern: re.Pattern[str], name: str, value: str, rule: str) -> str:
+    """`value` if `pattern` matches all of it, else InvalidArgument: "`name` ... is invalid:
+    `rule`"."""
+    if not pattern.fullmatch(value or ""):
+        raise InvalidArgument(f"{name} {shown(value)} is invalid: {rule}")
+    return value
+
+
 def validate_task_id(task_id: str) -> str:
-    if not _TASK_ID.fullmatch(task_id or ""):
-        raise InvalidArgument(
-            f"task_id {shown(task_id)} is invalid: use 1-128 letters, digits, '.', '_' or '-', "
-            "starting with a letter or digit"
-        )
-    return task_id
+    return check_pattern(
+        _TASK_ID,
+        "task_id",
+        task_id,
+        "use 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit",
+    )
 
 
 def validate_tags(tags: Sequence[str]) -> tuple[str, ...]:
@@ -112,12 +120,13 @@ def validate_key(key: str) -> str:
         )
     if len(key) > MAX_KEY_CHARS:
         raise InvalidArgument(f"key is {len(key)} characters; the limit is {MAX_KEY_CHARS}")
-    if not _KEY.fullmatch(key):
-        raise InvalidArgument(
-            f"key {shown(key)} is invalid: use letters, digits and '.', '_', ':', '/', '+', "
-            "'=', '@' or '-', starting with a letter or digit"
-        )
-    return key
+    return check_pattern(
+        _KEY,
+        "key",
+        key,
+        "use letters, digits and '.', '_', ':', '/', '+', '=', '@' or '-', starting with a "
+        "letter or digit",
+    )
 
 
 def validate_media_type(media_type: str, default: str) -> str:

@@ -7,12 +7,12 @@ import dataclasses
 from collections.abc import Sequence
 from datetime import datetime
 
-from asset_service.domain.errors import Conflict, Held, NotFound, ResourceExhausted
-from asset_service.domain.models import Asset, Hold, Removal, Status
+from asset_service.domain.errors import NotFound, ResourceExhausted
+from asset_service.domain.models import Asset, Hold, Status
 from asset_service.domain.reads import slim
 from asset_service.domain.retention._ports import TASK_OWNER
 from asset_service.domain.usage import ALL, TOTAL, Cell, UsageCells, UsageGroup, deltas
-from asset_service.store._retention import holders, top_keys
+from asset_service.store._retention import top_keys, usage_keys
 
 
 class MemoryRetention:
@@ -65,21 +65,6 @@ class MemoryRetention:
         if not held:
             return asset
         return dataclasses.replace(asset, holds=tuple(held.values()))
-
-    def _check_removal(self, current: Asset, removal: Removal | None) -> None:
-        if removal is None:
-            return
-        now = removal.now
-        if removal.expired:
-            assert now is not None
-            due = current.expires_at
-            if current.status is Status.PENDING or due is None or due > now:
-                raise Conflict(f"asset {current.id} has not expired (it expires at {due})")
-        if removal.unheld or removal.expired:
-            assert now is not None
-            found = holders(self._with_holds(current), now, manifests=removal.expired)
-            if found:
-                raise Held(current.id, found)
 
     # --- RetentionStore -------------------------------------------------------------------
 
@@ -140,12 +125,8 @@ class MemoryRetention:
         await self._enter()
         await asyncio.sleep(0)
         found = {cell: value for cell, value in self._cells.items() if cell[0] == ALL}
-        if group in (ALL, UsageGroup.STATUS.value):
-            return UsageCells(found, [])
-        if keys:
-            chosen = list(dict.fromkeys(keys))
-            more = False
-        else:
+        chosen, more = usage_keys(group, keys), False
+        if chosen is None:
             totals = {
                 cell[1]: value
                 for cell, value in self._cells.items()

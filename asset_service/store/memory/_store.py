@@ -43,6 +43,7 @@ from asset_service.store._fields import (
     rule_expiry,
     transition_fields,
 )
+from asset_service.store._retention import check_removal
 from asset_service.store.memory._references import MemoryReferences
 from asset_service.store.memory._retention import MemoryRetention
 
@@ -369,7 +370,7 @@ class MemoryStore(MemoryReferences, MemoryRetention):
         row = self._rows.get(asset_id)
         if row is None:
             return None
-        self._check_removal(row[1], removal)
+        check_removal(self._with_holds(row[1]), removal)
         del self._rows[asset_id]
         gone = dataclasses.replace(
             self._read(row[1]),

@@ -38,6 +38,8 @@ import pymongo
 from pymongo.errors import PyMongoError
 from pymongo.write_concern import WriteConcern
 
+from asset_service.store._tasks import cancel_all
+
 log = logging.getLogger(__name__)
 
 LEASE_SECONDS = 5.0
@@ -186,7 +188,8 @@ class WriterLeases:
         return ended
 
     def start(self) -> None:
-        self._tasks.append(asyncio.create_task(self._reaping(), name="mongo-writer-reaper"))
+        reaping = self._every_renewal(self.reap, "look for expired writer leases")
+        self._tasks.append(asyncio.create_task(reaping, name="mongo-writer-reaper"))
         if self._beats is not None:
             self._tasks.append(asyncio.create_task(self._ticking(), name="mongo-loop-tick"))
             self._thread = threading.Thread(
@@ -194,7 +197,8 @@ class WriterLeases:
             )
             self._thread.start()
         else:
-            self._tasks.append(asyncio.create_task(self._beating(), name="mongo-writer-lease"))
+            beating = self._every_renewal(self.renew, "renew the writer lease")
+            self._tasks.append(asyncio.create_task(beating, name="mongo-writer-lease"))
 
     async def _ticking(self) -> None:
         """Tell the heartbeat thread the loop still runs."""
@@ -202,29 +206,18 @@ class WriterLeases:
             self._loop_tick = time.monotonic()
             await asyncio.sleep(self.renew_seconds / 2)
 
-    async def _beating(self) -> None:
+    async def _every_renewal(self, step: Callable[[], Awaitable[object]], what: str) -> None:
+        """Run `step` every renew_seconds; a failure is logged and the next round retries."""
         while True:
             await asyncio.sleep(self.renew_seconds)
             try:
-                await self.renew()
+                await step()
             except PyMongoError as exc:
-                log.warning("could not renew the writer lease: %s", exc)
-
-    async def _reaping(self) -> None:
-        while True:
-            await asyncio.sleep(self.renew_seconds)
-            try:
-                await self.reap()
-            except PyMongoError as exc:
-                log.warning("could not look for expired writer leases: %s", exc)
+                log.warning("could not %s: %s", what, exc)
 
     async def close(self) -> None:
         self._stop.set()
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_all(self._tasks)
         self._tasks = []
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join, self.renew_seconds * 3 + 5)

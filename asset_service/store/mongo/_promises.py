@@ -36,6 +36,20 @@ from asset_service.store.mongo._documents import Doc, _aware, doc_to_asset, ms
 SWEEP_ID = "lease-sweep"
 
 
+def _new_lease(seconds: int) -> list[Doc]:
+    """The update pipeline (upserting) of a new promise's lease: `seconds` from $$NOW."""
+    return [
+        {
+            "$set": {
+                "expires_at": {"$add": ["$$NOW", seconds * 1000]},
+                "seconds": seconds,
+                "renewed_by": "",
+                "renewed_at": "$$NOW",
+            }
+        }
+    ]
+
+
 class PromiseLeases:
     """The `leases` collection (one document per leased PENDING asset, `_id` its id) and
     the sweep claim in `sweeps`. `database_clock`: $$NOW decides (a replica set), else
@@ -74,20 +88,7 @@ class PromiseLeases:
         if not self.database_clock:
             assert expires_at is not None
             return InsertOne({"_id": asset_id, "expires_at": ms(expires_at), "seconds": seconds})
-        return UpdateOne(
-            {"_id": asset_id},
-            [
-                {
-                    "$set": {
-                        "expires_at": {"$add": ["$$NOW", seconds * 1000]},
-                        "seconds": seconds,
-                        "renewed_by": "",
-                        "renewed_at": "$$NOW",
-                    }
-                }
-            ],
-            upsert=True,
-        )
+        return UpdateOne({"_id": asset_id}, _new_lease(seconds), upsert=True)
 
     async def create(
         self, asset_id: str, seconds: int, expires_at: datetime, session: Any
@@ -102,16 +103,7 @@ class PromiseLeases:
             return ms(expires_at)
         doc = await self.leases.find_one_and_update(
             {"_id": asset_id},
-            [
-                {
-                    "$set": {
-                        "expires_at": {"$add": ["$$NOW", seconds * 1000]},
-                        "seconds": seconds,
-                        "renewed_by": "",
-                        "renewed_at": "$$NOW",
-                    }
-                }
-            ],
+            _new_lease(seconds),
             upsert=True,
             return_document=ReturnDocument.AFTER,
             session=session,

@@ -14,6 +14,7 @@ from pymongo.errors import PyMongoError
 from asset_service.domain.errors import NotFound, ResourceExhausted
 from asset_service.domain.models import Asset, Hold, Status
 from asset_service.domain.usage import ALL, TOTAL, UsageCells, UsageGroup, recount
+from asset_service.store._retention import first_keys, usage_keys
 from asset_service.store.mongo import _retention, _schema
 from asset_service.store.mongo._documents import (
     Doc,
@@ -194,12 +195,8 @@ class MongoRetention(Transactional):
             async with self._one_cut() as session:  # the totals and the group: one cut
                 docs = await self._usage.find({"grp": ALL}, session=session).to_list()
                 found = _retention.cells_of(docs)
-                if group in (ALL, UsageGroup.STATUS.value):
-                    return UsageCells(found, [])
-                more = False
-                if keys:
-                    chosen = list(dict.fromkeys(keys))
-                else:
+                chosen, more = usage_keys(group, keys), False
+                if chosen is None:
                     cursor = (
                         self._usage.find(
                             {"grp": group, "status": TOTAL, "count": {"$gt": 0}},
@@ -209,9 +206,7 @@ class MongoRetention(Transactional):
                         .sort([("bytes", DESCENDING), ("count", DESCENDING), ("key", ASCENDING)])
                         .limit(limit + 1)
                     )
-                    chosen = [str(d["key"]) async for d in cursor]
-                    more = len(chosen) > limit
-                    chosen = chosen[:limit]
+                    chosen, more = first_keys([str(d["key"]) async for d in cursor], limit)
                 for start in range(0, len(chosen), 1000):
                     part = chosen[start : start + 1000]
                     docs = await self._usage.find(

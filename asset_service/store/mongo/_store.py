@@ -39,6 +39,7 @@ from asset_service.domain.models import (
     approx_bytes,
 )
 from asset_service.store._fields import lease_condition, rule_expiry, transition_fields
+from asset_service.store._tasks import cancel_all
 from asset_service.store.mongo import _references, _retention, _schema, _startup, _tombstones
 from asset_service.store.mongo._documents import (
     Doc,
@@ -282,10 +283,7 @@ class MongoStore(MongoReads, MongoRetention):
 
     async def close(self) -> None:
         await self._writer.close()
-        if self._ending is not None:
-            self._ending.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._ending
+        await cancel_all([self._ending])
         if self._doubtful:
             # One last try; else their transactions end by the server's lifetime limit
             # (and a peer's lease check ends them sooner: this process's lease goes).

@@ -41,6 +41,7 @@ from asset_service.domain.errors import (
     Overloaded,
     Unavailable,
 )
+from asset_service.store._tasks import cancel_all
 from asset_service.store.mongo._documents import Doc, statement_error
 from asset_service.store.mongo._write import Kind, Outcome, Statements, Transact, Write, applied
 
@@ -357,10 +358,7 @@ class GroupWriter:
 
     async def close(self) -> None:
         self._closed = True
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_all([self._task])
         while self._queue:
             _settle(self._queue.popleft(), Outcome(error=Unavailable("the MongoDB store closed")))
 

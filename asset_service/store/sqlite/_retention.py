@@ -9,11 +9,11 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterable, Sequence
 
-from asset_service.domain.errors import Conflict, Held, NotFound, ResourceExhausted
-from asset_service.domain.models import Asset, Hold, HoldKind, Removal, Status
+from asset_service.domain.errors import NotFound, ResourceExhausted
+from asset_service.domain.models import Asset, Hold, HoldKind, Status
 from asset_service.domain.retention._ports import TASK_OWNER
 from asset_service.domain.usage import ALL, TOTAL, UsageCells, UsageGroup, deltas
-from asset_service.store._retention import holders
+from asset_service.store._retention import first_keys, usage_keys
 from asset_service.store.sqlite._schema import (
     RECORD_SLIM_COLUMNS,
     from_ms,
@@ -113,22 +113,6 @@ def current(c: sqlite3.Connection, asset_id: str) -> Asset | None:
         f"SELECT {RECORD_SLIM_COLUMNS} FROM assets WHERE id = ?", (asset_id,)
     ).fetchone()
     return assets_with_holds(c, [row])[0] if row is not None else None
-
-
-def check_removal(asset: Asset, removal: Removal | None) -> None:
-    if removal is None:
-        return
-    now = removal.now
-    if removal.expired:
-        assert now is not None
-        due = asset.expires_at
-        if asset.status is Status.PENDING or due is None or due > now:
-            raise Conflict(f"asset {asset.id} has not expired (it expires at {due})")
-    if removal.unheld or removal.expired:
-        assert now is not None
-        found = holders(asset, now, manifests=removal.expired)
-        if found:
-            raise Held(asset.id, found)
 
 
 def drop_holds(c: sqlite3.Connection, asset_id: str) -> None:
@@ -243,14 +227,10 @@ def usage(c: sqlite3.Connection, group: str, keys: Sequence[str], limit: int) ->
     c.execute("BEGIN")
     try:
         found = _cells(c.execute("SELECT * FROM usage WHERE grp = ?", (ALL,)))
-        if group in (ALL, UsageGroup.STATUS.value):
-            return UsageCells(found, [])
-        more = False
-        if keys:
-            chosen = list(dict.fromkeys(keys))
-        else:
+        chosen, more = usage_keys(group, keys), False
+        if chosen is None:
             # usage_largest: the group's totals, largest first, read only as far as needed.
-            chosen = [
+            ranked = [
                 row["key"]
                 for row in c.execute(
                     "SELECT key FROM usage WHERE grp = ? AND status = ? "
@@ -258,8 +238,7 @@ def usage(c: sqlite3.Connection, group: str, keys: Sequence[str], limit: int) ->
                     (group, TOTAL, limit + 1),
                 )
             ]
-            more = len(chosen) > limit
-            chosen = chosen[:limit]
+            chosen, more = first_keys(ranked, limit)
         for start in range(0, len(chosen), 500):
             part = chosen[start : start + 500]
             marks = ",".join("?" * len(part))

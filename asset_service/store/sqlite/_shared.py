@@ -44,6 +44,7 @@ from asset_service.domain.models import (
     ValueKind,
 )
 from asset_service.modes import PRIVATE_FILE
+from asset_service.store._tasks import cancel_all
 from asset_service.store.sqlite._schema import COLUMNS, asset_row, row_to_asset
 from asset_service.store.sqlite._writer import SharedWrites
 
@@ -386,11 +387,7 @@ class SharedFile:
     async def close(self) -> None:
         with contextlib.suppress(ValueError, OSError):  # the loop is closed, or the fd
             asyncio.get_running_loop().remove_reader(self.sharing.own)
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_all(self._tasks)
         self._tasks = []
         self.sweep.close()
 

@@ -22,6 +22,7 @@ from asset_service.domain.models import (
     Transition,
 )
 from asset_service.store._fields import lease_condition, rule_expiry, transition_fields
+from asset_service.store._retention import check_removal
 from asset_service.store.sqlite import _leases, _references, _retention, _shared, _tombstones
 from asset_service.store.sqlite._schema import (
     COLUMN_COUNT,
@@ -152,7 +153,7 @@ def delete_once(
         before = _retention.current(c, asset_id)
         if before is None:
             return None  # nothing changed: the empty commit writes nothing
-        _retention.check_removal(before, removal)
+        check_removal(before, removal)
         row = c.execute(
             f"DELETE FROM assets WHERE id = ? RETURNING {COLUMNS}", (asset_id,)
         ).fetchone()
