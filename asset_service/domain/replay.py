@@ -56,6 +56,16 @@ class Narrowing:
     tags: tuple[str, ...] = ()
     type: AssetType | None = None
 
+    def equalities(self) -> dict[str, str]:
+        """Its fields given but the tags, by name (task, key, label, type: its value)."""
+        given = {
+            "task": self.task,
+            "key": self.key,
+            "label": self.label,
+            "type": self.type.value if self.type is not None else "",
+        }
+        return {name: value for name, value in given.items() if value}
+
     def admits(self, asset: Asset) -> bool:
         return not (
             (self.task and asset.created_by_task != self.task)

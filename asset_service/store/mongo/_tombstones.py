@@ -40,6 +40,8 @@ TOMBSTONE_FIELDS = (
     "deletion_reason",
     "key",
 )
+# The document field of each of a Narrowing's equalities, in records and tombstones alike.
+DOC_FIELD = {"task": "created_by_task", "key": "key", "label": "label", "type": "type"}
 TOMBSTONE_INDEXES = (
     # changes_since reads `revision > R` in order; the sweep takes the oldest deletions.
     IndexModel([("revision", ASCENDING)], name="revision", unique=True),
@@ -81,14 +83,8 @@ async def begin_horizon(counters: AsyncCollection[Doc]) -> None:
 
 def narrowed(where: Doc, narrow: Narrowing) -> Doc:
     """`where`, and what `narrow` requires of a record or a tombstone (the same fields)."""
-    for name, value in (
-        ("created_by_task", narrow.task),
-        ("key", narrow.key),
-        ("label", narrow.label),
-        ("type", narrow.type.value if narrow.type is not None else ""),
-    ):
-        if value:
-            where[name] = value
+    for name, value in narrow.equalities().items():
+        where[DOC_FIELD[name]] = value
     if narrow.tags:
         where["tags"] = {"$all": list(narrow.tags)}
     return where

@@ -24,13 +24,11 @@ SWEEP_BATCH = 5000
 # sorts them by revision); else through the revision index, the narrowing tested in SQL on
 # each row (the whole store's changes since, but none of them in Python).
 INDEX_MAX = 20_000
-# The Narrowing's fields with an index of their own, the most selective first (a key is
-# one asset's), then the tags (asset_tags): its column and its index.
-INDEXED = (
-    ("key", "asset_key", "assets_key"),
-    ("task", "created_by_task", "assets_task"),
-    ("label", "label", "assets_label"),
-)
+# The column of each of a Narrowing's equalities, in records and tombstones alike.
+COLUMN = {"task": "created_by_task", "key": "asset_key", "label": "label", "type": "type"}
+# Those with an index of their own, the most selective first (a key is one asset's), then
+# the tags (asset_tags).
+INDEXED = (("key", "assets_key"), ("task", "assets_task"), ("label", "assets_label"))
 # A tag, tested on a record (its asset_tags rows, by their primary key) or on a tombstone
 # (the JSON list it keeps).
 TAGGED = {
@@ -99,15 +97,9 @@ def _narrowed(narrow: Narrowing, table: str) -> tuple[str, list[object]]:
     tombstones: the same columns, but for the tags), and their arguments."""
     where: list[str] = []
     args: list[object] = []
-    for column, value in (
-        ("created_by_task", narrow.task),
-        ("asset_key", narrow.key),
-        ("label", narrow.label),
-        ("type", narrow.type.value if narrow.type is not None else ""),
-    ):
-        if value:
-            where.append(f"{table}.{column} = ?")
-            args.append(value)
+    for name, value in narrow.equalities().items():
+        where.append(f"{table}.{COLUMN[name]} = ?")
+        args.append(value)
     for tag in narrow.tags:
         where.append(TAGGED[table])
         args.append(tag)
@@ -127,10 +119,10 @@ def _source(c: sqlite3.Connection, narrow: Narrowing) -> tuple[str, list[object]
     fields with a small set (INDEXED, then each tag), all of that set sorted by revision;
     else the revision index, one range already in order. The FROM clause up to its WHERE,
     the arguments of its own conditions, and what is left of `narrow` to test."""
-    for field, column, index in INDEXED:
-        value = getattr(narrow, field)
-        rows = f"SELECT 1 FROM assets INDEXED BY {index} WHERE {column} = ?"
-        if value and _small(c, rows, value):
+    given = narrow.equalities()
+    for name, index in INDEXED:
+        rows = f"SELECT 1 FROM assets INDEXED BY {index} WHERE {COLUMN[name]} = ?"
+        if name in given and _small(c, rows, given[name]):
             return f"assets INDEXED BY {index} WHERE", [], narrow
     for tag in narrow.tags:
         if _small(c, "SELECT 1 FROM asset_tags WHERE tag = ?", tag):
