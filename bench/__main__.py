@@ -129,6 +129,8 @@ async def run(args: argparse.Namespace) -> list[Row]:
                 "ListAssets(100) latency",
                 "selector watch start latency",
                 "selector watch from revision 0 latency",
+                "label selector watch from revision 0 latency",
+                "tag selector watch from revision 0 latency",
                 "lease sweep pass latency",
             ]
             show(await guarded(names, store_rows(root / "store", sizes)))

@@ -25,6 +25,9 @@ PROMISES = 100
 LEASE_SECONDS = 86400
 SWEEP_BATCH = 100  # what one pass of the sweep asks for (leases_run_out's limit)
 WATCH_TASK = "bench-watch"  # no seeded record has it: the watch picks the bench's own
+# The label and tag of the bench's own promises (no seeded record has either): a watch
+# from revision 0 on one of them replays those promises, as the task's does.
+WATCH_LABEL = WATCH_TAG = "bench-watch"
 
 
 async def seed_promises(stub: pb_grpc.AssetServiceAsyncStub, count: int = PROMISES) -> None:
@@ -45,16 +48,22 @@ def _k(n: int) -> str:
     return f"{n // 1000}k" if n >= 1000 else str(n)
 
 
-async def _watch_start(stub: pb_grpc.AssetServiceAsyncStub, after: int) -> float:
-    """Seconds from opening a selector watch on WATCH_TASK from `after` (below what the
-    server's history holds: replayed from the store) until it has the change a promise
-    just made. From 0, the replay is every change of that task (a few dozen promises)."""
+async def _watch_start(
+    stub: pb_grpc.AssetServiceAsyncStub,
+    after: int,
+    selector: pb.AssetSelector | None = None,
+) -> float:
+    """Seconds from opening a selector watch (by default on WATCH_TASK) from `after` (below
+    what the server's history holds: replayed from the store) until it has the change a
+    promise just made. From 0, the replay is every change of the bench's promises (a few
+    dozen), found through the index of the selector's task, label or tag."""
     made = await stub.CreatePendingAsset(
-        pb.CreatePendingAssetRequest(task_id=WATCH_TASK, label="w", type=pb.ASSET_TYPE_VALUE)
+        pb.CreatePendingAssetRequest(
+            task_id=WATCH_TASK, label=WATCH_LABEL, tags=[WATCH_TAG], type=pb.ASSET_TYPE_VALUE
+        )
     )
-    request = pb.WatchAssetRequest(
-        selector=pb.AssetSelector(task_id=WATCH_TASK), after_revision=after
-    )
+    selector = selector or pb.AssetSelector(task_id=WATCH_TASK)
+    request = pb.WatchAssetRequest(selector=selector, after_revision=after)
     started = time.perf_counter()
     call = stub.WatchAsset(request)
     try:
@@ -148,19 +157,36 @@ async def big_store_rows(
 
                 return run
 
-            def from_zero(which: int) -> Callable[[], Awaitable[float]]:
-                stub = stubs[which]
+            def from_zero(
+                selector: pb.AssetSelector,
+            ) -> Callable[[int], Callable[[], Awaitable[float]]]:
+                def make(which: int) -> Callable[[], Awaitable[float]]:
+                    stub = stubs[which]
 
-                async def run() -> float:
-                    return statistics.median([await _watch_start(stub, 0) for _ in range(5)])
+                    async def run() -> float:
+                        took = [await _watch_start(stub, 0, selector) for _ in range(5)]
+                        return statistics.median(took)
 
-                return run
+                    return run
+
+                return make
 
             for name, make in (
                 ("GetAsset", gets),
                 ("ListAssets(100)", lists),
                 ("selector watch start", watches),
-                ("selector watch from revision 0", from_zero),
+                (
+                    "selector watch from revision 0",
+                    from_zero(pb.AssetSelector(task_id=WATCH_TASK)),
+                ),
+                (
+                    "label selector watch from revision 0",
+                    from_zero(pb.AssetSelector(label=WATCH_LABEL)),
+                ),
+                (
+                    "tag selector watch from revision 0",
+                    from_zero(pb.AssetSelector(tags=[WATCH_TAG])),
+                ),
             ):
                 await make(0)()
                 await make(1)()

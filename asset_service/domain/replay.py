@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from asset_service.domain.models import Asset, Change
+from asset_service.domain.models import Asset, AssetType, Change
 
 # Changes a selector watch reads from the store per call while it replays from there.
 REPLAY_READ_BATCH = 256
@@ -34,6 +34,50 @@ def tombstone(asset: Asset) -> Asset:
         deletion_reason=asset.deletion_reason,
         key=asset.key,
     )
+
+
+@dataclass(frozen=True)
+class Narrowing:
+    """Which assets a replay may keep to (MetadataStore.changes_since): those whose state
+    at the cut (a record's, or a tombstone's last one) has each field given; empty fields
+    admit every asset.
+
+    Each field is one a selector requires of an asset as it is, and one a tombstone keeps,
+    so a replay narrowed by a selector's fields and then tested by the selector gives what
+    the whole replay tested by it gives (only the status is left to the selector: a PENDING
+    selector also takes promises that have left PENDING). Task, key, label and tags never
+    change once an asset exists, and each has an index: the store reads through the most
+    selective one rather than every change since the revision.
+    """
+
+    task: str = ""
+    key: str = ""
+    label: str = ""
+    tags: tuple[str, ...] = ()
+    type: AssetType | None = None
+
+    def equalities(self) -> dict[str, str]:
+        """Its fields given but the tags, by name (task, key, label, type: its value)."""
+        given = {
+            "task": self.task,
+            "key": self.key,
+            "label": self.label,
+            "type": self.type.value if self.type is not None else "",
+        }
+        return {name: value for name, value in given.items() if value}
+
+    def admits(self, asset: Asset) -> bool:
+        return not (
+            (self.task and asset.created_by_task != self.task)
+            or (self.type is not None and asset.type is not self.type)
+            or (self.label and asset.label != self.label)
+            or (self.key and asset.key != self.key)
+            or any(tag not in asset.tags for tag in self.tags)
+        )
+
+
+# Every asset: the replay of the whole store's changes.
+EVERYTHING = Narrowing()
 
 
 @dataclass(frozen=True)

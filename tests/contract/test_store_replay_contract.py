@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from asset_service.domain.errors import HistoryGone
-from asset_service.domain.models import Asset, ChangeKind, Failure, Status
+from asset_service.domain.models import Asset, AssetType, Change, ChangeKind, Failure, Status
 from asset_service.domain.reads import slim
-from asset_service.domain.replay import Replay, tombstone
+from asset_service.domain.replay import EVERYTHING, Narrowing, Replay, tombstone
 from tests.contract.conftest import Backend, fresh_ferretdb
 from tests.contract.test_store_contract import FULFILL, T0, pending, value_asset
 
@@ -20,14 +22,20 @@ def seen(replay: Replay) -> list[tuple[ChangeKind, str, int]]:
 
 
 async def walk(
-    backend: Backend, after: int, limit: int, task: str = ""
+    backend: Backend, after: int, limit: int, narrow: Narrowing = EVERYTHING
 ) -> list[tuple[ChangeKind, str, int]]:
-    """Every change after `after` (of `task`, if given), a page of `limit` at a time."""
-    out: list[tuple[ChangeKind, str, int]] = []
+    """Every change after `after` that `narrow` admits, a page of `limit` at a time."""
+    return seen(Replay(await walk_changes(backend, after, limit, narrow)))
+
+
+async def walk_changes(
+    backend: Backend, after: int, limit: int, narrow: Narrowing = EVERYTHING
+) -> list[Change]:
+    out: list[Change] = []
     for _ in range(1000):
-        replay = await backend.store.changes_since(after, limit, task)
+        replay = await backend.store.changes_since(after, limit, narrow)
         assert len(replay.changes) <= limit
-        out += seen(replay)
+        out += replay.changes
         if not replay.more:
             return out
         after = replay.reaches
@@ -97,7 +105,7 @@ async def test_a_replay_read_a_page_at_a_time_misses_and_doubles_nothing(
 async def test_a_replay_narrowed_to_a_task_holds_its_changes_and_no_others(
     backend: Backend,
 ) -> None:
-    """changes_since(..., task=T): the records and tombstones of T's assets, the same as
+    """changes_since(..., Narrowing(task=T)): the records and tombstones of T's assets, the same as
     the whole replay's of T, page by page; the cut's revision is still the store's."""
     store = backend.store
     made = [await store.insert(pending(task=f"t{i % 3}", label=f"o{i}")) for i in range(15)]
@@ -110,15 +118,76 @@ async def test_a_replay_narrowed_to_a_task_holds_its_changes_and_no_others(
     task_of = {a.id: a.created_by_task for a in made}
     for task in ("t0", "t1", "t2"):
         mine = [c for c in everything if task_of[c[1]] == task]
-        assert mine and await walk(backend, 0, 1000, task) == mine, task
+        narrow = Narrowing(task=task)
+        assert mine and await walk(backend, 0, 1000, narrow) == mine, task
         for limit in (1, 2, 3):
-            assert await walk(backend, 0, limit, task) == mine, (task, limit)
-        assert await walk(backend, start, 2, task) == [c for c in mine if c[2] > start]
-    narrowed = await store.changes_since(0, 1000, "t1")
+            assert await walk(backend, 0, limit, narrow) == mine, (task, limit)
+        assert await walk(backend, start, 2, narrow) == [c for c in mine if c[2] > start]
+    narrowed = await store.changes_since(0, 1000, Narrowing(task="t1"))
     assert narrowed.revision == await store.current_revision() and not narrowed.more
-    assert (await store.changes_since(0, 1000, "nobody")).changes == []
-    kinds = {c[0] for c in await walk(backend, 0, 1000, "t0")}
+    assert (await store.changes_since(0, 1000, Narrowing(task="nobody"))).changes == []
+    kinds = {c[0] for c in await walk(backend, 0, 1000, Narrowing(task="t0"))}
     assert kinds == {ChangeKind.PUT, ChangeKind.DELETE}, "records and tombstones alike"
+
+
+# Each narrowing, and what it must keep, said again here rather than by Narrowing.admits.
+NARROWINGS: list[tuple[Narrowing, Callable[[Asset], bool]]] = [
+    (Narrowing(key="k10"), lambda a: a.key == "k10"),
+    (Narrowing(key="k2"), lambda a: a.key == "k2"),
+    (Narrowing(label="l1"), lambda a: a.label == "l1"),
+    (Narrowing(tags=("g2",)), lambda a: "g2" in a.tags),
+    (Narrowing(tags=("g1", "x")), lambda a: {"g1", "x"} <= set(a.tags)),
+    (Narrowing(label="l0", tags=("x",)), lambda a: a.label == "l0" and "x" in a.tags),
+    (Narrowing(task="t0", label="l2"), lambda a: a.created_by_task == "t0" and a.label == "l2"),
+    (Narrowing(key="k10", label="l0"), lambda a: False),
+    (Narrowing(type=AssetType.VALUE), lambda a: a.type is AssetType.VALUE),
+    (
+        Narrowing(label="l1", type=AssetType.FILE),
+        lambda a: a.label == "l1" and a.type is AssetType.FILE,
+    ),
+    (Narrowing(tags=("nobody",)), lambda a: False),
+]
+
+
+async def test_a_replay_narrowed_by_key_label_tags_or_type_is_the_whole_one_filtered(
+    backend: Backend,
+) -> None:
+    """changes_since(..., narrow): exactly the whole replay's records and tombstones whose
+    state has the narrowing's fields, in the same order, page by page."""
+    store = backend.store
+    made: list[Asset] = []
+    for i in range(24):
+        tags = (f"g{i % 4}", "x") if i % 3 == 0 else (f"g{i % 4}",)
+        if i % 6 == 5:
+            asset = value_asset(label=f"l{i % 3}", tags=tags)
+        else:
+            asset = pending(task=f"t{i % 2}", label=f"l{i % 3}", tags=tags)
+        made.append(
+            await store.insert(dataclasses.replace(asset, key=f"k{i}" if i % 2 == 0 else ""))
+        )
+    start = made[5].revision
+    for asset in made[1::4]:
+        if asset.status is Status.PENDING:
+            await store.transition(asset.id, Status.PENDING, FULFILL, T0)
+    for asset in made[::5]:
+        await store.delete(asset.id)
+    everything = await walk_changes(backend, 0, 1000)
+    assert len(everything) == 24
+    for narrow, keeps in NARROWINGS:
+        mine = seen(Replay([c for c in everything if keeps(c.asset)]))
+        assert await walk(backend, 0, 1000, narrow) == mine, narrow
+        for limit in (1, 2, 3):
+            assert await walk(backend, 0, limit, narrow) == mine, (narrow, limit)
+        assert await walk(backend, start, 2, narrow) == [c for c in mine if c[2] > start]
+    # Records and tombstones alike, through each index.
+    for narrow in (Narrowing(label="l1"), Narrowing(tags=("g2",))):
+        kinds = {c[0] for c in await walk(backend, 0, 1000, narrow)}
+        assert kinds == {ChangeKind.PUT, ChangeKind.DELETE}, narrow
+    gone = await store.changes_since(0, 1000, Narrowing(key="k10"))
+    assert [c.kind for c in gone.changes] == [ChangeKind.DELETE]
+    assert gone.revision == await store.current_revision() and not gone.more
+    live = await store.changes_since(0, 1000, Narrowing(key="k2"))
+    assert [(c.kind, c.asset.id) for c in live.changes] == [(ChangeKind.PUT, made[2].id)]
 
 
 async def test_swept_tombstones_refuse_a_replay_from_before_them(backend: Backend) -> None:

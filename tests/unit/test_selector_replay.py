@@ -22,7 +22,7 @@ from asset_service.domain.models import (
     Status,
     WatchEvent,
 )
-from asset_service.domain.replay import Replay, merged
+from asset_service.domain.replay import EVERYTHING, Narrowing, Replay, merged
 from asset_service.domain.watch import Selector
 from asset_service.store.memory import MemoryStore
 from tests.feeds import take
@@ -141,6 +141,50 @@ async def test_a_pending_watcher_replayed_from_the_store_hears_of_a_failed_promi
     assert (event.kind, event.asset.id, event.revision) == ("DELETED", promise.id, gone.revision)
 
 
+async def test_the_store_replays_only_the_assets_a_selector_can_take(
+    manager: AssetManager,
+) -> None:
+    """The store is asked for the records and tombstones with the selector's label, tags
+    (and task, key, type), not every change since; the status stays the selector's to
+    test: a PENDING watcher still hears of a promise that failed and was then deleted."""
+    start = await manager.store.current_revision()
+    made = [
+        await manager.create_pending("t", f"l{i % 3}", "", AssetType.VALUE, (f"g{i % 2}", "x"))
+        for i in range(40)
+    ]
+    failed, done = made[0], made[6]  # both l0, g0
+    await manager.fail(failed.id, "no")
+    await manager.delete(failed.id)
+    await manager.fulfill_with_value(done.id, text("done"), "")
+    assert manager.hub.history.floor is not None and manager.hub.history.floor > start
+    selector = Selector(label="l0", tags=("g0",), status=Status.PENDING)
+    whole = await manager.store.changes_since(start, 1000)
+    expected = [
+        (c.kind, c.asset.id, c.revision) for c in whole.changes if selector.concerns(c, True)
+    ]
+    assert (ChangeKind.DELETE, failed.id, whole.changes[-2].revision) in expected
+    asked: list[Narrowing] = []
+    read: list[Change] = []
+    real = manager.store.changes_since
+
+    async def narrowed(after: int, limit: int, narrow: Narrowing = EVERYTHING) -> Replay:
+        replay = await real(after, limit, narrow)
+        if limit > 1:  # not the check that the store can replay at all (one change)
+            asked.append(narrow)
+            read.extend(replay.changes)
+        return replay
+
+    manager.store.changes_since = narrowed  # type: ignore[method-assign]
+    events = await manager.watch_selector(selector, start)
+    got = await take(events, len(expected))
+    await events.aclose()
+    kinds = {"CHANGED": ChangeKind.PUT, "DELETED": ChangeKind.DELETE}
+    assert [(kinds[e.kind], e.asset.id, e.revision) for e in got] == expected
+    assert asked and set(asked) == {Narrowing(label="l0", tags=("g0",))}
+    assert read and all(c.asset.label == "l0" and "g0" in c.asset.tags for c in read)
+    assert len(read) == 7, "the 7 assets l0 and g0 (one deleted), no others"
+
+
 async def test_list_then_watch_converges_while_writes_go_on(manager: AssetManager) -> None:
     """An informer over a history of a few records: whatever it falls behind, the state it
     builds from the listing and the events equals a listing at the end."""
@@ -175,10 +219,10 @@ async def test_list_then_watch_converges_while_writes_go_on(manager: AssetManage
     reads = 0
     real = manager.store.changes_since
 
-    async def counted(after: int, limit: int, task: str = "") -> Replay:
+    async def counted(after: int, limit: int, narrow: Narrowing = EVERYTHING) -> Replay:
         nonlocal reads
         reads += 1
-        return await real(after, limit, task)
+        return await real(after, limit, narrow)
 
     manager.store.changes_since = counted  # type: ignore[method-assign]
     events = await manager.watch_selector(Selector(), first.revision)
@@ -322,8 +366,8 @@ async def test_a_store_read_below_what_was_handed_out_is_refused(manager: AssetM
         await manager.create_pending("t", f"p{i}", "", AssetType.VALUE, ())
     real = manager.store.changes_since
 
-    async def rewound(after: int, limit: int, task: str = "") -> Replay:
-        replay = await real(after, limit, task)
+    async def rewound(after: int, limit: int, narrow: Narrowing = EVERYTHING) -> Replay:
+        replay = await real(after, limit, narrow)
         return Replay(replay.changes[:1], start + 1)
 
     manager.store.changes_since = rewound  # type: ignore[method-assign]

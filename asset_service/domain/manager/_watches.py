@@ -102,8 +102,9 @@ async def watch_selector(
         current = await ctx.store.current_revision()
         if after_revision > current:
             raise HistoryGone(after_revision, None, went_back(current, after_revision))
-    # An asset's task never changes: the store narrows the replay to the selector's.
-    read = functools.partial(ctx.store.changes_since, task=selector.task_id)
+    # The store narrows the replay to the assets the selector can take (its task, key,
+    # label, tags and type), through their index: not every change since the revision.
+    read = functools.partial(ctx.store.changes_since, narrow=selector.narrowing)
     return SelectorStream(history, selector, after_revision, read).events()
 
 

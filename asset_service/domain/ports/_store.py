@@ -17,7 +17,7 @@ from asset_service.domain.models import (
     Status,
     Transition,
 )
-from asset_service.domain.replay import Replay
+from asset_service.domain.replay import EVERYTHING, Narrowing, Replay
 from asset_service.domain.retention._ports import RetentionStore
 
 
@@ -118,17 +118,19 @@ class MetadataStore(RetentionStore, Protocol):
         """The highest revision committed so far (0 for an empty store); on MongoDB
         majority-committed, so never one a failover may roll back and hand out again."""
 
-    async def changes_since(self, after: int, limit: int, task: str = "") -> Replay:
+    async def changes_since(self, after: int, limit: int, narrow: Narrowing = EVERYTHING) -> Replay:
         """What changed after revision `after`, from ONE consistent cut, state-based:
         every record whose revision is above it (its current state, without value) and
         every tombstone above it (a DELETE of tombstone(last state)), in revision order,
         at most `limit` of them (served by an index on revision: what a selector watch
         resumes from once its revision has left the in-memory history).
 
-        With a `task`, only the records and tombstones of assets that task created (a
-        selector on a task: an asset's task never changes), found through the task's
-        index where it is small, so a watch on one task replays its own changes and not
-        the whole store's; `revision` is still the store's at the cut.
+        Narrowed (`narrow`: a selector's task, key, label, tags, type), only the records
+        and tombstones it admits, found through the index of the most selective of its
+        fields that has one (key, task, label, a tag) where that set is small, so a watch
+        on ten assets of a million-record store replays their changes and not the whole
+        store's; `limit` and `more` count the changes kept, `revision` is still the
+        store's at the cut.
 
         HistoryGone if tombstones after `after` may have been swept (`after` below the
         newest one swept, or below the revision tombstones began to be kept at).

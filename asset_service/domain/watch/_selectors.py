@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 
@@ -15,7 +16,7 @@ from asset_service.domain.models import (
     WatchEvent,
     WatchEventKind,
 )
-from asset_service.domain.replay import REPLAY_READ_BATCH, Replay
+from asset_service.domain.replay import REPLAY_READ_BATCH, Narrowing, Replay
 from asset_service.domain.watch._history import REPLAY_BATCH, History
 
 
@@ -41,13 +42,7 @@ class Selector:
         may never have heard that the promise left.
         """
         asset = change.asset
-        if (
-            (self.task_id and asset.created_by_task != self.task_id)
-            or (self.type is not None and asset.type is not self.type)
-            or (self.label and asset.label != self.label)
-            or (self.key and asset.key != self.key)
-            or any(tag not in asset.tags for tag in self.tags)
-        ):
+        if not self.narrowing.admits(asset):
             return False
         if self.status is None or asset.status is self.status:
             return True
@@ -59,6 +54,12 @@ class Selector:
             and asset.status.terminal
             and bool(asset.created_by_task)
         )
+
+    @functools.cached_property
+    def narrowing(self) -> Narrowing:
+        """What concerns() requires of every asset but its status: how far the store can
+        narrow a replay for this selector."""
+        return Narrowing(self.task_id, self.key, self.label, self.tags, self.type)
 
 
 # The store's changes after a revision (MetadataStore.changes_since).

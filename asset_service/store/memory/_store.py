@@ -33,7 +33,7 @@ from asset_service.domain.models import (
     ValueKind,
 )
 from asset_service.domain.reads import slim
-from asset_service.domain.replay import Replay, merged, tombstone
+from asset_service.domain.replay import EVERYTHING, Narrowing, Replay, merged, tombstone
 from asset_service.store import _paging
 from asset_service.store._claims import LocalSweepClaims
 from asset_service.store._fields import (
@@ -226,25 +226,17 @@ class MemoryStore(MemoryReferences, MemoryRetention):
             counts[asset.status] += 1
         return counts
 
-    async def changes_since(self, after: int, limit: int, task: str = "") -> Replay:
+    async def changes_since(self, after: int, limit: int, narrow: Narrowing = EVERYTHING) -> Replay:
         await self._enter()
         if after < self._horizon:
             raise HistoryGone(after, self._horizon)
         # No await below: one cut.
         records = sorted(
-            (
-                a
-                for _, a in self._rows.values()
-                if a.revision > after and (not task or a.created_by_task == task)
-            ),
+            (a for _, a in self._rows.values() if a.revision > after and narrow.admits(a)),
             key=lambda a: a.revision,
         )
         gone = sorted(
-            (
-                t
-                for _, t in self._tombstones.values()
-                if t.revision > after and (not task or t.created_by_task == task)
-            ),
+            (t for _, t in self._tombstones.values() if t.revision > after and narrow.admits(t)),
             key=lambda t: t.revision,
         )
         return merged(

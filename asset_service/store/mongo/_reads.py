@@ -14,7 +14,7 @@ from pymongo.errors import PyMongoError
 from pymongo.read_concern import ReadConcern
 
 from asset_service.domain.models import Asset, AssetFilter, Page, Status
-from asset_service.domain.replay import Replay
+from asset_service.domain.replay import EVERYTHING, Narrowing, Replay
 from asset_service.store import _paging
 from asset_service.store.mongo import _references, _schema, _tombstones
 from asset_service.store.mongo._documents import (
@@ -209,7 +209,7 @@ class MongoReads:
             raise _unavailable(exc) from exc
         return int(doc["value"]) if doc else 0
 
-    async def changes_since(self, after: int, limit: int, task: str = "") -> Replay:
+    async def changes_since(self, after: int, limit: int, narrow: Narrowing = EVERYTHING) -> Replay:
         """One snapshot session (majority, one cluster time): the horizon, the counter,
         the records and the tombstones above `after`, through their revision indexes."""
         try:
@@ -223,7 +223,7 @@ class MongoReads:
                     limit,
                     SLIM_PROJECTION,
                     _schema.QUERY_MAX_TIME_MS,
-                    task,
+                    narrow,
                 )
         except PyMongoError as exc:
             raise _unavailable(exc) from exc

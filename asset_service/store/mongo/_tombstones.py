@@ -18,7 +18,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 
 from asset_service.domain.errors import HistoryGone
 from asset_service.domain.models import Asset, Change, ChangeKind
-from asset_service.domain.replay import Replay, merged, tombstone
+from asset_service.domain.replay import EVERYTHING, Narrowing, Replay, merged, tombstone
 from asset_service.store.mongo._documents import Doc, asset_to_doc, doc_to_asset, ms
 
 HORIZON_ID = "tombstones"
@@ -40,6 +40,8 @@ TOMBSTONE_FIELDS = (
     "deletion_reason",
     "key",
 )
+# The document field of each of a Narrowing's equalities, in records and tombstones alike.
+DOC_FIELD = {"task": "created_by_task", "key": "key", "label": "label", "type": "type"}
 TOMBSTONE_INDEXES = (
     # changes_since reads `revision > R` in order; the sweep takes the oldest deletions.
     IndexModel([("revision", ASCENDING)], name="revision", unique=True),
@@ -79,6 +81,15 @@ async def begin_horizon(counters: AsyncCollection[Doc]) -> None:
     await counters.update_one({"_id": HORIZON_ID}, {"$setOnInsert": {"value": now}}, upsert=True)
 
 
+def narrowed(where: Doc, narrow: Narrowing) -> Doc:
+    """`where`, and what `narrow` requires of a record or a tombstone (the same fields)."""
+    for name, value in narrow.equalities().items():
+        where[DOC_FIELD[name]] = value
+    if narrow.tags:
+        where["tags"] = {"$all": list(narrow.tags)}
+    return where
+
+
 async def changes_since(
     assets: AsyncCollection[Doc],
     tombstones: AsyncCollection[Doc],
@@ -88,19 +99,17 @@ async def changes_since(
     limit: int,
     projection: dict[str, Any],
     max_time_ms: int,
-    task: str = "",
+    narrow: Narrowing = EVERYTHING,
 ) -> Replay:
-    """Records and tombstones above `after` (of `task`, if given: the planner picks the
-    task's index or the revision one), every read in `session` (one cut)."""
+    """Records and tombstones above `after` that `narrow` admits (the planner picks the
+    index of one of its fields, or the revision one), every read in `session` (one cut)."""
     horizon_doc = await counters.find_one({"_id": HORIZON_ID}, session=session)
     horizon = int(horizon_doc["value"]) if horizon_doc else 0
     if after < horizon:
         raise HistoryGone(after, horizon)
     counter = await counters.find_one({"_id": "revision"}, session=session)
     revision = int(counter["value"]) if counter else 0
-    where: dict[str, Any] = {"revision": {"$gt": after}}
-    if task:
-        where["created_by_task"] = task
+    where = narrowed({"revision": {"$gt": after}}, narrow)
     records = [
         Change(ChangeKind.PUT, doc_to_asset(doc))
         async for doc in assets.find(where, projection, session=session)

@@ -26,7 +26,7 @@ from asset_service.domain.models import (
     Status,
     Transition,
 )
-from asset_service.domain.replay import Replay
+from asset_service.domain.replay import EVERYTHING, Narrowing, Replay
 from asset_service.domain.usage import UsageCells
 from asset_service.store._claims import LocalSweepClaims
 from asset_service.store.sqlite import (
@@ -275,8 +275,8 @@ class SqliteStore:
     async def count_by_status(self) -> dict[Status, int]:
         return await self._read(_queries.count_by_status)
 
-    async def changes_since(self, after: int, limit: int, task: str = "") -> Replay:
-        return await self._read(lambda c: _tombstones.changes_since(c, after, limit, task))
+    async def changes_since(self, after: int, limit: int, narrow: Narrowing = EVERYTHING) -> Replay:
+        return await self._read(lambda c: _tombstones.changes_since(c, after, limit, narrow))
 
     async def sweep_tombstones(self, before: datetime) -> int:
         # Alone (a delete frees room; a batch of writes may be refused on a full disk),

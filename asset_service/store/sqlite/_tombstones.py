@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from asset_service.domain.errors import HistoryGone
 from asset_service.domain.models import Asset, AssetType, Change, ChangeKind, Status
-from asset_service.domain.replay import Replay, merged, tombstone
+from asset_service.domain.replay import EVERYTHING, Narrowing, Replay, merged, tombstone
 from asset_service.store.sqlite._schema import (
     RECORD_SLIM_COLUMNS,
     row_to_asset,
@@ -18,10 +19,22 @@ from asset_service.store.sqlite._schema import (
 
 # Tombstones removed per transaction of a sweep: the writer thread is not held for long.
 SWEEP_BATCH = 5000
-# A task with at most this many records is replayed through the task's index (each page
-# reads all of them and sorts them by revision); a bigger one through the revision index,
-# the task tested on each row (the whole store's changes since, but none of them in Python).
-TASK_INDEX_MAX = 20_000
+# A replay narrowed by a field with an index of its own (Narrowing) reads the records
+# through that index when it holds at most this many of them (each page reads them all and
+# sorts them by revision); else through the revision index, the narrowing tested in SQL on
+# each row (the whole store's changes since, but none of them in Python).
+INDEX_MAX = 20_000
+# The column of each of a Narrowing's equalities, in records and tombstones alike.
+COLUMN = {"task": "created_by_task", "key": "asset_key", "label": "label", "type": "type"}
+# Those with an index of their own, the most selective first (a key is one asset's), then
+# the tags (asset_tags).
+INDEXED = (("key", "assets_key"), ("task", "assets_task"), ("label", "assets_label"))
+# A tag, tested on a record (its asset_tags rows, by their primary key) or on a tombstone
+# (the JSON list it keeps).
+TAGGED = {
+    "assets": "EXISTS (SELECT 1 FROM asset_tags WHERE tag = ? AND asset_id = assets.id)",
+    "tombstones": "EXISTS (SELECT 1 FROM json_each(tombstones.tags) WHERE value = ?)",
+}
 
 TOMBSTONE_COLUMNS = (
     "id, revision, deleted_ms, label, status, type, media_type, created_by_task, tags, "
@@ -79,30 +92,64 @@ def _counter(c: sqlite3.Connection, name: str) -> int:
     return int(row[0]) if row else 0
 
 
-def _records_since(c: sqlite3.Connection, after: int, limit: int, task: str) -> str:
-    """The statement reading the records above `after` (and of `task`, if given)."""
-    if not task:
-        # The revision index: one range, already in order.
-        return (
-            f"SELECT {RECORD_SLIM_COLUMNS} FROM assets WHERE revision > ? ORDER BY revision LIMIT ?"
-        )
-    # A task of up to TASK_INDEX_MAX records: all of them from the task's index, sorted
-    # (a watch on one task of a million-record store reads its own). A bigger one: the
-    # revision range, the task tested on each row in SQLite.
+def _narrowed(narrow: Narrowing, table: str) -> tuple[str, list[object]]:
+    """`narrow` as conditions (" AND ...", or "") on the rows of `table` (assets or
+    tombstones: the same columns, but for the tags), and their arguments."""
+    where: list[str] = []
+    args: list[object] = []
+    for name, value in narrow.equalities().items():
+        where.append(f"{table}.{COLUMN[name]} = ?")
+        args.append(value)
+    for tag in narrow.tags:
+        where.append(TAGGED[table])
+        args.append(tag)
+    return "".join(f" AND {w}" for w in where), args
+
+
+def _small(c: sqlite3.Connection, rows: str, value: str) -> bool:
+    """Whether `rows` (a SELECT of one value's index entries) holds at most INDEX_MAX."""
     (small,) = c.execute(
-        "SELECT count(*) <= ? FROM (SELECT 1 FROM assets INDEXED BY assets_task "
-        "WHERE created_by_task = ? LIMIT ?)",
-        (TASK_INDEX_MAX, task, TASK_INDEX_MAX + 1),
+        f"SELECT count(*) <= ? FROM ({rows} LIMIT ?)", (INDEX_MAX, value, INDEX_MAX + 1)
     ).fetchone()
-    index = "INDEXED BY assets_task" if small else "INDEXED BY assets_revision"
+    return bool(small)
+
+
+def _source(c: sqlite3.Connection, narrow: Narrowing) -> tuple[str, list[object], Narrowing]:
+    """Where the records `narrow` admits are read from: the index of the first of its
+    fields with a small set (INDEXED, then each tag), all of that set sorted by revision;
+    else the revision index, one range already in order. The FROM clause up to its WHERE,
+    the arguments of its own conditions, and what is left of `narrow` to test."""
+    given = narrow.equalities()
+    for name, index in INDEXED:
+        rows = f"SELECT 1 FROM assets INDEXED BY {index} WHERE {COLUMN[name]} = ?"
+        if name in given and _small(c, rows, given[name]):
+            return f"assets INDEXED BY {index} WHERE", [], narrow
+    for tag in narrow.tags:
+        if _small(c, "SELECT 1 FROM asset_tags WHERE tag = ?", tag):
+            # The tag's asset_tags rows (their primary key), each joined to its record.
+            others = replace(narrow, tags=tuple(t for t in narrow.tags if t != tag))
+            join = "asset_tags CROSS JOIN assets ON assets.id = asset_tags.asset_id"
+            return f"{join} WHERE asset_tags.tag = ? AND", [tag], others
+    return "assets INDEXED BY assets_revision WHERE", [], narrow
+
+
+def _records_since(
+    c: sqlite3.Connection, after: int, limit: int, narrow: Narrowing
+) -> tuple[str, list[object]]:
+    """The statement reading the records above `after` that `narrow` admits, and its
+    arguments: every field of `narrow` is tested in SQL, whichever index reads them."""
+    source, lead, rest = _source(c, narrow)
+    where, args = _narrowed(rest, "assets")
     return (
-        f"SELECT {RECORD_SLIM_COLUMNS} FROM assets {index} WHERE created_by_task = ? "
-        "AND revision > ? ORDER BY revision LIMIT ?"
+        f"SELECT {RECORD_SLIM_COLUMNS} FROM {source} revision > ?{where} ORDER BY revision LIMIT ?",
+        [*lead, after, *args, limit],
     )
 
 
-def changes_since(c: sqlite3.Connection, after: int, limit: int, task: str = "") -> Replay:
-    """Records and tombstones above `after` (of `task`, if given) in ONE read transaction
+def changes_since(
+    c: sqlite3.Connection, after: int, limit: int, narrow: Narrowing = EVERYTHING
+) -> Replay:
+    """Records and tombstones above `after` that `narrow` admits, in ONE read transaction
     (a WAL snapshot)."""
     c.execute("BEGIN")
     try:
@@ -110,18 +157,17 @@ def changes_since(c: sqlite3.Connection, after: int, limit: int, task: str = "")
         if after < horizon:
             raise HistoryGone(after, horizon)
         revision = _counter(c, "revision")
-        narrow = (task,) if task else ()
-        records = [
-            Change(ChangeKind.PUT, row_to_asset(row))
-            for row in c.execute(_records_since(c, after, limit, task), (*narrow, after, limit))
-        ]
-        # Tombstones live a --watch-tombstone-ttl: their revision range, tested on each.
+        statement, args = _records_since(c, after, limit, narrow)
+        records = [Change(ChangeKind.PUT, row_to_asset(row)) for row in c.execute(statement, args)]
+        # Tombstones live a --watch-tombstone-ttl: their revision range, narrowed in SQL
+        # (a tombstone keeps every field a Narrowing has; no index but the revision).
+        where, args = _narrowed(narrow, "tombstones")
         gone = [
             Change(ChangeKind.DELETE, _tombstone(row))
             for row in c.execute(
-                f"SELECT {TOMBSTONE_COLUMNS} FROM tombstones WHERE revision > ? "
-                f"{'AND created_by_task = ? ' if task else ''}ORDER BY revision LIMIT ?",
-                (after, *narrow, limit),
+                f"SELECT {TOMBSTONE_COLUMNS} FROM tombstones WHERE revision > ?{where} "
+                "ORDER BY revision LIMIT ?",
+                (after, *args, limit),
             )
         ]
     finally:
