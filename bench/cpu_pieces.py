@@ -35,7 +35,7 @@ PIECES = [
     ("asset_service.api.interceptor", "_sends_credentials", "security wrapper"),
     ("asset_service.api.interceptor", "set_principal", "security wrapper"),
     ("asset_service.api.interceptor", "reset_principal", "security wrapper"),
-    ("asset_service.api.servicer", "_parsed", "servicer wrapper"),
+    ("asset_service.api.handlers", "_parsed", "servicer wrapper"),
     ("asset_service.api.servicer", "_caller", "servicer wrapper"),
     ("asset_service.store.sqlite._readers", "Readers.get_on_loop", "store: point read"),
     ("asset_service.store.sqlite._writer", "GroupWriter._run_admitted", WRITER),
