@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -491,6 +493,35 @@ async def test_recovery_settles_abandoned_moves_by_their_record(blob: BlobBacken
     path = await in_flight.commit(keys.upload_key(ID, "late", DAY))
     await in_flight.finish()
     assert await content(alive, path, 12) == b"still coming"
+
+
+# What a move's journal entry holds on disk, as released: a process of the next version
+# settles the moves a dead one of this version left, so these names and meanings stay.
+JOURNAL_FIELDS = {"source", "dev", "ino", "final"}
+PLACED_FIELD = {"local": "final_ino", "s3": "blob_id"}  # what tells the placed bytes apart
+
+
+async def test_a_move_journal_entry_keeps_its_released_format(blob: BlobBackend) -> None:
+    dead = await blob.start()
+    asset_id = "5b0e4f0e-0000-4000-8000-0000000000f1"
+    source = blob.put_source(asset_id, b"moved")
+    before = os.stat(source) if blob.name != "memory" else None
+    key = keys.generated_key("t", asset_id, "f")
+    staged = await dead.adopt(source, move=True)
+    path = await staged.commit(key)
+    staged.abandon()
+    await dead.close()
+
+    (found,) = await (await blob.start()).leftovers()
+    assert (found.asset_id, found.storage_path) == (asset_id, path)
+    leftover: Any = found  # past the port: each backend's own entry
+    if blob.name == "memory":  # no file: the entry is the move itself
+        assert (leftover.intent.source, leftover.intent.final) == (source, key)
+        return
+    entry = json.loads(Path(leftover.journal).read_text())
+    assert set(entry) == JOURNAL_FIELDS | {PLACED_FIELD[blob.name]}
+    assert (entry["source"], entry["final"]) == (source, key)
+    assert before is not None and (entry["dev"], entry["ino"]) == (before.st_dev, before.st_ino)
 
 
 class _NoRecords:
