@@ -160,7 +160,12 @@ async def test_stalled_readers_are_bounded_refused_over_the_limit_ended_and_rele
         # A client that lives but stops reading: the stall timeout ends its reads, and their
         # files and slots come back while it still holds its connection.
         with stalled_client(server, "--read", asset.id, "--reads", str(n)):
-            await until(lambda: stalls(server) == n, 20, "the stall timeout to end every read")
+            try:
+                await until(lambda: stalls(server) == n, 30, "the stall timeout to end every read")
+            except AssertionError as exc:
+                tail = "".join(server.log[-40:])
+                ended = f"{stalls(server)} of {n} ended"
+                raise AssertionError(f"{exc}: {ended}; the server's last lines:\n{tail}") from None
             # The client's connection is still open: one descriptor more.
             await released(server, base, 1)
             data = await read_all(stub, asset.id)  # the slots are free again
