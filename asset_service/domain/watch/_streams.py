@@ -79,8 +79,9 @@ class WatchStream:
         if change.kind is ChangeKind.DELETE:
             self._known[change.asset.id] = None
             return WatchEvent(WatchEventKind.DELETED, change.asset)
-        self._known[change.asset.id] = self._sub.hub.slim(change.asset)
-        return WatchEvent(WatchEventKind.CHANGED, change.asset)
+        hub = self._sub.hub
+        self._known[change.asset.id] = hub.slim(change.asset)
+        return hub.changed(change.asset)
 
     async def events(self) -> AsyncGenerator[WatchEvent, None]:
         sub = self._sub
