@@ -108,7 +108,8 @@ class _Generic:
         for name in METHODS:
             details = SimpleNamespace(method=f"/{SERVICE_NAME}/{name}", invocation_metadata=())
             found = [h for h in (g.service(details) for g in generic) if h is not None]
-            self.handlers.update({name: h for h in found[:1]})
+            if found:
+                self.handlers[name] = found[0]
 
 
 def test_watch_and_read_are_registered_with_the_pass_through_serializer() -> None:
