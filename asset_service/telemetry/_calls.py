@@ -212,32 +212,30 @@ class CallObserver(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         """
         begin, access = self._begin, self.access
 
+        def ended(call: Call) -> None:
+            if access:
+                call.principal = principal_of_call()
+
         if inspect.isasyncgenfunction(behavior):
 
             async def generated(request: Any, context: Any) -> AsyncIterator[Any]:
                 call = begin(method, context)
                 try:
-                    async for item in behavior(request, context):
-                        yield item
-                except BaseException as error:  # a cancellation too; raised on
-                    call.error = error
-                    raise
+                    with call:  # what it raises (a cancellation too) is the call's error
+                        async for item in behavior(request, context):
+                            yield item
                 finally:
-                    if access:
-                        call.principal = principal_of_call()
+                    ended(call)
 
             return generated
 
         async def returned(request: Any, context: Any) -> Any:
             call = begin(method, context)
             try:
-                return await behavior(request, context)
-            except BaseException as error:  # a cancellation too; raised on
-                call.error = error
-                raise
+                with call:
+                    return await behavior(request, context)
             finally:
-                if access:
-                    call.principal = principal_of_call()
+                ended(call)
 
         return returned
 
