@@ -27,7 +27,7 @@ from collections import deque
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from asset_service.domain.errors import AssetError, Unavailable
 from asset_service.domain.models import Change
@@ -57,6 +57,30 @@ class SharedWrites:
     held: Callable[[], AbstractContextManager[None]]
     log: Callable[[sqlite3.Connection, Change], None]
     committed: Callable[[], None]
+
+
+class BatchState(Protocol):
+    """What a group transaction's writes keep in memory until its COMMIT (the accounting,
+    _retention.Accounting): kept for a write whose savepoint is released, dropped for one
+    rolled back, written by `flush` before COMMIT, dropped whole by `discard` when the
+    transaction is rolled back."""
+
+    def job_done(self, ok: bool) -> None: ...
+
+    def flush(self, c: sqlite3.Connection) -> None: ...
+
+    def discard(self) -> None: ...
+
+
+class _NoState:
+    def job_done(self, ok: bool) -> None:
+        pass
+
+    def flush(self, c: sqlite3.Connection) -> None:
+        pass
+
+    def discard(self) -> None:
+        pass
 
 
 @dataclass
@@ -104,8 +128,10 @@ class GroupWriter:
         max_writes: int = MAX_BATCH_WRITES,
         max_bytes: int = MAX_BATCH_BYTES,
         shared: SharedWrites | None = None,
+        state: BatchState | None = None,
     ) -> None:
         self.conn = conn
+        self._state: BatchState = state if state is not None else _NoState()
         self._shared = shared
         self._loop = loop
         self._translate = translate
@@ -186,6 +212,7 @@ class GroupWriter:
                         self._shared.committed()
                 except BaseException as exc:  # a bug: never leave a caller waiting
                     log.exception("sqlite writer failed")
+                    self._state.discard()
                     if self.conn.in_transaction:  # or every later BEGIN would fail too
                         with contextlib.suppress(sqlite3.Error):
                             self.conn.execute("ROLLBACK")
@@ -237,14 +264,18 @@ class GroupWriter:
                 except Exception as exc:
                     c.execute("ROLLBACK TO w")
                     c.execute("RELEASE w")
+                    self._state.job_done(False)
                     outcomes.append(_Outcome(error=exc))
                     continue
                 if change is not None and self._shared is not None:
                     self._shared.log(c, change)
                 c.execute("RELEASE w")
+                self._state.job_done(True)
                 outcomes.append(_Outcome(result, change=change))
+            self._state.flush(c)
             self.commit(c)
         except sqlite3.Error as exc:
+            self._state.discard()
             # SQLite has already rolled back by itself after SQLITE_FULL, IOERR, NOMEM...:
             # a second ROLLBACK would fail ("no transaction is active") and hide the cause.
             if c.in_transaction:

@@ -44,7 +44,12 @@ def next_revision(conn: sqlite3.Connection) -> int:
     return int(row[0])
 
 
-def insert(c: sqlite3.Connection, asset: Asset, shared: bool = False) -> tuple[Asset, Change]:
+def insert(
+    c: sqlite3.Connection,
+    asset: Asset,
+    shared: bool = False,
+    batch: _retention.Accounting | None = None,
+) -> tuple[Asset, Change]:
     if shared:
         _references.require_shared(c, asset.storage_path)
     try:
@@ -65,7 +70,7 @@ def insert(c: sqlite3.Connection, asset: Asset, shared: bool = False) -> tuple[A
             raise KeyTaken(asset.key) from None
         raise Conflict(f"asset {asset.id} already exists") from None
     stored = Asset(**{**asset.__dict__, "revision": rev, "holds": ()})
-    _retention.account(c, None, stored)
+    _retention.account(c, None, stored, batch)
     return stored, Change(ChangeKind.PUT, stored)
 
 
@@ -78,7 +83,12 @@ def release_key(c: sqlite3.Connection, asset_id: str, key: str) -> tuple[bool, N
 
 
 def transition(
-    asset_id: str, expected: Status, change: Transition, now: datetime, shared: bool = False
+    asset_id: str,
+    expected: Status,
+    change: Transition,
+    now: datetime,
+    shared: bool = False,
+    batch: _retention.Accounting | None = None,
 ) -> Callable[[sqlite3.Connection], tuple[Asset, Change]]:
     """The conditional change of one record, as a step for the writer thread."""
     sets = transition_fields(
@@ -116,9 +126,9 @@ def transition(
             (*fields.values(), rev, asset_id),
         ).fetchone()
         updated = row_to_asset(row)
-        _retention.account(c, before, updated)
+        _retention.account(c, before, updated, batch)
         if leaves_pending:
-            _retention.settle_task(c, before)
+            _retention.settle_task(c, before, batch)
         return updated, Change(ChangeKind.PUT, updated)
 
     return w
