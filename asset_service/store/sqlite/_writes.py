@@ -36,6 +36,9 @@ from asset_service.store.sqlite._schema import (
     transaction,
 )
 
+_MARKS = ", ".join("?" * (COLUMN_COUNT + 1))
+_INSERT = f"INSERT INTO assets ({COLUMNS}, key_slot) VALUES ({_MARKS})"
+
 
 def next_revision(conn: sqlite3.Connection) -> int:
     row = conn.execute(
@@ -54,16 +57,13 @@ def insert(
         _references.require_shared(c, asset.storage_path)
     try:
         rev = next_revision(c)
-        c.execute(
-            f"INSERT INTO assets ({COLUMNS}, key_slot) "
-            f"VALUES ({', '.join('?' * (COLUMN_COUNT + 1))})",
-            # key_slot holds the key (unique index assets_key_slot)
-            (*asset_row(asset, rev), asset.key or None),
-        )
-        c.executemany(
-            "INSERT INTO asset_tags (tag, asset_id) VALUES (?, ?)",
-            [(t, asset.id) for t in asset.tags],
-        )
+        # key_slot holds the key (unique index assets_key_slot)
+        c.execute(_INSERT, (*asset_row(asset, rev), asset.key or None))
+        if asset.tags:
+            c.executemany(
+                "INSERT INTO asset_tags (tag, asset_id) VALUES (?, ?)",
+                [(t, asset.id) for t in asset.tags],
+            )
         _leases.create(c, asset)
     except sqlite3.IntegrityError as exc:
         if "key_slot" in str(exc):
