@@ -67,11 +67,11 @@ async def test_a_batch_of_writes_keeps_every_cell_as_a_recount(store: SqliteStor
 async def test_a_write_rolled_back_after_its_accounting_leaves_no_trace_in_it(
     store: SqliteStore,
 ) -> None:
-    """A write that raises once it has accounted for its record (its savepoint is rolled
-    back) must take its deltas with it; the batch's other writes still count."""
+    """A write that raises once it has taken a revision and accounted for its record (its
+    savepoint is rolled back) must take both with it; the batch's other writes still count."""
 
     def fails_late(c: sqlite3.Connection) -> tuple[Asset, Change]:
-        _writes.insert(c, pending_record(task="t", tags=("a",)), False, store._accounting)
+        _writes.insert(c, pending_record(task="t", tags=("a",)), False, store._group)
         raise Conflict("refused after accounting")
 
     promise = await store.insert(pending_record(task="t"))
@@ -88,6 +88,14 @@ async def test_a_write_rolled_back_after_its_accounting_leaves_no_trace_in_it(
     assert isinstance(results[1], Conflict)
     assert isinstance(results[0], Asset) and isinstance(results[2], Asset)
     assert await kept(store) == await recounted(store)
+    # Its revision went back too: the batch's writes follow on without a gap, and the
+    # counter the batch wrote says where the next one starts.
+    assert [results[0].revision, results[2].revision] == [
+        promise.revision + 1,
+        promise.revision + 2,
+    ]
+    assert await store.current_revision() == promise.revision + 2
+    assert (await store.insert(pending_record())).revision == promise.revision + 3
     cells = await store.usage(UsageGroup.TASK.value, ["t"], 10)
     assert cells.cells[(UsageGroup.TASK.value, "t", Status.PENDING.value)] == (1, 0)
 

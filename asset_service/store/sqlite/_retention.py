@@ -12,8 +12,9 @@ from collections.abc import Iterable, Sequence
 from asset_service.domain.errors import NotFound, ResourceExhausted
 from asset_service.domain.models import Asset, Hold, HoldKind, Status
 from asset_service.domain.retention._ports import TASK_OWNER
-from asset_service.domain.usage import ALL, TOTAL, Cell, Deltas, UsageCells, UsageGroup, deltas
+from asset_service.domain.usage import ALL, TOTAL, UsageCells, UsageGroup, deltas
 from asset_service.store._retention import first_keys, usage_keys
+from asset_service.store.sqlite._group import GroupState, write_cells
 from asset_service.store.sqlite._schema import (
     RECORD_SLIM_COLUMNS,
     from_ms,
@@ -65,93 +66,21 @@ def _held(asset: Asset, holds: tuple[Hold, ...]) -> Asset:
 # --- kept by record writes (writer thread, the caller's transaction) -------------------
 
 
-_UPSERT = (
-    "INSERT INTO usage (grp, key, status, count, bytes) VALUES (?, ?, ?, ?, ?) "
-    "ON CONFLICT (grp, key, status) DO UPDATE SET count = count + excluded.count, "
-    "bytes = bytes + excluded.bytes"
-)
-_DROP_EMPTY = (
-    "DELETE FROM usage WHERE grp = ? AND key = ? AND status = ? AND count = 0 AND bytes = 0"
-)
-
-
-def _add(into: Deltas, moved: Deltas) -> None:
-    for cell, (count, size) in moved.items():
-        was = into.get(cell)
-        into[cell] = (count, size) if was is None else (was[0] + count, was[1] + size)
-
-
-def _write(c: sqlite3.Connection, moved: Deltas) -> None:
-    moved = {cell: change for cell, change in moved.items() if change != (0, 0)}
-    if not moved:
-        return
-    c.executemany(_UPSERT, [(*cell, count, size) for cell, (count, size) in moved.items()])
-    # Only a cell that went down can have reached zero: a new record (every cell up) skips
-    # this statement, half of what accounting costs its insert on the writer thread.
-    emptied = [cell for cell, (count, size) in moved.items() if count < 0 or size < 0]
-    if emptied:
-        c.executemany(_DROP_EMPTY, emptied)
-
-
-class Accounting:
-    """The accounting deltas of one group transaction's writes (_writer.py), written to
-    the `usage` cells once per cell, just before its COMMIT.
-
-    Why: each record write moves six cells or more (all, type, task, tags; each with its
-    status and total), and 64 promises of one task move the same six: one upsert of each
-    per batch instead of one per write was a third of the writer's time per insert
-    (bench/README.md). Only a write that succeeded counts: a write's deltas wait apart
-    (`_job`) until its savepoint is released (`job_done(True)`), and are dropped with it
-    (`job_done(False)`); a batch rolled back as a whole drops them all (`discard`). A read
-    of a cell on the writer connection inside the batch adds what is still pending
-    (`count`).
-    """
-
-    def __init__(self) -> None:
-        self._batch: Deltas = {}  # the released writes' deltas, not yet written
-        self._job: Deltas = {}  # the running write's
-
-    def add(self, before: Asset | None, after: Asset | None) -> None:
-        _add(self._job, deltas(before, after))
-
-    def count(self, c: sqlite3.Connection, cell: Cell) -> int:
-        """The cell's count as this transaction has it, pending deltas included."""
-        row = c.execute(
-            "SELECT count FROM usage WHERE grp = ? AND key = ? AND status = ?", cell
-        ).fetchone()
-        stored = int(row["count"]) if row is not None else 0
-        return stored + self._batch.get(cell, (0, 0))[0] + self._job.get(cell, (0, 0))[0]
-
-    def job_done(self, ok: bool) -> None:
-        if ok and self._job:
-            _add(self._batch, self._job)
-        self._job = {}
-
-    def flush(self, c: sqlite3.Connection) -> None:
-        """Write the batch's deltas (before its COMMIT, outside any write's savepoint)."""
-        assert not self._job, "a write's accounting is still open"
-        moved, self._batch = self._batch, {}
-        _write(c, moved)
-
-    def discard(self) -> None:
-        self._batch, self._job = {}, {}
-
-
 def account(
     c: sqlite3.Connection,
     before: Asset | None,
     after: Asset | None,
-    batch: Accounting | None = None,
+    batch: GroupState | None = None,
 ) -> None:
     """Move the cells for a record going from `before` to `after`: at once (a write in a
     transaction of its own), or at `batch`'s flush (a write of a group transaction)."""
     if batch is not None:
-        batch.add(before, after)
+        batch.account(before, after)
     else:
-        _write(c, deltas(before, after))
+        write_cells(c, deltas(before, after))
 
 
-def settle_task(c: sqlite3.Connection, before: Asset, batch: Accounting | None = None) -> None:
+def settle_task(c: sqlite3.Connection, before: Asset, batch: GroupState | None = None) -> None:
     """After `before` (a PENDING promise) left PENDING or went: its task's holds go once
     the task has no PENDING promise left (its accounting cell says, in this transaction)."""
     task = before.created_by_task
@@ -168,7 +97,7 @@ def settle_task(c: sqlite3.Connection, before: Asset, batch: Accounting | None =
     c.execute("DELETE FROM holds WHERE owner = ?", (owner,))
 
 
-def _pending_count(c: sqlite3.Connection, task: str, batch: Accounting | None) -> int:
+def _pending_count(c: sqlite3.Connection, task: str, batch: GroupState | None) -> int:
     """How many PENDING promises `task` has, as this transaction has it."""
     cell = (UsageGroup.TASK.value, task, Status.PENDING.value)
     if batch is not None:
@@ -248,7 +177,7 @@ def hold_inputs(
     task_id: str,
     asset_ids: Sequence[str],
     hold: Hold,
-    batch: Accounting | None = None,
+    batch: GroupState | None = None,
 ) -> list[str]:
     if _pending_count(c, task_id, batch) <= 0:
         return []

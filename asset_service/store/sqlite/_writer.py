@@ -60,10 +60,10 @@ class SharedWrites:
 
 
 class BatchState(Protocol):
-    """What a group transaction's writes keep in memory until its COMMIT (the accounting,
-    _retention.Accounting): kept for a write whose savepoint is released, dropped for one
-    rolled back, written by `flush` before COMMIT, dropped whole by `discard` when the
-    transaction is rolled back."""
+    """What a group transaction's writes keep in memory until its COMMIT (revisions and
+    accounting, _group.GroupState): kept for a write whose savepoint is released, dropped
+    for one rolled back, written by `flush` before COMMIT, dropped whole by `discard` when
+    the transaction is rolled back."""
 
     def job_done(self, ok: bool) -> None: ...
 

@@ -24,6 +24,7 @@ from asset_service.domain.models import (
 from asset_service.store._fields import lease_condition, rule_expiry, transition_fields
 from asset_service.store._retention import check_removal
 from asset_service.store.sqlite import _leases, _references, _retention, _shared, _tombstones
+from asset_service.store.sqlite._group import GroupState
 from asset_service.store.sqlite._schema import (
     COLUMN_COUNT,
     COLUMNS,
@@ -40,7 +41,10 @@ _MARKS = ", ".join("?" * (COLUMN_COUNT + 1))
 _INSERT = f"INSERT INTO assets ({COLUMNS}, key_slot) VALUES ({_MARKS})"
 
 
-def next_revision(conn: sqlite3.Connection) -> int:
+def next_revision(conn: sqlite3.Connection, batch: GroupState | None = None) -> int:
+    """The next revision: from the group transaction's count (`batch`), or the counter's."""
+    if batch is not None:
+        return batch.next_revision(conn)
     row = conn.execute(
         "UPDATE counters SET value = value + 1 WHERE name = 'revision' RETURNING value"
     ).fetchone()
@@ -51,12 +55,12 @@ def insert(
     c: sqlite3.Connection,
     asset: Asset,
     shared: bool = False,
-    batch: _retention.Accounting | None = None,
+    batch: GroupState | None = None,
 ) -> tuple[Asset, Change]:
     if shared:
         _references.require_shared(c, asset.storage_path)
     try:
-        rev = next_revision(c)
+        rev = next_revision(c, batch)
         # key_slot holds the key (unique index assets_key_slot)
         c.execute(_INSERT, (*asset_row(asset, rev), asset.key or None))
         if asset.tags:
@@ -88,7 +92,7 @@ def transition(
     change: Transition,
     now: datetime,
     shared: bool = False,
-    batch: _retention.Accounting | None = None,
+    batch: GroupState | None = None,
 ) -> Callable[[sqlite3.Connection], tuple[Asset, Change]]:
     """The conditional change of one record, as a step for the writer thread."""
     sets = transition_fields(
@@ -119,7 +123,7 @@ def transition(
         last_end = _leases.check_and_end(c, asset_id, test, to_ms(now), leaves_pending)
         if last_end is not None:
             fields["lease_expires_ms"] = last_end  # the record keeps the lease's last end
-        rev = next_revision(c)
+        rev = next_revision(c, batch)
         assignments = ", ".join(f"{k} = ?" for k in fields)
         row = c.execute(
             f"UPDATE assets SET {assignments}, revision = ? WHERE id = ? RETURNING {COLUMNS}",
