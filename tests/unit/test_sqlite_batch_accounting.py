@@ -202,3 +202,24 @@ async def test_a_batch_that_fails_midway_counts_each_write_once_when_retried(
     await asyncio.gather(*tasks)
     assert store.transactions - before == 1 + len(tasks)  # the batch, then each write alone
     assert await kept(store) == await recounted(store)
+
+
+async def test_a_write_alone_that_fails_after_its_accounting_leaves_no_trace(
+    store: SqliteStore,
+) -> None:
+    """A write alone in its transaction runs without a savepoint: its failure rolls the
+    transaction back, revision and accounting included."""
+
+    def fails_late(c: sqlite3.Connection) -> tuple[Asset, Change]:
+        _writes.insert(c, pending_record(task="t", tags=("a",)), False, store._group)
+        raise Conflict("refused after accounting")
+
+    first = await store.insert(pending_record(task="t"))
+    before = store.transactions
+    with pytest.raises(Conflict):
+        await writer(store).submit(fails_late)
+    assert store.transactions - before == 1
+    assert await store.current_revision() == first.revision
+    assert await kept(store) == await recounted(store)
+    assert (await store.insert(pending_record(task="t"))).revision == first.revision + 1
+    assert await kept(store) == await recounted(store)
