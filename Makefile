@@ -43,8 +43,11 @@ run: $(RUN_STAMP)
 	$(VENV)/bin/asset-service --import-root "$(CURDIR)/incoming" $(ARGS)
 
 ## test: every test (unit, contract, end to end, grpcurl, buf lint, stubs up to date, lint)
+## in TEST_WORKERS pytest processes (2: the suite waits on servers about half its time;
+## more add contention the time-bounded end-to-end tests were not sized for)
+TEST_WORKERS ?= 2
 test: install ferretdb minio lazyfs grpcurl
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 ## soak: a long crash loop (300 SIGKILLs under mixed load, each followed by an audit), then
 ## load with stalled clients while RSS is watched; exits 1 on any violation

@@ -14,7 +14,7 @@ from asset_service._proto.asset.v1 import asset_service_pb2_grpc as pb_grpc
 from asset_service.api import convert, transfers
 from asset_service.api.handlers import Ctx, answer_within, streaming, unary
 from asset_service.api.inflight import InFlight
-from asset_service.api.stalls import StallGuard
+from asset_service.api.stalls import StallGuard, client_left
 from asset_service.api.wire import UploadMessage
 from asset_service.config import Settings
 from asset_service.domain.errors import (
@@ -286,7 +286,7 @@ class AssetServicer(pb_grpc.AssetServiceServicer):
                         # The client went away while an event was on its way (a cancelled
                         # or closed channel): nothing to report, and no one to report it to.
                         log.debug("WatchAsset client left after revision %d", sent)
-                        return
+                        raise client_left() from None
                     recorder.watch_sent(event)
                     sent = max(sent, event.revision)
         return

@@ -13,6 +13,18 @@ import grpc
 MAX_CHECK_INTERVAL = 5.0
 
 
+def client_left() -> asyncio.CancelledError:
+    """What a stream raises when its write failed because the client is gone.
+
+    grpc learns that the call was closed a moment after the failed write (its close
+    notification is another callback on the loop). A handler that returned normally in
+    between made grpc send its final status into the dead call, which core refuses
+    (GRPC_CALL_ERROR_TOO_MANY_OPERATIONS) and grpc logged as an ERROR with a traceback.
+    Ending as a call the client cancelled ends it the way grpc expects for that.
+    """
+    return asyncio.CancelledError("the client left while a message was being written")
+
+
 class Writer:
     """One stream's write in progress: when it began (loop time), or None between writes."""
 

@@ -12,7 +12,7 @@ import grpc
 
 from asset_service.api import convert, wire
 from asset_service.api.handlers import Ctx
-from asset_service.api.stalls import StallGuard
+from asset_service.api.stalls import StallGuard, client_left
 from asset_service.api.wire import UploadMessage
 from asset_service.domain.errors import InvalidArgument, Timeout, Unavailable
 from asset_service.domain.models import UploadHeader
@@ -103,6 +103,6 @@ async def send_read(
                     await writer.write(context, wire.read_response(chunk, offset))
                 except grpc.aio.InternalError:
                     log.debug("ReadAsset client left at offset %d", offset)
-                    return
+                    raise client_left() from None
                 recorder.read_sent(len(chunk))
                 offset += len(chunk)

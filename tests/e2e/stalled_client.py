@@ -19,7 +19,10 @@ from asset_service.api.wire import MAX_MESSAGE_BYTES
 
 async def main(args: argparse.Namespace) -> None:
     metadata = (("authorization", f"Bearer {args.token}"),) if args.token else None
-    options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
+    # Fixed flow-control windows (no BDP probing): what the transport takes in without the
+    # application reading stays small, so every stream's server write blocks early and the
+    # same way on every run.
+    options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES), ("grpc.http2.bdp_probe", 0)]
     async with grpc.aio.insecure_channel(args.address, options=options) as channel:
         stub = pb_grpc.AssetServiceStub(channel)
         calls: list[Any] = [

@@ -90,7 +90,7 @@ func Start(opts Options) (*Server, error) {
 		"--storage-root", filepath.Join(dir, "data"),
 		"--database-url", "sqlite:///" + filepath.Join(dir, "assets.db"),
 		"--import-root", s.ImportRoot,
-		"--shutdown-grace", "2",
+		"--shutdown-grace", "0.5", // a watch open at SIGTERM is ended after this
 		"--lease-check-interval", "0.2", // a lease's expiry is seen within 0.2 s
 	}
 	if opts.Tokens {
