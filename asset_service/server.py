@@ -22,7 +22,7 @@ from asset_service._proto.asset.v1 import asset_service_pb2 as pb
 from asset_service.api import reflection, wire
 from asset_service.api.inflight import InFlight
 from asset_service.api.interceptor import security_interceptor
-from asset_service.api.registration import SERVICE_NAME, add_asset_service
+from asset_service.api.registration import SERVICE_NAME, GenericOnly, add_asset_service
 from asset_service.api.servicer import AssetServicer
 from asset_service.config import Settings
 from asset_service.domain.errors import AssetError, InvalidArgument
@@ -269,7 +269,10 @@ async def start(
         options=options,
         interceptors=[*chain, *([] if anonymous is not None else [interceptor])],
     )
-    registry: Any = server if observer is None else observer.registering(server)
+    # Services are added as generic handlers only (GenericOnly says why).
+    registry: Any = GenericOnly(server)
+    if observer is not None:
+        registry = observer.registering(registry)
     servicer = AssetServicer(
         manager,
         max_concurrent_uploads=settings.max_concurrent_uploads,

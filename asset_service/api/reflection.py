@@ -162,6 +162,5 @@ def enable_server_reflection(
         )
     }
     for name in SERVICE_NAMES:
+        # Generic only, as every service of this server (api/registration.GenericOnly).
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
-        # As the generated code does (grpc-stubs does not know this method yet).
-        server.add_registered_method_handlers(name, handlers)  # type: ignore[attr-defined]

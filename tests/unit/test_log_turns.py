@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import time
 
 import pytest
 
@@ -71,3 +72,27 @@ async def test_a_flush_writes_what_is_held(out: Writes) -> None:
     log.info("before exit")
     logging.getLogger().handlers[0].flush()  # what logging.shutdown and the hard stop do
     assert out.getvalue().endswith("before exit\n")
+
+
+def test_a_seconds_time_is_formatted_once_and_as_logging_would(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The text format's time of day: the same text as logging.Formatter's, strftime once
+    per second however many lines are logged in it (it was a fifth of an access line)."""
+    calls: list[str] = []
+    strftime = time.strftime
+
+    def counted(fmt: str, *args: object) -> str:
+        calls.append(fmt)
+        return strftime(fmt, *args)  # type: ignore[arg-type]
+
+    ours, theirs = logs.TextFormatter(logs.TEXT_FORMAT), logging.Formatter(logs.TEXT_FORMAT)
+    records = []
+    for created in (1_700_000_000.001, 1_700_000_000.5, 1_700_000_000.999, 1_700_000_001.25):
+        record = logging.LogRecord("x", logging.INFO, __file__, 1, "line %d", (1,), None)
+        record.created, record.msecs = created, (created - int(created)) * 1000
+        records.append(record)
+    expected = [theirs.format(r) for r in records]
+    monkeypatch.setattr(time, "strftime", counted)
+    assert [ours.format(r) for r in records] == expected
+    assert len(calls) == 2, "one second, then the next"
