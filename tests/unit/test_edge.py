@@ -5,7 +5,6 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import AsyncIterator
-from types import SimpleNamespace
 from typing import Any, NoReturn
 
 import grpc
@@ -14,11 +13,10 @@ from asset_client import _channel
 
 from asset_service._proto.asset.v1 import asset_service_pb2 as pb
 from asset_service.api import wire
-from asset_service.api.registration import SERVICE_NAME, add_asset_service
+from asset_service.api.registration import add_asset_service
 from asset_service.api.servicer import AssetServicer, streaming, unary
 from asset_service.server import SERVER_OPTIONS
-
-METHODS = sorted(pb.DESCRIPTOR.services_by_name["AssetService"].methods_by_name)
+from tests.unit.served import METHODS, Served
 
 
 async def _unary_shape(self: Any, request: Any, context: Any) -> Any:
@@ -98,24 +96,10 @@ async def test_an_unexpected_failure_in_any_method_ends_as_internal(
     assert servicer.in_flight.count == 0
 
 
-class _Generic:
-    """Stands in for the server: the handler its generic handlers give each method."""
-
-    def __init__(self) -> None:
-        self.handlers: dict[str, Any] = {}
-
-    def add_generic_rpc_handlers(self, generic: Any) -> None:
-        for name in METHODS:
-            details = SimpleNamespace(method=f"/{SERVICE_NAME}/{name}", invocation_metadata=())
-            found = [h for h in (g.service(details) for g in generic) if h is not None]
-            if found:
-                self.handlers[name] = found[0]
-
-
 def test_watch_and_read_are_registered_with_the_pass_through_serializer() -> None:
     """One change fanned out to many watchers is serialized once: WatchAsset's handler must
     send the shared bytes as they are (wire.response_bytes), not re-serialize messages."""
-    server = _Generic()
+    server = Served()
     add_asset_service(AssetServicer(manager=None), server)
     assert sorted(server.handlers) == METHODS
     watch = server.handlers["WatchAsset"]

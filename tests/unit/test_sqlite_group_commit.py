@@ -227,10 +227,10 @@ async def test_a_write_cancelled_once_under_way_still_commits_and_is_published(
     release = threading.Event()
     real = _writes.next_revision
 
-    def slow_revision(c: sqlite3.Connection) -> int:
+    def slow_revision(c: sqlite3.Connection, *rest: Any) -> int:
         started.set()
         assert release.wait(10)
-        return real(c)
+        return real(c, *rest)
 
     monkeypatch.setattr(_writes, "next_revision", slow_revision)
     task = asyncio.create_task(store.insert(asset))

@@ -12,10 +12,11 @@ from hypothesis import strategies as st
 from asset_service._proto.asset.v1 import asset_service_pb2 as pb
 from asset_service.api import wire
 from asset_service.api.interceptor import security_interceptor
-from asset_service.api.registration import _Collected, add_asset_service
+from asset_service.api.registration import add_asset_service
 from asset_service.api.servicer import AssetServicer
 from asset_service.config import load_settings
 from asset_service.security.setup import Security
+from tests.unit.served import Served
 
 
 def _same_as_parser(raw: bytes) -> None:
@@ -117,7 +118,7 @@ def test_the_server_registers_the_view_decoder_for_uploads(
     if open_server:
         security = Security(load_settings(["--storage-root", str(tmp_path)], {}))
         anonymous = security_interceptor(security, None)  # type: ignore[arg-type]
-    server = _Collected()
+    server = Served()
     add_asset_service(AssetServicer(manager=None), server, anonymous)  # type: ignore[arg-type]
     upload = server.handlers["UploadAsset"]
     assert upload.request_deserializer is wire.upload_request

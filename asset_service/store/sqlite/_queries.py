@@ -85,6 +85,8 @@ def page_statement(flt: AssetFilter, page_token: str) -> tuple[str, list[object]
         if value:  # unset ("" or None): any
             where.append(f"{column} = ?")
             args.append(value)
+    if flt.sha256:
+        where.append("sha256 != ''")  # what lets the planner use assets_sha256 (partial)
     for tag in flt.tags:
         where.append("id IN (SELECT asset_id FROM asset_tags WHERE tag = ?)")
         args.append(tag)

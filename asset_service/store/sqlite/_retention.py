@@ -14,6 +14,7 @@ from asset_service.domain.models import Asset, Hold, HoldKind, Status
 from asset_service.domain.retention._ports import TASK_OWNER
 from asset_service.domain.usage import ALL, TOTAL, UsageCells, UsageGroup, deltas
 from asset_service.store._retention import first_keys, usage_keys
+from asset_service.store.sqlite._group import GroupState, write_cells
 from asset_service.store.sqlite._schema import (
     RECORD_SLIM_COLUMNS,
     from_ms,
@@ -65,38 +66,27 @@ def _held(asset: Asset, holds: tuple[Hold, ...]) -> Asset:
 # --- kept by record writes (writer thread, the caller's transaction) -------------------
 
 
-def account(c: sqlite3.Connection, before: Asset | None, after: Asset | None) -> None:
-    moved = deltas(before, after)
-    if not moved:
-        return
-    c.executemany(
-        "INSERT INTO usage (grp, key, status, count, bytes) VALUES (?, ?, ?, ?, ?) "
-        "ON CONFLICT (grp, key, status) DO UPDATE SET count = count + excluded.count, "
-        "bytes = bytes + excluded.bytes",
-        [(*cell, count, size) for cell, (count, size) in moved.items()],
-    )
-    # Only a cell that went down can have reached zero: a new record (every cell up) skips
-    # this statement, half of what accounting costs its insert on the writer thread.
-    emptied = [cell for cell, (count, size) in moved.items() if count < 0 or size < 0]
-    if emptied:
-        c.executemany(
-            "DELETE FROM usage WHERE grp = ? AND key = ? AND status = ? "
-            "AND count = 0 AND bytes = 0",
-            emptied,
-        )
+def account(
+    c: sqlite3.Connection,
+    before: Asset | None,
+    after: Asset | None,
+    batch: GroupState | None = None,
+) -> None:
+    """Move the cells for a record going from `before` to `after`: at once (a write in a
+    transaction of its own), or at `batch`'s flush (a write of a group transaction)."""
+    if batch is not None:
+        batch.account(before, after)
+    else:
+        write_cells(c, deltas(before, after))
 
 
-def settle_task(c: sqlite3.Connection, before: Asset) -> None:
+def settle_task(c: sqlite3.Connection, before: Asset, batch: GroupState | None = None) -> None:
     """After `before` (a PENDING promise) left PENDING or went: its task's holds go once
     the task has no PENDING promise left (its accounting cell says, in this transaction)."""
     task = before.created_by_task
     if before.status is not Status.PENDING or not task:
         return
-    left = c.execute(
-        "SELECT count FROM usage WHERE grp = ? AND key = ? AND status = ?",
-        (UsageGroup.TASK.value, task, Status.PENDING.value),
-    ).fetchone()
-    if left is not None and left["count"] > 0:
+    if _pending_count(c, task, batch) > 0:
         return
     owner = TASK_OWNER + task
     c.execute(
@@ -105,6 +95,17 @@ def settle_task(c: sqlite3.Connection, before: Asset) -> None:
         (owner,),
     )
     c.execute("DELETE FROM holds WHERE owner = ?", (owner,))
+
+
+def _pending_count(c: sqlite3.Connection, task: str, batch: GroupState | None) -> int:
+    """How many PENDING promises `task` has, as this transaction has it."""
+    cell = (UsageGroup.TASK.value, task, Status.PENDING.value)
+    if batch is not None:
+        return batch.count(c, cell)
+    row = c.execute(
+        "SELECT count FROM usage WHERE grp = ? AND key = ? AND status = ?", cell
+    ).fetchone()
+    return int(row["count"]) if row is not None else 0
 
 
 def current(c: sqlite3.Connection, asset_id: str) -> Asset | None:
@@ -172,13 +173,13 @@ def release(c: sqlite3.Connection, asset_id: str, owner: str) -> tuple[Asset, bo
 
 
 def hold_inputs(
-    c: sqlite3.Connection, task_id: str, asset_ids: Sequence[str], hold: Hold
+    c: sqlite3.Connection,
+    task_id: str,
+    asset_ids: Sequence[str],
+    hold: Hold,
+    batch: GroupState | None = None,
 ) -> list[str]:
-    pending = c.execute(
-        "SELECT count FROM usage WHERE grp = ? AND key = ? AND status = ?",
-        (UsageGroup.TASK.value, task_id, Status.PENDING.value),
-    ).fetchone()
-    if pending is None or pending["count"] <= 0:
+    if _pending_count(c, task_id, batch) <= 0:
         return []
     held = []
     for asset_id in dict.fromkeys(asset_ids):

@@ -39,6 +39,7 @@ from asset_service.store.sqlite import (
     _writes,
 )
 from asset_service.store.sqlite._files import claim
+from asset_service.store.sqlite._group import GroupState
 from asset_service.store.sqlite._open import JOURNAL_SIZE_LIMIT, connect
 from asset_service.store.sqlite._readers import Later, Readers
 from asset_service.store.sqlite._room import Room, is_full
@@ -90,6 +91,8 @@ class SqliteStore:
         self.reserve = self.room.reserve
         self._readers = Readers(path)
         self._writer: GroupWriter | None = None
+        # What the group transaction under way keeps until its COMMIT (writer thread only).
+        self._group = GroupState()
         self._changes: asyncio.Queue[Change | Resync] = asyncio.Queue()
         self._lock_fd: int | None = None
         self._seen = 0  # shared: the revision the feed follows from
@@ -168,6 +171,7 @@ class SqliteStore:
             publish=self._publish,
             admit=self.room.admit,
             shared=self._shared.writes() if self._shared is not None else None,
+            state=self._group,
         )
         self._writer.on_batch = self.on_group_commit
         if self._shared is not None:
@@ -308,7 +312,7 @@ class SqliteStore:
         # Runs in a group transaction, in its own savepoint (_writer.py).
         cost = len(asset.value.data) if asset.value else 0
         result: Asset = await self._open_writer().submit(
-            lambda c: _writes.insert(c, asset, shared), cost
+            lambda c: _writes.insert(c, asset, shared, self._group), cost
         )
         return result
 
@@ -331,7 +335,7 @@ class SqliteStore:
         shared: bool = False,
     ) -> Asset:
         # Runs in a group transaction, in its own savepoint, on the one writer thread.
-        w = _writes.transition(asset_id, expected, change, now, shared)
+        w = _writes.transition(asset_id, expected, change, now, shared, self._group)
         value = change.value if isinstance(change, Fulfillment) else None
         result: Asset = await self._open_writer().submit(w, len(value.data) if value else 0)
         return result
@@ -391,7 +395,7 @@ class SqliteStore:
 
     async def hold_inputs(self, task_id: str, asset_ids: Sequence[str], hold: Hold) -> list[str]:
         def w(c: sqlite3.Connection) -> tuple[list[str], None]:
-            return _retention.hold_inputs(c, task_id, asset_ids, hold), None
+            return _retention.hold_inputs(c, task_id, asset_ids, hold, self._group), None
 
         result: list[str] = await self._open_writer().submit(w)
         return result

@@ -4,9 +4,10 @@ Why: with `synchronous=FULL` every COMMIT is an fsync of the WAL (milliseconds o
 disk), and a transaction per write capped the store at one fsync per write whatever the
 concurrency. Here callers queue their writes; one thread takes up to MAX_BATCH_WRITES of
 them (or MAX_BATCH_BYTES of values) and runs them in ONE transaction, each in its own
-SAVEPOINT (so a write whose condition fails is rolled back alone, revision included), then
-commits once. Every caller is answered after that COMMIT: durable on acknowledgement.
-While one batch commits, the next one queues, so the batch grows with the load.
+SAVEPOINT (so a write whose condition fails is rolled back alone, revision included; a
+write alone in its batch needs none), then commits once. Every caller is answered after
+that COMMIT: durable on acknowledgement. While one batch commits, the next one queues, so
+the batch grows with the load.
 
 Solo jobs (deletes, which may need the disk-full reserve; pings) run alone, in queue order.
 Before each batch, `admit` may refuse it (then its writes are admitted one by one): while
@@ -27,7 +28,7 @@ from collections import deque
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from asset_service.domain.errors import AssetError, Unavailable
 from asset_service.domain.models import Change
@@ -57,6 +58,30 @@ class SharedWrites:
     held: Callable[[], AbstractContextManager[None]]
     log: Callable[[sqlite3.Connection, Change], None]
     committed: Callable[[], None]
+
+
+class BatchState(Protocol):
+    """What a group transaction's writes keep in memory until its COMMIT (revisions and
+    accounting, _group.GroupState): kept for a write whose savepoint is released, dropped
+    for one rolled back, written by `flush` before COMMIT, dropped whole by `discard` when
+    the transaction is rolled back."""
+
+    def job_done(self, ok: bool) -> None: ...
+
+    def flush(self, c: sqlite3.Connection) -> None: ...
+
+    def discard(self) -> None: ...
+
+
+class _NoState:
+    def job_done(self, ok: bool) -> None:
+        pass
+
+    def flush(self, c: sqlite3.Connection) -> None:
+        pass
+
+    def discard(self) -> None:
+        pass
 
 
 @dataclass
@@ -104,8 +129,10 @@ class GroupWriter:
         max_writes: int = MAX_BATCH_WRITES,
         max_bytes: int = MAX_BATCH_BYTES,
         shared: SharedWrites | None = None,
+        state: BatchState | None = None,
     ) -> None:
         self.conn = conn
+        self._state: BatchState = state if state is not None else _NoState()
         self._shared = shared
         self._loop = loop
         self._translate = translate
@@ -186,6 +213,7 @@ class GroupWriter:
                         self._shared.committed()
                 except BaseException as exc:  # a bug: never leave a caller waiting
                     log.exception("sqlite writer failed")
+                    self._state.discard()
                     if self.conn.in_transaction:  # or every later BEGIN would fail too
                         with contextlib.suppress(sqlite3.Error):
                             self.conn.execute("ROLLBACK")
@@ -228,23 +256,36 @@ class GroupWriter:
         outcomes: list[_Outcome] = []
         try:
             c.execute("BEGIN IMMEDIATE")
+            # A write alone needs no savepoint: its transaction is rolled back instead (two
+            # statements fewer, each a round trip through SQLite and the GIL).
+            alone = len(jobs) == 1
             for job in jobs:
-                c.execute("SAVEPOINT w")
+                if not alone:
+                    c.execute("SAVEPOINT w")
                 try:
                     result, change = job.fn(c)
                 except sqlite3.Error:
                     raise  # the transaction itself may be gone: the whole batch retries
                 except Exception as exc:
+                    self._state.job_done(False)
+                    if alone:
+                        c.execute("ROLLBACK")
+                        self._state.discard()
+                        return [_Outcome(error=exc)]
                     c.execute("ROLLBACK TO w")
                     c.execute("RELEASE w")
                     outcomes.append(_Outcome(error=exc))
                     continue
                 if change is not None and self._shared is not None:
                     self._shared.log(c, change)
-                c.execute("RELEASE w")
+                if not alone:
+                    c.execute("RELEASE w")
+                self._state.job_done(True)
                 outcomes.append(_Outcome(result, change=change))
+            self._state.flush(c)
             self.commit(c)
         except sqlite3.Error as exc:
+            self._state.discard()
             # SQLite has already rolled back by itself after SQLITE_FULL, IOERR, NOMEM...:
             # a second ROLLBACK would fail ("no transaction is active") and hide the cause.
             if c.in_transaction:

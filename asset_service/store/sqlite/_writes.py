@@ -24,6 +24,7 @@ from asset_service.domain.models import (
 from asset_service.store._fields import lease_condition, rule_expiry, transition_fields
 from asset_service.store._retention import check_removal
 from asset_service.store.sqlite import _leases, _references, _retention, _shared, _tombstones
+from asset_service.store.sqlite._group import GroupState
 from asset_service.store.sqlite._schema import (
     COLUMN_COUNT,
     COLUMNS,
@@ -36,36 +37,44 @@ from asset_service.store.sqlite._schema import (
     transaction,
 )
 
+_MARKS = ", ".join("?" * (COLUMN_COUNT + 1))
+_INSERT = f"INSERT INTO assets ({COLUMNS}, key_slot) VALUES ({_MARKS})"
 
-def next_revision(conn: sqlite3.Connection) -> int:
+
+def next_revision(conn: sqlite3.Connection, batch: GroupState | None = None) -> int:
+    """The next revision: from the group transaction's count (`batch`), or the counter's."""
+    if batch is not None:
+        return batch.next_revision(conn)
     row = conn.execute(
         "UPDATE counters SET value = value + 1 WHERE name = 'revision' RETURNING value"
     ).fetchone()
     return int(row[0])
 
 
-def insert(c: sqlite3.Connection, asset: Asset, shared: bool = False) -> tuple[Asset, Change]:
+def insert(
+    c: sqlite3.Connection,
+    asset: Asset,
+    shared: bool = False,
+    batch: GroupState | None = None,
+) -> tuple[Asset, Change]:
     if shared:
         _references.require_shared(c, asset.storage_path)
     try:
-        rev = next_revision(c)
-        c.execute(
-            f"INSERT INTO assets ({COLUMNS}, key_slot) "
-            f"VALUES ({', '.join('?' * (COLUMN_COUNT + 1))})",
-            # key_slot holds the key (unique index assets_key_slot)
-            (*asset_row(asset, rev), asset.key or None),
-        )
-        c.executemany(
-            "INSERT INTO asset_tags (tag, asset_id) VALUES (?, ?)",
-            [(t, asset.id) for t in asset.tags],
-        )
+        rev = next_revision(c, batch)
+        # key_slot holds the key (unique index assets_key_slot)
+        c.execute(_INSERT, (*asset_row(asset, rev), asset.key or None))
+        if asset.tags:
+            c.executemany(
+                "INSERT INTO asset_tags (tag, asset_id) VALUES (?, ?)",
+                [(t, asset.id) for t in asset.tags],
+            )
         _leases.create(c, asset)
     except sqlite3.IntegrityError as exc:
         if "key_slot" in str(exc):
             raise KeyTaken(asset.key) from None
         raise Conflict(f"asset {asset.id} already exists") from None
     stored = Asset(**{**asset.__dict__, "revision": rev, "holds": ()})
-    _retention.account(c, None, stored)
+    _retention.account(c, None, stored, batch)
     return stored, Change(ChangeKind.PUT, stored)
 
 
@@ -78,7 +87,12 @@ def release_key(c: sqlite3.Connection, asset_id: str, key: str) -> tuple[bool, N
 
 
 def transition(
-    asset_id: str, expected: Status, change: Transition, now: datetime, shared: bool = False
+    asset_id: str,
+    expected: Status,
+    change: Transition,
+    now: datetime,
+    shared: bool = False,
+    batch: GroupState | None = None,
 ) -> Callable[[sqlite3.Connection], tuple[Asset, Change]]:
     """The conditional change of one record, as a step for the writer thread."""
     sets = transition_fields(
@@ -109,16 +123,16 @@ def transition(
         last_end = _leases.check_and_end(c, asset_id, test, to_ms(now), leaves_pending)
         if last_end is not None:
             fields["lease_expires_ms"] = last_end  # the record keeps the lease's last end
-        rev = next_revision(c)
+        rev = next_revision(c, batch)
         assignments = ", ".join(f"{k} = ?" for k in fields)
         row = c.execute(
             f"UPDATE assets SET {assignments}, revision = ? WHERE id = ? RETURNING {COLUMNS}",
             (*fields.values(), rev, asset_id),
         ).fetchone()
         updated = row_to_asset(row)
-        _retention.account(c, before, updated)
+        _retention.account(c, before, updated, batch)
         if leaves_pending:
-            _retention.settle_task(c, before)
+            _retention.settle_task(c, before, batch)
         return updated, Change(ChangeKind.PUT, updated)
 
     return w
