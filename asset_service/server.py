@@ -317,6 +317,7 @@ async def start(
 async def serve(settings: Settings, role: WorkerRole | None = None) -> None:
     allocator.keep_chunk_buffers()  # ReadAsset/UploadAsset: no page faults per chunk
     running = await start(settings, role=role)
+    allocator.settle_heap()  # a fan-out's writes in flight are not traversed again and again
     running.security.describe(running.port)
     # Before the line that says the server is up: a SIGTERM sent as soon as it is read
     # (an orchestrator, a test) then stops the server gracefully instead of killing it.

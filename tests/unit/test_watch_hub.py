@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 from asset_service.domain.models import Asset, AssetType, Change, ChangeKind, Resync, Status
-from asset_service.domain.watch import ChangeHub, change_cost
+from asset_service.domain.watch import ChangeHub, WatchStream, change_cost
 
 
 def change(asset_id: str, revision: int, status: Status = Status.PENDING) -> Change:
@@ -27,6 +27,28 @@ async def test_fan_out_only_to_subscribers_of_the_asset() -> None:
     assert hub.subscriber_count == 3
     for sub in (a, b, both):
         sub.close()
+    assert hub.subscriber_count == 0
+
+
+async def test_every_watcher_of_a_change_is_handed_the_same_event() -> None:
+    # One object for all: the servicer finds the event's wire bytes by identity, and a
+    # fan-out to thousands builds no event per watcher.
+    hub = ChangeHub()
+    first = change("a", 1)
+
+    async def nothing(ids: object) -> dict[str, Asset]:
+        return {}
+
+    streams = [
+        WatchStream(hub.subscribe(["a"]), nothing, nothing, {"a": first.asset}, 1, True).events()
+        for _ in range(2)
+    ]
+    hub.publish(change("a", 2))
+    events = [await asyncio.wait_for(anext(s), 5) for s in streams]
+    assert events[0] is events[1]
+    assert events[0].kind == "CHANGED" and events[0].revision == 2
+    for stream in streams:
+        await stream.aclose()
     assert hub.subscriber_count == 0
 
 

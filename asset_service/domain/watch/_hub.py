@@ -13,6 +13,8 @@ from asset_service.domain.models import (
     Asset,
     Change,
     Resync,
+    WatchEvent,
+    WatchEventKind,
     approx_bytes,
 )
 from asset_service.domain.reads import slim
@@ -49,7 +51,10 @@ class Subscription:
         self.budget_bytes = budget_bytes
         self._queue: collections.deque[tuple[Change, int]] = collections.deque()
         self._bytes = 0
-        self._wake = asyncio.Event()
+        # The reader waiting in next(), if any: a bare future rather than an asyncio.Event
+        # (its waiter list, loop lookup and clean-up cost as much again per wake-up, paid
+        # by every watcher of a change fanned out to thousands).
+        self._waiter: asyncio.Future[None] | None = None
         self.lagged = False
         self.closed = False
 
@@ -74,17 +79,22 @@ class Subscription:
             return
         self._queue.append((change, cost))
         self._bytes += cost
-        self._wake.set()
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def _lag(self) -> None:
         self.lagged = True
         self._queue.clear()
         self._bytes = 0
-        self._wake.set()
+        self._wake()
 
     def _end(self) -> None:
         self.closed = True
-        self._wake.set()
+        self._wake()
 
     def _pop(self) -> Change:
         change, cost = self._queue.popleft()
@@ -98,8 +108,8 @@ class Subscription:
                 return self._pop()
             if self.lagged or self.closed:
                 return None
-            self._wake.clear()
-            await self._wake.wait()
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
 
     def take_before(self, revision: int) -> Change | None:
         """The oldest buffered change if its revision is below `revision`, else None."""
@@ -140,6 +150,7 @@ class ChangeHub:
         self._advanced = asyncio.Event()
         self._closed = False
         self._slim: tuple[Asset, Asset] | None = None  # the last record slimmed, and its slim
+        self._changed: WatchEvent | None = None  # the last CHANGED event handed out
         self.feed_wait_seconds = FEED_WAIT_SECONDS
         # Told of every change as it is published (metrics: feed lag, watch lag).
         self.on_publish: Callable[[Change], None] | None = None
@@ -186,6 +197,14 @@ class ChangeHub:
         slimmed = slim(asset)
         self._slim = (asset, slimmed) if slimmed is not asset else None
         return slimmed
+
+    def changed(self, asset: Asset) -> WatchEvent:
+        """The CHANGED event of `asset`, one object for every subscriber of a change (the
+        servicer then finds its wire bytes by identity). Only the last one is kept."""
+        event = self._changed
+        if event is None or event.asset is not asset:
+            event = self._changed = WatchEvent(WatchEventKind.CHANGED, asset)
+        return event
 
     def _signal(self) -> None:
         self._advanced.set()

@@ -25,6 +25,11 @@ def _revision(asset: Asset) -> int:
     return asset.revision
 
 
+def _may_change(state: Asset | None) -> bool:
+    """Whether a watched asset's state is not its last: it exists and is not terminal."""
+    return state is not None and not state.status.terminal
+
+
 def _slimmed(asset: Asset) -> bool:
     """A state whose inline value was dropped: only AVAILABLE VALUE assets carry one."""
     return (
@@ -66,10 +71,17 @@ class WatchStream:
         # deleted. A change is new iff its revision is above that state's: the snapshot was
         # read after subscribing, so anything buffered but older is already in it.
         self._known: dict[str, Asset | None] = {i: slim(a) for i, a in snapshot.items()}
+        # How many of them may still change: kept as they change, so that telling whether
+        # the stream is finished (after every event) does not read every id again.
+        self._open = sum(_may_change(a) for a in self._known.values())
         self.catch_ups = 0
 
     def _finished(self) -> bool:
-        return all(a is None or a.status.terminal for a in self._known.values())
+        return self._open == 0
+
+    def _know(self, asset_id: str, state: Asset | None) -> None:
+        self._open += _may_change(state) - _may_change(self._known.get(asset_id))
+        self._known[asset_id] = state
 
     def _is_new(self, change: Change) -> bool:
         last = self._known.get(change.asset.id)
@@ -77,10 +89,11 @@ class WatchStream:
 
     def _sent(self, change: Change) -> WatchEvent:
         if change.kind is ChangeKind.DELETE:
-            self._known[change.asset.id] = None
+            self._know(change.asset.id, None)
             return WatchEvent(WatchEventKind.DELETED, change.asset)
-        self._known[change.asset.id] = self._sub.hub.slim(change.asset)
-        return WatchEvent(WatchEventKind.CHANGED, change.asset)
+        hub = self._sub.hub
+        self._know(change.asset.id, hub.slim(change.asset))
+        return hub.changed(change.asset)
 
     async def events(self) -> AsyncGenerator[WatchEvent, None]:
         sub = self._sub
@@ -118,7 +131,7 @@ class WatchStream:
                     if record is None:
                         # Deleted since the first read. Like a catch-up, the deletion goes
                         # out with the last revision read, so it never moves the cursor.
-                        self._known[asset.id] = None
+                        self._know(asset.id, None)
                         yield WatchEvent(WatchEventKind.DELETED, asset)
                         continue
                     asset = record
