@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import threading
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from asset_service.domain.errors import Unavailable
-from asset_service.domain.models import Asset, AssetType, Status, Value, ValueKind
+from asset_service.domain.models import Asset, AssetType, Failure, Status, Value, ValueKind
 from asset_service.store.sqlite import LOOP_READ_MAX_VALUE, SqliteStore
+from asset_service.store.sqlite._shared import Sharing
 from tests.records import pending_record
 
 
@@ -154,23 +157,43 @@ async def test_a_closed_store_refuses_the_loop_read(tmp_path: Path) -> None:
         await s.get(record.id)
 
 
-async def test_a_record_read_again_is_reread_once_anything_commits(store: SqliteStore) -> None:
+async def test_a_record_read_again_is_reread_once_its_writer_commits(store: SqliteStore) -> None:
+    """A store alone on its database (it holds the claim) is its only writer: its writer's
+    count of what it ran says when a record read before may have changed."""
     made = await store.insert(pending_record())
     first = await store.get(made.id)
     assert first is not None and await store.get(made.id) is first, "nothing committed since"
-    # Another connection (another worker of the server, say) commits behind the store's
-    # back: the next read on the loop must see it.
-    other = sqlite3.connect(store.path)
-    try:
-        with other:
-            other.execute("UPDATE assets SET label = 'renamed' WHERE id = ?", (made.id,))
-    finally:
-        other.close()
+    # The record itself changed.
+    failed = await store.transition(made.id, Status.PENDING, Failure("boom"), datetime.now(UTC))
     again = await store.get(made.id)
-    assert again is not None and again.label == "renamed"
-    # And a write of the store's own writer (its own connection) too.
+    assert again is not None and again.status is Status.FAILED and again == failed
+    # Another record written: whatever was known is read again.
     await store.insert(pending_record())
     assert await store.get(made.id) is not again
+
+
+async def test_a_worker_rereads_a_record_another_worker_changed(tmp_path: Path) -> None:
+    """Workers share the file: another one's commit (its own connection, behind this
+    store's back) is seen by SQLite's data_version on the next read on the loop."""
+    wakeups = tuple(os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC) for _ in range(2))
+    store = SqliteStore(tmp_path / "a.db", reserve_bytes=0, sharing=Sharing(0, wakeups))
+    await store.open()
+    try:
+        made = await store.insert(pending_record())
+        first = await store.get(made.id)
+        assert first is not None and await store.get(made.id) is first
+        other = sqlite3.connect(store.path)
+        try:
+            with other:
+                other.execute("UPDATE assets SET label = 'renamed' WHERE id = ?", (made.id,))
+        finally:
+            other.close()
+        again = await store.get(made.id)
+        assert again is not None and again.label == "renamed"
+    finally:
+        await store.close()
+        for fd in wakeups:
+            os.close(fd)
 
 
 async def test_what_is_known_is_bounded_by_its_values_bytes(

@@ -239,8 +239,10 @@ class SqliteStore:
     # --- reads ----------------------------------------------------------------------
 
     async def get(self, asset_id: str) -> Asset | None:
-        self._open_writer()
-        now = self._readers.get_on_loop(asset_id)
+        writer = self._open_writer()
+        # The only writer: its own count says when the database changed (get_on_loop).
+        alone = self._shared is None
+        now = self._readers.get_on_loop(asset_id, writer.generation_now if alone else None)
         if not isinstance(now, Later):
             return now
         return await self._read(lambda c: _queries.get(c, asset_id))

@@ -147,6 +147,10 @@ class GroupWriter:
         self._stopped: asyncio.Future[None] = loop.create_future()
         # Group transactions begun (committed or not): for tests and the benchmark.
         self.transactions = 0
+        # Job sets run (committed or not), counted on the writer thread once each has
+        # ended and before its callers are answered: while it has not moved, nothing
+        # this writer does has changed the database (_readers.Readers.get_on_loop).
+        self.generation = 0
         # Told each group transaction's number of writes (metrics), on the writer thread.
         self.on_batch: Callable[[int], None] | None = None
         self._thread = threading.Thread(target=self._main, name="sqlite-writer", daemon=True)
@@ -220,6 +224,7 @@ class GroupWriter:
                     outcomes = [
                         _Outcome(error=Unavailable(f"sqlite write failed: {exc}")) for _ in jobs
                     ]
+                self.generation += 1
                 self._loop.call_soon_threadsafe(self._settle, _Batch(jobs, outcomes))
         finally:
             try:
@@ -300,6 +305,9 @@ class GroupWriter:
                 return [_Outcome(error=self._translated(exc))]
             return [_Outcome(error=exc)]
         return outcomes
+
+    def generation_now(self) -> int:
+        return self.generation
 
     def _translated(self, exc: sqlite3.OperationalError) -> AssetError:
         error = self._translate(exc)
