@@ -17,6 +17,7 @@ PARAM_BACKENDS = ("backend", "blob")
 LEFT_OUT = pytest.StashKey[Counter[tuple[str, str]]]()
 WITHOUT_MONGO = pytest.StashKey[bool]()
 ON_SQLITE = pytest.StashKey[int]()
+_WORKER_KEY = "left_out"
 
 
 def absent_backends() -> dict[str, str]:
@@ -72,6 +73,26 @@ def deselect(config: pytest.Config, items: list[pytest.Item]) -> None:
         items[:] = kept
     config.stash[LEFT_OUT] = counts
     config.stash[WITHOUT_MONGO] = "mongo" in absent
+    output = getattr(config, "workeroutput", None)
+    if output is not None:  # a pytest-xdist worker: the controller, which collects nothing, reports
+        output[_WORKER_KEY] = {
+            "counts": [[backend, why, n] for (backend, why), n in counts.items()],
+            "on_sqlite": _on_sqlite(kept) if "mongo" in absent else 0,
+        }
+
+
+def from_worker(config: pytest.Config, output: dict[str, object]) -> None:
+    """On the controller of a pytest-xdist run: take what a worker's collection left out
+    (every worker collects the same cases), for the summary at the end."""
+    left = output.get(_WORKER_KEY)
+    if not isinstance(left, dict) or LEFT_OUT in config.stash:
+        return
+    config.stash[LEFT_OUT] = Counter({(b, why): n for b, why, n in left["counts"]})
+    config.stash[ON_SQLITE] = int(left["on_sqlite"])
+
+
+def _on_sqlite(items: Sequence[pytest.Item]) -> int:
+    return sum(1 for item in items if "e2e" in item.path.parts)
 
 
 def report(config: pytest.Config, items: Sequence[pytest.Item] | None = None) -> list[str]:
@@ -79,7 +100,7 @@ def report(config: pytest.Config, items: Sequence[pytest.Item] | None = None) ->
     the cases that will run, also how many end-to-end ones run without MongoDB."""
     counts = config.stash.get(LEFT_OUT, Counter())
     if items is not None and config.stash.get(WITHOUT_MONGO, False):
-        config.stash[ON_SQLITE] = sum(1 for item in items if "e2e" in item.path.parts)
+        config.stash[ON_SQLITE] = _on_sqlite(items)
     on_sqlite = config.stash.get(ON_SQLITE, 0)
     if not counts and not on_sqlite:
         return []

@@ -93,3 +93,27 @@ def test_nothing_is_said_when_every_backend_ran(monkeypatch: pytest.MonkeyPatch)
     config: Any = Config()
     left_out.deselect(config, items)
     assert len(items) == 1 and config.deselected == [] and left_out.report(config, items) == []
+
+
+def test_under_xdist_the_controller_reports_what_a_worker_left_out(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """pytest-xdist's controller collects nothing: a worker hands its counts over
+    (config.workeroutput, read back when the worker goes down) for the summary at the end."""
+    monkeypatch.setattr(left_out, "absent_backends", lambda: {"mongo": "MONGODB_URI not set"})
+    worker: Any = Config()
+    worker.workeroutput = {}
+    items: list[Any] = [
+        Case("store[mongo]", ("backend",), {"backend": "mongo"}),
+        Case("e2e", path=Path("tests/e2e/test_y.py")),
+    ]
+    left_out.deselect(worker, items)
+    controller: Any = Config()
+    left_out.from_worker(controller, worker.workeroutput)
+    left_out.from_worker(controller, {})  # a worker that had nothing to say changes nothing
+    assert left_out.report(controller) == [
+        "left out for want of a backend (deselected: not run, not counted as passed):",
+        "  mongo: 1 case deselected, not run: MONGODB_URI not set",
+        "  end-to-end: 1 case, none on MongoDB (their servers use sqlite; MONGODB_URI runs "
+        "them on MongoDB)",
+    ]
