@@ -7,14 +7,12 @@ import logging
 import math
 from collections.abc import AsyncIterator, Iterator
 
-import grpc
-
 from asset_service._proto.asset.v1 import asset_service_pb2 as pb
 from asset_service._proto.asset.v1 import asset_service_pb2_grpc as pb_grpc
 from asset_service.api import convert, transfers
 from asset_service.api.handlers import Ctx, answer_within, streaming, unary
 from asset_service.api.inflight import InFlight
-from asset_service.api.stalls import StallGuard, client_left
+from asset_service.api.stalls import StallGuard
 from asset_service.api.wire import UploadMessage
 from asset_service.config import Settings
 from asset_service.domain.errors import (
@@ -280,13 +278,7 @@ class AssetServicer(pb_grpc.AssetServiceServicer):
                     # buffer is already bounded by --watch-buffer-bytes. The server sees
                     # reading only as window space, so a slow reader with many small events
                     # ahead of a big one waits longer.
-                    try:
-                        await writer.write(context, data)
-                    except grpc.aio.InternalError:
-                        # The client went away while an event was on its way (a cancelled
-                        # or closed channel): nothing to report, and no one to report it to.
-                        log.debug("WatchAsset client left after revision %d", sent)
-                        raise client_left() from None
+                    await writer.write(context, data)
                     recorder.watch_sent(event)
                     sent = max(sent, event.revision)
         return

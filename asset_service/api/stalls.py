@@ -4,25 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
 
+log = logging.getLogger(__name__)
+
 # The stall limit is checked this often (a fraction of it, at most this many seconds).
 MAX_CHECK_INTERVAL = 5.0
-
-
-def client_left() -> asyncio.CancelledError:
-    """What a stream raises when its write failed because the client is gone.
-
-    grpc learns that the call was closed a moment after the failed write (its close
-    notification is another callback on the loop). A handler that returned normally in
-    between made grpc send its final status into the dead call, which core refuses
-    (GRPC_CALL_ERROR_TOO_MANY_OPERATIONS) and grpc logged as an ERROR with a traceback.
-    Ending as a call the client cancelled ends it the way grpc expects for that.
-    """
-    return asyncio.CancelledError("the client left while a message was being written")
 
 
 class Writer:
@@ -36,9 +27,21 @@ class Writer:
         self.stalled = False
 
     async def write(self, context: grpc.aio.ServicerContext[Any, Any], data: object) -> None:
-        """context.write, timed: it returns once the HTTP/2 window has room for `data`."""
+        """context.write, timed: it returns once the HTTP/2 window has room for `data`.
+
+        A write that fails because the client is gone (a cancelled or closed channel)
+        raises CancelledError, as a call the client cancelled does. grpc learns that the
+        call was closed a moment later (its close notification is another callback on the
+        loop): a handler that returned normally in between made grpc send its final status
+        into the dead call, which core refuses (GRPC_CALL_ERROR_TOO_MANY_OPERATIONS) and
+        grpc logged as an ERROR with a traceback.
+        """
         self.since = asyncio.get_running_loop().time()
-        await context.write(data)
+        try:
+            await context.write(data)
+        except grpc.aio.InternalError:
+            log.debug("a stream's client left while a message was being written")
+            raise asyncio.CancelledError("the client left") from None
         self.since = None
 
 

@@ -8,11 +8,9 @@ import contextlib
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 
-import grpc
-
 from asset_service.api import convert, wire
 from asset_service.api.handlers import Ctx
-from asset_service.api.stalls import StallGuard, client_left
+from asset_service.api.stalls import StallGuard
 from asset_service.api.wire import UploadMessage
 from asset_service.domain.errors import InvalidArgument, Timeout, Unavailable
 from asset_service.domain.models import UploadHeader
@@ -99,10 +97,6 @@ async def send_read(
     with stalls.guarding(stalled) as writer:
         async with contextlib.aclosing(chunks):
             async for chunk in chunks:
-                try:
-                    await writer.write(context, wire.read_response(chunk, offset))
-                except grpc.aio.InternalError:
-                    log.debug("ReadAsset client left at offset %d", offset)
-                    raise client_left() from None
+                await writer.write(context, wire.read_response(chunk, offset))
                 recorder.read_sent(len(chunk))
                 offset += len(chunk)

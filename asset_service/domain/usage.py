@@ -11,7 +11,6 @@ how a write moves them; the stores only add the deltas.
 from __future__ import annotations
 
 import enum
-from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -48,14 +47,22 @@ def cells(asset: Asset) -> list[Cell]:
 def deltas(before: Asset | None, after: Asset | None) -> Deltas:
     """How the cells move when a record goes from `before` to `after` (None: absent).
     Cells that do not move are left out."""
-    moved: dict[Cell, list[int]] = defaultdict(lambda: [0, 0])
+    moved: Deltas = {}
     for asset, sign in ((before, -1), (after, 1)):
         if asset is None:
             continue
+        size = sign * asset.size_bytes
         for cell in cells(asset):
-            moved[cell][0] += sign
-            moved[cell][1] += sign * asset.size_bytes
-    return {cell: (c, b) for cell, (c, b) in moved.items() if c or b}
+            count, total = moved.get(cell, (0, 0))
+            moved[cell] = (count + sign, total + size)
+    return {cell: value for cell, value in moved.items() if value != (0, 0)}
+
+
+def merge(into: Deltas, moved: Deltas) -> None:
+    """Add `moved` to the cells `into` holds (a cell may come back to zero: kept)."""
+    for cell, (c, b) in moved.items():
+        count, size = into.get(cell, (0, 0))
+        into[cell] = (count + c, size + b)
 
 
 def recount(assets: Iterable[Asset]) -> Deltas:
@@ -63,9 +70,7 @@ def recount(assets: Iterable[Asset]) -> Deltas:
     database written before accounting start from it)."""
     total: Deltas = {}
     for asset in assets:
-        for cell, (c, b) in deltas(None, asset).items():
-            count, size = total.get(cell, (0, 0))
-            total[cell] = (count + c, size + b)
+        merge(total, deltas(None, asset))
     return {cell: value for cell, value in total.items() if value != (0, 0)}
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 
 from asset_service.domain.models import Asset
-from asset_service.domain.usage import Cell, Deltas, cells
+from asset_service.domain.usage import Cell, Deltas, deltas, merge
 
 _UPSERT = (
     "INSERT INTO usage (grp, key, status, count, bytes) VALUES (?, ?, ?, ?, ?) "
@@ -66,14 +66,7 @@ class GroupState:
     def account(self, before: Asset | None, after: Asset | None) -> None:
         """Move the cells as domain.usage.deltas(before, after) says (cells netting to
         nothing are left out when written)."""
-        job = self._job
-        for asset, sign in ((before, -1), (after, 1)):
-            if asset is None:
-                continue
-            size = sign * asset.size_bytes
-            for cell in cells(asset):
-                was = job.get(cell)
-                job[cell] = (sign, size) if was is None else (was[0] + sign, was[1] + size)
+        merge(self._job, deltas(before, after))
 
     def count(self, c: sqlite3.Connection, cell: Cell) -> int:
         """The cell's count as this transaction has it, pending deltas included."""
@@ -85,10 +78,7 @@ class GroupState:
 
     def job_done(self, ok: bool) -> None:
         if ok:
-            batch = self._batch
-            for cell, (count, size) in self._job.items():
-                was = batch.get(cell)
-                batch[cell] = (count, size) if was is None else (was[0] + count, was[1] + size)
+            merge(self._batch, self._job)
             self._released = self._revision
         else:
             self._revision = self._released

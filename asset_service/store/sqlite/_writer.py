@@ -28,10 +28,11 @@ from collections import deque
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from asset_service.domain.errors import AssetError, Unavailable
 from asset_service.domain.models import Change
+from asset_service.store.sqlite._group import GroupState
 
 log = logging.getLogger(__name__)
 
@@ -58,30 +59,6 @@ class SharedWrites:
     held: Callable[[], AbstractContextManager[None]]
     log: Callable[[sqlite3.Connection, Change], None]
     committed: Callable[[], None]
-
-
-class BatchState(Protocol):
-    """What a group transaction's writes keep in memory until its COMMIT (revisions and
-    accounting, _group.GroupState): kept for a write whose savepoint is released, dropped
-    for one rolled back, written by `flush` before COMMIT, dropped whole by `discard` when
-    the transaction is rolled back."""
-
-    def job_done(self, ok: bool) -> None: ...
-
-    def flush(self, c: sqlite3.Connection) -> None: ...
-
-    def discard(self) -> None: ...
-
-
-class _NoState:
-    def job_done(self, ok: bool) -> None:
-        pass
-
-    def flush(self, c: sqlite3.Connection) -> None:
-        pass
-
-    def discard(self) -> None:
-        pass
 
 
 @dataclass
@@ -129,10 +106,11 @@ class GroupWriter:
         max_writes: int = MAX_BATCH_WRITES,
         max_bytes: int = MAX_BATCH_BYTES,
         shared: SharedWrites | None = None,
-        state: BatchState | None = None,
+        state: GroupState,
     ) -> None:
         self.conn = conn
-        self._state: BatchState = state if state is not None else _NoState()
+        # What the writes of the transaction under way keep until its COMMIT (_group.py).
+        self._state = state
         self._shared = shared
         self._loop = loop
         self._translate = translate
