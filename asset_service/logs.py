@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import IO, Any
+from typing import IO, Any, Protocol, cast
 
 from google.protobuf.message import DecodeError
 
@@ -142,20 +142,51 @@ _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
 
 class TextFormatter(logging.Formatter):
     """logging.Formatter, but the date and time of one second are formatted once for every
-    line logged in it: time.localtime and strftime per line were a fifth of an access line."""
+    line logged in it: time.localtime and strftime per line were a fifth of an access line.
+
+    `line` makes what `format` makes of a record that has only a message, without the record:
+    the access line's path (`direct_handler`).
+    """
 
     _second: tuple[int, str] = (-1, "")
+
+    def __init__(self, fmt: str) -> None:
+        super().__init__(fmt)
+        # What `line` fills in; a format asking for more needs the record.
+        self.plain = set(re.findall(r"%\((\w+)\)", fmt)) <= {
+            "asctime",
+            "levelname",
+            "name",
+            "message",
+        }
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         if datefmt is not None:
             return super().formatTime(record, datefmt)
-        second = int(record.created)
+        return self._stamp(record.created, record.msecs)
+
+    def _stamp(self, created: float, msecs: float) -> str:
+        second = int(created)
         cached = self._second  # one tuple: a thread formatting meanwhile sees a whole one
         if cached[0] != second:
-            stamp = time.strftime(self.default_time_format, self.converter(record.created))
+            stamp = time.strftime(self.default_time_format, self.converter(created))
             cached = self._second = (second, stamp)
         msec = self.default_msec_format
-        return msec % (cached[1], record.msecs) if msec else cached[1]
+        return msec % (cached[1], msecs) if msec else cached[1]
+
+    def line(
+        self, created: float, level: int, name: str, message: str, fields: dict[str, Any]
+    ) -> str:
+        """The text `format` gives a record of `name` at `level`, made at `created` (time.time()),
+        whose message is `message` (the `fields` are not shown in text)."""
+        # As LogRecord computes its milliseconds (gh-89047).
+        msecs = int((created - int(created)) * 1000) + 0.0
+        return self._fmt % {  # type: ignore[operator]
+            "asctime": self._stamp(created, msecs),
+            "levelname": logging.getLevelName(level),
+            "name": name,
+            "message": message,
+        }
 
 
 class JsonFormatter(logging.Formatter):
@@ -170,18 +201,12 @@ class JsonFormatter(logging.Formatter):
         super().__init__()
         self.worker = worker  # "worker 1/4" in a --workers server: a field of each line
 
+    plain = True  # `line` makes the line of any record with only a message and `extra=`
+
     def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        if self.worker:
-            entry["worker"] = self.worker
-        for key, value in vars(record).items():
-            if key not in _STANDARD and not key.startswith("_"):
-                entry[key] = value
+        fields = {k: v for k, v in vars(record).items() if k not in _STANDARD and k[0] != "_"}
+        entry = self._entry(record.created, record.levelname, record.name, record.getMessage())
+        entry.update(fields)
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         elif record.exc_text:
@@ -190,9 +215,34 @@ class JsonFormatter(logging.Formatter):
             entry["stack"] = self.formatStack(record.stack_info)
         return _ENCODER.encode(entry)
 
+    def line(
+        self, created: float, level: int, name: str, message: str, fields: dict[str, Any]
+    ) -> str:
+        """What `format` gives a record made with these and `extra=fields`, without the record."""
+        entry = self._entry(created, logging.getLevelName(level), name, message)
+        entry.update(fields)
+        return _ENCODER.encode(entry)
+
+    def _entry(self, created: float, level: str, name: str, message: str) -> dict[str, Any]:
+        entry: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds"),
+            "level": level,
+            "logger": name,
+            "message": message,
+        }
+        if self.worker:
+            entry["worker"] = self.worker
+        return entry
+
 
 # One encoder for every line (json.dumps with options builds a new one each call).
 _ENCODER = json.JSONEncoder(ensure_ascii=False, default=str)
+
+
+class _LineFormatter(Protocol):
+    def line(
+        self, created: float, level: int, name: str, message: str, fields: dict[str, Any]
+    ) -> str: ...
 
 
 class TurnHandler(logging.StreamHandler):  # type: ignore[type-arg]
@@ -212,18 +262,30 @@ class TurnHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            line = self.format(record) + self.terminator
+            line = self.format(record)
         except RecursionError:
             raise
         except Exception:
             self.handleError(record)
             return
-        self._held.append(line)
+        self._hold(line, record.levelno, record)
+
+    def hold(self, level: int, name: str, message: str, fields: dict[str, Any]) -> None:
+        """What `emit` does with a record of logger `name` at `level` whose message is
+        `message` and whose `extra=` was `fields`, without making the record (only for a
+        handler `direct_handler` returned: its formatter makes such lines)."""
+        formatter = cast(_LineFormatter, self.formatter)
+        line = formatter.line(time.time(), level, name, message, fields)
+        with self.lock or contextlib.nullcontext():
+            self._hold(line, level, None)
+
+    def _hold(self, line: str, level: int, record: logging.LogRecord | None) -> None:
+        self._held.append(line + self.terminator)
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             loop = None
-        if loop is None or record.levelno >= logging.WARNING:
+        if loop is None or level >= logging.WARNING:
             self._write_held(record)
         elif len(self._held) == 1:  # the turn's first line: write them as the turn ends
             loop.call_soon(self._end_of_turn)
@@ -249,6 +311,36 @@ class TurnHandler(logging.StreamHandler):  # type: ignore[type-arg]
         with self.lock or contextlib.nullcontext():
             self._write_held(None)
             super().flush()
+
+
+def direct_handler(logger: logging.Logger, level: int) -> TurnHandler | None:
+    """configure()'s handler when it alone would write `logger`'s records at `level`, and
+    formats them from their message alone: a caller may then hand it the line (`hold`) and
+    make no LogRecord (which, with logging's handling, was a sixth of a GetAsset's CPU).
+
+    None once anything else is on the way (a handler or filter added by a test's caplog or
+    by a program embedding the server, a format showing more): records are then made as
+    usual, and whatever was added sees them.
+    """
+    if logger.disabled or logger.filters:  # a logger's filters see only its own records
+        return None
+    current = logger
+    while current.parent is not None:  # up to the root, which holds configure()'s handler
+        if current.handlers or not current.propagate:
+            return None
+        current = current.parent
+    handlers = current.handlers
+    if len(handlers) != 1:
+        return None
+    handler = handlers[0]
+    if (
+        type(handler) is not TurnHandler
+        or level < handler.level
+        or not getattr(handler.formatter, "plain", False)
+        or any(type(f) is not RateLimitFilter for f in handler.filters)
+    ):
+        return None
+    return handler
 
 
 def configure(

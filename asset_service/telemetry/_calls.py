@@ -14,10 +14,12 @@ from typing import Any, Protocol
 
 import grpc
 
+from asset_service import logs
 from asset_service.security.principal import principal_of_call
 
 ACCESS_LOGGER = "asset_service.access"
 access_log = logging.getLogger(ACCESS_LOGGER)
+ACCESS_FORMAT = "%s %s %.1fms peer=%s principal=%s in=%dB out=%dB%s"
 
 # Health probes come every few seconds from every checker: at INFO they would be most of
 # the log. They are counted like every call; their lines are there at --log-level DEBUG.
@@ -340,25 +342,23 @@ def _log_access(
         if details:
             fields["error"] = details
             tail = f" error={details!r}"
+    args = (
+        method.path,
+        code.name,
+        seconds * 1000,
+        call.peer,
+        fields["principal"],
+        call.bytes_in,
+        call.bytes_out,
+        tail,
+    )
+    handler = logs.direct_handler(access_log, method.level)
+    if handler is not None:  # logs.configure's handler alone would see the record
+        handler.hold(method.level, ACCESS_LOGGER, ACCESS_FORMAT % args, fields)
+        return
     # Made and handled directly: Logger.log would walk the stack for the caller's file
     # and line, which no access line shows, on every call.
     record = access_log.makeRecord(
-        ACCESS_LOGGER,
-        method.level,
-        __file__,
-        0,
-        "%s %s %.1fms peer=%s principal=%s in=%dB out=%dB%s",
-        (
-            method.path,
-            code.name,
-            seconds * 1000,
-            call.peer,
-            fields["principal"],
-            call.bytes_in,
-            call.bytes_out,
-            tail,
-        ),
-        None,
-        extra=fields,
+        ACCESS_LOGGER, method.level, __file__, 0, ACCESS_FORMAT, args, None, extra=fields
     )
     access_log.handle(record)

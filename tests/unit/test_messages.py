@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import sys
+import unicodedata
 from typing import Any
 from urllib.parse import quote
 
@@ -44,6 +45,7 @@ from asset_service.domain.models import (
     validate_tags,
     validate_task_id,
 )
+from asset_service.domain.models._validation import _unprintable
 from asset_service.domain.values import parse_value
 
 UUID = "5b0e4f0e-0000-4000-8000-000000000000"
@@ -279,6 +281,22 @@ def test_labels_and_tags_with_separators_or_bidi_overrides_are_refused(label: st
         validate_label(label)
     with pytest.raises(InvalidArgument, match="tag"):
         validate_tags([label])
+
+
+def test_the_refused_characters_are_those_of_their_definition_at_every_code_point() -> None:
+    """The character class names its characters; this is what it stands for."""
+    bidi = set("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+    def refused(c: str) -> bool:
+        return (
+            ord(c) < 32
+            or 127 <= ord(c) < 160
+            or c in bidi
+            or unicodedata.category(c) in ("Zl", "Zp", "Cs")
+        )
+
+    differ = [hex(cp) for cp in range(0x110000) if _unprintable(chr(cp)) != refused(chr(cp))]
+    assert differ == []
 
 
 # --- logging ----------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from asset_service.domain.commits import Committer
@@ -41,13 +41,17 @@ R = TypeVar("R")
 
 
 def _use_case(
-    use_case: Callable[Concatenate[Context, P], Awaitable[R]],
+    use_case: Callable[Concatenate[Context, P], Coroutine[Any, Any, R]],
 ) -> Callable[Concatenate[AssetManager, P], Coroutine[Any, Any, R]]:
-    """The use case as a method of the manager: called with the manager's Context."""
+    """The use case as a method of the manager: called with the manager's Context.
+
+    The method hands back the use case's own coroutine rather than awaiting it in one of
+    its own: a coroutine and a frame fewer on every call of every RPC.
+    """
 
     @functools.wraps(use_case)
-    async def method(self: AssetManager, /, *args: P.args, **kwargs: P.kwargs) -> R:
-        return await use_case(self.ctx, *args, **kwargs)
+    def method(self: AssetManager, /, *args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, R]:
+        return use_case(self.ctx, *args, **kwargs)
 
     return method
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import unicodedata
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -22,24 +21,20 @@ MAX_MEDIA_TYPE_CHARS = 255
 # Linux limits (PATH_MAX counts the final NUL): checked before any file system call.
 MAX_PATH_BYTES = 4095
 MAX_PATH_COMPONENT_BYTES = 255
-# Bidi embeddings, overrides and isolates can make a label read as another name
-# ("invoice\u202egpj.exe" shows as "invoiceexe.jpg"), so names refuse them.
-_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+# What a name refuses, as one character class (a regex scans in C; tests/unit/test_messages.py
+# checks it against this definition by Unicode category, over every code point):
+# - C0 controls, DEL and the C1 controls;
+# - U+2028 and U+2029, the only characters of categories Zl and Zp;
+# - bidi embeddings, overrides and isolates, which can make a label read as another name
+#   ("invoice\u202egpj.exe" shows as "invoiceexe.jpg");
+# - surrogates (category Cs), which no UTF-8 text holds.
+# They break log lines and terminals or disguise a name; other unicode (letters, marks,
+# emoji joiners, the RTL mark) is a legitimate part of a name and is kept.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 
 
 def _unprintable(text: str) -> bool:
-    """Control characters (C0, DEL, C1), line/paragraph separators and bidi controls.
-
-    They break log lines and terminals or disguise a name; other unicode (letters, marks,
-    emoji joiners, the RTL mark) is a legitimate part of a name and is kept.
-    """
-    return any(
-        ord(c) < 32
-        or 127 <= ord(c) < 160
-        or c in _BIDI_CONTROLS
-        or unicodedata.category(c) in ("Zl", "Zp", "Cs")
-        for c in text
-    )
+    return _UNPRINTABLE.search(text) is not None
 
 
 # The form every id is stored and sent in: taken as it is, without building a UUID.
