@@ -75,13 +75,17 @@ class AssetServicer(pb_grpc.AssetServiceServicer):
             )
         self.uploads_in_progress += 1
         try:
-            return await self._upload(aiter(request_iterator))
+            return await self._upload(aiter(request_iterator), context)
         finally:
             self.uploads_in_progress -= 1
 
-    async def _upload(self, messages: AsyncIterator[UploadMessage]) -> pb.UploadAssetResponse:
+    async def _upload(
+        self, messages: AsyncIterator[UploadMessage], context: Ctx
+    ) -> pb.UploadAssetResponse:
         idle, received = self.upload_idle_timeout, self.recorder.upload_received
-        header, chunks = await transfers.upload_stream(messages, idle, received)
+        header, chunks = await transfers.upload_stream(
+            messages, idle, received, lambda: context.send_initial_metadata(())
+        )
         resumable = int(bool(header.upload_id))
         self.resumable_uploads_in_progress += resumable
         try:

@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+
+import grpc
 
 from asset_service.api import convert, wire
 from asset_service.api.handlers import Ctx
@@ -21,9 +23,20 @@ log = logging.getLogger(__name__)
 
 
 async def upload_stream(
-    messages: AsyncIterator[UploadMessage], idle: float, received: Callable[[int], None]
+    messages: AsyncIterator[UploadMessage],
+    idle: float,
+    received: Callable[[int], None],
+    still_open: Callable[[], Awaitable[object]],
 ) -> tuple[UploadHeader, AsyncIterator[Chunk]]:
-    """The upload's header, and its chunks as they come (`received(n)` for each)."""
+    """The upload's header, and its chunks as they come (`received(n)` for each).
+
+    The chunks end only once `still_open()` (the call's initial metadata sent) confirms
+    that the client half-closed: grpc.aio reads a cut stream (a dropped connection, a
+    client that died or cancelled) as its end too, and only cancels the call a moment
+    later (grpc#33038), which would make a cut upload complete with what had arrived.
+    On a cut stream it fails, or the call's cancellation lands while it waits: the
+    chunks then raise CancelledError, as for any cut.
+    """
 
     async def next_message() -> UploadMessage | None:
         # A silent client would hold its slot and staging file forever; the manager
@@ -58,6 +71,13 @@ async def upload_stream(
             else:
                 received(len(msg.chunk))
                 yield msg.chunk
+        try:
+            await still_open()
+        except grpc.aio.UsageError:
+            pass  # its initial metadata was sent already: the call was open then
+        except Exception:  # grpc's error for a call that is over: the client is gone
+            log.debug("an upload's stream ended because its call was cut, not half-closed")
+            raise asyncio.CancelledError("the upload's stream was cut") from None
 
     return header, chunks()
 
