@@ -72,7 +72,14 @@ async def upload_stream(
                 received(len(msg.chunk))
                 yield msg.chunk
         try:
-            await still_open()
+            async with asyncio.timeout(idle):  # headers that cannot go out: a stalled call
+                await still_open()
+        except TimeoutError:
+            raise Timeout(
+                f"the upload's stream ended, but its call could not answer for {idle:g}s "
+                "(--upload-idle-timeout): the connection looks stalled, so the upload ends "
+                "as cut (a resumable one keeps what arrived)"
+            ) from None
         except grpc.aio.UsageError:
             pass  # its initial metadata was sent already: the call was open then
         except Exception:  # grpc's error for a call that is over: the client is gone

@@ -13,6 +13,7 @@ import hashlib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 from grpc._cython import cygrpc
 
@@ -31,12 +32,18 @@ DATA = b"x" * 3000
 class Context:
     """What the servicer asks of an UploadAsset call: is it still open."""
 
-    def __init__(self, cut: bool) -> None:
-        self.cut = cut
+    def __init__(self, cut: bool, stalled: bool = False) -> None:
+        self.cut, self.stalled = cut, stalled
         self.asked = 0
+
+    async def abort(self, code: grpc.StatusCode, details: str) -> None:
+        self.status = (code, details)
+        raise grpc.aio.AbortError()
 
     async def send_initial_metadata(self, metadata: object) -> None:
         self.asked += 1
+        if self.stalled:  # headers that never go out
+            await asyncio.Event().wait()
         if self.cut:  # what grpc raises for a batch on a call that is over
             raise cygrpc.ExecuteBatchError('Failed "execute_batch"')
 
@@ -93,3 +100,17 @@ async def test_a_resumable_upload_cut_so_keeps_its_bytes_for_the_next_stream(
         )
     state = await manager.query_upload("cut-upload-1", by=ANONYMOUS.name)
     assert state.committed_bytes == len(DATA) and state.asset is None
+
+
+async def test_a_call_that_cannot_answer_at_the_end_is_bounded_and_stores_nothing(
+    tmp_path: Path,
+) -> None:
+    manager = AssetManager(MemoryStore(), LocalStorage(tmp_path), Limits())
+    async with running(manager):
+        servicer = AssetServicer(manager, upload_idle_timeout_seconds=0.2)
+        stalled = Context(cut=False, stalled=True)
+        with pytest.raises(grpc.aio.AbortError):
+            await asyncio.wait_for(servicer.UploadAsset(stream(messages()), stalled), 10)  # type: ignore[arg-type]
+        code, details = stalled.status
+        assert code is grpc.StatusCode.DEADLINE_EXCEEDED and "--upload-idle-timeout" in details
+        assert await _assets(manager) == 0
