@@ -15,6 +15,7 @@ from tests.crashloop._model import (
     AVAILABLE,
     CALL_TIMEOUT,
     HAS_SOURCE,
+    MOVES,
     PENDING,
     WEIGHTS,
     CrashLoopConfig,
@@ -46,6 +47,9 @@ class Load:
         self.ledger = ledger
         self.cfg = cfg
         self.killed = asyncio.Event()
+        # Set while a path fulfil or move of the load is unanswered: what a kill aims at.
+        self.moving = asyncio.Event()
+        self._moves = 0
 
     async def client(self, stub: pb_grpc.AssetServiceStub, rng: random.Random) -> None:
         kinds, weights = list(WEIGHTS), list(WEIGHTS.values())
@@ -118,6 +122,10 @@ class Load:
     async def execute(self, stub: pb_grpc.AssetServiceStub, op: Op) -> None:
         ledger = self.ledger
         ledger.ops.append(op)
+        move = op.kind in MOVES and not op.chore
+        if move:
+            self._moves += 1
+            self.moving.set()
         try:
             asset = await call(stub, op)
         except grpc.aio.AioRpcError as err:
@@ -127,6 +135,11 @@ class Load:
             else:
                 ledger.problems.append(f"{op} failed with no crash around: {op.error}")
             return
+        finally:
+            if move:
+                self._moves -= 1
+                if not self._moves:
+                    self.moving.clear()
         op.acked = asset
         ledger.tally(op, "retried" if op.retry_of else "housekeeping" if op.chore else "acked")
         wrong = op.wrong_answer(asset)
