@@ -1,0 +1,47 @@
+"""What the server's own log tells an operator about trouble on its side, access log or not."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+
+from tests.e2e.helpers import MiB, pattern_chunks, upload_sync
+from tests.serverproc import ServerProcess, serving
+from tests.tmpfs import mounted
+
+
+async def test_a_full_disk_is_a_warning_in_the_log_even_without_the_access_log(
+    tmp_path: Path,
+) -> None:
+    """An upload refused because the storage's disk was full left no line at all with
+    --no-access-log (and only an INFO access line without it): the operator, who alone can
+    free the space, learnt of it from clients or the metrics."""
+    with mounted(tmp_path / "disk", "4m") as disk:
+        root = disk / "data"
+        server = ServerProcess(
+            root,
+            f"sqlite:///{root / 'assets.db'}",
+            extra_args=["--no-access-log", "--disk-reserve-bytes", "0"],
+        )
+        with serving(server):
+            with pytest.raises(grpc.RpcError) as refused:
+                await asyncio.to_thread(
+                    upload_sync, server.address, pattern_chunks(8 * MiB), label="big.bin"
+                )
+            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            deadline = time.monotonic() + 5  # the server logs just after it answers
+            while not _full_warnings(server):
+                assert time.monotonic() < deadline, "".join(server.log)
+                await asyncio.sleep(0.05)
+        warnings = _full_warnings(server)
+        assert len(warnings) == 1, "".join(server.log)
+        assert "UploadAsset refused: storage is full" in warnings[0]
+        assert "No space left on device" in warnings[0]
+
+
+def _full_warnings(server: ServerProcess) -> list[str]:
+    return [line for line in server.log if " WARNING " in line and "storage is full" in line]
