@@ -340,6 +340,19 @@ async def serve(settings: Settings, role: WorkerRole | None = None) -> None:
     await stop.wait()
     grace = settings.shutdown_grace_seconds
     log.info("shutting down (grace %.1fs)", grace)
+    ends = loop.time() + grace
+
+    def again() -> None:
+        # Not a harder stop: with --workers a worker may get each stop twice (from its
+        # supervisor, and from the terminal's Ctrl-C or a service manager's SIGTERM).
+        log.info(
+            "already stopping: %d call(s) in flight get up to %.1fs more; SIGKILL ends them now",
+            running.in_flight.count,
+            max(0.0, ends - loop.time()),
+        )
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, again)
     exit_if_stuck(grace + HARD_STOP_SLACK)
     await running.stop(grace)
     log.info("stopped")

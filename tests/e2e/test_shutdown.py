@@ -127,3 +127,35 @@ def test_a_zero_health_interval_is_refused_at_start_up() -> None:
         "--health-interval): '0' is not above 0; accepted: a duration like 10s, 5m, 1h, 250ms, "
         "1h30m or 1.5 (seconds), above 0"
     ]
+
+
+async def test_a_second_sigterm_says_the_stop_is_under_way_and_keeps_the_drain(
+    start_server: StartServer,
+) -> None:
+    """A second SIGTERM or SIGINT (an impatient Ctrl-C) was ignored without a word: the
+    operator could not tell a stop under way from one that had not started. It is still no
+    harder stop (a worker may get each stop twice), but a line says what is left."""
+    grace = 3.0
+    server = start_server("--shutdown-grace", str(grace))
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        stub = pb_grpc.AssetServiceStub(channel)
+        promise = await stub.CreatePendingAsset(
+            pb.CreatePendingAssetRequest(task_id="t", label="in.json", type=pb.ASSET_TYPE_VALUE)
+        )
+        watch = stub.WatchAsset(pb.WatchAssetRequest(asset_ids=[promise.asset.id], follow=True))
+        assert (await watch.read()).type == pb.WATCH_EVENT_TYPE_SNAPSHOT  # type: ignore[union-attr]
+        signalled = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+        while (await health_answers(server.address))[SERVICE] != "NOT_SERVING":
+            assert time.monotonic() - signalled < 2, "readiness never said NOT_SERVING"
+        server.proc.send_signal(signal.SIGINT)  # type: ignore[union-attr]
+        deadline = time.monotonic() + 2
+        while not any("already stopping" in line for line in server.log):
+            assert time.monotonic() < deadline, "".join(server.log)
+            await asyncio.sleep(0.05)
+        assert server.proc.poll() is None, "the drain goes on"  # type: ignore[union-attr]
+        assert await wait_exit(server, grace + STOP_SLACK) == 0
+        assert time.monotonic() - signalled > grace - 0.5
+        watch.cancel()
+    (line,) = [line for line in server.log if "already stopping" in line]
+    assert "1 call(s) in flight get up to" in line and "SIGKILL ends them now" in line
