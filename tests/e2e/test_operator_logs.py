@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from pathlib import Path
 
 import grpc
 import pytest
 
+from tests.conftest import StartServer
 from tests.e2e.helpers import MiB, pattern_chunks, upload_sync
 from tests.serverproc import ServerProcess, serving
 from tests.tmpfs import mounted
@@ -45,3 +47,17 @@ async def test_a_full_disk_is_a_warning_in_the_log_even_without_the_access_log(
 
 def _full_warnings(server: ServerProcess) -> list[str]:
     return [line for line in server.log if " WARNING " in line and "storage is full" in line]
+
+
+async def test_sighup_without_files_to_reload_says_so(start_server: StartServer) -> None:
+    """SIGHUP re-reads the security files; a server without any said nothing at all, so the
+    operator could not tell a reload that did nothing from a signal that never arrived."""
+    server = start_server()
+    server.proc.send_signal(signal.SIGHUP)  # type: ignore[union-attr]
+    deadline = time.monotonic() + 5
+    while not any("SIGHUP" in line for line in server.log):
+        assert time.monotonic() < deadline, "".join(server.log)
+        await asyncio.sleep(0.05)
+    assert server.proc.poll() is None  # type: ignore[union-attr]
+    (line,) = [line for line in server.log if "SIGHUP" in line]
+    assert "no tokens, token secret or TLS files to re-read" in line
