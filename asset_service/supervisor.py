@@ -77,6 +77,14 @@ def check(settings: Settings, count: int) -> None:
             f"--workers {count}: several processes cannot share the unix socket "
             f"{settings.listen}; listen on HOST:PORT, or use --workers 1"
         )
+    if settings.metrics_listen:
+        port = int(settings.metrics_listen.rpartition(":")[2])
+        if port and port + count - 1 > 65535:
+            raise InvalidArgument(
+                f"--metrics-listen {settings.metrics_listen} with --workers {count}: worker i "
+                f"serves its metrics on port {port} + i, and {port + count - 1} is past "
+                f"65535; give a port of at most {65536 - count}, or 0"
+            )
     usable = cores()
     if count > usable:
         # Allowed (a test, a core count the quota hides), but rarely what was meant: each
