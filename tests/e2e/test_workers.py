@@ -214,6 +214,7 @@ def test_an_accidental_second_server_is_refused(
     )
     assert same_database.returncode == 2, same_database.stderr
     assert "another asset-service process is using" in same_database.stderr
+    assert "run one server with --workers N" in same_database.stderr
     assert len(workers_of(two.pid)) == 2, "the first server is untouched"
 
 

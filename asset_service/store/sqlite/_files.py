@@ -30,8 +30,9 @@ def claim(db: Path) -> int:
         os.close(fd)
         raise Unavailable(
             f"another asset-service process is using {db}; the embedded SQLite "
-            "store serves one process (watchers would miss the other's changes). Stop "
-            "it, give this one its own --storage-root, or use MongoDB to run several."
+            "store serves one server (another's watchers would miss this one's changes). "
+            "Stop it, give this one its own --storage-root, or for more processes run one "
+            "server with --workers N (or several on MongoDB)."
         ) from None
     return fd
 
