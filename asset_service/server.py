@@ -29,6 +29,7 @@ from asset_service.domain.errors import AssetError, InvalidArgument
 from asset_service.domain.manager import AssetManager, Limits
 from asset_service.domain.ports import BlobStorage, MetadataStore
 from asset_service.modes import Modes
+from asset_service.options import mask_url
 from asset_service.probes import Probes
 from asset_service.security.setup import Security
 from asset_service.storage.file_cache import FileCache
@@ -333,7 +334,7 @@ async def serve(settings: Settings, role: WorkerRole | None = None) -> None:
         host,
         running.port,
         settings.storage_root,
-        settings.database_url.split("@")[-1],
+        shown_database(settings.database_url),
     )
     if role is not None:
         role.ready()  # the supervisor says "listening" once every worker is
@@ -356,6 +357,15 @@ async def serve(settings: Settings, role: WorkerRole | None = None) -> None:
     exit_if_stuck(grace + HARD_STOP_SLACK)
     await running.stop(grace)
     log.info("stopped")
+
+
+def shown_database(url: str) -> str:
+    """The database as start-up names it: SQLite's file as the absolute path it opens
+    (sqlite:///data/assets.db is /data/assets.db, not ./data), other URLs masked."""
+    path = sqlite_path(url)
+    if path is not None:
+        return f"{path.expanduser().resolve()} (SQLite)"
+    return mask_url(url)
 
 
 # Past its grace plus this, a stop ends the process whatever still runs: after serve()

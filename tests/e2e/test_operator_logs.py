@@ -61,3 +61,14 @@ async def test_sighup_without_files_to_reload_says_so(start_server: StartServer)
     assert server.proc.poll() is None  # type: ignore[union-attr]
     (line,) = [line for line in server.log if "SIGHUP" in line]
     assert "no tokens, token secret or TLS files to re-read" in line
+
+
+def test_the_start_line_names_the_sqlite_file_opened(tmp_path: Path) -> None:
+    """sqlite:///srv/assets.db names /srv/assets.db (sqlite_path), where SQLAlchemy would
+    read srv/assets.db; the start line echoed the URL, so an operator who meant a relative
+    path could not see from it which file the server had opened."""
+    database = tmp_path / "db" / "assets.db"
+    url = f"sqlite://{database}"  # three slashes: the form read both ways
+    with serving(ServerProcess(tmp_path / "data", url)) as server:
+        (line,) = [line for line in server.log if "asset-service listening on" in line]
+    assert f"database {database} (SQLite))" in line, line
