@@ -119,6 +119,7 @@ class RunningServer:
         # Calls still running now are cancelled at once (watches resume elsewhere);
         # ones that came in since the drain ended get what is left of a short grace.
         close_grace = min(max(0.0, deadline - loop.time()), STOP_STEP_SECONDS / 2)
+        self.telemetry.stopping.now = True  # what is cut now ends UNAVAILABLE for its client
         await self.probes.close()
         await _bounded("the listener to close", self.server.stop(close_grace), STOP_STEP_SECONDS)
         await _bounded("the store and storage to close", self.manager.stop(), STOP_STEP_SECONDS)

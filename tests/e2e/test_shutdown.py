@@ -159,3 +159,34 @@ async def test_a_second_sigterm_says_the_stop_is_under_way_and_keeps_the_drain(
         watch.cancel()
     (line,) = [line for line in server.log if "already stopping" in line]
     assert "1 call(s) in flight get up to" in line and "SIGKILL ends them now" in line
+
+
+async def test_calls_the_grace_cuts_are_logged_and_counted_as_their_clients_see_them(
+    start_server: StartServer,
+) -> None:
+    """Calls still running when the grace ran out reached their clients as UNAVAILABLE
+    ("Cancelling all calls") but were logged and counted as CANCELLED, the code of a client
+    that gave up: an operator could not tell a stop's cuts from impatient clients."""
+    grace = 1.0
+    server = start_server("--shutdown-grace", str(grace), "--metrics-listen", "127.0.0.1:0")
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        stub = pb_grpc.AssetServiceStub(channel)
+        promise = await stub.CreatePendingAsset(
+            pb.CreatePendingAssetRequest(task_id="t", label="in.json", type=pb.ASSET_TYPE_VALUE)
+        )
+        manifest = asyncio.ensure_future(
+            stub.GetManifest(
+                pb.GetManifestRequest(asset_mappings={"in": promise.asset.id}, wait=True),
+                timeout=30,
+            )
+        )
+        await asyncio.sleep(0.3)  # the manifest waits
+        server.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+        try:
+            await asyncio.wait_for(manifest, grace + STOP_SLACK)
+            raise AssertionError("the waiting manifest answered")
+        except grpc.aio.AioRpcError as cut:
+            assert cut.code() == grpc.StatusCode.UNAVAILABLE, cut
+        assert await wait_exit(server, grace + STOP_SLACK) == 0
+    (line,) = [line for line in server.log if "access: /asset.v1.AssetService/GetManifest" in line]
+    assert "GetManifest UNAVAILABLE" in line, line
