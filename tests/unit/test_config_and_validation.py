@@ -199,6 +199,33 @@ def test_ages_may_be_zero_but_not_negative(
     assert f"ASSET_SERVICE_{variable}" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        # Accepted, it overflowed the stop's hard deadline (a thread's wait): a traceback
+        # at SIGTERM, and no bound on the stop.
+        (["--shutdown-grace", "1000000000d"], "'1000000000d' is longer than 100 years"),
+        (["--orphan-grace", "40000d"], "'40000d' is longer than 100 years"),
+        (["--max-lease-seconds", "36601d"], "'36601d' is longer than 100 years"),
+        # Accepted, every FailAsset (or fulfilment) the rule matched was INTERNAL: its
+        # expiry date overflowed.
+        (
+            ["--expiry-rule", "failed,status=FAILED,1000000000000d"],
+            "AFTER '1000000000000d' is longer than 100 years",
+        ),
+    ],
+)
+def test_durations_past_a_hundred_years_are_refused_in_one_line(
+    capsys: pytest.CaptureFixture[str], argv: list[str], said: str
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        load_settings(argv, {})
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and argv[0] in err and said in err, err
+    assert load_settings([argv[0], argv[1].replace(argv[1].rsplit(",", 1)[-1], "36500d")], {})
+
+
 def test_a_flag_wins_over_a_bad_variable_and_variables_are_typed() -> None:
     env = {"ASSET_SERVICE_HEALTH_INTERVAL": "0", "ASSET_SERVICE_UPLOAD_IDLE_TIMEOUT": "7.5"}
     settings = load_settings(["--health-interval", "0.5"], env)
