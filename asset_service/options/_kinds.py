@@ -32,6 +32,7 @@ _TRUE = {"1", "true", "yes", "on", "y"}
 _FALSE = {"0", "false", "no", "off", "n", ""}
 MASK = "****"
 LONGEST_SECONDS = 100 * 366 * 86400  # any duration setting: about 100 years at most
+LARGEST_COUNT = 2**31 - 1  # any count: HTTP/2's largest stream limit, a C int
 # Query parameters of a URL that may carry a credential (e.g. MongoDB's
 # authMechanismProperties=AWS_SESSION_TOKEN:..., a presigned X-Amz-Signature).
 _SECRET_WORDS = re.compile(r"(?i)pass|secret|token|key|credential|signature")
@@ -136,9 +137,14 @@ def show_size(size: int) -> str:
 
 def parse_count(text: str) -> int:
     try:
-        return int(text.strip())
+        count = int(text.strip())
     except ValueError:
         raise ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if count > LARGEST_COUNT:
+        # Larger ones overflowed grpc's channel arguments and SQLite's integers (a
+        # traceback at start-up; a retention sweep that failed every time).
+        raise ArgumentTypeError(f"{text!r} is more than {LARGEST_COUNT}")
+    return count
 
 
 def parse_number(text: str) -> float:

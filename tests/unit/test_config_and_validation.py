@@ -226,6 +226,26 @@ def test_durations_past_a_hundred_years_are_refused_in_one_line(
     assert load_settings([argv[0], argv[1].replace(argv[1].rsplit(",", 1)[-1], "36500d")], {})
 
 
+@pytest.mark.parametrize(
+    "flag",
+    [
+        "--max-streams-per-connection",  # was a traceback: grpc's channel argument overflowed
+        "--retention-sweep-limit",  # was a sweep failing every time: SQLite's INTEGER overflowed
+        "--mongo-write-queue",
+        "--workers",
+    ],
+)
+def test_counts_past_a_c_int_are_refused_in_one_line(
+    capsys: pytest.CaptureFixture[str], flag: str
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        load_settings([flag, "99999999999"], {})
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and flag in err and "is more than 2147483647" in err, err
+    assert load_settings([flag, "2147483647"], {})
+
+
 def test_a_flag_wins_over_a_bad_variable_and_variables_are_typed() -> None:
     env = {"ASSET_SERVICE_HEALTH_INTERVAL": "0", "ASSET_SERVICE_UPLOAD_IDLE_TIMEOUT": "7.5"}
     settings = load_settings(["--health-interval", "0.5"], env)
