@@ -46,3 +46,30 @@ async def test_a_loop_that_fails_unexpectedly_says_so_and_runs_again(
     (record,) = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert record.getMessage().startswith("retention sweep failed unexpectedly")
     assert record.exc_info is not None and record.exc_info[0] is OverflowError
+
+
+async def test_the_assets_count_outlives_a_bug_in_one_round(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from asset_service.telemetry._state import AssetCounts, count_assets_forever
+
+    rounds = 0
+
+    class Store:
+        async def count_by_status(self) -> dict[object, int]:
+            nonlocal rounds
+            rounds += 1
+            if rounds == 1:
+                raise OverflowError("a bug")
+            return {}
+
+    task = asyncio.create_task(count_assets_forever(cast(Any, Store()), AssetCounts(), 0.01))
+    try:
+        async with asyncio.timeout(5):
+            while rounds < 3:
+                assert not task.done(), task
+                await asyncio.sleep(0.01)
+    finally:
+        task.cancel()
+    (record,) = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert "counting assets by status failed unexpectedly" in record.getMessage()
