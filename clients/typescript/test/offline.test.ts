@@ -390,12 +390,14 @@ describe("configuration from the environment", () => {
     AssetService.fromEnv({ env: { ASSET_SERVICE_ADDR: "127.0.0.1:1", ASSET_SERVICE_TOKEN: "t" } }).close();
   });
 
-  test("the README names every variable and every RPC's retry, as the code has them", () => {
+  test("the README names every variable, every RPC's method and its retry, as the code has them", () => {
     const readme = readFileSync(path.join(__dirname, "..", "..", "README.md"), "utf8");
     for (const name of Object.keys(ENVIRONMENT)) assert.ok(readme.includes(`\`${name}\``), `README: ${name}`);
     for (const [method, { retried }] of Object.entries(RETRIED)) {
       const row = new RegExp(`^\\| ${rpcName(method as Method)} \\| ${retried ? "yes" : "no"} \\|`, "m");
       assert.ok(row.test(readme), `README retry table: no row ${row}`);
+      const methodRow = new RegExp(`^\\| ${rpcName(method as Method)} \\| \``, "m");
+      assert.ok(methodRow.test(readme), `README methods table: no row ${methodRow}`);
     }
   });
 });
