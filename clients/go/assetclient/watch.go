@@ -9,6 +9,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	assetv1 "github.com/asset-service/asset-service/clients/go/gen/asset/v1"
@@ -179,6 +180,11 @@ func (e *NotAvailableError) Error() string {
 
 // Is matches ErrFailedPrecondition.
 func (e *NotAvailableError) Is(target error) bool { return target == ErrFailedPrecondition }
+
+// GRPCStatus is FAILED_PRECONDITION with e's message: Code and status.Code see the code it matches.
+func (e *NotAvailableError) GRPCStatus() *status.Status {
+	return status.New(codes.FailedPrecondition, e.Error())
+}
 
 // WaitAvailable watches ids until every one is AVAILABLE and returns them in
 // the order given; one that FAILED or was deleted ends the wait with a
