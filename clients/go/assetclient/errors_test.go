@@ -169,3 +169,23 @@ func TestTheClientsOwnErrorsHaveTheirCodes(t *testing.T) {
 		}
 	}
 }
+
+// A token asked for with less than a second lives about that long, not the
+// server's default hour (0 on the wire), and a negative lifetime is refused.
+func TestMintTaskTokenRoundsAShortLifetimeUp(t *testing.T) {
+	live(t)
+	if shared.token == "" {
+		t.Skip("the server takes no bearer tokens: set ASSET_SERVICE_TOKEN (and give the server a tokens file)")
+	}
+	c, ctx := client(t), testContext(t)
+	tok, err := c.MintTaskToken(ctx, taskID(t), nil, 500*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if left := time.Until(tok.ExpiresAt); left > 10*time.Second {
+		t.Errorf("a token minted for 0.5 s expires in %v", left)
+	}
+	if _, err := c.MintTaskToken(ctx, taskID(t), nil, -time.Second); err == nil || !strings.Contains(err.Error(), "ttl") {
+		t.Errorf("MintTaskToken with a negative ttl: %v", err)
+	}
+}
