@@ -128,8 +128,8 @@ export class AssetService {
 
   /**
    * A client configured by ASSET_SERVICE_ADDR, ASSET_SERVICE_TOKEN or ASSET_SERVICE_TOKEN_FILE,
-   * ASSET_SERVICE_CA_FILE, ASSET_SERVICE_CLIENT_CERT, ASSET_SERVICE_CLIENT_KEY and
-   * ASSET_SERVICE_TIMEOUT (README, ENVIRONMENT); `options` add to them and win (e.g. a
+   * ASSET_SERVICE_TLS, ASSET_SERVICE_CA_FILE, ASSET_SERVICE_CLIENT_CERT, ASSET_SERVICE_CLIENT_KEY
+   * and ASSET_SERVICE_TIMEOUT (README, ENVIRONMENT); `options` add to them and win (e.g. a
    * token source function).
    */
   static fromEnv(options: ClientOptions & { env?: NodeJS.ProcessEnv; address?: string } = {}): AssetService {
