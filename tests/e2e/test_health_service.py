@@ -1,4 +1,4 @@
-"""End to end: every method of grpc.health.v1 that reflection lists answers, and says what it knows."""
+"""End to end: every grpc.health.v1 method reflection lists answers, and says what it knows."""
 
 from __future__ import annotations
 
