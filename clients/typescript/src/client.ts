@@ -54,7 +54,7 @@ import {
   type UploadOptions,
   type UploadSource,
 } from "./options";
-import { connection } from "./security";
+import { connection, notAnAddress } from "./security";
 import type { TaskToken } from "./tokens";
 import {
   ContentHash,
@@ -102,6 +102,8 @@ export class AssetService {
   constructor(address: string, options: ClientOptions | grpc.ChannelCredentials = {}) {
     v.string(address, "address");
     if (!address) throw new RangeError('address must be "host:port", got an empty string');
+    const wrong = notAnAddress(address);
+    if (wrong) throw new RangeError(wrong);
     let credentials: grpc.ChannelCredentials;
     let settings: ClientOptions = {};
     let clientOptions: grpc.ClientOptions = {};
