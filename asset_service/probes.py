@@ -30,18 +30,17 @@ Check = Callable[[], Awaitable[None]]
 
 class HealthServicer(health_aio.HealthServicer):  # type: ignore[misc]
     """grpcio's servicer, plus what it leaves out: List (in grpc.health.v1 and listed by
-    reflection, UNIMPLEMENTED there) and a NOT_FOUND that names the names it knows."""
+    reflection, UNIMPLEMENTED there) and a NOT_FOUND that says which names to ask."""
 
     async def Check(
         self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> health_pb2.HealthCheckResponse:
         status = self._server_status.get(request.service)
         if status is None:
-            known = ", ".join(repr(name) for name in sorted(self._server_status))
             await context.abort(
                 grpc.StatusCode.NOT_FOUND,
-                f"no health status for service {request.service!r}; this server reports {known}"
-                f" ('{LIVENESS}': liveness, '{READINESS}': readiness)",
+                f"no health status for service {request.service!r}: ask '{LIVENESS}' (liveness)"
+                f" or '{READINESS}' (readiness)",
             )
         return health_pb2.HealthCheckResponse(status=status)
 

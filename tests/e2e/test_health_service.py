@@ -26,5 +26,5 @@ async def test_check_of_an_unknown_name_says_which_names_there_are(server: Serve
             await health.Check(health_pb2.HealthCheckRequest(service="asset.v1.Nope"), timeout=5)
     assert raised.value.code() == grpc.StatusCode.NOT_FOUND
     details = raised.value.details() or ""
-    assert "'asset.v1.Nope'" in details and f"'{SERVICE}': readiness" in details, details
-    assert "'': liveness" in details, details
+    assert "'asset.v1.Nope'" in details and f"'{SERVICE}' (readiness)" in details, details
+    assert "'' (liveness)" in details, details
