@@ -45,8 +45,10 @@ const (
 // (CHANGED, DELETED) in revision order, and ends once every asset is terminal
 // (AVAILABLE, FAILED or deleted) unless opts.Follow. When the stream breaks
 // (ErrUnavailable) it resumes after the last revision it yielded, so nothing
-// is lost or repeated; an error it cannot resume from (or ctx's end) is
-// yielded as the last element, with a nil event:
+// is lost or repeated (an asset that changed meanwhile comes as a SNAPSHOT of
+// the new stream: act on the asset's state, not the event's type); an error
+// it cannot resume from (or ctx's end) is yielded as the last element, with a
+// nil event:
 //
 //	for ev, err := range c.Watch(ctx, ids, assetclient.WatchOptions{}) {
 //		if err != nil { return err }
