@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -46,6 +47,16 @@ async def wait_exit(server: ServerProcess, seconds: float) -> int:
     return server.proc.returncode
 
 
+async def watched_promise(stub: pb_grpc.AssetServiceStub) -> tuple[str, Any]:
+    """A PENDING promise and a watch of it that never ends (follow), past its SNAPSHOT."""
+    promise = await stub.CreatePendingAsset(
+        pb.CreatePendingAssetRequest(task_id="t", label="in.json", type=pb.ASSET_TYPE_VALUE)
+    )
+    watch = stub.WatchAsset(pb.WatchAssetRequest(asset_ids=[promise.asset.id], follow=True))
+    assert (await watch.read()).type == pb.WATCH_EVENT_TYPE_SNAPSHOT  # type: ignore[union-attr]
+    return promise.asset.id, watch
+
+
 async def test_sigterm_answers_not_ready_but_alive_while_calls_drain_before_it_closes(
     start_server: StartServer,
 ) -> None:
@@ -53,18 +64,13 @@ async def test_sigterm_answers_not_ready_but_alive_while_calls_drain_before_it_c
     server = start_server("--shutdown-grace", str(grace))
     async with grpc.aio.insecure_channel(server.address) as channel:
         stub = pb_grpc.AssetServiceStub(channel)
-        promise = await stub.CreatePendingAsset(
-            pb.CreatePendingAssetRequest(task_id="t", label="in.json", type=pb.ASSET_TYPE_VALUE)
-        )
-        asset_id = promise.asset.id
-        # Two calls in flight: a manifest waiting for its input, a watch that never ends.
+        # Two calls in flight: a watch that never ends, a manifest waiting for its input.
+        asset_id, watch = await watched_promise(stub)
         manifest = asyncio.ensure_future(
             stub.GetManifest(
                 pb.GetManifestRequest(asset_mappings={"in": asset_id}, wait=True), timeout=30
             )
         )
-        watch = stub.WatchAsset(pb.WatchAssetRequest(asset_ids=[asset_id], follow=True))
-        assert (await watch.read()).type == pb.WATCH_EVENT_TYPE_SNAPSHOT  # type: ignore[union-attr]
         assert await health_answers(server.address) == {"": "SERVING", SERVICE: "SERVING"}
 
         signalled = time.monotonic()
@@ -138,12 +144,7 @@ async def test_a_second_sigterm_says_the_stop_is_under_way_and_keeps_the_drain(
     grace = 3.0
     server = start_server("--shutdown-grace", str(grace))
     async with grpc.aio.insecure_channel(server.address) as channel:
-        stub = pb_grpc.AssetServiceStub(channel)
-        promise = await stub.CreatePendingAsset(
-            pb.CreatePendingAssetRequest(task_id="t", label="in.json", type=pb.ASSET_TYPE_VALUE)
-        )
-        watch = stub.WatchAsset(pb.WatchAssetRequest(asset_ids=[promise.asset.id], follow=True))
-        assert (await watch.read()).type == pb.WATCH_EVENT_TYPE_SNAPSHOT  # type: ignore[union-attr]
+        _, watch = await watched_promise(pb_grpc.AssetServiceStub(channel))
         signalled = time.monotonic()
         server.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
         while (await health_answers(server.address))[SERVICE] != "NOT_SERVING":
