@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -10,14 +11,14 @@ from pathlib import Path
 import pytest
 
 
-def _serve(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ASSET_SERVICE_")}
+def _serve(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("ASSET_SERVICE_", "AWS_"))}
     return subprocess.run(
         [sys.executable, "-m", "asset_service", "--listen", "127.0.0.1:0", *args],
         capture_output=True,
         text=True,
         timeout=60,
-        env=env,
+        env={**clean, **(env or {})},
         check=False,
     )
 
@@ -51,3 +52,24 @@ def test_a_database_where_no_file_can_be_made_is_one_line_naming_it(
     line = _one_error_line(done.stderr)
     assert f"cannot start: cannot use the sqlite database {database}: Not a directory" in line
     assert "--database-url (or ASSET_SERVICE_DATABASE_URL)" in line
+
+
+def test_an_object_store_nobody_answers_at_names_the_settings_to_check(tmp_path: Path) -> None:
+    """The refusal said 'check AWS_ENDPOINT_URL' while the endpoint came from
+    --s3-endpoint-url: the operator was sent to a variable they had not set."""
+    with socket.socket() as s:  # a port with nothing listening
+        s.bind(("127.0.0.1", 0))
+        endpoint = f"http://127.0.0.1:{s.getsockname()[1]}"
+    done = _serve(
+        "--storage-root",
+        str(tmp_path / "data"),
+        "--storage-url",
+        "s3://bucket/prefix",
+        "--s3-endpoint-url",
+        endpoint,
+        env={"AWS_ACCESS_KEY_ID": "id", "AWS_SECRET_ACCESS_KEY": "secret"},
+    )
+    assert done.returncode == 2, done.stderr
+    line = _one_error_line(done.stderr)
+    assert f"bucket 'bucket' at {endpoint} is not usable" in line
+    assert "check --s3-endpoint-url (or AWS_ENDPOINT_URL), --s3-region and the credentials" in line
