@@ -342,11 +342,16 @@ async def serve(settings: Settings, role: WorkerRole | None = None) -> None:
     await stop.wait()
     grace = settings.shutdown_grace_seconds
     log.info("shutting down (grace %.1fs)", grace)
-    ends = loop.time() + grace
+    began = loop.time()
+    ends = began + grace
 
     def again() -> None:
         # Not a harder stop: with --workers a worker may get each stop twice (from its
-        # supervisor, and from the terminal's Ctrl-C or a service manager's SIGTERM).
+        # supervisor, and from the terminal's Ctrl-C or a service manager's SIGTERM to the
+        # whole group; `timeout` sends its SIGTERM twice too). Such a copy comes within
+        # moments of the first and says nothing; an operator's second signal is answered.
+        if loop.time() - began < DUPLICATE_SIGNAL_SECONDS:
+            return
         log.info(
             "already stopping: %d call(s) in flight get up to %.1fs more; SIGKILL ends them now",
             running.in_flight.count,
@@ -368,6 +373,9 @@ def shown_database(url: str) -> str:
         return f"{path.expanduser().resolve()} (SQLite)"
     return mask_url(url)
 
+
+# A stop signal this soon after the first is the same stop delivered twice.
+DUPLICATE_SIGNAL_SECONDS = 1.0
 
 # Past its grace plus this, a stop ends the process whatever still runs: after serve()
 # returns, asyncio.run waits without a bound for tasks that ignore cancellation and
