@@ -47,17 +47,31 @@ READY_TIMEOUT_SECONDS = 300.0
 STOP_SLACK_SECONDS = 15.0
 
 
-def cores() -> int:
+def cores(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
     """The cores this process may use: its CPU affinity, within a cgroup CPU quota."""
     count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     count = count or 1
+    quota = _cpu_quota(cgroup)
+    if quota is not None:
+        count = min(count, math.ceil(quota))
+    return max(1, count)
+
+
+def _cpu_quota(cgroup: Path) -> float | None:
+    """CPUs' worth of time the cgroup may use (None: no limit): cgroup v2's cpu.max
+    ("max 100000" or "150000 100000"), else v1's cpu.cfs_quota_us (-1: none) over
+    cpu.cfs_period_us, which hosts and container runtimes still on v1 set."""
     try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
-        if quota != "max":
-            count = min(count, math.ceil(int(quota) / int(period)))
+        quota, period = (cgroup / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
     except (OSError, ValueError):
         pass
-    return max(1, count)
+    try:
+        quota_us = int((cgroup / "cpu" / "cpu.cfs_quota_us").read_text())
+        period_us = int((cgroup / "cpu" / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return None if quota_us <= 0 or period_us <= 0 else quota_us / period_us
 
 
 def worker_count(settings: Settings) -> int:

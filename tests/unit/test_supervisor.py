@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import subprocess
 import sys
 import time
@@ -109,3 +110,26 @@ def test_more_workers_than_cores_is_allowed_with_a_warning(
         supervisor.check(settings, 3)
     (record,) = caplog.records
     assert "--workers 3 is more than the 2 core(s)" in record.getMessage()
+
+
+@pytest.mark.parametrize(
+    ("files", "expected"),
+    [
+        ({}, None),
+        ({"cpu.max": "max 100000\n"}, None),
+        ({"cpu.max": "150000 100000\n"}, 1.5),
+        # cgroup v1 (hosts and runtimes still on it): 'auto' ignored the quota there.
+        ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+        ({"cpu/cpu.cfs_quota_us": "50000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 0.5),
+    ],
+)
+def test_the_cpu_quota_of_cgroup_v2_or_v1(
+    tmp_path: Path, files: dict[str, str], expected: float | None
+) -> None:
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert supervisor._cpu_quota(tmp_path) == expected
+    unlimited = supervisor.cores(tmp_path / "none")  # the CPU affinity alone
+    limited = min(unlimited, math.ceil(expected)) if expected else unlimited
+    assert supervisor.cores(tmp_path) == limited
