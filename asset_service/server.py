@@ -126,6 +126,21 @@ class RunningServer:
         await _bounded("metrics and traces to close", self.telemetry.close(), STOP_STEP_SECONDS)
 
 
+def _refuse_a_busy_port(listen: str) -> None:
+    """Before anything is opened or created, a port another process listens on stops
+    start-up: an accidental second server given a new --storage-root left that folder
+    behind, a database and its reserve in it. grpc's own bind still decides later."""
+    host, _, port = listen.rpartition(":")
+    if listen.startswith(("unix:", "unix-abstract:")) or not port.isdigit() or port == "0":
+        return
+    try:
+        with socket.create_server((host.strip("[]") or "0.0.0.0", int(port))):
+            pass
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise AssetError(_listen_error(listen, RuntimeError(str(exc)))) from None
+
+
 def _listen_error(listen: str, exc: RuntimeError) -> str:
     """Why grpc could not bind `listen` (it only says "Failed to bind"), and what to do."""
     host, _, port = listen.rpartition(":")
@@ -217,6 +232,8 @@ async def start(
     # Security files first: a mistake there stops start-up before anything is opened.
     security = Security(settings)
     security.check_listen()
+    if role is None:  # workers share the port their supervisor reserved
+        _refuse_a_busy_port(settings.listen)
     own_files(settings).check_import_roots(settings.import_roots)
     telemetry = telemetry or Telemetry.from_settings(settings)
     if store is None:

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.serverproc import ServerProcess
+
 
 def _serve(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("ASSET_SERVICE_", "AWS_"))}
@@ -73,3 +75,16 @@ def test_an_object_store_nobody_answers_at_names_the_settings_to_check(tmp_path:
     line = _one_error_line(done.stderr)
     assert f"bucket 'bucket' at {endpoint} is not usable" in line
     assert "check --s3-endpoint-url (or AWS_ENDPOINT_URL), --s3-region and the credentials" in line
+
+
+def test_a_busy_port_is_refused_before_anything_is_created(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    """An accidental second server on a busy port, given a storage root of its own, was
+    refused only after it had created that folder, its database and a 4 MiB reserve."""
+    other = tmp_path / "other-root"
+    done = _serve("--listen", server.address, "--storage-root", str(other))
+    assert done.returncode == 2, done.stderr
+    line = _one_error_line(done.stderr)
+    assert f"address {server.address} is in use: is another asset-service running?" in line
+    assert not other.exists(), sorted(p.name for p in other.iterdir())
