@@ -203,8 +203,9 @@ class Supervisor:
             )
         self.workers = [_Worker(i) for i in range(self.count)]
         try:
-            if not self._start_all():
-                return 2
+            failed = self._start_all()
+            if failed is not None:
+                return failed
             log.info(
                 "asset-service listening on %s (%d workers, pids %s; supervisor %d)",
                 self.port.listen,
@@ -245,9 +246,11 @@ class Supervisor:
         worker.ready_fd, worker.ready, worker.started = ready_r, False, time.monotonic()
         worker.start_at = None
 
-    def _start_all(self) -> bool:
+    def _start_all(self) -> int | None:
         """The first worker alone (it migrates the database and recovers), then the rest;
-        False (and everything stopped) if one cannot start."""
+        None once all serve, else the exit status (and everything is stopped): 0 for a
+        stop asked for meanwhile (a service manager's stop is no failure), 2 if one
+        cannot start."""
         for group in (self.workers[:1], self.workers[1:]):
             for worker in group:
                 self._spawn(worker)
@@ -257,7 +260,7 @@ class Supervisor:
                 for number in self._take_signals():
                     if number in (signal.SIGTERM, signal.SIGINT):
                         log.info("stopped while starting")
-                        return False
+                        return 0
                 failed = [w for w in group if not w.ready and w.proc and w.proc.poll() is not None]
                 if failed or time.monotonic() > deadline:
                     worker = (failed or group)[0]
@@ -267,8 +270,8 @@ class Supervisor:
                         self.count,
                         _how(worker.proc) if failed else "not serving in time",
                     )
-                    return False
-        return True
+                    return 2
+        return None
 
     def _wait(self, timeout: float) -> None:
         """Until a signal, a worker's ready pipe, or `timeout` (at most a second)."""

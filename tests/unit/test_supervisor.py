@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
 import subprocess
 import sys
 import time
@@ -133,3 +134,40 @@ def test_the_cpu_quota_of_cgroup_v2_or_v1(
     unlimited = supervisor.cores(tmp_path / "none")  # the CPU affinity alone
     limited = min(unlimited, math.ceil(expected)) if expected else unlimited
     assert supervisor.cores(tmp_path) == limited
+
+
+def test_a_stop_while_the_workers_start_exits_zero(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """SIGTERM before every worker served (a slow first start: migrations, recovery)
+    ended the supervisor with status 2, the status of a bad setting: a service manager's
+    stop was reported as a failure."""
+    spawned: list[subprocess.Popen[bytes]] = []
+
+    def spawn(self: supervisor.Supervisor, worker: supervisor._Worker) -> None:
+        worker.proc = _stubborn()  # never says it is ready
+        spawned.append(worker.proc)
+
+    def wait(self: supervisor.Supervisor, timeout: float) -> None:
+        self.signals.append(signal.SIGTERM)  # the stop arrives while it waits
+
+    monkeypatch.setattr(supervisor.Supervisor, "_spawn", spawn)
+    monkeypatch.setattr(supervisor.Supervisor, "_wait", wait)
+    settings = load_settings(["--listen", "127.0.0.1:0", "--database-url", "memory://"], {})
+    monkeypatch.setattr(supervisor, "check", lambda settings, count: None)
+    handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
+    before = {sig: signal.getsignal(sig) for sig in handled}
+    try:
+        with caplog.at_level(logging.INFO, logger=supervisor.__name__):
+            status = supervisor.Supervisor([], settings, 2).run()
+    finally:
+        signal.set_wakeup_fd(-1)  # run() installs its own: pytest's come back
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+        for proc in spawned:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert status == 0
+    assert "stopped while starting" in caplog.text
+    assert all(p.returncode == -9 for p in spawned), "its _kill_all ended the worker"
