@@ -72,3 +72,24 @@ def test_the_start_line_names_the_sqlite_file_opened(tmp_path: Path) -> None:
     with serving(ServerProcess(tmp_path / "data", url)) as server:
         (line,) = [line for line in server.log if "asset-service listening on" in line]
     assert f"database {database} (SQLite))" in line, line
+
+
+def test_a_variable_that_is_no_setting_is_a_warning_naming_the_likely_one(
+    tmp_path: Path,
+) -> None:
+    """ASSET_SERVICE_SHUTDOWN_GRACE_SECONDS (the setting's field name, not its variable)
+    was ignored in silence: the server drained for 10 s where 30 were meant. The clients'
+    and the probe's variables, set beside the server in one container, say nothing."""
+    env = {
+        "ASSET_SERVICE_SHUTDOWN_GRACE_SECONDS": "30",
+        "ASSET_SERVICE_ADDR": "127.0.0.1:1",
+        "ASSET_SERVICE_HEALTH_TIMEOUT": "3s",
+    }
+    with serving(ServerProcess(tmp_path / "data", "memory://", env=env)) as server:
+        warned = [line for line in server.log if "is no setting" in line]
+    assert len(warned) == 1, "".join(server.log)
+    assert " WARNING " in warned[0]
+    assert (
+        "ASSET_SERVICE_SHUTDOWN_GRACE_SECONDS is set but is no setting of asset-service "
+        "(ignored); did you mean ASSET_SERVICE_SHUTDOWN_GRACE?"
+    ) in warned[0]

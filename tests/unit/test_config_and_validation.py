@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 import pytest
@@ -272,3 +273,23 @@ def test_a_bad_variable_is_one_line_not_a_traceback(
     assert exited.value.code == 2
     err = capsys.readouterr().err
     assert named in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_every_variable_the_clients_read_is_known_to_the_server() -> None:
+    """The server warns of ASSET_SERVICE_* variables it does not know; the clients' own,
+    set beside it in one container, must not be among them."""
+    from asset_service.config import unknown_variables
+
+    root = Path(__file__).resolve().parents[2] / "clients"
+    sources = [
+        *root.glob("python/asset_client/**/*.py"),
+        *(p for p in root.glob("go/**/*.go") if not p.name.endswith("_test.go")),
+        *root.glob("typescript/src/**/*.ts"),
+    ]
+    read = set()
+    for source in sources:
+        if "testserver" in source.parts:
+            continue  # the Go tests' harness, not a client
+        read |= set(re.findall(r"\bASSET_SERVICE_[A-Z0-9_]*[A-Z0-9]\b", source.read_text()))
+    assert len(read) >= 8, read
+    assert unknown_variables(dict.fromkeys(read, "x")) == []
