@@ -52,5 +52,8 @@ EXPOSE 50051
 HEALTHCHECK --interval=15s --timeout=10s --start-period=30s --retries=3 \
     CMD ["asset-service", "health"]
 # Certificates are re-read when they change; `docker kill -s HUP` re-reads the tokens.
+# SIGTERM drains for ASSET_SERVICE_SHUTDOWN_GRACE (10s), then closes within a few seconds:
+# `docker stop` sends SIGKILL after 10s by default, so give it more (`docker run
+# --stop-timeout 20`, compose's stop_grace_period: 20s); Kubernetes waits 30s by default.
 ENTRYPOINT ["asset-service"]
 CMD ["--import-root", "/incoming"]

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from importlib import metadata
 
 from asset_service import __version__, logs
-from asset_service.config import TABLE, build_parser, read_command_line
+from asset_service.config import TABLE, build_parser, read_command_line, unknown_variables
 from asset_service.domain.errors import AssetError
 from asset_service.options import describe
 from asset_service.worker import WorkerRole, die_with_supervisor
@@ -63,6 +63,13 @@ def serve_command(argv: Sequence[str]) -> int:
     if role is not None:
         die_with_supervisor(role.supervisor)
     logs.configure(settings.log_level, settings.log_format, worker=role.name if role else "")
+    if role is None:  # said once, not by every worker
+        for name, meant in unknown_variables(os.environ):
+            logging.getLogger("asset_service").warning(
+                "%s is set but is no setting of asset-service (ignored)%s",
+                name,
+                f"; did you mean {meant}?" if meant else "",
+            )
     # Whatever a library creates (SQLite's journal files, temporary files) is owner-only
     # too; what the server creates itself has its mode set explicitly (modes.py).
     os.umask(0o077)

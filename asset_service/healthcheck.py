@@ -165,7 +165,9 @@ def load_probe(argv: Sequence[str], env: Mapping[str, str]) -> Probe:
         if given.tls_cert or given.tls_server_name:
             parser.error("--tls-cert and --tls-server-name need TLS: give --tls-ca too")
         return Probe(address, given.service, given.timeout)
-    roots = _read(parser, "--tls-ca", ca)
+    # Named as given: without --tls-ca the file is the server's, from its own variable.
+    source = "--tls-ca" if given.tls_ca else f"{SERVER_PREFIX}TLS_CERT (trusted without --tls-ca)"
+    roots = _read(parser, source, ca)
     server_name = given.tls_server_name
     if not server_name and given.tls_ca is None:
         # The server's own certificate, trusted as it is: the name it holds is the one

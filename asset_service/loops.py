@@ -7,6 +7,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
+from asset_service import logs
 from asset_service.config import Settings
 from asset_service.domain.errors import AssetError
 from asset_service.domain.manager import AssetManager
@@ -53,6 +54,18 @@ def start(
 SETTLE_INTERVAL = 5.0
 
 
+def _unexpected(what: str) -> None:
+    """A bug rather than the store's or the disk's weather: its traceback, rate-limited,
+    and the loop goes on. Uncaught, it ended the loop's task in silence, and with it that
+    upkeep (expiry, leases, collection) until a restart."""
+    log.error(
+        "%s failed unexpectedly; it runs again next interval",
+        what,
+        exc_info=True,
+        extra={logs.RATE_KEY: f"loop:{what}"},
+    )
+
+
 async def _expire_leases(manager: AssetManager, interval: float, recorder: Recorder) -> None:
     """Fail PENDING assets whose lease ran out: the server process holding the store's
     sweep claim does (it keeps it for a few intervals); each asset's conditional
@@ -64,6 +77,8 @@ async def _expire_leases(manager: AssetManager, interval: float, recorder: Recor
                 recorder.leases_expired(expired)
         except (AssetError, OSError) as exc:
             log.warning("lease sweep failed: %s", exc)
+        except Exception:
+            _unexpected("lease sweep")
         await asyncio.sleep(interval)
 
 
@@ -81,6 +96,8 @@ async def _expire_assets(manager: AssetManager, interval: float, recorder: Recor
             await manager.warn_if_full()
         except (AssetError, OSError) as exc:
             log.warning("retention sweep failed: %s", exc)
+        except Exception:
+            _unexpected("retention sweep")
 
 
 async def _collect(manager: AssetManager, interval: float, limit: int, recorder: Recorder) -> None:
@@ -114,6 +131,8 @@ async def _collect(manager: AssetManager, interval: float, limit: int, recorder:
                         recorder.upload_sessions_expired(removed)  # (the older metric)
             except (AssetError, OSError) as exc:
                 log.warning("collection of %s failed: %s", kind.replace("_", " "), exc)
+            except Exception:
+                _unexpected(f"collection of {kind.replace('_', ' ')}")
         first = False
 
 
@@ -130,6 +149,8 @@ async def _sweep_tombstones(manager: AssetManager, interval: float) -> None:
             await manager.sweep_tombstones()
         except (AssetError, OSError) as exc:
             log.warning("tombstone sweep failed: %s", exc)
+        except Exception:
+            _unexpected("tombstone sweep")
         await asyncio.sleep(interval)
 
 
@@ -142,3 +163,5 @@ async def _settle_unknown_outcomes(manager: AssetManager) -> None:
                 log.info("settled record writes whose outcome had been unknown")
         except (AssetError, OSError) as exc:
             log.warning("settling unknown outcomes failed: %s", exc)
+        except Exception:
+            _unexpected("settling unknown outcomes")

@@ -98,8 +98,12 @@ class Probes:
                 # as the check completes, and the loop then outlived every stop.
                 async with asyncio.timeout(max(self.interval, 1.0)):
                     await check()
-            except (AssetError, TimeoutError, OSError) as exc:
+            except Exception as exc:
+                # Anything else too (a corrupt SQLite file raises sqlite3.DatabaseError):
+                # uncaught, it ended this loop and readiness kept its last answer for good.
                 why = str(exc) or f"no answer within {max(self.interval, 1.0):g}s"
+                if not isinstance(exc, (AssetError, TimeoutError, OSError)):
+                    why = f"{type(exc).__name__}: {why}"
                 if name not in self.failures:
                     log.warning("not ready: the %s check fails: %s", name, why)
                 self.failures[name] = why

@@ -29,6 +29,7 @@ from asset_service.domain.errors import AssetError, InvalidArgument
 from asset_service.domain.manager import AssetManager, Limits
 from asset_service.domain.ports import BlobStorage, MetadataStore
 from asset_service.modes import Modes
+from asset_service.options import mask_url
 from asset_service.probes import Probes
 from asset_service.security.setup import Security
 from asset_service.storage.file_cache import FileCache
@@ -118,10 +119,26 @@ class RunningServer:
         # Calls still running now are cancelled at once (watches resume elsewhere);
         # ones that came in since the drain ended get what is left of a short grace.
         close_grace = min(max(0.0, deadline - loop.time()), STOP_STEP_SECONDS / 2)
+        self.telemetry.stopping.now = True  # what is cut now ends UNAVAILABLE for its client
         await self.probes.close()
         await _bounded("the listener to close", self.server.stop(close_grace), STOP_STEP_SECONDS)
         await _bounded("the store and storage to close", self.manager.stop(), STOP_STEP_SECONDS)
         await _bounded("metrics and traces to close", self.telemetry.close(), STOP_STEP_SECONDS)
+
+
+def _refuse_a_busy_port(listen: str) -> None:
+    """Before anything is opened or created, a port another process listens on stops
+    start-up: an accidental second server given a new --storage-root left that folder
+    behind, a database and its reserve in it. grpc's own bind still decides later."""
+    host, _, port = listen.rpartition(":")
+    if listen.startswith(("unix:", "unix-abstract:")) or not port.isdigit() or port == "0":
+        return
+    try:
+        with socket.create_server((host.strip("[]") or "0.0.0.0", int(port))):
+            pass
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise AssetError(_listen_error(listen, RuntimeError(str(exc)))) from None
 
 
 def _listen_error(listen: str, exc: RuntimeError) -> str:
@@ -215,6 +232,8 @@ async def start(
     # Security files first: a mistake there stops start-up before anything is opened.
     security = Security(settings)
     security.check_listen()
+    if role is None:  # workers share the port their supervisor reserved
+        _refuse_a_busy_port(settings.listen)
     own_files(settings).check_import_roots(settings.import_roots)
     telemetry = telemetry or Telemetry.from_settings(settings)
     if store is None:
@@ -333,17 +352,47 @@ async def serve(settings: Settings, role: WorkerRole | None = None) -> None:
         host,
         running.port,
         settings.storage_root,
-        settings.database_url.split("@")[-1],
+        shown_database(settings.database_url),
     )
     if role is not None:
         role.ready()  # the supervisor says "listening" once every worker is
     await stop.wait()
     grace = settings.shutdown_grace_seconds
     log.info("shutting down (grace %.1fs)", grace)
+    began = loop.time()
+    ends = began + grace
+
+    def again() -> None:
+        # Not a harder stop: with --workers a worker may get each stop twice (from its
+        # supervisor, and from the terminal's Ctrl-C or a service manager's SIGTERM to the
+        # whole group; `timeout` sends its SIGTERM twice too). Such a copy comes within
+        # moments of the first and says nothing; an operator's second signal is answered.
+        if loop.time() - began < DUPLICATE_SIGNAL_SECONDS:
+            return
+        log.info(
+            "already stopping: %d call(s) in flight get up to %.1fs more; SIGKILL ends them now",
+            running.in_flight.count,
+            max(0.0, ends - loop.time()),
+        )
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, again)
     exit_if_stuck(grace + HARD_STOP_SLACK)
     await running.stop(grace)
     log.info("stopped")
 
+
+def shown_database(url: str) -> str:
+    """The database as start-up names it: SQLite's file as the absolute path it opens
+    (sqlite:///data/assets.db is /data/assets.db, not ./data), other URLs masked."""
+    path = sqlite_path(url)
+    if path is not None:
+        return f"{path.expanduser().resolve()} (SQLite)"
+    return mask_url(url)
+
+
+# A stop signal this soon after the first is the same stop delivered twice.
+DUPLICATE_SIGNAL_SECONDS = 1.0
 
 # Past its grace plus this, a stop ends the process whatever still runs: after serve()
 # returns, asyncio.run waits without a bound for tasks that ignore cancellation and

@@ -47,17 +47,31 @@ READY_TIMEOUT_SECONDS = 300.0
 STOP_SLACK_SECONDS = 15.0
 
 
-def cores() -> int:
+def cores(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
     """The cores this process may use: its CPU affinity, within a cgroup CPU quota."""
     count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     count = count or 1
+    quota = _cpu_quota(cgroup)
+    if quota is not None:
+        count = min(count, math.ceil(quota))
+    return max(1, count)
+
+
+def _cpu_quota(cgroup: Path) -> float | None:
+    """CPUs' worth of time the cgroup may use (None: no limit): cgroup v2's cpu.max
+    ("max 100000" or "150000 100000"), else v1's cpu.cfs_quota_us (-1: none) over
+    cpu.cfs_period_us, which hosts and container runtimes still on v1 set."""
     try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
-        if quota != "max":
-            count = min(count, math.ceil(int(quota) / int(period)))
+        quota, period = (cgroup / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
     except (OSError, ValueError):
         pass
-    return max(1, count)
+    try:
+        quota_us = int((cgroup / "cpu" / "cpu.cfs_quota_us").read_text())
+        period_us = int((cgroup / "cpu" / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return None if quota_us <= 0 or period_us <= 0 else quota_us / period_us
 
 
 def worker_count(settings: Settings) -> int:
@@ -77,6 +91,14 @@ def check(settings: Settings, count: int) -> None:
             f"--workers {count}: several processes cannot share the unix socket "
             f"{settings.listen}; listen on HOST:PORT, or use --workers 1"
         )
+    if settings.metrics_listen:
+        port = int(settings.metrics_listen.rpartition(":")[2])
+        if port and port + count - 1 > 65535:
+            raise InvalidArgument(
+                f"--metrics-listen {settings.metrics_listen} with --workers {count}: worker i "
+                f"serves its metrics on port {port} + i, and {port + count - 1} is past "
+                f"65535; give a port of at most {65536 - count}, or 0"
+            )
     usable = cores()
     if count > usable:
         # Allowed (a test, a core count the quota hides), but rarely what was meant: each
@@ -181,8 +203,9 @@ class Supervisor:
             )
         self.workers = [_Worker(i) for i in range(self.count)]
         try:
-            if not self._start_all():
-                return 2
+            failed = self._start_all()
+            if failed is not None:
+                return failed
             log.info(
                 "asset-service listening on %s (%d workers, pids %s; supervisor %d)",
                 self.port.listen,
@@ -223,9 +246,11 @@ class Supervisor:
         worker.ready_fd, worker.ready, worker.started = ready_r, False, time.monotonic()
         worker.start_at = None
 
-    def _start_all(self) -> bool:
+    def _start_all(self) -> int | None:
         """The first worker alone (it migrates the database and recovers), then the rest;
-        False (and everything stopped) if one cannot start."""
+        None once all serve, else the exit status (and everything is stopped): 0 for a
+        stop asked for meanwhile (a service manager's stop is no failure), 2 if one
+        cannot start."""
         for group in (self.workers[:1], self.workers[1:]):
             for worker in group:
                 self._spawn(worker)
@@ -235,7 +260,7 @@ class Supervisor:
                 for number in self._take_signals():
                     if number in (signal.SIGTERM, signal.SIGINT):
                         log.info("stopped while starting")
-                        return False
+                        return 0
                 failed = [w for w in group if not w.ready and w.proc and w.proc.poll() is not None]
                 if failed or time.monotonic() > deadline:
                     worker = (failed or group)[0]
@@ -245,8 +270,8 @@ class Supervisor:
                         self.count,
                         _how(worker.proc) if failed else "not serving in time",
                     )
-                    return False
-        return True
+                    return 2
+        return None
 
     def _wait(self, timeout: float) -> None:
         """Until a signal, a worker's ready pipe, or `timeout` (at most a second)."""

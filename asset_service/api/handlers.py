@@ -16,7 +16,7 @@ from grpc_status import rpc_status
 from asset_service import logs
 from asset_service.api.errors import capped, rich_status, status_code, status_message
 from asset_service.api.wire import Malformed
-from asset_service.domain.errors import AssetError, InvalidArgument
+from asset_service.domain.errors import AssetError, InvalidArgument, StorageFull
 from asset_service.telemetry import note_error_ref
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,10 @@ async def _abort(context: Ctx, exc: BaseException, method: str) -> None:
 
 async def _send_status(context: Ctx, exc: BaseException, method: str) -> None:
     if isinstance(exc, AssetError):
+        if isinstance(exc, StorageFull):
+            # The server's disk, not the client's request: the operator's to fix, so said
+            # in the log even without the access line (--no-access-log), once per kind.
+            log.warning("%s refused: %s", method, exc.message, extra={logs.RATE_KEY: "full"})
         rich = rich_status(exc)
         if rich is not None:
             await context.abort_with_status(rpc_status.to_status(rich))  # type: ignore[attr-defined]

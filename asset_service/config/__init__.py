@@ -37,6 +37,7 @@ __all__ = [
     "parse_group",
     "parse_size",
     "read_command_line",
+    "unknown_variables",
 ]
 
 ENV_PREFIX = "ASSET_SERVICE_"
@@ -110,3 +111,41 @@ def load_settings(
     argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
 ) -> Settings:
     return read_command_line(argv, env).settings
+
+
+# ASSET_SERVICE_* variables read beside the server but not by it: the clients' (README:
+# Clients; the `asset` command's cache) and `asset-service health`'s (HEALTH_*).
+OTHERS_VARIABLES = frozenset(
+    ENV_PREFIX + name
+    for name in (
+        "ADDR",
+        "TOKEN",
+        "TOKEN_FILE",
+        "TLS",
+        "CA_FILE",
+        "CLIENT_CERT",
+        "CLIENT_KEY",
+        "TIMEOUT",
+        "CACHE_DIR",
+        "CACHE_MAX_BYTES",
+    )
+)
+
+
+def unknown_variables(env: Mapping[str, str]) -> list[tuple[str, str | None]]:
+    """ASSET_SERVICE_* variables nothing reads (a typo, a setting's name with _SECONDS
+    added), each with the setting's variable it most likely meant (None: none close)."""
+    import difflib
+
+    ours = [s.env for s in TABLE.settings]
+    found = []
+    for name in sorted(env):
+        if not name.startswith(ENV_PREFIX) or name in OTHERS_VARIABLES or name in ours:
+            continue
+        if name.startswith(ENV_PREFIX + "HEALTH_"):
+            continue
+        # Compared without the prefix they all share, which would make anything "close".
+        bare = [n.removeprefix(ENV_PREFIX) for n in ours]
+        close = difflib.get_close_matches(name.removeprefix(ENV_PREFIX), bare, n=1, cutoff=0.7)
+        found.append((name, ENV_PREFIX + close[0] if close else None))
+    return found

@@ -84,7 +84,8 @@ class StorageSettings:
     database_url: str = setting(
         url("sqlite", "mongodb", "mongodb+srv", "memory", example="sqlite:////srv/assets.db"),
         "",
-        "metadata store: sqlite:///abs/path.db (embedded), mongodb://host/db?replicaSet=rs "
+        "metadata store: sqlite:////abs/path.db (embedded; the path is absolute either way: "
+        "sqlite:///srv/a.db is /srv/a.db), mongodb://host/db?replicaSet=rs "
         "(production) or memory:// (in this process only, lost on exit: tests and demos)",
         group="storage",
         default_doc="sqlite:///<storage-root>/assets.db",

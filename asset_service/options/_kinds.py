@@ -31,6 +31,8 @@ _SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**
 _TRUE = {"1", "true", "yes", "on", "y"}
 _FALSE = {"0", "false", "no", "off", "n", ""}
 MASK = "****"
+LONGEST_SECONDS = 100 * 366 * 86400  # any duration setting: about 100 years at most
+LARGEST_COUNT = 2**31 - 1  # any count: HTTP/2's largest stream limit, a C int
 # Query parameters of a URL that may carry a credential (e.g. MongoDB's
 # authMechanismProperties=AWS_SESSION_TOKEN:..., a presigned X-Amz-Signature).
 _SECRET_WORDS = re.compile(r"(?i)pass|secret|token|key|credential|signature")
@@ -75,6 +77,14 @@ def parse_bool(text: str) -> bool:
 
 def parse_duration(text: str) -> float:
     """'10s', '5m', '1h', '250ms', '1h30m', '7d', '1.5' (seconds) -> seconds."""
+    seconds = _duration(text)
+    if seconds > LONGEST_SECONDS:
+        # Longer would overflow a thread's wait (the stop's hard deadline) or a date.
+        raise ArgumentTypeError(f"{text!r} is longer than 100 years")
+    return seconds
+
+
+def _duration(text: str) -> float:
     stripped = text.strip()
     if stripped.startswith("-"):
         raise ArgumentTypeError(f"{text!r} is negative")
@@ -127,9 +137,14 @@ def show_size(size: int) -> str:
 
 def parse_count(text: str) -> int:
     try:
-        return int(text.strip())
+        count = int(text.strip())
     except ValueError:
         raise ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if count > LARGEST_COUNT:
+        # Larger ones overflowed grpc's channel arguments and SQLite's integers (a
+        # traceback at start-up; a retention sweep that failed every time).
+        raise ArgumentTypeError(f"{text!r} is more than {LARGEST_COUNT}")
+    return count
 
 
 def parse_number(text: str) -> float:

@@ -134,6 +134,12 @@ class Security:
 
     def reload(self) -> None:
         """SIGHUP: re-read every file; a file that fails keeps its previous contents in use."""
+        if (
+            self.settings.tokens_file is None
+            and self.settings.token_secret_file is None
+            and self.certificates is None
+        ):
+            log.info("SIGHUP: no tokens, token secret or TLS files to re-read")
         if self.settings.tokens_file is not None:
             with _keeping_previous("tokens"):
                 self.authenticator.tokens = self._tokens()

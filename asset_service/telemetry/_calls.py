@@ -69,6 +69,16 @@ class Call:
             self.error = error
 
 
+@dataclass(slots=True)
+class Stopping:
+    """Set once the server's stop ends the calls still running (its grace over): grpc then
+    sends their clients UNAVAILABLE ("Cancelling all calls"), not CANCELLED, and that is
+    what their access lines, metrics and spans say (a client's own cancel stays CANCELLED).
+    """
+
+    now: bool = False
+
+
 # The call being served in this task (grpc runs each call in a task of its own, the
 # interceptors and the (de)serializers included).
 _current: contextvars.ContextVar[Call | None] = contextvars.ContextVar(
@@ -90,7 +100,7 @@ def _grpc_type(request_streaming: bool, response_streaming: bool) -> str:
     return "server_stream" if response_streaming else "unary"
 
 
-def final_code(call: Call, context: Any) -> grpc.StatusCode:
+def final_code(call: Call, context: Any, stopping: Stopping | None = None) -> grpc.StatusCode:
     """The status the call ended with: what an abort or set_code chose, else what grpc
     sends for the way the handler ended."""
     code = context.code()
@@ -103,6 +113,8 @@ def final_code(call: Call, context: Any) -> grpc.StatusCode:
         remaining = context.time_remaining()
         if remaining is not None and remaining <= 0:
             return grpc.StatusCode.DEADLINE_EXCEEDED
+        if stopping is not None and stopping.now:
+            return grpc.StatusCode.UNAVAILABLE
         return grpc.StatusCode.CANCELLED
     return grpc.StatusCode.UNKNOWN
 
@@ -120,9 +132,12 @@ class CallObserver(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     callback: after a unary response was serialized and the status sent.
     """
 
-    def __init__(self, metrics: MetricsFactory | None, access: bool) -> None:
+    def __init__(
+        self, metrics: MetricsFactory | None, access: bool, stopping: Stopping | None = None
+    ) -> None:
         self.metrics = metrics
         self.access = access
+        self.stopping = stopping or Stopping()
         self._methods: dict[str, Method] = {}
         self._wrapped: dict[str, tuple[Any, Any]] = {}
 
@@ -181,7 +196,7 @@ class CallObserver(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
 
     def _finish(self, method: Method, call: Call, context: Any) -> None:
         seconds = time.perf_counter() - call.start
-        code = final_code(call, context)
+        code = final_code(call, context, self.stopping)
         if method.metrics is not None:
             method.metrics.finished(call, code, seconds)
         if self.access and access_log.isEnabledFor(method.level):

@@ -15,7 +15,7 @@ from typing import Any, TypeVar, cast
 
 from asset_service.config import Settings
 from asset_service.domain.errors import AssetError
-from asset_service.telemetry._calls import CallObserver
+from asset_service.telemetry._calls import CallObserver, Stopping
 from asset_service.telemetry._recorder import NO_RECORDER, Recorder
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,7 @@ class Telemetry:
     count_interval: float = 30.0
     metrics_port: int | None = None
     observer: CallObserver | None = None
+    stopping: Stopping = field(default_factory=Stopping)
     _http: Any = field(default=None, repr=False)
 
     @classmethod
@@ -65,8 +66,11 @@ class Telemetry:
 
             provider = tracer_provider or _tracing.provider_from_env(env, __version__)
             telemetry.tracing = _tracing.Tracing(provider)
+            telemetry.tracing.interceptor.stopping = telemetry.stopping
         if telemetry.metrics is not None or telemetry.access_log:
-            telemetry.observer = CallObserver(telemetry.metrics, telemetry.access_log)
+            telemetry.observer = CallObserver(
+                telemetry.metrics, telemetry.access_log, telemetry.stopping
+            )
         return telemetry
 
     @property

@@ -12,6 +12,7 @@ from typing import Protocol
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from asset_service import logs
 from asset_service.domain.errors import AssetError
 from asset_service.domain.models import Status
 from asset_service.domain.ports import MetadataStore
@@ -52,6 +53,12 @@ async def count_assets_forever(store: MetadataStore, counts: AssetCounts, interv
             counts.at = time.time()
         except (AssetError, OSError) as exc:
             log.warning("counting assets by status failed (the metric keeps its last): %s", exc)
+        except Exception:  # a bug: said, and counted again next time (uncaught, never again)
+            log.error(
+                "counting assets by status failed unexpectedly (the metric keeps its last)",
+                exc_info=True,
+                extra={logs.RATE_KEY: "loop:count"},
+            )
         await asyncio.sleep(interval)
 
 

@@ -23,7 +23,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.semconv._incubating.attributes.rpc_attributes import RPC_GRPC_STATUS_CODE
 
 from asset_service.domain.errors import AssetError
-from asset_service.telemetry._calls import Call, final_code, keep_shape
+from asset_service.telemetry._calls import Call, Stopping, final_code, keep_shape
 
 SERVICE_NAME = "asset-service"
 EXPORTER_GROUP = "opentelemetry_traces_exporter"
@@ -83,6 +83,8 @@ class SpanInterceptor(OpenTelemetryAioServerInterceptor):
     status is the one the call really ended with.
     """
 
+    stopping: Stopping | None = None
+
     def _intercept_aio_server_unary(self, behavior: Any, details: Any) -> Any:
         return keep_shape(behavior, functools.partial(self._traced, details))
 
@@ -97,14 +99,14 @@ class SpanInterceptor(OpenTelemetryAioServerInterceptor):
                 with call:
                     yield call
             finally:
-                _end(span, call, context)
+                _end(span, call, context, self.stopping)
 
     def _span(self, details: Any, context: Any) -> Any:
         return self._start_span(details, context, set_status_on_exception=False)  # type: ignore[no-untyped-call]
 
 
-def _end(span: Any, call: Call, context: Any) -> None:
-    code = final_code(call, context)
+def _end(span: Any, call: Call, context: Any, stopping: Stopping | None) -> None:
+    code = final_code(call, context, stopping)
     span.set_attribute(RPC_GRPC_STATUS_CODE, code.value[0])
     span.set_status(_server_status(code, context.details() or ""))  # type: ignore[no-untyped-call]
     error = call.error

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -46,6 +47,16 @@ async def wait_exit(server: ServerProcess, seconds: float) -> int:
     return server.proc.returncode
 
 
+async def watched_promise(stub: pb_grpc.AssetServiceStub) -> tuple[str, Any]:
+    """A PENDING promise and a watch of it that never ends (follow), past its SNAPSHOT."""
+    promise = await stub.CreatePendingAsset(
+        pb.CreatePendingAssetRequest(task_id="t", label="in.json", type=pb.ASSET_TYPE_VALUE)
+    )
+    watch = stub.WatchAsset(pb.WatchAssetRequest(asset_ids=[promise.asset.id], follow=True))
+    assert (await watch.read()).type == pb.WATCH_EVENT_TYPE_SNAPSHOT  # type: ignore[union-attr]
+    return promise.asset.id, watch
+
+
 async def test_sigterm_answers_not_ready_but_alive_while_calls_drain_before_it_closes(
     start_server: StartServer,
 ) -> None:
@@ -53,18 +64,13 @@ async def test_sigterm_answers_not_ready_but_alive_while_calls_drain_before_it_c
     server = start_server("--shutdown-grace", str(grace))
     async with grpc.aio.insecure_channel(server.address) as channel:
         stub = pb_grpc.AssetServiceStub(channel)
-        promise = await stub.CreatePendingAsset(
-            pb.CreatePendingAssetRequest(task_id="t", label="in.json", type=pb.ASSET_TYPE_VALUE)
-        )
-        asset_id = promise.asset.id
-        # Two calls in flight: a manifest waiting for its input, a watch that never ends.
+        # Two calls in flight: a watch that never ends, a manifest waiting for its input.
+        asset_id, watch = await watched_promise(stub)
         manifest = asyncio.ensure_future(
             stub.GetManifest(
                 pb.GetManifestRequest(asset_mappings={"in": asset_id}, wait=True), timeout=30
             )
         )
-        watch = stub.WatchAsset(pb.WatchAssetRequest(asset_ids=[asset_id], follow=True))
-        assert (await watch.read()).type == pb.WATCH_EVENT_TYPE_SNAPSHOT  # type: ignore[union-attr]
         assert await health_answers(server.address) == {"": "SERVING", SERVICE: "SERVING"}
 
         signalled = time.monotonic()
@@ -127,3 +133,66 @@ def test_a_zero_health_interval_is_refused_at_start_up() -> None:
         "--health-interval): '0' is not above 0; accepted: a duration like 10s, 5m, 1h, 250ms, "
         "1h30m or 1.5 (seconds), above 0"
     ]
+
+
+async def test_a_second_sigterm_says_the_stop_is_under_way_and_keeps_the_drain(
+    start_server: StartServer,
+) -> None:
+    """A second SIGTERM or SIGINT (an impatient Ctrl-C) was ignored without a word: the
+    operator could not tell a stop under way from one that had not started. It is still no
+    harder stop (a worker may get each stop twice), but a line says what is left."""
+    grace = 3.0
+    server = start_server("--shutdown-grace", str(grace))
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        _, watch = await watched_promise(pb_grpc.AssetServiceStub(channel))
+        signalled = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+        # The same stop delivered twice at once (a group's signal, and a supervisor's or
+        # `timeout`'s copy) says nothing; a second signal a moment later is answered.
+        server.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+        while (await health_answers(server.address))[SERVICE] != "NOT_SERVING":
+            assert time.monotonic() - signalled < 2, "readiness never said NOT_SERVING"
+        await asyncio.sleep(max(0.0, signalled + 1.2 - time.monotonic()))
+        assert not any("already stopping" in line for line in server.log)
+        server.proc.send_signal(signal.SIGINT)  # type: ignore[union-attr]
+        deadline = time.monotonic() + 2
+        while not any("already stopping" in line for line in server.log):
+            assert time.monotonic() < deadline, "".join(server.log)
+            await asyncio.sleep(0.05)
+        assert server.proc.poll() is None, "the drain goes on"  # type: ignore[union-attr]
+        assert await wait_exit(server, grace + STOP_SLACK) == 0
+        assert time.monotonic() - signalled > grace - 0.5
+        watch.cancel()
+    (line,) = [line for line in server.log if "already stopping" in line]
+    assert "1 call(s) in flight get up to" in line and "SIGKILL ends them now" in line
+
+
+async def test_calls_the_grace_cuts_are_logged_and_counted_as_their_clients_see_them(
+    start_server: StartServer,
+) -> None:
+    """Calls still running when the grace ran out reached their clients as UNAVAILABLE
+    ("Cancelling all calls") but were logged and counted as CANCELLED, the code of a client
+    that gave up: an operator could not tell a stop's cuts from impatient clients."""
+    grace = 1.0
+    server = start_server("--shutdown-grace", str(grace), "--metrics-listen", "127.0.0.1:0")
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        stub = pb_grpc.AssetServiceStub(channel)
+        promise = await stub.CreatePendingAsset(
+            pb.CreatePendingAssetRequest(task_id="t", label="in.json", type=pb.ASSET_TYPE_VALUE)
+        )
+        manifest = asyncio.ensure_future(
+            stub.GetManifest(
+                pb.GetManifestRequest(asset_mappings={"in": promise.asset.id}, wait=True),
+                timeout=30,
+            )
+        )
+        await asyncio.sleep(0.3)  # the manifest waits
+        server.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+        try:
+            await asyncio.wait_for(manifest, grace + STOP_SLACK)
+            raise AssertionError("the waiting manifest answered")
+        except grpc.aio.AioRpcError as cut:
+            assert cut.code() == grpc.StatusCode.UNAVAILABLE, cut
+        assert await wait_exit(server, grace + STOP_SLACK) == 0
+    (line,) = [line for line in server.log if "access: /asset.v1.AssetService/GetManifest" in line]
+    assert "GetManifest UNAVAILABLE" in line, line

@@ -214,6 +214,7 @@ def test_an_accidental_second_server_is_refused(
     )
     assert same_database.returncode == 2, same_database.stderr
     assert "another asset-service process is using" in same_database.stderr
+    assert "run one server with --workers N" in same_database.stderr
     assert len(workers_of(two.pid)) == 2, "the first server is untouched"
 
 
@@ -315,6 +316,9 @@ def test_each_worker_serves_its_own_metrics_on_the_next_port(tmp_path: Path) -> 
         (["--listen", "unix:{tmp}/s.sock"], "several processes cannot share the unix socket"),
         (["--workers", "0"], "--workers"),
         (["--workers", "-2"], "--workers"),
+        # Worker 2's metrics port would be 65536: it failed with an error about a value
+        # nobody gave, after worker 1 had started.
+        (["--metrics-listen", "127.0.0.1:65535"], "65536 is past 65535; give a port of at most"),
     ],
 )
 def test_what_workers_cannot_share_is_refused_at_start_up(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 import pytest
@@ -199,6 +200,53 @@ def test_ages_may_be_zero_but_not_negative(
     assert f"ASSET_SERVICE_{variable}" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        # Accepted, it overflowed the stop's hard deadline (a thread's wait): a traceback
+        # at SIGTERM, and no bound on the stop.
+        (["--shutdown-grace", "1000000000d"], "'1000000000d' is longer than 100 years"),
+        (["--orphan-grace", "40000d"], "'40000d' is longer than 100 years"),
+        (["--max-lease-seconds", "36601d"], "'36601d' is longer than 100 years"),
+        # Accepted, every FailAsset (or fulfilment) the rule matched was INTERNAL: its
+        # expiry date overflowed.
+        (
+            ["--expiry-rule", "failed,status=FAILED,1000000000000d"],
+            "AFTER '1000000000000d' is longer than 100 years",
+        ),
+    ],
+)
+def test_durations_past_a_hundred_years_are_refused_in_one_line(
+    capsys: pytest.CaptureFixture[str], argv: list[str], said: str
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        load_settings(argv, {})
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and argv[0] in err and said in err, err
+    assert load_settings([argv[0], argv[1].replace(argv[1].rsplit(",", 1)[-1], "36500d")], {})
+
+
+@pytest.mark.parametrize(
+    "flag",
+    [
+        "--max-streams-per-connection",  # was a traceback: grpc's channel argument overflowed
+        "--retention-sweep-limit",  # was a sweep failing every time: SQLite's INTEGER overflowed
+        "--mongo-write-queue",
+        "--workers",
+    ],
+)
+def test_counts_past_a_c_int_are_refused_in_one_line(
+    capsys: pytest.CaptureFixture[str], flag: str
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        load_settings([flag, "99999999999"], {})
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and flag in err and "is more than 2147483647" in err, err
+    assert load_settings([flag, "2147483647"], {})
+
+
 def test_a_flag_wins_over_a_bad_variable_and_variables_are_typed() -> None:
     env = {"ASSET_SERVICE_HEALTH_INTERVAL": "0", "ASSET_SERVICE_UPLOAD_IDLE_TIMEOUT": "7.5"}
     settings = load_settings(["--health-interval", "0.5"], env)
@@ -225,3 +273,23 @@ def test_a_bad_variable_is_one_line_not_a_traceback(
     assert exited.value.code == 2
     err = capsys.readouterr().err
     assert named in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_every_variable_the_clients_read_is_known_to_the_server() -> None:
+    """The server warns of ASSET_SERVICE_* variables it does not know; the clients' own,
+    set beside it in one container, must not be among them."""
+    from asset_service.config import unknown_variables
+
+    root = Path(__file__).resolve().parents[2] / "clients"
+    sources = [
+        *root.glob("python/asset_client/**/*.py"),
+        *(p for p in root.glob("go/**/*.go") if not p.name.endswith("_test.go")),
+        *root.glob("typescript/src/**/*.ts"),
+    ]
+    read = set()
+    for source in sources:
+        if "testserver" in source.parts:
+            continue  # the Go tests' harness, not a client
+        read |= set(re.findall(r"\bASSET_SERVICE_[A-Z0-9_]*[A-Z0-9]\b", source.read_text()))
+    assert len(read) >= 8, read
+    assert unknown_variables(dict.fromkeys(read, "x")) == []

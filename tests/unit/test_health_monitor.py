@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 
 from asset_service.domain.errors import Unavailable
 from asset_service.probes import LIVENESS, NOT_SERVING, READINESS, SERVING, Probes
@@ -103,3 +104,26 @@ async def test_a_stop_that_lands_as_a_ping_completes_still_ends_the_monitor() ->
     done, _ = await asyncio.wait({task}, timeout=2)
     assert done, "the monitor swallowed its cancellation and kept running"
     assert task.cancelled()
+
+
+async def test_a_check_that_raises_anything_is_not_ready_and_the_loop_goes_on() -> None:
+    """A check raising what is neither the store's nor the disk's error (a corrupt SQLite
+    file raises sqlite3.DatabaseError) ended the probe loop: readiness kept answering
+    SERVING for good, whatever the checks would have found."""
+    failing = True
+
+    async def corrupt() -> None:
+        if failing:
+            raise sqlite3.DatabaseError("database disk image is malformed")
+
+    probes = Probes([("database", corrupt)], 0.05)
+    await probes.start()
+    task = asyncio.create_task(probes.run())
+    try:
+        await wait_for(probes, READINESS, NOT_SERVING)
+        assert probes.failures == {"database": "DatabaseError: database disk image is malformed"}
+        failing = False
+        await wait_for(probes, READINESS, SERVING)
+        assert not task.done()
+    finally:
+        task.cancel()

@@ -101,8 +101,10 @@ DURATIONS = "accepted: a duration like 10s, 5m, 1h, 250ms, 1h30m or 1.5 (seconds
         ),
         (
             [],
+            # The file came from the server's variable: a --tls-ca nobody gave was blamed.
             {"ASSET_SERVICE_TLS_CERT": "/nonexistent/server.pem"},
-            "cannot read --tls-ca /nonexistent/server.pem: No such file or directory",
+            "cannot read ASSET_SERVICE_TLS_CERT (trusted without --tls-ca) "
+            "/nonexistent/server.pem: No such file or directory",
         ),
         (
             ["--tls-ca", "/dev/null", "--tls-cert", "/dev/null"],

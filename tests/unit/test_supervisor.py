@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import math
+import signal
 import subprocess
 import sys
 import time
@@ -109,3 +111,63 @@ def test_more_workers_than_cores_is_allowed_with_a_warning(
         supervisor.check(settings, 3)
     (record,) = caplog.records
     assert "--workers 3 is more than the 2 core(s)" in record.getMessage()
+
+
+@pytest.mark.parametrize(
+    ("files", "expected"),
+    [
+        ({}, None),
+        ({"cpu.max": "max 100000\n"}, None),
+        ({"cpu.max": "150000 100000\n"}, 1.5),
+        # cgroup v1 (hosts and runtimes still on it): 'auto' ignored the quota there.
+        ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+        ({"cpu/cpu.cfs_quota_us": "50000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 0.5),
+    ],
+)
+def test_the_cpu_quota_of_cgroup_v2_or_v1(
+    tmp_path: Path, files: dict[str, str], expected: float | None
+) -> None:
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert supervisor._cpu_quota(tmp_path) == expected
+    unlimited = supervisor.cores(tmp_path / "none")  # the CPU affinity alone
+    limited = min(unlimited, math.ceil(expected)) if expected else unlimited
+    assert supervisor.cores(tmp_path) == limited
+
+
+def test_a_stop_while_the_workers_start_exits_zero(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """SIGTERM before every worker served (a slow first start: migrations, recovery)
+    ended the supervisor with status 2, the status of a bad setting: a service manager's
+    stop was reported as a failure."""
+    spawned: list[subprocess.Popen[bytes]] = []
+
+    def spawn(self: supervisor.Supervisor, worker: supervisor._Worker) -> None:
+        worker.proc = _stubborn()  # never says it is ready
+        spawned.append(worker.proc)
+
+    def wait(self: supervisor.Supervisor, timeout: float) -> None:
+        self.signals.append(signal.SIGTERM)  # the stop arrives while it waits
+
+    monkeypatch.setattr(supervisor.Supervisor, "_spawn", spawn)
+    monkeypatch.setattr(supervisor.Supervisor, "_wait", wait)
+    settings = load_settings(["--listen", "127.0.0.1:0", "--database-url", "memory://"], {})
+    monkeypatch.setattr(supervisor, "check", lambda settings, count: None)
+    handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
+    before = {sig: signal.getsignal(sig) for sig in handled}
+    try:
+        with caplog.at_level(logging.INFO, logger=supervisor.__name__):
+            status = supervisor.Supervisor([], settings, 2).run()
+    finally:
+        signal.set_wakeup_fd(-1)  # run() installs its own: pytest's come back
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+        for proc in spawned:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert status == 0
+    assert "stopped while starting" in caplog.text
+    assert all(p.returncode == -9 for p in spawned), "its _kill_all ended the worker"

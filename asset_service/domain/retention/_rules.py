@@ -69,6 +69,9 @@ def parse_rule(text: str) -> ExpiryRule:
     match = _DURATION.fullmatch(after_text)
     if match is None or float(match.group(1)) * _UNITS[match.group(2)] <= 0:
         raise ValueError(f"expiry rule {name}: AFTER {after_text!r} is not a duration above 0")
+    if float(match.group(1)) * _UNITS[match.group(2)] > MAX_TTL_SECONDS:
+        # Past a date's range every FailAsset and fulfilment it matched was INTERNAL.
+        raise ValueError(f"expiry rule {name}: AFTER {after_text!r} is longer than 100 years")
     found: dict[str, str] = {}
     for condition in conditions:
         key, sep, value = condition.partition("=")

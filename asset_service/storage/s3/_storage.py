@@ -109,7 +109,8 @@ class S3Storage(SpanReads):
             self.bucket.open_client = None
             raise Unavailable(
                 f"bucket {self.location.bucket!r} at {creds.endpoint_url or 'AWS S3'} is not "
-                f"usable ({exc}); create it, or check AWS_ENDPOINT_URL and the credentials"
+                f"usable ({exc}); create it, or check --s3-endpoint-url (or AWS_ENDPOINT_URL), "
+                "--s3-region and the credentials (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)"
             ) from exc
         bulk = Bulk(creds, self._max_connections)
         await asyncio.to_thread(bulk.open)

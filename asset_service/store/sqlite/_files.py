@@ -13,18 +13,26 @@ from asset_service.modes import PRIVATE_FILE, Modes, report
 def claim(db: Path) -> int:
     """The fd of <db>.lock, flocked: one server per database file (the supervisor of
     several workers holds it for them all: store/sqlite/_shared.py)."""
-    if not db.parent.is_dir():
-        Modes().folder(db.parent, shared=False)
     lock = db.with_name(db.name + ".lock")
-    fd = os.open(lock, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, PRIVATE_FILE)
+    try:
+        if not db.parent.is_dir():
+            Modes().folder(db.parent, shared=False)
+        fd = os.open(lock, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, PRIVATE_FILE)
+    except OSError as exc:  # start-up's one line (exit 2), not a traceback
+        raise Unavailable(
+            f"cannot use the sqlite database {db}: {exc.strerror}: {exc.filename}; give "
+            "--database-url (or ASSET_SERVICE_DATABASE_URL) a file in a folder this user "
+            "may write"
+        ) from exc
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
         raise Unavailable(
             f"another asset-service process is using {db}; the embedded SQLite "
-            "store serves one process (watchers would miss the other's changes). Stop "
-            "it, give this one its own --storage-root, or use MongoDB to run several."
+            "store serves one server (another's watchers would miss this one's changes). "
+            "Stop it, give this one its own --storage-root, or for more processes run one "
+            "server with --workers N (or several on MongoDB)."
         ) from None
     return fd
 
