@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -236,6 +238,35 @@ def test_errors_exit_10_plus_the_grpc_code_with_one_line(server: ServerProcess) 
     assert "No such option" in one_line_error(asset(server.address, "ls", "--bogus"), 2)
     nofile = asset(server.address, "put", "/nonexistent/file")
     assert "no such file" in one_line_error(nofile, 2)
+
+
+def test_a_tls_handshake_that_fails_is_one_line_without_grpcs_own_log(
+    server: ServerProcess,
+) -> None:
+    # gRPC's core would print an INFO line per failed handshake (GRPC_VERBOSITY unset).
+    tls_to_plaintext = asset(server.address, "--tls", "--timeout", "3", "ls")
+    assert "DEADLINE_EXCEEDED" in one_line_error(tls_to_plaintext, 14)
+
+
+def test_a_token_without_tls_for_a_remote_address_is_a_usage_error_at_once() -> None:
+    refused = asset("192.0.2.1:50051", "--token", "t", "--timeout", "2", "ls")
+    assert "only to a loopback address" in one_line_error(refused, 2)
+
+
+def test_get_into_a_missing_folder_names_it_and_a_download_follows_the_umask(
+    server: ServerProcess, client: AssetClient, tmp_path: Path
+) -> None:
+    value = client.create_value("notes.txt", text="hello")
+    missing = tmp_path / "missing"
+    err = one_line_error(asset(server.address, "get", value.id, str(missing / "x.txt")), 1)
+    assert err == f"asset: No such file or directory: {missing}\n"
+    umask = os.umask(0o022)  # the child's umask, as a login shell's usually is
+    try:
+        written = Path(out(asset(server.address, "get", value.id, cwd=tmp_path)).strip())
+    finally:
+        os.umask(umask)
+    assert (tmp_path / written).read_text() == "hello"
+    assert stat.S_IMODE((tmp_path / written).stat().st_mode) == 0o644  # not tempfile's 0o600
 
 
 def test_the_exit_status_table_is_10_plus_each_grpc_code() -> None:

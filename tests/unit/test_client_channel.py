@@ -143,6 +143,24 @@ def test_the_tls_variable_asks_for_tls_with_the_systems_roots(
     assert isinstance(creds, grpc.ChannelCredentials) is tls
 
 
+@pytest.mark.parametrize("target", ["10.1.2.3:50051", "ipv4:192.0.2.7:1", "[2001:db8::1]:50051"])
+def test_a_token_without_tls_for_an_address_off_this_host_is_refused_at_once(
+    target: str,
+) -> None:
+    # gRPC's local credentials would refuse every connection, after 15 s of retries, with
+    # "Endpoint is neither UDS or TCP loopback address".
+    with pytest.raises(ValueError, match=r"only to a loopback address.*turn TLS on"):
+        resolve({"ASSET_SERVICE_TOKEN": "t"}, target=target)
+    assert resolve({"ASSET_SERVICE_TOKEN": "t", "ASSET_SERVICE_TLS": "1"}, target=target)
+
+
+@pytest.mark.parametrize("target", ["127.0.0.1:1", "[::1]:1", "localhost:1", "assets:1", "unix:/s"])
+def test_a_token_without_tls_for_a_loopback_address_or_a_name_is_left_to_grpc(
+    target: str,
+) -> None:
+    assert resolve({}, target=target, token="t").credentials is not None
+
+
 def test_a_tls_variable_that_is_no_boolean_is_refused() -> None:
     with pytest.raises(ValueError, match="ASSET_SERVICE_TLS='maybe' is not a boolean"):
         resolve({"ASSET_SERVICE_TLS": "maybe"})

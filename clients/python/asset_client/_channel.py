@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import math
@@ -302,6 +303,9 @@ def resolve(
             private_key = _read(env, ENV_CLIENT_KEY)
     if token is None:
         token = _env_token(env)
+    wants_tls = tls or root_certificates is not None or certificate_chain is not None
+    if token is not None and credentials is None and not wants_tls:
+        _check_loopback(target)
     creds = channel_credentials(
         credentials,
         tls=tls,
@@ -311,3 +315,25 @@ def resolve(
         token=token,
     )
     return Settings(target, chosen, creds)
+
+
+def _check_loopback(target: str) -> None:
+    """Refuse at once a token without TLS for an IP address that is not a loopback one:
+    gRPC's local credentials would refuse every connection to it, and the call would
+    end, after its retries, in an obscure UNAVAILABLE. A host name is left to gRPC."""
+    address = target
+    for scheme in ("dns:///", "dns:", "ipv4:", "ipv6:"):
+        address = address.removeprefix(scheme)
+    if address.startswith("["):
+        host = address[1:].partition("]")[0]
+    else:
+        host = address.rpartition(":")[0] if address.count(":") == 1 else address
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return
+    if not ip.is_loopback:
+        raise ValueError(
+            f"a token is sent without TLS only to a loopback address, and {target} is not "
+            f"one: turn TLS on ({ENV_TLS}=1, or a CA file with {ENV_CA_FILE}), or give no token"
+        )
