@@ -12,7 +12,8 @@ import pytest
 from asset_client import AssetClient, AssetStatus, AssetType
 
 from tests.e2e.cli_helpers import asset, one_line_error, out, run_args, start
-from tests.serverproc import ServerProcess
+from tests.e2e.tcp_proxy import proxy_to
+from tests.serverproc import ServerProcess, database_url_for, serving
 
 
 @pytest.fixture
@@ -122,6 +123,7 @@ def test_a_promise_lost_meanwhile_stops_the_command_and_fails_the_others(
     code, err = _finish(proc)
     assert code == 128 + signal.SIGTERM
     assert "stopping the command: the promise" in err
+    assert "could not fail" not in err  # the lost one is left as it is, without a try
     reason = client.get(second.id).failure_reason
     assert reason.startswith(f"the promise {first.id} was lost")
     assert reason.endswith("the command was killed by SIGTERM")
@@ -245,3 +247,30 @@ def test_a_signal_while_waiting_for_inputs_fails_the_promise(
     assert not marker.exists()
     reason = client.get(promise.id).failure_reason
     assert reason == "asset run received SIGTERM while waiting for its inputs"
+
+
+def test_an_output_is_delivered_across_a_server_restart(tmp_path: Path) -> None:
+    # The command ends while the server is down: the upload waits for it, not fails.
+    with (
+        serving(ServerProcess(tmp_path / "data", database_url_for(tmp_path))) as server,
+        proxy_to(server.port) as proxy,
+        AssetClient(server.address, timeout=30) as client,
+    ):
+        promise = client.create_pending("task-restart", "out.txt")
+        wrote, go = tmp_path / "wrote", tmp_path / "go"
+        script = (
+            f"echo done > $ASSET_OUTPUT; echo x > {wrote}; until [ -e {go} ]; do sleep 0.05; done"
+        )
+        proc = start(proxy.address, run_args("sh", "-c", script, outputs={"o": promise.id}))
+        _wait_for(wrote, proc)
+        server.kill()
+        proxy.cut_now()
+        go.touch()
+        time.sleep(1.5)  # the first upload attempts meet no server
+        server.start()
+        proxy.upstream = server.port
+        code, err = _finish(proc, timeout=60)
+        assert code == 0, err
+        with AssetClient(server.address, timeout=30) as again:
+            assert again.get(promise.id).status is AssetStatus.AVAILABLE
+            assert b"".join(again.read(promise.id)) == b"done\n"

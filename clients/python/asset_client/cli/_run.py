@@ -223,10 +223,10 @@ def _steps(
             work.close,
         )
     except Interrupted as exc:
-        task.fail_all(f"asset run {exc} while waiting for its inputs")
+        task.fail_all(f"asset run {exc} while waiting for its inputs", leases)
         return _exit.for_signal(exc.signum)
     except AssetServiceError as exc:
-        task.fail_all(f"inputs not available: {exc.details}")
+        task.fail_all(f"inputs not available: {exc.details}", leases)
         raise
     (workdir / "outputs").mkdir(exist_ok=True)
     argv = expand(plan.command, manifest.path, workdir, task.outputs, dict(manifest.entries))
@@ -247,24 +247,24 @@ def _steps(
         )
     except OSError as exc:
         reason = f"cannot run {plan.command[0]!r}: {exc.strerror}"
-        task.fail_all(reason)
+        task.fail_all(reason, leases)
         click.echo(f"asset run: {reason}", err=True)
         return 127 if isinstance(exc, FileNotFoundError) else 126
     if not outcome.ok:
-        task.fail_all(outcome.describe())
+        task.fail_all(outcome.describe(), leases)
         summary = outcome.describe().split("; stderr:")[0].removeprefix("asset run ")
         click.echo(f"asset run: {summary}", err=True)
         return outcome.exit_status
     try:
         task.signals.interruptibly(lambda: task.deliver(work), work.close)
     except Interrupted as exc:
-        task.fail_all(f"asset run {exc} while delivering the outputs")
+        task.fail_all(f"asset run {exc} while delivering the outputs", leases)
         return _exit.for_signal(exc.signum)
     except NoOutput as exc:
-        task.fail_all(f"the command exited 0 but {exc}")
+        task.fail_all(f"the command exited 0 but {exc}", leases)
         click.echo(f"asset run: the command exited 0 but {exc}", err=True)
         return _exit.LOCAL
     except (AssetServiceError, OSError, ValueError) as exc:
-        task.fail_all(f"delivering the outputs failed: {exc}")
+        task.fail_all(f"delivering the outputs failed: {exc}", leases)
         raise
     return _exit.OK

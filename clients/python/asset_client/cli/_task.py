@@ -6,7 +6,7 @@ import dataclasses
 import json
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,10 +116,14 @@ class Task:
                 )
             self.promised[out.asset_id] = asset
 
-    def fail_all(self, reason: str) -> None:
-        """Fail every promise not delivered yet (best effort: one lost meanwhile is left)."""
+    def fail_all(self, reason: str, leases: Mapping[str, LeaseKeeper] = {}) -> None:
+        """Fail every promise not delivered yet (best effort: one lost meanwhile is left).
+
+        A promise whose lease keeper saw it lost (failed or deleted by another, or its
+        lease ran out) is no longer PENDING: it is left as it is, without a try."""
         for out in self.outputs:
-            if out.asset_id in self.settled:
+            lease = leases.get(out.asset_id)
+            if out.asset_id in self.settled or (lease is not None and lease.lost is not None):
                 continue
             self.settled.add(out.asset_id)
             try:
@@ -140,10 +144,13 @@ class Task:
             if promise.type is AssetType.VALUE:
                 client.fulfill(out.asset_id, value=value_of(path, promise))
             else:
+                # Resumable whatever its size: a server restarting as the command ends
+                # must not cost the task its work (the upload waits for it, and resumes).
                 client.upload(
                     path,
                     pending_asset_id=out.asset_id,
                     progress=self.progress,
+                    resumable=True,
                 )
             self.settled.add(out.asset_id)
             log.info("output %s delivered to %s", out.name, out.asset_id)
