@@ -269,6 +269,42 @@ def test_get_into_a_missing_folder_names_it_and_a_download_follows_the_umask(
     assert stat.S_IMODE((tmp_path / written).stat().st_mode) == 0o644  # not tempfile's 0o600
 
 
+def test_a_reader_that_goes_away_ends_cat_quietly_as_sigpipe_would(
+    server: ServerProcess, client: AssetClient, tmp_path: Path
+) -> None:
+    # `asset cat ID | head -c 10`: more than a pipe's buffer, so a write meets the closed
+    # pipe (click's own handling exited 1).
+    (tmp_path / "big.bin").write_bytes(os.urandom(4 * 1024 * 1024))
+    asset_id = client.upload(tmp_path / "big.bin", progress=False).id
+    proc = subprocess.Popen(
+        [ASSET, "cat", asset_id],
+        env=cli_env(server.address),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    assert len(proc.stdout.read(10)) == 10
+    proc.stdout.close()
+    try:
+        err = proc.stderr.read()
+        assert proc.wait(30) == 128 + 13, err
+    finally:
+        proc.kill()
+        proc.wait()
+    assert err == b""
+
+
+def test_get_into_a_folder_that_is_not_there_is_refused(
+    server: ServerProcess, client: AssetClient, tmp_path: Path
+) -> None:
+    value = client.create_value("notes.txt", text="hello")
+    work = tmp_path / "work"
+    work.mkdir()
+    err = one_line_error(asset(server.address, "get", value.id, "nodir/", cwd=work), 2)
+    assert "nodir/: no such folder" in err
+    assert list(work.iterdir()) == []  # not a file named nodir
+
+
 def test_the_exit_status_table_is_10_plus_each_grpc_code() -> None:
     import grpc
 

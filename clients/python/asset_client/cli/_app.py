@@ -7,6 +7,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -88,7 +89,22 @@ _FILE = click.Path(dir_okay=False, path_type=Path)
 EPILOG = "\b\nExit status:\n" + "\n".join(f"  {code:>3}  {what}" for code, what in _exit.TABLE)
 
 
-@click.group(context_settings=CONTEXT, epilog=EPILOG)
+class OutputClosed(Exception):
+    """The reader of a command's output went away (`asset cat ID | head`)."""
+
+
+class _Group(click.Group):
+    """click's group, but a write to a closed pipe ends as OutputClosed: click's own main
+    turns it into exit status 1, even with standalone_mode=False."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError:
+            raise OutputClosed from None
+
+
+@click.group(cls=_Group, context_settings=CONTEXT, epilog=EPILOG)
 @click.option(
     "--addr",
     envvar="ASSET_SERVICE_ADDR",

@@ -12,7 +12,7 @@ import grpc
 
 # Each command module adds its commands to `cli` as it is imported.
 from asset_client.cli import _commands, _exit, _promises, _run, _usage, _watch  # noqa: F401
-from asset_client.cli._app import Settings, cli
+from asset_client.cli._app import OutputClosed, Settings, cli
 from asset_client.errors import AssetServiceError
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ def run(argv: list[str]) -> int:
         where = f" (server {seen[0].addr})" if exc.code in _NETWORK and seen else ""
         _error("asset", f"{exc.code.name}: {exc.details}{where}")
         return _exit.for_code(exc.code)
-    except BrokenPipeError:
+    except (BrokenPipeError, OutputClosed):
         # The reader went away (`asset cat ID | head`): quiet, as cat(1) killed by SIGPIPE.
         _silence_stdout()
         return _exit.for_signal(13)
