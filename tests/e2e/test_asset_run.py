@@ -182,6 +182,22 @@ def test_the_commands_stdout_is_asset_runs_and_nothing_else(
     assert client.get(again.id).status is AssetStatus.PENDING
 
 
+def test_a_kept_workdir_never_delivers_an_output_a_run_before_left_there(
+    server: ServerProcess, client: AssetClient, tmp_path: Path
+) -> None:
+    work = tmp_path / "work"
+    first = client.create_pending("task-again", "out.txt")
+    run = ["run", "--workdir", str(work), "--output", f"out={first.id}", "--"]
+    assert out(asset(server.address, *run, "sh", "-c", "echo data > {output}")) == ""
+    assert (work / "outputs" / "out").read_text() == "data\n"
+    # A retry in the same folder whose command writes nothing is refused at once.
+    again = client.create_pending("task-again", "out.txt")
+    run[-2] = f"out={again.id}"
+    refused = asset(server.address, *run, "true")
+    assert "exists already" in one_line_error(refused, 2)
+    assert client.get(again.id).status is AssetStatus.PENDING
+
+
 @pytest.mark.parametrize(
     ("command", "code", "said", "reason"),
     [

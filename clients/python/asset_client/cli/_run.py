@@ -52,7 +52,8 @@ log = logging.getLogger(__name__)
 @click.option(
     "--workdir",
     type=click.Path(file_okay=False, path_type=Path),
-    help="Work here, and keep it (default: a fresh folder in the cache, removed at the end).",
+    help="Work here, and keep it (default: a fresh folder in the cache, removed at the end); "
+    "an output file a run before left in it is refused.",
 )
 @click.option("--keep-workdir", is_flag=True, help="Keep the default folder (its path is logged).")
 @click.option(
@@ -139,9 +140,11 @@ def run(
             "each output needs its own NAME and ASSET_ID", param_hint="--output"
         )
     for out in specs:
-        if out.explicit and out.path.exists():
+        # A --workdir is kept: a run before may have left its default output files there.
+        path = out.path if workdir is None else placed(out, workdir).path
+        if (out.explicit or workdir is not None) and path.exists():
             raise click.BadParameter(
-                f"{out.path} exists already; remove it so that a stale file is never delivered",
+                f"{path} exists already; remove it so that a stale file is never delivered",
                 param_hint="--output",
             )
     check_placeholders(command, specs, mappings)
