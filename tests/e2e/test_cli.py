@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -303,6 +304,28 @@ def test_get_into_a_folder_that_is_not_there_is_refused(
     err = one_line_error(asset(server.address, "get", value.id, "nodir/", cwd=work), 2)
     assert "nodir/: no such folder" in err
     assert list(work.iterdir()) == []  # not a file named nodir
+
+
+def test_ctrl_c_ends_a_command_with_130_and_one_line(
+    server: ServerProcess, client: AssetClient
+) -> None:
+    promise = client.create_pending("task-int", "never.txt")
+    proc = subprocess.Popen(
+        [ASSET, "watch", promise.id],
+        env=cli_env(server.address),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        assert promise.id in proc.stdout.readline().decode()  # watching now
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 130
+    assert err == b"asset: interrupted\n"  # no blank line first (click's, for a terminal)
 
 
 def test_the_exit_status_table_is_10_plus_each_grpc_code() -> None:

@@ -93,15 +93,22 @@ class OutputClosed(Exception):
     """The reader of a command's output went away (`asset cat ID | head`)."""
 
 
+class Interrupted(Exception):
+    """Ctrl-C (SIGINT) while a command ran."""
+
+
 class _Group(click.Group):
-    """click's group, but a write to a closed pipe ends as OutputClosed: click's own main
-    turns it into exit status 1, even with standalone_mode=False."""
+    """click's group, but a write to a closed pipe ends as OutputClosed (click's own main
+    turns it into exit status 1, even with standalone_mode=False) and Ctrl-C as Interrupted
+    (click prints a blank line first, for a terminal's ^C, also into a log)."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except BrokenPipeError:
             raise OutputClosed from None
+        except KeyboardInterrupt:
+            raise Interrupted from None
 
 
 @click.group(cls=_Group, context_settings=CONTEXT, epilog=EPILOG)
