@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
 
+import grpc
 from grpc_health.v1 import health_pb2
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 
@@ -26,6 +28,33 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 Check = Callable[[], Awaitable[None]]
 
 
+class HealthServicer(health_aio.HealthServicer):  # type: ignore[misc]
+    """grpcio's servicer, plus what it leaves out: List (in grpc.health.v1 and listed by
+    reflection, UNIMPLEMENTED there) and a NOT_FOUND that says which names to ask."""
+
+    async def Check(
+        self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> health_pb2.HealthCheckResponse:
+        status = self._server_status.get(request.service)
+        if status is None:
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"no health status for service {request.service!r}: ask '{LIVENESS}' (liveness)"
+                f" or '{READINESS}' (readiness)",
+            )
+        return health_pb2.HealthCheckResponse(status=status)
+
+    async def List(
+        self, request: health_pb2.HealthListRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> health_pb2.HealthListResponse:
+        return health_pb2.HealthListResponse(
+            statuses={
+                name: health_pb2.HealthCheckResponse(status=status)
+                for name, status in self._server_status.items()
+            }
+        )
+
+
 class Probes:
     """The health servicer and the loop that keeps its answers true.
 
@@ -37,7 +66,7 @@ class Probes:
     """
 
     def __init__(self, checks: Iterable[tuple[str, Check]], interval: float) -> None:
-        self.servicer = health_aio.HealthServicer()
+        self.servicer = HealthServicer()
         self.interval = interval
         self._checks = dict(checks)
         # Why each failing check fails now (none: ready). What a detail endpoint, a metric

@@ -21,6 +21,7 @@ from asset_service.domain.models import (
     Resync,
     Status,
     WatchEvent,
+    WatchEventKind,
 )
 from asset_service.domain.replay import EVERYTHING, Narrowing, Replay, merged
 from asset_service.domain.watch import Selector
@@ -357,6 +358,22 @@ async def test_a_revision_above_the_store_is_refused(manager: AssetManager) -> N
     current = await manager.store.current_revision()
     with pytest.raises(HistoryGone, match="went back in time"):
         await manager.watch_selector(Selector(), current + 5)
+
+
+async def test_an_id_watch_above_the_store_sends_every_state_again(manager: AssetManager) -> None:
+    """An id watch resumed from a revision the store has not handed out (a restore, a
+    rollback) was sent no snapshot: the client kept states the database no longer has,
+    and a PENDING asset's watch waited in silence. It re-reads instead: every state again."""
+    a = await manager.create_pending("t", "a", "", AssetType.VALUE, ())
+    b = await manager.create_pending("t", "b", "", AssetType.VALUE, ())
+    current = await manager.store.current_revision()
+    events = await manager.watch([a.id, b.id], current + 5, follow=False)
+    snapshot = await asyncio.wait_for(take(events, 2), 5)
+    assert [(e.kind, e.asset.id) for e in snapshot] == [
+        (WatchEventKind.SNAPSHOT, a.id),
+        (WatchEventKind.SNAPSHOT, b.id),
+    ]
+    await events.aclose()
 
 
 async def test_a_store_read_below_what_was_handed_out_is_refused(manager: AssetManager) -> None:

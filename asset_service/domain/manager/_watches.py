@@ -50,6 +50,16 @@ async def watch(
     if after_revision < 0:
         raise InvalidArgument(f"after_revision must not be negative ({after_revision})")
     ids = list(dict.fromkeys(parse_asset_id(i, "asset_ids entry") for i in asset_ids))
+    if after_revision > ctx.hub.history.last:
+        # Not seen here yet: the store must have handed it out, or it went back in time
+        # (a restore, a rollback) and the client holds states it no longer has. Like a
+        # watcher that sees the feed go back, re-read: every asset's state again.
+        current = await ctx.store.current_revision()
+        if after_revision > current:
+            log.warning(
+                "id watch from revision %d: %s", after_revision, went_back(current, after_revision)
+            )
+            after_revision = 0
     sub = ctx.hub.subscribe(ids)
     try:
         # One consistent cut (read after subscribing): every change it does not hold

@@ -199,6 +199,9 @@ func (s *settings) dial(addr string) (*grpc.ClientConn, error) {
 	if strings.TrimSpace(addr) == "" {
 		return nil, errors.New("no server address: pass host:port (or set ASSET_SERVICE_ADDR for DialEnv)")
 	}
+	if err := checkTarget(addr); err != nil {
+		return nil, err
+	}
 	dialOpts := []grpc.DialOption{grpc.WithConnectParams(connectBackoff)}
 	if s.serviceConfig != "" {
 		dialOpts = append(dialOpts, grpc.WithDefaultServiceConfig(s.serviceConfig))
@@ -221,6 +224,17 @@ func (s *settings) dial(addr string) (*grpc.ClientConn, error) {
 	}
 	dialOpts = append(dialOpts, s.extra...)
 	return grpc.NewClient(addr, dialOpts...)
+}
+
+// checkTarget refuses a URL (http://, https://), which grpc would take for a
+// host name and retry for as long as a call may wait.
+func checkTarget(addr string) error {
+	scheme, rest, ok := strings.Cut(addr, "://")
+	if !ok || (!strings.EqualFold(scheme, "http") && !strings.EqualFold(scheme, "https")) {
+		return nil
+	}
+	return fmt.Errorf("%q is a URL, not a server address: give host:port (%s), and for TLS WithTLS or WithRootCAFile (ASSET_SERVICE_TLS, ASSET_SERVICE_CA_FILE)",
+		addr, strings.TrimSuffix(rest, "/"))
 }
 
 // checkLoopback refuses a target that is plainly not on this host.

@@ -47,6 +47,9 @@ func FromEnv() (addr string, opts []Option, err error) {
 	if addr == "" {
 		addr = DefaultAddr
 	}
+	if err := checkTarget(addr); err != nil {
+		return "", nil, fmt.Errorf("%s=%s: %w", EnvAddr, addr, err)
+	}
 	if v := env(EnvTLS); v != "" {
 		on, err := parseBool(v)
 		if err != nil {

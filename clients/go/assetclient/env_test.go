@@ -163,3 +163,33 @@ func TestDialEnvReachesTheServer(t *testing.T) {
 		t.Errorf("GetAsset through DialEnv: %v %v", got, err)
 	}
 }
+
+// A URL is not a gRPC target: refused at once, saying what to give, instead of
+// ~12 s of retries ending in "too many colons in address".
+func TestAURLIsNotAnAddress(t *testing.T) {
+	for _, addr := range []string{"http://127.0.0.1:50051", "HTTPS://assets.internal:443/"} {
+		if c, err := assetclient.Dial(addr); err == nil || !strings.Contains(err.Error(), "host:port") {
+			t.Errorf("Dial(%q): %v", addr, err)
+			if c != nil {
+				c.Close()
+			}
+		}
+	}
+	t.Setenv(assetclient.EnvAddr, "http://127.0.0.1:50051")
+	t.Setenv(assetclient.EnvToken, "")
+	t.Setenv(assetclient.EnvTokenFile, "")
+	if c, err := assetclient.DialEnv(); err == nil || !strings.Contains(err.Error(), assetclient.EnvAddr) {
+		t.Errorf("DialEnv with %s=http://...: %v", assetclient.EnvAddr, err)
+		if c != nil {
+			c.Close()
+		}
+	}
+	for _, addr := range []string{"dns:///127.0.0.1:50051", "unix:/tmp/asset.sock", "127.0.0.1:50051"} {
+		c, err := assetclient.Dial(addr)
+		if err != nil {
+			t.Errorf("Dial(%q): %v", addr, err)
+			continue
+		}
+		c.Close()
+	}
+}

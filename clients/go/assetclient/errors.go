@@ -167,3 +167,6 @@ func (e *DataLossError) Error() string {
 
 // Is matches ErrDataLoss.
 func (e *DataLossError) Is(target error) bool { return target == ErrDataLoss }
+
+// GRPCStatus is DATA_LOSS with e's message: Code and status.Code see the code it matches.
+func (e *DataLossError) GRPCStatus() *status.Status { return status.New(codes.DataLoss, e.Error()) }

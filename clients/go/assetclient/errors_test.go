@@ -3,6 +3,7 @@ package assetclient_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -139,5 +140,52 @@ func TestErrorWrapsLocalFailures(t *testing.T) {
 	}
 	if assetclient.Code(nil) != codes.OK || assetclient.Code(errors.New("x")) != codes.Unknown {
 		t.Error("Code of nil / a plain error")
+	}
+}
+
+// The client's own errors carry the code they match, for Code and status.Code as
+// for errors.Is: one switch on the code handles them with the server's.
+func TestTheClientsOwnErrorsHaveTheirCodes(t *testing.T) {
+	for _, tc := range []struct {
+		err      error
+		code     codes.Code
+		sentinel error
+	}{
+		{&assetclient.DataLossError{AssetID: unknownID, WantSize: 3, GotSize: 2}, codes.DataLoss, assetclient.ErrDataLoss},
+		{&assetclient.NotAvailableError{Asset: &assetv1.Asset{Id: unknownID, FailureReason: "boom"}}, codes.FailedPrecondition, assetclient.ErrFailedPrecondition},
+	} {
+		wrapped := fmt.Errorf("task 7: %w", tc.err)
+		if got := assetclient.Code(wrapped); got != tc.code {
+			t.Errorf("Code(%T) = %v, want %v", tc.err, got, tc.code)
+		}
+		if got := status.Code(wrapped); got != tc.code {
+			t.Errorf("status.Code(%T) = %v, want %v", tc.err, got, tc.code)
+		}
+		if st, _ := status.FromError(tc.err); st.Message() != tc.err.Error() {
+			t.Errorf("status of %T says %q, want %q", tc.err, st.Message(), tc.err.Error())
+		}
+		if !errors.Is(wrapped, tc.sentinel) {
+			t.Errorf("%T does not match %v", tc.err, tc.sentinel)
+		}
+	}
+}
+
+// A token asked for with less than a second lives about that long, not the
+// server's default hour (0 on the wire), and a negative lifetime is refused.
+func TestMintTaskTokenRoundsAShortLifetimeUp(t *testing.T) {
+	live(t)
+	if shared.token == "" {
+		t.Skip("the server takes no bearer tokens: set ASSET_SERVICE_TOKEN (and give the server a tokens file)")
+	}
+	c, ctx := client(t), testContext(t)
+	tok, err := c.MintTaskToken(ctx, taskID(t), nil, 500*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if left := time.Until(tok.ExpiresAt); left > 10*time.Second {
+		t.Errorf("a token minted for 0.5 s expires in %v", left)
+	}
+	if _, err := c.MintTaskToken(ctx, taskID(t), nil, -time.Second); err == nil || !strings.Contains(err.Error(), "ttl") {
+		t.Errorf("MintTaskToken with a negative ttl: %v", err)
 	}
 }

@@ -112,11 +112,20 @@ type TaskToken struct {
 
 // MintTaskToken asks the server (the caller needs the orchestrator role) for a
 // token that may complete taskID's promised outputs and read them and
-// inputIDs. ttl is rounded down to whole seconds; 0 means the server's default
-// (an hour). Hand the token to the worker (ASSET_SERVICE_TOKEN).
+// inputIDs. ttl is rounded up to whole seconds (as leases are: below a second
+// is one, not the 0 that means the server's default); 0 means the server's
+// default (an hour). Hand the token to the worker (ASSET_SERVICE_TOKEN).
 func (c *Client) MintTaskToken(ctx context.Context, taskID string, inputIDs []string, ttl time.Duration) (*TaskToken, error) {
+	var seconds int64
+	if ttl != 0 {
+		s, err := ttlSeconds(ttl)
+		if err != nil {
+			return nil, fmt.Errorf("MintTaskToken: %w", err)
+		}
+		seconds = s
+	}
 	resp, err := unary(ctx, c, "MintTaskToken", c.raw.MintTaskToken, &assetv1.MintTaskTokenRequest{
-		TaskId: taskID, InputAssetIds: inputIDs, TtlSeconds: int64(ttl / time.Second),
+		TaskId: taskID, InputAssetIds: inputIDs, TtlSeconds: seconds,
 	})
 	if err != nil {
 		return nil, err

@@ -2,7 +2,10 @@ package assetclient
 
 import (
 	"encoding/json"
+	"os"
+	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 
 	"google.golang.org/grpc"
@@ -75,4 +78,46 @@ func TestServiceConfigRetriesExactlyTheSafeMethods(t *testing.T) {
 		t.Fatalf("grpc refuses the service config: %v", err)
 	}
 	conn.Close()
+}
+
+// README.md names every RPC twice: with its method, and in the retry table with
+// the decision the code makes, so that a new RPC reaches the reader too.
+func TestTheREADMEHasEveryRPCInBothTables(t *testing.T) {
+	readme, err := os.ReadFile(filepath.Join("..", "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rows []string
+	for _, line := range strings.Split(string(readme), "\n") {
+		if strings.HasPrefix(line, "| `") {
+			rows = append(rows, line)
+		}
+	}
+	// A row whose first cell names rpc, alone or among others ("`GetAsset`, `BatchGetAssets`").
+	names := func(row, rpc string) bool {
+		first := strings.SplitN(strings.TrimPrefix(row, "| "), " |", 2)[0]
+		return slices.Contains(strings.Split(first, ", "), "`"+rpc+"`")
+	}
+	for _, m := range append(sortedKeys(retriedMethods), sortedKeys(notRetriedMethods)...) {
+		_, retried := retriedMethods[m]
+		want := map[bool]string{true: "yes", false: "no"}[retried]
+		var method, decision bool
+		for _, row := range rows {
+			if !names(row, m) {
+				continue
+			}
+			cells := strings.Split(row, " | ")
+			if len(cells) > 1 && (cells[1] == "yes" || cells[1] == "no") {
+				decision = decision || cells[1] == want
+			} else {
+				method = true
+			}
+		}
+		if !method {
+			t.Errorf("README.md: no row of the RPC table names %s and its method", m)
+		}
+		if !decision {
+			t.Errorf("README.md: the retry table has no row `%s` | %s", m, want)
+		}
+	}
 }

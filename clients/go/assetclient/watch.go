@@ -9,6 +9,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	assetv1 "github.com/asset-service/asset-service/clients/go/gen/asset/v1"
@@ -44,8 +45,10 @@ const (
 // (CHANGED, DELETED) in revision order, and ends once every asset is terminal
 // (AVAILABLE, FAILED or deleted) unless opts.Follow. When the stream breaks
 // (ErrUnavailable) it resumes after the last revision it yielded, so nothing
-// is lost or repeated; an error it cannot resume from (or ctx's end) is
-// yielded as the last element, with a nil event:
+// is lost or repeated (an asset that changed meanwhile comes as a SNAPSHOT of
+// the new stream: act on the asset's state, not the event's type); an error
+// it cannot resume from (or ctx's end) is yielded as the last element, with a
+// nil event:
 //
 //	for ev, err := range c.Watch(ctx, ids, assetclient.WatchOptions{}) {
 //		if err != nil { return err }
@@ -179,6 +182,11 @@ func (e *NotAvailableError) Error() string {
 
 // Is matches ErrFailedPrecondition.
 func (e *NotAvailableError) Is(target error) bool { return target == ErrFailedPrecondition }
+
+// GRPCStatus is FAILED_PRECONDITION with e's message: Code and status.Code see the code it matches.
+func (e *NotAvailableError) GRPCStatus() *status.Status {
+	return status.New(codes.FailedPrecondition, e.Error())
+}
 
 // WaitAvailable watches ids until every one is AVAILABLE and returns them in
 // the order given; one that FAILED or was deleted ends the wait with a

@@ -74,7 +74,7 @@ func typed(c assetv1.AssetServiceClient) *assetclient.Client {
 
 // MintTaskToken asks the server (the caller needs the orchestrator role) for a
 // token that may complete taskID's promised outputs and read them and
-// inputAssetIDs. ttl is rounded down to whole seconds; 0 means the server's
+// inputAssetIDs. ttl is rounded up to whole seconds; 0 means the server's
 // default (an hour).
 func MintTaskToken(ctx context.Context, c assetv1.AssetServiceClient, taskID string, inputAssetIDs []string, ttl time.Duration) (*TaskToken, error) {
 	return typed(c).MintTaskToken(ctx, taskID, inputAssetIDs, ttl)

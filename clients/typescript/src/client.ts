@@ -54,7 +54,7 @@ import {
   type UploadOptions,
   type UploadSource,
 } from "./options";
-import { connection } from "./security";
+import { connection, notAnAddress } from "./security";
 import type { TaskToken } from "./tokens";
 import {
   ContentHash,
@@ -102,6 +102,8 @@ export class AssetService {
   constructor(address: string, options: ClientOptions | grpc.ChannelCredentials = {}) {
     v.string(address, "address");
     if (!address) throw new RangeError('address must be "host:port", got an empty string');
+    const wrong = notAnAddress(address);
+    if (wrong) throw new RangeError(wrong);
     let credentials: grpc.ChannelCredentials;
     let settings: ClientOptions = {};
     let clientOptions: grpc.ClientOptions = {};
@@ -128,8 +130,8 @@ export class AssetService {
 
   /**
    * A client configured by ASSET_SERVICE_ADDR, ASSET_SERVICE_TOKEN or ASSET_SERVICE_TOKEN_FILE,
-   * ASSET_SERVICE_CA_FILE, ASSET_SERVICE_CLIENT_CERT, ASSET_SERVICE_CLIENT_KEY and
-   * ASSET_SERVICE_TIMEOUT (README, ENVIRONMENT); `options` add to them and win (e.g. a
+   * ASSET_SERVICE_TLS, ASSET_SERVICE_CA_FILE, ASSET_SERVICE_CLIENT_CERT, ASSET_SERVICE_CLIENT_KEY
+   * and ASSET_SERVICE_TIMEOUT (README, ENVIRONMENT); `options` add to them and win (e.g. a
    * token source function).
    */
   static fromEnv(options: ClientOptions & { env?: NodeJS.ProcessEnv; address?: string } = {}): AssetService {

@@ -2,7 +2,7 @@
 import { readFileSync } from "node:fs";
 import { readFile } from "node:fs/promises";
 
-import type { Security, TokenSource } from "./security";
+import { type Security, type TokenSource, notAnAddress } from "./security";
 
 /** The server when ASSET_SERVICE_ADDR is not set: the server's own default --listen. */
 export const DEFAULT_ADDRESS = "127.0.0.1:50051";
@@ -92,6 +92,8 @@ function timeout(env: NodeJS.ProcessEnv): number | undefined {
  */
 export function configFromEnv(env: NodeJS.ProcessEnv = process.env): EnvConfig {
   const address = env.ASSET_SERVICE_ADDR?.trim() || DEFAULT_ADDRESS;
+  const wrong = notAnAddress(address);
+  if (wrong) throw new RangeError(`ASSET_SERVICE_ADDR=${wrong}`);
   const rootCerts = file(env, "ASSET_SERVICE_CA_FILE");
   const certChain = file(env, "ASSET_SERVICE_CLIENT_CERT");
   const privateKey = file(env, "ASSET_SERVICE_CLIENT_KEY");

@@ -39,6 +39,16 @@ export function isLoopbackTarget(target: string): boolean {
   return hosts.every((h) => isLoopbackHost(hostOf(h)));
 }
 
+/**
+ * Why `address` cannot be a server address, or undefined: a URL (http://, https://), which
+ * grpc-js would take for a host name and retry for as long as a call may wait.
+ */
+export function notAnAddress(address: string): string | undefined {
+  const url = /^(https?):\/\/(.*?)\/?$/i.exec(address);
+  if (!url) return undefined;
+  return `${address} is a URL, not a server address: give host:port (${url[2]}), and for TLS tls: true or rootCerts (ASSET_SERVICE_TLS, ASSET_SERVICE_CA_FILE)`;
+}
+
 function hostOf(hostPort: string): string {
   const bracketed = /^\[([^\]]+)\](:\d+)?$/.exec(hostPort);
   if (bracketed) return bracketed[1] ?? "";

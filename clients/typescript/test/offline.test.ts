@@ -383,19 +383,25 @@ describe("configuration from the environment", () => {
       [{ ASSET_SERVICE_TIMEOUT: "0" }, /ASSET_SERVICE_TIMEOUT=0 is not a number of seconds above 0/],
       [{ ASSET_SERVICE_TIMEOUT: "soon" }, /ASSET_SERVICE_TIMEOUT=soon/],
       [{ ASSET_SERVICE_TLS: "maybe" }, /ASSET_SERVICE_TLS=maybe is not a boolean/],
+      [{ ASSET_SERVICE_ADDR: "http://127.0.0.1:50051" }, /ASSET_SERVICE_ADDR=http:\/\/127\.0\.0\.1:50051 is a URL.*host:port \(127\.0\.0\.1:50051\)/],
     ];
     for (const [env, message] of refused) assert.throws(() => configFromEnv(env), message);
     // fromEnv: a token over plaintext to a non-loopback address is refused, as by `connection`.
     assert.throws(() => AssetService.fromEnv({ env: { ASSET_SERVICE_ADDR: "192.0.2.7:1", ASSET_SERVICE_TOKEN: "t" } }), /plaintext/);
     AssetService.fromEnv({ env: { ASSET_SERVICE_ADDR: "127.0.0.1:1", ASSET_SERVICE_TOKEN: "t" } }).close();
+    // A URL is not a grpc target: refused at once, not retried for seconds as a host name.
+    assert.throws(() => new AssetService("HTTPS://assets.internal:443/"), /is a URL.*host:port \(assets\.internal:443\)/);
+    new AssetService("dns:///127.0.0.1:1").close();
   });
 
-  test("the README names every variable and every RPC's retry, as the code has them", () => {
+  test("the README names every variable, every RPC's method and its retry, as the code has them", () => {
     const readme = readFileSync(path.join(__dirname, "..", "..", "README.md"), "utf8");
     for (const name of Object.keys(ENVIRONMENT)) assert.ok(readme.includes(`\`${name}\``), `README: ${name}`);
     for (const [method, { retried }] of Object.entries(RETRIED)) {
       const row = new RegExp(`^\\| ${rpcName(method as Method)} \\| ${retried ? "yes" : "no"} \\|`, "m");
       assert.ok(row.test(readme), `README retry table: no row ${row}`);
+      const methodRow = new RegExp(`^\\| ${rpcName(method as Method)} \\| \``, "m");
+      assert.ok(methodRow.test(readme), `README methods table: no row ${methodRow}`);
     }
   });
 });

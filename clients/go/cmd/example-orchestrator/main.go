@@ -32,6 +32,10 @@ func main() {
 	key := flag.String("key", "", "PEM client key (mTLS; with -cert)")
 	useTLS := flag.Bool("tls", false, "connect with TLS, trusting the system roots (implied by -ca and -cert)")
 	flag.Parse()
+	if flag.NArg() > 0 {
+		fmt.Fprintf(os.Stderr, "example-orchestrator: unexpected argument %q: it takes only options (-h lists them)\n", flag.Arg(0))
+		os.Exit(2)
+	}
 
 	var opts []orchestrator.Option
 	if *useTLS {

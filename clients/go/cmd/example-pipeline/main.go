@@ -15,6 +15,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"log"
@@ -31,6 +32,17 @@ import (
 const text = "the quick brown fox jumps over the lazy dog\n"
 
 func main() {
+	flag.Usage = func() {
+		fmt.Fprintf(flag.CommandLine.Output(), "usage: example-pipeline\n\n"+
+			"Runs one task through the Asset Service as an orchestrator and a worker do. It takes no\n"+
+			"arguments: ASSET_SERVICE_ADDR (127.0.0.1:50051 when unset), ASSET_SERVICE_TOKEN (orchestrator\n"+
+			"role), ASSET_SERVICE_CA_FILE and the client's other variables say where and how to connect.\n")
+	}
+	flag.Parse()
+	if flag.NArg() > 0 {
+		fmt.Fprintf(os.Stderr, "example-pipeline: unexpected argument %q: it is configured by the environment (-h)\n", flag.Arg(0))
+		os.Exit(2)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
