@@ -16,7 +16,7 @@ import pytest
 from asset_client import AssetClient, AssetStatus, AssetType
 from asset_client.cli import _exit, _main
 
-from tests.e2e.cli_helpers import ASSET, asset, cli_env, one_line_error, out
+from tests.e2e.cli_helpers import ASSET, asset, cli_env, one_line_error, out, start
 from tests.e2e.helpers import stored_files
 from tests.serverproc import ServerProcess
 
@@ -277,12 +277,7 @@ def test_a_reader_that_goes_away_ends_cat_quietly_as_sigpipe_would(
     # pipe (click's own handling exited 1).
     (tmp_path / "big.bin").write_bytes(os.urandom(4 * 1024 * 1024))
     asset_id = client.upload(tmp_path / "big.bin", progress=False).id
-    proc = subprocess.Popen(
-        [ASSET, "cat", asset_id],
-        env=cli_env(server.address),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    proc = start(server.address, ["cat", asset_id])
     assert proc.stdout is not None and proc.stderr is not None
     assert len(proc.stdout.read(10)) == 10
     proc.stdout.close()
@@ -310,12 +305,7 @@ def test_ctrl_c_ends_a_command_with_130_and_one_line(
     server: ServerProcess, client: AssetClient
 ) -> None:
     promise = client.create_pending("task-int", "never.txt")
-    proc = subprocess.Popen(
-        [ASSET, "watch", promise.id],
-        env=cli_env(server.address),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    proc = start(server.address, ["watch", promise.id])
     try:
         assert proc.stdout is not None
         assert promise.id in proc.stdout.readline().decode()  # watching now
