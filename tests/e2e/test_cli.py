@@ -239,6 +239,8 @@ def test_errors_exit_10_plus_the_grpc_code_with_one_line(server: ServerProcess) 
     assert "No such option" in one_line_error(asset(server.address, "ls", "--bogus"), 2)
     nofile = asset(server.address, "put", "/nonexistent/file")
     assert "no such file" in one_line_error(nofile, 2)
+    device = asset(server.address, "put", "/dev/null")  # or a pipe: `asset put <(make_it)`
+    assert "/dev/null: not a regular file" in one_line_error(device, 2)
 
 
 def test_a_tls_handshake_that_fails_is_one_line_without_grpcs_own_log(

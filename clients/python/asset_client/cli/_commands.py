@@ -94,7 +94,12 @@ def put(
     with contextlib.ExitStack() as stack:
         path = stack.enter_context(_spooled_stdin()) if str(file) == "-" else file
         if not path.is_file():
-            raise click.BadParameter(f"{file}: no such file", param_hint="FILE")
+            why = (
+                "not a regular file (a pipe or a device): pipe it in as '-' instead"
+                if path.exists()
+                else "no such file"
+            )
+            raise click.BadParameter(f"{file}: {why}", param_hint="FILE")
         client = stack.enter_context(settings.connect())
         bars = stack.enter_context(_render.Transfers(progress, f"upload {label or file.name}"))
         asset = client.upload(
