@@ -216,6 +216,26 @@ def test_a_command_that_makes_no_output_fails_its_promise(
     assert failed.status is AssetStatus.FAILED and reason in failed.failure_reason
 
 
+@pytest.mark.parametrize(
+    ("media_type", "written", "said"),
+    [
+        ("application/json", "{not json", "is not JSON, which media type application/json"),
+        ("text/plain", "\\377\\376", "is not UTF-8 text, which media type text/plain"),
+    ],
+    ids=["json", "text"],
+)
+def test_an_output_a_value_promise_cannot_take_is_a_local_error_naming_it(
+    server: ServerProcess, client: AssetClient, media_type: str, written: str, said: str
+) -> None:
+    promise = client.create_pending("task-v", "v", type=AssetType.VALUE, media_type=media_type)
+    command = ("sh", "-c", f"printf '{written}' > {{output}}")
+    result = asset(server.address, *run_args(*command, outputs={"stats": promise.id}))
+    err = one_line_error(result, 1)  # not 2: the command line was right
+    assert "the command exited 0 but output stats (" in err and said in err
+    failed = client.get(promise.id)
+    assert failed.status is AssetStatus.FAILED and said in failed.failure_reason
+
+
 def test_an_output_that_is_not_pending_is_refused_before_anything_runs(
     server: ServerProcess, client: AssetClient, tmp_path: Path
 ) -> None:
