@@ -256,6 +256,14 @@ def test_a_token_without_tls_for_a_remote_address_is_a_usage_error_at_once() -> 
     assert "only to a loopback address" in one_line_error(refused, 2)
 
 
+def test_a_global_option_that_is_wrong_is_named_with_asset_help(tmp_path: Path) -> None:
+    (tmp_path / "ca.pem").write_text("not a certificate\n")
+    wrong = asset("127.0.0.1:1", "--ca-file", str(tmp_path / "ca.pem"), "--timeout", "2", "ls")
+    err = one_line_error(wrong, 2)
+    assert err.startswith(f"asset: --ca-file {tmp_path / 'ca.pem'}: no PEM block"), err
+    assert err.endswith("(see 'asset --help')\n")  # where --ca-file is explained
+
+
 def test_get_into_a_missing_folder_names_it_and_a_download_follows_the_umask(
     server: ServerProcess, client: AssetClient, tmp_path: Path
 ) -> None:

@@ -172,6 +172,15 @@ def test_a_missing_tls_file_is_named(tmp_path: Path) -> None:
         resolve({"ASSET_SERVICE_CA_FILE": str(missing)})
 
 
+def test_a_tls_file_or_argument_that_is_no_pem_is_refused_at_once(tmp_path: Path) -> None:
+    # gRPC would take it, then fail every connection with error lines of its own.
+    (tmp_path / "ca.der").write_bytes(b"\x30\x82garbage")
+    with pytest.raises(ValueError, match=r"ASSET_SERVICE_CA_FILE=.*ca.der: no PEM block"):
+        resolve({"ASSET_SERVICE_CA_FILE": str(tmp_path / "ca.der")})
+    with pytest.raises(ValueError, match="root_certificates: no PEM block"):
+        resolve({}, root_certificates=b"not a certificate")
+
+
 def test_a_client_certificate_without_its_key_is_refused(tmp_path: Path) -> None:
     (tmp_path / "c.pem").write_text("x")
     with pytest.raises(ValueError, match="ASSET_SERVICE_CLIENT_KEY"):

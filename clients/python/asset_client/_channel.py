@@ -180,6 +180,14 @@ def channel_credentials(
             "certificate_chain and private_key go together: give both or neither "
             f"(or both of {ENV_CLIENT_CERT} and {ENV_CLIENT_KEY})"
         )
+    given = {
+        "root_certificates": root_certificates,
+        "certificate_chain": certificate_chain,
+        "private_key": private_key,
+    }
+    for name, data in given.items():
+        if data is not None and not is_pem(data):
+            raise ValueError(f"{name}: {NOT_PEM}")
     wants_tls = tls or root_certificates is not None or certificate_chain is not None
     if credentials is not None and wants_tls:
         raise ValueError("give either credentials or the TLS arguments, not both")
@@ -218,9 +226,21 @@ def _read(environ: Mapping[str, str], name: str) -> bytes | None:
     if path is None:
         return None
     try:
-        return Path(path).read_bytes()
+        data = Path(path).read_bytes()
     except OSError as exc:
         raise ValueError(f"{name}={path}: cannot read it: {exc}") from exc
+    if not is_pem(data):
+        raise ValueError(f"{name}={path}: {NOT_PEM}")
+    return data
+
+
+# gRPC takes any bytes, then fails each connection (after the call's retries, with error
+# lines of its own on stderr): a file that is no PEM is refused when the client is made.
+NOT_PEM = "no PEM block (-----BEGIN ...-----) in it"
+
+
+def is_pem(data: bytes) -> bool:
+    return b"-----BEGIN " in data
 
 
 def check_timeout(timeout: float | None, what: str = "timeout") -> float | None:

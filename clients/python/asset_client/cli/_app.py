@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from asset_client._channel import NOT_PEM, is_pem
 from asset_client.cli import _exit
 from asset_client.client import AssetClient
 
@@ -39,17 +40,17 @@ class Settings:
         token: str | Callable[[], str] | None = self.token or None
         if self.token_file is not None:
             if token:
-                raise click.UsageError("give --token or --token-file, not both")
+                raise _usage("give --token or --token-file, not both")
             token = _FileToken(self.token_file)
         if (self.client_cert is None) != (self.client_key is None):
-            raise click.UsageError("--client-cert and --client-key go together")
+            raise _usage("--client-cert and --client-key go together")
         return AssetClient(
             self.addr,
             timeout=self.timeout,
             tls=self.tls,
-            root_certificates=_read(self.ca_file, "--ca-file"),
-            certificate_chain=_read(self.client_cert, "--client-cert"),
-            private_key=_read(self.client_key, "--client-key"),
+            root_certificates=_read(self.ca_file, "--ca-file", pem=True),
+            certificate_chain=_read(self.client_cert, "--client-cert", pem=True),
+            private_key=_read(self.client_key, "--client-key", pem=True),
             token=token,
         )
 
@@ -62,7 +63,7 @@ class _FileToken:
         self.path = path
         self.last = (_read(path, "--token-file") or b"").decode().strip()
         if not self.last:
-            raise click.UsageError(f"--token-file {path} is empty")
+            raise _usage(f"--token-file {path} is empty")
 
     def __call__(self) -> str:
         try:
@@ -75,13 +76,23 @@ class _FileToken:
         return self.last
 
 
-def _read(path: Path | None, option: str) -> bytes | None:
+def _read(path: Path | None, option: str, *, pem: bool = False) -> bytes | None:
     if path is None:
         return None
     try:
-        return path.read_bytes()
+        data = path.read_bytes()
     except OSError as exc:
-        raise click.UsageError(f"{option} {path}: {exc.strerror}") from None
+        raise _usage(f"{option} {path}: {exc.strerror}") from None
+    if pem and not is_pem(data):
+        raise _usage(f"{option} {path}: {NOT_PEM}")
+    return data
+
+
+def _usage(message: str) -> click.UsageError:
+    """A usage error of a global option: it names `asset`, whose --help explains it, not
+    the command running."""
+    ctx = click.get_current_context(silent=True)
+    return click.UsageError(message, ctx.find_root() if ctx is not None else None)
 
 
 _FILE = click.Path(dir_okay=False, path_type=Path)
