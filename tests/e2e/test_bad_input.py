@@ -285,6 +285,16 @@ async def test_wrong_state_transitions(stub: pb_grpc.AssetServiceStub, import_ro
         grpc.StatusCode.FAILED_PRECONDITION,
         "is a FILE asset",
     )
+    # A promise that can no longer be fulfilled says so, whatever the way tried.
+    failed_file = await pending_asset(stub, "ff")
+    await stub.FailAsset(pb.FailAssetRequest(asset_id=failed_file.id, reason="worker died"))
+    await expect_error(
+        stub.FulfillAsset(
+            pb.FulfillAssetRequest(asset_id=failed_file.id, value=pb.Value(text="y"))
+        ),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        f"asset {failed_file.id} is FAILED",
+    )
     value_pending = await pending_asset(stub, "v", type=pb.ASSET_TYPE_VALUE)
     src = import_root / "x.txt"
     src.write_text("x")

@@ -151,7 +151,8 @@ async def test_a_file_promise_fulfilled_by_upload_keeps_one_copy(world: World) -
     assert await world.manager.upload(header, chunks(b"hello, world")) == done
     with pytest.raises(FailedPrecondition):
         await world.manager.upload(header, chunks(b"something else"))
-    with pytest.raises(FailedPrecondition, match="is a FILE asset"):
+    # Done is the answer, not "fulfil it the other way" (which would only lead there).
+    with pytest.raises(FailedPrecondition, match="is AVAILABLE; only a PENDING asset"):
         await world.manager.fulfill_with_value(p.id, text("x"), "")
     assert world.stored_files() == [Path(done.storage_path)], "no second file, no leftovers"
 

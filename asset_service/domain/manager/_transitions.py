@@ -161,13 +161,15 @@ async def release_sweep(ctx: Context) -> None:
 
 
 def check_fulfillable(asset: Asset, type_: AssetType, allow_done: bool) -> None:
+    # The state first: an asset that can no longer be fulfilled at all is the answer, not
+    # "fulfil it the other way", which would only lead to that answer a call later.
+    if asset.status is not Status.PENDING and not (allow_done and asset.status is Status.AVAILABLE):
+        raise FailedPrecondition(not_pending(asset, "fulfilled"))
     if asset.type is not type_:
         how = "with source_path or UploadAsset" if asset.type is AssetType.FILE else "with a value"
         raise FailedPrecondition(
             f"asset {asset.id} is a {asset.type.value} asset; fulfill it {how}"
         )
-    if asset.status is not Status.PENDING and not (allow_done and asset.status is Status.AVAILABLE):
-        raise FailedPrecondition(not_pending(asset, "fulfilled"))
     # Whether the lease still runs is the store's to say, by its clock (the database's
     # on MongoDB), in the conditional write: this server's clock may be skewed.
 
