@@ -182,7 +182,7 @@ def test_a_tls_file_or_argument_that_is_no_pem_is_refused_at_once(tmp_path: Path
 
 
 def test_a_client_certificate_without_its_key_is_refused(tmp_path: Path) -> None:
-    (tmp_path / "c.pem").write_text("x")
+    (tmp_path / "c.pem").write_text("-----BEGIN CERTIFICATE-----\nx\n-----END CERTIFICATE-----\n")
     with pytest.raises(ValueError, match="ASSET_SERVICE_CLIENT_KEY"):
         resolve({"ASSET_SERVICE_CLIENT_CERT": str(tmp_path / "c.pem")})
 
