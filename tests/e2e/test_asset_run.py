@@ -12,7 +12,8 @@ import pytest
 from asset_client import AssetClient, AssetStatus, AssetType
 
 from tests.e2e.cli_helpers import asset, one_line_error, out, run_args, start
-from tests.serverproc import ServerProcess
+from tests.e2e.tcp_proxy import proxy_to
+from tests.serverproc import ServerProcess, database_url_for, serving
 
 
 @pytest.fixture
@@ -122,6 +123,7 @@ def test_a_promise_lost_meanwhile_stops_the_command_and_fails_the_others(
     code, err = _finish(proc)
     assert code == 128 + signal.SIGTERM
     assert "stopping the command: the promise" in err
+    assert "could not fail" not in err  # the lost one is left as it is, without a try
     reason = client.get(second.id).failure_reason
     assert reason.startswith(f"the promise {first.id} was lost")
     assert reason.endswith("the command was killed by SIGTERM")
@@ -180,6 +182,22 @@ def test_the_commands_stdout_is_asset_runs_and_nothing_else(
     assert client.get(again.id).status is AssetStatus.PENDING
 
 
+def test_a_kept_workdir_never_delivers_an_output_a_run_before_left_there(
+    server: ServerProcess, client: AssetClient, tmp_path: Path
+) -> None:
+    work = tmp_path / "work"
+    first = client.create_pending("task-again", "out.txt")
+    run = ["run", "--workdir", str(work), "--output", f"out={first.id}", "--"]
+    assert out(asset(server.address, *run, "sh", "-c", "echo data > {output}")) == ""
+    assert (work / "outputs" / "out").read_text() == "data\n"
+    # A retry in the same folder whose command writes nothing is refused at once.
+    again = client.create_pending("task-again", "out.txt")
+    run[-2] = f"out={again.id}"
+    refused = asset(server.address, *run, "true")
+    assert "exists already" in one_line_error(refused, 2)
+    assert client.get(again.id).status is AssetStatus.PENDING
+
+
 @pytest.mark.parametrize(
     ("command", "code", "said", "reason"),
     [
@@ -196,6 +214,26 @@ def test_a_command_that_makes_no_output_fails_its_promise(
     assert said in one_line_error(result, code)
     failed = client.get(promise.id)
     assert failed.status is AssetStatus.FAILED and reason in failed.failure_reason
+
+
+@pytest.mark.parametrize(
+    ("media_type", "written", "said"),
+    [
+        ("application/json", "{not json", "is not JSON, which media type application/json"),
+        ("text/plain", "\\377\\376", "is not UTF-8 text, which media type text/plain"),
+    ],
+    ids=["json", "text"],
+)
+def test_an_output_a_value_promise_cannot_take_is_a_local_error_naming_it(
+    server: ServerProcess, client: AssetClient, media_type: str, written: str, said: str
+) -> None:
+    promise = client.create_pending("task-v", "v", type=AssetType.VALUE, media_type=media_type)
+    command = ("sh", "-c", f"printf '{written}' > {{output}}")
+    result = asset(server.address, *run_args(*command, outputs={"stats": promise.id}))
+    err = one_line_error(result, 1)  # not 2: the command line was right
+    assert "the command exited 0 but output stats (" in err and said in err
+    failed = client.get(promise.id)
+    assert failed.status is AssetStatus.FAILED and said in failed.failure_reason
 
 
 def test_an_output_that_is_not_pending_is_refused_before_anything_runs(
@@ -245,3 +283,30 @@ def test_a_signal_while_waiting_for_inputs_fails_the_promise(
     assert not marker.exists()
     reason = client.get(promise.id).failure_reason
     assert reason == "asset run received SIGTERM while waiting for its inputs"
+
+
+def test_an_output_is_delivered_across_a_server_restart(tmp_path: Path) -> None:
+    # The command ends while the server is down: the upload waits for it, not fails.
+    with (
+        serving(ServerProcess(tmp_path / "data", database_url_for(tmp_path))) as server,
+        proxy_to(server.port) as proxy,
+        AssetClient(server.address, timeout=30) as client,
+    ):
+        promise = client.create_pending("task-restart", "out.txt")
+        wrote, go = tmp_path / "wrote", tmp_path / "go"
+        script = (
+            f"echo done > $ASSET_OUTPUT; echo x > {wrote}; until [ -e {go} ]; do sleep 0.05; done"
+        )
+        proc = start(proxy.address, run_args("sh", "-c", script, outputs={"o": promise.id}))
+        _wait_for(wrote, proc)
+        server.kill()
+        proxy.cut_now()
+        go.touch()
+        time.sleep(1.5)  # the first upload attempts meet no server
+        server.start()
+        proxy.upstream = server.port
+        code, err = _finish(proc, timeout=60)
+        assert code == 0, err
+        with AssetClient(server.address, timeout=30) as again:
+            assert again.get(promise.id).status is AssetStatus.AVAILABLE
+            assert b"".join(again.read(promise.id)) == b"done\n"

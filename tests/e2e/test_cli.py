@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import stat
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -13,7 +16,7 @@ import pytest
 from asset_client import AssetClient, AssetStatus, AssetType
 from asset_client.cli import _exit, _main
 
-from tests.e2e.cli_helpers import ASSET, asset, cli_env, one_line_error, out
+from tests.e2e.cli_helpers import ASSET, asset, cli_env, one_line_error, out, start
 from tests.e2e.helpers import stored_files
 from tests.serverproc import ServerProcess
 
@@ -236,6 +239,93 @@ def test_errors_exit_10_plus_the_grpc_code_with_one_line(server: ServerProcess) 
     assert "No such option" in one_line_error(asset(server.address, "ls", "--bogus"), 2)
     nofile = asset(server.address, "put", "/nonexistent/file")
     assert "no such file" in one_line_error(nofile, 2)
+    device = asset(server.address, "put", "/dev/null")  # or a pipe: `asset put <(make_it)`
+    assert "/dev/null: not a regular file" in one_line_error(device, 2)
+
+
+def test_a_tls_handshake_that_fails_is_one_line_without_grpcs_own_log(
+    server: ServerProcess,
+) -> None:
+    # gRPC's core would print an INFO line per failed handshake (GRPC_VERBOSITY unset).
+    tls_to_plaintext = asset(server.address, "--tls", "--timeout", "3", "ls")
+    assert "DEADLINE_EXCEEDED" in one_line_error(tls_to_plaintext, 14)
+
+
+def test_a_token_without_tls_for_a_remote_address_is_a_usage_error_at_once() -> None:
+    refused = asset("192.0.2.1:50051", "--token", "t", "--timeout", "2", "ls")
+    assert "only to a loopback address" in one_line_error(refused, 2)
+
+
+def test_a_global_option_that_is_wrong_is_named_with_asset_help(tmp_path: Path) -> None:
+    (tmp_path / "ca.pem").write_text("not a certificate\n")
+    wrong = asset("127.0.0.1:1", "--ca-file", str(tmp_path / "ca.pem"), "--timeout", "2", "ls")
+    err = one_line_error(wrong, 2)
+    assert err.startswith(f"asset: --ca-file {tmp_path / 'ca.pem'}: no PEM block"), err
+    assert err.endswith("(see 'asset --help')\n")  # where --ca-file is explained
+
+
+def test_get_into_a_missing_folder_names_it_and_a_download_follows_the_umask(
+    server: ServerProcess, client: AssetClient, tmp_path: Path
+) -> None:
+    value = client.create_value("notes.txt", text="hello")
+    missing = tmp_path / "missing"
+    err = one_line_error(asset(server.address, "get", value.id, str(missing / "x.txt")), 1)
+    assert err == f"asset: No such file or directory: {missing}\n"
+    umask = os.umask(0o022)  # the child's umask, as a login shell's usually is
+    try:
+        written = Path(out(asset(server.address, "get", value.id, cwd=tmp_path)).strip())
+    finally:
+        os.umask(umask)
+    assert (tmp_path / written).read_text() == "hello"
+    assert stat.S_IMODE((tmp_path / written).stat().st_mode) == 0o644  # not tempfile's 0o600
+
+
+def test_a_reader_that_goes_away_ends_cat_quietly_as_sigpipe_would(
+    server: ServerProcess, client: AssetClient, tmp_path: Path
+) -> None:
+    # `asset cat ID | head -c 10`: more than a pipe's buffer, so a write meets the closed
+    # pipe (click's own handling exited 1).
+    (tmp_path / "big.bin").write_bytes(os.urandom(4 * 1024 * 1024))
+    asset_id = client.upload(tmp_path / "big.bin", progress=False).id
+    proc = start(server.address, ["cat", asset_id])
+    assert proc.stdout is not None and proc.stderr is not None
+    assert len(proc.stdout.read(10)) == 10
+    proc.stdout.close()
+    try:
+        err = proc.stderr.read()
+        assert proc.wait(30) == 128 + 13, err
+    finally:
+        proc.kill()
+        proc.wait()
+    assert err == b""
+
+
+def test_get_into_a_folder_that_is_not_there_is_refused(
+    server: ServerProcess, client: AssetClient, tmp_path: Path
+) -> None:
+    value = client.create_value("notes.txt", text="hello")
+    work = tmp_path / "work"
+    work.mkdir()
+    err = one_line_error(asset(server.address, "get", value.id, "nodir/", cwd=work), 2)
+    assert "nodir/: no such folder" in err
+    assert list(work.iterdir()) == []  # not a file named nodir
+
+
+def test_ctrl_c_ends_a_command_with_130_and_one_line(
+    server: ServerProcess, client: AssetClient
+) -> None:
+    promise = client.create_pending("task-int", "never.txt")
+    proc = start(server.address, ["watch", promise.id])
+    try:
+        assert proc.stdout is not None
+        assert promise.id in proc.stdout.readline().decode()  # watching now
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 130
+    assert err == b"asset: interrupted\n"  # no blank line first (click's, for a terminal)
 
 
 def test_the_exit_status_table_is_10_plus_each_grpc_code() -> None:

@@ -481,11 +481,13 @@ def _worker(
     flags = ["--output", output_id, "--command", command, *args]
     for name, asset_id in (inputs or {}).items():
         flags += ["--input", f"{name}={asset_id}"]
+    cache = server.root.parent / "worker-cache"  # materialize's, off the server's folder
     return subprocess.run(
         [sys.executable, str(WORKER), "--server", server.address, "--no-progress", *flags],
         capture_output=True,
         text=True,
         timeout=60,
+        env={**os.environ, "ASSET_SERVICE_CACHE_DIR": str(cache)},
     )
 
 
@@ -518,6 +520,36 @@ def test_worker_fulfills_its_output(
     assert done.label == "upper.txt"
     helper.download(output.id, tmp_path / "result.txt", progress=False)
     assert (tmp_path / "result.txt").read_text() == "HELLO WORKER!"
+
+
+def test_worker_gives_its_command_local_copies_never_the_servers_paths(
+    server: ServerProcess, helper: AssetClient, tmp_path: Path
+) -> None:
+    # A worker on another machine cannot open a path on the server's disk.
+    video = helper.upload(_write(tmp_path / "video.bin", b"frames"), progress=False)
+    seen = tmp_path / "seen.json"
+    module = tmp_path / "dump.py"
+    module.write_text(
+        "import json, shutil, sys\n"
+        "m = json.load(open(sys.argv[1]))\n"
+        f"json.dump({{'manifest': sys.argv[1], **m}}, open({str(seen)!r}, 'w'))\n"
+        "shutil.copy(m['inputs']['video'], sys.argv[2])\n"
+    )
+    output = helper.create_pending("task-local", "copy.bin")
+    command = f"{sys.executable} {module} {{manifest}} {{output}}"
+    proc = _worker(server, output.id, command, "--config", '{"n": 1}', inputs={"video": video.id})
+    assert proc.returncode == 0, proc.stderr
+    given = json.loads(seen.read_text())
+    server_root = str(server.root.resolve())
+    assert not given["manifest"].startswith(server_root), given
+    assert not given["inputs"]["video"].startswith(server_root), given
+    assert given["config_params"] == {"n": 1}
+    assert b"".join(helper.read(output.id)) == b"frames"
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
 
 
 def test_worker_keeps_a_leased_output_alive_while_its_command_runs(

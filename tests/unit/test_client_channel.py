@@ -143,6 +143,24 @@ def test_the_tls_variable_asks_for_tls_with_the_systems_roots(
     assert isinstance(creds, grpc.ChannelCredentials) is tls
 
 
+@pytest.mark.parametrize("target", ["10.1.2.3:50051", "ipv4:192.0.2.7:1", "[2001:db8::1]:50051"])
+def test_a_token_without_tls_for_an_address_off_this_host_is_refused_at_once(
+    target: str,
+) -> None:
+    # gRPC's local credentials would refuse every connection, after 15 s of retries, with
+    # "Endpoint is neither UDS or TCP loopback address".
+    with pytest.raises(ValueError, match=r"only to a loopback address.*turn TLS on"):
+        resolve({"ASSET_SERVICE_TOKEN": "t"}, target=target)
+    assert resolve({"ASSET_SERVICE_TOKEN": "t", "ASSET_SERVICE_TLS": "1"}, target=target)
+
+
+@pytest.mark.parametrize("target", ["127.0.0.1:1", "[::1]:1", "localhost:1", "assets:1", "unix:/s"])
+def test_a_token_without_tls_for_a_loopback_address_or_a_name_is_left_to_grpc(
+    target: str,
+) -> None:
+    assert resolve({}, target=target, token="t").credentials is not None
+
+
 def test_a_tls_variable_that_is_no_boolean_is_refused() -> None:
     with pytest.raises(ValueError, match="ASSET_SERVICE_TLS='maybe' is not a boolean"):
         resolve({"ASSET_SERVICE_TLS": "maybe"})
@@ -154,8 +172,17 @@ def test_a_missing_tls_file_is_named(tmp_path: Path) -> None:
         resolve({"ASSET_SERVICE_CA_FILE": str(missing)})
 
 
+def test_a_tls_file_or_argument_that_is_no_pem_is_refused_at_once(tmp_path: Path) -> None:
+    # gRPC would take it, then fail every connection with error lines of its own.
+    (tmp_path / "ca.der").write_bytes(b"\x30\x82garbage")
+    with pytest.raises(ValueError, match=r"ASSET_SERVICE_CA_FILE=.*ca.der: no PEM block"):
+        resolve({"ASSET_SERVICE_CA_FILE": str(tmp_path / "ca.der")})
+    with pytest.raises(ValueError, match="root_certificates: no PEM block"):
+        resolve({}, root_certificates=b"not a certificate")
+
+
 def test_a_client_certificate_without_its_key_is_refused(tmp_path: Path) -> None:
-    (tmp_path / "c.pem").write_text("x")
+    (tmp_path / "c.pem").write_text("-----BEGIN CERTIFICATE-----\nx\n-----END CERTIFICATE-----\n")
     with pytest.raises(ValueError, match="ASSET_SERVICE_CLIENT_KEY"):
         resolve({"ASSET_SERVICE_CLIENT_CERT": str(tmp_path / "c.pem")})
 

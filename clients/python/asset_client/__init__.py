@@ -1,5 +1,12 @@
 """Typed Python client (sync and asyncio) for the Asset Service."""
 
+import os as _os
+
+# gRPC's core reads GRPC_VERBOSITY once, as it loads (just below); unset, it prints INFO
+# lines on stderr, e.g. one per failed TLS handshake, beside the error the call raises
+# (which names the cause). ERROR is gRPC's documented default; a value given still wins.
+_os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
 from asset_client._leases import AsyncLeaseKeeper, LeaseKeeper
 from asset_client.aio import AsyncAssetClient
 from asset_client.client import AssetClient

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import math
@@ -179,6 +180,14 @@ def channel_credentials(
             "certificate_chain and private_key go together: give both or neither "
             f"(or both of {ENV_CLIENT_CERT} and {ENV_CLIENT_KEY})"
         )
+    given = {
+        "root_certificates": root_certificates,
+        "certificate_chain": certificate_chain,
+        "private_key": private_key,
+    }
+    for name, data in given.items():
+        if data is not None and not is_pem(data):
+            raise ValueError(f"{name}: {NOT_PEM}")
     wants_tls = tls or root_certificates is not None or certificate_chain is not None
     if credentials is not None and wants_tls:
         raise ValueError("give either credentials or the TLS arguments, not both")
@@ -217,9 +226,21 @@ def _read(environ: Mapping[str, str], name: str) -> bytes | None:
     if path is None:
         return None
     try:
-        return Path(path).read_bytes()
+        data = Path(path).read_bytes()
     except OSError as exc:
         raise ValueError(f"{name}={path}: cannot read it: {exc}") from exc
+    if not is_pem(data):
+        raise ValueError(f"{name}={path}: {NOT_PEM}")
+    return data
+
+
+# gRPC takes any bytes, then fails each connection (after the call's retries, with error
+# lines of its own on stderr): a file that is no PEM is refused when the client is made.
+NOT_PEM = "no PEM block (-----BEGIN ...-----) in it"
+
+
+def is_pem(data: bytes) -> bool:
+    return b"-----BEGIN " in data
 
 
 def check_timeout(timeout: float | None, what: str = "timeout") -> float | None:
@@ -302,6 +323,9 @@ def resolve(
             private_key = _read(env, ENV_CLIENT_KEY)
     if token is None:
         token = _env_token(env)
+    wants_tls = tls or root_certificates is not None or certificate_chain is not None
+    if token is not None and credentials is None and not wants_tls:
+        _check_loopback(target)
     creds = channel_credentials(
         credentials,
         tls=tls,
@@ -311,3 +335,25 @@ def resolve(
         token=token,
     )
     return Settings(target, chosen, creds)
+
+
+def _check_loopback(target: str) -> None:
+    """Refuse at once a token without TLS for an IP address that is not a loopback one:
+    gRPC's local credentials would refuse every connection to it, and the call would
+    end, after its retries, in an obscure UNAVAILABLE. A host name is left to gRPC."""
+    address = target
+    for scheme in ("dns:///", "dns:", "ipv4:", "ipv6:"):
+        address = address.removeprefix(scheme)
+    if address.startswith("["):
+        host = address[1:].partition("]")[0]
+    else:
+        host = address.rpartition(":")[0] if address.count(":") == 1 else address
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return
+    if not ip.is_loopback:
+        raise ValueError(
+            f"a token is sent without TLS only to a loopback address, and {target} is not "
+            f"one: turn TLS on ({ENV_TLS}=1, or a CA file with {ENV_CA_FILE}), or give no token"
+        )

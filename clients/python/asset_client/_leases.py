@@ -108,7 +108,7 @@ class _Keeper:
     def _is_transient(self, exc: Exception) -> bool:
         if isinstance(exc, AssetServiceError) and exc.code in TRANSIENT:
             log.info(
-                "asset %s: lease renewal failed, retrying in %ss: %s",
+                "asset %s: lease renewal failed, retrying in %.1fs: %s",
                 self.asset_id,
                 self.every,
                 exc,

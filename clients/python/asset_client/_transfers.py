@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
-import tempfile
+import secrets
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
@@ -218,10 +219,20 @@ class Download:
         self.bar = Progress(asset.size_bytes or None, f"download {asset.label}", progress is True)
 
     def open(self) -> Download:
-        fd, name = tempfile.mkstemp(
-            dir=self.dest.parent, prefix=f".{self.dest.name}.", suffix=".part"
-        )
-        self.tmp = Path(name)
+        # Mode 0o666 less the umask, as any program's new file (tempfile's 0o600 would
+        # make every download private). An error names DEST's folder, not the temp file.
+        for _ in range(100):
+            tmp = self.dest.parent / f".{self.dest.name}.{secrets.token_hex(4)}.part"
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+                break
+            except FileExistsError:
+                continue
+            except OSError as exc:
+                raise type(exc)(exc.errno, exc.strerror, str(self.dest.parent)) from None
+        else:
+            raise FileExistsError(errno.EEXIST, "no free temporary name", str(self.dest.parent))
+        self.tmp = tmp
         self.fh = os.fdopen(fd, "wb")
         return self
 

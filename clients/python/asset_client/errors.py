@@ -209,11 +209,20 @@ def _violations(exc: grpc.RpcError) -> tuple[Violation, ...]:
         return ()
 
 
+# What gRPC's local credentials (a token without TLS) say of a server not on this host.
+_NOT_LOOPBACK = "Endpoint is neither UDS or TCP loopback address"
+_NOT_LOOPBACK_HINT = (
+    "a token is sent without TLS only to a loopback address: turn TLS on, or give no token"
+)
+
+
 def from_rpc_error(exc: grpc.RpcError) -> AssetServiceError:
     """The typed error for a failed call (sync `grpc.RpcError` or `grpc.aio.AioRpcError`)."""
     code_fn = getattr(exc, "code", None)
     code = code_fn() if callable(code_fn) else grpc.StatusCode.UNKNOWN
     details_fn = getattr(exc, "details", None)
     details = (details_fn() if callable(details_fn) else None) or str(exc)
+    if _NOT_LOOPBACK in details:
+        details += f" ({_NOT_LOOPBACK_HINT})"
     cls = ERRORS_BY_CODE.get(code, AssetServiceError)
     return cls(details, code, _violations(exc))

@@ -1,12 +1,15 @@
-"""Example worker: wait for inputs, build the manifest, run a command, fulfill or fail its output.
+"""Example worker: wait for inputs, bring them here, run a command, fulfill or fail its output.
 
     python worker.py --server 127.0.0.1:50051 \
         --input video=3f0c...  --input params=9a1e... \
         --output 7d2b...   (the id of the PENDING asset this task must produce) \
         --command 'python my_module.py {manifest} {output}'
 
-`{manifest}` becomes the path of input_data.json written by the server, `{output}` the file
-the command must write (default: a fresh file in a temporary folder, or --output-file). On
+`{manifest}` becomes the path of an input_data.json written on this machine, naming local
+copies of the inputs (`materialize`: FILE inputs are downloaded into a cache shared by the
+machine's tasks, $ASSET_SERVICE_CACHE_DIR or ~/.cache/asset-service), so the worker needs
+no access to the server's disk. `{output}` is the file the command must write (default: a
+fresh file in a temporary folder, or --output-file). On
 success that file is uploaded as the fulfillment of the PENDING asset; if an input FAILED,
 the wait times out, or the command fails, the PENDING asset is failed with the reason (the
 tail of the command's stderr), so that every task waiting on it learns why. An output
@@ -25,7 +28,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-from asset_client import AssetClient, AssetServiceError, AssetStateError, WaitTimeoutError
+from asset_client import (
+    AssetClient,
+    AssetServiceError,
+    AssetStateError,
+    Manifest,
+    WaitTimeoutError,
+)
 
 STDERR_TAIL_CHARS = 2000
 
@@ -102,15 +111,17 @@ def tail(text: str, limit: int = STDERR_TAIL_CHARS) -> str:
 
 def run(args: argparse.Namespace, client: AssetClient, workdir: Path) -> int:
     output_file: Path = args.output_file or workdir / "output"
-    if args.mappings:
-        try:
-            client.wait_until_available(args.mappings.values(), timeout=args.wait_timeout)
-        except AssetStateError as exc:
-            return fail(client, args.output, f"input not available: {exc.details}")
-        except WaitTimeoutError as exc:
-            return fail(client, args.output, f"gave up waiting for inputs: {exc.details}")
-
-    manifest = client.manifest(args.mappings, args.config_params)
+    try:
+        # Waits for the inputs, then downloads them here: the server's own manifest
+        # (client.manifest) names paths on the server's disk, which a worker elsewhere
+        # cannot open.
+        manifest: Manifest = client.materialize(
+            args.mappings, args.config_params, dest=workdir / "inputs", timeout=args.wait_timeout
+        )
+    except AssetStateError as exc:
+        return fail(client, args.output, f"input not available: {exc.details}")
+    except WaitTimeoutError as exc:
+        return fail(client, args.output, f"gave up waiting for inputs: {exc.details}")
     command = build_command(args.command, manifest.path, output_file)
     print(f"worker: running {shlex.join(command)}", file=sys.stderr)
     try:

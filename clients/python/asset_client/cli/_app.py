@@ -7,9 +7,11 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import click
 
+from asset_client._channel import NOT_PEM, is_pem
 from asset_client.cli import _exit
 from asset_client.client import AssetClient
 
@@ -38,17 +40,17 @@ class Settings:
         token: str | Callable[[], str] | None = self.token or None
         if self.token_file is not None:
             if token:
-                raise click.UsageError("give --token or --token-file, not both")
+                raise _usage("give --token or --token-file, not both")
             token = _FileToken(self.token_file)
         if (self.client_cert is None) != (self.client_key is None):
-            raise click.UsageError("--client-cert and --client-key go together")
+            raise _usage("--client-cert and --client-key go together")
         return AssetClient(
             self.addr,
             timeout=self.timeout,
             tls=self.tls,
-            root_certificates=_read(self.ca_file, "--ca-file"),
-            certificate_chain=_read(self.client_cert, "--client-cert"),
-            private_key=_read(self.client_key, "--client-key"),
+            root_certificates=_read(self.ca_file, "--ca-file", pem=True),
+            certificate_chain=_read(self.client_cert, "--client-cert", pem=True),
+            private_key=_read(self.client_key, "--client-key", pem=True),
             token=token,
         )
 
@@ -61,7 +63,7 @@ class _FileToken:
         self.path = path
         self.last = (_read(path, "--token-file") or b"").decode().strip()
         if not self.last:
-            raise click.UsageError(f"--token-file {path} is empty")
+            raise _usage(f"--token-file {path} is empty")
 
     def __call__(self) -> str:
         try:
@@ -74,13 +76,23 @@ class _FileToken:
         return self.last
 
 
-def _read(path: Path | None, option: str) -> bytes | None:
+def _read(path: Path | None, option: str, *, pem: bool = False) -> bytes | None:
     if path is None:
         return None
     try:
-        return path.read_bytes()
+        data = path.read_bytes()
     except OSError as exc:
-        raise click.UsageError(f"{option} {path}: {exc.strerror}") from None
+        raise _usage(f"{option} {path}: {exc.strerror}") from None
+    if pem and not is_pem(data):
+        raise _usage(f"{option} {path}: {NOT_PEM}")
+    return data
+
+
+def _usage(message: str) -> click.UsageError:
+    """A usage error of a global option: it names `asset`, whose --help explains it, not
+    the command running."""
+    ctx = click.get_current_context(silent=True)
+    return click.UsageError(message, ctx.find_root() if ctx is not None else None)
 
 
 _FILE = click.Path(dir_okay=False, path_type=Path)
@@ -88,7 +100,29 @@ _FILE = click.Path(dir_okay=False, path_type=Path)
 EPILOG = "\b\nExit status:\n" + "\n".join(f"  {code:>3}  {what}" for code, what in _exit.TABLE)
 
 
-@click.group(context_settings=CONTEXT, epilog=EPILOG)
+class OutputClosed(Exception):
+    """The reader of a command's output went away (`asset cat ID | head`)."""
+
+
+class Interrupted(Exception):
+    """Ctrl-C (SIGINT) while a command ran."""
+
+
+class _Group(click.Group):
+    """click's group, but a write to a closed pipe ends as OutputClosed (click's own main
+    turns it into exit status 1, even with standalone_mode=False) and Ctrl-C as Interrupted
+    (click prints a blank line first, for a terminal's ^C, also into a log)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError:
+            raise OutputClosed from None
+        except KeyboardInterrupt:
+            raise Interrupted from None
+
+
+@click.group(cls=_Group, context_settings=CONTEXT, epilog=EPILOG)
 @click.option(
     "--addr",
     envvar="ASSET_SERVICE_ADDR",

@@ -94,7 +94,12 @@ def put(
     with contextlib.ExitStack() as stack:
         path = stack.enter_context(_spooled_stdin()) if str(file) == "-" else file
         if not path.is_file():
-            raise click.BadParameter(f"{file}: no such file", param_hint="FILE")
+            why = (
+                "not a regular file (a pipe or a device): pipe it in as '-' instead"
+                if path.exists()
+                else "no such file"
+            )
+            raise click.BadParameter(f"{file}: {why}", param_hint="FILE")
         client = stack.enter_context(settings.connect())
         bars = stack.enter_context(_render.Transfers(progress, f"upload {label or file.name}"))
         asset = client.upload(
@@ -128,10 +133,10 @@ def cat(settings: Settings, asset_id: str) -> None:
 
 @cli.command()
 @click.argument("asset_id")
-@click.argument("dest", required=False, type=click.Path(path_type=Path))
+@click.argument("dest", required=False, type=click.Path())
 @_progress_flag
 @pass_settings
-def get(settings: Settings, asset_id: str, dest: Path | None, progress: bool | None) -> None:
+def get(settings: Settings, asset_id: str, dest: str | None, progress: bool | None) -> None:
     """Download an asset into the file DEST and print DEST's path.
 
     DEST defaults to the asset's label in the current folder; a folder means the label in
@@ -139,10 +144,14 @@ def get(settings: Settings, asset_id: str, dest: Path | None, progress: bool | N
     against the record before it is renamed into place: DEST is complete or untouched,
     never partial (a mismatch exits 25, DATA_LOSS).
     """
+    if dest is not None and dest.endswith("/") and not Path(dest).is_dir():
+        # Path() drops the slash: the download would become a file of the folder's name.
+        raise click.BadParameter(f"{dest}: no such folder", param_hint="DEST")
     with settings.connect() as client:
         asset = client.get(asset_id)
         name = _safe_name(asset)
-        target = Path(name) if dest is None else (dest / name if dest.is_dir() else dest)
+        into = None if dest is None else Path(dest)
+        target = Path(name) if into is None else (into / name if into.is_dir() else into)
         with _render.Transfers(progress, f"download {asset.label}") as bars:
             written = client.download(asset_id, target, progress=bars.callback)
     click.echo(str(written))

@@ -12,7 +12,7 @@ import grpc
 
 # Each command module adds its commands to `cli` as it is imported.
 from asset_client.cli import _commands, _exit, _promises, _run, _usage, _watch  # noqa: F401
-from asset_client.cli._app import Settings, cli
+from asset_client.cli._app import Interrupted, OutputClosed, Settings, cli
 from asset_client.errors import AssetServiceError
 
 log = logging.getLogger(__name__)
@@ -46,12 +46,12 @@ def run(argv: list[str]) -> int:
         where = f" (server {seen[0].addr})" if exc.code in _NETWORK and seen else ""
         _error("asset", f"{exc.code.name}: {exc.details}{where}")
         return _exit.for_code(exc.code)
-    except BrokenPipeError:
+    except (BrokenPipeError, OutputClosed):
         # The reader went away (`asset cat ID | head`): quiet, as cat(1) killed by SIGPIPE.
         _silence_stdout()
         return _exit.for_signal(13)
-    except KeyboardInterrupt:
-        _error("asset", "interrupted")
+    except (KeyboardInterrupt, Interrupted):
+        _error("asset", "interrupted", after_ctrl_c=True)
         return _exit.for_signal(2)
     except OSError as exc:
         where = f": {exc.filename}" if exc.filename else ""
@@ -71,10 +71,12 @@ def run(argv: list[str]) -> int:
 _NETWORK = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
-def _error(prog: str, message: str) -> None:
+def _error(prog: str, message: str, *, after_ctrl_c: bool = False) -> None:
     line = " ".join(message.split())  # one line, whatever the server's message holds
-    with contextlib.suppress(OSError):
-        print(f"{prog}: {line}", file=sys.stderr, flush=True)
+    with contextlib.suppress(OSError, ValueError):
+        # On a terminal the line starts below the ^C it echoed; elsewhere it is one line.
+        start = "\n" if after_ctrl_c and sys.stderr.isatty() else ""
+        print(f"{start}{prog}: {line}", file=sys.stderr, flush=True)
 
 
 def _silence_stdout() -> None:

@@ -52,7 +52,8 @@ log = logging.getLogger(__name__)
 @click.option(
     "--workdir",
     type=click.Path(file_okay=False, path_type=Path),
-    help="Work here, and keep it (default: a fresh folder in the cache, removed at the end).",
+    help="Work here, and keep it (default: a fresh folder in the cache, removed at the end); "
+    "an output file a run before left in it is refused.",
 )
 @click.option("--keep-workdir", is_flag=True, help="Keep the default folder (its path is logged).")
 @click.option(
@@ -139,9 +140,11 @@ def run(
             "each output needs its own NAME and ASSET_ID", param_hint="--output"
         )
     for out in specs:
-        if out.explicit and out.path.exists():
+        # A --workdir is kept: a run before may have left its default output files there.
+        path = out.path if workdir is None else placed(out, workdir).path
+        if (out.explicit or workdir is not None) and path.exists():
             raise click.BadParameter(
-                f"{out.path} exists already; remove it so that a stale file is never delivered",
+                f"{path} exists already; remove it so that a stale file is never delivered",
                 param_hint="--output",
             )
     check_placeholders(command, specs, mappings)
@@ -223,10 +226,10 @@ def _steps(
             work.close,
         )
     except Interrupted as exc:
-        task.fail_all(f"asset run {exc} while waiting for its inputs")
+        task.fail_all(f"asset run {exc} while waiting for its inputs", leases)
         return _exit.for_signal(exc.signum)
     except AssetServiceError as exc:
-        task.fail_all(f"inputs not available: {exc.details}")
+        task.fail_all(f"inputs not available: {exc.details}", leases)
         raise
     (workdir / "outputs").mkdir(exist_ok=True)
     argv = expand(plan.command, manifest.path, workdir, task.outputs, dict(manifest.entries))
@@ -247,24 +250,24 @@ def _steps(
         )
     except OSError as exc:
         reason = f"cannot run {plan.command[0]!r}: {exc.strerror}"
-        task.fail_all(reason)
+        task.fail_all(reason, leases)
         click.echo(f"asset run: {reason}", err=True)
         return 127 if isinstance(exc, FileNotFoundError) else 126
     if not outcome.ok:
-        task.fail_all(outcome.describe())
+        task.fail_all(outcome.describe(), leases)
         summary = outcome.describe().split("; stderr:")[0].removeprefix("asset run ")
         click.echo(f"asset run: {summary}", err=True)
         return outcome.exit_status
     try:
         task.signals.interruptibly(lambda: task.deliver(work), work.close)
     except Interrupted as exc:
-        task.fail_all(f"asset run {exc} while delivering the outputs")
+        task.fail_all(f"asset run {exc} while delivering the outputs", leases)
         return _exit.for_signal(exc.signum)
     except NoOutput as exc:
-        task.fail_all(f"the command exited 0 but {exc}")
+        task.fail_all(f"the command exited 0 but {exc}", leases)
         click.echo(f"asset run: the command exited 0 but {exc}", err=True)
         return _exit.LOCAL
     except (AssetServiceError, OSError, ValueError) as exc:
-        task.fail_all(f"delivering the outputs failed: {exc}")
+        task.fail_all(f"delivering the outputs failed: {exc}", leases)
         raise
     return _exit.OK

@@ -6,7 +6,7 @@ import dataclasses
 import json
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,10 +116,14 @@ class Task:
                 )
             self.promised[out.asset_id] = asset
 
-    def fail_all(self, reason: str) -> None:
-        """Fail every promise not delivered yet (best effort: one lost meanwhile is left)."""
+    def fail_all(self, reason: str, leases: Mapping[str, LeaseKeeper] = {}) -> None:
+        """Fail every promise not delivered yet (best effort: one lost meanwhile is left).
+
+        A promise whose lease keeper saw it lost (failed or deleted by another, or its
+        lease ran out) is no longer PENDING: it is left as it is, without a try."""
         for out in self.outputs:
-            if out.asset_id in self.settled:
+            lease = leases.get(out.asset_id)
+            if out.asset_id in self.settled or (lease is not None and lease.lost is not None):
                 continue
             self.settled.add(out.asset_id)
             try:
@@ -138,12 +142,19 @@ class Task:
             path = out.path
             promise = self.promised[out.asset_id]
             if promise.type is AssetType.VALUE:
-                client.fulfill(out.asset_id, value=value_of(path, promise))
+                try:
+                    value = value_of(path, promise)
+                except ValueError as exc:
+                    raise BadOutput(f"output {out.name} ({path}) {exc}") from None
+                client.fulfill(out.asset_id, value=value)
             else:
+                # Resumable whatever its size: a server restarting as the command ends
+                # must not cost the task its work (the upload waits for it, and resumes).
                 client.upload(
                     path,
                     pending_asset_id=out.asset_id,
                     progress=self.progress,
+                    resumable=True,
                 )
             self.settled.add(out.asset_id)
             log.info("output %s delivered to %s", out.name, out.asset_id)
@@ -153,19 +164,29 @@ class NoOutput(Exception):
     """The command exited 0 without writing an output file."""
 
 
+class BadOutput(NoOutput):
+    """The command exited 0, but an output file is no content its promise can take."""
+
+
 def value_of(path: Path, promise: Asset) -> Value:
-    """A VALUE promise's content from a file: JSON, text or bytes after its media type."""
+    """A VALUE promise's content from a file: JSON, text or bytes after its media type
+    (ValueError saying why the file is none of what the promise needs)."""
     size = path.stat().st_size
     if size > MAX_VALUE_BYTES:
-        raise ValueError(f"{path} holds {size} bytes; a VALUE holds at most {MAX_VALUE_BYTES}")
+        raise ValueError(f"holds {size} bytes; a VALUE holds at most {MAX_VALUE_BYTES}")
     data = path.read_bytes()
     media = promise.media_type.split(";")[0].strip().lower()
-    if media == "application/json" or media.endswith("+json"):
-        text = data.decode("utf-8")
-        json.loads(text)
-        return Value(ValueKind.JSON, text)
-    if media.startswith("text/"):
-        return Value.of_text(data.decode("utf-8"))
+    try:
+        if media == "application/json" or media.endswith("+json"):
+            text = data.decode("utf-8")
+            json.loads(text)
+            return Value(ValueKind.JSON, text)
+        if media.startswith("text/"):
+            return Value.of_text(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"is not UTF-8 text, which media type {media} needs: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"is not JSON, which media type {media} needs: {exc}") from None
     return Value.of_bytes(data)
 
 
