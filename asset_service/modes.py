@@ -11,6 +11,7 @@ folders above them. Everything else (the database, staging, journals, locks) is 
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import stat
@@ -97,7 +98,7 @@ class Modes:
                 return None
             except FileExistsError:
                 pass  # made meanwhile (another process on the same root)
-        changed = self.tighten(path, self.dir(shared), shared)
+        changed = self.tighten(path, self.dir(shared), shared, directory=True)
         return None if path in self.made else changed
 
     def root(self, root: Path) -> None:
@@ -113,11 +114,18 @@ class Modes:
             ) from None
         report(changed, f"the storage root {root}")
 
-    def tighten(self, path: Path, mode: int, shared: bool) -> str | None:
-        """Give an existing file or folder `mode` (and the group); what changed, if anything."""
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    def tighten(
+        self, path: Path, mode: int, shared: bool, *, directory: bool = False
+    ) -> str | None:
+        """Give an existing folder (`directory`) or regular file `mode` (and the group);
+        what changed, if anything. Anything else there (a file where a folder belongs, a
+        device such as /dev/null given as the database) is refused untouched: OSError."""
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+        fd = os.open(path, flags | (os.O_DIRECTORY if directory else 0))
         try:
             st = os.fstat(fd)
+            if not directory and not stat.S_ISREG(st.st_mode):
+                raise OSError(errno.EINVAL, "not a regular file", str(path))
             group = shared and self.gid is not None and st.st_gid != self.gid
             if stat.S_IMODE(st.st_mode) == mode and not group:
                 return None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -54,6 +55,60 @@ def test_a_database_where_no_file_can_be_made_is_one_line_naming_it(
     line = _one_error_line(done.stderr)
     assert f"cannot start: cannot use the sqlite database {database}: Not a directory" in line
     assert "--database-url (or ASSET_SERVICE_DATABASE_URL)" in line
+
+
+def _device(path: Path) -> Path:
+    """A character device like /dev/null (1, 3), mode 0666: what an operator may give by
+    mistake, and what the server must never chmod (it made /dev/null 0700 here once)."""
+    try:
+        os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    except PermissionError:
+        pytest.fail("this test makes a device node: run it as root (or with CAP_MKNOD)")
+    os.chmod(path, 0o666)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["file", "device"])
+def test_a_storage_root_that_is_no_folder_is_refused_and_left_untouched(
+    tmp_path: Path, kind: str
+) -> None:
+    """--storage-root naming a file or a device (/dev/null) made it mode 0700 (a folder's)
+    before start-up failed on it: with /dev/null, every other user of the machine lost it."""
+    root = tmp_path / "root"
+    if kind == "file":
+        root.write_text("an operator's file")
+        root.chmod(0o644)
+    else:
+        _device(root)
+    before = root.stat().st_mode
+    done = _serve("--storage-root", str(root), "--database-url", f"sqlite:///{tmp_path}/a.db")
+    assert done.returncode == 2, done.stderr
+    line = _one_error_line(done.stderr)
+    assert f"storage root {root} is not usable" in line and "Not a directory" in line
+    assert root.stat().st_mode == before, "the server changed the mode of what it was given"
+
+
+@pytest.mark.parametrize("kind", ["device", "folder"])
+def test_a_database_that_is_no_regular_file_is_refused_and_left_untouched(
+    tmp_path: Path, kind: str
+) -> None:
+    """--database-url naming a device was made mode 0600 (the database's) before SQLite
+    failed on it, with a traceback; a folder gave a traceback too."""
+    database = tmp_path / "assets.db"
+    if kind == "device":
+        _device(database)
+    else:
+        database.mkdir(mode=0o755)
+        database.chmod(0o755)
+    before = database.stat().st_mode
+    done = _serve(
+        "--storage-root", str(tmp_path / "data"), "--database-url", f"sqlite:///{database}"
+    )
+    assert done.returncode == 2, done.stderr
+    line = _one_error_line(done.stderr)
+    assert f"cannot use the sqlite database {database}" in line, line
+    assert "a regular file" in line
+    assert database.stat().st_mode == before, "the server changed the mode of what it was given"
 
 
 def test_an_object_store_nobody_answers_at_names_the_settings_to_check(tmp_path: Path) -> None:

@@ -19,11 +19,7 @@ def claim(db: Path) -> int:
             Modes().folder(db.parent, shared=False)
         fd = os.open(lock, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, PRIVATE_FILE)
     except OSError as exc:  # start-up's one line (exit 2), not a traceback
-        raise Unavailable(
-            f"cannot use the sqlite database {db}: {exc.strerror}: {exc.filename}; give "
-            "--database-url (or ASSET_SERVICE_DATABASE_URL) a file in a folder this user "
-            "may write"
-        ) from exc
+        raise _unusable(db, exc) from exc
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -41,8 +37,20 @@ def own_files(db: Path) -> None:
     """The database and its companions owner-only. SQLite makes -wal and -shm with the
     database file's mode (and sets it on them), so that file is made 0600 before SQLite
     opens it; an older install's files are set so at start-up, and said so."""
-    os.close(os.open(db, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, PRIVATE_FILE))
     modes = Modes()
     names = ("", "-wal", "-shm", ".lock", ".reserve", ".writer", ".sweep")
     companions = [db.with_name(db.name + n) for n in names]
-    report([modes.tighten(p, PRIVATE_FILE, False) for p in companions if p.exists()], f"{db}")
+    try:
+        os.close(os.open(db, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, PRIVATE_FILE))
+        changed = [modes.tighten(p, PRIVATE_FILE, False) for p in companions if p.exists()]
+    except OSError as exc:  # e.g. a device or a folder given as the database: left alone
+        raise _unusable(db, exc) from exc
+    report(changed, f"{db}")
+
+
+def _unusable(db: Path, exc: OSError) -> Unavailable:
+    return Unavailable(
+        f"cannot use the sqlite database {db}: {exc.strerror}: {exc.filename}; give "
+        "--database-url (or ASSET_SERVICE_DATABASE_URL) a regular file in a folder this "
+        "user may write"
+    )
