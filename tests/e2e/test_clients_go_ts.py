@@ -91,12 +91,12 @@ GO_RESTART_TESTS = (
 TS_SUITE = ("build/test/orchestrator.test.js", "build/test/rpcs.test.js")
 TS_TESTS = 11 + 12
 # Run once, each with servers of its own or none: offline.test.js (on fake servers: the
-# retry table in effect, resume budgets, answers checked, close(), resumable uploads cut in
-# several ways; the environment, the README's tables) and resilience.test.js (restarts:
-# retried calls, resumed watch, read and upload; a watch resumed after keepalive found its
-# connection silently dead; a process whose calls fail exits by itself).
+# retry table and keepalive in effect, resume budgets, answers checked, close(), resumable
+# uploads cut in several ways; the environment, the README's tables) and resilience.test.js
+# (restarts: retried calls, resumed watch, read and upload; a watch resumed after keepalive
+# found its connection silently dead; a process whose calls fail exits by itself).
 TS_ONCE = ("build/test/offline.test.js", "build/test/resilience.test.js")
-TS_ONCE_TESTS = 11 + 6
+TS_ONCE_TESTS = 12 + 6
 # Skipped by the TypeScript suite against a server that takes no tokens.
 TOKEN_TESTS = 2
 
