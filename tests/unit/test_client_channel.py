@@ -320,3 +320,16 @@ def test_missing_or_malformed_status_details_leave_the_error_as_it_is(
     err = from_rpc_error(Refused(*trailers))
     assert isinstance(err, FailedPreconditionError)
     assert (err.details, err.violations) == ("inputs not ready", ())
+
+
+def test_the_channel_pings_while_a_call_is_open_and_the_caller_may_say_otherwise() -> None:
+    """A watch on a connection dropped in silence must end (tests/e2e/test_client_keepalive
+    shows it resuming): 30 s pings during calls, 20 s for the answer, no cap on pings
+    without data (a watch sends none); a caller's own value wins."""
+    options = dict(_channel.channel_options(()))
+    assert options["grpc.keepalive_time_ms"] == 30_000
+    assert options["grpc.keepalive_timeout_ms"] == options["grpc.http2.ping_timeout_ms"] == 20_000
+    assert options["grpc.keepalive_permit_without_calls"] == 0
+    assert options["grpc.http2.max_pings_without_data"] == 0
+    mine = _channel.channel_options([("grpc.keepalive_time_ms", 120_000)])
+    assert [v for k, v in mine if k == "grpc.keepalive_time_ms"] == [120_000]

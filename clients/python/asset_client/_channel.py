@@ -104,11 +104,33 @@ CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
     ("grpc.max_reconnect_backoff_ms", 5000),
 )
 
+# A watch waits on a connection it sends nothing on: one that a NAT, a firewall or a
+# partition dropped without a FIN or RST would be waited on for ever (TCP only notices a
+# dead peer when it has something to send). While a call is open the client pings every
+# KEEPALIVE_TIME_MS and drops a connection whose ping is not answered within
+# KEEPALIVE_TIMEOUT_MS: the call ends UNAVAILABLE, and a watch resumes on a new one. The
+# server refuses pings more often than every 10 s (GOAWAY too_many_pings: server.py).
+KEEPALIVE_TIME_MS = 30_000
+KEEPALIVE_TIMEOUT_MS = 20_000
+
+
+def keepalive_options() -> list[tuple[str, Any]]:
+    return [
+        ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
+        ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+        # gRPC 1.85 times a keepalive ping's answer by this one (60 s unless given).
+        ("grpc.http2.ping_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+        ("grpc.keepalive_permit_without_calls", 0),  # an idle channel needs no pings
+        # gRPC stops pinging after two pings with no data sent; a watch sends none.
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+
 
 def channel_options(extra: Sequence[tuple[str, Any]]) -> list[tuple[str, Any]]:
-    """CHANNEL_OPTIONS, each replaced by the caller's option of the same name."""
+    """CHANNEL_OPTIONS and the keepalive's, each replaced by the caller's of the same name."""
     given = dict(extra)
-    return [*((k, v) for k, v in CHANNEL_OPTIONS if k not in given), *given.items()]
+    ours = [*CHANNEL_OPTIONS, *keepalive_options()]
+    return [*((k, v) for k, v in ours if k not in given), *given.items()]
 
 
 TokenSource = Callable[[], str]
