@@ -72,7 +72,9 @@ GO_TOKEN_TESTS = {
     "TestTaskTokenRoundTrip",
     "TestTypedErrorsOfCredentials",
 }
-# Run once, each on servers of its own that it stops, kills and restarts (-run Restart).
+# Run once, each on servers of its own that it stops, kills and restarts, or reaches through
+# a proxy that silences the connection (-run 'Restart|Keepalive').
+GO_OWN_SERVER_TESTS = "Restart|Keepalive"
 GO_RESTART_TESTS = (
     "TestRestartGetAssetIsRetried",
     "TestRestartWatchResumes/SIGKILL",
@@ -80,6 +82,7 @@ GO_RESTART_TESTS = (
     "TestRestartWatchSelectorResumes",
     "TestRestartUploadResumes/SIGKILL",
     "TestRestartUploadResumes/SIGTERM",
+    "TestKeepaliveResumesAWatchOnASilentConnection",
 )
 # The TypeScript suite's files and tests: orchestrator.test.js (the flow, failure, errors,
 # the two token tests, four of leases, and two without a server: credentials; whole reads
@@ -88,11 +91,12 @@ GO_RESTART_TESTS = (
 TS_SUITE = ("build/test/orchestrator.test.js", "build/test/rpcs.test.js")
 TS_TESTS = 11 + 12
 # Run once, each with servers of its own or none: offline.test.js (on fake servers: the
-# retry table in effect, resume budgets, answers checked, close(), resumable uploads cut in
-# several ways; the environment, the README's tables) and resilience.test.js (restarts:
-# retried calls, resumed watch, read and upload; a process whose calls fail exits by itself).
+# retry table and keepalive in effect, resume budgets, answers checked, close(), resumable
+# uploads cut in several ways; the environment, the README's tables) and resilience.test.js
+# (restarts: retried calls, resumed watch, read and upload; a watch resumed after keepalive
+# found its connection silently dead; a process whose calls fail exits by itself).
 TS_ONCE = ("build/test/offline.test.js", "build/test/resilience.test.js")
-TS_ONCE_TESTS = 11 + 5
+TS_ONCE_TESTS = 12 + 6
 # Skipped by the TypeScript suite against a server that takes no tokens.
 TOKEN_TESTS = 2
 
@@ -215,7 +219,9 @@ def ts_built(ts_installed: Path) -> Path:
 @pytest.mark.slow
 def test_go_client_suite_against_live_server(live: Live) -> None:
     done = run(
-        [tool("go"), "test", "-count=1", "-v", "-skip", "Restart", "./..."], GO_DIR, live.env
+        [tool("go"), "test", "-count=1", "-v", "-skip", GO_OWN_SERVER_TESTS, "./..."],
+        GO_DIR,
+        live.env,
     )
     out = done.stdout
     assert done.returncode == 0, out
@@ -239,8 +245,9 @@ def go_env() -> dict[str, str]:
 
 @pytest.mark.slow
 def test_go_client_survives_server_restarts() -> None:
-    """A retried GetAsset, resumed watches and uploads across SIGTERM, SIGKILL and a restart."""
-    cmd = [tool("go"), "test", "-count=1", "-v", "-run", "Restart", "./assetclient/"]
+    """A retried GetAsset, resumed watches and uploads across SIGTERM, SIGKILL and a restart;
+    a watch resumed after keepalive found its connection silently dead."""
+    cmd = [tool("go"), "test", "-count=1", "-v", "-run", GO_OWN_SERVER_TESTS, "./assetclient/"]
     done = run(cmd, GO_DIR, go_env())
     out = done.stdout
     assert done.returncode == 0, out

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/credentials/local"
+	"google.golang.org/grpc/keepalive"
 )
 
 // TokenSource returns the bearer token to send; it is called before every RPC,
@@ -168,6 +169,23 @@ var connectBackoff = grpc.ConnectParams{
 	MinConnectTimeout: 20 * time.Second,
 }
 
+// KeepaliveTime and KeepaliveTimeout are the keepalive every Dial sets: while
+// a call is open (a watch idle for hours included) the client pings the
+// server after KeepaliveTime without a read, and drops the connection when the
+// ping is not answered within KeepaliveTimeout. A connection that died without
+// a word (a NAT or firewall forgot it, a partition: no FIN or RST) then fails
+// the call with ErrUnavailable within about 50 s, and a watch resumes on a new
+// connection instead of waiting forever. No pings while no call is open, and
+// none more often than every 10 s, which the server would answer with GOAWAY
+// (too_many_pings). WithDialOptions(grpc.WithKeepaliveParams(...)) overrides.
+const (
+	KeepaliveTime    = 30 * time.Second
+	KeepaliveTimeout = 20 * time.Second
+)
+
+// keepaliveParams is what Dial sets (a variable so that a test can lower it).
+var keepaliveParams = keepalive.ClientParameters{Time: KeepaliveTime, Timeout: KeepaliveTimeout}
+
 // Dial connects to an Asset Service at addr ("host:port", or any grpc target
 // such as "dns:///host:port" or "unix:/path").
 //
@@ -179,8 +197,9 @@ var connectBackoff = grpc.ConnectParams{
 // which refuse to connect anywhere else (an IP literal that is not loopback is
 // refused here, a host name that resolves elsewhere when connecting).
 //
-// The connection retries the safe calls on UNAVAILABLE (ServiceConfig) and
-// connects lazily: an unreachable server shows in the first call's error.
+// The connection retries the safe calls on UNAVAILABLE (ServiceConfig),
+// pings a silent server while a call is open (KeepaliveTime) and connects
+// lazily: an unreachable server shows in the first call's error.
 func Dial(addr string, opts ...Option) (*Client, error) {
 	s := defaults()
 	if err := s.apply(opts); err != nil {
@@ -202,7 +221,7 @@ func (s *settings) dial(addr string) (*grpc.ClientConn, error) {
 	if err := checkTarget(addr); err != nil {
 		return nil, err
 	}
-	dialOpts := []grpc.DialOption{grpc.WithConnectParams(connectBackoff)}
+	dialOpts := []grpc.DialOption{grpc.WithConnectParams(connectBackoff), grpc.WithKeepaliveParams(keepaliveParams)}
 	if s.serviceConfig != "" {
 		dialOpts = append(dialOpts, grpc.WithDefaultServiceConfig(s.serviceConfig))
 	} else {

@@ -40,6 +40,7 @@ import {
   WatchAssetRequest,
   WatchAssetResponse,
 } from "./gen/asset/v1/asset_service";
+import { keepaliveOptions } from "./keepalive";
 import { type ReadOptions, readChunks } from "./read";
 import { type ResumableOptions, resumableUpload } from "./resumable";
 import { DEFAULT_RETRY_POLICY, serviceConfig } from "./retry";
@@ -72,6 +73,7 @@ import { type WatchOptions, watchEvents } from "./watch";
 
 export type { CallOptions } from "./calls";
 export { AssetServiceError, DataLossError } from "./errors";
+export { KEEPALIVE_TIME_MS, KEEPALIVE_TIMEOUT_MS } from "./keepalive";
 export { DEFAULT_TIMEOUT_MS } from "./options";
 export type { ClientOptions, ListFilter, ManifestOptions, RegisterFileOptions, ScrubOptions, UploadOptions, UploadSource } from "./options";
 export type { ReadOptions } from "./read";
@@ -123,6 +125,8 @@ export class AssetService {
       // After a server restart, connect again within seconds (grpc-js's default waits up
       // to 120 s between attempts), so that retried calls and resumed streams find it.
       "grpc.max_reconnect_backoff_ms": MAX_RECONNECT_BACKOFF_MS,
+      // Ping while a call is open, so that a watch on a silently dead connection ends.
+      ...keepaliveOptions(),
       ...settings.channelOptions,
     });
     this.caller = new Caller(this.raw, timeout ?? DEFAULT_TIMEOUT_MS);

@@ -1,5 +1,5 @@
 export * from "./gen/asset/v1/asset_service";
-export { AssetService, DEFAULT_TIMEOUT_MS, taskTokenSource } from "./client";
+export { AssetService, DEFAULT_TIMEOUT_MS, KEEPALIVE_TIME_MS, KEEPALIVE_TIMEOUT_MS, taskTokenSource } from "./client";
 export type {
   ClientOptions,
   ListFilter,

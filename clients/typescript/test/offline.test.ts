@@ -1,5 +1,6 @@
-// What needs no Asset Service: the retry table in effect, resume budgets, checks of what a
-// server answered, configuration from the environment, and the README's tables.
+// What needs no Asset Service: the retry table and keepalive in effect, resume budgets,
+// checks of what a server answered, configuration from the environment, and the README's
+// tables.
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
@@ -11,7 +12,7 @@ import { after, before, describe, test } from "node:test";
 import * as grpc from "@grpc/grpc-js";
 
 import { type Method, rpcName } from "../src/calls";
-import { AssetService } from "../src/client";
+import { AssetService, KEEPALIVE_TIMEOUT_MS, KEEPALIVE_TIME_MS } from "../src/client";
 import { ENVIRONMENT, configFromEnv } from "../src/env";
 import { DataLossError, Status } from "../src/errors";
 import {
@@ -86,6 +87,32 @@ describe("retries through the service config", () => {
       assert.equal(counts.get("getAsset"), 1);
     } finally {
       once.close();
+    }
+  });
+});
+
+describe("keepalive", () => {
+  /** The options grpc-js's channel was made with (internal: grpc-js keeps them there). */
+  function optionsOf(svc: AssetService): grpc.ChannelOptions {
+    return (svc.raw.getChannel() as unknown as { internalChannel: { options: grpc.ChannelOptions } }).internalChannel.options;
+  }
+
+  test("the channel pings every 30 s while a call is open, 20 s for the answer; channelOptions win", () => {
+    const keepalive = (o: grpc.ChannelOptions): unknown[] => [
+      o["grpc.keepalive_time_ms"],
+      o["grpc.keepalive_timeout_ms"],
+      o["grpc.keepalive_permit_without_calls"],
+    ];
+    const plain = new AssetService("127.0.0.1:1");
+    const credentials = new AssetService("127.0.0.1:1", grpc.credentials.createInsecure());
+    const own = new AssetService("127.0.0.1:1", { channelOptions: { "grpc.keepalive_time_ms": 120_000, "grpc.keepalive_timeout_ms": 5_000 } });
+    try {
+      assert.deepEqual(keepalive(optionsOf(plain)), [KEEPALIVE_TIME_MS, KEEPALIVE_TIMEOUT_MS, 0]);
+      assert.deepEqual([KEEPALIVE_TIME_MS, KEEPALIVE_TIMEOUT_MS], [30_000, 20_000]);
+      assert.deepEqual(keepalive(optionsOf(credentials)), [30_000, 20_000, 0]);
+      assert.deepEqual(keepalive(optionsOf(own)), [120_000, 5_000, 0]);
+    } finally {
+      for (const c of [plain, credentials, own]) c.close();
     }
   });
 });

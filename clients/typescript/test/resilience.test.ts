@@ -10,6 +10,7 @@ import { promisify } from "node:util";
 
 import { AssetService } from "../src/client";
 import { Status } from "../src/errors";
+import { keepalive } from "../src/keepalive";
 import { AssetStatus, AssetType, type WatchAssetResponse } from "../src/gen/asset/v1/asset_service";
 import { textValue } from "../src/values";
 import { failsWith, sleep, within } from "./helpers";
@@ -148,6 +149,33 @@ describe("across server restarts", () => {
       assert.ok(sent.includes(-1), "the connection was not cut");
       assert.ok(resumedAt > 0 && from > 0 && from < 24 * MiB, `resumed from ${from}: ${sent.join(",")}`);
       assert.ok((await direct.readAsset(asset.id)).equals(bytes));
+    } finally {
+      await proxy.close();
+    }
+  });
+
+  test("a watch whose connection goes silent (no FIN, no RST) resumes once keepalive finds it dead", async () => {
+    // The shortest keepalive the server allows: it answers pings less than 10 s apart with
+    // GOAWAY, which would end the stream for another reason.
+    const saved = { ...keepalive };
+    Object.assign(keepalive, { timeMs: 11_000, timeoutMs: 2_000 });
+    const proxy = await tcpProxy(server.address);
+    const client = new AssetService(proxy.address, { token: server.token });
+    opened.push(client);
+    Object.assign(keepalive, saved); // the channel has its options
+    try {
+      const p = await svc.createPendingAsset({ taskId: `silent-${Date.now()}`, label: "out", type: AssetType.ASSET_TYPE_VALUE });
+      const events = client.watch({ assetIds: [p.id] })[Symbol.asyncIterator]();
+      const first = await within(events.next(), 10_000, "no snapshot");
+      assert.equal(first.value?.asset?.status, PENDING);
+      assert.equal(proxy.blackhole(), 1, "the watch's connection, and only it");
+      const silenced = Date.now();
+      await svc.fulfillAsset({ assetId: p.id, content: { $case: "value", value: textValue("while the line was dead") } });
+      const second = await within(events.next(), 38_000, "no event since the connection went silent");
+      assert.equal(second.value?.asset?.status, AVAILABLE);
+      assert.deepEqual(second.value?.asset?.value?.kind, { $case: "text", value: "while the line was dead" });
+      assert.ok(Date.now() - silenced >= 11_000, "the change came before keepalive could have noticed");
+      assert.ok((await within(events.next(), 5_000, "the watch did not end")).done);
     } finally {
       await proxy.close();
     }
