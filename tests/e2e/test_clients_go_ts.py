@@ -65,12 +65,15 @@ GO_TESTS = (
     "TestDialEnvReachesTheServer",
     "TestEveryMethodIsInOneRetryTable",
     "TestServiceConfigRetriesExactlyTheSafeMethods",
+    "TestMintTaskTokenRoundsAShortLifetimeUp",
+    "TestTheClientsOwnErrorsHaveTheirCodes",
 )
 # Skipped by the Go suite against a server that takes no tokens.
 GO_TOKEN_TESTS = {
     "TestBearerTokenIsChecked",
     "TestTaskTokenRoundTrip",
     "TestTypedErrorsOfCredentials",
+    "TestMintTaskTokenRoundsAShortLifetimeUp",
 }
 # Run once, each on servers of its own that it stops, kills and restarts, or reaches through
 # a proxy that silences the connection (-run 'Restart|Keepalive').
