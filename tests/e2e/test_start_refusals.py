@@ -88,7 +88,7 @@ def test_a_storage_root_that_is_no_folder_is_refused_and_left_untouched(
     assert root.stat().st_mode == before, "the server changed the mode of what it was given"
 
 
-@pytest.mark.parametrize("kind", ["device", "folder"])
+@pytest.mark.parametrize("kind", ["device", "folder", "fifo"])
 def test_a_database_that_is_no_regular_file_is_refused_and_left_untouched(
     tmp_path: Path, kind: str
 ) -> None:
@@ -97,6 +97,9 @@ def test_a_database_that_is_no_regular_file_is_refused_and_left_untouched(
     database = tmp_path / "assets.db"
     if kind == "device":
         _device(database)
+    elif kind == "fifo":  # opening it to read waited for a writer: start-up hung
+        os.mkfifo(database, 0o644)
+        database.chmod(0o644)
     else:
         database.mkdir(mode=0o755)
         database.chmod(0o755)

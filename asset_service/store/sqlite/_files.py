@@ -41,7 +41,9 @@ def own_files(db: Path) -> None:
     names = ("", "-wal", "-shm", ".lock", ".reserve", ".writer", ".sweep")
     companions = [db.with_name(db.name + n) for n in names]
     try:
-        os.close(os.open(db, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, PRIVATE_FILE))
+        # O_NONBLOCK: a FIFO given as the database must not hold start-up (refused below).
+        flags = os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NONBLOCK
+        os.close(os.open(db, flags, PRIVATE_FILE))
         changed = [modes.tighten(p, PRIVATE_FILE, False) for p in companions if p.exists()]
     except OSError as exc:  # e.g. a device or a folder given as the database: left alone
         raise _unusable(db, exc) from exc
