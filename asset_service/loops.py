@@ -4,8 +4,9 @@ collection, tombstones, unknown outcomes settled, and the scrub."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 
 from asset_service import logs
 from asset_service.config import Settings
@@ -54,16 +55,23 @@ def start(
 SETTLE_INTERVAL = 5.0
 
 
-def _unexpected(what: str) -> None:
-    """A bug rather than the store's or the disk's weather: its traceback, rate-limited,
-    and the loop goes on. Uncaught, it ended the loop's task in silence, and with it that
-    upkeep (expiry, leases, collection) until a restart."""
-    log.error(
-        "%s failed unexpectedly; it runs again next interval",
-        what,
-        exc_info=True,
-        extra={logs.RATE_KEY: f"loop:{what}"},
-    )
+@contextlib.contextmanager
+def _upkeep(what: str) -> Iterator[None]:
+    """One round of `what`, which never ends its loop: the store's or the disk's weather
+    (AssetError, OSError) is a warning; anything else is a bug, logged with its traceback
+    (rate-limited). Uncaught, it ended the loop's task in silence, and with it that upkeep
+    (expiry, leases, collection) until a restart."""
+    try:
+        yield
+    except (AssetError, OSError) as exc:
+        log.warning("%s failed: %s", what, exc)
+    except Exception:
+        log.error(
+            "%s failed unexpectedly; it runs again next interval",
+            what,
+            exc_info=True,
+            extra={logs.RATE_KEY: f"loop:{what}"},
+        )
 
 
 async def _expire_leases(manager: AssetManager, interval: float, recorder: Recorder) -> None:
@@ -72,13 +80,9 @@ async def _expire_leases(manager: AssetManager, interval: float, recorder: Recor
     transition has one winner in any case."""
     hold = max(3 * interval, 3.0)
     while True:
-        try:
+        with _upkeep("lease sweep"):
             if expired := await manager.expire_leases(hold):
                 recorder.leases_expired(expired)
-        except (AssetError, OSError) as exc:
-            log.warning("lease sweep failed: %s", exc)
-        except Exception:
-            _unexpected("lease sweep")
         await asyncio.sleep(interval)
 
 
@@ -90,14 +94,10 @@ async def _expire_assets(manager: AssetManager, interval: float, recorder: Recor
         # After an interval, not at once: a server started to look (or restarted after a
         # crash) does not remove anything in its first moments.
         await asyncio.sleep(interval)
-        try:
+        with _upkeep("retention sweep"):
             if removed := await manager.expire_assets(hold):
                 recorder.assets_expired(removed)
             await manager.warn_if_full()
-        except (AssetError, OSError) as exc:
-            log.warning("retention sweep failed: %s", exc)
-        except Exception:
-            _unexpected("retention sweep")
 
 
 async def _collect(manager: AssetManager, interval: float, limit: int, recorder: Recorder) -> None:
@@ -124,15 +124,11 @@ async def _collect(manager: AssetManager, interval: float, limit: int, recorder:
                 ("orphan_files", lambda: manager.collect_orphans(hold)),
             ]
         for kind, sweep in sweeps:
-            try:
+            with _upkeep(f"collection of {kind.replace('_', ' ')}"):
                 if removed := await sweep():
                     recorder.reclaimed(kind, removed)
                     if kind == "upload_sessions":
                         recorder.upload_sessions_expired(removed)  # (the older metric)
-            except (AssetError, OSError) as exc:
-                log.warning("collection of %s failed: %s", kind.replace("_", " "), exc)
-            except Exception:
-                _unexpected(f"collection of {kind.replace('_', ' ')}")
         first = False
 
 
@@ -145,12 +141,8 @@ async def _sweep_tombstones(manager: AssetManager, interval: float) -> None:
     """Remove deleted assets' tombstones past --watch-tombstone-ttl (every server process
     sweeps; each removal is idempotent)."""
     while True:
-        try:
+        with _upkeep("tombstone sweep"):
             await manager.sweep_tombstones()
-        except (AssetError, OSError) as exc:
-            log.warning("tombstone sweep failed: %s", exc)
-        except Exception:
-            _unexpected("tombstone sweep")
         await asyncio.sleep(interval)
 
 
@@ -158,10 +150,6 @@ async def _settle_unknown_outcomes(manager: AssetManager) -> None:
     """Record writes whose outcome was unknown: keep or drop their bytes once it is known."""
     while True:
         await asyncio.sleep(SETTLE_INTERVAL)
-        try:
+        with _upkeep("settling unknown outcomes"):
             if await manager.settle_unsettled():
                 log.info("settled record writes whose outcome had been unknown")
-        except (AssetError, OSError) as exc:
-            log.warning("settling unknown outcomes failed: %s", exc)
-        except Exception:
-            _unexpected("settling unknown outcomes")

@@ -138,14 +138,14 @@ def unknown_variables(env: Mapping[str, str]) -> list[tuple[str, str | None]]:
     import difflib
 
     ours = [s.env for s in TABLE.settings]
+    # Compared without the prefix they all share, which would make anything "close".
+    bare = [n.removeprefix(ENV_PREFIX) for n in ours]
     found = []
     for name in sorted(env):
         if not name.startswith(ENV_PREFIX) or name in OTHERS_VARIABLES or name in ours:
             continue
         if name.startswith(ENV_PREFIX + "HEALTH_"):
             continue
-        # Compared without the prefix they all share, which would make anything "close".
-        bare = [n.removeprefix(ENV_PREFIX) for n in ours]
         close = difflib.get_close_matches(name.removeprefix(ENV_PREFIX), bare, n=1, cutoff=0.7)
         found.append((name, ENV_PREFIX + close[0] if close else None))
     return found

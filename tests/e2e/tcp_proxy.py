@@ -15,7 +15,9 @@ class TcpProxy:
 
     `cut_after(n)`: once n more bytes went upstream, every connection is reset (RST, as a
     dropped network link or a dead NAT entry looks to both ends) and later ones are served
-    again. `upstream` may change (a restarted server on another port).
+    again. `silence()`: the connections open now stop forwarding either way without being
+    closed (a NAT entry or a partition that drops packets: no FIN, no RST); later ones pass.
+    `upstream` may change (a restarted server on another port).
     """
 
     def __init__(self, upstream: int) -> None:
@@ -24,6 +26,7 @@ class TcpProxy:
         self.connections: list[int] = []  # the same, per connection, in order
         self.cuts = 0
         self._cut_at: int | None = None
+        self._silenced = 0  # connections numbered below this forward nothing more
         self._writers: set[asyncio.StreamWriter] = set()
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
@@ -53,6 +56,12 @@ class TcpProxy:
     def cut_now(self) -> None:
         self._loop.call_soon_threadsafe(self._close_all)
 
+    def silence(self) -> int:
+        """Silence every connection made so far (at once: what either end sends from now on
+        is read and dropped); how many that is."""
+        self._silenced = len(self.connections)
+        return self._silenced
+
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
 
@@ -79,6 +88,8 @@ class TcpProxy:
         async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, up: bool) -> None:
             try:
                 while data := await src.read(64 * 1024):
+                    if index < self._silenced:
+                        continue  # dropped, and the connection is left open
                     if up and self._cut_at is not None:
                         room = self._cut_at - self.sent
                         if room <= len(data):
